@@ -1,0 +1,200 @@
+//! Command-line interface of `meshlite-bench` (clap).
+//!
+//! The visible interface is the benchmark itself (`--scenario`, rates, durations, ...); the hidden
+//! `app` subcommand is the upstream application the benchmark starts as a separate process, so
+//! that the app never shares a runtime or a CPU budget with the load generator.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::load::Protocol;
+use crate::scenario::ScenarioName;
+
+const ABOUT: &str = "End-to-end benchmark of the meshlite data plane: open-loop fixed-rate load, \
+directly to an app and through a mutual-TLS meshlite-proxy sidecar pair, reporting the added \
+latency, CPU and peak RSS of each sidecar.";
+
+const LONG_ABOUT: &str = "End-to-end benchmark of the meshlite data plane.
+
+It finds (or builds, with `cargo build --release -p meshlite-proxy`) the meshlite-proxy binary next \
+to its own executable (or takes MESHLITE_PROXY_BIN), generates test certificates, and starts real \
+processes on 127.0.0.1: an upstream app (this binary's hidden `app` subcommand), a server-side and a \
+client-side sidecar. For each rate it drives open-loop load at fixed intended send times (latency is \
+counted from the intended time, so queueing is not hidden), first directly to the app, then through \
+the sidecar pair with the same rate and connection count, and prints the added latency (meshed minus \
+direct), the achieved rate, errors, each sidecar's CPU and peak RSS, and the decision record's targets.
+
+Fresh processes are started for every run, and every run has a warm-up at the target rate before \
+the measured window. A run is flagged `disturbed` (and left out of medians when clean repetitions \
+exist) when the achieved rate is below 97% of the target, the generator is near saturation, or \
+other processes on the machine used noticeable CPU during the window.
+
+Examples:
+  meshlite-bench                                 # the default ladder 1k, 2k, 5k, 10k RPS
+  meshlite-bench --rate 2000 --peer haproxy      # one rate, 3 repetitions, beside an HAProxy pair
+  meshlite-bench --rate 5000 --workers 1 --pin --json out.json";
+
+/// The whole command line.
+#[derive(Debug, Parser)]
+#[command(name = "meshlite-bench", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Internal subcommands (the upstream app).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Benchmark options (used when no subcommand is given).
+    #[command(flatten)]
+    pub bench: BenchArgs,
+}
+
+/// Subcommands; all hidden, they are how the benchmark starts its own helper processes.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the upstream application: fixed 200 with an N-byte body (HTTP/1.1, h2c, gRPC).
+    #[command(hide = true)]
+    App(AppArgs),
+}
+
+/// Options of the hidden `app` subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct AppArgs {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed as JSON).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Response body size in bytes (for gRPC, the message size inside the gRPC frame).
+    #[arg(long, default_value_t = DEFAULT_PAYLOAD)]
+    pub payload: usize,
+}
+
+/// Default response body size: a small fixed response, like the `return 200` baseline app.
+pub const DEFAULT_PAYLOAD: usize = 64;
+
+/// Options of the benchmark.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Scenario to run.
+    #[arg(long, value_enum, default_value_t = ScenarioName::Pair)]
+    pub scenario: ScenarioName,
+    /// Run a single rate (requests per second) instead of the default ladder 1000, 2000, 5000, 10000.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=200_000))]
+    pub rate: Option<u32>,
+    /// Measured window per run, e.g. `10`, `10s`, `1500ms`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Warm-up at the target rate before the measured window (connections, TLS, caches).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Concurrent connections of the load generator (each with its own staggered schedule).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connections: u32,
+    /// Response body size in bytes.
+    #[arg(long, default_value_t = DEFAULT_PAYLOAD)]
+    pub payload: usize,
+    /// What the load generator speaks to the app or to the client-side sidecar.
+    #[arg(long, value_enum, default_value_t = Protocol::Http1)]
+    pub protocol: Protocol,
+    /// How the sidecars talk to each other (client sidecar's `upstream.protocol`); default: the
+    /// proxy's own default (left out of the config).
+    #[arg(long, value_enum)]
+    pub upstream: Option<UpstreamProtocol>,
+    /// Worker threads of each meshlite-proxy (`--workers N`); default: the proxy's default.
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Repetitions per rate (fresh processes each); default 3 for one rate, 1 per ladder step.
+    /// With more than one, the median and the range are reported.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub repeat: Option<u32>,
+    /// Pin the load generator to CPU 0 and the app and sidecars to CPU 1 (uses `taskset`).
+    #[arg(long)]
+    pub pin: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also run the same load, in the same run, through a peer sidecar pair.
+    #[arg(long, value_enum)]
+    pub peer: Option<PeerName>,
+    /// Per-request timeout; a request slower than this counts as an error.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Keep the run directory (configs, certificates, process logs) and print its path.
+    #[arg(long)]
+    pub keep_dir: bool,
+}
+
+/// Protocol between the two sidecars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpstreamProtocol {
+    /// Multiplexed HTTP/2 over mTLS (the proxy's default).
+    H2,
+    /// HTTP/1.1 over mTLS, one request at a time per connection.
+    Http1,
+}
+
+impl UpstreamProtocol {
+    /// The value written into the proxy config's `upstream.protocol`.
+    pub fn config_value(self) -> &'static str {
+        match self {
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::Http1 => "http1",
+        }
+    }
+}
+
+/// A peer sidecar implementation run beside meshlite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PeerName {
+    /// HAProxy (Debian's `haproxy`), an mTLS sidecar pair with one thread each.
+    Haproxy,
+}
+
+/// Why a duration argument was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a duration: use seconds (`10`, `2.5`, `10s`) or milliseconds (`500ms`)")]
+pub struct DurationParseError(String);
+
+/// Parses `10`, `2.5`, `10s` or `500ms` into a [`Duration`].
+pub fn parse_duration(text: &str) -> Result<Duration, DurationParseError> {
+    let bad = || DurationParseError(text.to_string());
+    let trimmed = text.trim();
+    let (number, scale) = if let Some(ms) = trimmed.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else if let Some(s) = trimmed.strip_suffix('s') {
+        (s, 1.0)
+    } else {
+        (trimmed, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    let seconds = value * scale;
+    if !seconds.is_finite() || seconds < 0.0 || seconds > 24.0 * 3600.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10").ok(), Some(Duration::from_secs(10)));
+        assert_eq!(
+            parse_duration("2.5s").ok(),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            parse_duration("500ms").ok(),
+            Some(Duration::from_millis(500))
+        );
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! Starting, watching and stopping the processes under test.
+//!
+//! Every child gets its stderr (and any stdout after its first line) in a log file of the run
+//! directory, so a failure can show what the process said. Readiness is never a sleep: a child
+//! that announces itself (the proxy's and the app's JSON line) is waited for line-first, with a
+//! timeout, and a child that dies meanwhile is reported with its exit status and the tail of its
+//! log. Pinning uses `taskset -c CPU`, which execs the program, so the PID is the program's own.
+//! Stopping sends SIGTERM and waits a bounded time before SIGKILL; dropping a child kills it.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a stopping child may take after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How much of a log a failure report quotes.
+const LOG_TAIL_BYTES: usize = 2_000;
+
+/// Why a child process misbehaved.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The program could not be started at all.
+    #[error("cannot start {name} ({program}): {source}")]
+    Spawn {
+        /// Role of the process.
+        name: String,
+        /// Program path.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The log file could not be created.
+    #[error("cannot create log file {path}: {source}")]
+    Log {
+        /// Log path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The process exited before it was ready.
+    #[error("{name} exited before it was ready ({status}); its log {log}:\n{tail}")]
+    EarlyExit {
+        /// Role of the process.
+        name: String,
+        /// Its exit status.
+        status: String,
+        /// Log path.
+        log: PathBuf,
+        /// The end of its log.
+        tail: String,
+    },
+    /// The process did not become ready in time.
+    #[error("{name} was not ready after {waited:?}: {what}; its log {log}:\n{tail}")]
+    NotReady {
+        /// Role of the process.
+        name: String,
+        /// How long we waited.
+        waited: Duration,
+        /// What was awaited.
+        what: String,
+        /// Log path.
+        log: PathBuf,
+        /// The end of its log.
+        tail: String,
+    },
+    /// Waiting for or signalling the process failed.
+    #[error("cannot control {name}: {message}")]
+    Control {
+        /// Role of the process.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    /// Role, used in messages and log file names (`app`, `client-sidecar`...).
+    pub name: String,
+    /// Program to run.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Pin it to this CPU with `taskset`.
+    pub pin_cpu: Option<usize>,
+    /// Directory for its log file.
+    pub log_dir: PathBuf,
+    /// Give it a stdin pipe that closes when we drop the child (the app exits on EOF).
+    pub stdin_pipe: bool,
+}
+
+/// A running child process.
+pub struct ManagedChild {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    first_line: Option<mpsc::Receiver<String>>,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl ManagedChild {
+    /// Starts the process described by `spec`.
+    pub fn spawn(spec: ChildSpec) -> Result<Self, ProcessError> {
+        let log = spec.log_dir.join(format!("{}.log", spec.name));
+        let log_file = File::create(&log).map_err(|source| ProcessError::Log {
+            path: log.clone(),
+            source,
+        })?;
+        let stderr = log_file.try_clone().map_err(|source| ProcessError::Log {
+            path: log.clone(),
+            source,
+        })?;
+        let mut command = match spec.pin_cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(&spec.program);
+                c
+            }
+            None => Command::new(&spec.program),
+        };
+        command
+            .args(&spec.args)
+            .stdin(if spec.stdin_pipe {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
+            name: spec.name.clone(),
+            program: spec.program.display().to_string(),
+            source,
+        })?;
+        let stdin = child.stdin.take();
+        let first_line = child.stdout.take().map(|stdout| {
+            let (tx, rx) = mpsc::channel();
+            let mut rest = log_file;
+            // The reader ends when the child closes stdout (exit); it only forwards and logs.
+            let _ = thread::Builder::new()
+                .name(format!("{}-stdout", spec.name))
+                .spawn(move || {
+                    let mut lines = BufReader::new(stdout).lines();
+                    if let Some(Ok(line)) = lines.next() {
+                        let _ = writeln!(rest, "[stdout] {line}");
+                        let _ = tx.send(line);
+                    }
+                    for line in lines.map_while(Result::ok) {
+                        let _ = writeln!(rest, "[stdout] {line}");
+                    }
+                });
+            rx
+        });
+        Ok(Self {
+            name: spec.name,
+            child,
+            stdin,
+            first_line,
+            log,
+            exited: None,
+        })
+    }
+
+    /// The process id (the program's own, also when pinned through `taskset`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Role of the process.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Path of its log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Waits for the first line on its stdout.
+    pub fn first_line(&mut self, timeout: Duration) -> Result<String, ProcessError> {
+        let deadline = Instant::now() + timeout;
+        let Some(rx) = self.first_line.as_ref() else {
+            return Err(self.not_ready(timeout, "stdout line (stdout not captured)"));
+        };
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => return Ok(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed without a line: the process is exiting.
+                    let status = self.wait_exit(Duration::from_secs(2));
+                    return Err(self.early_exit(status));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(status) = self.try_exit()? {
+                return Err(self.early_exit(Some(status)));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.not_ready(timeout, "its listening line on stdout"));
+            }
+        }
+    }
+
+    /// Returns the exit status if the process has exited.
+    pub fn try_exit(&mut self) -> Result<Option<ExitStatus>, ProcessError> {
+        if let Some(status) = self.exited {
+            return Ok(Some(status));
+        }
+        let status = self.child.try_wait().map_err(|e| ProcessError::Control {
+            name: self.name.clone(),
+            message: e.to_string(),
+        })?;
+        self.exited = status;
+        Ok(status)
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.try_exit() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// An error saying the process died, with its log's tail.
+    pub fn early_exit(&self, status: Option<ExitStatus>) -> ProcessError {
+        ProcessError::EarlyExit {
+            name: self.name.clone(),
+            status: status.map_or_else(|| "still running".to_string(), |s| s.to_string()),
+            log: self.log.clone(),
+            tail: self.log_tail(),
+        }
+    }
+
+    /// An error saying the process was not ready after `waited`, with its log's tail.
+    pub fn not_ready(&self, waited: Duration, what: &str) -> ProcessError {
+        ProcessError::NotReady {
+            name: self.name.clone(),
+            waited,
+            what: what.to_string(),
+            log: self.log.clone(),
+            tail: self.log_tail(),
+        }
+    }
+
+    /// The last couple of kilobytes of its log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(LOG_TAIL_BYTES);
+        String::from_utf8_lossy(&text[start..]).into_owned()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit; SIGKILL after the grace period.
+    /// Returns the exit status, or `None` if it had to be killed.
+    pub fn stop(mut self) -> Result<Option<ExitStatus>, ProcessError> {
+        self.stdin = None;
+        if let Some(status) = self.try_exit()? {
+            return Ok(Some(status));
+        }
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        // ESRCH (already gone) is fine: the wait below collects it.
+        let _ = kill(pid, Signal::SIGTERM);
+        if let Some(status) = self.wait_exit(STOP_GRACE) {
+            return Ok(Some(status));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.exited = None;
+        Ok(None)
+    }
+}
+
+impl Drop for ManagedChild {
+    fn drop(&mut self) {
+        self.stdin = None;
+        if matches!(self.try_exit(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Finds `name` on PATH (and in the sbin directories, where Debian puts daemons).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            ["/usr/sbin", "/sbin", "/usr/local/sbin"]
+                .iter()
+                .map(PathBuf::from),
+        )
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}

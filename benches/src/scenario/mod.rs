@@ -1,0 +1,33 @@
+//! Benchmark scenarios, one module each.
+//!
+//! `pair` (the default) measures one client/server sidecar pair against a direct call. Later
+//! scenarios (`control`, `mesh`, `chaos`) plug in here beside it and reuse the shared modules.
+
+pub mod pair;
+
+use clap::ValueEnum;
+
+use crate::cli::BenchArgs;
+
+/// Which scenario to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScenarioName {
+    /// One mTLS sidecar pair vs a direct call: added latency, CPU and memory per sidecar.
+    Pair,
+}
+
+/// Why a scenario failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The pair scenario failed.
+    #[error(transparent)]
+    Pair(#[from] pair::PairError),
+}
+
+/// Runs the chosen scenario; returns whether every leg ran (false: some leg failed; the report
+/// says which).
+pub fn run(args: &BenchArgs) -> Result<bool, ScenarioError> {
+    match args.scenario {
+        ScenarioName::Pair => Ok(pair::run(args)?),
+    }
+}

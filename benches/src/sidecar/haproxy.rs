@@ -1,0 +1,141 @@
+//! The HAProxy peer: an mTLS sidecar pair tuned like the recorded baseline.
+//!
+//! Client side: plain traffic in on loopback, TLS 1.3 out with the client certificate, the server
+//! verified against the mesh root and its DNS SAN. Server side: TLS 1.3 in with a client
+//! certificate required and verified, plain traffic to the app. Both run one thread (`nbthread 1`,
+//! a sidecar limited to one core), keep connections alive and reuse them (`http-reuse always`).
+//! For HTTP/1.1 load both hops speak HTTP/1.1 (ALPN `http/1.1`), exactly as the baseline; for h2c
+//! and gRPC load the frontends accept h2c and the hops use HTTP/2 (ALPN `h2`, `proto h2`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::pki::{MeshPki, SERVER_DNS};
+use super::{READY_TIMEOUT, RunningPair, SidecarError, free_port, wait_for_port, write_text};
+use crate::load::Protocol;
+use crate::process::{ChildSpec, ManagedChild, find_program};
+
+/// Finds the `haproxy` executable.
+pub fn find() -> Option<PathBuf> {
+    find_program("haproxy")
+}
+
+/// First line of `haproxy -v`.
+pub fn version(binary: &Path) -> Option<String> {
+    let output = Command::new(binary).arg("-v").output().ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+const GLOBAL_AND_DEFAULTS: &str = "global
+    nbthread 1
+    maxconn 4000
+    tune.ssl.default-dh-param 2048
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-server-options ssl-min-ver TLSv1.3
+    log stderr format raw local0 err
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    option http-keep-alive
+    http-reuse always
+";
+
+fn client_config(pki: &Path, client_port: u16, server_port: u16, protocol: Protocol) -> String {
+    let (bind_proto, alpn) = match protocol {
+        Protocol::Http1 => ("", "http/1.1"),
+        Protocol::H2c | Protocol::Grpc => (" proto h2", "h2"),
+    };
+    let pki = pki.display();
+    format!(
+        "# meshlite-bench: HAProxy client-side (outbound) sidecar
+{GLOBAL_AND_DEFAULTS}frontend outbound
+    bind 127.0.0.1:{client_port}{bind_proto}
+    default_backend to_server_sidecar
+backend to_server_sidecar
+    server s1 127.0.0.1:{server_port} ssl crt {pki}/client.pem ca-file {pki}/ca.crt verify required verifyhost {SERVER_DNS} sni str({SERVER_DNS}) alpn {alpn} maxconn 1000
+"
+    )
+}
+
+fn server_config(pki: &Path, server_port: u16, app: SocketAddr, protocol: Protocol) -> String {
+    let (alpn, app_proto) = match protocol {
+        Protocol::Http1 => ("http/1.1", ""),
+        Protocol::H2c | Protocol::Grpc => ("h2", " proto h2"),
+    };
+    let pki = pki.display();
+    format!(
+        "# meshlite-bench: HAProxy server-side (inbound) sidecar
+{GLOBAL_AND_DEFAULTS}frontend inbound
+    bind 127.0.0.1:{server_port} ssl crt {pki}/server.pem ca-file {pki}/ca.crt verify required alpn {alpn}
+    http-request set-header X-Client-Verified %[ssl_c_verify]
+    default_backend app
+backend app
+    server app {app}{app_proto} maxconn 1000
+"
+    )
+}
+
+fn start_one(
+    binary: &Path,
+    name: &str,
+    config: &Path,
+    run_dir: &Path,
+    pin_cpu: Option<usize>,
+) -> Result<ManagedChild, SidecarError> {
+    Ok(ManagedChild::spawn(ChildSpec {
+        name: name.to_string(),
+        program: binary.to_path_buf(),
+        // -db: stay in the foreground, no daemon, no master process: the PID is the worker.
+        args: vec!["-db".into(), "-f".into(), config.as_os_str().to_owned()],
+        pin_cpu,
+        log_dir: run_dir.to_path_buf(),
+        stdin_pipe: false,
+    })?)
+}
+
+/// Starts the HAProxy pair in front of `app`.
+pub fn start_pair(
+    binary: &Path,
+    run_dir: &Path,
+    pki: &MeshPki,
+    app: SocketAddr,
+    protocol: Protocol,
+    pin_cpu: Option<usize>,
+) -> Result<RunningPair, SidecarError> {
+    let server_port = free_port()?;
+    let client_port = free_port()?;
+    let server_cfg = run_dir.join("haproxy-server.cfg");
+    let client_cfg = run_dir.join("haproxy-client.cfg");
+    write_text(
+        &server_cfg,
+        &server_config(&pki.haproxy_dir, server_port, app, protocol),
+    )?;
+    write_text(
+        &client_cfg,
+        &client_config(&pki.haproxy_dir, client_port, server_port, protocol),
+    )?;
+
+    let mut server = start_one(binary, "haproxy-server", &server_cfg, run_dir, pin_cpu)?;
+    wait_for_port(
+        &mut server,
+        SocketAddr::from(([127, 0, 0, 1], server_port)),
+        READY_TIMEOUT,
+    )?;
+    let mut client = start_one(binary, "haproxy-client", &client_cfg, run_dir, pin_cpu)?;
+    let entry = SocketAddr::from(([127, 0, 0, 1], client_port));
+    wait_for_port(&mut client, entry, READY_TIMEOUT)?;
+    Ok(RunningPair {
+        implementation: "haproxy",
+        client,
+        server,
+        entry,
+        authority: super::meshlite::SERVICE_HOST.to_string(),
+    })
+}

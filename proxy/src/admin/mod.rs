@@ -1,0 +1,113 @@
+//! The proxy's operator endpoints: health (15021), merged Prometheus metrics (15020) and admin
+//! (15000: config dump, readiness, quit), on Istio's ports so operators' habits carry over.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::context::ProxyContext;
+use crate::http::body::ProxyBody;
+
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `/healthz/ready` only.
+    Health,
+    /// `/stats/prometheus` only.
+    Metrics,
+    /// Everything, plus `/config_dump` and `POST /quitquitquit`.
+    Admin,
+}
+
+/// Serves one operator listener until the process exits (they stay up during drain so
+/// readiness can report it).
+pub async fn serve(ctx: Arc<ProxyContext>, listener: TcpListener, role: Role, quit: Arc<Notify>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("admin accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        let quit = quit.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                let quit = quit.clone();
+                async move { Ok::<_, Infallible>(respond(&ctx, role, &quit, req)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+fn respond(ctx: &ProxyContext, role: Role, quit: &Notify, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    let admin = role == Role::Admin;
+    match (req.method(), path) {
+        (&Method::GET, "/healthz/ready" | "/ready") if role != Role::Metrics => {
+            if ctx.drain.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain")
+            } else {
+                text(StatusCode::OK, "ready\n", "text/plain")
+            }
+        }
+        (&Method::GET, "/stats/prometheus" | "/metrics") if role != Role::Health => {
+            text(StatusCode::OK, ctx.telemetry.metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        }
+        (&Method::GET, "/config_dump") if admin => text(StatusCode::OK, config_dump(ctx), "application/json"),
+        (&Method::POST, "/quitquitquit") if admin => {
+            quit.notify_one();
+            text(StatusCode::OK, "OK\n", "text/plain")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+    }
+}
+
+fn config_dump(ctx: &ProxyContext) -> String {
+    let snap = ctx.snapshot.load();
+    let clusters: Vec<_> = snap
+        .clusters
+        .iter()
+        .map(|c| {
+            json!({
+                "name": format!("outbound|{}||{}", c.port, c.labels.fqdn),
+                "service": &*c.labels.fqdn,
+                "port": c.port,
+                "protocol": c.protocol.label(),
+                "upstream_protocol": format!("{:?}", c.upstream).to_lowercase(),
+                "expected_principal": &*c.labels.principal,
+                "endpoints": c.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
+                "listen": c.listen.map(|a| a.to_string()),
+            })
+        })
+        .collect();
+    let dump = json!({
+        "version": snap.version,
+        "identity": snap.local.id.as_str(),
+        "workload": &*snap.local.workload,
+        "draining": ctx.drain.is_draining(),
+        "open_connections": ctx.drain.open_connections(),
+        "hosts": snap.host_count(),
+        "clusters": clusters,
+    });
+    serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}

@@ -1,0 +1,512 @@
+//! The proxy's static configuration file (`--config FILE`).
+//!
+//! Until the control plane streams configuration, a YAML file describes the workload's identity,
+//! the services it may call and where its local application listens. The file is parsed strictly:
+//! unknown fields, missing fields and bad values are refused with the path of the offending field,
+//! and the proxy never starts half-configured. The parsed file is validated into a
+//! [`crate::snapshot::Snapshot`]-ready form; nothing here is read on the request path.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::identity::spiffe::SpiffeId;
+
+/// Why a configuration file was refused. The message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML did not parse or did not match the schema (unknown or missing field, wrong type).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("config file {path}: field `{field}`: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted path of the field, e.g. `services[1].endpoints[0]`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// This workload's identity and its certificate files.
+    pub identity: IdentityConfig,
+    /// Listening addresses; each has Istio's default port.
+    #[serde(default)]
+    pub listeners: ListenersConfig,
+    /// Where inbound traffic goes: the local application's ports.
+    #[serde(default)]
+    pub inbound: InboundConfig,
+    /// The services this workload may call through the outbound listener.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    /// How HTTP travels between sidecars.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// Timeouts and limits protecting the proxy from its clients.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Proxy hygiene options.
+    #[serde(default)]
+    pub headers: HeadersConfig,
+}
+
+/// The workload this sidecar runs beside.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The workload's SPIFFE ID, `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+    pub spiffe_id: String,
+    /// Workload name (Istio's `source_workload` / `destination_workload` label).
+    pub workload: String,
+    /// Canonical service name (`app` label); defaults to the workload name.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Canonical revision (`version` label); defaults to `latest`.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// PEM trust bundle: the mesh root(s).
+    pub roots: PathBuf,
+}
+
+/// Listening addresses (Istio's ports by default).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenersConfig {
+    /// Outbound: the local app sends here (explicit mode) or iptables redirects here.
+    pub outbound: SocketAddr,
+    /// Inbound: other sidecars connect here over mutual TLS.
+    pub inbound: SocketAddr,
+    /// Admin: config dump, readiness, quit.
+    pub admin: SocketAddr,
+    /// Prometheus metrics at `/stats/prometheus`.
+    pub metrics: SocketAddr,
+    /// Health at `/healthz/ready`.
+    pub health: SocketAddr,
+}
+
+impl Default for ListenersConfig {
+    fn default() -> Self {
+        Self {
+            outbound: SocketAddr::from(([127, 0, 0, 1], 15001)),
+            inbound: SocketAddr::from(([0, 0, 0, 0], 15006)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            metrics: SocketAddr::from(([0, 0, 0, 0], 15020)),
+            health: SocketAddr::from(([0, 0, 0, 0], 15021)),
+        }
+    }
+}
+
+/// Inbound side: which local ports the sidecar forwards to.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Service ports this workload serves and where the app listens for each.
+    #[serde(default)]
+    pub ports: Vec<InboundPortConfig>,
+}
+
+/// One served port.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundPortConfig {
+    /// The service port callers address (the port in `:authority`, or the CONNECT target port).
+    pub port: u16,
+    /// Where the local application listens for it.
+    pub target: SocketAddr,
+    /// Application protocol on this port.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// Application protocol of a port, as Istio's port naming declares it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 (the app may also speak h2c; the proxy detects it per connection).
+    #[default]
+    Http,
+    /// HTTP/2 to the app (h2c prior knowledge).
+    Http2,
+    /// gRPC: HTTP/2 to the app, metrics labelled `grpc`.
+    Grpc,
+    /// Opaque TCP: bytes are relayed, no HTTP parsing.
+    Tcp,
+}
+
+impl Protocol {
+    /// Istio's `request_protocol` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http | Protocol::Http2 => "http",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// A destination service this workload may call.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Short name (`reviews`).
+    pub name: String,
+    /// Namespace; the FQDN is `<name>.<namespace>.svc.cluster.local`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Service port.
+    pub port: u16,
+    /// Protocol on that port.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Extra host names that route here (besides name, name.ns, name.ns.svc, FQDN).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// SPIFFE IDs the destination's sidecars may present (secure naming).
+    pub identities: Vec<String>,
+    /// Destination sidecars' inbound addresses.
+    pub endpoints: Vec<SocketAddr>,
+    /// Opaque TCP only: a local address the outbound side listens on for this service
+    /// (explicit mode; transparent capture uses the original destination instead).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Virtual addresses of the service (ClusterIP) for transparent capture.
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+/// How HTTP travels between sidecars.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `h2`: multiplexed HTTP/2 over one mTLS connection per endpoint (default);
+    /// `http1`: a pool of HTTP/1.1 keep-alive mTLS connections, as Istio's default.
+    pub protocol: UpstreamProtocol,
+    /// TCP connect timeout to a destination sidecar.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            protocol: UpstreamProtocol::H2,
+            // Envoy/Istio default connect timeout: 10 s.
+            connect_timeout: Duration::from_secs(10),
+            // Istio's default HTTP idle timeout: 1 h.
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Protocol between sidecars for HTTP traffic.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/2, multiplexed.
+    #[default]
+    H2,
+    /// HTTP/1.1 keep-alive pool.
+    Http1,
+}
+
+/// Limits that protect the proxy from slow, idle or abusive clients.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Maximum total size of request headers; larger requests get 431.
+    pub max_header_bytes: usize,
+    /// A client must send its complete request head within this time (slowloris guard).
+    #[serde(with = "duration_str")]
+    pub header_read_timeout: Duration,
+    /// A downstream connection with no request in flight is closed after this long.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    #[serde(with = "duration_str")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            // Envoy's default max_request_headers_kb is 60 KiB.
+            max_header_bytes: 60 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            // Istio's default idle timeout for downstream HTTP connections: 1 h; shorter here
+            // because a sidecar's clients are local and reconnect cheaply.
+            idle_timeout: Duration::from_secs(300),
+            // Istio's terminationDrainDuration default: 5 s.
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Header hygiene options.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadersConfig {
+    /// Value of a `server` header set on responses; none by default (the app's is removed).
+    pub server_name: Option<String>,
+    /// Add `via` on forwarded requests and responses (off by default).
+    pub via: Option<String>,
+}
+
+/// Istio/protobuf-style duration strings: `250ms`, `10s`, `1.5s`, `5m`, `1h`.
+pub mod duration_str {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    /// Parses a duration string; the error says which forms are accepted.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+            Some(i) => s.split_at(i),
+            None => return Err(format!("`{s}` has no unit (use ms, s, m or h, e.g. `10s`)")),
+        };
+        let value: f64 =
+            num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. `250ms`, `10s`)"))?;
+        let secs = match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return Err(format!("`{s}` has unknown unit `{unit}` (use ms, s, m or h)")),
+        };
+        if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+            return Err(format!("`{s}` is out of range"));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    /// Serde adapter.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl ProxyConfig {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is used in error messages and to resolve
+    /// relative certificate paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: ProxyConfig = serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        cfg.validate(path)?;
+        if let Some(dir) = path.parent() {
+            for p in [&mut cfg.identity.cert, &mut cfg.identity.key, &mut cfg.identity.roots] {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
+        SpiffeId::parse(&self.identity.spiffe_id)
+            .map_err(|e| invalid("identity.spiffe_id".into(), e.to_string()))?;
+        if self.identity.workload.is_empty() {
+            return Err(invalid("identity.workload".into(), "must not be empty".into()));
+        }
+        let mut seen_ports = std::collections::HashSet::new();
+        for (i, p) in self.inbound.ports.iter().enumerate() {
+            if !seen_ports.insert(p.port) {
+                return Err(invalid(format!("inbound.ports[{i}].port"), format!("port {} is declared twice", p.port)));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let f = |name: &str| format!("services[{i}].{name}");
+            if !is_dns_label(&s.name) {
+                return Err(invalid(f("name"), format!("`{}` is not a DNS label", s.name)));
+            }
+            if !is_dns_label(&s.namespace) {
+                return Err(invalid(f("namespace"), format!("`{}` is not a DNS label", s.namespace)));
+            }
+            if s.port == 0 {
+                return Err(invalid(f("port"), "must be 1-65535".into()));
+            }
+            if !seen.insert((s.name.clone(), s.namespace.clone(), s.port)) {
+                return Err(invalid(f("port"), format!("service {}.{}:{} is declared twice", s.name, s.namespace, s.port)));
+            }
+            if s.endpoints.is_empty() {
+                return Err(invalid(f("endpoints"), "at least one endpoint is required".into()));
+            }
+            if s.identities.is_empty() {
+                return Err(invalid(
+                    f("identities"),
+                    "at least one SPIFFE ID is required (secure naming)".into(),
+                ));
+            }
+            for (j, id) in s.identities.iter().enumerate() {
+                SpiffeId::parse(id).map_err(|e| invalid(format!("services[{i}].identities[{j}]"), e.to_string()))?;
+            }
+            if s.listen.is_some() && s.protocol != Protocol::Tcp {
+                return Err(invalid(f("listen"), "only services with protocol `tcp` take a listen address".into()));
+            }
+            for (j, alias) in s.aliases.iter().enumerate() {
+                if alias.is_empty() || alias.contains(':') {
+                    return Err(invalid(format!("services[{i}].aliases[{j}]"), "must be a host name without port".into()));
+                }
+            }
+        }
+        if self.limits.max_header_bytes < 1024 {
+            return Err(invalid("limits.max_header_bytes".into(), "must be at least 1024".into()));
+        }
+        Ok(())
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+identity:
+  spiffe_id: spiffe://cluster.local/ns/default/sa/productpage
+  workload: productpage-v1
+  cert: certs/pp.crt
+  key: certs/pp.key
+  roots: certs/root.crt
+inbound:
+  ports:
+    - port: 9080
+      target: 127.0.0.1:9080
+services:
+  - name: reviews
+    port: 9080
+    identities: [spiffe://cluster.local/ns/default/sa/reviews]
+    endpoints: [127.0.0.1:16006]
+"#;
+
+    fn parse(text: &str) -> Result<ProxyConfig, ConfigError> {
+        ProxyConfig::parse(text, Path::new("/etc/meshlite/proxy.yaml"))
+    }
+
+    #[test]
+    fn good_file_parses_with_defaults_and_resolves_paths() {
+        let cfg = parse(GOOD).expect("valid");
+        assert_eq!(cfg.listeners.outbound.port(), 15001);
+        assert_eq!(cfg.listeners.inbound.port(), 15006);
+        assert_eq!(cfg.upstream.protocol, UpstreamProtocol::H2);
+        assert_eq!(cfg.services[0].namespace, "default");
+        assert_eq!(cfg.identity.cert, Path::new("/etc/meshlite/certs/pp.crt"));
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = GOOD.replace("    port: 9080\n    identities", "    port: 9080\n    wieght: 3\n    identities");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("wieght"), "{err}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let text = GOOD.replace("  workload: productpage-v1\n", "");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("workload"), "{err}");
+    }
+
+    #[test]
+    fn bad_spiffe_id_names_the_field() {
+        let text = GOOD.replace("sa/reviews]", "sa/reviews/../x]");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("services[0].identities[0]"), "{err}");
+    }
+
+    #[test]
+    fn bad_endpoint_address_is_refused() {
+        let text = GOOD.replace("127.0.0.1:16006", "localhost-no-port");
+        assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn empty_endpoints_refused() {
+        let text = GOOD.replace("[127.0.0.1:16006]", "[]");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("services[0].endpoints"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_service_refused() {
+        let dup = "  - name: reviews\n    port: 9080\n    identities: [spiffe://cluster.local/ns/default/sa/reviews]\n    endpoints: [127.0.0.1:16007]\n";
+        let err = parse(&format!("{GOOD}{dup}")).unwrap_err().to_string();
+        assert!(err.contains("services[1].port"), "{err}");
+    }
+
+    #[test]
+    fn listen_only_for_tcp() {
+        let text = GOOD.replace("    endpoints: [127.0.0.1:16006]", "    endpoints: [127.0.0.1:16006]\n    listen: 127.0.0.1:7000");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("services[0].listen"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(duration_str::parse("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration_str::parse("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(duration_str::parse("2m").unwrap(), Duration::from_secs(120));
+        assert!(duration_str::parse("10").is_err());
+        assert!(duration_str::parse("10parsecs").is_err());
+        let text = format!("{GOOD}limits:\n  idle_timeout: forever\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("forever"), "{err}");
+    }
+
+    #[test]
+    fn not_yaml_is_refused() {
+        assert!(parse("identity: [unclosed").is_err());
+        assert!(parse("").is_err());
+    }
+}

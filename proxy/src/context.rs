@@ -1,0 +1,46 @@
+//! What every connection of a running proxy shares: the current snapshot, identity,
+//! telemetry, limits and drain state. Built once at start-up; the snapshot inside is swapped
+//! atomically when configuration changes.
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{HeadersConfig, LimitsConfig};
+use crate::identity::tls::Identity;
+use crate::server::drain::Drain;
+use crate::snapshot::Snapshot;
+use crate::telemetry::Telemetry;
+use crate::transport::http1::LocalHttp1Client;
+
+/// Shared state of a running proxy.
+#[derive(Debug)]
+pub struct ProxyContext {
+    /// Current configuration; load once per request.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// This workload's key pair and trust bundle.
+    pub identity: Arc<Identity>,
+    /// Metrics and access log.
+    pub telemetry: Arc<Telemetry>,
+    /// Downstream protection limits.
+    pub limits: LimitsConfig,
+    /// Header hygiene options.
+    pub headers: HeadersConfig,
+    /// Drain state.
+    pub drain: Arc<Drain>,
+    /// Pooled HTTP/1.1 client to the local application.
+    pub local_http1: LocalHttp1Client,
+    /// Connect timeout towards upstream sidecars.
+    pub connect_timeout: Duration,
+    /// Server configuration for downstream connections.
+    pub http_builder: auto::Builder<TokioExecutor>,
+}
+
+/// Checks that the request path can cross threads: a compile-time guard, no runtime cost.
+#[allow(dead_code)]
+fn assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<ProxyContext>();
+}

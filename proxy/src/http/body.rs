@@ -1,0 +1,70 @@
+//! The one body type that flows through the proxy in both directions.
+//!
+//! Requests and responses are streamed, never buffered: a body is either hyper's `Incoming`
+//! (from a client, an upstream or the local app) or a small fixed body the proxy itself produced
+//! (an error page). An enum instead of a boxed trait object keeps the per-request path free of an
+//! allocation and a virtual call per frame.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// A streaming HTTP body.
+#[derive(Debug, Default)]
+pub enum ProxyBody {
+    /// Streamed from a peer.
+    Incoming(Incoming),
+    /// A complete body produced by the proxy (error responses); `None` once sent.
+    Full(Option<Bytes>),
+    /// No body.
+    #[default]
+    Empty,
+}
+
+impl ProxyBody {
+    /// A body holding `bytes`.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let b = bytes.into();
+        if b.is_empty() { ProxyBody::Empty } else { ProxyBody::Full(Some(b)) }
+    }
+}
+
+impl From<Incoming> for ProxyBody {
+    fn from(b: Incoming) -> Self {
+        ProxyBody::Incoming(b)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Full(None) | ProxyBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The one place where failures become responses.
+//!
+//! Every layer returns a typed [`ProxyError`]; this module decides the status code, Envoy's
+//! response flag and the short body, so `503 UF` means the same thing everywhere.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ProxyBody;
+use crate::transport::connect::ConnectError;
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No configured service matches the request's host (Envoy `NR`).
+    #[error("no route for host `{0}`")]
+    NoRoute(String),
+    /// The request has no host to route on.
+    #[error("request has no :authority or Host header")]
+    NoHost,
+    /// The inbound side does not serve the requested port (Envoy `NR`).
+    #[error("this workload serves no port {0}")]
+    NoInboundPort(u16),
+    /// A tunnel (CONNECT) to a port that is not declared `tcp`.
+    #[error("port {0} is not declared tcp; CONNECT refused")]
+    NotTcpPort(u16),
+    /// Connecting to the upstream failed (Envoy `UF`).
+    #[error("upstream connect error: {0}")]
+    Connect(#[from] ConnectError),
+    /// The upstream connection broke before a response (Envoy `UC`).
+    #[error("upstream connection terminated: {0}")]
+    UpstreamTerminated(String),
+    /// The upstream reset the stream (Envoy `UR`).
+    #[error("upstream reset the stream: {0}")]
+    UpstreamReset(String),
+    /// The upstream refused a protocol upgrade.
+    #[error("upstream refused the upgrade")]
+    UpgradeRefused,
+}
+
+impl ProxyError {
+    /// HTTP status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute(_) | ProxyError::NoInboundPort(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoHost => StatusCode::BAD_REQUEST,
+            ProxyError::NotTcpPort(_) => StatusCode::FORBIDDEN,
+            ProxyError::Connect(_)
+            | ProxyError::UpstreamTerminated(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpgradeRefused => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Envoy response flag for access logs and the `response_flags` label.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute(_) | ProxyError::NoInboundPort(_) => "NR",
+            ProxyError::NoHost => "DPE",
+            ProxyError::NotTcpPort(_) => "NR",
+            ProxyError::Connect(_) => "UF",
+            ProxyError::UpstreamTerminated(_) | ProxyError::UpgradeRefused => "UC",
+            ProxyError::UpstreamReset(_) => "UR",
+        }
+    }
+
+    /// The TLS/TCP failure reason when the error is a connect failure.
+    pub fn transport_reason(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::Connect(e) => Some(e.transport_reason()),
+            _ => None,
+        }
+    }
+
+    /// Classifies a hyper client error on an established connection.
+    pub fn from_upstream(err: &hyper::Error) -> Self {
+        use std::error::Error as _;
+        let mut src = err.source();
+        while let Some(s) = src {
+            if let Some(h2) = s.downcast_ref::<h2_reason::H2Error>() {
+                if h2.is_reset() {
+                    return ProxyError::UpstreamReset(err.to_string());
+                }
+            }
+            src = s.source();
+        }
+        ProxyError::UpstreamTerminated(err.to_string())
+    }
+
+    /// Classifies an error from hyper-util's pooled client.
+    pub fn from_pooled(err: hyper_util::client::legacy::Error) -> Self {
+        use std::error::Error as _;
+        let mut src = err.source();
+        while let Some(s) = src {
+            if let Some(c) = s.downcast_ref::<ConnectError>() {
+                return ProxyError::Connect(clone_connect_error(c));
+            }
+            if let Some(h) = s.downcast_ref::<hyper::Error>() {
+                return ProxyError::from_upstream(h);
+            }
+            src = s.source();
+        }
+        if err.is_connect() {
+            return ProxyError::Connect(ConnectError::Tcp {
+                addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                source: std::io::Error::other(err.to_string()),
+            });
+        }
+        ProxyError::UpstreamTerminated(err.to_string())
+    }
+
+    /// The response the client receives.
+    pub fn into_response(&self) -> Response<ProxyBody> {
+        let body = match self {
+            ProxyError::Connect(e) => format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {}: {e}\n",
+                e.transport_reason()
+            ),
+            other => format!("meshlite: {other}\n"),
+        };
+        local_reply(self.status(), Bytes::from(body))
+    }
+}
+
+fn clone_connect_error(e: &ConnectError) -> ConnectError {
+    match e {
+        ConnectError::Timeout(a) => ConnectError::Timeout(*a),
+        ConnectError::Tcp { addr, source } => {
+            ConnectError::Tcp { addr: *addr, source: std::io::Error::new(source.kind(), source.to_string()) }
+        }
+        ConnectError::Tls { addr, reason, message } => {
+            ConnectError::Tls { addr: *addr, reason, message: message.clone() }
+        }
+        ConnectError::Handshake { addr, .. } => ConnectError::Tcp {
+            addr: *addr,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        },
+    }
+}
+
+/// A response generated by the proxy itself: plain text, never cached.
+pub fn local_reply(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The h2 crate's error, reached through hyper's error sources.
+mod h2_reason {
+    /// Re-export so the downcast above names one type.
+    pub type H2Error = h2::Error;
+}

@@ -1,0 +1,5 @@
+//! Workload identity: SPIFFE IDs, certificate loading, rustls configurations and peer checks.
+
+pub mod dev_pki;
+pub mod spiffe;
+pub mod tls;

@@ -1,0 +1,140 @@
+//! `meshlite-proxy`: the sidecar binary.
+//!
+//! `meshlite-proxy --config FILE` runs the proxy; `validate` checks a config file; `dev-pki`
+//! writes a development root and SPIFFE certificates for the quick start.
+#![forbid(unsafe_code)]
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use meshlite_proxy::config::ProxyConfig;
+use meshlite_proxy::identity::dev_pki::DevCa;
+use meshlite_proxy::telemetry::access_log::AccessLogTarget;
+use meshlite_proxy::{RunningProxy, StartOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// meshlite's sidecar proxy.
+#[derive(Parser, Debug)]
+#[command(name = "meshlite-proxy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Static configuration file (YAML).
+    #[arg(long, env = "MESHLITE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Runtime worker threads; 1 runs a single-threaded runtime (a sidecar with a 1-core limit).
+    #[arg(long, env = "MESHLITE_WORKERS", default_value_t = 2)]
+    workers: usize,
+    /// Write JSON access log lines to PATH (`-` for stdout). Off by default.
+    #[arg(long, env = "MESHLITE_ACCESS_LOG")]
+    access_log: Option<String>,
+    /// Log filter for the proxy's own logs (stderr), e.g. `info`, `meshlite_proxy=debug`.
+    #[arg(long, env = "MESHLITE_LOG", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Checks a configuration file and exits 0 (valid) or 2 (with the field at fault).
+    Validate,
+    /// Writes a development root CA and SPIFFE certificates (not for production).
+    DevPki {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Identities as `namespace/service-account`; files are named after the account.
+        #[arg(long = "identity", required = true)]
+        identities: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+
+    match &cli.command {
+        Some(Command::DevPki { out, trust_domain, identities }) => match dev_pki(out, trust_domain, identities) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("meshlite-proxy dev-pki: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Some(Command::Validate) | None => {
+            let Some(path) = cli.config.clone() else {
+                eprintln!("meshlite-proxy: --config FILE is required");
+                return ExitCode::from(2);
+            };
+            let cfg = match ProxyConfig::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("meshlite-proxy: invalid configuration: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if matches!(cli.command, Some(Command::Validate)) {
+                println!("{}: valid ({} services, {} inbound ports)", path.display(), cfg.services.len(), cfg.inbound.ports.len());
+                return ExitCode::SUCCESS;
+            }
+            match run(cfg, &cli) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meshlite-proxy: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn dev_pki(out: &std::path::Path, trust_domain: &str, identities: &[String]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let ca = DevCa::new(trust_domain)?;
+    ca.write_root(out)?;
+    for ident in identities {
+        let (ns, sa) = ident.split_once('/').context("identities are namespace/service-account")?;
+        let cert = ca.issue(&format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}"))?;
+        let (c, k) = cert.write(out, sa)?;
+        println!("wrote {} and {}", c.display(), k.display());
+    }
+    println!("wrote {}", out.join("root.crt").display());
+    Ok(())
+}
+
+fn run(cfg: ProxyConfig, cli: &Cli) -> anyhow::Result<()> {
+    let runtime = if cli.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(cli.workers).enable_all().build()
+    }
+    .context("starting the runtime")?;
+    let access_log = cli.access_log.as_ref().map(|t| {
+        if t == "-" { AccessLogTarget::Stdout } else { AccessLogTarget::File(PathBuf::from(t)) }
+    });
+    runtime.block_on(async move {
+        let proxy = RunningProxy::start(cfg, StartOptions { access_log }).await?;
+        let mut line = serde_json::to_value(&proxy.addrs)?;
+        line["msg"] = serde_json::Value::from("meshlite-proxy listening");
+        println!("{line}");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let why = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = proxy.quit_requested() => "quitquitquit",
+        };
+        tracing::info!("{why}: draining");
+        let left = proxy.drain().await;
+        if left > 0 {
+            tracing::warn!(connections = left, "drain deadline passed with connections open; closing them");
+        } else {
+            tracing::info!("drained; exiting");
+        }
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,333 @@
+//! Outbound HTTP: the local app's request, routed to a destination service and carried over
+//! mutual TLS to one of its sidecars.
+//!
+//! The path, in order: find the service from `:authority`/Host (404 `NR` when none), clean the
+//! headers (hop-by-hop, request id, forwarded proto, peer metadata), pick an endpoint (round
+//! robin for now), send on the endpoint's multiplexed HTTP/2 connection (or the HTTP/1.1 pool),
+//! and stream the response back with its telemetry finished at end of stream. HTTP/1.1 upgrades
+//! (WebSocket) get a dedicated HTTP/1.1 mTLS connection that is spliced once both sides switch.
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+use crate::config::Protocol;
+use crate::context::ProxyContext;
+use crate::http::body::ProxyBody;
+use crate::http::errors::ProxyError;
+use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_PROTO};
+use crate::server::conn::ConnState;
+use crate::snapshot::{Cluster, Endpoint, PeerWorkload, RouteMiss};
+use crate::telemetry::access_log::{AccessLogEntry, rfc3339};
+use crate::telemetry::exchange::{Exchange, TrackedBody};
+use crate::telemetry::labels::source_report;
+use crate::transport::http1;
+
+/// Internal header carrying the service port when the app's authority has none.
+pub static DESTINATION_PORT: http::HeaderName = http::HeaderName::from_static("x-meshlite-port");
+
+/// One downstream (app-side) connection's view.
+#[derive(Clone, Debug)]
+pub struct OutboundConn {
+    /// Shared proxy state.
+    pub ctx: Arc<ProxyContext>,
+    /// Activity tracking of this connection.
+    pub state: Arc<ConnState>,
+    /// The app's address.
+    pub remote: SocketAddr,
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
+pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// Handles one request from the local application.
+pub async fn handle(conn: OutboundConn, req: Request<Incoming>) -> Result<Response<TrackedBody>, Infallible> {
+    let start = Instant::now();
+    let in_flight = conn.state.start_request();
+    let ctx = &conn.ctx;
+    let snap = ctx.snapshot.load();
+    let mut log = ctx.telemetry.access_log.is_some().then(|| Box::new(log_entry(&req, conn.remote)));
+
+    let routed = match request_authority(&req) {
+        None => Err(ProxyError::NoHost),
+        Some(authority) => snap.route(authority).map_err(|miss| match miss {
+            RouteMiss::UnknownHost | RouteMiss::UnknownPort => ProxyError::NoRoute(authority.to_string()),
+        }),
+    };
+    let (cluster, result) = match routed {
+        Err(e) => (None, Err(e)),
+        Ok(cluster) => {
+            let endpoint = cluster.pick().clone();
+            if let Some(l) = log.as_deref_mut() {
+                l.upstream_host = Some(endpoint.addr_label.to_string());
+                l.upstream_cluster = Some(format!("outbound|{}||{}", cluster.port, cluster.labels.fqdn));
+            }
+            let r = forward(ctx, cluster, &endpoint, req).await.map(|resp| (resp, endpoint));
+            (Some(cluster.clone()), r)
+        }
+    };
+
+    let protocol = cluster.as_ref().map(|c| c.protocol).unwrap_or(Protocol::Http);
+    let (resp, flags, peer) = match result {
+        Ok((mut resp, endpoint)) => {
+            let peer = learn_peer(&endpoint, resp.headers());
+            let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            clean_response(ctx, resp.headers_mut(), upgrading);
+            (resp, "-", peer)
+        }
+        Err(e) => {
+            if let Some(l) = log.as_deref_mut() {
+                l.upstream_transport_failure_reason = e.transport_reason();
+            }
+            tracing::debug!(error = %e, flag = e.flag(), "outbound request failed");
+            (e.into_response(), e.flag(), None)
+        }
+    };
+    let labels = source_report(&snap.local, cluster.as_deref(), peer.as_deref(), protocol, resp.status().as_u16(), flags);
+    if let Some(l) = log.as_deref_mut() {
+        l.response_code = resp.status().as_u16();
+    }
+    let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
+    exchange.set_grpc_status(resp.headers());
+    Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
+}
+
+fn log_entry<B>(req: &Request<B>, remote: SocketAddr) -> AccessLogEntry {
+    let h = req.headers();
+    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    AccessLogEntry {
+        start_time: rfc3339(std::time::SystemTime::now()),
+        direction: "outbound",
+        method: req.method().to_string(),
+        path: req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
+        protocol: version_label(req.version()),
+        x_forwarded_for: get("x-forwarded-for"),
+        user_agent: get("user-agent"),
+        request_id: get("x-request-id"),
+        authority: request_authority(req).map(str::to_string),
+        downstream_remote_address: remote.to_string(),
+        bytes_received: h
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+/// `HTTP/1.1`, `HTTP/2`... for access logs.
+pub fn version_label(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+fn learn_peer(endpoint: &Endpoint, headers: &http::HeaderMap) -> Option<Arc<PeerWorkload>> {
+    if let Some(p) = endpoint.peer.load_full() {
+        return Some(p);
+    }
+    let parsed = Arc::new(PeerWorkload::parse(headers.get(&PEER_METADATA)?)?);
+    endpoint.peer.store(Some(parsed.clone()));
+    Some(parsed)
+}
+
+/// Response hygiene on the way back to the app.
+pub fn clean_response(ctx: &ProxyContext, h: &mut http::HeaderMap, upgrading: bool) {
+    if upgrading {
+        headers::strip_hop_by_hop_keep_upgrade(h);
+    } else {
+        headers::strip_hop_by_hop(h);
+    }
+    headers::strip_internal(h);
+    match &ctx.headers.server_name {
+        Some(name) => {
+            if let Ok(v) = HeaderValue::from_str(name) {
+                h.insert(header::SERVER, v);
+            }
+        }
+        None => {
+            h.remove(header::SERVER);
+        }
+    }
+    match &ctx.headers.via {
+        Some(via) => {
+            if let Ok(v) = HeaderValue::from_str(via) {
+                h.append(header::VIA, v);
+            }
+        }
+        None => {
+            h.remove(header::VIA);
+        }
+    }
+}
+
+/// Request hygiene on the way out; returns the original authority.
+fn prepare(ctx: &ProxyContext, cluster: &Cluster, req: &mut Request<Incoming>, upgrade: bool) {
+    let was_http1 = req.version() != Version::HTTP_2;
+    let h = req.headers_mut();
+    if upgrade {
+        headers::strip_hop_by_hop_keep_upgrade(h);
+    } else {
+        headers::strip_hop_by_hop(h);
+    }
+    headers::strip_internal(h);
+    // Expect: 100-continue is answered by this proxy (hyper sends 100 when we read the body).
+    h.remove(header::EXPECT);
+    h.remove(&DESTINATION_PORT);
+    headers::ensure_request_id(h);
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    h.insert(PEER_METADATA.clone(), ctx.snapshot.load().local.peer_header.clone());
+    if was_http1 && !upgrade {
+        h.insert(ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
+    }
+    let has_port = request_authority(req).is_some_and(|a| crate::snapshot::split_host_port(a).1.is_some());
+    if !has_port {
+        req.headers_mut().insert(DESTINATION_PORT.clone(), HeaderValue::from(cluster.port));
+    }
+}
+
+fn path_and_query(uri: &Uri) -> http::uri::PathAndQuery {
+    uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+}
+
+async fn forward(
+    ctx: &ProxyContext,
+    cluster: &Cluster,
+    endpoint: &Arc<Endpoint>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    prepare(ctx, cluster, &mut req, upgrade);
+    if upgrade {
+        return forward_upgrade(ctx, cluster, endpoint, req).await;
+    }
+    let authority = request_authority(&req).and_then(|a| http::uri::Authority::try_from(a).ok());
+    match cluster.upstream {
+        crate::config::UpstreamProtocol::H2 => {
+            let authority = authority.unwrap_or_else(|| cluster.authority.clone());
+            let (mut parts, body) = req.into_parts();
+            parts.headers.remove(header::HOST);
+            parts.uri = Uri::from_parts({
+                let mut p = http::uri::Parts::default();
+                p.scheme = Some(http::uri::Scheme::HTTP);
+                p.authority = Some(authority);
+                p.path_and_query = Some(path_and_query(&parts.uri));
+                p
+            })
+            .map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+            parts.version = Version::HTTP_2;
+            send_h2(endpoint, Request::from_parts(parts, ProxyBody::from(body))).await
+        }
+        crate::config::UpstreamProtocol::Http1 => {
+            let (mut parts, body) = req.into_parts();
+            if let Some(a) = &authority {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+            let mut p = http::uri::Parts::default();
+            p.scheme = Some(http::uri::Scheme::HTTP);
+            p.authority = Some(endpoint.http1_uri.clone());
+            p.path_and_query = Some(path_and_query(&parts.uri));
+            parts.uri = Uri::from_parts(p).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+            parts.version = Version::HTTP_11;
+            let resp = cluster
+                .http1
+                .request(Request::from_parts(parts, ProxyBody::from(body)))
+                .await
+                .map_err(ProxyError::from_pooled)?;
+            Ok(resp.map(ProxyBody::from))
+        }
+    }
+}
+
+/// Sends on the endpoint's shared HTTP/2 connection. A request the connection never took (it
+/// was closing) is sent again once on a fresh connection; nothing that reached the peer is.
+pub async fn send_h2(endpoint: &Endpoint, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut req = req;
+    for attempt in 0..2 {
+        let mut sender = endpoint.h2.sender().await?;
+        if sender.ready().await.is_err() {
+            endpoint.h2.evict(&sender);
+            if attempt == 0 {
+                continue;
+            }
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(resp.map(ProxyBody::from)),
+            Err(mut e) => {
+                endpoint.h2.evict(&sender);
+                match e.take_message() {
+                    Some(unsent) if attempt == 0 => {
+                        req = unsent;
+                        continue;
+                    }
+                    _ => return Err(ProxyError::from_upstream(e.error())),
+                }
+            }
+        }
+    }
+    Err(ProxyError::UpstreamTerminated("connection closed before the request was sent".into()))
+}
+
+async fn forward_upgrade(
+    ctx: &ProxyContext,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let downstream = hyper::upgrade::on(&mut req);
+    let mut sender = http1::dedicated(
+        endpoint.addr,
+        Some((cluster.tls_http1.clone(), cluster.server_name.clone())),
+        ctx.connect_timeout,
+    )
+    .await?;
+    let (mut parts, body) = req.into_parts();
+    parts.uri = Uri::from_parts({
+        let mut p = http::uri::Parts::default();
+        p.path_and_query = Some(path_and_query(&parts.uri));
+        p
+    })
+    .map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+    let mut resp = sender
+        .send_request(Request::from_parts(parts, ProxyBody::from(body)))
+        .await
+        .map_err(|e| ProxyError::from_upstream(&e))?;
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut resp);
+        tokio::spawn(splice(downstream, upstream));
+    }
+    Ok(resp.map(ProxyBody::from))
+}
+
+/// Joins two upgraded connections once both have switched protocols.
+pub async fn splice(a: hyper::upgrade::OnUpgrade, b: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(a, b) {
+        Ok((a, b)) => {
+            let mut a = TokioIo::new(a);
+            let mut b = TokioIo::new(b);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+                tracing::debug!("upgraded connection ended: {e}");
+            }
+        }
+        Err(e) => tracing::debug!("upgrade did not complete: {e}"),
+    }
+}

@@ -1,0 +1,99 @@
+//! Outbound opaque TCP: bytes from the app relayed to a destination sidecar through an HTTP/2
+//! CONNECT tunnel on the shared mTLS connection (the HBONE idea from Istio's ambient mode).
+//!
+//! The destination's inbound side accepts the tunnel only for ports its workload declares `tcp`.
+//! Metrics are Istio's TCP set: connections opened/closed, bytes each way.
+
+use http::{HeaderValue, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::context::ProxyContext;
+use crate::http::body::ProxyBody;
+use crate::http::errors::ProxyError;
+use crate::http::headers::PEER_METADATA;
+use crate::snapshot::{Cluster, unknown};
+use crate::telemetry::metrics::TcpLabels;
+
+/// Accepts connections for one `tcp` service until drain.
+pub async fn serve_listener(ctx: Arc<ProxyContext>, listener: TcpListener, cluster: Arc<Cluster>) {
+    let mut drain = ctx.drain.watch();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let ctx = ctx.clone();
+                    let cluster = cluster.clone();
+                    tokio::spawn(async move {
+                        let _guard = ctx.drain.track();
+                        relay(&ctx, &cluster, stream).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("tcp accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            },
+            _ = drain.changed() => return,
+        }
+    }
+}
+
+fn labels(ctx: &ProxyContext, cluster: &Cluster, flags: &'static str) -> TcpLabels {
+    let snap = ctx.snapshot.load();
+    TcpLabels {
+        reporter: "source",
+        source_workload: snap.local.workload.clone(),
+        source_principal: snap.local.principal.clone(),
+        destination_workload: unknown(),
+        destination_principal: cluster.labels.principal.clone(),
+        destination_service: cluster.labels.fqdn.clone(),
+        response_flags: flags,
+        connection_security_policy: "unknown",
+    }
+}
+
+async fn relay(ctx: &ProxyContext, cluster: &Cluster, mut client: TcpStream) {
+    let m = &ctx.telemetry.metrics;
+    let ok = labels(ctx, cluster, "-");
+    m.tcp_opened.get_or_create(&ok).inc();
+    match open_tunnel(ctx, cluster).await {
+        Ok(upgraded) => {
+            let mut upstream = TokioIo::new(upgraded);
+            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                Ok((sent_up, sent_down)) => {
+                    m.tcp_received.get_or_create(&ok).inc_by(sent_up);
+                    m.tcp_sent.get_or_create(&ok).inc_by(sent_down);
+                }
+                Err(e) => tracing::debug!("tcp relay ended: {e}"),
+            }
+            m.tcp_closed.get_or_create(&ok).inc();
+        }
+        Err(e) => {
+            tracing::warn!(service = %cluster.labels.fqdn, flag = e.flag(), "tcp tunnel failed: {e}");
+            m.tcp_closed.get_or_create(&labels(ctx, cluster, e.flag())).inc();
+        }
+    }
+}
+
+async fn open_tunnel(ctx: &ProxyContext, cluster: &Cluster) -> Result<hyper::upgrade::Upgraded, ProxyError> {
+    let endpoint = cluster.pick().clone();
+    let mut req = Request::new(ProxyBody::Empty);
+    *req.method_mut() = Method::CONNECT;
+    *req.uri_mut() = http::Uri::from_parts({
+        let mut p = http::uri::Parts::default();
+        p.authority = Some(cluster.authority.clone());
+        p
+    })
+    .map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+    *req.version_mut() = http::Version::HTTP_2;
+    let peer: HeaderValue = ctx.snapshot.load().local.peer_header.clone();
+    req.headers_mut().insert(PEER_METADATA.clone(), peer);
+    let mut resp = super::http::send_h2(&endpoint, req).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(ProxyError::UpstreamTerminated(format!("tunnel refused with status {}", resp.status())));
+    }
+    hyper::upgrade::on(&mut resp).await.map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))
+}

@@ -1,0 +1,4 @@
+//! Downstream connection handling shared by all listeners: serving, timeouts, drain.
+
+pub mod conn;
+pub mod drain;

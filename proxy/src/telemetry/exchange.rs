@@ -1,0 +1,131 @@
+//! One request's telemetry, completed when its response stream ends.
+//!
+//! Istio measures a request from its start to the end of the response stream, so the record is
+//! carried inside the response body ([`TrackedBody`]) and finished when the last frame is sent —
+//! or when the body is dropped early, which is a downstream disconnect (`DC`).
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+
+use super::Telemetry;
+use super::access_log::AccessLogEntry;
+use super::labels::grpc_status_label;
+use super::metrics::RequestLabels;
+use crate::http::body::ProxyBody;
+use crate::server::conn::InFlight;
+
+/// What is recorded when a request completes.
+#[derive(Debug)]
+pub struct Exchange {
+    telemetry: Arc<Telemetry>,
+    labels: RequestLabels,
+    start: Instant,
+    log: Option<Box<AccessLogEntry>>,
+    _in_flight: InFlight,
+}
+
+impl Exchange {
+    /// Sets the gRPC status when it arrives in the response headers (trailers-only responses).
+    pub fn set_grpc_status(&mut self, headers: &http::HeaderMap) {
+        if let Some(status) = headers.get("grpc-status") {
+            self.labels.grpc_response_status = grpc_status_label(status.as_bytes());
+        }
+    }
+
+    /// Starts tracking; `log` is present only when the access log is on.
+    pub fn new(
+        telemetry: Arc<Telemetry>,
+        labels: RequestLabels,
+        start: Instant,
+        log: Option<Box<AccessLogEntry>>,
+        in_flight: InFlight,
+    ) -> Self {
+        Self { telemetry, labels, start, log, _in_flight: in_flight }
+    }
+
+    fn finish(mut self, bytes_sent: u64, complete: bool) {
+        if !complete && self.labels.response_flags == "-" {
+            self.labels.response_flags = "DC";
+        }
+        let elapsed = self.start.elapsed();
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let m = &self.telemetry.metrics;
+        m.requests.get_or_create(&self.labels).inc();
+        m.duration.get_or_create(&self.labels).observe(ms);
+        if let (Some(mut entry), Some(log)) = (self.log.take(), self.telemetry.access_log.as_ref()) {
+            entry.response_flags = self.labels.response_flags;
+            entry.bytes_sent = bytes_sent;
+            entry.duration = elapsed.as_millis() as u64;
+            entry.duration_ms = entry.duration;
+            log.log(&entry);
+        }
+    }
+}
+
+/// A response body that finishes its [`Exchange`] when the stream ends or is dropped.
+#[derive(Debug)]
+pub struct TrackedBody {
+    inner: ProxyBody,
+    exchange: Option<Exchange>,
+    bytes: u64,
+}
+
+impl TrackedBody {
+    /// Wraps `inner`; `exchange` is finished when the stream ends.
+    pub fn new(inner: ProxyBody, exchange: Option<Exchange>) -> Self {
+        Self { inner, exchange, bytes: 0 }
+    }
+
+    fn complete(&mut self, ok: bool) {
+        if let Some(ex) = self.exchange.take() {
+            ex.finish(self.bytes, ok);
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        let ended = self.inner.is_end_stream();
+        self.complete(ended);
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                } else if let (Some(t), Some(ex)) = (frame.trailers_ref(), this.exchange.as_mut()) {
+                    if let Some(status) = t.get("grpc-status") {
+                        ex.labels.grpc_response_status = grpc_status_label(status.as_bytes());
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.complete(true);
+                }
+            }
+            Poll::Ready(None) => this.complete(true),
+            Poll::Ready(Some(Err(_))) => this.complete(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,230 @@
+//! Prometheus metrics with Istio's standard names and labels.
+//!
+//! `istio_requests_total`, `istio_request_duration_milliseconds` and the TCP counters carry the
+//! exact label names Istio's dashboards query (SEMANTICS.md §7.1); `meshlite_*` metrics cover the
+//! proxy's internals. Label values are `Arc<str>` shared with the snapshot, so recording a request
+//! clones pointers, not strings.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// Envoy's default histogram buckets, in milliseconds (Istio uses them unchanged).
+pub const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// A shared label value.
+pub type Label = Arc<str>;
+
+/// Istio's standard request labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `source` (client sidecar) or `destination` (server sidecar).
+    pub reporter: &'static str,
+    /// Calling workload name.
+    pub source_workload: Label,
+    /// Calling workload namespace.
+    pub source_workload_namespace: Label,
+    /// Calling workload's principal (SPIFFE ID without scheme), `unknown` when not known.
+    pub source_principal: Label,
+    /// Calling workload's app label.
+    pub source_app: Label,
+    /// Calling workload's version label.
+    pub source_version: Label,
+    /// Calling canonical service.
+    pub source_canonical_service: Label,
+    /// Calling canonical revision.
+    pub source_canonical_revision: Label,
+    /// Called workload.
+    pub destination_workload: Label,
+    /// Called workload namespace.
+    pub destination_workload_namespace: Label,
+    /// Called workload's principal.
+    pub destination_principal: Label,
+    /// Called workload's app label.
+    pub destination_app: Label,
+    /// Called workload's version label.
+    pub destination_version: Label,
+    /// Destination service FQDN.
+    pub destination_service: Label,
+    /// Destination service short name.
+    pub destination_service_name: Label,
+    /// Destination service namespace.
+    pub destination_service_namespace: Label,
+    /// Called canonical service.
+    pub destination_canonical_service: Label,
+    /// Called canonical revision.
+    pub destination_canonical_revision: Label,
+    /// `http`, `grpc` or `tcp`.
+    pub request_protocol: &'static str,
+    /// HTTP status, `0` when no response was produced.
+    pub response_code: u16,
+    /// gRPC status for gRPC requests, empty otherwise.
+    pub grpc_response_status: &'static str,
+    /// Envoy response flags, `-` when none.
+    pub response_flags: &'static str,
+    /// `mutual_tls` / `none` on destination reports, `unknown` on source reports.
+    pub connection_security_policy: &'static str,
+}
+
+/// Labels of the TCP metrics: the request labels minus the HTTP-only ones.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// `source` or `destination`.
+    pub reporter: &'static str,
+    /// Calling workload.
+    pub source_workload: Label,
+    /// Calling principal.
+    pub source_principal: Label,
+    /// Called workload.
+    pub destination_workload: Label,
+    /// Called principal.
+    pub destination_principal: Label,
+    /// Destination service FQDN.
+    pub destination_service: Label,
+    /// Envoy response flags.
+    pub response_flags: &'static str,
+    /// `mutual_tls` / `none` / `unknown`.
+    pub connection_security_policy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsFailureLabels {
+    direction: &'static str,
+    reason: &'static str,
+}
+
+/// Counts refused TLS handshakes by direction and the check that failed.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFailureCounter(Family<TlsFailureLabels, Counter>);
+
+impl TlsFailureCounter {
+    /// Records one refusal.
+    pub fn inc(&self, direction: &'static str, reason: &'static str) {
+        self.0.get_or_create(&TlsFailureLabels { direction, reason }).inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The request-duration histogram family, with Envoy's buckets.
+pub type DurationFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS_MS)
+}
+
+/// Every metric the proxy exports, registered once at start-up.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `istio_requests_total`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `istio_request_duration_milliseconds`.
+    pub duration: DurationFamily,
+    /// `istio_tcp_connections_opened_total`.
+    pub tcp_opened: Family<TcpLabels, Counter>,
+    /// `istio_tcp_connections_closed_total`.
+    pub tcp_closed: Family<TcpLabels, Counter>,
+    /// `istio_tcp_sent_bytes_total` (response direction).
+    pub tcp_sent: Family<TcpLabels, Counter>,
+    /// `istio_tcp_received_bytes_total` (request direction).
+    pub tcp_received: Family<TcpLabels, Counter>,
+    /// `meshlite_tls_handshake_failures_total{direction,reason}`.
+    pub tls_failures: TlsFailureCounter,
+    /// `meshlite_downstream_connections_active`.
+    pub downstream_active: Gauge,
+    /// `meshlite_upstream_connections_total`: connections opened to destination sidecars.
+    pub upstream_connects: Counter,
+    /// `meshlite_access_log_dropped_total`: lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
+    /// `meshlite_draining`: 1 while the proxy drains before exiting.
+    pub draining: Gauge,
+    closed_by_reason: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("istio_requests", "Requests handled, by Istio's standard labels", requests.clone());
+        let duration: DurationFamily = Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration from first byte received to stream complete",
+            duration.clone(),
+        );
+        let tcp_opened = Family::<TcpLabels, Counter>::default();
+        registry.register("istio_tcp_connections_opened", "TCP connections opened", tcp_opened.clone());
+        let tcp_closed = Family::<TcpLabels, Counter>::default();
+        registry.register("istio_tcp_connections_closed", "TCP connections closed", tcp_closed.clone());
+        let tcp_sent = Family::<TcpLabels, Counter>::default();
+        registry.register("istio_tcp_sent_bytes", "Bytes sent in the response direction", tcp_sent.clone());
+        let tcp_received = Family::<TcpLabels, Counter>::default();
+        registry.register("istio_tcp_received_bytes", "Bytes received in the request direction", tcp_received.clone());
+        let tls_failures = TlsFailureCounter::default();
+        registry.register(
+            "meshlite_tls_handshake_failures",
+            "TLS handshakes refused, by direction and the check that failed",
+            tls_failures.0.clone(),
+        );
+        let downstream_active = Gauge::default();
+        registry.register("meshlite_downstream_connections_active", "Open downstream connections", downstream_active.clone());
+        let upstream_connects = Counter::default();
+        registry.register("meshlite_upstream_connections", "Connections opened to destination sidecars", upstream_connects.clone());
+        let access_log_dropped = Counter::default();
+        registry.register("meshlite_access_log_dropped", "Access log lines dropped because the writer fell behind", access_log_dropped.clone());
+        let draining = Gauge::default();
+        registry.register("meshlite_draining", "1 while the proxy drains before exit", draining.clone());
+        let closed_by_reason = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "meshlite_downstream_connections_closed_by_proxy",
+            "Downstream connections the proxy closed, by reason (idle, header_timeout, drain)",
+            closed_by_reason.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            tcp_opened,
+            tcp_closed,
+            tcp_sent,
+            tcp_received,
+            tls_failures,
+            downstream_active,
+            upstream_connects,
+            access_log_dropped,
+            draining,
+            closed_by_reason,
+        }
+    }
+
+    /// Counts a downstream connection the proxy closed on purpose.
+    pub fn closed_by_proxy(&self, reason: &'static str) {
+        self.closed_by_reason.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Renders the registry in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,156 @@
+//! One multiplexed HTTP/2 connection per upstream endpoint, shared by every request.
+//!
+//! Between sidecars HTTP travels over a long-lived mTLS HTTP/2 connection (as Envoy and Linkerd
+//! do), so a request costs a stream, not a handshake. The current connection sits behind an
+//! atomic pointer: the request path loads it without a lock; only (re)connecting takes an async
+//! mutex, so a burst that finds no connection opens exactly one. The same pool carries h2c to a
+//! local application (inbound side, for `http2`/`grpc` ports).
+
+use arc_swap::ArcSwapOption;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::connect::{ConnectError, connect_tcp, connect_tls};
+use crate::http::body::ProxyBody;
+
+/// How the pool reaches its endpoint.
+#[derive(Clone, Debug)]
+pub enum H2Target {
+    /// Another sidecar, over mutual TLS (ALPN h2).
+    Mesh {
+        /// The destination sidecar's inbound address.
+        addr: SocketAddr,
+        /// TLS configuration carrying the destination's allowed identities.
+        tls: Arc<rustls::ClientConfig>,
+        /// SNI sent (the service FQDN); identity is checked on the SPIFFE ID, not this name.
+        server_name: ServerName<'static>,
+    },
+    /// The local application, h2c with prior knowledge.
+    Plain {
+        /// The app's address.
+        addr: SocketAddr,
+    },
+}
+
+impl H2Target {
+    /// The address connected to.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            H2Target::Mesh { addr, .. } | H2Target::Plain { addr } => *addr,
+        }
+    }
+}
+
+/// Shared HTTP/2 connection to one endpoint.
+#[derive(Debug)]
+pub struct H2Pool {
+    target: H2Target,
+    connect_timeout: Duration,
+    current: ArcSwapOption<SendRequest<ProxyBody>>,
+    connecting: tokio::sync::Mutex<()>,
+    on_connect: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+/// HTTP/2 keep-alive ping interval on pooled connections: detects a dead peer without traffic.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Per-stream flow-control window: large enough that a 1 Gbit/s stream over loopback is not
+/// window-bound, small enough to keep memory flat per stream.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Per-connection window: shared by every multiplexed stream.
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+impl H2Pool {
+    /// A pool that connects lazily on first use.
+    pub fn new(
+        target: H2Target,
+        connect_timeout: Duration,
+        on_connect: Option<prometheus_client::metrics::counter::Counter>,
+    ) -> Self {
+        Self {
+            target,
+            connect_timeout,
+            current: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+            on_connect,
+        }
+    }
+
+    /// The endpoint address.
+    pub fn addr(&self) -> SocketAddr {
+        self.target.addr()
+    }
+
+    fn live(&self) -> Option<SendRequest<ProxyBody>> {
+        let guard = self.current.load();
+        match guard.as_deref() {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// A sender on a live connection, connecting if there is none.
+    pub async fn sender(&self) -> Result<SendRequest<ProxyBody>, ConnectError> {
+        if let Some(s) = self.live() {
+            return Ok(s);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(s) = self.live() {
+            return Ok(s);
+        }
+        let send = self.connect().await?;
+        self.current.store(Some(Arc::new(send.clone())));
+        Ok(send)
+    }
+
+    /// Forgets the current connection if it is `stale` (it failed under us).
+    pub fn evict(&self, stale: &SendRequest<ProxyBody>) {
+        let guard = self.current.load();
+        if let Some(cur) = guard.as_deref() {
+            if cur.is_closed() || stale.is_closed() {
+                self.current.store(None);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<ProxyBody>, ConnectError> {
+        let addr = self.target.addr();
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        let handshake_err = |source| ConnectError::Handshake { addr, source };
+        let send = match &self.target {
+            H2Target::Mesh { tls, server_name, .. } => {
+                let io = connect_tls(addr, tls.clone(), server_name.clone(), self.connect_timeout).await?;
+                let (send, conn) = builder.handshake(TokioIo::new(io)).await.map_err(handshake_err)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%addr, "upstream h2 connection ended: {e}");
+                    }
+                });
+                send
+            }
+            H2Target::Plain { .. } => {
+                let io = connect_tcp(addr, self.connect_timeout).await?;
+                let (send, conn) = builder.handshake(TokioIo::new(io)).await.map_err(handshake_err)?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%addr, "local h2c connection ended: {e}");
+                    }
+                });
+                send
+            }
+        };
+        if let Some(c) = &self.on_connect {
+            c.inc();
+        }
+        Ok(send)
+    }
+}

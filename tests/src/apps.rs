@@ -1,0 +1,315 @@
+//! The applications behind the sidecars: what a workload's own process would be.
+//!
+//! - [`HttpApp`] speaks HTTP/1.1 and h2c on one port (hyper's auto server) and answers by path:
+//!   - `/echo`: streams the request body back;
+//!   - `/sink`: consumes the body, checking it against [`crate::payload`], and reports;
+//!   - `/source?bytes=N`: streams `N` pattern bytes without a content-length;
+//!   - `/gate`: holds the response until the test opens the gate ([`HttpApp::open_gate`]);
+//!   - `/status/NNN`: answers with that status;
+//!   - `/ws`: a WebSocket echo (HTTP/1.1 Upgrade);
+//!   - anything else: a JSON description of the request it received (method, path, version,
+//!     headers), so tests can assert what the sidecars forwarded.
+//!
+//!   Every response carries `server: meshlite-test-app` and `keep-alive` (which the sidecars must
+//!   not pass on) and `x-served-by: <name>`.
+//! - [`TcpEchoApp`] echoes bytes and half-closes when the client does.
+
+use crate::clients::BoxError;
+use crate::payload::{PatternBody, PatternCheck};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// The `server` header every app response carries; sidecars must not leak it to callers.
+pub const APP_SERVER_HEADER: &str = "meshlite-test-app";
+
+/// Name of the header that says which app answered.
+pub const SERVED_BY: &str = "x-served-by";
+
+type AppBody = UnsyncBoxBody<Bytes, BoxError>;
+
+struct AppState {
+    name: String,
+    requests: AtomicU64,
+    at_gate: AtomicU64,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+/// A running HTTP application (HTTP/1.1 and h2c on one port).
+pub struct HttpApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<AppState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HttpApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl HttpApp {
+    /// Starts an app called `name` on an ephemeral loopback port.
+    ///
+    /// # Panics
+    /// If it cannot bind.
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind HTTP app");
+        let addr = listener.local_addr().expect("local addr");
+        let (gate, _) = tokio::sync::watch::channel(false);
+        let state = Arc::new(AppState {
+            name: name.to_string(),
+            requests: AtomicU64::new(0),
+            at_gate: AtomicU64::new(0),
+            gate,
+        });
+        let serving = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// How many requests reached this app.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// How many `/gate` requests are currently held.
+    pub fn held_at_gate(&self) -> u64 {
+        self.state.at_gate.load(Ordering::SeqCst)
+    }
+
+    /// Releases every held and future `/gate` request.
+    pub fn open_gate(&self) {
+        self.state.gate.send_replace(true);
+    }
+}
+
+fn full_body(bytes: impl Into<Bytes>) -> AppBody {
+    Full::new(bytes.into())
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed_unsync()
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<AppBody>, BoxError> {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    let mut response = if path == "/ws" {
+        websocket(req)
+    } else if path == "/echo" {
+        Response::new(req.into_body().map_err(BoxError::from).boxed_unsync())
+    } else if path == "/sink" {
+        let mut body = req.into_body();
+        let mut check = PatternCheck::default();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                check.feed(&data);
+            }
+        }
+        let report = serde_json::json!({
+            "received": check.received,
+            "first_mismatch": check.first_mismatch,
+        });
+        Response::new(full_body(report.to_string()))
+    } else if path == "/source" {
+        let bytes = query_param(&req, "bytes")
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(0);
+        Response::new(
+            PatternBody::streamed(bytes)
+                .map_err(|never| -> BoxError { match never {} })
+                .boxed_unsync(),
+        )
+    } else if path == "/gate" {
+        state.at_gate.fetch_add(1, Ordering::SeqCst);
+        let mut gate = state.gate.subscribe();
+        let opened = gate.wait_for(|open| *open).await.is_ok();
+        state.at_gate.fetch_sub(1, Ordering::SeqCst);
+        let mut response =
+            Response::new(full_body(if opened { "released" } else { "gate dropped" }));
+        if !opened {
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        response
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok());
+        let mut response = Response::new(full_body(format!("status {code}\n")));
+        *response.status_mut() = status.unwrap_or(StatusCode::BAD_REQUEST);
+        response
+    } else {
+        let mut headers = serde_json::Map::new();
+        for name in req.headers().keys() {
+            let values: Vec<serde_json::Value> = req
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned().into())
+                .collect();
+            headers.insert(name.as_str().to_string(), values.into());
+        }
+        let description = serde_json::json!({
+            "app": state.name,
+            "method": req.method().as_str(),
+            "path": path,
+            "query": req.uri().query(),
+            "version": format!("{:?}", req.version()),
+            "headers": headers,
+        });
+        let mut response = Response::new(full_body(description.to_string()));
+        response
+            .headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/json"));
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert("server", HeaderValue::from_static(APP_SERVER_HEADER));
+    headers.insert(
+        SERVED_BY,
+        HeaderValue::from_str(&state.name).expect("ascii app name"),
+    );
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    }
+    Ok(response)
+}
+
+/// Accepts a WebSocket upgrade and echoes every text and binary message.
+fn websocket(mut req: Request<Incoming>) -> Response<AppBody> {
+    let key = req.headers().get("sec-websocket-key").cloned();
+    let upgrading = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let (Some(key), true) = (key, upgrading) else {
+        let mut response = Response::new(full_body("expected a WebSocket upgrade\n"));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_close() {
+                break;
+            }
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws.close(None).await;
+    });
+    let mut response = Response::new(full_body(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert("upgrade", HeaderValue::from_static("websocket"));
+    headers.insert("connection", HeaderValue::from_static("upgrade"));
+    let accept = derive_accept_key(key.as_bytes());
+    headers.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&accept).expect("base64"),
+    );
+    response
+}
+
+/// A TCP echo server: every byte read is written back; EOF is answered with EOF.
+pub struct TcpEchoApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TcpEchoApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TcpEchoApp {
+    /// Starts the echo server on an ephemeral loopback port.
+    ///
+    /// # Panics
+    /// If it cannot bind.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind TCP echo");
+        let addr = listener.local_addr().expect("local addr");
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut write).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// An address on loopback where nothing listens (bound, then released).
+///
+/// # Panics
+/// If binding fails.
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr")
+}

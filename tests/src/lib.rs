@@ -1,0 +1,26 @@
+//! End-to-end test harness for meshlite.
+//!
+//! The tests in `tests/e2e/` start real `meshlite-proxy` processes on loopback, put small test
+//! applications behind them and drive them with real clients (hyper, tonic, tungstenite and raw
+//! TCP sockets). This library holds what those tests share, one module per job:
+//!
+//! - [`mesh`] builds sidecar configurations and starts, stops and inspects proxy processes;
+//! - [`apps`] runs the upstream applications (HTTP echo, TCP echo) the sidecars front;
+//! - [`grpc`] is a tiny gRPC echo service (hand-written prost messages) and its tonic client;
+//! - [`pki`] issues SPIFFE certificates with the proxy's own development CA;
+//! - [`clients`] sends HTTP/1.1, h2c and gRPC requests through a sidecar;
+//! - [`wire`] speaks raw HTTP/1.1 on a socket for requests no well-behaved client would send;
+//! - [`payload`] makes and checks the deterministic bytes of large streamed bodies;
+//! - [`prometheus`] reads the proxies' metrics text;
+//! - [`deadline`] polls for a condition with a deadline instead of sleeping and hoping.
+#![forbid(unsafe_code)]
+
+pub mod apps;
+pub mod clients;
+pub mod deadline;
+pub mod grpc;
+pub mod mesh;
+pub mod payload;
+pub mod pki;
+pub mod prometheus;
+pub mod wire;

@@ -1,0 +1,857 @@
+//! Real `meshlite-proxy` processes: configuration, start-up, observation and shutdown.
+//!
+//! A [`SidecarSpec`] is rendered to the proxy's YAML file (every listener on port 0, certificate
+//! paths relative to the file, as an operator would write them); [`Sidecar::start`] runs the
+//! binary, reads the one JSON line it prints once every listener is bound, and from then on gives
+//! tests the bound addresses, the JSON access log, the metrics, the logs, the peak RSS and a way to
+//! send SIGTERM. A [`Mesh`] is the usual picture: a client workload's sidecar calling a server
+//! workload's sidecar, which fronts the [`crate::apps`].
+//!
+//! The binary is `$MESHLITE_PROXY_BIN` if set, else `target/debug/meshlite-proxy` of this
+//! workspace, built once (guarded by a `OnceLock`) when it is missing.
+
+use crate::apps::{HttpApp, TcpEchoApp};
+use crate::deadline::{SOON, eventually};
+use crate::grpc::GrpcEchoApp;
+use crate::pki::{Pki, spiffe_id};
+use crate::prometheus::{Sample, samples};
+use meshlite_proxy::identity::dev_pki::IssuedCert;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+
+/// How long a proxy may take to print its listening line (debug build on a shared machine).
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Service account (and workload name) of the calling workload.
+pub const CLIENT_SA: &str = "client";
+
+/// Service account (and workload name) of the called workload.
+pub const SERVER_SA: &str = "server";
+
+/// `app:80` (HTTP/1.1) on the server workload, served by [`TestApps::alpha`].
+pub const APP: &str = "app";
+/// `other:8081` (HTTP/1.1) on the server workload, served by [`TestApps::beta`].
+pub const OTHER: &str = "other";
+/// Port of [`OTHER`].
+pub const OTHER_PORT: u16 = 8081;
+/// `h2app:8082` (HTTP/2 to the app) on the server workload, served by [`TestApps::alpha`].
+pub const H2APP: &str = "h2app";
+/// Port of [`H2APP`].
+pub const H2APP_PORT: u16 = 8082;
+/// `echo:50051` (gRPC) on the server workload, served by [`TestApps::grpc`].
+pub const ECHO: &str = "echo";
+/// Port of [`ECHO`].
+pub const ECHO_PORT: u16 = 50051;
+/// `db:5432` (opaque TCP, explicit listener on the client side), served by [`TestApps::tcp`].
+pub const DB: &str = "db";
+/// Port of [`DB`].
+pub const DB_PORT: u16 = 5432;
+
+/// Application protocol of a port or service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// HTTP/1.1.
+    Http,
+    /// HTTP/2 (h2c to the app).
+    Http2,
+    /// gRPC.
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+}
+
+impl AppProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Http => "http",
+            AppProtocol::Http2 => "http2",
+            AppProtocol::Grpc => "grpc",
+            AppProtocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// A port the workload serves, and where its app listens for it.
+#[derive(Clone, Debug)]
+pub struct InboundPort {
+    /// Service port.
+    pub port: u16,
+    /// The local app.
+    pub target: SocketAddr,
+    /// Protocol on this port.
+    pub protocol: AppProtocol,
+}
+
+/// A service the workload may call.
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// Short name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: AppProtocol,
+    /// SPIFFE IDs the destination may present.
+    pub identities: Vec<String>,
+    /// Destination sidecars' inbound addresses.
+    pub endpoints: Vec<SocketAddr>,
+    /// TCP only: ask for an explicit outbound listener on `127.0.0.1:0`.
+    pub listen: bool,
+}
+
+impl Service {
+    /// A service in namespace `default` whose destination is the `server` identity.
+    pub fn new(name: &str, port: u16, protocol: AppProtocol, endpoint: SocketAddr) -> Self {
+        Self {
+            name: name.to_string(),
+            namespace: "default".to_string(),
+            port,
+            protocol,
+            identities: vec![spiffe_id(SERVER_SA)],
+            endpoints: vec![endpoint],
+            listen: protocol == AppProtocol::Tcp,
+        }
+    }
+}
+
+/// The `limits` section; `None` leaves the proxy's default.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// `max_header_bytes`.
+    pub max_header_bytes: Option<usize>,
+    /// `header_read_timeout`, e.g. `"1s"`.
+    pub header_read_timeout: Option<String>,
+    /// `idle_timeout`.
+    pub idle_timeout: Option<String>,
+    /// `drain_timeout`.
+    pub drain_timeout: Option<String>,
+}
+
+/// Everything one sidecar's configuration file says.
+#[derive(Clone, Debug)]
+pub struct SidecarSpec {
+    /// Workload name; also the name of the identity files.
+    pub workload: String,
+    /// The workload's SPIFFE ID.
+    pub spiffe_id: String,
+    /// Its certificate and key.
+    pub cert: IssuedCert,
+    /// The trust bundle it is given.
+    pub roots_pem: String,
+    /// Ports it serves.
+    pub inbound: Vec<InboundPort>,
+    /// Services it may call.
+    pub services: Vec<Service>,
+    /// `upstream.protocol` (`h2` or `http1`); `None` for the default.
+    pub upstream_protocol: Option<String>,
+    /// `limits`.
+    pub limits: Limits,
+    /// `--workers`.
+    pub workers: Option<usize>,
+}
+
+impl SidecarSpec {
+    /// A sidecar for service account `sa` (workload of the same name) with a fresh certificate.
+    pub fn new(pki: &Pki, sa: &str) -> Self {
+        let id = spiffe_id(sa);
+        Self {
+            workload: sa.to_string(),
+            cert: pki.issue(&id),
+            spiffe_id: id,
+            roots_pem: pki.root_pem(),
+            inbound: Vec::new(),
+            services: Vec::new(),
+            upstream_protocol: None,
+            limits: Limits::default(),
+            workers: Some(1),
+        }
+    }
+
+    /// The service called `name`.
+    ///
+    /// # Panics
+    /// If there is none.
+    pub fn service_mut(&mut self, name: &str) -> &mut Service {
+        self.services
+            .iter_mut()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name} in spec"))
+    }
+
+    /// The configuration file's text (YAML), with certificate paths relative to the file.
+    pub fn to_yaml(&self) -> String {
+        let mut y = String::new();
+        let _ = writeln!(y, "# written by meshlite-tests");
+        let _ = writeln!(y, "identity:");
+        let _ = writeln!(y, "  spiffe_id: \"{}\"", self.spiffe_id);
+        let _ = writeln!(y, "  workload: \"{}\"", self.workload);
+        let _ = writeln!(y, "  cert: {}.crt", self.workload);
+        let _ = writeln!(y, "  key: {}.key", self.workload);
+        let _ = writeln!(y, "  roots: root.crt");
+        let _ = writeln!(y, "listeners:");
+        for name in ["outbound", "inbound", "admin", "metrics", "health"] {
+            let _ = writeln!(y, "  {name}: \"127.0.0.1:0\"");
+        }
+        let _ = writeln!(y, "inbound:");
+        if self.inbound.is_empty() {
+            let _ = writeln!(y, "  ports: []");
+        } else {
+            let _ = writeln!(y, "  ports:");
+            for p in &self.inbound {
+                let _ = writeln!(
+                    y,
+                    "    - {{ port: {}, target: \"{}\", protocol: {} }}",
+                    p.port,
+                    p.target,
+                    p.protocol.as_str()
+                );
+            }
+        }
+        if self.services.is_empty() {
+            let _ = writeln!(y, "services: []");
+        } else {
+            let _ = writeln!(y, "services:");
+        }
+        for s in &self.services {
+            let quoted = |items: Vec<String>| {
+                items
+                    .iter()
+                    .map(|i| format!("\"{i}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(y, "  - name: {}", s.name);
+            let _ = writeln!(y, "    namespace: {}", s.namespace);
+            let _ = writeln!(y, "    port: {}", s.port);
+            let _ = writeln!(y, "    protocol: {}", s.protocol.as_str());
+            let _ = writeln!(y, "    identities: [{}]", quoted(s.identities.clone()));
+            let endpoints = s.endpoints.iter().map(ToString::to_string).collect();
+            let _ = writeln!(y, "    endpoints: [{}]", quoted(endpoints));
+            if s.listen {
+                let _ = writeln!(y, "    listen: \"127.0.0.1:0\"");
+            }
+        }
+        if let Some(protocol) = &self.upstream_protocol {
+            let _ = writeln!(y, "upstream:\n  protocol: {protocol}");
+        }
+        let l = &self.limits;
+        let limits: Vec<String> = [
+            l.max_header_bytes.map(|v| format!("max_header_bytes: {v}")),
+            l.header_read_timeout
+                .as_ref()
+                .map(|v| format!("header_read_timeout: {v}")),
+            l.idle_timeout
+                .as_ref()
+                .map(|v| format!("idle_timeout: {v}")),
+            l.drain_timeout
+                .as_ref()
+                .map(|v| format!("drain_timeout: {v}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !limits.is_empty() {
+            let _ = writeln!(y, "limits:");
+            for line in limits {
+                let _ = writeln!(y, "  {line}");
+            }
+        }
+        y
+    }
+
+    /// Writes the configuration file, the identity files and the root into `dir`; returns the
+    /// configuration file's path.
+    ///
+    /// # Panics
+    /// On I/O errors.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        self.cert
+            .write(dir, &self.workload)
+            .expect("write identity");
+        std::fs::write(dir.join("root.crt"), &self.roots_pem).expect("write root");
+        let config = dir.join("proxy.yaml");
+        std::fs::write(&config, self.to_yaml()).expect("write config");
+        config
+    }
+}
+
+/// The proxy binary under test.
+///
+/// # Panics
+/// If `MESHLITE_PROXY_BIN` names a missing file, or building the binary fails.
+pub fn proxy_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("MESHLITE_PROXY_BIN") {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "MESHLITE_PROXY_BIN={} does not exist",
+                path.display()
+            );
+            return path;
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ lives in the workspace")
+            .to_path_buf();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target"));
+        let binary = target.join("debug").join("meshlite-proxy");
+        if !binary.is_file() {
+            build_proxy(&workspace);
+        }
+        assert!(
+            binary.is_file(),
+            "{} is missing after building it",
+            binary.display()
+        );
+        binary
+    })
+}
+
+/// Runs `cargo build -p meshlite-proxy` once, bounded by a deadline.
+fn build_proxy(workspace: &Path) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("meshlite-tests: building meshlite-proxy (set MESHLITE_PROXY_BIN to skip)");
+    let mut child = std::process::Command::new(cargo)
+        .args(["build", "-p", "meshlite-proxy"])
+        .current_dir(workspace)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run cargo build -p meshlite-proxy");
+    let deadline = std::time::Instant::now() + Duration::from_secs(900);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for cargo") {
+            assert!(
+                status.success(),
+                "cargo build -p meshlite-proxy failed: {status}"
+            );
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("cargo build -p meshlite-proxy did not finish within 15 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs the proxy binary with `args` to completion (e.g. `validate --config FILE`).
+///
+/// # Panics
+/// If it cannot be started or runs longer than [`STARTUP_TIMEOUT`].
+pub async fn run_proxy_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let child = tokio::process::Command::new(proxy_binary())
+        .args(args)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run meshlite-proxy");
+    crate::deadline::within(
+        "meshlite-proxy to exit",
+        STARTUP_TIMEOUT,
+        child.wait_with_output(),
+    )
+    .await
+    .expect("collect meshlite-proxy output")
+}
+
+/// The addresses a started proxy reported.
+#[derive(Clone, Debug)]
+pub struct Listening {
+    /// Outbound (apps send here).
+    pub outbound: SocketAddr,
+    /// Inbound (mTLS from other sidecars).
+    pub inbound: SocketAddr,
+    /// Admin.
+    pub admin: SocketAddr,
+    /// Prometheus metrics.
+    pub metrics: SocketAddr,
+    /// Health.
+    pub health: SocketAddr,
+    /// Explicit TCP listeners, keyed `name:port`.
+    pub tcp: BTreeMap<String, SocketAddr>,
+}
+
+impl Listening {
+    fn parse(line: &serde_json::Value) -> Result<Self, String> {
+        let addr = |key: &str| -> Result<SocketAddr, String> {
+            line.get(key)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| format!("startup line has no \"{key}\""))?
+                .parse()
+                .map_err(|e| format!("startup line \"{key}\": {e}"))
+        };
+        let mut tcp = BTreeMap::new();
+        if let Some(map) = line.get("tcp").and_then(|v| v.as_object()) {
+            for (k, v) in map {
+                let a = v
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(format!("bad tcp.{k}"))?;
+                tcp.insert(k.clone(), a);
+            }
+        }
+        Ok(Self {
+            outbound: addr("outbound")?,
+            inbound: addr("inbound")?,
+            admin: addr("admin")?,
+            metrics: addr("metrics")?,
+            health: addr("health")?,
+            tcp,
+        })
+    }
+}
+
+/// A running `meshlite-proxy` process. Killed when dropped; if the test is failing, its logs
+/// are printed first.
+pub struct Sidecar {
+    /// The workload it runs beside.
+    pub name: String,
+    /// Bound addresses from the startup line.
+    pub addrs: Listening,
+    child: tokio::process::Child,
+    pid: u32,
+    dir: tempfile::TempDir,
+    exit: Option<ExitStatus>,
+}
+
+impl Sidecar {
+    /// Writes `spec` to a fresh directory and starts a proxy with it, waiting for its listening
+    /// line.
+    ///
+    /// # Panics
+    /// If the process fails to start, exits, or prints no listening line in time; the message
+    /// includes its stderr.
+    pub async fn start(spec: &SidecarSpec) -> Sidecar {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("meshlite-e2e-{}-", spec.workload))
+            .tempdir()
+            .expect("temp dir");
+        let config = spec.write(dir.path());
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
+        let mut command = tokio::process::Command::new(proxy_binary());
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("--access-log")
+            .arg(dir.path().join("access.log"));
+        if let Some(workers) = spec.workers {
+            command.args(["--workers", &workers.to_string()]);
+        }
+        if let Ok(level) = std::env::var("MESHLITE_E2E_LOG_LEVEL") {
+            command.args(["--log-level", &level]);
+        }
+        let mut child = command
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", proxy_binary().display()));
+        let pid = child.id().expect("running child has a pid");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut other_stdout = String::new();
+        let found = tokio::time::timeout(STARTUP_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                    && json.get("msg").and_then(|m| m.as_str()) == Some("meshlite-proxy listening")
+                {
+                    return Some(Listening::parse(&json));
+                }
+                other_stdout.push_str(&line);
+                other_stdout.push('\n');
+            }
+            None
+        })
+        .await;
+        let stderr_text =
+            || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+        let addrs = match found {
+            Ok(Some(Ok(addrs))) => addrs,
+            Ok(Some(Err(e))) => panic!("{}: bad listening line: {e}", spec.workload),
+            Ok(None) => {
+                let status = child.wait().await.ok();
+                panic!(
+                    "{}: meshlite-proxy exited ({status:?}) before listening.\nconfig:\n{}\nstdout:\n{other_stdout}\nstderr:\n{}",
+                    spec.workload,
+                    spec.to_yaml(),
+                    stderr_text()
+                )
+            }
+            Err(_) => panic!(
+                "{}: no listening line within {STARTUP_TIMEOUT:?}.\nstdout:\n{other_stdout}\nstderr:\n{}",
+                spec.workload,
+                stderr_text()
+            ),
+        };
+        // Keep draining stdout into a file so the process never blocks on a full pipe.
+        let stdout_path = dir.path().join("stdout.log");
+        std::fs::write(&stdout_path, other_stdout).expect("stdout file");
+        let mut rest = lines.into_inner();
+        tokio::spawn(async move {
+            if let Ok(mut file) = tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(stdout_path)
+                .await
+            {
+                let _ = tokio::io::copy(&mut rest, &mut file).await;
+            }
+        });
+        Sidecar {
+            name: spec.workload.clone(),
+            addrs,
+            child,
+            pid,
+            dir,
+            exit: None,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The directory holding its config, identity, access log and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The address of the explicit TCP listener for `service:port`.
+    ///
+    /// # Panics
+    /// If the startup line did not report it.
+    pub fn tcp_listener(&self, service: &str, port: u16) -> SocketAddr {
+        let key = format!("{service}:{port}");
+        *self.addrs.tcp.get(&key).unwrap_or_else(|| {
+            panic!(
+                "startup line has no tcp listener \"{key}\": {:?}",
+                self.addrs.tcp
+            )
+        })
+    }
+
+    /// Everything it wrote to stderr and stdout so far.
+    pub fn logs(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!("{}{}", read("stderr.log"), read("stdout.log"))
+    }
+
+    /// The access log entries written so far (lines that are not JSON are skipped).
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for an access log entry matching `matches`.
+    ///
+    /// # Panics
+    /// If none appears within [`SOON`]; the message shows the log.
+    pub async fn access_log_entry(
+        &self,
+        what: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let found = tokio::time::timeout(SOON, async {
+            loop {
+                if let Some(entry) = self.access_log().into_iter().find(|e| matches(e)) {
+                    return entry;
+                }
+                tokio::time::sleep(crate::deadline::POLL_INTERVAL).await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            let raw =
+                std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+            panic!(
+                "{}: no access log entry for {what} within {SOON:?}; access log:\n{raw}",
+                self.name
+            )
+        })
+    }
+
+    /// The current Prometheus text from `/stats/prometheus`.
+    pub async fn metrics_text(&self) -> String {
+        let reply = crate::clients::get(self.addrs.metrics, "127.0.0.1", "/stats/prometheus").await;
+        assert_eq!(
+            reply.status, 200,
+            "{}: /stats/prometheus answered {}",
+            self.name, reply.status
+        );
+        reply.text()
+    }
+
+    /// Waits until some sample of metric `name` satisfies `matches` and returns it.
+    ///
+    /// # Panics
+    /// If none does within [`SOON`]; the message shows the metric's samples.
+    pub async fn metric_sample(
+        &self,
+        name: &str,
+        what: &str,
+        matches: impl Fn(&Sample) -> bool,
+    ) -> Sample {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let text = self.metrics_text().await;
+            let all = samples(&text, name);
+            if let Some(sample) = all.iter().find(|s| matches(s)) {
+                return sample.clone();
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let shown: Vec<String> = text
+                    .lines()
+                    .filter(|l| l.contains(name.trim_end_matches("_total")))
+                    .map(str::to_string)
+                    .collect();
+                panic!(
+                    "{}: no {name} sample for {what} within {SOON:?}; got:\n{}",
+                    self.name,
+                    shown.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The status of `/healthz/ready`, or `None` if the health listener does not answer.
+    pub async fn readiness(&self) -> Option<u16> {
+        crate::clients::try_get(self.addrs.health, "127.0.0.1", "/healthz/ready")
+            .await
+            .map(|r| r.status.as_u16())
+    }
+
+    /// Peak resident set size so far (`VmHWM`), in bytes.
+    ///
+    /// # Panics
+    /// If `/proc/<pid>/status` cannot be read (the process is gone).
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .unwrap_or_else(|e| panic!("{}: read /proc/{}/status: {e}", self.name, self.pid));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmHWM line")
+    }
+
+    /// Sends SIGTERM.
+    ///
+    /// # Panics
+    /// If the signal cannot be sent.
+    pub fn sigterm(&self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid).expect("pid fits i32"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+    }
+
+    /// Waits for the process to exit and returns its status.
+    ///
+    /// # Panics
+    /// If it is still running after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        if let Some(status) = self.exit {
+            return status;
+        }
+        let what = format!("{} to exit", self.name);
+        let status = crate::deadline::within(&what, within, self.child.wait())
+            .await
+            .expect("wait");
+        self.exit = Some(status);
+        status
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let tail = |text: String, n: usize| {
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(n)..].join("\n")
+            };
+            let access =
+                std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+            eprintln!(
+                "---- sidecar {} (pid {}) logs, last 80 lines ----\n{}\n---- sidecar {} access log, last 20 lines ----\n{}",
+                self.name,
+                self.pid,
+                tail(self.logs(), 80),
+                self.name,
+                tail(access, 20)
+            );
+            if std::env::var_os("MESHLITE_E2E_KEEP").is_some() {
+                let kept =
+                    std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+                eprintln!("kept {}", kept.display());
+            }
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+/// The applications the server workload runs.
+pub struct TestApps {
+    /// Serves `app:80` (HTTP/1.1) and `h2app:8082` (HTTP/2).
+    pub alpha: HttpApp,
+    /// Serves `other:8081`.
+    pub beta: HttpApp,
+    /// Serves `echo:50051` (gRPC).
+    pub grpc: GrpcEchoApp,
+    /// Serves `db:5432` (TCP).
+    pub tcp: TcpEchoApp,
+}
+
+impl TestApps {
+    /// Starts all of them.
+    pub async fn start() -> Self {
+        Self {
+            alpha: HttpApp::start("alpha").await,
+            beta: HttpApp::start("beta").await,
+            grpc: GrpcEchoApp::start().await,
+            tcp: TcpEchoApp::start().await,
+        }
+    }
+}
+
+type Tweak = Box<dyn FnOnce(&mut SidecarSpec, &Pki) + Send>;
+
+/// Builds a [`Mesh`], letting a test change either sidecar's spec before it starts.
+#[derive(Default)]
+pub struct MeshBuilder {
+    server: Vec<Tweak>,
+    client: Vec<Tweak>,
+}
+
+impl MeshBuilder {
+    /// Changes the server sidecar's spec (applied before it starts).
+    pub fn server(mut self, tweak: impl FnOnce(&mut SidecarSpec, &Pki) + Send + 'static) -> Self {
+        self.server.push(Box::new(tweak));
+        self
+    }
+
+    /// Changes the client sidecar's spec (applied after its services point at the server).
+    pub fn client(mut self, tweak: impl FnOnce(&mut SidecarSpec, &Pki) + Send + 'static) -> Self {
+        self.client.push(Box::new(tweak));
+        self
+    }
+
+    /// Starts the apps, then the server sidecar, then the client sidecar.
+    pub async fn start(self) -> Mesh {
+        let pki = Pki::new();
+        let apps = TestApps::start().await;
+        let mut server = SidecarSpec::new(&pki, SERVER_SA);
+        server.inbound = vec![
+            InboundPort {
+                port: 80,
+                target: apps.alpha.addr,
+                protocol: AppProtocol::Http,
+            },
+            InboundPort {
+                port: OTHER_PORT,
+                target: apps.beta.addr,
+                protocol: AppProtocol::Http,
+            },
+            InboundPort {
+                port: H2APP_PORT,
+                target: apps.alpha.addr,
+                protocol: AppProtocol::Http2,
+            },
+            InboundPort {
+                port: ECHO_PORT,
+                target: apps.grpc.addr,
+                protocol: AppProtocol::Grpc,
+            },
+            InboundPort {
+                port: DB_PORT,
+                target: apps.tcp.addr,
+                protocol: AppProtocol::Tcp,
+            },
+        ];
+        for tweak in self.server {
+            tweak(&mut server, &pki);
+        }
+        let server = Sidecar::start(&server).await;
+        let inbound = server.addrs.inbound;
+        let mut client = SidecarSpec::new(&pki, CLIENT_SA);
+        client.services = vec![
+            Service::new(APP, 80, AppProtocol::Http, inbound),
+            Service::new(OTHER, OTHER_PORT, AppProtocol::Http, inbound),
+            Service::new(H2APP, H2APP_PORT, AppProtocol::Http2, inbound),
+            Service::new(ECHO, ECHO_PORT, AppProtocol::Grpc, inbound),
+            Service::new(DB, DB_PORT, AppProtocol::Tcp, inbound),
+        ];
+        for tweak in self.client {
+            tweak(&mut client, &pki);
+        }
+        let client = Sidecar::start(&client).await;
+        Mesh {
+            pki,
+            apps,
+            client,
+            server,
+        }
+    }
+}
+
+/// Two workloads: `client` calls the services of `server` through their sidecars.
+pub struct Mesh {
+    /// The mesh's CA.
+    pub pki: Pki,
+    /// The server workload's applications.
+    pub apps: TestApps,
+    /// The calling workload's sidecar: tests send to its outbound address.
+    pub client: Sidecar,
+    /// The called workload's sidecar.
+    pub server: Sidecar,
+}
+
+impl Mesh {
+    /// A mesh with nothing changed.
+    pub async fn start() -> Mesh {
+        MeshBuilder::default().start().await
+    }
+
+    /// A builder to change the specs first.
+    pub fn builder() -> MeshBuilder {
+        MeshBuilder::default()
+    }
+
+    /// The client sidecar's outbound address: where the calling app sends.
+    pub fn outbound(&self) -> SocketAddr {
+        self.client.addrs.outbound
+    }
+
+    /// Waits until `app` has served `count` requests (used before asserting on what it saw).
+    pub async fn wait_requests(app: &HttpApp, count: u64) {
+        eventually("the app to receive the request", SOON, || async move {
+            (app.requests() >= count).then_some(())
+        })
+        .await;
+    }
+}

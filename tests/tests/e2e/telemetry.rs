@@ -1,0 +1,129 @@
+//! Telemetry: Istio's standard metrics from both sidecars, and the JSON access log.
+
+use crate::field_text;
+use meshlite_tests::clients::{Http1Client, empty, h1_request};
+use meshlite_tests::mesh::{CLIENT_SA, Mesh};
+use meshlite_tests::prometheus::names;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_the_source_and_the_destination_sidecar() {
+    let mesh = Mesh::start().await;
+    let mut conn = Http1Client::connect(mesh.outbound()).await;
+    for _ in 0..3 {
+        let reply = conn
+            .exchange(h1_request("GET", "app", "/headers").body(empty()).unwrap())
+            .await;
+        assert_eq!(reply.status, 200);
+    }
+    let reply = conn
+        .exchange(
+            h1_request("GET", "app", "/status/404")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 404, "the app's own 404 is passed through");
+
+    let is_app =
+        |s: &meshlite_tests::prometheus::Sample| s.label("destination_service").starts_with("app");
+    mesh.client
+        .metric_sample(
+            "istio_requests_total",
+            "reporter=source, 3 x 200 to app",
+            |s| {
+                s.label("reporter") == "source"
+                    && s.label("response_code") == "200"
+                    && is_app(s)
+                    && s.value >= 3.0
+            },
+        )
+        .await;
+    mesh.client
+        .metric_sample("istio_requests_total", "reporter=source, the 404", |s| {
+            s.label("reporter") == "source" && s.label("response_code") == "404" && is_app(s)
+        })
+        .await;
+    let destination = mesh
+        .server
+        .metric_sample(
+            "istio_requests_total",
+            "reporter=destination, 3 x 200",
+            |s| {
+                s.label("reporter") == "destination"
+                    && s.label("response_code") == "200"
+                    && s.value >= 3.0
+            },
+        )
+        .await;
+    assert_eq!(
+        destination.label("source_workload"),
+        CLIENT_SA,
+        "the destination knows who called: {destination:?}"
+    );
+    assert_eq!(
+        destination.label("connection_security_policy"),
+        "mutual_tls",
+        "the destination saw mutual TLS: {destination:?}"
+    );
+    for sidecar in [&mesh.client, &mesh.server] {
+        let text = sidecar.metrics_text().await;
+        assert!(
+            names(&text)
+                .iter()
+                .any(|n| n.starts_with("istio_request_duration_milliseconds")),
+            "{} exports istio_request_duration_milliseconds",
+            sidecar.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sidecars_write_an_access_log_entry_per_request() {
+    let mesh = Mesh::start().await;
+    let request = h1_request("GET", "app", "/headers?from=e2e")
+        .header("x-request-id", "e2e-access-log-1")
+        .body(empty())
+        .unwrap();
+    let reply = Http1Client::connect(mesh.outbound())
+        .await
+        .exchange(request)
+        .await;
+    assert_eq!(reply.status, 200);
+
+    let ours = |e: &serde_json::Value| field_text(e, "request_id") == "e2e-access-log-1";
+    let client = mesh
+        .client
+        .access_log_entry("the request on the client side", ours)
+        .await;
+    let server = mesh
+        .server
+        .access_log_entry("the request on the server side", ours)
+        .await;
+    for (side, entry) in [("client", &client), ("server", &server)] {
+        assert_eq!(field_text(entry, "response_code"), "200", "{side}: {entry}");
+        assert_eq!(field_text(entry, "response_flags"), "-", "{side}: {entry}");
+        assert_eq!(field_text(entry, "method"), "GET", "{side}: {entry}");
+        assert!(
+            field_text(entry, "path").starts_with("/headers"),
+            "{side}: {entry}"
+        );
+        assert!(
+            field_text(entry, "authority").starts_with("app"),
+            "{side}: {entry}"
+        );
+        assert!(
+            entry.get("duration_ms").is_some_and(|d| d.is_number()),
+            "{side}: duration_ms is a number: {entry}"
+        );
+    }
+    assert_eq!(
+        field_text(&client, "upstream_host"),
+        mesh.server.addrs.inbound.to_string(),
+        "the client's upstream is the destination sidecar"
+    );
+    assert_eq!(
+        field_text(&server, "upstream_host"),
+        mesh.apps.alpha.addr.to_string(),
+        "the server's upstream is the local app"
+    );
+}
