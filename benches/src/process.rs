@@ -188,7 +188,7 @@ impl ManagedChild {
     /// Waits for the first line on its stdout.
     pub fn first_line(&mut self, timeout: Duration) -> Result<String, ProcessError> {
         let deadline = Instant::now() + timeout;
-        let Some(rx) = self.first_line.as_ref() else {
+        let Some(rx) = self.first_line.take() else {
             return Err(self.not_ready(timeout, "stdout line (stdout not captured)"));
         };
         loop {

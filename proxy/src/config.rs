@@ -294,16 +294,21 @@ pub mod duration_str {
             Some(i) => s.split_at(i),
             None => return Err(format!("`{s}` has no unit (use ms, s, m or h, e.g. `10s`)")),
         };
-        let value: f64 =
-            num.parse().map_err(|_| format!("`{s}` is not a duration (e.g. `250ms`, `10s`)"))?;
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration (e.g. `250ms`, `10s`)"))?;
         let secs = match unit {
             "ms" => value / 1000.0,
             "s" => value,
             "m" => value * 60.0,
             "h" => value * 3600.0,
-            _ => return Err(format!("`{s}` has unknown unit `{unit}` (use ms, s, m or h)")),
+            _ => {
+                return Err(format!(
+                    "`{s}` has unknown unit `{unit}` (use ms, s, m or h)"
+                ));
+            }
         };
-        if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
             return Err(format!("`{s}` is out of range"));
         }
         Ok(Duration::from_secs_f64(secs))
@@ -319,19 +324,28 @@ pub mod duration_str {
 impl ProxyConfig {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates configuration text; `path` is used in error messages and to resolve
     /// relative certificate paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut cfg: ProxyConfig = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut cfg: ProxyConfig =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         cfg.validate(path)?;
         if let Some(dir) = path.parent() {
-            for p in [&mut cfg.identity.cert, &mut cfg.identity.key, &mut cfg.identity.roots] {
+            for p in [
+                &mut cfg.identity.cert,
+                &mut cfg.identity.key,
+                &mut cfg.identity.roots,
+            ] {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }
@@ -349,31 +363,52 @@ impl ProxyConfig {
         SpiffeId::parse(&self.identity.spiffe_id)
             .map_err(|e| invalid("identity.spiffe_id".into(), e.to_string()))?;
         if self.identity.workload.is_empty() {
-            return Err(invalid("identity.workload".into(), "must not be empty".into()));
+            return Err(invalid(
+                "identity.workload".into(),
+                "must not be empty".into(),
+            ));
         }
         let mut seen_ports = std::collections::HashSet::new();
         for (i, p) in self.inbound.ports.iter().enumerate() {
             if !seen_ports.insert(p.port) {
-                return Err(invalid(format!("inbound.ports[{i}].port"), format!("port {} is declared twice", p.port)));
+                return Err(invalid(
+                    format!("inbound.ports[{i}].port"),
+                    format!("port {} is declared twice", p.port),
+                ));
             }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let f = |name: &str| format!("services[{i}].{name}");
             if !is_dns_label(&s.name) {
-                return Err(invalid(f("name"), format!("`{}` is not a DNS label", s.name)));
+                return Err(invalid(
+                    f("name"),
+                    format!("`{}` is not a DNS label", s.name),
+                ));
             }
             if !is_dns_label(&s.namespace) {
-                return Err(invalid(f("namespace"), format!("`{}` is not a DNS label", s.namespace)));
+                return Err(invalid(
+                    f("namespace"),
+                    format!("`{}` is not a DNS label", s.namespace),
+                ));
             }
             if s.port == 0 {
                 return Err(invalid(f("port"), "must be 1-65535".into()));
             }
             if !seen.insert((s.name.clone(), s.namespace.clone(), s.port)) {
-                return Err(invalid(f("port"), format!("service {}.{}:{} is declared twice", s.name, s.namespace, s.port)));
+                return Err(invalid(
+                    f("port"),
+                    format!(
+                        "service {}.{}:{} is declared twice",
+                        s.name, s.namespace, s.port
+                    ),
+                ));
             }
             if s.endpoints.is_empty() {
-                return Err(invalid(f("endpoints"), "at least one endpoint is required".into()));
+                return Err(invalid(
+                    f("endpoints"),
+                    "at least one endpoint is required".into(),
+                ));
             }
             if s.identities.is_empty() {
                 return Err(invalid(
@@ -382,19 +417,30 @@ impl ProxyConfig {
                 ));
             }
             for (j, id) in s.identities.iter().enumerate() {
-                SpiffeId::parse(id).map_err(|e| invalid(format!("services[{i}].identities[{j}]"), e.to_string()))?;
+                SpiffeId::parse(id).map_err(|e| {
+                    invalid(format!("services[{i}].identities[{j}]"), e.to_string())
+                })?;
             }
             if s.listen.is_some() && s.protocol != Protocol::Tcp {
-                return Err(invalid(f("listen"), "only services with protocol `tcp` take a listen address".into()));
+                return Err(invalid(
+                    f("listen"),
+                    "only services with protocol `tcp` take a listen address".into(),
+                ));
             }
             for (j, alias) in s.aliases.iter().enumerate() {
                 if alias.is_empty() || alias.contains(':') {
-                    return Err(invalid(format!("services[{i}].aliases[{j}]"), "must be a host name without port".into()));
+                    return Err(invalid(
+                        format!("services[{i}].aliases[{j}]"),
+                        "must be a host name without port".into(),
+                    ));
                 }
             }
         }
         if self.limits.max_header_bytes < 1024 {
-            return Err(invalid("limits.max_header_bytes".into(), "must be at least 1024".into()));
+            return Err(invalid(
+                "limits.max_header_bytes".into(),
+                "must be at least 1024".into(),
+            ));
         }
         Ok(())
     }
@@ -403,7 +449,8 @@ impl ProxyConfig {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -446,7 +493,10 @@ services:
 
     #[test]
     fn unknown_field_is_named() {
-        let text = GOOD.replace("    port: 9080\n    identities", "    port: 9080\n    wieght: 3\n    identities");
+        let text = GOOD.replace(
+            "    port: 9080\n    identities",
+            "    port: 9080\n    wieght: 3\n    identities",
+        );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("wieght"), "{err}");
     }
@@ -487,15 +537,24 @@ services:
 
     #[test]
     fn listen_only_for_tcp() {
-        let text = GOOD.replace("    endpoints: [127.0.0.1:16006]", "    endpoints: [127.0.0.1:16006]\n    listen: 127.0.0.1:7000");
+        let text = GOOD.replace(
+            "    endpoints: [127.0.0.1:16006]",
+            "    endpoints: [127.0.0.1:16006]\n    listen: 127.0.0.1:7000",
+        );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("services[0].listen"), "{err}");
     }
 
     #[test]
     fn durations_parse() {
-        assert_eq!(duration_str::parse("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(duration_str::parse("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            duration_str::parse("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            duration_str::parse("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
         assert_eq!(duration_str::parse("2m").unwrap(), Duration::from_secs(120));
         assert!(duration_str::parse("10").is_err());
         assert!(duration_str::parse("10parsecs").is_err());

@@ -95,8 +95,16 @@ pub struct RunningProxy {
 }
 
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
-    let bind_err = |source| StartError::Bind { name: name.to_string(), addr, source };
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    let bind_err = |source| StartError::Bind {
+        name: name.to_string(),
+        addr,
+        source,
+    };
     let sock = sock.map_err(bind_err)?;
     sock.set_reuseaddr(true).map_err(bind_err)?;
     sock.set_nodelay(true).map_err(bind_err)?;
@@ -123,7 +131,10 @@ impl RunningProxy {
         let snapshot = Snapshot::build(&cfg, &identity, &metrics, 1)?;
         let server_tls = identity.server_config()?;
         let access_log = match opts.access_log {
-            Some(t) => Some(AccessLog::start(t, metrics.access_log_dropped.clone()).map_err(StartError::AccessLog)?),
+            Some(t) => Some(
+                AccessLog::start(t, metrics.access_log_dropped.clone())
+                    .map_err(StartError::AccessLog)?,
+            ),
             None => None,
         };
 
@@ -146,29 +157,63 @@ impl RunningProxy {
             admin: local_addr(&admin_l, l.admin),
             metrics: local_addr(&metrics_l, l.metrics),
             health: local_addr(&health_l, l.health),
-            tcp: tcp.iter().map(|(n, l, c)| (n.clone(), l.local_addr().unwrap_or_else(|_| c.listen.unwrap_or(l_default())))).collect(),
+            tcp: tcp
+                .iter()
+                .map(|(n, l, c)| {
+                    (
+                        n.clone(),
+                        l.local_addr()
+                            .unwrap_or_else(|_| c.listen.unwrap_or(l_default())),
+                    )
+                })
+                .collect(),
         };
 
         let ctx = Arc::new(ProxyContext {
             snapshot: ArcSwap::from_pointee(snapshot),
             identity,
-            telemetry: Arc::new(Telemetry { metrics, access_log }),
+            telemetry: Arc::new(Telemetry {
+                metrics,
+                access_log,
+            }),
             http_builder: server::conn::http_builder(&cfg.limits),
             limits: cfg.limits.clone(),
             headers: cfg.headers.clone(),
             drain: Arc::new(Drain::new()),
-            local_http1: transport::http1::local_client(cfg.upstream.idle_timeout, snapshot::LOCAL_CONNECT_TIMEOUT),
+            local_http1: transport::http1::local_client(
+                cfg.upstream.idle_timeout,
+                snapshot::LOCAL_CONNECT_TIMEOUT,
+            ),
             connect_timeout: cfg.upstream.connect_timeout,
         });
         let quit = Arc::new(Notify::new());
         tokio::spawn(outbound::serve_listener(ctx.clone(), outbound));
         tokio::spawn(inbound::serve_listener(ctx.clone(), inbound, server_tls));
         for (_, listener, cluster) in tcp {
-            tokio::spawn(outbound::tcp::serve_listener(ctx.clone(), listener, cluster));
+            tokio::spawn(outbound::tcp::serve_listener(
+                ctx.clone(),
+                listener,
+                cluster,
+            ));
         }
-        tokio::spawn(admin::serve(ctx.clone(), admin_l, admin::Role::Admin, quit.clone()));
-        tokio::spawn(admin::serve(ctx.clone(), metrics_l, admin::Role::Metrics, quit.clone()));
-        tokio::spawn(admin::serve(ctx.clone(), health_l, admin::Role::Health, quit.clone()));
+        tokio::spawn(admin::serve(
+            ctx.clone(),
+            admin_l,
+            admin::Role::Admin,
+            quit.clone(),
+        ));
+        tokio::spawn(admin::serve(
+            ctx.clone(),
+            metrics_l,
+            admin::Role::Metrics,
+            quit.clone(),
+        ));
+        tokio::spawn(admin::serve(
+            ctx.clone(),
+            health_l,
+            admin::Role::Health,
+            quit.clone(),
+        ));
         Ok(Self { addrs, ctx, quit })
     }
 

@@ -55,10 +55,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 
     match &cli.command {
-        Some(Command::DevPki { out, trust_domain, identities }) => match dev_pki(out, trust_domain, identities) {
+        Some(Command::DevPki {
+            out,
+            trust_domain,
+            identities,
+        }) => match dev_pki(out, trust_domain, identities) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("meshlite-proxy dev-pki: {e:#}");
@@ -78,7 +86,12 @@ fn main() -> ExitCode {
                 }
             };
             if matches!(cli.command, Some(Command::Validate)) {
-                println!("{}: valid ({} services, {} inbound ports)", path.display(), cfg.services.len(), cfg.inbound.ports.len());
+                println!(
+                    "{}: valid ({} services, {} inbound ports)",
+                    path.display(),
+                    cfg.services.len(),
+                    cfg.inbound.ports.len()
+                );
                 return ExitCode::SUCCESS;
             }
             match run(cfg, &cli) {
@@ -97,7 +110,9 @@ fn dev_pki(out: &std::path::Path, trust_domain: &str, identities: &[String]) -> 
     let ca = DevCa::new(trust_domain)?;
     ca.write_root(out)?;
     for ident in identities {
-        let (ns, sa) = ident.split_once('/').context("identities are namespace/service-account")?;
+        let (ns, sa) = ident
+            .split_once('/')
+            .context("identities are namespace/service-account")?;
         let cert = ca.issue(&format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}"))?;
         let (c, k) = cert.write(out, sa)?;
         println!("wrote {} and {}", c.display(), k.display());
@@ -108,13 +123,22 @@ fn dev_pki(out: &std::path::Path, trust_domain: &str, identities: &[String]) -> 
 
 fn run(cfg: ProxyConfig, cli: &Cli) -> anyhow::Result<()> {
     let runtime = if cli.workers <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(cli.workers).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.workers)
+            .enable_all()
+            .build()
     }
     .context("starting the runtime")?;
     let access_log = cli.access_log.as_ref().map(|t| {
-        if t == "-" { AccessLogTarget::Stdout } else { AccessLogTarget::File(PathBuf::from(t)) }
+        if t == "-" {
+            AccessLogTarget::Stdout
+        } else {
+            AccessLogTarget::File(PathBuf::from(t))
+        }
     });
     runtime.block_on(async move {
         let proxy = RunningProxy::start(cfg, StartOptions { access_log }).await?;
@@ -131,7 +155,10 @@ fn run(cfg: ProxyConfig, cli: &Cli) -> anyhow::Result<()> {
         tracing::info!("{why}: draining");
         let left = proxy.drain().await;
         if left > 0 {
-            tracing::warn!(connections = left, "drain deadline passed with connections open; closing them");
+            tracing::warn!(
+                connections = left,
+                "drain deadline passed with connections open; closing them"
+            );
         } else {
             tracing::info!("drained; exiting");
         }

@@ -65,7 +65,12 @@ impl PeerWorkload {
     /// The labels used when the peer did not say who it is.
     pub fn unknown() -> Self {
         let u = unknown();
-        Self { workload: u.clone(), namespace: u.clone(), app: u.clone(), version: u }
+        Self {
+            workload: u.clone(),
+            namespace: u.clone(),
+            app: u.clone(),
+            version: u,
+        }
     }
 
     /// Parses `workload;namespace;app;version`.
@@ -76,7 +81,12 @@ impl PeerWorkload {
         if it.next().is_some() || w.is_empty() || w.len() > 253 || s.len() > 1024 {
             return None;
         }
-        Some(Self { workload: Arc::from(w), namespace: Arc::from(n), app: Arc::from(a), version: Arc::from(ver) })
+        Some(Self {
+            workload: Arc::from(w),
+            namespace: Arc::from(n),
+            app: Arc::from(a),
+            version: Arc::from(ver),
+        })
     }
 }
 
@@ -185,12 +195,22 @@ impl Snapshot {
         version: u64,
     ) -> Result<Self, IdentityError> {
         let id = identity.id().clone();
-        let namespace: Label = Arc::from(id.namespace_and_account().map(|(ns, _)| ns).unwrap_or("default"));
+        let namespace: Label = Arc::from(
+            id.namespace_and_account()
+                .map(|(ns, _)| ns)
+                .unwrap_or("default"),
+        );
         let workload: Label = Arc::from(cfg.identity.workload.as_str());
-        let app: Label = Arc::from(cfg.identity.app.as_deref().unwrap_or(&cfg.identity.workload));
+        let app: Label = Arc::from(
+            cfg.identity
+                .app
+                .as_deref()
+                .unwrap_or(&cfg.identity.workload),
+        );
         let version_label: Label = Arc::from(cfg.identity.version.as_deref().unwrap_or("latest"));
-        let peer_header = HeaderValue::from_str(&format!("{workload};{namespace};{app};{version_label}"))
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown;unknown;unknown;unknown"));
+        let peer_header =
+            HeaderValue::from_str(&format!("{workload};{namespace};{app};{version_label}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown;unknown;unknown;unknown"));
         let local = Arc::new(LocalWorkload {
             principal: Arc::from(id.principal()),
             id,
@@ -220,11 +240,19 @@ impl Snapshot {
                 .endpoints
                 .iter()
                 .map(|addr| {
-                    let target = H2Target::Mesh { addr: *addr, tls: tls_h2.clone(), server_name: server_name.clone() };
+                    let target = H2Target::Mesh {
+                        addr: *addr,
+                        tls: tls_h2.clone(),
+                        server_name: server_name.clone(),
+                    };
                     Arc::new(Endpoint {
                         addr: *addr,
                         addr_label: Arc::from(addr.to_string()),
-                        h2: H2Pool::new(target, connect_timeout, Some(metrics.upstream_connects.clone())),
+                        h2: H2Pool::new(
+                            target,
+                            connect_timeout,
+                            Some(metrics.upstream_connects.clone()),
+                        ),
                         http1_uri: http::uri::Authority::try_from(addr.to_string())
                             .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0")),
                         peer: arc_swap::ArcSwapOption::empty(),
@@ -239,7 +267,10 @@ impl Snapshot {
             };
             let authority = http::uri::Authority::try_from(format!("{fqdn}:{}", svc.port))
                 .map_err(|e| IdentityError::Invalid(format!("service {fqdn}: {e}")))?;
-            let principal: Label = allowed.first().map(|i| Arc::from(i.principal())).unwrap_or_else(unknown);
+            let principal: Label = allowed
+                .first()
+                .map(|i| Arc::from(i.principal()))
+                .unwrap_or_else(unknown);
             let cluster = Arc::new(Cluster {
                 port: svc.port,
                 protocol: svc.protocol,
@@ -279,12 +310,26 @@ impl Snapshot {
             .ports
             .iter()
             .map(|p| {
-                let h2c = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc)
-                    .then(|| H2Pool::new(H2Target::Plain { addr: p.target }, connect_timeout, None));
-                (p.port, InboundPort { target: p.target, protocol: p.protocol, h2c })
+                let h2c = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc).then(|| {
+                    H2Pool::new(H2Target::Plain { addr: p.target }, connect_timeout, None)
+                });
+                (
+                    p.port,
+                    InboundPort {
+                        target: p.target,
+                        protocol: p.protocol,
+                        h2c,
+                    },
+                )
             })
             .collect();
-        Ok(Self { version, local, hosts, inbound, clusters })
+        Ok(Self {
+            version,
+            local,
+            hosts,
+            inbound,
+            clusters,
+        })
     }
 
     /// Finds the cluster for a request's host (`reviews`, `reviews:9080`, an FQDN, an alias).
@@ -309,10 +354,10 @@ impl Snapshot {
     /// The local port serving requests addressed to `port`; with no port, or when only one
     /// port is served, that one.
     pub fn inbound_port(&self, port: Option<u16>) -> Option<(u16, &InboundPort)> {
-        if let Some(p) = port {
-            if let Some(ip) = self.inbound.get(&p) {
-                return Some((p, ip));
-            }
+        if let Some(p) = port
+            && let Some(ip) = self.inbound.get(&p)
+        {
+            return Some((p, ip));
         }
         if self.inbound.len() == 1 {
             return self.inbound.iter().next().map(|(p, ip)| (*p, ip));
@@ -328,11 +373,13 @@ impl Snapshot {
 
 /// Splits `host[:port]`, tolerating IPv6 literals in brackets.
 pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some(end) = rest.find(']') {
-            let port = rest[end + 1..].strip_prefix(':').and_then(|p| p.parse().ok());
-            return (&rest[..end], port);
-        }
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some(end) = rest.find(']')
+    {
+        let port = rest[end + 1..]
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok());
+        return (&rest[..end], port);
     }
     match authority.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => match p.parse() {
@@ -355,7 +402,10 @@ mod tests {
         assert_eq!(split_host_port("reviews"), ("reviews", None));
         assert_eq!(split_host_port("reviews:9080"), ("reviews", Some(9080)));
         assert_eq!(split_host_port("[::1]:80"), ("::1", Some(80)));
-        assert_eq!(split_host_port("reviews:notaport"), ("reviews:notaport", None));
+        assert_eq!(
+            split_host_port("reviews:notaport"),
+            ("reviews:notaport", None)
+        );
     }
 
     #[test]

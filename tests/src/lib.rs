@@ -12,6 +12,7 @@
 //! - [`wire`] speaks raw HTTP/1.1 on a socket for requests no well-behaved client would send;
 //! - [`payload`] makes and checks the deterministic bytes of large streamed bodies;
 //! - [`prometheus`] reads the proxies' metrics text;
+//! - [`tls_peers`] stands in for a sidecar whose certificate no sidecar would start with;
 //! - [`deadline`] polls for a condition with a deadline instead of sleeping and hoping.
 #![forbid(unsafe_code)]
 
@@ -23,4 +24,5 @@ pub mod mesh;
 pub mod payload;
 pub mod pki;
 pub mod prometheus;
+pub mod tls_peers;
 pub mod wire;

@@ -26,8 +26,17 @@ impl Pki {
     /// # Panics
     /// If key generation fails.
     pub fn new() -> Self {
+        Self::named(TRUST_DOMAIN)
+    }
+
+    /// A fresh root whose subject names `organization` instead of the mesh's trust domain: a CA
+    /// that is foreign by name as well as by key.
+    ///
+    /// # Panics
+    /// If key generation fails.
+    pub fn named(organization: &str) -> Self {
         Self {
-            ca: DevCa::new(TRUST_DOMAIN).expect("create development CA"),
+            ca: DevCa::new(organization).expect("create development CA"),
         }
     }
 

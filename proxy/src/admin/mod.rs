@@ -52,14 +52,26 @@ pub async fn serve(ctx: Arc<ProxyContext>, listener: TcpListener, role: Role, qu
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<ProxyBody> {
+fn text(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
-fn respond(ctx: &ProxyContext, role: Role, quit: &Notify, req: Request<Incoming>) -> Response<ProxyBody> {
+fn respond(
+    ctx: &ProxyContext,
+    role: Role,
+    quit: &Notify,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let path = req.uri().path();
     let admin = role == Role::Admin;
     match (req.method(), path) {
@@ -70,10 +82,14 @@ fn respond(ctx: &ProxyContext, role: Role, quit: &Notify, req: Request<Incoming>
                 text(StatusCode::OK, "ready\n", "text/plain")
             }
         }
-        (&Method::GET, "/stats/prometheus" | "/metrics") if role != Role::Health => {
-            text(StatusCode::OK, ctx.telemetry.metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        (&Method::GET, "/stats/prometheus" | "/metrics") if role != Role::Health => text(
+            StatusCode::OK,
+            ctx.telemetry.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        (&Method::GET, "/config_dump") if admin => {
+            text(StatusCode::OK, config_dump(ctx), "application/json")
         }
-        (&Method::GET, "/config_dump") if admin => text(StatusCode::OK, config_dump(ctx), "application/json"),
         (&Method::POST, "/quitquitquit") if admin => {
             quit.notify_one();
             text(StatusCode::OK, "OK\n", "text/plain")

@@ -27,7 +27,11 @@ impl ProxyBody {
     /// A body holding `bytes`.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let b = bytes.into();
-        if b.is_empty() { ProxyBody::Empty } else { ProxyBody::Full(Some(b)) }
+        if b.is_empty() {
+            ProxyBody::Empty
+        } else {
+            ProxyBody::Full(Some(b))
+        }
     }
 }
 

@@ -77,10 +77,10 @@ impl ProxyError {
         use std::error::Error as _;
         let mut src = err.source();
         while let Some(s) = src {
-            if let Some(h2) = s.downcast_ref::<h2_reason::H2Error>() {
-                if h2.is_reset() {
-                    return ProxyError::UpstreamReset(err.to_string());
-                }
+            if let Some(h2) = s.downcast_ref::<h2_reason::H2Error>()
+                && h2.is_reset()
+            {
+                return ProxyError::UpstreamReset(err.to_string());
             }
             src = s.source();
         }
@@ -88,7 +88,7 @@ impl ProxyError {
     }
 
     /// Classifies an error from hyper-util's pooled client.
-    pub fn from_pooled(err: hyper_util::client::legacy::Error) -> Self {
+    pub fn from_pooled(err: hyper_util::client::legacy::Error, addr: std::net::SocketAddr) -> Self {
         use std::error::Error as _;
         let mut src = err.source();
         while let Some(s) = src {
@@ -101,10 +101,11 @@ impl ProxyError {
             src = s.source();
         }
         if err.is_connect() {
-            return ProxyError::Connect(ConnectError::Tcp {
-                addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-                source: std::io::Error::other(err.to_string()),
-            });
+            let source = match err.source() {
+                Some(s) => std::io::Error::other(s.to_string()),
+                None => std::io::Error::other(err.to_string()),
+            };
+            return ProxyError::Connect(ConnectError::Tcp { addr, source });
         }
         ProxyError::UpstreamTerminated(err.to_string())
     }
@@ -125,12 +126,19 @@ impl ProxyError {
 fn clone_connect_error(e: &ConnectError) -> ConnectError {
     match e {
         ConnectError::Timeout(a) => ConnectError::Timeout(*a),
-        ConnectError::Tcp { addr, source } => {
-            ConnectError::Tcp { addr: *addr, source: std::io::Error::new(source.kind(), source.to_string()) }
-        }
-        ConnectError::Tls { addr, reason, message } => {
-            ConnectError::Tls { addr: *addr, reason, message: message.clone() }
-        }
+        ConnectError::Tcp { addr, source } => ConnectError::Tcp {
+            addr: *addr,
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        ConnectError::Tls {
+            addr,
+            reason,
+            message,
+        } => ConnectError::Tls {
+            addr: *addr,
+            reason,
+            message: message.clone(),
+        },
         ConnectError::Handshake { addr, .. } => ConnectError::Tcp {
             addr: *addr,
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
@@ -142,8 +150,10 @@ fn clone_connect_error(e: &ConnectError) -> ConnectError {
 pub fn local_reply(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 

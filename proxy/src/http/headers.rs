@@ -50,7 +50,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if let Some(te) = headers.get(header::TE) {
         let trailers_only = te
             .to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
             .unwrap_or(false);
         if trailers_only {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -63,10 +66,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// True when an HTTP/1.1 request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))).unwrap_or(false))
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
+                .unwrap_or(false)
+        })
 }
 
 /// Strips hop-by-hop headers but keeps the upgrade handshake (`Connection: upgrade`, `Upgrade`).
@@ -124,11 +131,17 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed_and_connection_listed_ones_too() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
@@ -149,7 +162,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(!is_upgrade(&h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         assert!(is_upgrade(&h));
         strip_hop_by_hop_keep_upgrade(&mut h);
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");

@@ -80,8 +80,12 @@ impl DevCa {
     pub fn new(trust_domain: &str) -> Result<Self, DevPkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::OrganizationName, trust_domain);
-        params.distinguished_name.push(DnType::CommonName, "meshlite development root");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, trust_domain);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "meshlite development root");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -93,7 +97,10 @@ impl DevCa {
         params.not_after = now + time::Duration::days(3650);
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let root = params.self_signed(&key)?;
-        Ok(Self { issuer: Issuer::new(params, key), root_pem: root.pem() })
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            root_pem: root.pem(),
+        })
     }
 
     /// The root certificate in PEM: the trust bundle every proxy is given.
@@ -107,7 +114,11 @@ impl DevCa {
     }
 
     /// Issues a leaf certificate with explicit options.
-    pub fn issue_with(&self, spiffe_id: &str, opts: &LeafOptions) -> Result<IssuedCert, DevPkiError> {
+    pub fn issue_with(
+        &self,
+        spiffe_id: &str,
+        opts: &LeafOptions,
+    ) -> Result<IssuedCert, DevPkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         let mut sans = vec![SanType::URI(spiffe_id.try_into()?)];
@@ -121,14 +132,21 @@ impl DevCa {
         params.use_authority_key_identifier_extension = true;
         if opts.is_ca {
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
         } else {
             params.is_ca = IsCa::ExplicitNoCa;
-            params.key_usages =
-                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
         }
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let validity = opts.validity.unwrap_or(Duration::from_secs(24 * 3600));
         let mut not_before = OffsetDateTime::now_utc() - time::Duration::minutes(5);
         if let Some(back) = opts.expired_by {
@@ -139,7 +157,10 @@ impl DevCa {
             not_before + time::Duration::try_from(validity).unwrap_or(time::Duration::DAY);
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Writes the root as `<dir>/root.crt`.
@@ -162,5 +183,8 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), DevPkiEr
         let mut f = opts.open(path)?;
         f.write_all(contents.as_bytes())
     };
-    write(&opts).map_err(|source| DevPkiError::Write { path: path.to_path_buf(), source })
+    write(&opts).map_err(|source| DevPkiError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }

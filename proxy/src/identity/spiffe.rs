@@ -21,7 +21,9 @@ pub enum SpiffeIdError {
     #[error("`{0}`: invalid trust domain (lowercase letters, digits, `.`, `_`, `-` only)")]
     TrustDomain(String),
     /// Missing path, or a segment that is empty, `.`, `..` or has forbidden characters.
-    #[error("`{0}`: invalid path (segments of letters, digits, `.`, `_`, `-`; no empty, `.` or `..` segment)")]
+    #[error(
+        "`{0}`: invalid path (segments of letters, digits, `.`, `_`, `-`; no empty, `.` or `..` segment)"
+    )]
     Path(String),
 }
 
@@ -51,7 +53,9 @@ impl SpiffeId {
         let td_lower = td.to_ascii_lowercase();
         if td_lower.is_empty()
             || td_lower.len() > 255
-            || !td_lower.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            || !td_lower
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         {
             return Err(SpiffeIdError::TrustDomain(s.to_string()));
         }
@@ -63,12 +67,17 @@ impl SpiffeId {
             if seg.is_empty()
                 || seg == "."
                 || seg == ".."
-                || !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                || !seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             {
                 return Err(SpiffeIdError::Path(s.to_string()));
             }
         }
-        Ok(Self { uri: format!("{SCHEME}{td_lower}{path}"), td_len: td_lower.len() })
+        Ok(Self {
+            uri: format!("{SCHEME}{td_lower}{path}"),
+            td_len: td_lower.len(),
+        })
     }
 
     /// The trust domain, lowercase.

@@ -62,7 +62,9 @@ pub enum PeerCheckError {
     #[error("peer certificate has no valid SPIFFE identity: {0}")]
     BadSpiffeId(String),
     /// Secure naming: the server's ID is not one the destination may have.
-    #[error("peer identity {got} is not allowed for this destination (expected one of: {expected})")]
+    #[error(
+        "peer identity {got} is not allowed for this destination (expected one of: {expected})"
+    )]
     IdentityMismatch {
         /// The ID the peer presented.
         got: String,
@@ -132,12 +134,17 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("id", &self.id.as_str()).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("id", &self.id.as_str())
+            .finish_non_exhaustive()
     }
 }
 
 fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
-    let pem_err = |message: String| IdentityError::Pem { path: path.to_path_buf(), message };
+    let pem_err = |message: String| IdentityError::Pem {
+        path: path.to_path_buf(),
+        message,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_err(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -159,18 +166,26 @@ impl Identity {
         failures: TlsFailureCounter,
     ) -> Result<Self, IdentityError> {
         let chain = read_pem_certs(cert)?;
-        let key_der = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| IdentityError::Pem { path: key.to_path_buf(), message: e.to_string() })?;
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| IdentityError::Pem {
+            path: key.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let root_certs = read_pem_certs(roots)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let bundle = Self::bundle(&root_certs)?;
         let signing = provider
             .key_provider
             .load_private_key(key_der)
-            .map_err(|e| IdentityError::Invalid(format!("{}: unusable private key: {e}", key.display())))?;
+            .map_err(|e| {
+                IdentityError::Invalid(format!("{}: unusable private key: {e}", key.display()))
+            })?;
         let certified = CertifiedKey::new(chain, signing);
         certified.keys_match().map_err(|e| {
-            IdentityError::Invalid(format!("{} does not match {}: {e}", key.display(), cert.display()))
+            IdentityError::Invalid(format!(
+                "{} does not match {}: {e}",
+                key.display(),
+                cert.display()
+            ))
         })?;
         let me = Self {
             id: expected_id.clone(),
@@ -179,9 +194,14 @@ impl Identity {
             provider,
             failures,
         };
-        let leaf_id = me.check_chain(&me.key.load().cert, webpki::KeyUsage::client_auth()).map_err(|e| {
-            IdentityError::Invalid(format!("{}: own certificate fails verification: {e}", cert.display()))
-        })?;
+        let leaf_id = me
+            .check_chain(&me.key.load().cert, webpki::KeyUsage::client_auth())
+            .map_err(|e| {
+                IdentityError::Invalid(format!(
+                    "{}: own certificate fails verification: {e}",
+                    cert.display()
+                ))
+            })?;
         if &leaf_id != expected_id {
             return Err(IdentityError::Invalid(format!(
                 "{}: certificate is for {leaf_id}, but identity.spiffe_id is {expected_id}",
@@ -244,21 +264,31 @@ impl Identity {
         let ee = webpki::EndEntityCert::try_from(leaf)
             .map_err(|e| PeerCheckError::Chain(e.to_string()))?;
         let roots = self.roots.load();
-        ee.verify_for_usage(self.algorithms().all, &roots.anchors, intermediates, now, usage, None, None)
-            .map(|_| ())
-            .map_err(|e| match e {
-                webpki::Error::UnknownIssuer => PeerCheckError::UnknownCa,
-                webpki::Error::CertExpired { .. }
-                | webpki::Error::CertNotValidYet { .. }
-                | webpki::Error::InvalidCertValidity => PeerCheckError::Expired,
-                other => PeerCheckError::Chain(other.to_string()),
-            })
+        ee.verify_for_usage(
+            self.algorithms().all,
+            &roots.anchors,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| match e {
+            webpki::Error::UnknownIssuer => PeerCheckError::UnknownCa,
+            webpki::Error::CertExpired { .. }
+            | webpki::Error::CertNotValidYet { .. }
+            | webpki::Error::InvalidCertValidity => PeerCheckError::Expired,
+            other => PeerCheckError::Chain(other.to_string()),
+        })
     }
 
     /// The server-side (inbound) TLS configuration: TLS 1.3, client certificate required and
     /// checked, ALPN h2 and http/1.1.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
-        let verifier = Arc::new(MeshClientVerifier { identity: self.clone() });
+        let verifier = Arc::new(MeshClientVerifier {
+            identity: self.clone(),
+        });
         let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| IdentityError::Invalid(format!("TLS 1.3 unavailable: {e}")))?
@@ -275,7 +305,10 @@ impl Identity {
         allowed: Arc<[SpiffeId]>,
         alpn: &[u8],
     ) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
-        let verifier = Arc::new(MeshServerVerifier { identity: self.clone(), allowed });
+        let verifier = Arc::new(MeshServerVerifier {
+            identity: self.clone(),
+            allowed,
+        });
         let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| IdentityError::Invalid(format!("TLS 1.3 unavailable: {e}")))?
@@ -292,15 +325,15 @@ pub fn spiffe_id_of_leaf(leaf: &CertificateDer<'_>) -> Result<SpiffeId, PeerChec
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(leaf.as_ref())
         .map_err(|e| PeerCheckError::BadSpiffeId(format!("unparseable certificate: {e}")))?;
-    if let Ok(Some(bc)) = cert.basic_constraints() {
-        if bc.value.ca {
-            return Err(PeerCheckError::CaCertificate);
-        }
+    if let Ok(Some(bc)) = cert.basic_constraints()
+        && bc.value.ca
+    {
+        return Err(PeerCheckError::CaCertificate);
     }
-    if let Ok(Some(ku)) = cert.key_usage() {
-        if ku.value.key_cert_sign() || ku.value.crl_sign() {
-            return Err(PeerCheckError::CaCertificate);
-        }
+    if let Ok(Some(ku)) = cert.key_usage()
+        && (ku.value.key_cert_sign() || ku.value.crl_sign())
+    {
+        return Err(PeerCheckError::CaCertificate);
     }
     let san = cert
         .subject_alternative_name()
@@ -310,7 +343,9 @@ pub fn spiffe_id_of_leaf(leaf: &CertificateDer<'_>) -> Result<SpiffeId, PeerChec
         GeneralName::URI(u) => Some(*u),
         _ => None,
     });
-    let first = uris.next().ok_or_else(|| PeerCheckError::BadSpiffeId("no URI SAN".into()))?;
+    let first = uris
+        .next()
+        .ok_or_else(|| PeerCheckError::BadSpiffeId("no URI SAN".into()))?;
     if uris.next().is_some() {
         return Err(PeerCheckError::BadSpiffeId("more than one URI SAN".into()));
     }
@@ -356,12 +391,21 @@ impl ClientCertVerifier for MeshClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let result = self
             .identity
-            .verify_path(end_entity, intermediates, now, webpki::KeyUsage::client_auth())
+            .verify_path(
+                end_entity,
+                intermediates,
+                now,
+                webpki::KeyUsage::client_auth(),
+            )
             .and_then(|()| spiffe_id_of_leaf(end_entity));
         match result {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(e) => {
-                tracing::warn!(direction = "inbound", reason = e.reason(), "refused peer certificate: {e}");
+                tracing::warn!(
+                    direction = "inbound",
+                    reason = e.reason(),
+                    "refused peer certificate: {e}"
+                );
                 self.identity.failures.inc("inbound", e.reason());
                 Err(e.into_rustls())
             }
@@ -409,7 +453,12 @@ impl ServerCertVerifier for MeshServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let result = self
             .identity
-            .verify_path(end_entity, intermediates, now, webpki::KeyUsage::server_auth())
+            .verify_path(
+                end_entity,
+                intermediates,
+                now,
+                webpki::KeyUsage::server_auth(),
+            )
             .and_then(|()| spiffe_id_of_leaf(end_entity))
             .and_then(|id| {
                 if self.allowed.contains(&id) {
@@ -417,14 +466,23 @@ impl ServerCertVerifier for MeshServerVerifier {
                 } else {
                     Err(PeerCheckError::IdentityMismatch {
                         got: id.to_string(),
-                        expected: self.allowed.iter().map(SpiffeId::as_str).collect::<Vec<_>>().join(", "),
+                        expected: self
+                            .allowed
+                            .iter()
+                            .map(SpiffeId::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     })
                 }
             });
         match result {
             Ok(()) => Ok(ServerCertVerified::assertion()),
             Err(e) => {
-                tracing::warn!(direction = "outbound", reason = e.reason(), "refused peer certificate: {e}");
+                tracing::warn!(
+                    direction = "outbound",
+                    reason = e.reason(),
+                    "refused peer certificate: {e}"
+                );
                 self.identity.failures.inc("outbound", e.reason());
                 Err(e.into_rustls())
             }
@@ -466,7 +524,9 @@ mod tests {
     #[test]
     fn leaf_with_one_spiffe_uri_is_accepted() {
         let ca = DevCa::new("cluster.local").unwrap();
-        let leaf = ca.issue("spiffe://cluster.local/ns/default/sa/reviews").unwrap();
+        let leaf = ca
+            .issue("spiffe://cluster.local/ns/default/sa/reviews")
+            .unwrap();
         let id = spiffe_id_of_leaf(&der(&leaf.cert_pem)).unwrap();
         assert_eq!(id.as_str(), "spiffe://cluster.local/ns/default/sa/reviews");
     }
@@ -474,8 +534,13 @@ mod tests {
     #[test]
     fn leaf_with_two_uris_is_refused() {
         let ca = DevCa::new("cluster.local").unwrap();
-        let opts = LeafOptions { extra_uris: vec!["spiffe://cluster.local/ns/x/sa/y".into()], ..Default::default() };
-        let leaf = ca.issue_with("spiffe://cluster.local/ns/default/sa/reviews", &opts).unwrap();
+        let opts = LeafOptions {
+            extra_uris: vec!["spiffe://cluster.local/ns/x/sa/y".into()],
+            ..Default::default()
+        };
+        let leaf = ca
+            .issue_with("spiffe://cluster.local/ns/default/sa/reviews", &opts)
+            .unwrap();
         let err = spiffe_id_of_leaf(&der(&leaf.cert_pem)).unwrap_err();
         assert_eq!(err.reason(), "bad_spiffe_id");
     }
@@ -483,9 +548,22 @@ mod tests {
     #[test]
     fn ca_certificate_is_not_an_identity() {
         let ca = DevCa::new("cluster.local").unwrap();
-        let opts = LeafOptions { is_ca: true, ..Default::default() };
-        let leaf = ca.issue_with("spiffe://cluster.local/ns/default/sa/reviews", &opts).unwrap();
-        assert_eq!(spiffe_id_of_leaf(&der(&leaf.cert_pem)).unwrap_err().reason(), "ca_certificate");
-        assert_eq!(spiffe_id_of_leaf(&der(ca.root_pem())).unwrap_err().reason(), "ca_certificate");
+        let opts = LeafOptions {
+            is_ca: true,
+            ..Default::default()
+        };
+        let leaf = ca
+            .issue_with("spiffe://cluster.local/ns/default/sa/reviews", &opts)
+            .unwrap();
+        assert_eq!(
+            spiffe_id_of_leaf(&der(&leaf.cert_pem))
+                .unwrap_err()
+                .reason(),
+            "ca_certificate"
+        );
+        assert_eq!(
+            spiffe_id_of_leaf(&der(ca.root_pem())).unwrap_err().reason(),
+            "ca_certificate"
+        );
     }
 }

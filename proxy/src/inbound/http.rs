@@ -19,8 +19,12 @@ use crate::config::Protocol;
 use crate::context::ProxyContext;
 use crate::http::body::ProxyBody;
 use crate::http::errors::ProxyError;
-use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO};
-use crate::outbound::http::{DESTINATION_PORT, clean_response, request_authority, splice, version_label};
+use crate::http::headers::{
+    self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO,
+};
+use crate::outbound::http::{
+    DESTINATION_PORT, clean_response, request_authority, splice, version_label,
+};
 use crate::server::conn::ConnState;
 use crate::snapshot::{InboundPort, PeerWorkload, split_host_port};
 use crate::telemetry::access_log::{AccessLogEntry, rfc3339};
@@ -48,12 +52,19 @@ pub struct InboundConn {
 }
 
 /// Handles one request from another sidecar.
-pub async fn handle(conn: InboundConn, mut req: Request<Incoming>) -> Result<Response<TrackedBody>, Infallible> {
+pub async fn handle(
+    conn: InboundConn,
+    mut req: Request<Incoming>,
+) -> Result<Response<TrackedBody>, Infallible> {
     let start = Instant::now();
     let in_flight = conn.state.start_request();
     let ctx = &conn.ctx;
     let snap = ctx.snapshot.load();
-    let mut log = ctx.telemetry.access_log.is_some().then(|| Box::new(log_entry(&conn, &req)));
+    let mut log = ctx
+        .telemetry
+        .access_log
+        .is_some()
+        .then(|| Box::new(log_entry(&conn, &req)));
     let peer = learn_peer(&conn, req.headers());
     let port_hint = req
         .headers()
@@ -61,13 +72,16 @@ pub async fn handle(conn: InboundConn, mut req: Request<Incoming>) -> Result<Res
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u16>().ok())
         .or_else(|| request_authority(&req).and_then(|a| split_host_port(a).1));
-    let service: Label = request_authority(&req)
-        .map(|a| Arc::from(split_host_port(a).0))
-        .unwrap_or_else(|| snap.local.app.clone());
+    let service = destination_service(request_authority(&req), &snap.local);
 
     let (protocol, result) = match snap.inbound_port(port_hint) {
-        None => (Protocol::Http, Err(ProxyError::NoInboundPort(port_hint.unwrap_or(0)))),
-        Some((port, target)) if req.method() == Method::CONNECT => (Protocol::Tcp, tunnel(&conn, port, target, req).await),
+        None => (
+            Protocol::Http,
+            Err(ProxyError::NoInboundPort(port_hint.unwrap_or(0))),
+        ),
+        Some((port, target)) if req.method() == Method::CONNECT => {
+            (Protocol::Tcp, tunnel(&conn, port, target, req).await)
+        }
         Some((_, target)) => {
             if let Some(l) = log.as_deref_mut() {
                 l.upstream_host = Some(target.target.to_string());
@@ -80,7 +94,8 @@ pub async fn handle(conn: InboundConn, mut req: Request<Incoming>) -> Result<Res
         Ok(mut resp) => {
             let upgrading = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             clean_response(ctx, resp.headers_mut(), upgrading);
-            resp.headers_mut().insert(PEER_METADATA.clone(), snap.local.peer_header.clone());
+            resp.headers_mut()
+                .insert(PEER_METADATA.clone(), snap.local.peer_header.clone());
             (resp, "-")
         }
         Err(e) => {
@@ -89,18 +104,42 @@ pub async fn handle(conn: InboundConn, mut req: Request<Incoming>) -> Result<Res
                 l.upstream_transport_failure_reason = e.transport_reason();
             }
             let mut resp = e.into_response();
-            resp.headers_mut().insert(PEER_METADATA.clone(), snap.local.peer_header.clone());
+            resp.headers_mut()
+                .insert(PEER_METADATA.clone(), snap.local.peer_header.clone());
             (resp, e.flag())
         }
     };
-    let source = peer.as_deref().cloned().unwrap_or_else(PeerWorkload::unknown);
-    let labels = destination_report(&snap.local, &source, &conn.principal, &service, protocol, resp.status().as_u16(), flags);
+    let source = peer
+        .as_deref()
+        .cloned()
+        .unwrap_or_else(PeerWorkload::unknown);
+    let labels = destination_report(
+        &snap.local,
+        &source,
+        &conn.principal,
+        &service,
+        protocol,
+        resp.status().as_u16(),
+        flags,
+    );
     if let Some(l) = log.as_deref_mut() {
         l.response_code = resp.status().as_u16();
     }
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
+}
+
+/// Istio reports the destination service as an FQDN: a short name is qualified with this
+/// workload's namespace.
+fn destination_service(authority: Option<&str>, local: &crate::snapshot::LocalWorkload) -> Label {
+    match authority.map(|a| split_host_port(a).0) {
+        Some(host) if host.contains('.') => Arc::from(host),
+        Some(host) if !host.is_empty() => {
+            Arc::from(format!("{host}.{}.svc.cluster.local", local.namespace))
+        }
+        _ => local.app.clone(),
+    }
 }
 
 fn learn_peer(conn: &InboundConn, headers: &http::HeaderMap) -> Option<Arc<PeerWorkload>> {
@@ -119,7 +158,11 @@ fn log_entry<B>(conn: &InboundConn, req: &Request<B>) -> AccessLogEntry {
         start_time: rfc3339(std::time::SystemTime::now()),
         direction: "inbound",
         method: req.method().to_string(),
-        path: req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into()),
         protocol: version_label(req.version()),
         x_forwarded_for: get("x-forwarded-for"),
         user_agent: get("user-agent"),
@@ -133,7 +176,10 @@ fn log_entry<B>(conn: &InboundConn, req: &Request<B>) -> AccessLogEntry {
 
 fn prepare(conn: &InboundConn, req: &mut Request<Incoming>) {
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    let restore_http1 = req.headers().get(&ORIG_PROTO).is_some_and(|v| v.as_bytes() == b"HTTP/1.1");
+    let restore_http1 = req
+        .headers()
+        .get(&ORIG_PROTO)
+        .is_some_and(|v| v.as_bytes() == b"HTTP/1.1");
     let h = req.headers_mut();
     if upgrade {
         headers::strip_hop_by_hop_keep_upgrade(h);
@@ -153,10 +199,16 @@ fn prepare(conn: &InboundConn, req: &mut Request<Incoming>) {
 }
 
 fn origin_form(uri: &Uri) -> http::uri::PathAndQuery {
-    uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
 }
 
-async fn forward(ctx: &ProxyContext, port: &InboundPort, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+async fn forward(
+    ctx: &ProxyContext,
+    port: &InboundPort,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     if upgrade {
         return forward_upgrade(ctx, port, req).await;
@@ -173,12 +225,16 @@ async fn forward(ctx: &ProxyContext, port: &InboundPort, req: Request<Incoming>)
                 .and_then(|a| http::uri::Authority::try_from(a.as_bytes()).ok())
                 .or_else(|| http::uri::Authority::try_from(port.target.to_string()).ok());
             p.path_and_query = Some(origin_form(&parts.uri));
-            parts.uri = Uri::from_parts(p).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+            parts.uri =
+                Uri::from_parts(p).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
             let req = Request::from_parts(parts, ProxyBody::from(body));
             let mut sender = pool.sender().await?;
-            sender.ready().await.map_err(|e| ProxyError::from_upstream(&e))?;
+            sender
+                .ready()
+                .await
+                .map_err(|e| ProxyError::from_upstream(&e))?;
             match sender.send_request(req).await {
                 Ok(resp) => Ok(resp.map(ProxyBody::from)),
                 Err(e) => {
@@ -195,21 +251,32 @@ async fn forward(ctx: &ProxyContext, port: &InboundPort, req: Request<Incoming>)
             p.scheme = Some(http::uri::Scheme::HTTP);
             p.authority = http::uri::Authority::try_from(port.target.to_string()).ok();
             p.path_and_query = Some(origin_form(&parts.uri));
-            parts.uri = Uri::from_parts(p).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+            parts.uri =
+                Uri::from_parts(p).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
             parts.version = Version::HTTP_11;
             let resp = ctx
                 .local_http1
                 .request(Request::from_parts(parts, ProxyBody::from(body)))
                 .await
-                .map_err(ProxyError::from_pooled)?;
+                .map_err(|e| ProxyError::from_pooled(e, port.target))?;
             Ok(resp.map(ProxyBody::from))
         }
     }
 }
 
-async fn forward_upgrade(ctx: &ProxyContext, port: &InboundPort, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+async fn forward_upgrade(
+    ctx: &ProxyContext,
+    port: &InboundPort,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let downstream = hyper::upgrade::on(&mut req);
-    let mut sender = http1::dedicated(port.target, None, ctx.connect_timeout.min(crate::snapshot::LOCAL_CONNECT_TIMEOUT)).await?;
+    let mut sender = http1::dedicated(
+        port.target,
+        None,
+        ctx.connect_timeout
+            .min(crate::snapshot::LOCAL_CONNECT_TIMEOUT),
+    )
+    .await?;
     let (mut parts, body) = req.into_parts();
     let mut p = http::uri::Parts::default();
     p.path_and_query = Some(origin_form(&parts.uri));
@@ -241,11 +308,17 @@ async fn tunnel(
     let snap = ctx.snapshot.load_full();
     let labels = TcpLabels {
         reporter: "destination",
-        source_workload: conn.peer.load_full().map(|p| p.workload.clone()).unwrap_or_else(crate::snapshot::unknown),
+        source_workload: conn
+            .peer
+            .load_full()
+            .map(|p| p.workload.clone())
+            .unwrap_or_else(crate::snapshot::unknown),
         source_principal: conn.principal.clone(),
         destination_workload: snap.local.workload.clone(),
         destination_principal: snap.local.principal.clone(),
-        destination_service: request_authority(&req).map(|a| Arc::from(split_host_port(a).0)).unwrap_or_else(crate::snapshot::unknown),
+        destination_service: request_authority(&req)
+            .map(|a| Arc::from(split_host_port(a).0))
+            .unwrap_or_else(crate::snapshot::unknown),
         response_flags: "-",
         connection_security_policy: "mutual_tls",
     };

@@ -12,7 +12,11 @@ use crate::identity::tls::{ALPN_H2, peer_check_reason, spiffe_id_of_leaf};
 use crate::server::conn;
 
 /// Accepts sidecar connections on the inbound listener until drain.
-pub async fn serve_listener(ctx: Arc<ProxyContext>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+pub async fn serve_listener(
+    ctx: Arc<ProxyContext>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
     let acceptor = TlsAcceptor::from(tls);
     let mut drain = ctx.drain.watch();
     loop {

@@ -44,24 +44,34 @@ pub struct OutboundConn {
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
 pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// Handles one request from the local application.
-pub async fn handle(conn: OutboundConn, req: Request<Incoming>) -> Result<Response<TrackedBody>, Infallible> {
+pub async fn handle(
+    conn: OutboundConn,
+    req: Request<Incoming>,
+) -> Result<Response<TrackedBody>, Infallible> {
     let start = Instant::now();
     let in_flight = conn.state.start_request();
     let ctx = &conn.ctx;
     let snap = ctx.snapshot.load();
-    let mut log = ctx.telemetry.access_log.is_some().then(|| Box::new(log_entry(&req, conn.remote)));
+    let mut log = ctx
+        .telemetry
+        .access_log
+        .is_some()
+        .then(|| Box::new(log_entry(&req, conn.remote)));
 
     let routed = match request_authority(&req) {
         None => Err(ProxyError::NoHost),
         Some(authority) => snap.route(authority).map_err(|miss| match miss {
-            RouteMiss::UnknownHost | RouteMiss::UnknownPort => ProxyError::NoRoute(authority.to_string()),
+            RouteMiss::UnknownHost | RouteMiss::UnknownPort => {
+                ProxyError::NoRoute(authority.to_string())
+            }
         }),
     };
     let (cluster, result) = match routed {
@@ -70,14 +80,22 @@ pub async fn handle(conn: OutboundConn, req: Request<Incoming>) -> Result<Respon
             let endpoint = cluster.pick().clone();
             if let Some(l) = log.as_deref_mut() {
                 l.upstream_host = Some(endpoint.addr_label.to_string());
-                l.upstream_cluster = Some(format!("outbound|{}||{}", cluster.port, cluster.labels.fqdn));
+                l.upstream_cluster = Some(format!(
+                    "outbound|{}||{}",
+                    cluster.port, cluster.labels.fqdn
+                ));
             }
-            let r = forward(ctx, cluster, &endpoint, req).await.map(|resp| (resp, endpoint));
+            let r = forward(ctx, cluster, &endpoint, req)
+                .await
+                .map(|resp| (resp, endpoint));
             (Some(cluster.clone()), r)
         }
     };
 
-    let protocol = cluster.as_ref().map(|c| c.protocol).unwrap_or(Protocol::Http);
+    let protocol = cluster
+        .as_ref()
+        .map(|c| c.protocol)
+        .unwrap_or(Protocol::Http);
     let (resp, flags, peer) = match result {
         Ok((mut resp, endpoint)) => {
             let peer = learn_peer(&endpoint, resp.headers());
@@ -93,7 +111,14 @@ pub async fn handle(conn: OutboundConn, req: Request<Incoming>) -> Result<Respon
             (e.into_response(), e.flag(), None)
         }
     };
-    let labels = source_report(&snap.local, cluster.as_deref(), peer.as_deref(), protocol, resp.status().as_u16(), flags);
+    let labels = source_report(
+        &snap.local,
+        cluster.as_deref(),
+        peer.as_deref(),
+        protocol,
+        resp.status().as_u16(),
+        flags,
+    );
     if let Some(l) = log.as_deref_mut() {
         l.response_code = resp.status().as_u16();
     }
@@ -109,7 +134,11 @@ fn log_entry<B>(req: &Request<B>, remote: SocketAddr) -> AccessLogEntry {
         start_time: rfc3339(std::time::SystemTime::now()),
         direction: "outbound",
         method: req.method().to_string(),
-        path: req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into()),
         protocol: version_label(req.version()),
         x_forwarded_for: get("x-forwarded-for"),
         user_agent: get("user-agent"),
@@ -193,18 +222,25 @@ fn prepare(ctx: &ProxyContext, cluster: &Cluster, req: &mut Request<Incoming>, u
     if !h.contains_key(&X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    h.insert(PEER_METADATA.clone(), ctx.snapshot.load().local.peer_header.clone());
+    h.insert(
+        PEER_METADATA.clone(),
+        ctx.snapshot.load().local.peer_header.clone(),
+    );
     if was_http1 && !upgrade {
         h.insert(ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
     }
-    let has_port = request_authority(req).is_some_and(|a| crate::snapshot::split_host_port(a).1.is_some());
+    let has_port =
+        request_authority(req).is_some_and(|a| crate::snapshot::split_host_port(a).1.is_some());
     if !has_port {
-        req.headers_mut().insert(DESTINATION_PORT.clone(), HeaderValue::from(cluster.port));
+        req.headers_mut()
+            .insert(DESTINATION_PORT.clone(), HeaderValue::from(cluster.port));
     }
 }
 
 fn path_and_query(uri: &Uri) -> http::uri::PathAndQuery {
-    uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
 }
 
 async fn forward(
@@ -237,22 +273,23 @@ async fn forward(
         }
         crate::config::UpstreamProtocol::Http1 => {
             let (mut parts, body) = req.into_parts();
-            if let Some(a) = &authority {
-                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                    parts.headers.insert(header::HOST, v);
-                }
+            if let Some(a) = &authority
+                && let Ok(v) = HeaderValue::from_str(a.as_str())
+            {
+                parts.headers.insert(header::HOST, v);
             }
             let mut p = http::uri::Parts::default();
             p.scheme = Some(http::uri::Scheme::HTTP);
             p.authority = Some(endpoint.http1_uri.clone());
             p.path_and_query = Some(path_and_query(&parts.uri));
-            parts.uri = Uri::from_parts(p).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+            parts.uri =
+                Uri::from_parts(p).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
             parts.version = Version::HTTP_11;
             let resp = cluster
                 .http1
                 .request(Request::from_parts(parts, ProxyBody::from(body)))
                 .await
-                .map_err(ProxyError::from_pooled)?;
+                .map_err(|e| ProxyError::from_pooled(e, endpoint.addr))?;
             Ok(resp.map(ProxyBody::from))
         }
     }
@@ -260,7 +297,10 @@ async fn forward(
 
 /// Sends on the endpoint's shared HTTP/2 connection. A request the connection never took (it
 /// was closing) is sent again once on a fresh connection; nothing that reached the peer is.
-pub async fn send_h2(endpoint: &Endpoint, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+pub async fn send_h2(
+    endpoint: &Endpoint,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let mut req = req;
     for attempt in 0..2 {
         let mut sender = endpoint.h2.sender().await?;
@@ -284,7 +324,9 @@ pub async fn send_h2(endpoint: &Endpoint, req: Request<ProxyBody>) -> Result<Res
             }
         }
     }
-    Err(ProxyError::UpstreamTerminated("connection closed before the request was sent".into()))
+    Err(ProxyError::UpstreamTerminated(
+        "connection closed before the request was sent".into(),
+    ))
 }
 
 async fn forward_upgrade(

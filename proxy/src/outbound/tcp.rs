@@ -73,12 +73,17 @@ async fn relay(ctx: &ProxyContext, cluster: &Cluster, mut client: TcpStream) {
         }
         Err(e) => {
             tracing::warn!(service = %cluster.labels.fqdn, flag = e.flag(), "tcp tunnel failed: {e}");
-            m.tcp_closed.get_or_create(&labels(ctx, cluster, e.flag())).inc();
+            m.tcp_closed
+                .get_or_create(&labels(ctx, cluster, e.flag()))
+                .inc();
         }
     }
 }
 
-async fn open_tunnel(ctx: &ProxyContext, cluster: &Cluster) -> Result<hyper::upgrade::Upgraded, ProxyError> {
+async fn open_tunnel(
+    ctx: &ProxyContext,
+    cluster: &Cluster,
+) -> Result<hyper::upgrade::Upgraded, ProxyError> {
     let endpoint = cluster.pick().clone();
     let mut req = Request::new(ProxyBody::Empty);
     *req.method_mut() = Method::CONNECT;
@@ -93,7 +98,12 @@ async fn open_tunnel(ctx: &ProxyContext, cluster: &Cluster) -> Result<hyper::upg
     req.headers_mut().insert(PEER_METADATA.clone(), peer);
     let mut resp = super::http::send_h2(&endpoint, req).await?;
     if resp.status() != StatusCode::OK {
-        return Err(ProxyError::UpstreamTerminated(format!("tunnel refused with status {}", resp.status())));
+        return Err(ProxyError::UpstreamTerminated(format!(
+            "tunnel refused with status {}",
+            resp.status()
+        )));
     }
-    hyper::upgrade::on(&mut resp).await.map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))
+    hyper::upgrade::on(&mut resp)
+        .await
+        .map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))
 }

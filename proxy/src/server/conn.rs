@@ -7,6 +7,7 @@
 //! - an idle timeout: a connection with nothing in flight for `idle_timeout` is closed (HTTP/2:
 //!   GOAWAY first);
 //! - drain: on shutdown each connection finishes its in-flight requests and closes.
+//!
 //! Activity is tracked with a few atomics in [`ConnState`] that the I/O wrapper and the request
 //! path update; a coarse per-connection tick checks them, so no timer is reset per read.
 
@@ -70,7 +71,9 @@ impl ConnState {
         if !self.sniffed.swap(true, Ordering::Relaxed) && bytes.starts_with(b"PRI * HTTP/2.0") {
             self.h2.store(true, Ordering::Relaxed);
         }
-        if self.in_flight.load(Ordering::Acquire) == 0 && self.head_started.load(Ordering::Acquire) == 0 {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == 0
+        {
             self.head_started.store(now_ms(), Ordering::Release);
         }
     }
@@ -106,11 +109,11 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(s) = self.0.take() {
-            if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-                s.idle_since.store(now_ms(), Ordering::Release);
-                s.head_started.store(0, Ordering::Release);
-            }
+        if let Some(s) = self.0.take()
+            && s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            s.idle_since.store(now_ms(), Ordering::Release);
+            s.head_started.store(0, Ordering::Release);
         }
     }
 }
@@ -125,7 +128,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<IO: AsyncRead> AsyncRead for Monitored<IO> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let res = this.io.poll_read(cx, buf);
@@ -140,7 +147,11 @@ impl<IO: AsyncRead> AsyncRead for Monitored<IO> {
 }
 
 impl<IO: AsyncWrite> AsyncWrite for Monitored<IO> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.project().io.poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -197,8 +208,10 @@ pub async fn serve<IO, S, F>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnOnce(Arc<ConnState>) -> S,
-    S: Service<http::Request<Incoming>, Response = http::Response<crate::telemetry::exchange::TrackedBody>>
-        + Clone
+    S: Service<
+            http::Request<Incoming>,
+            Response = http::Response<crate::telemetry::exchange::TrackedBody>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -208,11 +221,18 @@ pub async fn serve<IO, S, F>(
     metrics.downstream_active.inc();
     let state = ConnState::new(h2_by_alpn.unwrap_or(false), h2_by_alpn.is_some());
     let service = make_service(state.clone());
-    let io = TokioIo::new(Monitored { io, state: state.clone() });
+    let io = TokioIo::new(Monitored {
+        io,
+        state: state.clone(),
+    });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut drain_rx = drain.watch();
-    let tick_every = limits.header_read_timeout.min(limits.idle_timeout).min(Duration::from_secs(1)) / 2;
+    let tick_every = limits
+        .header_read_timeout
+        .min(limits.idle_timeout)
+        .min(Duration::from_secs(1))
+        / 2;
     let mut tick = tokio::time::interval(tick_every.max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutting_down = false;

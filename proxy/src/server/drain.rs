@@ -28,7 +28,12 @@ impl Default for Drain {
 impl Drain {
     /// Not draining, no connections.
     pub fn new() -> Self {
-        Self { signal: watch::Sender::new(false), draining: AtomicBool::new(false), open: AtomicUsize::new(0), closed: Notify::new() }
+        Self {
+            signal: watch::Sender::new(false),
+            draining: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+        }
     }
 
     /// True once draining started.

@@ -82,31 +82,36 @@ impl AccessLog {
     ) -> std::io::Result<Self> {
         let mut out: Box<dyn Write + Send> = match &target {
             AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::File(p) => {
-                Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?)
-            }
+            AccessLogTarget::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
         };
         let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
         // A plain thread: writes may block, and they must not stall a runtime worker.
-        std::thread::Builder::new().name("access-log".into()).spawn(move || {
-            let mut buf = Vec::with_capacity(64 * 1024);
-            while let Some(line) = rx.blocking_recv() {
-                buf.extend_from_slice(line.as_bytes());
-                buf.push(b'\n');
-                while let Ok(more) = rx.try_recv() {
-                    buf.extend_from_slice(more.as_bytes());
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut buf = Vec::with_capacity(64 * 1024);
+                while let Some(line) = rx.blocking_recv() {
+                    buf.extend_from_slice(line.as_bytes());
                     buf.push(b'\n');
-                    if buf.len() > 60 * 1024 {
-                        break;
+                    while let Ok(more) = rx.try_recv() {
+                        buf.extend_from_slice(more.as_bytes());
+                        buf.push(b'\n');
+                        if buf.len() > 60 * 1024 {
+                            break;
+                        }
                     }
+                    if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
+                        // The log target is gone (closed pipe, full disk): stop writing, keep serving.
+                        return;
+                    }
+                    buf.clear();
                 }
-                if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
-                    // The log target is gone (closed pipe, full disk): stop writing, keep serving.
-                    return;
-                }
-                buf.clear();
-            }
-        })?;
+            })?;
         Ok(Self { tx, dropped })
     }
 
@@ -151,8 +156,13 @@ mod tests {
 
     #[test]
     fn entry_serialises_with_istio_field_names() {
-        let e = AccessLogEntry { response_code: 503, response_flags: "UF", ..Default::default() };
-        let v: serde_json::Value = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        let e = AccessLogEntry {
+            response_code: 503,
+            response_flags: "UF",
+            ..Default::default()
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(v["response_code"], 503);
         assert_eq!(v["response_flags"], "UF");
         assert!(v.get("upstream_transport_failure_reason").is_some());

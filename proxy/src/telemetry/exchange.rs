@@ -44,7 +44,13 @@ impl Exchange {
         log: Option<Box<AccessLogEntry>>,
         in_flight: InFlight,
     ) -> Self {
-        Self { telemetry, labels, start, log, _in_flight: in_flight }
+        Self {
+            telemetry,
+            labels,
+            start,
+            log,
+            _in_flight: in_flight,
+        }
     }
 
     fn finish(mut self, bytes_sent: u64, complete: bool) {
@@ -56,7 +62,8 @@ impl Exchange {
         let m = &self.telemetry.metrics;
         m.requests.get_or_create(&self.labels).inc();
         m.duration.get_or_create(&self.labels).observe(ms);
-        if let (Some(mut entry), Some(log)) = (self.log.take(), self.telemetry.access_log.as_ref()) {
+        if let (Some(mut entry), Some(log)) = (self.log.take(), self.telemetry.access_log.as_ref())
+        {
             entry.response_flags = self.labels.response_flags;
             entry.bytes_sent = bytes_sent;
             entry.duration = elapsed.as_millis() as u64;
@@ -77,7 +84,11 @@ pub struct TrackedBody {
 impl TrackedBody {
     /// Wraps `inner`; `exchange` is finished when the stream ends.
     pub fn new(inner: ProxyBody, exchange: Option<Exchange>) -> Self {
-        Self { inner, exchange, bytes: 0 }
+        Self {
+            inner,
+            exchange,
+            bytes: 0,
+        }
     }
 
     fn complete(&mut self, ok: bool) {
@@ -98,17 +109,20 @@ impl Body for TrackedBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
-                } else if let (Some(t), Some(ex)) = (frame.trailers_ref(), this.exchange.as_mut()) {
-                    if let Some(status) = t.get("grpc-status") {
-                        ex.labels.grpc_response_status = grpc_status_label(status.as_bytes());
-                    }
+                } else if let (Some(t), Some(ex)) = (frame.trailers_ref(), this.exchange.as_mut())
+                    && let Some(status) = t.get("grpc-status")
+                {
+                    ex.labels.grpc_response_status = grpc_status_label(status.as_bytes());
                 }
                 if this.inner.is_end_stream() {
                     this.complete(true);

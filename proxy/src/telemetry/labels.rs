@@ -7,8 +7,9 @@ use crate::config::Protocol;
 use crate::snapshot::{Cluster, LocalWorkload, PeerWorkload, unknown};
 
 /// gRPC status codes as label values (0-16); anything else is reported as its number elsewhere.
-const GRPC_STATUS: [&str; 17] =
-    ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
+const GRPC_STATUS: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
 
 /// Maps a `grpc-status` header value to a static label.
 pub fn grpc_status_label(v: &[u8]) -> &'static str {
@@ -31,7 +32,12 @@ pub fn source_report(
     let u = unknown();
     let dest = peer.cloned().unwrap_or_else(PeerWorkload::unknown);
     let (svc, svc_name, svc_ns, principal): (Label, Label, Label, Label) = match cluster {
-        Some(c) => (c.labels.fqdn.clone(), c.labels.name.clone(), c.labels.namespace.clone(), c.labels.principal.clone()),
+        Some(c) => (
+            c.labels.fqdn.clone(),
+            c.labels.name.clone(),
+            c.labels.namespace.clone(),
+            c.labels.principal.clone(),
+        ),
         None => (u.clone(), u.clone(), u.clone(), u.clone()),
     };
     RequestLabels {

@@ -107,7 +107,9 @@ pub struct TlsFailureCounter(Family<TlsFailureLabels, Counter>);
 impl TlsFailureCounter {
     /// Records one refusal.
     pub fn inc(&self, direction: &'static str, reason: &'static str) {
-        self.0.get_or_create(&TlsFailureLabels { direction, reason }).inc();
+        self.0
+            .get_or_create(&TlsFailureLabels { direction, reason })
+            .inc();
     }
 }
 
@@ -163,21 +165,42 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("istio_requests", "Requests handled, by Istio's standard labels", requests.clone());
-        let duration: DurationFamily = Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register(
+            "istio_requests",
+            "Requests handled, by Istio's standard labels",
+            requests.clone(),
+        );
+        let duration: DurationFamily =
+            Family::new_with_constructor(duration_histogram as fn() -> Histogram);
         registry.register(
             "istio_request_duration_milliseconds",
             "Request duration from first byte received to stream complete",
             duration.clone(),
         );
         let tcp_opened = Family::<TcpLabels, Counter>::default();
-        registry.register("istio_tcp_connections_opened", "TCP connections opened", tcp_opened.clone());
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            tcp_opened.clone(),
+        );
         let tcp_closed = Family::<TcpLabels, Counter>::default();
-        registry.register("istio_tcp_connections_closed", "TCP connections closed", tcp_closed.clone());
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            tcp_closed.clone(),
+        );
         let tcp_sent = Family::<TcpLabels, Counter>::default();
-        registry.register("istio_tcp_sent_bytes", "Bytes sent in the response direction", tcp_sent.clone());
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent in the response direction",
+            tcp_sent.clone(),
+        );
         let tcp_received = Family::<TcpLabels, Counter>::default();
-        registry.register("istio_tcp_received_bytes", "Bytes received in the request direction", tcp_received.clone());
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received in the request direction",
+            tcp_received.clone(),
+        );
         let tls_failures = TlsFailureCounter::default();
         registry.register(
             "meshlite_tls_handshake_failures",
@@ -185,13 +208,29 @@ impl Metrics {
             tls_failures.0.clone(),
         );
         let downstream_active = Gauge::default();
-        registry.register("meshlite_downstream_connections_active", "Open downstream connections", downstream_active.clone());
+        registry.register(
+            "meshlite_downstream_connections_active",
+            "Open downstream connections",
+            downstream_active.clone(),
+        );
         let upstream_connects = Counter::default();
-        registry.register("meshlite_upstream_connections", "Connections opened to destination sidecars", upstream_connects.clone());
+        registry.register(
+            "meshlite_upstream_connections",
+            "Connections opened to destination sidecars",
+            upstream_connects.clone(),
+        );
         let access_log_dropped = Counter::default();
-        registry.register("meshlite_access_log_dropped", "Access log lines dropped because the writer fell behind", access_log_dropped.clone());
+        registry.register(
+            "meshlite_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         let draining = Gauge::default();
-        registry.register("meshlite_draining", "1 while the proxy drains before exit", draining.clone());
+        registry.register(
+            "meshlite_draining",
+            "1 while the proxy drains before exit",
+            draining.clone(),
+        );
         let closed_by_reason = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "meshlite_downstream_connections_closed_by_proxy",
@@ -217,7 +256,9 @@ impl Metrics {
 
     /// Counts a downstream connection the proxy closed on purpose.
     pub fn closed_by_proxy(&self, reason: &'static str) {
-        self.closed_by_reason.get_or_create(&ReasonLabels { reason }).inc();
+        self.closed_by_reason
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Renders the registry in the Prometheus text format.

@@ -91,6 +91,10 @@ pub async fn connect_tls(
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
             .map(peer_check_reason)
             .unwrap_or("handshake");
-        ConnectError::Tls { addr, reason, message: e.to_string() }
+        ConnectError::Tls {
+            addr,
+            reason,
+            message: e.to_string(),
+        }
     })
 }

@@ -109,10 +109,10 @@ impl H2Pool {
     /// Forgets the current connection if it is `stale` (it failed under us).
     pub fn evict(&self, stale: &SendRequest<ProxyBody>) {
         let guard = self.current.load();
-        if let Some(cur) = guard.as_deref() {
-            if cur.is_closed() || stale.is_closed() {
-                self.current.store(None);
-            }
+        if let Some(cur) = guard.as_deref()
+            && (cur.is_closed() || stale.is_closed())
+        {
+            self.current.store(None);
         }
     }
 
@@ -127,9 +127,15 @@ impl H2Pool {
             .initial_connection_window_size(CONNECTION_WINDOW);
         let handshake_err = |source| ConnectError::Handshake { addr, source };
         let send = match &self.target {
-            H2Target::Mesh { tls, server_name, .. } => {
-                let io = connect_tls(addr, tls.clone(), server_name.clone(), self.connect_timeout).await?;
-                let (send, conn) = builder.handshake(TokioIo::new(io)).await.map_err(handshake_err)?;
+            H2Target::Mesh {
+                tls, server_name, ..
+            } => {
+                let io = connect_tls(addr, tls.clone(), server_name.clone(), self.connect_timeout)
+                    .await?;
+                let (send, conn) = builder
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(handshake_err)?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%addr, "upstream h2 connection ended: {e}");
@@ -139,7 +145,10 @@ impl H2Pool {
             }
             H2Target::Plain { .. } => {
                 let io = connect_tcp(addr, self.connect_timeout).await?;
-                let (send, conn) = builder.handshake(TokioIo::new(io)).await.map_err(handshake_err)?;
+                let (send, conn) = builder
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(handshake_err)?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%addr, "local h2c connection ended: {e}");

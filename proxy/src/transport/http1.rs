@@ -84,7 +84,11 @@ impl hyper::rt::Read for MeshTlsConn {
 }
 
 impl hyper::rt::Write for MeshTlsConn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -131,7 +135,10 @@ fn uri_addr(uri: &http::Uri) -> Result<SocketAddr, ConnectError> {
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
         .ok_or(ConnectError::Tcp {
             addr: unspecified,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "endpoint URI has no socket address"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "endpoint URI has no socket address",
+            ),
         })
 }
 
@@ -146,7 +153,9 @@ pub async fn dedicated(
     match tls {
         Some((cfg, name)) => {
             let io = connect_tls(addr, cfg, name, connect_timeout).await?;
-            let (send, conn) = http1::handshake(TokioIo::new(io)).await.map_err(handshake_err)?;
+            let (send, conn) = http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(handshake_err)?;
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
             });
@@ -154,7 +163,9 @@ pub async fn dedicated(
         }
         None => {
             let io = connect_tcp(addr, connect_timeout).await?;
-            let (send, conn) = http1::handshake(TokioIo::new(io)).await.map_err(handshake_err)?;
+            let (send, conn) = http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(handshake_err)?;
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
             });

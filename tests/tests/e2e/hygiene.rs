@@ -1,5 +1,6 @@
 //! Header hygiene: what a proxy must not pass on, and what it adds.
 
+use crate::field_text;
 use meshlite_tests::apps::APP_SERVER_HEADER;
 use meshlite_tests::clients::{self, Http1Client, empty, h1_request};
 use meshlite_tests::mesh::Mesh;
@@ -106,6 +107,14 @@ async fn a_request_id_is_generated_when_absent_and_kept_when_present() {
         generated.push(ids[0].clone());
     }
     assert_ne!(generated[0], generated[1], "each request gets its own id");
+    // The generated id is what ties the sidecars' access logs to the app's own logs.
+    for sidecar in [&mesh.client, &mesh.server] {
+        sidecar
+            .access_log_entry("the generated request id", |e| {
+                field_text(e, "request_id") == generated[0]
+            })
+            .await;
+    }
 
     let request = h1_request("GET", "app", "/headers")
         .header("x-request-id", "e2e-given-id-42")
