@@ -54,9 +54,11 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
 /// Handles one request from the local application.
 pub async fn handle(
     conn: OutboundConn,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<TrackedBody>, Infallible> {
     let start = Instant::now();
+    // Generated before anything is logged, so both sidecars' access logs carry the same id.
+    headers::ensure_request_id(req.headers_mut());
     let in_flight = conn.state.start_request();
     let ctx = &conn.ctx;
     let snap = ctx.snapshot.load();
