@@ -61,6 +61,14 @@ pub enum StartError {
     AccessLog(std::io::Error),
 }
 
+impl StartError {
+    /// Whether the cause lies in what the operator configured (files, names), as opposed to
+    /// the machine (a port already taken).
+    pub fn is_configuration(&self) -> bool {
+        !matches!(self, StartError::Bind { .. })
+    }
+}
+
 /// Options that are not part of the config file.
 #[derive(Clone, Debug, Default)]
 pub struct StartOptions {

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use meshlite_proxy::config::ProxyConfig;
 use meshlite_proxy::identity::dev_pki::DevCa;
 use meshlite_proxy::telemetry::access_log::AccessLogTarget;
-use meshlite_proxy::{RunningProxy, StartOptions};
+use meshlite_proxy::{RunningProxy, StartError, StartOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -96,10 +96,18 @@ fn main() -> ExitCode {
             }
             match run(cfg, &cli) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("meshlite-proxy: {e:#}");
-                    ExitCode::from(1)
-                }
+                // Unusable identity files or log target: a configuration problem, exit 2 like
+                // a refused config. Its Display already carries the cause, so no `{:#}` chain.
+                Err(e) => match e.downcast_ref::<StartError>() {
+                    Some(start) => {
+                        eprintln!("meshlite-proxy: {start}");
+                        ExitCode::from(if start.is_configuration() { 2 } else { 1 })
+                    }
+                    None => {
+                        eprintln!("meshlite-proxy: {e:#}");
+                        ExitCode::from(1)
+                    }
+                },
             }
         }
     }

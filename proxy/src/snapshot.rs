@@ -73,6 +73,22 @@ impl PeerWorkload {
         }
     }
 
+    /// The peer cached in `slot`, or else parsed from the peer-metadata header and cached there:
+    /// a peer says who it is once per connection or endpoint, not on every request.
+    pub fn learn(
+        slot: &arc_swap::ArcSwapOption<PeerWorkload>,
+        headers: &http::HeaderMap,
+    ) -> Option<Arc<PeerWorkload>> {
+        if let Some(p) = slot.load_full() {
+            return Some(p);
+        }
+        let parsed = Arc::new(Self::parse(
+            headers.get(&crate::http::headers::PEER_METADATA)?,
+        )?);
+        slot.store(Some(parsed.clone()));
+        Some(parsed)
+    }
+
     /// Parses `workload;namespace;app;version`.
     pub fn parse(v: &HeaderValue) -> Option<Self> {
         let s = v.to_str().ok()?;

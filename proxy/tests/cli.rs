@@ -99,3 +99,46 @@ fn a_missing_or_broken_config_exits_2_naming_the_problem() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--config"), "{}", text(&out));
 }
+
+#[test]
+fn an_expired_own_certificate_refuses_to_start_with_exit_2() {
+    use meshlite_proxy::identity::dev_pki::{DevCa, LeafOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = DevCa::new("cluster.local").expect("ca");
+    ca.write_root(dir.path()).expect("root");
+    let expired = ca
+        .issue_with(
+            "spiffe://cluster.local/ns/default/sa/productpage",
+            &LeafOptions {
+                expired_by: Some(std::time::Duration::from_secs(48 * 3600)),
+                ..Default::default()
+            },
+        )
+        .expect("issue");
+    std::fs::create_dir_all(dir.path().join("certs")).expect("mkdir");
+    expired
+        .write(&dir.path().join("certs"), "productpage")
+        .expect("write");
+    std::fs::rename(
+        dir.path().join("root.crt"),
+        dir.path().join("certs/root.crt"),
+    )
+    .expect("mv");
+    // The identity is checked before any listener is bound, so the example's ports are unused.
+    let config =
+        std::fs::read_to_string(examples_dir().join("client-sidecar.yaml")).expect("example");
+    std::fs::write(dir.path().join("client.yaml"), config).expect("write config");
+    let out = proxy()
+        .current_dir(dir.path())
+        .args(["--config", "client.yaml"])
+        .output()
+        .expect("run proxy");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("expired"), "{said}");
+    assert_eq!(
+        said.matches("own certificate fails verification").count(),
+        1,
+        "the cause is said once: {said}"
+    );
+}

@@ -147,7 +147,8 @@ fn path_text(path: &Path) -> String {
     quoted(&path.display().to_string())
 }
 
-fn server_config(pki: &MeshPki, app: SocketAddr, protocol: Protocol) -> String {
+/// The server-side sidecar's config: inbound port 80 handed to `app`, every listener on port 0.
+pub fn server_config(pki: &MeshPki, app: SocketAddr, protocol: Protocol) -> String {
     format!(
         "identity:
   spiffe_id: {id}
@@ -175,7 +176,9 @@ inbound:
     )
 }
 
-fn client_config(
+/// The client-side sidecar's config: service `app:80` at `server_inbound`, expecting the server
+/// identity; `upstream` sets `upstream.protocol` when given.
+pub fn client_config(
     pki: &MeshPki,
     server_inbound: SocketAddr,
     protocol: Protocol,

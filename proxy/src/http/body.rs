@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 /// A streaming HTTP body.
@@ -16,6 +18,9 @@ use std::task::{Context, Poll};
 pub enum ProxyBody {
     /// Streamed from a peer.
     Incoming(Incoming),
+    /// Streamed from a peer, counting data bytes into the counter (for the access log's
+    /// `bytes_received`; only used when the access log is on).
+    Counted(Incoming, Arc<AtomicU64>),
     /// A complete body produced by the proxy (error responses); `None` once sent.
     Full(Option<Bytes>),
     /// No body.
@@ -31,6 +36,16 @@ impl ProxyBody {
             ProxyBody::Empty
         } else {
             ProxyBody::Full(Some(b))
+        }
+    }
+}
+
+impl ProxyBody {
+    /// `body`, counting its data bytes into `counter` when one is given.
+    pub fn counted(body: Incoming, counter: Option<Arc<AtomicU64>>) -> Self {
+        match counter {
+            Some(c) => ProxyBody::Counted(body, c),
+            None => ProxyBody::Incoming(body),
         }
     }
 }
@@ -51,6 +66,15 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Counted(b, counter) => {
+                let polled = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                polled
+            }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Empty => Poll::Ready(None),
         }
@@ -58,7 +82,7 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Incoming(b) | ProxyBody::Counted(b, _) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Empty => true,
         }
@@ -66,7 +90,7 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::Incoming(b) | ProxyBody::Counted(b, _) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) | ProxyBody::Empty => SizeHint::with_exact(0),
         }

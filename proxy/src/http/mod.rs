@@ -1,6 +1,7 @@
-//! HTTP plumbing shared by the inbound and outbound paths: the body type, header hygiene and
-//! the mapping from failures to responses.
+//! HTTP plumbing shared by the inbound and outbound paths: the body type, header hygiene,
+//! request targets and the mapping from failures to responses.
 
 pub mod body;
 pub mod errors;
 pub mod headers;
+pub mod uri;

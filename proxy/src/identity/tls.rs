@@ -254,6 +254,17 @@ impl Identity {
         spiffe_id_of_leaf(leaf)
     }
 
+    /// Logs and counts a refused peer certificate, and turns the reason into rustls's error.
+    fn refuse(&self, direction: &'static str, e: PeerCheckError) -> rustls::Error {
+        tracing::warn!(
+            direction,
+            reason = e.reason(),
+            "refused peer certificate: {e}"
+        );
+        self.failures.inc(direction, e.reason());
+        e.into_rustls()
+    }
+
     fn verify_path(
         &self,
         leaf: &CertificateDer<'_>,
@@ -275,7 +286,11 @@ impl Identity {
         )
         .map(|_| ())
         .map_err(|e| match e {
-            webpki::Error::UnknownIssuer => PeerCheckError::UnknownCa,
+            // A bad signature under an anchor of the same name is a foreign CA that copied our
+            // root's name: for the operator that is "not our CA", not a malformed chain.
+            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                PeerCheckError::UnknownCa
+            }
             webpki::Error::CertExpired { .. }
             | webpki::Error::CertNotValidYet { .. }
             | webpki::Error::InvalidCertValidity => PeerCheckError::Expired,
@@ -400,15 +415,7 @@ impl ClientCertVerifier for MeshClientVerifier {
             .and_then(|()| spiffe_id_of_leaf(end_entity));
         match result {
             Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(e) => {
-                tracing::warn!(
-                    direction = "inbound",
-                    reason = e.reason(),
-                    "refused peer certificate: {e}"
-                );
-                self.identity.failures.inc("inbound", e.reason());
-                Err(e.into_rustls())
-            }
+            Err(e) => Err(self.identity.refuse("inbound", e)),
         }
     }
 
@@ -477,15 +484,7 @@ impl ServerCertVerifier for MeshServerVerifier {
             });
         match result {
             Ok(()) => Ok(ServerCertVerified::assertion()),
-            Err(e) => {
-                tracing::warn!(
-                    direction = "outbound",
-                    reason = e.reason(),
-                    "refused peer certificate: {e}"
-                );
-                self.identity.failures.inc("outbound", e.reason());
-                Err(e.into_rustls())
-            }
+            Err(e) => Err(self.identity.refuse("outbound", e)),
         }
     }
 
@@ -565,5 +564,40 @@ mod tests {
             spiffe_id_of_leaf(&der(ca.root_pem())).unwrap_err().reason(),
             "ca_certificate"
         );
+    }
+
+    fn identity_of(ca: &DevCa, dir: &Path, id: &str) -> Identity {
+        let (cert, key) = ca.issue(id).unwrap().write(dir, "me").unwrap();
+        let roots = ca.write_root(dir).unwrap();
+        Identity::from_files(
+            &SpiffeId::parse(id).unwrap(),
+            &cert,
+            &key,
+            &roots,
+            TlsFailureCounter::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_foreign_root_with_our_name_is_an_unknown_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = DevCa::new("cluster.local").unwrap();
+        let me = identity_of(&ours, dir.path(), "spiffe://cluster.local/ns/default/sa/me");
+        let twin = DevCa::new("cluster.local").unwrap();
+        let theirs = twin
+            .issue("spiffe://cluster.local/ns/default/sa/peer")
+            .unwrap();
+        let err = me
+            .check_chain(&[der(&theirs.cert_pem)], webpki::KeyUsage::server_auth())
+            .unwrap_err();
+        assert_eq!(err.reason(), "unknown_ca", "{err}");
+        let friend = ours
+            .issue("spiffe://cluster.local/ns/default/sa/peer")
+            .unwrap();
+        let id = me
+            .check_chain(&[der(&friend.cert_pem)], webpki::KeyUsage::server_auth())
+            .unwrap();
+        assert_eq!(id.as_str(), "spiffe://cluster.local/ns/default/sa/peer");
     }
 }

@@ -8,11 +8,12 @@
 //! CONNECT opens a TCP tunnel to ports declared `tcp` and nowhere else.
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use tokio::time::Instant;
 
 use crate::config::Protocol;
@@ -22,12 +23,11 @@ use crate::http::errors::ProxyError;
 use crate::http::headers::{
     self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO,
 };
-use crate::outbound::http::{
-    DESTINATION_PORT, clean_response, request_authority, splice, version_label,
-};
+use crate::http::uri::{forward_uri, request_authority};
+use crate::outbound::http::{DESTINATION_PORT, clean_response, splice};
 use crate::server::conn::ConnState;
 use crate::snapshot::{InboundPort, PeerWorkload, split_host_port};
-use crate::telemetry::access_log::{AccessLogEntry, rfc3339};
+use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, TrackedBody};
 use crate::telemetry::labels::destination_report;
 use crate::telemetry::metrics::{Label, TcpLabels};
@@ -54,18 +54,20 @@ pub struct InboundConn {
 /// Handles one request from another sidecar.
 pub async fn handle(
     conn: InboundConn,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<TrackedBody>, Infallible> {
     let start = Instant::now();
     let in_flight = conn.state.start_request();
     let ctx = &conn.ctx;
     let snap = ctx.snapshot.load();
-    let mut log = ctx
-        .telemetry
-        .access_log
-        .is_some()
-        .then(|| Box::new(log_entry(&conn, &req)));
-    let peer = learn_peer(&conn, req.headers());
+    let mut log = ctx.telemetry.access_log.is_some().then(|| {
+        let mut entry = AccessLogEntry::for_request(&req, "inbound", conn.remote);
+        entry.downstream_peer_principal = Some(conn.principal.to_string());
+        Box::new(entry)
+    });
+    let received = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
+    let mut req = req.map(|b| ProxyBody::counted(b, received.clone()));
+    let peer = PeerWorkload::learn(&conn.peer, req.headers());
     let port_hint = req
         .headers()
         .get(&DESTINATION_PORT)
@@ -126,6 +128,7 @@ pub async fn handle(
         l.response_code = resp.status().as_u16();
     }
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
+    exchange.count_received(received);
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
 }
@@ -142,39 +145,7 @@ fn destination_service(authority: Option<&str>, local: &crate::snapshot::LocalWo
     }
 }
 
-fn learn_peer(conn: &InboundConn, headers: &http::HeaderMap) -> Option<Arc<PeerWorkload>> {
-    if let Some(p) = conn.peer.load_full() {
-        return Some(p);
-    }
-    let parsed = Arc::new(PeerWorkload::parse(headers.get(&PEER_METADATA)?)?);
-    conn.peer.store(Some(parsed.clone()));
-    Some(parsed)
-}
-
-fn log_entry<B>(conn: &InboundConn, req: &Request<B>) -> AccessLogEntry {
-    let h = req.headers();
-    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-    AccessLogEntry {
-        start_time: rfc3339(std::time::SystemTime::now()),
-        direction: "inbound",
-        method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into()),
-        protocol: version_label(req.version()),
-        x_forwarded_for: get("x-forwarded-for"),
-        user_agent: get("user-agent"),
-        request_id: get("x-request-id"),
-        authority: request_authority(req).map(str::to_string),
-        downstream_remote_address: conn.remote.to_string(),
-        downstream_peer_principal: Some(conn.principal.to_string()),
-        ..Default::default()
-    }
-}
-
-fn prepare(conn: &InboundConn, req: &mut Request<Incoming>) {
+fn prepare(conn: &InboundConn, req: &mut Request<ProxyBody>) {
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let restore_http1 = req
         .headers()
@@ -198,16 +169,10 @@ fn prepare(conn: &InboundConn, req: &mut Request<Incoming>) {
     }
 }
 
-fn origin_form(uri: &Uri) -> http::uri::PathAndQuery {
-    uri.path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
-}
-
 async fn forward(
     ctx: &ProxyContext,
     port: &InboundPort,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     if upgrade {
@@ -218,18 +183,14 @@ async fn forward(
     match &port.h2c {
         Some(pool) => {
             // HTTP/2 to the app keeps the caller's :authority.
-            let mut p = http::uri::Parts::default();
-            p.scheme = Some(http::uri::Scheme::HTTP);
-            p.authority = authority
+            let next_hop = authority
                 .as_ref()
                 .and_then(|a| http::uri::Authority::try_from(a.as_bytes()).ok())
                 .or_else(|| http::uri::Authority::try_from(port.target.to_string()).ok());
-            p.path_and_query = Some(origin_form(&parts.uri));
-            parts.uri =
-                Uri::from_parts(p).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+            parts.uri = forward_uri(&parts.uri, next_hop)?;
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
-            let req = Request::from_parts(parts, ProxyBody::from(body));
+            let req = Request::from_parts(parts, body);
             let mut sender = pool.sender().await?;
             sender
                 .ready()
@@ -247,16 +208,12 @@ async fn forward(
             if let Some(a) = authority {
                 parts.headers.insert(header::HOST, a);
             }
-            let mut p = http::uri::Parts::default();
-            p.scheme = Some(http::uri::Scheme::HTTP);
-            p.authority = http::uri::Authority::try_from(port.target.to_string()).ok();
-            p.path_and_query = Some(origin_form(&parts.uri));
-            parts.uri =
-                Uri::from_parts(p).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+            let next_hop = http::uri::Authority::try_from(port.target.to_string()).ok();
+            parts.uri = forward_uri(&parts.uri, next_hop)?;
             parts.version = Version::HTTP_11;
             let resp = ctx
                 .local_http1
-                .request(Request::from_parts(parts, ProxyBody::from(body)))
+                .request(Request::from_parts(parts, body))
                 .await
                 .map_err(|e| ProxyError::from_pooled(e, port.target))?;
             Ok(resp.map(ProxyBody::from))
@@ -267,7 +224,7 @@ async fn forward(
 async fn forward_upgrade(
     ctx: &ProxyContext,
     port: &InboundPort,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let downstream = hyper::upgrade::on(&mut req);
     let mut sender = http1::dedicated(
@@ -278,11 +235,9 @@ async fn forward_upgrade(
     )
     .await?;
     let (mut parts, body) = req.into_parts();
-    let mut p = http::uri::Parts::default();
-    p.path_and_query = Some(origin_form(&parts.uri));
-    parts.uri = Uri::from_parts(p).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+    parts.uri = forward_uri(&parts.uri, None)?;
     let mut resp = sender
-        .send_request(Request::from_parts(parts, ProxyBody::from(body)))
+        .send_request(Request::from_parts(parts, body))
         .await
         .map_err(|e| ProxyError::from_upstream(&e))?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -297,7 +252,7 @@ async fn tunnel(
     conn: &InboundConn,
     port: u16,
     target: &InboundPort,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if target.protocol != Protocol::Tcp {
         return Err(ProxyError::NotTcpPort(port));

@@ -8,12 +8,13 @@
 //! (WebSocket) get a dedicated HTTP/1.1 mTLS connection that is spliced once both sides switch.
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use tokio::time::Instant;
 
 use crate::config::Protocol;
@@ -21,9 +22,10 @@ use crate::context::ProxyContext;
 use crate::http::body::ProxyBody;
 use crate::http::errors::ProxyError;
 use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_PROTO};
+use crate::http::uri::{forward_uri, request_authority};
 use crate::server::conn::ConnState;
 use crate::snapshot::{Cluster, Endpoint, PeerWorkload, RouteMiss};
-use crate::telemetry::access_log::{AccessLogEntry, rfc3339};
+use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, TrackedBody};
 use crate::telemetry::labels::source_report;
 use crate::transport::http1;
@@ -42,21 +44,13 @@ pub struct OutboundConn {
     pub remote: SocketAddr,
 }
 
-/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
-pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
-}
-
 /// Handles one request from the local application.
 pub async fn handle(
     conn: OutboundConn,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<TrackedBody>, Infallible> {
     let start = Instant::now();
+    let mut req = req;
     // Generated before anything is logged, so both sidecars' access logs carry the same id.
     headers::ensure_request_id(req.headers_mut());
     let in_flight = conn.state.start_request();
@@ -66,7 +60,9 @@ pub async fn handle(
         .telemetry
         .access_log
         .is_some()
-        .then(|| Box::new(log_entry(&req, conn.remote)));
+        .then(|| Box::new(AccessLogEntry::for_request(&req, "outbound", conn.remote)));
+    let received = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
+    let req = req.map(|b| ProxyBody::counted(b, received.clone()));
 
     let routed = match request_authority(&req) {
         None => Err(ProxyError::NoHost),
@@ -100,7 +96,7 @@ pub async fn handle(
         .unwrap_or(Protocol::Http);
     let (resp, flags, peer) = match result {
         Ok((mut resp, endpoint)) => {
-            let peer = learn_peer(&endpoint, resp.headers());
+            let peer = PeerWorkload::learn(&endpoint.peer, resp.headers());
             let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             clean_response(ctx, resp.headers_mut(), upgrading);
             (resp, "-", peer)
@@ -125,56 +121,9 @@ pub async fn handle(
         l.response_code = resp.status().as_u16();
     }
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
+    exchange.count_received(received);
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
-}
-
-fn log_entry<B>(req: &Request<B>, remote: SocketAddr) -> AccessLogEntry {
-    let h = req.headers();
-    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-    AccessLogEntry {
-        start_time: rfc3339(std::time::SystemTime::now()),
-        direction: "outbound",
-        method: req.method().to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into()),
-        protocol: version_label(req.version()),
-        x_forwarded_for: get("x-forwarded-for"),
-        user_agent: get("user-agent"),
-        request_id: get("x-request-id"),
-        authority: request_authority(req).map(str::to_string),
-        downstream_remote_address: remote.to_string(),
-        bytes_received: h
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-        ..Default::default()
-    }
-}
-
-/// `HTTP/1.1`, `HTTP/2`... for access logs.
-pub fn version_label(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_11 => "HTTP/1.1",
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP/?",
-    }
-}
-
-fn learn_peer(endpoint: &Endpoint, headers: &http::HeaderMap) -> Option<Arc<PeerWorkload>> {
-    if let Some(p) = endpoint.peer.load_full() {
-        return Some(p);
-    }
-    let parsed = Arc::new(PeerWorkload::parse(headers.get(&PEER_METADATA)?)?);
-    endpoint.peer.store(Some(parsed.clone()));
-    Some(parsed)
 }
 
 /// Response hygiene on the way back to the app.
@@ -208,7 +157,7 @@ pub fn clean_response(ctx: &ProxyContext, h: &mut http::HeaderMap, upgrading: bo
 }
 
 /// Request hygiene on the way out; returns the original authority.
-fn prepare(ctx: &ProxyContext, cluster: &Cluster, req: &mut Request<Incoming>, upgrade: bool) {
+fn prepare(ctx: &ProxyContext, cluster: &Cluster, req: &mut Request<ProxyBody>, upgrade: bool) {
     let was_http1 = req.version() != Version::HTTP_2;
     let h = req.headers_mut();
     if upgrade {
@@ -239,17 +188,11 @@ fn prepare(ctx: &ProxyContext, cluster: &Cluster, req: &mut Request<Incoming>, u
     }
 }
 
-fn path_and_query(uri: &Uri) -> http::uri::PathAndQuery {
-    uri.path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
-}
-
 async fn forward(
     ctx: &ProxyContext,
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     prepare(ctx, cluster, &mut req, upgrade);
@@ -262,16 +205,9 @@ async fn forward(
             let authority = authority.unwrap_or_else(|| cluster.authority.clone());
             let (mut parts, body) = req.into_parts();
             parts.headers.remove(header::HOST);
-            parts.uri = Uri::from_parts({
-                let mut p = http::uri::Parts::default();
-                p.scheme = Some(http::uri::Scheme::HTTP);
-                p.authority = Some(authority);
-                p.path_and_query = Some(path_and_query(&parts.uri));
-                p
-            })
-            .map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+            parts.uri = forward_uri(&parts.uri, Some(authority))?;
             parts.version = Version::HTTP_2;
-            send_h2(endpoint, Request::from_parts(parts, ProxyBody::from(body))).await
+            send_h2(endpoint, Request::from_parts(parts, body)).await
         }
         crate::config::UpstreamProtocol::Http1 => {
             let (mut parts, body) = req.into_parts();
@@ -280,16 +216,11 @@ async fn forward(
             {
                 parts.headers.insert(header::HOST, v);
             }
-            let mut p = http::uri::Parts::default();
-            p.scheme = Some(http::uri::Scheme::HTTP);
-            p.authority = Some(endpoint.http1_uri.clone());
-            p.path_and_query = Some(path_and_query(&parts.uri));
-            parts.uri =
-                Uri::from_parts(p).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+            parts.uri = forward_uri(&parts.uri, Some(endpoint.http1_uri.clone()))?;
             parts.version = Version::HTTP_11;
             let resp = cluster
                 .http1
-                .request(Request::from_parts(parts, ProxyBody::from(body)))
+                .request(Request::from_parts(parts, body))
                 .await
                 .map_err(|e| ProxyError::from_pooled(e, endpoint.addr))?;
             Ok(resp.map(ProxyBody::from))
@@ -335,7 +266,7 @@ async fn forward_upgrade(
     ctx: &ProxyContext,
     cluster: &Cluster,
     endpoint: &Endpoint,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let downstream = hyper::upgrade::on(&mut req);
     let mut sender = http1::dedicated(
@@ -345,14 +276,9 @@ async fn forward_upgrade(
     )
     .await?;
     let (mut parts, body) = req.into_parts();
-    parts.uri = Uri::from_parts({
-        let mut p = http::uri::Parts::default();
-        p.path_and_query = Some(path_and_query(&parts.uri));
-        p
-    })
-    .map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+    parts.uri = forward_uri(&parts.uri, None)?;
     let mut resp = sender
-        .send_request(Request::from_parts(parts, ProxyBody::from(body)))
+        .send_request(Request::from_parts(parts, body))
         .await
         .map_err(|e| ProxyError::from_upstream(&e))?;
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {

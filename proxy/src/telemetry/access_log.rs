@@ -67,6 +67,49 @@ pub struct AccessLogEntry {
     pub downstream_peer_principal: Option<String>,
 }
 
+impl AccessLogEntry {
+    /// The request-side fields of a line, taken when the request arrives; the rest is filled
+    /// in as the exchange goes on. `direction` is `outbound` or `inbound`.
+    pub fn for_request<B>(
+        req: &http::Request<B>,
+        direction: &'static str,
+        remote: std::net::SocketAddr,
+    ) -> Self {
+        let h = req.headers();
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        Self {
+            start_time: rfc3339(std::time::SystemTime::now()),
+            direction,
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            protocol: version_label(req.version()),
+            x_forwarded_for: get("x-forwarded-for"),
+            user_agent: get("user-agent"),
+            request_id: get("x-request-id"),
+            authority: crate::http::uri::request_authority(req).map(str::to_string),
+            downstream_remote_address: remote.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// `HTTP/1.1`, `HTTP/2`... for access logs.
+pub fn version_label(v: http::Version) -> &'static str {
+    use http::Version;
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
 /// Sender side of the access log.
 #[derive(Clone, Debug)]
 pub struct AccessLog {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 
@@ -25,6 +26,7 @@ pub struct Exchange {
     labels: RequestLabels,
     start: Instant,
     log: Option<Box<AccessLogEntry>>,
+    received: Option<Arc<AtomicU64>>,
     _in_flight: InFlight,
 }
 
@@ -49,8 +51,15 @@ impl Exchange {
             labels,
             start,
             log,
+            received: None,
             _in_flight: in_flight,
         }
+    }
+
+    /// Reads the request body's byte count from `counter` when the exchange finishes (the
+    /// access log's `bytes_received`).
+    pub fn count_received(&mut self, counter: Option<Arc<AtomicU64>>) {
+        self.received = counter;
     }
 
     fn finish(mut self, bytes_sent: u64, complete: bool) {
@@ -66,6 +75,9 @@ impl Exchange {
         {
             entry.response_flags = self.labels.response_flags;
             entry.bytes_sent = bytes_sent;
+            if let Some(received) = &self.received {
+                entry.bytes_received = received.load(Ordering::Relaxed);
+            }
             entry.duration = elapsed.as_millis() as u64;
             entry.duration_ms = entry.duration;
             log.log(&entry);

@@ -1,0 +1,180 @@
+//! Criterion micro-benchmarks of the per-request path.
+//!
+//! - `route`: finding the cluster for a request's authority in a snapshot of 200 services;
+//! - `headers`: the hygiene every request gets (hop-by-hop removal, request id);
+//! - `request`: one full HTTP/1.1 request through a real client sidecar, mutual TLS and a real
+//!   server sidecar to an app, all in this process on loopback (the proxies' whole service
+//!   stack, without process or scheduler noise from separate binaries).
+//!
+//! CI runs them once in test mode (`cargo bench -p meshlite-bench -- --test`) so they cannot rot.
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use meshlite_bench::load::Protocol;
+use meshlite_bench::sidecar::meshlite::{client_config, server_config};
+use meshlite_bench::sidecar::pki;
+use meshlite_proxy::config::ProxyConfig;
+use meshlite_proxy::http::headers;
+use meshlite_proxy::identity::spiffe::SpiffeId;
+use meshlite_proxy::identity::tls::Identity;
+use meshlite_proxy::snapshot::Snapshot;
+use meshlite_proxy::telemetry::metrics::Metrics;
+use meshlite_proxy::{RunningProxy, StartOptions};
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A client config with `n` services besides `app`, each with one endpoint.
+fn many_services_config(pki: &pki::MeshPki, n: usize) -> String {
+    let mut yaml = client_config(
+        pki,
+        "127.0.0.1:1".parse().expect("addr"),
+        Protocol::Http1,
+        None,
+    );
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - name: svc-{i}\n    namespace: ns-{}\n    port: {}\n    protocol: http\n    identities: [\"{}\"]\n    endpoints: [\"127.0.0.1:{}\"]\n",
+            i % 7,
+            8000 + i % 3,
+            pki::SERVER_ID,
+            20000 + i
+        ));
+    }
+    yaml
+}
+
+fn route(c: &mut Criterion, dir: &Path, pki: &pki::MeshPki) {
+    let cfg = ProxyConfig::parse(&many_services_config(pki, 200), &dir.join("client.yaml"))
+        .expect("config parses");
+    let metrics = Metrics::new();
+    let id = SpiffeId::parse(pki::CLIENT_ID).expect("id");
+    let identity = Arc::new(
+        Identity::from_files(
+            &id,
+            &pki.client_cert,
+            &pki.client_key,
+            &pki.root,
+            metrics.tls_failures.clone(),
+        )
+        .expect("identity"),
+    );
+    let snap = Snapshot::build(&cfg, &identity, &metrics, 1).expect("snapshot");
+    let mut group = c.benchmark_group("route");
+    for authority in ["app", "svc-150:8000", "svc-150.ns-3.svc.cluster.local:8000"] {
+        assert!(snap.route(authority).is_ok(), "{authority} routes");
+        group.bench_function(authority, |b| {
+            b.iter(|| snap.route(black_box(authority)).is_ok())
+        });
+    }
+    group.bench_function("unknown-host", |b| {
+        b.iter(|| snap.route(black_box("nowhere:80")).is_err())
+    });
+    group.finish();
+}
+
+fn typical_request_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (name, value) in [
+        ("host", "reviews:9080"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64)"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate"),
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+        ("content-type", "application/json"),
+        ("authorization", "Bearer abcdefghijklmnopqrstuvwxyz"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+    ] {
+        h.insert(
+            http::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    h
+}
+
+fn header_rewrite(c: &mut Criterion) {
+    let template = typical_request_headers();
+    let mut group = c.benchmark_group("headers");
+    group.bench_function("strip-hop-by-hop+request-id", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |h| {
+                headers::strip_hop_by_hop(h);
+                headers::ensure_request_id(h)
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("uuid-v4", |b| b.iter(headers::uuid_v4));
+    group.finish();
+}
+
+fn full_request(c: &mut Criterion, dir: &Path, pki: &pki::MeshPki) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (client, entry, _proxies) = runtime.block_on(async {
+        let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind app");
+        let app_addr = app_listener.local_addr().expect("app addr");
+        tokio::spawn(meshlite_bench::app::serve(app_listener, 64));
+        let server_cfg = ProxyConfig::parse(
+            &server_config(pki, app_addr, Protocol::Http1),
+            &dir.join("server.yaml"),
+        )
+        .expect("server config");
+        let server = RunningProxy::start(server_cfg, StartOptions::default())
+            .await
+            .expect("server sidecar starts");
+        let client_cfg = ProxyConfig::parse(
+            &client_config(pki, server.addrs.inbound, Protocol::Http1, None),
+            &dir.join("client.yaml"),
+        )
+        .expect("client config");
+        let client_proxy = RunningProxy::start(client_cfg, StartOptions::default())
+            .await
+            .expect("client sidecar starts");
+        let entry = client_proxy.addrs.outbound;
+        let client: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        (client, entry, (server, client_proxy))
+    });
+    let send = |client: Client<HttpConnector, Empty<Bytes>>| async move {
+        let req = Request::get(format!("http://{entry}/"))
+            .header("host", "app")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = client.request(req).await.expect("response");
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.expect("body").to_bytes()
+    };
+    // One request outside the measurement: the mTLS connection is set up here.
+    runtime.block_on(send(client.clone()));
+    c.bench_function("request/http1-through-mtls-pair", |b| {
+        b.to_async(&runtime).iter(|| send(client.clone()))
+    });
+}
+
+fn benches(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki::generate(dir.path()).expect("certificates");
+    route(c, dir.path(), &pki);
+    header_rewrite(c);
+    full_request(c, dir.path(), &pki);
+}
+
+criterion_group!(request_path, benches);
+criterion_main!(request_path);
