@@ -167,7 +167,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationParseError> {
     };
     let value: f64 = number.trim().parse().map_err(|_| bad())?;
     let seconds = value * scale;
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 24.0 * 3600.0 {
+    if !seconds.is_finite() || !(0.0..=24.0 * 3600.0).contains(&seconds) {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(seconds))

@@ -244,7 +244,7 @@ pub fn combine(reps: &[RateRecord]) -> Result<RateRecord, ReportError> {
     }
     let values = used
         .iter()
-        .map(|r| serde_json::to_value(r))
+        .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()?;
     let mut spread = BTreeMap::new();
     let merged = combine_values(&values, "", &mut spread);
@@ -373,6 +373,15 @@ fn flags(disturbed: bool, reasons: &[String]) -> String {
     }
 }
 
+/// One line of the latency table: implementation, JSON key prefix, (added, meshed leg) figures
+/// when the leg ran, and why it failed otherwise.
+type TableRow<'a> = (
+    String,
+    String,
+    Option<(&'a Percentiles, &'a LegRecord)>,
+    Option<&'a String>,
+);
+
 /// Renders the tables for all rates.
 pub fn render(records: &[RateRecord]) -> String {
     let mut out = String::new();
@@ -398,12 +407,7 @@ pub fn render(records: &[RateRecord]) -> String {
         let direct = &r.direct;
         let direct_p50 = cell(r, "direct.p50_ms", direct.latency.p50_ms, 3);
         let direct_p99 = cell(r, "direct.p99_ms", direct.latency.p99_ms, 3);
-        let mut rows: Vec<(
-            String,
-            String,
-            Option<(&Percentiles, &LegRecord)>,
-            Option<&String>,
-        )> = vec![(
+        let mut rows: Vec<TableRow<'_>> = vec![(
             "meshlite".into(),
             String::new(),
             r.added.as_ref().zip(r.meshed.as_ref()),

@@ -34,9 +34,10 @@ pub struct ProxyBinary {
     pub origin: String,
 }
 
-/// Finds `meshlite-proxy`: `$MESHLITE_PROXY_BIN`, else the release binary beside this executable
-/// (or in `target/release` when this is a debug build), building it with
-/// `cargo build --release -p meshlite-proxy` if it is missing or older than this executable.
+/// Finds `meshlite-proxy`: `$MESHLITE_PROXY_BIN`; else, inside the workspace, runs
+/// `cargo build --release -p meshlite-proxy` (cargo decides whether anything changed; a no-op
+/// takes a second) and takes `target/release/meshlite-proxy`; else the release binary beside this
+/// executable.
 pub fn locate_or_build() -> Result<ProxyBinary, SidecarError> {
     if let Some(path) = std::env::var_os(PROXY_BIN_ENV) {
         let path = PathBuf::from(path);
@@ -64,32 +65,25 @@ pub fn locate_or_build() -> Result<ProxyBinary, SidecarError> {
             .unwrap_or_else(|| own_dir.clone())
     };
     let candidate = release_dir.join(PROXY_NAME);
-    let stale = match (modified(&candidate), modified(&own)) {
-        (Some(proxy), Some(bench)) => proxy < bench,
-        (Some(_), None) => false,
-        (None, _) => true,
-    };
-    if !stale {
-        return Ok(ProxyBinary {
-            path: candidate,
-            origin: "found next to meshlite-bench".into(),
-        });
-    }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     if !workspace.join("Cargo.toml").is_file() {
-        return Err(SidecarError::Binary(format!(
-            "{} is missing or stale and the workspace {} is not here to build it; set {PROXY_BIN_ENV}",
-            candidate.display(),
-            workspace.display()
-        )));
+        return if candidate.is_file() {
+            Ok(ProxyBinary {
+                path: candidate,
+                origin: "found next to meshlite-bench".into(),
+            })
+        } else {
+            Err(SidecarError::Binary(format!(
+                "{} is missing and the workspace {} is not here to build it; set {PROXY_BIN_ENV}",
+                candidate.display(),
+                workspace.display()
+            )))
+        };
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!(
-        "meshlite-bench: {} is missing or older than meshlite-bench; running `cargo build --release -p {PROXY_NAME}`",
-        candidate.display()
-    );
+    eprintln!("meshlite-bench: cargo build --release -p {PROXY_NAME} (no-op when up to date)");
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", PROXY_NAME])
+        .args(["build", "--release", "--quiet", "-p", PROXY_NAME])
         .current_dir(&workspace)
         .status()
         .map_err(|e| SidecarError::Binary(format!("cannot run cargo: {e}")))?;
@@ -106,12 +100,8 @@ pub fn locate_or_build() -> Result<ProxyBinary, SidecarError> {
     }
     Ok(ProxyBinary {
         path: candidate,
-        origin: "built now (cargo build --release)".into(),
+        origin: "target/release, built by cargo".into(),
     })
-}
-
-fn modified(path: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// How to run the meshlite pair.
