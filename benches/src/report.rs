@@ -98,6 +98,12 @@ pub struct LegRecord {
     pub disturbed_reasons: Vec<String>,
     /// A few error messages, as examples.
     pub error_samples: Vec<String>,
+    /// How late the generator released requests after their intended time, median, ms.
+    #[serde(default)]
+    pub pacer_late_p50_ms: f64,
+    /// The same at p99, ms.
+    #[serde(default)]
+    pub pacer_late_p99_ms: f64,
 }
 
 /// One sidecar's cost over the measured window.
@@ -632,6 +638,8 @@ mod tests {
                 vec![]
             },
             error_samples: vec![],
+            pacer_late_p50_ms: 0.0,
+            pacer_late_p99_ms: 0.0,
         }
     }
 

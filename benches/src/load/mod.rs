@@ -109,9 +109,21 @@ pub struct LoadResult {
     pub warmup_errors: u64,
     /// A few distinct error messages, as examples.
     pub error_samples: Vec<String>,
+    /// How late the pacer released each request after its intended time, microseconds: the
+    /// generator's own lateness (a thread woken late, a descheduled VM), the same for every leg.
+    /// Latency still counts from the intended time; this says how much of it the machine added.
+    pub pacer_late_us: Histogram<u64>,
 }
 
 impl LoadResult {
+    /// The pacer's lateness at quantile `q`, in milliseconds.
+    pub fn pacer_late_ms(&self, q: f64) -> f64 {
+        if self.pacer_late_us.is_empty() {
+            return 0.0;
+        }
+        self.pacer_late_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
     /// Latency at quantile `q` (0..=1) in milliseconds; 0 when nothing succeeded.
     pub fn quantile_ms(&self, q: f64) -> f64 {
         if self.latency_us.is_empty() {
@@ -352,7 +364,7 @@ fn generator_thread(
             }
         }
         // The pacer stops after its bounded count; it never blocks on the receivers.
-        let _ = pacer.join();
+        let pacer_late_us = pacer.join().unwrap_or_else(|_| new_histogram());
 
         let window = spec.duration.as_secs_f64();
         Ok(LoadResult {
@@ -364,18 +376,21 @@ fn generator_thread(
             achieved_rps: tally.ok_in_window as f64 / window,
             warmup_errors: tally.warmup_errors,
             error_samples: tally.error_samples,
+            pacer_late_us,
         })
     })
 }
 
-/// Hands out intended send times at `rate` for `total` requests, round-robin over the connections.
+/// Hands out intended send times at `rate` for `total` requests, round-robin over the connections;
+/// returns how late each release was after its intended time.
 fn pace(
     t0: Instant,
     rate: f64,
     total: u64,
     senders: Vec<mpsc::UnboundedSender<Due>>,
     pin: Option<usize>,
-) {
+) -> Histogram<u64> {
+    let mut late = new_histogram();
     if let Some(cpu) = pin {
         // Best effort: the runtime thread is pinned already; the pacer mostly sleeps.
         let _ = pin_current_thread(cpu);
@@ -395,7 +410,12 @@ fn pace(
             // A closed receiver means its task already ended (deadline): nothing to do.
             let _ = sender.send(Due { intended });
         }
+        let micros = Instant::now()
+            .saturating_duration_since(intended)
+            .as_micros();
+        late.saturating_record(u64::try_from(micros).unwrap_or(MAX_LATENCY_US).max(1));
     }
+    late
 }
 
 /// Runs one connection's share of the schedule.
