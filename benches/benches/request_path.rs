@@ -22,7 +22,7 @@ use meshlite_proxy::config::ProxyConfig;
 use meshlite_proxy::http::headers;
 use meshlite_proxy::identity::spiffe::SpiffeId;
 use meshlite_proxy::identity::tls::Identity;
-use meshlite_proxy::snapshot::Snapshot;
+use meshlite_proxy::snapshot::{MeshView, Snapshot};
 use meshlite_proxy::telemetry::metrics::Metrics;
 use meshlite_proxy::{RunningProxy, StartOptions};
 use std::hint::black_box;
@@ -64,7 +64,8 @@ fn route(c: &mut Criterion, dir: &Path, pki: &pki::MeshPki) {
         )
         .expect("identity"),
     );
-    let snap = Snapshot::build(&cfg, &identity, &metrics, 1).expect("snapshot");
+    let view = MeshView::from_static(&cfg);
+    let snap = Snapshot::build(&cfg, &view, &identity, &metrics, 1, None).expect("snapshot");
     let mut group = c.benchmark_group("route");
     for authority in ["app", "svc-150:8000", "svc-150.ns-3.svc.cluster.local:8000"] {
         assert!(snap.route(authority).is_ok(), "{authority} routes");

@@ -68,6 +68,41 @@ pub struct ProxyConfig {
     /// Proxy hygiene options.
     #[serde(default)]
     pub headers: HeadersConfig,
+    /// The control plane: identity from its CA and the mesh from its xDS stream. Without
+    /// it, the identity files and `services` of this file are used as they are.
+    #[serde(default)]
+    pub control: Option<ControlConfig>,
+}
+
+/// Where the control plane is and how this proxy proves who it is.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `https://HOST:PORT` of meshlite-control's xDS + CA port (15012).
+    pub address: String,
+    /// PEM root(s) the control plane's serving certificate chains to; also the initial mesh
+    /// trust bundle until the control plane sends its own.
+    pub root_cert: PathBuf,
+    /// File holding the bootstrap token for the first certificate.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Where the last good config, key and certificate are kept (0600) so a restarted proxy
+    /// can serve before the control plane is back. Off unless set; meant for a memory-backed
+    /// volume.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Requested certificate lifetime (the CA may shorten it).
+    #[serde(default = "default_cert_ttl", with = "duration_str")]
+    pub cert_ttl: Duration,
+    /// The address other sidecars reach this one's inbound listener at; defaults to the
+    /// inbound listener's address, or 127.0.0.1 with its port when it listens on all.
+    #[serde(default)]
+    pub inbound_address: Option<SocketAddr>,
+}
+
+/// Istio's default workload certificate lifetime: 24 h.
+fn default_cert_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// The workload this sidecar runs beside.
@@ -84,12 +119,21 @@ pub struct IdentityConfig {
     /// Canonical revision (`version` label); defaults to `latest`.
     #[serde(default)]
     pub version: Option<String>,
-    /// PEM certificate chain, leaf first.
-    pub cert: PathBuf,
+    /// PEM certificate chain, leaf first (static identity; not with `control`).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, SEC1 or PKCS#1).
-    pub key: PathBuf,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
     /// PEM trust bundle: the mesh root(s).
-    pub roots: PathBuf,
+    #[serde(default)]
+    pub roots: Option<PathBuf>,
+    /// Workload labels, announced to the control plane (subsets select on them).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `region/zone/subzone`, announced to the control plane.
+    #[serde(default)]
+    pub locality: Option<String>,
 }
 
 /// Listening addresses (Istio's ports by default).
@@ -341,11 +385,26 @@ impl ProxyConfig {
             })?;
         cfg.validate(path)?;
         if let Some(dir) = path.parent() {
+            let control = cfg.control.as_mut();
+            let (root, token, state) = match control {
+                Some(c) => (
+                    Some(&mut c.root_cert),
+                    c.token_file.as_mut(),
+                    c.state_dir.as_mut(),
+                ),
+                None => (None, None, None),
+            };
             for p in [
-                &mut cfg.identity.cert,
-                &mut cfg.identity.key,
-                &mut cfg.identity.roots,
-            ] {
+                cfg.identity.cert.as_mut(),
+                cfg.identity.key.as_mut(),
+                cfg.identity.roots.as_mut(),
+                root,
+                token,
+                state,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }
@@ -354,12 +413,55 @@ impl ProxyConfig {
         Ok(cfg)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+    /// Checks the values serde cannot; the error names the field.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |field: String, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             field,
             message,
         };
+        match &self.control {
+            None => {
+                for (name, v) in [
+                    ("cert", &self.identity.cert),
+                    ("key", &self.identity.key),
+                    ("roots", &self.identity.roots),
+                ] {
+                    if v.is_none() {
+                        return Err(invalid(
+                            format!("identity.{name}"),
+                            "required without a control plane (`control`)".into(),
+                        ));
+                    }
+                }
+            }
+            Some(c) => {
+                let uri: http::Uri = c
+                    .address
+                    .parse()
+                    .map_err(|e| invalid("control.address".into(), format!("not a URL: {e}")))?;
+                if uri.scheme_str() != Some("https") || uri.host().is_none() {
+                    return Err(invalid(
+                        "control.address".into(),
+                        "must be https://HOST:PORT".into(),
+                    ));
+                }
+                if c.cert_ttl < Duration::from_secs(60) {
+                    return Err(invalid(
+                        "control.cert_ttl".into(),
+                        "must be at least 1m".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(loc) = &self.identity.locality
+            && loc.split('/').count() > 3
+        {
+            return Err(invalid(
+                "identity.locality".into(),
+                "is region[/zone[/subzone]]".into(),
+            ));
+        }
         SpiffeId::parse(&self.identity.spiffe_id)
             .map_err(|e| invalid("identity.spiffe_id".into(), e.to_string()))?;
         if self.identity.workload.is_empty() {
@@ -488,7 +590,10 @@ services:
         assert_eq!(cfg.listeners.inbound.port(), 15006);
         assert_eq!(cfg.upstream.protocol, UpstreamProtocol::H2);
         assert_eq!(cfg.services[0].namespace, "default");
-        assert_eq!(cfg.identity.cert, Path::new("/etc/meshlite/certs/pp.crt"));
+        assert_eq!(
+            cfg.identity.cert.as_deref(),
+            Some(Path::new("/etc/meshlite/certs/pp.crt"))
+        );
     }
 
     #[test]
@@ -561,6 +666,32 @@ services:
         let text = format!("{GOOD}limits:\n  idle_timeout: forever\n");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("forever"), "{err}");
+    }
+
+    #[test]
+    fn static_identity_files_are_required_without_control() {
+        let text = GOOD.replace("  key: certs/pp.key\n", "");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("identity.key"), "{err}");
+    }
+
+    #[test]
+    fn control_section_replaces_identity_files() {
+        let text = GOOD
+            .replace("  cert: certs/pp.crt\n", "")
+            .replace("  key: certs/pp.key\n", "")
+            .replace("  roots: certs/root.crt\n", "");
+        assert!(parse(&text).is_err());
+        let with_control = format!(
+            "{text}control:\n  address: https://127.0.0.1:15012\n  root_cert: root.pem\n  cert_ttl: 1h\n"
+        );
+        let cfg = parse(&with_control).expect("valid with control");
+        let c = cfg.control.unwrap();
+        assert_eq!(c.root_cert, Path::new("/etc/meshlite/root.pem"));
+        assert_eq!(c.cert_ttl, Duration::from_secs(3600));
+        let plain = with_control.replace("https://", "http://");
+        let err = parse(&plain).unwrap_err().to_string();
+        assert!(err.contains("control.address"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::transport::http1::LocalHttp1Client;
 /// Shared state of a running proxy.
 #[derive(Debug)]
 pub struct ProxyContext {
+    /// The control-plane connection's state, when the proxy has one.
+    pub control: Option<Arc<crate::xds::ControlStatus>>,
     /// Current configuration; load once per request.
     pub snapshot: ArcSwap<Snapshot>,
     /// This workload's key pair and trust bundle.

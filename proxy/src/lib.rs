@@ -14,10 +14,12 @@ pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;
+pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
 pub mod transport;
+pub mod xds;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -32,7 +34,7 @@ use context::ProxyContext;
 use identity::spiffe::SpiffeId;
 use identity::tls::{Identity, IdentityError};
 use server::drain::Drain;
-use snapshot::Snapshot;
+use snapshot::{MeshView, Snapshot, SnapshotError};
 use telemetry::Telemetry;
 use telemetry::access_log::{AccessLog, AccessLogTarget};
 use telemetry::metrics::Metrics;
@@ -59,13 +61,26 @@ pub enum StartError {
     /// The access log target could not be opened.
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
+    /// The first snapshot could not be built.
+    #[error("config: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// No identity could be had from the control plane.
+    #[error("control plane: {0}")]
+    Control(#[from] xds::XdsError),
 }
 
 impl StartError {
-    /// Whether the cause lies in what the operator configured (files, names), as opposed to
-    /// the machine (a port already taken).
+    /// Whether the cause lies in what the operator configured (files, names, a token the CA
+    /// refuses), as opposed to the machine (a port taken, a control plane unreachable).
     pub fn is_configuration(&self) -> bool {
-        !matches!(self, StartError::Bind { .. })
+        match self {
+            StartError::Bind { .. } => false,
+            StartError::Control(e) => !matches!(
+                e,
+                xds::XdsError::Connect(_) | xds::XdsError::Stream(_) | xds::XdsError::State(_)
+            ),
+            _ => true,
+        }
     }
 }
 
@@ -129,14 +144,31 @@ impl RunningProxy {
     pub async fn start(cfg: ProxyConfig, opts: StartOptions) -> Result<Self, StartError> {
         let metrics = Metrics::new();
         let id = SpiffeId::parse(&cfg.identity.spiffe_id)?;
-        let identity = Arc::new(Identity::from_files(
-            &id,
-            &cfg.identity.cert,
-            &cfg.identity.key,
-            &cfg.identity.roots,
-            metrics.tls_failures.clone(),
-        )?);
-        let snapshot = Snapshot::build(&cfg, &identity, &metrics, 1)?;
+        let (identity, control) = match &cfg.control {
+            None => {
+                let missing = || IdentityError::Invalid("identity files are not configured".into());
+                let identity = Identity::from_files(
+                    &id,
+                    cfg.identity.cert.as_deref().ok_or_else(missing)?,
+                    cfg.identity.key.as_deref().ok_or_else(missing)?,
+                    cfg.identity.roots.as_deref().ok_or_else(missing)?,
+                    metrics.tls_failures.clone(),
+                )?;
+                (Arc::new(identity), None)
+            }
+            Some(c) => {
+                let b = xds::bootstrap::bootstrap(c, &id, metrics.tls_failures.clone()).await?;
+                (b.identity.clone(), Some(b))
+            }
+        };
+        let view = match &control {
+            Some(b) => xds::client::merged_view(&cfg, &b.state).unwrap_or_else(|e| {
+                tracing::warn!("persisted config does not apply ({e}); starting without it");
+                MeshView::from_static(&cfg)
+            }),
+            None => MeshView::from_static(&cfg),
+        };
+        let snapshot = Snapshot::build(&cfg, &view, &identity, &metrics, 1, None)?;
         let server_tls = identity.server_config()?;
         let access_log = match opts.access_log {
             Some(t) => Some(
@@ -177,7 +209,21 @@ impl RunningProxy {
                 .collect(),
         };
 
+        let control_status = control.as_ref().map(|b| {
+            let status = Arc::new(xds::ControlStatus::default());
+            let restored = !b.state.is_empty();
+            status
+                .persisted
+                .store(restored, std::sync::atomic::Ordering::Relaxed);
+            metrics.control.persisted.set(i64::from(restored));
+            status
+        });
+        metrics.control.config_version.set(1);
+        if let Some(expiry) = identity.not_after() {
+            metrics.control.cert_expiry.set(expiry);
+        }
         let ctx = Arc::new(ProxyContext {
+            control: control_status.clone(),
             snapshot: ArcSwap::from_pointee(snapshot),
             identity,
             telemetry: Arc::new(Telemetry {
@@ -222,6 +268,31 @@ impl RunningProxy {
             admin::Role::Health,
             quit.clone(),
         ));
+        if let (Some(b), Some(status), Some(c)) = (control, control_status, &cfg.control) {
+            let inbound_addr = xds::node::inbound_address(&cfg, addrs.inbound);
+            let node = xds::node::node(&cfg, &id, inbound_addr);
+            let ttl = c.cert_ttl;
+            let control_metrics = ctx.telemetry.metrics.control.clone();
+            tokio::spawn(
+                xds::client::XdsClient::new(
+                    ctx.clone(),
+                    Arc::new(cfg.clone()),
+                    b.endpoint.clone(),
+                    node,
+                    b.state,
+                    b.state_dir.clone(),
+                    status,
+                )
+                .run(),
+            );
+            tokio::spawn(xds::rotation::run(
+                ctx.identity.clone(),
+                b.endpoint,
+                ttl,
+                b.state_dir,
+                control_metrics,
+            ));
+        }
         Ok(Self { addrs, ctx, quit })
     }
 

@@ -7,8 +7,9 @@
 //! snapshot (from the file now, from xDS next) replaces it without touching open connections.
 
 use http::HeaderValue;
+use meshlite_xds_proto::v1;
 use rustls_pki_types::ServerName;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +18,7 @@ use std::time::Duration;
 use crate::config::{Protocol, ProxyConfig, UpstreamProtocol};
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP1, Identity, IdentityError};
+use crate::route::{ResolveDestination, RouteError, RouteTable, Target};
 use crate::telemetry::metrics::{Label, Metrics};
 use crate::transport::h2::{H2Pool, H2Target};
 use crate::transport::http1::{MeshHttp1Client, MeshTlsConnector, mesh_client};
@@ -119,6 +121,8 @@ pub struct Endpoint {
     pub http1_uri: http::uri::Authority,
     /// The peer's workload labels, learnt from its first response.
     pub peer: arc_swap::ArcSwapOption<PeerWorkload>,
+    /// The workload's labels (subset selection).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Metric label values of a destination service, computed once.
@@ -159,14 +163,172 @@ pub struct Cluster {
     pub server_name: ServerName<'static>,
     /// Explicit-mode local listener for `tcp` services.
     pub listen: Option<SocketAddr>,
+    /// SPIFFE IDs the endpoints may present.
+    pub allowed: Arc<[SpiffeId]>,
+    server_name_str: Box<str>,
+    /// DestinationRule subset this cluster holds, empty for the whole service.
+    pub subset: Label,
+    /// Envoy's cluster name, `outbound|<port>|<subset>|<fqdn>`.
+    pub name: Label,
 }
 
 impl Cluster {
-    /// Picks the next endpoint, round robin (the default until DestinationRules arrive).
-    pub fn pick(&self) -> &Arc<Endpoint> {
+    /// Picks the next endpoint, round robin (the default until DestinationRules arrive);
+    /// `None` when the service has no endpoint (503 `UH`).
+    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
         let n = self.rr.fetch_add(1, Ordering::Relaxed);
-        &self.endpoints[n % self.endpoints.len()]
+        self.endpoints.get(n % self.endpoints.len())
     }
+}
+
+/// One port of a host the app may call: its service cluster and, when a VirtualService
+/// claims the host, the compiled routes.
+#[derive(Debug)]
+pub struct HostPort {
+    /// Service port.
+    pub port: u16,
+    /// The service's own cluster (all endpoints).
+    pub cluster: Arc<Cluster>,
+    /// VirtualService routes for this host and port.
+    pub routes: Option<RouteTable>,
+}
+
+/// Why a request found no destination.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteMiss {
+    /// No service has this name.
+    UnknownHost,
+    /// The service exists, but not on the requested port.
+    UnknownPort,
+    /// The host has route rules and none matched (404 `NR`).
+    NoMatchingRoute,
+    /// The chosen route names a subset or host this proxy has no cluster for (503 `NC`).
+    NoCluster(Arc<str>),
+}
+
+impl HostPort {
+    /// The cluster a request goes to: its VirtualService's choice, else the service itself.
+    pub fn select(
+        &self,
+        req: crate::route::Head<'_>,
+        authority: &str,
+    ) -> Result<&Arc<Cluster>, RouteMiss> {
+        match &self.routes {
+            None => Ok(&self.cluster),
+            Some(table) => match table.select(req, authority, self.port) {
+                Some(Target::Cluster(c)) => Ok(c),
+                Some(Target::Missing(name)) => Err(RouteMiss::NoCluster(name.clone())),
+                None => Err(RouteMiss::NoMatchingRoute),
+            },
+        }
+    }
+}
+
+/// A service as the snapshot builder takes it, from the static file or from xDS.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// The FQDN it is known by (`reviews.default.svc.cluster.local`, or a ServiceEntry
+    /// host such as `payments.example.com`).
+    pub hostname: String,
+    /// Short name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Port.
+    pub port: u16,
+    /// Protocol on that port.
+    pub protocol: Protocol,
+    /// Extra names it answers to.
+    pub aliases: Vec<String>,
+    /// SPIFFE IDs its endpoints may present.
+    pub identities: Vec<SpiffeId>,
+    /// Its endpoints.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Explicit-mode TCP listener.
+    pub listen: Option<SocketAddr>,
+}
+
+impl ServiceSpec {
+    /// The FQDN.
+    pub fn fqdn(&self) -> String {
+        self.hostname.clone()
+    }
+}
+
+/// An endpoint as the snapshot builder takes it.
+#[derive(Clone, Debug)]
+pub struct EndpointSpec {
+    /// The destination sidecar's inbound address.
+    pub addr: SocketAddr,
+    /// Its workload's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything about the mesh a snapshot is built from: services with their endpoints,
+/// VirtualService routes and DestinationRule subsets, by FQDN.
+#[derive(Clone, Debug, Default)]
+pub struct MeshView {
+    /// One entry per service port.
+    pub services: Vec<ServiceSpec>,
+    /// Route tables by FQDN.
+    pub routes: HashMap<String, v1::RouteTable>,
+    /// Destination policies (subsets) by FQDN.
+    pub policies: HashMap<String, v1::DestinationPolicy>,
+}
+
+impl MeshView {
+    /// The services of a static configuration file.
+    pub fn from_static(cfg: &ProxyConfig) -> Self {
+        let services = cfg
+            .services
+            .iter()
+            .map(|s| ServiceSpec {
+                hostname: format!("{}.{}.{CLUSTER_DOMAIN}", s.name, s.namespace),
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                port: s.port,
+                protocol: s.protocol,
+                aliases: s.aliases.clone(),
+                identities: s
+                    .identities
+                    .iter()
+                    .filter_map(|i| SpiffeId::parse(i).ok())
+                    .collect(),
+                endpoints: s
+                    .endpoints
+                    .iter()
+                    .map(|a| EndpointSpec {
+                        addr: *a,
+                        labels: BTreeMap::new(),
+                    })
+                    .collect(),
+                listen: s.listen,
+            })
+            .collect();
+        Self {
+            services,
+            ..Default::default()
+        }
+    }
+}
+
+/// Why a snapshot could not be built; a push causing it is refused (NACK).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// TLS configuration or a name failed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A route table did not compile.
+    #[error("routes of {host}: {source}")]
+    Route {
+        /// The host.
+        host: String,
+        /// Why.
+        source: RouteError,
+    },
 }
 
 /// A port the local application serves.
@@ -176,8 +338,8 @@ pub struct InboundPort {
     pub target: SocketAddr,
     /// Its protocol.
     pub protocol: Protocol,
-    /// h2c pool for `http2`/`grpc` ports.
-    pub h2c: Option<H2Pool>,
+    /// h2c pool for `http2`/`grpc` ports (shared with the next snapshot).
+    pub h2c: Option<Arc<H2Pool>>,
 }
 
 /// Everything the request path reads, resolved and immutable.
@@ -187,148 +349,157 @@ pub struct Snapshot {
     pub version: u64,
     /// This workload.
     pub local: Arc<LocalWorkload>,
-    hosts: HashMap<Box<str>, Vec<Arc<Cluster>>>,
+    hosts: HashMap<Box<str>, Vec<Arc<HostPort>>>,
     inbound: HashMap<u16, InboundPort>,
-    /// Clusters in config order (for TCP listeners and the admin dump).
+    /// Service clusters in config order (for TCP listeners and the admin dump).
     pub clusters: Vec<Arc<Cluster>>,
+    /// Subset clusters, by Envoy name.
+    pub subset_clusters: Vec<Arc<Cluster>>,
 }
 
-/// Why a route lookup failed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RouteMiss {
-    /// No service has this name.
-    UnknownHost,
-    /// The service exists, but not on the requested port.
-    UnknownPort,
+/// Connections carried over from the previous snapshot, so a push does not reconnect.
+#[derive(Default)]
+struct Reuse {
+    endpoints: HashMap<(SocketAddr, Box<str>, Vec<SpiffeId>), Arc<Endpoint>>,
+    http1: HashMap<(Box<str>, Vec<SpiffeId>), MeshHttp1Client>,
+}
+
+impl Reuse {
+    fn from(prev: Option<&Snapshot>) -> Self {
+        let mut r = Self::default();
+        let Some(prev) = prev else { return r };
+        for c in prev.clusters.iter().chain(&prev.subset_clusters) {
+            let ids = c.allowed.to_vec();
+            for e in &c.endpoints {
+                r.endpoints
+                    .entry((e.addr, c.server_name_str.clone(), ids.clone()))
+                    .or_insert_with(|| e.clone());
+            }
+            r.http1
+                .entry((c.server_name_str.clone(), ids))
+                .or_insert_with(|| c.http1.clone());
+        }
+        r
+    }
 }
 
 impl Snapshot {
-    /// Builds a snapshot from a validated configuration.
+    /// Builds a snapshot from a validated configuration (its local settings) and a view of
+    /// the mesh (from the same file, or from the control plane). Connections of `prev` to
+    /// endpoints that are still there are kept.
     pub fn build(
         cfg: &ProxyConfig,
+        view: &MeshView,
         identity: &Arc<Identity>,
         metrics: &Metrics,
         version: u64,
-    ) -> Result<Self, IdentityError> {
-        let id = identity.id().clone();
-        let namespace: Label = Arc::from(
-            id.namespace_and_account()
-                .map(|(ns, _)| ns)
-                .unwrap_or("default"),
-        );
-        let workload: Label = Arc::from(cfg.identity.workload.as_str());
-        let app: Label = Arc::from(
-            cfg.identity
-                .app
-                .as_deref()
-                .unwrap_or(&cfg.identity.workload),
-        );
-        let version_label: Label = Arc::from(cfg.identity.version.as_deref().unwrap_or("latest"));
-        let peer_header =
-            HeaderValue::from_str(&format!("{workload};{namespace};{app};{version_label}"))
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown;unknown;unknown;unknown"));
-        let local = Arc::new(LocalWorkload {
-            principal: Arc::from(id.principal()),
-            id,
-            workload,
-            namespace,
-            app,
-            version: version_label,
-            peer_header,
-        });
-
-        let connect_timeout = cfg.upstream.connect_timeout;
-        let mut hosts: HashMap<Box<str>, Vec<Arc<Cluster>>> = HashMap::new();
-        let mut clusters = Vec::with_capacity(cfg.services.len());
-        for svc in &cfg.services {
-            let allowed: Arc<[SpiffeId]> = svc
-                .identities
-                .iter()
-                .filter_map(|s| SpiffeId::parse(s).ok())
-                .collect::<Vec<_>>()
-                .into();
-            let fqdn = format!("{}.{}.{CLUSTER_DOMAIN}", svc.name, svc.namespace);
-            let server_name = ServerName::try_from(fqdn.clone())
-                .map_err(|e| IdentityError::Invalid(format!("service name {fqdn}: {e}")))?;
-            let tls_h2 = identity.client_config(allowed.clone(), ALPN_H2)?;
-            let tls_http1 = identity.client_config(allowed.clone(), ALPN_HTTP1)?;
-            let endpoints = svc
-                .endpoints
-                .iter()
-                .map(|addr| {
-                    let target = H2Target::Mesh {
-                        addr: *addr,
-                        tls: tls_h2.clone(),
-                        server_name: server_name.clone(),
-                    };
-                    Arc::new(Endpoint {
-                        addr: *addr,
-                        addr_label: Arc::from(addr.to_string()),
-                        h2: H2Pool::new(
-                            target,
-                            connect_timeout,
-                            Some(metrics.upstream_connects.clone()),
-                        ),
-                        http1_uri: http::uri::Authority::try_from(addr.to_string())
-                            .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0")),
-                        peer: arc_swap::ArcSwapOption::empty(),
-                    })
-                })
-                .collect();
-            let connector = MeshTlsConnector {
-                tls: tls_http1.clone(),
-                server_name: server_name.clone(),
-                connect_timeout,
-                on_connect: metrics.upstream_connects.clone(),
-            };
-            let authority = http::uri::Authority::try_from(format!("{fqdn}:{}", svc.port))
-                .map_err(|e| IdentityError::Invalid(format!("service {fqdn}: {e}")))?;
-            let principal: Label = allowed
-                .first()
-                .map(|i| Arc::from(i.principal()))
-                .unwrap_or_else(unknown);
-            let cluster = Arc::new(Cluster {
-                port: svc.port,
-                protocol: svc.protocol,
-                labels: ServiceLabels {
-                    fqdn: Arc::from(fqdn.as_str()),
-                    name: Arc::from(svc.name.as_str()),
-                    namespace: Arc::from(svc.namespace.as_str()),
-                    principal,
-                },
-                authority,
-                endpoints,
-                rr: AtomicUsize::new(fastrand::usize(..)),
-                upstream: cfg.upstream.protocol,
-                http1: mesh_client(connector, cfg.upstream.idle_timeout),
-                tls_http1,
-                server_name,
-                listen: svc.listen,
-            });
-            let mut names = vec![
-                svc.name.clone(),
-                format!("{}.{}", svc.name, svc.namespace),
-                format!("{}.{}.svc", svc.name, svc.namespace),
-                fqdn,
-            ];
-            names.extend(svc.aliases.iter().map(|a| a.to_ascii_lowercase()));
-            for name in names {
-                let entry = hosts.entry(name.into_boxed_str()).or_default();
-                if !entry.iter().any(|c| Arc::ptr_eq(c, &cluster)) {
-                    entry.push(cluster.clone());
-                }
-            }
+        prev: Option<&Snapshot>,
+    ) -> Result<Self, SnapshotError> {
+        let local = Arc::new(local_workload(cfg, identity));
+        let reuse = Reuse::from(prev);
+        let builder = ClusterBuilder {
+            cfg,
+            identity,
+            metrics,
+            reuse: &reuse,
+        };
+        let mut hosts: HashMap<Box<str>, Vec<Arc<HostPort>>> = HashMap::new();
+        let mut clusters = Vec::with_capacity(view.services.len());
+        let mut by_fqdn: HashMap<String, Vec<(Arc<Cluster>, &ServiceSpec)>> = HashMap::new();
+        for svc in &view.services {
+            let cluster = builder.cluster(svc, "", &svc.endpoints)?;
+            by_fqdn
+                .entry(svc.fqdn())
+                .or_default()
+                .push((cluster.clone(), svc));
             clusters.push(cluster);
         }
 
+        // Subset clusters, for every subset a DestinationPolicy defines.
+        let mut subsets: HashMap<(String, u16, String), Arc<Cluster>> = HashMap::new();
+        let mut subset_clusters = Vec::new();
+        for (fqdn, policy) in &view.policies {
+            for (cluster, svc) in by_fqdn.get(fqdn).into_iter().flatten() {
+                for subset in &policy.subsets {
+                    let eps: Vec<EndpointSpec> = svc
+                        .endpoints
+                        .iter()
+                        .filter(|e| {
+                            subset
+                                .labels
+                                .iter()
+                                .all(|(k, v)| e.labels.get(k) == Some(v))
+                        })
+                        .cloned()
+                        .collect();
+                    let c = builder.cluster(svc, &subset.name, &eps)?;
+                    subsets.insert((fqdn.clone(), cluster.port, subset.name.clone()), c.clone());
+                    subset_clusters.push(c);
+                }
+            }
+        }
+
+        let resolver = Resolver {
+            by_fqdn: &by_fqdn,
+            subsets: &subsets,
+        };
+        for (fqdn, entries) in &by_fqdn {
+            for (cluster, svc) in entries {
+                let routes = match view.routes.get(fqdn) {
+                    Some(t) => Some(RouteTable::compile(t, cluster.port, &resolver).map_err(
+                        |source| SnapshotError::Route {
+                            host: fqdn.clone(),
+                            source,
+                        },
+                    )?),
+                    None => None,
+                };
+                let hp = Arc::new(HostPort {
+                    port: cluster.port,
+                    cluster: cluster.clone(),
+                    routes,
+                });
+                // Cluster services answer to their short forms too; other hosts (ServiceEntry)
+                // only to the names they were given.
+                let mut names = vec![fqdn.clone()];
+                if fqdn.ends_with(CLUSTER_DOMAIN) {
+                    names.extend([
+                        svc.name.clone(),
+                        format!("{}.{}", svc.name, svc.namespace),
+                        format!("{}.{}.svc", svc.name, svc.namespace),
+                    ]);
+                }
+                names.extend(svc.aliases.iter().map(|a| a.to_ascii_lowercase()));
+                for name in names {
+                    let entry = hosts.entry(name.into_boxed_str()).or_default();
+                    if !entry.iter().any(|h| h.port == hp.port) {
+                        entry.push(hp.clone());
+                    }
+                }
+            }
+        }
+
+        let connect_timeout = cfg.upstream.connect_timeout;
         let inbound = cfg
             .inbound
             .ports
             .iter()
             .map(|p| {
-                let h2c = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc).then(|| {
-                    H2Pool::new(H2Target::Plain { addr: p.target }, connect_timeout, None)
-                });
+                let h2c =
+                    matches!(p.protocol, Protocol::Http2 | Protocol::Grpc).then(|| {
+                        match prev.and_then(|s| s.inbound.get(&p.port)) {
+                            Some(InboundPort {
+                                h2c: Some(pool),
+                                target,
+                                ..
+                            }) if *target == p.target => pool.clone(),
+                            _ => Arc::new(H2Pool::new(
+                                H2Target::Plain { addr: p.target },
+                                connect_timeout,
+                                None,
+                            )),
+                        }
+                    });
                 (
                     p.port,
                     InboundPort {
@@ -345,12 +516,21 @@ impl Snapshot {
             hosts,
             inbound,
             clusters,
+            subset_clusters,
         })
+    }
+
+    /// The service cluster for `fqdn:port` in this snapshot (TCP listeners look theirs up
+    /// per connection, so a push reaches them too).
+    pub fn cluster(&self, fqdn: &str, port: u16) -> Option<&Arc<Cluster>> {
+        self.clusters
+            .iter()
+            .find(|c| c.port == port && &*c.labels.fqdn == fqdn)
     }
 
     /// Finds the cluster for a request's host (`reviews`, `reviews:9080`, an FQDN, an alias).
     /// Without a port, a host with a single service port matches it; otherwise port 80.
-    pub fn route(&self, authority: &str) -> Result<&Arc<Cluster>, RouteMiss> {
+    pub fn route(&self, authority: &str) -> Result<&Arc<HostPort>, RouteMiss> {
         let (host, port) = split_host_port(authority);
         let host = host.strip_suffix('.').unwrap_or(host);
         let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -358,11 +538,11 @@ impl Snapshot {
         } else {
             self.hosts.get(host)
         };
-        let clusters = found.ok_or(RouteMiss::UnknownHost)?;
+        let ports = found.ok_or(RouteMiss::UnknownHost)?;
         match port {
-            Some(p) => clusters.iter().find(|c| c.port == p),
-            None if clusters.len() == 1 => clusters.first(),
-            None => clusters.iter().find(|c| c.port == 80),
+            Some(p) => ports.iter().find(|h| h.port == p),
+            None if ports.len() == 1 => ports.first(),
+            None => ports.iter().find(|h| h.port == 80),
         }
         .ok_or(RouteMiss::UnknownPort)
     }
@@ -384,6 +564,171 @@ impl Snapshot {
     /// How many host names route somewhere (for the admin dump and benchmarks).
     pub fn host_count(&self) -> usize {
         self.hosts.len()
+    }
+}
+
+fn local_workload(cfg: &ProxyConfig, identity: &Identity) -> LocalWorkload {
+    let id = identity.id().clone();
+    let namespace: Label = Arc::from(
+        id.namespace_and_account()
+            .map(|(ns, _)| ns)
+            .unwrap_or("default"),
+    );
+    let workload: Label = Arc::from(cfg.identity.workload.as_str());
+    let app: Label = Arc::from(
+        cfg.identity
+            .app
+            .as_deref()
+            .unwrap_or(&cfg.identity.workload),
+    );
+    let version_label: Label = Arc::from(cfg.identity.version.as_deref().unwrap_or("latest"));
+    let peer_header =
+        HeaderValue::from_str(&format!("{workload};{namespace};{app};{version_label}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown;unknown;unknown;unknown"));
+    LocalWorkload {
+        principal: Arc::from(id.principal()),
+        id,
+        workload,
+        namespace,
+        app,
+        version: version_label,
+        peer_header,
+    }
+}
+
+/// Builds clusters, reusing the previous snapshot's connections where the endpoint and its
+/// expected identities are unchanged.
+struct ClusterBuilder<'a> {
+    cfg: &'a ProxyConfig,
+    identity: &'a Arc<Identity>,
+    metrics: &'a Metrics,
+    reuse: &'a Reuse,
+}
+
+impl ClusterBuilder<'_> {
+    fn cluster(
+        &self,
+        svc: &ServiceSpec,
+        subset: &str,
+        endpoints: &[EndpointSpec],
+    ) -> Result<Arc<Cluster>, SnapshotError> {
+        let cfg = self.cfg;
+        let connect_timeout = cfg.upstream.connect_timeout;
+        let allowed: Arc<[SpiffeId]> = svc.identities.clone().into();
+        let fqdn = svc.fqdn();
+        let server_name = ServerName::try_from(fqdn.clone())
+            .map_err(|e| IdentityError::Invalid(format!("service name {fqdn}: {e}")))?;
+        let server_name_str: Box<str> = fqdn.as_str().into();
+        let tls_h2 = self.identity.client_config(allowed.clone(), ALPN_H2)?;
+        let tls_http1 = self.identity.client_config(allowed.clone(), ALPN_HTTP1)?;
+        let ids = allowed.to_vec();
+        let endpoints = endpoints
+            .iter()
+            .map(|ep| {
+                let key = (ep.addr, server_name_str.clone(), ids.clone());
+                if let Some(e) = self.reuse.endpoints.get(&key)
+                    && e.labels == ep.labels
+                {
+                    return e.clone();
+                }
+                let target = H2Target::Mesh {
+                    addr: ep.addr,
+                    tls: tls_h2.clone(),
+                    server_name: server_name.clone(),
+                };
+                Arc::new(Endpoint {
+                    addr: ep.addr,
+                    addr_label: Arc::from(ep.addr.to_string()),
+                    h2: H2Pool::new(
+                        target,
+                        connect_timeout,
+                        Some(self.metrics.upstream_connects.clone()),
+                    ),
+                    http1_uri: http::uri::Authority::try_from(ep.addr.to_string())
+                        .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0")),
+                    peer: arc_swap::ArcSwapOption::empty(),
+                    labels: ep.labels.clone(),
+                })
+            })
+            .collect();
+        let http1 = match self.reuse.http1.get(&(server_name_str.clone(), ids)) {
+            Some(c) => c.clone(),
+            None => {
+                let connector = MeshTlsConnector {
+                    tls: tls_http1.clone(),
+                    server_name: server_name.clone(),
+                    connect_timeout,
+                    on_connect: self.metrics.upstream_connects.clone(),
+                };
+                mesh_client(connector, cfg.upstream.idle_timeout)
+            }
+        };
+        let authority = http::uri::Authority::try_from(format!("{fqdn}:{}", svc.port))
+            .map_err(|e| IdentityError::Invalid(format!("service {fqdn}: {e}")))?;
+        let principal: Label = allowed
+            .first()
+            .map(|i| Arc::from(i.principal()))
+            .unwrap_or_else(unknown);
+        Ok(Arc::new(Cluster {
+            port: svc.port,
+            protocol: svc.protocol,
+            name: Arc::from(format!("outbound|{}|{subset}|{fqdn}", svc.port)),
+            subset: Arc::from(subset),
+            labels: ServiceLabels {
+                fqdn: Arc::from(fqdn.as_str()),
+                name: Arc::from(svc.name.as_str()),
+                namespace: Arc::from(svc.namespace.as_str()),
+                principal,
+            },
+            authority,
+            endpoints,
+            rr: AtomicUsize::new(fastrand::usize(..)),
+            upstream: cfg.upstream.protocol,
+            http1,
+            tls_http1,
+            server_name,
+            listen: svc.listen,
+            allowed,
+            server_name_str,
+        }))
+    }
+}
+
+/// Resolves route destinations against the clusters being built.
+struct Resolver<'a> {
+    by_fqdn: &'a HashMap<String, Vec<(Arc<Cluster>, &'a ServiceSpec)>>,
+    subsets: &'a HashMap<(String, u16, String), Arc<Cluster>>,
+}
+
+impl ResolveDestination for Resolver<'_> {
+    fn resolve(&self, dest: &v1::WeightedDestination, request_port: u16) -> Target {
+        let missing = || {
+            Target::Missing(Arc::from(format!(
+                "outbound|{}|{}|{}",
+                dest.port, dest.subset, dest.host
+            )))
+        };
+        let Some(entries) = self.by_fqdn.get(&dest.host) else {
+            return missing();
+        };
+        let port = match u16::try_from(dest.port) {
+            Ok(p) if p != 0 => p,
+            _ if entries.len() == 1 => entries[0].0.port,
+            _ => request_port,
+        };
+        let Some((cluster, _)) = entries.iter().find(|(c, _)| c.port == port) else {
+            return missing();
+        };
+        if dest.subset.is_empty() {
+            return Target::Cluster(cluster.clone());
+        }
+        match self
+            .subsets
+            .get(&(dest.host.clone(), port, dest.subset.clone()))
+        {
+            Some(c) => Target::Cluster(c.clone()),
+            None => missing(),
+        }
     }
 }
 

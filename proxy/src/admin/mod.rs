@@ -79,7 +79,7 @@ fn respond(
             if ctx.drain.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain")
             } else {
-                text(StatusCode::OK, "ready\n", "text/plain")
+                text(StatusCode::OK, readiness(ctx), "text/plain")
             }
         }
         (&Method::GET, "/stats/prometheus" | "/metrics") if role != Role::Health => text(
@@ -98,6 +98,26 @@ fn respond(
     }
 }
 
+/// Ready, and how the config stands with the control plane: a proxy serving config restored
+/// from its state directory, or cut off from the control plane, is still ready (it serves)
+/// but says so.
+fn readiness(ctx: &ProxyContext) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(c) = &ctx.control else {
+        return "ready\n".into();
+    };
+    let version = ctx.snapshot.load().version;
+    match (c.connected.load(Relaxed), c.persisted.load(Relaxed)) {
+        (true, _) => format!("ready: control plane connected, config version {version}\n"),
+        (false, true) => format!(
+            "ready: control plane unreachable, serving persisted config (version {version})\n"
+        ),
+        (false, false) => format!(
+            "ready: control plane unreachable, serving the last good config (version {version})\n"
+        ),
+    }
+}
+
 fn config_dump(ctx: &ProxyContext) -> String {
     let snap = ctx.snapshot.load();
     let clusters: Vec<_> = snap
@@ -105,7 +125,7 @@ fn config_dump(ctx: &ProxyContext) -> String {
         .iter()
         .map(|c| {
             json!({
-                "name": format!("outbound|{}||{}", c.port, c.labels.fqdn),
+                "name": &*c.name,
                 "service": &*c.labels.fqdn,
                 "port": c.port,
                 "protocol": c.protocol.label(),
@@ -124,6 +144,15 @@ fn config_dump(ctx: &ProxyContext) -> String {
         "open_connections": ctx.drain.open_connections(),
         "hosts": snap.host_count(),
         "clusters": clusters,
+        "subset_clusters": snap.subset_clusters.iter().map(|c| json!({
+            "name": &*c.name,
+            "endpoints": c.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "control": ctx.control.as_ref().map(|c| json!({
+            "connected": c.connected.load(std::sync::atomic::Ordering::Relaxed),
+            "persisted": c.persisted.load(std::sync::atomic::Ordering::Relaxed),
+        })),
+        "cert_expiry": ctx.identity.not_after(),
     });
     serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

@@ -36,9 +36,27 @@ pub enum ProxyError {
     /// The upstream refused a protocol upgrade.
     #[error("upstream refused the upgrade")]
     UpgradeRefused,
+    /// The destination cluster has no endpoint (Envoy `UH`).
+    #[error("no healthy upstream in {0}")]
+    NoHealthyUpstream(String),
+    /// The route names a cluster this proxy does not have, e.g. an undefined subset
+    /// (Envoy `NC`).
+    #[error("no cluster {0}")]
+    NoCluster(String),
 }
 
 impl ProxyError {
+    /// The error for a request that found no destination.
+    pub fn from_miss(miss: crate::snapshot::RouteMiss, authority: &str) -> Self {
+        use crate::snapshot::RouteMiss;
+        match miss {
+            RouteMiss::UnknownHost | RouteMiss::UnknownPort | RouteMiss::NoMatchingRoute => {
+                ProxyError::NoRoute(authority.to_string())
+            }
+            RouteMiss::NoCluster(name) => ProxyError::NoCluster(name.to_string()),
+        }
+    }
+
     /// HTTP status sent to the client.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -48,7 +66,9 @@ impl ProxyError {
             ProxyError::Connect(_)
             | ProxyError::UpstreamTerminated(_)
             | ProxyError::UpstreamReset(_)
-            | ProxyError::UpgradeRefused => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::UpgradeRefused
+            | ProxyError::NoHealthyUpstream(_)
+            | ProxyError::NoCluster(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -61,6 +81,8 @@ impl ProxyError {
             ProxyError::Connect(_) => "UF",
             ProxyError::UpstreamTerminated(_) | ProxyError::UpgradeRefused => "UC",
             ProxyError::UpstreamReset(_) => "UR",
+            ProxyError::NoHealthyUpstream(_) => "UH",
+            ProxyError::NoCluster(_) => "NC",
         }
     }
 

@@ -171,44 +171,113 @@ impl Identity {
             message: e.to_string(),
         })?;
         let root_certs = read_pem_certs(roots)?;
+        Self::from_parts(expected_id, chain, key_der, &root_certs, failures).map_err(|e| {
+            IdentityError::Invalid(format!("{} / {}: {e}", cert.display(), key.display()))
+        })
+    }
+
+    /// Builds an identity from a chain, its key and the trust bundle held in memory (a
+    /// certificate just issued by the control plane's CA), with the same checks as
+    /// [`Identity::from_files`].
+    pub fn from_parts(
+        expected_id: &SpiffeId,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        roots: &[CertificateDer<'static>],
+        failures: TlsFailureCounter,
+    ) -> Result<Self, IdentityError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let bundle = Self::bundle(&root_certs)?;
-        let signing = provider
-            .key_provider
-            .load_private_key(key_der)
-            .map_err(|e| {
-                IdentityError::Invalid(format!("{}: unusable private key: {e}", key.display()))
-            })?;
-        let certified = CertifiedKey::new(chain, signing);
-        certified.keys_match().map_err(|e| {
-            IdentityError::Invalid(format!(
-                "{} does not match {}: {e}",
-                key.display(),
-                cert.display()
-            ))
-        })?;
         let me = Self {
             id: expected_id.clone(),
-            key: ArcSwap::from_pointee(certified),
-            roots: ArcSwap::from_pointee(bundle),
+            key: ArcSwap::from_pointee(Self::certified_key(&provider, chain, key)?),
+            roots: ArcSwap::from_pointee(Self::bundle(roots)?),
             provider,
             failures,
         };
-        let leaf_id = me
-            .check_chain(&me.key.load().cert, webpki::KeyUsage::client_auth())
+        me.check_own(&me.key.load())?;
+        Ok(me)
+    }
+
+    fn certified_key(
+        provider: &CryptoProvider,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<CertifiedKey, IdentityError> {
+        if chain.is_empty() {
+            return Err(IdentityError::Invalid("empty certificate chain".into()));
+        }
+        let signing = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| IdentityError::Invalid(format!("unusable private key: {e}")))?;
+        let certified = CertifiedKey::new(chain, signing);
+        certified.keys_match().map_err(|e| {
+            IdentityError::Invalid(format!("key does not match the certificate: {e}"))
+        })?;
+        Ok(certified)
+    }
+
+    /// Checks that a key pair of ours verifies against the bundle and carries our ID.
+    fn check_own(&self, key: &CertifiedKey) -> Result<(), IdentityError> {
+        let leaf_id = self
+            .check_chain(&key.cert, webpki::KeyUsage::client_auth())
             .map_err(|e| {
-                IdentityError::Invalid(format!(
-                    "{}: own certificate fails verification: {e}",
-                    cert.display()
-                ))
+                IdentityError::Invalid(format!("own certificate fails verification: {e}"))
             })?;
-        if &leaf_id != expected_id {
+        if leaf_id != self.id {
             return Err(IdentityError::Invalid(format!(
-                "{}: certificate is for {leaf_id}, but identity.spiffe_id is {expected_id}",
-                cert.display()
+                "certificate is for {leaf_id}, but this workload is {}",
+                self.id
             )));
         }
-        Ok(me)
+        Ok(())
+    }
+
+    /// Replaces the key pair with a newly issued one after checking it as at start-up
+    /// (rotation). Connections already open keep the key they were made with.
+    pub fn rotate(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), IdentityError> {
+        let certified = Self::certified_key(&self.provider, chain, key)?;
+        self.check_own(&certified)?;
+        self.key.store(Arc::new(certified));
+        Ok(())
+    }
+
+    /// The current certificate chain, leaf first.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.key.load().cert.clone()
+    }
+
+    /// When the current leaf certificate expires (Unix seconds), if it can be read.
+    pub fn not_after(&self) -> Option<i64> {
+        use x509_parser::prelude::*;
+        let key = self.key.load();
+        let leaf = key.cert.first()?;
+        let (_, cert) = X509Certificate::from_der(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
+    /// When the current leaf certificate became valid (Unix seconds), if it can be read.
+    pub fn not_before(&self) -> Option<i64> {
+        use x509_parser::prelude::*;
+        let key = self.key.load();
+        let leaf = key.cert.first()?;
+        let (_, cert) = X509Certificate::from_der(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_before.timestamp())
+    }
+
+    /// The resolver presenting our current certificate as a TLS client (the control-plane
+    /// connection authenticates with it for renewals and xDS).
+    pub fn client_cert_resolver(self: &Arc<Self>) -> Arc<dyn rustls::client::ResolvesClientCert> {
+        Arc::new(OwnCert(self.clone()))
+    }
+
+    /// The crypto provider every configuration of this identity uses.
+    pub fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
     }
 
     fn bundle(roots: &[CertificateDer<'static>]) -> Result<TrustBundle, IdentityError> {
@@ -228,9 +297,9 @@ impl Identity {
         &self.id
     }
 
-    /// Replaces the key pair (certificate rotation); open connections keep theirs.
-    pub fn set_certified_key(&self, key: CertifiedKey) {
-        self.key.store(Arc::new(key));
+    /// Checks that `roots` can serve as a trust bundle, without installing it.
+    pub fn check_roots(&self, roots: &[CertificateDer<'static>]) -> Result<(), IdentityError> {
+        Self::bundle(roots).map(|_| ())
     }
 
     /// Replaces the trust bundle (root rotation).

@@ -24,7 +24,7 @@ use crate::http::errors::ProxyError;
 use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_PROTO};
 use crate::http::uri::{forward_uri, request_authority};
 use crate::server::conn::ConnState;
-use crate::snapshot::{Cluster, Endpoint, PeerWorkload, RouteMiss};
+use crate::snapshot::{Cluster, Endpoint, PeerWorkload};
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, TrackedBody};
 use crate::telemetry::labels::source_report;
@@ -66,28 +66,29 @@ pub async fn handle(
 
     let routed = match request_authority(&req) {
         None => Err(ProxyError::NoHost),
-        Some(authority) => snap.route(authority).map_err(|miss| match miss {
-            RouteMiss::UnknownHost | RouteMiss::UnknownPort => {
-                ProxyError::NoRoute(authority.to_string())
-            }
-        }),
+        Some(authority) => snap
+            .route(authority)
+            .and_then(|hp| hp.select(crate::route::Head::of(&req), authority))
+            .map_err(|miss| ProxyError::from_miss(miss, authority)),
     };
     let (cluster, result) = match routed {
         Err(e) => (None, Err(e)),
-        Ok(cluster) => {
-            let endpoint = cluster.pick().clone();
-            if let Some(l) = log.as_deref_mut() {
-                l.upstream_host = Some(endpoint.addr_label.to_string());
-                l.upstream_cluster = Some(format!(
-                    "outbound|{}||{}",
-                    cluster.port, cluster.labels.fqdn
-                ));
+        Ok(cluster) => match cluster.pick().cloned() {
+            None => (
+                Some(cluster.clone()),
+                Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
+            ),
+            Some(endpoint) => {
+                if let Some(l) = log.as_deref_mut() {
+                    l.upstream_host = Some(endpoint.addr_label.to_string());
+                    l.upstream_cluster = Some(cluster.name.to_string());
+                }
+                let r = forward(ctx, cluster, &endpoint, req)
+                    .await
+                    .map(|resp| (resp, endpoint));
+                (Some(cluster.clone()), r)
             }
-            let r = forward(ctx, cluster, &endpoint, req)
-                .await
-                .map(|resp| (resp, endpoint));
-            (Some(cluster.clone()), r)
-        }
+        },
     };
 
     let protocol = cluster

@@ -25,10 +25,17 @@ pub async fn serve_listener(ctx: Arc<ProxyContext>, listener: TcpListener, clust
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     let ctx = ctx.clone();
-                    let cluster = cluster.clone();
+                    // The current snapshot's cluster, so pushed endpoints apply to new
+                    // connections; the start-up one if the service was removed since.
+                    let current = ctx
+                        .snapshot
+                        .load()
+                        .cluster(&cluster.labels.fqdn, cluster.port)
+                        .cloned()
+                        .unwrap_or_else(|| cluster.clone());
                     tokio::spawn(async move {
                         let _guard = ctx.drain.track();
-                        relay(&ctx, &cluster, stream).await;
+                        relay(&ctx, &current, stream).await;
                     });
                 }
                 Err(e) => {
@@ -84,7 +91,10 @@ async fn open_tunnel(
     ctx: &ProxyContext,
     cluster: &Cluster,
 ) -> Result<hyper::upgrade::Upgraded, ProxyError> {
-    let endpoint = cluster.pick().clone();
+    let endpoint = cluster
+        .pick()
+        .cloned()
+        .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.to_string()))?;
     let mut req = Request::new(ProxyBody::Empty);
     *req.method_mut() = Method::CONNECT;
     *req.uri_mut() = http::Uri::from_parts({

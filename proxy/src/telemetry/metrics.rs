@@ -152,6 +152,79 @@ pub struct Metrics {
     /// `meshlite_draining`: 1 while the proxy drains before exiting.
     pub draining: Gauge,
     closed_by_reason: Family<ReasonLabels, Counter>,
+    /// Control-plane connection and config state.
+    pub control: ControlMetrics,
+}
+
+/// `meshlite_xds_*` and `meshlite_cert_*`: how this proxy stands with its control plane.
+#[derive(Debug, Default, Clone)]
+pub struct ControlMetrics {
+    /// `meshlite_xds_connected`: 1 while the xDS stream is up.
+    pub connected: Gauge,
+    /// `meshlite_xds_updates_total{type_url,result}`: pushes accepted (ack) or refused (nack).
+    pub updates: Family<UpdateLabels, Counter>,
+    /// `meshlite_config_version`: the snapshot version serving now.
+    pub config_version: Gauge,
+    /// `meshlite_serving_persisted_config`: 1 while serving config restored from the state
+    /// directory, not yet confirmed by a control plane.
+    pub persisted: Gauge,
+    /// `meshlite_cert_expiry_timestamp_seconds`: when the current certificate expires.
+    pub cert_expiry: Gauge,
+    /// `meshlite_cert_rotations_total{result}`.
+    pub rotations: Family<ResultLabels, Counter>,
+}
+
+/// Labels of `meshlite_xds_updates_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateLabels {
+    /// Resource type URL.
+    pub type_url: String,
+    /// `ack` or `nack`.
+    pub result: &'static str,
+}
+
+/// A `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+impl ControlMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "meshlite_xds_connected",
+            "1 while the xDS stream to the control plane is up",
+            m.connected.clone(),
+        );
+        registry.register(
+            "meshlite_xds_updates",
+            "Config pushes accepted (ack) or refused (nack), by type",
+            m.updates.clone(),
+        );
+        registry.register(
+            "meshlite_config_version",
+            "Version of the configuration snapshot serving now",
+            m.config_version.clone(),
+        );
+        registry.register(
+            "meshlite_serving_persisted_config",
+            "1 while serving config restored from the state directory",
+            m.persisted.clone(),
+        );
+        registry.register(
+            "meshlite_cert_expiry_timestamp_seconds",
+            "When the workload certificate expires (Unix time)",
+            m.cert_expiry.clone(),
+        );
+        registry.register(
+            "meshlite_cert_rotations",
+            "Certificate renewals, by result",
+            m.rotations.clone(),
+        );
+        m
+    }
 }
 
 impl Default for Metrics {
@@ -237,7 +310,9 @@ impl Metrics {
             "Downstream connections the proxy closed, by reason (idle, header_timeout, drain)",
             closed_by_reason.clone(),
         );
+        let control = ControlMetrics::register(&mut registry);
         Self {
+            control,
             registry,
             requests,
             duration,

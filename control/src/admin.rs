@@ -1,0 +1,142 @@
+//! The monitoring port (15014): Prometheus metrics at `/metrics`, the proxy and config status
+//! as JSON at `/debug/status` (what `meshlite-control status` prints), readiness at `/ready`.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+use crate::plane::{ConfigStatus, ControlPlane, ProxyStatus};
+
+/// The body of `/debug/status`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Status {
+    /// Trust domain.
+    pub trust_domain: String,
+    /// Generation pushed last.
+    pub generation: u64,
+    /// Services known.
+    pub services: usize,
+    /// Connected proxies.
+    pub proxies: Vec<ProxyRow>,
+    /// The config directory.
+    pub config: ConfigRow,
+}
+
+/// One proxy row.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ProxyRow {
+    /// Node id.
+    pub id: String,
+    /// SPIFFE ID.
+    pub identity: String,
+    /// Inbound address.
+    pub address: String,
+    /// Generation sent.
+    pub sent: u64,
+    /// Generation ACKed.
+    pub acked: u64,
+    /// Last NACK.
+    pub last_nack: Option<String>,
+    /// Certificate expiry.
+    pub cert_expiry: Option<String>,
+    /// Seconds connected.
+    pub connected_s: u64,
+}
+
+/// The config part.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ConfigRow {
+    /// Resources serving.
+    pub resources: usize,
+    /// Problems of the last load.
+    pub problems: Vec<String>,
+    /// Whether the last edit was refused.
+    pub last_refused: bool,
+}
+
+fn row(p: &ProxyStatus) -> ProxyRow {
+    ProxyRow {
+        id: p.id.clone(),
+        identity: p.identity.clone(),
+        address: p.address.clone(),
+        sent: p.sent,
+        acked: p.acked,
+        last_nack: p.last_nack.clone(),
+        cert_expiry: p.cert_expiry.clone(),
+        connected_s: p.connected_at.map_or(0, |t| t.elapsed().as_secs()),
+    }
+}
+
+/// The current status.
+pub fn status(plane: &ControlPlane) -> Status {
+    let g = plane.generation.borrow().clone();
+    let ConfigStatus {
+        resources,
+        problems,
+        last_refused,
+    } = plane.config_status().clone();
+    Status {
+        trust_domain: plane.ca.trust_domain().to_string(),
+        generation: g.number,
+        services: g.resources.service_count(),
+        proxies: plane.proxies().values().map(row).collect(),
+        config: ConfigRow {
+            resources,
+            problems,
+            last_refused,
+        },
+    }
+}
+
+fn respond(plane: &ControlPlane, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics" | "/stats/prometheus") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            plane.metrics.encode(),
+        ),
+        (&Method::GET, "/debug/status") => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&status(plane))
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+        ),
+        (&Method::GET, "/ready") => (StatusCode::OK, "text/plain", "ready\n".into()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    r
+}
+
+/// Serves the monitoring port until the process exits.
+pub async fn serve(plane: Arc<ControlPlane>, listener: TcpListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("monitoring accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let plane = plane.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let plane = plane.clone();
+                async move { Ok::<_, Infallible>(respond(&plane, &req)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

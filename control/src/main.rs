@@ -1,0 +1,322 @@
+//! `meshlite-control`: the control plane binary.
+//!
+//! `serve` runs it; `validate DIR` checks a config directory like `istioctl analyze`;
+//! `status` lists connected proxies like `istioctl proxy-status`; `token create` makes a
+//! bootstrap token; `cert revoke` revokes a workload certificate.
+#![forbid(unsafe_code)]
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use meshlite_control::ca::{Revocations, TokenSigner};
+use meshlite_control::serve::{ServeOptions, start};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// meshlite's control plane.
+#[derive(Parser, Debug)]
+#[command(name = "meshlite-control", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter, e.g. `info`, `meshlite_control=debug`.
+    #[arg(long, env = "MESHLITE_LOG", default_value = "info", global = true)]
+    log_level: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serves xDS and the CA.
+    Serve {
+        /// Directory of Istio YAML (watched).
+        #[arg(long)]
+        config_dir: PathBuf,
+        /// State directory: CA root and key, token key, revocations (kept 0600).
+        #[arg(long, default_value = "/var/lib/meshlite-control")]
+        state_dir: PathBuf,
+        /// Operator CA in Istio's cacerts layout (ca-cert.pem, ca-key.pem, root-cert.pem,
+        /// cert-chain.pem) instead of a self-made root.
+        #[arg(long)]
+        cacerts: Option<PathBuf>,
+        /// Trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// xDS + CA listener (TLS).
+        #[arg(long, default_value = "0.0.0.0:15012")]
+        xds_addr: SocketAddr,
+        /// Monitoring listener.
+        #[arg(long, default_value = "0.0.0.0:15014")]
+        monitoring_addr: SocketAddr,
+        /// Debounce window for pushes, e.g. `100ms`.
+        #[arg(long, default_value = "100ms", value_parser = duration)]
+        debounce: Duration,
+        /// Default workload certificate lifetime.
+        #[arg(long, default_value = "24h", value_parser = duration)]
+        cert_ttl: Duration,
+        /// How long a disconnected workload stays an endpoint.
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        grace: Duration,
+        /// Extra DNS names for the serving certificate.
+        #[arg(long = "dns-name")]
+        dns_names: Vec<String>,
+    },
+    /// Checks a config directory; exits 1 if any problem is an error.
+    Validate {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// Lists connected proxies: identity, versions sent and ACKed, last NACK, cert expiry.
+    Status {
+        /// Monitoring address of the control plane.
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        addr: SocketAddr,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bootstrap tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Workload certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Prints a token that lets one workload identity get its first certificate.
+    Create {
+        /// State directory of the control plane (holds the token key).
+        #[arg(long, default_value = "/var/lib/meshlite-control")]
+        state_dir: PathBuf,
+        /// Trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Service account.
+        #[arg(long)]
+        service_account: String,
+        /// Lifetime.
+        #[arg(long, default_value = "1h", value_parser = duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Revokes a certificate by serial, or every certificate of an identity issued until now.
+    Revoke {
+        /// State directory of the control plane.
+        #[arg(long, default_value = "/var/lib/meshlite-control")]
+        state_dir: PathBuf,
+        /// Serial number (hex).
+        #[arg(long, conflicts_with = "identity")]
+        serial: Option<String>,
+        /// SPIFFE ID.
+        #[arg(long)]
+        identity: Option<String>,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    meshlite_proxy::config::duration_str::parse(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshlite-control: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve {
+            config_dir,
+            state_dir,
+            cacerts,
+            trust_domain,
+            xds_addr,
+            monitoring_addr,
+            debounce,
+            cert_ttl,
+            grace,
+            dns_names,
+        } => {
+            let opts = ServeOptions {
+                config_dir,
+                state_dir,
+                cacerts,
+                trust_domain,
+                xds_addr,
+                monitoring_addr,
+                debounce,
+                cert_ttl,
+                grace,
+                dns_names,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(async move {
+                let (_plane, bound) = match start(opts).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("meshlite-control: {e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                };
+                let mut line = serde_json::to_value(&bound)?;
+                line["msg"] = serde_json::Value::from("meshlite-control listening");
+                println!("{line}");
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                tracing::info!("exiting");
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Validate { dir } => {
+            let report = meshlite_control::validate::check_dir(&dir);
+            for p in &report.problems {
+                println!("{p}");
+            }
+            let errors = report.errors().count();
+            let warnings = report.warnings().count();
+            if report.has_errors() {
+                println!(
+                    "{}: {errors} error(s), {warnings} warning(s)",
+                    dir.display()
+                );
+                Ok(ExitCode::from(1))
+            } else {
+                let n = report.set.as_ref().map_or(0, |s| s.len());
+                println!(
+                    "{}: valid ({n} resources, {warnings} warning(s))",
+                    dir.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        Command::Status { addr, json } => status(addr, json),
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    state_dir,
+                    trust_domain,
+                    namespace,
+                    service_account,
+                    ttl,
+                },
+        } => {
+            let signer = TokenSigner::load_or_create(&state_dir)?;
+            let token = signer.create(
+                &trust_domain,
+                &namespace,
+                &service_account,
+                ttl,
+                time::OffsetDateTime::now_utc(),
+            )?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cert {
+            command:
+                CertCommand::Revoke {
+                    state_dir,
+                    serial,
+                    identity,
+                },
+        } => {
+            let mut list = Revocations::load(&state_dir)?;
+            match (serial, identity) {
+                (Some(s), _) => list.revoke_serial(&s)?,
+                (None, Some(id)) => {
+                    let id = meshlite_proxy::identity::spiffe::SpiffeId::parse(&id)?;
+                    list.revoke_identity(&id, time::OffsetDateTime::now_utc());
+                }
+                (None, None) => anyhow::bail!("give --serial or --identity"),
+            }
+            list.save()?;
+            println!("revoked; renewals with it are refused from now on");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn status(addr: SocketAddr, json: bool) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .with_context(|| format!("cannot reach the control plane at {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /debug/status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .context("malformed response")?;
+    if json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let st: meshlite_control::admin::Status =
+        serde_json::from_str(body).context("unexpected status body")?;
+    println!(
+        "trust domain {}  generation {}  services {}  config: {} resources{}",
+        st.trust_domain,
+        st.generation,
+        st.services,
+        st.config.resources,
+        if st.config.last_refused {
+            " (last edit REFUSED, serving the previous config)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{:<32} {:<48} {:>6} {:>6}  {:<25} LAST NACK",
+        "PROXY", "IDENTITY", "SENT", "ACKED", "CERT EXPIRY"
+    );
+    for p in &st.proxies {
+        println!(
+            "{:<32} {:<48} {:>6} {:>6}  {:<25} {}",
+            p.id,
+            p.identity,
+            p.sent,
+            p.acked,
+            p.cert_expiry.as_deref().unwrap_or("-"),
+            p.last_nack.as_deref().unwrap_or("-")
+        );
+    }
+    for p in &st.config.problems {
+        println!("config: {p}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

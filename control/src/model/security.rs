@@ -1,0 +1,179 @@
+//! PeerAuthentication and AuthorizationPolicy (`security.istio.io`): inbound mTLS and access.
+//!
+//! Mirror `istio.security.v1beta1.PeerAuthentication` and `AuthorizationPolicy`.
+//! Semantics (scope resolution, CUSTOM → DENY → ALLOW evaluation, string matching):
+//! SEMANTICS.md sections 3 and 4.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::WorkloadSelector;
+
+/// PeerAuthentication spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PeerAuthentication {
+    /// Workloads the policy applies to; absent = the whole namespace (or mesh in the root ns).
+    pub selector: Option<WorkloadSelector>,
+    /// Mode for all ports.
+    pub mtls: Option<PeerMtls>,
+    /// Per workload port (container port, not Service port); needs a selector.
+    pub port_level_mtls: BTreeMap<u32, PeerMtls>,
+}
+
+/// mTLS setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PeerMtls {
+    /// Mode; UNSET inherits from the parent scope.
+    pub mode: MtlsMode,
+}
+
+/// Inbound mTLS modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Inherit; PERMISSIVE when nothing is set anywhere.
+    #[default]
+    Unset,
+    /// Plaintext only.
+    Disable,
+    /// mTLS and plaintext on the same port.
+    Permissive,
+    /// mTLS only.
+    Strict,
+}
+
+/// AuthorizationPolicy spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AuthorizationPolicy {
+    /// Workloads the policy applies to; absent = whole namespace.
+    pub selector: Option<WorkloadSelector>,
+    /// What a match does.
+    pub action: AuthzAction,
+    /// External authorizer, for CUSTOM.
+    pub provider: Option<ExtensionProvider>,
+    /// Rules, ORed. No rules: matches nothing.
+    pub rules: Vec<Rule>,
+}
+
+/// Policy action.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthzAction {
+    /// Allow matching requests (deny the rest once any ALLOW policy applies).
+    #[default]
+    Allow,
+    /// Deny matching requests.
+    Deny,
+    /// Mark for audit logging only.
+    Audit,
+    /// Delegate to an external authorizer.
+    Custom,
+}
+
+/// External authorizer reference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtensionProvider {
+    /// Provider name from MeshConfig.
+    pub name: String,
+}
+
+/// A rule: any `from`, any `to`, all `when`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Rule {
+    /// Sources, ORed; empty = any.
+    pub from: Vec<RuleFrom>,
+    /// Operations, ORed; empty = any.
+    pub to: Vec<RuleTo>,
+    /// Conditions, ANDed.
+    pub when: Vec<Condition>,
+}
+
+/// Wrapper of a `source` as in Istio's YAML.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RuleFrom {
+    /// Source conditions.
+    pub source: Source,
+}
+
+/// Wrapper of an `operation` as in Istio's YAML.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RuleTo {
+    /// Operation conditions.
+    pub operation: Operation,
+}
+
+/// Who is calling. Fields ANDed, values in a field ORed, `not*` = none of.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Source {
+    /// Peer identities `td/ns/<ns>/sa/<sa>`.
+    pub principals: Vec<String>,
+    /// Excluded peer identities.
+    pub not_principals: Vec<String>,
+    /// JWT `iss/sub`.
+    pub request_principals: Vec<String>,
+    /// Excluded JWT principals.
+    pub not_request_principals: Vec<String>,
+    /// Peer namespaces (needs mTLS).
+    pub namespaces: Vec<String>,
+    /// Excluded namespaces.
+    pub not_namespaces: Vec<String>,
+    /// Peer IPs/CIDRs.
+    pub ip_blocks: Vec<String>,
+    /// Excluded peer IPs.
+    pub not_ip_blocks: Vec<String>,
+    /// Original client IPs (XFF).
+    pub remote_ip_blocks: Vec<String>,
+    /// Excluded original client IPs.
+    pub not_remote_ip_blocks: Vec<String>,
+    /// `ns/sa` or `sa`; exclusive with principals/namespaces.
+    pub service_accounts: Vec<String>,
+    /// Excluded service accounts.
+    pub not_service_accounts: Vec<String>,
+    /// Peer trust domains.
+    pub trust_domains: Vec<String>,
+    /// Excluded trust domains.
+    pub not_trust_domains: Vec<String>,
+}
+
+/// What is being called. Fields ANDed, values in a field ORed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Operation {
+    /// `:authority` (case-insensitive).
+    pub hosts: Vec<String>,
+    /// Excluded hosts.
+    pub not_hosts: Vec<String>,
+    /// Destination workload ports.
+    pub ports: Vec<String>,
+    /// Excluded ports.
+    pub not_ports: Vec<String>,
+    /// `:method`.
+    pub methods: Vec<String>,
+    /// Excluded methods.
+    pub not_methods: Vec<String>,
+    /// Normalised paths.
+    pub paths: Vec<String>,
+    /// Excluded paths.
+    pub not_paths: Vec<String>,
+}
+
+/// An attribute condition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Condition {
+    /// Attribute name (SEMANTICS 4.2 lists the accepted keys).
+    pub key: String,
+    /// Any of these.
+    pub values: Vec<String>,
+    /// None of these.
+    pub not_values: Vec<String>,
+}

@@ -1,0 +1,214 @@
+//! The control plane's shared state: the last good config, the registry, the translated
+//! resources, the generation counter that wakes every stream, and each proxy's status.
+//!
+//! Changes (a config edit, a workload arriving or leaving) are debounced: the first change
+//! starts a window (default 100 ms) in which more changes fold in; then the mesh is
+//! translated once and the generation bumped. Each stream computes its own proxy's view from
+//! that and sends only what differs from what the proxy holds.
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::ca::{CertificateAuthority, TokenSigner};
+use crate::metrics::ControlMetrics;
+use crate::model::ConfigSet;
+use crate::registry::Registry;
+use crate::translate::MeshResources;
+
+/// Default debounce window (Istio's PILOT_DEBOUNCE_AFTER is 100 ms).
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// One published state of the mesh.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Increments on every publication.
+    pub number: u64,
+    /// When the first change folded into it was seen.
+    pub change_seen: Instant,
+    /// The translated resources.
+    pub resources: Arc<MeshResources>,
+}
+
+/// What `status` shows of one proxy.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProxyStatus {
+    /// xDS node id.
+    pub id: String,
+    /// SPIFFE ID it authenticated with.
+    pub identity: String,
+    /// Inbound address.
+    pub address: String,
+    /// Generation last sent.
+    pub sent: u64,
+    /// Generation fully ACKed.
+    pub acked: u64,
+    /// Last NACK: type and reason.
+    pub last_nack: Option<String>,
+    /// Certificate expiry of the stream's client certificate (RFC 3339).
+    pub cert_expiry: Option<String>,
+    /// Seconds since the stream opened.
+    #[serde(skip)]
+    pub connected_at: Option<Instant>,
+}
+
+/// The config directory's state, as `status` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConfigStatus {
+    /// Resources in the config serving now.
+    pub resources: usize,
+    /// Problems (errors and warnings) found in the last load, one line each.
+    pub problems: Vec<String>,
+    /// Whether the last edit was refused (the previous good config is served).
+    pub last_refused: bool,
+}
+
+/// Shared state of a running control plane.
+pub struct ControlPlane {
+    /// The CA.
+    pub ca: CertificateAuthority,
+    /// Bootstrap token verification.
+    pub tokens: TokenSigner,
+    /// Registered workloads.
+    pub registry: Registry,
+    /// The last good config.
+    pub config: ArcSwap<ConfigSet>,
+    /// The config directory's state.
+    pub config_status: Mutex<ConfigStatus>,
+    /// Current generation; streams watch it.
+    pub generation: watch::Sender<Generation>,
+    /// Something changed: the debouncer wakes.
+    pub changed: Notify,
+    /// Per-stream status, by stream id.
+    pub proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
+    /// Metrics.
+    pub metrics: ControlMetrics,
+    /// Debounce window.
+    pub debounce: Duration,
+    /// Default workload certificate lifetime.
+    pub cert_ttl: Duration,
+    stream_ids: std::sync::atomic::AtomicU64,
+}
+
+impl ControlPlane {
+    /// A control plane with an initial config.
+    pub fn new(
+        ca: CertificateAuthority,
+        tokens: TokenSigner,
+        config: ConfigSet,
+        registry: Registry,
+        debounce: Duration,
+        cert_ttl: Duration,
+    ) -> Arc<Self> {
+        let config = Arc::new(config);
+        let resources = Arc::new(MeshResources::build(
+            config.clone(),
+            &[],
+            &ca.roots_pem(),
+            ca.trust_domain(),
+        ));
+        let (generation, _) = watch::channel(Generation {
+            number: 1,
+            change_seen: Instant::now(),
+            resources,
+        });
+        Arc::new(Self {
+            ca,
+            tokens,
+            registry,
+            config: ArcSwap::new(config),
+            config_status: Mutex::new(ConfigStatus::default()),
+            generation,
+            changed: Notify::new(),
+            proxies: Mutex::new(BTreeMap::new()),
+            metrics: ControlMetrics::new(),
+            debounce,
+            cert_ttl,
+            stream_ids: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    /// A new stream id.
+    pub fn next_stream_id(&self) -> u64 {
+        self.stream_ids
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Locks the proxy table (a poisoned lock is still consistent: each update is one write).
+    pub fn proxies(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ProxyStatus>> {
+        self.proxies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the config status.
+    pub fn config_status(&self) -> std::sync::MutexGuard<'_, ConfigStatus> {
+        self.config_status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Translates the mesh now and publishes a new generation.
+    pub fn publish(&self, change_seen: Instant) {
+        let resources = Arc::new(MeshResources::build(
+            self.config.load_full(),
+            &self.registry.workloads(),
+            &self.ca.roots_pem(),
+            self.ca.trust_domain(),
+        ));
+        self.generation.send_modify(|g| {
+            g.number += 1;
+            g.change_seen = change_seen;
+            g.resources = resources;
+        });
+        let n = self.generation.borrow().number;
+        self.metrics
+            .generation
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+        tracing::debug!(generation = n, "published");
+    }
+
+    /// Debounces changes into publications, and removes workloads whose grace period is
+    /// over. Runs until the process exits.
+    pub async fn run_debouncer(self: Arc<Self>) {
+        let sweep_every = (self.registry.grace() / 4).max(Duration::from_millis(100));
+        let mut sweep = tokio::time::interval(sweep_every);
+        loop {
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = sweep.tick() => {
+                    if !self.registry.sweep() {
+                        continue;
+                    }
+                }
+            }
+            let seen = Instant::now();
+            tokio::time::sleep(self.debounce).await;
+            self.registry.sweep();
+            self.publish(seen);
+        }
+    }
+
+    /// Records that stream `id` ACKed everything of generation `n`, and observes convergence
+    /// once every connected proxy has.
+    pub fn acked(&self, id: u64, n: u64) {
+        let all = {
+            let mut proxies = self.proxies();
+            let before = match proxies.get_mut(&id) {
+                Some(p) => {
+                    let before = p.acked;
+                    p.acked = p.acked.max(n);
+                    before
+                }
+                None => return,
+            };
+            before < n && proxies.values().all(|p| p.acked >= n)
+        };
+        let g = self.generation.borrow().clone();
+        if all && g.number == n {
+            self.metrics
+                .convergence
+                .observe(g.change_seen.elapsed().as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The endpoint registry: workloads announced by their sidecars when they connect.
+//!
+//! A sidecar's xDS node carries its workload (name, namespace, service account, labels,
+//! inbound address, ports, locality). While its stream is up it is an endpoint of the service
+//! named by its `app` label (or its workload name). A sidecar that disconnects stays for a
+//! grace period (a control-plane restart or a network blip must not empty the mesh); one
+//! that comes back within it simply continues.
+
+use meshlite_xds_proto::discovery::Node;
+use prost_types::value::Kind;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use meshlite_proxy::identity::spiffe::SpiffeId;
+
+/// How long a disconnected workload stays registered (default).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// A served port and its protocol (`http`, `http2`, `grpc`, `tcp`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadPort {
+    /// Port number.
+    pub port: u16,
+    /// Protocol name.
+    pub protocol: String,
+}
+
+/// One workload instance, as its sidecar announced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// Registry key: `<node id>@<inbound address>`.
+    pub key: String,
+    /// Workload name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// SPIFFE ID (from the trust domain, namespace and service account).
+    pub identity: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Inbound address other sidecars reach.
+    pub address: SocketAddr,
+    /// Served ports.
+    pub ports: Vec<WorkloadPort>,
+    /// region/zone/subzone.
+    pub locality: [String; 3],
+}
+
+/// Why a node's announcement was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    /// A required metadata key is missing or not a string.
+    #[error("node metadata `{0}` is missing or not a string")]
+    Missing(&'static str),
+    /// A value is malformed.
+    #[error("node metadata `{key}`: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+fn str_field<'a>(node: &'a Node, key: &'static str) -> Result<&'a str, AnnounceError> {
+    node.metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(key))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        })
+        .ok_or(AnnounceError::Missing(key))
+}
+
+impl Workload {
+    /// Reads a node's announcement. The namespace and service account must be the ones the
+    /// caller's certificate proves (`peer`): a sidecar cannot register as someone else.
+    pub fn from_node(node: &Node, peer: &SpiffeId) -> Result<Self, AnnounceError> {
+        let name = str_field(node, "NAME")?.to_string();
+        let namespace = str_field(node, "NAMESPACE")?.to_string();
+        let service_account = str_field(node, "SERVICE_ACCOUNT")?.to_string();
+        match peer.namespace_and_account() {
+            Some((ns, sa)) if ns == namespace && sa == service_account => {}
+            _ => {
+                return Err(AnnounceError::Invalid {
+                    key: "NAMESPACE",
+                    message: format!(
+                        "announces {namespace}/{service_account} but the certificate is {peer}"
+                    ),
+                });
+            }
+        }
+        let address: SocketAddr =
+            str_field(node, "INBOUND_ADDRESS")?
+                .parse()
+                .map_err(|_| AnnounceError::Invalid {
+                    key: "INBOUND_ADDRESS",
+                    message: "not ip:port".into(),
+                })?;
+        let fields = node.metadata.as_ref().map(|m| &m.fields);
+        let labels = fields
+            .and_then(|f| f.get("LABELS"))
+            .and_then(|v| match &v.kind {
+                Some(Kind::StructValue(s)) => Some(
+                    s.fields
+                        .iter()
+                        .filter_map(|(k, v)| match &v.kind {
+                            Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let mut ports = Vec::new();
+        if let Some(Some(Kind::ListValue(list))) =
+            fields.and_then(|f| f.get("PORTS")).map(|v| &v.kind)
+        {
+            for v in &list.values {
+                let Some(Kind::StringValue(s)) = &v.kind else {
+                    continue;
+                };
+                let (p, proto) = s.split_once('/').unwrap_or((s, "http"));
+                let port = p.parse::<u16>().map_err(|_| AnnounceError::Invalid {
+                    key: "PORTS",
+                    message: format!("`{s}` is not port/protocol"),
+                })?;
+                ports.push(WorkloadPort {
+                    port,
+                    protocol: proto.to_ascii_lowercase(),
+                });
+            }
+        }
+        let loc = node.locality.clone().unwrap_or_default();
+        Ok(Self {
+            key: format!("{}@{address}", node.id),
+            name,
+            namespace,
+            service_account,
+            identity: peer.as_str().to_string(),
+            labels,
+            address,
+            ports,
+            locality: [loc.region, loc.zone, loc.sub_zone],
+        })
+    }
+
+    /// The service this workload is an endpoint of: its `app` label, else its name.
+    pub fn service_name(&self) -> &str {
+        self.labels.get("app").map_or(&self.name, |s| s.as_str())
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    workload: Workload,
+    streams: usize,
+    gone_since: Option<Instant>,
+}
+
+/// The registered workloads.
+#[derive(Debug)]
+pub struct Registry {
+    grace: Duration,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl Registry {
+    /// An empty registry whose disconnected workloads leave after `grace`.
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock cannot leave the map half-updated (each operation
+        // is a single insert or field write), so a poisoned lock is still usable.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A stream for `w` opened; returns whether the endpoint set changed.
+    pub fn connect(&self, w: Workload) -> bool {
+        let mut entries = self.lock();
+        match entries.get_mut(&w.key) {
+            Some(e) => {
+                e.streams += 1;
+                e.gone_since = None;
+                let changed = e.workload != w;
+                e.workload = w;
+                changed
+            }
+            None => {
+                entries.insert(
+                    w.key.clone(),
+                    Entry {
+                        workload: w,
+                        streams: 1,
+                        gone_since: None,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// A stream for `key` closed; the workload stays until the grace period passes.
+    pub fn disconnect(&self, key: &str) {
+        if let Some(e) = self.lock().get_mut(key) {
+            e.streams = e.streams.saturating_sub(1);
+            if e.streams == 0 {
+                e.gone_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Removes workloads gone longer than the grace period; returns whether any was removed.
+    pub fn sweep(&self) -> bool {
+        let grace = self.grace;
+        let mut entries = self.lock();
+        let before = entries.len();
+        entries.retain(|_, e| e.gone_since.is_none_or(|t| t.elapsed() < grace));
+        entries.len() != before
+    }
+
+    /// Every registered workload, sorted by key (stable output for translation).
+    pub fn workloads(&self) -> Vec<Workload> {
+        let mut all: Vec<Workload> = self.lock().values().map(|e| e.workload.clone()).collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+
+    /// The grace period.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(key: &str) -> Workload {
+        Workload {
+            key: key.into(),
+            name: "reviews-v1".into(),
+            namespace: "default".into(),
+            service_account: "reviews".into(),
+            identity: "spiffe://cluster.local/ns/default/sa/reviews".into(),
+            labels: BTreeMap::new(),
+            address: "127.0.0.1:1".parse().unwrap(),
+            ports: vec![],
+            locality: Default::default(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disconnected_workload_leaves_after_the_grace_period_unless_it_returns() {
+        let r = Registry::new(Duration::from_secs(30));
+        assert!(r.connect(workload("a")));
+        assert!(!r.connect(workload("a")), "same announcement: no change");
+        r.disconnect("a");
+        r.disconnect("a");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!r.sweep());
+        // Back within the grace period: still there, no change.
+        assert!(!r.connect(workload("a")));
+        r.disconnect("a");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(r.sweep());
+        assert!(r.workloads().is_empty());
+    }
+}

@@ -1,0 +1,246 @@
+//! `meshlite-control serve`: loads and watches the config directory, runs the CA, the xDS
+//! server and the monitoring port.
+//!
+//! A config edit is validated whole: if anything in it is an error, it is refused (logged,
+//! counted, visible in `status`) and the last good config keeps being served, so proxies
+//! never receive config that failed validation.
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+use crate::ca::{CertificateAuthority, TokenSigner};
+use crate::metrics::ResultLabel;
+use crate::plane::ControlPlane;
+use crate::registry::Registry;
+use crate::validate;
+use meshlite_proxy::identity::spiffe::SpiffeId;
+
+/// How long the control plane's own serving certificate is valid.
+const SERVING_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// What `serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The config directory.
+    pub config_dir: PathBuf,
+    /// Where the CA root, token key and revocations live.
+    pub state_dir: PathBuf,
+    /// An operator CA in Istio's `cacerts` layout, instead of a self-made root.
+    pub cacerts: Option<PathBuf>,
+    /// Trust domain.
+    pub trust_domain: String,
+    /// xDS + CA (TLS).
+    pub xds_addr: SocketAddr,
+    /// Monitoring.
+    pub monitoring_addr: SocketAddr,
+    /// Debounce window.
+    pub debounce: Duration,
+    /// Default workload certificate lifetime.
+    pub cert_ttl: Duration,
+    /// Grace period of disconnected workloads.
+    pub grace: Duration,
+    /// Extra DNS names for the serving certificate.
+    pub dns_names: Vec<String>,
+}
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The CA could not be loaded or created.
+    #[error("CA: {0}")]
+    Ca(#[from] crate::ca::CaError),
+    /// The token key could not be loaded or created.
+    #[error("token key: {0}")]
+    Token(#[from] crate::ca::TokenError),
+    /// The config directory is invalid at start-up.
+    #[error("config directory {dir} is invalid:\n{problems}")]
+    Config {
+        /// The directory.
+        dir: PathBuf,
+        /// One problem per line.
+        problems: String,
+    },
+    /// A listener or the watcher failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The running control plane's bound addresses.
+#[derive(Debug, serde::Serialize)]
+pub struct Bound {
+    /// xDS + CA.
+    pub xds: SocketAddr,
+    /// Monitoring.
+    pub monitoring: SocketAddr,
+}
+
+/// Starts everything; returns once listening.
+pub async fn start(opts: ServeOptions) -> Result<(Arc<ControlPlane>, Bound), ServeError> {
+    let ca = match &opts.cacerts {
+        Some(dir) => CertificateAuthority::from_cacerts(dir, &opts.trust_domain)?
+            .with_revocations_in(&opts.state_dir)?,
+        None => CertificateAuthority::load_or_create(&opts.state_dir, &opts.trust_domain)?
+            .with_revocations_in(&opts.state_dir)?,
+    };
+    let tokens = TokenSigner::load_or_create(&opts.state_dir)?;
+    let report = validate::check_dir(&opts.config_dir);
+    for p in &report.problems {
+        tracing::warn!("{p}");
+    }
+    let Some(config) = report.set.clone() else {
+        return Err(ServeError::Config {
+            dir: opts.config_dir.clone(),
+            problems: report
+                .errors()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        });
+    };
+    let resources = config.len();
+    let plane = ControlPlane::new(
+        ca,
+        tokens,
+        config,
+        Registry::new(opts.grace),
+        opts.debounce,
+        opts.cert_ttl,
+    );
+    {
+        let mut st = plane.config_status();
+        st.resources = resources;
+        st.problems = report.problems.iter().map(|p| p.to_string()).collect();
+    }
+
+    let tls = serving_tls(&plane, &opts)?;
+    let xds = tokio::net::TcpListener::bind(opts.xds_addr)
+        .await
+        .map_err(|e| ServeError::Io(format!("cannot listen on {}: {e}", opts.xds_addr)))?;
+    let monitoring = tokio::net::TcpListener::bind(opts.monitoring_addr)
+        .await
+        .map_err(|e| ServeError::Io(format!("cannot listen on {}: {e}", opts.monitoring_addr)))?;
+    let bound = Bound {
+        xds: xds.local_addr().unwrap_or(opts.xds_addr),
+        monitoring: monitoring.local_addr().unwrap_or(opts.monitoring_addr),
+    };
+    let mut events = crate::source::watch(opts.config_dir.clone())
+        .map_err(|e| ServeError::Io(format!("cannot watch {}: {e}", opts.config_dir.display())))?;
+
+    tokio::spawn(plane.clone().run_debouncer());
+    tokio::spawn(crate::admin::serve(plane.clone(), monitoring));
+    {
+        let plane = plane.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::xds::serve(plane, xds, tls).await {
+                tracing::error!("xDS server failed: {e}");
+            }
+        });
+    }
+    {
+        let plane = plane.clone();
+        let dir = opts.config_dir.clone();
+        tokio::spawn(async move {
+            while events.recv().await.is_some() {
+                // Editors write in several steps: let them finish before reading.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while events.try_recv().is_ok() {}
+                reload(&plane, &dir);
+            }
+        });
+    }
+    Ok((plane, bound))
+}
+
+/// Re-reads the config directory; a valid config replaces the current one, an invalid one
+/// is refused whole.
+pub fn reload(plane: &ControlPlane, dir: &std::path::Path) {
+    let known: HashSet<String> = plane
+        .registry
+        .workloads()
+        .iter()
+        .map(|w| crate::validate::fqdn(w.service_name(), &w.namespace))
+        .collect();
+    let report = validate::check_dir_with_hosts(dir, &known);
+    let errors = report.errors().count();
+    plane
+        .metrics
+        .config_errors
+        .set(i64::try_from(errors).unwrap_or(i64::MAX));
+    let mut st = plane.config_status();
+    st.problems = report.problems.iter().map(|p| p.to_string()).collect();
+    match report.set {
+        Some(set) => {
+            if **plane.config.load() == set {
+                st.last_refused = false;
+                return;
+            }
+            st.resources = set.len();
+            st.last_refused = false;
+            drop(st);
+            plane.config.store(Arc::new(set));
+            plane
+                .metrics
+                .reloads
+                .get_or_create(&ResultLabel { result: "accepted" })
+                .inc();
+            tracing::info!(dir = %dir.display(), "config reloaded");
+            plane.changed.notify_one();
+        }
+        None => {
+            st.last_refused = true;
+            drop(st);
+            plane
+                .metrics
+                .reloads
+                .get_or_create(&ResultLabel { result: "refused" })
+                .inc();
+            for p in report.errors() {
+                tracing::error!("config refused, keeping the last good one: {p}");
+            }
+        }
+    }
+}
+
+fn serving_tls(
+    plane: &ControlPlane,
+    opts: &ServeOptions,
+) -> Result<Arc<rustls::ServerConfig>, ServeError> {
+    let id = SpiffeId::parse(&format!(
+        "spiffe://{}/ns/istio-system/sa/meshlite-control",
+        opts.trust_domain
+    ))
+    .map_err(|e| ServeError::Io(format!("control identity: {e}")))?;
+    let mut dns = vec![
+        "localhost".to_string(),
+        "meshlite-control".to_string(),
+        "meshlite-control.istio-system.svc".to_string(),
+    ];
+    dns.extend(opts.dns_names.iter().cloned());
+    let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    if !opts.xds_addr.ip().is_unspecified() && !ips.contains(&opts.xds_addr.ip()) {
+        ips.push(opts.xds_addr.ip());
+    }
+    let (issued, key_pem) = plane.ca.issue_serving_cert(
+        &id,
+        &dns,
+        &ips,
+        SERVING_CERT_TTL,
+        OffsetDateTime::now_utc(),
+    )?;
+    let chain = issued
+        .chain_pem
+        .iter()
+        .flat_map(|p| CertificateDer::pem_slice_iter(p.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Io(format!("serving certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| ServeError::Io(format!("serving key: {e}")))?;
+    crate::xds::tls::server_config(chain, key)
+        .map_err(|e| ServeError::Io(format!("TLS configuration: {e}")))
+}

@@ -1,0 +1,291 @@
+//! DestinationRules -> [`v1::DestinationPolicy`], and a workload's own inbound policy: its
+//! PeerAuthentication resolved mesh -> namespace -> workload (each level applies only if
+//! set, PERMISSIVE when nothing is), and every AuthorizationPolicy that targets it (root
+//! namespace policies mesh-wide, namespace policies without selector, and those whose selector
+//! matches its labels), with `serviceAccounts` expanded to principals.
+
+use meshlite_xds_proto::v1;
+
+use crate::model::{
+    AuthzAction, ConfigSet, DestinationRule, MtlsMode, Named, ROOT_NAMESPACE, SimpleLb,
+    TrafficPolicy, WorkloadSelector,
+};
+use crate::registry::Workload;
+
+fn duration(d: &crate::model::IstioDuration) -> prost_types::Duration {
+    let std = d.as_std();
+    prost_types::Duration {
+        seconds: i64::try_from(std.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(std.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn positive(v: Option<i32>) -> u32 {
+    v.and_then(|v| u32::try_from(v).ok()).unwrap_or(0)
+}
+
+fn traffic_policy(
+    lb: Option<&crate::model::LoadBalancerSettings>,
+    pool: Option<&crate::model::ConnectionPoolSettings>,
+    outlier: Option<&crate::model::OutlierDetection>,
+) -> v1::TrafficPolicy {
+    v1::TrafficPolicy {
+        load_balancer: lb.map(|lb| v1::LoadBalancer {
+            simple: match lb.simple {
+                Some(SimpleLb::RoundRobin) => v1::load_balancer::Simple::RoundRobin,
+                Some(SimpleLb::Random) => v1::load_balancer::Simple::Random,
+                Some(SimpleLb::Passthrough) => v1::load_balancer::Simple::Passthrough,
+                Some(SimpleLb::LeastRequest | SimpleLb::LeastConn) => {
+                    v1::load_balancer::Simple::LeastRequest
+                }
+                Some(SimpleLb::Unspecified) | None => v1::load_balancer::Simple::Unspecified,
+            } as i32,
+            consistent_hash: lb.consistent_hash.as_ref().map(|ch| {
+                use v1::load_balancer::consistent_hash::Key;
+                v1::load_balancer::ConsistentHash {
+                    key: if let Some(h) = &ch.http_header_name {
+                        Some(Key::HttpHeaderName(h.clone()))
+                    } else if let Some(c) = &ch.http_cookie {
+                        Some(Key::HttpCookie(v1::load_balancer::HttpCookie {
+                            name: c.name.clone(),
+                            path: c.path.clone().unwrap_or_default(),
+                            ttl: c.ttl.as_ref().map(duration),
+                        }))
+                    } else if ch.use_source_ip == Some(true) {
+                        Some(Key::UseSourceIp(true))
+                    } else {
+                        ch.http_query_parameter_name
+                            .clone()
+                            .map(Key::HttpQueryParameterName)
+                    },
+                    minimum_ring_size: ch
+                        .ring_hash
+                        .as_ref()
+                        .and_then(|r| r.minimum_ring_size)
+                        .or(ch.minimum_ring_size)
+                        .unwrap_or(0),
+                    maglev_table_size: ch
+                        .maglev
+                        .as_ref()
+                        .map_or(0, |m| m.table_size.unwrap_or(65537)),
+                }
+            }),
+        }),
+        connection_pool: pool.map(|p| {
+            let tcp = p.tcp.as_ref();
+            let http = p.http.as_ref();
+            v1::ConnectionPool {
+                max_connections: positive(tcp.and_then(|t| t.max_connections)),
+                connect_timeout: tcp.and_then(|t| t.connect_timeout.as_ref()).map(duration),
+                http1_max_pending_requests: positive(
+                    http.and_then(|h| h.http1_max_pending_requests),
+                ),
+                http2_max_requests: positive(http.and_then(|h| h.http2_max_requests)),
+                max_requests_per_connection: positive(
+                    http.and_then(|h| h.max_requests_per_connection),
+                ),
+                max_retries: positive(http.and_then(|h| h.max_retries)),
+                idle_timeout: http.and_then(|h| h.idle_timeout.as_ref()).map(duration),
+            }
+        }),
+        outlier_detection: outlier.map(|o| v1::OutlierDetection {
+            consecutive_5xx_errors: o.consecutive_5xx_errors.unwrap_or(0),
+            consecutive_gateway_errors: o.consecutive_gateway_errors.unwrap_or(0),
+            interval: o.interval.as_ref().map(duration),
+            base_ejection_time: o.base_ejection_time.as_ref().map(duration),
+            max_ejection_percent: positive(o.max_ejection_percent),
+            min_health_percent: positive(o.min_health_percent),
+        }),
+        port_level: Default::default(),
+    }
+}
+
+fn full_policy(tp: &TrafficPolicy) -> v1::TrafficPolicy {
+    let mut p = traffic_policy(
+        tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
+    );
+    // Port-level entries replace the blocks wholesale (not inherited), as Istio does.
+    for pl in &tp.port_level_settings {
+        if let Some(port) = pl.port {
+            p.port_level.insert(
+                port.number,
+                traffic_policy(
+                    pl.load_balancer.as_ref(),
+                    pl.connection_pool.as_ref(),
+                    pl.outlier_detection.as_ref(),
+                ),
+            );
+        }
+    }
+    p
+}
+
+/// The policy a DestinationRule sets for `host`.
+pub fn destination(dr: &Named<DestinationRule>, host: &str) -> v1::DestinationPolicy {
+    v1::DestinationPolicy {
+        hostname: host.to_string(),
+        traffic_policy: dr.spec.traffic_policy.as_ref().map(full_policy),
+        subsets: dr
+            .spec
+            .subsets
+            .iter()
+            .map(|s| v1::Subset {
+                name: s.name.clone(),
+                labels: s.labels.clone().into_iter().collect(),
+                traffic_policy: s.traffic_policy.as_ref().map(full_policy),
+            })
+            .collect(),
+        origin: dr.key(),
+    }
+}
+
+fn selects(selector: Option<&WorkloadSelector>, w: &Workload) -> bool {
+    selector.is_none_or(|s| {
+        s.match_labels
+            .iter()
+            .all(|(k, v)| w.labels.get(k) == Some(v))
+    })
+}
+
+fn mode(m: MtlsMode) -> v1::MtlsMode {
+    match m {
+        MtlsMode::Unset => v1::MtlsMode::MtlsUnset,
+        MtlsMode::Disable => v1::MtlsMode::Disable,
+        MtlsMode::Permissive => v1::MtlsMode::Permissive,
+        MtlsMode::Strict => v1::MtlsMode::Strict,
+    }
+}
+
+/// The inbound policy of workload `w`.
+pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::InboundPolicy {
+    let mut resolved = MtlsMode::Permissive;
+    let mut ports = std::collections::HashMap::new();
+    let scopes = [
+        config
+            .peer_authentications_in(ROOT_NAMESPACE)
+            .find(|p| p.spec.selector.is_none()),
+        config
+            .peer_authentications_in(&w.namespace)
+            .find(|p| p.spec.selector.is_none()),
+        config
+            .peer_authentications_in(&w.namespace)
+            .find(|p| p.spec.selector.is_some() && selects(p.spec.selector.as_ref(), w)),
+    ];
+    for pa in scopes.into_iter().flatten() {
+        if let Some(m) = pa.spec.mtls.as_ref().map(|m| m.mode)
+            && m != MtlsMode::Unset
+        {
+            resolved = m;
+        }
+        if pa.spec.selector.is_some() {
+            for (port, m) in &pa.spec.port_level_mtls {
+                if m.mode != MtlsMode::Unset {
+                    ports.insert(*port, mode(m.mode) as i32);
+                }
+            }
+        }
+    }
+    let mut authorization = Vec::new();
+    let candidates = config.authorization_policies_in(ROOT_NAMESPACE).chain(
+        if w.namespace == ROOT_NAMESPACE {
+            None
+        } else {
+            Some(config.authorization_policies_in(&w.namespace))
+        }
+        .into_iter()
+        .flatten(),
+    );
+    for ap in candidates {
+        if !selects(ap.spec.selector.as_ref(), w) {
+            continue;
+        }
+        let ns = &ap.meta.namespace;
+        let account = |sa: &String| match sa.split_once('/') {
+            Some((n, s)) => format!("{trust_domain}/ns/{n}/sa/{s}"),
+            None => format!("{trust_domain}/ns/{ns}/sa/{sa}"),
+        };
+        authorization.push(v1::AuthorizationPolicy {
+            origin: ap.key(),
+            action: match ap.spec.action {
+                AuthzAction::Allow => v1::authorization_policy::Action::Allow,
+                AuthzAction::Deny => v1::authorization_policy::Action::Deny,
+                AuthzAction::Audit => v1::authorization_policy::Action::Audit,
+                AuthzAction::Custom => v1::authorization_policy::Action::Custom,
+            } as i32,
+            rules: ap
+                .spec
+                .rules
+                .iter()
+                .map(|r| v1::Rule {
+                    from: r
+                        .from
+                        .iter()
+                        .map(|f| {
+                            let s = &f.source;
+                            let mut principals = s.principals.clone();
+                            principals.extend(s.service_accounts.iter().map(account));
+                            let mut not_principals = s.not_principals.clone();
+                            not_principals.extend(s.not_service_accounts.iter().map(account));
+                            v1::Source {
+                                principals,
+                                not_principals,
+                                request_principals: s.request_principals.clone(),
+                                not_request_principals: s.not_request_principals.clone(),
+                                namespaces: s.namespaces.clone(),
+                                not_namespaces: s.not_namespaces.clone(),
+                                ip_blocks: s.ip_blocks.clone(),
+                                not_ip_blocks: s.not_ip_blocks.clone(),
+                                remote_ip_blocks: s.remote_ip_blocks.clone(),
+                                not_remote_ip_blocks: s.not_remote_ip_blocks.clone(),
+                            }
+                        })
+                        .collect(),
+                    to: r
+                        .to
+                        .iter()
+                        .map(|t| {
+                            let o = &t.operation;
+                            v1::Operation {
+                                hosts: o.hosts.clone(),
+                                not_hosts: o.not_hosts.clone(),
+                                ports: o.ports.clone(),
+                                not_ports: o.not_ports.clone(),
+                                methods: o.methods.clone(),
+                                not_methods: o.not_methods.clone(),
+                                paths: o.paths.clone(),
+                                not_paths: o.not_paths.clone(),
+                            }
+                        })
+                        .collect(),
+                    when: r
+                        .when
+                        .iter()
+                        .map(|c| v1::Condition {
+                            key: c.key.clone(),
+                            values: c.values.clone(),
+                            not_values: c.not_values.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            provider: ap
+                .spec
+                .provider
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            dry_run: ap
+                .meta
+                .annotations
+                .get("istio.io/dry-run")
+                .is_some_and(|v| v == "true"),
+        });
+    }
+    v1::InboundPolicy {
+        mtls_mode: mode(resolved) as i32,
+        port_mtls: ports,
+        authorization,
+    }
+}

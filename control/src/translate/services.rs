@@ -1,0 +1,164 @@
+//! Services and their endpoints: one service per (namespace, `app` label) of the registered
+//! workloads, plus the ServiceEntries of the config (MESH_INTERNAL with STATIC endpoints:
+//! sidecars outside the registry, e.g. on VMs).
+
+use meshlite_xds_proto::v1;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::Versioned;
+use crate::model::{ConfigSet, Resolution, ServiceLocation};
+use crate::registry::Workload;
+use crate::validate::fqdn;
+
+fn protocol(name: &str) -> v1::Protocol {
+    match name.to_ascii_lowercase().as_str() {
+        "http2" => v1::Protocol::Http2,
+        "grpc" | "grpc-web" => v1::Protocol::Grpc,
+        "tcp" | "tls" | "mongo" | "redis" | "mysql" | "https" => v1::Protocol::Tcp,
+        _ => v1::Protocol::Http,
+    }
+}
+
+type Maps = (
+    BTreeMap<String, Arc<Versioned>>,
+    BTreeMap<String, Arc<Versioned>>,
+);
+
+/// Services and endpoints by FQDN.
+pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str) -> Maps {
+    let mut services: BTreeMap<String, v1::Service> = BTreeMap::new();
+    let mut endpoints: BTreeMap<String, v1::Endpoints> = BTreeMap::new();
+    for w in workloads.iter().filter(|w| !w.ports.is_empty()) {
+        let host = fqdn(w.service_name(), &w.namespace);
+        let svc = services.entry(host.clone()).or_insert_with(|| v1::Service {
+            hostname: host.clone(),
+            namespace: w.namespace.clone(),
+            name: w.service_name().to_string(),
+            ..Default::default()
+        });
+        for p in &w.ports {
+            if !svc.ports.iter().any(|sp| sp.number == u32::from(p.port)) {
+                svc.ports.push(v1::ServicePort {
+                    number: u32::from(p.port),
+                    protocol: protocol(&p.protocol) as i32,
+                    name: p.protocol.clone(),
+                });
+            }
+        }
+        if !svc.identities.contains(&w.identity) {
+            svc.identities.push(w.identity.clone());
+        }
+        endpoints
+            .entry(host.clone())
+            .or_insert_with(|| v1::Endpoints {
+                hostname: host.clone(),
+                endpoints: vec![],
+            })
+            .endpoints
+            .push(v1::Endpoint {
+                address: w.address.to_string(),
+                identity: w.identity.clone(),
+                labels: w.labels.clone().into_iter().collect(),
+                locality: Some(v1::Locality {
+                    region: w.locality[0].clone(),
+                    zone: w.locality[1].clone(),
+                    sub_zone: w.locality[2].clone(),
+                }),
+                weight: 1,
+                workload: w.name.clone(),
+                namespace: w.namespace.clone(),
+            });
+    }
+
+    for se in &config.service_entries {
+        // MESH_EXTERNAL services are reached without mutual TLS, which the proxy does not
+        // originate yet; they are validated and stored, not pushed.
+        if se.spec.location != Some(ServiceLocation::MeshInternal)
+            || se.spec.resolution != Some(Resolution::Static)
+        {
+            continue;
+        }
+        let ns = &se.meta.namespace;
+        for h in &se.spec.hosts {
+            let host = fqdn(h, ns);
+            let mut ids: BTreeSet<String> = se.spec.subject_alt_names.iter().cloned().collect();
+            let mut eps = Vec::new();
+            for e in &se.spec.endpoints {
+                let id = e
+                    .service_account
+                    .as_ref()
+                    .map(|sa| format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}"));
+                if let Some(id) = &id {
+                    ids.insert(id.clone());
+                }
+                for p in &se.spec.ports {
+                    let port = p
+                        .name
+                        .as_ref()
+                        .and_then(|n| e.ports.get(n))
+                        .copied()
+                        .or(p.target_port)
+                        .unwrap_or(p.number);
+                    let addr = if e.address.contains(':') {
+                        format!("[{}]:{port}", e.address)
+                    } else {
+                        format!("{}:{port}", e.address)
+                    };
+                    let mut loc = e.locality.as_deref().unwrap_or("").split('/');
+                    eps.push(v1::Endpoint {
+                        address: addr,
+                        identity: id.clone().unwrap_or_default(),
+                        labels: e.labels.clone().into_iter().collect(),
+                        locality: Some(v1::Locality {
+                            region: loc.next().unwrap_or("").into(),
+                            zone: loc.next().unwrap_or("").into(),
+                            sub_zone: loc.next().unwrap_or("").into(),
+                        }),
+                        weight: e.weight.unwrap_or(1),
+                        workload: se.meta.name.clone(),
+                        namespace: ns.clone(),
+                    });
+                }
+            }
+            let name = h.split('.').next().unwrap_or(h).to_string();
+            services.insert(
+                host.clone(),
+                v1::Service {
+                    hostname: host.clone(),
+                    namespace: ns.clone(),
+                    name,
+                    aliases: if h != &host { vec![h.clone()] } else { vec![] },
+                    ports: se
+                        .spec
+                        .ports
+                        .iter()
+                        .map(|p| v1::ServicePort {
+                            number: p.number,
+                            protocol: protocol(p.protocol.as_deref().unwrap_or("http")) as i32,
+                            name: p.name.clone().unwrap_or_default(),
+                        })
+                        .collect(),
+                    identities: ids.into_iter().collect(),
+                },
+            );
+            endpoints.insert(
+                host.clone(),
+                v1::Endpoints {
+                    hostname: host,
+                    endpoints: eps,
+                },
+            );
+        }
+    }
+    (
+        services
+            .into_iter()
+            .map(|(k, v)| (k, Versioned::of(&v)))
+            .collect(),
+        endpoints
+            .into_iter()
+            .map(|(k, v)| (k, Versioned::of(&v)))
+            .collect(),
+    )
+}

@@ -1,0 +1,1501 @@
+//! Validation of a loaded configuration, the gate before anything reaches a proxy.
+//!
+//! Checks each resource the way istiod's webhook does (SEMANTICS.md sections 1-4) plus the
+//! cross-resource mistakes that Istio tolerates silently but that break traffic in ways users
+//! rarely diagnose (a route to an undefined subset is a 503 `NC`; a second VirtualService for a
+//! host is dropped). Every problem names file, document, resource and field path. Only a
+//! configuration without errors becomes a `ConfigSet`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::Path;
+
+use crate::model::{
+    AuthorizationPolicy, AuthzAction, ConfigSet, ConnectionPoolSettings, Destination,
+    DestinationRule, HttpRoute, IstioDuration, LoadBalancerSettings, Named, OutlierDetection,
+    PeerAuthentication, Percent, Resolution, ServiceEntry, StringMatch, TrafficPolicy,
+    VirtualService, applies_to_sidecars, wildcard_matches,
+};
+pub use crate::model::{CLUSTER_DOMAIN, fqdn};
+use crate::source::{Problem, Resource, ResourceSpec, Severity, load_dir};
+
+/// Redirect codes Istio accepts (SEMANTICS 2.3).
+const REDIRECT_CODES: [u32; 5] = [301, 302, 303, 307, 308];
+
+/// ServiceEntry port protocols meshlite accepts (compared case-insensitively).
+const SERVICE_ENTRY_PROTOCOLS: [&str; 9] = [
+    "HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS", "MONGO", "REDIS", "MYSQL",
+];
+
+/// AuthorizationPolicy `when` keys without brackets (SEMANTICS 4.2).
+const WHEN_KEYS: [&str; 12] = [
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "source.serviceAccount",
+    "source.trustDomain",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+];
+
+/// The outcome of checking a configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The configuration, present only if no problem is an error.
+    pub set: Option<ConfigSet>,
+    /// Load and validation problems, loader problems first.
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    /// True when any problem is an error (and `set` is therefore `None`).
+    pub fn has_errors(&self) -> bool {
+        self.problems.iter().any(Problem::is_error)
+    }
+
+    /// The errors.
+    pub fn errors(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| p.is_error())
+    }
+
+    /// The warnings.
+    pub fn warnings(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| !p.is_error())
+    }
+}
+
+/// Loads and validates a config directory, with no hosts known besides those the
+/// configuration itself defines.
+pub fn check_dir(dir: &Path) -> Report {
+    check_dir_with_hosts(dir, &HashSet::new())
+}
+
+/// Loads and validates a config directory; `known_hosts` (FQDNs) are services known from
+/// elsewhere (e.g. announced by sidecars), so routes to them do not warn.
+pub fn check_dir_with_hosts(dir: &Path, known_hosts: &HashSet<String>) -> Report {
+    let outcome = load_dir(dir);
+    let (set, problems) = validate_with_hosts(&outcome.resources, known_hosts);
+    let mut all = outcome.problems;
+    all.extend(problems);
+    let has_errors = all.iter().any(Problem::is_error);
+    Report {
+        set: if has_errors { None } else { set },
+        problems: all,
+    }
+}
+
+/// Validates resources with no externally known hosts.
+pub fn validate(resources: &[Resource]) -> (Option<ConfigSet>, Vec<Problem>) {
+    validate_with_hosts(resources, &HashSet::new())
+}
+
+/// Validates resources; returns the config set if no problem is an error.
+pub fn validate_with_hosts(
+    resources: &[Resource],
+    known_hosts: &HashSet<String>,
+) -> (Option<ConfigSet>, Vec<Problem>) {
+    let index = Index::new(resources, known_hosts);
+    let mut c = Checker {
+        problems: Vec::new(),
+        index: &index,
+    };
+    for r in resources {
+        match &r.spec {
+            ResourceSpec::VirtualService(vs) => c.virtual_service(r, vs),
+            ResourceSpec::DestinationRule(dr) => c.destination_rule(r, dr),
+            ResourceSpec::ServiceEntry(se) => c.service_entry(r, se),
+            ResourceSpec::PeerAuthentication(pa) => c.peer_authentication(r, pa),
+            ResourceSpec::AuthorizationPolicy(ap) => c.authorization_policy(r, ap),
+        }
+    }
+    c.conflicts(resources);
+    let problems = c.problems;
+    if problems.iter().any(Problem::is_error) {
+        return (None, problems);
+    }
+    (Some(build_set(resources)), problems)
+}
+
+fn build_set(resources: &[Resource]) -> ConfigSet {
+    let mut set = ConfigSet::default();
+    for r in resources {
+        fn named<T: Clone>(r: &Resource, spec: &T) -> Named<T> {
+            Named {
+                meta: r.meta.clone(),
+                origin: r.origin.clone(),
+                spec: spec.clone(),
+            }
+        }
+        match &r.spec {
+            ResourceSpec::VirtualService(s) => set.virtual_services.push(named(r, &**s)),
+            ResourceSpec::DestinationRule(s) => set.destination_rules.push(named(r, &**s)),
+            ResourceSpec::ServiceEntry(s) => set.service_entries.push(named(r, &**s)),
+            ResourceSpec::PeerAuthentication(s) => set.peer_authentications.push(named(r, &**s)),
+            ResourceSpec::AuthorizationPolicy(s) => set.authorization_policies.push(named(r, &**s)),
+        }
+    }
+    set
+}
+
+/// Cross-resource facts the per-resource checks consult.
+struct Index<'a> {
+    /// FQDN host → subset names, over all DestinationRules.
+    subsets: BTreeMap<String, BTreeSet<String>>,
+    /// Hosts defined by ServiceEntries and VirtualServices, completed; may hold wildcards.
+    defined_hosts: HashSet<String>,
+    known_hosts: &'a HashSet<String>,
+}
+
+impl<'a> Index<'a> {
+    fn new(resources: &[Resource], known_hosts: &'a HashSet<String>) -> Self {
+        let mut subsets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut defined_hosts = HashSet::new();
+        for r in resources {
+            let ns = &r.meta.namespace;
+            match &r.spec {
+                ResourceSpec::DestinationRule(dr) => {
+                    let names = subsets.entry(fqdn(&dr.host, ns)).or_default();
+                    names.extend(dr.subsets.iter().map(|s| s.name.clone()));
+                }
+                ResourceSpec::ServiceEntry(se) => {
+                    for h in &se.hosts {
+                        defined_hosts.insert(h.to_ascii_lowercase());
+                        defined_hosts.insert(fqdn(h, ns));
+                    }
+                }
+                ResourceSpec::VirtualService(vs) => {
+                    defined_hosts.extend(vs.hosts.iter().map(|h| fqdn(h, ns)));
+                }
+                _ => {}
+            }
+        }
+        Index {
+            subsets,
+            defined_hosts,
+            known_hosts,
+        }
+    }
+
+    /// Subsets defined for `host` (FQDN): the exact host's DRs, else matching wildcard DRs.
+    fn subsets_for(&self, host: &str) -> Option<&BTreeSet<String>> {
+        self.subsets.get(host).or_else(|| {
+            self.subsets
+                .iter()
+                .find(|(pattern, _)| wildcard_matches(pattern, host))
+                .map(|(_, names)| names)
+        })
+    }
+
+    fn host_is_known(&self, raw: &str, full: &str) -> bool {
+        let raw = raw.to_ascii_lowercase();
+        [raw.as_str(), full].iter().any(|h| {
+            self.known_hosts.contains(*h)
+                || self.defined_hosts.contains(*h)
+                || self.defined_hosts.iter().any(|p| wildcard_matches(p, h))
+        })
+    }
+}
+
+struct Checker<'a> {
+    problems: Vec<Problem>,
+    index: &'a Index<'a>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, r: &Resource, field: impl Into<String>, message: impl Into<String>) {
+        self.problems
+            .push(Problem::at(Severity::Error, r, field, message));
+    }
+
+    fn warning(&mut self, r: &Resource, field: impl Into<String>, message: impl Into<String>) {
+        self.problems
+            .push(Problem::at(Severity::Warning, r, field, message));
+    }
+
+    // ----- VirtualService -------------------------------------------------------------------
+
+    fn virtual_service(&mut self, r: &Resource, vs: &VirtualService) {
+        if vs.hosts.is_empty() {
+            self.error(r, "spec.hosts", "a VirtualService needs at least one host");
+        }
+        for (i, host) in vs.hosts.iter().enumerate() {
+            if host.trim().is_empty() {
+                self.error(r, format!("spec.hosts[{i}]"), "empty host");
+            }
+        }
+        for (i, rule) in vs.http.iter().enumerate() {
+            self.http_route(r, rule, &format!("spec.http[{i}]"));
+        }
+        for (i, rule) in vs.tcp.iter().enumerate() {
+            let p = format!("spec.tcp[{i}]");
+            if rule.route.is_empty() {
+                self.error(
+                    r,
+                    format!("{p}.route"),
+                    "a TCP rule needs at least one route",
+                );
+            }
+            let weights: Vec<i32> = rule.route.iter().map(|d| d.weight).collect();
+            self.weights(r, &weights, &format!("{p}.route"));
+            for (j, dest) in rule.route.iter().enumerate() {
+                self.destination(r, &dest.destination, &format!("{p}.route[{j}].destination"));
+            }
+        }
+    }
+
+    fn http_route(&mut self, r: &Resource, rule: &HttpRoute, p: &str) {
+        for (m, cond) in rule.matches.iter().enumerate() {
+            let mp = format!("{p}.match[{m}]");
+            for (name, sm) in [
+                ("uri", &cond.uri),
+                ("scheme", &cond.scheme),
+                ("method", &cond.method),
+                ("authority", &cond.authority),
+            ] {
+                if let Some(sm) = sm {
+                    self.string_match(r, sm, &format!("{mp}.{name}"), false);
+                }
+            }
+            for (map_name, map) in [
+                ("headers", &cond.headers),
+                ("withoutHeaders", &cond.without_headers),
+                ("queryParams", &cond.query_params),
+            ] {
+                for (key, sm) in map {
+                    self.string_match(r, sm, &format!("{mp}.{map_name}.{key}"), true);
+                }
+            }
+        }
+
+        let actions = usize::from(!rule.route.is_empty())
+            + usize::from(rule.redirect.is_some())
+            + usize::from(rule.direct_response.is_some());
+        if let Some(redirect) = &rule.redirect {
+            if !rule.route.is_empty() || rule.rewrite.is_some() {
+                self.error(
+                    r,
+                    format!("{p}.redirect"),
+                    "redirect cannot be combined with route or rewrite",
+                );
+            }
+            if let Some(code) = redirect.redirect_code
+                && !REDIRECT_CODES.contains(&code)
+            {
+                self.error(
+                    r,
+                    format!("{p}.redirect.redirectCode"),
+                    format!("redirect code {code} is not one of 301, 302, 303, 307, 308"),
+                );
+            }
+        } else if actions > 1 {
+            self.error(
+                r,
+                format!("{p}.directResponse"),
+                "directResponse cannot be combined with route",
+            );
+        }
+        if actions == 0 {
+            self.error(
+                r,
+                p.to_owned(),
+                "an HTTP rule needs a route, redirect or directResponse",
+            );
+        }
+
+        let weights: Vec<i32> = rule.route.iter().map(|d| d.weight).collect();
+        self.weights(r, &weights, &format!("{p}.route"));
+        for (j, dest) in rule.route.iter().enumerate() {
+            self.destination(r, &dest.destination, &format!("{p}.route[{j}].destination"));
+        }
+
+        if let Some(rewrite) = &rule.rewrite
+            && let Some(rr) = &rewrite.uri_regex_rewrite
+        {
+            self.regex(
+                r,
+                &rr.pattern,
+                &format!("{p}.rewrite.uriRegexRewrite.match"),
+            );
+        }
+        if let Some(t) = &rule.timeout
+            && t.is_negative()
+        {
+            self.error(r, format!("{p}.timeout"), "timeout must not be negative");
+        }
+        if let Some(retries) = &rule.retries {
+            if retries.attempts < 0 {
+                self.error(
+                    r,
+                    format!("{p}.retries.attempts"),
+                    "attempts must not be negative",
+                );
+            }
+            self.positive(
+                r,
+                retries.per_try_timeout,
+                &format!("{p}.retries.perTryTimeout"),
+            );
+        }
+        if let Some(fault) = &rule.fault {
+            if let Some(delay) = &fault.delay {
+                let dp = format!("{p}.fault.delay");
+                match delay.fixed_delay {
+                    None => self.error(r, format!("{dp}.fixedDelay"), "a delay needs fixedDelay"),
+                    Some(d) if d.is_negative() || d.as_std().as_nanos() < 1_000_000 => self.error(
+                        r,
+                        format!("{dp}.fixedDelay"),
+                        "fixedDelay must be at least 1ms",
+                    ),
+                    Some(_) => {}
+                }
+                self.percent(r, delay.percentage, &format!("{dp}.percentage.value"));
+            }
+            if let Some(abort) = &fault.abort {
+                let ap = format!("{p}.fault.abort");
+                match (abort.http_status, &abort.grpc_status) {
+                    (Some(status), _) if !(200..=599).contains(&status) => self.error(
+                        r,
+                        format!("{ap}.httpStatus"),
+                        format!("HTTP status {status} is outside 200..=599"),
+                    ),
+                    (None, None) => {
+                        self.error(r, ap.clone(), "an abort needs httpStatus or grpcStatus")
+                    }
+                    _ => {}
+                }
+                self.percent(r, abort.percentage, &format!("{ap}.percentage.value"));
+            }
+        }
+        if let Some(mirror) = &rule.mirror {
+            self.destination(r, mirror, &format!("{p}.mirror"));
+        }
+        self.percent(
+            r,
+            rule.mirror_percentage,
+            &format!("{p}.mirrorPercentage.value"),
+        );
+        for (k, m) in rule.mirrors.iter().enumerate() {
+            self.destination(r, &m.destination, &format!("{p}.mirrors[{k}].destination"));
+            self.percent(
+                r,
+                m.percentage,
+                &format!("{p}.mirrors[{k}].percentage.value"),
+            );
+        }
+    }
+
+    /// Weights are relative (Istio ≥ 1.15): none negative, and not all zero when several.
+    fn weights(&mut self, r: &Resource, weights: &[i32], p: &str) {
+        for (j, w) in weights.iter().enumerate() {
+            if *w < 0 {
+                self.error(
+                    r,
+                    format!("{p}[{j}].weight"),
+                    format!("weight {w} is negative"),
+                );
+            }
+        }
+        if weights.len() > 1 && weights.iter().all(|w| *w == 0) {
+            self.error(
+                r,
+                p.to_owned(),
+                "all destinations have weight 0 (weights are relative; give at least one a positive weight)",
+            );
+        }
+    }
+
+    fn destination(&mut self, r: &Resource, dest: &Destination, p: &str) {
+        if dest.host.trim().is_empty() {
+            self.error(r, format!("{p}.host"), "destination host is empty");
+            return;
+        }
+        let full = fqdn(&dest.host, &r.meta.namespace);
+        if let Some(subset) = &dest.subset {
+            match self.index.subsets_for(&full) {
+                Some(names) if names.contains(subset) => {}
+                Some(names) => {
+                    let defined: Vec<&str> = names.iter().map(String::as_str).collect();
+                    self.error(
+                        r,
+                        format!("{p}.subset"),
+                        format!(
+                            "subset `{subset}` of {full} is not defined by any DestinationRule (defined: {}); requests would fail with 503 NC",
+                            if defined.is_empty() { "none".to_owned() } else { defined.join(", ") }
+                        ),
+                    );
+                }
+                None => self.error(
+                    r,
+                    format!("{p}.subset"),
+                    format!(
+                        "subset `{subset}` needs a DestinationRule for {full}, and there is none; requests would fail with 503 NC"
+                    ),
+                ),
+            }
+        }
+        if !self.index.host_is_known(&dest.host, &full) {
+            self.warning(
+                r,
+                format!("{p}.host"),
+                format!(
+                    "host {full} is not defined by any ServiceEntry or VirtualService and is not a known service"
+                ),
+            );
+        }
+    }
+
+    fn string_match(&mut self, r: &Resource, sm: &StringMatch, p: &str, presence_ok: bool) {
+        if sm.set_count() > 1 {
+            self.error(r, p.to_owned(), "set only one of exact, prefix, regex");
+        }
+        if let Some(re) = &sm.regex {
+            // `regex: "*"` on a header means "present" in Istio (SEMANTICS 2.2).
+            if !(presence_ok && re == "*") {
+                self.regex(r, re, &format!("{p}.regex"));
+            }
+        }
+    }
+
+    fn regex(&mut self, r: &Resource, re: &str, p: &str) {
+        if let Err(e) = regex::Regex::new(re) {
+            let detail = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            self.error(r, p.to_owned(), format!("invalid regex `{re}`: {detail}"));
+        }
+    }
+
+    fn percent(&mut self, r: &Resource, pct: Option<Percent>, p: &str) {
+        if let Some(Percent { value }) = pct
+            && !(0.0..=100.0).contains(&value)
+        {
+            self.error(
+                r,
+                p.to_owned(),
+                format!("percentage {value} is outside 0..=100"),
+            );
+        }
+    }
+
+    /// When set, a duration must be > 0.
+    fn positive(&mut self, r: &Resource, d: Option<IstioDuration>, p: &str) {
+        if let Some(d) = d
+            && (d.is_negative() || d.is_zero())
+        {
+            self.error(r, p.to_owned(), format!("duration {d} must be positive"));
+        }
+    }
+
+    // ----- DestinationRule ------------------------------------------------------------------
+
+    fn destination_rule(&mut self, r: &Resource, dr: &DestinationRule) {
+        if dr.host.trim().is_empty() {
+            self.error(r, "spec.host", "a DestinationRule needs a host");
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, subset) in dr.subsets.iter().enumerate() {
+            let sp = format!("spec.subsets[{i}]");
+            if subset.name.is_empty() {
+                self.error(r, format!("{sp}.name"), "a subset needs a name");
+            } else if let Some(first) = seen.insert(&subset.name, i) {
+                self.error(
+                    r,
+                    format!("{sp}.name"),
+                    format!(
+                        "subset `{}` is already defined at spec.subsets[{first}]",
+                        subset.name
+                    ),
+                );
+            }
+            if let Some(tp) = &subset.traffic_policy {
+                self.traffic_policy(r, tp, &format!("{sp}.trafficPolicy"));
+            }
+        }
+        if let Some(tp) = &dr.traffic_policy {
+            self.traffic_policy(r, tp, "spec.trafficPolicy");
+        }
+    }
+
+    fn traffic_policy(&mut self, r: &Resource, tp: &TrafficPolicy, p: &str) {
+        self.policy_blocks(
+            r,
+            tp.load_balancer.as_ref(),
+            tp.connection_pool.as_ref(),
+            tp.outlier_detection.as_ref(),
+            p,
+        );
+        for (k, port) in tp.port_level_settings.iter().enumerate() {
+            let pp = format!("{p}.portLevelSettings[{k}]");
+            match port.port {
+                None => self.error(r, format!("{pp}.port"), "a port-level setting needs a port"),
+                Some(sel) if sel.number == 0 || sel.number > 65535 => self.error(
+                    r,
+                    format!("{pp}.port.number"),
+                    format!("port {} is outside 1..=65535", sel.number),
+                ),
+                Some(_) => {}
+            }
+            self.policy_blocks(
+                r,
+                port.load_balancer.as_ref(),
+                port.connection_pool.as_ref(),
+                port.outlier_detection.as_ref(),
+                &pp,
+            );
+        }
+    }
+
+    fn policy_blocks(
+        &mut self,
+        r: &Resource,
+        lb: Option<&LoadBalancerSettings>,
+        pool: Option<&ConnectionPoolSettings>,
+        od: Option<&OutlierDetection>,
+        p: &str,
+    ) {
+        if let Some(lb) = lb {
+            self.load_balancer(r, lb, &format!("{p}.loadBalancer"));
+        }
+        if let Some(pool) = pool {
+            let cp = format!("{p}.connectionPool");
+            if let Some(tcp) = &pool.tcp {
+                self.positive(r, tcp.connect_timeout, &format!("{cp}.tcp.connectTimeout"));
+                self.not_negative(r, tcp.idle_timeout, &format!("{cp}.tcp.idleTimeout"));
+            }
+            if let Some(http) = &pool.http {
+                self.not_negative(r, http.idle_timeout, &format!("{cp}.http.idleTimeout"));
+            }
+        }
+        if let Some(od) = od {
+            let op = format!("{p}.outlierDetection");
+            self.positive(r, od.interval, &format!("{op}.interval"));
+            self.positive(r, od.base_ejection_time, &format!("{op}.baseEjectionTime"));
+            for (name, v) in [
+                ("maxEjectionPercent", od.max_ejection_percent),
+                ("minHealthPercent", od.min_health_percent),
+            ] {
+                if let Some(v) = v
+                    && !(0..=100).contains(&v)
+                {
+                    self.error(r, format!("{op}.{name}"), format!("{v} is outside 0..=100"));
+                }
+            }
+        }
+    }
+
+    fn not_negative(&mut self, r: &Resource, d: Option<IstioDuration>, p: &str) {
+        if let Some(d) = d
+            && d.is_negative()
+        {
+            self.error(
+                r,
+                p.to_owned(),
+                format!("duration {d} must not be negative"),
+            );
+        }
+    }
+
+    fn load_balancer(&mut self, r: &Resource, lb: &LoadBalancerSettings, p: &str) {
+        let Some(ch) = &lb.consistent_hash else {
+            return;
+        };
+        let cp = format!("{p}.consistentHash");
+        if lb.simple.is_some() {
+            self.error(
+                r,
+                format!("{p}.simple"),
+                "set either simple or consistentHash, not both",
+            );
+        }
+        match ch.key_count() {
+            0 => self.error(
+                r,
+                cp.clone(),
+                "set one hash key: httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
+            ),
+            1 => {}
+            n => self.error(
+                r,
+                cp.clone(),
+                format!("{n} hash keys set; set exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName"),
+            ),
+        }
+        if let Some(cookie) = &ch.http_cookie
+            && cookie.name.is_empty()
+        {
+            self.error(
+                r,
+                format!("{cp}.httpCookie.name"),
+                "a hash cookie needs a name",
+            );
+        }
+        if ch.ring_hash.is_some() && ch.maglev.is_some() {
+            self.error(
+                r,
+                format!("{cp}.maglev"),
+                "set either ringHash or maglev, not both",
+            );
+        }
+        if let Some(size) = ch.maglev.as_ref().and_then(|m| m.table_size)
+            && !is_prime(size)
+        {
+            self.error(
+                r,
+                format!("{cp}.maglev.tableSize"),
+                format!("maglev table size {size} is not prime (default 65537)"),
+            );
+        }
+    }
+
+    // ----- ServiceEntry ---------------------------------------------------------------------
+
+    fn service_entry(&mut self, r: &Resource, se: &ServiceEntry) {
+        if se.hosts.is_empty() {
+            self.error(r, "spec.hosts", "a ServiceEntry needs at least one host");
+        }
+        if se.ports.is_empty() {
+            self.error(r, "spec.ports", "a ServiceEntry needs at least one port");
+        }
+        for (i, port) in se.ports.iter().enumerate() {
+            let pp = format!("spec.ports[{i}]");
+            if port.number == 0 || port.number > 65535 {
+                self.error(
+                    r,
+                    format!("{pp}.number"),
+                    format!("port {} is outside 1..=65535", port.number),
+                );
+            }
+            if let Some(proto) = &port.protocol
+                && !SERVICE_ENTRY_PROTOCOLS
+                    .iter()
+                    .any(|known| known.eq_ignore_ascii_case(proto))
+            {
+                self.error(
+                    r,
+                    format!("{pp}.protocol"),
+                    format!(
+                        "unknown protocol `{proto}` (one of {})",
+                        SERVICE_ENTRY_PROTOCOLS.join(", ")
+                    ),
+                );
+            }
+        }
+        if se.resolution == Some(Resolution::Static) {
+            if se.endpoints.is_empty() && se.workload_selector.is_none() {
+                self.error(
+                    r,
+                    "spec.endpoints",
+                    "STATIC resolution needs endpoints (or a workloadSelector)",
+                );
+            }
+            for (i, ep) in se.endpoints.iter().enumerate() {
+                if !ep.address.starts_with("unix://") && ep.address.parse::<IpAddr>().is_err() {
+                    self.error(
+                        r,
+                        format!("spec.endpoints[{i}].address"),
+                        format!(
+                            "`{}` is not an IP address, required for STATIC resolution",
+                            ep.address
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    // ----- Security -------------------------------------------------------------------------
+
+    fn peer_authentication(&mut self, r: &Resource, pa: &PeerAuthentication) {
+        if !pa.port_level_mtls.is_empty() && pa.selector.is_none() {
+            self.error(
+                r,
+                "spec.portLevelMtls",
+                "portLevelMtls needs a selector (it is rejected on namespace- and mesh-wide policies)",
+            );
+        }
+    }
+
+    fn authorization_policy(&mut self, r: &Resource, ap: &AuthorizationPolicy) {
+        match (&ap.action, &ap.provider) {
+            (AuthzAction::Custom, None) => {
+                self.error(r, "spec.provider", "action CUSTOM needs a provider")
+            }
+            (AuthzAction::Custom, Some(p)) if p.name.is_empty() => {
+                self.error(r, "spec.provider.name", "the CUSTOM provider needs a name")
+            }
+            (AuthzAction::Custom, Some(_)) | (_, None) => {}
+            (_, Some(_)) => self.error(
+                r,
+                "spec.provider",
+                "provider is only allowed with action CUSTOM",
+            ),
+        }
+        for (i, rule) in ap.rules.iter().enumerate() {
+            let rp = format!("spec.rules[{i}]");
+            for (j, from) in rule.from.iter().enumerate() {
+                let s = &from.source;
+                let has_identity = !s.principals.is_empty() || !s.namespaces.is_empty();
+                if !s.service_accounts.is_empty() && has_identity {
+                    self.error(
+                        r,
+                        format!("{rp}.from[{j}].source.serviceAccounts"),
+                        "serviceAccounts cannot be combined with principals or namespaces",
+                    );
+                }
+            }
+            for (j, cond) in rule.when.iter().enumerate() {
+                let cp = format!("{rp}.when[{j}]");
+                if !is_valid_when_key(&cond.key) {
+                    self.error(
+                        r,
+                        format!("{cp}.key"),
+                        format!("unknown condition key `{}`", cond.key),
+                    );
+                }
+                if cond.values.is_empty() && cond.not_values.is_empty() {
+                    self.error(r, cp, "a condition needs values or notValues");
+                }
+            }
+        }
+    }
+
+    // ----- Cross-resource -------------------------------------------------------------------
+
+    fn conflicts(&mut self, resources: &[Resource]) {
+        let mut vs_hosts: HashMap<String, &Resource> = HashMap::new();
+        let mut dr_hosts: HashMap<(String, String), &Resource> = HashMap::new();
+        let mut ns_pa: HashMap<&str, &Resource> = HashMap::new();
+        for r in resources {
+            let ns = &r.meta.namespace;
+            match &r.spec {
+                ResourceSpec::VirtualService(vs) if applies_to_sidecars(&vs.gateways) => {
+                    let mut own = HashSet::new();
+                    for (i, h) in vs.hosts.iter().enumerate() {
+                        let full = fqdn(h, ns);
+                        if !own.insert(full.clone()) {
+                            continue;
+                        }
+                        if let Some(first) = vs_hosts.get(&full) {
+                            let msg = format!(
+                                "host {full} is already claimed by {} ({}); sidecars would ignore this VirtualService for it",
+                                first.label(),
+                                first.origin
+                            );
+                            self.error(r, format!("spec.hosts[{i}]"), msg);
+                        } else {
+                            vs_hosts.insert(full, r);
+                        }
+                    }
+                }
+                ResourceSpec::DestinationRule(dr) if dr.workload_selector.is_none() => {
+                    let key = (ns.clone(), fqdn(&dr.host, ns));
+                    if let Some(first) = dr_hosts.get(&key) {
+                        let msg = format!(
+                            "{} ({}) already configures host {} in namespace {ns}; only one would apply",
+                            first.label(),
+                            first.origin,
+                            key.1
+                        );
+                        self.error(r, "spec.host", msg);
+                    } else {
+                        dr_hosts.insert(key, r);
+                    }
+                }
+                ResourceSpec::PeerAuthentication(pa) if pa.selector.is_none() => {
+                    if let Some(first) = ns_pa.get(ns.as_str()) {
+                        let msg = format!(
+                            "namespace {ns} already has a PeerAuthentication without selector, {} ({}); the policies conflict",
+                            first.label(),
+                            first.origin
+                        );
+                        self.error(r, "spec.selector", msg);
+                    } else {
+                        ns_pa.insert(ns, r);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Whether `key` is an AuthorizationPolicy condition key Istio accepts.
+fn is_valid_when_key(key: &str) -> bool {
+    if WHEN_KEYS.contains(&key) {
+        return true;
+    }
+    if let Some(rest) = key.strip_prefix("experimental.envoy.filters.") {
+        return !rest.is_empty();
+    }
+    if let Some(rest) = key.strip_prefix("request.headers") {
+        return bracket_groups(rest) == Some(1);
+    }
+    if let Some(rest) = key.strip_prefix("request.auth.claims") {
+        return bracket_groups(rest).is_some_and(|n| n >= 1);
+    }
+    false
+}
+
+/// Counts `[x]` groups making up all of `s` (each non-empty); `None` if malformed.
+fn bracket_groups(mut s: &str) -> Option<usize> {
+    let mut n = 0;
+    while !s.is_empty() {
+        let inner = s.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        if end == 0 || inner[..end].contains('[') {
+            return None;
+        }
+        s = &inner[end + 1..];
+        n += 1;
+    }
+    Some(n)
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n.is_multiple_of(2) {
+        return n == 2;
+    }
+    let mut d = 3u64;
+    while d.saturating_mul(d) <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One YAML document of `kind` named `ns/name` with a flow-style `spec`.
+    fn res(kind: &str, ns_name: &str, spec: &str) -> String {
+        let (ns, name) = ns_name.split_once('/').unwrap_or(("default", ns_name));
+        let api = match kind {
+            "PeerAuthentication" | "AuthorizationPolicy" => "security.istio.io/v1",
+            _ => "networking.istio.io/v1",
+        };
+        format!(
+            "---\napiVersion: {api}\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+        )
+    }
+
+    fn check(docs: &[String]) -> Report {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), docs.concat()).unwrap();
+        check_dir(dir.path())
+    }
+
+    /// Asserts a problem of `severity` at `field` exists and returns it.
+    #[track_caller]
+    fn expect<'a>(report: &'a Report, severity: Severity, field: &str) -> &'a Problem {
+        report
+            .problems
+            .iter()
+            .find(|p| p.severity == severity && p.field.as_deref() == Some(field))
+            .unwrap_or_else(|| panic!("no {severity} at {field}; got {:#?}", report.problems))
+    }
+
+    #[track_caller]
+    fn expect_error(docs: &[String], field: &str) -> Problem {
+        let report = check(docs);
+        assert!(
+            report.set.is_none(),
+            "an error must withhold the config set"
+        );
+        expect(&report, Severity::Error, field).clone()
+    }
+
+    #[track_caller]
+    fn expect_no_error(docs: &[String]) -> Report {
+        let report = check(docs);
+        assert!(!report.has_errors(), "{:#?}", report.problems);
+        assert!(report.set.is_some());
+        report
+    }
+
+    const SVC: &str = "{hosts: [api.example.com], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}";
+
+    fn route_vs(route: &str) -> String {
+        res(
+            "VirtualService",
+            "r",
+            &format!("{{hosts: [r], http: [{{route: {route}}}]}}"),
+        )
+    }
+
+    fn http_vs(rule: &str) -> String {
+        res(
+            "VirtualService",
+            "r",
+            &format!("{{hosts: [r], http: [{rule}]}}"),
+        )
+    }
+
+    fn dr_policy(policy: &str) -> String {
+        res(
+            "DestinationRule",
+            "r",
+            &format!("{{host: r, trafficPolicy: {policy}}}"),
+        )
+    }
+
+    #[test]
+    fn the_bookinfo_canary_config_is_valid() {
+        let report = expect_no_error(&[
+            res(
+                "VirtualService",
+                "bookinfo/reviews",
+                "{hosts: [reviews], http: [\
+                   {name: jason, match: [{headers: {end-user: {exact: jason}}, uri: {prefix: /reviews}}], \
+                    route: [{destination: {host: reviews, subset: v2}}]}, \
+                   {name: canary, timeout: 3s, retries: {attempts: 2, perTryTimeout: 1s, retryOn: '5xx,reset'}, \
+                    route: [{destination: {host: reviews, subset: v1}, weight: 90}, \
+                            {destination: {host: reviews, subset: v3}, weight: 10}]}]}",
+            ),
+            res(
+                "DestinationRule",
+                "bookinfo/reviews",
+                "{host: reviews.bookinfo.svc.cluster.local, \
+                  trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}, \
+                    connectionPool: {tcp: {maxConnections: 100, connectTimeout: 2s}, http: {http1MaxPendingRequests: 10}}, \
+                    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}}, \
+                  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}, \
+                    {name: v3, labels: {version: v3}, trafficPolicy: {loadBalancer: {consistentHash: {maglev: {tableSize: 65537}, httpHeaderName: x-user}}}}]}",
+            ),
+            res(
+                "PeerAuthentication",
+                "bookinfo/default",
+                "{mtls: {mode: STRICT}}",
+            ),
+            res(
+                "AuthorizationPolicy",
+                "bookinfo/reviews-viewer",
+                "{selector: {matchLabels: {app: reviews}}, action: ALLOW, rules: [\
+                   {from: [{source: {principals: [cluster.local/ns/bookinfo/sa/productpage]}}], \
+                    to: [{operation: {methods: [GET], paths: ['/reviews/*']}}], \
+                    when: [{key: 'request.headers[x-tenant]', values: [acme]}, \
+                           {key: 'request.auth.claims[groups][0]', notValues: [banned]}]}]}",
+            ),
+        ]);
+        assert_eq!(report.problems.len(), 0, "{:#?}", report.problems);
+        let set = report.set.unwrap();
+        assert_eq!(set.len(), 4);
+        let vs = set
+            .virtual_service_for_host("reviews.bookinfo.svc.cluster.local")
+            .unwrap();
+        assert_eq!(vs.spec.http[1].route[0].weight, 90);
+        let dr = set
+            .destination_rule_for_host("reviews.bookinfo.svc.cluster.local", "frontend")
+            .unwrap();
+        assert_eq!(dr.spec.subsets.len(), 3);
+        assert_eq!(set.peer_authentications_in("bookinfo").count(), 1);
+    }
+
+    #[test]
+    fn weights_are_relative_but_not_negative_nor_all_zero() {
+        expect_no_error(&[route_vs(
+            "[{destination: {host: r}, weight: 1}, {destination: {host: r}, weight: 3}]",
+        )]);
+        let p = expect_error(
+            &[route_vs(
+                "[{destination: {host: r}, weight: -1}, {destination: {host: r}, weight: 101}]",
+            )],
+            "spec.http[0].route[0].weight",
+        );
+        assert!(p.message.contains("negative"));
+        expect_error(
+            &[route_vs(
+                "[{destination: {host: r}}, {destination: {host: r}}]",
+            )],
+            "spec.http[0].route",
+        );
+        expect_error(
+            &[res(
+                "VirtualService",
+                "t",
+                "{hosts: [t], tcp: [{route: [{destination: {host: t}, weight: 0}, {destination: {host: t}, weight: 0}]}]}",
+            )],
+            "spec.tcp[0].route",
+        );
+    }
+
+    #[test]
+    fn a_route_to_an_undefined_subset_is_an_error() {
+        let dr = res(
+            "DestinationRule",
+            "shop/reviews",
+            "{host: reviews, subsets: [{name: v1}]}",
+        );
+        let vs = |subset: &str| {
+            res(
+                "VirtualService",
+                "shop/reviews",
+                &format!(
+                    "{{hosts: [reviews], http: [{{route: [{{destination: {{host: reviews, subset: {subset}}}}}]}}]}}"
+                ),
+            )
+        };
+        expect_no_error(&[dr.clone(), vs("v1")]);
+        let p = expect_error(&[dr, vs("v9")], "spec.http[0].route[0].destination.subset");
+        assert!(p.message.contains("defined: v1"), "{p}");
+        assert_eq!(p.resource.as_deref(), Some("VirtualService shop/reviews"));
+        // No DestinationRule at all.
+        expect_error(&[vs("v1")], "spec.http[0].route[0].destination.subset");
+        // A DR for the same short name in another namespace is another host.
+        expect_error(
+            &[
+                res(
+                    "DestinationRule",
+                    "other/reviews",
+                    "{host: reviews, subsets: [{name: v1}]}",
+                ),
+                vs("v1"),
+            ],
+            "spec.http[0].route[0].destination.subset",
+        );
+    }
+
+    #[test]
+    fn duplicate_subset_names_are_an_error() {
+        expect_error(
+            &[res(
+                "DestinationRule",
+                "r",
+                "{host: r, subsets: [{name: v1}, {name: v1}]}",
+            )],
+            "spec.subsets[1].name",
+        );
+    }
+
+    #[test]
+    fn two_virtual_services_for_one_host_are_an_error() {
+        let p = expect_error(
+            &[
+                res(
+                    "VirtualService",
+                    "shop/a",
+                    "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}",
+                ),
+                res(
+                    "VirtualService",
+                    "ops/b",
+                    "{hosts: [x, reviews.shop.svc.cluster.local], http: [{route: [{destination: {host: reviews.shop}}]}]}",
+                ),
+            ],
+            "spec.hosts[1]",
+        );
+        assert_eq!(p.resource.as_deref(), Some("VirtualService ops/b"));
+        assert!(p.message.contains("VirtualService shop/a"), "{p}");
+        // A VS bound only to a gateway does not compete with the sidecar one.
+        expect_no_error(&[
+            res(
+                "VirtualService",
+                "shop/a",
+                "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}",
+            ),
+            res(
+                "VirtualService",
+                "shop/gw",
+                "{hosts: [reviews], gateways: [ingress], http: [{route: [{destination: {host: reviews}}]}]}",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn two_destination_rules_for_one_host_in_a_namespace_are_an_error() {
+        let dr = |ns_name: &str| {
+            res(
+                "DestinationRule",
+                ns_name,
+                "{host: reviews.shop.svc.cluster.local}",
+            )
+        };
+        expect_error(&[dr("shop/a"), dr("shop/b")], "spec.host");
+        expect_no_error(&[dr("shop/a"), dr("frontend/b")]);
+    }
+
+    #[test]
+    fn two_namespace_wide_peer_authentications_conflict() {
+        let pa = |ns_name: &str| res("PeerAuthentication", ns_name, "{mtls: {mode: STRICT}}");
+        expect_error(&[pa("shop/a"), pa("shop/b")], "spec.selector");
+        expect_no_error(&[
+            pa("shop/a"),
+            pa("other/b"),
+            res(
+                "PeerAuthentication",
+                "shop/db",
+                "{selector: {matchLabels: {app: db}}, mtls: {mode: PERMISSIVE}}",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn port_level_mtls_needs_a_selector() {
+        expect_error(
+            &[res(
+                "PeerAuthentication",
+                "shop/a",
+                "{portLevelMtls: {8080: {mode: DISABLE}}}",
+            )],
+            "spec.portLevelMtls",
+        );
+    }
+
+    #[test]
+    fn redirect_rules_are_checked() {
+        expect_no_error(&[http_vs("{redirect: {uri: /new, redirectCode: 308}}")]);
+        expect_error(
+            &[http_vs(
+                "{redirect: {uri: /new}, route: [{destination: {host: r}}]}",
+            )],
+            "spec.http[0].redirect",
+        );
+        expect_error(
+            &[http_vs("{redirect: {uri: /new}, rewrite: {uri: /x}}")],
+            "spec.http[0].redirect",
+        );
+        expect_error(
+            &[http_vs("{redirect: {uri: /new, redirectCode: 300}}")],
+            "spec.http[0].redirect.redirectCode",
+        );
+        expect_error(&[http_vs("{name: nothing}")], "spec.http[0]");
+    }
+
+    #[test]
+    fn fault_injection_is_checked() {
+        let rule = |fault: &str| {
+            http_vs(&format!(
+                "{{fault: {fault}, route: [{{destination: {{host: r}}}}]}}"
+            ))
+        };
+        expect_no_error(&[rule(
+            "{delay: {fixedDelay: 5s, percentage: {value: 0.1}}, abort: {httpStatus: 503, percentage: {value: 100}}}",
+        )]);
+        expect_error(
+            &[rule("{abort: {httpStatus: 503, percentage: {value: 150}}}")],
+            "spec.http[0].fault.abort.percentage.value",
+        );
+        expect_error(
+            &[rule("{delay: {fixedDelay: 1s, percentage: {value: -1}}}")],
+            "spec.http[0].fault.delay.percentage.value",
+        );
+        expect_error(
+            &[rule("{abort: {httpStatus: 700, percentage: {value: 1}}}")],
+            "spec.http[0].fault.abort.httpStatus",
+        );
+        expect_error(
+            &[rule("{abort: {httpStatus: 100, percentage: {value: 1}}}")],
+            "spec.http[0].fault.abort.httpStatus",
+        );
+        expect_error(
+            &[rule("{abort: {percentage: {value: 1}}}")],
+            "spec.http[0].fault.abort",
+        );
+        expect_error(
+            &[rule("{delay: {fixedDelay: 0s}}")],
+            "spec.http[0].fault.delay.fixedDelay",
+        );
+    }
+
+    #[test]
+    fn route_durations_must_not_be_negative() {
+        let rule = |extra: &str| {
+            http_vs(&format!(
+                "{{{extra}, route: [{{destination: {{host: r}}}}]}}"
+            ))
+        };
+        expect_no_error(&[rule("timeout: 0s")]);
+        expect_error(&[rule("timeout: -1s")], "spec.http[0].timeout");
+        expect_error(
+            &[rule("retries: {attempts: 3, perTryTimeout: 0s}")],
+            "spec.http[0].retries.perTryTimeout",
+        );
+        expect_error(
+            &[rule("retries: {attempts: -1}")],
+            "spec.http[0].retries.attempts",
+        );
+    }
+
+    #[test]
+    fn outlier_detection_is_checked() {
+        expect_error(
+            &[dr_policy("{outlierDetection: {interval: 0s}}")],
+            "spec.trafficPolicy.outlierDetection.interval",
+        );
+        expect_error(
+            &[dr_policy("{outlierDetection: {baseEjectionTime: -5s}}")],
+            "spec.trafficPolicy.outlierDetection.baseEjectionTime",
+        );
+        expect_error(
+            &[dr_policy("{outlierDetection: {maxEjectionPercent: 150}}")],
+            "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+        );
+        expect_error(
+            &[dr_policy(
+                "{portLevelSettings: [{port: {number: 80}, outlierDetection: {minHealthPercent: -1}}]}",
+            )],
+            "spec.trafficPolicy.portLevelSettings[0].outlierDetection.minHealthPercent",
+        );
+        expect_error(
+            &[dr_policy("{connectionPool: {tcp: {connectTimeout: 0s}}}")],
+            "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
+        );
+    }
+
+    #[test]
+    fn consistent_hash_is_checked() {
+        expect_error(
+            &[dr_policy(
+                "{loadBalancer: {consistentHash: {httpHeaderName: x-user, useSourceIp: true}}}",
+            )],
+            "spec.trafficPolicy.loadBalancer.consistentHash",
+        );
+        expect_error(
+            &[dr_policy(
+                "{loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 65536}}}}",
+            )],
+            "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize",
+        );
+        expect_error(
+            &[res(
+                "DestinationRule",
+                "r",
+                "{host: r, subsets: [{name: v1, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 1000}}}}}]}",
+            )],
+            "spec.subsets[0].trafficPolicy.loadBalancer.consistentHash.maglev.tableSize",
+        );
+        expect_no_error(&[dr_policy(
+            "{loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 0s}, maglev: {tableSize: 65537}}}}",
+        )]);
+    }
+
+    #[test]
+    fn bad_regexes_are_errors() {
+        let matching = |m: &str| {
+            http_vs(&format!(
+                "{{match: [{m}], route: [{{destination: {{host: r}}}}]}}"
+            ))
+        };
+        expect_error(
+            &[matching("{uri: {regex: '/api/(v1'}}")],
+            "spec.http[0].match[0].uri.regex",
+        );
+        expect_error(
+            &[matching("{headers: {x-id: {regex: '[0-9'}}}")],
+            "spec.http[0].match[0].headers.x-id.regex",
+        );
+        expect_error(
+            &[matching("{uri: {exact: /a, prefix: /b}}")],
+            "spec.http[0].match[0].uri",
+        );
+        // `regex: "*"` on a header means "present".
+        expect_no_error(&[matching(
+            "{headers: {x-id: {regex: '*'}}, uri: {regex: '/api/v[0-9]+/.*'}}",
+        )]);
+        expect_error(
+            &[http_vs(
+                "{rewrite: {uriRegexRewrite: {match: '(', rewrite: /}}, route: [{destination: {host: r}}]}",
+            )],
+            "spec.http[0].rewrite.uriRegexRewrite.match",
+        );
+    }
+
+    #[test]
+    fn authorization_policies_are_checked() {
+        expect_error(
+            &[res(
+                "AuthorizationPolicy",
+                "ext",
+                "{action: CUSTOM, rules: [{}]}",
+            )],
+            "spec.provider",
+        );
+        expect_no_error(&[res(
+            "AuthorizationPolicy",
+            "ext",
+            "{action: CUSTOM, provider: {name: opa}, rules: [{}]}",
+        )]);
+        expect_error(
+            &[res(
+                "AuthorizationPolicy",
+                "a",
+                "{rules: [{when: [{key: request.header, values: [x]}]}]}",
+            )],
+            "spec.rules[0].when[0].key",
+        );
+        expect_error(
+            &[res(
+                "AuthorizationPolicy",
+                "a",
+                "{rules: [{when: [{key: source.ip}]}]}",
+            )],
+            "spec.rules[0].when[0]",
+        );
+        expect_error(
+            &[res(
+                "AuthorizationPolicy",
+                "a",
+                "{action: DENY, rules: [{from: [{source: {serviceAccounts: [shop/web], namespaces: [shop]}}]}]}",
+            )],
+            "spec.rules[0].from[0].source.serviceAccounts",
+        );
+    }
+
+    #[test]
+    fn when_keys_follow_istios_list() {
+        for ok in [
+            "source.ip",
+            "request.headers[User-Agent]",
+            "request.auth.claims[iss]",
+            "request.auth.claims[groups][admin]",
+            "experimental.envoy.filters.network.mysql_proxy[db.table]",
+            "destination.port",
+        ] {
+            assert!(is_valid_when_key(ok), "{ok}");
+        }
+        for bad in [
+            "request.headers",
+            "request.headers[]",
+            "request.headers[a][b]",
+            "request.auth.claims",
+            "source.principals",
+            "",
+        ] {
+            assert!(!is_valid_when_key(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn service_entries_are_checked() {
+        expect_no_error(&[res("ServiceEntry", "api", SVC)]);
+        expect_error(
+            &[res(
+                "ServiceEntry",
+                "se",
+                "{ports: [{number: 80, protocol: HTTP}]}",
+            )],
+            "spec.hosts",
+        );
+        expect_error(
+            &[res("ServiceEntry", "se", "{hosts: [a.example.com]}")],
+            "spec.ports",
+        );
+        expect_error(
+            &[res(
+                "ServiceEntry",
+                "se",
+                "{hosts: [a.example.com], ports: [{number: 80, protocol: UDP}]}",
+            )],
+            "spec.ports[0].protocol",
+        );
+        expect_no_error(&[res(
+            "ServiceEntry",
+            "se",
+            "{hosts: [a.example.com], ports: [{number: 80, protocol: http}], resolution: STATIC, \
+              endpoints: [{address: 10.0.0.1}, {address: 'fd00::1'}]}",
+        )]);
+        expect_error(
+            &[res(
+                "ServiceEntry",
+                "se",
+                "{hosts: [a.example.com], ports: [{number: 80, protocol: HTTP}], resolution: STATIC}",
+            )],
+            "spec.endpoints",
+        );
+        expect_error(
+            &[res(
+                "ServiceEntry",
+                "se",
+                "{hosts: [a.example.com], ports: [{number: 80, protocol: HTTP}], resolution: STATIC, \
+                  endpoints: [{address: 10.0.0.1}, {address: db.example.com}]}",
+            )],
+            "spec.endpoints[1].address",
+        );
+    }
+
+    #[test]
+    fn unknown_destination_hosts_only_warn() {
+        let vs = res(
+            "VirtualService",
+            "shop/front",
+            "{hosts: [front], http: [{route: [{destination: {host: ratings}}]}, \
+              {route: [{destination: {host: api.example.com}}]}]}",
+        );
+        let report = check(&[vs.clone(), res("ServiceEntry", "api", SVC)]);
+        assert!(!report.has_errors(), "{:#?}", report.problems);
+        let w = expect(
+            &report,
+            Severity::Warning,
+            "spec.http[0].route[0].destination.host",
+        );
+        assert!(w.message.contains("ratings.shop.svc.cluster.local"), "{w}");
+        assert_eq!(report.warnings().count(), 1, "{:#?}", report.problems);
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vs.yaml"), vs).unwrap();
+        let known: HashSet<String> = [
+            "ratings.shop.svc.cluster.local".to_owned(),
+            "api.example.com".to_owned(),
+        ]
+        .into_iter()
+        .collect();
+        let report = check_dir_with_hosts(dir.path(), &known);
+        assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    }
+
+    #[test]
+    fn loader_problems_reach_the_report() {
+        let report = check(&[
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n".to_owned(),
+            route_vs("[{destination: {host: r}, weight: \"ten\"}]"),
+        ]);
+        assert!(report.has_errors());
+        expect(&report, Severity::Warning, "kind");
+        let e = expect(&report, Severity::Error, "spec.http[0].route[0].weight");
+        assert_eq!(e.document, Some(2));
+        assert!(
+            e.to_string()
+                .contains("mesh.yaml:2: error: VirtualService default/r"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hosts_are_completed_with_the_namespace() {
+        assert_eq!(fqdn("reviews", "shop"), "reviews.shop.svc.cluster.local");
+        assert_eq!(
+            fqdn("reviews.prod", "shop"),
+            "reviews.prod.svc.cluster.local"
+        );
+        assert_eq!(
+            fqdn("reviews.prod.svc", "shop"),
+            "reviews.prod.svc.cluster.local"
+        );
+        assert_eq!(
+            fqdn("reviews.prod.svc.cluster.local", "shop"),
+            "reviews.prod.svc.cluster.local"
+        );
+        assert_eq!(fqdn("api.eu.example.com", "shop"), "api.eu.example.com");
+        assert_eq!(fqdn("*.example.com", "shop"), "*.example.com");
+        assert_eq!(fqdn("*", "shop"), "*");
+        assert_eq!(fqdn("Reviews", "shop"), "reviews.shop.svc.cluster.local");
+    }
+
+    #[test]
+    fn primes() {
+        assert!(is_prime(65537) && is_prime(2) && is_prime(5_000_011));
+        assert!(!is_prime(65536) && !is_prime(1) && !is_prime(0) && !is_prime(9));
+    }
+}

@@ -1,0 +1,93 @@
+//! The certificate service: signs a CSR for the identity the caller proves, with a bootstrap
+//! token (`authorization: Bearer`) or with its current SVID as TLS client certificate.
+//! Every refusal says which check failed.
+
+use meshlite_xds_proto::v1::certificate_service_server::CertificateService;
+use meshlite_xds_proto::v1::{CertificateRequest, CertificateResponse};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+use super::tls::PeerInfo;
+use crate::metrics::ResultLabel;
+use crate::plane::ControlPlane;
+use meshlite_proxy::identity::spiffe::SpiffeId;
+
+/// The service.
+pub struct Ca {
+    plane: Arc<ControlPlane>,
+}
+
+impl Ca {
+    /// Serves `plane`'s CA.
+    pub fn new(plane: Arc<ControlPlane>) -> Self {
+        Self { plane }
+    }
+
+    fn caller<T>(&self, req: &Request<T>, now: OffsetDateTime) -> Result<SpiffeId, Status> {
+        if let Some(auth) = req.metadata().get("authorization") {
+            let token = auth
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+            return self
+                .plane
+                .tokens
+                .verify(token.trim(), now)
+                .map(|c| c.identity)
+                .map_err(|e| Status::unauthenticated(format!("bootstrap token refused: {e}")));
+        }
+        let chain = req
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.chain.clone())
+            .unwrap_or_default();
+        if chain.is_empty() {
+            return Err(Status::unauthenticated(
+                "no credential: send a bootstrap token or present the current certificate",
+            ));
+        }
+        self.plane
+            .ca
+            .verify_client_chain(&chain, now)
+            .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))
+    }
+}
+
+#[tonic::async_trait]
+impl CertificateService for Ca {
+    async fn create_certificate(
+        &self,
+        req: Request<CertificateRequest>,
+    ) -> Result<Response<CertificateResponse>, Status> {
+        let now = OffsetDateTime::now_utc();
+        let result = self.caller(&req, now).and_then(|caller| {
+            let body = req.get_ref();
+            let ttl = match u64::try_from(body.validity_duration) {
+                Ok(s) if s > 0 => Duration::from_secs(s),
+                _ => self.plane.cert_ttl,
+            };
+            self.plane
+                .ca
+                .sign_csr(&body.csr, &caller, ttl, now)
+                .map_err(|e| Status::permission_denied(format!("CSR refused: {e}")))
+        });
+        let label = if result.is_ok() { "signed" } else { "refused" };
+        self.plane
+            .metrics
+            .csrs
+            .get_or_create(&ResultLabel { result: label })
+            .inc();
+        match result {
+            Ok(issued) => Ok(Response::new(CertificateResponse {
+                cert_chain: issued.chain_pem,
+            })),
+            Err(s) => {
+                tracing::warn!("certificate request refused: {}", s.message());
+                Err(s)
+            }
+        }
+    }
+}

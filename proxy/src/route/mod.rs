@@ -1,0 +1,347 @@
+//! HTTP routing as a VirtualService describes it: rules evaluated in order, the first whose
+//! match holds wins; inside a rule the `match` entries are ORed and the fields of one entry
+//! ANDed; a rule without matches matches everything. The winning rule's destinations are
+//! picked by relative weight (weights need not sum to 100, as in Istio ≥ 1.15). A host with
+//! route rules where none matches gets 404 `NR` (no fall-through, as Envoy does).
+//!
+//! Everything is compiled once per snapshot (regexes included); a request only compares.
+
+use regex::Regex;
+use std::sync::Arc;
+
+use meshlite_xds_proto::v1;
+
+use crate::snapshot::Cluster;
+
+/// Why a route table could not be compiled (the push carrying it is NACKed).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// A regex does not compile.
+    #[error("route `{route}`: invalid regex `{regex}`: {message}")]
+    Regex {
+        /// Route name or index.
+        route: String,
+        /// The pattern.
+        regex: String,
+        /// The compiler's message.
+        message: String,
+    },
+    /// A rule has destinations whose weights are all zero.
+    #[error("route `{0}`: every destination has weight 0")]
+    ZeroWeights(String),
+    /// A header name is not a valid HTTP header name.
+    #[error("route `{route}`: invalid header name `{name}`")]
+    HeaderName {
+        /// Route name or index.
+        route: String,
+        /// The name.
+        name: String,
+    },
+}
+
+/// A compiled string matcher.
+#[derive(Debug)]
+pub enum StringMatcher {
+    /// Equal.
+    Exact(Box<str>),
+    /// Starts with.
+    Prefix(Box<str>),
+    /// Whole-string RE2-style regex.
+    Regex(Regex),
+    /// Present with any value.
+    Present,
+}
+
+impl StringMatcher {
+    fn compile(m: &v1::StringMatch, route: &str, ignore_case: bool) -> Result<Self, RouteError> {
+        use v1::string_match::Kind;
+        let fold = |s: &str| {
+            if ignore_case {
+                s.to_ascii_lowercase()
+            } else {
+                s.to_string()
+            }
+        };
+        Ok(match &m.kind {
+            Some(Kind::Exact(s)) => Self::Exact(fold(s).into()),
+            Some(Kind::Prefix(s)) => Self::Prefix(fold(s).into()),
+            Some(Kind::Regex(r)) => {
+                // Istio matches the whole string: anchor the pattern.
+                let anchored = format!("^(?:{r})$");
+                Self::Regex(Regex::new(&anchored).map_err(|e| RouteError::Regex {
+                    route: route.to_string(),
+                    regex: r.clone(),
+                    message: e.to_string(),
+                })?)
+            }
+            Some(Kind::Present(_)) | None => Self::Present,
+        })
+    }
+
+    /// Whether `value` matches.
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(s) => value == &**s,
+            Self::Prefix(s) => value.starts_with(&**s),
+            Self::Regex(r) => r.is_match(value),
+            Self::Present => true,
+        }
+    }
+}
+
+/// One compiled `match` entry: every set field must hold.
+#[derive(Debug, Default)]
+pub struct RequestMatch {
+    uri: Option<StringMatcher>,
+    ignore_uri_case: bool,
+    method: Option<StringMatcher>,
+    authority: Option<StringMatcher>,
+    headers: Vec<(http::HeaderName, StringMatcher)>,
+    without_headers: Vec<(http::HeaderName, StringMatcher)>,
+    query: Vec<(Box<str>, StringMatcher)>,
+    port: u16,
+}
+
+impl RequestMatch {
+    fn compile(m: &v1::HttpMatch, route: &str) -> Result<Self, RouteError> {
+        let opt = |s: &Option<v1::StringMatch>, ic| {
+            s.as_ref()
+                .map(|s| StringMatcher::compile(s, route, ic))
+                .transpose()
+        };
+        let headers = |map: &std::collections::HashMap<String, v1::StringMatch>| {
+            let mut out = map
+                .iter()
+                .map(|(k, v)| {
+                    let name =
+                        http::HeaderName::try_from(k.to_ascii_lowercase()).map_err(|_| {
+                            RouteError::HeaderName {
+                                route: route.to_string(),
+                                name: k.clone(),
+                            }
+                        })?;
+                    Ok((name, StringMatcher::compile(v, route, false)?))
+                })
+                .collect::<Result<Vec<_>, RouteError>>()?;
+            out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+            Ok::<_, RouteError>(out)
+        };
+        let mut query = m
+            .query_params
+            .iter()
+            .map(|(k, v)| Ok((k.as_str().into(), StringMatcher::compile(v, route, false)?)))
+            .collect::<Result<Vec<_>, RouteError>>()?;
+        query.sort_by(|a: &(Box<str>, _), b| a.0.cmp(&b.0));
+        Ok(Self {
+            uri: opt(&m.uri, m.ignore_uri_case)?,
+            ignore_uri_case: m.ignore_uri_case,
+            method: opt(&m.method, false)?,
+            authority: opt(&m.authority, false)?,
+            headers: headers(&m.headers)?,
+            without_headers: headers(&m.without_headers)?,
+            query,
+            port: u16::try_from(m.port).unwrap_or(0),
+        })
+    }
+
+    /// Whether the request (head only) matches.
+    pub fn matches(&self, req: Head<'_>, authority: &str, port: u16) -> bool {
+        if self.port != 0 && self.port != port {
+            return false;
+        }
+        if let Some(m) = &self.uri {
+            let path = req.uri.path();
+            let ok = if self.ignore_uri_case {
+                m.matches(&path.to_ascii_lowercase())
+            } else {
+                m.matches(path)
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(m) = &self.method
+            && !m.matches(req.method.as_str())
+        {
+            return false;
+        }
+        if let Some(m) = &self.authority
+            && !m.matches(authority)
+        {
+            return false;
+        }
+        for (name, m) in &self.headers {
+            match req.headers.get(name).and_then(|v| v.to_str().ok()) {
+                Some(v) if m.matches(v) => {}
+                _ => return false,
+            }
+        }
+        for (name, m) in &self.without_headers {
+            // A missing header counts as empty for a value matcher (Istio's semantics).
+            let v = req
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .or(match m {
+                    StringMatcher::Present => None,
+                    _ => Some(""),
+                });
+            if v.is_some_and(|v| m.matches(v)) {
+                return false;
+            }
+        }
+        if !self.query.is_empty() {
+            let q = req.uri.query().unwrap_or("");
+            for (key, m) in &self.query {
+                let found = q.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == &**key).then_some(v)
+                });
+                match found {
+                    Some(v) if m.matches(v) => {}
+                    _ => return false,
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The parts of a request that routing reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Head<'a> {
+    /// Method.
+    pub method: &'a http::Method,
+    /// URI (path and query).
+    pub uri: &'a http::Uri,
+    /// Headers.
+    pub headers: &'a http::HeaderMap,
+}
+
+impl<'a> Head<'a> {
+    /// The head of `req`.
+    pub fn of<B>(req: &'a http::Request<B>) -> Self {
+        Self {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+        }
+    }
+}
+
+/// Where a chosen route sends the request.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A cluster of the snapshot.
+    Cluster(Arc<Cluster>),
+    /// A destination (host/subset) this proxy has no cluster for: 503 `NC`, as Envoy does.
+    Missing(Arc<str>),
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Route {
+    /// Name, for logs.
+    pub name: Arc<str>,
+    matches: Vec<RequestMatch>,
+    targets: Vec<(Target, u32)>,
+    total_weight: u32,
+}
+
+/// Resolves a route destination to a target; provided by the snapshot builder.
+pub trait ResolveDestination {
+    /// The cluster for `host`, `port` (0 = the only or the request's port) and `subset`.
+    fn resolve(&self, dest: &v1::WeightedDestination, request_port: u16) -> Target;
+}
+
+impl Route {
+    /// Compiles one VirtualService rule.
+    pub fn compile(
+        index: usize,
+        r: &v1::HttpRoute,
+        port: u16,
+        resolver: &dyn ResolveDestination,
+    ) -> Result<Self, RouteError> {
+        let name: Arc<str> = if r.name.is_empty() {
+            Arc::from(format!("#{index}"))
+        } else {
+            Arc::from(r.name.as_str())
+        };
+        let matches = r
+            .matches
+            .iter()
+            .map(|m| RequestMatch::compile(m, &name))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One destination gets everything whatever its weight; several keep only weight > 0.
+        let targets: Vec<(Target, u32)> = if r.route.len() == 1 {
+            vec![(resolver.resolve(&r.route[0], port), 1)]
+        } else {
+            r.route
+                .iter()
+                .filter(|d| d.weight > 0)
+                .map(|d| (resolver.resolve(d, port), d.weight))
+                .collect()
+        };
+        if !r.route.is_empty() && targets.is_empty() {
+            return Err(RouteError::ZeroWeights(name.to_string()));
+        }
+        let total_weight = targets.iter().map(|(_, w)| *w).sum();
+        Ok(Self {
+            name,
+            matches,
+            targets,
+            total_weight,
+        })
+    }
+
+    /// Picks a destination by weight; `roll` is uniform in `0..total_weight`.
+    fn pick(&self, roll: u32) -> Option<&Target> {
+        let mut left = roll;
+        for (t, w) in &self.targets {
+            if left < *w {
+                return Some(t);
+            }
+            left -= w;
+        }
+        self.targets.last().map(|(t, _)| t)
+    }
+}
+
+/// The compiled rules of one host and port.
+#[derive(Debug)]
+pub struct RouteTable {
+    /// `namespace/name` of the VirtualService.
+    pub origin: Arc<str>,
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Compiles a VirtualService's rules for one service port.
+    pub fn compile(
+        table: &v1::RouteTable,
+        port: u16,
+        resolver: &dyn ResolveDestination,
+    ) -> Result<Self, RouteError> {
+        let routes = table
+            .http
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Route::compile(i, r, port, resolver))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            origin: Arc::from(table.origin.as_str()),
+            routes,
+        })
+    }
+
+    /// The first matching rule's destination, picked by weight; `None` when no rule matches.
+    pub fn select(&self, req: Head<'_>, authority: &str, port: u16) -> Option<&Target> {
+        let route = self.routes.iter().find(|r| {
+            r.matches.is_empty() || r.matches.iter().any(|m| m.matches(req, authority, port))
+        })?;
+        if route.total_weight == 0 {
+            return None;
+        }
+        route.pick(fastrand::u32(..route.total_weight))
+    }
+}

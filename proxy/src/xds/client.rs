@@ -1,0 +1,236 @@
+//! The xDS client: one delta aggregated stream to the control plane, over mutual TLS with
+//! the workload's SVID.
+//!
+//! On connect it subscribes to every meshlite type (wildcard), telling the server which
+//! resource versions it already holds. Each response is applied to a copy of the state,
+//! turned into a new snapshot and swapped in atomically; then ACKed. If anything in it is
+//! malformed or does not build, it is NACKed with the reason and nothing changes. When the
+//! stream breaks, the proxy keeps serving and reconnects with exponential backoff and jitter.
+
+use meshlite_xds_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use meshlite_xds_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
+use meshlite_xds_proto::google::rpc::Status;
+use meshlite_xds_proto::type_url;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::channel::ControlEndpoint;
+use super::state::{StateDir, XdsState, files};
+use super::{Backoff, ControlStatus, XdsError};
+use crate::config::ProxyConfig;
+use crate::context::ProxyContext;
+use crate::snapshot::{MeshView, Snapshot};
+use crate::telemetry::metrics::UpdateLabels;
+
+/// google.rpc.Code INVALID_ARGUMENT, sent in a NACK.
+const INVALID_ARGUMENT: i32 = 3;
+/// A stream that lived this long resets the reconnect backoff.
+const HEALTHY_STREAM: Duration = Duration::from_secs(30);
+
+/// The running client.
+pub struct XdsClient {
+    ctx: Arc<ProxyContext>,
+    cfg: Arc<ProxyConfig>,
+    endpoint: ControlEndpoint,
+    node: Node,
+    state: XdsState,
+    state_dir: Option<StateDir>,
+    status: Arc<ControlStatus>,
+}
+
+/// The mesh view of a state: the control plane's services, and the static file's where the
+/// control plane has none of the same name and port (the file is the fallback).
+pub fn merged_view(cfg: &ProxyConfig, state: &XdsState) -> Result<MeshView, XdsError> {
+    let mut view = state.view()?;
+    let fallback = MeshView::from_static(cfg);
+    for s in fallback.services {
+        let fqdn = s.fqdn();
+        if !view
+            .services
+            .iter()
+            .any(|v| v.port == s.port && v.fqdn() == fqdn)
+        {
+            view.services.push(s);
+        }
+    }
+    Ok(view)
+}
+
+impl XdsClient {
+    /// A client starting from `state` (empty, or restored from the state directory).
+    pub fn new(
+        ctx: Arc<ProxyContext>,
+        cfg: Arc<ProxyConfig>,
+        endpoint: ControlEndpoint,
+        node: Node,
+        state: XdsState,
+        state_dir: Option<StateDir>,
+        status: Arc<ControlStatus>,
+    ) -> Self {
+        Self {
+            ctx,
+            cfg,
+            endpoint,
+            node,
+            state,
+            state_dir,
+            status,
+        }
+    }
+
+    /// Runs until the process exits.
+    pub async fn run(mut self) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        loop {
+            let started = tokio::time::Instant::now();
+            match self.stream_once().await {
+                Ok(()) => tracing::info!("control plane closed the xDS stream"),
+                Err(e) => tracing::warn!(
+                    control = %self.endpoint.describe(),
+                    "xDS: {e}; serving the last good config (version {})",
+                    self.ctx.snapshot.load().version
+                ),
+            }
+            self.status.connected.store(false, Ordering::Relaxed);
+            self.ctx.telemetry.metrics.control.connected.set(0);
+            if started.elapsed() > HEALTHY_STREAM {
+                backoff.reset();
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    async fn stream_once(&mut self) -> Result<(), XdsError> {
+        let channel = self.endpoint.connect(Some(&self.ctx.identity)).await?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+        for (i, t) in type_url::ALL.iter().enumerate() {
+            let req = DeltaDiscoveryRequest {
+                node: (i == 0).then(|| self.node.clone()),
+                type_url: t.to_string(),
+                initial_resource_versions: self.state.versions(t),
+                ..Default::default()
+            };
+            tx.send(req)
+                .await
+                .map_err(|_| XdsError::Stream("request channel closed".into()))?;
+        }
+        let mut responses = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| XdsError::Stream(format!("{:?}: {}", s.code(), s.message())))?
+            .into_inner();
+        self.status.connected.store(true, Ordering::Relaxed);
+        self.ctx.telemetry.metrics.control.connected.set(1);
+        tracing::info!(control = %self.endpoint.describe(), "xDS stream up");
+        loop {
+            let resp = match responses.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(()),
+                Err(s) => {
+                    return Err(XdsError::Stream(format!("{:?}: {}", s.code(), s.message())));
+                }
+            };
+            let reply = self.handle(&resp);
+            tx.send(reply)
+                .await
+                .map_err(|_| XdsError::Stream("request channel closed".into()))?;
+        }
+    }
+
+    /// Applies one response and returns the ACK or NACK for it.
+    fn handle(&mut self, resp: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+        let result = self.apply(resp);
+        let (label, error_detail) = match &result {
+            Ok(()) => ("ack", None),
+            Err(e) => {
+                tracing::warn!(type_url = %resp.type_url, nonce = %resp.nonce, "NACK: {e}");
+                (
+                    "nack",
+                    Some(Status {
+                        code: INVALID_ARGUMENT,
+                        message: e.to_string(),
+                        details: vec![],
+                    }),
+                )
+            }
+        };
+        self.ctx
+            .telemetry
+            .metrics
+            .control
+            .updates
+            .get_or_create(&UpdateLabels {
+                type_url: resp.type_url.clone(),
+                result: label,
+            })
+            .inc();
+        DeltaDiscoveryRequest {
+            type_url: resp.type_url.clone(),
+            response_nonce: resp.nonce.clone(),
+            error_detail,
+            ..Default::default()
+        }
+    }
+
+    fn apply(&mut self, resp: &DeltaDiscoveryResponse) -> Result<(), XdsError> {
+        let next = self.state.apply(resp)?;
+        let view = merged_view(&self.cfg, &next)?;
+        let trust = next.trust_bundle()?;
+        if let Some(roots) = &trust {
+            // Checked before anything is swapped; the bundle holds old and new roots during a
+            // root rotation, so both keep verifying.
+            self.ctx
+                .identity
+                .check_roots(roots)
+                .map_err(|e| XdsError::Invalid(format!("trust bundle: {e}")))?;
+        }
+        let current = self.ctx.snapshot.load();
+        let snapshot = Snapshot::build(
+            &self.cfg,
+            &view,
+            &self.ctx.identity,
+            &self.ctx.telemetry.metrics,
+            current.version + 1,
+            Some(&current),
+        )
+        .map_err(|e| XdsError::Invalid(e.to_string()))?;
+        if let Some(roots) = &trust
+            && next.versions(type_url::TRUST_BUNDLE) != self.state.versions(type_url::TRUST_BUNDLE)
+        {
+            self.ctx
+                .identity
+                .set_roots(roots)
+                .map_err(|e| XdsError::Invalid(format!("trust bundle: {e}")))?;
+            tracing::info!(roots = roots.len(), "trust bundle updated");
+        }
+        let version = snapshot.version;
+        self.ctx.snapshot.store(Arc::new(snapshot));
+        self.state = next;
+        let m = &self.ctx.telemetry.metrics.control;
+        m.config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        m.persisted.set(0);
+        self.status.persisted.store(false, Ordering::Relaxed);
+        tracing::debug!(type_url = %resp.type_url, version, "applied push");
+        self.persist(trust.as_deref());
+        Ok(())
+    }
+
+    /// Best effort: a state directory that fails is logged, never fails a push.
+    fn persist(&self, roots: Option<&[rustls_pki_types::CertificateDer<'static>]>) {
+        let Some(dir) = &self.state_dir else { return };
+        if let Err(e) = dir.write(files::CONFIG, &self.state.encode()) {
+            tracing::warn!("cannot persist config: {e}");
+        }
+        if let Some(roots) = roots {
+            let pem: String = roots.iter().map(super::bootstrap::pem_cert).collect();
+            if let Err(e) = dir.write(files::ROOTS, pem.as_bytes()) {
+                tracing::warn!("cannot persist trust bundle: {e}");
+            }
+        }
+    }
+}

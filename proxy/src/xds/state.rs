@@ -1,0 +1,412 @@
+//! The resources received from the control plane, per type and name, and what they become:
+//! a [`MeshView`] the snapshot is built from, and the trust bundle.
+//!
+//! Applying a delta is done on a copy: the copy is decoded and built into a snapshot, and
+//! only if that works does it replace the current state (otherwise the push is NACKed and
+//! the last good state stays, as the xDS protocol asks).
+
+use meshlite_xds_proto::discovery::{DeltaDiscoveryResponse, Resource};
+use meshlite_xds_proto::{type_url, v1};
+use prost::Message;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::XdsError;
+use crate::config::Protocol;
+use crate::identity::spiffe::SpiffeId;
+use crate::snapshot::{EndpointSpec, MeshView, ServiceSpec};
+
+/// One resource as received: its version and encoded body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    /// The server's version of it.
+    pub version: String,
+    /// The encoded message (the `Any` value).
+    pub body: Vec<u8>,
+}
+
+/// Every resource currently accepted, by type URL, then name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct XdsState {
+    types: BTreeMap<String, BTreeMap<String, Stored>>,
+}
+
+impl XdsState {
+    /// Applies a delta response to a copy of this state; the copy is returned for checking.
+    pub fn apply(&self, resp: &DeltaDiscoveryResponse) -> Result<Self, XdsError> {
+        if !type_url::ALL.contains(&resp.type_url.as_str()) {
+            return Err(XdsError::Invalid(format!(
+                "unknown resource type {}",
+                resp.type_url
+            )));
+        }
+        let mut next = self.clone();
+        let map = next.types.entry(resp.type_url.clone()).or_default();
+        for name in &resp.removed_resources {
+            map.remove(name);
+        }
+        for r in &resp.resources {
+            match &r.resource {
+                // A resource without a body does not exist (delta xDS).
+                None => {
+                    map.remove(&r.name);
+                }
+                Some(any) => {
+                    if any.type_url != resp.type_url {
+                        return Err(XdsError::Invalid(format!(
+                            "resource {} has type {}, expected {}",
+                            r.name, any.type_url, resp.type_url
+                        )));
+                    }
+                    map.insert(
+                        r.name.clone(),
+                        Stored {
+                            version: r.version.clone(),
+                            body: any.value.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// Name -> version of the resources held of one type (sent after a reconnect).
+    pub fn versions(&self, type_url: &str) -> HashMap<String, String> {
+        self.types
+            .get(type_url)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.version.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether nothing has been received.
+    pub fn is_empty(&self) -> bool {
+        self.types.values().all(|m| m.is_empty())
+    }
+
+    fn decode<M: Message + Default>(&self, type_url: &str) -> Result<Vec<(String, M)>, XdsError> {
+        self.types
+            .get(type_url)
+            .into_iter()
+            .flatten()
+            .map(|(name, s)| {
+                M::decode(s.body.as_slice())
+                    .map(|m| (name.clone(), m))
+                    .map_err(|e| XdsError::Invalid(format!("{type_url} {name}: {e}")))
+            })
+            .collect()
+    }
+
+    /// The trust bundle, if the control plane sent one.
+    pub fn trust_bundle(&self) -> Result<Option<Vec<CertificateDer<'static>>>, XdsError> {
+        let Some((_, bundle)) = self
+            .decode::<v1::TrustBundle>(type_url::TRUST_BUNDLE)?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let mut roots = Vec::new();
+        for pem in &bundle.roots_pem {
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.push(c.map_err(|e| XdsError::Invalid(format!("trust bundle: {e}")))?);
+            }
+        }
+        if roots.is_empty() {
+            return Err(XdsError::Invalid("trust bundle holds no root".into()));
+        }
+        Ok(Some(roots))
+    }
+
+    /// The inbound policy for this workload, if any.
+    pub fn inbound_policy(&self) -> Result<Option<v1::InboundPolicy>, XdsError> {
+        Ok(self
+            .decode::<v1::InboundPolicy>(type_url::INBOUND_POLICY)?
+            .into_iter()
+            .next()
+            .map(|(_, p)| p))
+    }
+
+    /// The services, endpoints, routes and subsets as the snapshot builder takes them.
+    /// Anything malformed (an address that does not parse, a bad SPIFFE ID) fails the whole
+    /// view, naming the resource.
+    pub fn view(&self) -> Result<MeshView, XdsError> {
+        let endpoints: HashMap<String, v1::Endpoints> = self
+            .decode::<v1::Endpoints>(type_url::ENDPOINTS)?
+            .into_iter()
+            .collect();
+        let mut view = MeshView::default();
+        for (name, svc) in self.decode::<v1::Service>(type_url::SERVICE)? {
+            let bad = |what: String| XdsError::Invalid(format!("Service {name}: {what}"));
+            if svc.hostname != name {
+                return Err(bad(format!(
+                    "hostname {} differs from its name",
+                    svc.hostname
+                )));
+            }
+            let identities = svc
+                .identities
+                .iter()
+                .map(|i| SpiffeId::parse(i).map_err(|e| bad(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let eps = match endpoints.get(&name) {
+                Some(e) => e
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let addr: SocketAddr = e.address.parse().map_err(|_| {
+                            bad(format!("endpoint address `{}` is not ip:port", e.address))
+                        })?;
+                        Ok(EndpointSpec {
+                            addr,
+                            labels: e
+                                .labels
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, XdsError>>()?,
+                None => Vec::new(),
+            };
+            for p in &svc.ports {
+                let port = u16::try_from(p.number)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| bad(format!("port {} is out of range", p.number)))?;
+                let protocol = match v1::Protocol::try_from(p.protocol) {
+                    Ok(v1::Protocol::Http) | Ok(v1::Protocol::Unspecified) => Protocol::Http,
+                    Ok(v1::Protocol::Http2) => Protocol::Http2,
+                    Ok(v1::Protocol::Grpc) => Protocol::Grpc,
+                    Ok(v1::Protocol::Tcp) => Protocol::Tcp,
+                    Err(_) => return Err(bad(format!("unknown protocol {}", p.protocol))),
+                };
+                view.services.push(ServiceSpec {
+                    hostname: svc.hostname.clone(),
+                    name: svc.name.clone(),
+                    namespace: svc.namespace.clone(),
+                    port,
+                    protocol,
+                    aliases: svc.aliases.clone(),
+                    identities: identities.clone(),
+                    endpoints: eps.clone(),
+                    listen: None,
+                });
+            }
+        }
+        view.routes = self
+            .decode::<v1::RouteTable>(type_url::ROUTE_TABLE)?
+            .into_iter()
+            .collect();
+        view.policies = self
+            .decode::<v1::DestinationPolicy>(type_url::DESTINATION_POLICY)?
+            .into_iter()
+            .collect();
+        Ok(view)
+    }
+
+    /// Encodes the whole state (one delta response per type) for the state directory.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (t, m) in &self.types {
+            let resp = DeltaDiscoveryResponse {
+                type_url: t.clone(),
+                resources: m
+                    .iter()
+                    .map(|(name, s)| Resource {
+                        name: name.clone(),
+                        version: s.version.clone(),
+                        resource: Some(prost_types::Any {
+                            type_url: t.clone(),
+                            value: s.body.clone(),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            // Length-delimited: a truncated file fails to decode instead of half-loading.
+            let _ = resp.encode_length_delimited(&mut out);
+        }
+        out
+    }
+
+    /// Decodes what [`XdsState::encode`] wrote.
+    pub fn decode_persisted(mut bytes: &[u8]) -> Result<Self, XdsError> {
+        let mut state = Self::default();
+        while !bytes.is_empty() {
+            let resp = DeltaDiscoveryResponse::decode_length_delimited(&mut bytes)
+                .map_err(|e| XdsError::Invalid(format!("persisted config: {e}")))?;
+            state = state.apply(&resp)?;
+        }
+        Ok(state)
+    }
+}
+
+/// Files of the state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    /// Uses `dir`, creating it 0700 if needed.
+    pub fn open(dir: &Path) -> Result<Self, XdsError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| XdsError::State(format!("{}: {e}", dir.display())))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes `name` atomically with mode 0600.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), XdsError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.path(&format!(".{name}.tmp"));
+        let err = |e: std::io::Error| XdsError::State(format!("{}: {e}", tmp.display()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, self.path(name)).map_err(err)
+    }
+
+    /// Reads `name`, `None` if it does not exist.
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>, XdsError> {
+        match std::fs::read(self.path(name)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(XdsError::State(format!(
+                "{}: {e}",
+                self.path(name).display()
+            ))),
+        }
+    }
+}
+
+/// State directory file names.
+pub mod files {
+    /// The last accepted xDS resources.
+    pub const CONFIG: &str = "xds-config.pb";
+    /// The current private key (PKCS#8 PEM).
+    pub const KEY: &str = "key.pem";
+    /// The current certificate chain (PEM, leaf first).
+    pub const CHAIN: &str = "cert-chain.pem";
+    /// The current trust bundle (PEM).
+    pub const ROOTS: &str = "roots.pem";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any<M: prost::Name>(m: &M) -> prost_types::Any {
+        prost_types::Any {
+            type_url: M::type_url(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    fn service_push(name: &str, ep: &str) -> Vec<DeltaDiscoveryResponse> {
+        let svc = v1::Service {
+            hostname: name.into(),
+            namespace: "default".into(),
+            name: "reviews".into(),
+            ports: vec![v1::ServicePort {
+                number: 9080,
+                protocol: v1::Protocol::Http as i32,
+                name: "http".into(),
+            }],
+            identities: vec!["spiffe://cluster.local/ns/default/sa/reviews".into()],
+            ..Default::default()
+        };
+        let eps = v1::Endpoints {
+            hostname: name.into(),
+            endpoints: vec![v1::Endpoint {
+                address: ep.into(),
+                ..Default::default()
+            }],
+        };
+        let one = |t: &str, a: prost_types::Any| DeltaDiscoveryResponse {
+            type_url: t.into(),
+            nonce: "1".into(),
+            resources: vec![Resource {
+                name: name.into(),
+                version: "v1".into(),
+                resource: Some(a),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        vec![
+            one(type_url::SERVICE, any(&svc)),
+            one(type_url::ENDPOINTS, any(&eps)),
+        ]
+    }
+
+    #[test]
+    fn deltas_build_a_view_and_removals_apply() {
+        let host = "reviews.default.svc.cluster.local";
+        let mut state = XdsState::default();
+        for r in service_push(host, "127.0.0.1:16006") {
+            state = state.apply(&r).unwrap();
+        }
+        let view = state.view().unwrap();
+        assert_eq!(view.services.len(), 1);
+        assert_eq!(view.services[0].endpoints[0].addr.port(), 16006);
+        assert_eq!(state.versions(type_url::SERVICE)[host], "v1");
+
+        let removal = DeltaDiscoveryResponse {
+            type_url: type_url::SERVICE.into(),
+            removed_resources: vec![host.into()],
+            ..Default::default()
+        };
+        let after = state.apply(&removal).unwrap();
+        assert!(after.view().unwrap().services.is_empty());
+        // The original is untouched: applying works on a copy.
+        assert_eq!(state.view().unwrap().services.len(), 1);
+    }
+
+    #[test]
+    fn a_malformed_endpoint_fails_the_view_naming_it() {
+        let host = "reviews.default.svc.cluster.local";
+        let mut state = XdsState::default();
+        for r in service_push(host, "not-an-address") {
+            state = state.apply(&r).unwrap();
+        }
+        let err = state.view().unwrap_err().to_string();
+        assert!(err.contains("not-an-address"), "{err}");
+    }
+
+    #[test]
+    fn persisted_state_round_trips_and_truncation_is_refused() {
+        let mut state = XdsState::default();
+        for r in service_push("reviews.default.svc.cluster.local", "127.0.0.1:1") {
+            state = state.apply(&r).unwrap();
+        }
+        let bytes = state.encode();
+        assert_eq!(XdsState::decode_persisted(&bytes).unwrap(), state);
+        assert!(XdsState::decode_persisted(&bytes[..bytes.len() - 3]).is_err());
+    }
+}
