@@ -446,10 +446,10 @@ impl ProxyConfig {
                         "must be https://HOST:PORT".into(),
                     ));
                 }
-                if c.cert_ttl < Duration::from_secs(60) {
+                if c.cert_ttl < Duration::from_secs(10) {
                     return Err(invalid(
                         "control.cert_ttl".into(),
-                        "must be at least 1m".into(),
+                        "must be at least 10s".into(),
                     ));
                 }
             }

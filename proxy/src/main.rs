@@ -31,6 +31,96 @@ struct Cli {
     /// Log filter for the proxy's own logs (stderr), e.g. `info`, `meshlite_proxy=debug`.
     #[arg(long, env = "MESHLITE_LOG", default_value = "info")]
     log_level: String,
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+/// Flags that set or override the config file's `control` section and workload identity
+/// (what an injector passes from the pod spec).
+#[derive(clap::Args, Debug, Default)]
+struct ControlArgs {
+    /// The control plane, `https://HOST:15012`.
+    #[arg(long = "control", env = "MESHLITE_CONTROL")]
+    address: Option<String>,
+    /// Bootstrap token file.
+    #[arg(long, env = "MESHLITE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Root certificate(s) the control plane's certificate chains to.
+    #[arg(long, env = "MESHLITE_ROOT_CERT")]
+    root_cert: Option<PathBuf>,
+    /// State directory (0600 files; a memory-backed volume).
+    #[arg(long, env = "MESHLITE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Workload name.
+    #[arg(long, env = "MESHLITE_WORKLOAD")]
+    workload: Option<String>,
+    /// Namespace (with --service-account, sets the SPIFFE ID).
+    #[arg(long, env = "MESHLITE_NAMESPACE")]
+    namespace: Option<String>,
+    /// Service account.
+    #[arg(long, env = "MESHLITE_SERVICE_ACCOUNT")]
+    service_account: Option<String>,
+    /// Trust domain for --namespace/--service-account.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Workload label `key=value` (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+}
+
+impl ControlArgs {
+    /// Applies the flags to a loaded config; the result is validated again by the caller.
+    fn apply(&self, cfg: &mut ProxyConfig) -> Result<(), String> {
+        if let Some(address) = &self.address {
+            let root_cert = match (&self.root_cert, &cfg.control) {
+                (Some(r), _) => r.clone(),
+                (None, Some(c)) => c.root_cert.clone(),
+                (None, None) => return Err("--control needs --root-cert".into()),
+            };
+            let mut c = cfg
+                .control
+                .clone()
+                .unwrap_or(meshlite_proxy::config::ControlConfig {
+                    address: address.clone(),
+                    root_cert: root_cert.clone(),
+                    token_file: None,
+                    state_dir: None,
+                    cert_ttl: std::time::Duration::from_secs(24 * 3600),
+                    inbound_address: None,
+                });
+            c.address = address.clone();
+            c.root_cert = root_cert;
+            cfg.control = Some(c);
+        }
+        if let Some(c) = cfg.control.as_mut() {
+            if let Some(t) = &self.token_file {
+                c.token_file = Some(t.clone());
+            }
+            if let Some(d) = &self.state_dir {
+                c.state_dir = Some(d.clone());
+            }
+            if let Some(r) = &self.root_cert {
+                c.root_cert = r.clone();
+            }
+        }
+        if let Some(w) = &self.workload {
+            cfg.identity.workload = w.clone();
+        }
+        match (&self.namespace, &self.service_account) {
+            (Some(ns), Some(sa)) => {
+                cfg.identity.spiffe_id = format!("spiffe://{}/ns/{ns}/sa/{sa}", self.trust_domain);
+            }
+            (None, None) => {}
+            _ => return Err("--namespace and --service-account go together".into()),
+        }
+        for l in &self.labels {
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| format!("--label `{l}` is not key=value"))?;
+            cfg.identity.labels.insert(k.to_string(), v.to_string());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,7 +168,17 @@ fn main() -> ExitCode {
                 eprintln!("meshlite-proxy: --config FILE is required");
                 return ExitCode::from(2);
             };
-            let cfg = match ProxyConfig::load(&path) {
+            let cfg = match ProxyConfig::load(&path).and_then(|mut c| {
+                cli.control.apply(&mut c).map_err(|message| {
+                    meshlite_proxy::config::ConfigError::Invalid {
+                        path: path.clone(),
+                        field: "command line".into(),
+                        message,
+                    }
+                })?;
+                c.validate(&path)?;
+                Ok(c)
+            }) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("meshlite-proxy: invalid configuration: {e}");

@@ -37,8 +37,9 @@ pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest lifetime the CA grants: Istio's `DefaultMaxWorkloadCertTTL` (90 days).
 pub const MAX_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
-/// Shortest lifetime the CA grants; shorter requests are raised to it.
-pub const MIN_CERT_TTL: Duration = Duration::from_secs(60);
+/// Shortest lifetime the CA grants; shorter requests are raised to it. Short enough for
+/// rotation drills and tests; production lifetimes are hours.
+pub const MIN_CERT_TTL: Duration = Duration::from_secs(10);
 
 /// How far back `notBefore` is set, so a peer whose clock is slightly behind accepts a fresh
 /// certificate.

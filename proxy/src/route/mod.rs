@@ -345,3 +345,211 @@ impl RouteTable {
         route.pick(fastrand::u32(..route.total_weight))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use v1::string_match::Kind;
+
+    /// Names destinations `host/subset` so tests can see which one was chosen.
+    struct ByName;
+
+    impl ResolveDestination for ByName {
+        fn resolve(&self, dest: &v1::WeightedDestination, _port: u16) -> Target {
+            Target::Missing(Arc::from(format!("{}/{}", dest.host, dest.subset)))
+        }
+    }
+
+    fn dest(subset: &str, weight: u32) -> v1::WeightedDestination {
+        v1::WeightedDestination {
+            host: "reviews".into(),
+            subset: subset.into(),
+            weight,
+            ..Default::default()
+        }
+    }
+
+    fn chosen(t: Option<&Target>) -> String {
+        match t {
+            Some(Target::Missing(n)) => n.to_string(),
+            Some(Target::Cluster(c)) => c.name.to_string(),
+            None => "none".into(),
+        }
+    }
+
+    fn request(path: &str, headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut b = http::Request::builder().uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn table(http: Vec<v1::HttpRoute>) -> RouteTable {
+        RouteTable::compile(
+            &v1::RouteTable {
+                hostname: "reviews".into(),
+                http,
+                origin: "default/reviews".into(),
+            },
+            9080,
+            &ByName,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_headers_are_anded() {
+        let premium = v1::HttpMatch {
+            headers: [
+                (
+                    "x-user-type".to_string(),
+                    v1::StringMatch {
+                        kind: Some(Kind::Exact("premium".into())),
+                    },
+                ),
+                (
+                    "x-region".to_string(),
+                    v1::StringMatch {
+                        kind: Some(Kind::Regex("eu-.*".into())),
+                    },
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let t = table(vec![
+            v1::HttpRoute {
+                matches: vec![premium],
+                route: vec![dest("v3", 0)],
+                ..Default::default()
+            },
+            v1::HttpRoute {
+                route: vec![dest("v1", 0)],
+                ..Default::default()
+            },
+        ]);
+        let pick = |h: &[(&str, &str)]| {
+            let r = request("/", h);
+            chosen(t.select(Head::of(&r), "reviews", 9080))
+        };
+        assert_eq!(
+            pick(&[("x-user-type", "premium"), ("x-region", "eu-west")]),
+            "reviews/v3"
+        );
+        // Regex is whole-string: `xeu-west` does not match `eu-.*`.
+        assert_eq!(
+            pick(&[("x-user-type", "premium"), ("x-region", "xeu-west")]),
+            "reviews/v1"
+        );
+        assert_eq!(pick(&[("x-user-type", "premium")]), "reviews/v1");
+        assert_eq!(pick(&[]), "reviews/v1");
+    }
+
+    #[test]
+    fn no_matching_rule_means_no_route() {
+        let t = table(vec![v1::HttpRoute {
+            matches: vec![v1::HttpMatch {
+                uri: Some(v1::StringMatch {
+                    kind: Some(Kind::Prefix("/api/".into())),
+                }),
+                ..Default::default()
+            }],
+            route: vec![dest("v1", 0)],
+            ..Default::default()
+        }]);
+        let hit = request("/api/x?q=1", &[]);
+        let miss = request("/other", &[]);
+        assert_eq!(
+            chosen(t.select(Head::of(&hit), "reviews", 9080)),
+            "reviews/v1"
+        );
+        assert!(t.select(Head::of(&miss), "reviews", 9080).is_none());
+    }
+
+    #[test]
+    fn weights_are_relative_and_split_within_one_percent() {
+        // 9:1 (not summing to 100) is the same split as 90/10.
+        let t = table(vec![v1::HttpRoute {
+            route: vec![dest("v1", 9), dest("v2", 1), dest("v3", 0)],
+            ..Default::default()
+        }]);
+        fastrand::seed(7);
+        let r = request("/", &[]);
+        let mut v2 = 0;
+        let n = 10_000;
+        for _ in 0..n {
+            match chosen(t.select(Head::of(&r), "reviews", 9080)).as_str() {
+                "reviews/v2" => v2 += 1,
+                "reviews/v1" => {}
+                other => panic!("weight-0 destination chosen: {other}"),
+            }
+        }
+        let share = f64::from(v2) / f64::from(n);
+        assert!((share - 0.10).abs() < 0.01, "v2 share {share}");
+    }
+
+    #[test]
+    fn all_zero_weights_and_bad_regexes_are_refused() {
+        let zero = v1::RouteTable {
+            http: vec![v1::HttpRoute {
+                route: vec![dest("v1", 0), dest("v2", 0)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            RouteTable::compile(&zero, 80, &ByName),
+            Err(RouteError::ZeroWeights(_))
+        ));
+        let bad = v1::RouteTable {
+            http: vec![v1::HttpRoute {
+                matches: vec![v1::HttpMatch {
+                    uri: Some(v1::StringMatch {
+                        kind: Some(Kind::Regex("(".into())),
+                    }),
+                    ..Default::default()
+                }],
+                route: vec![dest("v1", 1)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err = RouteTable::compile(&bad, 80, &ByName)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid regex"), "{err}");
+    }
+
+    #[test]
+    fn without_headers_and_query_params() {
+        let m = v1::HttpMatch {
+            without_headers: [(
+                "x-canary".to_string(),
+                v1::StringMatch {
+                    kind: Some(Kind::Present(true)),
+                },
+            )]
+            .into(),
+            query_params: [(
+                "user".to_string(),
+                v1::StringMatch {
+                    kind: Some(Kind::Exact("jason".into())),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let t = table(vec![v1::HttpRoute {
+            matches: vec![m],
+            route: vec![dest("v2", 0)],
+            ..Default::default()
+        }]);
+        let ok = request("/p?user=jason&x=1", &[]);
+        let canary = request("/p?user=jason", &[("x-canary", "1")]);
+        let other = request("/p?user=bob", &[]);
+        assert_eq!(chosen(t.select(Head::of(&ok), "r", 1)), "reviews/v2");
+        assert!(t.select(Head::of(&canary), "r", 1).is_none());
+        assert!(t.select(Head::of(&other), "r", 1).is_none());
+    }
+}

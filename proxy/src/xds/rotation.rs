@@ -18,8 +18,13 @@ pub const RENEW_RATIO: f64 = 0.5;
 /// Jitter on the ratio (Istio: ±0.01).
 pub const RENEW_JITTER: f64 = 0.01;
 
+/// Never renew more often than this, whatever the certificate says.
+pub const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Seconds from `now` until renewal for a certificate valid from `not_before` to
-/// `not_after`; `jitter` in [-1, 1].
+/// `not_after`; `jitter` in [-1, 1]. Callers pass as `not_before` the later of the
+/// certificate's and the time it was received: CAs backdate `notBefore` for clock skew, which
+/// must not count as lifetime already spent.
 pub fn renew_in(not_before: i64, not_after: i64, now: i64, jitter: f64) -> Duration {
     let lifetime = (not_after - not_before).max(0) as f64;
     let ratio = RENEW_RATIO + RENEW_JITTER * jitter.clamp(-1.0, 1.0);
@@ -43,18 +48,26 @@ pub async fn run(
     metrics: ControlMetrics,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut received = now_unix();
     loop {
         let (Some(nb), Some(na)) = (identity.not_before(), identity.not_after()) else {
             tracing::error!("cannot read the current certificate's validity; rotation stops");
             return;
         };
         metrics.cert_expiry.set(na);
-        let wait = renew_in(nb, na, now_unix(), fastrand::f64() * 2.0 - 1.0);
+        let wait = renew_in(
+            nb.max(received),
+            na,
+            now_unix(),
+            fastrand::f64() * 2.0 - 1.0,
+        )
+        .max(MIN_RENEW_INTERVAL);
         tracing::debug!(in_s = wait.as_secs(), "next certificate renewal");
         tokio::time::sleep(wait).await;
         loop {
             match renew(&identity, &endpoint, ttl, state_dir.as_ref()).await {
                 Ok(()) => {
+                    received = now_unix();
                     metrics
                         .rotations
                         .get_or_create(&ResultLabels { result: "ok" })
