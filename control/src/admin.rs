@@ -23,74 +23,27 @@ pub struct Status {
     /// Services known.
     pub services: usize,
     /// Connected proxies.
-    pub proxies: Vec<ProxyRow>,
+    pub proxies: Vec<ProxyStatus>,
     /// The config directory.
-    pub config: ConfigRow,
-}
-
-/// One proxy row.
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub struct ProxyRow {
-    /// Node id.
-    pub id: String,
-    /// SPIFFE ID.
-    pub identity: String,
-    /// Inbound address.
-    pub address: String,
-    /// Generation sent.
-    pub sent: u64,
-    /// Generation ACKed.
-    pub acked: u64,
-    /// Last NACK.
-    pub last_nack: Option<String>,
-    /// Certificate expiry.
-    pub cert_expiry: Option<String>,
-    /// Seconds connected.
-    pub connected_s: u64,
-}
-
-/// The config part.
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub struct ConfigRow {
-    /// Resources serving.
-    pub resources: usize,
-    /// Problems of the last load.
-    pub problems: Vec<String>,
-    /// Whether the last edit was refused.
-    pub last_refused: bool,
-}
-
-fn row(p: &ProxyStatus) -> ProxyRow {
-    ProxyRow {
-        id: p.id.clone(),
-        identity: p.identity.clone(),
-        address: p.address.clone(),
-        sent: p.sent,
-        acked: p.acked,
-        last_nack: p.last_nack.clone(),
-        cert_expiry: p.cert_expiry.clone(),
-        connected_s: p.connected_at.map_or(0, |t| t.elapsed().as_secs()),
-    }
+    pub config: ConfigStatus,
 }
 
 /// The current status.
 pub fn status(plane: &ControlPlane) -> Status {
     let g = plane.generation.borrow().clone();
-    let ConfigStatus {
-        resources,
-        problems,
-        last_refused,
-    } = plane.config_status().clone();
     Status {
         trust_domain: plane.ca.trust_domain().to_string(),
         generation: g.number,
         services: g.resources.service_count(),
-        proxies: plane.proxies().values().map(row).collect(),
-        config: ConfigRow {
-            resources,
-            problems,
-            last_refused,
-        },
+        proxies: plane
+            .proxies()
+            .values()
+            .map(|p| ProxyStatus {
+                connected_s: p.connected_at.map_or(0, |t| t.elapsed().as_secs()),
+                ..p.clone()
+            })
+            .collect(),
+        config: plane.config_status().clone(),
     }
 }
 

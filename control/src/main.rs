@@ -8,7 +8,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use meshlite_control::ca::{Revocations, TokenSigner};
-use meshlite_control::serve::{ServeOptions, start};
+use meshlite_control::serve::{ServeOptions, duration, start};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,39 +28,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serves xDS and the CA.
-    Serve {
-        /// Directory of Istio YAML (watched).
-        #[arg(long)]
-        config_dir: PathBuf,
-        /// State directory: CA root and key, token key, revocations (kept 0600).
-        #[arg(long, default_value = "/var/lib/meshlite-control")]
-        state_dir: PathBuf,
-        /// Operator CA in Istio's cacerts layout (ca-cert.pem, ca-key.pem, root-cert.pem,
-        /// cert-chain.pem) instead of a self-made root.
-        #[arg(long)]
-        cacerts: Option<PathBuf>,
-        /// Trust domain.
-        #[arg(long, default_value = "cluster.local")]
-        trust_domain: String,
-        /// xDS + CA listener (TLS).
-        #[arg(long, default_value = "0.0.0.0:15012")]
-        xds_addr: SocketAddr,
-        /// Monitoring listener.
-        #[arg(long, default_value = "0.0.0.0:15014")]
-        monitoring_addr: SocketAddr,
-        /// Debounce window for pushes, e.g. `100ms`.
-        #[arg(long, default_value = "100ms", value_parser = duration)]
-        debounce: Duration,
-        /// Default workload certificate lifetime.
-        #[arg(long, default_value = "24h", value_parser = duration)]
-        cert_ttl: Duration,
-        /// How long a disconnected workload stays an endpoint.
-        #[arg(long, default_value = "30s", value_parser = duration)]
-        grace: Duration,
-        /// Extra DNS names for the serving certificate.
-        #[arg(long = "dns-name")]
-        dns_names: Vec<String>,
-    },
+    Serve(ServeOptions),
     /// Checks a config directory; exits 1 if any problem is an error.
     Validate {
         /// The directory.
@@ -125,19 +93,9 @@ enum CertCommand {
     },
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    meshlite_proxy::config::duration_str::parse(s)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    meshlite_proxy::telemetry::init_logging(&cli.log_level);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -149,30 +107,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve {
-            config_dir,
-            state_dir,
-            cacerts,
-            trust_domain,
-            xds_addr,
-            monitoring_addr,
-            debounce,
-            cert_ttl,
-            grace,
-            dns_names,
-        } => {
-            let opts = ServeOptions {
-                config_dir,
-                state_dir,
-                cacerts,
-                trust_domain,
-                xds_addr,
-                monitoring_addr,
-                debounce,
-                cert_ttl,
-                grace,
-                dns_names,
-            };
+        Command::Serve(opts) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

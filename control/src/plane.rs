@@ -35,7 +35,7 @@ pub struct Generation {
 }
 
 /// What `status` shows of one proxy.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct ProxyStatus {
     /// xDS node id.
     pub id: String,
@@ -51,13 +51,15 @@ pub struct ProxyStatus {
     pub last_nack: Option<String>,
     /// Certificate expiry of the stream's client certificate (RFC 3339).
     pub cert_expiry: Option<String>,
-    /// Seconds since the stream opened.
+    /// Seconds the stream has been open (filled in when status is read).
+    pub connected_s: u64,
+    /// When the stream opened.
     #[serde(skip)]
     pub connected_at: Option<Instant>,
 }
 
 /// The config directory's state, as `status` shows it.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct ConfigStatus {
     /// Resources in the config serving now.
     pub resources: usize,

@@ -24,29 +24,45 @@ use meshlite_proxy::identity::spiffe::SpiffeId;
 /// How long the control plane's own serving certificate is valid.
 const SERVING_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
-/// What `serve` needs.
-#[derive(Clone, Debug)]
+/// What `serve` needs (the `serve` subcommand's flags).
+#[derive(Clone, Debug, clap::Args)]
 pub struct ServeOptions {
-    /// The config directory.
+    /// Directory of Istio YAML (watched).
+    #[arg(long)]
     pub config_dir: PathBuf,
-    /// Where the CA root, token key and revocations live.
+    /// State directory: CA root and key, token key, revocations (kept 0600).
+    #[arg(long, default_value = "/var/lib/meshlite-control")]
     pub state_dir: PathBuf,
-    /// An operator CA in Istio's `cacerts` layout, instead of a self-made root.
+    /// Operator CA in Istio's cacerts layout (ca-cert.pem, ca-key.pem, root-cert.pem,
+    /// cert-chain.pem) instead of a self-made root.
+    #[arg(long)]
     pub cacerts: Option<PathBuf>,
     /// Trust domain.
+    #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
-    /// xDS + CA (TLS).
+    /// xDS + CA listener (TLS).
+    #[arg(long, default_value = "0.0.0.0:15012")]
     pub xds_addr: SocketAddr,
-    /// Monitoring.
+    /// Monitoring listener.
+    #[arg(long, default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
-    /// Debounce window.
+    /// Debounce window for pushes, e.g. `100ms`.
+    #[arg(long, default_value = "100ms", value_parser = duration)]
     pub debounce: Duration,
     /// Default workload certificate lifetime.
+    #[arg(long, default_value = "24h", value_parser = duration)]
     pub cert_ttl: Duration,
-    /// Grace period of disconnected workloads.
+    /// How long a disconnected workload stays an endpoint.
+    #[arg(long, default_value = "30s", value_parser = duration)]
     pub grace: Duration,
     /// Extra DNS names for the serving certificate.
+    #[arg(long = "dns-name")]
     pub dns_names: Vec<String>,
+}
+
+/// Parses `100ms`, `30s`, `24h` (Istio's duration forms).
+pub fn duration(s: &str) -> Result<Duration, String> {
+    meshlite_proxy::config::duration_str::parse(s)
 }
 
 /// Why `serve` could not start.

@@ -83,7 +83,7 @@ pub async fn handle(
                     l.upstream_host = Some(endpoint.addr_label.to_string());
                     l.upstream_cluster = Some(cluster.name.to_string());
                 }
-                let r = forward(ctx, cluster, &endpoint, req)
+                let r = forward(ctx, &snap.local.peer_header, cluster, &endpoint, req)
                     .await
                     .map(|resp| (resp, endpoint));
                 (Some(cluster.clone()), r)
@@ -157,8 +157,14 @@ pub fn clean_response(ctx: &ProxyContext, h: &mut http::HeaderMap, upgrading: bo
     }
 }
 
-/// Request hygiene on the way out; returns the original authority.
-fn prepare(ctx: &ProxyContext, cluster: &Cluster, req: &mut Request<ProxyBody>, upgrade: bool) {
+/// Request hygiene on the way out. `peer_header` is this workload's peer metadata, from the
+/// snapshot the request already loaded.
+fn prepare(
+    peer_header: &HeaderValue,
+    cluster: &Cluster,
+    req: &mut Request<ProxyBody>,
+    upgrade: bool,
+) {
     let was_http1 = req.version() != Version::HTTP_2;
     let h = req.headers_mut();
     if upgrade {
@@ -174,10 +180,7 @@ fn prepare(ctx: &ProxyContext, cluster: &Cluster, req: &mut Request<ProxyBody>, 
     if !h.contains_key(&X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    h.insert(
-        PEER_METADATA.clone(),
-        ctx.snapshot.load().local.peer_header.clone(),
-    );
+    h.insert(PEER_METADATA.clone(), peer_header.clone());
     if was_http1 && !upgrade {
         h.insert(ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
     }
@@ -191,12 +194,13 @@ fn prepare(ctx: &ProxyContext, cluster: &Cluster, req: &mut Request<ProxyBody>, 
 
 async fn forward(
     ctx: &ProxyContext,
+    peer_header: &HeaderValue,
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    prepare(ctx, cluster, &mut req, upgrade);
+    prepare(peer_header, cluster, &mut req, upgrade);
     if upgrade {
         return forward_upgrade(ctx, cluster, endpoint, req).await;
     }

@@ -13,3 +13,16 @@ pub struct Telemetry {
     /// The access log, when enabled.
     pub access_log: Option<access_log::AccessLog>,
 }
+
+/// Installs the process's own log output (stderr, human-readable) with `filter`, e.g. `info`
+/// or `meshlite_proxy=debug`; an unparsable filter falls back to `info`. Shared by the
+/// meshlite binaries so their logs look alike.
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
