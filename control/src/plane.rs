@@ -93,6 +93,8 @@ pub struct ControlPlane {
     pub debounce: Duration,
     /// Default workload certificate lifetime.
     pub cert_ttl: Duration,
+    /// Where the registry is saved on every publication, if anywhere.
+    pub registry_file: Option<std::path::PathBuf>,
     stream_ids: std::sync::atomic::AtomicU64,
 }
 
@@ -105,11 +107,12 @@ impl ControlPlane {
         registry: Registry,
         debounce: Duration,
         cert_ttl: Duration,
+        registry_file: Option<std::path::PathBuf>,
     ) -> Arc<Self> {
         let config = Arc::new(config);
         let resources = Arc::new(MeshResources::build(
             config.clone(),
-            &[],
+            &registry.workloads(),
             &ca.roots_pem(),
             ca.trust_domain(),
         ));
@@ -130,6 +133,7 @@ impl ControlPlane {
             metrics: ControlMetrics::new(),
             debounce,
             cert_ttl,
+            registry_file,
             stream_ids: std::sync::atomic::AtomicU64::new(1),
         })
     }
@@ -150,11 +154,17 @@ impl ControlPlane {
         self.config_status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Translates the mesh now and publishes a new generation.
+    /// Translates the mesh now and publishes a new generation (and saves the registry).
     pub fn publish(&self, change_seen: Instant) {
+        let workloads = self.registry.workloads();
+        if let Some(path) = &self.registry_file
+            && let Err(e) = self.registry.save(path)
+        {
+            tracing::warn!(path = %path.display(), "cannot save the registry: {e}");
+        }
         let resources = Arc::new(MeshResources::build(
             self.config.load_full(),
-            &self.registry.workloads(),
+            &workloads,
             &self.ca.roots_pem(),
             self.ca.trust_domain(),
         ));

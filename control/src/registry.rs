@@ -3,8 +3,11 @@
 //! A sidecar's xDS node carries its workload (name, namespace, service account, labels,
 //! inbound address, ports, locality). While its stream is up it is an endpoint of the service
 //! named by its `app` label (or its workload name). A sidecar that disconnects stays for a
-//! grace period (a control-plane restart or a network blip must not empty the mesh); one
-//! that comes back within it simply continues.
+//! grace period (a network blip must not empty the mesh); one that comes back within it simply
+//! continues. The registry is saved in the state directory on every publication and restored
+//! at start with every workload "disconnected now": a restarted control plane keeps serving
+//! the endpoints of sidecars that have not reconnected yet, for one grace period, instead of
+//! withdrawing them from the sidecars that reconnect first.
 
 use meshlite_xds_proto::discovery::Node;
 use prost_types::value::Kind;
@@ -20,7 +23,7 @@ use meshlite_proxy::identity::spiffe::SpiffeId;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// A served port and its protocol (`http`, `http2`, `grpc`, `tcp`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkloadPort {
     /// Port number.
     pub port: u16,
@@ -29,7 +32,7 @@ pub struct WorkloadPort {
 }
 
 /// One workload instance, as its sidecar announced it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Workload {
     /// Registry key: `<node id>@<inbound address>`.
     pub key: String,
@@ -242,6 +245,52 @@ impl Registry {
     pub fn grace(&self) -> Duration {
         self.grace
     }
+
+    /// Writes every workload to `path` (atomically: a temporary file renamed into place).
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec(&self.workloads()).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// A registry holding the workloads saved at `path`, each disconnected as of now, so they
+    /// stay one grace period unless their sidecars reconnect. A missing file is an empty
+    /// registry; an unreadable one is logged and ignored (sidecars re-announce themselves).
+    pub fn restore(path: &std::path::Path, grace: Duration) -> Self {
+        let registry = Self::new(grace);
+        let saved: Vec<Workload> = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), "ignoring the saved registry: {e}");
+                Vec::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring the saved registry: {e}");
+                Vec::new()
+            }
+        };
+        if !saved.is_empty() {
+            tracing::info!(
+                workloads = saved.len(),
+                "restored the registry; workloads stay until they reconnect or their grace ends"
+            );
+        }
+        let now = Instant::now();
+        let mut entries = registry.lock();
+        for w in saved {
+            entries.insert(
+                w.key.clone(),
+                Entry {
+                    workload: w,
+                    streams: 0,
+                    gone_since: Some(now),
+                },
+            );
+        }
+        drop(entries);
+        registry
+    }
 }
 
 #[cfg(test)]
@@ -260,6 +309,32 @@ mod tests {
             ports: vec![],
             locality: Default::default(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restored_registry_keeps_workloads_one_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        let r = Registry::new(Duration::from_secs(30));
+        r.connect(workload("a"));
+        r.connect(workload("b"));
+        r.save(&path).unwrap();
+
+        let restored = Registry::restore(&path, Duration::from_secs(30));
+        assert_eq!(restored.workloads().len(), 2);
+        // "a" reconnects; "b" never does and leaves after the grace period.
+        assert!(!restored.connect(workload("a")));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(restored.sweep());
+        let left: Vec<String> = restored.workloads().into_iter().map(|w| w.key).collect();
+        assert_eq!(left, vec!["a".to_string()]);
+        // A missing or corrupt file is an empty registry, not an error.
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(
+            Registry::restore(&path, Duration::from_secs(30))
+                .workloads()
+                .is_empty()
+        );
     }
 
     #[tokio::test(start_paused = true)]

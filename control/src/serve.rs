@@ -21,6 +21,9 @@ use crate::registry::Registry;
 use crate::validate;
 use meshlite_proxy::identity::spiffe::SpiffeId;
 
+/// The registry's file in the state directory.
+pub const REGISTRY_FILE: &str = "registry.json";
+
 /// How long the control plane's own serving certificate is valid.
 const SERVING_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -120,13 +123,15 @@ pub async fn start(opts: ServeOptions) -> Result<(Arc<ControlPlane>, Bound), Ser
         });
     };
     let resources = config.len();
+    let registry_file = opts.state_dir.join(REGISTRY_FILE);
     let plane = ControlPlane::new(
         ca,
         tokens,
         config,
-        Registry::new(opts.grace),
+        Registry::restore(&registry_file, opts.grace),
         opts.debounce,
         opts.cert_ttl,
+        Some(registry_file),
     );
     {
         let mut st = plane.config_status();

@@ -4,6 +4,9 @@
 //! applications behind them and drive them with real clients (hyper, tonic, tungstenite and raw
 //! TCP sockets). This library holds what those tests share, one module per job:
 //!
+//! - [`control`] runs `meshlite-control` and the sidecars that join the mesh through it;
+//! - [`fake_control`] stands in for the control plane where a test must push what the real one
+//!   never would (an invalid resource);
 //! - [`mesh`] builds sidecar configurations and starts, stops and inspects proxy processes;
 //! - [`apps`] runs the upstream applications (HTTP echo, TCP echo) the sidecars front;
 //! - [`grpc`] is a tiny gRPC echo service (hand-written prost messages) and its tonic client;
@@ -18,7 +21,9 @@
 
 pub mod apps;
 pub mod clients;
+pub mod control;
 pub mod deadline;
+pub mod fake_control;
 pub mod grpc;
 pub mod mesh;
 pub mod payload;

@@ -9,13 +9,17 @@
 //! cargo build -p meshlite-proxy && cargo test -p meshlite-tests
 //! ```
 //!
-//! Knobs: `MESHLITE_PROXY_BIN` (binary under test), `MESHLITE_E2E_BIG_BYTES` (size of the large
+//! Knobs: `MESHLITE_PROXY_BIN` and `MESHLITE_CONTROL_BIN` (binaries under test), `MESHLITE_E2E_BIG_BYTES` (size of the large
 //! streamed body, default 256 MiB), `MESHLITE_E2E_MAX_RSS_MB` (peak RSS allowed per sidecar
 //! during it, default 64), `MESHLITE_E2E_LOG_LEVEL` (`--log-level` for the proxies),
 //! `MESHLITE_E2E_KEEP` (keep a failing test's sidecar directories).
 #![forbid(unsafe_code)]
 
 mod config_cli;
+mod control_ca;
+mod control_mesh;
+mod control_outage;
+mod control_push;
 mod failures;
 mod http1;
 mod hygiene;

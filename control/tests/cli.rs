@@ -1,0 +1,224 @@
+//! The `meshlite-control` binary through its command line: `validate` accepts a good config
+//! directory and lists every problem of a bad one (file, resource, field) with exit code 1;
+//! `token create` prints a bootstrap token the control plane's key verifies.
+//!
+//! Being an integration test of this package also makes `cargo test --workspace` build the
+//! binary, so the end-to-end crate finds it in `target/` beside the proxy.
+
+use meshlite_control::ca::TokenSigner;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn control() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meshlite-control"))
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+const SUBSETS: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+";
+
+fn routes(second_subset: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {{host: reviews, subset: v1}}
+      weight: 90
+    - destination: {{host: reviews, subset: {second_subset}}}
+      weight: 10
+"
+    )
+}
+
+fn config_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, yaml) in files {
+        std::fs::write(dir.path().join(name), yaml).expect("write config");
+    }
+    dir
+}
+
+fn validate(dir: &Path) -> Output {
+    control()
+        .arg("validate")
+        .arg(dir)
+        .output()
+        .expect("run meshlite-control validate")
+}
+
+#[test]
+fn validate_accepts_a_canary_config() {
+    let dir = config_dir(&[
+        ("reviews-destinationrule.yaml", SUBSETS),
+        ("reviews-virtualservice.yaml", &routes("v2")),
+    ]);
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("valid (2 resources"),
+        "validate should say the config is valid and count it: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn validate_lists_every_problem_with_file_resource_and_field() {
+    let dir = config_dir(&[
+        ("reviews-destinationrule.yaml", SUBSETS),
+        ("reviews-virtualservice.yaml", &routes("v9")),
+        (
+            "ratings-virtualservice.yaml",
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: shop}
+spec:
+  hosts: [ratings]
+  http:
+  - route:
+    - destination: {host: ratings}
+      weight: -5
+",
+        ),
+    ]);
+    let out = validate(dir.path());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+
+    let line_about = |file: &str| -> String {
+        all.lines()
+            .find(|l| l.contains(file) && l.contains("error"))
+            .unwrap_or_else(|| panic!("no error line names {file}:\n{all}"))
+            .to_string()
+    };
+    let subset = line_about("reviews-virtualservice.yaml");
+    for part in [
+        "VirtualService shop/reviews",
+        "spec.http[0].route[1].destination.subset",
+        "v9",
+    ] {
+        assert!(
+            subset.contains(part),
+            "the undefined subset's line should name {part:?}: {subset}"
+        );
+    }
+    let weight = line_about("ratings-virtualservice.yaml");
+    for part in [
+        "VirtualService shop/ratings",
+        "spec.http[0].route[0].weight",
+        "negative",
+    ] {
+        assert!(
+            weight.contains(part),
+            "the bad weight's line should name {part:?}: {weight}"
+        );
+    }
+    assert!(
+        all.contains("2 error(s)"),
+        "the summary counts the errors: {all}"
+    );
+}
+
+#[test]
+fn validate_refuses_a_directory_that_does_not_exist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope");
+    let out = validate(&missing);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("nope"),
+        "the error names the directory: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn token_create_prints_a_token_the_control_planes_key_verifies() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().join("state");
+    let out = control()
+        .args(["token", "create", "--state-dir"])
+        .arg(&state_dir)
+        .args([
+            "--namespace",
+            "shop",
+            "--service-account",
+            "reviews",
+            "--ttl",
+            "10m",
+        ])
+        .output()
+        .expect("run token create");
+    assert!(out.status.success(), "{}", text(&out));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(token.starts_with("mlt1."), "token: {token}");
+
+    let key = state_dir.join("token-key");
+    let mode = std::fs::metadata(&key)
+        .expect("token-key written")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "token-key must be private, mode {mode:o}");
+
+    let signer = TokenSigner::load_or_create(&state_dir).expect("load the token key");
+    let now = time::OffsetDateTime::now_utc();
+    let claims = signer.verify(&token, now).expect("the token verifies");
+    assert_eq!(
+        claims.identity.as_str(),
+        "spiffe://cluster.local/ns/shop/sa/reviews"
+    );
+    let ttl = claims.expires - now;
+    assert!(
+        ttl > time::Duration::minutes(9) && ttl <= time::Duration::minutes(10),
+        "the token lives for the 10 minutes asked, got {ttl}"
+    );
+
+    // A second token for the same identity is a different token under the same key.
+    let again = control()
+        .args(["token", "create", "--state-dir"])
+        .arg(&state_dir)
+        .args(["--namespace", "shop", "--service-account", "reviews"])
+        .output()
+        .expect("run token create");
+    let again = String::from_utf8_lossy(&again.stdout).trim().to_string();
+    assert_ne!(again, token);
+    signer
+        .verify(&again, now)
+        .expect("the same key signs every token");
+}
+
+#[test]
+fn token_create_refuses_an_identity_that_is_not_one() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let out = control()
+        .args(["token", "create", "--state-dir"])
+        .arg(state.path())
+        .args(["--namespace", "shop/evil", "--service-account", "reviews"])
+        .output()
+        .expect("run token create");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("shop/evil"),
+        "the refusal names the namespace: {}",
+        text(&out)
+    );
+    assert!(out.stdout.is_empty(), "no token may be printed");
+}

@@ -1,0 +1,283 @@
+//! A mesh run by `meshlite-control`: identities from its CA, routes from the Istio YAML in its
+//! config directory, edits pushed to every sidecar while traffic flows.
+
+use meshlite_tests::control::{
+    Canary, CanaryOptions, ECHO_HOST, Load, MeshProxy, ROUTES_FILE, Workload, echo_routes,
+    wait_served_by,
+};
+use meshlite_tests::{clients, deadline};
+use std::time::Duration;
+
+/// Bound of every load loop in this file.
+const LOAD_BOUND: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_joining_through_the_control_plane_talk_mtls_with_ca_issued_identities() {
+    let mesh = Canary::start().await;
+
+    let reply = clients::get(mesh.client.outbound(), ECHO_HOST, "/headers").await;
+    assert_eq!(reply.status, 200, "body: {}", reply.text());
+    let seen = reply.json();
+    assert_eq!(
+        seen["app"], "echo-v1",
+        "the VirtualService sends echo to v1"
+    );
+    let xfcc = seen["headers"]["x-forwarded-client-cert"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/client"),
+        "echo must see the client's CA-issued identity, got x-forwarded-client-cert {xfcc:?}"
+    );
+    assert!(
+        xfcc.contains("By=spiffe://cluster.local/ns/default/sa/echo"),
+        "and its own sidecar's identity, got {xfcc:?}"
+    );
+
+    // Each sidecar holds a certificate from the CA, which the control plane reports too.
+    for proxy in [&mesh.client, &mesh.v1, &mesh.v2] {
+        let dump = proxy.config_dump().await;
+        assert!(
+            !dump["cert_expiry"].is_null(),
+            "{}: config_dump shows no cert_expiry: {dump}",
+            proxy.workload.name
+        );
+        let expiry = proxy
+            .metric("meshlite_cert_expiry_timestamp_seconds", &[])
+            .await;
+        assert!(
+            expiry > 0.0,
+            "{}: no certificate expiry metric",
+            proxy.workload.name
+        );
+    }
+    let status = mesh.control.status().await;
+    let client_row = status["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["id"] == "client.default")
+        .unwrap_or_else(|| panic!("status lists no client.default: {status}"))
+        .clone();
+    assert_eq!(
+        client_row["identity"], "spiffe://cluster.local/ns/default/sa/client",
+        "status row: {client_row}"
+    );
+    assert!(
+        !client_row["cert_expiry"].is_null(),
+        "status should show the client's certificate expiry: {client_row}"
+    );
+    let cli = mesh.control.status_cli(false).await;
+    for id in ["client.default", "echo-v1.default", "echo-v2.default"] {
+        assert!(cli.contains(id), "`status` should list {id}:\n{cli}");
+    }
+    assert!(
+        mesh.control
+            .metric("meshlite_control_csrs_total", &[("result", "signed")])
+            .await
+            >= 3.0,
+        "the CA signed one certificate per sidecar"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_virtualservice_moves_traffic_without_failing_a_request() {
+    let mesh = Canary::start().await;
+    let load = Load::start(mesh.client.outbound(), ECHO_HOST, 4, LOAD_BOUND);
+    load.wait_for_requests(50).await;
+
+    mesh.route(&[("v1", 0), ("v2", 100)]);
+    wait_served_by(
+        mesh.client.outbound(),
+        ECHO_HOST,
+        "echo-v2",
+        Duration::from_secs(5),
+    )
+    .await;
+    load.wait_for_requests(50).await;
+    let report = load.stop().await;
+
+    assert!(
+        report.failures.is_empty(),
+        "no request may fail while routes change; {} of {} failed: {:?}",
+        report.failures.len(),
+        report.ok + report.failures.len() as u64,
+        &report.failures[..report.failures.len().min(10)]
+    );
+    assert!(
+        report.count("echo-v1") > 0 && report.count("echo-v2") > 0,
+        "traffic should have gone to v1 and then to v2: {:?}",
+        report.served_by
+    );
+    assert!(
+        report.last_served_by.iter().all(|app| app == "echo-v2"),
+        "after the edit every caller ends on v2: {:?}",
+        report.last_served_by
+    );
+    assert!(
+        mesh.control
+            .metric(
+                "meshlite_control_config_reloads_total",
+                &[("result", "accepted")]
+            )
+            .await
+            >= 1.0,
+        "the edit counts as an accepted reload"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_edit_is_refused_and_the_last_good_routes_keep_serving() {
+    let mesh = Canary::start().await;
+    mesh.route(&[("v1", 0), ("v2", 100)]);
+    wait_served_by(
+        mesh.client.outbound(),
+        ECHO_HOST,
+        "echo-v2",
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // A typo: subset v9 does not exist. Istio would accept it and every request to it would
+    // fail with 503 NC; meshlite refuses the whole edit.
+    mesh.control
+        .write_config(ROUTES_FILE, &echo_routes(&[("v1", 100), ("v9", 0)]));
+    let status = deadline::eventually(
+        "status to report the refused edit",
+        Duration::from_secs(5),
+        || async {
+            let status = mesh.control.status().await;
+            (status["config"]["last_refused"] == true).then_some(status)
+        },
+    )
+    .await;
+    let problems = status["config"]["problems"].to_string();
+    assert!(
+        problems.contains(ROUTES_FILE) && problems.contains("v9"),
+        "the problem names the file and the undefined subset: {problems}"
+    );
+    let cli = mesh.control.status_cli(false).await;
+    assert!(
+        cli.contains("last edit REFUSED"),
+        "`status` should say the last edit was refused:\n{cli}"
+    );
+    let refused = mesh
+        .control
+        .metric(
+            "meshlite_control_config_reloads_total",
+            &[("result", "refused")],
+        )
+        .await;
+    assert!(refused >= 1.0, "a refused reload is counted");
+
+    // The refused edit would have sent everything to v1; the last good config still says v2.
+    for _ in 0..20 {
+        let reply = clients::get(mesh.client.outbound(), ECHO_HOST, "/").await;
+        assert_eq!(reply.status, 200, "body: {}", reply.text());
+        assert_eq!(
+            reply.header("x-served-by"),
+            Some("echo-v2"),
+            "the last good routes must keep serving"
+        );
+    }
+    assert_eq!(
+        mesh.client
+            .metric("meshlite_xds_updates_total", &[("result", "nack")])
+            .await,
+        0.0,
+        "nothing invalid may reach a sidecar"
+    );
+
+    // Fixing the file is accepted again.
+    mesh.route(&[("v1", 100), ("v2", 0)]);
+    wait_served_by(
+        mesh.client.outbound(),
+        ECHO_HOST,
+        "echo-v1",
+        Duration::from_secs(5),
+    )
+    .await;
+    let status = mesh.control.status().await;
+    assert_eq!(
+        status["config"]["last_refused"], false,
+        "a good edit clears the refusal: {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_certificates_rotate_under_load_without_a_failed_request() {
+    let mesh = Canary::start_with(CanaryOptions {
+        control_args: vec!["--cert-ttl".into(), "10s".into()],
+        cert_ttl: Some("10s".into()),
+        ..CanaryOptions::default()
+    })
+    .await;
+    let load = Load::start(mesh.client.outbound(), ECHO_HOST, 4, LOAD_BOUND);
+    load.wait_for_requests(20).await;
+
+    // Renewal at half the lifetime: two rotations take ~10 s; the first certificates have
+    // expired by then, so the sidecars serve on renewed ones.
+    deadline::eventually(
+        "both sidecars to rotate their certificate twice",
+        Duration::from_secs(25),
+        || async {
+            let client = mesh
+                .client
+                .metric("meshlite_cert_rotations_total", &[("result", "ok")])
+                .await;
+            let server = mesh
+                .v1
+                .metric("meshlite_cert_rotations_total", &[("result", "ok")])
+                .await;
+            (client >= 2.0 && server >= 2.0).then_some(())
+        },
+    )
+    .await;
+    load.wait_for_requests(20).await;
+    let report = load.stop().await;
+
+    assert!(
+        report.failures.is_empty(),
+        "no request may fail across rotations; {} of {} failed: {:?}",
+        report.failures.len(),
+        report.ok + report.failures.len() as u64,
+        &report.failures[..report.failures.len().min(10)]
+    );
+    assert!(report.ok > 0 && report.count("echo-v1") == report.ok);
+    for proxy in [&mesh.client, &mesh.v1] {
+        let failed = proxy
+            .metric("meshlite_cert_rotations_total", &[("result", "error")])
+            .await;
+        assert_eq!(
+            failed,
+            0.0,
+            "{}: no rotation may fail; log:\n{}",
+            proxy.workload.name,
+            proxy.logs()
+        );
+    }
+    let renewed = mesh
+        .control
+        .metric("meshlite_control_csrs_total", &[("result", "signed")])
+        .await;
+    assert!(
+        renewed >= 3.0 + 4.0,
+        "the CA signed the first certificates and the renewals (got {renewed})"
+    );
+
+    // A workload joining now is served with echo's renewed certificate (the first one has
+    // expired) and presents its own fresh one.
+    let late = MeshProxy::start(
+        &mesh.control.access("default", "latecomer").await,
+        &Workload::new("latecomer").with_cert_ttl("10s"),
+    )
+    .await;
+    wait_served_by(
+        late.outbound(),
+        ECHO_HOST,
+        "echo-v1",
+        Duration::from_secs(10),
+    )
+    .await;
+}
