@@ -31,10 +31,18 @@ the measured window. A run is flagged `disturbed` (and left out of medians when 
 exist) when the achieved rate is below 97% of the target, the generator is near saturation, or \
 other processes on the machine used noticeable CPU during the window.
 
+`--scenario control` measures the control plane instead: it starts the release meshlite-control \
+on a generated config of `--services` ServiceEntries (50 of them routed by a VirtualService and a \
+DestinationRule), has N simulated proxies (in this process) each get a certificate by CSR and open \
+a delta ADS stream over mutual TLS, then edits VirtualServices `--changes` times and reports the \
+convergence time (file write -> each proxy received the new route) p50/p99/max, the CSR signing \
+rate, and the control plane's peak RSS and CPU, for each N of `--proxies` (default 100,1000).
+
 Examples:
   meshlite-bench                                 # the default ladder 1k, 2k, 5k, 10k RPS
   meshlite-bench --rate 2000 --peer haproxy      # one rate, 3 repetitions, beside an HAProxy pair
-  meshlite-bench --rate 5000 --workers 1 --pin --json out.json";
+  meshlite-bench --rate 5000 --workers 1 --pin --json out.json
+  meshlite-bench --scenario control --proxies 100,1000 --json control.json";
 
 /// The whole command line.
 #[derive(Debug, Parser)]
@@ -121,6 +129,18 @@ pub struct BenchArgs {
     /// Keep the run directory (configs, certificates, process logs) and print its path.
     #[arg(long)]
     pub keep_dir: bool,
+    /// `control` scenario: simulated proxies, one run per value (default 100,1000).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub proxies: Vec<u32>,
+    /// `control` scenario: services (ServiceEntries) in the generated config.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub services: u32,
+    /// `control` scenario: VirtualService edits per run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub changes: u32,
+    /// `control` scenario: time between two edits.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub change_interval: Duration,
 }
 
 /// Protocol between the two sidecars.

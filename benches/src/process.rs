@@ -292,6 +292,90 @@ impl Drop for ManagedChild {
     }
 }
 
+/// A workspace binary the benchmark runs, and where it came from.
+#[derive(Debug, Clone)]
+pub struct Binary {
+    /// Its path.
+    pub path: PathBuf,
+    /// How it was found (`$ENV_VAR`, `found next to meshlite-bench`, `built by cargo`).
+    pub origin: String,
+}
+
+/// Why a workspace binary could not be found or built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BinaryError(String);
+
+/// Finds the release binary `binary` of workspace package `package`: `$env_var` if set; else,
+/// inside the workspace, runs `cargo build --release -p PACKAGE` (cargo decides whether anything
+/// changed; a no-op takes a second) and takes `target/release/BINARY`; else the release binary
+/// beside this executable. A debug bench still runs release binaries: debug figures would mean
+/// nothing.
+pub fn locate_or_build(package: &str, binary: &str, env_var: &str) -> Result<Binary, BinaryError> {
+    if let Some(path) = std::env::var_os(env_var) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            return Err(BinaryError(format!(
+                "{env_var}={} is not a file",
+                path.display()
+            )));
+        }
+        return Ok(Binary {
+            path,
+            origin: format!("${env_var}"),
+        });
+    }
+    let own = std::env::current_exe()
+        .map_err(|e| BinaryError(format!("cannot find our own executable: {e}")))?;
+    let own_dir = own.parent().map(Path::to_path_buf).unwrap_or_default();
+    let release_dir = if own_dir.file_name().is_some_and(|n| n == "release") {
+        own_dir.clone()
+    } else {
+        own_dir
+            .parent()
+            .map(|p| p.join("release"))
+            .unwrap_or_else(|| own_dir.clone())
+    };
+    let candidate = release_dir.join(binary);
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if !workspace.join("Cargo.toml").is_file() {
+        return if candidate.is_file() {
+            Ok(Binary {
+                path: candidate,
+                origin: "found next to meshlite-bench".into(),
+            })
+        } else {
+            Err(BinaryError(format!(
+                "{} is missing and the workspace {} is not here to build it; set {env_var}",
+                candidate.display(),
+                workspace.display()
+            )))
+        };
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("meshlite-bench: cargo build --release -p {package} (no-op when up to date)");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--quiet", "-p", package])
+        .current_dir(&workspace)
+        .status()
+        .map_err(|e| BinaryError(format!("cannot run cargo: {e}")))?;
+    if !status.success() {
+        return Err(BinaryError(format!(
+            "`cargo build --release -p {package}` failed ({status})"
+        )));
+    }
+    if !candidate.is_file() {
+        return Err(BinaryError(format!(
+            "cargo built {package} but {} does not exist (CARGO_TARGET_DIR elsewhere? set {env_var})",
+            candidate.display()
+        )));
+    }
+    Ok(Binary {
+        path: candidate,
+        origin: "target/release, built by cargo".into(),
+    })
+}
+
 /// Finds `name` on PATH (and in the sbin directories, where Debian puts daemons).
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -81,6 +81,16 @@ pub fn peak_rss_kb(pid: u32) -> Result<u64, ProcError> {
     })
 }
 
+/// Current resident set size (`VmRSS`) of a process, in kB.
+pub fn rss_kb(pid: u32) -> Result<u64, ProcError> {
+    let path = format!("/proc/{pid}/status");
+    let text = read(&path)?;
+    parse_status_kb(&text, "VmRSS:").ok_or(ProcError::Parse {
+        path,
+        what: "VmRSS",
+    })
+}
+
 fn parse_status_kb(text: &str, key: &str) -> Option<u64> {
     text.lines()
         .find_map(|line| line.strip_prefix(key))

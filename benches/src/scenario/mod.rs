@@ -1,8 +1,10 @@
 //! Benchmark scenarios, one module each.
 //!
-//! `pair` (the default) measures one client/server sidecar pair against a direct call. Later
-//! scenarios (`control`, `mesh`, `chaos`) plug in here beside it and reuse the shared modules.
+//! `pair` (the default) measures one client/server sidecar pair against a direct call;
+//! `control` measures the control plane with many simulated proxies. Later scenarios (`mesh`,
+//! `chaos`) plug in here beside them and reuse the shared modules.
 
+pub mod control;
 pub mod pair;
 
 use clap::ValueEnum;
@@ -14,6 +16,8 @@ use crate::cli::BenchArgs;
 pub enum ScenarioName {
     /// One mTLS sidecar pair vs a direct call: added latency, CPU and memory per sidecar.
     Pair,
+    /// N simulated proxies on one control plane: config convergence, CSR rate, control RSS/CPU.
+    Control,
 }
 
 /// Why a scenario failed.
@@ -22,6 +26,9 @@ pub enum ScenarioError {
     /// The pair scenario failed.
     #[error(transparent)]
     Pair(#[from] pair::PairError),
+    /// The control scenario failed.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
 }
 
 /// Runs the chosen scenario; returns whether every leg ran (false: some leg failed; the report
@@ -29,5 +36,6 @@ pub enum ScenarioError {
 pub fn run(args: &BenchArgs) -> Result<bool, ScenarioError> {
     match args.scenario {
         ScenarioName::Pair => Ok(pair::run(args)?),
+        ScenarioName::Control => Ok(control::run(args)?),
     }
 }

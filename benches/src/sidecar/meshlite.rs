@@ -7,14 +7,13 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::pki::{CLIENT_ID, MeshPki, SERVER_ID};
 use super::{READY_TIMEOUT, RunningPair, SidecarError, write_text};
 use crate::cli::UpstreamProtocol;
 use crate::load::Protocol;
-use crate::process::{ChildSpec, ManagedChild};
+use crate::process::{self, Binary, ChildSpec, ManagedChild};
 
 /// Environment variable naming the proxy binary to use (no build then).
 pub const PROXY_BIN_ENV: &str = "MESHLITE_PROXY_BIN";
@@ -26,82 +25,13 @@ pub const SERVICE_HOST: &str = "app";
 const SERVICE_PORT: u16 = 80;
 
 /// Where the proxy binary came from.
-#[derive(Debug, Clone)]
-pub struct ProxyBinary {
-    /// Its path.
-    pub path: PathBuf,
-    /// How it was found (`MESHLITE_PROXY_BIN`, `next to meshlite-bench`, `built now`).
-    pub origin: String,
-}
+pub type ProxyBinary = Binary;
 
-/// Finds `meshlite-proxy`: `$MESHLITE_PROXY_BIN`; else, inside the workspace, runs
-/// `cargo build --release -p meshlite-proxy` (cargo decides whether anything changed; a no-op
-/// takes a second) and takes `target/release/meshlite-proxy`; else the release binary beside this
-/// executable.
+/// Finds `meshlite-proxy` (see [`process::locate_or_build`]): `$MESHLITE_PROXY_BIN`, else built
+/// by cargo inside the workspace, else the release binary beside this executable.
 pub fn locate_or_build() -> Result<ProxyBinary, SidecarError> {
-    if let Some(path) = std::env::var_os(PROXY_BIN_ENV) {
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            return Err(SidecarError::Binary(format!(
-                "{PROXY_BIN_ENV}={} is not a file",
-                path.display()
-            )));
-        }
-        return Ok(ProxyBinary {
-            path,
-            origin: format!("${PROXY_BIN_ENV}"),
-        });
-    }
-    let own = std::env::current_exe()
-        .map_err(|e| SidecarError::Binary(format!("cannot find our own executable: {e}")))?;
-    let own_dir = own.parent().map(Path::to_path_buf).unwrap_or_default();
-    // A debug bench still measures the release proxy: debug figures would mean nothing.
-    let release_dir = if own_dir.file_name().is_some_and(|n| n == "release") {
-        own_dir.clone()
-    } else {
-        own_dir
-            .parent()
-            .map(|p| p.join("release"))
-            .unwrap_or_else(|| own_dir.clone())
-    };
-    let candidate = release_dir.join(PROXY_NAME);
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    if !workspace.join("Cargo.toml").is_file() {
-        return if candidate.is_file() {
-            Ok(ProxyBinary {
-                path: candidate,
-                origin: "found next to meshlite-bench".into(),
-            })
-        } else {
-            Err(SidecarError::Binary(format!(
-                "{} is missing and the workspace {} is not here to build it; set {PROXY_BIN_ENV}",
-                candidate.display(),
-                workspace.display()
-            )))
-        };
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("meshlite-bench: cargo build --release -p {PROXY_NAME} (no-op when up to date)");
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--quiet", "-p", PROXY_NAME])
-        .current_dir(&workspace)
-        .status()
-        .map_err(|e| SidecarError::Binary(format!("cannot run cargo: {e}")))?;
-    if !status.success() {
-        return Err(SidecarError::Binary(format!(
-            "`cargo build --release -p {PROXY_NAME}` failed ({status})"
-        )));
-    }
-    if !candidate.is_file() {
-        return Err(SidecarError::Binary(format!(
-            "cargo built {PROXY_NAME} but {} does not exist (CARGO_TARGET_DIR elsewhere? set {PROXY_BIN_ENV})",
-            candidate.display()
-        )));
-    }
-    Ok(ProxyBinary {
-        path: candidate,
-        origin: "target/release, built by cargo".into(),
-    })
+    process::locate_or_build(PROXY_NAME, PROXY_NAME, PROXY_BIN_ENV)
+        .map_err(|e| SidecarError::Binary(e.to_string()))
 }
 
 /// How to run the meshlite pair.

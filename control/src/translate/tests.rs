@@ -1,1 +1,638 @@
-//! Translation tests.
+//! Translation tests: a validated config (YAML, as users write it) and hand-made workloads go
+//! in; the resources each proxy would receive come out, decoded as the proxy decodes them.
+
+use meshlite_xds_proto::{type_url, v1};
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::{MeshResources, ProxyView, Versioned, diff};
+use crate::model::ConfigSet;
+use crate::registry::{Workload, WorkloadPort};
+
+const TD: &str = "cluster.local";
+
+/// One YAML document.
+fn doc(kind: &str, ns_name: &str, spec: &str) -> String {
+    let (ns, name) = ns_name.split_once('/').unwrap_or(("default", ns_name));
+    let api = match kind {
+        "PeerAuthentication" | "AuthorizationPolicy" => "security.istio.io/v1",
+        _ => "networking.istio.io/v1",
+    };
+    format!(
+        "---\napiVersion: {api}\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+    )
+}
+
+/// Loads `docs` from a config directory and validates them; any error fails the test.
+#[track_caller]
+fn config(docs: &[String]) -> ConfigSet {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), docs.concat()).unwrap();
+    let report = crate::validate::check_dir(dir.path());
+    assert!(!report.has_errors(), "{:#?}", report.problems);
+    report.set.expect("a valid config")
+}
+
+fn workload(name: &str, ns: &str, sa: &str, labels: &[(&str, &str)], addr: &str) -> Workload {
+    Workload {
+        key: format!("{name}.{ns}@{addr}"),
+        name: name.into(),
+        namespace: ns.into(),
+        service_account: sa.into(),
+        identity: format!("spiffe://{TD}/ns/{ns}/sa/{sa}"),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        address: addr.parse().unwrap(),
+        ports: vec![WorkloadPort {
+            port: 9080,
+            protocol: "http".into(),
+        }],
+        locality: Default::default(),
+    }
+}
+
+fn mesh(config: ConfigSet, workloads: &[Workload]) -> MeshResources {
+    MeshResources::build(Arc::new(config), workloads, &["ROOT PEM".to_string()], TD)
+}
+
+/// Decodes resource `name` of type `t` from a view.
+#[track_caller]
+fn decode<M: Message + Default>(view: &ProxyView, t: &str, name: &str) -> M {
+    let r = view.get(t).and_then(|m| m.get(name)).unwrap_or_else(|| {
+        panic!(
+            "{t} {name} missing; have {:?}",
+            view.get(t).map(|m| m.keys())
+        )
+    });
+    M::decode(r.body.value.as_slice()).expect("decodes")
+}
+
+fn version(view: &ProxyView, t: &str, name: &str) -> String {
+    view[t][name].version.clone()
+}
+
+fn inbound(view: &ProxyView) -> v1::InboundPolicy {
+    decode(view, type_url::INBOUND_POLICY, "inbound")
+}
+
+const REVIEWS: &str = "reviews.shop.svc.cluster.local";
+
+fn reviews_dr(ns: &str, subsets: &[&str]) -> String {
+    let subsets: Vec<String> = subsets
+        .iter()
+        .map(|s| format!("{{name: {s}, labels: {{version: {s}}}}}"))
+        .collect();
+    doc(
+        "DestinationRule",
+        &format!("{ns}/reviews"),
+        &format!(
+            "{{host: reviews.shop.svc.cluster.local, subsets: [{}]}}",
+            subsets.join(", ")
+        ),
+    )
+}
+
+#[test]
+fn workloads_with_one_app_label_become_one_service_with_every_port_identity_and_endpoint() {
+    let mut v1w = workload(
+        "reviews-v1",
+        "shop",
+        "reviews",
+        &[("app", "reviews"), ("version", "v1")],
+        "10.0.0.1:15006",
+    );
+    v1w.locality = ["eu".into(), "eu-west-1a".into(), "rack4".into()];
+    let mut v2w = workload(
+        "reviews-v2",
+        "shop",
+        "reviews-v2",
+        &[("app", "reviews"), ("version", "v2")],
+        "10.0.0.2:15006",
+    );
+    v2w.ports.push(WorkloadPort {
+        port: 9090,
+        protocol: "grpc".into(),
+    });
+    // Same app label, other namespace: another service.
+    let other_ns = workload(
+        "reviews",
+        "staging",
+        "reviews",
+        &[("app", "reviews")],
+        "10.0.1.1:15006",
+    );
+    // No served port: a pure client, not an endpoint.
+    let mut client = workload(
+        "load",
+        "shop",
+        "load",
+        &[("app", "reviews")],
+        "10.0.0.9:15006",
+    );
+    client.ports.clear();
+    let m = mesh(ConfigSet::default(), &[v1w, v2w, other_ns, client.clone()]);
+    let view = m.view_for(&client);
+
+    let services = &view[type_url::SERVICE];
+    assert_eq!(
+        services.keys().collect::<Vec<_>>(),
+        [REVIEWS, "reviews.staging.svc.cluster.local"]
+    );
+    let svc: v1::Service = decode(&view, type_url::SERVICE, REVIEWS);
+    assert_eq!(
+        (svc.name.as_str(), svc.namespace.as_str()),
+        ("reviews", "shop")
+    );
+    let ports: Vec<(u32, i32)> = svc.ports.iter().map(|p| (p.number, p.protocol)).collect();
+    assert_eq!(
+        ports,
+        [
+            (9080, v1::Protocol::Http as i32),
+            (9090, v1::Protocol::Grpc as i32)
+        ]
+    );
+    assert_eq!(
+        svc.identities,
+        [
+            "spiffe://cluster.local/ns/shop/sa/reviews",
+            "spiffe://cluster.local/ns/shop/sa/reviews-v2"
+        ]
+    );
+
+    let eps: v1::Endpoints = decode(&view, type_url::ENDPOINTS, REVIEWS);
+    assert_eq!(
+        eps.endpoints.len(),
+        2,
+        "one endpoint per workload, not per port"
+    );
+    let first = &eps.endpoints[0];
+    assert_eq!(first.address, "10.0.0.1:15006");
+    assert_eq!(first.identity, "spiffe://cluster.local/ns/shop/sa/reviews");
+    assert_eq!(first.labels.get("version").map(String::as_str), Some("v1"));
+    assert_eq!(first.workload, "reviews-v1");
+    assert_eq!(
+        first.locality,
+        Some(v1::Locality {
+            region: "eu".into(),
+            zone: "eu-west-1a".into(),
+            sub_zone: "rack4".into()
+        })
+    );
+    assert_eq!(eps.endpoints[1].address, "10.0.0.2:15006");
+    assert_eq!(
+        eps.endpoints[1].labels.get("version").map(String::as_str),
+        Some("v2")
+    );
+}
+
+#[test]
+fn a_weighted_virtual_service_becomes_a_route_table_with_full_hosts_and_weights() {
+    let cfg = config(&[
+        doc(
+            "VirtualService",
+            "shop/reviews",
+            "{hosts: [reviews], http: [{route: [\
+               {destination: {host: reviews, subset: v1}, weight: 90}, \
+               {destination: {host: reviews, subset: v2}, weight: 10}]}]}",
+        ),
+        reviews_dr("shop", &["v1", "v2"]),
+    ]);
+    let a = workload("a", "shop", "a", &[("app", "a")], "10.0.0.1:15006");
+    let b = workload("b", "other", "b", &[("app", "b")], "10.0.0.2:15006");
+    let m = mesh(cfg, &[a.clone(), b.clone()]);
+    let view = m.view_for(&a);
+    let table: v1::RouteTable = decode(&view, type_url::ROUTE_TABLE, REVIEWS);
+    assert_eq!(table.hostname, REVIEWS);
+    assert_eq!(table.origin, "shop/reviews");
+    assert_eq!(table.http.len(), 1);
+    let dests: Vec<(&str, &str, u32)> = table.http[0]
+        .route
+        .iter()
+        .map(|d| (d.host.as_str(), d.subset.as_str(), d.weight))
+        .collect();
+    assert_eq!(dests, [(REVIEWS, "v1", 90), (REVIEWS, "v2", 10)]);
+    // Nothing about it depends on the caller: every proxy gets the same resource.
+    assert!(Arc::ptr_eq(
+        &view[type_url::ROUTE_TABLE][REVIEWS],
+        &m.view_for(&b)[type_url::ROUTE_TABLE][REVIEWS]
+    ));
+}
+
+#[test]
+fn source_label_matches_are_kept_only_for_the_callers_they_name() {
+    let cfg = config(&[
+        doc(
+            "VirtualService",
+            "shop/reviews",
+            "{hosts: [reviews], http: [\
+               {match: [{sourceLabels: {app: productpage}, uri: {prefix: /api}}], \
+                route: [{destination: {host: reviews, subset: v2}}]}, \
+               {route: [{destination: {host: reviews, subset: v1}}]}]}",
+        ),
+        reviews_dr("shop", &["v1", "v2"]),
+    ]);
+    let productpage = workload(
+        "productpage",
+        "shop",
+        "productpage",
+        &[("app", "productpage")],
+        "10.0.0.1:15006",
+    );
+    let ratings = workload(
+        "ratings",
+        "shop",
+        "ratings",
+        &[("app", "ratings")],
+        "10.0.0.2:15006",
+    );
+    let m = mesh(cfg, &[productpage.clone(), ratings.clone()]);
+
+    let pv = m.view_for(&productpage);
+    let named: v1::RouteTable = decode(&pv, type_url::ROUTE_TABLE, REVIEWS);
+    assert_eq!(named.http.len(), 2);
+    assert_eq!(named.http[0].matches.len(), 1);
+    assert_eq!(named.http[0].route[0].subset, "v2");
+    assert_eq!(named.http[1].route[0].subset, "v1");
+
+    let rv = m.view_for(&ratings);
+    let other: v1::RouteTable = decode(&rv, type_url::ROUTE_TABLE, REVIEWS);
+    assert_eq!(
+        other.http.len(),
+        1,
+        "the rule naming productpage is dropped"
+    );
+    assert!(other.http[0].matches.is_empty());
+    assert_eq!(other.http[0].route[0].subset, "v1");
+
+    assert_ne!(
+        version(&pv, type_url::ROUTE_TABLE, REVIEWS),
+        version(&rv, type_url::ROUTE_TABLE, REVIEWS),
+        "per-caller tables are different resources"
+    );
+}
+
+#[test]
+fn a_destination_rule_in_the_callers_namespace_wins_over_the_services() {
+    let cfg = config(&[
+        reviews_dr("shop", &["v1", "v2"]),
+        reviews_dr("frontend", &["v3"]),
+    ]);
+    let in_frontend = workload(
+        "web",
+        "frontend",
+        "web",
+        &[("app", "web")],
+        "10.0.0.1:15006",
+    );
+    let in_shop = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
+    let elsewhere = workload(
+        "batch",
+        "jobs",
+        "batch",
+        &[("app", "batch")],
+        "10.0.0.3:15006",
+    );
+    let m = mesh(
+        cfg,
+        &[in_frontend.clone(), in_shop.clone(), elsewhere.clone()],
+    );
+
+    let p: v1::DestinationPolicy = decode(
+        &m.view_for(&in_frontend),
+        type_url::DESTINATION_POLICY,
+        REVIEWS,
+    );
+    assert_eq!(
+        p.origin, "frontend/reviews",
+        "the caller's namespace comes first"
+    );
+    assert_eq!(p.subsets.len(), 1);
+    assert_eq!(p.subsets[0].name, "v3");
+
+    for caller in [&in_shop, &elsewhere] {
+        let p: v1::DestinationPolicy =
+            decode(&m.view_for(caller), type_url::DESTINATION_POLICY, REVIEWS);
+        assert_eq!(
+            p.origin, "shop/reviews",
+            "{}: the service's namespace",
+            caller.name
+        );
+        assert_eq!(p.hostname, REVIEWS);
+        let subsets: Vec<(&str, Option<&str>)> = p
+            .subsets
+            .iter()
+            .map(|s| (s.name.as_str(), s.labels.get("version").map(String::as_str)))
+            .collect();
+        assert_eq!(subsets, [("v1", Some("v1")), ("v2", Some("v2"))]);
+    }
+}
+
+#[test]
+fn peer_authentication_resolves_mesh_then_namespace_then_workload() {
+    let cfg = config(&[
+        doc(
+            "PeerAuthentication",
+            "istio-system/default",
+            "{mtls: {mode: STRICT}}",
+        ),
+        doc(
+            "PeerAuthentication",
+            "legacy/default",
+            "{mtls: {mode: PERMISSIVE}}",
+        ),
+        doc(
+            "PeerAuthentication",
+            "legacy/db",
+            "{selector: {matchLabels: {app: db}}, mtls: {mode: UNSET}, \
+              portLevelMtls: {5432: {mode: DISABLE}}}",
+        ),
+        doc(
+            "PeerAuthentication",
+            "strictish/default",
+            "{mtls: {mode: UNSET}}",
+        ),
+    ]);
+    let db = workload("db", "legacy", "db", &[("app", "db")], "10.0.0.1:15006");
+    let web = workload("web", "legacy", "web", &[("app", "web")], "10.0.0.2:15006");
+    let shop = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.3:15006");
+    let unset = workload("x", "strictish", "x", &[("app", "x")], "10.0.0.4:15006");
+    let m = mesh(cfg, &[]);
+
+    let p = inbound(&m.view_for(&db));
+    assert_eq!(
+        p.mtls_mode,
+        v1::MtlsMode::Permissive as i32,
+        "UNSET inherits the namespace"
+    );
+    assert_eq!(
+        p.port_mtls,
+        HashMap::from([(5432, v1::MtlsMode::Disable as i32)])
+    );
+
+    let p = inbound(&m.view_for(&web));
+    assert_eq!(p.mtls_mode, v1::MtlsMode::Permissive as i32);
+    assert!(
+        p.port_mtls.is_empty(),
+        "port-level modes only from the workload's own policy"
+    );
+
+    let p = inbound(&m.view_for(&shop));
+    assert_eq!(
+        p.mtls_mode,
+        v1::MtlsMode::Strict as i32,
+        "the mesh-wide policy"
+    );
+    let p = inbound(&m.view_for(&unset));
+    assert_eq!(
+        p.mtls_mode,
+        v1::MtlsMode::Strict as i32,
+        "namespace UNSET inherits the mesh"
+    );
+
+    // Nothing configured: PERMISSIVE, as Istio's default.
+    let p = inbound(&mesh(ConfigSet::default(), &[]).view_for(&shop));
+    assert_eq!(p.mtls_mode, v1::MtlsMode::Permissive as i32);
+    assert!(p.authorization.is_empty());
+}
+
+#[test]
+fn authorization_policies_apply_by_namespace_and_selector_with_accounts_as_principals() {
+    let cfg = config(&[
+        doc(
+            "AuthorizationPolicy",
+            "istio-system/deny-evil",
+            "{action: DENY, rules: [{from: [{source: {namespaces: [evil]}}]}]}",
+        ),
+        doc(
+            "AuthorizationPolicy",
+            "shop/reviews-callers",
+            "{selector: {matchLabels: {app: reviews}}, action: ALLOW, rules: [{from: [{source: \
+               {serviceAccounts: [productpage, ops/debugger]}}], \
+               to: [{operation: {methods: [GET]}}]}]}",
+        ),
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+         metadata: {name: trial, namespace: shop, annotations: {istio.io/dry-run: \"true\"}}\n\
+         spec: {action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}\n"
+            .to_string(),
+        doc(
+            "AuthorizationPolicy",
+            "other/everything",
+            "{action: ALLOW, rules: [{}]}",
+        ),
+    ]);
+    let reviews = workload(
+        "reviews",
+        "shop",
+        "reviews",
+        &[("app", "reviews")],
+        "10.0.0.1:15006",
+    );
+    let cart = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
+    let far = workload("far", "faraway", "far", &[("app", "far")], "10.0.0.3:15006");
+    let m = mesh(cfg, &[]);
+
+    let origins = |w: &Workload| -> Vec<String> {
+        inbound(&m.view_for(w))
+            .authorization
+            .into_iter()
+            .map(|a| a.origin)
+            .collect()
+    };
+    assert_eq!(
+        origins(&reviews),
+        [
+            "istio-system/deny-evil",
+            "shop/reviews-callers",
+            "shop/trial"
+        ]
+    );
+    assert_eq!(
+        origins(&cart),
+        ["istio-system/deny-evil", "shop/trial"],
+        "selector filters"
+    );
+    assert_eq!(
+        origins(&far),
+        ["istio-system/deny-evil"],
+        "root namespace applies everywhere"
+    );
+
+    let p = inbound(&m.view_for(&reviews));
+    let allow = &p.authorization[1];
+    assert_eq!(allow.action, v1::authorization_policy::Action::Allow as i32);
+    assert!(!allow.dry_run);
+    assert_eq!(
+        allow.rules[0].from[0].principals,
+        [
+            "cluster.local/ns/shop/sa/productpage",
+            "cluster.local/ns/ops/sa/debugger"
+        ]
+    );
+    assert_eq!(allow.rules[0].to[0].methods, ["GET"]);
+    let trial = &p.authorization[2];
+    assert!(trial.dry_run, "istio.io/dry-run: \"true\"");
+    assert_eq!(trial.action, v1::authorization_policy::Action::Deny as i32);
+    assert_eq!(
+        p.authorization[0].action,
+        v1::authorization_policy::Action::Deny as i32
+    );
+}
+
+#[test]
+fn mesh_internal_static_service_entries_become_services_with_their_endpoints() {
+    let cfg = config(&[
+        doc(
+            "ServiceEntry",
+            "data/db",
+            "{hosts: [db.data.internal], location: MESH_INTERNAL, resolution: STATIC, \
+              ports: [{number: 5432, name: pg, protocol: TCP}], \
+              endpoints: [\
+                {address: 10.1.0.1, serviceAccount: db, labels: {role: primary}, locality: eu/west/a}, \
+                {address: 'fd00::1', ports: {pg: 6432}, serviceAccount: db-replica}]}",
+        ),
+        doc(
+            "ServiceEntry",
+            "data/api",
+            "{hosts: [api.example.com], location: MESH_EXTERNAL, resolution: STATIC, \
+              ports: [{number: 443, name: https, protocol: TLS}], endpoints: [{address: 1.2.3.4}]}",
+        ),
+    ]);
+    let me = workload("app", "data", "app", &[("app", "app")], "10.0.0.1:15006");
+    let m = mesh(cfg, &[]);
+    let view = m.view_for(&me);
+    assert!(
+        !view[type_url::SERVICE].contains_key("api.example.com"),
+        "MESH_EXTERNAL is not pushed"
+    );
+    let svc: v1::Service = decode(&view, type_url::SERVICE, "db.data.internal");
+    assert_eq!(svc.namespace, "data");
+    assert_eq!(svc.ports.len(), 1);
+    assert_eq!(svc.ports[0].number, 5432);
+    assert_eq!(svc.ports[0].protocol, v1::Protocol::Tcp as i32);
+    assert_eq!(
+        svc.identities,
+        [
+            "spiffe://cluster.local/ns/data/sa/db",
+            "spiffe://cluster.local/ns/data/sa/db-replica"
+        ]
+    );
+    let eps: v1::Endpoints = decode(&view, type_url::ENDPOINTS, "db.data.internal");
+    let got: Vec<(&str, &str)> = eps
+        .endpoints
+        .iter()
+        .map(|e| (e.address.as_str(), e.identity.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("10.1.0.1:5432", "spiffe://cluster.local/ns/data/sa/db"),
+            (
+                "[fd00::1]:6432",
+                "spiffe://cluster.local/ns/data/sa/db-replica"
+            )
+        ]
+    );
+    assert_eq!(
+        eps.endpoints[0].labels.get("role").map(String::as_str),
+        Some("primary")
+    );
+    assert_eq!(
+        eps.endpoints[0].locality.as_ref().map(|l| l.zone.as_str()),
+        Some("west")
+    );
+}
+
+#[test]
+fn diff_sends_only_what_changed_and_lists_removals() {
+    let r = |n: u32| {
+        Versioned::of(&v1::TrustBundle {
+            roots_pem: vec![n.to_string()],
+        })
+    };
+    let want: BTreeMap<String, Arc<Versioned>> =
+        [("a".to_string(), r(1)), ("b".to_string(), r(2))].into();
+    let first = diff(&HashMap::new(), &want);
+    assert_eq!(first.upserts.len(), 2);
+    assert!(first.removals.is_empty());
+
+    let mut held: HashMap<String, String> = want
+        .iter()
+        .map(|(n, v)| (n.clone(), v.version.clone()))
+        .collect();
+    assert_eq!(
+        diff(&held, &want),
+        super::TypeDelta::default(),
+        "in sync: nothing"
+    );
+
+    held.insert("gone".into(), "1234".into());
+    held.insert("b".into(), "stale".into());
+    let d = diff(&held, &want);
+    assert_eq!(
+        d.upserts
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert_eq!(d.removals, ["gone"]);
+}
+
+#[test]
+fn a_resource_version_changes_exactly_when_its_content_does() {
+    let vs = |w1: u32| {
+        doc(
+            "VirtualService",
+            "shop/reviews",
+            &format!(
+                "{{hosts: [reviews], http: [{{route: [\
+                   {{destination: {{host: reviews, subset: v1}}, weight: {w1}}}, \
+                   {{destination: {{host: reviews, subset: v2}}, weight: {}}}]}}]}}",
+                100 - w1
+            ),
+        )
+    };
+    let dr = reviews_dr("shop", &["v1", "v2"]);
+    let w = workload(
+        "reviews",
+        "shop",
+        "reviews",
+        &[("app", "reviews")],
+        "10.0.0.1:15006",
+    );
+    let before = mesh(config(&[vs(90), dr.clone()]), std::slice::from_ref(&w)).view_for(&w);
+    let again = mesh(config(&[vs(90), dr.clone()]), std::slice::from_ref(&w)).view_for(&w);
+    let after = mesh(config(&[vs(50), dr]), std::slice::from_ref(&w)).view_for(&w);
+
+    for t in type_url::ALL {
+        for (name, r) in &before[t] {
+            assert_eq!(
+                r.version, again[t][name].version,
+                "{t} {name}: same content"
+            );
+        }
+    }
+    assert_ne!(
+        version(&before, type_url::ROUTE_TABLE, REVIEWS),
+        version(&after, type_url::ROUTE_TABLE, REVIEWS)
+    );
+    for t in type_url::ALL
+        .iter()
+        .filter(|t| **t != type_url::ROUTE_TABLE)
+    {
+        for (name, r) in &before[t] {
+            assert_eq!(r.version, after[t][name].version, "{t} {name}: untouched");
+        }
+    }
+    // And a delta from `before` to `after` carries exactly the route table.
+    let held: HashMap<String, String> = before[type_url::ROUTE_TABLE]
+        .iter()
+        .map(|(n, r)| (n.clone(), r.version.clone()))
+        .collect();
+    let d = diff(&held, &after[type_url::ROUTE_TABLE]);
+    assert_eq!(d.upserts.len(), 1);
+    assert_eq!(d.upserts[0].0, REVIEWS);
+}
