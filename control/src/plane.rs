@@ -162,12 +162,16 @@ impl ControlPlane {
         {
             tracing::warn!(path = %path.display(), "cannot save the registry: {e}");
         }
-        let resources = Arc::new(MeshResources::build(
-            self.config.load_full(),
-            &workloads,
-            &self.ca.roots_pem(),
-            self.ca.trust_domain(),
-        ));
+        let prev = self.generation.borrow().resources.clone();
+        let resources = Arc::new(
+            MeshResources::build(
+                self.config.load_full(),
+                &workloads,
+                &self.ca.roots_pem(),
+                self.ca.trust_domain(),
+            )
+            .sharing_with(&prev),
+        );
         self.generation.send_modify(|g| {
             g.number += 1;
             g.change_seen = change_seen;

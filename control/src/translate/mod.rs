@@ -2,10 +2,12 @@
 //! receives.
 //!
 //! Most resources are the same for every proxy (services, endpoints, routes without
-//! source conditions, destination policies); [`MeshResources`] encodes them once per change.
+//! source conditions, destination policies); [`MeshResources`] encodes them once per change
+//! into maps shared by every stream, so a thousand proxies cost one copy, not a thousand.
 //! [`MeshResources::view_for`] then adds what is one proxy's own: its inbound policy, routes
 //! whose matches depend on who calls (`sourceLabels`, `sourceNamespace`, evaluated here at
-//! generation time as Istio does), and DestinationRules found in the caller's namespace.
+//! generation time as Istio does), and DestinationRules found in the caller's namespace (one
+//! map per namespace, shared by its proxies).
 
 mod policy;
 mod routes;
@@ -45,21 +47,26 @@ impl Versioned {
     }
 }
 
+/// Resources of one type by name, shared between the proxies that hold the same set.
+pub type ResourceMap = Arc<BTreeMap<String, Arc<Versioned>>>;
+
 /// What one proxy should hold: type URL -> resource name -> resource.
-pub type ProxyView = BTreeMap<&'static str, BTreeMap<String, Arc<Versioned>>>;
+pub type ProxyView = BTreeMap<&'static str, ResourceMap>;
 
 /// The shared part of every proxy's view, built once per change.
 #[derive(Debug)]
 pub struct MeshResources {
-    services: BTreeMap<String, Arc<Versioned>>,
-    endpoints: BTreeMap<String, Arc<Versioned>>,
+    services: ResourceMap,
+    endpoints: ResourceMap,
     /// Route tables that are the same for every caller.
-    routes: BTreeMap<String, Arc<Versioned>>,
+    routes: ResourceMap,
     /// VirtualServices whose matches depend on the caller, by host.
     caller_routes: BTreeMap<String, crate::model::Named<crate::model::VirtualService>>,
     /// DestinationRules by host, then by the namespace they live in.
     policies: BTreeMap<String, Vec<(String, Arc<Versioned>)>>,
-    trust: Arc<Versioned>,
+    /// The policies a caller in a namespace sees, computed once per namespace.
+    policies_by_namespace: std::sync::Mutex<HashMap<String, ResourceMap>>,
+    trust: ResourceMap,
     config: Arc<ConfigSet>,
     trust_domain: String,
     /// Hosts known to the mesh, for translation warnings.
@@ -110,61 +117,111 @@ impl MeshResources {
             roots_pem: roots_pem.to_vec(),
         });
         Self {
-            services,
-            endpoints,
-            routes,
+            services: Arc::new(services),
+            endpoints: Arc::new(endpoints),
+            routes: Arc::new(routes),
             caller_routes,
             policies,
-            trust,
+            policies_by_namespace: std::sync::Mutex::new(HashMap::new()),
+            trust: Arc::new(BTreeMap::from([("ROOTCA".to_string(), trust)])),
             config,
             trust_domain: trust_domain.to_string(),
             hosts,
         }
     }
 
-    /// The full view of one proxy.
+    /// Keeps `prev`'s maps and resources wherever the content is the same, so an unchanged
+    /// type costs streams a pointer comparison and generations share their memory.
+    pub fn sharing_with(mut self, prev: &MeshResources) -> Self {
+        self.services = share(&self.services, &prev.services);
+        self.endpoints = share(&self.endpoints, &prev.endpoints);
+        self.routes = share(&self.routes, &prev.routes);
+        self.trust = share(&self.trust, &prev.trust);
+        self
+    }
+
+    /// The full view of one proxy: shared maps, plus its own where it has any.
     pub fn view_for(&self, me: &Workload) -> ProxyView {
         let mut view = ProxyView::new();
-        view.insert(
-            type_url::TRUST_BUNDLE,
-            BTreeMap::from([("ROOTCA".to_string(), self.trust.clone())]),
-        );
+        view.insert(type_url::TRUST_BUNDLE, self.trust.clone());
         view.insert(type_url::SERVICE, self.services.clone());
         view.insert(type_url::ENDPOINTS, self.endpoints.clone());
-        let mut routes = self.routes.clone();
-        for (host, vs) in &self.caller_routes {
-            let table = routes::table(vs, host, Some(me));
-            routes.insert(host.clone(), Versioned::of(&table));
-        }
+        let routes = if self.caller_routes.is_empty() {
+            self.routes.clone()
+        } else {
+            let mut routes = (*self.routes).clone();
+            for (host, vs) in &self.caller_routes {
+                let table = routes::table(vs, host, Some(me));
+                routes.insert(host.clone(), Versioned::of(&table));
+            }
+            Arc::new(routes)
+        };
         view.insert(type_url::ROUTE_TABLE, routes);
-        // Istio's lookup order: the caller's namespace, the service's, the root namespace.
+        view.insert(
+            type_url::DESTINATION_POLICY,
+            self.policies_seen_from(&me.namespace),
+        );
+        let inbound = policy::inbound(&self.config, me, &self.trust_domain);
+        view.insert(
+            type_url::INBOUND_POLICY,
+            Arc::new(BTreeMap::from([(
+                "inbound".to_string(),
+                Versioned::of(&inbound),
+            )])),
+        );
+        view
+    }
+
+    /// The DestinationRules a caller in `namespace` sees, by Istio's lookup order: the
+    /// caller's namespace, the service's, the root namespace.
+    fn policies_seen_from(&self, namespace: &str) -> ResourceMap {
+        let mut cache = self
+            .policies_by_namespace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache.get(namespace) {
+            return m.clone();
+        }
         let mut policies = BTreeMap::new();
         for (host, candidates) in &self.policies {
             let service_ns = host.split('.').nth(1).unwrap_or("");
-            let pick = [
-                me.namespace.as_str(),
-                service_ns,
-                crate::model::ROOT_NAMESPACE,
-            ]
-            .iter()
-            .find_map(|ns| candidates.iter().find(|(n, _)| n == ns));
+            let pick = [namespace, service_ns, crate::model::ROOT_NAMESPACE]
+                .iter()
+                .find_map(|ns| candidates.iter().find(|(n, _)| n == ns));
             if let Some((_, p)) = pick {
                 policies.insert(host.clone(), p.clone());
             }
         }
-        view.insert(type_url::DESTINATION_POLICY, policies);
-        let inbound = policy::inbound(&self.config, me, &self.trust_domain);
-        view.insert(
-            type_url::INBOUND_POLICY,
-            BTreeMap::from([("inbound".to_string(), Versioned::of(&inbound))]),
-        );
-        view
+        let map = Arc::new(policies);
+        cache.insert(namespace.to_string(), map.clone());
+        map
     }
 
     /// How many services there are (status).
     pub fn service_count(&self) -> usize {
         self.services.len()
     }
+}
+
+/// `new`, with `prev`'s map when identical in content, else with `prev`'s entries where they
+/// are.
+fn share(new: &ResourceMap, prev: &ResourceMap) -> ResourceMap {
+    let same = new.len() == prev.len()
+        && new
+            .iter()
+            .zip(prev.iter())
+            .all(|((a, ra), (b, rb))| a == b && ra.version == rb.version);
+    if same {
+        return prev.clone();
+    }
+    Arc::new(
+        new.iter()
+            .map(|(k, v)| match prev.get(k) {
+                Some(p) if p.version == v.version => (k.clone(), p.clone()),
+                _ => (k.clone(), v.clone()),
+            })
+            .collect(),
+    )
 }
 
 /// What changed between what a proxy holds and what it should hold, for one type.
@@ -174,6 +231,42 @@ pub struct TypeDelta {
     pub upserts: Vec<(String, Arc<Versioned>)>,
     /// Names to remove.
     pub removals: Vec<String>,
+}
+
+/// What a proxy holds of one type, as the server knows it.
+#[derive(Debug, Clone)]
+pub enum Held {
+    /// Told by the proxy when it (re)subscribed: name -> version.
+    Initial(HashMap<String, String>),
+    /// The map last sent (shared with other proxies and with the generation it came from).
+    Sent(ResourceMap),
+}
+
+impl Held {
+    /// The delta from what is held to `want`. When the proxy holds the very map wanted (the
+    /// common case: nothing of this type changed), this is a pointer comparison.
+    pub fn diff(&self, want: &ResourceMap) -> TypeDelta {
+        match self {
+            Held::Initial(versions) => diff(versions, want),
+            Held::Sent(prev) if Arc::ptr_eq(prev, want) => TypeDelta::default(),
+            Held::Sent(prev) => {
+                let upserts = want
+                    .iter()
+                    .filter(|(name, r)| {
+                        prev.get(*name)
+                            .is_none_or(|p| !Arc::ptr_eq(p, r) && p.version != r.version)
+                    })
+                    .map(|(n, r)| (n.clone(), r.clone()))
+                    .collect();
+                let removals = prev
+                    .keys()
+                    .filter(|n| !want.contains_key(*n))
+                    .cloned()
+                    .collect();
+                TypeDelta { upserts, removals }
+            }
+        }
+    }
 }
 
 /// The delta from `held` (name -> version) to `want`.

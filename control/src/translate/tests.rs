@@ -608,7 +608,7 @@ fn a_resource_version_changes_exactly_when_its_content_does() {
     let after = mesh(config(&[vs(50), dr]), std::slice::from_ref(&w)).view_for(&w);
 
     for t in type_url::ALL {
-        for (name, r) in &before[t] {
+        for (name, r) in before[t].iter() {
             assert_eq!(
                 r.version, again[t][name].version,
                 "{t} {name}: same content"
@@ -623,7 +623,7 @@ fn a_resource_version_changes_exactly_when_its_content_does() {
         .iter()
         .filter(|t| **t != type_url::ROUTE_TABLE)
     {
-        for (name, r) in &before[t] {
+        for (name, r) in before[t].iter() {
             assert_eq!(r.version, after[t][name].version, "{t} {name}: untouched");
         }
     }
@@ -635,4 +635,47 @@ fn a_resource_version_changes_exactly_when_its_content_does() {
     let d = diff(&held, &after[type_url::ROUTE_TABLE]);
     assert_eq!(d.upserts.len(), 1);
     assert_eq!(d.upserts[0].0, REVIEWS);
+    // The same from a map sent earlier: only the route table, nothing removed.
+    let sent = super::Held::Sent(before[type_url::ROUTE_TABLE].clone());
+    let d = sent.diff(&after[type_url::ROUTE_TABLE]);
+    assert_eq!(d.upserts.len(), 1);
+    assert!(d.removals.is_empty());
+    // A map that is the one already sent costs nothing.
+    assert_eq!(
+        sent.diff(&before[type_url::ROUTE_TABLE]),
+        super::TypeDelta::default()
+    );
+}
+
+#[test]
+fn proxies_share_the_maps_of_one_generation() {
+    let w = |name: &str, ns: &str| crate::registry::Workload {
+        key: name.into(),
+        name: name.into(),
+        namespace: ns.into(),
+        service_account: name.into(),
+        identity: format!("spiffe://cluster.local/ns/{ns}/sa/{name}"),
+        labels: Default::default(),
+        address: "127.0.0.1:1".parse().unwrap(),
+        ports: vec![],
+        locality: Default::default(),
+    };
+    let m = mesh(ConfigSet::default(), &[]);
+    let (a, b, c) = (w("a", "shop"), w("b", "shop"), w("c", "other"));
+    let (va, vb, vc) = (m.view_for(&a), m.view_for(&b), m.view_for(&c));
+    for t in [
+        type_url::SERVICE,
+        type_url::ENDPOINTS,
+        type_url::ROUTE_TABLE,
+    ] {
+        assert!(
+            Arc::ptr_eq(&va[t], &vb[t]) && Arc::ptr_eq(&va[t], &vc[t]),
+            "{t}"
+        );
+    }
+    // Destination policies are shared per caller namespace.
+    assert!(Arc::ptr_eq(
+        &va[type_url::DESTINATION_POLICY],
+        &vb[type_url::DESTINATION_POLICY]
+    ));
 }

@@ -25,7 +25,14 @@ use super::tls::PeerInfo;
 use crate::metrics::TypeLabel;
 use crate::plane::{ControlPlane, Generation, ProxyStatus};
 use crate::registry::Workload;
-use crate::translate::diff;
+use crate::translate::Held;
+
+/// Resources are batched into responses of about this many bytes at most.
+pub const MAX_RESPONSE_BYTES: usize = 32 * 1024;
+
+/// Responses queued per stream before the stream waits for the connection to take them: a
+/// proxy that reads slowly holds back its own stream, not the control plane's memory.
+pub const RESPONSE_QUEUE: usize = 2;
 
 /// The ADS service.
 pub struct Ads {
@@ -85,7 +92,7 @@ impl AggregatedDiscoveryService for Ads {
             .ok_or_else(|| Status::invalid_argument("the first request must carry the node"))?;
         let workload = Workload::from_node(node, &identity)
             .map_err(|e| Status::permission_denied(e.to_string()))?;
-        let (tx, rx) = mpsc::channel(32);
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let plane = self.plane.clone();
         let id = plane.next_stream_id();
         plane.proxies().insert(
@@ -147,8 +154,8 @@ struct Stream {
     id: u64,
     workload: Workload,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    /// What the proxy holds (or was sent and refused), per type: name -> version.
-    held: HashMap<String, HashMap<String, String>>,
+    /// What the proxy holds (or was sent and refused), per type.
+    held: HashMap<String, Held>,
     /// Nonces awaiting ACK/NACK -> (type, generation).
     pending: HashMap<String, (String, u64)>,
     nonce: u64,
@@ -189,8 +196,10 @@ impl Stream {
         if req.response_nonce.is_empty() {
             // A subscription (wildcard): remember what the proxy already holds and send the
             // rest now.
-            self.held
-                .insert(req.type_url.clone(), req.initial_resource_versions);
+            self.held.insert(
+                req.type_url.clone(),
+                Held::Initial(req.initial_resource_versions),
+            );
             let g = self.plane.generation.borrow().clone();
             return self.push(&g, Some(&req.type_url)).await;
         }
@@ -234,49 +243,61 @@ impl Stream {
             let Some(held) = self.held.get_mut(t) else {
                 continue;
             };
-            let empty = Default::default();
-            let want = view.get(t).unwrap_or(&empty);
-            let delta = diff(held, want);
+            let Some(want) = view.get(t) else {
+                continue;
+            };
+            let delta = held.diff(want);
+            // What is sent is what the proxy holds from now on (or refused: a NACKed config
+            // is not sent again until something changes).
+            *held = Held::Sent(want.clone());
             // A subscription is answered even when nothing is to be sent.
             if delta.upserts.is_empty() && delta.removals.is_empty() && only.is_none() {
                 continue;
             }
-            for (name, r) in &delta.upserts {
-                held.insert(name.clone(), r.version.clone());
-            }
-            for name in &delta.removals {
-                held.remove(name);
-            }
-            self.nonce += 1;
-            let nonce = format!("{}-{}", g.number, self.nonce);
-            let resp = DeltaDiscoveryResponse {
-                system_version_info: g.number.to_string(),
-                type_url: t.to_string(),
-                nonce: nonce.clone(),
-                resources: delta
-                    .upserts
-                    .into_iter()
-                    .map(|(name, r)| Resource {
+            // Large sets go out in several responses of bounded size: every buffer on the
+            // way (gRPC encoder, HTTP/2, TLS, the proxy's decoder) keeps the capacity of
+            // the largest message it carried, per connection.
+            let mut removals = Some(delta.removals);
+            let mut upserts = delta.upserts.into_iter().peekable();
+            loop {
+                let mut resources = Vec::new();
+                let mut bytes = 0;
+                while let Some((name, r)) = upserts.next_if(|(_, r)| {
+                    resources.is_empty() || bytes + r.body.value.len() <= MAX_RESPONSE_BYTES
+                }) {
+                    bytes += r.body.value.len() + name.len();
+                    resources.push(Resource {
                         name,
                         version: r.version.clone(),
                         resource: Some(r.body.clone()),
                         ..Default::default()
-                    })
-                    .collect(),
-                removed_resources: delta.removals,
-            };
-            self.pending.insert(nonce, (t.to_string(), g.number));
-            self.tx
-                .send(Ok(resp))
-                .await
-                .map_err(|_| Status::cancelled("proxy went away"))?;
-            self.plane
-                .metrics
-                .pushes
-                .get_or_create(&TypeLabel {
+                    });
+                }
+                self.nonce += 1;
+                let nonce = format!("{}-{}", g.number, self.nonce);
+                let resp = DeltaDiscoveryResponse {
+                    system_version_info: g.number.to_string(),
                     type_url: t.to_string(),
-                })
-                .inc();
+                    nonce: nonce.clone(),
+                    resources,
+                    removed_resources: removals.take().unwrap_or_default(),
+                };
+                self.pending.insert(nonce, (t.to_string(), g.number));
+                self.tx
+                    .send(Ok(resp))
+                    .await
+                    .map_err(|_| Status::cancelled("proxy went away"))?;
+                self.plane
+                    .metrics
+                    .pushes
+                    .get_or_create(&TypeLabel {
+                        type_url: t.to_string(),
+                    })
+                    .inc();
+                if upserts.peek().is_none() {
+                    break;
+                }
+            }
             sent_any = true;
         }
         if let Some(p) = self.plane.proxies().get_mut(&self.id) {
