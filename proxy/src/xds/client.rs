@@ -7,6 +7,7 @@
 //! malformed or does not build, it is NACKed with the reason and nothing changes. When the
 //! stream breaks, the proxy keeps serving and reconnects with exponential backoff and jitter.
 
+use futures_util::FutureExt as _;
 use meshlite_xds_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use meshlite_xds_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
 use meshlite_xds_proto::google::rpc::Status;
@@ -27,6 +28,8 @@ use crate::telemetry::metrics::UpdateLabels;
 
 /// google.rpc.Code INVALID_ARGUMENT, sent in a NACK.
 const INVALID_ARGUMENT: i32 = 3;
+/// At most this many already-received responses are applied as one snapshot.
+const MAX_BATCH: usize = 64;
 /// A stream that lived this long resets the reconnect backoff.
 const HEALTHY_STREAM: Duration = Duration::from_secs(30);
 
@@ -126,25 +129,66 @@ impl XdsClient {
         self.status.connected.store(true, Ordering::Relaxed);
         self.ctx.telemetry.metrics.control.connected.set(1);
         tracing::info!(control = %self.endpoint.describe(), "xDS stream up");
+        let stream_error =
+            |s: tonic::Status| XdsError::Stream(format!("{:?}: {}", s.code(), s.message()));
         loop {
-            let resp = match responses.message().await {
+            let first = match responses.message().await {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(()),
-                Err(s) => {
-                    return Err(XdsError::Stream(format!("{:?}: {}", s.code(), s.message())));
-                }
+                Err(s) => return Err(stream_error(s)),
             };
-            let reply = self.handle(&resp);
-            tx.send(reply)
-                .await
-                .map_err(|_| XdsError::Stream("request channel closed".into()))?;
+            // Responses that have already arrived (a large set comes in several) are applied
+            // together: one snapshot for the burst instead of one per response.
+            let mut batch = vec![first];
+            let mut ended = None;
+            while batch.len() < MAX_BATCH {
+                match responses.message().now_or_never() {
+                    Some(Ok(Some(r))) => batch.push(r),
+                    Some(Ok(None)) => {
+                        ended = Some(Ok(()));
+                        break;
+                    }
+                    Some(Err(s)) => {
+                        ended = Some(Err(stream_error(s)));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            for reply in self.handle_batch(&batch) {
+                tx.send(reply)
+                    .await
+                    .map_err(|_| XdsError::Stream("request channel closed".into()))?;
+            }
+            if let Some(end) = ended {
+                return end;
+            }
         }
+    }
+
+    /// Applies a burst of responses as one snapshot and ACKs each; if the burst as a whole
+    /// does not apply, each response is applied (ACKed or NACKed) on its own, so one bad
+    /// response never costs the good ones.
+    fn handle_batch(&mut self, batch: &[DeltaDiscoveryResponse]) -> Vec<DeltaDiscoveryRequest> {
+        if batch.len() > 1 && self.apply(batch).is_ok() {
+            return batch.iter().map(|r| self.reply(r, &Ok(()))).collect();
+        }
+        batch.iter().map(|r| self.handle(r)).collect()
     }
 
     /// Applies one response and returns the ACK or NACK for it.
     fn handle(&mut self, resp: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
-        let result = self.apply(resp);
-        let (label, error_detail) = match &result {
+        let result = self.apply(std::slice::from_ref(resp));
+        self.reply(resp, &result)
+    }
+
+    /// The ACK (or NACK, with the reason) for `resp`, counted.
+    fn reply(
+        &self,
+        resp: &DeltaDiscoveryResponse,
+        result: &Result<(), XdsError>,
+    ) -> DeltaDiscoveryRequest {
+        let (label, error_detail) = match result {
             Ok(()) => ("ack", None),
             Err(e) => {
                 tracing::warn!(type_url = %resp.type_url, nonce = %resp.nonce, "NACK: {e}");
@@ -176,8 +220,11 @@ impl XdsClient {
         }
     }
 
-    fn apply(&mut self, resp: &DeltaDiscoveryResponse) -> Result<(), XdsError> {
-        let next = self.state.apply(resp)?;
+    fn apply(&mut self, batch: &[DeltaDiscoveryResponse]) -> Result<(), XdsError> {
+        let mut next = self.state.clone();
+        for resp in batch {
+            next = next.apply(resp)?;
+        }
         let view = merged_view(&self.cfg, &next)?;
         let trust = next.trust_bundle()?;
         if let Some(roots) = &trust {
@@ -215,7 +262,7 @@ impl XdsClient {
             .set(i64::try_from(version).unwrap_or(i64::MAX));
         m.persisted.set(0);
         self.status.persisted.store(false, Ordering::Relaxed);
-        tracing::debug!(type_url = %resp.type_url, version, "applied push");
+        tracing::debug!(responses = batch.len(), version, "applied push");
         self.persist(trust.as_deref());
         Ok(())
     }
