@@ -41,6 +41,50 @@ pub mod meshlite {
 pub use envoy::service::discovery::v3 as discovery;
 pub use meshlite::v1;
 
+/// The gRPC codec of every meshlite service: prost, with small buffers. tonic keeps one
+/// encode and one decode buffer per stream at the size of the largest batch it carried
+/// (32 KiB batches by default); a control plane holds a thousand such streams, so they start
+/// at 1 KiB and yield after 8 KiB.
+pub mod codec {
+    use std::marker::PhantomData;
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::ProstCodec;
+
+    /// Buffer start size and yield threshold.
+    pub fn buffer_settings() -> BufferSettings {
+        BufferSettings::new(1024, 8 * 1024)
+    }
+
+    /// [`ProstCodec`] with [`buffer_settings`].
+    #[derive(Debug, Clone)]
+    pub struct SmallBufferCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for SmallBufferCodec<T, U> {
+        fn default() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for SmallBufferCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = <ProstCodec<T, U> as Codec>::Encoder;
+        type Decoder = <ProstCodec<T, U> as Codec>::Decoder;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstCodec::<T, U>::raw_encoder(buffer_settings())
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstCodec::<T, U>::raw_decoder(buffer_settings())
+        }
+    }
+}
+
 /// Type URLs of the resources, as carried in `type_url` and in each `Any`.
 pub mod type_url {
     /// Prefix of every type URL.
