@@ -45,63 +45,18 @@ pub const CONVERGE: Duration = Duration::from_secs(5);
 /// to 15 s, with jitter, while it was down.
 pub const RESYNC: Duration = Duration::from_secs(25);
 
-/// The control plane binary under test.
+/// The control plane binary under test: `MESHLITE_CONTROL_BIN`, else next to the proxy binary.
 ///
 /// # Panics
 /// If `MESHLITE_CONTROL_BIN` names a missing file, or building the binary fails.
 pub fn control_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("MESHLITE_CONTROL_BIN") {
-            let path = PathBuf::from(path);
-            assert!(
-                path.is_file(),
-                "MESHLITE_CONTROL_BIN={} does not exist",
-                path.display()
-            );
-            return path;
-        }
-        let binary = proxy_binary().with_file_name("meshlite-control");
-        if !binary.is_file() {
-            build_control();
-        }
-        assert!(
-            binary.is_file(),
-            "{} is missing after building it",
-            binary.display()
-        );
-        binary
+        crate::mesh::workspace_binary(
+            "MESHLITE_CONTROL_BIN",
+            proxy_binary().with_file_name("meshlite-control"),
+        )
     })
-}
-
-/// Runs `cargo build -p meshlite-control` once, bounded by a deadline.
-fn build_control() {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the workspace");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("meshlite-tests: building meshlite-control (set MESHLITE_CONTROL_BIN to skip)");
-    let mut child = std::process::Command::new(cargo)
-        .args(["build", "-p", "meshlite-control"])
-        .current_dir(workspace)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("run cargo build -p meshlite-control");
-    let deadline = std::time::Instant::now() + Duration::from_secs(900);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for cargo") {
-            assert!(
-                status.success(),
-                "cargo build -p meshlite-control failed: {status}"
-            );
-            return;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("cargo build -p meshlite-control did not finish within 15 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Runs the control plane binary with `args` to completion (`validate`, `token create`, ...).
@@ -109,22 +64,7 @@ fn build_control() {
 /// # Panics
 /// If it cannot be started or runs longer than [`STARTUP_TIMEOUT`].
 pub async fn run_control_cli<S: AsRef<OsStr>>(args: &[S]) -> Output {
-    let child = tokio::process::Command::new(control_binary())
-        .args(args)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run meshlite-control");
-    crate::deadline::within(
-        "meshlite-control to exit",
-        STARTUP_TIMEOUT,
-        child.wait_with_output(),
-    )
-    .await
-    .expect("collect meshlite-control output")
+    crate::mesh::run_cli(control_binary(), args).await
 }
 
 /// Stdout then stderr of a finished command, as text.
@@ -882,6 +822,20 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// Asserts that no request failed; `while_what` says what was going on ("routes change").
+    ///
+    /// # Panics
+    /// If any request failed, with the count and the first ten failures.
+    pub fn assert_no_failures(&self, while_what: &str) {
+        assert!(
+            self.failures.is_empty(),
+            "no request may fail while {while_what}; {} of {} failed: {:?}",
+            self.failures.len(),
+            self.ok + self.failures.len() as u64,
+            &self.failures[..self.failures.len().min(10)]
+        );
+    }
+
     /// Responses `app` served.
     pub fn count(&self, app: &str) -> u64 {
         self.served_by.get(app).copied().unwrap_or(0)

@@ -290,68 +290,86 @@ impl SidecarSpec {
 pub fn proxy_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("MESHLITE_PROXY_BIN") {
-            let path = PathBuf::from(path);
-            assert!(
-                path.is_file(),
-                "MESHLITE_PROXY_BIN={} does not exist",
-                path.display()
-            );
-            return path;
-        }
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
-            .expect("tests/ lives in the workspace")
-            .to_path_buf();
+            .expect("tests/ lives in the workspace");
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace.join("target"));
-        let binary = target.join("debug").join("meshlite-proxy");
-        if !binary.is_file() {
-            build_proxy(&workspace);
-        }
-        assert!(
-            binary.is_file(),
-            "{} is missing after building it",
-            binary.display()
-        );
-        binary
+        workspace_binary(
+            "MESHLITE_PROXY_BIN",
+            target.join("debug").join("meshlite-proxy"),
+        )
     })
 }
 
-/// Runs `cargo build -p meshlite-proxy` once, bounded by a deadline.
-fn build_proxy(workspace: &Path) {
+/// A binary of the workspace: the file `env_var` names, else `default` (a debug build in the
+/// target directory), built with `cargo build -p <its name>` if it is missing.
+///
+/// # Panics
+/// If `env_var` names a missing file, or building the binary fails.
+pub fn workspace_binary(env_var: &str, default: PathBuf) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "{env_var}={} does not exist",
+            path.display()
+        );
+        return path;
+    }
+    if !default.is_file() {
+        let package = default
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("binary file name");
+        cargo_build(package, env_var);
+    }
+    assert!(
+        default.is_file(),
+        "{} is missing after building it",
+        default.display()
+    );
+    default
+}
+
+/// Runs `cargo build -p <package>` once, bounded by a deadline.
+fn cargo_build(package: &str, env_var: &str) {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("meshlite-tests: building meshlite-proxy (set MESHLITE_PROXY_BIN to skip)");
+    eprintln!("meshlite-tests: building {package} (set {env_var} to skip)");
     let mut child = std::process::Command::new(cargo)
-        .args(["build", "-p", "meshlite-proxy"])
+        .args(["build", "-p", package])
         .current_dir(workspace)
         .stdin(Stdio::null())
         .spawn()
-        .expect("run cargo build -p meshlite-proxy");
+        .unwrap_or_else(|e| panic!("run cargo build -p {package}: {e}"));
     let deadline = std::time::Instant::now() + Duration::from_secs(900);
     loop {
         if let Some(status) = child.try_wait().expect("wait for cargo") {
             assert!(
                 status.success(),
-                "cargo build -p meshlite-proxy failed: {status}"
+                "cargo build -p {package} failed: {status}"
             );
             return;
         }
         if std::time::Instant::now() >= deadline {
             let _ = child.kill();
-            panic!("cargo build -p meshlite-proxy did not finish within 15 minutes");
+            panic!("cargo build -p {package} did not finish within 15 minutes");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-/// Runs the proxy binary with `args` to completion (e.g. `validate --config FILE`).
+/// Runs `binary` with `args` to completion (e.g. `validate --config FILE`).
 ///
 /// # Panics
 /// If it cannot be started or runs longer than [`STARTUP_TIMEOUT`].
-pub async fn run_proxy_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    let child = tokio::process::Command::new(proxy_binary())
+pub async fn run_cli<S: AsRef<std::ffi::OsStr>>(binary: &Path, args: &[S]) -> std::process::Output {
+    let name = binary.display();
+    let child = tokio::process::Command::new(binary)
         .args(args)
         .current_dir("/")
         .stdin(Stdio::null())
@@ -359,14 +377,22 @@ pub async fn run_proxy_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("run meshlite-proxy");
+        .unwrap_or_else(|e| panic!("run {name}: {e}"));
     crate::deadline::within(
-        "meshlite-proxy to exit",
+        &format!("{name} to exit"),
         STARTUP_TIMEOUT,
         child.wait_with_output(),
     )
     .await
-    .expect("collect meshlite-proxy output")
+    .unwrap_or_else(|e| panic!("collect the output of {name}: {e}"))
+}
+
+/// Runs the proxy binary with `args` to completion (e.g. `validate --config FILE`).
+///
+/// # Panics
+/// If it cannot be started or runs longer than [`STARTUP_TIMEOUT`].
+pub async fn run_proxy_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    run_cli(proxy_binary(), args).await
 }
 
 /// The addresses a started proxy reported.

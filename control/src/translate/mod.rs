@@ -224,6 +224,15 @@ fn share(new: &ResourceMap, prev: &ResourceMap) -> ResourceMap {
     )
 }
 
+/// An Istio duration as the protobuf `Duration` the resources carry.
+fn duration(d: &crate::model::IstioDuration) -> prost_types::Duration {
+    let std = d.as_std();
+    prost_types::Duration {
+        seconds: i64::try_from(std.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(std.subsec_nanos()).unwrap_or(0),
+    }
+}
+
 /// What changed between what a proxy holds and what it should hold, for one type.
 #[derive(Debug, Default, PartialEq)]
 pub struct TypeDelta {

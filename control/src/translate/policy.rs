@@ -6,19 +6,13 @@
 
 use meshlite_xds_proto::v1;
 
+use super::duration;
+
 use crate::model::{
     AuthzAction, ConfigSet, DestinationRule, MtlsMode, Named, ROOT_NAMESPACE, SimpleLb,
     TrafficPolicy, WorkloadSelector,
 };
 use crate::registry::Workload;
-
-fn duration(d: &crate::model::IstioDuration) -> prost_types::Duration {
-    let std = d.as_std();
-    prost_types::Duration {
-        seconds: i64::try_from(std.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(std.subsec_nanos()).unwrap_or(0),
-    }
-}
 
 fn positive(v: Option<i32>) -> u32 {
     v.and_then(|v| u32::try_from(v).ok()).unwrap_or(0)

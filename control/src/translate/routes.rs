@@ -5,6 +5,8 @@
 
 use meshlite_xds_proto::v1;
 
+use super::duration;
+
 use crate::model::{
     Destination, DestinationRule, HeaderOperations, HttpMatchRequest, HttpRoute, Named,
     StringMatch, StringMatchKind, VirtualService, wildcard_matches,
@@ -78,14 +80,6 @@ fn destination(d: &Destination, ns: &str, weight: u32) -> v1::WeightedDestinatio
         port: d.port.map(|p| p.number).unwrap_or(0),
         weight,
         ..Default::default()
-    }
-}
-
-fn duration(d: &crate::model::IstioDuration) -> prost_types::Duration {
-    let std = d.as_std();
-    prost_types::Duration {
-        seconds: i64::try_from(std.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(std.subsec_nanos()).unwrap_or(0),
     }
 }
 

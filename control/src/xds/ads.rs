@@ -113,7 +113,6 @@ impl AggregatedDiscoveryService for Ads {
         tracing::info!(proxy = %node.id, identity = %identity, "xDS stream opened");
         tokio::spawn(async move {
             let key = workload.key.clone();
-            let proxy = node_id(&workload);
             let mut stream = Stream {
                 plane: plane.clone(),
                 id,
@@ -124,9 +123,9 @@ impl AggregatedDiscoveryService for Ads {
                 nonce: 0,
             };
             if let Err(e) = stream.run(first, inbound).await {
-                tracing::info!(proxy = %proxy, "xDS stream ended: {e}");
+                tracing::info!(proxy = %key, "xDS stream ended: {e}");
             } else {
-                tracing::info!(proxy = %proxy, "xDS stream closed");
+                tracing::info!(proxy = %key, "xDS stream closed");
             }
             plane.registry.disconnect(&key);
             plane.proxies().remove(&id);
@@ -134,10 +133,6 @@ impl AggregatedDiscoveryService for Ads {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
-}
-
-fn node_id(w: &Workload) -> String {
-    w.key.clone()
 }
 
 fn leaf_not_after(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<String> {

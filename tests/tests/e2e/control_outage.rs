@@ -163,12 +163,5 @@ async fn a_control_plane_restart_does_not_withdraw_services_whose_sidecars_are_s
         .await;
     load.wait_for_requests(20).await;
     let report = load.stop().await;
-    assert!(
-        report.failures.is_empty(),
-        "no call may fail while sidecars reconnect to a restarted control plane; {} of {} \
-         failed, first: {:?}",
-        report.failures.len(),
-        report.ok + report.failures.len() as u64,
-        report.failures.first()
-    );
+    report.assert_no_failures("sidecars reconnect to a restarted control plane");
 }
