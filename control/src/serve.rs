@@ -155,14 +155,7 @@ pub async fn start(opts: ServeOptions) -> Result<(Arc<ControlPlane>, Bound), Ser
 
     tokio::spawn(plane.clone().run_debouncer());
     tokio::spawn(crate::admin::serve(plane.clone(), monitoring));
-    {
-        let plane = plane.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::xds::serve(plane, xds, tls).await {
-                tracing::error!("xDS server failed: {e}");
-            }
-        });
-    }
+    tokio::spawn(crate::xds::serve(plane.clone(), xds, tls));
     {
         let plane = plane.clone();
         let dir = opts.config_dir.clone();

@@ -10,7 +10,6 @@
 
 use crate::control::ControlAccess;
 use crate::deadline::{SOON, eventually};
-use meshlite_control::xds::tls::TlsConn;
 use meshlite_xds_proto::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -128,32 +127,15 @@ impl FakeControl {
             .await
             .expect("bind fake control plane");
         let addr = listener.local_addr().expect("local addr");
-        let (conns, incoming) = mpsc::unbounded_channel::<Result<TlsConn, std::io::Error>>();
-        let server = tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(Ads {
-                shared: shared.clone(),
-            }))
-            .add_service(CertificateServiceServer::new(Ca {
-                shared: shared.clone(),
-            }));
-        let task = tokio::spawn(async move {
-            let accept = async move {
-                while let Ok((tcp, _)) = listener.accept().await {
-                    let acceptor = acceptor.clone();
-                    let conns = conns.clone();
-                    tokio::spawn(async move {
-                        if let Ok(tls) = acceptor.accept(tcp).await {
-                            let _ = conns.send(Ok(TlsConn(tls)));
-                        }
-                    });
-                }
-            };
-            let serve = server.serve_with_incoming(UnboundedReceiverStream::new(incoming));
-            tokio::select! {
-                _ = accept => {}
-                _ = serve => {}
-            }
-        });
+        let routes = tonic::service::Routes::new(AggregatedDiscoveryServiceServer::new(Ads {
+            shared: shared.clone(),
+        }))
+        .add_service(CertificateServiceServer::new(Ca {
+            shared: shared.clone(),
+        }));
+        let task = tokio::spawn(meshlite_control::xds::listener::serve(
+            listener, acceptor, routes,
+        ));
         FakeControl {
             addr,
             dir,

@@ -252,45 +252,47 @@ pub enum Held {
 }
 
 impl Held {
-    /// The delta from what is held to `want`. When the proxy holds the very map wanted (the
-    /// common case: nothing of this type changed), this is a pointer comparison.
-    pub fn diff(&self, want: &ResourceMap) -> TypeDelta {
+    /// Whether `want` is the very map already held (the common case when nothing of this
+    /// type changed): a pointer comparison.
+    pub fn is(&self, want: &ResourceMap) -> bool {
+        matches!(self, Held::Sent(prev) if Arc::ptr_eq(prev, want))
+    }
+
+    /// Whether resource `name` must be sent for the proxy to hold `r`.
+    pub fn differs(&self, name: &str, r: &Arc<Versioned>) -> bool {
         match self {
-            Held::Initial(versions) => diff(versions, want),
-            Held::Sent(prev) if Arc::ptr_eq(prev, want) => TypeDelta::default(),
-            Held::Sent(prev) => {
-                let upserts = want
-                    .iter()
-                    .filter(|(name, r)| {
-                        prev.get(*name)
-                            .is_none_or(|p| !Arc::ptr_eq(p, r) && p.version != r.version)
-                    })
-                    .map(|(n, r)| (n.clone(), r.clone()))
-                    .collect();
-                let removals = prev
-                    .keys()
-                    .filter(|n| !want.contains_key(*n))
-                    .cloned()
-                    .collect();
-                TypeDelta { upserts, removals }
-            }
+            Held::Initial(versions) => versions.get(name) != Some(&r.version),
+            Held::Sent(prev) => prev
+                .get(name)
+                .is_none_or(|p| !Arc::ptr_eq(p, r) && p.version != r.version),
         }
     }
-}
 
-/// The delta from `held` (name -> version) to `want`.
-pub fn diff(held: &HashMap<String, String>, want: &BTreeMap<String, Arc<Versioned>>) -> TypeDelta {
-    let upserts = want
-        .iter()
-        .filter(|(name, r)| held.get(*name) != Some(&r.version))
-        .map(|(n, r)| (n.clone(), r.clone()))
-        .collect();
-    let removals = held
-        .keys()
-        .filter(|n| !want.contains_key(*n))
-        .cloned()
-        .collect();
-    TypeDelta { upserts, removals }
+    /// Names held that `want` no longer has.
+    pub fn removals(&self, want: &ResourceMap) -> Vec<String> {
+        let gone = |n: &&String| !want.contains_key(*n);
+        match self {
+            Held::Initial(versions) => versions.keys().filter(gone).cloned().collect(),
+            Held::Sent(prev) if Arc::ptr_eq(prev, want) => Vec::new(),
+            Held::Sent(prev) => prev.keys().filter(gone).cloned().collect(),
+        }
+    }
+
+    /// The whole delta from what is held to `want` (the stream sends it lazily, batch by
+    /// batch, with [`Held::differs`]; this is the same set at once).
+    pub fn diff(&self, want: &ResourceMap) -> TypeDelta {
+        if self.is(want) {
+            return TypeDelta::default();
+        }
+        TypeDelta {
+            upserts: want
+                .iter()
+                .filter(|(n, r)| self.differs(n, r))
+                .map(|(n, r)| (n.clone(), r.clone()))
+                .collect(),
+            removals: self.removals(want),
+        }
+    }
 }
 
 #[cfg(test)]

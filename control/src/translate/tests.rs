@@ -3,10 +3,15 @@
 
 use meshlite_xds_proto::{type_url, v1};
 use prost::Message;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{MeshResources, ProxyView, Versioned, diff};
+use super::{Held, MeshResources, ProxyView, Versioned};
+
+/// The delta from what a (re)connecting proxy says it holds to `want`.
+fn diff(held: &HashMap<String, String>, want: &super::ResourceMap) -> super::TypeDelta {
+    Held::Initial(held.clone()).diff(want)
+}
 use crate::model::ConfigSet;
 use crate::registry::{Workload, WorkloadPort};
 
@@ -552,8 +557,8 @@ fn diff_sends_only_what_changed_and_lists_removals() {
             roots_pem: vec![n.to_string()],
         })
     };
-    let want: BTreeMap<String, Arc<Versioned>> =
-        [("a".to_string(), r(1)), ("b".to_string(), r(2))].into();
+    let want: super::ResourceMap =
+        Arc::new([("a".to_string(), r(1)), ("b".to_string(), r(2))].into());
     let first = diff(&HashMap::new(), &want);
     assert_eq!(first.upserts.len(), 2);
     assert!(first.removals.is_empty());
@@ -636,7 +641,7 @@ fn a_resource_version_changes_exactly_when_its_content_does() {
     assert_eq!(d.upserts.len(), 1);
     assert_eq!(d.upserts[0].0, REVIEWS);
     // The same from a map sent earlier: only the route table, nothing removed.
-    let sent = super::Held::Sent(before[type_url::ROUTE_TABLE].clone());
+    let sent = Held::Sent(before[type_url::ROUTE_TABLE].clone());
     let d = sent.diff(&after[type_url::ROUTE_TABLE]);
     assert_eq!(d.upserts.len(), 1);
     assert!(d.removals.is_empty());

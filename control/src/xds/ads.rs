@@ -13,7 +13,8 @@ use meshlite_xds_proto::discovery::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use meshlite_xds_proto::type_url;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -25,14 +26,14 @@ use super::tls::PeerInfo;
 use crate::metrics::TypeLabel;
 use crate::plane::{ControlPlane, Generation, ProxyStatus};
 use crate::registry::Workload;
-use crate::translate::Held;
+use crate::translate::{Held, ResourceMap};
 
 /// Resources are batched into responses of about this many bytes at most.
-pub const MAX_RESPONSE_BYTES: usize = 32 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024;
 
 /// Responses queued per stream before the stream waits for the connection to take them: a
 /// proxy that reads slowly holds back its own stream, not the control plane's memory.
-pub const RESPONSE_QUEUE: usize = 2;
+pub const RESPONSE_QUEUE: usize = 1;
 
 /// The ADS service.
 pub struct Ads {
@@ -119,7 +120,9 @@ impl AggregatedDiscoveryService for Ads {
                 workload,
                 tx,
                 held: HashMap::new(),
-                pending: HashMap::new(),
+                outbox: VecDeque::new(),
+                push_started: None,
+                pending: Vec::new(),
                 nonce: 0,
             };
             if let Err(e) = stream.run(first, inbound).await {
@@ -143,6 +146,60 @@ fn leaf_not_after(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<Stri
         .ok()
 }
 
+/// One type's delta on its way out, sent in batches as the connection takes them.
+struct Outgoing {
+    type_url: &'static str,
+    generation: u64,
+    /// What the proxy should hold.
+    want: ResourceMap,
+    /// What it held when this delta was computed.
+    from: Held,
+    /// Resources are sent in name order; the last name sent.
+    after: Option<String>,
+    /// Sent with the first batch.
+    removals: Vec<String>,
+    /// A subscription is answered even when there is nothing to send.
+    answer_empty: bool,
+}
+
+impl Outgoing {
+    /// The next response's resources and removals; `None` once everything went out.
+    fn next_batch(&mut self) -> Option<(Vec<Resource>, Vec<String>)> {
+        let lower = match &self.after {
+            Some(a) => Bound::Excluded(a.as_str()),
+            None => Bound::Unbounded,
+        };
+        let mut resources = Vec::new();
+        let mut bytes = 0;
+        for (name, r) in self.want.range::<str, _>((lower, Bound::Unbounded)) {
+            if !self.from.differs(name, r) {
+                continue;
+            }
+            let size = r.body.value.len() + name.len();
+            if !resources.is_empty() && bytes + size > MAX_RESPONSE_BYTES {
+                break;
+            }
+            bytes += size;
+            resources.push(Resource {
+                name: name.clone(),
+                version: r.version.clone(),
+                resource: Some(r.body.clone()),
+                ..Default::default()
+            });
+        }
+        let removals = std::mem::take(&mut self.removals);
+        if resources.is_empty() && removals.is_empty() && !std::mem::take(&mut self.answer_empty) {
+            return None;
+        }
+        self.answer_empty = false;
+        self.after = resources
+            .last()
+            .map(|r| r.name.clone())
+            .or(self.after.take());
+        Some((resources, removals))
+    }
+}
+
 /// One stream's state.
 struct Stream {
     plane: Arc<ControlPlane>,
@@ -150,58 +207,78 @@ struct Stream {
     workload: Workload,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     /// What the proxy holds (or was sent and refused), per type.
-    held: HashMap<String, Held>,
-    /// Nonces awaiting ACK/NACK -> (type, generation).
-    pending: HashMap<String, (String, u64)>,
+    held: HashMap<&'static str, Held>,
+    /// Deltas not yet (entirely) sent, oldest first.
+    outbox: VecDeque<Outgoing>,
+    /// When the deltas in the outbox started going out (push-time metric).
+    push_started: Option<std::time::Instant>,
+    /// Responses awaiting ACK/NACK: (nonce sequence, type, generation).
+    pending: Vec<(u64, &'static str, u64)>,
     nonce: u64,
 }
 
 impl Stream {
+    /// Serves the stream: ACKs and NACKs are read while responses go out (a proxy that
+    /// answers while it is still being sent to never has its answers pile up in HTTP/2),
+    /// and a new generation is looked at once the previous one is out (so a burst of
+    /// generations costs the slow proxy one delta to the newest, not one per generation).
     async fn run(
         &mut self,
         first: DeltaDiscoveryRequest,
         mut inbound: Streaming<DeltaDiscoveryRequest>,
     ) -> Result<(), Status> {
         let mut generations = self.plane.generation.subscribe();
-        self.request(first).await?;
+        let tx = self.tx.clone();
+        self.request(first)?;
         loop {
+            let sending = !self.outbox.is_empty();
             tokio::select! {
                 msg = inbound.message() => match msg? {
-                    Some(req) => self.request(req).await?,
+                    Some(req) => self.request(req)?,
                     None => return Ok(()),
                 },
-                changed = generations.changed() => {
+                changed = generations.changed(), if !sending => {
                     if changed.is_err() {
                         return Ok(());
                     }
                     let g = generations.borrow_and_update().clone();
-                    self.push(&g, None).await?;
+                    self.queue(&g, None);
+                }
+                permit = tx.reserve(), if sending => {
+                    let permit = permit.map_err(|_| Status::cancelled("proxy went away"))?;
+                    if let Some(resp) = self.next_response() {
+                        permit.send(Ok(resp));
+                    }
                 }
             }
         }
     }
 
-    async fn request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
-        if !type_url::ALL.contains(&req.type_url.as_str()) {
+    fn request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
+        let Some(type_url) = type_url::ALL.iter().copied().find(|t| *t == req.type_url) else {
             return Err(Status::invalid_argument(format!(
                 "unknown type {}",
                 req.type_url
             )));
-        }
+        };
         if req.response_nonce.is_empty() {
             // A subscription (wildcard): remember what the proxy already holds and send the
             // rest now.
-            self.held.insert(
-                req.type_url.clone(),
-                Held::Initial(req.initial_resource_versions),
-            );
+            self.held
+                .insert(type_url, Held::Initial(req.initial_resource_versions));
             let g = self.plane.generation.borrow().clone();
-            return self.push(&g, Some(&req.type_url)).await;
+            self.queue(&g, Some(type_url));
+            return Ok(());
         }
-        let Some((type_url, generation)) = self.pending.remove(&req.response_nonce) else {
-            // A stale nonce (superseded response): ignored, as the protocol says.
+        let seq = req
+            .response_nonce
+            .rsplit_once('-')
+            .and_then(|(_, n)| n.parse::<u64>().ok());
+        let Some(i) = self.pending.iter().position(|(n, _, _)| Some(*n) == seq) else {
+            // A stale or unknown nonce (superseded response): ignored, as the protocol says.
             return Ok(());
         };
+        let (_, type_url, generation) = self.pending.swap_remove(i);
         if let Some(err) = &req.error_detail {
             tracing::warn!(
                 proxy = %self.workload.key,
@@ -213,24 +290,29 @@ impl Stream {
                 .metrics
                 .nacks
                 .get_or_create(&TypeLabel {
-                    type_url: type_url.clone(),
+                    type_url: type_url.to_string(),
                 })
                 .inc();
             if let Some(p) = self.plane.proxies().get_mut(&self.id) {
                 p.last_nack = Some(format!("{type_url}: {}", err.message));
             }
         }
-        if !self.pending.values().any(|(_, g)| *g == generation) {
-            self.plane.acked(self.id, generation);
-        }
+        self.maybe_acked(generation);
         Ok(())
     }
 
-    /// Sends what changed for every subscribed type (or just `only`).
-    async fn push(&mut self, g: &Generation, only: Option<&str>) -> Result<(), Status> {
-        let started = std::time::Instant::now();
+    /// Records `generation` as ACKed once nothing of it is pending or still to be sent.
+    fn maybe_acked(&self, generation: u64) {
+        if !self.pending.iter().any(|(_, _, g)| *g == generation)
+            && !self.outbox.iter().any(|o| o.generation == generation)
+        {
+            self.plane.acked(self.id, generation);
+        }
+    }
+
+    /// Queues what changed for every subscribed type (or just `only`, a new subscription).
+    fn queue(&mut self, g: &Generation, only: Option<&'static str>) {
         let view = g.resources.view_for(&self.workload);
-        let mut sent_any = false;
         for t in type_url::ALL {
             if only.is_some_and(|o| o != t) {
                 continue;
@@ -241,71 +323,161 @@ impl Stream {
             let Some(want) = view.get(t) else {
                 continue;
             };
-            let delta = held.diff(want);
-            // What is sent is what the proxy holds from now on (or refused: a NACKed config
-            // is not sent again until something changes).
-            *held = Held::Sent(want.clone());
-            // A subscription is answered even when nothing is to be sent.
-            if delta.upserts.is_empty() && delta.removals.is_empty() && only.is_none() {
+            if held.is(want) && only.is_none() {
                 continue;
             }
-            // Large sets go out in several responses of bounded size: every buffer on the
-            // way (gRPC encoder, HTTP/2, TLS, the proxy's decoder) keeps the capacity of
-            // the largest message it carried, per connection.
-            let mut removals = Some(delta.removals);
-            let mut upserts = delta.upserts.into_iter().peekable();
-            loop {
-                let mut resources = Vec::new();
-                let mut bytes = 0;
-                while let Some((name, r)) = upserts.next_if(|(_, r)| {
-                    resources.is_empty() || bytes + r.body.value.len() <= MAX_RESPONSE_BYTES
-                }) {
-                    bytes += r.body.value.len() + name.len();
-                    resources.push(Resource {
-                        name,
-                        version: r.version.clone(),
-                        resource: Some(r.body.clone()),
-                        ..Default::default()
-                    });
-                }
-                self.nonce += 1;
-                let nonce = format!("{}-{}", g.number, self.nonce);
-                let resp = DeltaDiscoveryResponse {
-                    system_version_info: g.number.to_string(),
-                    type_url: t.to_string(),
-                    nonce: nonce.clone(),
-                    resources,
-                    removed_resources: removals.take().unwrap_or_default(),
-                };
-                self.pending.insert(nonce, (t.to_string(), g.number));
-                self.tx
-                    .send(Ok(resp))
-                    .await
-                    .map_err(|_| Status::cancelled("proxy went away"))?;
-                self.plane
-                    .metrics
-                    .pushes
-                    .get_or_create(&TypeLabel {
-                        type_url: t.to_string(),
-                    })
-                    .inc();
-                if upserts.peek().is_none() {
-                    break;
-                }
-            }
-            sent_any = true;
+            // What is sent is what the proxy holds from now on (or refused: a NACKed config
+            // is not sent again until something changes).
+            let from = std::mem::replace(held, Held::Sent(want.clone()));
+            self.outbox.push_back(Outgoing {
+                type_url: t,
+                generation: g.number,
+                removals: from.removals(want),
+                want: want.clone(),
+                from,
+                after: None,
+                answer_empty: only.is_some(),
+            });
         }
         if let Some(p) = self.plane.proxies().get_mut(&self.id) {
             p.sent = p.sent.max(g.number);
         }
-        if sent_any {
+        if self.outbox.is_empty() {
+            self.maybe_acked(g.number);
+        } else if self.push_started.is_none() {
+            self.push_started = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The next response from the outbox, if it still has something to send.
+    fn next_response(&mut self) -> Option<DeltaDiscoveryResponse> {
+        while let Some(out) = self.outbox.front_mut() {
+            let Some((resources, removed_resources)) = out.next_batch() else {
+                let done = self.outbox.pop_front();
+                if let Some(done) = done {
+                    self.maybe_acked(done.generation);
+                }
+                continue;
+            };
+            let (t, generation) = (out.type_url, out.generation);
+            self.nonce += 1;
+            self.pending.push((self.nonce, t, generation));
+            self.plane
+                .metrics
+                .pushes
+                .get_or_create(&TypeLabel {
+                    type_url: t.to_string(),
+                })
+                .inc();
+            return Some(DeltaDiscoveryResponse {
+                system_version_info: generation.to_string(),
+                type_url: t.to_string(),
+                nonce: format!("{generation}-{}", self.nonce),
+                resources,
+                removed_resources,
+            });
+        }
+        if let Some(started) = self.push_started.take() {
             self.plane
                 .metrics
                 .push_time
                 .observe(started.elapsed().as_secs_f64());
-        } else if self.pending.is_empty() {
-            self.plane.acked(self.id, g.number);
         }
-        Ok(())
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::Versioned;
+    use meshlite_xds_proto::v1;
+    use std::collections::BTreeMap;
+
+    fn map(n: usize, size: usize) -> ResourceMap {
+        Arc::new(
+            (0..n)
+                .map(|i| {
+                    let r = Versioned::of(&v1::TrustBundle {
+                        roots_pem: vec![format!("{i:0size$}")],
+                    });
+                    (format!("r{i:04}"), r)
+                })
+                .collect::<BTreeMap<_, _>>(),
+        )
+    }
+
+    fn outgoing(want: &ResourceMap, from: Held, answer_empty: bool) -> Outgoing {
+        Outgoing {
+            type_url: type_url::TRUST_BUNDLE,
+            generation: 1,
+            removals: from.removals(want),
+            want: want.clone(),
+            from,
+            after: None,
+            answer_empty,
+        }
+    }
+
+    #[test]
+    fn a_large_delta_goes_out_in_bounded_batches_covering_every_resource_once() {
+        let want = map(300, 100);
+        let mut held = HashMap::new();
+        held.insert("gone".to_string(), "v".to_string());
+        let mut out = outgoing(&want, Held::Initial(held), true);
+        let mut names = Vec::new();
+        let mut batches = 0;
+        while let Some((resources, removals)) = out.next_batch() {
+            if batches == 0 {
+                assert_eq!(removals, ["gone"], "removals ride with the first batch");
+            } else {
+                assert!(removals.is_empty());
+            }
+            let bytes: usize = resources
+                .iter()
+                .map(|r| r.name.len() + r.resource.as_ref().map_or(0, |a| a.value.len()))
+                .sum();
+            assert!(bytes <= MAX_RESPONSE_BYTES, "batch of {bytes} bytes");
+            names.extend(resources.into_iter().map(|r| r.name));
+            batches += 1;
+        }
+        assert!(
+            batches > 1,
+            "300 resources of ~110 bytes need several batches"
+        );
+        let expected: Vec<String> = want.keys().cloned().collect();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn only_changed_resources_are_sent_and_an_unchanged_subscription_is_still_answered() {
+        let before = map(10, 10);
+        let mut after = (*before).clone();
+        let changed = Versioned::of(&v1::TrustBundle {
+            roots_pem: vec!["new".into()],
+        });
+        after.insert("r0003".into(), changed);
+        let after: ResourceMap = Arc::new(after);
+        let mut out = outgoing(&after, Held::Sent(before.clone()), false);
+        let (resources, removals) = out.next_batch().expect("one change");
+        assert_eq!(
+            resources
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["r0003"]
+        );
+        assert!(removals.is_empty());
+        assert!(out.next_batch().is_none());
+
+        // A proxy resubscribing with exactly what it holds gets one empty answer.
+        let versions = before
+            .iter()
+            .map(|(n, r)| (n.clone(), r.version.clone()))
+            .collect();
+        let mut out = outgoing(&before, Held::Initial(versions), true);
+        let (resources, removals) = out.next_batch().expect("an answer");
+        assert!(resources.is_empty() && removals.is_empty());
+        assert!(out.next_batch().is_none());
     }
 }

@@ -12,68 +12,15 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
-/// Who is on the other end of a connection, as tonic hands it to handlers.
+/// Who is on the other end of a connection, in every request's extensions.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
     /// Remote socket address.
     pub remote: Option<std::net::SocketAddr>,
     /// The certificate chain the client presented (unverified: see the module docs).
     pub chain: Arc<Vec<CertificateDer<'static>>>,
-}
-
-/// A TLS connection that tells tonic who the peer is.
-pub struct TlsConn(pub TlsStream<TcpStream>);
-
-impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        let (tcp, session) = self.0.get_ref();
-        PeerInfo {
-            remote: tcp.peer_addr().ok(),
-            chain: Arc::new(
-                session
-                    .peer_certificates()
-                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                    .unwrap_or_default(),
-            ),
-        }
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
 }
 
 /// Accepts any client certificate whose key the client proves it holds; see module docs.
