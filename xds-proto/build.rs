@@ -17,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.enable_type_names();
     config.type_name_domain(["."], "type.googleapis.com");
+    // Maps as BTreeMaps: encoding follows key order, so the same content always encodes to
+    // the same bytes and a resource's content-hash version changes only when it does.
+    config.btree_map(["."]);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

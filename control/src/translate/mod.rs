@@ -66,6 +66,8 @@ pub struct MeshResources {
     policies: BTreeMap<String, Vec<(String, Arc<Versioned>)>>,
     /// The policies a caller in a namespace sees, computed once per namespace.
     policies_by_namespace: std::sync::Mutex<HashMap<String, ResourceMap>>,
+    /// The previous generation's per-namespace maps, shared when the content is the same.
+    prev_policies: HashMap<String, ResourceMap>,
     trust: ResourceMap,
     config: Arc<ConfigSet>,
     trust_domain: String,
@@ -123,6 +125,7 @@ impl MeshResources {
             caller_routes,
             policies,
             policies_by_namespace: std::sync::Mutex::new(HashMap::new()),
+            prev_policies: HashMap::new(),
             trust: Arc::new(BTreeMap::from([("ROOTCA".to_string(), trust)])),
             config,
             trust_domain: trust_domain.to_string(),
@@ -137,6 +140,11 @@ impl MeshResources {
         self.endpoints = share(&self.endpoints, &prev.endpoints);
         self.routes = share(&self.routes, &prev.routes);
         self.trust = share(&self.trust, &prev.trust);
+        self.prev_policies = prev
+            .policies_by_namespace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         self
     }
 
@@ -192,7 +200,10 @@ impl MeshResources {
                 policies.insert(host.clone(), p.clone());
             }
         }
-        let map = Arc::new(policies);
+        let mut map = Arc::new(policies);
+        if let Some(prev) = self.prev_policies.get(namespace) {
+            map = share(&map, prev);
+        }
         cache.insert(namespace.to_string(), map.clone());
         map
     }
@@ -246,7 +257,7 @@ pub struct TypeDelta {
 #[derive(Debug, Clone)]
 pub enum Held {
     /// Told by the proxy when it (re)subscribed: name -> version.
-    Initial(HashMap<String, String>),
+    Initial(BTreeMap<String, String>),
     /// The map last sent (shared with other proxies and with the generation it came from).
     Sent(ResourceMap),
 }

@@ -155,7 +155,7 @@ fn mode(m: MtlsMode) -> v1::MtlsMode {
 /// The inbound policy of workload `w`.
 pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::InboundPolicy {
     let mut resolved = MtlsMode::Permissive;
-    let mut ports = std::collections::HashMap::new();
+    let mut ports = std::collections::BTreeMap::new();
     let scopes = [
         config
             .peer_authentications_in(ROOT_NAMESPACE)

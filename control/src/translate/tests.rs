@@ -3,13 +3,13 @@
 
 use meshlite_xds_proto::{type_url, v1};
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{Held, MeshResources, ProxyView, Versioned};
 
 /// The delta from what a (re)connecting proxy says it holds to `want`.
-fn diff(held: &HashMap<String, String>, want: &super::ResourceMap) -> super::TypeDelta {
+fn diff(held: &BTreeMap<String, String>, want: &super::ResourceMap) -> super::TypeDelta {
     Held::Initial(held.clone()).diff(want)
 }
 use crate::model::ConfigSet;
@@ -374,7 +374,7 @@ fn peer_authentication_resolves_mesh_then_namespace_then_workload() {
     );
     assert_eq!(
         p.port_mtls,
-        HashMap::from([(5432, v1::MtlsMode::Disable as i32)])
+        BTreeMap::from([(5432, v1::MtlsMode::Disable as i32)])
     );
 
     let p = inbound(&m.view_for(&web));
@@ -559,11 +559,11 @@ fn diff_sends_only_what_changed_and_lists_removals() {
     };
     let want: super::ResourceMap =
         Arc::new([("a".to_string(), r(1)), ("b".to_string(), r(2))].into());
-    let first = diff(&HashMap::new(), &want);
+    let first = diff(&BTreeMap::new(), &want);
     assert_eq!(first.upserts.len(), 2);
     assert!(first.removals.is_empty());
 
-    let mut held: HashMap<String, String> = want
+    let mut held: BTreeMap<String, String> = want
         .iter()
         .map(|(n, v)| (n.clone(), v.version.clone()))
         .collect();
@@ -633,7 +633,7 @@ fn a_resource_version_changes_exactly_when_its_content_does() {
         }
     }
     // And a delta from `before` to `after` carries exactly the route table.
-    let held: HashMap<String, String> = before[type_url::ROUTE_TABLE]
+    let held: BTreeMap<String, String> = before[type_url::ROUTE_TABLE]
         .iter()
         .map(|(n, r)| (n.clone(), r.version.clone()))
         .collect();
@@ -683,4 +683,57 @@ fn proxies_share_the_maps_of_one_generation() {
         &va[type_url::DESTINATION_POLICY],
         &vb[type_url::DESTINATION_POLICY]
     ));
+}
+
+#[test]
+fn the_same_content_encodes_to_the_same_version_whatever_the_map_order() {
+    // Maps (labels here) encode in key order: a version that followed a hash map's random
+    // iteration order would change on every translation and resend every endpoint.
+    let labels = [
+        ("app", "reviews"),
+        ("version", "v1"),
+        ("team", "books"),
+        ("tier", "backend"),
+        ("zone", "west"),
+        ("track", "stable"),
+    ];
+    let w = workload("reviews", "shop", "reviews", &labels, "10.0.0.1:15006");
+    let mut reversed = labels;
+    reversed.reverse();
+    let w2 = workload("reviews", "shop", "reviews", &reversed, "10.0.0.1:15006");
+    let first = mesh(config(&[]), std::slice::from_ref(&w)).view_for(&w);
+    for _ in 0..8 {
+        let again = mesh(config(&[]), std::slice::from_ref(&w2)).view_for(&w2);
+        for t in type_url::ALL {
+            for (name, r) in first[t].iter() {
+                assert_eq!(r.version, again[t][name].version, "{t} {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_new_generation_with_unchanged_content_shares_the_previous_maps() {
+    let w = workload(
+        "productpage",
+        "shop",
+        "productpage",
+        &[("app", "productpage")],
+        "10.0.0.9:15006",
+    );
+    let docs = [reviews_dr("shop", &["v1", "v2"])];
+    let first = mesh(config(&docs), std::slice::from_ref(&w));
+    let before = first.view_for(&w);
+    let next = mesh(config(&docs), std::slice::from_ref(&w)).sharing_with(&first);
+    let after = next.view_for(&w);
+    for t in [
+        type_url::SERVICE,
+        type_url::ENDPOINTS,
+        type_url::ROUTE_TABLE,
+        type_url::DESTINATION_POLICY,
+        type_url::TRUST_BUNDLE,
+    ] {
+        assert!(Arc::ptr_eq(&before[t], &after[t]), "{t}: same map");
+    }
+    assert!(!before[type_url::DESTINATION_POLICY].is_empty());
 }

@@ -422,7 +422,7 @@ mod tests {
     #[test]
     fn a_large_delta_goes_out_in_bounded_batches_covering_every_resource_once() {
         let want = map(300, 100);
-        let mut held = HashMap::new();
+        let mut held = BTreeMap::new();
         held.insert("gone".to_string(), "v".to_string());
         let mut out = outgoing(&want, Held::Initial(held), true);
         let mut names = Vec::new();

@@ -109,7 +109,7 @@ impl RequestMatch {
                 .map(|s| StringMatcher::compile(s, route, ic))
                 .transpose()
         };
-        let headers = |map: &std::collections::HashMap<String, v1::StringMatch>| {
+        let headers = |map: &std::collections::BTreeMap<String, v1::StringMatch>| {
             let mut out = map
                 .iter()
                 .map(|(k, v)| {

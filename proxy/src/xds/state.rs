@@ -75,7 +75,7 @@ impl XdsState {
     }
 
     /// Name -> version of the resources held of one type (sent after a reconnect).
-    pub fn versions(&self, type_url: &str) -> HashMap<String, String> {
+    pub fn versions(&self, type_url: &str) -> std::collections::BTreeMap<String, String> {
         self.types
             .get(type_url)
             .map(|m| {
