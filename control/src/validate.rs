@@ -13,8 +13,8 @@ use std::path::Path;
 use crate::model::{
     AuthorizationPolicy, AuthzAction, ConfigSet, ConnectionPoolSettings, Destination,
     DestinationRule, HttpRoute, IstioDuration, LoadBalancerSettings, Named, OutlierDetection,
-    PeerAuthentication, Percent, Resolution, ServiceEntry, StringMatch, TrafficPolicy,
-    VirtualService, applies_to_sidecars, wildcard_matches,
+    PeerAuthentication, Percent, Resolution, ServiceEntry, ServiceLocation, StringMatch,
+    TrafficPolicy, VirtualService, applies_to_sidecars, wildcard_matches,
 };
 pub use crate::model::{CLUSTER_DOMAIN, fqdn};
 use crate::source::{Problem, Resource, ResourceSpec, Severity, load_dir};
@@ -684,6 +684,29 @@ impl Checker<'_> {
                         "unknown protocol `{proto}` (one of {})",
                         SERVICE_ENTRY_PROTOCOLS.join(", ")
                     ),
+                );
+            }
+        }
+        if crate::translate::services::pushed_as(se).is_none() {
+            let internal = se.location == Some(ServiceLocation::MeshInternal);
+            self.warning(
+                r,
+                "spec.resolution",
+                if internal {
+                    "a MESH_INTERNAL entry reaches sidecars at fixed addresses: only STATIC \
+                     resolution is sent to sidecars; this entry is kept but not pushed"
+                } else {
+                    "resolution NONE forwards to wherever the app was going, which an explicit \
+                     proxy never learns: use STATIC or DNS; this entry is kept but not pushed"
+                },
+            );
+        }
+        for (i, h) in se.hosts.iter().enumerate() {
+            if h.starts_with('*') {
+                self.warning(
+                    r,
+                    format!("spec.hosts[{i}]"),
+                    format!("wildcard host `{h}` is not pushed: sidecars route by exact name"),
                 );
             }
         }
@@ -1423,6 +1446,33 @@ mod tests {
             )],
             "spec.endpoints[1].address",
         );
+    }
+
+    #[test]
+    fn service_entries_sidecars_cannot_send_to_are_kept_with_a_warning() {
+        let report = check(&[
+            res(
+                "ServiceEntry",
+                "none",
+                "{hosts: [a.example.com], ports: [{number: 80, protocol: HTTP}]}",
+            ),
+            res(
+                "ServiceEntry",
+                "vm-dns",
+                "{hosts: [vm.example.com], location: MESH_INTERNAL, resolution: DNS, \
+                  ports: [{number: 80, protocol: HTTP}]}",
+            ),
+            res(
+                "ServiceEntry",
+                "wild",
+                "{hosts: ['*.example.org'], resolution: DNS, ports: [{number: 80, protocol: HTTP}]}",
+            ),
+        ]);
+        assert!(!report.has_errors(), "{:#?}", report.problems);
+        let none = expect(&report, Severity::Warning, "spec.resolution");
+        assert!(none.message.contains("not pushed"), "{none}");
+        expect(&report, Severity::Warning, "spec.hosts[0]");
+        assert_eq!(report.warnings().count(), 3, "{:#?}", report.problems);
     }
 
     #[test]

@@ -170,6 +170,41 @@ pub struct Cluster {
     pub subset: Label,
     /// Envoy's cluster name, `outbound|<port>|<subset>|<fqdn>`.
     pub name: Label,
+    /// Set for a service outside the mesh: sent to directly, without mutual TLS.
+    pub external: Option<Arc<External>>,
+}
+
+/// A service outside the mesh (ServiceEntry `MESH_EXTERNAL`): no sidecar answers for it, so
+/// requests go straight to its endpoints in plaintext, as the app would have sent them. DNS
+/// names are resolved when a connection opens (Envoy's LOGICAL_DNS behaviour: the name's
+/// current answer, no list of resolved hosts kept here).
+#[derive(Debug)]
+pub struct External {
+    /// Endpoints, `ip:port` or `name:port`.
+    pub targets: Vec<ExternalTarget>,
+    rr: AtomicUsize,
+    /// Pooled plaintext client (HTTP/1.1, or h2c for HTTP2/GRPC ports).
+    pub client: crate::transport::http1::LocalHttp1Client,
+}
+
+/// One endpoint of a service outside the mesh.
+#[derive(Debug)]
+pub struct ExternalTarget {
+    /// Where to connect.
+    pub authority: http::uri::Authority,
+    /// The same, as a label / access-log value.
+    pub label: Label,
+}
+
+impl External {
+    /// Picks the next endpoint, round robin; `None` when there is none (503 `UH`).
+    pub fn pick(&self) -> Option<&ExternalTarget> {
+        if self.targets.is_empty() {
+            return None;
+        }
+        let n = self.rr.fetch_add(1, Ordering::Relaxed);
+        self.targets.get(n % self.targets.len())
+    }
 }
 
 impl Cluster {
@@ -249,6 +284,9 @@ pub struct ServiceSpec {
     pub endpoints: Vec<EndpointSpec>,
     /// Explicit-mode TCP listener.
     pub listen: Option<SocketAddr>,
+    /// For a service outside the mesh: its endpoints (`ip:port` or `name:port`), reached
+    /// without mutual TLS. `None` for mesh services, whose endpoints are `endpoints`.
+    pub external: Option<Vec<http::uri::Authority>>,
 }
 
 impl ServiceSpec {
@@ -306,6 +344,7 @@ impl MeshView {
                     })
                     .collect(),
                 listen: s.listen,
+                external: None,
             })
             .collect();
         Self {
@@ -362,6 +401,8 @@ pub struct Snapshot {
 struct Reuse {
     endpoints: HashMap<(SocketAddr, Box<str>, Vec<SpiffeId>), Arc<Endpoint>>,
     http1: HashMap<(Box<str>, Vec<SpiffeId>), MeshHttp1Client>,
+    /// Plaintext pools of services outside the mesh, by (FQDN, port).
+    external: HashMap<(String, u16), crate::transport::http1::LocalHttp1Client>,
 }
 
 impl Reuse {
@@ -378,6 +419,11 @@ impl Reuse {
             r.http1
                 .entry((c.server_name_str.clone(), ids))
                 .or_insert_with(|| c.http1.clone());
+            if let Some(x) = &c.external {
+                r.external
+                    .entry((c.labels.fqdn.to_string(), c.port))
+                    .or_insert_with(|| x.client.clone());
+            }
         }
         r
     }
@@ -690,6 +736,31 @@ impl ClusterBuilder<'_> {
             listen: svc.listen,
             allowed,
             server_name_str,
+            external: svc.external.as_ref().map(|targets| {
+                let client = self
+                    .reuse
+                    .external
+                    .get(&(fqdn.clone(), svc.port))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        crate::transport::http1::plain_client(
+                            cfg.upstream.idle_timeout,
+                            connect_timeout,
+                            matches!(svc.protocol, Protocol::Http2 | Protocol::Grpc),
+                        )
+                    });
+                Arc::new(External {
+                    targets: targets
+                        .iter()
+                        .map(|a| ExternalTarget {
+                            label: Arc::from(a.as_str()),
+                            authority: a.clone(),
+                        })
+                        .collect(),
+                    rr: AtomicUsize::new(fastrand::usize(..)),
+                    client,
+                })
+            }),
         }))
     }
 }

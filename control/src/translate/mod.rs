@@ -11,7 +11,7 @@
 
 mod policy;
 mod routes;
-mod services;
+pub mod services;
 
 use meshlite_xds_proto::{type_url, v1};
 use prost::{Message, Name};

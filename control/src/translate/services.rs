@@ -1,6 +1,7 @@
 //! Services and their endpoints: one service per (namespace, `app` label) of the registered
-//! workloads, plus the ServiceEntries of the config (MESH_INTERNAL with STATIC endpoints:
-//! sidecars outside the registry, e.g. on VMs).
+//! workloads, plus the ServiceEntries of the config: MESH_INTERNAL with STATIC endpoints
+//! (sidecars outside the registry, e.g. on VMs), and MESH_EXTERNAL ones (services without a
+//! sidecar, reached directly: STATIC addresses or DNS names).
 
 use meshlite_xds_proto::v1;
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,26 +69,37 @@ pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str)
                 weight: 1,
                 workload: w.name.clone(),
                 namespace: w.namespace.clone(),
+                service_port: 0,
             });
     }
 
     for se in &config.service_entries {
-        // MESH_EXTERNAL services are reached without mutual TLS, which the proxy does not
-        // originate yet; they are validated and stored, not pushed.
-        if se.spec.location != Some(ServiceLocation::MeshInternal)
-            || se.spec.resolution != Some(Resolution::Static)
-        {
+        let Some(kind) = pushed_as(&se.spec) else {
+            // Validation warned about it: nothing a sidecar could send to.
             continue;
-        }
+        };
+        let external = kind == EntryKind::External;
         let ns = &se.meta.namespace;
-        for h in &se.spec.hosts {
+        for h in se.spec.hosts.iter().filter(|h| !h.starts_with('*')) {
             let host = fqdn(h, ns);
             let mut ids: BTreeSet<String> = se.spec.subject_alt_names.iter().cloned().collect();
             let mut eps = Vec::new();
-            for e in &se.spec.endpoints {
+            // DNS resolution without endpoints: the host itself is the endpoint.
+            let own = [crate::model::WorkloadEntry {
+                address: h.clone(),
+                ..Default::default()
+            }];
+            let entries = if se.spec.endpoints.is_empty() && kind != EntryKind::Internal {
+                &own[..]
+            } else {
+                &se.spec.endpoints[..]
+            };
+            for e in entries {
+                // A service outside the mesh has no sidecar to present an identity.
                 let id = e
                     .service_account
                     .as_ref()
+                    .filter(|_| !external)
                     .map(|sa| format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}"));
                 if let Some(id) = &id {
                     ids.insert(id.clone());
@@ -118,6 +130,7 @@ pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str)
                         weight: e.weight.unwrap_or(1),
                         workload: se.meta.name.clone(),
                         namespace: ns.clone(),
+                        service_port: if external { p.number } else { 0 },
                     });
                 }
             }
@@ -139,7 +152,12 @@ pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str)
                             name: p.name.clone().unwrap_or_default(),
                         })
                         .collect(),
-                    identities: ids.into_iter().collect(),
+                    identities: if external {
+                        Vec::new()
+                    } else {
+                        ids.into_iter().collect()
+                    },
+                    mesh_external: external,
                 },
             );
             endpoints.insert(
@@ -161,4 +179,29 @@ pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str)
             .map(|(k, v)| (k, Versioned::of(&v)))
             .collect(),
     )
+}
+
+/// How a ServiceEntry reaches sidecars.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// `MESH_INTERNAL`, `STATIC`: workloads with sidecars at fixed addresses, over mTLS.
+    Internal,
+    /// `MESH_EXTERNAL` (Istio's default location), `STATIC` or `DNS`: sent to directly,
+    /// without mTLS.
+    External,
+}
+
+/// What a ServiceEntry becomes for sidecars, or `None` when there is nothing they could
+/// send to (validation says why): `resolution: NONE` means "wherever the app was going",
+/// which an explicit proxy never learns, and a sidecar in the mesh is reached at an address,
+/// not a name.
+pub fn pushed_as(se: &crate::model::ServiceEntry) -> Option<EntryKind> {
+    let internal = se.location == Some(ServiceLocation::MeshInternal);
+    match se.resolution {
+        Some(Resolution::Static) if internal => Some(EntryKind::Internal),
+        Some(Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin) if !internal => {
+            Some(EntryKind::External)
+        }
+        _ => None,
+    }
 }

@@ -508,11 +508,10 @@ fn mesh_internal_static_service_entries_become_services_with_their_endpoints() {
     let me = workload("app", "data", "app", &[("app", "app")], "10.0.0.1:15006");
     let m = mesh(cfg, &[]);
     let view = m.view_for(&me);
-    assert!(
-        !view[type_url::SERVICE].contains_key("api.example.com"),
-        "MESH_EXTERNAL is not pushed"
-    );
+    let api: v1::Service = decode(&view, type_url::SERVICE, "api.example.com");
+    assert!(api.mesh_external && api.identities.is_empty());
     let svc: v1::Service = decode(&view, type_url::SERVICE, "db.data.internal");
+    assert!(!svc.mesh_external);
     assert_eq!(svc.namespace, "data");
     assert_eq!(svc.ports.len(), 1);
     assert_eq!(svc.ports[0].number, 5432);
@@ -736,4 +735,49 @@ fn a_new_generation_with_unchanged_content_shares_the_previous_maps() {
         assert!(Arc::ptr_eq(&before[t], &after[t]), "{t}: same map");
     }
     assert!(!before[type_url::DESTINATION_POLICY].is_empty());
+}
+
+#[test]
+fn mesh_external_entries_are_pushed_without_identities_and_dns_names_stay_names() {
+    let cfg = config(&[
+        doc(
+            "ServiceEntry",
+            "shop/payments",
+            "{hosts: [payments.example.com], resolution: DNS, \
+              ports: [{number: 80, name: http, protocol: HTTP}], \
+              endpoints: [{address: pay-1.example.net, serviceAccount: ignored}, {address: 192.0.2.7}]}",
+        ),
+        doc(
+            "ServiceEntry",
+            "shop/maps",
+            "{hosts: [maps.example.com], location: MESH_EXTERNAL, resolution: DNS, \
+              ports: [{number: 8080, name: http, protocol: HTTP}]}",
+        ),
+        doc(
+            "ServiceEntry",
+            "shop/anything",
+            "{hosts: [anything.example.com], ports: [{number: 80, name: http, protocol: HTTP}]}",
+        ),
+    ]);
+    let me = workload("app", "shop", "app", &[("app", "app")], "10.0.0.1:15006");
+    let view = mesh(cfg, &[]).view_for(&me);
+    let pay: v1::Service = decode(&view, type_url::SERVICE, "payments.example.com");
+    assert!(
+        pay.mesh_external,
+        "location defaults to MESH_EXTERNAL, as in Istio"
+    );
+    assert!(pay.identities.is_empty());
+    let eps: v1::Endpoints = decode(&view, type_url::ENDPOINTS, "payments.example.com");
+    let got: Vec<(&str, &str)> = eps
+        .endpoints
+        .iter()
+        .map(|e| (e.address.as_str(), e.identity.as_str()))
+        .collect();
+    assert_eq!(got, [("pay-1.example.net:80", ""), ("192.0.2.7:80", "")]);
+    // DNS without endpoints: the host itself.
+    let eps: v1::Endpoints = decode(&view, type_url::ENDPOINTS, "maps.example.com");
+    assert_eq!(eps.endpoints.len(), 1);
+    assert_eq!(eps.endpoints[0].address, "maps.example.com:8080");
+    // resolution NONE (the default) has nothing to send to: kept, not pushed.
+    assert!(!view[type_url::SERVICE].contains_key("anything.example.com"));
 }

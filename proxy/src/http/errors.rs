@@ -132,6 +132,40 @@ impl ProxyError {
         ProxyError::UpstreamTerminated(err.to_string())
     }
 
+    /// Maps a failure of the plaintext pool to a service outside the mesh (`target` is the
+    /// endpoint as configured, possibly a name).
+    pub fn from_direct(err: hyper_util::client::legacy::Error, target: &str) -> Self {
+        use std::error::Error as _;
+        if err.is_connect() {
+            // hyper-util's connect error wraps the OS error (or the resolver's).
+            let mut src = err.source();
+            let mut kind = std::io::ErrorKind::Other;
+            while let Some(s) = src {
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    kind = io.kind();
+                    break;
+                }
+                src = s.source();
+            }
+            let message = match err.source() {
+                Some(s) => s.to_string(),
+                None => err.to_string(),
+            };
+            return ProxyError::Connect(ConnectError::Direct {
+                target: target.into(),
+                source: std::io::Error::new(kind, message),
+            });
+        }
+        let mut src = err.source();
+        while let Some(s) = src {
+            if let Some(h) = s.downcast_ref::<hyper::Error>() {
+                return ProxyError::from_upstream(h);
+            }
+            src = s.source();
+        }
+        ProxyError::UpstreamTerminated(err.to_string())
+    }
+
     /// The response the client receives.
     pub fn into_response(&self) -> Response<ProxyBody> {
         let body = match self {
@@ -148,6 +182,10 @@ impl ProxyError {
 fn clone_connect_error(e: &ConnectError) -> ConnectError {
     match e {
         ConnectError::Timeout(a) => ConnectError::Timeout(*a),
+        ConnectError::Direct { target, source } => ConnectError::Direct {
+            target: target.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
         ConnectError::Tcp { addr, source } => ConnectError::Tcp {
             addr: *addr,
             source: std::io::Error::new(source.kind(), source.to_string()),

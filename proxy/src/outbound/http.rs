@@ -24,7 +24,7 @@ use crate::http::errors::ProxyError;
 use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_PROTO};
 use crate::http::uri::{forward_uri, request_authority};
 use crate::server::conn::ConnState;
-use crate::snapshot::{Cluster, Endpoint, PeerWorkload};
+use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, PeerWorkload};
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, TrackedBody};
 use crate::telemetry::labels::source_report;
@@ -73,22 +73,35 @@ pub async fn handle(
     };
     let (cluster, result) = match routed {
         Err(e) => (None, Err(e)),
-        Ok(cluster) => match cluster.pick().cloned() {
-            None => (
-                Some(cluster.clone()),
-                Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
-            ),
-            Some(endpoint) => {
-                if let Some(l) = log.as_deref_mut() {
-                    l.upstream_host = Some(endpoint.addr_label.to_string());
-                    l.upstream_cluster = Some(cluster.name.to_string());
-                }
-                let r = forward(ctx, &snap.local.peer_header, cluster, &endpoint, req)
-                    .await
-                    .map(|resp| (resp, endpoint));
-                (Some(cluster.clone()), r)
-            }
-        },
+        Ok(cluster) => {
+            let r = match &cluster.external {
+                Some(ext) => match ext.pick() {
+                    None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
+                    Some(target) => {
+                        if let Some(l) = log.as_deref_mut() {
+                            l.upstream_host = Some(target.label.to_string());
+                            l.upstream_cluster = Some(cluster.name.to_string());
+                        }
+                        forward_external(ext, target, req)
+                            .await
+                            .map(|resp| (resp, None))
+                    }
+                },
+                None => match cluster.pick().cloned() {
+                    None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
+                    Some(endpoint) => {
+                        if let Some(l) = log.as_deref_mut() {
+                            l.upstream_host = Some(endpoint.addr_label.to_string());
+                            l.upstream_cluster = Some(cluster.name.to_string());
+                        }
+                        forward(ctx, &snap.local.peer_header, cluster, &endpoint, req)
+                            .await
+                            .map(|resp| (resp, Some(endpoint)))
+                    }
+                },
+            };
+            (Some(cluster.clone()), r)
+        }
     };
 
     let protocol = cluster
@@ -97,7 +110,7 @@ pub async fn handle(
         .unwrap_or(Protocol::Http);
     let (resp, flags, peer) = match result {
         Ok((mut resp, endpoint)) => {
-            let peer = PeerWorkload::learn(&endpoint.peer, resp.headers());
+            let peer = endpoint.and_then(|e| PeerWorkload::learn(&e.peer, resp.headers()));
             let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             clean_response(ctx, resp.headers_mut(), upgrading);
             (resp, "-", peer)
@@ -231,6 +244,40 @@ async fn forward(
             Ok(resp.map(ProxyBody::from))
         }
     }
+}
+
+/// Sends to a service outside the mesh: straight to its endpoint over the plaintext pool,
+/// with the app's own Host, and nothing of the mesh's (no peer metadata, no internal
+/// headers). Protocol upgrades are not carried to services outside the mesh.
+async fn forward_external(
+    ext: &External,
+    target: &ExternalTarget,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h);
+    headers::strip_internal(h);
+    h.remove(&PEER_METADATA);
+    h.remove(header::EXPECT);
+    h.remove(&DESTINATION_PORT);
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !h.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        h.insert(header::HOST, v);
+    }
+    parts.uri = forward_uri(&parts.uri, Some(target.authority.clone()))?;
+    parts.version = Version::HTTP_11;
+    let resp = ext
+        .client
+        .request(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| ProxyError::from_direct(e, target.authority.as_str()))?;
+    Ok(resp.map(ProxyBody::from))
 }
 
 /// Sends on the endpoint's shared HTTP/2 connection. A request the connection never took (it

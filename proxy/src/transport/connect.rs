@@ -36,6 +36,15 @@ pub enum ConnectError {
         /// Full message.
         message: String,
     },
+    /// A direct connection to a service outside the mesh (a name, resolved by the pool's
+    /// connector) failed.
+    #[error("connect to {target} (outside the mesh) failed: {source}")]
+    Direct {
+        /// `host:port` as configured.
+        target: Box<str>,
+        /// The resolver's or the OS's error.
+        source: std::io::Error,
+    },
     /// The HTTP handshake over the new connection failed.
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake {
@@ -53,6 +62,11 @@ impl ConnectError {
             ConnectError::Timeout(_) => "connect_timeout",
             ConnectError::Tcp { source, .. } => match source.kind() {
                 std::io::ErrorKind::ConnectionRefused => "connection_refused",
+                _ => "connection_failure",
+            },
+            ConnectError::Direct { source, .. } => match source.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection_refused",
+                std::io::ErrorKind::TimedOut => "connect_timeout",
                 _ => "connection_failure",
             },
             ConnectError::Tls { reason, .. } => reason,

@@ -23,11 +23,22 @@ use crate::http::body::ProxyBody;
 
 /// A pooled HTTP/1.1 client over mutual TLS to the sidecars of one destination service.
 pub type MeshHttp1Client = Client<MeshTlsConnector, ProxyBody>;
-/// A pooled plain HTTP/1.1 client to the local application.
+/// A pooled plaintext HTTP client: to the local application, and to services outside the
+/// mesh (names in the URI are resolved per connection by the connector).
 pub type LocalHttp1Client = Client<HttpConnector, ProxyBody>;
 
 /// Builds the pooled client to the local application.
 pub fn local_client(idle_timeout: Duration, connect_timeout: Duration) -> LocalHttp1Client {
+    plain_client(idle_timeout, connect_timeout, false)
+}
+
+/// Builds a pooled plaintext client: HTTP/1.1, or HTTP/2 with prior knowledge (`h2c`) when
+/// `http2_only`. The request's Host header is sent as the app gave it.
+pub fn plain_client(
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    http2_only: bool,
+) -> LocalHttp1Client {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
@@ -35,6 +46,7 @@ pub fn local_client(idle_timeout: Duration, connect_timeout: Duration) -> LocalH
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(idle_timeout)
+        .http2_only(http2_only)
         .set_host(false)
         .build(connector)
 }

@@ -156,9 +156,26 @@ impl XdsState {
                 .iter()
                 .map(|i| SpiffeId::parse(i).map_err(|e| bad(e.to_string())))
                 .collect::<Result<Vec<_>, _>>()?;
-            let eps = match endpoints.get(&name) {
-                Some(e) => e
-                    .endpoints
+            let listed: &[v1::Endpoint] = endpoints
+                .get(&name)
+                .map(|e| &e.endpoints[..])
+                .unwrap_or_default();
+            let (eps, external) = if svc.mesh_external {
+                let targets = listed
+                    .iter()
+                    .map(|e| {
+                        let a = http::uri::Authority::try_from(e.address.as_str())
+                            .ok()
+                            .filter(|a| a.port_u16().is_some())
+                            .ok_or_else(|| {
+                                bad(format!("endpoint address `{}` is not host:port", e.address))
+                            })?;
+                        Ok((e.service_port, a))
+                    })
+                    .collect::<Result<Vec<_>, XdsError>>()?;
+                (Vec::new(), Some(targets))
+            } else {
+                let eps = listed
                     .iter()
                     .map(|e| {
                         let addr: SocketAddr = e.address.parse().map_err(|_| {
@@ -173,8 +190,8 @@ impl XdsState {
                                 .collect(),
                         })
                     })
-                    .collect::<Result<Vec<_>, XdsError>>()?,
-                None => Vec::new(),
+                    .collect::<Result<Vec<_>, XdsError>>()?;
+                (eps, None)
             };
             for p in &svc.ports {
                 let port = u16::try_from(p.number)
@@ -198,6 +215,12 @@ impl XdsState {
                     identities: identities.clone(),
                     endpoints: eps.clone(),
                     listen: None,
+                    external: external.as_ref().map(|t| {
+                        t.iter()
+                            .filter(|(sp, _)| *sp == 0 || *sp == p.number)
+                            .map(|(_, a)| a.clone())
+                            .collect()
+                    }),
                 });
             }
         }

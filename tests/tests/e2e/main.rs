@@ -17,6 +17,7 @@
 
 mod config_cli;
 mod control_ca;
+mod control_external;
 mod control_mesh;
 mod control_outage;
 mod control_push;

@@ -1,0 +1,91 @@
+//! Services outside the mesh (ServiceEntry `MESH_EXTERNAL`), pushed by the control plane:
+//! the sidecar sends to them directly, without mutual TLS, by address or by DNS name, with
+//! the app's Host and nothing of the mesh's headers.
+
+use meshlite_tests::apps::HttpApp;
+use meshlite_tests::clients;
+use meshlite_tests::control::{ControlPlane, MeshProxy, NAMESPACE, Workload, wait_served_by};
+use meshlite_tests::deadline::SOON;
+
+fn entries(payments_port: u16, ledger_port: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: payments, namespace: {NAMESPACE}}}\n\
+         spec:\n  hosts: [payments.example.com]\n  location: MESH_EXTERNAL\n  resolution: DNS\n\
+         \x20 ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {payments_port}}}]\n\
+         \x20 endpoints: [{{address: localhost}}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: ledger, namespace: {NAMESPACE}}}\n\
+         spec:\n  hosts: [ledger.example.com]\n  resolution: STATIC\n\
+         \x20 ports: [{{number: 8080, name: http, protocol: HTTP}}]\n\
+         \x20 endpoints: [{{address: 127.0.0.1, ports: {{http: {ledger_port}}}}}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: gone, namespace: {NAMESPACE}}}\n\
+         spec:\n  hosts: [gone.example.com]\n  resolution: STATIC\n\
+         \x20 ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 1}}]\n\
+         \x20 endpoints: [{{address: 127.0.0.1}}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_outside_the_mesh_are_reached_directly_by_name_or_address() {
+    let payments = HttpApp::start("payments").await;
+    let ledger = HttpApp::start("ledger").await;
+    let control = ControlPlane::start(&[(
+        "external.yaml",
+        &entries(payments.addr.port(), ledger.addr.port()),
+    )])
+    .await;
+    let client = MeshProxy::start(
+        &control.access(NAMESPACE, "client").await,
+        &Workload::new("client"),
+    )
+    .await;
+
+    // resolution: DNS, endpoint `localhost`, resolved when the sidecar connects.
+    wait_served_by(client.outbound(), "payments.example.com", "payments", SOON).await;
+    let reply = clients::get(client.outbound(), "payments.example.com", "/headers").await;
+    assert_eq!(reply.status, 200, "body: {}", reply.text());
+    let seen = reply.json();
+    assert_eq!(seen["headers"]["host"][0], "payments.example.com", "{seen}");
+    for mesh_only in [
+        "x-meshlite-peer",
+        "x-forwarded-client-cert",
+        "x-meshlite-port",
+    ] {
+        assert!(
+            seen["headers"][mesh_only].is_null(),
+            "{mesh_only} must not leave the mesh: {seen}"
+        );
+    }
+    assert!(
+        !seen["headers"]["x-request-id"].is_null(),
+        "the request id still travels: {seen}"
+    );
+
+    // resolution: STATIC, the port mapped by name.
+    let reply = clients::get(client.outbound(), "ledger.example.com:8080", "/headers").await;
+    assert_eq!(reply.status, 200, "body: {}", reply.text());
+    assert_eq!(reply.json()["app"], "ledger");
+
+    // An endpoint that refuses: 503 with the connect failure named, as for mesh upstreams.
+    let reply = clients::get(client.outbound(), "gone.example.com", "/").await;
+    assert_eq!(reply.status, 503, "body: {}", reply.text());
+    assert!(
+        reply.text().contains("connection_refused"),
+        "body: {}",
+        reply.text()
+    );
+
+    let requests = client
+        .metric(
+            "istio_requests_total",
+            &[
+                ("reporter", "source"),
+                ("destination_service", "payments.example.com"),
+                ("response_code", "200"),
+            ],
+        )
+        .await;
+    assert!(requests >= 2.0, "requests to payments counted: {requests}");
+}
