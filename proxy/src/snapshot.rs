@@ -123,6 +123,27 @@ pub struct Endpoint {
     pub peer: arc_swap::ArcSwapOption<PeerWorkload>,
     /// The workload's labels (subset selection).
     pub labels: BTreeMap<String, String>,
+    /// Requests sent to it and not yet answered (least request reads it); kept across
+    /// snapshots with the endpoint.
+    pub active: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a request as in flight to an endpoint until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    /// Starts counting a request to `endpoint`.
+    pub fn start(endpoint: Arc<Endpoint>) -> Self {
+        endpoint.active.fetch_add(1, Ordering::Relaxed);
+        Self(endpoint)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Metric label values of a destination service, computed once.
@@ -151,8 +172,11 @@ pub struct Cluster {
     pub authority: http::uri::Authority,
     /// Endpoints (destination sidecars).
     pub endpoints: Vec<Arc<Endpoint>>,
-    /// Round-robin cursor.
-    rr: AtomicUsize,
+    /// Chooses among `endpoints` (DestinationRule `loadBalancer`; least request by
+    /// default); `None` when there are none.
+    balancer: Option<crate::balance::Balancer>,
+    /// What a consistent-hash balancer hashes, when it is one.
+    pub hash_on: Option<HashOn>,
     /// How HTTP travels to the endpoints.
     pub upstream: UpstreamProtocol,
     /// HTTP/1.1 pool (http1 mode).
@@ -208,14 +232,107 @@ impl External {
 }
 
 impl Cluster {
-    /// Picks the next endpoint, round robin (the default until DestinationRules arrive);
-    /// `None` when the service has no endpoint (503 `UH`).
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        if self.endpoints.is_empty() {
-            return None;
+    /// Picks an endpoint with the cluster's balancer (`hash`: the request's, for consistent
+    /// hashing); `None` when the service has no endpoint (503 `UH`).
+    pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
+        let balancer = self.balancer.as_ref()?;
+        let active = |i: usize| {
+            self.endpoints
+                .get(i)
+                .map_or(0, |e| e.active.load(Ordering::Relaxed))
+        };
+        let i = balancer.pick(hash, &active, &mut crate::balance::ThreadRandom)?;
+        self.endpoints.get(i)
+    }
+}
+
+/// The request property a consistent-hash load balancer hashes (DestinationRule
+/// `consistentHash`). A request without it gets a random endpoint, as in Envoy.
+#[derive(Clone, Debug)]
+pub enum HashOn {
+    /// `httpHeaderName`.
+    Header(http::HeaderName),
+    /// `httpCookie.name` (issuing the cookie when absent is not done yet).
+    Cookie(String),
+    /// `useSourceIp`: the downstream (app) address.
+    SourceIp,
+    /// `httpQueryParameterName`.
+    Query(String),
+}
+
+impl HashOn {
+    /// The request's hash, if it carries the property.
+    pub fn hash<B>(&self, req: &http::Request<B>, source: std::net::IpAddr) -> Option<u64> {
+        use crate::balance::hash_key;
+        match self {
+            HashOn::Header(name) => req.headers().get(name).map(|v| hash_key(v.as_bytes())),
+            HashOn::Cookie(name) => req
+                .headers()
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    let (k, v) = c.trim().split_once('=')?;
+                    (k == name).then(|| hash_key(v.as_bytes()))
+                }),
+            HashOn::SourceIp => Some(hash_key(source.to_string().as_bytes())),
+            HashOn::Query(name) => req.uri().query().and_then(|q| {
+                q.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == name).then(|| hash_key(v.as_bytes()))
+                })
+            }),
         }
-        let n = self.rr.fetch_add(1, Ordering::Relaxed);
-        self.endpoints.get(n % self.endpoints.len())
+    }
+}
+
+/// The `loadBalancer` in force for `port` under `tp`: a port-level policy replaces the
+/// whole block for its port (Istio), else the policy's own.
+fn load_balancer_for(tp: Option<&v1::TrafficPolicy>, port: u16) -> Option<&v1::LoadBalancer> {
+    let tp = tp?;
+    match tp.port_level.get(&u32::from(port)) {
+        Some(p) => p.load_balancer.as_ref(),
+        None => tp.load_balancer.as_ref(),
+    }
+}
+
+/// The balancing policy and hash input of a `loadBalancer` (none: least request, Istio's
+/// default). PASSTHROUGH (the original destination) has no meaning for an explicit proxy and
+/// falls back to the default.
+fn balance_policy(lb: Option<&v1::LoadBalancer>) -> (crate::balance::Policy, Option<HashOn>) {
+    use crate::balance::{LeastRequestConfig, MaglevConfig, Policy, RingHashConfig};
+    use v1::load_balancer::consistent_hash::Key;
+    let Some(lb) = lb else {
+        return (Policy::LeastRequest(LeastRequestConfig::default()), None);
+    };
+    if let Some(ch) = &lb.consistent_hash {
+        let hash_on = match &ch.key {
+            Some(Key::HttpHeaderName(h)) => http::HeaderName::try_from(h.as_str())
+                .ok()
+                .map(HashOn::Header),
+            Some(Key::HttpCookie(c)) => Some(HashOn::Cookie(c.name.clone())),
+            Some(Key::UseSourceIp(true)) => Some(HashOn::SourceIp),
+            Some(Key::HttpQueryParameterName(q)) => Some(HashOn::Query(q.clone())),
+            _ => None,
+        };
+        let policy = if ch.maglev_table_size > 0 {
+            Policy::Maglev(MaglevConfig {
+                table_size: ch.maglev_table_size,
+            })
+        } else {
+            let mut cfg = RingHashConfig::default();
+            if ch.minimum_ring_size > 0 {
+                cfg.minimum_ring_size = ch.minimum_ring_size;
+            }
+            Policy::RingHash(cfg)
+        };
+        return (policy, hash_on);
+    }
+    match v1::load_balancer::Simple::try_from(lb.simple) {
+        Ok(v1::load_balancer::Simple::RoundRobin) => (Policy::RoundRobin, None),
+        Ok(v1::load_balancer::Simple::Random) => (Policy::Random, None),
+        _ => (Policy::LeastRequest(LeastRequestConfig::default()), None),
     }
 }
 
@@ -360,6 +477,14 @@ pub enum SnapshotError {
     /// TLS configuration or a name failed.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// A load-balancer setting was refused.
+    #[error("load balancer of {host}: {source}")]
+    Balance {
+        /// The host.
+        host: String,
+        /// Why.
+        source: crate::balance::BalanceError,
+    },
     /// A route table did not compile.
     #[error("routes of {host}: {source}")]
     Route {
@@ -453,7 +578,12 @@ impl Snapshot {
         let mut clusters = Vec::with_capacity(view.services.len());
         let mut by_fqdn: HashMap<String, Vec<(Arc<Cluster>, &ServiceSpec)>> = HashMap::new();
         for svc in &view.services {
-            let cluster = builder.cluster(svc, "", &svc.endpoints)?;
+            let tp = view
+                .policies
+                .get(&svc.fqdn())
+                .and_then(|p| p.traffic_policy.as_ref());
+            let cluster =
+                builder.cluster(svc, "", &svc.endpoints, load_balancer_for(tp, svc.port))?;
             by_fqdn
                 .entry(svc.fqdn())
                 .or_default()
@@ -478,7 +608,10 @@ impl Snapshot {
                         })
                         .cloned()
                         .collect();
-                    let c = builder.cluster(svc, &subset.name, &eps)?;
+                    // A subset's own policy wins over the service's for what it sets.
+                    let lb = load_balancer_for(subset.traffic_policy.as_ref(), svc.port)
+                        .or_else(|| load_balancer_for(policy.traffic_policy.as_ref(), svc.port));
+                    let c = builder.cluster(svc, &subset.name, &eps, lb)?;
                     subsets.insert((fqdn.clone(), cluster.port, subset.name.clone()), c.clone());
                     subset_clusters.push(c);
                 }
@@ -657,6 +790,7 @@ impl ClusterBuilder<'_> {
         svc: &ServiceSpec,
         subset: &str,
         endpoints: &[EndpointSpec],
+        lb: Option<&v1::LoadBalancer>,
     ) -> Result<Arc<Cluster>, SnapshotError> {
         let cfg = self.cfg;
         let connect_timeout = cfg.upstream.connect_timeout;
@@ -694,9 +828,27 @@ impl ClusterBuilder<'_> {
                         .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0")),
                     peer: arc_swap::ArcSwapOption::empty(),
                     labels: ep.labels.clone(),
+                    active: std::sync::atomic::AtomicU64::new(0),
                 })
             })
+            .collect::<Vec<Arc<Endpoint>>>();
+        // Endpoint weights are all 1 until the registry carries them.
+        let (policy, hash_on) = balance_policy(lb);
+        let keys: Vec<crate::balance::Endpoint<'_>> = endpoints
+            .iter()
+            .map(|e| crate::balance::Endpoint::new(&e.addr_label, 1))
             .collect();
+        let balancer = if keys.is_empty() {
+            None
+        } else {
+            Some(
+                crate::balance::Balancer::new(policy, &keys, &mut crate::balance::ThreadRandom)
+                    .map_err(|source| SnapshotError::Balance {
+                        host: fqdn.clone(),
+                        source,
+                    })?,
+            )
+        };
         let http1 = match self.reuse.http1.get(&(server_name_str.clone(), ids)) {
             Some(c) => c.clone(),
             None => {
@@ -728,7 +880,8 @@ impl ClusterBuilder<'_> {
             },
             authority,
             endpoints,
-            rr: AtomicUsize::new(fastrand::usize(..)),
+            balancer,
+            hash_on,
             upstream: cfg.upstream.protocol,
             http1,
             tls_http1,
@@ -848,5 +1001,62 @@ mod tests {
         assert_eq!(&*p.version, "v1");
         assert!(PeerWorkload::parse(&HeaderValue::from_static("a;b;c")).is_none());
         assert!(PeerWorkload::parse(&HeaderValue::from_static("a;b;c;d;e")).is_none());
+    }
+
+    #[test]
+    fn hash_inputs_come_from_the_named_header_cookie_query_or_source() {
+        let req = http::Request::get("/p?a=1&user=alice&b")
+            .header("x-user", "bob")
+            .header("cookie", "theme=dark; session=s-42")
+            .body(())
+            .unwrap();
+        let ip: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        let h = crate::balance::hash_key;
+        let on = |k: HashOn| k.hash(&req, ip);
+        assert_eq!(
+            on(HashOn::Header(http::HeaderName::from_static("x-user"))),
+            Some(h(b"bob"))
+        );
+        assert_eq!(on(HashOn::Cookie("session".into())), Some(h(b"s-42")));
+        assert_eq!(on(HashOn::Query("user".into())), Some(h(b"alice")));
+        assert_eq!(on(HashOn::SourceIp), Some(h(b"10.1.2.3")));
+        assert_eq!(on(HashOn::Cookie("missing".into())), None);
+        assert_eq!(on(HashOn::Query("missing".into())), None);
+    }
+
+    #[test]
+    fn a_port_level_or_subset_load_balancer_wins_and_none_means_least_request() {
+        use crate::balance::Policy;
+        let lb = |simple: v1::load_balancer::Simple| v1::LoadBalancer {
+            simple: simple as i32,
+            consistent_hash: None,
+        };
+        let tp = v1::TrafficPolicy {
+            load_balancer: Some(lb(v1::load_balancer::Simple::Random)),
+            port_level: [(
+                9080,
+                v1::TrafficPolicy {
+                    load_balancer: Some(lb(v1::load_balancer::Simple::RoundRobin)),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let policy = |port| balance_policy(load_balancer_for(Some(&tp), port)).0;
+        assert_eq!(policy(8080), Policy::Random);
+        assert_eq!(policy(9080), Policy::RoundRobin);
+        assert!(matches!(balance_policy(None).0, Policy::LeastRequest(_)));
+        let maglev = v1::LoadBalancer {
+            simple: 0,
+            consistent_hash: Some(v1::load_balancer::ConsistentHash {
+                key: Some(v1::load_balancer::consistent_hash::Key::UseSourceIp(true)),
+                minimum_ring_size: 0,
+                maglev_table_size: 65537,
+            }),
+        };
+        let (p, on) = balance_policy(Some(&maglev));
+        assert!(matches!(p, Policy::Maglev(_)));
+        assert!(matches!(on, Some(HashOn::SourceIp)));
     }
 }

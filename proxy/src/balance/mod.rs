@@ -10,8 +10,9 @@
 //! no allocation. Randomness comes in through [`Random`], so tests are deterministic. No
 //! algorithm here reads the clock (slow start, the one that would, is not implemented yet).
 //!
-//! Not wired into the request path yet; computing the request hash from a header, cookie,
-//! query parameter or source IP belongs to that wiring (feed the bytes to [`hash_key`]).
+//! The snapshot builds one per cluster from the DestinationRule's `loadBalancer`
+//! ([`crate::snapshot::Cluster::pick`]); the request's hash input (header, cookie, query
+//! parameter, source IP) is fed to [`hash_key`] by [`crate::snapshot::HashOn`].
 
 mod consistent;
 mod weighted;

@@ -24,7 +24,7 @@ use crate::http::errors::ProxyError;
 use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_PROTO};
 use crate::http::uri::{forward_uri, request_authority};
 use crate::server::conn::ConnState;
-use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, PeerWorkload};
+use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, InFlight, PeerWorkload};
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, TrackedBody};
 use crate::telemetry::labels::source_report;
@@ -87,18 +87,27 @@ pub async fn handle(
                             .map(|resp| (resp, None))
                     }
                 },
-                None => match cluster.pick().cloned() {
-                    None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
-                    Some(endpoint) => {
-                        if let Some(l) = log.as_deref_mut() {
-                            l.upstream_host = Some(endpoint.addr_label.to_string());
-                            l.upstream_cluster = Some(cluster.name.to_string());
+                None => {
+                    let hash = cluster
+                        .hash_on
+                        .as_ref()
+                        .and_then(|h| h.hash(&req, conn.remote.ip()));
+                    match cluster.pick(hash).cloned() {
+                        None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
+                        Some(endpoint) => {
+                            if let Some(l) = log.as_deref_mut() {
+                                l.upstream_host = Some(endpoint.addr_label.to_string());
+                                l.upstream_cluster = Some(cluster.name.to_string());
+                            }
+                            // In flight (for least request) until the response head is
+                            // back; streaming bodies are not counted beyond it yet.
+                            let _in_flight = InFlight::start(endpoint.clone());
+                            forward(ctx, &snap.local.peer_header, cluster, &endpoint, req)
+                                .await
+                                .map(|resp| (resp, Some(endpoint)))
                         }
-                        forward(ctx, &snap.local.peer_header, cluster, &endpoint, req)
-                            .await
-                            .map(|resp| (resp, Some(endpoint)))
                     }
-                },
+                }
             };
             (Some(cluster.clone()), r)
         }

@@ -92,7 +92,7 @@ async fn open_tunnel(
     cluster: &Cluster,
 ) -> Result<hyper::upgrade::Upgraded, ProxyError> {
     let endpoint = cluster
-        .pick()
+        .pick(None)
         .cloned()
         .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.to_string()))?;
     let mut req = Request::new(ProxyBody::Empty);

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod config_cli;
+mod control_balance;
 mod control_ca;
 mod control_external;
 mod control_mesh;

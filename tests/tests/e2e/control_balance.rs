@@ -1,0 +1,101 @@
+//! Load balancing set by a DestinationRule pushed from the control plane: consistent hash on
+//! a header keeps a user on one backend, and a push switching the policy takes effect.
+
+use meshlite_tests::apps::HttpApp;
+use meshlite_tests::clients::{Http1Client, empty, h1_request};
+use meshlite_tests::control::{
+    ControlPlane, ECHO_HOST, ECHO_PORT, MeshProxy, NAMESPACE, Workload, wait_served_by,
+};
+use meshlite_tests::deadline::SOON;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+const RULE_FILE: &str = "echo-balance.yaml";
+
+fn rule(load_balancer: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {{name: echo, namespace: {NAMESPACE}}}\n\
+         spec:\n  host: echo\n  trafficPolicy:\n    loadBalancer: {load_balancer}\n"
+    )
+}
+
+/// Which app served each of `n` requests carrying `x-user: user`.
+async fn served(outbound: SocketAddr, user: &str, n: usize) -> HashMap<String, usize> {
+    let mut client = Http1Client::connect(outbound).await;
+    let mut by = HashMap::new();
+    for _ in 0..n {
+        let req = h1_request("GET", ECHO_HOST, "/headers")
+            .header("x-user", user)
+            .body(empty())
+            .expect("request");
+        let reply = client.exchange(req).await;
+        assert_eq!(reply.status, 200, "body: {}", reply.text());
+        let app = reply.json()["app"].as_str().unwrap_or_default().to_string();
+        *by.entry(app).or_insert(0) += 1;
+    }
+    by
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_on_a_header_keeps_each_user_on_one_backend() {
+    let control = ControlPlane::start(&[(
+        RULE_FILE,
+        &rule("{consistentHash: {httpHeaderName: x-user}}"),
+    )])
+    .await;
+    let (a, b) = (
+        HttpApp::start("echo-a").await,
+        HttpApp::start("echo-b").await,
+    );
+    let access = control.access(NAMESPACE, "echo").await;
+    let (wa, wb) = (
+        Workload::version_of("echo", "a", ECHO_PORT, a.addr),
+        Workload::version_of("echo", "b", ECHO_PORT, b.addr),
+    );
+    let (_pa, _pb) = tokio::join!(
+        MeshProxy::start(&access, &wa),
+        MeshProxy::start(&access, &wb)
+    );
+    let client = MeshProxy::start(
+        &control.access(NAMESPACE, "client").await,
+        &Workload::new("client"),
+    )
+    .await;
+    // Both endpoints known: each app answers some user.
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-b", SOON).await;
+
+    let mut seen_apps = HashMap::new();
+    for u in 0..16 {
+        let by = served(client.outbound(), &format!("user-{u}"), 10).await;
+        assert_eq!(by.len(), 1, "user-{u} moved between backends: {by:?}");
+        for app in by.keys() {
+            *seen_apps.entry(app.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        seen_apps.len(),
+        2,
+        "16 users should land on both backends: {seen_apps:?}"
+    );
+
+    // A push to round robin: one user's requests now alternate.
+    control.write_config(RULE_FILE, &rule("{simple: ROUND_ROBIN}"));
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let by = served(client.outbound(), "user-0", 10).await;
+        if by.len() == 2 {
+            assert!(
+                by.values().all(|n| *n == 5),
+                "round robin alternates: {by:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ROUND_ROBIN push did not take effect: {by:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
