@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;
+pub mod resilience;
 pub mod route;
 pub mod server;
 pub mod snapshot;

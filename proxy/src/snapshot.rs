@@ -18,8 +18,10 @@ use std::time::Duration;
 use crate::config::{Protocol, ProxyConfig, UpstreamProtocol};
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP1, Identity, IdentityError};
+use crate::resilience::breaker::Breakers;
+use crate::resilience::outlier::{Change, Detector, HostHealth, OutlierConfig};
 use crate::route::{ResolveDestination, RouteError, RouteTable, Target};
-use crate::telemetry::metrics::{Label, Metrics};
+use crate::telemetry::metrics::{ClusterStats, Label, Metrics};
 use crate::transport::h2::{H2Pool, H2Target};
 use crate::transport::http1::{MeshHttp1Client, MeshTlsConnector, mesh_client};
 
@@ -172,11 +174,19 @@ pub struct Cluster {
     pub authority: http::uri::Authority,
     /// Endpoints (destination sidecars).
     pub endpoints: Vec<Arc<Endpoint>>,
-    /// Chooses among `endpoints` (DestinationRule `loadBalancer`; least request by
-    /// default); `None` when there are none.
-    balancer: Option<crate::balance::Balancer>,
+    /// The algorithm (DestinationRule `loadBalancer`; least request by default).
+    policy: crate::balance::Policy,
+    /// The endpoints balanced over now and their balancer: all of them, less those outlier
+    /// detection ejected. Swapped whole when an ejection starts or ends.
+    hosts: arc_swap::ArcSwap<HostSet>,
     /// What a consistent-hash balancer hashes, when it is one.
     pub hash_on: Option<HashOn>,
+    /// Circuit breakers (`connectionPool`).
+    pub breakers: Breakers,
+    /// Outlier detection (`outlierDetection`), when the DestinationRule has the block.
+    pub outlier: Option<Detector>,
+    /// Envoy's per-cluster statistics.
+    pub stats: ClusterStats,
     /// How HTTP travels to the endpoints.
     pub upstream: UpstreamProtocol,
     /// HTTP/1.1 pool (http1 mode).
@@ -231,18 +241,138 @@ impl External {
     }
 }
 
+/// The endpoints a cluster balances over at one moment, with their balancer.
+#[derive(Debug)]
+pub struct HostSet {
+    /// Indices into the cluster's `endpoints`, in order.
+    members: Vec<usize>,
+    /// `None` when `members` is empty (503 `UH`).
+    balancer: Option<crate::balance::Balancer>,
+}
+
+impl HostSet {
+    /// Builds the balancer over `members` of `endpoints`.
+    fn build(
+        policy: crate::balance::Policy,
+        endpoints: &[Arc<Endpoint>],
+        members: Vec<usize>,
+    ) -> Result<Self, crate::balance::BalanceError> {
+        // Endpoint weights are all 1 until the registry carries them.
+        let keys: Vec<crate::balance::Endpoint<'_>> = members
+            .iter()
+            .filter_map(|&i| endpoints.get(i))
+            .map(|e| crate::balance::Endpoint::new(&e.addr_label, 1))
+            .collect();
+        let balancer = if keys.is_empty() {
+            None
+        } else {
+            Some(crate::balance::Balancer::new(
+                policy,
+                &keys,
+                &mut crate::balance::ThreadRandom,
+            )?)
+        };
+        Ok(Self { members, balancer })
+    }
+}
+
 impl Cluster {
-    /// Picks an endpoint with the cluster's balancer (`hash`: the request's, for consistent
-    /// hashing); `None` when the service has no endpoint (503 `UH`).
-    pub fn pick(&self, hash: Option<u64>) -> Option<&Arc<Endpoint>> {
-        let balancer = self.balancer.as_ref()?;
+    /// Picks an endpoint with the cluster's balancer among the hosts not ejected (`hash`:
+    /// the request's, for consistent hashing); `None` when there is none (503 `UH`).
+    /// Returns the endpoint's index in `endpoints` with it, for outlier reports.
+    pub fn pick(&self, hash: Option<u64>) -> Option<(usize, Arc<Endpoint>)> {
+        let set = self.hosts.load();
+        let balancer = set.balancer.as_ref()?;
         let active = |i: usize| {
-            self.endpoints
+            set.members
                 .get(i)
+                .and_then(|&m| self.endpoints.get(m))
                 .map_or(0, |e| e.active.load(Ordering::Relaxed))
         };
         let i = balancer.pick(hash, &active, &mut crate::balance::ThreadRandom)?;
-        self.endpoints.get(i)
+        let m = *set.members.get(i)?;
+        Some((m, self.endpoints.get(m)?.clone()))
+    }
+
+    /// Records one attempt's result on endpoint `index` for outlier detection (`status`: the
+    /// response code, or 503/504 for a failure without one), ejecting it when that makes
+    /// a streak.
+    pub fn report(&self, index: usize, status: u16) {
+        let Some(detector) = &self.outlier else {
+            return;
+        };
+        match detector.report(index, status, std::time::Instant::now()) {
+            None => {}
+            Some(Change::Ejected(i, time)) => {
+                self.stats.ejections_enforced.inc();
+                let host = self.endpoints.get(i).map(|e| e.addr_label.clone());
+                tracing::warn!(
+                    cluster = %self.name,
+                    host = host.as_deref().unwrap_or("?"),
+                    ejected_for_ms = time.as_millis() as u64,
+                    "outlier detection ejected a host"
+                );
+                self.rebalance(detector);
+            }
+            Some(Change::Overflow(i)) => {
+                self.stats.ejections_overflow.inc();
+                let host = self.endpoints.get(i).map(|e| e.addr_label.clone());
+                tracing::info!(
+                    cluster = %self.name,
+                    host = host.as_deref().unwrap_or("?"),
+                    "outlier detection would eject a host but maxEjectionPercent forbids it"
+                );
+            }
+        }
+    }
+
+    /// Publishes the host set outlier detection allows now, if it changed.
+    fn rebalance(&self, detector: &Detector) {
+        let members = detector.balanced_hosts();
+        self.stats
+            .ejections_active
+            .set(i64::try_from(detector.ejected_count()).unwrap_or(i64::MAX));
+        if self.hosts.load().members == members {
+            return;
+        }
+        match HostSet::build(self.policy, &self.endpoints, members) {
+            Ok(set) => self.hosts.store(Arc::new(set)),
+            // The same policy already built over a superset; a failure here would be a bug
+            // in the balancer, so keep the current set rather than drop traffic.
+            Err(e) => tracing::error!(cluster = %self.name, "rebalancing failed: {e}"),
+        }
+    }
+
+    /// The outlier-detection timer of this cluster: returns hosts whose ejection is over,
+    /// every `interval`, until the cluster is dropped (replaced by a push).
+    fn spawn_outlier_timer(cluster: &Arc<Cluster>) {
+        let Some(detector) = &cluster.outlier else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let interval = detector.config().interval;
+        let weak = Arc::downgrade(cluster);
+        rt.spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(c) = weak.upgrade() else { return };
+                let Some(d) = &c.outlier else { return };
+                for i in d.tick(std::time::Instant::now()) {
+                    let host = c.endpoints.get(i).map(|e| e.addr_label.clone());
+                    tracing::info!(
+                        cluster = %c.name,
+                        host = host.as_deref().unwrap_or("?"),
+                        "outlier detection returned a host"
+                    );
+                }
+                c.rebalance(d);
+            }
+        });
     }
 }
 
@@ -287,13 +417,40 @@ impl HashOn {
     }
 }
 
-/// The `loadBalancer` in force for `port` under `tp`: a port-level policy replaces the
-/// whole block for its port (Istio), else the policy's own.
-fn load_balancer_for(tp: Option<&v1::TrafficPolicy>, port: u16) -> Option<&v1::LoadBalancer> {
+/// One block of `tp` in force for `port`: a `portLevelSettings` entry for the port replaces
+/// the top-level blocks wholesale (blocks it omits are not inherited from the top level).
+fn port_block<T>(
+    tp: Option<&v1::TrafficPolicy>,
+    port: u16,
+    block: impl Fn(&v1::TrafficPolicy) -> Option<&T>,
+) -> Option<&T> {
     let tp = tp?;
     match tp.port_level.get(&u32::from(port)) {
-        Some(p) => p.load_balancer.as_ref(),
-        None => tp.load_balancer.as_ref(),
+        Some(p) => block(p),
+        None => block(tp),
+    }
+}
+
+/// A subset's traffic policy over its service's: each block the subset sets replaces the
+/// service's (Istio merges subset policies block by block).
+fn merged(
+    subset: Option<&v1::TrafficPolicy>,
+    service: Option<&v1::TrafficPolicy>,
+) -> Option<v1::TrafficPolicy> {
+    match (subset, service) {
+        (None, None) => None,
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(p)) => Some(p.clone()),
+        (Some(s), Some(p)) => Some(v1::TrafficPolicy {
+            load_balancer: s.load_balancer.clone().or_else(|| p.load_balancer.clone()),
+            connection_pool: s.connection_pool.or(p.connection_pool),
+            outlier_detection: s.outlier_detection.or(p.outlier_detection),
+            port_level: if s.port_level.is_empty() {
+                p.port_level.clone()
+            } else {
+                s.port_level.clone()
+            },
+        }),
     }
 }
 
@@ -528,6 +685,10 @@ struct Reuse {
     http1: HashMap<(Box<str>, Vec<SpiffeId>), MeshHttp1Client>,
     /// Plaintext pools of services outside the mesh, by (FQDN, port).
     external: HashMap<(String, u16), crate::transport::http1::LocalHttp1Client>,
+    /// Circuit-breaker counts by cluster name.
+    breakers: HashMap<Label, crate::resilience::breaker::Counts>,
+    /// Outlier state by cluster name and endpoint address.
+    health: HashMap<(Label, SocketAddr), Arc<HostHealth>>,
 }
 
 impl Reuse {
@@ -544,6 +705,16 @@ impl Reuse {
             r.http1
                 .entry((c.server_name_str.clone(), ids))
                 .or_insert_with(|| c.http1.clone());
+            r.breakers
+                .entry(c.name.clone())
+                .or_insert_with(|| c.breakers.counts());
+            if let Some(d) = &c.outlier {
+                for (e, h) in c.endpoints.iter().zip(d.hosts()) {
+                    r.health
+                        .entry((c.name.clone(), e.addr))
+                        .or_insert_with(|| h.clone());
+                }
+            }
             if let Some(x) = &c.external {
                 r.external
                     .entry((c.labels.fqdn.to_string(), c.port))
@@ -582,8 +753,7 @@ impl Snapshot {
                 .policies
                 .get(&svc.fqdn())
                 .and_then(|p| p.traffic_policy.as_ref());
-            let cluster =
-                builder.cluster(svc, "", &svc.endpoints, load_balancer_for(tp, svc.port))?;
+            let cluster = builder.cluster(svc, "", &svc.endpoints, tp)?;
             by_fqdn
                 .entry(svc.fqdn())
                 .or_default()
@@ -608,10 +778,12 @@ impl Snapshot {
                         })
                         .cloned()
                         .collect();
-                    // A subset's own policy wins over the service's for what it sets.
-                    let lb = load_balancer_for(subset.traffic_policy.as_ref(), svc.port)
-                        .or_else(|| load_balancer_for(policy.traffic_policy.as_ref(), svc.port));
-                    let c = builder.cluster(svc, &subset.name, &eps, lb)?;
+                    // A subset's own policy wins over the service's for the blocks it sets.
+                    let tp = merged(
+                        subset.traffic_policy.as_ref(),
+                        policy.traffic_policy.as_ref(),
+                    );
+                    let c = builder.cluster(svc, &subset.name, &eps, tp.as_ref())?;
                     subsets.insert((fqdn.clone(), cluster.port, subset.name.clone()), c.clone());
                     subset_clusters.push(c);
                 }
@@ -790,8 +962,10 @@ impl ClusterBuilder<'_> {
         svc: &ServiceSpec,
         subset: &str,
         endpoints: &[EndpointSpec],
-        lb: Option<&v1::LoadBalancer>,
+        tp: Option<&v1::TrafficPolicy>,
     ) -> Result<Arc<Cluster>, SnapshotError> {
+        let lb = port_block(tp, svc.port, |p| p.load_balancer.as_ref());
+        let pool = port_block(tp, svc.port, |p| p.connection_pool.as_ref());
         let cfg = self.cfg;
         let connect_timeout = cfg.upstream.connect_timeout;
         let allowed: Arc<[SpiffeId]> = svc.identities.clone().into();
@@ -832,23 +1006,31 @@ impl ClusterBuilder<'_> {
                 })
             })
             .collect::<Vec<Arc<Endpoint>>>();
-        // Endpoint weights are all 1 until the registry carries them.
         let (policy, hash_on) = balance_policy(lb);
-        let keys: Vec<crate::balance::Endpoint<'_>> = endpoints
-            .iter()
-            .map(|e| crate::balance::Endpoint::new(&e.addr_label, 1))
-            .collect();
-        let balancer = if keys.is_empty() {
-            None
-        } else {
-            Some(
-                crate::balance::Balancer::new(policy, &keys, &mut crate::balance::ThreadRandom)
-                    .map_err(|source| SnapshotError::Balance {
-                        host: fqdn.clone(),
-                        source,
-                    })?,
-            )
+        let name: Label = Arc::from(format!("outbound|{}|{subset}|{fqdn}", svc.port));
+        let outlier = port_block(tp, svc.port, |p| p.outlier_detection.as_ref()).map(|o| {
+            let hosts = endpoints
+                .iter()
+                .map(|e| {
+                    self.reuse
+                        .health
+                        .get(&(name.clone(), e.addr))
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect();
+            Detector::new(OutlierConfig::from_proto(o), hosts)
+        });
+        let members = match &outlier {
+            Some(d) => d.balanced_hosts(),
+            None => (0..endpoints.len()).collect(),
         };
+        let hosts = HostSet::build(policy, &endpoints, members).map_err(|source| {
+            SnapshotError::Balance {
+                host: fqdn.clone(),
+                source,
+            }
+        })?;
         let http1 = match self.reuse.http1.get(&(server_name_str.clone(), ids)) {
             Some(c) => c.clone(),
             None => {
@@ -867,10 +1049,25 @@ impl ClusterBuilder<'_> {
             .first()
             .map(|i| Arc::from(i.principal()))
             .unwrap_or_else(unknown);
-        Ok(Arc::new(Cluster {
+        let breakers = Breakers::new(
+            pool,
+            &self.reuse.breakers.get(&name).cloned().unwrap_or_default(),
+        );
+        let stats = self.metrics.clusters.stats(&name);
+        if let Some(d) = &outlier {
+            stats
+                .ejections_active
+                .set(i64::try_from(d.ejected_count()).unwrap_or(i64::MAX));
+        }
+        let cluster = Arc::new(Cluster {
+            breakers,
+            outlier,
+            stats,
+            policy,
+            hosts: arc_swap::ArcSwap::from_pointee(hosts),
             port: svc.port,
             protocol: svc.protocol,
-            name: Arc::from(format!("outbound|{}|{subset}|{fqdn}", svc.port)),
+            name,
             subset: Arc::from(subset),
             labels: ServiceLabels {
                 fqdn: Arc::from(fqdn.as_str()),
@@ -880,7 +1077,6 @@ impl ClusterBuilder<'_> {
             },
             authority,
             endpoints,
-            balancer,
             hash_on,
             upstream: cfg.upstream.protocol,
             http1,
@@ -914,7 +1110,9 @@ impl ClusterBuilder<'_> {
                     client,
                 })
             }),
-        }))
+        });
+        Cluster::spawn_outlier_timer(&cluster);
+        Ok(cluster)
     }
 }
 
@@ -1043,7 +1241,8 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let policy = |port| balance_policy(load_balancer_for(Some(&tp), port)).0;
+        let policy =
+            |port| balance_policy(port_block(Some(&tp), port, |p| p.load_balancer.as_ref())).0;
         assert_eq!(policy(8080), Policy::Random);
         assert_eq!(policy(9080), Policy::RoundRobin);
         assert!(matches!(balance_policy(None).0, Policy::LeastRequest(_)));

@@ -43,7 +43,10 @@ struct AppState {
     name: String,
     requests: AtomicU64,
     at_gate: AtomicU64,
+    peak_at_gate: AtomicU64,
     gate: tokio::sync::watch::Sender<bool>,
+    /// When non-zero, every request is answered with this status (a failing backend).
+    failing: AtomicU64,
 }
 
 /// A running HTTP application (HTTP/1.1 and h2c on one port).
@@ -75,7 +78,9 @@ impl HttpApp {
             name: name.to_string(),
             requests: AtomicU64::new(0),
             at_gate: AtomicU64::new(0),
+            peak_at_gate: AtomicU64::new(0),
             gate,
+            failing: AtomicU64::new(0),
         });
         let serving = state.clone();
         let task = tokio::spawn(async move {
@@ -104,6 +109,18 @@ impl HttpApp {
         self.state.at_gate.load(Ordering::SeqCst)
     }
 
+    /// The most `/gate` requests ever held at once.
+    pub fn peak_at_gate(&self) -> u64 {
+        self.state.peak_at_gate.load(Ordering::SeqCst)
+    }
+
+    /// From now on answers every request with `status` (`None`: serves normally again).
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.state
+            .failing
+            .store(status.map_or(0, u64::from), Ordering::SeqCst);
+    }
+
     /// Releases every held and future `/gate` request.
     pub fn open_gate(&self) {
         self.state.gate.send_replace(true);
@@ -129,7 +146,15 @@ async fn handle(
 ) -> Result<Response<AppBody>, BoxError> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
-    let mut response = if path == "/ws" {
+    let failing = state.failing.load(Ordering::SeqCst);
+    let mut response = if failing != 0 {
+        let mut response = Response::new(full_body(format!("{} failing\n", state.name)));
+        *response.status_mut() = u16::try_from(failing)
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        response
+    } else if path == "/ws" {
         websocket(req)
     } else if path == "/echo" {
         Response::new(req.into_body().map_err(BoxError::from).boxed_unsync())
@@ -156,7 +181,8 @@ async fn handle(
                 .boxed_unsync(),
         )
     } else if path == "/gate" {
-        state.at_gate.fetch_add(1, Ordering::SeqCst);
+        let held = state.at_gate.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_at_gate.fetch_max(held, Ordering::SeqCst);
         let mut gate = state.gate.subscribe();
         let opened = gate.wait_for(|open| *open).await.is_ok();
         state.at_gate.fetch_sub(1, Ordering::SeqCst);

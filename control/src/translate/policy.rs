@@ -83,7 +83,8 @@ fn traffic_policy(
             }
         }),
         outlier_detection: outlier.map(|o| v1::OutlierDetection {
-            consecutive_5xx_errors: o.consecutive_5xx_errors.unwrap_or(0),
+            // Unset means Envoy's default of 5, enforced; an explicit 0 turns 5xx ejection off.
+            consecutive_5xx_errors: o.consecutive_5xx_errors.unwrap_or(5),
             consecutive_gateway_errors: o.consecutive_gateway_errors.unwrap_or(0),
             interval: o.interval.as_ref().map(duration),
             base_ejection_time: o.base_ejection_time.as_ref().map(duration),

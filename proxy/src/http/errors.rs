@@ -43,9 +43,24 @@ pub enum ProxyError {
     /// (Envoy `NC`).
     #[error("no cluster {0}")]
     NoCluster(String),
+    /// A circuit breaker of the cluster is open: too many requests in flight (Envoy `UO`,
+    /// with `x-envoy-overloaded: true`). Never queued, never retried.
+    #[error("upstream overflow in {0}: too many requests in flight")]
+    Overflow(String),
 }
 
 impl ProxyError {
+    /// The status outlier detection counts this failure as (Envoy maps a local-origin
+    /// failure without a response to 503, a timeout to 504).
+    pub fn outlier_status(&self) -> u16 {
+        match self {
+            ProxyError::Connect(ConnectError::Timeout(_)) => {
+                crate::resilience::outlier::LOCAL_TIMEOUT_STATUS
+            }
+            _ => crate::resilience::outlier::LOCAL_FAILURE_STATUS,
+        }
+    }
+
     /// The error for a request that found no destination.
     pub fn from_miss(miss: crate::snapshot::RouteMiss, authority: &str) -> Self {
         use crate::snapshot::RouteMiss;
@@ -68,7 +83,8 @@ impl ProxyError {
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpgradeRefused
             | ProxyError::NoHealthyUpstream(_)
-            | ProxyError::NoCluster(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::NoCluster(_)
+            | ProxyError::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -83,6 +99,7 @@ impl ProxyError {
             ProxyError::UpstreamReset(_) => "UR",
             ProxyError::NoHealthyUpstream(_) => "UH",
             ProxyError::NoCluster(_) => "NC",
+            ProxyError::Overflow(_) => "UO",
         }
     }
 
@@ -175,7 +192,14 @@ impl ProxyError {
             ),
             other => format!("meshlite: {other}\n"),
         };
-        local_reply(self.status(), Bytes::from(body))
+        let mut resp = local_reply(self.status(), Bytes::from(body));
+        if matches!(self, ProxyError::Overflow(_)) {
+            resp.headers_mut().insert(
+                http::HeaderName::from_static("x-envoy-overloaded"),
+                http::HeaderValue::from_static("true"),
+            );
+        }
+        resp
     }
 }
 

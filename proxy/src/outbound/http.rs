@@ -24,9 +24,11 @@ use crate::http::errors::ProxyError;
 use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_PROTO};
 use crate::http::uri::{forward_uri, request_authority};
 use crate::server::conn::ConnState;
-use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, InFlight, PeerWorkload};
+use crate::snapshot::{
+    Cluster, Endpoint, External, ExternalTarget, InFlight, PeerWorkload, Snapshot,
+};
 use crate::telemetry::access_log::AccessLogEntry;
-use crate::telemetry::exchange::{Exchange, TrackedBody};
+use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
 use crate::telemetry::labels::source_report;
 use crate::transport::http1;
 
@@ -71,48 +73,14 @@ pub async fn handle(
             .and_then(|hp| hp.select(crate::route::Head::of(&req), authority))
             .map_err(|miss| ProxyError::from_miss(miss, authority)),
     };
+    let mut held = Held::default();
     let (cluster, result) = match routed {
         Err(e) => (None, Err(e)),
         Ok(cluster) => {
-            let r = match &cluster.external {
-                Some(ext) => match ext.pick() {
-                    None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
-                    Some(target) => {
-                        if let Some(l) = log.as_deref_mut() {
-                            l.upstream_host = Some(target.label.to_string());
-                            l.upstream_cluster = Some(cluster.name.to_string());
-                        }
-                        forward_external(ext, target, req)
-                            .await
-                            .map(|resp| (resp, None))
-                    }
-                },
-                None => {
-                    let hash = cluster
-                        .hash_on
-                        .as_ref()
-                        .and_then(|h| h.hash(&req, conn.remote.ip()));
-                    match cluster.pick(hash).cloned() {
-                        None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
-                        Some(endpoint) => {
-                            if let Some(l) = log.as_deref_mut() {
-                                l.upstream_host = Some(endpoint.addr_label.to_string());
-                                l.upstream_cluster = Some(cluster.name.to_string());
-                            }
-                            // In flight (for least request) until the response head is
-                            // back; streaming bodies are not counted beyond it yet.
-                            let _in_flight = InFlight::start(endpoint.clone());
-                            forward(ctx, &snap.local.peer_header, cluster, &endpoint, req)
-                                .await
-                                .map(|resp| (resp, Some(endpoint)))
-                        }
-                    }
-                }
-            };
+            let r = dispatch(&conn, &snap, cluster, req, log.as_deref_mut(), &mut held).await;
             (Some(cluster.clone()), r)
         }
     };
-
     let protocol = cluster
         .as_ref()
         .map(|c| c.protocol)
@@ -144,9 +112,62 @@ pub async fn handle(
         l.response_code = resp.status().as_u16();
     }
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
+    exchange.hold(held);
     exchange.count_received(received);
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
+}
+
+/// Sends the request to `cluster` under its circuit breakers: to a service outside the mesh
+/// directly, else to the endpoint its balancer picks, reporting the result to outlier
+/// detection. What must stay counted until the response stream ends goes into `held`.
+async fn dispatch(
+    conn: &OutboundConn,
+    snap: &Snapshot,
+    cluster: &Arc<Cluster>,
+    req: Request<ProxyBody>,
+    log: Option<&mut AccessLogEntry>,
+    held: &mut Held,
+) -> Result<(Response<ProxyBody>, Option<Arc<Endpoint>>), ProxyError> {
+    // `http2MaxRequests`: the request counts from here to the end of its response stream.
+    let Some(permit) = cluster.breakers.requests.try_acquire() else {
+        cluster.stats.pending_overflow.inc();
+        return Err(ProxyError::Overflow(cluster.name.to_string()));
+    };
+    held.request = Some(permit);
+    if let Some(ext) = &cluster.external {
+        let target = ext
+            .pick()
+            .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.to_string()))?;
+        if let Some(l) = log {
+            l.upstream_host = Some(target.label.to_string());
+            l.upstream_cluster = Some(cluster.name.to_string());
+        }
+        return forward_external(ext, target, req)
+            .await
+            .map(|resp| (resp, None));
+    }
+    let hash = cluster
+        .hash_on
+        .as_ref()
+        .and_then(|h| h.hash(&req, conn.remote.ip()));
+    let (index, endpoint) = cluster
+        .pick(hash)
+        .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.to_string()))?;
+    if let Some(l) = log {
+        l.upstream_host = Some(endpoint.addr_label.to_string());
+        l.upstream_cluster = Some(cluster.name.to_string());
+    }
+    // In flight for least request until the response stream ends.
+    held.endpoint = Some(InFlight::start(endpoint.clone()));
+    let result = forward(&conn.ctx, &snap.local.peer_header, cluster, &endpoint, req).await;
+    match &result {
+        Ok(resp) => cluster.report(index, resp.status().as_u16()),
+        // A local overflow says nothing about the host.
+        Err(ProxyError::Overflow(_)) => {}
+        Err(e) => cluster.report(index, e.outlier_status()),
+    }
+    result.map(|resp| (resp, Some(endpoint)))
 }
 
 /// Response hygiene on the way back to the app.
@@ -234,7 +255,7 @@ async fn forward(
             parts.headers.remove(header::HOST);
             parts.uri = forward_uri(&parts.uri, Some(authority))?;
             parts.version = Version::HTTP_2;
-            send_h2(endpoint, Request::from_parts(parts, body)).await
+            send_h2(Some(cluster), endpoint, Request::from_parts(parts, body)).await
         }
         crate::config::UpstreamProtocol::Http1 => {
             let (mut parts, body) = req.into_parts();
@@ -291,13 +312,28 @@ async fn forward_external(
 
 /// Sends on the endpoint's shared HTTP/2 connection. A request the connection never took (it
 /// was closing) is sent again once on a fresh connection; nothing that reached the peer is.
+/// A request that has to wait for a connection is pending: `cluster`'s
+/// `http1MaxPendingRequests` bounds how many may wait.
 pub async fn send_h2(
+    cluster: Option<&Cluster>,
     endpoint: &Endpoint,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut req = req;
     for attempt in 0..2 {
-        let mut sender = endpoint.h2.sender().await?;
+        let mut sender = match endpoint.h2.live() {
+            Some(s) => s,
+            None => {
+                let _pending = match cluster {
+                    Some(c) => Some(c.breakers.pending.try_acquire().ok_or_else(|| {
+                        c.stats.pending_overflow.inc();
+                        ProxyError::Overflow(c.name.to_string())
+                    })?),
+                    None => None,
+                };
+                endpoint.h2.sender().await?
+            }
+        };
         if sender.ready().await.is_err() {
             endpoint.h2.evict(&sender);
             if attempt == 0 {

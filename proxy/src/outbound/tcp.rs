@@ -66,6 +66,17 @@ async fn relay(ctx: &ProxyContext, cluster: &Cluster, mut client: TcpStream) {
     let m = &ctx.telemetry.metrics;
     let ok = labels(ctx, cluster, "-");
     m.tcp_opened.get_or_create(&ok).inc();
+    // `tcp.maxConnections`: one slot per tunnel for as long as it is open; over the limit the
+    // downstream connection is closed at once (Envoy's TCP proxy, flag `UO`).
+    let Some(_slot) = cluster.breakers.connections.try_acquire() else {
+        cluster.stats.pending_overflow.inc();
+        let e = ProxyError::Overflow(cluster.name.to_string());
+        tracing::debug!(service = %cluster.labels.fqdn, "tcp connection refused: {e}");
+        m.tcp_closed
+            .get_or_create(&labels(ctx, cluster, e.flag()))
+            .inc();
+        return;
+    };
     match open_tunnel(ctx, cluster).await {
         Ok(upgraded) => {
             let mut upstream = TokioIo::new(upgraded);
@@ -91,9 +102,8 @@ async fn open_tunnel(
     ctx: &ProxyContext,
     cluster: &Cluster,
 ) -> Result<hyper::upgrade::Upgraded, ProxyError> {
-    let endpoint = cluster
+    let (index, endpoint) = cluster
         .pick(None)
-        .cloned()
         .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.to_string()))?;
     let mut req = Request::new(ProxyBody::Empty);
     *req.method_mut() = Method::CONNECT;
@@ -106,7 +116,15 @@ async fn open_tunnel(
     *req.version_mut() = http::Version::HTTP_2;
     let peer: HeaderValue = ctx.snapshot.load().local.peer_header.clone();
     req.headers_mut().insert(PEER_METADATA.clone(), peer);
-    let mut resp = super::http::send_h2(&endpoint, req).await?;
+    let sent = super::http::send_h2(Some(cluster), &endpoint, req).await;
+    cluster.report(
+        index,
+        sent.as_ref()
+            .map_or(crate::resilience::outlier::LOCAL_FAILURE_STATUS, |r| {
+                r.status().as_u16()
+            }),
+    );
+    let mut resp = sent?;
     if resp.status() != StatusCode::OK {
         return Err(ProxyError::UpstreamTerminated(format!(
             "tunnel refused with status {}",

@@ -28,6 +28,17 @@ pub struct Exchange {
     log: Option<Box<AccessLogEntry>>,
     received: Option<Arc<AtomicU64>>,
     _in_flight: InFlight,
+    _held: Held,
+}
+
+/// Counts that a request holds until its response stream ends: its circuit-breaker slot and
+/// its endpoint's in-flight count (least request), as Envoy counts an active request.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// The cluster's `http2MaxRequests` slot.
+    pub request: Option<crate::resilience::breaker::Permit>,
+    /// The endpoint's in-flight count.
+    pub endpoint: Option<crate::snapshot::InFlight>,
 }
 
 impl Exchange {
@@ -53,7 +64,13 @@ impl Exchange {
             log,
             received: None,
             _in_flight: in_flight,
+            _held: Held::default(),
         }
+    }
+
+    /// Keeps `held` counted until the exchange finishes.
+    pub fn hold(&mut self, held: Held) {
+        self._held = held;
     }
 
     /// Reads the request body's byte count from `counter` when the exchange finishes (the

@@ -154,6 +154,114 @@ pub struct Metrics {
     closed_by_reason: Family<ReasonLabels, Counter>,
     /// Control-plane connection and config state.
     pub control: ControlMetrics,
+    /// Per-cluster resilience counters (circuit breakers, outlier detection, retries).
+    pub clusters: ClusterFamilies,
+}
+
+/// The `cluster_name` label of Envoy's cluster statistics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// Envoy's cluster name, `outbound|<port>|<subset>|<fqdn>`.
+    pub cluster_name: String,
+}
+
+/// Envoy's cluster statistics that say what resilience did, under Envoy's names as Istio
+/// exports them (`envoy_cluster_*`), so existing dashboards and alerts read them.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterFamilies {
+    pending_overflow: Family<ClusterLabels, Counter>,
+    ejections_enforced: Family<ClusterLabels, Counter>,
+    ejections_overflow: Family<ClusterLabels, Counter>,
+    ejections_active: Family<ClusterLabels, Gauge>,
+    retries: Family<ClusterLabels, Counter>,
+    retry_overflow: Family<ClusterLabels, Counter>,
+    retry_limit_exceeded: Family<ClusterLabels, Counter>,
+}
+
+/// One cluster's handles into [`ClusterFamilies`]: looked up once when the cluster is built,
+/// so the request path bumps an atomic and never hashes a label set.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterStats {
+    /// `envoy_cluster_upstream_rq_pending_overflow`: requests failed by a circuit breaker.
+    pub pending_overflow: Counter,
+    /// `envoy_cluster_outlier_detection_ejections_enforced_total`.
+    pub ejections_enforced: Counter,
+    /// `envoy_cluster_outlier_detection_ejections_overflow`: ejections `maxEjectionPercent`
+    /// refused.
+    pub ejections_overflow: Counter,
+    /// `envoy_cluster_outlier_detection_ejections_active`.
+    pub ejections_active: Gauge,
+    /// `envoy_cluster_upstream_rq_retry`.
+    pub retries: Counter,
+    /// `envoy_cluster_upstream_rq_retry_overflow`: retries refused by `maxRetries` or the
+    /// retry budget.
+    pub retry_overflow: Counter,
+    /// `envoy_cluster_upstream_rq_retry_limit_exceeded`: attempts ran out on a retriable
+    /// failure.
+    pub retry_limit_exceeded: Counter,
+}
+
+impl ClusterFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let f = Self::default();
+        let counters = [
+            (
+                "envoy_cluster_upstream_rq_pending_overflow",
+                "Requests failed at once by a circuit breaker (UO)",
+                &f.pending_overflow,
+            ),
+            (
+                "envoy_cluster_outlier_detection_ejections_enforced",
+                "Hosts ejected by outlier detection",
+                &f.ejections_enforced,
+            ),
+            (
+                "envoy_cluster_outlier_detection_ejections_overflow",
+                "Ejections refused because maxEjectionPercent was reached",
+                &f.ejections_overflow,
+            ),
+            (
+                "envoy_cluster_upstream_rq_retry",
+                "Retries sent",
+                &f.retries,
+            ),
+            (
+                "envoy_cluster_upstream_rq_retry_overflow",
+                "Retries not sent because of maxRetries or the retry budget",
+                &f.retry_overflow,
+            ),
+            (
+                "envoy_cluster_upstream_rq_retry_limit_exceeded",
+                "Requests that ran out of attempts on a retriable failure",
+                &f.retry_limit_exceeded,
+            ),
+        ];
+        for (name, help, family) in counters {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "envoy_cluster_outlier_detection_ejections_active",
+            "Hosts ejected now",
+            f.ejections_active.clone(),
+        );
+        f
+    }
+
+    /// The handles of cluster `name`.
+    pub fn stats(&self, name: &str) -> ClusterStats {
+        let l = ClusterLabels {
+            cluster_name: name.to_string(),
+        };
+        ClusterStats {
+            pending_overflow: self.pending_overflow.get_or_create(&l).clone(),
+            ejections_enforced: self.ejections_enforced.get_or_create(&l).clone(),
+            ejections_overflow: self.ejections_overflow.get_or_create(&l).clone(),
+            ejections_active: self.ejections_active.get_or_create(&l).clone(),
+            retries: self.retries.get_or_create(&l).clone(),
+            retry_overflow: self.retry_overflow.get_or_create(&l).clone(),
+            retry_limit_exceeded: self.retry_limit_exceeded.get_or_create(&l).clone(),
+        }
+    }
 }
 
 /// `meshlite_xds_*` and `meshlite_cert_*`: how this proxy stands with its control plane.
@@ -311,8 +419,10 @@ impl Metrics {
             closed_by_reason.clone(),
         );
         let control = ControlMetrics::register(&mut registry);
+        let clusters = ClusterFamilies::register(&mut registry);
         Self {
             control,
+            clusters,
             registry,
             requests,
             duration,

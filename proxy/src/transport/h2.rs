@@ -84,7 +84,9 @@ impl H2Pool {
         self.target.addr()
     }
 
-    fn live(&self) -> Option<SendRequest<ProxyBody>> {
+    /// A sender on the current connection if it is open; `None` means a request would have
+    /// to wait for a connection (Envoy's "pending").
+    pub fn live(&self) -> Option<SendRequest<ProxyBody>> {
         let guard = self.current.load();
         match guard.as_deref() {
             Some(s) if !s.is_closed() => Some(s.clone()),

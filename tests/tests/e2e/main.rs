@@ -22,6 +22,7 @@ mod control_external;
 mod control_mesh;
 mod control_outage;
 mod control_push;
+mod control_resilience;
 mod failures;
 mod http1;
 mod hygiene;

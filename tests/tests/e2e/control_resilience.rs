@@ -1,0 +1,213 @@
+//! Circuit breaking and outlier detection set by a DestinationRule pushed from the control
+//! plane: a burst over `http2MaxRequests` fails fast with 503 `UO` while the backend never
+//! holds more than the limit, and a backend answering 503 is ejected, then returns.
+
+use meshlite_tests::apps::HttpApp;
+use meshlite_tests::clients::try_get;
+use meshlite_tests::control::{
+    ControlPlane, ECHO_HOST, ECHO_PORT, MeshProxy, NAMESPACE, Workload, wait_served_by,
+};
+use meshlite_tests::deadline::SOON;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const RULE_FILE: &str = "echo-resilience.yaml";
+
+fn rule(traffic_policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {{name: echo, namespace: {NAMESPACE}}}\n\
+         spec:\n  host: echo\n  trafficPolicy: {traffic_policy}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_http2_max_requests_fails_fast_with_uo_and_never_reaches_the_backend() {
+    const LIMIT: u64 = 3;
+    const BURST: usize = 12;
+    let control = ControlPlane::start(&[(
+        RULE_FILE,
+        &rule(&format!(
+            "{{connectionPool: {{http: {{http2MaxRequests: {LIMIT}}}}}}}"
+        )),
+    )])
+    .await;
+    let app = HttpApp::start("echo-a").await;
+    let _server = MeshProxy::start(
+        &control.access(NAMESPACE, "echo").await,
+        &Workload::version_of("echo", "a", ECHO_PORT, app.addr),
+    )
+    .await;
+    let client = MeshProxy::start(
+        &control.access(NAMESPACE, "client").await,
+        &Workload::new("client"),
+    )
+    .await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
+
+    // A burst of requests the backend holds until released.
+    let outbound = client.outbound();
+    let started = Instant::now();
+    let burst: Vec<_> = (0..BURST)
+        .map(|_| tokio::spawn(async move { try_get(outbound, ECHO_HOST, "/gate").await }))
+        .collect();
+    // Everything over the limit is answered while the backend still holds the rest.
+    let deadline = Instant::now() + SOON;
+    while app.held_at_gate() < LIMIT {
+        assert!(
+            Instant::now() < deadline,
+            "the backend never got {LIMIT} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused_early = burst.iter().filter(|t| t.is_finished()).count();
+    app.open_gate();
+    let mut statuses = BTreeMap::new();
+    for task in burst {
+        let reply = task.await.expect("join").expect("a response");
+        if reply.status == 503 {
+            assert_eq!(reply.header("x-envoy-overloaded"), Some("true"));
+        }
+        *statuses.entry(reply.status.as_u16()).or_insert(0usize) += 1;
+    }
+    let overflowed = BURST - LIMIT as usize;
+    assert_eq!(
+        statuses,
+        BTreeMap::from([(200, LIMIT as usize), (503, overflowed)]),
+        "exactly the limit gets through"
+    );
+    assert_eq!(
+        refused_early, overflowed,
+        "the overflow is refused at once, not queued behind the held requests"
+    );
+    assert_eq!(
+        app.peak_at_gate(),
+        LIMIT,
+        "the backend never held more than the limit"
+    );
+    assert!(started.elapsed() < SOON);
+    let uo = client
+        .metric(
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "UO")],
+        )
+        .await;
+    assert_eq!(
+        uo, overflowed as f64,
+        "istio_requests_total counts them as UO"
+    );
+    let stat = client
+        .metric(
+            "envoy_cluster_upstream_rq_pending_overflow_total",
+            &[(
+                "cluster_name",
+                "outbound|8080||echo.default.svc.cluster.local",
+            )],
+        )
+        .await;
+    assert_eq!(stat, overflowed as f64);
+    // The slots were given back: a request now passes.
+    let reply = try_get(outbound, ECHO_HOST, "/").await.expect("response");
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_answering_503_is_ejected_and_returns_after_its_ejection_time() {
+    let control = ControlPlane::start(&[(
+        RULE_FILE,
+        &rule(
+            "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 3, \
+             interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 50}}",
+        ),
+    )])
+    .await;
+    let apps = [
+        HttpApp::start("echo-a").await,
+        HttpApp::start("echo-b").await,
+        HttpApp::start("echo-c").await,
+    ];
+    let echo = control.access(NAMESPACE, "echo").await;
+    let mut servers = Vec::new();
+    for (app, v) in apps.iter().zip(["a", "b", "c"]) {
+        servers.push(
+            MeshProxy::start(&echo, &Workload::version_of("echo", v, ECHO_PORT, app.addr)).await,
+        );
+    }
+    let client = MeshProxy::start(
+        &control.access(NAMESPACE, "client").await,
+        &Workload::new("client"),
+    )
+    .await;
+    for app in ["echo-a", "echo-b", "echo-c"] {
+        wait_served_by(client.outbound(), ECHO_HOST, app, SOON).await;
+    }
+
+    let flaky = &apps[2];
+    flaky.fail_with(Some(503));
+    let before = flaky.requests();
+    let mut failures = 0;
+    let mut served_after_ejection = BTreeMap::new();
+    for i in 0..60 {
+        let reply = try_get(client.outbound(), ECHO_HOST, "/")
+            .await
+            .expect("response");
+        if reply.status == 503 {
+            failures += 1;
+        } else if i >= 30 {
+            let by = reply.header("x-served-by").unwrap_or("?").to_string();
+            *served_after_ejection.entry(by).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        flaky.requests() - before,
+        3,
+        "the flaky backend got exactly consecutive5xxErrors requests before its ejection"
+    );
+    assert_eq!(failures, 3, "the client saw only those three");
+    assert_eq!(
+        served_after_ejection
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["echo-a", "echo-b"],
+        "traffic went to the healthy two"
+    );
+    let cluster = [(
+        "cluster_name",
+        "outbound|8080||echo.default.svc.cluster.local",
+    )];
+    assert_eq!(
+        client
+            .metric(
+                "envoy_cluster_outlier_detection_ejections_enforced_total",
+                &cluster
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        client
+            .metric("envoy_cluster_outlier_detection_ejections_active", &cluster)
+            .await,
+        1.0
+    );
+    assert!(client.logs().contains("outlier detection ejected a host"));
+
+    // Healthy again: back within its ejection time (2 s) plus a tick (1 s).
+    flaky.fail_with(None);
+    wait_served_by(
+        client.outbound(),
+        ECHO_HOST,
+        "echo-c",
+        Duration::from_secs(6),
+    )
+    .await;
+    assert_eq!(
+        client
+            .metric("envoy_cluster_outlier_detection_ejections_active", &cluster)
+            .await,
+        0.0
+    );
+}
