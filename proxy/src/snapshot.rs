@@ -20,6 +20,7 @@ use crate::identity::spiffe::SpiffeId;
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP1, Identity, IdentityError};
 use crate::resilience::breaker::Breakers;
 use crate::resilience::outlier::{Change, Detector, HostHealth, OutlierConfig};
+use crate::resilience::retry::RetryBudget;
 use crate::route::{ResolveDestination, RouteError, RouteTable, Target};
 use crate::telemetry::metrics::{ClusterStats, Label, Metrics};
 use crate::transport::h2::{H2Pool, H2Target};
@@ -187,6 +188,8 @@ pub struct Cluster {
     pub outlier: Option<Detector>,
     /// Envoy's per-cluster statistics.
     pub stats: ClusterStats,
+    /// Keeps retries within a share of requests (shared across snapshots by name).
+    pub retry_budget: Arc<RetryBudget>,
     /// How HTTP travels to the endpoints.
     pub upstream: UpstreamProtocol,
     /// HTTP/1.1 pool (http1 mode).
@@ -503,6 +506,8 @@ pub struct HostPort {
     pub cluster: Arc<Cluster>,
     /// VirtualService routes for this host and port.
     pub routes: Option<RouteTable>,
+    /// What requests get when no VirtualService claims the host.
+    pub default_behaviour: crate::route::RouteBehaviour,
 }
 
 /// Why a request found no destination.
@@ -519,17 +524,18 @@ pub enum RouteMiss {
 }
 
 impl HostPort {
-    /// The cluster a request goes to: its VirtualService's choice, else the service itself.
+    /// The cluster a request goes to (its VirtualService's choice, else the service itself)
+    /// and the route's behaviour.
     pub fn select(
         &self,
         req: crate::route::Head<'_>,
         authority: &str,
-    ) -> Result<&Arc<Cluster>, RouteMiss> {
+    ) -> Result<(&Arc<Cluster>, &crate::route::RouteBehaviour), RouteMiss> {
         match &self.routes {
-            None => Ok(&self.cluster),
+            None => Ok((&self.cluster, &self.default_behaviour)),
             Some(table) => match table.select(req, authority, self.port) {
-                Some(Target::Cluster(c)) => Ok(c),
-                Some(Target::Missing(name)) => Err(RouteMiss::NoCluster(name.clone())),
+                Some((route, Target::Cluster(c))) => Ok((c, &route.behaviour)),
+                Some((_, Target::Missing(name))) => Err(RouteMiss::NoCluster(name.clone())),
                 None => Err(RouteMiss::NoMatchingRoute),
             },
         }
@@ -687,6 +693,8 @@ struct Reuse {
     external: HashMap<(String, u16), crate::transport::http1::LocalHttp1Client>,
     /// Circuit-breaker counts by cluster name.
     breakers: HashMap<Label, crate::resilience::breaker::Counts>,
+    /// Retry budgets by cluster name.
+    budgets: HashMap<Label, Arc<RetryBudget>>,
     /// Outlier state by cluster name and endpoint address.
     health: HashMap<(Label, SocketAddr), Arc<HostHealth>>,
 }
@@ -708,6 +716,9 @@ impl Reuse {
             r.breakers
                 .entry(c.name.clone())
                 .or_insert_with(|| c.breakers.counts());
+            r.budgets
+                .entry(c.name.clone())
+                .or_insert_with(|| c.retry_budget.clone());
             if let Some(d) = &c.outlier {
                 for (e, h) in c.endpoints.iter().zip(d.hosts()) {
                     r.health
@@ -809,6 +820,7 @@ impl Snapshot {
                     port: cluster.port,
                     cluster: cluster.clone(),
                     routes,
+                    default_behaviour: crate::route::RouteBehaviour::istio_default(),
                 });
                 // Cluster services answer to their short forms too; other hosts (ServiceEntry)
                 // only to the names they were given.
@@ -1059,7 +1071,9 @@ impl ClusterBuilder<'_> {
                 .ejections_active
                 .set(i64::try_from(d.ejected_count()).unwrap_or(i64::MAX));
         }
+        let retry_budget = self.reuse.budgets.get(&name).cloned().unwrap_or_default();
         let cluster = Arc::new(Cluster {
+            retry_budget,
             breakers,
             outlier,
             stats,

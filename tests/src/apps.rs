@@ -45,8 +45,10 @@ struct AppState {
     at_gate: AtomicU64,
     peak_at_gate: AtomicU64,
     gate: tokio::sync::watch::Sender<bool>,
-    /// When non-zero, every request is answered with this status (a failing backend).
+    /// When non-zero, requests are answered with this status (a failing backend)...
     failing: AtomicU64,
+    /// ...those whose arrival number modulo 10 has its bit set here (all when 0).
+    failing_pattern: AtomicU64,
 }
 
 /// A running HTTP application (HTTP/1.1 and h2c on one port).
@@ -81,6 +83,7 @@ impl HttpApp {
             peak_at_gate: AtomicU64::new(0),
             gate,
             failing: AtomicU64::new(0),
+            failing_pattern: AtomicU64::new(0),
         });
         let serving = state.clone();
         let task = tokio::spawn(async move {
@@ -116,9 +119,21 @@ impl HttpApp {
 
     /// From now on answers every request with `status` (`None`: serves normally again).
     pub fn fail_with(&self, status: Option<u16>) {
+        self.state.failing_pattern.store(0, Ordering::SeqCst);
         self.state
             .failing
             .store(status.map_or(0, u64::from), Ordering::SeqCst);
+    }
+
+    /// From now on answers with `status` the requests whose arrival number (counted from
+    /// the app's start) modulo 10 is in `of_ten`: `[0, 3, 6]` fails 30 %, never twice in a
+    /// row.
+    pub fn fail_some_with(&self, status: u16, of_ten: &[u64]) {
+        let mask = of_ten.iter().fold(0u64, |m, i| m | 1 << (i % 10));
+        self.state.failing_pattern.store(mask, Ordering::SeqCst);
+        self.state
+            .failing
+            .store(u64::from(status), Ordering::SeqCst);
     }
 
     /// Releases every held and future `/gate` request.
@@ -144,9 +159,14 @@ async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<AppBody>, BoxError> {
-    state.requests.fetch_add(1, Ordering::SeqCst);
+    let arrival = state.requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
-    let failing = state.failing.load(Ordering::SeqCst);
+    let pattern = state.failing_pattern.load(Ordering::SeqCst);
+    let failing = if pattern == 0 || pattern & (1 << (arrival % 10)) != 0 {
+        state.failing.load(Ordering::SeqCst)
+    } else {
+        0
+    };
     let mut response = if failing != 0 {
         let mut response = Response::new(full_body(format!("{} failing\n", state.name)));
         *response.status_mut() = u16::try_from(failing)

@@ -23,6 +23,8 @@ pub enum ProxyBody {
     Counted(Incoming, Arc<AtomicU64>),
     /// A complete body produced by the proxy (error responses); `None` once sent.
     Full(Option<Bytes>),
+    /// A request body recorded so that a retry can send it again.
+    Replay(super::replay::ReplayBody),
     /// No body.
     #[default]
     Empty,
@@ -76,6 +78,7 @@ impl Body for ProxyBody {
                 polled
             }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Replay(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Empty => Poll::Ready(None),
         }
     }
@@ -84,6 +87,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Incoming(b) | ProxyBody::Counted(b, _) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Replay(b) => b.is_end_stream(),
             ProxyBody::Empty => true,
         }
     }
@@ -92,6 +96,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Incoming(b) | ProxyBody::Counted(b, _) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Replay(b) => b.size_hint(),
             ProxyBody::Full(None) | ProxyBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -47,14 +47,39 @@ pub enum ProxyError {
     /// with `x-envoy-overloaded: true`). Never queued, never retried.
     #[error("upstream overflow in {0}: too many requests in flight")]
     Overflow(String),
+    /// The route's `timeout` expired before the response (Envoy `UT`, 504).
+    #[error("upstream request timeout")]
+    Timeout,
+    /// One attempt's `perTryTimeout` expired (Envoy `UT`, 504, when it is the last).
+    #[error("upstream per-try timeout")]
+    PerTryTimeout,
+    /// The upstream refused the stream before processing it (HTTP/2 `REFUSED_STREAM`).
+    #[error("upstream refused the stream: {0}")]
+    RefusedStream(String),
 }
 
 impl ProxyError {
+    /// What this failure of one attempt is to a retry policy. `unsent`: the request never
+    /// left this proxy (it is still in hand).
+    pub fn retry_outcome(&self, unsent: bool) -> crate::resilience::retry::Outcome {
+        use crate::resilience::retry::Outcome;
+        match self {
+            ProxyError::Connect(_) => Outcome::ConnectFailure,
+            ProxyError::RefusedStream(_) => Outcome::RefusedStream,
+            ProxyError::UpstreamReset(_) | ProxyError::UpstreamTerminated(_) => Outcome::Reset {
+                before_request: unsent,
+            },
+            ProxyError::PerTryTimeout => Outcome::PerTryTimeout,
+            // Local decisions (overflow, no host, no route...) are never retried.
+            _ => Outcome::Overflow,
+        }
+    }
+
     /// The status outlier detection counts this failure as (Envoy maps a local-origin
     /// failure without a response to 503, a timeout to 504).
     pub fn outlier_status(&self) -> u16 {
         match self {
-            ProxyError::Connect(ConnectError::Timeout(_)) => {
+            ProxyError::Connect(ConnectError::Timeout(_)) | ProxyError::PerTryTimeout => {
                 crate::resilience::outlier::LOCAL_TIMEOUT_STATUS
             }
             _ => crate::resilience::outlier::LOCAL_FAILURE_STATUS,
@@ -84,7 +109,9 @@ impl ProxyError {
             | ProxyError::UpgradeRefused
             | ProxyError::NoHealthyUpstream(_)
             | ProxyError::NoCluster(_)
+            | ProxyError::RefusedStream(_)
             | ProxyError::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Timeout | ProxyError::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -96,7 +123,8 @@ impl ProxyError {
             ProxyError::NotTcpPort(_) => "NR",
             ProxyError::Connect(_) => "UF",
             ProxyError::UpstreamTerminated(_) | ProxyError::UpgradeRefused => "UC",
-            ProxyError::UpstreamReset(_) => "UR",
+            ProxyError::UpstreamReset(_) | ProxyError::RefusedStream(_) => "UR",
+            ProxyError::Timeout | ProxyError::PerTryTimeout => "UT",
             ProxyError::NoHealthyUpstream(_) => "UH",
             ProxyError::NoCluster(_) => "NC",
             ProxyError::Overflow(_) => "UO",
@@ -119,6 +147,9 @@ impl ProxyError {
             if let Some(h2) = s.downcast_ref::<h2_reason::H2Error>()
                 && h2.is_reset()
             {
+                if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                    return ProxyError::RefusedStream(err.to_string());
+                }
                 return ProxyError::UpstreamReset(err.to_string());
             }
             src = s.source();

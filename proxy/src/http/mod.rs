@@ -4,4 +4,5 @@
 pub mod body;
 pub mod errors;
 pub mod headers;
+pub mod replay;
 pub mod uri;

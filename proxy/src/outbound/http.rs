@@ -18,11 +18,14 @@ use std::sync::atomic::AtomicU64;
 use tokio::time::Instant;
 
 use crate::config::Protocol;
+use crate::config::UpstreamProtocol;
 use crate::context::ProxyContext;
 use crate::http::body::ProxyBody;
 use crate::http::errors::ProxyError;
 use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_PROTO};
+use crate::http::replay::{ReplayBody, ReplayHandle};
 use crate::http::uri::{forward_uri, request_authority};
+use crate::resilience::retry::{HOST_SELECTION_MAX_ATTEMPTS, Outcome, RetryPolicy};
 use crate::server::conn::ConnState;
 use crate::snapshot::{
     Cluster, Endpoint, External, ExternalTarget, InFlight, PeerWorkload, Snapshot,
@@ -31,6 +34,7 @@ use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
 use crate::telemetry::labels::source_report;
 use crate::transport::http1;
+use hyper::client::conn::http2::SendRequest;
 
 /// Internal header carrying the service port when the app's authority has none.
 pub static DESTINATION_PORT: http::HeaderName = http::HeaderName::from_static("x-meshlite-port");
@@ -74,11 +78,29 @@ pub async fn handle(
             .map_err(|miss| ProxyError::from_miss(miss, authority)),
     };
     let mut held = Held::default();
+    let mut retry_flag = None;
     let (cluster, result) = match routed {
         Err(e) => (None, Err(e)),
-        Ok(cluster) => {
-            let r = dispatch(&conn, &snap, cluster, req, log.as_deref_mut(), &mut held).await;
-            (Some(cluster.clone()), r)
+        Ok((cluster, behaviour)) => {
+            let retry = behaviour.retry.as_ref();
+            let sent = dispatch(
+                &conn,
+                &snap,
+                cluster,
+                retry,
+                req,
+                log.as_deref_mut(),
+                &mut held,
+            );
+            let r = match behaviour.timeout {
+                None => sent.await,
+                Some(t) => match tokio::time::timeout(t, sent).await {
+                    Ok(r) => r,
+                    Err(_) => Dispatched::failed(ProxyError::Timeout),
+                },
+            };
+            retry_flag = r.flag;
+            (Some(cluster.clone()), r.result)
         }
     };
     let protocol = cluster
@@ -90,14 +112,18 @@ pub async fn handle(
             let peer = endpoint.and_then(|e| PeerWorkload::learn(&e.peer, resp.headers()));
             let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             clean_response(ctx, resp.headers_mut(), upgrading);
-            (resp, "-", peer)
+            (resp, retry_flag.unwrap_or("-"), peer)
         }
         Err(e) => {
             if let Some(l) = log.as_deref_mut() {
                 l.upstream_transport_failure_reason = e.transport_reason();
             }
-            tracing::debug!(error = %e, flag = e.flag(), "outbound request failed");
-            (e.into_response(), e.flag(), None)
+            let flag = match retry_flag {
+                Some(extra) => combined_flag(e.flag(), extra),
+                None => e.flag(),
+            };
+            tracing::debug!(error = %e, flag, "outbound request failed");
+            (e.into_response(), flag, None)
         }
     };
     let labels = source_report(
@@ -118,56 +144,253 @@ pub async fn handle(
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
 }
 
+/// What sending a request produced: the final response or failure, and the response flag
+/// the retry logic adds (`URX`: attempts ran out; `UO`: a retry was refused by `maxRetries`
+/// or the retry budget).
+struct Dispatched {
+    result: Result<(Response<ProxyBody>, Option<Arc<Endpoint>>), ProxyError>,
+    flag: Option<&'static str>,
+}
+
+impl Dispatched {
+    fn failed(e: ProxyError) -> Self {
+        Self {
+            result: Err(e),
+            flag: None,
+        }
+    }
+}
+
+/// Envoy's comma-joined flags for a failure whose retries ended with `extra`.
+fn combined_flag(base: &'static str, extra: &'static str) -> &'static str {
+    match (base, extra) {
+        ("UF", "URX") => "UF,URX",
+        ("UC", "URX") => "UC,URX",
+        ("UR", "URX") => "UR,URX",
+        ("UT", "URX") => "UT,URX",
+        ("UF", "UO") => "UF,UO",
+        ("UC", "UO") => "UC,UO",
+        ("UR", "UO") => "UR,UO",
+        ("UT", "UO") => "UT,UO",
+        (base, _) => base,
+    }
+}
+
 /// Sends the request to `cluster` under its circuit breakers: to a service outside the mesh
-/// directly, else to the endpoint its balancer picks, reporting the result to outlier
-/// detection. What must stay counted until the response stream ends goes into `held`.
+/// directly, else through [`attempts`]. What must stay counted until the response stream
+/// ends goes into `held`.
 async fn dispatch(
     conn: &OutboundConn,
     snap: &Snapshot,
     cluster: &Arc<Cluster>,
+    retry: Option<&RetryPolicy>,
     req: Request<ProxyBody>,
-    log: Option<&mut AccessLogEntry>,
+    mut log: Option<&mut AccessLogEntry>,
     held: &mut Held,
-) -> Result<(Response<ProxyBody>, Option<Arc<Endpoint>>), ProxyError> {
+) -> Dispatched {
     // `http2MaxRequests`: the request counts from here to the end of its response stream.
     let Some(permit) = cluster.breakers.requests.try_acquire() else {
         cluster.stats.pending_overflow.inc();
-        return Err(ProxyError::Overflow(cluster.name.to_string()));
+        return Dispatched::failed(ProxyError::Overflow(cluster.name.to_string()));
     };
     held.request = Some(permit);
-    if let Some(ext) = &cluster.external {
-        let target = ext
-            .pick()
-            .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.to_string()))?;
-        if let Some(l) = log {
-            l.upstream_host = Some(target.label.to_string());
-            l.upstream_cluster = Some(cluster.name.to_string());
-        }
-        return forward_external(ext, target, req)
-            .await
-            .map(|resp| (resp, None));
+    if let Some(l) = log.as_deref_mut() {
+        l.upstream_cluster = Some(cluster.name.to_string());
     }
+    let Some(ext) = &cluster.external else {
+        return attempts(conn, snap, cluster, retry, req, log, held).await;
+    };
+    let Some(target) = ext.pick() else {
+        return Dispatched::failed(ProxyError::NoHealthyUpstream(cluster.name.to_string()));
+    };
+    if let Some(l) = log {
+        l.upstream_host = Some(target.label.to_string());
+    }
+    Dispatched {
+        result: forward_external(ext, target, req)
+            .await
+            .map(|resp| (resp, None)),
+        flag: None,
+    }
+}
+
+/// A request's head, kept to rebuild it for a retry after the first attempt consumed it.
+struct Template {
+    method: http::Method,
+    uri: http::Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    body: Option<ReplayHandle>,
+}
+
+impl Template {
+    fn of(req: &Request<ProxyBody>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body: match req.body() {
+                ProxyBody::Replay(b) => Some(b.handle()),
+                _ => None,
+            },
+        }
+    }
+
+    /// The request again, or `None` when its body can no longer be replayed.
+    fn rebuild(&self) -> Option<Request<ProxyBody>> {
+        let body = match &self.body {
+            Some(b) => ProxyBody::Replay(b.replay()?),
+            None => ProxyBody::Empty,
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        Some(req)
+    }
+}
+
+/// Sends to the cluster's endpoints under the route's retry policy (Envoy's router): each
+/// attempt goes to the endpoint the balancer picks (another than the ones that failed, when
+/// the policy says so), is reported to outlier detection, and is retried when the policy's
+/// `retryOn` matches its outcome, attempts remain, the request can be sent again, and both
+/// `maxRetries` and the retry budget allow it, after a jittered exponential backoff.
+async fn attempts(
+    conn: &OutboundConn,
+    snap: &Snapshot,
+    cluster: &Arc<Cluster>,
+    retry: Option<&RetryPolicy>,
+    req: Request<ProxyBody>,
+    mut log: Option<&mut AccessLogEntry>,
+    held: &mut Held,
+) -> Dispatched {
     let hash = cluster
         .hash_on
         .as_ref()
         .and_then(|h| h.hash(&req, conn.remote.ip()));
-    let (index, endpoint) = cluster
-        .pick(hash)
-        .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.to_string()))?;
-    if let Some(l) = log {
-        l.upstream_host = Some(endpoint.addr_label.to_string());
-        l.upstream_cluster = Some(cluster.name.to_string());
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let policy = retry.filter(|p| p.num_retries > 0 && !upgrade);
+    let mut req = req;
+    let mut template = None;
+    if let Some(p) = policy {
+        cluster.retry_budget.deposit(std::time::Instant::now());
+        let is_grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !http_body::Body::is_end_stream(req.body()) {
+            let (parts, body) = req.into_parts();
+            req = Request::from_parts(parts, ProxyBody::Replay(ReplayBody::new(body)));
+        }
+        // HTTP/1.1 upstreams connect inside the pool, so even a connect failure needs a copy.
+        if p.may_retry_after_send(is_grpc) || cluster.upstream == UpstreamProtocol::Http1 {
+            template = Some(Template::of(&req));
+        }
     }
-    // In flight for least request until the response stream ends.
-    held.endpoint = Some(InFlight::start(endpoint.clone()));
-    let result = forward(&conn.ctx, &snap.local.peer_header, cluster, &endpoint, req).await;
-    match &result {
-        Ok(resp) => cluster.report(index, resp.status().as_u16()),
-        // A local overflow says nothing about the host.
-        Err(ProxyError::Overflow(_)) => {}
-        Err(e) => cluster.report(index, e.outlier_status()),
+    let mut failed: Vec<usize> = Vec::new();
+    let mut _retrying = None;
+    let mut attempt = 0u32;
+    loop {
+        let avoid = policy.is_some_and(|p| p.avoid_previous_hosts) && hash.is_none();
+        let Some((index, endpoint)) = pick_avoiding(cluster, hash, avoid.then_some(&failed[..]))
+        else {
+            return Dispatched::failed(ProxyError::NoHealthyUpstream(cluster.name.to_string()));
+        };
+        if let Some(l) = log.as_deref_mut() {
+            l.upstream_host = Some(endpoint.addr_label.to_string());
+        }
+        // In flight for least request until the response stream ends.
+        held.endpoint = Some(InFlight::start(endpoint.clone()));
+        let mut slot = Some(req);
+        let sent = forward(
+            &conn.ctx,
+            &snap.local.peer_header,
+            cluster,
+            &endpoint,
+            &mut slot,
+        );
+        let result = match policy.and_then(|p| p.per_try_timeout) {
+            None => sent.await,
+            Some(t) => tokio::time::timeout(t, sent)
+                .await
+                .unwrap_or(Err(ProxyError::PerTryTimeout)),
+        };
+        let outcome = match &result {
+            Ok(resp) => {
+                cluster.report(index, resp.status().as_u16());
+                Outcome::Response {
+                    status: resp.status().as_u16(),
+                    grpc_status: resp
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+                        .and_then(|v| v.parse().ok()),
+                }
+            }
+            Err(e) => {
+                // A local overflow says nothing about the host.
+                if !matches!(e, ProxyError::Overflow(_)) {
+                    cluster.report(index, e.outlier_status());
+                }
+                e.retry_outcome(slot.is_some())
+            }
+        };
+        let done = |flag| Dispatched {
+            result: result.map(|resp| (resp, Some(endpoint.clone()))),
+            flag,
+        };
+        let Some(p) = policy.filter(|p| p.retriable(&outcome)) else {
+            return done(None);
+        };
+        if attempt >= p.num_retries {
+            cluster.stats.retry_limit_exceeded.inc();
+            return done(Some("URX"));
+        }
+        let next = match slot.take() {
+            Some(unsent) => unsent,
+            None => match template.as_ref().and_then(Template::rebuild) {
+                Some(again) => again,
+                // The body went past the replay bound: this request cannot be sent again.
+                None => return done(None),
+            },
+        };
+        let Some(permit) = cluster.breakers.retries.try_acquire() else {
+            cluster.stats.retry_overflow.inc();
+            return done(Some("UO"));
+        };
+        if !cluster.retry_budget.withdraw(std::time::Instant::now()) {
+            cluster.stats.retry_overflow.inc();
+            return done(Some("UO"));
+        }
+        _retrying = Some(permit);
+        cluster.stats.retries.inc();
+        attempt += 1;
+        failed.push(index);
+        drop(done(None));
+        tokio::time::sleep(p.backoff(attempt, &mut crate::balance::ThreadRandom)).await;
+        req = next;
     }
-    result.map(|resp| (resp, Some(endpoint)))
+}
+
+/// Picks an endpoint, avoiding the `failed` ones for up to Envoy's five tries when given
+/// (the previous-hosts retry predicate).
+fn pick_avoiding(
+    cluster: &Cluster,
+    hash: Option<u64>,
+    failed: Option<&[usize]>,
+) -> Option<(usize, Arc<Endpoint>)> {
+    let mut picked = cluster.pick(hash)?;
+    if let Some(failed) = failed.filter(|f| !f.is_empty()) {
+        for _ in 1..HOST_SELECTION_MAX_ATTEMPTS {
+            if !failed.contains(&picked.0) {
+                break;
+            }
+            picked = cluster.pick(hash)?;
+        }
+    }
+    Some(picked)
 }
 
 /// Response hygiene on the way back to the app.
@@ -235,29 +458,48 @@ fn prepare(
     }
 }
 
+/// One attempt to `endpoint`. The request stays in `slot` until the connection is there: a
+/// connect failure leaves it in hand, unsent, for the next attempt.
 async fn forward(
     ctx: &ProxyContext,
     peer_header: &HeaderValue,
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
-    mut req: Request<ProxyBody>,
+    slot: &mut Option<Request<ProxyBody>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let Some(req) = slot.as_mut() else {
+        return Err(ProxyError::UpstreamTerminated("no request to send".into()));
+    };
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    prepare(peer_header, cluster, &mut req, upgrade);
-    if upgrade {
-        return forward_upgrade(ctx, cluster, endpoint, req).await;
-    }
-    let authority = request_authority(&req).and_then(|a| http::uri::Authority::try_from(a).ok());
+    prepare(peer_header, cluster, req, upgrade);
+    let authority = request_authority(req).and_then(|a| http::uri::Authority::try_from(a).ok());
     match cluster.upstream {
-        crate::config::UpstreamProtocol::H2 => {
+        _ if upgrade => {
+            let req = slot.take().ok_or(ProxyError::UpgradeRefused)?;
+            forward_upgrade(ctx, cluster, endpoint, req).await
+        }
+        UpstreamProtocol::H2 => {
+            let sender = h2_sender(Some(cluster), endpoint).await?;
+            let Some(req) = slot.take() else {
+                return Err(ProxyError::UpstreamTerminated("no request to send".into()));
+            };
             let authority = authority.unwrap_or_else(|| cluster.authority.clone());
             let (mut parts, body) = req.into_parts();
             parts.headers.remove(header::HOST);
             parts.uri = forward_uri(&parts.uri, Some(authority))?;
             parts.version = Version::HTTP_2;
-            send_h2(Some(cluster), endpoint, Request::from_parts(parts, body)).await
+            send_on(
+                sender,
+                Some(cluster),
+                endpoint,
+                Request::from_parts(parts, body),
+            )
+            .await
         }
-        crate::config::UpstreamProtocol::Http1 => {
+        UpstreamProtocol::Http1 => {
+            let Some(req) = slot.take() else {
+                return Err(ProxyError::UpstreamTerminated("no request to send".into()));
+            };
             let (mut parts, body) = req.into_parts();
             if let Some(a) = &authority
                 && let Ok(v) = HeaderValue::from_str(a.as_str())
@@ -310,30 +552,50 @@ async fn forward_external(
     Ok(resp.map(ProxyBody::from))
 }
 
-/// Sends on the endpoint's shared HTTP/2 connection. A request the connection never took (it
-/// was closing) is sent again once on a fresh connection; nothing that reached the peer is.
-/// A request that has to wait for a connection is pending: `cluster`'s
-/// `http1MaxPendingRequests` bounds how many may wait.
+/// Sends on the endpoint's shared HTTP/2 connection (see [`send_on`]).
 pub async fn send_h2(
     cluster: Option<&Cluster>,
     endpoint: &Endpoint,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let sender = h2_sender(cluster, endpoint).await?;
+    send_on(sender, cluster, endpoint, req).await
+}
+
+/// A sender on the endpoint's HTTP/2 connection, connecting if there is none. A request
+/// that has to wait for a connection is pending: `cluster`'s `http1MaxPendingRequests`
+/// bounds how many may wait.
+async fn h2_sender(
+    cluster: Option<&Cluster>,
+    endpoint: &Endpoint,
+) -> Result<SendRequest<ProxyBody>, ProxyError> {
+    if let Some(s) = endpoint.h2.live() {
+        return Ok(s);
+    }
+    let _pending = match cluster {
+        Some(c) => Some(c.breakers.pending.try_acquire().ok_or_else(|| {
+            c.stats.pending_overflow.inc();
+            ProxyError::Overflow(c.name.to_string())
+        })?),
+        None => None,
+    };
+    Ok(endpoint.h2.sender().await?)
+}
+
+/// Sends on `sender`. A request the connection never took (it was closing) is sent again
+/// once on a fresh connection; nothing that reached the peer is.
+async fn send_on(
+    sender: SendRequest<ProxyBody>,
+    cluster: Option<&Cluster>,
+    endpoint: &Endpoint,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let mut req = req;
+    let mut sender = sender;
     for attempt in 0..2 {
-        let mut sender = match endpoint.h2.live() {
-            Some(s) => s,
-            None => {
-                let _pending = match cluster {
-                    Some(c) => Some(c.breakers.pending.try_acquire().ok_or_else(|| {
-                        c.stats.pending_overflow.inc();
-                        ProxyError::Overflow(c.name.to_string())
-                    })?),
-                    None => None,
-                };
-                endpoint.h2.sender().await?
-            }
-        };
+        if attempt > 0 {
+            sender = h2_sender(cluster, endpoint).await?;
+        }
         if sender.ready().await.is_err() {
             endpoint.h2.evict(&sender);
             if attempt == 0 {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use meshlite_xds_proto::v1;
 
+use crate::resilience::retry::RetryPolicy;
 use crate::snapshot::Cluster;
 
 /// Why a route table could not be compiled (the push carrying it is NACKed).
@@ -246,6 +247,39 @@ pub struct Route {
     matches: Vec<RequestMatch>,
     targets: Vec<(Target, u32)>,
     total_weight: u32,
+    /// What happens on the way to the destination: timeout and retries.
+    pub behaviour: RouteBehaviour,
+}
+
+/// The per-route settings applied around sending the request (VirtualService `timeout`,
+/// `retries`).
+#[derive(Debug, Clone, Default)]
+pub struct RouteBehaviour {
+    /// The whole request's deadline, retries and backoff included (`timeout`; Istio's
+    /// default: none). Expiry answers 504 `UT`.
+    pub timeout: Option<std::time::Duration>,
+    /// `retries`: Istio's default policy when the route has none, `None` for `attempts: 0`.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl RouteBehaviour {
+    /// A route without VirtualService settings: no timeout, Istio's default retries.
+    pub fn istio_default() -> Self {
+        Self {
+            timeout: None,
+            retry: RetryPolicy::from_proto(None, false),
+        }
+    }
+
+    fn compile(r: &v1::HttpRoute) -> Self {
+        Self {
+            timeout: r
+                .timeout
+                .and_then(|d| std::time::Duration::try_from(d).ok())
+                .filter(|d| !d.is_zero()),
+            retry: RetryPolicy::from_proto(r.retries.as_ref(), false),
+        }
+    }
 }
 
 /// Resolves a route destination to a target; provided by the snapshot builder.
@@ -286,11 +320,18 @@ impl Route {
             return Err(RouteError::ZeroWeights(name.to_string()));
         }
         let total_weight = targets.iter().map(|(_, w)| *w).sum();
+        if let Some(retries) = &r.retries {
+            let (_, unknown) = crate::resilience::retry::RetryOn::parse(&retries.retry_on);
+            if !unknown.is_empty() {
+                tracing::warn!(route = %name, ?unknown, "retryOn conditions not supported; ignored");
+            }
+        }
         Ok(Self {
             name,
             matches,
             targets,
             total_weight,
+            behaviour: RouteBehaviour::compile(r),
         })
     }
 
@@ -334,15 +375,18 @@ impl RouteTable {
         })
     }
 
-    /// The first matching rule's destination, picked by weight; `None` when no rule matches.
-    pub fn select(&self, req: Head<'_>, authority: &str, port: u16) -> Option<&Target> {
+    /// The first matching rule and its destination, picked by weight; `None` when no rule
+    /// matches.
+    pub fn select(&self, req: Head<'_>, authority: &str, port: u16) -> Option<(&Route, &Target)> {
         let route = self.routes.iter().find(|r| {
             r.matches.is_empty() || r.matches.iter().any(|m| m.matches(req, authority, port))
         })?;
         if route.total_weight == 0 {
             return None;
         }
-        route.pick(fastrand::u32(..route.total_weight))
+        route
+            .pick(fastrand::u32(..route.total_weight))
+            .map(|t| (route, t))
     }
 }
 
@@ -369,8 +413,8 @@ mod tests {
         }
     }
 
-    fn chosen(t: Option<&Target>) -> String {
-        match t {
+    fn chosen(t: Option<(&Route, &Target)>) -> String {
+        match t.map(|(_, t)| t) {
             Some(Target::Missing(n)) => n.to_string(),
             Some(Target::Cluster(c)) => c.name.to_string(),
             None => "none".into(),

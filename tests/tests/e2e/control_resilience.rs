@@ -211,3 +211,164 @@ async fn a_backend_answering_503_is_ejected_and_returns_after_its_ejection_time(
         0.0
     );
 }
+
+fn virtual_service(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+         metadata: {{name: echo, namespace: {NAMESPACE}}}\n\
+         spec:\n  hosts: [echo]\n  http: {http}\n"
+    )
+}
+
+/// A control plane with `files`, one echo backend behind its sidecar, and a client sidecar
+/// that reaches it.
+async fn one_backend(files: &[(&str, &str)]) -> (ControlPlane, HttpApp, MeshProxy, MeshProxy) {
+    let control = ControlPlane::start(files).await;
+    let app = HttpApp::start("echo-a").await;
+    let server = MeshProxy::start(
+        &control.access(NAMESPACE, "echo").await,
+        &Workload::version_of("echo", "a", ECHO_PORT, app.addr),
+    )
+    .await;
+    let client = MeshProxy::start(
+        &control.access(NAMESPACE, "client").await,
+        &Workload::new("client"),
+    )
+    .await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
+    (control, app, server, client)
+}
+
+const ECHO_CLUSTER: [(&str, &str); 1] = [(
+    "cluster_name",
+    "outbound|8080||echo.default.svc.cluster.local",
+)];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_turn_a_30_percent_failing_backend_into_no_client_errors() {
+    const REQUESTS: u64 = 200;
+    let vs = virtual_service(
+        "[{route: [{destination: {host: echo}}], retries: {attempts: 3, retryOn: 5xx}}]",
+    );
+    let (_control, app, _server, client) = one_backend(&[("echo-vs.yaml", &vs)]).await;
+    // Three arrivals in ten fail, never two in a row.
+    app.fail_some_with(503, &[0, 3, 6]);
+    let before = app.requests();
+    let mut client_errors = 0;
+    for _ in 0..REQUESTS {
+        let reply = try_get(client.outbound(), ECHO_HOST, "/")
+            .await
+            .expect("response");
+        if reply.status != 200 {
+            client_errors += 1;
+        }
+    }
+    let attempts = app.requests() - before;
+    let retries = client
+        .metric("envoy_cluster_upstream_rq_retry_total", &ECHO_CLUSTER)
+        .await;
+    assert_eq!(client_errors, 0, "every failure was retried into a success");
+    assert_eq!(
+        attempts,
+        REQUESTS + retries as u64,
+        "each retry reached the backend"
+    );
+    // About 3 in 10 attempts failed and each was retried once.
+    let share = retries / attempts as f64;
+    assert!(
+        (0.25..=0.35).contains(&share),
+        "retried {retries} of {attempts}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_bounds_upstream_load_during_a_full_outage() {
+    const REQUESTS: u64 = 1000;
+    const CALLERS: u64 = 20;
+    let vs = virtual_service(
+        "[{route: [{destination: {host: echo}}], retries: {attempts: 3, retryOn: 5xx}}]",
+    );
+    let (_control, app, _server, client) = one_backend(&[("echo-vs.yaml", &vs)]).await;
+    app.fail_with(Some(503));
+    let before = app.requests();
+    let outbound = client.outbound();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..REQUESTS / CALLERS {
+                    let reply = try_get(outbound, ECHO_HOST, "/").await.expect("response");
+                    statuses.push(reply.status.as_u16());
+                }
+                statuses
+            })
+        })
+        .collect();
+    for caller in callers {
+        let statuses = caller.await.expect("join");
+        assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    }
+    let attempts = app.requests() - before;
+    let retries = client
+        .metric("envoy_cluster_upstream_rq_retry_total", &ECHO_CLUSTER)
+        .await as u64;
+    let refused = client
+        .metric(
+            "envoy_cluster_upstream_rq_retry_overflow_total",
+            &ECHO_CLUSTER,
+        )
+        .await;
+    assert_eq!(attempts, REQUESTS + retries);
+    // Without a budget: 3 retries each, 4,000 attempts. The budget (ratio 0.2 of requests
+    // plus a reserve of 10/s over its 10 s window) allows at most 0.2 × 1,000 + 100.
+    assert!(
+        retries <= REQUESTS / 5 + 100,
+        "{retries} retries for {REQUESTS} requests"
+    );
+    assert!(
+        retries >= REQUESTS / 5,
+        "the budget's share was used: {retries}"
+    );
+    assert!(refused > 0.0, "retries over the budget were refused");
+    let uo = client
+        .metric(
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "UO")],
+        )
+        .await;
+    assert_eq!(
+        uo, refused,
+        "a request whose retry was refused is flagged UO"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_timeout_answers_504_ut_and_istios_default_does_not_retry_a_503() {
+    let vs = virtual_service(
+        "[{match: [{uri: {prefix: /gate}}], route: [{destination: {host: echo}}], timeout: 300ms}, \
+         {route: [{destination: {host: echo}}]}]",
+    );
+    let (_control, app, _server, client) = one_backend(&[("echo-vs.yaml", &vs)]).await;
+    let started = Instant::now();
+    let reply = try_get(client.outbound(), ECHO_HOST, "/gate")
+        .await
+        .expect("response");
+    assert_eq!(reply.status, 504, "body: {}", reply.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let ut = client
+        .metric(
+            "istio_requests_total",
+            &[("response_code", "504"), ("response_flags", "UT")],
+        )
+        .await;
+    assert_eq!(ut, 1.0);
+    // The default policy (Istio 1.24+) retries connect failures, not a 503 answer.
+    app.fail_with(Some(503));
+    let before = app.requests();
+    let reply = try_get(client.outbound(), ECHO_HOST, "/")
+        .await
+        .expect("response");
+    assert_eq!(reply.status, 503);
+    assert_eq!(app.requests() - before, 1, "not retried");
+    app.open_gate();
+}

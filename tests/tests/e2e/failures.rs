@@ -1,4 +1,5 @@
-//! When the other end is gone: the caller gets a 503 that says so (Envoy's `UF` flag).
+//! When the other end is gone: the caller gets a 503 that says so (Envoy's `UF` flag, with
+//! `URX` once Istio's default retry policy has retried the connect failure twice).
 
 use crate::field_text;
 use meshlite_tests::apps::closed_port;
@@ -22,15 +23,25 @@ async fn a_down_destination_sidecar_gets_503_with_flag_uf() {
         .await;
     assert_eq!(
         field_text(&entry, "response_flags"),
-        "UF",
+        "UF,URX",
         "access log entry: {entry}"
     );
     mesh.client
-        .metric_sample("istio_requests_total", "a 503 UF", |s| {
+        .metric_sample("istio_requests_total", "a 503 UF,URX", |s| {
             s.label("reporter") == "source"
                 && s.label("response_code") == "503"
-                && s.label("response_flags") == "UF"
+                && s.label("response_flags") == "UF,URX"
         })
+        .await;
+    mesh.client
+        .metric_sample(
+            "envoy_cluster_upstream_rq_retry_total",
+            "two retries",
+            |s| {
+                s.label("cluster_name") == "outbound|80||app.default.svc.cluster.local"
+                    && s.value == 2.0
+            },
+        )
         .await;
 
     // Other services are unaffected.
