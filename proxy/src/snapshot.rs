@@ -510,6 +510,22 @@ pub struct HostPort {
     pub default_behaviour: crate::route::RouteBehaviour,
 }
 
+/// The outcome of routing one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'a> {
+    /// The host's own service cluster (for telemetry when the rule answers itself).
+    pub service: &'a Arc<Cluster>,
+    /// Where the request goes; `None` when the rule answers itself (redirect, direct
+    /// response).
+    pub cluster: Option<&'a Arc<Cluster>>,
+    /// What the rule does on the way.
+    pub behaviour: &'a crate::route::RouteBehaviour,
+    /// The weighted destination chosen, with its header operations.
+    pub destination: Option<&'a crate::route::Destination>,
+    /// How much of the path a `rewrite.uri` replaces.
+    pub prefix_len: Option<usize>,
+}
+
 /// Why a request found no destination.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteMiss {
@@ -524,21 +540,37 @@ pub enum RouteMiss {
 }
 
 impl HostPort {
-    /// The cluster a request goes to (its VirtualService's choice, else the service itself)
-    /// and the route's behaviour.
+    /// Where a request goes (its VirtualService's choice, else the service itself) and what
+    /// its rule does on the way.
     pub fn select(
         &self,
         req: crate::route::Head<'_>,
         authority: &str,
-    ) -> Result<(&Arc<Cluster>, &crate::route::RouteBehaviour), RouteMiss> {
-        match &self.routes {
-            None => Ok((&self.cluster, &self.default_behaviour)),
-            Some(table) => match table.select(req, authority, self.port) {
-                Some((route, Target::Cluster(c))) => Ok((c, &route.behaviour)),
-                Some((_, Target::Missing(name))) => Err(RouteMiss::NoCluster(name.clone())),
-                None => Err(RouteMiss::NoMatchingRoute),
-            },
-        }
+    ) -> Result<Routed<'_>, RouteMiss> {
+        let Some(table) = &self.routes else {
+            return Ok(Routed {
+                service: &self.cluster,
+                cluster: Some(&self.cluster),
+                behaviour: &self.default_behaviour,
+                destination: None,
+                prefix_len: None,
+            });
+        };
+        let selected = table
+            .select(req, authority, self.port)
+            .ok_or(RouteMiss::NoMatchingRoute)?;
+        let cluster = match selected.destination.map(|d| &d.target) {
+            None => None,
+            Some(Target::Cluster(c)) => Some(c),
+            Some(Target::Missing(name)) => return Err(RouteMiss::NoCluster(name.clone())),
+        };
+        Ok(Routed {
+            service: &self.cluster,
+            cluster,
+            behaviour: &selected.route.behaviour,
+            destination: selected.destination,
+            prefix_len: selected.prefix_len,
+        })
     }
 }
 

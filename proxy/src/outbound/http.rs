@@ -26,9 +26,10 @@ use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_PROTO};
 use crate::http::replay::{ReplayBody, ReplayHandle};
 use crate::http::uri::{forward_uri, request_authority};
 use crate::resilience::retry::{HOST_SELECTION_MAX_ATTEMPTS, Outcome, RetryPolicy};
+use crate::route::{Target, action};
 use crate::server::conn::ConnState;
 use crate::snapshot::{
-    Cluster, Endpoint, External, ExternalTarget, InFlight, PeerWorkload, Snapshot,
+    Cluster, Endpoint, External, ExternalTarget, InFlight, PeerWorkload, Routed, Snapshot,
 };
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
@@ -78,29 +79,21 @@ pub async fn handle(
             .map_err(|miss| ProxyError::from_miss(miss, authority)),
     };
     let mut held = Held::default();
-    let mut retry_flag = None;
+    let mut extra_flag = None;
+    let mut response_ops = None;
     let (cluster, result) = match routed {
         Err(e) => (None, Err(e)),
-        Ok((cluster, behaviour)) => {
-            let retry = behaviour.retry.as_ref();
-            let sent = dispatch(
-                &conn,
-                &snap,
-                cluster,
-                retry,
-                req,
-                log.as_deref_mut(),
-                &mut held,
-            );
-            let r = match behaviour.timeout {
-                None => sent.await,
-                Some(t) => match tokio::time::timeout(t, sent).await {
-                    Ok(r) => r,
-                    Err(_) => Dispatched::failed(ProxyError::Timeout),
-                },
-            };
-            retry_flag = r.flag;
-            (Some(cluster.clone()), r.result)
+        Ok(routed) => {
+            let r = route_request(&conn, &snap, routed, req, log.as_deref_mut(), &mut held).await;
+            extra_flag = r.flag;
+            if r.result.is_ok() {
+                response_ops = Some((
+                    &routed.behaviour.response_headers,
+                    routed.destination.map(|d| &d.response_headers),
+                ));
+            }
+            let telemetry = routed.cluster.unwrap_or(routed.service);
+            (Some(telemetry.clone()), r.result)
         }
     };
     let protocol = cluster
@@ -112,13 +105,19 @@ pub async fn handle(
             let peer = endpoint.and_then(|e| PeerWorkload::learn(&e.peer, resp.headers()));
             let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             clean_response(ctx, resp.headers_mut(), upgrading);
-            (resp, retry_flag.unwrap_or("-"), peer)
+            if let Some((route_ops, destination_ops)) = response_ops {
+                route_ops.apply(resp.headers_mut());
+                if let Some(ops) = destination_ops {
+                    ops.apply(resp.headers_mut());
+                }
+            }
+            (resp, extra_flag.unwrap_or("-"), peer)
         }
         Err(e) => {
             if let Some(l) = log.as_deref_mut() {
                 l.upstream_transport_failure_reason = e.transport_reason();
             }
-            let flag = match retry_flag {
+            let flag = match extra_flag {
                 Some(extra) => combined_flag(e.flag(), extra),
                 None => e.flag(),
             };
@@ -142,6 +141,160 @@ pub async fn handle(
     exchange.count_received(received);
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
+}
+
+/// Applies the chosen rule to the request: fault injection, a rule that answers itself,
+/// rewrites and header operations, mirroring, then sends it within the rule's timeout.
+async fn route_request(
+    conn: &OutboundConn,
+    snap: &Snapshot,
+    routed: Routed<'_>,
+    req: Request<ProxyBody>,
+    log: Option<&mut AccessLogEntry>,
+    held: &mut Held,
+) -> Dispatched {
+    let b = routed.behaviour;
+    let mut req = req;
+    let mut flag = None;
+    if let Some(fault) = &b.fault {
+        if let Some(delay) = fault.delay(fastrand::u32(..1_000_000)) {
+            tokio::time::sleep(delay).await;
+            flag = Some("DI");
+        }
+        if let Some(abort) = fault.abort(fastrand::u32(..1_000_000)) {
+            return Dispatched {
+                result: Ok((aborted(abort), None)),
+                flag: Some(if flag.is_some() { "DI,FI" } else { "FI" }),
+            };
+        }
+    }
+    if let Some(t) = &b.terminal {
+        let authority = request_authority(&req).unwrap_or_default();
+        let resp = action::terminal_response(t, req.uri(), authority);
+        return Dispatched {
+            result: Ok((resp, None)),
+            flag,
+        };
+    }
+    if let Err(e) = rewrite(&mut req, routed) {
+        return Dispatched::failed(e);
+    }
+    let Some(cluster) = routed.cluster else {
+        return Dispatched::failed(ProxyError::NoCluster(routed.service.name.to_string()));
+    };
+    if let Some((Target::Cluster(shadow), share)) = &b.mirror
+        && share.hit(fastrand::u32(..1_000_000))
+    {
+        mirror(conn, snap, shadow, &req);
+    }
+    let sent = dispatch(conn, snap, cluster, b.retry.as_ref(), req, log, held);
+    let mut r = match b.timeout {
+        None => sent.await,
+        Some(t) => match tokio::time::timeout(t, sent).await {
+            Ok(r) => r,
+            Err(_) => Dispatched::failed(ProxyError::Timeout),
+        },
+    };
+    if r.flag.is_none() {
+        r.flag = flag;
+    }
+    r
+}
+
+/// The local reply of an injected abort: the HTTP status, or for gRPC a 200 whose
+/// `grpc-status` carries the code (a trailers-only response).
+fn aborted(abort: action::Abort) -> Response<ProxyBody> {
+    match abort {
+        action::Abort::Http(status) => {
+            let mut r = Response::new(ProxyBody::full("fault filter abort"));
+            *r.status_mut() = status;
+            r
+        }
+        action::Abort::Grpc(code) => {
+            let mut r = Response::new(ProxyBody::Empty);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            r.headers_mut()
+                .insert("grpc-status", HeaderValue::from(code));
+            r.headers_mut().insert(
+                "grpc-message",
+                HeaderValue::from_static("fault filter abort"),
+            );
+            r
+        }
+    }
+}
+
+/// The rule's `rewrite`, then its request header operations and its destination's (so a
+/// destination's `set` wins). The path before a URI rewrite is kept in
+/// `x-envoy-original-path`; a new authority goes into `Host`, with the URI made
+/// origin-form so it is the one read.
+fn rewrite(req: &mut Request<ProxyBody>, routed: Routed<'_>) -> Result<(), ProxyError> {
+    let b = routed.behaviour;
+    let dest_ops = routed.destination.map(|d| &d.request_headers);
+    let mut host = None;
+    if let Some(rw) = &b.rewrite {
+        if let Some(path) = rw.path(req.uri(), routed.prefix_len) {
+            let original = HeaderValue::try_from(req.uri().path()).ok();
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = Some(
+                http::uri::PathAndQuery::try_from(path)
+                    .map_err(|e| ProxyError::UpstreamTerminated(format!("rewritten path: {e}")))?,
+            );
+            *req.uri_mut() = http::Uri::from_parts(parts)
+                .map_err(|e| ProxyError::UpstreamTerminated(format!("rewritten URI: {e}")))?;
+            if let Some(o) = original {
+                req.headers_mut().insert(action::ORIGINAL_PATH.clone(), o);
+            }
+        }
+        host = rw.authority.clone();
+    }
+    for ops in std::iter::once(&b.request_headers).chain(dest_ops) {
+        if !ops.is_empty() {
+            ops.apply(req.headers_mut());
+            if ops.host.is_some() {
+                host = ops.host.clone();
+            }
+        }
+    }
+    if let Some(host) = host {
+        *req.uri_mut() = forward_uri(req.uri(), None)?;
+        req.headers_mut().insert(header::HOST, host);
+    }
+    Ok(())
+}
+
+/// Sends a copy of the request to the shadow cluster, fire and forget: its response is
+/// dropped, its failure only logged, and the original request never waits for it. Only the
+/// head is copied: a request with a body is mirrored when its body is empty (a body would
+/// have to be buffered or teed, which this does not do yet).
+fn mirror(conn: &OutboundConn, snap: &Snapshot, shadow: &Arc<Cluster>, req: &Request<ProxyBody>) {
+    if !http_body::Body::is_end_stream(req.body()) || shadow.external.is_some() {
+        return;
+    }
+    let Some((_, endpoint)) = shadow.pick(None) else {
+        return;
+    };
+    let mut copy = Request::new(ProxyBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    let ctx = conn.ctx.clone();
+    let peer = snap.local.peer_header.clone();
+    let shadow = shadow.clone();
+    tokio::spawn(async move {
+        let mut slot = Some(copy);
+        match forward(&ctx, &peer, &shadow, &endpoint, &mut slot).await {
+            Ok(resp) => {
+                // Drain so the stream completes and the connection stays reusable.
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            }
+            Err(e) => tracing::debug!(cluster = %shadow.name, "mirrored request failed: {e}"),
+        }
+    });
 }
 
 /// What sending a request produced: the final response or failure, and the response flag

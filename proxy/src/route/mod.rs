@@ -6,8 +6,12 @@
 //!
 //! Everything is compiled once per snapshot (regexes included); a request only compares.
 
+pub mod action;
+
 use regex::Regex;
 use std::sync::Arc;
+
+use action::{Fault, HeaderOps, PerMillion, Rewrite, Terminal};
 
 use meshlite_xds_proto::v1;
 
@@ -30,6 +34,14 @@ pub enum RouteError {
     /// A rule has destinations whose weights are all zero.
     #[error("route `{0}`: every destination has weight 0")]
     ZeroWeights(String),
+    /// A header value is not a valid HTTP header value.
+    #[error("route `{route}`: invalid value for header `{name}`")]
+    HeaderValue {
+        /// Route name or index.
+        route: String,
+        /// The header's name.
+        name: String,
+    },
     /// A header name is not a valid HTTP header name.
     #[error("route `{route}`: invalid header name `{name}`")]
     HeaderName {
@@ -145,6 +157,17 @@ impl RequestMatch {
         })
     }
 
+    /// How much of the path a `rewrite.uri` replaces after this entry matched: its prefix;
+    /// `/` when it has no URI condition (Istio matches on prefix `/` then); `None` (the whole
+    /// path) after an exact or regex match.
+    pub fn rewrite_prefix_len(&self) -> Option<usize> {
+        match &self.uri {
+            Some(StringMatcher::Prefix(p)) => Some(p.len()),
+            None => Some(1),
+            Some(_) => None,
+        }
+    }
+
     /// Whether the request (head only) matches.
     pub fn matches(&self, req: Head<'_>, authority: &str, port: u16) -> bool {
         if self.port != 0 && self.port != port {
@@ -245,14 +268,37 @@ pub struct Route {
     /// Name, for logs.
     pub name: Arc<str>,
     matches: Vec<RequestMatch>,
-    targets: Vec<(Target, u32)>,
+    targets: Vec<(Destination, u32)>,
     total_weight: u32,
-    /// What happens on the way to the destination: timeout and retries.
+    /// What happens on the way to the destination.
     pub behaviour: RouteBehaviour,
 }
 
-/// The per-route settings applied around sending the request (VirtualService `timeout`,
-/// `retries`).
+/// One weighted destination of a rule, with its own header operations (applied after the
+/// rule's, so a destination's `set` wins).
+#[derive(Debug)]
+pub struct Destination {
+    /// Where it sends.
+    pub target: Target,
+    /// `headers.request` of the destination.
+    pub request_headers: HeaderOps,
+    /// `headers.response` of the destination.
+    pub response_headers: HeaderOps,
+}
+
+/// A rule chosen for a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Selected<'a> {
+    /// The rule.
+    pub route: &'a Route,
+    /// Its destination picked by weight; `None` for a redirect or direct response.
+    pub destination: Option<&'a Destination>,
+    /// How much of the path a `rewrite.uri` replaces (see
+    /// [`RequestMatch::rewrite_prefix_len`]).
+    pub prefix_len: Option<usize>,
+}
+
+/// The per-route settings applied around sending the request.
 #[derive(Debug, Clone, Default)]
 pub struct RouteBehaviour {
     /// The whole request's deadline, retries and backoff included (`timeout`; Istio's
@@ -260,6 +306,18 @@ pub struct RouteBehaviour {
     pub timeout: Option<std::time::Duration>,
     /// `retries`: Istio's default policy when the route has none, `None` for `attempts: 0`.
     pub retry: Option<RetryPolicy>,
+    /// `fault`.
+    pub fault: Option<Fault>,
+    /// `headers.request` of the rule.
+    pub request_headers: HeaderOps,
+    /// `headers.response` of the rule.
+    pub response_headers: HeaderOps,
+    /// `rewrite`.
+    pub rewrite: Option<Rewrite>,
+    /// `redirect` or `directResponse`: the rule answers itself.
+    pub terminal: Option<Terminal>,
+    /// `mirror` and its share of requests.
+    pub mirror: Option<(Target, PerMillion)>,
 }
 
 impl RouteBehaviour {
@@ -268,17 +326,34 @@ impl RouteBehaviour {
         Self {
             timeout: None,
             retry: RetryPolicy::from_proto(None, false),
+            ..Self::default()
         }
     }
 
-    fn compile(r: &v1::HttpRoute) -> Self {
-        Self {
+    fn compile(
+        r: &v1::HttpRoute,
+        name: &str,
+        port: u16,
+        resolver: &dyn ResolveDestination,
+    ) -> Result<Self, RouteError> {
+        Ok(Self {
             timeout: r
                 .timeout
                 .and_then(|d| std::time::Duration::try_from(d).ok())
                 .filter(|d| !d.is_zero()),
             retry: RetryPolicy::from_proto(r.retries.as_ref(), false),
-        }
+            fault: Fault::compile(r.fault.as_ref()),
+            request_headers: HeaderOps::compile(r.request_headers.as_ref(), name)?,
+            response_headers: HeaderOps::compile(r.response_headers.as_ref(), name)?,
+            rewrite: Rewrite::compile(r.rewrite.as_ref(), name)?,
+            terminal: Terminal::compile(r),
+            mirror: r.mirror.as_ref().and_then(|m| {
+                let share = PerMillion::from_percent(m.percentage);
+                let dest = m.destination.as_ref()?;
+                (share != PerMillion::from_percent(0.0))
+                    .then(|| (resolver.resolve(dest, port), share))
+            }),
+        })
     }
 }
 
@@ -306,15 +381,22 @@ impl Route {
             .iter()
             .map(|m| RequestMatch::compile(m, &name))
             .collect::<Result<Vec<_>, _>>()?;
+        let destination = |d: &v1::WeightedDestination| {
+            Ok::<_, RouteError>(Destination {
+                target: resolver.resolve(d, port),
+                request_headers: HeaderOps::compile(d.request_headers.as_ref(), &name)?,
+                response_headers: HeaderOps::compile(d.response_headers.as_ref(), &name)?,
+            })
+        };
         // One destination gets everything whatever its weight; several keep only weight > 0.
-        let targets: Vec<(Target, u32)> = if r.route.len() == 1 {
-            vec![(resolver.resolve(&r.route[0], port), 1)]
+        let targets: Vec<(Destination, u32)> = if r.route.len() == 1 {
+            vec![(destination(&r.route[0])?, 1)]
         } else {
             r.route
                 .iter()
                 .filter(|d| d.weight > 0)
-                .map(|d| (resolver.resolve(d, port), d.weight))
-                .collect()
+                .map(|d| Ok((destination(d)?, d.weight)))
+                .collect::<Result<_, RouteError>>()?
         };
         if !r.route.is_empty() && targets.is_empty() {
             return Err(RouteError::ZeroWeights(name.to_string()));
@@ -326,17 +408,18 @@ impl Route {
                 tracing::warn!(route = %name, ?unknown, "retryOn conditions not supported; ignored");
             }
         }
+        let behaviour = RouteBehaviour::compile(r, &name, port, resolver)?;
         Ok(Self {
             name,
             matches,
             targets,
             total_weight,
-            behaviour: RouteBehaviour::compile(r),
+            behaviour,
         })
     }
 
     /// Picks a destination by weight; `roll` is uniform in `0..total_weight`.
-    fn pick(&self, roll: u32) -> Option<&Target> {
+    fn pick(&self, roll: u32) -> Option<&Destination> {
         let mut left = roll;
         for (t, w) in &self.targets {
             if left < *w {
@@ -376,17 +459,32 @@ impl RouteTable {
     }
 
     /// The first matching rule and its destination, picked by weight; `None` when no rule
-    /// matches.
-    pub fn select(&self, req: Head<'_>, authority: &str, port: u16) -> Option<(&Route, &Target)> {
-        let route = self.routes.iter().find(|r| {
-            r.matches.is_empty() || r.matches.iter().any(|m| m.matches(req, authority, port))
+    /// matches (or the matching one has no destination and does not answer itself).
+    pub fn select(&self, req: Head<'_>, authority: &str, port: u16) -> Option<Selected<'_>> {
+        let (route, matched) = self.routes.iter().find_map(|r| {
+            if r.matches.is_empty() {
+                return Some((r, None));
+            }
+            let m = r.matches.iter().find(|m| m.matches(req, authority, port))?;
+            Some((r, Some(m)))
         })?;
+        let prefix_len = matched.map_or(Some(1), RequestMatch::rewrite_prefix_len);
+        if route.behaviour.terminal.is_some() {
+            return Some(Selected {
+                route,
+                destination: None,
+                prefix_len,
+            });
+        }
         if route.total_weight == 0 {
             return None;
         }
-        route
-            .pick(fastrand::u32(..route.total_weight))
-            .map(|t| (route, t))
+        let destination = route.pick(fastrand::u32(..route.total_weight))?;
+        Some(Selected {
+            route,
+            destination: Some(destination),
+            prefix_len,
+        })
     }
 }
 
@@ -413,8 +511,8 @@ mod tests {
         }
     }
 
-    fn chosen(t: Option<(&Route, &Target)>) -> String {
-        match t.map(|(_, t)| t) {
+    fn chosen(t: Option<Selected<'_>>) -> String {
+        match t.and_then(|s| s.destination).map(|d| &d.target) {
             Some(Target::Missing(n)) => n.to_string(),
             Some(Target::Cluster(c)) => c.name.to_string(),
             None => "none".into(),

@@ -23,6 +23,7 @@ mod control_mesh;
 mod control_outage;
 mod control_push;
 mod control_resilience;
+mod control_routing;
 mod failures;
 mod http1;
 mod hygiene;
