@@ -219,7 +219,39 @@ impl Checker<'_> {
 
     // ----- VirtualService -------------------------------------------------------------------
 
+    /// The rate-limit annotations of `r`: valid values, and (on a VirtualService) route names
+    /// that exist.
+    fn rate_limit_annotations(&mut self, r: &Resource, route_names: Option<&[Option<String>]>) {
+        use crate::model::rate_limit::{
+            DESTINATION_ANNOTATION, LocalRateLimit, ROUTE_ANNOTATION_PREFIX,
+        };
+        for (key, value) in &r.meta.annotations {
+            let field = format!("metadata.annotations[\"{key}\"]");
+            let applies = match route_names {
+                None => key == DESTINATION_ANNOTATION,
+                Some(names) => match key.strip_prefix(ROUTE_ANNOTATION_PREFIX) {
+                    None => false,
+                    Some(route) => {
+                        if !names.iter().any(|n| n.as_deref() == Some(route)) {
+                            self.error(
+                                r,
+                                field.clone(),
+                                format!("no http route is named `{route}`"),
+                            );
+                        }
+                        true
+                    }
+                },
+            };
+            if applies && let Err(e) = value.parse::<LocalRateLimit>() {
+                self.error(r, field, e.to_string());
+            }
+        }
+    }
+
     fn virtual_service(&mut self, r: &Resource, vs: &VirtualService) {
+        let names: Vec<Option<String>> = vs.http.iter().map(|h| h.name.clone()).collect();
+        self.rate_limit_annotations(r, Some(&names));
         if vs.hosts.is_empty() {
             self.error(r, "spec.hosts", "a VirtualService needs at least one host");
         }
@@ -496,6 +528,7 @@ impl Checker<'_> {
     // ----- DestinationRule ------------------------------------------------------------------
 
     fn destination_rule(&mut self, r: &Resource, dr: &DestinationRule) {
+        self.rate_limit_annotations(r, None);
         if dr.host.trim().is_empty() {
             self.error(r, "spec.host", "a DestinationRule needs a host");
         }
@@ -1024,6 +1057,45 @@ mod tests {
             .unwrap();
         assert_eq!(dr.spec.subsets.len(), 3);
         assert_eq!(set.peer_authentications_in("bookinfo").count(), 1);
+    }
+
+    #[test]
+    fn rate_limit_annotations_must_parse_and_name_a_route() {
+        let annotated = |kind: &str, annotation: &str, spec: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: {kind}\nmetadata:\n  name: r\n  \
+                 namespace: default\n  annotations: {{{annotation}}}\nspec: {spec}\n"
+            )
+        };
+        expect_no_error(&[annotated(
+            "DestinationRule",
+            "ratelimit.meshlite.io/local: 'maxTokens=10,fillInterval=1s'",
+            "{host: r}",
+        )]);
+        let p = expect_error(
+            &[annotated(
+                "DestinationRule",
+                "ratelimit.meshlite.io/local: 'maxTokens=0,fillInterval=1s'",
+                "{host: r}",
+            )],
+            "metadata.annotations[\"ratelimit.meshlite.io/local\"]",
+        );
+        assert!(p.message.contains("at least 1"), "{}", p.message);
+        let route = "{hosts: [r], http: [{name: api, route: [{destination: {host: r}}]}]}";
+        expect_no_error(&[annotated(
+            "VirtualService",
+            "ratelimit.meshlite.io/local.api: 'maxTokens=1,fillInterval=1m'",
+            route,
+        )]);
+        let p = expect_error(
+            &[annotated(
+                "VirtualService",
+                "ratelimit.meshlite.io/local.web: 'maxTokens=1,fillInterval=1m'",
+                route,
+            )],
+            "metadata.annotations[\"ratelimit.meshlite.io/local.web\"]",
+        );
+        assert!(p.message.contains("no http route is named `web`"));
     }
 
     #[test]

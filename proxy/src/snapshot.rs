@@ -20,6 +20,7 @@ use crate::identity::spiffe::SpiffeId;
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP1, Identity, IdentityError};
 use crate::resilience::breaker::Breakers;
 use crate::resilience::outlier::{Change, Detector, HostHealth, OutlierConfig};
+use crate::resilience::rate_limit::TokenBucket;
 use crate::resilience::retry::RetryBudget;
 use crate::route::{ResolveDestination, RouteError, RouteTable, Target};
 use crate::telemetry::metrics::{ClusterStats, Label, Metrics};
@@ -190,6 +191,9 @@ pub struct Cluster {
     pub stats: ClusterStats,
     /// Keeps retries within a share of requests (shared across snapshots by name).
     pub retry_budget: Arc<RetryBudget>,
+    /// The host's local rate limit (`ratelimit.meshlite.io/local` on its DestinationRule),
+    /// shared by the host's clusters.
+    pub rate_limit: Option<Arc<TokenBucket>>,
     /// How HTTP travels to the endpoints.
     pub upstream: UpstreamProtocol,
     /// HTTP/1.1 pool (http1 mode).
@@ -727,6 +731,8 @@ struct Reuse {
     breakers: HashMap<Label, crate::resilience::breaker::Counts>,
     /// Retry budgets by cluster name.
     budgets: HashMap<Label, Arc<RetryBudget>>,
+    /// Local rate limits by host FQDN (destination) or route key.
+    rate_limits: HashMap<String, Arc<TokenBucket>>,
     /// Outlier state by cluster name and endpoint address.
     health: HashMap<(Label, SocketAddr), Arc<HostHealth>>,
 }
@@ -751,6 +757,11 @@ impl Reuse {
             r.budgets
                 .entry(c.name.clone())
                 .or_insert_with(|| c.retry_budget.clone());
+            if let Some(b) = &c.rate_limit {
+                r.rate_limits
+                    .entry(c.labels.fqdn.to_string())
+                    .or_insert_with(|| b.clone());
+            }
             if let Some(d) = &c.outlier {
                 for (e, h) in c.endpoints.iter().zip(d.hosts()) {
                     r.health
@@ -764,7 +775,25 @@ impl Reuse {
                     .or_insert_with(|| x.client.clone());
             }
         }
+        for table in prev
+            .hosts
+            .values()
+            .flatten()
+            .filter_map(|hp| hp.routes.as_ref())
+        {
+            for (key, bucket) in table.rate_limits() {
+                r.rate_limits.insert(key.to_string(), bucket.clone());
+            }
+        }
         r
+    }
+
+    /// The bucket for `key` limited by `limit`: the previous one if it is the same limit.
+    fn rate_limit(&self, key: &str, limit: &v1::LocalRateLimit) -> Option<Arc<TokenBucket>> {
+        match self.rate_limits.get(key) {
+            Some(b) if b.is(limit) => Some(b.clone()),
+            _ => TokenBucket::new(limit, std::time::Instant::now()).map(Arc::new),
+        }
     }
 }
 
@@ -782,11 +811,20 @@ impl Snapshot {
     ) -> Result<Self, SnapshotError> {
         let local = Arc::new(local_workload(cfg, identity));
         let reuse = Reuse::from(prev);
+        let destination_limits: HashMap<String, Arc<TokenBucket>> = view
+            .policies
+            .iter()
+            .filter_map(|(fqdn, p)| {
+                let limit = p.local_rate_limit.as_ref()?;
+                Some((fqdn.clone(), reuse.rate_limit(fqdn, limit)?))
+            })
+            .collect();
         let builder = ClusterBuilder {
             cfg,
             identity,
             metrics,
             reuse: &reuse,
+            destination_limits: &destination_limits,
         };
         let mut hosts: HashMap<Box<str>, Vec<Arc<HostPort>>> = HashMap::new();
         let mut clusters = Vec::with_capacity(view.services.len());
@@ -836,6 +874,7 @@ impl Snapshot {
         let resolver = Resolver {
             by_fqdn: &by_fqdn,
             subsets: &subsets,
+            reuse: &reuse,
         };
         for (fqdn, entries) in &by_fqdn {
             for (cluster, svc) in entries {
@@ -998,6 +1037,8 @@ struct ClusterBuilder<'a> {
     identity: &'a Arc<Identity>,
     metrics: &'a Metrics,
     reuse: &'a Reuse,
+    /// Destination rate limits by host FQDN, shared by the host's clusters.
+    destination_limits: &'a HashMap<String, Arc<TokenBucket>>,
 }
 
 impl ClusterBuilder<'_> {
@@ -1105,6 +1146,7 @@ impl ClusterBuilder<'_> {
         }
         let retry_budget = self.reuse.budgets.get(&name).cloned().unwrap_or_default();
         let cluster = Arc::new(Cluster {
+            rate_limit: self.destination_limits.get(&fqdn).cloned(),
             retry_budget,
             breakers,
             outlier,
@@ -1166,9 +1208,14 @@ impl ClusterBuilder<'_> {
 struct Resolver<'a> {
     by_fqdn: &'a HashMap<String, Vec<(Arc<Cluster>, &'a ServiceSpec)>>,
     subsets: &'a HashMap<(String, u16, String), Arc<Cluster>>,
+    reuse: &'a Reuse,
 }
 
 impl ResolveDestination for Resolver<'_> {
+    fn rate_limit(&self, key: &str, limit: &v1::LocalRateLimit) -> Option<Arc<TokenBucket>> {
+        self.reuse.rate_limit(key, limit)
+    }
+
     fn resolve(&self, dest: &v1::WeightedDestination, request_port: u16) -> Target {
         let missing = || {
             Target::Missing(Arc::from(format!(

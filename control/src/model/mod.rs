@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod destination_rule;
 mod duration;
+pub mod rate_limit;
 mod security;
 mod service_entry;
 mod set;

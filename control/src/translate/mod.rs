@@ -236,6 +236,17 @@ fn share(new: &ResourceMap, prev: &ResourceMap) -> ResourceMap {
 }
 
 /// An Istio duration as the protobuf `Duration` the resources carry.
+/// The token bucket an annotation value sets; `None` when absent or invalid (validation
+/// refuses a config carrying an invalid one before it gets here).
+fn local_rate_limit(value: Option<&String>) -> Option<v1::LocalRateLimit> {
+    let l: crate::model::rate_limit::LocalRateLimit = value?.parse().ok()?;
+    Some(v1::LocalRateLimit {
+        max_tokens: l.max_tokens,
+        tokens_per_fill: l.tokens_per_fill,
+        fill_interval: Some(duration(&l.fill_interval)),
+    })
+}
+
 fn duration(d: &crate::model::IstioDuration) -> prost_types::Duration {
     let std = d.as_std();
     prost_types::Duration {

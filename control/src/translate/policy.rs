@@ -133,6 +133,11 @@ pub fn destination(dr: &Named<DestinationRule>, host: &str) -> v1::DestinationPo
             })
             .collect(),
         origin: dr.key(),
+        local_rate_limit: super::local_rate_limit(
+            dr.meta
+                .annotations
+                .get(crate::model::rate_limit::DESTINATION_ANNOTATION),
+        ),
     }
 }
 

@@ -117,7 +117,12 @@ fn caller_qualifies(m: &HttpMatchRequest, caller: Option<&Workload>) -> bool {
             .is_none_or(|ns| *ns == w.namespace)
 }
 
-fn route(r: &HttpRoute, ns: &str, caller: Option<&Workload>) -> Option<v1::HttpRoute> {
+fn route(
+    r: &HttpRoute,
+    ns: &str,
+    caller: Option<&Workload>,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Option<v1::HttpRoute> {
     let matches: Vec<v1::HttpMatch> = r
         .matches
         .iter()
@@ -217,6 +222,12 @@ fn route(r: &HttpRoute, ns: &str, caller: Option<&Workload>) -> Option<v1::HttpR
             destination: Some(destination(m, ns, 100)),
             percentage: r.mirror_percentage.map(|p| p.value).unwrap_or(100.0),
         }),
+        local_rate_limit: r.name.as_ref().and_then(|name| {
+            super::local_rate_limit(annotations.get(&format!(
+                "{}{name}",
+                crate::model::rate_limit::ROUTE_ANNOTATION_PREFIX
+            )))
+        }),
     })
 }
 
@@ -228,7 +239,7 @@ pub fn table(vs: &Named<VirtualService>, host: &str, caller: Option<&Workload>) 
             .spec
             .http
             .iter()
-            .filter_map(|r| route(r, &vs.meta.namespace, caller))
+            .filter_map(|r| route(r, &vs.meta.namespace, caller, &vs.meta.annotations))
             .collect(),
         origin: vs.key(),
     }

@@ -53,6 +53,9 @@ pub enum ProxyError {
     /// One attempt's `perTryTimeout` expired (Envoy `UT`, 504, when it is the last).
     #[error("upstream per-try timeout")]
     PerTryTimeout,
+    /// A local rate limit refused the request (Envoy `RL`, 429).
+    #[error("local_rate_limited")]
+    RateLimited,
     /// The upstream refused the stream before processing it (HTTP/2 `REFUSED_STREAM`).
     #[error("upstream refused the stream: {0}")]
     RefusedStream(String),
@@ -112,6 +115,7 @@ impl ProxyError {
             | ProxyError::RefusedStream(_)
             | ProxyError::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout | ProxyError::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -125,6 +129,7 @@ impl ProxyError {
             ProxyError::UpstreamTerminated(_) | ProxyError::UpgradeRefused => "UC",
             ProxyError::UpstreamReset(_) | ProxyError::RefusedStream(_) => "UR",
             ProxyError::Timeout | ProxyError::PerTryTimeout => "UT",
+            ProxyError::RateLimited => "RL",
             ProxyError::NoHealthyUpstream(_) => "UH",
             ProxyError::NoCluster(_) => "NC",
             ProxyError::Overflow(_) => "UO",

@@ -168,6 +168,16 @@ async fn route_request(
             };
         }
     }
+    // Local rate limits: the rule's, then the destination host's.
+    let now = std::time::Instant::now();
+    let limited = b.rate_limit.as_ref().is_some_and(|(_, l)| !l.try_take(now))
+        || routed
+            .cluster
+            .and_then(|c| c.rate_limit.as_ref())
+            .is_some_and(|l| !l.try_take(now));
+    if limited {
+        return Dispatched::failed(ProxyError::RateLimited);
+    }
     if let Some(t) = &b.terminal {
         let authority = request_authority(&req).unwrap_or_default();
         let resp = action::terminal_response(t, req.uri(), authority);

@@ -4,4 +4,5 @@
 
 pub mod breaker;
 pub mod outlier;
+pub mod rate_limit;
 pub mod retry;

@@ -15,6 +15,7 @@ use action::{Fault, HeaderOps, PerMillion, Rewrite, Terminal};
 
 use meshlite_xds_proto::v1;
 
+use crate::resilience::rate_limit::TokenBucket;
 use crate::resilience::retry::RetryPolicy;
 use crate::snapshot::Cluster;
 
@@ -318,6 +319,8 @@ pub struct RouteBehaviour {
     pub terminal: Option<Terminal>,
     /// `mirror` and its share of requests.
     pub mirror: Option<(Target, PerMillion)>,
+    /// The route's local rate limit, with its key (`<origin>/<route>:<port>`) for reuse.
+    pub rate_limit: Option<(Box<str>, Arc<TokenBucket>)>,
 }
 
 impl RouteBehaviour {
@@ -333,10 +336,17 @@ impl RouteBehaviour {
     fn compile(
         r: &v1::HttpRoute,
         name: &str,
+        origin: &str,
         port: u16,
         resolver: &dyn ResolveDestination,
     ) -> Result<Self, RouteError> {
+        let rate_limit = r.local_rate_limit.as_ref().and_then(|l| {
+            let key: Box<str> = format!("{origin}/{name}:{port}").into();
+            let bucket = resolver.rate_limit(&key, l)?;
+            Some((key, bucket))
+        });
         Ok(Self {
+            rate_limit,
             timeout: r
                 .timeout
                 .and_then(|d| std::time::Duration::try_from(d).ok())
@@ -361,6 +371,13 @@ impl RouteBehaviour {
 pub trait ResolveDestination {
     /// The cluster for `host`, `port` (0 = the only or the request's port) and `subset`.
     fn resolve(&self, dest: &v1::WeightedDestination, request_port: u16) -> Target;
+
+    /// The token bucket for the route `key` limited by `limit`: the previous snapshot's when
+    /// it had the same one (a push does not refill it), else a new, full one.
+    fn rate_limit(&self, key: &str, limit: &v1::LocalRateLimit) -> Option<Arc<TokenBucket>> {
+        let _ = key;
+        TokenBucket::new(limit, std::time::Instant::now()).map(Arc::new)
+    }
 }
 
 impl Route {
@@ -368,6 +385,7 @@ impl Route {
     pub fn compile(
         index: usize,
         r: &v1::HttpRoute,
+        origin: &str,
         port: u16,
         resolver: &dyn ResolveDestination,
     ) -> Result<Self, RouteError> {
@@ -408,7 +426,7 @@ impl Route {
                 tracing::warn!(route = %name, ?unknown, "retryOn conditions not supported; ignored");
             }
         }
-        let behaviour = RouteBehaviour::compile(r, &name, port, resolver)?;
+        let behaviour = RouteBehaviour::compile(r, &name, origin, port, resolver)?;
         Ok(Self {
             name,
             matches,
@@ -440,6 +458,14 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// The route rate limits, by key (handed to the next snapshot).
+    pub fn rate_limits(&self) -> impl Iterator<Item = (&str, &Arc<TokenBucket>)> {
+        self.routes
+            .iter()
+            .filter_map(|r| r.behaviour.rate_limit.as_ref())
+            .map(|(k, b)| (&**k, b))
+    }
+
     /// Compiles a VirtualService's rules for one service port.
     pub fn compile(
         table: &v1::RouteTable,
@@ -450,7 +476,7 @@ impl RouteTable {
             .http
             .iter()
             .enumerate()
-            .map(|(i, r)| Route::compile(i, r, port, resolver))
+            .map(|(i, r)| Route::compile(i, r, &table.origin, port, resolver))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             origin: Arc::from(table.origin.as_str()),

@@ -372,3 +372,71 @@ async fn a_route_timeout_answers_504_ut_and_istios_default_does_not_retry_a_503(
     assert_eq!(app.requests() - before, 1, "not retried");
     app.open_gate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_rate_limits_on_a_destination_and_a_route_answer_429_rl_over_the_bucket() {
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+              metadata:\n  name: echo\n  namespace: default\n  annotations:\n    \
+              ratelimit.meshlite.io/local: maxTokens=6,tokensPerFill=1,fillInterval=1h\n\
+              spec: {host: echo}\n";
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+              metadata:\n  name: echo\n  namespace: default\n  annotations:\n    \
+              ratelimit.meshlite.io/local.small: maxTokens=2,fillInterval=1h\n\
+              spec:\n  hosts: [echo]\n  http:\n  \
+              - {name: small, match: [{uri: {prefix: /small}}], route: [{destination: {host: echo}}]}\n  \
+              - {route: [{destination: {host: echo}}]}\n";
+    let (control, app, _server, client) = one_backend(&[]).await;
+    // `one_backend` spent requests finding the backend: the rules come only now.
+    control.write_config("echo-dr.yaml", dr);
+    control.write_config("echo-vs.yaml", vs);
+    let status = async |path: &str| {
+        try_get(client.outbound(), ECHO_HOST, path)
+            .await
+            .expect("response")
+            .status
+            .as_u16()
+    };
+    // Wait for the route limit to be in force (the route bucket is the smaller).
+    let deadline = Instant::now() + SOON;
+    while status("/small").await != 429 {
+        assert!(Instant::now() < deadline, "the rate limit never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = app.requests();
+    let small: Vec<u16> = [status("/small").await, status("/small").await].into();
+    assert_eq!(small, [429, 429], "the route's bucket stays empty");
+    // The destination's bucket of 6 is shared by every route to the host; the /small
+    // requests that got through took some.
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(status("/").await);
+    }
+    let passed = statuses.iter().filter(|s| **s == 200).count() as u64;
+    assert!(
+        passed < 6 && statuses.ends_with(&[429, 429]),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        app.requests() - before,
+        passed,
+        "refused requests never left"
+    );
+    let rl = client
+        .metric(
+            "istio_requests_total",
+            &[("response_code", "429"), ("response_flags", "RL")],
+        )
+        .await;
+    assert!(rl >= 4.0, "429 RL counted: {rl}");
+    // A push lifting the limits takes effect.
+    control.write_config(
+        "echo-dr.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {name: echo, namespace: default}\nspec: {host: echo}\n",
+    );
+    let deadline = Instant::now() + SOON;
+    while status("/").await != 200 {
+        assert!(Instant::now() < deadline, "lifting the limit never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
