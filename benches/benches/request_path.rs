@@ -4,6 +4,11 @@
 //! - `headers`: the hygiene every request gets (hop-by-hop removal, request id);
 //! - `balance`: one endpoint pick among 100 (each algorithm, equal and mixed weights, with
 //!   the request hash precomputed; the aim is under 1 µs);
+//! - `resilience`: the per-request checks of circuit breaking (a breaker slot taken and given
+//!   back), outlier detection (a success reported), the retry budget (a deposit), a local
+//!   rate limit (a token taken) and the retry decision;
+//! - `vs-route`: choosing a rule in a VirtualService of 10 header/prefix rules (the last one
+//!   matching), with a weighted 90/10 destination;
 //! - `request`: one full HTTP/1.1 request through a real client sidecar, mutual TLS and a real
 //!   server sidecar to an app, all in this process on loopback (the proxies' whole service
 //!   stack, without process or scheduler noise from separate binaries).
@@ -212,12 +217,138 @@ fn balance(c: &mut Criterion) {
     group.finish();
 }
 
+fn resilience(c: &mut Criterion) {
+    use meshlite_proxy::resilience::breaker::Limit;
+    use meshlite_proxy::resilience::outlier::{Detector, OutlierConfig};
+    use meshlite_proxy::resilience::rate_limit::TokenBucket;
+    use meshlite_proxy::resilience::retry::{Outcome, RetryBudget, RetryPolicy};
+    use meshlite_xds_proto::v1;
+    use std::time::{Duration, Instant};
+    let mut group = c.benchmark_group("resilience");
+    let limit = Limit::new(1024, Arc::default());
+    group.bench_function("breaker-acquire-release", |b| {
+        b.iter(|| black_box(limit.try_acquire()))
+    });
+    let detector = Detector::new(
+        OutlierConfig::from_proto(&v1::OutlierDetection {
+            consecutive_5xx_errors: 5,
+            ..Default::default()
+        }),
+        (0..100).map(|_| Arc::default()).collect(),
+    );
+    let now = Instant::now();
+    let mut i = 0usize;
+    group.bench_function("outlier-report-success/100", |b| {
+        b.iter(|| {
+            i = (i + 1) % 100;
+            black_box(detector.report(i, 200, now))
+        })
+    });
+    let budget = RetryBudget::default();
+    group.bench_function("retry-budget-deposit", |b| {
+        b.iter(|| budget.deposit(black_box(now)))
+    });
+    let bucket = TokenBucket::new(
+        &v1::LocalRateLimit {
+            max_tokens: u32::MAX,
+            tokens_per_fill: u32::MAX,
+            fill_interval: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+        },
+        now,
+    )
+    .expect("bucket");
+    group.bench_function("rate-limit-take", |b| {
+        b.iter(|| black_box(bucket.try_take(now + Duration::from_millis(1))))
+    });
+    let policy = RetryPolicy::istio_default(false);
+    let outcome = Outcome::Response {
+        status: 200,
+        grpc_status: None,
+    };
+    group.bench_function("retry-decision", |b| {
+        b.iter(|| black_box(policy.retriable(black_box(&outcome))))
+    });
+    group.finish();
+}
+
+fn vs_route(c: &mut Criterion) {
+    use meshlite_proxy::route::{Head, ResolveDestination, RouteTable, Target};
+    use meshlite_xds_proto::v1;
+    struct ByName;
+    impl ResolveDestination for ByName {
+        fn resolve(&self, dest: &v1::WeightedDestination, _port: u16) -> Target {
+            Target::Missing(Arc::from(dest.subset.as_str()))
+        }
+    }
+    let header_rule = |i: usize| v1::HttpRoute {
+        matches: vec![v1::HttpMatch {
+            headers: [(
+                "x-user-type".to_string(),
+                v1::StringMatch {
+                    kind: Some(v1::string_match::Kind::Exact(format!("tier-{i}"))),
+                },
+            )]
+            .into(),
+            uri: Some(v1::StringMatch {
+                kind: Some(v1::string_match::Kind::Prefix(format!("/api/{i}"))),
+            }),
+            ..Default::default()
+        }],
+        route: vec![v1::WeightedDestination {
+            host: "reviews".into(),
+            subset: format!("v{i}"),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut http: Vec<v1::HttpRoute> = (0..9).map(header_rule).collect();
+    http.push(v1::HttpRoute {
+        route: vec![
+            v1::WeightedDestination {
+                host: "reviews".into(),
+                subset: "v1".into(),
+                weight: 90,
+                ..Default::default()
+            },
+            v1::WeightedDestination {
+                host: "reviews".into(),
+                subset: "v2".into(),
+                weight: 10,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    });
+    let table = RouteTable::compile(
+        &v1::RouteTable {
+            hostname: "reviews".into(),
+            http,
+            origin: "default/reviews".into(),
+        },
+        9080,
+        &ByName,
+    )
+    .expect("route table");
+    let req = Request::get("/api/products")
+        .header("x-user-type", "regular")
+        .body(())
+        .expect("request");
+    c.bench_function("vs-route/10-rules-last-matches", |b| {
+        b.iter(|| black_box(table.select(Head::of(&req), "reviews:9080", 9080).is_some()))
+    });
+}
+
 fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki::generate(dir.path()).expect("certificates");
     route(c, dir.path(), &pki);
     header_rewrite(c);
     balance(c);
+    resilience(c);
+    vs_route(c);
     full_request(c, dir.path(), &pki);
 }
 
