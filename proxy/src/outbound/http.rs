@@ -429,10 +429,16 @@ async fn attempts(
     mut log: Option<&mut AccessLogEntry>,
     held: &mut Held,
 ) -> Dispatched {
-    let hash = cluster
-        .hash_on
-        .as_ref()
-        .and_then(|h| h.hash(&req, conn.remote.ip()));
+    // The request's hash; a hashing cookie it lacks is issued when the rule gives it a TTL.
+    let (hash, issued) = match cluster.hash_on.as_ref() {
+        None => (None, None),
+        Some(h) => match h.hash(&req, conn.remote.ip()) {
+            Some(hash) => (Some(hash), None),
+            None => h
+                .issue_cookie()
+                .map_or((None, None), |(hash, c)| (Some(hash), Some(c))),
+        },
+    };
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let policy = retry.filter(|p| p.num_retries > 0 && !upgrade);
     let mut req = req;
@@ -501,7 +507,13 @@ async fn attempts(
             }
         };
         let done = |flag| Dispatched {
-            result: result.map(|resp| (resp, Some(endpoint.clone()))),
+            result: result.map(|mut resp| {
+                if let Some(cookie) = &issued {
+                    resp.headers_mut()
+                        .append(header::SET_COOKIE, cookie.clone());
+                }
+                (resp, Some(endpoint.clone()))
+            }),
             flag,
         };
         let Some(p) = policy.filter(|p| p.retriable(&outcome)) else {

@@ -99,3 +99,72 @@ async fn consistent_hash_on_a_header_keeps_each_user_on_one_backend() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hashing_cookie_is_issued_when_absent_and_keeps_the_client_on_one_backend() {
+    let control = ControlPlane::start(&[(
+        RULE_FILE,
+        &rule("{consistentHash: {httpCookie: {name: lb, path: /, ttl: 3600s}}}"),
+    )])
+    .await;
+    let (a, b) = (
+        HttpApp::start("echo-a").await,
+        HttpApp::start("echo-b").await,
+    );
+    let access = control.access(NAMESPACE, "echo").await;
+    let (wa, wb) = (
+        Workload::version_of("echo", "a", ECHO_PORT, a.addr),
+        Workload::version_of("echo", "b", ECHO_PORT, b.addr),
+    );
+    let (_pa, _pb) = tokio::join!(
+        MeshProxy::start(&access, &wa),
+        MeshProxy::start(&access, &wb)
+    );
+    let client = MeshProxy::start(
+        &control.access(NAMESPACE, "client").await,
+        &Workload::new("client"),
+    )
+    .await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-b", SOON).await;
+
+    let mut conn = Http1Client::connect(client.outbound()).await;
+    let mut apps = HashMap::new();
+    for session in 0..8 {
+        let first = conn
+            .exchange(
+                h1_request("GET", ECHO_HOST, "/")
+                    .body(empty())
+                    .expect("request"),
+            )
+            .await;
+        let set = first
+            .header("set-cookie")
+            .expect("a cookie is issued")
+            .to_string();
+        assert!(
+            set.starts_with("lb=") && set.contains("Max-Age=3600"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().unwrap_or_default().to_string();
+        let served = first.header("x-served-by").unwrap_or_default().to_string();
+        for _ in 0..5 {
+            let again = conn
+                .exchange(
+                    h1_request("GET", ECHO_HOST, "/")
+                        .header("cookie", cookie.as_str())
+                        .body(empty())
+                        .expect("request"),
+                )
+                .await;
+            assert_eq!(
+                again.header("x-served-by"),
+                Some(served.as_str()),
+                "session {session}"
+            );
+            assert!(again.header("set-cookie").is_none(), "not issued twice");
+        }
+        *apps.entry(served).or_insert(0) += 1;
+    }
+    assert!(!apps.is_empty());
+}
