@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::balance::locality::{Locality, LocalitySetting, Placement};
 use crate::config::{Protocol, ProxyConfig, UpstreamProtocol};
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP1, Identity, IdentityError};
@@ -52,6 +53,10 @@ pub struct LocalWorkload {
     pub version: Label,
     /// Value of the peer-metadata header this sidecar sends.
     pub peer_header: HeaderValue,
+    /// Its locality (locality-aware balancing is relative to it).
+    pub locality: Locality,
+    /// Its labels (`failoverPriority` compares them).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A peer workload's labels, learnt from its peer-metadata header.
@@ -178,6 +183,8 @@ pub struct Cluster {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// The algorithm (DestinationRule `loadBalancer`; least request by default).
     policy: crate::balance::Policy,
+    /// Each endpoint's priority and weight (locality, registry weights).
+    placements: Placements,
     /// The endpoints balanced over now and their balancer: all of them, less those outlier
     /// detection ejected. Swapped whole when an ejection starts or ends.
     hosts: arc_swap::ArcSwap<HostSet>,
@@ -248,38 +255,174 @@ impl External {
     }
 }
 
-/// The endpoints a cluster balances over at one moment, with their balancer.
+/// The endpoints a cluster balances over at one moment: by priority (locality failover;
+/// one level without it), each level with its balancer and its share of traffic.
 #[derive(Debug)]
 pub struct HostSet {
+    /// The hosts outlier detection allowed when this was built.
+    allowed: Vec<usize>,
+    levels: Vec<Level>,
+    /// Cumulative traffic percentages of the levels (the last is 100 when any host is up).
+    cumulative: Vec<u32>,
+}
+
+/// One priority level of a [`HostSet`].
+#[derive(Debug)]
+struct Level {
     /// Indices into the cluster's `endpoints`, in order.
     members: Vec<usize>,
-    /// `None` when `members` is empty (503 `UH`).
+    /// `None` when `members` is empty.
     balancer: Option<crate::balance::Balancer>,
 }
 
+/// How a cluster places its endpoints: priority and weight of each (`None`: never used,
+/// e.g. a locality `distribute` leaves out).
+#[derive(Debug, Clone)]
+pub struct Placements(Vec<Option<(Placement, u32)>>);
+
+impl Placements {
+    /// Every endpoint at priority 0 with its own weight.
+    fn flat(endpoints: &[EndpointSpec]) -> Self {
+        Self(
+            endpoints
+                .iter()
+                .map(|e| {
+                    Some((
+                        Placement {
+                            priority: 0,
+                            locality_weight: None,
+                        },
+                        e.weight.max(1),
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    /// Places `endpoints` for the caller `local` under `setting`; a `distribute` weight is
+    /// shared among the endpoints of its locality (Envoy picks the locality by weight, then a
+    /// host in it; spreading the weight over the hosts gives the same shares).
+    fn located(
+        setting: &LocalitySetting,
+        local: &LocalWorkload,
+        endpoints: &[EndpointSpec],
+        failover_on: bool,
+    ) -> Self {
+        let view: Vec<(Locality, &BTreeMap<String, String>)> = endpoints
+            .iter()
+            .map(|e| (e.locality.clone(), &e.labels))
+            .collect();
+        let placed = crate::balance::locality::place(
+            setting,
+            &local.locality,
+            &local.labels,
+            &view,
+            failover_on,
+        );
+        let mut per_locality: HashMap<&Locality, u32> = HashMap::new();
+        for (p, e) in placed.iter().zip(endpoints) {
+            if p.is_some_and(|p| p.locality_weight.is_some()) {
+                *per_locality.entry(&e.locality).or_default() += 1;
+            }
+        }
+        Self(
+            placed
+                .iter()
+                .zip(endpoints)
+                .map(|(p, e)| {
+                    let p = (*p)?;
+                    let weight = match p.locality_weight {
+                        None => e.weight.max(1),
+                        Some(w) => {
+                            let n = per_locality.get(&e.locality).copied().unwrap_or(1).max(1);
+                            (w.saturating_mul(1000) / n)
+                                .max(1)
+                                .saturating_mul(e.weight.max(1))
+                        }
+                    };
+                    Some((p, weight))
+                })
+                .collect(),
+        )
+    }
+}
+
 impl HostSet {
-    /// Builds the balancer over `members` of `endpoints`.
+    /// Builds the levels over `members` (the hosts outlier detection allows) of `endpoints`.
     fn build(
         policy: crate::balance::Policy,
         endpoints: &[Arc<Endpoint>],
-        members: Vec<usize>,
+        placements: &Placements,
+        members: &[usize],
     ) -> Result<Self, crate::balance::BalanceError> {
-        // Endpoint weights are all 1 until the registry carries them.
-        let keys: Vec<crate::balance::Endpoint<'_>> = members
+        let depth = placements
+            .0
             .iter()
-            .filter_map(|&i| endpoints.get(i))
-            .map(|e| crate::balance::Endpoint::new(&e.addr_label, 1))
-            .collect();
-        let balancer = if keys.is_empty() {
-            None
-        } else {
-            Some(crate::balance::Balancer::new(
-                policy,
-                &keys,
-                &mut crate::balance::ThreadRandom,
-            )?)
+            .flatten()
+            .map(|(p, _)| p.priority + 1)
+            .max()
+            .unwrap_or(1) as usize;
+        let mut health = vec![(0usize, 0usize); depth];
+        for (p, _) in placements.0.iter().flatten() {
+            health[p.priority as usize].1 += 1;
+        }
+        let mut by_level: Vec<Vec<usize>> = vec![Vec::new(); depth];
+        for &m in members {
+            if let Some(Some((p, _))) = placements.0.get(m) {
+                by_level[p.priority as usize].push(m);
+                health[p.priority as usize].0 += 1;
+            }
+        }
+        let loads = crate::balance::locality::priority_loads(&health);
+        let mut cumulative = Vec::with_capacity(depth);
+        let mut sum = 0;
+        for l in &loads {
+            sum += l;
+            cumulative.push(sum);
+        }
+        let levels = by_level
+            .into_iter()
+            .map(|members| {
+                let keys: Vec<crate::balance::Endpoint<'_>> = members
+                    .iter()
+                    .filter_map(|&i| {
+                        let weight = placements.0.get(i).copied().flatten().map_or(1, |p| p.1);
+                        endpoints
+                            .get(i)
+                            .map(|e| crate::balance::Endpoint::new(&e.addr_label, weight))
+                    })
+                    .collect();
+                let balancer = if keys.is_empty() {
+                    None
+                } else {
+                    Some(crate::balance::Balancer::new(
+                        policy,
+                        &keys,
+                        &mut crate::balance::ThreadRandom,
+                    )?)
+                };
+                Ok(Level { members, balancer })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            allowed: members.to_vec(),
+            levels,
+            cumulative,
+        })
+    }
+
+    /// The level a request goes to: by its hash when it has one (so consistent hashing
+    /// stays consistent), else at random, in proportion to the levels' loads.
+    fn level(&self, hash: Option<u64>) -> Option<&Level> {
+        if self.levels.len() == 1 {
+            return self.levels.first();
+        }
+        let roll = match hash {
+            Some(h) => (h % 100) as u32,
+            None => fastrand::u32(..100),
         };
-        Ok(Self { members, balancer })
+        let i = self.cumulative.iter().position(|c| roll < *c)?;
+        self.levels.get(i)
     }
 }
 
@@ -289,15 +432,17 @@ impl Cluster {
     /// Returns the endpoint's index in `endpoints` with it, for outlier reports.
     pub fn pick(&self, hash: Option<u64>) -> Option<(usize, Arc<Endpoint>)> {
         let set = self.hosts.load();
-        let balancer = set.balancer.as_ref()?;
+        let level = set.level(hash)?;
+        let balancer = level.balancer.as_ref()?;
         let active = |i: usize| {
-            set.members
+            level
+                .members
                 .get(i)
                 .and_then(|&m| self.endpoints.get(m))
                 .map_or(0, |e| e.active.load(Ordering::Relaxed))
         };
         let i = balancer.pick(hash, &active, &mut crate::balance::ThreadRandom)?;
-        let m = *set.members.get(i)?;
+        let m = *level.members.get(i)?;
         Some((m, self.endpoints.get(m)?.clone()))
     }
 
@@ -339,10 +484,10 @@ impl Cluster {
         self.stats
             .ejections_active
             .set(i64::try_from(detector.ejected_count()).unwrap_or(i64::MAX));
-        if self.hosts.load().members == members {
+        if self.hosts.load().allowed == members {
             return;
         }
-        match HostSet::build(self.policy, &self.endpoints, members) {
+        match HostSet::build(self.policy, &self.endpoints, &self.placements, &members) {
             Ok(set) => self.hosts.store(Arc::new(set)),
             // The same policy already built over a superset; a failure here would be a bug
             // in the balancer, so keep the current set rather than drop traffic.
@@ -458,6 +603,32 @@ impl HashOn {
             crate::balance::hash_key(format!("\"{value}\"").as_bytes()),
             header,
         ))
+    }
+}
+
+/// The pushed `localityLbSetting` as the locality functions take it (none: the mesh
+/// default, failover by region and zone).
+fn locality_setting(l: Option<&v1::load_balancer::LocalityLbSetting>) -> LocalitySetting {
+    let Some(l) = l else {
+        return LocalitySetting::default();
+    };
+    LocalitySetting {
+        distribute: l
+            .distribute
+            .iter()
+            .map(|d| {
+                (
+                    d.from.clone(),
+                    d.to.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                )
+            })
+            .collect(),
+        failover: l
+            .failover
+            .iter()
+            .map(|f| (f.from.clone(), f.to.clone()))
+            .collect(),
+        failover_priority: l.failover_priority.clone(),
     }
 }
 
@@ -660,6 +831,10 @@ pub struct EndpointSpec {
     pub addr: SocketAddr,
     /// Its workload's labels.
     pub labels: BTreeMap<String, String>,
+    /// Its workload's locality.
+    pub locality: Locality,
+    /// Load-balancing weight (1 unless the registry says otherwise).
+    pub weight: u32,
 }
 
 /// Everything about the mesh a snapshot is built from: services with their endpoints,
@@ -698,6 +873,8 @@ impl MeshView {
                     .map(|a| EndpointSpec {
                         addr: *a,
                         labels: BTreeMap::new(),
+                        locality: Locality::default(),
+                        weight: 1,
                     })
                     .collect(),
                 listen: s.listen,
@@ -866,6 +1043,7 @@ impl Snapshot {
             metrics,
             reuse: &reuse,
             destination_limits: &destination_limits,
+            local: &local,
         };
         let mut hosts: HashMap<Box<str>, Vec<Arc<HostPort>>> = HashMap::new();
         let mut clusters = Vec::with_capacity(view.services.len());
@@ -1068,6 +1246,13 @@ fn local_workload(cfg: &ProxyConfig, identity: &Identity) -> LocalWorkload {
         app,
         version: version_label,
         peer_header,
+        locality: cfg
+            .identity
+            .locality
+            .as_deref()
+            .map(Locality::parse)
+            .unwrap_or_default(),
+        labels: cfg.identity.labels.clone(),
     }
 }
 
@@ -1080,6 +1265,8 @@ struct ClusterBuilder<'a> {
     reuse: &'a Reuse,
     /// Destination rate limits by host FQDN, shared by the host's clusters.
     destination_limits: &'a HashMap<String, Arc<TokenBucket>>,
+    /// This workload (locality balancing is relative to it).
+    local: &'a LocalWorkload,
 }
 
 impl ClusterBuilder<'_> {
@@ -1102,6 +1289,7 @@ impl ClusterBuilder<'_> {
         let tls_h2 = self.identity.client_config(allowed.clone(), ALPN_H2)?;
         let tls_http1 = self.identity.client_config(allowed.clone(), ALPN_HTTP1)?;
         let ids = allowed.to_vec();
+        let specs = endpoints;
         let endpoints = endpoints
             .iter()
             .map(|ep| {
@@ -1151,12 +1339,24 @@ impl ClusterBuilder<'_> {
             Some(d) => d.balanced_hosts(),
             None => (0..endpoints.len()).collect(),
         };
-        let hosts = HostSet::build(policy, &endpoints, members).map_err(|source| {
-            SnapshotError::Balance {
-                host: fqdn.clone(),
-                source,
-            }
-        })?;
+        // Locality balancing is on by default in the mesh; `enabled: false` turns it off.
+        let locality = lb.and_then(|l| l.locality_lb_setting.as_ref());
+        let placements = match locality {
+            Some(l) if l.disabled => Placements::flat(specs),
+            _ => Placements::located(
+                &locality_setting(locality),
+                self.local,
+                specs,
+                outlier.is_some(),
+            ),
+        };
+        let hosts =
+            HostSet::build(policy, &endpoints, &placements, &members).map_err(|source| {
+                SnapshotError::Balance {
+                    host: fqdn.clone(),
+                    source,
+                }
+            })?;
         let http1 = match self.reuse.http1.get(&(server_name_str.clone(), ids)) {
             Some(c) => c.clone(),
             None => {
@@ -1193,6 +1393,7 @@ impl ClusterBuilder<'_> {
             outlier,
             stats,
             policy,
+            placements,
             hosts: arc_swap::ArcSwap::from_pointee(hosts),
             port: svc.port,
             protocol: svc.protocol,
@@ -1391,11 +1592,37 @@ mod tests {
     }
 
     #[test]
+    fn a_request_goes_to_a_priority_level_in_proportion_to_its_load() {
+        let set = HostSet {
+            allowed: vec![0, 1],
+            levels: vec![
+                Level {
+                    members: vec![0],
+                    balancer: None,
+                },
+                Level {
+                    members: vec![1],
+                    balancer: None,
+                },
+            ],
+            cumulative: vec![70, 100],
+        };
+        let first = |h: u64| set.level(Some(h)).map(|l| l.members[0]);
+        assert_eq!(first(69), Some(0));
+        assert_eq!(first(70), Some(1));
+        assert_eq!(first(199), Some(1), "hash modulo 100");
+        let to_first = (0..10_000)
+            .filter(|_| set.level(None).is_some_and(|l| l.members[0] == 0))
+            .count();
+        assert!((6_500..7_500).contains(&to_first), "{to_first}");
+    }
+
+    #[test]
     fn a_port_level_or_subset_load_balancer_wins_and_none_means_least_request() {
         use crate::balance::Policy;
         let lb = |simple: v1::load_balancer::Simple| v1::LoadBalancer {
             simple: simple as i32,
-            consistent_hash: None,
+            ..Default::default()
         };
         let tp = v1::TrafficPolicy {
             load_balancer: Some(lb(v1::load_balancer::Simple::Random)),
@@ -1421,6 +1648,7 @@ mod tests {
                 minimum_ring_size: 0,
                 maglev_table_size: 65537,
             }),
+            ..Default::default()
         };
         let (p, on) = balance_policy(Some(&maglev));
         assert!(matches!(p, Policy::Maglev(_)));

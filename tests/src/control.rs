@@ -476,6 +476,8 @@ pub struct Workload {
     pub state_dir: bool,
     /// `control.cert_ttl`, e.g. `"10s"`; `None` for the proxy's default.
     pub cert_ttl: Option<String>,
+    /// `region/zone/subzone` it runs in.
+    pub locality: Option<String>,
 }
 
 impl Workload {
@@ -491,7 +493,14 @@ impl Workload {
             inbound: Vec::new(),
             state_dir: false,
             cert_ttl: None,
+            locality: None,
         }
+    }
+
+    /// Places it in `locality` (`region/zone/subzone`).
+    pub fn in_locality(mut self, locality: &str) -> Self {
+        self.locality = Some(locality.to_string());
+        self
     }
 
     /// A version `version` of service `app` (workload `<app>-<version>`, service account
@@ -550,6 +559,9 @@ impl Workload {
         let _ = writeln!(y, "  app: \"{}\"", self.app);
         if let Some(v) = &self.version {
             let _ = writeln!(y, "  version: \"{v}\"");
+        }
+        if let Some(l) = &self.locality {
+            let _ = writeln!(y, "  locality: \"{l}\"");
         }
         if !self.labels.is_empty() {
             let _ = writeln!(y, "  labels:");

@@ -64,6 +64,29 @@ fn traffic_policy(
                         .map_or(0, |m| m.table_size.unwrap_or(65537)),
                 }
             }),
+            locality_lb_setting: lb.locality_lb_setting.as_ref().map(|l| {
+                use v1::load_balancer::locality_lb_setting::{Distribute, Failover};
+                v1::load_balancer::LocalityLbSetting {
+                    disabled: l.enabled == Some(false),
+                    distribute: l
+                        .distribute
+                        .iter()
+                        .map(|d| Distribute {
+                            from: d.from.clone(),
+                            to: d.to.clone().into_iter().collect(),
+                        })
+                        .collect(),
+                    failover: l
+                        .failover
+                        .iter()
+                        .map(|f| Failover {
+                            from: f.from.clone(),
+                            to: f.to.clone(),
+                        })
+                        .collect(),
+                    failover_priority: l.failover_priority.clone(),
+                }
+            }),
         }),
         connection_pool: pool.map(|p| {
             let tcp = p.tcp.as_ref();

@@ -15,6 +15,7 @@
 //! parameter, source IP) is fed to [`hash_key`] by [`crate::snapshot::HashOn`].
 
 mod consistent;
+pub mod locality;
 mod weighted;
 mod xxhash;
 

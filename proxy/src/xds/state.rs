@@ -188,6 +188,16 @@ impl XdsState {
                                 .iter()
                                 .map(|(k, v)| (k.clone(), v.clone()))
                                 .collect(),
+                            locality: e
+                                .locality
+                                .as_ref()
+                                .map(|l| crate::balance::locality::Locality {
+                                    region: l.region.clone(),
+                                    zone: l.zone.clone(),
+                                    sub_zone: l.sub_zone.clone(),
+                                })
+                                .unwrap_or_default(),
+                            weight: e.weight.max(1),
                         })
                     })
                     .collect::<Result<Vec<_>, XdsError>>()?;

@@ -168,3 +168,87 @@ async fn a_hashing_cookie_is_issued_when_absent_and_keeps_the_client_on_one_back
     }
     assert!(!apps.is_empty());
 }
+
+/// Three versions of `echo`, in `us-east/a`, `us-east/b` and `eu-west/a`, and a client in
+/// `us-east/a`, under `rule`.
+async fn three_localities(
+    rule_yaml: &str,
+) -> (ControlPlane, [HttpApp; 3], Vec<MeshProxy>, MeshProxy) {
+    let control = ControlPlane::start(&[(RULE_FILE, rule_yaml)]).await;
+    let apps = [
+        HttpApp::start("echo-near").await,
+        HttpApp::start("echo-zone").await,
+        HttpApp::start("echo-far").await,
+    ];
+    let access = control.access(NAMESPACE, "echo").await;
+    let mut servers = Vec::new();
+    for (app, (v, loc)) in apps.iter().zip([
+        ("near", "us-east/a"),
+        ("zone", "us-east/b"),
+        ("far", "eu-west/a"),
+    ]) {
+        let w = Workload::version_of("echo", v, ECHO_PORT, app.addr).in_locality(loc);
+        servers.push(MeshProxy::start(&access, &w).await);
+    }
+    let client = MeshProxy::start(
+        &control.access(NAMESPACE, "client").await,
+        &Workload::new("client").in_locality("us-east/a"),
+    )
+    .await;
+    (control, apps, servers, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_outlier_detection_traffic_stays_in_the_callers_zone_and_fails_over_by_region() {
+    let (_control, apps, _servers, client) = three_localities(&rule(
+        "{simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, \
+         interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 50}",
+    ))
+    .await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-near", SOON).await;
+    let by = served(client.outbound(), "anyone", 50).await;
+    assert_eq!(
+        by.get("echo-near"),
+        Some(&50),
+        "all in the caller's zone: {by:?}"
+    );
+    // The zone's only endpoint fails and is ejected: its region's other zone takes over,
+    // not the other region.
+    apps[0].fail_with(Some(503));
+    let mut client_conn = Http1Client::connect(client.outbound()).await;
+    for _ in 0..2 {
+        let reply = client_conn
+            .exchange(
+                h1_request("GET", ECHO_HOST, "/")
+                    .body(empty())
+                    .expect("request"),
+            )
+            .await;
+        assert_eq!(reply.status, 503);
+    }
+    let by = served(client.outbound(), "anyone", 30).await;
+    assert_eq!(
+        by.get("echo-zone"),
+        Some(&30),
+        "failed over within the region: {by:?}"
+    );
+    assert_eq!(apps[2].requests(), 0, "the other region was never needed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribute_splits_a_callers_traffic_across_localities_by_weight() {
+    let (_control, _apps, _servers, client) = three_localities(&rule(
+        "\n      localityLbSetting:\n        distribute:\n        - from: us-east/*\n          \
+         to: {\"us-east/a\": 60, \"eu-west/*\": 40}",
+    ))
+    .await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-near", SOON).await;
+    let by = served(client.outbound(), "anyone", 1000).await;
+    let near = by.get("echo-near").copied().unwrap_or(0);
+    let far = by.get("echo-far").copied().unwrap_or(0);
+    assert_eq!(by.get("echo-zone"), None, "us-east/b is not named: {by:?}");
+    assert!(
+        (550..=650).contains(&near) && near + far == 1000,
+        "60/40: {by:?}"
+    );
+}
