@@ -1280,7 +1280,14 @@ impl ClusterBuilder<'_> {
         let lb = port_block(tp, svc.port, |p| p.load_balancer.as_ref());
         let pool = port_block(tp, svc.port, |p| p.connection_pool.as_ref());
         let cfg = self.cfg;
-        let connect_timeout = cfg.upstream.connect_timeout;
+        // `tcp.connectTimeout` (Istio's default: the mesh's, here the proxy's setting) and
+        // `http.maxRequestsPerConnection` shape the endpoints' connections.
+        let connect_timeout = pool
+            .and_then(|p| p.connect_timeout)
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(cfg.upstream.connect_timeout);
+        let max_requests = pool.map_or(0, |p| p.max_requests_per_connection);
         let allowed: Arc<[SpiffeId]> = svc.identities.clone().into();
         let fqdn = svc.fqdn();
         let server_name = ServerName::try_from(fqdn.clone())
@@ -1296,6 +1303,7 @@ impl ClusterBuilder<'_> {
                 let key = (ep.addr, server_name_str.clone(), ids.clone());
                 if let Some(e) = self.reuse.endpoints.get(&key)
                     && e.labels == ep.labels
+                    && e.h2.settings() == (connect_timeout, max_requests)
                 {
                     return e.clone();
                 }
@@ -1311,7 +1319,8 @@ impl ClusterBuilder<'_> {
                         target,
                         connect_timeout,
                         Some(self.metrics.upstream_connects.clone()),
-                    ),
+                    )
+                    .with_max_requests(max_requests),
                     http1_uri: http::uri::Authority::try_from(ep.addr.to_string())
                         .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0")),
                     peer: arc_swap::ArcSwapOption::empty(),

@@ -50,9 +50,19 @@ impl H2Target {
 pub struct H2Pool {
     target: H2Target,
     connect_timeout: Duration,
-    current: ArcSwapOption<SendRequest<ProxyBody>>,
+    /// Requests per connection before a new one is opened (`maxRequestsPerConnection`;
+    /// 0: unlimited). The old connection finishes its streams and closes.
+    max_requests: u32,
+    current: ArcSwapOption<Conn>,
     connecting: tokio::sync::Mutex<()>,
     on_connect: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+/// The current connection and how many requests it was given.
+#[derive(Debug)]
+struct Conn {
+    send: SendRequest<ProxyBody>,
+    used: std::sync::atomic::AtomicU32,
 }
 
 /// HTTP/2 keep-alive ping interval on pooled connections: detects a dead peer without traffic.
@@ -73,10 +83,23 @@ impl H2Pool {
         Self {
             target,
             connect_timeout,
+            max_requests: 0,
             current: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
             on_connect,
         }
+    }
+
+    /// Limits each connection to `n` requests (0: unlimited).
+    pub fn with_max_requests(mut self, n: u32) -> Self {
+        self.max_requests = n;
+        self
+    }
+
+    /// The connect timeout and request limit it was made with (a pool is reused by the next
+    /// snapshot only when they are unchanged).
+    pub fn settings(&self) -> (Duration, u32) {
+        (self.connect_timeout, self.max_requests)
     }
 
     /// The endpoint address.
@@ -88,10 +111,16 @@ impl H2Pool {
     /// to wait for a connection (Envoy's "pending").
     pub fn live(&self) -> Option<SendRequest<ProxyBody>> {
         let guard = self.current.load();
-        match guard.as_deref() {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            _ => None,
+        let conn = guard.as_deref().filter(|c| !c.send.is_closed())?;
+        if self.max_requests > 0 {
+            let used = conn.used.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if used >= self.max_requests {
+                // Spent: the next request opens a new connection; this one drains.
+                self.current.compare_and_swap(&guard, None::<Arc<Conn>>);
+                return None;
+            }
         }
+        Some(conn.send.clone())
     }
 
     /// A sender on a live connection, connecting if there is none.
@@ -104,7 +133,10 @@ impl H2Pool {
             return Ok(s);
         }
         let send = self.connect().await?;
-        self.current.store(Some(Arc::new(send.clone())));
+        self.current.store(Some(Arc::new(Conn {
+            send: send.clone(),
+            used: std::sync::atomic::AtomicU32::new(1),
+        })));
         Ok(send)
     }
 
@@ -112,7 +144,7 @@ impl H2Pool {
     pub fn evict(&self, stale: &SendRequest<ProxyBody>) {
         let guard = self.current.load();
         if let Some(cur) = guard.as_deref()
-            && (cur.is_closed() || stale.is_closed())
+            && (cur.send.is_closed() || stale.is_closed())
         {
             self.current.store(None);
         }

@@ -440,3 +440,49 @@ async fn local_rate_limits_on_a_destination_and_a_route_answer_429_rl_over_the_b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_opens_a_new_upstream_connection_after_n_requests() {
+    let (control, _app, _server, client) = one_backend(&[]).await;
+    let connections = async || {
+        client
+            .metric("meshlite_upstream_connections_total", &[])
+            .await
+    };
+    // Without a limit the connection is reused.
+    let before = connections().await;
+    for _ in 0..10 {
+        let r = try_get(client.outbound(), ECHO_HOST, "/")
+            .await
+            .expect("response");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(connections().await, before, "one shared connection");
+    control.write_config(
+        RULE_FILE,
+        &rule("{connectionPool: {http: {maxRequestsPerConnection: 2}}}"),
+    );
+    // The push swaps in endpoints with the new setting; wait for its first new connection.
+    let deadline = Instant::now() + SOON;
+    let mut start = connections().await;
+    while start == before {
+        assert!(Instant::now() < deadline, "the push never applied");
+        let _ = try_get(client.outbound(), ECHO_HOST, "/").await;
+        start = connections().await;
+    }
+    // Spend what is left of the current connection, then count.
+    let _ = try_get(client.outbound(), ECHO_HOST, "/").await;
+    let _ = try_get(client.outbound(), ECHO_HOST, "/").await;
+    let base = connections().await;
+    for _ in 0..10 {
+        let r = try_get(client.outbound(), ECHO_HOST, "/")
+            .await
+            .expect("response");
+        assert_eq!(r.status, 200);
+    }
+    let opened = connections().await - base;
+    assert!(
+        (4.0..=6.0).contains(&opened),
+        "10 requests at 2 per connection opened {opened}"
+    );
+}
