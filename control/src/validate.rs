@@ -222,7 +222,7 @@ impl Checker<'_> {
     /// The rate-limit annotations of `r`: valid values, and (on a VirtualService) route names
     /// that exist.
     fn rate_limit_annotations(&mut self, r: &Resource, route_names: Option<&[Option<String>]>) {
-        use crate::model::rate_limit::{
+        use crate::model::annotations::{
             DESTINATION_ANNOTATION, LocalRateLimit, ROUTE_ANNOTATION_PREFIX,
         };
         for (key, value) in &r.meta.annotations {
@@ -529,6 +529,24 @@ impl Checker<'_> {
 
     fn destination_rule(&mut self, r: &Resource, dr: &DestinationRule) {
         self.rate_limit_annotations(r, None);
+        let algorithm = crate::model::annotations::ALGORITHM_ANNOTATION;
+        if let Some(a) = r.meta.annotations.get(algorithm) {
+            let field = format!("metadata.annotations[\"{algorithm}\"]");
+            let hashing = dr
+                .traffic_policy
+                .as_ref()
+                .and_then(|t| t.load_balancer.as_ref())
+                .is_some_and(|l| l.consistent_hash.is_some());
+            if a != "PEAK_EWMA" {
+                self.error(
+                    r,
+                    field,
+                    format!("unknown algorithm `{a}` (known: PEAK_EWMA)"),
+                );
+            } else if hashing {
+                self.error(r, field, "PEAK_EWMA cannot be combined with consistentHash");
+            }
+        }
         if dr.host.trim().is_empty() {
             self.error(r, "spec.host", "a DestinationRule needs a host");
         }
@@ -1096,6 +1114,28 @@ mod tests {
             "metadata.annotations[\"ratelimit.meshlite.io/local.web\"]",
         );
         assert!(p.message.contains("no http route is named `web`"));
+        let algorithm = "metadata.annotations[\"loadbalancer.meshlite.io/algorithm\"]";
+        expect_no_error(&[annotated(
+            "DestinationRule",
+            "loadbalancer.meshlite.io/algorithm: PEAK_EWMA",
+            "{host: r}",
+        )]);
+        expect_error(
+            &[annotated(
+                "DestinationRule",
+                "loadbalancer.meshlite.io/algorithm: FASTEST",
+                "{host: r}",
+            )],
+            algorithm,
+        );
+        expect_error(
+            &[annotated(
+                "DestinationRule",
+                "loadbalancer.meshlite.io/algorithm: PEAK_EWMA",
+                "{host: r, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}}",
+            )],
+            algorithm,
+        );
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct Endpoint {
     /// Requests sent to it and not yet answered (least request reads it); kept across
     /// snapshots with the endpoint.
     pub active: std::sync::atomic::AtomicU64,
+    /// Its response-time estimate (peak EWMA reads it).
+    pub latency: crate::balance::ewma::PeakEwma,
 }
 
 /// Counts a request as in flight to an endpoint until dropped.
@@ -273,6 +275,41 @@ struct Level {
     members: Vec<usize>,
     /// `None` when `members` is empty.
     balancer: Option<crate::balance::Balancer>,
+}
+
+/// The load of a level's endpoints as the balancers read it.
+struct LevelLoad<'a> {
+    members: &'a [usize],
+    endpoints: &'a [Arc<Endpoint>],
+}
+
+impl LevelLoad<'_> {
+    fn endpoint(&self, i: usize) -> Option<&Endpoint> {
+        self.members
+            .get(i)
+            .and_then(|&m| self.endpoints.get(m))
+            .map(|e| &**e)
+    }
+}
+
+impl crate::balance::ActiveRequests for LevelLoad<'_> {
+    fn active(&self, i: usize) -> u64 {
+        self.endpoint(i)
+            .map_or(0, |e| e.active.load(Ordering::Relaxed))
+    }
+
+    fn cost(&self, i: usize) -> f64 {
+        self.endpoint(i).map_or(f64::MAX, |e| {
+            e.latency.cost(e.active.load(Ordering::Relaxed))
+        })
+    }
+}
+
+/// Nanoseconds since this process first asked: the clock of the latency estimates.
+pub fn clock_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// How a cluster places its endpoints: priority and weight of each (`None`: never used,
@@ -434,16 +471,18 @@ impl Cluster {
         let set = self.hosts.load();
         let level = set.level(hash)?;
         let balancer = level.balancer.as_ref()?;
-        let active = |i: usize| {
-            level
-                .members
-                .get(i)
-                .and_then(|&m| self.endpoints.get(m))
-                .map_or(0, |e| e.active.load(Ordering::Relaxed))
+        let load = LevelLoad {
+            members: &level.members,
+            endpoints: &self.endpoints,
         };
-        let i = balancer.pick(hash, &active, &mut crate::balance::ThreadRandom)?;
+        let i = balancer.pick(hash, &load, &mut crate::balance::ThreadRandom)?;
         let m = *level.members.get(i)?;
         Some((m, self.endpoints.get(m)?.clone()))
+    }
+
+    /// Whether the balancer reads response times (peak EWMA): only then are they recorded.
+    pub fn observes_latency(&self) -> bool {
+        self.policy == crate::balance::Policy::PeakEwma
     }
 
     /// Records one attempt's result on endpoint `index` for outlier detection (`status`: the
@@ -708,6 +747,7 @@ fn balance_policy(lb: Option<&v1::LoadBalancer>) -> (crate::balance::Policy, Opt
     match v1::load_balancer::Simple::try_from(lb.simple) {
         Ok(v1::load_balancer::Simple::RoundRobin) => (Policy::RoundRobin, None),
         Ok(v1::load_balancer::Simple::Random) => (Policy::Random, None),
+        Ok(v1::load_balancer::Simple::PeakEwma) => (Policy::PeakEwma, None),
         _ => (Policy::LeastRequest(LeastRequestConfig::default()), None),
     }
 }
@@ -1326,6 +1366,7 @@ impl ClusterBuilder<'_> {
                     peer: arc_swap::ArcSwapOption::empty(),
                     labels: ep.labels.clone(),
                     active: std::sync::atomic::AtomicU64::new(0),
+                    latency: Default::default(),
                 })
             })
             .collect::<Vec<Arc<Endpoint>>>();

@@ -49,6 +49,8 @@ struct AppState {
     failing: AtomicU64,
     /// ...those whose arrival number modulo 10 has its bit set here (all when 0).
     failing_pattern: AtomicU64,
+    /// Milliseconds every response waits before it is sent.
+    delay_ms: AtomicU64,
 }
 
 /// A running HTTP application (HTTP/1.1 and h2c on one port).
@@ -84,6 +86,7 @@ impl HttpApp {
             gate,
             failing: AtomicU64::new(0),
             failing_pattern: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
         });
         let serving = state.clone();
         let task = tokio::spawn(async move {
@@ -125,6 +128,12 @@ impl HttpApp {
             .store(status.map_or(0, u64::from), Ordering::SeqCst);
     }
 
+    /// From now on waits `delay` before answering each request (a slow backend).
+    pub fn slow_by(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// From now on answers with `status` the requests whose arrival number (counted from
     /// the app's start) modulo 10 is in `of_ten`: `[0, 3, 6]` fails 30 %, never twice in a
     /// row.
@@ -160,6 +169,10 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<AppBody>, BoxError> {
     let arrival = state.requests.fetch_add(1, Ordering::SeqCst);
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let path = req.uri().path().to_string();
     let pattern = state.failing_pattern.load(Ordering::SeqCst);
     let failing = if pattern == 0 || pattern & (1 << (arrival % 10)) != 0 {

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub mod annotations;
 mod destination_rule;
 mod duration;
-pub mod rate_limit;
 mod security;
 mod service_entry;
 mod set;

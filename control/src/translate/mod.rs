@@ -239,7 +239,7 @@ fn share(new: &ResourceMap, prev: &ResourceMap) -> ResourceMap {
 /// The token bucket an annotation value sets; `None` when absent or invalid (validation
 /// refuses a config carrying an invalid one before it gets here).
 fn local_rate_limit(value: Option<&String>) -> Option<v1::LocalRateLimit> {
-    let l: crate::model::rate_limit::LocalRateLimit = value?.parse().ok()?;
+    let l: crate::model::annotations::LocalRateLimit = value?.parse().ok()?;
     Some(v1::LocalRateLimit {
         max_tokens: l.max_tokens,
         tokens_per_fill: l.tokens_per_fill,

@@ -142,9 +142,20 @@ fn full_policy(tp: &TrafficPolicy) -> v1::TrafficPolicy {
 
 /// The policy a DestinationRule sets for `host`.
 pub fn destination(dr: &Named<DestinationRule>, host: &str) -> v1::DestinationPolicy {
+    let mut traffic_policy = dr.spec.traffic_policy.as_ref().map(full_policy);
+    if dr
+        .meta
+        .annotations
+        .get(crate::model::annotations::ALGORITHM_ANNOTATION)
+        .is_some_and(|a| a == "PEAK_EWMA")
+    {
+        let tp = traffic_policy.get_or_insert_with(Default::default);
+        tp.load_balancer.get_or_insert_with(Default::default).simple =
+            v1::load_balancer::Simple::PeakEwma as i32;
+    }
     v1::DestinationPolicy {
         hostname: host.to_string(),
-        traffic_policy: dr.spec.traffic_policy.as_ref().map(full_policy),
+        traffic_policy,
         subsets: dr
             .spec
             .subsets
@@ -159,7 +170,7 @@ pub fn destination(dr: &Named<DestinationRule>, host: &str) -> v1::DestinationPo
         local_rate_limit: super::local_rate_limit(
             dr.meta
                 .annotations
-                .get(crate::model::rate_limit::DESTINATION_ANNOTATION),
+                .get(crate::model::annotations::DESTINATION_ANNOTATION),
         ),
     }
 }

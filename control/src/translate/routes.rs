@@ -225,7 +225,7 @@ fn route(
         local_rate_limit: r.name.as_ref().and_then(|name| {
             super::local_rate_limit(annotations.get(&format!(
                 "{}{name}",
-                crate::model::rate_limit::ROUTE_ANNOTATION_PREFIX
+                crate::model::annotations::ROUTE_ANNOTATION_PREFIX
             )))
         }),
     })

@@ -15,6 +15,7 @@
 //! parameter, source IP) is fed to [`hash_key`] by [`crate::snapshot::HashOn`].
 
 mod consistent;
+pub mod ewma;
 pub mod locality;
 mod weighted;
 mod xxhash;
@@ -119,6 +120,9 @@ pub enum Policy {
     RingHash(RingHashConfig),
     /// `consistentHash.maglev`.
     Maglev(MaglevConfig),
+    /// Peak EWMA (Linkerd's latency-aware balancer; a meshlite extension): two random
+    /// endpoints, the one with the lower latency estimate × (in flight + 1) wins.
+    PeakEwma,
 }
 
 impl Default for Policy {
@@ -194,10 +198,16 @@ impl Random for SplitMix64 {
 }
 
 /// The in-flight request count of each endpoint (Envoy's `rq_active`), by endpoint index;
-/// read only by least request. An index out of range reads as 0.
+/// read only by least request and peak EWMA. An index out of range reads as 0.
 pub trait ActiveRequests {
     /// Requests currently in flight to endpoint `index`.
     fn active(&self, index: usize) -> u64;
+
+    /// Peak EWMA's cost of endpoint `index`: by default its requests in flight (a
+    /// latency-blind cost, for callers without estimates).
+    fn cost(&self, index: usize) -> f64 {
+        self.active(index) as f64
+    }
 }
 
 impl ActiveRequests for [AtomicU64] {
@@ -243,6 +253,8 @@ enum Kind {
     LeastRequest(LeastRequest),
     RingHash(RingHash),
     Maglev(Maglev),
+    /// Endpoint count.
+    PeakEwma(usize),
 }
 
 impl Balancer {
@@ -263,6 +275,7 @@ impl Balancer {
             Policy::LeastRequest(cfg) => Kind::LeastRequest(LeastRequest::new(&weights, cfg)?),
             Policy::RingHash(cfg) => Kind::RingHash(RingHash::new(endpoints, cfg)?),
             Policy::Maglev(cfg) => Kind::Maglev(Maglev::new(endpoints, cfg)?),
+            Policy::PeakEwma => Kind::PeakEwma(endpoints.len()),
         }))
     }
 
@@ -281,6 +294,19 @@ impl Balancer {
             Kind::LeastRequest(b) => b.pick(active, rng),
             Kind::RingHash(b) => b.pick(hash.unwrap_or_else(|| rng.next_u64())),
             Kind::Maglev(b) => b.pick(hash.unwrap_or_else(|| rng.next_u64())),
+            Kind::PeakEwma(len) => {
+                let n = *len as u64;
+                if n <= 1 {
+                    return (n == 1).then_some(0);
+                }
+                let a = (rng.next_u64() % n) as usize;
+                let b = (rng.next_u64() % n) as usize;
+                Some(if active.cost(b) < active.cost(a) {
+                    b
+                } else {
+                    a
+                })
+            }
         }
     }
 }
@@ -390,5 +416,26 @@ mod tests {
         assert_eq!(combine_hashes(1 << 63, 1), 0);
         fn shareable<T: Send + Sync>() {}
         shareable::<Balancer>();
+    }
+
+    #[test]
+    fn peak_ewma_sends_to_the_cheaper_of_two_draws() {
+        struct Costs;
+        impl ActiveRequests for Costs {
+            fn active(&self, _: usize) -> u64 {
+                0
+            }
+            fn cost(&self, i: usize) -> f64 {
+                [1.0, 100.0][i]
+            }
+        }
+        let keys = [Endpoint::new("a:1", 1), Endpoint::new("b:1", 1)];
+        let lb = Balancer::new(Policy::PeakEwma, &keys, &mut SplitMix64(7)).unwrap();
+        let mut rng = SplitMix64(11);
+        let fast = (0..10_000)
+            .filter(|_| lb.pick(None, &Costs, &mut rng) == Some(0))
+            .count();
+        // Only two draws of the slow one pick it: a quarter of the time.
+        assert!((7_200..7_800).contains(&fast), "{fast}");
     }
 }

@@ -480,12 +480,24 @@ async fn attempts(
             &endpoint,
             &mut slot,
         );
+        let sent_at = cluster.observes_latency().then(std::time::Instant::now);
         let result = match policy.and_then(|p| p.per_try_timeout) {
             None => sent.await,
             Some(t) => tokio::time::timeout(t, sent)
                 .await
                 .unwrap_or(Err(ProxyError::PerTryTimeout)),
         };
+        // Responses and timeouts are timed; a fast failure must not make an endpoint look
+        // fast (outlier detection deals with failures).
+        if let Some(at) = sent_at
+            && matches!(&result, Ok(_) | Err(ProxyError::PerTryTimeout))
+        {
+            endpoint.latency.observe(
+                at.elapsed(),
+                crate::snapshot::clock_ns(),
+                crate::balance::ewma::DEFAULT_DECAY,
+            );
+        }
         let outcome = match &result {
             Ok(resp) => {
                 cluster.report(index, resp.status().as_u16());

@@ -252,3 +252,41 @@ async fn distribute_splits_a_callers_traffic_across_localities_by_weight() {
         "60/40: {by:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peak_ewma_sends_most_traffic_to_the_faster_backend() {
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                metadata:\n  name: echo\n  namespace: default\n  annotations:\n    \
+                loadbalancer.meshlite.io/algorithm: PEAK_EWMA\nspec: {host: echo}\n";
+    let control = ControlPlane::start(&[(RULE_FILE, rule)]).await;
+    let (fast, slow) = (
+        HttpApp::start("echo-fast").await,
+        HttpApp::start("echo-slow").await,
+    );
+    let access = control.access(NAMESPACE, "echo").await;
+    let (wf, ws) = (
+        Workload::version_of("echo", "fast", ECHO_PORT, fast.addr),
+        Workload::version_of("echo", "slow", ECHO_PORT, slow.addr),
+    );
+    let (_pf, _ps) = tokio::join!(
+        MeshProxy::start(&access, &wf),
+        MeshProxy::start(&access, &ws)
+    );
+    let client = MeshProxy::start(
+        &control.access(NAMESPACE, "client").await,
+        &Workload::new("client"),
+    )
+    .await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-fast", SOON).await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-slow", SOON).await;
+    slow.slow_by(std::time::Duration::from_millis(40));
+    let by = served(client.outbound(), "anyone", 200).await;
+    let to_fast = by.get("echo-fast").copied().unwrap_or(0);
+    // Each draw of two includes the fast one three times in four, and once the slow one's
+    // estimate is 40 ms it loses every such draw.
+    // Expected 150 of 200; blind random would give 100 (both are 7 draws' σ from 130).
+    assert!(
+        to_fast >= 130,
+        "the faster backend should take most: {by:?}"
+    );
+}

@@ -1,5 +1,6 @@
-//! meshlite's local rate limit, set by annotation (Envoy's local rate limit filter: a token
-//! bucket per proxy). On a DestinationRule, `ratelimit.meshlite.io/local` limits every
+//! meshlite's extensions set by annotation on Istio resources: a balancer beyond Istio's
+//! (`loadbalancer.meshlite.io/algorithm`) and local rate limits (Envoy's local rate limit
+//! filter: a token bucket per proxy). On a DestinationRule, `ratelimit.meshlite.io/local` limits every
 //! request a sidecar sends to the rule's host; on a VirtualService,
 //! `ratelimit.meshlite.io/local.<route name>` limits the named http route. The value reads
 //! `maxTokens=100,tokensPerFill=10,fillInterval=1s`: the bucket starts full with
@@ -7,6 +8,10 @@
 //! token is answered 429 with flag `RL`.
 
 use super::IstioDuration;
+
+/// The DestinationRule annotation choosing a balancer beyond Istio's (`PEAK_EWMA`:
+/// Linkerd's latency-aware balancer), for the rule's top-level traffic policy.
+pub const ALGORITHM_ANNOTATION: &str = "loadbalancer.meshlite.io/algorithm";
 
 /// The annotation on a DestinationRule.
 pub const DESTINATION_ANNOTATION: &str = "ratelimit.meshlite.io/local";
