@@ -1,11 +1,13 @@
-//! Circuit breaking and outlier detection set by a DestinationRule pushed from the control
-//! plane: a burst over `http2MaxRequests` fails fast with 503 `UO` while the backend never
-//! holds more than the limit, and a backend answering 503 is ejected, then returns.
+//! Resilience set by DestinationRules and VirtualServices pushed from the control plane: a
+//! burst over `http2MaxRequests` fails fast with 503 `UO` while the backend never holds more
+//! than the limit; a backend answering 503 is ejected, then returns; retries hide a 30 %
+//! failing backend while the budget bounds them in an outage; route timeouts; local rate
+//! limits; `maxRequestsPerConnection`; and pushes of all these under load drop nothing.
 
 use meshlite_tests::apps::HttpApp;
 use meshlite_tests::clients::try_get;
 use meshlite_tests::control::{
-    ControlPlane, ECHO_HOST, ECHO_PORT, MeshProxy, NAMESPACE, Workload, wait_served_by,
+    ControlPlane, ECHO_HOST, ECHO_PORT, Load, MeshProxy, NAMESPACE, Workload, wait_served_by,
 };
 use meshlite_tests::deadline::SOON;
 use std::collections::BTreeMap;
@@ -485,4 +487,30 @@ async fn max_requests_per_connection_opens_a_new_upstream_connection_after_n_req
         (4.0..=6.0).contains(&opened),
         "10 requests at 2 per connection opened {opened}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_changing_balancing_pools_and_ejection_drop_no_request_under_load() {
+    let (control, _app, _server, client) = one_backend(&[]).await;
+    let load = Load::start(client.outbound(), ECHO_HOST, 4, Duration::from_secs(30));
+    load.wait_for_requests(50).await;
+    for (i, policy) in [
+        "{loadBalancer: {simple: ROUND_ROBIN}}",
+        "{connectionPool: {tcp: {connectTimeout: 2s}, http: {http2MaxRequests: 1000, \
+         maxRequestsPerConnection: 20}}}",
+        "{outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 5s}, \
+         loadBalancer: {consistentHash: {httpHeaderName: x-user}}}",
+        "{loadBalancer: {simple: LEAST_REQUEST}}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        control.write_config(RULE_FILE, &rule(policy));
+        let seen = load.completed();
+        load.wait_for_requests(seen + 100).await;
+        tokio::time::sleep(Duration::from_millis(300 + 100 * i as u64)).await;
+    }
+    let report = load.stop().await;
+    report.assert_no_failures("DestinationRule pushes");
+    assert!(report.ok > 400, "the load kept flowing: {}", report.ok);
 }
