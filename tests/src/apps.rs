@@ -51,6 +51,8 @@ struct AppState {
     failing_pattern: AtomicU64,
     /// Milliseconds every response waits before it is sent.
     delay_ms: AtomicU64,
+    /// Request body bytes received on the describing path (`/` and others not listed).
+    body_bytes: AtomicU64,
 }
 
 /// A running HTTP application (HTTP/1.1 and h2c on one port).
@@ -87,6 +89,7 @@ impl HttpApp {
             failing: AtomicU64::new(0),
             failing_pattern: AtomicU64::new(0),
             delay_ms: AtomicU64::new(0),
+            body_bytes: AtomicU64::new(0),
         });
         let serving = state.clone();
         let task = tokio::spawn(async move {
@@ -126,6 +129,11 @@ impl HttpApp {
         self.state
             .failing
             .store(status.map_or(0, u64::from), Ordering::SeqCst);
+    }
+
+    /// Request body bytes received so far on the describing path.
+    pub fn body_bytes(&self) -> u64 {
+        self.state.body_bytes.load(Ordering::SeqCst)
     }
 
     /// From now on waits `delay` before answering each request (a slow backend).
@@ -244,13 +252,20 @@ async fn handle(
                 .collect();
             headers.insert(name.as_str().to_string(), values.into());
         }
+        let (parts, body) = req.into_parts();
+        let body_bytes = body
+            .collect()
+            .await
+            .map_or(0, |b| b.to_bytes().len() as u64);
+        state.body_bytes.fetch_add(body_bytes, Ordering::SeqCst);
         let description = serde_json::json!({
             "app": state.name,
-            "method": req.method().as_str(),
+            "method": parts.method.as_str(),
             "path": path,
-            "query": req.uri().query(),
-            "version": format!("{:?}", req.version()),
+            "query": parts.uri.query(),
+            "version": format!("{:?}", parts.version),
             "headers": headers,
+            "body_bytes": body_bytes,
         });
         let mut response = Response::new(full_body(description.to_string()));
         response

@@ -25,6 +25,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// A request body recorded so that a retry can send it again.
     Replay(super::replay::ReplayBody),
+    /// A request body copied for a mirror.
+    Tee(Box<super::tee::TeeBody>),
     /// No body.
     #[default]
     Empty,
@@ -79,6 +81,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Replay(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Tee(b) => Pin::new(&mut **b).poll_frame(cx),
             ProxyBody::Empty => Poll::Ready(None),
         }
     }
@@ -88,6 +91,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) | ProxyBody::Counted(b, _) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Replay(b) => b.is_end_stream(),
+            ProxyBody::Tee(b) => b.is_end_stream(),
             ProxyBody::Empty => true,
         }
     }
@@ -97,6 +101,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) | ProxyBody::Counted(b, _) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Replay(b) => b.size_hint(),
+            ProxyBody::Tee(b) => b.size_hint(),
             ProxyBody::Full(None) | ProxyBody::Empty => SizeHint::with_exact(0),
         }
     }

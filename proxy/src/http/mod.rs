@@ -5,4 +5,5 @@ pub mod body;
 pub mod errors;
 pub mod headers;
 pub mod replay;
+pub mod tee;
 pub mod uri;

@@ -195,7 +195,7 @@ async fn route_request(
     if let Some((Target::Cluster(shadow), share)) = &b.mirror
         && share.hit(fastrand::u32(..1_000_000))
     {
-        mirror(conn, snap, shadow, &req);
+        mirror(conn, snap, shadow, &mut req);
     }
     let sent = dispatch(conn, snap, cluster, b.retry.as_ref(), req, log, held);
     let mut r = match b.timeout {
@@ -277,34 +277,49 @@ fn rewrite(req: &mut Request<ProxyBody>, routed: Routed<'_>) -> Result<(), Proxy
 }
 
 /// Sends a copy of the request to the shadow cluster, fire and forget: its response is
-/// dropped, its failure only logged, and the original request never waits for it. Only the
-/// head is copied: a request with a body is mirrored when its body is empty (a body would
-/// have to be buffered or teed, which this does not do yet).
-fn mirror(conn: &OutboundConn, snap: &Snapshot, shadow: &Arc<Cluster>, req: &Request<ProxyBody>) {
-    if !http_body::Body::is_end_stream(req.body()) || shadow.external.is_some() {
+/// dropped, its failure only logged, and the original request never waits for it. A request
+/// with a body is shadowed once its body is complete (see [`crate::http::tee`]).
+fn mirror(
+    conn: &OutboundConn,
+    snap: &Snapshot,
+    shadow: &Arc<Cluster>,
+    req: &mut Request<ProxyBody>,
+) {
+    if shadow.external.is_some() {
         return;
     }
-    let Some((_, endpoint)) = shadow.pick(None) else {
-        return;
-    };
-    let mut copy = Request::new(ProxyBody::Empty);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
+    let mut head = Request::new(ProxyBody::Empty);
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
     let ctx = conn.ctx.clone();
     let peer = snap.local.peer_header.clone();
     let shadow = shadow.clone();
-    tokio::spawn(async move {
-        let mut slot = Some(copy);
-        match forward(&ctx, &peer, &shadow, &endpoint, &mut slot).await {
-            Ok(resp) => {
-                // Drain so the stream completes and the connection stays reusable.
-                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+    let send = move |copy: Request<ProxyBody>| {
+        tokio::spawn(async move {
+            let Some((_, endpoint)) = shadow.pick(None) else {
+                return;
+            };
+            let mut slot = Some(copy);
+            match forward(&ctx, &peer, &shadow, &endpoint, &mut slot).await {
+                Ok(resp) => {
+                    // Drain so the stream completes and the connection stays reusable.
+                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                }
+                Err(e) => tracing::debug!(cluster = %shadow.name, "mirrored request failed: {e}"),
             }
-            Err(e) => tracing::debug!(cluster = %shadow.name, "mirrored request failed: {e}"),
-        }
-    });
+        });
+    };
+    if http_body::Body::is_end_stream(req.body()) {
+        send(head);
+        return;
+    }
+    let body = std::mem::take(req.body_mut());
+    *req.body_mut() = ProxyBody::Tee(Box::new(crate::http::tee::TeeBody::new(
+        body,
+        Box::new(move |bytes| send(head.map(|_| ProxyBody::full(bytes)))),
+    )));
 }
 
 /// What sending a request produced: the final response or failure, and the response flag

@@ -154,6 +154,26 @@ async fn virtual_service_rules_match_split_inject_faults_redirect_rewrite_and_mi
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A request with a body is shadowed with its body, once the body is complete.
+    let shadow_bytes = shadow.body_bytes();
+    let payload = "x".repeat(3000);
+    let post = h1_request("POST", ECHO_HOST, "/api/upload")
+        .header("content-length", payload.len())
+        .body(meshlite_tests::clients::full(payload.clone()))
+        .expect("request");
+    let r = conn.exchange(post).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["body_bytes"],
+        3000,
+        "the original got its whole body"
+    );
+    let deadline = Instant::now() + SOON;
+    while shadow.body_bytes() < shadow_bytes + 3000 {
+        assert!(Instant::now() < deadline, "the shadow never got the body");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(shadow.body_bytes(), shadow_bytes + 3000);
     // The shadow's failure does not touch the original.
     shadow.fail_with(Some(500));
     let r = try_get(out, ECHO_HOST, "/api/again")
