@@ -37,34 +37,54 @@ async fn served(outbound: SocketAddr, user: &str, n: usize) -> HashMap<String, u
     by
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consistent_hash_on_a_header_keeps_each_user_on_one_backend() {
-    let control = ControlPlane::start(&[(
-        RULE_FILE,
-        &rule("{consistentHash: {httpHeaderName: x-user}}"),
-    )])
-    .await;
-    let (a, b) = (
-        HttpApp::start("echo-a").await,
-        HttpApp::start("echo-b").await,
-    );
+/// A control plane with `rule_yaml`, two versions of `echo` (`echo-<v>` apps behind their
+/// sidecars) and a client sidecar that has seen both answer.
+struct TwoBackends {
+    control: ControlPlane,
+    apps: [HttpApp; 2],
+    _servers: Vec<MeshProxy>,
+    client: MeshProxy,
+}
+
+async fn two_backends(rule_yaml: &str, versions: [&str; 2]) -> TwoBackends {
+    let control = ControlPlane::start(&[(RULE_FILE, rule_yaml)]).await;
+    let apps = [
+        HttpApp::start(&format!("echo-{}", versions[0])).await,
+        HttpApp::start(&format!("echo-{}", versions[1])).await,
+    ];
     let access = control.access(NAMESPACE, "echo").await;
-    let (wa, wb) = (
-        Workload::version_of("echo", "a", ECHO_PORT, a.addr),
-        Workload::version_of("echo", "b", ECHO_PORT, b.addr),
+    let (w0, w1) = (
+        Workload::version_of("echo", versions[0], ECHO_PORT, apps[0].addr),
+        Workload::version_of("echo", versions[1], ECHO_PORT, apps[1].addr),
     );
-    let (_pa, _pb) = tokio::join!(
-        MeshProxy::start(&access, &wa),
-        MeshProxy::start(&access, &wb)
+    let (s0, s1) = tokio::join!(
+        MeshProxy::start(&access, &w0),
+        MeshProxy::start(&access, &w1)
     );
     let client = MeshProxy::start(
         &control.access(NAMESPACE, "client").await,
         &Workload::new("client"),
     )
     .await;
-    // Both endpoints known: each app answers some user.
-    wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
-    wait_served_by(client.outbound(), ECHO_HOST, "echo-b", SOON).await;
+    for v in versions {
+        wait_served_by(client.outbound(), ECHO_HOST, &format!("echo-{v}"), SOON).await;
+    }
+    TwoBackends {
+        control,
+        apps,
+        _servers: vec![s0, s1],
+        client,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_on_a_header_keeps_each_user_on_one_backend() {
+    let mesh = two_backends(
+        &rule("{consistentHash: {httpHeaderName: x-user}}"),
+        ["a", "b"],
+    )
+    .await;
+    let (control, client) = (&mesh.control, &mesh.client);
 
     let mut seen_apps = HashMap::new();
     for u in 0..16 {
@@ -102,31 +122,12 @@ async fn consistent_hash_on_a_header_keeps_each_user_on_one_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hashing_cookie_is_issued_when_absent_and_keeps_the_client_on_one_backend() {
-    let control = ControlPlane::start(&[(
-        RULE_FILE,
+    let mesh = two_backends(
         &rule("{consistentHash: {httpCookie: {name: lb, path: /, ttl: 3600s}}}"),
-    )])
-    .await;
-    let (a, b) = (
-        HttpApp::start("echo-a").await,
-        HttpApp::start("echo-b").await,
-    );
-    let access = control.access(NAMESPACE, "echo").await;
-    let (wa, wb) = (
-        Workload::version_of("echo", "a", ECHO_PORT, a.addr),
-        Workload::version_of("echo", "b", ECHO_PORT, b.addr),
-    );
-    let (_pa, _pb) = tokio::join!(
-        MeshProxy::start(&access, &wa),
-        MeshProxy::start(&access, &wb)
-    );
-    let client = MeshProxy::start(
-        &control.access(NAMESPACE, "client").await,
-        &Workload::new("client"),
+        ["a", "b"],
     )
     .await;
-    wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
-    wait_served_by(client.outbound(), ECHO_HOST, "echo-b", SOON).await;
+    let client = &mesh.client;
 
     let mut conn = Http1Client::connect(client.outbound()).await;
     let mut apps = HashMap::new();
@@ -258,28 +259,9 @@ async fn peak_ewma_sends_most_traffic_to_the_faster_backend() {
     let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
                 metadata:\n  name: echo\n  namespace: default\n  annotations:\n    \
                 loadbalancer.meshlite.io/algorithm: PEAK_EWMA\nspec: {host: echo}\n";
-    let control = ControlPlane::start(&[(RULE_FILE, rule)]).await;
-    let (fast, slow) = (
-        HttpApp::start("echo-fast").await,
-        HttpApp::start("echo-slow").await,
-    );
-    let access = control.access(NAMESPACE, "echo").await;
-    let (wf, ws) = (
-        Workload::version_of("echo", "fast", ECHO_PORT, fast.addr),
-        Workload::version_of("echo", "slow", ECHO_PORT, slow.addr),
-    );
-    let (_pf, _ps) = tokio::join!(
-        MeshProxy::start(&access, &wf),
-        MeshProxy::start(&access, &ws)
-    );
-    let client = MeshProxy::start(
-        &control.access(NAMESPACE, "client").await,
-        &Workload::new("client"),
-    )
-    .await;
-    wait_served_by(client.outbound(), ECHO_HOST, "echo-fast", SOON).await;
-    wait_served_by(client.outbound(), ECHO_HOST, "echo-slow", SOON).await;
-    slow.slow_by(std::time::Duration::from_millis(40));
+    let mesh = two_backends(rule, ["fast", "slow"]).await;
+    let client = &mesh.client;
+    mesh.apps[1].slow_by(std::time::Duration::from_millis(40));
     let by = served(client.outbound(), "anyone", 200).await;
     let to_fast = by.get("echo-fast").copied().unwrap_or(0);
     // Each draw of two includes the fast one three times in four, and once the slow one's

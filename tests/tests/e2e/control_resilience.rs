@@ -28,25 +28,10 @@ fn rule(traffic_policy: &str) -> String {
 async fn a_burst_over_http2_max_requests_fails_fast_with_uo_and_never_reaches_the_backend() {
     const LIMIT: u64 = 3;
     const BURST: usize = 12;
-    let control = ControlPlane::start(&[(
-        RULE_FILE,
-        &rule(&format!(
-            "{{connectionPool: {{http: {{http2MaxRequests: {LIMIT}}}}}}}"
-        )),
-    )])
-    .await;
-    let app = HttpApp::start("echo-a").await;
-    let _server = MeshProxy::start(
-        &control.access(NAMESPACE, "echo").await,
-        &Workload::version_of("echo", "a", ECHO_PORT, app.addr),
-    )
-    .await;
-    let client = MeshProxy::start(
-        &control.access(NAMESPACE, "client").await,
-        &Workload::new("client"),
-    )
-    .await;
-    wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
+    let limited = rule(&format!(
+        "{{connectionPool: {{http: {{http2MaxRequests: {LIMIT}}}}}}}"
+    ));
+    let (_control, app, _server, client) = one_backend(&[(RULE_FILE, &limited)]).await;
 
     // A burst of requests the backend holds until released.
     let outbound = client.outbound();
