@@ -18,8 +18,9 @@ latency, CPU and peak RSS of each sidecar.";
 
 const LONG_ABOUT: &str = "End-to-end benchmark of the meshlite data plane.
 
-It finds (or builds, with `cargo build --release -p meshlite-proxy`) the meshlite-proxy binary next \
-to its own executable (or takes MESHLITE_PROXY_BIN), generates test certificates, and starts real \
+It finds (or builds, with `cargo build --release -p meshlite-bench -p meshlite-proxy -p \
+meshlite-control`, one feature set for all three) the meshlite-proxy binary next to its own \
+executable (or takes MESHLITE_PROXY_BIN; MESHLITE_CONTROL_BIN for meshlite-control), generates test certificates, and starts real \
 processes on 127.0.0.1: an upstream app (this binary's hidden `app` subcommand), a server-side and a \
 client-side sidecar. For each rate it drives open-loop load at fixed intended send times (latency is \
 counted from the intended time, so queueing is not hidden), first directly to the app, then through \
@@ -30,6 +31,23 @@ Fresh processes are started for every run, and every run has a warm-up at the ta
 the measured window. A run is flagged `disturbed` (and left out of medians when clean repetitions \
 exist) when the achieved rate is below 97% of the target, the generator is near saturation, or \
 other processes on the machine used noticeable CPU during the window.
+
+`--scenario chaos` runs a client sidecar and three backends of one service (`echo` v1..v3, each \
+app behind its own sidecar) under a real meshlite-control that pushes a DestinationRule with outlier \
+detection (consecutive5xxErrors 5, maxEjectionPercent 50) and a VirtualService with retries \
+(attempts 2 on 5xx,reset,connect-failure). Under open-loop load (`--rate`, default 1000 RPS) one \
+backend starts answering 503 at 30% of the window and is killed (app and sidecar, SIGKILL) 3 s \
+later; the report gives the requests, the errors the client saw, the attempts the three apps \
+received, the time from the first 503 to the client sidecar's ejection (its \
+envoy_cluster_outlier_detection_ejections_enforced_total, polled), latency and each sidecar's cost.
+
+`--scenario mesh` runs 15 services shaped like a small shop (frontend -> 4 mid-tier services -> 10 \
+leaves; every app fans out to its callees through its own sidecar) under meshlite-control with \
+mTLS, plus an entry sidecar for the load generator, at `--rate` requests per second at the entry \
+(default 300: what a 2-core machine sustains with 15 app requests and 30 sidecar passes per entry \
+request, with headroom: 1.3 of 2 cores busy; 500 saturates it). The same call graph is first run without sidecars; the report gives the latency added per \
+hop (meshed minus direct, divided by the hops on the longest path), CPU per 1,000 requests and \
+peak RSS per sidecar (min/median/max over the 15).
 
 `--scenario control` measures the control plane instead: it starts the release meshlite-control \
 on a generated config of `--services` ServiceEntries (50 of them routed by a VirtualService and a \
@@ -42,6 +60,8 @@ Examples:
   meshlite-bench                                 # the default ladder 1k, 2k, 5k, 10k RPS
   meshlite-bench --rate 2000 --peer haproxy      # one rate, 3 repetitions, beside an HAProxy pair
   meshlite-bench --rate 5000 --workers 1 --pin --json out.json
+  meshlite-bench --scenario chaos --duration 20 --json chaos.json
+  meshlite-bench --scenario mesh --rate 300 --json mesh.json
   meshlite-bench --scenario control --proxies 100,1000 --json control.json";
 
 /// The whole command line.
@@ -60,7 +80,8 @@ pub struct Cli {
 /// Subcommands; all hidden, they are how the benchmark starts its own helper processes.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Runs the upstream application: fixed 200 with an N-byte body (HTTP/1.1, h2c, gRPC).
+    /// Runs the upstream application: fixed 200 with an N-byte body (HTTP/1.1, h2c, gRPC),
+    /// optionally after calling downstream services (`--call`).
     #[command(hide = true)]
     App(AppArgs),
 }
@@ -74,6 +95,13 @@ pub struct AppArgs {
     /// Response body size in bytes (for gRPC, the message size inside the gRPC frame).
     #[arg(long, default_value_t = DEFAULT_PAYLOAD)]
     pub payload: usize,
+    /// A downstream service to call (concurrently with the others) before answering each
+    /// request: `HOST=ADDR`, the `Host` to name and where to connect (repeatable).
+    #[arg(long = "call", value_parser = crate::app::parse_downstream)]
+    pub calls: Vec<crate::app::Downstream>,
+    /// Bound on one downstream call.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub call_timeout: Duration,
 }
 
 /// Default response body size: a small fixed response, like the `return 200` baseline app.
@@ -85,7 +113,8 @@ pub struct BenchArgs {
     /// Scenario to run.
     #[arg(long, value_enum, default_value_t = ScenarioName::Pair)]
     pub scenario: ScenarioName,
-    /// Run a single rate (requests per second) instead of the default ladder 1000, 2000, 5000, 10000.
+    /// Run a single rate (requests per second) instead of the default ladder 1000, 2000, 5000,
+    /// 10000 (`chaos`: default 1000; `mesh`: the rate at the entry, default 300).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=200_000))]
     pub rate: Option<u32>,
     /// Measured window per run, e.g. `10`, `10s`, `1500ms`.

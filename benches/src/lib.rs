@@ -9,12 +9,14 @@
 //!
 //! Layout: one module per scenario under [`scenario`], and shared modules for load generation
 //! ([`load`]), process management ([`process`]), `/proc` sampling ([`procfs`]), the sidecars under
-//! test ([`sidecar`]), the upstream app ([`app`]) and the report ([`report`]).
+//! test ([`sidecar`]), the upstream app ([`app`]), one-shot HTTP probes of apps and sidecars
+//! ([`probe`]) and the report ([`report`]).
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod cli;
 pub mod load;
+pub mod probe;
 pub mod process;
 pub mod procfs;
 pub mod report;

@@ -282,6 +282,15 @@ impl ManagedChild {
     }
 }
 
+impl ManagedChild {
+    /// SIGKILLs the process and reaps it: a crash, not a graceful exit.
+    pub fn kill(mut self) {
+        self.stdin = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for ManagedChild {
     fn drop(&mut self) {
         self.stdin = None;
@@ -306,11 +315,95 @@ pub struct Binary {
 #[error("{0}")]
 pub struct BinaryError(String);
 
+/// The packages built together whenever one of their binaries is needed. One set for every
+/// build: cargo unifies dependency features over the packages of one invocation, so building
+/// `-p meshlite-proxy` alone after `cargo run -p meshlite-bench` (which enables more `nix`
+/// features, for one) rebuilt the proxy and then the bench, minutes each time; this set leaves
+/// the artifacts of `cargo run --release -p meshlite-bench` as they are.
+const BUILT_TOGETHER: [&str; 3] = ["meshlite-bench", "meshlite-proxy", "meshlite-control"];
+
+/// The outcome of this process's one workspace build (see [`BUILT_TOGETHER`]).
+static WORKSPACE_BUILD: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+
+/// Builds [`BUILT_TOGETHER`] once per process (cargo decides whether anything changed; a no-op
+/// takes a fraction of a second).
+fn build_workspace(workspace: &Path) -> Result<(), BinaryError> {
+    WORKSPACE_BUILD
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let packages: Vec<String> = BUILT_TOGETHER.iter().map(|p| format!("-p {p}")).collect();
+            let packages = packages.join(" ");
+            eprintln!("meshlite-bench: cargo build --release {packages} (no-op when up to date)");
+            let mut command = Command::new(&cargo);
+            command.args(["build", "--release", "--quiet"]);
+            // Under `cargo run`, this process carries the package's variables (CARGO_PKG_NAME,
+            // CARGO_MANIFEST_DIR...); build scripts that watch them (ring's) would see them
+            // change and rebuild, and the next `cargo run` would rebuild again.
+            for (key, _) in std::env::vars_os() {
+                if key.to_str().is_some_and(is_package_variable) {
+                    command.env_remove(&key);
+                }
+            }
+            for package in BUILT_TOGETHER {
+                command.args(["-p", package]);
+            }
+            let status = command
+                .current_dir(workspace)
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`cargo build --release {packages}` failed ({status})"
+                ))
+            }
+        })
+        .clone()
+        .map_err(BinaryError)
+}
+
+/// This executable's path, read once, before any build can replace the file: cargo's build of
+/// [`BUILT_TOGETHER`] may put another variant of `meshlite-bench` at the same path (it runs the
+/// same code), after which Linux reports the running one as `PATH (deleted)`.
+pub fn own_executable() -> Result<PathBuf, std::io::Error> {
+    static OWN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| {
+        std::env::current_exe()
+            .map(|p| strip_deleted(&p))
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(std::io::Error::other)
+}
+
+/// `PATH (deleted)` -> `PATH`: the file at the path is the rebuilt binary.
+fn strip_deleted(path: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    match text.strip_suffix(" (deleted)") {
+        Some(live) => PathBuf::from(live),
+        None => path.to_path_buf(),
+    }
+}
+
+/// A variable `cargo run` sets for the package it runs (not one of the user's settings).
+fn is_package_variable(name: &str) -> bool {
+    ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CFG_"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        || [
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "OUT_DIR",
+        ]
+        .contains(&name)
+}
+
 /// Finds the release binary `binary` of workspace package `package`: `$env_var` if set; else,
-/// inside the workspace, runs `cargo build --release -p PACKAGE` (cargo decides whether anything
-/// changed; a no-op takes a second) and takes `target/release/BINARY`; else the release binary
-/// beside this executable. A debug bench still runs release binaries: debug figures would mean
-/// nothing.
+/// inside the workspace, builds the workspace's binaries ([`BUILT_TOGETHER`], `package` among
+/// them, once per process) and takes `target/release/BINARY`; else the release binary beside
+/// this executable. A debug bench still runs release binaries: debug figures would mean nothing.
 pub fn locate_or_build(package: &str, binary: &str, env_var: &str) -> Result<Binary, BinaryError> {
     if let Some(path) = std::env::var_os(env_var) {
         let path = PathBuf::from(path);
@@ -325,7 +418,7 @@ pub fn locate_or_build(package: &str, binary: &str, env_var: &str) -> Result<Bin
             origin: format!("${env_var}"),
         });
     }
-    let own = std::env::current_exe()
+    let own = own_executable()
         .map_err(|e| BinaryError(format!("cannot find our own executable: {e}")))?;
     let own_dir = own.parent().map(Path::to_path_buf).unwrap_or_default();
     let release_dir = if own_dir.file_name().is_some_and(|n| n == "release") {
@@ -352,18 +445,13 @@ pub fn locate_or_build(package: &str, binary: &str, env_var: &str) -> Result<Bin
             )))
         };
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("meshlite-bench: cargo build --release -p {package} (no-op when up to date)");
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--quiet", "-p", package])
-        .current_dir(&workspace)
-        .status()
-        .map_err(|e| BinaryError(format!("cannot run cargo: {e}")))?;
-    if !status.success() {
+    if !BUILT_TOGETHER.contains(&package) {
         return Err(BinaryError(format!(
-            "`cargo build --release -p {package}` failed ({status})"
+            "{package} is not one of the packages the benchmark builds ({}); set {env_var}",
+            BUILT_TOGETHER.join(", ")
         )));
     }
+    build_workspace(&workspace)?;
     if !candidate.is_file() {
         return Err(BinaryError(format!(
             "cargo built {package} but {} does not exist (CARGO_TARGET_DIR elsewhere? set {env_var})",
@@ -387,4 +475,43 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         )
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nested_build_drops_the_package_variables_of_cargo_run_only() {
+        for name in [
+            "CARGO_PKG_NAME",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_CRATE_NAME",
+            "OUT_DIR",
+        ] {
+            assert!(is_package_variable(name), "{name}");
+        }
+        for name in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "PATH",
+            "RUSTFLAGS",
+        ] {
+            assert!(!is_package_variable(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_replaced_executable_is_found_at_its_path() {
+        assert_eq!(
+            strip_deleted(Path::new("/t/release/meshlite-bench (deleted)")),
+            PathBuf::from("/t/release/meshlite-bench")
+        );
+        assert_eq!(
+            strip_deleted(Path::new("/t/release/meshlite-bench")),
+            PathBuf::from("/t/release/meshlite-bench")
+        );
+        assert!(own_executable().is_ok_and(|p| p.is_file()));
+    }
 }

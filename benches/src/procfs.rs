@@ -2,7 +2,7 @@
 //!
 //! CPU of a process is `utime + stime` from `/proc/PID/stat` (all its threads, in clock ticks);
 //! its peak resident set is `VmHWM` from `/proc/PID/status`; the machine's busy time is the first
-//! line of `/proc/stat` (user, nice, system, steal). Two [`Snapshot`]s taken at the edges of a measured
+//! line of `/proc/stat` (user, nice, system, steal; idle apart). Two [`Snapshot`]s taken at the edges of a measured
 //! window give each process's cores used, and how much CPU *other* processes on the machine used
 //! meanwhile (busy time not accounted for by the processes we watch), which is how a run that
 //! shared the machine with a compiler is recognised.
@@ -103,6 +103,9 @@ fn parse_status_kb(text: &str, key: &str) -> Option<u64> {
 pub struct SystemCpu {
     /// Ticks spent running tasks or stolen by the hypervisor (user, nice, system, steal).
     pub busy: u64,
+    /// Ticks spent idle (idle, iowait). Unlike the busy fields, which are sampled at timer
+    /// ticks and miss short bursts on a mostly idle CPU, the kernel keeps idle time exactly.
+    pub idle: u64,
     /// All ticks.
     pub total: u64,
 }
@@ -129,7 +132,11 @@ fn parse_system_cpu(text: &str) -> Option<SystemCpu> {
     let at = |i: usize| values.get(i).copied().unwrap_or(0);
     let total: u64 = values.iter().take(8).sum();
     let busy = at(0) + at(1) + at(2) + at(7);
-    Some(SystemCpu { busy, total })
+    Some(SystemCpu {
+        busy,
+        idle: at(3) + at(4),
+        total,
+    })
 }
 
 /// Number of online CPUs.
@@ -180,6 +187,9 @@ pub struct CpuUsage {
     pub cores: Vec<f64>,
     /// Everything else on the machine.
     pub other_cores: f64,
+    /// The whole machine, interrupts included (all CPUs minus their exact idle time): how close
+    /// to saturation it was.
+    pub machine_cores: f64,
 }
 
 /// CPU use between two snapshots of the same processes.
@@ -200,7 +210,9 @@ pub fn usage(start: &Snapshot, end: &Snapshot) -> CpuUsage {
         .collect();
     let ours = own + watched.iter().sum::<u64>();
     let busy = end.system.busy.saturating_sub(start.system.busy);
+    let idle = end.system.idle.saturating_sub(start.system.idle);
     CpuUsage {
+        machine_cores: (cpu_count() as f64 - cores(idle)).max(0.0),
         seconds,
         own_cores: cores(own),
         cores: watched.into_iter().map(cores).collect(),
@@ -227,11 +239,12 @@ mod tests {
 
     #[test]
     fn system_line() {
-        let text = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4 5\n";
+        let text = "cpu  100 0 50 800 40 3 7 0 0 0\ncpu0 1 2 3 4 5\n";
         assert_eq!(
             parse_system_cpu(text),
             Some(SystemCpu {
                 busy: 150,
+                idle: 840,
                 total: 1000
             })
         );

@@ -1,10 +1,15 @@
 //! Benchmark scenarios, one module each.
 //!
 //! `pair` (the default) measures one client/server sidecar pair against a direct call;
-//! `control` measures the control plane with many simulated proxies. Later scenarios (`mesh`,
-//! `chaos`) plug in here beside them and reuse the shared modules.
+//! `control` measures the control plane with many simulated proxies; `chaos` breaks a backend
+//! under load behind a real control plane (outlier detection, retries); `mesh` runs a 15-service
+//! application under a real control plane and measures the latency added per hop. [`measure`]
+//! holds what the last two share.
 
+pub mod chaos;
 pub mod control;
+pub mod measure;
+pub mod mesh;
 pub mod pair;
 
 use clap::ValueEnum;
@@ -18,6 +23,12 @@ pub enum ScenarioName {
     Pair,
     /// N simulated proxies on one control plane: config convergence, CSR rate, control RSS/CPU.
     Control,
+    /// Three backends of one service, one failing then killed under load: client errors,
+    /// upstream attempts, time to eject.
+    Chaos,
+    /// A 15-service application under a real control plane: latency added per hop, CPU per
+    /// 1,000 requests and peak RSS per sidecar.
+    Mesh,
 }
 
 /// Why a scenario failed.
@@ -29,6 +40,12 @@ pub enum ScenarioError {
     /// The control scenario failed.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// The chaos scenario failed.
+    #[error(transparent)]
+    Chaos(#[from] chaos::ChaosError),
+    /// The mesh scenario failed.
+    #[error(transparent)]
+    Mesh(#[from] mesh::MeshScenarioError),
 }
 
 /// Runs the chosen scenario; returns whether every leg ran (false: some leg failed; the report
@@ -37,5 +54,7 @@ pub fn run(args: &BenchArgs) -> Result<bool, ScenarioError> {
     match args.scenario {
         ScenarioName::Pair => Ok(pair::run(args)?),
         ScenarioName::Control => Ok(control::run(args)?),
+        ScenarioName::Chaos => Ok(chaos::run(args)?),
+        ScenarioName::Mesh => Ok(mesh::run(args)?),
     }
 }

@@ -27,14 +27,14 @@ const DEFAULT_REPEAT_ONE_RATE: u32 = 3;
 /// Repetitions per ladder step unless `--repeat` says otherwise (keeps the default run short).
 const DEFAULT_REPEAT_LADDER: u32 = 1;
 /// A leg whose achieved rate is below this fraction of the target is disturbed.
-const MIN_ACHIEVED_FRACTION: f64 = 0.97;
+pub(crate) const MIN_ACHIEVED_FRACTION: f64 = 0.97;
 /// A leg during which other processes used more CPU than this (cores) is disturbed.
-const MAX_OTHER_LOAD_CORES: f64 = 0.25;
+pub(crate) const MAX_OTHER_LOAD_CORES: f64 = 0.25;
 /// A generator using more CPU than this (cores) is near saturation: its own delays would show.
-const MAX_GENERATOR_CORES: f64 = 0.9;
+pub(crate) const MAX_GENERATOR_CORES: f64 = 0.9;
 /// A leg whose pacer released 1% of its requests later than this (ms) is disturbed: on such a
 /// machine the sub-millisecond differences this benchmark looks for are below its noise.
-const MAX_PACER_LATE_MS: f64 = 1.0;
+pub(crate) const MAX_PACER_LATE_MS: f64 = 1.0;
 /// CPU for the generator and CPU for everything else, with `--pin`.
 const GENERATOR_CPU: usize = 0;
 /// See [`GENERATOR_CPU`].
@@ -125,7 +125,7 @@ pub fn run(args: &BenchArgs) -> Result<bool, PairError> {
     let setup = Setup {
         run_dir,
         pki,
-        bench_exe: std::env::current_exe().map_err(PairError::RunDir)?,
+        bench_exe: crate::process::own_executable().map_err(PairError::RunDir)?,
         proxy,
         haproxy,
     };

@@ -143,13 +143,19 @@ services:
 
 /// Addresses from the proxy's listening line.
 #[derive(Debug, Clone, Copy)]
-struct Announced {
-    outbound: SocketAddr,
-    inbound: SocketAddr,
-    health: SocketAddr,
+pub(crate) struct Announced {
+    /// Outbound listener (the app sends here).
+    pub(crate) outbound: SocketAddr,
+    /// Inbound listener (other sidecars connect here).
+    pub(crate) inbound: SocketAddr,
+    /// Health listener (`/healthz/ready`).
+    pub(crate) health: SocketAddr,
+    /// Metrics listener (`/stats/prometheus`).
+    pub(crate) metrics: SocketAddr,
 }
 
-fn parse_announce(name: &str, line: &str) -> Result<Announced, SidecarError> {
+/// Reads the addresses out of the proxy's listening line.
+pub(crate) fn parse_announce(name: &str, line: &str) -> Result<Announced, SidecarError> {
     let bad = |problem: String| SidecarError::Announce {
         name: name.to_string(),
         problem,
@@ -169,11 +175,12 @@ fn parse_announce(name: &str, line: &str) -> Result<Announced, SidecarError> {
         outbound: addr("outbound")?,
         inbound: addr("inbound")?,
         health: addr("health")?,
+        metrics: addr("metrics")?,
     })
 }
 
 /// A loopback address to connect to for a listener that may be bound to 0.0.0.0.
-fn connectable(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn connectable(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], addr.port()))
     } else {
@@ -195,7 +202,8 @@ fn ready_once(health: SocketAddr) -> bool {
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
 }
 
-fn wait_ready(child: &mut ManagedChild, health: SocketAddr) -> Result<(), SidecarError> {
+/// Waits until `/healthz/ready` answers 200, or the child exits, or [`READY_TIMEOUT`] passes.
+pub(crate) fn wait_ready(child: &mut ManagedChild, health: SocketAddr) -> Result<(), SidecarError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if ready_once(health) {

@@ -4,7 +4,10 @@
 //! server-side sidecar (mutual TLS in, plain traffic to the app), started fresh for every run with
 //! certificates from [`pki`]. Whatever the implementation, a started pair is a [`RunningPair`]:
 //! where the generator sends, what `Host` it names, and the two processes to sample and stop.
+//! The scenarios with a real control plane (`chaos`, `mesh`) start their sidecars through
+//! [`controlled`] instead: identity by CSR, config over xDS.
 
+pub mod controlled;
 pub mod haproxy;
 pub mod meshlite;
 pub mod pki;

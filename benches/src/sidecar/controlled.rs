@@ -1,0 +1,550 @@
+//! meshlite sidecars that join a real `meshlite-control`, as an operator runs them: the control
+//! plane process, one bootstrap token per service account, and one sidecar per workload that
+//! gets its certificate by CSR and its whole config (services, endpoints, routes, policies) over
+//! xDS.
+//!
+//! `meshlite-control serve` watches a config directory of Istio YAML (written before it starts,
+//! or replaced atomically while it runs) with its CA state in a directory of its own;
+//! `meshlite-control token create` makes the tokens. Each sidecar gets a config file with its
+//! identity and labels (the `app` label makes it an endpoint of that service), its listeners,
+//! the port its app serves, and a `control` section naming the token file and the control
+//! plane's root, the same as `meshlite-proxy --control ... --token-file ... --root-cert ...`.
+//! Every listener binds port 0, except an outbound port the scenario fixed because the app must
+//! know where to send before its sidecar starts ([`reserve_ports`]); the proxy's listening line
+//! gives the bound addresses. Sidecars are started in two steps ([`PendingSidecar`]) so that many
+//! can get their certificates at once.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::meshlite::{Announced, connectable, parse_announce, wait_ready};
+use super::{READY_TIMEOUT, SidecarError, write_text};
+use crate::probe::{self, ProbeError};
+use crate::process::{ChildSpec, ManagedChild, ProcessError};
+
+/// Namespace of every workload the scenarios start.
+pub const NAMESPACE: &str = "default";
+/// Trust domain of the control plane (its default).
+pub const TRUST_DOMAIN: &str = "cluster.local";
+/// The HTTP port every service of the scenarios serves (callers name `<service>:8080`).
+pub const SERVICE_PORT: u16 = 8080;
+/// How long the control plane may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Fixed ports are taken this far below the kernel's ephemeral range, which port-0 binds and
+/// outgoing connections use, so nothing else on the machine is handed one meanwhile.
+const FIXED_PORT_SPAN: u16 = 12_000;
+/// The usual start of Linux's ephemeral range, when `/proc` does not say.
+const DEFAULT_EPHEMERAL_START: u16 = 32_768;
+
+/// Why the control plane or a controlled sidecar could not be prepared or started.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// A process failed to start or to become ready.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// A sidecar failed to start, announce itself or become ready.
+    #[error(transparent)]
+    Sidecar(#[from] SidecarError),
+    /// A file or directory could not be written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The control plane's listening line was not understood.
+    #[error("meshlite-control printed an unexpected listening line: {0}")]
+    Announce(String),
+    /// `meshlite-control token create` failed.
+    #[error("meshlite-control token create for service account {account}: {message}")]
+    Token {
+        /// The service account.
+        account: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// No free port could be reserved.
+    #[error("cannot reserve {wanted} loopback ports below the ephemeral range")]
+    Ports {
+        /// How many were wanted.
+        wanted: usize,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MeshError {
+    let what = what.into();
+    move |source| MeshError::Io { what, source }
+}
+
+/// YAML double-quoted scalar (a JSON string is valid YAML).
+fn quoted(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
+}
+
+/// A running `meshlite-control serve` on loopback; killed when dropped.
+pub struct ControlPlane {
+    child: ManagedChild,
+    binary: PathBuf,
+    xds: SocketAddr,
+    monitoring: SocketAddr,
+    config_dir: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl ControlPlane {
+    /// Writes `files` (name, YAML) into `dir/config` and starts the control plane on it, its
+    /// state in `dir/state`, its log in `dir`.
+    pub fn start(binary: &Path, dir: &Path, files: &[(&str, String)]) -> Result<Self, MeshError> {
+        let config_dir = dir.join("config");
+        let state_dir = dir.join("state");
+        std::fs::create_dir_all(&config_dir)
+            .map_err(io(format!("create {}", config_dir.display())))?;
+        for (name, text) in files {
+            let path = config_dir.join(name);
+            std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
+        }
+        let mut child = ManagedChild::spawn(ChildSpec {
+            name: "meshlite-control".into(),
+            program: binary.to_path_buf(),
+            args: vec![
+                "serve".into(),
+                "--config-dir".into(),
+                config_dir.clone().into(),
+                "--state-dir".into(),
+                state_dir.clone().into(),
+                "--xds-addr".into(),
+                "127.0.0.1:0".into(),
+                "--monitoring-addr".into(),
+                "127.0.0.1:0".into(),
+            ],
+            pin_cpu: None,
+            log_dir: dir.to_path_buf(),
+            stdin_pipe: false,
+        })?;
+        let line = child.first_line(START_TIMEOUT)?;
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|_| MeshError::Announce(line.clone()))?;
+        let addr = |key: &str| {
+            value
+                .get(key)
+                .and_then(|a| a.as_str())
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .map(connectable)
+                .ok_or_else(|| MeshError::Announce(line.clone()))
+        };
+        Ok(Self {
+            xds: addr("xds")?,
+            monitoring: addr("monitoring")?,
+            child,
+            binary: binary.to_path_buf(),
+            config_dir,
+            state_dir,
+        })
+    }
+
+    /// A one-hour bootstrap token for `service_account` in [`NAMESPACE`].
+    pub fn token(&self, service_account: &str) -> Result<String, MeshError> {
+        let failed = |message: String| MeshError::Token {
+            account: service_account.to_string(),
+            message,
+        };
+        let out = Command::new(&self.binary)
+            .args(["token", "create", "--state-dir"])
+            .arg(&self.state_dir)
+            .args([
+                "--namespace",
+                NAMESPACE,
+                "--service-account",
+                service_account,
+                "--ttl",
+                "1h",
+            ])
+            .output()
+            .map_err(|e| failed(format!("cannot run it: {e}")))?;
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || token.is_empty() {
+            return Err(failed(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(token)
+    }
+
+    /// The CA root every sidecar is told to trust.
+    pub fn root_cert(&self) -> PathBuf {
+        self.state_dir.join("root-cert.pem")
+    }
+
+    /// `https://127.0.0.1:<xds port>`, the sidecars' `control.address`.
+    pub fn address(&self) -> String {
+        format!("https://{}", self.xds)
+    }
+
+    /// The watched config directory.
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
+    /// The monitoring address (`/metrics`, `/debug/status`).
+    pub fn monitoring(&self) -> SocketAddr {
+        self.monitoring
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// The end of its log.
+    pub fn log_tail(&self) -> String {
+        self.child.log_tail()
+    }
+
+    /// Stops it (SIGTERM, bounded wait, then SIGKILL).
+    pub fn stop(self) {
+        // Its exit status changes no figure of the data plane.
+        let _ = self.child.stop();
+    }
+}
+
+/// One workload that joins the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Workload name (node id `<name>.default`).
+    pub name: String,
+    /// Service account: identity `spiffe://cluster.local/ns/default/sa/<sa>`.
+    pub service_account: String,
+    /// `app` label: the workload is an endpoint of service `<app>` when it serves a port.
+    pub app: String,
+    /// `version` label.
+    pub version: Option<String>,
+    /// The app behind [`SERVICE_PORT`], if the workload serves one.
+    pub serves: Option<SocketAddr>,
+    /// A fixed outbound port (else port 0).
+    pub outbound_port: Option<u16>,
+}
+
+impl Workload {
+    /// A calling-only workload `name` (service account and `app` label `name`).
+    pub fn client(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            service_account: name.to_string(),
+            app: name.to_string(),
+            version: None,
+            serves: None,
+            outbound_port: None,
+        }
+    }
+
+    /// Service `name` served by the app at `app`.
+    pub fn service(name: &str, app: SocketAddr) -> Self {
+        Self {
+            serves: Some(app),
+            ..Self::client(name)
+        }
+    }
+
+    /// Version `version` of service `app` (workload `<app>-<version>`, service account `app`),
+    /// served by the app at `target`.
+    pub fn version_of(app: &str, version: &str, target: SocketAddr) -> Self {
+        Self {
+            name: format!("{app}-{version}"),
+            service_account: app.to_string(),
+            app: app.to_string(),
+            version: Some(version.to_string()),
+            serves: Some(target),
+            outbound_port: None,
+        }
+    }
+
+    /// Its SPIFFE ID.
+    pub fn spiffe_id(&self) -> String {
+        format!(
+            "spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{}",
+            self.service_account
+        )
+    }
+
+    /// The sidecar's config file: identity, listeners, the served port, the control plane.
+    pub fn config_yaml(
+        &self,
+        control_address: &str,
+        root_cert: &Path,
+        token_file: &Path,
+    ) -> String {
+        let mut y = format!(
+            "identity:\n  spiffe_id: {}\n  workload: {}\n  app: {}\n",
+            quoted(&self.spiffe_id()),
+            quoted(&self.name),
+            quoted(&self.app)
+        );
+        if let Some(v) = &self.version {
+            y.push_str(&format!("  version: {}\n", quoted(v)));
+        }
+        let outbound = SocketAddr::from(([127, 0, 0, 1], self.outbound_port.unwrap_or(0)));
+        y.push_str(&format!(
+            "listeners:\n  outbound: {outbound}\n  inbound: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  \
+             metrics: 127.0.0.1:0\n  health: 127.0.0.1:0\n"
+        ));
+        match self.serves {
+            Some(target) => y.push_str(&format!(
+                "inbound:\n  ports:\n    - {{ port: {SERVICE_PORT}, target: \"{target}\", protocol: http }}\n"
+            )),
+            None => y.push_str("inbound:\n  ports: []\n"),
+        }
+        y.push_str(&format!(
+            "control:\n  address: {}\n  root_cert: {}\n  token_file: {}\n",
+            quoted(control_address),
+            quoted(&root_cert.display().to_string()),
+            quoted(&token_file.display().to_string())
+        ));
+        y
+    }
+}
+
+/// How to run the controlled sidecars.
+#[derive(Debug, Clone)]
+pub struct SidecarOptions {
+    /// The proxy binary.
+    pub binary: PathBuf,
+    /// `--workers N`; `None` for the proxy's default.
+    pub workers: Option<u32>,
+    /// CPU to pin every sidecar to.
+    pub pin_cpu: Option<usize>,
+}
+
+/// A sidecar process started but not yet known to be ready.
+pub struct PendingSidecar {
+    workload: Workload,
+    child: ManagedChild,
+}
+
+impl PendingSidecar {
+    /// Writes the workload's config and token into `dir/<workload>/` and starts its sidecar.
+    pub fn spawn(
+        opts: &SidecarOptions,
+        control: &ControlPlane,
+        workload: &Workload,
+        token: &str,
+        dir: &Path,
+    ) -> Result<Self, MeshError> {
+        let own = dir.join(&workload.name);
+        std::fs::create_dir_all(&own).map_err(io(format!("create {}", own.display())))?;
+        let token_file = own.join("token");
+        write_text(&token_file, token)?;
+        let config = own.join("proxy.yaml");
+        write_text(
+            &config,
+            &workload.config_yaml(&control.address(), &control.root_cert(), &token_file),
+        )?;
+        let mut args = vec!["--config".into(), config.into_os_string()];
+        if let Some(workers) = opts.workers {
+            args.push("--workers".into());
+            args.push(workers.to_string().into());
+        }
+        let child = ManagedChild::spawn(ChildSpec {
+            name: format!("sidecar-{}", workload.name),
+            program: opts.binary.clone(),
+            args,
+            pin_cpu: opts.pin_cpu,
+            log_dir: own,
+            stdin_pipe: false,
+        })?;
+        Ok(Self {
+            workload: workload.clone(),
+            child,
+        })
+    }
+
+    /// Waits for its listening line (printed once the CA signed its certificate) and for
+    /// `/healthz/ready`.
+    pub fn ready(mut self) -> Result<Sidecar, MeshError> {
+        let name = self.child.name().to_string();
+        let line = self.child.first_line(READY_TIMEOUT)?;
+        let addrs = parse_announce(&name, &line)?;
+        wait_ready(&mut self.child, connectable(addrs.health))?;
+        Ok(Sidecar {
+            workload: self.workload,
+            child: self.child,
+            addrs,
+        })
+    }
+}
+
+/// A ready sidecar; killed when dropped.
+pub struct Sidecar {
+    workload: Workload,
+    child: ManagedChild,
+    addrs: Announced,
+}
+
+impl Sidecar {
+    /// The workload it runs beside.
+    pub fn workload(&self) -> &Workload {
+        &self.workload
+    }
+
+    /// Where its app (or the load generator) sends outbound requests.
+    pub fn outbound(&self) -> SocketAddr {
+        connectable(self.addrs.outbound)
+    }
+
+    /// Its `/stats/prometheus` listener.
+    pub fn metrics(&self) -> SocketAddr {
+        connectable(self.addrs.metrics)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Its Prometheus text now.
+    pub fn metrics_text(&self) -> Result<String, ProbeError> {
+        probe::get_ok(self.metrics(), "/stats/prometheus")
+    }
+
+    /// The end of its log.
+    pub fn log_tail(&self) -> String {
+        self.child.log_tail()
+    }
+
+    /// SIGKILLs it (a crash: no drain, no goodbye to the control plane).
+    pub fn kill(self) {
+        self.child.kill();
+    }
+
+    /// Stops it with SIGTERM; a note when it did not exit 0 in time.
+    pub fn stop(self) -> Option<String> {
+        let name = self.child.name().to_string();
+        let log = self.child.log_path().display().to_string();
+        match self.child.stop() {
+            Ok(Some(status)) if status.success() => None,
+            Ok(Some(status)) => Some(format!(
+                "{name} exited with {status} on SIGTERM (log {log})"
+            )),
+            Ok(None) => Some(format!(
+                "{name} did not exit within 5 s of SIGTERM: killed (log {log})"
+            )),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+}
+
+/// Loopback ports held by listeners until released, taken below the ephemeral range.
+pub struct PortReservation {
+    listeners: Vec<(u16, TcpListener)>,
+}
+
+impl PortReservation {
+    /// The reserved ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.listeners.iter().map(|(port, _)| *port).collect()
+    }
+
+    /// Closes the listeners: the ports are free for the processes they were reserved for.
+    pub fn release(self) {
+        drop(self.listeners);
+    }
+}
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(DEFAULT_EPHEMERAL_START)
+}
+
+/// The candidate ports, in the order tried: the span below the ephemeral range, starting at an
+/// offset that differs between runs (two benchmarks at once do not fight over the same ports).
+fn candidate_ports(ephemeral_start: u16, seed: u32) -> impl Iterator<Item = u16> {
+    let high = ephemeral_start.max(2_048);
+    let low = high.saturating_sub(FIXED_PORT_SPAN).max(1_024);
+    let span = u32::from(high - low);
+    let offset = seed % span.max(1);
+    (0..span).map(move |i| low + u16::try_from((offset + i) % span).unwrap_or(0))
+}
+
+/// Reserves `n` loopback ports below the ephemeral range (bound, so free and held).
+pub fn reserve_ports(n: usize) -> Result<PortReservation, MeshError> {
+    let seed = std::process::id().wrapping_mul(7_919);
+    let listeners: Vec<(u16, TcpListener)> = candidate_ports(ephemeral_start(), seed)
+        .filter_map(|port| {
+            TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+                .ok()
+                .map(|l| (port, l))
+        })
+        .take(n)
+        .collect();
+    if listeners.len() < n {
+        return Err(MeshError::Ports { wanted: n });
+    }
+    Ok(PortReservation { listeners })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_ports_stay_below_the_ephemeral_range() {
+        let ports: Vec<u16> = candidate_ports(32_768, 123_456).collect();
+        assert_eq!(ports.len(), usize::from(FIXED_PORT_SPAN));
+        assert!(ports.iter().all(|p| (20_768..32_768).contains(p)));
+        let mut sorted = ports.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ports.len(), "every port once");
+        // A tiny range still yields ports above the privileged ones.
+        assert!(candidate_ports(1_500, 7).all(|p| p >= 1_024));
+    }
+
+    #[test]
+    fn reserved_ports_are_distinct_and_held() {
+        let reservation = reserve_ports(3);
+        let ports = reservation
+            .as_ref()
+            .map(PortReservation::ports)
+            .unwrap_or_default();
+        assert_eq!(ports.len(), 3);
+        assert!(
+            ports
+                .iter()
+                .all(|p| TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], *p))).is_err())
+        );
+        if let Ok(r) = reservation {
+            r.release();
+        }
+    }
+
+    #[test]
+    fn a_serving_workload_declares_its_port_and_its_control_plane() {
+        let app: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 4000));
+        let mut w = Workload::version_of("echo", "v2", app);
+        w.outbound_port = Some(21_000);
+        let y = w.config_yaml(
+            "https://127.0.0.1:9",
+            Path::new("/s/root-cert.pem"),
+            Path::new("/d/token"),
+        );
+        assert!(y.contains("spiffe_id: \"spiffe://cluster.local/ns/default/sa/echo\""));
+        assert!(y.contains("workload: \"echo-v2\""));
+        assert!(y.contains("version: \"v2\""));
+        assert!(y.contains("outbound: 127.0.0.1:21000"));
+        assert!(y.contains("{ port: 8080, target: \"127.0.0.1:4000\", protocol: http }"));
+        assert!(y.contains("token_file: \"/d/token\""));
+        let client = Workload::client("loadgen").config_yaml(
+            "https://127.0.0.1:9",
+            Path::new("/r"),
+            Path::new("/t"),
+        );
+        assert!(client.contains("ports: []") && client.contains("outbound: 127.0.0.1:0"));
+    }
+}
