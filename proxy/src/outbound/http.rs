@@ -571,6 +571,8 @@ async fn attempts(
         attempt += 1;
         failed.push(index);
         drop(done(None));
+        // The failed attempt is over: its endpoint stops counting it during the backoff.
+        held.endpoint = None;
         tokio::time::sleep(p.backoff(attempt, &mut crate::balance::ThreadRandom)).await;
         req = next;
     }
