@@ -1328,6 +1328,11 @@ impl ClusterBuilder<'_> {
             .filter(|d| !d.is_zero())
             .unwrap_or(cfg.upstream.connect_timeout);
         let max_requests = pool.map_or(0, |p| p.max_requests_per_connection);
+        // `http.idleTimeout`: Istio's default is 1 h; `0s` disables it.
+        let idle_timeout = match pool.and_then(|p| p.idle_timeout) {
+            None => Some(DEFAULT_IDLE_TIMEOUT),
+            Some(d) => Duration::try_from(d).ok().filter(|d| !d.is_zero()),
+        };
         let allowed: Arc<[SpiffeId]> = svc.identities.clone().into();
         let fqdn = svc.fqdn();
         let server_name = ServerName::try_from(fqdn.clone())
@@ -1343,7 +1348,7 @@ impl ClusterBuilder<'_> {
                 let key = (ep.addr, server_name_str.clone(), ids.clone());
                 if let Some(e) = self.reuse.endpoints.get(&key)
                     && e.labels == ep.labels
-                    && e.h2.settings() == (connect_timeout, max_requests)
+                    && e.h2.settings() == (connect_timeout, max_requests, idle_timeout)
                 {
                     return e.clone();
                 }
@@ -1360,7 +1365,8 @@ impl ClusterBuilder<'_> {
                         connect_timeout,
                         Some(self.metrics.upstream_connects.clone()),
                     )
-                    .with_max_requests(max_requests),
+                    .with_max_requests(max_requests)
+                    .with_idle_timeout(idle_timeout),
                     http1_uri: http::uri::Authority::try_from(ep.addr.to_string())
                         .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0")),
                     peer: arc_swap::ArcSwapOption::empty(),
@@ -1557,6 +1563,9 @@ pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
         _ => (authority, None),
     }
 }
+
+/// Istio's `connectionPool.http.idleTimeout` default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Default connect timeout for the local app (the app is on loopback: fail fast).
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

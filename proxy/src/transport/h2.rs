@@ -53,7 +53,9 @@ pub struct H2Pool {
     /// Requests per connection before a new one is opened (`maxRequestsPerConnection`;
     /// 0: unlimited). The old connection finishes its streams and closes.
     max_requests: u32,
-    current: ArcSwapOption<Conn>,
+    /// A connection unused this long is let go (`http.idleTimeout`; Istio's default 1 h).
+    idle_timeout: Option<Duration>,
+    current: Arc<ArcSwapOption<Conn>>,
     connecting: tokio::sync::Mutex<()>,
     on_connect: Option<prometheus_client::metrics::counter::Counter>,
 }
@@ -63,6 +65,16 @@ pub struct H2Pool {
 struct Conn {
     send: SendRequest<ProxyBody>,
     used: std::sync::atomic::AtomicU32,
+    opened: std::time::Instant,
+    /// Nanoseconds after `opened` when it was last given a request.
+    last_used: std::sync::atomic::AtomicU64,
+}
+
+impl Conn {
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_nanos(self.last_used.load(std::sync::atomic::Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
+    }
 }
 
 /// HTTP/2 keep-alive ping interval on pooled connections: detects a dead peer without traffic.
@@ -84,7 +96,8 @@ impl H2Pool {
             target,
             connect_timeout,
             max_requests: 0,
-            current: ArcSwapOption::empty(),
+            idle_timeout: None,
+            current: Arc::new(ArcSwapOption::empty()),
             connecting: tokio::sync::Mutex::new(()),
             on_connect,
         }
@@ -96,10 +109,16 @@ impl H2Pool {
         self
     }
 
-    /// The connect timeout and request limit it was made with (a pool is reused by the next
-    /// snapshot only when they are unchanged).
-    pub fn settings(&self) -> (Duration, u32) {
-        (self.connect_timeout, self.max_requests)
+    /// Lets a connection go after it has been unused for `idle` (`None`: never).
+    pub fn with_idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// The connect timeout, request limit and idle timeout it was made with (a pool is reused
+    /// by the next snapshot only when they are unchanged).
+    pub fn settings(&self) -> (Duration, u32, Option<Duration>) {
+        (self.connect_timeout, self.max_requests, self.idle_timeout)
     }
 
     /// The endpoint address.
@@ -112,6 +131,11 @@ impl H2Pool {
     pub fn live(&self) -> Option<SendRequest<ProxyBody>> {
         let guard = self.current.load();
         let conn = guard.as_deref().filter(|c| !c.send.is_closed())?;
+        if self.idle_timeout.is_some() {
+            let at = u64::try_from(conn.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            conn.last_used
+                .store(at, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.max_requests > 0 {
             let used = conn.used.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if used >= self.max_requests {
@@ -133,10 +157,20 @@ impl H2Pool {
             return Ok(s);
         }
         let send = self.connect().await?;
-        self.current.store(Some(Arc::new(Conn {
+        let conn = Arc::new(Conn {
             send: send.clone(),
             used: std::sync::atomic::AtomicU32::new(1),
-        })));
+            opened: std::time::Instant::now(),
+            last_used: std::sync::atomic::AtomicU64::new(0),
+        });
+        if let Some(idle) = self.idle_timeout {
+            tokio::spawn(let_go_when_idle(
+                self.current.clone(),
+                Arc::downgrade(&conn),
+                idle,
+            ));
+        }
+        self.current.store(Some(conn));
         Ok(send)
     }
 
@@ -195,5 +229,27 @@ impl H2Pool {
             c.inc();
         }
         Ok(send)
+    }
+}
+
+/// The idle timer of one connection: once it has gone `idle` without a request, the pool
+/// forgets it, and hyper closes it when the requests still holding it are done.
+async fn let_go_when_idle(
+    current: Arc<ArcSwapOption<Conn>>,
+    conn: std::sync::Weak<Conn>,
+    idle: Duration,
+) {
+    loop {
+        let Some(c) = conn.upgrade() else { return };
+        let idle_for = c.idle_for();
+        if idle_for >= idle {
+            let cur = current.load();
+            if cur.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c)) {
+                current.store(None);
+            }
+            return;
+        }
+        drop(c);
+        tokio::time::sleep(idle - idle_for).await;
     }
 }

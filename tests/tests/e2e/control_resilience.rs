@@ -499,3 +499,45 @@ async fn pushes_changing_balancing_pools_and_ejection_drop_no_request_under_load
     report.assert_no_failures("DestinationRule pushes");
     assert!(report.ok > 400, "the load kept flowing: {}", report.ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upstream_connection_is_let_go_after_idle_timeout() {
+    let (control, _app, _server, client) = one_backend(&[]).await;
+    let connections = async || {
+        client
+            .metric("meshlite_upstream_connections_total", &[])
+            .await
+    };
+    let ok = async || {
+        let r = try_get(client.outbound(), ECHO_HOST, "/")
+            .await
+            .expect("response");
+        assert_eq!(r.status, 200);
+    };
+    control.write_config(
+        RULE_FILE,
+        &rule("{connectionPool: {http: {idleTimeout: 1s}}}"),
+    );
+    // The push swaps in endpoints with the new setting: their first request connects.
+    let before = connections().await;
+    let deadline = Instant::now() + SOON;
+    while connections().await == before {
+        assert!(Instant::now() < deadline, "the push never applied");
+        ok().await;
+    }
+    // Busy: the connection is kept.
+    let busy = connections().await;
+    for _ in 0..5 {
+        ok().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(connections().await, busy, "a connection in use is kept");
+    // Idle past the timeout: the next request needs a new connection.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ok().await;
+    assert_eq!(
+        connections().await,
+        busy + 1.0,
+        "the idle connection was let go"
+    );
+}
