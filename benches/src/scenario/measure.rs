@@ -1,5 +1,5 @@
-//! What the chaos and mesh scenarios share when they measure a window: the leg record of a load
-//! result, judged "disturbed" by the pair scenario's rules; CPU marks of single processes (one
+//! What the scenarios share when they measure a window: the leg record of a load result,
+//! judged "disturbed" by the same rules everywhere; CPU marks of single processes (one
 //! killed mid-window gets a window of its own, where a [`procfs::Snapshot`] of all would fail);
 //! peak memory in MB; and min/median/max over many sidecars.
 
@@ -49,7 +49,9 @@ pub fn leg_record(
     let pacer_late_p99 = result.pacer_late_ms(0.99);
     if pacer_late_p99 > MAX_PACER_LATE_MS {
         reasons.push(format!(
-            "the generator itself released requests late (p99 {pacer_late_p99:.1} ms)"
+            "the generator itself released requests late (p99 {pacer_late_p99:.1} ms, max {:.1} ms): \
+             its thread was not run on time",
+            result.pacer_late_us.max() as f64 / 1000.0
         ));
     }
     LegRecord {

@@ -307,53 +307,16 @@ fn measure_leg(
     let (start, end) = (start?, end?);
     let usage = procfs::usage(&start, &end);
 
-    let mut reasons = Vec::new();
-    let target_rps = f64::from(rate);
-    if result.achieved_rps < MIN_ACHIEVED_FRACTION * target_rps {
-        reasons.push(format!(
-            "achieved {:.0} RPS < {:.0}% of {rate}",
-            result.achieved_rps,
-            MIN_ACHIEVED_FRACTION * 100.0
-        ));
-    }
-    if usage.other_cores > MAX_OTHER_LOAD_CORES {
-        reasons.push(format!(
-            "other processes used {:.2} cores",
-            usage.other_cores
-        ));
-    }
-    if usage.own_cores > MAX_GENERATOR_CORES {
-        reasons.push(format!("generator used {:.2} cores", usage.own_cores));
-    }
-    let pacer_late_p99 = result.pacer_late_ms(0.99);
-    if pacer_late_p99 > MAX_PACER_LATE_MS {
-        reasons.push(format!(
-            "the generator itself released requests late (p99 {pacer_late_p99:.1} ms, max {:.1} ms): \
-             its thread was not run on time",
-            result.pacer_late_us.max() as f64 / 1000.0
-        ));
-    }
-    let leg = LegRecord {
-        latency: report::Percentiles {
-            p50_ms: result.quantile_ms(0.50),
-            p90_ms: result.quantile_ms(0.90),
-            p99_ms: result.quantile_ms(0.99),
-            p999_ms: result.quantile_ms(0.999),
+    let leg = super::measure::leg_record(
+        &result,
+        f64::from(rate),
+        super::measure::LegCpu {
+            generator_cores: usage.own_cores,
+            app_cores: usage.cores.first().copied().unwrap_or(0.0),
+            other_cores: usage.other_cores,
         },
-        max_ms: result.max_ms(),
-        achieved_rps: result.achieved_rps,
-        requests: result.requests,
-        errors: result.errors,
-        warmup_errors: result.warmup_errors,
-        generator_cpu_cores: usage.own_cores,
-        app_cpu_cores: usage.cores.first().copied().unwrap_or(0.0),
-        other_load_cores: usage.other_cores,
-        disturbed: !reasons.is_empty(),
-        disturbed_reasons: reasons,
-        error_samples: result.error_samples.clone(),
-        pacer_late_p50_ms: result.pacer_late_ms(0.50),
-        pacer_late_p99_ms: pacer_late_p99,
-    };
+        true,
+    );
     let mut sidecars = Vec::new();
     for (i, rss) in rss.into_iter().enumerate() {
         let cores = usage.cores.get(i + 1).copied().unwrap_or(0.0);
