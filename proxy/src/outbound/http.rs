@@ -168,13 +168,16 @@ async fn route_request(
             };
         }
     }
-    // Local rate limits: the rule's, then the destination host's.
-    let now = std::time::Instant::now();
-    let limited = b.rate_limit.as_ref().is_some_and(|(_, l)| !l.try_take(now))
+    // Local rate limits: the rule's, then the destination host's (the clock is read only
+    // when there is one).
+    let limited = b
+        .rate_limit
+        .as_ref()
+        .is_some_and(|(_, l)| !l.try_take(std::time::Instant::now()))
         || routed
             .cluster
             .and_then(|c| c.rate_limit.as_ref())
-            .is_some_and(|l| !l.try_take(now));
+            .is_some_and(|l| !l.try_take(std::time::Instant::now()));
     if limited {
         return Dispatched::failed(ProxyError::RateLimited);
     }
