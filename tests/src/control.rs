@@ -731,6 +731,17 @@ impl MeshProxy {
         sum_matching(&self.metrics_text().await, name, labels)
     }
 
+    /// `istio_requests_total` answered with `code` and response flags `flags` (e.g. 503,
+    /// `UO`).
+    pub async fn requests_flagged(&self, code: u16, flags: &str) -> f64 {
+        let code = code.to_string();
+        self.metric(
+            "istio_requests_total",
+            &[("response_code", code.as_str()), ("response_flags", flags)],
+        )
+        .await
+    }
+
     /// The admin `/config_dump`, parsed.
     ///
     /// # Panics

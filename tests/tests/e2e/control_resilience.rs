@@ -75,12 +75,7 @@ async fn a_burst_over_http2_max_requests_fails_fast_with_uo_and_never_reaches_th
         "the backend never held more than the limit"
     );
     assert!(started.elapsed() < SOON);
-    let uo = client
-        .metric(
-            "istio_requests_total",
-            &[("response_code", "503"), ("response_flags", "UO")],
-        )
-        .await;
+    let uo = client.requests_flagged(503, "UO").await;
     assert_eq!(
         uo, overflowed as f64,
         "istio_requests_total counts them as UO"
@@ -317,12 +312,7 @@ async fn the_retry_budget_bounds_upstream_load_during_a_full_outage() {
         "the budget's share was used: {retries}"
     );
     assert!(refused > 0.0, "retries over the budget were refused");
-    let uo = client
-        .metric(
-            "istio_requests_total",
-            &[("response_code", "503"), ("response_flags", "UO")],
-        )
-        .await;
+    let uo = client.requests_flagged(503, "UO").await;
     assert_eq!(
         uo, refused,
         "a request whose retry was refused is flagged UO"
@@ -342,12 +332,7 @@ async fn a_route_timeout_answers_504_ut_and_istios_default_does_not_retry_a_503(
         .expect("response");
     assert_eq!(reply.status, 504, "body: {}", reply.text());
     assert!(started.elapsed() < Duration::from_secs(5));
-    let ut = client
-        .metric(
-            "istio_requests_total",
-            &[("response_code", "504"), ("response_flags", "UT")],
-        )
-        .await;
+    let ut = client.requests_flagged(504, "UT").await;
     assert_eq!(ut, 1.0);
     // The default policy (Istio 1.24+) retries connect failures, not a 503 answer.
     app.fail_with(Some(503));
@@ -408,12 +393,7 @@ async fn local_rate_limits_on_a_destination_and_a_route_answer_429_rl_over_the_b
         passed,
         "refused requests never left"
     );
-    let rl = client
-        .metric(
-            "istio_requests_total",
-            &[("response_code", "429"), ("response_flags", "RL")],
-        )
-        .await;
+    let rl = client.requests_flagged(429, "RL").await;
     assert!(rl >= 4.0, "429 RL counted: {rl}");
     // A push lifting the limits takes effect.
     control.write_config(

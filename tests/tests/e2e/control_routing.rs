@@ -113,12 +113,7 @@ async fn virtual_service_rules_match_split_inject_faults_redirect_rewrite_and_mi
         before,
         "an abort never reaches a backend"
     );
-    let fi = client
-        .metric(
-            "istio_requests_total",
-            &[("response_code", "418"), ("response_flags", "FI")],
-        )
-        .await;
+    let fi = client.requests_flagged(418, "FI").await;
     assert_eq!(fi, 1.0);
 
     // Delay: the request waits, then is served.
