@@ -529,6 +529,16 @@ impl Checker<'_> {
 
     fn destination_rule(&mut self, r: &Resource, dr: &DestinationRule) {
         self.rate_limit_annotations(r, None);
+        let budget = crate::model::annotations::RETRY_BUDGET_ANNOTATION;
+        if let Some(v) = r.meta.annotations.get(budget)
+            && let Err(e) = v.parse::<crate::model::annotations::RateRetryBudget>()
+        {
+            self.error(
+                r,
+                format!("metadata.annotations[\"{budget}\"]"),
+                e.to_string(),
+            );
+        }
         let algorithm = crate::model::annotations::ALGORITHM_ANNOTATION;
         if let Some(a) = r.meta.annotations.get(algorithm) {
             let field = format!("metadata.annotations[\"{algorithm}\"]");
@@ -575,6 +585,19 @@ impl Checker<'_> {
     }
 
     fn traffic_policy(&mut self, r: &Resource, tp: &TrafficPolicy, p: &str) {
+        if let Some(b) = &tp.retry_budget {
+            let bp = format!("{p}.retryBudget");
+            if let Some(pct) = b.percent
+                && !(0.0..=100.0).contains(&pct)
+            {
+                self.error(
+                    r,
+                    format!("{bp}.percent"),
+                    format!("{pct} is outside 0..=100"),
+                );
+            }
+            self.not_negative(r, b.budget_interval, &format!("{bp}.budgetInterval"));
+        }
         self.policy_blocks(
             r,
             tp.load_balancer.as_ref(),
@@ -1075,6 +1098,33 @@ mod tests {
             .unwrap();
         assert_eq!(dr.spec.subsets.len(), 3);
         assert_eq!(set.peer_authentications_in("bookinfo").count(), 1);
+    }
+
+    #[test]
+    fn retry_budgets_must_be_within_their_ranges() {
+        let dr = |annotations: &str, policy: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  \
+                 name: r\n  namespace: default\n  annotations: {{{annotations}}}\n\
+                 spec: {{host: r, trafficPolicy: {policy}}}\n"
+            )
+        };
+        expect_no_error(&[dr(
+            "retrybudget.meshlite.io/rate: 'ratio=0.5,minPerSecond=2,ttl=5s'",
+            "{retryBudget: {percent: 25, minRetryConcurrency: 1, budgetInterval: 10s}}",
+        )]);
+        expect_error(
+            &[dr("retrybudget.meshlite.io/rate: 'ratio=2000'", "{}")],
+            "metadata.annotations[\"retrybudget.meshlite.io/rate\"]",
+        );
+        expect_error(
+            &[dr("", "{retryBudget: {percent: 120}}")],
+            "spec.trafficPolicy.retryBudget.percent",
+        );
+        expect_error(
+            &[dr("", "{retryBudget: {budgetInterval: -1s}}")],
+            "spec.trafficPolicy.retryBudget.budgetInterval",
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::identity::tls::{ALPN_H2, ALPN_HTTP1, Identity, IdentityError};
 use crate::resilience::breaker::Breakers;
 use crate::resilience::outlier::{Change, Detector, HostHealth, OutlierConfig};
 use crate::resilience::rate_limit::TokenBucket;
-use crate::resilience::retry::RetryBudget;
+use crate::resilience::retry::{BudgetParams, RetryBudget};
 use crate::route::{ResolveDestination, RouteError, RouteTable, Target};
 use crate::telemetry::metrics::{ClusterStats, Label, Metrics};
 use crate::transport::h2::{H2Pool, H2Target};
@@ -198,8 +198,10 @@ pub struct Cluster {
     pub outlier: Option<Detector>,
     /// Envoy's per-cluster statistics.
     pub stats: ClusterStats,
-    /// Keeps retries within a share of requests (shared across snapshots by name).
-    pub retry_budget: Arc<RetryBudget>,
+    /// Keeps retries within a share of requests over time (meshlite's rate budget; shared
+    /// across snapshots by name while its parameters hold). None: `off`, or Istio's
+    /// `retryBudget` (in `breakers`) stands alone.
+    pub retry_budget: Option<Arc<RetryBudget>>,
     /// The host's local rate limit (`ratelimit.meshlite.io/local` on its DestinationRule),
     /// shared by the host's clusters.
     pub rate_limit: Option<Arc<TokenBucket>>,
@@ -699,6 +701,7 @@ fn merged(
             load_balancer: s.load_balancer.clone().or_else(|| p.load_balancer.clone()),
             connection_pool: s.connection_pool.or(p.connection_pool),
             outlier_detection: s.outlier_detection.or(p.outlier_detection),
+            retry_budget: s.retry_budget.or(p.retry_budget),
             port_level: if s.port_level.is_empty() {
                 p.port_level.clone()
             } else {
@@ -1012,9 +1015,9 @@ impl Reuse {
             r.breakers
                 .entry(c.name.clone())
                 .or_insert_with(|| c.breakers.counts());
-            r.budgets
-                .entry(c.name.clone())
-                .or_insert_with(|| c.retry_budget.clone());
+            if let Some(b) = &c.retry_budget {
+                r.budgets.entry(c.name.clone()).or_insert_with(|| b.clone());
+            }
             if let Some(b) = &c.rate_limit {
                 r.rate_limits
                     .entry(c.labels.fqdn.to_string())
@@ -1083,6 +1086,7 @@ impl Snapshot {
             metrics,
             reuse: &reuse,
             destination_limits: &destination_limits,
+            policies: &view.policies,
             local: &local,
         };
         let mut hosts: HashMap<Box<str>, Vec<Arc<HostPort>>> = HashMap::new();
@@ -1305,6 +1309,8 @@ struct ClusterBuilder<'a> {
     reuse: &'a Reuse,
     /// Destination rate limits by host FQDN, shared by the host's clusters.
     destination_limits: &'a HashMap<String, Arc<TokenBucket>>,
+    /// Destination policies by host FQDN.
+    policies: &'a HashMap<String, v1::DestinationPolicy>,
     /// This workload (locality balancing is relative to it).
     local: &'a LocalWorkload,
 }
@@ -1431,8 +1437,11 @@ impl ClusterBuilder<'_> {
             .first()
             .map(|i| Arc::from(i.principal()))
             .unwrap_or_else(unknown);
+        // Istio's `retryBudget` is not a port-level block: the top level's (or the subset's).
+        let concurrency_budget = tp.and_then(|t| t.retry_budget.as_ref());
         let breakers = Breakers::new(
             pool,
+            concurrency_budget,
             &self.reuse.breakers.get(&name).cloned().unwrap_or_default(),
         );
         let stats = self.metrics.clusters.stats(&name);
@@ -1441,7 +1450,18 @@ impl ClusterBuilder<'_> {
                 .ejections_active
                 .set(i64::try_from(d.ejected_count()).unwrap_or(i64::MAX));
         }
-        let retry_budget = self.reuse.budgets.get(&name).cloned().unwrap_or_default();
+        let rate = self
+            .policies
+            .get(&fqdn)
+            .and_then(|p| p.rate_retry_budget.as_ref());
+        let retry_budget = BudgetParams::for_destination(rate, concurrency_budget.is_some())
+            .map(|params| match self.reuse.budgets.get(&name) {
+                Some(b) if b.params() == params => b.clone(),
+                _ => Arc::new(RetryBudget::from_params(params).unwrap_or_else(|e| {
+                    tracing::warn!(cluster = %name, error = %e, "retry budget refused, default used");
+                    RetryBudget::default()
+                })),
+            });
         let cluster = Arc::new(Cluster {
             rate_limit: self.destination_limits.get(&fqdn).cloned(),
             retry_budget,

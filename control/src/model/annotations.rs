@@ -6,6 +6,11 @@
 //! `maxTokens=100,tokensPerFill=10,fillInterval=1s`: the bucket starts full with
 //! `maxTokens`, gains `tokensPerFill` (default 1) every `fillInterval`, and a request without a
 //! token is answered 429 with flag `RL`.
+//!
+//! Retries are also kept within a rate budget (Linkerd's): `retrybudget.meshlite.io/rate` on
+//! a DestinationRule reads `ratio=0.2,minPerSecond=10,ttl=10s` (those are the defaults a
+//! proxy uses without the annotation; keys left out keep them) or `off`. Istio's own
+//! `trafficPolicy.retryBudget` caps retries *in flight* instead; the two can be combined.
 
 use super::IstioDuration;
 
@@ -17,6 +22,90 @@ pub const ALGORITHM_ANNOTATION: &str = "loadbalancer.meshlite.io/algorithm";
 pub const DESTINATION_ANNOTATION: &str = "ratelimit.meshlite.io/local";
 /// The prefix of the per-route annotations on a VirtualService (followed by the route name).
 pub const ROUTE_ANNOTATION_PREFIX: &str = "ratelimit.meshlite.io/local.";
+
+/// The annotation on a DestinationRule setting the rate retry budget of its host.
+pub const RETRY_BUDGET_ANNOTATION: &str = "retrybudget.meshlite.io/rate";
+
+/// A rate retry budget: retries at most `ratio` of requests plus `min_per_second`, both
+/// over `ttl`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateRetryBudget {
+    /// `off`: this host's retries are not budgeted by rate.
+    Off,
+    /// The budget's parameters.
+    On {
+        /// Retries allowed per request.
+        ratio: f64,
+        /// Retries allowed per second regardless of requests.
+        min_per_second: u32,
+        /// How long a request's deposit (and a retry's withdrawal) counts.
+        ttl: IstioDuration,
+    },
+}
+
+/// Why a retry-budget annotation is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetryBudgetError {
+    /// A `key=value` pair is malformed or its key unknown.
+    #[error("`{0}`: expected ratio=R, minPerSecond=N, ttl=DURATION, or `off`")]
+    Pair(String),
+    /// The ratio is not a number in `[0, 1000]`.
+    #[error("`{0}`: ratio must be a number between 0 and 1000")]
+    Ratio(String),
+    /// The reserve is not a whole number.
+    #[error("`{0}`: minPerSecond must be a whole number")]
+    MinPerSecond(String),
+    /// The ttl does not parse or is outside 1 s to 60 s.
+    #[error("`{0}`: ttl must be a duration between 1s and 60s")]
+    Ttl(String),
+}
+
+impl std::str::FromStr for RateRetryBudget {
+    type Err = RetryBudgetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim() == "off" {
+            return Ok(Self::Off);
+        }
+        let (mut ratio, mut min_per_second) = (0.2, 10);
+        let mut ttl = IstioDuration::from(std::time::Duration::from_secs(10));
+        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| RetryBudgetError::Pair(pair.to_string()))?;
+            match k {
+                "ratio" => {
+                    ratio = v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| (0.0..=1000.0).contains(r))
+                        .ok_or_else(|| RetryBudgetError::Ratio(pair.to_string()))?;
+                }
+                "minPerSecond" => {
+                    min_per_second = v
+                        .parse()
+                        .map_err(|_| RetryBudgetError::MinPerSecond(pair.to_string()))?;
+                }
+                "ttl" => {
+                    ttl = IstioDuration::parse(v)
+                        .ok()
+                        .filter(|d| {
+                            (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(60))
+                                .contains(&d.as_std())
+                        })
+                        .ok_or_else(|| RetryBudgetError::Ttl(pair.to_string()))?;
+                }
+                _ => return Err(RetryBudgetError::Pair(pair.to_string())),
+            }
+        }
+        Ok(Self::On {
+            ratio,
+            min_per_second,
+            ttl,
+        })
+    }
+}
 
 /// One token bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +179,31 @@ impl std::str::FromStr for LocalRateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_the_retry_budget_annotation_keeping_linkerds_defaults() {
+        let b: RateRetryBudget = "ratio=0.5, ttl=5s".parse().unwrap();
+        assert_eq!(
+            b,
+            RateRetryBudget::On {
+                ratio: 0.5,
+                min_per_second: 10,
+                ttl: IstioDuration::parse("5s").unwrap(),
+            }
+        );
+        assert_eq!("off".parse::<RateRetryBudget>(), Ok(RateRetryBudget::Off));
+        for bad in [
+            "ratio=-1",
+            "ratio=much",
+            "minPerSecond=-3",
+            "ttl=500ms",
+            "ttl=2m",
+            "burst=3",
+            "ratio",
+        ] {
+            assert!(bad.parse::<RateRetryBudget>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_the_annotation_with_envoys_defaults_and_refuses_nonsense() {

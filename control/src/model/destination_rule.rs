@@ -52,6 +52,22 @@ pub struct TrafficPolicy {
     pub tls: Option<ClientTlsSettings>,
     /// Per-port replacements of the four blocks (not inherited, see SEMANTICS 1.1).
     pub port_level_settings: Vec<PortTrafficPolicy>,
+    /// Caps retries in flight relative to requests (replaces `maxRetries`).
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Istio's `TrafficPolicy.RetryBudget` (Envoy's cluster retry budget): at most
+/// max(`percent` % of the requests counted, `minRetryConcurrency`) retries in flight.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RetryBudget {
+    /// Share of requests that may be retries at once (Istio default 20).
+    pub percent: Option<f64>,
+    /// The cap never goes below this (Istio default 3).
+    pub min_retry_concurrency: Option<u32>,
+    /// When set, requests started within this window are counted instead of those in
+    /// flight (`0s`, the default: those in flight and pending).
+    pub budget_interval: Option<IstioDuration>,
 }
 
 /// The four policy blocks for one port.

@@ -115,6 +115,7 @@ fn traffic_policy(
             min_health_percent: positive(o.min_health_percent),
         }),
         port_level: Default::default(),
+        retry_budget: None,
     }
 }
 
@@ -124,6 +125,19 @@ fn full_policy(tp: &TrafficPolicy) -> v1::TrafficPolicy {
         tp.connection_pool.as_ref(),
         tp.outlier_detection.as_ref(),
     );
+    // Istio's defaults (Envoy's): 20 %, at least 3, requests in flight.
+    p.retry_budget = tp
+        .retry_budget
+        .as_ref()
+        .map(|b| v1::ConcurrencyRetryBudget {
+            percent: b.percent.unwrap_or(20.0),
+            min_retry_concurrency: b.min_retry_concurrency.unwrap_or(3),
+            budget_interval: b
+                .budget_interval
+                .as_ref()
+                .filter(|d| !d.is_zero())
+                .map(duration),
+        });
     // Port-level entries replace the blocks wholesale (not inherited), as Istio does.
     for pl in &tp.port_level_settings {
         if let Some(port) = pl.port {
@@ -172,7 +186,33 @@ pub fn destination(dr: &Named<DestinationRule>, host: &str) -> v1::DestinationPo
                 .annotations
                 .get(crate::model::annotations::DESTINATION_ANNOTATION),
         ),
+        rate_retry_budget: rate_retry_budget(
+            dr.meta
+                .annotations
+                .get(crate::model::annotations::RETRY_BUDGET_ANNOTATION),
+        ),
     }
+}
+
+/// The `retrybudget.meshlite.io/rate` annotation (validation refused a bad value).
+fn rate_retry_budget(value: Option<&String>) -> Option<v1::RateRetryBudget> {
+    use crate::model::annotations::RateRetryBudget;
+    Some(match value?.parse().ok()? {
+        RateRetryBudget::Off => v1::RateRetryBudget {
+            disabled: true,
+            ..Default::default()
+        },
+        RateRetryBudget::On {
+            ratio,
+            min_per_second,
+            ttl,
+        } => v1::RateRetryBudget {
+            ratio,
+            min_per_second,
+            ttl: Some(duration(&ttl)),
+            disabled: false,
+        },
+    })
 }
 
 fn selects(selector: Option<&WorkloadSelector>, w: &Workload) -> bool {

@@ -781,3 +781,68 @@ fn mesh_external_entries_are_pushed_without_identities_and_dns_names_stay_names(
     // resolution NONE (the default) has nothing to send to: kept, not pushed.
     assert!(!view[type_url::SERVICE].contains_key("anything.example.com"));
 }
+
+#[test]
+fn retry_budgets_are_pushed_with_istios_defaults_and_the_annotation_parsed() {
+    let dr = |annotation: &str, policy: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  \
+             name: reviews\n  namespace: shop\n  annotations: {{{annotation}}}\n\
+             spec: {{host: {REVIEWS}, trafficPolicy: {policy}, \
+             subsets: [{{name: v1, labels: {{version: v1}}, \
+             trafficPolicy: {{retryBudget: {{percent: 50, budgetInterval: 2s}}}}}}]}}\n"
+        )
+    };
+    let caller = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
+    let policy = |annotation: &str, policy: &str| -> v1::DestinationPolicy {
+        let m = mesh(config(&[dr(annotation, policy)]), &[caller.clone()]);
+        decode(&m.view_for(&caller), type_url::DESTINATION_POLICY, REVIEWS)
+    };
+
+    let p = policy("", "{retryBudget: {}}");
+    let top = p.traffic_policy.and_then(|t| t.retry_budget);
+    assert_eq!(
+        top,
+        Some(v1::ConcurrencyRetryBudget {
+            percent: 20.0,
+            min_retry_concurrency: 3,
+            budget_interval: None,
+        }),
+        "Istio's defaults filled in"
+    );
+    let subset = p.subsets[0]
+        .traffic_policy
+        .as_ref()
+        .and_then(|t| t.retry_budget);
+    assert_eq!(
+        subset,
+        Some(v1::ConcurrencyRetryBudget {
+            percent: 50.0,
+            min_retry_concurrency: 3,
+            budget_interval: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0
+            }),
+        })
+    );
+    assert_eq!(
+        p.rate_retry_budget, None,
+        "no annotation: the proxy's default"
+    );
+
+    let p = policy("retrybudget.meshlite.io/rate: 'ratio=0.5,ttl=20s'", "{}");
+    assert_eq!(
+        p.rate_retry_budget,
+        Some(v1::RateRetryBudget {
+            ratio: 0.5,
+            min_per_second: 10,
+            ttl: Some(prost_types::Duration {
+                seconds: 20,
+                nanos: 0
+            }),
+            disabled: false,
+        })
+    );
+    let p = policy("retrybudget.meshlite.io/rate: 'off'", "{}");
+    assert!(p.rate_retry_budget.is_some_and(|b| b.disabled));
+}

@@ -461,8 +461,13 @@ async fn attempts(
     let policy = retry.filter(|p| p.num_retries > 0 && !upgrade);
     let mut req = req;
     let mut template = None;
+    if cluster.breakers.retry_budget.is_some() {
+        cluster.breakers.record_request(crate::snapshot::clock_ns());
+    }
     if let Some(p) = policy {
-        cluster.retry_budget.deposit(std::time::Instant::now());
+        if let Some(b) = &cluster.retry_budget {
+            b.deposit(std::time::Instant::now());
+        }
         let is_grpc = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -561,11 +566,15 @@ async fn attempts(
                 None => return done(None),
             },
         };
-        let Some(permit) = cluster.breakers.retries.try_acquire() else {
+        // The previous retry is over: it no longer counts against `maxRetries` or the budget.
+        _retrying = None;
+        let Some(permit) = cluster.breakers.try_retry(crate::snapshot::clock_ns()) else {
             cluster.stats.retry_overflow.inc();
             return done(Some("UO"));
         };
-        if !cluster.retry_budget.withdraw(std::time::Instant::now()) {
+        if let Some(b) = &cluster.retry_budget
+            && !b.withdraw(std::time::Instant::now())
+        {
             cluster.stats.retry_overflow.inc();
             return done(Some("UO"));
         }

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshlite_xds_proto::v1;
 
+use super::concurrency_budget::ConcurrencyBudget;
+
 /// One threshold: how many of something may be open at once.
 #[derive(Debug, Clone)]
 pub struct Limit {
@@ -36,8 +38,13 @@ impl Limit {
 
     /// Takes one slot, or `None` when all `max` are taken.
     pub fn try_acquire(&self) -> Option<Permit> {
+        self.try_acquire_under(self.max)
+    }
+
+    /// Takes one slot, or `None` when `max` (a limit computed for this moment) are taken.
+    fn try_acquire_under(&self, max: u64) -> Option<Permit> {
         let prev = self.open.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.max {
+        if prev >= max {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -72,6 +79,8 @@ pub struct Counts {
     pending: Arc<AtomicU64>,
     retries: Arc<AtomicU64>,
     connections: Arc<AtomicU64>,
+    /// The retry budget's request window, when it had one.
+    budget: Option<ConcurrencyBudget>,
 }
 
 /// A cluster's circuit breakers.
@@ -87,11 +96,17 @@ pub struct Breakers {
     /// Open TCP tunnels (`tcp.maxConnections` for `tcp` services; HTTP over the shared
     /// HTTP/2 connection always keeps its one connection per host, as in Envoy).
     pub connections: Limit,
+    /// `retryBudget`: when set, it caps `retries` instead of `maxRetries`.
+    pub retry_budget: Option<ConcurrencyBudget>,
 }
 
 impl Breakers {
-    /// The breakers `pool` sets (none: no limits), counting in `counts`.
-    pub fn new(pool: Option<&v1::ConnectionPool>, counts: &Counts) -> Self {
+    /// The breakers `pool` and `budget` set (none: no limits), counting in `counts`.
+    pub fn new(
+        pool: Option<&v1::ConnectionPool>,
+        budget: Option<&v1::ConcurrencyRetryBudget>,
+        counts: &Counts,
+    ) -> Self {
         let field = |f: fn(&v1::ConnectionPool) -> u32| pool.map_or(0, f);
         Self {
             requests: Limit::from_field(field(|p| p.http2_max_requests), counts.requests.clone()),
@@ -104,6 +119,26 @@ impl Breakers {
                 field(|p| p.max_connections),
                 counts.connections.clone(),
             ),
+            retry_budget: budget.map(|b| ConcurrencyBudget::new(b, counts.budget.as_ref())),
+        }
+    }
+
+    /// Records a request to the cluster, for a retry budget counting by interval.
+    pub fn record_request(&self, now_ns: u64) {
+        if let Some(b) = &self.retry_budget {
+            b.record_request(now_ns);
+        }
+    }
+
+    /// Takes a slot for one retry in flight: under the retry budget when there is one
+    /// (Envoy: it replaces `maxRetries`), else under `maxRetries`.
+    pub fn try_retry(&self, now_ns: u64) -> Option<Permit> {
+        match &self.retry_budget {
+            None => self.retries.try_acquire(),
+            Some(b) => {
+                let in_flight = self.requests.open().saturating_add(self.pending.open());
+                self.retries.try_acquire_under(b.max(in_flight, now_ns))
+            }
         }
     }
 
@@ -114,6 +149,7 @@ impl Breakers {
             pending: self.pending.open.clone(),
             retries: self.retries.open.clone(),
             connections: self.connections.open.clone(),
+            budget: self.retry_budget.clone(),
         }
     }
 }
@@ -136,15 +172,45 @@ mod tests {
 
     #[test]
     fn unset_fields_mean_no_limit() {
-        let b = Breakers::new(None, &Counts::default());
+        let b = Breakers::new(None, None, &Counts::default());
         assert_eq!(b.requests.max(), u64::MAX);
         let pool = v1::ConnectionPool {
             http2_max_requests: 3,
             ..Default::default()
         };
-        let b = Breakers::new(Some(&pool), &Counts::default());
+        let b = Breakers::new(Some(&pool), None, &Counts::default());
         assert_eq!(b.requests.max(), 3);
         assert_eq!(b.pending.max(), u64::MAX, "0 is Istio's unset");
+    }
+
+    #[test]
+    fn a_retry_budget_replaces_max_retries_and_follows_requests_in_flight() {
+        let pool = v1::ConnectionPool {
+            max_retries: 1,
+            ..Default::default()
+        };
+        let budget = v1::ConcurrencyRetryBudget {
+            percent: 50.0,
+            min_retry_concurrency: 2,
+            budget_interval: None,
+        };
+        let b = Breakers::new(Some(&pool), Some(&budget), &Counts::default());
+        let floor: Vec<_> = (0..3).map(|_| b.try_retry(0)).collect();
+        assert_eq!(
+            floor.iter().filter(|p| p.is_some()).count(),
+            2,
+            "the floor of 2, not maxRetries 1"
+        );
+        let requests: Vec<_> = (0..10).filter_map(|_| b.requests.try_acquire()).collect();
+        assert_eq!(requests.len(), 10);
+        let more: Vec<_> = (0..5).filter_map(|_| b.try_retry(0)).collect();
+        assert_eq!(more.len(), 3, "50 % of 10 in flight is 5 retries in all");
+        let plain = Breakers::new(Some(&pool), None, &Counts::default());
+        let first = plain.try_retry(0);
+        assert!(
+            first.is_some() && plain.try_retry(0).is_none(),
+            "maxRetries 1"
+        );
     }
 
     #[test]
@@ -153,9 +219,9 @@ mod tests {
             http2_max_requests: 1,
             ..Default::default()
         };
-        let old = Breakers::new(Some(&pool), &Counts::default());
+        let old = Breakers::new(Some(&pool), None, &Counts::default());
         let held = old.requests.try_acquire();
-        let new = Breakers::new(Some(&pool), &old.counts());
+        let new = Breakers::new(Some(&pool), None, &old.counts());
         assert!(held.is_some());
         assert!(
             new.requests.try_acquire().is_none(),

@@ -305,6 +305,46 @@ pub enum Outcome {
     Overflow,
 }
 
+/// The parameters of a rate budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetParams {
+    /// How long a deposit or withdrawal counts.
+    pub ttl: Duration,
+    /// Retries per second allowed regardless of requests.
+    pub min_per_sec: u32,
+    /// Retries allowed per request.
+    pub ratio: f64,
+}
+
+impl BudgetParams {
+    /// The rate budget of a destination: its `retrybudget.meshlite.io/rate` annotation, or
+    /// Linkerd's defaults. None when the annotation says `off`, or when the destination has
+    /// Istio's `retryBudget` and no annotation: the user chose Envoy's budget, and a second
+    /// one they did not ask for would refuse retries it allows.
+    pub fn for_destination(
+        rate: Option<&v1::RateRetryBudget>,
+        concurrency_budget: bool,
+    ) -> Option<Self> {
+        match rate {
+            None if concurrency_budget => None,
+            None => Some(Self {
+                ttl: DEFAULT_BUDGET_TTL,
+                min_per_sec: DEFAULT_BUDGET_MIN_PER_SEC,
+                ratio: DEFAULT_BUDGET_RATIO,
+            }),
+            Some(r) if r.disabled => None,
+            Some(r) => Some(Self {
+                ttl: r
+                    .ttl
+                    .and_then(|d| Duration::try_from(d).ok())
+                    .unwrap_or(DEFAULT_BUDGET_TTL),
+                min_per_sec: r.min_per_second,
+                ratio: r.ratio,
+            }),
+        }
+    }
+}
+
 /// Why a budget could not be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BudgetError {
@@ -334,6 +374,8 @@ const NEWER_HORIZON: u32 = 1 << 16;
 /// (high 32 bits) and balance (low 32 bits, saturating toward fewer retries).
 #[derive(Debug)]
 pub struct RetryBudget {
+    /// What it was built from (a push with the same parameters keeps the budget).
+    params: BudgetParams,
     /// The instant of the first call: window 0 starts there.
     origin: OnceLock<Instant>,
     /// Window length in nanoseconds (`ttl / 10`, at least 100 ms).
@@ -370,10 +412,25 @@ impl RetryBudget {
         Ok(Self::build(ttl, min_per_sec, ratio))
     }
 
+    /// The budget `p` describes.
+    pub fn from_params(p: BudgetParams) -> Result<Self, BudgetError> {
+        Self::new(p.ttl, p.min_per_sec, p.ratio)
+    }
+
+    /// What the budget was built from.
+    pub fn params(&self) -> BudgetParams {
+        self.params
+    }
+
     /// Builds from checked parameters.
     fn build(ttl: Duration, min_per_sec: u32, ratio: f64) -> Self {
         let reserve = u128::from(min_per_sec) * ttl.as_millis() * UNIT as u128 / 1000;
         Self {
+            params: BudgetParams {
+                ttl,
+                min_per_sec,
+                ratio,
+            },
             origin: OnceLock::new(),
             window_nanos: (ttl.as_nanos() / u128::from(WINDOWS)).max(1),
             reserve: i64::try_from(reserve).unwrap_or(i64::MAX),
@@ -700,6 +757,6 @@ mod tests {
             );
         }
         assert!(RetryBudget::new(s(60), u32::MAX, 1000.0).is_ok());
-        assert!(std::mem::size_of::<RetryBudget>() <= 160);
+        assert!(std::mem::size_of::<RetryBudget>() <= 192);
     }
 }

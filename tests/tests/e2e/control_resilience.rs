@@ -263,14 +263,26 @@ async fn retries_turn_a_30_percent_failing_backend_into_no_client_errors() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_retry_budget_bounds_upstream_load_during_a_full_outage() {
-    const REQUESTS: u64 = 1000;
+/// What a full outage of the backend made of `REQUESTS` requests from 20 callers, each
+/// with `attempts: 3` on 5xx: attempts that reached the backend, retries sent, retries
+/// refused, and requests flagged `UO`.
+struct Outage {
+    attempts: u64,
+    retries: u64,
+    refused: f64,
+    flagged_uo: f64,
+}
+
+const OUTAGE_REQUESTS: u64 = 1000;
+
+async fn full_outage(rule: Option<&str>) -> Outage {
     const CALLERS: u64 = 20;
     let vs = virtual_service(
         "[{route: [{destination: {host: echo}}], retries: {attempts: 3, retryOn: 5xx}}]",
     );
-    let (_control, app, _server, client) = one_backend(&[("echo-vs.yaml", &vs)]).await;
+    let mut files = vec![("echo-vs.yaml", vs.as_str())];
+    files.extend(rule.map(|r| (RULE_FILE, r)));
+    let (_control, app, _server, client) = one_backend(&files).await;
     app.fail_with(Some(503));
     let before = app.requests();
     let outbound = client.outbound();
@@ -278,7 +290,7 @@ async fn the_retry_budget_bounds_upstream_load_during_a_full_outage() {
         .map(|_| {
             tokio::spawn(async move {
                 let mut statuses = Vec::new();
-                for _ in 0..REQUESTS / CALLERS {
+                for _ in 0..OUTAGE_REQUESTS / CALLERS {
                     let reply = try_get(outbound, ECHO_HOST, "/").await.expect("response");
                     statuses.push(reply.status.as_u16());
                 }
@@ -290,32 +302,104 @@ async fn the_retry_budget_bounds_upstream_load_during_a_full_outage() {
         let statuses = caller.await.expect("join");
         assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
     }
+    let outage = Outage {
+        attempts: app.requests() - before,
+        retries: client
+            .metric("envoy_cluster_upstream_rq_retry_total", &ECHO_CLUSTER)
+            .await as u64,
+        refused: client
+            .metric(
+                "envoy_cluster_upstream_rq_retry_overflow_total",
+                &ECHO_CLUSTER,
+            )
+            .await,
+        flagged_uo: client.requests_flagged(503, "UO").await,
+    };
+    assert_eq!(outage.attempts, OUTAGE_REQUESTS + outage.retries);
+    assert!(outage.refused > 0.0, "retries over the budget were refused");
+    assert_eq!(
+        outage.flagged_uo, outage.refused,
+        "a request whose retry was refused is flagged UO"
+    );
+    outage
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_bounds_upstream_load_during_a_full_outage() {
+    let Outage { retries, .. } = full_outage(None).await;
+    // Without a budget: 3 retries each, 4,000 attempts. The default budget (ratio 0.2 of
+    // requests plus a reserve of 10/s over its 10 s window) allows at most 0.2 × 1,000 + 100.
+    assert!(
+        retries <= OUTAGE_REQUESTS / 5 + 100,
+        "{retries} retries for {OUTAGE_REQUESTS} requests"
+    );
+    assert!(
+        retries >= OUTAGE_REQUESTS / 5,
+        "the budget's share was used: {retries}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_budget_set_by_annotation_keeps_retries_to_its_ratio() {
+    let rule = format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata:\n  name: echo\n  namespace: {NAMESPACE}\n  annotations:\n    \
+         retrybudget.meshlite.io/rate: 'ratio=0.5,minPerSecond=1,ttl=10s'\n\
+         spec: {{host: echo}}\n"
+    );
+    let Outage { retries, .. } = full_outage(Some(&rule)).await;
+    // Half a retry per request plus a reserve of 1/s over 10 s: 510 at most.
+    assert!(
+        (OUTAGE_REQUESTS / 2..=OUTAGE_REQUESTS / 2 + 10).contains(&retries),
+        "{retries} retries for {OUTAGE_REQUESTS} requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istios_retry_budget_caps_retries_in_flight() {
+    const REQUESTS: usize = 8;
+    let vs = virtual_service(
+        "[{route: [{destination: {host: echo}}], retries: {attempts: 3, retryOn: 5xx}}]",
+    );
+    // No share of requests, a floor of one retry in flight; maxRetries would allow 100.
+    let dr = rule(
+        "{connectionPool: {http: {maxRetries: 100}}, \
+         retryBudget: {percent: 0, minRetryConcurrency: 1}}",
+    );
+    let (_control, app, _server, client) =
+        one_backend(&[("echo-vs.yaml", &vs), (RULE_FILE, &dr)]).await;
+    // Every attempt fails after 300 ms, so the first failures of all requests overlap.
+    app.fail_with(Some(503));
+    app.slow_by(Duration::from_millis(300));
+    let before = app.requests();
+    let outbound = client.outbound();
+    let calls: Vec<_> = (0..REQUESTS)
+        .map(|_| {
+            tokio::spawn(async move {
+                try_get(outbound, ECHO_HOST, "/")
+                    .await
+                    .expect("response")
+                    .status
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.expect("join"), 503);
+    }
     let attempts = app.requests() - before;
-    let retries = client
-        .metric("envoy_cluster_upstream_rq_retry_total", &ECHO_CLUSTER)
-        .await as u64;
     let refused = client
         .metric(
             "envoy_cluster_upstream_rq_retry_overflow_total",
             &ECHO_CLUSTER,
         )
         .await;
-    assert_eq!(attempts, REQUESTS + retries);
-    // Without a budget: 3 retries each, 4,000 attempts. The budget (ratio 0.2 of requests
-    // plus a reserve of 10/s over its 10 s window) allows at most 0.2 × 1,000 + 100.
-    assert!(
-        retries <= REQUESTS / 5 + 100,
-        "{retries} retries for {REQUESTS} requests"
-    );
-    assert!(
-        retries >= REQUESTS / 5,
-        "the budget's share was used: {retries}"
-    );
-    assert!(refused > 0.0, "retries over the budget were refused");
-    let uo = client.requests_flagged(503, "UO").await;
+    // One request wins the one retry slot and makes its 3 retries (each over before the
+    // next starts); the other seven are refused at their first failure.
+    assert_eq!(refused, (REQUESTS - 1) as f64, "refused retries");
     assert_eq!(
-        uo, refused,
-        "a request whose retry was refused is flagged UO"
+        attempts,
+        REQUESTS as u64 + 3,
+        "attempts reaching the backend"
     );
 }
 
