@@ -14,7 +14,10 @@
 //! The server is hand-rolled so the tests control exactly what travels in trailers: a normal
 //! reply ends with `grpc-status: 0` and a custom trailer, the message `"fail"` ends with
 //! `grpc-status: 5` (NOT_FOUND) and a `grpc-message`. It also reports the `te` request header it
-//! saw, because gRPC servers require `te: trailers` and a proxy must not strip it.
+//! saw, because gRPC servers require `te: trailers` and a proxy must not strip it. On demand
+//! ([`GrpcEchoApp::fail_next`]) it answers the next calls with an error status in a
+//! trailers-only response, as gRPC servers answer a call that fails before any message (the
+//! only form a proxy can retry on, as Envoy does).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -25,6 +28,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The method path of `Echo.Say`.
@@ -62,7 +67,18 @@ pub struct EchoReply {
 pub struct GrpcEchoApp {
     /// Where it listens.
     pub addr: SocketAddr,
+    state: Arc<GrpcState>,
     task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct GrpcState {
+    /// Calls received.
+    calls: AtomicU64,
+    /// Calls still to fail...
+    failing: AtomicU64,
+    /// ...with this status.
+    failing_code: AtomicU64,
 }
 
 impl Drop for GrpcEchoApp {
@@ -81,17 +97,33 @@ impl GrpcEchoApp {
             .await
             .expect("bind gRPC app");
         let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(GrpcState::default());
+        let serving = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                let state = serving.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(handle);
+                    let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
             }
         });
-        Self { addr, task }
+        Self { addr, state, task }
+    }
+
+    /// Answers the next `calls` calls with `grpc-status: code` (trailers-only).
+    pub fn fail_next(&self, calls: u64, code: u32) {
+        self.state
+            .failing_code
+            .store(u64::from(code), Ordering::SeqCst);
+        self.state.failing.store(calls, Ordering::SeqCst);
+    }
+
+    /// Calls received so far.
+    pub fn calls(&self) -> u64 {
+        self.state.calls.load(Ordering::SeqCst)
     }
 }
 
@@ -129,9 +161,25 @@ fn status_trailers(code: u32, message: Option<&str>) -> HeaderMap {
     trailers
 }
 
-async fn handle(request: Request<Incoming>) -> Result<Response<GrpcBody>, Infallible> {
+async fn handle(
+    state: Arc<GrpcState>,
+    request: Request<Incoming>,
+) -> Result<Response<GrpcBody>, Infallible> {
+    state.calls.fetch_add(1, Ordering::SeqCst);
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+    let fail = state
+        .failing
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if fail {
+        // Trailers-only: the status in the response headers, no body at all.
+        let code = u32::try_from(state.failing_code.load(Ordering::SeqCst)).unwrap_or(2);
+        headers.extend(status_trailers(code, Some("failing on demand")));
+        let mut response = Response::new(http_body_util::Empty::new().boxed());
+        *response.headers_mut() = headers;
+        return Ok(response);
+    }
     let seen_te = request
         .headers()
         .get("te")

@@ -37,17 +37,22 @@ async fn served(outbound: SocketAddr, user: &str, n: usize) -> HashMap<String, u
     by
 }
 
-/// A control plane with `rule_yaml`, two versions of `echo` (`echo-<v>` apps behind their
-/// sidecars) and a client sidecar that has seen both answer.
-struct TwoBackends {
-    control: ControlPlane,
-    apps: [HttpApp; 2],
-    _servers: Vec<MeshProxy>,
-    client: MeshProxy,
+/// A control plane with its config files, two versions of `echo` (`echo-<v>` apps behind
+/// their sidecars) and a client sidecar that has seen both answer.
+pub(crate) struct TwoBackends {
+    pub(crate) control: ControlPlane,
+    pub(crate) apps: [HttpApp; 2],
+    pub(crate) servers: Vec<MeshProxy>,
+    pub(crate) client: MeshProxy,
 }
 
 async fn two_backends(rule_yaml: &str, versions: [&str; 2]) -> TwoBackends {
-    let control = ControlPlane::start(&[(RULE_FILE, rule_yaml)]).await;
+    two_backends_with(&[(RULE_FILE, rule_yaml)], versions).await
+}
+
+/// [`TwoBackends`] with the control plane's config `files`.
+pub(crate) async fn two_backends_with(files: &[(&str, &str)], versions: [&str; 2]) -> TwoBackends {
+    let control = ControlPlane::start(files).await;
     let apps = [
         HttpApp::start(&format!("echo-{}", versions[0])).await,
         HttpApp::start(&format!("echo-{}", versions[1])).await,
@@ -72,7 +77,7 @@ async fn two_backends(rule_yaml: &str, versions: [&str; 2]) -> TwoBackends {
     TwoBackends {
         control,
         apps,
-        _servers: vec![s0, s1],
+        servers: vec![s0, s1],
         client,
     }
 }

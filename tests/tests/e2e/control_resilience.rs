@@ -1,8 +1,11 @@
 //! Resilience set by DestinationRules and VirtualServices pushed from the control plane: a
 //! burst over `http2MaxRequests` fails fast with 503 `UO` while the backend never holds more
-//! than the limit; a backend answering 503 is ejected, then returns; retries hide a 30 %
-//! failing backend while the budget bounds them in an outage; route timeouts; local rate
-//! limits; `maxRequestsPerConnection`; and pushes of all these under load drop nothing.
+//! than the limit; a backend answering 503 is ejected, then returns; a hanging one is cut by
+//! `perTryTimeout` and ejected; requests stranded on a killed sidecar are retried elsewhere;
+//! retries hide a 30 % failing backend and retry gRPC calls on the codes named, while the
+//! budgets (the default, one set by annotation, Istio's `retryBudget`) bound them in an
+//! outage; route timeouts; local rate limits; `maxRequestsPerConnection`; and pushes of all
+//! these under load drop nothing.
 
 use meshlite_tests::apps::HttpApp;
 use meshlite_tests::clients::try_get;
@@ -604,4 +607,179 @@ async fn an_idle_upstream_connection_is_let_go_after_idle_timeout() {
         busy + 1.0,
         "the idle connection was let go"
     );
+}
+
+/// Outlier detection that ejects a host at its first gateway error (5xx ejection off), for
+/// long enough to outlast the test; 100 % so one of two hosts may go.
+const EJECT_ON_GATEWAY_ERROR: &str = "{outlierDetection: {consecutiveGatewayErrors: 1, \
+     consecutive5xxErrors: 0, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_backend_is_cut_by_per_try_timeout_retried_elsewhere_and_ejected() {
+    const REQUESTS: u64 = 20;
+    let vs = virtual_service(
+        "[{route: [{destination: {host: echo}}], \
+         retries: {attempts: 2, perTryTimeout: 200ms, retryOn: gateway-error}}]",
+    );
+    let dr = rule(EJECT_ON_GATEWAY_ERROR);
+    let mesh = crate::control_balance::two_backends_with(
+        &[("echo-vs.yaml", &vs), (RULE_FILE, &dr)],
+        ["a", "b"],
+    )
+    .await;
+    let [hanging, healthy] = &mesh.apps;
+    hanging.slow_by(Duration::from_secs(30));
+    let (hung_before, healthy_before) = (hanging.requests(), healthy.requests());
+    for i in 0..REQUESTS {
+        let reply = try_get(mesh.client.outbound(), ECHO_HOST, "/")
+            .await
+            .expect("response");
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+        assert_eq!(reply.header("x-served-by"), Some("echo-b"));
+    }
+    // The hanging backend held one attempt until its per-try timeout (a gateway error, as
+    // Envoy counts a timeout) and was ejected; the retry went to the other one.
+    assert_eq!(
+        hanging.requests() - hung_before,
+        1,
+        "attempts to the hanging one"
+    );
+    assert_eq!(healthy.requests() - healthy_before, REQUESTS);
+    let cluster = [(
+        "cluster_name",
+        "outbound|8080||echo.default.svc.cluster.local",
+    )];
+    let ejected = mesh
+        .client
+        .metric(
+            "envoy_cluster_outlier_detection_ejections_enforced_total",
+            &cluster,
+        )
+        .await;
+    assert_eq!(ejected, 1.0);
+    assert_eq!(
+        mesh.client
+            .metric("envoy_cluster_upstream_rq_retry_total", &cluster)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_to_a_killed_sidecar_are_retried_elsewhere_and_it_is_ejected() {
+    const IN_FLIGHT: usize = 6;
+    let vs = virtual_service(
+        "[{route: [{destination: {host: echo}}], \
+         retries: {attempts: 2, retryOn: 'reset,connect-failure'}}]",
+    );
+    let dr = rule(EJECT_ON_GATEWAY_ERROR);
+    let mut mesh = crate::control_balance::two_backends_with(
+        &[("echo-vs.yaml", &vs), (RULE_FILE, &dr)],
+        ["a", "b"],
+    )
+    .await;
+    // Requests reaching `a` stay there until its sidecar dies under them.
+    mesh.apps[0].slow_by(Duration::from_secs(30));
+    let before = mesh.apps[0].requests();
+    let outbound = mesh.client.outbound();
+    let calls: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| tokio::spawn(async move { try_get(outbound, ECHO_HOST, "/").await }))
+        .collect();
+    let deadline = Instant::now() + SOON;
+    while mesh.apps[0].requests() == before {
+        assert!(Instant::now() < deadline, "no request reached echo-a");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Least request spreads the concurrent calls; give the rest a moment to be sent.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stranded = mesh.apps[0].requests() - before;
+    mesh.servers[0].kill().await;
+    for call in calls {
+        let reply = call.await.expect("join").expect("response");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-served-by"), Some("echo-b"));
+    }
+    // New requests: the dead host is ejected (or refuses connections, retried elsewhere).
+    for _ in 0..10 {
+        let reply = try_get(outbound, ECHO_HOST, "/").await.expect("response");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let cluster = [(
+        "cluster_name",
+        "outbound|8080||echo.default.svc.cluster.local",
+    )];
+    let retries = mesh
+        .client
+        .metric("envoy_cluster_upstream_rq_retry_total", &cluster)
+        .await;
+    assert!(
+        retries >= stranded as f64,
+        "each of the {stranded} stranded requests was retried: {retries}"
+    );
+    let ejected = mesh
+        .client
+        .metric(
+            "envoy_cluster_outlier_detection_ejections_enforced_total",
+            &cluster,
+        )
+        .await;
+    assert_eq!(ejected, 1.0, "the killed host was ejected once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_are_retried_on_the_status_codes_retry_on_names_and_only_those() {
+    use meshlite_tests::grpc::{self, GrpcEchoApp};
+    use meshlite_tests::mesh::{AppProtocol, InboundPort};
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+         metadata: {name: greeter, namespace: default}\n\
+         spec:\n  hosts: [greeter]\n  http: [{route: [{destination: {host: greeter}}], \
+         retries: {attempts: 3, retryOn: 'unavailable,resource-exhausted'}}]\n";
+    let control = ControlPlane::start(&[("greeter-vs.yaml", vs)]).await;
+    let app = GrpcEchoApp::start().await;
+    let mut workload = Workload::new("greeter");
+    workload.inbound.push(InboundPort {
+        port: ECHO_PORT,
+        target: app.addr,
+        protocol: AppProtocol::Grpc,
+    });
+    let _server = MeshProxy::start(&control.access(NAMESPACE, "greeter").await, &workload).await;
+    let client = MeshProxy::start(
+        &control.access(NAMESPACE, "client").await,
+        &Workload::new("client"),
+    )
+    .await;
+    let authority = format!("greeter:{ECHO_PORT}");
+    let deadline = Instant::now() + SOON;
+    while grpc::say(client.outbound(), &authority, "ready?")
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "greeter never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // UNAVAILABLE then RESOURCE_EXHAUSTED: both named, both retried, the third call answers.
+    app.fail_next(1, 14);
+    let before = app.calls();
+    let first = grpc::say(client.outbound(), &authority, "one").await;
+    assert_eq!(
+        first.expect("retried into a reply").get_ref().message,
+        "one"
+    );
+    app.fail_next(2, 8);
+    let second = grpc::say(client.outbound(), &authority, "two").await;
+    assert_eq!(
+        second.expect("retried into a reply").get_ref().message,
+        "two"
+    );
+    assert_eq!(app.calls() - before, 2 + 3, "each failure was retried once");
+
+    // NOT_FOUND is not named: the caller gets it from the first attempt.
+    app.fail_next(1, 5);
+    let before = app.calls();
+    let status = grpc::say(client.outbound(), &authority, "three")
+        .await
+        .expect_err("not retried");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(app.calls() - before, 1);
 }
