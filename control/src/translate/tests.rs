@@ -795,7 +795,10 @@ fn retry_budgets_are_pushed_with_istios_defaults_and_the_annotation_parsed() {
     };
     let caller = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
     let policy = |annotation: &str, policy: &str| -> v1::DestinationPolicy {
-        let m = mesh(config(&[dr(annotation, policy)]), &[caller.clone()]);
+        let m = mesh(
+            config(&[dr(annotation, policy)]),
+            std::slice::from_ref(&caller),
+        );
         decode(&m.view_for(&caller), type_url::DESTINATION_POLICY, REVIEWS)
     };
 
