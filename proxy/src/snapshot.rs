@@ -673,6 +673,15 @@ fn locality_setting(l: Option<&v1::load_balancer::LocalityLbSetting>) -> Localit
     }
 }
 
+/// How long an upstream HTTP connection may stay unused: `http.idleTimeout`, else
+/// `tcp.idleTimeout` (as Istio falls back), else Istio's 1 h; `0s` disables it.
+fn upstream_idle_timeout(pool: Option<&v1::ConnectionPool>) -> Option<Duration> {
+    match pool.and_then(|p| p.idle_timeout.or(p.tcp_idle_timeout)) {
+        None => Some(DEFAULT_IDLE_TIMEOUT),
+        Some(d) => Duration::try_from(d).ok().filter(|d| !d.is_zero()),
+    }
+}
+
 /// One block of `tp` in force for `port`: a `portLevelSettings` entry for the port replaces
 /// the top-level blocks wholesale (blocks it omits are not inherited from the top level).
 fn port_block<T>(
@@ -1334,11 +1343,7 @@ impl ClusterBuilder<'_> {
             .filter(|d| !d.is_zero())
             .unwrap_or(cfg.upstream.connect_timeout);
         let max_requests = pool.map_or(0, |p| p.max_requests_per_connection);
-        // `http.idleTimeout`: Istio's default is 1 h; `0s` disables it.
-        let idle_timeout = match pool.and_then(|p| p.idle_timeout) {
-            None => Some(DEFAULT_IDLE_TIMEOUT),
-            Some(d) => Duration::try_from(d).ok().filter(|d| !d.is_zero()),
-        };
+        let idle_timeout = upstream_idle_timeout(pool);
         let allowed: Arc<[SpiffeId]> = svc.identities.clone().into();
         let fqdn = svc.fqdn();
         let server_name = ServerName::try_from(fqdn.clone())
@@ -1694,6 +1699,27 @@ mod tests {
             .filter(|_| set.level(None).is_some_and(|l| l.members[0] == 0))
             .count();
         assert!((6_500..7_500).contains(&to_first), "{to_first}");
+    }
+
+    #[test]
+    fn the_http_idle_timeout_falls_back_to_the_tcp_one_then_to_an_hour() {
+        let secs = |s| {
+            Some(prost_types::Duration {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        let pool = |http, tcp| v1::ConnectionPool {
+            idle_timeout: http,
+            tcp_idle_timeout: tcp,
+            ..Default::default()
+        };
+        let idle = |p: v1::ConnectionPool| upstream_idle_timeout(Some(&p));
+        assert_eq!(idle(pool(secs(5), secs(9))), Some(Duration::from_secs(5)));
+        assert_eq!(idle(pool(None, secs(9))), Some(Duration::from_secs(9)));
+        assert_eq!(idle(pool(secs(0), secs(9))), None, "0s disables");
+        assert_eq!(idle(pool(None, None)), Some(DEFAULT_IDLE_TIMEOUT));
+        assert_eq!(upstream_idle_timeout(None), Some(DEFAULT_IDLE_TIMEOUT));
     }
 
     #[test]

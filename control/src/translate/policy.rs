@@ -103,6 +103,7 @@ fn traffic_policy(
                 ),
                 max_retries: positive(http.and_then(|h| h.max_retries)),
                 idle_timeout: http.and_then(|h| h.idle_timeout.as_ref()).map(duration),
+                tcp_idle_timeout: tcp.and_then(|t| t.idle_timeout.as_ref()).map(duration),
             }
         }),
         outlier_detection: outlier.map(|o| v1::OutlierDetection {
