@@ -973,6 +973,14 @@ pub struct InboundPort {
     pub protocol: Protocol,
     /// h2c pool for `http2`/`grpc` ports (shared with the next snapshot).
     pub h2c: Option<Arc<H2Pool>>,
+    /// Envoy's name for it, `inbound|<port>||`.
+    pub name: Label,
+    /// The limits of this workload's own DestinationRule `connectionPool`, which Istio also
+    /// applies to the inbound cluster (server sidecar to its app): `http2MaxRequests` for
+    /// requests, `tcp.maxConnections` for TCP tunnels. Counts carry across pushes.
+    pub breakers: Breakers,
+    /// Its Envoy cluster statistics (overflows).
+    pub stats: ClusterStats,
 }
 
 /// Everything the request path reads, resolved and immutable.
@@ -1186,11 +1194,27 @@ impl Snapshot {
         }
 
         let connect_timeout = cfg.upstream.connect_timeout;
+        // This workload's own service: its DestinationRule's connectionPool applies inbound.
+        let own_policy = view
+            .policies
+            .get(&format!(
+                "{}.{}.{CLUSTER_DOMAIN}",
+                local.app, local.namespace
+            ))
+            .and_then(|p| p.traffic_policy.as_ref());
         let inbound = cfg
             .inbound
             .ports
             .iter()
             .map(|p| {
+                let name: Label = Arc::from(format!("inbound|{}||", p.port));
+                let pool = port_block(own_policy, p.port, |t| t.connection_pool.as_ref());
+                let counts = prev
+                    .and_then(|s| s.inbound.get(&p.port))
+                    .map(|ip| ip.breakers.counts())
+                    .unwrap_or_default();
+                let breakers = Breakers::new(pool, None, &counts);
+                let stats = metrics.clusters.stats(&name);
                 let h2c =
                     matches!(p.protocol, Protocol::Http2 | Protocol::Grpc).then(|| {
                         match prev.and_then(|s| s.inbound.get(&p.port)) {
@@ -1212,6 +1236,9 @@ impl Snapshot {
                         target: p.target,
                         protocol: p.protocol,
                         h2c,
+                        name,
+                        breakers,
+                        stats,
                     },
                 )
             })

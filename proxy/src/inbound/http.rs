@@ -28,7 +28,7 @@ use crate::outbound::http::{DESTINATION_PORT, clean_response, splice};
 use crate::server::conn::ConnState;
 use crate::snapshot::{InboundPort, PeerWorkload, split_host_port};
 use crate::telemetry::access_log::AccessLogEntry;
-use crate::telemetry::exchange::{Exchange, TrackedBody};
+use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
 use crate::telemetry::labels::destination_report;
 use crate::telemetry::metrics::{Label, TcpLabels};
 use crate::transport::connect::connect_tcp;
@@ -76,6 +76,7 @@ pub async fn handle(
         .or_else(|| request_authority(&req).and_then(|a| split_host_port(a).1));
     let service = destination_service(request_authority(&req), &snap.local);
 
+    let mut held = Held::default();
     let (protocol, result) = match snap.inbound_port(port_hint) {
         None => (
             Protocol::Http,
@@ -84,13 +85,25 @@ pub async fn handle(
         Some((port, target)) if req.method() == Method::CONNECT => {
             (Protocol::Tcp, tunnel(&conn, port, target, req).await)
         }
-        Some((_, target)) => {
-            if let Some(l) = log.as_deref_mut() {
-                l.upstream_host = Some(target.target.to_string());
+        // `http2MaxRequests` of the workload's own DestinationRule: requests to the app count
+        // from here to the end of their response stream.
+        Some((_, target)) => match target.breakers.requests.try_acquire() {
+            None => {
+                target.stats.pending_overflow.inc();
+                (
+                    target.protocol,
+                    Err(ProxyError::Overflow(target.name.to_string())),
+                )
             }
-            prepare(&conn, &mut req);
-            (target.protocol, forward(ctx, target, req).await)
-        }
+            Some(permit) => {
+                held.request = Some(permit);
+                if let Some(l) = log.as_deref_mut() {
+                    l.upstream_host = Some(target.target.to_string());
+                }
+                prepare(&conn, &mut req);
+                (target.protocol, forward(ctx, target, req).await)
+            }
+        },
     };
     let (resp, flags) = match result {
         Ok(mut resp) => {
@@ -128,6 +141,7 @@ pub async fn handle(
         l.response_code = resp.status().as_u16();
     }
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
+    exchange.hold(held);
     exchange.count_received(received);
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
@@ -257,6 +271,12 @@ async fn tunnel(
     if target.protocol != Protocol::Tcp {
         return Err(ProxyError::NotTcpPort(port));
     }
+    // `tcp.maxConnections` of the workload's own DestinationRule: one slot per connection
+    // to the app, for as long as the tunnel is open.
+    let Some(slot) = target.breakers.connections.try_acquire() else {
+        target.stats.pending_overflow.inc();
+        return Err(ProxyError::Overflow(target.name.to_string()));
+    };
     let app = connect_tcp(target.target, crate::snapshot::LOCAL_CONNECT_TIMEOUT).await?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = conn.ctx.clone();
@@ -279,7 +299,7 @@ async fn tunnel(
     };
     let drain = ctx.drain.track();
     tokio::spawn(async move {
-        let _drain = drain;
+        let (_drain, _slot) = (drain, slot);
         let m = &ctx.telemetry.metrics;
         m.tcp_opened.get_or_create(&labels).inc();
         match on_upgrade.await {

@@ -99,6 +99,56 @@ async fn a_burst_over_http2_max_requests_fails_fast_with_uo_and_never_reaches_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_sidecar_applies_its_own_services_pool_limit_across_all_callers() {
+    const LIMIT: u64 = 2;
+    let limited = rule(&format!(
+        "{{connectionPool: {{http: {{http2MaxRequests: {LIMIT}}}}}}}"
+    ));
+    let (control, app, server, first) = one_backend(&[(RULE_FILE, &limited)]).await;
+    let second = MeshProxy::start(
+        &control.access(NAMESPACE, "client-2").await,
+        &Workload::new("client-2"),
+    )
+    .await;
+    wait_served_by(second.outbound(), ECHO_HOST, "echo-a", SOON).await;
+
+    // Each caller stays within its own limit; together they send twice the limit.
+    let calls: Vec<_> = [first.outbound(), second.outbound()]
+        .into_iter()
+        .flat_map(|outbound| {
+            (0..LIMIT).map(move |_| {
+                tokio::spawn(async move { try_get(outbound, ECHO_HOST, "/gate").await })
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + SOON;
+    while calls.iter().filter(|c| c.is_finished()).count() < LIMIT as usize {
+        assert!(Instant::now() < deadline, "the server refused nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.held_at_gate(), LIMIT, "the app holds the limit");
+    app.open_gate();
+    let mut statuses = BTreeMap::new();
+    for call in calls {
+        let reply = call.await.expect("join").expect("a response");
+        *statuses.entry(reply.status.as_u16()).or_insert(0u64) += 1;
+    }
+    assert_eq!(statuses, BTreeMap::from([(200, LIMIT), (503, LIMIT)]));
+    assert_eq!(app.peak_at_gate(), LIMIT, "the app never held more");
+    let refused = server
+        .metric(
+            "envoy_cluster_upstream_rq_pending_overflow_total",
+            &[("cluster_name", "inbound|8080||")],
+        )
+        .await;
+    assert_eq!(
+        refused, LIMIT as f64,
+        "the server sidecar refused the overflow"
+    );
+    assert_eq!(server.requests_flagged(503, "UO").await, LIMIT as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_answering_503_is_ejected_and_returns_after_its_ejection_time() {
     let control = ControlPlane::start(&[(
         RULE_FILE,
