@@ -209,22 +209,13 @@ async fn a_backend_answering_503_is_ejected_and_returns_after_its_ejection_time(
         ["echo-a", "echo-b"],
         "traffic went to the healthy two"
     );
-    let cluster = [(
-        "cluster_name",
-        "outbound|8080||echo.default.svc.cluster.local",
-    )];
+    assert_eq!(ejections_enforced(&client).await, 1.0);
     assert_eq!(
         client
             .metric(
-                "envoy_cluster_outlier_detection_ejections_enforced_total",
-                &cluster
+                "envoy_cluster_outlier_detection_ejections_active",
+                &ECHO_CLUSTER
             )
-            .await,
-        1.0
-    );
-    assert_eq!(
-        client
-            .metric("envoy_cluster_outlier_detection_ejections_active", &cluster)
             .await,
         1.0
     );
@@ -241,7 +232,10 @@ async fn a_backend_answering_503_is_ejected_and_returns_after_its_ejection_time(
     .await;
     assert_eq!(
         client
-            .metric("envoy_cluster_outlier_detection_ejections_active", &cluster)
+            .metric(
+                "envoy_cluster_outlier_detection_ejections_active",
+                &ECHO_CLUSTER
+            )
             .await,
         0.0
     );
@@ -659,6 +653,16 @@ async fn an_idle_upstream_connection_is_let_go_after_idle_timeout() {
     );
 }
 
+/// Ejections outlier detection enforced on the echo service, as `client` counts them.
+async fn ejections_enforced(client: &MeshProxy) -> f64 {
+    client
+        .metric(
+            "envoy_cluster_outlier_detection_ejections_enforced_total",
+            &ECHO_CLUSTER,
+        )
+        .await
+}
+
 /// Outlier detection that ejects a host at its first gateway error (5xx ejection off), for
 /// long enough to outlast the test; 100 % so one of two hosts may go.
 const EJECT_ON_GATEWAY_ERROR: &str = "{outlierDetection: {consecutiveGatewayErrors: 1, \
@@ -695,21 +699,11 @@ async fn a_hanging_backend_is_cut_by_per_try_timeout_retried_elsewhere_and_eject
         "attempts to the hanging one"
     );
     assert_eq!(healthy.requests() - healthy_before, REQUESTS);
-    let cluster = [(
-        "cluster_name",
-        "outbound|8080||echo.default.svc.cluster.local",
-    )];
-    let ejected = mesh
-        .client
-        .metric(
-            "envoy_cluster_outlier_detection_ejections_enforced_total",
-            &cluster,
-        )
-        .await;
+    let ejected = ejections_enforced(&mesh.client).await;
     assert_eq!(ejected, 1.0);
     assert_eq!(
         mesh.client
-            .metric("envoy_cluster_upstream_rq_retry_total", &cluster)
+            .metric("envoy_cluster_upstream_rq_retry_total", &ECHO_CLUSTER)
             .await,
         1.0
     );
@@ -754,25 +748,15 @@ async fn requests_in_flight_to_a_killed_sidecar_are_retried_elsewhere_and_it_is_
         let reply = try_get(outbound, ECHO_HOST, "/").await.expect("response");
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
-    let cluster = [(
-        "cluster_name",
-        "outbound|8080||echo.default.svc.cluster.local",
-    )];
     let retries = mesh
         .client
-        .metric("envoy_cluster_upstream_rq_retry_total", &cluster)
+        .metric("envoy_cluster_upstream_rq_retry_total", &ECHO_CLUSTER)
         .await;
     assert!(
         retries >= stranded as f64,
         "each of the {stranded} stranded requests was retried: {retries}"
     );
-    let ejected = mesh
-        .client
-        .metric(
-            "envoy_cluster_outlier_detection_ejections_enforced_total",
-            &cluster,
-        )
-        .await;
+    let ejected = ejections_enforced(&mesh.client).await;
     assert_eq!(ejected, 1.0, "the killed host was ejected once");
 }
 
