@@ -249,13 +249,14 @@ pub struct ExternalTarget {
 }
 
 impl External {
-    /// Picks the next endpoint, round robin; `None` when there is none (503 `UH`).
-    pub fn pick(&self) -> Option<&ExternalTarget> {
+    /// Picks the next endpoint, round robin, with its index; `None` when there is none
+    /// (503 `UH`).
+    pub fn pick(&self) -> Option<(usize, &ExternalTarget)> {
         if self.targets.is_empty() {
             return None;
         }
-        let n = self.rr.fetch_add(1, Ordering::Relaxed);
-        self.targets.get(n % self.targets.len())
+        let i = self.rr.fetch_add(1, Ordering::Relaxed) % self.targets.len();
+        Some((i, self.targets.get(i)?))
     }
 }
 

@@ -357,9 +357,8 @@ fn combined_flag(base: &'static str, extra: &'static str) -> &'static str {
     }
 }
 
-/// Sends the request to `cluster` under its circuit breakers: to a service outside the mesh
-/// directly, else through [`attempts`]. What must stay counted until the response stream
-/// ends goes into `held`.
+/// Sends the request to `cluster` under its circuit breakers, through [`attempts`]. What must
+/// stay counted until the response stream ends goes into `held`.
 async fn dispatch(
     conn: &OutboundConn,
     snap: &Snapshot,
@@ -378,21 +377,7 @@ async fn dispatch(
     if let Some(l) = log.as_deref_mut() {
         l.upstream_cluster = Some(cluster.name.to_string());
     }
-    let Some(ext) = &cluster.external else {
-        return attempts(conn, snap, cluster, retry, req, log, held).await;
-    };
-    let Some(target) = ext.pick() else {
-        return Dispatched::failed(ProxyError::NoHealthyUpstream(cluster.name.to_string()));
-    };
-    if let Some(l) = log {
-        l.upstream_host = Some(target.label.to_string());
-    }
-    Dispatched {
-        result: forward_external(ext, target, req)
-            .await
-            .map(|resp| (resp, None)),
-        flag: None,
-    }
+    attempts(conn, snap, cluster, retry, req, log, held).await
 }
 
 /// A request's head, kept to rebuild it for a retry after the first attempt consumed it.
@@ -476,8 +461,12 @@ async fn attempts(
             let (parts, body) = req.into_parts();
             req = Request::from_parts(parts, ProxyBody::Replay(ReplayBody::new(body)));
         }
-        // HTTP/1.1 upstreams connect inside the pool, so even a connect failure needs a copy.
-        if p.may_retry_after_send(is_grpc) || cluster.upstream == UpstreamProtocol::Http1 {
+        // HTTP/1.1 upstreams (and services outside the mesh) connect inside the pool, so
+        // even a connect failure needs a copy.
+        if p.may_retry_after_send(is_grpc)
+            || cluster.upstream == UpstreamProtocol::Http1
+            || cluster.external.is_some()
+        {
             template = Some(Template::of(&req));
         }
     }
@@ -486,60 +475,51 @@ async fn attempts(
     let mut attempt = 0u32;
     loop {
         let avoid = policy.is_some_and(|p| p.avoid_previous_hosts) && hash.is_none();
-        let Some((index, endpoint)) = pick_avoiding(cluster, hash, avoid.then_some(&failed[..]))
-        else {
+        let Some(host) = pick_host(cluster, hash, avoid.then_some(&failed[..])) else {
             return Dispatched::failed(ProxyError::NoHealthyUpstream(cluster.name.to_string()));
         };
         if let Some(l) = log.as_deref_mut() {
-            l.upstream_host = Some(endpoint.addr_label.to_string());
+            l.upstream_host = Some(host.label().to_string());
         }
-        // In flight for least request until the response stream ends.
-        held.endpoint = Some(InFlight::start(endpoint.clone()));
         let mut slot = Some(req);
-        let sent = forward(
-            &conn.ctx,
-            &snap.local.peer_header,
-            cluster,
-            &endpoint,
-            &mut slot,
-        );
-        let sent_at = cluster.observes_latency().then(std::time::Instant::now);
-        let result = match policy.and_then(|p| p.per_try_timeout) {
-            None => sent.await,
-            Some(t) => tokio::time::timeout(t, sent)
-                .await
-                .unwrap_or(Err(ProxyError::PerTryTimeout)),
+        let index = host.index();
+        let (result, endpoint) = match host {
+            Host::Mesh(_, endpoint) => {
+                // In flight for least request until the response stream ends.
+                held.endpoint = Some(InFlight::start(endpoint.clone()));
+                let result = attempt_mesh(conn, snap, cluster, &endpoint, policy, &mut slot).await;
+                let outcome_status = match &result {
+                    Ok(resp) => Some(resp.status().as_u16()),
+                    // A local overflow says nothing about the host.
+                    Err(ProxyError::Overflow(_)) => None,
+                    Err(e) => Some(e.outlier_status()),
+                };
+                if let Some(status) = outcome_status {
+                    cluster.report(index, status);
+                }
+                (result, Some(endpoint))
+            }
+            Host::External(_, target) => {
+                let ext = cluster.external.as_ref();
+                let sent = async {
+                    match (ext, slot.take()) {
+                        (Some(ext), Some(req)) => forward_external(ext, target, req).await,
+                        _ => Err(ProxyError::UpstreamTerminated("no request to send".into())),
+                    }
+                };
+                (within_per_try(policy, sent).await, None)
+            }
         };
-        // Responses and timeouts are timed; a fast failure must not make an endpoint look
-        // fast (outlier detection deals with failures).
-        if let Some(at) = sent_at
-            && matches!(&result, Ok(_) | Err(ProxyError::PerTryTimeout))
-        {
-            endpoint.latency.observe(
-                at.elapsed(),
-                crate::snapshot::clock_ns(),
-                crate::balance::ewma::DEFAULT_DECAY,
-            );
-        }
         let outcome = match &result {
-            Ok(resp) => {
-                cluster.report(index, resp.status().as_u16());
-                Outcome::Response {
-                    status: resp.status().as_u16(),
-                    grpc_status: resp
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-                        .and_then(|v| v.parse().ok()),
-                }
-            }
-            Err(e) => {
-                // A local overflow says nothing about the host.
-                if !matches!(e, ProxyError::Overflow(_)) {
-                    cluster.report(index, e.outlier_status());
-                }
-                e.retry_outcome(slot.is_some())
-            }
+            Ok(resp) => Outcome::Response {
+                status: resp.status().as_u16(),
+                grpc_status: resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+                    .and_then(|v| v.parse().ok()),
+            },
+            Err(e) => e.retry_outcome(slot.is_some()),
         };
         let done = |flag| Dispatched {
             result: result.map(|mut resp| {
@@ -547,7 +527,7 @@ async fn attempts(
                     resp.headers_mut()
                         .append(header::SET_COOKIE, cookie.clone());
                 }
-                (resp, Some(endpoint.clone()))
+                (resp, endpoint.clone())
             }),
             flag,
         };
@@ -587,6 +567,92 @@ async fn attempts(
         held.endpoint = None;
         tokio::time::sleep(p.backoff(attempt, &mut crate::balance::ThreadRandom)).await;
         req = next;
+    }
+}
+
+/// Where one attempt goes.
+enum Host<'a> {
+    /// A mesh endpoint, with its index in the cluster (outlier detection, retries).
+    Mesh(usize, Arc<Endpoint>),
+    /// An endpoint of a service outside the mesh, with its index (retries).
+    External(usize, &'a ExternalTarget),
+}
+
+impl Host<'_> {
+    fn index(&self) -> usize {
+        match self {
+            Host::Mesh(i, _) | Host::External(i, _) => *i,
+        }
+    }
+
+    fn label(&self) -> &str {
+        match self {
+            Host::Mesh(_, e) => &e.addr_label,
+            Host::External(_, t) => &t.label,
+        }
+    }
+}
+
+/// Picks where the next attempt goes, avoiding the `failed` hosts when given.
+fn pick_host<'a>(
+    cluster: &'a Cluster,
+    hash: Option<u64>,
+    failed: Option<&[usize]>,
+) -> Option<Host<'a>> {
+    match &cluster.external {
+        None => pick_avoiding(cluster, hash, failed).map(|(i, e)| Host::Mesh(i, e)),
+        Some(ext) => {
+            let mut picked = ext.pick()?;
+            if let Some(failed) = failed.filter(|f| !f.is_empty()) {
+                for _ in 1..HOST_SELECTION_MAX_ATTEMPTS {
+                    if !failed.contains(&picked.0) {
+                        break;
+                    }
+                    picked = ext.pick()?;
+                }
+            }
+            Some(Host::External(picked.0, picked.1))
+        }
+    }
+}
+
+/// One attempt to a mesh endpoint, within the policy's per-try timeout; a response (or a
+/// timeout) is timed for a latency-aware balancer.
+async fn attempt_mesh(
+    conn: &OutboundConn,
+    snap: &Snapshot,
+    cluster: &Cluster,
+    endpoint: &Arc<Endpoint>,
+    policy: Option<&RetryPolicy>,
+    slot: &mut Option<Request<ProxyBody>>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let sent = forward(&conn.ctx, &snap.local.peer_header, cluster, endpoint, slot);
+    let sent_at = cluster.observes_latency().then(std::time::Instant::now);
+    let result = within_per_try(policy, sent).await;
+    // Responses and timeouts are timed; a fast failure must not make an endpoint look fast
+    // (outlier detection deals with failures).
+    if let Some(at) = sent_at
+        && matches!(&result, Ok(_) | Err(ProxyError::PerTryTimeout))
+    {
+        endpoint.latency.observe(
+            at.elapsed(),
+            crate::snapshot::clock_ns(),
+            crate::balance::ewma::DEFAULT_DECAY,
+        );
+    }
+    result
+}
+
+/// Awaits one attempt, cut at the policy's `perTryTimeout` when it has one.
+async fn within_per_try(
+    policy: Option<&RetryPolicy>,
+    sent: impl Future<Output = Result<Response<ProxyBody>, ProxyError>>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    match policy.and_then(|p| p.per_try_timeout) {
+        None => sent.await,
+        Some(t) => tokio::time::timeout(t, sent)
+            .await
+            .unwrap_or(Err(ProxyError::PerTryTimeout)),
     }
 }
 

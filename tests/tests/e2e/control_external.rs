@@ -89,3 +89,76 @@ async fn services_outside_the_mesh_are_reached_directly_by_name_or_address() {
         .await;
     assert!(requests >= 2.0, "requests to payments counted: {requests}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_service_outside_the_mesh_are_retried_as_the_route_says() {
+    const REQUESTS: usize = 20;
+    let app = HttpApp::start("flaky").await;
+    let refusing = meshlite_tests::apps::closed_port();
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: flaky, namespace: {NAMESPACE}}}\n\
+         spec:\n  hosts: [flaky.example.com]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n\
+         \x20 ports: [{{number: 80, name: http, protocol: HTTP}}]\n\
+         \x20 endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}, \
+         {{address: 127.0.0.1, ports: {{http: {}}}}}]\n",
+        refusing.port(),
+        app.addr.port()
+    );
+    let control = ControlPlane::start(&[("external.yaml", &entry)]).await;
+    let client = MeshProxy::start(
+        &control.access(NAMESPACE, "client").await,
+        &Workload::new("client"),
+    )
+    .await;
+    wait_served_by(client.outbound(), "flaky.example.com", "flaky", SOON).await;
+    let all_ok = async || {
+        for i in 0..REQUESTS {
+            // Round robin: every other first attempt goes to the refusing endpoint.
+            let reply = clients::get(client.outbound(), "flaky.example.com", "/").await;
+            assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+        }
+    };
+    let cluster = [("cluster_name", "outbound|80||flaky.example.com")];
+    let retries = async || {
+        client
+            .metric("envoy_cluster_upstream_rq_retry_total", &cluster)
+            .await
+    };
+
+    // One endpoint refuses connections: Istio's default policy retries the connect failure
+    // on the other endpoint.
+    all_ok().await;
+    assert!(retries().await >= 1.0, "connect failures were retried");
+
+    // A route retrying 5xx hides an app failing 3 requests in 10.
+    control.write_config(
+        "flaky-vs.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {{name: flaky, namespace: {NAMESPACE}}}\n\
+             spec:\n  hosts: [flaky.example.com]\n  http: [{{route: [{{destination: \
+             {{host: flaky.example.com}}}}], retries: {{attempts: 3, \
+             retryOn: '5xx,connect-failure'}}, \
+             headers: {{response: {{set: {{x-route: retrying}}}}}}}}]\n"
+        ),
+    );
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let reply = clients::get(client.outbound(), "flaky.example.com", "/").await;
+        if reply.header("x-route") == Some("retrying") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the route never applied"
+        );
+    }
+    app.fail_some_with(503, &[0, 3, 6]);
+    let before = app.requests();
+    all_ok().await;
+    assert!(
+        app.requests() - before > REQUESTS as u64,
+        "some requests needed a second try at the app"
+    );
+}
