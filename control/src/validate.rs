@@ -677,6 +677,33 @@ impl Checker<'_> {
     }
 
     fn load_balancer(&mut self, r: &Resource, lb: &LoadBalancerSettings, p: &str) {
+        if let Some(w) = &lb.warmup {
+            let wp = format!("{p}.warmup");
+            self.not_negative(r, w.duration, &format!("{wp}.duration"));
+            if let Some(m) = w.minimum_percent
+                && !(0.0..=100.0).contains(&m)
+            {
+                self.error(
+                    r,
+                    format!("{wp}.minimumPercent"),
+                    format!("{m} is outside 0..=100"),
+                );
+            }
+            if let Some(a) = w.aggression
+                && !(a.is_finite() && a > 0.0)
+            {
+                self.error(
+                    r,
+                    format!("{wp}.aggression"),
+                    format!("{a} must be greater than 0"),
+                );
+            }
+        }
+        self.not_negative(
+            r,
+            lb.warmup_duration_secs,
+            &format!("{p}.warmupDurationSecs"),
+        );
         let Some(ch) = &lb.consistent_hash else {
             return;
         };
@@ -1098,6 +1125,31 @@ mod tests {
             .unwrap();
         assert_eq!(dr.spec.subsets.len(), 3);
         assert_eq!(set.peer_authentications_in("bookinfo").count(), 1);
+    }
+
+    #[test]
+    fn warmup_must_have_a_sane_curve() {
+        let dr = |lb: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  \
+                 name: r\n  namespace: default\nspec: {{host: r, trafficPolicy: {{loadBalancer: {lb}}}}}\n"
+            )
+        };
+        expect_no_error(&[dr(
+            "{warmup: {duration: 30s, minimumPercent: 5, aggression: 1.5}}",
+        )]);
+        expect_error(
+            &[dr("{warmup: {duration: 30s, minimumPercent: 101}}")],
+            "spec.trafficPolicy.loadBalancer.warmup.minimumPercent",
+        );
+        expect_error(
+            &[dr("{warmup: {duration: 30s, aggression: 0}}")],
+            "spec.trafficPolicy.loadBalancer.warmup.aggression",
+        );
+        expect_error(
+            &[dr("{warmupDurationSecs: -5s}")],
+            "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
+        );
     }
 
     #[test]

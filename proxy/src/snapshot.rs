@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::balance::locality::{Locality, LocalitySetting, Placement};
+use crate::balance::slow_start::{self, SlowStart};
 use crate::config::{Protocol, ProxyConfig, UpstreamProtocol};
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::tls::{ALPN_H2, ALPN_HTTP1, Identity, IdentityError};
@@ -187,6 +188,11 @@ pub struct Cluster {
     policy: crate::balance::Policy,
     /// Each endpoint's priority and weight (locality, registry weights).
     placements: Placements,
+    /// Slow start (`warmup`), for round robin and least request.
+    slow_start: Option<SlowStart>,
+    /// When each endpoint joined this cluster (`None`: it was there when the cluster was
+    /// made, so it starts warm), for slow start.
+    joined: Vec<Option<std::time::Instant>>,
     /// The endpoints balanced over now and their balancer: all of them, less those outlier
     /// detection ejected. Swapped whole when an ejection starts or ends.
     hosts: arc_swap::ArcSwap<HostSet>,
@@ -388,12 +394,15 @@ impl Placements {
 }
 
 impl HostSet {
-    /// Builds the levels over `members` (the hosts outlier detection allows) of `endpoints`.
+    /// Builds the levels over `members` (the hosts outlier detection allows) of `endpoints`;
+    /// `warming` scales each endpoint's weight by its slow-start share, in thousandths
+    /// (`None` for a host at full weight).
     fn build(
         policy: crate::balance::Policy,
         endpoints: &[Arc<Endpoint>],
         placements: &Placements,
         members: &[usize],
+        warming: Option<&[Option<u32>]>,
     ) -> Result<Self, crate::balance::BalanceError> {
         let depth = placements
             .0
@@ -423,10 +432,24 @@ impl HostSet {
         let levels = by_level
             .into_iter()
             .map(|members| {
+                // Weights as u64 (a slow-start share multiplies them by up to 1000), brought
+                // back into u32 by one common shift, which keeps their ratios.
+                let weights: Vec<u64> = members
+                    .iter()
+                    .map(|&i| {
+                        let weight = placements.0.get(i).copied().flatten().map_or(1, |p| p.1);
+                        let share =
+                            warming.map_or(1, |w| w.get(i).copied().flatten().unwrap_or(1000));
+                        u64::from(weight) * u64::from(share)
+                    })
+                    .collect();
+                let top = weights.iter().copied().max().unwrap_or(1);
+                let shift = (64 - top.leading_zeros()).saturating_sub(32);
                 let keys: Vec<crate::balance::Endpoint<'_>> = members
                     .iter()
-                    .filter_map(|&i| {
-                        let weight = placements.0.get(i).copied().flatten().map_or(1, |p| p.1);
+                    .zip(&weights)
+                    .filter_map(|(&i, &w)| {
+                        let weight = u32::try_from(w >> shift).unwrap_or(u32::MAX).max(1);
                         endpoints
                             .get(i)
                             .map(|e| crate::balance::Endpoint::new(&e.addr_label, weight))
@@ -522,19 +545,66 @@ impl Cluster {
 
     /// Publishes the host set outlier detection allows now, if it changed.
     fn rebalance(&self, detector: &Detector) {
-        let members = detector.balanced_hosts();
         self.stats
             .ejections_active
             .set(i64::try_from(detector.ejected_count()).unwrap_or(i64::MAX));
-        if self.hosts.load().allowed == members {
+        self.publish(false);
+    }
+
+    /// The slow-start share of each endpoint now, in thousandths; `None` when none warms.
+    fn warming(&self, now: std::time::Instant) -> Option<Vec<Option<u32>>> {
+        warming_shares(self.slow_start.as_ref(), &self.joined, now)
+    }
+
+    /// Builds and swaps in the host set for the hosts outlier detection allows and the
+    /// slow-start weights of now; unless `always`, only when the allowed hosts changed.
+    fn publish(&self, always: bool) {
+        let members = match &self.outlier {
+            Some(d) => d.balanced_hosts(),
+            None => (0..self.endpoints.len()).collect(),
+        };
+        if !always && self.hosts.load().allowed == members {
             return;
         }
-        match HostSet::build(self.policy, &self.endpoints, &self.placements, &members) {
+        let warming = self.warming(std::time::Instant::now());
+        match HostSet::build(
+            self.policy,
+            &self.endpoints,
+            &self.placements,
+            &members,
+            warming.as_deref(),
+        ) {
             Ok(set) => self.hosts.store(Arc::new(set)),
             // The same policy already built over a superset; a failure here would be a bug
             // in the balancer, so keep the current set rather than drop traffic.
             Err(e) => tracing::error!(cluster = %self.name, "rebalancing failed: {e}"),
         }
+    }
+
+    /// The slow-start timer of this cluster: while an endpoint warms up, rebuilds the
+    /// balancer with the weights of the moment every [`slow_start::REFRESH`], then once more
+    /// at full weight, and stops.
+    fn spawn_slow_start_timer(cluster: &Arc<Cluster>) {
+        if cluster.warming(std::time::Instant::now()).is_none() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(cluster);
+        rt.spawn(async move {
+            let mut ticks = tokio::time::interval(slow_start::REFRESH);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(c) = weak.upgrade() else { return };
+                c.publish(true);
+                if c.warming(std::time::Instant::now()).is_none() {
+                    return;
+                }
+            }
+        });
     }
 
     /// The outlier-detection timer of this cluster: returns hosts whose ejection is over,
@@ -681,6 +751,36 @@ fn upstream_idle_timeout(pool: Option<&v1::ConnectionPool>) -> Option<Duration> 
         None => Some(DEFAULT_IDLE_TIMEOUT),
         Some(d) => Duration::try_from(d).ok().filter(|d| !d.is_zero()),
     }
+}
+
+/// Each endpoint's slow-start share at `now`, in thousandths (`None`: full weight), given
+/// when each joined; `None` when no endpoint warms.
+fn warming_shares(
+    slow_start: Option<&SlowStart>,
+    joined: &[Option<std::time::Instant>],
+    now: std::time::Instant,
+) -> Option<Vec<Option<u32>>> {
+    let s = slow_start?;
+    let shares: Vec<Option<u32>> = joined
+        .iter()
+        .map(|j| j.and_then(|at| s.permille(now.saturating_duration_since(at))))
+        .collect();
+    shares.iter().any(Option::is_some).then_some(shares)
+}
+
+/// The slow start a `loadBalancer` sets; Envoy applies it to round robin and least request
+/// only.
+fn slow_start_of(
+    lb: Option<&v1::LoadBalancer>,
+    policy: crate::balance::Policy,
+) -> Option<SlowStart> {
+    use crate::balance::Policy;
+    if !matches!(policy, Policy::RoundRobin | Policy::LeastRequest(_)) {
+        return None;
+    }
+    let w = lb?.warmup.as_ref()?;
+    let window = w.duration.and_then(|d| Duration::try_from(d).ok())?;
+    SlowStart::new(window, w.minimum_percent, w.aggression)
 }
 
 /// One block of `tp` in force for `port`: a `portLevelSettings` entry for the port replaces
@@ -1014,6 +1114,10 @@ struct Reuse {
     rate_limits: HashMap<String, Arc<TokenBucket>>,
     /// Outlier state by cluster name and endpoint address.
     health: HashMap<(Label, SocketAddr), Arc<HostHealth>>,
+    /// The clusters of the previous snapshot, by name.
+    cluster_names: std::collections::HashSet<Label>,
+    /// When each endpoint joined its cluster (slow start), by cluster name and address.
+    joined: HashMap<(Label, SocketAddr), Option<std::time::Instant>>,
 }
 
 impl Reuse {
@@ -1021,6 +1125,10 @@ impl Reuse {
         let mut r = Self::default();
         let Some(prev) = prev else { return r };
         for c in prev.clusters.iter().chain(&prev.subset_clusters) {
+            r.cluster_names.insert(c.name.clone());
+            for (e, at) in c.endpoints.iter().zip(&c.joined) {
+                r.joined.insert((c.name.clone(), e.addr), *at);
+            }
             let ids = c.allowed.to_vec();
             for e in &c.endpoints {
                 r.endpoints
@@ -1445,13 +1553,30 @@ impl ClusterBuilder<'_> {
                 outlier.is_some(),
             ),
         };
-        let hosts =
-            HostSet::build(policy, &endpoints, &placements, &members).map_err(|source| {
-                SnapshotError::Balance {
-                    host: fqdn.clone(),
-                    source,
-                }
-            })?;
+        // Slow start: an endpoint new to an existing cluster warms up from now; those of a
+        // cluster seen for the first time start warm, as none is colder than the others.
+        let slow_start = slow_start_of(lb, policy);
+        let now = std::time::Instant::now();
+        let existed = self.reuse.cluster_names.contains(&name);
+        let joined: Vec<Option<std::time::Instant>> = endpoints
+            .iter()
+            .map(|e| match self.reuse.joined.get(&(name.clone(), e.addr)) {
+                Some(at) => *at,
+                None => existed.then_some(now),
+            })
+            .collect();
+        let warming = warming_shares(slow_start.as_ref(), &joined, now);
+        let hosts = HostSet::build(
+            policy,
+            &endpoints,
+            &placements,
+            &members,
+            warming.as_deref(),
+        )
+        .map_err(|source| SnapshotError::Balance {
+            host: fqdn.clone(),
+            source,
+        })?;
         let http1 = match self.reuse.http1.get(&(server_name_str.clone(), ids)) {
             Some(c) => c.clone(),
             None => {
@@ -1503,6 +1628,8 @@ impl ClusterBuilder<'_> {
             stats,
             policy,
             placements,
+            slow_start,
+            joined,
             hosts: arc_swap::ArcSwap::from_pointee(hosts),
             port: svc.port,
             protocol: svc.protocol,
@@ -1551,6 +1678,7 @@ impl ClusterBuilder<'_> {
             }),
         });
         Cluster::spawn_outlier_timer(&cluster);
+        Cluster::spawn_slow_start_timer(&cluster);
         Ok(cluster)
     }
 }

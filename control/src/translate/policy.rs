@@ -87,6 +87,7 @@ fn traffic_policy(
                     failover_priority: l.failover_priority.clone(),
                 }
             }),
+            warmup: warmup(lb),
         }),
         connection_pool: pool.map(|p| {
             let tcp = p.tcp.as_ref();
@@ -118,6 +119,20 @@ fn traffic_policy(
         port_level: Default::default(),
         retry_budget: None,
     }
+}
+
+/// `warmup` (or the deprecated `warmupDurationSecs`) with Istio's defaults filled in.
+fn warmup(lb: &crate::model::LoadBalancerSettings) -> Option<v1::load_balancer::Warmup> {
+    let w = lb.warmup.as_ref();
+    let window = w
+        .and_then(|w| w.duration.as_ref())
+        .or(lb.warmup_duration_secs.as_ref())
+        .filter(|d| !d.is_zero())?;
+    Some(v1::load_balancer::Warmup {
+        duration: Some(duration(window)),
+        minimum_percent: w.and_then(|w| w.minimum_percent).unwrap_or(10.0),
+        aggression: w.and_then(|w| w.aggression).unwrap_or(1.0),
+    })
 }
 
 fn full_policy(tp: &TrafficPolicy) -> v1::TrafficPolicy {

@@ -849,3 +849,44 @@ fn retry_budgets_are_pushed_with_istios_defaults_and_the_annotation_parsed() {
     let p = policy("retrybudget.meshlite.io/rate: 'off'", "{}");
     assert!(p.rate_retry_budget.is_some_and(|b| b.disabled));
 }
+
+#[test]
+fn warmup_is_pushed_with_istios_defaults_from_either_field() {
+    let caller = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
+    let warmup_of = |lb: &str| {
+        let dr = doc(
+            "DestinationRule",
+            "shop/reviews",
+            &format!("{{host: {REVIEWS}, trafficPolicy: {{loadBalancer: {lb}}}}}"),
+        );
+        let m = mesh(config(&[dr]), std::slice::from_ref(&caller));
+        let p: v1::DestinationPolicy =
+            decode(&m.view_for(&caller), type_url::DESTINATION_POLICY, REVIEWS);
+        p.traffic_policy
+            .and_then(|t| t.load_balancer)
+            .and_then(|l| l.warmup)
+    };
+    let secs = |s| {
+        Some(prost_types::Duration {
+            seconds: s,
+            nanos: 0,
+        })
+    };
+    assert_eq!(
+        warmup_of("{simple: ROUND_ROBIN, warmupDurationSecs: 30s}"),
+        Some(v1::load_balancer::Warmup {
+            duration: secs(30),
+            minimum_percent: 10.0,
+            aggression: 1.0,
+        })
+    );
+    assert_eq!(
+        warmup_of("{warmup: {duration: 1m, minimumPercent: 5, aggression: 2}}"),
+        Some(v1::load_balancer::Warmup {
+            duration: secs(60),
+            minimum_percent: 5.0,
+            aggression: 2.0,
+        })
+    );
+    assert_eq!(warmup_of("{simple: ROUND_ROBIN}"), None);
+}

@@ -8,7 +8,8 @@
 //! path shares it through an `Arc` and swaps in a new one when the endpoints change. Picking
 //! touches only atomics (the round-robin cursor, the caller's in-flight counters): no lock,
 //! no allocation. Randomness comes in through [`Random`], so tests are deterministic. No
-//! algorithm here reads the clock (slow start, the one that would, is not implemented yet).
+//! algorithm here reads the clock: slow start ([`slow_start`]) scales weights when the
+//! cluster rebuilds its balancer, a few times a second while an endpoint warms up.
 //!
 //! The snapshot builds one per cluster from the DestinationRule's `loadBalancer`
 //! ([`crate::snapshot::Cluster::pick`]); the request's hash input (header, cookie, query
@@ -17,6 +18,7 @@
 mod consistent;
 pub mod ewma;
 pub mod locality;
+pub mod slow_start;
 mod weighted;
 mod xxhash;
 

@@ -9,6 +9,8 @@ use meshlite_tests::control::{
 use meshlite_tests::deadline::SOON;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::time::Instant;
 
 const RULE_FILE: &str = "echo-balance.yaml";
 
@@ -275,5 +277,68 @@ async fn peak_ewma_sends_most_traffic_to_the_faster_backend() {
     assert!(
         to_fast >= 130,
         "the faster backend should take most: {by:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_joins_warms_up_from_a_tenth_of_its_share_to_all_of_it() {
+    use meshlite_tests::control::call;
+    const WINDOW: Duration = Duration::from_secs(4);
+    const N: usize = 200;
+    let control = ControlPlane::start(&[(
+        RULE_FILE,
+        &rule("{simple: ROUND_ROBIN, warmup: {duration: 4s, minimumPercent: 10}}"),
+    )])
+    .await;
+    let apps = [
+        HttpApp::start("echo-a").await,
+        HttpApp::start("echo-b").await,
+    ];
+    let access = control.access(NAMESPACE, "echo").await;
+    let _a = MeshProxy::start(
+        &access,
+        &Workload::version_of("echo", "a", ECHO_PORT, apps[0].addr),
+    )
+    .await;
+    let client = MeshProxy::start(
+        &control.access(NAMESPACE, "client").await,
+        &Workload::new("client"),
+    )
+    .await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
+
+    // b joins the running cluster: its share starts at 10 % of a's.
+    let _b = MeshProxy::start(
+        &access,
+        &Workload::version_of("echo", "b", ECHO_PORT, apps[1].addr),
+    )
+    .await;
+    let deadline = Instant::now() + SOON;
+    while call(client.outbound(), ECHO_HOST).await.as_deref() != Ok("echo-b") {
+        assert!(Instant::now() < deadline, "echo-b never served");
+    }
+    let joined = Instant::now();
+    let share_of_b = async || {
+        let mut b = 0;
+        for _ in 0..N {
+            if call(client.outbound(), ECHO_HOST).await.as_deref() == Ok("echo-b") {
+                b += 1;
+            }
+        }
+        b as f64 / N as f64
+    };
+    let early = share_of_b().await;
+    let early_took = joined.elapsed();
+    // Round robin alone would give b half; warming, its weight is max(0.1, t / 4 s) of a's.
+    let most = 0.1f64.max(early_took.as_secs_f64() / WINDOW.as_secs_f64()) + 0.1;
+    assert!(
+        early > 0.0 && early < most / (1.0 + most),
+        "b's share while warming: {early} over the first {early_took:?}"
+    );
+    tokio::time::sleep_until(joined + WINDOW + Duration::from_millis(500)).await;
+    let warm = share_of_b().await;
+    assert!(
+        (0.45..=0.55).contains(&warm),
+        "once warm, round robin alternates: {warm}"
     );
 }
