@@ -200,7 +200,7 @@ async fn route_request(
     {
         mirror(conn, snap, shadow, &mut req);
     }
-    let sent = dispatch(conn, snap, cluster, b.retry.as_ref(), req, log, held);
+    let sent = attempts(conn, snap, cluster, b.retry.as_ref(), req, log, held);
     let mut r = match b.timeout {
         None => sent.await,
         Some(t) => match tokio::time::timeout(t, sent).await {
@@ -357,29 +357,6 @@ fn combined_flag(base: &'static str, extra: &'static str) -> &'static str {
     }
 }
 
-/// Sends the request to `cluster` under its circuit breakers, through [`attempts`]. What must
-/// stay counted until the response stream ends goes into `held`.
-async fn dispatch(
-    conn: &OutboundConn,
-    snap: &Snapshot,
-    cluster: &Arc<Cluster>,
-    retry: Option<&RetryPolicy>,
-    req: Request<ProxyBody>,
-    mut log: Option<&mut AccessLogEntry>,
-    held: &mut Held,
-) -> Dispatched {
-    // `http2MaxRequests`: the request counts from here to the end of its response stream.
-    let Some(permit) = cluster.breakers.requests.try_acquire() else {
-        cluster.stats.pending_overflow.inc();
-        return Dispatched::failed(ProxyError::Overflow(cluster.name.to_string()));
-    };
-    held.request = Some(permit);
-    if let Some(l) = log.as_deref_mut() {
-        l.upstream_cluster = Some(cluster.name.to_string());
-    }
-    attempts(conn, snap, cluster, retry, req, log, held).await
-}
-
 /// A request's head, kept to rebuild it for a retry after the first attempt consumed it.
 struct Template {
     method: http::Method,
@@ -418,11 +395,13 @@ impl Template {
     }
 }
 
-/// Sends to the cluster's endpoints under the route's retry policy (Envoy's router): each
-/// attempt goes to the endpoint the balancer picks (another than the ones that failed, when
-/// the policy says so), is reported to outlier detection, and is retried when the policy's
-/// `retryOn` matches its outcome, attempts remain, the request can be sent again, and both
-/// `maxRetries` and the retry budget allow it, after a jittered exponential backoff.
+/// Sends the request to `cluster` under its circuit breakers and the route's retry policy
+/// (Envoy's router): each attempt goes to the endpoint the balancer picks (another than the
+/// ones that failed, when the policy says so), is reported to outlier detection, and is
+/// retried when the policy's `retryOn` matches its outcome, attempts remain, the request can
+/// be sent again, and both `maxRetries` and the retry budgets allow it, after a jittered
+/// exponential backoff. What must stay counted until the response stream ends goes into
+/// `held`.
 async fn attempts(
     conn: &OutboundConn,
     snap: &Snapshot,
@@ -432,6 +411,15 @@ async fn attempts(
     mut log: Option<&mut AccessLogEntry>,
     held: &mut Held,
 ) -> Dispatched {
+    // `http2MaxRequests`: the request counts from here to the end of its response stream.
+    let Some(permit) = cluster.breakers.requests.try_acquire() else {
+        cluster.stats.pending_overflow.inc();
+        return Dispatched::failed(ProxyError::Overflow(cluster.name.to_string()));
+    };
+    held.request = Some(permit);
+    if let Some(l) = log.as_deref_mut() {
+        l.upstream_cluster = Some(cluster.name.to_string());
+    }
     // The request's hash; a hashing cookie it lacks is issued when the rule gives it a TTL.
     let (hash, issued) = match cluster.hash_on.as_ref() {
         None => (None, None),
