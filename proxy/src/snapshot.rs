@@ -518,7 +518,26 @@ impl Cluster {
         let Some(detector) = &self.outlier else {
             return;
         };
-        match detector.report(index, status, std::time::Instant::now()) {
+        self.on_outlier_change(
+            detector,
+            detector.report(index, status, std::time::Instant::now()),
+        );
+    }
+
+    /// Records an attempt on endpoint `index` that got no response (connect failure,
+    /// reset, timeout; `as_status` is what it counts as unless the rule splits local-origin
+    /// errors).
+    pub fn report_local_failure(&self, index: usize, as_status: u16) {
+        let Some(detector) = &self.outlier else {
+            return;
+        };
+        let change = detector.report_local_failure(index, as_status, std::time::Instant::now());
+        self.on_outlier_change(detector, change);
+    }
+
+    /// Acts on what a report decided: an ejection rebalances, an overflow is counted.
+    fn on_outlier_change(&self, detector: &Detector, change: Option<Change>) {
+        match change {
             None => {}
             Some(Change::Ejected(i, time)) => {
                 self.stats.ejections_enforced.inc();

@@ -115,6 +115,10 @@ fn traffic_policy(
             base_ejection_time: o.base_ejection_time.as_ref().map(duration),
             max_ejection_percent: positive(o.max_ejection_percent),
             min_health_percent: positive(o.min_health_percent),
+            split_external_local_origin_errors: o
+                .split_external_local_origin_errors
+                .unwrap_or(false),
+            consecutive_local_origin_failures: o.consecutive_local_origin_failures.unwrap_or(5),
         }),
         port_level: Default::default(),
         retry_budget: None,

@@ -476,14 +476,11 @@ async fn attempts(
                 // In flight for least request until the response stream ends.
                 held.endpoint = Some(InFlight::start(endpoint.clone()));
                 let result = attempt_mesh(conn, snap, cluster, &endpoint, policy, &mut slot).await;
-                let outcome_status = match &result {
-                    Ok(resp) => Some(resp.status().as_u16()),
+                match &result {
+                    Ok(resp) => cluster.report(index, resp.status().as_u16()),
                     // A local overflow says nothing about the host.
-                    Err(ProxyError::Overflow(_)) => None,
-                    Err(e) => Some(e.outlier_status()),
-                };
-                if let Some(status) = outcome_status {
-                    cluster.report(index, status);
+                    Err(ProxyError::Overflow(_)) => {}
+                    Err(e) => cluster.report_local_failure(index, e.outlier_status()),
                 }
                 (result, Some(endpoint))
             }

@@ -46,6 +46,12 @@ pub struct OutlierConfig {
     /// Below this share of healthy hosts the cluster balances across all of them (Envoy's
     /// panic threshold); Istio's default 0 never panics.
     pub min_health_percent: u32,
+    /// `splitExternalLocalOriginErrors`: failures without a response count apart from HTTP
+    /// statuses (else as 503, or 504 for a timeout).
+    pub split_local_origin: bool,
+    /// `consecutiveLocalOriginFailures`: local-origin failures in a row that eject a host
+    /// when they are split; 0: that ejection off.
+    pub consecutive_local_origin: u32,
 }
 
 impl OutlierConfig {
@@ -70,6 +76,8 @@ impl OutlierConfig {
                 o.max_ejection_percent.min(100)
             },
             min_health_percent: o.min_health_percent.min(100),
+            split_local_origin: o.split_external_local_origin_errors,
+            consecutive_local_origin: o.consecutive_local_origin_failures,
         }
     }
 }
@@ -80,6 +88,7 @@ impl OutlierConfig {
 pub struct HostHealth {
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
+    consecutive_local: AtomicU32,
     ejected: AtomicBool,
     ejection: Mutex<Ejection>,
 }
@@ -101,6 +110,7 @@ impl HostHealth {
     fn reset_counters(&self) {
         self.consecutive_5xx.store(0, Ordering::Relaxed);
         self.consecutive_gateway.store(0, Ordering::Relaxed);
+        self.consecutive_local.store(0, Ordering::Relaxed);
     }
 }
 
@@ -163,6 +173,11 @@ impl Detector {
     /// [`LOCAL_FAILURE_STATUS`] / [`LOCAL_TIMEOUT_STATUS`] for one that never came).
     pub fn report(&self, i: usize, status: u16, now: Instant) -> Option<Change> {
         let host = self.hosts.get(i)?;
+        // With split errors, a response also proves the connection: the local-origin streak
+        // ends (Envoy's connect success).
+        if self.cfg.split_local_origin && host.consecutive_local.load(Ordering::Relaxed) != 0 {
+            host.consecutive_local.store(0, Ordering::Relaxed);
+        }
         if !(500..600).contains(&status) {
             // Any non-5xx result ends both streaks; skip the store when there is none, so the
             // common case writes nothing shared.
@@ -183,6 +198,23 @@ impl Detector {
         let c5 = host.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
         tripped |= self.cfg.consecutive_5xx > 0 && c5 == self.cfg.consecutive_5xx;
         if tripped { self.eject(i, now) } else { None }
+    }
+
+    /// Records an attempt to host `i` that ended without a response (connect failure,
+    /// reset, timeout): apart when the config splits them, else as `as_status` (503, or 504
+    /// for a timeout), as Envoy maps them.
+    pub fn report_local_failure(&self, i: usize, as_status: u16, now: Instant) -> Option<Change> {
+        if !self.cfg.split_local_origin {
+            return self.report(i, as_status, now);
+        }
+        let host = self.hosts.get(i)?;
+        let n = host.consecutive_local.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit = self.cfg.consecutive_local_origin;
+        if limit > 0 && n == limit {
+            self.eject(i, now)
+        } else {
+            None
+        }
     }
 
     fn eject(&self, i: usize, now: Instant) -> Option<Change> {
@@ -273,7 +305,50 @@ mod tests {
             max_ejection: Duration::from_secs(300),
             max_ejection_percent: 100,
             min_health_percent: 0,
+            split_local_origin: false,
+            consecutive_local_origin: 5,
         }
+    }
+
+    #[test]
+    fn split_local_origin_failures_eject_on_their_own_streak_and_a_response_ends_it() {
+        let t = Instant::now();
+        let split = detector(
+            OutlierConfig {
+                split_local_origin: true,
+                consecutive_local_origin: 2,
+                ..cfg()
+            },
+            3,
+        );
+        // Two connect failures with a 503 response between them: the response proves the
+        // connection, so no streak of two.
+        assert!(split.report_local_failure(0, 503, t).is_none());
+        assert!(split.report(0, 503, t).is_none());
+        assert!(split.report_local_failure(0, 503, t).is_none());
+        assert!(matches!(
+            split.report_local_failure(0, 503, t),
+            Some(Change::Ejected(0, _))
+        ));
+        // Split, local failures do not feed the 5xx streak (3 in a row would eject).
+        for _ in 0..4 {
+            let _ = split.report_local_failure(1, 503, t);
+            assert!(split.report(1, 200, t).is_none());
+        }
+        assert!(split.report(1, 500, t).is_none());
+        assert!(split.report(1, 500, t).is_none());
+        assert!(matches!(
+            split.report(1, 500, t),
+            Some(Change::Ejected(1, _))
+        ));
+        // Not split: a local failure counts as the 5xx it maps to.
+        let joined = detector(cfg(), 1);
+        assert!(joined.report_local_failure(0, 503, t).is_none());
+        assert!(joined.report(0, 500, t).is_none());
+        assert!(matches!(
+            joined.report_local_failure(0, 504, t),
+            Some(Change::Ejected(0, _))
+        ));
     }
 
     fn detector(cfg: OutlierConfig, n: usize) -> Detector {

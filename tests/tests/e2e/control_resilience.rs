@@ -817,3 +817,44 @@ async fn grpc_calls_are_retried_on_the_status_codes_retry_on_names_and_only_thos
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert_eq!(app.calls() - before, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_local_origin_errors_eject_a_dead_host_but_not_one_answering_503() {
+    let dr = rule(
+        "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: \
+         {splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2, \
+         consecutive5xxErrors: 0, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}",
+    );
+    // No retries, so every attempt's outcome reaches the caller.
+    let vs = virtual_service("[{route: [{destination: {host: echo}}], retries: {attempts: 0}}]");
+    let mut mesh = crate::control_balance::two_backends_with(
+        &[(RULE_FILE, &dr), ("echo-vs.yaml", &vs)],
+        ["a", "b"],
+    )
+    .await;
+    // a answers 503 to everything: HTTP statuses are not local-origin errors.
+    mesh.apps[0].fail_with(Some(503));
+    for _ in 0..20 {
+        try_get(mesh.client.outbound(), ECHO_HOST, "/")
+            .await
+            .expect("response");
+    }
+    assert_eq!(ejections_enforced(&mesh.client).await, 0.0);
+
+    // b's sidecar dies: connection failures, two in a row eject it.
+    mesh.servers[1].kill().await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        let reply = try_get(mesh.client.outbound(), ECHO_HOST, "/")
+            .await
+            .expect("response");
+        if reply.header("x-served-by").is_none() {
+            refused += 1;
+        }
+    }
+    assert_eq!(ejections_enforced(&mesh.client).await, 1.0, "b was ejected");
+    assert!(
+        (2..=3).contains(&refused),
+        "two connect failures (one more if a connection was still draining): {refused}"
+    );
+}
