@@ -618,6 +618,15 @@ pub struct MeshProxy {
 }
 
 impl MeshProxy {
+    /// A sidecar for a workload called `name` (service account `name`) that serves
+    /// nothing: a caller.
+    ///
+    /// # Panics
+    /// If it does not start.
+    pub async fn caller(control: &ControlPlane, name: &str) -> MeshProxy {
+        Self::start(&control.access(NAMESPACE, name).await, &Workload::new(name)).await
+    }
+
     /// Writes the workload's config and token to a fresh directory and starts a proxy with it,
     /// waiting for its listening line (printed once it holds a certificate from the CA).
     ///

@@ -68,11 +68,7 @@ pub(crate) async fn two_backends_with(files: &[(&str, &str)], versions: [&str; 2
         MeshProxy::start(&access, &w0),
         MeshProxy::start(&access, &w1)
     );
-    let client = MeshProxy::start(
-        &control.access(NAMESPACE, "client").await,
-        &Workload::new("client"),
-    )
-    .await;
+    let client = MeshProxy::caller(&control, "client").await;
     for v in versions {
         wait_served_by(client.outbound(), ECHO_HOST, &format!("echo-{v}"), SOON).await;
     }
@@ -300,11 +296,7 @@ async fn a_backend_that_joins_warms_up_from_a_tenth_of_its_share_to_all_of_it() 
         &Workload::version_of("echo", "a", ECHO_PORT, apps[0].addr),
     )
     .await;
-    let client = MeshProxy::start(
-        &control.access(NAMESPACE, "client").await,
-        &Workload::new("client"),
-    )
-    .await;
+    let client = MeshProxy::caller(&control, "client").await;
     wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
 
     // b joins the running cluster: its share starts at 10 % of a's.

@@ -4,7 +4,7 @@
 
 use meshlite_tests::apps::HttpApp;
 use meshlite_tests::clients;
-use meshlite_tests::control::{ControlPlane, MeshProxy, NAMESPACE, Workload, wait_served_by};
+use meshlite_tests::control::{ControlPlane, MeshProxy, NAMESPACE, wait_served_by};
 use meshlite_tests::deadline::SOON;
 
 fn entries(payments_port: u16, ledger_port: u16) -> String {
@@ -36,11 +36,7 @@ async fn services_outside_the_mesh_are_reached_directly_by_name_or_address() {
         &entries(payments.addr.port(), ledger.addr.port()),
     )])
     .await;
-    let client = MeshProxy::start(
-        &control.access(NAMESPACE, "client").await,
-        &Workload::new("client"),
-    )
-    .await;
+    let client = MeshProxy::caller(&control, "client").await;
 
     // resolution: DNS, endpoint `localhost`, resolved when the sidecar connects.
     wait_served_by(client.outbound(), "payments.example.com", "payments", SOON).await;
@@ -106,11 +102,7 @@ async fn requests_to_a_service_outside_the_mesh_are_retried_as_the_route_says() 
         app.addr.port()
     );
     let control = ControlPlane::start(&[("external.yaml", &entry)]).await;
-    let client = MeshProxy::start(
-        &control.access(NAMESPACE, "client").await,
-        &Workload::new("client"),
-    )
-    .await;
+    let client = MeshProxy::caller(&control, "client").await;
     wait_served_by(client.outbound(), "flaky.example.com", "flaky", SOON).await;
     let all_ok = async || {
         for i in 0..REQUESTS {

@@ -105,11 +105,7 @@ async fn the_server_sidecar_applies_its_own_services_pool_limit_across_all_calle
         "{{connectionPool: {{http: {{http2MaxRequests: {LIMIT}}}}}}}"
     ));
     let (control, app, server, first) = one_backend(&[(RULE_FILE, &limited)]).await;
-    let second = MeshProxy::start(
-        &control.access(NAMESPACE, "client-2").await,
-        &Workload::new("client-2"),
-    )
-    .await;
+    let second = MeshProxy::caller(&control, "client-2").await;
     wait_served_by(second.outbound(), ECHO_HOST, "echo-a", SOON).await;
 
     // Each caller stays within its own limit; together they send twice the limit.
@@ -170,11 +166,7 @@ async fn a_backend_answering_503_is_ejected_and_returns_after_its_ejection_time(
             MeshProxy::start(&echo, &Workload::version_of("echo", v, ECHO_PORT, app.addr)).await,
         );
     }
-    let client = MeshProxy::start(
-        &control.access(NAMESPACE, "client").await,
-        &Workload::new("client"),
-    )
-    .await;
+    let client = MeshProxy::caller(&control, "client").await;
     for app in ["echo-a", "echo-b", "echo-c"] {
         wait_served_by(client.outbound(), ECHO_HOST, app, SOON).await;
     }
@@ -259,11 +251,7 @@ async fn one_backend(files: &[(&str, &str)]) -> (ControlPlane, HttpApp, MeshProx
         &Workload::version_of("echo", "a", ECHO_PORT, app.addr),
     )
     .await;
-    let client = MeshProxy::start(
-        &control.access(NAMESPACE, "client").await,
-        &Workload::new("client"),
-    )
-    .await;
+    let client = MeshProxy::caller(&control, "client").await;
     wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
     (control, app, server, client)
 }
@@ -777,11 +765,7 @@ async fn grpc_calls_are_retried_on_the_status_codes_retry_on_names_and_only_thos
         protocol: AppProtocol::Grpc,
     });
     let _server = MeshProxy::start(&control.access(NAMESPACE, "greeter").await, &workload).await;
-    let client = MeshProxy::start(
-        &control.access(NAMESPACE, "client").await,
-        &Workload::new("client"),
-    )
-    .await;
+    let client = MeshProxy::caller(&control, "client").await;
     let authority = format!("greeter:{ECHO_PORT}");
     let deadline = Instant::now() + SOON;
     while grpc::say(client.outbound(), &authority, "ready?")

@@ -68,11 +68,7 @@ async fn virtual_service_rules_match_split_inject_faults_redirect_rewrite_and_mi
         &Workload::version_of("shadow", "a", ECHO_PORT, shadow.addr),
     )
     .await;
-    let client = MeshProxy::start(
-        &control.access(NAMESPACE, "client").await,
-        &Workload::new("client"),
-    )
-    .await;
+    let client = MeshProxy::caller(&control, "client").await;
     wait_served_by(client.outbound(), ECHO_HOST, "echo-v1", SOON).await;
     wait_served_by(client.outbound(), ECHO_HOST, "echo-v2", SOON).await;
     let out = client.outbound();
