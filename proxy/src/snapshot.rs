@@ -275,6 +275,8 @@ pub struct HostSet {
     levels: Vec<Level>,
     /// Cumulative traffic percentages of the levels (the last is 100 when any host is up).
     cumulative: Vec<u32>,
+    /// `(healthy, total)` hosts of each level, to recompute the loads without some levels.
+    health: Vec<(usize, usize)>,
 }
 
 /// One priority level of a [`HostSet`].
@@ -471,7 +473,40 @@ impl HostSet {
             allowed: members.to_vec(),
             levels,
             cumulative,
+            health,
         })
+    }
+
+    /// The level a retry goes to when the levels `tried` were attempted already (Envoy's
+    /// previous-priorities retry priority): they count as unhealthy, so their load spills to
+    /// the others by the usual rule; when that leaves no level, none is excluded.
+    fn level_excluding(&self, hash: Option<u64>, tried: &[u32]) -> Option<&Level> {
+        if tried.is_empty() || self.levels.len() == 1 {
+            return self.level(hash);
+        }
+        let health: Vec<(usize, usize)> = self
+            .health
+            .iter()
+            .enumerate()
+            .map(|(i, &(healthy, total))| {
+                let excluded = u32::try_from(i).is_ok_and(|i| tried.contains(&i));
+                (if excluded { 0 } else { healthy }, total)
+            })
+            .collect();
+        let loads = crate::balance::locality::priority_loads(&health);
+        if loads.iter().all(|l| *l == 0) {
+            return self.level(hash);
+        }
+        let roll = match hash {
+            Some(h) => (h % 100) as u32,
+            None => fastrand::u32(..100),
+        };
+        let mut sum = 0;
+        let i = loads.iter().position(|l| {
+            sum += l;
+            roll < sum
+        })?;
+        self.levels.get(i)
     }
 
     /// The level a request goes to: by its hash when it has one (so consistent hashing
@@ -494,8 +529,17 @@ impl Cluster {
     /// the request's, for consistent hashing); `None` when there is none (503 `UH`).
     /// Returns the endpoint's index in `endpoints` with it, for outlier reports.
     pub fn pick(&self, hash: Option<u64>) -> Option<(usize, Arc<Endpoint>)> {
+        self.pick_excluding(hash, &[])
+    }
+
+    /// [`Self::pick`] for a retry that leaves the priorities (localities) `tried`.
+    pub fn pick_excluding(
+        &self,
+        hash: Option<u64>,
+        tried: &[u32],
+    ) -> Option<(usize, Arc<Endpoint>)> {
         let set = self.hosts.load();
-        let level = set.level(hash)?;
+        let level = set.level_excluding(hash, tried)?;
         let balancer = level.balancer.as_ref()?;
         let load = LevelLoad {
             members: &level.members,
@@ -504,6 +548,16 @@ impl Cluster {
         let i = balancer.pick(hash, &load, &mut crate::balance::ThreadRandom)?;
         let m = *level.members.get(i)?;
         Some((m, self.endpoints.get(m)?.clone()))
+    }
+
+    /// The priority (locality level) endpoint `index` is placed at.
+    pub fn priority_of(&self, index: usize) -> Option<u32> {
+        self.placements
+            .0
+            .get(index)
+            .copied()
+            .flatten()
+            .map(|(p, _)| p.priority)
     }
 
     /// Whether the balancer reads response times (peak EWMA): only then are they recorded.
@@ -1865,6 +1919,7 @@ mod tests {
                 },
             ],
             cumulative: vec![70, 100],
+            health: vec![(1, 1), (1, 1)],
         };
         let first = |h: u64| set.level(Some(h)).map(|l| l.members[0]);
         assert_eq!(first(69), Some(0));
@@ -1874,6 +1929,32 @@ mod tests {
             .filter(|_| set.level(None).is_some_and(|l| l.members[0] == 0))
             .count();
         assert!((6_500..7_500).contains(&to_first), "{to_first}");
+    }
+
+    #[test]
+    fn a_retry_leaving_tried_priorities_goes_to_the_others_and_to_all_when_none_is_left() {
+        let level = |m| Level {
+            members: vec![m],
+            balancer: None,
+        };
+        let set = HostSet {
+            allowed: vec![0, 1, 2],
+            levels: vec![level(0), level(1), level(2)],
+            cumulative: vec![100, 100, 100],
+            health: vec![(1, 1), (1, 1), (1, 1)],
+        };
+        let first =
+            |tried: &[u32], h: u64| set.level_excluding(Some(h), tried).map(|l| l.members[0]);
+        for h in [0, 42, 99] {
+            assert_eq!(first(&[], h), Some(0), "all traffic to the first priority");
+            assert_eq!(first(&[0], h), Some(1), "the next priority takes it all");
+            assert_eq!(first(&[0, 1], h), Some(2));
+            assert_eq!(
+                first(&[0, 1, 2], h),
+                Some(0),
+                "every level tried: none excluded"
+            );
+        }
     }
 
     #[test]

@@ -176,6 +176,8 @@ fn route(
                 .filter_map(|s| s.trim().parse().ok())
                 .collect(),
             backoff: rt.backoff.as_ref().map(duration),
+            keep_previous_hosts: rt.retry_ignore_previous_hosts == Some(false),
+            remote_localities: rt.retry_remote_localities == Some(true),
         }),
         fault: r.fault.as_ref().map(|f| v1::Fault {
             delay: f.delay.as_ref().map(|d| v1::fault::Delay {

@@ -25,7 +25,9 @@ use crate::http::errors::ProxyError;
 use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_PROTO};
 use crate::http::replay::{ReplayBody, ReplayHandle};
 use crate::http::uri::{forward_uri, request_authority};
-use crate::resilience::retry::{HOST_SELECTION_MAX_ATTEMPTS, Outcome, RetryPolicy};
+use crate::resilience::retry::{
+    HOST_SELECTION_MAX_ATTEMPTS, Outcome, PRIORITY_UPDATE_FREQUENCY, RetryPolicy,
+};
 use crate::route::{Target, action};
 use crate::server::conn::ConnState;
 use crate::snapshot::{
@@ -459,11 +461,20 @@ async fn attempts(
         }
     }
     let mut failed: Vec<usize> = Vec::new();
+    // `retryRemoteLocalities`: the priorities attempted, and those excluded from the choice
+    // (updated every PRIORITY_UPDATE_FREQUENCY attempts, as Istio configures Envoy).
+    let mut attempted_priorities: Vec<u32> = Vec::new();
+    let mut excluded_priorities: Vec<u32> = Vec::new();
     let mut _retrying = None;
     let mut attempt = 0u32;
     loop {
         let avoid = policy.is_some_and(|p| p.avoid_previous_hosts) && hash.is_none();
-        let Some(host) = pick_host(cluster, hash, avoid.then_some(&failed[..])) else {
+        let Some(host) = pick_host(
+            cluster,
+            hash,
+            avoid.then_some(&failed[..]),
+            &excluded_priorities,
+        ) else {
             return Dispatched::failed(ProxyError::NoHealthyUpstream(cluster.name.to_string()));
         };
         if let Some(l) = log.as_deref_mut() {
@@ -547,6 +558,16 @@ async fn attempts(
         cluster.stats.retries.inc();
         attempt += 1;
         failed.push(index);
+        if p.remote_localities {
+            if let Some(priority) = cluster.priority_of(index)
+                && !attempted_priorities.contains(&priority)
+            {
+                attempted_priorities.push(priority);
+            }
+            if attempt.is_multiple_of(PRIORITY_UPDATE_FREQUENCY) {
+                excluded_priorities.clone_from(&attempted_priorities);
+            }
+        }
         drop(done(None));
         // The failed attempt is over: its endpoint stops counting it during the backoff.
         held.endpoint = None;
@@ -578,14 +599,18 @@ impl Host<'_> {
     }
 }
 
-/// Picks where the next attempt goes, avoiding the `failed` hosts when given.
+/// Picks where the next attempt goes, avoiding the `failed` hosts when given and the
+/// priorities (localities) `tried_priorities` of a mesh cluster.
 fn pick_host<'a>(
     cluster: &'a Cluster,
     hash: Option<u64>,
     failed: Option<&[usize]>,
+    tried_priorities: &[u32],
 ) -> Option<Host<'a>> {
     match &cluster.external {
-        None => pick_avoiding(cluster, hash, failed).map(|(i, e)| Host::Mesh(i, e)),
+        None => {
+            pick_avoiding(cluster, hash, failed, tried_priorities).map(|(i, e)| Host::Mesh(i, e))
+        }
         Some(ext) => {
             let mut picked = ext.pick()?;
             if let Some(failed) = failed.filter(|f| !f.is_empty()) {
@@ -647,14 +672,15 @@ fn pick_avoiding(
     cluster: &Cluster,
     hash: Option<u64>,
     failed: Option<&[usize]>,
+    tried_priorities: &[u32],
 ) -> Option<(usize, Arc<Endpoint>)> {
-    let mut picked = cluster.pick(hash)?;
+    let mut picked = cluster.pick_excluding(hash, tried_priorities)?;
     if let Some(failed) = failed.filter(|f| !f.is_empty()) {
         for _ in 1..HOST_SELECTION_MAX_ATTEMPTS {
             if !failed.contains(&picked.0) {
                 break;
             }
-            picked = cluster.pick(hash)?;
+            picked = cluster.pick_excluding(hash, tried_priorities)?;
         }
     }
     Some(picked)

@@ -141,9 +141,17 @@ pub struct RetryPolicy {
     /// Backoff cap.
     pub backoff_max: Duration,
     /// Retry on another host (Envoy's previous-hosts predicate, up to
-    /// [`HOST_SELECTION_MAX_ATTEMPTS`] picks); off under consistent hashing.
+    /// [`HOST_SELECTION_MAX_ATTEMPTS`] picks); off under consistent hashing or when the
+    /// route sets `retryIgnorePreviousHosts: false`.
     pub avoid_previous_hosts: bool,
+    /// `retryRemoteLocalities`: once [`PRIORITY_UPDATE_FREQUENCY`] attempts are made,
+    /// retries avoid the priorities (localities) already tried.
+    pub remote_localities: bool,
 }
+
+/// Istio's `update_frequency` for the previous-priorities retry priority: the priorities
+/// tried are excluded from the choice every this many attempts.
+pub const PRIORITY_UPDATE_FREQUENCY: u32 = 2;
 
 impl RetryPolicy {
     /// Istio's built-in policy (1.24+: no retriable status codes, so 503 is not retried).
@@ -156,6 +164,7 @@ impl RetryPolicy {
             backoff_base: DEFAULT_BACKOFF_BASE,
             backoff_max: DEFAULT_BACKOFF_BASE.saturating_mul(BACKOFF_MAX_FACTOR),
             avoid_previous_hosts: !consistent_hash,
+            remote_localities: false,
         }
     }
 
@@ -188,6 +197,8 @@ impl RetryPolicy {
         policy.per_try_timeout = dur(r.per_try_timeout.as_ref());
         policy.backoff_base = dur(r.backoff.as_ref()).unwrap_or(DEFAULT_BACKOFF_BASE);
         policy.backoff_max = policy.backoff_base.saturating_mul(BACKOFF_MAX_FACTOR);
+        policy.avoid_previous_hosts &= !r.keep_previous_hosts;
+        policy.remote_localities = r.remote_localities;
         Some(policy)
     }
 
@@ -563,8 +574,19 @@ mod tests {
             backoff_base: ms(25),
             backoff_max: ms(250),
             avoid_previous_hosts: true,
+            remote_localities: false,
         };
         assert_eq!(RetryPolicy::from_proto(None, false).as_ref(), Some(&want));
+        let route = |keep_previous_hosts, remote_localities| v1::Retries {
+            attempts: 2,
+            keep_previous_hosts,
+            remote_localities,
+            ..Default::default()
+        };
+        let p = RetryPolicy::from_proto(Some(&route(true, true)), false).expect("policy");
+        assert!(!p.avoid_previous_hosts && p.remote_localities);
+        let p = RetryPolicy::from_proto(Some(&route(false, false)), false).expect("policy");
+        assert!(p.avoid_previous_hosts && !p.remote_localities);
         let hashed = RetryPolicy::from_proto(None, true).expect("default");
         assert!(!hashed.avoid_previous_hosts);
         // Istio 1.24: 503 is no longer retried by default.

@@ -2,7 +2,7 @@
 //! a header keeps a user on one backend, and a push switching the policy takes effect.
 
 use meshlite_tests::apps::HttpApp;
-use meshlite_tests::clients::{Http1Client, empty, h1_request};
+use meshlite_tests::clients::{Http1Client, empty, h1_request, try_get};
 use meshlite_tests::control::{
     ControlPlane, ECHO_HOST, ECHO_PORT, MeshProxy, NAMESPACE, Workload, wait_served_by,
 };
@@ -178,7 +178,14 @@ async fn a_hashing_cookie_is_issued_when_absent_and_keeps_the_client_on_one_back
 async fn three_localities(
     rule_yaml: &str,
 ) -> (ControlPlane, [HttpApp; 3], Vec<MeshProxy>, MeshProxy) {
-    let control = ControlPlane::start(&[(RULE_FILE, rule_yaml)]).await;
+    three_localities_with(&[(RULE_FILE, rule_yaml)]).await
+}
+
+/// [`three_localities`] with the control plane's config `files`.
+async fn three_localities_with(
+    files: &[(&str, &str)],
+) -> (ControlPlane, [HttpApp; 3], Vec<MeshProxy>, MeshProxy) {
+    let control = ControlPlane::start(files).await;
     let apps = [
         HttpApp::start("echo-near").await,
         HttpApp::start("echo-zone").await,
@@ -237,6 +244,55 @@ async fn with_outlier_detection_traffic_stays_in_the_callers_zone_and_fails_over
         "failed over within the region: {by:?}"
     );
     assert_eq!(apps[2].requests(), 0, "the other region was never needed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_remote_localities_sends_the_third_attempt_out_of_a_failing_zone() {
+    // Outlier detection turns locality priorities on; its 5xx ejection is off so the failing
+    // zone keeps its traffic and only retries can leave it.
+    let rule = rule(
+        "{simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 0, \
+         interval: 1s, baseEjectionTime: 30s}",
+    );
+    let routes = |remote: bool| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {{name: echo, namespace: {NAMESPACE}}}\n\
+             spec:\n  hosts: [echo]\n  http: [{{route: [{{destination: {{host: echo}}}}], \
+             retries: {{attempts: 3, retryOn: 5xx, retryRemoteLocalities: {remote}}}}}]\n"
+        )
+    };
+    let (control, apps, _servers, client) =
+        three_localities_with(&[(RULE_FILE, &rule), ("echo-vs.yaml", &routes(false))]).await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-near", SOON).await;
+    apps[0].fail_with(Some(503));
+    // Without the flag every attempt stays in the caller's zone, whose only host fails.
+    let reply = try_get(client.outbound(), ECHO_HOST, "/")
+        .await
+        .expect("response");
+    assert_eq!(reply.status, 503);
+    assert_eq!(apps[1].requests() + apps[2].requests(), 0);
+
+    control.write_config("echo-vs.yaml", &routes(true));
+    let near_before = apps[0].requests();
+    let deadline = Instant::now() + SOON;
+    loop {
+        let reply = try_get(client.outbound(), ECHO_HOST, "/")
+            .await
+            .expect("response");
+        if reply.status == 200 {
+            // Two attempts in the zone, then the zone is left: its region's other zone.
+            assert_eq!(reply.header("x-served-by"), Some("echo-zone"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the retry never left the zone");
+    }
+    let near = apps[0].requests() - near_before;
+    assert!(
+        near >= 2 && near % 2 == 0,
+        "each request tried its own zone twice first: {near}"
+    );
+    assert_eq!(apps[2].requests(), 0, "the other region was not needed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
