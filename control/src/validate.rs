@@ -649,6 +649,15 @@ impl Checker<'_> {
         }
         if let Some(od) = od {
             let op = format!("{p}.outlierDetection");
+            for (k, code) in od.outlier_detection_http_error_codes.iter().enumerate() {
+                if !(100..=599).contains(code) {
+                    self.error(
+                        r,
+                        format!("{op}.outlierDetectionHttpErrorCodes[{k}]"),
+                        format!("{code} is outside 100..=599"),
+                    );
+                }
+            }
             self.positive(r, od.interval, &format!("{op}.interval"));
             self.positive(r, od.base_ejection_time, &format!("{op}.baseEjectionTime"));
             for (name, v) in [

@@ -883,7 +883,10 @@ fn merged(
         (Some(s), Some(p)) => Some(v1::TrafficPolicy {
             load_balancer: s.load_balancer.clone().or_else(|| p.load_balancer.clone()),
             connection_pool: s.connection_pool.or(p.connection_pool),
-            outlier_detection: s.outlier_detection.or(p.outlier_detection),
+            outlier_detection: s
+                .outlier_detection
+                .clone()
+                .or_else(|| p.outlier_detection.clone()),
             retry_budget: s.retry_budget.or(p.retry_budget),
             port_level: if s.port_level.is_empty() {
                 p.port_level.clone()

@@ -316,6 +316,8 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<i32>,
     /// Panic threshold (Istio default 0).
     pub min_health_percent: Option<i32>,
+    /// When set, only responses with these codes count as errors (default: every 5xx).
+    pub outlier_detection_http_error_codes: Vec<u32>,
 }
 
 /// Client TLS modes.

@@ -119,6 +119,7 @@ fn traffic_policy(
                 .split_external_local_origin_errors
                 .unwrap_or(false),
             consecutive_local_origin_failures: o.consecutive_local_origin_failures.unwrap_or(5),
+            http_error_codes: o.outlier_detection_http_error_codes.clone(),
         }),
         port_level: Default::default(),
         retry_budget: None,

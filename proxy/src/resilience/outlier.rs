@@ -52,6 +52,28 @@ pub struct OutlierConfig {
     /// `consecutiveLocalOriginFailures`: local-origin failures in a row that eject a host
     /// when they are split; 0: that ejection off.
     pub consecutive_local_origin: u32,
+    /// `outlierDetectionHttpErrorCodes`: when set, only responses with these codes are
+    /// errors and every other response a success.
+    pub error_codes: Option<Box<[u16]>>,
+}
+
+impl OutlierConfig {
+    /// The status a response counts as. With error codes set, a listed 5xx counts as itself
+    /// (so 502-504 still make gateway errors), another listed code as 500, and an unlisted
+    /// one as a success (Envoy's failure matcher, as Istio wires it).
+    fn counted_status(&self, status: u16) -> u16 {
+        match &self.error_codes {
+            None => status,
+            Some(codes) if codes.contains(&status) => {
+                if (500..600).contains(&status) {
+                    status
+                } else {
+                    500
+                }
+            }
+            Some(_) => 200,
+        }
+    }
 }
 
 impl OutlierConfig {
@@ -78,6 +100,12 @@ impl OutlierConfig {
             min_health_percent: o.min_health_percent.min(100),
             split_local_origin: o.split_external_local_origin_errors,
             consecutive_local_origin: o.consecutive_local_origin_failures,
+            error_codes: (!o.http_error_codes.is_empty()).then(|| {
+                o.http_error_codes
+                    .iter()
+                    .filter_map(|&c| u16::try_from(c).ok())
+                    .collect()
+            }),
         }
     }
 }
@@ -173,6 +201,7 @@ impl Detector {
     /// [`LOCAL_FAILURE_STATUS`] / [`LOCAL_TIMEOUT_STATUS`] for one that never came).
     pub fn report(&self, i: usize, status: u16, now: Instant) -> Option<Change> {
         let host = self.hosts.get(i)?;
+        let status = self.cfg.counted_status(status);
         // With split errors, a response also proves the connection: the local-origin streak
         // ends (Envoy's connect success).
         if self.cfg.split_local_origin && host.consecutive_local.load(Ordering::Relaxed) != 0 {
@@ -307,7 +336,30 @@ mod tests {
             min_health_percent: 0,
             split_local_origin: false,
             consecutive_local_origin: 5,
+            error_codes: None,
         }
+    }
+
+    #[test]
+    fn with_error_codes_only_those_responses_are_errors() {
+        let t = Instant::now();
+        let d = detector(
+            OutlierConfig {
+                consecutive_5xx: 2,
+                consecutive_gateway: 2,
+                error_codes: Some(vec![429, 503].into()),
+                ..cfg()
+            },
+            3,
+        );
+        // 500 is not listed: a success, so no streak builds.
+        for _ in 0..4 {
+            assert!(d.report(0, 500, t).is_none());
+        }
+        assert!(d.report(1, 429, t).is_none());
+        assert!(matches!(d.report(1, 429, t), Some(Change::Ejected(1, _))));
+        assert!(d.report(2, 503, t).is_none());
+        assert!(matches!(d.report(2, 503, t), Some(Change::Ejected(2, _))));
     }
 
     #[test]

@@ -842,3 +842,38 @@ async fn split_local_origin_errors_eject_a_dead_host_but_not_one_answering_503()
         "two connect failures (one more if a connection was still draining): {refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_counts_only_the_http_error_codes_listed() {
+    let dr = rule(
+        "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: \
+         {outlierDetectionHttpErrorCodes: [429], consecutive5xxErrors: 2, interval: 1s, \
+         baseEjectionTime: 60s, maxEjectionPercent: 100}}",
+    );
+    let vs = virtual_service("[{route: [{destination: {host: echo}}], retries: {attempts: 0}}]");
+    let mesh = crate::control_balance::two_backends_with(
+        &[(RULE_FILE, &dr), ("echo-vs.yaml", &vs)],
+        ["a", "b"],
+    )
+    .await;
+    let get = async || {
+        try_get(mesh.client.outbound(), ECHO_HOST, "/")
+            .await
+            .expect("response")
+    };
+    // 503 is not listed: a success as far as ejection goes.
+    mesh.apps[0].fail_with(Some(503));
+    for _ in 0..10 {
+        get().await;
+    }
+    assert_eq!(ejections_enforced(&mesh.client).await, 0.0);
+    // 429 is: two in a row eject a.
+    mesh.apps[0].fail_with(Some(429));
+    for _ in 0..4 {
+        get().await;
+    }
+    assert_eq!(ejections_enforced(&mesh.client).await, 1.0);
+    for _ in 0..10 {
+        assert_eq!(get().await.header("x-served-by"), Some("echo-b"));
+    }
+}
