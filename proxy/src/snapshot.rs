@@ -550,6 +550,57 @@ impl Cluster {
         Some((m, self.endpoints.get(m)?.clone()))
     }
 
+    /// What the cluster's DestinationRule made of it, for the admin `/config_dump`: the
+    /// balancer, the limits in force, outlier detection with the hosts ejected now, the
+    /// retry budgets and the hosts still warming up.
+    pub fn policy_view(&self) -> serde_json::Value {
+        let limit =
+            |l: &crate::resilience::breaker::Limit| (l.max() != u64::MAX).then_some(l.max());
+        let addr = |i: usize| self.endpoints.get(i).map(|e| e.addr.to_string());
+        serde_json::json!({
+            "load_balancer": format!("{:?}", self.policy),
+            "hash_on": self.hash_on.as_ref().map(|h| format!("{h:?}")),
+            "limits": {
+                "max_requests": limit(&self.breakers.requests),
+                "max_pending_requests": limit(&self.breakers.pending),
+                "max_retries": limit(&self.breakers.retries),
+                "max_connections": limit(&self.breakers.connections),
+            },
+            "concurrency_retry_budget": self.breakers.retry_budget.as_ref().map(|b| serde_json::json!({
+                "percent": b.percent(),
+                "min_retry_concurrency": b.min_retry_concurrency(),
+                "interval_ms": b.interval().map(|i| i.as_millis() as u64),
+            })),
+            "rate_retry_budget": self.retry_budget.as_ref().map(|b| {
+                let p = b.params();
+                serde_json::json!({
+                    "ratio": p.ratio,
+                    "min_per_second": p.min_per_sec,
+                    "ttl_ms": p.ttl.as_millis() as u64,
+                })
+            }),
+            "outlier_detection": self.outlier.as_ref().map(|d| serde_json::json!({
+                "config": format!("{:?}", d.config()),
+                "ejected": (0..self.endpoints.len())
+                    .filter(|&i| d.is_ejected(i))
+                    .filter_map(addr)
+                    .collect::<Vec<_>>(),
+            })),
+            "warming": self
+                .warming(std::time::Instant::now())
+                .map(|shares| {
+                    shares
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| Some((addr(i)?, (*s)?)))
+                        .map(|(a, permille)| serde_json::json!({"endpoint": a, "weight_permille": permille}))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+            "rate_limited": self.rate_limit.is_some(),
+        })
+    }
+
     /// The priority (locality level) endpoint `index` is placed at.
     pub fn priority_of(&self, index: usize) -> Option<u32> {
         self.placements

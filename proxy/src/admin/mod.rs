@@ -133,6 +133,7 @@ fn config_dump(ctx: &ProxyContext) -> String {
                 "expected_principal": &*c.labels.principal,
                 "endpoints": c.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
                 "listen": c.listen.map(|a| a.to_string()),
+                "policy": c.policy_view(),
             })
         })
         .collect();
@@ -147,6 +148,7 @@ fn config_dump(ctx: &ProxyContext) -> String {
         "subset_clusters": snap.subset_clusters.iter().map(|c| json!({
             "name": &*c.name,
             "endpoints": c.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
+            "policy": c.policy_view(),
         })).collect::<Vec<_>>(),
         "control": ctx.control.as_ref().map(|c| json!({
             "connected": c.connected.load(std::sync::atomic::Ordering::Relaxed),

@@ -50,6 +50,23 @@ impl ConcurrencyBudget {
         }
     }
 
+    /// Share of the requests counted that may be retries in flight, in percent.
+    pub fn percent(&self) -> f64 {
+        self.percent
+    }
+
+    /// The floor of the cap.
+    pub fn min_retry_concurrency(&self) -> u64 {
+        self.min_retry_concurrency
+    }
+
+    /// The interval requests are counted over (`None`: those in flight are).
+    pub fn interval(&self) -> Option<Duration> {
+        self.window
+            .as_ref()
+            .map(|w| Duration::from_nanos(w.interval_ns))
+    }
+
     /// Records one request to the cluster (it counts only with an interval).
     pub fn record_request(&self, now_ns: u64) {
         if let Some(w) = &self.window {

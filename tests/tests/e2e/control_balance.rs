@@ -356,7 +356,7 @@ async fn a_backend_that_joins_warms_up_from_a_tenth_of_its_share_to_all_of_it() 
     wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
 
     // b joins the running cluster: its share starts at 10 % of a's.
-    let _b = MeshProxy::start(
+    let b_sidecar = MeshProxy::start(
         &access,
         &Workload::version_of("echo", "b", ECHO_PORT, apps[1].addr),
     )
@@ -366,6 +366,20 @@ async fn a_backend_that_joins_warms_up_from_a_tenth_of_its_share_to_all_of_it() 
         assert!(Instant::now() < deadline, "echo-b never served");
     }
     let joined = Instant::now();
+    // The admin dump lists b as warming, at a fraction of its weight.
+    let dump = client.config_dump().await;
+    let warming = &dump["clusters"][0]["policy"]["warming"];
+    assert_eq!(
+        warming[0]["endpoint"].as_str(),
+        Some(b_sidecar.addrs.inbound.to_string().as_str()),
+        "{dump}"
+    );
+    assert!(
+        warming[0]["weight_permille"]
+            .as_u64()
+            .is_some_and(|w| w < 500),
+        "{warming}"
+    );
     let share_of_b = async || {
         let mut b = 0;
         for _ in 0..N {

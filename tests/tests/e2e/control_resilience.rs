@@ -403,6 +403,23 @@ async fn istios_retry_budget_caps_retries_in_flight() {
     );
     let (_control, app, _server, client) =
         one_backend(&[("echo-vs.yaml", &vs), (RULE_FILE, &dr)]).await;
+    // The admin dump shows what the rule set: Envoy's budget alone, maxRetries kept.
+    let dump = client.config_dump().await;
+    let policy = dump["clusters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == ECHO_CLUSTER[0].1))
+        .map(|c| c["policy"].clone())
+        .expect("echo cluster in the dump");
+    assert_eq!(
+        policy["concurrency_retry_budget"]["percent"], 0.0,
+        "{policy}"
+    );
+    assert_eq!(
+        policy["concurrency_retry_budget"]["min_retry_concurrency"],
+        1
+    );
+    assert!(policy["rate_retry_budget"].is_null(), "{policy}");
+    assert_eq!(policy["limits"]["max_retries"], 100);
     // Every attempt fails after 300 ms, so the first failures of all requests overlap.
     app.fail_with(Some(503));
     app.slow_by(Duration::from_millis(300));
