@@ -86,8 +86,7 @@ impl Exchange {
         let elapsed = self.start.elapsed();
         let ms = elapsed.as_secs_f64() * 1000.0;
         let m = &self.telemetry.metrics;
-        m.requests.get_or_create(&self.labels).inc();
-        m.duration.get_or_create(&self.labels).observe(ms);
+        m.record_request(&self.labels, ms);
         if let (Some(mut entry), Some(log)) = (self.log.take(), self.telemetry.access_log.as_ref())
         {
             entry.response_flags = self.labels.response_flags;

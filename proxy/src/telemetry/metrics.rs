@@ -133,6 +133,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// `istio_request_duration_milliseconds`.
     pub duration: DurationFamily,
+    /// Both request families' handles by label identity (see [`Self::record_request`]).
+    request_handles: super::request_handles::RequestHandleCache,
     /// `istio_tcp_connections_opened_total`.
     pub tcp_opened: Family<TcpLabels, Counter>,
     /// `istio_tcp_connections_closed_total`.
@@ -342,6 +344,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one request in `istio_requests_total` and its duration in
+    /// `istio_request_duration_milliseconds`, finding both series with one lookup by label
+    /// identity ([`super::request_handles`]) rather than two by label text.
+    pub fn record_request(&self, labels: &RequestLabels, ms: f64) {
+        self.request_handles
+            .record(labels, ms, |l| super::request_handles::RequestHandles {
+                count: self.requests.get_or_create(l).clone(),
+                duration: self.duration.get_or_create(l).clone(),
+            });
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::default();
@@ -424,6 +437,7 @@ impl Metrics {
             control,
             clusters,
             registry,
+            request_handles: Default::default(),
             requests,
             duration,
             tcp_opened,
