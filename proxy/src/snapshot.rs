@@ -49,6 +49,9 @@ pub struct LocalWorkload {
     /// Principal (SPIFFE ID without scheme).
     pub principal: Label,
     /// Canonical service (`app`).
+    /// Its own service's FQDN (`<app>.<namespace>.svc.cluster.local`), shared by the
+    /// inbound metrics of requests addressed to it.
+    pub service: Label,
     pub app: Label,
     /// Canonical revision (`version`).
     pub version: Label,
@@ -1555,6 +1558,7 @@ fn local_workload(cfg: &ProxyConfig, identity: &Identity) -> LocalWorkload {
         HeaderValue::from_str(&format!("{workload};{namespace};{app};{version_label}"))
             .unwrap_or_else(|_| HeaderValue::from_static("unknown;unknown;unknown;unknown"));
     LocalWorkload {
+        service: Arc::from(format!("{app}.{namespace}.{CLUSTER_DOMAIN}")),
         principal: Arc::from(id.principal()),
         id,
         workload,

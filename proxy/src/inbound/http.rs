@@ -151,6 +151,8 @@ pub async fn handle(
 /// workload's namespace.
 fn destination_service(authority: Option<&str>, local: &crate::snapshot::LocalWorkload) -> Label {
     match authority.map(|a| split_host_port(a).0) {
+        // The usual case: this workload's own service, named either way (no allocation).
+        Some(host) if host == &*local.service || host == &*local.app => local.service.clone(),
         Some(host) if host.contains('.') => Arc::from(host),
         Some(host) if !host.is_empty() => {
             Arc::from(format!("{host}.{}.svc.cluster.local", local.namespace))
