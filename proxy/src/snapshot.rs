@@ -216,6 +216,8 @@ pub struct Cluster {
     pub rate_limit: Option<Arc<TokenBucket>>,
     /// How HTTP travels to the endpoints.
     pub upstream: UpstreamProtocol,
+    /// TCP + TLS connect deadline (`tcp.connectTimeout`, else the proxy's).
+    pub connect_timeout: Duration,
     /// HTTP/1.1 pool (http1 mode).
     pub http1: MeshHttp1Client,
     /// TLS configuration with ALPN http/1.1 (upgrades, http1 mode).
@@ -562,6 +564,7 @@ impl Cluster {
         let addr = |i: usize| self.endpoints.get(i).map(|e| e.addr.to_string());
         serde_json::json!({
             "load_balancer": format!("{:?}", self.policy),
+            "connect_timeout_ms": self.connect_timeout.as_millis() as u64,
             "hash_on": self.hash_on.as_ref().map(|h| format!("{h:?}")),
             "limits": {
                 "max_requests": limit(&self.breakers.requests),
@@ -1233,9 +1236,9 @@ pub struct Snapshot {
 #[derive(Default)]
 struct Reuse {
     endpoints: HashMap<(SocketAddr, Box<str>, Vec<SpiffeId>), Arc<Endpoint>>,
-    http1: HashMap<(Box<str>, Vec<SpiffeId>), MeshHttp1Client>,
+    http1: HashMap<(Box<str>, Vec<SpiffeId>, Duration), MeshHttp1Client>,
     /// Plaintext pools of services outside the mesh, by (FQDN, port).
-    external: HashMap<(String, u16), crate::transport::http1::LocalHttp1Client>,
+    external: HashMap<(String, u16, Duration), crate::transport::http1::LocalHttp1Client>,
     /// Circuit-breaker counts by cluster name.
     breakers: HashMap<Label, crate::resilience::breaker::Counts>,
     /// Retry budgets by cluster name.
@@ -1266,7 +1269,7 @@ impl Reuse {
                     .or_insert_with(|| e.clone());
             }
             r.http1
-                .entry((c.server_name_str.clone(), ids))
+                .entry((c.server_name_str.clone(), ids, c.connect_timeout))
                 .or_insert_with(|| c.http1.clone());
             r.breakers
                 .entry(c.name.clone())
@@ -1288,7 +1291,7 @@ impl Reuse {
             }
             if let Some(x) = &c.external {
                 r.external
-                    .entry((c.labels.fqdn.to_string(), c.port))
+                    .entry((c.labels.fqdn.to_string(), c.port, c.connect_timeout))
                     .or_insert_with(|| x.client.clone());
             }
         }
@@ -1708,7 +1711,12 @@ impl ClusterBuilder<'_> {
             host: fqdn.clone(),
             source,
         })?;
-        let http1 = match self.reuse.http1.get(&(server_name_str.clone(), ids)) {
+        // Pools are kept across pushes only while their connect timeout holds.
+        let http1 = match self
+            .reuse
+            .http1
+            .get(&(server_name_str.clone(), ids, connect_timeout))
+        {
             Some(c) => c.clone(),
             None => {
                 let connector = MeshTlsConnector {
@@ -1761,6 +1769,7 @@ impl ClusterBuilder<'_> {
             placements,
             slow_start,
             joined,
+            connect_timeout,
             hosts: arc_swap::ArcSwap::from_pointee(hosts),
             port: svc.port,
             protocol: svc.protocol,
@@ -1786,7 +1795,7 @@ impl ClusterBuilder<'_> {
                 let client = self
                     .reuse
                     .external
-                    .get(&(fqdn.clone(), svc.port))
+                    .get(&(fqdn.clone(), svc.port, connect_timeout))
                     .cloned()
                     .unwrap_or_else(|| {
                         crate::transport::http1::plain_client(

@@ -154,3 +154,90 @@ async fn requests_to_a_service_outside_the_mesh_are_retried_as_the_route_says() 
         "some requests needed a second try at the app"
     );
 }
+
+/// A listener whose accept queue is full and never drained: connection attempts to it get no
+/// answer at all (the kernel drops their SYNs), as with a host that went dark.
+async fn blackhole() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut filling = Vec::new();
+    for _ in 0..4 {
+        let attempt = tokio::net::TcpStream::connect(addr);
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), attempt).await
+        {
+            filling.push(s);
+        }
+    }
+    (listener, filling)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_connect_timeout_bounds_the_wait_for_a_host_that_does_not_answer() {
+    use std::time::{Duration, Instant};
+    let (dark, _held) = blackhole().await;
+    let port = dark.local_addr().expect("addr").port();
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: dark, namespace: {NAMESPACE}}}\n\
+         spec:\n  hosts: [dark.example.com]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n\
+         \x20 ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]\n\
+         \x20 endpoints: [{{address: 127.0.0.1}}]\n"
+    );
+    let rule = |timeout: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {{name: dark, namespace: {NAMESPACE}}}\n\
+             spec:\n  host: dark.example.com\n  trafficPolicy: \
+             {{connectionPool: {{tcp: {{connectTimeout: {timeout}}}}}}}\n"
+        )
+    };
+    let control =
+        ControlPlane::start(&[("external.yaml", &entry), ("dark-dr.yaml", &rule("1s"))]).await;
+    let client = MeshProxy::caller(&control, "client").await;
+    // Until the rule is in force, the proxy's own 10 s would apply: wait for it in the dump.
+    let in_force = async |ms: u64| {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let dump = client.config_dump().await;
+            let applied = dump["clusters"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["service"] == "dark.example.com" && c["policy"]["connect_timeout_ms"] == ms
+                })
+            });
+            if applied {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connectTimeout {ms} ms never applied: {dump}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let timed = async || {
+        let started = Instant::now();
+        let reply = clients::get(client.outbound(), "dark.example.com", "/").await;
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        started.elapsed()
+    };
+    // Istio's default policy makes three attempts, each cut at the connect timeout.
+    in_force(1000).await;
+    let took = timed().await;
+    assert!(
+        (Duration::from_millis(2900)..Duration::from_secs(6)).contains(&took),
+        "3 attempts of 1 s: {took:?}"
+    );
+    // A push shortens it; the pool made with the old timeout is not kept.
+    control.write_config("dark-dr.yaml", &rule("200ms"));
+    in_force(200).await;
+    let took = timed().await;
+    assert!(
+        (Duration::from_millis(580)..Duration::from_millis(1500)).contains(&took),
+        "3 attempts of 200 ms: {took:?}"
+    );
+}
