@@ -144,23 +144,47 @@ pub struct PeerRecord {
     pub failure: Option<String>,
 }
 
-/// Everything measured at one rate.
+/// How a scenario drove its load: the keys every scenario's JSON starts with (flattened
+/// into each record, so the keys stay top-level).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RateRecord {
-    /// Target rate.
+pub struct LoadSettings {
+    /// Target rate where the generator sends (the client sidecar, or the mesh's entry).
     pub rate_rps: u32,
-    /// Measured window, seconds.
+    /// Measured window (per leg), seconds.
     pub duration_s: f64,
-    /// Warm-up, seconds.
+    /// Warm-up (per leg), seconds.
     pub warmup_s: f64,
     /// Generator connections.
     pub connections: u32,
-    /// Response body size.
+    /// Response body size (of every app).
     pub payload_bytes: usize,
     /// What the generator spoke.
     pub protocol: String,
     /// Sidecar-to-sidecar traffic is mutual TLS.
     pub mtls: bool,
+}
+
+impl LoadSettings {
+    /// The settings `args` gives a run at `rate`; every scenario's sidecars speak mTLS.
+    pub fn of(rate: u32, args: &crate::cli::BenchArgs) -> Self {
+        Self {
+            rate_rps: rate,
+            duration_s: args.duration.as_secs_f64(),
+            warmup_s: args.warmup.as_secs_f64(),
+            connections: args.connections,
+            payload_bytes: args.payload,
+            protocol: args.protocol.name().into(),
+            mtls: true,
+        }
+    }
+}
+
+/// Everything measured at one rate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RateRecord {
+    /// Rate, window, connections, payload, protocol, mTLS.
+    #[serde(flatten)]
+    pub load: LoadSettings,
     /// `--workers` given to the proxies (null: the proxy's default).
     pub workers: Option<u32>,
     /// Sidecar-to-sidecar protocol.
@@ -429,7 +453,7 @@ pub fn render(records: &[RateRecord]) -> String {
         }
         for (i, (name, prefix, figures, failure)) in rows.into_iter().enumerate() {
             let rate = if i == 0 {
-                r.rate_rps.to_string()
+                r.load.rate_rps.to_string()
             } else {
                 String::new()
             };
@@ -522,7 +546,7 @@ pub fn render(records: &[RateRecord]) -> String {
         }
         for (i, (name, prefix, sidecars, leg)) in rows.into_iter().enumerate() {
             let rate = if i == 0 {
-                r.rate_rps.to_string()
+                r.load.rate_rps.to_string()
             } else {
                 String::new()
             };
@@ -603,7 +627,7 @@ pub fn render(records: &[RateRecord]) -> String {
             let Some(added) = added else { continue };
             let cores = sidecars.iter().map(|s| s.cpu_cores).fold(0.0, f64::max);
             let rss = sidecars.iter().map(|s| s.rss_peak_mb).fold(0.0, f64::max);
-            let label = format!("{name} @ {} RPS", r.rate_rps);
+            let label = format!("{name} @ {} RPS", r.load.rate_rps);
             let latency = format!("p50 {:.2} / p99 {:.2} ms", added.p50_ms, added.p99_ms);
             let _ = writeln!(out, "  {label:<26} {latency:>20} {cores:>8.2} {rss:>9.1}");
         }
@@ -645,13 +669,15 @@ mod tests {
 
     fn record(added: f64, disturbed: bool) -> RateRecord {
         RateRecord {
-            rate_rps: 1000,
-            duration_s: 10.0,
-            warmup_s: 2.0,
-            connections: 50,
-            payload_bytes: 64,
-            protocol: "http1".into(),
-            mtls: true,
+            load: LoadSettings {
+                rate_rps: 1000,
+                duration_s: 10.0,
+                warmup_s: 2.0,
+                connections: 50,
+                payload_bytes: 64,
+                protocol: "http1".into(),
+                mtls: true,
+            },
             workers: None,
             upstream_protocol: "h2".into(),
             upstream_protocol_explicit: false,

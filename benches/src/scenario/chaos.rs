@@ -30,7 +30,7 @@ use crate::load::{self, LoadError, LoadSpec};
 use crate::probe::{self, ProbeError};
 use crate::process::{self, BinaryError};
 use crate::procfs::{self, ProcError, Snapshot};
-use crate::report::{self, LegRecord, ReportError, SidecarRecord};
+use crate::report::{self, LegRecord, LoadSettings, ReportError, SidecarRecord};
 use crate::sidecar::SidecarError;
 use crate::sidecar::controlled::{
     ControlPlane, MeshError, PendingSidecar, SERVICE_PORT, Sidecar, SidecarOptions, Workload,
@@ -206,20 +206,9 @@ pub struct BackendRecord {
 pub struct ChaosRecord {
     /// Always `chaos`.
     pub scenario: &'static str,
-    /// Target rate at the client sidecar.
-    pub rate_rps: u32,
-    /// Measured window, seconds.
-    pub duration_s: f64,
-    /// Warm-up, seconds.
-    pub warmup_s: f64,
-    /// Generator connections.
-    pub connections: u32,
-    /// Response body size.
-    pub payload_bytes: usize,
-    /// What the generator spoke.
-    pub protocol: String,
-    /// Sidecar-to-sidecar traffic is mutual TLS (STRICT PeerAuthentication).
-    pub mtls: bool,
+    /// The load at the client sidecar (mTLS: STRICT PeerAuthentication).
+    #[serde(flatten)]
+    pub load: LoadSettings,
     /// Seconds into the window when the victim started answering 503.
     pub fail_at_s: f64,
     /// Seconds into the window when its sidecar and app were killed.
@@ -598,13 +587,7 @@ fn measure_run(
     }
     Ok(ChaosRecord {
         scenario: "chaos",
-        rate_rps: rate,
-        duration_s: args.duration.as_secs_f64(),
-        warmup_s: args.warmup.as_secs_f64(),
-        connections: args.connections,
-        payload_bytes: args.payload,
-        protocol: args.protocol.name().into(),
-        mtls: true,
+        load: LoadSettings::of(rate, args),
         fail_at_s: times.fail_at.as_secs_f64(),
         kill_at_s: times.kill_at.as_secs_f64(),
         requests: result.requests,
@@ -638,7 +621,7 @@ fn render(r: &ChaosRecord) -> String {
     let _ = writeln!(
         out,
         "\nchaos at {} RPS, {:.1} s window: echo-{} failing from {:.2} s, killed at {:.2} s",
-        r.rate_rps, r.duration_s, VERSIONS[VICTIM], r.fail_at_s, r.kill_at_s
+        r.load.rate_rps, r.load.duration_s, VERSIONS[VICTIM], r.fail_at_s, r.kill_at_s
     );
     let _ = writeln!(
         out,

@@ -35,7 +35,7 @@ use crate::load::{self, LoadError, LoadResult, LoadSpec};
 use crate::probe;
 use crate::process::{self, BinaryError};
 use crate::procfs::{self, ProcError, Snapshot};
-use crate::report::{self, LegRecord, Percentiles, ReportError, SidecarRecord};
+use crate::report::{self, LegRecord, LoadSettings, Percentiles, ReportError, SidecarRecord};
 use crate::sidecar::SidecarError;
 use crate::sidecar::controlled::{
     ControlPlane, MeshError, PendingSidecar, SERVICE_PORT, Sidecar, SidecarOptions, Workload,
@@ -133,20 +133,9 @@ pub struct ServiceRecord {
 pub struct MeshRecord {
     /// Always `mesh`.
     pub scenario: &'static str,
-    /// Target rate at the entry.
-    pub rate_rps: u32,
-    /// Measured window per leg, seconds.
-    pub duration_s: f64,
-    /// Warm-up per leg, seconds.
-    pub warmup_s: f64,
-    /// Generator connections.
-    pub connections: u32,
-    /// Response body size of every app.
-    pub payload_bytes: usize,
-    /// What the generator spoke to the entry.
-    pub protocol: String,
-    /// Sidecar-to-sidecar traffic is mutual TLS (STRICT PeerAuthentication).
-    pub mtls: bool,
+    /// The load at the entry, per leg (mTLS: STRICT PeerAuthentication).
+    #[serde(flatten)]
+    pub load: LoadSettings,
     /// Services in the graph.
     pub services: usize,
     /// Network hops on the longest path (the per-hop divisor).
@@ -653,13 +642,7 @@ fn build_record(setup: &Setup<'_>, direct: LegOutcome, meshed: MeshedOutcome) ->
     let ok = meshed.result.ok;
     MeshRecord {
         scenario: "mesh",
-        rate_rps: setup.rate,
-        duration_s: setup.args.duration.as_secs_f64(),
-        warmup_s: setup.args.warmup.as_secs_f64(),
-        connections: setup.args.connections,
-        payload_bytes: setup.args.payload,
-        protocol: setup.args.protocol.name().into(),
-        mtls: true,
+        load: LoadSettings::of(setup.rate, setup.args),
         services: services.len(),
         hops: t.hops(),
         longest_path: t.longest_path().into_iter().map(str::to_string).collect(),
@@ -713,8 +696,8 @@ fn render(r: &MeshRecord) -> String {
         out,
         "\nmesh of {} services at {} RPS at the entry ({} app requests/s), {} hops on the longest path ({})",
         r.services,
-        r.rate_rps,
-        u64::from(r.rate_rps) * r.app_requests_per_request,
+        r.load.rate_rps,
+        u64::from(r.load.rate_rps) * r.app_requests_per_request,
         r.hops,
         r.longest_path.join(" -> ")
     );

@@ -15,7 +15,9 @@ use crate::cli::{BenchArgs, PeerName};
 use crate::load::{self, LoadError, LoadSpec};
 use crate::process::{ChildSpec, ManagedChild, ProcessError, find_program};
 use crate::procfs::{self, ProcError, Snapshot};
-use crate::report::{self, LegRecord, PeerRecord, RateRecord, ReportError, SidecarRecord};
+use crate::report::{
+    self, LegRecord, LoadSettings, PeerRecord, RateRecord, ReportError, SidecarRecord,
+};
 use crate::sidecar::meshlite::{self, MeshliteOptions, ProxyBinary};
 use crate::sidecar::pki::{self, MeshPki};
 use crate::sidecar::{RunningPair, SidecarError, haproxy};
@@ -147,13 +149,13 @@ pub fn run(args: &BenchArgs) -> Result<bool, PairError> {
     println!("{}", report::render(&records));
     for r in &records {
         for note in &r.proxy_notes {
-            println!("note ({} RPS): {note}", r.rate_rps);
+            println!("note ({} RPS): {note}", r.load.rate_rps);
         }
         if let Some(failure) = &r.meshed_failure {
-            println!("meshlite leg failed at {} RPS:\n{failure}", r.rate_rps);
+            println!("meshlite leg failed at {} RPS:\n{failure}", r.load.rate_rps);
         }
         if let Some(failure) = r.peer.as_ref().and_then(|p| p.failure.as_ref()) {
-            println!("peer leg failed at {} RPS:\n{failure}", r.rate_rps);
+            println!("peer leg failed at {} RPS:\n{failure}", r.load.rate_rps);
         }
     }
     if let Some(path) = &args.json {
@@ -470,13 +472,7 @@ fn run_repetition(
         .map(|m| m.latency.minus(&direct.leg.latency));
     let reference = meshed_leg.as_ref().unwrap_or(&direct.leg);
     Ok(RateRecord {
-        rate_rps: rate,
-        duration_s: args.duration.as_secs_f64(),
-        warmup_s: args.warmup.as_secs_f64(),
-        connections: args.connections,
-        payload_bytes: args.payload,
-        protocol: args.protocol.name().into(),
-        mtls: true,
+        load: LoadSettings::of(rate, args),
         workers: args.workers,
         upstream_protocol: args.upstream.map_or("h2", |u| u.config_value()).into(),
         upstream_protocol_explicit: args.upstream.is_some(),
