@@ -436,6 +436,16 @@ async fn serve_state(listener: TcpListener, state: Arc<AppState>) {
     }
 }
 
+/// The address an app's listening line (printed by [`run`]) announces, if it is one.
+pub fn announced_addr(line: &str) -> Option<std::net::SocketAddr> {
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()?
+        .get("addr")?
+        .as_str()?
+        .parse()
+        .ok()
+}
+
 /// Runs the app process: binds, prints `{"msg":..., "addr":...}`, serves until SIGTERM or EOF on
 /// stdin.
 pub fn run(args: &AppArgs) -> Result<(), AppError> {

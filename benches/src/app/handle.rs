@@ -88,17 +88,10 @@ impl AppProcess {
             stdin_pipe: true,
         })?;
         let line = child.first_line(START_TIMEOUT)?;
-        let addr = serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| {
-                v.get("addr")
-                    .and_then(|a| a.as_str())
-                    .and_then(|a| a.parse().ok())
-            })
-            .ok_or_else(|| AppHandleError::Announce {
-                name: spec.name.clone(),
-                line: line.clone(),
-            })?;
+        let addr = super::announced_addr(&line).ok_or_else(|| AppHandleError::Announce {
+            name: spec.name.clone(),
+            line: line.clone(),
+        })?;
         Ok(Self {
             name: spec.name.clone(),
             child,

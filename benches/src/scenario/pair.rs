@@ -247,14 +247,8 @@ fn start_app(
         stdin_pipe: true,
     })?;
     let line = app.first_line(Duration::from_secs(10))?;
-    let addr = serde_json::from_str::<serde_json::Value>(&line)
-        .ok()
-        .and_then(|v| {
-            v.get("addr")
-                .and_then(|a| a.as_str())
-                .and_then(|a| a.parse().ok())
-        })
-        .ok_or_else(|| PairError::AppAnnounce(line.clone()))?;
+    let addr =
+        crate::app::announced_addr(&line).ok_or_else(|| PairError::AppAnnounce(line.clone()))?;
     Ok((app, addr))
 }
 
