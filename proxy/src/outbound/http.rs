@@ -436,9 +436,7 @@ async fn attempts(
     let policy = retry.filter(|p| p.num_retries > 0 && !upgrade);
     let mut req = req;
     let mut template = None;
-    if cluster.breakers.retry_budget.is_some() {
-        cluster.breakers.record_request(crate::snapshot::clock_ns());
-    }
+    cluster.breakers.record_request();
     if let Some(p) = policy {
         if let Some(b) = &cluster.retry_budget {
             b.deposit(std::time::Instant::now());
@@ -608,21 +606,9 @@ fn pick_host<'a>(
     tried_priorities: &[u32],
 ) -> Option<Host<'a>> {
     match &cluster.external {
-        None => {
-            pick_avoiding(cluster, hash, failed, tried_priorities).map(|(i, e)| Host::Mesh(i, e))
-        }
-        Some(ext) => {
-            let mut picked = ext.pick()?;
-            if let Some(failed) = failed.filter(|f| !f.is_empty()) {
-                for _ in 1..HOST_SELECTION_MAX_ATTEMPTS {
-                    if !failed.contains(&picked.0) {
-                        break;
-                    }
-                    picked = ext.pick()?;
-                }
-            }
-            Some(Host::External(picked.0, picked.1))
-        }
+        None => pick_avoiding(failed, || cluster.pick_excluding(hash, tried_priorities))
+            .map(|(i, e)| Host::Mesh(i, e)),
+        Some(ext) => pick_avoiding(failed, || ext.pick()).map(|(i, t)| Host::External(i, t)),
     }
 }
 
@@ -666,21 +652,19 @@ async fn within_per_try(
     }
 }
 
-/// Picks an endpoint, avoiding the `failed` ones for up to Envoy's five tries when given
-/// (the previous-hosts retry predicate).
-fn pick_avoiding(
-    cluster: &Cluster,
-    hash: Option<u64>,
+/// Picks with `pick`, avoiding the `failed` host indexes for up to Envoy's five tries when
+/// given (the previous-hosts retry predicate).
+fn pick_avoiding<T>(
     failed: Option<&[usize]>,
-    tried_priorities: &[u32],
-) -> Option<(usize, Arc<Endpoint>)> {
-    let mut picked = cluster.pick_excluding(hash, tried_priorities)?;
+    mut pick: impl FnMut() -> Option<(usize, T)>,
+) -> Option<(usize, T)> {
+    let mut picked = pick()?;
     if let Some(failed) = failed.filter(|f| !f.is_empty()) {
         for _ in 1..HOST_SELECTION_MAX_ATTEMPTS {
             if !failed.contains(&picked.0) {
                 break;
             }
-            picked = cluster.pick_excluding(hash, tried_priorities)?;
+            picked = pick()?;
         }
     }
     Some(picked)

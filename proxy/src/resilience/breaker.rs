@@ -123,10 +123,11 @@ impl Breakers {
         }
     }
 
-    /// Records a request to the cluster, for a retry budget counting by interval.
-    pub fn record_request(&self, now_ns: u64) {
+    /// Records a request to the cluster, for a retry budget counting by interval (the clock
+    /// is read only then).
+    pub fn record_request(&self) {
         if let Some(b) = &self.retry_budget {
-            b.record_request(now_ns);
+            b.record_request();
         }
     }
 

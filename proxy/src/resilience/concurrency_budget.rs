@@ -67,8 +67,16 @@ impl ConcurrencyBudget {
             .map(|w| Duration::from_nanos(w.interval_ns))
     }
 
-    /// Records one request to the cluster (it counts only with an interval).
-    pub fn record_request(&self, now_ns: u64) {
+    /// Records one request to the cluster now (it counts only with an interval, and only
+    /// then is the clock read).
+    pub fn record_request(&self) {
+        if self.window.is_some() {
+            self.record_request_at(crate::snapshot::clock_ns());
+        }
+    }
+
+    /// Records one request at `now_ns` (the window's clock, [`crate::snapshot::clock_ns`]).
+    pub fn record_request_at(&self, now_ns: u64) {
         if let Some(w) = &self.window {
             w.record(now_ns);
         }
@@ -176,7 +184,7 @@ mod tests {
     fn with_an_interval_the_cap_follows_requests_started_in_it() {
         let b = budget(50.0, 1, Some(Duration::from_secs(1)));
         for i in 0..40 {
-            b.record_request(i * SECOND / 40);
+            b.record_request_at(i * SECOND / 40);
         }
         // All 40 started within the last second: 50 % of them.
         assert_eq!(b.max(0, SECOND - 1), 20);
@@ -190,7 +198,7 @@ mod tests {
     fn a_push_with_the_same_interval_keeps_the_count() {
         let old = budget(100.0, 0, Some(Duration::from_secs(2)));
         for _ in 0..7 {
-            old.record_request(SECOND);
+            old.record_request_at(SECOND);
         }
         let spec = v1::ConcurrencyRetryBudget {
             percent: 100.0,
