@@ -502,10 +502,7 @@ impl HostSet {
         if loads.iter().all(|l| *l == 0) {
             return self.level(hash);
         }
-        let roll = match hash {
-            Some(h) => (h % 100) as u32,
-            None => fastrand::u32(..100),
-        };
+        let roll = level_roll(hash);
         let mut sum = 0;
         let i = loads.iter().position(|l| {
             sum += l;
@@ -520,12 +517,18 @@ impl HostSet {
         if self.levels.len() == 1 {
             return self.levels.first();
         }
-        let roll = match hash {
-            Some(h) => (h % 100) as u32,
-            None => fastrand::u32(..100),
-        };
+        let roll = level_roll(hash);
         let i = self.cumulative.iter().position(|c| roll < *c)?;
         self.levels.get(i)
+    }
+}
+
+/// Where in 0..100 a request falls among priority loads: by its hash when it has one (so
+/// consistent hashing stays consistent), else at random.
+fn level_roll(hash: Option<u64>) -> u32 {
+    match hash {
+        Some(h) => (h % 100) as u32,
+        None => fastrand::u32(..100),
     }
 }
 
