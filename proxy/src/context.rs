@@ -13,7 +13,6 @@ use crate::identity::tls::Identity;
 use crate::server::drain::Drain;
 use crate::snapshot::Snapshot;
 use crate::telemetry::Telemetry;
-use crate::transport::http1::LocalHttp1Client;
 
 /// Shared state of a running proxy.
 #[derive(Debug)]
@@ -32,8 +31,6 @@ pub struct ProxyContext {
     pub headers: HeadersConfig,
     /// Drain state.
     pub drain: Arc<Drain>,
-    /// Pooled HTTP/1.1 client to the local application.
-    pub local_http1: LocalHttp1Client,
     /// Connect timeout towards upstream sidecars.
     pub connect_timeout: Duration,
     /// Server configuration for downstream connections.

@@ -236,10 +236,6 @@ impl RunningProxy {
             limits: cfg.limits.clone(),
             headers: cfg.headers.clone(),
             drain: Arc::new(Drain::new()),
-            local_http1: transport::http1::local_client(
-                cfg.upstream.idle_timeout,
-                snapshot::LOCAL_CONNECT_TIMEOUT,
-            ),
             connect_timeout: cfg.upstream.connect_timeout,
         });
         let quit = Arc::new(Notify::new());

@@ -25,7 +25,9 @@ use crate::resilience::outlier::{Change, Detector, HostHealth, OutlierConfig};
 use crate::resilience::rate_limit::TokenBucket;
 use crate::resilience::retry::{BudgetParams, RetryBudget};
 use crate::route::{ResolveDestination, RouteError, RouteTable, Target};
+use crate::telemetry::labels::DestinationServices;
 use crate::telemetry::metrics::{ClusterStats, Label, Metrics};
+use crate::transport::h1_pool::{H1Pool, H1Target};
 use crate::transport::h2::{H2Pool, H2Target};
 use crate::transport::http1::{MeshHttp1Client, MeshTlsConnector, mesh_client};
 
@@ -34,7 +36,8 @@ const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 
 /// Label value for anything the proxy does not know (Istio's convention).
 pub fn unknown() -> Label {
-    Arc::from("unknown")
+    static UNKNOWN: std::sync::LazyLock<Label> = std::sync::LazyLock::new(|| Arc::from("unknown"));
+    UNKNOWN.clone()
 }
 
 /// This workload, as it appears in metric labels and the peer-metadata header.
@@ -48,11 +51,12 @@ pub struct LocalWorkload {
     pub namespace: Label,
     /// Principal (SPIFFE ID without scheme).
     pub principal: Label,
-    /// Canonical service (`app`).
-    /// Its own service's FQDN (`<app>.<namespace>.svc.cluster.local`), shared by the
-    /// inbound metrics of requests addressed to it.
+    /// Its own service's FQDN (`<app>.<namespace>.svc.cluster.local`).
     pub service: Label,
+    /// Canonical service (`app`).
     pub app: Label,
+    /// The destination service labels of the names inbound requests give this workload.
+    pub services: DestinationServices,
     /// Canonical revision (`version`).
     pub version: Label,
     /// Value of the peer-metadata header this sidecar sends.
@@ -179,6 +183,8 @@ pub struct ServiceLabels {
 pub struct Cluster {
     /// Service port.
     pub port: u16,
+    /// `port` as the value of the internal port header (made once, not per request).
+    pub port_header: http::HeaderValue,
     /// Protocol.
     pub protocol: Protocol,
     /// Labels for metrics.
@@ -1206,10 +1212,14 @@ pub enum SnapshotError {
 pub struct InboundPort {
     /// Where the app listens.
     pub target: SocketAddr,
+    /// `target` as a URI authority (the next hop's, made once, not per request).
+    pub authority: Option<http::uri::Authority>,
     /// Its protocol.
     pub protocol: Protocol,
     /// h2c pool for `http2`/`grpc` ports (shared with the next snapshot).
     pub h2c: Option<Arc<H2Pool>>,
+    /// HTTP/1.1 keep-alive pool for the other HTTP ports (shared with the next snapshot).
+    pub http1: Option<Arc<H1Pool>>,
     /// Envoy's name for it, `inbound|<port>||`.
     pub name: Label,
     /// The limits of this workload's own DestinationRule `connectionPool`, which Istio also
@@ -1475,10 +1485,32 @@ impl Snapshot {
                             )),
                         }
                     });
+                let local_idle = Some(cfg.upstream.idle_timeout);
+                let http1 = (p.protocol == Protocol::Http).then(|| {
+                    match prev.and_then(|s| s.inbound.get(&p.port)) {
+                        Some(InboundPort {
+                            http1: Some(pool),
+                            target,
+                            ..
+                        }) if *target == p.target
+                            && pool.settings() == (LOCAL_CONNECT_TIMEOUT, local_idle) =>
+                        {
+                            pool.clone()
+                        }
+                        _ => Arc::new(H1Pool::new(
+                            H1Target::Plain { addr: p.target },
+                            LOCAL_CONNECT_TIMEOUT,
+                            local_idle,
+                            None,
+                        )),
+                    }
+                });
                 (
                     p.port,
                     InboundPort {
+                        http1,
                         target: p.target,
+                        authority: http::uri::Authority::try_from(p.target.to_string()).ok(),
                         protocol: p.protocol,
                         h2c,
                         name,
@@ -1563,8 +1595,10 @@ fn local_workload(cfg: &ProxyConfig, identity: &Identity) -> LocalWorkload {
     let peer_header =
         HeaderValue::from_str(&format!("{workload};{namespace};{app};{version_label}"))
             .unwrap_or_else(|_| HeaderValue::from_static("unknown;unknown;unknown;unknown"));
+    let service: Label = Arc::from(format!("{app}.{namespace}.{CLUSTER_DOMAIN}"));
     LocalWorkload {
-        service: Arc::from(format!("{app}.{namespace}.{CLUSTER_DOMAIN}")),
+        services: DestinationServices::new(service.clone(), app.clone(), namespace.clone()),
+        service,
         principal: Arc::from(id.principal()),
         id,
         workload,
@@ -1775,6 +1809,7 @@ impl ClusterBuilder<'_> {
             connect_timeout,
             hosts: arc_swap::ArcSwap::from_pointee(hosts),
             port: svc.port,
+            port_header: http::HeaderValue::from(svc.port),
             protocol: svc.protocol,
             name,
             subset: Arc::from(subset),

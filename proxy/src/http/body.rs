@@ -27,6 +27,8 @@ pub enum ProxyBody {
     Replay(super::replay::ReplayBody),
     /// A request body copied for a mirror.
     Tee(Box<super::tee::TeeBody>),
+    /// A response from a pooled HTTP/1.1 connection, which it gives back at its end.
+    Pooled(crate::transport::h1_pool::PooledBody),
     /// No body.
     #[default]
     Empty,
@@ -82,6 +84,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Replay(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Tee(b) => Pin::new(&mut **b).poll_frame(cx),
+            ProxyBody::Pooled(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Empty => Poll::Ready(None),
         }
     }
@@ -92,6 +95,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Replay(b) => b.is_end_stream(),
             ProxyBody::Tee(b) => b.is_end_stream(),
+            ProxyBody::Pooled(b) => b.is_end_stream(),
             ProxyBody::Empty => true,
         }
     }
@@ -102,6 +106,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Replay(b) => b.size_hint(),
             ProxyBody::Tee(b) => b.size_hint(),
+            ProxyBody::Pooled(b) => b.size_hint(),
             ProxyBody::Full(None) | ProxyBody::Empty => SizeHint::with_exact(0),
         }
     }

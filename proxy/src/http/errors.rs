@@ -162,6 +162,16 @@ impl ProxyError {
         ProxyError::UpstreamTerminated(err.to_string())
     }
 
+    /// Classifies a failure of an HTTP/1.1 pool of `cluster` (its name for an overflow).
+    pub fn from_h1(err: crate::transport::h1_pool::H1Error, cluster: &str) -> Self {
+        use crate::transport::h1_pool::H1Error;
+        match err {
+            H1Error::Connect(c) => ProxyError::Connect(c),
+            H1Error::Upstream(h) => ProxyError::from_upstream(&h),
+            H1Error::Overflow => ProxyError::Overflow(cluster.to_string()),
+        }
+    }
+
     /// Classifies an error from hyper-util's pooled client.
     pub fn from_pooled(err: hyper_util::client::legacy::Error, addr: std::net::SocketAddr) -> Self {
         use std::error::Error as _;

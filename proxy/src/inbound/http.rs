@@ -74,7 +74,10 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u16>().ok())
         .or_else(|| request_authority(&req).and_then(|a| split_host_port(a).1));
-    let service = destination_service(request_authority(&req), &snap.local);
+    let service = snap
+        .local
+        .services
+        .get(request_authority(&req).map(|a| split_host_port(a).0));
 
     let mut held = Held::default();
     let (protocol, result) = match snap.inbound_port(port_hint) {
@@ -147,20 +150,6 @@ pub async fn handle(
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
 }
 
-/// Istio reports the destination service as an FQDN: a short name is qualified with this
-/// workload's namespace.
-fn destination_service(authority: Option<&str>, local: &crate::snapshot::LocalWorkload) -> Label {
-    match authority.map(|a| split_host_port(a).0) {
-        // The usual case: this workload's own service, named either way (no allocation).
-        Some(host) if host == &*local.service || host == &*local.app => local.service.clone(),
-        Some(host) if host.contains('.') => Arc::from(host),
-        Some(host) if !host.is_empty() => {
-            Arc::from(format!("{host}.{}.svc.cluster.local", local.namespace))
-        }
-        _ => local.app.clone(),
-    }
-}
-
 fn prepare(conn: &InboundConn, req: &mut Request<ProxyBody>) {
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let restore_http1 = req
@@ -192,7 +181,8 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     if upgrade {
-        return forward_upgrade(ctx, port, req).await;
+        // Boxed: rare, and its handshake would otherwise size every request's state.
+        return Box::pin(forward_upgrade(ctx, port, req)).await;
     }
     let authority = request_authority(&req).and_then(|a| HeaderValue::from_str(a).ok());
     let (mut parts, body) = req.into_parts();
@@ -202,7 +192,7 @@ async fn forward(
             let next_hop = authority
                 .as_ref()
                 .and_then(|a| http::uri::Authority::try_from(a.as_bytes()).ok())
-                .or_else(|| http::uri::Authority::try_from(port.target.to_string()).ok());
+                .or_else(|| port.authority.clone());
             parts.uri = forward_uri(&parts.uri, next_hop)?;
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
@@ -224,15 +214,14 @@ async fn forward(
             if let Some(a) = authority {
                 parts.headers.insert(header::HOST, a);
             }
-            let next_hop = http::uri::Authority::try_from(port.target.to_string()).ok();
-            parts.uri = forward_uri(&parts.uri, next_hop)?;
+            parts.uri = forward_uri(&parts.uri, None)?;
             parts.version = Version::HTTP_11;
-            let resp = ctx
-                .local_http1
-                .request(Request::from_parts(parts, body))
+            let Some(pool) = &port.http1 else {
+                return Err(ProxyError::NoInboundPort(port.target.port()));
+            };
+            pool.send(Request::from_parts(parts, body), None)
                 .await
-                .map_err(|e| ProxyError::from_pooled(e, port.target))?;
-            Ok(resp.map(ProxyBody::from))
+                .map_err(|e| ProxyError::from_h1(e, &port.name))
         }
     }
 }

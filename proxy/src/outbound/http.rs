@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::time::Instant;
@@ -202,14 +203,18 @@ async fn route_request(
     {
         mirror(conn, snap, shadow, &mut req);
     }
-    let sent = attempts(conn, snap, cluster, b.retry.as_ref(), req, log, held);
-    let mut r = match b.timeout {
-        None => sent.await,
-        Some(t) => match tokio::time::timeout(t, sent).await {
-            Ok(r) => r,
-            Err(_) => Dispatched::failed(ProxyError::Timeout),
-        },
-    };
+    let sent = std::pin::pin!(attempts(
+        conn,
+        snap,
+        cluster,
+        b.retry.as_ref(),
+        req,
+        log,
+        held
+    ));
+    let mut r = within(b.timeout, sent)
+        .await
+        .unwrap_or_else(|| Dispatched::failed(ProxyError::Timeout));
     if r.flag.is_none() {
         r.flag = flag;
     }
@@ -495,12 +500,12 @@ async fn attempts(
             }
             Host::External(_, target) => {
                 let ext = cluster.external.as_ref();
-                let sent = async {
+                let sent = std::pin::pin!(async {
                     match (ext, slot.take()) {
                         (Some(ext), Some(req)) => forward_external(ext, target, req).await,
                         _ => Err(ProxyError::UpstreamTerminated("no request to send".into())),
                     }
-                };
+                });
                 (within_per_try(policy, sent).await, None)
             }
         };
@@ -622,7 +627,13 @@ async fn attempt_mesh(
     policy: Option<&RetryPolicy>,
     slot: &mut Option<Request<ProxyBody>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let sent = forward(&conn.ctx, &snap.local.peer_header, cluster, endpoint, slot);
+    let sent = std::pin::pin!(forward(
+        &conn.ctx,
+        &snap.local.peer_header,
+        cluster,
+        endpoint,
+        slot
+    ));
     let sent_at = cluster.observes_latency().then(std::time::Instant::now);
     let result = within_per_try(policy, sent).await;
     // Responses and timeouts are timed; a fast failure must not make an endpoint look fast
@@ -640,15 +651,28 @@ async fn attempt_mesh(
 }
 
 /// Awaits one attempt, cut at the policy's `perTryTimeout` when it has one.
-async fn within_per_try(
-    policy: Option<&RetryPolicy>,
-    sent: impl Future<Output = Result<Response<ProxyBody>, ProxyError>>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    match policy.and_then(|p| p.per_try_timeout) {
-        None => sent.await,
-        Some(t) => tokio::time::timeout(t, sent)
-            .await
-            .unwrap_or(Err(ProxyError::PerTryTimeout)),
+async fn within_per_try<F>(policy: Option<&RetryPolicy>, sent: Pin<&mut F>) -> F::Output
+where
+    F: Future<Output = Result<Response<ProxyBody>, ProxyError>>,
+{
+    within(policy.and_then(|p| p.per_try_timeout), sent)
+        .await
+        .unwrap_or(Err(ProxyError::PerTryTimeout))
+}
+
+/// Awaits `sent` for at most `limit` (`None`: as long as it takes); `None` when cut.
+///
+/// The caller pins the future in its own state and lends it: moving a future into
+/// `tokio::time::timeout` inside an async fn stores it twice, and these futures are the
+/// whole request path (a request's state went from 16.8 KB to N KB, each byte of it copied
+/// when hyper takes the request's future).
+async fn within<F: Future>(
+    limit: Option<std::time::Duration>,
+    sent: Pin<&mut F>,
+) -> Option<F::Output> {
+    match limit {
+        None => Some(sent.await),
+        Some(t) => tokio::time::timeout(t, sent).await.ok(),
     }
 }
 
@@ -731,7 +755,7 @@ fn prepare(
         request_authority(req).is_some_and(|a| crate::snapshot::split_host_port(a).1.is_some());
     if !has_port {
         req.headers_mut()
-            .insert(DESTINATION_PORT.clone(), HeaderValue::from(cluster.port));
+            .insert(DESTINATION_PORT.clone(), cluster.port_header.clone());
     }
 }
 
@@ -753,7 +777,8 @@ async fn forward(
     match cluster.upstream {
         _ if upgrade => {
             let req = slot.take().ok_or(ProxyError::UpgradeRefused)?;
-            forward_upgrade(ctx, cluster, endpoint, req).await
+            // Boxed: rare, and its handshake would otherwise size every request's state.
+            Box::pin(forward_upgrade(ctx, cluster, endpoint, req)).await
         }
         UpstreamProtocol::H2 => {
             let sender = h2_sender(Some(cluster), endpoint).await?;

@@ -1,6 +1,7 @@
 //! Building Istio's label set for a request from what the proxy knows at that point.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use super::metrics::{Label, RequestLabels};
 use crate::config::Protocol;
@@ -67,20 +68,99 @@ pub fn source_report(
     }
 }
 
+/// The `destination_service*` labels of a request that reached this workload.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DestinationService {
+    /// `destination_service`: an FQDN (a short name is qualified with this namespace).
+    pub fqdn: Label,
+    /// `destination_service_name`: its first label.
+    pub name: Label,
+    /// `destination_service_namespace`: its second label, else this workload's namespace.
+    pub namespace: Label,
+}
+
+impl DestinationService {
+    /// The labels of `fqdn` as Istio derives them.
+    fn of(fqdn: Label, local_namespace: &Label) -> Self {
+        let mut parts = fqdn.split('.');
+        let (name, namespace) = match (parts.next(), parts.next()) {
+            (Some(n), Some(ns)) => (Arc::from(n), Arc::from(ns)),
+            _ => (fqdn.clone(), local_namespace.clone()),
+        };
+        Self {
+            fqdn,
+            name,
+            namespace,
+        }
+    }
+}
+
+/// Host names past which the interner starts afresh (a caller inventing names cannot grow it).
+const MAX_SERVICE_NAMES: usize = 256;
+
+/// What inbound requests name as their service (`:authority` / Host), resolved once into
+/// [`DestinationService`] labels: the request path then clones three `Arc`s instead of
+/// formatting and splitting strings. The workload's own service, named by its FQDN or its
+/// `app`, needs no lookup at all.
+#[derive(Debug)]
+pub struct DestinationServices {
+    own: Arc<DestinationService>,
+    app: Label,
+    namespace: Label,
+    others: Mutex<HashMap<Box<str>, Arc<DestinationService>, foldhash::fast::FixedState>>,
+}
+
+impl DestinationServices {
+    /// The interner of a workload whose own service is `own_fqdn`, labelled `app`, in
+    /// `namespace`.
+    pub fn new(own_fqdn: Label, app: Label, namespace: Label) -> Self {
+        Self {
+            own: Arc::new(DestinationService::of(own_fqdn, &namespace)),
+            app,
+            namespace,
+            others: Mutex::default(),
+        }
+    }
+
+    /// The labels of a request whose authority names `host` (a host without port); no host
+    /// counts as the workload's `app`, as Istio reports it.
+    pub fn get(&self, host: Option<&str>) -> Arc<DestinationService> {
+        let host = match host {
+            Some(h) if !h.is_empty() => h,
+            _ => &*self.app,
+        };
+        if host == &*self.own.fqdn || host == &*self.app {
+            return self.own.clone();
+        }
+        // A poisoned lock only means a panic elsewhere mid-insert; the map is still a map.
+        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = others.get(host) {
+            return found.clone();
+        }
+        let fqdn: Label = if host.contains('.') {
+            Arc::from(host)
+        } else {
+            Arc::from(format!("{host}.{}.svc.cluster.local", self.namespace))
+        };
+        let made = Arc::new(DestinationService::of(fqdn, &self.namespace));
+        if others.len() >= MAX_SERVICE_NAMES {
+            others.clear();
+        }
+        others.insert(Box::from(host), made.clone());
+        made
+    }
+}
+
 /// Labels reported by the server-side sidecar (`reporter="destination"`).
 pub fn destination_report(
     local: &LocalWorkload,
     source: &PeerWorkload,
     source_principal: &Label,
-    service_fqdn: &Label,
+    service: &DestinationService,
     protocol: Protocol,
     response_code: u16,
     response_flags: &'static str,
 ) -> RequestLabels {
-    let (name, ns) = match service_fqdn.split('.').collect::<Vec<_>>().as_slice() {
-        [n, ns, ..] => (Arc::from(*n), Arc::from(*ns)),
-        _ => (service_fqdn.clone(), local.namespace.clone()),
-    };
     RequestLabels {
         reporter: "destination",
         source_workload: source.workload.clone(),
@@ -95,9 +175,9 @@ pub fn destination_report(
         destination_principal: local.principal.clone(),
         destination_app: local.app.clone(),
         destination_version: local.version.clone(),
-        destination_service: service_fqdn.clone(),
-        destination_service_name: name,
-        destination_service_namespace: ns,
+        destination_service: service.fqdn.clone(),
+        destination_service_name: service.name.clone(),
+        destination_service_namespace: service.namespace.clone(),
         destination_canonical_service: local.app.clone(),
         destination_canonical_revision: local.version.clone(),
         request_protocol: protocol.label(),

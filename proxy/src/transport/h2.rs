@@ -156,7 +156,9 @@ impl H2Pool {
         if let Some(s) = self.live() {
             return Ok(s);
         }
-        let send = self.connect().await?;
+        // Boxed: a connection is opened once for many requests, and the TLS and HTTP/2
+        // handshakes' state would otherwise be part of every request's future.
+        let send = Box::pin(self.connect()).await?;
         let conn = Arc::new(Conn {
             send: send.clone(),
             used: std::sync::atomic::AtomicU32::new(1),

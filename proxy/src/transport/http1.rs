@@ -1,8 +1,9 @@
-//! HTTP/1.1 keep-alive pools, to other sidecars over mTLS (Istio's default upstream protocol)
-//! and to the local application in plain text, plus one-off connections for upgrades.
+//! hyper-util's pooled clients, to other sidecars over mTLS (Istio's default upstream protocol)
+//! and to services outside the mesh in plain text, plus one-off connections for upgrades.
 //!
-//! Pooling is hyper-util's client; this module supplies the connectors that give it mutual TLS
-//! with secure naming, and the dedicated connection an HTTP upgrade (WebSocket) needs.
+//! This module supplies the connectors that give hyper-util's pool mutual TLS with secure
+//! naming, and the dedicated connection an HTTP upgrade (WebSocket) needs. The local
+//! application is reached through [`super::h1_pool`].
 
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
@@ -23,14 +24,9 @@ use crate::http::body::ProxyBody;
 
 /// A pooled HTTP/1.1 client over mutual TLS to the sidecars of one destination service.
 pub type MeshHttp1Client = Client<MeshTlsConnector, ProxyBody>;
-/// A pooled plaintext HTTP client: to the local application, and to services outside the
-/// mesh (names in the URI are resolved per connection by the connector).
+/// A pooled plaintext HTTP client to services outside the mesh (names in the URI are
+/// resolved per connection by the connector).
 pub type LocalHttp1Client = Client<HttpConnector, ProxyBody>;
-
-/// Builds the pooled client to the local application.
-pub fn local_client(idle_timeout: Duration, connect_timeout: Duration) -> LocalHttp1Client {
-    plain_client(idle_timeout, connect_timeout, false)
-}
 
 /// Builds a pooled plaintext client: HTTP/1.1, or HTTP/2 with prior knowledge (`h2c`) when
 /// `http2_only`. The request's Host header is sent as the app gave it.
