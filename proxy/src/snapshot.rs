@@ -29,7 +29,6 @@ use crate::telemetry::labels::DestinationServices;
 use crate::telemetry::metrics::{ClusterStats, Label, Metrics};
 use crate::transport::h1_pool::{H1Pool, H1Target};
 use crate::transport::h2::{H2Pool, H2Target};
-use crate::transport::http1::{MeshHttp1Client, MeshTlsConnector, mesh_client};
 
 /// Istio's cluster DNS suffix.
 const CLUSTER_DOMAIN: &str = "svc.cluster.local";
@@ -134,8 +133,8 @@ pub struct Endpoint {
     pub addr_label: Label,
     /// The multiplexed HTTP/2 connection to it (HTTP in h2 mode, and TCP tunnels).
     pub h2: H2Pool,
-    /// `https://<addr>` for the HTTP/1.1 pool, which keys connections by URI authority.
-    pub http1_uri: http::uri::Authority,
+    /// Its HTTP/1.1 keep-alive connections (HTTP in http1 mode).
+    pub h1: H1Pool,
     /// The peer's workload labels, learnt from its first response.
     pub peer: arc_swap::ArcSwapOption<PeerWorkload>,
     /// The workload's labels (subset selection).
@@ -224,8 +223,6 @@ pub struct Cluster {
     pub upstream: UpstreamProtocol,
     /// TCP + TLS connect deadline (`tcp.connectTimeout`, else the proxy's).
     pub connect_timeout: Duration,
-    /// HTTP/1.1 pool (http1 mode).
-    pub http1: MeshHttp1Client,
     /// TLS configuration with ALPN http/1.1 (upgrades, http1 mode).
     pub tls_http1: Arc<rustls::ClientConfig>,
     /// SNI.
@@ -1249,7 +1246,6 @@ pub struct Snapshot {
 #[derive(Default)]
 struct Reuse {
     endpoints: HashMap<(SocketAddr, Box<str>, Vec<SpiffeId>), Arc<Endpoint>>,
-    http1: HashMap<(Box<str>, Vec<SpiffeId>, Duration), MeshHttp1Client>,
     /// Plaintext pools of services outside the mesh, by (FQDN, port).
     external: HashMap<(String, u16, Duration), crate::transport::http1::LocalHttp1Client>,
     /// Circuit-breaker counts by cluster name.
@@ -1281,9 +1277,6 @@ impl Reuse {
                     .entry((e.addr, c.server_name_str.clone(), ids.clone()))
                     .or_insert_with(|| e.clone());
             }
-            r.http1
-                .entry((c.server_name_str.clone(), ids, c.connect_timeout))
-                .or_insert_with(|| c.http1.clone());
             r.breakers
                 .entry(c.name.clone())
                 .or_insert_with(|| c.breakers.counts());
@@ -1493,7 +1486,7 @@ impl Snapshot {
                             target,
                             ..
                         }) if *target == p.target
-                            && pool.settings() == (LOCAL_CONNECT_TIMEOUT, local_idle) =>
+                            && pool.settings() == (LOCAL_CONNECT_TIMEOUT, local_idle, 0) =>
                         {
                             pool.clone()
                         }
@@ -1651,6 +1644,8 @@ impl ClusterBuilder<'_> {
             .unwrap_or(cfg.upstream.connect_timeout);
         let max_requests = pool.map_or(0, |p| p.max_requests_per_connection);
         let idle_timeout = upstream_idle_timeout(pool);
+        // HTTP/1.1 connections without an idle timeout of their own keep the proxy's.
+        let h1_idle = idle_timeout.or(Some(cfg.upstream.idle_timeout));
         let allowed: Arc<[SpiffeId]> = svc.identities.clone().into();
         let fqdn = svc.fqdn();
         let server_name = ServerName::try_from(fqdn.clone())
@@ -1667,6 +1662,7 @@ impl ClusterBuilder<'_> {
                 if let Some(e) = self.reuse.endpoints.get(&key)
                     && e.labels == ep.labels
                     && e.h2.settings() == (connect_timeout, max_requests, idle_timeout)
+                    && e.h1.settings() == (connect_timeout, h1_idle, max_requests)
                 {
                     return e.clone();
                 }
@@ -1685,8 +1681,17 @@ impl ClusterBuilder<'_> {
                     )
                     .with_max_requests(max_requests)
                     .with_idle_timeout(idle_timeout),
-                    http1_uri: http::uri::Authority::try_from(ep.addr.to_string())
-                        .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0")),
+                    h1: H1Pool::new(
+                        H1Target::Mesh {
+                            addr: ep.addr,
+                            tls: tls_http1.clone(),
+                            server_name: server_name.clone(),
+                        },
+                        connect_timeout,
+                        h1_idle,
+                        Some(self.metrics.upstream_connects.clone()),
+                    )
+                    .with_max_requests(max_requests),
                     peer: arc_swap::ArcSwapOption::empty(),
                     labels: ep.labels.clone(),
                     active: std::sync::atomic::AtomicU64::new(0),
@@ -1748,23 +1753,6 @@ impl ClusterBuilder<'_> {
             host: fqdn.clone(),
             source,
         })?;
-        // Pools are kept across pushes only while their connect timeout holds.
-        let http1 = match self
-            .reuse
-            .http1
-            .get(&(server_name_str.clone(), ids, connect_timeout))
-        {
-            Some(c) => c.clone(),
-            None => {
-                let connector = MeshTlsConnector {
-                    tls: tls_http1.clone(),
-                    server_name: server_name.clone(),
-                    connect_timeout,
-                    on_connect: self.metrics.upstream_connects.clone(),
-                };
-                mesh_client(connector, cfg.upstream.idle_timeout)
-            }
-        };
         let authority = http::uri::Authority::try_from(format!("{fqdn}:{}", svc.port))
             .map_err(|e| IdentityError::Invalid(format!("service {fqdn}: {e}")))?;
         let principal: Label = allowed
@@ -1823,7 +1811,6 @@ impl ClusterBuilder<'_> {
             endpoints,
             hash_on,
             upstream: cfg.upstream.protocol,
-            http1,
             tls_http1,
             server_name,
             listen: svc.listen,

@@ -478,6 +478,8 @@ pub struct Workload {
     pub cert_ttl: Option<String>,
     /// `region/zone/subzone` it runs in.
     pub locality: Option<String>,
+    /// `upstream.protocol` between sidecars (`http1`, `h2`); `None` for the proxy's default.
+    pub upstream_protocol: Option<String>,
 }
 
 impl Workload {
@@ -494,6 +496,7 @@ impl Workload {
             state_dir: false,
             cert_ttl: None,
             locality: None,
+            upstream_protocol: None,
         }
     }
 
@@ -591,6 +594,9 @@ impl Workload {
                     p.port, p.target
                 );
             }
+        }
+        if let Some(p) = &self.upstream_protocol {
+            let _ = writeln!(y, "upstream:\n  protocol: {p}");
         }
         let _ = writeln!(y, "control:");
         let _ = writeln!(y, "  address: \"{}\"", access.address);

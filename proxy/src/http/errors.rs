@@ -172,29 +172,6 @@ impl ProxyError {
         }
     }
 
-    /// Classifies an error from hyper-util's pooled client.
-    pub fn from_pooled(err: hyper_util::client::legacy::Error, addr: std::net::SocketAddr) -> Self {
-        use std::error::Error as _;
-        let mut src = err.source();
-        while let Some(s) = src {
-            if let Some(c) = s.downcast_ref::<ConnectError>() {
-                return ProxyError::Connect(clone_connect_error(c));
-            }
-            if let Some(h) = s.downcast_ref::<hyper::Error>() {
-                return ProxyError::from_upstream(h);
-            }
-            src = s.source();
-        }
-        if err.is_connect() {
-            let source = match err.source() {
-                Some(s) => std::io::Error::other(s.to_string()),
-                None => std::io::Error::other(err.to_string()),
-            };
-            return ProxyError::Connect(ConnectError::Tcp { addr, source });
-        }
-        ProxyError::UpstreamTerminated(err.to_string())
-    }
-
     /// Maps a failure of the plaintext pool to a service outside the mesh (`target` is the
     /// endpoint as configured, possibly a name).
     pub fn from_direct(err: hyper_util::client::legacy::Error, target: &str) -> Self {
@@ -246,33 +223,6 @@ impl ProxyError {
             );
         }
         resp
-    }
-}
-
-fn clone_connect_error(e: &ConnectError) -> ConnectError {
-    match e {
-        ConnectError::Timeout(a) => ConnectError::Timeout(*a),
-        ConnectError::Direct { target, source } => ConnectError::Direct {
-            target: target.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        ConnectError::Tcp { addr, source } => ConnectError::Tcp {
-            addr: *addr,
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        ConnectError::Tls {
-            addr,
-            reason,
-            message,
-        } => ConnectError::Tls {
-            addr: *addr,
-            reason,
-            message: message.clone(),
-        },
-        ConnectError::Handshake { addr, .. } => ConnectError::Tcp {
-            addr: *addr,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-        },
     }
 }
 

@@ -37,6 +37,7 @@ use crate::snapshot::{
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
 use crate::telemetry::labels::source_report;
+use crate::transport::h1_pool::{H1Error, H1Limits};
 use crate::transport::http1;
 use hyper::client::conn::http2::SendRequest;
 
@@ -808,14 +809,20 @@ async fn forward(
             {
                 parts.headers.insert(header::HOST, v);
             }
-            parts.uri = forward_uri(&parts.uri, Some(endpoint.http1_uri.clone()))?;
+            parts.uri = forward_uri(&parts.uri, None)?;
             parts.version = Version::HTTP_11;
-            let resp = cluster
-                .http1
-                .request(Request::from_parts(parts, body))
-                .await
-                .map_err(|e| ProxyError::from_pooled(e, endpoint.addr))?;
-            Ok(resp.map(ProxyBody::from))
+            let limits = H1Limits {
+                connections: &cluster.breakers.connections,
+                pending: &cluster.breakers.pending,
+            };
+            let sent = endpoint
+                .h1
+                .send(Request::from_parts(parts, body), Some(limits))
+                .await;
+            if let Err(H1Error::Overflow) = &sent {
+                cluster.stats.pending_overflow.inc();
+            }
+            sent.map_err(|e| ProxyError::from_h1(e, &cluster.name))
         }
     }
 }

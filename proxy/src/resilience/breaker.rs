@@ -93,8 +93,9 @@ pub struct Breakers {
     pub pending: Limit,
     /// Retries in flight (`http.maxRetries`, Envoy `max_retries`).
     pub retries: Limit,
-    /// Open TCP tunnels (`tcp.maxConnections` for `tcp` services; HTTP over the shared
-    /// HTTP/2 connection always keeps its one connection per host, as in Envoy).
+    /// Open connections (`tcp.maxConnections`): TCP tunnels, and HTTP/1.1 connections in
+    /// http1 mode; HTTP over the shared HTTP/2 connection keeps its one connection per host,
+    /// as in Envoy.
     pub connections: Limit,
     /// `retryBudget`: when set, it caps `retries` instead of `maxRetries`.
     pub retry_budget: Option<ConcurrencyBudget>,

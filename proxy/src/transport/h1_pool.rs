@@ -94,6 +94,8 @@ struct Shared {
     connect_timeout: Duration,
     /// A connection idle this long is closed (`None`: when the peer closes it).
     idle_timeout: Option<Duration>,
+    /// Requests per connection before it is closed (`maxRequestsPerConnection`; 0: no limit).
+    max_requests: u32,
     /// Idle connections, oldest first.
     idle: Mutex<Vec<Idle>>,
     /// Connections open, lent or idle.
@@ -115,6 +117,8 @@ struct Idle {
 #[derive(Debug)]
 struct Conn {
     send: SendRequest<ProxyBody>,
+    /// Requests it was given.
+    used: u32,
     _slot: Option<Permit>,
     shared: Arc<Shared>,
 }
@@ -139,6 +143,7 @@ impl H1Pool {
                 target,
                 connect_timeout,
                 idle_timeout,
+                max_requests: 0,
                 idle: Mutex::default(),
                 open: AtomicUsize::new(0),
                 freed: Notify::new(),
@@ -148,15 +153,28 @@ impl H1Pool {
         }
     }
 
+    /// Closes each connection after `n` requests (0: never), as Envoy applies
+    /// `maxRequestsPerConnection` to HTTP/1.1.
+    pub fn with_max_requests(mut self, n: u32) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.max_requests = n;
+        }
+        self
+    }
+
     /// The endpoint address.
     pub fn addr(&self) -> SocketAddr {
         self.shared.target.addr()
     }
 
-    /// The connect and idle timeouts it was made with (a pool is kept by the next snapshot
-    /// only while they hold).
-    pub fn settings(&self) -> (Duration, Option<Duration>) {
-        (self.shared.connect_timeout, self.shared.idle_timeout)
+    /// The connect timeout, idle timeout and request limit it was made with (a pool is kept
+    /// by the next snapshot only while they hold).
+    pub fn settings(&self) -> (Duration, Option<Duration>, u32) {
+        (
+            self.shared.connect_timeout,
+            self.shared.idle_timeout,
+            self.shared.max_requests,
+        )
     }
 
     /// Connections open now (lent or idle).
@@ -196,6 +214,7 @@ impl H1Pool {
                 },
             };
             let mut conn = conn;
+            conn.used += 1;
             match conn.send.try_send_request(req).await {
                 Ok(resp) => {
                     return Ok(resp.map(|body| {
@@ -258,6 +277,7 @@ impl Shared {
         match opened {
             Ok(send) => Ok(Conn {
                 send,
+                used: 0,
                 _slot: slot,
                 shared: self.clone(),
             }),
@@ -309,7 +329,7 @@ impl Shared {
 
     /// Takes a connection back, idle from now.
     fn give_back(self: &Arc<Self>, conn: Conn) {
-        if conn.send.is_closed() {
+        if conn.send.is_closed() || (self.max_requests > 0 && conn.used >= self.max_requests) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -478,6 +498,16 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(pool.open(), 1);
+    }
+
+    #[tokio::test]
+    async fn max_requests_per_connection_closes_spent_connections() {
+        let (addr, accepted) = app().await;
+        let pool = pool(addr, None).with_max_requests(3);
+        for _ in 0..7 {
+            assert_eq!(text(pool.send(get("/"), None).await.unwrap()).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

@@ -243,6 +243,80 @@ fn virtual_service(http: &str) -> String {
 
 /// A control plane with `files`, one echo backend behind its sidecar, and a client sidecar
 /// that reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http1_max_connections_bounds_the_connections_and_pending_requests_wait_for_them() {
+    const CONNECTIONS: u64 = 2;
+    const PENDING: usize = 3;
+    const BURST: usize = 8;
+    let limited = rule(&format!(
+        "{{connectionPool: {{tcp: {{maxConnections: {CONNECTIONS}}}, \
+         http: {{http1MaxPendingRequests: {PENDING}}}}}}}"
+    ));
+    let control = ControlPlane::start(&[(RULE_FILE, &limited)]).await;
+    let app = HttpApp::start("echo-a").await;
+    let _server = MeshProxy::start(
+        &control.access(NAMESPACE, "echo").await,
+        &Workload::version_of("echo", "a", ECHO_PORT, app.addr),
+    )
+    .await;
+    let mut caller = Workload::new("client");
+    caller.upstream_protocol = Some("http1".to_string());
+    let client = MeshProxy::start(&control.access(NAMESPACE, "client").await, &caller).await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
+
+    let outbound = client.outbound();
+    let burst: Vec<_> = (0..BURST)
+        .map(|_| tokio::spawn(async move { try_get(outbound, ECHO_HOST, "/gate").await }))
+        .collect();
+    let deadline = Instant::now() + SOON;
+    while app.held_at_gate() < CONNECTIONS {
+        assert!(
+            Instant::now() < deadline,
+            "the backend never got {CONNECTIONS} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One HTTP/1.1 request per connection: the backend holds as many as there are
+    // connections; of the rest, the pending limit waits and the others are refused at once.
+    let refused_early = burst.iter().filter(|t| t.is_finished()).count();
+    assert_eq!(refused_early, BURST - CONNECTIONS as usize - PENDING);
+    app.open_gate();
+    let mut statuses = BTreeMap::new();
+    for task in burst {
+        let reply = task.await.expect("join").expect("a response");
+        *statuses.entry(reply.status.as_u16()).or_insert(0usize) += 1;
+    }
+    assert_eq!(
+        statuses,
+        BTreeMap::from([
+            (200, CONNECTIONS as usize + PENDING),
+            (503, BURST - CONNECTIONS as usize - PENDING)
+        ]),
+        "the pending requests went on the freed connections"
+    );
+    assert_eq!(app.peak_at_gate(), CONNECTIONS);
+    let overflow = client
+        .metric(
+            "envoy_cluster_upstream_rq_pending_overflow_total",
+            &ECHO_CLUSTER,
+        )
+        .await;
+    assert_eq!(overflow, (BURST - CONNECTIONS as usize - PENDING) as f64);
+    // The connections are kept alive and reused: a run of requests opens no more.
+    let connects_before = client
+        .metric("meshlite_upstream_connections_total", &[])
+        .await;
+    for _ in 0..20 {
+        let reply = try_get(outbound, ECHO_HOST, "/").await.expect("response");
+        assert_eq!(reply.status, 200);
+    }
+    let connects_after = client
+        .metric("meshlite_upstream_connections_total", &[])
+        .await;
+    assert_eq!(connects_after, connects_before);
+}
+
 async fn one_backend(files: &[(&str, &str)]) -> (ControlPlane, HttpApp, MeshProxy, MeshProxy) {
     let control = ControlPlane::start(files).await;
     let app = HttpApp::start("echo-a").await;
