@@ -192,8 +192,10 @@ fn print_header(args: &BenchArgs, setup: &Setup, rates: &[u32], repeat: u32) {
         "sidecars: mTLS between them; workers: {}; upstream protocol: {}",
         args.workers
             .map_or_else(|| "proxy default".to_string(), |w| w.to_string()),
-        args.upstream
-            .map_or("proxy default (h2)", |u| u.config_value())
+        args.upstream.map_or(
+            "proxy default (http1: HTTP/1.1 pooled, HTTP/2 and gRPC multiplexed)",
+            |u| u.config_value()
+        )
     );
     if let Some((bin, version)) = &setup.haproxy {
         println!(

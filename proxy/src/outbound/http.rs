@@ -458,7 +458,7 @@ async fn attempts(
         // HTTP/1.1 upstreams (and services outside the mesh) connect inside the pool, so
         // even a connect failure needs a copy.
         if p.may_retry_after_send(is_grpc)
-            || cluster.upstream == UpstreamProtocol::Http1
+            || wire_protocol(cluster, &req) == UpstreamProtocol::Http1
             || cluster.external.is_some()
         {
             template = Some(Template::of(&req));
@@ -760,6 +760,20 @@ fn prepare(
     }
 }
 
+/// How `req` travels to a sidecar of `cluster`. In http1 mode HTTP/1.1 from the app stays
+/// HTTP/1.1, as Istio carries it by default (no `h2UpgradePolicy`); HTTP/2 requests and
+/// `http2`/`grpc` services always travel as HTTP/2 (gRPC needs its trailers).
+fn wire_protocol<B>(cluster: &Cluster, req: &Request<B>) -> UpstreamProtocol {
+    match cluster.upstream {
+        UpstreamProtocol::Http1
+            if req.version() != Version::HTTP_2 && cluster.protocol == Protocol::Http =>
+        {
+            UpstreamProtocol::Http1
+        }
+        _ => UpstreamProtocol::H2,
+    }
+}
+
 /// One attempt to `endpoint`. The request stays in `slot` until the connection is there: a
 /// connect failure leaves it in hand, unsent, for the next attempt.
 async fn forward(
@@ -773,9 +787,10 @@ async fn forward(
         return Err(ProxyError::UpstreamTerminated("no request to send".into()));
     };
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let wire = wire_protocol(cluster, req);
     prepare(peer_header, cluster, req, upgrade);
     let authority = request_authority(req).and_then(|a| http::uri::Authority::try_from(a).ok());
-    match cluster.upstream {
+    match wire {
         _ if upgrade => {
             let req = slot.take().ok_or(ProxyError::UpgradeRefused)?;
             // Boxed: rare, and its handshake would otherwise size every request's state.

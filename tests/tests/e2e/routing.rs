@@ -75,8 +75,19 @@ async fn an_http2_service_is_spoken_to_over_h2c_by_the_destination_sidecar() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_http1_between_sidecars_requests_still_flow() {
+    requests_flow_with_upstream("http1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_h2_between_sidecars_requests_still_flow() {
+    requests_flow_with_upstream("h2").await;
+}
+
+/// Three POSTs on one keep-alive connection, echoed, with `upstream.protocol: <protocol>`.
+async fn requests_flow_with_upstream(protocol: &str) {
+    let protocol = protocol.to_string();
     let mesh = Mesh::builder()
-        .client(|spec, _| spec.upstream_protocol = Some("http1".to_string()))
+        .client(move |spec, _| spec.upstream_protocol = Some(protocol))
         .start()
         .await;
     let mut conn = Http1Client::connect(mesh.outbound()).await;
