@@ -27,8 +27,9 @@ use crate::resilience::retry::{BudgetParams, RetryBudget};
 use crate::route::{ResolveDestination, RouteError, RouteTable, Target};
 use crate::telemetry::labels::DestinationServices;
 use crate::telemetry::metrics::{ClusterStats, Label, Metrics};
-use crate::transport::h1_pool::{H1Pool, H1Target};
-use crate::transport::h2::{H2Pool, H2Target};
+use crate::transport::connect::PoolTarget;
+use crate::transport::h1_pool::H1Pool;
+use crate::transport::h2::H2Pool;
 
 /// Istio's cluster DNS suffix.
 const CLUSTER_DOMAIN: &str = "svc.cluster.local";
@@ -1472,7 +1473,7 @@ impl Snapshot {
                                 ..
                             }) if *target == p.target => pool.clone(),
                             _ => Arc::new(H2Pool::new(
-                                H2Target::Plain { addr: p.target },
+                                PoolTarget::Plain { addr: p.target },
                                 connect_timeout,
                                 None,
                             )),
@@ -1491,7 +1492,7 @@ impl Snapshot {
                             pool.clone()
                         }
                         _ => Arc::new(H1Pool::new(
-                            H1Target::Plain { addr: p.target },
+                            PoolTarget::Plain { addr: p.target },
                             LOCAL_CONNECT_TIMEOUT,
                             local_idle,
                             None,
@@ -1666,7 +1667,7 @@ impl ClusterBuilder<'_> {
                 {
                     return e.clone();
                 }
-                let target = H2Target::Mesh {
+                let target = PoolTarget::Mesh {
                     addr: ep.addr,
                     tls: tls_h2.clone(),
                     server_name: server_name.clone(),
@@ -1682,7 +1683,7 @@ impl ClusterBuilder<'_> {
                     .with_max_requests(max_requests)
                     .with_idle_timeout(idle_timeout),
                     h1: H1Pool::new(
-                        H1Target::Mesh {
+                        PoolTarget::Mesh {
                             addr: ep.addr,
                             tls: tls_http1.clone(),
                             server_name: server_name.clone(),

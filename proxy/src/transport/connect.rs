@@ -112,3 +112,33 @@ pub async fn connect_tls(
         }
     })
 }
+
+/// Where a connection pool connects: another sidecar over mutual TLS, or the local
+/// application in plain text. The pools of both protocols take it.
+#[derive(Clone, Debug)]
+pub enum PoolTarget {
+    /// Another sidecar, over mutual TLS.
+    Mesh {
+        /// The destination sidecar's inbound address.
+        addr: SocketAddr,
+        /// TLS configuration carrying the destination's allowed identities (and the ALPN
+        /// protocol of the pool).
+        tls: Arc<rustls::ClientConfig>,
+        /// SNI sent (the service FQDN); identity is checked on the SPIFFE ID, not this name.
+        server_name: ServerName<'static>,
+    },
+    /// The local application, plain text (h2c with prior knowledge for HTTP/2).
+    Plain {
+        /// The app's address.
+        addr: SocketAddr,
+    },
+}
+
+impl PoolTarget {
+    /// The address connected to.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            PoolTarget::Mesh { addr, .. } | PoolTarget::Plain { addr } => *addr,
+        }
+    }
+}

@@ -17,7 +17,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,37 +25,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-use super::connect::{ConnectError, connect_tcp, connect_tls};
+use super::connect::{ConnectError, PoolTarget, connect_tcp, connect_tls};
 use crate::http::body::ProxyBody;
 use crate::resilience::breaker::{Limit, Permit};
-
-/// How the pool reaches its endpoint.
-#[derive(Clone, Debug)]
-pub enum H1Target {
-    /// Another sidecar, over mutual TLS (ALPN http/1.1).
-    Mesh {
-        /// The destination sidecar's inbound address.
-        addr: SocketAddr,
-        /// TLS configuration carrying the destination's allowed identities.
-        tls: Arc<rustls::ClientConfig>,
-        /// SNI sent.
-        server_name: ServerName<'static>,
-    },
-    /// The local application, plain text.
-    Plain {
-        /// The app's address.
-        addr: SocketAddr,
-    },
-}
-
-impl H1Target {
-    /// The address connected to.
-    pub fn addr(&self) -> SocketAddr {
-        match self {
-            H1Target::Mesh { addr, .. } | H1Target::Plain { addr } => *addr,
-        }
-    }
-}
 
 /// The cluster-wide limits a request is sent under (`tcp.maxConnections`,
 /// `http.http1MaxPendingRequests`).
@@ -90,7 +61,7 @@ pub struct H1Pool {
 
 #[derive(Debug)]
 struct Shared {
-    target: H1Target,
+    target: PoolTarget,
     connect_timeout: Duration,
     /// A connection idle this long is closed (`None`: when the peer closes it).
     idle_timeout: Option<Duration>,
@@ -133,7 +104,7 @@ impl Drop for Conn {
 impl H1Pool {
     /// A pool that connects on demand.
     pub fn new(
-        target: H1Target,
+        target: PoolTarget,
         connect_timeout: Duration,
         idle_timeout: Option<Duration>,
         on_connect: Option<prometheus_client::metrics::counter::Counter>,
@@ -293,7 +264,7 @@ impl Shared {
         let addr = self.target.addr();
         let handshake_err = |source| ConnectError::Handshake { addr, source };
         let send = match &self.target {
-            H1Target::Mesh {
+            PoolTarget::Mesh {
                 tls, server_name, ..
             } => {
                 let io = connect_tls(addr, tls.clone(), server_name.clone(), self.connect_timeout)
@@ -308,7 +279,7 @@ impl Shared {
                 });
                 send
             }
-            H1Target::Plain { .. } => {
+            PoolTarget::Plain { .. } => {
                 let io = connect_tcp(addr, self.connect_timeout).await?;
                 let (send, conn) = http1::handshake(TokioIo::new(io))
                     .await
@@ -473,7 +444,12 @@ mod tests {
     }
 
     fn pool(addr: SocketAddr, idle: Option<Duration>) -> H1Pool {
-        H1Pool::new(H1Target::Plain { addr }, Duration::from_secs(1), idle, None)
+        H1Pool::new(
+            PoolTarget::Plain { addr },
+            Duration::from_secs(1),
+            idle,
+            None,
+        )
     }
 
     fn get(path: &str) -> Request<ProxyBody> {

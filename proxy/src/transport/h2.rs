@@ -9,46 +9,17 @@
 use arc_swap::ArcSwapOption;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls_pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::connect::{ConnectError, connect_tcp, connect_tls};
+use super::connect::{ConnectError, PoolTarget, connect_tcp, connect_tls};
 use crate::http::body::ProxyBody;
-
-/// How the pool reaches its endpoint.
-#[derive(Clone, Debug)]
-pub enum H2Target {
-    /// Another sidecar, over mutual TLS (ALPN h2).
-    Mesh {
-        /// The destination sidecar's inbound address.
-        addr: SocketAddr,
-        /// TLS configuration carrying the destination's allowed identities.
-        tls: Arc<rustls::ClientConfig>,
-        /// SNI sent (the service FQDN); identity is checked on the SPIFFE ID, not this name.
-        server_name: ServerName<'static>,
-    },
-    /// The local application, h2c with prior knowledge.
-    Plain {
-        /// The app's address.
-        addr: SocketAddr,
-    },
-}
-
-impl H2Target {
-    /// The address connected to.
-    pub fn addr(&self) -> SocketAddr {
-        match self {
-            H2Target::Mesh { addr, .. } | H2Target::Plain { addr } => *addr,
-        }
-    }
-}
 
 /// Shared HTTP/2 connection to one endpoint.
 #[derive(Debug)]
 pub struct H2Pool {
-    target: H2Target,
+    target: PoolTarget,
     connect_timeout: Duration,
     /// Requests per connection before a new one is opened (`maxRequestsPerConnection`;
     /// 0: unlimited). The old connection finishes its streams and closes.
@@ -88,7 +59,7 @@ const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 impl H2Pool {
     /// A pool that connects lazily on first use.
     pub fn new(
-        target: H2Target,
+        target: PoolTarget,
         connect_timeout: Duration,
         on_connect: Option<prometheus_client::metrics::counter::Counter>,
     ) -> Self {
@@ -197,7 +168,7 @@ impl H2Pool {
             .initial_connection_window_size(CONNECTION_WINDOW);
         let handshake_err = |source| ConnectError::Handshake { addr, source };
         let send = match &self.target {
-            H2Target::Mesh {
+            PoolTarget::Mesh {
                 tls, server_name, ..
             } => {
                 let io = connect_tls(addr, tls.clone(), server_name.clone(), self.connect_timeout)
@@ -213,7 +184,7 @@ impl H2Pool {
                 });
                 send
             }
-            H2Target::Plain { .. } => {
+            PoolTarget::Plain { .. } => {
                 let io = connect_tcp(addr, self.connect_timeout).await?;
                 let (send, conn) = builder
                     .handshake(TokioIo::new(io))
