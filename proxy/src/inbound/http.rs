@@ -32,6 +32,7 @@ use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
 use crate::telemetry::labels::destination_report;
 use crate::telemetry::metrics::{Label, TcpLabels};
 use crate::transport::connect::connect_tcp;
+use crate::transport::h1_pool::{H1Error, H1Limits};
 use crate::transport::http1;
 
 /// One mTLS connection from another sidecar.
@@ -219,9 +220,19 @@ async fn forward(
             let Some(pool) = &port.http1 else {
                 return Err(ProxyError::NoInboundPort(port.target.port()));
             };
-            pool.send(Request::from_parts(parts, body), None)
-                .await
-                .map_err(|e| ProxyError::from_h1(e, &port.name))
+            // The workload's own `tcp.maxConnections` bounds its app's connections, whatever
+            // the number of callers; `http1MaxPendingRequests` how many requests wait for one.
+            let limits = H1Limits {
+                connections: &port.breakers.connections,
+                pending: &port.breakers.pending,
+            };
+            let sent = pool
+                .send(Request::from_parts(parts, body), Some(limits))
+                .await;
+            if let Err(H1Error::Overflow) = &sent {
+                port.stats.pending_overflow.inc();
+            }
+            sent.map_err(|e| ProxyError::from_h1(e, &port.name))
         }
     }
 }

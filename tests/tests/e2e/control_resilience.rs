@@ -145,6 +145,52 @@ async fn the_server_sidecar_applies_its_own_services_pool_limit_across_all_calle
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_sidecar_bounds_its_apps_http1_connections_across_all_callers() {
+    const LIMIT: u64 = 2;
+    let limited = rule(&format!(
+        "{{connectionPool: {{tcp: {{maxConnections: {LIMIT}}}}}}}"
+    ));
+    let (control, app, _server, first) = one_backend(&[(RULE_FILE, &limited)]).await;
+    let second = MeshProxy::caller(&control, "client-2").await;
+    wait_served_by(second.outbound(), ECHO_HOST, "echo-a", SOON).await;
+
+    // Each caller stays within its own limit; together they send twice the limit.
+    let calls: Vec<_> = [first.outbound(), second.outbound()]
+        .into_iter()
+        .flat_map(|outbound| {
+            (0..LIMIT).map(move |_| {
+                tokio::spawn(async move { try_get(outbound, ECHO_HOST, "/gate").await })
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + SOON;
+    while app.held_at_gate() < LIMIT {
+        assert!(
+            Instant::now() < deadline,
+            "the app never got {LIMIT} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One request per HTTP/1.1 connection: the others wait at the server sidecar.
+    assert_eq!(
+        app.held_at_gate(),
+        LIMIT,
+        "the app holds one per connection"
+    );
+    assert_eq!(calls.iter().filter(|c| c.is_finished()).count(), 0);
+    app.open_gate();
+    for call in calls {
+        let reply = call.await.expect("join").expect("a response");
+        assert_eq!(
+            reply.status, 200,
+            "the waiting requests went on the freed connections"
+        );
+    }
+    assert_eq!(app.peak_at_gate(), LIMIT, "the app never held more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_answering_503_is_ejected_and_returns_after_its_ejection_time() {
     let control = ControlPlane::start(&[(
         RULE_FILE,
