@@ -354,6 +354,18 @@ async fn a_backend_that_joins_warms_up_from_a_tenth_of_its_share_to_all_of_it() 
     .await;
     let client = MeshProxy::caller(&control, "client").await;
     wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
+    // a may itself have joined after the cluster (its endpoint can come in a later push than
+    // the cluster): b must join a cluster whose endpoints are all warm.
+    let deadline = Instant::now() + WINDOW + SOON;
+    loop {
+        let dump = client.config_dump().await;
+        let warming = &dump["clusters"][0]["policy"]["warming"];
+        if warming.as_array().is_none_or(|w| w.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "echo-a never warmed up: {dump}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // b joins the running cluster: its share starts at 10 % of a's.
     let b_sidecar = MeshProxy::start(
