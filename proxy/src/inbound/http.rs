@@ -225,6 +225,7 @@ async fn forward(
             let limits = H1Limits {
                 connections: &port.breakers.connections,
                 pending: &port.breakers.pending,
+                cx_overflow: &port.stats.cx_overflow,
             };
             let sent = pool
                 .send(Request::from_parts(parts, body), Some(limits))
@@ -277,6 +278,7 @@ async fn tunnel(
     // to the app, for as long as the tunnel is open.
     let Some(slot) = target.breakers.connections.try_acquire() else {
         target.stats.pending_overflow.inc();
+        target.stats.cx_overflow.inc();
         return Err(ProxyError::Overflow(target.name.to_string()));
     };
     let app = connect_tcp(target.target, crate::snapshot::LOCAL_CONNECT_TIMEOUT).await?;

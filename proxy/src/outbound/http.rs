@@ -829,6 +829,7 @@ async fn forward(
             let limits = H1Limits {
                 connections: &cluster.breakers.connections,
                 pending: &cluster.breakers.pending,
+                cx_overflow: &cluster.stats.cx_overflow,
             };
             let sent = endpoint
                 .h1

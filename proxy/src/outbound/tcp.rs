@@ -70,6 +70,7 @@ async fn relay(ctx: &ProxyContext, cluster: &Cluster, mut client: TcpStream) {
     // downstream connection is closed at once (Envoy's TCP proxy, flag `UO`).
     let Some(_slot) = cluster.breakers.connections.try_acquire() else {
         cluster.stats.pending_overflow.inc();
+        cluster.stats.cx_overflow.inc();
         let e = ProxyError::Overflow(cluster.name.to_string());
         tracing::debug!(service = %cluster.labels.fqdn, "tcp connection refused: {e}");
         m.tcp_closed

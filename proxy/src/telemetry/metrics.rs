@@ -172,6 +172,7 @@ pub struct ClusterLabels {
 #[derive(Debug, Default, Clone)]
 pub struct ClusterFamilies {
     pending_overflow: Family<ClusterLabels, Counter>,
+    cx_overflow: Family<ClusterLabels, Counter>,
     ejections_enforced: Family<ClusterLabels, Counter>,
     ejections_overflow: Family<ClusterLabels, Counter>,
     ejections_active: Family<ClusterLabels, Gauge>,
@@ -186,6 +187,9 @@ pub struct ClusterFamilies {
 pub struct ClusterStats {
     /// `envoy_cluster_upstream_rq_pending_overflow`: requests failed by a circuit breaker.
     pub pending_overflow: Counter,
+    /// `envoy_cluster_upstream_cx_overflow`: connections `tcp.maxConnections` kept from
+    /// opening.
+    pub cx_overflow: Counter,
     /// `envoy_cluster_outlier_detection_ejections_enforced_total`.
     pub ejections_enforced: Counter,
     /// `envoy_cluster_outlier_detection_ejections_overflow`: ejections `maxEjectionPercent`
@@ -211,6 +215,11 @@ impl ClusterFamilies {
                 "envoy_cluster_upstream_rq_pending_overflow",
                 "Requests failed at once by a circuit breaker (UO)",
                 &f.pending_overflow,
+            ),
+            (
+                "envoy_cluster_upstream_cx_overflow",
+                "Connections not opened because tcp.maxConnections was reached",
+                &f.cx_overflow,
             ),
             (
                 "envoy_cluster_outlier_detection_ejections_enforced",
@@ -256,6 +265,7 @@ impl ClusterFamilies {
         };
         ClusterStats {
             pending_overflow: self.pending_overflow.get_or_create(&l).clone(),
+            cx_overflow: self.cx_overflow.get_or_create(&l).clone(),
             ejections_enforced: self.ejections_enforced.get_or_create(&l).clone(),
             ejections_overflow: self.ejections_overflow.get_or_create(&l).clone(),
             ejections_active: self.ejections_active.get_or_create(&l).clone(),

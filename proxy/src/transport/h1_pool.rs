@@ -37,6 +37,9 @@ pub struct H1Limits<'a> {
     pub connections: &'a Limit,
     /// Requests waiting for a connection.
     pub pending: &'a Limit,
+    /// Counts the connections `connections` kept from opening (Envoy's
+    /// `upstream_cx_overflow`).
+    pub cx_overflow: &'a prometheus_client::metrics::counter::Counter,
 }
 
 /// Why a request got no response.
@@ -211,11 +214,16 @@ impl H1Pool {
     fn new_slot(&self, limits: Option<H1Limits<'_>>) -> Option<Option<Permit>> {
         let slot = match limits {
             None => None,
-            Some(l) => match l.connections.try_acquire() {
-                Some(p) => Some(p),
-                None if self.open() == 0 => None,
-                None => return None,
-            },
+            Some(l) => {
+                let slot = l.connections.try_acquire();
+                if slot.is_none() {
+                    l.cx_overflow.inc();
+                    if self.open() > 0 {
+                        return None;
+                    }
+                }
+                slot
+            }
         };
         self.shared.open.fetch_add(1, Ordering::AcqRel);
         Some(slot)
@@ -544,9 +552,11 @@ mod tests {
         let pool = Arc::new(pool(addr, None));
         let connections = Limit::new(1, Arc::new(AtomicU64::new(0)));
         let pending = Limit::new(2, Arc::new(AtomicU64::new(0)));
+        let cx_overflow = prometheus_client::metrics::counter::Counter::default();
         let limits = H1Limits {
             connections: &connections,
             pending: &pending,
+            cx_overflow: &cx_overflow,
         };
         // One connection: three concurrent requests take turns on it, two of them pending.
         let results =
@@ -568,6 +578,7 @@ mod tests {
             .count();
         assert_eq!(overflows, 1, "{results:?}");
         assert_eq!(pending.open(), 0);
+        assert!(cx_overflow.get() >= 3, "each wait met the connection limit");
     }
 
     #[tokio::test]
@@ -577,15 +588,22 @@ mod tests {
         // Other hosts of the cluster hold its only slot.
         let connections = Limit::new(1, Arc::new(AtomicU64::new(1)));
         let pending = Limit::new(0, Arc::new(AtomicU64::new(0)));
+        let cx_overflow = prometheus_client::metrics::counter::Counter::default();
         let limits = H1Limits {
             connections: &connections,
             pending: &pending,
+            cx_overflow: &cx_overflow,
         };
         assert_eq!(
             text(pool.send(get("/"), Some(limits)).await.unwrap()).await,
             "ok"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            cx_overflow.get(),
+            1,
+            "counted over the limit, as Envoy does"
+        );
     }
 
     #[tokio::test]

@@ -349,6 +349,13 @@ async fn over_http1_max_connections_bounds_the_connections_and_pending_requests_
         )
         .await;
     assert_eq!(overflow, (BURST - CONNECTIONS as usize - PENDING) as f64);
+    let cx_overflow = client
+        .metric("envoy_cluster_upstream_cx_overflow_total", &ECHO_CLUSTER)
+        .await;
+    assert!(
+        cx_overflow >= (BURST - CONNECTIONS as usize) as f64,
+        "every request past the connections met the limit: {cx_overflow}"
+    );
     // The connections are kept alive and reused: a run of requests opens no more.
     let connects_before = client
         .metric("meshlite_upstream_connections_total", &[])
