@@ -32,7 +32,7 @@ use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
 
 /// Istio's cluster DNS suffix.
-const CLUSTER_DOMAIN: &str = "svc.cluster.local";
+pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 
 /// Label value for anything the proxy does not know (Istio's convention).
 pub fn unknown() -> Label {
@@ -51,11 +51,10 @@ pub struct LocalWorkload {
     pub namespace: Label,
     /// Principal (SPIFFE ID without scheme).
     pub principal: Label,
-    /// Its own service's FQDN (`<app>.<namespace>.svc.cluster.local`).
-    pub service: Label,
     /// Canonical service (`app`).
     pub app: Label,
-    /// The destination service labels of the names inbound requests give this workload.
+    /// The destination service labels of the names inbound requests give this workload
+    /// (its own service is `<app>.<namespace>.svc.cluster.local`).
     pub services: DestinationServices,
     /// Canonical revision (`version`).
     pub version: Label,
@@ -1464,40 +1463,31 @@ impl Snapshot {
                     .unwrap_or_default();
                 let breakers = Breakers::new(pool, None, &counts);
                 let stats = metrics.clusters.stats(&name);
-                let h2c =
-                    matches!(p.protocol, Protocol::Http2 | Protocol::Grpc).then(|| {
-                        match prev.and_then(|s| s.inbound.get(&p.port)) {
-                            Some(InboundPort {
-                                h2c: Some(pool),
-                                target,
-                                ..
-                            }) if *target == p.target => pool.clone(),
-                            _ => Arc::new(H2Pool::new(
-                                PoolTarget::Plain { addr: p.target },
-                                connect_timeout,
-                                None,
-                            )),
-                        }
-                    });
+                // The app's pools are kept while the port still leads to the same address.
+                let kept = prev
+                    .and_then(|s| s.inbound.get(&p.port))
+                    .filter(|ip| ip.target == p.target);
+                let h2c = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc).then(|| {
+                    kept.and_then(|ip| ip.h2c.clone()).unwrap_or_else(|| {
+                        Arc::new(H2Pool::new(
+                            PoolTarget::Plain { addr: p.target },
+                            connect_timeout,
+                            None,
+                        ))
+                    })
+                });
                 let local_idle = Some(cfg.upstream.idle_timeout);
                 let http1 = (p.protocol == Protocol::Http).then(|| {
-                    match prev.and_then(|s| s.inbound.get(&p.port)) {
-                        Some(InboundPort {
-                            http1: Some(pool),
-                            target,
-                            ..
-                        }) if *target == p.target
-                            && pool.settings() == (LOCAL_CONNECT_TIMEOUT, local_idle, 0) =>
-                        {
-                            pool.clone()
-                        }
-                        _ => Arc::new(H1Pool::new(
-                            PoolTarget::Plain { addr: p.target },
-                            LOCAL_CONNECT_TIMEOUT,
-                            local_idle,
-                            None,
-                        )),
-                    }
+                    kept.and_then(|ip| ip.http1.clone())
+                        .filter(|pool| pool.settings() == (LOCAL_CONNECT_TIMEOUT, local_idle, 0))
+                        .unwrap_or_else(|| {
+                            Arc::new(H1Pool::new(
+                                PoolTarget::Plain { addr: p.target },
+                                LOCAL_CONNECT_TIMEOUT,
+                                local_idle,
+                                None,
+                            ))
+                        })
                 });
                 (
                     p.port,
@@ -1589,10 +1579,8 @@ fn local_workload(cfg: &ProxyConfig, identity: &Identity) -> LocalWorkload {
     let peer_header =
         HeaderValue::from_str(&format!("{workload};{namespace};{app};{version_label}"))
             .unwrap_or_else(|_| HeaderValue::from_static("unknown;unknown;unknown;unknown"));
-    let service: Label = Arc::from(format!("{app}.{namespace}.{CLUSTER_DOMAIN}"));
     LocalWorkload {
-        services: DestinationServices::new(service.clone(), app.clone(), namespace.clone()),
-        service,
+        services: DestinationServices::new(app.clone(), namespace.clone()),
         principal: Arc::from(id.principal()),
         id,
         workload,

@@ -24,7 +24,7 @@ use crate::http::headers::{
     self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO,
 };
 use crate::http::uri::{forward_uri, request_authority};
-use crate::outbound::http::{DESTINATION_PORT, clean_response, splice};
+use crate::outbound::http::{DESTINATION_PORT, clean_response, send_h1, splice};
 use crate::server::conn::ConnState;
 use crate::snapshot::{InboundPort, PeerWorkload, split_host_port};
 use crate::telemetry::access_log::AccessLogEntry;
@@ -32,7 +32,6 @@ use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
 use crate::telemetry::labels::destination_report;
 use crate::telemetry::metrics::{Label, TcpLabels};
 use crate::transport::connect::connect_tcp;
-use crate::transport::h1_pool::{H1Error, H1Limits};
 use crate::transport::http1;
 
 /// One mTLS connection from another sidecar.
@@ -222,18 +221,14 @@ async fn forward(
             };
             // The workload's own `tcp.maxConnections` bounds its app's connections, whatever
             // the number of callers; `http1MaxPendingRequests` how many requests wait for one.
-            let limits = H1Limits {
-                connections: &port.breakers.connections,
-                pending: &port.breakers.pending,
-                cx_overflow: &port.stats.cx_overflow,
-            };
-            let sent = pool
-                .send(Request::from_parts(parts, body), Some(limits))
-                .await;
-            if let Err(H1Error::Overflow) = &sent {
-                port.stats.pending_overflow.inc();
-            }
-            sent.map_err(|e| ProxyError::from_h1(e, &port.name))
+            send_h1(
+                pool,
+                Request::from_parts(parts, body),
+                &port.breakers,
+                &port.stats,
+                &port.name,
+            )
+            .await
         }
     }
 }

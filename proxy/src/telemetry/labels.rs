@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::metrics::{Label, RequestLabels};
 use crate::config::Protocol;
-use crate::snapshot::{Cluster, LocalWorkload, PeerWorkload, unknown};
+use crate::snapshot::{CLUSTER_DOMAIN, Cluster, LocalWorkload, PeerWorkload, unknown};
 
 /// gRPC status codes as label values (0-16); anything else is reported as its number elsewhere.
 const GRPC_STATUS: [&str; 17] = [
@@ -111,11 +111,14 @@ pub struct DestinationServices {
 }
 
 impl DestinationServices {
-    /// The interner of a workload whose own service is `own_fqdn`, labelled `app`, in
-    /// `namespace`.
-    pub fn new(own_fqdn: Label, app: Label, namespace: Label) -> Self {
+    /// The interner of a workload labelled `app` in `namespace`: its own service is
+    /// `<app>.<namespace>.svc.cluster.local`.
+    pub fn new(app: Label, namespace: Label) -> Self {
         Self {
-            own: Arc::new(DestinationService::of(own_fqdn, &namespace)),
+            own: Arc::new(DestinationService::of(
+                qualify(&app, &namespace),
+                &namespace,
+            )),
             app,
             namespace,
             others: Mutex::default(),
@@ -140,7 +143,7 @@ impl DestinationServices {
         let fqdn: Label = if host.contains('.') {
             Arc::from(host)
         } else {
-            Arc::from(format!("{host}.{}.svc.cluster.local", self.namespace))
+            qualify(host, &self.namespace)
         };
         let made = Arc::new(DestinationService::of(fqdn, &self.namespace));
         if others.len() >= MAX_SERVICE_NAMES {
@@ -149,6 +152,11 @@ impl DestinationServices {
         others.insert(Box::from(host), made.clone());
         made
     }
+}
+
+/// The FQDN of service `name` in `namespace`.
+fn qualify(name: &str, namespace: &str) -> Label {
+    Arc::from(format!("{name}.{namespace}.{CLUSTER_DOMAIN}"))
 }
 
 /// Labels reported by the server-side sidecar (`reporter="destination"`).
@@ -185,5 +193,53 @@ pub fn destination_report(
         grpc_response_status: "",
         response_flags,
         connection_security_policy: "mutual_tls",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services() -> DestinationServices {
+        DestinationServices::new(Arc::from("reviews"), Arc::from("shop"))
+    }
+
+    #[test]
+    fn the_workloads_own_service_is_one_shared_entry_by_either_name() {
+        let s = services();
+        let by_app = s.get(Some("reviews"));
+        let by_fqdn = s.get(Some("reviews.shop.svc.cluster.local"));
+        assert!(Arc::ptr_eq(&by_app, &by_fqdn));
+        assert_eq!(&*by_app.fqdn, "reviews.shop.svc.cluster.local");
+        assert_eq!(&*by_app.name, "reviews");
+        assert_eq!(&*by_app.namespace, "shop");
+        assert!(
+            Arc::ptr_eq(&s.get(None), &by_app),
+            "no host counts as the app"
+        );
+    }
+
+    #[test]
+    fn other_names_are_qualified_split_and_interned() {
+        let s = services();
+        let short = s.get(Some("ratings"));
+        assert_eq!(&*short.fqdn, "ratings.shop.svc.cluster.local");
+        assert_eq!((&*short.name, &*short.namespace), ("ratings", "shop"));
+        assert!(Arc::ptr_eq(&short, &s.get(Some("ratings"))), "made once");
+        let other_ns = s.get(Some("details.books.svc.cluster.local"));
+        assert_eq!(
+            (&*other_ns.name, &*other_ns.namespace),
+            ("details", "books")
+        );
+    }
+
+    #[test]
+    fn invented_names_cannot_grow_the_interner_past_its_bound() {
+        let s = services();
+        for i in 0..(3 * MAX_SERVICE_NAMES) {
+            s.get(Some(&format!("svc-{i}")));
+        }
+        let held = s.others.lock().map_or(usize::MAX, |o| o.len());
+        assert!(held <= MAX_SERVICE_NAMES, "{held}");
     }
 }

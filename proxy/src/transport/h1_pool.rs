@@ -247,7 +247,7 @@ impl Shared {
     }
 
     fn idle_len(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Opens the connection [`H1Pool::new_slot`] made room for (counted open already).
