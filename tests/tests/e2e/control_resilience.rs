@@ -104,19 +104,7 @@ async fn the_server_sidecar_applies_its_own_services_pool_limit_across_all_calle
     let limited = rule(&format!(
         "{{connectionPool: {{http: {{http2MaxRequests: {LIMIT}}}}}}}"
     ));
-    let (control, app, server, first) = one_backend(&[(RULE_FILE, &limited)]).await;
-    let second = MeshProxy::caller(&control, "client-2").await;
-    wait_served_by(second.outbound(), ECHO_HOST, "echo-a", SOON).await;
-
-    // Each caller stays within its own limit; together they send twice the limit.
-    let calls: Vec<_> = [first.outbound(), second.outbound()]
-        .into_iter()
-        .flat_map(|outbound| {
-            (0..LIMIT).map(move |_| {
-                tokio::spawn(async move { try_get(outbound, ECHO_HOST, "/gate").await })
-            })
-        })
-        .collect();
+    let (_control, app, server, _callers, calls) = two_callers_at_the_gate(&limited, LIMIT).await;
     let deadline = Instant::now() + SOON;
     while calls.iter().filter(|c| c.is_finished()).count() < LIMIT as usize {
         assert!(Instant::now() < deadline, "the server refused nothing");
@@ -150,19 +138,7 @@ async fn the_server_sidecar_bounds_its_apps_http1_connections_across_all_callers
     let limited = rule(&format!(
         "{{connectionPool: {{tcp: {{maxConnections: {LIMIT}}}}}}}"
     ));
-    let (control, app, _server, first) = one_backend(&[(RULE_FILE, &limited)]).await;
-    let second = MeshProxy::caller(&control, "client-2").await;
-    wait_served_by(second.outbound(), ECHO_HOST, "echo-a", SOON).await;
-
-    // Each caller stays within its own limit; together they send twice the limit.
-    let calls: Vec<_> = [first.outbound(), second.outbound()]
-        .into_iter()
-        .flat_map(|outbound| {
-            (0..LIMIT).map(move |_| {
-                tokio::spawn(async move { try_get(outbound, ECHO_HOST, "/gate").await })
-            })
-        })
-        .collect();
+    let (_control, app, _server, _callers, calls) = two_callers_at_the_gate(&limited, LIMIT).await;
     let deadline = Instant::now() + SOON;
     while app.held_at_gate() < LIMIT {
         assert!(
@@ -368,6 +344,32 @@ async fn over_http1_max_connections_bounds_the_connections_and_pending_requests_
         .metric("meshlite_upstream_connections_total", &[])
         .await;
     assert_eq!(connects_after, connects_before);
+}
+
+/// One backend under `rule` and two callers, each sending `each` requests the backend holds
+/// at its gate (each caller within its own limit, together twice it).
+async fn two_callers_at_the_gate(
+    rule: &str,
+    each: u64,
+) -> (
+    ControlPlane,
+    HttpApp,
+    MeshProxy,
+    [MeshProxy; 2],
+    Vec<tokio::task::JoinHandle<Option<meshlite_tests::clients::Reply>>>,
+) {
+    let (control, app, server, first) = one_backend(&[(RULE_FILE, rule)]).await;
+    let second = MeshProxy::caller(&control, "client-2").await;
+    wait_served_by(second.outbound(), ECHO_HOST, "echo-a", SOON).await;
+    let calls = [first.outbound(), second.outbound()]
+        .into_iter()
+        .flat_map(|outbound| {
+            (0..each).map(move |_| {
+                tokio::spawn(async move { try_get(outbound, ECHO_HOST, "/gate").await })
+            })
+        })
+        .collect();
+    (control, app, server, [first, second], calls)
 }
 
 async fn one_backend(files: &[(&str, &str)]) -> (ControlPlane, HttpApp, MeshProxy, MeshProxy) {
