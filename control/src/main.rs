@@ -95,7 +95,7 @@ enum CertCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    meshlite_proxy::telemetry::init_logging(&cli.log_level);
+    init_logging(&cli.log_level);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -190,7 +190,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             match (serial, identity) {
                 (Some(s), _) => list.revoke_serial(&s)?,
                 (None, Some(id)) => {
-                    let id = meshlite_proxy::identity::spiffe::SpiffeId::parse(&id)?;
+                    let id = meshlite_xds_proto::spiffe::SpiffeId::parse(&id)?;
                     list.revoke_identity(&id, time::OffsetDateTime::now_utc());
                 }
                 (None, None) => anyhow::bail!("give --serial or --identity"),
@@ -254,4 +254,15 @@ fn status(addr: SocketAddr, json: bool) -> anyhow::Result<ExitCode> {
         println!("config: {p}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr with the `--log-level` filter (an invalid filter falls back to `info`).
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

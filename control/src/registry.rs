@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use meshlite_proxy::identity::spiffe::SpiffeId;
+use meshlite_xds_proto::spiffe::SpiffeId;
 
 /// How long a disconnected workload stays registered (default).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);

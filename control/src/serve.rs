@@ -19,7 +19,7 @@ use crate::metrics::ResultLabel;
 use crate::plane::ControlPlane;
 use crate::registry::Registry;
 use crate::validate;
-use meshlite_proxy::identity::spiffe::SpiffeId;
+use meshlite_xds_proto::spiffe::SpiffeId;
 
 /// The registry's file in the state directory.
 pub const REGISTRY_FILE: &str = "registry.json";
@@ -65,7 +65,7 @@ pub struct ServeOptions {
 
 /// Parses `100ms`, `30s`, `24h` (Istio's duration forms).
 pub fn duration(s: &str) -> Result<Duration, String> {
-    meshlite_proxy::config::duration_str::parse(s)
+    meshlite_xds_proto::duration::parse(s)
 }
 
 /// Why `serve` could not start.

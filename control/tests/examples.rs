@@ -15,12 +15,3 @@ fn the_example_mesh_config_validates_without_warnings() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("0 warning(s)"), "{stdout}");
 }
-
-#[test]
-fn the_example_control_sidecar_config_is_valid() {
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/productpage-sidecar.yaml");
-    let text = std::fs::read_to_string(&file).expect("example");
-    let cfg = meshlite_proxy::config::ProxyConfig::parse(&text, &file).expect("valid");
-    assert!(cfg.control.is_some());
-}

@@ -334,31 +334,9 @@ pub mod duration_str {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
-    /// Parses a duration string; the error says which forms are accepted.
+    /// Parses a duration string (the text format shared with the control plane).
     pub fn parse(s: &str) -> Result<Duration, String> {
-        let s = s.trim();
-        let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-            Some(i) => s.split_at(i),
-            None => return Err(format!("`{s}` has no unit (use ms, s, m or h, e.g. `10s`)")),
-        };
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration (e.g. `250ms`, `10s`)"))?;
-        let secs = match unit {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            _ => {
-                return Err(format!(
-                    "`{s}` has unknown unit `{unit}` (use ms, s, m or h)"
-                ));
-            }
-        };
-        if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-            return Err(format!("`{s}` is out of range"));
-        }
-        Ok(Duration::from_secs_f64(secs))
+        meshlite_xds_proto::duration::parse(s)
     }
 
     /// Serde adapter.

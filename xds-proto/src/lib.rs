@@ -2,10 +2,15 @@
 //!
 //! Generated from `proto/` at build time: the xDS transport as `envoy.service.discovery.v3`
 //! defines it (field numbers kept, so the messages are wire-compatible), `google.rpc.Status`
-//! for NACKs, meshlite's own resources (`meshlite.v1`) and the certificate service. No logic
-//! lives here beyond the type URLs.
+//! for NACKs, meshlite's own resources (`meshlite.v1`) and the certificate service. Beside them,
+//! the two types both sides must agree on ([`spiffe`] IDs and [`duration`] text), so that the
+//! proxy and the control plane never import each other. No other logic lives here beyond the
+//! type URLs.
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::all)]
+
+pub mod duration;
+pub mod spiffe;
 
 /// `google.rpc`: the status carried in a NACK's `error_detail`.
 pub mod google {

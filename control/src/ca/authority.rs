@@ -6,7 +6,7 @@
 //! keyUsage critical digitalSignature + keyEncipherment, extKeyUsage serverAuth + clientAuth,
 //! notBefore one minute in the past, notAfter within the signing certificate's lifetime.
 
-use meshlite_proxy::identity::spiffe::{SpiffeId, SpiffeIdError};
+use meshlite_xds_proto::spiffe::{SpiffeId, SpiffeIdError};
 use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,

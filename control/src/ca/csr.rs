@@ -6,7 +6,7 @@
 //! misbehaving or compromised client is visible in the logs. Only the public key is carried over
 //! into the certificate; every other field is set by the CA.
 
-use meshlite_proxy::identity::spiffe::SpiffeId;
+use meshlite_xds_proto::spiffe::SpiffeId;
 use rustls_pki_types::CertificateSigningRequestDer;
 use rustls_pki_types::pem::PemObject;
 use x509_parser::oid_registry::{

@@ -28,7 +28,7 @@ pub use files::StateFileError;
 pub use revocation::Revocations;
 pub use token::{TokenClaims, TokenError, TokenSigner};
 
-use meshlite_proxy::identity::spiffe::SpiffeIdError;
+use meshlite_xds_proto::spiffe::SpiffeIdError;
 
 /// Lifetime of a workload certificate when the caller does not ask for one: Istio's
 /// `DEFAULT_WORKLOAD_CERT_TTL` (24 h).

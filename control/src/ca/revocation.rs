@@ -7,7 +7,7 @@
 //! unknown. `meshlite-control cert revoke` edits the file from another process; the running CA
 //! re-reads it when its modification time or size changes (one `stat` per renewal).
 
-use meshlite_proxy::identity::spiffe::SpiffeId;
+use meshlite_xds_proto::spiffe::SpiffeId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

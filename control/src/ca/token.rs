@@ -8,7 +8,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use meshlite_proxy::identity::spiffe::{SpiffeId, SpiffeIdError};
+use meshlite_xds_proto::spiffe::{SpiffeId, SpiffeIdError};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::tls::PeerInfo;
 use crate::metrics::ResultLabel;
 use crate::plane::ControlPlane;
-use meshlite_proxy::identity::spiffe::SpiffeId;
+use meshlite_xds_proto::spiffe::SpiffeId;
 
 /// The service.
 pub struct Ca {

@@ -109,3 +109,22 @@ async fn a_broken_config_is_refused_naming_the_field() {
         );
     }
 }
+
+/// The sidecar config shipped beside the example mesh (`examples/productpage-sidecar.yaml`,
+/// the quick start's) is one `meshlite-proxy validate` accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_control_sidecar_config_validates() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/productpage-sidecar.yaml");
+    let output = run_proxy_cli(&[
+        OsStr::new("validate"),
+        OsStr::new("--config"),
+        file.as_os_str(),
+    ])
+    .await;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "validate refused the example: {}",
+        output_text(&output)
+    );
+}
