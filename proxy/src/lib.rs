@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;
+pub mod policy;
 pub mod resilience;
 pub mod route;
 pub mod server;
