@@ -171,6 +171,11 @@ pub struct InboundConfig {
     /// Service ports this workload serves and where the app listens for each.
     #[serde(default)]
     pub ports: Vec<InboundPortConfig>,
+    /// How callers must connect while no control plane has sent this workload's
+    /// PeerAuthentication: `STRICT` (the default: a sidecar configured by hand accepts
+    /// mutual TLS only), `PERMISSIVE` or `DISABLE`.
+    #[serde(default)]
+    pub mtls: crate::policy::inbound::MtlsMode,
 }
 
 /// One served port.

@@ -92,6 +92,10 @@ impl StartError {
 pub struct StartOptions {
     /// Where JSON access log lines go; off when `None`.
     pub access_log: Option<AccessLogTarget>,
+    /// Where authorization audit lines go; off when `None`.
+    pub audit_log: Option<AccessLogTarget>,
+    /// Every authorization decision is audited, not only AUDIT-marked ones.
+    pub audit_all: bool,
 }
 
 /// The addresses actually bound (ports configured as 0 are resolved here).
@@ -180,6 +184,13 @@ impl RunningProxy {
             ),
             None => None,
         };
+        let audit_log = match opts.audit_log {
+            Some(t) => Some(
+                AccessLog::start(t, metrics.security.audit_log_dropped.clone())
+                    .map_err(StartError::AccessLog)?,
+            ),
+            None => None,
+        };
 
         let l = &cfg.listeners;
         let outbound = bind("outbound", l.outbound).await?;
@@ -232,6 +243,7 @@ impl RunningProxy {
             telemetry: Arc::new(Telemetry {
                 metrics,
                 access_log,
+                audit: policy::audit::AuditLog::new(audit_log, opts.audit_all),
             }),
             http_builder: server::conn::http_builder(&cfg.limits),
             limits: cfg.limits.clone(),

@@ -32,6 +32,13 @@ struct Cli {
     /// Write JSON access log lines to PATH (`-` for stdout). Off by default.
     #[arg(long, env = "MESHLITE_ACCESS_LOG")]
     access_log: Option<String>,
+    /// Write the authorization audit log to PATH (`-`, the default, for stdout): requests
+    /// AUDIT policies mark, or every decision with `--audit-log-all`.
+    #[arg(long, env = "MESHLITE_AUDIT_LOG", default_value = "-")]
+    audit_log: String,
+    /// Write every authorization decision to the audit log, not only AUDIT-marked ones.
+    #[arg(long, env = "MESHLITE_AUDIT_LOG_ALL")]
+    audit_log_all: bool,
     /// Log filter for the proxy's own logs (stderr), e.g. `info`, `meshlite_proxy=debug`.
     #[arg(long, env = "MESHLITE_LOG", default_value = "info")]
     log_level: String,
@@ -239,15 +246,20 @@ fn run(cfg: ProxyConfig, cli: &Cli) -> anyhow::Result<()> {
             .build()
     }
     .context("starting the runtime")?;
-    let access_log = cli.access_log.as_ref().map(|t| {
+    let target = |t: &str| {
         if t == "-" {
             AccessLogTarget::Stdout
         } else {
             AccessLogTarget::File(PathBuf::from(t))
         }
-    });
+    };
+    let opts = StartOptions {
+        access_log: cli.access_log.as_deref().map(target),
+        audit_log: Some(target(&cli.audit_log)),
+        audit_all: cli.audit_log_all,
+    };
     runtime.block_on(async move {
-        let proxy = RunningProxy::start(cfg, StartOptions { access_log }).await?;
+        let proxy = RunningProxy::start(cfg, opts).await?;
         let mut line = serde_json::to_value(&proxy.addrs)?;
         line["msg"] = serde_json::Value::from("meshlite-proxy listening");
         println!("{line}");

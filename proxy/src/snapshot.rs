@@ -18,8 +18,10 @@ use std::time::Duration;
 use crate::balance::locality::{Locality, LocalitySetting, Placement};
 use crate::balance::slow_start::{self, SlowStart};
 use crate::config::{Protocol, ProxyConfig, UpstreamProtocol};
+use crate::http::path::PathNormalization;
 use crate::identity::spiffe::SpiffeId;
-use crate::identity::tls::{ALPN_H2, ALPN_HTTP1, Identity, IdentityError};
+use crate::identity::tls::{ALPN_MESH_H2, ALPN_MESH_HTTP1, Identity, IdentityError};
+use crate::policy::inbound::{InboundSecurity, MtlsMode};
 use crate::resilience::breaker::Breakers;
 use crate::resilience::outlier::{Change, Detector, HostHealth, OutlierConfig};
 use crate::resilience::rate_limit::TokenBucket;
@@ -1139,6 +1141,11 @@ pub struct MeshView {
     pub routes: HashMap<String, v1::RouteTable>,
     /// Destination policies (subsets) by FQDN.
     pub policies: HashMap<String, v1::DestinationPolicy>,
+    /// This workload's inbound policy (PeerAuthentication, AuthorizationPolicy); `None`
+    /// until a control plane sends one.
+    pub inbound: Option<v1::InboundPolicy>,
+    /// Mesh-wide settings (MeshConfig); `None`: Istio's defaults.
+    pub mesh: Option<v1::MeshConfig>,
 }
 
 impl MeshView {
@@ -1194,6 +1201,9 @@ pub enum SnapshotError {
         /// Why.
         source: crate::balance::BalanceError,
     },
+    /// An AuthorizationPolicy did not compile.
+    #[error(transparent)]
+    Authorization(#[from] crate::policy::authz::CompileError),
     /// A route table did not compile.
     #[error("routes of {host}: {source}")]
     Route {
@@ -1225,6 +1235,8 @@ pub struct InboundPort {
     pub breakers: Breakers,
     /// Its Envoy cluster statistics (overflows).
     pub stats: ClusterStats,
+    /// How it accepts callers (PeerAuthentication for its workload port, the app's port).
+    pub mtls: MtlsMode,
 }
 
 /// Everything the request path reads, resolved and immutable.
@@ -1240,6 +1252,46 @@ pub struct Snapshot {
     pub clusters: Vec<Arc<Cluster>>,
     /// Subset clusters, by Envoy name.
     pub subset_clusters: Vec<Arc<Cluster>>,
+    /// Inbound mutual TLS modes and authorization.
+    pub security: InboundSecurity,
+    /// Which modes the served ports have, for decisions made before a request names one.
+    pub inbound_modes: ModeSet,
+    /// MeshConfig `pathNormalization`, for routing, authorization and forwarding alike.
+    pub path_normalization: PathNormalization,
+}
+
+/// The mutual TLS modes among the ports a workload serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModeSet {
+    /// Some port is STRICT.
+    pub strict: bool,
+    /// Some port is PERMISSIVE.
+    pub permissive: bool,
+    /// Some port is DISABLE.
+    pub disable: bool,
+}
+
+impl ModeSet {
+    /// Whether some port serves mutual TLS callers.
+    pub fn any_mtls(&self) -> bool {
+        self.strict || self.permissive
+    }
+
+    /// Whether some port serves plaintext callers.
+    pub fn any_plaintext(&self) -> bool {
+        self.permissive || self.disable
+    }
+}
+
+/// MeshConfig's path normalisation, from the wire form.
+fn path_normalization(mesh: Option<&v1::MeshConfig>) -> PathNormalization {
+    use v1::mesh_config::PathNormalization as W;
+    match mesh.and_then(|m| W::try_from(m.path_normalization).ok()) {
+        Some(W::None) => PathNormalization::None,
+        Some(W::MergeSlashes) => PathNormalization::MergeSlashes,
+        Some(W::DecodeAndMergeSlashes) => PathNormalization::DecodeAndMergeSlashes,
+        Some(W::Base | W::Default) | None => PathNormalization::Base,
+    }
 }
 
 /// Connections carried over from the previous snapshot, so a push does not reconnect.
@@ -1441,6 +1493,13 @@ impl Snapshot {
             }
         }
 
+        let security = InboundSecurity::new(
+            view.inbound.as_ref(),
+            view.mesh.as_ref(),
+            cfg.inbound.mtls,
+            identity.id().trust_domain(),
+            &metrics.security,
+        )?;
         let connect_timeout = cfg.upstream.connect_timeout;
         // This workload's own service: its DestinationRule's connectionPool applies inbound.
         let own_policy = view
@@ -1450,7 +1509,7 @@ impl Snapshot {
                 local.app, local.namespace
             ))
             .and_then(|p| p.traffic_policy.as_ref());
-        let inbound = cfg
+        let inbound: HashMap<u16, InboundPort> = cfg
             .inbound
             .ports
             .iter()
@@ -1500,10 +1559,19 @@ impl Snapshot {
                         name,
                         breakers,
                         stats,
+                        mtls: security.mode(p.target.port()),
                     },
                 )
             })
             .collect();
+        let inbound_modes = inbound.values().fold(ModeSet::default(), |mut m, p| {
+            match p.mtls {
+                MtlsMode::Strict => m.strict = true,
+                MtlsMode::Permissive => m.permissive = true,
+                MtlsMode::Disable => m.disable = true,
+            }
+            m
+        });
         Ok(Self {
             version,
             local,
@@ -1511,6 +1579,9 @@ impl Snapshot {
             inbound,
             clusters,
             subset_clusters,
+            security,
+            inbound_modes,
+            path_normalization: path_normalization(view.mesh.as_ref()),
         })
     }
 
@@ -1539,6 +1610,11 @@ impl Snapshot {
             None => ports.iter().find(|h| h.port == 80),
         }
         .ok_or(RouteMiss::UnknownPort)
+    }
+
+    /// Every port the workload serves: service port and where it goes.
+    pub fn inbound_ports(&self) -> impl Iterator<Item = (u16, &InboundPort)> {
+        self.inbound.iter().map(|(p, ip)| (*p, ip))
     }
 
     /// The local port serving requests addressed to `port`; with no port, or when only one
@@ -1640,8 +1716,10 @@ impl ClusterBuilder<'_> {
         let server_name = ServerName::try_from(fqdn.clone())
             .map_err(|e| IdentityError::Invalid(format!("service name {fqdn}: {e}")))?;
         let server_name_str: Box<str> = fqdn.as_str().into();
-        let tls_h2 = self.identity.client_config(allowed.clone(), ALPN_H2)?;
-        let tls_http1 = self.identity.client_config(allowed.clone(), ALPN_HTTP1)?;
+        let tls_h2 = self.identity.client_config(allowed.clone(), ALPN_MESH_H2)?;
+        let tls_http1 = self
+            .identity
+            .client_config(allowed.clone(), ALPN_MESH_HTTP1)?;
         let ids = allowed.to_vec();
         let specs = endpoints;
         let endpoints = endpoints

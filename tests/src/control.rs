@@ -480,6 +480,8 @@ pub struct Workload {
     pub locality: Option<String>,
     /// `upstream.protocol` between sidecars (`http1`, `h2`); `None` for the proxy's default.
     pub upstream_protocol: Option<String>,
+    /// Audit every authorization decision (`--audit-log-all`).
+    pub audit_all: bool,
 }
 
 impl Workload {
@@ -497,6 +499,7 @@ impl Workload {
             cert_ttl: None,
             locality: None,
             upstream_protocol: None,
+            audit_all: false,
         }
     }
 
@@ -670,7 +673,12 @@ impl MeshProxy {
             .arg(self.dir.path().join("proxy.yaml"))
             .arg("--access-log")
             .arg(self.dir.path().join("access.log"))
+            .arg("--audit-log")
+            .arg(self.dir.path().join("audit.log"))
             .args(["--workers", "1"]);
+        if self.workload.audit_all {
+            command.arg("--audit-log-all");
+        }
         if let Ok(level) = std::env::var("MESHLITE_E2E_LOG_LEVEL") {
             command.args(["--log-level", &level]);
         }
@@ -710,6 +718,15 @@ impl MeshProxy {
         let read =
             |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
         format!("{}{}", read("stderr.log"), read("stdout.log"))
+    }
+
+    /// The audit log's lines so far, parsed (unparsable lines are skipped).
+    pub fn audit_entries(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// The body of `/healthz/ready`, or `None` if the health port does not answer.

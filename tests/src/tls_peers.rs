@@ -24,8 +24,9 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
-/// ALPN protocols a sidecar might offer or expect.
-const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN protocols a sidecar might offer or expect: the mesh's own (`istio-*`, what sidecars
+/// offer each other) and plain HTTP's.
+const ALPN: [&[u8]; 4] = [b"istio-h2", b"istio-http/1.1", b"h2", b"http/1.1"];
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

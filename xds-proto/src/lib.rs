@@ -106,12 +106,15 @@ pub mod type_url {
     pub const INBOUND_POLICY: &str = "type.googleapis.com/meshlite.v1.InboundPolicy";
     /// [`crate::v1::TrustBundle`]: the mesh's roots.
     pub const TRUST_BUNDLE: &str = "type.googleapis.com/meshlite.v1.TrustBundle";
+    /// [`crate::v1::MeshConfig`]: mesh-wide settings.
+    pub const MESH_CONFIG: &str = "type.googleapis.com/meshlite.v1.MeshConfig";
 
     /// Every type, in the order a server sends them on a change: make before break
-    /// (trust, then services and their endpoints and policies, then routes that refer to
-    /// them, then inbound policy).
-    pub const ALL: [&str; 6] = [
+    /// (trust and mesh settings, then services and their endpoints and policies, then routes
+    /// that refer to them, then inbound policy).
+    pub const ALL: [&str; 7] = [
         TRUST_BUNDLE,
+        MESH_CONFIG,
         SERVICE,
         ENDPOINTS,
         DESTINATION_POLICY,
@@ -161,6 +164,10 @@ mod tests {
         assert_eq!(
             super::v1::TrustBundle::type_url(),
             super::type_url::TRUST_BUNDLE
+        );
+        assert_eq!(
+            super::v1::MeshConfig::type_url(),
+            super::type_url::MESH_CONFIG
         );
     }
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub mod annotations;
 mod destination_rule;
 mod duration;
+mod mesh_config;
 mod security;
 mod service_entry;
 mod set;
@@ -22,6 +23,7 @@ mod virtual_service;
 
 pub use destination_rule::*;
 pub use duration::{DurationError, IstioDuration};
+pub use mesh_config::*;
 pub use security::*;
 pub use service_entry::*;
 pub use set::{
@@ -45,6 +47,9 @@ pub enum Kind {
     PeerAuthentication,
     /// `security.istio.io` AuthorizationPolicy: inbound access control.
     AuthorizationPolicy,
+    /// Istio's MeshConfig, from an IstioOperator's `spec.meshConfig` or the `istio`
+    /// ConfigMap's `data.mesh` (read from those documents, not a `kind` of its own).
+    MeshConfig,
 }
 
 impl Kind {
@@ -65,6 +70,7 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::MeshConfig => "MeshConfig",
         }
     }
 
@@ -80,6 +86,7 @@ impl Kind {
                 "networking.istio.io"
             }
             Kind::PeerAuthentication | Kind::AuthorizationPolicy => "security.istio.io",
+            Kind::MeshConfig => "install.istio.io",
         }
     }
 
@@ -94,6 +101,7 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
                 &["security.istio.io/v1", "security.istio.io/v1beta1"]
             }
+            Kind::MeshConfig => &["install.istio.io/v1alpha1", "v1"],
         }
     }
 }
@@ -132,6 +140,18 @@ impl ObjectMeta {
     /// `namespace/name`, the form used in messages.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Sorting by this puts the oldest resource first, as Istio resolves conflicts: by
+    /// creation time (RFC 3339 UTC, which sorts as text; a resource without one counts as
+    /// newest), then by name.
+    pub fn age_key(&self) -> (bool, &str, &str, &str) {
+        (
+            self.creation_timestamp.is_none(),
+            self.creation_timestamp.as_deref().unwrap_or(""),
+            &self.namespace,
+            &self.name,
+        )
     }
 }
 

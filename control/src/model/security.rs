@@ -57,6 +57,25 @@ pub struct AuthorizationPolicy {
     pub provider: Option<ExtensionProvider>,
     /// Rules, ORed. No rules: matches nothing.
     pub rules: Vec<Rule>,
+    /// Gateways, waypoints or services the policy attaches to instead of a selector; such
+    /// policies do not apply to sidecars (Istio's behaviour).
+    pub target_refs: Vec<PolicyTargetReference>,
+    /// The single-target form of `targetRefs`.
+    pub target_ref: Option<PolicyTargetReference>,
+}
+
+/// A Kubernetes Gateway API style reference (`group`, `kind`, `name`, `namespace`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PolicyTargetReference {
+    /// API group, e.g. `gateway.networking.k8s.io`.
+    pub group: String,
+    /// Kind, e.g. `Gateway` or `Service`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// Namespace (the policy's by default).
+    pub namespace: Option<String>,
 }
 
 /// Policy action.

@@ -7,8 +7,8 @@
 use serde::Serialize;
 
 use super::{
-    AuthorizationPolicy, DestinationRule, ObjectMeta, Origin, PeerAuthentication, ServiceEntry,
-    VirtualService,
+    AuthorizationPolicy, DestinationRule, MeshConfig, ObjectMeta, Origin, PeerAuthentication,
+    ServiceEntry, VirtualService,
 };
 
 /// A typed spec with the metadata and origin of its resource.
@@ -43,6 +43,8 @@ pub struct ConfigSet {
     pub peer_authentications: Vec<Named<PeerAuthentication>>,
     /// AuthorizationPolicies.
     pub authorization_policies: Vec<Named<AuthorizationPolicy>>,
+    /// The MeshConfig, if the directory holds one (Istio's defaults otherwise).
+    pub mesh_config: Option<Named<MeshConfig>>,
 }
 
 impl ConfigSet {
@@ -53,6 +55,7 @@ impl ConfigSet {
             + self.service_entries.len()
             + self.peer_authentications.len()
             + self.authorization_policies.len()
+            + usize::from(self.mesh_config.is_some())
     }
 
     /// True when there is no resource at all.

@@ -254,6 +254,10 @@ fn load_value(value: Value, origin: Origin, out: &mut LoadOutcome) {
         return;
     };
     let label = untyped_label(&kind_name, &value);
+    if kind_name == "IstioOperator" || kind_name == "ConfigMap" {
+        load_mesh_config(value, &kind_name, label, origin, out);
+        return;
+    }
     let Some(kind) = Kind::from_name(&kind_name) else {
         let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
         out.problems.push(problem(
@@ -299,6 +303,11 @@ fn load_value(value: Value, origin: Origin, out: &mut LoadOutcome) {
         Kind::AuthorizationPolicy => {
             typed(value).map(|(m, s, i)| (m, ResourceSpec::AuthorizationPolicy(Box::new(s)), i))
         }
+        // Never a `kind:` of its own (see `load_mesh_config`).
+        Kind::MeshConfig => Err(TypedError {
+            field: Some("kind".into()),
+            message: "MeshConfig is read from an IstioOperator or the `istio` ConfigMap".into(),
+        }),
     };
     match parsed {
         Ok((meta, spec, ignored)) => {
@@ -322,6 +331,129 @@ fn load_value(value: Value, origin: Origin, out: &mut LoadOutcome) {
             out.problems
                 .push(problem(Severity::Error, label, field.as_deref(), message));
         }
+    }
+}
+
+/// MeshConfig from the two documents Istio keeps it in: an IstioOperator's
+/// `spec.meshConfig`, or the `istio` ConfigMap's `data.mesh` (a YAML string). Other
+/// ConfigMaps are skipped with a warning; the rest of an IstioOperator (install settings) is
+/// not read.
+fn load_mesh_config(
+    value: Value,
+    kind_name: &str,
+    label: Option<String>,
+    origin: Origin,
+    out: &mut LoadOutcome,
+) {
+    let problem = |severity, field: Option<&str>, message: String| Problem {
+        severity,
+        file: origin.file.clone(),
+        document: Some(origin.document),
+        resource: label.clone(),
+        field: field.map(str::to_owned),
+        message,
+    };
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let (expected, prefix) = if kind_name == "IstioOperator" {
+        ("install.istio.io/v1alpha1", "spec.meshConfig")
+    } else {
+        ("v1", "data.mesh")
+    };
+    if api_version != expected {
+        out.problems.push(problem(
+            Severity::Error,
+            Some("apiVersion"),
+            format!("`{api_version}` is not the apiVersion of {kind_name} (expected {expected})"),
+        ));
+        return;
+    }
+    let mesh = if kind_name == "IstioOperator" {
+        value
+            .get("spec")
+            .and_then(|s| s.get("meshConfig"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    } else {
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str);
+        if name != Some("istio") {
+            out.problems.push(problem(
+                Severity::Warning,
+                Some("metadata.name"),
+                "a ConfigMap other than `istio` (Istio's mesh config) is not read; skipped".into(),
+            ));
+            return;
+        }
+        match value.get("data").and_then(|d| d.get("mesh")) {
+            None => Value::Null,
+            Some(Value::String(text)) => match serde_saphyr::from_str::<Value>(text) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.problems.push(problem(
+                        Severity::Error,
+                        Some("data.mesh"),
+                        format!("invalid YAML: {e}"),
+                    ));
+                    return;
+                }
+            },
+            Some(_) => {
+                out.problems.push(problem(
+                    Severity::Error,
+                    Some("data.mesh"),
+                    "must be a string holding the MeshConfig YAML".into(),
+                ));
+                return;
+            }
+        }
+    };
+    let mut doc = serde_json::Map::new();
+    doc.insert("apiVersion".into(), Value::from(api_version));
+    doc.insert("kind".into(), Value::from(kind_name));
+    doc.insert(
+        "metadata".into(),
+        value
+            .get("metadata")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({"name": "mesh"})),
+    );
+    if !mesh.is_null() {
+        doc.insert("spec".into(), mesh);
+    }
+    let relocate = |f: String| match f.strip_prefix("spec") {
+        Some(rest) => format!("{prefix}{rest}"),
+        None => f,
+    };
+    match typed::<crate::model::MeshConfig>(Value::Object(doc)) {
+        Ok((meta, spec, ignored)) => {
+            let resource = Resource {
+                kind: Kind::MeshConfig,
+                meta,
+                spec: ResourceSpec::MeshConfig(Box::new(spec)),
+                origin: origin.clone(),
+            };
+            for field in ignored {
+                if field.starts_with("spec") {
+                    out.problems.push(Problem::at(
+                        Severity::Warning,
+                        &resource,
+                        relocate(field),
+                        "unknown field, ignored (not a MeshConfig field, or not supported by meshlite)",
+                    ));
+                }
+            }
+            out.resources.push(resource);
+        }
+        Err(TypedError { field, message }) => out.problems.push(problem(
+            Severity::Error,
+            field.map(relocate).as_deref(),
+            message,
+        )),
     }
 }
 
@@ -530,7 +662,7 @@ spec:
     #[test]
     fn an_unknown_field_warns_with_file_document_resource_and_path() {
         let out = load(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n\
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n---\n\
              apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
              metadata: {name: reviews, uid: abc}\nspec:\n  hosts: [reviews]\n  http:\n  \
              - rout:\n    - destination: {host: reviews}\nstatus: {}\n",
@@ -553,14 +685,53 @@ spec:
     }
 
     #[test]
+    fn mesh_config_comes_from_an_istio_operator_or_the_istio_config_map() {
+        let out = load(
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: seed}\n\
+             spec:\n  profile: default\n  meshConfig:\n    trustDomainAliases: [old.example]\n    \
+             pathNormalization: {normalization: MERGE_SLASHES}\n    extensionProviders:\n    \
+             - name: opa\n      envoyExtAuthzGrpc: {service: opa.policy.svc.cluster.local, port: 9191}\n    \
+             colour: blue\n",
+        );
+        let [r] = &out.resources[..] else {
+            panic!("{:?}", out.problems)
+        };
+        let ResourceSpec::MeshConfig(m) = &r.spec else {
+            panic!("not a MeshConfig: {r:?}")
+        };
+        assert_eq!(m.trust_domain_aliases, ["old.example"]);
+        assert_eq!(m.extension_providers[0].name, "opa");
+        let [p] = &out.problems[..] else {
+            panic!("{:?}", out.problems)
+        };
+        assert_eq!(p.field.as_deref(), Some("spec.meshConfig.colour"), "{p}");
+
+        let out = load(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\n\
+             data:\n  mesh: |\n    pathNormalization: {normalization: NONE}\n",
+        );
+        let ResourceSpec::MeshConfig(m) = &out.resources[0].spec else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            m.path_normalization.as_ref().map(|p| p.normalization),
+            Some(crate::model::PathNormalization::None)
+        );
+        let out = load("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {x: y}\n");
+        assert!(out.resources.is_empty());
+        assert_eq!(out.problems[0].severity, Severity::Warning);
+    }
+
+    #[test]
     fn an_unknown_kind_warns_and_is_skipped() {
-        let out = load("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: a}\n");
+        let out =
+            load("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x, namespace: a}\n");
         assert!(out.resources.is_empty());
         let p = &out.problems[0];
         assert_eq!(p.severity, Severity::Warning);
         assert_eq!(p.document, Some(1));
-        assert_eq!(p.resource.as_deref(), Some("ConfigMap a/x"));
-        assert!(p.message.contains("unknown kind `ConfigMap`"), "{p}");
+        assert_eq!(p.resource.as_deref(), Some("Deployment a/x"));
+        assert!(p.message.contains("unknown kind `Deployment`"), "{p}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::model::{
-    AuthorizationPolicy, DestinationRule, Kind, ObjectMeta, Origin, PeerAuthentication,
+    AuthorizationPolicy, DestinationRule, Kind, MeshConfig, ObjectMeta, Origin, PeerAuthentication,
     ServiceEntry, VirtualService,
 };
 
@@ -122,6 +122,8 @@ pub enum ResourceSpec {
     PeerAuthentication(Box<PeerAuthentication>),
     /// An AuthorizationPolicy.
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    /// The mesh's MeshConfig.
+    MeshConfig(Box<MeshConfig>),
 }
 
 /// One parsed resource, as any source produces it.

@@ -69,6 +69,8 @@ pub struct MeshResources {
     /// The previous generation's per-namespace maps, shared when the content is the same.
     prev_policies: HashMap<String, ResourceMap>,
     trust: ResourceMap,
+    /// The MeshConfig resource, the same for every proxy.
+    mesh: ResourceMap,
     config: Arc<ConfigSet>,
     trust_domain: String,
     /// Hosts known to the mesh, for translation warnings.
@@ -118,7 +120,9 @@ impl MeshResources {
         let trust = Versioned::of(&v1::TrustBundle {
             roots_pem: roots_pem.to_vec(),
         });
+        let mesh = Versioned::of(&policy::mesh(config.mesh_config.as_ref().map(|m| &m.spec)));
         Self {
+            mesh: Arc::new(BTreeMap::from([("mesh".to_string(), mesh)])),
             services: Arc::new(services),
             endpoints: Arc::new(endpoints),
             routes: Arc::new(routes),
@@ -140,6 +144,7 @@ impl MeshResources {
         self.endpoints = share(&self.endpoints, &prev.endpoints);
         self.routes = share(&self.routes, &prev.routes);
         self.trust = share(&self.trust, &prev.trust);
+        self.mesh = share(&self.mesh, &prev.mesh);
         self.prev_policies = prev
             .policies_by_namespace
             .lock()
@@ -152,6 +157,7 @@ impl MeshResources {
     pub fn view_for(&self, me: &Workload) -> ProxyView {
         let mut view = ProxyView::new();
         view.insert(type_url::TRUST_BUNDLE, self.trust.clone());
+        view.insert(type_url::MESH_CONFIG, self.mesh.clone());
         view.insert(type_url::SERVICE, self.services.clone());
         view.insert(type_url::ENDPOINTS, self.endpoints.clone());
         let routes = if self.caller_routes.is_empty() {

@@ -9,8 +9,8 @@ use meshlite_xds_proto::v1;
 use super::duration;
 
 use crate::model::{
-    AuthzAction, ConfigSet, DestinationRule, MtlsMode, Named, ROOT_NAMESPACE, SimpleLb,
-    TrafficPolicy, WorkloadSelector,
+    AuthzAction, ConfigSet, DestinationRule, MeshConfig, MtlsMode, Named, PathNormalization,
+    PeerAuthentication, ROOT_NAMESPACE, SimpleLb, TrafficPolicy, WorkloadSelector,
 };
 use crate::registry::Workload;
 
@@ -253,21 +253,43 @@ fn mode(m: MtlsMode) -> v1::MtlsMode {
     }
 }
 
+/// The PeerAuthentication Istio applies in one scope: of the candidates, the oldest.
+fn oldest<'c>(
+    candidates: impl Iterator<Item = &'c Named<PeerAuthentication>>,
+) -> Option<&'c Named<PeerAuthentication>> {
+    candidates.min_by(|a, b| a.meta.age_key().cmp(&b.meta.age_key()))
+}
+
 /// The inbound policy of workload `w`.
 pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::InboundPolicy {
     let mut resolved = MtlsMode::Permissive;
     let mut ports = std::collections::BTreeMap::new();
-    let scopes = [
-        config
-            .peer_authentications_in(ROOT_NAMESPACE)
-            .find(|p| p.spec.selector.is_none()),
-        config
-            .peer_authentications_in(&w.namespace)
-            .find(|p| p.spec.selector.is_none()),
-        config
-            .peer_authentications_in(&w.namespace)
-            .find(|p| p.spec.selector.is_some() && selects(p.spec.selector.as_ref(), w)),
-    ];
+    // Mesh (root namespace, no selector), namespace, workload: each applies if set. Root
+    // namespace policies with a selector are ignored, as Istio ignores them.
+    let scopes =
+        [
+            oldest(
+                config
+                    .peer_authentications_in(ROOT_NAMESPACE)
+                    .filter(|p| p.spec.selector.is_none()),
+            ),
+            (w.namespace != ROOT_NAMESPACE)
+                .then(|| {
+                    oldest(
+                        config
+                            .peer_authentications_in(&w.namespace)
+                            .filter(|p| p.spec.selector.is_none()),
+                    )
+                })
+                .flatten(),
+            (w.namespace != ROOT_NAMESPACE)
+                .then(|| {
+                    oldest(config.peer_authentications_in(&w.namespace).filter(|p| {
+                        p.spec.selector.is_some() && selects(p.spec.selector.as_ref(), w)
+                    }))
+                })
+                .flatten(),
+        ];
     for pa in scopes.into_iter().flatten() {
         if let Some(m) = pa.spec.mtls.as_ref().map(|m| m.mode)
             && m != MtlsMode::Unset
@@ -293,7 +315,9 @@ pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::Inbo
         .flatten(),
     );
     for ap in candidates {
-        if !selects(ap.spec.selector.as_ref(), w) {
+        // Policies attached by targetRefs are for gateways and waypoints, not sidecars.
+        let targeted = !ap.spec.target_refs.is_empty() || ap.spec.target_ref.is_some();
+        if targeted || !selects(ap.spec.selector.as_ref(), w) {
             continue;
         }
         let ns = &ap.meta.namespace;
@@ -334,6 +358,8 @@ pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::Inbo
                                 not_ip_blocks: s.not_ip_blocks.clone(),
                                 remote_ip_blocks: s.remote_ip_blocks.clone(),
                                 not_remote_ip_blocks: s.not_remote_ip_blocks.clone(),
+                                trust_domains: s.trust_domains.clone(),
+                                not_trust_domains: s.not_trust_domains.clone(),
                             }
                         })
                         .collect(),
@@ -382,5 +408,29 @@ pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::Inbo
         mtls_mode: mode(resolved) as i32,
         port_mtls: ports,
         authorization,
+    }
+}
+
+/// The mesh-wide settings sidecars apply, from the MeshConfig (Istio's defaults without one).
+pub fn mesh(config: Option<&MeshConfig>) -> v1::MeshConfig {
+    use v1::mesh_config::PathNormalization as W;
+    let Some(m) = config else {
+        return v1::MeshConfig::default();
+    };
+    v1::MeshConfig {
+        path_normalization: match m.path_normalization.as_ref().map(|p| p.normalization) {
+            Some(PathNormalization::None) => W::None,
+            Some(PathNormalization::Base) => W::Base,
+            Some(PathNormalization::MergeSlashes) => W::MergeSlashes,
+            Some(PathNormalization::DecodeAndMergeSlashes) => W::DecodeAndMergeSlashes,
+            Some(PathNormalization::Default) | None => W::Default,
+        } as i32,
+        trust_domain_aliases: m.trust_domain_aliases.clone(),
+        num_trusted_proxies: m
+            .default_config
+            .as_ref()
+            .and_then(|d| d.gateway_topology.as_ref())
+            .and_then(|t| t.num_trusted_proxies)
+            .unwrap_or(0),
     }
 }

@@ -59,6 +59,13 @@ pub enum ProxyError {
     /// The upstream refused the stream before processing it (HTTP/2 `REFUSED_STREAM`).
     #[error("upstream refused the stream: {0}")]
     RefusedStream(String),
+    /// An AuthorizationPolicy denied the request (403 `RBAC: access denied`); the policy
+    /// that matched, or `None` when no ALLOW policy did.
+    #[error("RBAC: access denied")]
+    AccessDenied(Option<crate::telemetry::metrics::Label>),
+    /// The request path cannot be normalised (400).
+    #[error("{0}")]
+    BadPath(#[from] crate::http::path::PathError),
 }
 
 impl ProxyError {
@@ -104,8 +111,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute(_) | ProxyError::NoInboundPort(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoHost => StatusCode::BAD_REQUEST,
-            ProxyError::NotTcpPort(_) => StatusCode::FORBIDDEN,
+            ProxyError::NoHost | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotTcpPort(_) | ProxyError::AccessDenied(_) => StatusCode::FORBIDDEN,
             ProxyError::Connect(_)
             | ProxyError::UpstreamTerminated(_)
             | ProxyError::UpstreamReset(_)
@@ -123,7 +130,9 @@ impl ProxyError {
     pub fn flag(&self) -> &'static str {
         match self {
             ProxyError::NoRoute(_) | ProxyError::NoInboundPort(_) => "NR",
-            ProxyError::NoHost => "DPE",
+            ProxyError::NoHost | ProxyError::BadPath(_) => "DPE",
+            // Envoy's RBAC filter sets no flag; the details name the policy.
+            ProxyError::AccessDenied(_) => "-",
             ProxyError::NotTcpPort(_) => "NR",
             ProxyError::Connect(_) => "UF",
             ProxyError::UpstreamTerminated(_) | ProxyError::UpgradeRefused => "UC",
@@ -133,6 +142,32 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream(_) => "UH",
             ProxyError::NoCluster(_) => "NC",
             ProxyError::Overflow(_) => "UO",
+        }
+    }
+
+    /// Envoy's `response_code_details` for local replies that have them.
+    pub fn details(&self) -> Option<String> {
+        match self {
+            ProxyError::AccessDenied(p) => Some(format!(
+                "rbac_access_denied_matched_policy[{}]",
+                p.as_deref().unwrap_or("none")
+            )),
+            ProxyError::BadPath(_) => Some("path_normalization_failed".into()),
+            _ => None,
+        }
+    }
+
+    /// The gRPC status a gRPC caller gets for this failure.
+    pub fn grpc_status(&self) -> u32 {
+        match self.status() {
+            StatusCode::BAD_REQUEST => grpc::INTERNAL,
+            StatusCode::UNAUTHORIZED => grpc::UNAUTHENTICATED,
+            StatusCode::FORBIDDEN => grpc::PERMISSION_DENIED,
+            StatusCode::NOT_FOUND => grpc::UNIMPLEMENTED,
+            StatusCode::TOO_MANY_REQUESTS => grpc::RESOURCE_EXHAUSTED,
+            StatusCode::GATEWAY_TIMEOUT => grpc::DEADLINE_EXCEEDED,
+            StatusCode::SERVICE_UNAVAILABLE => grpc::UNAVAILABLE,
+            _ => grpc::UNKNOWN,
         }
     }
 
@@ -206,9 +241,26 @@ impl ProxyError {
         ProxyError::UpstreamTerminated(err.to_string())
     }
 
-    /// The response the client receives.
+    /// The response the client receives: for a gRPC caller (`grpc`), a trailers-only
+    /// response carrying the [`ProxyError::grpc_status`] and the message, as Envoy sends.
+    pub fn reply(&self, grpc: bool) -> Response<ProxyBody> {
+        if grpc {
+            let mut resp = grpc_reply(self.grpc_status(), &self.to_string());
+            if matches!(self, ProxyError::Overflow(_)) {
+                resp.headers_mut().insert(
+                    http::HeaderName::from_static("x-envoy-overloaded"),
+                    http::HeaderValue::from_static("true"),
+                );
+            }
+            return resp;
+        }
+        self.into_response()
+    }
+
+    /// The plain-text response the client receives.
     pub fn into_response(&self) -> Response<ProxyBody> {
         let body = match self {
+            ProxyError::AccessDenied(_) => "RBAC: access denied".to_string(),
             ProxyError::Connect(e) => format!(
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {}: {e}\n",
                 e.transport_reason()
@@ -234,6 +286,60 @@ pub fn local_reply(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The gRPC status codes local replies use.
+pub mod grpc {
+    /// UNKNOWN.
+    pub const UNKNOWN: u32 = 2;
+    /// DEADLINE_EXCEEDED.
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    /// PERMISSION_DENIED.
+    pub const PERMISSION_DENIED: u32 = 7;
+    /// RESOURCE_EXHAUSTED.
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    /// UNIMPLEMENTED.
+    pub const UNIMPLEMENTED: u32 = 12;
+    /// INTERNAL.
+    pub const INTERNAL: u32 = 13;
+    /// UNAVAILABLE.
+    pub const UNAVAILABLE: u32 = 14;
+    /// UNAUTHENTICATED.
+    pub const UNAUTHENTICATED: u32 = 16;
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc[+proto|...]`).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A trailers-only gRPC response: HTTP 200, `grpc-status` and `grpc-message` in the
+/// headers, no body (the message percent-encoded as the gRPC spec asks).
+pub fn grpc_reply(status: u32, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::Empty);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        http::HeaderName::from_static("grpc-status"),
+        HeaderValue::from(status),
+    );
+    let mut encoded = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&encoded) {
+        h.insert(http::HeaderName::from_static("grpc-message"), v);
+    }
     resp
 }
 

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod errors;
 pub mod headers;
+pub mod path;
 pub mod replay;
 pub mod tee;
 pub mod uri;

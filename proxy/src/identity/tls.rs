@@ -26,6 +26,16 @@ use crate::telemetry::metrics::TlsFailureCounter;
 pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN protocol id for HTTP/1.1.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// What a sidecar offers for HTTP/2 over mutual TLS: Istio's mesh ALPN, which tells a
+/// PERMISSIVE inbound port a sidecar from the application's own TLS (SEMANTICS 3).
+pub const ALPN_MESH_H2: &[u8] = b"istio-h2";
+/// What a sidecar offers for HTTP/1.1 over mutual TLS.
+pub const ALPN_MESH_HTTP1: &[u8] = b"istio-http/1.1";
+
+/// Whether a negotiated ALPN protocol means HTTP/2.
+pub fn is_h2_alpn(proto: &[u8]) -> bool {
+    proto == ALPN_MESH_H2 || proto == ALPN_H2
+}
 
 /// Why the proxy's own identity could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -368,7 +378,8 @@ impl Identity {
     }
 
     /// The server-side (inbound) TLS configuration: TLS 1.3, client certificate required and
-    /// checked, ALPN h2 and http/1.1.
+    /// checked, the mesh's ALPN protocols first, then plain h2 and http/1.1 (a STRICT port
+    /// takes any TLS client as a mutual TLS one).
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
         let verifier = Arc::new(MeshClientVerifier {
             identity: self.clone(),
@@ -378,7 +389,10 @@ impl Identity {
             .map_err(|e| IdentityError::Invalid(format!("TLS 1.3 unavailable: {e}")))?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(OwnCert(self.clone())));
-        cfg.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+        cfg.alpn_protocols = [ALPN_MESH_H2, ALPN_MESH_HTTP1, ALPN_H2, ALPN_HTTP1]
+            .iter()
+            .map(|p| p.to_vec())
+            .collect();
         Ok(Arc::new(cfg))
     }
 

@@ -10,7 +10,6 @@
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -19,50 +18,150 @@ use tokio::time::Instant;
 use crate::config::Protocol;
 use crate::context::ProxyContext;
 use crate::http::body::ProxyBody;
-use crate::http::errors::ProxyError;
+use crate::http::errors::{ProxyError, is_grpc};
 use crate::http::headers::{
     self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO,
 };
+use crate::http::path::{PathError, normalize};
 use crate::http::uri::{forward_uri, request_authority};
 use crate::outbound::http::{DESTINATION_PORT, clean_response, send_h1, splice};
+use crate::policy::authz::{Attributes, Peer, Request as AuthzRequest};
+use crate::policy::inbound::MtlsMode;
 use crate::server::conn::ConnState;
+use crate::snapshot::Snapshot;
 use crate::snapshot::{InboundPort, PeerWorkload, split_host_port};
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
-use crate::telemetry::labels::destination_report;
+use crate::telemetry::labels::{Caller, destination_report};
 use crate::telemetry::metrics::{Label, TcpLabels};
 use crate::transport::connect::connect_tcp;
 use crate::transport::http1;
 
-/// One mTLS connection from another sidecar.
+/// One connection from a caller: another sidecar over mutual TLS, or a plaintext client
+/// of a PERMISSIVE or DISABLE port.
 #[derive(Clone, Debug)]
 pub struct InboundConn {
     /// Shared proxy state.
     pub ctx: Arc<ProxyContext>,
     /// Activity tracking of this connection.
     pub state: Arc<ConnState>,
-    /// The calling sidecar's address.
+    /// The caller's address.
     pub remote: SocketAddr,
-    /// The caller's verified principal (SPIFFE ID without scheme).
+    /// The address it connected to.
+    pub local: SocketAddr,
+    /// The caller's verified identity; `None` for plaintext.
+    pub identity: Option<Arc<Peer>>,
+    /// The caller's principal as a metric label (`unknown` for plaintext).
     pub principal: Label,
-    /// `x-forwarded-client-cert` value for this connection, computed once.
-    pub xfcc: HeaderValue,
+    /// `x-forwarded-client-cert` value for this connection, computed once (mTLS only).
+    pub xfcc: Option<HeaderValue>,
+    /// The TLS server name the caller sent.
+    pub sni: Option<Arc<str>>,
     /// The caller's workload labels, learnt from its first request on this connection.
     pub peer: Arc<arc_swap::ArcSwapOption<PeerWorkload>>,
 }
 
-/// Handles one request from another sidecar.
+impl InboundConn {
+    /// The state of a new connection.
+    pub fn new(
+        ctx: Arc<ProxyContext>,
+        state: Arc<ConnState>,
+        remote: SocketAddr,
+        local: SocketAddr,
+        identity: Option<Arc<Peer>>,
+        xfcc: Option<HeaderValue>,
+        sni: Option<Arc<str>>,
+    ) -> Self {
+        let principal = identity
+            .as_ref()
+            .map(|p| p.principal_label().clone())
+            .unwrap_or_else(crate::snapshot::unknown);
+        Self {
+            ctx,
+            state,
+            remote,
+            local,
+            identity,
+            principal,
+            xfcc,
+            sni,
+            peer: Arc::new(arc_swap::ArcSwapOption::empty()),
+        }
+    }
+
+    /// What authorization reads of this connection; `request` for an HTTP request.
+    fn attributes<'a>(
+        &'a self,
+        workload_port: u16,
+        remote_ip: std::net::IpAddr,
+        request: Option<AuthzRequest<'a>>,
+    ) -> Attributes<'a> {
+        Attributes {
+            peer: self.identity.as_deref(),
+            source_ip: self.remote.ip(),
+            remote_ip,
+            destination_ip: self.local.ip(),
+            destination_port: workload_port,
+            sni: self.sni.as_deref(),
+            request,
+        }
+    }
+
+    /// Whether the connection's kind may reach a port of `mode`; if not, counted and
+    /// logged.
+    fn admitted(&self, port: u16, mode: MtlsMode) -> Result<(), Refused> {
+        let (ok, reason) = if self.identity.is_some() {
+            (mode.accepts_mtls(), "mtls_under_disable")
+        } else {
+            (mode.accepts_plaintext(), "plaintext_under_strict")
+        };
+        if ok {
+            return Ok(());
+        }
+        self.ctx.telemetry.metrics.security.refused(reason);
+        tracing::info!(remote = %self.remote, port, reason, mode = mode.as_str(), "inbound request refused, connection closed");
+        Err(Refused(reason))
+    }
+}
+
+/// A request refused with no answer: the connection is closed (PeerAuthentication said
+/// this caller may not use the port at all).
+#[derive(Debug)]
+pub struct Refused(&'static str);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// `remote.ip`: the `x-forwarded-for` entry `trusted` proxies from the right (Envoy's
+/// `xff_num_trusted_hops`), or the connection's peer when the header has no such entry.
+fn remote_ip(headers: &http::HeaderMap, peer: std::net::IpAddr, trusted: u32) -> std::net::IpAddr {
+    let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) else {
+        return peer;
+    };
+    let n = usize::try_from(trusted).unwrap_or(usize::MAX);
+    xff.rsplit(',')
+        .nth(n)
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
+/// Handles one request from a caller.
 pub async fn handle(
     conn: InboundConn,
     req: Request<Incoming>,
-) -> Result<Response<TrackedBody>, Infallible> {
+) -> Result<Response<TrackedBody>, Refused> {
     let start = Instant::now();
     let in_flight = conn.state.start_request();
     let ctx = &conn.ctx;
     let snap = ctx.snapshot.load();
     let mut log = ctx.telemetry.access_log.is_some().then(|| {
         let mut entry = AccessLogEntry::for_request(&req, "inbound", conn.remote);
-        entry.downstream_peer_principal = Some(conn.principal.to_string());
+        entry.downstream_peer_principal = conn.identity.as_ref().map(|p| p.principal().to_string());
         Box::new(entry)
     });
     let received = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
@@ -78,6 +177,7 @@ pub async fn handle(
         .local
         .services
         .get(request_authority(&req).map(|a| split_host_port(a).0));
+    let grpc = is_grpc(req.headers());
 
     let mut held = Held::default();
     let (protocol, result) = match snap.inbound_port(port_hint) {
@@ -85,28 +185,35 @@ pub async fn handle(
             Protocol::Http,
             Err(ProxyError::NoInboundPort(port_hint.unwrap_or(0))),
         ),
-        Some((port, target)) if req.method() == Method::CONNECT => {
-            (Protocol::Tcp, tunnel(&conn, port, target, req).await)
-        }
-        // `http2MaxRequests` of the workload's own DestinationRule: requests to the app count
-        // from here to the end of their response stream.
-        Some((_, target)) => match target.breakers.requests.try_acquire() {
-            None => {
-                target.stats.pending_overflow.inc();
-                (
-                    target.protocol,
-                    Err(ProxyError::Overflow(target.name.to_string())),
-                )
-            }
-            Some(permit) => {
-                held.request = Some(permit);
-                if let Some(l) = log.as_deref_mut() {
-                    l.upstream_host = Some(target.target.to_string());
+        Some((port, target)) => {
+            conn.admitted(port, target.mtls)?;
+            if req.method() == Method::CONNECT {
+                (Protocol::Tcp, tunnel(&conn, &snap, port, target, req).await)
+            } else {
+                match checked(&conn, &snap, target, &mut req) {
+                    Err(e) => (target.protocol, Err(e)),
+                    // `http2MaxRequests` of the workload's own DestinationRule: requests to the
+                    // app count from here to the end of their response stream.
+                    Ok(()) => match target.breakers.requests.try_acquire() {
+                        None => {
+                            target.stats.pending_overflow.inc();
+                            (
+                                target.protocol,
+                                Err(ProxyError::Overflow(target.name.to_string())),
+                            )
+                        }
+                        Some(permit) => {
+                            held.request = Some(permit);
+                            if let Some(l) = log.as_deref_mut() {
+                                l.upstream_host = Some(target.target.to_string());
+                            }
+                            prepare(&conn, &mut req);
+                            (target.protocol, forward(ctx, target, req).await)
+                        }
+                    },
                 }
-                prepare(&conn, &mut req);
-                (target.protocol, forward(ctx, target, req).await)
             }
-        },
+        }
     };
     let (resp, flags) = match result {
         Ok(mut resp) => {
@@ -120,8 +227,9 @@ pub async fn handle(
             tracing::debug!(error = %e, flag = e.flag(), "inbound request failed");
             if let Some(l) = log.as_deref_mut() {
                 l.upstream_transport_failure_reason = e.transport_reason();
+                l.response_code_details = e.details();
             }
-            let mut resp = e.into_response();
+            let mut resp = e.reply(grpc);
             resp.headers_mut()
                 .insert(PEER_METADATA.clone(), snap.local.peer_header.clone());
             (resp, e.flag())
@@ -131,10 +239,14 @@ pub async fn handle(
         .as_deref()
         .cloned()
         .unwrap_or_else(PeerWorkload::unknown);
+    let caller = Caller {
+        workload: &source,
+        principal: &conn.principal,
+        mutual_tls: conn.identity.is_some(),
+    };
     let labels = destination_report(
         &snap.local,
-        &source,
-        &conn.principal,
+        caller,
         &service,
         protocol,
         resp.status().as_u16(),
@@ -148,6 +260,82 @@ pub async fn handle(
     exchange.count_received(received);
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
+}
+
+/// The request's path normalised as MeshConfig says (the app receives that path), then
+/// the workload's AuthorizationPolicies; a denial never reaches the app.
+fn checked<B>(
+    conn: &InboundConn,
+    snap: &Snapshot,
+    target: &InboundPort,
+    req: &mut Request<B>,
+) -> Result<(), ProxyError> {
+    if let std::borrow::Cow::Owned(path) = normalize(req.uri().path(), snap.path_normalization)? {
+        let uri = with_path(req.uri(), &path).ok_or(ProxyError::BadPath(PathError::EncodedNul))?;
+        *req.uri_mut() = uri;
+    }
+    let authz = &snap.security.authz;
+    if authz.is_empty() {
+        return Ok(());
+    }
+    let headers = req.headers();
+    let request = AuthzRequest {
+        host: request_authority(req).unwrap_or(""),
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        headers,
+        auth: None,
+    };
+    let remote = remote_ip(headers, conn.remote.ip(), snap.security.num_trusted_proxies);
+    let attrs = conn.attributes(target.target.port(), remote, Some(request));
+    let verdict = authz.evaluate(&attrs);
+    audit(
+        conn,
+        snap,
+        &verdict,
+        &attrs,
+        headers.get(&headers::X_REQUEST_ID),
+    );
+    if verdict.allowed {
+        Ok(())
+    } else {
+        Err(ProxyError::AccessDenied(
+            verdict.by.map(|m| m.policy.clone()),
+        ))
+    }
+}
+
+fn audit(
+    conn: &InboundConn,
+    snap: &Snapshot,
+    verdict: &crate::policy::authz::Verdict<'_>,
+    attrs: &Attributes<'_>,
+    request_id: Option<&HeaderValue>,
+) {
+    let audit = &conn.ctx.telemetry.audit;
+    if audit.wants(verdict) {
+        let target = crate::policy::audit::Target {
+            workload: &snap.local.workload,
+            namespace: &snap.local.namespace,
+        };
+        audit.record(
+            verdict,
+            attrs,
+            target,
+            request_id.and_then(|v| v.to_str().ok()),
+        );
+    }
+}
+
+/// `uri` with its path replaced (query kept).
+fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(pq).ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 fn prepare(conn: &InboundConn, req: &mut Request<ProxyBody>) {
@@ -164,7 +352,16 @@ fn prepare(conn: &InboundConn, req: &mut Request<ProxyBody>) {
     }
     headers::strip_internal(h);
     h.remove(&DESTINATION_PORT);
-    h.insert(X_FORWARDED_CLIENT_CERT.clone(), conn.xfcc.clone());
+    // Istio's SANITIZE_SET: the caller's own claim is never passed on; a plaintext caller
+    // has no certificate to vouch for.
+    match &conn.xfcc {
+        Some(xfcc) => {
+            h.insert(X_FORWARDED_CLIENT_CERT.clone(), xfcc.clone());
+        }
+        None => {
+            h.remove(&X_FORWARDED_CLIENT_CERT);
+        }
+    }
     if !h.contains_key(&X_FORWARDED_PROTO) {
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
     }
@@ -259,15 +456,27 @@ async fn forward_upgrade(
     Ok(resp.map(ProxyBody::from))
 }
 
-/// CONNECT: a TCP tunnel to a port declared `tcp`.
+/// CONNECT: a TCP tunnel to a port declared `tcp`, authorized as a TCP connection.
 async fn tunnel(
     conn: &InboundConn,
+    snap: &Snapshot,
     port: u16,
     target: &InboundPort,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if target.protocol != Protocol::Tcp {
         return Err(ProxyError::NotTcpPort(port));
+    }
+    let authz = &snap.security.authz;
+    if !authz.is_empty() {
+        let attrs = conn.attributes(target.target.port(), conn.remote.ip(), None);
+        let verdict = authz.evaluate(&attrs);
+        audit(conn, snap, &verdict, &attrs, None);
+        if !verdict.allowed {
+            return Err(ProxyError::AccessDenied(
+                verdict.by.map(|m| m.policy.clone()),
+            ));
+        }
     }
     // `tcp.maxConnections` of the workload's own DestinationRule: one slot per connection
     // to the app, for as long as the tunnel is open.
@@ -294,7 +503,11 @@ async fn tunnel(
             .map(|a| Arc::from(split_host_port(a).0))
             .unwrap_or_else(crate::snapshot::unknown),
         response_flags: "-",
-        connection_security_policy: "mutual_tls",
+        connection_security_policy: if conn.identity.is_some() {
+            "mutual_tls"
+        } else {
+            "none"
+        },
     };
     let drain = ctx.drain.track();
     tokio::spawn(async move {

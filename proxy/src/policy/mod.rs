@@ -1,4 +1,7 @@
-//! Inbound security policy: who may call this workload and what they may do
-//! ([`authz`], Istio's AuthorizationPolicy).
+//! Inbound security policy: who may call this workload and how ([`inbound`]: the mutual TLS
+//! mode of each port, PeerAuthentication), what they may do ([`authz`], Istio's
+//! AuthorizationPolicy), and the record of what was decided ([`audit`]).
 
+pub mod audit;
 pub mod authz;
+pub mod inbound;

@@ -65,6 +65,9 @@ pub struct AccessLogEntry {
     pub downstream_remote_address: String,
     /// The verified peer identity (inbound).
     pub downstream_peer_principal: Option<String>,
+    /// Why the proxy answered itself, when it did (Envoy's `%RESPONSE_CODE_DETAILS%`, e.g.
+    /// `rbac_access_denied_matched_policy[default/deny-debug]`).
+    pub response_code_details: Option<String>,
 }
 
 impl AccessLogEntry {
@@ -160,6 +163,12 @@ impl AccessLog {
 
     /// Queues one entry; drops it (and counts) when the writer is behind.
     pub fn log(&self, entry: &AccessLogEntry) {
+        self.write(entry);
+    }
+
+    /// Queues any JSON line (the audit log shares the writer); dropped and counted when the
+    /// writer is behind.
+    pub fn write<T: Serialize>(&self, entry: &T) {
         match serde_json::to_string(entry) {
             Ok(line) => {
                 if self.tx.try_send(line).is_err() {

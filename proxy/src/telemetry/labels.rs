@@ -159,16 +159,31 @@ fn qualify(name: &str, namespace: &str) -> Label {
     Arc::from(format!("{name}.{namespace}.{CLUSTER_DOMAIN}"))
 }
 
+/// Who called, as the destination sidecar reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The caller's workload labels (`unknown` when not learnt).
+    pub workload: &'a PeerWorkload,
+    /// Its principal (`unknown` for plaintext).
+    pub principal: &'a Label,
+    /// Whether it came over mutual TLS (`connection_security_policy`).
+    pub mutual_tls: bool,
+}
+
 /// Labels reported by the server-side sidecar (`reporter="destination"`).
 pub fn destination_report(
     local: &LocalWorkload,
-    source: &PeerWorkload,
-    source_principal: &Label,
+    caller: Caller<'_>,
     service: &DestinationService,
     protocol: Protocol,
     response_code: u16,
     response_flags: &'static str,
 ) -> RequestLabels {
+    let Caller {
+        workload: source,
+        principal: source_principal,
+        mutual_tls,
+    } = caller;
     RequestLabels {
         reporter: "destination",
         source_workload: source.workload.clone(),
@@ -192,7 +207,7 @@ pub fn destination_report(
         response_code,
         grpc_response_status: "",
         response_flags,
-        connection_security_policy: "mutual_tls",
+        connection_security_policy: if mutual_tls { "mutual_tls" } else { "none" },
     }
 }
 

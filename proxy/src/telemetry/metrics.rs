@@ -158,6 +158,119 @@ pub struct Metrics {
     pub control: ControlMetrics,
     /// Per-cluster resilience counters (circuit breakers, outlier detection, retries).
     pub clusters: ClusterFamilies,
+    /// Inbound security: authorization decisions, refused connections, the audit log.
+    pub security: SecurityMetrics,
+}
+
+/// The `policy` label of Envoy's RBAC statistics (`namespace/name`, or `none` for a decision
+/// no policy made: allowed without ALLOW policies, denied for lack of a match).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// `namespace/name`.
+    pub policy: String,
+}
+
+/// Envoy's RBAC statistics for one filter kind (`http` requests or `tcp` connections).
+#[derive(Debug, Clone, Default)]
+struct RbacFamilies {
+    allowed: Family<PolicyLabels, Counter>,
+    denied: Family<PolicyLabels, Counter>,
+    shadow_allowed: Family<PolicyLabels, Counter>,
+    shadow_denied: Family<PolicyLabels, Counter>,
+    logged: Family<PolicyLabels, Counter>,
+}
+
+impl RbacFamilies {
+    fn register(registry: &mut Registry, kind: &str, what: &str) -> Self {
+        let f = Self::default();
+        for (stat, help, family) in [
+            ("allowed", "allowed", &f.allowed),
+            ("denied", "denied", &f.denied),
+            (
+                "shadow_allowed",
+                "a dry-run policy would have allowed",
+                &f.shadow_allowed,
+            ),
+            (
+                "shadow_denied",
+                "a dry-run policy would have denied",
+                &f.shadow_denied,
+            ),
+            (
+                "logged",
+                "an AUDIT policy marked for the audit log",
+                &f.logged,
+            ),
+        ] {
+            registry.register(
+                format!("envoy_{kind}_rbac_{stat}"),
+                format!("{what} {help}, by the policy that decided"),
+                family.clone(),
+            );
+        }
+        f
+    }
+
+    fn counters(&self, l: &PolicyLabels) -> crate::policy::authz::Counters {
+        crate::policy::authz::Counters {
+            allowed: self.allowed.get_or_create(l).clone(),
+            denied: self.denied.get_or_create(l).clone(),
+            shadow_allowed: self.shadow_allowed.get_or_create(l).clone(),
+            shadow_denied: self.shadow_denied.get_or_create(l).clone(),
+            logged: self.logged.get_or_create(l).clone(),
+        }
+    }
+}
+
+/// Metrics of the inbound security checks.
+#[derive(Debug, Clone, Default)]
+pub struct SecurityMetrics {
+    http: RbacFamilies,
+    tcp: RbacFamilies,
+    refused: Family<ReasonLabels, Counter>,
+    /// `meshlite_audit_log_dropped_total`: audit lines dropped because the writer fell
+    /// behind.
+    pub audit_log_dropped: Counter,
+}
+
+impl SecurityMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let mut m = Self {
+            http: RbacFamilies::register(registry, "http", "HTTP requests"),
+            tcp: RbacFamilies::register(registry, "tcp", "TCP connections"),
+            ..Default::default()
+        };
+        m.refused = Family::default();
+        registry.register(
+            "meshlite_inbound_connections_refused",
+            "Inbound connections closed without an answer, by reason (plaintext under STRICT, \
+             mutual TLS under DISABLE, no port to serve)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "meshlite_audit_log_dropped",
+            "Audit log lines dropped because the writer fell behind",
+            m.audit_log_dropped.clone(),
+        );
+        m
+    }
+
+    /// Counts an inbound connection refused before any answer.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+impl crate::policy::authz::StatsSource for SecurityMetrics {
+    fn stats(&self, policy: &str) -> crate::policy::authz::PolicyStats {
+        let l = PolicyLabels {
+            policy: policy.to_string(),
+        };
+        crate::policy::authz::PolicyStats {
+            http: self.http.counters(&l),
+            tcp: self.tcp.counters(&l),
+        }
+    }
 }
 
 /// The `cluster_name` label of Envoy's cluster statistics.
@@ -443,7 +556,9 @@ impl Metrics {
         );
         let control = ControlMetrics::register(&mut registry);
         let clusters = ClusterFamilies::register(&mut registry);
+        let security = SecurityMetrics::register(&mut registry);
         Self {
+            security,
             control,
             clusters,
             registry,

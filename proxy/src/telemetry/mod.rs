@@ -13,6 +13,8 @@ pub struct Telemetry {
     pub metrics: metrics::Metrics,
     /// The access log, when enabled.
     pub access_log: Option<access_log::AccessLog>,
+    /// The authorization audit log.
+    pub audit: crate::policy::audit::AuditLog,
 }
 
 /// Installs the process's own log output (stderr, human-readable) with `filter`, e.g. `info`

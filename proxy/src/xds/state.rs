@@ -242,6 +242,12 @@ impl XdsState {
             .decode::<v1::DestinationPolicy>(type_url::DESTINATION_POLICY)?
             .into_iter()
             .collect();
+        view.inbound = self.inbound_policy()?;
+        view.mesh = self
+            .decode::<v1::MeshConfig>(type_url::MESH_CONFIG)?
+            .into_iter()
+            .next()
+            .map(|(_, m)| m);
         Ok(view)
     }
 

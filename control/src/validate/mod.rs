@@ -10,14 +10,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::model::{
-    AuthorizationPolicy, AuthzAction, ConfigSet, ConnectionPoolSettings, Destination,
-    DestinationRule, HttpRoute, IstioDuration, LoadBalancerSettings, Named, OutlierDetection,
-    PeerAuthentication, Percent, Resolution, ServiceEntry, ServiceLocation, StringMatch,
-    TrafficPolicy, VirtualService, applies_to_sidecars, wildcard_matches,
-};
 pub use crate::model::{CLUSTER_DOMAIN, fqdn};
+use crate::model::{
+    ConfigSet, ConnectionPoolSettings, Destination, DestinationRule, HttpRoute, IstioDuration,
+    LoadBalancerSettings, Named, OutlierDetection, Percent, Resolution, ServiceEntry,
+    ServiceLocation, StringMatch, TrafficPolicy, VirtualService, applies_to_sidecars,
+    wildcard_matches,
+};
 use crate::source::{Problem, Resource, ResourceSpec, Severity, load_dir};
+
+mod security;
 
 /// Redirect codes Istio accepts (SEMANTICS 2.3).
 const REDIRECT_CODES: [u32; 5] = [301, 302, 303, 307, 308];
@@ -25,22 +27,6 @@ const REDIRECT_CODES: [u32; 5] = [301, 302, 303, 307, 308];
 /// ServiceEntry port protocols meshlite accepts (compared case-insensitively).
 const SERVICE_ENTRY_PROTOCOLS: [&str; 9] = [
     "HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS", "MONGO", "REDIS", "MYSQL",
-];
-
-/// AuthorizationPolicy `when` keys without brackets (SEMANTICS 4.2).
-const WHEN_KEYS: [&str; 12] = [
-    "source.ip",
-    "remote.ip",
-    "source.namespace",
-    "source.principal",
-    "source.serviceAccount",
-    "source.trustDomain",
-    "request.auth.principal",
-    "request.auth.audiences",
-    "request.auth.presenter",
-    "destination.ip",
-    "destination.port",
-    "connection.sni",
 ];
 
 /// The outcome of checking a configuration.
@@ -111,6 +97,7 @@ pub fn validate_with_hosts(
             ResourceSpec::ServiceEntry(se) => c.service_entry(r, se),
             ResourceSpec::PeerAuthentication(pa) => c.peer_authentication(r, pa),
             ResourceSpec::AuthorizationPolicy(ap) => c.authorization_policy(r, ap),
+            ResourceSpec::MeshConfig(m) => c.mesh_config(r, m),
         }
     }
     c.conflicts(resources);
@@ -137,6 +124,7 @@ fn build_set(resources: &[Resource]) -> ConfigSet {
             ResourceSpec::ServiceEntry(s) => set.service_entries.push(named(r, &**s)),
             ResourceSpec::PeerAuthentication(s) => set.peer_authentications.push(named(r, &**s)),
             ResourceSpec::AuthorizationPolicy(s) => set.authorization_policies.push(named(r, &**s)),
+            ResourceSpec::MeshConfig(s) => set.mesh_config = Some(named(r, &**s)),
         }
     }
     set
@@ -149,15 +137,23 @@ struct Index<'a> {
     /// Hosts defined by ServiceEntries and VirtualServices, completed; may hold wildcards.
     defined_hosts: HashSet<String>,
     known_hosts: &'a HashSet<String>,
+    /// Names of the MeshConfig's extension providers, by kind (`envoyExtAuthzGrpc`, ...).
+    providers: BTreeMap<String, Vec<&'static str>>,
 }
 
 impl<'a> Index<'a> {
     fn new(resources: &[Resource], known_hosts: &'a HashSet<String>) -> Self {
         let mut subsets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut defined_hosts = HashSet::new();
+        let mut providers = BTreeMap::new();
         for r in resources {
             let ns = &r.meta.namespace;
             match &r.spec {
+                ResourceSpec::MeshConfig(m) => {
+                    for p in &m.extension_providers {
+                        providers.insert(p.name.clone(), p.kinds());
+                    }
+                }
                 ResourceSpec::DestinationRule(dr) => {
                     let names = subsets.entry(fqdn(&dr.host, ns)).or_default();
                     names.extend(dr.subsets.iter().map(|s| s.name.clone()));
@@ -178,6 +174,7 @@ impl<'a> Index<'a> {
             subsets,
             defined_hosts,
             known_hosts,
+            providers,
         }
     }
 
@@ -845,66 +842,13 @@ impl Checker<'_> {
 
     // ----- Security -------------------------------------------------------------------------
 
-    fn peer_authentication(&mut self, r: &Resource, pa: &PeerAuthentication) {
-        if !pa.port_level_mtls.is_empty() && pa.selector.is_none() {
-            self.error(
-                r,
-                "spec.portLevelMtls",
-                "portLevelMtls needs a selector (it is rejected on namespace- and mesh-wide policies)",
-            );
-        }
-    }
-
-    fn authorization_policy(&mut self, r: &Resource, ap: &AuthorizationPolicy) {
-        match (&ap.action, &ap.provider) {
-            (AuthzAction::Custom, None) => {
-                self.error(r, "spec.provider", "action CUSTOM needs a provider")
-            }
-            (AuthzAction::Custom, Some(p)) if p.name.is_empty() => {
-                self.error(r, "spec.provider.name", "the CUSTOM provider needs a name")
-            }
-            (AuthzAction::Custom, Some(_)) | (_, None) => {}
-            (_, Some(_)) => self.error(
-                r,
-                "spec.provider",
-                "provider is only allowed with action CUSTOM",
-            ),
-        }
-        for (i, rule) in ap.rules.iter().enumerate() {
-            let rp = format!("spec.rules[{i}]");
-            for (j, from) in rule.from.iter().enumerate() {
-                let s = &from.source;
-                let has_identity = !s.principals.is_empty() || !s.namespaces.is_empty();
-                if !s.service_accounts.is_empty() && has_identity {
-                    self.error(
-                        r,
-                        format!("{rp}.from[{j}].source.serviceAccounts"),
-                        "serviceAccounts cannot be combined with principals or namespaces",
-                    );
-                }
-            }
-            for (j, cond) in rule.when.iter().enumerate() {
-                let cp = format!("{rp}.when[{j}]");
-                if !is_valid_when_key(&cond.key) {
-                    self.error(
-                        r,
-                        format!("{cp}.key"),
-                        format!("unknown condition key `{}`", cond.key),
-                    );
-                }
-                if cond.values.is_empty() && cond.not_values.is_empty() {
-                    self.error(r, cp, "a condition needs values or notValues");
-                }
-            }
-        }
-    }
-
     // ----- Cross-resource -------------------------------------------------------------------
 
     fn conflicts(&mut self, resources: &[Resource]) {
         let mut vs_hosts: HashMap<String, &Resource> = HashMap::new();
         let mut dr_hosts: HashMap<(String, String), &Resource> = HashMap::new();
         let mut ns_pa: HashMap<&str, &Resource> = HashMap::new();
+        let mut mesh_config: Option<&Resource> = None;
         for r in resources {
             let ns = &r.meta.namespace;
             match &r.spec {
@@ -943,52 +887,34 @@ impl Checker<'_> {
                 }
                 ResourceSpec::PeerAuthentication(pa) if pa.selector.is_none() => {
                     if let Some(first) = ns_pa.get(ns.as_str()) {
+                        let winner = security::oldest(first, r);
                         let msg = format!(
-                            "namespace {ns} already has a PeerAuthentication without selector, {} ({}); the policies conflict",
+                            "namespace {ns} already has a PeerAuthentication without selector, {} ({}); as in Istio the oldest applies: {}",
+                            first.label(),
+                            first.origin,
+                            winner.label()
+                        );
+                        self.warning(r, "spec.selector", msg);
+                    } else {
+                        ns_pa.insert(ns, r);
+                    }
+                }
+                ResourceSpec::MeshConfig(_) => {
+                    if let Some(first) = mesh_config {
+                        let msg = format!(
+                            "a MeshConfig was already read from {} ({}); there can be only one",
                             first.label(),
                             first.origin
                         );
-                        self.error(r, "spec.selector", msg);
+                        self.error(r, "", msg);
                     } else {
-                        ns_pa.insert(ns, r);
+                        mesh_config = Some(r);
                     }
                 }
                 _ => {}
             }
         }
     }
-}
-
-/// Whether `key` is an AuthorizationPolicy condition key Istio accepts.
-fn is_valid_when_key(key: &str) -> bool {
-    if WHEN_KEYS.contains(&key) {
-        return true;
-    }
-    if let Some(rest) = key.strip_prefix("experimental.envoy.filters.") {
-        return !rest.is_empty();
-    }
-    if let Some(rest) = key.strip_prefix("request.headers") {
-        return bracket_groups(rest) == Some(1);
-    }
-    if let Some(rest) = key.strip_prefix("request.auth.claims") {
-        return bracket_groups(rest).is_some_and(|n| n >= 1);
-    }
-    false
-}
-
-/// Counts `[x]` groups making up all of `s` (each non-empty); `None` if malformed.
-fn bracket_groups(mut s: &str) -> Option<usize> {
-    let mut n = 0;
-    while !s.is_empty() {
-        let inner = s.strip_prefix('[')?;
-        let end = inner.find(']')?;
-        if end == 0 || inner[..end].contains('[') {
-            return None;
-        }
-        s = &inner[end + 1..];
-        n += 1;
-    }
-    Some(n)
 }
 
 fn is_prime(n: u64) -> bool {
@@ -1375,7 +1301,10 @@ mod tests {
     #[test]
     fn two_namespace_wide_peer_authentications_conflict() {
         let pa = |ns_name: &str| res("PeerAuthentication", ns_name, "{mtls: {mode: STRICT}}");
-        expect_error(&[pa("shop/a"), pa("shop/b")], "spec.selector");
+        let report = check(&[pa("shop/a"), pa("shop/b")]);
+        assert!(!report.has_errors(), "Istio applies the oldest: a warning");
+        let w = expect(&report, Severity::Warning, "spec.selector");
+        assert!(w.message.contains("oldest"), "{w}");
         expect_no_error(&[
             pa("shop/a"),
             pa("other/b"),
@@ -1568,11 +1497,68 @@ mod tests {
             )],
             "spec.provider",
         );
-        expect_no_error(&[res(
+        let custom = res(
             "AuthorizationPolicy",
             "ext",
             "{action: CUSTOM, provider: {name: opa}, rules: [{}]}",
+        );
+        expect_error(std::slice::from_ref(&custom), "spec.provider.name");
+        let mesh = "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+            metadata: {name: m}\nspec:\n  meshConfig:\n    extensionProviders:\n    - name: opa\n      \
+            envoyExtAuthzGrpc: {service: opa.policy.svc.cluster.local, port: 9191}\n"
+            .to_string();
+        expect_no_error(&[mesh, custom]);
+        let ap = |spec: &str| res("AuthorizationPolicy", "p", spec);
+        for (spec, field) in [
+            (
+                "{rules: [{to: [{operation: {paths: ['/a*b']}}]}]}",
+                "spec.rules[0].to[0].operation.paths[0]",
+            ),
+            (
+                "{rules: [{to: [{operation: {paths: ['/a/{**}/b']}}]}]}",
+                "spec.rules[0].to[0].operation.paths[0]",
+            ),
+            (
+                "{rules: [{to: [{operation: {ports: ['http']}}]}]}",
+                "spec.rules[0].to[0].operation.ports[0]",
+            ),
+            (
+                "{rules: [{from: [{source: {ipBlocks: ['10.0.0.0/99']}}]}]}",
+                "spec.rules[0].from[0].source.ipBlocks[0]",
+            ),
+            (
+                "{rules: [{from: [{source: {serviceAccounts: ['ns/*']}}]}]}",
+                "spec.rules[0].from[0].source.serviceAccounts[0]",
+            ),
+            (
+                "{rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: [x]}]}]}",
+                "spec.rules[0].when[0].key",
+            ),
+            (
+                "{rules: [{when: [{key: source.ip, values: ['nope']}]}]}",
+                "spec.rules[0].when[0].values[0]",
+            ),
+            (
+                "{selector: {matchLabels: {app: a}}, targetRefs: [{kind: Gateway, name: g}]}",
+                "spec.targetRefs",
+            ),
+        ] {
+            expect_error(&[ap(spec)], field);
+        }
+        let report = check(&[ap(
+            "{action: DENY, rules: [{to: [{operation: {methods: [POST], paths: ['/admin']}}]}]}",
         )]);
+        assert!(!report.has_errors(), "{:#?}", report.problems);
+        let w = expect(&report, Severity::Warning, "spec.rules[0]");
+        assert!(w.message.contains("ports"), "{w}");
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.message.contains("`/admin*`")),
+            "{:#?}",
+            report.problems
+        );
         expect_error(
             &[res(
                 "AuthorizationPolicy",
@@ -1597,30 +1583,6 @@ mod tests {
             )],
             "spec.rules[0].from[0].source.serviceAccounts",
         );
-    }
-
-    #[test]
-    fn when_keys_follow_istios_list() {
-        for ok in [
-            "source.ip",
-            "request.headers[User-Agent]",
-            "request.auth.claims[iss]",
-            "request.auth.claims[groups][admin]",
-            "experimental.envoy.filters.network.mysql_proxy[db.table]",
-            "destination.port",
-        ] {
-            assert!(is_valid_when_key(ok), "{ok}");
-        }
-        for bad in [
-            "request.headers",
-            "request.headers[]",
-            "request.headers[a][b]",
-            "request.auth.claims",
-            "source.principals",
-            "",
-        ] {
-            assert!(!is_valid_when_key(bad), "{bad}");
-        }
     }
 
     #[test]
@@ -1731,7 +1693,7 @@ mod tests {
     #[test]
     fn loader_problems_reach_the_report() {
         let report = check(&[
-            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n".to_owned(),
+            "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: c}\n".to_owned(),
             route_vs("[{destination: {host: r}, weight: \"ten\"}]"),
         ]);
         assert!(report.has_errors());

@@ -1,0 +1,195 @@
+//! MeshConfig: the mesh-wide settings Istio keeps in its `istio` ConfigMap or in an
+//! IstioOperator's `spec.meshConfig`.
+//!
+//! Mirrors `istio.mesh.v1alpha1.MeshConfig` for the fields meshlite applies: trust domain
+//! aliases, path normalisation, the number of trusted proxies in front of callers, and the
+//! extension providers AuthorizationPolicy CUSTOM actions name. Providers of other kinds
+//! (tracing, access logging, metrics) are read so a user's file loads without errors;
+//! validation says which ones no sidecar uses yet.
+
+use serde::{Deserialize, Serialize};
+
+use super::IstioDuration;
+
+/// The MeshConfig fields meshlite reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MeshConfig {
+    /// The mesh's trust domain (meshlite-control's `--trust-domain` is authoritative; a
+    /// different value here is reported).
+    pub trust_domain: Option<String>,
+    /// Other names of the trust domain: principals in them match local workloads.
+    pub trust_domain_aliases: Vec<String>,
+    /// How request paths are normalised before routing and authorization.
+    pub path_normalization: Option<PathNormalizationSetting>,
+    /// Proxy defaults.
+    pub default_config: Option<ProxyDefaults>,
+    /// External services sidecars may call on the mesh's behalf.
+    pub extension_providers: Vec<ProviderConfig>,
+    /// `root namespace` of policies (meshlite uses `istio-system`; another value is
+    /// reported).
+    pub root_namespace: Option<String>,
+}
+
+/// `pathNormalization`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PathNormalizationSetting {
+    /// The scheme.
+    pub normalization: PathNormalization,
+}
+
+/// `pathNormalization.normalization` (SEMANTICS 4.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    /// BASE.
+    #[default]
+    Default,
+    /// No normalisation.
+    None,
+    /// RFC 3986 with Envoy's extras.
+    Base,
+    /// BASE and merged slashes.
+    MergeSlashes,
+    /// `%2F`/`%5C` decoded, then MERGE_SLASHES.
+    DecodeAndMergeSlashes,
+}
+
+/// `defaultConfig` (ProxyConfig): the part meshlite reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyDefaults {
+    /// `gatewayTopology`.
+    pub gateway_topology: Option<Topology>,
+}
+
+/// `gatewayTopology`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Topology {
+    /// Proxies in front of the caller trusted to have appended to `x-forwarded-for`.
+    pub num_trusted_proxies: Option<u32>,
+}
+
+/// One `extensionProviders` entry: a name and exactly one kind of provider.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProviderConfig {
+    /// The name policies refer to.
+    pub name: String,
+    /// External authorization over Envoy's gRPC protocol.
+    pub envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
+    /// External authorization over HTTP.
+    pub envoy_ext_authz_http: Option<ExtAuthzHttp>,
+    /// Tracing and telemetry providers: read, not used by sidecars yet.
+    pub prometheus: Option<serde_json::Value>,
+    /// Zipkin tracing.
+    pub zipkin: Option<serde_json::Value>,
+    /// OpenTelemetry tracing.
+    pub opentelemetry: Option<serde_json::Value>,
+    /// Envoy file access log.
+    pub envoy_file_access_log: Option<serde_json::Value>,
+    /// OpenTelemetry access log.
+    pub envoy_otel_als: Option<serde_json::Value>,
+    /// Envoy HTTP gRPC access log.
+    pub envoy_http_als: Option<serde_json::Value>,
+    /// Envoy TCP gRPC access log.
+    pub envoy_tcp_als: Option<serde_json::Value>,
+    /// SkyWalking.
+    pub skywalking: Option<serde_json::Value>,
+    /// Stackdriver.
+    pub stackdriver: Option<serde_json::Value>,
+    /// Datadog.
+    pub datadog: Option<serde_json::Value>,
+    /// Lightstep.
+    pub lightstep: Option<serde_json::Value>,
+}
+
+impl ProviderConfig {
+    /// The kinds set on this entry, by their YAML names.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut k = Vec::new();
+        let mut add = |set: bool, name| {
+            if set {
+                k.push(name);
+            }
+        };
+        add(self.envoy_ext_authz_grpc.is_some(), "envoyExtAuthzGrpc");
+        add(self.envoy_ext_authz_http.is_some(), "envoyExtAuthzHttp");
+        add(self.prometheus.is_some(), "prometheus");
+        add(self.zipkin.is_some(), "zipkin");
+        add(self.opentelemetry.is_some(), "opentelemetry");
+        add(self.envoy_file_access_log.is_some(), "envoyFileAccessLog");
+        add(self.envoy_otel_als.is_some(), "envoyOtelAls");
+        add(self.envoy_http_als.is_some(), "envoyHttpAls");
+        add(self.envoy_tcp_als.is_some(), "envoyTcpAls");
+        add(self.skywalking.is_some(), "skywalking");
+        add(self.stackdriver.is_some(), "stackdriver");
+        add(self.datadog.is_some(), "datadog");
+        add(self.lightstep.is_some(), "lightstep");
+        k
+    }
+}
+
+/// `envoyExtAuthzGrpc`: Envoy's `envoy.service.auth.v3.Authorization/Check` over gRPC.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtAuthzGrpc {
+    /// The authorizer's host: a mesh service or a ServiceEntry host.
+    pub service: String,
+    /// Its port.
+    pub port: u32,
+    /// Per check; Istio's default 600 s is far too long for a request path, meshlite's is
+    /// the same unless set.
+    pub timeout: Option<IstioDuration>,
+    /// Allow the request when the authorizer cannot be reached or errs.
+    pub fail_open: bool,
+    /// Status sent when the authorizer cannot be reached (default 403).
+    pub status_on_error: Option<String>,
+    /// Send the request body (buffered up to `maxRequestBytes`).
+    pub include_request_body_in_check: Option<BodyInCheck>,
+}
+
+/// `envoyExtAuthzHttp`: a plain HTTP check request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtAuthzHttp {
+    /// The authorizer's host.
+    pub service: String,
+    /// Its port.
+    pub port: u32,
+    /// Per check.
+    pub timeout: Option<IstioDuration>,
+    /// Prefix of the check request's path (the original path follows).
+    pub path_prefix: Option<String>,
+    /// Allow when the authorizer cannot be reached.
+    pub fail_open: bool,
+    /// Status sent when the authorizer cannot be reached (default 403).
+    pub status_on_error: Option<String>,
+    /// Request headers sent in the check (besides Host, Method, Path, Content-Length and
+    /// Authorization, always sent).
+    pub include_request_headers_in_check: Vec<String>,
+    /// Headers added to the check request.
+    pub include_additional_headers_in_check: std::collections::BTreeMap<String, String>,
+    /// Authorizer response headers copied onto the request when it allows.
+    pub headers_to_upstream_on_allow: Vec<String>,
+    /// Authorizer response headers sent to the caller when it denies.
+    pub headers_to_downstream_on_deny: Vec<String>,
+    /// Authorizer response headers sent to the caller when it allows.
+    pub headers_to_downstream_on_allow: Vec<String>,
+    /// Send the request body.
+    pub include_request_body_in_check: Option<BodyInCheck>,
+}
+
+/// `includeRequestBodyInCheck`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BodyInCheck {
+    /// Bytes buffered at most.
+    pub max_request_bytes: u32,
+    /// Send what there is when the body is larger, instead of 413.
+    pub allow_partial_message: bool,
+    /// Send it as bytes (gRPC `raw_body`).
+    pub pack_as_bytes: bool,
+}

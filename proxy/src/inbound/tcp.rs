@@ -1,0 +1,90 @@
+//! Opaque TCP on the inbound side: bytes that are neither mutual TLS nor HTTP (a
+//! server-first protocol, the application's own TLS) reaching a TCP port whose
+//! PeerAuthentication accepts plaintext. They are authorized as a TCP connection (no
+//! principal), then relayed to the app untouched.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+use super::prefixed::Prefixed;
+use crate::context::ProxyContext;
+use crate::policy::authz::Attributes;
+use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::TcpLabels;
+use crate::transport::connect::connect_tcp;
+
+/// Relays `io` to the app behind service port `port`, if authorization allows it.
+pub async fn relay(
+    ctx: Arc<ProxyContext>,
+    snap: Arc<Snapshot>,
+    io: Prefixed<TcpStream>,
+    remote: SocketAddr,
+    local: SocketAddr,
+    port: u16,
+) {
+    let Some((_, target)) = snap.inbound_port(Some(port)) else {
+        return;
+    };
+    let authz = &snap.security.authz;
+    if !authz.is_empty() {
+        let attrs = Attributes {
+            peer: None,
+            source_ip: remote.ip(),
+            remote_ip: remote.ip(),
+            destination_ip: local.ip(),
+            destination_port: target.target.port(),
+            sni: None,
+            request: None,
+        };
+        let verdict = authz.evaluate(&attrs);
+        let audit = &ctx.telemetry.audit;
+        if audit.wants(&verdict) {
+            let t = crate::policy::audit::Target {
+                workload: &snap.local.workload,
+                namespace: &snap.local.namespace,
+            };
+            audit.record(&verdict, &attrs, t, None);
+        }
+        if !verdict.allowed {
+            // A denied TCP connection is closed (SEMANTICS 4.1).
+            tracing::debug!(%remote, port, "inbound TCP connection denied by policy");
+            return;
+        }
+    }
+    let Some(slot) = target.breakers.connections.try_acquire() else {
+        target.stats.pending_overflow.inc();
+        target.stats.cx_overflow.inc();
+        return;
+    };
+    let mut app = match connect_tcp(target.target, crate::snapshot::LOCAL_CONNECT_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%remote, "inbound TCP relay: {e}");
+            return;
+        }
+    };
+    let labels = TcpLabels {
+        reporter: "destination",
+        source_workload: crate::snapshot::unknown(),
+        source_principal: crate::snapshot::unknown(),
+        destination_workload: snap.local.workload.clone(),
+        destination_principal: snap.local.principal.clone(),
+        destination_service: snap.local.services.get(None).fqdn.clone(),
+        response_flags: "-",
+        connection_security_policy: "none",
+    };
+    let _drain = ctx.drain.track();
+    let _slot = slot;
+    let m = &ctx.telemetry.metrics;
+    m.tcp_opened.get_or_create(&labels).inc();
+    let mut io = io;
+    match tokio::io::copy_bidirectional(&mut io, &mut app).await {
+        Ok((to_app, from_app)) => {
+            m.tcp_received.get_or_create(&labels).inc_by(to_app);
+            m.tcp_sent.get_or_create(&labels).inc_by(from_app);
+        }
+        Err(e) => tracing::debug!("inbound TCP relay ended: {e}"),
+    }
+    m.tcp_closed.get_or_create(&labels).inc();
+}

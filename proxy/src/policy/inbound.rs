@@ -1,0 +1,168 @@
+//! What this workload's inbound side enforces, resolved once per push: the mutual TLS mode
+//! of each port (PeerAuthentication, already composed mesh -> namespace -> workload by the
+//! control plane, `portLevelMtls` keyed by the workload port) and the compiled
+//! authorization policies.
+
+use meshlite_xds_proto::v1;
+use std::collections::HashMap;
+
+use super::authz::{Authorizer, CompileError, StatsSource, TrustDomains};
+
+/// How a port accepts callers (SEMANTICS 3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Mutual TLS only: a plaintext connection is closed with no answer.
+    #[default]
+    Strict,
+    /// Mutual TLS and plaintext on the same port.
+    Permissive,
+    /// Plaintext only: no TLS termination.
+    Disable,
+}
+
+impl MtlsMode {
+    fn from_wire(m: i32) -> Option<Self> {
+        match v1::MtlsMode::try_from(m).ok()? {
+            v1::MtlsMode::Strict => Some(MtlsMode::Strict),
+            v1::MtlsMode::Permissive => Some(MtlsMode::Permissive),
+            v1::MtlsMode::Disable => Some(MtlsMode::Disable),
+            v1::MtlsMode::MtlsUnset => None,
+        }
+    }
+
+    /// Whether a caller over mutual TLS is served.
+    pub fn accepts_mtls(self) -> bool {
+        self != MtlsMode::Disable
+    }
+
+    /// Whether a plaintext caller is served.
+    pub fn accepts_plaintext(self) -> bool {
+        self != MtlsMode::Strict
+    }
+
+    /// Istio's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Strict => "STRICT",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Disable => "DISABLE",
+        }
+    }
+}
+
+/// The inbound policy of a snapshot.
+#[derive(Debug, Default)]
+pub struct InboundSecurity {
+    default: MtlsMode,
+    ports: HashMap<u16, MtlsMode>,
+    /// AuthorizationPolicies targeting this workload.
+    pub authz: Authorizer,
+    /// `numTrustedProxies`: which `x-forwarded-for` entry is `remote.ip`.
+    pub num_trusted_proxies: u32,
+}
+
+impl InboundSecurity {
+    /// Resolves the pushed policy; without one (a static config, or before the first push),
+    /// every port takes `fallback` and no authorization policy applies.
+    pub fn new(
+        policy: Option<&v1::InboundPolicy>,
+        mesh: Option<&v1::MeshConfig>,
+        fallback: MtlsMode,
+        trust_domain: &str,
+        stats: &dyn StatsSource,
+    ) -> Result<Self, CompileError> {
+        let tds = TrustDomains {
+            local: trust_domain.to_string(),
+            aliases: mesh
+                .map(|m| m.trust_domain_aliases.clone())
+                .unwrap_or_default(),
+        };
+        let Some(p) = policy else {
+            return Ok(Self {
+                default: fallback,
+                num_trusted_proxies: mesh.map_or(0, |m| m.num_trusted_proxies),
+                ..Default::default()
+            });
+        };
+        // The control plane resolves UNSET to PERMISSIVE; a bare UNSET means the same.
+        let default = MtlsMode::from_wire(p.mtls_mode).unwrap_or(MtlsMode::Permissive);
+        let ports = p
+            .port_mtls
+            .iter()
+            .filter_map(|(port, m)| {
+                let port = u16::try_from(*port).ok()?;
+                // UNSET per port inherits the workload's mode.
+                Some((port, MtlsMode::from_wire(*m)?))
+            })
+            .collect();
+        Ok(Self {
+            default,
+            ports,
+            authz: Authorizer::compile(&p.authorization, &tds, stats)?,
+            num_trusted_proxies: mesh.map_or(0, |m| m.num_trusted_proxies),
+        })
+    }
+
+    /// The mode of workload port `port` (where the app listens).
+    pub fn mode(&self, port: u16) -> MtlsMode {
+        self.ports.get(&port).copied().unwrap_or(self.default)
+    }
+
+    /// The workload-wide mode (ports without a port-level setting).
+    pub fn default_mode(&self) -> MtlsMode {
+        self.default
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoStats;
+    impl StatsSource for NoStats {
+        fn stats(&self, _: &str) -> super::super::authz::PolicyStats {
+            Default::default()
+        }
+    }
+
+    #[test]
+    fn port_level_modes_override_and_unset_inherits() {
+        let p = v1::InboundPolicy {
+            mtls_mode: v1::MtlsMode::Strict as i32,
+            port_mtls: [
+                (8080, v1::MtlsMode::Disable as i32),
+                (9090, v1::MtlsMode::MtlsUnset as i32),
+            ]
+            .into(),
+            authorization: vec![],
+        };
+        let s = InboundSecurity::new(Some(&p), None, MtlsMode::Strict, "cluster.local", &NoStats)
+            .unwrap();
+        assert_eq!(s.mode(8080), MtlsMode::Disable, "SEMANTICS B.6");
+        assert_eq!(s.mode(9090), MtlsMode::Strict);
+        assert_eq!(s.mode(7070), MtlsMode::Strict);
+    }
+
+    #[test]
+    fn no_push_means_the_fallback_and_no_policy() {
+        let s =
+            InboundSecurity::new(None, None, MtlsMode::Strict, "cluster.local", &NoStats).unwrap();
+        assert_eq!(s.mode(1), MtlsMode::Strict);
+        assert!(s.authz.is_empty());
+        let unset = v1::InboundPolicy::default();
+        let s = InboundSecurity::new(
+            Some(&unset),
+            None,
+            MtlsMode::Strict,
+            "cluster.local",
+            &NoStats,
+        )
+        .unwrap();
+        assert_eq!(
+            s.mode(1),
+            MtlsMode::Permissive,
+            "UNSET everywhere is PERMISSIVE"
+        );
+    }
+}
