@@ -909,6 +909,17 @@ impl Load {
     /// Starts `callers` callers for `host` through `outbound`; each stops by itself after
     /// `max` (a bound, so a forgotten load cannot outlive the test).
     pub fn start(outbound: SocketAddr, host: &str, callers: usize, max: Duration) -> Load {
+        Self::sending(outbound, host, ("GET", "/"), callers, max)
+    }
+
+    /// Like [`Load::start`], each request being `method path` (with an empty body).
+    pub fn sending(
+        outbound: SocketAddr,
+        host: &str,
+        (method, path): (&'static str, &'static str),
+        callers: usize,
+        max: Duration,
+    ) -> Load {
         let (stop, _) = tokio::sync::watch::channel(false);
         let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let tasks = (0..callers)
@@ -927,7 +938,7 @@ impl Load {
                             _ => Http1Client::connect(outbound).await,
                         };
                         let mut c = c;
-                        let request = h1_request("GET", &host, "/")
+                        let request = h1_request(method, &host, path)
                             .body(empty())
                             .expect("request");
                         let outcome = tokio::time::timeout(clients::EXCHANGE_TIMEOUT, async {

@@ -33,6 +33,7 @@ mod routing;
 mod security;
 mod streaming;
 mod telemetry;
+mod zero_trust;
 
 /// Reads an access-log field that may be a JSON number or string as text.
 pub fn field_text(entry: &serde_json::Value, name: &str) -> String {

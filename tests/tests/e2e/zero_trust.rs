@@ -1,0 +1,442 @@
+//! Zero trust, enforced by the destination sidecar: the decision record's own policies pushed
+//! by a real control plane (STRICT mutual TLS mesh-wide; `llm-processor` callable only by
+//! `intent-controller` with `POST /api/v1/process`; a DENY on a header that wins over the
+//! ALLOW), PERMISSIVE ports serving mutual TLS and plaintext side by side, a tightening push
+//! under load, dry-run and AUDIT policies with the audit log.
+
+use crate::field_text;
+use meshlite_tests::apps::HttpApp;
+use meshlite_tests::clients::{self, Http1Client, full, h1_request};
+use meshlite_tests::control::{CONVERGE, ControlPlane, Load, MeshProxy, NAMESPACE, Workload};
+use meshlite_tests::deadline::{SOON, eventually};
+use meshlite_tests::wire::{Closed, RawConn};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const HOST: &str = "llm-processor";
+const PORT: u16 = 8080;
+/// Bound of every load loop in this file.
+const LOAD_BOUND: Duration = Duration::from_secs(30);
+
+const STRICT_MESH: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+";
+
+const PERMISSIVE_MESH: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: PERMISSIVE}}
+";
+
+/// The decision record's authorization: one caller, one method, one path; a debug header is
+/// refused whoever sends it.
+const DECISION_RECORD: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: llm-processor, namespace: default}
+spec:
+  selector: {matchLabels: {app: llm-processor}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/intent-controller]}}]
+    to: [{operation: {methods: [POST], paths: [/api/v1/process]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: block-debug, namespace: default}
+spec:
+  selector: {matchLabels: {app: llm-processor}}
+  action: DENY
+  rules:
+  - when: [{key: 'request.headers[x-debug]', values: ['*']}]
+";
+
+/// `llm-processor` behind its sidecar, and two callers with their own identities.
+struct Mesh {
+    control: ControlPlane,
+    llm: MeshProxy,
+    app: HttpApp,
+    intent: MeshProxy,
+    other: MeshProxy,
+}
+
+impl Mesh {
+    async fn start(files: &[(&str, &str)]) -> Mesh {
+        let control = ControlPlane::start(files).await;
+        let app = HttpApp::start("llm-processor").await;
+        let mut w = Workload::new("llm-processor").serving(PORT, app.addr);
+        w.audit_all = true;
+        let llm = MeshProxy::start(&control.access(NAMESPACE, "llm-processor").await, &w).await;
+        let intent = MeshProxy::caller(&control, "intent-controller").await;
+        let other = MeshProxy::caller(&control, "other").await;
+        control
+            .wait_connected(
+                &[
+                    "llm-processor.default",
+                    "intent-controller.default",
+                    "other.default",
+                ],
+                SOON,
+            )
+            .await;
+        Mesh {
+            control,
+            llm,
+            app,
+            intent,
+            other,
+        }
+    }
+}
+
+/// `method path` through `caller`'s sidecar with extra headers; status and body.
+async fn send(
+    caller: &MeshProxy,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut b = h1_request(method, HOST, path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let reply = Http1Client::connect(caller.outbound())
+        .await
+        .exchange(b.body(full("{}")).expect("request"))
+        .await;
+    (reply.status.as_u16(), reply.text())
+}
+
+/// Waits until `caller` gets `status` for `method path` (the policy reached the sidecar).
+async fn wait_status(caller: &MeshProxy, method: &str, path: &str, status: u16) {
+    let what = format!(
+        "{} to get {status} for {method} {path}",
+        caller.workload.name
+    );
+    eventually(&what, CONVERGE, || async {
+        (send(caller, method, path, &[]).await.0 == status).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_records_policy_admits_one_caller_one_method_one_path() {
+    let mesh = Mesh::start(&[("peer.yaml", STRICT_MESH), ("authz.yaml", DECISION_RECORD)]).await;
+    wait_status(&mesh.intent, "POST", "/api/v1/process", 200).await;
+    wait_status(&mesh.other, "POST", "/api/v1/process", 403).await;
+    let served_before = mesh.app.requests();
+
+    let refused = [
+        (
+            &mesh.other,
+            "POST",
+            "/api/v1/process",
+            &[][..],
+            "another principal",
+        ),
+        (
+            &mesh.intent,
+            "GET",
+            "/api/v1/process",
+            &[],
+            "another method",
+        ),
+        (&mesh.intent, "POST", "/api/v1/other", &[], "another path"),
+        (
+            &mesh.intent,
+            "POST",
+            "/api/v1/process/../../admin",
+            &[],
+            "a path walking out",
+        ),
+        (
+            &mesh.intent,
+            "POST",
+            "/api/v1/process",
+            &[("x-debug", "1")],
+            "the blocked header",
+        ),
+    ];
+    for (caller, method, path, headers, what) in refused {
+        let (status, body) = send(caller, method, path, headers).await;
+        assert_eq!(status, 403, "{what} must be refused, got {status}: {body}");
+        assert_eq!(body, "RBAC: access denied", "{what}: Envoy's body");
+    }
+    let (status, body) = send(&mesh.intent, "POST", "/api/v1/process", &[]).await;
+    assert_eq!(status, 200, "the allowed call: {body}");
+    assert_eq!(
+        mesh.app.requests(),
+        served_before + 1,
+        "a denial never reaches the app"
+    );
+
+    // Counted per policy under Envoy's RBAC names.
+    let llm = &mesh.llm;
+    let allowed = llm
+        .metric(
+            "envoy_http_rbac_allowed_total",
+            &[("policy", "default/llm-processor")],
+        )
+        .await;
+    assert!(allowed >= 2.0, "allowed by the ALLOW policy: {allowed}");
+    let by_header = llm
+        .metric(
+            "envoy_http_rbac_denied_total",
+            &[("policy", "default/block-debug")],
+        )
+        .await;
+    assert_eq!(by_header, 1.0, "the DENY policy denied once");
+    let unmatched = llm
+        .metric("envoy_http_rbac_denied_total", &[("policy", "none")])
+        .await;
+    assert!(unmatched >= 4.0, "no ALLOW rule matched: {unmatched}");
+
+    // The audit log (every decision, on this workload) names caller, target, policy, rule.
+    let audit = eventually("the audit line of the header denial", SOON, || async {
+        llm.audit_entries()
+            .into_iter()
+            .find(|e| e["policy"] == "default/block-debug")
+    })
+    .await;
+    assert_eq!(audit["decision"], "deny", "{audit}");
+    assert_eq!(audit["rule"], 0, "{audit}");
+    assert_eq!(
+        audit["source_principal"], "cluster.local/ns/default/sa/intent-controller",
+        "{audit}"
+    );
+    assert_eq!(audit["destination_workload"], "llm-processor", "{audit}");
+    assert_eq!(audit["method"], "POST", "{audit}");
+    let other = llm
+        .audit_entries()
+        .into_iter()
+        .find(|e| e["source_principal"] == "cluster.local/ns/default/sa/other")
+        .expect("the other caller's denial is audited");
+    assert_eq!(other["reason"], "no_allow_match", "{other}");
+    assert!(
+        llm.audit_entries()
+            .iter()
+            .any(|e| e["decision"] == "allow" && e["policy"] == "default/llm-processor"),
+        "allowed decisions are audited too"
+    );
+
+    // The access log says which policy refused.
+    let entry = eventually("the access log line of the header denial", SOON, || async {
+        std::fs::read_to_string(llm.dir().join("access.log"))
+            .ok()?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| field_text(e, "response_code_details").contains("block-debug"))
+    })
+    .await;
+    assert_eq!(
+        field_text(&entry, "response_code_details"),
+        "rbac_access_denied_matched_policy[default/block-debug]"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_to_a_strict_workload_gets_no_answer_and_is_counted() {
+    let mesh = Mesh::start(&[("peer.yaml", STRICT_MESH)]).await;
+    wait_status(&mesh.intent, "GET", "/", 200).await;
+    let served = mesh.app.requests();
+    let mut raw = RawConn::connect(mesh.llm.addrs.inbound).await;
+    let _ = raw
+        .send(b"GET / HTTP/1.1\r\nHost: llm-processor:8080\r\n\r\n")
+        .await;
+    match raw.wait_closed(Duration::from_secs(10)).await {
+        Closed::Yes { bytes } => assert!(
+            bytes.is_empty(),
+            "STRICT closes without an answer, got {:?}",
+            String::from_utf8_lossy(&bytes)
+        ),
+        Closed::StillOpen => panic!("the STRICT inbound port kept a plaintext connection open"),
+    }
+    assert_eq!(mesh.app.requests(), served, "the app is never reached");
+    let refused = mesh
+        .llm
+        .metric(
+            "meshlite_inbound_connections_refused_total",
+            &[("reason", "plaintext_under_strict")],
+        )
+        .await;
+    assert_eq!(refused, 1.0);
+    assert!(
+        mesh.llm.logs().contains("plaintext_under_strict"),
+        "the refusal is logged with its reason"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissive_serves_mutual_tls_and_plaintext_on_one_port_until_strict_is_pushed() {
+    let mesh = Mesh::start(&[("peer.yaml", PERMISSIVE_MESH)]).await;
+    wait_status(&mesh.intent, "GET", "/", 200).await;
+
+    // Plaintext straight to the inbound port: served, without an identity, and a forged
+    // client-certificate header never reaches the app.
+    let request = h1_request("GET", "llm-processor:8080", "/headers")
+        .header(
+            "x-forwarded-client-cert",
+            "URI=spiffe://cluster.local/ns/default/sa/admin",
+        )
+        .body(clients::empty())
+        .expect("request");
+    let mut plain = Http1Client::connect(mesh.llm.addrs.inbound).await;
+    let reply = plain.exchange(request).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "PERMISSIVE serves plaintext: {}",
+        reply.text()
+    );
+    let seen = reply.json();
+    assert!(
+        seen["headers"]["x-forwarded-client-cert"].is_null(),
+        "a plaintext caller's claimed identity is dropped: {seen}"
+    );
+    // Over mutual TLS through a sidecar: served with the caller's identity.
+    let mtls = clients::get(mesh.intent.outbound(), HOST, "/headers")
+        .await
+        .json();
+    let xfcc = mtls["headers"]["x-forwarded-client-cert"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(xfcc.contains("sa/intent-controller"), "{mtls}");
+    let llm = &mesh.llm;
+    assert!(
+        llm.metric(
+            "istio_requests_total",
+            &[("connection_security_policy", "none")]
+        )
+        .await
+            >= 1.0
+    );
+    assert!(
+        llm.metric(
+            "istio_requests_total",
+            &[("connection_security_policy", "mutual_tls")]
+        )
+        .await
+            >= 1.0
+    );
+
+    // STRICT pushed: a new plaintext connection gets nothing; mutual TLS keeps working.
+    mesh.control.write_config("peer.yaml", STRICT_MESH);
+    let what = "plaintext to be refused after STRICT";
+    eventually(what, CONVERGE, || async {
+        let mut raw = RawConn::connect(llm.addrs.inbound).await;
+        let _ = raw
+            .send(b"GET / HTTP/1.1\r\nHost: llm-processor:8080\r\n\r\n")
+            .await;
+        matches!(raw.wait_closed(Duration::from_secs(2)).await, Closed::Yes { bytes } if bytes.is_empty())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(send(&mesh.intent, "GET", "/", &[]).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tightening_push_under_load_denies_the_other_caller_and_drops_no_allowed_request() {
+    let allow_both = DECISION_RECORD.replace(
+        "principals: [cluster.local/ns/default/sa/intent-controller]",
+        "principals: [cluster.local/ns/default/sa/intent-controller, cluster.local/ns/default/sa/other]",
+    );
+    let mesh = Mesh::start(&[("peer.yaml", STRICT_MESH), ("authz.yaml", &allow_both)]).await;
+    wait_status(&mesh.other, "POST", "/api/v1/process", 200).await;
+    let allowed = Load::sending(
+        mesh.intent.outbound(),
+        HOST,
+        ("POST", "/api/v1/process"),
+        4,
+        LOAD_BOUND,
+    );
+    allowed.wait_for_requests(50).await;
+
+    let pushed = Instant::now();
+    mesh.control.write_config("authz.yaml", DECISION_RECORD);
+    wait_status(&mesh.other, "POST", "/api/v1/process", 403).await;
+    let took = pushed.elapsed();
+    allowed.wait_for_requests(50).await;
+    let report = allowed.stop().await;
+    report.assert_no_failures("the policy is tightened");
+    eprintln!("tightening push: the other caller denied {took:?} after the file was written");
+    assert!(
+        took < CONVERGE,
+        "denied within the convergence bound: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_and_audit_policies_report_and_never_enforce() {
+    // `ports` are workload ports: where the app listens, as Istio's are container ports.
+    let app = HttpApp::start("llm-processor").await;
+    let policies = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: would-deny-posts
+  namespace: default
+  annotations: {istio.io/dry-run: 'true'}
+spec:
+  selector: {matchLabels: {app: llm-processor}}
+  action: DENY
+  rules: [{to: [{operation: {methods: [POST], ports: ['APP_PORT']}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-posts, namespace: default}
+spec:
+  selector: {matchLabels: {app: llm-processor}}
+  action: AUDIT
+  rules: [{to: [{operation: {methods: [POST], ports: ['APP_PORT']}}]}]
+"
+    .replace("APP_PORT", &app.addr.port().to_string());
+    let control = ControlPlane::start(&[("authz.yaml", &policies)]).await;
+    let llm = MeshProxy::start(
+        &control.access(NAMESPACE, "llm-processor").await,
+        &Workload::new("llm-processor").serving(PORT, app.addr),
+    )
+    .await;
+    let intent = MeshProxy::caller(&control, "intent-controller").await;
+    wait_status(&intent, "POST", "/api/v1/process", 200).await;
+    let marked = eventually("an audited POST", CONVERGE, || async {
+        assert_eq!(
+            send(&intent, "POST", "/api/v1/process", &[]).await.0,
+            200,
+            "dry run never denies"
+        );
+        llm.audit_entries()
+            .into_iter()
+            .find(|e| e["audit_policy"] == "default/audit-posts")
+    })
+    .await;
+    assert_eq!(marked["decision"], "allow", "{marked}");
+    assert_eq!(
+        marked["dry_run"]["deny_engine"]["decision"], "deny",
+        "{marked}"
+    );
+    assert_eq!(
+        marked["dry_run"]["deny_engine"]["policy"], "default/would-deny-posts",
+        "{marked}"
+    );
+    assert_eq!(send(&intent, "GET", "/", &[]).await.0, 200);
+    assert!(
+        llm.audit_entries().iter().all(|e| e["method"] == "POST"),
+        "without --audit-log-all only AUDIT-marked requests are written"
+    );
+    assert!(
+        llm.metric(
+            "envoy_http_rbac_shadow_denied_total",
+            &[("policy", "default/would-deny-posts")]
+        )
+        .await
+            >= 1.0
+    );
+    assert!(
+        llm.metric(
+            "envoy_http_rbac_logged_total",
+            &[("policy", "default/audit-posts")]
+        )
+        .await
+            >= 1.0
+    );
+}
