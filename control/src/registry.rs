@@ -25,10 +25,14 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// A served port and its protocol (`http`, `http2`, `grpc`, `tcp`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkloadPort {
-    /// Port number.
+    /// Service port number.
     pub port: u16,
     /// Protocol name.
     pub protocol: String,
+    /// The workload port the app listens on (PeerAuthentication's `portLevelMtls` and
+    /// AuthorizationPolicy's `ports` name it), when announced.
+    #[serde(default)]
+    pub target_port: Option<u16>,
 }
 
 /// One workload instance, as its sidecar announced it.
@@ -130,14 +134,26 @@ impl Workload {
                 let Some(Kind::StringValue(s)) = &v.kind else {
                     continue;
                 };
-                let (p, proto) = s.split_once('/').unwrap_or((s, "http"));
-                let port = p.parse::<u16>().map_err(|_| AnnounceError::Invalid {
+                // `port/protocol[/workload port]`
+                let mut parts = s.splitn(3, '/');
+                let bad = || AnnounceError::Invalid {
                     key: "PORTS",
-                    message: format!("`{s}` is not port/protocol"),
-                })?;
+                    message: format!("`{s}` is not port/protocol[/workload port]"),
+                };
+                let port = parts
+                    .next()
+                    .unwrap_or("")
+                    .parse::<u16>()
+                    .map_err(|_| bad())?;
+                let proto = parts.next().unwrap_or("http");
+                let target_port = parts
+                    .next()
+                    .map(|t| t.parse::<u16>().map_err(|_| bad()))
+                    .transpose()?;
                 ports.push(WorkloadPort {
                     port,
                     protocol: proto.to_ascii_lowercase(),
+                    target_port,
                 });
             }
         }

@@ -133,6 +133,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Its address as a label / access-log value.
     pub addr_label: Label,
+    /// Reached in plaintext (its PeerAuthentication is DISABLE on this port).
+    pub plaintext: bool,
     /// The multiplexed HTTP/2 connection to it (HTTP in h2 mode, and TCP tunnels).
     pub h2: H2Pool,
     /// Its HTTP/1.1 keep-alive connections (HTTP in http1 mode).
@@ -1129,6 +1131,9 @@ pub struct EndpointSpec {
     pub locality: Locality,
     /// Load-balancing weight (1 unless the registry says otherwise).
     pub weight: u32,
+    /// Its PeerAuthentication on this port is DISABLE: reached in plaintext, as Istio's auto
+    /// mutual TLS does.
+    pub plaintext: bool,
 }
 
 /// Everything about the mesh a snapshot is built from: services with their endpoints,
@@ -1174,6 +1179,7 @@ impl MeshView {
                         labels: BTreeMap::new(),
                         locality: Locality::default(),
                         weight: 1,
+                        plaintext: false,
                     })
                     .collect(),
                 listen: s.listen,
@@ -1728,32 +1734,33 @@ impl ClusterBuilder<'_> {
                 let key = (ep.addr, server_name_str.clone(), ids.clone());
                 if let Some(e) = self.reuse.endpoints.get(&key)
                     && e.labels == ep.labels
+                    && e.plaintext == ep.plaintext
                     && e.h2.settings() == (connect_timeout, max_requests, idle_timeout)
                     && e.h1.settings() == (connect_timeout, h1_idle, max_requests)
                 {
                     return e.clone();
                 }
-                let target = PoolTarget::Mesh {
-                    addr: ep.addr,
-                    tls: tls_h2.clone(),
-                    server_name: server_name.clone(),
+                let target = |tls: &Arc<rustls::ClientConfig>| match ep.plaintext {
+                    true => PoolTarget::Plain { addr: ep.addr },
+                    false => PoolTarget::Mesh {
+                        addr: ep.addr,
+                        tls: tls.clone(),
+                        server_name: server_name.clone(),
+                    },
                 };
                 Arc::new(Endpoint {
                     addr: ep.addr,
                     addr_label: Arc::from(ep.addr.to_string()),
+                    plaintext: ep.plaintext,
                     h2: H2Pool::new(
-                        target,
+                        target(&tls_h2),
                         connect_timeout,
                         Some(self.metrics.upstream_connects.clone()),
                     )
                     .with_max_requests(max_requests)
                     .with_idle_timeout(idle_timeout),
                     h1: H1Pool::new(
-                        PoolTarget::Mesh {
-                            addr: ep.addr,
-                            tls: tls_http1.clone(),
-                            server_name: server_name.clone(),
-                        },
+                        target(&tls_http1),
                         connect_timeout,
                         h1_idle,
                         Some(self.metrics.upstream_connects.clone()),

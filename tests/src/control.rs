@@ -482,6 +482,24 @@ pub struct Workload {
     pub upstream_protocol: Option<String>,
     /// Audit every authorization decision (`--audit-log-all`).
     pub audit_all: bool,
+    /// Opaque TCP services of the static file (the control plane's TCP services have no
+    /// explicit listener), each with an outbound listener on `127.0.0.1:0`.
+    pub static_tcp: Vec<StaticTcp>,
+}
+
+/// A TCP service written in a sidecar's static file: reached on its own outbound listener
+/// (`Listening::tcp["<name>:<port>"]`), carried over mutual TLS to `endpoint`, a sidecar that
+/// must present `identity`.
+#[derive(Clone, Debug)]
+pub struct StaticTcp {
+    /// Service name.
+    pub name: String,
+    /// Service port (the destination sidecar's port for it).
+    pub port: u16,
+    /// The destination sidecar's inbound address.
+    pub endpoint: SocketAddr,
+    /// Its SPIFFE ID.
+    pub identity: String,
 }
 
 impl Workload {
@@ -500,6 +518,7 @@ impl Workload {
             locality: None,
             upstream_protocol: None,
             audit_all: false,
+            static_tcp: Vec::new(),
         }
     }
 
@@ -601,6 +620,16 @@ impl Workload {
         if let Some(p) = &self.upstream_protocol {
             let _ = writeln!(y, "upstream:\n  protocol: {p}");
         }
+        if !self.static_tcp.is_empty() {
+            let _ = writeln!(y, "services:");
+            for t in &self.static_tcp {
+                let _ = writeln!(
+                    y,
+                    "  - {{ name: \"{}\", port: {}, protocol: tcp, identities: [\"{}\"], endpoints: [\"{}\"], listen: \"127.0.0.1:0\" }}",
+                    t.name, t.port, t.identity, t.endpoint
+                );
+            }
+        }
         let _ = writeln!(y, "control:");
         let _ = writeln!(y, "  address: \"{}\"", access.address);
         let _ = writeln!(y, "  root_cert: \"{}\"", access.root_cert.display());
@@ -686,20 +715,8 @@ impl MeshProxy {
         let (child, line) =
             spawn_until_listening(&what, command, self.dir.path(), "meshlite-proxy listening")
                 .await;
-        let addr = |key: &str| -> SocketAddr {
-            line.get(key)
-                .and_then(|v| v.as_str())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{what}: listening line has no \"{key}\": {line}"))
-        };
-        self.addrs = Listening {
-            outbound: addr("outbound"),
-            inbound: addr("inbound"),
-            admin: addr("admin"),
-            metrics: addr("metrics"),
-            health: addr("health"),
-            tcp: BTreeMap::new(),
-        };
+        self.addrs = Listening::parse(&line)
+            .unwrap_or_else(|e| panic!("{what}: listening line {line}: {e}"));
         self.child = Some(child);
     }
 

@@ -413,7 +413,11 @@ pub struct Listening {
 }
 
 impl Listening {
-    fn parse(line: &serde_json::Value) -> Result<Self, String> {
+    /// The addresses of a proxy's listening line.
+    ///
+    /// # Errors
+    /// When a listener's address is missing or does not parse.
+    pub fn parse(line: &serde_json::Value) -> Result<Self, String> {
         let addr = |key: &str| -> Result<SocketAddr, String> {
             line.get(key)
                 .and_then(|v| v.as_str())

@@ -236,7 +236,7 @@ fn rate_retry_budget(value: Option<&String>) -> Option<v1::RateRetryBudget> {
     })
 }
 
-fn selects(selector: Option<&WorkloadSelector>, w: &Workload) -> bool {
+pub(crate) fn selects(selector: Option<&WorkloadSelector>, w: &Workload) -> bool {
     selector.is_none_or(|s| {
         s.match_labels
             .iter()
@@ -260,8 +260,12 @@ fn oldest<'c>(
     candidates.min_by(|a, b| a.meta.age_key().cmp(&b.meta.age_key()))
 }
 
-/// The inbound policy of workload `w`.
-pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::InboundPolicy {
+/// Workload `w`'s PeerAuthentication, composed: its mode, and the modes of workload ports
+/// set apart by `portLevelMtls`.
+pub fn peer_authentication(
+    config: &ConfigSet,
+    w: &Workload,
+) -> (v1::MtlsMode, std::collections::BTreeMap<u32, i32>) {
     let mut resolved = MtlsMode::Permissive;
     let mut ports = std::collections::BTreeMap::new();
     // Mesh (root namespace, no selector), namespace, workload: each applies if set. Root
@@ -304,6 +308,12 @@ pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::Inbo
             }
         }
     }
+    (mode(resolved), ports)
+}
+
+/// The inbound policy of workload `w`.
+pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::InboundPolicy {
+    let (mtls_mode, ports) = peer_authentication(config, w);
     let mut authorization = Vec::new();
     let candidates = config.authorization_policies_in(ROOT_NAMESPACE).chain(
         if w.namespace == ROOT_NAMESPACE {
@@ -405,7 +415,7 @@ pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::Inbo
         });
     }
     v1::InboundPolicy {
-        mtls_mode: mode(resolved) as i32,
+        mtls_mode: mtls_mode as i32,
         port_mtls: ports,
         authorization,
     }

@@ -27,6 +27,21 @@ type Maps = (
 );
 
 /// Services and endpoints by FQDN.
+/// The service ports where `w`'s PeerAuthentication is DISABLE (its workload port, the
+/// app's, decides, as `portLevelMtls` keys are workload ports).
+fn plaintext_ports(config: &ConfigSet, w: &Workload) -> Vec<u32> {
+    let (mode, by_port) = super::policy::peer_authentication(config, w);
+    let disable = v1::MtlsMode::Disable as i32;
+    w.ports
+        .iter()
+        .filter(|p| {
+            let target = u32::from(p.target_port.unwrap_or(p.port));
+            by_port.get(&target).copied().unwrap_or(mode as i32) == disable
+        })
+        .map(|p| u32::from(p.port))
+        .collect()
+}
+
 pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str) -> Maps {
     let mut services: BTreeMap<String, v1::Service> = BTreeMap::new();
     let mut endpoints: BTreeMap<String, v1::Endpoints> = BTreeMap::new();
@@ -70,6 +85,7 @@ pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str)
                 workload: w.name.clone(),
                 namespace: w.namespace.clone(),
                 service_port: 0,
+                plaintext_ports: plaintext_ports(config, w),
             });
     }
 
@@ -131,6 +147,7 @@ pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str)
                         workload: se.meta.name.clone(),
                         namespace: ns.clone(),
                         service_port: if external { p.number } else { 0 },
+                        plaintext_ports: vec![],
                     });
                 }
             }

@@ -54,6 +54,7 @@ fn workload(name: &str, ns: &str, sa: &str, labels: &[(&str, &str)], addr: &str)
         ports: vec![WorkloadPort {
             port: 9080,
             protocol: "http".into(),
+            target_port: Some(19080),
         }],
         locality: Default::default(),
     }
@@ -120,6 +121,7 @@ fn workloads_with_one_app_label_become_one_service_with_every_port_identity_and_
     v2w.ports.push(WorkloadPort {
         port: 9090,
         protocol: "grpc".into(),
+        target_port: None,
     });
     // Same app label, other namespace: another service.
     let other_ns = workload(

@@ -971,12 +971,9 @@ async fn forward_upgrade(
     mut req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let downstream = hyper::upgrade::on(&mut req);
-    let mut sender = http1::dedicated(
-        endpoint.addr,
-        Some((cluster.tls_http1.clone(), cluster.server_name.clone())),
-        ctx.connect_timeout,
-    )
-    .await?;
+    let tls =
+        (!endpoint.plaintext).then(|| (cluster.tls_http1.clone(), cluster.server_name.clone()));
+    let mut sender = http1::dedicated(endpoint.addr, tls, ctx.connect_timeout).await?;
     let (mut parts, body) = req.into_parts();
     parts.uri = forward_uri(&parts.uri, None)?;
     let mut resp = sender

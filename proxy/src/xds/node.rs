@@ -22,7 +22,8 @@ pub mod keys {
     pub const LABELS: &str = "LABELS";
     /// `ip:port` of the inbound listener as other sidecars reach it.
     pub const INBOUND_ADDRESS: &str = "INBOUND_ADDRESS";
-    /// Served ports, a list of `port/protocol`.
+    /// Served ports, a list of `port/protocol/workload port` (the workload port is where the
+    /// app listens).
     pub const PORTS: &str = "PORTS";
 }
 
@@ -66,7 +67,14 @@ pub fn node(cfg: &ProxyConfig, id: &SpiffeId, inbound: SocketAddr) -> Node {
                     .inbound
                     .ports
                     .iter()
-                    .map(|p| string(&format!("{}/{}", p.port, protocol_name(p.protocol))))
+                    .map(|p| {
+                        string(&format!(
+                            "{}/{}/{}",
+                            p.port,
+                            protocol_name(p.protocol),
+                            p.target.port()
+                        ))
+                    })
                     .collect(),
             })),
         },

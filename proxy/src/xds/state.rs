@@ -198,6 +198,7 @@ impl XdsState {
                                 })
                                 .unwrap_or_default(),
                             weight: e.weight.max(1),
+                            plaintext: false,
                         })
                     })
                     .collect::<Result<Vec<_>, XdsError>>()?;
@@ -223,7 +224,15 @@ impl XdsState {
                     protocol,
                     aliases: svc.aliases.clone(),
                     identities: identities.clone(),
-                    endpoints: eps.clone(),
+                    // Auto mutual TLS: plaintext to endpoints whose port is DISABLE.
+                    endpoints: eps
+                        .iter()
+                        .zip(listed)
+                        .map(|(e, l)| EndpointSpec {
+                            plaintext: l.plaintext_ports.contains(&p.number),
+                            ..e.clone()
+                        })
+                        .collect(),
                     listen: None,
                     external: external.as_ref().map(|t| {
                         t.iter()

@@ -97,7 +97,7 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
-    let mut b = h1_request(method, HOST, path);
+    let mut b = h1_request(method, &format!("{HOST}:{PORT}"), path);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -439,4 +439,270 @@ spec:
         .await
             >= 1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_port_takes_plaintext_and_callers_send_it_plaintext_while_the_rest_stays_strict()
+{
+    // SEMANTICS B.6: namespace STRICT, the workload's policy UNSET but its 8080 workload port
+    // DISABLE.
+    let (plain_app, strict_app) = (
+        HttpApp::start("plain-port").await,
+        HttpApp::start("strict-port").await,
+    );
+    let policies = format!(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: default}}
+spec: {{mtls: {{mode: STRICT}}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: llm, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: llm-processor}}}}
+  portLevelMtls:
+    {}: {{mode: DISABLE}}
+",
+        plain_app.addr.port()
+    );
+    let control = ControlPlane::start(&[("peer.yaml", &policies)]).await;
+    let llm = MeshProxy::start(
+        &control.access(NAMESPACE, "llm-processor").await,
+        &Workload::new("llm-processor")
+            .serving(8080, plain_app.addr)
+            .serving(9090, strict_app.addr),
+    )
+    .await;
+    let intent = MeshProxy::caller(&control, "intent-controller").await;
+    let through = |port: u16| {
+        let outbound = intent.outbound();
+        async move {
+            clients::try_get(outbound, &format!("{HOST}:{port}"), "/headers")
+                .await
+                .filter(|r| r.status == 200)
+                .map(|r| r.json())
+        }
+    };
+    let disabled = eventually("the DISABLE port through the sidecar", CONVERGE, || {
+        through(8080)
+    })
+    .await;
+    assert!(
+        disabled["headers"]["x-forwarded-client-cert"].is_null(),
+        "auto mutual TLS sends plaintext to a DISABLE port: {disabled}"
+    );
+    let strict = eventually("the STRICT port through the sidecar", CONVERGE, || {
+        through(9090)
+    })
+    .await;
+    assert!(
+        strict["headers"]["x-forwarded-client-cert"][0]
+            .as_str()
+            .is_some_and(|x| x.contains("intent-controller")),
+        "the other port stays mutual TLS: {strict}"
+    );
+
+    // Directly, in plaintext: the DISABLE port answers, the STRICT one closes the connection.
+    let reply = clients::get(llm.addrs.inbound, &format!("{HOST}:8080"), "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let mut raw = RawConn::connect(llm.addrs.inbound).await;
+    let _ = raw
+        .send(format!("GET / HTTP/1.1\r\nHost: {HOST}:9090\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(
+        raw.wait_closed(Duration::from_secs(10)).await,
+        Closed::Yes { bytes: vec![] },
+        "plaintext to the STRICT port gets no answer"
+    );
+    assert!(
+        llm.metric(
+            "istio_requests_total",
+            &[
+                ("connection_security_policy", "none"),
+                ("response_code", "200")
+            ]
+        )
+        .await
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_grpc_caller_gets_permission_denied() {
+    use meshlite_tests::grpc::{self, GrpcEchoApp, SAY_PATH};
+    use meshlite_tests::mesh::{AppProtocol, InboundPort};
+    let policy = format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: greeter, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: greeter}}}}
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/default/sa/intent-controller]}}}}]
+    to: [{{operation: {{methods: [POST], paths: ['{SAY_PATH}']}}}}]
+"
+    );
+    let control = ControlPlane::start(&[("authz.yaml", &policy)]).await;
+    let app = GrpcEchoApp::start().await;
+    let mut workload = Workload::new("greeter");
+    workload.inbound.push(InboundPort {
+        port: PORT,
+        target: app.addr,
+        protocol: AppProtocol::Grpc,
+    });
+    let _greeter = MeshProxy::start(&control.access(NAMESPACE, "greeter").await, &workload).await;
+    let intent = MeshProxy::caller(&control, "intent-controller").await;
+    let other = MeshProxy::caller(&control, "other").await;
+    let authority = format!("greeter:{PORT}");
+    let reply = eventually("the allowed gRPC call", CONVERGE, || async {
+        grpc::say(intent.outbound(), &authority, "hello").await.ok()
+    })
+    .await;
+    assert_eq!(reply.get_ref().message, "hello");
+    let calls = app.calls();
+    let status = eventually("the denied gRPC call's status", CONVERGE, || async {
+        grpc::say(other.outbound(), &authority, "hello")
+            .await
+            .err()
+            .filter(|s| s.code() == tonic::Code::PermissionDenied)
+    })
+    .await;
+    assert!(status.message().contains("RBAC"), "{status:?}");
+    assert_eq!(app.calls(), calls, "a denied call never reaches the app");
+}
+
+/// Writes `ping` on a new connection to `addr` and returns what comes back before EOF.
+async fn tcp_ping(addr: std::net::SocketAddr) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = s.write_all(b"ping").await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.len() >= 4 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the TCP connection neither answered nor closed"
+    );
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_ports_get_tcp_rules_and_http_only_fields_follow_istio() {
+    use meshlite_tests::apps::TcpEchoApp;
+    use meshlite_tests::control::StaticTcp;
+    use meshlite_tests::mesh::{AppProtocol, InboundPort};
+    let (http_app, tcp_app) = (
+        HttpApp::start("llm-processor").await,
+        TcpEchoApp::start().await,
+    );
+    // SEMANTICS B.7: a DENY on POST without `ports` denies every TCP connection.
+    let deny_posts = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-posts, namespace: default}
+spec:
+  selector: {matchLabels: {app: llm-processor}}
+  action: DENY
+  rules: [{to: [{operation: {methods: [POST]}}]}]
+";
+    let control = ControlPlane::start(&[("authz.yaml", deny_posts)]).await;
+    let mut w = Workload::new("llm-processor").serving(PORT, http_app.addr);
+    w.inbound.push(InboundPort {
+        port: 5432,
+        target: tcp_app.addr,
+        protocol: AppProtocol::Tcp,
+    });
+    let llm = MeshProxy::start(&control.access(NAMESPACE, "llm-processor").await, &w).await;
+    let caller = |name: &str| {
+        let mut c = Workload::new(name);
+        c.static_tcp.push(StaticTcp {
+            name: "llm-db".into(),
+            port: 5432,
+            endpoint: llm.addrs.inbound,
+            identity: w.spiffe_id(),
+        });
+        c
+    };
+    let intent = MeshProxy::start(
+        &control.access(NAMESPACE, "intent-controller").await,
+        &caller("intent-controller"),
+    )
+    .await;
+    let other = MeshProxy::start(&control.access(NAMESPACE, "other").await, &caller("other")).await;
+    wait_status(&intent, "GET", "/", 200).await;
+    let tcp_of = |p: &MeshProxy| p.addrs.tcp["llm-db:5432"];
+    eventually("the DENY to reach the TCP port", CONVERGE, || async {
+        (llm.metric(
+            "envoy_tcp_rbac_denied_total",
+            &[("policy", "default/deny-posts")],
+        )
+        .await
+            >= 1.0
+            || tcp_ping(tcp_of(&intent)).await.is_empty())
+        .then_some(())
+    })
+    .await;
+    assert!(
+        tcp_ping(tcp_of(&intent)).await.is_empty(),
+        "denied: closed without echo"
+    );
+    assert_eq!(
+        tcp_app.connections(),
+        0,
+        "a denied connection never reaches the app"
+    );
+    assert_eq!(
+        send(&intent, "GET", "/", &[]).await.0,
+        200,
+        "HTTP GET is not a POST"
+    );
+    assert_eq!(send(&intent, "POST", "/", &[]).await.0, 403);
+
+    // Scoped to the TCP port, an ALLOW for one principal: it gets through, the other not.
+    let allow_intent = format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: db-clients, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: llm-processor}}}}
+  rules:
+  - from: [{{source: {{principals: [cluster.local/ns/default/sa/intent-controller]}}}}]
+    to: [{{operation: {{ports: ['{}']}}}}]
+",
+        tcp_app.addr.port()
+    );
+    mesh_write(&control, &allow_intent);
+    let echoed = eventually("the allowed TCP caller's echo", CONVERGE, || async {
+        let got = tcp_ping(tcp_of(&intent)).await;
+        (got == b"ping").then_some(got)
+    })
+    .await;
+    assert_eq!(echoed, b"ping");
+    assert!(
+        tcp_ping(tcp_of(&other)).await.is_empty(),
+        "no ALLOW rule for the other principal"
+    );
+    assert!(
+        llm.metric(
+            "envoy_tcp_rbac_allowed_total",
+            &[("policy", "default/db-clients")]
+        )
+        .await
+            >= 1.0
+    );
+}
+
+fn mesh_write(control: &ControlPlane, yaml: &str) {
+    control.write_config("authz.yaml", yaml);
 }
