@@ -9,6 +9,10 @@
 //!   rate limit (a token taken) and the retry decision;
 //! - `vs-route`: choosing a rule in a VirtualService of 10 header/prefix rules (the last one
 //!   matching), with a weighted 90/10 destination;
+//! - `authz`: authorizing one request against 20 AuthorizationPolicy rules (5 DENY rules on
+//!   headers that do not match, then 15 ALLOW rules of principal, method and path, the last
+//!   one matching), and a request no rule allows; `path/normalize`: the path check every
+//!   request gets (the ordinary path needs no copy);
 //! - `telemetry`: recording one request in `istio_requests_total` and
 //!   `istio_request_duration_milliseconds` with Istio's 24 standard labels;
 //! - `request`: one full HTTP/1.1 request through a real client sidecar, mutual TLS and a real
@@ -386,6 +390,95 @@ fn telemetry(c: &mut Criterion) {
     });
 }
 
+fn authz(c: &mut Criterion) {
+    use meshlite_proxy::http::path::{PathNormalization, normalize};
+    use meshlite_proxy::policy::authz::{Attributes, Authorizer, Peer, Request, TrustDomains};
+    use meshlite_xds_proto::v1;
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let mut policies = Vec::new();
+    for i in 0..5 {
+        policies.push(v1::AuthorizationPolicy {
+            origin: format!("default/deny-{i}"),
+            action: v1::authorization_policy::Action::Deny as i32,
+            rules: vec![v1::Rule {
+                when: vec![v1::Condition {
+                    key: format!("request.headers[x-block-{i}]"),
+                    values: s(&["*"]),
+                    not_values: vec![],
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    for i in 0..15 {
+        policies.push(v1::AuthorizationPolicy {
+            origin: format!("default/allow-{i}"),
+            action: v1::authorization_policy::Action::Allow as i32,
+            rules: vec![v1::Rule {
+                from: vec![v1::Source {
+                    principals: vec![format!("cluster.local/ns/default/sa/caller-{i}")],
+                    ..Default::default()
+                }],
+                to: vec![v1::Operation {
+                    methods: s(&["POST", "PUT"]),
+                    paths: vec![format!("/api/v{i}/*")],
+                    ..Default::default()
+                }],
+                when: vec![],
+            }],
+            ..Default::default()
+        });
+    }
+    let metrics = Metrics::new();
+    let tds = TrustDomains {
+        local: "cluster.local".into(),
+        aliases: vec![],
+    };
+    let authz = Authorizer::compile(&policies, &tds, &metrics.security).expect("compiles");
+    let peer = Peer::new(&SpiffeId::parse("spiffe://cluster.local/ns/default/sa/caller-14").expect("id"));
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("x-request-id", HeaderValue::from_static("6c1f2a"));
+    let attrs = |path: &'static str| Attributes {
+        peer: Some(&peer),
+        source_ip: "10.0.0.5".parse().expect("ip"),
+        remote_ip: "10.0.0.5".parse().expect("ip"),
+        destination_ip: "10.0.0.9".parse().expect("ip"),
+        destination_port: 8080,
+        sni: None,
+        request: Some(Request {
+            host: "llm-processor:8080",
+            method: "POST",
+            path,
+            headers: &headers,
+            auth: None,
+        }),
+    };
+    let allowed = attrs("/api/v14/process");
+    assert!(authz.evaluate(&allowed).allowed);
+    let denied = attrs("/admin");
+    assert!(!authz.evaluate(&denied).allowed);
+    let mut group = c.benchmark_group("authz");
+    group.bench_function("20-rules-last-allows", |b| {
+        b.iter(|| black_box(authz.evaluate(black_box(&allowed)).allowed))
+    });
+    group.bench_function("20-rules-none-allows", |b| {
+        b.iter(|| black_box(authz.evaluate(black_box(&denied)).allowed))
+    });
+    group.finish();
+    let mut group = c.benchmark_group("path");
+    group.bench_function("normalize/ordinary", |b| {
+        b.iter(|| black_box(normalize(black_box("/api/v1/process"), PathNormalization::Base).is_ok()))
+    });
+    group.bench_function("normalize/dot-segments", |b| {
+        b.iter(|| {
+            black_box(normalize(black_box("/api/v1/../v2/./process"), PathNormalization::MergeSlashes).is_ok())
+        })
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki::generate(dir.path()).expect("certificates");
@@ -394,6 +487,7 @@ fn benches(c: &mut Criterion) {
     balance(c);
     resilience(c);
     vs_route(c);
+    authz(c);
     telemetry(c);
     full_request(c, dir.path(), &pki);
 }

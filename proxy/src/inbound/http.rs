@@ -22,7 +22,7 @@ use crate::http::errors::{ProxyError, is_grpc};
 use crate::http::headers::{
     self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO,
 };
-use crate::http::path::{PathError, normalize};
+use crate::http::path::normalize_uri;
 use crate::http::uri::{forward_uri, request_authority};
 use crate::outbound::http::{DESTINATION_PORT, clean_response, send_h1, splice};
 use crate::policy::authz::{Attributes, Peer, Request as AuthzRequest};
@@ -270,10 +270,7 @@ fn checked<B>(
     target: &InboundPort,
     req: &mut Request<B>,
 ) -> Result<(), ProxyError> {
-    if let std::borrow::Cow::Owned(path) = normalize(req.uri().path(), snap.path_normalization)? {
-        let uri = with_path(req.uri(), &path).ok_or(ProxyError::BadPath(PathError::EncodedNul))?;
-        *req.uri_mut() = uri;
-    }
+    normalize_uri(req.uri_mut(), snap.path_normalization)?;
     let authz = &snap.security.authz;
     if authz.is_empty() {
         return Ok(());
@@ -325,17 +322,6 @@ fn audit(
             request_id.and_then(|v| v.to_str().ok()),
         );
     }
-}
-
-/// `uri` with its path replaced (query kept).
-fn with_path(uri: &http::Uri, path: &str) -> Option<http::Uri> {
-    let pq = match uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(pq).ok()?);
-    http::Uri::from_parts(parts).ok()
 }
 
 fn prepare(conn: &InboundConn, req: &mut Request<ProxyBody>) {

@@ -22,7 +22,8 @@ use crate::config::Protocol;
 use crate::config::UpstreamProtocol;
 use crate::context::ProxyContext;
 use crate::http::body::ProxyBody;
-use crate::http::errors::ProxyError;
+use crate::http::errors::{ProxyError, is_grpc};
+use crate::http::path::normalize_uri;
 use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_PROTO};
 use crate::http::replay::{ReplayBody, ReplayHandle};
 use crate::http::uri::{forward_uri, request_authority};
@@ -75,11 +76,15 @@ pub async fn handle(
         .is_some()
         .then(|| Box::new(AccessLogEntry::for_request(&req, "outbound", conn.remote)));
     let received = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
-    let req = req.map(|b| ProxyBody::counted(b, received.clone()));
+    let mut req = req.map(|b| ProxyBody::counted(b, received.clone()));
+    let grpc = is_grpc(req.headers());
 
-    let routed = match request_authority(&req) {
-        None => Err(ProxyError::NoHost),
-        Some(authority) => snap
+    // Routes match the normalised path, the one the destination authorizes and its app gets.
+    let normalized = normalize_uri(req.uri_mut(), snap.path_normalization);
+    let routed = match (normalized, request_authority(&req)) {
+        (Err(e), _) => Err(ProxyError::from(e)),
+        (Ok(()), None) => Err(ProxyError::NoHost),
+        (Ok(()), Some(authority)) => snap
             .route(authority)
             .and_then(|hp| hp.select(crate::route::Head::of(&req), authority))
             .map_err(|miss| ProxyError::from_miss(miss, authority)),
@@ -128,7 +133,7 @@ pub async fn handle(
                 None => e.flag(),
             };
             tracing::debug!(error = %e, flag, "outbound request failed");
-            (e.into_response(), flag, None)
+            (e.reply(grpc), flag, None)
         }
     };
     let labels = source_report(
