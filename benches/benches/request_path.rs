@@ -436,7 +436,8 @@ fn authz(c: &mut Criterion) {
         aliases: vec![],
     };
     let authz = Authorizer::compile(&policies, &tds, &metrics.security).expect("compiles");
-    let peer = Peer::new(&SpiffeId::parse("spiffe://cluster.local/ns/default/sa/caller-14").expect("id"));
+    let peer =
+        Peer::new(&SpiffeId::parse("spiffe://cluster.local/ns/default/sa/caller-14").expect("id"));
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     headers.insert("x-request-id", HeaderValue::from_static("6c1f2a"));
@@ -469,11 +470,19 @@ fn authz(c: &mut Criterion) {
     group.finish();
     let mut group = c.benchmark_group("path");
     group.bench_function("normalize/ordinary", |b| {
-        b.iter(|| black_box(normalize(black_box("/api/v1/process"), PathNormalization::Base).is_ok()))
+        b.iter(|| {
+            black_box(normalize(black_box("/api/v1/process"), PathNormalization::Base).is_ok())
+        })
     });
     group.bench_function("normalize/dot-segments", |b| {
         b.iter(|| {
-            black_box(normalize(black_box("/api/v1/../v2/./process"), PathNormalization::MergeSlashes).is_ok())
+            black_box(
+                normalize(
+                    black_box("/api/v1/../v2/./process"),
+                    PathNormalization::MergeSlashes,
+                )
+                .is_ok(),
+            )
         })
     });
     group.finish();

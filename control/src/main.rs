@@ -74,7 +74,19 @@ enum TokenCommand {
         /// Lifetime.
         #[arg(long, default_value = "1h", value_parser = duration)]
         ttl: Duration,
+        /// A label the workload may claim, `key=value` (repeat for several). A workload that
+        /// serves ports must be granted its `app` label: the service it joins.
+        #[arg(long = "label", value_parser = label)]
+        labels: Vec<(String, String)>,
     },
+}
+
+/// `key=value`.
+fn label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not key=value"))?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 #[derive(Subcommand, Debug)]
@@ -165,13 +177,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     namespace,
                     service_account,
                     ttl,
+                    labels,
                 },
         } => {
             let signer = TokenSigner::load_or_create(&state_dir)?;
-            let token = signer.create(
+            let token = signer.create_granting(
                 &trust_domain,
                 &namespace,
                 &service_account,
+                &labels.into_iter().collect(),
                 ttl,
                 time::OffsetDateTime::now_utc(),
             )?;

@@ -51,6 +51,9 @@ pub struct ControlMetrics {
     pub csrs: Family<ResultLabel, Counter>,
     /// `meshlite_control_config_generation`: the generation pushed last.
     pub generation: Gauge,
+    /// `meshlite_control_announcements_refused_total{result}`: workload announcements refused
+    /// because they claim what the certificate does not grant.
+    pub announcements_refused: Family<ResultLabel, Counter>,
 }
 
 impl Default for ControlMetrics {
@@ -73,6 +76,7 @@ impl ControlMetrics {
             config_errors: Gauge::default(),
             csrs: Family::default(),
             generation: Gauge::default(),
+            announcements_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -119,6 +123,11 @@ impl ControlMetrics {
             "meshlite_control_config_generation",
             "Generation of the mesh state pushed last",
             m.generation.clone(),
+        );
+        registry.register(
+            "meshlite_control_announcements_refused",
+            "Workload announcements refused: labels or services the certificate does not grant",
+            m.announcements_refused.clone(),
         );
         Self { registry, ..m }
     }

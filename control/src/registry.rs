@@ -72,6 +72,35 @@ pub enum AnnounceError {
         /// Why.
         message: String,
     },
+    /// The workload claims a label its certificate does not grant.
+    #[error("announces label {key}={claimed}, but its certificate grants {key}={granted}")]
+    LabelNotGranted {
+        /// The label.
+        key: String,
+        /// What the announcement says.
+        claimed: String,
+        /// What the certificate grants.
+        granted: String,
+    },
+    /// The workload serves ports without a granted `app` label (the service it would join).
+    #[error(
+        "serves ports as `{claimed}`, but its certificate grants no `app` label; mint its token with `token create --label app=<service>`"
+    )]
+    ServiceNotGranted {
+        /// The service it claims.
+        claimed: String,
+    },
+}
+
+impl AnnounceError {
+    /// The `result` label of `meshlite_control_announcements_refused_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AnnounceError::Missing(_) | AnnounceError::Invalid { .. } => "malformed",
+            AnnounceError::LabelNotGranted { .. } => "label_not_granted",
+            AnnounceError::ServiceNotGranted { .. } => "service_not_granted",
+        }
+    }
 }
 
 fn str_field<'a>(node: &'a Node, key: &'static str) -> Result<&'a str, AnnounceError> {
@@ -87,8 +116,16 @@ fn str_field<'a>(node: &'a Node, key: &'static str) -> Result<&'a str, AnnounceE
 
 impl Workload {
     /// Reads a node's announcement. The namespace and service account must be the ones the
-    /// caller's certificate proves (`peer`): a sidecar cannot register as someone else.
-    pub fn from_node(node: &Node, peer: &SpiffeId) -> Result<Self, AnnounceError> {
+    /// caller's certificate proves (`peer`): a sidecar cannot register as someone else. Its
+    /// labels must agree with those the certificate grants (`granted`, see
+    /// [`crate::ca::binding`]), and a workload that serves ports must have been granted its
+    /// `app` label: the service it joins, and whose identities callers then accept, is bound
+    /// by the control plane, never taken from the announcement alone.
+    pub fn from_node(
+        node: &Node,
+        peer: &SpiffeId,
+        granted: &BTreeMap<String, String>,
+    ) -> Result<Self, AnnounceError> {
         let name = str_field(node, "NAME")?.to_string();
         let namespace = str_field(node, "NAMESPACE")?.to_string();
         let service_account = str_field(node, "SERVICE_ACCOUNT")?.to_string();
@@ -111,7 +148,7 @@ impl Workload {
                     message: "not ip:port".into(),
                 })?;
         let fields = node.metadata.as_ref().map(|m| &m.fields);
-        let labels = fields
+        let labels: BTreeMap<String, String> = fields
             .and_then(|f| f.get("LABELS"))
             .and_then(|v| match &v.kind {
                 Some(Kind::StructValue(s)) => Some(
@@ -155,6 +192,31 @@ impl Workload {
                     protocol: proto.to_ascii_lowercase(),
                     target_port,
                 });
+            }
+        }
+        for (key, claimed) in &labels {
+            if let Some(g) = granted.get(key)
+                && g != claimed
+            {
+                return Err(AnnounceError::LabelNotGranted {
+                    key: key.clone(),
+                    claimed: claimed.clone(),
+                    granted: g.clone(),
+                });
+            }
+        }
+        if !ports.is_empty() {
+            let claimed = labels.get("app").cloned().unwrap_or_else(|| name.clone());
+            match granted.get("app") {
+                Some(app) if *app == claimed => {}
+                Some(app) => {
+                    return Err(AnnounceError::LabelNotGranted {
+                        key: "app".into(),
+                        claimed,
+                        granted: app.clone(),
+                    });
+                }
+                None => return Err(AnnounceError::ServiceNotGranted { claimed }),
             }
         }
         let loc = node.locality.clone().unwrap_or_default();
@@ -325,6 +387,81 @@ mod tests {
             ports: vec![],
             locality: Default::default(),
         }
+    }
+
+    /// A node announcing `labels` and, when `serves`, port 9080.
+    fn node(labels: &[(&str, &str)], serves: bool) -> Node {
+        use prost_types::{ListValue, Struct, Value};
+        let s = |v: &str| Value {
+            kind: Some(Kind::StringValue(v.to_string())),
+        };
+        let mut fields = BTreeMap::from([
+            ("NAME".to_string(), s("reviews-v1")),
+            ("NAMESPACE".to_string(), s("default")),
+            ("SERVICE_ACCOUNT".to_string(), s("reviews")),
+            ("INBOUND_ADDRESS".to_string(), s("127.0.0.1:15006")),
+            (
+                "LABELS".to_string(),
+                Value {
+                    kind: Some(Kind::StructValue(Struct {
+                        fields: labels.iter().map(|(k, v)| (k.to_string(), s(v))).collect(),
+                    })),
+                },
+            ),
+        ]);
+        if serves {
+            fields.insert(
+                "PORTS".into(),
+                Value {
+                    kind: Some(Kind::ListValue(ListValue {
+                        values: vec![s("9080/http/19080")],
+                    })),
+                },
+            );
+        }
+        Node {
+            id: "reviews-v1.default".into(),
+            metadata: Some(Struct {
+                fields: fields.into_iter().collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn announcements_claim_only_what_the_certificate_grants() {
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/reviews").unwrap();
+        let grant = |l: &[(&str, &str)]| -> BTreeMap<String, String> {
+            l.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let granted = grant(&[("app", "reviews")]);
+        let w = Workload::from_node(
+            &node(&[("app", "reviews"), ("version", "v1")], true),
+            &id,
+            &granted,
+        )
+        .expect("granted app, free version");
+        assert_eq!(w.ports[0].target_port, Some(19080));
+        assert_eq!(w.service_name(), "reviews");
+        let e = Workload::from_node(&node(&[("app", "ratings")], true), &id, &granted).unwrap_err();
+        assert_eq!(e.reason(), "label_not_granted", "{e}");
+        let pinned = grant(&[("app", "reviews"), ("version", "v1")]);
+        let e = Workload::from_node(
+            &node(&[("app", "reviews"), ("version", "v2")], true),
+            &id,
+            &pinned,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("version=v2"), "{e}");
+        let e = Workload::from_node(&node(&[("app", "reviews")], true), &id, &BTreeMap::new())
+            .unwrap_err();
+        assert_eq!(e.reason(), "service_not_granted", "{e}");
+        assert!(
+            Workload::from_node(&node(&[("app", "reviews")], false), &id, &BTreeMap::new()).is_ok(),
+            "a workload that serves nothing may call without a grant"
+        );
     }
 
     #[tokio::test(start_paused = true)]

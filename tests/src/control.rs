@@ -266,7 +266,9 @@ impl ControlPlane {
         std::fs::rename(&temp, self.config_dir().join(name)).expect("rename config");
     }
 
-    /// Runs `meshlite-control token create` for `namespace`/`service_account` with `ttl`.
+    /// Runs `meshlite-control token create` for `namespace`/`service_account` with `ttl`,
+    /// granting the `app` label named after the service account (the service every workload
+    /// of these tests serves).
     ///
     /// # Panics
     /// If the command fails.
@@ -276,8 +278,24 @@ impl ControlPlane {
         service_account: &str,
         ttl: &str,
     ) -> String {
+        let app = format!("app={service_account}");
+        self.token_granting(namespace, service_account, ttl, &[&app])
+            .await
+    }
+
+    /// A token for `namespace`/`service_account` granting `labels` (`key=value`).
+    ///
+    /// # Panics
+    /// If `token create` fails.
+    pub async fn token_granting(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        ttl: &str,
+        labels: &[&str],
+    ) -> String {
         let state = self.state_dir();
-        let out = run_control_cli(&[
+        let mut args: Vec<&OsStr> = vec![
             OsStr::new("token"),
             OsStr::new("create"),
             OsStr::new("--state-dir"),
@@ -288,8 +306,12 @@ impl ControlPlane {
             OsStr::new(service_account),
             OsStr::new("--ttl"),
             OsStr::new(ttl),
-        ])
-        .await;
+        ];
+        for l in labels {
+            args.push(OsStr::new("--label"));
+            args.push(OsStr::new(l));
+        }
+        let out = run_control_cli(&args).await;
         assert!(
             out.status.success(),
             "token create failed: {}",
@@ -304,6 +326,25 @@ impl ControlPlane {
     /// If the command fails.
     pub async fn token(&self, namespace: &str, service_account: &str) -> String {
         self.token_with_ttl(namespace, service_account, "1h").await
+    }
+
+    /// Like [`ControlPlane::access`], with a token granting exactly `labels` (`key=value`).
+    ///
+    /// # Panics
+    /// If no token can be made.
+    pub async fn access_granting(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        labels: &[&str],
+    ) -> ControlAccess {
+        ControlAccess {
+            address: self.address(),
+            root_cert: self.root_cert(),
+            token: self
+                .token_granting(namespace, service_account, "1h", labels)
+                .await,
+        }
     }
 
     /// What a proxy of `namespace`/`service_account` needs to join this control plane.

@@ -690,6 +690,7 @@ fn tokens(binary: &Path, state: &Path) -> Result<Vec<String>, ControlError> {
                 .args(["token", "create", "--state-dir"])
                 .arg(state)
                 .args(["--namespace", NAMESPACE, "--service-account", &account(k)])
+                .args(["--label", &format!("app={}", account(k))])
                 .output()
                 .map_err(io("cannot run meshlite-control token create"))?;
             let token = String::from_utf8_lossy(&out.stdout).trim().to_string();

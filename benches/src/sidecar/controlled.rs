@@ -145,7 +145,9 @@ impl ControlPlane {
         })
     }
 
-    /// A one-hour bootstrap token for `service_account` in [`NAMESPACE`].
+    /// A one-hour bootstrap token for `service_account` in [`NAMESPACE`], granting the `app`
+    /// label of the same name (every workload here serves the service named after its
+    /// account).
     pub fn token(&self, service_account: &str) -> Result<String, MeshError> {
         let failed = |message: String| MeshError::Token {
             account: service_account.to_string(),
@@ -161,6 +163,8 @@ impl ControlPlane {
                 service_account,
                 "--ttl",
                 "1h",
+                "--label",
+                &format!("app={service_account}"),
             ])
             .output()
             .map_err(|e| failed(format!("cannot run it: {e}")))?;

@@ -183,13 +183,20 @@ impl CertificateAuthority {
         &self,
         csr_pem: &str,
         caller: &SpiffeId,
+        labels: &std::collections::BTreeMap<String, String>,
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedChain, CaError> {
         self.check_trust_domain(caller)?;
         let checked = csr::check_csr(csr_pem, caller)?;
         let san = SanType::URI(caller.as_str().try_into()?);
-        let issued = self.sign_leaf(vec![san], &checked.key, ttl, now)?;
+        let bound = (!labels.is_empty()).then(|| {
+            rcgen::CustomExtension::from_oid_content(
+                &super::binding::OID,
+                super::binding::encode(labels),
+            )
+        });
+        let issued = self.sign_leaf(vec![san], &checked.key, bound, ttl, now)?;
         tracing::info!(identity = %caller, serial = %issued.serial_hex,
             not_after = %issued.not_after, "issued workload certificate");
         Ok(issued)
@@ -213,7 +220,7 @@ impl CertificateAuthority {
         }
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let issued = self.sign_leaf(sans, &key, ttl, now)?;
+        let issued = self.sign_leaf(sans, &key, None, ttl, now)?;
         Ok((issued, key.serialize_pem()))
     }
 
@@ -221,6 +228,7 @@ impl CertificateAuthority {
         &self,
         sans: Vec<SanType>,
         public_key: &impl PublicKeyData,
+        extension: Option<rcgen::CustomExtension>,
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedChain, CaError> {
@@ -254,6 +262,7 @@ impl CertificateAuthority {
         params.use_authority_key_identifier_extension = true;
         params.not_before = now - CLOCK_SKEW_ALLOWANCE;
         params.not_after = not_after;
+        params.custom_extensions.extend(extension);
         let cert = params.signed_by(public_key, &self.issuer)?;
         let mut chain_pem = Vec::with_capacity(self.chain_pem.len() + 1);
         chain_pem.push(super::pem::cert_pem(cert.der()));

@@ -7,6 +7,8 @@ use rustls_pki_types::pem::PemObject;
 use std::os::unix::fs::PermissionsExt;
 
 const TD: &str = "cluster.local";
+/// No granted labels.
+static NO_LABELS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn id(s: &str) -> SpiffeId {
@@ -63,7 +65,8 @@ fn issue(
     ttl: Duration,
     at: OffsetDateTime,
 ) -> IssuedChain {
-    ca.sign_csr(&csr_for(who.as_str()), who, ttl, at).unwrap()
+    ca.sign_csr(&csr_for(who.as_str()), who, &NO_LABELS, ttl, at)
+        .unwrap()
 }
 
 #[test]
@@ -180,7 +183,9 @@ fn p384_keys_are_accepted() {
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![uri(reviews().as_str())];
     let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-    let issued = ca.sign_csr(&csr, &reviews(), HOUR, now()).unwrap();
+    let issued = ca
+        .sign_csr(&csr, &reviews(), &NO_LABELS, HOUR, now())
+        .unwrap();
     assert!(ca.verify_client_chain(&ders(&issued), now()).is_ok());
 }
 
@@ -221,12 +226,14 @@ ugG/wRRQHHZ10aJ4898BGd82d4EN/ohhdN/NeYDrKQBHmRErM6T6Uv7BVITMTI7o\n\
 fn weak_or_unsupported_keys_are_refused_and_rsa_2048_is_accepted() {
     let (_d, ca) = new_ca();
     let err = ca
-        .sign_csr(RSA_1024_CSR, &reviews(), HOUR, now())
+        .sign_csr(RSA_1024_CSR, &reviews(), &NO_LABELS, HOUR, now())
         .unwrap_err();
     assert!(matches!(err, CaError::CsrWeakKey { .. }), "{err}");
     assert!(err.to_string().contains("RSA 1024 bits"), "{err}");
 
-    let issued = ca.sign_csr(RSA_2048_CSR, &reviews(), HOUR, now()).unwrap();
+    let issued = ca
+        .sign_csr(RSA_2048_CSR, &reviews(), &NO_LABELS, HOUR, now())
+        .unwrap();
     assert_eq!(
         ca.verify_client_chain(&ders(&issued), now()).unwrap(),
         reviews()
@@ -236,7 +243,9 @@ fn weak_or_unsupported_keys_are_refused_and_rsa_2048_is_accepted() {
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![uri(reviews().as_str())];
     let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-    let err = ca.sign_csr(&csr, &reviews(), HOUR, now()).unwrap_err();
+    let err = ca
+        .sign_csr(&csr, &reviews(), &NO_LABELS, HOUR, now())
+        .unwrap_err();
     assert!(matches!(err, CaError::CsrWeakKey { .. }), "{err}");
 }
 
@@ -261,6 +270,7 @@ fn a_csr_for_another_identity_is_refused() {
         .sign_csr(
             &csr_for("spiffe://cluster.local/ns/default/sa/admin"),
             &reviews(),
+            &NO_LABELS,
             HOUR,
             now(),
         )
@@ -272,11 +282,15 @@ fn a_csr_for_another_identity_is_refused() {
         vec![SanType::DnsName("reviews".try_into().unwrap())],
         |_| {},
     );
-    let err = ca.sign_csr(&csr, &reviews(), HOUR, now()).unwrap_err();
+    let err = ca
+        .sign_csr(&csr, &reviews(), &NO_LABELS, HOUR, now())
+        .unwrap_err();
     assert!(matches!(err, CaError::CsrWrongIdentity { .. }), "{err}");
     // No SAN at all.
     let csr = csr_with(vec![], |_| {});
-    let err = ca.sign_csr(&csr, &reviews(), HOUR, now()).unwrap_err();
+    let err = ca
+        .sign_csr(&csr, &reviews(), &NO_LABELS, HOUR, now())
+        .unwrap_err();
     assert!(matches!(err, CaError::CsrNoIdentity { .. }), "{err}");
 }
 
@@ -291,7 +305,9 @@ fn a_csr_with_a_second_san_is_refused() {
         ],
         |_| {},
     );
-    let err = ca.sign_csr(&two_uris, &me, HOUR, now()).unwrap_err();
+    let err = ca
+        .sign_csr(&two_uris, &me, &NO_LABELS, HOUR, now())
+        .unwrap_err();
     assert!(
         matches!(err, CaError::CsrExtraSans { count: 2, .. }),
         "{err}"
@@ -304,7 +320,9 @@ fn a_csr_with_a_second_san_is_refused() {
         ],
         |_| {},
     );
-    let err = ca.sign_csr(&with_dns, &me, HOUR, now()).unwrap_err();
+    let err = ca
+        .sign_csr(&with_dns, &me, &NO_LABELS, HOUR, now())
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "CSR asks for 2 SANs (spiffe://cluster.local/ns/default/sa/reviews, dns:evil); only the \
@@ -319,7 +337,7 @@ fn a_csr_asking_for_a_ca_certificate_is_refused() {
     let csr = csr_with(vec![uri(me.as_str())], |p| {
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     });
-    let err = ca.sign_csr(&csr, &me, HOUR, now()).unwrap_err();
+    let err = ca.sign_csr(&csr, &me, &NO_LABELS, HOUR, now()).unwrap_err();
     assert!(matches!(err, CaError::CsrRequestsCa { .. }), "{err}");
     assert!(err.to_string().contains("cA=true"), "{err}");
 
@@ -329,7 +347,7 @@ fn a_csr_asking_for_a_ca_certificate_is_refused() {
             KeyUsagePurpose::KeyCertSign,
         ];
     });
-    let err = ca.sign_csr(&csr, &me, HOUR, now()).unwrap_err();
+    let err = ca.sign_csr(&csr, &me, &NO_LABELS, HOUR, now()).unwrap_err();
     assert!(err.to_string().contains("keyCertSign"), "{err}");
 }
 
@@ -342,7 +360,9 @@ fn garbage_and_forged_csrs_are_refused() {
         "hello",
         "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
     ] {
-        let err = ca.sign_csr(garbage, &me, HOUR, now()).unwrap_err();
+        let err = ca
+            .sign_csr(garbage, &me, &NO_LABELS, HOUR, now())
+            .unwrap_err();
         assert!(
             matches!(err, CaError::CsrUnparseable(_)),
             "{garbage:?}: {err}"
@@ -360,7 +380,9 @@ fn garbage_and_forged_csrs_are_refused() {
         "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &raw)
     );
-    let err = ca.sign_csr(&forged, &me, HOUR, now()).unwrap_err();
+    let err = ca
+        .sign_csr(&forged, &me, &NO_LABELS, HOUR, now())
+        .unwrap_err();
     assert!(matches!(err, CaError::CsrBadSignature(_)), "{err}");
 }
 
@@ -369,7 +391,13 @@ fn an_identity_in_another_trust_domain_is_refused() {
     let (_d, ca) = new_ca();
     let foreign = id("spiffe://evil.example/ns/default/sa/reviews");
     let err = ca
-        .sign_csr(&csr_for(foreign.as_str()), &foreign, HOUR, now())
+        .sign_csr(
+            &csr_for(foreign.as_str()),
+            &foreign,
+            &NO_LABELS,
+            HOUR,
+            now(),
+        )
         .unwrap_err();
     assert!(matches!(err, CaError::ForeignTrustDomain { .. }), "{err}");
 }
@@ -599,4 +627,34 @@ fn cacerts_with_a_foreign_key_or_broken_chain_are_refused() {
     .unwrap();
     let err = CertificateAuthority::from_cacerts(dir.path(), TD).unwrap_err();
     assert!(err.to_string().contains("does not belong"), "{err}");
+}
+
+#[test]
+fn granted_labels_travel_in_the_certificate() {
+    let (_d, ca) = new_ca();
+    let labels = std::collections::BTreeMap::from([
+        ("app".to_string(), "reviews".to_string()),
+        ("version".to_string(), "v1".to_string()),
+    ]);
+    let issued = ca
+        .sign_csr(
+            &csr_for(reviews().as_str()),
+            &reviews(),
+            &labels,
+            HOUR,
+            now(),
+        )
+        .unwrap();
+    let leaf = CertificateDer::from_pem_slice(issued.chain_pem[0].as_bytes()).unwrap();
+    assert_eq!(crate::ca::binding::decode(&leaf), Some(labels));
+    // The proxy's own SVID checks still accept it (the extension is not critical).
+    ca.verify_client_chain(&[leaf], now())
+        .expect("a valid SVID");
+    let plain = issue(&ca, &reviews(), HOUR, now());
+    let leaf = CertificateDer::from_pem_slice(plain.chain_pem[0].as_bytes()).unwrap();
+    assert_eq!(
+        crate::ca::binding::decode(&leaf),
+        None,
+        "nothing granted, nothing carried"
+    );
 }

@@ -12,6 +12,7 @@
 //! against the roots and the [`revocation`] list, which the `cert revoke` command edits on disk.
 
 mod authority;
+pub mod binding;
 mod cacerts;
 mod csr;
 mod files;

@@ -4,7 +4,9 @@
 //! control plane mints its own: `mlt1.<payload>.<mac>`, where the payload is base64url (no
 //! padding) JSON `{sub, iat, exp, jti}` and the MAC is HMAC-SHA256 under a 32-byte key kept in
 //! the CA state directory (`token-key`, 0600), over `"mlt1." + payload`. A token is bound to one
-//! SPIFFE ID and expires; once the workload holds an SVID it renews with that instead.
+//! SPIFFE ID and expires; once the workload holds an SVID it renews with that instead. It may
+//! also grant labels (`labels`, e.g. `app: reviews`): the only labels, and so the only
+//! services, the workload may claim ([`super::binding`]).
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -71,6 +73,9 @@ pub enum TokenError {
     /// The token has expired.
     #[error("bootstrap token expired at {0}")]
     Expired(OffsetDateTime),
+    /// A label to grant is malformed.
+    #[error(transparent)]
+    BadLabel(#[from] super::binding::LabelError),
     /// The token's issue time is in the future beyond the allowed clock skew.
     #[error("bootstrap token is not valid yet (issued at {0}); check the clocks")]
     NotYetValid(OffsetDateTime),
@@ -83,6 +88,8 @@ pub struct TokenClaims {
     pub identity: SpiffeId,
     /// When the token stops being accepted.
     pub expires: OffsetDateTime,
+    /// The labels the workload may claim.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -92,6 +99,8 @@ struct WireClaims {
     iat: i64,
     exp: i64,
     jti: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Creates and verifies bootstrap tokens with the control plane's HMAC key.
@@ -153,6 +162,23 @@ impl TokenSigner {
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<String, TokenError> {
+        let none = std::collections::BTreeMap::new();
+        self.create_granting(trust_domain, namespace, service_account, &none, ttl, now)
+    }
+
+    /// Like [`TokenSigner::create`], granting `labels`.
+    pub fn create_granting(
+        &self,
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<String, TokenError> {
+        for (k, v) in labels {
+            super::binding::check_label(k, v)?;
+        }
         let bad_identity = |source| TokenError::BadIdentity {
             namespace: namespace.to_string(),
             service_account: service_account.to_string(),
@@ -174,6 +200,7 @@ impl TokenSigner {
             iat: now.unix_timestamp(),
             exp: now.unix_timestamp().saturating_add(ttl.as_secs() as i64),
             jti: URL_SAFE_NO_PAD.encode(jti),
+            labels: labels.clone(),
         };
         let json = serde_json::to_vec(&claims).map_err(|_| TokenError::Malformed("claims"))?;
         let payload = URL_SAFE_NO_PAD.encode(json);
@@ -218,7 +245,15 @@ impl TokenSigner {
         if issued > now + TOKEN_CLOCK_SKEW {
             return Err(TokenError::NotYetValid(issued));
         }
-        Ok(TokenClaims { identity, expires })
+        for (k, v) in &claims.labels {
+            super::binding::check_label(k, v)
+                .map_err(|_| TokenError::Malformed("labels are not valid label syntax"))?;
+        }
+        Ok(TokenClaims {
+            identity,
+            expires,
+            labels: claims.labels,
+        })
     }
 }
 
@@ -252,6 +287,31 @@ mod tests {
             "spiffe://cluster.local/ns/default/sa/reviews"
         );
         assert_eq!(c.expires, now() + HOUR);
+    }
+
+    #[test]
+    fn granted_labels_are_signed_with_the_identity() {
+        let (_d, s) = signer();
+        let labels = std::collections::BTreeMap::from([("app".to_string(), "ratings".to_string())]);
+        let t = s
+            .create_granting("cluster.local", "default", "ratings", &labels, HOUR, now())
+            .unwrap();
+        assert_eq!(s.verify(&t, now()).unwrap().labels, labels);
+        // Editing the granted labels breaks the signature.
+        let (signed, sig) = t.rsplit_once('.').unwrap();
+        let (_, payload) = signed.split_once('.').unwrap();
+        let json = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        let forged = URL_SAFE_NO_PAD.encode(json.replace("ratings\"}", "reviews\"}"));
+        let forged = format!("mlt1.{forged}.{sig}");
+        assert!(matches!(
+            s.verify(&forged, now()),
+            Err(TokenError::BadSignature)
+        ));
+        let bad = std::collections::BTreeMap::from([("app".to_string(), "a b".to_string())]);
+        assert!(matches!(
+            s.create_granting("cluster.local", "default", "x", &bad, HOUR, now()),
+            Err(TokenError::BadLabel(_))
+        ));
     }
 
     #[test]

@@ -91,8 +91,19 @@ impl AggregatedDiscoveryService for Ads {
             .node
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("the first request must carry the node"))?;
-        let workload = Workload::from_node(node, &identity)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let granted = chain
+            .first()
+            .and_then(|leaf| crate::ca::binding::decode(leaf))
+            .unwrap_or_default();
+        let workload = Workload::from_node(node, &identity, &granted).map_err(|e| {
+            self.plane
+                .metrics
+                .announcements_refused
+                .get_or_create(&crate::metrics::ResultLabel { result: e.reason() })
+                .inc();
+            tracing::warn!(proxy = %node.id, identity = %identity, "announcement refused: {e}");
+            Status::permission_denied(format!("announcement refused: {e}"))
+        })?;
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let plane = self.plane.clone();
         let id = plane.next_stream_id();

@@ -4,6 +4,7 @@
 
 use meshlite_xds_proto::v1::certificate_service_server::CertificateService;
 use meshlite_xds_proto::v1::{CertificateRequest, CertificateResponse};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -25,7 +26,13 @@ impl Ca {
         Self { plane }
     }
 
-    fn caller<T>(&self, req: &Request<T>, now: OffsetDateTime) -> Result<SpiffeId, Status> {
+    /// Who asks, and the labels their credential grants (the token's, or those the current
+    /// certificate carries).
+    fn caller<T>(
+        &self,
+        req: &Request<T>,
+        now: OffsetDateTime,
+    ) -> Result<(SpiffeId, BTreeMap<String, String>), Status> {
         if let Some(auth) = req.metadata().get("authorization") {
             let token = auth
                 .to_str()
@@ -36,7 +43,7 @@ impl Ca {
                 .plane
                 .tokens
                 .verify(token.trim(), now)
-                .map(|c| c.identity)
+                .map(|c| (c.identity, c.labels))
                 .map_err(|e| Status::unauthenticated(format!("bootstrap token refused: {e}")));
         }
         let chain = req
@@ -49,10 +56,17 @@ impl Ca {
                 "no credential: send a bootstrap token or present the current certificate",
             ));
         }
-        self.plane
+        let id = self
+            .plane
             .ca
             .verify_client_chain(&chain, now)
-            .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))
+            .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
+        // A renewal keeps exactly what the certificate being renewed granted.
+        let labels = chain
+            .first()
+            .and_then(|leaf| crate::ca::binding::decode(leaf))
+            .unwrap_or_default();
+        Ok((id, labels))
     }
 }
 
@@ -63,7 +77,7 @@ impl CertificateService for Ca {
         req: Request<CertificateRequest>,
     ) -> Result<Response<CertificateResponse>, Status> {
         let now = OffsetDateTime::now_utc();
-        let result = self.caller(&req, now).and_then(|caller| {
+        let result = self.caller(&req, now).and_then(|(caller, labels)| {
             let body = req.get_ref();
             let ttl = match u64::try_from(body.validity_duration) {
                 Ok(s) if s > 0 => Duration::from_secs(s),
@@ -71,7 +85,7 @@ impl CertificateService for Ca {
             };
             self.plane
                 .ca
-                .sign_csr(&body.csr, &caller, ttl, now)
+                .sign_csr(&body.csr, &caller, &labels, ttl, now)
                 .map_err(|e| Status::permission_denied(format!("CSR refused: {e}")))
         });
         let label = if result.is_ok() { "signed" } else { "refused" };

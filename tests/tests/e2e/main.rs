@@ -27,6 +27,7 @@ mod control_routing;
 mod failures;
 mod http1;
 mod hygiene;
+mod identity_binding;
 mod lifecycle;
 mod protocols;
 mod routing;
