@@ -146,7 +146,7 @@ fn full_request(c: &mut Criterion, dir: &Path, pki: &pki::MeshPki) {
         let app_addr = app_listener.local_addr().expect("app addr");
         tokio::spawn(meshlite_bench::app::serve(app_listener, 64));
         let server_cfg = ProxyConfig::parse(
-            &server_config(pki, app_addr, Protocol::Http1),
+            &server_config(pki, app_addr, Protocol::Http1, false),
             &dir.join("server.yaml"),
         )
         .expect("server config");

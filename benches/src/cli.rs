@@ -152,6 +152,11 @@ pub struct BenchArgs {
     /// Also run the same load, in the same run, through a peer sidecar pair.
     #[arg(long, value_enum)]
     pub peer: Option<PeerName>,
+    /// The server sidecar enforces the decision record's authorization shape on every
+    /// request: an ALLOW for the client's principal, method and path (what the generator
+    /// sends) and a DENY on a debug header that wins over it.
+    #[arg(long)]
+    pub authz: bool,
     /// Per-request timeout; a request slower than this counts as an error.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub request_timeout: Duration,

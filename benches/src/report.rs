@@ -162,6 +162,8 @@ pub struct LoadSettings {
     pub protocol: String,
     /// Sidecar-to-sidecar traffic is mutual TLS.
     pub mtls: bool,
+    /// The server sidecar enforced the decision record's AuthorizationPolicy shape.
+    pub authz: bool,
 }
 
 impl LoadSettings {
@@ -175,6 +177,7 @@ impl LoadSettings {
             payload_bytes: args.payload,
             protocol: args.protocol.name().into(),
             mtls: true,
+            authz: args.authz,
         }
     }
 }
@@ -419,6 +422,12 @@ pub fn render(records: &[RateRecord]) -> String {
         out,
         "\nAdded latency over a direct call (meshed minus direct, ms; latency from intended send time)"
     );
+    if records.iter().any(|r| r.load.authz) {
+        let _ = writeln!(
+            out,
+            "(meshlite's server sidecar enforcing the decision record's AuthorizationPolicy shape: ALLOW principal+method+path, DENY on a header)"
+        );
+    }
     let _ = writeln!(
         out,
         "{:>6}  {:<9} {:>15} {:>15} {:>15} {:>15} {:>10} {:>7}  {:>13} {:>13}  flags",
@@ -677,6 +686,7 @@ mod tests {
                 payload_bytes: 64,
                 protocol: "http1".into(),
                 mtls: true,
+                authz: false,
             },
             workers: None,
             upstream_protocol: "h2".into(),

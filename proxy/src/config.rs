@@ -176,6 +176,28 @@ pub struct InboundConfig {
     /// mutual TLS only), `PERMISSIVE` or `DISABLE`.
     #[serde(default)]
     pub mtls: crate::policy::inbound::MtlsMode,
+    /// AuthorizationPolicies of this workload while no control plane sends its own (Istio's
+    /// spec fields: `name`, `action`, `rules` of `from`/`to`/`when`, `dry_run`).
+    #[serde(default)]
+    pub authorization: Vec<crate::policy::static_file::StaticPolicy>,
+}
+
+impl InboundConfig {
+    /// The inbound policy this file states: its mode and policies, as a control plane would
+    /// push them.
+    pub fn policy(&self) -> meshlite_xds_proto::v1::InboundPolicy {
+        use crate::policy::inbound::MtlsMode;
+        use meshlite_xds_proto::v1::MtlsMode as W;
+        meshlite_xds_proto::v1::InboundPolicy {
+            mtls_mode: match self.mtls {
+                MtlsMode::Strict => W::Strict,
+                MtlsMode::Permissive => W::Permissive,
+                MtlsMode::Disable => W::Disable,
+            } as i32,
+            port_mtls: Default::default(),
+            authorization: self.authorization.iter().map(|p| p.to_wire()).collect(),
+        }
+    }
 }
 
 /// One served port.
@@ -334,6 +356,15 @@ pub struct HeadersConfig {
     pub via: Option<String>,
 }
 
+/// Counters for a policy compiled only to check it.
+struct NoStats;
+
+impl crate::policy::authz::StatsSource for NoStats {
+    fn stats(&self, _: &str) -> crate::policy::authz::PolicyStats {
+        Default::default()
+    }
+}
+
 /// Istio/protobuf-style duration strings: `250ms`, `10s`, `1.5s`, `5m`, `1h`.
 pub mod duration_str {
     use serde::{Deserialize, Deserializer};
@@ -455,6 +486,16 @@ impl ProxyConfig {
                 "identity.workload".into(),
                 "must not be empty".into(),
             ));
+        }
+        let id = SpiffeId::parse(&self.identity.spiffe_id)
+            .map_err(|e| invalid("identity.spiffe_id".into(), e.to_string()))?;
+        for (i, p) in self.inbound.authorization.iter().enumerate() {
+            let tds = crate::policy::authz::TrustDomains {
+                local: id.trust_domain().to_string(),
+                aliases: vec![],
+            };
+            crate::policy::authz::Authorizer::compile(&[p.to_wire()], &tds, &NoStats)
+                .map_err(|e| invalid(format!("inbound.authorization[{i}]"), e.to_string()))?;
         }
         let mut seen_ports = std::collections::HashSet::new();
         for (i, p) in self.inbound.ports.iter().enumerate() {
@@ -580,6 +621,30 @@ services:
             cfg.identity.cert.as_deref(),
             Some(Path::new("/etc/meshlite/certs/pp.crt"))
         );
+    }
+
+    #[test]
+    fn the_file_states_its_own_inbound_policy() {
+        let text = GOOD.replace(
+            "      target: 127.0.0.1:9080\n",
+            "      target: 127.0.0.1:9080\n  mtls: PERMISSIVE\n  authorization:\n    - name: only-productpage\n      rules:\n        - from: [{source: {principals: [cluster.local/ns/default/sa/productpage]}}]\n          to: [{operation: {methods: [GET], notPaths: [/admin*]}}]\n",
+        );
+        let cfg = parse(&text).expect("valid");
+        let p = cfg.inbound.policy();
+        assert_eq!(
+            p.mtls_mode,
+            meshlite_xds_proto::v1::MtlsMode::Permissive as i32
+        );
+        assert_eq!(p.authorization[0].origin, "static/only-productpage");
+        assert_eq!(p.authorization[0].rules[0].to[0].not_paths, ["/admin*"]);
+        let bad = text.replace("notPaths: [/admin*]", "notPaths: [/a*min]");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("inbound.authorization[0]") && err.contains("infix"),
+            "{err}"
+        );
+        let typo = text.replace("notPaths", "notPath");
+        assert!(parse(&typo).unwrap_err().to_string().contains("notPath"));
     }
 
     #[test]

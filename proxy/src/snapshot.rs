@@ -1188,6 +1188,7 @@ impl MeshView {
             .collect();
         Self {
             services,
+            inbound: Some(cfg.inbound.policy()),
             ..Default::default()
         }
     }

@@ -421,6 +421,7 @@ fn run_repetition(
                 upstream: args.upstream,
                 protocol: args.protocol,
                 pin_cpu: pin,
+                authz: args.authz,
             };
             match meshlite::start_pair(&dir, &setup.pki, app_addr, &opts) {
                 Err(e) => Err(format!("meshlite pair did not start: {e}")),

@@ -47,7 +47,22 @@ pub struct MeshliteOptions {
     pub protocol: Protocol,
     /// CPU to pin both proxies to.
     pub pin_cpu: Option<usize>,
+    /// The server sidecar enforces [`AUTHZ`].
+    pub authz: bool,
 }
+
+/// The decision record's authorization shape (`llm-processor` only for `intent-controller`
+/// with one method and path, and a DENY on a header), for the bench's caller and request.
+pub const AUTHZ: &str = "  authorization:
+    - name: caller-only
+      rules:
+        - from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]
+          to: [{operation: {methods: [GET, POST], paths: [/]}}]
+    - name: block-debug
+      action: DENY
+      rules:
+        - when: [{key: 'request.headers[x-debug]', values: ['*']}]
+";
 
 /// The port protocol (Istio naming) matching what the generator speaks.
 fn port_protocol(protocol: Protocol) -> &'static str {
@@ -67,9 +82,10 @@ fn path_text(path: &Path) -> String {
     quoted(&path.display().to_string())
 }
 
-/// The server-side sidecar's config: inbound port 80 handed to `app`, every listener on port 0.
-pub fn server_config(pki: &MeshPki, app: SocketAddr, protocol: Protocol) -> String {
-    format!(
+/// The server-side sidecar's config: inbound port 80 handed to `app`, every listener on port 0;
+/// with `authz`, [`AUTHZ`] in force.
+pub fn server_config(pki: &MeshPki, app: SocketAddr, protocol: Protocol, authz: bool) -> String {
+    let mut text = format!(
         "identity:
   spiffe_id: {id}
   workload: server
@@ -93,7 +109,11 @@ inbound:
         key = path_text(&pki.server_key),
         roots = path_text(&pki.root),
         proto = port_protocol(protocol),
-    )
+    );
+    if authz {
+        text.push_str(AUTHZ);
+    }
+    text
 }
 
 /// The client-side sidecar's config: service `app:80` at `server_inbound`, expecting the server
@@ -254,7 +274,10 @@ pub fn start_pair(
     opts: &MeshliteOptions,
 ) -> Result<RunningPair, SidecarError> {
     let server_yaml = run_dir.join("meshlite-server.yaml");
-    write_text(&server_yaml, &server_config(pki, app, opts.protocol))?;
+    write_text(
+        &server_yaml,
+        &server_config(pki, app, opts.protocol, opts.authz),
+    )?;
     let (server, server_addrs) = start_proxy("meshlite-server", &server_yaml, run_dir, opts)?;
 
     let client_yaml = run_dir.join("meshlite-client.yaml");

@@ -1,7 +1,9 @@
 //! Inbound security policy: who may call this workload and how ([`inbound`]: the mutual TLS
 //! mode of each port, PeerAuthentication), what they may do ([`authz`], Istio's
-//! AuthorizationPolicy), and the record of what was decided ([`audit`]).
+//! AuthorizationPolicy, pushed or written in the config file: [`static_file`]), and the
+//! record of what was decided ([`audit`]).
 
 pub mod audit;
 pub mod authz;
 pub mod inbound;
+pub mod static_file;

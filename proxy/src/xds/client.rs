@@ -49,6 +49,10 @@ pub struct XdsClient {
 pub fn merged_view(cfg: &ProxyConfig, state: &XdsState) -> Result<MeshView, XdsError> {
     let mut view = state.view()?;
     let fallback = MeshView::from_static(cfg);
+    // The file's inbound policy holds until the control plane sends this workload's own.
+    if view.inbound.is_none() {
+        view.inbound = fallback.inbound;
+    }
     for s in fallback.services {
         let fqdn = s.fqdn();
         if !view
