@@ -329,6 +329,26 @@ pub struct LimitsConfig {
     /// On SIGTERM, in-flight requests get this long to finish.
     #[serde(with = "duration_str")]
     pub drain_timeout: Duration,
+    /// An HTTP/1.x request body must bring at least this many bytes per second while the
+    /// proxy waits for it (0: no check); slower, the client gets 408. gRPC and HTTP/2 streams
+    /// are exempt: they may idle legitimately.
+    pub min_request_body_rate: u32,
+    /// The window that rate is measured over.
+    #[serde(with = "duration_str")]
+    pub request_body_rate_window: Duration,
+}
+
+impl LimitsConfig {
+    /// The minimum body rate for a request of `version`, `grpc` or not.
+    pub fn body_rate(&self, version: http::Version, grpc: bool) -> crate::http::body::MinRate {
+        if grpc || version >= http::Version::HTTP_2 {
+            return crate::http::body::MinRate::OFF;
+        }
+        crate::http::body::MinRate {
+            bytes_per_sec: self.min_request_body_rate,
+            window: self.request_body_rate_window,
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -342,6 +362,10 @@ impl Default for LimitsConfig {
             idle_timeout: Duration::from_secs(300),
             // Istio's terminationDrainDuration default: 5 s.
             drain_timeout: Duration::from_secs(5),
+            // Lenient for any real client (a sidecar's are local apps and peer sidecars), fatal
+            // to a trickle: 10 KiB per 10 s window.
+            min_request_body_rate: 1024,
+            request_body_rate_window: Duration::from_secs(10),
         }
     }
 }

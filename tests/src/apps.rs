@@ -53,6 +53,8 @@ struct AppState {
     delay_ms: AtomicU64,
     /// Request body bytes received on the describing path (`/` and others not listed).
     body_bytes: AtomicU64,
+    /// Every request target received, in order.
+    targets: std::sync::Mutex<Vec<String>>,
 }
 
 /// A running HTTP application (HTTP/1.1 and h2c on one port).
@@ -90,6 +92,7 @@ impl HttpApp {
             failing_pattern: AtomicU64::new(0),
             delay_ms: AtomicU64::new(0),
             body_bytes: AtomicU64::new(0),
+            targets: std::sync::Mutex::new(Vec::new()),
         });
         let serving = state.clone();
         let task = tokio::spawn(async move {
@@ -106,6 +109,15 @@ impl HttpApp {
             }
         });
         Self { addr, state, task }
+    }
+
+    /// Every request target this app received, in order (did anything smuggled arrive?).
+    pub fn targets(&self) -> Vec<String> {
+        self.state
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// How many requests reached this app.
@@ -177,6 +189,11 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<AppBody>, BoxError> {
     let arrival = state.requests.fetch_add(1, Ordering::SeqCst);
+    state
+        .targets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(req.uri().to_string());
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;

@@ -66,6 +66,21 @@ pub enum ProxyError {
     /// The request path cannot be normalised (400).
     #[error("{0}")]
     BadPath(#[from] crate::http::path::PathError),
+    /// The client's request body was malformed (a bad chunk, a body shorter than announced):
+    /// 400, the connection closed.
+    #[error("malformed request body: {0}")]
+    BadRequestBody(String),
+    /// The client sent its request body slower than the minimum rate: 408, the connection
+    /// closed.
+    #[error("{0}")]
+    SlowRequestBody(String),
+    /// A request that must not be forwarded as it is (400): smuggling-prone framing, several
+    /// Host headers, an absolute-form target naming another authority.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A transfer coding the proxy does not implement (501).
+    #[error("unsupported transfer coding")]
+    UnsupportedTransferCoding,
 }
 
 impl ProxyError {
@@ -111,7 +126,12 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute(_) | ProxyError::NoInboundPort(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoHost | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoHost
+            | ProxyError::BadPath(_)
+            | ProxyError::BadRequestBody(_)
+            | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::SlowRequestBody(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NotTcpPort(_) | ProxyError::AccessDenied(_) => StatusCode::FORBIDDEN,
             ProxyError::Connect(_)
             | ProxyError::UpstreamTerminated(_)
@@ -130,7 +150,13 @@ impl ProxyError {
     pub fn flag(&self) -> &'static str {
         match self {
             ProxyError::NoRoute(_) | ProxyError::NoInboundPort(_) => "NR",
-            ProxyError::NoHost | ProxyError::BadPath(_) => "DPE",
+            ProxyError::NoHost
+            | ProxyError::BadPath(_)
+            | ProxyError::BadRequestBody(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::UnsupportedTransferCoding => "DPE",
+            // Envoy's stream idle timeout: the client's stream stopped making progress.
+            ProxyError::SlowRequestBody(_) => "SI",
             // Envoy's RBAC filter sets no flag; the details name the policy.
             ProxyError::AccessDenied(_) => "-",
             ProxyError::NotTcpPort(_) => "NR",
@@ -179,9 +205,37 @@ impl ProxyError {
         }
     }
 
-    /// Classifies a hyper client error on an established connection.
+    /// Whether the client's connection must be closed after this answer: its byte stream
+    /// can no longer be trusted to frame the next request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequestBody(_)
+                | ProxyError::SlowRequestBody(_)
+                | ProxyError::BadRequest(_)
+                | ProxyError::UnsupportedTransferCoding
+        )
+    }
+
+    /// Classifies a hyper client error on an established connection. A failure of the
+    /// request body being sent is the client's (a malformed or too slow body), not the
+    /// upstream's.
     pub fn from_upstream(err: &hyper::Error) -> Self {
         use std::error::Error as _;
+        let mut src = err.source();
+        while let Some(s) = src {
+            if let Some(body) = s.downcast_ref::<crate::http::body::BodyError>() {
+                return match body {
+                    crate::http::body::BodyError::TooSlow { .. } => {
+                        ProxyError::SlowRequestBody(body.to_string())
+                    }
+                    crate::http::body::BodyError::Hyper(e) => {
+                        ProxyError::BadRequestBody(e.to_string())
+                    }
+                };
+            }
+            src = s.source();
+        }
         let mut src = err.source();
         while let Some(s) = src {
             if let Some(h2) = s.downcast_ref::<h2_reason::H2Error>()
@@ -268,6 +322,10 @@ impl ProxyError {
             other => format!("meshlite: {other}\n"),
         };
         let mut resp = local_reply(self.status(), Bytes::from(body));
+        if self.closes_connection() {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if matches!(self, ProxyError::Overflow(_)) {
             resp.headers_mut().insert(
                 http::HeaderName::from_static("x-envoy-overloaded"),

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod errors;
+pub mod framing;
 pub mod headers;
 pub mod path;
 pub mod replay;

@@ -9,6 +9,7 @@
 //! failed stream that hyper may still poll gets end-of-stream), so the client's body is
 //! never split between two attempts. The lock is uncontended and held for one frame.
 
+use super::body::BodyError;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -103,12 +104,12 @@ impl ReplayBody {
 
 impl Body for ReplayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let mut rec = this.rec.lock().unwrap_or_else(|p| p.into_inner());
         if rec.generation != this.generation {

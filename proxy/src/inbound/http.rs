@@ -24,7 +24,7 @@ use crate::http::headers::{
 };
 use crate::http::path::normalize_uri;
 use crate::http::uri::{forward_uri, request_authority};
-use crate::outbound::http::{DESTINATION_PORT, clean_response, send_h1, splice};
+use crate::outbound::http::{DESTINATION_PORT, clean_response, edge_check, send_h1, splice};
 use crate::policy::authz::{Attributes, Peer, Request as AuthzRequest};
 use crate::policy::inbound::MtlsMode;
 use crate::server::conn::ConnState;
@@ -165,7 +165,9 @@ pub async fn handle(
         Box::new(entry)
     });
     let received = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
-    let mut req = req.map(|b| ProxyBody::counted(b, received.clone()));
+    let grpc = is_grpc(req.headers());
+    let rate = ctx.limits.body_rate(req.version(), grpc);
+    let mut req = req.map(|b| ProxyBody::downstream(b, received.clone(), rate));
     let peer = PeerWorkload::learn(&conn.peer, req.headers());
     let port_hint = req
         .headers()
@@ -177,15 +179,15 @@ pub async fn handle(
         .local
         .services
         .get(request_authority(&req).map(|a| split_host_port(a).0));
-    let grpc = is_grpc(req.headers());
 
     let mut held = Held::default();
-    let (protocol, result) = match snap.inbound_port(port_hint) {
-        None => (
+    let (protocol, result) = match (edge_check(&conn.state, &req), snap.inbound_port(port_hint)) {
+        (Err(e), _) => (Protocol::Http, Err(e)),
+        (Ok(()), None) => (
             Protocol::Http,
             Err(ProxyError::NoInboundPort(port_hint.unwrap_or(0))),
         ),
-        Some((port, target)) => {
+        (Ok(()), Some((port, target))) => {
             conn.admitted(port, target.mtls)?;
             if req.method() == Method::CONNECT {
                 (Protocol::Tcp, tunnel(&conn, &snap, port, target, req).await)

@@ -58,6 +58,16 @@ pub struct OutboundConn {
     pub remote: SocketAddr,
 }
 
+/// The checks every request gets at the edge, before it is routed ([`crate::http::framing`]).
+pub fn edge_check<B>(state: &ConnState, req: &Request<B>) -> Result<(), ProxyError> {
+    if state.saw_bare_lf() {
+        return Err(ProxyError::BadRequest(
+            "a request line ended with a bare LF",
+        ));
+    }
+    crate::http::framing::check(req)
+}
+
 /// Handles one request from the local application.
 pub async fn handle(
     conn: OutboundConn,
@@ -76,13 +86,17 @@ pub async fn handle(
         .is_some()
         .then(|| Box::new(AccessLogEntry::for_request(&req, "outbound", conn.remote)));
     let received = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
-    let mut req = req.map(|b| ProxyBody::counted(b, received.clone()));
     let grpc = is_grpc(req.headers());
+    let rate = ctx.limits.body_rate(req.version(), grpc);
+    let mut req = req.map(|b| ProxyBody::downstream(b, received.clone(), rate));
 
-    // Routes match the normalised path, the one the destination authorizes and its app gets.
-    let normalized = normalize_uri(req.uri_mut(), snap.path_normalization);
+    // Framing that could be read two ways is refused; routes match the normalised path, the
+    // one the destination authorizes and its app gets.
+    let normalized = edge_check(&conn.state, &req).and_then(|()| {
+        normalize_uri(req.uri_mut(), snap.path_normalization).map_err(ProxyError::from)
+    });
     let routed = match (normalized, request_authority(&req)) {
-        (Err(e), _) => Err(ProxyError::from(e)),
+        (Err(e), _) => Err(e),
         (Ok(()), None) => Err(ProxyError::NoHost),
         (Ok(()), Some(authority)) => snap
             .route(authority)

@@ -18,7 +18,7 @@ use hyper_util::server::conn::auto;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -49,6 +49,10 @@ pub struct ConnState {
     /// HTTP/2 (by ALPN or preface): no header-read deadline, only idle.
     h2: AtomicBool,
     sniffed: AtomicBool,
+    /// The last byte read (a CR ending one read may pair with an LF starting the next).
+    last_byte: AtomicU8,
+    /// A request head on this connection used a bare LF line end.
+    bare_lf: AtomicBool,
 }
 
 impl ConnState {
@@ -71,11 +75,25 @@ impl ConnState {
         if !self.sniffed.swap(true, Ordering::Relaxed) && bytes.starts_with(b"PRI * HTTP/2.0") {
             self.h2.store(true, Ordering::Relaxed);
         }
-        if self.in_flight.load(Ordering::Acquire) == 0
-            && self.head_started.load(Ordering::Acquire) == 0
-        {
+        let awaiting_head = self.in_flight.load(Ordering::Acquire) == 0;
+        if awaiting_head && self.head_started.load(Ordering::Acquire) == 0 {
             self.head_started.store(now_ms(), Ordering::Release);
         }
+        if awaiting_head
+            && !self.h2.load(Ordering::Relaxed)
+            && crate::http::framing::bare_lf_in_head(self.last_byte.load(Ordering::Relaxed), bytes)
+        {
+            self.bare_lf.store(true, Ordering::Relaxed);
+        }
+        if let Some(b) = bytes.last() {
+            self.last_byte.store(*b, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a request head on this connection ended a line with a bare LF: hyper
+    /// tolerates it, the proxy refuses to forward what it merely tolerated.
+    pub fn saw_bare_lf(&self) -> bool {
+        self.bare_lf.load(Ordering::Relaxed)
     }
 
     /// What the watchdog should do now.

@@ -15,6 +15,7 @@
 //! `MESHLITE_E2E_KEEP` (keep a failing test's sidecar directories).
 #![forbid(unsafe_code)]
 
+mod abuse;
 mod config_cli;
 mod control_balance;
 mod control_ca;
