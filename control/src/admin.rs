@@ -32,7 +32,7 @@ pub struct Status {
 pub fn status(plane: &ControlPlane) -> Status {
     let g = plane.generation.borrow().clone();
     Status {
-        trust_domain: plane.ca.trust_domain().to_string(),
+        trust_domain: plane.ca().trust_domain().to_string(),
         generation: g.number,
         services: g.resources.service_count(),
         proxies: plane

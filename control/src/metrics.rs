@@ -54,6 +54,9 @@ pub struct ControlMetrics {
     /// `meshlite_control_announcements_refused_total{result}`: workload announcements refused
     /// because they claim what the certificate does not grant.
     pub announcements_refused: Family<ResultLabel, Counter>,
+    /// `meshlite_control_ca_reloads_total{result}`: plug-in CA changes put in force or
+    /// refused.
+    pub ca_reloads: Family<ResultLabel, Counter>,
 }
 
 impl Default for ControlMetrics {
@@ -77,6 +80,7 @@ impl ControlMetrics {
             csrs: Family::default(),
             generation: Gauge::default(),
             announcements_refused: Family::default(),
+            ca_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +132,11 @@ impl ControlMetrics {
             "meshlite_control_announcements_refused",
             "Workload announcements refused: labels or services the certificate does not grant",
             m.announcements_refused.clone(),
+        );
+        registry.register(
+            "meshlite_control_ca_reloads",
+            "Plug-in CA changes on disk put in force (accepted) or refused",
+            m.ca_reloads.clone(),
         );
         Self { registry, ..m }
     }

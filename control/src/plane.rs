@@ -72,7 +72,9 @@ pub struct ConfigStatus {
 /// Shared state of a running control plane.
 pub struct ControlPlane {
     /// The CA.
-    pub ca: CertificateAuthority,
+    ca: ArcSwap<CertificateAuthority>,
+    /// Bumped each time the CA is replaced (a plug-in CA rotated on disk).
+    pub ca_generation: watch::Sender<u64>,
     /// Bootstrap token verification.
     pub tokens: TokenSigner,
     /// Registered workloads.
@@ -121,8 +123,10 @@ impl ControlPlane {
             change_seen: Instant::now(),
             resources,
         });
+        let (ca_generation, _) = watch::channel(0);
         Arc::new(Self {
-            ca,
+            ca: ArcSwap::from_pointee(ca),
+            ca_generation,
             tokens,
             registry,
             config: ArcSwap::new(config),
@@ -136,6 +140,19 @@ impl ControlPlane {
             registry_file,
             stream_ids: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    /// The CA in force: signing certificate, roots, revocations.
+    pub fn ca(&self) -> arc_swap::Guard<Arc<CertificateAuthority>> {
+        self.ca.load()
+    }
+
+    /// Puts a new CA in force (a rotated plug-in CA): new certificates are signed by it, the
+    /// trust bundle it holds is pushed to every proxy, and the serving certificate is renewed.
+    pub fn replace_ca(&self, ca: CertificateAuthority) {
+        self.ca.store(Arc::new(ca));
+        self.ca_generation.send_modify(|g| *g += 1);
+        self.changed.notify_one();
     }
 
     /// A new stream id.
@@ -167,8 +184,8 @@ impl ControlPlane {
             MeshResources::build(
                 self.config.load_full(),
                 &workloads,
-                &self.ca.roots_pem(),
-                self.ca.trust_domain(),
+                &self.ca().roots_pem(),
+                self.ca().trust_domain(),
             )
             .sharing_with(&prev),
         );

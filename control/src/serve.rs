@@ -5,27 +5,22 @@
 //! counted, visible in `status`) and the last good config keeps being served, so proxies
 //! never receive config that failed validation.
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use time::OffsetDateTime;
 
 use crate::ca::{CertificateAuthority, TokenSigner};
 use crate::metrics::ResultLabel;
 use crate::plane::ControlPlane;
 use crate::registry::Registry;
 use crate::validate;
+use crate::xds::serving::{ServingCert, ServingIdentity};
 use meshlite_xds_proto::spiffe::SpiffeId;
 
 /// The registry's file in the state directory.
 pub const REGISTRY_FILE: &str = "registry.json";
-
-/// How long the control plane's own serving certificate is valid.
-const SERVING_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// What `serve` needs (the `serve` subcommand's flags).
 #[derive(Clone, Debug, clap::Args)]
@@ -61,11 +56,27 @@ pub struct ServeOptions {
     /// Extra DNS names for the serving certificate.
     #[arg(long = "dns-name")]
     pub dns_names: Vec<String>,
+    /// Lifetime of the serving certificate on the xDS port; it is renewed at half of it, and
+    /// whenever the CA changes.
+    #[arg(long, default_value = "90d", value_parser = duration_days)]
+    pub serving_cert_ttl: Duration,
+    /// How often the `--cacerts` directory is checked for a rotated plug-in CA.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub cacerts_poll: Duration,
 }
 
 /// Parses `100ms`, `30s`, `24h` (Istio's duration forms).
 pub fn duration(s: &str) -> Result<Duration, String> {
     meshlite_xds_proto::duration::parse(s)
+}
+
+/// [`duration`], also taking days (`90d`).
+pub fn duration_days(s: &str) -> Result<Duration, String> {
+    match s.trim().strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) => Ok(Duration::from_secs(days.saturating_mul(24 * 3600))),
+        Some(Err(_)) => Err(format!("`{s}` is not a number of days")),
+        None => duration(s),
+    }
 }
 
 /// Why `serve` could not start.
@@ -139,7 +150,14 @@ pub async fn start(opts: ServeOptions) -> Result<(Arc<ControlPlane>, Bound), Ser
         st.problems = report.problems.iter().map(|p| p.to_string()).collect();
     }
 
-    let tls = serving_tls(&plane, &opts)?;
+    let who = serving_identity(&opts)?;
+    let serving = ServingCert::new(&plane, &who).map_err(|e| ServeError::Io(e.to_string()))?;
+    let tls = crate::xds::tls::server_config(serving.clone())
+        .map_err(|e| ServeError::Io(format!("TLS configuration: {e}")))?;
+    tokio::spawn(serving.keep_renewed(plane.clone(), who));
+    if let Some(dir) = &opts.cacerts {
+        tokio::spawn(watch_cacerts(plane.clone(), opts.clone(), dir.clone()));
+    }
     let xds = tokio::net::TcpListener::bind(opts.xds_addr)
         .await
         .map_err(|e| ServeError::Io(format!("cannot listen on {}: {e}", opts.xds_addr)))?;
@@ -221,10 +239,9 @@ pub fn reload(plane: &ControlPlane, dir: &std::path::Path) {
     }
 }
 
-fn serving_tls(
-    plane: &ControlPlane,
-    opts: &ServeOptions,
-) -> Result<Arc<rustls::ServerConfig>, ServeError> {
+/// What the serving certificate names: the control plane's SPIFFE ID, its service names,
+/// loopback and the listening address.
+fn serving_identity(opts: &ServeOptions) -> Result<ServingIdentity, ServeError> {
     let id = SpiffeId::parse(&format!(
         "spiffe://{}/ns/istio-system/sa/meshlite-control",
         opts.trust_domain
@@ -240,21 +257,68 @@ fn serving_tls(
     if !opts.xds_addr.ip().is_unspecified() && !ips.contains(&opts.xds_addr.ip()) {
         ips.push(opts.xds_addr.ip());
     }
-    let (issued, key_pem) = plane.ca.issue_serving_cert(
-        &id,
-        &dns,
-        &ips,
-        SERVING_CERT_TTL,
-        OffsetDateTime::now_utc(),
-    )?;
-    let chain = issued
-        .chain_pem
-        .iter()
-        .flat_map(|p| CertificateDer::pem_slice_iter(p.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ServeError::Io(format!("serving certificate: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| ServeError::Io(format!("serving key: {e}")))?;
-    crate::xds::tls::server_config(chain, key)
-        .map_err(|e| ServeError::Io(format!("TLS configuration: {e}")))
+    Ok(ServingIdentity {
+        id,
+        dns,
+        ips,
+        ttl: opts.serving_cert_ttl,
+    })
+}
+
+/// A hash of the plug-in CA files as they are now (a missing file counts as empty).
+fn cacerts_fingerprint(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for name in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "root-cert.pem",
+        "cert-chain.pem",
+    ] {
+        std::fs::read(dir.join(name))
+            .unwrap_or_default()
+            .hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Watches the plug-in CA directory: when its files change and load as a consistent CA,
+/// that CA replaces the current one (its roots become the trust bundle every proxy gets,
+/// so a rotation goes old -> old and new -> new without a restart); a half-written or
+/// inconsistent set is refused, logged, and the current CA kept.
+async fn watch_cacerts(plane: Arc<ControlPlane>, opts: ServeOptions, dir: PathBuf) {
+    let mut seen = cacerts_fingerprint(&dir);
+    let mut tick = tokio::time::interval(opts.cacerts_poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = cacerts_fingerprint(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let loaded = CertificateAuthority::from_cacerts(&dir, &opts.trust_domain)
+            .and_then(|ca| ca.with_revocations_in(&opts.state_dir));
+        match loaded {
+            Ok(ca) => {
+                tracing::info!(dir = %dir.display(), roots = ca.roots_pem().len(),
+                    "plug-in CA changed on disk: signing with it and pushing its trust bundle");
+                plane
+                    .metrics
+                    .ca_reloads
+                    .get_or_create(&ResultLabel { result: "accepted" })
+                    .inc();
+                plane.replace_ca(ca);
+            }
+            Err(e) => {
+                plane
+                    .metrics
+                    .ca_reloads
+                    .get_or_create(&ResultLabel { result: "refused" })
+                    .inc();
+                tracing::error!(dir = %dir.display(),
+                    "plug-in CA files changed but do not load, keeping the current CA: {e}");
+            }
+        }
+    }
 }

@@ -183,3 +183,34 @@ pub async fn handshake_as_client(addr: SocketAddr, cert: &IssuedCert) -> Result<
         Ok(Ok(_)) | Err(_) => Ok(()),
     }
 }
+
+/// The certificate a TLS server at `addr` presents (the leaf, DER), without judging it.
+///
+/// # Panics
+/// If the handshake fails.
+pub async fn server_certificate(addr: SocketAddr) -> Vec<u8> {
+    let provider = provider();
+    let verifier = AnyServerCertificate(provider.signature_verification_algorithms);
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let name = ServerName::try_from("localhost").expect("server name");
+    let tls = connector
+        .connect(name, stream)
+        .await
+        .expect("TLS handshake");
+    let (_, session) = tls.get_ref();
+    session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .expect("a server certificate")
+}

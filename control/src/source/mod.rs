@@ -18,6 +18,14 @@ mod watch;
 
 pub use crate::model::{ConfigSet, Named};
 pub use files::load_dir;
+
+/// Parses one file's text as the directory source would (the fuzz targets and tools read
+/// YAML that is not on disk).
+pub fn load_text(file: &std::path::Path, text: &str) -> LoadOutcome {
+    let mut out = LoadOutcome::default();
+    files::load_str(file, text, &mut out);
+    out
+}
 pub use watch::watch;
 
 /// How bad a problem is: errors block the configuration, warnings are only reported.

@@ -78,7 +78,7 @@ impl AggregatedDiscoveryService for Ads {
         }
         let identity = self
             .plane
-            .ca
+            .ca()
             .verify_client_chain(&chain, now)
             .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
         let cert_expiry = leaf_not_after(&chain);

@@ -58,7 +58,7 @@ impl Ca {
         }
         let id = self
             .plane
-            .ca
+            .ca()
             .verify_client_chain(&chain, now)
             .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
         // A renewal keeps exactly what the certificate being renewed granted.
@@ -84,7 +84,7 @@ impl CertificateService for Ca {
                 _ => self.plane.cert_ttl,
             };
             self.plane
-                .ca
+                .ca()
                 .sign_csr(&body.csr, &caller, &labels, ttl, now)
                 .map_err(|e| Status::permission_denied(format!("CSR refused: {e}")))
         });

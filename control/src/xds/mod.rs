@@ -4,6 +4,7 @@
 pub mod ads;
 pub mod ca_service;
 pub mod listener;
+pub mod serving;
 pub mod tls;
 
 use std::sync::Arc;

@@ -86,16 +86,15 @@ impl ClientCertVerifier for PresentedCertificate {
     }
 }
 
-/// The server configuration for port 15012.
+/// The server configuration for port 15012, presenting `cert` (renewed in place).
 pub fn server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: rustls_pki_types::PrivateKeyDer<'static>,
+    cert: Arc<super::serving::ServingCert>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(PresentedCertificate { provider }))
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }

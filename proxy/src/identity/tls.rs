@@ -128,9 +128,10 @@ pub fn peer_check_reason(err: &rustls::Error) -> &'static str {
     }
 }
 
-/// The trust bundle as webpki wants it.
+/// The trust bundle as webpki wants it, and the certificates it came from.
 struct TrustBundle {
     anchors: Vec<TrustAnchor<'static>>,
+    certs: Vec<CertificateDer<'static>>,
 }
 
 /// The workload's identity: its SPIFFE ID, key pair and the mesh trust bundle, swappable live.
@@ -299,7 +300,16 @@ impl Identity {
                     .map_err(|e| IdentityError::Invalid(format!("bad trust anchor: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(TrustBundle { anchors })
+        Ok(TrustBundle {
+            anchors,
+            certs: roots.to_vec(),
+        })
+    }
+
+    /// The mesh's roots now (the bootstrap file's until the control plane pushes its bundle,
+    /// then the pushed one: old and new roots during a rotation).
+    pub fn root_certs(&self) -> Vec<CertificateDer<'static>> {
+        self.roots.load().certs.clone()
     }
 
     /// This workload's SPIFFE ID.

@@ -1,6 +1,7 @@
 //! The gRPC channel to the control plane: HTTP/2 over TLS 1.3 with ALPN `h2`, the server
-//! verified against the configured root (hostname or IP checked as for any TLS server), and,
-//! once the proxy has an SVID, that SVID as the client certificate.
+//! verified against the configured root and, once the proxy has an identity, the mesh's
+//! current trust bundle as the control plane pushed it (hostname or IP checked as for any TLS
+//! server), so a rotated root keeps the channel up; that SVID is the client certificate.
 
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -18,7 +19,8 @@ pub struct ControlEndpoint {
     host: String,
     port: u16,
     server_name: ServerName<'static>,
-    roots: Arc<rustls::RootCertStore>,
+    /// The bootstrap roots (`control.root_cert`).
+    roots: Vec<CertificateDer<'static>>,
 }
 
 /// How long a connection attempt to the control plane may take.
@@ -49,7 +51,7 @@ impl ControlEndpoint {
             host,
             port,
             server_name,
-            roots: Arc::new(store),
+            roots: roots.to_vec(),
         })
     }
 
@@ -64,10 +66,16 @@ impl ControlEndpoint {
             Some(i) => i.provider().clone(),
             None => Arc::new(rustls::crypto::ring::default_provider()),
         };
+        let mut store = rustls::RootCertStore::empty();
+        let pushed = identity.map(|i| i.root_certs()).unwrap_or_default();
+        for r in self.roots.iter().chain(&pushed) {
+            // A root the store cannot use is skipped: the others may still verify.
+            let _ = store.add(r.clone());
+        }
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| XdsError::Config(format!("TLS 1.3 unavailable: {e}")))?
-            .with_root_certificates(self.roots.clone());
+            .with_root_certificates(Arc::new(store));
         let mut cfg = match identity {
             Some(i) => builder.with_client_cert_resolver(i.client_cert_resolver()),
             None => builder.with_no_client_auth(),

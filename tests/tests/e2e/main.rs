@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod abuse;
+mod ca_rotation;
 mod config_cli;
 mod control_balance;
 mod control_ca;
