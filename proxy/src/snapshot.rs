@@ -30,6 +30,7 @@ use crate::route::{ResolveDestination, RouteError, RouteTable, Target};
 use crate::telemetry::labels::DestinationServices;
 use crate::telemetry::metrics::{ClusterStats, Label, Metrics};
 use crate::transport::connect::PoolTarget;
+use crate::transport::egress::EgressTls;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
 
@@ -253,8 +254,11 @@ pub struct External {
     /// Endpoints, `ip:port` or `name:port`.
     pub targets: Vec<ExternalTarget>,
     rr: AtomicUsize,
-    /// Pooled plaintext client (HTTP/1.1, or h2c for HTTP2/GRPC ports).
+    /// Pooled client (HTTP/1.1, or HTTP/2 for HTTP2/GRPC ports), plaintext or originating
+    /// the DestinationRule's TLS.
     pub client: crate::transport::http1::LocalHttp1Client,
+    /// The TLS settings the client was made for (a push that changes them makes a new one).
+    tls_key: String,
 }
 
 /// One endpoint of a service outside the mesh.
@@ -955,6 +959,7 @@ fn merged(
                 .clone()
                 .or_else(|| p.outlier_detection.clone()),
             retry_budget: s.retry_budget.or(p.retry_budget),
+            tls: s.tls.clone().or_else(|| p.tls.clone()),
             port_level: if s.port_level.is_empty() {
                 p.port_level.clone()
             } else {
@@ -1211,6 +1216,14 @@ pub enum SnapshotError {
     /// An AuthorizationPolicy did not compile.
     #[error(transparent)]
     Authorization(#[from] crate::policy::authz::CompileError),
+    /// The TLS a DestinationRule asks for cannot be set up.
+    #[error("TLS to {host}: {source}")]
+    EgressTls {
+        /// The host.
+        host: String,
+        /// Why.
+        source: crate::transport::egress::EgressTlsError,
+    },
     /// A route table did not compile.
     #[error("routes of {host}: {source}")]
     Route {
@@ -1305,8 +1318,8 @@ fn path_normalization(mesh: Option<&v1::MeshConfig>) -> PathNormalization {
 #[derive(Default)]
 struct Reuse {
     endpoints: HashMap<(SocketAddr, Box<str>, Vec<SpiffeId>), Arc<Endpoint>>,
-    /// Plaintext pools of services outside the mesh, by (FQDN, port).
-    external: HashMap<(String, u16, Duration), crate::transport::http1::LocalHttp1Client>,
+    /// Pools of services outside the mesh, by FQDN, port, connect timeout and TLS settings.
+    external: HashMap<(String, u16, Duration, String), crate::transport::http1::LocalHttp1Client>,
     /// Circuit-breaker counts by cluster name.
     breakers: HashMap<Label, crate::resilience::breaker::Counts>,
     /// Retry budgets by cluster name.
@@ -1356,7 +1369,12 @@ impl Reuse {
             }
             if let Some(x) = &c.external {
                 r.external
-                    .entry((c.labels.fqdn.to_string(), c.port, c.connect_timeout))
+                    .entry((
+                        c.labels.fqdn.to_string(),
+                        c.port,
+                        c.connect_timeout,
+                        x.tls_key.clone(),
+                    ))
                     .or_insert_with(|| x.client.clone());
             }
         }
@@ -1859,6 +1877,29 @@ impl ClusterBuilder<'_> {
                     RetryBudget::default()
                 })),
             });
+        // The TLS a DestinationRule asks the sidecar to originate to a service outside the
+        // mesh (plaintext without one).
+        let external_tls = match &svc.external {
+            None => None,
+            Some(_) => {
+                let tls = port_block(tp, svc.port, |p| p.tls.as_ref());
+                let alpn: &[u8] = if matches!(svc.protocol, Protocol::Http2 | Protocol::Grpc) {
+                    b"h2"
+                } else {
+                    b"http/1.1"
+                };
+                let egress = match tls {
+                    Some(t) => EgressTls::from_policy(t, self.identity, &allowed, alpn).map_err(
+                        |source| SnapshotError::EgressTls {
+                            host: fqdn.clone(),
+                            source,
+                        },
+                    )?,
+                    None => None,
+                };
+                Some((egress, tls.map(|t| format!("{t:?}")).unwrap_or_default()))
+            }
+        };
         let cluster = Arc::new(Cluster {
             rate_limit: self.destination_limits.get(&fqdn).cloned(),
             retry_budget,
@@ -1891,20 +1932,23 @@ impl ClusterBuilder<'_> {
             listen: svc.listen,
             allowed,
             server_name_str,
-            external: svc.external.as_ref().map(|targets| {
+            external: external_tls.map(|(tls, tls_key)| {
+                let targets = svc.external.as_deref().unwrap_or_default();
                 let client = self
                     .reuse
                     .external
-                    .get(&(fqdn.clone(), svc.port, connect_timeout))
+                    .get(&(fqdn.clone(), svc.port, connect_timeout, tls_key.clone()))
                     .cloned()
                     .unwrap_or_else(|| {
-                        crate::transport::http1::plain_client(
+                        crate::transport::http1::egress_client(
                             cfg.upstream.idle_timeout,
                             connect_timeout,
                             matches!(svc.protocol, Protocol::Http2 | Protocol::Grpc),
+                            tls,
                         )
                     });
                 Arc::new(External {
+                    tls_key,
                     targets: targets
                         .iter()
                         .map(|a| ExternalTarget {

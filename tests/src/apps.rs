@@ -77,6 +77,19 @@ impl HttpApp {
     /// # Panics
     /// If it cannot bind.
     pub async fn start(name: &str) -> Self {
+        Self::start_serving(name, None).await
+    }
+
+    /// Starts an app called `name` that speaks HTTPS only, with `tls` (a server that also
+    /// asks for client certificates when `tls` does).
+    ///
+    /// # Panics
+    /// If it cannot bind.
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_serving(name, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_serving(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind HTTP app");
@@ -98,13 +111,25 @@ impl HttpApp {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let state = serving.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });

@@ -778,6 +778,26 @@ impl MeshProxy {
         format!("{}{}", read("stderr.log"), read("stdout.log"))
     }
 
+    /// Waits for an access log entry matching `matches`.
+    ///
+    /// # Panics
+    /// If none appears within [`SOON`].
+    pub async fn access_log_entry(
+        &self,
+        what: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let what = format!("{}'s access log entry for {what}", self.workload.name);
+        eventually(&what, SOON, || async {
+            std::fs::read_to_string(self.dir.path().join("access.log"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|e| matches(e))
+        })
+        .await
+    }
+
     /// The audit log's lines so far, parsed (unparsable lines are skipped).
     pub fn audit_entries(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.path().join("audit.log"))

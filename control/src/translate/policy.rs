@@ -123,6 +123,7 @@ fn traffic_policy(
         }),
         port_level: Default::default(),
         retry_budget: None,
+        tls: None,
     }
 }
 
@@ -140,12 +141,33 @@ fn warmup(lb: &crate::model::LoadBalancerSettings) -> Option<v1::load_balancer::
     })
 }
 
+/// `tls` (ClientTLSSettings) as sidecars apply it to services outside the mesh.
+fn client_tls(t: &crate::model::ClientTlsSettings) -> v1::ClientTls {
+    use crate::model::ClientTlsMode;
+    use v1::client_tls::Mode;
+    v1::ClientTls {
+        mode: match t.mode {
+            Some(ClientTlsMode::Simple) => Mode::Simple,
+            Some(ClientTlsMode::Mutual) => Mode::Mutual,
+            Some(ClientTlsMode::IstioMutual) => Mode::IstioMutual,
+            Some(ClientTlsMode::Disable) | None => Mode::Disable,
+        } as i32,
+        ca_certificates: t.ca_certificates.clone().unwrap_or_default(),
+        client_certificate: t.client_certificate.clone().unwrap_or_default(),
+        private_key: t.private_key.clone().unwrap_or_default(),
+        sni: t.sni.clone().unwrap_or_default(),
+        subject_alt_names: t.subject_alt_names.clone(),
+        insecure_skip_verify: t.insecure_skip_verify == Some(true),
+    }
+}
+
 fn full_policy(tp: &TrafficPolicy) -> v1::TrafficPolicy {
     let mut p = traffic_policy(
         tp.load_balancer.as_ref(),
         tp.connection_pool.as_ref(),
         tp.outlier_detection.as_ref(),
     );
+    p.tls = tp.tls.as_ref().map(client_tls);
     // Istio's defaults (Envoy's): 20 %, at least 3, requests in flight.
     p.retry_budget = tp
         .retry_budget
@@ -162,14 +184,13 @@ fn full_policy(tp: &TrafficPolicy) -> v1::TrafficPolicy {
     // Port-level entries replace the blocks wholesale (not inherited), as Istio does.
     for pl in &tp.port_level_settings {
         if let Some(port) = pl.port {
-            p.port_level.insert(
-                port.number,
-                traffic_policy(
-                    pl.load_balancer.as_ref(),
-                    pl.connection_pool.as_ref(),
-                    pl.outlier_detection.as_ref(),
-                ),
+            let mut block = traffic_policy(
+                pl.load_balancer.as_ref(),
+                pl.connection_pool.as_ref(),
+                pl.outlier_detection.as_ref(),
             );
+            block.tls = pl.tls.as_ref().map(client_tls);
+            p.port_level.insert(port.number, block);
         }
     }
     p

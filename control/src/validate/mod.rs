@@ -20,6 +20,7 @@ use crate::model::{
 use crate::source::{Problem, Resource, ResourceSpec, Severity, load_dir};
 
 mod security;
+mod tls;
 
 /// Redirect codes Istio accepts (SEMANTICS 2.3).
 const REDIRECT_CODES: [u32; 5] = [301, 302, 303, 307, 308];
@@ -139,6 +140,8 @@ struct Index<'a> {
     known_hosts: &'a HashSet<String>,
     /// Names of the MeshConfig's extension providers, by kind (`envoyExtAuthzGrpc`, ...).
     providers: BTreeMap<String, Vec<&'static str>>,
+    /// Hosts of MESH_EXTERNAL ServiceEntries (as written, lowercase, and completed).
+    external_hosts: HashSet<String>,
 }
 
 impl<'a> Index<'a> {
@@ -146,6 +149,7 @@ impl<'a> Index<'a> {
         let mut subsets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut defined_hosts = HashSet::new();
         let mut providers = BTreeMap::new();
+        let mut external_hosts = HashSet::new();
         for r in resources {
             let ns = &r.meta.namespace;
             match &r.spec {
@@ -159,9 +163,14 @@ impl<'a> Index<'a> {
                     names.extend(dr.subsets.iter().map(|s| s.name.clone()));
                 }
                 ResourceSpec::ServiceEntry(se) => {
+                    let external = se.location != Some(ServiceLocation::MeshInternal);
                     for h in &se.hosts {
                         defined_hosts.insert(h.to_ascii_lowercase());
                         defined_hosts.insert(fqdn(h, ns));
+                        if external {
+                            external_hosts.insert(h.to_ascii_lowercase());
+                            external_hosts.insert(fqdn(h, ns));
+                        }
                     }
                 }
                 ResourceSpec::VirtualService(vs) => {
@@ -175,6 +184,7 @@ impl<'a> Index<'a> {
             defined_hosts,
             known_hosts,
             providers,
+            external_hosts,
         }
     }
 
@@ -578,6 +588,31 @@ impl Checker<'_> {
         }
         if let Some(tp) = &dr.traffic_policy {
             self.traffic_policy(r, tp, "spec.trafficPolicy");
+        }
+        let host = fqdn(&dr.host, &r.meta.namespace);
+        let external = self.index.external_hosts.contains(&host)
+            || self
+                .index
+                .external_hosts
+                .contains(&dr.host.to_ascii_lowercase());
+        let policies = dr
+            .traffic_policy
+            .iter()
+            .map(|tp| (tp, "spec.trafficPolicy".to_string()))
+            .chain(dr.subsets.iter().enumerate().filter_map(|(i, s)| {
+                s.traffic_policy
+                    .as_ref()
+                    .map(|tp| (tp, format!("spec.subsets[{i}].trafficPolicy")))
+            }));
+        for (tp, p) in policies {
+            if let Some(t) = &tp.tls {
+                self.client_tls(r, t, external, &format!("{p}.tls"));
+            }
+            for (k, port) in tp.port_level_settings.iter().enumerate() {
+                if let Some(t) = &port.tls {
+                    self.client_tls(r, t, external, &format!("{p}.portLevelSettings[{k}].tls"));
+                }
+            }
         }
     }
 

@@ -265,6 +265,19 @@ impl ProxyError {
     /// endpoint as configured, possibly a name).
     pub fn from_direct(err: hyper_util::client::legacy::Error, target: &str) -> Self {
         use std::error::Error as _;
+        let mut src = err.source();
+        while let Some(s) = src {
+            if let Some(crate::transport::egress::EgressError::Tls { reason, message }) =
+                s.downcast_ref::<crate::transport::egress::EgressError>()
+            {
+                return ProxyError::Connect(ConnectError::EgressTls {
+                    target: target.into(),
+                    reason,
+                    message: message.clone(),
+                });
+            }
+            src = s.source();
+        }
         if err.is_connect() {
             // hyper-util's connect error wraps the OS error (or the resolver's).
             let mut src = err.source();

@@ -45,6 +45,17 @@ pub enum ConnectError {
         /// The resolver's or the OS's error.
         source: std::io::Error,
     },
+    /// The TLS the sidecar originates to a service outside the mesh failed; `reason` names
+    /// the check.
+    #[error("TLS to {target} (outside the mesh) failed ({reason}): {message}")]
+    EgressTls {
+        /// `host:port` as configured.
+        target: Box<str>,
+        /// Short reason.
+        reason: &'static str,
+        /// Full message.
+        message: String,
+    },
     /// The HTTP handshake over the new connection failed.
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake {
@@ -69,7 +80,7 @@ impl ConnectError {
                 std::io::ErrorKind::TimedOut => "connect_timeout",
                 _ => "connection_failure",
             },
-            ConnectError::Tls { reason, .. } => reason,
+            ConnectError::Tls { reason, .. } | ConnectError::EgressTls { reason, .. } => reason,
             ConnectError::Handshake { .. } => "protocol_error",
         }
     }

@@ -1,10 +1,10 @@
 //! HTTP/1.1 clients outside the keep-alive pool of [`super::h1_pool`]: hyper-util's pooled
-//! client to services outside the mesh (names resolved per connection), and the dedicated
-//! connection an HTTP upgrade (WebSocket) needs, over mTLS to a sidecar or plain to the app.
+//! client to services outside the mesh (names resolved per connection, TLS originated when a
+//! DestinationRule asks, [`super::egress`]), and the dedicated connection an HTTP upgrade
+//! (WebSocket) needs, over mTLS to a sidecar or plain to the app.
 
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use std::net::SocketAddr;
@@ -12,22 +12,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::connect::{ConnectError, connect_tcp, connect_tls};
+use super::egress::{EgressConnector, EgressTls};
 use crate::http::body::ProxyBody;
 
-/// A pooled plaintext HTTP client to services outside the mesh (names in the URI are
-/// resolved per connection by the connector).
-pub type LocalHttp1Client = Client<HttpConnector, ProxyBody>;
+/// A pooled HTTP client to services outside the mesh (names in the URI are resolved per
+/// connection by the connector).
+pub type LocalHttp1Client = Client<EgressConnector, ProxyBody>;
 
-/// Builds a pooled plaintext client: HTTP/1.1, or HTTP/2 with prior knowledge (`h2c`) when
-/// `http2_only`. The request's Host header is sent as the app gave it.
-pub fn plain_client(
+/// Builds a pooled client: HTTP/1.1, or HTTP/2 with prior knowledge (`h2c`, or `h2` over
+/// originated TLS) when `http2_only`; plaintext, or `tls`. The request's Host header is sent
+/// as the app gave it.
+pub fn egress_client(
     idle_timeout: Duration,
     connect_timeout: Duration,
     http2_only: bool,
+    tls: Option<EgressTls>,
 ) -> LocalHttp1Client {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
+    let connector = EgressConnector::new(connect_timeout, tls);
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

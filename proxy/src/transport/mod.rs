@@ -1,6 +1,8 @@
-//! Connections to upstreams: other sidecars over mutual TLS, and the local application.
+//! Connections to upstreams: other sidecars over mutual TLS, the local application, and
+//! services outside the mesh (plaintext or TLS the sidecar originates).
 
 pub mod connect;
+pub mod egress;
 pub mod h1_pool;
 pub mod h2;
 pub mod http1;

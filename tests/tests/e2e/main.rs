@@ -26,6 +26,7 @@ mod control_outage;
 mod control_push;
 mod control_resilience;
 mod control_routing;
+mod egress_tls;
 mod failures;
 mod http1;
 mod hygiene;
