@@ -54,6 +54,9 @@ pub struct ControlMetrics {
     /// `meshlite_control_announcements_refused_total{result}`: workload announcements refused
     /// because they claim what the certificate does not grant.
     pub announcements_refused: Family<ResultLabel, Counter>,
+    /// `meshlite_control_jwks_fetch_total{result}`: `jwksUri` fetches that succeeded or
+    /// failed (a failure makes every token of that issuer be rejected).
+    pub jwks_fetches: Family<ResultLabel, Counter>,
 }
 
 impl Default for ControlMetrics {
@@ -77,6 +80,7 @@ impl ControlMetrics {
             csrs: Family::default(),
             generation: Gauge::default(),
             announcements_refused: Family::default(),
+            jwks_fetches: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +132,12 @@ impl ControlMetrics {
             "meshlite_control_announcements_refused",
             "Workload announcements refused: labels or services the certificate does not grant",
             m.announcements_refused.clone(),
+        );
+        registry.register(
+            "meshlite_control_jwks_fetch",
+            "jwksUri fetches, by result (success, failure); after a failure with no earlier \
+             key set, that issuer's tokens are all rejected",
+            m.jwks_fetches.clone(),
         );
         Self { registry, ..m }
     }

@@ -1208,9 +1208,9 @@ pub enum SnapshotError {
         /// Why.
         source: crate::balance::BalanceError,
     },
-    /// An AuthorizationPolicy did not compile.
+    /// An AuthorizationPolicy or a RequestAuthentication rule did not compile.
     #[error(transparent)]
-    Authorization(#[from] crate::policy::authz::CompileError),
+    Inbound(#[from] crate::policy::inbound::InboundError),
     /// A route table did not compile.
     #[error("routes of {host}: {source}")]
     Route {

@@ -63,6 +63,9 @@ pub enum ProxyError {
     /// that matched, or `None` when no ALLOW policy did.
     #[error("RBAC: access denied")]
     AccessDenied(Option<crate::telemetry::metrics::Label>),
+    /// RequestAuthentication refused the request's JWT (401, Envoy's jwt_authn message).
+    #[error("{0}")]
+    Unauthenticated(crate::policy::jwt::JwtError),
     /// The request path cannot be normalised (400).
     #[error("{0}")]
     BadPath(#[from] crate::http::path::PathError),
@@ -113,6 +116,7 @@ impl ProxyError {
             ProxyError::NoRoute(_) | ProxyError::NoInboundPort(_) => StatusCode::NOT_FOUND,
             ProxyError::NoHost | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotTcpPort(_) | ProxyError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Connect(_)
             | ProxyError::UpstreamTerminated(_)
             | ProxyError::UpstreamReset(_)
@@ -131,8 +135,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute(_) | ProxyError::NoInboundPort(_) => "NR",
             ProxyError::NoHost | ProxyError::BadPath(_) => "DPE",
-            // Envoy's RBAC filter sets no flag; the details name the policy.
-            ProxyError::AccessDenied(_) => "-",
+            // Envoy's RBAC and jwt_authn filters set no flag; the details say why.
+            ProxyError::AccessDenied(_) | ProxyError::Unauthenticated(_) => "-",
             ProxyError::NotTcpPort(_) => "NR",
             ProxyError::Connect(_) => "UF",
             ProxyError::UpstreamTerminated(_) | ProxyError::UpgradeRefused => "UC",
@@ -153,6 +157,7 @@ impl ProxyError {
                 p.as_deref().unwrap_or("none")
             )),
             ProxyError::BadPath(_) => Some("path_normalization_failed".into()),
+            ProxyError::Unauthenticated(e) => Some(e.details()),
             _ => None,
         }
     }
@@ -261,6 +266,7 @@ impl ProxyError {
     pub fn into_response(&self) -> Response<ProxyBody> {
         let body = match self {
             ProxyError::AccessDenied(_) => "RBAC: access denied".to_string(),
+            ProxyError::Unauthenticated(e) => e.to_string(),
             ProxyError::Connect(e) => format!(
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {}: {e}\n",
                 e.transport_reason()
@@ -268,6 +274,13 @@ impl ProxyError {
             other => format!("meshlite: {other}\n"),
         };
         let mut resp = local_reply(self.status(), Bytes::from(body));
+        if matches!(self, ProxyError::Unauthenticated(_)) {
+            // RFC 6750, as Envoy's jwt_authn answers.
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         if matches!(self, ProxyError::Overflow(_)) {
             resp.headers_mut().insert(
                 http::HeaderName::from_static("x-envoy-overloaded"),
@@ -347,4 +360,29 @@ pub fn grpc_reply(status: u32, message: &str) -> Response<ProxyBody> {
 mod h2_reason {
     /// Re-export so the downcast above names one type.
     pub type H2Error = h2::Error;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::jwt::JwtError;
+
+    #[test]
+    fn a_refused_token_is_a_401_with_envoys_message_and_unauthenticated_for_grpc() {
+        let e = ProxyError::Unauthenticated(JwtError::Expired);
+        let resp = e.reply(false);
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers()[header::WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        assert_eq!(e.to_string(), "Jwt is expired");
+        assert_eq!(
+            e.details().as_deref(),
+            Some("jwt_authn_access_denied{Jwt_is_expired}")
+        );
+        let grpc = e.reply(true);
+        assert_eq!(grpc.headers()["grpc-status"], "16");
+        assert_eq!(grpc.headers()["grpc-message"], "Jwt is expired");
+    }
 }
