@@ -57,6 +57,9 @@ pub struct ControlMetrics {
     /// `meshlite_control_ca_reloads_total{result}`: plug-in CA changes put in force or
     /// refused.
     pub ca_reloads: Family<ResultLabel, Counter>,
+    /// `meshlite_control_jwks_fetch_total{result}`: `jwksUri` fetches that succeeded or
+    /// failed (a failure makes every token of that issuer be rejected).
+    pub jwks_fetches: Family<ResultLabel, Counter>,
 }
 
 impl Default for ControlMetrics {
@@ -81,6 +84,7 @@ impl ControlMetrics {
             generation: Gauge::default(),
             announcements_refused: Family::default(),
             ca_reloads: Family::default(),
+            jwks_fetches: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -137,6 +141,12 @@ impl ControlMetrics {
             "meshlite_control_ca_reloads",
             "Plug-in CA changes on disk put in force (accepted) or refused",
             m.ca_reloads.clone(),
+        );
+        registry.register(
+            "meshlite_control_jwks_fetch",
+            "jwksUri fetches, by result (success, failure); after a failure with no earlier \
+             key set, that issuer's tokens are all rejected",
+            m.jwks_fetches.clone(),
         );
         Self { registry, ..m }
     }

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::ca::{CertificateAuthority, TokenSigner};
+use crate::jwks::{HttpFetcher, JwksCache};
 use crate::metrics::ControlMetrics;
 use crate::model::ConfigSet;
 use crate::registry::Registry;
@@ -97,6 +98,8 @@ pub struct ControlPlane {
     pub cert_ttl: Duration,
     /// Where the registry is saved on every publication, if anywhere.
     pub registry_file: Option<std::path::PathBuf>,
+    /// The key sets of `jwksUri` rules, inlined in every push.
+    pub jwks: Arc<JwksCache>,
     stream_ids: std::sync::atomic::AtomicU64,
 }
 
@@ -112,11 +115,17 @@ impl ControlPlane {
         registry_file: Option<std::path::PathBuf>,
     ) -> Arc<Self> {
         let config = Arc::new(config);
+        let metrics = ControlMetrics::new();
+        let jwks = Arc::new(JwksCache::new(
+            Arc::new(HttpFetcher::default()),
+            metrics.jwks_fetches.clone(),
+        ));
         let resources = Arc::new(MeshResources::build(
             config.clone(),
             &registry.workloads(),
             &ca.roots_pem(),
             ca.trust_domain(),
+            &jwks.resolved(),
         ));
         let (generation, _) = watch::channel(Generation {
             number: 1,
@@ -134,10 +143,11 @@ impl ControlPlane {
             generation,
             changed: Notify::new(),
             proxies: Mutex::new(BTreeMap::new()),
-            metrics: ControlMetrics::new(),
+            metrics,
             debounce,
             cert_ttl,
             registry_file,
+            jwks,
             stream_ids: std::sync::atomic::AtomicU64::new(1),
         })
     }
@@ -186,6 +196,7 @@ impl ControlPlane {
                 &workloads,
                 &self.ca().roots_pem(),
                 self.ca().trust_domain(),
+                &self.jwks.resolved(),
             )
             .sharing_with(&prev),
         );
@@ -218,8 +229,31 @@ impl ControlPlane {
             let seen = Instant::now();
             tokio::time::sleep(self.debounce).await;
             self.registry.sweep();
+            // A jwksUri the new config names is fetched before the config is pushed.
+            self.sync_jwks().await;
             self.publish(seen);
         }
+    }
+
+    /// Fetches the `jwksUri` sets the current config names and the cache lacks (forgetting
+    /// those it no longer names); whether anything changed.
+    pub async fn sync_jwks(&self) -> bool {
+        let wanted = self.config.load().jwks_uris();
+        self.jwks.sync(&wanted).await
+    }
+
+    /// Refreshes the `jwksUri` sets forever (every 20 minutes, failures every minute);
+    /// a changed set is pushed.
+    pub async fn run_jwks_refresher(self: Arc<Self>) {
+        let plane = Arc::downgrade(&self);
+        let jwks = self.jwks.clone();
+        drop(self);
+        jwks.run(move || {
+            if let Some(p) = plane.upgrade() {
+                p.changed.notify_one();
+            }
+        })
+        .await;
     }
 
     /// Records that stream `id` ACKed everything of generation `n`, and observes convergence

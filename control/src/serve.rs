@@ -171,6 +171,11 @@ pub async fn start(opts: ServeOptions) -> Result<(Arc<ControlPlane>, Bound), Ser
     let mut events = crate::source::watch(opts.config_dir.clone())
         .map_err(|e| ServeError::Io(format!("cannot watch {}: {e}", opts.config_dir.display())))?;
 
+    // Key sets of jwksUri rules are fetched before the first proxy is served.
+    if plane.sync_jwks().await {
+        plane.publish(tokio::time::Instant::now());
+    }
+    tokio::spawn(plane.clone().run_jwks_refresher());
     tokio::spawn(plane.clone().run_debouncer());
     tokio::spawn(crate::admin::serve(plane.clone(), monitoring));
     tokio::spawn(crate::xds::serve(plane.clone(), xds, tls));

@@ -196,6 +196,7 @@ impl InboundConfig {
             } as i32,
             port_mtls: Default::default(),
             authorization: self.authorization.iter().map(|p| p.to_wire()).collect(),
+            jwt_rules: Vec::new(),
         }
     }
 }

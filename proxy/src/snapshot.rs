@@ -1213,9 +1213,9 @@ pub enum SnapshotError {
         /// Why.
         source: crate::balance::BalanceError,
     },
-    /// An AuthorizationPolicy did not compile.
+    /// An AuthorizationPolicy or a RequestAuthentication rule did not compile.
     #[error(transparent)]
-    Authorization(#[from] crate::policy::authz::CompileError),
+    Inbound(#[from] crate::policy::inbound::InboundError),
     /// The TLS a DestinationRule asks for cannot be set up.
     #[error("TLS to {host}: {source}")]
     EgressTls {

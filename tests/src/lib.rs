@@ -10,6 +10,7 @@
 //! - [`mesh`] builds sidecar configurations and starts, stops and inspects proxy processes;
 //! - [`apps`] runs the upstream applications (HTTP echo, TCP echo) the sidecars front;
 //! - [`grpc`] is a tiny gRPC echo service (hand-written prost messages) and its tonic client;
+//! - [`jwt`] is an end users' identity provider: signing keys, tokens, a `jwksUri` server;
 //! - [`pki`] issues SPIFFE certificates with the proxy's own development CA;
 //! - [`clients`] sends HTTP/1.1, h2c and gRPC requests through a sidecar;
 //! - [`wire`] speaks raw HTTP/1.1 on a socket for requests no well-behaved client would send;
@@ -25,6 +26,7 @@ pub mod control;
 pub mod deadline;
 pub mod fake_control;
 pub mod grpc;
+pub mod jwt;
 pub mod mesh;
 pub mod payload;
 pub mod pki;

@@ -47,6 +47,8 @@ pub enum Kind {
     PeerAuthentication,
     /// `security.istio.io` AuthorizationPolicy: inbound access control.
     AuthorizationPolicy,
+    /// `security.istio.io` RequestAuthentication: end-user JWTs the sidecar verifies.
+    RequestAuthentication,
     /// Istio's MeshConfig, from an IstioOperator's `spec.meshConfig` or the `istio`
     /// ConfigMap's `data.mesh` (read from those documents, not a `kind` of its own).
     MeshConfig,
@@ -54,12 +56,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::RequestAuthentication,
     ];
 
     /// The `kind:` string.
@@ -70,6 +73,7 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RequestAuthentication => "RequestAuthentication",
             Kind::MeshConfig => "MeshConfig",
         }
     }
@@ -85,7 +89,9 @@ impl Kind {
             Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
                 "networking.istio.io"
             }
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy => "security.istio.io",
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
+                "security.istio.io"
+            }
             Kind::MeshConfig => "install.istio.io",
         }
     }
@@ -98,7 +104,7 @@ impl Kind {
                 "networking.istio.io/v1beta1",
                 "networking.istio.io/v1alpha3",
             ],
-            Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 &["security.istio.io/v1", "security.istio.io/v1beta1"]
             }
             Kind::MeshConfig => &["install.istio.io/v1alpha1", "v1"],

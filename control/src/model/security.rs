@@ -1,14 +1,94 @@
-//! PeerAuthentication and AuthorizationPolicy (`security.istio.io`): inbound mTLS and access.
+//! PeerAuthentication, RequestAuthentication and AuthorizationPolicy (`security.istio.io`):
+//! inbound mTLS, end-user JWTs and access.
 //!
-//! Mirror `istio.security.v1beta1.PeerAuthentication` and `AuthorizationPolicy`.
-//! Semantics (scope resolution, CUSTOM → DENY → ALLOW evaluation, string matching):
-//! SEMANTICS.md sections 3 and 4.
+//! Mirror `istio.security.v1beta1.PeerAuthentication`, `RequestAuthentication` and
+//! `AuthorizationPolicy`. Semantics (scope resolution, JWT outcomes, CUSTOM → DENY → ALLOW
+//! evaluation, string matching): SEMANTICS.md sections 3, 4 and 5.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::WorkloadSelector;
+use super::{IstioDuration, WorkloadSelector};
+
+/// Istio's default JWKS fetch timeout (`JWTRule.timeout`).
+pub const DEFAULT_JWKS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// RequestAuthentication spec: which JWTs the workload accepts. A request without a token
+/// passes unauthenticated; one with an invalid token is refused with 401.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RequestAuthentication {
+    /// Workloads the policy applies to; absent = the whole namespace (or mesh in the root ns).
+    pub selector: Option<WorkloadSelector>,
+    /// Gateways or waypoints the policy attaches to instead; sidecars do not apply such
+    /// policies (Istio's behaviour).
+    pub target_refs: Vec<PolicyTargetReference>,
+    /// The single-target form of `targetRefs`.
+    pub target_ref: Option<PolicyTargetReference>,
+    /// Issuers accepted; any of them may validate a token.
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// One accepted issuer (Istio `JWTRule`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct JwtRule {
+    /// Must equal the token's `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values; empty = no audience check.
+    pub audiences: Vec<String>,
+    /// Where the JWK set is fetched from (by the control plane, then inlined).
+    pub jwks_uri: Option<String>,
+    /// The JWK set inline, as a JSON string.
+    pub jwks: Option<String>,
+    /// Headers the token is read from; with `fromParams` and `fromCookies` empty too, the
+    /// defaults (`Authorization: Bearer`, `access_token`).
+    pub from_headers: Vec<JwtHeader>,
+    /// Query parameters the token is read from.
+    pub from_params: Vec<String>,
+    /// Cookies the token is read from.
+    pub from_cookies: Vec<String>,
+    /// Header that receives the verified payload, base64url.
+    pub output_payload_to_header: Option<String>,
+    /// Keep the token in the request forwarded to the app (default: removed).
+    pub forward_original_token: bool,
+    /// Claims copied into headers.
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// How long fetching `jwksUri` may take (default 5 s).
+    pub timeout: Option<IstioDuration>,
+    /// Claims whose string value is split on spaces for `request.auth.claims`.
+    pub space_delimited_claims: Vec<String>,
+}
+
+impl JwtRule {
+    /// The JWKS fetch timeout: `timeout`, or Istio's 5 s.
+    pub fn fetch_timeout(&self) -> std::time::Duration {
+        self.timeout
+            .filter(|t| !t.is_zero() && !t.is_negative())
+            .map_or(DEFAULT_JWKS_TIMEOUT, |t| t.as_std())
+    }
+}
+
+/// A header a token is read from (Istio `JWTHeader`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct JwtHeader {
+    /// Header name.
+    pub name: String,
+    /// Text before the token, e.g. `Bearer `.
+    pub prefix: String,
+}
+
+/// A claim copied into a header (Istio `ClaimToHeader`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClaimToHeader {
+    /// The header to set.
+    pub header: String,
+    /// The claim to copy (strings, numbers and booleans).
+    pub claim: String,
+}
 
 /// PeerAuthentication spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

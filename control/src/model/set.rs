@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{
     AuthorizationPolicy, DestinationRule, MeshConfig, ObjectMeta, Origin, PeerAuthentication,
-    ServiceEntry, VirtualService,
+    RequestAuthentication, ServiceEntry, VirtualService,
 };
 
 /// A typed spec with the metadata and origin of its resource.
@@ -43,6 +43,8 @@ pub struct ConfigSet {
     pub peer_authentications: Vec<Named<PeerAuthentication>>,
     /// AuthorizationPolicies.
     pub authorization_policies: Vec<Named<AuthorizationPolicy>>,
+    /// RequestAuthentications.
+    pub request_authentications: Vec<Named<RequestAuthentication>>,
     /// The MeshConfig, if the directory holds one (Istio's defaults otherwise).
     pub mesh_config: Option<Named<MeshConfig>>,
 }
@@ -55,6 +57,7 @@ impl ConfigSet {
             + self.service_entries.len()
             + self.peer_authentications.len()
             + self.authorization_policies.len()
+            + self.request_authentications.len()
             + usize::from(self.mesh_config.is_some())
     }
 
@@ -118,6 +121,35 @@ impl ConfigSet {
         self.peer_authentications
             .iter()
             .filter(move |p| p.meta.namespace == namespace)
+    }
+
+    /// RequestAuthentications in `namespace` (those in `istio-system` apply mesh-wide).
+    pub fn request_authentications_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Named<RequestAuthentication>> + 'a {
+        self.request_authentications
+            .iter()
+            .filter(move |p| p.meta.namespace == namespace)
+    }
+
+    /// Every `jwksUri` the configuration names, with the longest fetch timeout any rule
+    /// naming it gives (the control plane fetches each once).
+    pub fn jwks_uris(&self) -> std::collections::BTreeMap<String, std::time::Duration> {
+        let mut out = std::collections::BTreeMap::new();
+        for ra in &self.request_authentications {
+            for rule in &ra.spec.jwt_rules {
+                if rule.jwks.is_some() {
+                    continue;
+                }
+                if let Some(uri) = rule.jwks_uri.as_deref().filter(|u| !u.is_empty()) {
+                    let t = rule.fetch_timeout();
+                    let e = out.entry(uri.to_string()).or_insert(t);
+                    *e = (*e).max(t);
+                }
+            }
+        }
+        out
     }
 
     /// AuthorizationPolicies in `namespace` (policies in `istio-system` apply mesh-wide and

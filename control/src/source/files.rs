@@ -303,6 +303,9 @@ fn load_value(value: Value, origin: Origin, out: &mut LoadOutcome) {
         Kind::AuthorizationPolicy => {
             typed(value).map(|(m, s, i)| (m, ResourceSpec::AuthorizationPolicy(Box::new(s)), i))
         }
+        Kind::RequestAuthentication => {
+            typed(value).map(|(m, s, i)| (m, ResourceSpec::RequestAuthentication(Box::new(s)), i))
+        }
         // Never a `kind:` of its own (see `load_mesh_config`).
         Kind::MeshConfig => Err(TypedError {
             field: Some("kind".into()),

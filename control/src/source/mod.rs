@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::model::{
     AuthorizationPolicy, DestinationRule, Kind, MeshConfig, ObjectMeta, Origin, PeerAuthentication,
-    ServiceEntry, VirtualService,
+    RequestAuthentication, ServiceEntry, VirtualService,
 };
 
 mod files;
@@ -130,6 +130,8 @@ pub enum ResourceSpec {
     PeerAuthentication(Box<PeerAuthentication>),
     /// An AuthorizationPolicy.
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    /// A RequestAuthentication.
+    RequestAuthentication(Box<RequestAuthentication>),
     /// The mesh's MeshConfig.
     MeshConfig(Box<MeshConfig>),
 }

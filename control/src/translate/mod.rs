@@ -73,6 +73,8 @@ pub struct MeshResources {
     mesh: ResourceMap,
     config: Arc<ConfigSet>,
     trust_domain: String,
+    /// The fetched key sets of `jwksUri` rules.
+    jwks: crate::jwks::ResolvedJwks,
     /// Hosts known to the mesh, for translation warnings.
     pub hosts: Vec<String>,
 }
@@ -84,6 +86,7 @@ impl MeshResources {
         workloads: &[Workload],
         roots_pem: &[String],
         trust_domain: &str,
+        jwks: &crate::jwks::ResolvedJwks,
     ) -> Self {
         let (services, endpoints) = services::translate(&config, workloads, trust_domain);
         let hosts: Vec<String> = services.keys().cloned().collect();
@@ -133,6 +136,7 @@ impl MeshResources {
             trust: Arc::new(BTreeMap::from([("ROOTCA".to_string(), trust)])),
             config,
             trust_domain: trust_domain.to_string(),
+            jwks: jwks.clone(),
             hosts,
         }
     }
@@ -175,7 +179,7 @@ impl MeshResources {
             type_url::DESTINATION_POLICY,
             self.policies_seen_from(&me.namespace),
         );
-        let inbound = policy::inbound(&self.config, me, &self.trust_domain);
+        let inbound = policy::inbound(&self.config, me, &self.trust_domain, &self.jwks);
         view.insert(
             type_url::INBOUND_POLICY,
             Arc::new(BTreeMap::from([(

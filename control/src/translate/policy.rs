@@ -1,13 +1,16 @@
 //! DestinationRules -> [`v1::DestinationPolicy`], and a workload's own inbound policy: its
 //! PeerAuthentication resolved mesh -> namespace -> workload (each level applies only if
-//! set, PERMISSIVE when nothing is), and every AuthorizationPolicy that targets it (root
-//! namespace policies mesh-wide, namespace policies without selector, and those whose selector
-//! matches its labels), with `serviceAccounts` expanded to principals.
+//! set, PERMISSIVE when nothing is), every RequestAuthentication and AuthorizationPolicy that
+//! targets it (root namespace policies mesh-wide, namespace policies without selector, and
+//! those whose selector matches its labels; none attached by `targetRefs`), with
+//! `serviceAccounts` expanded to principals and `jwksUri` key sets inlined (fail closed when
+//! the control plane could not fetch one).
 
 use meshlite_xds_proto::v1;
 
 use super::duration;
 
+use crate::jwks::{FAIL_CLOSED_JWKS, ResolvedJwks};
 use crate::model::{
     AuthzAction, ConfigSet, DestinationRule, MeshConfig, MtlsMode, Named, PathNormalization,
     PeerAuthentication, ROOT_NAMESPACE, SimpleLb, TrafficPolicy, WorkloadSelector,
@@ -332,8 +335,73 @@ pub fn peer_authentication(
     (mode(resolved), ports)
 }
 
+/// The `jwtRules` of every RequestAuthentication targeting `w`, root namespace first, key
+/// sets inline.
+fn jwt_rules(config: &ConfigSet, w: &Workload, jwks: &ResolvedJwks) -> Vec<v1::JwtRule> {
+    let namespaces = if w.namespace == ROOT_NAMESPACE {
+        vec![ROOT_NAMESPACE]
+    } else {
+        vec![ROOT_NAMESPACE, w.namespace.as_str()]
+    };
+    let mut out = Vec::new();
+    for ns in namespaces {
+        for ra in config.request_authentications_in(ns) {
+            let targeted = !ra.spec.target_refs.is_empty() || ra.spec.target_ref.is_some();
+            if targeted || !selects(ra.spec.selector.as_ref(), w) {
+                continue;
+            }
+            for (index, r) in ra.spec.jwt_rules.iter().enumerate() {
+                let keys = match (&r.jwks, &r.jwks_uri) {
+                    (Some(inline), _) => inline.clone(),
+                    (None, Some(uri)) => jwks
+                        .get(uri)
+                        .map_or_else(|| FAIL_CLOSED_JWKS.to_string(), |k| k.to_string()),
+                    (None, None) => FAIL_CLOSED_JWKS.to_string(),
+                };
+                out.push(v1::JwtRule {
+                    origin: ra.key(),
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    issuer: r.issuer.clone(),
+                    audiences: r.audiences.clone(),
+                    jwks: keys,
+                    from_headers: r
+                        .from_headers
+                        .iter()
+                        .map(|h| v1::JwtHeader {
+                            name: h.name.clone(),
+                            prefix: h.prefix.clone(),
+                        })
+                        .collect(),
+                    from_params: r.from_params.clone(),
+                    from_cookies: r.from_cookies.clone(),
+                    forward_original_token: r.forward_original_token,
+                    output_payload_to_header: r
+                        .output_payload_to_header
+                        .clone()
+                        .unwrap_or_default(),
+                    output_claim_to_headers: r
+                        .output_claim_to_headers
+                        .iter()
+                        .map(|c| v1::ClaimToHeader {
+                            header: c.header.clone(),
+                            claim: c.claim.clone(),
+                        })
+                        .collect(),
+                    space_delimited_claims: r.space_delimited_claims.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The inbound policy of workload `w`.
-pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::InboundPolicy {
+pub fn inbound(
+    config: &ConfigSet,
+    w: &Workload,
+    trust_domain: &str,
+    jwks: &ResolvedJwks,
+) -> v1::InboundPolicy {
     let (mtls_mode, ports) = peer_authentication(config, w);
     let mut authorization = Vec::new();
     let candidates = config.authorization_policies_in(ROOT_NAMESPACE).chain(
@@ -439,6 +507,7 @@ pub fn inbound(config: &ConfigSet, w: &Workload, trust_domain: &str) -> v1::Inbo
         mtls_mode: mtls_mode as i32,
         port_mtls: ports,
         authorization,
+        jwt_rules: jwt_rules(config, w, jwks),
     }
 }
 

@@ -21,7 +21,9 @@ const TD: &str = "cluster.local";
 fn doc(kind: &str, ns_name: &str, spec: &str) -> String {
     let (ns, name) = ns_name.split_once('/').unwrap_or(("default", ns_name));
     let api = match kind {
-        "PeerAuthentication" | "AuthorizationPolicy" => "security.istio.io/v1",
+        "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
+            "security.istio.io/v1"
+        }
         _ => "networking.istio.io/v1",
     };
     format!(
@@ -61,7 +63,13 @@ fn workload(name: &str, ns: &str, sa: &str, labels: &[(&str, &str)], addr: &str)
 }
 
 fn mesh(config: ConfigSet, workloads: &[Workload]) -> MeshResources {
-    MeshResources::build(Arc::new(config), workloads, &["ROOT PEM".to_string()], TD)
+    MeshResources::build(
+        Arc::new(config),
+        workloads,
+        &["ROOT PEM".to_string()],
+        TD,
+        &Default::default(),
+    )
 }
 
 /// Decodes resource `name` of type `t` from a view.
@@ -891,4 +899,84 @@ fn warmup_is_pushed_with_istios_defaults_from_either_field() {
         })
     );
     assert_eq!(warmup_of("{simple: ROUND_ROBIN}"), None);
+}
+
+#[test]
+fn request_authentications_reach_the_workloads_they_target_with_key_sets_inline() {
+    const INLINE: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"i","x":"AA","y":"AA"}]}"#;
+    const FETCHED: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"f","x":"AA","y":"AA"}]}"#;
+    let cfg = config(&[
+        doc(
+            "RequestAuthentication",
+            "istio-system/mesh-idp",
+            "{jwtRules: [{issuer: 'https://idp.example', jwksUri: 'https://idp.example/keys'}]}",
+        ),
+        doc(
+            "RequestAuthentication",
+            "shop/reviews",
+            &format!(
+                "{{selector: {{matchLabels: {{app: reviews}}}}, jwtRules: [{{issuer: partner, \
+                 audiences: [shop], jwks: '{INLINE}', fromHeaders: [{{name: x-jwt, prefix: 'T '}}], \
+                 fromParams: [tok], forwardOriginalToken: true, outputPayloadToHeader: x-payload, \
+                 outputClaimToHeaders: [{{header: x-tenant, claim: tenant}}], \
+                 spaceDelimitedClaims: [roles]}}, \
+                 {{issuer: down, jwksUri: 'http://down.example/keys'}}]}}"
+            ),
+        ),
+        doc(
+            "RequestAuthentication",
+            "shop/gateway-only",
+            "{targetRefs: [{kind: Gateway, name: g}], jwtRules: [{issuer: gw, jwksUri: 'https://gw/k'}]}",
+        ),
+    ]);
+    let reviews = workload(
+        "reviews",
+        "shop",
+        "reviews",
+        &[("app", "reviews")],
+        "10.0.0.1:15006",
+    );
+    let cart = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
+    let jwks = crate::jwks::ResolvedJwks::from([(
+        "https://idp.example/keys".to_string(),
+        Arc::from(FETCHED),
+    )]);
+    let m = MeshResources::build(Arc::new(cfg), &[], &[], TD, &jwks);
+
+    let rules = inbound(&m.view_for(&reviews)).jwt_rules;
+    let issuers: Vec<&str> = rules.iter().map(|r| r.issuer.as_str()).collect();
+    assert_eq!(
+        issuers,
+        ["https://idp.example", "partner", "down"],
+        "root namespace first; no targetRefs"
+    );
+    assert_eq!(rules[0].jwks, FETCHED, "the fetched set, inline");
+    assert_eq!(rules[0].origin, "istio-system/mesh-idp");
+    let partner = &rules[1];
+    assert_eq!(partner.jwks, INLINE);
+    assert_eq!(
+        (partner.origin.as_str(), partner.index),
+        ("shop/reviews", 0)
+    );
+    assert_eq!(partner.audiences, ["shop"]);
+    assert_eq!(partner.from_headers[0].name, "x-jwt");
+    assert_eq!(partner.from_headers[0].prefix, "T ");
+    assert_eq!(partner.from_params, ["tok"]);
+    assert!(partner.forward_original_token);
+    assert_eq!(partner.output_payload_to_header, "x-payload");
+    assert_eq!(partner.output_claim_to_headers[0].claim, "tenant");
+    assert_eq!(partner.space_delimited_claims, ["roles"]);
+    assert_eq!(
+        rules[2].jwks,
+        crate::jwks::FAIL_CLOSED_JWKS,
+        "not fetched: fail closed"
+    );
+    assert_eq!(rules[2].index, 1);
+
+    let rules = inbound(&m.view_for(&cart)).jwt_rules;
+    assert_eq!(
+        rules.len(),
+        1,
+        "the selector leaves cart with the mesh-wide rule"
+    );
 }

@@ -1,6 +1,6 @@
 //! Validation of a loaded configuration, the gate before anything reaches a proxy.
 //!
-//! Checks each resource the way istiod's webhook does (SEMANTICS.md sections 1-4) plus the
+//! Checks each resource the way istiod's webhook does (SEMANTICS.md sections 1-5) plus the
 //! cross-resource mistakes that Istio tolerates silently but that break traffic in ways users
 //! rarely diagnose (a route to an undefined subset is a 503 `NC`; a second VirtualService for a
 //! host is dropped). Every problem names file, document, resource and field path. Only a
@@ -98,10 +98,12 @@ pub fn validate_with_hosts(
             ResourceSpec::ServiceEntry(se) => c.service_entry(r, se),
             ResourceSpec::PeerAuthentication(pa) => c.peer_authentication(r, pa),
             ResourceSpec::AuthorizationPolicy(ap) => c.authorization_policy(r, ap),
+            ResourceSpec::RequestAuthentication(ra) => c.request_authentication(r, ra),
             ResourceSpec::MeshConfig(m) => c.mesh_config(r, m),
         }
     }
     c.conflicts(resources);
+    c.duplicate_issuers(resources);
     let problems = c.problems;
     if problems.iter().any(Problem::is_error) {
         return (None, problems);
@@ -125,6 +127,9 @@ fn build_set(resources: &[Resource]) -> ConfigSet {
             ResourceSpec::ServiceEntry(s) => set.service_entries.push(named(r, &**s)),
             ResourceSpec::PeerAuthentication(s) => set.peer_authentications.push(named(r, &**s)),
             ResourceSpec::AuthorizationPolicy(s) => set.authorization_policies.push(named(r, &**s)),
+            ResourceSpec::RequestAuthentication(s) => {
+                set.request_authentications.push(named(r, &**s))
+            }
             ResourceSpec::MeshConfig(s) => set.mesh_config = Some(named(r, &**s)),
         }
     }
@@ -977,7 +982,9 @@ mod tests {
     fn res(kind: &str, ns_name: &str, spec: &str) -> String {
         let (ns, name) = ns_name.split_once('/').unwrap_or(("default", ns_name));
         let api = match kind {
-            "PeerAuthentication" | "AuthorizationPolicy" => "security.istio.io/v1",
+            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
+                "security.istio.io/v1"
+            }
             _ => "networking.istio.io/v1",
         };
         format!(
@@ -1520,6 +1527,96 @@ mod tests {
             )],
             "spec.http[0].rewrite.uriRegexRewrite.match",
         );
+    }
+
+    #[test]
+    fn request_authentications_are_checked_as_istio_does() {
+        const JWKS: &str = r#"'{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}'"#;
+        let ra = |spec: &str| res("RequestAuthentication", "shop/jwt", spec);
+        let report = expect_no_error(&[ra(&format!(
+            "{{selector: {{matchLabels: {{app: api}}}}, jwtRules: [{{issuer: a, jwks: {JWKS}, \
+             fromHeaders: [{{name: x-jwt, prefix: 'Bearer '}}], outputClaimToHeaders: \
+             [{{header: x-tenant, claim: tenant}}], timeout: 2s}}, \
+             {{issuer: b, jwksUri: 'https://b.example/keys'}}]}}"
+        ))]);
+        assert_eq!(report.warnings().count(), 0, "{:#?}", report.problems);
+        let set = report.set.unwrap();
+        assert_eq!(set.request_authentications.len(), 1);
+        assert_eq!(
+            set.jwks_uris().get("https://b.example/keys"),
+            Some(&std::time::Duration::from_secs(5)),
+            "Istio's default fetch timeout"
+        );
+        for (spec, field) in [
+            (format!("{{jwtRules: [{{jwks: {JWKS}}}]}}"), "spec.jwtRules[0].issuer"),
+            ("{jwtRules: [{issuer: a}]}".to_string(), "spec.jwtRules[0].jwksUri"),
+            (
+                format!("{{jwtRules: [{{issuer: a, jwks: {JWKS}, jwksUri: 'https://x/k'}}]}}"),
+                "spec.jwtRules[0].jwks",
+            ),
+            ("{jwtRules: [{issuer: a, jwks: 'not json'}]}".to_string(), "spec.jwtRules[0].jwks"),
+            ("{jwtRules: [{issuer: a, jwksUri: 'file:///k'}]}".to_string(), "spec.jwtRules[0].jwksUri"),
+            (
+                "{jwtRules: [{issuer: a, jwksUri: 'https://x/k', fromHeaders: [{name: 'bad name'}]}]}"
+                    .to_string(),
+                "spec.jwtRules[0].fromHeaders[0].name",
+            ),
+            (
+                "{jwtRules: [{issuer: a, jwksUri: 'https://x/k', outputPayloadToHeader: ''}]}"
+                    .to_string(),
+                "spec.jwtRules[0].outputPayloadToHeader",
+            ),
+            (
+                "{jwtRules: [{issuer: a, jwksUri: 'https://x/k', audiences: ['']}]}".to_string(),
+                "spec.jwtRules[0].audiences[0]",
+            ),
+            (
+                "{jwtRules: [{issuer: a, jwksUri: 'https://x/k', fromParams: ['']}]}".to_string(),
+                "spec.jwtRules[0].fromParams[0]",
+            ),
+            (
+                "{selector: {matchLabels: {app: a}}, targetRefs: [{kind: Gateway, name: g}]}"
+                    .to_string(),
+                "spec.targetRefs",
+            ),
+        ] {
+            let e = expect_error(&[ra(&spec)], field);
+            assert!(e.to_string().contains("RequestAuthentication shop/jwt"), "{e}");
+        }
+        let e = expect_error(
+            &[ra("{jwtRules: [{issuer: a}]}")],
+            "spec.jwtRules[0].jwksUri",
+        );
+        assert!(e.message.contains("OpenID discovery"), "{e}");
+        // One issuer twice for the same workloads warns.
+        let report = expect_no_error(&[
+            ra(
+                "{jwtRules: [{issuer: a, jwksUri: 'https://x/k'}, {issuer: a, jwksUri: 'https://y/k'}]}",
+            ),
+            res(
+                "RequestAuthentication",
+                "istio-system/mesh",
+                "{jwtRules: [{issuer: a, jwksUri: 'https://x/k'}]}",
+            ),
+            res(
+                "RequestAuthentication",
+                "other/elsewhere",
+                "{selector: {matchLabels: {app: b}}, jwtRules: [{issuer: c, jwksUri: 'https://x/k'}]}",
+            ),
+        ]);
+        expect(&report, Severity::Warning, "spec.jwtRules[1].issuer");
+        let across = expect(&report, Severity::Warning, "spec.jwtRules[0].issuer");
+        assert!(
+            across.message.contains("RequestAuthentication shop/jwt"),
+            "{across}"
+        );
+        assert_eq!(
+            across.resource.as_deref(),
+            Some("RequestAuthentication istio-system/mesh")
+        );
+        assert_eq!(report.warnings().count(), 2, "{:#?}", report.problems);
+        let gateway = expect_no_error(&[ra("{targetRefs: [{kind: Gateway, name: g}]}")]);
+        expect(&gateway, Severity::Warning, "spec.targetRefs");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! error; what Istio silently does in a surprising way is a warning that says so.
 
 use crate::model::{
-    AuthorizationPolicy, AuthzAction, MeshConfig, PeerAuthentication, ROOT_NAMESPACE, Rule,
+    AuthorizationPolicy, AuthzAction, JwtRule, MeshConfig, PeerAuthentication, ROOT_NAMESPACE,
+    RequestAuthentication, Rule, WorkloadSelector,
 };
-use crate::source::Resource;
+use crate::source::{Resource, ResourceSpec};
 
 use super::Checker;
 
@@ -410,6 +411,188 @@ impl Checker<'_> {
                     rp.clone(),
                     format!("DENY on the exact path `{p}` misses `{p}/` and, without MERGE_SLASHES normalisation, `/{p}`; `{p}*` covers them"),
                 );
+            }
+        }
+    }
+
+    pub(super) fn request_authentication(&mut self, r: &Resource, ra: &RequestAuthentication) {
+        let targeted = !ra.target_refs.is_empty() || ra.target_ref.is_some();
+        if targeted && ra.selector.is_some() {
+            self.error(
+                r,
+                "spec.targetRefs",
+                "targetRefs and selector cannot both be set",
+            );
+        } else if targeted {
+            self.warning(
+                r,
+                "spec.targetRefs",
+                "a policy with targetRefs attaches to gateways and waypoints; sidecars do not apply it (as in Istio), and meshlite has neither",
+            );
+        }
+        let mut issuers = std::collections::BTreeMap::new();
+        for (i, rule) in ra.jwt_rules.iter().enumerate() {
+            let p = format!("spec.jwtRules[{i}]");
+            self.jwt_rule(r, rule, &p);
+            if !rule.issuer.is_empty()
+                && let Some(first) = issuers.insert(rule.issuer.as_str(), i)
+            {
+                self.warning(
+                    r,
+                    format!("{p}.issuer"),
+                    format!(
+                        "issuer `{}` is already accepted by spec.jwtRules[{first}]; Envoy would use only one of them",
+                        rule.issuer
+                    ),
+                );
+            }
+        }
+    }
+
+    fn jwt_rule(&mut self, r: &Resource, rule: &JwtRule, p: &str) {
+        if rule.issuer.is_empty() {
+            self.error(r, format!("{p}.issuer"), "issuer must be set");
+        }
+        for (i, a) in rule.audiences.iter().enumerate() {
+            if a.is_empty() {
+                self.error(
+                    r,
+                    format!("{p}.audiences[{i}]"),
+                    "audience must be a non-empty string",
+                );
+            }
+        }
+        match (&rule.jwks, rule.jwks_uri.as_deref()) {
+            (Some(_), Some(_)) => self.error(
+                r,
+                format!("{p}.jwks"),
+                "set only one of jwks and jwksUri",
+            ),
+            (None, None | Some("")) => self.error(
+                r,
+                format!("{p}.jwksUri"),
+                "set jwksUri or jwks (meshlite does not derive jwksUri by OpenID discovery from the issuer)",
+            ),
+            (Some(jwks), None) => {
+                if let Err(e) = serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(jwks) {
+                    self.error(r, format!("{p}.jwks"), format!("jwks parse error: {e}"));
+                }
+            }
+            (None, Some(uri)) => {
+                let ok = uri.parse::<http::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.host().is_some_and(|h| !h.is_empty())
+                });
+                if !ok {
+                    self.error(
+                        r,
+                        format!("{p}.jwksUri"),
+                        format!("`{uri}` is not an http or https URL with a host"),
+                    );
+                }
+            }
+        }
+        for (i, h) in rule.from_headers.iter().enumerate() {
+            self.header_name(r, &h.name, &format!("{p}.fromHeaders[{i}].name"));
+        }
+        for (name, list) in [
+            ("fromParams", &rule.from_params),
+            ("fromCookies", &rule.from_cookies),
+        ] {
+            for (i, v) in list.iter().enumerate() {
+                if v.is_empty() {
+                    self.error(
+                        r,
+                        format!("{p}.{name}[{i}]"),
+                        "location must be a non-empty string",
+                    );
+                }
+            }
+        }
+        if let Some(h) = &rule.output_payload_to_header {
+            self.header_name(r, h, &format!("{p}.outputPayloadToHeader"));
+        }
+        for (i, c) in rule.output_claim_to_headers.iter().enumerate() {
+            let cp = format!("{p}.outputClaimToHeaders[{i}]");
+            if c.claim.is_empty() {
+                self.error(r, format!("{cp}.claim"), "claim must be a non-empty string");
+            }
+            self.header_name(r, &c.header, &format!("{cp}.header"));
+        }
+        if let Some(t) = rule.timeout
+            && (t.is_negative() || t.is_zero())
+        {
+            self.error(r, format!("{p}.timeout"), "timeout must be positive");
+        }
+    }
+
+    fn header_name(&mut self, r: &Resource, name: &str, field: &str) {
+        if name.is_empty() {
+            self.error(
+                r,
+                field.to_string(),
+                "header name must be a non-empty string",
+            );
+        } else if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.error(
+                r,
+                field.to_string(),
+                format!("`{name}` is not a valid header name"),
+            );
+        }
+    }
+
+    /// Two RequestAuthentications that certainly apply to the same workloads (one mesh- or
+    /// namespace-wide, or the same selector) accepting the same issuer: Envoy keeps one
+    /// provider per issuer, so which rule's settings win is not defined.
+    pub(super) fn duplicate_issuers(&mut self, resources: &[Resource]) {
+        let ras: Vec<(&Resource, &RequestAuthentication)> = resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                ResourceSpec::RequestAuthentication(ra)
+                    if ra.target_refs.is_empty() && ra.target_ref.is_none() =>
+                {
+                    Some((r, &**ra))
+                }
+                _ => None,
+            })
+            .collect();
+        let overlap = |a: (&Resource, &RequestAuthentication),
+                       b: (&Resource, &RequestAuthentication)| {
+            let wide = |x: (&Resource, &RequestAuthentication)| x.1.selector.is_none();
+            let root = |x: (&Resource, &RequestAuthentication)| {
+                x.0.meta.namespace == ROOT_NAMESPACE && wide(x)
+            };
+            let same_ns = a.0.meta.namespace == b.0.meta.namespace;
+            let same_selector = |x: Option<&WorkloadSelector>, y: Option<&WorkloadSelector>| x == y;
+            root(a)
+                || root(b)
+                || (same_ns
+                    && (wide(a)
+                        || wide(b)
+                        || same_selector(a.1.selector.as_ref(), b.1.selector.as_ref())))
+        };
+        for (j, &later) in ras.iter().enumerate() {
+            for &earlier in &ras[..j] {
+                if !overlap(earlier, later) {
+                    continue;
+                }
+                for (i, rule) in later.1.jwt_rules.iter().enumerate() {
+                    if !rule.issuer.is_empty()
+                        && earlier.1.jwt_rules.iter().any(|e| e.issuer == rule.issuer)
+                    {
+                        self.warning(
+                            later.0,
+                            format!("spec.jwtRules[{i}].issuer"),
+                            format!(
+                                "issuer `{}` is also accepted by {} ({}) for the same workloads; Envoy would use only one of the two rules",
+                                rule.issuer,
+                                earlier.0.label(),
+                                earlier.0.origin
+                            ),
+                        );
+                    }
+                }
             }
         }
     }

@@ -63,6 +63,9 @@ pub enum ProxyError {
     /// that matched, or `None` when no ALLOW policy did.
     #[error("RBAC: access denied")]
     AccessDenied(Option<crate::telemetry::metrics::Label>),
+    /// RequestAuthentication refused the request's JWT (401, Envoy's jwt_authn message).
+    #[error("{0}")]
+    Unauthenticated(crate::policy::jwt::JwtError),
     /// The request path cannot be normalised (400).
     #[error("{0}")]
     BadPath(#[from] crate::http::path::PathError),
@@ -133,6 +136,7 @@ impl ProxyError {
             ProxyError::SlowRequestBody(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NotTcpPort(_) | ProxyError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Connect(_)
             | ProxyError::UpstreamTerminated(_)
             | ProxyError::UpstreamReset(_)
@@ -157,8 +161,8 @@ impl ProxyError {
             | ProxyError::UnsupportedTransferCoding => "DPE",
             // Envoy's stream idle timeout: the client's stream stopped making progress.
             ProxyError::SlowRequestBody(_) => "SI",
-            // Envoy's RBAC filter sets no flag; the details name the policy.
-            ProxyError::AccessDenied(_) => "-",
+            // Envoy's RBAC and jwt_authn filters set no flag; the details say why.
+            ProxyError::AccessDenied(_) | ProxyError::Unauthenticated(_) => "-",
             ProxyError::NotTcpPort(_) => "NR",
             ProxyError::Connect(_) => "UF",
             ProxyError::UpstreamTerminated(_) | ProxyError::UpgradeRefused => "UC",
@@ -179,6 +183,7 @@ impl ProxyError {
                 p.as_deref().unwrap_or("none")
             )),
             ProxyError::BadPath(_) => Some("path_normalization_failed".into()),
+            ProxyError::Unauthenticated(e) => Some(e.details()),
             _ => None,
         }
     }
@@ -328,6 +333,7 @@ impl ProxyError {
     pub fn into_response(&self) -> Response<ProxyBody> {
         let body = match self {
             ProxyError::AccessDenied(_) => "RBAC: access denied".to_string(),
+            ProxyError::Unauthenticated(e) => e.to_string(),
             ProxyError::Connect(e) => format!(
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {}: {e}\n",
                 e.transport_reason()
@@ -338,6 +344,13 @@ impl ProxyError {
         if self.closes_connection() {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if matches!(self, ProxyError::Unauthenticated(_)) {
+            // RFC 6750, as Envoy's jwt_authn answers.
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
         }
         if matches!(self, ProxyError::Overflow(_)) {
             resp.headers_mut().insert(
@@ -418,4 +431,29 @@ pub fn grpc_reply(status: u32, message: &str) -> Response<ProxyBody> {
 mod h2_reason {
     /// Re-export so the downcast above names one type.
     pub type H2Error = h2::Error;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::jwt::JwtError;
+
+    #[test]
+    fn a_refused_token_is_a_401_with_envoys_message_and_unauthenticated_for_grpc() {
+        let e = ProxyError::Unauthenticated(JwtError::Expired);
+        let resp = e.reply(false);
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers()[header::WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        assert_eq!(e.to_string(), "Jwt is expired");
+        assert_eq!(
+            e.details().as_deref(),
+            Some("jwt_authn_access_denied{Jwt_is_expired}")
+        );
+        let grpc = e.reply(true);
+        assert_eq!(grpc.headers()["grpc-status"], "16");
+        assert_eq!(grpc.headers()["grpc-message"], "Jwt is expired");
+    }
 }

@@ -1,12 +1,24 @@
 //! What this workload's inbound side enforces, resolved once per push: the mutual TLS mode
 //! of each port (PeerAuthentication, already composed mesh -> namespace -> workload by the
-//! control plane, `portLevelMtls` keyed by the workload port) and the compiled
-//! authorization policies.
+//! control plane, `portLevelMtls` keyed by the workload port), the compiled
+//! RequestAuthentication rules and the compiled authorization policies.
 
 use meshlite_xds_proto::v1;
 use std::collections::HashMap;
 
 use super::authz::{Authorizer, CompileError, StatsSource, TrustDomains};
+use super::jwt::{JwtAuthn, RuleError};
+
+/// Why a pushed inbound policy could not be compiled (the push is refused).
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    /// An AuthorizationPolicy did not compile.
+    #[error(transparent)]
+    Authorization(#[from] CompileError),
+    /// A RequestAuthentication rule did not compile.
+    #[error(transparent)]
+    Jwt(#[from] RuleError),
+}
 
 /// How a port accepts callers (SEMANTICS 3).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -58,6 +70,8 @@ pub struct InboundSecurity {
     ports: HashMap<u16, MtlsMode>,
     /// AuthorizationPolicies targeting this workload.
     pub authz: Authorizer,
+    /// RequestAuthentication rules targeting this workload (empty: no JWT is looked at).
+    pub jwt: JwtAuthn,
     /// `numTrustedProxies`: which `x-forwarded-for` entry is `remote.ip`.
     pub num_trusted_proxies: u32,
 }
@@ -71,7 +85,7 @@ impl InboundSecurity {
         fallback: MtlsMode,
         trust_domain: &str,
         stats: &dyn StatsSource,
-    ) -> Result<Self, CompileError> {
+    ) -> Result<Self, InboundError> {
         let tds = TrustDomains {
             local: trust_domain.to_string(),
             aliases: mesh
@@ -100,6 +114,7 @@ impl InboundSecurity {
             default,
             ports,
             authz: Authorizer::compile(&p.authorization, &tds, stats)?,
+            jwt: JwtAuthn::compile(&p.jwt_rules, stats.jwt_authn())?,
             num_trusted_proxies: mesh.map_or(0, |m| m.num_trusted_proxies),
         })
     }
@@ -136,6 +151,7 @@ mod tests {
             ]
             .into(),
             authorization: vec![],
+            jwt_rules: vec![],
         };
         let s = InboundSecurity::new(Some(&p), None, MtlsMode::Strict, "cluster.local", &NoStats)
             .unwrap();

@@ -231,6 +231,8 @@ pub struct SecurityMetrics {
     /// `meshlite_audit_log_dropped_total`: audit lines dropped because the writer fell
     /// behind.
     pub audit_log_dropped: Counter,
+    /// `envoy_http_jwt_authn_{allowed,denied}_total`: RequestAuthentication outcomes.
+    jwt: crate::policy::jwt::JwtStats,
 }
 
 impl SecurityMetrics {
@@ -252,6 +254,16 @@ impl SecurityMetrics {
             "Audit log lines dropped because the writer fell behind",
             m.audit_log_dropped.clone(),
         );
+        registry.register(
+            "envoy_http_jwt_authn_allowed",
+            "Requests RequestAuthentication let through: a verified JWT, or none presented",
+            m.jwt.allowed.clone(),
+        );
+        registry.register(
+            "envoy_http_jwt_authn_denied",
+            "Requests RequestAuthentication refused with 401: a JWT presented and not valid",
+            m.jwt.denied.clone(),
+        );
         m
     }
 
@@ -262,6 +274,10 @@ impl SecurityMetrics {
 }
 
 impl crate::policy::authz::StatsSource for SecurityMetrics {
+    fn jwt_authn(&self) -> crate::policy::jwt::JwtStats {
+        self.jwt.clone()
+    }
+
     fn stats(&self, policy: &str) -> crate::policy::authz::PolicyStats {
         let l = PolicyLabels {
             policy: policy.to_string(),

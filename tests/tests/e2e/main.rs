@@ -31,6 +31,7 @@ mod failures;
 mod http1;
 mod hygiene;
 mod identity_binding;
+mod jwt;
 mod lifecycle;
 mod protocols;
 mod routing;

@@ -99,8 +99,8 @@ pub struct RequestAuth {
     /// Every claim of the payload.
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// Claims whose string value is split on spaces (`scope`, `permission`, and the rule's
-    /// `spaceDelimitedClaims`).
-    pub space_delimited: Vec<String>,
+    /// `spaceDelimitedClaims`); shared with the compiled rule.
+    pub space_delimited: std::sync::Arc<[String]>,
 }
 
 /// The HTTP request being authorized.
@@ -333,6 +333,12 @@ pub struct PolicyStats {
 pub trait StatsSource {
     /// The counters of `policy`.
     fn stats(&self, policy: &str) -> PolicyStats;
+
+    /// The counters of RequestAuthentication (Envoy's jwt_authn statistics); unregistered
+    /// ones by default.
+    fn jwt_authn(&self) -> crate::policy::jwt::JwtStats {
+        crate::policy::jwt::JwtStats::default()
+    }
 }
 
 /// One compiled policy.

@@ -175,7 +175,7 @@ impl Call {
                 _ => vec![],
             },
             presenter: claims.get("azp").and_then(|v| v.as_str()).map(String::from),
-            space_delimited: vec!["scope".into(), "permission".into()],
+            space_delimited: vec!["scope".to_string(), "permission".to_string()].into(),
             claims,
         });
         self
