@@ -31,6 +31,10 @@ pub enum PathError {
     /// `%00` in the path.
     #[error("the request path holds an encoded NUL (%00)")]
     EncodedNul,
+    /// A `%` not followed by two hex digits: refused rather than guessed at (kept, it would
+    /// decode differently on the next normalisation, e.g. `%%33`).
+    #[error("the request path holds a malformed percent-encoding")]
+    BadEncoding,
     /// The normalised path is not a valid request target.
     #[error("the normalised request path is not a valid request target")]
     Unrepresentable,
@@ -116,6 +120,9 @@ pub fn normalize(path: &str, mode: PathNormalization) -> Result<Cow<'_, str>, Pa
             }
             i += 3;
             continue;
+        }
+        if b == b'%' {
+            return Err(PathError::BadEncoding);
         }
         decoded.push(if b == b'\\' { b'/' } else { b });
         i += 1;
@@ -215,6 +222,8 @@ mod tests {
         assert_eq!(n("/x\\..\\admin", b), "/admin", "backslashes are slashes");
         assert_eq!(n("/a//b", b), "/a//b", "BASE does not merge");
         assert_eq!(normalize("/a%00b", b), Err(PathError::EncodedNul));
+        assert_eq!(normalize("/a%zz", b), Err(PathError::BadEncoding));
+        assert_eq!(normalize("/a%4", b), Err(PathError::BadEncoding));
     }
 
     #[test]
@@ -225,6 +234,24 @@ mod tests {
         let mut origin: http::Uri = "/a//b".parse().unwrap();
         normalize_uri(&mut origin, PathNormalization::MergeSlashes).unwrap();
         assert_eq!(origin, "/a/b");
+    }
+
+    #[test]
+    fn normalisation_is_idempotent() {
+        // Found by the fuzzer (fuzz/corpus/http_head): a stray `%` before an escape made
+        // the next normalisation decode again.
+        for p in ["/*e=RR@eeee@%%3333----%3333332---", "/%%33", "/a/%2e%2e/%2e/b//c"] {
+            for m in [
+                PathNormalization::Base,
+                PathNormalization::MergeSlashes,
+                PathNormalization::DecodeAndMergeSlashes,
+            ] {
+                if let Ok(once) = normalize(p, m) {
+                    assert_eq!(normalize(&once, m).unwrap(), once, "{p} under {m:?}");
+                }
+            }
+        }
+        assert_eq!(normalize("/%%33", PathNormalization::Base), Err(PathError::BadEncoding));
     }
 
     #[test]
