@@ -84,9 +84,17 @@ fn destination(d: &Destination, ns: &str, weight: u32) -> v1::WeightedDestinatio
 }
 
 fn http_match(m: &HttpMatchRequest) -> v1::HttpMatch {
+    // On headers, `regex: "*"` means "present" in Istio (SEMANTICS 2.2), as validation
+    // reads it; sent as a regex it would not even compile.
+    let header = |v: &StringMatch| match v.kind() {
+        StringMatchKind::Regex("*") => v1::StringMatch {
+            kind: Some(v1::string_match::Kind::Present(true)),
+        },
+        _ => string_match(v),
+    };
     let map = |m: &std::collections::BTreeMap<String, StringMatch>| {
         m.iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), string_match(v)))
+            .map(|(k, v)| (k.to_ascii_lowercase(), header(v)))
             .collect()
     };
     v1::HttpMatch {
@@ -194,7 +202,11 @@ fn route(
                     .http_status
                     .and_then(|s| u32::try_from(s).ok())
                     .unwrap_or(0),
-                grpc_status: 0,
+                grpc_status: a
+                    .grpc_status
+                    .as_deref()
+                    .and_then(crate::model::grpc_code)
+                    .unwrap_or(0),
                 percentage: a.percentage.map(|p| p.value).unwrap_or(0.0),
             }),
         }),

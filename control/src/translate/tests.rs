@@ -980,3 +980,62 @@ fn request_authentications_reach_the_workloads_they_target_with_key_sets_inline(
         "the selector leaves cart with the mesh-wide rule"
     );
 }
+
+#[test]
+fn the_oldest_peer_authentication_of_a_scope_wins_and_plaintext_ports_are_marked() {
+    let pa = |name: &str, created: &str, mode: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+             metadata: {{name: {name}, namespace: shop, creationTimestamp: '{created}'}}\n\
+             spec: {{mtls: {{mode: {mode}}}}}\n"
+        )
+    };
+    let cfg = config(&[
+        pa("newer", "2026-02-01T00:00:00Z", "STRICT"),
+        pa("older", "2025-01-01T00:00:00Z", "PERMISSIVE"),
+        doc(
+            "PeerAuthentication",
+            "shop/db",
+            "{selector: {matchLabels: {app: db}}, portLevelMtls: {15432: {mode: DISABLE}}}",
+        ),
+    ]);
+    let mut db = workload("db", "shop", "db", &[("app", "db")], "10.0.0.1:15006");
+    db.ports[0].target_port = Some(15432);
+    let m = mesh(cfg, std::slice::from_ref(&db));
+    let p = inbound(&m.view_for(&db));
+    assert_eq!(
+        p.mtls_mode,
+        v1::MtlsMode::Permissive as i32,
+        "the oldest wins"
+    );
+    let eps: v1::Endpoints = decode(
+        &m.view_for(&db),
+        type_url::ENDPOINTS,
+        "db.shop.svc.cluster.local",
+    );
+    assert_eq!(
+        eps.endpoints[0].plaintext_ports,
+        [9080],
+        "the service port of the DISABLE workload port"
+    );
+}
+
+#[test]
+fn a_header_regex_star_is_pushed_as_present() {
+    let cfg = config(&[doc(
+        "VirtualService",
+        "shop/reviews",
+        "{hosts: [reviews], http: [{match: [{headers: {x-id: {regex: '*'}}}], \
+           route: [{destination: {host: reviews}}]}]}",
+    )]);
+    let a = workload("a", "shop", "a", &[("app", "a")], "10.0.0.1:15006");
+    let table: v1::RouteTable = decode(
+        &mesh(cfg, std::slice::from_ref(&a)).view_for(&a),
+        type_url::ROUTE_TABLE,
+        REVIEWS,
+    );
+    assert_eq!(
+        table.http[0].matches[0].headers["x-id"].kind,
+        Some(v1::string_match::Kind::Present(true))
+    );
+}

@@ -21,6 +21,7 @@ use crate::source::{Problem, Resource, ResourceSpec, Severity, load_dir};
 
 mod security;
 mod tls;
+mod unenforced;
 
 /// Redirect codes Istio accepts (SEMANTICS 2.3).
 const REDIRECT_CODES: [u32; 5] = [301, 302, 303, 307, 308];
@@ -93,13 +94,25 @@ pub fn validate_with_hosts(
     };
     for r in resources {
         match &r.spec {
-            ResourceSpec::VirtualService(vs) => c.virtual_service(r, vs),
-            ResourceSpec::DestinationRule(dr) => c.destination_rule(r, dr),
-            ResourceSpec::ServiceEntry(se) => c.service_entry(r, se),
+            ResourceSpec::VirtualService(vs) => {
+                c.virtual_service(r, vs);
+                c.virtual_service_unapplied(r, vs);
+            }
+            ResourceSpec::DestinationRule(dr) => {
+                c.destination_rule(r, dr);
+                c.destination_rule_unapplied(r, dr);
+            }
+            ResourceSpec::ServiceEntry(se) => {
+                c.service_entry(r, se);
+                c.service_entry_unapplied(r, se);
+            }
             ResourceSpec::PeerAuthentication(pa) => c.peer_authentication(r, pa),
             ResourceSpec::AuthorizationPolicy(ap) => c.authorization_policy(r, ap),
             ResourceSpec::RequestAuthentication(ra) => c.request_authentication(r, ra),
-            ResourceSpec::MeshConfig(m) => c.mesh_config(r, m),
+            ResourceSpec::MeshConfig(m) => {
+                c.mesh_config(r, m);
+                c.mesh_config_unapplied(r, m);
+            }
         }
     }
     c.conflicts(resources);
@@ -411,6 +424,15 @@ impl Checker<'_> {
                         self.error(r, ap.clone(), "an abort needs httpStatus or grpcStatus")
                     }
                     _ => {}
+                }
+                if let Some(g) = &abort.grpc_status
+                    && crate::model::grpc_code(g).is_none_or(|c| c == 0)
+                {
+                    self.error(
+                        r,
+                        format!("{ap}.grpcStatus"),
+                        format!("`{g}` is not a gRPC error status name (e.g. UNAVAILABLE)"),
+                    );
                 }
                 self.percent(r, abort.percentage, &format!("{ap}.percentage.value"));
             }
