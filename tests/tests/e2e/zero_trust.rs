@@ -706,3 +706,41 @@ spec:
 fn mesh_write(control: &ControlPlane, yaml: &str) {
     control.write_config("authz.yaml", yaml);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_first_protocol_is_not_stalled_by_permissive_detection() {
+    use meshlite_tests::mesh::{AppProtocol, InboundPort};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An SMTP-like app: it speaks first.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let banner_addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 mail ready\r\n").await;
+                let mut buf = [0u8; 64];
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let control = ControlPlane::start(&[("peer.yaml", PERMISSIVE_MESH)]).await;
+    let mut w = Workload::new("mail");
+    w.inbound.push(InboundPort {
+        port: 25,
+        target: banner_addr,
+        protocol: AppProtocol::Tcp,
+    });
+    let mail = MeshProxy::start(&control.access(NAMESPACE, "mail").await, &w).await;
+    let banner = eventually("the banner through the PERMISSIVE port", CONVERGE, || async {
+        let mut s = tokio::net::TcpStream::connect(mail.addrs.inbound).await.ok()?;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .await;
+    assert_eq!(banner, "220 mail ready\r\n", "relayed after the detection deadline");
+    server.abort();
+}
