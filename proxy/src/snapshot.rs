@@ -1208,9 +1208,9 @@ pub enum SnapshotError {
         /// Why.
         source: crate::balance::BalanceError,
     },
-    /// An AuthorizationPolicy did not compile.
+    /// An AuthorizationPolicy or an external authorizer did not compile.
     #[error(transparent)]
-    Authorization(#[from] crate::policy::authz::CompileError),
+    Security(#[from] crate::policy::inbound::SecurityError),
     /// A route table did not compile.
     #[error("routes of {host}: {source}")]
     Route {

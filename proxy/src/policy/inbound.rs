@@ -7,6 +7,18 @@ use meshlite_xds_proto::v1;
 use std::collections::HashMap;
 
 use super::authz::{Authorizer, CompileError, StatsSource, TrustDomains};
+use super::ext_authz::{ProviderError, Providers};
+
+/// Why the pushed inbound policy could not be applied (the push is refused).
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    /// An AuthorizationPolicy did not compile.
+    #[error(transparent)]
+    Authorization(#[from] CompileError),
+    /// An external authorizer of the MeshConfig did not compile.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
 
 /// How a port accepts callers (SEMANTICS 3).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -60,6 +72,8 @@ pub struct InboundSecurity {
     pub authz: Authorizer,
     /// `numTrustedProxies`: which `x-forwarded-for` entry is `remote.ip`.
     pub num_trusted_proxies: u32,
+    /// The external authorizers CUSTOM policies name (MeshConfig `extensionProviders`).
+    pub ext_authz: Providers,
 }
 
 impl InboundSecurity {
@@ -71,17 +85,19 @@ impl InboundSecurity {
         fallback: MtlsMode,
         trust_domain: &str,
         stats: &dyn StatsSource,
-    ) -> Result<Self, CompileError> {
+    ) -> Result<Self, SecurityError> {
         let tds = TrustDomains {
             local: trust_domain.to_string(),
             aliases: mesh
                 .map(|m| m.trust_domain_aliases.clone())
                 .unwrap_or_default(),
         };
+        let ext_authz = Providers::compile(mesh, stats)?;
         let Some(p) = policy else {
             return Ok(Self {
                 default: fallback,
                 num_trusted_proxies: mesh.map_or(0, |m| m.num_trusted_proxies),
+                ext_authz,
                 ..Default::default()
             });
         };
@@ -96,11 +112,24 @@ impl InboundSecurity {
                 Some((port, MtlsMode::from_wire(*m)?))
             })
             .collect();
+        let authz = Authorizer::compile(&p.authorization, &tds, stats)?;
+        // Said once per push, not per request: such a policy denies what it matches.
+        for (policy, provider) in authz.custom_providers() {
+            match provider {
+                Some(name) if ext_authz.get(name).is_some() => {}
+                _ => tracing::warn!(
+                    %policy,
+                    provider = provider.map_or("", |p| &**p),
+                    "CUSTOM policy names no extension provider of the MeshConfig: the requests it matches are denied"
+                ),
+            }
+        }
         Ok(Self {
             default,
             ports,
-            authz: Authorizer::compile(&p.authorization, &tds, stats)?,
+            authz,
             num_trusted_proxies: mesh.map_or(0, |m| m.num_trusted_proxies),
+            ext_authz,
         })
     }
 
