@@ -10,6 +10,8 @@
 //! - [`mesh`] builds sidecar configurations and starts, stops and inspects proxy processes;
 //! - [`apps`] runs the upstream applications (HTTP echo, TCP echo) the sidecars front;
 //! - [`grpc`] is a tiny gRPC echo service (hand-written prost messages) and its tonic client;
+//! - [`ext_authz`] runs external authorizers speaking Envoy's ext_authz protocols (gRPC and
+//!   HTTP), for AuthorizationPolicy CUSTOM actions;
 //! - [`pki`] issues SPIFFE certificates with the proxy's own development CA;
 //! - [`clients`] sends HTTP/1.1, h2c and gRPC requests through a sidecar;
 //! - [`wire`] speaks raw HTTP/1.1 on a socket for requests no well-behaved client would send;
@@ -23,6 +25,7 @@ pub mod apps;
 pub mod clients;
 pub mod control;
 pub mod deadline;
+pub mod ext_authz;
 pub mod fake_control;
 pub mod grpc;
 pub mod mesh;

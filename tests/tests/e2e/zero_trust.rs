@@ -4,7 +4,7 @@
 //! ALLOW), PERMISSIVE ports serving mutual TLS and plaintext side by side, a tightening push
 //! under load, dry-run and AUDIT policies with the audit log.
 
-use crate::field_text;
+use crate::{field_text, tcp_ping};
 use meshlite_tests::apps::HttpApp;
 use meshlite_tests::clients::{self, Http1Client, full, h1_request};
 use meshlite_tests::control::{CONVERGE, ControlPlane, Load, MeshProxy, NAMESPACE, Workload};
@@ -570,32 +570,6 @@ spec:
     .await;
     assert!(status.message().contains("RBAC"), "{status:?}");
     assert_eq!(app.calls(), calls, "a denied call never reaches the app");
-}
-
-/// Writes `ping` on a new connection to `addr` and returns what comes back before EOF.
-async fn tcp_ping(addr: std::net::SocketAddr) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let _ = s.write_all(b"ping").await;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Ok(n) = s.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-            if got.len() >= 4 {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(
-        read.is_ok(),
-        "the TCP connection neither answered nor closed"
-    );
-    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
