@@ -6,6 +6,7 @@ const PROTOS: &[&str] = &[
     "proto/envoy/service/discovery/v3/discovery.proto",
     "proto/meshlite/v1/resources.proto",
     "proto/meshlite/v1/ca.proto",
+    "proto/envoy/service/auth/v3/external_auth.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1213,7 +1213,8 @@ pub enum SnapshotError {
         /// Why.
         source: crate::balance::BalanceError,
     },
-    /// An AuthorizationPolicy or a RequestAuthentication rule did not compile.
+    /// An AuthorizationPolicy, a RequestAuthentication rule or an external authorizer did
+    /// not compile.
     #[error(transparent)]
     Inbound(#[from] crate::policy::inbound::InboundError),
     /// The TLS a DestinationRule asks for cannot be set up.

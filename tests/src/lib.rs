@@ -11,6 +11,8 @@
 //! - [`apps`] runs the upstream applications (HTTP echo, TCP echo) the sidecars front;
 //! - [`grpc`] is a tiny gRPC echo service (hand-written prost messages) and its tonic client;
 //! - [`jwt`] is an end users' identity provider: signing keys, tokens, a `jwksUri` server;
+//! - [`ext_authz`] runs external authorizers speaking Envoy's ext_authz protocols (gRPC and
+//!   HTTP), for AuthorizationPolicy CUSTOM actions;
 //! - [`pki`] issues SPIFFE certificates with the proxy's own development CA;
 //! - [`clients`] sends HTTP/1.1, h2c and gRPC requests through a sidecar;
 //! - [`wire`] speaks raw HTTP/1.1 on a socket for requests no well-behaved client would send;
@@ -24,6 +26,7 @@ pub mod apps;
 pub mod clients;
 pub mod control;
 pub mod deadline;
+pub mod ext_authz;
 pub mod fake_control;
 pub mod grpc;
 pub mod jwt;

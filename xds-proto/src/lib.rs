@@ -2,7 +2,9 @@
 //!
 //! Generated from `proto/` at build time: the xDS transport as `envoy.service.discovery.v3`
 //! defines it (field numbers kept, so the messages are wire-compatible), `google.rpc.Status`
-//! for NACKs, meshlite's own resources (`meshlite.v1`) and the certificate service. Beside them,
+//! for NACKs, meshlite's own resources (`meshlite.v1`), the certificate service, and Envoy's
+//! external authorization protocol (`envoy.service.auth.v3`, field numbers kept, so a sidecar
+//! asks any ext_authz server and the e2e tests serve it with the same types). Beside them,
 //! the two types both sides must agree on ([`spiffe`] IDs and [`duration`] text), so that the
 //! proxy and the control plane never import each other. No other logic lives here beyond the
 //! type URLs.
@@ -20,8 +22,10 @@ pub mod google {
     }
 }
 
-/// `envoy.service.discovery.v3`: the aggregated discovery service (nested as the proto
-/// package is, so generated cross-package paths resolve).
+/// Envoy's packages: `envoy.service.discovery.v3`, the aggregated discovery service, and
+/// `envoy.service.auth.v3`, the external authorization protocol with the few
+/// `envoy.config.core.v3` and `envoy.type.v3` messages it uses (nested as the proto packages
+/// are, so generated cross-package paths resolve).
 pub mod envoy {
     /// envoy.service.
     pub mod service {
@@ -31,6 +35,30 @@ pub mod envoy {
             pub mod v3 {
                 include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
             }
+        }
+        /// envoy.service.auth: ext_authz.
+        pub mod auth {
+            /// envoy.service.auth.v3: `Authorization/Check`, its request and response.
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.service.auth.v3.rs"));
+            }
+        }
+    }
+    /// envoy.config.
+    pub mod config {
+        /// envoy.config.core.
+        pub mod core {
+            /// envoy.config.core.v3: addresses and headers.
+            pub mod v3 {
+                include!(concat!(env!("OUT_DIR"), "/envoy.config.core.v3.rs"));
+            }
+        }
+    }
+    /// envoy.type.
+    pub mod r#type {
+        /// envoy.type.v3: HTTP status.
+        pub mod v3 {
+            include!(concat!(env!("OUT_DIR"), "/envoy.r#type.v3.rs"));
         }
     }
 }
@@ -43,6 +71,7 @@ pub mod meshlite {
     }
 }
 
+pub use envoy::service::auth::v3 as auth;
 pub use envoy::service::discovery::v3 as discovery;
 pub use meshlite::v1;
 
@@ -155,6 +184,51 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(delta_nack.encode_to_vec()[0], tag(7));
+    }
+
+    #[test]
+    fn ext_authz_fields_keep_envoys_numbers() {
+        use super::auth::{AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse};
+        use super::auth::{attribute_context, check_response};
+        use super::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+        let check = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    http: Some(attribute_context::HttpRequest {
+                        path: "/p".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        // attributes = 1 { request = 4 { http = 2 { path = 4 } } }
+        assert_eq!(
+            check.encode_to_vec(),
+            vec![tag(1), 8, tag(4), 6, tag(2), 4, tag(4), 2, b'/', b'p']
+        );
+        let denied = CheckResponse {
+            status: Some(Status::default()),
+            http_response: Some(check_response::HttpResponse::DeniedResponse(
+                DeniedHttpResponse {
+                    status: None,
+                    headers: vec![HeaderValueOption {
+                        header: Some(HeaderValue {
+                            key: "k".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    body: String::new(),
+                },
+            )),
+        };
+        // status = 1 (empty), denied_response = 2 { headers = 2 { header = 1 { key = 1 } } }
+        assert_eq!(
+            denied.encode_to_vec(),
+            vec![tag(1), 0, tag(2), 7, tag(2), 5, tag(1), 3, tag(1), 1, b'k']
+        );
     }
 
     #[test]

@@ -12,8 +12,9 @@ use super::duration;
 
 use crate::jwks::{FAIL_CLOSED_JWKS, ResolvedJwks};
 use crate::model::{
-    AuthzAction, ConfigSet, DestinationRule, MeshConfig, MtlsMode, Named, PathNormalization,
-    PeerAuthentication, ROOT_NAMESPACE, SimpleLb, TrafficPolicy, WorkloadSelector,
+    AuthzAction, BodyInCheck, ConfigSet, DestinationRule, MeshConfig, MtlsMode, Named,
+    PathNormalization, PeerAuthentication, ProviderConfig, ROOT_NAMESPACE, SimpleLb, TrafficPolicy,
+    WorkloadSelector,
 };
 use crate::registry::Workload;
 
@@ -532,5 +533,57 @@ pub fn mesh(config: Option<&MeshConfig>) -> v1::MeshConfig {
             .and_then(|d| d.gateway_topology.as_ref())
             .and_then(|t| t.num_trusted_proxies)
             .unwrap_or(0),
+        ext_authz_providers: m.extension_providers.iter().filter_map(ext_authz).collect(),
     }
+}
+
+/// An `extensionProviders` entry as the external authorizer sidecars ask, if it is one.
+/// `service` is `[<namespace>/]<hostname>`: the namespace only disambiguates in Istio's
+/// registry, the hostname is what the proxy resolves.
+fn ext_authz(p: &ProviderConfig) -> Option<v1::ExtAuthzProvider> {
+    use v1::ext_authz_provider::{Grpc, Http, Kind};
+    let host = |service: &str| {
+        service
+            .rsplit_once('/')
+            .map_or(service, |(_, h)| h)
+            .to_string()
+    };
+    let status = |s: &Option<String>| s.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = |b: &Option<BodyInCheck>| {
+        b.as_ref().map(|b| v1::ext_authz_provider::BodyInCheck {
+            max_request_bytes: b.max_request_bytes,
+            allow_partial_message: b.allow_partial_message,
+            pack_as_bytes: b.pack_as_bytes,
+        })
+    };
+    if let Some(g) = &p.envoy_ext_authz_grpc {
+        return Some(v1::ExtAuthzProvider {
+            name: p.name.clone(),
+            service: host(&g.service),
+            port: g.port,
+            timeout: g.timeout.as_ref().map(duration),
+            fail_open: g.fail_open,
+            status_on_error: status(&g.status_on_error),
+            include_request_body_in_check: body(&g.include_request_body_in_check),
+            kind: Some(Kind::Grpc(Grpc {})),
+        });
+    }
+    let h = p.envoy_ext_authz_http.as_ref()?;
+    Some(v1::ExtAuthzProvider {
+        name: p.name.clone(),
+        service: host(&h.service),
+        port: h.port,
+        timeout: h.timeout.as_ref().map(duration),
+        fail_open: h.fail_open,
+        status_on_error: status(&h.status_on_error),
+        include_request_body_in_check: body(&h.include_request_body_in_check),
+        kind: Some(Kind::Http(Http {
+            path_prefix: h.path_prefix.clone().unwrap_or_default(),
+            include_request_headers_in_check: h.include_request_headers_in_check.clone(),
+            include_additional_headers_in_check: h.include_additional_headers_in_check.clone(),
+            headers_to_upstream_on_allow: h.headers_to_upstream_on_allow.clone(),
+            headers_to_downstream_on_deny: h.headers_to_downstream_on_deny.clone(),
+            headers_to_downstream_on_allow: h.headers_to_downstream_on_allow.clone(),
+        })),
+    })
 }

@@ -1039,3 +1039,65 @@ fn a_header_regex_star_is_pushed_as_present() {
         Some(v1::string_match::Kind::Present(true))
     );
 }
+
+#[test]
+fn ext_authz_providers_reach_every_sidecar_with_their_options() {
+    let mesh_config = "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+        metadata: {name: seed, namespace: istio-system}\nspec:\n  meshConfig:\n    \
+        extensionProviders:\n    \
+        - name: opa\n      envoyExtAuthzGrpc:\n        service: policy/opa.policy.svc.cluster.local\n        \
+        port: 9191\n        timeout: 250ms\n        failOpen: true\n        \
+        includeRequestBodyInCheck: {maxRequestBytes: 4096, packAsBytes: true}\n    \
+        - name: oauth\n      envoyExtAuthzHttp:\n        service: oauth.example.com\n        port: 80\n        \
+        statusOnError: \"503\"\n        pathPrefix: /check\n        \
+        includeRequestHeadersInCheck: [cookie, 'x-user-*']\n        \
+        includeAdditionalHeadersInCheck: {x-from: mesh}\n        \
+        headersToUpstreamOnAllow: [x-user]\n        headersToDownstreamOnDeny: [location]\n    \
+        - name: zipkin\n      zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}\n"
+        .to_string();
+    let caller = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
+    let m = mesh(config(&[mesh_config]), std::slice::from_ref(&caller));
+    let pushed: v1::MeshConfig = decode(&m.view_for(&caller), type_url::MESH_CONFIG, "mesh");
+    use v1::ext_authz_provider::{BodyInCheck, Grpc, Http, Kind};
+    assert_eq!(
+        pushed.ext_authz_providers,
+        vec![
+            v1::ExtAuthzProvider {
+                name: "opa".into(),
+                // `namespace/` only disambiguates in Istio's registry: the host is resolved.
+                service: "opa.policy.svc.cluster.local".into(),
+                port: 9191,
+                timeout: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 250_000_000,
+                }),
+                fail_open: true,
+                status_on_error: 0,
+                include_request_body_in_check: Some(BodyInCheck {
+                    max_request_bytes: 4096,
+                    allow_partial_message: false,
+                    pack_as_bytes: true,
+                }),
+                kind: Some(Kind::Grpc(Grpc {})),
+            },
+            v1::ExtAuthzProvider {
+                name: "oauth".into(),
+                service: "oauth.example.com".into(),
+                port: 80,
+                timeout: None,
+                fail_open: false,
+                status_on_error: 503,
+                include_request_body_in_check: None,
+                kind: Some(Kind::Http(Http {
+                    path_prefix: "/check".into(),
+                    include_request_headers_in_check: vec!["cookie".into(), "x-user-*".into()],
+                    include_additional_headers_in_check: [("x-from".into(), "mesh".into())].into(),
+                    headers_to_upstream_on_allow: vec!["x-user".into()],
+                    headers_to_downstream_on_deny: vec!["location".into()],
+                    headers_to_downstream_on_allow: vec![],
+                })),
+            },
+        ],
+        "tracing providers are not authorizers"
+    );
+}

@@ -1642,6 +1642,49 @@ mod tests {
     }
 
     #[test]
+    fn ext_authz_provider_options_are_checked_as_the_sidecars_read_them() {
+        let mesh = |http: &str| {
+            format!(
+                "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+                 metadata: {{name: m}}\nspec:\n  meshConfig:\n    extensionProviders:\n    \
+                 - name: oauth\n      envoyExtAuthzHttp: {{service: oauth.example.com, port: 80, {http}}}\n"
+            )
+        };
+        let p = "extensionProviders[0].envoyExtAuthzHttp";
+        for (http, field) in [
+            (
+                "includeRequestHeadersInCheck: ['x-*-id']",
+                format!("{p}.includeRequestHeadersInCheck[0]"),
+            ),
+            (
+                "headersToUpstreamOnAllow: ['']",
+                format!("{p}.headersToUpstreamOnAllow[0]"),
+            ),
+            (
+                "includeAdditionalHeadersInCheck: {'bad header': x}",
+                format!("{p}.includeAdditionalHeadersInCheck[bad header]"),
+            ),
+            ("pathPrefix: check", format!("{p}.pathPrefix")),
+            (
+                "includeRequestBodyInCheck: {maxRequestBytes: 0}",
+                format!("{p}.includeRequestBodyInCheck.maxRequestBytes"),
+            ),
+        ] {
+            expect_error(&[mesh(http)], &field);
+        }
+        let report = expect_no_error(&[mesh(
+            "pathPrefix: /check, includeRequestHeadersInCheck: ['x-user-*', cookie], \
+             includeRequestBodyInCheck: {maxRequestBytes: 1048576}",
+        )]);
+        let w = expect(
+            &report,
+            Severity::Warning,
+            &format!("{p}.includeRequestBodyInCheck.maxRequestBytes"),
+        );
+        assert!(w.message.contains("65536"), "{w}");
+    }
+
+    #[test]
     fn authorization_policies_are_checked() {
         expect_error(
             &[res(

@@ -25,6 +25,10 @@ const WHEN_KEYS: [&str; 12] = [
     "connection.sni",
 ];
 
+/// The most request body bytes a sidecar buffers for an external authorizer (the proxy's
+/// replay bound, 64 KiB).
+const MAX_BODY_IN_CHECK: u32 = 64 * 1024;
+
 /// Of two resources of one scope, the one Istio applies: the oldest (see
 /// [`crate::model::ObjectMeta::age_key`]).
 pub(super) fn oldest<'r>(a: &'r Resource, b: &'r Resource) -> &'r Resource {
@@ -667,6 +671,63 @@ impl Checker<'_> {
                         r,
                         format!("{fp}.{kind}.statusOnError"),
                         format!("`{s}` is not an HTTP status"),
+                    );
+                }
+            }
+            if let Some(h) = &p.envoy_ext_authz_http {
+                let hp = format!("{fp}.envoyExtAuthzHttp");
+                for (name, values) in [
+                    (
+                        "includeRequestHeadersInCheck",
+                        &h.include_request_headers_in_check,
+                    ),
+                    ("headersToUpstreamOnAllow", &h.headers_to_upstream_on_allow),
+                    (
+                        "headersToDownstreamOnDeny",
+                        &h.headers_to_downstream_on_deny,
+                    ),
+                    (
+                        "headersToDownstreamOnAllow",
+                        &h.headers_to_downstream_on_allow,
+                    ),
+                ] {
+                    self.forms(r, &format!("{hp}.{name}"), values, string_form);
+                }
+                for k in h.include_additional_headers_in_check.keys() {
+                    if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                        self.error(
+                            r,
+                            format!("{hp}.includeAdditionalHeadersInCheck[{k}]"),
+                            "not a header name",
+                        );
+                    }
+                }
+                if h.path_prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
+                    self.error(
+                        r,
+                        format!("{hp}.pathPrefix"),
+                        "a path prefix starts with `/`",
+                    );
+                }
+            }
+            let body = p
+                .envoy_ext_authz_grpc
+                .as_ref()
+                .map(|g| (&g.include_request_body_in_check, "envoyExtAuthzGrpc"))
+                .or_else(|| {
+                    p.envoy_ext_authz_http
+                        .as_ref()
+                        .map(|h| (&h.include_request_body_in_check, "envoyExtAuthzHttp"))
+                });
+            if let Some((Some(b), kind)) = body {
+                let field = format!("{fp}.{kind}.includeRequestBodyInCheck.maxRequestBytes");
+                if b.max_request_bytes == 0 {
+                    self.error(r, field, "must be greater than 0");
+                } else if b.max_request_bytes > MAX_BODY_IN_CHECK {
+                    self.warning(
+                        r,
+                        field,
+                        format!("meshlite's sidecars buffer at most {MAX_BODY_IN_CHECK} bytes of a body for a check; larger bodies are sent partially or refused with 413 from there"),
                     );
                 }
             }

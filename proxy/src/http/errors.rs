@@ -84,6 +84,28 @@ pub enum ProxyError {
     /// A transfer coding the proxy does not implement (501).
     #[error("unsupported transfer coding")]
     UnsupportedTransferCoding,
+    /// The external authorizer of a CUSTOM policy denied the request: the caller gets its
+    /// status, headers and body (Envoy `UAEX`).
+    #[error("denied by external authorizer {}", .0.provider)]
+    ExtAuthzDenied(Box<crate::policy::ext_authz::Denial>),
+    /// The external authorizer gave no answer (unreachable, timeout, error) and does not
+    /// fail open, or the policy names no provider: `statusOnError`, 403 by default (Envoy
+    /// `UAEX` too).
+    #[error("external authorizer `{provider}` gave no answer: {reason}")]
+    ExtAuthzError {
+        /// The provider's name.
+        provider: crate::telemetry::metrics::Label,
+        /// `statusOnError`.
+        status: StatusCode,
+        /// What went wrong, for the log.
+        reason: String,
+    },
+    /// The request body is longer than an authorizer may buffer (413).
+    #[error("request body larger than the authorizer's maxRequestBytes")]
+    PayloadTooLarge,
+    /// The caller's connection failed while the proxy read its request (Envoy `DC`).
+    #[error("downstream connection terminated: {0}")]
+    DownstreamTerminated(String),
 }
 
 impl ProxyError {
@@ -147,6 +169,10 @@ impl ProxyError {
             | ProxyError::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout | ProxyError::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::ExtAuthzDenied(d) => d.status,
+            ProxyError::ExtAuthzError { status, .. } => *status,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::DownstreamTerminated(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -172,6 +198,9 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream(_) => "UH",
             ProxyError::NoCluster(_) => "NC",
             ProxyError::Overflow(_) => "UO",
+            ProxyError::ExtAuthzDenied(_) | ProxyError::ExtAuthzError { .. } => "UAEX",
+            ProxyError::PayloadTooLarge => "-",
+            ProxyError::DownstreamTerminated(_) => "DC",
         }
     }
 
@@ -184,6 +213,9 @@ impl ProxyError {
             )),
             ProxyError::BadPath(_) => Some("path_normalization_failed".into()),
             ProxyError::Unauthenticated(e) => Some(e.details()),
+            ProxyError::ExtAuthzDenied(_) => Some("ext_authz_denied".into()),
+            ProxyError::ExtAuthzError { .. } => Some("ext_authz_error".into()),
+            ProxyError::PayloadTooLarge => Some("request_payload_too_large".into()),
             _ => None,
         }
     }
@@ -317,7 +349,17 @@ impl ProxyError {
     /// response carrying the [`ProxyError::grpc_status`] and the message, as Envoy sends.
     pub fn reply(&self, grpc: bool) -> Response<ProxyBody> {
         if grpc {
-            let mut resp = grpc_reply(self.grpc_status(), &self.to_string());
+            let message = match self {
+                // The authorizer's own words, when it gave some.
+                ProxyError::ExtAuthzDenied(d) if !d.body.is_empty() => {
+                    String::from_utf8_lossy(&d.body).into_owned()
+                }
+                other => other.to_string(),
+            };
+            let mut resp = grpc_reply(self.grpc_status(), &message);
+            if let ProxyError::ExtAuthzDenied(d) = self {
+                authorizer_headers(resp.headers_mut(), &d.headers);
+            }
             if matches!(self, ProxyError::Overflow(_)) {
                 resp.headers_mut().insert(
                     http::HeaderName::from_static("x-envoy-overloaded"),
@@ -331,7 +373,21 @@ impl ProxyError {
 
     /// The plain-text response the client receives.
     pub fn into_response(&self) -> Response<ProxyBody> {
+        if let ProxyError::ExtAuthzDenied(d) = self {
+            let mut resp = Response::new(ProxyBody::full(d.body.clone()));
+            *resp.status_mut() = d.status;
+            if !d.body.is_empty() {
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            authorizer_headers(resp.headers_mut(), &d.headers);
+            return resp;
+        }
         let body = match self {
+            // The reason goes to the log and the access log, not to the caller.
+            ProxyError::ExtAuthzError { provider, .. } => {
+                format!("meshlite: external authorizer `{provider}` unavailable\n")
+            }
             ProxyError::AccessDenied(_) => "RBAC: access denied".to_string(),
             ProxyError::Unauthenticated(e) => e.to_string(),
             ProxyError::Connect(e) => format!(
@@ -359,6 +415,17 @@ impl ProxyError {
             );
         }
         resp
+    }
+}
+
+/// The headers an external authorizer gave for its denial, on the proxy's reply (its own
+/// values win over the reply's defaults).
+fn authorizer_headers(to: &mut http::HeaderMap, from: &http::HeaderMap) {
+    for name in from.keys() {
+        to.remove(name);
+    }
+    for (name, value) in from {
+        to.append(name.clone(), value.clone());
     }
 }
 

@@ -240,7 +240,11 @@ mod tests {
     fn normalisation_is_idempotent() {
         // Found by the fuzzer (fuzz/corpus/http_head): a stray `%` before an escape made
         // the next normalisation decode again.
-        for p in ["/*e=RR@eeee@%%3333----%3333332---", "/%%33", "/a/%2e%2e/%2e/b//c"] {
+        for p in [
+            "/*e=RR@eeee@%%3333----%3333332---",
+            "/%%33",
+            "/a/%2e%2e/%2e/b//c",
+        ] {
             for m in [
                 PathNormalization::Base,
                 PathNormalization::MergeSlashes,
@@ -251,7 +255,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(normalize("/%%33", PathNormalization::Base), Err(PathError::BadEncoding));
+        assert_eq!(
+            normalize("/%%33", PathNormalization::Base),
+            Err(PathError::BadEncoding)
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Opaque TCP on the inbound side: bytes that are neither mutual TLS nor HTTP (a
 //! server-first protocol, the application's own TLS) reaching a TCP port whose
 //! PeerAuthentication accepts plaintext. They are authorized as a TCP connection (no
-//! principal), then relayed to the app untouched.
+//! principal; a CUSTOM policy's gRPC authorizer first), then relayed to the app untouched.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use super::prefixed::Prefixed;
 use crate::context::ProxyContext;
 use crate::policy::authz::Attributes;
+use crate::policy::ext_authz::{self, Connection};
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::TcpLabels;
 use crate::transport::connect::connect_tcp;
@@ -37,6 +38,19 @@ pub async fn relay(
             sni: None,
             request: None,
         };
+        if let Some(custom) = authz.custom(&attrs) {
+            let connection = Connection {
+                source: remote,
+                source_principal: None,
+                destination: local,
+                sni: None,
+            };
+            let asked = ext_authz::authorize_connection(&ctx, &snap, custom.provider, connection);
+            if let Err(e) = Box::pin(asked).await {
+                tracing::debug!(%remote, port, "inbound TCP connection denied: {e}");
+                return;
+            }
+        }
         let verdict = authz.evaluate(&attrs);
         let audit = &ctx.telemetry.audit;
         if audit.wants(&verdict) {

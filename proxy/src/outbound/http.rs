@@ -512,12 +512,7 @@ async fn attempts(
                 // In flight for least request until the response stream ends.
                 held.endpoint = Some(InFlight::start(endpoint.clone()));
                 let result = attempt_mesh(conn, snap, cluster, &endpoint, policy, &mut slot).await;
-                match &result {
-                    Ok(resp) => cluster.report(index, resp.status().as_u16()),
-                    // A local overflow says nothing about the host.
-                    Err(ProxyError::Overflow(_)) => {}
-                    Err(e) => cluster.report_local_failure(index, e.outlier_status()),
-                }
+                report(cluster, index, &result);
                 (result, Some(endpoint))
             }
             Host::External(_, target) => {
@@ -598,6 +593,16 @@ async fn attempts(
         held.endpoint = None;
         tokio::time::sleep(p.backoff(attempt, &mut crate::balance::ThreadRandom)).await;
         req = next;
+    }
+}
+
+/// Tells outlier detection how a request to endpoint `index` of `cluster` ended.
+fn report(cluster: &Cluster, index: usize, result: &Result<Response<ProxyBody>, ProxyError>) {
+    match result {
+        Ok(resp) => cluster.report(index, resp.status().as_u16()),
+        // A local overflow says nothing about the host.
+        Err(ProxyError::Overflow(_)) => {}
+        Err(e) => cluster.report_local_failure(index, e.outlier_status()),
     }
 }
 
@@ -891,6 +896,32 @@ async fn forward_external(
         .await
         .map_err(|e| ProxyError::from_direct(e, target.authority.as_str()))?;
     Ok(resp.map(ProxyBody::from))
+}
+
+/// Sends a request this proxy makes itself (an external authorization check) to an
+/// endpoint of `cluster` its balancer picks, as an app's request to that service travels:
+/// over mutual TLS to the endpoint's sidecar, or in plaintext to a service outside the mesh.
+/// No route rules, retries or request telemetry apply; responses feed outlier detection as
+/// any other. `peer_header` is this workload's peer metadata.
+pub async fn send_to_cluster(
+    ctx: &ProxyContext,
+    peer_header: &HeaderValue,
+    cluster: &Cluster,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    match pick_host(cluster, None, None, &[]) {
+        None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
+        Some(Host::External(_, target)) => match &cluster.external {
+            Some(ext) => forward_external(ext, target, req).await,
+            None => Err(ProxyError::NoCluster(cluster.name.to_string())),
+        },
+        Some(Host::Mesh(index, endpoint)) => {
+            let _in_flight = InFlight::start(endpoint.clone());
+            let result = forward(ctx, peer_header, cluster, &endpoint, &mut Some(req)).await;
+            report(cluster, index, &result);
+            result
+        }
+    }
 }
 
 /// Sends on the endpoint's shared HTTP/2 connection (see [`send_on`]).

@@ -7,6 +7,7 @@ use meshlite_xds_proto::v1;
 use std::collections::HashMap;
 
 use super::authz::{Authorizer, CompileError, StatsSource, TrustDomains};
+use super::ext_authz::{ProviderError, Providers};
 use super::jwt::{JwtAuthn, RuleError};
 
 /// Why a pushed inbound policy could not be compiled (the push is refused).
@@ -18,6 +19,9 @@ pub enum InboundError {
     /// A RequestAuthentication rule did not compile.
     #[error(transparent)]
     Jwt(#[from] RuleError),
+    /// An external authorizer of the MeshConfig did not compile.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
 }
 
 /// How a port accepts callers (SEMANTICS 3).
@@ -74,6 +78,8 @@ pub struct InboundSecurity {
     pub jwt: JwtAuthn,
     /// `numTrustedProxies`: which `x-forwarded-for` entry is `remote.ip`.
     pub num_trusted_proxies: u32,
+    /// The external authorizers CUSTOM policies name (MeshConfig `extensionProviders`).
+    pub ext_authz: Providers,
 }
 
 impl InboundSecurity {
@@ -92,10 +98,12 @@ impl InboundSecurity {
                 .map(|m| m.trust_domain_aliases.clone())
                 .unwrap_or_default(),
         };
+        let ext_authz = Providers::compile(mesh, stats)?;
         let Some(p) = policy else {
             return Ok(Self {
                 default: fallback,
                 num_trusted_proxies: mesh.map_or(0, |m| m.num_trusted_proxies),
+                ext_authz,
                 ..Default::default()
             });
         };
@@ -110,12 +118,25 @@ impl InboundSecurity {
                 Some((port, MtlsMode::from_wire(*m)?))
             })
             .collect();
+        let authz = Authorizer::compile(&p.authorization, &tds, stats)?;
+        // Said once per push, not per request: such a policy denies what it matches.
+        for (policy, provider) in authz.custom_providers() {
+            match provider {
+                Some(name) if ext_authz.get(name).is_some() => {}
+                _ => tracing::warn!(
+                    %policy,
+                    provider = provider.map_or("", |p| &**p),
+                    "CUSTOM policy names no extension provider of the MeshConfig: the requests it matches are denied"
+                ),
+            }
+        }
         Ok(Self {
             default,
             ports,
-            authz: Authorizer::compile(&p.authorization, &tds, stats)?,
+            authz,
             jwt: JwtAuthn::compile(&p.jwt_rules, stats.jwt_authn())?,
             num_trusted_proxies: mesh.map_or(0, |m| m.num_trusted_proxies),
+            ext_authz,
         })
     }
 

@@ -222,11 +222,55 @@ impl RbacFamilies {
     }
 }
 
+/// The `provider` label of the ext_authz statistics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// The extension provider's name.
+    pub provider: String,
+}
+
+/// Envoy's ext_authz statistics (`envoy_http_ext_authz_*`), by provider.
+#[derive(Debug, Clone, Default)]
+struct ExtAuthzFamilies {
+    ok: Family<ProviderLabels, Counter>,
+    denied: Family<ProviderLabels, Counter>,
+    error: Family<ProviderLabels, Counter>,
+    failure_mode_allowed: Family<ProviderLabels, Counter>,
+}
+
+impl ExtAuthzFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let f = Self::default();
+        for (stat, help, family) in [
+            ("ok", "Checks the external authorizer allowed", &f.ok),
+            ("denied", "Checks the external authorizer denied", &f.denied),
+            (
+                "error",
+                "Checks the external authorizer gave no answer to (unreachable, timeout, error)",
+                &f.error,
+            ),
+            (
+                "failure_mode_allowed",
+                "Requests allowed by failOpen although the external authorizer gave no answer",
+                &f.failure_mode_allowed,
+            ),
+        ] {
+            registry.register(
+                format!("envoy_http_ext_authz_{stat}"),
+                format!("{help}, by provider"),
+                family.clone(),
+            );
+        }
+        f
+    }
+}
+
 /// Metrics of the inbound security checks.
 #[derive(Debug, Clone, Default)]
 pub struct SecurityMetrics {
     http: RbacFamilies,
     tcp: RbacFamilies,
+    ext_authz: ExtAuthzFamilies,
     refused: Family<ReasonLabels, Counter>,
     /// `meshlite_audit_log_dropped_total`: audit lines dropped because the writer fell
     /// behind.
@@ -240,6 +284,7 @@ impl SecurityMetrics {
         let mut m = Self {
             http: RbacFamilies::register(registry, "http", "HTTP requests"),
             tcp: RbacFamilies::register(registry, "tcp", "TCP connections"),
+            ext_authz: ExtAuthzFamilies::register(registry),
             ..Default::default()
         };
         m.refused = Family::default();
@@ -285,6 +330,19 @@ impl crate::policy::authz::StatsSource for SecurityMetrics {
         crate::policy::authz::PolicyStats {
             http: self.http.counters(&l),
             tcp: self.tcp.counters(&l),
+        }
+    }
+
+    fn ext_authz(&self, provider: &str) -> crate::policy::ext_authz::Stats {
+        let l = ProviderLabels {
+            provider: provider.to_string(),
+        };
+        let f = &self.ext_authz;
+        crate::policy::ext_authz::Stats {
+            ok: f.ok.get_or_create(&l).clone(),
+            denied: f.denied.get_or_create(&l).clone(),
+            error: f.error.get_or_create(&l).clone(),
+            failure_mode_allowed: f.failure_mode_allowed.get_or_create(&l).clone(),
         }
     }
 }

@@ -27,6 +27,7 @@ mod control_push;
 mod control_resilience;
 mod control_routing;
 mod egress_tls;
+mod ext_authz;
 mod failures;
 mod http1;
 mod hygiene;
@@ -47,4 +48,30 @@ pub fn field_text(entry: &serde_json::Value, name: &str) -> String {
         Some(serde_json::Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
     }
+}
+
+/// Writes `ping` on a new connection to `addr` and returns what comes back before EOF.
+pub async fn tcp_ping(addr: std::net::SocketAddr) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = s.write_all(b"ping").await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.len() >= 4 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the TCP connection neither answered nor closed"
+    );
+    got
 }

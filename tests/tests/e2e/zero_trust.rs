@@ -4,7 +4,7 @@
 //! ALLOW), PERMISSIVE ports serving mutual TLS and plaintext side by side, a tightening push
 //! under load, dry-run and AUDIT policies with the audit log.
 
-use crate::field_text;
+use crate::{field_text, tcp_ping};
 use meshlite_tests::apps::HttpApp;
 use meshlite_tests::clients::{self, Http1Client, full, h1_request};
 use meshlite_tests::control::{CONVERGE, ControlPlane, Load, MeshProxy, NAMESPACE, Workload};
@@ -572,32 +572,6 @@ spec:
     assert_eq!(app.calls(), calls, "a denied call never reaches the app");
 }
 
-/// Writes `ping` on a new connection to `addr` and returns what comes back before EOF.
-async fn tcp_ping(addr: std::net::SocketAddr) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let _ = s.write_all(b"ping").await;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Ok(n) = s.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-            if got.len() >= 4 {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(
-        read.is_ok(),
-        "the TCP connection neither answered nor closed"
-    );
-    got
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_ports_get_tcp_rules_and_http_only_fields_follow_istio() {
     use meshlite_tests::apps::TcpEchoApp;
@@ -712,7 +686,9 @@ async fn a_server_first_protocol_is_not_stalled_by_permissive_detection() {
     use meshlite_tests::mesh::{AppProtocol, InboundPort};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // An SMTP-like app: it speaks first.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let banner_addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
@@ -731,16 +707,25 @@ async fn a_server_first_protocol_is_not_stalled_by_permissive_detection() {
         protocol: AppProtocol::Tcp,
     });
     let mail = MeshProxy::start(&control.access(NAMESPACE, "mail").await, &w).await;
-    let banner = eventually("the banner through the PERMISSIVE port", CONVERGE, || async {
-        let mut s = tokio::net::TcpStream::connect(mail.addrs.inbound).await.ok()?;
-        let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
+    let banner = eventually(
+        "the banner through the PERMISSIVE port",
+        CONVERGE,
+        || async {
+            let mut s = tokio::net::TcpStream::connect(mail.addrs.inbound)
+                .await
+                .ok()?;
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+        },
+    )
     .await;
-    assert_eq!(banner, "220 mail ready\r\n", "relayed after the detection deadline");
+    assert_eq!(
+        banner, "220 mail ready\r\n",
+        "relayed after the detection deadline"
+    );
     server.abort();
 }

@@ -339,6 +339,12 @@ pub trait StatsSource {
     fn jwt_authn(&self) -> crate::policy::jwt::JwtStats {
         crate::policy::jwt::JwtStats::default()
     }
+
+    /// The counters of external authorizer `provider` (CUSTOM policies); detached counters
+    /// unless the source exports them.
+    fn ext_authz(&self, _provider: &str) -> crate::policy::ext_authz::Stats {
+        Default::default()
+    }
 }
 
 /// One compiled policy.
@@ -380,6 +386,15 @@ pub struct Matched<'p> {
     pub policy: &'p Label,
     /// Index of the rule in its policy's `rules`.
     pub rule: u32,
+}
+
+/// A CUSTOM policy that matched, and the external authorizer it names.
+#[derive(Debug, Clone, Copy)]
+pub struct Custom<'p> {
+    /// The policy and its rule.
+    pub matched: Matched<'p>,
+    /// `provider.name`; `None` when the policy names none (the request is then denied).
+    pub provider: Option<&'p Label>,
 }
 
 /// A dry-run engine's result.
@@ -450,8 +465,19 @@ impl Authorizer {
     }
 
     /// The CUSTOM policy whose rules match, if any: its provider decides first.
-    pub fn custom(&self, a: &Attributes<'_>) -> Option<Matched<'_>> {
-        matched(first(&self.custom, a))
+    pub fn custom(&self, a: &Attributes<'_>) -> Option<Custom<'_>> {
+        first(&self.custom, a).map(|(p, rule)| Custom {
+            matched: Matched {
+                policy: &p.name,
+                rule,
+            },
+            provider: p.provider.as_ref(),
+        })
+    }
+
+    /// The providers CUSTOM policies name (`None` for one that names none).
+    pub fn custom_providers(&self) -> impl Iterator<Item = (&Label, Option<&Label>)> {
+        self.custom.iter().map(|p| (&p.name, p.provider.as_ref()))
     }
 
     /// DENY, then ALLOW, with AUDIT marks and the dry-run engines; counted.

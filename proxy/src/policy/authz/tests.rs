@@ -796,7 +796,8 @@ fn custom_policies_name_their_provider() {
     let hit = a
         .custom(&call().path("/api/x").attributes())
         .expect("matches");
-    assert_eq!(&**hit.policy, "default/ext");
+    assert_eq!(&**hit.matched.policy, "default/ext");
+    assert_eq!(hit.provider.map(|p| &**p), Some("opa"));
     assert!(a.custom(&call().path("/health").attributes()).is_none());
     assert!(
         call().path("/health").allowed_by(&a),
