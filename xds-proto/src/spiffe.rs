@@ -43,7 +43,9 @@ impl SpiffeId {
         if s.len() > 2048 {
             return Err(SpiffeIdError::TooLong);
         }
-        if s.len() < SCHEME.len() || !s[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        // Compared as bytes: the text may hold a multi-byte character where the scheme ends.
+        let scheme = s.as_bytes().get(..SCHEME.len());
+        if !scheme.is_some_and(|b| b.eq_ignore_ascii_case(SCHEME.as_bytes())) {
             return Err(SpiffeIdError::Scheme(s.to_string()));
         }
         let rest = &s[SCHEME.len()..];
@@ -158,6 +160,10 @@ mod tests {
             "spiffe://user@cluster.local/ns/a",
             "spiffe://cluster.local:8080/ns/a",
             "spiffe://clus ter/ns/a",
+            // A multi-byte character across the scheme's end (found by fuzz/spiffe_san).
+            "spiffe:/\u{454}lu/ter.local/ns/default/sa/reviews",
+            "spiffe://cl\u{fc}ster/ns/a/sa/b",
+            "spiffe://td/ns/\u{e4}/sa/b",
         ] {
             assert!(SpiffeId::parse(bad).is_err(), "accepted {bad:?}");
         }
