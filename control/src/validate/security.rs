@@ -255,19 +255,7 @@ impl Checker<'_> {
             ),
         }
         let targeted = !ap.target_refs.is_empty() || ap.target_ref.is_some();
-        if targeted && ap.selector.is_some() {
-            self.error(
-                r,
-                "spec.targetRefs",
-                "targetRefs and selector cannot both be set",
-            );
-        } else if targeted {
-            self.warning(
-                r,
-                "spec.targetRefs",
-                "a policy with targetRefs attaches to gateways and waypoints; sidecars do not apply it (as in Istio), and meshlite has neither",
-            );
-        }
+        self.target_refs(r, targeted, ap.selector.is_some());
         match r
             .meta
             .annotations
@@ -419,9 +407,10 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn request_authentication(&mut self, r: &Resource, ra: &RequestAuthentication) {
-        let targeted = !ra.target_refs.is_empty() || ra.target_ref.is_some();
-        if targeted && ra.selector.is_some() {
+    /// `targetRefs` beside a selector is refused, as istiod does; alone, it attaches the
+    /// policy to something sidecars are not, which is worth a warning.
+    fn target_refs(&mut self, r: &Resource, targeted: bool, selector: bool) {
+        if targeted && selector {
             self.error(
                 r,
                 "spec.targetRefs",
@@ -434,6 +423,11 @@ impl Checker<'_> {
                 "a policy with targetRefs attaches to gateways and waypoints; sidecars do not apply it (as in Istio), and meshlite has neither",
             );
         }
+    }
+
+    pub(super) fn request_authentication(&mut self, r: &Resource, ra: &RequestAuthentication) {
+        let targeted = !ra.target_refs.is_empty() || ra.target_ref.is_some();
+        self.target_refs(r, targeted, ra.selector.is_some());
         let mut issuers = std::collections::BTreeMap::new();
         for (i, rule) in ra.jwt_rules.iter().enumerate() {
             let p = format!("spec.jwtRules[{i}]");

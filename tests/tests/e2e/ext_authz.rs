@@ -99,6 +99,20 @@ fn seen_header(reply: &Reply, name: &str) -> serde_json::Value {
     reply.json()["headers"][name][0].clone()
 }
 
+/// A gRPC authorizer as a mesh service (`ext-authz`, port `AUTHZ_PORT`) behind its own
+/// sidecar, which the callee's sidecar reaches over mutual TLS.
+async fn grpc_authz_in_mesh(control: &ControlPlane) -> (GrpcAuthz, MeshProxy) {
+    let authz = GrpcAuthz::start().await;
+    let mut workload = Workload::new("ext-authz");
+    workload.inbound.push(InboundPort {
+        port: AUTHZ_PORT,
+        target: authz.addr,
+        protocol: AppProtocol::Grpc,
+    });
+    let sidecar = MeshProxy::start(&control.access(NAMESPACE, "ext-authz").await, &workload).await;
+    (authz, sidecar)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_authorizer_behind_its_own_sidecar_decides_first_and_its_answers_reach_app_and_caller()
  {
@@ -113,18 +127,7 @@ async fn a_grpc_authorizer_behind_its_own_sidecar_decides_first_and_its_answers_
         ("authz.yaml", &custom_policy("llm-processor", "grpc-authz")),
     ])
     .await;
-    let authz = GrpcAuthz::start().await;
-    let mut authz_workload = Workload::new("ext-authz");
-    authz_workload.inbound.push(InboundPort {
-        port: AUTHZ_PORT,
-        target: authz.addr,
-        protocol: AppProtocol::Grpc,
-    });
-    let _authz_sidecar = MeshProxy::start(
-        &control.access(NAMESPACE, "ext-authz").await,
-        &authz_workload,
-    )
-    .await;
+    let (authz, _authz_sidecar) = grpc_authz_in_mesh(&control).await;
     let app = HttpApp::start("llm-processor").await;
     let llm = MeshProxy::start(
         &control.access(NAMESPACE, "llm-processor").await,
@@ -378,18 +381,7 @@ spec:
         ("authz.yaml", &policy),
     ])
     .await;
-    let authz = GrpcAuthz::start().await;
-    let mut authz_workload = Workload::new("ext-authz");
-    authz_workload.inbound.push(InboundPort {
-        port: AUTHZ_PORT,
-        target: authz.addr,
-        protocol: AppProtocol::Grpc,
-    });
-    let _authz_sidecar = MeshProxy::start(
-        &control.access(NAMESPACE, "ext-authz").await,
-        &authz_workload,
-    )
-    .await;
+    let (authz, _authz_sidecar) = grpc_authz_in_mesh(&control).await;
     let mut db = Workload::new("llm-db");
     db.inbound.push(InboundPort {
         port: 5432,

@@ -508,38 +508,8 @@ impl Authorizer {
         if let Some((p, _)) = audit {
             p.counters(http).logged.inc();
         }
-        let shadow_deny = (!self.shadow_deny.is_empty()).then(|| {
-            let found = first(&self.shadow_deny, a);
-            let (p, allowed) = match found {
-                Some((p, _)) => (p.counters(http), false),
-                None => (self.none.counters(http), true),
-            };
-            if allowed {
-                p.shadow_allowed.inc();
-            } else {
-                p.shadow_denied.inc();
-            }
-            Shadow {
-                allowed,
-                by: matched(found),
-            }
-        });
-        let shadow_allow = (!self.shadow_allow.is_empty()).then(|| {
-            let found = first(&self.shadow_allow, a);
-            let (p, allowed) = match found {
-                Some((p, _)) => (p.counters(http), true),
-                None => (self.none.counters(http), false),
-            };
-            if allowed {
-                p.shadow_allowed.inc();
-            } else {
-                p.shadow_denied.inc();
-            }
-            Shadow {
-                allowed,
-                by: matched(found),
-            }
-        });
+        let shadow_deny = self.shadow(&self.shadow_deny, a, false);
+        let shadow_allow = self.shadow(&self.shadow_allow, a, true);
         Verdict {
             allowed,
             by: matched(by),
@@ -547,6 +517,33 @@ impl Authorizer {
             shadow_deny,
             shadow_allow,
         }
+    }
+
+    /// A dry-run engine's decision, counted as Envoy's shadow rules are. `allow_on_match` is
+    /// the engine's action: dry-run ALLOW policies allow what they match (and deny the rest),
+    /// dry-run DENY policies deny it. `None` when the engine has no policy.
+    fn shadow<'p>(
+        &'p self,
+        engine: &'p [Policy],
+        a: &Attributes<'_>,
+        allow_on_match: bool,
+    ) -> Option<Shadow<'p>> {
+        if engine.is_empty() {
+            return None;
+        }
+        let http = a.request.is_some();
+        let found = first(engine, a);
+        let allowed = found.is_some() == allow_on_match;
+        let counters = found.map_or(self.none.counters(http), |(p, _)| p.counters(http));
+        if allowed {
+            counters.shadow_allowed.inc();
+        } else {
+            counters.shadow_denied.inc();
+        }
+        Some(Shadow {
+            allowed,
+            by: matched(found),
+        })
     }
 }
 
