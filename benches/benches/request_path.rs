@@ -488,6 +488,71 @@ fn authz(c: &mut Criterion) {
     group.finish();
 }
 
+/// RequestAuthentication on a request carrying a valid token: the per-request cost a
+/// workload with `jwtRules` pays (parse, key lookup, signature check, claims).
+fn jwt(c: &mut Criterion) {
+    use base64::Engine as _;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+    use meshlite_proxy::policy::jwt::{JwtAuthn, JwtStats};
+    use meshlite_xds_proto::v1;
+    const NOW: u64 = 1_800_000_000;
+    let es256 = {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+        (
+            EncodingKey::from_ec_der(&pair.serialize_der()),
+            Algorithm::ES256,
+        )
+    };
+    let rs256 = {
+        use aws_lc_rs::encoding::AsDer;
+        let pair =
+            aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key");
+        let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair).expect("PKCS#8");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+        (
+            EncodingKey::from_rsa_pem(pem.as_bytes()).expect("RSA PEM"),
+            Algorithm::RS256,
+        )
+    };
+    let mut group = c.benchmark_group("jwt");
+    for (name, (key, alg)) in [("es256-valid", es256), ("rs256-valid", rs256)] {
+        let mut jwk = Jwk::from_encoding_key(&key, alg).expect("JWK");
+        jwk.common.key_id = Some("k1".into());
+        let rule = v1::JwtRule {
+            origin: "shop/jwt".into(),
+            issuer: "https://issuer.example".into(),
+            audiences: vec!["shop".into()],
+            jwks: serde_json::json!({ "keys": [jwk] }).to_string(),
+            ..Default::default()
+        };
+        let authn = JwtAuthn::compile(&[rule], JwtStats::default()).expect("rule compiles");
+        let mut header = Header::new(alg);
+        header.kid = Some("k1".into());
+        let claims = serde_json::json!({
+            "iss": "https://issuer.example", "sub": "tenant-a/alice", "aud": "shop",
+            "exp": NOW + 3600, "tenant": "a", "scope": "read write",
+        });
+        let token = jsonwebtoken::encode(&header, &claims, &key).expect("token");
+        let bearer = HeaderValue::try_from(format!("Bearer {token}")).expect("header");
+        let request = || {
+            let mut req = http::Request::new(());
+            req.headers_mut().insert("authorization", bearer.clone());
+            req
+        };
+        let mut check = request();
+        assert!(matches!(authn.authenticate(&mut check, NOW), Ok(Some(_))));
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                request,
+                |mut req| black_box(authn.authenticate(&mut req, NOW).is_ok()),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki::generate(dir.path()).expect("certificates");
@@ -497,6 +562,7 @@ fn benches(c: &mut Criterion) {
     resilience(c);
     vs_route(c);
     authz(c);
+    jwt(c);
     telemetry(c);
     full_request(c, dir.path(), &pki);
 }
