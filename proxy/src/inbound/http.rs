@@ -598,12 +598,8 @@ async fn tunnel(
             Ok(upgraded) => {
                 let mut tunnel = hyper_util::rt::TokioIo::new(upgraded);
                 let mut app = app;
-                match tokio::io::copy_bidirectional(&mut tunnel, &mut app).await {
-                    Ok((to_app, from_app)) => {
-                        m.tcp_received.get_or_create(&labels).inc_by(to_app);
-                        m.tcp_sent.get_or_create(&labels).inc_by(from_app);
-                    }
-                    Err(e) => tracing::debug!("inbound tunnel ended: {e}"),
+                if let Err(e) = m.relay(&labels, &mut tunnel, &mut app).await {
+                    tracing::debug!("inbound tunnel ended: {e}");
                 }
             }
             Err(e) => tracing::debug!("tunnel upgrade failed: {e}"),

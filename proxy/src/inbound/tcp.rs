@@ -93,12 +93,8 @@ pub async fn relay(
     let m = &ctx.telemetry.metrics;
     m.tcp_opened.get_or_create(&labels).inc();
     let mut io = io;
-    match tokio::io::copy_bidirectional(&mut io, &mut app).await {
-        Ok((to_app, from_app)) => {
-            m.tcp_received.get_or_create(&labels).inc_by(to_app);
-            m.tcp_sent.get_or_create(&labels).inc_by(from_app);
-        }
-        Err(e) => tracing::debug!("inbound TCP relay ended: {e}"),
+    if let Err(e) = m.relay(&labels, &mut io, &mut app).await {
+        tracing::debug!("inbound TCP relay ended: {e}");
     }
     m.tcp_closed.get_or_create(&labels).inc();
 }

@@ -81,12 +81,8 @@ async fn relay(ctx: &ProxyContext, cluster: &Cluster, mut client: TcpStream) {
     match open_tunnel(ctx, cluster).await {
         Ok(upgraded) => {
             let mut upstream = TokioIo::new(upgraded);
-            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                Ok((sent_up, sent_down)) => {
-                    m.tcp_received.get_or_create(&ok).inc_by(sent_up);
-                    m.tcp_sent.get_or_create(&ok).inc_by(sent_down);
-                }
-                Err(e) => tracing::debug!("tcp relay ended: {e}"),
+            if let Err(e) = m.relay(&ok, &mut client, &mut upstream).await {
+                tracing::debug!("tcp relay ended: {e}");
             }
             m.tcp_closed.get_or_create(&ok).inc();
         }

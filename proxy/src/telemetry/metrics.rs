@@ -541,6 +541,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Relays a TCP stream both ways until either side closes, counting the bytes under
+    /// `labels`: `caller` to `destination` in `istio_tcp_received_bytes_total`, back in
+    /// `istio_tcp_sent_bytes_total`. Bytes of a relay that ends in an error are not counted.
+    pub async fn relay<A, B>(
+        &self,
+        labels: &TcpLabels,
+        caller: &mut A,
+        destination: &mut B,
+    ) -> std::io::Result<()>
+    where
+        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+        B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    {
+        let (received, sent) = tokio::io::copy_bidirectional(caller, destination).await?;
+        self.tcp_received.get_or_create(labels).inc_by(received);
+        self.tcp_sent.get_or_create(labels).inc_by(sent);
+        Ok(())
+    }
+
     /// Counts one request in `istio_requests_total` and its duration in
     /// `istio_request_duration_milliseconds`, finding both series with one lookup by label
     /// identity ([`super::request_handles`]) rather than two by label text.
