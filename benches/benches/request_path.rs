@@ -35,7 +35,8 @@ use meshlite_proxy::config::ProxyConfig;
 use meshlite_proxy::http::headers;
 use meshlite_proxy::identity::spiffe::SpiffeId;
 use meshlite_proxy::identity::tls::Identity;
-use meshlite_proxy::snapshot::{MeshView, Snapshot};
+use meshlite_proxy::snapshot::Snapshot;
+use meshlite_proxy::snapshot::build::LocalSettings;
 use meshlite_proxy::telemetry::metrics::Metrics;
 use meshlite_proxy::{RunningProxy, StartOptions};
 use std::hint::black_box;
@@ -77,8 +78,9 @@ fn route(c: &mut Criterion, dir: &Path, pki: &pki::MeshPki) {
         )
         .expect("identity"),
     );
-    let view = MeshView::from_static(&cfg);
-    let snap = Snapshot::build(&cfg, &view, &identity, &metrics, 1, None).expect("snapshot");
+    let view = meshlite_proxy::source::file::view(&cfg);
+    let local = LocalSettings::from_config(&cfg);
+    let snap = Snapshot::build(&local, &view, &identity, &metrics, 1, None).expect("snapshot");
     let mut group = c.benchmark_group("route");
     for authority in ["app", "svc-150:8000", "svc-150.ns-3.svc.cluster.local:8000"] {
         assert!(snap.route(authority).is_ok(), "{authority} routes");
@@ -226,9 +228,8 @@ fn balance(c: &mut Criterion) {
 fn resilience(c: &mut Criterion) {
     use meshlite_proxy::resilience::breaker::Limit;
     use meshlite_proxy::resilience::outlier::{Detector, OutlierConfig};
-    use meshlite_proxy::resilience::rate_limit::TokenBucket;
+    use meshlite_proxy::resilience::rate_limit::{RateLimit, TokenBucket};
     use meshlite_proxy::resilience::retry::{Outcome, RetryBudget, RetryPolicy};
-    use meshlite_xds_proto::v1;
     use std::time::{Duration, Instant};
     let mut group = c.benchmark_group("resilience");
     let limit = Limit::new(1024, Arc::default());
@@ -236,10 +237,7 @@ fn resilience(c: &mut Criterion) {
         b.iter(|| black_box(limit.try_acquire()))
     });
     let detector = Detector::new(
-        OutlierConfig::from_proto(&v1::OutlierDetection {
-            consecutive_5xx_errors: 5,
-            ..Default::default()
-        }),
+        OutlierConfig::default(),
         (0..100).map(|_| Arc::default()).collect(),
     );
     let now = Instant::now();
@@ -255,13 +253,10 @@ fn resilience(c: &mut Criterion) {
         b.iter(|| budget.deposit(black_box(now)))
     });
     let bucket = TokenBucket::new(
-        &v1::LocalRateLimit {
+        &RateLimit {
             max_tokens: u32::MAX,
             tokens_per_fill: u32::MAX,
-            fill_interval: Some(prost_types::Duration {
-                seconds: 1,
-                nanos: 0,
-            }),
+            fill_interval: Some(Duration::from_secs(1)),
         },
         now,
     )
@@ -281,11 +276,12 @@ fn resilience(c: &mut Criterion) {
 }
 
 fn vs_route(c: &mut Criterion) {
-    use meshlite_proxy::route::{Head, ResolveDestination, RouteTable, Target};
+    use meshlite_proxy::route::{Head, RouteTable, Target};
+    use meshlite_proxy::snapshot::build::ResolveDestination;
     use meshlite_xds_proto::v1;
     struct ByName;
-    impl ResolveDestination for ByName {
-        fn resolve(&self, dest: &v1::WeightedDestination, _port: u16) -> Target {
+    impl ResolveDestination<()> for ByName {
+        fn resolve(&self, dest: &v1::WeightedDestination, _port: u16) -> Target<()> {
             Target::Missing(Arc::from(dest.subset.as_str()))
         }
     }
@@ -328,7 +324,7 @@ fn vs_route(c: &mut Criterion) {
         ],
         ..Default::default()
     });
-    let table = RouteTable::compile(
+    let table = RouteTable::<()>::compile(
         &v1::RouteTable {
             hostname: "reviews".into(),
             http,

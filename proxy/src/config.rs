@@ -1,17 +1,22 @@
 //! The proxy's static configuration file (`--config FILE`).
 //!
-//! Until the control plane streams configuration, a YAML file describes the workload's identity,
-//! the services it may call and where its local application listens. The file is parsed strictly:
-//! unknown fields, missing fields and bad values are refused with the path of the offending field,
-//! and the proxy never starts half-configured. The parsed file is validated into a
-//! [`crate::snapshot::Snapshot`]-ready form; nothing here is read on the request path.
+//! A YAML file gives the proxy its own settings (identity, listeners, limits, header options,
+//! upstream connection settings, the control plane to ask), which become its
+//! [`crate::snapshot::build::LocalSettings`] and [`crate::context::ProxyContext`], and
+//! optionally a static mesh (services, inbound policy), one source of the mesh beside the
+//! control plane ([`crate::source::file`]). The file is parsed strictly: unknown fields,
+//! missing fields and bad values are refused with the path of the offending field, and the
+//! proxy never starts half-configured. Nothing here is read on the request path.
 
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::http::headers::HeaderOptions;
 use crate::identity::spiffe::SpiffeId;
+pub use crate::protocol::{Protocol, UpstreamProtocol};
+pub use crate::server::limits::Limits;
 
 /// Why a configuration file was refused. The message names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -64,10 +69,10 @@ pub struct ProxyConfig {
     pub upstream: UpstreamConfig,
     /// Timeouts and limits protecting the proxy from its clients.
     #[serde(default)]
-    pub limits: LimitsConfig,
+    pub limits: Limits,
     /// Proxy hygiene options.
     #[serde(default)]
-    pub headers: HeadersConfig,
+    pub headers: HeaderOptions,
     /// The control plane: identity from its CA and the mesh from its xDS stream. Without
     /// it, the identity files and `services` of this file are used as they are.
     #[serde(default)]
@@ -214,32 +219,6 @@ pub struct InboundPortConfig {
     pub protocol: Protocol,
 }
 
-/// Application protocol of a port, as Istio's port naming declares it.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// HTTP/1.1 (the app may also speak h2c; the proxy detects it per connection).
-    #[default]
-    Http,
-    /// HTTP/2 to the app (h2c prior knowledge).
-    Http2,
-    /// gRPC: HTTP/2 to the app, metrics labelled `grpc`.
-    Grpc,
-    /// Opaque TCP: bytes are relayed, no HTTP parsing.
-    Tcp,
-}
-
-impl Protocol {
-    /// Istio's `request_protocol` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Protocol::Http | Protocol::Http2 => "http",
-            Protocol::Grpc => "grpc",
-            Protocol::Tcp => "tcp",
-        }
-    }
-}
-
 /// A destination service this workload may call.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -301,84 +280,6 @@ impl Default for UpstreamConfig {
             idle_timeout: Duration::from_secs(3600),
         }
     }
-}
-
-/// Protocol between sidecars for HTTP traffic.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamProtocol {
-    /// HTTP/2, multiplexed over one connection per endpoint.
-    H2,
-    /// HTTP/1.1 over a keep-alive pool for HTTP/1.1 requests (HTTP/2 and gRPC still travel
-    /// as HTTP/2), as Istio carries them by default.
-    #[default]
-    Http1,
-}
-
-/// Limits that protect the proxy from slow, idle or abusive clients.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Maximum total size of request headers; larger requests get 431.
-    pub max_header_bytes: usize,
-    /// A client must send its complete request head within this time (slowloris guard).
-    #[serde(with = "duration_str")]
-    pub header_read_timeout: Duration,
-    /// A downstream connection with no request in flight is closed after this long.
-    #[serde(with = "duration_str")]
-    pub idle_timeout: Duration,
-    /// On SIGTERM, in-flight requests get this long to finish.
-    #[serde(with = "duration_str")]
-    pub drain_timeout: Duration,
-    /// An HTTP/1.x request body must bring at least this many bytes per second while the
-    /// proxy waits for it (0: no check); slower, the client gets 408. gRPC and HTTP/2 streams
-    /// are exempt: they may idle legitimately.
-    pub min_request_body_rate: u32,
-    /// The window that rate is measured over.
-    #[serde(with = "duration_str")]
-    pub request_body_rate_window: Duration,
-}
-
-impl LimitsConfig {
-    /// The minimum body rate for a request of `version`, `grpc` or not.
-    pub fn body_rate(&self, version: http::Version, grpc: bool) -> crate::http::body::MinRate {
-        if grpc || version >= http::Version::HTTP_2 {
-            return crate::http::body::MinRate::OFF;
-        }
-        crate::http::body::MinRate {
-            bytes_per_sec: self.min_request_body_rate,
-            window: self.request_body_rate_window,
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            // Envoy's default max_request_headers_kb is 60 KiB.
-            max_header_bytes: 60 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            // Istio's default idle timeout for downstream HTTP connections: 1 h; shorter here
-            // because a sidecar's clients are local and reconnect cheaply.
-            idle_timeout: Duration::from_secs(300),
-            // Istio's terminationDrainDuration default: 5 s.
-            drain_timeout: Duration::from_secs(5),
-            // Lenient for any real client (a sidecar's are local apps and peer sidecars), fatal
-            // to a trickle: 10 KiB per 10 s window.
-            min_request_body_rate: 1024,
-            request_body_rate_window: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Header hygiene options.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HeadersConfig {
-    /// Value of a `server` header set on responses; none by default (the app's is removed).
-    pub server_name: Option<String>,
-    /// Add `via` on forwarded requests and responses (off by default).
-    pub via: Option<String>,
 }
 
 /// Counters for a policy compiled only to check it.

@@ -8,9 +8,10 @@ use hyper_util::server::conn::auto;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{HeadersConfig, LimitsConfig};
+use crate::http::headers::HeaderOptions;
 use crate::identity::tls::Identity;
 use crate::server::drain::Drain;
+use crate::server::limits::Limits;
 use crate::snapshot::Snapshot;
 use crate::telemetry::Telemetry;
 
@@ -26,9 +27,9 @@ pub struct ProxyContext {
     /// Metrics and access log.
     pub telemetry: Arc<Telemetry>,
     /// Downstream protection limits.
-    pub limits: LimitsConfig,
+    pub limits: Limits,
     /// Header hygiene options.
-    pub headers: HeadersConfig,
+    pub headers: HeaderOptions,
     /// Drain state.
     pub drain: Arc<Drain>,
     /// Connect timeout towards upstream sidecars.

@@ -14,12 +14,15 @@ pub mod context;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod names;
 pub mod outbound;
 pub mod policy;
+pub mod protocol;
 pub mod resilience;
 pub mod route;
 pub mod server;
 pub mod snapshot;
+pub mod source;
 pub mod telemetry;
 pub mod transport;
 pub mod xds;
@@ -37,7 +40,8 @@ use context::ProxyContext;
 use identity::spiffe::SpiffeId;
 use identity::tls::{Identity, IdentityError};
 use server::drain::Drain;
-use snapshot::{MeshView, Snapshot, SnapshotError};
+use snapshot::build::LocalSettings;
+use snapshot::{Snapshot, SnapshotError};
 use telemetry::Telemetry;
 use telemetry::access_log::{AccessLog, AccessLogTarget};
 use telemetry::metrics::Metrics;
@@ -168,14 +172,20 @@ impl RunningProxy {
                 (b.identity.clone(), Some(b))
             }
         };
+        // The sources: the proxy's own file, and the control plane's last good state.
+        let local = Arc::new(LocalSettings::from_config(&cfg));
+        let file_view = source::file::view(&cfg);
         let view = match &control {
-            Some(b) => xds::client::merged_view(&cfg, &b.state).unwrap_or_else(|e| {
-                tracing::warn!("persisted config does not apply ({e}); starting without it");
-                MeshView::from_static(&cfg)
-            }),
-            None => MeshView::from_static(&cfg),
+            Some(b) => match b.state.view() {
+                Ok(pushed) => source::merge::merge(pushed, file_view.clone()),
+                Err(e) => {
+                    tracing::warn!("persisted config does not apply ({e}); starting without it");
+                    file_view.clone()
+                }
+            },
+            None => file_view.clone(),
         };
-        let snapshot = Snapshot::build(&cfg, &view, &identity, &metrics, 1, None)?;
+        let snapshot = Snapshot::build(&local, &view, &identity, &metrics, 1, None)?;
         let server_tls = identity.server_config()?;
         let access_log = match opts.access_log {
             Some(t) => Some(
@@ -287,7 +297,10 @@ impl RunningProxy {
             tokio::spawn(
                 xds::client::XdsClient::new(
                     ctx.clone(),
-                    Arc::new(cfg.clone()),
+                    xds::client::StaticInputs {
+                        local,
+                        file: file_view,
+                    },
                     b.endpoint.clone(),
                     node,
                     b.state,

@@ -1,6 +1,8 @@
 //! The proxy's operator endpoints: health (15021), merged Prometheus metrics (15020) and admin
 //! (15000: config dump, readiness, quit), on Istio's ports so operators' habits carry over.
 
+mod cluster_view;
+
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -133,7 +135,7 @@ fn config_dump(ctx: &ProxyContext) -> String {
                 "expected_principal": &*c.labels.principal,
                 "endpoints": c.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
                 "listen": c.listen.map(|a| a.to_string()),
-                "policy": c.policy_view(),
+                "policy": cluster_view::policy(c),
             })
         })
         .collect();
@@ -148,7 +150,7 @@ fn config_dump(ctx: &ProxyContext) -> String {
         "subset_clusters": snap.subset_clusters.iter().map(|c| json!({
             "name": &*c.name,
             "endpoints": c.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
-            "policy": c.policy_view(),
+            "policy": cluster_view::policy(c),
         })).collect::<Vec<_>>(),
         "control": ctx.control.as_ref().map(|c| json!({
             "connected": c.connected.load(std::sync::atomic::Ordering::Relaxed),

@@ -17,6 +17,14 @@ pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 /// The estimate of an endpoint never measured (Linkerd's default RTT).
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 
+/// Nanoseconds since this process first asked: the clock of the latency estimates (and of
+/// the concurrency retry budget's window), cheap enough to read per request.
+pub fn clock_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// One endpoint's latency estimate.
 #[derive(Debug)]
 pub struct PeakEwma {

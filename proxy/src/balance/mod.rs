@@ -12,11 +12,13 @@
 //! cluster rebuilds its balancer, a few times a second while an endpoint warms up.
 //!
 //! The snapshot builds one per cluster from the DestinationRule's `loadBalancer`
-//! ([`crate::snapshot::Cluster::pick`]); the request's hash input (header, cookie, query
-//! parameter, source IP) is fed to [`hash_key`] by [`crate::snapshot::HashOn`].
+//! ([`crate::snapshot::Cluster::pick`]) over a [`host_set::HostSet`]; the request's hash input
+//! (header, cookie, query parameter, source IP) is fed to [`hash_key`] by [`hash_on::HashOn`].
 
 mod consistent;
 pub mod ewma;
+pub mod hash_on;
+pub mod host_set;
 pub mod locality;
 pub mod slow_start;
 mod weighted;

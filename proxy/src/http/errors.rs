@@ -137,8 +137,8 @@ impl ProxyError {
     }
 
     /// The error for a request that found no destination.
-    pub fn from_miss(miss: crate::snapshot::RouteMiss, authority: &str) -> Self {
-        use crate::snapshot::RouteMiss;
+    pub fn from_miss(miss: crate::route::RouteMiss, authority: &str) -> Self {
+        use crate::route::RouteMiss;
         match miss {
             RouteMiss::UnknownHost | RouteMiss::UnknownPort | RouteMiss::NoMatchingRoute => {
                 ProxyError::NoRoute(authority.to_string())

@@ -6,6 +6,7 @@
 //! travel between meshlite sidecars and are removed before anything reaches an application.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
 
 /// `x-request-id`, Envoy's request correlation header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -122,6 +123,16 @@ pub fn uuid_v4() -> HeaderValue {
 pub fn strip_internal(headers: &mut HeaderMap) {
     headers.remove(&ORIG_PROTO);
     headers.remove(&PEER_METADATA);
+}
+
+/// Header hygiene options of the bootstrap file: what the proxy says about itself.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderOptions {
+    /// Value of a `server` header set on responses; none by default (the app's is removed).
+    pub server_name: Option<String>,
+    /// Add `via` on forwarded requests and responses (off by default).
+    pub via: Option<String>,
 }
 
 #[cfg(test)]

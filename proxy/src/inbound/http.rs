@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::time::Instant;
 
-use crate::config::Protocol;
 use crate::context::ProxyContext;
 use crate::http::body::ProxyBody;
 use crate::http::errors::{ProxyError, is_grpc};
@@ -24,17 +23,20 @@ use crate::http::headers::{
 };
 use crate::http::path::normalize_uri;
 use crate::http::uri::{forward_uri, request_authority};
+use crate::names::split_host_port;
 use crate::outbound::http::{DESTINATION_PORT, clean_response, edge_check, send_h1, splice};
 use crate::policy::authz::{Attributes, Peer, Request as AuthzRequest, RequestAuth};
 use crate::policy::ext_authz::{self, Connection, HeaderChanges};
 use crate::policy::inbound::MtlsMode;
+use crate::protocol::Protocol;
 use crate::server::conn::ConnState;
+use crate::snapshot::InboundPort;
 use crate::snapshot::Snapshot;
-use crate::snapshot::{InboundPort, PeerWorkload, split_host_port};
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
 use crate::telemetry::labels::{Caller, destination_report};
 use crate::telemetry::metrics::{Label, TcpLabels};
+use crate::telemetry::peer::PeerWorkload;
 use crate::transport::connect::connect_tcp;
 use crate::transport::http1;
 
@@ -76,7 +78,7 @@ impl InboundConn {
         let principal = identity
             .as_ref()
             .map(|p| p.principal_label().clone())
-            .unwrap_or_else(crate::snapshot::unknown);
+            .unwrap_or_else(crate::telemetry::peer::unknown);
         Self {
             ctx,
             state,
@@ -575,13 +577,13 @@ async fn tunnel(
             .peer
             .load_full()
             .map(|p| p.workload.clone())
-            .unwrap_or_else(crate::snapshot::unknown),
+            .unwrap_or_else(crate::telemetry::peer::unknown),
         source_principal: conn.principal.clone(),
         destination_workload: snap.local.workload.clone(),
         destination_principal: snap.local.principal.clone(),
         destination_service: request_authority(&req)
             .map(|a| Arc::from(split_host_port(a).0))
-            .unwrap_or_else(crate::snapshot::unknown),
+            .unwrap_or_else(crate::telemetry::peer::unknown),
         response_flags: "-",
         connection_security_policy: if conn.identity.is_some() {
             "mutual_tls"

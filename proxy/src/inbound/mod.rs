@@ -70,9 +70,9 @@ fn refuse(ctx: &ProxyContext, remote: SocketAddr, reason: &'static str, why: &st
 /// The service port of the workload's only TCP port that accepts plaintext, where opaque
 /// bytes (and the application's own TLS) are relayed.
 fn opaque_port(snap: &Snapshot) -> Option<u16> {
-    let mut tcp = snap
-        .inbound_ports()
-        .filter(|(_, p)| p.protocol == crate::config::Protocol::Tcp && p.mtls.accepts_plaintext());
+    let mut tcp = snap.inbound_ports().filter(|(_, p)| {
+        p.protocol == crate::protocol::Protocol::Tcp && p.mtls.accepts_plaintext()
+    });
     let (port, _) = tcp.next()?;
     tcp.next().is_none().then_some(port)
 }

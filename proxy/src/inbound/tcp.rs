@@ -80,8 +80,8 @@ pub async fn relay(
     };
     let labels = TcpLabels {
         reporter: "destination",
-        source_workload: crate::snapshot::unknown(),
-        source_principal: crate::snapshot::unknown(),
+        source_workload: crate::telemetry::peer::unknown(),
+        source_principal: crate::telemetry::peer::unknown(),
         destination_workload: snap.local.workload.clone(),
         destination_principal: snap.local.principal.clone(),
         destination_service: snap.local.services.get(None).fqdn.clone(),

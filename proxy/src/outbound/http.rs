@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::time::Instant;
 
-use crate::config::Protocol;
-use crate::config::UpstreamProtocol;
 use crate::context::ProxyContext;
 use crate::http::body::ProxyBody;
 use crate::http::errors::{ProxyError, is_grpc};
@@ -27,19 +25,21 @@ use crate::http::headers::{self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_PROTO};
 use crate::http::path::normalize_uri;
 use crate::http::replay::{ReplayBody, ReplayHandle};
 use crate::http::uri::{forward_uri, request_authority};
+use crate::protocol::Protocol;
+use crate::protocol::UpstreamProtocol;
 use crate::resilience::breaker::Breakers;
 use crate::resilience::retry::{
     HOST_SELECTION_MAX_ATTEMPTS, Outcome, PRIORITY_UPDATE_FREQUENCY, RetryPolicy,
 };
-use crate::route::{Target, action};
+use crate::route::action;
 use crate::server::conn::ConnState;
-use crate::snapshot::{
-    Cluster, Endpoint, External, ExternalTarget, InFlight, PeerWorkload, Routed, Snapshot,
-};
+use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, InFlight, Snapshot};
+use crate::snapshot::{Routed, Target};
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
 use crate::telemetry::labels::source_report;
 use crate::telemetry::metrics::ClusterStats;
+use crate::telemetry::peer::PeerWorkload;
 use crate::transport::h1_pool::{H1Error, H1Limits, H1Pool};
 use crate::transport::http1;
 use hyper::client::conn::http2::SendRequest;
@@ -152,7 +152,7 @@ pub async fn handle(
     };
     let labels = source_report(
         &snap.local,
-        cluster.as_deref(),
+        cluster.as_deref().map(|c| &c.labels),
         peer.as_deref(),
         protocol,
         resp.status().as_u16(),
@@ -564,7 +564,7 @@ async fn attempts(
         };
         // The previous retry is over: it no longer counts against `maxRetries` or the budget.
         _retrying = None;
-        let Some(permit) = cluster.breakers.try_retry(crate::snapshot::clock_ns()) else {
+        let Some(permit) = cluster.breakers.try_retry(crate::balance::ewma::clock_ns()) else {
             cluster.stats.retry_overflow.inc();
             return done(Some("UO"));
         };
@@ -670,7 +670,7 @@ async fn attempt_mesh(
     {
         endpoint.latency.observe(
             at.elapsed(),
-            crate::snapshot::clock_ns(),
+            crate::balance::ewma::clock_ns(),
             crate::balance::ewma::DEFAULT_DECAY,
         );
     }
@@ -779,7 +779,7 @@ fn prepare(
         h.insert(ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
     }
     let has_port =
-        request_authority(req).is_some_and(|a| crate::snapshot::split_host_port(a).1.is_some());
+        request_authority(req).is_some_and(|a| crate::names::split_host_port(a).1.is_some());
     if !has_port {
         req.headers_mut()
             .insert(DESTINATION_PORT.clone(), cluster.port_header.clone());

@@ -13,8 +13,9 @@ use crate::context::ProxyContext;
 use crate::http::body::ProxyBody;
 use crate::http::errors::ProxyError;
 use crate::http::headers::PEER_METADATA;
-use crate::snapshot::{Cluster, unknown};
+use crate::snapshot::Cluster;
 use crate::telemetry::metrics::TcpLabels;
+use crate::telemetry::peer::unknown;
 
 /// Accepts connections for one `tcp` service until drain.
 pub async fn serve_listener(ctx: Arc<ProxyContext>, listener: TcpListener, cluster: Arc<Cluster>) {

@@ -9,9 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use meshlite_xds_proto::v1;
-
-use super::concurrency_budget::ConcurrencyBudget;
+use super::concurrency_budget::{BudgetSpec, ConcurrencyBudget};
 
 /// One threshold: how many of something may be open at once.
 #[derive(Debug, Clone)]
@@ -101,25 +99,28 @@ pub struct Breakers {
     pub retry_budget: Option<ConcurrencyBudget>,
 }
 
+/// The thresholds of a `connectionPool` the breakers enforce, as Istio's fields give them
+/// (0: unset, no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// `http.http2MaxRequests`: requests in flight.
+    pub max_requests: u32,
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection.
+    pub max_pending: u32,
+    /// `http.maxRetries`: retries in flight.
+    pub max_retries: u32,
+    /// `tcp.maxConnections`: open connections.
+    pub max_connections: u32,
+}
+
 impl Breakers {
-    /// The breakers `pool` and `budget` set (none: no limits), counting in `counts`.
-    pub fn new(
-        pool: Option<&v1::ConnectionPool>,
-        budget: Option<&v1::ConcurrencyRetryBudget>,
-        counts: &Counts,
-    ) -> Self {
-        let field = |f: fn(&v1::ConnectionPool) -> u32| pool.map_or(0, f);
+    /// The breakers `limits` and `budget` set, counting in `counts`.
+    pub fn new(limits: &PoolLimits, budget: Option<&BudgetSpec>, counts: &Counts) -> Self {
         Self {
-            requests: Limit::from_field(field(|p| p.http2_max_requests), counts.requests.clone()),
-            pending: Limit::from_field(
-                field(|p| p.http1_max_pending_requests),
-                counts.pending.clone(),
-            ),
-            retries: Limit::from_field(field(|p| p.max_retries), counts.retries.clone()),
-            connections: Limit::from_field(
-                field(|p| p.max_connections),
-                counts.connections.clone(),
-            ),
+            requests: Limit::from_field(limits.max_requests, counts.requests.clone()),
+            pending: Limit::from_field(limits.max_pending, counts.pending.clone()),
+            retries: Limit::from_field(limits.max_retries, counts.retries.clone()),
+            connections: Limit::from_field(limits.max_connections, counts.connections.clone()),
             retry_budget: budget.map(|b| ConcurrencyBudget::new(b, counts.budget.as_ref())),
         }
     }
@@ -174,29 +175,29 @@ mod tests {
 
     #[test]
     fn unset_fields_mean_no_limit() {
-        let b = Breakers::new(None, None, &Counts::default());
+        let b = Breakers::new(&PoolLimits::default(), None, &Counts::default());
         assert_eq!(b.requests.max(), u64::MAX);
-        let pool = v1::ConnectionPool {
-            http2_max_requests: 3,
+        let pool = PoolLimits {
+            max_requests: 3,
             ..Default::default()
         };
-        let b = Breakers::new(Some(&pool), None, &Counts::default());
+        let b = Breakers::new(&pool, None, &Counts::default());
         assert_eq!(b.requests.max(), 3);
         assert_eq!(b.pending.max(), u64::MAX, "0 is Istio's unset");
     }
 
     #[test]
     fn a_retry_budget_replaces_max_retries_and_follows_requests_in_flight() {
-        let pool = v1::ConnectionPool {
+        let pool = PoolLimits {
             max_retries: 1,
             ..Default::default()
         };
-        let budget = v1::ConcurrencyRetryBudget {
+        let budget = BudgetSpec {
             percent: 50.0,
             min_retry_concurrency: 2,
-            budget_interval: None,
+            interval: None,
         };
-        let b = Breakers::new(Some(&pool), Some(&budget), &Counts::default());
+        let b = Breakers::new(&pool, Some(&budget), &Counts::default());
         let floor: Vec<_> = (0..3).map(|_| b.try_retry(0)).collect();
         assert_eq!(
             floor.iter().filter(|p| p.is_some()).count(),
@@ -207,7 +208,7 @@ mod tests {
         assert_eq!(requests.len(), 10);
         let more: Vec<_> = (0..5).filter_map(|_| b.try_retry(0)).collect();
         assert_eq!(more.len(), 3, "50 % of 10 in flight is 5 retries in all");
-        let plain = Breakers::new(Some(&pool), None, &Counts::default());
+        let plain = Breakers::new(&pool, None, &Counts::default());
         let first = plain.try_retry(0);
         assert!(
             first.is_some() && plain.try_retry(0).is_none(),
@@ -217,13 +218,13 @@ mod tests {
 
     #[test]
     fn counts_carry_over_to_the_next_snapshot() {
-        let pool = v1::ConnectionPool {
-            http2_max_requests: 1,
+        let pool = PoolLimits {
+            max_requests: 1,
             ..Default::default()
         };
-        let old = Breakers::new(Some(&pool), None, &Counts::default());
+        let old = Breakers::new(&pool, None, &Counts::default());
         let held = old.requests.try_acquire();
-        let new = Breakers::new(Some(&pool), None, &old.counts());
+        let new = Breakers::new(&pool, None, &old.counts());
         assert!(held.is_some());
         assert!(
             new.requests.try_acquire().is_none(),

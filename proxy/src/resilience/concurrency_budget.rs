@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use meshlite_xds_proto::v1;
-
 /// A cluster's concurrency retry budget.
 #[derive(Debug, Clone)]
 pub struct ConcurrencyBudget {
@@ -26,14 +24,23 @@ pub struct ConcurrencyBudget {
     window: Option<Arc<RequestWindow>>,
 }
 
+/// Istio's `retryBudget` as set on a destination.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetSpec {
+    /// Share of the requests counted that may be retries in flight, in percent.
+    pub percent: f64,
+    /// The cap never goes below this.
+    pub min_retry_concurrency: u32,
+    /// Count requests started per interval instead of requests in flight (`None` or zero:
+    /// in flight).
+    pub interval: Option<Duration>,
+}
+
 impl ConcurrencyBudget {
     /// The budget `b` sets, reusing `prev`'s request window when its interval is the same
     /// (a push neither resets nor doubles the count).
-    pub fn new(b: &v1::ConcurrencyRetryBudget, prev: Option<&ConcurrencyBudget>) -> Self {
-        let interval = b
-            .budget_interval
-            .and_then(|d| Duration::try_from(d).ok())
-            .filter(|d| !d.is_zero());
+    pub fn new(b: &BudgetSpec, prev: Option<&ConcurrencyBudget>) -> Self {
+        let interval = b.interval.filter(|d| !d.is_zero());
         let window = interval.map(|i| {
             prev.and_then(|p| p.window.clone())
                 .filter(|w| w.interval_ns == nanos(i))
@@ -71,11 +78,11 @@ impl ConcurrencyBudget {
     /// then is the clock read).
     pub fn record_request(&self) {
         if self.window.is_some() {
-            self.record_request_at(crate::snapshot::clock_ns());
+            self.record_request_at(crate::balance::ewma::clock_ns());
         }
     }
 
-    /// Records one request at `now_ns` (the window's clock, [`crate::snapshot::clock_ns`]).
+    /// Records one request at `now_ns` (the window's clock, [`crate::balance::ewma::clock_ns`]).
     pub fn record_request_at(&self, now_ns: u64) {
         if let Some(w) = &self.window {
             w.record(now_ns);
@@ -161,10 +168,10 @@ mod tests {
 
     fn budget(percent: f64, min: u32, interval: Option<Duration>) -> ConcurrencyBudget {
         ConcurrencyBudget::new(
-            &v1::ConcurrencyRetryBudget {
+            &BudgetSpec {
                 percent,
                 min_retry_concurrency: min,
-                budget_interval: interval.map(|i| i.try_into().expect("duration")),
+                interval,
             },
             None,
         )
@@ -200,14 +207,14 @@ mod tests {
         for _ in 0..7 {
             old.record_request_at(SECOND);
         }
-        let spec = v1::ConcurrencyRetryBudget {
+        let spec = BudgetSpec {
             percent: 100.0,
             min_retry_concurrency: 0,
-            budget_interval: Some(Duration::from_secs(2).try_into().expect("duration")),
+            interval: Some(Duration::from_secs(2)),
         };
         assert_eq!(ConcurrencyBudget::new(&spec, Some(&old)).max(0, SECOND), 7);
-        let other = v1::ConcurrencyRetryBudget {
-            budget_interval: Some(Duration::from_secs(3).try_into().expect("duration")),
+        let other = BudgetSpec {
+            interval: Some(Duration::from_secs(3)),
             ..spec
         };
         assert_eq!(

@@ -15,8 +15,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use meshlite_xds_proto::v1;
-
 /// Envoy's `interval` default.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// Envoy's `base_ejection_time` default.
@@ -57,6 +55,25 @@ pub struct OutlierConfig {
     pub error_codes: Option<Box<[u16]>>,
 }
 
+impl Default for OutlierConfig {
+    /// Envoy's defaults as Istio leaves them: 5 consecutive 5xx eject, gateway errors are
+    /// not enforced, local-origin errors are not split.
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: 5,
+            consecutive_gateway: 0,
+            interval: DEFAULT_INTERVAL,
+            base_ejection: DEFAULT_BASE_EJECTION,
+            max_ejection: DEFAULT_MAX_EJECTION,
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+            min_health_percent: 0,
+            split_local_origin: false,
+            consecutive_local_origin: 5,
+            error_codes: None,
+        }
+    }
+}
+
 impl OutlierConfig {
     /// The status a response counts as. With error codes set, a listed 5xx counts as itself
     /// (so 502-504 still make gateway errors), another listed code as 500, and an unlisted
@@ -72,40 +89,6 @@ impl OutlierConfig {
                 }
             }
             Some(_) => 200,
-        }
-    }
-}
-
-impl OutlierConfig {
-    /// Reads the pushed block. The control plane sends `consecutive_5xx_errors` as Istio
-    /// means it (unset already filled with Envoy's 5; 0 disables).
-    pub fn from_proto(o: &v1::OutlierDetection) -> Self {
-        let dur = |d: Option<&prost_types::Duration>, default: Duration| {
-            d.and_then(|d| Duration::try_from(*d).ok())
-                .filter(|d| !d.is_zero())
-                .unwrap_or(default)
-        };
-        let base_ejection = dur(o.base_ejection_time.as_ref(), DEFAULT_BASE_EJECTION);
-        Self {
-            consecutive_5xx: o.consecutive_5xx_errors,
-            consecutive_gateway: o.consecutive_gateway_errors,
-            interval: dur(o.interval.as_ref(), DEFAULT_INTERVAL),
-            base_ejection,
-            max_ejection: DEFAULT_MAX_EJECTION.max(base_ejection),
-            max_ejection_percent: if o.max_ejection_percent == 0 {
-                DEFAULT_MAX_EJECTION_PERCENT
-            } else {
-                o.max_ejection_percent.min(100)
-            },
-            min_health_percent: o.min_health_percent.min(100),
-            split_local_origin: o.split_external_local_origin_errors,
-            consecutive_local_origin: o.consecutive_local_origin_failures,
-            error_codes: (!o.http_error_codes.is_empty()).then(|| {
-                o.http_error_codes
-                    .iter()
-                    .filter_map(|&c| u16::try_from(c).ok())
-                    .collect()
-            }),
         }
     }
 }
@@ -323,6 +306,7 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshlite_xds_proto::v1;
     use std::sync::Arc;
 
     fn cfg() -> OutlierConfig {

@@ -10,8 +10,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use meshlite_xds_proto::v1;
-
 /// A token bucket.
 #[derive(Debug)]
 pub struct TokenBucket {
@@ -31,13 +29,21 @@ fn unpack(state: u64) -> (u32, u32) {
     ((state >> 32) as u32, state as u32)
 }
 
+/// A local rate limit as set (Envoy's `token_bucket`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// The bucket's size, and its tokens when made.
+    pub max_tokens: u32,
+    /// Tokens added per interval (0: Envoy's default, 1).
+    pub tokens_per_fill: u32,
+    /// The interval; `None` or zero: the limit is not usable.
+    pub fill_interval: Option<Duration>,
+}
+
 impl TokenBucket {
     /// A full bucket; `None` for a setting that cannot limit (no tokens or no interval).
-    pub fn new(limit: &v1::LocalRateLimit, now: Instant) -> Option<Self> {
-        let fill_interval = limit
-            .fill_interval
-            .and_then(|d| Duration::try_from(d).ok())
-            .filter(|d| !d.is_zero())?;
+    pub fn new(limit: &RateLimit, now: Instant) -> Option<Self> {
+        let fill_interval = limit.fill_interval.filter(|d| !d.is_zero())?;
         (limit.max_tokens > 0).then(|| Self {
             max_tokens: limit.max_tokens,
             tokens_per_fill: limit.tokens_per_fill.max(1),
@@ -48,13 +54,10 @@ impl TokenBucket {
     }
 
     /// Whether this bucket was made from `limit` (so a push that keeps it keeps its tokens).
-    pub fn is(&self, limit: &v1::LocalRateLimit) -> bool {
+    pub fn is(&self, limit: &RateLimit) -> bool {
         self.max_tokens == limit.max_tokens
             && self.tokens_per_fill == limit.tokens_per_fill.max(1)
-            && limit
-                .fill_interval
-                .and_then(|d| Duration::try_from(d).ok())
-                .is_some_and(|d| d == self.fill_interval)
+            && limit.fill_interval == Some(self.fill_interval)
     }
 
     /// Takes a token at `now`; `false` when there is none (the request is refused).
@@ -110,14 +113,11 @@ impl TokenBucket {
 mod tests {
     use super::*;
 
-    fn limit(max: u32, per_fill: u32, ms: u64) -> v1::LocalRateLimit {
-        v1::LocalRateLimit {
+    fn limit(max: u32, per_fill: u32, ms: u64) -> RateLimit {
+        RateLimit {
             max_tokens: max,
             tokens_per_fill: per_fill,
-            fill_interval: Some(prost_types::Duration {
-                seconds: (ms / 1000) as i64,
-                nanos: ((ms % 1000) * 1_000_000) as i32,
-            }),
+            fill_interval: Some(Duration::from_millis(ms)),
         }
     }
 

@@ -11,8 +11,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use meshlite_xds_proto::v1;
-
 use crate::balance::Random;
 
 /// Istio's built-in `attempts` when a route has no `retries` block.
@@ -168,40 +166,6 @@ impl RetryPolicy {
         }
     }
 
-    /// Translates a route's `retries` as istiod does: `None` (no block) gives the built-in
-    /// default, `attempts == 0` no policy. Status codes imply `retriable-status-codes`; no
-    /// tokens and no codes give the default list. Unknown tokens are ignored (see
-    /// [`RetryOn::parse`] to report them); codes above 65535 can never match and are dropped.
-    pub fn from_proto(r: Option<&v1::Retries>, consistent_hash: bool) -> Option<Self> {
-        let mut policy = Self::istio_default(consistent_hash);
-        let Some(r) = r else {
-            return Some(policy);
-        };
-        if r.attempts == 0 {
-            return None;
-        }
-        let dur = |d: Option<&prost_types::Duration>| {
-            d.and_then(|d| Duration::try_from(*d).ok())
-                .filter(|d| !d.is_zero())
-        };
-        policy.num_retries = r.attempts;
-        if !r.retry_on.is_empty() || !r.retriable_status_codes.is_empty() {
-            let (mut set, _unknown) = RetryOn::parse(&r.retry_on);
-            if !r.retriable_status_codes.is_empty() {
-                set = set | RetryOn::RETRIABLE_STATUS_CODES;
-            }
-            policy.retry_on = set;
-            let codes = r.retriable_status_codes.iter();
-            policy.retriable_status_codes = codes.filter_map(|&c| u16::try_from(c).ok()).collect();
-        }
-        policy.per_try_timeout = dur(r.per_try_timeout.as_ref());
-        policy.backoff_base = dur(r.backoff.as_ref()).unwrap_or(DEFAULT_BACKOFF_BASE);
-        policy.backoff_max = policy.backoff_base.saturating_mul(BACKOFF_MAX_FACTOR);
-        policy.avoid_previous_hosts &= !r.keep_previous_hosts;
-        policy.remote_localities = r.remote_localities;
-        Some(policy)
-    }
-
     /// Whether an attempt that ended this way may be retried, with Envoy's meaning of each
     /// token (`RetryStateImpl::wouldRetryFromReset` / `wouldRetryFromHeaders`). Attempts
     /// left, the budget and the request body being replayable are the caller's checks.
@@ -325,35 +289,6 @@ pub struct BudgetParams {
     pub min_per_sec: u32,
     /// Retries allowed per request.
     pub ratio: f64,
-}
-
-impl BudgetParams {
-    /// The rate budget of a destination: its `retrybudget.meshlite.io/rate` annotation, or
-    /// Linkerd's defaults. None when the annotation says `off`, or when the destination has
-    /// Istio's `retryBudget` and no annotation: the user chose Envoy's budget, and a second
-    /// one they did not ask for would refuse retries it allows.
-    pub fn for_destination(
-        rate: Option<&v1::RateRetryBudget>,
-        concurrency_budget: bool,
-    ) -> Option<Self> {
-        match rate {
-            None if concurrency_budget => None,
-            None => Some(Self {
-                ttl: DEFAULT_BUDGET_TTL,
-                min_per_sec: DEFAULT_BUDGET_MIN_PER_SEC,
-                ratio: DEFAULT_BUDGET_RATIO,
-            }),
-            Some(r) if r.disabled => None,
-            Some(r) => Some(Self {
-                ttl: r
-                    .ttl
-                    .and_then(|d| Duration::try_from(d).ok())
-                    .unwrap_or(DEFAULT_BUDGET_TTL),
-                min_per_sec: r.min_per_second,
-                ratio: r.ratio,
-            }),
-        }
-    }
 }
 
 /// Why a budget could not be built.
@@ -538,6 +473,7 @@ fn pack(tag: u32, value: i32) -> u64 {
 mod tests {
     use super::*;
     use crate::balance::SplitMix64;
+    use meshlite_xds_proto::v1;
 
     fn policy(attempts: u32, retry_on: &[&str], codes: &[u32]) -> Option<RetryPolicy> {
         let retry_on = retry_on.iter().map(|s| s.to_string()).collect();

@@ -7,10 +7,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode, Uri};
 use std::time::Duration;
 
-use meshlite_xds_proto::v1;
-
-use super::RouteError;
-
 /// Envoy keeps the path from before a rewrite in this header.
 pub static ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 
@@ -19,59 +15,14 @@ pub static ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original
 /// (Envoy's `host_rewrite`); other pseudo-headers are ignored, as in Istio.
 #[derive(Debug, Default, Clone)]
 pub struct HeaderOps {
-    set: Vec<(HeaderName, HeaderValue)>,
-    add: Vec<(HeaderName, HeaderValue)>,
-    remove: Vec<HeaderName>,
+    pub(crate) set: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) add: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) remove: Vec<HeaderName>,
     /// The authority a `host` operation sets.
     pub host: Option<HeaderValue>,
 }
 
 impl HeaderOps {
-    /// Compiles `ops` (absent: nothing to do).
-    pub fn compile(ops: Option<&v1::HeaderOps>, route: &str) -> Result<Self, RouteError> {
-        let Some(ops) = ops else {
-            return Ok(Self::default());
-        };
-        let name = |n: &str| {
-            HeaderName::try_from(n.to_ascii_lowercase()).map_err(|_| RouteError::HeaderName {
-                route: route.to_string(),
-                name: n.to_string(),
-            })
-        };
-        let value = |n: &str, v: &str| {
-            HeaderValue::try_from(v).map_err(|_| RouteError::HeaderValue {
-                route: route.to_string(),
-                name: n.to_string(),
-            })
-        };
-        let mut out = Self::default();
-        for (map, into_add) in [(&ops.set, false), (&ops.add, true)] {
-            for (n, v) in map {
-                let lower = n.to_ascii_lowercase();
-                if lower == "host" || lower == ":authority" {
-                    out.host = Some(value(n, v)?);
-                    continue;
-                }
-                if lower.starts_with(':') {
-                    continue;
-                }
-                let pair = (name(n)?, value(n, v)?);
-                if into_add {
-                    out.add.push(pair);
-                } else {
-                    out.set.push(pair);
-                }
-            }
-        }
-        out.remove = ops
-            .remove
-            .iter()
-            .filter(|n| !n.starts_with(':'))
-            .map(|n| name(n))
-            .collect::<Result<_, _>>()?;
-        Ok(out)
-    }
-
     /// Whether there is nothing to do (the common case: checked before touching headers).
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty() && self.host.is_none()
@@ -93,7 +44,7 @@ impl HeaderOps {
 
 /// A share of requests, in Envoy's parts per million (percentage resolution 1e-4 %).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PerMillion(u32);
+pub struct PerMillion(pub(crate) u32);
 
 impl PerMillion {
     /// From Istio's `percentage.value` (0-100, clamped).
@@ -125,35 +76,11 @@ pub enum Abort {
 /// `percentage` absent means 0 % (istio/istio#36303).
 #[derive(Debug, Clone, Default)]
 pub struct Fault {
-    delay: Option<(Duration, PerMillion)>,
-    abort: Option<(Abort, PerMillion)>,
+    pub(crate) delay: Option<(Duration, PerMillion)>,
+    pub(crate) abort: Option<(Abort, PerMillion)>,
 }
 
 impl Fault {
-    /// Compiles `fault`; `None` when it can never fire.
-    pub fn compile(f: Option<&v1::Fault>) -> Option<Self> {
-        let f = f?;
-        let delay = f.delay.as_ref().and_then(|d| {
-            let by = d.fixed_delay.and_then(|d| Duration::try_from(d).ok())?;
-            let share = PerMillion::from_percent(d.percentage);
-            (share.0 > 0 && !by.is_zero()).then_some((by, share))
-        });
-        let abort = f.abort.as_ref().and_then(|a| {
-            let share = PerMillion::from_percent(a.percentage);
-            let abort = if a.grpc_status != 0 {
-                Abort::Grpc(a.grpc_status)
-            } else {
-                Abort::Http(
-                    u16::try_from(a.http_status)
-                        .ok()
-                        .and_then(|s| StatusCode::from_u16(s).ok())?,
-                )
-            };
-            (share.0 > 0).then_some((abort, share))
-        });
-        (delay.is_some() || abort.is_some()).then_some(Self { delay, abort })
-    }
-
     /// The delay to inject for a request whose roll is `roll` (uniform in `0..1_000_000`).
     pub fn delay(&self, roll: u32) -> Option<Duration> {
         self.delay.filter(|(_, p)| p.hit(roll)).map(|(d, _)| d)
@@ -169,29 +96,12 @@ impl Fault {
 /// exact or regex match, or no URI match, the whole path) and the authority.
 #[derive(Debug, Clone, Default)]
 pub struct Rewrite {
-    uri: Option<Box<str>>,
+    pub(crate) uri: Option<Box<str>>,
     /// The new authority (`Host`).
     pub authority: Option<HeaderValue>,
 }
 
 impl Rewrite {
-    /// Compiles `rewrite`; `None` when it changes nothing.
-    pub fn compile(r: Option<&v1::Rewrite>, route: &str) -> Result<Option<Self>, RouteError> {
-        let Some(r) = r else { return Ok(None) };
-        let authority = if r.authority.is_empty() {
-            None
-        } else {
-            Some(HeaderValue::try_from(r.authority.as_str()).map_err(|_| {
-                RouteError::HeaderValue {
-                    route: route.to_string(),
-                    name: "rewrite.authority".into(),
-                }
-            })?)
-        };
-        let uri = (!r.uri.is_empty()).then(|| r.uri.as_str().into());
-        Ok((uri.is_some() || authority.is_some()).then_some(Self { uri, authority }))
-    }
-
     /// The rewritten path and query of `uri`, given the length of the URI prefix the rule
     /// matched on (`None`: replace the whole path); `None` when the URI is not rewritten.
     pub fn path(&self, uri: &Uri, matched_prefix: Option<usize>) -> Option<String> {
@@ -218,42 +128,15 @@ pub enum Terminal {
     Direct(StatusCode, Bytes),
 }
 
-impl Terminal {
-    /// Compiles a rule's `redirect` or `directResponse`, when it has one.
-    pub fn compile(r: &v1::HttpRoute) -> Option<Self> {
-        if let Some(d) = &r.direct_response {
-            let status = u16::try_from(d.status)
-                .ok()
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(StatusCode::OK);
-            return Some(Terminal::Direct(status, Bytes::from(d.body.clone())));
-        }
-        let rd = r.redirect.as_ref()?;
-        let code = match rd.redirect_code {
-            0 => StatusCode::MOVED_PERMANENTLY,
-            c => u16::try_from(c)
-                .ok()
-                .and_then(|c| StatusCode::from_u16(c).ok())
-                .filter(|c| matches!(c.as_u16(), 301 | 302 | 303 | 307 | 308))
-                .unwrap_or(StatusCode::MOVED_PERMANENTLY),
-        };
-        Some(Terminal::Redirect(Redirect {
-            uri: (!rd.uri.is_empty()).then(|| rd.uri.clone()),
-            authority: (!rd.authority.is_empty()).then(|| rd.authority.clone()),
-            scheme: (!rd.scheme.is_empty()).then(|| rd.scheme.clone()),
-            port: u16::try_from(rd.port).unwrap_or(0),
-            code,
-        }))
-    }
-}
+impl Terminal {}
 
 /// `redirect`: the parts of the request URL it replaces.
 #[derive(Debug, Clone)]
 pub struct Redirect {
-    uri: Option<String>,
-    authority: Option<String>,
-    scheme: Option<String>,
-    port: u16,
+    pub(crate) uri: Option<String>,
+    pub(crate) authority: Option<String>,
+    pub(crate) scheme: Option<String>,
+    pub(crate) port: u16,
     /// 301 unless configured (301, 302, 303, 307 or 308).
     pub code: StatusCode,
 }
@@ -264,13 +147,13 @@ impl Redirect {
     /// left out.
     pub fn location(&self, uri: &Uri, authority: &str) -> String {
         let scheme = self.scheme.as_deref().unwrap_or("http");
-        let (host, old_port) = crate::snapshot::split_host_port(authority);
+        let (host, old_port) = crate::names::split_host_port(authority);
         let host = match &self.authority {
-            Some(a) => crate::snapshot::split_host_port(a).0.to_string(),
+            Some(a) => crate::names::split_host_port(a).0.to_string(),
             None => host.to_string(),
         };
         let port = match (self.port, &self.authority) {
-            (0, Some(a)) => crate::snapshot::split_host_port(a).1,
+            (0, Some(a)) => crate::names::split_host_port(a).1,
             (0, None) => old_port,
             (p, _) => Some(p),
         };
@@ -315,6 +198,7 @@ pub fn terminal_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshlite_xds_proto::v1;
 
     fn ops(set: &[(&str, &str)], add: &[(&str, &str)], remove: &[&str]) -> v1::HeaderOps {
         v1::HeaderOps {

@@ -7,17 +7,17 @@
 //! Everything is compiled once per snapshot (regexes included); a request only compares.
 
 pub mod action;
+mod host_port;
 
 use regex::Regex;
 use std::sync::Arc;
 
 use action::{Fault, HeaderOps, PerMillion, Rewrite, Terminal};
 
-use meshlite_xds_proto::v1;
-
+pub use crate::names::split_host_port;
 use crate::resilience::rate_limit::TokenBucket;
 use crate::resilience::retry::RetryPolicy;
-use crate::snapshot::Cluster;
+pub use host_port::{HostPort, RouteMiss, Routed};
 
 /// Why a route table could not be compiled (the push carrying it is NACKed).
 #[derive(Debug, thiserror::Error)]
@@ -67,31 +67,6 @@ pub enum StringMatcher {
 }
 
 impl StringMatcher {
-    fn compile(m: &v1::StringMatch, route: &str, ignore_case: bool) -> Result<Self, RouteError> {
-        use v1::string_match::Kind;
-        let fold = |s: &str| {
-            if ignore_case {
-                s.to_ascii_lowercase()
-            } else {
-                s.to_string()
-            }
-        };
-        Ok(match &m.kind {
-            Some(Kind::Exact(s)) => Self::Exact(fold(s).into()),
-            Some(Kind::Prefix(s)) => Self::Prefix(fold(s).into()),
-            Some(Kind::Regex(r)) => {
-                // Istio matches the whole string: anchor the pattern.
-                let anchored = format!("^(?:{r})$");
-                Self::Regex(Regex::new(&anchored).map_err(|e| RouteError::Regex {
-                    route: route.to_string(),
-                    regex: r.clone(),
-                    message: e.to_string(),
-                })?)
-            }
-            Some(Kind::Present(_)) | None => Self::Present,
-        })
-    }
-
     /// Whether `value` matches.
     pub fn matches(&self, value: &str) -> bool {
         match self {
@@ -106,58 +81,17 @@ impl StringMatcher {
 /// One compiled `match` entry: every set field must hold.
 #[derive(Debug, Default)]
 pub struct RequestMatch {
-    uri: Option<StringMatcher>,
-    ignore_uri_case: bool,
-    method: Option<StringMatcher>,
-    authority: Option<StringMatcher>,
-    headers: Vec<(http::HeaderName, StringMatcher)>,
-    without_headers: Vec<(http::HeaderName, StringMatcher)>,
-    query: Vec<(Box<str>, StringMatcher)>,
-    port: u16,
+    pub(crate) uri: Option<StringMatcher>,
+    pub(crate) ignore_uri_case: bool,
+    pub(crate) method: Option<StringMatcher>,
+    pub(crate) authority: Option<StringMatcher>,
+    pub(crate) headers: Vec<(http::HeaderName, StringMatcher)>,
+    pub(crate) without_headers: Vec<(http::HeaderName, StringMatcher)>,
+    pub(crate) query: Vec<(Box<str>, StringMatcher)>,
+    pub(crate) port: u16,
 }
 
 impl RequestMatch {
-    fn compile(m: &v1::HttpMatch, route: &str) -> Result<Self, RouteError> {
-        let opt = |s: &Option<v1::StringMatch>, ic| {
-            s.as_ref()
-                .map(|s| StringMatcher::compile(s, route, ic))
-                .transpose()
-        };
-        let headers = |map: &std::collections::BTreeMap<String, v1::StringMatch>| {
-            let mut out = map
-                .iter()
-                .map(|(k, v)| {
-                    let name =
-                        http::HeaderName::try_from(k.to_ascii_lowercase()).map_err(|_| {
-                            RouteError::HeaderName {
-                                route: route.to_string(),
-                                name: k.clone(),
-                            }
-                        })?;
-                    Ok((name, StringMatcher::compile(v, route, false)?))
-                })
-                .collect::<Result<Vec<_>, RouteError>>()?;
-            out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-            Ok::<_, RouteError>(out)
-        };
-        let mut query = m
-            .query_params
-            .iter()
-            .map(|(k, v)| Ok((k.as_str().into(), StringMatcher::compile(v, route, false)?)))
-            .collect::<Result<Vec<_>, RouteError>>()?;
-        query.sort_by(|a: &(Box<str>, _), b| a.0.cmp(&b.0));
-        Ok(Self {
-            uri: opt(&m.uri, m.ignore_uri_case)?,
-            ignore_uri_case: m.ignore_uri_case,
-            method: opt(&m.method, false)?,
-            authority: opt(&m.authority, false)?,
-            headers: headers(&m.headers)?,
-            without_headers: headers(&m.without_headers)?,
-            query,
-            port: u16::try_from(m.port).unwrap_or(0),
-        })
-    }
-
     /// How much of the path a `rewrite.uri` replaces after this entry matched: its prefix;
     /// `/` when it has no URI condition (Istio matches on prefix `/` then); `None` (the whole
     /// path) after an exact or regex match.
@@ -254,33 +188,43 @@ impl<'a> Head<'a> {
     }
 }
 
-/// Where a chosen route sends the request.
-#[derive(Debug, Clone)]
-pub enum Target {
+/// Where a chosen route sends the request. Generic over the cluster type, so routing
+/// depends on no snapshot type (the snapshot names its own: `crate::snapshot::Target`).
+#[derive(Debug)]
+pub enum Target<C> {
     /// A cluster of the snapshot.
-    Cluster(Arc<Cluster>),
+    Cluster(Arc<C>),
     /// A destination (host/subset) this proxy has no cluster for: 503 `NC`, as Envoy does.
     Missing(Arc<str>),
 }
 
+impl<C> Clone for Target<C> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Cluster(c) => Self::Cluster(c.clone()),
+            Self::Missing(n) => Self::Missing(n.clone()),
+        }
+    }
+}
+
 /// One compiled rule.
 #[derive(Debug)]
-pub struct Route {
+pub struct Route<C> {
     /// Name, for logs.
     pub name: Arc<str>,
-    matches: Vec<RequestMatch>,
-    targets: Vec<(Destination, u32)>,
-    total_weight: u32,
+    pub(crate) matches: Vec<RequestMatch>,
+    pub(crate) targets: Vec<(Destination<C>, u32)>,
+    pub(crate) total_weight: u32,
     /// What happens on the way to the destination.
-    pub behaviour: RouteBehaviour,
+    pub behaviour: RouteBehaviour<C>,
 }
 
 /// One weighted destination of a rule, with its own header operations (applied after the
 /// rule's, so a destination's `set` wins).
 #[derive(Debug)]
-pub struct Destination {
+pub struct Destination<C> {
     /// Where it sends.
-    pub target: Target,
+    pub target: Target<C>,
     /// `headers.request` of the destination.
     pub request_headers: HeaderOps,
     /// `headers.response` of the destination.
@@ -288,20 +232,28 @@ pub struct Destination {
 }
 
 /// A rule chosen for a request.
-#[derive(Debug, Clone, Copy)]
-pub struct Selected<'a> {
+#[derive(Debug)]
+pub struct Selected<'a, C> {
     /// The rule.
-    pub route: &'a Route,
+    pub route: &'a Route<C>,
     /// Its destination picked by weight; `None` for a redirect or direct response.
-    pub destination: Option<&'a Destination>,
+    pub destination: Option<&'a Destination<C>>,
     /// How much of the path a `rewrite.uri` replaces (see
     /// [`RequestMatch::rewrite_prefix_len`]).
     pub prefix_len: Option<usize>,
 }
 
+impl<C> Clone for Selected<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for Selected<'_, C> {}
+
 /// The per-route settings applied around sending the request.
-#[derive(Debug, Clone, Default)]
-pub struct RouteBehaviour {
+#[derive(Debug)]
+pub struct RouteBehaviour<C> {
     /// The whole request's deadline, retries and backoff included (`timeout`; Istio's
     /// default: none). Expiry answers 504 `UT`.
     pub timeout: Option<std::time::Duration>,
@@ -318,126 +270,31 @@ pub struct RouteBehaviour {
     /// `redirect` or `directResponse`: the rule answers itself.
     pub terminal: Option<Terminal>,
     /// `mirror` and its share of requests.
-    pub mirror: Option<(Target, PerMillion)>,
+    pub mirror: Option<(Target<C>, PerMillion)>,
     /// The route's local rate limit, with its key (`<origin>/<route>:<port>`) for reuse.
     pub rate_limit: Option<(Box<str>, Arc<TokenBucket>)>,
 }
 
-impl RouteBehaviour {
+impl<C> RouteBehaviour<C> {
     /// A route without VirtualService settings: no timeout, Istio's default retries.
     pub fn istio_default() -> Self {
         Self {
             timeout: None,
-            retry: RetryPolicy::from_proto(None, false),
-            ..Self::default()
+            retry: Some(RetryPolicy::istio_default(false)),
+            fault: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            rewrite: None,
+            terminal: None,
+            mirror: None,
+            rate_limit: None,
         }
-    }
-
-    fn compile(
-        r: &v1::HttpRoute,
-        name: &str,
-        origin: &str,
-        port: u16,
-        resolver: &dyn ResolveDestination,
-    ) -> Result<Self, RouteError> {
-        let rate_limit = r.local_rate_limit.as_ref().and_then(|l| {
-            let key: Box<str> = format!("{origin}/{name}:{port}").into();
-            let bucket = resolver.rate_limit(&key, l)?;
-            Some((key, bucket))
-        });
-        Ok(Self {
-            rate_limit,
-            timeout: r
-                .timeout
-                .and_then(|d| std::time::Duration::try_from(d).ok())
-                .filter(|d| !d.is_zero()),
-            retry: RetryPolicy::from_proto(r.retries.as_ref(), false),
-            fault: Fault::compile(r.fault.as_ref()),
-            request_headers: HeaderOps::compile(r.request_headers.as_ref(), name)?,
-            response_headers: HeaderOps::compile(r.response_headers.as_ref(), name)?,
-            rewrite: Rewrite::compile(r.rewrite.as_ref(), name)?,
-            terminal: Terminal::compile(r),
-            mirror: r.mirror.as_ref().and_then(|m| {
-                let share = PerMillion::from_percent(m.percentage);
-                let dest = m.destination.as_ref()?;
-                (share != PerMillion::from_percent(0.0))
-                    .then(|| (resolver.resolve(dest, port), share))
-            }),
-        })
     }
 }
 
-/// Resolves a route destination to a target; provided by the snapshot builder.
-pub trait ResolveDestination {
-    /// The cluster for `host`, `port` (0 = the only or the request's port) and `subset`.
-    fn resolve(&self, dest: &v1::WeightedDestination, request_port: u16) -> Target;
-
-    /// The token bucket for the route `key` limited by `limit`: the previous snapshot's when
-    /// it had the same one (a push does not refill it), else a new, full one.
-    fn rate_limit(&self, key: &str, limit: &v1::LocalRateLimit) -> Option<Arc<TokenBucket>> {
-        let _ = key;
-        TokenBucket::new(limit, std::time::Instant::now()).map(Arc::new)
-    }
-}
-
-impl Route {
-    /// Compiles one VirtualService rule.
-    pub fn compile(
-        index: usize,
-        r: &v1::HttpRoute,
-        origin: &str,
-        port: u16,
-        resolver: &dyn ResolveDestination,
-    ) -> Result<Self, RouteError> {
-        let name: Arc<str> = if r.name.is_empty() {
-            Arc::from(format!("#{index}"))
-        } else {
-            Arc::from(r.name.as_str())
-        };
-        let matches = r
-            .matches
-            .iter()
-            .map(|m| RequestMatch::compile(m, &name))
-            .collect::<Result<Vec<_>, _>>()?;
-        let destination = |d: &v1::WeightedDestination| {
-            Ok::<_, RouteError>(Destination {
-                target: resolver.resolve(d, port),
-                request_headers: HeaderOps::compile(d.request_headers.as_ref(), &name)?,
-                response_headers: HeaderOps::compile(d.response_headers.as_ref(), &name)?,
-            })
-        };
-        // One destination gets everything whatever its weight; several keep only weight > 0.
-        let targets: Vec<(Destination, u32)> = if r.route.len() == 1 {
-            vec![(destination(&r.route[0])?, 1)]
-        } else {
-            r.route
-                .iter()
-                .filter(|d| d.weight > 0)
-                .map(|d| Ok((destination(d)?, d.weight)))
-                .collect::<Result<_, RouteError>>()?
-        };
-        if !r.route.is_empty() && targets.is_empty() {
-            return Err(RouteError::ZeroWeights(name.to_string()));
-        }
-        let total_weight = targets.iter().map(|(_, w)| *w).sum();
-        if let Some(retries) = &r.retries {
-            let (_, unknown) = crate::resilience::retry::RetryOn::parse(&retries.retry_on);
-            if !unknown.is_empty() {
-                tracing::warn!(route = %name, ?unknown, "retryOn conditions not supported; ignored");
-            }
-        }
-        let behaviour = RouteBehaviour::compile(r, &name, origin, port, resolver)?;
-        Ok(Self {
-            name,
-            matches,
-            targets,
-            total_weight,
-            behaviour,
-        })
-    }
-
+impl<C> Route<C> {
     /// Picks a destination by weight; `roll` is uniform in `0..total_weight`.
-    fn pick(&self, roll: u32) -> Option<&Destination> {
+    fn pick(&self, roll: u32) -> Option<&Destination<C>> {
         let mut left = roll;
         for (t, w) in &self.targets {
             if left < *w {
@@ -451,13 +308,13 @@ impl Route {
 
 /// The compiled rules of one host and port.
 #[derive(Debug)]
-pub struct RouteTable {
+pub struct RouteTable<C> {
     /// `namespace/name` of the VirtualService.
     pub origin: Arc<str>,
-    routes: Vec<Route>,
+    pub(crate) routes: Vec<Route<C>>,
 }
 
-impl RouteTable {
+impl<C> RouteTable<C> {
     /// The route rate limits, by key (handed to the next snapshot).
     pub fn rate_limits(&self) -> impl Iterator<Item = (&str, &Arc<TokenBucket>)> {
         self.routes
@@ -466,27 +323,9 @@ impl RouteTable {
             .map(|(k, b)| (&**k, b))
     }
 
-    /// Compiles a VirtualService's rules for one service port.
-    pub fn compile(
-        table: &v1::RouteTable,
-        port: u16,
-        resolver: &dyn ResolveDestination,
-    ) -> Result<Self, RouteError> {
-        let routes = table
-            .http
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Route::compile(i, r, &table.origin, port, resolver))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            origin: Arc::from(table.origin.as_str()),
-            routes,
-        })
-    }
-
     /// The first matching rule and its destination, picked by weight; `None` when no rule
     /// matches (or the matching one has no destination and does not answer itself).
-    pub fn select(&self, req: Head<'_>, authority: &str, port: u16) -> Option<Selected<'_>> {
+    pub fn select(&self, req: Head<'_>, authority: &str, port: u16) -> Option<Selected<'_, C>> {
         let (route, matched) = self.routes.iter().find_map(|r| {
             if r.matches.is_empty() {
                 return Some((r, None));
@@ -517,13 +356,18 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::build::wire::routes::ResolveDestination;
+    use meshlite_xds_proto::v1;
     use v1::string_match::Kind;
 
     /// Names destinations `host/subset` so tests can see which one was chosen.
     struct ByName;
 
-    impl ResolveDestination for ByName {
-        fn resolve(&self, dest: &v1::WeightedDestination, _port: u16) -> Target {
+    /// Routes in these tests lead to names only; no cluster type is needed.
+    type NoCluster = ();
+
+    impl ResolveDestination<NoCluster> for ByName {
+        fn resolve(&self, dest: &v1::WeightedDestination, _port: u16) -> Target<NoCluster> {
             Target::Missing(Arc::from(format!("{}/{}", dest.host, dest.subset)))
         }
     }
@@ -537,10 +381,10 @@ mod tests {
         }
     }
 
-    fn chosen(t: Option<Selected<'_>>) -> String {
+    fn chosen(t: Option<Selected<'_, NoCluster>>) -> String {
         match t.and_then(|s| s.destination).map(|d| &d.target) {
             Some(Target::Missing(n)) => n.to_string(),
-            Some(Target::Cluster(c)) => c.name.to_string(),
+            Some(Target::Cluster(_)) => "a cluster".into(),
             None => "none".into(),
         }
     }
@@ -553,7 +397,7 @@ mod tests {
         b.body(()).unwrap()
     }
 
-    fn table(http: Vec<v1::HttpRoute>) -> RouteTable {
+    fn table(http: Vec<v1::HttpRoute>) -> RouteTable<NoCluster> {
         RouteTable::compile(
             &v1::RouteTable {
                 hostname: "reviews".into(),

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::drain::Drain;
-use crate::config::LimitsConfig;
+use crate::server::limits::Limits;
 use crate::telemetry::metrics::Metrics;
 
 fn epoch() -> Instant {
@@ -97,7 +97,7 @@ impl ConnState {
     }
 
     /// What the watchdog should do now.
-    fn verdict(&self, limits: &LimitsConfig) -> Option<&'static str> {
+    fn verdict(&self, limits: &Limits) -> Option<&'static str> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -191,7 +191,7 @@ impl<IO: AsyncWrite> AsyncWrite for Monitored<IO> {
 }
 
 /// The hyper server configuration shared by every downstream connection of a listener.
-pub fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -219,7 +219,7 @@ pub async fn serve<IO, S, F>(
     io: IO,
     h2_by_alpn: Option<bool>,
     builder: &auto::Builder<TokioExecutor>,
-    limits: &LimitsConfig,
+    limits: &Limits,
     drain: &Arc<Drain>,
     metrics: &Metrics,
     make_service: F,

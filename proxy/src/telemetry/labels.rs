@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::metrics::{Label, RequestLabels};
-use crate::config::Protocol;
-use crate::snapshot::{CLUSTER_DOMAIN, Cluster, LocalWorkload, PeerWorkload, unknown};
+use crate::names::CLUSTER_DOMAIN;
+use crate::protocol::Protocol;
+use crate::telemetry::peer::{LocalWorkload, PeerWorkload, unknown};
 
 /// gRPC status codes as label values (0-16); anything else is reported as its number elsewhere.
 const GRPC_STATUS: [&str; 17] = [
@@ -21,10 +22,23 @@ pub fn grpc_status_label(v: &[u8]) -> &'static str {
         .unwrap_or("unknown")
 }
 
+/// Metric label values of a destination service, computed once.
+#[derive(Debug)]
+pub struct ServiceLabels {
+    /// FQDN.
+    pub fqdn: Label,
+    /// Short name.
+    pub name: Label,
+    /// Namespace.
+    pub namespace: Label,
+    /// Principal of the expected identity (the first allowed one).
+    pub principal: Label,
+}
+
 /// Labels reported by the client-side sidecar (`reporter="source"`).
 pub fn source_report(
     local: &LocalWorkload,
-    cluster: Option<&Cluster>,
+    service: Option<&ServiceLabels>,
     peer: Option<&PeerWorkload>,
     protocol: Protocol,
     response_code: u16,
@@ -32,12 +46,12 @@ pub fn source_report(
 ) -> RequestLabels {
     let u = unknown();
     let dest = peer.cloned().unwrap_or_else(PeerWorkload::unknown);
-    let (svc, svc_name, svc_ns, principal): (Label, Label, Label, Label) = match cluster {
-        Some(c) => (
-            c.labels.fqdn.clone(),
-            c.labels.name.clone(),
-            c.labels.namespace.clone(),
-            c.labels.principal.clone(),
+    let (svc, svc_name, svc_ns, principal): (Label, Label, Label, Label) = match service {
+        Some(s) => (
+            s.fqdn.clone(),
+            s.name.clone(),
+            s.namespace.clone(),
+            s.principal.clone(),
         ),
         None => (u.clone(), u.clone(), u.clone(), u.clone()),
     };

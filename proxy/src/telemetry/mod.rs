@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod exchange;
 pub mod labels;
 pub mod metrics;
+pub mod peer;
 pub mod request_handles;
 
 /// Metrics plus the optional access log, shared by every connection.

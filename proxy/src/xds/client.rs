@@ -21,9 +21,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::channel::ControlEndpoint;
 use super::state::{StateDir, XdsState, files};
 use super::{Backoff, ControlStatus, XdsError};
-use crate::config::ProxyConfig;
 use crate::context::ProxyContext;
-use crate::snapshot::{MeshView, Snapshot};
+use crate::snapshot::Snapshot;
+use crate::snapshot::build::LocalSettings;
+use crate::source::MeshView;
+use crate::source::merge::merge;
 use crate::telemetry::metrics::UpdateLabels;
 
 /// google.rpc.Code INVALID_ARGUMENT, sent in a NACK.
@@ -33,10 +35,20 @@ const MAX_BATCH: usize = 64;
 /// A stream that lived this long resets the reconnect backoff.
 const HEALTHY_STREAM: Duration = Duration::from_secs(30);
 
+/// What every snapshot the client builds takes besides the control plane's state: the
+/// proxy's own settings, and the mesh of its own file (the other source).
+#[derive(Debug)]
+pub struct StaticInputs {
+    /// The proxy's own settings.
+    pub local: Arc<LocalSettings>,
+    /// The mesh of the proxy's own file, completing the control plane's.
+    pub file: MeshView,
+}
+
 /// The running client.
 pub struct XdsClient {
     ctx: Arc<ProxyContext>,
-    cfg: Arc<ProxyConfig>,
+    inputs: StaticInputs,
     endpoint: ControlEndpoint,
     node: Node,
     state: XdsState,
@@ -44,33 +56,11 @@ pub struct XdsClient {
     status: Arc<ControlStatus>,
 }
 
-/// The mesh view of a state: the control plane's services, and the static file's where the
-/// control plane has none of the same name and port (the file is the fallback).
-pub fn merged_view(cfg: &ProxyConfig, state: &XdsState) -> Result<MeshView, XdsError> {
-    let mut view = state.view()?;
-    let fallback = MeshView::from_static(cfg);
-    // The file's inbound policy holds until the control plane sends this workload's own.
-    if view.inbound.is_none() {
-        view.inbound = fallback.inbound;
-    }
-    for s in fallback.services {
-        let fqdn = s.fqdn();
-        if !view
-            .services
-            .iter()
-            .any(|v| v.port == s.port && v.fqdn() == fqdn)
-        {
-            view.services.push(s);
-        }
-    }
-    Ok(view)
-}
-
 impl XdsClient {
     /// A client starting from `state` (empty, or restored from the state directory).
     pub fn new(
         ctx: Arc<ProxyContext>,
-        cfg: Arc<ProxyConfig>,
+        inputs: StaticInputs,
         endpoint: ControlEndpoint,
         node: Node,
         state: XdsState,
@@ -79,7 +69,7 @@ impl XdsClient {
     ) -> Self {
         Self {
             ctx,
-            cfg,
+            inputs,
             endpoint,
             node,
             state,
@@ -229,7 +219,7 @@ impl XdsClient {
         for resp in batch {
             next = next.apply(resp)?;
         }
-        let view = merged_view(&self.cfg, &next)?;
+        let view = merge(next.view()?, self.inputs.file.clone());
         let trust = next.trust_bundle()?;
         if let Some(roots) = &trust {
             // Checked before anything is swapped; the bundle holds old and new roots during a
@@ -241,7 +231,7 @@ impl XdsClient {
         }
         let current = self.ctx.snapshot.load();
         let snapshot = Snapshot::build(
-            &self.cfg,
+            &self.inputs.local,
             &view,
             &self.ctx.identity,
             &self.ctx.telemetry.metrics,

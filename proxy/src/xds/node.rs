@@ -99,8 +99,8 @@ pub fn node(cfg: &ProxyConfig, id: &SpiffeId, inbound: SocketAddr) -> Node {
     }
 }
 
-fn protocol_name(p: crate::config::Protocol) -> &'static str {
-    use crate::config::Protocol;
+fn protocol_name(p: crate::protocol::Protocol) -> &'static str {
+    use crate::protocol::Protocol;
     match p {
         Protocol::Http => "http",
         Protocol::Http2 => "http2",

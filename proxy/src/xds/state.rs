@@ -15,9 +15,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::XdsError;
-use crate::config::Protocol;
 use crate::identity::spiffe::SpiffeId;
-use crate::snapshot::{EndpointSpec, MeshView, ServiceSpec};
+use crate::protocol::Protocol;
+use crate::source::{EndpointSpec, MeshView, ServiceSpec};
 
 /// One resource as received: its version and encoded body.
 #[derive(Clone, Debug, PartialEq)]

@@ -32,7 +32,8 @@ use crate::http::body::ProxyBody;
 use crate::http::errors::ProxyError;
 use crate::http::headers::X_REQUEST_ID;
 use crate::http::uri::request_authority;
-use crate::snapshot::{Cluster, LocalWorkload};
+use crate::snapshot::Cluster;
+use crate::telemetry::peer::LocalWorkload;
 
 /// `ip:port` as Envoy's `Address`.
 fn address(a: SocketAddr) -> Address {

@@ -70,10 +70,10 @@ fn option(
     }
 }
 
-fn local() -> crate::snapshot::LocalWorkload {
+fn local() -> crate::telemetry::peer::LocalWorkload {
     use crate::identity::spiffe::SpiffeId;
     let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/llm").unwrap();
-    crate::snapshot::LocalWorkload {
+    crate::telemetry::peer::LocalWorkload {
         principal: id.principal().into(),
         id,
         workload: "llm-v1".into(),

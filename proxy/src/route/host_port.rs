@@ -1,0 +1,92 @@
+//! One port of a host the app may call, and the selection of where a request to it goes: the
+//! VirtualService's choice, else the service's own cluster.
+
+use std::sync::Arc;
+
+use crate::route::{RouteBehaviour, RouteTable, Target};
+
+/// One port of a host the app may call: its service cluster and, when a VirtualService
+/// claims the host, the compiled routes.
+#[derive(Debug)]
+pub struct HostPort<C> {
+    /// Service port.
+    pub port: u16,
+    /// The service's own cluster (all endpoints).
+    pub cluster: Arc<C>,
+    /// VirtualService routes for this host and port.
+    pub routes: Option<RouteTable<C>>,
+    /// What requests get when no VirtualService claims the host.
+    pub default_behaviour: RouteBehaviour<C>,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug)]
+pub struct Routed<'a, C> {
+    /// The host's own service cluster (for telemetry when the rule answers itself).
+    pub service: &'a Arc<C>,
+    /// Where the request goes; `None` when the rule answers itself (redirect, direct
+    /// response).
+    pub cluster: Option<&'a Arc<C>>,
+    /// What the rule does on the way.
+    pub behaviour: &'a RouteBehaviour<C>,
+    /// The weighted destination chosen, with its header operations.
+    pub destination: Option<&'a crate::route::Destination<C>>,
+    /// How much of the path a `rewrite.uri` replaces.
+    pub prefix_len: Option<usize>,
+}
+
+impl<C> Clone for Routed<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for Routed<'_, C> {}
+
+/// Why a request found no destination.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteMiss {
+    /// No service has this name.
+    UnknownHost,
+    /// The service exists, but not on the requested port.
+    UnknownPort,
+    /// The host has route rules and none matched (404 `NR`).
+    NoMatchingRoute,
+    /// The chosen route names a subset or host this proxy has no cluster for (503 `NC`).
+    NoCluster(Arc<str>),
+}
+
+impl<C> HostPort<C> {
+    /// Where a request goes (its VirtualService's choice, else the service itself) and what
+    /// its rule does on the way.
+    pub fn select(
+        &self,
+        req: crate::route::Head<'_>,
+        authority: &str,
+    ) -> Result<Routed<'_, C>, RouteMiss> {
+        let Some(table) = &self.routes else {
+            return Ok(Routed {
+                service: &self.cluster,
+                cluster: Some(&self.cluster),
+                behaviour: &self.default_behaviour,
+                destination: None,
+                prefix_len: None,
+            });
+        };
+        let selected = table
+            .select(req, authority, self.port)
+            .ok_or(RouteMiss::NoMatchingRoute)?;
+        let cluster = match selected.destination.map(|d| &d.target) {
+            None => None,
+            Some(Target::Cluster(c)) => Some(c),
+            Some(Target::Missing(name)) => return Err(RouteMiss::NoCluster(name.clone())),
+        };
+        Ok(Routed {
+            service: &self.cluster,
+            cluster,
+            behaviour: &selected.route.behaviour,
+            destination: selected.destination,
+            prefix_len: selected.prefix_len,
+        })
+    }
+}

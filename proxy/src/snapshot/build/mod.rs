@@ -1,0 +1,328 @@
+//! The snapshot builder: this proxy's own settings and a [`MeshView`] (from whatever sources)
+//! made into the immutable [`Snapshot`] the request path reads, keeping what the previous
+//! snapshot had that still holds. Nothing here runs per request.
+
+mod cluster;
+mod reuse;
+pub(crate) mod wire;
+
+pub use wire::routes::ResolveDestination;
+
+use http::HeaderValue;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::balance::locality::Locality;
+use crate::config::{InboundPortConfig, ProxyConfig, UpstreamConfig};
+use crate::identity::tls::Identity;
+use crate::names::CLUSTER_DOMAIN;
+use crate::policy::inbound::{InboundSecurity, MtlsMode};
+use crate::protocol::Protocol;
+use crate::resilience::breaker::Breakers;
+use crate::resilience::rate_limit::TokenBucket;
+use crate::snapshot::{
+    Cluster, InboundPort, LOCAL_CONNECT_TIMEOUT, ModeSet, Snapshot, SnapshotError,
+};
+use crate::snapshot::{HostPort, RouteBehaviour, RouteTable};
+use crate::source::{EndpointSpec, MeshView, ServiceSpec};
+use crate::telemetry::labels::DestinationServices;
+use crate::telemetry::metrics::{Label, Metrics};
+use crate::telemetry::peer::LocalWorkload;
+use crate::transport::connect::PoolTarget;
+use crate::transport::h1_pool::H1Pool;
+use crate::transport::h2::H2Pool;
+use cluster::{ClusterBuilder, Resolver};
+use reuse::Reuse;
+use wire::{merged, path_normalization, port_block};
+
+/// What the builder reads of the proxy's own settings: who this workload is, the ports its
+/// application serves, how it connects upstream. They come from the bootstrap file (and
+/// flags), never from a push; the mesh arrives apart, as a [`MeshView`] from the sources.
+#[derive(Clone, Debug)]
+pub struct LocalSettings {
+    /// This workload's names, labels and locality.
+    pub workload: WorkloadSettings,
+    /// The service ports the local application serves.
+    pub inbound_ports: Vec<InboundPortConfig>,
+    /// How callers must connect while no policy says otherwise.
+    pub default_mtls: MtlsMode,
+    /// How HTTP travels to other sidecars, and connection timeouts.
+    pub upstream: UpstreamConfig,
+}
+
+/// This workload as its metric labels and locality balancing know it.
+#[derive(Clone, Debug)]
+pub struct WorkloadSettings {
+    /// Workload name.
+    pub name: String,
+    /// Canonical service (`app`); the workload name when unset.
+    pub app: Option<String>,
+    /// Canonical revision (`version`); `latest` when unset.
+    pub version: Option<String>,
+    /// Locality, `region/zone/subzone`.
+    pub locality: Locality,
+    /// Its labels (`failoverPriority` compares them).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl LocalSettings {
+    /// The local settings a validated configuration file gives.
+    pub fn from_config(cfg: &ProxyConfig) -> Self {
+        Self {
+            workload: WorkloadSettings {
+                name: cfg.identity.workload.clone(),
+                app: cfg.identity.app.clone(),
+                version: cfg.identity.version.clone(),
+                locality: cfg
+                    .identity
+                    .locality
+                    .as_deref()
+                    .map(Locality::parse)
+                    .unwrap_or_default(),
+                labels: cfg.identity.labels.clone(),
+            },
+            inbound_ports: cfg.inbound.ports.clone(),
+            default_mtls: cfg.inbound.mtls,
+            upstream: cfg.upstream.clone(),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Builds a snapshot from the proxy's own settings and a view of the mesh (from its file,
+    /// its control plane, or both merged). Connections of `prev` to endpoints that are still
+    /// there are kept.
+    pub fn build(
+        cfg: &LocalSettings,
+        view: &MeshView,
+        identity: &Arc<Identity>,
+        metrics: &Metrics,
+        version: u64,
+        prev: Option<&Snapshot>,
+    ) -> Result<Self, SnapshotError> {
+        let local = Arc::new(local_workload(cfg, identity));
+        let reuse = Reuse::from(prev);
+        let destination_limits: HashMap<String, Arc<TokenBucket>> = view
+            .policies
+            .iter()
+            .filter_map(|(fqdn, p)| {
+                let limit = p.local_rate_limit.as_ref()?;
+                Some((fqdn.clone(), reuse.rate_limit(fqdn, limit)?))
+            })
+            .collect();
+        let builder = ClusterBuilder {
+            cfg,
+            identity,
+            metrics,
+            reuse: &reuse,
+            destination_limits: &destination_limits,
+            policies: &view.policies,
+            local: &local,
+        };
+        let mut hosts: HashMap<Box<str>, Vec<Arc<HostPort>>> = HashMap::new();
+        let mut clusters = Vec::with_capacity(view.services.len());
+        let mut by_fqdn: HashMap<String, Vec<(Arc<Cluster>, &ServiceSpec)>> = HashMap::new();
+        for svc in &view.services {
+            let tp = view
+                .policies
+                .get(&svc.fqdn())
+                .and_then(|p| p.traffic_policy.as_ref());
+            let cluster = builder.cluster(svc, "", &svc.endpoints, tp)?;
+            by_fqdn
+                .entry(svc.fqdn())
+                .or_default()
+                .push((cluster.clone(), svc));
+            clusters.push(cluster);
+        }
+
+        // Subset clusters, for every subset a DestinationPolicy defines.
+        let mut subsets: HashMap<(String, u16, String), Arc<Cluster>> = HashMap::new();
+        let mut subset_clusters = Vec::new();
+        for (fqdn, policy) in &view.policies {
+            for (cluster, svc) in by_fqdn.get(fqdn).into_iter().flatten() {
+                for subset in &policy.subsets {
+                    let eps: Vec<EndpointSpec> = svc
+                        .endpoints
+                        .iter()
+                        .filter(|e| {
+                            subset
+                                .labels
+                                .iter()
+                                .all(|(k, v)| e.labels.get(k) == Some(v))
+                        })
+                        .cloned()
+                        .collect();
+                    // A subset's own policy wins over the service's for the blocks it sets.
+                    let tp = merged(
+                        subset.traffic_policy.as_ref(),
+                        policy.traffic_policy.as_ref(),
+                    );
+                    let c = builder.cluster(svc, &subset.name, &eps, tp.as_ref())?;
+                    subsets.insert((fqdn.clone(), cluster.port, subset.name.clone()), c.clone());
+                    subset_clusters.push(c);
+                }
+            }
+        }
+
+        let resolver = Resolver {
+            by_fqdn: &by_fqdn,
+            subsets: &subsets,
+            reuse: &reuse,
+        };
+        for (fqdn, entries) in &by_fqdn {
+            for (cluster, svc) in entries {
+                let routes = match view.routes.get(fqdn) {
+                    Some(t) => Some(RouteTable::compile(t, cluster.port, &resolver).map_err(
+                        |source| SnapshotError::Route {
+                            host: fqdn.clone(),
+                            source,
+                        },
+                    )?),
+                    None => None,
+                };
+                let hp = Arc::new(HostPort {
+                    port: cluster.port,
+                    cluster: cluster.clone(),
+                    routes,
+                    default_behaviour: RouteBehaviour::istio_default(),
+                });
+                // Cluster services answer to their short forms too; other hosts (ServiceEntry)
+                // only to the names they were given.
+                let mut names = vec![fqdn.clone()];
+                if fqdn.ends_with(CLUSTER_DOMAIN) {
+                    names.extend([
+                        svc.name.clone(),
+                        format!("{}.{}", svc.name, svc.namespace),
+                        format!("{}.{}.svc", svc.name, svc.namespace),
+                    ]);
+                }
+                names.extend(svc.aliases.iter().map(|a| a.to_ascii_lowercase()));
+                for name in names {
+                    let entry = hosts.entry(name.into_boxed_str()).or_default();
+                    if !entry.iter().any(|h| h.port == hp.port) {
+                        entry.push(hp.clone());
+                    }
+                }
+            }
+        }
+
+        let security = InboundSecurity::new(
+            view.inbound.as_ref(),
+            view.mesh.as_ref(),
+            cfg.default_mtls,
+            identity.id().trust_domain(),
+            &metrics.security,
+        )?;
+        let connect_timeout = cfg.upstream.connect_timeout;
+        // This workload's own service: its DestinationRule's connectionPool applies inbound.
+        let own_policy = view
+            .policies
+            .get(&format!(
+                "{}.{}.{CLUSTER_DOMAIN}",
+                local.app, local.namespace
+            ))
+            .and_then(|p| p.traffic_policy.as_ref());
+        let inbound: HashMap<u16, InboundPort> = cfg
+            .inbound_ports
+            .iter()
+            .map(|p| {
+                let name: Label = Arc::from(format!("inbound|{}||", p.port));
+                let pool = port_block(own_policy, p.port, |t| t.connection_pool.as_ref());
+                let counts = prev
+                    .and_then(|s| s.inbound.get(&p.port))
+                    .map(|ip| ip.breakers.counts())
+                    .unwrap_or_default();
+                let breakers = Breakers::new(&wire::resilience::pool_limits(pool), None, &counts);
+                let stats = metrics.clusters.stats(&name);
+                // The app's pools are kept while the port still leads to the same address.
+                let kept = prev
+                    .and_then(|s| s.inbound.get(&p.port))
+                    .filter(|ip| ip.target == p.target);
+                let h2c = matches!(p.protocol, Protocol::Http2 | Protocol::Grpc).then(|| {
+                    kept.and_then(|ip| ip.h2c.clone()).unwrap_or_else(|| {
+                        Arc::new(H2Pool::new(
+                            PoolTarget::Plain { addr: p.target },
+                            connect_timeout,
+                            None,
+                        ))
+                    })
+                });
+                let local_idle = Some(cfg.upstream.idle_timeout);
+                let http1 = (p.protocol == Protocol::Http).then(|| {
+                    kept.and_then(|ip| ip.http1.clone())
+                        .filter(|pool| pool.settings() == (LOCAL_CONNECT_TIMEOUT, local_idle, 0))
+                        .unwrap_or_else(|| {
+                            Arc::new(H1Pool::new(
+                                PoolTarget::Plain { addr: p.target },
+                                LOCAL_CONNECT_TIMEOUT,
+                                local_idle,
+                                None,
+                            ))
+                        })
+                });
+                (
+                    p.port,
+                    InboundPort {
+                        http1,
+                        target: p.target,
+                        authority: http::uri::Authority::try_from(p.target.to_string()).ok(),
+                        protocol: p.protocol,
+                        h2c,
+                        name,
+                        breakers,
+                        stats,
+                        mtls: security.mode(p.target.port()),
+                    },
+                )
+            })
+            .collect();
+        let inbound_modes = inbound.values().fold(ModeSet::default(), |mut m, p| {
+            match p.mtls {
+                MtlsMode::Strict => m.strict = true,
+                MtlsMode::Permissive => m.permissive = true,
+                MtlsMode::Disable => m.disable = true,
+            }
+            m
+        });
+        Ok(Self {
+            version,
+            local,
+            hosts,
+            inbound,
+            clusters,
+            subset_clusters,
+            security,
+            inbound_modes,
+            path_normalization: path_normalization(view.mesh.as_ref()),
+        })
+    }
+}
+
+/// This workload's labels and peer-metadata header, from its settings and identity.
+fn local_workload(cfg: &LocalSettings, identity: &Identity) -> LocalWorkload {
+    let id = identity.id().clone();
+    let w = &cfg.workload;
+    let namespace: Label = Arc::from(
+        id.namespace_and_account()
+            .map(|(ns, _)| ns)
+            .unwrap_or("default"),
+    );
+    let workload: Label = Arc::from(w.name.as_str());
+    let app: Label = Arc::from(w.app.as_deref().unwrap_or(&w.name));
+    let version_label: Label = Arc::from(w.version.as_deref().unwrap_or("latest"));
+    let peer_header =
+        HeaderValue::from_str(&format!("{workload};{namespace};{app};{version_label}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown;unknown;unknown;unknown"));
+    LocalWorkload {
+        services: DestinationServices::new(app.clone(), namespace.clone()),
+        principal: Arc::from(id.principal()),
+        id,
+        workload,
+        namespace,
+        app,
+        version: version_label,
+        peer_header,
+        locality: w.locality.clone(),
+        labels: w.labels.clone(),
+    }
+}

@@ -1,0 +1,209 @@
+//! The proxy's configuration as one immutable snapshot, read lock-free on every request.
+//!
+//! A [`Snapshot`] holds everything the request path needs already resolved: the host table
+//! (every name a service answers to, mapped to its clusters by port), each cluster's endpoints
+//! with their connection pools and TLS configurations, the inbound port table, and the metric
+//! label values as shared strings. It lives behind an `ArcSwap`: a request loads it once; a new
+//! snapshot, built from whatever the sources say ([`crate::source`], [`build`]), replaces it
+//! without touching open connections.
+//!
+//! The types here sit below the request path: they hold routing, balancing, resilience and
+//! transport state, and import nothing of `inbound`, `outbound` or the config file. Building
+//! one (config and wire types in, snapshot out) is [`build`]'s job alone.
+
+pub mod build;
+mod cluster;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::http::path::PathNormalization;
+use crate::identity::tls::IdentityError;
+use crate::policy::inbound::{InboundSecurity, MtlsMode};
+use crate::protocol::Protocol;
+use crate::resilience::breaker::Breakers;
+use crate::route::{RouteError, RouteMiss, split_host_port};
+use crate::telemetry::metrics::{ClusterStats, Label};
+use crate::telemetry::peer::LocalWorkload;
+use crate::transport::h1_pool::H1Pool;
+use crate::transport::h2::H2Pool;
+pub use cluster::{Cluster, Endpoint, External, ExternalTarget, InFlight};
+
+/// A port of a host the app may call, routing to this snapshot's clusters.
+pub type HostPort = crate::route::HostPort<Cluster>;
+/// Where a route sends a request: one of this snapshot's clusters.
+pub type Target = crate::route::Target<Cluster>;
+/// The outcome of routing one request over this snapshot.
+pub type Routed<'a> = crate::route::Routed<'a, Cluster>;
+/// A host port's compiled VirtualService rules.
+pub type RouteTable = crate::route::RouteTable<Cluster>;
+/// The per-route settings applied around sending a request.
+pub type RouteBehaviour = crate::route::RouteBehaviour<Cluster>;
+
+/// Why a snapshot could not be built; a push causing it is refused (NACK).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// TLS configuration or a name failed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A load-balancer setting was refused.
+    #[error("load balancer of {host}: {source}")]
+    Balance {
+        /// The host.
+        host: String,
+        /// Why.
+        source: crate::balance::BalanceError,
+    },
+    /// An AuthorizationPolicy, a RequestAuthentication rule or an external authorizer did
+    /// not compile.
+    #[error(transparent)]
+    Inbound(#[from] crate::policy::inbound::InboundError),
+    /// The TLS a DestinationRule asks for cannot be set up.
+    #[error("TLS to {host}: {source}")]
+    EgressTls {
+        /// The host.
+        host: String,
+        /// Why.
+        source: crate::transport::egress::EgressTlsError,
+    },
+    /// A route table did not compile.
+    #[error("routes of {host}: {source}")]
+    Route {
+        /// The host.
+        host: String,
+        /// Why.
+        source: RouteError,
+    },
+}
+
+/// A port the local application serves.
+#[derive(Debug)]
+pub struct InboundPort {
+    /// Where the app listens.
+    pub target: SocketAddr,
+    /// `target` as a URI authority (the next hop's, made once, not per request).
+    pub authority: Option<http::uri::Authority>,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// h2c pool for `http2`/`grpc` ports (shared with the next snapshot).
+    pub h2c: Option<Arc<H2Pool>>,
+    /// HTTP/1.1 keep-alive pool for the other HTTP ports (shared with the next snapshot).
+    pub http1: Option<Arc<H1Pool>>,
+    /// Envoy's name for it, `inbound|<port>||`.
+    pub name: Label,
+    /// The limits of this workload's own DestinationRule `connectionPool`, which Istio also
+    /// applies to the inbound cluster (server sidecar to its app): `http2MaxRequests` for
+    /// requests, `tcp.maxConnections` for TCP tunnels. Counts carry across pushes.
+    pub breakers: Breakers,
+    /// Its Envoy cluster statistics (overflows).
+    pub stats: ClusterStats,
+    /// How it accepts callers (PeerAuthentication for its workload port, the app's port).
+    pub mtls: MtlsMode,
+}
+
+/// Everything the request path reads, resolved and immutable.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Monotonic version, for the admin dump and (next) xDS ACKs.
+    pub version: u64,
+    /// This workload.
+    pub local: Arc<LocalWorkload>,
+    /// Host ports by every name they answer to.
+    pub(crate) hosts: HashMap<Box<str>, Vec<Arc<HostPort>>>,
+    /// The ports the local application serves, by service port.
+    pub(crate) inbound: HashMap<u16, InboundPort>,
+    /// Service clusters in config order (for TCP listeners and the admin dump).
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Subset clusters, by Envoy name.
+    pub subset_clusters: Vec<Arc<Cluster>>,
+    /// Inbound mutual TLS modes and authorization.
+    pub security: InboundSecurity,
+    /// Which modes the served ports have, for decisions made before a request names one.
+    pub inbound_modes: ModeSet,
+    /// MeshConfig `pathNormalization`, for routing, authorization and forwarding alike.
+    pub path_normalization: PathNormalization,
+}
+
+/// The mutual TLS modes among the ports a workload serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModeSet {
+    /// Some port is STRICT.
+    pub strict: bool,
+    /// Some port is PERMISSIVE.
+    pub permissive: bool,
+    /// Some port is DISABLE.
+    pub disable: bool,
+}
+
+impl ModeSet {
+    /// Whether some port serves mutual TLS callers.
+    pub fn any_mtls(&self) -> bool {
+        self.strict || self.permissive
+    }
+
+    /// Whether some port serves plaintext callers.
+    pub fn any_plaintext(&self) -> bool {
+        self.permissive || self.disable
+    }
+}
+
+impl Snapshot {
+    /// The service cluster for `fqdn:port` in this snapshot (TCP listeners look theirs up
+    /// per connection, so a push reaches them too).
+    pub fn cluster(&self, fqdn: &str, port: u16) -> Option<&Arc<Cluster>> {
+        self.clusters
+            .iter()
+            .find(|c| c.port == port && &*c.labels.fqdn == fqdn)
+    }
+
+    /// Finds the cluster for a request's host (`reviews`, `reviews:9080`, an FQDN, an alias).
+    /// Without a port, a host with a single service port matches it; otherwise port 80.
+    pub fn route(&self, authority: &str) -> Result<&Arc<HostPort>, RouteMiss> {
+        let (host, port) = split_host_port(authority);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.hosts.get(host.to_ascii_lowercase().as_str())
+        } else {
+            self.hosts.get(host)
+        };
+        let ports = found.ok_or(RouteMiss::UnknownHost)?;
+        match port {
+            Some(p) => ports.iter().find(|h| h.port == p),
+            None if ports.len() == 1 => ports.first(),
+            None => ports.iter().find(|h| h.port == 80),
+        }
+        .ok_or(RouteMiss::UnknownPort)
+    }
+
+    /// Every port the workload serves: service port and where it goes.
+    pub fn inbound_ports(&self) -> impl Iterator<Item = (u16, &InboundPort)> {
+        self.inbound.iter().map(|(p, ip)| (*p, ip))
+    }
+
+    /// The local port serving requests addressed to `port`; with no port, or when only one
+    /// port is served, that one.
+    pub fn inbound_port(&self, port: Option<u16>) -> Option<(u16, &InboundPort)> {
+        if let Some(p) = port
+            && let Some(ip) = self.inbound.get(&p)
+        {
+            return Some((p, ip));
+        }
+        if self.inbound.len() == 1 {
+            return self.inbound.iter().next().map(|(p, ip)| (*p, ip));
+        }
+        None
+    }
+
+    /// How many host names route somewhere (for the admin dump and benchmarks).
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+}
+
+/// Istio's `connectionPool.http.idleTimeout` default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Default connect timeout for the local app (the app is on loopback: fail fast).
+pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

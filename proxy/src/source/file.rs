@@ -1,0 +1,50 @@
+//! The static mesh source: the services a proxy's own file lists, and its inbound policy, as
+//! a [`MeshView`] like any other source's.
+
+use std::collections::BTreeMap;
+
+use super::{EndpointSpec, MeshView, ServiceSpec};
+use crate::balance::locality::Locality;
+use crate::config::ProxyConfig;
+use crate::identity::spiffe::SpiffeId;
+use crate::names::CLUSTER_DOMAIN;
+
+/// The mesh a configuration file states: its services (each endpoint a sidecar reached over
+/// mutual TLS) and its inbound policy.
+pub fn view(cfg: &ProxyConfig) -> MeshView {
+    let services = cfg
+        .services
+        .iter()
+        .map(|s| ServiceSpec {
+            hostname: format!("{}.{}.{CLUSTER_DOMAIN}", s.name, s.namespace),
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            port: s.port,
+            protocol: s.protocol,
+            aliases: s.aliases.clone(),
+            identities: s
+                .identities
+                .iter()
+                .filter_map(|i| SpiffeId::parse(i).ok())
+                .collect(),
+            endpoints: s
+                .endpoints
+                .iter()
+                .map(|a| EndpointSpec {
+                    addr: *a,
+                    labels: BTreeMap::new(),
+                    locality: Locality::default(),
+                    weight: 1,
+                    plaintext: false,
+                })
+                .collect(),
+            listen: s.listen,
+            external: None,
+        })
+        .collect();
+    MeshView {
+        services,
+        inbound: Some(cfg.inbound.policy()),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,99 @@
+//! The one place where sources meet: the view a snapshot is built from, when a proxy has both
+//! a control plane and services of its own file.
+
+use super::MeshView;
+
+/// The control plane's view, completed by the static file's: the file's services where the
+/// control plane has none of the same FQDN and port, and the file's inbound policy until the
+/// control plane sends this workload's own (the file is the fallback, never the override).
+pub fn merge(mut control: MeshView, file: MeshView) -> MeshView {
+    if control.inbound.is_none() {
+        control.inbound = file.inbound;
+    }
+    for s in file.services {
+        if !control
+            .services
+            .iter()
+            .any(|v| v.port == s.port && v.hostname == s.hostname)
+        {
+            control.services.push(s);
+        }
+    }
+    control
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Protocol;
+    use crate::source::ServiceSpec;
+
+    fn service(host: &str, port: u16, endpoints: usize) -> ServiceSpec {
+        ServiceSpec {
+            hostname: host.into(),
+            name: host.split('.').next().unwrap_or(host).into(),
+            namespace: "default".into(),
+            port,
+            protocol: Protocol::Http,
+            aliases: vec![],
+            identities: vec![],
+            endpoints: (0..endpoints)
+                .map(|i| crate::source::EndpointSpec {
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                    labels: Default::default(),
+                    locality: Default::default(),
+                    weight: 1,
+                    plaintext: false,
+                })
+                .collect(),
+            listen: None,
+            external: None,
+        }
+    }
+
+    #[test]
+    fn the_control_plane_wins_and_the_file_fills_in_what_it_lacks() {
+        let control = MeshView {
+            services: vec![service("reviews.default.svc.cluster.local", 9080, 3)],
+            ..Default::default()
+        };
+        let file = MeshView {
+            services: vec![
+                service("reviews.default.svc.cluster.local", 9080, 1),
+                service("reviews.default.svc.cluster.local", 9090, 1),
+                service("ratings.default.svc.cluster.local", 9080, 1),
+            ],
+            inbound: Some(Default::default()),
+            ..Default::default()
+        };
+        let merged = merge(control, file);
+        assert_eq!(merged.services.len(), 3);
+        let reviews = &merged.services[0];
+        assert_eq!(
+            reviews.endpoints.len(),
+            3,
+            "same name and port: the control plane's"
+        );
+        assert!(
+            merged.inbound.is_some(),
+            "the file's policy until the control plane sends one"
+        );
+    }
+
+    #[test]
+    fn the_control_planes_inbound_policy_replaces_the_files() {
+        let pushed = meshlite_xds_proto::v1::InboundPolicy {
+            mtls_mode: meshlite_xds_proto::v1::MtlsMode::Permissive as i32,
+            ..Default::default()
+        };
+        let control = MeshView {
+            inbound: Some(pushed.clone()),
+            ..Default::default()
+        };
+        let file = MeshView {
+            inbound: Some(Default::default()),
+            ..Default::default()
+        };
+        assert_eq!(merge(control, file).inbound, Some(pushed));
+    }
+}

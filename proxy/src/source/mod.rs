@@ -1,0 +1,82 @@
+//! Where the mesh comes from. The static file ([`file`]) and the xDS stream
+//! ([`crate::xds::state`]), and later Kubernetes, each produce the same [`MeshView`]; [`merge`]
+//! combines them in one place, and the snapshot builder ([`crate::snapshot::build`]) turns the
+//! result into what the request path reads.
+
+pub mod file;
+pub mod merge;
+
+use meshlite_xds_proto::v1;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use crate::balance::locality::Locality;
+use crate::identity::spiffe::SpiffeId;
+use crate::protocol::Protocol;
+
+/// A service as the snapshot builder takes it, from the static file or from xDS.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// The FQDN it is known by (`reviews.default.svc.cluster.local`, or a ServiceEntry
+    /// host such as `payments.example.com`).
+    pub hostname: String,
+    /// Short name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Port.
+    pub port: u16,
+    /// Protocol on that port.
+    pub protocol: Protocol,
+    /// Extra names it answers to.
+    pub aliases: Vec<String>,
+    /// SPIFFE IDs its endpoints may present.
+    pub identities: Vec<SpiffeId>,
+    /// Its endpoints.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Explicit-mode TCP listener.
+    pub listen: Option<SocketAddr>,
+    /// For a service outside the mesh: its endpoints (`ip:port` or `name:port`), reached
+    /// without mutual TLS. `None` for mesh services, whose endpoints are `endpoints`.
+    pub external: Option<Vec<http::uri::Authority>>,
+}
+
+impl ServiceSpec {
+    /// The FQDN.
+    pub fn fqdn(&self) -> String {
+        self.hostname.clone()
+    }
+}
+
+/// An endpoint as the snapshot builder takes it.
+#[derive(Clone, Debug)]
+pub struct EndpointSpec {
+    /// The destination sidecar's inbound address.
+    pub addr: SocketAddr,
+    /// Its workload's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its workload's locality.
+    pub locality: Locality,
+    /// Load-balancing weight (1 unless the registry says otherwise).
+    pub weight: u32,
+    /// Its PeerAuthentication on this port is DISABLE: reached in plaintext, as Istio's auto
+    /// mutual TLS does.
+    pub plaintext: bool,
+}
+
+/// Everything about the mesh a snapshot is built from: services with their endpoints,
+/// VirtualService routes and DestinationRule subsets, by FQDN.
+#[derive(Clone, Debug, Default)]
+pub struct MeshView {
+    /// One entry per service port.
+    pub services: Vec<ServiceSpec>,
+    /// Route tables by FQDN.
+    pub routes: HashMap<String, v1::RouteTable>,
+    /// Destination policies (subsets) by FQDN.
+    pub policies: HashMap<String, v1::DestinationPolicy>,
+    /// This workload's inbound policy (PeerAuthentication, AuthorizationPolicy); `None`
+    /// until a control plane sends one.
+    pub inbound: Option<v1::InboundPolicy>,
+    /// Mesh-wide settings (MeshConfig); `None`: Istio's defaults.
+    pub mesh: Option<v1::MeshConfig>,
+}
