@@ -201,6 +201,26 @@ impl Random for SplitMix64 {
     }
 }
 
+/// Counts one request as outstanding to an endpoint (its count is what least request and
+/// peak EWMA read) until dropped: at the end of the response body, or when the attempt
+/// fails. The count is shared, so the guard outlives the snapshot that picked the endpoint.
+#[derive(Debug)]
+pub struct Outstanding(std::sync::Arc<AtomicU64>);
+
+impl Outstanding {
+    /// Starts counting a request on `count`.
+    pub fn start(count: &std::sync::Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The in-flight request count of each endpoint (Envoy's `rq_active`), by endpoint index;
 /// read only by least request and peak EWMA. An index out of range reads as 0.
 pub trait ActiveRequests {

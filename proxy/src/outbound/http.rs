@@ -33,7 +33,7 @@ use crate::resilience::retry::{
 };
 use crate::route::action;
 use crate::server::conn::ConnState;
-use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, InFlight, Snapshot};
+use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, Snapshot};
 use crate::snapshot::{Routed, Target};
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
@@ -510,7 +510,7 @@ async fn attempts(
         let (result, endpoint) = match host {
             Host::Mesh(_, endpoint) => {
                 // In flight for least request until the response stream ends.
-                held.endpoint = Some(InFlight::start(endpoint.clone()));
+                held.endpoint = Some(endpoint.outstanding());
                 let result = attempt_mesh(conn, snap, cluster, &endpoint, policy, &mut slot).await;
                 report(cluster, index, &result);
                 (result, Some(endpoint))
@@ -916,7 +916,7 @@ pub async fn send_to_cluster(
             None => Err(ProxyError::NoCluster(cluster.name.to_string())),
         },
         Some(Host::Mesh(index, endpoint)) => {
-            let _in_flight = InFlight::start(endpoint.clone());
+            let _in_flight = endpoint.outstanding();
             let result = forward(ctx, peer_header, cluster, &endpoint, &mut Some(req)).await;
             report(cluster, index, &result);
             result

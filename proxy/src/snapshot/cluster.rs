@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::balance::Outstanding;
 use crate::balance::hash_on::HashOn;
 use crate::balance::host_set::{HostSet, Placements, warming_shares};
 use crate::balance::slow_start::{self, SlowStart};
@@ -43,26 +44,15 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     /// Requests sent to it and not yet answered (least request reads it); kept across
     /// snapshots with the endpoint.
-    pub active: std::sync::atomic::AtomicU64,
+    pub active: Arc<std::sync::atomic::AtomicU64>,
     /// Its response-time estimate (peak EWMA reads it).
     pub latency: crate::balance::ewma::PeakEwma,
 }
 
-/// Counts a request as in flight to an endpoint until dropped.
-#[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>);
-
-impl InFlight {
-    /// Starts counting a request to `endpoint`.
-    pub fn start(endpoint: Arc<Endpoint>) -> Self {
-        endpoint.active.fetch_add(1, Ordering::Relaxed);
-        Self(endpoint)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+impl Endpoint {
+    /// Counts a request as outstanding to this endpoint until the guard is dropped.
+    pub fn outstanding(&self) -> Outstanding {
+        Outstanding::start(&self.active)
     }
 }
 

@@ -29,7 +29,7 @@ use crate::telemetry::metrics::{ClusterStats, Label};
 use crate::telemetry::peer::LocalWorkload;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
-pub use cluster::{Cluster, Endpoint, External, ExternalTarget, InFlight};
+pub use cluster::{Cluster, Endpoint, External, ExternalTarget};
 
 /// A port of a host the app may call, routing to this snapshot's clusters.
 pub type HostPort = crate::route::HostPort<Cluster>;

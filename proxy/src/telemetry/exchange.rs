@@ -39,7 +39,7 @@ pub struct Held {
     /// The cluster's `http2MaxRequests` slot.
     pub request: Option<crate::resilience::breaker::Permit>,
     /// The endpoint's in-flight count.
-    pub endpoint: Option<crate::snapshot::InFlight>,
+    pub endpoint: Option<crate::balance::Outstanding>,
 }
 
 impl Exchange {

@@ -122,7 +122,7 @@ impl ClusterBuilder<'_> {
                     .with_max_requests(max_requests),
                     peer: arc_swap::ArcSwapOption::empty(),
                     labels: ep.labels.clone(),
-                    active: std::sync::atomic::AtomicU64::new(0),
+                    active: Arc::default(),
                     latency: Default::default(),
                 })
             })
@@ -318,22 +318,23 @@ impl ResolveDestination<Cluster> for Resolver<'_> {
     }
 
     fn resolve(&self, dest: &v1::WeightedDestination, request_port: u16) -> Target {
-        let missing = || {
+        // Named as Envoy names the cluster it would want: the port resolved as below.
+        let missing = |port: u16| {
             Target::Missing(Arc::from(format!(
-                "outbound|{}|{}|{}",
-                dest.port, dest.subset, dest.host
+                "outbound|{port}|{}|{}",
+                dest.subset, dest.host
             )))
         };
-        let Some(entries) = self.by_fqdn.get(&dest.host) else {
-            return missing();
-        };
+        let entries = self.by_fqdn.get(&dest.host);
         let port = match u16::try_from(dest.port) {
             Ok(p) if p != 0 => p,
-            _ if entries.len() == 1 => entries[0].0.port,
-            _ => request_port,
+            _ => match entries.map(Vec::as_slice) {
+                Some([(only, _)]) => only.port,
+                _ => request_port,
+            },
         };
-        let Some((cluster, _)) = entries.iter().find(|(c, _)| c.port == port) else {
-            return missing();
+        let Some((cluster, _)) = entries.into_iter().flatten().find(|(c, _)| c.port == port) else {
+            return missing(port);
         };
         if dest.subset.is_empty() {
             return Target::Cluster(cluster.clone());
@@ -343,7 +344,7 @@ impl ResolveDestination<Cluster> for Resolver<'_> {
             .get(&(dest.host.clone(), port, dest.subset.clone()))
         {
             Some(c) => Target::Cluster(c.clone()),
-            None => missing(),
+            None => missing(port),
         }
     }
 }

@@ -4,6 +4,8 @@
 
 mod cluster;
 mod reuse;
+#[cfg(test)]
+mod tests;
 pub(crate) mod wire;
 
 pub use wire::routes::ResolveDestination;

@@ -1,0 +1,241 @@
+//! The builder through its public surface: a view in, a snapshot out, and what a second
+//! build keeps of the first.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use meshlite_xds_proto::v1;
+
+use super::{LocalSettings, WorkloadSettings};
+use crate::identity::dev_pki::DevCa;
+use crate::identity::spiffe::SpiffeId;
+use crate::identity::tls::Identity;
+use crate::policy::inbound::MtlsMode;
+use crate::protocol::Protocol;
+use crate::route::{Head, RouteMiss};
+use crate::snapshot::{Snapshot, Target};
+use crate::source::{EndpointSpec, MeshView, ServiceSpec};
+use crate::telemetry::metrics::Metrics;
+
+const FQDN: &str = "reviews.default.svc.cluster.local";
+
+fn identity(dir: &std::path::Path, metrics: &Metrics) -> Arc<Identity> {
+    let ca = DevCa::new("cluster.local").expect("ca");
+    let id = "spiffe://cluster.local/ns/default/sa/productpage";
+    let (cert, key) = ca
+        .issue(id)
+        .expect("leaf")
+        .write(dir, "leaf")
+        .expect("write");
+    let roots = ca.write_root(dir).expect("root");
+    let id = SpiffeId::parse(id).expect("id");
+    Arc::new(
+        Identity::from_files(&id, &cert, &key, &roots, metrics.tls_failures.clone())
+            .expect("identity"),
+    )
+}
+
+fn local() -> LocalSettings {
+    LocalSettings {
+        workload: WorkloadSettings {
+            name: "productpage-v1".into(),
+            app: Some("productpage".into()),
+            version: Some("v1".into()),
+            locality: Default::default(),
+            labels: BTreeMap::new(),
+        },
+        inbound_ports: Vec::new(),
+        default_mtls: MtlsMode::Strict,
+        upstream: Default::default(),
+    }
+}
+
+fn endpoint(port: u16, version: &str) -> EndpointSpec {
+    EndpointSpec {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        labels: [("version".to_string(), version.to_string())].into(),
+        locality: Default::default(),
+        weight: 1,
+        plaintext: false,
+    }
+}
+
+fn service(host: &str, endpoints: Vec<EndpointSpec>) -> ServiceSpec {
+    ServiceSpec {
+        hostname: host.into(),
+        name: host.split('.').next().unwrap_or(host).into(),
+        namespace: "default".into(),
+        port: 9080,
+        protocol: Protocol::Http,
+        aliases: vec![],
+        identities: vec![
+            SpiffeId::parse("spiffe://cluster.local/ns/default/sa/reviews").expect("id"),
+        ],
+        endpoints,
+        listen: None,
+        external: None,
+    }
+}
+
+fn subsets() -> v1::DestinationPolicy {
+    let subset = |name: &str| v1::Subset {
+        name: name.into(),
+        labels: [("version".to_string(), name.to_string())].into(),
+        traffic_policy: None,
+    };
+    v1::DestinationPolicy {
+        hostname: FQDN.into(),
+        subsets: vec![subset("v1"), subset("v2")],
+        ..Default::default()
+    }
+}
+
+fn all_to_v2() -> v1::RouteTable {
+    v1::RouteTable {
+        hostname: FQDN.into(),
+        origin: "default/reviews".into(),
+        http: vec![v1::HttpRoute {
+            route: vec![v1::WeightedDestination {
+                host: FQDN.into(),
+                subset: "v2".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[tokio::test]
+async fn routes_lead_to_subset_clusters_holding_only_their_endpoints() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    let view = MeshView {
+        services: vec![service(
+            FQDN,
+            vec![
+                endpoint(9001, "v1"),
+                endpoint(9002, "v2"),
+                endpoint(9003, "v2"),
+            ],
+        )],
+        routes: [(FQDN.to_string(), all_to_v2())].into(),
+        policies: [(FQDN.to_string(), subsets())].into(),
+        ..Default::default()
+    };
+    let snap = Snapshot::build(&local(), &view, &identity, &metrics, 1, None).expect("builds");
+    let req = http::Request::get("/").body(()).expect("request");
+    for name in ["reviews", "reviews.default", "reviews.default.svc", FQDN] {
+        let hp = snap.route(&format!("{name}:9080")).expect("routes");
+        let routed = hp.select(Head::of(&req), name).expect("selected");
+        let cluster = routed.cluster.expect("a cluster");
+        assert_eq!(
+            &*cluster.name,
+            "outbound|9080|v2|reviews.default.svc.cluster.local"
+        );
+        let ports: Vec<u16> = cluster.endpoints.iter().map(|e| e.addr.port()).collect();
+        assert_eq!(ports, [9002, 9003], "the subset holds only version=v2");
+        assert_eq!(routed.service.endpoints.len(), 3, "the service keeps all");
+    }
+    assert_eq!(snap.subset_clusters.len(), 2);
+    assert!(matches!(
+        snap.route("ratings:9080"),
+        Err(RouteMiss::UnknownHost)
+    ));
+    assert!(matches!(
+        snap.route("reviews:9090"),
+        Err(RouteMiss::UnknownPort)
+    ));
+}
+
+#[tokio::test]
+async fn a_route_to_a_subset_nobody_defines_is_a_missing_cluster() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    let view = MeshView {
+        services: vec![service(FQDN, vec![endpoint(9001, "v1")])],
+        routes: [(FQDN.to_string(), all_to_v2())].into(),
+        ..Default::default()
+    };
+    let snap = Snapshot::build(&local(), &view, &identity, &metrics, 1, None).expect("builds");
+    let req = http::Request::get("/").body(()).expect("request");
+    let hp = snap.route("reviews:9080").expect("routes");
+    assert!(matches!(
+        hp.select(Head::of(&req), "reviews"),
+        Err(RouteMiss::NoCluster(name)) if &*name == "outbound|9080|v2|reviews.default.svc.cluster.local"
+    ));
+    let table = hp.routes.as_ref().expect("table");
+    let first = table.select(Head::of(&req), "reviews", 9080).expect("rule");
+    assert!(matches!(
+        first.destination.map(|d| &d.target),
+        Some(Target::Missing(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_push_keeps_the_endpoints_it_still_has_and_drops_the_rest() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    let first = MeshView {
+        services: vec![
+            service(FQDN, vec![endpoint(9001, "v1"), endpoint(9002, "v1")]),
+            service(
+                "ratings.default.svc.cluster.local",
+                vec![endpoint(9101, "v1")],
+            ),
+        ],
+        ..Default::default()
+    };
+    let one = Snapshot::build(&local(), &first, &identity, &metrics, 1, None).expect("builds");
+    let second = MeshView {
+        services: vec![service(
+            FQDN,
+            vec![endpoint(9002, "v1"), endpoint(9003, "v1")],
+        )],
+        ..Default::default()
+    };
+    let two =
+        Snapshot::build(&local(), &second, &identity, &metrics, 2, Some(&one)).expect("builds");
+    let before = &one.cluster(FQDN, 9080).expect("cluster").endpoints;
+    let after = &two.cluster(FQDN, 9080).expect("cluster").endpoints;
+    assert!(
+        Arc::ptr_eq(&before[1], &after[0]),
+        "9002 is the same endpoint: its pools and counters go on"
+    );
+    assert_eq!(after[1].addr.port(), 9003);
+    assert!(
+        two.route("ratings:9080").is_err(),
+        "a removed service is gone"
+    );
+    assert_eq!(two.version, 2);
+}
+
+#[tokio::test]
+async fn a_bad_route_refuses_the_whole_snapshot() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    let mut table = all_to_v2();
+    table.http[0].matches = vec![v1::HttpMatch {
+        uri: Some(v1::StringMatch {
+            kind: Some(v1::string_match::Kind::Regex("(unclosed".into())),
+        }),
+        ..Default::default()
+    }];
+    let view = MeshView {
+        services: vec![service(FQDN, vec![endpoint(9001, "v1")])],
+        routes: [(FQDN.to_string(), table)].into(),
+        ..Default::default()
+    };
+    let err = Snapshot::build(&local(), &view, &identity, &metrics, 1, None)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("routes of reviews.default.svc.cluster.local"),
+        "{err}"
+    );
+    assert!(err.contains("invalid regex"), "{err}");
+}
