@@ -205,7 +205,7 @@ pub struct Cluster {
     slow_start: Option<SlowStart>,
     /// When each endpoint joined this cluster (`None`: it was there when the cluster was
     /// made, so it starts warm), for slow start.
-    joined: Vec<Option<std::time::Instant>>,
+    joined: Vec<Option<tokio::time::Instant>>,
     /// The endpoints balanced over now and their balancer: all of them, less those outlier
     /// detection ejected. Swapped whole when an ejection starts or ends.
     hosts: arc_swap::ArcSwap<HostSet>,
@@ -334,8 +334,8 @@ impl crate::balance::ActiveRequests for LevelLoad<'_> {
 
 /// Nanoseconds since this process first asked: the clock of the latency estimates.
 pub fn clock_ns() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
+    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(tokio::time::Instant::now);
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -607,7 +607,7 @@ impl Cluster {
                     .collect::<Vec<_>>(),
             })),
             "warming": self
-                .warming(std::time::Instant::now())
+                .warming(tokio::time::Instant::now())
                 .map(|shares| {
                     shares
                         .iter()
@@ -645,7 +645,7 @@ impl Cluster {
         };
         self.on_outlier_change(
             detector,
-            detector.report(index, status, std::time::Instant::now()),
+            detector.report(index, status, tokio::time::Instant::now()),
         );
     }
 
@@ -656,7 +656,7 @@ impl Cluster {
         let Some(detector) = &self.outlier else {
             return;
         };
-        let change = detector.report_local_failure(index, as_status, std::time::Instant::now());
+        let change = detector.report_local_failure(index, as_status, tokio::time::Instant::now());
         self.on_outlier_change(detector, change);
     }
 
@@ -696,7 +696,7 @@ impl Cluster {
     }
 
     /// The slow-start share of each endpoint now, in thousandths; `None` when none warms.
-    fn warming(&self, now: std::time::Instant) -> Option<Vec<Option<u32>>> {
+    fn warming(&self, now: tokio::time::Instant) -> Option<Vec<Option<u32>>> {
         warming_shares(self.slow_start.as_ref(), &self.joined, now)
     }
 
@@ -710,7 +710,7 @@ impl Cluster {
         if !always && self.hosts.load().allowed == members {
             return;
         }
-        let warming = self.warming(std::time::Instant::now());
+        let warming = self.warming(tokio::time::Instant::now());
         match HostSet::build(
             self.policy,
             &self.endpoints,
@@ -729,7 +729,7 @@ impl Cluster {
     /// balancer with the weights of the moment every [`slow_start::REFRESH`], then once more
     /// at full weight, and stops.
     fn spawn_slow_start_timer(cluster: &Arc<Cluster>) {
-        if cluster.warming(std::time::Instant::now()).is_none() {
+        if cluster.warming(tokio::time::Instant::now()).is_none() {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -744,7 +744,7 @@ impl Cluster {
                 ticks.tick().await;
                 let Some(c) = weak.upgrade() else { return };
                 c.publish(true);
-                if c.warming(std::time::Instant::now()).is_none() {
+                if c.warming(tokio::time::Instant::now()).is_none() {
                     return;
                 }
             }
@@ -770,7 +770,7 @@ impl Cluster {
                 ticks.tick().await;
                 let Some(c) = weak.upgrade() else { return };
                 let Some(d) = &c.outlier else { return };
-                for i in d.tick(std::time::Instant::now()) {
+                for i in d.tick(tokio::time::Instant::now()) {
                     let host = c.endpoints.get(i).map(|e| e.addr_label.clone());
                     tracing::info!(
                         cluster = %c.name,
@@ -901,8 +901,8 @@ fn upstream_idle_timeout(pool: Option<&v1::ConnectionPool>) -> Option<Duration> 
 /// when each joined; `None` when no endpoint warms.
 fn warming_shares(
     slow_start: Option<&SlowStart>,
-    joined: &[Option<std::time::Instant>],
-    now: std::time::Instant,
+    joined: &[Option<tokio::time::Instant>],
+    now: tokio::time::Instant,
 ) -> Option<Vec<Option<u32>>> {
     let s = slow_start?;
     let shares: Vec<Option<u32>> = joined
@@ -1332,7 +1332,7 @@ struct Reuse {
     /// The clusters of the previous snapshot, by name.
     cluster_names: std::collections::HashSet<Label>,
     /// When each endpoint joined its cluster (slow start), by cluster name and address.
-    joined: HashMap<(Label, SocketAddr), Option<std::time::Instant>>,
+    joined: HashMap<(Label, SocketAddr), Option<tokio::time::Instant>>,
 }
 
 impl Reuse {
@@ -1396,7 +1396,7 @@ impl Reuse {
     fn rate_limit(&self, key: &str, limit: &v1::LocalRateLimit) -> Option<Arc<TokenBucket>> {
         match self.rate_limits.get(key) {
             Some(b) if b.is(limit) => Some(b.clone()),
-            _ => TokenBucket::new(limit, std::time::Instant::now()).map(Arc::new),
+            _ => TokenBucket::new(limit, tokio::time::Instant::now()).map(Arc::new),
         }
     }
 }
@@ -1826,9 +1826,9 @@ impl ClusterBuilder<'_> {
         // Slow start: an endpoint new to an existing cluster warms up from now; those of a
         // cluster seen for the first time start warm, as none is colder than the others.
         let slow_start = slow_start_of(lb, policy);
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let existed = self.reuse.cluster_names.contains(&name);
-        let joined: Vec<Option<std::time::Instant>> = endpoints
+        let joined: Vec<Option<tokio::time::Instant>> = endpoints
             .iter()
             .map(|e| match self.reuse.joined.get(&(name.clone(), e.addr)) {
                 Some(at) => *at,

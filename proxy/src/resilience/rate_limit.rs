@@ -8,7 +8,9 @@
 //! tests drive it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use meshlite_xds_proto::v1;
 

@@ -376,7 +376,7 @@ pub trait ResolveDestination {
     /// it had the same one (a push does not refill it), else a new, full one.
     fn rate_limit(&self, key: &str, limit: &v1::LocalRateLimit) -> Option<Arc<TokenBucket>> {
         let _ = key;
-        TokenBucket::new(limit, std::time::Instant::now()).map(Arc::new)
+        TokenBucket::new(limit, tokio::time::Instant::now()).map(Arc::new)
     }
 }
 

@@ -22,8 +22,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::connect::{ConnectError, PoolTarget, connect_tcp, connect_tls};
 use crate::http::body::ProxyBody;

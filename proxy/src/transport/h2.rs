@@ -36,7 +36,7 @@ pub struct H2Pool {
 struct Conn {
     send: SendRequest<ProxyBody>,
     used: std::sync::atomic::AtomicU32,
-    opened: std::time::Instant,
+    opened: tokio::time::Instant,
     /// Nanoseconds after `opened` when it was last given a request.
     last_used: std::sync::atomic::AtomicU64,
 }
@@ -133,7 +133,7 @@ impl H2Pool {
         let conn = Arc::new(Conn {
             send: send.clone(),
             used: std::sync::atomic::AtomicU32::new(1),
-            opened: std::time::Instant::now(),
+            opened: tokio::time::Instant::now(),
             last_used: std::sync::atomic::AtomicU64::new(0),
         });
         if let Some(idle) = self.idle_timeout {
