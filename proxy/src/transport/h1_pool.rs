@@ -628,4 +628,12 @@ mod tests {
         let err = pool(addr, None).send(get("/"), None).await.unwrap_err();
         assert!(matches!(err, H1Error::Connect(_)), "{err:?}");
     }
+
+    #[test]
+    fn an_idle_pool_entry_stays_small() {
+        // One per idle keep-alive connection. Measured 64 bytes in the test profile; about
+        // 20 % headroom.
+        let size = std::mem::size_of::<Idle>();
+        assert!(size <= 76, "idle HTTP/1.1 pool entry: {size} bytes");
+    }
 }

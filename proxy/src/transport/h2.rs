@@ -226,3 +226,16 @@ async fn let_go_when_idle(
         tokio::time::sleep(idle - idle_for).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pooled_connection_stays_small() {
+        // One per open HTTP/2 connection to a cluster. Measured 48 bytes in the test
+        // profile; about 20 % headroom.
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 56, "h2 pooled connection: {size} bytes");
+    }
+}
