@@ -21,6 +21,9 @@
 //!
 //! CI runs them once in test mode (`cargo bench -p meshlite-bench -- --test`) so they cannot rot.
 
+// Benchmark set-up: a failure to build a fixture is a failed run, reported by expect.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request};
@@ -230,7 +233,8 @@ fn resilience(c: &mut Criterion) {
     use meshlite_proxy::resilience::outlier::{Detector, OutlierConfig};
     use meshlite_proxy::resilience::rate_limit::{RateLimit, TokenBucket};
     use meshlite_proxy::resilience::retry::{Outcome, RetryBudget, RetryPolicy};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+    use tokio::time::Instant;
     let mut group = c.benchmark_group("resilience");
     let limit = Limit::new(1024, Arc::default());
     group.bench_function("breaker-acquire-release", |b| {

@@ -65,9 +65,9 @@ pub struct ServeOptions {
     pub cacerts_poll: Duration,
 }
 
-/// Parses `100ms`, `30s`, `24h` (Istio's duration forms).
+/// Parses `100ms`, `30s`, `24h`, `1h30m` (Istio's duration forms, the parser the proxy shares).
 pub fn duration(s: &str) -> Result<Duration, String> {
-    meshlite_xds_proto::duration::parse(s)
+    meshlite_xds_proto::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// [`duration`], also taking days (`90d`).

@@ -291,13 +291,13 @@ impl crate::policy::authz::StatsSource for NoStats {
     }
 }
 
-/// Istio/protobuf-style duration strings: `250ms`, `10s`, `1.5s`, `5m`, `1h`.
+/// Istio's duration strings: `250ms`, `1.5s`, `1h30m` ([`meshlite_xds_proto::duration`]).
 pub mod duration_str {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
-    /// Parses a duration string (the text format shared with the control plane).
-    pub fn parse(s: &str) -> Result<Duration, String> {
+    /// Parses a duration string (the parser shared with the control plane).
+    pub fn parse(s: &str) -> Result<Duration, meshlite_xds_proto::duration::DurationError> {
         meshlite_xds_proto::duration::parse(s)
     }
 

@@ -27,6 +27,9 @@ pub mod telemetry;
 pub mod transport;
 pub mod xds;
 
+#[cfg(test)]
+mod footprint;
+
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -21,6 +21,14 @@
 //! - [`tls_peers`] stands in for a sidecar whose certificate no sidecar would start with;
 //! - [`deadline`] polls for a condition with a deadline instead of sleeping and hoping.
 #![forbid(unsafe_code)]
+// A test harness: a failed expectation here is a failed test, so unwrap, expect and panic are
+// how it reports (as in the tests themselves), and it times real processes with the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 pub mod apps;
 pub mod clients;

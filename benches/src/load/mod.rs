@@ -66,6 +66,9 @@ pub enum LoadError {
     /// The spec is unusable (zero rate, zero connections...).
     #[error("invalid load spec: {0}")]
     Spec(String),
+    /// The latency histogram could not be made.
+    #[error("cannot make the latency histogram: {0}")]
+    Histogram(hdrhistogram::CreationError),
     /// The generator thread or runtime could not be started.
     #[error("cannot start the load generator: {0}")]
     Start(std::io::Error),
@@ -182,9 +185,9 @@ struct Tally {
 }
 
 impl Tally {
-    fn new() -> Self {
+    fn new(empty: &Histogram<u64>) -> Self {
         Self {
-            latency_us: new_histogram(),
+            latency_us: empty.clone(),
             requests: 0,
             ok: 0,
             errors: 0,
@@ -216,9 +219,10 @@ impl Tally {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
-    // Constant, valid bounds (1 µs .. 60 s, 3 significant digits): this cannot fail at run time.
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
+/// An empty latency histogram (1 µs .. 60 s, 3 significant digits); made once per run and
+/// cloned, so every histogram of a run has the same bounds and adding them cannot fail.
+fn new_histogram() -> Result<Histogram<u64>, LoadError> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).map_err(LoadError::Histogram)
 }
 
 /// Starts a load run on its own thread; returns once every connection is open and the schedule
@@ -233,10 +237,11 @@ pub fn start(spec: LoadSpec) -> Result<RunningLoad, LoadError> {
     if spec.duration.is_zero() {
         return Err(LoadError::Spec("duration must be positive".into()));
     }
+    let empty = new_histogram()?;
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<Timeline, LoadError>>();
     let handle = thread::Builder::new()
         .name("load-generator".into())
-        .spawn(move || generator_thread(spec, ready_tx))
+        .spawn(move || generator_thread(spec, empty, ready_tx))
         .map_err(LoadError::Start)?;
     match ready_rx.recv() {
         Ok(Ok(timeline)) => Ok(RunningLoad {
@@ -267,6 +272,7 @@ fn pin_current_thread(cpu: usize) -> Result<(), LoadError> {
 
 fn generator_thread(
     spec: LoadSpec,
+    empty: Histogram<u64>,
     ready: std_mpsc::Sender<Result<Timeline, LoadError>>,
 ) -> Result<LoadResult, LoadError> {
     let fail = |error: LoadError, ready: &std_mpsc::Sender<Result<Timeline, LoadError>>| {
@@ -335,14 +341,16 @@ fn generator_thread(
                 rx,
                 timeline,
                 spec.request_timeout,
+                empty.clone(),
             )));
         }
         let pacer = {
             let rate = spec.rate_rps;
             let pin = spec.pin_cpu;
+            let late = empty.clone();
             thread::Builder::new()
                 .name("load-pacer".into())
-                .spawn(move || pace(t0, rate, total, senders, pin))
+                .spawn(move || pace(t0, rate, total, senders, pin, late))
                 .map_err(LoadError::Start)
         };
         let pacer = match pacer {
@@ -353,7 +361,7 @@ fn generator_thread(
             // Nobody waits for the result any more; still let the bounded run end normally.
         }
 
-        let mut tally = Tally::new();
+        let mut tally = Tally::new(&empty);
         let abandon_at =
             tokio::time::Instant::from_std(deadline + spec.request_timeout + ABANDON_GRACE);
         for task in tasks {
@@ -364,7 +372,7 @@ fn generator_thread(
             }
         }
         // The pacer stops after its bounded count; it never blocks on the receivers.
-        let pacer_late_us = pacer.join().unwrap_or_else(|_| new_histogram());
+        let pacer_late_us = pacer.join().unwrap_or_else(|_| empty.clone());
 
         let window = spec.duration.as_secs_f64();
         Ok(LoadResult {
@@ -389,8 +397,8 @@ fn pace(
     total: u64,
     senders: Vec<mpsc::UnboundedSender<Due>>,
     pin: Option<usize>,
+    mut late: Histogram<u64>,
 ) -> Histogram<u64> {
-    let mut late = new_histogram();
     if let Some(cpu) = pin {
         // Best effort: the runtime thread is pinned already; the pacer mostly sleeps.
         let _ = pin_current_thread(cpu);
@@ -424,8 +432,9 @@ async fn drive(
     mut due: mpsc::UnboundedReceiver<Due>,
     timeline: Timeline,
     request_timeout: Duration,
+    empty: Histogram<u64>,
 ) -> Tally {
-    let mut tally = Tally::new();
+    let mut tally = Tally::new(&empty);
     while let Some(Due { intended }) = due.recv().await {
         let measured = intended >= timeline.measure_start;
         if measured {

@@ -854,7 +854,9 @@ fn run_once(runtime: &tokio::runtime::Runtime, s: &Settings) -> Result<ControlRu
         let sync_start = Snapshot::take(&[pid])?;
         let mut streams = tokio::task::JoinSet::new();
         for i in 0..n {
-            let identity = identities.remove(&i).expect("one identity per proxy");
+            let identity = identities
+                .remove(&i)
+                .ok_or_else(|| ControlError::Run(format!("no identity for proxy {i}")))?;
             let (endpoint, connects, shared, stop) = (
                 endpoint.clone(),
                 connects.clone(),

@@ -18,25 +18,8 @@ pub struct IstioDuration {
     magnitude: Duration,
 }
 
-/// Why a duration string was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DurationError {
-    /// The string was empty.
-    #[error("empty duration")]
-    Empty,
-    /// A number was not followed by a unit.
-    #[error("duration {0:?}: missing unit (use ns, us, ms, s, m or h, e.g. \"1.5s\")")]
-    MissingUnit(String),
-    /// The unit is not one of ns/us/µs/ms/s/m/h.
-    #[error("duration {0:?}: unknown unit {1:?} (use ns, us, ms, s, m or h)")]
-    UnknownUnit(String, String),
-    /// A unit came without a number, or the number is malformed.
-    #[error("duration {0:?}: expected a number before each unit")]
-    BadNumber(String),
-    /// The value does not fit in a `Duration`.
-    #[error("duration {0:?} is too large")]
-    Overflow(String),
-}
+/// Why a duration string was rejected (the parser shared with the proxy).
+pub use meshlite_xds_proto::duration::DurationError;
 
 impl IstioDuration {
     /// A non-negative duration.
@@ -67,93 +50,27 @@ impl IstioDuration {
         }
     }
 
-    /// Parses `"1.5s"`, `"100ms"`, `"1h2m3.5s"`, `"-1s"` or a bare `"0"`.
+    /// Parses `"1.5s"`, `"100ms"`, `"1h2m3.5s"`, `"-1s"` or a bare `"0"`: the magnitude with
+    /// the parser the proxy shares ([`meshlite_xds_proto::duration::parse`]), the sign here.
     pub fn parse(input: &str) -> Result<Self, DurationError> {
         let s = input.trim();
-        if s.is_empty() {
-            return Err(DurationError::Empty);
-        }
-        let (negative, mut rest) = match s.as_bytes()[0] {
-            b'-' => (true, &s[1..]),
-            b'+' => (false, &s[1..]),
-            _ => (false, s),
+        let (negative, magnitude) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
         };
-        if rest == "0" {
-            return Ok(Self {
-                negative,
-                magnitude: Duration::ZERO,
-            });
+        if negative && malformed_after_sign(magnitude) {
+            return Err(DurationError::BadNumber(s.to_owned()));
         }
-        if rest.is_empty() {
-            return Err(DurationError::BadNumber(input.to_owned()));
-        }
-        let mut total_nanos: u128 = 0;
-        while !rest.is_empty() {
-            let num_end = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .unwrap_or(rest.len());
-            let number = &rest[..num_end];
-            rest = &rest[num_end..];
-            let unit_end = rest
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(rest.len());
-            let unit = &rest[..unit_end];
-            rest = &rest[unit_end..];
-            if number.is_empty() || number == "." || number.matches('.').count() > 1 {
-                return Err(DurationError::BadNumber(input.to_owned()));
-            }
-            if unit.is_empty() {
-                return Err(DurationError::MissingUnit(input.to_owned()));
-            }
-            let unit_nanos: u128 = match unit {
-                "ns" => 1,
-                "us" | "µs" | "μs" => 1_000,
-                "ms" => 1_000_000,
-                "s" => 1_000_000_000,
-                "m" => 60_000_000_000,
-                "h" => 3_600_000_000_000,
-                other => {
-                    return Err(DurationError::UnknownUnit(
-                        input.to_owned(),
-                        other.to_owned(),
-                    ));
-                }
-            };
-            let nanos = scaled(number, unit_nanos)
-                .ok_or_else(|| DurationError::Overflow(input.to_owned()))?;
-            total_nanos = total_nanos
-                .checked_add(nanos)
-                .ok_or_else(|| DurationError::Overflow(input.to_owned()))?;
-        }
-        let secs = u64::try_from(total_nanos / 1_000_000_000)
-            .map_err(|_| DurationError::Overflow(input.to_owned()))?;
-        // The remainder is below 1e9, so it fits in u32.
-        let sub = u32::try_from(total_nanos % 1_000_000_000)
-            .map_err(|_| DurationError::Overflow(input.to_owned()))?;
         Ok(Self {
             negative,
-            magnitude: Duration::new(secs, sub),
+            magnitude: meshlite_xds_proto::duration::parse(magnitude)?,
         })
     }
 }
 
-/// `number` (digits with at most one '.') times `unit_nanos`, truncated to whole nanoseconds.
-fn scaled(number: &str, unit_nanos: u128) -> Option<u128> {
-    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-    let int: u128 = if int_part.is_empty() {
-        0
-    } else {
-        int_part.parse().ok()?
-    };
-    let mut nanos = int.checked_mul(unit_nanos)?;
-    // Only the first 18 fractional digits can matter for a unit of at most an hour in ns.
-    let frac_digits = &frac_part[..frac_part.len().min(18)];
-    if !frac_digits.is_empty() {
-        let frac: u128 = frac_digits.parse().ok()?;
-        let scale = 10u128.checked_pow(u32::try_from(frac_digits.len()).ok()?)?;
-        nanos = nanos.checked_add(frac.checked_mul(unit_nanos)? / scale)?;
-    }
-    Some(nanos)
+/// After a `-`, nothing, another sign or a space is malformed.
+fn malformed_after_sign(rest: &str) -> bool {
+    rest.is_empty() || rest.starts_with(['-', '+']) || rest.starts_with(char::is_whitespace)
 }
 
 impl From<Duration> for IstioDuration {

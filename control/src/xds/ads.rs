@@ -222,7 +222,7 @@ struct Stream {
     /// Deltas not yet (entirely) sent, oldest first.
     outbox: VecDeque<Outgoing>,
     /// When the deltas in the outbox started going out (push-time metric).
-    push_started: Option<std::time::Instant>,
+    push_started: Option<tokio::time::Instant>,
     /// Responses awaiting ACK/NACK: (nonce sequence, type, generation).
     pending: Vec<(u64, &'static str, u64)>,
     nonce: u64,
@@ -356,7 +356,7 @@ impl Stream {
         if self.outbox.is_empty() {
             self.maybe_acked(g.number);
         } else if self.push_started.is_none() {
-            self.push_started = Some(std::time::Instant::now());
+            self.push_started = Some(tokio::time::Instant::now());
         }
     }
 

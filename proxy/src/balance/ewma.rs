@@ -20,8 +20,8 @@ pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Nanoseconds since this process first asked: the clock of the latency estimates (and of
 /// the concurrency retry budget's window), cheap enough to read per request.
 pub fn clock_ns() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
+    static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(tokio::time::Instant::now);
     u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 

@@ -269,8 +269,8 @@ fn level_roll(hash: Option<u64>) -> u32 {
 /// when each joined; `None` when no endpoint warms.
 pub fn warming_shares(
     slow_start: Option<&SlowStart>,
-    joined: &[Option<std::time::Instant>],
-    now: std::time::Instant,
+    joined: &[Option<tokio::time::Instant>],
+    now: tokio::time::Instant,
 ) -> Option<Vec<Option<u32>>> {
     let s = slow_start?;
     let shares: Vec<Option<u32>> = joined

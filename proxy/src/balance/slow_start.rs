@@ -107,6 +107,36 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn on_the_refresh_timer_the_weight_ramps_up_over_the_window_then_is_full() {
+        // As a cluster's slow-start timer does: every REFRESH, the share of an endpoint
+        // that joined at `joined`, until it is warm. Time is paused: the window takes none.
+        let window = Duration::from_secs(10);
+        let s = SlowStart::new(window, 10.0, 1.0).expect("curve");
+        let joined = tokio::time::Instant::now();
+        let mut ticks = tokio::time::interval(REFRESH);
+        let mut shares = Vec::new();
+        loop {
+            ticks.tick().await;
+            match s.permille(joined.elapsed()) {
+                Some(p) => shares.push(p),
+                None => break,
+            }
+        }
+        assert_eq!(
+            joined.elapsed(),
+            window,
+            "full weight exactly when the window ends"
+        );
+        assert_eq!(
+            shares.len() as u128,
+            window.as_millis() / REFRESH.as_millis()
+        );
+        assert_eq!(shares.first(), Some(&100), "the minimum at first");
+        assert!(shares.windows(2).all(|w| w[0] <= w[1]), "{shares:?}");
+        assert_eq!(shares.last(), Some(&975), "one refresh before the end");
+    }
+
     #[test]
     fn bad_parameters_fall_back_to_istios_defaults_and_no_window_means_none() {
         assert_eq!(SlowStart::new(Duration::ZERO, 10.0, 1.0), None);

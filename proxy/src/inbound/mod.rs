@@ -286,3 +286,25 @@ async fn serve_plaintext(
     )
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    //! The footprint of an accepted connection (see `crate::footprint`).
+    use super::*;
+
+    /// The size of the future an async fn of four arguments returns, without calling it.
+    fn future_size<F, A, B, C, D, Fut>(_: &F) -> usize
+    where
+        F: Fn(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn the_connection_future_stays_small() {
+        // Every accepted connection holds it until it closes (TLS handshake, then HTTP or a
+        // relay). Measured 7600 bytes in the test profile; about 20 % headroom.
+        let size = future_size(&connection);
+        assert!(size <= 9120, "inbound connection future: {size} bytes");
+    }
+}

@@ -198,11 +198,11 @@ async fn route_request(
     let limited = b
         .rate_limit
         .as_ref()
-        .is_some_and(|(_, l)| !l.try_take(std::time::Instant::now()))
+        .is_some_and(|(_, l)| !l.try_take(Instant::now()))
         || routed
             .cluster
             .and_then(|c| c.rate_limit.as_ref())
-            .is_some_and(|l| !l.try_take(std::time::Instant::now()));
+            .is_some_and(|l| !l.try_take(Instant::now()));
     if limited {
         return Dispatched::failed(ProxyError::RateLimited);
     }
@@ -466,7 +466,7 @@ async fn attempts(
     cluster.breakers.record_request();
     if let Some(p) = policy {
         if let Some(b) = &cluster.retry_budget {
-            b.deposit(std::time::Instant::now());
+            b.deposit(Instant::now());
         }
         let is_grpc = req
             .headers()
@@ -569,7 +569,7 @@ async fn attempts(
             return done(Some("UO"));
         };
         if let Some(b) = &cluster.retry_budget
-            && !b.withdraw(std::time::Instant::now())
+            && !b.withdraw(Instant::now())
         {
             cluster.stats.retry_overflow.inc();
             return done(Some("UO"));
@@ -661,7 +661,7 @@ async fn attempt_mesh(
         endpoint,
         slot
     ));
-    let sent_at = cluster.observes_latency().then(std::time::Instant::now);
+    let sent_at = cluster.observes_latency().then(Instant::now);
     let result = within_per_try(policy, sent).await;
     // Responses and timeouts are timed; a fast failure must not make an endpoint look fast
     // (outlier detection deals with failures).

@@ -13,7 +13,9 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Envoy's `interval` default.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -503,6 +505,89 @@ mod tests {
             }
         }
         assert_eq!(times, vec![10, 20, 25, 25]);
+    }
+
+    /// Fails host `i` until it trips (three 5xx in a row with [`cfg`]).
+    fn trip(d: &Detector, i: usize) -> Option<Change> {
+        (0..3).fold(None, |_, _| d.report(i, 500, Instant::now()))
+    }
+
+    /// Runs the interval timer as a cluster does, `n` ticks; returns what each returned.
+    async fn run_ticks(d: &Detector, ticks: &mut tokio::time::Interval, n: usize) -> Vec<usize> {
+        let mut returned = Vec::new();
+        for _ in 0..n {
+            ticks.tick().await;
+            returned.extend(d.tick(Instant::now()));
+        }
+        returned
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_the_interval_timer_an_ejected_host_returns_and_repeat_ejections_last_longer() {
+        let d = detector(cfg(), 2);
+        let mut ticks = tokio::time::interval(cfg().interval);
+        ticks.tick().await;
+        let t0 = Instant::now();
+        assert_eq!(
+            trip(&d, 0),
+            Some(Change::Ejected(0, Duration::from_secs(10)))
+        );
+        assert_eq!(d.balanced_hosts(), vec![1]);
+        // Out for the base ejection time, back on the first tick after it.
+        assert!(run_ticks(&d, &mut ticks, 9).await.is_empty());
+        assert!(d.is_ejected(0));
+        assert_eq!(run_ticks(&d, &mut ticks, 1).await, vec![0]);
+        assert_eq!(t0.elapsed(), Duration::from_secs(10));
+        assert_eq!(d.balanced_hosts(), vec![0, 1]);
+        // Failing again at once: twice as long, then three times.
+        for (n, secs) in [(2, 20), (3, 30)] {
+            let at = Instant::now();
+            assert_eq!(
+                trip(&d, 0),
+                Some(Change::Ejected(0, Duration::from_secs(secs))),
+                "ejection {n}"
+            );
+            assert!(
+                run_ticks(&d, &mut ticks, secs as usize - 1)
+                    .await
+                    .is_empty()
+            );
+            assert_eq!(run_ticks(&d, &mut ticks, 1).await, vec![0]);
+            assert_eq!(at.elapsed(), Duration::from_secs(secs));
+        }
+        // Healthy for three intervals: the multiplier decays back, the next ejection is
+        // the base time again.
+        run_ticks(&d, &mut ticks, 3).await;
+        assert_eq!(
+            trip(&d, 0),
+            Some(Change::Ejected(0, Duration::from_secs(10)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ejection_percent_holds_while_hosts_come_and_go() {
+        // 4 hosts at 50 %: two may be out at once; a third waits until one returns.
+        let d = detector(
+            OutlierConfig {
+                max_ejection_percent: 50,
+                ..cfg()
+            },
+            4,
+        );
+        let mut ticks = tokio::time::interval(cfg().interval);
+        ticks.tick().await;
+        assert!(matches!(trip(&d, 0), Some(Change::Ejected(0, _))));
+        run_ticks(&d, &mut ticks, 5).await;
+        assert!(matches!(trip(&d, 1), Some(Change::Ejected(1, _))));
+        assert_eq!(trip(&d, 2), Some(Change::Overflow(2)));
+        assert_eq!(d.ejected_count(), 2);
+        // Host 0 returns at 10 s, host 1 at 15 s; then host 2 may go.
+        assert_eq!(run_ticks(&d, &mut ticks, 5).await, vec![0]);
+        assert!(matches!(trip(&d, 2), Some(Change::Ejected(2, _))));
+        assert_eq!(d.balanced_hosts(), vec![0, 3]);
+        assert_eq!(run_ticks(&d, &mut ticks, 5).await, vec![1]);
+        assert_eq!(run_ticks(&d, &mut ticks, 5).await, vec![2]);
+        assert_eq!(d.ejected_count(), 0);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! tests drive it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// A token bucket.
 #[derive(Debug)]
@@ -151,6 +153,20 @@ mod tests {
         }
         // The initial 10, then 5 at each of the 99 interval boundaries in 0..10 s.
         assert_eq!(granted, 10 + 99 * 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_the_paused_clock_the_bucket_refills_once_per_interval() {
+        use tokio::time::advance;
+        let b = TokenBucket::new(&limit(4, 2, 1000), Instant::now()).unwrap();
+        let take = |n| (0..n).filter(|_| b.try_take(Instant::now())).count();
+        assert_eq!(take(10), 4, "starts full");
+        advance(Duration::from_millis(999)).await;
+        assert_eq!(take(10), 0, "nothing before the interval");
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(take(10), 2, "tokens_per_fill at the interval");
+        advance(Duration::from_secs(3)).await;
+        assert_eq!(take(10), 4, "three fills, capped at max_tokens");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::balance::Random;
 
@@ -672,6 +674,22 @@ mod tests {
         // At 21 s the debits are gone too; the 11 s deposit still counts.
         b.deposit(t0 + ms(21_000));
         assert_eq!((0..5).filter(|_| b.withdraw(t0 + ms(21_000))).count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_the_paused_clock_a_spent_budget_refills_when_its_windows_expire() {
+        use tokio::time::advance;
+        // 5 retries a second over 2 s: a floor of 10; ratio 0.5 per request.
+        let b = RetryBudget::new(Duration::from_secs(2), 5, 0.5).expect("budget");
+        (0..20).for_each(|_| b.deposit(Instant::now()));
+        let take = |n| (0..n).filter(|_| b.withdraw(Instant::now())).count();
+        assert_eq!(take(50), 20, "floor 10 + 20 requests x 0.5");
+        // Within the TTL nothing comes back.
+        advance(Duration::from_millis(1_900)).await;
+        assert_eq!(take(5), 0);
+        // Past TTL + one window (2.2 s) deposits and debits alike are gone: the floor again.
+        advance(Duration::from_millis(300)).await;
+        assert_eq!(take(50), 10);
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub struct Cluster {
     pub(crate) slow_start: Option<SlowStart>,
     /// When each endpoint joined this cluster (`None`: it was there when the cluster was
     /// made, so it starts warm), for slow start.
-    pub(crate) joined: Vec<Option<std::time::Instant>>,
+    pub(crate) joined: Vec<Option<tokio::time::Instant>>,
     /// The endpoints balanced over now and their balancer: all of them, less those outlier
     /// detection ejected. Swapped whole when an ejection starts or ends.
     pub(crate) hosts: arc_swap::ArcSwap<HostSet>,
@@ -231,7 +231,7 @@ impl Cluster {
         };
         self.on_outlier_change(
             detector,
-            detector.report(index, status, std::time::Instant::now()),
+            detector.report(index, status, tokio::time::Instant::now()),
         );
     }
 
@@ -242,7 +242,7 @@ impl Cluster {
         let Some(detector) = &self.outlier else {
             return;
         };
-        let change = detector.report_local_failure(index, as_status, std::time::Instant::now());
+        let change = detector.report_local_failure(index, as_status, tokio::time::Instant::now());
         self.on_outlier_change(detector, change);
     }
 
@@ -288,11 +288,11 @@ impl Cluster {
 
     /// The slow-start share of each endpoint now, in thousandths; `None` when none warms.
     pub fn warming_now(&self) -> Option<Vec<Option<u32>>> {
-        self.warming(std::time::Instant::now())
+        self.warming(tokio::time::Instant::now())
     }
 
     /// The slow-start share of each endpoint at `now`, in thousandths; `None` when none warms.
-    fn warming(&self, now: std::time::Instant) -> Option<Vec<Option<u32>>> {
+    fn warming(&self, now: tokio::time::Instant) -> Option<Vec<Option<u32>>> {
         warming_shares(self.slow_start.as_ref(), &self.joined, now)
     }
 
@@ -306,7 +306,7 @@ impl Cluster {
         if !always && self.hosts.load().allowed() == members {
             return;
         }
-        let warming = self.warming(std::time::Instant::now());
+        let warming = self.warming(tokio::time::Instant::now());
         let keys: Vec<&str> = self.endpoints.iter().map(|e| &*e.addr_label).collect();
         match HostSet::build(
             self.policy,
@@ -326,7 +326,7 @@ impl Cluster {
     /// balancer with the weights of the moment every [`slow_start::REFRESH`], then once more
     /// at full weight, and stops.
     pub(crate) fn spawn_slow_start_timer(cluster: &Arc<Cluster>) {
-        if cluster.warming(std::time::Instant::now()).is_none() {
+        if cluster.warming(tokio::time::Instant::now()).is_none() {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -341,7 +341,7 @@ impl Cluster {
                 ticks.tick().await;
                 let Some(c) = weak.upgrade() else { return };
                 c.publish(true);
-                if c.warming(std::time::Instant::now()).is_none() {
+                if c.warming(tokio::time::Instant::now()).is_none() {
                     return;
                 }
             }
@@ -367,7 +367,7 @@ impl Cluster {
                 ticks.tick().await;
                 let Some(c) = weak.upgrade() else { return };
                 let Some(d) = &c.outlier else { return };
-                for i in d.tick(std::time::Instant::now()) {
+                for i in d.tick(tokio::time::Instant::now()) {
                     let host = c.endpoints.get(i).map(|e| e.addr_label.clone());
                     tracing::info!(
                         cluster = %c.name,

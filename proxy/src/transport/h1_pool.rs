@@ -22,8 +22,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::connect::{ConnectError, PoolTarget, connect_tcp, connect_tls};
 use crate::http::body::ProxyBody;
@@ -626,5 +627,13 @@ mod tests {
         };
         let err = pool(addr, None).send(get("/"), None).await.unwrap_err();
         assert!(matches!(err, H1Error::Connect(_)), "{err:?}");
+    }
+
+    #[test]
+    fn an_idle_pool_entry_stays_small() {
+        // One per idle keep-alive connection. Measured 64 bytes in the test profile; about
+        // 20 % headroom.
+        let size = std::mem::size_of::<Idle>();
+        assert!(size <= 76, "idle HTTP/1.1 pool entry: {size} bytes");
     }
 }

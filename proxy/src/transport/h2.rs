@@ -36,7 +36,7 @@ pub struct H2Pool {
 struct Conn {
     send: SendRequest<ProxyBody>,
     used: std::sync::atomic::AtomicU32,
-    opened: std::time::Instant,
+    opened: tokio::time::Instant,
     /// Nanoseconds after `opened` when it was last given a request.
     last_used: std::sync::atomic::AtomicU64,
 }
@@ -133,7 +133,7 @@ impl H2Pool {
         let conn = Arc::new(Conn {
             send: send.clone(),
             used: std::sync::atomic::AtomicU32::new(1),
-            opened: std::time::Instant::now(),
+            opened: tokio::time::Instant::now(),
             last_used: std::sync::atomic::AtomicU64::new(0),
         });
         if let Some(idle) = self.idle_timeout {
@@ -224,5 +224,18 @@ async fn let_go_when_idle(
         }
         drop(c);
         tokio::time::sleep(idle - idle_for).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pooled_connection_stays_small() {
+        // One per open HTTP/2 connection to a cluster. Measured 48 bytes in the test
+        // profile; about 20 % headroom.
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 56, "h2 pooled connection: {size} bytes");
     }
 }

@@ -14,6 +14,14 @@
 //! during it, default 64), `MESHLITE_E2E_LOG_LEVEL` (`--log-level` for the proxies),
 //! `MESHLITE_E2E_KEEP` (keep a failing test's sidecar directories).
 #![forbid(unsafe_code)]
+// Tests and their helpers: a failed expectation is a failed test, and real processes are timed
+// with the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod abuse;
 mod ca_rotation;

@@ -168,9 +168,9 @@ impl ClusterBuilder<'_> {
         // Slow start: an endpoint new to an existing cluster warms up from now; those of a
         // cluster seen for the first time start warm, as none is colder than the others.
         let slow_start = slow_start_of(lb, policy);
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let existed = self.reuse.cluster_names.contains(&name);
-        let joined: Vec<Option<std::time::Instant>> = endpoints
+        let joined: Vec<Option<tokio::time::Instant>> = endpoints
             .iter()
             .map(|e| match self.reuse.joined.get(&(name.clone(), e.addr)) {
                 Some(at) => *at,

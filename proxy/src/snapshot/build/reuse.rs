@@ -33,7 +33,7 @@ pub(super) struct Reuse {
     /// The clusters of the previous snapshot, by name.
     pub(super) cluster_names: std::collections::HashSet<Label>,
     /// When each endpoint joined its cluster (slow start), by cluster name and address.
-    pub(super) joined: HashMap<(Label, SocketAddr), Option<std::time::Instant>>,
+    pub(super) joined: HashMap<(Label, SocketAddr), Option<tokio::time::Instant>>,
 }
 
 impl Reuse {
@@ -102,7 +102,7 @@ impl Reuse {
         let limit = &super::wire::resilience::rate_limit(limit);
         match self.rate_limits.get(key) {
             Some(b) if b.is(limit) => Some(b.clone()),
-            _ => TokenBucket::new(limit, std::time::Instant::now()).map(Arc::new),
+            _ => TokenBucket::new(limit, tokio::time::Instant::now()).map(Arc::new),
         }
     }
 }

@@ -30,7 +30,7 @@ pub trait ResolveDestination<C> {
         let _ = key;
         TokenBucket::new(
             &super::resilience::rate_limit(limit),
-            std::time::Instant::now(),
+            tokio::time::Instant::now(),
         )
         .map(Arc::new)
     }
