@@ -3,6 +3,14 @@
 
 pub mod connect;
 pub mod egress;
+pub mod external;
+pub mod forward;
 pub mod h1_pool;
 pub mod h2;
-pub mod http1;
+
+/// The former name of [`external`], kept only so `snapshot.rs` (being split in parallel)
+/// builds unchanged: remove once it names `external::{ExternalClient, egress_client}`.
+pub mod http1 {
+    pub use super::external::ExternalClient as LocalHttp1Client;
+    pub use super::external::egress_client;
+}
