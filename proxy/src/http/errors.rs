@@ -38,9 +38,6 @@ pub enum ProxyError {
     /// The upstream reset the stream (Envoy `UR`).
     #[error("upstream reset the stream: {0}")]
     UpstreamReset(String),
-    /// The upstream refused a protocol upgrade.
-    #[error("upstream refused the upgrade")]
-    UpgradeRefused,
     /// The destination cluster has no endpoint (Envoy `UH`).
     #[error("no healthy upstream in {0}")]
     NoHealthyUpstream(String),
@@ -180,7 +177,6 @@ impl ProxyError {
             ProxyError::Connect(_)
             | ProxyError::UpstreamTerminated(_)
             | ProxyError::UpstreamReset(_)
-            | ProxyError::UpgradeRefused
             | ProxyError::NoHealthyUpstream(_)
             | ProxyError::NoCluster(_)
             | ProxyError::RefusedStream(_)
@@ -212,7 +208,7 @@ impl ProxyError {
             ProxyError::AccessDenied(_) | ProxyError::Unauthenticated(_) => ResponseFlags::NONE,
             ProxyError::NotTcpPort(_) => ResponseFlags::NR,
             ProxyError::Connect(_) => ResponseFlags::UF,
-            ProxyError::UpstreamTerminated(_) | ProxyError::UpgradeRefused => ResponseFlags::UC,
+            ProxyError::UpstreamTerminated(_) => ResponseFlags::UC,
             ProxyError::UpstreamReset(_) | ProxyError::RefusedStream(_) => ResponseFlags::UR,
             ProxyError::Timeout | ProxyError::PerTryTimeout => ResponseFlags::UT,
             ProxyError::RateLimited => ResponseFlags::RL,

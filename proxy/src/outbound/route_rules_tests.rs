@@ -33,7 +33,7 @@ fn fault(delay_ms: i32, http_status: u32, grpc_status: u32) -> Option<Fault> {
             }),
             percentage: 100.0,
         }),
-        abort: (http_status > 0 || grpc_status > 0).then(|| v1::fault::Abort {
+        abort: (http_status > 0 || grpc_status > 0).then_some(v1::fault::Abort {
             http_status,
             grpc_status,
             percentage: 100.0,
@@ -41,9 +41,12 @@ fn fault(delay_ms: i32, http_status: u32, grpc_status: u32) -> Option<Fault> {
     }))
 }
 
+/// What the next stage saw of a request: its URI, `Host` and `x-envoy-original-path`.
+type Seen = Cell<Option<(String, Option<String>, Option<String>)>>;
+
 /// A next stage that answers `status` and records the request it got.
 fn answering(
-    seen: &Cell<Option<(String, Option<String>, Option<String>)>>,
+    seen: &Seen,
     status: u16,
 ) -> impl FnOnce(Request<ProxyBody>) -> std::future::Ready<Dispatched<()>> + '_ {
     move |req: Request<ProxyBody>| {

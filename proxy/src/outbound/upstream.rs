@@ -20,14 +20,23 @@ use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::BreakerPermits;
 use crate::transport::forward::{self, SendError};
 
-/// Sends `req` to `cluster` under its circuit breakers and the route's `retry` policy
-/// (Envoy's router). `remote` is the app's address (a hash source). What must stay counted
-/// until the response stream ends goes into `permits`; the response comes with the mesh
-/// endpoint that gave it (`None` for a service outside the mesh).
+/// Where an outbound request comes from: this proxy and the app that sent it.
+#[derive(Clone, Copy)]
+pub struct Origin<'a> {
+    /// Shared proxy state.
+    pub ctx: &'a ProxyContext,
+    /// This workload's peer metadata, from the snapshot the request loaded.
+    pub peer_header: &'a HeaderValue,
+    /// The app's address (a consistent-hash source).
+    pub remote: std::net::IpAddr,
+}
+
+/// Sends `req` from `origin` to `cluster` under its circuit breakers and the route's `retry`
+/// policy (Envoy's router). What must stay counted until the response stream ends goes into
+/// `permits`; the response comes with the mesh endpoint that gave it (`None` for a service
+/// outside the mesh).
 pub async fn dispatch(
-    ctx: &ProxyContext,
-    peer_header: &HeaderValue,
-    remote: std::net::IpAddr,
+    origin: Origin<'_>,
     cluster: &Arc<Cluster>,
     retry: Option<&RetryPolicy>,
     req: Request<ProxyBody>,
@@ -46,7 +55,7 @@ pub async fn dispatch(
     // The request's hash; a hashing cookie it lacks is issued when the rule gives it a TTL.
     let (hash, issued) = match cluster.hash_on.as_ref() {
         None => (None, None),
-        Some(h) => match h.hash(&req, remote) {
+        Some(h) => match h.hash(&req, origin.remote) {
             Some(hash) => (Some(hash), None),
             None => h
                 .issue_cookie()
@@ -64,8 +73,8 @@ pub async fn dispatch(
         rng: crate::balance::ThreadRandom,
     };
     let mut hosts = ClusterHosts {
-        ctx,
-        peer_header,
+        ctx: origin.ctx,
+        peer_header: origin.peer_header,
         cluster,
         hash,
         log,
