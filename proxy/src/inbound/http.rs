@@ -529,7 +529,6 @@ mod tests {
     #[test]
     fn the_request_state_stays_small() {
         let size = future_size(&handle);
-        eprintln!("inbound request future: {size} bytes");
         assert!(size <= 4608, "inbound request future: {size} bytes");
     }
 }

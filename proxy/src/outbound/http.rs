@@ -12,6 +12,7 @@
 //! applied, a failure turned into its local reply ([`ProxyError::reply`]), and the telemetry
 //! finished at end of stream ([`TrackedBody`]).
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -165,15 +166,16 @@ pub async fn handle(
 }
 
 /// The routed request through the rule's stage, whose next stage mirrors it when the rule
-/// says and sends it to the rule's cluster.
-async fn route(
-    conn: &OutboundConn,
-    snap: &Snapshot,
-    routed: Routed<'_>,
+/// says and sends it to the rule's cluster. Not an `async fn`: the stages' own futures are
+/// returned, not wrapped (each wrapper would store the request once more).
+fn route<'a>(
+    conn: &'a OutboundConn,
+    snap: &'a Snapshot,
+    routed: Routed<'a>,
     req: Request<ProxyBody>,
-    log: Option<&mut AccessLogEntry>,
-    permits: &mut BreakerPermits,
-) -> Dispatched<Arc<crate::snapshot::Endpoint>> {
+    log: Option<&'a mut AccessLogEntry>,
+    permits: &'a mut BreakerPermits,
+) -> impl Future<Output = Dispatched<Arc<crate::snapshot::Endpoint>>> + 'a {
     let rule = Rule {
         behaviour: routed.behaviour,
         destination: routed.destination,
@@ -181,9 +183,10 @@ async fn route(
         host_rate_limit: routed.cluster.and_then(|c| c.rate_limit.as_deref()),
     };
     let roll = || fastrand::u32(..1_000_000);
-    route_rules::apply(rule, req, roll, |mut req| async move {
+    route_rules::apply(rule, req, roll, move |mut req| {
         let Some(cluster) = routed.cluster else {
-            return Dispatched::failed(ProxyError::NoCluster(routed.service.name.to_string()));
+            let e = ProxyError::NoCluster(routed.service.name.to_string());
+            return Either::Left(std::future::ready(Dispatched::failed(e)));
         };
         let peer_header = &snap.local.peer_header;
         if let Some((Target::Cluster(shadow), share)) = &routed.behaviour.mirror
@@ -197,11 +200,10 @@ async fn route(
             remote: conn.remote.ip(),
         };
         let retry = routed.behaviour.retry.as_ref();
-        upstream::dispatch(origin, cluster, retry, req, log, permits)
-            .await
-            .into()
+        Either::Right(upstream::dispatch(
+            origin, cluster, retry, req, log, permits,
+        ))
     })
-    .await
 }
 
 #[cfg(test)]
@@ -218,11 +220,12 @@ mod tests {
     }
 
     /// Every outbound request holds this state while it is served, and hyper moves it when it
-    /// takes the request's future; this bound catches a bloat, not a byte.
+    /// takes the request's future: it was 6152 bytes (unoptimised build) as one module, 5584
+    /// in stages (each stage returns its next stage's future instead of wrapping it, and
+    /// only the forwarder holds the request); this bound catches a bloat, not a byte.
     #[test]
     fn the_request_state_stays_small() {
         let size = future_size(&handle);
-        eprintln!("outbound request future: {size} bytes");
-        assert!(size <= 65536, "outbound request future: {size} bytes");
+        assert!(size <= 6144, "outbound request future: {size} bytes");
     }
 }

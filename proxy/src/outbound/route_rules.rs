@@ -16,7 +16,7 @@ use crate::http::errors::{ProxyError, fault_abort, is_grpc};
 use crate::http::response_flags::ResponseFlags;
 use crate::http::uri::{forward_uri, request_authority};
 use crate::resilience::rate_limit::TokenBucket;
-use crate::resilience::retry_loop::{Retried, within};
+use crate::resilience::retry_loop::within;
 use crate::route::{Destination, RouteBehaviour, action};
 use crate::snapshot::Cluster;
 use crate::transport::forward;
@@ -63,20 +63,11 @@ impl<E> Dispatched<E> {
     }
 }
 
-impl<E> From<Retried<Option<E>>> for Dispatched<E> {
-    fn from(r: Retried<Option<E>>) -> Self {
-        Self {
-            result: r.result,
-            flags: r.flags,
-        }
-    }
-}
-
 /// Applies `rule` to `req`, then hands it to `next` within the rule's timeout (504 `UT`
 /// when it expires). `roll` draws the per-million numbers fault injection rolls.
 pub async fn apply<E, N, F>(
     rule: Rule<'_>,
-    req: Request<ProxyBody>,
+    mut req: Request<ProxyBody>,
     mut roll: impl FnMut() -> u32,
     next: N,
 ) -> Dispatched<E>
@@ -85,7 +76,6 @@ where
     F: Future<Output = Dispatched<E>>,
 {
     let b = rule.behaviour;
-    let mut req = req;
     let mut flags = ResponseFlags::NONE;
     if let Some(fault) = &b.fault {
         if let Some(delay) = fault.delay(roll()) {

@@ -6,15 +6,18 @@
 //! with the forwarder ([`crate::transport::forward`]) and reports how it ended to outlier
 //! detection and to a latency-aware balancer.
 
+use futures_util::future::Either;
+use futures_util::{FutureExt, TryFutureExt};
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use std::sync::Arc;
 
+use super::route_rules::Dispatched;
 use crate::context::ProxyContext;
 use crate::http::body::ProxyBody;
 use crate::http::errors::ProxyError;
 use crate::resilience::retry::RetryPolicy;
-use crate::resilience::retry_loop::{Retried, RetryLoop, Upstream};
+use crate::resilience::retry_loop::{RetryLoop, Upstream};
 use crate::snapshot::{Cluster, Endpoint, ExternalTarget, InFlight};
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::BreakerPermits;
@@ -35,18 +38,22 @@ pub struct Origin<'a> {
 /// policy (Envoy's router). What must stay counted until the response stream ends goes into
 /// `permits`; the response comes with the mesh endpoint that gave it (`None` for a service
 /// outside the mesh).
-pub async fn dispatch(
-    origin: Origin<'_>,
-    cluster: &Arc<Cluster>,
-    retry: Option<&RetryPolicy>,
+///
+/// Not an `async fn`: the retry loop's own future is returned, not wrapped (a wrapper would
+/// store the request once more in every request's state).
+pub fn dispatch<'a>(
+    origin: Origin<'a>,
+    cluster: &'a Arc<Cluster>,
+    retry: Option<&'a RetryPolicy>,
     req: Request<ProxyBody>,
-    mut log: Option<&mut AccessLogEntry>,
-    permits: &mut BreakerPermits,
-) -> Retried<Option<Arc<Endpoint>>> {
+    mut log: Option<&'a mut AccessLogEntry>,
+    permits: &'a mut BreakerPermits,
+) -> impl Future<Output = Dispatched<Arc<Endpoint>>> + 'a {
     // `http2MaxRequests`: the request counts from here to the end of its response stream.
     let Some(permit) = cluster.breakers.requests.try_acquire() else {
         cluster.stats.pending_overflow.inc();
-        return Retried::failed(ProxyError::Overflow(cluster.name.to_string()));
+        let e = ProxyError::Overflow(cluster.name.to_string());
+        return Either::Left(std::future::ready(Dispatched::failed(e)));
     };
     permits.request = Some(permit);
     if let Some(l) = log.as_deref_mut() {
@@ -72,7 +79,7 @@ pub async fn dispatch(
         hashed: hash.is_some(),
         rng: crate::balance::ThreadRandom,
     };
-    let mut hosts = ClusterHosts {
+    let hosts = ClusterHosts {
         ctx: origin.ctx,
         peer_header: origin.peer_header,
         cluster,
@@ -81,15 +88,15 @@ pub async fn dispatch(
         permits,
         sent_at: None,
     };
-    let mut retried = retries.run(&mut hosts, req).await;
-    if let (Ok((resp, _)), Some(cookie)) = (&mut retried.result, &issued) {
-        resp.headers_mut()
-            .append(header::SET_COOKIE, cookie.clone());
-    }
-    Retried {
-        result: retried.result.map(|(resp, host)| (resp, host.endpoint())),
-        flags: retried.flags,
-    }
+    Either::Right(retries.run(hosts, req).map(move |mut retried| {
+        if let (Ok((resp, _)), Some(cookie)) = (&mut retried.result, issued) {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        Dispatched {
+            result: retried.result.map(|(resp, host)| (resp, host.endpoint())),
+            flags: retried.flags,
+        }
+    }))
 }
 
 /// Where one attempt goes.
@@ -170,20 +177,23 @@ impl<'a> Upstream for ClusterHosts<'a, '_> {
             self.permits.endpoint = Some(InFlight::start(endpoint.clone()));
             self.sent_at = cluster.observes_latency().then(std::time::Instant::now);
         }
-        let (ctx, peer_header) = (self.ctx, self.peer_header);
-        async move {
-            match host {
-                Host::Mesh(endpoint) => {
-                    forward::to_sidecar(ctx, peer_header, cluster, endpoint, req).await
-                }
-                Host::External(target) => match &cluster.external {
-                    Some(ext) => Ok(forward::to_external(ext, target, req).await?),
-                    None => Err(SendError::unsent(
-                        ProxyError::Internal("an external host in a mesh cluster"),
-                        req,
-                    )),
-                },
-            }
+        // The forwarder's own future, not one wrapping it: each layer would store the
+        // request again.
+        match host {
+            Host::Mesh(endpoint) => Either::Left(forward::to_sidecar(
+                self.ctx,
+                self.peer_header,
+                cluster,
+                endpoint,
+                req,
+            )),
+            Host::External(target) => Either::Right(match &cluster.external {
+                Some(ext) => Either::Left(forward::to_external(ext, target, req).err_into()),
+                None => Either::Right(std::future::ready(Err(SendError::unsent(
+                    ProxyError::Internal("an external host in a mesh cluster"),
+                    req,
+                )))),
+            }),
         }
     }
 

@@ -74,6 +74,48 @@ pub trait Upstream {
     fn priority_of(&self, index: usize) -> Option<u32>;
 }
 
+/// A next stage lent to a loop (tests keep theirs to look at it afterwards).
+impl<T: Upstream> Upstream for &mut T {
+    type Host = T::Host;
+
+    fn cluster(&self) -> &str {
+        (**self).cluster()
+    }
+
+    fn pick(&mut self, excluded_priorities: &[u32]) -> Option<(usize, T::Host)> {
+        (**self).pick(excluded_priorities)
+    }
+
+    fn gives_back_unsent(&self, req: &Request<ProxyBody>) -> bool {
+        (**self).gives_back_unsent(req)
+    }
+
+    fn send(
+        &mut self,
+        host: &T::Host,
+        req: Request<ProxyBody>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, SendError>> {
+        (**self).send(host, req)
+    }
+
+    fn ended(
+        &mut self,
+        host: &T::Host,
+        index: usize,
+        result: &Result<Response<ProxyBody>, ProxyError>,
+    ) {
+        (**self).ended(host, index, result);
+    }
+
+    fn retrying(&mut self) {
+        (**self).retrying();
+    }
+
+    fn priority_of(&self, index: usize) -> Option<u32> {
+        (**self).priority_of(index)
+    }
+}
+
 /// What the loop produced: the final response (with the host that gave it) or failure, and
 /// the flag retrying adds (`URX`: attempts ran out; `UO`: a retry was refused by
 /// `maxRetries` or a retry budget).
@@ -106,11 +148,10 @@ impl<R: Random> RetryLoop<'_, R> {
     /// retry, the attempts run out, a retry is refused, or the request cannot be sent again.
     pub async fn run<U: Upstream>(
         mut self,
-        upstream: &mut U,
-        req: Request<ProxyBody>,
+        mut upstream: U,
+        mut req: Request<ProxyBody>,
     ) -> Retried<U::Host> {
         let policy = self.policy.filter(|p| p.num_retries > 0);
-        let mut req = req;
         let mut template = None;
         if let Some(p) = policy {
             if let Some(b) = self.budget {

@@ -11,10 +11,14 @@
 //! A failure that left the request unsent gives it back in [`SendError::request`], so a
 //! retry can send it again without having kept a copy.
 
+use futures_util::TryFutureExt;
+use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::pin::Pin;
 
 use crate::config::{Protocol, UpstreamProtocol};
 use crate::http::body::ProxyBody;
@@ -91,14 +95,18 @@ pub fn wire_protocol<B>(cluster: &Cluster, req: &Request<B>) -> UpstreamProtocol
 /// Sends an app's request to `endpoint`, a sidecar of `cluster`, with this workload's peer
 /// metadata `peer_header`. The request is given back unsent when no HTTP/2 connection could
 /// be had (a connect failure, or `http1MaxPendingRequests` full while one is being made).
-pub async fn to_sidecar(
-    ctx: &crate::context::ProxyContext,
+///
+/// Not an `async fn`: the head is prepared here and the future of the one way it travels is
+/// returned, so every request's state holds the request once (in that future) and not also
+/// here. The rare ways (an upgrade, a request that has to wait for a connection) are boxed:
+/// their handshakes would otherwise size every request's state.
+pub fn to_sidecar<'a>(
+    ctx: &'a crate::context::ProxyContext,
     peer_header: &HeaderValue,
-    cluster: &Cluster,
-    endpoint: &Endpoint,
-    req: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, SendError> {
-    let mut req = req;
+    cluster: &'a Cluster,
+    endpoint: &'a Endpoint,
+    mut req: Request<ProxyBody>,
+) -> impl Future<Output = Result<Response<ProxyBody>, SendError>> + Send + 'a {
     let upgrade = is_upgrade(&req);
     let wire = wire_protocol(cluster, &req);
     let has_port =
@@ -112,41 +120,65 @@ pub async fn to_sidecar(
         (!has_port).then_some(&cluster.port_header),
     );
     let authority = request_authority(&req).and_then(|a| http::uri::Authority::try_from(a).ok());
-    match wire {
-        _ if upgrade => {
-            let tls = (!endpoint.plaintext)
-                .then(|| (cluster.tls_http1.clone(), cluster.server_name.clone()));
-            // Boxed: rare, and its handshake would otherwise size every request's state.
-            Ok(Box::pin(upgrade_on_dedicated(
-                endpoint.addr,
-                tls,
-                ctx.connect_timeout,
-                req,
-            ))
-            .await?)
-        }
-        UpstreamProtocol::H2 => {
-            let sender = match h2_sender(Some(cluster), endpoint).await {
-                Ok(s) => s,
-                Err(e) => return Err(SendError::unsent(e, req)),
-            };
-            let authority = authority.unwrap_or_else(|| cluster.authority.clone());
-            let req = as_http2(req, Some(authority))?;
-            Ok(send_on(sender, Some(cluster), endpoint, req).await?)
-        }
-        UpstreamProtocol::Http1 => {
-            let host = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-            let req = as_http1(req, host)?;
-            Ok(send_h1(
-                &endpoint.h1,
-                req,
-                &cluster.breakers,
-                &cluster.stats,
-                &cluster.name,
-            )
-            .await?)
-        }
-    }
+    let rare: Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, SendError>> + Send + 'a>> =
+        match wire {
+            _ if upgrade => {
+                let tls = (!endpoint.plaintext)
+                    .then(|| (cluster.tls_http1.clone(), cluster.server_name.clone()));
+                Box::pin(
+                    upgrade_on_dedicated(endpoint.addr, tls, ctx.connect_timeout, req).err_into(),
+                )
+            }
+            UpstreamProtocol::Http1 => {
+                let host = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+                return match as_http1(req, host) {
+                    Ok(req) => Either::Right(Either::Left(
+                        send_h1(
+                            &endpoint.h1,
+                            req,
+                            &cluster.breakers,
+                            &cluster.stats,
+                            &cluster.name,
+                        )
+                        .err_into(),
+                    )),
+                    Err(e) => Either::Left(Either::Right(std::future::ready(Err(e.into())))),
+                };
+            }
+            UpstreamProtocol::H2 => {
+                let authority = authority.unwrap_or_else(|| cluster.authority.clone());
+                match endpoint.h2.live() {
+                    Some(sender) => {
+                        return match as_http2(req, Some(authority)) {
+                            Ok(req) => Either::Right(Either::Right(
+                                send_on(sender, Some(cluster), endpoint, req).err_into(),
+                            )),
+                            Err(e) => {
+                                Either::Left(Either::Right(std::future::ready(Err(e.into()))))
+                            }
+                        };
+                    }
+                    None => Box::pin(connect_then_send(cluster, endpoint, authority, req)),
+                }
+            }
+        };
+    Either::Left(Either::Left(rare))
+}
+
+/// The HTTP/2 way when the endpoint has no open connection: the request waits for one
+/// (pending), and comes back unsent if none can be had.
+async fn connect_then_send(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    authority: http::uri::Authority,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, SendError> {
+    let sender = match connect_h2(Some(cluster), endpoint).await {
+        Ok(s) => s,
+        Err(e) => return Err(SendError::unsent(e, req)),
+    };
+    let req = as_http2(req, Some(authority))?;
+    Ok(send_on(sender, Some(cluster), endpoint, req).await?)
 }
 
 /// Sends an app's request to a service outside the mesh: straight to its endpoint `target`
@@ -278,16 +310,24 @@ pub async fn send_h1(
     sent.map_err(|e| ProxyError::from_h1(e, name))
 }
 
-/// A sender on the endpoint's HTTP/2 connection, connecting if there is none. A request
-/// that has to wait for a connection is pending: `cluster`'s `http1MaxPendingRequests`
-/// bounds how many may wait.
+/// A sender on the endpoint's HTTP/2 connection, connecting if there is none.
 async fn h2_sender(
     cluster: Option<&Cluster>,
     endpoint: &Endpoint,
 ) -> Result<SendRequest<ProxyBody>, ProxyError> {
-    if let Some(s) = endpoint.h2.live() {
-        return Ok(s);
+    match endpoint.h2.live() {
+        Some(s) => Ok(s),
+        None => connect_h2(cluster, endpoint).await,
     }
+}
+
+/// A sender on a new (or being made) HTTP/2 connection to the endpoint. A request that has
+/// to wait for a connection is pending: `cluster`'s `http1MaxPendingRequests` bounds how
+/// many may wait.
+async fn connect_h2(
+    cluster: Option<&Cluster>,
+    endpoint: &Endpoint,
+) -> Result<SendRequest<ProxyBody>, ProxyError> {
     let _pending = match cluster {
         Some(c) => Some(c.breakers.pending.try_acquire().ok_or_else(|| {
             c.stats.pending_overflow.inc();
