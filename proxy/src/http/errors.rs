@@ -579,4 +579,57 @@ mod tests {
         assert_eq!(grpc.headers()["grpc-status"], "16");
         assert_eq!(grpc.headers()["grpc-message"], "Jwt is expired");
     }
+
+    #[test]
+    fn a_grpc_caller_gets_a_trailers_only_reply_with_envoys_grpc_status() {
+        let cases: [(ProxyError, u16, &str); 8] = [
+            (ProxyError::NoHealthyUpstream("c".into()), 503, "14"),
+            (ProxyError::Timeout, 504, "4"),
+            (ProxyError::RateLimited, 429, "8"),
+            (ProxyError::AccessDenied(None), 403, "7"),
+            (
+                ProxyError::Unauthenticated(crate::policy::jwt::JwtError::Expired),
+                401,
+                "16",
+            ),
+            (ProxyError::NoRoute("h".into()), 404, "12"),
+            (ProxyError::UnsupportedTransferCoding, 501, "12"),
+            (ProxyError::InvalidRewrite("bad".into()), 500, "13"),
+        ];
+        for (e, http, grpc) in cases {
+            assert_eq!(e.reply(false).status().as_u16(), http, "{e}");
+            let r = e.reply(true);
+            assert_eq!(r.status(), StatusCode::OK, "{e}");
+            assert_eq!(r.headers()["grpc-status"], grpc, "{e}");
+            assert!(r.headers().contains_key("grpc-message"), "{e}");
+            assert!(http_body::Body::is_end_stream(r.body()), "{e}: no body");
+        }
+    }
+
+    #[test]
+    fn a_fault_abort_is_the_rules_status_or_a_grpc_status() {
+        use crate::route::action::Abort;
+        let plain = fault_abort(Abort::Http(StatusCode::IM_A_TEAPOT), false);
+        assert_eq!(plain.status(), StatusCode::IM_A_TEAPOT);
+        let grpc = fault_abort(Abort::Http(StatusCode::SERVICE_UNAVAILABLE), true);
+        assert_eq!(grpc.headers()["grpc-status"], "14");
+        let code = fault_abort(Abort::Grpc(8), false);
+        assert_eq!(code.status(), StatusCode::OK);
+        assert_eq!(code.headers()["grpc-status"], "8");
+        assert_eq!(code.headers()["grpc-message"], "fault filter abort");
+    }
+
+    #[test]
+    fn retry_flags_join_only_an_upstream_failure() {
+        let retry = ResponseFlags::URX;
+        let e = ProxyError::UpstreamReset("r".into());
+        assert_eq!(e.flag_after_retries(retry).to_string(), "UR,URX");
+        let e = ProxyError::Timeout;
+        assert_eq!(e.flag_after_retries(ResponseFlags::UO).to_string(), "UT,UO");
+        let e = ProxyError::NoHealthyUpstream("c".into());
+        assert_eq!(e.flag_after_retries(retry).to_string(), "UH");
+        // A delay flag never joins a failure's.
+        let e = ProxyError::Timeout;
+        assert_eq!(e.flag_after_retries(ResponseFlags::DI).to_string(), "UT");
+    }
 }
