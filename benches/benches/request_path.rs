@@ -373,7 +373,7 @@ fn telemetry(c: &mut Criterion) {
         request_protocol: "http",
         response_code: 200,
         grpc_response_status: "",
-        response_flags: "-",
+        response_flags: meshlite_proxy::http::response_flags::ResponseFlags::NONE,
         connection_security_policy: "unknown",
     };
     c.bench_function("telemetry/record-request", |b| {

@@ -1,12 +1,17 @@
 //! The one place where failures become responses.
 //!
 //! Every layer returns a typed [`ProxyError`]; this module decides the status code, Envoy's
-//! response flag and the short body, so `503 UF` means the same thing everywhere.
+//! response flag and the short body, so `503 UF` means the same thing everywhere. It also
+//! builds every response the proxy answers itself ([`local_reply`], [`fault_abort`],
+//! [`ProxyError::reply`]): a gRPC caller gets a trailers-only response with the
+//! `grpc-status` Envoy would send ([`grpc_status_for`]) instead of an HTTP error page.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ProxyBody;
+use super::response_flags::ResponseFlags;
+use crate::resilience::retry::Outcome;
 use crate::transport::connect::ConnectError;
 
 /// Why the proxy answered a request itself.
@@ -33,9 +38,6 @@ pub enum ProxyError {
     /// The upstream reset the stream (Envoy `UR`).
     #[error("upstream reset the stream: {0}")]
     UpstreamReset(String),
-    /// The upstream refused a protocol upgrade.
-    #[error("upstream refused the upgrade")]
-    UpgradeRefused,
     /// The destination cluster has no endpoint (Envoy `UH`).
     #[error("no healthy upstream in {0}")]
     NoHealthyUpstream(String),
@@ -106,13 +108,22 @@ pub enum ProxyError {
     /// The caller's connection failed while the proxy read its request (Envoy `DC`).
     #[error("downstream connection terminated: {0}")]
     DownstreamTerminated(String),
+    /// A route's rewrite produced a request target that is not a valid URI (500): the
+    /// configuration's fault, not the upstream's.
+    #[error("rewritten request target is invalid: {0}")]
+    InvalidRewrite(String),
+    /// The request's target could not be rebuilt for the next hop (500).
+    #[error("request target cannot be forwarded: {0}")]
+    InvalidTarget(String),
+    /// A broken internal invariant (500): a bug of this proxy, never the upstream's fault.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl ProxyError {
     /// What this failure of one attempt is to a retry policy. `unsent`: the request never
     /// left this proxy (it is still in hand).
-    pub fn retry_outcome(&self, unsent: bool) -> crate::resilience::retry::Outcome {
-        use crate::resilience::retry::Outcome;
+    pub fn retry_outcome(&self, unsent: bool) -> Outcome {
         match self {
             ProxyError::Connect(_) => Outcome::ConnectFailure,
             ProxyError::RefusedStream(_) => Outcome::RefusedStream,
@@ -120,8 +131,12 @@ impl ProxyError {
                 before_request: unsent,
             },
             ProxyError::PerTryTimeout => Outcome::PerTryTimeout,
-            // Local decisions (overflow, no host, no route...) are never retried.
-            _ => Outcome::Overflow,
+            ProxyError::Overflow(_) => Outcome::CircuitBreakerOverflow,
+            ProxyError::BadRequestBody(_)
+            | ProxyError::SlowRequestBody(_)
+            | ProxyError::DownstreamTerminated(_) => Outcome::DownstreamFailure,
+            // Decisions and failures of this proxy (no host, a bad target, a bug...).
+            _ => Outcome::LocalFailure,
         }
     }
 
@@ -162,7 +177,6 @@ impl ProxyError {
             ProxyError::Connect(_)
             | ProxyError::UpstreamTerminated(_)
             | ProxyError::UpstreamReset(_)
-            | ProxyError::UpgradeRefused
             | ProxyError::NoHealthyUpstream(_)
             | ProxyError::NoCluster(_)
             | ProxyError::RefusedStream(_)
@@ -173,34 +187,55 @@ impl ProxyError {
             ProxyError::ExtAuthzError { status, .. } => *status,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::DownstreamTerminated(_) => StatusCode::BAD_REQUEST,
+            ProxyError::InvalidRewrite(_)
+            | ProxyError::InvalidTarget(_)
+            | ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// Envoy response flag for access logs and the `response_flags` label.
-    pub fn flag(&self) -> &'static str {
+    pub fn flag(&self) -> ResponseFlags {
         match self {
-            ProxyError::NoRoute(_) | ProxyError::NoInboundPort(_) => "NR",
+            ProxyError::NoRoute(_) | ProxyError::NoInboundPort(_) => ResponseFlags::NR,
             ProxyError::NoHost
             | ProxyError::BadPath(_)
             | ProxyError::BadRequestBody(_)
             | ProxyError::BadRequest(_)
-            | ProxyError::UnsupportedTransferCoding => "DPE",
+            | ProxyError::UnsupportedTransferCoding => ResponseFlags::DPE,
             // Envoy's stream idle timeout: the client's stream stopped making progress.
-            ProxyError::SlowRequestBody(_) => "SI",
+            ProxyError::SlowRequestBody(_) => ResponseFlags::SI,
             // Envoy's RBAC and jwt_authn filters set no flag; the details say why.
-            ProxyError::AccessDenied(_) | ProxyError::Unauthenticated(_) => "-",
-            ProxyError::NotTcpPort(_) => "NR",
-            ProxyError::Connect(_) => "UF",
-            ProxyError::UpstreamTerminated(_) | ProxyError::UpgradeRefused => "UC",
-            ProxyError::UpstreamReset(_) | ProxyError::RefusedStream(_) => "UR",
-            ProxyError::Timeout | ProxyError::PerTryTimeout => "UT",
-            ProxyError::RateLimited => "RL",
-            ProxyError::NoHealthyUpstream(_) => "UH",
-            ProxyError::NoCluster(_) => "NC",
-            ProxyError::Overflow(_) => "UO",
-            ProxyError::ExtAuthzDenied(_) | ProxyError::ExtAuthzError { .. } => "UAEX",
-            ProxyError::PayloadTooLarge => "-",
-            ProxyError::DownstreamTerminated(_) => "DC",
+            ProxyError::AccessDenied(_) | ProxyError::Unauthenticated(_) => ResponseFlags::NONE,
+            ProxyError::NotTcpPort(_) => ResponseFlags::NR,
+            ProxyError::Connect(_) => ResponseFlags::UF,
+            ProxyError::UpstreamTerminated(_) => ResponseFlags::UC,
+            ProxyError::UpstreamReset(_) | ProxyError::RefusedStream(_) => ResponseFlags::UR,
+            ProxyError::Timeout | ProxyError::PerTryTimeout => ResponseFlags::UT,
+            ProxyError::RateLimited => ResponseFlags::RL,
+            ProxyError::NoHealthyUpstream(_) => ResponseFlags::UH,
+            ProxyError::NoCluster(_) => ResponseFlags::NC,
+            ProxyError::Overflow(_) => ResponseFlags::UO,
+            ProxyError::ExtAuthzDenied(_) | ProxyError::ExtAuthzError { .. } => ResponseFlags::UAEX,
+            ProxyError::PayloadTooLarge => ResponseFlags::NONE,
+            ProxyError::DownstreamTerminated(_) => ResponseFlags::DC,
+            // Envoy sets no flag on an internal error; the log line says what broke.
+            ProxyError::InvalidRewrite(_)
+            | ProxyError::InvalidTarget(_)
+            | ProxyError::Internal(_) => ResponseFlags::NONE,
+        }
+    }
+
+    /// The flags of a failure after the retry loop ended with `retry` (`URX` or `UO`):
+    /// Envoy adds them to an upstream failure (`UF,URX`, `UT,UO`); any other failure keeps
+    /// its own flag alone.
+    pub fn flag_after_retries(&self, retry: ResponseFlags) -> ResponseFlags {
+        let base = self.flag();
+        let upstream =
+            ResponseFlags::UF | ResponseFlags::UC | ResponseFlags::UR | ResponseFlags::UT;
+        if base.intersects(upstream) {
+            base | (retry & (ResponseFlags::URX | ResponseFlags::UO))
+        } else {
+            base
         }
     }
 
@@ -222,16 +257,7 @@ impl ProxyError {
 
     /// The gRPC status a gRPC caller gets for this failure.
     pub fn grpc_status(&self) -> u32 {
-        match self.status() {
-            StatusCode::BAD_REQUEST => grpc::INTERNAL,
-            StatusCode::UNAUTHORIZED => grpc::UNAUTHENTICATED,
-            StatusCode::FORBIDDEN => grpc::PERMISSION_DENIED,
-            StatusCode::NOT_FOUND => grpc::UNIMPLEMENTED,
-            StatusCode::TOO_MANY_REQUESTS => grpc::RESOURCE_EXHAUSTED,
-            StatusCode::GATEWAY_TIMEOUT => grpc::DEADLINE_EXCEEDED,
-            StatusCode::SERVICE_UNAVAILABLE => grpc::UNAVAILABLE,
-            _ => grpc::UNKNOWN,
-        }
+        grpc_status_for(self.status())
     }
 
     /// The TLS/TCP failure reason when the error is a connect failure.
@@ -440,6 +466,36 @@ pub fn local_reply(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
     resp
 }
 
+/// The `grpc-status` a gRPC caller gets in place of an HTTP status the proxy answers with,
+/// after Envoy's HTTP-to-gRPC mapping: 503 (and 502) UNAVAILABLE, 504 (`UT`)
+/// DEADLINE_EXCEEDED, 429 RESOURCE_EXHAUSTED, 403 PERMISSION_DENIED, 401 UNAUTHENTICATED,
+/// 404 and 501 UNIMPLEMENTED, 400 and 500 INTERNAL, anything else UNKNOWN.
+pub fn grpc_status_for(status: StatusCode) -> u32 {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::INTERNAL_SERVER_ERROR => grpc::INTERNAL,
+        StatusCode::UNAUTHORIZED => grpc::UNAUTHENTICATED,
+        StatusCode::FORBIDDEN => grpc::PERMISSION_DENIED,
+        StatusCode::NOT_FOUND | StatusCode::NOT_IMPLEMENTED => grpc::UNIMPLEMENTED,
+        StatusCode::TOO_MANY_REQUESTS => grpc::RESOURCE_EXHAUSTED,
+        StatusCode::GATEWAY_TIMEOUT => grpc::DEADLINE_EXCEEDED,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => grpc::UNAVAILABLE,
+        _ => grpc::UNKNOWN,
+    }
+}
+
+/// The local reply of a fault-injection abort (`fault filter abort`): the rule's HTTP status,
+/// or for a gRPC caller a trailers-only response (the rule's gRPC status when it gives one,
+/// else the HTTP status mapped by [`grpc_status_for`]).
+pub fn fault_abort(abort: crate::route::action::Abort, grpc: bool) -> Response<ProxyBody> {
+    use crate::route::action::Abort;
+    const MESSAGE: &str = "fault filter abort";
+    match abort {
+        Abort::Grpc(code) => grpc_reply(code, MESSAGE),
+        Abort::Http(status) if grpc => grpc_reply(grpc_status_for(status), MESSAGE),
+        Abort::Http(status) => local_reply(status, Bytes::from_static(MESSAGE.as_bytes())),
+    }
+}
+
 /// The gRPC status codes local replies use.
 pub mod grpc {
     /// UNKNOWN.
@@ -522,5 +578,58 @@ mod tests {
         let grpc = e.reply(true);
         assert_eq!(grpc.headers()["grpc-status"], "16");
         assert_eq!(grpc.headers()["grpc-message"], "Jwt is expired");
+    }
+
+    #[test]
+    fn a_grpc_caller_gets_a_trailers_only_reply_with_envoys_grpc_status() {
+        let cases: [(ProxyError, u16, &str); 8] = [
+            (ProxyError::NoHealthyUpstream("c".into()), 503, "14"),
+            (ProxyError::Timeout, 504, "4"),
+            (ProxyError::RateLimited, 429, "8"),
+            (ProxyError::AccessDenied(None), 403, "7"),
+            (
+                ProxyError::Unauthenticated(crate::policy::jwt::JwtError::Expired),
+                401,
+                "16",
+            ),
+            (ProxyError::NoRoute("h".into()), 404, "12"),
+            (ProxyError::UnsupportedTransferCoding, 501, "12"),
+            (ProxyError::InvalidRewrite("bad".into()), 500, "13"),
+        ];
+        for (e, http, grpc) in cases {
+            assert_eq!(e.reply(false).status().as_u16(), http, "{e}");
+            let r = e.reply(true);
+            assert_eq!(r.status(), StatusCode::OK, "{e}");
+            assert_eq!(r.headers()["grpc-status"], grpc, "{e}");
+            assert!(r.headers().contains_key("grpc-message"), "{e}");
+            assert!(http_body::Body::is_end_stream(r.body()), "{e}: no body");
+        }
+    }
+
+    #[test]
+    fn a_fault_abort_is_the_rules_status_or_a_grpc_status() {
+        use crate::route::action::Abort;
+        let plain = fault_abort(Abort::Http(StatusCode::IM_A_TEAPOT), false);
+        assert_eq!(plain.status(), StatusCode::IM_A_TEAPOT);
+        let grpc = fault_abort(Abort::Http(StatusCode::SERVICE_UNAVAILABLE), true);
+        assert_eq!(grpc.headers()["grpc-status"], "14");
+        let code = fault_abort(Abort::Grpc(8), false);
+        assert_eq!(code.status(), StatusCode::OK);
+        assert_eq!(code.headers()["grpc-status"], "8");
+        assert_eq!(code.headers()["grpc-message"], "fault filter abort");
+    }
+
+    #[test]
+    fn retry_flags_join_only_an_upstream_failure() {
+        let retry = ResponseFlags::URX;
+        let e = ProxyError::UpstreamReset("r".into());
+        assert_eq!(e.flag_after_retries(retry).to_string(), "UR,URX");
+        let e = ProxyError::Timeout;
+        assert_eq!(e.flag_after_retries(ResponseFlags::UO).to_string(), "UT,UO");
+        let e = ProxyError::NoHealthyUpstream("c".into());
+        assert_eq!(e.flag_after_retries(retry).to_string(), "UH");
+        // A delay flag never joins a failure's.
+        let e = ProxyError::Timeout;
+        assert_eq!(e.flag_after_retries(ResponseFlags::DI).to_string(), "UT");
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy `keep-alive` and `proxy-connection`)
 //! never cross the proxy; `te` survives only as `te: trailers` (gRPC needs it). `x-request-id`
-//! is generated (UUIDv4) when absent and otherwise passed on untouched. Two internal headers
+//! is generated (UUIDv4) when absent and otherwise passed on untouched. Three internal headers
 //! travel between meshlite sidecars and are removed before anything reaches an application.
+//!
+//! Each hop a request or a response crosses has one function here ([`to_sidecar`],
+//! [`to_external`], [`to_app`], [`to_downstream`]), so what the proxy removes and adds is
+//! written once and reads side by side.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
@@ -20,6 +24,9 @@ pub static ORIG_PROTO: HeaderName = HeaderName::from_static("x-meshlite-orig-pro
 /// Internal: workload metadata exchanged between sidecars for metric labels (Istio's
 /// `x-envoy-peer-metadata` role): `workload;namespace;app;version`.
 pub static PEER_METADATA: HeaderName = HeaderName::from_static("x-meshlite-peer");
+/// Internal: the service port when the app's authority has none, so the destination's
+/// sidecar knows which of its ports the request is for.
+pub static DESTINATION_PORT: HeaderName = HeaderName::from_static("x-meshlite-port");
 /// `keep-alive` (legacy hop-by-hop).
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// `proxy-connection` (legacy hop-by-hop).
@@ -125,6 +132,122 @@ pub fn strip_internal(headers: &mut HeaderMap) {
     headers.remove(&PEER_METADATA);
 }
 
+/// What every forwarded request loses whatever its next hop: hop-by-hop headers (the
+/// upgrade handshake kept when `upgrade`), the headers only sidecars may set, and `Expect`
+/// where the hop is another proxy (this one answers `100-continue` itself: hyper sends it
+/// when the body is read).
+fn sanitize_request(h: &mut HeaderMap, upgrade: bool) {
+    if upgrade {
+        strip_hop_by_hop_keep_upgrade(h);
+    } else {
+        strip_hop_by_hop(h);
+    }
+    strip_internal(h);
+    h.remove(&DESTINATION_PORT);
+}
+
+/// `x-forwarded-proto: proto` unless the request already says.
+fn default_forwarded_proto(h: &mut HeaderMap, proto: &'static str) {
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+}
+
+/// An app's request on its way to another sidecar over mutual TLS: sanitised, with a
+/// request id, `x-forwarded-proto: http`, this workload's `peer` metadata, the app's
+/// original protocol when HTTP/1.1 travels as HTTP/2 (`http1_as_h2`), and the service
+/// port when the request's authority has none (`port`).
+pub fn to_sidecar(
+    h: &mut HeaderMap,
+    peer: &HeaderValue,
+    upgrade: bool,
+    http1_as_h2: bool,
+    port: Option<&HeaderValue>,
+) {
+    sanitize_request(h, upgrade);
+    h.remove(header::EXPECT);
+    ensure_request_id(h);
+    default_forwarded_proto(h, "http");
+    h.insert(PEER_METADATA.clone(), peer.clone());
+    if http1_as_h2 {
+        h.insert(ORIG_PROTO.clone(), HeaderValue::from_static("HTTP/1.1"));
+    }
+    if let Some(port) = port {
+        h.insert(DESTINATION_PORT.clone(), port.clone());
+    }
+}
+
+/// An app's request on its way to a service outside the mesh: sanitised, nothing of the
+/// mesh's (no peer metadata), `x-forwarded-proto: http`, and a `Host` from the URI's
+/// `authority` when the request has none (the app's own Host is kept).
+pub fn to_external(h: &mut HeaderMap, authority: Option<&http::uri::Authority>) {
+    sanitize_request(h, false);
+    h.remove(header::EXPECT);
+    default_forwarded_proto(h, "http");
+    if !h.contains_key(header::HOST)
+        && let Some(a) = authority
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        h.insert(header::HOST, v);
+    }
+}
+
+/// A caller's request on its way to the local app: sanitised, the caller's certificate in
+/// `x-forwarded-client-cert` (Istio's SANITIZE_SET: the caller's own claim is never passed
+/// on; a plaintext caller, `xfcc` `None`, has no certificate to vouch for),
+/// `x-forwarded-proto: https`, a request id.
+pub fn to_app(h: &mut HeaderMap, xfcc: Option<&HeaderValue>, upgrade: bool) {
+    sanitize_request(h, upgrade);
+    match xfcc {
+        Some(xfcc) => {
+            h.insert(X_FORWARDED_CLIENT_CERT.clone(), xfcc.clone());
+        }
+        None => {
+            h.remove(&X_FORWARDED_CLIENT_CERT);
+        }
+    }
+    default_forwarded_proto(h, "https");
+    ensure_request_id(h);
+}
+
+/// A response on its way back to the one who asked (the app outbound, the calling sidecar
+/// inbound): hop-by-hop headers (the handshake kept when `upgrading`) and internal ones
+/// removed, `server` replaced by `server_name` (or removed), `via` appended when configured
+/// (or removed).
+pub fn to_downstream(
+    h: &mut HeaderMap,
+    server_name: Option<&str>,
+    via: Option<&str>,
+    upgrading: bool,
+) {
+    if upgrading {
+        strip_hop_by_hop_keep_upgrade(h);
+    } else {
+        strip_hop_by_hop(h);
+    }
+    strip_internal(h);
+    match server_name {
+        Some(name) => {
+            if let Ok(v) = HeaderValue::from_str(name) {
+                h.insert(header::SERVER, v);
+            }
+        }
+        None => {
+            h.remove(header::SERVER);
+        }
+    }
+    match via {
+        Some(via) => {
+            if let Ok(v) = HeaderValue::from_str(via) {
+                h.append(header::VIA, v);
+            }
+        }
+        None => {
+            h.remove(header::VIA);
+        }
+    }
+}
+
 /// Header hygiene options of the bootstrap file: what the proxy says about itself.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -193,5 +316,84 @@ mod tests {
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
         assert_eq!(ensure_request_id(&mut h), id);
         assert_ne!(uuid_v4(), uuid_v4());
+    }
+
+    /// Headers an app or a caller might send that no next hop may see as they are.
+    fn dirty() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(&PEER_METADATA, HeaderValue::from_static("forged"));
+        h.insert(&ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        h.insert(&DESTINATION_PORT, HeaderValue::from_static("1"));
+        h.insert(&X_FORWARDED_CLIENT_CERT, HeaderValue::from_static("forged"));
+        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        h
+    }
+
+    #[test]
+    fn to_a_sidecar_the_mesh_headers_are_ours_alone() {
+        let mut h = dirty();
+        let peer = HeaderValue::from_static("productpage-v1;default;productpage;v1");
+        let port = HeaderValue::from_static("9080");
+        to_sidecar(&mut h, &peer, false, true, Some(&port));
+        assert!(!h.contains_key("x-hop") && !h.contains_key(header::CONNECTION));
+        assert!(!h.contains_key(header::EXPECT));
+        assert_eq!(h[&PEER_METADATA], peer);
+        assert_eq!(h[&ORIG_PROTO], "HTTP/1.1");
+        assert_eq!(h[&DESTINATION_PORT], "9080");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert!(h.contains_key(&X_REQUEST_ID));
+        let mut h = dirty();
+        to_sidecar(&mut h, &peer, false, false, None);
+        assert!(!h.contains_key(&ORIG_PROTO) && !h.contains_key(&DESTINATION_PORT));
+    }
+
+    #[test]
+    fn to_a_service_outside_the_mesh_nothing_of_the_mesh_goes() {
+        let mut h = dirty();
+        let authority = http::uri::Authority::from_static("api.example.com");
+        to_external(&mut h, Some(&authority));
+        assert!(!h.contains_key(&PEER_METADATA) && !h.contains_key(&ORIG_PROTO));
+        assert!(!h.contains_key(&DESTINATION_PORT) && !h.contains_key(header::EXPECT));
+        assert_eq!(h[header::HOST], "api.example.com");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        // The app's own Host is kept.
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("mine"));
+        to_external(&mut h, Some(&authority));
+        assert_eq!(h[header::HOST], "mine");
+    }
+
+    #[test]
+    fn to_the_app_the_callers_certificate_replaces_any_claim() {
+        let xfcc = HeaderValue::from_static("By=spiffe://a;URI=spiffe://b");
+        let mut h = dirty();
+        to_app(&mut h, Some(&xfcc), false);
+        assert_eq!(h[&X_FORWARDED_CLIENT_CERT], xfcc);
+        assert!(!h.contains_key(&PEER_METADATA) && !h.contains_key(&DESTINATION_PORT));
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert!(h.contains_key(&X_REQUEST_ID));
+        // Expect is the app's to answer.
+        assert!(h.contains_key(header::EXPECT));
+        let mut h = dirty();
+        to_app(&mut h, None, false);
+        assert!(!h.contains_key(&X_FORWARDED_CLIENT_CERT));
+    }
+
+    #[test]
+    fn to_downstream_server_and_via_are_the_proxys() {
+        let mut h = dirty();
+        h.insert(header::SERVER, HeaderValue::from_static("app"));
+        h.insert(header::VIA, HeaderValue::from_static("1.1 app"));
+        to_downstream(&mut h, None, None, false);
+        assert!(!h.contains_key(header::SERVER) && !h.contains_key(header::VIA));
+        assert!(!h.contains_key(&PEER_METADATA) && !h.contains_key("x-hop"));
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        to_downstream(&mut h, Some("meshlite"), Some("1.1 meshlite"), true);
+        assert_eq!(h[header::SERVER], "meshlite");
+        assert_eq!(h[header::VIA], "1.1 meshlite");
+        assert_eq!(h[header::UPGRADE], "websocket");
     }
 }

@@ -7,5 +7,6 @@ pub mod framing;
 pub mod headers;
 pub mod path;
 pub mod replay;
+pub mod response_flags;
 pub mod tee;
 pub mod uri;

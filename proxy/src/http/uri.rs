@@ -32,7 +32,7 @@ pub fn forward_uri(uri: &Uri, authority: Option<Authority>) -> Result<Uri, Proxy
         parts.authority = Some(authority);
     }
     parts.path_and_query = Some(origin_form(uri));
-    Uri::from_parts(parts).map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))
+    Uri::from_parts(parts).map_err(|e| ProxyError::InvalidTarget(e.to_string()))
 }
 
 #[cfg(test)]

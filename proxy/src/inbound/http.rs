@@ -7,7 +7,7 @@
 //! `x-forwarded-client-cert` (Istio's sanitize-and-set behaviour); internal headers are removed.
 //! CONNECT opens a TCP tunnel to ports declared `tcp` and nowhere else.
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
@@ -18,13 +18,12 @@ use tokio::time::Instant;
 use crate::context::ProxyContext;
 use crate::http::body::ProxyBody;
 use crate::http::errors::{ProxyError, is_grpc};
-use crate::http::headers::{
-    self, ORIG_PROTO, PEER_METADATA, X_FORWARDED_CLIENT_CERT, X_FORWARDED_PROTO,
-};
+use crate::http::headers::{self, DESTINATION_PORT, ORIG_PROTO, PEER_METADATA};
 use crate::http::path::normalize_uri;
-use crate::http::uri::{forward_uri, request_authority};
+use crate::http::response_flags::ResponseFlags;
+use crate::http::uri::request_authority;
 use crate::names::split_host_port;
-use crate::outbound::http::{DESTINATION_PORT, clean_response, edge_check, send_h1, splice};
+use crate::outbound::http::edge_check;
 use crate::policy::authz::{Attributes, Peer, Request as AuthzRequest, RequestAuth};
 use crate::policy::ext_authz::{self, Connection, HeaderChanges};
 use crate::policy::inbound::MtlsMode;
@@ -33,12 +32,12 @@ use crate::server::conn::ConnState;
 use crate::snapshot::InboundPort;
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::AccessLogEntry;
-use crate::telemetry::exchange::{Exchange, Held, TrackedBody};
+use crate::telemetry::exchange::{BreakerPermits, Exchange, TrackedBody};
 use crate::telemetry::labels::{Caller, destination_report};
 use crate::telemetry::metrics::{Label, TcpLabels};
 use crate::telemetry::peer::PeerWorkload;
 use crate::transport::connect::connect_tcp;
-use crate::transport::http1;
+use crate::transport::forward;
 
 /// One connection from a caller: another sidecar over mutual TLS, or a plaintext client
 /// of a PERMISSIVE or DISABLE port.
@@ -183,7 +182,7 @@ pub async fn handle(
         .services
         .get(request_authority(&req).map(|a| split_host_port(a).0));
 
-    let mut held = Held::default();
+    let mut permits = BreakerPermits::default();
     // What an external authorizer asked to add to the response (rare: boxed).
     let mut response_changes: Option<Box<HeaderChanges>> = None;
     let (protocol, result) = match (edge_check(&conn.state, &req), snap.inbound_port(port_hint)) {
@@ -214,12 +213,12 @@ pub async fn handle(
                             )
                         }
                         Some(permit) => {
-                            held.request = Some(permit);
+                            permits.request = Some(permit);
                             if let Some(l) = log.as_deref_mut() {
                                 l.upstream_host = Some(target.target.to_string());
                             }
                             response_changes = changes;
-                            (target.protocol, forward(ctx, target, req).await)
+                            (target.protocol, forward::to_app(ctx, target, req).await)
                         }
                     },
                 }
@@ -229,16 +228,22 @@ pub async fn handle(
     let (resp, flags) = match result {
         Ok(mut resp) => {
             let upgrading = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            clean_response(ctx, resp.headers_mut(), upgrading);
+            let h = &ctx.headers;
+            headers::to_downstream(
+                resp.headers_mut(),
+                h.server_name.as_deref(),
+                h.via.as_deref(),
+                upgrading,
+            );
             if let Some(changes) = response_changes {
                 changes.apply(resp.headers_mut());
             }
             resp.headers_mut()
                 .insert(PEER_METADATA.clone(), snap.local.peer_header.clone());
-            (resp, "-")
+            (resp, ResponseFlags::NONE)
         }
         Err(e) => {
-            tracing::debug!(error = %e, flag = e.flag(), "inbound request failed");
+            tracing::debug!(error = %e, flags = %e.flag(), "inbound request failed");
             if let Some(l) = log.as_deref_mut() {
                 l.upstream_transport_failure_reason = e.transport_reason();
                 l.response_code_details = e.details();
@@ -270,7 +275,7 @@ pub async fn handle(
         l.response_code = resp.status().as_u16();
     }
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
-    exchange.hold(held);
+    exchange.hold(permits);
     exchange.count_received(received);
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
@@ -406,122 +411,18 @@ fn audit(
     }
 }
 
+/// The request as the app gets it ([`headers::to_app`]), HTTP/1.1 again when it travelled
+/// between sidecars as HTTP/2.
 fn prepare(conn: &InboundConn, req: &mut Request<ProxyBody>) {
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let upgrade = forward::is_upgrade(req);
     let restore_http1 = req
         .headers()
         .get(&ORIG_PROTO)
         .is_some_and(|v| v.as_bytes() == b"HTTP/1.1");
-    let h = req.headers_mut();
-    if upgrade {
-        headers::strip_hop_by_hop_keep_upgrade(h);
-    } else {
-        headers::strip_hop_by_hop(h);
-    }
-    headers::strip_internal(h);
-    h.remove(&DESTINATION_PORT);
-    // Istio's SANITIZE_SET: the caller's own claim is never passed on; a plaintext caller
-    // has no certificate to vouch for.
-    match &conn.xfcc {
-        Some(xfcc) => {
-            h.insert(X_FORWARDED_CLIENT_CERT.clone(), xfcc.clone());
-        }
-        None => {
-            h.remove(&X_FORWARDED_CLIENT_CERT);
-        }
-    }
-    if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
-    }
-    headers::ensure_request_id(h);
+    headers::to_app(req.headers_mut(), conn.xfcc.as_ref(), upgrade);
     if restore_http1 {
         *req.version_mut() = Version::HTTP_11;
     }
-}
-
-async fn forward(
-    ctx: &ProxyContext,
-    port: &InboundPort,
-    req: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
-    if upgrade {
-        // Boxed: rare, and its handshake would otherwise size every request's state.
-        return Box::pin(forward_upgrade(ctx, port, req)).await;
-    }
-    let authority = request_authority(&req).and_then(|a| HeaderValue::from_str(a).ok());
-    let (mut parts, body) = req.into_parts();
-    match &port.h2c {
-        Some(pool) => {
-            // HTTP/2 to the app keeps the caller's :authority.
-            let next_hop = authority
-                .as_ref()
-                .and_then(|a| http::uri::Authority::try_from(a.as_bytes()).ok())
-                .or_else(|| port.authority.clone());
-            parts.uri = forward_uri(&parts.uri, next_hop)?;
-            parts.version = Version::HTTP_2;
-            parts.headers.remove(header::HOST);
-            let req = Request::from_parts(parts, body);
-            let mut sender = pool.sender().await?;
-            sender
-                .ready()
-                .await
-                .map_err(|e| ProxyError::from_upstream(&e))?;
-            match sender.send_request(req).await {
-                Ok(resp) => Ok(resp.map(ProxyBody::from)),
-                Err(e) => {
-                    pool.evict(&sender);
-                    Err(ProxyError::from_upstream(&e))
-                }
-            }
-        }
-        None => {
-            if let Some(a) = authority {
-                parts.headers.insert(header::HOST, a);
-            }
-            parts.uri = forward_uri(&parts.uri, None)?;
-            parts.version = Version::HTTP_11;
-            let Some(pool) = &port.http1 else {
-                return Err(ProxyError::NoInboundPort(port.target.port()));
-            };
-            // The workload's own `tcp.maxConnections` bounds its app's connections, whatever
-            // the number of callers; `http1MaxPendingRequests` how many requests wait for one.
-            send_h1(
-                pool,
-                Request::from_parts(parts, body),
-                &port.breakers,
-                &port.stats,
-                &port.name,
-            )
-            .await
-        }
-    }
-}
-
-async fn forward_upgrade(
-    ctx: &ProxyContext,
-    port: &InboundPort,
-    mut req: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let downstream = hyper::upgrade::on(&mut req);
-    let mut sender = http1::dedicated(
-        port.target,
-        None,
-        ctx.connect_timeout
-            .min(crate::snapshot::LOCAL_CONNECT_TIMEOUT),
-    )
-    .await?;
-    let (mut parts, body) = req.into_parts();
-    parts.uri = forward_uri(&parts.uri, None)?;
-    let mut resp = sender
-        .send_request(Request::from_parts(parts, body))
-        .await
-        .map_err(|e| ProxyError::from_upstream(&e))?;
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let app = hyper::upgrade::on(&mut resp);
-        tokio::spawn(splice(downstream, app));
-    }
-    Ok(resp.map(ProxyBody::from))
 }
 
 /// CONNECT: a TCP tunnel to a port declared `tcp`, authorized as a TCP connection (a CUSTOM
@@ -584,7 +485,7 @@ async fn tunnel(
         destination_service: request_authority(&req)
             .map(|a| Arc::from(split_host_port(a).0))
             .unwrap_or_else(crate::telemetry::peer::unknown),
-        response_flags: "-",
+        response_flags: ResponseFlags::NONE,
         connection_security_policy: if conn.identity.is_some() {
             "mutual_tls"
         } else {

@@ -1,7 +1,9 @@
 //! The outbound side: traffic from the local application to other services.
 
 pub mod http;
+pub mod route_rules;
 pub mod tcp;
+pub mod upstream;
 
 use std::sync::Arc;
 use tokio::net::TcpListener;

@@ -13,6 +13,7 @@ use crate::context::ProxyContext;
 use crate::http::body::ProxyBody;
 use crate::http::errors::ProxyError;
 use crate::http::headers::PEER_METADATA;
+use crate::http::response_flags::ResponseFlags;
 use crate::snapshot::Cluster;
 use crate::telemetry::metrics::TcpLabels;
 use crate::telemetry::peer::unknown;
@@ -49,7 +50,7 @@ pub async fn serve_listener(ctx: Arc<ProxyContext>, listener: TcpListener, clust
     }
 }
 
-fn labels(ctx: &ProxyContext, cluster: &Cluster, flags: &'static str) -> TcpLabels {
+fn labels(ctx: &ProxyContext, cluster: &Cluster, flags: ResponseFlags) -> TcpLabels {
     let snap = ctx.snapshot.load();
     TcpLabels {
         reporter: "source",
@@ -65,7 +66,7 @@ fn labels(ctx: &ProxyContext, cluster: &Cluster, flags: &'static str) -> TcpLabe
 
 async fn relay(ctx: &ProxyContext, cluster: &Cluster, mut client: TcpStream) {
     let m = &ctx.telemetry.metrics;
-    let ok = labels(ctx, cluster, "-");
+    let ok = labels(ctx, cluster, ResponseFlags::NONE);
     m.tcp_opened.get_or_create(&ok).inc();
     // `tcp.maxConnections`: one slot per tunnel for as long as it is open; over the limit the
     // downstream connection is closed at once (Envoy's TCP proxy, flag `UO`).
@@ -88,7 +89,7 @@ async fn relay(ctx: &ProxyContext, cluster: &Cluster, mut client: TcpStream) {
             m.tcp_closed.get_or_create(&ok).inc();
         }
         Err(e) => {
-            tracing::warn!(service = %cluster.labels.fqdn, flag = e.flag(), "tcp tunnel failed: {e}");
+            tracing::warn!(service = %cluster.labels.fqdn, flag = %e.flag(), "tcp tunnel failed: {e}");
             m.tcp_closed
                 .get_or_create(&labels(ctx, cluster, e.flag()))
                 .inc();
@@ -110,11 +111,11 @@ async fn open_tunnel(
         p.authority = Some(cluster.authority.clone());
         p
     })
-    .map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+    .map_err(|e| ProxyError::InvalidTarget(e.to_string()))?;
     *req.version_mut() = http::Version::HTTP_2;
     let peer: HeaderValue = ctx.snapshot.load().local.peer_header.clone();
     req.headers_mut().insert(PEER_METADATA.clone(), peer);
-    let sent = super::http::send_h2(Some(cluster), &endpoint, req).await;
+    let sent = crate::transport::forward::send_h2(Some(cluster), &endpoint, req).await;
     cluster.report(
         index,
         sent.as_ref()

@@ -8,3 +8,4 @@ pub mod concurrency_budget;
 pub mod outlier;
 pub mod rate_limit;
 pub mod retry;
+pub mod retry_loop;

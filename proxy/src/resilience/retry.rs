@@ -176,7 +176,9 @@ impl RetryPolicy {
         // Envoy counts every reset but overflow as a "5xx" / gateway error / reset.
         let any_reset = RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET;
         match *outcome {
-            Outcome::Overflow => false,
+            Outcome::CircuitBreakerOverflow
+            | Outcome::DownstreamFailure
+            | Outcome::LocalFailure => false,
             Outcome::Response {
                 status,
                 grpc_status,
@@ -278,8 +280,15 @@ pub enum Outcome {
     RefusedStream,
     /// The attempt's per-try timeout fired.
     PerTryTimeout,
-    /// A local circuit breaker overflowed: never retried.
-    Overflow,
+    /// A local circuit breaker overflowed (Envoy's overflow, which no `retry_on` matches):
+    /// never retried.
+    CircuitBreakerOverflow,
+    /// The caller's side failed (its request body was malformed, too slow or cut off): the
+    /// upstream is not at fault and another attempt would fail the same way. Never retried.
+    DownstreamFailure,
+    /// This proxy could not make the attempt (a request target it cannot forward, a broken
+    /// invariant): nothing an upstream did. Never retried.
+    LocalFailure,
 }
 
 /// The parameters of a rate budget.
@@ -580,7 +589,7 @@ mod tests {
             http(500), http(502), http(503), http(504), http(409), http(404),
             grpc(1), grpc(4), grpc(8), grpc(13), grpc(14), grpc(2),
             Outcome::ConnectFailure, reset(false), reset(true), Outcome::RefusedStream,
-            Outcome::PerTryTimeout, Outcome::Overflow,
+            Outcome::PerTryTimeout, Outcome::CircuitBreakerOverflow,
         ];
         // Columns: 500 502 503 504 409 404 | g1 g4 g8 g13 g14 g2 | CF R Rb RS PTT | Overflow
         #[rustfmt::skip]
@@ -611,11 +620,13 @@ mod tests {
     }
 
     #[test]
-    fn overflow_is_never_retried() {
+    fn overflow_and_local_failures_are_never_retried() {
         let (all, _) = RetryOn::parse(RetryOn::TOKENS.iter().map(|(t, _)| *t));
         let mut p = RetryPolicy::istio_default(false);
         p.retry_on = all;
-        assert!(!p.retriable(&Outcome::Overflow));
+        assert!(!p.retriable(&Outcome::CircuitBreakerOverflow));
+        assert!(!p.retriable(&Outcome::DownstreamFailure));
+        assert!(!p.retriable(&Outcome::LocalFailure));
         assert!(p.retriable(&Outcome::PerTryTimeout));
     }
 

@@ -275,12 +275,13 @@ pub struct RouteBehaviour<C> {
     pub rate_limit: Option<(Box<str>, Arc<TokenBucket>)>,
 }
 
-impl<C> RouteBehaviour<C> {
-    /// A route without VirtualService settings: no timeout, Istio's default retries.
-    pub fn istio_default() -> Self {
+impl<C> Default for RouteBehaviour<C> {
+    /// Nothing at all: no timeout, no retries, no rule (what a derive would give, without
+    /// asking the cluster type for `Default`).
+    fn default() -> Self {
         Self {
             timeout: None,
-            retry: Some(RetryPolicy::istio_default(false)),
+            retry: None,
             fault: None,
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
@@ -288,6 +289,16 @@ impl<C> RouteBehaviour<C> {
             terminal: None,
             mirror: None,
             rate_limit: None,
+        }
+    }
+}
+
+impl<C> RouteBehaviour<C> {
+    /// A route without VirtualService settings: no timeout, Istio's default retries.
+    pub fn istio_default() -> Self {
+        Self {
+            retry: Some(RetryPolicy::istio_default(false)),
+            ..Self::default()
         }
     }
 }

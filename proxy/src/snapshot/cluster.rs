@@ -132,7 +132,7 @@ pub struct External {
     pub(crate) rr: AtomicUsize,
     /// Pooled client (HTTP/1.1, or HTTP/2 for HTTP2/GRPC ports), plaintext or originating
     /// the DestinationRule's TLS.
-    pub client: crate::transport::http1::LocalHttp1Client,
+    pub client: crate::transport::external::ExternalClient,
     /// The TLS settings the client was made for (a push that changes them makes a new one).
     pub(crate) tls_key: String,
 }

@@ -41,6 +41,8 @@ pub type Routed<'a> = crate::route::Routed<'a, Cluster>;
 pub type RouteTable = crate::route::RouteTable<Cluster>;
 /// The per-route settings applied around sending a request.
 pub type RouteBehaviour = crate::route::RouteBehaviour<Cluster>;
+/// One weighted destination of a route, leading to one of this snapshot's clusters.
+pub type Destination = crate::route::Destination<Cluster>;
 
 /// Why a snapshot could not be built; a push causing it is refused (NACK).
 #[derive(Debug, thiserror::Error)]

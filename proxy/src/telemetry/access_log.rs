@@ -38,7 +38,7 @@ pub struct AccessLogEntry {
     /// Status sent downstream (0 when none).
     pub response_code: u16,
     /// Envoy response flags, `-` when none.
-    pub response_flags: &'static str,
+    pub response_flags: crate::http::response_flags::ResponseFlags,
     /// Why the upstream connection failed, when it did.
     pub upstream_transport_failure_reason: Option<&'static str>,
     /// Request body bytes received from downstream.
@@ -210,7 +210,7 @@ mod tests {
     fn entry_serialises_with_istio_field_names() {
         let e = AccessLogEntry {
             response_code: 503,
-            response_flags: "UF",
+            response_flags: crate::http::response_flags::ResponseFlags::UF,
             ..Default::default()
         };
         let v: serde_json::Value =

@@ -18,6 +18,7 @@ use super::access_log::AccessLogEntry;
 use super::labels::grpc_status_label;
 use super::metrics::RequestLabels;
 use crate::http::body::ProxyBody;
+use crate::http::response_flags::ResponseFlags;
 use crate::server::conn::InFlight;
 
 /// What is recorded when a request completes.
@@ -29,13 +30,15 @@ pub struct Exchange {
     log: Option<Box<AccessLogEntry>>,
     received: Option<Arc<AtomicU64>>,
     _in_flight: InFlight,
-    _held: Held,
+    _permits: BreakerPermits,
 }
 
-/// Counts that a request holds until its response stream ends: its circuit-breaker slot and
-/// its endpoint's in-flight count (least request), as Envoy counts an active request.
+/// The circuit-breaker permit a request carries with its telemetry until its response
+/// stream ends (the cluster's `http2MaxRequests` slot), with its endpoint's in-flight count
+/// (least request): Envoy counts a request as active until its last byte, not until its
+/// headers, so both are released when the [`Exchange`] finishes.
 #[derive(Debug, Default)]
-pub struct Held {
+pub struct BreakerPermits {
     /// The cluster's `http2MaxRequests` slot.
     pub request: Option<crate::resilience::breaker::Permit>,
     /// The endpoint's in-flight count.
@@ -65,13 +68,13 @@ impl Exchange {
             log,
             received: None,
             _in_flight: in_flight,
-            _held: Held::default(),
+            _permits: BreakerPermits::default(),
         }
     }
 
-    /// Keeps `held` counted until the exchange finishes.
-    pub fn hold(&mut self, held: Held) {
-        self._held = held;
+    /// Keeps `permits` taken until the exchange finishes.
+    pub fn hold(&mut self, permits: BreakerPermits) {
+        self._permits = permits;
     }
 
     /// Reads the request body's byte count from `counter` when the exchange finishes (the
@@ -81,8 +84,8 @@ impl Exchange {
     }
 
     fn finish(mut self, bytes_sent: u64, complete: bool) {
-        if !complete && self.labels.response_flags == "-" {
-            self.labels.response_flags = "DC";
+        if !complete && self.labels.response_flags.is_empty() {
+            self.labels.response_flags = ResponseFlags::DC;
         }
         let elapsed = self.start.elapsed();
         let ms = elapsed.as_secs_f64() * 1000.0;

@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod egress;
+pub mod external;
+pub mod forward;
 pub mod h1_pool;
 pub mod h2;
-pub mod http1;

@@ -277,7 +277,10 @@ impl tower::Service<Request<tonic::body::Body>> for ClusterChannel {
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| ProxyError::UpstreamTerminated(format!("check request: {e}")))?
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "ext_authz: the check request did not encode");
+                    ProxyError::Internal("the ext_authz check request did not encode")
+                })?
                 .to_bytes();
             let req = Request::from_parts(parts, ProxyBody::full(bytes));
             crate::outbound::http::send_to_cluster(&this.ctx, &this.peer_header, &this.cluster, req)

@@ -278,7 +278,7 @@ impl ClusterBuilder<'_> {
                     .get(&(fqdn.clone(), svc.port, connect_timeout, tls_key.clone()))
                     .cloned()
                     .unwrap_or_else(|| {
-                        crate::transport::http1::egress_client(
+                        crate::transport::external::egress_client(
                             cfg.upstream.idle_timeout,
                             connect_timeout,
                             matches!(svc.protocol, Protocol::Http2 | Protocol::Grpc),

@@ -21,7 +21,7 @@ pub(super) struct Reuse {
     pub(super) endpoints: HashMap<(SocketAddr, Box<str>, Vec<SpiffeId>), Arc<Endpoint>>,
     /// Pools of services outside the mesh, by FQDN, port, connect timeout and TLS settings.
     pub(super) external:
-        HashMap<(String, u16, Duration, String), crate::transport::http1::LocalHttp1Client>,
+        HashMap<(String, u16, Duration, String), crate::transport::external::ExternalClient>,
     /// Circuit-breaker counts by cluster name.
     pub(super) breakers: HashMap<Label, crate::resilience::breaker::Counts>,
     /// Retry budgets by cluster name.
