@@ -1,19 +1,18 @@
 //! meshlite's own sidecar pair: finding (or building) `meshlite-proxy`, writing both configs,
 //! starting the server side first and wiring the client side to its bound inbound address.
 //!
-//! The proxy announces its bound addresses in one JSON line on stdout once every listener is
-//! bound; the pair waits for that line (never a sleep), then for `/healthz/ready` to answer 200.
+//! The proxies are run by [`crate::harness`]: it waits for the JSON line announcing the bound
+//! addresses (never a sleep), then for `/healthz/ready` to answer 200.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use super::pki::{CLIENT_ID, MeshPki, SERVER_ID};
 use super::{READY_TIMEOUT, RunningPair, SidecarError, write_text};
 use crate::cli::UpstreamProtocol;
+use crate::harness::{SidecarLaunch, SidecarProcess, connectable};
 use crate::load::Protocol;
-use crate::process::{self, Binary, ChildSpec, ManagedChild};
+use crate::process::{self, Binary};
 
 /// Environment variable naming the proxy binary to use (no build then).
 pub const PROXY_BIN_ENV: &str = "MESHLITE_PROXY_BIN";
@@ -161,109 +160,19 @@ services:
     text
 }
 
-/// Addresses from the proxy's listening line.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Announced {
-    /// Outbound listener (the app sends here).
-    pub(crate) outbound: SocketAddr,
-    /// Inbound listener (other sidecars connect here).
-    pub(crate) inbound: SocketAddr,
-    /// Health listener (`/healthz/ready`).
-    pub(crate) health: SocketAddr,
-    /// Metrics listener (`/stats/prometheus`).
-    pub(crate) metrics: SocketAddr,
-}
-
-/// Reads the addresses out of the proxy's listening line.
-pub(crate) fn parse_announce(name: &str, line: &str) -> Result<Announced, SidecarError> {
-    let bad = |problem: String| SidecarError::Announce {
-        name: name.to_string(),
-        problem,
-        line: line.to_string(),
-    };
-    let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let addr = |key: &str| -> Result<SocketAddr, SidecarError> {
-        let text = value
-            .get(key)
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| bad(format!("no string field `{key}`")))?;
-        text.parse()
-            .map_err(|e| bad(format!("`{key}` is not an address: {e}")))
-    };
-    Ok(Announced {
-        outbound: addr("outbound")?,
-        inbound: addr("inbound")?,
-        health: addr("health")?,
-        metrics: addr("metrics")?,
-    })
-}
-
-/// A loopback address to connect to for a listener that may be bound to 0.0.0.0.
-pub(crate) fn connectable(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    }
-}
-
-/// One `GET /healthz/ready`; true on a 200.
-fn ready_once(health: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&health, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let request = "GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
-}
-
-/// Waits until `/healthz/ready` answers 200, or the child exits, or [`READY_TIMEOUT`] passes.
-pub(crate) fn wait_ready(child: &mut ManagedChild, health: SocketAddr) -> Result<(), SidecarError> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if ready_once(health) {
-            return Ok(());
-        }
-        if let Some(status) = child.try_exit()? {
-            return Err(child.early_exit(Some(status)).into());
-        }
-        if Instant::now() >= deadline {
-            return Err(child
-                .not_ready(READY_TIMEOUT, "200 from /healthz/ready")
-                .into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
+/// Starts one proxy of the pair through the harness, waiting until it is ready.
 fn start_proxy(
     name: &str,
     config: &Path,
     run_dir: &Path,
     opts: &MeshliteOptions,
-) -> Result<(ManagedChild, Announced), SidecarError> {
-    let mut args = vec!["--config".into(), config.as_os_str().to_owned()];
-    if let Some(workers) = opts.workers {
-        args.push("--workers".into());
-        args.push(workers.to_string().into());
-    }
-    let mut child = ManagedChild::spawn(ChildSpec {
-        name: name.to_string(),
-        program: opts.binary.clone(),
-        args,
-        pin_cpu: opts.pin_cpu,
-        log_dir: run_dir.to_path_buf(),
-        stdin_pipe: false,
-    })?;
-    let line = child.first_line(READY_TIMEOUT)?;
-    let announced = parse_announce(name, &line)?;
-    wait_ready(&mut child, connectable(announced.health))?;
-    Ok((child, announced))
+) -> Result<SidecarProcess, SidecarError> {
+    Ok(SidecarLaunch::new(&opts.binary, name, run_dir, config)
+        .workers(opts.workers)
+        .pin_cpu(opts.pin_cpu)
+        .startup_timeout(READY_TIMEOUT)
+        .wait_ready(true)
+        .start()?)
 }
 
 /// Starts the server-side sidecar (inbound -> `app`), then the client-side one pointing at it.
@@ -278,20 +187,20 @@ pub fn start_pair(
         &server_yaml,
         &server_config(pki, app, opts.protocol, opts.authz),
     )?;
-    let (server, server_addrs) = start_proxy("meshlite-server", &server_yaml, run_dir, opts)?;
+    let server = start_proxy("meshlite-server", &server_yaml, run_dir, opts)?;
 
     let client_yaml = run_dir.join("meshlite-client.yaml");
-    let inbound = connectable(server_addrs.inbound);
+    let inbound = connectable(server.listening().inbound);
     write_text(
         &client_yaml,
         &client_config(pki, inbound, opts.protocol, opts.upstream),
     )?;
-    let (client, client_addrs) = start_proxy("meshlite-client", &client_yaml, run_dir, opts)?;
+    let client = start_proxy("meshlite-client", &client_yaml, run_dir, opts)?;
     Ok(RunningPair {
         implementation: "meshlite",
-        client,
-        server,
-        entry: connectable(client_addrs.outbound),
+        entry: client.outbound(),
+        client: client.into_child(),
+        server: server.into_child(),
         authority: SERVICE_HOST.to_string(),
     })
 }
@@ -299,17 +208,6 @@ pub fn start_pair(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn announce_line_parses() {
-        let line = r#"{"msg":"meshlite-proxy listening","outbound":"127.0.0.1:15001","inbound":"0.0.0.0:15006","admin":"127.0.0.1:1","metrics":"127.0.0.1:2","health":"0.0.0.0:3"}"#;
-        let a = parse_announce("x", line).ok();
-        assert_eq!(
-            a.map(|a| connectable(a.inbound).to_string()),
-            Some("127.0.0.1:15006".into())
-        );
-        assert!(parse_announce("x", "not json").is_err());
-    }
 
     #[test]
     fn client_config_names_upstream_only_when_asked() {
