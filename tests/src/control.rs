@@ -25,7 +25,8 @@ use crate::mesh::{
 };
 use crate::prometheus::samples;
 use meshlite_bench::harness::{
-    ControlPlaneLaunch, ControlPlaneProcess, SidecarLaunch, SidecarProcess,
+    ControlPlaneLaunch, ControlPlaneProcess, Mode, SidecarConfig, SidecarLaunch, SidecarProcess,
+    StaticService,
 };
 use meshlite_xds_proto::v1::certificate_service_client::CertificateServiceClient;
 use rustls::pki_types::pem::PemObject;
@@ -534,71 +535,37 @@ impl Workload {
     /// The proxy's YAML: identity and labels, every listener on port 0, the inbound ports and
     /// the `control` section (relative paths: `token`, `state/`).
     pub fn to_yaml(&self, access: &ControlAccess) -> String {
-        let mut y = String::new();
-        let _ = writeln!(y, "# written by meshlite-tests (control plane mode)");
-        let _ = writeln!(y, "identity:");
-        let _ = writeln!(y, "  spiffe_id: \"{}\"", self.spiffe_id());
-        let _ = writeln!(y, "  workload: \"{}\"", self.name);
-        let _ = writeln!(y, "  app: \"{}\"", self.app);
-        if let Some(v) = &self.version {
-            let _ = writeln!(y, "  version: \"{v}\"");
-        }
-        if let Some(l) = &self.locality {
-            let _ = writeln!(y, "  locality: \"{l}\"");
-        }
-        if !self.labels.is_empty() {
-            let _ = writeln!(y, "  labels:");
-            for (k, v) in &self.labels {
-                let _ = writeln!(y, "    {k}: \"{v}\"");
-            }
-        }
-        let _ = writeln!(y, "listeners:");
-        for name in ["outbound", "inbound", "admin", "metrics", "health"] {
-            let _ = writeln!(y, "  {name}: \"127.0.0.1:0\"");
-        }
-        let _ = writeln!(y, "inbound:");
-        if self.inbound.is_empty() {
-            let _ = writeln!(y, "  ports: []");
-        } else {
-            let _ = writeln!(y, "  ports:");
-            for p in &self.inbound {
-                let protocol = match p.protocol {
-                    AppProtocol::Http => "http",
-                    AppProtocol::Http2 => "http2",
-                    AppProtocol::Grpc => "grpc",
-                    AppProtocol::Tcp => "tcp",
-                };
-                let _ = writeln!(
-                    y,
-                    "    - {{ port: {}, target: \"{}\", protocol: {protocol} }}",
-                    p.port, p.target
-                );
-            }
-        }
-        if let Some(p) = &self.upstream_protocol {
-            let _ = writeln!(y, "upstream:\n  protocol: {p}");
-        }
-        if !self.static_tcp.is_empty() {
-            let _ = writeln!(y, "services:");
-            for t in &self.static_tcp {
-                let _ = writeln!(
-                    y,
-                    "  - {{ name: \"{}\", port: {}, protocol: tcp, identities: [\"{}\"], endpoints: [\"{}\"], listen: \"127.0.0.1:0\" }}",
-                    t.name, t.port, t.identity, t.endpoint
-                );
-            }
-        }
-        let _ = writeln!(y, "control:");
-        let _ = writeln!(y, "  address: \"{}\"", access.address);
-        let _ = writeln!(y, "  root_cert: \"{}\"", access.root_cert.display());
-        let _ = writeln!(y, "  token_file: token");
-        if self.state_dir {
-            let _ = writeln!(y, "  state_dir: state");
-        }
-        if let Some(ttl) = &self.cert_ttl {
-            let _ = writeln!(y, "  cert_ttl: {ttl}");
-        }
-        y
+        let mut c = SidecarConfig::new(
+            &self.spiffe_id(),
+            &self.name,
+            Mode::Control {
+                address: access.address.clone(),
+                root_cert: access.root_cert.clone(),
+                token_file: "token".into(),
+                state_dir: self.state_dir.then(|| "state".into()),
+                cert_ttl: self.cert_ttl.clone(),
+            },
+        );
+        c.app = Some(self.app.clone());
+        c.version = self.version.clone();
+        c.locality = self.locality.clone();
+        c.labels = self.labels.clone();
+        c.inbound = self.inbound.clone();
+        c.upstream_protocol = self.upstream_protocol.clone();
+        c.services = self
+            .static_tcp
+            .iter()
+            .map(|t| StaticService {
+                name: t.name.clone(),
+                namespace: NAMESPACE.to_string(),
+                port: t.port,
+                protocol: AppProtocol::Tcp,
+                identities: vec![t.identity.clone()],
+                endpoints: vec![t.endpoint],
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            })
+            .collect();
+        c.to_yaml()
     }
 }
 

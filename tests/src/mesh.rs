@@ -16,9 +16,10 @@ use crate::deadline::{SOON, eventually};
 use crate::grpc::GrpcEchoApp;
 use crate::pki::{Pki, spiffe_id};
 use crate::prometheus::{Sample, samples};
-use meshlite_bench::harness::{HarnessError, SidecarLaunch, SidecarProcess};
+use meshlite_bench::harness::{
+    HarnessError, Mode, SidecarConfig, SidecarLaunch, SidecarProcess, StaticService,
+};
 use meshlite_proxy::identity::dev_pki::IssuedCert;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -53,40 +54,9 @@ pub const DB: &str = "db";
 /// Port of [`DB`].
 pub const DB_PORT: u16 = 5432;
 
-/// Application protocol of a port or service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AppProtocol {
-    /// HTTP/1.1.
-    Http,
-    /// HTTP/2 (h2c to the app).
-    Http2,
-    /// gRPC.
-    Grpc,
-    /// Opaque TCP.
-    Tcp,
-}
-
-impl AppProtocol {
-    fn as_str(self) -> &'static str {
-        match self {
-            AppProtocol::Http => "http",
-            AppProtocol::Http2 => "http2",
-            AppProtocol::Grpc => "grpc",
-            AppProtocol::Tcp => "tcp",
-        }
-    }
-}
-
-/// A port the workload serves, and where its app listens for it.
-#[derive(Clone, Debug)]
-pub struct InboundPort {
-    /// Service port.
-    pub port: u16,
-    /// The local app.
-    pub target: SocketAddr,
-    /// Protocol on this port.
-    pub protocol: AppProtocol,
-}
+/// Application protocol of a port or service, and a port the workload serves: the harness's
+/// config types.
+pub use meshlite_bench::harness::{AppProtocol, InboundPort};
 
 /// A service the workload may call.
 #[derive(Clone, Debug)]
@@ -188,83 +158,44 @@ impl SidecarSpec {
 
     /// The configuration file's text (YAML), with certificate paths relative to the file.
     pub fn to_yaml(&self) -> String {
-        let mut y = String::new();
-        let _ = writeln!(y, "# written by meshlite-tests");
-        let _ = writeln!(y, "identity:");
-        let _ = writeln!(y, "  spiffe_id: \"{}\"", self.spiffe_id);
-        let _ = writeln!(y, "  workload: \"{}\"", self.workload);
-        let _ = writeln!(y, "  cert: {}.crt", self.workload);
-        let _ = writeln!(y, "  key: {}.key", self.workload);
-        let _ = writeln!(y, "  roots: root.crt");
-        let _ = writeln!(y, "listeners:");
-        for name in ["outbound", "inbound", "admin", "metrics", "health"] {
-            let _ = writeln!(y, "  {name}: \"127.0.0.1:0\"");
-        }
-        let _ = writeln!(y, "inbound:");
-        if self.inbound.is_empty() {
-            let _ = writeln!(y, "  ports: []");
-        } else {
-            let _ = writeln!(y, "  ports:");
-            for p in &self.inbound {
-                let _ = writeln!(
-                    y,
-                    "    - {{ port: {}, target: \"{}\", protocol: {} }}",
-                    p.port,
-                    p.target,
-                    p.protocol.as_str()
-                );
-            }
-        }
-        if self.services.is_empty() {
-            let _ = writeln!(y, "services: []");
-        } else {
-            let _ = writeln!(y, "services:");
-        }
-        for s in &self.services {
-            let quoted = |items: Vec<String>| {
-                items
-                    .iter()
-                    .map(|i| format!("\"{i}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let _ = writeln!(y, "  - name: {}", s.name);
-            let _ = writeln!(y, "    namespace: {}", s.namespace);
-            let _ = writeln!(y, "    port: {}", s.port);
-            let _ = writeln!(y, "    protocol: {}", s.protocol.as_str());
-            let _ = writeln!(y, "    identities: [{}]", quoted(s.identities.clone()));
-            let endpoints = s.endpoints.iter().map(ToString::to_string).collect();
-            let _ = writeln!(y, "    endpoints: [{}]", quoted(endpoints));
-            if s.listen {
-                let _ = writeln!(y, "    listen: \"127.0.0.1:0\"");
-            }
-        }
-        if let Some(protocol) = &self.upstream_protocol {
-            let _ = writeln!(y, "upstream:\n  protocol: {protocol}");
-        }
+        let mut c = SidecarConfig::new(
+            &self.spiffe_id,
+            &self.workload,
+            Mode::Static {
+                cert: format!("{}.crt", self.workload).into(),
+                key: format!("{}.key", self.workload).into(),
+                roots: "root.crt".into(),
+            },
+        );
+        c.inbound = self.inbound.clone();
+        c.services = self
+            .services
+            .iter()
+            .map(|s| StaticService {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                port: s.port,
+                protocol: s.protocol,
+                identities: s.identities.clone(),
+                endpoints: s.endpoints.clone(),
+                listen: s.listen.then_some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            })
+            .collect();
+        c.upstream_protocol = self.upstream_protocol.clone();
         let l = &self.limits;
-        let limits: Vec<String> = [
-            l.max_header_bytes.map(|v| format!("max_header_bytes: {v}")),
-            l.header_read_timeout
-                .as_ref()
-                .map(|v| format!("header_read_timeout: {v}")),
-            l.idle_timeout
-                .as_ref()
-                .map(|v| format!("idle_timeout: {v}")),
-            l.drain_timeout
-                .as_ref()
-                .map(|v| format!("drain_timeout: {v}")),
+        c.limits = [
+            (
+                "max_header_bytes",
+                l.max_header_bytes.map(|v| v.to_string()),
+            ),
+            ("header_read_timeout", l.header_read_timeout.clone()),
+            ("idle_timeout", l.idle_timeout.clone()),
+            ("drain_timeout", l.drain_timeout.clone()),
         ]
         .into_iter()
-        .flatten()
+        .filter_map(|(key, value)| Some((key.to_string(), value?)))
         .collect();
-        if !limits.is_empty() {
-            let _ = writeln!(y, "limits:");
-            for line in limits {
-                let _ = writeln!(y, "  {line}");
-            }
-        }
-        y
+        c.to_yaml()
     }
 
     /// Writes the configuration file, the identity files and the root into `dir`; returns the

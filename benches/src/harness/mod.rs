@@ -5,25 +5,28 @@
 //! same way.
 //!
 //! A launch names the binary, a run directory (the process's log, `<name>.log`, goes there) and
-//! the config the caller wrote; static mode and control-plane mode differ only in that file (a
-//! static file names its identity files and services, a control-plane one its `control`
-//! section and token), so one launcher serves both. Starting waits for the process's JSON
-//! listening line, never a sleep, and reads the bound addresses from it ([`Listening`]); a
-//! sidecar may also be awaited until `/healthz/ready` answers 200. A process that exits or stays
-//! silent is reported as an error carrying the tail of its log. Dropping a process kills it;
-//! `stop` is SIGTERM with a bounded wait, `kill` a crash, `restart` the same launch again (same
-//! config, log and state; a control plane keeps its ports).
+//! the config file. Static mode and control-plane mode differ only in that file (a static file
+//! names its identity files and services, a control-plane one its `control` section and token),
+//! which [`SidecarConfig`] writes for either [`Mode`], so one launcher serves both. Starting
+//! waits for the process's JSON listening line, never a sleep, and reads the bound addresses
+//! from it ([`Listening`]); a sidecar may also be awaited until `/healthz/ready` answers 200. A
+//! process that exits or stays silent is reported as an error carrying the tail of its log.
+//! Dropping a process kills it; `stop` is SIGTERM with a bounded wait, `kill` a crash, `restart`
+//! the same launch again (same config, log and state; a control plane keeps its ports).
 //!
 //! Why here: the workspace's crates are fixed (DESIGN.md), and this crate was already the
 //! library with a process spawner ([`crate::process`]). `meshlite-tests` depends on
-//! `meshlite-bench` for it, and this crate depends on neither the tests nor `meshlite-control`
-//! (the control plane is only run as a binary): one arrow, no cycle. The API is synchronous and
+//! `meshlite-bench` for it; this crate's library depends on neither the tests nor
+//! `meshlite-control` (the control plane is only run as a binary; the control library is a
+//! dev-dependency of the bench's own unit tests): one arrow, no cycle. The API is synchronous and
 //! returns typed errors (the benchmark is a release binary that must not panic); async callers
 //! (the tests) run a start on tokio's blocking pool.
 
+pub mod config;
 pub mod control;
 pub mod sidecar;
 
+pub use config::{AppProtocol, InboundPort, Mode, SidecarConfig, StaticService};
 pub use control::{ControlPlaneLaunch, ControlPlaneProcess, create_token};
 pub use sidecar::{Listening, SidecarLaunch, SidecarProcess, StartingSidecar, connectable};
 

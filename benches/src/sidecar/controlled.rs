@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use super::{READY_TIMEOUT, SidecarError, write_text};
 use crate::harness::{
-    ControlPlaneLaunch, ControlPlaneProcess, HarnessError, SidecarLaunch, SidecarProcess,
-    StartingSidecar,
+    AppProtocol, ControlPlaneLaunch, ControlPlaneProcess, HarnessError, InboundPort, Mode,
+    SidecarConfig, SidecarLaunch, SidecarProcess, StartingSidecar,
 };
 use crate::probe::{self, ProbeError};
 use crate::process::ProcessError;
@@ -71,11 +71,6 @@ pub enum MeshError {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MeshError {
     let what = what.into();
     move |source| MeshError::Io { what, source }
-}
-
-/// YAML double-quoted scalar (a JSON string is valid YAML).
-fn quoted(text: &str) -> String {
-    serde_json::Value::String(text.to_string()).to_string()
 }
 
 /// A running `meshlite-control serve` on loopback; killed when dropped.
@@ -214,33 +209,30 @@ impl Workload {
         root_cert: &Path,
         token_file: &Path,
     ) -> String {
-        let mut y = format!(
-            "identity:\n  spiffe_id: {}\n  workload: {}\n  app: {}\n",
-            quoted(&self.spiffe_id()),
-            quoted(&self.name),
-            quoted(&self.app)
+        let mut c = SidecarConfig::new(
+            &self.spiffe_id(),
+            &self.name,
+            Mode::Control {
+                address: control_address.to_string(),
+                root_cert: root_cert.to_path_buf(),
+                token_file: token_file.to_path_buf(),
+                state_dir: None,
+                cert_ttl: None,
+            },
         );
-        if let Some(v) = &self.version {
-            y.push_str(&format!("  version: {}\n", quoted(v)));
-        }
-        let outbound = SocketAddr::from(([127, 0, 0, 1], self.outbound_port.unwrap_or(0)));
-        y.push_str(&format!(
-            "listeners:\n  outbound: {outbound}\n  inbound: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  \
-             metrics: 127.0.0.1:0\n  health: 127.0.0.1:0\n"
-        ));
-        match self.serves {
-            Some(target) => y.push_str(&format!(
-                "inbound:\n  ports:\n    - {{ port: {SERVICE_PORT}, target: \"{target}\", protocol: http }}\n"
-            )),
-            None => y.push_str("inbound:\n  ports: []\n"),
-        }
-        y.push_str(&format!(
-            "control:\n  address: {}\n  root_cert: {}\n  token_file: {}\n",
-            quoted(control_address),
-            quoted(&root_cert.display().to_string()),
-            quoted(&token_file.display().to_string())
-        ));
-        y
+        c.app = Some(self.app.clone());
+        c.version = self.version.clone();
+        c.outbound = SocketAddr::from(([127, 0, 0, 1], self.outbound_port.unwrap_or(0)));
+        c.inbound = self
+            .serves
+            .map(|target| InboundPort {
+                port: SERVICE_PORT,
+                target,
+                protocol: AppProtocol::Http,
+            })
+            .into_iter()
+            .collect();
+        c.to_yaml()
     }
 }
 
@@ -454,7 +446,7 @@ mod tests {
         assert!(y.contains("spiffe_id: \"spiffe://cluster.local/ns/default/sa/echo\""));
         assert!(y.contains("workload: \"echo-v2\""));
         assert!(y.contains("version: \"v2\""));
-        assert!(y.contains("outbound: 127.0.0.1:21000"));
+        assert!(y.contains("outbound: \"127.0.0.1:21000\""));
         assert!(y.contains("{ port: 8080, target: \"127.0.0.1:4000\", protocol: http }"));
         assert!(y.contains("token_file: \"/d/token\""));
         let client = Workload::client("loadgen").config_yaml(
@@ -462,6 +454,6 @@ mod tests {
             Path::new("/r"),
             Path::new("/t"),
         );
-        assert!(client.contains("ports: []") && client.contains("outbound: 127.0.0.1:0"));
+        assert!(client.contains("ports: []") && client.contains("outbound: \"127.0.0.1:0\""));
     }
 }

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use super::pki::{CLIENT_ID, MeshPki, SERVER_ID};
 use super::{READY_TIMEOUT, RunningPair, SidecarError, write_text};
 use crate::cli::UpstreamProtocol;
-use crate::harness::{SidecarLaunch, SidecarProcess, connectable};
+use crate::harness::{
+    AppProtocol, InboundPort, Mode, SidecarConfig, SidecarLaunch, SidecarProcess, StaticService,
+    connectable,
+};
 use crate::load::Protocol;
 use crate::process::{self, Binary};
 
@@ -64,55 +67,40 @@ pub const AUTHZ: &str = "  authorization:
 ";
 
 /// The port protocol (Istio naming) matching what the generator speaks.
-fn port_protocol(protocol: Protocol) -> &'static str {
+fn port_protocol(protocol: Protocol) -> AppProtocol {
     match protocol {
-        Protocol::Http1 => "http",
-        Protocol::H2c => "http2",
-        Protocol::Grpc => "grpc",
+        Protocol::Http1 => AppProtocol::Http,
+        Protocol::H2c => AppProtocol::Http2,
+        Protocol::Grpc => AppProtocol::Grpc,
     }
 }
 
-/// YAML double-quoted scalar (JSON strings are valid YAML).
-fn quoted(text: &str) -> String {
-    serde_json::Value::String(text.to_string()).to_string()
-}
-
-fn path_text(path: &Path) -> String {
-    quoted(&path.display().to_string())
+/// Static mode with the identity files of `cert`, `key` and the mesh root.
+fn static_mode(pki: &MeshPki, cert: &Path, key: &Path) -> Mode {
+    Mode::Static {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        roots: pki.root.clone(),
+    }
 }
 
 /// The server-side sidecar's config: inbound port 80 handed to `app`, every listener on port 0;
 /// with `authz`, [`AUTHZ`] in force.
 pub fn server_config(pki: &MeshPki, app: SocketAddr, protocol: Protocol, authz: bool) -> String {
-    let mut text = format!(
-        "identity:
-  spiffe_id: {id}
-  workload: server
-  cert: {cert}
-  key: {key}
-  roots: {roots}
-listeners:
-  outbound: 127.0.0.1:0
-  inbound: 127.0.0.1:0
-  admin: 127.0.0.1:0
-  metrics: 127.0.0.1:0
-  health: 127.0.0.1:0
-inbound:
-  ports:
-    - port: {SERVICE_PORT}
-      target: {app}
-      protocol: {proto}
-",
-        id = quoted(SERVER_ID),
-        cert = path_text(&pki.server_cert),
-        key = path_text(&pki.server_key),
-        roots = path_text(&pki.root),
-        proto = port_protocol(protocol),
+    let mut c = SidecarConfig::new(
+        SERVER_ID,
+        "server",
+        static_mode(pki, &pki.server_cert, &pki.server_key),
     );
+    c.inbound.push(InboundPort {
+        port: SERVICE_PORT,
+        target: app,
+        protocol: port_protocol(protocol),
+    });
     if authz {
-        text.push_str(AUTHZ);
+        c.inbound_extra = AUTHZ.to_string();
     }
-    text
+    c.to_yaml()
 }
 
 /// The client-side sidecar's config: service `app:80` at `server_inbound`, expecting the server
@@ -123,41 +111,22 @@ pub fn client_config(
     protocol: Protocol,
     upstream: Option<UpstreamProtocol>,
 ) -> String {
-    let mut text = format!(
-        "identity:
-  spiffe_id: {id}
-  workload: client
-  cert: {cert}
-  key: {key}
-  roots: {roots}
-listeners:
-  outbound: 127.0.0.1:0
-  inbound: 127.0.0.1:0
-  admin: 127.0.0.1:0
-  metrics: 127.0.0.1:0
-  health: 127.0.0.1:0
-services:
-  - name: {SERVICE_HOST}
-    namespace: default
-    port: {SERVICE_PORT}
-    protocol: {proto}
-    identities: [{server_id}]
-    endpoints: [{server_inbound}]
-",
-        id = quoted(CLIENT_ID),
-        cert = path_text(&pki.client_cert),
-        key = path_text(&pki.client_key),
-        roots = path_text(&pki.root),
-        proto = port_protocol(protocol),
-        server_id = quoted(SERVER_ID),
+    let mut c = SidecarConfig::new(
+        CLIENT_ID,
+        "client",
+        static_mode(pki, &pki.client_cert, &pki.client_key),
     );
-    if let Some(upstream) = upstream {
-        text.push_str(&format!(
-            "upstream:\n  protocol: {}\n",
-            upstream.config_value()
-        ));
-    }
-    text
+    c.services.push(StaticService {
+        name: SERVICE_HOST.to_string(),
+        namespace: "default".to_string(),
+        port: SERVICE_PORT,
+        protocol: port_protocol(protocol),
+        identities: vec![SERVER_ID.to_string()],
+        endpoints: vec![server_inbound],
+        listen: None,
+    });
+    c.upstream_protocol = upstream.map(|u| u.config_value().to_string());
+    c.to_yaml()
 }
 
 /// Starts one proxy of the pair through the harness, waiting until it is ready.
@@ -224,7 +193,7 @@ mod tests {
             .unwrap_or(SocketAddr::from(([0; 4], 0)));
         let default = client_config(&pki, addr, Protocol::Http1, None);
         assert!(!default.contains("upstream:"));
-        assert!(default.contains("endpoints: [127.0.0.1:16006]"));
+        assert!(default.contains("endpoints: [\"127.0.0.1:16006\"]"));
         let h1 = client_config(&pki, addr, Protocol::Grpc, Some(UpstreamProtocol::Http1));
         assert!(h1.contains("upstream:\n  protocol: http1"));
         assert!(h1.contains("protocol: grpc"));
