@@ -26,7 +26,7 @@ use crate::mesh::{
 use crate::prometheus::samples;
 use meshlite_bench::harness::{
     ControlPlaneLaunch, ControlPlaneProcess, Mode, SidecarConfig, SidecarLaunch, SidecarProcess,
-    StaticService,
+    StaticService, create_token,
 };
 use meshlite_xds_proto::v1::certificate_service_client::CertificateServiceClient;
 use rustls::pki_types::pem::PemObject;
@@ -218,30 +218,27 @@ impl ControlPlane {
         ttl: &str,
         labels: &[&str],
     ) -> String {
-        let state = self.state_dir();
-        let mut args: Vec<&OsStr> = vec![
-            OsStr::new("token"),
-            OsStr::new("create"),
-            OsStr::new("--state-dir"),
-            state.as_os_str(),
-            OsStr::new("--namespace"),
-            OsStr::new(namespace),
-            OsStr::new("--service-account"),
-            OsStr::new(service_account),
-            OsStr::new("--ttl"),
-            OsStr::new(ttl),
-        ];
-        for l in labels {
-            args.push(OsStr::new("--label"));
-            args.push(OsStr::new(l));
-        }
-        let out = run_control_cli(&args).await;
-        assert!(
-            out.status.success(),
-            "token create failed: {}",
-            output_text(&out)
+        let (state, namespace, account, ttl) = (
+            self.state_dir(),
+            namespace.to_string(),
+            service_account.to_string(),
+            ttl.to_string(),
         );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let labels: Vec<String> = labels.iter().map(ToString::to_string).collect();
+        tokio::task::spawn_blocking(move || {
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            create_token(
+                control_binary(),
+                &state,
+                &namespace,
+                &account,
+                Some(&ttl),
+                &labels,
+            )
+        })
+        .await
+        .expect("the token task")
+        .unwrap_or_else(|e| panic!("token create failed: {e}"))
     }
 
     /// A one-hour bootstrap token for `namespace`/`service_account`.

@@ -527,14 +527,9 @@ impl Sidecar {
     /// # Panics
     /// If `/proc/<pid>/status` cannot be read (the process is gone).
     pub fn peak_rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .unwrap_or_else(|e| panic!("{}: read /proc/{}/status: {e}", self.name, self.pid));
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        meshlite_bench::procfs::peak_rss_kb(self.pid)
             .map(|kb| kb * 1024)
-            .expect("VmHWM line")
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
     }
 
     /// Sends SIGTERM.
