@@ -8,7 +8,8 @@
 //! targets of the decision record (and optionally beside an HAProxy sidecar pair run the same way).
 //!
 //! Layout: one module per scenario under [`scenario`], and shared modules for load generation
-//! ([`load`]), process management ([`process`]), `/proc` sampling ([`procfs`]), the sidecars under
+//! ([`load`]), process management ([`process`]), the launcher of meshlite's own binaries that the
+//! end-to-end tests use too ([`harness`]), `/proc` sampling ([`procfs`]), the sidecars under
 //! test ([`sidecar`]), the upstream app ([`app`]), one-shot HTTP probes of apps and sidecars
 //! ([`probe`]) and the report ([`report`]).
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod harness;
 pub mod load;
 pub mod probe;
 pub mod process;

@@ -1,16 +1,18 @@
-//! Starting, watching and stopping the processes under test.
+//! Starting, watching and stopping child processes: the one spawner under the benchmark's app
+//! and HAProxy peers and under [`crate::harness`], which runs meshlite's own binaries for the
+//! benchmark and the end-to-end tests alike.
 //!
-//! Every child gets its stderr (and any stdout after its first line) in a log file of the run
-//! directory, so a failure can show what the process said. Readiness is never a sleep: a child
-//! that announces itself (the proxy's and the app's JSON line) is waited for line-first, with a
-//! timeout, and a child that dies meanwhile is reported with its exit status and the tail of its
-//! log. Pinning uses `taskset -c CPU`, which execs the program, so the PID is the program's own.
-//! Stopping sends SIGTERM and waits a bounded time before SIGKILL; dropping a child kills it.
+//! Every child gets its stderr and its stdout (each stdout line marked `[stdout]`) in one log
+//! file, `<name>.log`, opened for appending so a restarted child continues the same log and a
+//! failure can show what the process said. Readiness is never a sleep: a child that announces
+//! itself (the proxy's and the app's JSON line) is waited for line-first, with a timeout, and a
+//! child that dies meanwhile is reported with its exit status and the tail of its log. Pinning
+//! uses `taskset -c CPU`, which execs the program, so the PID is the program's own. Stopping
+//! sends SIGTERM and waits a bounded time before SIGKILL; dropping a child kills it.
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::ffi::OsString;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -95,6 +97,22 @@ pub struct ChildSpec {
     pub log_dir: PathBuf,
     /// Give it a stdin pipe that closes when we drop the child (the app exits on EOF).
     pub stdin_pipe: bool,
+    /// The `msg` of the JSON line on stdout that announces readiness (the proxy prints other
+    /// lines first when its access or audit log goes to stdout); `None`: the first line.
+    pub announce: Option<String>,
+    /// Working directory; `None` inherits ours. meshlite's binaries run in `/`, so a relative
+    /// path in a config file must be relative to the file, as the proxy promises.
+    pub current_dir: Option<PathBuf>,
+}
+
+/// Whether `line` is the announcement awaited: any line without a marker, else a JSON object
+/// whose `msg` is the marker.
+fn announces(marker: Option<&str>, line: &str) -> bool {
+    let Some(marker) = marker else {
+        return true;
+    };
+    serde_json::from_str::<serde_json::Value>(line)
+        .is_ok_and(|v| v.get("msg").and_then(serde_json::Value::as_str) == Some(marker))
 }
 
 /// A running child process.
@@ -111,10 +129,14 @@ impl ManagedChild {
     /// Starts the process described by `spec`.
     pub fn spawn(spec: ChildSpec) -> Result<Self, ProcessError> {
         let log = spec.log_dir.join(format!("{}.log", spec.name));
-        let log_file = File::create(&log).map_err(|source| ProcessError::Log {
-            path: log.clone(),
-            source,
-        })?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|source| ProcessError::Log {
+                path: log.clone(),
+                source,
+            })?;
         let stderr = log_file.try_clone().map_err(|source| ProcessError::Log {
             path: log.clone(),
             source,
@@ -136,6 +158,9 @@ impl ManagedChild {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));
+        if let Some(dir) = &spec.current_dir {
+            command.current_dir(dir);
+        }
         let mut child = command.spawn().map_err(|source| ProcessError::Spawn {
             name: spec.name.clone(),
             program: spec.program.display().to_string(),
@@ -145,17 +170,18 @@ impl ManagedChild {
         let first_line = child.stdout.take().map(|stdout| {
             let (tx, rx) = mpsc::channel();
             let mut rest = log_file;
+            let announce = spec.announce.clone();
             // The reader ends when the child closes stdout (exit); it only forwards and logs.
             let _ = thread::Builder::new()
                 .name(format!("{}-stdout", spec.name))
                 .spawn(move || {
-                    let mut lines = BufReader::new(stdout).lines();
-                    if let Some(Ok(line)) = lines.next() {
+                    let mut announced = false;
+                    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                         let _ = writeln!(rest, "[stdout] {line}");
-                        let _ = tx.send(line);
-                    }
-                    for line in lines.map_while(Result::ok) {
-                        let _ = writeln!(rest, "[stdout] {line}");
+                        if !announced && announces(announce.as_deref(), &line) {
+                            announced = true;
+                            let _ = tx.send(line);
+                        }
                     }
                 });
             rx
@@ -185,7 +211,8 @@ impl ManagedChild {
         &self.log
     }
 
-    /// Waits for the first line on its stdout.
+    /// Waits for its announcement on stdout: the first line, or the line [`ChildSpec::announce`]
+    /// names.
     pub fn first_line(&mut self, timeout: Duration) -> Result<String, ProcessError> {
         let deadline = Instant::now() + timeout;
         let Some(rx) = self.first_line.take() else {
@@ -288,6 +315,27 @@ impl ManagedChild {
         self.stdin = None;
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and returns at once (the caller watches the exit with [`Self::try_exit`]).
+    pub fn terminate(&self) -> Result<(), ProcessError> {
+        if self.exited.is_some() {
+            return Ok(());
+        }
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        match kill(pid, Signal::SIGTERM) {
+            // Already gone: nothing to stop.
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(ProcessError::Control {
+                name: self.name.clone(),
+                message: format!("SIGTERM: {e}"),
+            }),
+        }
+    }
+
+    /// Everything it logged so far (stderr, and stdout lines marked `[stdout]`).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -500,6 +548,18 @@ mod tests {
         ] {
             assert!(!is_package_variable(name), "{name}");
         }
+    }
+
+    #[test]
+    fn the_announcement_is_the_line_carrying_the_marker() {
+        assert!(announces(None, "anything"));
+        let line = r#"{"msg":"meshlite-proxy listening","outbound":"127.0.0.1:1"}"#;
+        assert!(announces(Some("meshlite-proxy listening"), line));
+        assert!(!announces(
+            Some("meshlite-proxy listening"),
+            r#"{"msg":"other"}"#
+        ));
+        assert!(!announces(Some("meshlite-proxy listening"), "not json"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod context;
+pub mod control_client;
 pub mod http;
 pub mod identity;
 pub mod inbound;

@@ -14,13 +14,20 @@
 //!   for the stories where the CA must refuse.
 //!
 //! The control plane binary is `$MESHLITE_CONTROL_BIN` if set, else `meshlite-control` beside
-//! the proxy binary ([`crate::mesh::proxy_binary`]), built once when missing.
+//! the proxy binary ([`crate::mesh::proxy_binary`]), built once when missing. Both kinds of
+//! process are run by the harness the benchmark uses too (`meshlite_bench::harness`).
 
 use crate::apps::SERVED_BY;
 use crate::clients::{self, Http1Client, empty, h1_request};
 use crate::deadline::{SOON, eventually};
-use crate::mesh::{AppProtocol, InboundPort, Listening, STARTUP_TIMEOUT, proxy_binary};
+use crate::mesh::{
+    AppProtocol, InboundPort, Listening, STARTUP_TIMEOUT, log_level, proxy_binary, start_process,
+};
 use crate::prometheus::samples;
+use meshlite_bench::harness::{
+    ControlPlaneLaunch, ControlPlaneProcess, Mode, SidecarConfig, SidecarLaunch, SidecarProcess,
+    StaticService, create_token,
+};
 use meshlite_xds_proto::v1::certificate_service_client::CertificateServiceClient;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -29,10 +36,9 @@ use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
 
 /// The namespace every workload of these tests lives in.
 pub const NAMESPACE: &str = "default";
@@ -76,76 +82,6 @@ pub fn output_text(output: &Output) -> String {
     )
 }
 
-/// Spawns `command` (stdout piped, stderr appended to `logs/stderr.log`) and waits for the JSON
-/// line whose `msg` is `listening_msg`; stdout after it keeps draining into `logs/stdout.log`.
-async fn spawn_until_listening(
-    what: &str,
-    mut command: tokio::process::Command,
-    logs: &Path,
-    listening_msg: &str,
-) -> (tokio::process::Child, serde_json::Value) {
-    let append = |name: &str| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(logs.join(name))
-            .unwrap_or_else(|e| panic!("{what}: open {name}: {e}"))
-    };
-    let mut child = command
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(append("stderr.log")))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {what}: {e}"));
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let mut other_stdout = String::new();
-    let found = tokio::time::timeout(STARTUP_TIMEOUT, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
-                && json.get("msg").and_then(|m| m.as_str()) == Some(listening_msg)
-            {
-                return Some(json);
-            }
-            other_stdout.push_str(&line);
-            other_stdout.push('\n');
-        }
-        None
-    })
-    .await;
-    let stderr_text = || std::fs::read_to_string(logs.join("stderr.log")).unwrap_or_default();
-    let line = match found {
-        Ok(Some(line)) => line,
-        Ok(None) => {
-            let status = child.wait().await.ok();
-            panic!(
-                "{what} exited ({status:?}) before listening.\nstdout:\n{other_stdout}\nstderr:\n{}",
-                stderr_text()
-            )
-        }
-        Err(_) => panic!(
-            "{what}: no listening line within {STARTUP_TIMEOUT:?}.\nstdout:\n{other_stdout}\nstderr:\n{}",
-            stderr_text()
-        ),
-    };
-    let mut file = append("stdout.log");
-    std::io::Write::write_all(&mut file, other_stdout.as_bytes()).expect("stdout file");
-    let mut rest = lines.into_inner();
-    let mut file = tokio::fs::File::from_std(file);
-    tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut rest, &mut file).await;
-    });
-    (child, line)
-}
-
-/// SIGKILLs `child` and reaps it: a crash, not a graceful exit.
-async fn kill_child(child: &mut tokio::process::Child) {
-    let _ = child.start_kill();
-    let _ = crate::deadline::within("a killed process to exit", SOON, child.wait()).await;
-}
-
 /// The last `n` lines of `text`.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -159,9 +95,10 @@ pub struct ControlPlane {
     pub xds: SocketAddr,
     /// Monitoring address (`/metrics`, `/debug/status`).
     pub monitoring: SocketAddr,
+    launch: ControlPlaneLaunch,
+    process: Option<ControlPlaneProcess>,
+    // After `process`: the directory goes once the process is killed.
     dir: tempfile::TempDir,
-    args: Vec<String>,
-    child: Option<tokio::process::Child>,
 }
 
 impl ControlPlane {
@@ -186,12 +123,21 @@ impl ControlPlane {
         for sub in ["config", "logs"] {
             std::fs::create_dir(dir.path().join(sub)).expect("create dir");
         }
+        let launch = ControlPlaneLaunch::new(
+            control_binary(),
+            &dir.path().join("logs"),
+            &dir.path().join("config"),
+            &dir.path().join("state"),
+        )
+        .args(args.iter().copied())
+        .log_level(log_level())
+        .startup_timeout(STARTUP_TIMEOUT);
         let mut plane = ControlPlane {
             xds: SocketAddr::from(([127, 0, 0, 1], 0)),
             monitoring: SocketAddr::from(([127, 0, 0, 1], 0)),
+            launch,
+            process: None,
             dir,
-            args: args.iter().map(ToString::to_string).collect(),
-            child: None,
         };
         for (name, yaml) in files {
             plane.write_config(name, yaml);
@@ -200,39 +146,17 @@ impl ControlPlane {
         plane
     }
 
+    /// Starts the process; later starts reuse the ports of the first.
     async fn spawn(&mut self) {
-        let mut command = tokio::process::Command::new(control_binary());
-        command
-            .arg("serve")
-            .arg("--config-dir")
-            .arg(self.config_dir())
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--xds-addr")
-            .arg(self.xds.to_string())
-            .arg("--monitoring-addr")
-            .arg(self.monitoring.to_string())
-            .args(&self.args);
-        if let Ok(level) = std::env::var("MESHLITE_E2E_LOG_LEVEL") {
-            command.args(["--log-level", &level]);
-        }
-        let logs = self.dir.path().join("logs");
-        let (child, line) = spawn_until_listening(
-            "meshlite-control",
-            command,
-            &logs,
-            "meshlite-control listening",
-        )
-        .await;
-        let addr = |key: &str| -> SocketAddr {
-            line.get(key)
-                .and_then(|v| v.as_str())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("listening line has no \"{key}\" address: {line}"))
-        };
-        self.xds = addr("xds");
-        self.monitoring = addr("monitoring");
-        self.child = Some(child);
+        let launch = self.launch.clone();
+        let process = tokio::task::spawn_blocking(move || launch.start())
+            .await
+            .expect("the start task")
+            .unwrap_or_else(|e| panic!("meshlite-control did not start: {e}"));
+        self.xds = process.xds();
+        self.monitoring = process.monitoring();
+        self.launch = process.relaunch();
+        self.process = Some(process);
     }
 
     /// The watched config directory.
@@ -294,30 +218,27 @@ impl ControlPlane {
         ttl: &str,
         labels: &[&str],
     ) -> String {
-        let state = self.state_dir();
-        let mut args: Vec<&OsStr> = vec![
-            OsStr::new("token"),
-            OsStr::new("create"),
-            OsStr::new("--state-dir"),
-            state.as_os_str(),
-            OsStr::new("--namespace"),
-            OsStr::new(namespace),
-            OsStr::new("--service-account"),
-            OsStr::new(service_account),
-            OsStr::new("--ttl"),
-            OsStr::new(ttl),
-        ];
-        for l in labels {
-            args.push(OsStr::new("--label"));
-            args.push(OsStr::new(l));
-        }
-        let out = run_control_cli(&args).await;
-        assert!(
-            out.status.success(),
-            "token create failed: {}",
-            output_text(&out)
+        let (state, namespace, account, ttl) = (
+            self.state_dir(),
+            namespace.to_string(),
+            service_account.to_string(),
+            ttl.to_string(),
         );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let labels: Vec<String> = labels.iter().map(ToString::to_string).collect();
+        tokio::task::spawn_blocking(move || {
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            create_token(
+                control_binary(),
+                &state,
+                &namespace,
+                &account,
+                Some(&ttl),
+                &labels,
+            )
+        })
+        .await
+        .expect("the token task")
+        .unwrap_or_else(|e| panic!("token create failed: {e}"))
     }
 
     /// A one-hour bootstrap token for `namespace`/`service_account`.
@@ -433,18 +354,15 @@ impl ControlPlane {
         sum_matching(&self.metrics_text().await, name, labels)
     }
 
-    /// Its log so far (stderr then stdout), across restarts.
+    /// Its log so far (stderr and stdout), across restarts.
     pub fn logs(&self) -> String {
-        let read = |name: &str| {
-            std::fs::read_to_string(self.dir.path().join("logs").join(name)).unwrap_or_default()
-        };
-        format!("{}{}", read("stderr.log"), read("stdout.log"))
+        std::fs::read_to_string(self.launch.log_path()).unwrap_or_default()
     }
 
     /// SIGKILLs the control plane (a crash: no goodbye to the proxies).
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_child(&mut child).await;
+        if let Some(process) = self.process.take() {
+            process.kill();
         }
     }
 
@@ -470,9 +388,6 @@ impl Drop for ControlPlane {
                     std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
                 eprintln!("kept {}", kept.display());
             }
-        }
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
         }
     }
 }
@@ -617,71 +532,37 @@ impl Workload {
     /// The proxy's YAML: identity and labels, every listener on port 0, the inbound ports and
     /// the `control` section (relative paths: `token`, `state/`).
     pub fn to_yaml(&self, access: &ControlAccess) -> String {
-        let mut y = String::new();
-        let _ = writeln!(y, "# written by meshlite-tests (control plane mode)");
-        let _ = writeln!(y, "identity:");
-        let _ = writeln!(y, "  spiffe_id: \"{}\"", self.spiffe_id());
-        let _ = writeln!(y, "  workload: \"{}\"", self.name);
-        let _ = writeln!(y, "  app: \"{}\"", self.app);
-        if let Some(v) = &self.version {
-            let _ = writeln!(y, "  version: \"{v}\"");
-        }
-        if let Some(l) = &self.locality {
-            let _ = writeln!(y, "  locality: \"{l}\"");
-        }
-        if !self.labels.is_empty() {
-            let _ = writeln!(y, "  labels:");
-            for (k, v) in &self.labels {
-                let _ = writeln!(y, "    {k}: \"{v}\"");
-            }
-        }
-        let _ = writeln!(y, "listeners:");
-        for name in ["outbound", "inbound", "admin", "metrics", "health"] {
-            let _ = writeln!(y, "  {name}: \"127.0.0.1:0\"");
-        }
-        let _ = writeln!(y, "inbound:");
-        if self.inbound.is_empty() {
-            let _ = writeln!(y, "  ports: []");
-        } else {
-            let _ = writeln!(y, "  ports:");
-            for p in &self.inbound {
-                let protocol = match p.protocol {
-                    AppProtocol::Http => "http",
-                    AppProtocol::Http2 => "http2",
-                    AppProtocol::Grpc => "grpc",
-                    AppProtocol::Tcp => "tcp",
-                };
-                let _ = writeln!(
-                    y,
-                    "    - {{ port: {}, target: \"{}\", protocol: {protocol} }}",
-                    p.port, p.target
-                );
-            }
-        }
-        if let Some(p) = &self.upstream_protocol {
-            let _ = writeln!(y, "upstream:\n  protocol: {p}");
-        }
-        if !self.static_tcp.is_empty() {
-            let _ = writeln!(y, "services:");
-            for t in &self.static_tcp {
-                let _ = writeln!(
-                    y,
-                    "  - {{ name: \"{}\", port: {}, protocol: tcp, identities: [\"{}\"], endpoints: [\"{}\"], listen: \"127.0.0.1:0\" }}",
-                    t.name, t.port, t.identity, t.endpoint
-                );
-            }
-        }
-        let _ = writeln!(y, "control:");
-        let _ = writeln!(y, "  address: \"{}\"", access.address);
-        let _ = writeln!(y, "  root_cert: \"{}\"", access.root_cert.display());
-        let _ = writeln!(y, "  token_file: token");
-        if self.state_dir {
-            let _ = writeln!(y, "  state_dir: state");
-        }
-        if let Some(ttl) = &self.cert_ttl {
-            let _ = writeln!(y, "  cert_ttl: {ttl}");
-        }
-        y
+        let mut c = SidecarConfig::new(
+            &self.spiffe_id(),
+            &self.name,
+            Mode::Control {
+                address: access.address.clone(),
+                root_cert: access.root_cert.clone(),
+                token_file: "token".into(),
+                state_dir: self.state_dir.then(|| "state".into()),
+                cert_ttl: self.cert_ttl.clone(),
+            },
+        );
+        c.app = Some(self.app.clone());
+        c.version = self.version.clone();
+        c.locality = self.locality.clone();
+        c.labels = self.labels.clone();
+        c.inbound = self.inbound.clone();
+        c.upstream_protocol = self.upstream_protocol.clone();
+        c.services = self
+            .static_tcp
+            .iter()
+            .map(|t| StaticService {
+                name: t.name.clone(),
+                namespace: NAMESPACE.to_string(),
+                port: t.port,
+                protocol: AppProtocol::Tcp,
+                identities: vec![t.identity.clone()],
+                endpoints: vec![t.endpoint],
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            })
+            .collect();
+        c.to_yaml()
     }
 }
 
@@ -692,8 +573,10 @@ pub struct MeshProxy {
     pub workload: Workload,
     /// Bound addresses from the (latest) startup line.
     pub addrs: Listening,
+    launch: SidecarLaunch,
+    process: Option<SidecarProcess>,
+    // After `process`: the directory goes once the process is killed.
     dir: tempfile::TempDir,
-    child: Option<tokio::process::Child>,
 }
 
 impl MeshProxy {
@@ -716,9 +599,20 @@ impl MeshProxy {
             .prefix(&format!("meshlite-e2e-{}-", workload.name))
             .tempdir()
             .expect("temp dir");
-        std::fs::write(dir.path().join("proxy.yaml"), workload.to_yaml(access))
-            .expect("write config");
+        let config = dir.path().join("proxy.yaml");
+        std::fs::write(&config, workload.to_yaml(access)).expect("write config");
         std::fs::write(dir.path().join("token"), &access.token).expect("write token");
+        let launch = SidecarLaunch::new(
+            proxy_binary(),
+            &format!("sidecar-{}", workload.name),
+            dir.path(),
+            &config,
+        )
+        .access_log(&dir.path().join("access.log"))
+        .audit_log(&dir.path().join("audit.log"), workload.audit_all)
+        .workers(Some(1))
+        .log_level(log_level())
+        .startup_timeout(STARTUP_TIMEOUT);
         let mut proxy = MeshProxy {
             workload: workload.clone(),
             addrs: Listening {
@@ -729,36 +623,20 @@ impl MeshProxy {
                 health: SocketAddr::from(([127, 0, 0, 1], 0)),
                 tcp: BTreeMap::new(),
             },
+            launch,
+            process: None,
             dir,
-            child: None,
         };
         proxy.spawn().await;
         proxy
     }
 
     async fn spawn(&mut self) {
-        let mut command = tokio::process::Command::new(proxy_binary());
-        command
-            .arg("--config")
-            .arg(self.dir.path().join("proxy.yaml"))
-            .arg("--access-log")
-            .arg(self.dir.path().join("access.log"))
-            .arg("--audit-log")
-            .arg(self.dir.path().join("audit.log"))
-            .args(["--workers", "1"]);
-        if self.workload.audit_all {
-            command.arg("--audit-log-all");
-        }
-        if let Ok(level) = std::env::var("MESHLITE_E2E_LOG_LEVEL") {
-            command.args(["--log-level", &level]);
-        }
-        let what = format!("meshlite-proxy for {}", self.workload.name);
-        let (child, line) =
-            spawn_until_listening(&what, command, self.dir.path(), "meshlite-proxy listening")
-                .await;
-        self.addrs = Listening::parse(&line)
-            .unwrap_or_else(|e| panic!("{what}: listening line {line}: {e}"));
-        self.child = Some(child);
+        let process = start_process(self.launch.clone())
+            .await
+            .unwrap_or_else(|e| panic!("meshlite-proxy for {}: {e}", self.workload.name));
+        self.addrs = process.listening().clone();
+        self.process = Some(process);
     }
 
     /// Where its app sends outbound requests.
@@ -771,11 +649,9 @@ impl MeshProxy {
         self.dir.path()
     }
 
-    /// Its log so far (stderr then stdout), across restarts.
+    /// Its log so far (stderr and stdout), across restarts.
     pub fn logs(&self) -> String {
-        let read =
-            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        format!("{}{}", read("stderr.log"), read("stdout.log"))
+        std::fs::read_to_string(self.launch.log_path()).unwrap_or_default()
     }
 
     /// Waits for an access log entry matching `matches`.
@@ -864,8 +740,8 @@ impl MeshProxy {
 
     /// SIGKILLs the proxy.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_child(&mut child).await;
+        if let Some(process) = self.process.take() {
+            process.kill();
         }
     }
 
@@ -893,9 +769,6 @@ impl Drop for MeshProxy {
                     std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
                 eprintln!("kept {}", kept.display());
             }
-        }
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
         }
     }
 }

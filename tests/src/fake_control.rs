@@ -2,7 +2,8 @@
 //!
 //! The real `meshlite-control` validates everything before it reaches a proxy, so it can
 //! never send the malformed push a proxy must NACK. [`FakeControl`] speaks the same contract
-//! on one TLS port: the delta ADS stream (`envoy.service.discovery.v3`) and meshlite's
+//! on one TLS port (gRPC over HTTP/2, served here with hyper, not with the control plane's
+//! internals): the delta ADS stream (`envoy.service.discovery.v3`) and meshlite's
 //! certificate service. Its CA is a fresh rcgen root that signs any CSR as asked (no token
 //! check: the tests that need the real checks use the real control plane); its ADS records
 //! every request (subscriptions, ACKs, NACKs) by node id and sends a node exactly the
@@ -10,6 +11,7 @@
 
 use crate::control::ControlAccess;
 use crate::deadline::{SOON, eventually};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshlite_xds_proto::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -35,6 +37,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tower::ServiceExt as _;
 
 type Responses = mpsc::UnboundedSender<Result<DeltaDiscoveryResponse, Status>>;
 
@@ -133,9 +136,7 @@ impl FakeControl {
         .add_service(CertificateServiceServer::new(Ca {
             shared: shared.clone(),
         }));
-        let task = tokio::spawn(meshlite_control::xds::listener::serve(
-            listener, acceptor, routes,
-        ));
+        let task = tokio::spawn(serve(listener, acceptor, routes));
         FakeControl {
             addr,
             dir,
@@ -239,6 +240,35 @@ impl FakeControl {
                 .map(|(_, r)| r.clone())
         })
         .await
+    }
+}
+
+/// Accepts TLS connections on `listener` and serves `routes` over HTTP/2 on each, as the
+/// control plane's port 15012 does (without its buffer limits: one proxy at a time here).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    routes: tonic::service::Routes,
+) {
+    let routes = routes.prepare();
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (acceptor, routes) = (acceptor.clone(), routes.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                routes.clone().oneshot(request)
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
     }
 }
 

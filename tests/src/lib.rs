@@ -20,6 +20,11 @@
 //! - [`prometheus`] reads the proxies' metrics text;
 //! - [`tls_peers`] stands in for a sidecar whose certificate no sidecar would start with;
 //! - [`deadline`] polls for a condition with a deadline instead of sleeping and hoping.
+//!
+//! The processes of [`control`] and [`mesh`] are started by `meshlite_bench::harness`, the one
+//! launcher of meshlite's binaries that the benchmark uses too (it lives in `meshlite-bench`,
+//! which depends on neither this crate nor the control plane's library, so the arrow goes one
+//! way). Neither module reaches into the proxy's or the control plane's internals.
 #![forbid(unsafe_code)]
 // A test harness: a failed expectation here is a failed test, so unwrap, expect and panic are
 // how it reports (as in the tests themselves), and it times real processes with the real clock.

@@ -2,9 +2,10 @@
 //!
 //! A [`SidecarSpec`] is rendered to the proxy's YAML file (every listener on port 0, certificate
 //! paths relative to the file, as an operator would write them); [`Sidecar::start`] runs the
-//! binary, reads the one JSON line it prints once every listener is bound, and from then on gives
-//! tests the bound addresses, the JSON access log, the metrics, the logs, the peak RSS and a way to
-//! send SIGTERM. A [`Mesh`] is the usual picture: a client workload's sidecar calling a server
+//! binary through the harness the benchmark uses too (`meshlite_bench::harness`), which waits for
+//! the one JSON line it prints once every listener is bound; from then on it gives tests the
+//! bound addresses, the JSON access log, the metrics, the logs, the peak RSS and a way to send
+//! SIGTERM. A [`Mesh`] is the usual picture: a client workload's sidecar calling a server
 //! workload's sidecar, which fronts the [`crate::apps`].
 //!
 //! The binary is `$MESHLITE_PROXY_BIN` if set, else `target/debug/meshlite-proxy` of this
@@ -15,15 +16,15 @@ use crate::deadline::{SOON, eventually};
 use crate::grpc::GrpcEchoApp;
 use crate::pki::{Pki, spiffe_id};
 use crate::prometheus::{Sample, samples};
+use meshlite_bench::harness::{
+    HarnessError, Mode, SidecarConfig, SidecarLaunch, SidecarProcess, StaticService,
+};
 use meshlite_proxy::identity::dev_pki::IssuedCert;
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
 
 /// How long a proxy may take to print its listening line (debug build on a shared machine).
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,40 +54,9 @@ pub const DB: &str = "db";
 /// Port of [`DB`].
 pub const DB_PORT: u16 = 5432;
 
-/// Application protocol of a port or service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AppProtocol {
-    /// HTTP/1.1.
-    Http,
-    /// HTTP/2 (h2c to the app).
-    Http2,
-    /// gRPC.
-    Grpc,
-    /// Opaque TCP.
-    Tcp,
-}
-
-impl AppProtocol {
-    fn as_str(self) -> &'static str {
-        match self {
-            AppProtocol::Http => "http",
-            AppProtocol::Http2 => "http2",
-            AppProtocol::Grpc => "grpc",
-            AppProtocol::Tcp => "tcp",
-        }
-    }
-}
-
-/// A port the workload serves, and where its app listens for it.
-#[derive(Clone, Debug)]
-pub struct InboundPort {
-    /// Service port.
-    pub port: u16,
-    /// The local app.
-    pub target: SocketAddr,
-    /// Protocol on this port.
-    pub protocol: AppProtocol,
-}
+/// Application protocol of a port or service, and a port the workload serves: the harness's
+/// config types.
+pub use meshlite_bench::harness::{AppProtocol, InboundPort};
 
 /// A service the workload may call.
 #[derive(Clone, Debug)]
@@ -188,83 +158,44 @@ impl SidecarSpec {
 
     /// The configuration file's text (YAML), with certificate paths relative to the file.
     pub fn to_yaml(&self) -> String {
-        let mut y = String::new();
-        let _ = writeln!(y, "# written by meshlite-tests");
-        let _ = writeln!(y, "identity:");
-        let _ = writeln!(y, "  spiffe_id: \"{}\"", self.spiffe_id);
-        let _ = writeln!(y, "  workload: \"{}\"", self.workload);
-        let _ = writeln!(y, "  cert: {}.crt", self.workload);
-        let _ = writeln!(y, "  key: {}.key", self.workload);
-        let _ = writeln!(y, "  roots: root.crt");
-        let _ = writeln!(y, "listeners:");
-        for name in ["outbound", "inbound", "admin", "metrics", "health"] {
-            let _ = writeln!(y, "  {name}: \"127.0.0.1:0\"");
-        }
-        let _ = writeln!(y, "inbound:");
-        if self.inbound.is_empty() {
-            let _ = writeln!(y, "  ports: []");
-        } else {
-            let _ = writeln!(y, "  ports:");
-            for p in &self.inbound {
-                let _ = writeln!(
-                    y,
-                    "    - {{ port: {}, target: \"{}\", protocol: {} }}",
-                    p.port,
-                    p.target,
-                    p.protocol.as_str()
-                );
-            }
-        }
-        if self.services.is_empty() {
-            let _ = writeln!(y, "services: []");
-        } else {
-            let _ = writeln!(y, "services:");
-        }
-        for s in &self.services {
-            let quoted = |items: Vec<String>| {
-                items
-                    .iter()
-                    .map(|i| format!("\"{i}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let _ = writeln!(y, "  - name: {}", s.name);
-            let _ = writeln!(y, "    namespace: {}", s.namespace);
-            let _ = writeln!(y, "    port: {}", s.port);
-            let _ = writeln!(y, "    protocol: {}", s.protocol.as_str());
-            let _ = writeln!(y, "    identities: [{}]", quoted(s.identities.clone()));
-            let endpoints = s.endpoints.iter().map(ToString::to_string).collect();
-            let _ = writeln!(y, "    endpoints: [{}]", quoted(endpoints));
-            if s.listen {
-                let _ = writeln!(y, "    listen: \"127.0.0.1:0\"");
-            }
-        }
-        if let Some(protocol) = &self.upstream_protocol {
-            let _ = writeln!(y, "upstream:\n  protocol: {protocol}");
-        }
+        let mut c = SidecarConfig::new(
+            &self.spiffe_id,
+            &self.workload,
+            Mode::Static {
+                cert: format!("{}.crt", self.workload).into(),
+                key: format!("{}.key", self.workload).into(),
+                roots: "root.crt".into(),
+            },
+        );
+        c.inbound = self.inbound.clone();
+        c.services = self
+            .services
+            .iter()
+            .map(|s| StaticService {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                port: s.port,
+                protocol: s.protocol,
+                identities: s.identities.clone(),
+                endpoints: s.endpoints.clone(),
+                listen: s.listen.then_some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            })
+            .collect();
+        c.upstream_protocol = self.upstream_protocol.clone();
         let l = &self.limits;
-        let limits: Vec<String> = [
-            l.max_header_bytes.map(|v| format!("max_header_bytes: {v}")),
-            l.header_read_timeout
-                .as_ref()
-                .map(|v| format!("header_read_timeout: {v}")),
-            l.idle_timeout
-                .as_ref()
-                .map(|v| format!("idle_timeout: {v}")),
-            l.drain_timeout
-                .as_ref()
-                .map(|v| format!("drain_timeout: {v}")),
+        c.limits = [
+            (
+                "max_header_bytes",
+                l.max_header_bytes.map(|v| v.to_string()),
+            ),
+            ("header_read_timeout", l.header_read_timeout.clone()),
+            ("idle_timeout", l.idle_timeout.clone()),
+            ("drain_timeout", l.drain_timeout.clone()),
         ]
         .into_iter()
-        .flatten()
+        .filter_map(|(key, value)| Some((key.to_string(), value?)))
         .collect();
-        if !limits.is_empty() {
-            let _ = writeln!(y, "limits:");
-            for line in limits {
-                let _ = writeln!(y, "  {line}");
-            }
-        }
-        y
+        c.to_yaml()
     }
 
     /// Writes the configuration file, the identity files and the root into `dir`; returns the
@@ -395,55 +326,26 @@ pub async fn run_proxy_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
     run_cli(proxy_binary(), args).await
 }
 
-/// The addresses a started proxy reported.
-#[derive(Clone, Debug)]
-pub struct Listening {
-    /// Outbound (apps send here).
-    pub outbound: SocketAddr,
-    /// Inbound (mTLS from other sidecars).
-    pub inbound: SocketAddr,
-    /// Admin.
-    pub admin: SocketAddr,
-    /// Prometheus metrics.
-    pub metrics: SocketAddr,
-    /// Health.
-    pub health: SocketAddr,
-    /// Explicit TCP listeners, keyed `name:port`.
-    pub tcp: BTreeMap<String, SocketAddr>,
+/// The addresses a started proxy reported (the harness reads them from its listening line).
+pub use meshlite_bench::harness::Listening;
+
+/// Starts `launch` on tokio's blocking pool (the harness waits synchronously) and waits for it.
+///
+/// # Errors
+/// When the process fails to start or print its listening line in time; the error quotes the
+/// end of its log.
+///
+/// # Panics
+/// If the blocking task itself panics.
+pub async fn start_process(launch: SidecarLaunch) -> Result<SidecarProcess, HarnessError> {
+    tokio::task::spawn_blocking(move || launch.start())
+        .await
+        .expect("the start task")
 }
 
-impl Listening {
-    /// The addresses of a proxy's listening line.
-    ///
-    /// # Errors
-    /// When a listener's address is missing or does not parse.
-    pub fn parse(line: &serde_json::Value) -> Result<Self, String> {
-        let addr = |key: &str| -> Result<SocketAddr, String> {
-            line.get(key)
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| format!("startup line has no \"{key}\""))?
-                .parse()
-                .map_err(|e| format!("startup line \"{key}\": {e}"))
-        };
-        let mut tcp = BTreeMap::new();
-        if let Some(map) = line.get("tcp").and_then(|v| v.as_object()) {
-            for (k, v) in map {
-                let a = v
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or(format!("bad tcp.{k}"))?;
-                tcp.insert(k.clone(), a);
-            }
-        }
-        Ok(Self {
-            outbound: addr("outbound")?,
-            inbound: addr("inbound")?,
-            admin: addr("admin")?,
-            metrics: addr("metrics")?,
-            health: addr("health")?,
-            tcp,
-        })
-    }
+/// The `--log-level` a test run asks of every process (`MESHLITE_E2E_LOG_LEVEL`).
+pub fn log_level() -> Option<String> {
+    std::env::var("MESHLITE_E2E_LOG_LEVEL").ok()
 }
 
 /// A running `meshlite-proxy` process. Killed when dropped; if the test is failing, its logs
@@ -453,8 +355,9 @@ pub struct Sidecar {
     pub name: String,
     /// Bound addresses from the startup line.
     pub addrs: Listening,
-    child: tokio::process::Child,
+    process: SidecarProcess,
     pid: u32,
+    // After `process`: the directory goes once the process is killed.
     dir: tempfile::TempDir,
     exit: Option<ExitStatus>,
 }
@@ -465,89 +368,38 @@ impl Sidecar {
     ///
     /// # Panics
     /// If the process fails to start, exits, or prints no listening line in time; the message
-    /// includes its stderr.
+    /// includes its log.
     pub async fn start(spec: &SidecarSpec) -> Sidecar {
         let dir = tempfile::Builder::new()
             .prefix(&format!("meshlite-e2e-{}-", spec.workload))
             .tempdir()
             .expect("temp dir");
         let config = spec.write(dir.path());
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let mut command = tokio::process::Command::new(proxy_binary());
-        command
-            .arg("--config")
-            .arg(&config)
-            .arg("--access-log")
-            .arg(dir.path().join("access.log"));
-        if let Some(workers) = spec.workers {
-            command.args(["--workers", &workers.to_string()]);
-        }
-        if let Ok(level) = std::env::var("MESHLITE_E2E_LOG_LEVEL") {
-            command.args(["--log-level", &level]);
-        }
-        let mut child = command
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", proxy_binary().display()));
-        let pid = child.id().expect("running child has a pid");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let mut other_stdout = String::new();
-        let found = tokio::time::timeout(STARTUP_TIMEOUT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
-                    && json.get("msg").and_then(|m| m.as_str()) == Some("meshlite-proxy listening")
-                {
-                    return Some(Listening::parse(&json));
-                }
-                other_stdout.push_str(&line);
-                other_stdout.push('\n');
-            }
-            None
-        })
-        .await;
-        let stderr_text =
-            || std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-        let addrs = match found {
-            Ok(Some(Ok(addrs))) => addrs,
-            Ok(Some(Err(e))) => panic!("{}: bad listening line: {e}", spec.workload),
-            Ok(None) => {
-                let status = child.wait().await.ok();
-                panic!(
-                    "{}: meshlite-proxy exited ({status:?}) before listening.\nconfig:\n{}\nstdout:\n{other_stdout}\nstderr:\n{}",
-                    spec.workload,
-                    spec.to_yaml(),
-                    stderr_text()
-                )
-            }
-            Err(_) => panic!(
-                "{}: no listening line within {STARTUP_TIMEOUT:?}.\nstdout:\n{other_stdout}\nstderr:\n{}",
+        let launch = SidecarLaunch::new(
+            proxy_binary(),
+            &format!("sidecar-{}", spec.workload),
+            dir.path(),
+            &config,
+        )
+        .access_log(&dir.path().join("access.log"))
+        .workers(
+            spec.workers
+                .map(|w| u32::try_from(w).expect("workers fit u32")),
+        )
+        .log_level(log_level())
+        .startup_timeout(STARTUP_TIMEOUT);
+        let process = start_process(launch).await.unwrap_or_else(|e| {
+            panic!(
+                "{}: meshlite-proxy did not start: {e}\nconfig:\n{}",
                 spec.workload,
-                stderr_text()
-            ),
-        };
-        // Keep draining stdout into a file so the process never blocks on a full pipe.
-        let stdout_path = dir.path().join("stdout.log");
-        std::fs::write(&stdout_path, other_stdout).expect("stdout file");
-        let mut rest = lines.into_inner();
-        tokio::spawn(async move {
-            if let Ok(mut file) = tokio::fs::OpenOptions::new()
-                .append(true)
-                .open(stdout_path)
-                .await
-            {
-                let _ = tokio::io::copy(&mut rest, &mut file).await;
-            }
+                spec.to_yaml()
+            )
         });
         Sidecar {
             name: spec.workload.clone(),
-            addrs,
-            child,
-            pid,
+            addrs: process.listening().clone(),
+            pid: process.pid(),
+            process,
             dir,
             exit: None,
         }
@@ -579,9 +431,7 @@ impl Sidecar {
 
     /// Everything it wrote to stderr and stdout so far.
     pub fn logs(&self) -> String {
-        let read =
-            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        format!("{}{}", read("stderr.log"), read("stdout.log"))
+        self.process.log_text()
     }
 
     /// The access log entries written so far (lines that are not JSON are skipped).
@@ -677,14 +527,9 @@ impl Sidecar {
     /// # Panics
     /// If `/proc/<pid>/status` cannot be read (the process is gone).
     pub fn peak_rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .unwrap_or_else(|e| panic!("{}: read /proc/{}/status: {e}", self.name, self.pid));
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        meshlite_bench::procfs::peak_rss_kb(self.pid)
             .map(|kb| kb * 1024)
-            .expect("VmHWM line")
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
     }
 
     /// Sends SIGTERM.
@@ -692,8 +537,7 @@ impl Sidecar {
     /// # Panics
     /// If the signal cannot be sent.
     pub fn sigterm(&self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid).expect("pid fits i32"));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+        self.process.terminate().expect("send SIGTERM");
     }
 
     /// Waits for the process to exit and returns its status.
@@ -705,16 +549,23 @@ impl Sidecar {
             return status;
         }
         let what = format!("{} to exit", self.name);
-        let status = crate::deadline::within(&what, within, self.child.wait())
-            .await
-            .expect("wait");
+        let process = &mut self.process;
+        let status = crate::deadline::within(&what, within, async {
+            loop {
+                if let Some(status) = process.try_exit().expect("wait") {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
         self.exit = Some(status);
         status
     }
 
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        matches!(self.process.try_exit(), Ok(None))
     }
 }
 
@@ -741,7 +592,6 @@ impl Drop for Sidecar {
                 eprintln!("kept {}", kept.display());
             }
         }
-        let _ = self.child.start_kill();
     }
 }
 

@@ -86,6 +86,8 @@ impl AppProcess {
             pin_cpu: spec.pin_cpu,
             log_dir: log_dir.to_path_buf(),
             stdin_pipe: true,
+            announce: None,
+            current_dir: None,
         })?;
         let line = child.first_line(START_TIMEOUT)?;
         let addr = super::announced_addr(&line).ok_or_else(|| AppHandleError::Announce {

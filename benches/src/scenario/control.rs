@@ -20,17 +20,16 @@ use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use meshlite_proxy::control_client::{
+    ControlEndpoint, Credential, node_metadata as keys, request_certificate,
+};
 use meshlite_proxy::identity::spiffe::SpiffeId;
 use meshlite_proxy::identity::tls::Identity;
 use meshlite_proxy::telemetry::metrics::TlsFailureCounter;
-use meshlite_proxy::xds::ca_client::{self, Credential};
-use meshlite_proxy::xds::channel::ControlEndpoint;
-use meshlite_proxy::xds::node::keys;
 use meshlite_xds_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use meshlite_xds_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
 use meshlite_xds_proto::{type_url, v1};
@@ -43,7 +42,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::cli::BenchArgs;
-use crate::process::{self, BinaryError, ChildSpec, ManagedChild, ProcessError};
+use crate::harness::{ControlPlaneLaunch, ControlPlaneProcess, HarnessError};
+use crate::process::{self, BinaryError};
 use crate::procfs::{self, ProcError, Snapshot};
 use crate::report::{self, ReportError};
 
@@ -108,12 +108,9 @@ pub enum ControlError {
     /// The control-plane binary could not be found or built.
     #[error("meshlite-control binary: {0}")]
     Binary(#[from] BinaryError),
-    /// The control plane failed to start.
+    /// The control plane failed to start, or a token could not be made.
     #[error(transparent)]
-    Process(#[from] ProcessError),
-    /// The control plane's listening line was not understood.
-    #[error("meshlite-control printed an unexpected listening line: {0}")]
-    Announce(String),
+    Harness(#[from] HarnessError),
     /// A step of the run failed (tokens, CSRs, streams, sync).
     #[error("{0}")]
     Run(String),
@@ -640,68 +637,23 @@ async fn proxy(
 
 // ---------------------------------------------------------------- one run
 
-/// A started control plane.
-struct Plane {
-    child: ManagedChild,
-    xds: SocketAddr,
-    monitoring: SocketAddr,
-}
-
-fn start_plane(s: &Settings, config: &Path, state: &Path) -> Result<Plane, ControlError> {
-    let mut child = ManagedChild::spawn(ChildSpec {
-        name: "meshlite-control".into(),
-        program: s.binary.clone(),
-        args: vec![
-            "serve".into(),
-            "--config-dir".into(),
-            config.into(),
-            "--state-dir".into(),
-            state.into(),
-            "--xds-addr".into(),
-            "127.0.0.1:0".into(),
-            "--monitoring-addr".into(),
-            "127.0.0.1:0".into(),
-        ],
-        pin_cpu: None,
-        log_dir: s.dir.clone(),
-        stdin_pipe: false,
-    })?;
-    let line = child.first_line(START_TIMEOUT)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&line).map_err(|_| ControlError::Announce(line.clone()))?;
-    let addr = |key: &str| {
-        v.get(key)
-            .and_then(|a| a.as_str())
-            .and_then(|a| a.parse::<SocketAddr>().ok())
-            .ok_or_else(|| ControlError::Announce(line.clone()))
-    };
-    Ok(Plane {
-        xds: addr("xds")?,
-        monitoring: addr("monitoring")?,
-        child,
-    })
+/// Starts the control plane on `config`, its state in `state`, its log in the run directory.
+fn start_plane(
+    s: &Settings,
+    config: &Path,
+    state: &Path,
+) -> Result<ControlPlaneProcess, ControlError> {
+    Ok(ControlPlaneLaunch::new(&s.binary, &s.dir, config, state)
+        .startup_timeout(START_TIMEOUT)
+        .start()?)
 }
 
 /// Bootstrap tokens, one per identity, from `meshlite-control token create`.
-fn tokens(binary: &Path, state: &Path) -> Result<Vec<String>, ControlError> {
+fn tokens(plane: &ControlPlaneProcess) -> Result<Vec<String>, ControlError> {
     (0..IDENTITIES)
         .map(|k| {
-            let out = Command::new(binary)
-                .args(["token", "create", "--state-dir"])
-                .arg(state)
-                .args(["--namespace", NAMESPACE, "--service-account", &account(k)])
-                .args(["--label", &format!("app={}", account(k))])
-                .output()
-                .map_err(io("cannot run meshlite-control token create"))?;
-            let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if !out.status.success() || token.is_empty() {
-                return Err(ControlError::Run(format!(
-                    "meshlite-control token create failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-            Ok(token)
+            let app = format!("app={}", account(k));
+            Ok(plane.token(NAMESPACE, &account(k), None, &[&app])?)
         })
         .collect()
 }
@@ -773,14 +725,14 @@ fn run_once(runtime: &tokio::runtime::Runtime, s: &Settings) -> Result<ControlRu
     let routed = write_config(&config, s.services)?;
     eprintln!("[{n} proxies] starting meshlite-control");
     let plane = start_plane(s, &config, &state)?;
-    let pid = plane.child.pid();
-    let tokens = tokens(&s.binary, &state)?;
+    let pid = plane.pid();
+    let tokens = tokens(&plane)?;
     let roots_pem = std::fs::read(state.join("root-cert.pem"))
         .map_err(io("cannot read the control plane's root-cert.pem"))?;
     let roots = CertificateDer::pem_slice_iter(&roots_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ControlError::Run(format!("root-cert.pem: {e}")))?;
-    let endpoint = ControlEndpoint::new(&format!("https://{}", plane.xds), &roots)
+    let endpoint = ControlEndpoint::new(&format!("https://{}", plane.xds()), &roots)
         .map_err(|e| ControlError::Run(e.to_string()))?;
     let ids = (0..IDENTITIES)
         .map(|k| {
@@ -814,7 +766,7 @@ fn run_once(runtime: &tokio::runtime::Runtime, s: &Settings) -> Result<ControlRu
             csrs.spawn(async move {
                 let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
                 let issued =
-                    ca_client::request(&endpoint, &id, Credential::Token(&token), CERT_TTL)
+                    request_certificate(&endpoint, &id, Credential::Token(&token), CERT_TTL)
                         .await
                         .map_err(|e| e.to_string())?;
                 let identity = Identity::from_parts(
@@ -944,7 +896,7 @@ fn run_once(runtime: &tokio::runtime::Runtime, s: &Settings) -> Result<ControlRu
     // Metrics and memory before anything stops.
     record.control_rss_peak_mb = procfs::peak_rss_kb(pid).unwrap_or(0) as f64 * 1024.0 / 1e6;
     record.control_rss_end_mb = procfs::rss_kb(pid).unwrap_or(0) as f64 * 1024.0 / 1e6;
-    if let Some(text) = http_get(plane.monitoring, "/metrics") {
+    if let Some(text) = http_get(plane.monitoring(), "/metrics") {
         let sum = metric(&text, "meshlite_control_convergence_seconds_sum");
         let count = metric(&text, "meshlite_control_convergence_seconds_count");
         if let (Some(sum), Some(count)) = (sum, count)
@@ -953,7 +905,7 @@ fn run_once(runtime: &tokio::runtime::Runtime, s: &Settings) -> Result<ControlRu
             record.control_reported_convergence_mean_ms = Some(sum / count * 1e3);
         }
     }
-    if let Some(status) = http_get(plane.monitoring, "/debug/status")
+    if let Some(status) = http_get(plane.monitoring(), "/debug/status")
         .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
     {
         record.mesh_services = status.get("services").and_then(serde_json::Value::as_u64);
@@ -961,8 +913,8 @@ fn run_once(runtime: &tokio::runtime::Runtime, s: &Settings) -> Result<ControlRu
     let _ = stop_tx.send(true);
     // The streams end on the stop signal; the runtime keeps nothing of this run.
     runtime.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
-    let log_tail = plane.child.log_tail();
-    let _ = plane.child.stop();
+    let log_tail = plane.log_tail();
+    let _ = plane.stop();
     if let Err(e) = result {
         return Err(ControlError::Run(format!(
             "{e}\nmeshlite-control log tail:\n{log_tail}"

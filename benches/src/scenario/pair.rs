@@ -247,6 +247,8 @@ fn start_app(
         pin_cpu: args.pin.then_some(SERVICE_CPU),
         log_dir: dir.to_path_buf(),
         stdin_pipe: true,
+        announce: None,
+        current_dir: None,
     })?;
     let line = app.first_line(Duration::from_secs(10))?;
     let addr =

@@ -12,17 +12,19 @@
 //! Every listener binds port 0, except an outbound port the scenario fixed because the app must
 //! know where to send before its sidecar starts ([`reserve_ports`]); the proxy's listening line
 //! gives the bound addresses. Sidecars are started in two steps ([`PendingSidecar`]) so that many
-//! can get their certificates at once.
+//! can get their certificates at once. The processes are run by [`crate::harness`].
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use super::meshlite::{Announced, connectable, parse_announce, wait_ready};
 use super::{READY_TIMEOUT, SidecarError, write_text};
+use crate::harness::{
+    AppProtocol, ControlPlaneLaunch, ControlPlaneProcess, HarnessError, InboundPort, Mode,
+    SidecarConfig, SidecarLaunch, SidecarProcess, StartingSidecar,
+};
 use crate::probe::{self, ProbeError};
-use crate::process::{ChildSpec, ManagedChild, ProcessError};
+use crate::process::ProcessError;
 
 /// Namespace of every workload the scenarios start.
 pub const NAMESPACE: &str = "default";
@@ -47,6 +49,9 @@ pub enum MeshError {
     /// A sidecar failed to start, announce itself or become ready.
     #[error(transparent)]
     Sidecar(#[from] SidecarError),
+    /// The control plane or a sidecar failed to start, or a token could not be made.
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
     /// A file or directory could not be written.
     #[error("{what}: {source}")]
     Io {
@@ -54,17 +59,6 @@ pub enum MeshError {
         what: String,
         /// The I/O error.
         source: std::io::Error,
-    },
-    /// The control plane's listening line was not understood.
-    #[error("meshlite-control printed an unexpected listening line: {0}")]
-    Announce(String),
-    /// `meshlite-control token create` failed.
-    #[error("meshlite-control token create for service account {account}: {message}")]
-    Token {
-        /// The service account.
-        account: String,
-        /// What went wrong.
-        message: String,
     },
     /// No free port could be reserved.
     #[error("cannot reserve {wanted} loopback ports below the ephemeral range")]
@@ -79,19 +73,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MeshError {
     move |source| MeshError::Io { what, source }
 }
 
-/// YAML double-quoted scalar (a JSON string is valid YAML).
-fn quoted(text: &str) -> String {
-    serde_json::Value::String(text.to_string()).to_string()
-}
-
 /// A running `meshlite-control serve` on loopback; killed when dropped.
 pub struct ControlPlane {
-    child: ManagedChild,
-    binary: PathBuf,
-    xds: SocketAddr,
-    monitoring: SocketAddr,
-    config_dir: PathBuf,
-    state_dir: PathBuf,
+    process: ControlPlaneProcess,
 }
 
 impl ControlPlane {
@@ -106,113 +90,56 @@ impl ControlPlane {
             let path = config_dir.join(name);
             std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
         }
-        let mut child = ManagedChild::spawn(ChildSpec {
-            name: "meshlite-control".into(),
-            program: binary.to_path_buf(),
-            args: vec![
-                "serve".into(),
-                "--config-dir".into(),
-                config_dir.clone().into(),
-                "--state-dir".into(),
-                state_dir.clone().into(),
-                "--xds-addr".into(),
-                "127.0.0.1:0".into(),
-                "--monitoring-addr".into(),
-                "127.0.0.1:0".into(),
-            ],
-            pin_cpu: None,
-            log_dir: dir.to_path_buf(),
-            stdin_pipe: false,
-        })?;
-        let line = child.first_line(START_TIMEOUT)?;
-        let value: serde_json::Value =
-            serde_json::from_str(&line).map_err(|_| MeshError::Announce(line.clone()))?;
-        let addr = |key: &str| {
-            value
-                .get(key)
-                .and_then(|a| a.as_str())
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-                .map(connectable)
-                .ok_or_else(|| MeshError::Announce(line.clone()))
-        };
-        Ok(Self {
-            xds: addr("xds")?,
-            monitoring: addr("monitoring")?,
-            child,
-            binary: binary.to_path_buf(),
-            config_dir,
-            state_dir,
-        })
+        let process = ControlPlaneLaunch::new(binary, dir, &config_dir, &state_dir)
+            .startup_timeout(START_TIMEOUT)
+            .start()?;
+        Ok(Self { process })
     }
 
     /// A one-hour bootstrap token for `service_account` in [`NAMESPACE`], granting the `app`
     /// label of the same name (every workload here serves the service named after its
     /// account).
     pub fn token(&self, service_account: &str) -> Result<String, MeshError> {
-        let failed = |message: String| MeshError::Token {
-            account: service_account.to_string(),
-            message,
-        };
-        let out = Command::new(&self.binary)
-            .args(["token", "create", "--state-dir"])
-            .arg(&self.state_dir)
-            .args([
-                "--namespace",
-                NAMESPACE,
-                "--service-account",
-                service_account,
-                "--ttl",
-                "1h",
-                "--label",
-                &format!("app={service_account}"),
-            ])
-            .output()
-            .map_err(|e| failed(format!("cannot run it: {e}")))?;
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() || token.is_empty() {
-            return Err(failed(format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(token)
+        let app = format!("app={service_account}");
+        Ok(self
+            .process
+            .token(NAMESPACE, service_account, Some("1h"), &[&app])?)
     }
 
     /// The CA root every sidecar is told to trust.
     pub fn root_cert(&self) -> PathBuf {
-        self.state_dir.join("root-cert.pem")
+        self.process.root_cert()
     }
 
     /// `https://127.0.0.1:<xds port>`, the sidecars' `control.address`.
     pub fn address(&self) -> String {
-        format!("https://{}", self.xds)
+        self.process.address()
     }
 
     /// The watched config directory.
     pub fn config_dir(&self) -> &Path {
-        &self.config_dir
+        self.process.launch().config_dir()
     }
 
     /// The monitoring address (`/metrics`, `/debug/status`).
     pub fn monitoring(&self) -> SocketAddr {
-        self.monitoring
+        self.process.monitoring()
     }
 
     /// Its process id.
     pub fn pid(&self) -> u32 {
-        self.child.pid()
+        self.process.pid()
     }
 
     /// The end of its log.
     pub fn log_tail(&self) -> String {
-        self.child.log_tail()
+        self.process.log_tail()
     }
 
     /// Stops it (SIGTERM, bounded wait, then SIGKILL).
     pub fn stop(self) {
         // Its exit status changes no figure of the data plane.
-        let _ = self.child.stop();
+        let _ = self.process.stop();
     }
 }
 
@@ -282,33 +209,30 @@ impl Workload {
         root_cert: &Path,
         token_file: &Path,
     ) -> String {
-        let mut y = format!(
-            "identity:\n  spiffe_id: {}\n  workload: {}\n  app: {}\n",
-            quoted(&self.spiffe_id()),
-            quoted(&self.name),
-            quoted(&self.app)
+        let mut c = SidecarConfig::new(
+            &self.spiffe_id(),
+            &self.name,
+            Mode::Control {
+                address: control_address.to_string(),
+                root_cert: root_cert.to_path_buf(),
+                token_file: token_file.to_path_buf(),
+                state_dir: None,
+                cert_ttl: None,
+            },
         );
-        if let Some(v) = &self.version {
-            y.push_str(&format!("  version: {}\n", quoted(v)));
-        }
-        let outbound = SocketAddr::from(([127, 0, 0, 1], self.outbound_port.unwrap_or(0)));
-        y.push_str(&format!(
-            "listeners:\n  outbound: {outbound}\n  inbound: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  \
-             metrics: 127.0.0.1:0\n  health: 127.0.0.1:0\n"
-        ));
-        match self.serves {
-            Some(target) => y.push_str(&format!(
-                "inbound:\n  ports:\n    - {{ port: {SERVICE_PORT}, target: \"{target}\", protocol: http }}\n"
-            )),
-            None => y.push_str("inbound:\n  ports: []\n"),
-        }
-        y.push_str(&format!(
-            "control:\n  address: {}\n  root_cert: {}\n  token_file: {}\n",
-            quoted(control_address),
-            quoted(&root_cert.display().to_string()),
-            quoted(&token_file.display().to_string())
-        ));
-        y
+        c.app = Some(self.app.clone());
+        c.version = self.version.clone();
+        c.outbound = SocketAddr::from(([127, 0, 0, 1], self.outbound_port.unwrap_or(0)));
+        c.inbound = self
+            .serves
+            .map(|target| InboundPort {
+                port: SERVICE_PORT,
+                target,
+                protocol: AppProtocol::Http,
+            })
+            .into_iter()
+            .collect();
+        c.to_yaml()
     }
 }
 
@@ -326,7 +250,7 @@ pub struct SidecarOptions {
 /// A sidecar process started but not yet known to be ready.
 pub struct PendingSidecar {
     workload: Workload,
-    child: ManagedChild,
+    starting: StartingSidecar,
 }
 
 impl PendingSidecar {
@@ -347,36 +271,29 @@ impl PendingSidecar {
             &config,
             &workload.config_yaml(&control.address(), &control.root_cert(), &token_file),
         )?;
-        let mut args = vec!["--config".into(), config.into_os_string()];
-        if let Some(workers) = opts.workers {
-            args.push("--workers".into());
-            args.push(workers.to_string().into());
-        }
-        let child = ManagedChild::spawn(ChildSpec {
-            name: format!("sidecar-{}", workload.name),
-            program: opts.binary.clone(),
-            args,
-            pin_cpu: opts.pin_cpu,
-            log_dir: own,
-            stdin_pipe: false,
-        })?;
+        let starting = SidecarLaunch::new(
+            &opts.binary,
+            &format!("sidecar-{}", workload.name),
+            &own,
+            &config,
+        )
+        .workers(opts.workers)
+        .pin_cpu(opts.pin_cpu)
+        .startup_timeout(READY_TIMEOUT)
+        .wait_ready(true)
+        .spawn()?;
         Ok(Self {
             workload: workload.clone(),
-            child,
+            starting,
         })
     }
 
     /// Waits for its listening line (printed once the CA signed its certificate) and for
     /// `/healthz/ready`.
-    pub fn ready(mut self) -> Result<Sidecar, MeshError> {
-        let name = self.child.name().to_string();
-        let line = self.child.first_line(READY_TIMEOUT)?;
-        let addrs = parse_announce(&name, &line)?;
-        wait_ready(&mut self.child, connectable(addrs.health))?;
+    pub fn ready(self) -> Result<Sidecar, MeshError> {
         Ok(Sidecar {
             workload: self.workload,
-            child: self.child,
-            addrs,
+            process: self.starting.ready()?,
         })
     }
 }
@@ -384,8 +301,7 @@ impl PendingSidecar {
 /// A ready sidecar; killed when dropped.
 pub struct Sidecar {
     workload: Workload,
-    child: ManagedChild,
-    addrs: Announced,
+    process: SidecarProcess,
 }
 
 impl Sidecar {
@@ -396,17 +312,17 @@ impl Sidecar {
 
     /// Where its app (or the load generator) sends outbound requests.
     pub fn outbound(&self) -> SocketAddr {
-        connectable(self.addrs.outbound)
+        self.process.outbound()
     }
 
     /// Its `/stats/prometheus` listener.
     pub fn metrics(&self) -> SocketAddr {
-        connectable(self.addrs.metrics)
+        self.process.metrics()
     }
 
     /// Its process id.
     pub fn pid(&self) -> u32 {
-        self.child.pid()
+        self.process.pid()
     }
 
     /// Its Prometheus text now.
@@ -416,28 +332,17 @@ impl Sidecar {
 
     /// The end of its log.
     pub fn log_tail(&self) -> String {
-        self.child.log_tail()
+        self.process.log_tail()
     }
 
     /// SIGKILLs it (a crash: no drain, no goodbye to the control plane).
     pub fn kill(self) {
-        self.child.kill();
+        self.process.kill();
     }
 
     /// Stops it with SIGTERM; a note when it did not exit 0 in time.
     pub fn stop(self) -> Option<String> {
-        let name = self.child.name().to_string();
-        let log = self.child.log_path().display().to_string();
-        match self.child.stop() {
-            Ok(Some(status)) if status.success() => None,
-            Ok(Some(status)) => Some(format!(
-                "{name} exited with {status} on SIGTERM (log {log})"
-            )),
-            Ok(None) => Some(format!(
-                "{name} did not exit within 5 s of SIGTERM: killed (log {log})"
-            )),
-            Err(e) => Some(e.to_string()),
-        }
+        self.process.stop()
     }
 }
 
@@ -541,7 +446,7 @@ mod tests {
         assert!(y.contains("spiffe_id: \"spiffe://cluster.local/ns/default/sa/echo\""));
         assert!(y.contains("workload: \"echo-v2\""));
         assert!(y.contains("version: \"v2\""));
-        assert!(y.contains("outbound: 127.0.0.1:21000"));
+        assert!(y.contains("outbound: \"127.0.0.1:21000\""));
         assert!(y.contains("{ port: 8080, target: \"127.0.0.1:4000\", protocol: http }"));
         assert!(y.contains("token_file: \"/d/token\""));
         let client = Workload::client("loadgen").config_yaml(
@@ -549,6 +454,6 @@ mod tests {
             Path::new("/r"),
             Path::new("/t"),
         );
-        assert!(client.contains("ports: []") && client.contains("outbound: 127.0.0.1:0"));
+        assert!(client.contains("ports: []") && client.contains("outbound: \"127.0.0.1:0\""));
     }
 }

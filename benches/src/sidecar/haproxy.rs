@@ -97,6 +97,8 @@ fn start_one(
         pin_cpu,
         log_dir: run_dir.to_path_buf(),
         stdin_pipe: false,
+        announce: None,
+        current_dir: None,
     })?)
 }
 

@@ -5,7 +5,8 @@
 //! certificates from [`pki`]. Whatever the implementation, a started pair is a [`RunningPair`]:
 //! where the generator sends, what `Host` it names, and the two processes to sample and stop.
 //! The scenarios with a real control plane (`chaos`, `mesh`) start their sidecars through
-//! [`controlled`] instead: identity by CSR, config over xDS.
+//! [`controlled`] instead: identity by CSR, config over xDS. Either way meshlite's processes
+//! are run by [`crate::harness`].
 
 pub mod controlled;
 pub mod haproxy;
@@ -30,6 +31,9 @@ pub enum SidecarError {
     /// A process failed to start or become ready.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// A meshlite process failed to start, announce itself or become ready.
+    #[error(transparent)]
+    Harness(#[from] crate::harness::HarnessError),
     /// A file could not be written or a port reserved.
     #[error("{what}: {source}")]
     Io {
@@ -37,16 +41,6 @@ pub enum SidecarError {
         what: String,
         /// The I/O error.
         source: std::io::Error,
-    },
-    /// The proxy's listening line was not what the contract says.
-    #[error("{name} printed an unexpected listening line ({problem}): {line}")]
-    Announce {
-        /// Which sidecar.
-        name: String,
-        /// What is wrong with it.
-        problem: String,
-        /// The line.
-        line: String,
     },
     /// The proxy binary is missing and could not be built.
     #[error("meshlite-proxy binary: {0}")]
@@ -76,22 +70,10 @@ impl RunningPair {
     /// Stops both sidecars (client first, so the server sees its clients leave) and returns a
     /// note for each that did not exit cleanly with status 0 after SIGTERM.
     pub fn stop(self) -> Vec<String> {
-        let mut notes = Vec::new();
-        for child in [self.client, self.server] {
-            let name = child.name().to_string();
-            let log = child.log_path().display().to_string();
-            match child.stop() {
-                Ok(Some(status)) if status.success() => {}
-                Ok(Some(status)) => notes.push(format!(
-                    "{name} exited with {status} on SIGTERM (log {log})"
-                )),
-                Ok(None) => notes.push(format!(
-                    "{name} did not exit within 5 s of SIGTERM: killed (log {log})"
-                )),
-                Err(error) => notes.push(error.to_string()),
-            }
-        }
-        notes
+        [self.client, self.server]
+            .into_iter()
+            .filter_map(crate::harness::sidecar::stop_note)
+            .collect()
     }
 }
 

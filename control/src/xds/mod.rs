@@ -1,9 +1,10 @@
 //! The xDS server on port 15012 (TLS): the delta aggregated discovery stream each sidecar
-//! subscribes to, and the certificate service, on one listener.
+//! subscribes to, and the certificate service, on one listener. The accept loop
+//! (`listener`) is crate-private: it is how this server serves, not an API.
 
 pub mod ads;
 pub mod ca_service;
-pub mod listener;
+pub(crate) mod listener;
 pub mod serving;
 pub mod tls;
 

@@ -2,12 +2,15 @@
 //! and its configuration from the xDS stream (delta ADS: subscribe, apply as a new
 //! snapshot, ACK, or NACK with the reason and keep the last good one), with the last good
 //! state persisted so a restart can serve before the control plane is back.
+//!
+//! The CA request, the channel and the node metadata are crate-private; programs that act as
+//! sidecars use them through [`crate::control_client`].
 
 pub mod bootstrap;
-pub mod ca_client;
-pub mod channel;
+pub(crate) mod ca_client;
+pub(crate) mod channel;
 pub mod client;
-pub mod node;
+pub(crate) mod node;
 pub mod rotation;
 pub mod state;
 
