@@ -35,9 +35,9 @@ use meshlite_bench::load::Protocol;
 use meshlite_bench::sidecar::meshlite::{client_config, server_config};
 use meshlite_bench::sidecar::pki;
 use meshlite_proxy::config::ProxyConfig;
-use meshlite_proxy::http::headers;
 use meshlite_proxy::identity::spiffe::SpiffeId;
 use meshlite_proxy::identity::tls::Identity;
+use meshlite_proxy::message::headers;
 use meshlite_proxy::snapshot::Snapshot;
 use meshlite_proxy::snapshot::build::LocalSettings;
 use meshlite_proxy::telemetry::metrics::Metrics;
@@ -373,7 +373,7 @@ fn telemetry(c: &mut Criterion) {
         request_protocol: "http",
         response_code: 200,
         grpc_response_status: "",
-        response_flags: meshlite_proxy::http::response_flags::ResponseFlags::NONE,
+        response_flags: meshlite_proxy::message::response_flags::ResponseFlags::NONE,
         connection_security_policy: "unknown",
     };
     c.bench_function("telemetry/record-request", |b| {
@@ -391,7 +391,7 @@ fn telemetry(c: &mut Criterion) {
 }
 
 fn authz(c: &mut Criterion) {
-    use meshlite_proxy::http::path::{PathNormalization, normalize};
+    use meshlite_proxy::message::path::{PathNormalization, normalize};
     use meshlite_proxy::policy::authz::{Attributes, Authorizer, Peer, Request, TrustDomains};
     use meshlite_xds_proto::v1;
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();

@@ -4,11 +4,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshlite_proxy::http::path::{PathNormalization, normalize};
+use meshlite_proxy::message::path::{PathNormalization, normalize};
 
 fuzz_target!(|data: &[u8]| {
     let _ = meshlite_proxy::inbound::detect::detect(data);
-    let _ = meshlite_proxy::http::framing::bare_lf_in_head(b'\r', data);
+    let _ = meshlite_proxy::message::framing::bare_lf_in_head(b'\r', data);
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut parsed = httparse::Request::new(&mut headers);
     let Ok(httparse::Status::Complete(_)) = parsed.parse(data) else {
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         b = b.header(h.name, h.value);
     }
     let Ok(req) = b.body(()) else { return };
-    let _ = meshlite_proxy::http::framing::check(&req);
+    let _ = meshlite_proxy::message::framing::check(&req);
     for mode in [
         PathNormalization::Base,
         PathNormalization::MergeSlashes,

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::http::headers::HeaderOptions;
 use crate::identity::spiffe::SpiffeId;
+pub use crate::message::headers::HeaderOptions;
 pub use crate::protocol::{Protocol, UpstreamProtocol};
 pub use crate::server::limits::Limits;
 

@@ -8,8 +8,8 @@ use hyper_util::server::conn::auto;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http::headers::HeaderOptions;
 use crate::identity::tls::Identity;
+use crate::message::headers::HeaderOptions;
 use crate::server::drain::Drain;
 use crate::server::limits::Limits;
 use crate::snapshot::Snapshot;

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::context::ProxyContext;
-use crate::http::body::ProxyBody;
+use crate::message::body::ProxyBody;
 
 /// Which endpoints a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,12 +16,12 @@ use std::sync::atomic::AtomicU64;
 use tokio::time::Instant;
 
 use crate::context::ProxyContext;
-use crate::http::body::ProxyBody;
-use crate::http::errors::{ProxyError, is_grpc};
-use crate::http::headers::{self, DESTINATION_PORT, ORIG_PROTO, PEER_METADATA};
-use crate::http::path::normalize_uri;
-use crate::http::response_flags::ResponseFlags;
-use crate::http::uri::request_authority;
+use crate::message::body::ProxyBody;
+use crate::message::errors::{ProxyError, is_grpc};
+use crate::message::headers::{self, DESTINATION_PORT, ORIG_PROTO, PEER_METADATA};
+use crate::message::path::normalize_uri;
+use crate::message::response_flags::ResponseFlags;
+use crate::message::uri::request_authority;
 use crate::names::split_host_port;
 use crate::outbound::http::edge_check;
 use crate::policy::authz::{Attributes, Peer, Request as AuthzRequest, RequestAuth};

@@ -85,7 +85,7 @@ pub async fn relay(
         destination_workload: snap.local.workload.clone(),
         destination_principal: snap.local.principal.clone(),
         destination_service: snap.local.services.get(None).fqdn.clone(),
-        response_flags: crate::http::response_flags::ResponseFlags::NONE,
+        response_flags: crate::message::response_flags::ResponseFlags::NONE,
         connection_security_policy: "none",
     };
     let _drain = ctx.drain.track();

@@ -8,7 +8,7 @@
 //! timeout), the cluster stage ([`super::upstream`]: circuit breaker, hashing, the retry
 //! loop of [`crate::resilience::retry_loop`], the balancer's pick), and the forwarder
 //! ([`crate::transport::forward`]). Back here, the response is cleaned
-//! ([`crate::http::headers::to_downstream`]), the rule's response header operations
+//! ([`crate::message::headers::to_downstream`]), the rule's response header operations
 //! applied, a failure turned into its local reply ([`ProxyError::reply`]), and the telemetry
 //! finished at end of stream ([`TrackedBody`]).
 
@@ -24,12 +24,12 @@ use tokio::time::Instant;
 use super::route_rules::{self, Dispatched, Rule};
 use super::upstream;
 use crate::context::ProxyContext;
-use crate::http::body::ProxyBody;
-use crate::http::errors::{ProxyError, is_grpc};
-use crate::http::headers;
-use crate::http::path::normalize_uri;
-use crate::http::response_flags::ResponseFlags;
-use crate::http::uri::request_authority;
+use crate::message::body::ProxyBody;
+use crate::message::errors::{ProxyError, is_grpc};
+use crate::message::headers;
+use crate::message::path::normalize_uri;
+use crate::message::response_flags::ResponseFlags;
+use crate::message::uri::request_authority;
 use crate::protocol::Protocol;
 use crate::server::conn::ConnState;
 use crate::snapshot::{Routed, Snapshot, Target};
@@ -52,14 +52,14 @@ pub struct OutboundConn {
     pub remote: SocketAddr,
 }
 
-/// The checks every request gets at the edge, before it is routed ([`crate::http::framing`]).
+/// The checks every request gets at the edge, before it is routed ([`crate::message::framing`]).
 pub fn edge_check<B>(state: &ConnState, req: &Request<B>) -> Result<(), ProxyError> {
     if state.saw_bare_lf() {
         return Err(ProxyError::BadRequest(
             "a request line ended with a bare LF",
         ));
     }
-    crate::http::framing::check(req)
+    crate::message::framing::check(req)
 }
 
 /// Handles one request from the local application.

@@ -11,10 +11,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::context::ProxyContext;
-use crate::http::body::ProxyBody;
-use crate::http::errors::{ProxyError, fault_abort, is_grpc};
-use crate::http::response_flags::ResponseFlags;
-use crate::http::uri::{forward_uri, request_authority};
+use crate::message::body::ProxyBody;
+use crate::message::errors::{ProxyError, fault_abort, is_grpc};
+use crate::message::response_flags::ResponseFlags;
+use crate::message::uri::{forward_uri, request_authority};
 use crate::resilience::rate_limit::TokenBucket;
 use crate::resilience::retry_loop::within;
 use crate::route::action;
@@ -159,7 +159,7 @@ fn rewrite(req: &mut Request<ProxyBody>, rule: Rule<'_>) -> Result<(), ProxyErro
 
 /// Sends a copy of the request to the shadow cluster, fire and forget: its response is
 /// dropped, its failure only logged, and the original request never waits for it. A request
-/// with a body is shadowed once its body is complete (see [`crate::http::tee`]).
+/// with a body is shadowed once its body is complete (see [`crate::message::tee`]).
 /// `peer_header` is this workload's peer metadata.
 pub fn mirror(
     ctx: &Arc<ProxyContext>,
@@ -200,7 +200,7 @@ pub fn mirror(
         return;
     }
     let body = std::mem::take(req.body_mut());
-    *req.body_mut() = ProxyBody::Tee(Box::new(crate::http::tee::TeeBody::new(
+    *req.body_mut() = ProxyBody::Tee(Box::new(crate::message::tee::TeeBody::new(
         body,
         Box::new(move |bytes| send(head.map(|_| ProxyBody::full(bytes)))),
     )));

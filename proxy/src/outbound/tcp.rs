@@ -10,10 +10,10 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::context::ProxyContext;
-use crate::http::body::ProxyBody;
-use crate::http::errors::ProxyError;
-use crate::http::headers::PEER_METADATA;
-use crate::http::response_flags::ResponseFlags;
+use crate::message::body::ProxyBody;
+use crate::message::errors::ProxyError;
+use crate::message::headers::PEER_METADATA;
+use crate::message::response_flags::ResponseFlags;
 use crate::snapshot::Cluster;
 use crate::telemetry::metrics::TcpLabels;
 use crate::telemetry::peer::unknown;

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use super::route_rules::Dispatched;
 use crate::context::ProxyContext;
-use crate::http::body::ProxyBody;
-use crate::http::errors::ProxyError;
+use crate::message::body::ProxyBody;
+use crate::message::errors::ProxyError;
 use crate::resilience::retry::RetryPolicy;
 use crate::resilience::retry_loop::{RetryLoop, Upstream};
 use crate::snapshot::{Cluster, Endpoint, ExternalTarget};

@@ -7,7 +7,7 @@
 //! `retryBudget` breaker, the jittered exponential backoff, the per-try timeout, and host
 //! avoidance (Envoy's previous-hosts predicate and, with `retryRemoteLocalities`, the
 //! previous-priorities one). A request whose body may be sent again is kept replayable
-//! ([`crate::http::replay`]), and its head copied only when a policy can retry after the
+//! ([`crate::message::replay`]), and its head copied only when a policy can retry after the
 //! request reached the upstream; a request that never left comes back from the next stage
 //! in [`SendError::request`] and is sent again as it is.
 //!
@@ -21,10 +21,10 @@ use std::time::Duration;
 use http::{Request, Response, Version};
 
 use crate::balance::Random;
-use crate::http::body::ProxyBody;
-use crate::http::errors::{ProxyError, is_grpc};
-use crate::http::replay::{ReplayBody, ReplayHandle};
-use crate::http::response_flags::ResponseFlags;
+use crate::message::body::ProxyBody;
+use crate::message::errors::{ProxyError, is_grpc};
+use crate::message::replay::{ReplayBody, ReplayHandle};
+use crate::message::response_flags::ResponseFlags;
 use crate::resilience::breaker::Breakers;
 use crate::resilience::retry::{
     HOST_SELECTION_MAX_ATTEMPTS, Outcome, PRIORITY_UPDATE_FREQUENCY, RetryBudget, RetryPolicy,

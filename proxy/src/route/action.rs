@@ -176,8 +176,8 @@ pub fn terminal_response(
     t: &Terminal,
     uri: &Uri,
     authority: &str,
-) -> http::Response<crate::http::body::ProxyBody> {
-    use crate::http::body::ProxyBody;
+) -> http::Response<crate::message::body::ProxyBody> {
+    use crate::message::body::ProxyBody;
     match t {
         Terminal::Direct(status, body) => {
             let mut r = http::Response::new(ProxyBody::full(body.clone()));

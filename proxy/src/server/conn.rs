@@ -81,7 +81,10 @@ impl ConnState {
         }
         if awaiting_head
             && !self.h2.load(Ordering::Relaxed)
-            && crate::http::framing::bare_lf_in_head(self.last_byte.load(Ordering::Relaxed), bytes)
+            && crate::message::framing::bare_lf_in_head(
+                self.last_byte.load(Ordering::Relaxed),
+                bytes,
+            )
         {
             self.bare_lf.store(true, Ordering::Relaxed);
         }

@@ -31,11 +31,11 @@ pub struct Limits {
 
 impl Limits {
     /// The minimum body rate for a request of `version`, `grpc` or not.
-    pub fn body_rate(&self, version: http::Version, grpc: bool) -> crate::http::body::MinRate {
+    pub fn body_rate(&self, version: http::Version, grpc: bool) -> crate::message::body::MinRate {
         if grpc || version >= http::Version::HTTP_2 {
-            return crate::http::body::MinRate::OFF;
+            return crate::message::body::MinRate::OFF;
         }
-        crate::http::body::MinRate {
+        crate::message::body::MinRate {
             bytes_per_sec: self.min_request_body_rate,
             window: self.request_body_rate_window,
         }

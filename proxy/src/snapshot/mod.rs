@@ -19,8 +19,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http::path::PathNormalization;
 use crate::identity::tls::IdentityError;
+use crate::message::path::PathNormalization;
 use crate::policy::inbound::{InboundSecurity, MtlsMode};
 use crate::protocol::Protocol;
 use crate::resilience::breaker::Breakers;

@@ -38,7 +38,7 @@ pub struct AccessLogEntry {
     /// Status sent downstream (0 when none).
     pub response_code: u16,
     /// Envoy response flags, `-` when none.
-    pub response_flags: crate::http::response_flags::ResponseFlags,
+    pub response_flags: crate::message::response_flags::ResponseFlags,
     /// Why the upstream connection failed, when it did.
     pub upstream_transport_failure_reason: Option<&'static str>,
     /// Request body bytes received from downstream.
@@ -93,7 +93,7 @@ impl AccessLogEntry {
             x_forwarded_for: get("x-forwarded-for"),
             user_agent: get("user-agent"),
             request_id: get("x-request-id"),
-            authority: crate::http::uri::request_authority(req).map(str::to_string),
+            authority: crate::message::uri::request_authority(req).map(str::to_string),
             downstream_remote_address: remote.to_string(),
             ..Default::default()
         }
@@ -210,7 +210,7 @@ mod tests {
     fn entry_serialises_with_istio_field_names() {
         let e = AccessLogEntry {
             response_code: 503,
-            response_flags: crate::http::response_flags::ResponseFlags::UF,
+            response_flags: crate::message::response_flags::ResponseFlags::UF,
             ..Default::default()
         };
         let v: serde_json::Value =

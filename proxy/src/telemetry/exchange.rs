@@ -4,7 +4,7 @@
 //! carried inside the response body ([`TrackedBody`]) and finished when the last frame is sent —
 //! or when the body is dropped early, which is a downstream disconnect (`DC`).
 
-use crate::http::body::BodyError;
+use crate::message::body::BodyError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -17,8 +17,8 @@ use super::Telemetry;
 use super::access_log::AccessLogEntry;
 use super::labels::grpc_status_label;
 use super::metrics::RequestLabels;
-use crate::http::body::ProxyBody;
-use crate::http::response_flags::ResponseFlags;
+use crate::message::body::ProxyBody;
+use crate::message::response_flags::ResponseFlags;
 use crate::server::conn::InFlight;
 
 /// What is recorded when a request completes.

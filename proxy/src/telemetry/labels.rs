@@ -42,7 +42,7 @@ pub fn source_report(
     peer: Option<&PeerWorkload>,
     protocol: Protocol,
     response_code: u16,
-    response_flags: crate::http::response_flags::ResponseFlags,
+    response_flags: crate::message::response_flags::ResponseFlags,
 ) -> RequestLabels {
     let u = unknown();
     let dest = peer.cloned().unwrap_or_else(PeerWorkload::unknown);
@@ -191,7 +191,7 @@ pub fn destination_report(
     service: &DestinationService,
     protocol: Protocol,
     response_code: u16,
-    response_flags: crate::http::response_flags::ResponseFlags,
+    response_flags: crate::message::response_flags::ResponseFlags,
 ) -> RequestLabels {
     let Caller {
         workload: source,

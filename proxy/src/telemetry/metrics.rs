@@ -68,7 +68,7 @@ pub struct RequestLabels {
     /// gRPC status for gRPC requests, empty otherwise.
     pub grpc_response_status: &'static str,
     /// Envoy response flags, `-` when none.
-    pub response_flags: crate::http::response_flags::ResponseFlags,
+    pub response_flags: crate::message::response_flags::ResponseFlags,
     /// `mutual_tls` / `none` on destination reports, `unknown` on source reports.
     pub connection_security_policy: &'static str,
 }
@@ -89,7 +89,7 @@ pub struct TcpLabels {
     /// Destination service FQDN.
     pub destination_service: Label,
     /// Envoy response flags.
-    pub response_flags: crate::http::response_flags::ResponseFlags,
+    pub response_flags: crate::message::response_flags::ResponseFlags,
     /// `mutual_tls` / `none` / `unknown`.
     pub connection_security_policy: &'static str,
 }

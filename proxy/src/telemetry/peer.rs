@@ -78,7 +78,7 @@ impl PeerWorkload {
             return Some(p);
         }
         let parsed = Arc::new(Self::parse(
-            headers.get(&crate::http::headers::PEER_METADATA)?,
+            headers.get(&crate::message::headers::PEER_METADATA)?,
         )?);
         slot.store(Some(parsed.clone()));
         Some(parsed)

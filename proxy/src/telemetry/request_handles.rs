@@ -101,7 +101,7 @@ mod tests {
             request_protocol: "http",
             response_code: code,
             grpc_response_status: "",
-            response_flags: crate::http::response_flags::ResponseFlags::NONE,
+            response_flags: crate::message::response_flags::ResponseFlags::NONE,
             connection_security_policy: "unknown",
         }
     }

@@ -8,7 +8,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
 
 use super::egress::{EgressConnector, EgressTls};
-use crate::http::body::ProxyBody;
+use crate::message::body::ProxyBody;
 
 /// A pooled plaintext (or originated TLS) client to services outside the mesh: HTTP/1.1,
 /// or HTTP/2 with prior knowledge (names in the URI are resolved per connection by the

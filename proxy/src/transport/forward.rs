@@ -4,7 +4,7 @@
 //! Outbound, the next hop is another sidecar over mutual TLS ([`to_sidecar`]: the endpoint's
 //! multiplexed HTTP/2 connection, or its HTTP/1.1 keep-alive pool) or a service outside the
 //! mesh ([`to_external`]); inbound, it is the local app ([`to_app`]: h2c or the HTTP/1.1
-//! pool). Header hygiene of each hop is [`crate::http::headers`]'s; the request head is made
+//! pool). Header hygiene of each hop is [`crate::message::headers`]'s; the request head is made
 //! HTTP/2 (absolute URI, no `Host`) or HTTP/1.1 (origin-form, `Host`) here. An HTTP/1.1
 //! upgrade (WebSocket) gets a dedicated connection, spliced to the caller's once both switch.
 //!
@@ -21,10 +21,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::config::{Protocol, UpstreamProtocol};
-use crate::http::body::ProxyBody;
-use crate::http::errors::ProxyError;
-use crate::http::headers;
-use crate::http::uri::{forward_uri, request_authority};
+use crate::message::body::ProxyBody;
+use crate::message::errors::ProxyError;
+use crate::message::headers;
+use crate::message::uri::{forward_uri, request_authority};
 use crate::resilience::breaker::Breakers;
 use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, InboundPort};
 use crate::telemetry::metrics::ClusterStats;

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::connect::{ConnectError, PoolTarget, connect_tcp, connect_tls};
-use crate::http::body::ProxyBody;
+use crate::message::body::ProxyBody;
 use crate::resilience::breaker::{Limit, Permit};
 
 /// The cluster-wide limits a request is sent under (`tcp.maxConnections`,

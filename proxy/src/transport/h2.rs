@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::connect::{ConnectError, PoolTarget, connect_tcp, connect_tls};
-use crate::http::body::ProxyBody;
+use crate::message::body::ProxyBody;
 
 /// Shared HTTP/2 connection to one endpoint.
 #[derive(Debug)]

@@ -28,10 +28,10 @@ use super::{
     PARTIAL_BODY, Provider, framing, header_of,
 };
 use crate::context::ProxyContext;
-use crate::http::body::ProxyBody;
-use crate::http::errors::ProxyError;
-use crate::http::headers::X_REQUEST_ID;
-use crate::http::uri::request_authority;
+use crate::message::body::ProxyBody;
+use crate::message::errors::ProxyError;
+use crate::message::headers::X_REQUEST_ID;
+use crate::message::uri::request_authority;
 use crate::snapshot::Cluster;
 use crate::telemetry::peer::LocalWorkload;
 

@@ -28,9 +28,9 @@ use super::{
     PARTIAL_BODY, Provider, ProviderError, framing, name_patterns, named,
 };
 use crate::context::ProxyContext;
-use crate::http::body::ProxyBody;
-use crate::http::headers;
-use crate::http::uri::request_authority;
+use crate::message::body::ProxyBody;
+use crate::message::headers;
+use crate::message::uri::request_authority;
 use crate::policy::authz::matcher::StrMatch;
 use crate::snapshot::Cluster;
 

@@ -40,9 +40,9 @@ use std::time::Duration;
 use super::authz::StatsSource;
 use super::authz::matcher::{PatternError, StrMatch};
 use crate::context::ProxyContext;
-use crate::http::body::ProxyBody;
-use crate::http::errors::ProxyError;
-use crate::http::replay::{MAX_REPLAY_BYTES, ReplayBody};
+use crate::message::body::ProxyBody;
+use crate::message::errors::ProxyError;
+use crate::message::replay::{MAX_REPLAY_BYTES, ReplayBody};
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Label;
 

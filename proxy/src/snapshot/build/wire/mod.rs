@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::balance::hash_on::{CookieHash, HashOn};
 use crate::balance::locality::LocalitySetting;
 use crate::balance::slow_start::SlowStart;
-use crate::http::path::PathNormalization;
+use crate::message::path::PathNormalization;
 use crate::snapshot::DEFAULT_IDLE_TIMEOUT;
 
 /// default, failover by region and zone).

@@ -70,7 +70,7 @@ pub enum ProxyError {
     Unauthenticated(crate::policy::jwt::JwtError),
     /// The request path cannot be normalised (400).
     #[error("{0}")]
-    BadPath(#[from] crate::http::path::PathError),
+    BadPath(#[from] crate::message::path::PathError),
     /// The client's request body was malformed (a bad chunk, a body shorter than announced):
     /// 400, the connection closed.
     #[error("malformed request body: {0}")]
@@ -287,12 +287,12 @@ impl ProxyError {
         use std::error::Error as _;
         let mut src = err.source();
         while let Some(s) = src {
-            if let Some(body) = s.downcast_ref::<crate::http::body::BodyError>() {
+            if let Some(body) = s.downcast_ref::<crate::message::body::BodyError>() {
                 return match body {
-                    crate::http::body::BodyError::TooSlow { .. } => {
+                    crate::message::body::BodyError::TooSlow { .. } => {
                         ProxyError::SlowRequestBody(body.to_string())
                     }
-                    crate::http::body::BodyError::Hyper(e) => {
+                    crate::message::body::BodyError::Hyper(e) => {
                         ProxyError::BadRequestBody(e.to_string())
                     }
                 };
