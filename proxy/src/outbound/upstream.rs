@@ -160,7 +160,7 @@ impl<'a> Upstream for ClusterHosts<'a, '_> {
         // HTTP/1.1 upstreams (and services outside the mesh) connect inside the pool, which
         // has taken the request by then.
         self.cluster.external.is_none()
-            && forward::wire_protocol(self.cluster, req) != crate::config::UpstreamProtocol::Http1
+            && forward::wire_protocol(self.cluster, req) != crate::protocol::UpstreamProtocol::Http1
     }
 
     fn send(

@@ -20,11 +20,11 @@ use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::config::{Protocol, UpstreamProtocol};
 use crate::message::body::ProxyBody;
 use crate::message::errors::ProxyError;
 use crate::message::headers;
 use crate::message::uri::{forward_uri, request_authority};
+use crate::protocol::{Protocol, UpstreamProtocol};
 use crate::resilience::breaker::Breakers;
 use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, InboundPort};
 use crate::telemetry::metrics::ClusterStats;

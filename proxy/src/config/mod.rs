@@ -1,22 +1,29 @@
 //! The proxy's static configuration file (`--config FILE`).
 //!
-//! A YAML file gives the proxy its own settings (identity, listeners, limits, header options,
-//! upstream connection settings, the control plane to ask), which become its
-//! [`crate::snapshot::build::LocalSettings`] and [`crate::context::ProxyContext`], and
-//! optionally a static mesh (services, inbound policy), one source of the mesh beside the
-//! control plane ([`crate::source::file`]). The file is parsed strictly: unknown fields,
+//! A YAML file gives the proxy its own settings ([`bootstrap`]: identity, listeners, the
+//! application's ports, upstream connection settings, the control plane to ask; plus limits
+//! and header options), which become its [`crate::snapshot::build::LocalSettings`] and
+//! [`crate::context::ProxyContext`], and optionally a static mesh ([`mesh`]: services, inbound
+//! policy), one source of the mesh beside the control plane ([`crate::source::file`]). The file is parsed strictly: unknown fields,
 //! missing fields and bad values are refused with the path of the offending field, and the
 //! proxy never starts half-configured. Nothing here is read on the request path.
 
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::identity::spiffe::SpiffeId;
+
+mod bootstrap;
+mod mesh;
+
 pub use crate::message::headers::HeaderOptions;
 pub use crate::protocol::{Protocol, UpstreamProtocol};
 pub use crate::server::limits::Limits;
+pub use bootstrap::{
+    ControlConfig, IdentityConfig, InboundPortConfig, ListenersConfig, UpstreamConfig,
+};
+pub use mesh::{InboundConfig, ServiceConfig};
 
 /// Why a configuration file was refused. The message names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -77,209 +84,6 @@ pub struct ProxyConfig {
     /// it, the identity files and `services` of this file are used as they are.
     #[serde(default)]
     pub control: Option<ControlConfig>,
-}
-
-/// Where the control plane is and how this proxy proves who it is.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlConfig {
-    /// `https://HOST:PORT` of meshlite-control's xDS + CA port (15012).
-    pub address: String,
-    /// PEM root(s) the control plane's serving certificate chains to; also the initial mesh
-    /// trust bundle until the control plane sends its own.
-    pub root_cert: PathBuf,
-    /// File holding the bootstrap token for the first certificate.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// Where the last good config, key and certificate are kept (0600) so a restarted proxy
-    /// can serve before the control plane is back. Off unless set; meant for a memory-backed
-    /// volume.
-    #[serde(default)]
-    pub state_dir: Option<PathBuf>,
-    /// Requested certificate lifetime (the CA may shorten it).
-    #[serde(default = "default_cert_ttl", with = "duration_str")]
-    pub cert_ttl: Duration,
-    /// The address other sidecars reach this one's inbound listener at; defaults to the
-    /// inbound listener's address, or 127.0.0.1 with its port when it listens on all.
-    #[serde(default)]
-    pub inbound_address: Option<SocketAddr>,
-}
-
-/// Istio's default workload certificate lifetime: 24 h.
-fn default_cert_ttl() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-
-/// The workload this sidecar runs beside.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdentityConfig {
-    /// The workload's SPIFFE ID, `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
-    pub spiffe_id: String,
-    /// Workload name (Istio's `source_workload` / `destination_workload` label).
-    pub workload: String,
-    /// Canonical service name (`app` label); defaults to the workload name.
-    #[serde(default)]
-    pub app: Option<String>,
-    /// Canonical revision (`version` label); defaults to `latest`.
-    #[serde(default)]
-    pub version: Option<String>,
-    /// PEM certificate chain, leaf first (static identity; not with `control`).
-    #[serde(default)]
-    pub cert: Option<PathBuf>,
-    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
-    #[serde(default)]
-    pub key: Option<PathBuf>,
-    /// PEM trust bundle: the mesh root(s).
-    #[serde(default)]
-    pub roots: Option<PathBuf>,
-    /// Workload labels, announced to the control plane (subsets select on them).
-    #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// `region/zone/subzone`, announced to the control plane.
-    #[serde(default)]
-    pub locality: Option<String>,
-}
-
-/// Listening addresses (Istio's ports by default).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ListenersConfig {
-    /// Outbound: the local app sends here (explicit mode) or iptables redirects here.
-    pub outbound: SocketAddr,
-    /// Inbound: other sidecars connect here over mutual TLS.
-    pub inbound: SocketAddr,
-    /// Admin: config dump, readiness, quit.
-    pub admin: SocketAddr,
-    /// Prometheus metrics at `/stats/prometheus`.
-    pub metrics: SocketAddr,
-    /// Health at `/healthz/ready`.
-    pub health: SocketAddr,
-}
-
-impl Default for ListenersConfig {
-    fn default() -> Self {
-        Self {
-            outbound: SocketAddr::from(([127, 0, 0, 1], 15001)),
-            inbound: SocketAddr::from(([0, 0, 0, 0], 15006)),
-            admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
-            metrics: SocketAddr::from(([0, 0, 0, 0], 15020)),
-            health: SocketAddr::from(([0, 0, 0, 0], 15021)),
-        }
-    }
-}
-
-/// Inbound side: which local ports the sidecar forwards to.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InboundConfig {
-    /// Service ports this workload serves and where the app listens for each.
-    #[serde(default)]
-    pub ports: Vec<InboundPortConfig>,
-    /// How callers must connect while no control plane has sent this workload's
-    /// PeerAuthentication: `STRICT` (the default: a sidecar configured by hand accepts
-    /// mutual TLS only), `PERMISSIVE` or `DISABLE`.
-    #[serde(default)]
-    pub mtls: crate::policy::inbound::MtlsMode,
-    /// AuthorizationPolicies of this workload while no control plane sends its own (Istio's
-    /// spec fields: `name`, `action`, `rules` of `from`/`to`/`when`, `dry_run`).
-    #[serde(default)]
-    pub authorization: Vec<crate::policy::static_file::StaticPolicy>,
-}
-
-impl InboundConfig {
-    /// The inbound policy this file states: its mode and policies, as a control plane would
-    /// push them.
-    pub fn policy(&self) -> meshlite_xds_proto::v1::InboundPolicy {
-        use crate::policy::inbound::MtlsMode;
-        use meshlite_xds_proto::v1::MtlsMode as W;
-        meshlite_xds_proto::v1::InboundPolicy {
-            mtls_mode: match self.mtls {
-                MtlsMode::Strict => W::Strict,
-                MtlsMode::Permissive => W::Permissive,
-                MtlsMode::Disable => W::Disable,
-            } as i32,
-            port_mtls: Default::default(),
-            authorization: self.authorization.iter().map(|p| p.to_wire()).collect(),
-            jwt_rules: Vec::new(),
-        }
-    }
-}
-
-/// One served port.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InboundPortConfig {
-    /// The service port callers address (the port in `:authority`, or the CONNECT target port).
-    pub port: u16,
-    /// Where the local application listens for it.
-    pub target: SocketAddr,
-    /// Application protocol on this port.
-    #[serde(default)]
-    pub protocol: Protocol,
-}
-
-/// A destination service this workload may call.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    /// Short name (`reviews`).
-    pub name: String,
-    /// Namespace; the FQDN is `<name>.<namespace>.svc.cluster.local`.
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    /// Service port.
-    pub port: u16,
-    /// Protocol on that port.
-    #[serde(default)]
-    pub protocol: Protocol,
-    /// Extra host names that route here (besides name, name.ns, name.ns.svc, FQDN).
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    /// SPIFFE IDs the destination's sidecars may present (secure naming).
-    pub identities: Vec<String>,
-    /// Destination sidecars' inbound addresses.
-    pub endpoints: Vec<SocketAddr>,
-    /// Opaque TCP only: a local address the outbound side listens on for this service
-    /// (explicit mode; transparent capture uses the original destination instead).
-    #[serde(default)]
-    pub listen: Option<SocketAddr>,
-    /// Virtual addresses of the service (ClusterIP) for transparent capture.
-    #[serde(default)]
-    pub addresses: Vec<std::net::IpAddr>,
-}
-
-fn default_namespace() -> String {
-    "default".to_string()
-}
-
-/// How HTTP travels between sidecars.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpstreamConfig {
-    /// `http1` (default): HTTP/1.1 requests over a bounded pool of keep-alive mTLS
-    /// connections, as Istio's default, HTTP/2 and gRPC over HTTP/2 (measured cheaper and
-    /// faster than carrying everything as HTTP/2, see the README); `h2`: every request
-    /// multiplexed over one HTTP/2 mTLS connection per endpoint, as Linkerd does.
-    pub protocol: UpstreamProtocol,
-    /// TCP connect timeout to a destination sidecar.
-    #[serde(with = "duration_str")]
-    pub connect_timeout: Duration,
-    /// Idle pooled connections are closed after this long.
-    #[serde(with = "duration_str")]
-    pub idle_timeout: Duration,
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        Self {
-            protocol: UpstreamProtocol::Http1,
-            // Envoy/Istio default connect timeout: 10 s.
-            connect_timeout: Duration::from_secs(10),
-            // Istio's default HTTP idle timeout: 1 h.
-            idle_timeout: Duration::from_secs(3600),
-        }
-    }
 }
 
 /// Counters for a policy compiled only to check it.
