@@ -1,5 +1,5 @@
 //! The static mesh in a proxy's file: the services it may call and its inbound policy. One
-//! source of the mesh beside the control plane ([`crate::source::file`] reads it into a
+//! source of the mesh beside the control plane ([`crate::source::file`](mod@crate::source::file) reads it into a
 //! [`crate::source::MeshView`]); the control plane's view wins where both name a service.
 
 use serde::Deserialize;

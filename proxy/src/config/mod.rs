@@ -4,7 +4,7 @@
 //! application's ports, upstream connection settings, the control plane to ask; plus limits
 //! and header options), which become its [`crate::snapshot::build::LocalSettings`] and
 //! [`crate::context::ProxyContext`], and optionally a static mesh ([`mesh`]: services, inbound
-//! policy), one source of the mesh beside the control plane ([`crate::source::file`]). The file is parsed strictly: unknown fields,
+//! policy), one source of the mesh beside the control plane ([`crate::source::file`](mod@crate::source::file)). The file is parsed strictly: unknown fields,
 //! missing fields and bad values are refused with the path of the offending field, and the
 //! proxy never starts half-configured. Nothing here is read on the request path.
 
@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use crate::identity::spiffe::SpiffeId;
 
-mod bootstrap;
-mod mesh;
+pub mod bootstrap;
+pub mod mesh;
 
 pub use crate::message::headers::HeaderOptions;
 pub use crate::protocol::{Protocol, UpstreamProtocol};
