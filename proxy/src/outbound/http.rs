@@ -205,27 +205,3 @@ fn route<'a>(
         ))
     })
 }
-
-#[cfg(test)]
-mod tests {
-    //! The outbound request path's own footprint.
-    use super::*;
-
-    /// The size of the future an async fn returns, without calling it.
-    fn future_size<F, A, B, Fut>(_: &F) -> usize
-    where
-        F: Fn(A, B) -> Fut,
-    {
-        std::mem::size_of::<Fut>()
-    }
-
-    /// Every outbound request holds this state while it is served, and hyper moves it when it
-    /// takes the request's future: it was 6152 bytes (unoptimised build) as one module, 5584
-    /// in stages (each stage returns its next stage's future instead of wrapping it, and
-    /// only the forwarder holds the request); this bound catches a bloat, not a byte.
-    #[test]
-    fn the_request_state_stays_small() {
-        let size = future_size(&handle);
-        assert!(size <= 6144, "outbound request future: {size} bytes");
-    }
-}
