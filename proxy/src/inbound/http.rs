@@ -8,7 +8,7 @@
 //! CONNECT opens a TCP tunnel to ports declared `tcp` and nowhere else.
 
 use http::header::HeaderValue;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -227,14 +227,7 @@ pub async fn handle(
     };
     let (resp, flags) = match result {
         Ok(mut resp) => {
-            let upgrading = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            let h = &ctx.headers;
-            headers::to_downstream(
-                resp.headers_mut(),
-                h.server_name.as_deref(),
-                h.via.as_deref(),
-                upgrading,
-            );
+            headers::response_to_downstream(&mut resp, &ctx.headers);
             if let Some(changes) = response_changes {
                 changes.apply(resp.headers_mut());
             }

@@ -211,9 +211,20 @@ pub fn to_app(h: &mut HeaderMap, xfcc: Option<&HeaderValue>, upgrade: bool) {
 }
 
 /// A response on its way back to the one who asked (the app outbound, the calling sidecar
-/// inbound): hop-by-hop headers (the handshake kept when `upgrading`) and internal ones
-/// removed, `server` replaced by `server_name` (or removed), `via` appended when configured
-/// (or removed).
+/// inbound): hop-by-hop headers (the handshake kept when it switches protocols) and internal
+/// ones removed, `server` and `via` as the proxy's options say.
+pub fn response_to_downstream<B>(resp: &mut http::Response<B>, options: &HeaderOptions) {
+    let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    to_downstream(
+        resp.headers_mut(),
+        options.server_name.as_deref(),
+        options.via.as_deref(),
+        upgrading,
+    );
+}
+
+/// [`response_to_downstream`] on a header map: `server` replaced by `server_name` (or
+/// removed), `via` appended when configured (or removed).
 pub fn to_downstream(
     h: &mut HeaderMap,
     server_name: Option<&str>,

@@ -122,14 +122,7 @@ pub async fn handle(
     let (resp, flags, peer) = match result {
         Ok((mut resp, endpoint)) => {
             let peer = endpoint.and_then(|e| PeerWorkload::learn(&e.peer, resp.headers()));
-            let upgrading = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-            let h = &ctx.headers;
-            headers::to_downstream(
-                resp.headers_mut(),
-                h.server_name.as_deref(),
-                h.via.as_deref(),
-                upgrading,
-            );
+            headers::response_to_downstream(&mut resp, &ctx.headers);
             if let Some((route_ops, destination_ops)) = response_ops {
                 route_ops.apply(resp.headers_mut());
                 if let Some(ops) = destination_ops {
