@@ -205,26 +205,27 @@ pub enum PeerName {
 
 /// Why a duration argument was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not a duration: use seconds (`10`, `2.5`, `10s`) or milliseconds (`500ms`)")]
+#[error(
+    "`{0}` is not a duration: use seconds (`10`, `2.5`) or Istio's forms (`10s`, `500ms`, `1m30s`), at most 24 h"
+)]
 pub struct DurationParseError(String);
 
-/// Parses `10`, `2.5`, `10s` or `500ms` into a [`Duration`].
+/// Parses a bare number of seconds (`10`, `2.5`), or any duration Istio's grammar takes
+/// (`10s`, `500ms`, `1m30s`: the parser the proxy and the control plane share), up to 24 h.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationParseError> {
     let bad = || DurationParseError(text.to_string());
     let trimmed = text.trim();
-    let (number, scale) = if let Some(ms) = trimmed.strip_suffix("ms") {
-        (ms, 1e-3)
-    } else if let Some(s) = trimmed.strip_suffix('s') {
-        (s, 1.0)
-    } else {
-        (trimmed, 1.0)
+    let parsed = match trimmed.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+            Duration::try_from_secs_f64(seconds).map_err(|_| bad())?
+        }
+        Ok(_) => return Err(bad()),
+        Err(_) => meshlite_xds_proto::duration::parse(trimmed).map_err(|_| bad())?,
     };
-    let value: f64 = number.trim().parse().map_err(|_| bad())?;
-    let seconds = value * scale;
-    if !seconds.is_finite() || !(0.0..=24.0 * 3600.0).contains(&seconds) {
+    if parsed > Duration::from_secs(24 * 3600) {
         return Err(bad());
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -250,5 +251,12 @@ mod tests {
         );
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("-1").is_err());
+        assert_eq!(
+            parse_duration("1m30s").ok(),
+            Some(Duration::from_secs(90)),
+            "Istio's forms, as the proxy and control plane read them"
+        );
+        assert!(parse_duration("25h").is_err(), "above the 24 h cap");
+        assert!(parse_duration("10 parsecs").is_err());
     }
 }
