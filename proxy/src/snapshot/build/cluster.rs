@@ -7,9 +7,9 @@ use rustls_pki_types::ServerName;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::Duration;
 
 use super::reuse::Reuse;
+use super::wire::positive;
 use super::wire::resilience::{budget_spec, pool_limits};
 use super::wire::routes::ResolveDestination;
 use super::wire::{
@@ -62,11 +62,8 @@ impl ClusterBuilder<'_> {
         let cfg = self.cfg;
         // `tcp.connectTimeout` (Istio's default: the mesh's, here the proxy's setting) and
         // `http.maxRequestsPerConnection` shape the endpoints' connections.
-        let connect_timeout = pool
-            .and_then(|p| p.connect_timeout)
-            .and_then(|d| Duration::try_from(d).ok())
-            .filter(|d| !d.is_zero())
-            .unwrap_or(cfg.upstream.connect_timeout);
+        let connect_timeout =
+            positive(pool.and_then(|p| p.connect_timeout)).unwrap_or(cfg.upstream.connect_timeout);
         let max_requests = pool.map_or(0, |p| p.max_requests_per_connection);
         let idle_timeout = upstream_idle_timeout(pool);
         // HTTP/1.1 connections without an idle timeout of their own keep the proxy's.

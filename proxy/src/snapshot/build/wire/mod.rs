@@ -14,6 +14,13 @@ use crate::balance::slow_start::SlowStart;
 use crate::message::path::PathNormalization;
 use crate::snapshot::DEFAULT_IDLE_TIMEOUT;
 
+/// A pushed protobuf duration as a std one; `None` when absent, negative or zero (Istio's
+/// unset).
+pub(super) fn positive(d: Option<prost_types::Duration>) -> Option<Duration> {
+    d.and_then(|d| Duration::try_from(d).ok())
+        .filter(|d| !d.is_zero())
+}
+
 /// default, failover by region and zone).
 pub(super) fn locality_setting(
     l: Option<&v1::load_balancer::LocalityLbSetting>,

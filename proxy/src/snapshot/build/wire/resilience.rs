@@ -6,6 +6,7 @@
 use meshlite_xds_proto::v1;
 use std::time::Duration;
 
+use super::positive;
 use crate::resilience::breaker::PoolLimits;
 use crate::resilience::concurrency_budget::BudgetSpec;
 use crate::resilience::outlier::{
@@ -17,12 +18,6 @@ use crate::resilience::retry::{
     BACKOFF_MAX_FACTOR, BudgetParams, DEFAULT_BACKOFF_BASE, DEFAULT_BUDGET_MIN_PER_SEC,
     DEFAULT_BUDGET_RATIO, DEFAULT_BUDGET_TTL, RetryOn, RetryPolicy,
 };
-
-/// A protobuf duration as a std one; `None` when absent, negative or zero.
-fn positive(d: Option<prost_types::Duration>) -> Option<Duration> {
-    d.and_then(|d| Duration::try_from(d).ok())
-        .filter(|d| !d.is_zero())
-}
 
 /// The thresholds of a pushed `connectionPool` (none: no limits).
 pub(crate) fn pool_limits(pool: Option<&v1::ConnectionPool>) -> PoolLimits {
@@ -59,16 +54,12 @@ impl OutlierConfig {
     /// Reads the pushed block. The control plane sends `consecutive_5xx_errors` as Istio
     /// means it (unset already filled with Envoy's 5; 0 disables).
     pub(crate) fn from_proto(o: &v1::OutlierDetection) -> Self {
-        let dur = |d: Option<&prost_types::Duration>, default: Duration| {
-            d.and_then(|d| Duration::try_from(*d).ok())
-                .filter(|d| !d.is_zero())
-                .unwrap_or(default)
-        };
-        let base_ejection = dur(o.base_ejection_time.as_ref(), DEFAULT_BASE_EJECTION);
+        let dur = |d: Option<prost_types::Duration>, default| positive(d).unwrap_or(default);
+        let base_ejection = dur(o.base_ejection_time, DEFAULT_BASE_EJECTION);
         Self {
             consecutive_5xx: o.consecutive_5xx_errors,
             consecutive_gateway: o.consecutive_gateway_errors,
-            interval: dur(o.interval.as_ref(), DEFAULT_INTERVAL),
+            interval: dur(o.interval, DEFAULT_INTERVAL),
             base_ejection,
             max_ejection: DEFAULT_MAX_EJECTION.max(base_ejection),
             max_ejection_percent: if o.max_ejection_percent == 0 {
@@ -102,10 +93,6 @@ impl RetryPolicy {
         if r.attempts == 0 {
             return None;
         }
-        let dur = |d: Option<&prost_types::Duration>| {
-            d.and_then(|d| Duration::try_from(*d).ok())
-                .filter(|d| !d.is_zero())
-        };
         policy.num_retries = r.attempts;
         if !r.retry_on.is_empty() || !r.retriable_status_codes.is_empty() {
             let (mut set, _unknown) = RetryOn::parse(&r.retry_on);
@@ -116,8 +103,8 @@ impl RetryPolicy {
             let codes = r.retriable_status_codes.iter();
             policy.retriable_status_codes = codes.filter_map(|&c| u16::try_from(c).ok()).collect();
         }
-        policy.per_try_timeout = dur(r.per_try_timeout.as_ref());
-        policy.backoff_base = dur(r.backoff.as_ref()).unwrap_or(DEFAULT_BACKOFF_BASE);
+        policy.per_try_timeout = positive(r.per_try_timeout);
+        policy.backoff_base = positive(r.backoff).unwrap_or(DEFAULT_BACKOFF_BASE);
         policy.backoff_max = policy.backoff_base.saturating_mul(BACKOFF_MAX_FACTOR);
         policy.avoid_previous_hosts &= !r.keep_previous_hosts;
         policy.remote_localities = r.remote_localities;

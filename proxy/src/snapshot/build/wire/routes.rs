@@ -125,10 +125,7 @@ impl<C> RouteBehaviour<C> {
         });
         Ok(Self {
             rate_limit,
-            timeout: r
-                .timeout
-                .and_then(|d| std::time::Duration::try_from(d).ok())
-                .filter(|d| !d.is_zero()),
+            timeout: super::positive(r.timeout),
             retry: RetryPolicy::from_proto(r.retries.as_ref(), false),
             fault: Fault::compile(r.fault.as_ref()),
             request_headers: HeaderOps::compile(r.request_headers.as_ref(), name)?,
