@@ -58,37 +58,20 @@ pub const DB_PORT: u16 = 5432;
 /// config types.
 pub use meshlite_bench::harness::{AppProtocol, InboundPort};
 
-/// A service the workload may call.
-#[derive(Clone, Debug)]
-pub struct Service {
-    /// Short name.
-    pub name: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Service port.
-    pub port: u16,
-    /// Protocol.
-    pub protocol: AppProtocol,
-    /// SPIFFE IDs the destination may present.
-    pub identities: Vec<String>,
-    /// Destination sidecars' inbound addresses.
-    pub endpoints: Vec<SocketAddr>,
-    /// TCP only: ask for an explicit outbound listener on `127.0.0.1:0`.
-    pub listen: bool,
-}
+/// A service the workload may call: the harness's static service.
+pub type Service = StaticService;
 
-impl Service {
-    /// A service in namespace `default` whose destination is the `server` identity.
-    pub fn new(name: &str, port: u16, protocol: AppProtocol, endpoint: SocketAddr) -> Self {
-        Self {
-            name: name.to_string(),
-            namespace: "default".to_string(),
-            port,
-            protocol,
-            identities: vec![spiffe_id(SERVER_SA)],
-            endpoints: vec![endpoint],
-            listen: protocol == AppProtocol::Tcp,
-        }
+/// A service in namespace `default` whose destination is the `server` identity; TCP services
+/// get an explicit outbound listener on `127.0.0.1:0`.
+pub fn service(name: &str, port: u16, protocol: AppProtocol, endpoint: SocketAddr) -> Service {
+    StaticService {
+        name: name.to_string(),
+        namespace: "default".to_string(),
+        port,
+        protocol,
+        identities: vec![spiffe_id(SERVER_SA)],
+        endpoints: vec![endpoint],
+        listen: (protocol == AppProtocol::Tcp).then_some(SocketAddr::from(([127, 0, 0, 1], 0))),
     }
 }
 
@@ -168,19 +151,7 @@ impl SidecarSpec {
             },
         );
         c.inbound = self.inbound.clone();
-        c.services = self
-            .services
-            .iter()
-            .map(|s| StaticService {
-                name: s.name.clone(),
-                namespace: s.namespace.clone(),
-                port: s.port,
-                protocol: s.protocol,
-                identities: s.identities.clone(),
-                endpoints: s.endpoints.clone(),
-                listen: s.listen.then_some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            })
-            .collect();
+        c.services = self.services.clone();
         c.upstream_protocol = self.upstream_protocol.clone();
         let l = &self.limits;
         c.limits = [
@@ -680,11 +651,11 @@ impl MeshBuilder {
         let inbound = server.addrs.inbound;
         let mut client = SidecarSpec::new(&pki, CLIENT_SA);
         client.services = vec![
-            Service::new(APP, 80, AppProtocol::Http, inbound),
-            Service::new(OTHER, OTHER_PORT, AppProtocol::Http, inbound),
-            Service::new(H2APP, H2APP_PORT, AppProtocol::Http2, inbound),
-            Service::new(ECHO, ECHO_PORT, AppProtocol::Grpc, inbound),
-            Service::new(DB, DB_PORT, AppProtocol::Tcp, inbound),
+            service(APP, 80, AppProtocol::Http, inbound),
+            service(OTHER, OTHER_PORT, AppProtocol::Http, inbound),
+            service(H2APP, H2APP_PORT, AppProtocol::Http2, inbound),
+            service(ECHO, ECHO_PORT, AppProtocol::Grpc, inbound),
+            service(DB, DB_PORT, AppProtocol::Tcp, inbound),
         ];
         for tweak in self.client {
             tweak(&mut client, &pki);

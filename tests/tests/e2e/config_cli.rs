@@ -10,7 +10,7 @@ use std::path::Path;
 fn valid_config(dir: &Path) -> (std::path::PathBuf, String) {
     let pki = Pki::new();
     let mut spec = SidecarSpec::new(&pki, CLIENT_SA);
-    spec.services = vec![meshlite_tests::mesh::Service::new(
+    spec.services = vec![meshlite_tests::mesh::service(
         "app",
         80,
         meshlite_tests::mesh::AppProtocol::Http,

@@ -5,7 +5,7 @@
 use crate::field_text;
 use meshlite_tests::clients;
 use meshlite_tests::mesh::{
-    APP, AppProtocol, CLIENT_SA, Mesh, SERVER_SA, Service, Sidecar, SidecarSpec, run_proxy_cli,
+    APP, AppProtocol, CLIENT_SA, Mesh, SERVER_SA, Sidecar, SidecarSpec, run_proxy_cli, service,
 };
 use meshlite_tests::pki::{Pki, spiffe_id};
 use meshlite_tests::tls_peers::{TlsServerPeer, handshake_as_client};
@@ -118,7 +118,7 @@ async fn an_expired_server_certificate_is_refused() {
     let pki = Pki::new();
     let peer = TlsServerPeer::start(&pki.issue_expired(&spiffe_id(SERVER_SA))).await;
     let mut spec = SidecarSpec::new(&pki, CLIENT_SA);
-    spec.services = vec![Service::new(APP, 80, AppProtocol::Http, peer.addr)];
+    spec.services = vec![service(APP, 80, AppProtocol::Http, peer.addr)];
     let client = Sidecar::start(&spec).await;
     assert_refused(&client, &["expired"]).await;
     assert_logged(&client, &["expired"]);
