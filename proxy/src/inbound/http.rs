@@ -24,6 +24,7 @@ use crate::message::response_flags::ResponseFlags;
 use crate::message::uri::request_authority;
 use crate::names::split_host_port;
 use crate::outbound::http::edge_check;
+use crate::outbound::upstream::ClusterSender;
 use crate::policy::authz::{Attributes, Peer, Request as AuthzRequest, RequestAuth};
 use crate::policy::ext_authz::{self, Connection, HeaderChanges};
 use crate::policy::inbound::MtlsMode;
@@ -362,7 +363,20 @@ async fn external(
     req: &mut Request<ProxyBody>,
 ) -> Result<Option<Box<HeaderChanges>>, ProxyError> {
     let principal = principal(conn);
-    ext_authz::authorize(&conn.ctx, snap, provider, connection(conn, &principal), req).await
+    let authorizer = authorizer(&conn.ctx, snap);
+    ext_authz::authorize(authorizer, provider, connection(conn, &principal), req).await
+}
+
+/// The snapshot's providers, reached through the outbound path's sender.
+pub(super) fn authorizer<'a>(
+    ctx: &'a Arc<ProxyContext>,
+    snap: &'a Snapshot,
+) -> ext_authz::Authorizer<'a, impl FnOnce(&str) -> Option<ClusterSender> + 'a> {
+    ext_authz::Authorizer {
+        providers: &snap.security.ext_authz,
+        local: &snap.local,
+        sender_for: move |authority: &str| ClusterSender::resolve(ctx, snap, authority),
+    }
 }
 
 /// The caller's principal as Envoy gives it to an authorizer: its certificate's URI SAN.
@@ -438,8 +452,7 @@ async fn tunnel(
         if let Some(provider) = custom {
             // Boxed, as for HTTP requests.
             Box::pin(ext_authz::authorize_connection(
-                &conn.ctx,
-                snap,
+                authorizer(&conn.ctx, snap),
                 provider,
                 connection(conn, &principal(conn)),
             ))

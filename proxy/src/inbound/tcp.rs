@@ -45,7 +45,11 @@ pub async fn relay(
                 destination: local,
                 sni: None,
             };
-            let asked = ext_authz::authorize_connection(&ctx, &snap, custom.provider, connection);
+            let asked = ext_authz::authorize_connection(
+                super::http::authorizer(&ctx, &snap),
+                custom.provider,
+                connection,
+            );
             if let Err(e) = Box::pin(asked).await {
                 tracing::debug!(%remote, port, "inbound TCP connection denied: {e}");
                 return;

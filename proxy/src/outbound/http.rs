@@ -38,9 +38,6 @@ use crate::telemetry::exchange::{BreakerPermits, Exchange, TrackedBody};
 use crate::telemetry::labels::source_report;
 use crate::telemetry::peer::PeerWorkload;
 
-/// Where external authorization sends its checks (its old path, kept for it).
-pub use super::upstream::send_to_cluster;
-
 /// One downstream (app-side) connection's view.
 #[derive(Clone, Debug)]
 pub struct OutboundConn {

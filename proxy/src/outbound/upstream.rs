@@ -16,9 +16,10 @@ use super::route_rules::Dispatched;
 use crate::context::ProxyContext;
 use crate::message::body::ProxyBody;
 use crate::message::errors::ProxyError;
+use crate::policy::ext_authz::CheckSender;
 use crate::resilience::retry::RetryPolicy;
 use crate::resilience::retry_loop::{RetryLoop, Upstream};
-use crate::snapshot::{Cluster, Endpoint, ExternalTarget};
+use crate::snapshot::{Cluster, Endpoint, ExternalTarget, Snapshot};
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::BreakerPermits;
 use crate::transport::forward::{self, SendError};
@@ -239,32 +240,59 @@ fn report(cluster: &Cluster, index: usize, result: &Result<Response<ProxyBody>, 
     }
 }
 
-/// Sends a request this proxy makes itself (an external authorization check) to an
-/// endpoint of `cluster` its balancer picks, as an app's request to that service travels:
-/// over mutual TLS to the endpoint's sidecar, or in plaintext to a service outside the mesh.
-/// No route rules, retries or request telemetry apply; responses feed outlier detection as
-/// any other. `peer_header` is this workload's peer metadata.
-pub async fn send_to_cluster(
-    ctx: &ProxyContext,
-    peer_header: &HeaderValue,
-    cluster: &Cluster,
-    req: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    match &cluster.external {
-        Some(ext) => match ext.pick() {
-            None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
-            Some((_, target)) => forward::to_external(ext, target, req).await,
-        },
-        None => match cluster.pick_excluding(None, &[]) {
-            None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
-            Some((index, endpoint)) => {
-                let _in_flight = endpoint.outstanding();
-                let result = forward::to_sidecar(ctx, peer_header, cluster, &endpoint, req)
-                    .await
-                    .map_err(|e| e.error);
-                report(cluster, index, &result);
-                result
-            }
-        },
+/// The way requests this proxy makes itself (external authorization checks) reach a
+/// service: an endpoint of its cluster that the balancer picks, as an app's request to that
+/// service travels (over mutual TLS to the endpoint's sidecar, or in plaintext to a service
+/// outside the mesh). No route rules, retries or request telemetry apply; responses feed
+/// outlier detection as any other.
+#[derive(Debug, Clone)]
+pub struct ClusterSender {
+    ctx: Arc<ProxyContext>,
+    cluster: Arc<Cluster>,
+    /// This workload's peer metadata.
+    peer_header: HeaderValue,
+}
+
+impl ClusterSender {
+    /// A sender to the service of `authority` in `snap`; `None` when the snapshot has none.
+    pub fn resolve(ctx: &Arc<ProxyContext>, snap: &Snapshot, authority: &str) -> Option<Self> {
+        let hp = snap.route(authority).ok()?;
+        Some(Self {
+            ctx: ctx.clone(),
+            cluster: hp.cluster.clone(),
+            peer_header: snap.local.peer_header.clone(),
+        })
+    }
+
+    /// Sends `req` to an endpoint of the cluster.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+        let cluster = &*self.cluster;
+        match &cluster.external {
+            Some(ext) => match ext.pick() {
+                None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
+                Some((_, target)) => forward::to_external(ext, target, req).await,
+            },
+            None => match cluster.pick_excluding(None, &[]) {
+                None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),
+                Some((index, endpoint)) => {
+                    let _in_flight = endpoint.outstanding();
+                    let result =
+                        forward::to_sidecar(&self.ctx, &self.peer_header, cluster, &endpoint, req)
+                            .await
+                            .map_err(|e| e.error);
+                    report(cluster, index, &result);
+                    result
+                }
+            },
+        }
+    }
+}
+
+impl CheckSender for ClusterSender {
+    fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send {
+        ClusterSender::send(self, req)
     }
 }

@@ -10,7 +10,7 @@
 //! is no answer.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Version};
+use http::{HeaderMap, HeaderName, Request, StatusCode, Version};
 use http_body_util::BodyExt;
 use meshlite_xds_proto::auth::{
     AttributeContext, CheckRequest, CheckResponse, attribute_context, authorization_client,
@@ -20,19 +20,16 @@ use meshlite_xds_proto::envoy::config::core::v3::{Address, SocketAddress, socket
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::{
-    BufferedBody, Connection, DEFAULT_STATUS, Decision, Denial, HeaderChanges, NoAnswer,
-    PARTIAL_BODY, Provider, framing, header_of,
+    BufferedBody, CheckSender, Connection, DEFAULT_STATUS, Decision, Denial, HeaderChanges,
+    NoAnswer, PARTIAL_BODY, Provider, framing, header_of,
 };
-use crate::context::ProxyContext;
 use crate::message::body::ProxyBody;
 use crate::message::errors::ProxyError;
 use crate::message::headers::X_REQUEST_ID;
 use crate::message::uri::request_authority;
-use crate::snapshot::Cluster;
 use crate::telemetry::peer::LocalWorkload;
 
 /// `ip:port` as Envoy's `Address`.
@@ -222,19 +219,13 @@ pub fn decision(provider: &Provider, resp: CheckResponse) -> Decision {
     })
 }
 
-/// Calls `Check` on the provider's cluster.
-pub async fn call(
-    ctx: &Arc<ProxyContext>,
-    peer_header: &HeaderValue,
-    cluster: &Arc<Cluster>,
+/// Calls `Check` on the provider's service through `sender`.
+pub async fn call<S: CheckSender>(
+    sender: S,
     provider: &Provider,
     check: CheckRequest,
 ) -> Result<Decision, NoAnswer> {
-    let channel = ClusterChannel {
-        ctx: ctx.clone(),
-        cluster: cluster.clone(),
-        peer_header: peer_header.clone(),
-    };
+    let channel = SenderChannel(sender);
     let origin = format!("http://{}", provider.authority)
         .parse::<http::Uri>()
         .map_err(|e| NoAnswer(format!("authority {}: {e}", provider.authority)))?;
@@ -252,15 +243,11 @@ pub async fn call(
 }
 
 /// tonic's transport for one check: the request's body (one encoded message) is collected
-/// and sent to an endpoint of the provider's cluster by the outbound path.
+/// and handed to the sender.
 #[derive(Debug, Clone)]
-struct ClusterChannel {
-    ctx: Arc<ProxyContext>,
-    cluster: Arc<Cluster>,
-    peer_header: HeaderValue,
-}
+struct SenderChannel<S>(S);
 
-impl tower::Service<Request<tonic::body::Body>> for ClusterChannel {
+impl<S: CheckSender> tower::Service<Request<tonic::body::Body>> for SenderChannel<S> {
     type Response = http::Response<ProxyBody>;
     type Error = ProxyError;
     type Future =
@@ -271,7 +258,7 @@ impl tower::Service<Request<tonic::body::Body>> for ClusterChannel {
     }
 
     fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
-        let this = self.clone();
+        let sender = self.0.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let bytes = body
@@ -282,8 +269,8 @@ impl tower::Service<Request<tonic::body::Body>> for ClusterChannel {
                     ProxyError::Internal("the ext_authz check request did not encode")
                 })?
                 .to_bytes();
-            let req = Request::from_parts(parts, ProxyBody::full(bytes));
-            crate::outbound::http::send_to_cluster(&this.ctx, &this.peer_header, &this.cluster, req)
+            sender
+                .send(Request::from_parts(parts, ProxyBody::full(bytes)))
                 .await
         })
     }

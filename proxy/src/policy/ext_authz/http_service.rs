@@ -21,18 +21,16 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::{BodyExt, Limited};
 use meshlite_xds_proto::v1;
-use std::sync::Arc;
 
+use super::CheckSender;
 use super::{
     Apply, BufferedBody, Decision, Denial, HeaderChanges, MAX_RESPONSE_BYTES, NoAnswer,
     PARTIAL_BODY, Provider, ProviderError, framing, name_patterns, named,
 };
-use crate::context::ProxyContext;
 use crate::message::body::ProxyBody;
 use crate::message::headers;
 use crate::message::uri::request_authority;
 use crate::policy::authz::matcher::StrMatch;
-use crate::snapshot::Cluster;
 
 /// The response header in which an HTTP authorizer lists request headers to remove
 /// (comma-separated), as Envoy reads it.
@@ -145,16 +143,15 @@ impl HttpService {
         check
     }
 
-    /// Sends the check to the provider's cluster and reads its answer.
+    /// Sends the check to the provider's service and reads its answer.
     pub async fn call(
         &self,
-        ctx: &Arc<ProxyContext>,
-        peer_header: &HeaderValue,
-        cluster: &Arc<Cluster>,
+        sender: &impl CheckSender,
         provider: &Provider,
         check: Request<ProxyBody>,
     ) -> Result<Decision, NoAnswer> {
-        let resp = crate::outbound::http::send_to_cluster(ctx, peer_header, cluster, check)
+        let resp = sender
+            .send(check)
             .await
             .map_err(|e| NoAnswer(format!("check request failed: {e}")))?;
         let (parts, body) = resp.into_parts();

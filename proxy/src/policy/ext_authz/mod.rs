@@ -7,7 +7,9 @@
 //! ([`http_service`]). The provider is a service of the mesh like any other (a mesh service
 //! reached over mutual TLS to its sidecar, or a MESH_EXTERNAL ServiceEntry reached in
 //! plaintext), found by its host in this proxy's snapshot and sent to through the outbound
-//! path's own sending code. Its answer decides before DENY and ALLOW policies do:
+//! path's own sending code, which the request path hands in as a [`CheckSender`] (so this
+//! module holds compiled policy and protocol, and imports neither the snapshot nor the
+//! request path). Its answer decides before DENY and ALLOW policies do:
 //!
 //! - allow: the request goes on to DENY/ALLOW evaluation with the provider's header changes
 //!   applied (`ok_response` headers, `headersToUpstreamOnAllow`), and the caller's response
@@ -39,12 +41,33 @@ use std::time::Duration;
 
 use super::authz::StatsSource;
 use super::authz::matcher::{PatternError, StrMatch};
-use crate::context::ProxyContext;
 use crate::message::body::ProxyBody;
 use crate::message::errors::ProxyError;
 use crate::message::replay::{MAX_REPLAY_BYTES, ReplayBody};
-use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Label;
+use crate::telemetry::peer::LocalWorkload;
+
+/// How a check reaches its provider's service. The request path gives one (its own sender
+/// over the provider's cluster, so a check travels as any request to that service does);
+/// tests give a fake.
+pub trait CheckSender: Clone + Send + Sync + 'static {
+    /// Sends one check request and gives the provider's response.
+    fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> impl std::future::Future<Output = Result<http::Response<ProxyBody>, ProxyError>> + Send;
+}
+
+/// What an authorization needs from the request path: this workload's providers, its own
+/// description (for the check's attributes) and the way to a provider's host.
+pub struct Authorizer<'a, F> {
+    /// The MeshConfig's providers, compiled.
+    pub providers: &'a Providers,
+    /// This workload, as the check describes the destination.
+    pub local: &'a LocalWorkload,
+    /// A sender to the service of a provider's host, `None` when this proxy does not know it.
+    pub sender_for: F,
+}
 
 /// An authorizer's `timeout` when MeshConfig sets none: Istio's default, 600 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -378,33 +401,31 @@ fn provider<'s>(
 /// Puts `req` to the provider named by a CUSTOM policy. `Ok` with the changes for the
 /// caller's response when it may go on (the request's own changes already applied);
 /// `Err` with the caller's answer when not.
-pub async fn authorize(
-    ctx: &Arc<ProxyContext>,
-    snap: &Snapshot,
+pub async fn authorize<S: CheckSender>(
+    authorizer: Authorizer<'_, impl FnOnce(&str) -> Option<S>>,
     provider_name: Option<&Label>,
     connection: Connection<'_>,
     req: &mut Request<ProxyBody>,
 ) -> Result<Option<Box<HeaderChanges>>, ProxyError> {
-    let p = provider(&snap.security.ext_authz, provider_name)?;
+    let p = provider(authorizer.providers, provider_name)?;
     let body = match p.body {
         Some(limit) => Some(buffer_body(req, limit).await?),
         None => None,
     };
-    let answer = match snap.route(p.authority.as_str()) {
-        Err(_) => Err(unresolved(p)),
-        Ok(hp) => {
-            let cluster = &hp.cluster;
-            let peer = &snap.local.peer_header;
+    let answer = match (authorizer.sender_for)(p.authority.as_str()) {
+        None => Err(unresolved(p)),
+        Some(sender) => {
+            let local = authorizer.local;
             let asked = match &p.service {
                 Service::Grpc => {
                     let check =
-                        grpc_service::check_request(&snap.local, connection, req, body.as_ref(), p);
-                    let call = grpc_service::call(ctx, peer, cluster, p, check);
+                        grpc_service::check_request(local, connection, req, body.as_ref(), p);
+                    let call = grpc_service::call(sender, p, check);
                     tokio::time::timeout(p.timeout, call).await
                 }
                 Service::Http(h) => {
                     let check = h.check_request(p, req, body.as_ref());
-                    let call = h.call(ctx, peer, cluster, p, check);
+                    let call = h.call(&sender, p, check);
                     tokio::time::timeout(p.timeout, call).await
                 }
             };
@@ -418,21 +439,20 @@ pub async fn authorize(
 /// Envoy's network ext_authz filter does: gRPC providers only, with the connection's
 /// attributes and no request; a policy naming an HTTP provider does not apply to TCP, as
 /// istiod does not apply it.
-pub async fn authorize_connection(
-    ctx: &Arc<ProxyContext>,
-    snap: &Snapshot,
+pub async fn authorize_connection<S: CheckSender>(
+    authorizer: Authorizer<'_, impl FnOnce(&str) -> Option<S>>,
     provider_name: Option<&Label>,
     connection: Connection<'_>,
 ) -> Result<(), ProxyError> {
-    let p = provider(&snap.security.ext_authz, provider_name)?;
+    let p = provider(authorizer.providers, provider_name)?;
     if !matches!(p.service, Service::Grpc) {
         return Ok(());
     }
-    let answer = match snap.route(p.authority.as_str()) {
-        Err(_) => Err(unresolved(p)),
-        Ok(hp) => {
-            let check = grpc_service::connection_check(&snap.local, connection);
-            let call = grpc_service::call(ctx, &snap.local.peer_header, &hp.cluster, p, check);
+    let answer = match (authorizer.sender_for)(p.authority.as_str()) {
+        None => Err(unresolved(p)),
+        Some(sender) => {
+            let check = grpc_service::connection_check(authorizer.local, connection);
+            let call = grpc_service::call(sender, p, check);
             tokio::time::timeout(p.timeout, call)
                 .await
                 .unwrap_or_else(|_| Err(timed_out(p)))

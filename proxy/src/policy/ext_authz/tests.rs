@@ -571,3 +571,216 @@ fn a_policy_naming_an_unknown_provider_denies() {
         );
     }
 }
+
+/// A provider's service as the request path would reach it, answering every check with
+/// `answer` (after `delay`) and keeping what it was sent.
+#[derive(Clone)]
+struct FakeSender {
+    answer: fn() -> http::Response<ProxyBody>,
+    delay: Duration,
+    sent: Arc<std::sync::Mutex<Vec<http::request::Parts>>>,
+}
+
+impl FakeSender {
+    fn new(answer: fn() -> http::Response<ProxyBody>) -> Self {
+        Self {
+            answer,
+            delay: Duration::ZERO,
+            sent: Default::default(),
+        }
+    }
+}
+
+impl CheckSender for FakeSender {
+    async fn send(&self, req: Request<ProxyBody>) -> Result<http::Response<ProxyBody>, ProxyError> {
+        let (parts, _) = req.into_parts();
+        self.sent.lock().unwrap().push(parts);
+        tokio::time::sleep(self.delay).await;
+        Ok((self.answer)())
+    }
+}
+
+fn providers(p: v1::ExtAuthzProvider) -> Providers {
+    Providers::compile(
+        Some(&v1::MeshConfig {
+            ext_authz_providers: vec![p],
+            ..Default::default()
+        }),
+        &NoStats,
+    )
+    .unwrap()
+}
+
+fn connection() -> Connection<'static> {
+    Connection {
+        source: "10.0.0.1:40000".parse().unwrap(),
+        source_principal: None,
+        destination: "10.0.0.2:8080".parse().unwrap(),
+        sni: None,
+    }
+}
+
+fn http_wire() -> v1::ExtAuthzProvider {
+    v1::ExtAuthzProvider {
+        name: "oauth".into(),
+        service: "oauth.example.com".into(),
+        port: 8000,
+        kind: Some(v1::ext_authz_provider::Kind::Http(http_options())),
+        ..Default::default()
+    }
+}
+
+fn status(code: u16) -> http::Response<ProxyBody> {
+    http::Response::builder()
+        .status(code)
+        .body(ProxyBody::full("no"))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn authorize_sends_the_check_through_the_request_paths_sender() {
+    let local = local();
+    let ps = providers(http_wire());
+    let oauth: Label = "oauth".into();
+    let allow = FakeSender::new(|| status(200));
+    let authorizer = Authorizer {
+        providers: &ps,
+        local: &local,
+        sender_for: |host: &str| {
+            assert_eq!(host, "oauth.example.com:8000", "the provider's service");
+            Some(allow.clone())
+        },
+    };
+    let r = authorize(authorizer, Some(&oauth), connection(), &mut request()).await;
+    assert!(r.is_ok(), "a 2xx allows: {r:?}");
+    let sent: Vec<_> = allow.sent.lock().unwrap().drain(..).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].uri.path_and_query().map(|p| p.as_str()),
+        Some("/check/api/v1/process?model=small")
+    );
+
+    let deny = FakeSender::new(|| status(401));
+    let authorizer = Authorizer {
+        providers: &ps,
+        local: &local,
+        sender_for: |_: &str| Some(deny.clone()),
+    };
+    let e = authorize(authorizer, Some(&oauth), connection(), &mut request())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.flag().to_string()),
+        (StatusCode::UNAUTHORIZED, "UAEX".into()),
+        "the provider's status reaches the caller"
+    );
+}
+
+#[tokio::test]
+async fn a_grpc_check_goes_through_the_sender_and_an_error_status_is_no_answer() {
+    let local = local();
+    let ps = providers(grpc_wire());
+    // Trailers-only, as a gRPC server answers a call it refuses.
+    let unavailable = FakeSender::new(|| {
+        http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "14")
+            .body(ProxyBody::Empty)
+            .unwrap()
+    });
+    let authorizer = Authorizer {
+        providers: &ps,
+        local: &local,
+        sender_for: |host: &str| {
+            assert_eq!(host, "opa.policy.svc.cluster.local:9191");
+            Some(unavailable.clone())
+        },
+    };
+    let opa: Label = "opa".into();
+    let e = authorize(authorizer, Some(&opa), connection(), &mut request())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.status(),
+        StatusCode::FORBIDDEN,
+        "statusOnError, fail closed"
+    );
+    let sent = unavailable.sent.lock().unwrap();
+    assert_eq!(
+        sent[0].uri.path(),
+        "/envoy.service.auth.v3.Authorization/Check"
+    );
+    let p = provider(&ps, Some(&opa)).unwrap();
+    assert_eq!(p.stats.error.get(), 1);
+}
+
+#[tokio::test]
+async fn a_provider_this_proxy_cannot_reach_is_no_answer() {
+    let local = local();
+    let ps = providers(grpc_wire());
+    let authorizer = Authorizer {
+        providers: &ps,
+        local: &local,
+        sender_for: |_: &str| None::<FakeSender>,
+    };
+    let opa: Label = "opa".into();
+    let e = authorize(authorizer, Some(&opa), connection(), &mut request())
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), StatusCode::FORBIDDEN, "fails closed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_slower_than_its_timeout_is_no_answer_and_fail_open_lets_through() {
+    let local = local();
+    let mut wire = http_wire();
+    wire.timeout = Some(prost_types::Duration {
+        seconds: 1,
+        nanos: 0,
+    });
+    wire.fail_open = true;
+    let ps = providers(wire);
+    let mut slow = FakeSender::new(|| status(403));
+    slow.delay = Duration::from_secs(5);
+    let authorizer = Authorizer {
+        providers: &ps,
+        local: &local,
+        sender_for: |_: &str| Some(slow.clone()),
+    };
+    let oauth: Label = "oauth".into();
+    let started = tokio::time::Instant::now();
+    let r = authorize(authorizer, Some(&oauth), connection(), &mut request()).await;
+    assert!(
+        r.is_ok(),
+        "failOpen: the denial that came too late is not read"
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(1),
+        "gave up at the timeout"
+    );
+    let p = provider(&ps, Some(&oauth)).unwrap();
+    assert_eq!(
+        (p.stats.error.get(), p.stats.failure_mode_allowed.get()),
+        (1, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_tcp_connection_goes_to_grpc_providers_only() {
+    let local = local();
+    let ps = providers(http_wire());
+    let never = FakeSender::new(|| unreachable!("an HTTP provider is not asked about TCP"));
+    let authorizer = Authorizer {
+        providers: &ps,
+        local: &local,
+        sender_for: |_: &str| Some(never.clone()),
+    };
+    let oauth: Label = "oauth".into();
+    assert!(
+        authorize_connection(authorizer, Some(&oauth), connection())
+            .await
+            .is_ok()
+    );
+    assert!(never.sent.lock().unwrap().is_empty());
+}
