@@ -195,3 +195,7 @@ fn route<'a>(
         ))
     })
 }
+
+#[cfg(test)]
+#[path = "edge_tests.rs"]
+mod tests;
