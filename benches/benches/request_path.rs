@@ -348,45 +348,70 @@ fn vs_route(c: &mut Criterion) {
 }
 
 fn telemetry(c: &mut Criterion) {
-    use meshlite_proxy::telemetry::metrics::RequestLabels;
+    use meshlite_proxy::message::response_flags::ResponseFlags;
+    use meshlite_proxy::telemetry::istio::{IstioLabels, RequestSample};
+    use meshlite_proxy::telemetry::labels::ServiceLabels;
+    use meshlite_proxy::telemetry::peer::WorkloadMetadata;
     let metrics = Metrics::new();
     let l = |s: &str| -> Arc<str> { Arc::from(s) };
-    let labels = RequestLabels {
+    let workload = |name: &str, app: &str, version: &str| {
+        let labels = [
+            ("app".to_string(), app.to_string()),
+            ("version".to_string(), version.to_string()),
+        ]
+        .into();
+        Arc::new(WorkloadMetadata::from_labels(name, "default", &labels, ""))
+    };
+    let service = ServiceLabels::new(
+        l("reviews.default.svc.cluster.local"),
+        l("reviews"),
+        l("default"),
+        l("cluster.local/ns/default/sa/reviews"),
+    );
+    let labels = IstioLabels {
         reporter: "source",
-        source_workload: l("productpage-v1"),
-        source_workload_namespace: l("default"),
-        source_principal: l("spiffe://cluster.local/ns/default/sa/productpage"),
-        source_app: l("productpage"),
-        source_version: l("v1"),
-        source_canonical_service: l("productpage"),
-        source_canonical_revision: l("v1"),
-        destination_workload: l("reviews-v2"),
-        destination_workload_namespace: l("default"),
-        destination_principal: l("spiffe://cluster.local/ns/default/sa/reviews"),
-        destination_app: l("reviews"),
-        destination_version: l("v2"),
-        destination_service: l("reviews.default.svc.cluster.local"),
-        destination_service_name: l("reviews"),
-        destination_service_namespace: l("default"),
-        destination_canonical_service: l("reviews"),
-        destination_canonical_revision: l("v2"),
+        source: workload("productpage-v1", "productpage", "v1"),
+        source_principal: l("cluster.local/ns/default/sa/productpage"),
+        destination: workload("reviews-v2", "reviews", "v2"),
+        destination_principal: service.principal.clone(),
+        service: service.service.clone(),
         request_protocol: "http",
         response_code: 200,
         grpc_response_status: "",
-        response_flags: meshlite_proxy::message::response_flags::ResponseFlags::NONE,
+        response_flags: ResponseFlags::NONE,
         connection_security_policy: "unknown",
     };
+    let sample = RequestSample {
+        duration_ms: 0.25,
+        request_bytes: 0,
+        response_bytes: 1024,
+        ..Default::default()
+    };
+    // Every standard request family: the count, the duration and both sizes.
     c.bench_function("telemetry/record-request", |b| {
-        b.iter(|| metrics.record_request(black_box(&labels), 0.25))
+        b.iter(|| metrics.istio.record_request(black_box(&labels), &sample))
     });
-    c.bench_function("telemetry/record-request-by-label-text", |b| {
-        b.iter(|| {
-            metrics.requests.get_or_create(black_box(&labels)).inc();
-            metrics
-                .duration
-                .get_or_create(black_box(&labels))
-                .observe(0.25);
-        })
+    // Equal labels made of other Arcs (after a push): compared by text.
+    let copy = IstioLabels {
+        source: Arc::new((*labels.source).clone()),
+        destination: Arc::new((*labels.destination).clone()),
+        ..labels.clone()
+    };
+    c.bench_function("telemetry/record-request-equal-labels-other-arcs", |b| {
+        b.iter(|| metrics.istio.record_request(black_box(&copy), &sample))
+    });
+    let grpc = IstioLabels {
+        request_protocol: "grpc",
+        grpc_response_status: "0",
+        ..labels.clone()
+    };
+    let grpc_sample = RequestSample {
+        request_messages: 1,
+        response_messages: 1,
+        ..sample
+    };
+    c.bench_function("telemetry/record-request-grpc", |b| {
+        b.iter(|| metrics.istio.record_request(black_box(&grpc), &grpc_sample))
     });
 }
 

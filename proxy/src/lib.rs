@@ -215,7 +215,7 @@ impl RunningProxy {
         let mut tcp = Vec::new();
         for c in &snapshot.clusters {
             if let Some(addr) = c.listen {
-                let name = format!("{}:{}", c.labels.name, c.port);
+                let name = format!("{}:{}", c.labels.service.name, c.port);
                 tcp.push((name.clone(), bind(&name, addr).await?, c.clone()));
             }
         }
@@ -266,6 +266,9 @@ impl RunningProxy {
             connect_timeout: cfg.upstream.connect_timeout,
         });
         let quit = Arc::new(Notify::new());
+        tokio::spawn(telemetry::metrics::sweep_idle_series(Arc::downgrade(
+            &ctx.telemetry,
+        )));
         tokio::spawn(outbound::serve_listener(ctx.clone(), outbound));
         tokio::spawn(inbound::serve_listener(ctx.clone(), inbound, server_tls));
         for (_, listener, cluster) in tcp {

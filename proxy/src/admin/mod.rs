@@ -128,7 +128,7 @@ fn config_dump(ctx: &ProxyContext) -> String {
         .map(|c| {
             json!({
                 "name": &*c.name,
-                "service": &*c.labels.fqdn,
+                "service": &*c.labels.service.fqdn,
                 "port": c.port,
                 "protocol": c.protocol.label(),
                 "upstream_protocol": format!("{:?}", c.upstream).to_lowercase(),
@@ -142,7 +142,7 @@ fn config_dump(ctx: &ProxyContext) -> String {
     let dump = json!({
         "version": snap.version,
         "identity": snap.local.id.as_str(),
-        "workload": &*snap.local.workload,
+        "workload": &*snap.local.metadata.workload,
         "draining": ctx.drain.is_draining(),
         "open_connections": ctx.drain.open_connections(),
         "hosts": snap.host_count(),

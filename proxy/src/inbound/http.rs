@@ -12,11 +12,10 @@ use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use tokio::time::Instant;
 
 use crate::context::ProxyContext;
-use crate::message::body::ProxyBody;
+use crate::message::body::{BodyCount, ProxyBody};
 use crate::message::errors::{ProxyError, is_grpc};
 use crate::message::headers::{self, DESTINATION_PORT, ORIG_PROTO, PEER_METADATA};
 use crate::message::path::normalize_uri;
@@ -34,9 +33,10 @@ use crate::snapshot::InboundPort;
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{BreakerPermits, Exchange, TrackedBody};
+use crate::telemetry::istio::TcpEvent;
 use crate::telemetry::labels::{Caller, destination_report};
-use crate::telemetry::metrics::{Label, TcpLabels};
-use crate::telemetry::peer::PeerWorkload;
+use crate::telemetry::metrics::Label;
+use crate::telemetry::peer::WorkloadMetadata;
 use crate::transport::connect::connect_tcp;
 use crate::transport::forward;
 
@@ -61,7 +61,7 @@ pub struct InboundConn {
     /// The TLS server name the caller sent.
     pub sni: Option<Arc<str>>,
     /// The caller's workload labels, learnt from its first request on this connection.
-    pub peer: Arc<arc_swap::ArcSwapOption<PeerWorkload>>,
+    pub peer: Arc<arc_swap::ArcSwapOption<WorkloadMetadata>>,
 }
 
 impl InboundConn {
@@ -167,11 +167,12 @@ pub async fn handle(
         entry.downstream_peer_principal = conn.identity.as_ref().map(|p| p.principal().to_string());
         Box::new(entry)
     });
-    let received = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
+    // A request without a body has nothing to count.
+    let received = (!hyper::body::Body::is_end_stream(req.body())).then(Arc::<BodyCount>::default);
     let grpc = is_grpc(req.headers());
     let rate = ctx.limits.body_rate(req.version(), grpc);
-    let mut req = req.map(|b| ProxyBody::downstream(b, received.clone(), rate));
-    let peer = PeerWorkload::learn(&conn.peer, req.headers());
+    let mut req = req.map(|b| ProxyBody::downstream(b, received.clone(), grpc, rate));
+    let peer = WorkloadMetadata::learn(&conn.peer, req.headers());
     let port_hint = req
         .headers()
         .get(&DESTINATION_PORT)
@@ -248,10 +249,7 @@ pub async fn handle(
             (resp, e.flag())
         }
     };
-    let source = peer
-        .as_deref()
-        .cloned()
-        .unwrap_or_else(PeerWorkload::unknown);
+    let source = peer.unwrap_or_else(WorkloadMetadata::unknown);
     let caller = Caller {
         workload: &source,
         principal: &conn.principal,
@@ -271,6 +269,7 @@ pub async fn handle(
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
     exchange.hold(permits);
     exchange.count_received(received);
+    exchange.set_grpc(grpc);
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
 }
@@ -406,8 +405,8 @@ fn audit(
     let audit = &conn.ctx.telemetry.audit;
     if audit.wants(verdict) {
         let target = crate::policy::audit::Target {
-            workload: &snap.local.workload,
-            namespace: &snap.local.namespace,
+            workload: &snap.local.metadata.workload,
+            namespace: &snap.local.metadata.namespace,
         };
         audit.record(
             verdict,
@@ -478,31 +477,32 @@ async fn tunnel(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ctx = conn.ctx.clone();
     let snap = ctx.snapshot.load_full();
-    let labels = TcpLabels {
-        reporter: "destination",
-        source_workload: conn
-            .peer
-            .load_full()
-            .map(|p| p.workload.clone())
-            .unwrap_or_else(crate::telemetry::peer::unknown),
-        source_principal: conn.principal.clone(),
-        destination_workload: snap.local.workload.clone(),
-        destination_principal: snap.local.principal.clone(),
-        destination_service: request_authority(&req)
-            .map(|a| Arc::from(split_host_port(a).0))
-            .unwrap_or_else(crate::telemetry::peer::unknown),
-        response_flags: ResponseFlags::NONE,
-        connection_security_policy: if conn.identity.is_some() {
-            "mutual_tls"
-        } else {
-            "none"
-        },
+    let source = conn
+        .peer
+        .load_full()
+        .unwrap_or_else(WorkloadMetadata::unknown);
+    let caller = Caller {
+        workload: &source,
+        principal: &conn.principal,
+        mutual_tls: conn.identity.is_some(),
     };
+    let service = snap
+        .local
+        .services
+        .get(request_authority(&req).map(|a| split_host_port(a).0));
+    let labels = destination_report(
+        &snap.local,
+        caller,
+        &service,
+        Protocol::Tcp,
+        0,
+        ResponseFlags::NONE,
+    );
     let drain = ctx.drain.track();
     tokio::spawn(async move {
         let (_drain, _slot) = (drain, slot);
         let m = &ctx.telemetry.metrics;
-        m.tcp_opened.get_or_create(&labels).inc();
+        m.istio.record_tcp(&labels, TcpEvent::Opened);
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut tunnel = hyper_util::rt::TokioIo::new(upgraded);
@@ -511,9 +511,15 @@ async fn tunnel(
                     tracing::debug!("inbound tunnel ended: {e}");
                 }
             }
-            Err(e) => tracing::debug!("tunnel upgrade failed: {e}"),
+            Err(e) => {
+                tracing::debug!("tunnel upgrade failed: {e}");
+                let closed = TcpEvent::Closed {
+                    received: 0,
+                    sent: 0,
+                };
+                m.istio.record_tcp(&labels, closed);
+            }
         }
-        m.tcp_closed.get_or_create(&labels).inc();
     });
     Ok(Response::new(ProxyBody::Empty))
 }

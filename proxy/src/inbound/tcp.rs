@@ -9,10 +9,14 @@ use tokio::net::TcpStream;
 
 use super::prefixed::Prefixed;
 use crate::context::ProxyContext;
+use crate::message::response_flags::ResponseFlags;
 use crate::policy::authz::Attributes;
 use crate::policy::ext_authz::{self, Connection};
+use crate::protocol::Protocol;
 use crate::snapshot::Snapshot;
-use crate::telemetry::metrics::TcpLabels;
+use crate::telemetry::istio::TcpEvent;
+use crate::telemetry::labels::{Caller, destination_report};
+use crate::telemetry::peer::WorkloadMetadata;
 use crate::transport::connect::connect_tcp;
 
 /// Relays `io` to the app behind service port `port`, if authorization allows it.
@@ -59,8 +63,8 @@ pub async fn relay(
         let audit = &ctx.telemetry.audit;
         if audit.wants(&verdict) {
             let t = crate::policy::audit::Target {
-                workload: &snap.local.workload,
-                namespace: &snap.local.namespace,
+                workload: &snap.local.metadata.workload,
+                namespace: &snap.local.metadata.namespace,
             };
             audit.record(&verdict, &attrs, t, None);
         }
@@ -82,23 +86,26 @@ pub async fn relay(
             return;
         }
     };
-    let labels = TcpLabels {
-        reporter: "destination",
-        source_workload: crate::telemetry::peer::unknown(),
-        source_principal: crate::telemetry::peer::unknown(),
-        destination_workload: snap.local.workload.clone(),
-        destination_principal: snap.local.principal.clone(),
-        destination_service: snap.local.services.get(None).fqdn.clone(),
-        response_flags: crate::message::response_flags::ResponseFlags::NONE,
-        connection_security_policy: "none",
+    let unknown = crate::telemetry::peer::unknown();
+    let caller = Caller {
+        workload: &WorkloadMetadata::unknown(),
+        principal: &unknown,
+        mutual_tls: false,
     };
+    let labels = destination_report(
+        &snap.local,
+        caller,
+        &snap.local.services.get(None),
+        Protocol::Tcp,
+        0,
+        ResponseFlags::NONE,
+    );
     let _drain = ctx.drain.track();
     let _slot = slot;
     let m = &ctx.telemetry.metrics;
-    m.tcp_opened.get_or_create(&labels).inc();
+    m.istio.record_tcp(&labels, TcpEvent::Opened);
     let mut io = io;
     if let Err(e) = m.relay(&labels, &mut io, &mut app).await {
         tracing::debug!("inbound TCP relay ended: {e}");
     }
-    m.tcp_closed.get_or_create(&labels).inc();
 }

@@ -58,11 +58,23 @@ impl MinRate {
     }
 }
 
-/// A request body from a client: counted (access log) and held to a minimum rate.
+/// What a request body brought, read by its telemetry when the exchange ends
+/// (`istio_request_bytes`, `istio_request_messages_total`, the access log's bytes received).
+#[derive(Debug, Default)]
+pub struct BodyCount {
+    /// Data bytes.
+    pub bytes: AtomicU64,
+    /// gRPC messages begun (gRPC requests only).
+    pub messages: AtomicU64,
+}
+
+/// A request body from a client: counted and held to a minimum rate.
 #[derive(Debug)]
 pub struct DownstreamBody {
     inner: Incoming,
-    counter: Option<Arc<AtomicU64>>,
+    counter: Option<Arc<BodyCount>>,
+    /// The gRPC framing, for requests whose messages are counted.
+    grpc: Option<super::grpc_frames::GrpcFrames>,
     rate: MinRate,
     /// Bytes received in the current window.
     in_window: u64,
@@ -78,7 +90,13 @@ impl DownstreamBody {
                     let n = data.len() as u64;
                     self.in_window += n;
                     if let Some(c) = &self.counter {
-                        c.fetch_add(n, Ordering::Relaxed);
+                        c.bytes.fetch_add(n, Ordering::Relaxed);
+                        if let Some(g) = &mut self.grpc {
+                            let before = g.messages();
+                            g.feed(data);
+                            c.messages
+                                .fetch_add(g.messages() - before, Ordering::Relaxed);
+                        }
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -147,14 +165,20 @@ impl ProxyBody {
 }
 
 impl ProxyBody {
-    /// A client's request body: data bytes counted into `counter` when one is given (the
-    /// access log's `bytes_received`), held to `rate` while the proxy waits for it.
-    pub fn downstream(body: Incoming, counter: Option<Arc<AtomicU64>>, rate: MinRate) -> Self {
+    /// A client's request body: data bytes (and gRPC messages when `grpc`) counted into
+    /// `counter` when one is given, held to `rate` while the proxy waits for it.
+    pub fn downstream(
+        body: Incoming,
+        counter: Option<Arc<BodyCount>>,
+        grpc: bool,
+        rate: MinRate,
+    ) -> Self {
         if counter.is_none() && (rate.bytes_per_sec == 0 || body.is_end_stream()) {
             return ProxyBody::Incoming(body);
         }
         ProxyBody::Downstream(DownstreamBody {
             inner: body,
+            grpc: (grpc && counter.is_some()).then(Default::default),
             counter,
             rate,
             in_window: 0,

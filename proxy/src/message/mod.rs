@@ -6,6 +6,7 @@
 pub mod body;
 pub mod errors;
 pub mod framing;
+pub mod grpc_frames;
 pub mod headers;
 pub mod path;
 pub mod replay;

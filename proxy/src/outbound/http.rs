@@ -18,13 +18,12 @@ use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use tokio::time::Instant;
 
 use super::route_rules::{self, Dispatched, Rule};
 use super::upstream;
 use crate::context::ProxyContext;
-use crate::message::body::ProxyBody;
+use crate::message::body::{BodyCount, ProxyBody};
 use crate::message::errors::{ProxyError, is_grpc};
 use crate::message::headers;
 use crate::message::path::normalize_uri;
@@ -36,7 +35,7 @@ use crate::snapshot::{Routed, Snapshot, Target};
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{BreakerPermits, Exchange, TrackedBody};
 use crate::telemetry::labels::source_report;
-use crate::telemetry::peer::PeerWorkload;
+use crate::telemetry::peer::WorkloadMetadata;
 
 /// One downstream (app-side) connection's view.
 #[derive(Clone, Debug)]
@@ -76,10 +75,11 @@ pub async fn handle(
         .access_log
         .is_some()
         .then(|| Box::new(AccessLogEntry::for_request(&req, "outbound", conn.remote)));
-    let received = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
+    // A request without a body has nothing to count.
+    let received = (!hyper::body::Body::is_end_stream(req.body())).then(Arc::<BodyCount>::default);
     let grpc = is_grpc(req.headers());
     let rate = ctx.limits.body_rate(req.version(), grpc);
-    let mut req = req.map(|b| ProxyBody::downstream(b, received.clone(), rate));
+    let mut req = req.map(|b| ProxyBody::downstream(b, received.clone(), grpc, rate));
 
     // Framing that could be read two ways is refused; routes match the normalised path, the
     // one the destination authorizes and its app gets.
@@ -118,7 +118,7 @@ pub async fn handle(
         .unwrap_or(Protocol::Http);
     let (resp, flags, peer) = match result {
         Ok((mut resp, endpoint)) => {
-            let peer = endpoint.and_then(|e| PeerWorkload::learn(&e.peer, resp.headers()));
+            let peer = endpoint.and_then(|e| WorkloadMetadata::learn(&e.peer, resp.headers()));
             headers::response_to_downstream(&mut resp, &ctx.headers);
             if let Some((route_ops, destination_ops)) = response_ops {
                 route_ops.apply(resp.headers_mut());
@@ -140,7 +140,7 @@ pub async fn handle(
     let labels = source_report(
         &snap.local,
         cluster.as_deref().map(|c| &c.labels),
-        peer.as_deref(),
+        peer.as_ref(),
         protocol,
         resp.status().as_u16(),
         flags,
@@ -151,6 +151,7 @@ pub async fn handle(
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
     exchange.hold(permits);
     exchange.count_received(received);
+    exchange.set_grpc(grpc);
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
 }

@@ -14,9 +14,11 @@ use crate::message::body::ProxyBody;
 use crate::message::errors::ProxyError;
 use crate::message::headers::PEER_METADATA;
 use crate::message::response_flags::ResponseFlags;
-use crate::snapshot::Cluster;
-use crate::telemetry::metrics::TcpLabels;
-use crate::telemetry::peer::unknown;
+use crate::protocol::Protocol;
+use crate::snapshot::{Cluster, Endpoint};
+use crate::telemetry::istio::{IstioLabels, TcpEvent};
+use crate::telemetry::labels::source_report;
+use crate::telemetry::peer::WorkloadMetadata;
 
 /// Accepts connections for one `tcp` service until drain.
 pub async fn serve_listener(ctx: Arc<ProxyContext>, listener: TcpListener, cluster: Arc<Cluster>) {
@@ -32,7 +34,7 @@ pub async fn serve_listener(ctx: Arc<ProxyContext>, listener: TcpListener, clust
                     let current = ctx
                         .snapshot
                         .load()
-                        .cluster(&cluster.labels.fqdn, cluster.port)
+                        .cluster(&cluster.labels.service.fqdn, cluster.port)
                         .cloned()
                         .unwrap_or_else(|| cluster.clone());
                     tokio::spawn(async move {
@@ -50,57 +52,72 @@ pub async fn serve_listener(ctx: Arc<ProxyContext>, listener: TcpListener, clust
     }
 }
 
-fn labels(ctx: &ProxyContext, cluster: &Cluster, flags: ResponseFlags) -> TcpLabels {
+/// The source report of a connection to `cluster`, whose endpoint's workload is `peer`
+/// when one was reached.
+fn labels(
+    ctx: &ProxyContext,
+    cluster: &Cluster,
+    peer: Option<&Arc<WorkloadMetadata>>,
+    flags: ResponseFlags,
+) -> IstioLabels {
     let snap = ctx.snapshot.load();
-    TcpLabels {
-        reporter: "source",
-        source_workload: snap.local.workload.clone(),
-        source_principal: snap.local.principal.clone(),
-        destination_workload: unknown(),
-        destination_principal: cluster.labels.principal.clone(),
-        destination_service: cluster.labels.fqdn.clone(),
-        response_flags: flags,
-        connection_security_policy: "unknown",
-    }
+    source_report(
+        &snap.local,
+        Some(&cluster.labels),
+        peer,
+        Protocol::Tcp,
+        0,
+        flags,
+    )
+}
+
+/// Counts a connection that ended before any byte was relayed, with the flag saying why.
+fn refused(ctx: &ProxyContext, cluster: &Cluster, e: &ProxyError) {
+    let labels = labels(ctx, cluster, None, e.flag());
+    let istio = &ctx.telemetry.metrics.istio;
+    istio.record_tcp(&labels, TcpEvent::Opened);
+    let closed = TcpEvent::Closed {
+        received: 0,
+        sent: 0,
+    };
+    istio.record_tcp(&labels, closed);
 }
 
 async fn relay(ctx: &ProxyContext, cluster: &Cluster, mut client: TcpStream) {
-    let m = &ctx.telemetry.metrics;
-    let ok = labels(ctx, cluster, ResponseFlags::NONE);
-    m.tcp_opened.get_or_create(&ok).inc();
     // `tcp.maxConnections`: one slot per tunnel for as long as it is open; over the limit the
     // downstream connection is closed at once (Envoy's TCP proxy, flag `UO`).
     let Some(_slot) = cluster.breakers.connections.try_acquire() else {
         cluster.stats.pending_overflow.inc();
         cluster.stats.cx_overflow.inc();
         let e = ProxyError::Overflow(cluster.name.to_string());
-        tracing::debug!(service = %cluster.labels.fqdn, "tcp connection refused: {e}");
-        m.tcp_closed
-            .get_or_create(&labels(ctx, cluster, e.flag()))
-            .inc();
+        tracing::debug!(service = %cluster.labels.service.fqdn, "tcp connection refused: {e}");
+        refused(ctx, cluster, &e);
         return;
     };
     match open_tunnel(ctx, cluster).await {
-        Ok(upgraded) => {
+        Ok((upgraded, endpoint)) => {
+            let peer = endpoint.peer.load_full();
+            let labels = labels(ctx, cluster, peer.as_ref(), ResponseFlags::NONE);
+            let m = &ctx.telemetry.metrics;
+            m.istio.record_tcp(&labels, TcpEvent::Opened);
             let mut upstream = TokioIo::new(upgraded);
-            if let Err(e) = m.relay(&ok, &mut client, &mut upstream).await {
+            if let Err(e) = m.relay(&labels, &mut client, &mut upstream).await {
                 tracing::debug!("tcp relay ended: {e}");
             }
-            m.tcp_closed.get_or_create(&ok).inc();
         }
         Err(e) => {
-            tracing::warn!(service = %cluster.labels.fqdn, flag = %e.flag(), "tcp tunnel failed: {e}");
-            m.tcp_closed
-                .get_or_create(&labels(ctx, cluster, e.flag()))
-                .inc();
+            tracing::warn!(service = %cluster.labels.service.fqdn, flag = %e.flag(), "tcp tunnel failed: {e}");
+            refused(ctx, cluster, &e);
         }
     }
 }
 
+/// Opens a CONNECT tunnel to an endpoint of `cluster`, which learns the endpoint's
+/// workload from the answer when the control plane did not describe it.
 async fn open_tunnel(
     ctx: &ProxyContext,
     cluster: &Cluster,
-) -> Result<hyper::upgrade::Upgraded, ProxyError> {
+) -> Result<(hyper::upgrade::Upgraded, Arc<Endpoint>), ProxyError> {
     let (index, endpoint) = cluster
         .pick(None)
         .ok_or_else(|| ProxyError::NoHealthyUpstream(cluster.name.to_string()))?;
@@ -130,7 +147,9 @@ async fn open_tunnel(
             resp.status()
         )));
     }
-    hyper::upgrade::on(&mut resp)
+    WorkloadMetadata::learn(&endpoint.peer, resp.headers());
+    let upgraded = hyper::upgrade::on(&mut resp)
         .await
-        .map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))
+        .map_err(|e| ProxyError::UpstreamTerminated(e.to_string()))?;
+    Ok((upgraded, endpoint))
 }

@@ -21,7 +21,7 @@ use crate::resilience::rate_limit::TokenBucket;
 use crate::resilience::retry::RetryBudget;
 use crate::telemetry::labels::ServiceLabels;
 use crate::telemetry::metrics::{ClusterStats, Label};
-use crate::telemetry::peer::PeerWorkload;
+use crate::telemetry::peer::WorkloadMetadata;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
 
@@ -39,7 +39,7 @@ pub struct Endpoint {
     /// Its HTTP/1.1 keep-alive connections (HTTP in http1 mode).
     pub h1: H1Pool,
     /// The peer's workload labels, learnt from its first response.
-    pub peer: arc_swap::ArcSwapOption<PeerWorkload>,
+    pub peer: arc_swap::ArcSwapOption<WorkloadMetadata>,
     /// The workload's labels (subset selection).
     pub labels: BTreeMap<String, String>,
     /// Requests sent to it and not yet answered (least request reads it); kept across

@@ -157,7 +157,7 @@ impl Snapshot {
     pub fn cluster(&self, fqdn: &str, port: u16) -> Option<&Arc<Cluster>> {
         self.clusters
             .iter()
-            .find(|c| c.port == port && &*c.labels.fqdn == fqdn)
+            .find(|c| c.port == port && &*c.labels.service.fqdn == fqdn)
     }
 
     /// Finds the cluster for a request's host (`reviews`, `reviews:9080`, an FQDN, an alias).

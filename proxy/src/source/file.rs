@@ -36,6 +36,7 @@ pub fn view(cfg: &ProxyConfig) -> MeshView {
                     locality: Locality::default(),
                     weight: 1,
                     plaintext: false,
+                    workload: None,
                 })
                 .collect(),
             listen: s.listen,

@@ -44,6 +44,7 @@ mod tests {
                     locality: Default::default(),
                     weight: 1,
                     plaintext: false,
+                    workload: None,
                 })
                 .collect(),
             listen: None,

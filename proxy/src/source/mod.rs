@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use crate::balance::locality::Locality;
 use crate::identity::spiffe::SpiffeId;
 use crate::protocol::Protocol;
+use crate::telemetry::peer::WorkloadMetadata;
+use std::sync::Arc;
 
 /// A service as the snapshot builder takes it, from the static file or from xDS.
 #[derive(Clone, Debug)]
@@ -62,6 +64,9 @@ pub struct EndpointSpec {
     /// Its PeerAuthentication on this port is DISABLE: reached in plaintext, as Istio's auto
     /// mutual TLS does.
     pub plaintext: bool,
+    /// Its workload's metric labels, when the source names the workload (the control plane
+    /// does; a static file does not, and the peer's answers tell).
+    pub workload: Option<Arc<WorkloadMetadata>>,
 }
 
 /// Everything about the mesh a snapshot is built from: services with their endpoints,

@@ -9,15 +9,16 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 use super::Telemetry;
 use super::access_log::AccessLogEntry;
+use super::istio::{IstioLabels, RequestSample};
 use super::labels::grpc_status_label;
-use super::metrics::RequestLabels;
-use crate::message::body::ProxyBody;
+use crate::message::body::{BodyCount, ProxyBody};
+use crate::message::grpc_frames::GrpcFrames;
 use crate::message::response_flags::ResponseFlags;
 use crate::server::conn::InFlight;
 
@@ -25,10 +26,12 @@ use crate::server::conn::InFlight;
 #[derive(Debug)]
 pub struct Exchange {
     telemetry: Arc<Telemetry>,
-    labels: RequestLabels,
+    labels: IstioLabels,
     start: Instant,
     log: Option<Box<AccessLogEntry>>,
-    received: Option<Arc<AtomicU64>>,
+    received: Option<Arc<BodyCount>>,
+    /// Whether the caller speaks gRPC (`request_protocol="grpc"`, messages counted).
+    grpc: bool,
     _in_flight: InFlight,
     _permits: BreakerPermits,
 }
@@ -56,7 +59,7 @@ impl Exchange {
     /// Starts tracking; `log` is present only when the access log is on.
     pub fn new(
         telemetry: Arc<Telemetry>,
-        labels: RequestLabels,
+        labels: IstioLabels,
         start: Instant,
         log: Option<Box<AccessLogEntry>>,
         in_flight: InFlight,
@@ -67,6 +70,7 @@ impl Exchange {
             start,
             log,
             received: None,
+            grpc: false,
             _in_flight: in_flight,
             _permits: BreakerPermits::default(),
         }
@@ -77,27 +81,46 @@ impl Exchange {
         self._permits = permits;
     }
 
-    /// Reads the request body's byte count from `counter` when the exchange finishes (the
-    /// access log's `bytes_received`).
-    pub fn count_received(&mut self, counter: Option<Arc<AtomicU64>>) {
+    /// Reads what the request body brought from `counter` when the exchange finishes
+    /// (`None`: a request without a body).
+    pub fn count_received(&mut self, counter: Option<Arc<BodyCount>>) {
         self.received = counter;
     }
 
-    fn finish(mut self, bytes_sent: u64, complete: bool) {
+    /// Marks a gRPC caller: reported as `request_protocol="grpc"`, whatever the service's
+    /// declared protocol (Istio reads it from the request), with its messages counted.
+    pub fn set_grpc(&mut self, grpc: bool) {
+        self.grpc = grpc;
+        if grpc {
+            self.labels.request_protocol = "grpc";
+        }
+    }
+
+    fn finish(mut self, sent: &Sent, complete: bool) {
         if !complete && self.labels.response_flags.is_empty() {
             self.labels.response_flags = ResponseFlags::DC;
         }
         let elapsed = self.start.elapsed();
-        let ms = elapsed.as_secs_f64() * 1000.0;
+        let (request_bytes, request_messages) = self.received.as_ref().map_or((0, 0), |c| {
+            (
+                c.bytes.load(Ordering::Relaxed),
+                c.messages.load(Ordering::Relaxed),
+            )
+        });
+        let sample = RequestSample {
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            request_bytes,
+            response_bytes: sent.bytes,
+            request_messages,
+            response_messages: sent.grpc.map_or(0, |g| g.messages()),
+        };
         let m = &self.telemetry.metrics;
-        m.record_request(&self.labels, ms);
+        m.istio.record_request(&self.labels, &sample);
         if let (Some(mut entry), Some(log)) = (self.log.take(), self.telemetry.access_log.as_ref())
         {
             entry.response_flags = self.labels.response_flags;
-            entry.bytes_sent = bytes_sent;
-            if let Some(received) = &self.received {
-                entry.bytes_received = received.load(Ordering::Relaxed);
-            }
+            entry.bytes_sent = sent.bytes;
+            entry.bytes_received = request_bytes;
             entry.duration = elapsed.as_millis() as u64;
             entry.duration_ms = entry.duration;
             log.log(&entry);
@@ -105,27 +128,39 @@ impl Exchange {
     }
 }
 
+/// What a response body has sent so far.
+#[derive(Debug, Default)]
+struct Sent {
+    bytes: u64,
+    /// The gRPC framing, for gRPC exchanges.
+    grpc: Option<GrpcFrames>,
+}
+
 /// A response body that finishes its [`Exchange`] when the stream ends or is dropped.
 #[derive(Debug)]
 pub struct TrackedBody {
     inner: ProxyBody,
     exchange: Option<Exchange>,
-    bytes: u64,
+    sent: Sent,
 }
 
 impl TrackedBody {
     /// Wraps `inner`; `exchange` is finished when the stream ends.
     pub fn new(inner: ProxyBody, exchange: Option<Exchange>) -> Self {
+        let grpc = exchange.as_ref().is_some_and(|e| e.grpc);
         Self {
             inner,
             exchange,
-            bytes: 0,
+            sent: Sent {
+                bytes: 0,
+                grpc: grpc.then(GrpcFrames::default),
+            },
         }
     }
 
     fn complete(&mut self, ok: bool) {
         if let Some(ex) = self.exchange.take() {
-            ex.finish(self.bytes, ok);
+            ex.finish(&self.sent, ok);
         }
     }
 }
@@ -150,7 +185,10 @@ impl Body for TrackedBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    this.bytes += d.len() as u64;
+                    this.sent.bytes += d.len() as u64;
+                    if let Some(g) = &mut this.sent.grpc {
+                        g.feed(d);
+                    }
                 } else if let (Some(t), Some(ex)) = (frame.trailers_ref(), this.exchange.as_mut())
                     && let Some(status) = t.get("grpc-status")
                 {

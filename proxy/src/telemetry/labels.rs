@@ -3,10 +3,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::metrics::{Label, RequestLabels};
+use super::istio::IstioLabels;
+use super::metrics::Label;
+use crate::message::response_flags::ResponseFlags;
 use crate::names::CLUSTER_DOMAIN;
 use crate::protocol::Protocol;
-use crate::telemetry::peer::{LocalWorkload, PeerWorkload, unknown};
+use crate::telemetry::peer::{LocalWorkload, WorkloadMetadata, unknown};
 
 /// gRPC status codes as label values (0-16); anything else is reported as its number elsewhere.
 const GRPC_STATUS: [&str; 17] = [
@@ -25,55 +27,61 @@ pub fn grpc_status_label(v: &[u8]) -> &'static str {
 /// Metric label values of a destination service, computed once.
 #[derive(Debug)]
 pub struct ServiceLabels {
-    /// FQDN.
-    pub fqdn: Label,
-    /// Short name.
-    pub name: Label,
-    /// Namespace.
-    pub namespace: Label,
+    /// Its `destination_service*` labels.
+    pub service: Arc<DestinationService>,
     /// Principal of the expected identity (the first allowed one).
     pub principal: Label,
 }
 
-/// Labels reported by the client-side sidecar (`reporter="source"`).
+impl ServiceLabels {
+    /// The labels of service `fqdn` (short name `name`, in `namespace`) whose endpoints
+    /// present `principal`.
+    pub fn new(fqdn: Label, name: Label, namespace: Label, principal: Label) -> Self {
+        Self {
+            service: Arc::new(DestinationService {
+                fqdn,
+                name,
+                namespace,
+            }),
+            principal,
+        }
+    }
+}
+
+/// The service of a request the source sidecar could not route: every label `unknown`.
+fn unknown_service() -> Arc<DestinationService> {
+    static UNKNOWN: std::sync::LazyLock<Arc<DestinationService>> = std::sync::LazyLock::new(|| {
+        Arc::new(DestinationService {
+            fqdn: unknown(),
+            name: unknown(),
+            namespace: unknown(),
+        })
+    });
+    UNKNOWN.clone()
+}
+
+/// Labels reported by the client-side sidecar (`reporter="source"`): `service` is the
+/// routed service (`None` when the request matched none), `peer` the endpoint's workload
+/// as the control plane or its answer described it.
 pub fn source_report(
     local: &LocalWorkload,
     service: Option<&ServiceLabels>,
-    peer: Option<&PeerWorkload>,
+    peer: Option<&Arc<WorkloadMetadata>>,
     protocol: Protocol,
     response_code: u16,
-    response_flags: crate::message::response_flags::ResponseFlags,
-) -> RequestLabels {
-    let u = unknown();
-    let dest = peer.cloned().unwrap_or_else(PeerWorkload::unknown);
-    let (svc, svc_name, svc_ns, principal): (Label, Label, Label, Label) = match service {
-        Some(s) => (
-            s.fqdn.clone(),
-            s.name.clone(),
-            s.namespace.clone(),
-            s.principal.clone(),
-        ),
-        None => (u.clone(), u.clone(), u.clone(), u.clone()),
+    response_flags: ResponseFlags,
+) -> IstioLabels {
+    let (svc, principal) = match service {
+        Some(s) => (s.service.clone(), s.principal.clone()),
+        None => (unknown_service(), unknown()),
     };
-    RequestLabels {
+    IstioLabels {
         reporter: "source",
-        source_workload: local.workload.clone(),
-        source_workload_namespace: local.namespace.clone(),
+        source: local.metadata.clone(),
         source_principal: local.principal.clone(),
-        source_app: local.app.clone(),
-        source_version: local.version.clone(),
-        source_canonical_service: local.app.clone(),
-        source_canonical_revision: local.version.clone(),
-        destination_workload: dest.workload,
-        destination_workload_namespace: dest.namespace,
+        destination: peer.cloned().unwrap_or_else(WorkloadMetadata::unknown),
         destination_principal: principal,
-        destination_app: dest.app.clone(),
-        destination_version: dest.version.clone(),
-        destination_service: svc,
-        destination_service_name: svc_name,
-        destination_service_namespace: svc_ns,
-        destination_canonical_service: dest.app,
-        destination_canonical_revision: dest.version,
+        service: svc,
         request_protocol: protocol.label(),
         response_code,
         grpc_response_status: "",
@@ -82,8 +90,8 @@ pub fn source_report(
     }
 }
 
-/// The `destination_service*` labels of a request that reached this workload.
-#[derive(Debug, PartialEq, Eq)]
+/// The `destination_service*` labels of a request.
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct DestinationService {
     /// `destination_service`: an FQDN (a short name is qualified with this namespace).
     pub fqdn: Label,
@@ -176,8 +184,8 @@ fn qualify(name: &str, namespace: &str) -> Label {
 /// Who called, as the destination sidecar reports it.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
-    /// The caller's workload labels (`unknown` when not learnt).
-    pub workload: &'a PeerWorkload,
+    /// The caller's workload (`unknown` when not learnt).
+    pub workload: &'a Arc<WorkloadMetadata>,
     /// Its principal (`unknown` for plaintext).
     pub principal: &'a Label,
     /// Whether it came over mutual TLS (`connection_security_policy`).
@@ -188,40 +196,27 @@ pub struct Caller<'a> {
 pub fn destination_report(
     local: &LocalWorkload,
     caller: Caller<'_>,
-    service: &DestinationService,
+    service: &Arc<DestinationService>,
     protocol: Protocol,
     response_code: u16,
-    response_flags: crate::message::response_flags::ResponseFlags,
-) -> RequestLabels {
-    let Caller {
-        workload: source,
-        principal: source_principal,
-        mutual_tls,
-    } = caller;
-    RequestLabels {
+    response_flags: ResponseFlags,
+) -> IstioLabels {
+    IstioLabels {
         reporter: "destination",
-        source_workload: source.workload.clone(),
-        source_workload_namespace: source.namespace.clone(),
-        source_principal: source_principal.clone(),
-        source_app: source.app.clone(),
-        source_version: source.version.clone(),
-        source_canonical_service: source.app.clone(),
-        source_canonical_revision: source.version.clone(),
-        destination_workload: local.workload.clone(),
-        destination_workload_namespace: local.namespace.clone(),
+        source: caller.workload.clone(),
+        source_principal: caller.principal.clone(),
+        destination: local.metadata.clone(),
         destination_principal: local.principal.clone(),
-        destination_app: local.app.clone(),
-        destination_version: local.version.clone(),
-        destination_service: service.fqdn.clone(),
-        destination_service_name: service.name.clone(),
-        destination_service_namespace: service.namespace.clone(),
-        destination_canonical_service: local.app.clone(),
-        destination_canonical_revision: local.version.clone(),
+        service: service.clone(),
         request_protocol: protocol.label(),
         response_code,
         grpc_response_status: "",
         response_flags,
-        connection_security_policy: if mutual_tls { "mutual_tls" } else { "none" },
+        connection_security_policy: if caller.mutual_tls {
+            "mutual_tls"
+        } else {
+            "none"
+        },
     }
 }
 

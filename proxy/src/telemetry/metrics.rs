@@ -1,98 +1,22 @@
 //! Prometheus metrics with Istio's standard names and labels.
 //!
-//! `istio_requests_total`, `istio_request_duration_milliseconds` and the TCP counters carry the
-//! exact label names Istio's dashboards query (SEMANTICS.md §7.1); `meshlite_*` metrics cover the
-//! proxy's internals. Label values are `Arc<str>` shared with the snapshot, so recording a request
-//! clones pointers, not strings.
+//! Istio's standard families ([`super::istio`]) carry the exact label names Istio's
+//! dashboards query (SEMANTICS.md §7.1); `envoy_*` statistics keep Envoy's names; `meshlite_*`
+//! metrics cover the proxy's internals. Label values are `Arc<str>` shared with the snapshot,
+//! so recording clones pointers, not strings.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
-/// Envoy's default histogram buckets, in milliseconds (Istio uses them unchanged).
-pub const DURATION_BUCKETS_MS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
-];
+use super::istio::{IstioLabels, IstioMetrics, TcpEvent};
+use super::series::SeriesLimits;
 
 /// A shared label value.
 pub type Label = Arc<str>;
-
-/// Istio's standard request labels.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    /// `source` (client sidecar) or `destination` (server sidecar).
-    pub reporter: &'static str,
-    /// Calling workload name.
-    pub source_workload: Label,
-    /// Calling workload namespace.
-    pub source_workload_namespace: Label,
-    /// Calling workload's principal (SPIFFE ID without scheme), `unknown` when not known.
-    pub source_principal: Label,
-    /// Calling workload's app label.
-    pub source_app: Label,
-    /// Calling workload's version label.
-    pub source_version: Label,
-    /// Calling canonical service.
-    pub source_canonical_service: Label,
-    /// Calling canonical revision.
-    pub source_canonical_revision: Label,
-    /// Called workload.
-    pub destination_workload: Label,
-    /// Called workload namespace.
-    pub destination_workload_namespace: Label,
-    /// Called workload's principal.
-    pub destination_principal: Label,
-    /// Called workload's app label.
-    pub destination_app: Label,
-    /// Called workload's version label.
-    pub destination_version: Label,
-    /// Destination service FQDN.
-    pub destination_service: Label,
-    /// Destination service short name.
-    pub destination_service_name: Label,
-    /// Destination service namespace.
-    pub destination_service_namespace: Label,
-    /// Called canonical service.
-    pub destination_canonical_service: Label,
-    /// Called canonical revision.
-    pub destination_canonical_revision: Label,
-    /// `http`, `grpc` or `tcp`.
-    pub request_protocol: &'static str,
-    /// HTTP status, `0` when no response was produced.
-    pub response_code: u16,
-    /// gRPC status for gRPC requests, empty otherwise.
-    pub grpc_response_status: &'static str,
-    /// Envoy response flags, `-` when none.
-    pub response_flags: crate::message::response_flags::ResponseFlags,
-    /// `mutual_tls` / `none` on destination reports, `unknown` on source reports.
-    pub connection_security_policy: &'static str,
-}
-
-/// Labels of the TCP metrics: the request labels minus the HTTP-only ones.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
-    /// `source` or `destination`.
-    pub reporter: &'static str,
-    /// Calling workload.
-    pub source_workload: Label,
-    /// Calling principal.
-    pub source_principal: Label,
-    /// Called workload.
-    pub destination_workload: Label,
-    /// Called principal.
-    pub destination_principal: Label,
-    /// Destination service FQDN.
-    pub destination_service: Label,
-    /// Envoy response flags.
-    pub response_flags: crate::message::response_flags::ResponseFlags,
-    /// `mutual_tls` / `none` / `unknown`.
-    pub connection_security_policy: &'static str,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TlsFailureLabels {
@@ -118,31 +42,15 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
-/// The request-duration histogram family, with Envoy's buckets.
-pub type DurationFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
-
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS_MS)
-}
-
 /// Every metric the proxy exports, registered once at start-up.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// `istio_requests_total`.
-    pub requests: Family<RequestLabels, Counter>,
-    /// `istio_request_duration_milliseconds`.
-    pub duration: DurationFamily,
-    /// Both request families' handles by label identity (see [`Self::record_request`]).
-    request_handles: super::request_handles::RequestHandleCache,
-    /// `istio_tcp_connections_opened_total`.
-    pub tcp_opened: Family<TcpLabels, Counter>,
-    /// `istio_tcp_connections_closed_total`.
-    pub tcp_closed: Family<TcpLabels, Counter>,
-    /// `istio_tcp_sent_bytes_total` (response direction).
-    pub tcp_sent: Family<TcpLabels, Counter>,
-    /// `istio_tcp_received_bytes_total` (request direction).
-    pub tcp_received: Family<TcpLabels, Counter>,
+    /// Istio's standard request and TCP families.
+    pub istio: Arc<IstioMetrics>,
+    /// `meshlite_metric_series_dropped_total`: records not kept because their family held
+    /// as many series as it may.
+    pub series_dropped: Counter,
     /// `meshlite_tls_handshake_failures_total{direction,reason}`.
     pub tls_failures: TlsFailureCounter,
     /// `meshlite_downstream_connections_active`.
@@ -534,6 +442,26 @@ impl ControlMetrics {
     }
 }
 
+/// How often idle series are swept: a series untouched for two sweeps (10 to 15 minutes,
+/// several scrape intervals) is removed.
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Sweeps the idle series of Istio's families every [`SWEEP_INTERVAL`] for as long as the
+/// proxy's telemetry exists.
+pub async fn sweep_idle_series(telemetry: std::sync::Weak<super::Telemetry>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(t) = telemetry.upgrade() else { return };
+        let removed = t.metrics.istio.sweep();
+        if removed > 0 {
+            tracing::debug!(removed, "idle metric series removed");
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -541,12 +469,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Relays a TCP stream both ways until either side closes, counting the bytes under
-    /// `labels`: `caller` to `destination` in `istio_tcp_received_bytes_total`, back in
-    /// `istio_tcp_sent_bytes_total`. Bytes of a relay that ends in an error are not counted.
+    /// Relays a TCP stream both ways until either side closes, and records the connection's
+    /// close under `labels` with its bytes: `caller` to `destination` in
+    /// `istio_tcp_received_bytes_total`, back in `istio_tcp_sent_bytes_total`. Bytes of a
+    /// relay that ends in an error are not counted.
     pub async fn relay<A, B>(
         &self,
-        labels: &TcpLabels,
+        labels: &IstioLabels,
         caller: &mut A,
         destination: &mut B,
     ) -> std::io::Result<()>
@@ -554,63 +483,29 @@ impl Metrics {
         A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
         B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
     {
-        let (received, sent) = tokio::io::copy_bidirectional(caller, destination).await?;
-        self.tcp_received.get_or_create(labels).inc_by(received);
-        self.tcp_sent.get_or_create(labels).inc_by(sent);
-        Ok(())
+        let relayed = tokio::io::copy_bidirectional(caller, destination).await;
+        let (received, sent) = relayed.as_ref().map_or((0, 0), |r| *r);
+        self.istio
+            .record_tcp(labels, TcpEvent::Closed { received, sent });
+        relayed.map(|_| ())
     }
 
-    /// Counts one request in `istio_requests_total` and its duration in
-    /// `istio_request_duration_milliseconds`, finding both series with one lookup by label
-    /// identity ([`super::request_handles`]) rather than two by label text.
-    pub fn record_request(&self, labels: &RequestLabels, ms: f64) {
-        self.request_handles
-            .record(labels, ms, |l| super::request_handles::RequestHandles {
-                count: self.requests.get_or_create(l).clone(),
-                duration: self.duration.get_or_create(l).clone(),
-            });
-    }
-
-    /// Creates and registers every metric.
+    /// Creates every metric with the default series limits.
     pub fn new() -> Self {
+        Self::with_limits(SeriesLimits::default())
+    }
+
+    /// Creates and registers every metric; Istio's families hold at most `limits`.
+    pub fn with_limits(limits: SeriesLimits) -> Self {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
+        let series_dropped = Counter::default();
         registry.register(
-            "istio_requests",
-            "Requests handled, by Istio's standard labels",
-            requests.clone(),
+            "meshlite_metric_series_dropped",
+            "Records not kept because their metric family held as many series as it may",
+            series_dropped.clone(),
         );
-        let duration: DurationFamily =
-            Family::new_with_constructor(duration_histogram as fn() -> Histogram);
-        registry.register(
-            "istio_request_duration_milliseconds",
-            "Request duration from first byte received to stream complete",
-            duration.clone(),
-        );
-        let tcp_opened = Family::<TcpLabels, Counter>::default();
-        registry.register(
-            "istio_tcp_connections_opened",
-            "TCP connections opened",
-            tcp_opened.clone(),
-        );
-        let tcp_closed = Family::<TcpLabels, Counter>::default();
-        registry.register(
-            "istio_tcp_connections_closed",
-            "TCP connections closed",
-            tcp_closed.clone(),
-        );
-        let tcp_sent = Family::<TcpLabels, Counter>::default();
-        registry.register(
-            "istio_tcp_sent_bytes",
-            "Bytes sent in the response direction",
-            tcp_sent.clone(),
-        );
-        let tcp_received = Family::<TcpLabels, Counter>::default();
-        registry.register(
-            "istio_tcp_received_bytes",
-            "Bytes received in the request direction",
-            tcp_received.clone(),
-        );
+        let istio = Arc::new(IstioMetrics::new(limits, series_dropped.clone()));
+        registry.register_collector(Box::new(istio.clone()));
         let tls_failures = TlsFailureCounter::default();
         registry.register(
             "meshlite_tls_handshake_failures",
@@ -655,13 +550,8 @@ impl Metrics {
             control,
             clusters,
             registry,
-            request_handles: Default::default(),
-            requests,
-            duration,
-            tcp_opened,
-            tcp_closed,
-            tcp_sent,
-            tcp_received,
+            istio,
+            series_dropped,
             tls_failures,
             downstream_active,
             upstream_connects,

@@ -2,10 +2,11 @@
 
 pub mod access_log;
 pub mod exchange;
+pub mod istio;
 pub mod labels;
 pub mod metrics;
 pub mod peer;
-pub mod request_handles;
+pub mod series;
 
 /// Metrics plus the optional access log, shared by every connection.
 #[derive(Debug)]

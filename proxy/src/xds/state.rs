@@ -18,6 +18,8 @@ use super::XdsError;
 use crate::identity::spiffe::SpiffeId;
 use crate::protocol::Protocol;
 use crate::source::{EndpointSpec, MeshView, ServiceSpec};
+use crate::telemetry::peer::{DEFAULT_CLUSTER_ID, WorkloadMetadata};
+use std::sync::Arc;
 
 /// One resource as received: its version and encoded body.
 #[derive(Clone, Debug, PartialEq)]
@@ -199,6 +201,19 @@ impl XdsState {
                                 .unwrap_or_default(),
                             weight: e.weight.max(1),
                             plaintext: false,
+                            workload: (!e.workload.is_empty()).then(|| {
+                                let labels = e
+                                    .labels
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), v.clone()))
+                                    .collect();
+                                Arc::new(WorkloadMetadata::from_labels(
+                                    &e.workload,
+                                    &e.namespace,
+                                    &labels,
+                                    DEFAULT_CLUSTER_ID,
+                                ))
+                            }),
                         })
                     })
                     .collect::<Result<Vec<_>, XdsError>>()?;

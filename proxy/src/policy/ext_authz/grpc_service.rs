@@ -149,7 +149,7 @@ pub fn connection_check(local: &LocalWorkload, connection: Connection<'_>) -> Ch
             }),
             destination: Some(attribute_context::Peer {
                 address: Some(address(connection.destination)),
-                service: local.app.to_string(),
+                service: local.metadata.canonical_service.to_string(),
                 labels: local.labels.clone(),
                 principal: local.id.as_str().to_string(),
                 certificate: String::new(),

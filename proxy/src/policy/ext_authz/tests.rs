@@ -76,14 +76,20 @@ fn local() -> crate::telemetry::peer::LocalWorkload {
     crate::telemetry::peer::LocalWorkload {
         principal: id.principal().into(),
         id,
-        workload: "llm-v1".into(),
-        namespace: "default".into(),
-        app: "llm".into(),
+        metadata: Arc::new(crate::telemetry::peer::WorkloadMetadata::from_labels(
+            "llm-v1",
+            "default",
+            &[
+                ("app".to_string(), "llm".to_string()),
+                ("version".to_string(), "v1".to_string()),
+            ]
+            .into(),
+            "",
+        )),
         services: crate::telemetry::labels::DestinationServices::new(
             "llm".into(),
             "default".into(),
         ),
-        version: "v1".into(),
         peer_header: HeaderValue::from_static("llm-v1;default;llm;v1"),
         locality: Default::default(),
         labels: [("app".to_string(), "llm".to_string())].into(),

@@ -117,7 +117,8 @@ impl ClusterBuilder<'_> {
                         Some(self.metrics.upstream_connects.clone()),
                     )
                     .with_max_requests(max_requests),
-                    peer: arc_swap::ArcSwapOption::empty(),
+                    // Described by the control plane, else learnt from its first answer.
+                    peer: arc_swap::ArcSwapOption::new(ep.workload.clone()),
                     labels: ep.labels.clone(),
                     active: Arc::default(),
                     latency: Default::default(),
@@ -252,12 +253,12 @@ impl ClusterBuilder<'_> {
             protocol: svc.protocol,
             name,
             subset: Arc::from(subset),
-            labels: ServiceLabels {
-                fqdn: Arc::from(fqdn.as_str()),
-                name: Arc::from(svc.name.as_str()),
-                namespace: Arc::from(svc.namespace.as_str()),
+            labels: ServiceLabels::new(
+                Arc::from(fqdn.as_str()),
+                Arc::from(svc.name.as_str()),
+                Arc::from(svc.namespace.as_str()),
                 principal,
-            },
+            ),
             authority,
             endpoints,
             hash_on,

@@ -10,7 +10,6 @@ pub(crate) mod wire;
 
 pub use wire::routes::ResolveDestination;
 
-use http::HeaderValue;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -29,7 +28,7 @@ use crate::snapshot::{HostPort, RouteBehaviour, RouteTable};
 use crate::source::{EndpointSpec, MeshView, ServiceSpec};
 use crate::telemetry::labels::DestinationServices;
 use crate::telemetry::metrics::{Label, Metrics};
-use crate::telemetry::peer::LocalWorkload;
+use crate::telemetry::peer::{DEFAULT_CLUSTER_ID, LocalWorkload, WorkloadMetadata};
 use crate::transport::connect::PoolTarget;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
@@ -219,10 +218,7 @@ impl Snapshot {
         // This workload's own service: its DestinationRule's connectionPool applies inbound.
         let own_policy = view
             .policies
-            .get(&format!(
-                "{}.{}.{CLUSTER_DOMAIN}",
-                local.app, local.namespace
-            ))
+            .get(&format!("{}", local.services.get(None).fqdn))
             .and_then(|p| p.traffic_policy.as_ref());
         let inbound: HashMap<u16, InboundPort> = cfg
             .inbound_ports
@@ -304,26 +300,30 @@ impl Snapshot {
 fn local_workload(cfg: &LocalSettings, identity: &Identity) -> LocalWorkload {
     let id = identity.id().clone();
     let w = &cfg.workload;
-    let namespace: Label = Arc::from(
-        id.namespace_and_account()
-            .map(|(ns, _)| ns)
-            .unwrap_or("default"),
-    );
-    let workload: Label = Arc::from(w.name.as_str());
-    let app: Label = Arc::from(w.app.as_deref().unwrap_or(&w.name));
-    let version_label: Label = Arc::from(w.version.as_deref().unwrap_or("latest"));
-    let peer_header =
-        HeaderValue::from_str(&format!("{workload};{namespace};{app};{version_label}"))
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown;unknown;unknown;unknown"));
-    LocalWorkload {
-        services: DestinationServices::new(app.clone(), namespace.clone()),
-        principal: Arc::from(id.principal()),
-        id,
-        workload,
+    let namespace = id
+        .namespace_and_account()
+        .map(|(ns, _)| ns)
+        .unwrap_or("default");
+    // The `app` and `version` settings are the labels of those names.
+    let mut labels = w.labels.clone();
+    for (key, value) in [("app", &w.app), ("version", &w.version)] {
+        if let Some(v) = value {
+            labels.entry(key.to_string()).or_insert_with(|| v.clone());
+        }
+    }
+    let metadata = Arc::new(WorkloadMetadata::from_labels(
+        &w.name,
         namespace,
-        app,
-        version: version_label,
-        peer_header,
+        &labels,
+        DEFAULT_CLUSTER_ID,
+    ));
+    let app: Label = Arc::from(w.app.as_deref().unwrap_or(&w.name));
+    LocalWorkload {
+        services: DestinationServices::new(app, metadata.namespace.clone()),
+        principal: Arc::from(id.principal()),
+        peer_header: metadata.header(),
+        metadata,
+        id,
         locality: w.locality.clone(),
         labels: w.labels.clone(),
     }

@@ -59,7 +59,7 @@ impl Reuse {
             }
             if let Some(b) = &c.rate_limit {
                 r.rate_limits
-                    .entry(c.labels.fqdn.to_string())
+                    .entry(c.labels.service.fqdn.to_string())
                     .or_insert_with(|| b.clone());
             }
             if let Some(d) = &c.outlier {
@@ -72,7 +72,7 @@ impl Reuse {
             if let Some(x) = &c.external {
                 r.external
                     .entry((
-                        c.labels.fqdn.to_string(),
+                        c.labels.service.fqdn.to_string(),
                         c.port,
                         c.connect_timeout,
                         x.tls_key.clone(),

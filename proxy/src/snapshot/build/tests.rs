@@ -58,6 +58,7 @@ fn endpoint(port: u16, version: &str) -> EndpointSpec {
         locality: Default::default(),
         weight: 1,
         plaintext: false,
+        workload: None,
     }
 }
 

@@ -1,0 +1,509 @@
+//! Istio's standard metrics (SEMANTICS 7.1), both reporters, with every standard label:
+//! `istio_requests_total`, `istio_request_duration_milliseconds`, `istio_request_bytes`,
+//! `istio_response_bytes`, `istio_request_messages_total` / `istio_response_messages_total`
+//! (gRPC), and the four `istio_tcp_*` families.
+//!
+//! A label set is two workload halves ([`WorkloadMetadata`], shared with the snapshot), the
+//! destination service and a few statics, so recording clones a handful of `Arc`s. The
+//! series live in [`SeriesMap`]s (made on first use, swept when idle, capped) and are
+//! encoded by a collector, so what a scrape shows is exactly what is held.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
+use super::labels::DestinationService;
+use super::metrics::Label;
+use super::peer::WorkloadMetadata;
+use super::series::{SeriesLimits, SeriesMap};
+use crate::message::response_flags::ResponseFlags;
+
+/// Envoy's default histogram buckets (Istio uses them unchanged for durations in
+/// milliseconds and for sizes in bytes).
+pub const DEFAULT_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Istio's `request_protocol` of TCP connections.
+pub const TCP: &str = "tcp";
+
+/// Istio's standard labels of one request or connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct IstioLabels {
+    /// `source` (client sidecar) or `destination` (server sidecar).
+    pub reporter: &'static str,
+    /// The calling workload.
+    pub source: Arc<WorkloadMetadata>,
+    /// The caller's principal (SPIFFE ID without scheme), `unknown` when not known.
+    pub source_principal: Label,
+    /// The called workload.
+    pub destination: Arc<WorkloadMetadata>,
+    /// The called workload's principal.
+    pub destination_principal: Label,
+    /// The destination service.
+    pub service: Arc<DestinationService>,
+    /// `http`, `grpc` or `tcp`.
+    pub request_protocol: &'static str,
+    /// HTTP status, `0` when no response was produced (not a label of TCP metrics).
+    pub response_code: u16,
+    /// gRPC status for gRPC requests, empty otherwise (not a label of TCP metrics).
+    pub grpc_response_status: &'static str,
+    /// Envoy response flags, `-` when none.
+    pub response_flags: ResponseFlags,
+    /// `mutual_tls` / `none` on destination reports, `unknown` on source reports.
+    pub connection_security_policy: &'static str,
+}
+
+fn label(e: &mut LabelSetEncoder, name: &'static str, value: &str) -> Result<(), std::fmt::Error> {
+    (name, value).encode(e.encode_label())
+}
+
+impl EncodeLabelSet for IstioLabels {
+    fn encode(&self, e: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let (s, d) = (&*self.source, &*self.destination);
+        label(e, "reporter", self.reporter)?;
+        label(e, "source_workload", &s.workload)?;
+        label(e, "source_workload_namespace", &s.namespace)?;
+        label(e, "source_principal", &self.source_principal)?;
+        label(e, "source_app", &s.app)?;
+        label(e, "source_version", &s.version)?;
+        label(e, "source_canonical_service", &s.canonical_service)?;
+        label(e, "source_canonical_revision", &s.canonical_revision)?;
+        label(e, "source_cluster", &s.cluster)?;
+        label(e, "destination_workload", &d.workload)?;
+        label(e, "destination_workload_namespace", &d.namespace)?;
+        label(e, "destination_principal", &self.destination_principal)?;
+        label(e, "destination_app", &d.app)?;
+        label(e, "destination_version", &d.version)?;
+        label(e, "destination_service", &self.service.fqdn)?;
+        label(e, "destination_service_name", &self.service.name)?;
+        label(e, "destination_service_namespace", &self.service.namespace)?;
+        label(e, "destination_canonical_service", &d.canonical_service)?;
+        label(e, "destination_canonical_revision", &d.canonical_revision)?;
+        label(e, "destination_cluster", &d.cluster)?;
+        label(e, "request_protocol", self.request_protocol)?;
+        if self.request_protocol != TCP {
+            ("response_code", self.response_code).encode(e.encode_label())?;
+            label(e, "grpc_response_status", self.grpc_response_status)?;
+        }
+        ("response_flags", self.response_flags).encode(e.encode_label())?;
+        label(
+            e,
+            "connection_security_policy",
+            self.connection_security_policy,
+        )
+    }
+}
+
+/// What one finished request adds to its series.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RequestSample {
+    /// From the request's first byte to the end of the response stream.
+    pub duration_ms: f64,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response body bytes.
+    pub response_bytes: u64,
+    /// gRPC messages in the request body (gRPC only).
+    pub request_messages: u64,
+    /// gRPC messages in the response body (gRPC only).
+    pub response_messages: u64,
+}
+
+/// The series of one request label set.
+#[derive(Debug)]
+pub struct RequestSeries {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+    /// gRPC only: request and response messages.
+    messages: Option<(Counter, Counter)>,
+}
+
+impl RequestSeries {
+    fn new(grpc: bool) -> Self {
+        Self {
+            requests: Counter::default(),
+            duration: Histogram::new(DEFAULT_BUCKETS),
+            request_bytes: Histogram::new(DEFAULT_BUCKETS),
+            response_bytes: Histogram::new(DEFAULT_BUCKETS),
+            messages: grpc.then(Default::default),
+        }
+    }
+
+    fn record(&self, s: &RequestSample) {
+        self.requests.inc();
+        self.duration.observe(s.duration_ms);
+        self.request_bytes.observe(s.request_bytes as f64);
+        self.response_bytes.observe(s.response_bytes as f64);
+        if let Some((req, resp)) = &self.messages {
+            req.inc_by(s.request_messages);
+            resp.inc_by(s.response_messages);
+        }
+    }
+}
+
+/// The series of one TCP label set.
+#[derive(Debug, Default)]
+pub struct TcpSeries {
+    opened: Counter,
+    closed: Counter,
+    sent: Counter,
+    received: Counter,
+}
+
+/// What happened to a TCP connection, for its series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpEvent {
+    /// It opened.
+    Opened,
+    /// It closed after relaying `received` bytes in the request direction and `sent` back.
+    Closed {
+        /// Bytes from the caller.
+        received: u64,
+        /// Bytes to the caller.
+        sent: u64,
+    },
+}
+
+/// Istio's standard families, held and encoded.
+#[derive(Debug)]
+pub struct IstioMetrics {
+    requests: SeriesMap<IstioLabels, RequestSeries>,
+    tcp: SeriesMap<IstioLabels, TcpSeries>,
+}
+
+impl IstioMetrics {
+    /// Empty families bounded by `limits` each, counting records dropped at the cap in
+    /// `dropped`.
+    pub fn new(limits: SeriesLimits, dropped: Counter) -> Self {
+        Self {
+            requests: SeriesMap::new(limits, dropped.clone()),
+            tcp: SeriesMap::new(limits, dropped),
+        }
+    }
+
+    /// Records one finished request.
+    pub fn record_request(&self, labels: &IstioLabels, sample: &RequestSample) {
+        let grpc = labels.request_protocol == "grpc";
+        self.requests
+            .with(labels, || RequestSeries::new(grpc), |s| s.record(sample));
+    }
+
+    /// Records a TCP connection opening or closing.
+    pub fn record_tcp(&self, labels: &IstioLabels, event: TcpEvent) {
+        self.tcp.with(labels, TcpSeries::default, |s| match event {
+            TcpEvent::Opened => {
+                s.opened.inc();
+            }
+            TcpEvent::Closed { received, sent } => {
+                s.closed.inc();
+                s.received.inc_by(received);
+                s.sent.inc_by(sent);
+            }
+        });
+    }
+
+    /// Removes the series idle past their limit; returns how many.
+    pub fn sweep(&self) -> usize {
+        self.requests.sweep() + self.tcp.sweep()
+    }
+
+    /// Series held now (request and TCP label sets).
+    pub fn len(&self) -> usize {
+        self.requests.len() + self.tcp.len()
+    }
+
+    /// Whether no series is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One family of the request or TCP map, as encoded.
+fn family<V>(
+    encoder: &mut DescriptorEncoder,
+    map: &SeriesMap<IstioLabels, V>,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    metric: impl Fn(&V) -> Option<&dyn EncodeMetric>,
+) -> Result<(), std::fmt::Error> {
+    let mut any = false;
+    map.for_each(|_, v| {
+        any |= metric(v).is_some();
+        Ok::<(), std::fmt::Error>(())
+    })?;
+    if !any {
+        return Ok(());
+    }
+    let mut m = encoder.encode_descriptor(name, help, None, metric_type)?;
+    map.for_each(|labels, v| match metric(v) {
+        Some(metric) => metric.encode(m.encode_family(labels)?),
+        None => Ok(()),
+    })
+}
+
+impl Collector for IstioMetrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter as C, Histogram as H};
+        let r = &self.requests;
+        family(&mut e, r, "istio_requests", "Requests handled", C, |s| {
+            Some(&s.requests)
+        })?;
+        family(
+            &mut e,
+            r,
+            "istio_request_duration_milliseconds",
+            "Request duration from first byte received to stream complete",
+            H,
+            |s| Some(&s.duration),
+        )?;
+        family(
+            &mut e,
+            r,
+            "istio_request_bytes",
+            "Request body sizes",
+            H,
+            |s| Some(&s.request_bytes),
+        )?;
+        family(
+            &mut e,
+            r,
+            "istio_response_bytes",
+            "Response body sizes",
+            H,
+            |s| Some(&s.response_bytes),
+        )?;
+        family(
+            &mut e,
+            r,
+            "istio_request_messages",
+            "gRPC messages sent by callers",
+            C,
+            |s| s.messages.as_ref().map(|(req, _)| req as &dyn EncodeMetric),
+        )?;
+        family(
+            &mut e,
+            r,
+            "istio_response_messages",
+            "gRPC messages sent back",
+            C,
+            |s| {
+                s.messages
+                    .as_ref()
+                    .map(|(_, resp)| resp as &dyn EncodeMetric)
+            },
+        )?;
+        let t = &self.tcp;
+        family(
+            &mut e,
+            t,
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            C,
+            |s| Some(&s.opened),
+        )?;
+        family(
+            &mut e,
+            t,
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            C,
+            |s| Some(&s.closed),
+        )?;
+        family(
+            &mut e,
+            t,
+            "istio_tcp_sent_bytes",
+            "Bytes sent in the response direction",
+            C,
+            |s| Some(&s.sent),
+        )?;
+        family(
+            &mut e,
+            t,
+            "istio_tcp_received_bytes",
+            "Bytes received in the request direction",
+            C,
+            |s| Some(&s.received),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::labels::ServiceLabels;
+    use crate::telemetry::metrics::Metrics;
+
+    fn workload(name: &str, app: &str, version: &str) -> Arc<WorkloadMetadata> {
+        let labels = [
+            ("app".to_string(), app.to_string()),
+            ("version".to_string(), version.to_string()),
+        ]
+        .into();
+        Arc::new(WorkloadMetadata::from_labels(name, "default", &labels, ""))
+    }
+
+    fn labels(protocol: &'static str) -> IstioLabels {
+        let s = ServiceLabels::new(
+            "reviews.default.svc.cluster.local".into(),
+            "reviews".into(),
+            "default".into(),
+            "cluster.local/ns/default/sa/reviews".into(),
+        );
+        IstioLabels {
+            reporter: "destination",
+            source: workload("productpage-v1", "productpage", "v1"),
+            source_principal: "cluster.local/ns/default/sa/productpage".into(),
+            destination: workload("reviews-v2", "reviews", "v2"),
+            destination_principal: s.principal.clone(),
+            service: s.service.clone(),
+            request_protocol: protocol,
+            response_code: 200,
+            grpc_response_status: if protocol == "grpc" { "0" } else { "" },
+            response_flags: ResponseFlags::NONE,
+            connection_security_policy: "mutual_tls",
+        }
+    }
+
+    fn lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    #[test]
+    fn a_request_is_exported_in_every_standard_family_with_every_standard_label() {
+        let m = Metrics::new();
+        let sample = RequestSample {
+            duration_ms: 3.0,
+            request_bytes: 20,
+            response_bytes: 700,
+            ..Default::default()
+        };
+        m.istio.record_request(&labels("http"), &sample);
+        m.istio.record_request(&labels("http"), &sample);
+        let text = m.encode();
+        let total = lines(&text, "istio_requests_total{");
+        assert_eq!(total.len(), 1, "{text}");
+        let expected = "istio_requests_total{reporter=\"destination\",\
+            source_workload=\"productpage-v1\",source_workload_namespace=\"default\",\
+            source_principal=\"cluster.local/ns/default/sa/productpage\",source_app=\"productpage\",\
+            source_version=\"v1\",source_canonical_service=\"productpage\",\
+            source_canonical_revision=\"v1\",source_cluster=\"Kubernetes\",\
+            destination_workload=\"reviews-v2\",destination_workload_namespace=\"default\",\
+            destination_principal=\"cluster.local/ns/default/sa/reviews\",destination_app=\"reviews\",\
+            destination_version=\"v2\",destination_service=\"reviews.default.svc.cluster.local\",\
+            destination_service_name=\"reviews\",destination_service_namespace=\"default\",\
+            destination_canonical_service=\"reviews\",destination_canonical_revision=\"v2\",\
+            destination_cluster=\"Kubernetes\",request_protocol=\"http\",response_code=\"200\",\
+            grpc_response_status=\"\",response_flags=\"-\",\
+            connection_security_policy=\"mutual_tls\"} 2";
+        assert_eq!(total[0], expected);
+        // Envoy's buckets: 700 bytes falls in le="1000".
+        let bytes = lines(&text, "istio_response_bytes_bucket{");
+        assert_eq!(
+            bytes.len(),
+            DEFAULT_BUCKETS.len() + 1,
+            "one per bucket and +Inf"
+        );
+        assert!(
+            bytes
+                .iter()
+                .any(|l| l.contains("le=\"500.0\"") && l.ends_with(" 0"))
+                && bytes
+                    .iter()
+                    .any(|l| l.contains("le=\"1000.0\"") && l.ends_with(" 2")),
+            "{bytes:?}"
+        );
+        assert!(text.contains("istio_request_bytes_sum{"));
+        assert!(text.contains("istio_request_duration_milliseconds_count{"));
+        assert!(
+            !text.contains("istio_request_messages"),
+            "message counters are for gRPC only"
+        );
+    }
+
+    #[test]
+    fn grpc_requests_count_messages_and_tcp_carries_no_http_labels() {
+        let m = Metrics::new();
+        let sample = RequestSample {
+            request_messages: 1,
+            response_messages: 3,
+            ..Default::default()
+        };
+        m.istio.record_request(&labels("grpc"), &sample);
+        let tcp = labels(TCP);
+        m.istio.record_tcp(&tcp, TcpEvent::Opened);
+        m.istio.record_tcp(
+            &tcp,
+            TcpEvent::Closed {
+                received: 10,
+                sent: 4000,
+            },
+        );
+        let text = m.encode();
+        let req = lines(&text, "istio_request_messages_total{");
+        let resp = lines(&text, "istio_response_messages_total{");
+        assert!(req.len() == 1 && req[0].ends_with(" 1"), "{text}");
+        assert!(resp.len() == 1 && resp[0].ends_with(" 3"), "{text}");
+        assert!(req[0].contains("grpc_response_status=\"0\""));
+        for (family, value) in [
+            ("istio_tcp_connections_opened_total{", " 1"),
+            ("istio_tcp_connections_closed_total{", " 1"),
+            ("istio_tcp_received_bytes_total{", " 10"),
+            ("istio_tcp_sent_bytes_total{", " 4000"),
+        ] {
+            let l = lines(&text, family);
+            assert_eq!(l.len(), 1, "{family}: {text}");
+            assert!(l[0].ends_with(value), "{}", l[0]);
+            assert!(l[0].contains("destination_workload=\"reviews-v2\""));
+            assert!(l[0].contains("source_canonical_service=\"productpage\""));
+            assert!(l[0].contains("request_protocol=\"tcp\""));
+            assert!(!l[0].contains("response_code"), "{}", l[0]);
+        }
+    }
+
+    #[test]
+    fn nothing_recorded_nothing_exported_and_idle_series_go() {
+        let m = Metrics::new();
+        assert!(!m.encode().contains("istio_"), "no series before first use");
+        m.istio
+            .record_request(&labels("http"), &RequestSample::default());
+        assert!(m.encode().contains("istio_requests_total{"));
+        for _ in 0..3 {
+            m.istio.sweep();
+        }
+        assert!(m.istio.is_empty());
+        assert!(!m.encode().contains("istio_requests_total{"));
+    }
+
+    #[test]
+    fn the_cap_drops_new_label_sets_and_counts_them() {
+        let m = Metrics::with_limits(SeriesLimits {
+            max_series: 1,
+            idle_sweeps: 2,
+        });
+        m.istio
+            .record_request(&labels("http"), &RequestSample::default());
+        let other = IstioLabels {
+            response_code: 503,
+            ..labels("http")
+        };
+        m.istio.record_request(&other, &RequestSample::default());
+        let text = m.encode();
+        assert_eq!(lines(&text, "istio_requests_total{").len(), 1);
+        assert!(
+            text.contains("meshlite_metric_series_dropped_total 1"),
+            "{text}"
+        );
+    }
+}
