@@ -1,7 +1,7 @@
 //! Telemetry: Istio's standard metrics from both sidecars, and the JSON access log.
 
 use crate::field_text;
-use meshlite_tests::clients::{Http1Client, empty, h1_request};
+use meshlite_tests::clients::{Http1Client, empty, full, h1_request};
 use meshlite_tests::mesh::{CLIENT_SA, Mesh};
 use meshlite_tests::prometheus::names;
 
@@ -75,6 +75,50 @@ async fn requests_are_counted_by_the_source_and_the_destination_sidecar() {
             sidecar.name
         );
     }
+
+    // A body of 1,500 bytes is counted by both reporters in istio_request_bytes, and the
+    // source learnt the destination's workload and cluster from its answers.
+    let reply = conn
+        .exchange(
+            h1_request("POST", "app", "/echo")
+                .body(full(vec![b'x'; 1500]))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    for (sidecar, reporter) in [(&mesh.client, "source"), (&mesh.server, "destination")] {
+        let sum = sidecar
+            .metric_sample("istio_request_bytes_sum", reporter, |s| {
+                s.label("reporter") == reporter && s.value >= 1500.0
+            })
+            .await;
+        for label in ["source_cluster", "destination_cluster"] {
+            assert_eq!(sum.label(label), "Kubernetes", "{label}: {sum:?}");
+        }
+        sidecar
+            .metric_sample("istio_response_bytes_count", reporter, |s| {
+                s.label("reporter") == reporter
+                    && s.label("response_code") == "200"
+                    && s.value >= 4.0
+            })
+            .await;
+    }
+    let source = mesh
+        .client
+        .metric_sample("istio_requests_total", "reporter=source, 200", |s| {
+            s.label("reporter") == "source" && s.label("response_code") == "200"
+        })
+        .await;
+    assert_ne!(
+        source.label("destination_workload"),
+        "unknown",
+        "learnt from the destination's peer header: {source:?}"
+    );
+    assert_eq!(
+        source.label("source_canonical_revision"),
+        "latest",
+        "{source:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
