@@ -1,5 +1,6 @@
-//! The monitoring port (15014): Prometheus metrics at `/metrics`, the proxy and config status
-//! as JSON at `/debug/status` (what `meshlite-control status` prints), readiness at `/ready`.
+//! The monitoring port (15014): Prometheus metrics at `/metrics` (text format 0.0.4, as
+//! istiod serves them), the proxy and config status as JSON at `/debug/status` (what
+//! `meshlite-control status` prints), readiness at `/ready`.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -51,7 +52,7 @@ fn respond(plane: &ControlPlane, req: &Request<Incoming>) -> Response<Full<Bytes
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics" | "/stats/prometheus") => (
             StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::metrics::CONTENT_TYPE,
             plane.metrics.encode(),
         ),
         (&Method::GET, "/debug/status") => (

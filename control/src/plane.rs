@@ -20,6 +20,7 @@ use crate::metrics::ControlMetrics;
 use crate::model::ConfigSet;
 use crate::registry::Registry;
 use crate::translate::MeshResources;
+use crate::validate::admission::Baseline;
 
 /// Default debounce window (Istio's PILOT_DEBOUNCE_AFTER is 100 ms).
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -84,6 +85,8 @@ pub struct ControlPlane {
     pub config: ArcSwap<ConfigSet>,
     /// The config directory's state.
     pub config_status: Mutex<ConfigStatus>,
+    /// The resources in force, against which a reload's admissions are counted.
+    pub admitted: Mutex<Baseline>,
     /// Current generation; streams watch it.
     pub generation: watch::Sender<Generation>,
     /// Something changed: the debouncer wakes.
@@ -116,6 +119,10 @@ impl ControlPlane {
     ) -> Arc<Self> {
         let config = Arc::new(config);
         let metrics = ControlMetrics::new();
+        metrics.set_ca_expiry(
+            ca.root_not_after().unix_timestamp(),
+            ca.signing_not_after().unix_timestamp(),
+        );
         let jwks = Arc::new(JwksCache::new(
             Arc::new(HttpFetcher::default()),
             metrics.jwks_fetches.clone(),
@@ -140,6 +147,7 @@ impl ControlPlane {
             registry,
             config: ArcSwap::new(config),
             config_status: Mutex::new(ConfigStatus::default()),
+            admitted: Mutex::new(Baseline::default()),
             generation,
             changed: Notify::new(),
             proxies: Mutex::new(BTreeMap::new()),
@@ -160,6 +168,10 @@ impl ControlPlane {
     /// Puts a new CA in force (a rotated plug-in CA): new certificates are signed by it, the
     /// trust bundle it holds is pushed to every proxy, and the serving certificate is renewed.
     pub fn replace_ca(&self, ca: CertificateAuthority) {
+        self.metrics.set_ca_expiry(
+            ca.root_not_after().unix_timestamp(),
+            ca.signing_not_after().unix_timestamp(),
+        );
         self.ca.store(Arc::new(ca));
         self.ca_generation.send_modify(|g| *g += 1);
         self.changed.notify_one();
@@ -174,6 +186,12 @@ impl ControlPlane {
     /// Locks the proxy table (a poisoned lock is still consistent: each update is one write).
     pub fn proxies(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ProxyStatus>> {
         self.proxies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the admission baseline (a poisoned lock is still consistent: it is replaced
+    /// whole).
+    pub fn admitted(&self) -> std::sync::MutexGuard<'_, Baseline> {
+        self.admitted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Locks the config status.
@@ -256,26 +274,103 @@ impl ControlPlane {
         .await;
     }
 
-    /// Records that stream `id` ACKed everything of generation `n`, and observes convergence
-    /// once every connected proxy has.
-    pub fn acked(&self, id: u64, n: u64) {
-        let all = {
+    /// Records that stream `id` answered everything of generation `n`, first seen changing at
+    /// `change_seen`. If that generation was `applied` (responses were pushed to the proxy and
+    /// it ACKed every one) and the change happened while it was connected, observes that
+    /// proxy's convergence: istiod records one per proxy it pushes a change to, and a proxy's
+    /// initial state is not a convergence.
+    pub fn acked(&self, id: u64, n: u64, change_seen: Instant, applied: bool) {
+        let converged = {
             let mut proxies = self.proxies();
-            let before = match proxies.get_mut(&id) {
-                Some(p) => {
-                    let before = p.acked;
-                    p.acked = p.acked.max(n);
-                    before
-                }
-                None => return,
+            let Some(p) = proxies.get_mut(&id) else {
+                return;
             };
-            before < n && proxies.values().all(|p| p.acked >= n)
+            if p.acked >= n {
+                return;
+            }
+            p.acked = n;
+            applied && p.connected_at.is_some_and(|t| change_seen >= t)
         };
-        let g = self.generation.borrow().clone();
-        if all && g.number == n {
+        if converged {
             self.metrics
                 .convergence
-                .observe(g.change_seen.elapsed().as_secs_f64());
+                .observe(change_seen.elapsed().as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plane(state: &std::path::Path) -> Arc<ControlPlane> {
+        ControlPlane::new(
+            CertificateAuthority::load_or_create(state, "cluster.local").unwrap(),
+            TokenSigner::load_or_create(state).unwrap(),
+            ConfigSet::default(),
+            Registry::new(Duration::from_secs(30)),
+            DEFAULT_DEBOUNCE,
+            Duration::from_secs(3600),
+            None,
+        )
+    }
+
+    #[test]
+    fn convergence_is_one_observation_per_proxy_and_change_it_was_pushed_and_acked() {
+        let state = tempfile::tempdir().unwrap();
+        let plane = plane(state.path());
+        let before_connect = Instant::now();
+        plane.proxies().insert(
+            7,
+            ProxyStatus {
+                connected_at: Some(Instant::now()),
+                ..Default::default()
+            },
+        );
+        let observed = || {
+            let text = plane.metrics.encode();
+            text.lines()
+                .find_map(|l| l.strip_prefix("pilot_proxy_convergence_time_count "))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_default()
+        };
+        // Its initial state (a generation older than the stream) is no convergence.
+        plane.acked(7, 1, before_connect, true);
+        assert_eq!(observed(), 0);
+        // A change that sent it nothing, or that it NACKed, neither.
+        let seen = Instant::now();
+        plane.acked(7, 2, seen, false);
+        assert_eq!(observed(), 0);
+        // A change pushed to it and ACKed: one observation, once.
+        let seen = Instant::now();
+        plane.acked(7, 3, seen, true);
+        plane.acked(7, 3, seen, true);
+        assert_eq!(observed(), 1);
+        assert_eq!(plane.proxies()[&7].acked, 3);
+        // A stream that is gone records nothing.
+        plane.acked(8, 4, Instant::now(), true);
+        assert_eq!(observed(), 1);
+    }
+
+    #[test]
+    fn the_ca_expiry_gauges_follow_the_ca_in_force() {
+        let state = tempfile::tempdir().unwrap();
+        let plane = plane(state.path());
+        let own_root = plane.ca().root_not_after().unix_timestamp();
+        assert_eq!(plane.metrics.root_expiry.get(), own_root);
+        assert_eq!(plane.metrics.chain_expiry.get(), own_root);
+
+        // A plug-in CA put in force: its offline root, and its two-day intermediate.
+        let plugin = tempfile::tempdir().unwrap();
+        crate::ca::write_test_cacerts(plugin.path(), time::Duration::days(2));
+        let next = CertificateAuthority::from_cacerts(plugin.path(), "cluster.local").unwrap();
+        let (root, chain) = (
+            next.root_not_after().unix_timestamp(),
+            next.signing_not_after().unix_timestamp(),
+        );
+        plane.replace_ca(next);
+        assert_eq!(plane.metrics.root_expiry.get(), root);
+        assert_eq!(plane.metrics.chain_expiry.get(), chain);
+        assert!(chain < root && chain < own_root);
     }
 }

@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ca::{CertificateAuthority, TokenSigner};
-use crate::metrics::ResultLabel;
+use crate::metrics::{ResourceLabels, ResultLabel};
 use crate::plane::ControlPlane;
 use crate::registry::Registry;
-use crate::validate;
+use crate::validate::admission::Baseline;
+use crate::validate::{self, admission};
 use crate::xds::serving::{ServingCert, ServingIdentity};
 use meshlite_xds_proto::spiffe::SpiffeId;
 
@@ -149,6 +150,7 @@ pub async fn start(opts: ServeOptions) -> Result<(Arc<ControlPlane>, Bound), Ser
         st.resources = resources;
         st.problems = report.problems.iter().map(|p| p.to_string()).collect();
     }
+    *plane.admitted() = Baseline::new(&report.resources);
 
     let who = serving_identity(&opts)?;
     let serving = ServingCert::new(&plane, &who).map_err(|e| ServeError::Io(e.to_string()))?;
@@ -209,6 +211,7 @@ pub fn reload(plane: &ControlPlane, dir: &std::path::Path) {
         .metrics
         .config_errors
         .set(i64::try_from(errors).unwrap_or(i64::MAX));
+    count_admission(plane, &report);
     let mut st = plane.config_status();
     st.problems = report.problems.iter().map(|p| p.to_string()).collect();
     match report.set {
@@ -221,26 +224,39 @@ pub fn reload(plane: &ControlPlane, dir: &std::path::Path) {
             st.last_refused = false;
             drop(st);
             plane.config.store(Arc::new(set));
-            plane
-                .metrics
-                .reloads
-                .get_or_create(&ResultLabel { result: "accepted" })
-                .inc();
             tracing::info!(dir = %dir.display(), "config reloaded");
             plane.changed.notify_one();
         }
         None => {
             st.last_refused = true;
             drop(st);
-            plane
-                .metrics
-                .reloads
-                .get_or_create(&ResultLabel { result: "refused" })
-                .inc();
             for p in report.errors() {
                 tracing::error!("config refused, keeping the last good one: {p}");
             }
         }
+    }
+}
+
+/// Counts what a reload admits in istiod's validation metrics ([`admission`]).
+fn count_admission(plane: &ControlPlane, report: &validate::Report) {
+    let admission = plane.admitted().admit(report);
+    let labels = |kind| {
+        let (group, resource) = admission::resource_labels(kind);
+        ResourceLabels { group, resource }
+    };
+    for kind in admission.passed {
+        plane
+            .metrics
+            .validation_passed
+            .get_or_create(&labels(Some(kind)))
+            .inc();
+    }
+    for kind in admission.failed {
+        plane
+            .metrics
+            .validation_failed
+            .get_or_create(&labels(kind))
+            .inc();
     }
 }
 

@@ -148,7 +148,8 @@ pub struct ControlRun {
     pub convergence_p99_ms: f64,
     /// The slowest, ms.
     pub convergence_max_ms: f64,
-    /// The control plane's own histogram (change seen -> every proxy ACKed): mean, ms.
+    /// The control plane's own `pilot_proxy_convergence_time` (per proxy: change seen -> that
+    /// proxy ACKed it) over the edits: mean, ms.
     pub control_reported_convergence_mean_ms: Option<f64>,
     /// From the first ADS connect until every proxy held every type, ms.
     pub initial_sync_ms: f64,
@@ -666,6 +667,15 @@ fn metric(text: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The control plane's `pilot_proxy_convergence_time` sum (s) and count so far.
+fn reported_convergence(monitoring: SocketAddr) -> Option<(f64, f64)> {
+    let text = http_get(monitoring, "/metrics")?;
+    Some((
+        metric(&text, "pilot_proxy_convergence_time_sum")?,
+        metric(&text, "pilot_proxy_convergence_time_count")?,
+    ))
+}
+
 /// GETs `path` from the monitoring port (HTTP/1.1, connection close).
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
@@ -853,6 +863,7 @@ fn run_once(runtime: &tokio::runtime::Runtime, s: &Settings) -> Result<ControlRu
             s.changes, s.interval
         );
         let mut edits = Edits::new(routed);
+        let reported_before = reported_convergence(plane.monitoring());
         let window_start = Snapshot::take(&[pid])?;
         for k in 0..s.changes {
             let edit = edits.next(k);
@@ -891,20 +902,18 @@ fn run_once(runtime: &tokio::runtime::Runtime, s: &Settings) -> Result<ControlRu
         ) / f64::from(s.changes.max(1));
         record.generator_cpu_cores = usage.own_cores;
         record.other_load_cores = usage.other_cores;
+        if let (Some((sum0, count0)), Some((sum1, count1))) =
+            (reported_before, reported_convergence(plane.monitoring()))
+            && count1 > count0
+        {
+            record.control_reported_convergence_mean_ms =
+                Some((sum1 - sum0) / (count1 - count0) * 1e3);
+        }
         Ok(())
     });
     // Metrics and memory before anything stops.
     record.control_rss_peak_mb = procfs::peak_rss_kb(pid).unwrap_or(0) as f64 * 1024.0 / 1e6;
     record.control_rss_end_mb = procfs::rss_kb(pid).unwrap_or(0) as f64 * 1024.0 / 1e6;
-    if let Some(text) = http_get(plane.monitoring(), "/metrics") {
-        let sum = metric(&text, "meshlite_control_convergence_seconds_sum");
-        let count = metric(&text, "meshlite_control_convergence_seconds_count");
-        if let (Some(sum), Some(count)) = (sum, count)
-            && count > 0.0
-        {
-            record.control_reported_convergence_mean_ms = Some(sum / count * 1e3);
-        }
-    }
     if let Some(status) = http_get(plane.monitoring(), "/debug/status")
         .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
     {
@@ -993,7 +1002,8 @@ fn render(runs: &[ControlRun]) -> String {
     let _ = writeln!(
         out,
         "columns: services = the mesh's (ServiceEntries + one per proxy identity); plane avg = the \
-         control plane's own meshlite_control_convergence_seconds mean (change seen -> all ACKed); \
+         control plane's own pilot_proxy_convergence_time mean over the edits (per proxy: change \
+         seen -> that proxy ACKed); \
          sync = first connect -> every proxy holds every type; retries = ADS connects that timed out \
          (5 s) and were retried, as a proxy does; CPU/CSR = control-plane CPU per \
          signature; RSS = control-plane VmHWM, RSS end = its VmRSS after the edits; CPU cores, CPU s/ch = control plane over the edits \

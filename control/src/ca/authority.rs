@@ -52,6 +52,7 @@ pub struct CertificateAuthority {
     trust_domain: String,
     issuer: Issuer<'static, KeyPair>,
     not_after_cap: OffsetDateTime,
+    root_not_after: OffsetDateTime,
     chain_pem: Vec<String>,
     roots: Vec<CertificateDer<'static>>,
     anchors: Vec<TrustAnchor<'static>>,
@@ -133,10 +134,21 @@ impl CertificateAuthority {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // The signing chain ends at the root it was issued under (both loaders check that).
+        let root = m
+            .chain
+            .last()
+            .or(m.roots.first())
+            .ok_or_else(|| CaError::CaFiles {
+                path: revocation_dir.to_path_buf(),
+                message: "no root certificate".into(),
+            })?;
+        let root_not_after = super::pem::not_after(revocation_dir, root)?;
         Ok(Self {
             trust_domain,
             issuer: m.issuer,
             not_after_cap: m.not_after_cap,
+            root_not_after,
             chain_pem: m.chain.iter().map(|c| super::pem::cert_pem(c)).collect(),
             roots: m.roots,
             anchors,
@@ -163,6 +175,12 @@ impl CertificateAuthority {
     /// The earliest notAfter of the signing chain: no certificate is issued beyond it.
     pub fn signing_not_after(&self) -> OffsetDateTime {
         self.not_after_cap
+    }
+
+    /// The notAfter of the root the signing chain leads to (istiod's root certificate
+    /// expiry).
+    pub fn root_not_after(&self) -> OffsetDateTime {
+        self.root_not_after
     }
 
     fn check_trust_domain(&self, id: &SpiffeId) -> Result<(), CaError> {
@@ -376,4 +394,4 @@ fn svid_of_leaf(leaf: &CertificateDer<'_>) -> Result<(SpiffeId, String, OffsetDa
 
 #[cfg(test)]
 #[path = "authority_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -511,7 +511,10 @@ fn revoked_serials_and_identities_take_effect_without_restart() {
 }
 
 /// An offline root and an intermediate in Istio's `cacerts` layout; returns the root DER.
-fn write_cacerts(dir: &Path, intermediate_validity: time::Duration) -> CertificateDer<'static> {
+pub(crate) fn write_cacerts(
+    dir: &Path,
+    intermediate_validity: time::Duration,
+) -> CertificateDer<'static> {
     let t = OffsetDateTime::now_utc();
     let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut rp = CertificateParams::default();
@@ -585,6 +588,23 @@ fn cacerts_chain_is_leaf_intermediate_root_and_verifies_against_the_root_only() 
     assert_eq!(
         ca.verify_client_chain(&chain[..2], now()).unwrap(),
         reviews()
+    );
+}
+
+#[test]
+fn the_root_and_the_signing_chain_expire_when_their_certificates_say() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cacerts(dir.path(), time::Duration::days(2));
+    let ca = CertificateAuthority::from_cacerts(dir.path(), TD).unwrap();
+    let in_days = |t: OffsetDateTime| (t - now()).whole_hours() as f64 / 24.0;
+    assert!((in_days(ca.root_not_after()) - 3650.0).abs() < 0.1);
+    assert!((in_days(ca.signing_not_after()) - 2.0).abs() < 0.1);
+
+    let (_dir, own) = new_ca();
+    assert_eq!(
+        own.root_not_after().unix_timestamp(),
+        own.signing_not_after().unix_timestamp(),
+        "a self-made root signs directly"
     );
 }
 

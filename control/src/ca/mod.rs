@@ -24,6 +24,8 @@ pub mod token;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(test)]
+pub(crate) use authority::tests::write_cacerts as write_test_cacerts;
 pub use authority::{CertificateAuthority, IssuedChain};
 pub use files::StateFileError;
 pub use revocation::Revocations;
@@ -162,4 +164,43 @@ pub enum CaError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl CaError {
+    /// A short, stable name for the failure (the `error` label of
+    /// `citadel_server_csr_sign_err_count`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CaError::File(_) | CaError::CaFiles { .. } | CaError::RevocationList { .. } => {
+                "ca_files"
+            }
+            CaError::Generate(_) | CaError::Random => "cert_gen_error",
+            CaError::CsrUnparseable(_) => "csr_unparseable",
+            CaError::CsrBadSignature(_) => "csr_bad_signature",
+            CaError::CsrNoIdentity { .. } => "no_identity",
+            CaError::CsrExtraSans { .. } => "extra_sans",
+            CaError::CsrWrongIdentity { .. } => "wrong_identity",
+            CaError::CsrRequestsCa { .. } => "ca_requested",
+            CaError::CsrWeakKey { .. } => "weak_key",
+            CaError::ForeignTrustDomain { .. } => "foreign_trust_domain",
+            CaError::SpiffeId(_) => "bad_spiffe_id",
+            CaError::SigningCertExpired { .. } => "signing_cert_expired",
+            CaError::NoClientCertificate => "no_client_certificate",
+            CaError::UntrustedChain(_) => "untrusted_chain",
+            CaError::ClientCertExpired => "client_cert_expired",
+            CaError::ClientIsCa => "client_is_ca",
+            CaError::ClientBadSpiffeId(_) => "client_bad_spiffe_id",
+            CaError::Revoked { .. } => "revoked",
+            CaError::BadSerial(_) => "bad_serial",
+        }
+    }
+
+    /// Whether the CSR itself could not be read: it does not parse, or its signature does not
+    /// verify with the key it carries (istiod's CSR parsing errors).
+    pub fn is_csr_parse_error(&self) -> bool {
+        matches!(
+            self,
+            CaError::CsrUnparseable(_) | CaError::CsrBadSignature(_)
+        )
+    }
 }

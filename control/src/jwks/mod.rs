@@ -8,19 +8,18 @@
 //! the URI with [`FAIL_CLOSED_JWKS`], a set that verifies nothing (istiod inlines a key
 //! nobody holds): every token of that issuer is refused with 401 until a fetch succeeds,
 //! retried every [`RETRY_INTERVAL`]. A refresh that fails keeps the last good set, as
-//! istiod does. Every fetch is counted in `meshlite_control_jwks_fetch_total{result}`.
+//! istiod does. Every fetch is counted, under istiod's names:
+//! `pilot_jwks_resolver_network_fetch_success_total` and `..._fail_total`.
 
 mod fetch;
 #[cfg(test)]
 mod tests;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::metrics::ResultLabel;
+use crate::metrics::JwksFetches;
 pub use fetch::{Fetch, FetchError, HttpFetcher, MAX_JWKS_BYTES};
 
 /// How often every cached key set is fetched again (istiod's default, 20 minutes).
@@ -49,7 +48,7 @@ struct Entry {
 pub struct JwksCache {
     fetcher: Arc<dyn Fetch>,
     entries: Mutex<BTreeMap<String, Entry>>,
-    fetches: Family<ResultLabel, Counter>,
+    fetches: JwksFetches,
 }
 
 impl std::fmt::Debug for JwksCache {
@@ -62,7 +61,7 @@ impl std::fmt::Debug for JwksCache {
 
 impl JwksCache {
     /// An empty cache fetching with `fetcher`, counting into `fetches`.
-    pub fn new(fetcher: Arc<dyn Fetch>, fetches: Family<ResultLabel, Counter>) -> Self {
+    pub fn new(fetcher: Arc<dyn Fetch>, fetches: JwksFetches) -> Self {
         Self {
             fetcher,
             entries: Mutex::new(BTreeMap::new()),
@@ -99,16 +98,13 @@ impl JwksCache {
                 Err(e) => Err(FetchError::NotJwks(e.to_string())),
             },
         };
-        let label = match &result {
-            Ok(_) => "success",
+        match &result {
+            Ok(_) => self.fetches.success.inc(),
             Err(e) => {
                 tracing::warn!(uri, "cannot fetch the JWK set: {e}");
-                "failure"
+                self.fetches.failure.inc()
             }
         };
-        self.fetches
-            .get_or_create(&ResultLabel { result: label })
-            .inc();
         result
     }
 

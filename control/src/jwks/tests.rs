@@ -51,8 +51,8 @@ impl Fetch for Script {
     }
 }
 
-fn cache(script: &Arc<Script>) -> (Arc<JwksCache>, Family<ResultLabel, Counter>) {
-    let fetches = Family::<ResultLabel, Counter>::default();
+fn cache(script: &Arc<Script>) -> (Arc<JwksCache>, JwksFetches) {
+    let fetches = JwksFetches::default();
     let fetcher: Arc<dyn Fetch> = script.clone();
     (Arc::new(JwksCache::new(fetcher, fetches.clone())), fetches)
 }
@@ -61,8 +61,11 @@ fn wanted(timeout: Duration) -> BTreeMap<String, Duration> {
     BTreeMap::from([(URI.to_string(), timeout)])
 }
 
-fn count(fetches: &Family<ResultLabel, Counter>, result: &'static str) -> u64 {
-    fetches.get_or_create(&ResultLabel { result }).get()
+fn count(fetches: &JwksFetches, result: &'static str) -> u64 {
+    match result {
+        "success" => fetches.success.get(),
+        _ => fetches.failure.get(),
+    }
 }
 
 #[tokio::test(start_paused = true)]

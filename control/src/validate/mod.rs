@@ -19,6 +19,7 @@ use crate::model::{
 };
 use crate::source::{Problem, Resource, ResourceSpec, Severity, load_dir};
 
+pub mod admission;
 mod security;
 mod tls;
 mod unenforced;
@@ -38,6 +39,8 @@ pub struct Report {
     pub set: Option<ConfigSet>,
     /// Load and validation problems, loader problems first.
     pub problems: Vec<Problem>,
+    /// Every resource that parsed, valid or not, in file order.
+    pub resources: Vec<Resource>,
 }
 
 impl Report {
@@ -74,6 +77,7 @@ pub fn check_dir_with_hosts(dir: &Path, known_hosts: &HashSet<String>) -> Report
     Report {
         set: if has_errors { None } else { set },
         problems: all,
+        resources: outcome.resources,
     }
 }
 

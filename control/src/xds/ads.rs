@@ -13,12 +13,14 @@ use meshlite_xds_proto::discovery::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use meshlite_xds_proto::type_url;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -114,7 +116,7 @@ impl AggregatedDiscoveryService for Ads {
                 identity: identity.as_str().to_string(),
                 address: workload.address.to_string(),
                 cert_expiry,
-                connected_at: Some(tokio::time::Instant::now()),
+                connected_at: Some(Instant::now()),
                 ..Default::default()
             },
         );
@@ -132,8 +134,8 @@ impl AggregatedDiscoveryService for Ads {
                 tx,
                 held: HashMap::new(),
                 outbox: VecDeque::new(),
-                push_started: None,
                 pending: Vec::new(),
+                pushed: BTreeMap::new(),
                 nonce: 0,
             };
             if let Err(e) = stream.run(first, inbound).await {
@@ -161,6 +163,12 @@ fn leaf_not_after(chain: &[rustls_pki_types::CertificateDer<'_>]) -> Option<Stri
 struct Outgoing {
     type_url: &'static str,
     generation: u64,
+    /// When the change that made the generation was first seen (convergence).
+    change_seen: Instant,
+    /// Time spent computing this delta (push time).
+    computed_in: Duration,
+    /// When its first response was handed to the connection (push time).
+    sending_since: Option<Instant>,
     /// What the proxy should hold.
     want: ResourceMap,
     /// What it held when this delta was computed.
@@ -221,11 +229,23 @@ struct Stream {
     held: HashMap<&'static str, Held>,
     /// Deltas not yet (entirely) sent, oldest first.
     outbox: VecDeque<Outgoing>,
-    /// When the deltas in the outbox started going out (push-time metric).
-    push_started: Option<tokio::time::Instant>,
-    /// Responses awaiting ACK/NACK: (nonce sequence, type, generation).
-    pending: Vec<(u64, &'static str, u64)>,
+    /// Responses awaiting ACK/NACK.
+    pending: Vec<Pending>,
+    /// Generations that sent this proxy something and are not yet all answered, with whether
+    /// every answer so far was an ACK: only those count as a convergence (istiod records one
+    /// only for the proxies it pushed to), and only if nothing was NACKed.
+    pushed: BTreeMap<u64, bool>,
     nonce: u64,
+}
+
+/// A response awaiting its ACK or NACK.
+struct Pending {
+    /// Its nonce's sequence number.
+    nonce: u64,
+    type_url: &'static str,
+    generation: u64,
+    /// When the change behind the generation was first seen.
+    change_seen: Instant,
 }
 
 impl Stream {
@@ -285,11 +305,16 @@ impl Stream {
             .response_nonce
             .rsplit_once('-')
             .and_then(|(_, n)| n.parse::<u64>().ok());
-        let Some(i) = self.pending.iter().position(|(n, _, _)| Some(*n) == seq) else {
+        let Some(i) = self.pending.iter().position(|p| Some(p.nonce) == seq) else {
             // A stale or unknown nonce (superseded response): ignored, as the protocol says.
             return Ok(());
         };
-        let (_, type_url, generation) = self.pending.swap_remove(i);
+        let Pending {
+            type_url,
+            generation,
+            change_seen,
+            ..
+        } = self.pending.swap_remove(i);
         if let Some(err) = &req.error_detail {
             tracing::warn!(
                 proxy = %self.workload.key,
@@ -299,25 +324,28 @@ impl Stream {
             );
             self.plane
                 .metrics
-                .nacks
-                .get_or_create(&TypeLabel {
-                    type_url: type_url.to_string(),
-                })
+                .rejects
+                .get_or_create(&TypeLabel::of(type_url))
                 .inc();
             if let Some(p) = self.plane.proxies().get_mut(&self.id) {
                 p.last_nack = Some(format!("{type_url}: {}", err.message));
             }
+            if let Some(all_acked) = self.pushed.get_mut(&generation) {
+                *all_acked = false;
+            }
         }
-        self.maybe_acked(generation);
+        self.maybe_acked(generation, change_seen);
         Ok(())
     }
 
     /// Records `generation` as ACKed once nothing of it is pending or still to be sent.
-    fn maybe_acked(&self, generation: u64) {
-        if !self.pending.iter().any(|(_, _, g)| *g == generation)
+    fn maybe_acked(&mut self, generation: u64, change_seen: Instant) {
+        if !self.pending.iter().any(|p| p.generation == generation)
             && !self.outbox.iter().any(|o| o.generation == generation)
         {
-            self.plane.acked(self.id, generation);
+            let applied = self.pushed.get(&generation).copied().unwrap_or(false);
+            self.pushed.retain(|g, _| *g > generation);
+            self.plane.acked(self.id, generation, change_seen, applied);
         }
     }
 
@@ -337,13 +365,18 @@ impl Stream {
             if held.is(want) && only.is_none() {
                 continue;
             }
+            let started = Instant::now();
             // What is sent is what the proxy holds from now on (or refused: a NACKed config
             // is not sent again until something changes).
             let from = std::mem::replace(held, Held::Sent(want.clone()));
+            let removals = from.removals(want);
             self.outbox.push_back(Outgoing {
                 type_url: t,
                 generation: g.number,
-                removals: from.removals(want),
+                change_seen: g.change_seen,
+                computed_in: started.elapsed(),
+                sending_since: None,
+                removals,
                 want: want.clone(),
                 from,
                 after: None,
@@ -354,9 +387,7 @@ impl Stream {
             p.sent = p.sent.max(g.number);
         }
         if self.outbox.is_empty() {
-            self.maybe_acked(g.number);
-        } else if self.push_started.is_none() {
-            self.push_started = Some(tokio::time::Instant::now());
+            self.maybe_acked(g.number, g.change_seen);
         }
     }
 
@@ -366,19 +397,33 @@ impl Stream {
             let Some((resources, removed_resources)) = out.next_batch() else {
                 let done = self.outbox.pop_front();
                 if let Some(done) = done {
-                    self.maybe_acked(done.generation);
+                    // Its last response was taken by the connection: that type's push is
+                    // over (istiod times each type's push).
+                    if let Some(since) = done.sending_since {
+                        self.plane
+                            .metrics
+                            .push_time
+                            .get_or_create(&TypeLabel::of(done.type_url))
+                            .observe((done.computed_in + since.elapsed()).as_secs_f64());
+                    }
+                    self.maybe_acked(done.generation, done.change_seen);
                 }
                 continue;
             };
-            let (t, generation) = (out.type_url, out.generation);
+            out.sending_since.get_or_insert_with(Instant::now);
+            let (t, generation, change_seen) = (out.type_url, out.generation, out.change_seen);
             self.nonce += 1;
-            self.pending.push((self.nonce, t, generation));
+            self.pushed.entry(generation).or_insert(true);
+            self.pending.push(Pending {
+                nonce: self.nonce,
+                type_url: t,
+                generation,
+                change_seen,
+            });
             self.plane
                 .metrics
                 .pushes
-                .get_or_create(&TypeLabel {
-                    type_url: t.to_string(),
-                })
+                .get_or_create(&TypeLabel::of(t))
                 .inc();
             return Some(DeltaDiscoveryResponse {
                 system_version_info: generation.to_string(),
@@ -387,12 +432,6 @@ impl Stream {
                 resources,
                 removed_resources,
             });
-        }
-        if let Some(started) = self.push_started.take() {
-            self.plane
-                .metrics
-                .push_time
-                .observe(started.elapsed().as_secs_f64());
         }
         None
     }
@@ -422,6 +461,9 @@ mod tests {
         Outgoing {
             type_url: type_url::TRUST_BUNDLE,
             generation: 1,
+            change_seen: Instant::now(),
+            computed_in: Duration::ZERO,
+            sending_since: None,
             removals: from.removals(want),
             want: want.clone(),
             from,

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use super::tls::PeerInfo;
-use crate::metrics::ResultLabel;
+use crate::metrics::ErrorLabel;
 use crate::plane::ControlPlane;
 use meshlite_xds_proto::spiffe::SpiffeId;
 
@@ -77,28 +77,38 @@ impl CertificateService for Ca {
         req: Request<CertificateRequest>,
     ) -> Result<Response<CertificateResponse>, Status> {
         let now = OffsetDateTime::now_utc();
-        let result = self.caller(&req, now).and_then(|(caller, labels)| {
-            let body = req.get_ref();
-            let ttl = match u64::try_from(body.validity_duration) {
-                Ok(s) if s > 0 => Duration::from_secs(s),
-                _ => self.plane.cert_ttl,
-            };
-            self.plane
-                .ca()
-                .sign_csr(&body.csr, &caller, &labels, ttl, now)
-                .map_err(|e| Status::permission_denied(format!("CSR refused: {e}")))
-        });
-        let label = if result.is_ok() { "signed" } else { "refused" };
-        self.plane
-            .metrics
-            .csrs
-            .get_or_create(&ResultLabel { result: label })
-            .inc();
-        match result {
-            Ok(issued) => Ok(Response::new(CertificateResponse {
-                cert_chain: issued.chain_pem,
-            })),
-            Err(s) => {
+        let metrics = &self.plane.metrics;
+        metrics.csrs.inc();
+        let (caller, labels) = self.caller(&req, now).inspect_err(|s| {
+            metrics.csr_authn_failures.inc();
+            tracing::warn!("certificate request refused: {}", s.message());
+        })?;
+        let body = req.get_ref();
+        let ttl = match u64::try_from(body.validity_duration) {
+            Ok(s) if s > 0 => Duration::from_secs(s),
+            _ => self.plane.cert_ttl,
+        };
+        match self
+            .plane
+            .ca()
+            .sign_csr(&body.csr, &caller, &labels, ttl, now)
+        {
+            Ok(issued) => {
+                metrics.certs_issued.inc();
+                Ok(Response::new(CertificateResponse {
+                    cert_chain: issued.chain_pem,
+                }))
+            }
+            Err(e) => {
+                if e.is_csr_parse_error() {
+                    metrics.csr_parse_errors.inc();
+                } else {
+                    metrics
+                        .csr_sign_errors
+                        .get_or_create(&ErrorLabel { error: e.reason() })
+                        .inc();
+                }
+                let s = Status::permission_denied(format!("CSR refused: {e}"));
                 tracing::warn!("certificate request refused: {}", s.message());
                 Err(s)
             }

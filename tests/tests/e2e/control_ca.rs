@@ -106,14 +106,35 @@ async fn the_ca_signs_only_what_the_bootstrap_token_proves() {
         "an expired token",
     );
 
-    let signed = control
-        .metric("meshlite_control_csrs_total", &[("result", "signed")])
-        .await;
-    let refused = control
-        .metric("meshlite_control_csrs_total", &[("result", "refused")])
-        .await;
-    assert_eq!(signed, 1.0, "only the well-behaved CSR was signed");
-    assert_eq!(refused, 6.0, "every refusal is counted");
+    // Counted under istiod's names: every request, the one issued, and each refusal by the
+    // check that failed.
+    let text = control.metrics_text().await;
+    let count = |name: &str, labels: &[(&str, &str)]| {
+        meshlite_tests::prometheus::samples(&text, name)
+            .iter()
+            .filter(|s| labels.iter().all(|(k, v)| s.label(k) == *v))
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    assert_eq!(count("citadel_server_csr_count", &[]), 7.0, "{text}");
+    assert_eq!(
+        count("citadel_server_success_cert_issuance_count", &[]),
+        1.0,
+        "only the well-behaved CSR was signed"
+    );
+    assert_eq!(
+        count("citadel_server_authentication_failure_count", &[]),
+        3.0,
+        "no credential, an altered token, an expired token"
+    );
+    for reason in ["wrong_identity", "extra_sans", "ca_requested"] {
+        assert_eq!(
+            count("citadel_server_csr_sign_err_count", &[("error", reason)]),
+            1.0,
+            "{reason}: {text}"
+        );
+    }
+    assert_eq!(count("citadel_server_csr_parsing_err_count", &[]), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

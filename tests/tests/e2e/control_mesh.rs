@@ -2,8 +2,8 @@
 //! config directory, edits pushed to every sidecar while traffic flows.
 
 use meshlite_tests::control::{
-    Canary, CanaryOptions, ECHO_HOST, Load, MeshProxy, ROUTES_FILE, Workload, echo_routes,
-    wait_served_by,
+    Canary, CanaryOptions, ControlPlane, ECHO_HOST, Load, MeshProxy, NAMESPACE, ROUTES_FILE,
+    Workload, echo_routes, wait_served_by,
 };
 use meshlite_tests::{clients, deadline};
 use std::time::Duration;
@@ -74,7 +74,7 @@ async fn workloads_joining_through_the_control_plane_talk_mtls_with_ca_issued_id
     }
     assert!(
         mesh.control
-            .metric("meshlite_control_csrs_total", &[("result", "signed")])
+            .metric("citadel_server_success_cert_issuance_count", &[])
             .await
             >= 3.0,
         "the CA signed one certificate per sidecar"
@@ -112,12 +112,15 @@ async fn editing_the_virtualservice_moves_traffic_without_failing_a_request() {
     assert!(
         mesh.control
             .metric(
-                "meshlite_control_config_reloads_total",
-                &[("result", "accepted")]
+                "galley_validation_passed",
+                &[
+                    ("group", "networking.istio.io"),
+                    ("resource", "virtualservices")
+                ]
             )
             .await
             >= 1.0,
-        "the edit counts as an accepted reload"
+        "the edited VirtualService passed validation"
     );
 }
 
@@ -159,11 +162,11 @@ async fn an_invalid_edit_is_refused_and_the_last_good_routes_keep_serving() {
     let refused = mesh
         .control
         .metric(
-            "meshlite_control_config_reloads_total",
-            &[("result", "refused")],
+            "galley_validation_failed",
+            &[("resource", "virtualservices")],
         )
         .await;
-    assert!(refused >= 1.0, "a refused reload is counted");
+    assert!(refused >= 1.0, "the refused VirtualService is counted");
 
     // The refused edit would have sent everything to v1; the last good config still says v2.
     for _ in 0..20 {
@@ -247,7 +250,7 @@ async fn short_lived_certificates_rotate_under_load_without_a_failed_request() {
     }
     let renewed = mesh
         .control
-        .metric("meshlite_control_csrs_total", &[("result", "signed")])
+        .metric("citadel_server_success_cert_issuance_count", &[])
         .await;
     assert!(
         renewed >= 3.0 + 4.0,
@@ -267,5 +270,140 @@ async fn short_lived_certificates_rotate_under_load_without_a_failed_request() {
         "echo-v1",
         Duration::from_secs(10),
     )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_read_the_control_plane_under_istiods_metric_names() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    let control = ControlPlane::start(&[]).await;
+    let mut client = MeshProxy::caller(&control, "client").await;
+    control
+        .wait_connected(&["client.default"], Duration::from_secs(5))
+        .await;
+    // A change while the sidecar is connected: a service outside the mesh appears.
+    control.write_config(
+        "ledger.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{name: ledger, namespace: {NAMESPACE}}}\n\
+             spec:\n  hosts: [ledger.example.com]\n  location: MESH_EXTERNAL\n\
+             \x20 resolution: STATIC\n\
+             \x20 ports: [{{number: 8080, name: http, protocol: HTTP}}]\n\
+             \x20 endpoints: [{{address: 127.0.0.1}}]\n"
+        ),
+    );
+    deadline::eventually(
+        "the sidecar to have ACKed the change (one convergence observed)",
+        Duration::from_secs(5),
+        || async {
+            (control
+                .metric("pilot_proxy_convergence_time_count", &[])
+                .await
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+
+    let reply = clients::get(control.monitoring, "127.0.0.1", "/metrics").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8"),
+        "served as istiod serves it: Prometheus text format, not OpenMetrics"
+    );
+    let text = reply.text();
+    let lines: Vec<&str> = text.lines().collect();
+    for line in [
+        "# TYPE pilot_xds gauge",
+        "pilot_xds 1",
+        "# TYPE pilot_xds_pushes counter",
+        "# TYPE pilot_proxy_convergence_time histogram",
+        "# TYPE pilot_xds_push_time histogram",
+        "# TYPE galley_validation_passed counter",
+        "# TYPE citadel_server_csr_count counter",
+        "# TYPE citadel_server_root_cert_expiry_timestamp gauge",
+    ] {
+        assert!(
+            lines.contains(&line),
+            "no line {line:?} in /metrics:\n{text}"
+        );
+    }
+    for gone in [
+        "pilot_xds_pushes_total",
+        "citadel_server_csr_count_total",
+        "meshlite_control_connected_proxies",
+        "meshlite_control_pushes_total",
+        "meshlite_control_convergence_seconds",
+        "meshlite_control_csrs_total",
+    ] {
+        assert!(
+            !text.contains(gone),
+            "{gone} is not exported (istiod's name only):\n{text}"
+        );
+    }
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        meshlite_tests::prometheus::samples(&text, name)
+            .iter()
+            .filter(|s| labels.iter().all(|(k, v)| s.label(k) == *v))
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    // The sidecar subscribed to every type: each was answered at least once.
+    for t in ["cds", "eds", "rds", "lds", "sds"] {
+        assert!(
+            sample("pilot_xds_pushes", &[("type", t)]) >= 1.0,
+            "no pilot_xds_pushes{{type=\"{t}\"}}:\n{text}"
+        );
+        assert!(
+            sample("pilot_xds_push_time_count", &[("type", t)]) >= 1.0,
+            "no pilot_xds_push_time{{type=\"{t}\"}}:\n{text}"
+        );
+    }
+    assert!(sample("pilot_proxy_convergence_time_bucket", &[("le", "+Inf")]) >= 1.0);
+    assert_eq!(sample("pilot_total_xds_rejects", &[]), 0.0);
+    assert_eq!(
+        sample(
+            "galley_validation_passed",
+            &[
+                ("group", "networking.istio.io"),
+                ("resource", "serviceentries")
+            ]
+        ),
+        1.0,
+        "the new ServiceEntry passed validation once"
+    );
+    assert!(sample("citadel_server_csr_count", &[]) >= 1.0);
+    assert!(sample("citadel_server_success_cert_issuance_count", &[]) >= 1.0);
+
+    // The root's expiry is the notAfter of the root the proxies were given.
+    let pem = std::fs::read(control.root_cert()).expect("root-cert.pem");
+    let der = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .expect("a certificate")
+        .expect("PEM");
+    let (_, root) = X509Certificate::from_der(der.as_ref()).expect("X.509 root");
+    let (not_before, not_after) = (
+        root.validity().not_before.timestamp(),
+        root.validity().not_after.timestamp(),
+    );
+    let expiry = sample("citadel_server_root_cert_expiry_timestamp", &[]);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(not_before < now && now < not_after, "the root is valid now");
+    assert_eq!(expiry, not_after as f64, "root expiry is its notAfter");
+    assert!(
+        sample("citadel_server_cert_chain_expiry_timestamp", &[]) <= expiry,
+        "nothing is signed past the root"
+    );
+
+    // The sidecar goes away: no proxy is connected.
+    client.kill().await;
+    deadline::eventually("pilot_xds to drop to 0", Duration::from_secs(5), || async {
+        (control.metric("pilot_xds", &[]).await == 0.0).then_some(())
+    })
     .await;
 }

@@ -230,16 +230,12 @@ async fn a_jwks_uri_is_fetched_by_the_control_plane_and_fails_closed_when_down()
         (401, "Jwks doesn't have key to match kid or alg from Jwt"),
         "an unreachable jwksUri fails closed"
     );
-    let fetched = |result: &'static str| {
+    let fetched = |name: &'static str| {
         let control = &mesh.control;
-        async move {
-            control
-                .metric("meshlite_control_jwks_fetch_total", &[("result", result)])
-                .await
-        }
+        async move { control.metric(name, &[]).await }
     };
-    assert!(fetched("success").await >= 1.0);
-    assert!(fetched("failure").await >= 1.0);
+    assert!(fetched("pilot_jwks_resolver_network_fetch_success_total").await >= 1.0);
+    assert!(fetched("pilot_jwks_resolver_network_fetch_fail_total").await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
