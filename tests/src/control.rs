@@ -438,6 +438,11 @@ pub struct Workload {
     pub upstream_protocol: Option<String>,
     /// Audit every authorization decision (`--audit-log-all`).
     pub audit_all: bool,
+    /// `proxy_stats_matcher.inclusion_prefixes` of its sidecar. The tests read cluster
+    /// statistics (circuit breakers, retries, outlier detection), which Istio's default set
+    /// leaves out, so by default every cluster's are included, as a user's
+    /// `proxyStatsMatcher` would; empty: Istio's default set, or the MeshConfig's.
+    pub stats_prefixes: Vec<String>,
     /// Opaque TCP services of the static file (the control plane's TCP services have no
     /// explicit listener), each with an outbound listener on `127.0.0.1:0`.
     pub static_tcp: Vec<StaticTcp>,
@@ -474,6 +479,7 @@ impl Workload {
             locality: None,
             upstream_protocol: None,
             audit_all: false,
+            stats_prefixes: vec!["cluster.".to_string()],
             static_tcp: Vec::new(),
         }
     }
@@ -549,6 +555,7 @@ impl Workload {
         c.labels = self.labels.clone();
         c.inbound = self.inbound.clone();
         c.upstream_protocol = self.upstream_protocol.clone();
+        c.stats_prefixes = self.stats_prefixes.clone();
         c.services = self
             .static_tcp
             .iter()

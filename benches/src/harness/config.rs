@@ -127,6 +127,9 @@ pub struct SidecarConfig {
     /// `limits` entries, `(key, value)` with the value written as given (e.g. `("idle_timeout",
     /// "1s")`).
     pub limits: Vec<(String, String)>,
+    /// `proxy_stats_matcher.inclusion_prefixes`: Envoy statistics exported besides Istio's
+    /// default set (the section is left out when empty).
+    pub stats_prefixes: Vec<String>,
 }
 
 /// A YAML double-quoted scalar.
@@ -161,6 +164,7 @@ impl SidecarConfig {
             services: Vec::new(),
             upstream_protocol: None,
             limits: Vec::new(),
+            stats_prefixes: Vec::new(),
         }
     }
 
@@ -239,6 +243,11 @@ impl SidecarConfig {
             for (key, value) in &self.limits {
                 let _ = writeln!(y, "  {key}: {value}");
             }
+        }
+        if !self.stats_prefixes.is_empty() {
+            let _ = writeln!(y, "proxy_stats_matcher:");
+            let prefixes = quoted_list(&self.stats_prefixes);
+            let _ = writeln!(y, "  inclusion_prefixes: {prefixes}");
         }
         if let Mode::Control {
             address,

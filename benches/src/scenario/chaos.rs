@@ -71,9 +71,9 @@ const EJECTIONS_ENFORCED: &str = "envoy_cluster_outlier_detection_ejections_enfo
 /// Hosts ejected right now.
 const EJECTIONS_ACTIVE: &str = "envoy_cluster_outlier_detection_ejections_active";
 /// Retries sent.
-const RETRIES: &str = "envoy_cluster_upstream_rq_retry_total";
+const RETRIES: &str = "envoy_cluster_upstream_rq_retry";
 /// Retries refused by the budget or `maxRetries`.
-const RETRY_OVERFLOW: &str = "envoy_cluster_upstream_rq_retry_overflow_total";
+const RETRY_OVERFLOW: &str = "envoy_cluster_upstream_rq_retry_overflow";
 
 /// Why the scenario could not run.
 #[derive(Debug, thiserror::Error)]

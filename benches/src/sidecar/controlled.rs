@@ -232,6 +232,9 @@ impl Workload {
             })
             .into_iter()
             .collect();
+        // The chaos scenario reads retries and ejections: cluster statistics Istio's default
+        // set leaves out.
+        c.stats_prefixes = vec!["cluster.".to_string()];
         c.to_yaml()
     }
 }

@@ -62,6 +62,20 @@ pub enum PathNormalization {
 pub struct ProxyDefaults {
     /// `gatewayTopology`.
     pub gateway_topology: Option<Topology>,
+    /// `proxyStatsMatcher`: Envoy statistics exported besides Istio's default set.
+    pub proxy_stats_matcher: Option<ProxyStatsMatcher>,
+}
+
+/// `proxyStatsMatcher` (ProxyConfig): inclusions by Envoy statistic name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyStatsMatcher {
+    /// Names starting with one of these.
+    pub inclusion_prefixes: Vec<String>,
+    /// Names ending with one of these.
+    pub inclusion_suffixes: Vec<String>,
+    /// Names one of these regular expressions (RE2) matches whole.
+    pub inclusion_regexps: Vec<String>,
 }
 
 /// `gatewayTopology`.

@@ -534,6 +534,15 @@ pub fn mesh(config: Option<&MeshConfig>) -> v1::MeshConfig {
             .and_then(|t| t.num_trusted_proxies)
             .unwrap_or(0),
         ext_authz_providers: m.extension_providers.iter().filter_map(ext_authz).collect(),
+        proxy_stats_matcher: m
+            .default_config
+            .as_ref()
+            .and_then(|d| d.proxy_stats_matcher.as_ref())
+            .map(|s| v1::StatsMatcher {
+                inclusion_prefixes: s.inclusion_prefixes.clone(),
+                inclusion_suffixes: s.inclusion_suffixes.clone(),
+                inclusion_regexps: s.inclusion_regexps.clone(),
+            }),
     }
 }
 

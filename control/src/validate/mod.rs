@@ -1934,4 +1934,21 @@ mod tests {
         assert!(is_prime(65537) && is_prime(2) && is_prime(5_000_011));
         assert!(!is_prime(65536) && !is_prime(1) && !is_prime(0) && !is_prime(9));
     }
+
+    #[test]
+    fn a_proxy_stats_matcher_regexp_that_does_not_compile_is_refused() {
+        let mesh = |regexps: &str| {
+            format!(
+                "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+                 metadata: {{name: m}}\nspec:\n  meshConfig:\n    defaultConfig:\n      \
+                 proxyStatsMatcher:\n        inclusionSuffixes: [upstream_rq_retry]\n        \
+                 inclusionRegexps: {regexps}\n"
+            )
+        };
+        expect_no_error(&[mesh("['.*outlier_detection.*', '.*circuit_breakers.*']")]);
+        expect_error(
+            &[mesh("['.*outlier_detection.*', '(']")],
+            "defaultConfig.proxyStatsMatcher.inclusionRegexps[1]",
+        );
+    }
 }

@@ -605,6 +605,23 @@ impl Checker<'_> {
                 format!("meshlite's root namespace is {ROOT_NAMESPACE}; `{ns}` is not applied"),
             );
         }
+        let matcher = m
+            .default_config
+            .as_ref()
+            .and_then(|d| d.proxy_stats_matcher.as_ref());
+        for (i, re) in matcher
+            .map_or(&[][..], |s| &s.inclusion_regexps[..])
+            .iter()
+            .enumerate()
+        {
+            if let Err(e) = regex::Regex::new(&format!("^(?:{re})$")) {
+                self.error(
+                    r,
+                    format!("defaultConfig.proxyStatsMatcher.inclusionRegexps[{i}]"),
+                    format!("not a regular expression: {e}"),
+                );
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in m.extension_providers.iter().enumerate() {
             let fp = format!("extensionProviders[{i}]");

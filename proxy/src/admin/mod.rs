@@ -84,11 +84,18 @@ fn respond(
                 text(StatusCode::OK, readiness(ctx), "text/plain")
             }
         }
-        (&Method::GET, "/stats/prometheus" | "/metrics") if role != Role::Health => text(
-            StatusCode::OK,
-            ctx.telemetry.metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        (&Method::GET, "/stats/prometheus" | "/metrics") if role != Role::Health => {
+            let metrics = &ctx.telemetry.metrics;
+            // The matcher of the snapshot serving now.
+            metrics
+                .clusters
+                .set_matcher(ctx.snapshot.load().stats_matcher.clone());
+            text(
+                StatusCode::OK,
+                metrics.encode(),
+                crate::telemetry::prom::CONTENT_TYPE,
+            )
+        }
         (&Method::GET, "/config_dump") if admin => {
             text(StatusCode::OK, config_dump(ctx), "application/json")
         }

@@ -84,6 +84,36 @@ pub struct ProxyConfig {
     /// it, the identity files and `services` of this file are used as they are.
     #[serde(default)]
     pub control: Option<ControlConfig>,
+    /// This workload's `proxyStatsMatcher` (as the `proxy.istio.io/config` annotation sets
+    /// it): Envoy statistics exported besides Istio's default set. Replaces the MeshConfig's.
+    #[serde(default)]
+    pub proxy_stats_matcher: Option<StatsMatcherConfig>,
+}
+
+/// `proxyStatsMatcher`: inclusions by Envoy statistic name.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StatsMatcherConfig {
+    /// Names starting with one of these.
+    #[serde(default)]
+    pub inclusion_prefixes: Vec<String>,
+    /// Names ending with one of these.
+    #[serde(default)]
+    pub inclusion_suffixes: Vec<String>,
+    /// Names one of these regular expressions (RE2) matches whole.
+    #[serde(default)]
+    pub inclusion_regexps: Vec<String>,
+}
+
+impl StatsMatcherConfig {
+    /// The inclusions the matcher compiles.
+    pub fn inclusions(&self) -> crate::telemetry::stats_matcher::StatsInclusions {
+        crate::telemetry::stats_matcher::StatsInclusions {
+            prefixes: self.inclusion_prefixes.clone(),
+            suffixes: self.inclusion_suffixes.clone(),
+            regexps: self.inclusion_regexps.clone(),
+        }
+    }
 }
 
 /// Counters for a policy compiled only to check it.
@@ -167,6 +197,16 @@ impl ProxyConfig {
             field,
             message,
         };
+        if let Some(m) = &self.proxy_stats_matcher {
+            for (i, re) in m.inclusion_regexps.iter().enumerate() {
+                if let Err(e) = regex::Regex::new(&format!("^(?:{re})$")) {
+                    return Err(invalid(
+                        format!("proxy_stats_matcher.inclusion_regexps[{i}]"),
+                        format!("not a regular expression: {e}"),
+                    ));
+                }
+            }
+        }
         match &self.control {
             None => {
                 for (name, v) in [

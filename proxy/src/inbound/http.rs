@@ -202,6 +202,7 @@ pub async fn handle(
                 // certificate in x-forwarded-client-cert, a request id) is what policies and
                 // an external authorizer see, as Envoy sanitises before its filters.
                 prepare(&conn, &mut req);
+                target.stats.mark_used();
                 match checked(&conn, &snap, target, &mut req).await {
                     Err(e) => (target.protocol, Err(e)),
                     // `http2MaxRequests` of the workload's own DestinationRule: requests to the
@@ -468,6 +469,7 @@ async fn tunnel(
     }
     // `tcp.maxConnections` of the workload's own DestinationRule: one slot per connection
     // to the app, for as long as the tunnel is open.
+    target.stats.mark_used();
     let Some(slot) = target.breakers.connections.try_acquire() else {
         target.stats.pending_overflow.inc();
         target.stats.cx_overflow.inc();

@@ -74,6 +74,7 @@ pub async fn relay(
             return;
         }
     }
+    target.stats.mark_used();
     let Some(slot) = target.breakers.connections.try_acquire() else {
         target.stats.pending_overflow.inc();
         target.stats.cx_overflow.inc();

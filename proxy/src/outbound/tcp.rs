@@ -84,6 +84,7 @@ fn refused(ctx: &ProxyContext, cluster: &Cluster, e: &ProxyError) {
 }
 
 async fn relay(ctx: &ProxyContext, cluster: &Cluster, mut client: TcpStream) {
+    cluster.stats.mark_used();
     // `tcp.maxConnections`: one slot per tunnel for as long as it is open; over the limit the
     // downstream connection is closed at once (Envoy's TCP proxy, flag `UO`).
     let Some(_slot) = cluster.breakers.connections.try_acquire() else {

@@ -50,6 +50,7 @@ pub fn dispatch<'a>(
     mut log: Option<&'a mut AccessLogEntry>,
     permits: &'a mut BreakerPermits,
 ) -> impl Future<Output = Dispatched<Arc<Endpoint>>> + 'a {
+    cluster.stats.mark_used();
     // `http2MaxRequests`: the request counts from here to the end of its response stream.
     let Some(permit) = cluster.breakers.requests.try_acquire() else {
         cluster.stats.pending_overflow.inc();

@@ -29,7 +29,7 @@ use crate::resilience::breaker::Breakers;
 use crate::resilience::retry::{
     HOST_SELECTION_MAX_ATTEMPTS, Outcome, PRIORITY_UPDATE_FREQUENCY, RetryBudget, RetryPolicy,
 };
-use crate::telemetry::metrics::ClusterStats;
+use crate::telemetry::cluster_stats::ClusterStats;
 use crate::transport::forward::SendError;
 
 /// The next stage of the retry loop: where attempts go and how one is sent.

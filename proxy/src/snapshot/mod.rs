@@ -25,7 +25,8 @@ use crate::policy::inbound::{InboundSecurity, MtlsMode};
 use crate::protocol::Protocol;
 use crate::resilience::breaker::Breakers;
 use crate::route::{RouteError, RouteMiss, split_host_port};
-use crate::telemetry::metrics::{ClusterStats, Label};
+use crate::telemetry::cluster_stats::ClusterStats;
+use crate::telemetry::metrics::Label;
 use crate::telemetry::peer::LocalWorkload;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
@@ -70,6 +71,9 @@ pub enum SnapshotError {
         /// Why.
         source: crate::transport::egress::EgressTlsError,
     },
+    /// A `proxyStatsMatcher` regular expression did not compile.
+    #[error(transparent)]
+    StatsMatcher(#[from] crate::telemetry::stats_matcher::StatsMatcherError),
     /// A route table did not compile.
     #[error("routes of {host}: {source}")]
     Route {
@@ -126,6 +130,8 @@ pub struct Snapshot {
     pub inbound_modes: ModeSet,
     /// MeshConfig `pathNormalization`, for routing, authorization and forwarding alike.
     pub path_normalization: PathNormalization,
+    /// The Envoy statistics exported (`proxyStatsMatcher`: the workload's, else the mesh's).
+    pub stats_matcher: Arc<crate::telemetry::stats_matcher::StatsMatcher>,
 }
 
 /// The mutual TLS modes among the ports a workload serves.

@@ -117,14 +117,14 @@ pub fn version_label(v: http::Version) -> &'static str {
 #[derive(Clone, Debug)]
 pub struct AccessLog {
     tx: mpsc::Sender<String>,
-    dropped: prometheus_client::metrics::counter::Counter,
+    dropped: crate::telemetry::prom::Counter,
 }
 
 impl AccessLog {
     /// Starts the writer task for `target`.
     pub fn start(
         target: AccessLogTarget,
-        dropped: prometheus_client::metrics::counter::Counter,
+        dropped: crate::telemetry::prom::Counter,
     ) -> std::io::Result<Self> {
         let mut out: Box<dyn Write + Send> = match &target {
             AccessLogTarget::Stdout => Box::new(std::io::stdout()),

@@ -10,12 +10,12 @@
 
 use std::sync::Arc;
 
+use crate::telemetry::prom::Counter;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
 };
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::labels::DestinationService;
@@ -256,9 +256,14 @@ impl Collector for IstioMetrics {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter as C, Histogram as H};
         let r = &self.requests;
-        family(&mut e, r, "istio_requests", "Requests handled", C, |s| {
-            Some(&s.requests)
-        })?;
+        family(
+            &mut e,
+            r,
+            "istio_requests_total",
+            "Requests handled",
+            C,
+            |s| Some(&s.requests),
+        )?;
         family(
             &mut e,
             r,
@@ -286,7 +291,7 @@ impl Collector for IstioMetrics {
         family(
             &mut e,
             r,
-            "istio_request_messages",
+            "istio_request_messages_total",
             "gRPC messages sent by callers",
             C,
             |s| s.messages.as_ref().map(|(req, _)| req as &dyn EncodeMetric),
@@ -294,7 +299,7 @@ impl Collector for IstioMetrics {
         family(
             &mut e,
             r,
-            "istio_response_messages",
+            "istio_response_messages_total",
             "gRPC messages sent back",
             C,
             |s| {
@@ -307,7 +312,7 @@ impl Collector for IstioMetrics {
         family(
             &mut e,
             t,
-            "istio_tcp_connections_opened",
+            "istio_tcp_connections_opened_total",
             "TCP connections opened",
             C,
             |s| Some(&s.opened),
@@ -315,7 +320,7 @@ impl Collector for IstioMetrics {
         family(
             &mut e,
             t,
-            "istio_tcp_connections_closed",
+            "istio_tcp_connections_closed_total",
             "TCP connections closed",
             C,
             |s| Some(&s.closed),
@@ -323,7 +328,7 @@ impl Collector for IstioMetrics {
         family(
             &mut e,
             t,
-            "istio_tcp_sent_bytes",
+            "istio_tcp_sent_bytes_total",
             "Bytes sent in the response direction",
             C,
             |s| Some(&s.sent),
@@ -331,7 +336,7 @@ impl Collector for IstioMetrics {
         family(
             &mut e,
             t,
-            "istio_tcp_received_bytes",
+            "istio_tcp_received_bytes_total",
             "Bytes received in the request direction",
             C,
             |s| Some(&s.received),

@@ -5,13 +5,14 @@
 //! metrics cover the proxy's internals. Label values are `Arc<str>` shared with the snapshot,
 //! so recording clones pointers, not strings.
 
+use crate::telemetry::prom::Counter;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
+use super::cluster_stats::ClusterStatsRegistry;
 use super::istio::{IstioLabels, IstioMetrics, TcpEvent};
 use super::series::SeriesLimits;
 
@@ -64,8 +65,8 @@ pub struct Metrics {
     closed_by_reason: Family<ReasonLabels, Counter>,
     /// Control-plane connection and config state.
     pub control: ControlMetrics,
-    /// Per-cluster resilience counters (circuit breakers, outlier detection, retries).
-    pub clusters: ClusterFamilies,
+    /// Per-cluster statistics (circuit breakers, outlier detection, retries).
+    pub clusters: Arc<ClusterStatsRegistry>,
     /// Inbound security: authorization decisions, refused connections, the audit log.
     pub security: SecurityMetrics,
 }
@@ -197,13 +198,13 @@ impl SecurityMetrics {
         };
         m.refused = Family::default();
         registry.register(
-            "meshlite_inbound_connections_refused",
+            "meshlite_inbound_connections_refused_total",
             "Inbound connections closed without an answer, by reason (plaintext under STRICT, \
              mutual TLS under DISABLE, no port to serve)",
             m.refused.clone(),
         );
         registry.register(
-            "meshlite_audit_log_dropped",
+            "meshlite_audit_log_dropped_total",
             "Audit log lines dropped because the writer fell behind",
             m.audit_log_dropped.clone(),
         );
@@ -255,122 +256,6 @@ impl crate::policy::authz::StatsSource for SecurityMetrics {
     }
 }
 
-/// The `cluster_name` label of Envoy's cluster statistics.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClusterLabels {
-    /// Envoy's cluster name, `outbound|<port>|<subset>|<fqdn>`.
-    pub cluster_name: String,
-}
-
-/// Envoy's cluster statistics that say what resilience did, under Envoy's names as Istio
-/// exports them (`envoy_cluster_*`), so existing dashboards and alerts read them.
-#[derive(Debug, Default, Clone)]
-pub struct ClusterFamilies {
-    pending_overflow: Family<ClusterLabels, Counter>,
-    cx_overflow: Family<ClusterLabels, Counter>,
-    ejections_enforced: Family<ClusterLabels, Counter>,
-    ejections_overflow: Family<ClusterLabels, Counter>,
-    ejections_active: Family<ClusterLabels, Gauge>,
-    retries: Family<ClusterLabels, Counter>,
-    retry_overflow: Family<ClusterLabels, Counter>,
-    retry_limit_exceeded: Family<ClusterLabels, Counter>,
-}
-
-/// One cluster's handles into [`ClusterFamilies`]: looked up once when the cluster is built,
-/// so the request path bumps an atomic and never hashes a label set.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterStats {
-    /// `envoy_cluster_upstream_rq_pending_overflow`: requests failed by a circuit breaker.
-    pub pending_overflow: Counter,
-    /// `envoy_cluster_upstream_cx_overflow`: connections `tcp.maxConnections` kept from
-    /// opening.
-    pub cx_overflow: Counter,
-    /// `envoy_cluster_outlier_detection_ejections_enforced_total`.
-    pub ejections_enforced: Counter,
-    /// `envoy_cluster_outlier_detection_ejections_overflow`: ejections `maxEjectionPercent`
-    /// refused.
-    pub ejections_overflow: Counter,
-    /// `envoy_cluster_outlier_detection_ejections_active`.
-    pub ejections_active: Gauge,
-    /// `envoy_cluster_upstream_rq_retry`.
-    pub retries: Counter,
-    /// `envoy_cluster_upstream_rq_retry_overflow`: retries refused by `maxRetries` or the
-    /// retry budget.
-    pub retry_overflow: Counter,
-    /// `envoy_cluster_upstream_rq_retry_limit_exceeded`: attempts ran out on a retriable
-    /// failure.
-    pub retry_limit_exceeded: Counter,
-}
-
-impl ClusterFamilies {
-    fn register(registry: &mut Registry) -> Self {
-        let f = Self::default();
-        let counters = [
-            (
-                "envoy_cluster_upstream_rq_pending_overflow",
-                "Requests failed at once by a circuit breaker (UO)",
-                &f.pending_overflow,
-            ),
-            (
-                "envoy_cluster_upstream_cx_overflow",
-                "Connections not opened because tcp.maxConnections was reached",
-                &f.cx_overflow,
-            ),
-            (
-                "envoy_cluster_outlier_detection_ejections_enforced",
-                "Hosts ejected by outlier detection",
-                &f.ejections_enforced,
-            ),
-            (
-                "envoy_cluster_outlier_detection_ejections_overflow",
-                "Ejections refused because maxEjectionPercent was reached",
-                &f.ejections_overflow,
-            ),
-            (
-                "envoy_cluster_upstream_rq_retry",
-                "Retries sent",
-                &f.retries,
-            ),
-            (
-                "envoy_cluster_upstream_rq_retry_overflow",
-                "Retries not sent because of maxRetries or the retry budget",
-                &f.retry_overflow,
-            ),
-            (
-                "envoy_cluster_upstream_rq_retry_limit_exceeded",
-                "Requests that ran out of attempts on a retriable failure",
-                &f.retry_limit_exceeded,
-            ),
-        ];
-        for (name, help, family) in counters {
-            registry.register(name, help, family.clone());
-        }
-        registry.register(
-            "envoy_cluster_outlier_detection_ejections_active",
-            "Hosts ejected now",
-            f.ejections_active.clone(),
-        );
-        f
-    }
-
-    /// The handles of cluster `name`.
-    pub fn stats(&self, name: &str) -> ClusterStats {
-        let l = ClusterLabels {
-            cluster_name: name.to_string(),
-        };
-        ClusterStats {
-            pending_overflow: self.pending_overflow.get_or_create(&l).clone(),
-            cx_overflow: self.cx_overflow.get_or_create(&l).clone(),
-            ejections_enforced: self.ejections_enforced.get_or_create(&l).clone(),
-            ejections_overflow: self.ejections_overflow.get_or_create(&l).clone(),
-            ejections_active: self.ejections_active.get_or_create(&l).clone(),
-            retries: self.retries.get_or_create(&l).clone(),
-            retry_overflow: self.retry_overflow.get_or_create(&l).clone(),
-            retry_limit_exceeded: self.retry_limit_exceeded.get_or_create(&l).clone(),
-        }
-    }
-}
-
 /// `meshlite_xds_*` and `meshlite_cert_*`: how this proxy stands with its control plane.
 #[derive(Debug, Default, Clone)]
 pub struct ControlMetrics {
@@ -414,7 +299,7 @@ impl ControlMetrics {
             m.connected.clone(),
         );
         registry.register(
-            "meshlite_xds_updates",
+            "meshlite_xds_updates_total",
             "Config pushes accepted (ack) or refused (nack), by type",
             m.updates.clone(),
         );
@@ -434,7 +319,7 @@ impl ControlMetrics {
             m.cert_expiry.clone(),
         );
         registry.register(
-            "meshlite_cert_rotations",
+            "meshlite_cert_rotations_total",
             "Certificate renewals, by result",
             m.rotations.clone(),
         );
@@ -500,7 +385,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let series_dropped = Counter::default();
         registry.register(
-            "meshlite_metric_series_dropped",
+            "meshlite_metric_series_dropped_total",
             "Records not kept because their metric family held as many series as it may",
             series_dropped.clone(),
         );
@@ -508,7 +393,7 @@ impl Metrics {
         registry.register_collector(Box::new(istio.clone()));
         let tls_failures = TlsFailureCounter::default();
         registry.register(
-            "meshlite_tls_handshake_failures",
+            "meshlite_tls_handshake_failures_total",
             "TLS handshakes refused, by direction and the check that failed",
             tls_failures.0.clone(),
         );
@@ -520,13 +405,13 @@ impl Metrics {
         );
         let upstream_connects = Counter::default();
         registry.register(
-            "meshlite_upstream_connections",
+            "meshlite_upstream_connections_total",
             "Connections opened to destination sidecars",
             upstream_connects.clone(),
         );
         let access_log_dropped = Counter::default();
         registry.register(
-            "meshlite_access_log_dropped",
+            "meshlite_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind",
             access_log_dropped.clone(),
         );
@@ -538,12 +423,13 @@ impl Metrics {
         );
         let closed_by_reason = Family::<ReasonLabels, Counter>::default();
         registry.register(
-            "meshlite_downstream_connections_closed_by_proxy",
+            "meshlite_downstream_connections_closed_by_proxy_total",
             "Downstream connections the proxy closed, by reason (idle, header_timeout, drain)",
             closed_by_reason.clone(),
         );
         let control = ControlMetrics::register(&mut registry);
-        let clusters = ClusterFamilies::register(&mut registry);
+        let clusters = Arc::new(ClusterStatsRegistry::default());
+        registry.register_collector(Box::new(clusters.clone()));
         let security = SecurityMetrics::register(&mut registry);
         Self {
             security,
@@ -568,11 +454,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Renders the registry in the Prometheus text format.
+    /// Renders the registry in Prometheus text format 0.0.4 ([`super::prom`]).
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        super::prom::encode(&self.registry)
     }
 }

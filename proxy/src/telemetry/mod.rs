@@ -1,12 +1,15 @@
 //! Telemetry: Istio-compatible Prometheus metrics and JSON access logs.
 
 pub mod access_log;
+pub mod cluster_stats;
 pub mod exchange;
 pub mod istio;
 pub mod labels;
 pub mod metrics;
 pub mod peer;
+pub mod prom;
 pub mod series;
+pub mod stats_matcher;
 
 /// Metrics plus the optional access log, shared by every connection.
 #[derive(Debug)]

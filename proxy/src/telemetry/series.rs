@@ -12,7 +12,7 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use prometheus_client::metrics::counter::Counter;
+use crate::telemetry::prom::Counter;
 
 /// How many series a family may hold and how long an idle one is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,7 +27,7 @@ use crate::message::uri::{forward_uri, request_authority};
 use crate::protocol::{Protocol, UpstreamProtocol};
 use crate::resilience::breaker::Breakers;
 use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, InboundPort};
-use crate::telemetry::metrics::ClusterStats;
+use crate::telemetry::cluster_stats::ClusterStats;
 use crate::transport::connect::{ConnectError, connect_tcp, connect_tls};
 use crate::transport::h1_pool::{H1Error, H1Limits, H1Pool};
 

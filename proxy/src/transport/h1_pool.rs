@@ -40,7 +40,7 @@ pub struct H1Limits<'a> {
     pub pending: &'a Limit,
     /// Counts the connections `connections` kept from opening (Envoy's
     /// `upstream_cx_overflow`).
-    pub cx_overflow: &'a prometheus_client::metrics::counter::Counter,
+    pub cx_overflow: &'a crate::telemetry::cluster_stats::Stat,
 }
 
 /// Why a request got no response.
@@ -79,7 +79,7 @@ struct Shared {
     freed: Notify,
     /// Whether the idle reaper task is running.
     reaping: AtomicBool,
-    on_connect: Option<prometheus_client::metrics::counter::Counter>,
+    on_connect: Option<crate::telemetry::prom::Counter>,
 }
 
 #[derive(Debug)]
@@ -111,7 +111,7 @@ impl H1Pool {
         target: PoolTarget,
         connect_timeout: Duration,
         idle_timeout: Option<Duration>,
-        on_connect: Option<prometheus_client::metrics::counter::Counter>,
+        on_connect: Option<crate::telemetry::prom::Counter>,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -553,7 +553,7 @@ mod tests {
         let pool = Arc::new(pool(addr, None));
         let connections = Limit::new(1, Arc::new(AtomicU64::new(0)));
         let pending = Limit::new(2, Arc::new(AtomicU64::new(0)));
-        let cx_overflow = prometheus_client::metrics::counter::Counter::default();
+        let cx_overflow = crate::telemetry::cluster_stats::Stat::default();
         let limits = H1Limits {
             connections: &connections,
             pending: &pending,
@@ -589,7 +589,7 @@ mod tests {
         // Other hosts of the cluster hold its only slot.
         let connections = Limit::new(1, Arc::new(AtomicU64::new(1)));
         let pending = Limit::new(0, Arc::new(AtomicU64::new(0)));
-        let cx_overflow = prometheus_client::metrics::counter::Counter::default();
+        let cx_overflow = crate::telemetry::cluster_stats::Stat::default();
         let limits = H1Limits {
             connections: &connections,
             pending: &pending,

@@ -28,7 +28,7 @@ pub struct H2Pool {
     idle_timeout: Option<Duration>,
     current: Arc<ArcSwapOption<Conn>>,
     connecting: tokio::sync::Mutex<()>,
-    on_connect: Option<prometheus_client::metrics::counter::Counter>,
+    on_connect: Option<crate::telemetry::prom::Counter>,
 }
 
 /// The current connection and how many requests it was given.
@@ -61,7 +61,7 @@ impl H2Pool {
     pub fn new(
         target: PoolTarget,
         connect_timeout: Duration,
-        on_connect: Option<prometheus_client::metrics::counter::Counter>,
+        on_connect: Option<crate::telemetry::prom::Counter>,
     ) -> Self {
         Self {
             target,

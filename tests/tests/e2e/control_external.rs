@@ -114,7 +114,7 @@ async fn requests_to_a_service_outside_the_mesh_are_retried_as_the_route_says() 
     let cluster = [("cluster_name", "outbound|80||flaky.example.com")];
     let retries = async || {
         client
-            .metric("envoy_cluster_upstream_rq_retry_total", &cluster)
+            .metric("envoy_cluster_upstream_rq_retry", &cluster)
             .await
     };
 

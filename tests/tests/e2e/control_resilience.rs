@@ -85,7 +85,7 @@ async fn a_burst_over_http2_max_requests_fails_fast_with_uo_and_never_reaches_th
     );
     let stat = client
         .metric(
-            "envoy_cluster_upstream_rq_pending_overflow_total",
+            "envoy_cluster_upstream_rq_pending_overflow",
             &[(
                 "cluster_name",
                 "outbound|8080||echo.default.svc.cluster.local",
@@ -121,7 +121,7 @@ async fn the_server_sidecar_applies_its_own_services_pool_limit_across_all_calle
     assert_eq!(app.peak_at_gate(), LIMIT, "the app never held more");
     let refused = server
         .metric(
-            "envoy_cluster_upstream_rq_pending_overflow_total",
+            "envoy_cluster_upstream_rq_pending_overflow",
             &[("cluster_name", "inbound|8080||")],
         )
         .await;
@@ -319,14 +319,11 @@ async fn over_http1_max_connections_bounds_the_connections_and_pending_requests_
     );
     assert_eq!(app.peak_at_gate(), CONNECTIONS);
     let overflow = client
-        .metric(
-            "envoy_cluster_upstream_rq_pending_overflow_total",
-            &ECHO_CLUSTER,
-        )
+        .metric("envoy_cluster_upstream_rq_pending_overflow", &ECHO_CLUSTER)
         .await;
     assert_eq!(overflow, (BURST - CONNECTIONS as usize - PENDING) as f64);
     let cx_overflow = client
-        .metric("envoy_cluster_upstream_cx_overflow_total", &ECHO_CLUSTER)
+        .metric("envoy_cluster_upstream_cx_overflow", &ECHO_CLUSTER)
         .await;
     assert!(
         cx_overflow >= (BURST - CONNECTIONS as usize) as f64,
@@ -411,7 +408,7 @@ async fn retries_turn_a_30_percent_failing_backend_into_no_client_errors() {
     }
     let attempts = app.requests() - before;
     let retries = client
-        .metric("envoy_cluster_upstream_rq_retry_total", &ECHO_CLUSTER)
+        .metric("envoy_cluster_upstream_rq_retry", &ECHO_CLUSTER)
         .await;
     assert_eq!(client_errors, 0, "every failure was retried into a success");
     assert_eq!(
@@ -469,13 +466,10 @@ async fn full_outage(rule: Option<&str>) -> Outage {
     let outage = Outage {
         attempts: app.requests() - before,
         retries: client
-            .metric("envoy_cluster_upstream_rq_retry_total", &ECHO_CLUSTER)
+            .metric("envoy_cluster_upstream_rq_retry", &ECHO_CLUSTER)
             .await as u64,
         refused: client
-            .metric(
-                "envoy_cluster_upstream_rq_retry_overflow_total",
-                &ECHO_CLUSTER,
-            )
+            .metric("envoy_cluster_upstream_rq_retry_overflow", &ECHO_CLUSTER)
             .await,
         flagged_uo: client.requests_flagged(503, "UO").await,
     };
@@ -569,10 +563,7 @@ async fn istios_retry_budget_caps_retries_in_flight() {
     }
     let attempts = app.requests() - before;
     let refused = client
-        .metric(
-            "envoy_cluster_upstream_rq_retry_overflow_total",
-            &ECHO_CLUSTER,
-        )
+        .metric("envoy_cluster_upstream_rq_retry_overflow", &ECHO_CLUSTER)
         .await;
     // One request wins the one retry slot and makes its 3 retries (each over before the
     // next starts); the other seven are refused at their first failure.
@@ -837,7 +828,7 @@ async fn a_hanging_backend_is_cut_by_per_try_timeout_retried_elsewhere_and_eject
     assert_eq!(ejected, 1.0);
     assert_eq!(
         mesh.client
-            .metric("envoy_cluster_upstream_rq_retry_total", &ECHO_CLUSTER)
+            .metric("envoy_cluster_upstream_rq_retry", &ECHO_CLUSTER)
             .await,
         1.0
     );
@@ -884,7 +875,7 @@ async fn requests_in_flight_to_a_killed_sidecar_are_retried_elsewhere_and_it_is_
     }
     let retries = mesh
         .client
-        .metric("envoy_cluster_upstream_rq_retry_total", &ECHO_CLUSTER)
+        .metric("envoy_cluster_upstream_rq_retry", &ECHO_CLUSTER)
         .await;
     assert!(
         retries >= stranded as f64,

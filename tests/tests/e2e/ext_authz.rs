@@ -195,15 +195,10 @@ async fn a_grpc_authorizer_behind_its_own_sidecar_decides_first_and_its_answers_
 
     // Counted under Envoy's names, and the denials flagged UAEX.
     let provider = [("provider", "grpc-authz")];
-    assert!(llm.metric("envoy_http_ext_authz_ok_total", &provider).await >= 1.0);
-    assert!(
-        llm.metric("envoy_http_ext_authz_denied_total", &provider)
-            .await
-            >= 2.0
-    );
+    assert!(llm.metric("envoy_http_ext_authz_ok", &provider).await >= 1.0);
+    assert!(llm.metric("envoy_http_ext_authz_denied", &provider).await >= 2.0);
     assert_eq!(
-        llm.metric("envoy_http_ext_authz_error_total", &provider)
-            .await,
+        llm.metric("envoy_http_ext_authz_error", &provider).await,
         0.0
     );
     let flagged = llm.requests_flagged(DENIED_STATUS, "UAEX").await;
@@ -255,12 +250,7 @@ async fn an_unreachable_authorizer_lets_requests_through_with_fail_open_and_deni
     assert_eq!(closed_app.requests(), 0, "never reached the app");
     assert!(closed.requests_flagged(403, "UAEX").await >= 1.0);
     let provider = [("provider", "gone-closed")];
-    assert!(
-        closed
-            .metric("envoy_http_ext_authz_error_total", &provider)
-            .await
-            >= 1.0
-    );
+    assert!(closed.metric("envoy_http_ext_authz_error", &provider).await >= 1.0);
 
     // failOpen: allowed, and counted as allowed for the failure.
     let provider = [("provider", "gone-open")];
@@ -268,17 +258,13 @@ async fn an_unreachable_authorizer_lets_requests_through_with_fail_open_and_deni
         let r = get(&caller, "open-app", "/api/x", None).await;
         assert_eq!(r.status, 200, "failOpen lets it through: {}", r.text());
         (open
-            .metric("envoy_http_ext_authz_failure_mode_allowed_total", &provider)
+            .metric("envoy_http_ext_authz_failure_mode_allowed", &provider)
             .await
             >= 1.0)
             .then_some(())
     })
     .await;
-    assert!(
-        open.metric("envoy_http_ext_authz_error_total", &provider)
-            .await
-            >= 1.0
-    );
+    assert!(open.metric("envoy_http_ext_authz_error", &provider).await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,12 +328,8 @@ async fn an_http_authorizer_outside_the_mesh_gets_the_request_under_its_prefix_a
     );
 
     let provider = [("provider", "http-authz")];
-    assert!(llm.metric("envoy_http_ext_authz_ok_total", &provider).await >= 1.0);
-    assert!(
-        llm.metric("envoy_http_ext_authz_denied_total", &provider)
-            .await
-            >= 1.0
-    );
+    assert!(llm.metric("envoy_http_ext_authz_ok", &provider).await >= 1.0);
+    assert!(llm.metric("envoy_http_ext_authz_denied", &provider).await >= 1.0);
     assert!(llm.requests_flagged(DENIED_STATUS, "UAEX").await >= 1.0);
 }
 
@@ -437,13 +419,13 @@ spec:
     let provider = [("provider", "grpc-authz")];
     assert!(
         db_sidecar
-            .metric("envoy_http_ext_authz_denied_total", &provider)
+            .metric("envoy_http_ext_authz_denied", &provider)
             .await
             >= 1.0
     );
     assert!(
         db_sidecar
-            .metric("envoy_http_ext_authz_ok_total", &provider)
+            .metric("envoy_http_ext_authz_ok", &provider)
             .await
             >= 1.0
     );

@@ -34,14 +34,10 @@ async fn a_down_destination_sidecar_gets_503_with_flag_uf() {
         })
         .await;
     mesh.client
-        .metric_sample(
-            "envoy_cluster_upstream_rq_retry_total",
-            "two retries",
-            |s| {
-                s.label("cluster_name") == "outbound|80||app.default.svc.cluster.local"
-                    && s.value == 2.0
-            },
-        )
+        .metric_sample("envoy_cluster_upstream_rq_retry", "two retries", |s| {
+            s.label("cluster_name") == "outbound|80||app.default.svc.cluster.local"
+                && s.value == 2.0
+        })
         .await;
 
     // Other services are unaffected.

@@ -195,15 +195,9 @@ async fn tokens_are_verified_before_the_app_and_authorization_reads_them() {
         served,
         "a refused token never reaches the app"
     );
-    let denied = mesh
-        .api
-        .metric("envoy_http_jwt_authn_denied_total", &[])
-        .await;
+    let denied = mesh.api.metric("envoy_http_jwt_authn_denied", &[]).await;
     assert_eq!(denied, 8.0);
-    let allowed = mesh
-        .api
-        .metric("envoy_http_jwt_authn_allowed_total", &[])
-        .await;
+    let allowed = mesh.api.metric("envoy_http_jwt_authn_allowed", &[]).await;
     assert!(allowed >= 3.0, "{allowed}");
 }
 

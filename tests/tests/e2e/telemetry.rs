@@ -171,3 +171,72 @@ async fn both_sidecars_write_an_access_log_entry_per_request() {
         "the server's upstream is the local app"
     );
 }
+
+/// Envoy's cluster statistics follow Istio's `proxyStatsMatcher`: none beyond Istio's
+/// default set until the MeshConfig includes them, then those it names, under Envoy's
+/// Prometheus names, for the clusters the app called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_statistics_follow_the_meshconfigs_proxy_stats_matcher() {
+    use meshlite_tests::apps::HttpApp;
+    use meshlite_tests::control::{
+        ControlPlane, ECHO_HOST, ECHO_PORT, MeshProxy, NAMESPACE, Workload, wait_served_by,
+    };
+    use meshlite_tests::deadline::SOON;
+
+    let control = ControlPlane::start(&[]).await;
+    let app = HttpApp::start("echo-a").await;
+    let _server = MeshProxy::start(
+        &control.access(NAMESPACE, "echo").await,
+        &Workload::version_of("echo", "a", ECHO_PORT, app.addr),
+    )
+    .await;
+    let mut plain = Workload::new("client");
+    plain.stats_prefixes.clear();
+    let client = MeshProxy::start(&control.access(NAMESPACE, "client").await, &plain).await;
+    wait_served_by(client.outbound(), ECHO_HOST, "echo-a", SOON).await;
+    let text = client.metrics_text().await;
+    assert!(
+        !text.contains("envoy_cluster_"),
+        "Istio's default set has no cluster statistics: {text}"
+    );
+    assert!(
+        text.contains("# TYPE istio_requests_total counter\n"),
+        "{text}"
+    );
+
+    control.write_config(
+        "mesh-config.yaml",
+        "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+         metadata: {name: mesh, namespace: istio-system}\nspec:\n  meshConfig:\n    \
+         defaultConfig:\n      proxyStatsMatcher:\n        \
+         inclusionRegexps: ['.*circuit_breakers.*']\n        \
+         inclusionSuffixes: [upstream_rq_active]\n",
+    );
+    let cluster = "outbound|8080||echo.default.svc.cluster.local";
+    let deadline = tokio::time::Instant::now() + SOON;
+    let text = loop {
+        let text = client.metrics_text().await;
+        if text.contains("envoy_cluster_circuit_breakers_default_rq_open{") {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the matcher was never applied: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    for gauge in [
+        "envoy_cluster_circuit_breakers_default_rq_open",
+        "envoy_cluster_circuit_breakers_default_cx_open",
+        "envoy_cluster_upstream_rq_active",
+    ] {
+        assert!(
+            text.contains(&format!("{gauge}{{cluster_name=\"{cluster}\"}} 0\n")),
+            "{gauge}: {text}"
+        );
+    }
+    assert!(
+        !text.contains("envoy_cluster_upstream_rq_retry"),
+        "what the matcher does not name stays out: {text}"
+    );
+}

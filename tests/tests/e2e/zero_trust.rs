@@ -175,20 +175,20 @@ async fn the_decision_records_policy_admits_one_caller_one_method_one_path() {
     let llm = &mesh.llm;
     let allowed = llm
         .metric(
-            "envoy_http_rbac_allowed_total",
+            "envoy_http_rbac_allowed",
             &[("policy", "default/llm-processor")],
         )
         .await;
     assert!(allowed >= 2.0, "allowed by the ALLOW policy: {allowed}");
     let by_header = llm
         .metric(
-            "envoy_http_rbac_denied_total",
+            "envoy_http_rbac_denied",
             &[("policy", "default/block-debug")],
         )
         .await;
     assert_eq!(by_header, 1.0, "the DENY policy denied once");
     let unmatched = llm
-        .metric("envoy_http_rbac_denied_total", &[("policy", "none")])
+        .metric("envoy_http_rbac_denied", &[("policy", "none")])
         .await;
     assert!(unmatched >= 4.0, "no ALLOW rule matched: {unmatched}");
 
@@ -425,7 +425,7 @@ spec:
     );
     assert!(
         llm.metric(
-            "envoy_http_rbac_shadow_denied_total",
+            "envoy_http_rbac_shadow_denied",
             &[("policy", "default/would-deny-posts")]
         )
         .await
@@ -433,7 +433,7 @@ spec:
     );
     assert!(
         llm.metric(
-            "envoy_http_rbac_logged_total",
+            "envoy_http_rbac_logged",
             &[("policy", "default/audit-posts")]
         )
         .await
@@ -617,11 +617,8 @@ spec:
     wait_status(&intent, "GET", "/", 200).await;
     let tcp_of = |p: &MeshProxy| p.addrs.tcp["llm-db:5432"];
     eventually("the DENY to reach the TCP port", CONVERGE, || async {
-        (llm.metric(
-            "envoy_tcp_rbac_denied_total",
-            &[("policy", "default/deny-posts")],
-        )
-        .await
+        (llm.metric("envoy_tcp_rbac_denied", &[("policy", "default/deny-posts")])
+            .await
             >= 1.0
             || tcp_ping(tcp_of(&intent)).await.is_empty())
         .then_some(())
@@ -669,7 +666,7 @@ spec:
     );
     assert!(
         llm.metric(
-            "envoy_tcp_rbac_allowed_total",
+            "envoy_tcp_rbac_allowed",
             &[("policy", "default/db-clients")]
         )
         .await

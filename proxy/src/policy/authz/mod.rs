@@ -15,8 +15,8 @@ pub mod matcher;
 #[cfg(test)]
 mod tests;
 
+use crate::telemetry::prom::Counter;
 use http::HeaderMap;
-use prometheus_client::metrics::counter::Counter;
 use std::net::IpAddr;
 
 use crate::identity::spiffe::SpiffeId;

@@ -30,11 +30,11 @@
 pub mod grpc_service;
 pub mod http_service;
 
+use crate::telemetry::prom::Counter;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use meshlite_xds_proto::v1;
-use prometheus_client::metrics::counter::Counter;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -19,12 +19,12 @@ mod keys;
 mod tests;
 pub mod token;
 
+use crate::telemetry::prom::Counter;
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
 use meshlite_xds_proto::v1;
-use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 

@@ -196,6 +196,7 @@ impl ClusterBuilder<'_> {
             &self.reuse.breakers.get(&name).cloned().unwrap_or_default(),
         );
         let stats = self.metrics.clusters.stats(&name);
+        stats.watch(&breakers);
         if let Some(d) = &outlier {
             stats
                 .ejections_active

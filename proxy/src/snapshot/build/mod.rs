@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::balance::locality::Locality;
-use crate::config::{InboundPortConfig, ProxyConfig, UpstreamConfig};
+use crate::config::{InboundPortConfig, ProxyConfig, StatsMatcherConfig, UpstreamConfig};
 use crate::identity::tls::Identity;
 use crate::names::CLUSTER_DOMAIN;
 use crate::policy::inbound::{InboundSecurity, MtlsMode};
@@ -29,12 +29,13 @@ use crate::source::{EndpointSpec, MeshView, ServiceSpec};
 use crate::telemetry::labels::DestinationServices;
 use crate::telemetry::metrics::{Label, Metrics};
 use crate::telemetry::peer::{DEFAULT_CLUSTER_ID, LocalWorkload, WorkloadMetadata};
+use crate::telemetry::stats_matcher::{StatsInclusions, StatsMatcher};
 use crate::transport::connect::PoolTarget;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
 use cluster::{ClusterBuilder, Resolver};
 use reuse::Reuse;
-use wire::{merged, path_normalization, port_block};
+use wire::{merged, path_normalization, port_block, stats_inclusions};
 
 /// What the builder reads of the proxy's own settings: who this workload is, the ports its
 /// application serves, how it connects upstream. They come from the bootstrap file (and
@@ -49,6 +50,8 @@ pub struct LocalSettings {
     pub default_mtls: MtlsMode,
     /// How HTTP travels to other sidecars, and connection timeouts.
     pub upstream: UpstreamConfig,
+    /// This workload's own `proxyStatsMatcher`, replacing the MeshConfig's.
+    pub stats_inclusions: Option<StatsInclusions>,
 }
 
 /// This workload as its metric labels and locality balancing know it.
@@ -85,6 +88,10 @@ impl LocalSettings {
             inbound_ports: cfg.inbound.ports.clone(),
             default_mtls: cfg.inbound.mtls,
             upstream: cfg.upstream.clone(),
+            stats_inclusions: cfg
+                .proxy_stats_matcher
+                .as_ref()
+                .map(StatsMatcherConfig::inclusions),
         }
     }
 }
@@ -232,6 +239,7 @@ impl Snapshot {
                     .unwrap_or_default();
                 let breakers = Breakers::new(&wire::resilience::pool_limits(pool), None, &counts);
                 let stats = metrics.clusters.stats(&name);
+                stats.watch(&breakers);
                 // The app's pools are kept while the port still leads to the same address.
                 let kept = prev
                     .and_then(|s| s.inbound.get(&p.port))
@@ -292,6 +300,11 @@ impl Snapshot {
             security,
             inbound_modes,
             path_normalization: path_normalization(view.mesh.as_ref()),
+            stats_matcher: Arc::new(StatsMatcher::new(
+                &cfg.stats_inclusions
+                    .clone()
+                    .unwrap_or_else(|| stats_inclusions(view.mesh.as_ref())),
+            )?),
         })
     }
 }

@@ -48,6 +48,7 @@ fn local() -> LocalSettings {
         inbound_ports: Vec::new(),
         default_mtls: MtlsMode::Strict,
         upstream: Default::default(),
+        stats_inclusions: None,
     }
 }
 

@@ -171,6 +171,19 @@ pub(super) fn path_normalization(mesh: Option<&v1::MeshConfig>) -> PathNormaliza
     }
 }
 
+/// The MeshConfig's `defaultConfig.proxyStatsMatcher` inclusions (none without one).
+pub(super) fn stats_inclusions(
+    mesh: Option<&v1::MeshConfig>,
+) -> crate::telemetry::stats_matcher::StatsInclusions {
+    mesh.and_then(|m| m.proxy_stats_matcher.as_ref())
+        .map(|s| crate::telemetry::stats_matcher::StatsInclusions {
+            prefixes: s.inclusion_prefixes.clone(),
+            suffixes: s.inclusion_suffixes.clone(),
+            regexps: s.inclusion_regexps.clone(),
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
