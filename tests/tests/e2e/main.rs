@@ -34,6 +34,7 @@ mod control_outage;
 mod control_push;
 mod control_resilience;
 mod control_routing;
+mod dashboards;
 mod egress_tls;
 mod ext_authz;
 mod failures;
