@@ -99,6 +99,32 @@ fn respond(
         (&Method::GET, "/config_dump") if admin => {
             text(StatusCode::OK, config_dump(ctx), "application/json")
         }
+        (&Method::POST, "/logging") if admin => {
+            use crate::telemetry::log_level::{LogLevelError, change};
+            match change(req.uri().query().unwrap_or("")) {
+                Ok(filter) => text(
+                    StatusCode::OK,
+                    format!("active filter: {filter}\n"),
+                    "text/plain",
+                ),
+                Err(e @ LogLevelError::NotReloadable) => {
+                    text(StatusCode::CONFLICT, format!("{e}\n"), "text/plain")
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain"),
+            }
+        }
+        (&Method::GET, "/logging") if admin => match crate::telemetry::log_level::current() {
+            Some(filter) => text(
+                StatusCode::OK,
+                format!("active filter: {filter}\n"),
+                "text/plain",
+            ),
+            None => text(
+                StatusCode::CONFLICT,
+                "the log level is not managed by this process\n",
+                "text/plain",
+            ),
+        },
         (&Method::POST, "/quitquitquit") if admin => {
             quit.notify_one();
             text(StatusCode::OK, "OK\n", "text/plain")

@@ -5,6 +5,7 @@ pub mod cluster_stats;
 pub mod exchange;
 pub mod istio;
 pub mod labels;
+pub mod log_level;
 pub mod metrics;
 pub mod peer;
 pub mod prom;
@@ -23,14 +24,9 @@ pub struct Telemetry {
 }
 
 /// Installs the process's own log output (stderr, human-readable) with `filter`, e.g. `info`
-/// or `meshlite_proxy=debug`; an unparsable filter falls back to `info`. Shared by the
-/// meshlite binaries so their logs look alike.
+/// or `meshlite_proxy=debug`; an unparsable filter falls back to `info`. The level can be
+/// changed while the process runs ([`log_level`]). Shared by the meshlite binaries so their
+/// logs look alike.
 pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    log_level::init(filter);
 }

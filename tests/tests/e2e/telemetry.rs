@@ -240,3 +240,64 @@ async fn cluster_statistics_follow_the_meshconfigs_proxy_stats_matcher() {
         "what the matcher does not name stays out: {text}"
     );
 }
+
+/// The admin port changes the log level while the proxy runs, as Envoy's `POST /logging`:
+/// a component turned to debug logs what it did not log before; a bad query is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_changes_at_run_time_per_component() {
+    use meshlite_tests::clients::{get, post};
+    if meshlite_tests::mesh::log_level().is_some() {
+        eprintln!("SKIPPED: MESHLITE_E2E_LOG_LEVEL sets the level this test changes");
+        return;
+    }
+    let mesh = Mesh::start().await;
+    let admin = mesh.client.addrs.admin;
+    let mut conn = Http1Client::connect(mesh.outbound()).await;
+    let unknown = || h1_request("GET", "nowhere", "/").body(empty()).unwrap();
+    assert_eq!(conn.exchange(unknown()).await.status, 404);
+    assert!(
+        !mesh.client.logs().contains("outbound request failed"),
+        "not logged at the start-up level"
+    );
+
+    let reply = post(admin, "127.0.0.1", "/logging?paths=outbound:debug", "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        reply.text().contains("meshlite_proxy::outbound=debug"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        get(admin, "127.0.0.1", "/logging")
+            .await
+            .text()
+            .contains("meshlite_proxy::outbound=debug")
+    );
+    assert_eq!(conn.exchange(unknown()).await.status, 404);
+    let deadline = tokio::time::Instant::now() + meshlite_tests::deadline::SOON;
+    while !mesh.client.logs().contains("outbound request failed") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbound component never logged at debug: {}",
+            mesh.client.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    for bad in [
+        "/logging?paths=nowhere:debug",
+        "/logging?level=loud",
+        "/logging",
+    ] {
+        let reply = post(admin, "127.0.0.1", bad, "").await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.text());
+    }
+    let metrics = post(
+        mesh.client.addrs.metrics,
+        "127.0.0.1",
+        "/logging?level=debug",
+        "",
+    )
+    .await;
+    assert_eq!(metrics.status, 404, "only the admin port changes levels");
+}
