@@ -274,6 +274,35 @@ pub struct ControlMetrics {
     pub rotations: Family<ResultLabels, Counter>,
 }
 
+/// `istio_agent_cert_expiry_seconds`, as Istio's agent exports it: the seconds left before
+/// the workload certificate expires, computed when scraped.
+#[derive(Debug)]
+struct CertRemaining(Gauge);
+
+impl prometheus_client::collector::Collector for CertRemaining {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let expiry = self.0.get();
+        if expiry == 0 {
+            return Ok(());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let remaining = Gauge::<i64>::default();
+        remaining.set(expiry - now);
+        let metric = encoder.encode_descriptor(
+            "istio_agent_cert_expiry_seconds",
+            "Seconds left before the workload certificate expires",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        prometheus_client::encoding::EncodeMetric::encode(&remaining, metric)
+    }
+}
+
 /// Labels of `meshlite_xds_updates_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpdateLabels {
@@ -318,6 +347,7 @@ impl ControlMetrics {
             "When the workload certificate expires (Unix time)",
             m.cert_expiry.clone(),
         );
+        registry.register_collector(Box::new(CertRemaining(m.cert_expiry.clone())));
         registry.register(
             "meshlite_cert_rotations_total",
             "Certificate renewals, by result",

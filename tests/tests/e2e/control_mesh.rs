@@ -51,6 +51,13 @@ async fn workloads_joining_through_the_control_plane_talk_mtls_with_ca_issued_id
             "{}: no certificate expiry metric",
             proxy.workload.name
         );
+        // Istio's agent metric: the seconds left, within the certificate's lifetime.
+        let left = proxy.metric("istio_agent_cert_expiry_seconds", &[]).await;
+        assert!(
+            left > 0.0 && left <= 24.0 * 3600.0 + 60.0,
+            "{}: istio_agent_cert_expiry_seconds = {left}",
+            proxy.workload.name
+        );
     }
     let status = mesh.control.status().await;
     let client_row = status["proxies"]
