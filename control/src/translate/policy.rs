@@ -509,6 +509,7 @@ pub fn inbound(
         port_mtls: ports,
         authorization,
         jwt_rules: jwt_rules(config, w, jwks),
+        telemetry: None,
     }
 }
 

@@ -41,6 +41,7 @@ impl InboundConfig {
             port_mtls: Default::default(),
             authorization: self.authorization.iter().map(|p| p.to_wire()).collect(),
             jwt_rules: Vec::new(),
+            telemetry: None,
         }
     }
 }

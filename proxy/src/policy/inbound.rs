@@ -173,6 +173,7 @@ mod tests {
             .into(),
             authorization: vec![],
             jwt_rules: vec![],
+            telemetry: None,
         };
         let s = InboundSecurity::new(Some(&p), None, MtlsMode::Strict, "cluster.local", &NoStats)
             .unwrap();
