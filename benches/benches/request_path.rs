@@ -352,6 +352,7 @@ fn telemetry(c: &mut Criterion) {
     use meshlite_proxy::telemetry::istio::{IstioLabels, RequestSample};
     use meshlite_proxy::telemetry::labels::ServiceLabels;
     use meshlite_proxy::telemetry::peer::WorkloadMetadata;
+    use meshlite_proxy::telemetry::workload::MetricSet;
     let metrics = Metrics::new();
     let l = |s: &str| -> Arc<str> { Arc::from(s) };
     let workload = |name: &str, app: &str, version: &str| {
@@ -389,7 +390,11 @@ fn telemetry(c: &mut Criterion) {
     };
     // Every standard request family: the count, the duration and both sizes.
     c.bench_function("telemetry/record-request", |b| {
-        b.iter(|| metrics.istio.record_request(black_box(&labels), &sample))
+        b.iter(|| {
+            metrics
+                .istio
+                .record_request(black_box(&labels), &sample, MetricSet::NONE)
+        })
     });
     // Equal labels made of other Arcs (after a push): compared by text.
     let copy = IstioLabels {
@@ -398,7 +403,11 @@ fn telemetry(c: &mut Criterion) {
         ..labels.clone()
     };
     c.bench_function("telemetry/record-request-equal-labels-other-arcs", |b| {
-        b.iter(|| metrics.istio.record_request(black_box(&copy), &sample))
+        b.iter(|| {
+            metrics
+                .istio
+                .record_request(black_box(&copy), &sample, MetricSet::NONE)
+        })
     });
     let grpc = IstioLabels {
         request_protocol: "grpc",
@@ -411,7 +420,11 @@ fn telemetry(c: &mut Criterion) {
         ..sample
     };
     c.bench_function("telemetry/record-request-grpc", |b| {
-        b.iter(|| metrics.istio.record_request(black_box(&grpc), &grpc_sample))
+        b.iter(|| {
+            metrics
+                .istio
+                .record_request(black_box(&grpc), &grpc_sample, MetricSet::NONE)
+        })
     });
 }
 

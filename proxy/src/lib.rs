@@ -258,6 +258,7 @@ impl RunningProxy {
                 metrics,
                 access_log,
                 audit: policy::audit::AuditLog::new(audit_log, opts.audit_all),
+                stdout_log: std::sync::OnceLock::new(),
             }),
             http_builder: server::conn::http_builder(&cfg.limits),
             limits: cfg.limits.clone(),

@@ -52,3 +52,41 @@ pub fn policy(c: &Cluster) -> serde_json::Value {
         "rate_limited": c.rate_limit.is_some(),
     })
 }
+
+/// The Telemetry settings in force for this workload, as `/config_dump` shows them (`null`
+/// when no Telemetry resource applies).
+pub fn telemetry(t: &crate::telemetry::workload::WorkloadTelemetry) -> serde_json::Value {
+    use meshlite_xds_proto::v1;
+    let Some(p) = &t.pushed else {
+        return serde_json::Value::Null;
+    };
+    let mode = |m: i32| {
+        v1::WorkloadMode::try_from(m)
+            .unwrap_or_default()
+            .as_str_name()
+    };
+    serde_json::json!({
+        "sources": p.sources,
+        "tracing": p.tracing.as_ref().map(|t| serde_json::json!({
+            "providers": t.providers,
+            "random_sampling_percentage": t.random_sampling_percentage,
+            "disable_span_reporting": t.disable_span_reporting,
+            "custom_tags": t.custom_tags.keys().collect::<Vec<_>>(),
+        })),
+        "metric_overrides": p.metric_overrides.iter().map(|o| serde_json::json!({
+            "metric": v1::MetricSelector::try_from(o.metric).unwrap_or_default().as_str_name(),
+            "mode": mode(o.mode),
+            "disabled": o.disabled,
+            "tag_overrides": o.tag_overrides.iter().map(|(k, v)| (
+                k.clone(),
+                if v.remove { "REMOVE".to_string() } else { format!("UPSERT {}", v.value) },
+            )).collect::<std::collections::BTreeMap<_, _>>(),
+        })).collect::<Vec<_>>(),
+        "access_logging": p.access_logging.iter().map(|a| serde_json::json!({
+            "providers": a.providers,
+            "disabled": a.disabled,
+            "filter": a.filter,
+            "mode": mode(a.mode),
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -190,6 +190,7 @@ fn config_dump(ctx: &ProxyContext) -> String {
             "persisted": c.persisted.load(std::sync::atomic::Ordering::Relaxed),
         })),
         "cert_expiry": ctx.identity.not_after(),
+        "telemetry": cluster_view::telemetry(&snap.telemetry),
     });
     serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

@@ -33,10 +33,11 @@ use crate::snapshot::InboundPort;
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{BreakerPermits, Exchange, TrackedBody};
-use crate::telemetry::istio::TcpEvent;
+use crate::telemetry::istio::{TcpEvent, TcpReport};
 use crate::telemetry::labels::{Caller, destination_report};
 use crate::telemetry::metrics::Label;
 use crate::telemetry::peer::WorkloadMetadata;
+use crate::telemetry::workload::Reporter::Destination as DESTINATION;
 use crate::transport::connect::connect_tcp;
 use crate::transport::forward;
 
@@ -162,11 +163,16 @@ pub async fn handle(
     let in_flight = conn.state.start_request();
     let ctx = &conn.ctx;
     let snap = ctx.snapshot.load();
-    let mut log = ctx.telemetry.access_log.is_some().then(|| {
-        let mut entry = AccessLogEntry::for_request(&req, "inbound", conn.remote);
+    let mut log = AccessLogEntry::begin(
+        &ctx.telemetry,
+        &snap.telemetry,
+        DESTINATION,
+        &req,
+        conn.remote,
+    );
+    if let Some(entry) = log.as_deref_mut() {
         entry.downstream_peer_principal = conn.identity.as_ref().map(|p| p.principal().to_string());
-        Box::new(entry)
-    });
+    }
     // A request without a body has nothing to count.
     let received = (!hyper::body::Body::is_end_stream(req.body())).then(Arc::<BodyCount>::default);
     let grpc = is_grpc(req.headers());
@@ -271,6 +277,7 @@ pub async fn handle(
     exchange.hold(permits);
     exchange.count_received(received);
     exchange.set_grpc(grpc);
+    exchange.skip_metrics(snap.telemetry.disabled_metrics(DESTINATION));
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
 }
@@ -492,14 +499,17 @@ async fn tunnel(
         .local
         .services
         .get(request_authority(&req).map(|a| split_host_port(a).0));
-    let labels = destination_report(
-        &snap.local,
-        caller,
-        &service,
-        Protocol::Tcp,
-        0,
-        ResponseFlags::NONE,
-    );
+    let labels = TcpReport {
+        labels: destination_report(
+            &snap.local,
+            caller,
+            &service,
+            Protocol::Tcp,
+            0,
+            ResponseFlags::NONE,
+        ),
+        skipped: snap.telemetry.disabled_metrics(DESTINATION),
+    };
     let drain = ctx.drain.track();
     tokio::spawn(async move {
         let (_drain, _slot) = (drain, slot);

@@ -36,6 +36,7 @@ use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{BreakerPermits, Exchange, TrackedBody};
 use crate::telemetry::labels::source_report;
 use crate::telemetry::peer::WorkloadMetadata;
+use crate::telemetry::workload::Reporter::Source as SOURCE;
 
 /// One downstream (app-side) connection's view.
 #[derive(Clone, Debug)]
@@ -70,11 +71,7 @@ pub async fn handle(
     let in_flight = conn.state.start_request();
     let ctx = &conn.ctx;
     let snap = ctx.snapshot.load();
-    let mut log = ctx
-        .telemetry
-        .access_log
-        .is_some()
-        .then(|| Box::new(AccessLogEntry::for_request(&req, "outbound", conn.remote)));
+    let mut log = AccessLogEntry::begin(&ctx.telemetry, &snap.telemetry, SOURCE, &req, conn.remote);
     // A request without a body has nothing to count.
     let received = (!hyper::body::Body::is_end_stream(req.body())).then(Arc::<BodyCount>::default);
     let grpc = is_grpc(req.headers());
@@ -152,6 +149,7 @@ pub async fn handle(
     exchange.hold(permits);
     exchange.count_received(received);
     exchange.set_grpc(grpc);
+    exchange.skip_metrics(snap.telemetry.disabled_metrics(SOURCE));
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
 }

@@ -16,9 +16,10 @@ use crate::message::headers::PEER_METADATA;
 use crate::message::response_flags::ResponseFlags;
 use crate::protocol::Protocol;
 use crate::snapshot::{Cluster, Endpoint};
-use crate::telemetry::istio::{IstioLabels, TcpEvent};
+use crate::telemetry::istio::{TcpEvent, TcpReport};
 use crate::telemetry::labels::source_report;
 use crate::telemetry::peer::WorkloadMetadata;
+use crate::telemetry::workload::Reporter;
 
 /// Accepts connections for one `tcp` service until drain.
 pub async fn serve_listener(ctx: Arc<ProxyContext>, listener: TcpListener, cluster: Arc<Cluster>) {
@@ -59,16 +60,19 @@ fn labels(
     cluster: &Cluster,
     peer: Option<&Arc<WorkloadMetadata>>,
     flags: ResponseFlags,
-) -> IstioLabels {
+) -> TcpReport {
     let snap = ctx.snapshot.load();
-    source_report(
-        &snap.local,
-        Some(&cluster.labels),
-        peer,
-        Protocol::Tcp,
-        0,
-        flags,
-    )
+    TcpReport {
+        labels: source_report(
+            &snap.local,
+            Some(&cluster.labels),
+            peer,
+            Protocol::Tcp,
+            0,
+            flags,
+        ),
+        skipped: snap.telemetry.disabled_metrics(Reporter::Source),
+    }
 }
 
 /// Counts a connection that ended before any byte was relayed, with the flag saying why.

@@ -71,6 +71,9 @@ pub enum SnapshotError {
         /// Why.
         source: crate::transport::egress::EgressTlsError,
     },
+    /// The workload's Telemetry settings did not compile.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::workload::TelemetryError),
     /// A `proxyStatsMatcher` regular expression did not compile.
     #[error(transparent)]
     StatsMatcher(#[from] crate::telemetry::stats_matcher::StatsMatcherError),
@@ -130,6 +133,8 @@ pub struct Snapshot {
     pub inbound_modes: ModeSet,
     /// MeshConfig `pathNormalization`, for routing, authorization and forwarding alike.
     pub path_normalization: PathNormalization,
+    /// The workload's Telemetry settings (metrics turned off, access logging).
+    pub telemetry: crate::telemetry::workload::WorkloadTelemetry,
     /// The Envoy statistics exported (`proxyStatsMatcher`: the workload's, else the mesh's).
     pub stats_matcher: Arc<crate::telemetry::stats_matcher::StatsMatcher>,
 }

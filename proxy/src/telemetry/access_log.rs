@@ -22,6 +22,9 @@ pub enum AccessLogTarget {
     File(PathBuf),
 }
 
+/// A Telemetry filter and the request headers it will read when the line is complete.
+pub type PendingFilter = (std::sync::Arc<super::workload::LogFilter>, Vec<(String, String)>);
+
 /// One request's log line.
 #[derive(Debug, Default, Serialize)]
 pub struct AccessLogEntry {
@@ -68,9 +71,71 @@ pub struct AccessLogEntry {
     /// Why the proxy answered itself, when it did (Envoy's `%RESPONSE_CODE_DETAILS%`, e.g.
     /// `rbac_access_denied_matched_policy[default/deny-debug]`).
     pub response_code_details: Option<String>,
+    /// The writer the line goes to.
+    #[serde(skip)]
+    pub sink: super::LogSink,
+    /// The Telemetry filter the line must pass, with the request headers it reads.
+    #[serde(skip)]
+    pub filter: Option<PendingFilter>,
 }
 
 impl AccessLogEntry {
+    /// The line of a request arriving at `reporter`'s edge, if it is logged: the proxy's
+    /// access log setting, as the workload's Telemetry settings `t` change it.
+    pub fn begin<B>(
+        telemetry: &super::Telemetry,
+        t: &super::workload::WorkloadTelemetry,
+        reporter: super::workload::Reporter,
+        req: &http::Request<B>,
+        remote: std::net::SocketAddr,
+    ) -> Option<Box<Self>> {
+        let (sink, filter) = telemetry.access_log_for(t, reporter)?;
+        let direction = match reporter {
+            super::workload::Reporter::Source => "outbound",
+            super::workload::Reporter::Destination => "inbound",
+        };
+        let mut entry = Box::new(Self::for_request(req, direction, remote));
+        entry.sink = sink;
+        if let Some(f) = filter {
+            entry.filtered_by(f, req);
+        }
+        Some(entry)
+    }
+
+    /// Sets the filter the line must pass, keeping the request's headers for it.
+    pub fn filtered_by<B>(
+        &mut self,
+        filter: std::sync::Arc<super::workload::LogFilter>,
+        req: &http::Request<B>,
+    ) {
+        let headers = req
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        self.filter = Some((filter, headers));
+    }
+
+    /// Whether the complete line passes its filter (no filter: yes).
+    pub fn passes(&self) -> bool {
+        let Some((filter, headers)) = &self.filter else {
+            return true;
+        };
+        filter.allows(&super::workload::LogAttributes {
+            headers,
+            method: &self.method,
+            path: &self.path,
+            host: self.authority.as_deref().unwrap_or(""),
+            id: self.request_id.as_deref().unwrap_or(""),
+            user_agent: self.user_agent.as_deref().unwrap_or(""),
+            protocol: self.protocol,
+            code: self.response_code,
+            duration_ms: self.duration,
+            flags: self.response_flags.to_string(),
+            size: self.bytes_sent,
+        })
+    }
+
     /// The request-side fields of a line, taken when the request arrives; the rest is filled
     /// in as the exchange goes on. `direction` is `outbound` or `inbound`.
     pub fn for_request<B>(

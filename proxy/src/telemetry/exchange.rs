@@ -17,6 +17,7 @@ use super::Telemetry;
 use super::access_log::AccessLogEntry;
 use super::istio::{IstioLabels, RequestSample};
 use super::labels::grpc_status_label;
+use super::workload::MetricSet;
 use crate::message::body::{BodyCount, ProxyBody};
 use crate::message::grpc_frames::GrpcFrames;
 use crate::message::response_flags::ResponseFlags;
@@ -32,6 +33,8 @@ pub struct Exchange {
     received: Option<Arc<BodyCount>>,
     /// Whether the caller speaks gRPC (`request_protocol="grpc"`, messages counted).
     grpc: bool,
+    /// Standard metrics a Telemetry resource turned off for this reporter.
+    skipped: MetricSet,
     _in_flight: InFlight,
     _permits: BreakerPermits,
 }
@@ -71,6 +74,7 @@ impl Exchange {
             log,
             received: None,
             grpc: false,
+            skipped: MetricSet::NONE,
             _in_flight: in_flight,
             _permits: BreakerPermits::default(),
         }
@@ -85,6 +89,11 @@ impl Exchange {
     /// (`None`: a request without a body).
     pub fn count_received(&mut self, counter: Option<Arc<BodyCount>>) {
         self.received = counter;
+    }
+
+    /// Leaves `metrics` unrecorded (a Telemetry resource's `disabled` overrides).
+    pub fn skip_metrics(&mut self, metrics: MetricSet) {
+        self.skipped = metrics;
     }
 
     /// Marks a gRPC caller: reported as `request_protocol="grpc"`, whatever the service's
@@ -115,15 +124,18 @@ impl Exchange {
             response_messages: sent.grpc.map_or(0, |g| g.messages()),
         };
         let m = &self.telemetry.metrics;
-        m.istio.record_request(&self.labels, &sample);
-        if let (Some(mut entry), Some(log)) = (self.log.take(), self.telemetry.access_log.as_ref())
+        m.istio.record_request(&self.labels, &sample, self.skipped);
+        if let Some(mut entry) = self.log.take()
+            && let Some(log) = self.telemetry.writer(entry.sink)
         {
             entry.response_flags = self.labels.response_flags;
             entry.bytes_sent = sent.bytes;
             entry.bytes_received = request_bytes;
             entry.duration = elapsed.as_millis() as u64;
             entry.duration_ms = entry.duration;
-            log.log(&entry);
+            if entry.passes() {
+                log.log(&entry);
+            }
         }
     }
 }

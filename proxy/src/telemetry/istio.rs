@@ -22,6 +22,7 @@ use super::labels::DestinationService;
 use super::metrics::Label;
 use super::peer::WorkloadMetadata;
 use super::series::{SeriesLimits, SeriesMap};
+use super::workload::MetricSet;
 use crate::message::response_flags::ResponseFlags;
 
 /// Envoy's default histogram buckets (Istio uses them unchanged for durations in
@@ -117,47 +118,86 @@ pub struct RequestSample {
     pub response_messages: u64,
 }
 
-/// The series of one request label set.
+/// The series of one request label set: each family the Telemetry settings in force when
+/// it was made did not turn off.
 #[derive(Debug)]
 pub struct RequestSeries {
-    requests: Counter,
-    duration: Histogram,
-    request_bytes: Histogram,
-    response_bytes: Histogram,
-    /// gRPC only: request and response messages.
-    messages: Option<(Counter, Counter)>,
+    requests: Option<Counter>,
+    duration: Option<Histogram>,
+    request_bytes: Option<Histogram>,
+    response_bytes: Option<Histogram>,
+    /// gRPC only.
+    request_messages: Option<Counter>,
+    /// gRPC only.
+    response_messages: Option<Counter>,
 }
 
 impl RequestSeries {
-    fn new(grpc: bool) -> Self {
+    fn new(grpc: bool, skipped: MetricSet) -> Self {
+        use meshlite_xds_proto::v1::MetricSelector as M;
+        let on = |m: M| !skipped.contains(m);
         Self {
-            requests: Counter::default(),
-            duration: Histogram::new(DEFAULT_BUCKETS),
-            request_bytes: Histogram::new(DEFAULT_BUCKETS),
-            response_bytes: Histogram::new(DEFAULT_BUCKETS),
-            messages: grpc.then(Default::default),
+            requests: on(M::RequestCount).then(Counter::default),
+            duration: on(M::RequestDuration).then(|| Histogram::new(DEFAULT_BUCKETS)),
+            request_bytes: on(M::RequestSize).then(|| Histogram::new(DEFAULT_BUCKETS)),
+            response_bytes: on(M::ResponseSize).then(|| Histogram::new(DEFAULT_BUCKETS)),
+            request_messages: (grpc && on(M::GrpcRequestMessages)).then(Counter::default),
+            response_messages: (grpc && on(M::GrpcResponseMessages)).then(Counter::default),
         }
     }
 
     fn record(&self, s: &RequestSample) {
-        self.requests.inc();
-        self.duration.observe(s.duration_ms);
-        self.request_bytes.observe(s.request_bytes as f64);
-        self.response_bytes.observe(s.response_bytes as f64);
-        if let Some((req, resp)) = &self.messages {
-            req.inc_by(s.request_messages);
-            resp.inc_by(s.response_messages);
+        if let Some(c) = &self.requests {
+            c.inc();
+        }
+        if let Some(h) = &self.duration {
+            h.observe(s.duration_ms);
+        }
+        if let Some(h) = &self.request_bytes {
+            h.observe(s.request_bytes as f64);
+        }
+        if let Some(h) = &self.response_bytes {
+            h.observe(s.response_bytes as f64);
+        }
+        if let Some(c) = &self.request_messages {
+            c.inc_by(s.request_messages);
+        }
+        if let Some(c) = &self.response_messages {
+            c.inc_by(s.response_messages);
         }
     }
 }
 
-/// The series of one TCP label set.
+/// The series of one TCP label set: each family the Telemetry settings in force when it was
+/// made did not turn off.
 #[derive(Debug, Default)]
 pub struct TcpSeries {
-    opened: Counter,
-    closed: Counter,
-    sent: Counter,
-    received: Counter,
+    opened: Option<Counter>,
+    closed: Option<Counter>,
+    sent: Option<Counter>,
+    received: Option<Counter>,
+}
+
+impl TcpSeries {
+    fn new(skipped: MetricSet) -> Self {
+        use meshlite_xds_proto::v1::MetricSelector as M;
+        let on = |m: M| (!skipped.contains(m)).then(Counter::default);
+        Self {
+            opened: on(M::TcpOpenedConnections),
+            closed: on(M::TcpClosedConnections),
+            sent: on(M::TcpSentBytes),
+            received: on(M::TcpReceivedBytes),
+        }
+    }
+}
+
+/// A TCP connection's labels and the families its reporter records.
+#[derive(Clone, Debug)]
+pub struct TcpReport {
+    /// Istio's labels (`request_protocol="tcp"`).
+    pub labels: IstioLabels,
+    /// Families a Telemetry resource turned off for this reporter.
+    pub skipped: MetricSet,
 }
 
 /// What happened to a TCP connection, for its series.
@@ -191,23 +231,42 @@ impl IstioMetrics {
         }
     }
 
-    /// Records one finished request.
-    pub fn record_request(&self, labels: &IstioLabels, sample: &RequestSample) {
+    /// Records one finished request, except in the families `skipped` names.
+    pub fn record_request(&self, labels: &IstioLabels, sample: &RequestSample, skipped: MetricSet) {
+        use meshlite_xds_proto::v1::MetricSelector as M;
+        let request_families = [
+            M::RequestCount,
+            M::RequestDuration,
+            M::RequestSize,
+            M::ResponseSize,
+            M::GrpcRequestMessages,
+            M::GrpcResponseMessages,
+        ];
+        if request_families.iter().all(|m| skipped.contains(*m)) {
+            return;
+        }
         let grpc = labels.request_protocol == "grpc";
-        self.requests
-            .with(labels, || RequestSeries::new(grpc), |s| s.record(sample));
+        self.requests.with(
+            labels,
+            || RequestSeries::new(grpc, skipped),
+            |s| s.record(sample),
+        );
     }
 
     /// Records a TCP connection opening or closing.
-    pub fn record_tcp(&self, labels: &IstioLabels, event: TcpEvent) {
-        self.tcp.with(labels, TcpSeries::default, |s| match event {
-            TcpEvent::Opened => {
-                s.opened.inc();
+    pub fn record_tcp(&self, report: &TcpReport, event: TcpEvent) {
+        let inc = |c: &Option<Counter>, by: u64| {
+            if let Some(c) = c {
+                c.inc_by(by);
             }
+        };
+        let make = || TcpSeries::new(report.skipped);
+        self.tcp.with(&report.labels, make, |s| match event {
+            TcpEvent::Opened => inc(&s.opened, 1),
             TcpEvent::Closed { received, sent } => {
-                s.closed.inc();
-                s.received.inc_by(received);
-                s.sent.inc_by(sent);
+                inc(&s.closed, 1);
+                inc(&s.received, received);
+                inc(&s.sent, sent);
             }
         });
     }
@@ -262,7 +321,7 @@ impl Collector for IstioMetrics {
             "istio_requests_total",
             "Requests handled",
             C,
-            |s| Some(&s.requests),
+            |s| s.requests.as_ref().map(|m| m as &dyn EncodeMetric),
         )?;
         family(
             &mut e,
@@ -270,7 +329,7 @@ impl Collector for IstioMetrics {
             "istio_request_duration_milliseconds",
             "Request duration from first byte received to stream complete",
             H,
-            |s| Some(&s.duration),
+            |s| s.duration.as_ref().map(|m| m as &dyn EncodeMetric),
         )?;
         family(
             &mut e,
@@ -278,7 +337,7 @@ impl Collector for IstioMetrics {
             "istio_request_bytes",
             "Request body sizes",
             H,
-            |s| Some(&s.request_bytes),
+            |s| s.request_bytes.as_ref().map(|m| m as &dyn EncodeMetric),
         )?;
         family(
             &mut e,
@@ -286,7 +345,7 @@ impl Collector for IstioMetrics {
             "istio_response_bytes",
             "Response body sizes",
             H,
-            |s| Some(&s.response_bytes),
+            |s| s.response_bytes.as_ref().map(|m| m as &dyn EncodeMetric),
         )?;
         family(
             &mut e,
@@ -294,7 +353,7 @@ impl Collector for IstioMetrics {
             "istio_request_messages_total",
             "gRPC messages sent by callers",
             C,
-            |s| s.messages.as_ref().map(|(req, _)| req as &dyn EncodeMetric),
+            |s| s.request_messages.as_ref().map(|m| m as &dyn EncodeMetric),
         )?;
         family(
             &mut e,
@@ -302,11 +361,7 @@ impl Collector for IstioMetrics {
             "istio_response_messages_total",
             "gRPC messages sent back",
             C,
-            |s| {
-                s.messages
-                    .as_ref()
-                    .map(|(_, resp)| resp as &dyn EncodeMetric)
-            },
+            |s| s.response_messages.as_ref().map(|m| m as &dyn EncodeMetric),
         )?;
         let t = &self.tcp;
         family(
@@ -315,7 +370,7 @@ impl Collector for IstioMetrics {
             "istio_tcp_connections_opened_total",
             "TCP connections opened",
             C,
-            |s| Some(&s.opened),
+            |s| s.opened.as_ref().map(|m| m as &dyn EncodeMetric),
         )?;
         family(
             &mut e,
@@ -323,7 +378,7 @@ impl Collector for IstioMetrics {
             "istio_tcp_connections_closed_total",
             "TCP connections closed",
             C,
-            |s| Some(&s.closed),
+            |s| s.closed.as_ref().map(|m| m as &dyn EncodeMetric),
         )?;
         family(
             &mut e,
@@ -331,7 +386,7 @@ impl Collector for IstioMetrics {
             "istio_tcp_sent_bytes_total",
             "Bytes sent in the response direction",
             C,
-            |s| Some(&s.sent),
+            |s| s.sent.as_ref().map(|m| m as &dyn EncodeMetric),
         )?;
         family(
             &mut e,
@@ -339,7 +394,7 @@ impl Collector for IstioMetrics {
             "istio_tcp_received_bytes_total",
             "Bytes received in the request direction",
             C,
-            |s| Some(&s.received),
+            |s| s.received.as_ref().map(|m| m as &dyn EncodeMetric),
         )
     }
 }
@@ -394,8 +449,10 @@ mod tests {
             response_bytes: 700,
             ..Default::default()
         };
-        m.istio.record_request(&labels("http"), &sample);
-        m.istio.record_request(&labels("http"), &sample);
+        m.istio
+            .record_request(&labels("http"), &sample, MetricSet::NONE);
+        m.istio
+            .record_request(&labels("http"), &sample, MetricSet::NONE);
         let text = m.encode();
         let total = lines(&text, "istio_requests_total{");
         assert_eq!(total.len(), 1, "{text}");
@@ -445,8 +502,12 @@ mod tests {
             response_messages: 3,
             ..Default::default()
         };
-        m.istio.record_request(&labels("grpc"), &sample);
-        let tcp = labels(TCP);
+        m.istio
+            .record_request(&labels("grpc"), &sample, MetricSet::NONE);
+        let tcp = TcpReport {
+            labels: labels(TCP),
+            skipped: MetricSet::NONE,
+        };
         m.istio.record_tcp(&tcp, TcpEvent::Opened);
         m.istio.record_tcp(
             &tcp,
@@ -482,7 +543,7 @@ mod tests {
         let m = Metrics::new();
         assert!(!m.encode().contains("istio_"), "no series before first use");
         m.istio
-            .record_request(&labels("http"), &RequestSample::default());
+            .record_request(&labels("http"), &RequestSample::default(), MetricSet::NONE);
         assert!(m.encode().contains("istio_requests_total{"));
         for _ in 0..3 {
             m.istio.sweep();
@@ -498,17 +559,44 @@ mod tests {
             idle_sweeps: 2,
         });
         m.istio
-            .record_request(&labels("http"), &RequestSample::default());
+            .record_request(&labels("http"), &RequestSample::default(), MetricSet::NONE);
         let other = IstioLabels {
             response_code: 503,
             ..labels("http")
         };
-        m.istio.record_request(&other, &RequestSample::default());
+        m.istio
+            .record_request(&other, &RequestSample::default(), MetricSet::NONE);
         let text = m.encode();
         assert_eq!(lines(&text, "istio_requests_total{").len(), 1);
         assert!(
             text.contains("meshlite_metric_series_dropped_total 1"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn families_a_telemetry_resource_turns_off_are_not_exported() {
+        use meshlite_xds_proto::v1::MetricSelector as M;
+        let m = Metrics::new();
+        let skipped = MetricSet::of(M::RequestDuration);
+        m.istio
+            .record_request(&labels("http"), &RequestSample::default(), skipped);
+        let text = m.encode();
+        assert!(text.contains("istio_requests_total{"));
+        assert!(
+            !text.contains("istio_request_duration_milliseconds"),
+            "{text}"
+        );
+        let all = MetricSet::of(M::AllMetrics);
+        let other = IstioLabels {
+            response_code: 500,
+            ..labels("http")
+        };
+        m.istio
+            .record_request(&other, &RequestSample::default(), all);
+        assert!(
+            !m.encode().contains("response_code=\"500\""),
+            "nothing recorded"
         );
     }
 }

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
 use super::cluster_stats::ClusterStatsRegistry;
-use super::istio::{IstioLabels, IstioMetrics, TcpEvent};
+use super::istio::{IstioMetrics, TcpEvent, TcpReport};
 use super::series::SeriesLimits;
 
 /// A shared label value.
@@ -390,7 +390,7 @@ impl Metrics {
     /// relay that ends in an error are not counted.
     pub async fn relay<A, B>(
         &self,
-        labels: &IstioLabels,
+        report: &TcpReport,
         caller: &mut A,
         destination: &mut B,
     ) -> std::io::Result<()>
@@ -401,7 +401,7 @@ impl Metrics {
         let relayed = tokio::io::copy_bidirectional(caller, destination).await;
         let (received, sent) = relayed.as_ref().map_or((0, 0), |r| *r);
         self.istio
-            .record_tcp(labels, TcpEvent::Closed { received, sent });
+            .record_tcp(report, TcpEvent::Closed { received, sent });
         relayed.map(|_| ())
     }
 

@@ -30,6 +30,7 @@ use crate::telemetry::labels::DestinationServices;
 use crate::telemetry::metrics::{Label, Metrics};
 use crate::telemetry::peer::{DEFAULT_CLUSTER_ID, LocalWorkload, WorkloadMetadata};
 use crate::telemetry::stats_matcher::{StatsInclusions, StatsMatcher};
+use crate::telemetry::workload::WorkloadTelemetry;
 use crate::transport::connect::PoolTarget;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
@@ -300,6 +301,9 @@ impl Snapshot {
             security,
             inbound_modes,
             path_normalization: path_normalization(view.mesh.as_ref()),
+            telemetry: WorkloadTelemetry::compile(
+                view.inbound.as_ref().and_then(|p| p.telemetry.as_ref()),
+            )?,
             stats_matcher: Arc::new(StatsMatcher::new(
                 &cfg.stats_inclusions
                     .clone()

@@ -1,0 +1,361 @@
+//! The Telemetry API settings in force for this workload (Istio's `Telemetry` resources,
+//! resolved by the control plane and pushed in the workload's policy), compiled once per
+//! push: which standard metrics each reporter records, and whether and when a request is
+//! access-logged (`accessLogging`: `disabled`, a CEL `filter.expression` over the request and
+//! response). Tracing settings are kept as pushed for the tracer.
+//!
+//! A filter is evaluated when a request's log line is complete, against the attributes
+//! Envoy's CEL filters read: `request.headers[...]`, `request.method`, `request.path`,
+//! `request.host`, `request.id`, `request.useragent`, `request.protocol`, `response.code`,
+//! `response.duration` (milliseconds, so the seed's `response.duration > 1000` reads as one
+//! second), `response.flags` (the printed flags) and `response.size`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use meshlite_xds_proto::v1;
+
+/// Why pushed Telemetry settings were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// An access-log filter is not CEL.
+    #[error("accessLogging filter `{expression}`: {message}")]
+    Filter {
+        /// The expression.
+        expression: String,
+        /// The parser's complaint.
+        message: String,
+    },
+}
+
+/// Which sidecar reports: the caller's (`source`, Istio's CLIENT mode) or the callee's
+/// (`destination`, SERVER).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reporter {
+    /// The caller's sidecar.
+    Source,
+    /// The callee's sidecar.
+    Destination,
+}
+
+impl Reporter {
+    fn selected_by(self, mode: i32) -> bool {
+        match v1::WorkloadMode::try_from(mode) {
+            Ok(v1::WorkloadMode::Client) => self == Reporter::Source,
+            Ok(v1::WorkloadMode::Server) => self == Reporter::Destination,
+            _ => true,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Reporter::Source => 0,
+            Reporter::Destination => 1,
+        }
+    }
+}
+
+/// A set of standard metrics (by [`v1::MetricSelector`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricSet(u16);
+
+impl MetricSet {
+    /// No metric.
+    pub const NONE: MetricSet = MetricSet(0);
+
+    /// The metrics `selector` names (`ALL_METRICS`: every one).
+    pub fn of(selector: v1::MetricSelector) -> Self {
+        match selector {
+            v1::MetricSelector::AllMetrics => MetricSet(0x7fe),
+            other => MetricSet(1 << (other as u16)),
+        }
+    }
+
+    /// Whether `metric` is in the set.
+    pub fn contains(self, metric: v1::MetricSelector) -> bool {
+        let m = Self::of(metric).0;
+        self.0 & m == m
+    }
+
+    fn with(self, other: MetricSet, on: bool) -> Self {
+        if on {
+            MetricSet(self.0 | other.0)
+        } else {
+            MetricSet(self.0 & !other.0)
+        }
+    }
+}
+
+/// An access-log filter, compiled.
+pub struct LogFilter {
+    program: cel::Program,
+    source: String,
+}
+
+impl std::fmt::Debug for LogFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LogFilter").field(&self.source).finish()
+    }
+}
+
+/// What a filter reads of one exchange.
+#[derive(Debug, Default)]
+pub struct LogAttributes<'a> {
+    /// Request headers, names lowercase.
+    pub headers: &'a [(String, String)],
+    /// Method.
+    pub method: &'a str,
+    /// Path and query.
+    pub path: &'a str,
+    /// `:authority`.
+    pub host: &'a str,
+    /// `x-request-id`.
+    pub id: &'a str,
+    /// `user-agent`.
+    pub user_agent: &'a str,
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub protocol: &'a str,
+    /// Status sent (0: none).
+    pub code: u16,
+    /// Milliseconds from the request's start to the end of the response.
+    pub duration_ms: u64,
+    /// Response flags as printed.
+    pub flags: String,
+    /// Response body bytes.
+    pub size: u64,
+}
+
+impl LogFilter {
+    /// Compiles `expression`.
+    pub fn compile(expression: &str) -> Result<Self, TelemetryError> {
+        let program = cel::Program::compile(expression).map_err(|e| TelemetryError::Filter {
+            expression: expression.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            program,
+            source: expression.to_string(),
+        })
+    }
+
+    /// Whether the exchange `a` is logged: the expression is `true`. An expression that
+    /// fails on this exchange (a missing header compared, a type error) logs it, as a filter
+    /// that cannot decide should not hide a request.
+    pub fn allows(&self, a: &LogAttributes<'_>) -> bool {
+        use cel::objects::Value;
+        let headers: HashMap<String, Value> = a
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        let request: HashMap<&str, Value> = HashMap::from([
+            ("headers", Value::from(headers)),
+            ("method", Value::from(a.method)),
+            ("path", Value::from(a.path)),
+            ("host", Value::from(a.host)),
+            ("id", Value::from(a.id)),
+            ("useragent", Value::from(a.user_agent)),
+            ("protocol", Value::from(a.protocol)),
+        ]);
+        let response: HashMap<&str, Value> = HashMap::from([
+            ("code", Value::Int(i64::from(a.code))),
+            (
+                "duration",
+                Value::Int(i64::try_from(a.duration_ms).unwrap_or(i64::MAX)),
+            ),
+            ("flags", Value::from(a.flags.as_str())),
+            (
+                "size",
+                Value::Int(i64::try_from(a.size).unwrap_or(i64::MAX)),
+            ),
+        ]);
+        let mut context = cel::Context::default();
+        context.add_variable_from_value("request", request);
+        context.add_variable_from_value("response", response);
+        match self.program.execute(&context) {
+            Ok(Value::Bool(b)) => b,
+            Ok(_) | Err(_) => true,
+        }
+    }
+}
+
+/// Whether a reporter writes access-log lines.
+#[derive(Clone, Debug, Default)]
+pub enum AccessLogging {
+    /// No Telemetry says: the proxy's own `--access-log` setting.
+    #[default]
+    Default,
+    /// `disabled: true`.
+    Off,
+    /// Logged, when the filter (if any) holds.
+    On(Option<Arc<LogFilter>>),
+}
+
+/// This workload's Telemetry settings, compiled.
+#[derive(Debug, Default)]
+pub struct WorkloadTelemetry {
+    /// Metrics not recorded, by reporter (source, destination).
+    disabled: [MetricSet; 2],
+    /// Access logging, by reporter.
+    logging: [AccessLogging; 2],
+    /// The pushed settings, as they came (for the tracer and `/config_dump`).
+    pub pushed: Option<v1::WorkloadTelemetry>,
+}
+
+impl WorkloadTelemetry {
+    /// Compiles `pushed` (none: no Telemetry applies).
+    pub fn compile(pushed: Option<&v1::WorkloadTelemetry>) -> Result<Self, TelemetryError> {
+        let Some(p) = pushed else {
+            return Ok(Self::default());
+        };
+        let mut disabled = [MetricSet::NONE; 2];
+        for o in &p.metric_overrides {
+            let metrics = MetricSet::of(v1::MetricSelector::try_from(o.metric).unwrap_or_default());
+            for r in [Reporter::Source, Reporter::Destination] {
+                if r.selected_by(o.mode) {
+                    disabled[r.index()] = disabled[r.index()].with(metrics, o.disabled);
+                }
+            }
+        }
+        let mut logging = [AccessLogging::Default, AccessLogging::Default];
+        // Entries come least specific first: a later one for the same reporter wins.
+        for entry in &p.access_logging {
+            let decided = if entry.disabled {
+                AccessLogging::Off
+            } else if entry.filter.is_empty() {
+                AccessLogging::On(None)
+            } else {
+                AccessLogging::On(Some(Arc::new(LogFilter::compile(&entry.filter)?)))
+            };
+            for r in [Reporter::Source, Reporter::Destination] {
+                if r.selected_by(entry.mode) {
+                    logging[r.index()] = decided.clone();
+                }
+            }
+        }
+        Ok(Self {
+            disabled,
+            logging,
+            pushed: Some(p.clone()),
+        })
+    }
+
+    /// The standard metrics `reporter` does not record.
+    pub fn disabled_metrics(&self, reporter: Reporter) -> MetricSet {
+        self.disabled[reporter.index()]
+    }
+
+    /// Whether and when `reporter` writes access-log lines.
+    pub fn access_logging(&self, reporter: Reporter) -> &AccessLogging {
+        &self.logging[reporter.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(code: u16, duration_ms: u64, headers: &[(String, String)]) -> LogAttributes<'_> {
+        LogAttributes {
+            headers,
+            method: "GET",
+            path: "/",
+            code,
+            duration_ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_seeds_filter_logs_errors_slow_requests_and_debug_ones() {
+        let f = LogFilter::compile(
+            "response.code >= 400 || response.duration > 1000 || \
+             request.headers['x-debug'] == 'true'",
+        )
+        .unwrap();
+        let none: Vec<(String, String)> = vec![];
+        let debug = vec![("x-debug".to_string(), "true".to_string())];
+        assert!(f.allows(&attrs(503, 3, &none)), "an error");
+        assert!(f.allows(&attrs(200, 1500, &none)), "slow");
+        assert!(f.allows(&attrs(200, 3, &debug)), "asked for");
+        let plain = vec![("x-debug".to_string(), "false".to_string())];
+        assert!(
+            !f.allows(&attrs(200, 3, &plain)),
+            "a fast success is not logged"
+        );
+    }
+
+    #[test]
+    fn a_filter_that_is_not_cel_is_refused_and_one_that_errors_logs() {
+        assert!(LogFilter::compile("response.code >=").is_err());
+        let f = LogFilter::compile("request.headers['x-debug'] == 'true'").unwrap();
+        assert!(
+            f.allows(&attrs(200, 1, &[])),
+            "a missing header cannot be compared: the line is kept"
+        );
+    }
+
+    #[test]
+    fn overrides_disable_metrics_per_reporter_and_the_later_entry_wins() {
+        let o = |metric: v1::MetricSelector, mode: v1::WorkloadMode, disabled: bool| {
+            v1::MetricOverride {
+                metric: metric as i32,
+                mode: mode as i32,
+                disabled,
+                ..Default::default()
+            }
+        };
+        let pushed = v1::WorkloadTelemetry {
+            metric_overrides: vec![
+                o(
+                    v1::MetricSelector::AllMetrics,
+                    v1::WorkloadMode::Client,
+                    true,
+                ),
+                o(
+                    v1::MetricSelector::RequestCount,
+                    v1::WorkloadMode::ClientAndServer,
+                    false,
+                ),
+            ],
+            access_logging: vec![
+                v1::AccessLogging {
+                    disabled: true,
+                    ..Default::default()
+                },
+                v1::AccessLogging {
+                    filter: "response.code >= 500".into(),
+                    mode: v1::WorkloadMode::Server as i32,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let t = WorkloadTelemetry::compile(Some(&pushed)).unwrap();
+        let client = t.disabled_metrics(Reporter::Source);
+        assert!(client.contains(v1::MetricSelector::RequestDuration));
+        assert!(
+            !client.contains(v1::MetricSelector::RequestCount),
+            "re-enabled"
+        );
+        assert_eq!(t.disabled_metrics(Reporter::Destination), MetricSet::NONE);
+        assert!(matches!(
+            t.access_logging(Reporter::Source),
+            AccessLogging::Off
+        ));
+        assert!(matches!(
+            t.access_logging(Reporter::Destination),
+            AccessLogging::On(Some(_))
+        ));
+        assert!(
+            WorkloadTelemetry::compile(Some(&v1::WorkloadTelemetry {
+                access_logging: vec![v1::AccessLogging {
+                    filter: "((".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }))
+            .is_err()
+        );
+    }
+}
