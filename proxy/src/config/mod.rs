@@ -16,6 +16,7 @@ use crate::identity::spiffe::SpiffeId;
 
 pub mod bootstrap;
 pub mod mesh;
+pub mod tracing;
 
 pub use crate::message::headers::HeaderOptions;
 pub use crate::protocol::{Protocol, UpstreamProtocol};
@@ -84,6 +85,9 @@ pub struct ProxyConfig {
     /// it, the identity files and `services` of this file are used as they are.
     #[serde(default)]
     pub control: Option<ControlConfig>,
+    /// Distributed tracing: the collector, the sampling percentage, custom tags.
+    #[serde(default)]
+    pub tracing: Option<tracing::TracingConfig>,
 }
 
 /// Counters for a policy compiled only to check it.
@@ -294,6 +298,10 @@ impl ProxyConfig {
                     ));
                 }
             }
+        }
+        if let Some(t) = &self.tracing {
+            t.check()
+                .map_err(|(field, message)| invalid(field, message))?;
         }
         if self.limits.max_header_bytes < 1024 {
             return Err(invalid(

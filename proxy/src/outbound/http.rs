@@ -36,6 +36,7 @@ use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{BreakerPermits, Exchange, TrackedBody};
 use crate::telemetry::labels::source_report;
 use crate::telemetry::peer::WorkloadMetadata;
+use crate::telemetry::trace::SpanKind;
 
 /// One downstream (app-side) connection's view.
 #[derive(Clone, Debug)]
@@ -70,6 +71,12 @@ pub async fn handle(
     let in_flight = conn.state.start_request();
     let ctx = &conn.ctx;
     let snap = ctx.snapshot.load();
+    // The trace decision, written into the headers the request goes on with; a span when
+    // sampled (the CLIENT span of Envoy's outbound listener).
+    let mut span = snap
+        .tracing
+        .as_ref()
+        .and_then(|t| t.start(SpanKind::Client, &mut req, conn.remote));
     let mut log = ctx
         .telemetry
         .access_log
@@ -112,6 +119,9 @@ pub async fn handle(
             (Some(telemetry.clone()), r.result)
         }
     };
+    if let (Some(s), Some(c)) = (span.as_deref_mut(), cluster.as_deref()) {
+        s.route(&c.labels.service.fqdn, c.port, &c.name);
+    }
     let protocol = cluster
         .as_ref()
         .map(|c| c.protocol)
@@ -150,6 +160,7 @@ pub async fn handle(
     }
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
     exchange.hold(permits);
+    exchange.trace(span);
     exchange.count_received(received);
     exchange.set_grpc(grpc);
     exchange.set_grpc_status(resp.headers());

@@ -126,6 +126,8 @@ pub struct Snapshot {
     pub inbound_modes: ModeSet,
     /// MeshConfig `pathNormalization`, for routing, authorization and forwarding alike.
     pub path_normalization: PathNormalization,
+    /// Distributed tracing; `None`: off, trace headers untouched.
+    pub tracing: Option<Arc<crate::telemetry::trace::Tracer>>,
 }
 
 /// The mutual TLS modes among the ports a workload serves.

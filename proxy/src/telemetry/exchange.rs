@@ -32,6 +32,8 @@ pub struct Exchange {
     received: Option<Arc<BodyCount>>,
     /// Whether the caller speaks gRPC (`request_protocol="grpc"`, messages counted).
     grpc: bool,
+    /// The request's span, when it is traced.
+    span: Option<Box<super::trace::ActiveSpan>>,
     _in_flight: InFlight,
     _permits: BreakerPermits,
 }
@@ -71,9 +73,15 @@ impl Exchange {
             log,
             received: None,
             grpc: false,
+            span: None,
             _in_flight: in_flight,
             _permits: BreakerPermits::default(),
         }
+    }
+
+    /// Finishes `span` with the exchange (a traced request).
+    pub fn trace(&mut self, span: Option<Box<super::trace::ActiveSpan>>) {
+        self.span = span;
     }
 
     /// Keeps `permits` taken until the exchange finishes.
@@ -114,6 +122,16 @@ impl Exchange {
             request_messages,
             response_messages: sent.grpc.map_or(0, |g| g.messages()),
         };
+        if let Some(span) = self.span.take() {
+            span.finish(&super::trace::SpanOutcome {
+                status: self.labels.response_code,
+                flags: self.labels.response_flags,
+                grpc_status: self.grpc.then_some(self.labels.grpc_response_status),
+                request_bytes,
+                response_bytes: sent.bytes,
+                duration: elapsed,
+            });
+        }
         let m = &self.telemetry.metrics;
         m.istio.record_request(&self.labels, &sample);
         if let (Some(mut entry), Some(log)) = (self.log.take(), self.telemetry.access_log.as_ref())

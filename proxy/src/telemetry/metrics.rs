@@ -68,6 +68,8 @@ pub struct Metrics {
     pub clusters: ClusterFamilies,
     /// Inbound security: authorization decisions, refused connections, the audit log.
     pub security: SecurityMetrics,
+    /// Spans exported and dropped.
+    pub traces: super::trace::TraceStats,
 }
 
 /// The `policy` label of Envoy's RBAC statistics (`namespace/name`, or `none` for a decision
@@ -545,7 +547,9 @@ impl Metrics {
         let control = ControlMetrics::register(&mut registry);
         let clusters = ClusterFamilies::register(&mut registry);
         let security = SecurityMetrics::register(&mut registry);
+        let traces = super::trace::TraceStats::register(&mut registry);
         Self {
+            traces,
             security,
             control,
             clusters,

@@ -1,4 +1,4 @@
-//! Telemetry: Istio-compatible Prometheus metrics and JSON access logs.
+//! Telemetry: Istio-compatible Prometheus metrics, JSON access logs and distributed traces.
 
 pub mod access_log;
 pub mod exchange;
@@ -7,6 +7,7 @@ pub mod labels;
 pub mod metrics;
 pub mod peer;
 pub mod series;
+pub mod trace;
 
 /// Metrics plus the optional access log, shared by every connection.
 #[derive(Debug)]

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::balance::locality::Locality;
+use crate::config::tracing::TracingConfig;
 use crate::config::{InboundPortConfig, ProxyConfig, UpstreamConfig};
 use crate::identity::tls::Identity;
 use crate::names::CLUSTER_DOMAIN;
@@ -29,6 +30,8 @@ use crate::source::{EndpointSpec, MeshView, ServiceSpec};
 use crate::telemetry::labels::DestinationServices;
 use crate::telemetry::metrics::{Label, Metrics};
 use crate::telemetry::peer::{DEFAULT_CLUSTER_ID, LocalWorkload, WorkloadMetadata};
+use crate::telemetry::trace::export::SpanSink;
+use crate::telemetry::trace::{LocalTags, TraceSettings, Tracer};
 use crate::transport::connect::PoolTarget;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
@@ -49,6 +52,10 @@ pub struct LocalSettings {
     pub default_mtls: MtlsMode,
     /// How HTTP travels to other sidecars, and connection timeouts.
     pub upstream: UpstreamConfig,
+    /// The file's `tracing` section (the pushed MeshConfig completes it).
+    pub tracing: Option<TracingConfig>,
+    /// The address this sidecar's workload is reached at (Istio's node id names it).
+    pub node_ip: Option<std::net::IpAddr>,
 }
 
 /// This workload as its metric labels and locality balancing know it.
@@ -85,6 +92,14 @@ impl LocalSettings {
             inbound_ports: cfg.inbound.ports.clone(),
             default_mtls: cfg.inbound.mtls,
             upstream: cfg.upstream.clone(),
+            tracing: cfg.tracing.clone(),
+            node_ip: cfg
+                .control
+                .as_ref()
+                .and_then(|c| c.inbound_address)
+                .map(|a| a.ip())
+                .or(Some(cfg.listeners.inbound.ip()))
+                .filter(|ip| !ip.is_unspecified()),
         }
     }
 }
@@ -282,8 +297,10 @@ impl Snapshot {
             }
             m
         });
+        let tracing = tracer(cfg, view.mesh.as_ref(), &local, metrics, prev);
         Ok(Self {
             version,
+            tracing,
             local,
             hosts,
             inbound,
@@ -327,4 +344,30 @@ fn local_workload(cfg: &LocalSettings, identity: &Identity) -> LocalWorkload {
         locality: w.locality.clone(),
         labels: w.labels.clone(),
     }
+}
+
+/// The tracer of the file's and the mesh's tracing settings: the previous snapshot's when
+/// they have not changed, a new one sharing its export queue when only sampling or tags
+/// did, a new queue and export task when the collector changed. `None`: tracing is off.
+fn tracer(
+    cfg: &LocalSettings,
+    mesh: Option<&meshlite_xds_proto::v1::MeshConfig>,
+    local: &crate::telemetry::peer::LocalWorkload,
+    metrics: &Metrics,
+    prev: Option<&Snapshot>,
+) -> Option<Arc<Tracer>> {
+    let settings = TraceSettings::resolve(cfg.tracing.as_ref(), mesh)?;
+    let prev = prev.and_then(|s| s.tracing.as_ref());
+    if let Some(t) = prev.filter(|t| *t.settings() == settings) {
+        return Some(t.clone());
+    }
+    let sink = match prev.filter(|t| *t.sink().collector() == settings.collector) {
+        Some(t) => t.sink().clone(),
+        None => SpanSink::start(
+            settings.collector.clone(),
+            LocalTags::of(local, cfg.node_ip),
+            metrics.traces.clone(),
+        )?,
+    };
+    Some(Arc::new(Tracer::new(settings, sink)))
 }

@@ -48,6 +48,8 @@ fn local() -> LocalSettings {
         inbound_ports: Vec::new(),
         default_mtls: MtlsMode::Strict,
         upstream: Default::default(),
+        tracing: None,
+        node_ip: None,
     }
 }
 
