@@ -127,6 +127,8 @@ pub struct SidecarConfig {
     /// `limits` entries, `(key, value)` with the value written as given (e.g. `("idle_timeout",
     /// "1s")`).
     pub limits: Vec<(String, String)>,
+    /// Top-level sections written as given at the end of the file (e.g. `tracing`).
+    pub extra: String,
 }
 
 /// A YAML double-quoted scalar.
@@ -161,6 +163,7 @@ impl SidecarConfig {
             services: Vec::new(),
             upstream_protocol: None,
             limits: Vec::new(),
+            extra: String::new(),
         }
     }
 
@@ -259,6 +262,7 @@ impl SidecarConfig {
                 let _ = writeln!(y, "  cert_ttl: {}", quoted(ttl));
             }
         }
+        y.push_str(&self.extra);
         y
     }
 
