@@ -123,7 +123,7 @@ impl Exchange {
             response_messages: sent.grpc.map_or(0, |g| g.messages()),
         };
         if let Some(span) = self.span.take() {
-            span.finish(&super::trace::SpanOutcome {
+            (*span).finish(&super::trace::SpanOutcome {
                 status: self.labels.response_code,
                 flags: self.labels.response_flags,
                 grpc_status: self.grpc.then_some(self.labels.grpc_response_status),

@@ -546,7 +546,7 @@ impl ActiveSpan {
 
     /// Ends the span with how the exchange went and queues it for export (dropped and
     /// counted when the queue is full).
-    pub fn finish(mut self: Box<Self>, outcome: &SpanOutcome) {
+    pub fn finish(mut self, outcome: &SpanOutcome) {
         let r = &mut self.record;
         r.duration = outcome.duration;
         let mut tag = |k: &'static str, v: String| r.tags.push((Cow::Borrowed(k), v));
@@ -562,7 +562,7 @@ impl ActiveSpan {
         if r.error {
             tag("error", "true".into());
         }
-        let Self { record, sink } = *self;
+        let Self { record, sink } = self;
         sink.submit(record);
     }
 }

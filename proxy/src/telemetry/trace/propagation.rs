@@ -204,9 +204,19 @@ pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, bool)> {
     Some((TraceId(trace), parent, flags & 1 == 1))
 }
 
-/// A valid single `b3` header: `(ids, sampled, debug)`; `ids` is `None` for a bare decision
-/// (`0`, `1`, `d`).
-pub fn parse_b3_single(value: &[u8]) -> Option<(Option<(TraceId, SpanId)>, Option<bool>, bool)> {
+/// What a valid single `b3` header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct B3Single {
+    /// The trace and span; `None` for a bare decision (`0`, `1`, `d`).
+    pub ids: Option<(TraceId, SpanId)>,
+    /// The decision, when one is given.
+    pub sampled: Option<bool>,
+    /// `d`: debug.
+    pub debug: bool,
+}
+
+/// A valid single `b3` header.
+pub fn parse_b3_single(value: &[u8]) -> Option<B3Single> {
     let decision = |s: &[u8]| match s {
         b"0" => Some((Some(false), false)),
         b"1" => Some((Some(true), false)),
@@ -217,7 +227,11 @@ pub fn parse_b3_single(value: &[u8]) -> Option<(Option<(TraceId, SpanId)>, Optio
     let first = parts.next()?;
     let Some(second) = parts.next() else {
         let (sampled, debug) = decision(first)?;
-        return Some((None, sampled, debug));
+        return Some(B3Single {
+            ids: None,
+            sampled,
+            debug,
+        });
     };
     let trace = b3_trace_id(first)?;
     let span = span_id(second)?;
@@ -231,7 +245,11 @@ pub fn parse_b3_single(value: &[u8]) -> Option<(Option<(TraceId, SpanId)>, Optio
     if parts.next().is_some() {
         return None;
     }
-    Some((Some((trace, span)), sampled, debug))
+    Some(B3Single {
+        ids: Some((trace, span)),
+        sampled,
+        debug,
+    })
 }
 
 /// Reads the trace context a request carries.
@@ -254,10 +272,10 @@ pub fn extract(headers: &HeaderMap) -> Extracted {
         out.sampled = Some(sampled);
         return out;
     }
-    if let Some((ids, sampled, debug)) = b3.and_then(|v| parse_b3_single(v.as_bytes())) {
-        out.parent = ids;
-        out.sampled = sampled;
-        out.debug = debug;
+    if let Some(single) = b3.and_then(|v| parse_b3_single(v.as_bytes())) {
+        out.parent = single.ids;
+        out.sampled = single.sampled;
+        out.debug = single.debug;
         return out;
     }
     if out.formats.b3_multi {
@@ -509,23 +527,32 @@ mod tests {
     #[test]
     fn the_single_b3_header_is_read() {
         let parent = "05e3ac9a4f6e3b90";
-        let (ids, sampled, debug) =
-            parse_b3_single(format!("{TRACE}-{SPAN}-1-{parent}").as_bytes()).unwrap();
-        assert_eq!(ids.unwrap().1.to_hex_string(), SPAN);
-        assert_eq!((sampled, debug), (Some(true), false));
-        let (ids, sampled, _) = parse_b3_single(format!("{TRACE}-{SPAN}").as_bytes()).unwrap();
-        assert!(ids.is_some() && sampled.is_none());
+        let got = parse_b3_single(format!("{TRACE}-{SPAN}-1-{parent}").as_bytes()).unwrap();
+        assert_eq!(got.ids.unwrap().1.to_hex_string(), SPAN);
+        assert_eq!((got.sampled, got.debug), (Some(true), false));
+        let got = parse_b3_single(format!("{TRACE}-{SPAN}").as_bytes()).unwrap();
+        assert!(got.ids.is_some() && got.sampled.is_none());
+        let ids = got.ids;
         assert_eq!(
             parse_b3_single(format!("{TRACE}-{SPAN}-d").as_bytes()),
-            Some((ids, Some(true), true))
+            Some(B3Single {
+                ids,
+                sampled: Some(true),
+                debug: true
+            })
         );
-        assert_eq!(parse_b3_single(b"0"), Some((None, Some(false), false)));
-        assert_eq!(parse_b3_single(b"1"), Some((None, Some(true), false)));
+        let decision = |sampled| B3Single {
+            ids: None,
+            sampled: Some(sampled),
+            debug: false,
+        };
+        assert_eq!(parse_b3_single(b"0"), Some(decision(false)));
+        assert_eq!(parse_b3_single(b"1"), Some(decision(true)));
         for bad in [
             format!("{TRACE}-{SPAN}-x"),
             format!("{TRACE}-{SPAN}-1-{parent}-more"),
             format!("{TRACE}-{SPAN}-1-0000000000000000"),
-            format!("{TRACE}"),
+            TRACE.to_string(),
             "2".to_string(),
             String::new(),
         ] {
