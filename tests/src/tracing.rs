@@ -271,10 +271,18 @@ impl ZipkinCollector {
 /// The `tracing` section of a sidecar's file reporting to `collector` over `provider`
 /// (`opentelemetry` or `zipkin`) with `percent` sampling.
 pub fn tracing_yaml(provider: &str, collector: SocketAddr, percent: f64) -> String {
+    tracing_yaml_to(
+        provider,
+        &collector.ip().to_string(),
+        collector.port(),
+        percent,
+    )
+}
+
+/// [`tracing_yaml`] with the collector named by `host` (a DNS name the proxy resolves).
+pub fn tracing_yaml_to(provider: &str, host: &str, port: u16, percent: f64) -> String {
     format!(
-        "tracing:\n  provider:\n    {provider}: {{service: \"{}\", port: {}}}\n  randomSamplingPercentage: {percent}\n  customTags:\n    tenant: {{header: {{name: x-tenant, defaultValue: none}}}}\n    env: {{literal: {{value: e2e}}}}\n",
-        collector.ip(),
-        collector.port()
+        "tracing:\n  provider:\n    {provider}: {{service: \"{host}\", port: {port}}}\n  randomSamplingPercentage: {percent}\n  customTags:\n    tenant: {{header: {{name: x-tenant, defaultValue: none}}}}\n    env: {{literal: {{value: e2e}}}}\n"
     )
 }
 

@@ -484,6 +484,25 @@ services:
     }
 
     #[test]
+    fn the_tracing_section_is_read_and_its_errors_name_the_field() {
+        let text = format!(
+            "{GOOD}tracing:\n  provider:\n    opentelemetry: {{service: otel.monitoring, port: 4317}}\n  randomSamplingPercentage: 10\n"
+        );
+        let cfg = parse(&text).expect("valid");
+        let t = cfg.tracing.expect("tracing");
+        assert_eq!(t.random_sampling_percentage, Some(10.0));
+        let bad = text.replace(
+            "randomSamplingPercentage: 10",
+            "randomSamplingPercentage: 250",
+        );
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("tracing.randomSamplingPercentage"), "{err}");
+        let typo = text.replace("randomSamplingPercentage", "samplingPercentage");
+        let err = parse(&typo).unwrap_err().to_string();
+        assert!(err.contains("samplingPercentage"), "{err}");
+    }
+
+    #[test]
     fn not_yaml_is_refused() {
         assert!(parse("identity: [unclosed").is_err());
         assert!(parse("").is_err());

@@ -8,7 +8,7 @@ use meshlite_tests::deadline::{SOON, eventually};
 use meshlite_tests::mesh::{AppProtocol, InboundPort, Mesh, Service, Sidecar, SidecarSpec};
 use meshlite_tests::pki::{Pki, spiffe_id};
 use meshlite_tests::tracing::{
-    OtlpCollector, ReceivedSpan, RelayApp, ZipkinCollector, tracing_yaml,
+    OtlpCollector, ReceivedSpan, RelayApp, ZipkinCollector, tracing_yaml, tracing_yaml_to,
 };
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -193,10 +193,11 @@ async fn settled(spans: impl Fn() -> usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarter_of_the_requests_are_traced_at_25_percent_and_the_destination_follows() {
     let collector = ZipkinCollector::start().await;
-    let addr = collector.addr;
+    let port = collector.addr.port();
+    // The collector by a DNS name, as a Kubernetes service would be named.
     let mesh = Mesh::builder()
-        .server(move |s, _| s.extra_yaml = tracing_yaml("zipkin", addr, 25.0))
-        .client(move |s, _| s.extra_yaml = tracing_yaml("zipkin", addr, 25.0))
+        .server(move |s, _| s.extra_yaml = tracing_yaml_to("zipkin", "localhost", port, 25.0))
+        .client(move |s, _| s.extra_yaml = tracing_yaml_to("zipkin", "localhost", port, 25.0))
         .start()
         .await;
     const REQUESTS: usize = 2_000;
