@@ -379,7 +379,11 @@ impl Tracer {
         }
         let (trace, parent) = match incoming.parent {
             Some((trace, parent)) => (trace, Some(parent)),
-            None => (TraceId::random(), None),
+            None => {
+                // A new trace: vendor state of another (or of an invalid context) is not its.
+                req.headers_mut().remove(&propagation::TRACESTATE);
+                (TraceId::random(), None)
+            }
         };
         let span = SpanId::random();
         let out = Outgoing {
@@ -417,6 +421,7 @@ fn not_sampled(headers: &mut http::HeaderMap, incoming: &Extracted, native: Form
         }
         // No context: a new trace id carrying "not sampled", in the provider's format.
         None => {
+            headers.remove(&propagation::TRACESTATE);
             if native.b3_multi {
                 headers.insert(
                     propagation::X_B3_SAMPLED.clone(),

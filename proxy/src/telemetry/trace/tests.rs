@@ -194,12 +194,26 @@ fn a_sampled_request_is_rewritten_in_every_format_it_came_in_and_the_providers()
     assert_eq!(req.headers()["x-b3-flags"], "1");
     // A root span starts a new trace with no parent.
     let (t, _rx) = tracer(CollectorKind::Otlp, 100.0);
-    let mut req = request(&[("traceparent", "ff-not-valid")]);
+    let mut req = request(&[("traceparent", "ff-not-valid"), ("tracestate", "vendor=1")]);
     let span = t
         .start_with(SpanKind::Client, &mut req, remote(), 0)
         .unwrap();
     assert!(span.record.parent.is_none());
     assert_eq!(extract(req.headers()).parent, Some(span.ids()));
+    assert!(
+        !req.headers().contains_key("tracestate"),
+        "a new trace has no vendor state"
+    );
+    // The tracestate of a valid context goes on unchanged.
+    let mut req = request(&[
+        ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+        ("tracestate", "vendor=1,other=2"),
+    ]);
+    assert!(
+        t.start_with(SpanKind::Client, &mut req, remote(), 0)
+            .is_some()
+    );
+    assert_eq!(req.headers()["tracestate"], "vendor=1,other=2");
 }
 
 #[test]
