@@ -15,6 +15,12 @@
 //!   request gets (the ordinary path needs no copy);
 //! - `telemetry`: recording one request in `istio_requests_total` and
 //!   `istio_request_duration_milliseconds` with Istio's 24 standard labels;
+//! - `trace`: the tracer's per-request work on the sidecar's request path (the export is a
+//!   background task, drained here by a thread): a request whose caller said "not sampled"
+//!   (`unsampled/caller-decided`: headers read, nothing written), one that arrives without a
+//!   context and is not sampled (`unsampled/root`: a roll, a "not sampled" `traceparent`
+//!   written downstream), and a sampled one (`sampled`: the context rewritten, the span's
+//!   tags read from the request, named after its route, finished and queued);
 //! - `request`: one full HTTP/1.1 request through a real client sidecar, mutual TLS and a real
 //!   server sidecar to an app, all in this process on loopback (the proxies' whole service
 //!   stack, without process or scheduler noise from separate binaries).
@@ -591,6 +597,86 @@ fn jwt(c: &mut Criterion) {
     group.finish();
 }
 
+fn tracing(c: &mut Criterion) {
+    use meshlite_proxy::message::response_flags::ResponseFlags;
+    use meshlite_proxy::telemetry::trace::export::SpanSink;
+    use meshlite_proxy::telemetry::trace::{
+        Collector, CollectorKind, SpanKind, SpanOutcome, TraceSettings, TraceStats, Tracer,
+    };
+    let settings = TraceSettings {
+        collector: Collector {
+            kind: CollectorKind::Otlp,
+            host: "opentelemetry-collector.monitoring".into(),
+            port: 4317,
+        },
+        sampling_percent: 0.0,
+        custom_tags: Vec::new(),
+        max_path_tag_length: 256,
+    };
+    let (sink, mut rx) = SpanSink::queue(settings.collector.clone(), TraceStats::default(), 2048);
+    // The export task's part: take spans off the queue as they come.
+    std::thread::spawn(move || while rx.blocking_recv().is_some() {});
+    let tracer = Tracer::new(settings, sink);
+    let remote: std::net::SocketAddr = "10.0.0.7:40000".parse().expect("addr");
+    let request = |traceparent: Option<&'static str>| {
+        let mut req = Request::get("/reviews/0").body(()).expect("request");
+        *req.headers_mut() = typical_request_headers();
+        req.headers_mut().remove("traceparent");
+        req.headers_mut().insert(
+            "x-request-id",
+            HeaderValue::from_static("3e1f6c1a-0e4c-4187-acb5-b7dfdb552328"),
+        );
+        if let Some(tp) = traceparent {
+            req.headers_mut()
+                .insert("traceparent", HeaderValue::from_static(tp));
+        }
+        req
+    };
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut group = c.benchmark_group("trace");
+    group.bench_function("unsampled/caller-decided", |b| {
+        b.iter_batched_ref(
+            || request(Some(unsampled)),
+            |req| tracer.start(SpanKind::Client, req, remote).is_none(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("unsampled/root", |b| {
+        b.iter_batched_ref(
+            || request(None),
+            |req| tracer.start(SpanKind::Client, req, remote).is_none(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let outcome = SpanOutcome {
+        status: 200,
+        flags: ResponseFlags::NONE,
+        grpc_status: None,
+        request_bytes: 0,
+        response_bytes: 441,
+        duration: std::time::Duration::from_micros(250),
+    };
+    group.bench_function("sampled", |b| {
+        b.iter_batched_ref(
+            || request(Some(sampled)),
+            |req| {
+                let mut span = tracer
+                    .start(SpanKind::Client, req, remote)
+                    .expect("sampled");
+                span.route(
+                    "reviews.default.svc.cluster.local",
+                    9080,
+                    "outbound|9080||reviews.default.svc.cluster.local",
+                );
+                (*span).finish(&outcome);
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki::generate(dir.path()).expect("certificates");
@@ -602,6 +688,7 @@ fn benches(c: &mut Criterion) {
     authz(c);
     jwt(c);
     telemetry(c);
+    tracing(c);
     full_request(c, dir.path(), &pki);
 }
 

@@ -18,6 +18,7 @@
 //! - [`wire`] speaks raw HTTP/1.1 on a socket for requests no well-behaved client would send;
 //! - [`payload`] makes and checks the deterministic bytes of large streamed bodies;
 //! - [`prometheus`] reads the proxies' metrics text;
+//! - [`tracing`] runs trace collectors (OTLP/gRPC and Zipkin) and an app that calls on;
 //! - [`tls_peers`] stands in for a sidecar whose certificate no sidecar would start with;
 //! - [`deadline`] polls for a condition with a deadline instead of sleeping and hoping.
 //!
@@ -48,4 +49,5 @@ pub mod payload;
 pub mod pki;
 pub mod prometheus;
 pub mod tls_peers;
+pub mod tracing;
 pub mod wire;

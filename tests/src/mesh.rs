@@ -109,6 +109,8 @@ pub struct SidecarSpec {
     pub limits: Limits,
     /// `--workers`.
     pub workers: Option<usize>,
+    /// Top-level sections appended to the file as given (e.g. `tracing`).
+    pub extra_yaml: String,
 }
 
 impl SidecarSpec {
@@ -125,6 +127,7 @@ impl SidecarSpec {
             upstream_protocol: None,
             limits: Limits::default(),
             workers: Some(1),
+            extra_yaml: String::new(),
         }
     }
 
@@ -168,6 +171,7 @@ impl SidecarSpec {
         .into_iter()
         .filter_map(|(key, value)| Some((key.to_string(), value?)))
         .collect();
+        c.extra = self.extra_yaml.clone();
         c.to_yaml()
     }
 

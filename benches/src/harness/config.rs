@@ -130,6 +130,8 @@ pub struct SidecarConfig {
     /// `proxy_stats_matcher.inclusion_prefixes`: Envoy statistics exported besides Istio's
     /// default set (the section is left out when empty).
     pub stats_prefixes: Vec<String>,
+    /// Top-level sections written as given at the end of the file (e.g. `tracing`).
+    pub extra: String,
 }
 
 /// A YAML double-quoted scalar.
@@ -165,6 +167,7 @@ impl SidecarConfig {
             upstream_protocol: None,
             limits: Vec::new(),
             stats_prefixes: Vec::new(),
+            extra: String::new(),
         }
     }
 
@@ -268,6 +271,7 @@ impl SidecarConfig {
                 let _ = writeln!(y, "  cert_ttl: {}", quoted(ttl));
             }
         }
+        y.push_str(&self.extra);
         y
     }
 

@@ -2,10 +2,11 @@
 //! IstioOperator's `spec.meshConfig`.
 //!
 //! Mirrors `istio.mesh.v1alpha1.MeshConfig` for the fields meshlite applies: trust domain
-//! aliases, path normalisation, the number of trusted proxies in front of callers, and the
-//! extension providers AuthorizationPolicy CUSTOM actions name. Providers of other kinds
-//! (tracing, access logging, metrics) are read so a user's file loads without errors;
-//! validation says which ones no sidecar uses yet.
+//! aliases, path normalisation, the number of trusted proxies in front of callers, the
+//! extension providers AuthorizationPolicy CUSTOM actions name, and the trace collectors
+//! (`opentelemetry`, `zipkin` providers, `defaultProviders.tracing`,
+//! `defaultConfig.tracing.sampling`). Providers of other kinds (access logging, metrics) are
+//! read so a user's file loads without errors.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,20 @@ pub struct MeshConfig {
     /// `root namespace` of policies (meshlite uses `istio-system`; another value is
     /// reported).
     pub root_namespace: Option<String>,
+    /// The providers used when no Telemetry resource says otherwise.
+    pub default_providers: Option<DefaultProviders>,
+}
+
+/// `defaultProviders`: the extension providers in force by default, by signal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DefaultProviders {
+    /// Trace collectors, by provider name (the first one defined is used).
+    pub tracing: Vec<String>,
+    /// Metrics providers (read, not used).
+    pub metrics: Vec<String>,
+    /// Access log providers (read, not used).
+    pub access_logging: Vec<String>,
 }
 
 /// `pathNormalization`.
@@ -57,11 +72,13 @@ pub enum PathNormalization {
 }
 
 /// `defaultConfig` (ProxyConfig): the part meshlite reads.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ProxyDefaults {
     /// `gatewayTopology`.
     pub gateway_topology: Option<Topology>,
+    /// `tracing`: the part meshlite reads.
+    pub tracing: Option<ProxyTracing>,
     /// `proxyStatsMatcher`: Envoy statistics exported besides Istio's default set.
     pub proxy_stats_matcher: Option<ProxyStatsMatcher>,
 }
@@ -76,6 +93,15 @@ pub struct ProxyStatsMatcher {
     pub inclusion_suffixes: Vec<String>,
     /// Names one of these regular expressions (RE2) matches whole.
     pub inclusion_regexps: Vec<String>,
+}
+
+/// `defaultConfig.tracing`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyTracing {
+    /// Percentage of requests without a sampling decision that start a trace (Istio's
+    /// default, 1).
+    pub sampling: Option<f64>,
 }
 
 /// `gatewayTopology`.
@@ -96,12 +122,12 @@ pub struct ProviderConfig {
     pub envoy_ext_authz_grpc: Option<ExtAuthzGrpc>,
     /// External authorization over HTTP.
     pub envoy_ext_authz_http: Option<ExtAuthzHttp>,
-    /// Tracing and telemetry providers: read, not used by sidecars yet.
+    /// Prometheus metrics: read, not used by sidecars (they serve Istio's metrics anyway).
     pub prometheus: Option<serde_json::Value>,
-    /// Zipkin tracing.
-    pub zipkin: Option<serde_json::Value>,
-    /// OpenTelemetry tracing.
-    pub opentelemetry: Option<serde_json::Value>,
+    /// Zipkin tracing: spans as Zipkin v2 JSON to `service:port/api/v2/spans`.
+    pub zipkin: Option<TracingCollector>,
+    /// OpenTelemetry tracing: spans over OTLP/gRPC to `service:port`.
+    pub opentelemetry: Option<TracingCollector>,
     /// Envoy file access log.
     pub envoy_file_access_log: Option<serde_json::Value>,
     /// OpenTelemetry access log.
@@ -144,6 +170,19 @@ impl ProviderConfig {
         add(self.lightstep.is_some(), "lightstep");
         k
     }
+}
+
+/// A trace collector of an `opentelemetry` or `zipkin` provider (the fields sidecars use;
+/// others, e.g. `http` or `resourceDetectors`, are read and ignored).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TracingCollector {
+    /// `[<namespace>/]<hostname>` of the collector.
+    pub service: String,
+    /// Its port (4317 for OTLP/gRPC, 9411 for Zipkin).
+    pub port: u32,
+    /// The longest `http.url` tag (Envoy's default, 256).
+    pub max_tag_length: Option<u32>,
 }
 
 /// `envoyExtAuthzGrpc`: Envoy's `envoy.service.auth.v3.Authorization/Check` over gRPC.

@@ -544,7 +544,43 @@ pub fn mesh(config: Option<&MeshConfig>) -> v1::MeshConfig {
                 inclusion_suffixes: s.inclusion_suffixes.clone(),
                 inclusion_regexps: s.inclusion_regexps.clone(),
             }),
+        tracing_providers: m
+            .extension_providers
+            .iter()
+            .filter_map(tracing_provider)
+            .collect(),
+        default_tracing_providers: m
+            .default_providers
+            .as_ref()
+            .map(|d| d.tracing.clone())
+            .unwrap_or_default(),
+        tracing_sampling: m
+            .default_config
+            .as_ref()
+            .and_then(|d| d.tracing.as_ref())
+            .and_then(|t| t.sampling),
     }
+}
+
+/// An `extensionProviders` entry as the trace collector sidecars report to, if it is one.
+fn tracing_provider(p: &ProviderConfig) -> Option<v1::TracingProvider> {
+    use v1::tracing_provider::{Kind, OpenTelemetry, Zipkin};
+    let (c, kind) = match (&p.opentelemetry, &p.zipkin) {
+        (Some(c), _) => (c, Kind::Opentelemetry(OpenTelemetry {})),
+        (None, Some(c)) => (c, Kind::Zipkin(Zipkin {})),
+        (None, None) => return None,
+    };
+    Some(v1::TracingProvider {
+        name: p.name.clone(),
+        service: c
+            .service
+            .rsplit_once('/')
+            .map_or(c.service.as_str(), |(_, h)| h)
+            .to_string(),
+        port: c.port,
+        max_tag_length: c.max_tag_length.unwrap_or(0),
+        kind: Some(kind),
+    })
 }
 
 /// An `extensionProviders` entry as the external authorizer sidecars ask, if it is one.

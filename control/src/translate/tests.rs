@@ -1101,3 +1101,41 @@ fn ext_authz_providers_reach_every_sidecar_with_their_options() {
         "tracing providers are not authorizers"
     );
 }
+
+#[test]
+fn tracing_providers_and_the_default_sampling_reach_every_sidecar() {
+    let mesh_config = "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+        metadata: {name: seed, namespace: istio-system}\nspec:\n  meshConfig:\n    \
+        defaultConfig:\n      tracing: {sampling: 10}\n    \
+        defaultProviders:\n      tracing: [otel]\n    \
+        extensionProviders:\n    \
+        - name: jaeger\n      zipkin: {service: tracing/jaeger-collector.tracing, port: 9411, maxTagLength: 99}\n    \
+        - name: otel\n      opentelemetry: {service: opentelemetry-collector.monitoring, port: 4317}\n"
+        .to_string();
+    let caller = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
+    let m = mesh(config(&[mesh_config]), std::slice::from_ref(&caller));
+    let pushed: v1::MeshConfig = decode(&m.view_for(&caller), type_url::MESH_CONFIG, "mesh");
+    use v1::tracing_provider::{Kind, OpenTelemetry, Zipkin};
+    assert_eq!(
+        pushed.tracing_providers,
+        vec![
+            v1::TracingProvider {
+                name: "jaeger".into(),
+                service: "jaeger-collector.tracing".into(),
+                port: 9411,
+                max_tag_length: 99,
+                kind: Some(Kind::Zipkin(Zipkin {})),
+            },
+            v1::TracingProvider {
+                name: "otel".into(),
+                service: "opentelemetry-collector.monitoring".into(),
+                port: 4317,
+                max_tag_length: 0,
+                kind: Some(Kind::Opentelemetry(OpenTelemetry {})),
+            },
+        ]
+    );
+    assert_eq!(pushed.default_tracing_providers, ["otel"]);
+    assert_eq!(pushed.tracing_sampling, Some(10.0));
+    assert!(pushed.ext_authz_providers.is_empty());
+}

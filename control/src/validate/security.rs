@@ -596,6 +596,30 @@ impl Checker<'_> {
     }
 
     pub(super) fn mesh_config(&mut self, r: &Resource, m: &MeshConfig) {
+        let tracing = m.default_providers.iter().flat_map(|d| d.tracing.iter());
+        for (i, name) in tracing.enumerate() {
+            let found = m.extension_providers.iter().find(|p| &p.name == name);
+            if !found.is_some_and(|p| p.opentelemetry.is_some() || p.zipkin.is_some()) {
+                self.warning(
+                    r,
+                    format!("defaultProviders.tracing[{i}]"),
+                    format!("no opentelemetry or zipkin provider `{name}` in extensionProviders"),
+                );
+            }
+        }
+        if let Some(s) = m
+            .default_config
+            .as_ref()
+            .and_then(|d| d.tracing.as_ref())
+            .and_then(|t| t.sampling)
+            && !(0.0..=100.0).contains(&s)
+        {
+            self.error(
+                r,
+                "defaultConfig.tracing.sampling",
+                format!("{s} is not a percentage (0-100)"),
+            );
+        }
         if let Some(ns) = &m.root_namespace
             && ns != ROOT_NAMESPACE
         {
@@ -742,8 +766,32 @@ impl Checker<'_> {
                     );
                 }
             }
+            let collector = p
+                .opentelemetry
+                .as_ref()
+                .map(|c| (c, "opentelemetry"))
+                .or_else(|| p.zipkin.as_ref().map(|c| (c, "zipkin")));
+            if let Some((c, kind)) = collector {
+                if c.service.is_empty() {
+                    self.error(
+                        r,
+                        format!("{fp}.{kind}.service"),
+                        "the collector's service is required",
+                    );
+                }
+                if !(1..=65535).contains(&c.port) {
+                    self.error(
+                        r,
+                        format!("{fp}.{kind}.port"),
+                        "not a port number (1-65535)",
+                    );
+                }
+            }
             for k in kinds {
-                if k != "envoyExtAuthzGrpc" && k != "envoyExtAuthzHttp" {
+                if !matches!(
+                    k,
+                    "envoyExtAuthzGrpc" | "envoyExtAuthzHttp" | "opentelemetry" | "zipkin"
+                ) {
                     self.warning(
                         r,
                         format!("{fp}.{k}"),

@@ -16,6 +16,7 @@ use crate::identity::spiffe::SpiffeId;
 
 pub mod bootstrap;
 pub mod mesh;
+pub mod tracing;
 
 pub use crate::message::headers::HeaderOptions;
 pub use crate::protocol::{Protocol, UpstreamProtocol};
@@ -84,6 +85,9 @@ pub struct ProxyConfig {
     /// it, the identity files and `services` of this file are used as they are.
     #[serde(default)]
     pub control: Option<ControlConfig>,
+    /// Distributed tracing: the collector, the sampling percentage, custom tags.
+    #[serde(default)]
+    pub tracing: Option<tracing::TracingConfig>,
     /// This workload's `proxyStatsMatcher` (as the `proxy.istio.io/config` annotation sets
     /// it): Envoy statistics exported besides Istio's default set. Replaces the MeshConfig's.
     #[serde(default)]
@@ -335,6 +339,10 @@ impl ProxyConfig {
                 }
             }
         }
+        if let Some(t) = &self.tracing {
+            t.check()
+                .map_err(|(field, message)| invalid(field, message))?;
+        }
         if self.limits.max_header_bytes < 1024 {
             return Err(invalid(
                 "limits.max_header_bytes".into(),
@@ -513,6 +521,25 @@ services:
         let plain = with_control.replace("https://", "http://");
         let err = parse(&plain).unwrap_err().to_string();
         assert!(err.contains("control.address"), "{err}");
+    }
+
+    #[test]
+    fn the_tracing_section_is_read_and_its_errors_name_the_field() {
+        let text = format!(
+            "{GOOD}tracing:\n  provider:\n    opentelemetry: {{service: otel.monitoring, port: 4317}}\n  randomSamplingPercentage: 10\n"
+        );
+        let cfg = parse(&text).expect("valid");
+        let t = cfg.tracing.expect("tracing");
+        assert_eq!(t.random_sampling_percentage, Some(10.0));
+        let bad = text.replace(
+            "randomSamplingPercentage: 10",
+            "randomSamplingPercentage: 250",
+        );
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("tracing.randomSamplingPercentage"), "{err}");
+        let typo = text.replace("randomSamplingPercentage", "samplingPercentage");
+        let err = parse(&typo).unwrap_err().to_string();
+        assert!(err.contains("samplingPercentage"), "{err}");
     }
 
     #[test]

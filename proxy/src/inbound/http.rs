@@ -37,6 +37,7 @@ use crate::telemetry::istio::{TcpEvent, TcpReport};
 use crate::telemetry::labels::{Caller, destination_report};
 use crate::telemetry::metrics::Label;
 use crate::telemetry::peer::WorkloadMetadata;
+use crate::telemetry::trace::SpanKind;
 use crate::telemetry::workload::Reporter::Destination as DESTINATION;
 use crate::transport::connect::connect_tcp;
 use crate::transport::forward;
@@ -160,9 +161,21 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<TrackedBody>, Refused> {
     let start = Instant::now();
+    let mut req = req;
     let in_flight = conn.state.start_request();
     let ctx = &conn.ctx;
     let snap = ctx.snapshot.load();
+    // The SERVER span, child of the caller's; its id goes to the app in the trace headers.
+    let mut span = snap
+        .tracing
+        .as_ref()
+        .and_then(|t| t.start(SpanKind::Server, &mut req, conn.remote));
+    if let (Some(s), Some(id)) = (span.as_deref_mut(), conn.identity.as_ref()) {
+        s.tag(
+            "downstream_principal",
+            format!("spiffe://{}", id.principal()),
+        );
+    }
     let mut log = AccessLogEntry::begin(
         &ctx.telemetry,
         &snap.telemetry,
@@ -201,6 +214,10 @@ pub async fn handle(
         ),
         (Ok(()), Some((port, target))) => {
             conn.admitted(port, target.mtls)?;
+            if let Some(s) = span.as_deref_mut() {
+                let service = service.as_ref();
+                s.route(&service.fqdn, port, &target.name);
+            }
             if req.method() == Method::CONNECT {
                 (Protocol::Tcp, tunnel(&conn, &snap, port, target, req).await)
             } else {
@@ -275,6 +292,7 @@ pub async fn handle(
     }
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
     exchange.hold(permits);
+    exchange.trace(span);
     exchange.count_received(received);
     exchange.set_grpc(grpc);
     exchange.skip_metrics(snap.telemetry.disabled_metrics(DESTINATION));

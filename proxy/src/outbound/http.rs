@@ -36,6 +36,7 @@ use crate::telemetry::access_log::AccessLogEntry;
 use crate::telemetry::exchange::{BreakerPermits, Exchange, TrackedBody};
 use crate::telemetry::labels::source_report;
 use crate::telemetry::peer::WorkloadMetadata;
+use crate::telemetry::trace::SpanKind;
 use crate::telemetry::workload::Reporter::Source as SOURCE;
 
 /// One downstream (app-side) connection's view.
@@ -71,6 +72,12 @@ pub async fn handle(
     let in_flight = conn.state.start_request();
     let ctx = &conn.ctx;
     let snap = ctx.snapshot.load();
+    // The trace decision, written into the headers the request goes on with; a span when
+    // sampled (the CLIENT span of Envoy's outbound listener).
+    let mut span = snap
+        .tracing
+        .as_ref()
+        .and_then(|t| t.start(SpanKind::Client, &mut req, conn.remote));
     let mut log = AccessLogEntry::begin(&ctx.telemetry, &snap.telemetry, SOURCE, &req, conn.remote);
     // A request without a body has nothing to count.
     let received = (!hyper::body::Body::is_end_stream(req.body())).then(Arc::<BodyCount>::default);
@@ -109,6 +116,9 @@ pub async fn handle(
             (Some(telemetry.clone()), r.result)
         }
     };
+    if let (Some(s), Some(c)) = (span.as_deref_mut(), cluster.as_deref()) {
+        s.route(&c.labels.service.fqdn, c.port, &c.name);
+    }
     let protocol = cluster
         .as_ref()
         .map(|c| c.protocol)
@@ -147,6 +157,7 @@ pub async fn handle(
     }
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
     exchange.hold(permits);
+    exchange.trace(span);
     exchange.count_received(received);
     exchange.set_grpc(grpc);
     exchange.skip_metrics(snap.telemetry.disabled_metrics(SOURCE));

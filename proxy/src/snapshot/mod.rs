@@ -137,6 +137,8 @@ pub struct Snapshot {
     pub telemetry: crate::telemetry::workload::WorkloadTelemetry,
     /// The Envoy statistics exported (`proxyStatsMatcher`: the workload's, else the mesh's).
     pub stats_matcher: Arc<crate::telemetry::stats_matcher::StatsMatcher>,
+    /// Distributed tracing; `None`: off, trace headers untouched.
+    pub tracing: Option<Arc<crate::telemetry::trace::Tracer>>,
 }
 
 /// The mutual TLS modes among the ports a workload serves.

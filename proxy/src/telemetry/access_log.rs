@@ -23,7 +23,10 @@ pub enum AccessLogTarget {
 }
 
 /// A Telemetry filter and the request headers it will read when the line is complete.
-pub type PendingFilter = (std::sync::Arc<super::workload::LogFilter>, Vec<(String, String)>);
+pub type PendingFilter = (
+    std::sync::Arc<super::workload::LogFilter>,
+    Vec<(String, String)>,
+);
 
 /// One request's log line.
 #[derive(Debug, Default, Serialize)]

@@ -35,6 +35,8 @@ pub struct Exchange {
     grpc: bool,
     /// Standard metrics a Telemetry resource turned off for this reporter.
     skipped: MetricSet,
+    /// The request's span, when it is traced.
+    span: Option<Box<super::trace::ActiveSpan>>,
     _in_flight: InFlight,
     _permits: BreakerPermits,
 }
@@ -75,9 +77,15 @@ impl Exchange {
             received: None,
             grpc: false,
             skipped: MetricSet::NONE,
+            span: None,
             _in_flight: in_flight,
             _permits: BreakerPermits::default(),
         }
+    }
+
+    /// Finishes `span` with the exchange (a traced request).
+    pub fn trace(&mut self, span: Option<Box<super::trace::ActiveSpan>>) {
+        self.span = span;
     }
 
     /// Keeps `permits` taken until the exchange finishes.
@@ -123,6 +131,16 @@ impl Exchange {
             request_messages,
             response_messages: sent.grpc.map_or(0, |g| g.messages()),
         };
+        if let Some(span) = self.span.take() {
+            (*span).finish(&super::trace::SpanOutcome {
+                status: self.labels.response_code,
+                flags: self.labels.response_flags,
+                grpc_status: self.grpc.then_some(self.labels.grpc_response_status),
+                request_bytes,
+                response_bytes: sent.bytes,
+                duration: elapsed,
+            });
+        }
         let m = &self.telemetry.metrics;
         m.istio.record_request(&self.labels, &sample, self.skipped);
         if let Some(mut entry) = self.log.take()

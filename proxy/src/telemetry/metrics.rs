@@ -69,6 +69,8 @@ pub struct Metrics {
     pub clusters: Arc<ClusterStatsRegistry>,
     /// Inbound security: authorization decisions, refused connections, the audit log.
     pub security: SecurityMetrics,
+    /// Spans exported and dropped.
+    pub traces: super::trace::TraceStats,
 }
 
 /// The `policy` label of Envoy's RBAC statistics (`namespace/name`, or `none` for a decision
@@ -461,7 +463,9 @@ impl Metrics {
         let clusters = Arc::new(ClusterStatsRegistry::default());
         registry.register_collector(Box::new(clusters.clone()));
         let security = SecurityMetrics::register(&mut registry);
+        let traces = super::trace::TraceStats::register(&mut registry);
         Self {
+            traces,
             security,
             control,
             clusters,

@@ -1,4 +1,4 @@
-//! Telemetry: Istio-compatible Prometheus metrics and JSON access logs.
+//! Telemetry: Istio-compatible Prometheus metrics, JSON access logs and distributed traces.
 
 pub mod access_log;
 pub mod cluster_stats;
@@ -11,6 +11,7 @@ pub mod peer;
 pub mod prom;
 pub mod series;
 pub mod stats_matcher;
+pub mod trace;
 pub mod workload;
 
 /// Metrics plus the optional access log, shared by every connection.

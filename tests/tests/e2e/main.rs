@@ -48,6 +48,7 @@ mod routing;
 mod security;
 mod streaming;
 mod telemetry;
+mod tracing;
 mod zero_trust;
 
 /// Reads an access-log field that may be a JSON number or string as text.

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::balance::locality::Locality;
+use crate::config::tracing::TracingConfig;
 use crate::config::{InboundPortConfig, ProxyConfig, StatsMatcherConfig, UpstreamConfig};
 use crate::identity::tls::Identity;
 use crate::names::CLUSTER_DOMAIN;
@@ -30,6 +31,8 @@ use crate::telemetry::labels::DestinationServices;
 use crate::telemetry::metrics::{Label, Metrics};
 use crate::telemetry::peer::{DEFAULT_CLUSTER_ID, LocalWorkload, WorkloadMetadata};
 use crate::telemetry::stats_matcher::{StatsInclusions, StatsMatcher};
+use crate::telemetry::trace::export::SpanSink;
+use crate::telemetry::trace::{LocalTags, TraceSettings, Tracer};
 use crate::telemetry::workload::WorkloadTelemetry;
 use crate::transport::connect::PoolTarget;
 use crate::transport::h1_pool::H1Pool;
@@ -53,6 +56,10 @@ pub struct LocalSettings {
     pub upstream: UpstreamConfig,
     /// This workload's own `proxyStatsMatcher`, replacing the MeshConfig's.
     pub stats_inclusions: Option<StatsInclusions>,
+    /// The file's `tracing` section (the pushed MeshConfig completes it).
+    pub tracing: Option<TracingConfig>,
+    /// The address this sidecar's workload is reached at (Istio's node id names it).
+    pub node_ip: Option<std::net::IpAddr>,
 }
 
 /// This workload as its metric labels and locality balancing know it.
@@ -93,6 +100,14 @@ impl LocalSettings {
                 .proxy_stats_matcher
                 .as_ref()
                 .map(StatsMatcherConfig::inclusions),
+            tracing: cfg.tracing.clone(),
+            node_ip: cfg
+                .control
+                .as_ref()
+                .and_then(|c| c.inbound_address)
+                .map(|a| a.ip())
+                .or(Some(cfg.listeners.inbound.ip()))
+                .filter(|ip| !ip.is_unspecified()),
         }
     }
 }
@@ -291,8 +306,10 @@ impl Snapshot {
             }
             m
         });
+        let tracing = tracer(cfg, view.mesh.as_ref(), &local, metrics, prev);
         Ok(Self {
             version,
+            tracing,
             local,
             hosts,
             inbound,
@@ -344,4 +361,30 @@ fn local_workload(cfg: &LocalSettings, identity: &Identity) -> LocalWorkload {
         locality: w.locality.clone(),
         labels: w.labels.clone(),
     }
+}
+
+/// The tracer of the file's and the mesh's tracing settings: the previous snapshot's when
+/// they have not changed, a new one sharing its export queue when only sampling or tags
+/// did, a new queue and export task when the collector changed. `None`: tracing is off.
+fn tracer(
+    cfg: &LocalSettings,
+    mesh: Option<&meshlite_xds_proto::v1::MeshConfig>,
+    local: &crate::telemetry::peer::LocalWorkload,
+    metrics: &Metrics,
+    prev: Option<&Snapshot>,
+) -> Option<Arc<Tracer>> {
+    let settings = TraceSettings::resolve(cfg.tracing.as_ref(), mesh)?;
+    let prev = prev.and_then(|s| s.tracing.as_ref());
+    if let Some(t) = prev.filter(|t| *t.settings() == settings) {
+        return Some(t.clone());
+    }
+    let sink = match prev.filter(|t| *t.sink().collector() == settings.collector) {
+        Some(t) => t.sink().clone(),
+        None => SpanSink::start(
+            settings.collector.clone(),
+            LocalTags::of(local, cfg.node_ip),
+            metrics.traces.clone(),
+        )?,
+    };
+    Some(Arc::new(Tracer::new(settings, sink)))
 }

@@ -49,6 +49,8 @@ fn local() -> LocalSettings {
         default_mtls: MtlsMode::Strict,
         upstream: Default::default(),
         stats_inclusions: None,
+        tracing: None,
+        node_ip: None,
     }
 }
 
