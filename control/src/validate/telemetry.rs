@@ -154,7 +154,7 @@ impl Checker<'_> {
                     r,
                     field,
                     format!(
-                        "`{name}` is a {} provider, not a {} one; istiod ignores it here",
+                        "`{name}` is a provider of kind {}, not a {} provider; istiod ignores it here",
                         kinds.join(", "),
                         signal.name()
                     ),
