@@ -19,6 +19,7 @@ mod mesh_config;
 mod security;
 mod service_entry;
 mod set;
+mod telemetry;
 mod virtual_service;
 
 pub use destination_rule::*;
@@ -29,6 +30,7 @@ pub use service_entry::*;
 pub use set::{
     CLUSTER_DOMAIN, ConfigSet, Named, ROOT_NAMESPACE, applies_to_sidecars, fqdn, wildcard_matches,
 };
+pub use telemetry::*;
 pub use virtual_service::*;
 
 /// Namespace given to resources whose metadata names none (as `kubectl apply` would).
@@ -49,6 +51,8 @@ pub enum Kind {
     AuthorizationPolicy,
     /// `security.istio.io` RequestAuthentication: end-user JWTs the sidecar verifies.
     RequestAuthentication,
+    /// `telemetry.istio.io` Telemetry: traces, metrics and access logs of workloads.
+    Telemetry,
     /// Istio's MeshConfig, from an IstioOperator's `spec.meshConfig` or the `istio`
     /// ConfigMap's `data.mesh` (read from those documents, not a `kind` of its own).
     MeshConfig,
@@ -56,13 +60,14 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
+        Kind::Telemetry,
     ];
 
     /// The `kind:` string.
@@ -74,6 +79,7 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::Telemetry => "Telemetry",
             Kind::MeshConfig => "MeshConfig",
         }
     }
@@ -92,6 +98,7 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 "security.istio.io"
             }
+            Kind::Telemetry => "telemetry.istio.io",
             Kind::MeshConfig => "install.istio.io",
         }
     }
@@ -107,6 +114,8 @@ impl Kind {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
                 &["security.istio.io/v1", "security.istio.io/v1beta1"]
             }
+            // v1alpha1 is still served by Istio (the same schema).
+            Kind::Telemetry => &["telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"],
             Kind::MeshConfig => &["install.istio.io/v1alpha1", "v1"],
         }
     }

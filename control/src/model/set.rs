@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{
     AuthorizationPolicy, DestinationRule, MeshConfig, ObjectMeta, Origin, PeerAuthentication,
-    RequestAuthentication, ServiceEntry, VirtualService,
+    RequestAuthentication, ServiceEntry, Telemetry, VirtualService,
 };
 
 /// A typed spec with the metadata and origin of its resource.
@@ -45,6 +45,8 @@ pub struct ConfigSet {
     pub authorization_policies: Vec<Named<AuthorizationPolicy>>,
     /// RequestAuthentications.
     pub request_authentications: Vec<Named<RequestAuthentication>>,
+    /// Telemetries.
+    pub telemetries: Vec<Named<Telemetry>>,
     /// The MeshConfig, if the directory holds one (Istio's defaults otherwise).
     pub mesh_config: Option<Named<MeshConfig>>,
 }
@@ -58,6 +60,7 @@ impl ConfigSet {
             + self.peer_authentications.len()
             + self.authorization_policies.len()
             + self.request_authentications.len()
+            + self.telemetries.len()
             + usize::from(self.mesh_config.is_some())
     }
 
@@ -131,6 +134,17 @@ impl ConfigSet {
         self.request_authentications
             .iter()
             .filter(move |p| p.meta.namespace == namespace)
+    }
+
+    /// Telemetries in `namespace` (those in `istio-system` without a selector apply
+    /// mesh-wide).
+    pub fn telemetries_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a Named<Telemetry>> + 'a {
+        self.telemetries
+            .iter()
+            .filter(move |t| t.meta.namespace == namespace)
     }
 
     /// Every `jwksUri` the configuration names, with the longest fetch timeout any rule

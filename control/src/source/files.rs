@@ -306,6 +306,9 @@ fn load_value(value: Value, origin: Origin, out: &mut LoadOutcome) {
         Kind::RequestAuthentication => {
             typed(value).map(|(m, s, i)| (m, ResourceSpec::RequestAuthentication(Box::new(s)), i))
         }
+        Kind::Telemetry => {
+            typed(value).map(|(m, s, i)| (m, ResourceSpec::Telemetry(Box::new(s)), i))
+        }
         // Never a `kind:` of its own (see `load_mesh_config`).
         Kind::MeshConfig => Err(TypedError {
             field: Some("kind".into()),
@@ -723,6 +726,93 @@ spec:
         let out = load("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\ndata: {x: y}\n");
         assert!(out.resources.is_empty());
         assert_eq!(out.problems[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn a_telemetry_loads_typed_in_either_api_version() {
+        use crate::model::{IstioMetric, TagOperation, WorkloadMode};
+        let text = "apiVersion: telemetry.istio.io/v1alpha1
+kind: Telemetry
+metadata: {name: api, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: api}
+  tracing:
+  - match: {mode: SERVER}
+    providers: [{name: otel}]
+    randomSamplingPercentage: 25.5
+    disableSpanReporting: false
+    customTags:
+      env: {literal: {value: prod}}
+      team: {header: {name: x-team, defaultValue: none}}
+  metrics:
+  - providers: [{name: prometheus}]
+    reportingInterval: 15s
+    overrides:
+    - match: {metric: REQUEST_COUNT, mode: CLIENT}
+      disabled: true
+      tagOverrides:
+        tenant: {value: \"request.headers['x-tenant']\"}
+        request_protocol: {operation: REMOVE}
+  accessLogging:
+  - providers: [{name: envoy}]
+    match: {mode: CLIENT_AND_SERVER}
+    disabled: false
+    filter: {expression: \"response.code >= 400\"}
+";
+        let out = load(text);
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        let ResourceSpec::Telemetry(t) = &out.resources[0].spec else {
+            panic!("not a Telemetry: {:?}", out.resources)
+        };
+        assert_eq!(out.resources[0].kind, Kind::Telemetry);
+        assert_eq!(t.selector_labels().map(|l| l["app"].as_str()), Some("api"));
+        let tr = &t.tracing[0];
+        assert_eq!(tr.mode(), WorkloadMode::Server);
+        assert_eq!(tr.providers[0].name, "otel");
+        assert_eq!(tr.random_sampling_percentage, Some(25.5));
+        assert_eq!(tr.disable_span_reporting, Some(false));
+        let tags = tr.custom_tags.as_ref().unwrap();
+        assert_eq!(tags["env"].literal.as_ref().unwrap().value, "prod");
+        let header = tags["team"].header.as_ref().unwrap();
+        assert_eq!(
+            (header.name.as_str(), header.default_value.as_deref()),
+            ("x-team", Some("none"))
+        );
+        let m = &t.metrics[0];
+        assert_eq!(m.reporting_interval.map(|d| d.as_std().as_secs()), Some(15));
+        let o = &m.overrides[0];
+        let sel = o.matches.as_ref().unwrap();
+        assert_eq!(
+            (sel.metric, sel.mode),
+            (Some(IstioMetric::RequestCount), WorkloadMode::Client)
+        );
+        assert_eq!(o.disabled, Some(true));
+        assert_eq!(o.tag_overrides["tenant"].operation, TagOperation::Upsert);
+        assert_eq!(
+            o.tag_overrides["tenant"].value.as_deref(),
+            Some("request.headers['x-tenant']")
+        );
+        assert_eq!(
+            o.tag_overrides["request_protocol"].operation,
+            TagOperation::Remove
+        );
+        let l = &t.access_logging[0];
+        assert_eq!(l.providers[0].name, "envoy");
+        assert_eq!(l.disabled, Some(false));
+        assert_eq!(
+            l.filter.as_ref().unwrap().expression,
+            "response.code >= 400"
+        );
+        // The same under telemetry.istio.io/v1.
+        let v1 = load(&text.replace("v1alpha1", "v1"));
+        assert_eq!(v1.resources[0].spec, out.resources[0].spec);
+        // A misspelt enum value is an error at its field.
+        let bad = load(&text.replace("REQUEST_COUNT", "REQUESTS"));
+        assert_eq!(
+            bad.problems[0].field.as_deref(),
+            Some("spec.metrics[0].overrides[0].match.metric")
+        );
     }
 
     #[test]

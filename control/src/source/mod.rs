@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::model::{
     AuthorizationPolicy, DestinationRule, Kind, MeshConfig, ObjectMeta, Origin, PeerAuthentication,
-    RequestAuthentication, ServiceEntry, VirtualService,
+    RequestAuthentication, ServiceEntry, Telemetry, VirtualService,
 };
 
 mod files;
@@ -132,6 +132,8 @@ pub enum ResourceSpec {
     AuthorizationPolicy(Box<AuthorizationPolicy>),
     /// A RequestAuthentication.
     RequestAuthentication(Box<RequestAuthentication>),
+    /// A Telemetry.
+    Telemetry(Box<Telemetry>),
     /// The mesh's MeshConfig.
     MeshConfig(Box<MeshConfig>),
 }

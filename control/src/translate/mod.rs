@@ -12,6 +12,7 @@
 mod policy;
 mod routes;
 pub mod services;
+mod telemetry;
 
 use meshlite_xds_proto::{type_url, v1};
 use prost::{Message, Name};

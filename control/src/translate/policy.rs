@@ -4,7 +4,7 @@
 //! targets it (root namespace policies mesh-wide, namespace policies without selector, and
 //! those whose selector matches its labels; none attached by `targetRefs`), with
 //! `serviceAccounts` expanded to principals and `jwksUri` key sets inlined (fail closed when
-//! the control plane could not fetch one).
+//! the control plane could not fetch one), and its Telemetry (`super::telemetry`).
 
 use meshlite_xds_proto::v1;
 
@@ -509,7 +509,7 @@ pub fn inbound(
         port_mtls: ports,
         authorization,
         jwt_rules: jwt_rules(config, w, jwks),
-        telemetry: None,
+        telemetry: super::telemetry::resolve(config, w),
     }
 }
 

@@ -24,6 +24,7 @@ fn doc(kind: &str, ns_name: &str, spec: &str) -> String {
         "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
             "security.istio.io/v1"
         }
+        "Telemetry" => "telemetry.istio.io/v1",
         _ => "networking.istio.io/v1",
     };
     format!(
@@ -1138,4 +1139,79 @@ fn tracing_providers_and_the_default_sampling_reach_every_sidecar() {
     assert_eq!(pushed.default_tracing_providers, ["otel"]);
     assert_eq!(pushed.tracing_sampling, Some(10.0));
     assert!(pushed.ext_authz_providers.is_empty());
+}
+
+#[test]
+fn a_workloads_telemetry_reaches_it_in_its_inbound_policy_and_a_change_is_pushed_to_it() {
+    let mesh_wide = doc(
+        "Telemetry",
+        "istio-system/mesh-default",
+        "{tracing: [{randomSamplingPercentage: 10}], accessLogging: [{filter: {expression: \"response.code >= 400\"}}]}",
+    );
+    let critical = |pct: u32| {
+        doc(
+            "Telemetry",
+            "shop/reviews",
+            &format!(
+                "{{selector: {{matchLabels: {{app: reviews}}}}, tracing: [{{randomSamplingPercentage: {pct}}}]}}"
+            ),
+        )
+    };
+    let reviews = workload(
+        "reviews",
+        "shop",
+        "reviews",
+        &[("app", "reviews")],
+        "10.0.0.1:15006",
+    );
+    let ratings = workload(
+        "ratings",
+        "shop",
+        "ratings",
+        &[("app", "ratings")],
+        "10.0.0.2:15006",
+    );
+    let workloads = [reviews.clone(), ratings.clone()];
+
+    // No Telemetry at all: nothing in the inbound policy.
+    let bare = mesh(config(&[]), &workloads);
+    assert_eq!(inbound(&bare.view_for(&reviews)).telemetry, None);
+
+    let before = mesh(config(&[mesh_wide.clone(), critical(25)]), &workloads);
+    let t = inbound(&before.view_for(&reviews))
+        .telemetry
+        .expect("resolved");
+    assert_eq!(t.sources, ["istio-system/mesh-default", "shop/reviews"]);
+    assert_eq!(t.tracing.unwrap().random_sampling_percentage, Some(25.0));
+    assert_eq!(t.access_logging[0].filter, "response.code >= 400");
+    let t = inbound(&before.view_for(&ratings))
+        .telemetry
+        .expect("resolved");
+    assert_eq!(t.sources, ["istio-system/mesh-default"]);
+    assert_eq!(t.tracing.unwrap().random_sampling_percentage, Some(10.0));
+
+    // The workload Telemetry changes: reviews' inbound policy is pushed again, ratings' is not.
+    let after = mesh(config(&[mesh_wide, critical(50)]), &workloads);
+    let held = |view: &ProxyView| -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            "inbound".to_string(),
+            version(view, type_url::INBOUND_POLICY, "inbound"),
+        )])
+    };
+    let pushed = diff(
+        &held(&before.view_for(&reviews)),
+        &after.view_for(&reviews)[type_url::INBOUND_POLICY],
+    );
+    assert_eq!(pushed.upserts.len(), 1, "reviews gets its new telemetry");
+    let t = inbound(&after.view_for(&reviews)).telemetry.unwrap();
+    assert_eq!(t.tracing.unwrap().random_sampling_percentage, Some(50.0));
+    let untouched = diff(
+        &held(&before.view_for(&ratings)),
+        &after.view_for(&ratings)[type_url::INBOUND_POLICY],
+    );
+    assert_eq!(
+        untouched,
+        super::TypeDelta::default(),
+        "ratings is not concerned"
+    );
 }

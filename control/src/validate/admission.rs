@@ -101,6 +101,7 @@ pub fn resource_labels(kind: Option<Kind>) -> (&'static str, &'static str) {
         Kind::PeerAuthentication => "peerauthentications",
         Kind::AuthorizationPolicy => "authorizationpolicies",
         Kind::RequestAuthentication => "requestauthentications",
+        Kind::Telemetry => "telemetries",
         Kind::MeshConfig => "meshconfigs",
     };
     (kind.group(), resource)
@@ -224,6 +225,36 @@ spec: {mtls: {mode: STRICT}}
     }
 
     #[test]
+    fn a_telemetry_with_an_expression_that_is_not_cel_fails_as_a_telemetry() {
+        let telemetry = |filter: &str| {
+            format!(
+                "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: mesh-default, namespace: istio-system}}\nspec:\n  accessLogging:\n  - filter: {{expression: \"{filter}\"}}\n"
+            )
+        };
+        let dir = Dir::new(&[
+            ("pa.yaml", PA),
+            ("telemetry.yaml", &telemetry("response.code >= 400")),
+        ]);
+        let mut baseline = Baseline::new(&dir.check().resources);
+        dir.write("telemetry.yaml", &telemetry("response.code >= "));
+        assert_eq!(
+            baseline.admit(&dir.check()),
+            Admission {
+                passed: vec![],
+                failed: vec![Some(Kind::Telemetry)],
+            }
+        );
+        dir.write("telemetry.yaml", &telemetry("response.code >= 500"));
+        assert_eq!(
+            baseline.admit(&dir.check()),
+            Admission {
+                passed: vec![Kind::Telemetry],
+                failed: vec![],
+            }
+        );
+    }
+
+    #[test]
     fn labels_are_kubernetes_group_and_plural_resource_names() {
         assert_eq!(
             resource_labels(Some(Kind::ServiceEntry)),
@@ -232,6 +263,10 @@ spec: {mtls: {mode: STRICT}}
         assert_eq!(
             resource_labels(Some(Kind::AuthorizationPolicy)),
             ("security.istio.io", "authorizationpolicies")
+        );
+        assert_eq!(
+            resource_labels(Some(Kind::Telemetry)),
+            ("telemetry.istio.io", "telemetries")
         );
         assert_eq!(resource_labels(None), ("", ""));
     }

@@ -21,6 +21,7 @@ use crate::source::{Problem, Resource, ResourceSpec, Severity, load_dir};
 
 pub mod admission;
 mod security;
+mod telemetry;
 mod tls;
 mod unenforced;
 
@@ -113,6 +114,7 @@ pub fn validate_with_hosts(
             ResourceSpec::PeerAuthentication(pa) => c.peer_authentication(r, pa),
             ResourceSpec::AuthorizationPolicy(ap) => c.authorization_policy(r, ap),
             ResourceSpec::RequestAuthentication(ra) => c.request_authentication(r, ra),
+            ResourceSpec::Telemetry(t) => c.telemetry(r, t),
             ResourceSpec::MeshConfig(m) => {
                 c.mesh_config(r, m);
                 c.mesh_config_unapplied(r, m);
@@ -121,6 +123,7 @@ pub fn validate_with_hosts(
     }
     c.conflicts(resources);
     c.duplicate_issuers(resources);
+    c.telemetry_scopes(resources);
     let problems = c.problems;
     if problems.iter().any(Problem::is_error) {
         return (None, problems);
@@ -147,6 +150,7 @@ fn build_set(resources: &[Resource]) -> ConfigSet {
             ResourceSpec::RequestAuthentication(s) => {
                 set.request_authentications.push(named(r, &**s))
             }
+            ResourceSpec::Telemetry(s) => set.telemetries.push(named(r, &**s)),
             ResourceSpec::MeshConfig(s) => set.mesh_config = Some(named(r, &**s)),
         }
     }

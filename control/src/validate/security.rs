@@ -409,7 +409,7 @@ impl Checker<'_> {
 
     /// `targetRefs` beside a selector is refused, as istiod does; alone, it attaches the
     /// policy to something sidecars are not, which is worth a warning.
-    fn target_refs(&mut self, r: &Resource, targeted: bool, selector: bool) {
+    pub(super) fn target_refs(&mut self, r: &Resource, targeted: bool, selector: bool) {
         if targeted && selector {
             self.error(
                 r,
@@ -524,7 +524,7 @@ impl Checker<'_> {
         }
     }
 
-    fn header_name(&mut self, r: &Resource, name: &str, field: &str) {
+    pub(super) fn header_name(&mut self, r: &Resource, name: &str, field: &str) {
         if name.is_empty() {
             self.error(
                 r,

@@ -1,0 +1,362 @@
+//! Telemetry validation: what istiod's webhook and `istioctl analyze` refuse is an error at
+//! the exact field, what Istio accepts and ignores is a warning.
+
+use crate::source::{Problem, Severity};
+use crate::validate::{Report, check_dir};
+
+fn telemetry(ns_name: &str, spec: &str) -> String {
+    let (ns, name) = ns_name.split_once('/').unwrap_or(("default", ns_name));
+    format!(
+        "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+    )
+}
+
+fn check(docs: &[String]) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), docs.concat()).unwrap();
+    check_dir(dir.path())
+}
+
+/// The problem of `severity` at `field`.
+#[track_caller]
+fn expect<'a>(report: &'a Report, severity: Severity, field: &str) -> &'a Problem {
+    report
+        .problems
+        .iter()
+        .find(|p| p.severity == severity && p.field.as_deref() == Some(field))
+        .unwrap_or_else(|| panic!("no {severity} at {field}; got {:#?}", report.problems))
+}
+
+#[track_caller]
+fn expect_error(docs: &[String], field: &str) -> Problem {
+    let report = check(docs);
+    assert!(report.set.is_none(), "an error withholds the config set");
+    expect(&report, Severity::Error, field).clone()
+}
+
+#[track_caller]
+fn expect_warning(docs: &[String], field: &str) -> Problem {
+    let report = check(docs);
+    assert!(!report.has_errors(), "{:#?}", report.problems);
+    expect(&report, Severity::Warning, field).clone()
+}
+
+#[test]
+fn a_valid_telemetry_passes_without_problems_in_either_api_version() {
+    let spec = "{tracing: [{randomSamplingPercentage: 10, customTags: {env: {literal: {value: prod}}, team: {header: {name: x-team, defaultValue: none}}, pod: {environment: {name: POD_NAME}}}}], metrics: [{providers: [{name: prometheus}], overrides: [{match: {metric: REQUEST_COUNT, mode: SERVER}, tagOverrides: {tenant: {value: \"request.headers['x-tenant']\"}, request_protocol: {operation: REMOVE}}}]}], accessLogging: [{providers: [{name: envoy}], filter: {expression: \"response.code >= 400 || request.headers['x-debug'] == 'true'\"}}]}";
+    let report = check(&[telemetry("istio-system/mesh-default", spec)]);
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_eq!(report.set.unwrap().telemetries.len(), 1);
+    let alpha = telemetry("istio-system/mesh-default", spec)
+        .replace("telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1");
+    assert!(check(&[alpha]).problems.is_empty());
+    let beta = telemetry("istio-system/mesh-default", spec)
+        .replace("telemetry.istio.io/v1", "telemetry.istio.io/v1beta1");
+    assert!(
+        check(&[beta]).has_errors(),
+        "not an apiVersion of Telemetry"
+    );
+}
+
+#[test]
+fn expressions_that_are_not_cel_are_errors_naming_the_field() {
+    let e = expect_error(
+        &[telemetry(
+            "istio-system/mesh-default",
+            "{accessLogging: [{}, {filter: {expression: \"response.code >= \"}}]}",
+        )],
+        "spec.accessLogging[1].filter.expression",
+    );
+    assert!(e.message.starts_with("not a CEL expression"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("Telemetry istio-system/mesh-default"),
+        "names the resource: {e}"
+    );
+    let e = expect_error(
+        &[telemetry(
+            "shop/default",
+            "{metrics: [{overrides: [{}, {tagOverrides: {tenant: {value: \"request.headers['x-tenant'\"}}}]}]}",
+        )],
+        "spec.metrics[0].overrides[1].tagOverrides.tenant.value",
+    );
+    assert!(e.message.starts_with("not a CEL expression"), "{e}");
+    expect_error(
+        &[telemetry(
+            "shop/default",
+            "{accessLogging: [{filter: {expression: \"  \"}}]}",
+        )],
+        "spec.accessLogging[0].filter.expression",
+    );
+}
+
+#[test]
+fn tag_overrides_follow_istios_operation_rules() {
+    expect_error(
+        &[telemetry(
+            "shop/default",
+            "{metrics: [{overrides: [{tagOverrides: {tenant: {operation: UPSERT}}}]}]}",
+        )],
+        "spec.metrics[0].overrides[0].tagOverrides.tenant.value",
+    );
+    let e = expect_error(
+        &[telemetry(
+            "shop/default",
+            "{metrics: [{overrides: [{tagOverrides: {tenant: {operation: REMOVE, value: \"'x'\"}}}]}]}",
+        )],
+        "spec.metrics[0].overrides[0].tagOverrides.tenant.value",
+    );
+    assert!(e.message.contains("only"), "{e}");
+    // A misspelt operation is a load error at the field.
+    expect_error(
+        &[telemetry(
+            "shop/default",
+            "{metrics: [{overrides: [{tagOverrides: {tenant: {operation: DELETE}}}]}]}",
+        )],
+        "spec.metrics[0].overrides[0].tagOverrides.tenant.operation",
+    );
+}
+
+#[test]
+fn sampling_is_a_percentage() {
+    for bad in ["150", "-1", "100.5"] {
+        let e = expect_error(
+            &[telemetry(
+                "shop/default",
+                &format!("{{tracing: [{{randomSamplingPercentage: {bad}}}]}}"),
+            )],
+            "spec.tracing[0].randomSamplingPercentage",
+        );
+        assert!(e.message.contains("not a percentage"), "{e}");
+    }
+    for ok in ["0", "100", "0.01"] {
+        let report = check(&[telemetry(
+            "shop/default",
+            &format!("{{tracing: [{{randomSamplingPercentage: {ok}}}]}}"),
+        )]);
+        assert!(!report.has_errors(), "{ok}: {:#?}", report.problems);
+    }
+}
+
+#[test]
+fn custom_tags_need_one_kind_with_its_value() {
+    expect_error(
+        &[telemetry(
+            "shop/default",
+            "{tracing: [{customTags: {env: {literal: {value: \"\"}}}}]}",
+        )],
+        "spec.tracing[0].customTags.env.literal.value",
+    );
+    expect_error(
+        &[telemetry(
+            "shop/default",
+            "{tracing: [{customTags: {team: {header: {name: \"\"}}}}]}",
+        )],
+        "spec.tracing[0].customTags.team.header.name",
+    );
+    expect_error(
+        &[telemetry(
+            "shop/default",
+            "{tracing: [{customTags: {pod: {environment: {name: \"\"}}}}]}",
+        )],
+        "spec.tracing[0].customTags.pod.environment.name",
+    );
+    expect_error(
+        &[telemetry(
+            "shop/default",
+            "{tracing: [{customTags: {both: {literal: {value: a}, header: {name: x-a}}}}]}",
+        )],
+        "spec.tracing[0].customTags.both",
+    );
+    expect_warning(
+        &[telemetry(
+            "shop/default",
+            "{tracing: [{customTags: {none: {}}}]}",
+        )],
+        "spec.tracing[0].customTags.none",
+    );
+}
+
+#[test]
+fn providers_are_named_and_looked_up_in_the_mesh_config() {
+    let mesh = "---
+apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+metadata: {name: mesh, namespace: istio-system}
+spec:
+  meshConfig:
+    extensionProviders:
+    - {name: opa, envoyExtAuthzGrpc: {service: opa.local, port: 9191}}
+"
+    .to_string();
+    expect_error(
+        &[telemetry(
+            "shop/default",
+            "{tracing: [{providers: [{name: \"\"}]}]}",
+        )],
+        "spec.tracing[0].providers[0].name",
+    );
+    let w = expect_warning(
+        &[
+            mesh.clone(),
+            telemetry("shop/default", "{tracing: [{providers: [{name: jaeger}]}]}"),
+        ],
+        "spec.tracing[0].providers[0].name",
+    );
+    assert!(w.message.contains("span reporting is off"), "{w}");
+    let w = expect_warning(
+        &[
+            mesh.clone(),
+            telemetry(
+                "shop/default",
+                "{accessLogging: [{providers: [{name: opa}]}]}",
+            ),
+        ],
+        "spec.accessLogging[0].providers[0].name",
+    );
+    assert!(w.message.contains("envoyExtAuthzGrpc"), "{w}");
+    // Built-in providers need no declaration, and names are case-insensitive.
+    let report = check(&[
+        mesh,
+        telemetry(
+            "shop/default",
+            "{metrics: [{providers: [{name: Prometheus}]}], accessLogging: [{providers: [{name: envoy}]}]}",
+        ),
+    ]);
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    expect_warning(
+        &[telemetry(
+            "shop/default",
+            "{tracing: [{providers: [{name: a}, {name: b}]}]}",
+        )],
+        "spec.tracing[0].providers",
+    );
+    let w = expect_warning(
+        &[telemetry(
+            "shop/default",
+            "{metrics: [{providers: [{name: stackdriver}]}]}",
+        )],
+        "spec.metrics[0].providers",
+    );
+    assert!(w.message.contains("Prometheus"), "{w}");
+}
+
+#[test]
+fn what_sidecars_do_not_apply_is_a_warning() {
+    expect_warning(
+        &[telemetry(
+            "shop/default",
+            "{metrics: [{reportingInterval: 10s}]}",
+        )],
+        "spec.metrics[0].reportingInterval",
+    );
+    expect_warning(
+        &[telemetry(
+            "shop/default",
+            "{metrics: [{overrides: [{match: {customMetric: my_metric}, disabled: true}]}]}",
+        )],
+        "spec.metrics[0].overrides[0].match.customMetric",
+    );
+    expect_error(
+        &[telemetry(
+            "shop/default",
+            "{metrics: [{overrides: [{match: {customMetric: \"\"}}]}]}",
+        )],
+        "spec.metrics[0].overrides[0].match.customMetric",
+    );
+    expect_warning(
+        &[telemetry(
+            "shop/default",
+            "{tracing: [{randomSamplingPercentage: 1}, {disableSpanReporting: true}]}",
+        )],
+        "spec.tracing",
+    );
+    expect_warning(
+        &[telemetry(
+            "shop/gw",
+            "{targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]}",
+        )],
+        "spec.targetRefs",
+    );
+    expect_error(
+        &[telemetry(
+            "shop/gw",
+            "{selector: {matchLabels: {app: gw}}, targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name: gw}}",
+        )],
+        "spec.targetRefs",
+    );
+    let w = expect_warning(
+        &[telemetry(
+            "istio-system/gateways",
+            "{selector: {matchLabels: {app: gw}}}",
+        )],
+        "spec.selector",
+    );
+    assert!(w.message.contains("not mesh-wide"), "{w}");
+    // An unknown field is reported by the loader.
+    expect_warning(
+        &[telemetry(
+            "shop/default",
+            "{tracing: [{useRequestIdForTraceSampling: false}]}",
+        )],
+        "spec.tracing[0].useRequestIdForTraceSampling",
+    );
+}
+
+#[test]
+fn one_telemetry_without_selector_per_namespace_and_one_per_workload_selector() {
+    let e = expect_error(
+        &[
+            telemetry("istio-system/mesh-default", "{}"),
+            telemetry("istio-system/other", "{selector: {}}"),
+        ],
+        "spec.selector",
+    );
+    assert!(e.message.contains("the root namespace already has"), "{e}");
+    assert!(
+        e.message.contains("Telemetry istio-system/mesh-default"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("Telemetry istio-system/other"),
+        "{e}"
+    );
+    let e = expect_error(
+        &[
+            telemetry("shop/a", "{}"),
+            telemetry("default/b", "{}"),
+            telemetry("shop/c", "{}"),
+        ],
+        "spec.selector",
+    );
+    assert!(e.message.contains("namespace shop already has"), "{e}");
+    expect_error(
+        &[
+            telemetry("shop/a", "{selector: {matchLabels: {app: api}}}"),
+            telemetry("shop/b", "{selector: {matchLabels: {app: api}}}"),
+        ],
+        "spec.selector",
+    );
+    let w = expect_warning(
+        &[
+            telemetry("shop/a", "{selector: {matchLabels: {app: api}}}"),
+            telemetry(
+                "shop/b",
+                "{selector: {matchLabels: {app: api, tier: gold}}}",
+            ),
+        ],
+        "spec.selector",
+    );
+    assert!(w.message.contains("Telemetry shop/a"), "{w}");
+    // Different namespaces, or a Telemetry attached to a gateway: no conflict.
+    let report = check(&[
+        telemetry("shop/a", "{selector: {matchLabels: {app: api}}}"),
+        telemetry("default/a", "{selector: {matchLabels: {app: api}}}"),
+        telemetry("default/b", "{}"),
+        telemetry(
+            "default/gw",
+            "{targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]}",
+        ),
+    ]);
+    assert!(!report.has_errors(), "{:#?}", report.problems);
+}
