@@ -37,6 +37,7 @@ mod control_routing;
 mod egress_tls;
 mod ext_authz;
 mod failures;
+mod graph;
 mod http1;
 mod hygiene;
 mod identity_binding;
