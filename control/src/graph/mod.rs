@@ -44,7 +44,7 @@ pub struct Graph {
     /// When it was computed (RFC 3339, UTC); empty before the first round.
     pub generated_at: String,
     /// Seconds the rates are averaged over (the time between a sidecar's two readings, the
-    /// longest of them); `None` until every scraped sidecar has been read twice.
+    /// longest of them); `None` until a sidecar has been read twice.
     pub window_s: Option<f64>,
     /// Workloads and services, sorted by id.
     pub nodes: Vec<Node>,
