@@ -39,6 +39,11 @@ pub fn wanted(name: &str) -> bool {
 /// The quantile the edges report (Kiali's default latency).
 pub const QUANTILE: f64 = 0.99;
 
+/// Largest sample value taken: 2^53, past which a float no longer counts by ones. No real
+/// counter gets there; a value beyond it (or negative, or NaN) is skipped, so sums over every
+/// series of a sidecar stay finite.
+pub const MAX_VALUE: f64 = 9_007_199_254_740_992.0;
+
 /// Which sidecar reported a sample (Istio's `reporter` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reporter {
@@ -230,7 +235,7 @@ pub fn snapshot(samples: &[Sample<'_>], at: Instant) -> Snapshot {
             TCP_OPENED => Measure::TcpOpened { mtls: mtls(s) },
             _ => continue,
         };
-        if !s.value.is_finite() || s.value < 0.0 {
+        if !(0.0..=MAX_VALUE).contains(&s.value) {
             continue;
         }
         let service = s.label("destination_service").to_string();
@@ -309,6 +314,10 @@ impl Ord for OrderedBound {
 /// bound, the last `+Inf`: linear interpolation inside the bucket holding the rank; a rank in
 /// the `+Inf` bucket is the highest finite bound. `None` without observations.
 pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    interpolate(q, buckets).filter(|v| v.is_finite())
+}
+
+fn interpolate(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
     let &(last_bound, total) = buckets.last()?;
     if last_bound != f64::INFINITY || total <= 0.0 || buckets.len() < 2 {
         return None;
@@ -599,6 +608,9 @@ mod tests {
         );
         assert_eq!(quantile(0.99, &b(&[(10.0, 5.0)])), None, "no +Inf bucket");
         assert_eq!(quantile(0.99, &[]), None);
+        // Nonsense bounds give no figure rather than an infinite one.
+        let odd = b(&[(f64::NEG_INFINITY, 1.0), (f64::INFINITY, 2.0)]);
+        assert_eq!(quantile(0.99, &odd), None);
     }
 
     #[test]

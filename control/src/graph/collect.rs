@@ -15,7 +15,7 @@ use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use meshlite_xds_proto::discovery::Node as XdsNode;
 use prost_types::value::Kind;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -252,8 +252,9 @@ impl Collector {
 
         let mut failed = Vec::new();
         let mut fresh = Vec::new();
+        let connected: HashSet<&Target> = targets.iter().collect();
         let mut readings = self.readings();
-        readings.retain(|t, _| targets.contains(t));
+        readings.retain(|t, _| connected.contains(t));
         for (target, result) in results {
             let reason = match &result {
                 Ok(_) => "ok",
