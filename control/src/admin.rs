@@ -1,6 +1,8 @@
 //! The monitoring port (15014): Prometheus metrics at `/metrics` (text format 0.0.4, as
 //! istiod serves them), the proxy and config status as JSON at `/debug/status` (what
-//! `meshlite-control status` prints), readiness at `/ready`.
+//! `meshlite-control status` prints), readiness at `/ready`, and the live service graph
+//! ([`crate::graph`]): JSON at `/graph`, Graphviz DOT at `/graph.dot`, a page drawing it at
+//! `/graph.html`.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -62,12 +64,42 @@ fn respond(plane: &ControlPlane, req: &Request<Incoming>) -> Response<Full<Bytes
                 .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
         ),
         (&Method::GET, "/ready") => (StatusCode::OK, "text/plain", "ready\n".into()),
+        (&Method::GET, "/graph") => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&*plane.graph.graph())
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+        ),
+        (&Method::GET, "/graph.dot") => (
+            StatusCode::OK,
+            "text/vnd.graphviz; charset=utf-8",
+            crate::graph::render::dot(&plane.graph.graph()),
+        ),
+        (&Method::GET, "/graph.html") => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::graph::PAGE.to_string(),
+        ),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    let headers = r.headers_mut();
+    headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    headers.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    if ctype.starts_with("text/html") {
+        // The page's own inline script and style, and fetches of /graph: nothing else.
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static(
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'",
+            ),
+        );
+    }
     r
 }
 

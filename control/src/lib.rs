@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod ca;
+pub mod graph;
 pub mod jwks;
 pub mod metrics;
 pub mod model;

@@ -1,8 +1,9 @@
 //! `meshlite-control`: the control plane binary.
 //!
 //! `serve` runs it; `validate DIR` checks a config directory like `istioctl analyze`;
-//! `status` lists connected proxies like `istioctl proxy-status`; `token create` makes a
-//! bootstrap token; `cert revoke` revokes a workload certificate.
+//! `status` lists connected proxies like `istioctl proxy-status`; `graph` prints the live
+//! service graph (as text, JSON or Graphviz DOT); `token create` makes a bootstrap token;
+//! `cert revoke` revokes a workload certificate.
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
@@ -43,6 +44,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prints the live service graph: who calls whom, with request rate, error rate, p99 and
+    /// mTLS per edge, from what the sidecars report.
+    Graph {
+        /// The control plane's monitoring address, `http://HOST:PORT` (or `HOST:PORT`).
+        #[arg(long, default_value = "http://127.0.0.1:15014")]
+        monitoring: String,
+        /// Output: a table, the JSON of `/graph`, or Graphviz DOT (`| dot -Tsvg`).
+        #[arg(long, value_enum, default_value = "text")]
+        format: GraphFormat,
+    },
     /// Bootstrap tokens.
     Token {
         #[command(subcommand)]
@@ -53,6 +64,17 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+}
+
+/// What `graph` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum GraphFormat {
+    /// A table of edges.
+    Text,
+    /// The JSON the monitoring port serves at `/graph`.
+    Json,
+    /// Graphviz DOT.
+    Dot,
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,6 +191,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Status { addr, json } => status(addr, json),
+        Command::Graph { monitoring, format } => graph(&monitoring, format),
         Command::Token {
             command:
                 TokenCommand::Create {
@@ -216,21 +239,59 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn status(addr: SocketAddr, json: bool) -> anyhow::Result<ExitCode> {
+/// `GET path` from the monitoring port at `addr`: the body of a 200 answer.
+fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .with_context(|| format!("cannot reach the control plane at {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         s,
-        "GET /debug/status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .context("malformed response")?;
+    let (head, body) = resp.split_once("\r\n\r\n").context("malformed response")?;
+    let code = head.split_whitespace().nth(1).unwrap_or("?");
+    if code != "200" {
+        anyhow::bail!("{addr}{path} answered {code}: {}", body.trim());
+    }
+    Ok(body.to_string())
+}
+
+/// `http://HOST:PORT[/]` or `HOST:PORT` -> the first address it resolves to.
+fn monitoring_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let hostport = match url.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => anyhow::bail!("--monitoring: `{scheme}` is not served; use http://"),
+        None => url,
+    }
+    .trim_end_matches('/');
+    hostport
+        .to_socket_addrs()
+        .with_context(|| format!("--monitoring: `{url}` is not http://HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--monitoring: `{url}` resolves to no address"))
+}
+
+fn graph(monitoring: &str, format: GraphFormat) -> anyhow::Result<ExitCode> {
+    let addr = monitoring_addr(monitoring)?;
+    match format {
+        GraphFormat::Json => println!("{}", get(addr, "/graph")?.trim_end()),
+        GraphFormat::Dot => println!("{}", get(addr, "/graph.dot")?.trim_end()),
+        GraphFormat::Text => {
+            let g: meshlite_control::graph::Graph =
+                serde_json::from_str(&get(addr, "/graph")?).context("unexpected graph body")?;
+            print!("{}", meshlite_control::graph::render::text(&g));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(addr: SocketAddr, json: bool) -> anyhow::Result<ExitCode> {
+    let body = get(addr, "/debug/status")?;
+    let body = body.as_str();
     if json {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);

@@ -207,6 +207,10 @@ pub struct ControlMetrics {
     /// `meshlite_control_ca_reloads_total{result}`: plug-in CA changes put in force or
     /// refused.
     pub ca_reloads: Family<ResultLabel, PlainCounter>,
+    /// `meshlite_control_graph_scrapes_total{result}`: reads of sidecars' metrics for the
+    /// service graph (`ok`, `connect_error`, `timeout`, `http_error`, `too_large`,
+    /// `parse_error`).
+    pub graph_scrapes: Family<ResultLabel, PlainCounter>,
 }
 
 impl Default for ControlMetrics {
@@ -239,6 +243,7 @@ impl ControlMetrics {
             generation: Gauge::default(),
             announcements_refused: Family::default(),
             ca_reloads: Family::default(),
+            graph_scrapes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -342,6 +347,11 @@ impl ControlMetrics {
             "meshlite_control_ca_reloads_total",
             "Plug-in CA changes on disk put in force (accepted) or refused",
             m.ca_reloads.clone(),
+        );
+        registry.register(
+            "meshlite_control_graph_scrapes_total",
+            "Reads of sidecars' metrics for the service graph, by result",
+            m.graph_scrapes.clone(),
         );
         Self { registry, ..m }
     }

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::ca::{CertificateAuthority, TokenSigner};
+use crate::graph::Collector;
 use crate::jwks::{HttpFetcher, JwksCache};
 use crate::metrics::ControlMetrics;
 use crate::model::ConfigSet;
@@ -45,6 +46,13 @@ pub struct ProxyStatus {
     pub identity: String,
     /// Inbound address.
     pub address: String,
+    /// Its workload, `namespace/name`.
+    #[serde(default)]
+    pub workload: String,
+    /// Where the service graph reads its metrics, when it announced an address it may read
+    /// ([`crate::graph::collect::metrics_target`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Generation last sent.
     pub sent: u64,
     /// Generation fully ACKed.
@@ -103,6 +111,8 @@ pub struct ControlPlane {
     pub registry_file: Option<std::path::PathBuf>,
     /// The key sets of `jwksUri` rules, inlined in every push.
     pub jwks: Arc<JwksCache>,
+    /// The service graph, rebuilt from the sidecars' metrics by [`Collector::run`].
+    pub graph: Collector,
     stream_ids: std::sync::atomic::AtomicU64,
 }
 
@@ -156,6 +166,7 @@ impl ControlPlane {
             cert_ttl,
             registry_file,
             jwks,
+            graph: Collector::new(),
             stream_ids: std::sync::atomic::AtomicU64::new(1),
         })
     }

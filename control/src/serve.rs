@@ -64,6 +64,10 @@ pub struct ServeOptions {
     /// How often the `--cacerts` directory is checked for a rotated plug-in CA.
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub cacerts_poll: Duration,
+    /// How often the service graph reads every connected sidecar's metrics (its rates are
+    /// averaged over this window); `0s` turns it off.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub graph_interval: Duration,
 }
 
 /// Parses `100ms`, `30s`, `24h`, `1h30m` (Istio's duration forms, the parser the proxy shares).
@@ -180,6 +184,10 @@ pub async fn start(opts: ServeOptions) -> Result<(Arc<ControlPlane>, Bound), Ser
     tokio::spawn(plane.clone().run_jwks_refresher());
     tokio::spawn(plane.clone().run_debouncer());
     tokio::spawn(crate::admin::serve(plane.clone(), monitoring));
+    tokio::spawn(crate::graph::Collector::run(
+        plane.clone(),
+        crate::graph::GraphSettings::every(opts.graph_interval),
+    ));
     tokio::spawn(crate::xds::serve(plane.clone(), xds, tls));
     {
         let plane = plane.clone();

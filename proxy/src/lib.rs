@@ -299,7 +299,8 @@ impl RunningProxy {
         ));
         if let (Some(b), Some(status), Some(c)) = (control, control_status, &cfg.control) {
             let inbound_addr = xds::node::inbound_address(&cfg, addrs.inbound);
-            let node = xds::node::node(&cfg, &id, inbound_addr);
+            let metrics_addr = xds::node::metrics_address(addrs.metrics, inbound_addr);
+            let node = xds::node::node(&cfg, &id, inbound_addr, metrics_addr);
             let ttl = c.cert_ttl;
             let control_metrics = ctx.telemetry.metrics.control.clone();
             tokio::spawn(

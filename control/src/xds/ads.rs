@@ -115,6 +115,8 @@ impl AggregatedDiscoveryService for Ads {
                 id: node.id.clone(),
                 identity: identity.as_str().to_string(),
                 address: workload.address.to_string(),
+                workload: format!("{}/{}", workload.namespace, workload.name),
+                metrics_address: crate::graph::collect::metrics_target(node, workload.address),
                 cert_expiry,
                 connected_at: Some(Instant::now()),
                 ..Default::default()

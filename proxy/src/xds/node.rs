@@ -1,6 +1,8 @@
 //! What the proxy tells the control plane about its workload when it connects: the xDS node,
 //! with Istio's metadata keys (NAME, NAMESPACE, SERVICE_ACCOUNT, LABELS...) plus meshlite's
-//! INBOUND_ADDRESS and PORTS, from which the control plane registers the endpoint.
+//! INBOUND_ADDRESS and PORTS, from which the control plane registers the endpoint, and
+//! METRICS_ADDRESS, where the control plane's service graph reads the sidecar's
+//! `/stats/prometheus` (a control plane that does not know the key ignores it).
 
 use meshlite_xds_proto::discovery::{Locality, Node};
 use prost_types::{ListValue, Struct, Value, value::Kind};
@@ -25,6 +27,9 @@ pub mod keys {
     /// Served ports, a list of `port/protocol/workload port` (the workload port is where the
     /// app listens).
     pub const PORTS: &str = "PORTS";
+    /// `ip:port` of the Prometheus listener (`/stats/prometheus`) as the control plane reaches
+    /// it: the inbound address's IP when the listener is bound to an unspecified IP.
+    pub const METRICS_ADDRESS: &str = "METRICS_ADDRESS";
 }
 
 fn string(s: &str) -> Value {
@@ -33,8 +38,9 @@ fn string(s: &str) -> Value {
     }
 }
 
-/// The node this proxy announces.
-pub fn node(cfg: &ProxyConfig, id: &SpiffeId, inbound: SocketAddr) -> Node {
+/// The node this proxy announces: its workload, reached at `inbound`, with its metrics at
+/// `metrics` ([`metrics_address`]).
+pub fn node(cfg: &ProxyConfig, id: &SpiffeId, inbound: SocketAddr, metrics: SocketAddr) -> Node {
     let (namespace, account) = id.namespace_and_account().unwrap_or(("default", "default"));
     let mut labels: BTreeMap<String, String> = cfg.identity.labels.clone();
     labels.entry("app".into()).or_insert_with(|| {
@@ -59,6 +65,7 @@ pub fn node(cfg: &ProxyConfig, id: &SpiffeId, inbound: SocketAddr) -> Node {
         },
     );
     fields.insert(keys::INBOUND_ADDRESS.into(), string(&inbound.to_string()));
+    fields.insert(keys::METRICS_ADDRESS.into(), string(&metrics.to_string()));
     fields.insert(
         keys::PORTS.into(),
         Value {
@@ -119,5 +126,33 @@ pub fn inbound_address(cfg: &ProxyConfig, bound: SocketAddr) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], bound.port()))
     } else {
         bound
+    }
+}
+
+/// The metrics address to announce: the listener's, with the announced inbound IP (the pod's)
+/// for an unspecified IP.
+pub fn metrics_address(bound: SocketAddr, inbound: SocketAddr) -> SocketAddr {
+    if bound.ip().is_unspecified() {
+        SocketAddr::new(inbound.ip(), bound.port())
+    } else {
+        bound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_address_is_reachable_where_the_inbound_address_is() {
+        let pod: SocketAddr = "10.1.2.3:15006".parse().unwrap();
+        assert_eq!(
+            metrics_address("0.0.0.0:15020".parse().unwrap(), pod),
+            "10.1.2.3:15020".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            metrics_address("127.0.0.1:16020".parse().unwrap(), pod),
+            "127.0.0.1:16020".parse::<SocketAddr>().unwrap()
+        );
     }
 }

@@ -38,6 +38,7 @@ mod dashboards;
 mod egress_tls;
 mod ext_authz;
 mod failures;
+mod graph;
 mod http1;
 mod hygiene;
 mod identity_binding;
