@@ -374,6 +374,10 @@ fn screenshot_path(dir: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_graph_page_renders_the_live_graph_in_a_headless_browser() {
     let Some(chromium) = which("chromium").or_else(|| which("chromium-browser")) else {
+        assert!(
+            std::env::var("MESHLITE_REQUIRE_PEERS").is_err(),
+            "MESHLITE_REQUIRE_PEERS is set and `chromium` is not installed"
+        );
         eprintln!(
             "SKIPPED: no `chromium` on PATH; install Debian's chromium package \
              (`apt-get install -y chromium`, as .ci/run does) to test /graph.html"
