@@ -38,6 +38,7 @@ use crate::telemetry::labels::{Caller, destination_report};
 use crate::telemetry::metrics::Label;
 use crate::telemetry::peer::WorkloadMetadata;
 use crate::telemetry::trace::SpanKind;
+use crate::telemetry::workload::MetricSet;
 use crate::telemetry::workload::Reporter::Destination as DESTINATION;
 use crate::transport::connect::connect_tcp;
 use crate::transport::forward;
@@ -295,7 +296,13 @@ pub async fn handle(
     exchange.trace(span);
     exchange.count_received(received);
     exchange.set_grpc(grpc);
-    exchange.skip_metrics(snap.telemetry.disabled_metrics(DESTINATION));
+    // A CONNECT tunnel is a TCP connection: counted in the istio_tcp_* families, not as a
+    // request (as Istio counts it).
+    exchange.skip_metrics(if protocol == Protocol::Tcp {
+        MetricSet::of(meshlite_xds_proto::v1::MetricSelector::AllMetrics)
+    } else {
+        snap.telemetry.disabled_metrics(DESTINATION)
+    });
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
 }

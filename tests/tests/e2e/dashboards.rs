@@ -288,6 +288,13 @@ async fn the_dashboards_queries_return_the_golden_signals_from_a_real_prometheus
         &vec![vec![1.0]],
         "every request succeeded"
     );
+    assert!(
+        prometheus
+            .values("istio_requests_total{request_protocol=\"tcp\"}")
+            .await
+            .is_empty(),
+        "TCP connections are counted in istio_tcp_*, not as requests"
+    );
     let connected = &panel("control-plane.json", "Connected Proxies")[0];
     assert_eq!(connected, &vec![2.0], "two sidecars hold an xDS stream");
 }
