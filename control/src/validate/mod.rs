@@ -1005,7 +1005,11 @@ fn is_prime(n: u64) -> bool {
 }
 
 #[cfg(test)]
+mod test_support;
+
+#[cfg(test)]
 mod tests {
+    use super::test_support::{check, expect, expect_error, expect_no_error};
     use super::*;
 
     /// One YAML document of `kind` named `ns/name` with a flow-style `spec`.
@@ -1020,40 +1024,6 @@ mod tests {
         format!(
             "---\napiVersion: {api}\nkind: {kind}\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
         )
-    }
-
-    fn check(docs: &[String]) -> Report {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("mesh.yaml"), docs.concat()).unwrap();
-        check_dir(dir.path())
-    }
-
-    /// Asserts a problem of `severity` at `field` exists and returns it.
-    #[track_caller]
-    fn expect<'a>(report: &'a Report, severity: Severity, field: &str) -> &'a Problem {
-        report
-            .problems
-            .iter()
-            .find(|p| p.severity == severity && p.field.as_deref() == Some(field))
-            .unwrap_or_else(|| panic!("no {severity} at {field}; got {:#?}", report.problems))
-    }
-
-    #[track_caller]
-    fn expect_error(docs: &[String], field: &str) -> Problem {
-        let report = check(docs);
-        assert!(
-            report.set.is_none(),
-            "an error must withhold the config set"
-        );
-        expect(&report, Severity::Error, field).clone()
-    }
-
-    #[track_caller]
-    fn expect_no_error(docs: &[String]) -> Report {
-        let report = check(docs);
-        assert!(!report.has_errors(), "{:#?}", report.problems);
-        assert!(report.set.is_some());
-        report
     }
 
     const SVC: &str = "{hosts: [api.example.com], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}";

@@ -2,36 +2,13 @@
 //! the exact field, what Istio accepts and ignores is a warning.
 
 use crate::source::{Problem, Severity};
-use crate::validate::{Report, check_dir};
+use crate::validate::test_support::{check, expect, expect_error};
 
 fn telemetry(ns_name: &str, spec: &str) -> String {
     let (ns, name) = ns_name.split_once('/').unwrap_or(("default", ns_name));
     format!(
         "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
     )
-}
-
-fn check(docs: &[String]) -> Report {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mesh.yaml"), docs.concat()).unwrap();
-    check_dir(dir.path())
-}
-
-/// The problem of `severity` at `field`.
-#[track_caller]
-fn expect<'a>(report: &'a Report, severity: Severity, field: &str) -> &'a Problem {
-    report
-        .problems
-        .iter()
-        .find(|p| p.severity == severity && p.field.as_deref() == Some(field))
-        .unwrap_or_else(|| panic!("no {severity} at {field}; got {:#?}", report.problems))
-}
-
-#[track_caller]
-fn expect_error(docs: &[String], field: &str) -> Problem {
-    let report = check(docs);
-    assert!(report.set.is_none(), "an error withholds the config set");
-    expect(&report, Severity::Error, field).clone()
 }
 
 #[track_caller]
