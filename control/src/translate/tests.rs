@@ -34,7 +34,7 @@ fn doc(kind: &str, ns_name: &str, spec: &str) -> String {
 
 /// Loads `docs` from a config directory and validates them; any error fails the test.
 #[track_caller]
-fn config(docs: &[String]) -> ConfigSet {
+pub(super) fn config(docs: &[String]) -> ConfigSet {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mesh.yaml"), docs.concat()).unwrap();
     let report = crate::validate::check_dir(dir.path());

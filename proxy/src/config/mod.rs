@@ -203,7 +203,7 @@ impl ProxyConfig {
         };
         if let Some(m) = &self.proxy_stats_matcher {
             for (i, re) in m.inclusion_regexps.iter().enumerate() {
-                if let Err(e) = regex::Regex::new(&format!("^(?:{re})$")) {
+                if let Err(e) = crate::telemetry::stats_matcher::check_regexp(re) {
                     return Err(invalid(
                         format!("proxy_stats_matcher.inclusion_regexps[{i}]"),
                         format!("not a regular expression: {e}"),

@@ -67,13 +67,23 @@ impl Default for StatsMatcher {
     }
 }
 
+/// An inclusion regexp as it is matched: against the whole name.
+fn anchored(re: &str) -> String {
+    format!("^(?:{re})$")
+}
+
+/// Checks one inclusion regexp (a config file names the one that does not compile).
+pub fn check_regexp(re: &str) -> Result<(), regex::Error> {
+    regex::Regex::new(&anchored(re)).map(|_| ())
+}
+
 impl StatsMatcher {
     /// Istio's defaults with `inclusions` added.
     pub fn new(inclusions: &StatsInclusions) -> Result<Self, StatsMatcherError> {
         let mut m = Self::default();
         m.prefixes.extend(inclusions.prefixes.iter().cloned());
         m.suffixes.extend(inclusions.suffixes.iter().cloned());
-        m.regexps = RegexSet::new(inclusions.regexps.iter().map(|r| format!("^(?:{r})$")))?;
+        m.regexps = RegexSet::new(inclusions.regexps.iter().map(|r| anchored(r)))?;
         Ok(m)
     }
 

@@ -193,12 +193,7 @@ async fn traffic(client: &MeshProxy, for_how_long: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboards_queries_return_the_golden_signals_from_a_real_prometheus() {
-    if which("prometheus").is_none() {
-        assert!(
-            std::env::var("MESHLITE_REQUIRE_PEERS").is_err(),
-            "MESHLITE_REQUIRE_PEERS is set and `prometheus` is not installed"
-        );
-        eprintln!("SKIPPED: `prometheus` is not installed (Debian's prometheus package)");
+    if crate::peer(&["prometheus"], "prometheus").is_none() {
         return;
     }
     let control = ControlPlane::start(&[]).await;
@@ -297,13 +292,4 @@ async fn the_dashboards_queries_return_the_golden_signals_from_a_real_prometheus
     );
     let connected = &panel("control-plane.json", "Connected Proxies")[0];
     assert_eq!(connected, &vec![2.0], "two sidecars hold an xDS stream");
-}
-
-/// The path of `program` on `PATH`.
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(program))
-            .find(|p| p.is_file())
-    })
 }

@@ -338,7 +338,7 @@ fn quoted_id(rest: &mut &str) -> Option<String> {
 
 /// Graphviz's own reading of `dot` (`dot -Tplain`), when Graphviz is installed.
 async fn graphviz_plain(dot: &str) -> Option<String> {
-    which("dot")?;
+    crate::which("dot")?;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("graph.dot");
     std::fs::write(&file, dot).unwrap();
@@ -356,13 +356,6 @@ async fn graphviz_plain(dot: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `name` on `PATH`.
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 /// Where the page's screenshot is written: `MESHLITE_GRAPH_SCREENSHOT` (the README's
 /// `docs/graph.png` is made with it), else a temporary file.
 fn screenshot_path(dir: &Path) -> PathBuf {
@@ -373,15 +366,7 @@ fn screenshot_path(dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_graph_page_renders_the_live_graph_in_a_headless_browser() {
-    let Some(chromium) = which("chromium").or_else(|| which("chromium-browser")) else {
-        assert!(
-            std::env::var("MESHLITE_REQUIRE_PEERS").is_err(),
-            "MESHLITE_REQUIRE_PEERS is set and `chromium` is not installed"
-        );
-        eprintln!(
-            "SKIPPED: no `chromium` on PATH; install Debian's chromium package \
-             (`apt-get install -y chromium`, as .ci/run does) to test /graph.html"
-        );
+    let Some(chromium) = crate::peer(&["chromium", "chromium-browser"], "chromium") else {
         return;
     };
     let mesh = Bookinfo::start().await;

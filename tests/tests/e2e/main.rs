@@ -52,6 +52,28 @@ mod telemetry;
 mod tracing;
 mod zero_trust;
 
+/// The path of `program` on `PATH`.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// A peer program a test runs against (one of `names`, the first found on `PATH`). Missing,
+/// the test says it skipped (`None`), unless `MESHLITE_REQUIRE_PEERS` is set (`.ci/run`
+/// installs the peers and sets it), where a missing peer fails the test.
+pub fn peer(names: &[&str], package: &str) -> Option<std::path::PathBuf> {
+    let found = names.iter().find_map(|n| which(n));
+    if found.is_none() {
+        assert!(
+            std::env::var("MESHLITE_REQUIRE_PEERS").is_err(),
+            "MESHLITE_REQUIRE_PEERS is set and none of {names:?} is installed"
+        );
+        eprintln!("SKIPPED: none of {names:?} on PATH (Debian's {package} package)");
+    }
+    found
+}
+
 /// Reads an access-log field that may be a JSON number or string as text.
 pub fn field_text(entry: &serde_json::Value, name: &str) -> String {
     match entry.get(name) {

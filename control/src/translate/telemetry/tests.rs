@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use meshlite_xds_proto::v1;
 
 use super::resolve;
-use crate::model::ConfigSet;
 use crate::registry::Workload;
+use crate::translate::tests::config;
 
 /// One Telemetry document named `ns/name` with a flow-style `spec` (and an optional
 /// creation time, Istio's tie-breaker).
@@ -37,16 +37,6 @@ spec:
     - {name: otel, opentelemetry: {service: collector.monitoring.svc.cluster.local, port: 4317}}
     - {name: otel-als, envoyOtelAls: {service: collector.monitoring.svc.cluster.local, port: 4317}}
 ";
-
-/// Loads and validates `docs`; any error fails the test.
-#[track_caller]
-fn config(docs: &[String]) -> ConfigSet {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mesh.yaml"), docs.concat()).unwrap();
-    let report = crate::validate::check_dir(dir.path());
-    assert!(!report.has_errors(), "{:#?}", report.problems);
-    report.set.expect("a valid config")
-}
 
 fn workload(ns: &str, labels: &[(&str, &str)]) -> Workload {
     Workload {
