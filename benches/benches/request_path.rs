@@ -355,10 +355,10 @@ fn vs_route(c: &mut Criterion) {
 
 fn telemetry(c: &mut Criterion) {
     use meshlite_proxy::message::response_flags::ResponseFlags;
+    use meshlite_proxy::telemetry::istio::MetricSet;
     use meshlite_proxy::telemetry::istio::{IstioLabels, RequestSample};
     use meshlite_proxy::telemetry::labels::ServiceLabels;
     use meshlite_proxy::telemetry::peer::WorkloadMetadata;
-    use meshlite_proxy::telemetry::workload::MetricSet;
     let metrics = Metrics::new();
     let l = |s: &str| -> Arc<str> { Arc::from(s) };
     let workload = |name: &str, app: &str, version: &str| {
@@ -387,6 +387,7 @@ fn telemetry(c: &mut Criterion) {
         grpc_response_status: "",
         response_flags: ResponseFlags::NONE,
         connection_security_policy: "unknown",
+        tags: None,
     };
     let sample = RequestSample {
         duration_ms: 0.25,
@@ -430,6 +431,48 @@ fn telemetry(c: &mut Criterion) {
             metrics
                 .istio
                 .record_request(black_box(&grpc), &grpc_sample, MetricSet::NONE)
+        })
+    });
+    // The seed's `tagOverrides`: tenant and priority from request headers on the request
+    // count (the values read, the label sets made, both recorded).
+    use meshlite_proxy::telemetry::attributes::LogAttributes;
+    use meshlite_proxy::telemetry::tag_overrides::TagOverrides;
+    use meshlite_xds_proto::v1;
+    let tag = |value: &str| v1::TagOverride {
+        remove: false,
+        value: value.to_string(),
+    };
+    let overrides = TagOverrides::compile(
+        &[v1::MetricOverride {
+            metric: v1::MetricSelector::RequestCount as i32,
+            tag_overrides: [
+                ("tenant".to_string(), tag("request.headers['x-tenant']")),
+                ("priority".to_string(), tag("request.headers['x-priority']")),
+            ]
+            .into(),
+            ..Default::default()
+        }],
+        |_| true,
+    )
+    .expect("compiles")
+    .expect("overrides");
+    let headers = vec![
+        ("x-tenant".to_string(), "acme".to_string()),
+        ("x-priority".to_string(), "high".to_string()),
+    ];
+    let attributes = LogAttributes {
+        headers: &headers,
+        method: "GET",
+        code: 200,
+        ..Default::default()
+    };
+    c.bench_function("telemetry/record-request-tag-overrides", |b| {
+        b.iter(|| {
+            for (l, skipped) in
+                overrides.label_sets(black_box(&labels), &attributes, MetricSet::NONE)
+            {
+                metrics.istio.record_request(&l, &sample, skipped);
+            }
         })
     });
 }
@@ -612,6 +655,7 @@ fn tracing(c: &mut Criterion) {
         sampling_percent: 0.0,
         custom_tags: Vec::new(),
         max_path_tag_length: 256,
+        report_spans: true,
     };
     let (sink, mut rx) = SpanSink::queue(settings.collector.clone(), TraceStats::default(), 2048);
     // The export task's part: take spans off the queue as they come.

@@ -287,6 +287,12 @@ impl Checker<'_> {
                 let tp = format!("{op}.tagOverrides.{name}");
                 if name.is_empty() {
                     self.warning(r, tp.clone(), "a tag override without a label name");
+                } else if let Some(label) = prometheus_label(name) {
+                    self.warning(
+                        r,
+                        tp.clone(),
+                        format!("not a Prometheus label name: exported as `{label}`"),
+                    );
                 }
                 match (tag.operation, tag.value.as_deref()) {
                     (TagOperation::Upsert, None | Some("")) => self.error(
@@ -395,6 +401,19 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// The name a sidecar exports tag `name` under when it is not a Prometheus label name (the
+/// characters Envoy's Prometheus output replaces become `_`); `None` when it is one.
+fn prometheus_label(name: &str) -> Option<String> {
+    let mut out: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    (out != name).then_some(out)
 }
 
 #[cfg(test)]

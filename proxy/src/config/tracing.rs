@@ -7,8 +7,8 @@
 //! `randomSamplingPercentage` and `customTags` as the Telemetry API's `tracing` block
 //! (`literal: {value}`, `header: {name, defaultValue}`, `environment: {name, defaultValue}`).
 //! The section is read into [`crate::telemetry::trace::TraceSettings`], the one form the
-//! request path uses, which the pushed MeshConfig's providers also resolve to (and a
-//! Telemetry resource will).
+//! request path uses, together with the pushed MeshConfig's providers and the workload's
+//! Telemetry `tracing`, which overrides this section field by field.
 //!
 //! ```yaml
 //! tracing:

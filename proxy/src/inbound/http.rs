@@ -32,13 +32,13 @@ use crate::server::conn::ConnState;
 use crate::snapshot::InboundPort;
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::AccessLogEntry;
-use crate::telemetry::exchange::{BreakerPermits, Exchange, TrackedBody};
-use crate::telemetry::istio::{TcpEvent, TcpReport};
+use crate::telemetry::exchange::{BreakerPermits, Exchange, TagInput, TrackedBody};
+use crate::telemetry::istio::MetricSet;
+use crate::telemetry::istio::TcpEvent;
 use crate::telemetry::labels::{Caller, destination_report};
 use crate::telemetry::metrics::Label;
 use crate::telemetry::peer::WorkloadMetadata;
 use crate::telemetry::trace::SpanKind;
-use crate::telemetry::workload::MetricSet;
 use crate::telemetry::workload::Reporter::Destination as DESTINATION;
 use crate::transport::connect::connect_tcp;
 use crate::transport::forward;
@@ -167,10 +167,13 @@ pub async fn handle(
     let ctx = &conn.ctx;
     let snap = ctx.snapshot.load();
     // The SERVER span, child of the caller's; its id goes to the app in the trace headers.
-    let mut span = snap
-        .tracing
-        .as_ref()
-        .and_then(|t| t.start(SpanKind::Server, &mut req, conn.remote));
+    let mut span = snap.tracing.start(SpanKind::Server, &mut req, conn.remote);
+    // `tagOverrides` values that read the request keep what they read until it ends.
+    let tag_input = snap
+        .telemetry
+        .tag_overrides(DESTINATION)
+        .filter(|t| t.reads_request())
+        .map(|_| Box::new(TagInput::of(&req)));
     if let (Some(s), Some(id)) = (span.as_deref_mut(), conn.identity.as_ref()) {
         s.tag(
             "downstream_principal",
@@ -303,6 +306,9 @@ pub async fn handle(
     } else {
         snap.telemetry.disabled_metrics(DESTINATION)
     });
+    if let Some(tags) = snap.telemetry.tag_overrides(DESTINATION) {
+        exchange.override_tags(tags.clone(), tag_input);
+    }
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
 }
@@ -524,8 +530,9 @@ async fn tunnel(
         .local
         .services
         .get(request_authority(&req).map(|a| split_host_port(a).0));
-    let labels = TcpReport {
-        labels: destination_report(
+    let labels = snap.telemetry.tcp_report(
+        DESTINATION,
+        destination_report(
             &snap.local,
             caller,
             &service,
@@ -533,8 +540,7 @@ async fn tunnel(
             0,
             ResponseFlags::NONE,
         ),
-        skipped: snap.telemetry.disabled_metrics(DESTINATION),
-    };
+    );
     let drain = ctx.drain.track();
     tokio::spawn(async move {
         let (_drain, _slot) = (drain, slot);

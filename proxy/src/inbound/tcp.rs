@@ -14,7 +14,7 @@ use crate::policy::authz::Attributes;
 use crate::policy::ext_authz::{self, Connection};
 use crate::protocol::Protocol;
 use crate::snapshot::Snapshot;
-use crate::telemetry::istio::{TcpEvent, TcpReport};
+use crate::telemetry::istio::TcpEvent;
 use crate::telemetry::labels::{Caller, destination_report};
 use crate::telemetry::peer::WorkloadMetadata;
 use crate::transport::connect::connect_tcp;
@@ -93,8 +93,9 @@ pub async fn relay(
         principal: &unknown,
         mutual_tls: false,
     };
-    let labels = TcpReport {
-        labels: destination_report(
+    let labels = snap.telemetry.tcp_report(
+        crate::telemetry::workload::Reporter::Destination,
+        destination_report(
             &snap.local,
             caller,
             &snap.local.services.get(None),
@@ -102,10 +103,7 @@ pub async fn relay(
             0,
             ResponseFlags::NONE,
         ),
-        skipped: snap
-            .telemetry
-            .disabled_metrics(crate::telemetry::workload::Reporter::Destination),
-    };
+    );
     let _drain = ctx.drain.track();
     let _slot = slot;
     let m = &ctx.telemetry.metrics;

@@ -33,7 +33,7 @@ use crate::protocol::Protocol;
 use crate::server::conn::ConnState;
 use crate::snapshot::{Routed, Snapshot, Target};
 use crate::telemetry::access_log::AccessLogEntry;
-use crate::telemetry::exchange::{BreakerPermits, Exchange, TrackedBody};
+use crate::telemetry::exchange::{BreakerPermits, Exchange, TagInput, TrackedBody};
 use crate::telemetry::labels::source_report;
 use crate::telemetry::peer::WorkloadMetadata;
 use crate::telemetry::trace::SpanKind;
@@ -74,10 +74,13 @@ pub async fn handle(
     let snap = ctx.snapshot.load();
     // The trace decision, written into the headers the request goes on with; a span when
     // sampled (the CLIENT span of Envoy's outbound listener).
-    let mut span = snap
-        .tracing
-        .as_ref()
-        .and_then(|t| t.start(SpanKind::Client, &mut req, conn.remote));
+    let mut span = snap.tracing.start(SpanKind::Client, &mut req, conn.remote);
+    // `tagOverrides` values that read the request keep what they read until it ends.
+    let tag_input = snap
+        .telemetry
+        .tag_overrides(SOURCE)
+        .filter(|t| t.reads_request())
+        .map(|_| Box::new(TagInput::of(&req)));
     let mut log = AccessLogEntry::begin(&ctx.telemetry, &snap.telemetry, SOURCE, &req, conn.remote);
     // A request without a body has nothing to count.
     let received = (!hyper::body::Body::is_end_stream(req.body())).then(Arc::<BodyCount>::default);
@@ -161,6 +164,9 @@ pub async fn handle(
     exchange.count_received(received);
     exchange.set_grpc(grpc);
     exchange.skip_metrics(snap.telemetry.disabled_metrics(SOURCE));
+    if let Some(tags) = snap.telemetry.tag_overrides(SOURCE) {
+        exchange.override_tags(tags.clone(), tag_input);
+    }
     exchange.set_grpc_status(resp.headers());
     Ok(resp.map(|b| TrackedBody::new(b, Some(exchange))))
 }

@@ -62,8 +62,9 @@ fn labels(
     flags: ResponseFlags,
 ) -> TcpReport {
     let snap = ctx.snapshot.load();
-    TcpReport {
-        labels: source_report(
+    snap.telemetry.tcp_report(
+        Reporter::Source,
+        source_report(
             &snap.local,
             Some(&cluster.labels),
             peer,
@@ -71,8 +72,7 @@ fn labels(
             0,
             flags,
         ),
-        skipped: snap.telemetry.disabled_metrics(Reporter::Source),
-    }
+    )
 }
 
 /// Counts a connection that ended before any byte was relayed, with the flag saying why.

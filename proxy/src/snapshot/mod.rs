@@ -137,8 +137,8 @@ pub struct Snapshot {
     pub telemetry: crate::telemetry::workload::WorkloadTelemetry,
     /// The Envoy statistics exported (`proxyStatsMatcher`: the workload's, else the mesh's).
     pub stats_matcher: Arc<crate::telemetry::stats_matcher::StatsMatcher>,
-    /// Distributed tracing; `None`: off, trace headers untouched.
-    pub tracing: Option<Arc<crate::telemetry::trace::Tracer>>,
+    /// Distributed tracing, per side; a side without a tracer leaves trace headers untouched.
+    pub tracing: crate::telemetry::trace::Tracers,
 }
 
 /// The mutual TLS modes among the ports a workload serves.

@@ -124,7 +124,7 @@ impl AccessLogEntry {
         let Some((filter, headers)) = &self.filter else {
             return true;
         };
-        filter.allows(&super::workload::LogAttributes {
+        filter.allows(&super::attributes::LogAttributes {
             headers,
             method: &self.method,
             path: &self.path,

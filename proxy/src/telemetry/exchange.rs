@@ -15,9 +15,11 @@ use tokio::time::Instant;
 
 use super::Telemetry;
 use super::access_log::AccessLogEntry;
+use super::attributes::LogAttributes;
+use super::istio::MetricSet;
 use super::istio::{IstioLabels, RequestSample};
 use super::labels::grpc_status_label;
-use super::workload::MetricSet;
+use super::tag_overrides::TagOverrides;
 use crate::message::body::{BodyCount, ProxyBody};
 use crate::message::grpc_frames::GrpcFrames;
 use crate::message::response_flags::ResponseFlags;
@@ -37,6 +39,8 @@ pub struct Exchange {
     skipped: MetricSet,
     /// The request's span, when it is traced.
     span: Option<Box<super::trace::ActiveSpan>>,
+    /// The reporter's `tagOverrides`, with what of the request their values read.
+    tags: Option<(Arc<TagOverrides>, Option<Box<TagInput>>)>,
     _in_flight: InFlight,
     _permits: BreakerPermits,
 }
@@ -78,6 +82,7 @@ impl Exchange {
             grpc: false,
             skipped: MetricSet::NONE,
             span: None,
+            tags: None,
             _in_flight: in_flight,
             _permits: BreakerPermits::default(),
         }
@@ -102,6 +107,12 @@ impl Exchange {
     /// Leaves `metrics` unrecorded (a Telemetry resource's `disabled` overrides).
     pub fn skip_metrics(&mut self, metrics: MetricSet) {
         self.skipped = metrics;
+    }
+
+    /// Records the metrics also under the labels `tags` make, their values read from
+    /// `input` (the request, kept when a value reads it) when the exchange finishes.
+    pub fn override_tags(&mut self, tags: Arc<TagOverrides>, input: Option<Box<TagInput>>) {
+        self.tags = Some((tags, input));
     }
 
     /// Marks a gRPC caller: reported as `request_protocol="grpc"`, whatever the service's
@@ -142,7 +153,23 @@ impl Exchange {
             });
         }
         let m = &self.telemetry.metrics;
-        m.istio.record_request(&self.labels, &sample, self.skipped);
+        match &self.tags {
+            None => m.istio.record_request(&self.labels, &sample, self.skipped),
+            Some((tags, input)) => {
+                let flags = self.labels.response_flags.to_string();
+                let empty = TagInput::default();
+                let input = input.as_deref().unwrap_or(&empty);
+                let attributes = input.attributes(
+                    self.labels.response_code,
+                    elapsed.as_millis() as u64,
+                    flags,
+                    sent.bytes,
+                );
+                for (labels, skipped) in tags.label_sets(&self.labels, &attributes, self.skipped) {
+                    m.istio.record_request(&labels, &sample, skipped);
+                }
+            }
+        }
         if let Some(mut entry) = self.log.take()
             && let Some(log) = self.telemetry.writer(entry.sink)
         {
@@ -154,6 +181,71 @@ impl Exchange {
             if entry.passes() {
                 log.log(&entry);
             }
+        }
+    }
+}
+
+/// What `tagOverrides` values may read of a request, kept from its arrival to the end of
+/// its response (only for a workload whose overrides read the request).
+#[derive(Debug, Default)]
+pub struct TagInput {
+    headers: Vec<(String, String)>,
+    method: String,
+    path: String,
+    host: String,
+    id: String,
+    user_agent: String,
+    protocol: &'static str,
+}
+
+impl TagInput {
+    /// The attributes of `req` as it arrived.
+    pub fn of<B>(req: &http::Request<B>) -> Self {
+        let h = req.headers();
+        let text = |name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        Self {
+            headers: h
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                .collect(),
+            method: req.method().as_str().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            host: crate::message::uri::request_authority(req)
+                .unwrap_or("")
+                .to_string(),
+            id: text("x-request-id"),
+            user_agent: text("user-agent"),
+            protocol: super::access_log::version_label(req.version()),
+        }
+    }
+
+    fn attributes(
+        &self,
+        code: u16,
+        duration_ms: u64,
+        flags: String,
+        size: u64,
+    ) -> LogAttributes<'_> {
+        LogAttributes {
+            headers: &self.headers,
+            method: &self.method,
+            path: &self.path,
+            host: &self.host,
+            id: &self.id,
+            user_agent: &self.user_agent,
+            protocol: self.protocol,
+            code,
+            duration_ms,
+            flags,
+            size,
         }
     }
 }

@@ -22,7 +22,6 @@ use super::labels::DestinationService;
 use super::metrics::Label;
 use super::peer::WorkloadMetadata;
 use super::series::{SeriesLimits, SeriesMap};
-use super::workload::MetricSet;
 use crate::message::response_flags::ResponseFlags;
 
 /// Envoy's default histogram buckets (Istio uses them unchanged for durations in
@@ -34,6 +33,48 @@ pub const DEFAULT_BUCKETS: [f64; 19] = [
 
 /// Istio's `request_protocol` of TCP connections.
 pub const TCP: &str = "tcp";
+
+/// A set of standard metrics (by [`meshlite_xds_proto::v1::MetricSelector`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricSet(u16);
+
+impl MetricSet {
+    /// No metric.
+    pub const NONE: MetricSet = MetricSet(0);
+
+    /// The metrics `selector` names (`ALL_METRICS`: every one).
+    pub fn of(selector: meshlite_xds_proto::v1::MetricSelector) -> Self {
+        match selector {
+            meshlite_xds_proto::v1::MetricSelector::AllMetrics => MetricSet(0x7fe),
+            other => MetricSet(1 << (other as u16)),
+        }
+    }
+
+    /// Whether `metric` is in the set.
+    pub fn contains(self, metric: meshlite_xds_proto::v1::MetricSelector) -> bool {
+        let m = Self::of(metric).0;
+        self.0 & m == m
+    }
+
+    /// The metrics in either set.
+    pub fn union(self, other: MetricSet) -> Self {
+        MetricSet(self.0 | other.0)
+    }
+
+    /// The standard metrics not in the set.
+    pub fn complement(self) -> Self {
+        MetricSet(!self.0 & Self::of(meshlite_xds_proto::v1::MetricSelector::AllMetrics).0)
+    }
+
+    /// The set with `other` added (`on`) or taken out.
+    pub fn with(self, other: MetricSet, on: bool) -> Self {
+        if on {
+            MetricSet(self.0 | other.0)
+        } else {
+            MetricSet(self.0 & !other.0)
+        }
+    }
+}
 
 /// Istio's standard labels of one request or connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -60,46 +101,102 @@ pub struct IstioLabels {
     pub response_flags: ResponseFlags,
     /// `mutual_tls` / `none` on destination reports, `unknown` on source reports.
     pub connection_security_policy: &'static str,
+    /// What a Telemetry resource's `tagOverrides` changed; `None`: the standard labels.
+    pub tags: Option<Arc<TagValues>>,
 }
 
-fn label(e: &mut LabelSetEncoder, name: &'static str, value: &str) -> Result<(), std::fmt::Error> {
-    (name, value).encode(e.encode_label())
+/// The standard label names, in the order they are printed (a `tagOverrides` removal is a
+/// bit at the name's index).
+pub const STANDARD_LABELS: [&str; 25] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// The labels a Telemetry resource's `tagOverrides` changed on one label set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct TagValues {
+    /// Which override group made them: label sets of different groups are different series
+    /// even when their values agree (each group records into its own metrics).
+    pub group: u8,
+    /// Standard labels not printed, a bit per [`STANDARD_LABELS`] index.
+    pub removed: u32,
+    /// Labels added (or standard ones given a new value), printed after the standard ones.
+    pub extra: Vec<(Arc<str>, String)>,
+}
+
+/// Encodes label `index` of [`STANDARD_LABELS`] unless `removed` has its bit.
+fn label<V: prometheus_client::encoding::EncodeLabelValue>(
+    e: &mut LabelSetEncoder,
+    removed: u32,
+    index: usize,
+    value: V,
+) -> Result<(), std::fmt::Error> {
+    if removed & (1 << index) != 0 {
+        return Ok(());
+    }
+    (STANDARD_LABELS[index], value).encode(e.encode_label())
 }
 
 impl EncodeLabelSet for IstioLabels {
     fn encode(&self, e: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         let (s, d) = (&*self.source, &*self.destination);
-        label(e, "reporter", self.reporter)?;
-        label(e, "source_workload", &s.workload)?;
-        label(e, "source_workload_namespace", &s.namespace)?;
-        label(e, "source_principal", &self.source_principal)?;
-        label(e, "source_app", &s.app)?;
-        label(e, "source_version", &s.version)?;
-        label(e, "source_canonical_service", &s.canonical_service)?;
-        label(e, "source_canonical_revision", &s.canonical_revision)?;
-        label(e, "source_cluster", &s.cluster)?;
-        label(e, "destination_workload", &d.workload)?;
-        label(e, "destination_workload_namespace", &d.namespace)?;
-        label(e, "destination_principal", &self.destination_principal)?;
-        label(e, "destination_app", &d.app)?;
-        label(e, "destination_version", &d.version)?;
-        label(e, "destination_service", &self.service.fqdn)?;
-        label(e, "destination_service_name", &self.service.name)?;
-        label(e, "destination_service_namespace", &self.service.namespace)?;
-        label(e, "destination_canonical_service", &d.canonical_service)?;
-        label(e, "destination_canonical_revision", &d.canonical_revision)?;
-        label(e, "destination_cluster", &d.cluster)?;
-        label(e, "request_protocol", self.request_protocol)?;
+        let r = self.tags.as_ref().map_or(0, |t| t.removed);
+        label(e, r, 0, self.reporter)?;
+        label(e, r, 1, &*s.workload)?;
+        label(e, r, 2, &*s.namespace)?;
+        label(e, r, 3, &*self.source_principal)?;
+        label(e, r, 4, &*s.app)?;
+        label(e, r, 5, &*s.version)?;
+        label(e, r, 6, &*s.canonical_service)?;
+        label(e, r, 7, &*s.canonical_revision)?;
+        label(e, r, 8, &*s.cluster)?;
+        label(e, r, 9, &*d.workload)?;
+        label(e, r, 10, &*d.namespace)?;
+        label(e, r, 11, &*self.destination_principal)?;
+        label(e, r, 12, &*d.app)?;
+        label(e, r, 13, &*d.version)?;
+        label(e, r, 14, &*self.service.fqdn)?;
+        label(e, r, 15, &*self.service.name)?;
+        label(e, r, 16, &*self.service.namespace)?;
+        label(e, r, 17, &*d.canonical_service)?;
+        label(e, r, 18, &*d.canonical_revision)?;
+        label(e, r, 19, &*d.cluster)?;
+        label(e, r, 20, self.request_protocol)?;
         if self.request_protocol != TCP {
-            ("response_code", self.response_code).encode(e.encode_label())?;
-            label(e, "grpc_response_status", self.grpc_response_status)?;
+            label(e, r, 21, self.response_code)?;
+            label(e, r, 22, self.grpc_response_status)?;
         }
-        ("response_flags", self.response_flags).encode(e.encode_label())?;
-        label(
-            e,
-            "connection_security_policy",
-            self.connection_security_policy,
-        )
+        label(e, r, 23, self.response_flags)?;
+        label(e, r, 24, self.connection_security_policy)?;
+        if let Some(t) = &self.tags {
+            for (name, value) in &t.extra {
+                (&**name, value.as_str()).encode(e.encode_label())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -196,8 +293,23 @@ impl TcpSeries {
 pub struct TcpReport {
     /// Istio's labels (`request_protocol="tcp"`).
     pub labels: IstioLabels,
-    /// Families a Telemetry resource turned off for this reporter.
+    /// Families a Telemetry resource turned off for this reporter (or that `tagged` label
+    /// sets take).
     pub skipped: MetricSet,
+    /// The label sets `tagOverrides` made, each with the families it does not record
+    /// ([`crate::telemetry::tag_overrides::TagOverrides::tcp_report`]); empty without them.
+    pub tagged: Vec<(IstioLabels, MetricSet)>,
+}
+
+impl TcpReport {
+    /// The report of `labels`, minus the families `skipped`, without tag overrides.
+    pub fn new(labels: IstioLabels, skipped: MetricSet) -> Self {
+        Self {
+            labels,
+            skipped,
+            tagged: Vec::new(),
+        }
+    }
 }
 
 /// What happened to a TCP connection, for its series.
@@ -253,22 +365,29 @@ impl IstioMetrics {
         );
     }
 
-    /// Records a TCP connection opening or closing.
+    /// Records a TCP connection opening or closing, under each of its label sets.
     pub fn record_tcp(&self, report: &TcpReport, event: TcpEvent) {
         let inc = |c: &Option<Counter>, by: u64| {
             if let Some(c) = c {
                 c.inc_by(by);
             }
         };
-        let make = || TcpSeries::new(report.skipped);
-        self.tcp.with(&report.labels, make, |s| match event {
-            TcpEvent::Opened => inc(&s.opened, 1),
-            TcpEvent::Closed { received, sent } => {
-                inc(&s.closed, 1);
-                inc(&s.received, received);
-                inc(&s.sent, sent);
+        let sets = std::iter::once((&report.labels, report.skipped))
+            .chain(report.tagged.iter().map(|(l, s)| (l, *s)));
+        for (labels, skipped) in sets {
+            if skipped == MetricSet::of(meshlite_xds_proto::v1::MetricSelector::AllMetrics) {
+                continue;
             }
-        });
+            let make = || TcpSeries::new(skipped);
+            self.tcp.with(labels, make, |s| match event {
+                TcpEvent::Opened => inc(&s.opened, 1),
+                TcpEvent::Closed { received, sent } => {
+                    inc(&s.closed, 1);
+                    inc(&s.received, received);
+                    inc(&s.sent, sent);
+                }
+            });
+        }
     }
 
     /// Removes the series idle past their limit; returns how many.
@@ -433,6 +552,7 @@ mod tests {
             grpc_response_status: if protocol == "grpc" { "0" } else { "" },
             response_flags: ResponseFlags::NONE,
             connection_security_policy: "mutual_tls",
+            tags: None,
         }
     }
 
@@ -504,10 +624,7 @@ mod tests {
         };
         m.istio
             .record_request(&labels("grpc"), &sample, MetricSet::NONE);
-        let tcp = TcpReport {
-            labels: labels(TCP),
-            skipped: MetricSet::NONE,
-        };
+        let tcp = TcpReport::new(labels(TCP), MetricSet::NONE);
         m.istio.record_tcp(&tcp, TcpEvent::Opened);
         m.istio.record_tcp(
             &tcp,
@@ -598,5 +715,64 @@ mod tests {
             !m.encode().contains("response_code=\"500\""),
             "nothing recorded"
         );
+    }
+
+    #[test]
+    fn tag_overrides_add_change_and_remove_labels_in_the_metrics_they_select() {
+        use crate::telemetry::attributes::LogAttributes;
+        use crate::telemetry::tag_overrides::TagOverrides;
+        use meshlite_xds_proto::v1;
+        let entry = |metric: v1::MetricSelector, tags: &[(&str, bool, &str)]| v1::MetricOverride {
+            metric: metric as i32,
+            tag_overrides: tags
+                .iter()
+                .map(|(k, remove, value)| {
+                    (
+                        k.to_string(),
+                        v1::TagOverride {
+                            remove: *remove,
+                            value: value.to_string(),
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let tags = TagOverrides::compile(
+            &[entry(
+                v1::MetricSelector::RequestCount,
+                &[
+                    ("tenant", false, "request.headers['x-tenant']"),
+                    ("source_principal", true, ""),
+                    ("destination_version", false, "'canary'"),
+                ],
+            )],
+            |_| true,
+        )
+        .unwrap()
+        .unwrap();
+        let headers = vec![("x-tenant".to_string(), "acme".to_string())];
+        let a = LogAttributes {
+            headers: &headers,
+            ..Default::default()
+        };
+        let m = Metrics::new();
+        for (l, skipped) in tags.label_sets(&labels("http"), &a, MetricSet::NONE) {
+            m.istio
+                .record_request(&l, &RequestSample::default(), skipped);
+        }
+        let text = m.encode();
+        let total = lines(&text, "istio_requests_total{");
+        assert_eq!(total.len(), 1, "{text}");
+        let t = total[0];
+        assert!(t.contains(",tenant=\"acme\""), "{t}");
+        assert!(t.contains("destination_version=\"canary\""), "{t}");
+        assert!(!t.contains("destination_version=\"v2\""), "{t}");
+        assert!(!t.contains("source_principal"), "{t}");
+        assert!(t.ends_with(" 1"), "{t}");
+        // The other families keep the standard labels, once.
+        let count = lines(&text, "istio_request_duration_milliseconds_count{");
+        assert_eq!(count.len(), 1, "{text}");
+        assert!(count[0].contains("source_principal=") && !count[0].contains("tenant"));
     }
 }

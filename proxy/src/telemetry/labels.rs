@@ -87,6 +87,7 @@ pub fn source_report(
         grpc_response_status: "",
         response_flags,
         connection_security_policy: "unknown",
+        tags: None,
     }
 }
 
@@ -217,6 +218,7 @@ pub fn destination_report(
         } else {
             "none"
         },
+        tags: None,
     }
 }
 

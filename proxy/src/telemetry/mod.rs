@@ -1,6 +1,7 @@
 //! Telemetry: Istio-compatible Prometheus metrics, JSON access logs and distributed traces.
 
 pub mod access_log;
+pub mod attributes;
 pub mod cluster_stats;
 pub mod exchange;
 pub mod istio;
@@ -11,6 +12,7 @@ pub mod peer;
 pub mod prom;
 pub mod series;
 pub mod stats_matcher;
+pub mod tag_overrides;
 pub mod trace;
 pub mod workload;
 

@@ -2,7 +2,9 @@
 //! resolved by the control plane and pushed in the workload's policy), compiled once per
 //! push: which standard metrics each reporter records, and whether and when a request is
 //! access-logged (`accessLogging`: `disabled`, a CEL `filter.expression` over the request and
-//! response). Tracing settings are kept as pushed for the tracer.
+//! response), and which labels they carry (`tagOverrides`, [`super::tag_overrides`]).
+//! Tracing settings are resolved into the tracers by the snapshot builder
+//! ([`super::trace::TraceSettings::resolve`]).
 //!
 //! A filter is evaluated when a request's log line is complete, against the attributes
 //! Envoy's CEL filters read: `request.headers[...]`, `request.method`, `request.path`,
@@ -10,14 +12,19 @@
 //! `response.duration` (milliseconds, so the seed's `response.duration > 1000` reads as one
 //! second), `response.flags` (the printed flags) and `response.size`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::attributes::{LogAttributes, cel_context};
+use super::istio::{IstioLabels, MetricSet, TcpReport};
+use super::tag_overrides::{TagOverrides, tcp_report};
 use meshlite_xds_proto::v1;
 
 /// Why pushed Telemetry settings were refused.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    /// A `tagOverrides` entry cannot be applied.
+    #[error(transparent)]
+    Tag(#[from] super::tag_overrides::TagError),
     /// An access-log filter is not CEL.
     #[error("accessLogging filter `{expression}`: {message}")]
     Filter {
@@ -55,37 +62,6 @@ impl Reporter {
     }
 }
 
-/// A set of standard metrics (by [`v1::MetricSelector`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MetricSet(u16);
-
-impl MetricSet {
-    /// No metric.
-    pub const NONE: MetricSet = MetricSet(0);
-
-    /// The metrics `selector` names (`ALL_METRICS`: every one).
-    pub fn of(selector: v1::MetricSelector) -> Self {
-        match selector {
-            v1::MetricSelector::AllMetrics => MetricSet(0x7fe),
-            other => MetricSet(1 << (other as u16)),
-        }
-    }
-
-    /// Whether `metric` is in the set.
-    pub fn contains(self, metric: v1::MetricSelector) -> bool {
-        let m = Self::of(metric).0;
-        self.0 & m == m
-    }
-
-    fn with(self, other: MetricSet, on: bool) -> Self {
-        if on {
-            MetricSet(self.0 | other.0)
-        } else {
-            MetricSet(self.0 & !other.0)
-        }
-    }
-}
-
 /// An access-log filter, compiled.
 pub struct LogFilter {
     program: cel::Program,
@@ -96,33 +72,6 @@ impl std::fmt::Debug for LogFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("LogFilter").field(&self.source).finish()
     }
-}
-
-/// What a filter reads of one exchange.
-#[derive(Debug, Default)]
-pub struct LogAttributes<'a> {
-    /// Request headers, names lowercase.
-    pub headers: &'a [(String, String)],
-    /// Method.
-    pub method: &'a str,
-    /// Path and query.
-    pub path: &'a str,
-    /// `:authority`.
-    pub host: &'a str,
-    /// `x-request-id`.
-    pub id: &'a str,
-    /// `user-agent`.
-    pub user_agent: &'a str,
-    /// `HTTP/1.1`, `HTTP/2`.
-    pub protocol: &'a str,
-    /// Status sent (0: none).
-    pub code: u16,
-    /// Milliseconds from the request's start to the end of the response.
-    pub duration_ms: u64,
-    /// Response flags as printed.
-    pub flags: String,
-    /// Response body bytes.
-    pub size: u64,
 }
 
 impl LogFilter {
@@ -142,38 +91,8 @@ impl LogFilter {
     /// fails on this exchange (a missing header compared, a type error) logs it, as a filter
     /// that cannot decide should not hide a request.
     pub fn allows(&self, a: &LogAttributes<'_>) -> bool {
-        use cel::objects::Value;
-        let headers: HashMap<String, Value> = a
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-            .collect();
-        let request: HashMap<&str, Value> = HashMap::from([
-            ("headers", Value::from(headers)),
-            ("method", Value::from(a.method)),
-            ("path", Value::from(a.path)),
-            ("host", Value::from(a.host)),
-            ("id", Value::from(a.id)),
-            ("useragent", Value::from(a.user_agent)),
-            ("protocol", Value::from(a.protocol)),
-        ]);
-        let response: HashMap<&str, Value> = HashMap::from([
-            ("code", Value::Int(i64::from(a.code))),
-            (
-                "duration",
-                Value::Int(i64::try_from(a.duration_ms).unwrap_or(i64::MAX)),
-            ),
-            ("flags", Value::from(a.flags.as_str())),
-            (
-                "size",
-                Value::Int(i64::try_from(a.size).unwrap_or(i64::MAX)),
-            ),
-        ]);
-        let mut context = cel::Context::default();
-        context.add_variable_from_value("request", request);
-        context.add_variable_from_value("response", response);
-        match self.program.execute(&context) {
-            Ok(Value::Bool(b)) => b,
+        match self.program.execute(&cel_context(a)) {
+            Ok(cel::objects::Value::Bool(b)) => b,
             Ok(_) | Err(_) => true,
         }
     }
@@ -198,6 +117,8 @@ pub struct WorkloadTelemetry {
     disabled: [MetricSet; 2],
     /// Access logging, by reporter.
     logging: [AccessLogging; 2],
+    /// `tagOverrides`, by reporter.
+    tags: [Option<Arc<TagOverrides>>; 2],
     /// The pushed settings, as they came (for the tracer and `/config_dump`).
     pub pushed: Option<v1::WorkloadTelemetry>,
 }
@@ -233,9 +154,15 @@ impl WorkloadTelemetry {
                 }
             }
         }
+        let tags = [Reporter::Source, Reporter::Destination].map(|r| {
+            TagOverrides::compile(&p.metric_overrides, |mode| r.selected_by(mode))
+                .map(|t| t.map(Arc::new))
+        });
+        let [source, destination] = tags;
         Ok(Self {
             disabled,
             logging,
+            tags: [source?, destination?],
             pushed: Some(p.clone()),
         })
     }
@@ -243,6 +170,21 @@ impl WorkloadTelemetry {
     /// The standard metrics `reporter` does not record.
     pub fn disabled_metrics(&self, reporter: Reporter) -> MetricSet {
         self.disabled[reporter.index()]
+    }
+
+    /// The labels `reporter`'s metrics change (`tagOverrides`), if any.
+    pub fn tag_overrides(&self, reporter: Reporter) -> Option<&Arc<TagOverrides>> {
+        self.tags[reporter.index()].as_ref()
+    }
+
+    /// The report of a TCP connection `reporter` counts under `labels`: the families it
+    /// records and the label sets its tag overrides make.
+    pub fn tcp_report(&self, reporter: Reporter, labels: IstioLabels) -> TcpReport {
+        tcp_report(
+            labels,
+            self.disabled_metrics(reporter),
+            self.tag_overrides(reporter).map(|t| &**t),
+        )
     }
 
     /// Whether and when `reporter` writes access-log lines.

@@ -49,6 +49,7 @@ mod routing;
 mod security;
 mod streaming;
 mod telemetry;
+mod telemetry_api;
 mod tracing;
 mod zero_trust;
 

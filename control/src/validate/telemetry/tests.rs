@@ -2,7 +2,7 @@
 //! the exact field, what Istio accepts and ignores is a warning.
 
 use crate::source::{Problem, Severity};
-use crate::validate::test_support::{check, expect, expect_error};
+use crate::validate::test_support::{check, expect, expect_error, expect_no_error};
 
 fn telemetry(ns_name: &str, spec: &str) -> String {
     let (ns, name) = ns_name.split_once('/').unwrap_or(("default", ns_name));
@@ -84,6 +84,13 @@ fn tag_overrides_follow_istios_operation_rules() {
         "spec.metrics[0].overrides[0].tagOverrides.tenant.value",
     );
     assert!(e.message.contains("only"), "{e}");
+    // A name that is not a Prometheus label name is exported as one, with a warning.
+    let report = expect_no_error(&[telemetry(
+        "shop/default",
+        "{metrics: [{overrides: [{tagOverrides: {tenant-id: {value: \"'x'\"}}}]}]}",
+    )]);
+    let w: Vec<_> = report.warnings().collect();
+    assert!(w.iter().any(|p| p.message.contains("`tenant_id`")), "{w:?}");
     // A misspelt operation is a load error at the field.
     expect_error(
         &[telemetry(

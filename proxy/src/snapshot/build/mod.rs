@@ -32,7 +32,7 @@ use crate::telemetry::metrics::{Label, Metrics};
 use crate::telemetry::peer::{DEFAULT_CLUSTER_ID, LocalWorkload, WorkloadMetadata};
 use crate::telemetry::stats_matcher::{StatsInclusions, StatsMatcher};
 use crate::telemetry::trace::export::SpanSink;
-use crate::telemetry::trace::{LocalTags, TraceSettings, Tracer};
+use crate::telemetry::trace::{LocalTags, TraceSettings, Tracer, Tracers};
 use crate::telemetry::workload::WorkloadTelemetry;
 use crate::transport::connect::PoolTarget;
 use crate::transport::h1_pool::H1Pool;
@@ -306,7 +306,15 @@ impl Snapshot {
             }
             m
         });
-        let tracing = tracer(cfg, view.mesh.as_ref(), &local, metrics, prev);
+        let pushed_telemetry = view.inbound.as_ref().and_then(|p| p.telemetry.as_ref());
+        let tracing = tracers(
+            cfg,
+            view.mesh.as_ref(),
+            pushed_telemetry,
+            &local,
+            metrics,
+            prev,
+        );
         Ok(Self {
             version,
             tracing,
@@ -318,9 +326,7 @@ impl Snapshot {
             security,
             inbound_modes,
             path_normalization: path_normalization(view.mesh.as_ref()),
-            telemetry: WorkloadTelemetry::compile(
-                view.inbound.as_ref().and_then(|p| p.telemetry.as_ref()),
-            )?,
+            telemetry: WorkloadTelemetry::compile(pushed_telemetry)?,
             stats_matcher: Arc::new(StatsMatcher::new(
                 &cfg.stats_inclusions
                     .clone()
@@ -363,28 +369,46 @@ fn local_workload(cfg: &LocalSettings, identity: &Identity) -> LocalWorkload {
     }
 }
 
-/// The tracer of the file's and the mesh's tracing settings: the previous snapshot's when
-/// they have not changed, a new one sharing its export queue when only sampling or tags
-/// did, a new queue and export task when the collector changed. `None`: tracing is off.
-fn tracer(
+/// The tracers of the two sides, from the file's, the mesh's and the workload's Telemetry
+/// tracing settings ([`TraceSettings::resolve`]). A side whose settings have not changed
+/// keeps the previous snapshot's tracer; a new tracer shares the export queue of any tracer
+/// (previous or just made) reporting to the same collector, so a collector gets one queue
+/// and one export task whatever the sides and pushes.
+fn tracers(
     cfg: &LocalSettings,
     mesh: Option<&meshlite_xds_proto::v1::MeshConfig>,
+    telemetry: Option<&meshlite_xds_proto::v1::WorkloadTelemetry>,
     local: &crate::telemetry::peer::LocalWorkload,
     metrics: &Metrics,
     prev: Option<&Snapshot>,
-) -> Option<Arc<Tracer>> {
-    let settings = TraceSettings::resolve(cfg.tracing.as_ref(), mesh)?;
-    let prev = prev.and_then(|s| s.tracing.as_ref());
-    if let Some(t) = prev.filter(|t| *t.settings() == settings) {
-        return Some(t.clone());
-    }
-    let sink = match prev.filter(|t| *t.sink().collector() == settings.collector) {
-        Some(t) => t.sink().clone(),
-        None => SpanSink::start(
-            settings.collector.clone(),
-            LocalTags::of(local, cfg.node_ip),
-            metrics.traces.clone(),
-        )?,
+) -> Tracers {
+    let client_side = telemetry.and_then(|t| t.tracing.as_ref());
+    let server_side = telemetry.and_then(|t| t.server_tracing.as_ref().or(t.tracing.as_ref()));
+    let previous: Vec<Arc<Tracer>> = prev
+        .into_iter()
+        .flat_map(|s| [s.tracing.client.clone(), s.tracing.server.clone()])
+        .flatten()
+        .collect();
+    let mut made: Vec<Arc<Tracer>> = Vec::new();
+    let mut tracer = |side: Option<&meshlite_xds_proto::v1::TracingSettings>| {
+        let settings = TraceSettings::resolve(cfg.tracing.as_ref(), mesh, side)?;
+        let known = || previous.iter().chain(made.iter());
+        if let Some(t) = known().find(|t| *t.settings() == settings) {
+            return Some(t.clone());
+        }
+        let sink = match known().find(|t| *t.sink().collector() == settings.collector) {
+            Some(t) => t.sink().clone(),
+            None => SpanSink::start(
+                settings.collector.clone(),
+                LocalTags::of(local, cfg.node_ip),
+                metrics.traces.clone(),
+            )?,
+        };
+        let t = Arc::new(Tracer::new(settings, sink));
+        made.push(t.clone());
+        Some(t)
     };
-    Some(Arc::new(Tracer::new(settings, sink)))
+    let client = tracer(client_side);
+    let server = tracer(server_side);
+    Tracers { client, server }
 }

@@ -101,9 +101,9 @@ pub struct CustomTag {
     pub source: TagSource,
 }
 
-/// The tracing settings in force: what the file's `tracing` section, the pushed MeshConfig
-/// (and later a Telemetry resource) resolve to. `None` anywhere means tracing is off and no
-/// trace header is touched.
+/// The tracing settings in force for one side (client or server spans): what the file's
+/// `tracing` section, the pushed MeshConfig and the workload's Telemetry `tracing` resolve
+/// to. `None` anywhere means tracing is off and no trace header is touched.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceSettings {
     /// The collector.
@@ -114,13 +114,30 @@ pub struct TraceSettings {
     pub custom_tags: Vec<CustomTag>,
     /// The longest `http.url` tag.
     pub max_path_tag_length: usize,
+    /// Whether sampled spans are reported (Telemetry's `disableSpanReporting` turns it off:
+    /// decisions are still made and propagated, as Istio documents, but nothing is sent).
+    pub report_spans: bool,
 }
 
 impl TraceSettings {
-    /// The settings of the file's `tracing` section, completed by the mesh's: the file's
-    /// provider, else the first of the MeshConfig's `defaultProviders.tracing` it defines;
-    /// the file's sampling, else the MeshConfig's, else 1 %. `None` without a provider.
-    pub fn resolve(file: Option<&TracingConfig>, mesh: Option<&v1::MeshConfig>) -> Option<Self> {
+    /// The settings of one side, each field taken from the most specific source that sets
+    /// it: the workload's Telemetry `tracing` (`telemetry`, as the control plane resolved
+    /// it), then the file's `tracing` section, then the MeshConfig.
+    ///
+    /// - collector: the first of Telemetry's `providers` the MeshConfig defines, else the
+    ///   file's provider, else the first of `defaultProviders.tracing` it defines; a
+    ///   Telemetry that names providers the mesh does not define turns tracing off, as
+    ///   istiod leaves such a workload without a tracer;
+    /// - sampling: Telemetry's `randomSamplingPercentage`, else the file's, else
+    ///   `defaultConfig.tracing.sampling`, else 1 % (a value outside 0-100 is passed over);
+    /// - custom tags: Telemetry's map when it has one, else the file's.
+    ///
+    /// `None` without a collector.
+    pub fn resolve(
+        file: Option<&TracingConfig>,
+        mesh: Option<&v1::MeshConfig>,
+        telemetry: Option<&v1::TracingSettings>,
+    ) -> Option<Self> {
         let own = file.and_then(|f| f.provider.as_ref()).and_then(|p| {
             let (kind, c) = match (&p.opentelemetry, &p.zipkin) {
                 (Some(c), _) => (CollectorKind::Otlp, c),
@@ -134,59 +151,30 @@ impl TraceSettings {
             };
             Some((collector, c.max_tag_length))
         });
-        let pushed = || {
+        let named = |names: &[String]| {
             let m = mesh?;
-            m.default_tracing_providers.iter().find_map(|name| {
+            names.iter().find_map(|name| {
                 let p = m.tracing_providers.iter().find(|p| &p.name == name)?;
-                use v1::tracing_provider::Kind;
-                let kind = match p.kind.as_ref()? {
-                    Kind::Opentelemetry(_) => CollectorKind::Otlp,
-                    Kind::Zipkin(_) => CollectorKind::Zipkin,
-                };
-                let port = u16::try_from(p.port).ok().filter(|p| *p != 0)?;
-                let collector = Collector {
-                    kind,
-                    host: host_of(&p.service).to_string(),
-                    port,
-                };
-                Some((
-                    collector,
-                    (p.max_tag_length != 0).then_some(p.max_tag_length),
-                ))
+                pushed_collector(p)
             })
         };
-        let (collector, max_tag) = own.or_else(pushed)?;
-        let sampling_percent = file
-            .and_then(|f| f.random_sampling_percentage)
-            .or_else(|| mesh.and_then(|m| m.tracing_sampling))
-            .filter(|p| (0.0..=100.0).contains(p))
+        let (collector, max_tag) = match telemetry.filter(|t| !t.providers.is_empty()) {
+            Some(t) => named(&t.providers)?,
+            None => own.or_else(|| named(mesh?.default_tracing_providers.as_slice()))?,
+        };
+        let valid = |p: Option<f64>| p.filter(|p| (0.0..=100.0).contains(p));
+        let sampling_percent = valid(telemetry.and_then(|t| t.random_sampling_percentage))
+            .or_else(|| valid(file.and_then(|f| f.random_sampling_percentage)))
+            .or_else(|| valid(mesh.and_then(|m| m.tracing_sampling)))
             .unwrap_or(DEFAULT_SAMPLING_PERCENT);
-        let custom_tags = file
-            .map(|f| {
-                f.custom_tags
-                    .iter()
-                    .filter_map(|(tag, c)| {
-                        let source = if let Some(l) = &c.literal {
-                            TagSource::Literal(l.value.clone())
-                        } else if let Some(h) = &c.header {
-                            let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-                            TagSource::Header(name, h.default_value.clone())
-                        } else {
-                            let e = c.environment.as_ref()?;
-                            TagSource::Environment(
-                                std::env::var(&e.name)
-                                    .ok()
-                                    .or_else(|| e.default_value.clone()),
-                            )
-                        };
-                        Some(CustomTag {
-                            tag: tag.clone(),
-                            source,
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let custom_tags = match telemetry.filter(|t| !t.custom_tags.is_empty()) {
+            Some(t) => t
+                .custom_tags
+                .iter()
+                .filter_map(|(tag, c)| pushed_tag(tag, c))
+                .collect(),
+            None => file.map(file_tags).unwrap_or_default(),
+        };
         Some(Self {
             collector,
             sampling_percent,
@@ -194,7 +182,110 @@ impl TraceSettings {
             max_path_tag_length: max_tag
                 .and_then(|m| usize::try_from(m).ok())
                 .unwrap_or(DEFAULT_MAX_PATH_TAG_LENGTH),
+            report_spans: !telemetry.is_some_and(|t| t.disable_span_reporting),
         })
+    }
+}
+
+/// The collector of a MeshConfig provider, with its `maxTagLength` when set; `None` for a
+/// provider without a kind or port.
+fn pushed_collector(p: &v1::TracingProvider) -> Option<(Collector, Option<u32>)> {
+    use v1::tracing_provider::Kind;
+    let kind = match p.kind.as_ref()? {
+        Kind::Opentelemetry(_) => CollectorKind::Otlp,
+        Kind::Zipkin(_) => CollectorKind::Zipkin,
+    };
+    let port = u16::try_from(p.port).ok().filter(|p| *p != 0)?;
+    let collector = Collector {
+        kind,
+        host: host_of(&p.service).to_string(),
+        port,
+    };
+    Some((
+        collector,
+        (p.max_tag_length != 0).then_some(p.max_tag_length),
+    ))
+}
+
+/// A tag value read from the environment now, else the default.
+fn environment(name: &str, default: Option<&str>) -> TagSource {
+    TagSource::Environment(
+        std::env::var(name)
+            .ok()
+            .or_else(|| default.map(str::to_string)),
+    )
+}
+
+/// The file's `customTags`.
+fn file_tags(f: &TracingConfig) -> Vec<CustomTag> {
+    f.custom_tags
+        .iter()
+        .filter_map(|(tag, c)| {
+            let source = if let Some(l) = &c.literal {
+                TagSource::Literal(l.value.clone())
+            } else if let Some(h) = &c.header {
+                let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+                TagSource::Header(name, h.default_value.clone())
+            } else {
+                let e = c.environment.as_ref()?;
+                environment(&e.name, e.default_value.as_deref())
+            };
+            Some(CustomTag {
+                tag: tag.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// One pushed `customTags` entry (an empty default is no default, as proto3 cannot tell
+/// them apart).
+fn pushed_tag(tag: &str, c: &v1::CustomTag) -> Option<CustomTag> {
+    use v1::custom_tag::Kind;
+    let default = |d: &str| (!d.is_empty()).then(|| d.to_string());
+    let source = match c.kind.as_ref()? {
+        Kind::Literal(v) => TagSource::Literal(v.clone()),
+        Kind::Header(h) => TagSource::Header(
+            http::HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+            default(&h.default_value),
+        ),
+        Kind::Environment(e) => environment(&e.name, default(&e.default_value).as_deref()),
+    };
+    Some(CustomTag {
+        tag: tag.to_string(),
+        source,
+    })
+}
+
+/// The tracers of this workload's two sides: CLIENT spans of the app's outbound requests
+/// and SERVER spans of the requests it serves. A Telemetry resource with `match.mode` can
+/// make them differ; without one both are the same tracer.
+#[derive(Clone, Debug, Default)]
+pub struct Tracers {
+    /// The source sidecar's side.
+    pub client: Option<std::sync::Arc<Tracer>>,
+    /// The destination sidecar's side.
+    pub server: Option<std::sync::Arc<Tracer>>,
+}
+
+impl Tracers {
+    /// The tracer of `kind`'s side, if tracing is on there.
+    pub fn of(&self, kind: SpanKind) -> Option<&Tracer> {
+        match kind {
+            SpanKind::Client => self.client.as_deref(),
+            SpanKind::Server => self.server.as_deref(),
+        }
+    }
+
+    /// Reads the request's trace context on `kind`'s side, decides and writes the decision
+    /// downstream ([`Tracer::start`]); nothing when tracing is off there.
+    pub fn start<B>(
+        &self,
+        kind: SpanKind,
+        req: &mut Request<B>,
+        remote: SocketAddr,
+    ) -> Option<Box<ActiveSpan>> {
+        self.of(kind)?.start(kind, req, remote)
     }
 }
 
@@ -394,6 +485,10 @@ impl Tracer {
             debug: incoming.debug,
         };
         propagation::inject(req.headers_mut(), &out, incoming.formats.union(native));
+        if !self.settings.report_spans {
+            // `disableSpanReporting`: this hop's id travels on, its span is not sent.
+            return None;
+        }
         Some(Box::new(ActiveSpan::begin(
             self, kind, req, remote, trace, span, parent,
         )))

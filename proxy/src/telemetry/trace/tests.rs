@@ -40,6 +40,7 @@ fn settings(kind: CollectorKind, percent: f64) -> TraceSettings {
             },
         ],
         max_path_tag_length: 16,
+        report_spans: true,
     }
 }
 
@@ -342,19 +343,19 @@ fn mesh_with_providers() -> v1::MeshConfig {
 #[test]
 fn settings_come_from_the_file_then_the_mesh() {
     // Nothing configured: off.
-    assert_eq!(TraceSettings::resolve(None, None), None);
+    assert_eq!(TraceSettings::resolve(None, None, None), None);
     assert_eq!(
-        TraceSettings::resolve(Some(&file(None, Some(50.0))), None),
+        TraceSettings::resolve(Some(&file(None, Some(50.0))), None, None),
         None
     );
     // The mesh's default provider and sampling.
     let mesh = mesh_with_providers();
-    let s = TraceSettings::resolve(None, Some(&mesh)).unwrap();
+    let s = TraceSettings::resolve(None, Some(&mesh), None).unwrap();
     assert_eq!(s.collector.kind, CollectorKind::Otlp);
     assert_eq!(s.collector.host, "opentelemetry-collector.monitoring");
     assert_eq!((s.sampling_percent, s.max_path_tag_length), (10.0, 99));
     // The file's sampling over the mesh's; the file's provider over the mesh's.
-    let s = TraceSettings::resolve(Some(&file(None, Some(25.0))), Some(&mesh)).unwrap();
+    let s = TraceSettings::resolve(Some(&file(None, Some(25.0))), Some(&mesh), None).unwrap();
     assert_eq!(s.sampling_percent, 25.0);
     let own = ProviderConfig {
         zipkin: Some(CollectorConfig {
@@ -364,15 +365,146 @@ fn settings_come_from_the_file_then_the_mesh() {
         }),
         opentelemetry: None,
     };
-    let s = TraceSettings::resolve(Some(&file(Some(own.clone()), None)), Some(&mesh)).unwrap();
+    let s =
+        TraceSettings::resolve(Some(&file(Some(own.clone()), None)), Some(&mesh), None).unwrap();
     assert_eq!(
         (s.collector.kind, s.collector.host.as_str()),
         (CollectorKind::Zipkin, "zipkin")
     );
     assert_eq!(s.max_path_tag_length, DEFAULT_MAX_PATH_TAG_LENGTH);
     // Istio's default sampling.
-    let s = TraceSettings::resolve(Some(&file(Some(own), None)), None).unwrap();
+    let s = TraceSettings::resolve(Some(&file(Some(own), None)), None, None).unwrap();
     assert_eq!(s.sampling_percent, DEFAULT_SAMPLING_PERCENT);
+}
+
+fn telemetry(providers: &[&str], percent: Option<f64>) -> v1::TracingSettings {
+    v1::TracingSettings {
+        providers: providers.iter().map(|p| p.to_string()).collect(),
+        random_sampling_percentage: percent,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_telemetry_resource_overrides_the_file_and_the_mesh_field_by_field() {
+    let mesh = mesh_with_providers();
+    let own_tags = TracingConfig {
+        custom_tags: [(
+            "from-file".to_string(),
+            crate::config::tracing::CustomTagConfig {
+                literal: Some(crate::config::tracing::LiteralTag { value: "x".into() }),
+                ..Default::default()
+            },
+        )]
+        .into(),
+        ..file(None, Some(50.0))
+    };
+    // Sampling only: the mesh's provider, Telemetry's percentage, the file's tags.
+    let s = TraceSettings::resolve(
+        Some(&own_tags),
+        Some(&mesh),
+        Some(&telemetry(&[], Some(25.0))),
+    )
+    .unwrap();
+    assert_eq!(s.collector.kind, CollectorKind::Otlp);
+    assert_eq!(s.sampling_percent, 25.0);
+    assert_eq!(s.custom_tags.len(), 1);
+    assert!(s.report_spans);
+    // A provider by name, and tags of every source replacing the file's.
+    let mut t = telemetry(&["zipkin"], None);
+    t.custom_tags = [
+        (
+            "intent".to_string(),
+            v1::CustomTag {
+                kind: Some(v1::custom_tag::Kind::Header(v1::HeaderTag {
+                    name: "x-intent-type".into(),
+                    default_value: String::new(),
+                })),
+            },
+        ),
+        (
+            "region".to_string(),
+            v1::CustomTag {
+                kind: Some(v1::custom_tag::Kind::Literal("eu-1".into())),
+            },
+        ),
+        (
+            "pod".to_string(),
+            v1::CustomTag {
+                kind: Some(v1::custom_tag::Kind::Environment(v1::EnvironmentTag {
+                    name: "MESHLITE_TEST_UNSET_VARIABLE".into(),
+                    default_value: "unknown-pod".into(),
+                })),
+            },
+        ),
+    ]
+    .into();
+    let s = TraceSettings::resolve(Some(&own_tags), Some(&mesh), Some(&t)).unwrap();
+    assert_eq!(
+        (
+            s.collector.kind,
+            s.collector.host.as_str(),
+            s.sampling_percent
+        ),
+        (CollectorKind::Zipkin, "jaeger-collector.tracing", 50.0)
+    );
+    let mut tags: Vec<_> = s
+        .custom_tags
+        .iter()
+        .map(|c| (c.tag.as_str(), &c.source))
+        .collect();
+    tags.sort_by_key(|(t, _)| *t);
+    assert_eq!(
+        tags,
+        vec![
+            (
+                "intent",
+                &TagSource::Header(http::HeaderName::from_static("x-intent-type"), None)
+            ),
+            ("pod", &TagSource::Environment(Some("unknown-pod".into()))),
+            ("region", &TagSource::Literal("eu-1".into())),
+        ]
+    );
+    // A provider the mesh does not define: no tracer, whatever the file says.
+    let own = ProviderConfig {
+        zipkin: Some(CollectorConfig {
+            service: "zipkin".into(),
+            port: 9411,
+            max_tag_length: None,
+        }),
+        opentelemetry: None,
+    };
+    assert_eq!(
+        TraceSettings::resolve(
+            Some(&file(Some(own), None)),
+            Some(&mesh),
+            Some(&telemetry(&["nowhere"], None))
+        ),
+        None
+    );
+    // An out-of-range percentage is ignored for the next source's.
+    let s = TraceSettings::resolve(None, Some(&mesh), Some(&telemetry(&[], Some(150.0)))).unwrap();
+    assert_eq!(s.sampling_percent, 10.0);
+}
+
+#[test]
+fn disabled_span_reporting_still_decides_and_propagates_but_reports_nothing() {
+    let mut s = settings(CollectorKind::Otlp, 100.0);
+    s.report_spans = false;
+    let (sink, mut rx) = SpanSink::queue(s.collector.clone(), TraceStats::default(), 8);
+    let t = Tracer::new(s, sink);
+    let mut req = request(&[("traceparent", &format!("00-{TRACE}-{SPAN}-01"))]);
+    assert!(
+        t.start_with(SpanKind::Server, &mut req, remote(), 0)
+            .is_none(),
+        "no span is recorded"
+    );
+    let out = extract(req.headers());
+    let (trace, parent) = out.parent.expect("the context goes on");
+    assert_eq!(trace.to_hex_string(), TRACE);
+    assert_ne!(parent.to_hex_string(), SPAN, "with this hop's id");
+    assert_eq!(out.sampled, Some(true));
+    assert!(rx.try_recv().is_err());
 }
 
 #[test]

@@ -1,0 +1,68 @@
+//! The attributes of one exchange that CEL expressions read: access-log filters
+//! (`filter.expression`) and `tagOverrides` values, as Envoy's CEL filters and Istio's stats
+//! name them (`request.headers[...]`, `request.method`, `response.code`, ...).
+
+use std::collections::HashMap;
+
+/// What a filter reads of one exchange.
+#[derive(Debug, Default)]
+pub struct LogAttributes<'a> {
+    /// Request headers, names lowercase.
+    pub headers: &'a [(String, String)],
+    /// Method.
+    pub method: &'a str,
+    /// Path and query.
+    pub path: &'a str,
+    /// `:authority`.
+    pub host: &'a str,
+    /// `x-request-id`.
+    pub id: &'a str,
+    /// `user-agent`.
+    pub user_agent: &'a str,
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub protocol: &'a str,
+    /// Status sent (0: none).
+    pub code: u16,
+    /// Milliseconds from the request's start to the end of the response.
+    pub duration_ms: u64,
+    /// Response flags as printed.
+    pub flags: String,
+    /// Response body bytes.
+    pub size: u64,
+}
+
+/// The CEL variables `request` and `response` of one exchange, as Envoy's CEL filters and
+/// Istio's `tagOverrides` read them.
+pub fn cel_context(a: &LogAttributes<'_>) -> cel::Context<'static, 'static> {
+    use cel::objects::Value;
+    let headers: HashMap<String, Value> = a
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+        .collect();
+    let request: HashMap<&str, Value> = HashMap::from([
+        ("headers", Value::from(headers)),
+        ("method", Value::from(a.method)),
+        ("path", Value::from(a.path)),
+        ("host", Value::from(a.host)),
+        ("id", Value::from(a.id)),
+        ("useragent", Value::from(a.user_agent)),
+        ("protocol", Value::from(a.protocol)),
+    ]);
+    let response: HashMap<&str, Value> = HashMap::from([
+        ("code", Value::Int(i64::from(a.code))),
+        (
+            "duration",
+            Value::Int(i64::try_from(a.duration_ms).unwrap_or(i64::MAX)),
+        ),
+        ("flags", Value::from(a.flags.as_str())),
+        (
+            "size",
+            Value::Int(i64::try_from(a.size).unwrap_or(i64::MAX)),
+        ),
+    ]);
+    let mut context = cel::Context::default();
+    context.add_variable_from_value("request", request);
+    context.add_variable_from_value("response", response);
+    context
+}
