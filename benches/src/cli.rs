@@ -32,6 +32,14 @@ the measured window. A run is flagged `disturbed` (and left out of medians when 
 exist) when the achieved rate is below 97% of the target, the generator is near saturation, or \
 other processes on the machine used noticeable CPU during the window.
 
+`--tracing 0,10,100` adds to every repetition of the pair scenario one more meshlite pair per \
+sampling percentage (legs in a rotating order, so none is always first): both sidecars report spans \
+over OTLP/gRPC to a collector this process runs on loopback (on a thread of its own, whose CPU is \
+reported apart and counted against no sidecar), with `randomSamplingPercentage` set to the value. \
+For each it reports the added latency, the sidecars' CPU per 1,000 requests and peak RSS, the spans \
+the collector received (the share of requests sampled is checked against the percentage; 0 % must \
+give none) and the difference from the untraced pair of the same repetition.
+
 `--scenario chaos` runs a client sidecar and three backends of one service (`echo` v1..v3, each \
 app behind its own sidecar) under a real meshlite-control that pushes a DestinationRule with outlier \
 detection (consecutive5xxErrors 5, maxEjectionPercent 50) and a VirtualService with retries \
@@ -60,6 +68,7 @@ Examples:
   meshlite-bench                                 # the default ladder 1k, 2k, 5k, 10k RPS
   meshlite-bench --rate 2000 --peer haproxy      # one rate, 3 repetitions, beside an HAProxy pair
   meshlite-bench --rate 5000 --workers 1 --pin --json out.json
+  meshlite-bench --rate 2000 --tracing 0,10,100  # beside traced pairs sampling 0, 10, 100 %
   meshlite-bench --scenario chaos --duration 20 --json chaos.json
   meshlite-bench --scenario mesh --rate 300 --json mesh.json
   meshlite-bench --scenario control --proxies 100,1000 --json control.json";
@@ -157,6 +166,17 @@ pub struct BenchArgs {
     /// sends) and a DENY on a debug header that wins over it.
     #[arg(long)]
     pub authz: bool,
+    /// Pair scenario: also run, in the same run, one meshlite pair per sampling percentage
+    /// (`--tracing 0,10,100`, or repeated), each sidecar reporting spans (OTLP/gRPC) to a
+    /// collector this process runs on loopback; reported beside the untraced pair.
+    #[arg(
+        long,
+        value_name = "PERCENT",
+        value_delimiter = ',',
+        value_parser = parse_percent,
+        allow_negative_numbers = true
+    )]
+    pub tracing: Vec<f64>,
     /// Per-request timeout; a request slower than this counts as an error.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -210,6 +230,22 @@ pub enum PeerName {
 )]
 pub struct DurationParseError(String);
 
+/// Why a percentage argument was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a sampling percentage: give a number from 0 to 100 (`10`, `0.5`, `10%`)")]
+pub struct PercentParseError(String);
+
+/// Parses a sampling percentage, 0 to 100 inclusive (`10`, `0.5`; a trailing `%` is allowed),
+/// the range the proxy's `randomSamplingPercentage` takes.
+pub fn parse_percent(text: &str) -> Result<f64, PercentParseError> {
+    let trimmed = text.trim();
+    let number = trimmed.strip_suffix('%').unwrap_or(trimmed).trim();
+    match number.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(PercentParseError(text.to_string())),
+    }
+}
+
 /// Parses a bare number of seconds (`10`, `2.5`), or any duration Istio's grammar takes
 /// (`10s`, `500ms`, `1m30s`: the parser the proxy and the control plane share), up to 24 h.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationParseError> {
@@ -236,6 +272,53 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn bench(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("meshlite-bench").chain(args.iter().copied()))
+            .map(|c| c.bench)
+    }
+
+    #[test]
+    fn tracing_takes_a_list_or_repeats() {
+        let tracing = |args: &[&str]| bench(args).ok().map(|b| b.tracing);
+        assert_eq!(tracing(&[]), Some(vec![]), "no --tracing: no traced legs");
+        assert_eq!(
+            tracing(&["--tracing", "0,10,100"]),
+            Some(vec![0.0, 10.0, 100.0])
+        );
+        assert_eq!(
+            tracing(&["--tracing", "10", "--tracing", "0.5", "--tracing=25%"]),
+            Some(vec![10.0, 0.5, 25.0])
+        );
+    }
+
+    #[test]
+    fn tracing_refuses_what_is_not_a_percentage() {
+        for bad in [
+            ["--tracing", "101"],
+            ["--tracing", "-1"],
+            ["--tracing", "-0.5"],
+            ["--tracing", "10,200"],
+            ["--tracing", "0,-5"],
+            ["--tracing", "ten"],
+            ["--tracing", "NaN"],
+            ["--tracing", "inf"],
+            ["--tracing", ""],
+        ] {
+            let parsed = bench(&bad);
+            assert!(parsed.is_err(), "{bad:?} was accepted: {parsed:?}");
+        }
+        let message = bench(&["--tracing", "-5"]).err().map(|e| e.to_string());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("not a sampling percentage")),
+            "a negative value is refused as a percentage, not as an unknown flag: {message:?}"
+        );
+        assert_eq!(parse_percent("100").ok(), Some(100.0));
+        assert_eq!(parse_percent("0").ok(), Some(0.0));
+        assert!(parse_percent("100.01").is_err());
     }
 
     #[test]

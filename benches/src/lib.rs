@@ -11,13 +11,15 @@
 //! ([`load`]), process management ([`process`]), the launcher of meshlite's own binaries that the
 //! end-to-end tests use too ([`harness`]), `/proc` sampling ([`procfs`]), the sidecars under
 //! test ([`sidecar`]), the upstream app ([`app`]), one-shot HTTP probes of apps and sidecars
-//! ([`probe`]) and the report ([`report`]).
+//! ([`probe`]), the trace collector traced sidecars report to ([`collector`]) and the report
+//! ([`report`]).
 #![forbid(unsafe_code)]
 // The benchmark times real processes: the real clock (`std::time::Instant`) is the one meant.
 #![allow(clippy::disallowed_methods)]
 
 pub mod app;
 pub mod cli;
+pub mod collector;
 pub mod harness;
 pub mod load;
 pub mod probe;

@@ -60,6 +60,17 @@ pub fn process_cpu_ticks(pid: Option<u32>) -> Result<u64, ProcError> {
     })
 }
 
+/// `utime + stime` of one thread of this process (`/proc/self/task/TID/stat`), in clock ticks:
+/// how the trace collector's CPU is told from the load generator's, in the same process.
+pub fn thread_cpu_ticks(tid: i32) -> Result<u64, ProcError> {
+    let path = format!("/proc/self/task/{tid}/stat");
+    let text = read(&path)?;
+    parse_stat_cpu(&text).ok_or(ProcError::Parse {
+        path,
+        what: "utime/stime fields",
+    })
+}
+
 /// Parses `utime + stime` out of a `/proc/PID/stat` line.
 fn parse_stat_cpu(text: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
@@ -253,6 +264,7 @@ mod tests {
     #[test]
     fn own_process_is_readable() {
         assert!(process_cpu_ticks(None).is_ok());
+        assert!(thread_cpu_ticks(nix::unistd::gettid().as_raw()).is_ok());
         assert!(peak_rss_kb(std::process::id()).is_ok_and(|kb| kb > 0));
     }
 }

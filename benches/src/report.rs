@@ -144,6 +144,111 @@ pub struct PeerRecord {
     pub failure: Option<String>,
 }
 
+/// `--tracing`: the traced meshlite pairs of a rate, each set beside the untraced pair of the
+/// same repetition (the record's `meshed` and `sidecars`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TracingRecord {
+    /// How the spans travelled (`otlp-grpc`) and to whom: the bench's own collector on loopback.
+    pub collector: String,
+    /// One per sampling percentage, in the order given.
+    pub runs: Vec<TracedRecord>,
+}
+
+/// One traced pair: both sidecars sampling `sampling_percent` of the requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TracedRecord {
+    /// `randomSamplingPercentage` of both sidecars.
+    pub sampling_percent: f64,
+    /// Latency through the traced pair.
+    pub meshed: Option<LegRecord>,
+    /// Traced pair minus direct.
+    pub added: Option<Percentiles>,
+    /// Errors through the traced pair.
+    pub errors: u64,
+    /// Achieved rate through the traced pair.
+    pub achieved_rps: f64,
+    /// The traced pair's two sidecars (client, server).
+    pub sidecars: Vec<SidecarRecord>,
+    /// What the collector received.
+    pub spans: Option<SpanCounts>,
+    /// CPU of the collector (a thread of the bench) over the measured window, cores; taken out
+    /// of the generator's figure, counted against no sidecar.
+    pub collector_cpu_cores: f64,
+    /// The difference from the untraced pair of the same repetition.
+    pub vs_untraced: Option<TracingDelta>,
+    /// This leg, the untraced one or the direct one is disturbed.
+    pub disturbed: bool,
+    /// The span count does not match the sampling percentage (see `notes`).
+    pub spans_off: bool,
+    /// What the span check found, and the proxies' exit notes.
+    pub notes: Vec<String>,
+    /// Why the traced leg could not run, if it could not.
+    pub failure: Option<String>,
+}
+
+/// The spans one traced leg produced, as the collector received them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SpanCounts {
+    /// Every span received during the leg: warm-up, window, and the flush after it.
+    pub received: u64,
+    /// CLIENT spans (source sidecar) that started inside the measured window: one per sampled
+    /// request.
+    pub client_in_window: u64,
+    /// SERVER spans (destination sidecar) that started inside the measured window: one per
+    /// sampled request too (the decision travels with the request).
+    pub server_in_window: u64,
+    /// `client_in_window` per request due in the window, percent: the sampling seen.
+    pub sampled_percent: f64,
+    /// Export requests the collector answered.
+    pub batches: u64,
+    /// Spans the sidecars dropped (`meshlite_spans_dropped_total`: queue full, export failed);
+    /// null when their metrics could not be read.
+    pub dropped: Option<u64>,
+}
+
+/// A traced pair against the untraced one.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TracingDelta {
+    /// CPU per request of both sidecars together, percent more than untraced.
+    pub cpu_per_request_pct: f64,
+    /// The client sidecar's CPU per request, percent more.
+    pub client_cpu_pct: f64,
+    /// The server sidecar's CPU per request, percent more.
+    pub server_cpu_pct: f64,
+    /// Added latency minus the untraced pair's, ms, percentile by percentile.
+    pub latency: Percentiles,
+    /// The client sidecar's peak RSS minus the untraced one's, MB.
+    pub client_rss_mb: f64,
+    /// The server sidecar's peak RSS minus the untraced one's, MB.
+    pub server_rss_mb: f64,
+}
+
+impl TracingDelta {
+    /// `traced` against `untraced`: added latencies and both sidecars' (client, server) figures.
+    pub fn between(
+        traced: (&Percentiles, &[SidecarRecord]),
+        untraced: (&Percentiles, &[SidecarRecord]),
+    ) -> Option<Self> {
+        let ([tc, ts], [uc, us]) = (traced.1, untraced.1) else {
+            return None;
+        };
+        let pct = |t: f64, u: f64| {
+            if u > 0.0 { (t / u - 1.0) * 100.0 } else { 0.0 }
+        };
+        Some(Self {
+            cpu_per_request_pct: pct(
+                tc.cpu_ms_per_1k_req + ts.cpu_ms_per_1k_req,
+                uc.cpu_ms_per_1k_req + us.cpu_ms_per_1k_req,
+            ),
+            client_cpu_pct: pct(tc.cpu_ms_per_1k_req, uc.cpu_ms_per_1k_req),
+            server_cpu_pct: pct(ts.cpu_ms_per_1k_req, us.cpu_ms_per_1k_req),
+            latency: traced.0.minus(untraced.0),
+            client_rss_mb: tc.rss_peak_mb - uc.rss_peak_mb,
+            server_rss_mb: ts.rss_peak_mb - us.rss_peak_mb,
+        })
+    }
+}
+
 /// How a scenario drove its load: the keys every scenario's JSON starts with (flattened
 /// into each record, so the keys stay top-level).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,6 +329,9 @@ pub struct RateRecord {
     pub proxy_notes: Vec<String>,
     /// The peer pair, with `--peer`.
     pub peer: Option<PeerRecord>,
+    /// The traced pairs, with `--tracing` (left out of the JSON without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingRecord>,
     /// `[min, max]` of each figure over the repetitions used, by JSON path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spread: Option<BTreeMap<String, [f64; 2]>>,
@@ -249,7 +357,7 @@ pub enum ReportError {
 }
 
 /// Keys that describe the run rather than measure it: no spread for them.
-const SETTINGS: [&str; 8] = [
+const SETTINGS: [&str; 9] = [
     "rate_rps",
     "duration_s",
     "warmup_s",
@@ -258,6 +366,7 @@ const SETTINGS: [&str; 8] = [
     "workers",
     "repetitions",
     "threads",
+    "sampling_percent",
 ];
 
 /// Combines repetitions: medians over the clean ones (or all), plus the spread.
@@ -611,6 +720,10 @@ pub fn render(records: &[RateRecord]) -> String {
         }
     }
 
+    if records.iter().any(|r| r.tracing.is_some()) {
+        render_tracing(&mut out, records);
+    }
+
     let _ = writeln!(
         out,
         "\nThe decision record's targets beside ours (per sidecar; ours: the highest of client and server)"
@@ -642,6 +755,195 @@ pub fn render(records: &[RateRecord]) -> String {
         }
     }
     out
+}
+
+/// Issue 13's aim for traces: at this sampling, under [`TRACING_AIM_CPU_PCT`] more CPU per
+/// request (and no visible latency change).
+pub const TRACING_AIM_PERCENT: f64 = 10.0;
+/// See [`TRACING_AIM_PERCENT`].
+pub const TRACING_AIM_CPU_PCT: f64 = 5.0;
+
+/// A signed figure with its unit and, over repetitions, its range: `+3.1% [+1.2/+4.0]`.
+fn signed_cell(record: &RateRecord, path: &str, value: f64, decimals: usize, unit: &str) -> String {
+    match record.spread.as_ref().and_then(|s| s.get(path)) {
+        Some([low, high]) if (high - low).abs() > f64::EPSILON => {
+            format!("{value:+.decimals$}{unit} [{low:+.decimals$}/{high:+.decimals$}]")
+        }
+        _ => format!("{value:+.decimals$}{unit}"),
+    }
+}
+
+/// The `--tracing` table: the untraced pair, then each traced one with its deltas and spans.
+fn render_tracing(out: &mut String, records: &[RateRecord]) {
+    let collector = records
+        .iter()
+        .find_map(|r| r.tracing.as_ref())
+        .map_or("", |t| t.collector.as_str());
+    let _ = writeln!(
+        out,
+        "\nTracing: both sidecars report spans ({collector}); deltas against the untraced pair of the same repetition"
+    );
+    let _ = writeln!(
+        out,
+        "{:>6}  {:<9} {:>13} {:>13} {:>13} {:>15} {:>15} {:>15} {:>11} {:>11} {:>16} {:>11} {:>9} {:>8} {:>8} {:>9}  flags",
+        "rate",
+        "sampling",
+        "added p50",
+        "added p90",
+        "added p99",
+        "p50 vs untr.",
+        "p90 vs untr.",
+        "p99 vs untr.",
+        "client/1k",
+        "server/1k",
+        "CPU/req vs untr.",
+        "RSS MB c/s",
+        "spans",
+        "sampled",
+        "dropped",
+        "collector"
+    );
+    for r in records {
+        let Some(tracing) = &r.tracing else { continue };
+        let rate = r.load.rate_rps.to_string();
+        match (r.added.as_ref(), r.sidecars.as_slice()) {
+            (Some(added), [client, server]) => {
+                let _ = writeln!(
+                    out,
+                    "{:>6}  {:<9} {:>13} {:>13} {:>13} {:>15} {:>15} {:>15} {:>11} {:>11} {:>16} {:>11}",
+                    rate,
+                    "untraced",
+                    cell(r, "added.p50_ms", added.p50_ms, 3),
+                    cell(r, "added.p90_ms", added.p90_ms, 3),
+                    cell(r, "added.p99_ms", added.p99_ms, 2),
+                    "",
+                    "",
+                    "",
+                    cell(
+                        r,
+                        "sidecars[0].cpu_ms_per_1k_req",
+                        client.cpu_ms_per_1k_req,
+                        0
+                    ),
+                    cell(
+                        r,
+                        "sidecars[1].cpu_ms_per_1k_req",
+                        server.cpu_ms_per_1k_req,
+                        0
+                    ),
+                    "",
+                    format!("{:.1}/{:.1}", client.rss_peak_mb, server.rss_peak_mb),
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "{rate:>6}  {:<9} FAILED (no base for the deltas)",
+                    "untraced"
+                );
+            }
+        }
+        for (i, t) in tracing.runs.iter().enumerate() {
+            let p = |key: &str| format!("tracing.runs[{i}].{key}");
+            let name = format!("{} %", t.sampling_percent);
+            let (Some(added), Some(leg), [client, server]) =
+                (t.added.as_ref(), t.meshed.as_ref(), t.sidecars.as_slice())
+            else {
+                let why = t.failure.as_deref().unwrap_or("not run");
+                let first_line = why.lines().next().unwrap_or(why);
+                let _ = writeln!(out, "{:>6}  {name:<9} FAILED: {first_line}", "");
+                continue;
+            };
+            let delta = |f: fn(&TracingDelta) -> f64, key: &str, decimals: usize, unit: &str| {
+                t.vs_untraced.as_ref().map_or_else(
+                    || "-".to_string(),
+                    |d| signed_cell(r, &p(&format!("vs_untraced.{key}")), f(d), decimals, unit),
+                )
+            };
+            let spans = t.spans.as_ref();
+            let mut reasons = leg.disturbed_reasons.clone();
+            if t.disturbed && reasons.is_empty() {
+                reasons.push("the untraced or direct leg".into());
+            }
+            if t.spans_off {
+                reasons.push("span count off (see notes)".into());
+            }
+            let _ = writeln!(
+                out,
+                "{:>6}  {:<9} {:>13} {:>13} {:>13} {:>15} {:>15} {:>15} {:>11} {:>11} {:>16} {:>11} {:>9} {:>8} {:>8} {:>9}  {}",
+                "",
+                name,
+                cell(r, &p("added.p50_ms"), added.p50_ms, 3),
+                cell(r, &p("added.p90_ms"), added.p90_ms, 3),
+                cell(r, &p("added.p99_ms"), added.p99_ms, 2),
+                delta(|d| d.latency.p50_ms, "latency.p50_ms", 3, ""),
+                delta(|d| d.latency.p90_ms, "latency.p90_ms", 3, ""),
+                delta(|d| d.latency.p99_ms, "latency.p99_ms", 2, ""),
+                cell(
+                    r,
+                    &p("sidecars[0].cpu_ms_per_1k_req"),
+                    client.cpu_ms_per_1k_req,
+                    0
+                ),
+                cell(
+                    r,
+                    &p("sidecars[1].cpu_ms_per_1k_req"),
+                    server.cpu_ms_per_1k_req,
+                    0
+                ),
+                delta(|d| d.cpu_per_request_pct, "cpu_per_request_pct", 1, "%"),
+                format!("{:.1}/{:.1}", client.rss_peak_mb, server.rss_peak_mb),
+                spans.map_or_else(|| "-".into(), |s| s.received.to_string()),
+                spans.map_or_else(|| "-".into(), |s| format!("{:.1} %", s.sampled_percent)),
+                spans
+                    .and_then(|s| s.dropped)
+                    .map_or_else(|| "-".into(), |d| d.to_string()),
+                format!("{:.3}", t.collector_cpu_cores),
+                flags(t.disturbed || t.spans_off, &reasons),
+            );
+        }
+        for t in &tracing.runs {
+            for note in &t.notes {
+                let _ = writeln!(
+                    out,
+                    "{:>6}  {:<9} note: {note}",
+                    "",
+                    format!("{} %", t.sampling_percent)
+                );
+            }
+        }
+        if let Some((t, d)) = tracing
+            .runs
+            .iter()
+            .find(|t| t.sampling_percent == TRACING_AIM_PERCENT)
+            .and_then(|t| Some((t, t.vs_untraced.as_ref()?)))
+        {
+            let verdict = if d.cpu_per_request_pct < TRACING_AIM_CPU_PCT {
+                "met"
+            } else {
+                "NOT met"
+            };
+            let _ = writeln!(
+                out,
+                "{:>6}  aim at {TRACING_AIM_PERCENT} % sampling: under {TRACING_AIM_CPU_PCT} % more CPU per request: {verdict} ({:+.1} %); latency vs untraced: p50 {:+.3}, p90 {:+.3}, p99 {:+.2} ms{}",
+                "",
+                d.cpu_per_request_pct,
+                d.latency.p50_ms,
+                d.latency.p90_ms,
+                d.latency.p99_ms,
+                if t.disturbed {
+                    " (DISTURBED legs: not figures to judge by)"
+                } else {
+                    ""
+                },
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "(spans: received over the leg, warm-up and flush included; sampled: CLIENT spans started in the window per request due in it; \
+         collector: its cores over the window, counted against no sidecar)"
+    );
 }
 
 #[cfg(test)]
@@ -711,6 +1013,7 @@ mod tests {
             meshed_failure: None,
             proxy_notes: vec![],
             peer: None,
+            tracing: None,
             spread: None,
         }
     }
@@ -750,5 +1053,126 @@ mod tests {
         assert!(one.trim_start().starts_with('{') && one.contains("\"rate_rps\""));
         let ladder = to_json(&[record(0.3, false), record(0.4, false)], false).unwrap_or_default();
         assert!(ladder.contains("\"runs\""));
+    }
+
+    fn sidecar(role: &str, per_1k: f64, rss: f64) -> SidecarRecord {
+        SidecarRecord {
+            role: role.into(),
+            rss_peak_mb: rss,
+            cpu_cores: per_1k / 100.0,
+            cpu_ms_per_1k_req: per_1k,
+        }
+    }
+
+    fn traced(percent: f64, added: f64, client_per_1k: f64) -> TracedRecord {
+        let untraced = [sidecar("client", 40.0, 12.0), sidecar("server", 40.0, 11.0)];
+        let sidecars = vec![
+            sidecar("client", client_per_1k, 12.5),
+            sidecar("server", 40.0, 11.0),
+        ];
+        let latency = Percentiles {
+            p50_ms: added,
+            p90_ms: added,
+            p99_ms: added,
+            p999_ms: added,
+        };
+        let base = Percentiles {
+            p50_ms: 0.1,
+            p90_ms: 0.1,
+            p99_ms: 0.1,
+            p999_ms: 0.1,
+        };
+        TracedRecord {
+            sampling_percent: percent,
+            meshed: Some(leg(0.1 + added, false)),
+            added: Some(latency),
+            errors: 0,
+            achieved_rps: 1000.0,
+            vs_untraced: TracingDelta::between((&latency, &sidecars), (&base, &untraced)),
+            sidecars,
+            spans: Some(SpanCounts {
+                received: 2_000,
+                client_in_window: 1_000,
+                server_in_window: 1_000,
+                sampled_percent: percent,
+                batches: 4,
+                dropped: Some(0),
+            }),
+            collector_cpu_cores: 0.01,
+            disturbed: false,
+            spans_off: false,
+            notes: vec![],
+            failure: None,
+        }
+    }
+
+    #[test]
+    fn a_traced_pair_is_compared_with_the_untraced_one() {
+        let t = traced(10.0, 0.12, 44.0);
+        let d = t.vs_untraced.unwrap_or_else(|| panic!("two sidecars each"));
+        assert!(
+            (d.cpu_per_request_pct - 5.0).abs() < 1e-9,
+            "84 vs 80 ms per 1k"
+        );
+        assert!((d.client_cpu_pct - 10.0).abs() < 1e-9);
+        assert!(d.server_cpu_pct.abs() < 1e-9);
+        assert!((d.latency.p50_ms - 0.02).abs() < 1e-9);
+        assert!((d.client_rss_mb - 0.5).abs() < 1e-9);
+        assert!(
+            TracingDelta::between(
+                (&Percentiles::default(), &[]),
+                (&Percentiles::default(), &[])
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn tracing_is_in_the_json_and_the_table_only_when_asked() {
+        let plain = record(0.3, false);
+        let json = to_json(std::slice::from_ref(&plain), true).unwrap_or_default();
+        assert!(!json.contains("tracing"), "the default report is unchanged");
+        assert!(!render(std::slice::from_ref(&plain)).contains("Tracing"));
+
+        let reps: Vec<RateRecord> = [(44.0, 0.12), (42.0, 0.11), (46.0, 0.13)]
+            .into_iter()
+            .map(|(cpu, added)| {
+                let mut r = record(0.1, false);
+                r.sidecars = vec![sidecar("client", 40.0, 12.0), sidecar("server", 40.0, 11.0)];
+                r.tracing = Some(TracingRecord {
+                    collector: "otlp-grpc".into(),
+                    runs: vec![traced(0.0, 0.1, 40.0), traced(10.0, added, cpu)],
+                });
+                r
+            })
+            .collect();
+        let combined = combine(&reps).unwrap_or_else(|e| panic!("{e}"));
+        let runs = combined
+            .tracing
+            .as_ref()
+            .map(|t| t.runs.clone())
+            .unwrap_or_default();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs.get(1).map(|r| r.sampling_percent), Some(10.0));
+        assert_eq!(
+            runs.get(1)
+                .and_then(|r| r.sidecars.first())
+                .map(|s| s.cpu_ms_per_1k_req),
+            Some(44.0),
+            "the median over repetitions"
+        );
+        let spread = combined.spread.clone().unwrap_or_default();
+        assert_eq!(
+            spread.get("tracing.runs[1].sidecars[0].cpu_ms_per_1k_req"),
+            Some(&[42.0, 46.0])
+        );
+        assert!(!spread.contains_key("tracing.runs[1].sampling_percent"));
+
+        let json = to_json(std::slice::from_ref(&combined), true).unwrap_or_default();
+        assert!(json.contains("\"tracing\"") && json.contains("\"cpu_per_request_pct\""));
+        let text = render(std::slice::from_ref(&combined));
+        assert!(text.contains("Tracing:"), "{text}");
+        assert!(text.contains("untraced") && text.contains("10 %"), "{text}");
+        assert!(text.contains("aim at 10 % sampling"), "{text}");
     }
 }

@@ -260,14 +260,14 @@ pub fn start(spec: LoadSpec) -> Result<RunningLoad, LoadError> {
     }
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin_current_thread(cpu: usize) -> Result<(), LoadError> {
+/// Pins the calling thread to `cpu` (the generator's threads, and the trace collector's, which
+/// shares the generator's CPU under `--pin`).
+pub fn pin_current_thread(cpu: usize) -> Result<(), nix::Error> {
     use nix::sched::{CpuSet, sched_setaffinity};
     use nix::unistd::Pid;
     let mut set = CpuSet::new();
-    set.set(cpu)
-        .map_err(|source| LoadError::Pin { cpu, source })?;
-    sched_setaffinity(Pid::from_raw(0), &set).map_err(|source| LoadError::Pin { cpu, source })
+    set.set(cpu)?;
+    sched_setaffinity(Pid::from_raw(0), &set)
 }
 
 fn generator_thread(
@@ -281,9 +281,9 @@ fn generator_thread(
         Err(LoadError::Spec(message))
     };
     if let Some(cpu) = spec.pin_cpu
-        && let Err(error) = pin_current_thread(cpu)
+        && let Err(source) = pin_current_thread(cpu)
     {
-        return fail(error, &ready);
+        return fail(LoadError::Pin { cpu, source }, &ready);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

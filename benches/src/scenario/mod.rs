@@ -46,11 +46,19 @@ pub enum ScenarioError {
     /// The mesh scenario failed.
     #[error(transparent)]
     Mesh(#[from] mesh::MeshScenarioError),
+    /// An option was given to a scenario that does not take it.
+    #[error("{0}")]
+    Option(String),
 }
 
 /// Runs the chosen scenario; returns whether every leg ran (false: some leg failed; the report
 /// says which).
 pub fn run(args: &BenchArgs) -> Result<bool, ScenarioError> {
+    if !args.tracing.is_empty() && args.scenario != ScenarioName::Pair {
+        return Err(ScenarioError::Option(
+            "--tracing applies to the pair scenario only".into(),
+        ));
+    }
     match args.scenario {
         ScenarioName::Pair => Ok(pair::run(args)?),
         ScenarioName::Control => Ok(control::run(args)?),

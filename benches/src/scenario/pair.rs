@@ -6,19 +6,29 @@
 //! pair. Each leg has its own warm-up at the target rate, and /proc is sampled at the edges of its
 //! measured window. A leg that fails (a proxy that does not start, a generator that cannot
 //! connect) is reported as failed and the others still run.
+//!
+//! With `--tracing P1,P2,...` each repetition also runs one meshlite pair per sampling
+//! percentage, both sidecars reporting spans to the [`TraceCollector`] this process runs; the
+//! meshlite legs (untraced and traced) take turns going first from one repetition to the next,
+//! so no variant always runs on the freshest app. After a traced leg's window the scenario waits
+//! for the sidecars' last batches, counts the spans that started inside the window against the
+//! requests due in it, reads the spans the sidecars dropped from their metrics, and only then
+//! stops the pair. Each traced pair is compared with the untraced pair of its own repetition.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cli::{BenchArgs, PeerName};
+use crate::collector::{CollectorError, SpanTally, TraceCollector, WallWindow};
 use crate::load::{self, LoadError, LoadSpec};
 use crate::process::{ChildSpec, ManagedChild, ProcessError, find_program};
 use crate::procfs::{self, ProcError, Snapshot};
 use crate::report::{
-    self, LegRecord, LoadSettings, PeerRecord, RateRecord, ReportError, SidecarRecord,
+    self, LegRecord, LoadSettings, PeerRecord, RateRecord, ReportError, SidecarRecord, SpanCounts,
+    TracedRecord, TracingDelta, TracingRecord,
 };
-use crate::sidecar::meshlite::{self, MeshliteOptions, ProxyBinary};
+use crate::sidecar::meshlite::{self, MeshliteOptions, ProxyBinary, TracingOptions};
 use crate::sidecar::pki::{self, MeshPki};
 use crate::sidecar::{RunningPair, SidecarError, haproxy};
 
@@ -71,7 +81,13 @@ pub enum PairError {
     /// The report could not be produced.
     #[error(transparent)]
     Report(#[from] ReportError),
+    /// `--tracing` was given and the trace collector could not start.
+    #[error(transparent)]
+    Collector(#[from] CollectorError),
 }
+
+/// How the traced sidecars' spans travel, as the report names it.
+const COLLECTOR_NAME: &str = "otlp-grpc to the bench's own collector on loopback";
 
 /// What every repetition shares.
 struct Setup {
@@ -80,6 +96,19 @@ struct Setup {
     bench_exe: PathBuf,
     proxy: Result<ProxyBinary, String>,
     haproxy: Option<(PathBuf, String)>,
+    /// `--tracing`: the sampling percentages (each once, in the order given) and the collector.
+    tracing: Option<(Vec<f64>, TraceCollector)>,
+}
+
+/// The sampling percentages of `--tracing`, each once, in the order first given.
+fn distinct_percentages(given: &[f64]) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::with_capacity(given.len());
+    for &p in given {
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Runs the scenario, prints the tables, writes the JSON; returns false if any leg failed.
@@ -124,12 +153,20 @@ pub fn run(args: &BenchArgs) -> Result<bool, PairError> {
         },
         None => None,
     };
+    let tracing = if args.tracing.is_empty() {
+        None
+    } else {
+        // Under --pin the collector shares the generator's CPU, not the sidecars'.
+        let collector = TraceCollector::start(args.pin.then_some(GENERATOR_CPU))?;
+        Some((distinct_percentages(&args.tracing), collector))
+    };
     let setup = Setup {
         run_dir,
         pki,
         bench_exe: crate::process::own_executable().map_err(PairError::RunDir)?,
         proxy,
         haproxy,
+        tracing,
     };
     print_header(args, &setup, &rates, repeat);
 
@@ -139,8 +176,12 @@ pub fn run(args: &BenchArgs) -> Result<bool, PairError> {
         let mut reps = Vec::new();
         for rep in 1..=repeat {
             let record = run_repetition(args, &setup, rate, rep, repeat)?;
-            all_ran &=
-                record.meshed.is_some() && record.peer.as_ref().is_none_or(|p| p.meshed.is_some());
+            all_ran &= record.meshed.is_some()
+                && record.peer.as_ref().is_none_or(|p| p.meshed.is_some())
+                && record
+                    .tracing
+                    .as_ref()
+                    .is_none_or(|t| t.runs.iter().all(|r| r.meshed.is_some()));
             reps.push(record);
         }
         records.push(report::combine(&reps)?);
@@ -156,6 +197,14 @@ pub fn run(args: &BenchArgs) -> Result<bool, PairError> {
         }
         if let Some(failure) = r.peer.as_ref().and_then(|p| p.failure.as_ref()) {
             println!("peer leg failed at {} RPS:\n{failure}", r.load.rate_rps);
+        }
+        for t in r.tracing.iter().flat_map(|t| &t.runs) {
+            if let Some(failure) = &t.failure {
+                println!(
+                    "traced leg ({} % sampling) failed at {} RPS:\n{failure}",
+                    t.sampling_percent, r.load.rate_rps
+                );
+            }
         }
     }
     if let Some(path) = &args.json {
@@ -197,6 +246,19 @@ fn print_header(args: &BenchArgs, setup: &Setup, rates: &[u32], repeat: u32) {
             |u| u.config_value()
         )
     );
+    if let Some((percentages, collector)) = &setup.tracing {
+        let list: Vec<String> = percentages.iter().map(|p| format!("{p} %")).collect();
+        println!(
+            "tracing: one more meshlite pair per sampling percentage ({}), both sidecars exporting spans over OTLP/gRPC to the bench's collector at {} (a thread of this process{}; its CPU reported apart); meshlite legs take turns going first",
+            list.join(", "),
+            collector.addr(),
+            if args.pin {
+                format!(", on CPU {GENERATOR_CPU}")
+            } else {
+                String::new()
+            }
+        );
+    }
     if let Some((bin, version)) = &setup.haproxy {
         println!(
             "peer: {version} at {}, nbthread {HAPROXY_THREADS}, TLS 1.3, client certificates verified, http-reuse always",
@@ -260,7 +322,16 @@ fn start_app(
 struct LegOutcome {
     leg: LegRecord,
     sidecars: Vec<SidecarRecord>,
+    /// The measured window in wall-clock time (what span start times are compared with).
+    window: WallWindow,
+    /// The trace collector's CPU over the window, cores (0 without one).
+    collector_cores: f64,
+    /// What a traced leg's sidecars sent the collector.
+    spans: Option<SpanCounts>,
 }
+
+/// A pair's leg as run: what it measured (or why it failed) and the notes on its proxies' exit.
+type LegRun = (Result<LegOutcome, String>, Vec<String>);
 
 /// Why a leg failed (fail-soft legs keep the message).
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +342,8 @@ enum LegError {
     Proc(#[from] ProcError),
 }
 
-/// Loads `target` at `rate` and samples the app and the given sidecars over the window.
+/// Loads `target` at `rate` and samples the app and the given sidecars over the window; with
+/// `collector`, its thread's CPU too, which is taken out of the generator's (same process).
 fn measure_leg(
     args: &BenchArgs,
     rate: u32,
@@ -279,6 +351,7 @@ fn measure_leg(
     authority: &str,
     app_pid: u32,
     sidecar_pids: &[u32],
+    collector: Option<&TraceCollector>,
 ) -> Result<LegOutcome, LegError> {
     let spec = LoadSpec {
         target,
@@ -293,11 +366,15 @@ fn measure_leg(
     };
     let mut pids = vec![app_pid];
     pids.extend_from_slice(sidecar_pids);
+    let collector_ticks = || collector.map_or(Ok(0), TraceCollector::cpu_ticks);
     let running = load::start(spec)?;
+    let window = WallWindow::of(running.measure_start, running.measure_end);
     sleep_until(running.measure_start);
     let start = Snapshot::take(&pids);
+    let collector_start = collector_ticks();
     sleep_until(running.measure_end);
     let end = Snapshot::take(&pids);
+    let collector_end = collector_ticks();
     let rss: Vec<Result<u64, ProcError>> = sidecar_pids
         .iter()
         .map(|&pid| procfs::peak_rss_kb(pid))
@@ -306,12 +383,15 @@ fn measure_leg(
     let result = running.finish()?;
     let (start, end) = (start?, end?);
     let usage = procfs::usage(&start, &end);
+    let collector_cores = collector_end?.saturating_sub(collector_start?) as f64
+        / procfs::ticks_per_second()
+        / usage.seconds;
 
     let leg = super::measure::leg_record(
         &result,
         f64::from(rate),
         super::measure::LegCpu {
-            generator_cores: usage.own_cores,
+            generator_cores: (usage.own_cores - collector_cores).max(0.0),
             app_cores: usage.cores.first().copied().unwrap_or(0.0),
             other_cores: usage.other_cores,
         },
@@ -338,7 +418,13 @@ fn measure_leg(
             cpu_ms_per_1k_req: per_1k,
         });
     }
-    Ok(LegOutcome { leg, sidecars })
+    Ok(LegOutcome {
+        leg,
+        sidecars,
+        window,
+        collector_cores,
+        spans: None,
+    })
 }
 
 fn progress(rate: u32, rep: u32, repeat: u32, name: &str, leg: &LegRecord) {
@@ -362,21 +448,62 @@ fn progress(rate: u32, rep: u32, repeat: u32, name: &str, leg: &LegRecord) {
     );
 }
 
+/// Spans the sidecars at `metrics` dropped (`meshlite_spans_dropped_total`, every reason);
+/// `None` when a sidecar's metrics could not be read.
+fn spans_dropped(metrics: &[SocketAddr]) -> Option<u64> {
+    let mut total = 0.0;
+    for &addr in metrics {
+        let text = crate::probe::get_ok(addr, "/stats/prometheus").ok()?;
+        total +=
+            crate::probe::metric_sum(&text, "meshlite_spans_dropped_total", &[]).unwrap_or(0.0);
+    }
+    Some(total as u64)
+}
+
+/// The counts of a traced leg: the collector's tally against the requests due in the window.
+fn span_counts(tally: &SpanTally, requests: u64, dropped: Option<u64>) -> SpanCounts {
+    SpanCounts {
+        received: tally.received,
+        client_in_window: tally.client_in_window,
+        server_in_window: tally.server_in_window,
+        sampled_percent: if requests > 0 {
+            tally.client_in_window as f64 * 100.0 / requests as f64
+        } else {
+            0.0
+        },
+        batches: tally.batches,
+        dropped,
+    }
+}
+
 /// Runs a started pair's leg and stops the pair; returns the outcome and notes on its exit.
+/// With `collector` (a traced pair), waits for the sidecars' last spans and reads what they
+/// dropped before stopping them.
 fn pair_leg(
     args: &BenchArgs,
     rate: u32,
     app_pid: u32,
     pair: RunningPair,
-) -> (Result<LegOutcome, String>, Vec<String>) {
-    let outcome = measure_leg(
+    collector: Option<&TraceCollector>,
+) -> LegRun {
+    let mut outcome = measure_leg(
         args,
         rate,
         pair.entry,
         &pair.authority,
         app_pid,
         &pair.pids(),
+        collector,
     );
+    if let (Some(collector), Ok(o)) = (collector, outcome.as_mut()) {
+        collector.wait_quiet();
+        let dropped = spans_dropped(&pair.metrics);
+        o.spans = Some(span_counts(
+            &collector.tally(o.window),
+            o.leg.requests,
+            dropped,
+        ));
+    }
     let implementation = pair.implementation;
     let logs = format!(
         "logs: {} and {}",
@@ -392,6 +519,93 @@ fn pair_leg(
     (outcome, notes)
 }
 
+/// Starts a meshlite pair (traced when `tracing` is given) and runs its leg.
+fn meshlite_leg(
+    args: &BenchArgs,
+    setup: &Setup,
+    dir: &Path,
+    rate: u32,
+    app: (u32, SocketAddr),
+    tracing: Option<TracingOptions>,
+) -> LegRun {
+    let bin = match &setup.proxy {
+        Err(e) => return (Err(e.clone()), Vec::new()),
+        Ok(bin) => bin,
+    };
+    let opts = MeshliteOptions {
+        binary: bin.path.clone(),
+        workers: args.workers,
+        upstream: args.upstream,
+        protocol: args.protocol,
+        pin_cpu: args.pin.then_some(SERVICE_CPU),
+        authz: args.authz,
+        tracing,
+    };
+    let collector = tracing.and(setup.tracing.as_ref().map(|(_, c)| c));
+    if let Some(c) = collector {
+        c.reset();
+    }
+    match meshlite::start_pair(dir, &setup.pki, app.1, &opts) {
+        Err(e) => (Err(format!("meshlite pair did not start: {e}")), Vec::new()),
+        Ok(pair) => pair_leg(args, rate, app.0, pair, collector),
+    }
+}
+
+/// The meshlite variants of a repetition: the untraced pair (`None`), then one per sampling
+/// percentage.
+fn variants(setup: &Setup) -> Vec<Option<f64>> {
+    let mut all = vec![None];
+    if let Some((percentages, _)) = &setup.tracing {
+        all.extend(percentages.iter().copied().map(Some));
+    }
+    all
+}
+
+/// The order the variants run in repetition `rep` (1-based): rotated by one each repetition,
+/// so that each goes first in turn.
+fn rotation(count: usize, rep: u32) -> Vec<usize> {
+    let shift = usize::try_from(rep.saturating_sub(1)).unwrap_or(0) % count.max(1);
+    (0..count).map(|i| (i + shift) % count).collect()
+}
+
+/// The span check of a traced leg: empty when the spans match the sampling percentage, else
+/// what is off. Each sampled request makes one CLIENT and one SERVER span; the sampled count is
+/// binomial, so the tolerance is 4 standard deviations, plus a little for the requests at the
+/// window's edges (a span starts when its request reaches the sidecar, slightly after its
+/// intended time).
+pub fn span_check(percent: f64, requests: u64, spans: &SpanCounts) -> Vec<String> {
+    let mut off = Vec::new();
+    if percent == 0.0 {
+        if spans.received > 0 {
+            off.push(format!(
+                "{} spans received at 0 % sampling (expected none)",
+                spans.received
+            ));
+        }
+        return off;
+    }
+    let n = requests as f64;
+    let p = percent / 100.0;
+    let expected = n * p;
+    let tolerance = 4.0 * (n * p * (1.0 - p)).sqrt() + 0.01 * expected + 5.0;
+    for (kind, got) in [
+        ("CLIENT", spans.client_in_window),
+        ("SERVER", spans.server_in_window),
+    ] {
+        if (got as f64 - expected).abs() > tolerance {
+            off.push(format!(
+                "{got} {kind} spans in the window for {requests} requests at {percent} % (expected {expected:.0} ± {tolerance:.0})"
+            ));
+        }
+    }
+    if let Some(dropped) = spans.dropped.filter(|&d| d > 0) {
+        off.push(format!(
+            "the sidecars dropped {dropped} spans (meshlite_spans_dropped_total)"
+        ));
+    }
+    off
+}
+
 fn run_repetition(
     args: &BenchArgs,
     setup: &Setup,
@@ -405,50 +619,79 @@ fn run_repetition(
 
     let (app, app_addr) = start_app(args, setup, &dir)?;
     let app_pid = app.pid();
-    let direct = measure_leg(args, rate, app_addr, meshlite::SERVICE_HOST, app_pid, &[]).map_err(
-        |e| match e {
-            LegError::Load(e) => PairError::Load(e),
-            LegError::Proc(e) => PairError::Proc(e),
-        },
-    )?;
+    let direct = measure_leg(
+        args,
+        rate,
+        app_addr,
+        meshlite::SERVICE_HOST,
+        app_pid,
+        &[],
+        None,
+    )
+    .map_err(|e| match e {
+        LegError::Load(e) => PairError::Load(e),
+        LegError::Proc(e) => PairError::Proc(e),
+    })?;
     progress(rate, rep, repeat, "direct", &direct.leg);
 
-    let mut proxy_notes = Vec::new();
-    let meshed: Result<LegOutcome, String> = match &setup.proxy {
-        Err(e) => Err(e.clone()),
-        Ok(bin) => {
-            let opts = MeshliteOptions {
-                binary: bin.path.clone(),
-                workers: args.workers,
-                upstream: args.upstream,
-                protocol: args.protocol,
-                pin_cpu: pin,
-                authz: args.authz,
-            };
-            match meshlite::start_pair(&dir, &setup.pki, app_addr, &opts) {
-                Err(e) => Err(format!("meshlite pair did not start: {e}")),
-                Ok(pair) => {
-                    let (outcome, notes) = pair_leg(args, rate, app_pid, pair);
-                    proxy_notes.extend(notes);
-                    outcome
-                }
-            }
+    // The meshlite legs: the untraced pair, and with --tracing one per percentage, in turn.
+    let variants = variants(setup);
+    let mut outcomes: Vec<Option<LegRun>> = variants.iter().map(|_| None).collect();
+    for i in rotation(variants.len(), rep) {
+        let Some(&variant) = variants.get(i) else {
+            continue;
+        };
+        let tracing = variant
+            .zip(setup.tracing.as_ref())
+            .map(|(p, (_, c))| TracingOptions {
+                collector: c.addr(),
+                sampling_percent: p,
+            });
+        let name = variant.map_or_else(|| "meshlite".to_string(), |p| format!("trace {p}%"));
+        let (outcome, notes) = meshlite_leg(args, setup, &dir, rate, (app_pid, app_addr), tracing);
+        match &outcome {
+            Ok(m) => progress(rate, rep, repeat, &name, &m.leg),
+            Err(e) => eprintln!(
+                "[{rate} RPS, run {rep}/{repeat}] {name} FAILED: {}",
+                e.lines().next().unwrap_or("")
+            ),
         }
-    };
-    match &meshed {
-        Ok(m) => progress(rate, rep, repeat, "meshlite", &m.leg),
-        Err(e) => eprintln!(
-            "[{rate} RPS, run {rep}/{repeat}] meshlite FAILED: {}",
-            e.lines().next().unwrap_or("")
-        ),
+        if let (Ok(m), Some(spans)) = (&outcome, outcome.as_ref().ok().and_then(|m| m.spans)) {
+            eprintln!(
+                "[{rate} RPS, run {rep}/{repeat}] {name:<8} spans: {} received, {} CLIENT + {} SERVER in the window for {} requests ({:.1} % sampled), {} dropped, collector {:.3} cores",
+                spans.received,
+                spans.client_in_window,
+                spans.server_in_window,
+                m.leg.requests,
+                spans.sampled_percent,
+                spans
+                    .dropped
+                    .map_or_else(|| "?".to_string(), |d| d.to_string()),
+                m.collector_cores,
+            );
+        }
+        if let Some(slot) = outcomes.get_mut(i) {
+            *slot = Some((outcome, notes));
+        }
     }
+    let mut outcomes = outcomes.into_iter().flatten();
+    let (meshed, proxy_notes) = outcomes
+        .next()
+        .unwrap_or_else(|| (Err("not run".into()), Vec::new()));
+    let traced: Vec<(f64, Result<LegOutcome, String>, Vec<String>)> = variants
+        .iter()
+        .skip(1)
+        .flatten()
+        .zip(outcomes)
+        .map(|(&p, (outcome, notes))| (p, outcome, notes))
+        .collect();
 
     let peer = setup.haproxy.as_ref().map(|(bin, version)| {
         let outcome = match haproxy::start_pair(bin, &dir, &setup.pki, app_addr, args.protocol, pin)
         {
             Err(e) => Err(format!("haproxy pair did not start: {e}")),
             // HAProxy's exit on SIGTERM is its own business; only meshlite's is checked.
-            Ok(pair) => pair_leg(args, rate, app_pid, pair).0,
+            Ok(pair) => pair_leg(args, rate, app_pid, pair, None).0,
         };
         match &outcome {
             Ok(m) => progress(rate, rep, repeat, "haproxy", &m.leg),
@@ -462,6 +705,15 @@ fn run_repetition(
     // The app is ours: a failure to stop it cleanly changes no figure.
     let _ = app.stop();
 
+    let tracing = setup.tracing.as_ref().map(|_| TracingRecord {
+        collector: COLLECTOR_NAME.into(),
+        runs: traced
+            .into_iter()
+            .map(|(p, outcome, notes)| {
+                traced_record(p, &direct.leg, meshed.as_ref().ok(), outcome, notes)
+            })
+            .collect(),
+    });
     let (meshed_leg, sidecars, meshed_failure) = match meshed {
         Ok(m) => (Some(m.leg), m.sidecars, None),
         Err(e) => (None, Vec::new(), Some(e)),
@@ -490,8 +742,65 @@ fn run_repetition(
         meshed_failure,
         proxy_notes,
         peer,
+        tracing,
         spread: None,
     })
+}
+
+/// A traced leg's record, compared with the untraced leg of the same repetition.
+fn traced_record(
+    percent: f64,
+    direct: &LegRecord,
+    untraced: Option<&LegOutcome>,
+    outcome: Result<LegOutcome, String>,
+    exit_notes: Vec<String>,
+) -> TracedRecord {
+    match outcome {
+        Ok(m) => {
+            let added = m.leg.latency.minus(&direct.latency);
+            let untraced_added = untraced.map(|u| u.leg.latency.minus(&direct.latency));
+            let vs_untraced = untraced.zip(untraced_added.as_ref()).and_then(|(u, ua)| {
+                TracingDelta::between((&added, &m.sidecars), (ua, &u.sidecars))
+            });
+            let off = m
+                .spans
+                .as_ref()
+                .map(|s| span_check(percent, m.leg.requests, s))
+                .unwrap_or_default();
+            TracedRecord {
+                sampling_percent: percent,
+                added: Some(added),
+                errors: m.leg.errors,
+                achieved_rps: m.leg.achieved_rps,
+                disturbed: m.leg.disturbed
+                    || direct.disturbed
+                    || untraced.is_some_and(|u| u.leg.disturbed),
+                spans_off: !off.is_empty(),
+                notes: off.into_iter().chain(exit_notes).collect(),
+                meshed: Some(m.leg),
+                sidecars: m.sidecars,
+                spans: m.spans,
+                collector_cpu_cores: m.collector_cores,
+                vs_untraced,
+                failure: None,
+            }
+        }
+        Err(e) => TracedRecord {
+            sampling_percent: percent,
+            meshed: None,
+            added: None,
+            errors: 0,
+            achieved_rps: 0.0,
+            sidecars: Vec::new(),
+            spans: None,
+            collector_cpu_cores: 0.0,
+            vs_untraced: None,
+            disturbed: false,
+            spans_off: false,
+            notes: exit_notes,
+            failure: Some(e),
+        },
+    }
 }
 
 fn peer_record(
@@ -524,5 +833,59 @@ fn peer_record(
             disturbed: false,
             failure: Some(e),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(received: u64, client: u64, server: u64, dropped: u64) -> SpanCounts {
+        SpanCounts {
+            received,
+            client_in_window: client,
+            server_in_window: server,
+            sampled_percent: 0.0,
+            batches: 1,
+            dropped: Some(dropped),
+        }
+    }
+
+    #[test]
+    fn spans_are_checked_against_the_sampling_percentage() {
+        assert!(span_check(0.0, 10_000, &counts(0, 0, 0, 0)).is_empty());
+        assert_eq!(span_check(0.0, 10_000, &counts(3, 2, 1, 0)).len(), 1);
+        assert!(span_check(100.0, 10_000, &counts(24_000, 10_003, 9_998, 0)).is_empty());
+        assert!(
+            span_check(10.0, 10_000, &counts(2_400, 1_040, 1_040, 0)).is_empty(),
+            "within the binomial spread"
+        );
+        assert_eq!(
+            span_check(10.0, 10_000, &counts(1_200, 600, 600, 0)).len(),
+            2,
+            "both kinds short"
+        );
+        assert_eq!(
+            span_check(100.0, 10_000, &counts(20_000, 10_000, 10_000, 7)).len(),
+            1,
+            "spans the sidecars dropped are named"
+        );
+    }
+
+    #[test]
+    fn each_variant_goes_first_in_turn() {
+        assert_eq!(rotation(1, 1), vec![0]);
+        assert_eq!(rotation(1, 7), vec![0]);
+        assert_eq!(rotation(3, 1), vec![0, 1, 2]);
+        assert_eq!(rotation(3, 2), vec![1, 2, 0]);
+        assert_eq!(rotation(3, 4), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn percentages_are_run_once_each_in_the_order_given() {
+        assert_eq!(
+            distinct_percentages(&[10.0, 0.0, 10.0, 100.0, 0.0]),
+            vec![10.0, 0.0, 100.0]
+        );
     }
 }

@@ -139,5 +139,6 @@ pub fn start_pair(
         server,
         entry,
         authority: super::meshlite::SERVICE_HOST.to_string(),
+        metrics: Vec::new(),
     })
 }

@@ -51,6 +51,36 @@ pub struct MeshliteOptions {
     pub pin_cpu: Option<usize>,
     /// The server sidecar enforces [`AUTHZ`].
     pub authz: bool,
+    /// Both sidecars report spans (`--tracing`); `None`: no `tracing` section, no spans.
+    pub tracing: Option<TracingOptions>,
+}
+
+/// A traced pair's `tracing` section: where spans go and how many requests start a trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TracingOptions {
+    /// The OTLP/gRPC collector (the one the bench runs).
+    pub collector: SocketAddr,
+    /// `randomSamplingPercentage`, 0 to 100.
+    pub sampling_percent: f64,
+}
+
+impl TracingOptions {
+    /// The `tracing` section, as Istio writes an `opentelemetry` provider and the Telemetry
+    /// API's sampling (see the proxy's `config::tracing`).
+    pub fn yaml(&self) -> String {
+        format!(
+            "tracing:\n  provider:\n    opentelemetry: {{service: \"{}\", port: {}}}\n  randomSamplingPercentage: {}\n",
+            self.collector.ip(),
+            self.collector.port(),
+            self.sampling_percent
+        )
+    }
+
+    /// The name its pair's files and logs carry (`meshlite-trace10`), apart from the
+    /// untraced pair's of the same repetition.
+    fn pair_name(&self) -> String {
+        format!("meshlite-trace{}", self.sampling_percent)
+    }
 }
 
 /// The decision record's authorization shape (`llm-processor` only for `intent-controller`
@@ -87,6 +117,16 @@ fn static_mode(pki: &MeshPki, cert: &Path, key: &Path) -> Mode {
 /// The server-side sidecar's config: inbound port 80 handed to `app`, every listener on port 0;
 /// with `authz`, [`AUTHZ`] in force.
 pub fn server_config(pki: &MeshPki, app: SocketAddr, protocol: Protocol, authz: bool) -> String {
+    server_sidecar(pki, app, protocol, authz).to_yaml()
+}
+
+/// See [`server_config`].
+fn server_sidecar(
+    pki: &MeshPki,
+    app: SocketAddr,
+    protocol: Protocol,
+    authz: bool,
+) -> SidecarConfig {
     let mut c = SidecarConfig::new(
         SERVER_ID,
         "server",
@@ -100,7 +140,7 @@ pub fn server_config(pki: &MeshPki, app: SocketAddr, protocol: Protocol, authz: 
     if authz {
         c.inbound_extra = AUTHZ.to_string();
     }
-    c.to_yaml()
+    c
 }
 
 /// The client-side sidecar's config: service `app:80` at `server_inbound`, expecting the server
@@ -111,6 +151,16 @@ pub fn client_config(
     protocol: Protocol,
     upstream: Option<UpstreamProtocol>,
 ) -> String {
+    client_sidecar(pki, server_inbound, protocol, upstream).to_yaml()
+}
+
+/// See [`client_config`].
+fn client_sidecar(
+    pki: &MeshPki,
+    server_inbound: SocketAddr,
+    protocol: Protocol,
+    upstream: Option<UpstreamProtocol>,
+) -> SidecarConfig {
     let mut c = SidecarConfig::new(
         CLIENT_ID,
         "client",
@@ -126,7 +176,7 @@ pub fn client_config(
         listen: None,
     });
     c.upstream_protocol = upstream.map(|u| u.config_value().to_string());
-    c.to_yaml()
+    c
 }
 
 /// Starts one proxy of the pair through the harness, waiting until it is ready.
@@ -144,30 +194,39 @@ fn start_proxy(
         .start()?)
 }
 
-/// Starts the server-side sidecar (inbound -> `app`), then the client-side one pointing at it.
+/// Starts the server-side sidecar (inbound -> `app`), then the client-side one pointing at it;
+/// with `opts.tracing`, both report spans, and their files and logs are named apart
+/// (`meshlite-trace10-server.yaml`) from the untraced pair's (`meshlite-server.yaml`).
 pub fn start_pair(
     run_dir: &Path,
     pki: &MeshPki,
     app: SocketAddr,
     opts: &MeshliteOptions,
 ) -> Result<RunningPair, SidecarError> {
-    let server_yaml = run_dir.join("meshlite-server.yaml");
-    write_text(
-        &server_yaml,
-        &server_config(pki, app, opts.protocol, opts.authz),
-    )?;
-    let server = start_proxy("meshlite-server", &server_yaml, run_dir, opts)?;
+    let name = opts
+        .tracing
+        .as_ref()
+        .map_or_else(|| "meshlite".to_string(), TracingOptions::pair_name);
+    let tracing = opts.tracing.as_ref().map(TracingOptions::yaml);
 
-    let client_yaml = run_dir.join("meshlite-client.yaml");
+    let server_name = format!("{name}-server");
+    let server_yaml = run_dir.join(format!("{server_name}.yaml"));
+    let mut server_cfg = server_sidecar(pki, app, opts.protocol, opts.authz);
+    server_cfg.extra = tracing.clone().unwrap_or_default();
+    write_text(&server_yaml, &server_cfg.to_yaml())?;
+    let server = start_proxy(&server_name, &server_yaml, run_dir, opts)?;
+
+    let client_name = format!("{name}-client");
+    let client_yaml = run_dir.join(format!("{client_name}.yaml"));
     let inbound = connectable(server.listening().inbound);
-    write_text(
-        &client_yaml,
-        &client_config(pki, inbound, opts.protocol, opts.upstream),
-    )?;
-    let client = start_proxy("meshlite-client", &client_yaml, run_dir, opts)?;
+    let mut client_cfg = client_sidecar(pki, inbound, opts.protocol, opts.upstream);
+    client_cfg.extra = tracing.unwrap_or_default();
+    write_text(&client_yaml, &client_cfg.to_yaml())?;
+    let client = start_proxy(&client_name, &client_yaml, run_dir, opts)?;
     Ok(RunningPair {
         implementation: "meshlite",
         entry: client.outbound(),
+        metrics: vec![client.metrics(), server.metrics()],
         client: client.into_child(),
         server: server.into_child(),
         authority: SERVICE_HOST.to_string(),
@@ -178,16 +237,20 @@ pub fn start_pair(
 mod tests {
     use super::*;
 
-    #[test]
-    fn client_config_names_upstream_only_when_asked() {
-        let pki = MeshPki {
+    fn pki() -> MeshPki {
+        MeshPki {
             root: "/p/root.crt".into(),
             client_cert: "/p/client.crt".into(),
             client_key: "/p/client.key".into(),
             server_cert: "/p/server.crt".into(),
             server_key: "/p/server.key".into(),
             haproxy_dir: "/p/haproxy".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn client_config_names_upstream_only_when_asked() {
+        let pki = pki();
         let addr: SocketAddr = "127.0.0.1:16006"
             .parse()
             .unwrap_or(SocketAddr::from(([0; 4], 0)));
@@ -197,5 +260,34 @@ mod tests {
         let h1 = client_config(&pki, addr, Protocol::Grpc, Some(UpstreamProtocol::Http1));
         assert!(h1.contains("upstream:\n  protocol: http1"));
         assert!(h1.contains("protocol: grpc"));
+    }
+
+    #[test]
+    fn a_traced_sidecar_config_is_what_the_proxy_reads() {
+        let t = TracingOptions {
+            collector: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            sampling_percent: 12.5,
+        };
+        let mut c = client_sidecar(&pki(), t.collector, Protocol::Http1, None);
+        c.extra = t.yaml();
+        let parsed = meshlite_proxy::config::ProxyConfig::parse(
+            &c.to_yaml(),
+            Path::new("/p/meshlite-trace12.5-client.yaml"),
+        );
+        let tracing = parsed.as_ref().ok().and_then(|c| c.tracing.as_ref());
+        assert_eq!(
+            tracing.and_then(|t| t.random_sampling_percentage),
+            Some(12.5),
+            "{:?}",
+            parsed.err()
+        );
+        let otlp = tracing
+            .and_then(|c| c.provider.as_ref())
+            .and_then(|p| p.opentelemetry.as_ref());
+        assert_eq!(
+            otlp.map(|c| (c.service.as_str(), c.port)),
+            Some(("127.0.0.1", 4317))
+        );
+        assert_eq!(t.pair_name(), "meshlite-trace12.5");
     }
 }

@@ -59,6 +59,8 @@ pub struct RunningPair {
     pub entry: SocketAddr,
     /// Host / `:authority` the generator names.
     pub authority: String,
+    /// The sidecars' Prometheus endpoints (client, server), where they serve one (meshlite).
+    pub metrics: Vec<SocketAddr>,
 }
 
 impl RunningPair {

@@ -1,0 +1,193 @@
+//! `meshlite-bench --tracing`, run for real: the bench binary, its app, an untraced meshlite
+//! pair and two traced ones (0 % and 100 % sampling) exporting to the bench's own collector,
+//! at a low rate for a short window, checked through the JSON report a user would read.
+//!
+//! It runs the debug `meshlite-proxy` (debug figures mean nothing; only the spans and the
+//! report's shape are checked), as the end-to-end tests do: `MESHLITE_PROXY_BIN` names it,
+//! else `target/debug/meshlite-proxy`, which is built with `cargo build -p meshlite-proxy`
+//! when missing. Build it first to keep the test short:
+//!
+//! ```sh
+//! cargo build -p meshlite-proxy && cargo test -p meshlite-bench --test tracing
+//! ```
+#![forbid(unsafe_code)]
+// A test: a failed expectation is a failed test, and the child is timed with the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The longest the short run may take (sidecar start-ups, a flush wait per traced leg).
+const RUN_DEADLINE: Duration = Duration::from_secs(180);
+/// The longest a missing proxy's debug build may take.
+const BUILD_DEADLINE: Duration = Duration::from_secs(900);
+
+/// Waits for `child` until `deadline`, killing it past that.
+fn wait_bounded(mut child: std::process::Child, deadline: Duration, what: &str) -> bool {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status.success();
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The debug proxy under test: `$MESHLITE_PROXY_BIN`, else the workspace's debug build (made
+/// with `cargo build -p meshlite-proxy` when missing).
+fn proxy_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MESHLITE_PROXY_BIN") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "MESHLITE_PROXY_BIN={} does not exist",
+            path.display()
+        );
+        return path;
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("benches/ lives in the workspace");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    let binary = target.join("debug").join("meshlite-proxy");
+    if !binary.is_file() {
+        eprintln!("building meshlite-proxy (debug; set MESHLITE_PROXY_BIN to skip)");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let build = Command::new(cargo)
+            .args(["build", "-p", "meshlite-proxy"])
+            .current_dir(workspace)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("run cargo build -p meshlite-proxy");
+        assert!(
+            wait_bounded(build, BUILD_DEADLINE, "cargo build -p meshlite-proxy"),
+            "cargo build -p meshlite-proxy failed"
+        );
+    }
+    assert!(binary.is_file(), "{} is missing", binary.display());
+    binary
+}
+
+fn number(v: &Value, pointer: &str) -> f64 {
+    v.pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{pointer} is not a number in the report"))
+}
+
+#[test]
+fn traced_pairs_report_spans_at_100_percent_and_none_at_0() {
+    let proxy = proxy_binary();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json_path = dir.path().join("report.json");
+    let log_path = dir.path().join("bench.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_meshlite-bench"))
+        .args([
+            "--rate",
+            "100",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.5",
+            "--repeat",
+            "1",
+            "--connections",
+            "4",
+            "--workers",
+            "1",
+            "--tracing",
+            "0,100",
+            "--json",
+        ])
+        .arg(&json_path)
+        .env("MESHLITE_PROXY_BIN", &proxy)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("start meshlite-bench");
+    let ok = wait_bounded(child, RUN_DEADLINE, "meshlite-bench --tracing 0,100");
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(ok, "meshlite-bench failed:\n{output}");
+    assert!(
+        output.contains("Tracing: both sidecars report spans"),
+        "the text report has the tracing table:\n{output}"
+    );
+
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("the JSON report"))
+            .expect("the JSON report parses");
+    assert!(
+        report.pointer("/meshed").is_some_and(|m| !m.is_null()),
+        "the untraced pair ran:\n{output}"
+    );
+    let runs = report
+        .pointer("/tracing/runs")
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("tracing.runs in the report:\n{report:#}"));
+    assert_eq!(runs.len(), 2, "{report:#}");
+    let (zero, full) = (&runs[0], &runs[1]);
+
+    assert_eq!(number(zero, "/sampling_percent"), 0.0);
+    assert!(
+        zero.pointer("/failure").is_some_and(Value::is_null),
+        "{zero:#}"
+    );
+    assert_eq!(
+        number(zero, "/spans/received"),
+        0.0,
+        "0 % sampling sends no span:\n{zero:#}"
+    );
+    assert_eq!(zero.pointer("/spans_off"), Some(&Value::Bool(false)));
+
+    assert_eq!(number(full, "/sampling_percent"), 100.0);
+    assert!(
+        full.pointer("/failure").is_some_and(Value::is_null),
+        "{full:#}"
+    );
+    let requests = number(full, "/meshed/requests");
+    let client = number(full, "/spans/client_in_window");
+    let server = number(full, "/spans/server_in_window");
+    assert!(
+        number(full, "/spans/received") > 0.0 && client > 0.0 && server > 0.0,
+        "100 % sampling sends spans from both sidecars:\n{full:#}"
+    );
+    assert!(
+        (client - requests).abs() <= 5.0 + 0.01 * requests,
+        "one CLIENT span per request in the window ({client} for {requests}):\n{full:#}"
+    );
+    assert_eq!(
+        full.pointer("/spans_off"),
+        Some(&Value::Bool(false)),
+        "{full:#}"
+    );
+    assert_eq!(number(full, "/spans/dropped"), 0.0, "{full:#}");
+    for run in [zero, full] {
+        assert!(
+            run.pointer("/vs_untraced/cpu_per_request_pct")
+                .is_some_and(Value::is_number),
+            "each traced pair is compared with the untraced one:\n{run:#}"
+        );
+        assert!(number(run, "/collector_cpu_cores") >= 0.0);
+        assert_eq!(
+            run.pointer("/sidecars")
+                .and_then(Value::as_array)
+                .map(Vec::len),
+            Some(2)
+        );
+    }
+}
