@@ -439,9 +439,10 @@ pub struct Workload {
     /// Audit every authorization decision (`--audit-log-all`).
     pub audit_all: bool,
     /// `proxy_stats_matcher.inclusion_prefixes` of its sidecar. The tests read cluster
-    /// statistics (circuit breakers, retries, outlier detection), which Istio's default set
-    /// leaves out, so by default every cluster's are included, as a user's
-    /// `proxyStatsMatcher` would; empty: Istio's default set, or the MeshConfig's.
+    /// statistics (circuit breakers, retries, outlier detection) and the HTTP filters'
+    /// (ext_authz, jwt_authn), which Istio's default set leaves out, so by default they are
+    /// included, as a user's `proxyStatsMatcher` would; empty: Istio's default set, or the
+    /// MeshConfig's.
     pub stats_prefixes: Vec<String>,
     /// Opaque TCP services of the static file (the control plane's TCP services have no
     /// explicit listener), each with an outbound listener on `127.0.0.1:0`.
@@ -479,7 +480,7 @@ impl Workload {
             locality: None,
             upstream_protocol: None,
             audit_all: false,
-            stats_prefixes: vec!["cluster.".to_string()],
+            stats_prefixes: vec!["cluster.".to_string(), "http.".to_string()],
             static_tcp: Vec::new(),
         }
     }

@@ -156,8 +156,9 @@ impl SidecarSpec {
         c.inbound = self.inbound.clone();
         c.services = self.services.clone();
         c.upstream_protocol = self.upstream_protocol.clone();
-        // The tests read cluster statistics, which Istio's default set leaves out.
-        c.stats_prefixes = vec!["cluster.".to_string()];
+        // The tests read cluster and HTTP filter statistics, which Istio's default set
+        // leaves out.
+        c.stats_prefixes = vec!["cluster.".to_string(), "http.".to_string()];
         let l = &self.limits;
         c.limits = [
             (

@@ -87,9 +87,7 @@ fn respond(
         (&Method::GET, "/stats/prometheus" | "/metrics") if role != Role::Health => {
             let metrics = &ctx.telemetry.metrics;
             // The matcher of the snapshot serving now.
-            metrics
-                .clusters
-                .set_matcher(ctx.snapshot.load().stats_matcher.clone());
+            metrics.set_stats_matcher(ctx.snapshot.load().stats_matcher.clone());
             text(
                 StatusCode::OK,
                 metrics.encode(),

@@ -6,7 +6,9 @@
 //! so recording clones pointers, not strings.
 
 use crate::telemetry::prom::Counter;
-use prometheus_client::encoding::EncodeLabelSet;
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use super::cluster_stats::ClusterStatsRegistry;
 use super::istio::{IstioMetrics, TcpEvent, TcpReport};
 use super::series::SeriesLimits;
+use super::stats_matcher::StatsMatcher;
 
 /// A shared label value.
 pub type Label = Arc<str>;
@@ -47,6 +50,8 @@ struct ReasonLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The `proxyStatsMatcher` the HTTP filters' statistics follow.
+    stats_gate: StatsGate,
     /// Istio's standard request and TCP families.
     pub istio: Arc<IstioMetrics>,
     /// `meshlite_metric_series_dropped_total`: records not kept because their family held
@@ -150,29 +155,97 @@ struct ExtAuthzFamilies {
 }
 
 impl ExtAuthzFamilies {
-    fn register(registry: &mut Registry) -> Self {
+    fn register(registry: &mut Registry, gate: &StatsGate) -> Self {
         let f = Self::default();
         for (stat, help, family) in [
-            ("ok", "Checks the external authorizer allowed", &f.ok),
-            ("denied", "Checks the external authorizer denied", &f.denied),
+            (
+                "ok",
+                "Checks the external authorizer allowed, by provider",
+                &f.ok,
+            ),
+            (
+                "denied",
+                "Checks the external authorizer denied, by provider",
+                &f.denied,
+            ),
             (
                 "error",
-                "Checks the external authorizer gave no answer to (unreachable, timeout, error)",
+                "Checks the external authorizer gave no answer to (unreachable, timeout, \
+                 error), by provider",
                 &f.error,
             ),
             (
                 "failure_mode_allowed",
-                "Requests allowed by failOpen although the external authorizer gave no answer",
+                "Requests allowed by failOpen although the external authorizer gave no \
+                 answer, by provider",
                 &f.failure_mode_allowed,
             ),
         ] {
-            registry.register(
+            gate.register(
+                registry,
                 format!("envoy_http_ext_authz_{stat}"),
-                format!("{help}, by provider"),
+                help,
+                format!("http.{INBOUND_STAT_PREFIX}.ext_authz.{stat}"),
                 family.clone(),
             );
         }
         f
+    }
+}
+
+/// The stat prefix of Istio's inbound HTTP connection manager, under which Envoy names the
+/// statistics of its HTTP filters (`http.inbound_0.0.0.0_15006.ext_authz.ok`).
+const INBOUND_STAT_PREFIX: &str = "inbound_0.0.0.0_15006";
+
+/// The `proxyStatsMatcher` in force, shared by the statistics it selects at each scrape.
+#[derive(Clone, Debug, Default)]
+pub struct StatsGate(Arc<ArcSwap<StatsMatcher>>);
+
+impl StatsGate {
+    /// Puts `matcher` in force for the next scrapes.
+    pub fn set(&self, matcher: Arc<StatsMatcher>) {
+        self.0.store(matcher);
+    }
+
+    /// Registers `metric` under `name`, exported only while the matcher includes its Envoy
+    /// name `envoy`.
+    fn register<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static>(
+        &self,
+        registry: &mut Registry,
+        name: impl Into<String>,
+        help: &'static str,
+        envoy: String,
+        metric: M,
+    ) {
+        registry.register_collector(Box::new(Gated {
+            name: name.into(),
+            help,
+            envoy,
+            metric,
+            gate: self.clone(),
+        }));
+    }
+}
+
+/// One Envoy statistic (or family) that Istio exports only when `proxyStatsMatcher`
+/// includes it.
+#[derive(Debug)]
+struct Gated<M> {
+    name: String,
+    help: &'static str,
+    envoy: String,
+    metric: M,
+    gate: StatsGate,
+}
+
+impl<M: EncodeMetric + std::fmt::Debug + Send + Sync + 'static> Collector for Gated<M> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if !self.gate.0.load().matches(&self.envoy) {
+            return Ok(());
+        }
+        let family =
+            encoder.encode_descriptor(&self.name, self.help, None, self.metric.metric_type())?;
+        self.metric.encode(family)
     }
 }
 
@@ -191,11 +264,11 @@ pub struct SecurityMetrics {
 }
 
 impl SecurityMetrics {
-    fn register(registry: &mut Registry) -> Self {
+    fn register(registry: &mut Registry, gate: &StatsGate) -> Self {
         let mut m = Self {
             http: RbacFamilies::register(registry, "http", "HTTP requests"),
             tcp: RbacFamilies::register(registry, "tcp", "TCP connections"),
-            ext_authz: ExtAuthzFamilies::register(registry),
+            ext_authz: ExtAuthzFamilies::register(registry, gate),
             ..Default::default()
         };
         m.refused = Family::default();
@@ -210,14 +283,18 @@ impl SecurityMetrics {
             "Audit log lines dropped because the writer fell behind",
             m.audit_log_dropped.clone(),
         );
-        registry.register(
+        gate.register(
+            registry,
             "envoy_http_jwt_authn_allowed",
             "Requests RequestAuthentication let through: a verified JWT, or none presented",
+            format!("http.{INBOUND_STAT_PREFIX}.jwt_authn.allowed"),
             m.jwt.allowed.clone(),
         );
-        registry.register(
+        gate.register(
+            registry,
             "envoy_http_jwt_authn_denied",
             "Requests RequestAuthentication refused with 401: a JWT presented and not valid",
+            format!("http.{INBOUND_STAT_PREFIX}.jwt_authn.denied"),
             m.jwt.denied.clone(),
         );
         m
@@ -462,9 +539,11 @@ impl Metrics {
         let control = ControlMetrics::register(&mut registry);
         let clusters = Arc::new(ClusterStatsRegistry::default());
         registry.register_collector(Box::new(clusters.clone()));
-        let security = SecurityMetrics::register(&mut registry);
+        let stats_gate = StatsGate::default();
+        let security = SecurityMetrics::register(&mut registry, &stats_gate);
         let traces = super::trace::TraceStats::register(&mut registry);
         Self {
+            stats_gate,
             traces,
             security,
             control,
@@ -481,6 +560,13 @@ impl Metrics {
         }
     }
 
+    /// Puts the `proxyStatsMatcher` of the snapshot serving now in force for the next
+    /// scrapes: which cluster and HTTP filter statistics are exported.
+    pub fn set_stats_matcher(&self, matcher: Arc<StatsMatcher>) {
+        self.clusters.set_matcher(matcher.clone());
+        self.stats_gate.set(matcher);
+    }
+
     /// Counts a downstream connection the proxy closed on purpose.
     pub fn closed_by_proxy(&self, reason: &'static str) {
         self.closed_by_reason
@@ -491,5 +577,45 @@ impl Metrics {
     /// Renders the registry in Prometheus text format 0.0.4 ([`super::prom`]).
     pub fn encode(&self) -> String {
         super::prom::encode(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::authz::StatsSource;
+    use crate::telemetry::stats_matcher::StatsInclusions;
+
+    #[test]
+    fn http_filter_statistics_follow_the_stats_matcher_as_istio_exports_them() {
+        let m = Metrics::new();
+        m.security.ext_authz("opa").denied.inc();
+        m.security.jwt_authn().allowed.inc();
+        let text = m.encode();
+        assert!(
+            !text.contains("envoy_http_ext_authz") && !text.contains("envoy_http_jwt_authn"),
+            "Istio's default set leaves the HTTP filters' statistics out: {text}"
+        );
+        let only_ext_authz = StatsMatcher::new(&StatsInclusions {
+            regexps: vec![".*ext_authz.*".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        m.set_stats_matcher(Arc::new(only_ext_authz));
+        let text = m.encode();
+        assert!(
+            text.contains("envoy_http_ext_authz_denied{provider=\"opa\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("envoy_http_jwt_authn"), "{text}");
+        let by_suffix = StatsMatcher::new(&StatsInclusions {
+            suffixes: vec!["jwt_authn.allowed".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        m.set_stats_matcher(Arc::new(by_suffix));
+        let text = m.encode();
+        assert!(text.contains("envoy_http_jwt_authn_allowed 1"), "{text}");
+        assert!(!text.contains("envoy_http_jwt_authn_denied"), "{text}");
     }
 }
