@@ -1,6 +1,7 @@
 //! Telemetry: Istio-compatible Prometheus metrics, JSON access logs and distributed traces.
 
 pub mod access_log;
+pub mod batch;
 pub mod cluster_stats;
 pub mod exchange;
 pub mod istio;
