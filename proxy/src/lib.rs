@@ -193,8 +193,12 @@ impl RunningProxy {
         let server_tls = identity.server_config()?;
         let access_log = match opts.access_log {
             Some(t) => Some(
-                AccessLog::start(t, metrics.access_log_dropped.clone())
-                    .map_err(StartError::AccessLog)?,
+                AccessLog::start_counting(
+                    t,
+                    metrics.access_log.queue_full.clone(),
+                    metrics.access_log.write_failed.clone(),
+                )
+                .map_err(StartError::AccessLog)?,
             ),
             None => None,
         };

@@ -29,7 +29,9 @@ struct Cli {
     /// whose sidecar needs more than a core.
     #[arg(long, env = "MESHLITE_WORKERS", default_value_t = 1)]
     workers: usize,
-    /// Write JSON access log lines to PATH (`-` for stdout). Off by default.
+    /// Write JSON access log lines to PATH (`-` for stdout). Off by default, unless
+    /// Telemetry resources turn access logging on: their `envoy` provider (`/dev/stdout`)
+    /// then writes here when this is set, else to standard output.
     #[arg(long, env = "MESHLITE_ACCESS_LOG")]
     access_log: Option<String>,
     /// Write the authorization audit log to PATH (`-`, the default, for stdout): requests

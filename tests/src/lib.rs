@@ -19,6 +19,7 @@
 //! - [`payload`] makes and checks the deterministic bytes of large streamed bodies;
 //! - [`prometheus`] reads the proxies' metrics text;
 //! - [`tracing`] runs trace collectors (OTLP/gRPC and Zipkin) and an app that calls on;
+//! - [`log_collector`] runs an OpenTelemetry logs collector (OTLP/gRPC), for access logs;
 //! - [`tls_peers`] stands in for a sidecar whose certificate no sidecar would start with;
 //! - [`deadline`] polls for a condition with a deadline instead of sleeping and hoping.
 //!
@@ -44,6 +45,7 @@ pub mod ext_authz;
 pub mod fake_control;
 pub mod grpc;
 pub mod jwt;
+pub mod log_collector;
 pub mod mesh;
 pub mod payload;
 pub mod pki;

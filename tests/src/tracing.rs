@@ -62,7 +62,8 @@ fn lock(r: &Received) -> std::sync::MutexGuard<'_, Vec<ReceivedSpan>> {
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lowercase hex (trace and span ids).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -84,7 +85,8 @@ struct Otlp {
     received: Received,
 }
 
-fn any_text(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+/// An OTLP attribute value as text ("" when absent or structured).
+pub(crate) fn any_text(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
     match v.and_then(|v| v.value.as_ref()) {
         Some(any_value::Value::StringValue(s)) => s.clone(),
         Some(any_value::Value::IntValue(i)) => i.to_string(),

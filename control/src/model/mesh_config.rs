@@ -5,8 +5,9 @@
 //! aliases, path normalisation, the number of trusted proxies in front of callers, the
 //! extension providers AuthorizationPolicy CUSTOM actions name, and the trace collectors
 //! (`opentelemetry`, `zipkin` providers, `defaultProviders.tracing`,
-//! `defaultConfig.tracing.sampling`). Providers of other kinds (access logging, metrics) are
-//! read so a user's file loads without errors.
+//! `defaultConfig.tracing.sampling`), and the access-log providers (`envoyFileAccessLog`,
+//! `envoyOtelAls`, `defaultProviders.accessLogging`). Providers of other kinds are read so a
+//! user's file loads without errors.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +43,8 @@ pub struct DefaultProviders {
     pub tracing: Vec<String>,
     /// Metrics providers (read, not used).
     pub metrics: Vec<String>,
-    /// Access log providers (read, not used).
+    /// Access log providers: where every sidecar logs when no Telemetry resource
+    /// configures access logging, and what an `accessLogging` entry without providers uses.
     pub access_logging: Vec<String>,
 }
 
@@ -128,10 +130,10 @@ pub struct ProviderConfig {
     pub zipkin: Option<TracingCollector>,
     /// OpenTelemetry tracing: spans over OTLP/gRPC to `service:port`.
     pub opentelemetry: Option<TracingCollector>,
-    /// Envoy file access log.
-    pub envoy_file_access_log: Option<serde_json::Value>,
-    /// OpenTelemetry access log.
-    pub envoy_otel_als: Option<serde_json::Value>,
+    /// Envoy file access log: lines appended to a file (`/dev/stdout`: standard output).
+    pub envoy_file_access_log: Option<FileAccessLog>,
+    /// OpenTelemetry access log: log records over OTLP/gRPC to a collector.
+    pub envoy_otel_als: Option<OtelAccessLog>,
     /// Envoy HTTP gRPC access log.
     pub envoy_http_als: Option<serde_json::Value>,
     /// Envoy TCP gRPC access log.
@@ -183,6 +185,30 @@ pub struct TracingCollector {
     pub port: u32,
     /// The longest `http.url` tag (Envoy's default, 256).
     pub max_tag_length: Option<u32>,
+}
+
+/// `envoyFileAccessLog`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FileAccessLog {
+    /// The file; `/dev/stdout` is standard output (Istio's built-in `envoy` provider).
+    pub path: String,
+    /// `logFormat` (`text` or `labels`): read, not applied; sidecars write their JSON line.
+    pub log_format: Option<serde_json::Value>,
+}
+
+/// `envoyOtelAls`: Envoy's OpenTelemetry access logger.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OtelAccessLog {
+    /// `[<namespace>/]<hostname>` of the collector.
+    pub service: String,
+    /// Its OTLP/gRPC port (4317).
+    pub port: u32,
+    /// The records' `log_name` (Istio's default `otel_envoy_accesslog`).
+    pub log_name: Option<String>,
+    /// `logFormat` (`text`, `labels`): read, not applied; records carry the default fields.
+    pub log_format: Option<serde_json::Value>,
 }
 
 /// `envoyExtAuthzGrpc`: Envoy's `envoy.service.auth.v3.Authorization/Check` over gRPC.

@@ -22,6 +22,10 @@ pub const BUILT_IN_PROVIDERS: [(&str, &str); 3] = [
     ("envoy", "envoyFileAccessLog"),
 ];
 
+/// Istio's built-in access-log provider: its name and the file it writes (standard output,
+/// the container convention).
+pub const BUILT_IN_ACCESS_LOG_PROVIDER: (&str, &str) = ("envoy", "/dev/stdout");
+
 /// The metrics providers in force where no Telemetry names one: Istio's install default
 /// (`defaultProviders.metrics: [prometheus]`).
 pub const DEFAULT_METRICS_PROVIDERS: [&str; 1] = ["prometheus"];

@@ -12,9 +12,9 @@ use super::duration;
 
 use crate::jwks::{FAIL_CLOSED_JWKS, ResolvedJwks};
 use crate::model::{
-    AuthzAction, BodyInCheck, ConfigSet, DestinationRule, MeshConfig, MtlsMode, Named,
-    PathNormalization, PeerAuthentication, ProviderConfig, ROOT_NAMESPACE, SimpleLb, TrafficPolicy,
-    WorkloadSelector,
+    AuthzAction, BUILT_IN_ACCESS_LOG_PROVIDER, BodyInCheck, ConfigSet, DestinationRule, MeshConfig,
+    MtlsMode, Named, PathNormalization, PeerAuthentication, ProviderConfig, ROOT_NAMESPACE,
+    SimpleLb, TrafficPolicy, WorkloadSelector,
 };
 use crate::registry::Workload;
 
@@ -559,7 +559,59 @@ pub fn mesh(config: Option<&MeshConfig>) -> v1::MeshConfig {
             .as_ref()
             .and_then(|d| d.tracing.as_ref())
             .and_then(|t| t.sampling),
+        access_log_providers: access_log_providers(&m.extension_providers),
+        default_access_log_providers: m
+            .default_providers
+            .as_ref()
+            .map(|d| d.access_logging.clone())
+            .unwrap_or_default(),
     }
+}
+
+/// The `extensionProviders` sidecars can send access logs to (file and OpenTelemetry), then
+/// Istio's built-in `envoy` provider (standard output) unless one of them is named so.
+fn access_log_providers(providers: &[ProviderConfig]) -> Vec<v1::AccessLogProvider> {
+    use v1::access_log_provider::{File, Kind, OpenTelemetry};
+    let mut out: Vec<v1::AccessLogProvider> = providers
+        .iter()
+        .filter_map(|p| {
+            let kind = if let Some(f) = &p.envoy_file_access_log {
+                Kind::File(File {
+                    path: f.path.clone(),
+                })
+            } else {
+                let o = p.envoy_otel_als.as_ref()?;
+                Kind::Opentelemetry(OpenTelemetry {
+                    service: host_of(&o.service).to_string(),
+                    port: o.port,
+                    log_name: o.log_name.clone().unwrap_or_default(),
+                })
+            };
+            Some(v1::AccessLogProvider {
+                name: p.name.clone(),
+                kind: Some(kind),
+            })
+        })
+        .collect();
+    let (builtin, path) = BUILT_IN_ACCESS_LOG_PROVIDER;
+    if !providers
+        .iter()
+        .any(|p| p.name.eq_ignore_ascii_case(builtin))
+    {
+        out.push(v1::AccessLogProvider {
+            name: builtin.to_string(),
+            kind: Some(Kind::File(File {
+                path: path.to_string(),
+            })),
+        });
+    }
+    out
+}
+
+/// The hostname of a provider's `[<namespace>/]<hostname>` service: the namespace only
+/// disambiguates in Istio's registry, the hostname is what the proxy resolves.
+fn host_of(service: &str) -> &str {
+    service.rsplit_once('/').map_or(service, |(_, h)| h)
 }
 
 /// An `extensionProviders` entry as the trace collector sidecars report to, if it is one.
@@ -572,11 +624,7 @@ fn tracing_provider(p: &ProviderConfig) -> Option<v1::TracingProvider> {
     };
     Some(v1::TracingProvider {
         name: p.name.clone(),
-        service: c
-            .service
-            .rsplit_once('/')
-            .map_or(c.service.as_str(), |(_, h)| h)
-            .to_string(),
+        service: host_of(&c.service).to_string(),
         port: c.port,
         max_tag_length: c.max_tag_length.unwrap_or(0),
         kind: Some(kind),
@@ -588,12 +636,7 @@ fn tracing_provider(p: &ProviderConfig) -> Option<v1::TracingProvider> {
 /// registry, the hostname is what the proxy resolves.
 fn ext_authz(p: &ProviderConfig) -> Option<v1::ExtAuthzProvider> {
     use v1::ext_authz_provider::{Grpc, Http, Kind};
-    let host = |service: &str| {
-        service
-            .rsplit_once('/')
-            .map_or(service, |(_, h)| h)
-            .to_string()
-    };
+    let host = |service: &str| host_of(service).to_string();
     let status = |s: &Option<String>| s.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = |b: &Option<BodyInCheck>| {
         b.as_ref().map(|b| v1::ext_authz_provider::BodyInCheck {

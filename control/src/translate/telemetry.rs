@@ -21,11 +21,12 @@
 //!   side and undone only by a later `disabled: false`, where istiod drops the provider on
 //!   both sides and lets any later override bring it back.
 //! - `accessLogging`: the providers in force are the most specific resource's (else the
-//!   default provider); per provider and side, the most specific entry that applies wins,
-//!   with its `disabled` and its `filter` (istiod takes the filter of the last entry that
-//!   names the provider explicitly; meshlite also takes it from an entry that inherits the
-//!   provider). A provider in force that no entry enables on a side is off there, as in
-//!   istiod.
+//!   MeshConfig's `defaultProviders.accessLogging`, else the sidecar's own default, sent as
+//!   an entry without providers); per provider and side, the most specific entry that
+//!   applies wins, with its `disabled` and its `filter` (istiod takes the filter of the last
+//!   entry that names the provider explicitly; meshlite also takes it from an entry that
+//!   inherits the provider). A provider in force that no entry enables on a side is off
+//!   there, as in istiod.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -85,7 +86,7 @@ pub fn resolve(config: &ConfigSet, w: &Workload) -> Option<v1::WorkloadTelemetry
         tracing,
         server_tracing,
         metric_overrides: metric_overrides(&specs, mesh),
-        access_logging: access_logging(&specs),
+        access_logging: access_logging(&specs, mesh),
         sources: levels.iter().map(|t| t.key()).collect(),
     })
 }
@@ -392,11 +393,24 @@ enum LogState {
     On(String),
 }
 
-/// The resolved `accessLogging`, per provider (`""`: the default provider) and side.
-fn access_logging(levels: &[&Telemetry]) -> Vec<v1::AccessLogging> {
+/// The resolved `accessLogging`, per provider and side. Entries without providers use the
+/// MeshConfig's `defaultProviders.accessLogging`, or without those the sidecar's own default
+/// (`""`: its `--access-log` target, else standard output).
+fn access_logging(levels: &[&Telemetry], mesh: Option<&MeshConfig>) -> Vec<v1::AccessLogging> {
     if levels.iter().all(|t| t.access_logging.is_empty()) {
         return Vec::new();
     }
+    let defaults: Vec<String> = mesh
+        .and_then(|m| m.default_providers.as_ref())
+        .map(|d| {
+            d.access_logging
+                .iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+        .filter(|d: &Vec<String>| !d.is_empty())
+        .unwrap_or_else(|| vec![String::new()]);
     // The providers in force: those named by the most specific resource that names any.
     let in_force: BTreeSet<String> = levels
         .iter()
@@ -407,12 +421,12 @@ fn access_logging(levels: &[&Telemetry]) -> Vec<v1::AccessLogging> {
                 .collect::<BTreeSet<String>>()
         })
         .rfind(|n| !n.is_empty())
-        .unwrap_or_else(|| BTreeSet::from([String::new()]));
+        .unwrap_or_else(|| defaults.iter().cloned().collect());
     let mut state: BTreeMap<&str, [LogState; 2]> = in_force
         .iter()
         .map(|p| (p.as_str(), [LogState::Off, LogState::Off]))
         .collect();
-    let mut parent = vec![String::new()];
+    let mut parent = defaults.clone();
     for entry in levels.iter().flat_map(|t| &t.access_logging) {
         let named = names(&entry.providers);
         let providers = if named.is_empty() {

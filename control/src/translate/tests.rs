@@ -1142,6 +1142,81 @@ fn tracing_providers_and_the_default_sampling_reach_every_sidecar() {
 }
 
 #[test]
+fn access_log_providers_and_the_default_ones_reach_every_sidecar_with_the_built_in_envoy() {
+    let mesh_config = "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+        metadata: {name: seed, namespace: istio-system}\nspec:\n  meshConfig:\n    \
+        defaultProviders:\n      accessLogging: [otel-als]\n    \
+        extensionProviders:\n    \
+        - name: otel-als\n      envoyOtelAls: {service: monitoring/opentelemetry-collector.monitoring.svc.cluster.local, port: 4317}\n    \
+        - name: audit\n      envoyFileAccessLog: {path: /var/log/mesh/access.log}\n    \
+        - name: named-als\n      envoyOtelAls: {service: otel.monitoring, port: 4317, logName: mesh-access}\n    \
+        - name: otel\n      opentelemetry: {service: opentelemetry-collector.monitoring, port: 4317}\n"
+        .to_string();
+    let caller = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
+    let m = mesh(config(&[mesh_config]), std::slice::from_ref(&caller));
+    let pushed: v1::MeshConfig = decode(&m.view_for(&caller), type_url::MESH_CONFIG, "mesh");
+    use v1::access_log_provider::{File, Kind, OpenTelemetry};
+    let provider = |name: &str, kind: Kind| v1::AccessLogProvider {
+        name: name.into(),
+        kind: Some(kind),
+    };
+    assert_eq!(
+        pushed.access_log_providers,
+        vec![
+            provider(
+                "otel-als",
+                Kind::Opentelemetry(OpenTelemetry {
+                    service: "opentelemetry-collector.monitoring.svc.cluster.local".into(),
+                    port: 4317,
+                    log_name: String::new(),
+                })
+            ),
+            provider(
+                "audit",
+                Kind::File(File {
+                    path: "/var/log/mesh/access.log".into()
+                })
+            ),
+            provider(
+                "named-als",
+                Kind::Opentelemetry(OpenTelemetry {
+                    service: "otel.monitoring".into(),
+                    port: 4317,
+                    log_name: "mesh-access".into(),
+                })
+            ),
+            provider(
+                "envoy",
+                Kind::File(File {
+                    path: "/dev/stdout".into()
+                })
+            ),
+        ],
+        "trace collectors are not access-log providers; Istio's built-in envoy is added"
+    );
+    assert_eq!(pushed.default_access_log_providers, ["otel-als"]);
+
+    // A MeshConfig that defines its own `envoy` replaces the built-in one.
+    let own_envoy = "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+        metadata: {name: seed, namespace: istio-system}\nspec:\n  meshConfig:\n    \
+        extensionProviders:\n    \
+        - name: envoy\n      envoyFileAccessLog: {path: /dev/stderr}\n"
+        .to_string();
+    let m = mesh(config(&[own_envoy]), std::slice::from_ref(&caller));
+    let pushed: v1::MeshConfig = decode(&m.view_for(&caller), type_url::MESH_CONFIG, "mesh");
+    assert_eq!(
+        pushed.access_log_providers,
+        vec![provider(
+            "envoy",
+            Kind::File(File {
+                path: "/dev/stderr".into()
+            })
+        )]
+    );
+    assert!(pushed.default_access_log_providers.is_empty());
+}
+
+#[test]
 fn a_workloads_telemetry_reaches_it_in_its_inbound_policy_and_a_change_is_pushed_to_it() {
     let mesh_wide = doc(
         "Telemetry",

@@ -2,8 +2,8 @@
 //! error; what Istio silently does in a surprising way is a warning that says so.
 
 use crate::model::{
-    AuthorizationPolicy, AuthzAction, JwtRule, MeshConfig, PeerAuthentication, ROOT_NAMESPACE,
-    RequestAuthentication, Rule, WorkloadSelector,
+    AuthorizationPolicy, AuthzAction, BUILT_IN_ACCESS_LOG_PROVIDER, JwtRule, MeshConfig,
+    PeerAuthentication, ROOT_NAMESPACE, RequestAuthentication, Rule, WorkloadSelector,
 };
 use crate::source::{Resource, ResourceSpec};
 
@@ -607,6 +607,27 @@ impl Checker<'_> {
                 );
             }
         }
+        let logging = m
+            .default_providers
+            .iter()
+            .flat_map(|d| d.access_logging.iter());
+        for (i, name) in logging.enumerate() {
+            let declared = m
+                .extension_providers
+                .iter()
+                .find(|p| p.name.eq_ignore_ascii_case(name));
+            let builtin = name.eq_ignore_ascii_case(BUILT_IN_ACCESS_LOG_PROVIDER.0);
+            let logs = declared.map_or(builtin, |p| {
+                p.envoy_file_access_log.is_some() || p.envoy_otel_als.is_some()
+            });
+            if !logs {
+                self.warning(
+                    r,
+                    format!("defaultProviders.accessLogging[{i}]"),
+                    format!("no envoyFileAccessLog or envoyOtelAls provider `{name}` in extensionProviders (nor the built-in envoy): nothing is logged to it"),
+                );
+            }
+        }
         if let Some(s) = m
             .default_config
             .as_ref()
@@ -787,10 +808,63 @@ impl Checker<'_> {
                     );
                 }
             }
+            if let Some(o) = &p.envoy_otel_als {
+                if o.service.is_empty() {
+                    self.error(
+                        r,
+                        format!("{fp}.envoyOtelAls.service"),
+                        "the collector's service is required",
+                    );
+                }
+                if !(1..=65535).contains(&o.port) {
+                    self.error(
+                        r,
+                        format!("{fp}.envoyOtelAls.port"),
+                        "not a port number (1-65535)",
+                    );
+                }
+            }
+            if let Some(f) = &p.envoy_file_access_log
+                && f.path.trim().is_empty()
+            {
+                self.error(
+                    r,
+                    format!("{fp}.envoyFileAccessLog.path"),
+                    "the file is required (/dev/stdout for standard output)",
+                );
+            }
+            let formats = [
+                (
+                    "envoyFileAccessLog",
+                    p.envoy_file_access_log
+                        .as_ref()
+                        .and_then(|f| f.log_format.as_ref()),
+                ),
+                (
+                    "envoyOtelAls",
+                    p.envoy_otel_als
+                        .as_ref()
+                        .and_then(|o| o.log_format.as_ref()),
+                ),
+            ];
+            for (kind, format) in formats {
+                if format.is_some() {
+                    self.warning(
+                        r,
+                        format!("{fp}.{kind}.logFormat"),
+                        "not applied: sidecars log Envoy's default fields (Istio's JSON access log format) whatever the format says",
+                    );
+                }
+            }
             for k in kinds {
                 if !matches!(
                     k,
-                    "envoyExtAuthzGrpc" | "envoyExtAuthzHttp" | "opentelemetry" | "zipkin"
+                    "envoyExtAuthzGrpc"
+                        | "envoyExtAuthzHttp"
+                        | "opentelemetry"
+                        | "zipkin"
+                        | "envoyFileAccessLog"
+                        | "envoyOtelAls"
                 ) {
                     self.warning(
                         r,

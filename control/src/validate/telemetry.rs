@@ -19,6 +19,9 @@ use crate::source::{Resource, ResourceSpec};
 
 use super::Checker;
 
+/// The access-log provider kinds sidecars deliver to.
+const SIDECAR_LOG_KINDS: [&str; 2] = ["envoyFileAccessLog", "envoyOtelAls"];
+
 /// The signal a provider is named for.
 #[derive(Clone, Copy)]
 enum Signal {
@@ -318,6 +321,22 @@ impl Checker<'_> {
 
     fn access_logging(&mut self, r: &Resource, l: &AccessLogging, p: &str) {
         self.providers(r, &l.providers, p, Signal::AccessLogging);
+        for (i, provider) in l.providers.iter().enumerate() {
+            let name = provider.name.trim();
+            let Some(kinds) = self.provider_kinds(name) else {
+                continue;
+            };
+            if let Some(kind) = kinds
+                .iter()
+                .find(|k| ACCESS_LOG_PROVIDER_KINDS.contains(k) && !SIDECAR_LOG_KINDS.contains(k))
+            {
+                self.warning(
+                    r,
+                    format!("{p}.providers[{i}].name"),
+                    format!("`{name}` is a provider of kind {kind}, which meshlite's sidecars do not export to (they write files and standard output, and export OpenTelemetry logs): nothing is logged to it"),
+                );
+            }
+        }
         if let Some(f) = &l.filter
             && let Some(e) = cel_error(&f.expression)
         {

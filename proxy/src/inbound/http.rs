@@ -188,7 +188,10 @@ pub async fn handle(
         conn.remote,
     );
     if let Some(entry) = log.as_deref_mut() {
-        entry.downstream_peer_principal = conn.identity.as_ref().map(|p| p.principal().to_string());
+        entry.downstream_peer_principal = conn
+            .identity
+            .as_ref()
+            .map(|p| format!("spiffe://{}", p.principal()));
     }
     // A request without a body has nothing to count.
     let received = (!hyper::body::Body::is_end_stream(req.body())).then(Arc::<BodyCount>::default);
@@ -246,9 +249,14 @@ pub async fn handle(
                             permits.request = Some(permit);
                             if let Some(l) = log.as_deref_mut() {
                                 l.upstream_host = Some(target.target.to_string());
+                                l.sending_upstream();
                             }
                             response_changes = changes;
-                            (target.protocol, forward::to_app(ctx, target, req).await)
+                            let answer = forward::to_app(ctx, target, req).await;
+                            if let (Some(l), Ok(_)) = (log.as_deref_mut(), &answer) {
+                                l.upstream_answered();
+                            }
+                            (target.protocol, answer)
                         }
                     },
                 }

@@ -172,6 +172,7 @@ impl<'a> Upstream for ClusterHosts<'a, '_> {
     ) -> impl Future<Output = Result<Response<ProxyBody>, SendError>> {
         if let Some(l) = self.log.as_deref_mut() {
             l.upstream_host = Some(host.label().to_string());
+            l.sending_upstream();
         }
         let cluster = self.cluster;
         if let Host::Mesh(endpoint) = host {
@@ -205,6 +206,13 @@ impl<'a> Upstream for ClusterHosts<'a, '_> {
         index: usize,
         result: &Result<Response<ProxyBody>, ProxyError>,
     ) {
+        if let (Some(l), Ok(_)) = (self.log.as_deref_mut(), result) {
+            l.upstream_answered();
+            l.upstream_peer_principal = match host {
+                Host::Mesh(endpoint) => endpoint.verified.principal(),
+                Host::External(_) => None,
+            };
+        }
         let Host::Mesh(endpoint) = host else {
             return;
         };

@@ -48,6 +48,9 @@ pub struct Endpoint {
     pub active: Arc<std::sync::atomic::AtomicU64>,
     /// Its response-time estimate (peak EWMA reads it).
     pub latency: crate::balance::ewma::PeakEwma,
+    /// The identity its mutual TLS handshakes verified (the access log's
+    /// `upstream_peer_principal`); shared with its pools, which record it.
+    pub verified: Arc<crate::transport::connect::VerifiedPeer>,
 }
 
 impl Endpoint {

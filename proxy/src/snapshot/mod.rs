@@ -139,6 +139,9 @@ pub struct Snapshot {
     pub stats_matcher: Arc<crate::telemetry::stats_matcher::StatsMatcher>,
     /// Distributed tracing, per side; a side without a tracer leaves trace headers untouched.
     pub tracing: crate::telemetry::trace::Tracers,
+    /// The MeshConfig's access-log providers, ready to take lines (the next snapshot keeps
+    /// their writers and exporters while they are unchanged).
+    pub access_log_providers: crate::telemetry::access_log::providers::LogProviders,
 }
 
 /// The mutual TLS modes among the ports a workload serves.

@@ -1,14 +1,32 @@
 //! JSON access log lines, one per request, written off the request path.
 //!
-//! Field names follow Istio's JSON access log format (`start_time`, `response_flags`,
-//! `upstream_transport_failure_reason`, ...), so existing log pipelines parse them. The request
-//! path only formats the line and hands it to a bounded channel; a background task writes.
-//! When the writer falls behind, lines are dropped and counted rather than blocking requests.
+//! Field names follow Istio's JSON access log format and Envoy's command operators
+//! (`start_time`, `response_flags`, `upstream_service_time`,
+//! `upstream_transport_failure_reason`, ...), so existing log pipelines parse them. The
+//! request path only fills the entry; when the response stream ends the entry goes to each
+//! provider its Telemetry names ([`providers`]): a JSON line to a file or standard output
+//! through a bounded channel and a writer thread ([`AccessLog`]), or a record to an
+//! OpenTelemetry collector ([`otlp`]). When a writer or an exporter falls behind, lines are
+//! dropped and counted (`meshlite_access_log_dropped_total{reason}`) rather than blocking
+//! requests.
 
-use serde::Serialize;
+pub mod otlp;
+pub mod providers;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::{Serialize, Serializer};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::identity::spiffe::SpiffeId;
+use crate::telemetry::prom::Counter;
+use crate::telemetry::trace::propagation::{SpanId, TraceId};
 
 /// Lines buffered before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
@@ -22,17 +40,102 @@ pub enum AccessLogTarget {
     File(PathBuf),
 }
 
-/// A Telemetry filter and the request headers it will read when the line is complete.
-pub type PendingFilter = (
-    std::sync::Arc<super::workload::LogFilter>,
-    Vec<(String, String)>,
-);
+/// The `reason` label of dropped lines.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropReason {
+    reason: &'static str,
+}
+
+/// What became of access-log lines that were not delivered, and of records the
+/// OpenTelemetry collector took.
+#[derive(Clone, Debug, Default)]
+pub struct AccessLogStats {
+    /// `meshlite_access_log_dropped_total{reason="queue_full"}`: a writer's or exporter's
+    /// queue had no room (the file, the terminal or the collector is slower than the traffic).
+    pub queue_full: Counter,
+    /// `{reason="write_failed"}`: the file could not be opened or written (its writer stopped).
+    pub write_failed: Counter,
+    /// `{reason="export_failed"}`: records in batches the collector did not take
+    /// (unreachable, refused, timed out).
+    pub export_failed: Counter,
+    /// `meshlite_access_log_exported_total`: records the OpenTelemetry collector accepted.
+    pub exported: Counter,
+}
+
+impl AccessLogStats {
+    /// Registers the counters in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let dropped = Family::<DropReason, Counter>::default();
+        registry.register(
+            "meshlite_access_log_dropped_total",
+            "Access log lines not delivered, by reason (queue_full: the writer or exporter fell \
+             behind; write_failed: the file could not be written; export_failed: the \
+             OpenTelemetry collector did not take the batch)",
+            dropped.clone(),
+        );
+        let exported = Counter::default();
+        registry.register(
+            "meshlite_access_log_exported_total",
+            "Access log records the OpenTelemetry collector accepted",
+            exported.clone(),
+        );
+        let reason = |reason| dropped.get_or_create(&DropReason { reason }).clone();
+        Self {
+            queue_full: reason("queue_full"),
+            write_failed: reason("write_failed"),
+            export_failed: reason("export_failed"),
+            exported,
+        }
+    }
+}
+
+/// The request headers a Telemetry filter reads, kept from the request's arrival until the
+/// line is complete.
+pub type FilterHeaders = Vec<(String, String)>;
+
+/// When the request started: serialised as RFC 3339 UTC with milliseconds (Envoy's
+/// `%START_TIME%`), formatted only when the line is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartTime(pub SystemTime);
+
+impl Default for StartTime {
+    fn default() -> Self {
+        Self(SystemTime::UNIX_EPOCH)
+    }
+}
+
+impl Serialize for StartTime {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&rfc3339(self.0))
+    }
+}
+
+fn hex_trace<S: Serializer>(id: &Option<TraceId>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(&id.to_hex_string()),
+        None => s.serialize_none(),
+    }
+}
+
+fn hex_span<S: Serializer>(id: &Option<SpanId>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(&id.to_hex_string()),
+        None => s.serialize_none(),
+    }
+}
+
+fn spiffe_uri<S: Serializer>(id: &Option<Arc<SpiffeId>>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(id.as_str()),
+        None => s.serialize_none(),
+    }
+}
 
 /// One request's log line.
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct AccessLogEntry {
     /// RFC 3339 UTC time the request started.
-    pub start_time: String,
+    pub start_time: StartTime,
     /// `outbound` (client side, reporter=source) or `inbound`.
     pub direction: &'static str,
     /// HTTP method.
@@ -55,6 +158,10 @@ pub struct AccessLogEntry {
     pub duration: u64,
     /// Same value under an explicit name.
     pub duration_ms: u64,
+    /// Milliseconds from sending the request upstream (the destination sidecar, or the local
+    /// app) to its response headers, retries included (Envoy's
+    /// `%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%`); absent without an upstream response.
+    pub upstream_service_time: Option<u64>,
     /// `x-forwarded-for` as received.
     pub x_forwarded_for: Option<String>,
     /// `user-agent`.
@@ -69,17 +176,31 @@ pub struct AccessLogEntry {
     pub upstream_cluster: Option<String>,
     /// Client address.
     pub downstream_remote_address: String,
-    /// The verified peer identity (inbound).
+    /// The caller's verified SPIFFE ID (inbound, over mutual TLS; Envoy's
+    /// `%DOWNSTREAM_PEER_URI_SAN%`).
     pub downstream_peer_principal: Option<String>,
+    /// The destination sidecar's verified SPIFFE ID (outbound, over mutual TLS; Envoy's
+    /// `%UPSTREAM_PEER_URI_SAN%`).
+    #[serde(serialize_with = "spiffe_uri")]
+    pub upstream_peer_principal: Option<Arc<SpiffeId>>,
     /// Why the proxy answered itself, when it did (Envoy's `%RESPONSE_CODE_DETAILS%`, e.g.
     /// `rbac_access_denied_matched_policy[default/deny-debug]`).
     pub response_code_details: Option<String>,
-    /// The writer the line goes to.
+    /// The request's trace (32 hex digits) when it is traced (Envoy's `%TRACE_ID%`).
+    #[serde(serialize_with = "hex_trace")]
+    pub trace_id: Option<TraceId>,
+    /// This sidecar's span of the request (16 hex digits) when it is traced.
+    #[serde(serialize_with = "hex_span")]
+    pub span_id: Option<SpanId>,
+    /// Where the line goes, and the filter of each destination.
     #[serde(skip)]
-    pub sink: super::LogSink,
-    /// The Telemetry filter the line must pass, with the request headers it reads.
+    pub routes: providers::LogRoutes,
+    /// The request headers a filter of [`Self::routes`] reads (`None`: no filter).
     #[serde(skip)]
-    pub filter: Option<PendingFilter>,
+    pub filter_headers: Option<FilterHeaders>,
+    /// When the request was sent upstream (for `upstream_service_time`).
+    #[serde(skip)]
+    pub sent_upstream: Option<tokio::time::Instant>,
 }
 
 impl AccessLogEntry {
@@ -92,38 +213,50 @@ impl AccessLogEntry {
         req: &http::Request<B>,
         remote: std::net::SocketAddr,
     ) -> Option<Box<Self>> {
-        let (sink, filter) = telemetry.access_log_for(t, reporter)?;
+        let routes = telemetry.access_log_for(t, reporter)?;
         let direction = match reporter {
             super::workload::Reporter::Source => "outbound",
             super::workload::Reporter::Destination => "inbound",
         };
         let mut entry = Box::new(Self::for_request(req, direction, remote));
-        entry.sink = sink;
-        if let Some(f) = filter {
-            entry.filtered_by(f, req);
+        if routes.filtered() {
+            entry.keep_filter_headers(req);
         }
+        entry.routes = routes;
         Some(entry)
     }
 
-    /// Sets the filter the line must pass, keeping the request's headers for it.
-    pub fn filtered_by<B>(
-        &mut self,
-        filter: std::sync::Arc<super::workload::LogFilter>,
-        req: &http::Request<B>,
-    ) {
+    /// Keeps the request's headers for the filters the line must pass.
+    pub fn keep_filter_headers<B>(&mut self, req: &http::Request<B>) {
         let headers = req
             .headers()
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        self.filter = Some((filter, headers));
+        self.filter_headers = Some(headers);
     }
 
-    /// Whether the complete line passes its filter (no filter: yes).
-    pub fn passes(&self) -> bool {
-        let Some((filter, headers)) = &self.filter else {
+    /// Notes that the request is being sent upstream now (the first attempt's send: the
+    /// service time includes retries, as Envoy's does).
+    pub fn sending_upstream(&mut self) {
+        if self.sent_upstream.is_none() {
+            self.sent_upstream = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// Notes that the upstream's response headers arrived: `upstream_service_time`.
+    pub fn upstream_answered(&mut self) {
+        if let Some(at) = self.sent_upstream {
+            self.upstream_service_time = Some(at.elapsed().as_millis() as u64);
+        }
+    }
+
+    /// Whether the complete line passes `filter` (no filter: yes).
+    pub fn passes(&self, filter: Option<&super::workload::LogFilter>) -> bool {
+        let Some(filter) = filter else {
             return true;
         };
+        let headers = self.filter_headers.as_deref().unwrap_or(&[]);
         filter.allows(&super::attributes::LogAttributes {
             headers,
             method: &self.method,
@@ -149,7 +282,7 @@ impl AccessLogEntry {
         let h = req.headers();
         let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
         Self {
-            start_time: rfc3339(std::time::SystemTime::now()),
+            start_time: StartTime(SystemTime::now()),
             direction,
             method: req.method().to_string(),
             path: req
@@ -181,18 +314,29 @@ pub fn version_label(v: http::Version) -> &'static str {
     }
 }
 
-/// Sender side of the access log.
+/// Sender side of one JSON-lines writer (a file, or standard output). Cloning shares it.
 #[derive(Clone, Debug)]
 pub struct AccessLog {
     tx: mpsc::Sender<String>,
-    dropped: crate::telemetry::prom::Counter,
+    /// Counts lines the writer had no room for.
+    queue_full: Counter,
+    /// Counts lines sent after the writer stopped (the target could not be written).
+    write_failed: Counter,
 }
 
 impl AccessLog {
-    /// Starts the writer task for `target`.
-    pub fn start(
+    /// Starts the writer thread for `target`; lines it has no room for are counted in
+    /// `dropped` (a failed target's too).
+    pub fn start(target: AccessLogTarget, dropped: Counter) -> std::io::Result<Self> {
+        Self::start_counting(target, dropped.clone(), dropped)
+    }
+
+    /// [`AccessLog::start`] counting lines dropped for want of room (`queue_full`) apart
+    /// from lines a stopped writer could not take (`write_failed`).
+    pub fn start_counting(
         target: AccessLogTarget,
-        dropped: crate::telemetry::prom::Counter,
+        queue_full: Counter,
+        write_failed: Counter,
     ) -> std::io::Result<Self> {
         let mut out: Box<dyn Write + Send> = match &target {
             AccessLogTarget::Stdout => Box::new(std::io::stdout()),
@@ -220,13 +364,28 @@ impl AccessLog {
                         }
                     }
                     if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
-                        // The log target is gone (closed pipe, full disk): stop writing, keep serving.
+                        // The log target is gone (closed pipe, full disk): stop writing, keep
+                        // serving; later lines are counted as write failures.
                         return;
                     }
                     buf.clear();
                 }
             })?;
-        Ok(Self { tx, dropped })
+        Ok(Self {
+            tx,
+            queue_full,
+            write_failed,
+        })
+    }
+
+    /// A writer whose target could not be opened: every line is counted in `write_failed`.
+    pub fn failed(write_failed: Counter) -> Self {
+        let (tx, _) = mpsc::channel(1);
+        Self {
+            tx,
+            queue_full: write_failed.clone(),
+            write_failed,
+        }
     }
 
     /// Queues one entry; drops it (and counts) when the writer is behind.
@@ -238,13 +397,22 @@ impl AccessLog {
     /// writer is behind.
     pub fn write<T: Serialize>(&self, entry: &T) {
         match serde_json::to_string(entry) {
-            Ok(line) => {
-                if self.tx.try_send(line).is_err() {
-                    self.dropped.inc();
-                }
-            }
+            Ok(line) => self.send(line),
             Err(_) => {
-                self.dropped.inc();
+                self.queue_full.inc();
+            }
+        }
+    }
+
+    /// Queues a line already made; dropped and counted when the writer is behind or gone.
+    pub fn send(&self, line: String) {
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.queue_full.inc();
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.write_failed.inc();
             }
         }
     }
@@ -285,6 +453,66 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(v["response_code"], 503);
         assert_eq!(v["response_flags"], "UF");
+        assert_eq!(v["start_time"], "1970-01-01T00:00:00.000Z");
         assert!(v.get("upstream_transport_failure_reason").is_some());
+        for absent in [
+            "upstream_service_time",
+            "upstream_peer_principal",
+            "trace_id",
+            "span_id",
+        ] {
+            assert_eq!(v[absent], serde_json::Value::Null, "{absent}");
+        }
+        for internal in ["routes", "filter_headers", "sent_upstream"] {
+            assert!(v.get(internal).is_none(), "{internal}");
+        }
+    }
+
+    #[test]
+    fn a_traced_request_over_mutual_tls_logs_its_ids_peer_and_service_time() {
+        let peer = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/reviews").map(Arc::new);
+        let e = AccessLogEntry {
+            upstream_service_time: Some(12),
+            upstream_peer_principal: peer.ok(),
+            downstream_peer_principal: Some("spiffe://cluster.local/ns/default/sa/web".into()),
+            trace_id: Some(TraceId([0x4b; 16])),
+            span_id: Some(SpanId([0x0a, 0, 0, 0, 0, 0, 0, 0xb7])),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["upstream_service_time"], 12);
+        assert_eq!(
+            v["upstream_peer_principal"],
+            "spiffe://cluster.local/ns/default/sa/reviews"
+        );
+        assert_eq!(
+            v["downstream_peer_principal"],
+            "spiffe://cluster.local/ns/default/sa/web"
+        );
+        assert_eq!(v["trace_id"], "4b".repeat(16));
+        assert_eq!(v["span_id"], "0a000000000000b7");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_service_time_runs_from_the_first_send_to_the_response_headers() {
+        let mut e = AccessLogEntry::default();
+        e.upstream_answered();
+        assert_eq!(e.upstream_service_time, None, "never sent");
+        e.sending_upstream();
+        tokio::time::advance(std::time::Duration::from_millis(30)).await;
+        // A retry is sent later; the time still counts from the first attempt.
+        e.sending_upstream();
+        tokio::time::advance(std::time::Duration::from_millis(12)).await;
+        e.upstream_answered();
+        assert_eq!(e.upstream_service_time, Some(42));
+    }
+
+    #[test]
+    fn a_writer_whose_file_could_not_be_opened_counts_every_line() {
+        let failed = Counter::default();
+        let log = AccessLog::failed(failed.clone());
+        log.log(&AccessLogEntry::default());
+        log.send("{}".into());
+        assert_eq!(failed.get(), 2);
     }
 }

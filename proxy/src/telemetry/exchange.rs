@@ -142,6 +142,8 @@ impl Exchange {
             request_messages,
             response_messages: sent.grpc.map_or(0, |g| g.messages()),
         };
+        // The ids the access log carries, read before the span is handed over.
+        let traced = self.log.as_ref().and(self.span.as_ref()).map(|s| s.ids());
         if let Some(span) = self.span.take() {
             (*span).finish(&super::trace::SpanOutcome {
                 status: self.labels.response_code,
@@ -170,17 +172,17 @@ impl Exchange {
                 }
             }
         }
-        if let Some(mut entry) = self.log.take()
-            && let Some(log) = self.telemetry.writer(entry.sink)
-        {
+        if let Some(mut entry) = self.log.take() {
             entry.response_flags = self.labels.response_flags;
             entry.bytes_sent = sent.bytes;
             entry.bytes_received = request_bytes;
             entry.duration = elapsed.as_millis() as u64;
             entry.duration_ms = entry.duration;
-            if entry.passes() {
-                log.log(&entry);
+            if let Some((trace, span)) = traced {
+                entry.trace_id = Some(trace);
+                entry.span_id = Some(span);
             }
+            self.telemetry.deliver(entry);
         }
     }
 }

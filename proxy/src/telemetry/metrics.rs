@@ -63,8 +63,8 @@ pub struct Metrics {
     pub downstream_active: Gauge,
     /// `meshlite_upstream_connections_total`: connections opened to destination sidecars.
     pub upstream_connects: Counter,
-    /// `meshlite_access_log_dropped_total`: lines dropped because the writer fell behind.
-    pub access_log_dropped: Counter,
+    /// `meshlite_access_log_dropped_total{reason}` and `meshlite_access_log_exported_total`.
+    pub access_log: super::access_log::AccessLogStats,
     /// `meshlite_draining`: 1 while the proxy drains before exiting.
     pub draining: Gauge,
     closed_by_reason: Family<ReasonLabels, Counter>,
@@ -518,12 +518,7 @@ impl Metrics {
             "Connections opened to destination sidecars",
             upstream_connects.clone(),
         );
-        let access_log_dropped = Counter::default();
-        registry.register(
-            "meshlite_access_log_dropped_total",
-            "Access log lines dropped because the writer fell behind",
-            access_log_dropped.clone(),
-        );
+        let access_log = super::access_log::AccessLogStats::register(&mut registry);
         let draining = Gauge::default();
         registry.register(
             "meshlite_draining",
@@ -554,7 +549,7 @@ impl Metrics {
             tls_failures,
             downstream_active,
             upstream_connects,
-            access_log_dropped,
+            access_log,
             draining,
             closed_by_reason,
         }

@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod attributes;
+pub mod batch;
 pub mod cluster_stats;
 pub mod exchange;
 pub mod istio;
@@ -25,62 +26,108 @@ pub struct Telemetry {
     pub access_log: Option<access_log::AccessLog>,
     /// The authorization audit log.
     pub audit: crate::policy::audit::AuditLog,
-    /// Standard output's access log, started the first time a Telemetry resource turns
-    /// access logging on for a proxy started without one (Istio's `envoy` provider).
+    /// Standard output's access log, started the first time a line goes to the sidecar's
+    /// own log (Istio's `envoy` provider) while it was started without `--access-log`.
     pub stdout_log: std::sync::OnceLock<Option<access_log::AccessLog>>,
 }
 
-/// Which writer an access-log line goes to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LogSink {
-    /// The proxy's own `--access-log` target.
-    #[default]
-    Configured,
-    /// Standard output, for a Telemetry resource's default provider.
-    Stdout,
-}
-
 impl Telemetry {
-    /// Where `reporter`'s lines go under the Telemetry settings `t`, and the filter they
-    /// pass; `None`: not logged.
+    /// Where `reporter`'s lines go under the Telemetry settings `t`, with the filters they
+    /// pass; `None`: not logged. Costs nothing more than a match when lines are off.
     pub fn access_log_for(
         &self,
         t: &workload::WorkloadTelemetry,
         reporter: workload::Reporter,
-    ) -> Option<(LogSink, Option<std::sync::Arc<workload::LogFilter>>)> {
+    ) -> Option<access_log::providers::LogRoutes> {
+        use access_log::providers::LogRoutes;
         use workload::AccessLogging;
         match t.access_logging(reporter) {
             AccessLogging::Off => None,
-            AccessLogging::Default => self
-                .access_log
-                .as_ref()
-                .map(|_| (LogSink::Configured, None)),
-            AccessLogging::On(filter) => {
-                let sink = if self.access_log.is_some() {
-                    LogSink::Configured
-                } else {
-                    self.writer(LogSink::Stdout)?;
-                    LogSink::Stdout
-                };
-                Some((sink, filter.clone()))
-            }
+            AccessLogging::Default => self.access_log.as_ref().map(|_| LogRoutes::Own),
+            AccessLogging::On(routes) => Some(LogRoutes::Routed(routes.clone())),
         }
     }
 
-    /// The writer of `sink` (standard output's is started on first use).
-    pub fn writer(&self, sink: LogSink) -> Option<&access_log::AccessLog> {
-        match sink {
-            LogSink::Configured => self.access_log.as_ref(),
-            LogSink::Stdout => self
-                .stdout_log
+    /// The sidecar's own log: its `--access-log` target, else standard output (started on
+    /// first use).
+    pub fn own_log(&self) -> Option<&access_log::AccessLog> {
+        self.access_log.as_ref().or_else(|| {
+            self.stdout_log
                 .get_or_init(|| {
-                    access_log::AccessLog::start(
+                    let stats = &self.metrics.access_log;
+                    access_log::AccessLog::start_counting(
                         access_log::AccessLogTarget::Stdout,
-                        self.metrics.access_log_dropped.clone(),
+                        stats.queue_full.clone(),
+                        stats.write_failed.clone(),
                     )
                     .ok()
                 })
-                .as_ref(),
+                .as_ref()
+        })
+    }
+
+    /// Sends a complete line to each of its destinations whose filter it passes: the JSON
+    /// line to files and standard output (serialised once), the entry itself to OpenTelemetry
+    /// collectors (their export tasks make the records).
+    pub fn deliver(&self, mut entry: Box<access_log::AccessLogEntry>) {
+        use access_log::providers::{Destination, LogRoutes};
+        let routes = match std::mem::take(&mut entry.routes) {
+            LogRoutes::Own => {
+                if let Some(log) = self.own_log() {
+                    log.log(&entry);
+                }
+                return;
+            }
+            LogRoutes::Routed(routes) => routes,
+        };
+        let mut line: Option<String> = None;
+        let mut json = |entry: &access_log::AccessLogEntry| -> Option<String> {
+            if line.is_none() {
+                line = serde_json::to_string(entry).ok();
+            }
+            line.clone()
+        };
+        // Routes of one entry usually share its filter: evaluated once.
+        let mut last: Option<(&std::sync::Arc<workload::LogFilter>, bool)> = None;
+        let mut collector: Option<&access_log::otlp::OtelLogSink> = None;
+        for route in routes.iter() {
+            let passes = match (&route.filter, last) {
+                (None, _) => true,
+                (Some(f), Some((seen, verdict))) if std::sync::Arc::ptr_eq(f, seen) => verdict,
+                (Some(f), _) => {
+                    let verdict = entry.passes(Some(f));
+                    last = Some((f, verdict));
+                    verdict
+                }
+            };
+            if !passes {
+                continue;
+            }
+            match &route.destination {
+                Destination::Own => {
+                    if let (Some(log), Some(l)) = (self.own_log(), json(&entry)) {
+                        log.send(l);
+                    }
+                }
+                Destination::File(log) => {
+                    if let Some(l) = json(&entry) {
+                        log.send(l);
+                    }
+                }
+                Destination::Otel(sink) => {
+                    // The last collector takes the entry itself; any other gets a copy.
+                    if let Some(other) = collector.replace(sink) {
+                        other.submit(Box::new(access_log::AccessLogEntry {
+                            filter_headers: None,
+                            ..(*entry).clone()
+                        }));
+                    }
+                }
+            }
+        }
+        if let Some(sink) = collector {
+            entry.filter_headers = None;
+            sink.submit(entry);
         }
     }
 }
@@ -91,4 +138,101 @@ impl Telemetry {
 /// logs look alike.
 pub fn init_logging(filter: &str) {
     log_level::init(filter);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::access_log::otlp::{LogCollector, OtelLogSink};
+    use super::access_log::providers::{Destination, LogRoute, LogRoutes};
+    use super::access_log::{AccessLog, AccessLogEntry, AccessLogTarget};
+    use super::*;
+    use std::sync::Arc;
+
+    fn telemetry() -> Telemetry {
+        Telemetry {
+            metrics: metrics::Metrics::new(),
+            access_log: None,
+            audit: crate::policy::audit::AuditLog::new(None, false),
+            stdout_log: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn entry(code: u16, id: &str, routes: &LogRoutes) -> Box<AccessLogEntry> {
+        Box::new(AccessLogEntry {
+            response_code: code,
+            request_id: Some(id.into()),
+            routes: routes.clone(),
+            filter_headers: routes.filtered().then(Vec::new),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_line_goes_to_every_provider_whose_filter_it_passes() {
+        let t = telemetry();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let file = AccessLog::start(
+            AccessLogTarget::File(path.clone()),
+            t.metrics.access_log.queue_full.clone(),
+        )
+        .unwrap();
+        let stats = &t.metrics.access_log;
+        let (first, mut first_rx) = OtelLogSink::queue(LogCollector::new("a", 4317, ""), stats, 8);
+        let (second, mut second_rx) =
+            OtelLogSink::queue(LogCollector::new("b", 4317, ""), stats, 8);
+        let errors = Arc::new(workload::LogFilter::compile("response.code >= 400").unwrap());
+        let routes = LogRoutes::Routed(
+            vec![
+                LogRoute {
+                    destination: Destination::File(file),
+                    filter: None,
+                },
+                LogRoute {
+                    destination: Destination::Otel(first),
+                    filter: Some(errors.clone()),
+                },
+                LogRoute {
+                    destination: Destination::Otel(second),
+                    filter: Some(errors),
+                },
+            ]
+            .into(),
+        );
+        t.deliver(entry(200, "ok", &routes));
+        t.deliver(entry(503, "failed", &routes));
+        for rx in [&mut first_rx, &mut second_rx] {
+            let got = rx.try_recv().expect("the failed request");
+            assert_eq!(got.request_id.as_deref(), Some("failed"));
+            assert!(got.filter_headers.is_none(), "nothing kept for the filter");
+            assert!(
+                matches!(got.routes, LogRoutes::Own),
+                "no routes travel along"
+            );
+            assert!(rx.try_recv().is_err(), "the filter kept the success out");
+        }
+        // The file has both, as JSON lines.
+        let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        let lines = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 2 || std::time::SystemTime::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let ids: Vec<String> = lines
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"].to_string()
+            })
+            .collect();
+        assert_eq!(ids, ["\"ok\"", "\"failed\""]);
+    }
+
+    #[test]
+    fn without_telemetry_a_proxy_without_an_access_log_logs_nothing() {
+        let t = telemetry();
+        let w = workload::WorkloadTelemetry::default();
+        assert!(t.access_log_for(&w, workload::Reporter::Source).is_none());
+    }
 }

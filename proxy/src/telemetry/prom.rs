@@ -34,6 +34,12 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.get()
     }
+
+    /// The same count as prometheus-client's counter type (for code that takes that type):
+    /// adding to either adds to both.
+    pub fn shared(&self) -> prometheus_client::metrics::counter::Counter {
+        self.0.clone()
+    }
 }
 
 impl TypedMetric for Counter {

@@ -1,10 +1,10 @@
 //! The Telemetry API settings in force for this workload (Istio's `Telemetry` resources,
 //! resolved by the control plane and pushed in the workload's policy), compiled once per
-//! push: which standard metrics each reporter records, and whether and when a request is
+//! push: which standard metrics each reporter records, which labels they carry
+//! (`tagOverrides`, [`super::tag_overrides`]), and whether, when and where a request is
 //! access-logged (`accessLogging`: `disabled`, a CEL `filter.expression` over the request and
-//! response), and which labels they carry (`tagOverrides`, [`super::tag_overrides`]).
-//! Tracing settings are resolved into the tracers by the snapshot builder
-//! ([`super::trace::TraceSettings::resolve`]).
+//! response, the providers the line goes to). Tracing settings are resolved into the tracers
+//! by the snapshot builder ([`super::trace::TraceSettings::resolve`]).
 //!
 //! A filter is evaluated when a request's log line is complete, against the attributes
 //! Envoy's CEL filters read: `request.headers[...]`, `request.method`, `request.path`,
@@ -18,6 +18,8 @@ use super::attributes::{LogAttributes, cel_context};
 use super::istio::{IstioLabels, MetricSet, TcpReport};
 use super::tag_overrides::{TagOverrides, tcp_report};
 use meshlite_xds_proto::v1;
+
+use super::access_log::providers::{LogProviders, LogRoute};
 
 /// Why pushed Telemetry settings were refused.
 #[derive(Debug, thiserror::Error)]
@@ -98,16 +100,45 @@ impl LogFilter {
     }
 }
 
-/// Whether a reporter writes access-log lines.
+/// Whether a reporter writes access-log lines, and where.
 #[derive(Clone, Debug, Default)]
 pub enum AccessLogging {
-    /// No Telemetry says: the proxy's own `--access-log` setting.
+    /// Neither a Telemetry resource nor the MeshConfig's default providers say: the proxy's
+    /// own `--access-log` setting.
     #[default]
     Default,
-    /// `disabled: true`.
+    /// Not logged (`disabled: true`, or only providers that do not exist).
     Off,
-    /// Logged, when the filter (if any) holds.
+    /// Logged to each route whose filter (if any) holds.
+    On(Arc<[LogRoute]>),
+}
+
+/// One provider's state on one reporter, as the entries applied so far leave it.
+#[derive(Clone)]
+enum ProviderState {
+    Off,
     On(Option<Arc<LogFilter>>),
+}
+
+impl AccessLogging {
+    /// The routes of the providers `on`; `Off` when none of them exists.
+    fn to(providers: &LogProviders, on: &[(String, ProviderState)]) -> Self {
+        let routes: Vec<LogRoute> = on
+            .iter()
+            .filter_map(|(name, state)| match state {
+                ProviderState::Off => None,
+                ProviderState::On(filter) => Some(LogRoute {
+                    destination: providers.destination(name)?,
+                    filter: filter.clone(),
+                }),
+            })
+            .collect();
+        if routes.is_empty() {
+            AccessLogging::Off
+        } else {
+            AccessLogging::On(routes.into())
+        }
+    }
 }
 
 /// This workload's Telemetry settings, compiled.
@@ -124,10 +155,18 @@ pub struct WorkloadTelemetry {
 }
 
 impl WorkloadTelemetry {
-    /// Compiles `pushed` (none: no Telemetry applies).
-    pub fn compile(pushed: Option<&v1::WorkloadTelemetry>) -> Result<Self, TelemetryError> {
+    /// Compiles `pushed` (none: no Telemetry applies), sending access-log lines to
+    /// `providers`.
+    pub fn compile(
+        pushed: Option<&v1::WorkloadTelemetry>,
+        providers: &LogProviders,
+    ) -> Result<Self, TelemetryError> {
         let Some(p) = pushed else {
-            return Ok(Self::default());
+            let logging = default_logging(providers);
+            return Ok(Self {
+                logging: [logging.clone(), logging],
+                ..Self::default()
+            });
         };
         let mut disabled = [MetricSet::NONE; 2];
         for o in &p.metric_overrides {
@@ -138,22 +177,46 @@ impl WorkloadTelemetry {
                 }
             }
         }
-        let mut logging = [AccessLogging::Default, AccessLogging::Default];
-        // Entries come least specific first: a later one for the same reporter wins.
+        // Per reporter, each provider's state; entries come least specific first, so a later
+        // one for the same provider and reporter wins. An entry without providers is for the
+        // default ones.
+        let mut states: [Vec<(String, ProviderState)>; 2] = Default::default();
+        let mut decided = [false, false];
+        let own = [String::new()];
         for entry in &p.access_logging {
-            let decided = if entry.disabled {
-                AccessLogging::Off
+            let state = if entry.disabled {
+                ProviderState::Off
             } else if entry.filter.is_empty() {
-                AccessLogging::On(None)
+                ProviderState::On(None)
             } else {
-                AccessLogging::On(Some(Arc::new(LogFilter::compile(&entry.filter)?)))
+                ProviderState::On(Some(Arc::new(LogFilter::compile(&entry.filter)?)))
+            };
+            let names = match (&entry.providers[..], providers.defaults()) {
+                ([], []) => &own[..],
+                ([], defaults) => defaults,
+                (named, _) => named,
             };
             for r in [Reporter::Source, Reporter::Destination] {
-                if r.selected_by(entry.mode) {
-                    logging[r.index()] = decided.clone();
+                if !r.selected_by(entry.mode) {
+                    continue;
+                }
+                decided[r.index()] = true;
+                let on = &mut states[r.index()];
+                for name in names {
+                    match on.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                        Some((_, s)) => *s = state.clone(),
+                        None => on.push((name.clone(), state.clone())),
+                    }
                 }
             }
         }
+        let logging = [Reporter::Source, Reporter::Destination].map(|r| {
+            if decided[r.index()] {
+                AccessLogging::to(providers, &states[r.index()])
+            } else {
+                default_logging(providers)
+            }
+        });
         let tags = [Reporter::Source, Reporter::Destination].map(|r| {
             TagOverrides::compile(&p.metric_overrides, |mode| r.selected_by(mode))
                 .map(|t| t.map(Arc::new))
@@ -187,9 +250,24 @@ impl WorkloadTelemetry {
         )
     }
 
-    /// Whether and when `reporter` writes access-log lines.
+    /// Whether, when and where `reporter` writes access-log lines.
     pub fn access_logging(&self, reporter: Reporter) -> &AccessLogging {
         &self.logging[reporter.index()]
+    }
+}
+
+/// Where lines go when no Telemetry entry says: the MeshConfig's default providers, else the
+/// proxy's own setting.
+fn default_logging(providers: &LogProviders) -> AccessLogging {
+    match providers.defaults() {
+        [] => AccessLogging::Default,
+        defaults => AccessLogging::to(
+            providers,
+            &defaults
+                .iter()
+                .map(|name| (name.clone(), ProviderState::On(None)))
+                .collect::<Vec<_>>(),
+        ),
     }
 }
 
@@ -273,7 +351,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let t = WorkloadTelemetry::compile(Some(&pushed)).unwrap();
+        let t = WorkloadTelemetry::compile(Some(&pushed), &LogProviders::default()).unwrap();
         let client = t.disabled_metrics(Reporter::Source);
         assert!(client.contains(v1::MetricSelector::RequestDuration));
         assert!(
@@ -287,17 +365,152 @@ mod tests {
         ));
         assert!(matches!(
             t.access_logging(Reporter::Destination),
-            AccessLogging::On(Some(_))
+            AccessLogging::On(routes) if routes.len() == 1 && routes[0].filter.is_some()
         ));
         assert!(
-            WorkloadTelemetry::compile(Some(&v1::WorkloadTelemetry {
-                access_logging: vec![v1::AccessLogging {
-                    filter: "((".into(),
+            WorkloadTelemetry::compile(
+                Some(&v1::WorkloadTelemetry {
+                    access_logging: vec![v1::AccessLogging {
+                        filter: "((".into(),
+                        ..Default::default()
+                    }],
                     ..Default::default()
-                }],
-                ..Default::default()
-            }))
+                }),
+                &LogProviders::default()
+            )
             .is_err()
         );
+    }
+
+    fn log(providers: &[&str], filter: &str, mode: v1::WorkloadMode) -> v1::AccessLogging {
+        v1::AccessLogging {
+            providers: providers.iter().map(|p| p.to_string()).collect(),
+            filter: filter.into(),
+            mode: mode as i32,
+            disabled: false,
+        }
+    }
+
+    /// A MeshConfig with a file provider (`audit`), an OpenTelemetry collector (`otel-als`)
+    /// and the built-in `envoy`, and `defaults` as `defaultProviders.accessLogging`.
+    fn mesh_providers(defaults: &[&str]) -> (LogProviders, tempfile::TempDir) {
+        use v1::access_log_provider::{File, Kind, OpenTelemetry};
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = v1::MeshConfig {
+            access_log_providers: vec![
+                v1::AccessLogProvider {
+                    name: "envoy".into(),
+                    kind: Some(Kind::File(File {
+                        path: "/dev/stdout".into(),
+                    })),
+                },
+                v1::AccessLogProvider {
+                    name: "audit".into(),
+                    kind: Some(Kind::File(File {
+                        path: dir.path().join("audit.log").display().to_string(),
+                    })),
+                },
+                v1::AccessLogProvider {
+                    name: "otel-als".into(),
+                    kind: Some(Kind::Opentelemetry(OpenTelemetry {
+                        service: "127.0.0.1".into(),
+                        port: 4317,
+                        log_name: String::new(),
+                    })),
+                },
+            ],
+            default_access_log_providers: defaults.iter().map(|d| d.to_string()).collect(),
+            ..Default::default()
+        };
+        let p = LogProviders::build(
+            Some(&mesh),
+            &crate::telemetry::trace::LocalTags::default(),
+            &Default::default(),
+            None,
+        );
+        (p, dir)
+    }
+
+    /// The kinds of `reporter`'s destinations, with whether each is filtered.
+    fn routes(t: &WorkloadTelemetry, reporter: Reporter) -> Option<Vec<(&'static str, bool)>> {
+        use crate::telemetry::access_log::providers::Destination;
+        match t.access_logging(reporter) {
+            AccessLogging::Default => None,
+            AccessLogging::Off => Some(Vec::new()),
+            AccessLogging::On(routes) => Some(
+                routes
+                    .iter()
+                    .map(|r| {
+                        let kind = match r.destination {
+                            Destination::Own => "own",
+                            Destination::File(_) => "file",
+                            Destination::Otel(_) => "otel",
+                        };
+                        (kind, r.filter.is_some())
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_provider_an_entry_names_gets_the_line_with_its_own_filter() {
+        use v1::WorkloadMode as Side;
+        let (providers, _dir) = mesh_providers(&[]);
+        let pushed = v1::WorkloadTelemetry {
+            access_logging: vec![
+                log(&["envoy"], "", Side::ClientAndServer),
+                log(&["otel-als"], "response.code >= 400", Side::ClientAndServer),
+                log(&["audit"], "", Side::Server),
+                log(&["nowhere"], "", Side::Client),
+            ],
+            ..Default::default()
+        };
+        let t = WorkloadTelemetry::compile(Some(&pushed), &providers).unwrap();
+        assert_eq!(
+            routes(&t, Reporter::Source),
+            Some(vec![("own", false), ("otel", true)]),
+            "a provider the mesh does not define gets nothing"
+        );
+        assert_eq!(
+            routes(&t, Reporter::Destination),
+            Some(vec![("own", false), ("otel", true), ("file", false)])
+        );
+        let only_missing = v1::WorkloadTelemetry {
+            access_logging: vec![log(&["nowhere"], "", Side::ClientAndServer)],
+            ..Default::default()
+        };
+        let t = WorkloadTelemetry::compile(Some(&only_missing), &providers).unwrap();
+        assert_eq!(routes(&t, Reporter::Source), Some(vec![]), "off");
+    }
+
+    #[tokio::test]
+    async fn without_telemetry_the_mesh_default_providers_log_every_request() {
+        let (providers, _dir) = mesh_providers(&["otel-als"]);
+        let t = WorkloadTelemetry::compile(None, &providers).unwrap();
+        for r in [Reporter::Source, Reporter::Destination] {
+            assert_eq!(routes(&t, r), Some(vec![("otel", false)]));
+        }
+        // An entry without providers is for the default ones.
+        let pushed = v1::WorkloadTelemetry {
+            access_logging: vec![log(&[], "response.code >= 500", v1::WorkloadMode::Server)],
+            ..Default::default()
+        };
+        let t = WorkloadTelemetry::compile(Some(&pushed), &providers).unwrap();
+        assert_eq!(
+            routes(&t, Reporter::Destination),
+            Some(vec![("otel", true)])
+        );
+        assert_eq!(
+            routes(&t, Reporter::Source),
+            Some(vec![("otel", false)]),
+            "a reporter no entry covers keeps the default"
+        );
+        // No default providers: the proxy's own setting, as before.
+        let (none, _dir) = mesh_providers(&[]);
+        let t = WorkloadTelemetry::compile(None, &none).unwrap();
+        assert_eq!(routes(&t, Reporter::Source), None);
+        let t = WorkloadTelemetry::compile(Some(&pushed), &none).unwrap();
+        assert_eq!(routes(&t, Reporter::Destination), Some(vec![("own", true)]));
     }
 }

@@ -124,6 +124,51 @@ pub async fn connect_tls(
     })
 }
 
+/// The identity the latest mutual TLS handshake with one sidecar endpoint verified: its
+/// certificate's SPIFFE ID, which secure naming accepted. The endpoint's pools record the
+/// certificate on every new connection (a comparison, and a copy when it changed); its ID is
+/// read out only when an access log line asks (`upstream_peer_principal`, Envoy's
+/// `%UPSTREAM_PEER_URI_SAN%`), once per certificate, so requests that are not logged pay
+/// nothing for it.
+#[derive(Debug, Default)]
+pub struct VerifiedPeer(arc_swap::ArcSwapOption<PeerCertificate>);
+
+/// A verified peer certificate and, once asked for, its SPIFFE ID.
+#[derive(Debug)]
+struct PeerCertificate {
+    der: rustls_pki_types::CertificateDer<'static>,
+    id: std::sync::OnceLock<Option<Arc<crate::identity::spiffe::SpiffeId>>>,
+}
+
+impl VerifiedPeer {
+    /// Records the certificate `tls` verified (kept when it is the one already known).
+    pub fn record(&self, tls: &TlsStream<TcpStream>) {
+        let (_, session) = tls.get_ref();
+        let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) else {
+            return;
+        };
+        if self.0.load().as_deref().is_some_and(|c| c.der == *leaf) {
+            return;
+        }
+        self.0.store(Some(Arc::new(PeerCertificate {
+            der: leaf.clone().into_owned(),
+            id: std::sync::OnceLock::new(),
+        })));
+    }
+
+    /// The identity, once a handshake verified one.
+    pub fn principal(&self) -> Option<Arc<crate::identity::spiffe::SpiffeId>> {
+        let cert = self.0.load_full()?;
+        cert.id
+            .get_or_init(|| {
+                crate::identity::tls::spiffe_id_of_leaf(&cert.der)
+                    .ok()
+                    .map(Arc::new)
+            })
+            .clone()
+    }
+}
+
 /// Where a connection pool connects: another sidecar over mutual TLS, or the local
 /// application in plain text. The pools of both protocols take it.
 #[derive(Clone, Debug)]
@@ -137,6 +182,9 @@ pub enum PoolTarget {
         tls: Arc<rustls::ClientConfig>,
         /// SNI sent (the service FQDN); identity is checked on the SPIFFE ID, not this name.
         server_name: ServerName<'static>,
+        /// Where the identity each handshake verified is recorded (shared by the endpoint's
+        /// pools).
+        verified: Arc<VerifiedPeer>,
     },
     /// The local application, plain text (h2c with prior knowledge for HTTP/2).
     Plain {

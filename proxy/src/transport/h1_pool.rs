@@ -274,10 +274,14 @@ impl Shared {
         let handshake_err = |source| ConnectError::Handshake { addr, source };
         let send = match &self.target {
             PoolTarget::Mesh {
-                tls, server_name, ..
+                tls,
+                server_name,
+                verified,
+                ..
             } => {
                 let io = connect_tls(addr, tls.clone(), server_name.clone(), self.connect_timeout)
                     .await?;
+                verified.record(&io);
                 let (send, conn) = http1::handshake(TokioIo::new(io))
                     .await
                     .map_err(handshake_err)?;

@@ -169,10 +169,14 @@ impl H2Pool {
         let handshake_err = |source| ConnectError::Handshake { addr, source };
         let send = match &self.target {
             PoolTarget::Mesh {
-                tls, server_name, ..
+                tls,
+                server_name,
+                verified,
+                ..
             } => {
                 let io = connect_tls(addr, tls.clone(), server_name.clone(), self.connect_timeout)
                     .await?;
+                verified.record(&io);
                 let (send, conn) = builder
                     .handshake(TokioIo::new(io))
                     .await

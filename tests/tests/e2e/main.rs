@@ -24,6 +24,7 @@
 )]
 
 mod abuse;
+mod access_logs;
 mod ca_rotation;
 mod config_cli;
 mod control_balance;

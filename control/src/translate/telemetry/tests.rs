@@ -437,6 +437,40 @@ fn access_logging_without_providers_is_the_default_providers_and_a_side_left_out
 }
 
 #[test]
+fn access_logging_without_providers_uses_the_meshconfigs_default_providers() {
+    use v1::WorkloadMode as Side;
+    let mesh = MESH.replace(
+        "    extensionProviders:\n",
+        "    defaultProviders: {accessLogging: [otel-als]}\n    extensionProviders:\n",
+    );
+    let docs = [
+        mesh,
+        telemetry(
+            "istio-system/mesh-default",
+            "{accessLogging: [{filter: {expression: \"response.code >= 400\"}}]}",
+        ),
+        // Names envoy explicitly: the default provider is no longer in force here.
+        telemetry(
+            "shop/default",
+            "{accessLogging: [{providers: [{name: envoy}]}]}",
+        ),
+    ];
+    assert_eq!(
+        resolved(&docs, &workload("default", &[])).access_logging,
+        [log(
+            "otel-als",
+            "response.code >= 400",
+            Side::ClientAndServer,
+            false
+        )]
+    );
+    assert_eq!(
+        resolved(&docs, &workload("shop", &[])).access_logging,
+        [log("envoy", "", Side::ClientAndServer, false)]
+    );
+}
+
+#[test]
 fn of_two_telemetries_selecting_a_workload_the_oldest_applies() {
     let docs = [
         telemetry_at(
@@ -495,13 +529,17 @@ fn the_example_mesh_gives_the_critical_service_25_percent_and_keeps_the_mesh_set
         tracing.custom_tags.keys().collect::<Vec<_>>(),
         ["intent_type", "priority", "tenant"]
     );
-    let [log] = &critical.access_logging[..] else {
+    let [envoy, otel] = &critical.access_logging[..] else {
         panic!("{:#?}", critical.access_logging)
     };
-    assert_eq!(
-        log.filter,
-        "response.code >= 400 || response.duration > 1000 || request.headers['x-debug'] == 'true'"
-    );
+    assert_eq!(envoy.providers, ["envoy"]);
+    assert_eq!(otel.providers, ["otel-als"]);
+    for log in [envoy, otel] {
+        assert_eq!(
+            log.filter,
+            "response.code >= 400 || response.duration > 1000 || request.headers['x-debug'] == 'true'"
+        );
+    }
     let other = resolve(&config, &workload("default", &[("app", "reviews")])).unwrap();
     assert_eq!(
         other.tracing.unwrap().random_sampling_percentage,

@@ -226,6 +226,85 @@ spec:
 }
 
 #[test]
+fn access_log_providers_are_checked_in_the_mesh_config_and_where_they_are_named() {
+    let mesh = |providers: &str| {
+        format!(
+            "---
+apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+metadata: {{name: mesh, namespace: istio-system}}
+spec:
+  meshConfig:
+    extensionProviders:
+{providers}"
+        )
+    };
+    let good = mesh(
+        "    - {name: otel-als, envoyOtelAls: {service: collector.monitoring, port: 4317}}
+    - {name: audit, envoyFileAccessLog: {path: /var/log/access.log}}
+    - {name: http-als, envoyHttpAls: {service: als.monitoring, port: 9000}}
+",
+    );
+    let report = check(&[
+        good.clone(),
+        telemetry(
+            "shop/default",
+            "{accessLogging: [{providers: [{name: otel-als}, {name: audit}]}]}",
+        ),
+    ]);
+    assert!(
+        !report.problems.iter().any(|p| p
+            .field
+            .as_deref()
+            .is_some_and(|f| f.starts_with("spec.accessLogging")
+                || f.contains("envoyOtelAls")
+                || f.contains("envoyFileAccessLog"))),
+        "{:#?}",
+        report.problems
+    );
+    let w = expect_warning(
+        &[
+            good,
+            telemetry(
+                "shop/default",
+                "{accessLogging: [{providers: [{name: http-als}]}]}",
+            ),
+        ],
+        "spec.accessLogging[0].providers[0].name",
+    );
+    assert!(w.message.contains("nothing is logged to it"), "{w}");
+    expect_error(
+        &[mesh(
+            "    - {name: otel-als, envoyOtelAls: {service: collector.monitoring}}\n",
+        )],
+        "extensionProviders[0].envoyOtelAls.port",
+    );
+    expect_error(
+        &[mesh("    - {name: otel-als, envoyOtelAls: {port: 4317}}\n")],
+        "extensionProviders[0].envoyOtelAls.service",
+    );
+    expect_error(
+        &[mesh(
+            "    - {name: audit, envoyFileAccessLog: {path: \"\"}}\n",
+        )],
+        "extensionProviders[0].envoyFileAccessLog.path",
+    );
+    let w = expect_warning(
+        &[mesh(
+            "    - {name: otel-als, envoyOtelAls: {service: c, port: 4317, logFormat: {labels: {a: b}}}}\n",
+        )],
+        "extensionProviders[0].envoyOtelAls.logFormat",
+    );
+    assert!(w.message.contains("not applied"), "{w}");
+    let defaults = mesh("    - {name: otel, opentelemetry: {service: c, port: 4317}}\n").replace(
+        "    extensionProviders:\n",
+        "    defaultProviders: {accessLogging: [otel, envoy]}\n    extensionProviders:\n",
+    );
+    let w = expect_warning(&[defaults], "defaultProviders.accessLogging[0]");
+    assert!(w.message.contains("nothing is logged to it"), "{w}");
+}
+
+#[test]
 fn what_sidecars_do_not_apply_is_a_warning() {
     expect_warning(
         &[telemetry(

@@ -29,7 +29,7 @@ use crate::source::{EndpointSpec, ServiceSpec};
 use crate::telemetry::labels::ServiceLabels;
 use crate::telemetry::metrics::{Label, Metrics};
 use crate::telemetry::peer::{LocalWorkload, unknown};
-use crate::transport::connect::PoolTarget;
+use crate::transport::connect::{PoolTarget, VerifiedPeer};
 use crate::transport::egress::EgressTls;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
@@ -91,12 +91,14 @@ impl ClusterBuilder<'_> {
                 {
                     return e.clone();
                 }
+                let verified = Arc::new(VerifiedPeer::default());
                 let target = |tls: &Arc<rustls::ClientConfig>| match ep.plaintext {
                     true => PoolTarget::Plain { addr: ep.addr },
                     false => PoolTarget::Mesh {
                         addr: ep.addr,
                         tls: tls.clone(),
                         server_name: server_name.clone(),
+                        verified: verified.clone(),
                     },
                 };
                 Arc::new(Endpoint {
@@ -122,6 +124,7 @@ impl ClusterBuilder<'_> {
                     labels: ep.labels.clone(),
                     active: Arc::default(),
                     latency: Default::default(),
+                    verified: verified.clone(),
                 })
             })
             .collect::<Vec<Arc<Endpoint>>>();

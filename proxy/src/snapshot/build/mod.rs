@@ -27,6 +27,7 @@ use crate::snapshot::{
 };
 use crate::snapshot::{HostPort, RouteBehaviour, RouteTable};
 use crate::source::{EndpointSpec, MeshView, ServiceSpec};
+use crate::telemetry::access_log::providers::LogProviders;
 use crate::telemetry::labels::DestinationServices;
 use crate::telemetry::metrics::{Label, Metrics};
 use crate::telemetry::peer::{DEFAULT_CLUSTER_ID, LocalWorkload, WorkloadMetadata};
@@ -315,6 +316,13 @@ impl Snapshot {
             metrics,
             prev,
         );
+        let access_log_providers = LogProviders::build(
+            view.mesh.as_ref(),
+            &LocalTags::of(&local, cfg.node_ip),
+            &metrics.access_log,
+            prev.map(|p| &p.access_log_providers),
+        );
+        let telemetry = WorkloadTelemetry::compile(pushed_telemetry, &access_log_providers)?;
         Ok(Self {
             version,
             tracing,
@@ -326,7 +334,8 @@ impl Snapshot {
             security,
             inbound_modes,
             path_normalization: path_normalization(view.mesh.as_ref()),
-            telemetry: WorkloadTelemetry::compile(pushed_telemetry)?,
+            telemetry,
+            access_log_providers,
             stats_matcher: Arc::new(StatsMatcher::new(
                 &cfg.stats_inclusions
                     .clone()

@@ -1,12 +1,9 @@
 //! Getting finished spans to the collector without the request path ever waiting for it.
 //!
 //! Requests hand their span to a bounded queue ([`SpanSink::submit`], never blocking: a
-//! full queue drops the span and counts it). One background task per collector takes spans
-//! off the queue in batches, as OpenTelemetry's batch span processor does (up to
-//! [`MAX_BATCH`] spans, sent once the first has waited [`BATCH_DELAY`]), and exports each
-//! batch with a deadline ([`EXPORT_TIMEOUT`]); a batch the collector does not take is
-//! dropped and counted, never retried into a growing backlog. While an export is slow the
-//! queue fills and new spans are dropped: the cost of a dead collector is a counter.
+//! full queue drops the span and counts it); one background task per collector batches and
+//! exports them ([`crate::telemetry::batch`]: a batch the collector does not take is dropped
+//! and counted), so the cost of a dead collector is a counter.
 //!
 //! Two protocols: OTLP over gRPC through the OpenTelemetry SDK's own exporter
 //! (`opentelemetry-otlp` on tonic, fed the SDK's span type), and Zipkin's v2 JSON posted to
@@ -20,25 +17,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Collector, CollectorKind, LocalTags, SpanKind, SpanRecord, TraceStats};
-
-/// Spans waiting for export before new ones are dropped (OpenTelemetry's default
-/// `OTEL_BSP_MAX_QUEUE_SIZE`).
-pub const QUEUE: usize = 2048;
-
-/// Spans per export at most (OpenTelemetry's default `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
-pub const MAX_BATCH: usize = 512;
-
-/// How long the first span of a batch waits for others (Envoy's Zipkin and OpenTelemetry
-/// tracers flush every 5 s; a shorter wait gets spans to the trace view sooner at the cost
-/// of more, smaller exports when traffic is light).
-pub const BATCH_DELAY: Duration = Duration::from_millis(500);
-
-/// One export's deadline, connection included (OpenTelemetry's default
-/// `OTEL_EXPORTER_OTLP_TIMEOUT` is 10 s; a sidecar gives up sooner and drops the batch).
-pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connecting to the collector gives up after this (a collector that does not answer SYNs).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::telemetry::batch::{self, BatchExport, CONNECT_TIMEOUT, Delivery};
+pub use crate::telemetry::batch::{BATCH_DELAY, EXPORT_TIMEOUT, MAX_BATCH, QUEUE};
 
 /// The request path's end of a collector's queue. Cloning shares the queue.
 #[derive(Clone, Debug)]
@@ -52,11 +32,16 @@ impl SpanSink {
     /// Starts the export task for `collector` on the current tokio runtime; `None` outside
     /// one (the span's would have nowhere to go).
     pub fn start(collector: Collector, local: LocalTags, stats: TraceStats) -> Option<Self> {
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let exporter = Exporter::new(&collector, local);
-        let (sink, rx) = Self::queue(collector, stats.clone(), QUEUE);
-        runtime.spawn(run(rx, exporter, stats));
-        Some(sink)
+        let delivery = Delivery {
+            exported: stats.exported.clone(),
+            export_failed: stats.export_failed.clone(),
+        };
+        let tx = batch::start(|| Exporter::new(&collector, local), QUEUE, delivery)?;
+        Some(Self {
+            tx,
+            stats,
+            collector,
+        })
     }
 
     /// A sink of `capacity` spans and the queue's other end, for a consumer of one's own
@@ -84,56 +69,6 @@ impl SpanSink {
     pub fn submit(&self, span: SpanRecord) {
         if self.tx.try_send(span).is_err() {
             self.stats.queue_full.inc();
-        }
-    }
-}
-
-/// The export loop: batches off the queue, one export at a time, until every sink is gone.
-async fn run(mut rx: mpsc::Receiver<SpanRecord>, exporter: Exporter, stats: TraceStats) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut failing = false;
-    loop {
-        let Some(first) = rx.recv().await else { return };
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-        let mut closed = false;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) => {
-                    closed = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let n = batch.len() as u64;
-        let spans = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await {
-            Ok(Ok(())) => {
-                stats.exported.inc_by(n);
-                if failing {
-                    tracing::info!(collector = %exporter.describe(), "trace collector reachable again");
-                    failing = false;
-                }
-            }
-            Ok(Err(e)) => {
-                stats.export_failed.inc_by(n);
-                if !failing {
-                    tracing::warn!(collector = %exporter.describe(), "spans dropped: {e}");
-                    failing = true;
-                }
-            }
-            Err(_) => {
-                stats.export_failed.inc_by(n);
-                if !failing {
-                    tracing::warn!(collector = %exporter.describe(), "spans dropped: export timed out after {EXPORT_TIMEOUT:?}");
-                    failing = true;
-                }
-            }
-        }
-        if closed {
-            return;
         }
     }
 }
@@ -217,7 +152,7 @@ impl Exporter {
         }
     }
 
-    async fn export(&self, spans: Vec<SpanRecord>) -> Result<(), ExportError> {
+    async fn send(&self, spans: Vec<SpanRecord>) -> Result<(), ExportError> {
         match self {
             Exporter::Otlp {
                 exporter,
@@ -257,6 +192,20 @@ impl Exporter {
                 }
             }
         }
+    }
+}
+
+impl BatchExport<SpanRecord> for Exporter {
+    fn describe(&self) -> String {
+        Exporter::describe(self)
+    }
+
+    fn export(
+        &mut self,
+        batch: Vec<SpanRecord>,
+    ) -> impl Future<Output = Result<u64, String>> + Send {
+        let sent = self.send(batch);
+        async move { sent.await.map(|()| 0).map_err(|e| e.to_string()) }
     }
 }
 
