@@ -141,18 +141,13 @@ impl GrpcAuthz {
     /// # Panics
     /// If it cannot bind.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind gRPC authorizer");
-        let addr = listener.local_addr().expect("local addr");
         let seen: Arc<Mutex<Vec<CheckRequest>>> = Arc::default();
         let service = AuthorizationServer::new(Decider { seen: seen.clone() });
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
+        let (addr, task) = crate::grpc::serve_on_loopback(
+            tonic::transport::Server::builder().add_service(service),
+            "gRPC authorizer",
+        )
+        .await;
         Self { addr, seen, task }
     }
 

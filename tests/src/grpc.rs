@@ -267,3 +267,25 @@ pub async fn say(
         )
         .await
 }
+
+/// Serves `router` (tonic services the test added) on an ephemeral loopback port until the
+/// returned task is aborted: the OTLP collectors' and the gRPC authorizer's server. `what`
+/// names it in the panic when the port cannot be bound.
+///
+/// # Panics
+/// If it cannot bind.
+pub async fn serve_on_loopback(
+    router: tonic::transport::server::Router,
+    what: &str,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind {what}: {e}"));
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        let _ = router
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    (addr, task)
+}

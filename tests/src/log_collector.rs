@@ -12,7 +12,6 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::net::TcpListener;
 
 use crate::tracing::{any_text, hex};
 
@@ -108,20 +107,15 @@ impl OtlpLogCollector {
     /// # Panics
     /// If it cannot bind.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind OTLP logs collector");
-        let addr = listener.local_addr().expect("local addr");
         let received = Received::default();
         let service = LogsServiceServer::new(Logs {
             received: received.clone(),
         });
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
+        let (addr, task) = crate::grpc::serve_on_loopback(
+            tonic::transport::Server::builder().add_service(service),
+            "OTLP logs collector",
+        )
+        .await;
         Self {
             addr,
             received,

@@ -146,20 +146,15 @@ impl OtlpCollector {
     /// # Panics
     /// If it cannot bind.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind OTLP collector");
-        let addr = listener.local_addr().expect("local addr");
         let received = Received::default();
         let service = TraceServiceServer::new(Otlp {
             received: received.clone(),
         });
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await;
-        });
+        let (addr, task) = crate::grpc::serve_on_loopback(
+            tonic::transport::Server::builder().add_service(service),
+            "OTLP collector",
+        )
+        .await;
         Self {
             addr,
             received,
