@@ -10,6 +10,7 @@
 //! collector was replaced by one that does not).
 
 use prometheus_client::metrics::counter::Counter;
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -24,6 +25,10 @@ pub const MAX_BATCH: usize = 512;
 /// its gRPC access loggers every second; a shorter wait gets records to the collector sooner
 /// at the cost of more, smaller exports when traffic is light).
 pub const BATCH_DELAY: Duration = Duration::from_millis(500);
+
+/// The wait between exports while records come faster than [`MAX_BATCH`] per
+/// [`BATCH_DELAY`] (at 10,000 records a second, 500 a wait: the queue never fills).
+pub const BUSY_DELAY: Duration = Duration::from_millis(50);
 
 /// One export's deadline, connection included (OpenTelemetry's default
 /// `OTEL_EXPORTER_OTLP_TIMEOUT` is 10 s; a sidecar gives up sooner and drops the batch).
@@ -52,11 +57,34 @@ pub struct Delivery {
     pub export_failed: Counter,
 }
 
-/// Spawns the export task of the exporter `make` makes (inside the runtime: clients may
-/// spawn their own connection tasks) on the current tokio runtime, fed by a queue of
-/// `capacity` records; `None` outside a runtime (the records would have nowhere to go).
+/// The runtime export tasks run on: a thread of its own with a single-threaded tokio
+/// runtime, started on first use. Encoding a batch of hundreds of records and driving the
+/// collector's connection are bursts of work that would otherwise run on a request worker
+/// and hold up the requests queued behind them. `None` when the thread cannot be started.
+fn export_runtime() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            let handle = runtime.handle().clone();
+            std::thread::Builder::new()
+                .name("telemetry-export".into())
+                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// Spawns the export task of the exporter `make` makes (inside the export runtime: clients
+/// may spawn their own connection tasks) on the telemetry export thread, fed by a queue of
+/// `capacity` records; `None` when that thread could not be started (the records would
+/// have nowhere to go).
 pub fn start<T, E>(
-    make: impl FnOnce() -> E,
+    make: impl FnOnce() -> E + Send + 'static,
     capacity: usize,
     delivery: Delivery,
 ) -> Option<mpsc::Sender<T>>
@@ -64,61 +92,103 @@ where
     T: Send + 'static,
     E: BatchExport<T>,
 {
-    let runtime = tokio::runtime::Handle::try_current().ok()?;
-    let (tx, rx) = mpsc::channel(capacity);
-    runtime.spawn(run(rx, make(), delivery));
-    Some(tx)
+    Some(start_on(export_runtime()?, make, capacity, delivery))
 }
 
-/// The export loop: batches off the queue, one export at a time, until every sender is gone.
+/// [`start`] on the runtime of `handle` (tests drive it under paused time).
+pub fn start_on<T, E>(
+    handle: &tokio::runtime::Handle,
+    make: impl FnOnce() -> E + Send + 'static,
+    capacity: usize,
+    delivery: Delivery,
+) -> mpsc::Sender<T>
+where
+    T: Send + 'static,
+    E: BatchExport<T>,
+{
+    let (tx, rx) = mpsc::channel(capacity);
+    handle.spawn(async move { run(rx, make(), delivery).await });
+    tx
+}
+
+/// The export loop, until every sender is gone: waits for a record, lets the batch fill
+/// for [`BATCH_DELAY`] (a sleeping task is not woken by senders, so the request path pays
+/// no wake-up per record), then takes what is queued in batches of at most [`MAX_BATCH`],
+/// one export at a time. When a wait gathered a full batch the next waits are
+/// [`BUSY_DELAY`], so a busy sidecar's queue is emptied before it overflows.
 pub async fn run<T, E: BatchExport<T>>(
     mut rx: mpsc::Receiver<T>,
     mut exporter: E,
     delivery: Delivery,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut failing = false;
+    let mut delay = BATCH_DELAY;
     loop {
         let Some(first) = rx.recv().await else { return };
+        tokio::time::sleep(delay).await;
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
         let mut closed = false;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(record)) => batch.push(record),
-                Ok(None) => {
-                    closed = true;
-                    break;
+        let mut gathered = 0;
+        loop {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
-                Err(_) => break,
+            }
+            let full = batch.len() == MAX_BATCH;
+            gathered += batch.len();
+            let records = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+            failing = export(&mut exporter, records, &delivery, failing).await;
+            if !full {
+                break;
             }
         }
-        let n = batch.len() as u64;
-        let records = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        let outcome = match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(records)).await {
-            Ok(Ok(refused)) => Ok(refused.min(n)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("export timed out after {EXPORT_TIMEOUT:?}")),
+        delay = if gathered >= MAX_BATCH {
+            BUSY_DELAY
+        } else {
+            BATCH_DELAY
         };
-        match outcome {
-            Ok(refused) => {
-                delivery.exported.inc_by(n - refused);
-                delivery.export_failed.inc_by(refused);
-                if failing {
-                    tracing::info!(collector = %exporter.describe(), "collector reachable again");
-                    failing = false;
-                }
-            }
-            Err(e) => {
-                delivery.export_failed.inc_by(n);
-                if !failing {
-                    tracing::warn!(collector = %exporter.describe(), "records dropped: {e}");
-                    failing = true;
-                }
-            }
-        }
         if closed {
             return;
+        }
+    }
+}
+
+/// Exports one batch with its deadline and counts the outcome; returns whether the
+/// collector is failing now (a change is logged once, not per batch).
+async fn export<T, E: BatchExport<T>>(
+    exporter: &mut E,
+    records: Vec<T>,
+    delivery: &Delivery,
+    failing: bool,
+) -> bool {
+    let n = records.len() as u64;
+    let outcome = match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(records)).await {
+        Ok(Ok(refused)) => Ok(refused.min(n)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("export timed out after {EXPORT_TIMEOUT:?}")),
+    };
+    match outcome {
+        Ok(refused) => {
+            delivery.exported.inc_by(n - refused);
+            delivery.export_failed.inc_by(refused);
+            if failing {
+                tracing::info!(collector = %exporter.describe(), "collector reachable again");
+            }
+            false
+        }
+        Err(e) => {
+            delivery.export_failed.inc_by(n);
+            if !failing {
+                tracing::warn!(collector = %exporter.describe(), "records dropped: {e}");
+            }
+            true
         }
     }
 }
@@ -159,7 +229,12 @@ mod tests {
         let seen = std::sync::Arc::default();
         let delivery = Delivery::default();
         let picky = Picky(std::sync::Arc::clone(&seen));
-        let tx = start(|| picky, 8, delivery.clone()).unwrap();
+        let tx = start_on(
+            &tokio::runtime::Handle::current(),
+            || picky,
+            8,
+            delivery.clone(),
+        );
         for i in 0..3 {
             tx.try_send(i).unwrap();
         }
@@ -173,7 +248,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_collector_that_never_answers_costs_a_timeout_and_a_count() {
         let delivery = Delivery::default();
-        let tx = start(|| Hung, 8, delivery.clone()).unwrap();
+        let tx = start_on(
+            &tokio::runtime::Handle::current(),
+            || Hung,
+            8,
+            delivery.clone(),
+        );
         tx.try_send(7).unwrap();
         tokio::time::sleep(BATCH_DELAY + EXPORT_TIMEOUT + Duration::from_millis(10)).await;
         assert_eq!(delivery.export_failed.get(), 1);

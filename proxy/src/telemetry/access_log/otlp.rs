@@ -79,8 +79,9 @@ pub struct OtelLogSink {
 }
 
 impl OtelLogSink {
-    /// Starts the export task for `collector` on the current tokio runtime; `None` outside
-    /// one (the records would have nowhere to go). `local` names this sidecar.
+    /// Starts the export task for `collector` on the telemetry export thread
+    /// ([`batch::start`]); `None` when it cannot run (the records would have nowhere to
+    /// go). `local` names this sidecar.
     pub fn start(
         collector: LogCollector,
         local: &LocalTags,
@@ -90,8 +91,9 @@ impl OtelLogSink {
             exported: stats.exported.shared(),
             export_failed: stats.export_failed.shared(),
         };
+        let (target, local) = (collector.clone(), local.clone());
         let tx = batch::start(
-            || LogExporter::new(&collector, local),
+            move || LogExporter::new(&target, &local),
             batch::QUEUE,
             delivery,
         )?;

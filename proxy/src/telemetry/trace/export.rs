@@ -29,14 +29,15 @@ pub struct SpanSink {
 }
 
 impl SpanSink {
-    /// Starts the export task for `collector` on the current tokio runtime; `None` outside
-    /// one (the span's would have nowhere to go).
+    /// Starts the export task for `collector` on the telemetry export thread
+    /// ([`batch::start`]); `None` when it cannot run (the spans would have nowhere to go).
     pub fn start(collector: Collector, local: LocalTags, stats: TraceStats) -> Option<Self> {
         let delivery = Delivery {
             exported: stats.exported.clone(),
             export_failed: stats.export_failed.clone(),
         };
-        let tx = batch::start(|| Exporter::new(&collector, local), QUEUE, delivery)?;
+        let target = collector.clone();
+        let tx = batch::start(move || Exporter::new(&target, local), QUEUE, delivery)?;
         Some(Self {
             tx,
             stats,
