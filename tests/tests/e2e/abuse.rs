@@ -246,11 +246,29 @@ async fn a_trickled_request_body_is_cut_with_408_while_normal_traffic_flows() {
         normal >= 5,
         "normal requests were served meanwhile: {normal}"
     );
-    mesh.client
-        .metric_sample("istio_requests_total", "the 408, flagged", |s| {
-            s.label("response_code") == "408" && s.label("response_flags") == "SI"
-        })
-        .await;
+    // Both sidecars time the body (the server's from the client sidecar's relay of the same
+    // trickle); whichever runs out first cuts it and flags its report SI (when the server
+    // does, the client relays its 408 and reports it unflagged).
+    let cut = |text: &str| {
+        meshlite_tests::prometheus::samples(text, "istio_requests_total")
+            .iter()
+            .any(|s| s.label("response_code") == "408" && s.label("response_flags") == "SI")
+    };
+    let deadline = tokio::time::Instant::now() + meshlite_tests::deadline::SOON;
+    loop {
+        let (client, server) = (
+            mesh.client.metrics_text().await,
+            mesh.server.metrics_text().await,
+        );
+        if cut(&client) || cut(&server) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no sidecar reported the 408 flagged SI:\n{client}\n{server}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// An HTTP/2 frame: 9-byte header then the payload.
