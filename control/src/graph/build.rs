@@ -577,6 +577,17 @@ mod tests {
         snapshot(&parse(text, wanted, 10_000).unwrap(), at)
     }
 
+    /// The graph of one sidecar read twice (`base`, then `latest`), no sidecar announced.
+    fn between(base: &Snapshot, latest: &Snapshot) -> (Vec<Node>, Vec<Edge>, Option<f64>) {
+        graph(
+            &[Reading {
+                base: Some(base),
+                latest,
+            }],
+            &[],
+        )
+    }
+
     fn edge<'a>(edges: &'a [Edge], src: &str, dst: &str) -> &'a Edge {
         edges
             .iter()
@@ -692,13 +703,7 @@ mod tests {
         };
         let base = read(&text(10.0, 0.0), t0);
         let latest = read(&text(20.0, 10.0), t1);
-        let (_, edges, _) = graph(
-            &[Reading {
-                base: Some(&base),
-                latest: &latest,
-            }],
-            &[],
-        );
+        let (_, edges, _) = between(&base, &latest);
         let e = edge(&edges, "default/client", "default/httpbin");
         assert_eq!(e.reporter, "source");
         assert!((e.rps - 4.0).abs() < 1e-9);
@@ -725,13 +730,7 @@ mod tests {
         };
         let base = read(&text(1.0), t0);
         let latest = read(&text(4.0), t0 + Duration::from_secs(1));
-        let (nodes, edges, _) = graph(
-            &[Reading {
-                base: Some(&base),
-                latest: &latest,
-            }],
-            &[],
-        );
+        let (nodes, edges, _) = between(&base, &latest);
         let outside = edge(&edges, UNKNOWN, "default/reviews-v1");
         assert_eq!(outside.mtls_share, Some(0.0));
         assert!(!outside.mtls);
@@ -754,13 +753,7 @@ mod tests {
                 + &requests("destination", "a", "b-v1", 500, "mutual_tls", 2.0)),
             t1,
         );
-        let (_, edges, _) = graph(
-            &[Reading {
-                base: Some(&base),
-                latest: &latest,
-            }],
-            &[],
-        );
+        let (_, edges, _) = between(&base, &latest);
         let e = edge(&edges, "default/a", "default/b-v1");
         assert!((e.rps - 4.0).abs() < 1e-9, "{e:?}");
         assert!((e.error_rate.unwrap() - 0.25).abs() < 1e-9);
@@ -887,13 +880,7 @@ mod tests {
             t0 + Duration::from_secs(1),
         );
         assert_eq!(latest.points.len(), 2, "no reporter: skipped");
-        let (_, edges, _) = graph(
-            &[Reading {
-                base: Some(&base),
-                latest: &latest,
-            }],
-            &[],
-        );
+        let (_, edges, _) = between(&base, &latest);
         let e = edge(&edges, "default/a", "default/b-v1");
         assert_eq!(e.protocol, "grpc");
         assert_eq!(e.error_rate, Some(0.25));

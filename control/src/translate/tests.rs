@@ -85,6 +85,14 @@ fn decode<M: Message + Default>(view: &ProxyView, t: &str, name: &str) -> M {
     M::decode(r.body.value.as_slice()).expect("decodes")
 }
 
+/// The MeshConfig a sidecar (`cart` in `shop`) receives when the config holds `mesh_config`.
+#[track_caller]
+fn pushed_mesh_config(mesh_config: String) -> v1::MeshConfig {
+    let caller = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
+    let m = mesh(config(&[mesh_config]), std::slice::from_ref(&caller));
+    decode(&m.view_for(&caller), type_url::MESH_CONFIG, "mesh")
+}
+
 fn version(view: &ProxyView, t: &str, name: &str) -> String {
     view[t][name].version.clone()
 }
@@ -1056,9 +1064,7 @@ fn ext_authz_providers_reach_every_sidecar_with_their_options() {
         headersToUpstreamOnAllow: [x-user]\n        headersToDownstreamOnDeny: [location]\n    \
         - name: zipkin\n      zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}\n"
         .to_string();
-    let caller = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
-    let m = mesh(config(&[mesh_config]), std::slice::from_ref(&caller));
-    let pushed: v1::MeshConfig = decode(&m.view_for(&caller), type_url::MESH_CONFIG, "mesh");
+    let pushed = pushed_mesh_config(mesh_config);
     use v1::ext_authz_provider::{BodyInCheck, Grpc, Http, Kind};
     assert_eq!(
         pushed.ext_authz_providers,
@@ -1113,9 +1119,7 @@ fn tracing_providers_and_the_default_sampling_reach_every_sidecar() {
         - name: jaeger\n      zipkin: {service: tracing/jaeger-collector.tracing, port: 9411, maxTagLength: 99}\n    \
         - name: otel\n      opentelemetry: {service: opentelemetry-collector.monitoring, port: 4317}\n"
         .to_string();
-    let caller = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
-    let m = mesh(config(&[mesh_config]), std::slice::from_ref(&caller));
-    let pushed: v1::MeshConfig = decode(&m.view_for(&caller), type_url::MESH_CONFIG, "mesh");
+    let pushed = pushed_mesh_config(mesh_config);
     use v1::tracing_provider::{Kind, OpenTelemetry, Zipkin};
     assert_eq!(
         pushed.tracing_providers,
@@ -1152,9 +1156,7 @@ fn access_log_providers_and_the_default_ones_reach_every_sidecar_with_the_built_
         - name: named-als\n      envoyOtelAls: {service: otel.monitoring, port: 4317, logName: mesh-access}\n    \
         - name: otel\n      opentelemetry: {service: opentelemetry-collector.monitoring, port: 4317}\n"
         .to_string();
-    let caller = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
-    let m = mesh(config(&[mesh_config]), std::slice::from_ref(&caller));
-    let pushed: v1::MeshConfig = decode(&m.view_for(&caller), type_url::MESH_CONFIG, "mesh");
+    let pushed = pushed_mesh_config(mesh_config);
     use v1::access_log_provider::{File, Kind, OpenTelemetry};
     let provider = |name: &str, kind: Kind| v1::AccessLogProvider {
         name: name.into(),
@@ -1202,8 +1204,7 @@ fn access_log_providers_and_the_default_ones_reach_every_sidecar_with_the_built_
         extensionProviders:\n    \
         - name: envoy\n      envoyFileAccessLog: {path: /dev/stderr}\n"
         .to_string();
-    let m = mesh(config(&[own_envoy]), std::slice::from_ref(&caller));
-    let pushed: v1::MeshConfig = decode(&m.view_for(&caller), type_url::MESH_CONFIG, "mesh");
+    let pushed = pushed_mesh_config(own_envoy);
     assert_eq!(
         pushed.access_log_providers,
         vec![provider(
