@@ -133,10 +133,12 @@ pub async fn run<T, E: BatchExport<T>>(
             }
             tokio::time::sleep(FILL_CHECK.min(deadline - now)).await;
         }
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        batch.push(first);
+        let mut first = Some(first);
         let mut closed = false;
         loop {
+            // Sized to what waits: a light sidecar's batches are small.
+            let mut batch = Vec::with_capacity((rx.len() + 1).min(MAX_BATCH));
+            batch.extend(first.take());
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(record) => batch.push(record),
@@ -148,8 +150,7 @@ pub async fn run<T, E: BatchExport<T>>(
                 }
             }
             let full = batch.len() == MAX_BATCH;
-            let records = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-            failing = export(&mut exporter, records, &delivery, failing).await;
+            failing = export(&mut exporter, batch, &delivery, failing).await;
             if !full {
                 break;
             }
