@@ -228,12 +228,7 @@ impl AccessLogEntry {
 
     /// Keeps the request's headers for the filters the line must pass.
     pub fn keep_filter_headers<B>(&mut self, req: &http::Request<B>) {
-        let headers = req
-            .headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
-        self.filter_headers = Some(headers);
+        self.filter_headers = Some(super::attributes::header_pairs(req.headers()));
     }
 
     /// Notes that the request is being sent upstream now (the first attempt's send: the

@@ -4,6 +4,16 @@
 
 use std::collections::HashMap;
 
+/// A request's headers as CEL reads them (`request.headers[...]`): lowercase names, text
+/// values; a value that is not text is left out. Kept from the request's arrival by what
+/// evaluates expressions when its response ends (access-log filters, `tagOverrides`).
+pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
 /// What a filter reads of one exchange.
 #[derive(Debug, Default)]
 pub struct LogAttributes<'a> {

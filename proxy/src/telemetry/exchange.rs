@@ -211,10 +211,7 @@ impl TagInput {
                 .to_string()
         };
         Self {
-            headers: h
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-                .collect(),
+            headers: super::attributes::header_pairs(h),
             method: req.method().as_str().to_string(),
             path: req
                 .uri()
