@@ -5,13 +5,15 @@
 //! for NACKs, meshlite's own resources (`meshlite.v1`), the certificate service, and Envoy's
 //! external authorization protocol (`envoy.service.auth.v3`, field numbers kept, so a sidecar
 //! asks any ext_authz server and the e2e tests serve it with the same types). Beside them,
-//! the two types both sides must agree on ([`spiffe`] IDs and [`duration`] text), so that the
+//! what both sides must read alike ([`spiffe`] IDs, [`duration`] text and access-log
+//! [`log_format`] strings: the control plane refuses what the sidecar could not render), so that the
 //! proxy and the control plane never import each other. No other logic lives here beyond the
 //! type URLs.
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::all)]
 
 pub mod duration;
+pub mod log_format;
 pub mod spiffe;
 
 /// `google.rpc`: the status carried in a NACK's `error_detail`.

@@ -6,7 +6,8 @@
 //! extension providers AuthorizationPolicy CUSTOM actions name, and the trace collectors
 //! (`opentelemetry`, `zipkin` providers, `defaultProviders.tracing`,
 //! `defaultConfig.tracing.sampling`), and the access-log providers (`envoyFileAccessLog`,
-//! `envoyOtelAls`, `defaultProviders.accessLogging`). Providers of other kinds are read so a
+//! `envoyOtelAls` with their `logFormat`, `defaultProviders.accessLogging`, and the built-in
+//! provider's `accessLogFile` / `accessLogFormat` / `accessLogEncoding`). Providers of other kinds are read so a
 //! user's file loads without errors.
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,26 @@ pub struct MeshConfig {
     pub root_namespace: Option<String>,
     /// The providers used when no Telemetry resource says otherwise.
     pub default_providers: Option<DefaultProviders>,
+    /// `accessLogFile`: where Istio's built-in `envoy` provider writes; set, every sidecar
+    /// logs there unless `defaultProviders.accessLogging` or a Telemetry resource says
+    /// otherwise (as in Istio).
+    pub access_log_file: Option<String>,
+    /// `accessLogFormat`: the built-in provider's format (Envoy command operators): a line
+    /// of text, or with `accessLogEncoding: JSON` a JSON object of field -> format.
+    pub access_log_format: Option<String>,
+    /// `accessLogEncoding`: `TEXT` or `JSON` (unset: meshlite's JSON line of Envoy's
+    /// default fields, where Istio writes its default text line).
+    pub access_log_encoding: Option<AccessLogEncoding>,
+}
+
+/// `accessLogEncoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccessLogEncoding {
+    /// A line of text: `accessLogFormat`, else Istio's default text line.
+    Text,
+    /// A JSON object per line: `accessLogFormat`'s fields, else Envoy's default fields.
+    Json,
 }
 
 /// `defaultProviders`: the extension providers in force by default, by signal.
@@ -193,8 +214,37 @@ pub struct TracingCollector {
 pub struct FileAccessLog {
     /// The file; `/dev/stdout` is standard output (Istio's built-in `envoy` provider).
     pub path: String,
-    /// `logFormat` (`text` or `labels`): read, not applied; sidecars write their JSON line.
-    pub log_format: Option<serde_json::Value>,
+    /// `logFormat` (`text` or `labels`, one of them); unset: the JSON line of Envoy's
+    /// default fields.
+    pub log_format: Option<LogFormat>,
+}
+
+/// An access-log provider's `logFormat`: Envoy command operators (`%REQ(X-TENANT)%`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LogFormat {
+    /// `text`: a line of text (a file) or the record's body (OpenTelemetry).
+    pub text: Option<String>,
+    /// `labels`: field name -> format string (Istio's API types it as a Struct: numbers and
+    /// booleans are written as their text; nested values are refused by `validate`).
+    pub labels: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl LogFormat {
+    /// Each label's format string, or `Err` for a value that has none (an object, a list).
+    pub fn label_formats(&self) -> impl Iterator<Item = (&str, Result<String, ()>)> {
+        self.labels.iter().flatten().filter_map(|(name, v)| {
+            use serde_json::Value;
+            let format = match v {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                Value::Bool(b) => Ok(b.to_string()),
+                Value::Null => return None,
+                Value::Array(_) | Value::Object(_) => Err(()),
+            };
+            Some((name.as_str(), format))
+        })
+    }
 }
 
 /// `envoyOtelAls`: Envoy's OpenTelemetry access logger.
@@ -207,8 +257,9 @@ pub struct OtelAccessLog {
     pub port: u32,
     /// The records' `log_name` (Istio's default `otel_envoy_accesslog`).
     pub log_name: Option<String>,
-    /// `logFormat` (`text`, `labels`): read, not applied; records carry the default fields.
-    pub log_format: Option<serde_json::Value>,
+    /// `logFormat`: `text` is the record's body, `labels` its attributes; unset: Istio's
+    /// default text line as body and Envoy's default fields as attributes.
+    pub log_format: Option<LogFormat>,
 }
 
 /// `envoyExtAuthzGrpc`: Envoy's `envoy.service.auth.v3.Authorization/Check` over gRPC.

@@ -12,9 +12,9 @@ use super::duration;
 
 use crate::jwks::{FAIL_CLOSED_JWKS, ResolvedJwks};
 use crate::model::{
-    AuthzAction, BUILT_IN_ACCESS_LOG_PROVIDER, BodyInCheck, ConfigSet, DestinationRule, MeshConfig,
-    MtlsMode, Named, PathNormalization, PeerAuthentication, ProviderConfig, ROOT_NAMESPACE,
-    SimpleLb, TrafficPolicy, WorkloadSelector,
+    AccessLogEncoding, AuthzAction, BUILT_IN_ACCESS_LOG_PROVIDER, BodyInCheck, ConfigSet,
+    DestinationRule, LogFormat, MeshConfig, MtlsMode, Named, PathNormalization, PeerAuthentication,
+    ProviderConfig, ROOT_NAMESPACE, SimpleLb, TrafficPolicy, WorkloadSelector,
 };
 use crate::registry::Workload;
 
@@ -559,25 +559,81 @@ pub fn mesh(config: Option<&MeshConfig>) -> v1::MeshConfig {
             .as_ref()
             .and_then(|d| d.tracing.as_ref())
             .and_then(|t| t.sampling),
-        access_log_providers: access_log_providers(&m.extension_providers),
-        default_access_log_providers: m
-            .default_providers
-            .as_ref()
-            .map(|d| d.access_logging.clone())
-            .unwrap_or_default(),
+        access_log_providers: access_log_providers(m),
+        default_access_log_providers: default_access_log_providers(m),
+    }
+}
+
+/// `defaultProviders.accessLogging`; without it, `accessLogFile` turns on the built-in
+/// provider for every sidecar, as in Istio.
+fn default_access_log_providers(m: &MeshConfig) -> Vec<String> {
+    let listed = m
+        .default_providers
+        .as_ref()
+        .map(|d| d.access_logging.clone())
+        .unwrap_or_default();
+    if listed.is_empty() && m.access_log_file.as_deref().is_some_and(|f| !f.is_empty()) {
+        vec![BUILT_IN_ACCESS_LOG_PROVIDER.0.to_string()]
+    } else {
+        listed
+    }
+}
+
+/// A provider's `logFormat` as sidecars get it (label values that are not format strings
+/// are left out: `validate` refuses them).
+fn log_format(f: &LogFormat) -> v1::LogFormat {
+    v1::LogFormat {
+        text: f.text.clone().unwrap_or_default(),
+        labels: f
+            .label_formats()
+            .filter_map(|(name, format)| Some((name.to_string(), format.ok()?)))
+            .collect(),
+    }
+}
+
+/// The built-in provider's format from `accessLogFormat` and `accessLogEncoding` (`None`:
+/// the JSON line of Envoy's default fields). With JSON encoding the format is a JSON object
+/// of field -> format string; one that is not is left out (`validate` refuses it).
+fn built_in_log_format(m: &MeshConfig) -> Option<v1::LogFormat> {
+    let format = m
+        .access_log_format
+        .as_deref()
+        .filter(|f| !f.trim().is_empty());
+    match (m.access_log_encoding, format) {
+        (Some(AccessLogEncoding::Json), Some(f)) => {
+            let labels: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(f).ok()?;
+            Some(log_format(&LogFormat {
+                text: None,
+                labels: Some(labels),
+            }))
+        }
+        (Some(AccessLogEncoding::Json), None) => None,
+        (_, Some(f)) => Some(v1::LogFormat {
+            text: f.to_string(),
+            labels: Default::default(),
+        }),
+        (Some(AccessLogEncoding::Text), None) => Some(v1::LogFormat {
+            text: meshlite_xds_proto::log_format::ISTIO_DEFAULT_TEXT.to_string(),
+            labels: Default::default(),
+        }),
+        (None, None) => None,
     }
 }
 
 /// The `extensionProviders` sidecars can send access logs to (file and OpenTelemetry), then
-/// Istio's built-in `envoy` provider (standard output) unless one of them is named so.
-fn access_log_providers(providers: &[ProviderConfig]) -> Vec<v1::AccessLogProvider> {
+/// Istio's built-in `envoy` provider (`accessLogFile`, else standard output, in
+/// `accessLogFormat`) unless one of them is named so.
+fn access_log_providers(m: &MeshConfig) -> Vec<v1::AccessLogProvider> {
     use v1::access_log_provider::{File, Kind, OpenTelemetry};
+    let providers = &m.extension_providers;
     let mut out: Vec<v1::AccessLogProvider> = providers
         .iter()
         .filter_map(|p| {
             let kind = if let Some(f) = &p.envoy_file_access_log {
                 Kind::File(File {
                     path: f.path.clone(),
+                    format: f.log_format.as_ref().map(log_format),
                 })
             } else {
                 let o = p.envoy_otel_als.as_ref()?;
@@ -585,6 +641,7 @@ fn access_log_providers(providers: &[ProviderConfig]) -> Vec<v1::AccessLogProvid
                     service: host_of(&o.service).to_string(),
                     port: o.port,
                     log_name: o.log_name.clone().unwrap_or_default(),
+                    format: o.log_format.as_ref().map(log_format),
                 })
             };
             Some(v1::AccessLogProvider {
@@ -598,10 +655,12 @@ fn access_log_providers(providers: &[ProviderConfig]) -> Vec<v1::AccessLogProvid
         .iter()
         .any(|p| p.name.eq_ignore_ascii_case(builtin))
     {
+        let file = m.access_log_file.as_deref().filter(|f| !f.is_empty());
         out.push(v1::AccessLogProvider {
             name: builtin.to_string(),
             kind: Some(Kind::File(File {
-                path: path.to_string(),
+                path: file.unwrap_or(path).to_string(),
+                format: built_in_log_format(m),
             })),
         });
     }

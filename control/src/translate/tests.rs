@@ -1171,12 +1171,14 @@ fn access_log_providers_and_the_default_ones_reach_every_sidecar_with_the_built_
                     service: "opentelemetry-collector.monitoring.svc.cluster.local".into(),
                     port: 4317,
                     log_name: String::new(),
+                    format: None,
                 })
             ),
             provider(
                 "audit",
                 Kind::File(File {
-                    path: "/var/log/mesh/access.log".into()
+                    path: "/var/log/mesh/access.log".into(),
+                    format: None,
                 })
             ),
             provider(
@@ -1185,12 +1187,14 @@ fn access_log_providers_and_the_default_ones_reach_every_sidecar_with_the_built_
                     service: "otel.monitoring".into(),
                     port: 4317,
                     log_name: "mesh-access".into(),
+                    format: None,
                 })
             ),
             provider(
                 "envoy",
                 Kind::File(File {
-                    path: "/dev/stdout".into()
+                    path: "/dev/stdout".into(),
+                    format: None,
                 })
             ),
         ],
@@ -1210,11 +1214,79 @@ fn access_log_providers_and_the_default_ones_reach_every_sidecar_with_the_built_
         vec![provider(
             "envoy",
             Kind::File(File {
-                path: "/dev/stderr".into()
+                path: "/dev/stderr".into(),
+                format: None,
             })
         )]
     );
     assert!(pushed.default_access_log_providers.is_empty());
+}
+
+#[test]
+fn log_formats_and_the_built_in_providers_mesh_fields_reach_sidecars() {
+    let head = "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+        metadata: {name: seed, namespace: istio-system}\nspec:\n  meshConfig:\n";
+    use v1::access_log_provider::{File, Kind, OpenTelemetry};
+    let pushed = pushed_mesh_config(format!(
+        "{head}    extensionProviders:\n    \
+        - name: otel-als\n      envoyOtelAls: {{service: c, port: 4317, logFormat: {{text: \"%RESPONSE_CODE%\", labels: {{tenant: \"%REQ(X-TENANT)%\", n: 2, gone: null}}}}}}\n"
+    ));
+    let Some(Kind::Opentelemetry(OpenTelemetry {
+        format: Some(f), ..
+    })) = &pushed.access_log_providers[0].kind
+    else {
+        panic!("{:?}", pushed.access_log_providers);
+    };
+    assert_eq!(f.text, "%RESPONSE_CODE%");
+    assert_eq!(
+        f.labels.iter().collect::<Vec<_>>(),
+        [
+            (&"n".to_string(), &"2".to_string()),
+            (&"tenant".to_string(), &"%REQ(X-TENANT)%".to_string())
+        ]
+    );
+    let built_in = |yaml: &str| {
+        let pushed = pushed_mesh_config(format!("{head}{yaml}"));
+        let envoy = pushed
+            .access_log_providers
+            .iter()
+            .find(|p| p.name == "envoy")
+            .cloned();
+        let Some(v1::AccessLogProvider {
+            kind: Some(Kind::File(File { path, format })),
+            ..
+        }) = envoy
+        else {
+            panic!("the built-in provider");
+        };
+        (path, format, pushed.default_access_log_providers)
+    };
+    // accessLogFile turns the built-in provider on for every sidecar, as in Istio.
+    let (path, format, defaults) = built_in(
+        "    accessLogFile: /var/log/mesh.log\n    accessLogFormat: \"%REQ(:METHOD)% %RESPONSE_CODE%\"\n",
+    );
+    assert_eq!(path, "/var/log/mesh.log");
+    assert_eq!(format.unwrap().text, "%REQ(:METHOD)% %RESPONSE_CODE%");
+    assert_eq!(defaults, ["envoy"]);
+    let (_, format, _) = built_in(
+        "    accessLogFile: /dev/stdout\n    accessLogEncoding: JSON\n    accessLogFormat: '{\"code\": \"%RESPONSE_CODE%\"}'\n",
+    );
+    let format = format.unwrap();
+    assert!(format.text.is_empty());
+    assert_eq!(format.labels["code"], "%RESPONSE_CODE%");
+    let (_, format, _) = built_in("    accessLogEncoding: TEXT\n");
+    assert_eq!(
+        format.unwrap().text,
+        meshlite_xds_proto::log_format::ISTIO_DEFAULT_TEXT,
+        "Istio's default text line"
+    );
+    let (path, format, defaults) = built_in("    accessLogEncoding: JSON\n");
+    assert_eq!(path, "/dev/stdout");
+    assert!(format.is_none(), "the default JSON line");
+    assert!(
+        defaults.is_empty(),
+        "no accessLogFile: the sidecars' own setting"
+    );
 }
 
 #[test]

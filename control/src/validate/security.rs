@@ -2,8 +2,9 @@
 //! error; what Istio silently does in a surprising way is a warning that says so.
 
 use crate::model::{
-    AuthorizationPolicy, AuthzAction, BUILT_IN_ACCESS_LOG_PROVIDER, JwtRule, MeshConfig,
-    PeerAuthentication, ROOT_NAMESPACE, RequestAuthentication, Rule, WorkloadSelector,
+    AccessLogEncoding, AuthorizationPolicy, AuthzAction, BUILT_IN_ACCESS_LOG_PROVIDER, JwtRule,
+    LogFormat, MeshConfig, PeerAuthentication, ROOT_NAMESPACE, RequestAuthentication, Rule,
+    WorkloadSelector,
 };
 use crate::source::{Resource, ResourceSpec};
 
@@ -595,7 +596,68 @@ impl Checker<'_> {
         }
     }
 
+    /// A provider's `logFormat`: every format string must parse (as Envoy's would).
+    fn log_format(&mut self, r: &Resource, field: &str, f: &LogFormat) {
+        if let Some(text) = &f.text {
+            self.format_string(r, format!("{field}.text"), text);
+        }
+        for (name, format) in f.label_formats() {
+            let field = format!("{field}.labels.{name}");
+            match format {
+                Ok(format) => self.format_string(r, field, &format),
+                Err(()) => self.error(
+                    r,
+                    field,
+                    "a label's value is a format string (nested objects and lists are not written)",
+                ),
+            }
+        }
+    }
+
+    /// One access-log format string.
+    fn format_string(&mut self, r: &Resource, field: String, format: &str) {
+        match super::telemetry::log_format_problems(format) {
+            Err(e) => self.error(r, field, e),
+            Ok(warnings) => {
+                for w in warnings {
+                    self.warning(r, field.clone(), w);
+                }
+            }
+        }
+    }
+
+    /// `accessLogFile`, `accessLogFormat` and `accessLogEncoding`: the built-in provider.
+    fn built_in_access_log(&mut self, r: &Resource, m: &MeshConfig) {
+        let Some(format) = m
+            .access_log_format
+            .as_deref()
+            .filter(|f| !f.trim().is_empty())
+        else {
+            return;
+        };
+        if m.access_log_encoding == Some(AccessLogEncoding::Json) {
+            match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(format) {
+                Ok(labels) => self.log_format(
+                    r,
+                    "accessLogFormat",
+                    &LogFormat {
+                        text: None,
+                        labels: Some(labels),
+                    },
+                ),
+                Err(e) => self.error(
+                    r,
+                    "accessLogFormat",
+                    format!("with accessLogEncoding JSON the format is a JSON object of field -> format string: {e}"),
+                ),
+            }
+        } else {
+            self.format_string(r, "accessLogFormat".into(), format);
+        }
+    }
+
     pub(super) fn mesh_config(&mut self, r: &Resource, m: &MeshConfig) {
+        self.built_in_access_log(r, m);
         let tracing = m.default_providers.iter().flat_map(|d| d.tracing.iter());
         for (i, name) in tracing.enumerate() {
             let found = m.extension_providers.iter().find(|p| &p.name == name);
@@ -833,28 +895,26 @@ impl Checker<'_> {
                     "the file is required (/dev/stdout for standard output)",
                 );
             }
-            let formats = [
-                (
-                    "envoyFileAccessLog",
-                    p.envoy_file_access_log
-                        .as_ref()
-                        .and_then(|f| f.log_format.as_ref()),
-                ),
-                (
-                    "envoyOtelAls",
-                    p.envoy_otel_als
-                        .as_ref()
-                        .and_then(|o| o.log_format.as_ref()),
-                ),
-            ];
-            for (kind, format) in formats {
-                if format.is_some() {
-                    self.warning(
+            if let Some(f) = p
+                .envoy_file_access_log
+                .as_ref()
+                .and_then(|f| f.log_format.as_ref())
+            {
+                if f.text.is_some() && f.labels.is_some() {
+                    self.error(
                         r,
-                        format!("{fp}.{kind}.logFormat"),
-                        "not applied: sidecars log Envoy's default fields (Istio's JSON access log format) whatever the format says",
+                        format!("{fp}.envoyFileAccessLog.logFormat"),
+                        "set `text` or `labels`, not both (one line format per file)",
                     );
                 }
+                self.log_format(r, &format!("{fp}.envoyFileAccessLog.logFormat"), f);
+            }
+            if let Some(f) = p
+                .envoy_otel_als
+                .as_ref()
+                .and_then(|o| o.log_format.as_ref())
+            {
+                self.log_format(r, &format!("{fp}.envoyOtelAls.logFormat"), f);
             }
             for k in kinds {
                 if !matches!(

@@ -69,6 +69,42 @@ pub(crate) fn cel_error(expression: &str) -> Option<String> {
         .map(|e| format!("not a CEL expression: {}", one_line(&e.to_string())))
 }
 
+/// Checks one access-log format string (Envoy command operators): `Err` when a sidecar
+/// would refuse it (Envoy refuses the same) or a `%CEL(...)%` operator is not CEL; else the
+/// warnings: operators Envoy knows whose value a meshlite sidecar never has, written as
+/// absent.
+pub(crate) fn log_format_problems(format: &str) -> Result<Vec<String>, String> {
+    use meshlite_xds_proto::log_format::{Command, Piece, parse};
+    let pieces = parse(format).map_err(|e| e.to_string())?;
+    let mut warnings = Vec::new();
+    for piece in pieces {
+        match piece {
+            Piece::Operator {
+                command: Command::Cel(expression),
+                ..
+            } => {
+                if let Some(e) = cel_error(&expression) {
+                    return Err(format!("%CEL({expression})%: {e}"));
+                }
+            }
+            Piece::Operator {
+                command: Command::Unavailable(name),
+                ..
+            } => warnings.push(format!(
+                "%{name}% has no value in a meshlite sidecar: written as absent (`-`, or null)"
+            )),
+            Piece::Operator {
+                command: Command::ResponseTrailer(_),
+                ..
+            } => warnings.push(
+                "response trailers are not kept for access logs: written as absent".to_string(),
+            ),
+            _ => {}
+        }
+    }
+    Ok(warnings)
+}
+
 /// The parser's message on one line (it appends a source snippet on the next lines).
 fn one_line(text: &str) -> String {
     text.lines()

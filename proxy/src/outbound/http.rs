@@ -156,7 +156,7 @@ pub async fn handle(
         flags,
     );
     if let Some(l) = log.as_deref_mut() {
-        l.response_code = resp.status().as_u16();
+        l.responded(&resp);
     }
     let mut exchange = Exchange::new(ctx.telemetry.clone(), labels, start, log, in_flight);
     exchange.hold(permits);

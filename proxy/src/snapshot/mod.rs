@@ -74,6 +74,9 @@ pub enum SnapshotError {
     /// The workload's Telemetry settings did not compile.
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::workload::TelemetryError),
+    /// An access-log provider's `logFormat` did not compile.
+    #[error(transparent)]
+    LogFormat(#[from] crate::telemetry::access_log::providers::ProviderError),
     /// A `proxyStatsMatcher` regular expression did not compile.
     #[error(transparent)]
     StatsMatcher(#[from] crate::telemetry::stats_matcher::StatsMatcherError),

@@ -10,6 +10,7 @@
 //! dropped and counted (`meshlite_access_log_dropped_total{reason}`) rather than blocking
 //! requests.
 
+pub mod format;
 pub mod otlp;
 pub mod providers;
 
@@ -89,9 +90,9 @@ impl AccessLogStats {
     }
 }
 
-/// The request headers a Telemetry filter reads, kept from the request's arrival until the
-/// line is complete.
-pub type FilterHeaders = Vec<(String, String)>;
+/// Headers a line keeps for what reads them when it is complete (Telemetry filters, a
+/// provider's `logFormat`): lowercase names, text values.
+pub type KeptHeaders = Vec<(String, String)>;
 
 /// When the request started: serialised as RFC 3339 UTC with milliseconds (Envoy's
 /// `%START_TIME%`), formatted only when the line is written.
@@ -195,9 +196,13 @@ pub struct AccessLogEntry {
     /// Where the line goes, and the filter of each destination.
     #[serde(skip)]
     pub routes: providers::LogRoutes,
-    /// The request headers a filter of [`Self::routes`] reads (`None`: no filter).
+    /// The request headers a filter or a format of [`Self::routes`] reads (`None`: none
+    /// does).
     #[serde(skip)]
-    pub filter_headers: Option<FilterHeaders>,
+    pub request_headers: Option<KeptHeaders>,
+    /// The response headers a format of [`Self::routes`] reads (`None`: none does).
+    #[serde(skip)]
+    pub response_headers: Option<KeptHeaders>,
     /// When the request was sent upstream (for `upstream_service_time`).
     #[serde(skip)]
     pub sent_upstream: Option<tokio::time::Instant>,
@@ -219,16 +224,20 @@ impl AccessLogEntry {
             super::workload::Reporter::Destination => "inbound",
         };
         let mut entry = Box::new(Self::for_request(req, direction, remote));
-        if routes.filtered() {
-            entry.keep_filter_headers(req);
+        if routes.reads_request_headers() {
+            entry.request_headers = Some(super::attributes::header_pairs(req.headers()));
         }
         entry.routes = routes;
         Some(entry)
     }
 
-    /// Keeps the request's headers for the filters the line must pass.
-    pub fn keep_filter_headers<B>(&mut self, req: &http::Request<B>) {
-        self.filter_headers = Some(super::attributes::header_pairs(req.headers()));
+    /// Notes the response sent downstream: its status, and its headers when a format of the
+    /// line's destinations reads them.
+    pub fn responded<B>(&mut self, resp: &http::Response<B>) {
+        self.response_code = resp.status().as_u16();
+        if self.routes.reads_response_headers() {
+            self.response_headers = Some(super::attributes::header_pairs(resp.headers()));
+        }
     }
 
     /// Notes that the request is being sent upstream now (the first attempt's send: the
@@ -248,12 +257,13 @@ impl AccessLogEntry {
 
     /// Whether the complete line passes `filter` (no filter: yes).
     pub fn passes(&self, filter: Option<&super::workload::LogFilter>) -> bool {
-        let Some(filter) = filter else {
-            return true;
-        };
-        let headers = self.filter_headers.as_deref().unwrap_or(&[]);
-        filter.allows(&super::attributes::LogAttributes {
-            headers,
+        filter.is_none_or(|f| f.allows(&self.attributes()))
+    }
+
+    /// The exchange as CEL expressions read it (filters, `%CEL(...)%` in a format).
+    pub fn attributes(&self) -> super::attributes::LogAttributes<'_> {
+        super::attributes::LogAttributes {
+            headers: self.request_headers.as_deref().unwrap_or(&[]),
             method: &self.method,
             path: &self.path,
             host: self.authority.as_deref().unwrap_or(""),
@@ -264,7 +274,7 @@ impl AccessLogEntry {
             duration_ms: self.duration,
             flags: self.response_flags.to_string(),
             size: self.bytes_sent,
-        })
+        }
     }
 
     /// The request-side fields of a line, taken when the request arrives; the rest is filled
@@ -458,7 +468,12 @@ mod tests {
         ] {
             assert_eq!(v[absent], serde_json::Value::Null, "{absent}");
         }
-        for internal in ["routes", "filter_headers", "sent_upstream"] {
+        for internal in [
+            "routes",
+            "request_headers",
+            "response_headers",
+            "sent_upstream",
+        ] {
             assert!(v.get(internal).is_none(), "{internal}");
         }
     }

@@ -14,6 +14,31 @@ pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A CEL result as the text a tag or a log field takes (`None`: a list, a map, null or
+/// anything else with no one text form).
+pub fn cel_text(v: &cel::objects::Value) -> Option<String> {
+    use cel::objects::Value;
+    Some(match v {
+        Value::String(s) => s.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    })
+}
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+pub fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
 /// What a filter reads of one exchange.
 #[derive(Debug, Default)]
 pub struct LogAttributes<'a> {

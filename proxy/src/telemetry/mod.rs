@@ -66,11 +66,13 @@ impl Telemetry {
         })
     }
 
-    /// Sends a complete line to each of its destinations whose filter it passes: the JSON
-    /// line to files and standard output (serialised once), the entry itself to OpenTelemetry
-    /// collectors (their export tasks make the records).
+    /// Sends a complete line to each of its destinations whose filter it passes: to files
+    /// and standard output the provider's format, or the JSON line (serialised once), to
+    /// OpenTelemetry collectors the entry itself with the provider's format (their export
+    /// tasks make the records).
     pub fn deliver(&self, mut entry: Box<access_log::AccessLogEntry>) {
         use access_log::providers::{Destination, LogRoutes};
+        use std::sync::Arc;
         let routes = match std::mem::take(&mut entry.routes) {
             LogRoutes::Own => {
                 if let Some(log) = self.own_log() {
@@ -80,20 +82,27 @@ impl Telemetry {
             }
             LogRoutes::Routed(routes) => routes,
         };
-        let mut line: Option<String> = None;
-        let mut json = |entry: &access_log::AccessLogEntry| -> Option<String> {
-            if line.is_none() {
-                line = serde_json::to_string(entry).ok();
+        let mut json: Option<String> = None;
+        let mut line = |entry: &access_log::AccessLogEntry,
+                        format: &Option<Arc<access_log::format::LineFormat>>|
+         -> Option<String> {
+            match format {
+                Some(f) => Some(f.line(entry)),
+                None => {
+                    if json.is_none() {
+                        json = serde_json::to_string(entry).ok();
+                    }
+                    json.clone()
+                }
             }
-            line.clone()
         };
         // Routes of one entry usually share its filter: evaluated once.
-        let mut last: Option<(&std::sync::Arc<workload::LogFilter>, bool)> = None;
-        let mut collector: Option<&access_log::otlp::OtelLogSink> = None;
+        let mut last: Option<(&Arc<workload::LogFilter>, bool)> = None;
+        let mut collector: Option<(&access_log::otlp::OtelLogSink, _)> = None;
         for route in routes.iter() {
             let passes = match (&route.filter, last) {
                 (None, _) => true,
-                (Some(f), Some((seen, verdict))) if std::sync::Arc::ptr_eq(f, seen) => verdict,
+                (Some(f), Some((seen, verdict))) if Arc::ptr_eq(f, seen) => verdict,
                 (Some(f), _) => {
                     let verdict = entry.passes(Some(f));
                     last = Some((f, verdict));
@@ -105,29 +114,25 @@ impl Telemetry {
             }
             match &route.destination {
                 Destination::Own => {
-                    if let (Some(log), Some(l)) = (self.own_log(), json(&entry)) {
+                    if let (Some(log), Some(l)) = (self.own_log(), line(&entry, &route.format)) {
                         log.send(l);
                     }
                 }
                 Destination::File(log) => {
-                    if let Some(l) = json(&entry) {
+                    if let Some(l) = line(&entry, &route.format) {
                         log.send(l);
                     }
                 }
                 Destination::Otel(sink) => {
                     // The last collector takes the entry itself; any other gets a copy.
-                    if let Some(other) = collector.replace(sink) {
-                        other.submit(Box::new(access_log::AccessLogEntry {
-                            filter_headers: None,
-                            ..(*entry).clone()
-                        }));
+                    if let Some((other, format)) = collector.replace((sink, route.format.clone())) {
+                        other.submit(Box::new((*entry).clone()), format);
                     }
                 }
             }
         }
-        if let Some(sink) = collector {
-            entry.filter_headers = None;
-            sink.submit(entry);
+        if let Some((sink, format)) = collector {
+            sink.submit(entry, format);
         }
     }
 }
@@ -162,7 +167,7 @@ mod tests {
             response_code: code,
             request_id: Some(id.into()),
             routes: routes.clone(),
-            filter_headers: routes.filtered().then(Vec::new),
+            request_headers: routes.reads_request_headers().then(Vec::new),
             ..Default::default()
         })
     }
@@ -186,14 +191,17 @@ mod tests {
             vec![
                 LogRoute {
                     destination: Destination::File(file),
+                    format: None,
                     filter: None,
                 },
                 LogRoute {
                     destination: Destination::Otel(first),
+                    format: None,
                     filter: Some(errors.clone()),
                 },
                 LogRoute {
                     destination: Destination::Otel(second),
+                    format: None,
                     filter: Some(errors),
                 },
             ]
@@ -202,9 +210,9 @@ mod tests {
         t.deliver(entry(200, "ok", &routes));
         t.deliver(entry(503, "failed", &routes));
         for rx in [&mut first_rx, &mut second_rx] {
-            let got = rx.try_recv().expect("the failed request");
+            let got = rx.try_recv().expect("the failed request").entry;
             assert_eq!(got.request_id.as_deref(), Some("failed"));
-            assert!(got.filter_headers.is_none(), "nothing kept for the filter");
+            assert!(got.request_headers.is_none(), "nothing kept for the filter");
             assert!(
                 matches!(got.routes, LogRoutes::Own),
                 "no routes travel along"

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use meshlite_xds_proto::v1;
 
-use super::attributes::{LogAttributes, cel_context};
+use super::attributes::{LogAttributes, cel_context, cel_text, truncate};
 use super::istio::MetricSet;
 use super::istio::{IstioLabels, STANDARD_LABELS, TagValues, TcpReport};
 
@@ -92,25 +92,15 @@ impl TagValue {
                 .find(|(k, _)| k == name)
                 .map_or_else(|| UNKNOWN.to_string(), |(_, v)| v.clone()),
             TagValue::Expression(program) => {
-                use cel::objects::Value;
                 let context = context.get_or_insert_with(|| cel_context(a));
-                match program.execute(context) {
-                    Ok(Value::String(s)) => s.to_string(),
-                    Ok(Value::Int(i)) => i.to_string(),
-                    Ok(Value::UInt(u)) => u.to_string(),
-                    Ok(Value::Float(f)) => f.to_string(),
-                    Ok(Value::Bool(b)) => b.to_string(),
-                    Ok(_) | Err(_) => UNKNOWN.to_string(),
-                }
+                program
+                    .execute(context)
+                    .ok()
+                    .and_then(|v| cel_text(&v))
+                    .unwrap_or_else(|| UNKNOWN.to_string())
             }
         };
-        if v.len() > MAX_VALUE_LEN {
-            let mut cut = MAX_VALUE_LEN;
-            while !v.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            v.truncate(cut);
-        }
+        truncate(&mut v, MAX_VALUE_LEN);
         v
     }
 }

@@ -127,10 +127,7 @@ impl AccessLogging {
             .iter()
             .filter_map(|(name, state)| match state {
                 ProviderState::Off => None,
-                ProviderState::On(filter) => Some(LogRoute {
-                    destination: providers.destination(name)?,
-                    filter: filter.clone(),
-                }),
+                ProviderState::On(filter) => providers.route(name, filter.clone()),
             })
             .collect();
         if routes.is_empty() {
@@ -402,12 +399,14 @@ mod tests {
                     name: "envoy".into(),
                     kind: Some(Kind::File(File {
                         path: "/dev/stdout".into(),
+                        format: None,
                     })),
                 },
                 v1::AccessLogProvider {
                     name: "audit".into(),
                     kind: Some(Kind::File(File {
                         path: dir.path().join("audit.log").display().to_string(),
+                        format: None,
                     })),
                 },
                 v1::AccessLogProvider {
@@ -416,6 +415,7 @@ mod tests {
                         service: "127.0.0.1".into(),
                         port: 4317,
                         log_name: String::new(),
+                        format: None,
                     })),
                 },
             ],
@@ -427,7 +427,8 @@ mod tests {
             &crate::telemetry::trace::LocalTags::default(),
             &Default::default(),
             None,
-        );
+        )
+        .unwrap();
         (p, dir)
     }
 

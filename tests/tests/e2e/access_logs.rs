@@ -1,7 +1,8 @@
 //! Access logs through Istio's providers: a mesh whose Telemetry sends access logs to an
 //! `envoyOtelAls` provider has every sidecar export one OpenTelemetry log record per logged
 //! request to the collector, linked to the request's trace, with the Telemetry filter
-//! applied; a collector that is gone costs the requests nothing.
+//! applied; a collector that is gone costs the requests nothing; a provider's `logFormat`
+//! shapes the file's line and the collector's record.
 
 use meshlite_tests::apps::{HttpApp, closed_port};
 use meshlite_tests::clients::{Http1Client, empty, h1_request};
@@ -236,4 +237,114 @@ async fn a_dead_log_collector_costs_the_requests_nothing_and_its_records_are_cou
             .await,
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_log_formats_shape_the_file_line_and_the_collectors_record() {
+    let logs = OtlpLogCollector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("custom.log");
+    // A file of JSON fields of the seed's business labels, and a collector whose records
+    // carry a text body and one attribute.
+    let mesh = format!(
+        "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+         metadata: {{name: mesh, namespace: istio-system}}\nspec:\n  meshConfig:\n    \
+         extensionProviders:\n    \
+         - name: custom-file\n      envoyFileAccessLog:\n        path: {}\n        logFormat:\n          \
+         labels:\n            code: \"%RESPONSE_CODE%\"\n            tenant: \"%REQ(X-TENANT)%\"\n            \
+         id: \"%REQ(X-REQUEST-ID)%\"\n            served_by: \"%RESP(X-SERVED-BY)%\"\n            \
+         peer: \"%DOWNSTREAM_PEER_URI_SAN%\"\n            service_time: \"%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%\"\n            \
+         absent: \"%REQ(X-NOT-SENT)%\"\n            line: \"%REQ(:METHOD)% %REQ_WITHOUT_QUERY(:PATH)% %PROTOCOL%\"\n    \
+         - name: otel-custom\n      envoyOtelAls:\n        service: {}\n        port: {}\n        logFormat:\n          \
+         text: \"%REQ(:METHOD)% tenant=%REQ(X-TENANT)% %RESPONSE_CODE%\"\n          \
+         labels: {{tenant: \"%REQ(X-TENANT)%\", id: \"%REQ(X-REQUEST-ID)%\", code: \"%RESPONSE_CODE%\"}}\n",
+        file.display(),
+        logs.addr.ip(),
+        logs.addr.port(),
+    );
+    let telemetry = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\n\
+         metadata: {name: mesh-default, namespace: istio-system}\nspec:\n  accessLogging:\n  \
+         - providers: [{name: custom-file}, {name: otel-custom}]\n";
+    let control =
+        ControlPlane::start(&[("mesh-config.yaml", &mesh), ("telemetry.yaml", telemetry)]).await;
+    let (client, _server, _app) = client_and_echo(&control).await;
+
+    let mut conn = Http1Client::connect(client.outbound()).await;
+    let reply = conn
+        .exchange(
+            h1_request("GET", ECHO_HOST, "/status/201?q=1")
+                .header("x-request-id", "e2e-format-1")
+                .header("x-tenant", "acme")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 201);
+
+    // Both sidecars write the provider's fields, and nothing else, to the file.
+    let lines = eventually("both sidecars' lines in the custom file", SOON, || async {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["id"] == "e2e-format-1")
+            .collect();
+        (lines.len() == 2).then_some(lines)
+    })
+    .await;
+    for line in &lines {
+        let keys: Vec<&String> = line.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "absent",
+                "code",
+                "id",
+                "line",
+                "peer",
+                "served_by",
+                "service_time",
+                "tenant"
+            ],
+            "{line}"
+        );
+        assert_eq!(line["code"], 201, "a number: {line}");
+        assert_eq!(line["tenant"], "acme");
+        assert_eq!(line["served_by"], "echo-a", "a response header: {line}");
+        assert!(line["service_time"].is_u64(), "{line}");
+        assert_eq!(line["absent"], serde_json::Value::Null);
+        assert_eq!(line["line"], "GET /status/201 HTTP/1.1");
+    }
+    let peers: Vec<&serde_json::Value> = lines.iter().map(|l| &l["peer"]).collect();
+    assert!(
+        peers.contains(&&serde_json::json!(
+            "spiffe://cluster.local/ns/default/sa/client"
+        )),
+        "the server's line names the verified caller: {peers:?}"
+    );
+    assert!(
+        peers.contains(&&serde_json::Value::Null),
+        "the client's line has no downstream peer: {peers:?}"
+    );
+
+    // The collector's records: the format's body and attributes only.
+    let records = eventually("both sidecars' records", SOON, || async {
+        let records: Vec<ReceivedLog> = logs
+            .records()
+            .into_iter()
+            .filter(|r| r.attribute("id") == "e2e-format-1")
+            .collect();
+        (records.len() == 2).then_some(records)
+    })
+    .await;
+    for r in &records {
+        assert_eq!(r.body, "GET tenant=acme 201", "{r:#?}");
+        assert_eq!(
+            r.attributes.keys().collect::<Vec<_>>(),
+            ["code", "id", "tenant"],
+            "{r:#?}"
+        );
+        assert_eq!(r.attribute("tenant"), "acme");
+        assert_eq!(r.attribute("code"), "201");
+    }
 }

@@ -289,13 +289,6 @@ spec:
         )],
         "extensionProviders[0].envoyFileAccessLog.path",
     );
-    let w = expect_warning(
-        &[mesh(
-            "    - {name: otel-als, envoyOtelAls: {service: c, port: 4317, logFormat: {labels: {a: b}}}}\n",
-        )],
-        "extensionProviders[0].envoyOtelAls.logFormat",
-    );
-    assert!(w.message.contains("not applied"), "{w}");
     let defaults = mesh("    - {name: otel, opentelemetry: {service: c, port: 4317}}\n").replace(
         "    extensionProviders:\n",
         "    defaultProviders: {accessLogging: [otel, envoy]}\n    extensionProviders:\n",
@@ -422,4 +415,84 @@ fn one_telemetry_without_selector_per_namespace_and_one_per_workload_selector() 
         ),
     ]);
     assert!(!report.has_errors(), "{:#?}", report.problems);
+}
+
+#[test]
+fn log_formats_are_envoys_format_strings_checked_as_envoy_would() {
+    let mesh = |extra: &str| {
+        format!(
+            "---
+apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+metadata: {{name: mesh, namespace: istio-system}}
+spec:
+  meshConfig:
+{extra}"
+        )
+    };
+    let providers = |p: &str| mesh(&format!("    extensionProviders:\n{p}"));
+    let good = providers(
+        "    - {name: otel-als, envoyOtelAls: {service: c, port: 4317, logFormat: {text: \"%REQ(:METHOD)% %RESPONSE_CODE%\", labels: {tenant: \"%REQ(X-TENANT)%\", code: \"%RESPONSE_CODE%\", tier: \"%CEL(request.headers['x-tier'])%\"}}}}
+    - {name: audit, envoyFileAccessLog: {path: /var/log/a.log, logFormat: {labels: {start: \"%START_TIME(%s)%\", n: 1}}}}
+",
+    );
+    let report = check(&[good]);
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+
+    let e = expect_error(
+        &[providers(
+            "    - {name: audit, envoyFileAccessLog: {path: /a, logFormat: {text: \"%NOPE% x\"}}}\n",
+        )],
+        "extensionProviders[0].envoyFileAccessLog.logFormat.text",
+    );
+    assert!(e.message.contains("unknown command operator %NOPE%"), "{e}");
+    let e = expect_error(
+        &[providers(
+            "    - {name: audit, envoyFileAccessLog: {path: /a, logFormat: {text: a, labels: {b: c}}}}\n",
+        )],
+        "extensionProviders[0].envoyFileAccessLog.logFormat",
+    );
+    assert!(e.message.contains("not both"), "{e}");
+    expect_error(
+        &[providers(
+            "    - {name: o, envoyOtelAls: {service: c, port: 4317, logFormat: {labels: {x: \"100%\"}}}}\n",
+        )],
+        "extensionProviders[0].envoyOtelAls.logFormat.labels.x",
+    );
+    expect_error(
+        &[providers(
+            "    - {name: o, envoyOtelAls: {service: c, port: 4317, logFormat: {labels: {x: {nested: a}}}}}\n",
+        )],
+        "extensionProviders[0].envoyOtelAls.logFormat.labels.x",
+    );
+    let e = expect_error(
+        &[providers(
+            "    - {name: o, envoyOtelAls: {service: c, port: 4317, logFormat: {labels: {x: \"%CEL(request.headers[)%\"}}}}\n",
+        )],
+        "extensionProviders[0].envoyOtelAls.logFormat.labels.x",
+    );
+    assert!(e.message.contains("not a CEL expression"), "{e}");
+    let w = expect_warning(
+        &[providers(
+            "    - {name: audit, envoyFileAccessLog: {path: /a, logFormat: {text: \"%DYNAMIC_METADATA(istio:x)%\"}}}\n",
+        )],
+        "extensionProviders[0].envoyFileAccessLog.logFormat.text",
+    );
+    assert!(w.message.contains("written as absent"), "{w}");
+
+    // The built-in provider's MeshConfig fields.
+    expect_no_error(&[mesh(
+        "    accessLogFile: /dev/stdout\n    accessLogEncoding: JSON\n    accessLogFormat: '{\"code\": \"%RESPONSE_CODE%\"}'\n",
+    )]);
+    let e = expect_error(
+        &[mesh(
+            "    accessLogEncoding: JSON\n    accessLogFormat: \"%RESPONSE_CODE%\"\n",
+        )],
+        "accessLogFormat",
+    );
+    assert!(e.message.contains("JSON object"), "{e}");
+    expect_error(
+        &[mesh("    accessLogFormat: \"[%START_TIME\"\n")],
+        "accessLogFormat",
+    );
 }

@@ -321,7 +321,7 @@ impl Snapshot {
             &LocalTags::of(&local, cfg.node_ip),
             &metrics.access_log,
             prev.map(|p| &p.access_log_providers),
-        );
+        )?;
         let telemetry = WorkloadTelemetry::compile(pushed_telemetry, &access_log_providers)?;
         Ok(Self {
             version,

@@ -2,10 +2,10 @@
 //! Envoy's OpenTelemetry access logger sends them: `LogsService/Export` over gRPC
 //! (OTLP, the collector's port 4317), one `LogRecord` per logged request.
 //!
-//! A record's body is the line of Istio's default text format (what Istio configures Envoy to
-//! send when the provider sets no `logFormat`), its attributes are the JSON line's fields
+//! A record's body is the provider's `logFormat.text`, else the line of Istio's default text
+//! format; its attributes are the provider's `logFormat.labels`, else the JSON line's fields
 //! under the same names (`method`, `path`, `response_code`, ...; absent fields left out,
-//! numbers as integers), its time is the request's start, and a traced request carries its
+//! numbers as integers) ([`super::format`]); its time is the request's start, and a traced request carries its
 //! `trace_id` and `span_id`, so a log view links to the trace. The resource names the sidecar
 //! as Envoy's built-in labels do (`log_name`, `zone_name`, `cluster_name`, `node_name`) plus
 //! `service.name`, as the span exporter's.
@@ -20,11 +20,12 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsSe
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::mpsc;
 
-use super::{AccessLogEntry, AccessLogStats, rfc3339};
+use super::format::LineFormat;
+use super::{AccessLogEntry, AccessLogStats};
 use crate::telemetry::batch::{self, BatchExport, CONNECT_TIMEOUT, Delivery, EXPORT_TIMEOUT};
 use crate::telemetry::prom::Counter;
 use crate::telemetry::trace::LocalTags;
@@ -73,9 +74,19 @@ impl LogCollector {
 /// The request path's end of a collector's queue. Cloning shares the queue.
 #[derive(Clone, Debug)]
 pub struct OtelLogSink {
-    tx: mpsc::Sender<Box<AccessLogEntry>>,
+    tx: mpsc::Sender<OtelEntry>,
     queue_full: Counter,
     collector: LogCollector,
+}
+
+/// A finished entry on its way to a collector, with its provider's `logFormat` (`None`:
+/// Istio's default text line as body, the default fields as attributes).
+#[derive(Debug)]
+pub struct OtelEntry {
+    /// The line.
+    pub entry: Box<AccessLogEntry>,
+    /// How the record is made of it.
+    pub format: Option<Arc<LineFormat>>,
 }
 
 impl OtelLogSink {
@@ -110,7 +121,7 @@ impl OtelLogSink {
         collector: LogCollector,
         stats: &AccessLogStats,
         capacity: usize,
-    ) -> (Self, mpsc::Receiver<Box<AccessLogEntry>>) {
+    ) -> (Self, mpsc::Receiver<OtelEntry>) {
         let (tx, rx) = mpsc::channel(capacity);
         let sink = Self {
             tx,
@@ -130,9 +141,20 @@ impl OtelLogSink {
         self.tx.same_channel(&other.tx)
     }
 
-    /// Queues a finished entry; drops and counts it when the queue is full.
-    pub fn submit(&self, entry: Box<AccessLogEntry>) {
-        if self.tx.try_send(entry).is_err() {
+    /// Queues a finished entry to be recorded as `format` says; drops and counts it when the
+    /// queue is full. Kept headers the format does not read are let go first.
+    pub fn submit(&self, mut entry: Box<AccessLogEntry>, format: Option<Arc<LineFormat>>) {
+        let reads = format.as_deref().map_or((false, false), |f| {
+            (f.reads_request_headers(), f.reads_response_headers())
+        });
+        if !reads.0 {
+            entry.request_headers = None;
+        }
+        if !reads.1 {
+            entry.response_headers = None;
+        }
+        entry.routes = Default::default();
+        if self.tx.try_send(OtelEntry { entry, format }).is_err() {
             self.queue_full.inc();
         }
     }
@@ -172,14 +194,14 @@ impl LogExporter {
     }
 }
 
-impl BatchExport<Box<AccessLogEntry>> for LogExporter {
+impl BatchExport<OtelEntry> for LogExporter {
     fn describe(&self) -> String {
         format!("otlp logs {}", self.endpoint)
     }
 
     fn export(
         &mut self,
-        batch: Vec<Box<AccessLogEntry>>,
+        batch: Vec<OtelEntry>,
     ) -> impl Future<Output = Result<u64, String>> + Send {
         let observed = SystemTime::now();
         let request = ExportLogsServiceRequest {
@@ -187,7 +209,10 @@ impl BatchExport<Box<AccessLogEntry>> for LogExporter {
                 resource: Some(self.resource.clone()),
                 scope_logs: vec![ScopeLogs {
                     scope: Some(self.scope.clone()),
-                    log_records: batch.iter().map(|e| log_record(e, observed)).collect(),
+                    log_records: batch
+                        .iter()
+                        .map(|e| log_record(&e.entry, e.format.as_deref(), observed))
+                        .collect(),
                     schema_url: String::new(),
                 }],
                 schema_url: String::new(),
@@ -250,14 +275,24 @@ fn unix_nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// One entry as a log record.
-pub fn log_record(e: &AccessLogEntry, observed: SystemTime) -> LogRecord {
+/// One entry as a log record, made as `format` says (`None`: the defaults).
+pub fn log_record(
+    e: &AccessLogEntry,
+    format: Option<&LineFormat>,
+    observed: SystemTime,
+) -> LogRecord {
     let traced = e.trace_id.is_some() && e.span_id.is_some();
+    let body = format
+        .and_then(|f| f.body(e))
+        .or_else(|| LineFormat::istio_default_text().body(e));
+    let attributes = format
+        .and_then(|f| f.attributes(e))
+        .unwrap_or_else(|| default_attributes(e));
     LogRecord {
         time_unix_nano: unix_nanos(e.start_time.0),
         observed_time_unix_nano: unix_nanos(observed),
-        body: text(envoy_text(e)),
-        attributes: attributes(e),
+        body: body.and_then(text),
+        attributes,
         flags: if traced { SAMPLED } else { 0 },
         trace_id: e.trace_id.map(|t| t.0.to_vec()).unwrap_or_default(),
         span_id: e.span_id.map(|s| s.0.to_vec()).unwrap_or_default(),
@@ -266,7 +301,7 @@ pub fn log_record(e: &AccessLogEntry, observed: SystemTime) -> LogRecord {
 }
 
 /// The JSON line's fields, by the same names; absent ones left out.
-fn attributes(e: &AccessLogEntry) -> Vec<KeyValue> {
+fn default_attributes(e: &AccessLogEntry) -> Vec<KeyValue> {
     use serde_json::Value;
     let Ok(Value::Object(fields)) = serde_json::to_value(e) else {
         return Vec::new();
@@ -290,51 +325,6 @@ fn attributes(e: &AccessLogEntry) -> Vec<KeyValue> {
             })
         })
         .collect()
-}
-
-/// The line of Istio's default text format (Envoy's command operators, `-` for what is not
-/// known):
-///
-/// `[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"
-/// %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%
-/// "%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION%
-/// %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%"
-/// "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW%
-/// %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS%
-/// %REQUESTED_SERVER_NAME% %ROUTE_NAME%`
-pub fn envoy_text(e: &AccessLogEntry) -> String {
-    fn or_dash(v: Option<&str>) -> &str {
-        v.filter(|s| !s.is_empty()).unwrap_or("-")
-    }
-    let mut out = String::with_capacity(320);
-    let service_time = e
-        .upstream_service_time
-        .map_or_else(|| "-".to_string(), |t| t.to_string());
-    // Writing into a String cannot fail.
-    let _ = write!(
-        out,
-        "[{}] \"{} {} {}\" {} {} {} - \"{}\" {} {} {} {} \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - - {} - -",
-        rfc3339(e.start_time.0),
-        e.method,
-        e.path,
-        e.protocol,
-        e.response_code,
-        e.response_flags,
-        or_dash(e.response_code_details.as_deref()),
-        or_dash(e.upstream_transport_failure_reason),
-        e.bytes_received,
-        e.bytes_sent,
-        e.duration,
-        service_time,
-        or_dash(e.x_forwarded_for.as_deref()),
-        or_dash(e.user_agent.as_deref()),
-        or_dash(e.request_id.as_deref()),
-        or_dash(e.authority.as_deref()),
-        or_dash(e.upstream_host.as_deref()),
-        or_dash(e.upstream_cluster.as_deref()),
-        e.downstream_remote_address,
-    );
-    out
 }
 
 #[cfg(test)]
@@ -377,7 +367,11 @@ mod tests {
 
     #[test]
     fn a_record_carries_the_fields_as_attributes_and_istios_text_line_as_body() {
-        let r = log_record(&entry(), SystemTime::UNIX_EPOCH + Duration::from_secs(2));
+        let r = log_record(
+            &entry(),
+            None,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(2),
+        );
         assert_eq!(r.time_unix_nano, 1_500_000_000, "the request's start");
         assert_eq!(r.observed_time_unix_nano, 2_000_000_000);
         assert_eq!(
@@ -419,7 +413,7 @@ mod tests {
         e.trace_id = Some(TraceId([7; 16]));
         e.span_id = Some(SpanId([9; 8]));
         e.upstream_service_time = Some(3);
-        let r = log_record(&e, SystemTime::UNIX_EPOCH);
+        let r = log_record(&e, None, SystemTime::UNIX_EPOCH);
         assert_eq!(r.trace_id, vec![7; 16]);
         assert_eq!(r.span_id, vec![9; 8]);
         assert_eq!(r.flags, SAMPLED);
@@ -473,7 +467,7 @@ mod tests {
         let stats = AccessLogStats::default();
         let (sink, _rx) = OtelLogSink::queue(LogCollector::new("c", 4317, ""), &stats, 1);
         for _ in 0..3 {
-            sink.submit(Box::new(entry()));
+            sink.submit(Box::new(entry()), None);
         }
         assert_eq!(stats.queue_full.get(), 2);
     }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use meshlite_xds_proto::v1;
 
+use super::format::{LineFormat, LineFormatError};
 use super::otlp::{LogCollector, OtelLogSink};
 use super::{AccessLog, AccessLogStats, AccessLogTarget};
 use crate::telemetry::trace::LocalTags;
@@ -45,6 +46,8 @@ pub enum Destination {
 pub struct LogRoute {
     /// Where.
     pub destination: Destination,
+    /// The provider's `logFormat` (`None`: the default fields).
+    pub format: Option<Arc<LineFormat>>,
     /// The Telemetry entry's `filter.expression` (`None`: every line).
     pub filter: Option<Arc<LogFilter>>,
 }
@@ -60,13 +63,35 @@ pub enum LogRoutes {
 }
 
 impl LogRoutes {
-    /// Whether some destination has a filter (the request's headers are then kept for it).
-    pub fn filtered(&self) -> bool {
+    /// Whether a filter or a format of some destination reads the request's headers (they
+    /// are then kept with the line).
+    pub fn reads_request_headers(&self) -> bool {
         match self {
             LogRoutes::Own => false,
-            LogRoutes::Routed(routes) => routes.iter().any(|r| r.filter.is_some()),
+            LogRoutes::Routed(routes) => routes.iter().any(|r| {
+                r.filter.is_some() || r.format.as_ref().is_some_and(|f| f.reads_request_headers())
+            }),
         }
     }
+
+    /// Whether a format of some destination reads the response's headers.
+    pub fn reads_response_headers(&self) -> bool {
+        match self {
+            LogRoutes::Own => false,
+            LogRoutes::Routed(routes) => routes.iter().any(|r| {
+                r.format
+                    .as_ref()
+                    .is_some_and(|f| f.reads_response_headers())
+            }),
+        }
+    }
+}
+
+/// A provider ready to take lines: where they go and how they are written.
+#[derive(Clone, Debug)]
+struct Provider {
+    destination: Destination,
+    format: Option<Arc<LineFormat>>,
 }
 
 /// What a provider writes to: a destination is kept by the next push while this is equal.
@@ -80,7 +105,7 @@ enum Sink {
 #[derive(Debug, Default)]
 pub struct LogProviders {
     /// By lowercase name (Istio looks providers up case-insensitively).
-    by_name: HashMap<String, Destination>,
+    by_name: HashMap<String, Provider>,
     /// `defaultProviders.accessLogging`.
     defaults: Vec<String>,
     /// The destinations made, by what they write to.
@@ -91,13 +116,14 @@ impl LogProviders {
     /// The providers of `mesh`, keeping `prev`'s writers and exporters that still apply.
     /// `local` names this sidecar in the records sent to collectors. A file that cannot be
     /// opened is warned about and its lines are counted as failed writes; a provider with
-    /// no usable port is left out (validation refuses both before a push).
+    /// no usable port is left out (validation refuses both before a push). A `logFormat`
+    /// that does not compile refuses the push.
     pub fn build(
         mesh: Option<&v1::MeshConfig>,
         local: &LocalTags,
         stats: &AccessLogStats,
         prev: Option<&LogProviders>,
-    ) -> Self {
+    ) -> Result<Self, ProviderError> {
         let mut out = LogProviders {
             defaults: mesh
                 .map(|m| m.default_access_log_providers.clone())
@@ -106,6 +132,23 @@ impl LogProviders {
         };
         for p in mesh.iter().flat_map(|m| &m.access_log_providers) {
             use v1::access_log_provider::Kind;
+            let format = match &p.kind {
+                Some(Kind::File(v1::access_log_provider::File { format, .. }))
+                | Some(Kind::Opentelemetry(v1::access_log_provider::OpenTelemetry {
+                    format,
+                    ..
+                })) => format.as_ref(),
+                None => None,
+            };
+            let format = format
+                .map(LineFormat::compile)
+                .transpose()
+                .map_err(|source| ProviderError {
+                    provider: p.name.clone(),
+                    source,
+                })?
+                .flatten()
+                .map(Arc::new);
             let sink = match &p.kind {
                 Some(Kind::File(f)) if f.path == STDOUT_PATH => None,
                 Some(Kind::File(f)) => Some(Sink::File(PathBuf::from(&f.path))),
@@ -133,22 +176,37 @@ impl LogProviders {
                     d
                 }
             };
-            out.by_name.insert(p.name.to_ascii_lowercase(), destination);
+            out.by_name.insert(
+                p.name.to_ascii_lowercase(),
+                Provider {
+                    destination,
+                    format,
+                },
+            );
         }
-        out
+        Ok(out)
     }
 
-    /// The destination of provider `name`: `""` is the sidecar's own default, `envoy` is
-    /// standard output unless the MeshConfig defines its own; `None`: no such provider (its
-    /// lines go nowhere, as in Istio).
-    pub fn destination(&self, name: &str) -> Option<Destination> {
+    /// The route of provider `name`'s lines that pass `filter`: `""` is the sidecar's own
+    /// default, `envoy` is standard output unless the MeshConfig defines its own; `None`: no
+    /// such provider (its lines go nowhere, as in Istio).
+    pub fn route(&self, name: &str, filter: Option<Arc<LogFilter>>) -> Option<LogRoute> {
+        let own = || LogRoute {
+            destination: Destination::Own,
+            format: None,
+            filter: filter.clone(),
+        };
         if name.is_empty() {
-            return Some(Destination::Own);
+            return Some(own());
         }
         let name = name.to_ascii_lowercase();
         match self.by_name.get(&name) {
-            Some(d) => Some(d.clone()),
-            None => (name == BUILT_IN_PROVIDER).then_some(Destination::Own),
+            Some(p) => Some(LogRoute {
+                destination: p.destination.clone(),
+                format: p.format.clone(),
+                filter,
+            }),
+            None => (name == BUILT_IN_PROVIDER).then(own),
         }
     }
 
@@ -157,6 +215,17 @@ impl LogProviders {
     pub fn defaults(&self) -> &[String] {
         &self.defaults
     }
+}
+
+/// A provider whose `logFormat` does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("access log provider {provider:?}: logFormat {source}")]
+pub struct ProviderError {
+    /// The provider's name.
+    pub provider: String,
+    /// Why its format was refused.
+    #[source]
+    pub source: LineFormatError,
 }
 
 /// Starts what writes to `sink`; `None` when an exporter cannot start (outside a runtime).
@@ -194,7 +263,10 @@ mod tests {
     fn file(name: &str, path: &str) -> v1::AccessLogProvider {
         v1::AccessLogProvider {
             name: name.into(),
-            kind: Some(Kind::File(File { path: path.into() })),
+            kind: Some(Kind::File(File {
+                path: path.into(),
+                format: None,
+            })),
         }
     }
 
@@ -205,8 +277,13 @@ mod tests {
                 service: "collector.monitoring".into(),
                 port,
                 log_name: String::new(),
+                format: None,
             })),
         }
+    }
+
+    fn destination(p: &LogProviders, name: &str) -> Option<Destination> {
+        p.route(name, None).map(|r| r.destination)
     }
 
     fn mesh(providers: Vec<v1::AccessLogProvider>) -> v1::MeshConfig {
@@ -229,24 +306,24 @@ mod tests {
         ]);
         let stats = AccessLogStats::default();
         let local = LocalTags::default();
-        let p = LogProviders::build(Some(&m), &local, &stats, None);
-        assert!(matches!(p.destination("envoy"), Some(Destination::Own)));
-        assert!(matches!(p.destination(""), Some(Destination::Own)));
+        let p = LogProviders::build(Some(&m), &local, &stats, None).unwrap();
+        assert!(matches!(destination(&p, "envoy"), Some(Destination::Own)));
+        assert!(matches!(destination(&p, ""), Some(Destination::Own)));
         assert!(matches!(
-            p.destination("audit-file"),
+            destination(&p, "audit-file"),
             Some(Destination::File(_))
         ));
-        let Some(Destination::Otel(sink)) = p.destination("OTEL-ALS") else {
+        let Some(Destination::Otel(sink)) = destination(&p, "OTEL-ALS") else {
             panic!("otel-als is an OpenTelemetry collector");
         };
         assert_eq!(sink.collector().log_name, "otel_envoy_accesslog");
-        assert!(p.destination("no-port").is_none(), "left out");
-        assert!(p.destination("nowhere").is_none());
+        assert!(destination(&p, "no-port").is_none(), "left out");
+        assert!(destination(&p, "nowhere").is_none());
         assert_eq!(p.defaults(), ["otel-als"]);
 
         // The next push keeps the exporter (same queue) for the same collector.
-        let next = LogProviders::build(Some(&m), &local, &stats, Some(&p));
-        let Some(Destination::Otel(kept)) = next.destination("otel-als") else {
+        let next = LogProviders::build(Some(&m), &local, &stats, Some(&p)).unwrap();
+        let Some(Destination::Otel(kept)) = destination(&next, "otel-als") else {
             panic!("still a collector");
         };
         assert!(kept.same_queue(&sink));
@@ -254,10 +331,11 @@ mod tests {
 
     #[test]
     fn without_a_mesh_config_envoy_and_the_default_are_the_sidecars_own_log() {
-        let p = LogProviders::build(None, &LocalTags::default(), &Default::default(), None);
-        assert!(matches!(p.destination("envoy"), Some(Destination::Own)));
-        assert!(matches!(p.destination(""), Some(Destination::Own)));
-        assert!(p.destination("otel-als").is_none());
+        let p =
+            LogProviders::build(None, &LocalTags::default(), &Default::default(), None).unwrap();
+        assert!(matches!(destination(&p, "envoy"), Some(Destination::Own)));
+        assert!(matches!(destination(&p, ""), Some(Destination::Own)));
+        assert!(destination(&p, "otel-als").is_none());
         assert!(p.defaults().is_empty());
     }
 
@@ -265,11 +343,45 @@ mod tests {
     fn a_file_that_cannot_be_opened_counts_its_lines_as_failed_writes() {
         let m = mesh(vec![file("broken", "/nonexistent-dir/meshlite/access.log")]);
         let stats = AccessLogStats::default();
-        let p = LogProviders::build(Some(&m), &LocalTags::default(), &stats, None);
-        let Some(Destination::File(log)) = p.destination("broken") else {
+        let p = LogProviders::build(Some(&m), &LocalTags::default(), &stats, None).unwrap();
+        let Some(Destination::File(log)) = destination(&p, "broken") else {
             panic!("a file destination");
         };
         log.send("{}".into());
         assert_eq!(stats.write_failed.get(), 1);
+    }
+
+    #[test]
+    fn a_providers_format_goes_with_its_routes_and_a_broken_one_refuses_the_push() {
+        let format = |text: &str| v1::LogFormat {
+            text: text.into(),
+            labels: Default::default(),
+        };
+        let with_format = |f: v1::LogFormat| {
+            mesh(vec![v1::AccessLogProvider {
+                name: "custom".into(),
+                kind: Some(Kind::File(File {
+                    path: STDOUT_PATH.into(),
+                    format: Some(f),
+                })),
+            }])
+        };
+        let stats = AccessLogStats::default();
+        let local = LocalTags::default();
+        let m = with_format(format("%REQ(X-TENANT)% %RESPONSE_CODE%"));
+        let p = LogProviders::build(Some(&m), &local, &stats, None).unwrap();
+        let route = p.route("custom", None).unwrap();
+        let routes = LogRoutes::Routed(vec![route.clone()].into());
+        assert!(route.format.is_some());
+        assert!(
+            routes.reads_request_headers(),
+            "x-tenant is kept for the format"
+        );
+        assert!(!routes.reads_response_headers());
+        assert!(p.route("envoy", None).unwrap().format.is_none());
+
+        let broken = with_format(format("%REQ(X-TENANT) 100%"));
+        let err = LogProviders::build(Some(&broken), &local, &stats, None).unwrap_err();
+        assert!(err.to_string().contains("\"custom\""), "{err}");
     }
 }
