@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serves xDS and the CA.
-    Serve(ServeOptions),
+    Serve(Box<ServeOptions>),
     /// Checks a config directory; exits 1 if any problem is an error.
     Validate {
         /// The directory.
@@ -165,7 +165,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("starting the runtime")?;
             runtime.block_on(async move {
-                let (_plane, bound) = match start(opts).await {
+                let (_plane, bound) = match start(*opts).await {
                     Ok(x) => x,
                     Err(e) => {
                         eprintln!("meshlite-control: {e}");
@@ -290,9 +290,11 @@ fn inject(
         None => print!("{}", injected.yaml),
     }
     for report in &injected.reports {
-        for outcome in report.outcomes.iter().filter(|o| {
-            !matches!(o, meshlite_control::inject::Outcome::NotAWorkload)
-        }) {
+        for outcome in report
+            .outcomes
+            .iter()
+            .filter(|o| !matches!(o, meshlite_control::inject::Outcome::NotAWorkload))
+        {
             eprintln!("{}: {}", report.object, outcome.describe());
         }
     }

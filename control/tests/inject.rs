@@ -32,7 +32,11 @@ fn cases() -> Vec<(PathBuf, PathBuf)> {
         .unwrap()
         .filter_map(|e| {
             let p = e.unwrap().path();
-            let name = p.file_name()?.to_str()?.strip_suffix(".in.yaml")?.to_string();
+            let name = p
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".in.yaml")?
+                .to_string();
             Some((p.clone(), golden_dir().join(format!("{name}.out.yaml"))))
         })
         .collect();
@@ -49,8 +53,8 @@ fn options_for(input: &str) -> (InjectOptions, Vec<String>) {
         .and_then(|l| l.strip_prefix("# inject:"))
         .map(|flags| flags.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
-    let flags = Flags::try_parse_from(std::iter::once("inject".to_string()).chain(args.clone()))
-        .unwrap();
+    let flags =
+        Flags::try_parse_from(std::iter::once("inject".to_string()).chain(args.clone())).unwrap();
     (flags.options, args)
 }
 
@@ -87,9 +91,19 @@ fn injecting_an_injected_file_changes_nothing() {
         let (opts, _) = options_for(&text);
         let once = inject_documents(&text, &opts).unwrap().yaml;
         let twice = inject_documents(&once, &opts).unwrap();
-        assert_eq!(twice.yaml, once, "{} ({})", input.display(), expected.display());
+        assert_eq!(
+            twice.yaml,
+            once,
+            "{} ({})",
+            input.display(),
+            expected.display()
+        );
         assert!(
-            twice.reports.iter().flat_map(|r| &r.outcomes).all(|o| !o.changed()),
+            twice
+                .reports
+                .iter()
+                .flat_map(|r| &r.outcomes)
+                .all(|o| !o.changed()),
             "{}",
             input.display()
         );
@@ -119,7 +133,12 @@ fn the_inject_command_writes_the_golden_output() {
             String::from_utf8_lossy(&run.stderr)
         );
         let want = inject_documents(&text, &options_for(&text).0).unwrap().yaml;
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), want, "{}", expected.display());
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            want,
+            "{}",
+            expected.display()
+        );
     }
     // Standard input to standard output, with a summary of each workload on stderr.
     let input = golden_dir().join("skip.in.yaml");
@@ -135,7 +154,10 @@ fn the_inject_command_writes_the_golden_output() {
     );
     let summary = String::from_utf8(run.stderr).unwrap();
     assert!(summary.contains("Deployment/legacy: skipped"), "{summary}");
-    assert!(summary.contains("DaemonSet/node-agent: skipped: hostNetwork"), "{summary}");
+    assert!(
+        summary.contains("DaemonSet/node-agent: skipped: hostNetwork"),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -158,7 +180,10 @@ fn a_bad_annotation_fails_the_command_naming_the_object_and_annotation() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("document 2"), "{err}");
     assert!(err.contains("Deployment/web"), "{err}");
-    assert!(err.contains("traffic.sidecar.istio.io/excludeInboundPorts"), "{err}");
+    assert!(
+        err.contains("traffic.sidecar.istio.io/excludeInboundPorts"),
+        "{err}"
+    );
     assert!(err.contains("`http` is not a port"), "{err}");
 }
 
@@ -206,7 +231,11 @@ fn collect_containers(v: &Value, found: &mut Vec<Value>) {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -242,7 +271,10 @@ fn the_init_container_uses_the_capture_flags_of_meshlite_proxy_init() {
         // Every flag takes a value.
         assert_eq!((args.len() - 1) % 2, 0, "{args:?}");
         for flag in flag_names(&args) {
-            assert!(INIT_FLAGS.contains(&flag.as_str()), "unknown init flag {flag}");
+            assert!(
+                INIT_FLAGS.contains(&flag.as_str()),
+                "unknown init flag {flag}"
+            );
         }
         let caps = strings(&init["securityContext"]["capabilities"]["add"]);
         assert_eq!(caps, ["NET_ADMIN", "NET_RAW"]);
@@ -265,7 +297,12 @@ fn the_sidecar_runs_as_1337_read_only_with_the_downward_api_identity() {
             .iter()
             .filter_map(|e| e["name"].as_str().map(str::to_string))
             .collect();
-        for downward in ["POD_NAME", "POD_NAMESPACE", "INSTANCE_IP", "SERVICE_ACCOUNT"] {
+        for downward in [
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "INSTANCE_IP",
+            "SERVICE_ACCOUNT",
+        ] {
             assert!(env.iter().any(|e| e == downward), "{downward} missing");
         }
         assert_eq!(proxy["securityContext"]["runAsUser"], 1337);

@@ -111,7 +111,9 @@ async fn https(
         .and_then(|s| s.parse().ok())
         .ok_or("no status")?;
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "{head}"
     );
     Ok((status, response[split + 4..].to_vec()))
@@ -139,12 +141,16 @@ fn review(uid: &str, pod: &Value) -> Vec<u8> {
 /// What `meshlite-control inject` writes for `pod` (as YAML, read back).
 fn cli_injected(pod: &Value) -> Value {
     let yaml = serde_saphyr::to_string(pod).unwrap();
-    let out = inject_documents(&yaml, &InjectOptions::default()).unwrap().yaml;
+    let out = inject_documents(&yaml, &InjectOptions::default())
+        .unwrap()
+        .yaml;
     serde_saphyr::from_str(&out).unwrap()
 }
 
 fn golden(name: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/inject").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/inject")
+        .join(name);
     serde_saphyr::from_multiple(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -204,7 +210,11 @@ async fn a_pod_patched_by_the_webhook_equals_the_inject_commands_output() {
         // The sidecar announces the Deployment, not the pod, as its workload.
         let args = patched["spec"]["initContainers"][1]["args"].to_string();
         assert!(
-            args.contains(if i == 0 { "\"debug-shell\"" } else { "\"reviews-v1\"" }),
+            args.contains(if i == 0 {
+                "\"debug-shell\""
+            } else {
+                "\"reviews-v1\""
+            }),
             "{args}"
         );
         assert!(!args.contains("pod-template-hash"), "{args}");
@@ -219,9 +229,16 @@ async fn the_webhook_is_verified_by_the_mesh_root_under_its_service_names() {
         "meshlite-control.mesh-system.svc",
         "meshlite-control.mesh-system.svc.cluster.local",
     ] {
-        let (status, _) = https(plane.webhook, &plane.root_pem, name, "POST", "/inject", &review("u", pod))
-            .await
-            .unwrap();
+        let (status, _) = https(
+            plane.webhook,
+            &plane.root_pem,
+            name,
+            "POST",
+            "/inject",
+            &review("u", pod),
+        )
+        .await
+        .unwrap();
         assert_eq!(status, 200, "{name}");
     }
     let wrong = https(
@@ -233,7 +250,10 @@ async fn the_webhook_is_verified_by_the_mesh_root_under_its_service_names() {
         &review("u", pod),
     )
     .await;
-    assert!(wrong.is_err(), "a name the certificate does not carry was accepted");
+    assert!(
+        wrong.is_err(),
+        "a name the certificate does not carry was accepted"
+    );
     // Another CA's root does not verify it.
     let other = tempfile::tempdir().unwrap();
     let other_ca =
@@ -266,12 +286,18 @@ async fn bad_requests_get_clear_errors_and_the_webhook_keeps_serving() {
     let (status, body) = call("POST", "/inject", b"{not json".to_vec()).await;
     assert_eq!(status, 400);
     assert_eq!(body["kind"], "Status");
-    assert!(body["message"].as_str().unwrap().contains("not JSON"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("not JSON"),
+        "{body}"
+    );
 
     let no_request = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
     let (status, body) = call("POST", "/inject", no_request.to_vec()).await;
     assert_eq!(status, 400);
-    assert!(body["message"].as_str().unwrap().contains("no request"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("no request"),
+        "{body}"
+    );
 
     let mut wrong_kind: Value = serde_json::from_slice(&review("k-1", &pods()[0])).unwrap();
     wrong_kind["request"]["kind"]["kind"] = json!("Service");
@@ -280,7 +306,10 @@ async fn bad_requests_get_clear_errors_and_the_webhook_keeps_serving() {
     assert_eq!(body["response"]["uid"], "k-1");
     assert_eq!(body["response"]["allowed"], false);
     assert!(
-        body["response"]["status"]["message"].as_str().unwrap().contains("Service"),
+        body["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Service"),
         "{body}"
     );
 

@@ -6,6 +6,9 @@
 //! binary with the workspace's features, so the end-to-end crate finds it in `target/` without
 //! a second, differently-featured build.
 
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

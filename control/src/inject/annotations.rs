@@ -100,7 +100,9 @@ pub fn opted_out(metadata: Option<&Map<String, Value>>) -> bool {
             .and_then(Value::as_str)
             .map(|s| s.trim().eq_ignore_ascii_case("false"))
     };
-    read("labels").or_else(|| read("annotations")).unwrap_or(false)
+    read("labels")
+        .or_else(|| read("annotations"))
+        .unwrap_or(false)
 }
 
 /// Reads a pod's annotations; `default_mode` applies unless the pod names its own.
@@ -275,7 +277,20 @@ fn is_quantity(q: &str) -> bool {
         && number.chars().any(|c| c.is_ascii_digit());
     let suffix_ok = matches!(
         suffix,
-        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P"
+        "" | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+            | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
             | "E"
     ) || suffix
         .strip_prefix(['e', 'E'])
@@ -331,7 +346,10 @@ mod tests {
             s.capture.exclude_outbound_ip_ranges.as_deref(),
             Some("10.0.0.0/8,169.254.169.254/32")
         );
-        assert_eq!(s.capture.exclude_inbound_ports.as_deref(), Some("8080,9090"));
+        assert_eq!(
+            s.capture.exclude_inbound_ports.as_deref(),
+            Some("8080,9090")
+        );
         assert_eq!(s.capture.include_outbound_ip_ranges.as_deref(), Some("*"));
         for (key, bad) in [
             (EXCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/33"),
@@ -369,16 +387,24 @@ mod tests {
     fn the_native_sidecar_annotation_overrides_the_default_mode() {
         let s = settings(json!({NATIVE_SIDECAR: "false"})).unwrap();
         assert_eq!(s.mode, SidecarMode::Classic);
-        let s = read(json!({NATIVE_SIDECAR: "true"}).as_object(), SidecarMode::Classic).unwrap();
+        let s = read(
+            json!({NATIVE_SIDECAR: "true"}).as_object(),
+            SidecarMode::Classic,
+        )
+        .unwrap();
         assert_eq!(s.mode, SidecarMode::Native);
         assert!(settings(json!({NATIVE_SIDECAR: "yes"})).is_err());
     }
 
     #[test]
     fn opting_out_by_label_or_annotation() {
-        assert!(opted_out(json!({"annotations": {INJECT: "false"}}).as_object()));
+        assert!(opted_out(
+            json!({"annotations": {INJECT: "false"}}).as_object()
+        ));
         assert!(opted_out(json!({"labels": {INJECT: "False"}}).as_object()));
-        assert!(!opted_out(json!({"labels": {INJECT: "true"}, "annotations": {INJECT: "false"}}).as_object()));
+        assert!(!opted_out(
+            json!({"labels": {INJECT: "true"}, "annotations": {INJECT: "false"}}).as_object()
+        ));
         assert!(!opted_out(json!({}).as_object()));
         assert!(!opted_out(None));
     }

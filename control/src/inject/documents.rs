@@ -118,7 +118,10 @@ mod tests {
     fn documents_split_at_markers_only_at_line_start() {
         let text = "# header\n---\na: 1\n---\nb: \"--- not a marker\"\n---   \nc: 3\n";
         let docs = split(text);
-        assert_eq!(docs, ["\na: 1\n", "\nb: \"--- not a marker\"\n", "   \nc: 3\n"]);
+        assert_eq!(
+            docs,
+            ["\na: 1\n", "\nb: \"--- not a marker\"\n", "   \nc: 3\n"]
+        );
         assert_eq!(split("a: 1\n"), ["a: 1\n"]);
         assert_eq!(split("a: 1\n---\n"), ["a: 1\n", "\n"]);
     }
@@ -132,7 +135,17 @@ mod tests {
         let back: Value = serde_saphyr::from_str(&text).unwrap();
         assert_eq!(back, v, "{text}");
         // YAML 1.1 readers (kubectl's) take these for booleans, numbers or times unquoted.
-        for s in ["yes", "on", "off", "y", "N", "1_000", "12:30", "0o17", "2001-12-14"] {
+        for s in [
+            "yes",
+            "on",
+            "off",
+            "y",
+            "N",
+            "1_000",
+            "12:30",
+            "0o17",
+            "2001-12-14",
+        ] {
             let text = to_yaml(&serde_json::json!({ "k": s })).unwrap();
             assert_eq!(text, format!("k: \"{s}\"\n"), "{s}");
         }

@@ -139,7 +139,10 @@ impl Outcome {
 
 /// Injects one Kubernetes object (any kind; those that run no pods are left alone); a
 /// `List` has each item injected. Returns what happened to each pod template.
-pub fn inject_object(object: &mut Value, opts: &InjectOptions) -> Result<Vec<Outcome>, InjectError> {
+pub fn inject_object(
+    object: &mut Value,
+    opts: &InjectOptions,
+) -> Result<Vec<Outcome>, InjectError> {
     let kind = object
         .get("kind")
         .and_then(Value::as_str)
@@ -179,7 +182,9 @@ pub fn inject_object(object: &mut Value, opts: &InjectOptions) -> Result<Vec<Out
             path.join(".")
         )))
     })?;
-    inject_pod(template, &name, opts).map(|o| vec![o]).map_err(wrap)
+    inject_pod(template, &name, opts)
+        .map(|o| vec![o])
+        .map_err(wrap)
 }
 
 /// Injects a pod or pod template (`metadata` + `spec`) in place; `workload` is the name its
@@ -204,9 +209,7 @@ pub fn inject_pod(
         .get("containers")
         .and_then(Value::as_array)
         .ok_or_else(|| InjectError::Malformed("spec.containers is missing".into()))?;
-    if pod_annotations.is_some_and(|a| a.contains_key(annotations::STATUS))
-        || has_sidecar(spec)
-    {
+    if pod_annotations.is_some_and(|a| a.contains_key(annotations::STATUS)) || has_sidecar(spec) {
         return Ok(Outcome::AlreadyInjected);
     }
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
@@ -305,9 +308,7 @@ fn array_at<'a>(
     spec: &'a mut Map<String, Value>,
     key: &str,
 ) -> Result<&'a mut Vec<Value>, InjectError> {
-    let slot = spec
-        .entry(key)
-        .or_insert_with(|| Value::Array(Vec::new()));
+    let slot = spec.entry(key).or_insert_with(|| Value::Array(Vec::new()));
     if slot.is_null() {
         *slot = Value::Array(Vec::new());
     }
@@ -331,29 +332,49 @@ mod tests {
             "spec": {"futureField": {"deep": [true, 1.5, "s"]},
                      "containers": [{"name": "app", "futureContainerField": {"k": "v"}}]}});
         let before = pod.clone();
-        assert_eq!(inject_object(&mut pod, &InjectOptions::default()).unwrap(),
-            [Outcome::Injected(SidecarMode::Native)]);
+        assert_eq!(
+            inject_object(&mut pod, &InjectOptions::default()).unwrap(),
+            [Outcome::Injected(SidecarMode::Native)]
+        );
         assert_eq!(pod["metadata"]["x-future"], before["metadata"]["x-future"]);
         assert_eq!(pod["spec"]["futureField"], before["spec"]["futureField"]);
-        assert_eq!(pod["spec"]["containers"][0], before["spec"]["containers"][0]);
+        assert_eq!(
+            pod["spec"]["containers"][0],
+            before["spec"]["containers"][0]
+        );
         assert_eq!(names(&pod["spec"]["containers"]), ["app"]);
-        assert_eq!(names(&pod["spec"]["initContainers"]), ["meshlite-init", "meshlite-proxy"]);
+        assert_eq!(
+            names(&pod["spec"]["initContainers"]),
+            ["meshlite-init", "meshlite-proxy"]
+        );
     }
 
     #[test]
     fn classic_mode_puts_the_sidecar_last_or_first_when_it_holds_the_app() {
-        let opts = InjectOptions { sidecar_mode: SidecarMode::Classic, ..Default::default() };
-        let pod = |annotations: Value| json!({"kind": "Pod",
+        let opts = InjectOptions {
+            sidecar_mode: SidecarMode::Classic,
+            ..Default::default()
+        };
+        let pod = |annotations: Value| {
+            json!({"kind": "Pod",
             "metadata": {"name": "p", "annotations": annotations},
-            "spec": {"containers": [{"name": "app"}]}});
+            "spec": {"containers": [{"name": "app"}]}})
+        };
         let mut plain = pod(json!({}));
         inject_object(&mut plain, &opts).unwrap();
-        assert_eq!(names(&plain["spec"]["containers"]), ["app", "meshlite-proxy"]);
+        assert_eq!(
+            names(&plain["spec"]["containers"]),
+            ["app", "meshlite-proxy"]
+        );
         assert_eq!(names(&plain["spec"]["initContainers"]), ["meshlite-init"]);
         assert!(plain["spec"]["containers"][1].get("lifecycle").is_none());
-        let mut held = pod(json!({"proxy.istio.io/config": "holdApplicationUntilProxyStarts: true"}));
+        let mut held =
+            pod(json!({"proxy.istio.io/config": "holdApplicationUntilProxyStarts: true"}));
         inject_object(&mut held, &opts).unwrap();
-        assert_eq!(names(&held["spec"]["containers"]), ["meshlite-proxy", "app"]);
+        assert_eq!(
+            names(&held["spec"]["containers"]),
+            ["meshlite-proxy", "app"]
+        );
         assert_eq!(
             held["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"],
             json!([template::PROXY_BINARY, "wait"])
@@ -365,11 +386,26 @@ mod tests {
         let opts = InjectOptions::default();
         for (pod, expect) in [
             (json!({"kind": "Pod", "metadata": {"name": "p"}}), "no spec"),
-            (json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": {}}}), "spec.containers"),
-            (json!({"kind": "Pod", "metadata": {"name": "p", "annotations": []}, "spec": {"containers": []}}), "annotations"),
-            (json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [], "volumes": 3}}), "spec.volumes"),
-            (json!({"kind": "Deployment", "metadata": {"name": "d"}, "spec": {}}), "no pod template"),
-            (json!({"kind": "Pod", "metadata": {}, "spec": {"containers": []}}), "metadata.name"),
+            (
+                json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": {}}}),
+                "spec.containers",
+            ),
+            (
+                json!({"kind": "Pod", "metadata": {"name": "p", "annotations": []}, "spec": {"containers": []}}),
+                "annotations",
+            ),
+            (
+                json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [], "volumes": 3}}),
+                "spec.volumes",
+            ),
+            (
+                json!({"kind": "Deployment", "metadata": {"name": "d"}, "spec": {}}),
+                "no pod template",
+            ),
+            (
+                json!({"kind": "Pod", "metadata": {}, "spec": {"containers": []}}),
+                "metadata.name",
+            ),
         ] {
             let mut p = pod.clone();
             let e = inject_object(&mut p, &opts).unwrap_err().to_string();

@@ -99,16 +99,31 @@ mod tests {
             json!({"metadata": {"annotations": {"x": "1", "prometheus.io/port": "15020", "a~b": "c"}}}),
         );
         let paths: Vec<&str> = ops.iter().filter_map(|o| o["path"].as_str()).collect();
-        assert!(paths.contains(&"/metadata/annotations/prometheus.io~1port"), "{paths:?}");
+        assert!(
+            paths.contains(&"/metadata/annotations/prometheus.io~1port"),
+            "{paths:?}"
+        );
         assert!(paths.contains(&"/metadata/annotations/a~0b"), "{paths:?}");
     }
 
     #[test]
     fn prepended_and_appended_items_are_added_in_place() {
         for (before, after, at) in [
-            (json!({"l": ["c", "d"]}), json!({"l": ["a", "b", "c", "d"]}), ["/l/0", "/l/1"]),
-            (json!({"l": ["a", "b"]}), json!({"l": ["a", "b", "c", "d"]}), ["/l/2", "/l/3"]),
-            (json!({"l": ["a", "d"]}), json!({"l": ["a", "b", "c", "d"]}), ["/l/1", "/l/2"]),
+            (
+                json!({"l": ["c", "d"]}),
+                json!({"l": ["a", "b", "c", "d"]}),
+                ["/l/0", "/l/1"],
+            ),
+            (
+                json!({"l": ["a", "b"]}),
+                json!({"l": ["a", "b", "c", "d"]}),
+                ["/l/2", "/l/3"],
+            ),
+            (
+                json!({"l": ["a", "d"]}),
+                json!({"l": ["a", "b", "c", "d"]}),
+                ["/l/1", "/l/2"],
+            ),
         ] {
             let ops = roundtrip(before, after);
             assert!(ops.iter().all(|o| o["op"] == "add"), "{ops:?}");
@@ -124,7 +139,10 @@ mod tests {
     #[test]
     fn other_list_changes_replace_the_list() {
         let ops = roundtrip(json!({"l": ["a", "b", "c"]}), json!({"l": ["b", "x"]}));
-        assert_eq!(ops, [json!({"op": "replace", "path": "/l", "value": ["b", "x"]})]);
+        assert_eq!(
+            ops,
+            [json!({"op": "replace", "path": "/l", "value": ["b", "x"]})]
+        );
         roundtrip(json!({"l": ["a", "b"]}), json!({"l": ["b"]}));
     }
 

@@ -116,12 +116,17 @@ pub fn init_container(opts: &InjectOptions, settings: &PodSettings) -> Value {
             .clone()
             .unwrap_or_else(|| "*".into()),
         "--include-inbound-ports".into(),
-        c.include_inbound_ports.clone().unwrap_or_else(|| "*".into()),
+        c.include_inbound_ports
+            .clone()
+            .unwrap_or_else(|| "*".into()),
         "--exclude-inbound-ports".into(),
         exclude_inbound,
     ];
     for (flag, value) in [
-        ("--exclude-outbound-ip-ranges", &c.exclude_outbound_ip_ranges),
+        (
+            "--exclude-outbound-ip-ranges",
+            &c.exclude_outbound_ip_ranges,
+        ),
         ("--exclude-outbound-ports", &c.exclude_outbound_ports),
     ] {
         if let Some(v) = value {

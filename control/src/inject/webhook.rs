@@ -167,7 +167,11 @@ pub fn server_config(
 }
 
 /// Serves the webhook on `listener` until the process exits.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, opts: Arc<InjectOptions>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    opts: Arc<InjectOptions>,
+) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, remote) = match listener.accept().await {
@@ -232,7 +236,9 @@ async fn handle(req: Request<Incoming>, opts: &InjectOptions) -> Response<Full<B
     let bytes = match tokio::time::timeout(REQUEST_TIMEOUT, body.collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) => {
-            let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let too_large = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
             let mut a = bad_request(if too_large {
                 format!("the body is larger than {MAX_BODY} bytes")
             } else {
@@ -276,7 +282,9 @@ mod tests {
 
     fn decoded_patch(answer: &Answer) -> Vec<Value> {
         let b64 = answer.body["response"]["patch"].as_str().unwrap();
-        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         serde_json::from_slice(&bytes).unwrap()
     }
 
@@ -331,9 +339,18 @@ mod tests {
     fn what_is_not_an_admission_review_gets_a_400_status() {
         for (body, expect) in [
             (&b"not json"[..], "not JSON"),
-            (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#, "expected"),
-            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, "no request"),
-            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#, "no uid"),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#,
+                "expected",
+            ),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+                "no request",
+            ),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#,
+                "no uid",
+            ),
             (b"[1,2]", "expected"),
         ] {
             let a = review(body, &opts());
@@ -350,12 +367,23 @@ mod tests {
         r["request"]["kind"]["kind"] = json!("Deployment");
         let a = review(&serde_json::to_vec(&r).unwrap(), &opts());
         assert_eq!(a.body["response"]["allowed"], false);
-        assert!(a.body["response"]["status"]["message"].as_str().unwrap().contains("Deployment"));
+        assert!(
+            a.body["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Deployment")
+        );
         let a = review(&pod_review(json!(null)), &opts());
         assert_eq!(a.body["response"]["allowed"], false);
-        assert_eq!(a.body["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(
+            a.body["response"]["uid"],
+            "705ab4f5-6393-11e8-b7cc-42010a800002"
+        );
         // A pod without containers: refused, not a panic.
-        let a = review(&pod_review(json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {}})), &opts());
+        let a = review(
+            &pod_review(json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {}})),
+            &opts(),
+        );
         assert_eq!(a.body["response"]["allowed"], false);
     }
 }

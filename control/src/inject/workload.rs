@@ -28,7 +28,11 @@ const CONTROLLER_LABELS: &[&str] = &[
 pub fn template_path(kind: &str) -> Option<&'static [&'static str]> {
     match kind {
         "Pod" => Some(&[]),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController"
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
         | "Job" => Some(&["spec", "template"]),
         "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
         _ => None,
@@ -82,9 +86,7 @@ pub fn pod_workload_name(pod: &Value) -> Option<String> {
 /// `name` without its last `-segment` when that segment passes `generated`.
 fn strip_suffix_if(name: &str, generated: impl Fn(&str) -> bool) -> &str {
     match name.rsplit_once('-') {
-        Some((stem, suffix)) if !stem.is_empty() && !suffix.is_empty() && generated(suffix) => {
-            stem
-        }
+        Some((stem, suffix)) if !stem.is_empty() && !suffix.is_empty() && generated(suffix) => stem,
         _ => name,
     }
 }
@@ -182,7 +184,8 @@ mod tests {
 
     #[test]
     fn controller_labels_are_not_announced() {
-        let meta = json!({"labels": {"app": "reviews", "version": "v1", "pod-template-hash": "abc"}});
+        let meta =
+            json!({"labels": {"app": "reviews", "version": "v1", "pod-template-hash": "abc"}});
         let labels = workload_labels(meta.as_object());
         assert_eq!(labels.len(), 2);
         assert_eq!(labels["app"], "reviews");

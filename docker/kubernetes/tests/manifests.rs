@@ -47,7 +47,10 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value, wh
 /// Checks one document by kind; returns the kind.
 fn check(doc: &Value, origin: &str) -> String {
     let kind = doc["kind"].as_str().unwrap_or("").to_string();
-    let what = format!("{origin}: {kind}/{}", doc["metadata"]["name"].as_str().unwrap_or("?"));
+    let what = format!(
+        "{origin}: {kind}/{}",
+        doc["metadata"]["name"].as_str().unwrap_or("?")
+    );
     match kind.as_str() {
         "Namespace" => round_trip::<Namespace>(doc, &what),
         "ServiceAccount" => round_trip::<ServiceAccount>(doc, &what),
@@ -115,7 +118,10 @@ fn every_manifest_reads_as_its_kubernetes_api_type() {
         "Service",
         "MutatingWebhookConfiguration",
     ] {
-        assert!(kinds.iter().any(|k| k == expected), "no {expected} manifest");
+        assert!(
+            kinds.iter().any(|k| k == expected),
+            "no {expected} manifest"
+        );
     }
 }
 
@@ -135,25 +141,61 @@ fn the_service_webhook_and_deployment_agree_on_names_and_ports() {
     let service: Service =
         serde_json::from_value(find(&all, "Service", "meshlite-control").clone()).unwrap();
     let webhook: MutatingWebhookConfiguration = serde_json::from_value(
-        find(&all, "MutatingWebhookConfiguration", "meshlite-sidecar-injector").clone(),
+        find(
+            &all,
+            "MutatingWebhookConfiguration",
+            "meshlite-sidecar-injector",
+        )
+        .clone(),
     )
     .unwrap();
 
-    let ports: Vec<i32> = service.spec.as_ref().unwrap().ports.as_ref().unwrap().iter().map(|p| p.port).collect();
+    let ports: Vec<i32> = service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| p.port)
+        .collect();
     assert_eq!(ports, [15012, 15014, 15017]);
     let pod = deployment.spec.as_ref().unwrap().template.clone();
     let selector = service.spec.as_ref().unwrap().selector.clone().unwrap();
     let labels = pod.metadata.as_ref().unwrap().labels.clone().unwrap();
     for (k, v) in &selector {
-        assert_eq!(labels.get(k), Some(v), "the Service selects no control plane pod");
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "the Service selects no control plane pod"
+        );
     }
-    assert_eq!(labels.get("sidecar.istio.io/inject").map(String::as_str), Some("false"));
+    assert_eq!(
+        labels.get("sidecar.istio.io/inject").map(String::as_str),
+        Some("false")
+    );
     let container = &pod.spec.as_ref().unwrap().containers[0];
-    let served: Vec<i32> = container.ports.as_ref().unwrap().iter().map(|p| p.container_port).collect();
+    let served: Vec<i32> = container
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| p.container_port)
+        .collect();
     assert_eq!(served, [15012, 15014, 15017]);
     let args = container.args.clone().unwrap();
-    assert!(args.contains(&"--webhook-addr=0.0.0.0:15017".to_string()), "{args:?}");
-    let sa = pod.spec.as_ref().unwrap().service_account_name.clone().unwrap();
+    assert!(
+        args.contains(&"--webhook-addr=0.0.0.0:15017".to_string()),
+        "{args:?}"
+    );
+    let sa = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .service_account_name
+        .clone()
+        .unwrap();
     assert_eq!(sa, "meshlite-control");
 
     let hook = &webhook.webhooks.as_ref().unwrap()[0];
@@ -163,42 +205,94 @@ fn the_service_webhook_and_deployment_agree_on_names_and_ports() {
     assert_eq!(svc.path.as_deref(), Some("/inject"));
     assert_eq!(svc.port, Some(15017));
     assert_eq!(hook.admission_review_versions, ["v1"]);
-    let ns = hook.namespace_selector.as_ref().unwrap().match_labels.clone().unwrap();
-    assert_eq!(ns.get("istio-injection").map(String::as_str), Some("enabled"));
-    let obj = &hook.object_selector.as_ref().unwrap().match_expressions.as_ref().unwrap()[0];
+    let ns = hook
+        .namespace_selector
+        .as_ref()
+        .unwrap()
+        .match_labels
+        .clone()
+        .unwrap();
+    assert_eq!(
+        ns.get("istio-injection").map(String::as_str),
+        Some("enabled")
+    );
+    let obj = &hook
+        .object_selector
+        .as_ref()
+        .unwrap()
+        .match_expressions
+        .as_ref()
+        .unwrap()[0];
     assert_eq!(obj.key, "sidecar.istio.io/inject");
     assert_eq!(obj.operator, "NotIn");
     assert_eq!(obj.values.as_deref(), Some(&["false".to_string()][..]));
     let rule = &hook.rules.as_ref().unwrap()[0];
     assert_eq!(rule.resources.as_deref(), Some(&["pods".to_string()][..]));
-    assert_eq!(rule.operations.as_deref(), Some(&["CREATE".to_string()][..]));
+    assert_eq!(
+        rule.operations.as_deref(),
+        Some(&["CREATE".to_string()][..])
+    );
 
     // The RBAC binding names the Deployment's service account, and allows patching this
     // webhook configuration (its caBundle) and nothing but reading elsewhere.
     let binding: ClusterRoleBinding =
-        serde_json::from_value(find(&all, "ClusterRoleBinding", "meshlite-control").clone()).unwrap();
+        serde_json::from_value(find(&all, "ClusterRoleBinding", "meshlite-control").clone())
+            .unwrap();
     let subject = &binding.subjects.as_ref().unwrap()[0];
-    assert_eq!((subject.name.as_str(), subject.namespace.as_deref()), ("meshlite-control", Some("istio-system")));
+    assert_eq!(
+        (subject.name.as_str(), subject.namespace.as_deref()),
+        ("meshlite-control", Some("istio-system"))
+    );
     let role: ClusterRole =
         serde_json::from_value(find(&all, "ClusterRole", "meshlite-control").clone()).unwrap();
     for rule in role.rules.as_ref().unwrap() {
-        let writes: Vec<&String> = rule.verbs.iter().filter(|v| !["get", "list", "watch"].contains(&v.as_str())).collect();
+        let writes: Vec<&String> = rule
+            .verbs
+            .iter()
+            .filter(|v| !["get", "list", "watch"].contains(&v.as_str()))
+            .collect();
         if !writes.is_empty() {
-            assert_eq!(rule.resources.as_deref(), Some(&["mutatingwebhookconfigurations".to_string()][..]));
-            assert_eq!(rule.resource_names.as_deref(), Some(&[webhook.metadata.name.clone().unwrap()][..]));
+            assert_eq!(
+                rule.resources.as_deref(),
+                Some(&["mutatingwebhookconfigurations".to_string()][..])
+            );
+            assert_eq!(
+                rule.resource_names.as_deref(),
+                Some(&[webhook.metadata.name.clone().unwrap()][..])
+            );
         }
     }
-    let readable: Vec<String> = role.rules.as_ref().unwrap().iter().flat_map(|r| r.resources.clone().unwrap_or_default()).collect();
-    for r in ["pods", "services", "endpointslices", "namespaces", "configmaps", "virtualservices",
-              "destinationrules", "peerauthentications", "authorizationpolicies", "telemetries"] {
-        assert!(readable.iter().any(|x| x == r), "the control plane cannot read {r}");
+    let readable: Vec<String> = role
+        .rules
+        .as_ref()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.resources.clone().unwrap_or_default())
+        .collect();
+    for r in [
+        "pods",
+        "services",
+        "endpointslices",
+        "namespaces",
+        "configmaps",
+        "virtualservices",
+        "destinationrules",
+        "peerauthentications",
+        "authorizationpolicies",
+        "telemetries",
+    ] {
+        assert!(
+            readable.iter().any(|x| x == r),
+            "the control plane cannot read {r}"
+        );
     }
 }
 
 #[test]
 fn the_mesh_config_map_is_a_config_directory_the_control_plane_accepts() {
     let all = manifests();
-    let cm: ConfigMap = serde_json::from_value(find(&all, "ConfigMap", "meshlite-config").clone()).unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(find(&all, "ConfigMap", "meshlite-config").clone()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = cm.data.unwrap();
     assert!(data.contains_key("mesh-config.yaml"));
