@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod ca;
 pub mod graph;
+pub mod inject;
 pub mod jwks;
 pub mod metrics;
 pub mod model;

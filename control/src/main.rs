@@ -3,7 +3,8 @@
 //! `serve` runs it; `validate DIR` checks a config directory like `istioctl analyze`;
 //! `status` lists connected proxies like `istioctl proxy-status`; `graph` prints the live
 //! service graph (as text, JSON or Graphviz DOT); `token create` makes a bootstrap token;
-//! `cert revoke` revokes a workload certificate.
+//! `cert revoke` revokes a workload certificate; `inject -f app.yaml` adds the sidecar to
+//! Kubernetes manifests like `istioctl kube-inject`.
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
@@ -29,7 +30,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serves xDS and the CA.
-    Serve(ServeOptions),
+    Serve(Box<ServeOptions>),
     /// Checks a config directory; exits 1 if any problem is an error.
     Validate {
         /// The directory.
@@ -63,6 +64,22 @@ enum Command {
     Cert {
         #[command(subcommand)]
         command: CertCommand,
+    },
+    /// Adds the sidecar to the workloads of Kubernetes manifests (like `istioctl
+    /// kube-inject`): Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and
+    /// Pods; other documents are copied unchanged.
+    Inject {
+        /// Manifest file (multi-document YAML); `-` for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Where to write the result (default: standard output).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// The trust domain of the workloads' SPIFFE IDs.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        #[command(flatten)]
+        options: meshlite_control::inject::InjectOptions,
     },
 }
 
@@ -148,7 +165,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .build()
                 .context("starting the runtime")?;
             runtime.block_on(async move {
-                let (_plane, bound) = match start(opts).await {
+                let (_plane, bound) = match start(*opts).await {
                     Ok(x) => x,
                     Err(e) => {
                         eprintln!("meshlite-control: {e}");
@@ -191,6 +208,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Status { addr, json } => status(addr, json),
+        Command::Inject {
+            file,
+            output,
+            trust_domain,
+            mut options,
+        } => {
+            options.trust_domain = trust_domain;
+            inject(&file, output.as_deref(), &options)
+        }
         Command::Graph { monitoring, format } => graph(&monitoring, format),
         Command::Token {
             command:
@@ -237,6 +263,42 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `inject`: reads the manifests, writes them injected, and says on stderr what happened to
+/// each workload.
+fn inject(
+    file: &std::path::Path,
+    output: Option<&std::path::Path>,
+    options: &meshlite_control::inject::InjectOptions,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Read as _;
+    let text = if file == std::path::Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let injected = meshlite_control::inject::inject_documents(&text, options)
+        .with_context(|| format!("{}", file.display()))?;
+    match output {
+        Some(path) => std::fs::write(path, &injected.yaml)
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{}", injected.yaml),
+    }
+    for report in &injected.reports {
+        for outcome in report
+            .outcomes
+            .iter()
+            .filter(|o| !matches!(o, meshlite_control::inject::Outcome::NotAWorkload))
+        {
+            eprintln!("{}: {}", report.object, outcome.describe());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `GET path` from the monitoring port at `addr`: the body of a 200 answer.

@@ -1,5 +1,5 @@
 //! `meshlite-control serve`: loads and watches the config directory, runs the CA, the xDS
-//! server and the monitoring port.
+//! server, the monitoring port and the sidecar injection webhook.
 //!
 //! A config edit is validated whole: if anything in it is an error, it is refused (logged,
 //! counted, visible in `status`) and the last good config keeps being served, so proxies
@@ -45,6 +45,17 @@ pub struct ServeOptions {
     /// Monitoring listener.
     #[arg(long, default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
+    /// Sidecar injection webhook listener (HTTPS, `/inject`).
+    #[arg(long, default_value = "0.0.0.0:15017")]
+    pub webhook_addr: SocketAddr,
+    /// The namespace the control plane runs in: its serving certificate names
+    /// `meshlite-control.<namespace>.svc` (and `.svc.cluster.local`), the names the API server
+    /// and the sidecars reach it by.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-system")]
+    pub namespace: String,
+    /// What the webhook injects.
+    #[command(flatten)]
+    pub inject: crate::inject::InjectOptions,
     /// Debounce window for pushes, e.g. `100ms`.
     #[arg(long, default_value = "100ms", value_parser = duration)]
     pub debounce: Duration,
@@ -113,6 +124,8 @@ pub struct Bound {
     pub xds: SocketAddr,
     /// Monitoring.
     pub monitoring: SocketAddr,
+    /// Injection webhook.
+    pub webhook: SocketAddr,
 }
 
 /// Starts everything; returns once listening.
@@ -160,6 +173,8 @@ pub async fn start(opts: ServeOptions) -> Result<(Arc<ControlPlane>, Bound), Ser
     let serving = ServingCert::new(&plane, &who).map_err(|e| ServeError::Io(e.to_string()))?;
     let tls = crate::xds::tls::server_config(serving.clone())
         .map_err(|e| ServeError::Io(format!("TLS configuration: {e}")))?;
+    let webhook_tls = crate::inject::webhook::server_config(serving.clone())
+        .map_err(|e| ServeError::Io(format!("webhook TLS configuration: {e}")))?;
     tokio::spawn(serving.keep_renewed(plane.clone(), who));
     if let Some(dir) = &opts.cacerts {
         tokio::spawn(watch_cacerts(plane.clone(), opts.clone(), dir.clone()));
@@ -170,9 +185,13 @@ pub async fn start(opts: ServeOptions) -> Result<(Arc<ControlPlane>, Bound), Ser
     let monitoring = tokio::net::TcpListener::bind(opts.monitoring_addr)
         .await
         .map_err(|e| ServeError::Io(format!("cannot listen on {}: {e}", opts.monitoring_addr)))?;
+    let webhook = tokio::net::TcpListener::bind(opts.webhook_addr)
+        .await
+        .map_err(|e| ServeError::Io(format!("cannot listen on {}: {e}", opts.webhook_addr)))?;
     let bound = Bound {
         xds: xds.local_addr().unwrap_or(opts.xds_addr),
         monitoring: monitoring.local_addr().unwrap_or(opts.monitoring_addr),
+        webhook: webhook.local_addr().unwrap_or(opts.webhook_addr),
     };
     let mut events = crate::source::watch(opts.config_dir.clone())
         .map_err(|e| ServeError::Io(format!("cannot watch {}: {e}", opts.config_dir.display())))?;
@@ -189,6 +208,11 @@ pub async fn start(opts: ServeOptions) -> Result<(Arc<ControlPlane>, Bound), Ser
         crate::graph::GraphSettings::every(opts.graph_interval),
     ));
     tokio::spawn(crate::xds::serve(plane.clone(), xds, tls));
+    tokio::spawn(crate::inject::webhook::serve(
+        webhook,
+        webhook_tls,
+        Arc::new(webhook_inject_options(&opts)),
+    ));
     {
         let plane = plane.clone();
         let dir = opts.config_dir.clone();
@@ -202,6 +226,22 @@ pub async fn start(opts: ServeOptions) -> Result<(Arc<ControlPlane>, Bound), Ser
         });
     }
     Ok((plane, bound))
+}
+
+/// What the webhook injects: the flags, with the sidecars' trust domain the CA's and, unless
+/// a flag names another, the control plane address this control plane serves under in its
+/// namespace.
+fn webhook_inject_options(opts: &ServeOptions) -> crate::inject::InjectOptions {
+    let mut inject = opts.inject.clone();
+    inject.trust_domain = opts.trust_domain.clone();
+    if inject.control_address == crate::inject::DEFAULT_CONTROL_ADDRESS {
+        inject.control_address = format!(
+            "https://meshlite-control.{}.svc:{}",
+            opts.namespace,
+            crate::inject::CONTROL_PORT
+        );
+    }
+    inject
 }
 
 /// Re-reads the config directory; a valid config replaces the current one, an invalid one
@@ -268,8 +308,9 @@ fn count_admission(plane: &ControlPlane, report: &validate::Report) {
     }
 }
 
-/// What the serving certificate names: the control plane's SPIFFE ID, its service names,
-/// loopback and the listening address.
+/// What the serving certificate names: the control plane's SPIFFE ID, its service names
+/// (in its namespace, short and fully qualified: the webhook's and the sidecars' names for
+/// it), loopback and the listening address.
 fn serving_identity(opts: &ServeOptions) -> Result<ServingIdentity, ServeError> {
     let id = SpiffeId::parse(&format!(
         "spiffe://{}/ns/istio-system/sa/meshlite-control",
@@ -279,8 +320,11 @@ fn serving_identity(opts: &ServeOptions) -> Result<ServingIdentity, ServeError> 
     let mut dns = vec![
         "localhost".to_string(),
         "meshlite-control".to_string(),
-        "meshlite-control.istio-system.svc".to_string(),
+        format!("meshlite-control.{}", opts.namespace),
+        format!("meshlite-control.{}.svc", opts.namespace),
+        format!("meshlite-control.{}.svc.cluster.local", opts.namespace),
     ];
+
     dns.extend(opts.dns_names.iter().cloned());
     let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
     if !opts.xds_addr.ip().is_unspecified() && !ips.contains(&opts.xds_addr.ip()) {

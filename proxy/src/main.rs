@@ -1,7 +1,9 @@
 //! `meshlite-proxy`: the sidecar binary.
 //!
 //! `meshlite-proxy --config FILE` runs the proxy; `validate` checks a config file; `dev-pki`
-//! writes a development root and SPIFFE certificates for the quick start.
+//! writes a development root and SPIFFE certificates for the quick start; `wait` returns once
+//! the proxy beside it is ready. With `--control` and no file, the proxy is configured by its
+//! flags and environment alone (how the Kubernetes injector runs it).
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
@@ -19,7 +21,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Static configuration file (YAML).
+    /// Static configuration file (YAML). Optional with `--control`: every setting then has its
+    /// default and the flags give the identity.
     #[arg(long, env = "MESHLITE_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Runtime worker threads. The default, 1, runs a single-threaded runtime: a sidecar's
@@ -76,9 +79,50 @@ struct ControlArgs {
     /// Trust domain for --namespace/--service-account.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// Workload label `key=value` (repeatable).
+    /// Workload label `key=value` (repeatable). `app` and `version` also give the canonical
+    /// service and revision when the file sets none.
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// The pod's IP: other sidecars reach this one's inbound listener there (announced to the
+    /// control plane).
+    #[arg(long, env = "INSTANCE_IP")]
+    instance_ip: Option<std::net::IpAddr>,
+    /// A port the application serves, `PORT` or `PORT/PROTOCOL` (`http`, `http2`, `grpc`,
+    /// `tcp`), on 127.0.0.1 (repeatable; added to the file's `inbound.ports`).
+    #[arg(long = "app-port", value_parser = app_port)]
+    app_ports: Vec<meshlite_proxy::config::InboundPortConfig>,
+    /// How long a drain (SIGTERM, `/quitquitquit`) lets in-flight requests finish, e.g. `30s`
+    /// (Istio's `terminationDrainDuration`; overrides `limits.drain_timeout`).
+    #[arg(long, env = "MESHLITE_DRAIN_DURATION", value_parser = drain_duration)]
+    drain_duration: Option<std::time::Duration>,
+}
+
+/// `9080` or `9080/grpc`: the app's port on loopback.
+fn app_port(s: &str) -> Result<meshlite_proxy::config::InboundPortConfig, String> {
+    use meshlite_proxy::config::Protocol;
+    let (port, protocol) = s.split_once('/').unwrap_or((s, "http"));
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("`{s}`: the port must be 1-65535"))?;
+    let protocol = match protocol {
+        "http" => Protocol::Http,
+        "http2" => Protocol::Http2,
+        "grpc" => Protocol::Grpc,
+        "tcp" => Protocol::Tcp,
+        other => return Err(format!("`{other}` is not http, http2, grpc or tcp")),
+    };
+    Ok(meshlite_proxy::config::InboundPortConfig {
+        port,
+        target: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        protocol,
+    })
+}
+
+/// An Istio duration (`5s`, `1m30s`).
+fn drain_duration(s: &str) -> Result<std::time::Duration, String> {
+    meshlite_xds_proto::duration::parse(s).map_err(|e| e.to_string())
 }
 
 impl ControlArgs {
@@ -132,6 +176,21 @@ impl ControlArgs {
                 .ok_or_else(|| format!("--label `{l}` is not key=value"))?;
             cfg.identity.labels.insert(k.to_string(), v.to_string());
         }
+        if cfg.identity.app.is_none() {
+            cfg.identity.app = cfg.identity.labels.get("app").cloned();
+        }
+        if cfg.identity.version.is_none() {
+            cfg.identity.version = cfg.identity.labels.get("version").cloned();
+        }
+        if let Some(ip) = self.instance_ip
+            && let Some(c) = cfg.control.as_mut()
+        {
+            c.inbound_address = Some(std::net::SocketAddr::new(ip, cfg.listeners.inbound.port()));
+        }
+        cfg.inbound.ports.extend(self.app_ports.iter().cloned());
+        if let Some(d) = self.drain_duration {
+            cfg.limits.drain_timeout = d;
+        }
         Ok(())
     }
 }
@@ -152,6 +211,16 @@ enum Command {
         #[arg(long = "identity", required = true)]
         identities: Vec<String>,
     },
+    /// Waits until the proxy beside it is ready (`/healthz/ready` answers 200); exits 1 if it
+    /// is not within the timeout. The postStart hook of a sidecar that holds its app.
+    Wait {
+        /// The proxy's health listener.
+        #[arg(long, default_value = "127.0.0.1:15021")]
+        health: std::net::SocketAddr,
+        /// How long to wait.
+        #[arg(long, default_value = "60s", value_parser = drain_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -170,12 +239,22 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Some(Command::Wait { health, timeout }) => wait(*health, *timeout),
         Some(Command::Validate) | None => {
-            let Some(path) = cli.config.clone() else {
-                eprintln!("meshlite-proxy: --config FILE is required");
-                return ExitCode::from(2);
+            let (path, loaded) = match (&cli.config, &cli.control.address) {
+                (Some(path), _) => (path.clone(), ProxyConfig::load(path)),
+                (None, Some(_)) => (
+                    PathBuf::from("(command line)"),
+                    Ok(ProxyConfig::without_file()),
+                ),
+                (None, None) => {
+                    eprintln!(
+                        "meshlite-proxy: --config FILE (or --control with the identity flags) is required"
+                    );
+                    return ExitCode::from(2);
+                }
             };
-            let cfg = match ProxyConfig::load(&path).and_then(|mut c| {
+            let cfg = match loaded.and_then(|mut c| {
                 cli.control.apply(&mut c).map_err(|message| {
                     meshlite_proxy::config::ConfigError::Invalid {
                         path: path.clone(),
@@ -216,6 +295,31 @@ fn main() -> ExitCode {
                     }
                 },
             }
+        }
+    }
+}
+
+/// `wait`: exit 0 once the proxy is ready, 1 if it is not in time.
+fn wait(health: std::net::SocketAddr, timeout: std::time::Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meshlite-proxy wait: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(meshlite_proxy::admin::wait::until_ready(
+        health,
+        timeout,
+        meshlite_proxy::admin::wait::PERIOD,
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshlite-proxy wait: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -6,6 +6,9 @@
 //! binary with the workspace's features, so the end-to-end crate finds it in `target/` without
 //! a second, differently-featured build.
 
+// Test helpers: a failed expectation is a failed test.
+#![allow(clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -141,4 +144,183 @@ fn an_expired_own_certificate_refuses_to_start_with_exit_2() {
         1,
         "the cause is said once: {said}"
     );
+}
+
+/// The sidecar the Kubernetes injector writes (`control/tests/inject/deployment.out.yaml`):
+/// its arguments and plain `env` values, with the kubelet's `$(VAR)` expansion of the
+/// downward-API variables done for a pod in namespace `shop` at 10.1.2.3.
+fn injected_sidecar() -> (Vec<String>, Vec<(String, String)>) {
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/inject/deployment.out.yaml");
+    let text = std::fs::read_to_string(&golden).expect("golden injection output");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("YAML");
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let sidecar = deployment["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .expect("init containers")
+        .iter()
+        .find(|c| c["name"] == "meshlite-proxy")
+        .expect("the sidecar")
+        .clone();
+    let downward = [
+        ("POD_NAME", "reviews-v1-7d9c8f6b5-x2x9z"),
+        ("POD_NAMESPACE", "shop"),
+        ("INSTANCE_IP", "10.1.2.3"),
+        ("SERVICE_ACCOUNT", "bookinfo-reviews"),
+    ];
+    let expand = |s: &str| {
+        downward
+            .iter()
+            .fold(s.to_string(), |s, (k, v)| s.replace(&format!("$({k})"), v))
+    };
+    let args = sidecar["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| expand(a.as_str().expect("string arg")))
+        .collect();
+    let mut env: Vec<(String, String)> = downward
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for e in sidecar["env"].as_array().expect("env") {
+        if let Some(v) = e["value"].as_str() {
+            env.push((e["name"].as_str().expect("name").to_string(), expand(v)));
+        }
+    }
+    (args, env)
+}
+
+#[test]
+fn the_injected_sidecar_command_line_is_one_the_proxy_accepts() {
+    let (args, env) = injected_sidecar();
+    assert!(
+        env.iter().any(|(k, _)| k == "MESHLITE_CONTROL"),
+        "the control plane address comes from the environment: {env:?}"
+    );
+    let out = proxy()
+        .env_remove("MESHLITE_CONFIG")
+        .envs(env)
+        .args(&args)
+        .arg("validate")
+        .output()
+        .expect("run validate");
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+    // Two application ports, from the Deployment's containers.
+    assert!(
+        text(&out).contains("(command line): valid (0 services, 2 inbound ports)"),
+        "{}",
+        text(&out)
+    );
+
+    // Without the control plane's address there is nothing to configure the proxy from.
+    let out = proxy()
+        .env_remove("MESHLITE_CONFIG")
+        .env_remove("MESHLITE_CONTROL")
+        .args(&args)
+        .arg("validate")
+        .output()
+        .expect("run validate");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // A malformed application port is refused by the flag's parser.
+    let out = proxy()
+        .args([
+            "--control",
+            "https://cp:15012",
+            "--app-port",
+            "9080/sctp",
+            "validate",
+        ])
+        .output()
+        .expect("run validate");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("sctp"), "{}", text(&out));
+}
+
+/// Starts a proxy on free loopback ports with a static identity, holds one connection open
+/// mid-request on its outbound listener, sends SIGTERM and returns how long it took to exit.
+fn drain_time(drain: Option<&str>) -> std::time::Duration {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = proxy()
+        .args(["dev-pki", "--out"])
+        .arg(dir.path())
+        .args(["--identity", "default/app"])
+        .output()
+        .expect("dev-pki");
+    assert!(pki.status.success(), "{}", text(&pki));
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        "identity:\n  spiffe_id: spiffe://cluster.local/ns/default/sa/app\n  workload: app\n  \
+         cert: app.crt\n  key: app.key\n  roots: root.crt\nlisteners:\n  outbound: 127.0.0.1:0\n  \
+         inbound: 127.0.0.1:0\n  admin: 127.0.0.1:0\n  metrics: 127.0.0.1:0\n  health: 127.0.0.1:0\n",
+    )
+    .expect("config");
+    let mut cmd = proxy();
+    cmd.env_remove("MESHLITE_DRAIN_DURATION")
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    if let Some(d) = drain {
+        cmd.env("MESHLITE_DRAIN_DURATION", d);
+    }
+    let mut child = cmd.spawn().expect("start proxy");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let addrs: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+    let outbound: std::net::SocketAddr = addrs["outbound"]
+        .as_str()
+        .expect("outbound address")
+        .parse()
+        .expect("address");
+    let mut held = std::net::TcpStream::connect(outbound).expect("connect");
+    held.write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\n")
+        .expect("half a request");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let sent = std::time::SystemTime::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "a drained proxy exits 0: {status:?}");
+    drop(held);
+    sent.elapsed().expect("clock")
+}
+
+#[test]
+fn sigterm_drains_for_the_termination_drain_duration() {
+    let short = drain_time(Some("1s"));
+    assert!(
+        short >= std::time::Duration::from_millis(900) && short < std::time::Duration::from_secs(4),
+        "MESHLITE_DRAIN_DURATION=1s drained for {short:?}"
+    );
+    // The default is Istio's 5 s: the setting is what shortened it.
+    let default = drain_time(None);
+    assert!(
+        default >= std::time::Duration::from_millis(4500),
+        "the default drain lasted {default:?}"
+    );
+}
+
+#[test]
+fn wait_exits_1_naming_the_address_when_no_proxy_becomes_ready() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let out = proxy()
+        .args(["wait", "--health", &addr.to_string(), "--timeout", "1s"])
+        .output()
+        .expect("run wait");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(&addr.to_string()), "{}", text(&out));
 }

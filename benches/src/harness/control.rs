@@ -106,6 +106,9 @@ impl ControlPlaneLaunch {
             self.xds.to_string().into(),
             "--monitoring-addr".into(),
             self.monitoring.to_string().into(),
+            // Not the default 15017: several control planes run side by side in the tests.
+            "--webhook-addr".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(self.extra_args.iter().cloned());
         if let Some(level) = &self.log_level {

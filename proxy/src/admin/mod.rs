@@ -2,6 +2,7 @@
 //! (15000: config dump, readiness, quit), on Istio's ports so operators' habits carry over.
 
 mod cluster_view;
+pub mod wait;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};

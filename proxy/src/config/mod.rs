@@ -147,6 +147,34 @@ pub mod duration_str {
 }
 
 impl ProxyConfig {
+    /// The configuration of a proxy started without a file: every section at its default and
+    /// an empty identity, which the command line fills (a Kubernetes sidecar is configured by
+    /// its flags and environment, as the injector writes them). It is validated like a file.
+    pub fn without_file() -> Self {
+        Self {
+            identity: IdentityConfig {
+                spiffe_id: String::new(),
+                workload: String::new(),
+                app: None,
+                version: None,
+                cert: None,
+                key: None,
+                roots: None,
+                labels: Default::default(),
+                locality: None,
+            },
+            listeners: ListenersConfig::default(),
+            inbound: InboundConfig::default(),
+            services: Vec::new(),
+            upstream: UpstreamConfig::default(),
+            limits: Limits::default(),
+            headers: HeaderOptions::default(),
+            control: None,
+            tracing: None,
+            proxy_stats_matcher: None,
+        }
+    }
+
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
