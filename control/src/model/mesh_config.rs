@@ -33,6 +33,27 @@ pub struct MeshConfig {
     pub root_namespace: Option<String>,
     /// The providers used when no Telemetry resource says otherwise.
     pub default_providers: Option<DefaultProviders>,
+    /// Where captured connections to destinations no service has may go.
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+/// `outboundTrafficPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OutboundTrafficPolicy {
+    /// The mode; Istio's default is `ALLOW_ANY`.
+    pub mode: OutboundTrafficMode,
+}
+
+/// `outboundTrafficPolicy.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficMode {
+    /// Unknown destinations are reached as they are (Envoy's PassthroughCluster).
+    #[default]
+    AllowAny,
+    /// Only services of the registry (and ServiceEntries) are reached (BlackHoleCluster).
+    RegistryOnly,
 }
 
 /// `defaultProviders`: the extension providers in force by default, by signal.

@@ -565,6 +565,10 @@ pub fn mesh(config: Option<&MeshConfig>) -> v1::MeshConfig {
             .as_ref()
             .map(|d| d.access_logging.clone())
             .unwrap_or_default(),
+        outbound_registry_only: m
+            .outbound_traffic_policy
+            .as_ref()
+            .is_some_and(|p| p.mode == crate::model::OutboundTrafficMode::RegistryOnly),
     }
 }
 

@@ -79,6 +79,8 @@ fn service(host: &str, endpoints: Vec<EndpointSpec>) -> ServiceSpec {
         endpoints,
         listen: None,
         external: None,
+        addresses: vec![],
+        detect_protocol: false,
     }
 }
 
