@@ -73,6 +73,7 @@ pub async fn serve(
         }
         Carry::Http => {
             let c = ctx.clone();
+            let dst = Arc::new(dst);
             conn::serve(
                 io,
                 None,
@@ -85,7 +86,7 @@ pub async fn serve(
                         ctx: c,
                         state,
                         remote,
-                        original_dst: Some(dst),
+                        original_dst: Some(dst.clone()),
                     };
                     hyper::service::service_fn(move |req| http::handle(oc.clone(), req))
                 },

@@ -49,8 +49,9 @@ pub struct OutboundConn {
     /// The app's address.
     pub remote: SocketAddr,
     /// Where the app was sending, when the capture rules redirected the connection here;
-    /// `None` in explicit mode (the app addressed this listener).
-    pub original_dst: Option<SocketAddr>,
+    /// `None` in explicit mode (the app addressed this listener). Shared, not inline: the
+    /// value is cloned per request, and explicit connections should not carry its size.
+    pub original_dst: Option<Arc<SocketAddr>>,
 }
 
 /// The checks every request gets at the edge, before it is routed ([`crate::message::framing`]).
@@ -96,7 +97,11 @@ pub async fn handle(
     let normalized = edge_check(&conn.state, &req).and_then(|()| {
         normalize_uri(req.uri_mut(), snap.path_normalization).map_err(ProxyError::from)
     });
-    let routed = match (normalized, request_authority(&req), conn.original_dst) {
+    let routed = match (
+        normalized,
+        request_authority(&req),
+        conn.original_dst.as_deref(),
+    ) {
         (Err(e), _, _) => Err(e),
         (Ok(()), None, None) => Err(ProxyError::NoHost),
         (Ok(()), Some(authority), None) => snap
@@ -107,7 +112,7 @@ pub async fn handle(
         // that port.
         (Ok(()), authority, Some(dst)) => {
             let authority = authority.unwrap_or("");
-            snap.route_captured(authority, dst)
+            snap.route_captured(authority, *dst)
                 .and_then(|hp| hp.select(crate::route::Head::of(&req), authority))
                 .map_err(|miss| ProxyError::from_miss(miss, authority))
         }

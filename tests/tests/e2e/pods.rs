@@ -238,7 +238,10 @@ async fn apps_calling_plain_addresses_are_captured_carried_over_mutual_tls_and_c
         let sent = sum(
             &client_metrics,
             "istio_requests_total",
-            &[("reporter", "source"), ("destination_app", "reviews")],
+            &[
+                ("reporter", "source"),
+                ("destination_service_name", "reviews"),
+            ],
         );
         assert!(sent >= 3.0, "{client_metrics}");
         let tcp = sum(
