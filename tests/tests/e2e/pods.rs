@@ -110,6 +110,7 @@ async fn apps_calling_plain_addresses_are_captured_carried_over_mutual_tls_and_c
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         let app = HttpApp::start_on("reviews", server.ns.bind(any(9080)).await.expect("bind"));
         let _banner = banner_server(server.ns.bind(any(9090)).await.expect("bind"));
+        let _undeclared = banner_server(server.ns.bind(any(9091)).await.expect("bind"));
         let _legacy = banner_server(legacy.ns.bind(any(7000)).await.expect("bind"));
 
         // reviews is also reachable at a virtual IP (a ServiceEntry's address, as a ClusterIP).
@@ -121,17 +122,21 @@ async fn apps_calling_plain_addresses_are_captured_carried_over_mutual_tls_and_c
              endpoints: [{{address: {}, serviceAccount: reviews}}]\n",
             server.ip
         );
-        let control = NodeControl::start(&node, &[("vip.yaml", &entry)]).await;
-        let ports = [
-            Served {
-                port: 9080,
-                protocol: "http",
-            },
-            Served {
-                port: 9090,
-                protocol: "tcp",
-            },
-        ];
+        // A second address whose ports name no protocol: captured connections are sniffed.
+        let sniffed_vip = node.virtual_ip(1);
+        let sniffed = format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{name: reviews-sniffed, namespace: default}}\nspec:\n  \
+             hosts: [sniffed.vip.internal]\n  addresses: [{sniffed_vip}]\n  location: MESH_INTERNAL\n  \
+             resolution: STATIC\n  ports: [{{number: 9080, name: web, targetPort: 15006}}, \
+             {{number: 9091, name: greeter, targetPort: 15006}}]\n  \
+             endpoints: [{{address: {}, serviceAccount: reviews}}]\n",
+            server.ip
+        );
+        let files = [("vip.yaml", entry.as_str()), ("sniffed.yaml", sniffed.as_str())];
+        let control = NodeControl::start(&node, &files).await;
+        let served = |port, protocol| Served { port, protocol };
+        let ports = [served(9080, "http"), served(9090, "tcp"), served(9091, "tcp")];
         let server_sidecar = PodSidecar::start(&server, &control, "reviews", &ports, &[]).await;
         let client_sidecar = PodSidecar::start(&client, &control, "productpage", &[], &[]).await;
 
@@ -185,6 +190,25 @@ async fn apps_calling_plain_addresses_are_captured_carried_over_mutual_tls_and_c
         assert_eq!(got, BANNER);
         assert!(started.elapsed() < Duration::from_secs(2), "no stall");
 
+        // Ports that declare nothing: HTTP is told by its request line; a client waiting
+        // for a greeting is taken for opaque TCP after the 100 ms detection timeout.
+        let web = SocketAddr::new(IpAddr::V4(sniffed_vip), 9080);
+        let reply = get(&client, web, "sniffed.vip.internal", "/").await.expect("sniffed http");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header(SERVED_BY), Some("reviews"));
+        assert!(identity(&reply), "over mutual TLS: {}", reply.text());
+        let started = tokio::time::Instant::now();
+        let greeter = SocketAddr::new(IpAddr::V4(sniffed_vip), 9091);
+        let got = greeting(&client.ns, greeter, Duration::from_secs(3))
+            .await
+            .expect("server-first protocol on a port without a protocol");
+        assert_eq!(got, BANNER);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
+            "the greeting waited for the detection timeout only: {waited:?}"
+        );
+
         // A destination no service has: passed through as it is (ALLOW_ANY).
         let outside = SocketAddr::new(IpAddr::V4(legacy.ip), 7000);
         let got = greeting(&client.ns, outside, Duration::from_secs(3))
@@ -224,7 +248,7 @@ async fn apps_calling_plain_addresses_are_captured_carried_over_mutual_tls_and_c
                 ("response_code", "200"),
             ],
         );
-        assert!(mtls >= 3.0, "{server_metrics}");
+        assert!(mtls >= 4.0, "{server_metrics}");
         let plaintext = sum(
             &server_metrics,
             "istio_requests_total",
@@ -247,7 +271,7 @@ async fn apps_calling_plain_addresses_are_captured_carried_over_mutual_tls_and_c
         let tcp = sum(
             &client_metrics,
             "istio_tcp_connections_opened_total",
-            &[("reporter", "source"), ("destination_app", "reviews")],
+            &[("reporter", "source"), ("destination_service_name", "reviews")],
         );
         assert!(tcp >= 1.0, "{client_metrics}");
 
