@@ -1672,7 +1672,11 @@ mod tests {
         };
         expect_no_error(&[mesh("REGISTRY_ONLY")]);
         expect_no_error(&[mesh("ALLOW_ANY")]);
-        expect_error(&[mesh("SOMETIMES")], "outboundTrafficPolicy.mode");
+        let e = expect_error(
+            &[mesh("SOMETIMES")],
+            "spec.meshConfig.outboundTrafficPolicy.mode",
+        );
+        assert!(e.message.contains("REGISTRY_ONLY"), "{e:?}");
     }
 
     #[test]
