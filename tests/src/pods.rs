@@ -242,11 +242,7 @@ impl PodSidecar {
 
     /// Its access log lines, parsed.
     pub fn access_log(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.path().join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        crate::mesh::json_lines(&self.dir.path().join("access.log"))
     }
 }
 
