@@ -561,6 +561,7 @@ pub fn mesh(config: Option<&MeshConfig>) -> v1::MeshConfig {
             .and_then(|t| t.sampling),
         access_log_providers: access_log_providers(m),
         default_access_log_providers: default_access_log_providers(m),
+        dns_capture_disabled: !crate::model::dns_capture(m),
     }
 }
 

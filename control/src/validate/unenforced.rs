@@ -177,13 +177,6 @@ impl Checker<'_> {
     }
 
     pub(super) fn service_entry_unapplied(&mut self, r: &Resource, se: &ServiceEntry) {
-        if !se.addresses.is_empty() {
-            self.unapplied(
-                r,
-                "spec.addresses".into(),
-                "virtual IPs need transparent capture; apps reach the entry by its host names",
-            );
-        }
         if !se.export_to.is_empty() {
             self.unapplied(
                 r,
@@ -224,6 +217,23 @@ impl Checker<'_> {
                 "the trust domain is meshlite-control's --trust-domain",
             );
         }
+        let metadata = m.default_config.iter().flat_map(|d| &d.proxy_metadata);
+        for (key, value) in metadata {
+            let field = format!("defaultConfig.proxyMetadata.{key}");
+            if key != crate::model::DNS_CAPTURE && key != crate::model::DNS_AUTO_ALLOCATE {
+                self.unapplied(
+                    r,
+                    field,
+                    "meshlite reads ISTIO_META_DNS_CAPTURE and ISTIO_META_DNS_AUTO_ALLOCATE only",
+                );
+            } else if crate::model::metadata_switch(m, key).is_none() {
+                self.warning(
+                    r,
+                    field,
+                    format!("`{value}` is not true or false; the default (true) applies"),
+                );
+            }
+        }
     }
 }
 
@@ -262,7 +272,6 @@ mod tests {
             "spec.workloadSelector",
             "spec.trafficPolicy.loadBalancer.simple",
             "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
-            "spec.addresses",
         ] {
             assert!(
                 warned(field),
@@ -270,5 +279,7 @@ mod tests {
                 report.problems
             );
         }
+        // Applied now: the DNS proxy answers with them, capture maps them to the entry.
+        assert!(!warned("spec.addresses"), "{:#?}", report.problems);
     }
 }
