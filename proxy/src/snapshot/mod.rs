@@ -145,6 +145,8 @@ pub struct Snapshot {
     /// The MeshConfig's access-log providers, ready to take lines (the next snapshot keeps
     /// their writers and exporters while they are unchanged).
     pub access_log_providers: crate::telemetry::access_log::providers::LogProviders,
+    /// The mesh names the DNS proxy answers, with their VIPs.
+    pub dns: Arc<crate::dns::table::NameTable>,
 }
 
 /// The mutual TLS modes among the ports a workload serves.

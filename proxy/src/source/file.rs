@@ -41,6 +41,7 @@ pub fn view(cfg: &ProxyConfig) -> MeshView {
                 .collect(),
             listen: s.listen,
             external: None,
+            addresses: vec![],
         })
         .collect();
     MeshView {

@@ -49,6 +49,7 @@ mod tests {
                 .collect(),
             listen: None,
             external: None,
+            addresses: vec![],
         }
     }
 

@@ -41,6 +41,9 @@ pub struct ServiceSpec {
     /// For a service outside the mesh: its endpoints (`ip:port` or `name:port`), reached
     /// without mutual TLS. `None` for mesh services, whose endpoints are `endpoints`.
     pub external: Option<Vec<http::uri::Authority>>,
+    /// Its virtual IPs (a ServiceEntry's `addresses`, or one the control plane allocated):
+    /// what the DNS proxy answers for its names. CIDRs are not kept here.
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 impl ServiceSpec {

@@ -219,6 +219,7 @@ impl XdsState {
                     .collect::<Result<Vec<_>, XdsError>>()?;
                 (eps, None)
             };
+            let addresses = vips(&svc.addresses).map_err(bad)?;
             for p in &svc.ports {
                 let port = u16::try_from(p.number)
                     .ok()
@@ -255,6 +256,7 @@ impl XdsState {
                             .map(|(_, a)| a.clone())
                             .collect()
                     }),
+                    addresses: addresses.clone(),
                 });
             }
         }
@@ -378,6 +380,26 @@ pub mod files {
     pub const CHAIN: &str = "cert-chain.pem";
     /// The current trust bundle (PEM).
     pub const ROOTS: &str = "roots.pem";
+}
+
+/// A service's VIPs as the DNS proxy answers them: IP literals kept, CIDR blocks (ranges
+/// for transparent capture) left out, anything else refused.
+fn vips(addresses: &[String]) -> Result<Vec<std::net::IpAddr>, String> {
+    let mut out = Vec::with_capacity(addresses.len());
+    for a in addresses {
+        match a.parse::<std::net::IpAddr>() {
+            Ok(ip) => out.push(ip),
+            Err(_) => {
+                let cidr = a.split_once('/').is_some_and(|(ip, len)| {
+                    ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok()
+                });
+                if !cidr {
+                    return Err(format!("address `{a}` is neither an IP nor a CIDR block"));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ fn service(host: &str, endpoints: Vec<EndpointSpec>) -> ServiceSpec {
         endpoints,
         listen: None,
         external: None,
+        addresses: vec![],
     }
 }
 
