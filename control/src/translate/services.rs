@@ -182,7 +182,12 @@ pub fn translate(
                         ids.into_iter().collect()
                     },
                     mesh_external: external,
-                    addresses: se.spec.addresses.iter().map(|a| a.trim().to_string()).collect(),
+                    addresses: se
+                        .spec
+                        .addresses
+                        .iter()
+                        .map(|a| a.trim().to_string())
+                        .collect(),
                 },
             );
             endpoints.insert(

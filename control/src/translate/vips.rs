@@ -201,7 +201,9 @@ mod tests {
             ips,
             vec![
                 IpAddr::from([10, 1, 2, 3]),
-                "2001:db8::1".parse::<IpAddr>().unwrap_or(IpAddr::from([0; 4]))
+                "2001:db8::1"
+                    .parse::<IpAddr>()
+                    .unwrap_or(IpAddr::from([0; 4]))
             ]
         );
     }

@@ -176,11 +176,7 @@ mod tests {
     fn table() -> NameTable {
         NameTable::build(
             &[
-                service(
-                    "reviews.shop.svc.cluster.local",
-                    "shop",
-                    &["240.240.0.7"],
-                ),
+                service("reviews.shop.svc.cluster.local", "shop", &["240.240.0.7"]),
                 service("big.example.com", "shop", &[]),
             ],
             "shop",
@@ -191,10 +187,7 @@ mod tests {
     fn query(name: &str, t: RecordType) -> Message {
         let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
         m.metadata.recursion_desired = true;
-        m.add_query(Query::query(
-            Name::from_ascii(name).unwrap_or_default(),
-            t,
-        ));
+        m.add_query(Query::query(Name::from_ascii(name).unwrap_or_default(), t));
         m
     }
 
@@ -214,7 +207,11 @@ mod tests {
     #[test]
     fn a_mesh_name_gets_its_vip_with_istios_ttl() {
         let t = table();
-        for name in ["reviews.", "reviews.shop.svc.cluster.local.", "Reviews.Shop."] {
+        for name in [
+            "reviews.",
+            "reviews.shop.svc.cluster.local.",
+            "Reviews.Shop.",
+        ] {
             let r = reply(ask(&query(name, RecordType::A), &t));
             assert_eq!(r.metadata.id, 0x1234);
             assert_eq!(r.metadata.message_type, MessageType::Response);

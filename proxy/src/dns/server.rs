@@ -58,13 +58,17 @@ impl DnsServer {
     }
 
     /// Forwards `packet`; the upstream's answer, or SERVFAIL when none came.
-    async fn forward(&self, packet: &[u8], query: &hickory_proto::op::Message, t: Transport) -> Option<Vec<u8>> {
+    async fn forward(
+        &self,
+        packet: &[u8],
+        query: &hickory_proto::op::Message,
+        t: Transport,
+    ) -> Option<Vec<u8>> {
         let m = &self.ctx.telemetry.metrics.dns;
         m.upstream_requests.inc();
         let started = tokio::time::Instant::now();
         let result = upstream::forward(packet, &self.upstreams, t, self.timeout).await;
-        m.upstream_duration
-            .observe(started.elapsed().as_secs_f64());
+        m.upstream_duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(reply) => Some(reply),
             Err(e) => {

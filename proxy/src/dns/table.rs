@@ -152,11 +152,7 @@ pub(crate) mod tests {
     #[test]
     fn cluster_services_answer_their_search_list_forms() {
         let svcs = [
-            service(
-                "reviews.shop.svc.cluster.local",
-                "shop",
-                &["240.240.0.7"],
-            ),
+            service("reviews.shop.svc.cluster.local", "shop", &["240.240.0.7"]),
             service("cart.other.svc.cluster.local", "other", &["240.240.0.8"]),
         ];
         let t = NameTable::build(&svcs, "shop", true);

@@ -163,9 +163,15 @@ mod tests {
         assert_eq!(
             parse_resolv_conf(text),
             [
-                "10.96.0.10:53".parse().unwrap_or(SocketAddr::from(([0; 4], 0))),
-                "[fe80::1]:53".parse().unwrap_or(SocketAddr::from(([0; 4], 0))),
-                "1.1.1.1:53".parse().unwrap_or(SocketAddr::from(([0; 4], 0))),
+                "10.96.0.10:53"
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([0; 4], 0))),
+                "[fe80::1]:53"
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([0; 4], 0))),
+                "1.1.1.1:53"
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([0; 4], 0))),
             ]
         );
     }

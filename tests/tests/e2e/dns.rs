@@ -201,7 +201,10 @@ async fn apps_resolve_mesh_names_to_vips_and_other_names_through_their_resolver(
 
     // ServiceEntry hosts: an allocated VIP, or the entry's own address.
     let api = v4(&ask_udp(dns, "api.example.com.", RecordType::A).await);
-    assert!(api.len() == 1 && allocated(api[0]) && api[0] != vip, "{api:?}");
+    assert!(
+        api.len() == 1 && allocated(api[0]) && api[0] != vip,
+        "{api:?}"
+    );
     let pay = v4(&ask_tcp(dns, "pay.example.com.", RecordType::A).await);
     assert_eq!(pay, [Ipv4Addr::new(10, 9, 9, 9)]);
     // Mesh names were answered by the sidecar (before echo registered, the name went
@@ -222,7 +225,10 @@ async fn apps_resolve_mesh_names_to_vips_and_other_names_through_their_resolver(
 
     // A service pushed later resolves without a restart.
     let name = "later.example.com.";
-    assert_eq!(v4(&ask_udp(dns, name, RecordType::A).await), [UPSTREAM_ANSWER]);
+    assert_eq!(
+        v4(&ask_udp(dns, name, RecordType::A).await),
+        [UPSTREAM_ANSWER]
+    );
     control.write_config("entries.yaml", &entries(LATER));
     let later = eventually("later.example.com to resolve to a VIP", SOON, || async {
         v4(&ask_udp(dns, name, RecordType::A).await)
