@@ -220,12 +220,13 @@ impl ControlPlane {
         }
         let prev = self.generation.borrow().resources.clone();
         let resources = Arc::new(
-            MeshResources::build(
+            MeshResources::build_keeping(
                 self.config.load_full(),
                 &workloads,
                 &self.ca().roots_pem(),
                 self.ca().trust_domain(),
                 &self.jwks.resolved(),
+                prev.vips(),
             )
             .sharing_with(&prev),
         );

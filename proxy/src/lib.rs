@@ -13,6 +13,7 @@ pub mod capture;
 pub mod config;
 pub mod context;
 pub mod control_client;
+pub mod dns;
 pub mod identity;
 pub mod inbound;
 pub mod message;
@@ -105,6 +106,8 @@ pub struct StartOptions {
     pub audit_log: Option<AccessLogTarget>,
     /// Every authorization decision is audited, not only AUDIT-marked ones.
     pub audit_all: bool,
+    /// The DNS proxy; off when `None`.
+    pub dns: Option<dns::DnsOptions>,
 }
 
 /// The addresses actually bound (ports configured as 0 are resolved here).
@@ -122,6 +125,8 @@ pub struct BoundAddrs {
     pub health: SocketAddr,
     /// Explicit-mode TCP listeners, by `service:port`.
     pub tcp: BTreeMap<String, SocketAddr>,
+    /// The DNS proxy (UDP and TCP), when it runs.
+    pub dns: Option<SocketAddr>,
 }
 
 /// A started proxy.
@@ -217,6 +222,26 @@ impl RunningProxy {
         let admin_l = bind("admin", l.admin).await?;
         let metrics_l = bind("metrics", l.metrics).await?;
         let health_l = bind("health", l.health).await?;
+        let dns = match &opts.dns {
+            None => None,
+            Some(d) => match dns::DnsListeners::bind(d.addr).await {
+                Ok(l) => Some(l),
+                Err(e) if d.optional && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tracing::warn!(
+                        "DNS proxy off: {} is taken (another sidecar on this host?); pass --dns-addr to choose another",
+                        d.addr
+                    );
+                    None
+                }
+                Err(source) => {
+                    return Err(StartError::Bind {
+                        name: "dns".into(),
+                        addr: d.addr,
+                        source,
+                    });
+                }
+            },
+        };
         let mut tcp = Vec::new();
         for c in &snapshot.clusters {
             if let Some(addr) = c.listen {
@@ -240,6 +265,7 @@ impl RunningProxy {
                     )
                 })
                 .collect(),
+            dns: dns.as_ref().and_then(|l| l.local_addr().ok()),
         };
 
         let control_status = control.as_ref().map(|b| {
@@ -277,6 +303,9 @@ impl RunningProxy {
         )));
         tokio::spawn(outbound::serve_listener(ctx.clone(), outbound));
         tokio::spawn(inbound::serve_listener(ctx.clone(), inbound, server_tls));
+        if let (Some(listeners), Some(d)) = (dns, &opts.dns) {
+            listeners.spawn(ctx.clone(), d);
+        }
         for (_, listener, cluster) in tcp {
             tokio::spawn(outbound::tcp::serve_listener(
                 ctx.clone(),

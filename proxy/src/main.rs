@@ -51,6 +51,66 @@ struct Cli {
     log_level: String,
     #[command(flatten)]
     control: ControlArgs,
+    #[command(flatten)]
+    dns: DnsArgs,
+}
+
+/// The DNS proxy (Istio's DNS proxying): mesh names answered from the snapshot, other names
+/// forwarded to the pod's resolvers.
+#[derive(clap::Args, Debug, Default)]
+struct DnsArgs {
+    /// Where the DNS proxy listens (UDP and TCP), `IP:PORT`, or `off`. Default
+    /// `127.0.0.1:15053` (Istio's), where capture redirects the pod's port 53; when that
+    /// default is taken (several sidecars on one host) the proxy runs without DNS.
+    #[arg(long, env = "MESHLITE_DNS_ADDR", value_parser = dns_addr)]
+    dns_addr: Option<DnsAddr>,
+    /// A resolver for names outside the mesh, `IP` or `IP:PORT` (repeatable, tried in
+    /// order). Default: the nameservers of /etc/resolv.conf, read at start.
+    #[arg(long = "dns-upstream", env = "MESHLITE_DNS_UPSTREAM", value_delimiter = ',',
+          value_parser = meshlite_proxy::dns::upstream::parse_upstream)]
+    dns_upstreams: Vec<std::net::SocketAddr>,
+    /// How long a forwarded query may take over every resolver before the app gets
+    /// SERVFAIL, e.g. `5s`.
+    #[arg(long, default_value = "5s", value_parser = drain_duration)]
+    dns_upstream_timeout: std::time::Duration,
+}
+
+/// `--dns-addr`.
+#[derive(Clone, Copy, Debug)]
+enum DnsAddr {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+fn dns_addr(s: &str) -> Result<DnsAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(DnsAddr::Off);
+    }
+    s.parse()
+        .map(DnsAddr::At)
+        .map_err(|_| format!("`{s}` is not IP:PORT or `off`"))
+}
+
+impl DnsArgs {
+    /// The DNS proxy's options; `None` when it is off.
+    fn options(&self) -> Option<meshlite_proxy::dns::DnsOptions> {
+        let (addr, optional) = match self.dns_addr {
+            Some(DnsAddr::Off) => return None,
+            Some(DnsAddr::At(a)) => (a, false),
+            None => (meshlite_proxy::dns::DEFAULT_ADDR, true),
+        };
+        let upstreams = if self.dns_upstreams.is_empty() {
+            meshlite_proxy::dns::upstream::system_resolvers()
+        } else {
+            self.dns_upstreams.clone()
+        };
+        Some(meshlite_proxy::dns::DnsOptions {
+            addr,
+            upstreams,
+            timeout: self.dns_upstream_timeout,
+            optional,
+        })
+    }
 }
 
 /// Flags that set or override the config file's `control` section and workload identity
@@ -469,6 +529,7 @@ fn run(cfg: ProxyConfig, cli: &Cli) -> anyhow::Result<()> {
         access_log: cli.access_log.as_deref().map(target),
         audit_log: Some(target(&cli.audit_log)),
         audit_all: cli.audit_log_all,
+        dns: cli.dns.options(),
     };
     runtime.block_on(async move {
         let proxy = RunningProxy::start(cfg, opts).await?;

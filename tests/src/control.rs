@@ -447,6 +447,9 @@ pub struct Workload {
     /// Opaque TCP services of the static file (the control plane's TCP services have no
     /// explicit listener), each with an outbound listener on `127.0.0.1:0`.
     pub static_tcp: Vec<StaticTcp>,
+    /// Run its DNS proxy on a free loopback port, forwarding other names to these
+    /// resolvers; `None`: no DNS proxy (`--dns-addr off`).
+    pub dns_upstreams: Option<Vec<SocketAddr>>,
 }
 
 /// A TCP service written in a sidecar's static file: reached on its own outbound listener
@@ -482,7 +485,15 @@ impl Workload {
             audit_all: false,
             stats_prefixes: vec!["cluster.".to_string(), "http.".to_string()],
             static_tcp: Vec::new(),
+            dns_upstreams: None,
         }
+    }
+
+    /// Runs its DNS proxy on a free loopback port (`MeshProxy::addrs.dns`), forwarding
+    /// names outside the mesh to `upstreams`.
+    pub fn with_dns(mut self, upstreams: &[SocketAddr]) -> Self {
+        self.dns_upstreams = Some(upstreams.to_vec());
+        self
     }
 
     /// Places it in `locality` (`region/zone/subzone`).
@@ -621,6 +632,10 @@ impl MeshProxy {
         .workers(Some(1))
         .log_level(log_level())
         .startup_timeout(STARTUP_TIMEOUT);
+        let launch = match &workload.dns_upstreams {
+            Some(upstreams) => launch.dns(SocketAddr::from(([127, 0, 0, 1], 0)), upstreams),
+            None => launch,
+        };
         let mut proxy = MeshProxy {
             workload: workload.clone(),
             addrs: Listening {
@@ -630,6 +645,7 @@ impl MeshProxy {
                 metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
                 health: SocketAddr::from(([127, 0, 0, 1], 0)),
                 tcp: BTreeMap::new(),
+                dns: None,
             },
             launch,
             process: None,

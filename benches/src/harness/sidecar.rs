@@ -42,6 +42,8 @@ pub struct Listening {
     pub health: SocketAddr,
     /// Explicit TCP listeners, keyed `name:port`.
     pub tcp: BTreeMap<String, SocketAddr>,
+    /// The DNS proxy (UDP and TCP), when it runs.
+    pub dns: Option<SocketAddr>,
 }
 
 impl Listening {
@@ -83,6 +85,10 @@ impl Listening {
             metrics: addr("metrics")?,
             health: addr("health")?,
             tcp,
+            dns: match value.get("dns") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(_) => Some(addr("dns")?),
+            },
         })
     }
 }
@@ -117,6 +123,7 @@ pub struct SidecarLaunch {
     log_level: Option<String>,
     startup_timeout: Duration,
     wait_ready: bool,
+    dns: Vec<OsString>,
 }
 
 impl SidecarLaunch {
@@ -136,7 +143,20 @@ impl SidecarLaunch {
             log_level: None,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             wait_ready: false,
+            dns: Vec::new(),
         }
+    }
+
+    /// Runs the DNS proxy on `addr` (e.g. `127.0.0.1:0`), forwarding other names to
+    /// `upstreams` (none: the host's resolv.conf). Without this the launch passes
+    /// `--dns-addr off`: many sidecars share the host, so none takes port 15053.
+    pub fn dns(mut self, addr: SocketAddr, upstreams: &[SocketAddr]) -> Self {
+        self.dns = vec!["--dns-addr".into(), addr.to_string().into()];
+        for u in upstreams {
+            self.dns.push("--dns-upstream".into());
+            self.dns.push(u.to_string().into());
+        }
+        self
     }
 
     /// `--workers N`; `None` for the proxy's default.
@@ -219,6 +239,12 @@ impl SidecarLaunch {
         if let Some(level) = &self.log_level {
             args.push("--log-level".into());
             args.push(level.into());
+        }
+        if self.dns.is_empty() {
+            args.push("--dns-addr".into());
+            args.push("off".into());
+        } else {
+            args.extend(self.dns.iter().cloned());
         }
         args
     }

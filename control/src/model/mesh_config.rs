@@ -125,6 +125,39 @@ pub struct ProxyDefaults {
     pub tracing: Option<ProxyTracing>,
     /// `proxyStatsMatcher`: Envoy statistics exported besides Istio's default set.
     pub proxy_stats_matcher: Option<ProxyStatsMatcher>,
+    /// `proxyMetadata`: the environment Istio gives every sidecar. meshlite reads
+    /// [`DNS_CAPTURE`] and [`DNS_AUTO_ALLOCATE`].
+    pub proxy_metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// `proxyMetadata` key: whether sidecars' DNS proxies answer mesh names (Istio's default is
+/// off; meshlite's is on, as it has no cluster DNS to resolve service names otherwise).
+pub const DNS_CAPTURE: &str = "ISTIO_META_DNS_CAPTURE";
+
+/// `proxyMetadata` key: whether services without addresses get a VIP from 240.240.0.0/16
+/// (Istio's default is off; meshlite's is on, for the same reason).
+pub const DNS_AUTO_ALLOCATE: &str = "ISTIO_META_DNS_AUTO_ALLOCATE";
+
+/// A `proxyMetadata` switch: `Some(true/false)` when set to a boolean (`true`, `false`,
+/// `1`, `0`, any case, as Go's `strconv.ParseBool` reads them), `None` when unset or not a
+/// boolean (validation warns about the latter).
+pub fn metadata_switch(m: &MeshConfig, key: &str) -> Option<bool> {
+    let v = m.default_config.as_ref()?.proxy_metadata.get(key)?;
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "t" => Some(true),
+        "false" | "0" | "f" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether the control plane allocates VIPs ([`DNS_AUTO_ALLOCATE`], default on).
+pub fn dns_auto_allocate(m: &MeshConfig) -> bool {
+    metadata_switch(m, DNS_AUTO_ALLOCATE).unwrap_or(true)
+}
+
+/// Whether sidecars answer mesh names ([`DNS_CAPTURE`], default on).
+pub fn dns_capture(m: &MeshConfig) -> bool {
+    metadata_switch(m, DNS_CAPTURE).unwrap_or(true)
 }
 
 /// `proxyStatsMatcher` (ProxyConfig): inclusions by Envoy statistic name.

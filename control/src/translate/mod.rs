@@ -13,6 +13,7 @@ mod policy;
 mod routes;
 pub mod services;
 mod telemetry;
+pub mod vips;
 
 use meshlite_xds_proto::{type_url, v1};
 use prost::{Message, Name};
@@ -78,10 +79,13 @@ pub struct MeshResources {
     jwks: crate::jwks::ResolvedJwks,
     /// Hosts known to the mesh, for translation warnings.
     pub hosts: Vec<String>,
+    /// VIPs allocated to services without addresses of their own.
+    vips: vips::Allocations,
 }
 
 impl MeshResources {
-    /// Translates the shared part of the mesh.
+    /// Translates the shared part of the mesh, allocating VIPs from scratch (the first
+    /// generation).
     pub fn build(
         config: Arc<ConfigSet>,
         workloads: &[Workload],
@@ -89,7 +93,32 @@ impl MeshResources {
         trust_domain: &str,
         jwks: &crate::jwks::ResolvedJwks,
     ) -> Self {
-        let (services, endpoints) = services::translate(&config, workloads, trust_domain);
+        Self::build_keeping(
+            config,
+            workloads,
+            roots_pem,
+            trust_domain,
+            jwks,
+            &vips::Allocations::new(),
+        )
+    }
+
+    /// Translates the shared part of the mesh; services that had a VIP in `held` (the
+    /// previous generation's [`Self::vips`]) keep it.
+    pub fn build_keeping(
+        config: Arc<ConfigSet>,
+        workloads: &[Workload],
+        roots_pem: &[String],
+        trust_domain: &str,
+        jwks: &crate::jwks::ResolvedJwks,
+        held: &vips::Allocations,
+    ) -> Self {
+        let auto_allocate = config
+            .mesh_config
+            .as_ref()
+            .is_none_or(|m| crate::model::dns_auto_allocate(&m.spec));
+        let ((services, endpoints), vips) =
+            services::translate(&config, workloads, trust_domain, held, auto_allocate);
         let hosts: Vec<String> = services.keys().cloned().collect();
         let mut routes = BTreeMap::new();
         let mut caller_routes = BTreeMap::new();
@@ -139,7 +168,13 @@ impl MeshResources {
             trust_domain: trust_domain.to_string(),
             jwks: jwks.clone(),
             hosts,
+            vips,
         }
+    }
+
+    /// The VIPs allocated in this generation, by hostname.
+    pub fn vips(&self) -> &vips::Allocations {
+        &self.vips
     }
 
     /// Keeps `prev`'s maps and resources wherever the content is the same, so an unchanged

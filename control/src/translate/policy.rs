@@ -565,6 +565,7 @@ pub fn mesh(config: Option<&MeshConfig>) -> v1::MeshConfig {
             .outbound_traffic_policy
             .as_ref()
             .is_some_and(|p| p.mode == crate::model::OutboundTrafficMode::RegistryOnly),
+        dns_capture_disabled: !crate::model::dns_capture(m),
     }
 }
 

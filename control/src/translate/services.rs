@@ -29,27 +29,11 @@ fn protocol(name: &str) -> v1::Protocol {
     }
 }
 
-/// A ServiceEntry's virtual IPs as sidecars match captured connections against them:
-/// addresses, or ranges of one address (`10.0.0.1/32`).
-fn virtual_ips(addresses: &[String]) -> Vec<String> {
-    addresses
-        .iter()
-        .filter(|a| {
-            let (ip, prefix) = a.split_once('/').unwrap_or((a, ""));
-            ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
-                prefix.is_empty() || prefix == if ip.is_ipv4() { "32" } else { "128" }
-            })
-        })
-        .cloned()
-        .collect()
-}
-
 type Maps = (
     BTreeMap<String, Arc<Versioned>>,
     BTreeMap<String, Arc<Versioned>>,
 );
 
-/// Services and endpoints by FQDN.
 /// The service ports where `w`'s PeerAuthentication is DISABLE (its workload port, the
 /// app's, decides, as `portLevelMtls` keys are workload ports).
 fn plaintext_ports(config: &ConfigSet, w: &Workload) -> Vec<u32> {
@@ -65,7 +49,15 @@ fn plaintext_ports(config: &ConfigSet, w: &Workload) -> Vec<u32> {
         .collect()
 }
 
-pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str) -> Maps {
+/// Services and endpoints by FQDN, and the VIPs allocated to services without addresses of
+/// their own (keeping those in `held`; none when `auto_allocate` is off).
+pub fn translate(
+    config: &ConfigSet,
+    workloads: &[Workload],
+    trust_domain: &str,
+    held: &super::vips::Allocations,
+    auto_allocate: bool,
+) -> (Maps, super::vips::Allocations) {
     let mut services: BTreeMap<String, v1::Service> = BTreeMap::new();
     let mut endpoints: BTreeMap<String, v1::Endpoints> = BTreeMap::new();
     for w in workloads.iter().filter(|w| !w.ports.is_empty()) {
@@ -200,7 +192,12 @@ pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str)
                         ids.into_iter().collect()
                     },
                     mesh_external: external,
-                    addresses: virtual_ips(&se.spec.addresses),
+                    addresses: se
+                        .spec
+                        .addresses
+                        .iter()
+                        .map(|a| a.trim().to_string())
+                        .collect(),
                 },
             );
             endpoints.insert(
@@ -212,7 +209,26 @@ pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str)
             );
         }
     }
-    (
+    let allocated = if auto_allocate {
+        let taken: Vec<std::net::IpAddr> = services
+            .values()
+            .flat_map(|s| super::vips::declared_ips(&s.addresses))
+            .collect();
+        let wanting: BTreeSet<String> = services
+            .values()
+            .filter(|s| s.addresses.is_empty())
+            .map(|s| s.hostname.clone())
+            .collect();
+        super::vips::allocate(&wanting, held, &taken)
+    } else {
+        super::vips::Allocations::new()
+    };
+    for (host, ip) in &allocated {
+        if let Some(s) = services.get_mut(host) {
+            s.addresses = vec![ip.to_string()];
+        }
+    }
+    let maps = (
         services
             .into_iter()
             .map(|(k, v)| (k, Versioned::of(&v)))
@@ -221,7 +237,8 @@ pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str)
             .into_iter()
             .map(|(k, v)| (k, Versioned::of(&v)))
             .collect(),
-    )
+    );
+    (maps, allocated)
 }
 
 /// How a ServiceEntry reaches sidecars.

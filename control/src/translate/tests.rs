@@ -1378,8 +1378,11 @@ fn service_entry_addresses_and_port_names_reach_sidecars_for_transparent_capture
     let me = workload("app", "data", "app", &[("app", "app")], "10.0.0.1:15006");
     let view = mesh(cfg, &[]).view_for(&me);
     let svc: v1::Service = decode(&view, type_url::SERVICE, "cache.data.internal");
-    // Single addresses are virtual IPs; a range names no one address.
-    assert_eq!(svc.addresses, ["10.96.0.20", "fd00:96::20/128"]);
+    // The entry's own addresses, as written (sidecars take the single ones as virtual IPs).
+    assert_eq!(
+        svc.addresses,
+        ["10.96.0.20", "fd00:96::20/128", "10.97.0.0/16"]
+    );
     let protocols: Vec<(u32, i32)> = svc.ports.iter().map(|p| (p.number, p.protocol)).collect();
     assert_eq!(
         protocols,
@@ -1411,4 +1414,135 @@ fn outbound_traffic_policy_registry_only_reaches_every_sidecar() {
         !default.outbound_registry_only,
         "Istio's default is ALLOW_ANY"
     );
+}
+
+/// The VIPs a sidecar receives for `host`.
+fn addresses_of(m: &MeshResources, me: &Workload, host: &str) -> Vec<String> {
+    let svc: v1::Service = decode(&m.view_for(me), type_url::SERVICE, host);
+    svc.addresses
+}
+
+fn external_entry(ns_name: &str, host: &str, extra: &str) -> String {
+    doc(
+        "ServiceEntry",
+        ns_name,
+        &format!(
+            "{{hosts: [{host}], resolution: DNS, ports: [{{number: 80, name: http, protocol: HTTP}}]{extra}}}"
+        ),
+    )
+}
+
+#[test]
+fn services_without_addresses_get_a_vip_from_istios_range_and_entries_keep_their_own() {
+    let cfg = config(&[
+        external_entry("default/api", "api.example.com", ""),
+        external_entry(
+            "default/pay",
+            "pay.example.com",
+            ", addresses: [10.9.9.9, 10.10.0.0/16]",
+        ),
+        doc(
+            "ServiceEntry",
+            "default/any",
+            "{hosts: ['*.example.org'], resolution: DNS, ports: [{number: 80, name: http, protocol: HTTP}]}",
+        ),
+    ]);
+    let reviews = workload(
+        "reviews",
+        "shop",
+        "reviews",
+        &[("app", "reviews")],
+        "10.0.0.1:15006",
+    );
+    let m = mesh(cfg, std::slice::from_ref(&reviews));
+    for host in [REVIEWS, "api.example.com"] {
+        let vips = addresses_of(&m, &reviews, host);
+        assert_eq!(vips.len(), 1, "{host}: {vips:?}");
+        assert!(vips[0].starts_with("240.240."), "{host}: {vips:?}");
+    }
+    assert_ne!(
+        addresses_of(&m, &reviews, REVIEWS),
+        addresses_of(&m, &reviews, "api.example.com")
+    );
+    assert_eq!(
+        addresses_of(&m, &reviews, "pay.example.com"),
+        ["10.9.9.9", "10.10.0.0/16"]
+    );
+    // Wildcard hosts are not pushed, so never allocated.
+    assert!(m.vips().keys().all(|h| !h.contains('*')));
+    assert!(!m.vips().contains_key("pay.example.com"));
+}
+
+#[test]
+fn vips_are_stable_across_pushes_and_a_new_service_moves_none() {
+    let reviews = workload(
+        "reviews",
+        "shop",
+        "reviews",
+        &[("app", "reviews")],
+        "10.0.0.1:15006",
+    );
+    let first = mesh(
+        config(&[external_entry("default/api", "api.example.com", "")]),
+        std::slice::from_ref(&reviews),
+    );
+    let again = mesh(
+        config(&[external_entry("default/api", "api.example.com", "")]),
+        std::slice::from_ref(&reviews),
+    );
+    assert_eq!(first.vips(), again.vips());
+    let ratings = workload(
+        "ratings",
+        "shop",
+        "ratings",
+        &[("app", "ratings")],
+        "10.0.0.2:15006",
+    );
+    let next = MeshResources::build_keeping(
+        Arc::new(config(&[
+            external_entry("default/api", "api.example.com", ""),
+            external_entry("default/a", "a.example.com", ""),
+        ])),
+        &[reviews.clone(), ratings],
+        &["ROOT PEM".to_string()],
+        TD,
+        &Default::default(),
+        first.vips(),
+    );
+    for (host, ip) in first.vips() {
+        assert_eq!(next.vips().get(host), Some(ip), "{host} moved");
+    }
+    assert_eq!(next.vips().len(), 4);
+}
+
+#[test]
+fn auto_allocation_and_dns_capture_follow_proxy_metadata() {
+    let mesh_config = "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+        metadata: {name: seed, namespace: istio-system}\nspec:\n  meshConfig:\n    \
+        defaultConfig:\n      proxyMetadata:\n        ISTIO_META_DNS_AUTO_ALLOCATE: \"false\"\n        \
+        ISTIO_META_DNS_CAPTURE: \"false\"\n";
+    let reviews = workload(
+        "reviews",
+        "shop",
+        "reviews",
+        &[("app", "reviews")],
+        "10.0.0.1:15006",
+    );
+    let m = mesh(
+        config(&[mesh_config.to_string()]),
+        std::slice::from_ref(&reviews),
+    );
+    assert!(addresses_of(&m, &reviews, REVIEWS).is_empty());
+    assert!(m.vips().is_empty());
+    let pushed = pushed_mesh_config(mesh_config.to_string());
+    assert!(pushed.dns_capture_disabled);
+    // Unset: both on.
+    let default_mesh = mesh(config(&[]), std::slice::from_ref(&reviews));
+    assert_eq!(addresses_of(&default_mesh, &reviews, REVIEWS).len(), 1);
+    let pushed: v1::MeshConfig = decode(
+        &default_mesh.view_for(&reviews),
+        type_url::MESH_CONFIG,
+        "mesh",
+    );
+    assert!(!pushed.dns_capture_disabled);
 }

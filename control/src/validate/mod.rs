@@ -887,6 +887,15 @@ impl Checker<'_> {
                 );
             }
         }
+        for (i, a) in se.addresses.iter().enumerate() {
+            if !is_ip_or_cidr(a.trim()) {
+                self.error(
+                    r,
+                    format!("spec.addresses[{i}]"),
+                    format!("`{a}` is not an IP address or a CIDR block"),
+                );
+            }
+        }
         if se.resolution == Some(Resolution::Static) {
             if se.endpoints.is_empty() && se.workload_selector.is_none() {
                 self.error(
@@ -1006,6 +1015,21 @@ fn is_prime(n: u64) -> bool {
 
 #[cfg(test)]
 mod test_support;
+
+/// `10.0.0.1`, `2001:db8::1`, `10.0.0.0/8`, `2001:db8::/32`: what a ServiceEntry's
+/// `addresses` may hold.
+fn is_ip_or_cidr(a: &str) -> bool {
+    let (ip, prefix) = match a.split_once('/') {
+        Some((ip, p)) => (ip, Some(p)),
+        None => (a, None),
+    };
+    match (ip.parse::<IpAddr>(), prefix.map(str::parse::<u8>)) {
+        (Ok(_), None) => true,
+        (Ok(IpAddr::V4(_)), Some(Ok(p))) => p <= 32,
+        (Ok(IpAddr::V6(_)), Some(Ok(p))) => p <= 128,
+        _ => false,
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -1775,6 +1799,29 @@ mod tests {
             )],
             "spec.rules[0].from[0].source.serviceAccounts",
         );
+    }
+
+    #[test]
+    fn service_entry_addresses_are_ips_or_cidrs() {
+        expect_no_error(&[res(
+            "ServiceEntry",
+            "api",
+            "{hosts: [api.example.com], addresses: [10.1.2.3, 10.0.0.0/8, '2001:db8::/32'], \
+              ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}",
+        )]);
+        for bad in ["api.example.com", "10.0.0.0/33", "10.0.0.1/x"] {
+            expect_error(
+                &[res(
+                    "ServiceEntry",
+                    "api",
+                    &format!(
+                        "{{hosts: [api.example.com], addresses: ['{bad}'], \
+                          ports: [{{number: 443, name: tls, protocol: TLS}}], resolution: DNS}}"
+                    ),
+                )],
+                "spec.addresses[0]",
+            );
+        }
     }
 
     #[test]

@@ -228,6 +228,23 @@ impl Checker<'_> {
                 "the trust domain is meshlite-control's --trust-domain",
             );
         }
+        let metadata = m.default_config.iter().flat_map(|d| &d.proxy_metadata);
+        for (key, value) in metadata {
+            let field = format!("defaultConfig.proxyMetadata.{key}");
+            if key != crate::model::DNS_CAPTURE && key != crate::model::DNS_AUTO_ALLOCATE {
+                self.unapplied(
+                    r,
+                    field,
+                    "meshlite reads ISTIO_META_DNS_CAPTURE and ISTIO_META_DNS_AUTO_ALLOCATE only",
+                );
+            } else if crate::model::metadata_switch(m, key).is_none() {
+                self.warning(
+                    r,
+                    field,
+                    format!("`{value}` is not true or false; the default (true) applies"),
+                );
+            }
+        }
     }
 }
 
@@ -266,7 +283,6 @@ mod tests {
             "spec.workloadSelector",
             "spec.trafficPolicy.loadBalancer.simple",
             "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
-            "spec.addresses",
         ] {
             assert!(
                 warned(field),
@@ -274,5 +290,15 @@ mod tests {
                 report.problems
             );
         }
+        // Single addresses are applied (the DNS proxy answers with them, capture maps them to
+        // the entry); the range is what the warning is about.
+        let addresses: Vec<&str> = report
+            .problems
+            .iter()
+            .filter(|p| p.field.as_deref() == Some("spec.addresses"))
+            .map(|p| p.message.as_str())
+            .collect();
+        assert_eq!(addresses.len(), 1, "{addresses:?}");
+        assert!(addresses[0].contains("address range"), "{addresses:?}");
     }
 }

@@ -152,6 +152,8 @@ pub struct Snapshot {
     /// MeshConfig `outboundTrafficPolicy.mode: REGISTRY_ONLY`: a captured connection to an
     /// address no service has is closed instead of passed through (`ALLOW_ANY`).
     pub outbound_registry_only: bool,
+    /// The mesh names the DNS proxy answers, with their VIPs.
+    pub dns: Arc<crate::dns::table::NameTable>,
 }
 
 /// The mutual TLS modes among the ports a workload serves.

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub security: SecurityMetrics,
     /// Spans exported and dropped.
     pub traces: super::trace::TraceStats,
+    /// The DNS proxy's queries, forwards and failures.
+    pub dns: crate::dns::metrics::DnsMetrics,
 }
 
 /// The `policy` label of Envoy's RBAC statistics (`namespace/name`, or `none` for a decision
@@ -537,7 +539,9 @@ impl Metrics {
         let stats_gate = StatsGate::default();
         let security = SecurityMetrics::register(&mut registry, &stats_gate);
         let traces = super::trace::TraceStats::register(&mut registry);
+        let dns = crate::dns::metrics::DnsMetrics::register(&mut registry);
         Self {
+            dns,
             stats_gate,
             traces,
             security,

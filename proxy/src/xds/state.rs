@@ -219,17 +219,7 @@ impl XdsState {
                     .collect::<Result<Vec<_>, XdsError>>()?;
                 (eps, None)
             };
-            // Virtual IPs; a range (`10.0.0.0/24`) names no one address and is skipped.
-            let addresses: Vec<std::net::IpAddr> = svc
-                .addresses
-                .iter()
-                .filter_map(|a| {
-                    let (ip, prefix) = a.split_once('/').unwrap_or((a, ""));
-                    let ip: std::net::IpAddr = ip.parse().ok()?;
-                    let full = if ip.is_ipv4() { "32" } else { "128" };
-                    (prefix.is_empty() || prefix == full).then_some(ip)
-                })
-                .collect();
+            let addresses = vips(&svc.addresses).map_err(bad)?;
             for p in &svc.ports {
                 let port = u16::try_from(p.number)
                     .ok()
@@ -392,6 +382,26 @@ pub mod files {
     pub const CHAIN: &str = "cert-chain.pem";
     /// The current trust bundle (PEM).
     pub const ROOTS: &str = "roots.pem";
+}
+
+/// A service's VIPs as the DNS proxy answers them: IP literals kept, CIDR blocks (ranges
+/// for transparent capture) left out, anything else refused.
+fn vips(addresses: &[String]) -> Result<Vec<std::net::IpAddr>, String> {
+    let mut out = Vec::with_capacity(addresses.len());
+    for a in addresses {
+        match a.parse::<std::net::IpAddr>() {
+            Ok(ip) => out.push(ip),
+            Err(_) => {
+                let cidr = a.split_once('/').is_some_and(|(ip, len)| {
+                    ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok()
+                });
+                if !cidr {
+                    return Err(format!("address `{a}` is neither an IP nor a CIDR block"));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

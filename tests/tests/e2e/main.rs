@@ -36,6 +36,7 @@ mod control_push;
 mod control_resilience;
 mod control_routing;
 mod dashboards;
+mod dns;
 mod egress_tls;
 mod ext_authz;
 mod failures;

@@ -340,6 +340,11 @@ impl Snapshot {
             prev.map(|p| &p.access_log_providers),
         )?;
         let telemetry = WorkloadTelemetry::compile(pushed_telemetry, &access_log_providers)?;
+        let dns = Arc::new(crate::dns::table::NameTable::build(
+            &view.services,
+            &local.metadata.namespace,
+            !view.mesh.as_ref().is_some_and(|m| m.dns_capture_disabled),
+        ));
         Ok(Self {
             version,
             tracing,
@@ -360,6 +365,7 @@ impl Snapshot {
                     .clone()
                     .unwrap_or_else(|| stats_inclusions(view.mesh.as_ref())),
             )?),
+            dns,
         })
     }
 }
