@@ -545,8 +545,8 @@ mod tests {
     fn downstream_arguments_parse() {
         let d = parse_downstream("catalog:8080=127.0.0.1:15001").ok();
         assert_eq!(
-            d.as_ref().map(|d| (d.host.as_str(), d.addr.port())),
-            Some(("catalog:8080", 15001))
+            d.as_ref().map(|d| (d.host.as_str(), d.addr.as_str())),
+            Some(("catalog:8080", "127.0.0.1:15001"))
         );
         assert_eq!(
             d.map(|d| d.to_arg()).as_deref(),

@@ -255,7 +255,8 @@ fn instance_ip_auto_refuses_a_route_that_leaves_from_loopback() {
                 "--root-cert",
                 "/dev/null",
             ])
-            .args(["--instance-ip", ip, "validate"])
+            .args(["--namespace", "default", "--service-account", "reviews"])
+            .args(["--workload", "reviews-v1", "--instance-ip", ip, "validate"])
             .output()
             .expect("run validate")
     };
