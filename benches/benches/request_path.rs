@@ -721,6 +721,63 @@ fn tracing(c: &mut Criterion) {
     group.finish();
 }
 
+/// Making one access-log line: the default JSON line against a provider's `logFormat` of
+/// the seed's business fields (off the request's critical path, but on a worker thread).
+fn access_log(c: &mut Criterion) {
+    use meshlite_proxy::telemetry::access_log::AccessLogEntry;
+    use meshlite_proxy::telemetry::access_log::format::LineFormat;
+    use meshlite_xds_proto::v1;
+    let entry = AccessLogEntry {
+        method: "GET".into(),
+        path: "/reviews/1".into(),
+        protocol: "HTTP/1.1",
+        response_code: 200,
+        bytes_sent: 512,
+        duration: 3,
+        upstream_service_time: Some(2),
+        user_agent: Some("curl/8".into()),
+        request_id: Some("4f6c1a0e-8b1d-4f3c-9a6e-2b7d5c1e9f00".into()),
+        authority: Some("reviews:9080".into()),
+        upstream_host: Some("10.0.0.9:15006".into()),
+        upstream_cluster: Some("outbound|9080||reviews.default.svc.cluster.local".into()),
+        downstream_remote_address: "127.0.0.1:40000".into(),
+        request_headers: Some(vec![
+            ("x-tenant".into(), "acme".into()),
+            ("x-intent-type".into(), "checkout".into()),
+            ("x-priority".into(), "high".into()),
+        ]),
+        ..Default::default()
+    };
+    let labels = [
+        ("code", "%RESPONSE_CODE%"),
+        ("tenant", "%REQ(X-TENANT)%"),
+        ("intent", "%REQ(X-INTENT-TYPE)%"),
+        ("priority", "%REQ(X-PRIORITY)%"),
+        ("took_ms", "%DURATION%"),
+        ("start", "%START_TIME%"),
+    ];
+    let format = LineFormat::compile(&v1::LogFormat {
+        text: String::new(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    })
+    .expect("compiles")
+    .expect("a format");
+    let mut group = c.benchmark_group("access-log");
+    group.bench_function("default-json-line", |b| {
+        b.iter(|| serde_json::to_string(black_box(&entry)))
+    });
+    group.bench_function("log-format-6-labels", |b| {
+        b.iter(|| format.line(black_box(&entry)))
+    });
+    group.bench_function("istio-default-text", |b| {
+        b.iter(|| LineFormat::istio_default_text().body(black_box(&entry)))
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki::generate(dir.path()).expect("certificates");
@@ -732,6 +789,7 @@ fn benches(c: &mut Criterion) {
     authz(c);
     jwt(c);
     telemetry(c);
+    access_log(c);
     tracing(c);
     full_request(c, dir.path(), &pki);
 }

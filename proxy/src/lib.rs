@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod capture;
 pub mod config;
 pub mod context;
 pub mod control_client;

@@ -3,11 +3,13 @@
 //! `meshlite-proxy --config FILE` runs the proxy; `validate` checks a config file; `dev-pki`
 //! writes a development root and SPIFFE certificates for the quick start; `wait` returns once
 //! the proxy beside it is ready. With `--control` and no file, the proxy is configured by its
-//! flags and environment alone (how the Kubernetes injector runs it).
+//! flags and environment alone (how the Kubernetes injector runs it); `init` installs the
+//! transparent-capture rules in the current network namespace (the init container's job).
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use meshlite_proxy::capture;
 use meshlite_proxy::config::ProxyConfig;
 use meshlite_proxy::identity::dev_pki::DevCa;
 use meshlite_proxy::telemetry::access_log::AccessLogTarget;
@@ -277,6 +279,109 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = drain_duration)]
         timeout: std::time::Duration,
     },
+    /// Installs the iptables rules of transparent capture in the current network namespace
+    /// (what Istio's init container does); needs CAP_NET_ADMIN.
+    Init(InitArgs),
+}
+
+/// `meshlite-proxy init`: the flags an injector writes into the init container, Istio's names
+/// and defaults.
+#[derive(clap::Args, Debug)]
+struct InitArgs {
+    /// The proxy's uid: its own traffic is never captured.
+    #[arg(long, default_value_t = capture::rules::PROXY_ID)]
+    proxy_uid: u32,
+    /// The proxy's gid: its own traffic is never captured.
+    #[arg(long, default_value_t = capture::rules::PROXY_ID)]
+    proxy_gid: u32,
+    /// Where inbound TCP is redirected.
+    #[arg(long, default_value_t = capture::rules::INBOUND_PORT)]
+    inbound_port: u16,
+    /// Where outbound TCP is redirected.
+    #[arg(long, default_value_t = capture::rules::OUTBOUND_PORT)]
+    outbound_port: u16,
+    /// CIDR ranges whose outbound TCP is captured, comma-separated; `*` for all.
+    #[arg(long, default_value = "*")]
+    include_outbound_ip_ranges: String,
+    /// CIDR ranges never captured outbound, comma-separated.
+    #[arg(long, default_value = "")]
+    exclude_outbound_ip_ranges: String,
+    /// Pod ports whose inbound TCP is captured, comma-separated; `*` for all.
+    #[arg(long, default_value = "*")]
+    include_inbound_ports: String,
+    /// Pod ports never captured inbound, comma-separated (the proxy's own never are).
+    #[arg(long, default_value = "")]
+    exclude_inbound_ports: String,
+    /// Destination ports never captured outbound, comma-separated.
+    #[arg(long, default_value = "")]
+    exclude_outbound_ports: String,
+    /// Send the app's DNS (UDP and TCP port 53) to the proxy's DNS port, 15053.
+    #[arg(long)]
+    redirect_dns: bool,
+    /// Remove the rules a previous run installed, and nothing else.
+    #[arg(long)]
+    cleanup: bool,
+    /// Print the iptables-restore input and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl InitArgs {
+    /// The capture settings the flags describe.
+    fn spec(&self) -> Result<capture::rules::CaptureSpec, capture::rules::RulesError> {
+        use capture::rules::{CaptureSpec, Selection, list};
+        Ok(CaptureSpec {
+            proxy_uid: self.proxy_uid,
+            proxy_gid: self.proxy_gid,
+            inbound_port: self.inbound_port,
+            outbound_port: self.outbound_port,
+            include_outbound: Selection::parse(&self.include_outbound_ip_ranges)?,
+            exclude_outbound: list(&self.exclude_outbound_ip_ranges)?,
+            exclude_outbound_ports: list(&self.exclude_outbound_ports)?,
+            include_inbound_ports: Selection::parse(&self.include_inbound_ports)?,
+            exclude_inbound_ports: list(&self.exclude_inbound_ports)?,
+            redirect_dns: self.redirect_dns,
+        })
+    }
+}
+
+/// Runs `meshlite-proxy init`: 0 done, 2 bad flags, 1 not applied.
+fn init(args: &InitArgs) -> ExitCode {
+    let spec = match args.spec() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("meshlite-proxy init: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.dry_run {
+        if args.cleanup {
+            println!(
+                "# --cleanup removes every MESHLITE_* chain of the nat table and the jumps to them"
+            );
+        } else {
+            print!("{}", capture::init::dry_run(&spec));
+        }
+        return ExitCode::SUCCESS;
+    }
+    let (done, what) = if args.cleanup {
+        (capture::init::remove(), "removed")
+    } else {
+        (capture::init::install(&spec), "installed")
+    };
+    match done {
+        Ok(applied) => {
+            println!(
+                "meshlite-proxy init: capture rules {what} ({:?})",
+                applied.families
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meshlite-proxy init: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -284,6 +389,7 @@ fn main() -> ExitCode {
     meshlite_proxy::telemetry::init_logging(&cli.log_level);
 
     match &cli.command {
+        Some(Command::Init(args)) => init(args),
         Some(Command::DevPki {
             out,
             trust_domain,

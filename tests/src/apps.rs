@@ -89,10 +89,23 @@ impl HttpApp {
         Self::start_serving(name, Some(tokio_rustls::TlsAcceptor::from(tls))).await
     }
 
+    /// Starts an app called `name` on `listener` (one bound elsewhere, e.g. in a pod's
+    /// network namespace).
+    ///
+    /// # Panics
+    /// If the listener has no local address.
+    pub fn start_on(name: &str, listener: TcpListener) -> Self {
+        Self::serve(name, listener, None)
+    }
+
     async fn start_serving(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind HTTP app");
+        Self::serve(name, listener, tls)
+    }
+
+    fn serve(name: &str, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let (gate, _) = tokio::sync::watch::channel(false);
         let state = Arc::new(AppState {

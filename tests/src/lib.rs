@@ -8,6 +8,9 @@
 //! - [`fake_control`] stands in for the control plane where a test must push what the real one
 //!   never would (an invalid resource);
 //! - [`mesh`] builds sidecar configurations and starts, stops and inspects proxy processes;
+//! - [`netns`] makes pods of network namespaces on a bridge of their own, for transparent
+//!   capture, and runs processes and sockets inside them; [`pods`] runs a control plane on
+//!   such a node and sidecars (as uid 1337, after `meshlite-proxy init`) in its pods;
 //! - [`apps`] runs the upstream applications (HTTP echo, TCP echo) the sidecars front;
 //! - [`grpc`] is a tiny gRPC echo service (hand-written prost messages) and its tonic client;
 //! - [`jwt`] is an end users' identity provider: signing keys, tokens, a `jwksUri` server;
@@ -49,8 +52,10 @@ pub mod grpc;
 pub mod jwt;
 pub mod log_collector;
 pub mod mesh;
+pub mod netns;
 pub mod payload;
 pub mod pki;
+pub mod pods;
 pub mod prometheus;
 pub mod tls_peers;
 pub mod tracing;

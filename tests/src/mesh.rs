@@ -414,11 +414,7 @@ impl Sidecar {
 
     /// The access log entries written so far (lines that are not JSON are skipped).
     pub fn access_log(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.path().join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        json_lines(&self.dir.path().join("access.log"))
     }
 
     /// Waits for an access log entry matching `matches`.
@@ -712,4 +708,14 @@ impl Mesh {
         })
         .await;
     }
+}
+
+/// The JSON lines of the file at `path` so far (none when it does not exist yet; lines that
+/// are not JSON are skipped): a sidecar's access log.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }

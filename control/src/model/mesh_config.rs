@@ -44,6 +44,8 @@ pub struct MeshConfig {
     /// `accessLogEncoding`: `TEXT` or `JSON` (unset: meshlite's JSON line of Envoy's
     /// default fields, where Istio writes its default text line).
     pub access_log_encoding: Option<AccessLogEncoding>,
+    /// Where captured connections to destinations no service has may go.
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
 }
 
 /// `accessLogEncoding`.
@@ -54,6 +56,25 @@ pub enum AccessLogEncoding {
     Text,
     /// A JSON object per line: `accessLogFormat`'s fields, else Envoy's default fields.
     Json,
+}
+
+/// `outboundTrafficPolicy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OutboundTrafficPolicy {
+    /// The mode; Istio's default is `ALLOW_ANY`.
+    pub mode: OutboundTrafficMode,
+}
+
+/// `outboundTrafficPolicy.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficMode {
+    /// Unknown destinations are reached as they are (Envoy's PassthroughCluster).
+    #[default]
+    AllowAny,
+    /// Only services of the registry (and ServiceEntries) are reached (BlackHoleCluster).
+    RegistryOnly,
 }
 
 /// `defaultProviders`: the extension providers in force by default, by signal.

@@ -561,6 +561,10 @@ pub fn mesh(config: Option<&MeshConfig>) -> v1::MeshConfig {
             .and_then(|t| t.sampling),
         access_log_providers: access_log_providers(m),
         default_access_log_providers: default_access_log_providers(m),
+        outbound_registry_only: m
+            .outbound_traffic_policy
+            .as_ref()
+            .is_some_and(|p| p.mode == crate::model::OutboundTrafficMode::RegistryOnly),
     }
 }
 

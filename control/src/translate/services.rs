@@ -12,13 +12,36 @@ use crate::model::{ConfigSet, Resolution, ServiceLocation};
 use crate::registry::Workload;
 use crate::validate::fqdn;
 
+/// A port's protocol from its declared protocol or name, as Istio selects it: the name's
+/// prefix before `-` (`http-web`, `grpc-api`, `tcp-db`); a name that declares nothing leaves
+/// it unspecified, and sidecars detect it on captured connections (HTTP in explicit mode).
 fn protocol(name: &str) -> v1::Protocol {
-    match name.to_ascii_lowercase().as_str() {
-        "http2" => v1::Protocol::Http2,
-        "grpc" | "grpc-web" => v1::Protocol::Grpc,
-        "tcp" | "tls" | "mongo" | "redis" | "mysql" | "https" => v1::Protocol::Tcp,
-        _ => v1::Protocol::Http,
+    let name = name.to_ascii_lowercase();
+    if name == "grpc-web" {
+        return v1::Protocol::Grpc;
     }
+    match name.split('-').next().unwrap_or("") {
+        "http" => v1::Protocol::Http,
+        "http2" => v1::Protocol::Http2,
+        "grpc" => v1::Protocol::Grpc,
+        "tcp" | "tls" | "mongo" | "redis" | "mysql" | "https" => v1::Protocol::Tcp,
+        _ => v1::Protocol::Unspecified,
+    }
+}
+
+/// A ServiceEntry's virtual IPs as sidecars match captured connections against them:
+/// addresses, or ranges of one address (`10.0.0.1/32`).
+fn virtual_ips(addresses: &[String]) -> Vec<String> {
+    addresses
+        .iter()
+        .filter(|a| {
+            let (ip, prefix) = a.split_once('/').unwrap_or((a, ""));
+            ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+                prefix.is_empty() || prefix == if ip.is_ipv4() { "32" } else { "128" }
+            })
+        })
+        .cloned()
+        .collect()
 }
 
 type Maps = (
@@ -165,7 +188,9 @@ pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str)
                         .iter()
                         .map(|p| v1::ServicePort {
                             number: p.number,
-                            protocol: protocol(p.protocol.as_deref().unwrap_or("http")) as i32,
+                            protocol: protocol(
+                                p.protocol.as_deref().or(p.name.as_deref()).unwrap_or(""),
+                            ) as i32,
                             name: p.name.clone().unwrap_or_default(),
                         })
                         .collect(),
@@ -175,6 +200,7 @@ pub fn translate(config: &ConfigSet, workloads: &[Workload], trust_domain: &str)
                         ids.into_iter().collect()
                     },
                     mesh_external: external,
+                    addresses: virtual_ips(&se.spec.addresses),
                 },
             );
             endpoints.insert(

@@ -1363,3 +1363,52 @@ fn a_workloads_telemetry_reaches_it_in_its_inbound_policy_and_a_change_is_pushed
         "ratings is not concerned"
     );
 }
+
+#[test]
+fn service_entry_addresses_and_port_names_reach_sidecars_for_transparent_capture() {
+    let cfg = config(&[doc(
+        "ServiceEntry",
+        "data/cache",
+        "{hosts: [cache.data.internal], location: MESH_INTERNAL, resolution: STATIC, \
+          addresses: [10.96.0.20, 'fd00:96::20/128', 10.97.0.0/16], \
+          ports: [{number: 6379, name: tcp-redis}, {number: 8080, name: http-admin}, \
+                  {number: 9000, name: web}, {number: 9001, name: x, protocol: GRPC}], \
+          endpoints: [{address: 10.1.0.9, serviceAccount: cache}]}",
+    )]);
+    let me = workload("app", "data", "app", &[("app", "app")], "10.0.0.1:15006");
+    let view = mesh(cfg, &[]).view_for(&me);
+    let svc: v1::Service = decode(&view, type_url::SERVICE, "cache.data.internal");
+    // Single addresses are virtual IPs; a range names no one address.
+    assert_eq!(svc.addresses, ["10.96.0.20", "fd00:96::20/128"]);
+    let protocols: Vec<(u32, i32)> = svc.ports.iter().map(|p| (p.number, p.protocol)).collect();
+    assert_eq!(
+        protocols,
+        [
+            (6379, v1::Protocol::Tcp as i32),
+            (8080, v1::Protocol::Http as i32),
+            // A name that declares nothing: sidecars detect the protocol.
+            (9000, v1::Protocol::Unspecified as i32),
+            // `protocol` wins over the name.
+            (9001, v1::Protocol::Grpc as i32),
+        ]
+    );
+}
+
+#[test]
+fn outbound_traffic_policy_registry_only_reaches_every_sidecar() {
+    let istio = |policy: &str| {
+        format!(
+            "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+             metadata: {{name: seed, namespace: istio-system}}\nspec:\n  meshConfig:\n    {policy}\n"
+        )
+    };
+    let only = pushed_mesh_config(istio("outboundTrafficPolicy: {mode: REGISTRY_ONLY}"));
+    assert!(only.outbound_registry_only);
+    let any = pushed_mesh_config(istio("outboundTrafficPolicy: {mode: ALLOW_ANY}"));
+    assert!(!any.outbound_registry_only);
+    let default = pushed_mesh_config(istio("trustDomainAliases: [old.local]"));
+    assert!(
+        !default.outbound_registry_only,
+        "Istio's default is ALLOW_ANY"
+    );
+}

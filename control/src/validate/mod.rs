@@ -1663,6 +1663,23 @@ mod tests {
     }
 
     #[test]
+    fn outbound_traffic_policy_takes_istios_modes_only() {
+        let mesh = |mode: &str| {
+            format!(
+                "---\napiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+                 metadata: {{name: m}}\nspec:\n  meshConfig:\n    outboundTrafficPolicy: {{mode: {mode}}}\n"
+            )
+        };
+        expect_no_error(&[mesh("REGISTRY_ONLY")]);
+        expect_no_error(&[mesh("ALLOW_ANY")]);
+        let e = expect_error(
+            &[mesh("SOMETIMES")],
+            "spec.meshConfig.outboundTrafficPolicy.mode",
+        );
+        assert!(e.message.contains("REGISTRY_ONLY"), "{e:?}");
+    }
+
+    #[test]
     fn authorization_policies_are_checked() {
         expect_error(
             &[res(

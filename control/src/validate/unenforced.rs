@@ -177,11 +177,15 @@ impl Checker<'_> {
     }
 
     pub(super) fn service_entry_unapplied(&mut self, r: &Resource, se: &ServiceEntry) {
-        if !se.addresses.is_empty() {
+        // Single addresses are virtual IPs captured connections match; ranges match nothing.
+        if se.addresses.iter().any(|a| {
+            a.split_once('/')
+                .is_some_and(|(ip, prefix)| prefix != if ip.contains(':') { "128" } else { "32" })
+        }) {
             self.unapplied(
                 r,
                 "spec.addresses".into(),
-                "virtual IPs need transparent capture; apps reach the entry by its host names",
+                "an address range matches no captured connection; list single addresses",
             );
         }
         if !se.export_to.is_empty() {
@@ -244,7 +248,7 @@ mod tests {
              spec:\n  host: r\n  workloadSelector: {matchLabels: {app: a}}\n  trafficPolicy:\n    \
              loadBalancer: {simple: PASSTHROUGH}\n    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}\n---\n\
              apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e}\n\
-             spec:\n  hosts: [e.example.com]\n  addresses: [10.9.9.9]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  \
+             spec:\n  hosts: [e.example.com]\n  addresses: [10.9.9.9, 10.9.0.0/16]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  \
              resolution: DNS\n",
         )
         .unwrap();

@@ -65,6 +65,9 @@ pub struct InboundConn {
     pub sni: Option<Arc<str>>,
     /// The caller's workload labels, learnt from its first request on this connection.
     pub peer: Arc<arc_swap::ArcSwapOption<WorkloadMetadata>>,
+    /// The port the caller addressed, when the capture rules redirected the connection here
+    /// (a caller without a sidecar calling the pod's port).
+    pub original_port: Option<u16>,
 }
 
 impl InboundConn {
@@ -92,7 +95,14 @@ impl InboundConn {
             xfcc,
             sni,
             peer: Arc::new(arc_swap::ArcSwapOption::empty()),
+            original_port: None,
         }
+    }
+
+    /// The same connection, redirected here by the capture rules from `port`.
+    pub fn with_original_port(mut self, port: Option<u16>) -> Self {
+        self.original_port = port;
+        self
     }
 
     /// What authorization reads of this connection; `request` for an HTTP request.
@@ -204,6 +214,7 @@ pub async fn handle(
         .get(&DESTINATION_PORT)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u16>().ok())
+        .or(conn.original_port)
         .or_else(|| request_authority(&req).and_then(|a| split_host_port(a).1));
     let service = snap
         .local

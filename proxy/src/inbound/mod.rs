@@ -126,7 +126,19 @@ async fn connection(
     let snap = ctx.snapshot.load_full();
     let modes = snap.inbound_modes;
     let local = stream.local_addr().unwrap_or(remote);
-    let relay_to = opaque_port(&snap);
+    // Redirected by the capture rules: the port the caller addressed is the app's port.
+    let original = crate::capture::original_dst::captured(&stream, local);
+    let original_port = original.map(|dst| dst.port());
+    let local = original.unwrap_or(local);
+    let relay_to = original_port
+        .filter(|p| {
+            snap.inbound_port(Some(*p)).is_some_and(|(served, ip)| {
+                served == *p
+                    && ip.protocol == crate::protocol::Protocol::Tcp
+                    && ip.mtls.accepts_plaintext()
+            })
+        })
+        .or_else(|| opaque_port(&snap));
     let deadline = ctx.limits.header_read_timeout;
     let silence = relay_to.map(|_| SERVER_FIRST_AFTER);
     let (detected, prefix) =
@@ -145,7 +157,9 @@ async fn connection(
         };
     let io = Prefixed::new(prefix, stream);
     match detected {
-        Detected::MeshTls if modes.any_mtls() => serve_mtls(ctx, acceptor, io, remote, local).await,
+        Detected::MeshTls if modes.any_mtls() => {
+            serve_mtls(ctx, acceptor, io, remote, local, original_port).await
+        }
         Detected::MeshTls => refuse(
             &ctx,
             remote,
@@ -156,7 +170,9 @@ async fn connection(
             // The application's own TLS, relayed untouched.
             Some(port) => tcp::relay(ctx, snap, io, remote, local, port).await,
             // STRICT treats every TLS client as mutual TLS; the handshake names what fails.
-            None if modes.any_mtls() => serve_mtls(ctx, acceptor, io, remote, local).await,
+            None if modes.any_mtls() => {
+                serve_mtls(ctx, acceptor, io, remote, local, original_port).await
+            }
             None => refuse(
                 &ctx,
                 remote,
@@ -165,7 +181,7 @@ async fn connection(
             ),
         },
         Detected::PlainHttp if modes.any_plaintext() => {
-            serve_plaintext(ctx, io, remote, local).await
+            serve_plaintext(ctx, io, remote, local, original_port).await
         }
         Detected::PlainHttp => refuse(
             &ctx,
@@ -199,6 +215,7 @@ async fn serve_mtls(
     io: Prefixed<TcpStream>,
     remote: SocketAddr,
     local: SocketAddr,
+    original_port: Option<u16>,
 ) {
     let handshake = tokio::time::timeout(ctx.limits.header_read_timeout, acceptor.accept(io)).await;
     let tls = match handshake {
@@ -256,7 +273,8 @@ async fn serve_mtls(
         &ctx.drain,
         &ctx.telemetry.metrics,
         move |state| {
-            let ic = http::InboundConn::new(c, state, remote, local, identity, xfcc, sni);
+            let ic = http::InboundConn::new(c, state, remote, local, identity, xfcc, sni)
+                .with_original_port(original_port);
             hyper::service::service_fn(move |req| http::handle(ic.clone(), req))
         },
     )
@@ -270,6 +288,7 @@ async fn serve_plaintext(
     io: Prefixed<TcpStream>,
     remote: SocketAddr,
     local: SocketAddr,
+    original_port: Option<u16>,
 ) {
     let c = ctx.clone();
     conn::serve(
@@ -280,7 +299,8 @@ async fn serve_plaintext(
         &ctx.drain,
         &ctx.telemetry.metrics,
         move |state| {
-            let ic = http::InboundConn::new(c, state, remote, local, None, None, None);
+            let ic = http::InboundConn::new(c, state, remote, local, None, None, None)
+                .with_original_port(original_port);
             hyper::service::service_fn(move |req| http::handle(ic.clone(), req))
         },
     )

@@ -48,6 +48,10 @@ pub struct OutboundConn {
     pub state: Arc<ConnState>,
     /// The app's address.
     pub remote: SocketAddr,
+    /// Where the app was sending, when the capture rules redirected the connection here;
+    /// `None` in explicit mode (the app addressed this listener). Shared, not inline: the
+    /// value is cloned per request, and explicit connections should not carry its size.
+    pub original_dst: Option<Arc<SocketAddr>>,
 }
 
 /// The checks every request gets at the edge, before it is routed ([`crate::message::framing`]).
@@ -93,13 +97,25 @@ pub async fn handle(
     let normalized = edge_check(&conn.state, &req).and_then(|()| {
         normalize_uri(req.uri_mut(), snap.path_normalization).map_err(ProxyError::from)
     });
-    let routed = match (normalized, request_authority(&req)) {
-        (Err(e), _) => Err(e),
-        (Ok(()), None) => Err(ProxyError::NoHost),
-        (Ok(()), Some(authority)) => snap
+    let routed = match (
+        normalized,
+        request_authority(&req),
+        conn.original_dst.as_deref(),
+    ) {
+        (Err(e), _, _) => Err(e),
+        (Ok(()), None, None) => Err(ProxyError::NoHost),
+        (Ok(()), Some(authority), None) => snap
             .route(authority)
             .and_then(|hp| hp.select(crate::route::Head::of(&req), authority))
             .map_err(|miss| ProxyError::from_miss(miss, authority)),
+        // Captured: the service the connection was addressed to, or the one Host names on
+        // that port.
+        (Ok(()), authority, Some(dst)) => {
+            let authority = authority.unwrap_or("");
+            snap.route_captured(authority, *dst)
+                .and_then(|hp| hp.select(crate::route::Head::of(&req), authority))
+                .map_err(|miss| ProxyError::from_miss(miss, authority))
+        }
     };
     let mut permits = BreakerPermits::default();
     let mut route_flags = ResponseFlags::NONE;

@@ -1,5 +1,10 @@
 //! The outbound side: traffic from the local application to other services.
+//!
+//! The app reaches the outbound listener two ways: explicitly (it sends to the listener, and
+//! each request's Host names the service) or captured (the capture rules redirected a
+//! connection meant for somewhere else; [`captured`] handles it from where it was going).
 
+pub mod captured;
 pub mod http;
 pub mod route_rules;
 pub mod tcp;
@@ -20,10 +25,19 @@ pub async fn serve_listener(ctx: Arc<ProxyContext>, listener: TcpListener) {
                 Ok((stream, remote)) => {
                     let _ = stream.set_nodelay(true);
                     let ctx = ctx.clone();
+                    // One getsockopt per connection says whether it was redirected here.
+                    let original = stream
+                        .local_addr()
+                        .ok()
+                        .and_then(|local| crate::capture::original_dst::captured(&stream, local));
+                    if let Some(dst) = original {
+                        tokio::spawn(captured::serve(ctx, stream, remote, dst));
+                        continue;
+                    }
                     tokio::spawn(async move {
                         let c = ctx.clone();
                         conn::serve(stream, None, &ctx.http_builder, &ctx.limits, &ctx.drain, &ctx.telemetry.metrics, move |state| {
-                            let oc = http::OutboundConn { ctx: c, state, remote };
+                            let oc = http::OutboundConn { ctx: c, state, remote, original_dst: None };
                             hyper::service::service_fn(move |req| http::handle(oc.clone(), req))
                         })
                         .await;

@@ -7,7 +7,7 @@
 use http::{HeaderValue, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::context::ProxyContext;
 use crate::message::body::ProxyBody;
@@ -87,7 +87,12 @@ fn refused(ctx: &ProxyContext, cluster: &Cluster, e: &ProxyError) {
     istio.record_tcp(&labels, closed);
 }
 
-async fn relay(ctx: &ProxyContext, cluster: &Cluster, mut client: TcpStream) {
+/// Relays `client` to an endpoint of `cluster` through a CONNECT tunnel, counted in Istio's
+/// TCP metrics (explicit listeners, and captured connections taken for opaque TCP).
+pub(crate) async fn relay<IO>(ctx: &ProxyContext, cluster: &Cluster, mut client: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     cluster.stats.mark_used();
     // `tcp.maxConnections`: one slot per tunnel for as long as it is open; over the limit the
     // downstream connection is closed at once (Envoy's TCP proxy, flag `UO`).

@@ -11,6 +11,7 @@
 //! transport state, and import nothing of `inbound`, `outbound` or the config file. Building
 //! one (config and wire types in, snapshot out) is [`build`]'s job alone.
 
+mod addresses;
 pub mod build;
 mod cluster;
 
@@ -30,6 +31,7 @@ use crate::telemetry::metrics::Label;
 use crate::telemetry::peer::LocalWorkload;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
+pub use addresses::{AddressIndex, CaptureTarget, Claim};
 pub use cluster::{Cluster, Endpoint, External, ExternalTarget};
 
 /// A port of a host the app may call, routing to this snapshot's clusters.
@@ -145,6 +147,11 @@ pub struct Snapshot {
     /// The MeshConfig's access-log providers, ready to take lines (the next snapshot keeps
     /// their writers and exporters while they are unchanged).
     pub access_log_providers: crate::telemetry::access_log::providers::LogProviders,
+    /// Service ports by virtual IP and endpoint address, for captured connections.
+    pub addresses: AddressIndex,
+    /// MeshConfig `outboundTrafficPolicy.mode: REGISTRY_ONLY`: a captured connection to an
+    /// address no service has is closed instead of passed through (`ALLOW_ANY`).
+    pub outbound_registry_only: bool,
 }
 
 /// The mutual TLS modes among the ports a workload serves.
@@ -196,6 +203,35 @@ impl Snapshot {
             None => ports.iter().find(|h| h.port == 80),
         }
         .ok_or(RouteMiss::UnknownPort)
+    }
+
+    /// The service port a captured connection to `dst` was meant for.
+    pub fn captured(&self, dst: SocketAddr) -> Option<&CaptureTarget> {
+        self.addresses.find(dst)
+    }
+
+    /// Where a request on a captured connection to `dst` goes: the host its `:authority`
+    /// names, when that host has `dst`'s port (Istio routes by Host within the port's route
+    /// configuration), else the service whose address `dst` is (an authority that is an IP,
+    /// or a name the mesh does not know).
+    pub fn route_captured(
+        &self,
+        authority: &str,
+        dst: SocketAddr,
+    ) -> Result<&Arc<HostPort>, RouteMiss> {
+        let (host, _) = split_host_port(authority);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let named = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.hosts.get(host.to_ascii_lowercase().as_str())
+        } else {
+            self.hosts.get(host)
+        };
+        if let Some(hp) = named.and_then(|ports| ports.iter().find(|h| h.port == dst.port())) {
+            return Ok(hp);
+        }
+        self.captured(dst)
+            .map(|t| &t.host)
+            .ok_or(RouteMiss::UnknownHost)
     }
 
     /// Every port the workload serves: service port and where it goes.

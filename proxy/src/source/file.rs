@@ -41,6 +41,8 @@ pub fn view(cfg: &ProxyConfig) -> MeshView {
                 .collect(),
             listen: s.listen,
             external: None,
+            addresses: s.addresses.clone(),
+            detect_protocol: false,
         })
         .collect();
     MeshView {

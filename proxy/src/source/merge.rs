@@ -49,6 +49,8 @@ mod tests {
                 .collect(),
             listen: None,
             external: None,
+            addresses: vec![],
+            detect_protocol: false,
         }
     }
 

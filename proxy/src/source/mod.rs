@@ -41,6 +41,11 @@ pub struct ServiceSpec {
     /// For a service outside the mesh: its endpoints (`ip:port` or `name:port`), reached
     /// without mutual TLS. `None` for mesh services, whose endpoints are `endpoints`.
     pub external: Option<Vec<http::uri::Authority>>,
+    /// Its virtual IPs (ServiceEntry `addresses`, a ClusterIP), for captured connections.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The port declares no protocol (`protocol` is then HTTP, the explicit mode's
+    /// assumption): a captured connection's first bytes tell what it speaks.
+    pub detect_protocol: bool,
 }
 
 impl ServiceSpec {

@@ -219,11 +219,23 @@ impl XdsState {
                     .collect::<Result<Vec<_>, XdsError>>()?;
                 (eps, None)
             };
+            // Virtual IPs; a range (`10.0.0.0/24`) names no one address and is skipped.
+            let addresses: Vec<std::net::IpAddr> = svc
+                .addresses
+                .iter()
+                .filter_map(|a| {
+                    let (ip, prefix) = a.split_once('/').unwrap_or((a, ""));
+                    let ip: std::net::IpAddr = ip.parse().ok()?;
+                    let full = if ip.is_ipv4() { "32" } else { "128" };
+                    (prefix.is_empty() || prefix == full).then_some(ip)
+                })
+                .collect();
             for p in &svc.ports {
                 let port = u16::try_from(p.number)
                     .ok()
                     .filter(|p| *p != 0)
                     .ok_or_else(|| bad(format!("port {} is out of range", p.number)))?;
+                let detect_protocol = p.protocol == v1::Protocol::Unspecified as i32;
                 let protocol = match v1::Protocol::try_from(p.protocol) {
                     Ok(v1::Protocol::Http) | Ok(v1::Protocol::Unspecified) => Protocol::Http,
                     Ok(v1::Protocol::Http2) => Protocol::Http2,
@@ -255,6 +267,8 @@ impl XdsState {
                             .map(|(_, a)| a.clone())
                             .collect()
                     }),
+                    addresses: addresses.clone(),
+                    detect_protocol,
                 });
             }
         }

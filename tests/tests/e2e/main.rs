@@ -45,6 +45,7 @@ mod hygiene;
 mod identity_binding;
 mod jwt;
 mod lifecycle;
+mod pods;
 mod protocols;
 mod routing;
 mod security;

@@ -22,10 +22,10 @@ use crate::policy::inbound::{InboundSecurity, MtlsMode};
 use crate::protocol::Protocol;
 use crate::resilience::breaker::Breakers;
 use crate::resilience::rate_limit::TokenBucket;
+use crate::snapshot::{AddressIndex, CaptureTarget, Claim, HostPort, RouteBehaviour, RouteTable};
 use crate::snapshot::{
     Cluster, InboundPort, LOCAL_CONNECT_TIMEOUT, ModeSet, Snapshot, SnapshotError,
 };
-use crate::snapshot::{HostPort, RouteBehaviour, RouteTable};
 use crate::source::{EndpointSpec, MeshView, ServiceSpec};
 use crate::telemetry::access_log::providers::LogProviders;
 use crate::telemetry::labels::DestinationServices;
@@ -189,6 +189,7 @@ impl Snapshot {
             }
         }
 
+        let mut addresses = Vec::new();
         let resolver = Resolver {
             by_fqdn: &by_fqdn,
             subsets: &subsets,
@@ -211,6 +212,22 @@ impl Snapshot {
                     routes,
                     default_behaviour: RouteBehaviour::istio_default(),
                 });
+                let target = CaptureTarget {
+                    host: hp.clone(),
+                    detect: svc.detect_protocol,
+                };
+                let vips = svc.addresses.iter().map(|ip| (*ip, Claim::Vip));
+                // Mesh endpoints only: an external service's endpoints are not sidecars.
+                let pods = svc
+                    .external
+                    .is_none()
+                    .then_some(&svc.endpoints)
+                    .into_iter()
+                    .flatten()
+                    .map(|e| (e.addr.ip(), Claim::Endpoint));
+                for (ip, claim) in vips.chain(pods) {
+                    addresses.push((ip, cluster.port, claim, target.clone()));
+                }
                 // Cluster services answer to their short forms too; other hosts (ServiceEntry)
                 // only to the names they were given.
                 let mut names = vec![fqdn.clone()];
@@ -336,6 +353,8 @@ impl Snapshot {
             path_normalization: path_normalization(view.mesh.as_ref()),
             telemetry,
             access_log_providers,
+            addresses: AddressIndex::build(addresses),
+            outbound_registry_only: view.mesh.as_ref().is_some_and(|m| m.outbound_registry_only),
             stats_matcher: Arc::new(StatsMatcher::new(
                 &cfg.stats_inclusions
                     .clone()

@@ -79,6 +79,8 @@ fn service(host: &str, endpoints: Vec<EndpointSpec>) -> ServiceSpec {
         endpoints,
         listen: None,
         external: None,
+        addresses: vec![],
+        detect_protocol: false,
     }
 }
 
@@ -242,4 +244,69 @@ async fn a_bad_route_refuses_the_whole_snapshot() {
         "{err}"
     );
     assert!(err.contains("invalid regex"), "{err}");
+}
+
+#[tokio::test]
+async fn captured_destinations_find_their_service_by_virtual_ip_or_pod_ip() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    let pod = |ip: [u8; 4]| EndpointSpec {
+        addr: SocketAddr::from((ip, 15006)),
+        ..endpoint(15006, "v1")
+    };
+    let mut reviews = service(FQDN, vec![pod([10, 1, 0, 7])]);
+    reviews.addresses = vec!["10.96.0.9".parse().expect("ip")];
+    // A second service claims the same pod IP and reviews' virtual IP as an endpoint:
+    // the virtual IP stays reviews'.
+    let mut ratings = service(
+        "ratings.default.svc.cluster.local",
+        vec![pod([10, 96, 0, 9])],
+    );
+    ratings.detect_protocol = true;
+    let mut other = service("aaa.default.svc.cluster.local", vec![pod([10, 1, 0, 7])]);
+    other.port = 7000;
+    let view = MeshView {
+        services: vec![reviews, ratings, other],
+        ..Default::default()
+    };
+    let snap = Snapshot::build(&local(), &view, &identity, &metrics, 1, None).expect("builds");
+    let service_at = |addr: &str| {
+        snap.captured(addr.parse().expect("addr"))
+            .map(|t| (t.host.cluster.labels.service.fqdn.to_string(), t.detect))
+    };
+    assert_eq!(service_at("10.96.0.9:9080"), Some((FQDN.into(), false)));
+    assert_eq!(
+        service_at("[::ffff:10.96.0.9]:9080"),
+        Some((FQDN.into(), false))
+    );
+    assert_eq!(service_at("10.1.0.7:9080"), Some((FQDN.into(), false)));
+    assert_eq!(
+        service_at("10.1.0.7:7000"),
+        Some(("aaa.default.svc.cluster.local".into(), false)),
+        "the port picks among a pod's services"
+    );
+    assert_eq!(service_at("10.96.0.9:9081"), None, "not a service port");
+    assert_eq!(service_at("10.1.0.8:9080"), None, "nobody's address");
+
+    // Requests on a captured connection: a Host naming a service on that port wins (Istio's
+    // per-port route configuration); an IP or unknown name is the address's service.
+    let dst: SocketAddr = "10.96.0.9:9080".parse().expect("addr");
+    let routed = |authority: &str| {
+        snap.route_captured(authority, dst)
+            .map(|hp| hp.cluster.labels.service.fqdn.to_string())
+    };
+    assert_eq!(routed("10.96.0.9:9080"), Ok(FQDN.into()));
+    assert_eq!(routed("example.com"), Ok(FQDN.into()));
+    assert_eq!(routed(""), Ok(FQDN.into()));
+    assert_eq!(
+        routed("ratings"),
+        Ok("ratings.default.svc.cluster.local".into())
+    );
+    assert_eq!(routed("aaa:7000"), Ok(FQDN.into()), "aaa has no port 9080");
+    assert_eq!(
+        snap.route_captured("x", "10.9.9.9:80".parse().expect("addr"))
+            .map(|_| ()),
+        Err(RouteMiss::UnknownHost)
+    );
 }

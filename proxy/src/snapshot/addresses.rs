@@ -1,0 +1,75 @@
+//! Services by address, for captured connections: the outbound listener learns where a
+//! redirected connection was going (an IP and a port) and needs the service that is.
+//!
+//! Two kinds of address lead to a service port: its virtual IPs (ServiceEntry `addresses`,
+//! a Kubernetes ClusterIP) and its endpoints' own addresses (a pod IP called directly, as
+//! Istio's sidecar listeners for headless services and pod IPs do). A virtual IP wins where
+//! both claim an address; between equal claims the first host name in order keeps it, so
+//! every build decides alike. Built once per snapshot; a lookup is one hash probe.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::HostPort;
+
+/// What a captured destination leads to.
+#[derive(Clone, Debug)]
+pub struct CaptureTarget {
+    /// The service port (its cluster and routes).
+    pub host: Arc<HostPort>,
+    /// The port declares no protocol: the connection's first bytes tell (Istio's protocol
+    /// sniffing for ports without a protocol prefix or `appProtocol`).
+    pub detect: bool,
+}
+
+/// Service ports by `(address, port)`.
+#[derive(Debug, Default)]
+pub struct AddressIndex {
+    by_addr: HashMap<(IpAddr, u16), CaptureTarget>,
+}
+
+/// How strongly an address belongs to a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Claim {
+    /// A virtual IP of the service.
+    Vip,
+    /// One of its endpoints' addresses.
+    Endpoint,
+}
+
+impl AddressIndex {
+    /// Builds the index from `(address, port, claim, target)` entries.
+    pub fn build(entries: impl IntoIterator<Item = (IpAddr, u16, Claim, CaptureTarget)>) -> Self {
+        let mut sorted: Vec<_> = entries.into_iter().collect();
+        sorted.sort_by(|a, b| {
+            let host = |e: &(IpAddr, u16, Claim, CaptureTarget)| {
+                e.3.host.cluster.labels.service.fqdn.clone()
+            };
+            (a.2, host(a)).cmp(&(b.2, host(b)))
+        });
+        let mut by_addr = HashMap::with_capacity(sorted.len());
+        for (ip, port, _, target) in sorted {
+            by_addr.entry((ip.to_canonical(), port)).or_insert(target);
+        }
+        Self { by_addr }
+    }
+
+    /// The service port a connection to `dst` was meant for.
+    pub fn find(&self, dst: SocketAddr) -> Option<&CaptureTarget> {
+        if self.by_addr.is_empty() {
+            return None;
+        }
+        self.by_addr.get(&(dst.ip().to_canonical(), dst.port()))
+    }
+
+    /// How many addresses lead somewhere (admin dump, tests).
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    /// Whether no address leads anywhere.
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+}
