@@ -164,9 +164,11 @@ fn the_compose_mesh_calls_by_name_over_mutual_tls_and_survives_a_stopped_pod() {
         .unwrap_or_default();
     assert_eq!(identities.len(), 3, "three sidecars connected: {status}");
 
-    // productpage calls reviews by its service name through its sidecar: once both reviews
-    // pods are endpoints, every call succeeds and both versions serve over mutual TLS, seeing
-    // productpage's SPIFFE identity.
+    // productpage's app calls reviews by its name: Docker's DNS gives a pod IP and the init
+    // container's rules redirect the connection to the sidecar (the reviews apps listen on
+    // loopback only, so an uncaptured call would fail). Once both reviews pods are endpoints,
+    // every call succeeds and both versions serve over mutual TLS, seeing productpage's SPIFFE
+    // identity.
     until_consecutive_ok(productpage, 5, Duration::from_secs(60));
     for _ in 0..40 {
         assert_eq!(call_productpage(productpage), 200);
