@@ -10,8 +10,10 @@
 //! For the scenarios with more than one service it can also:
 //! - fan out (`--call HOST=ADDR`, repeatable): before answering, call every downstream service
 //!   concurrently with `GET /` and `Host: HOST` at ADDR (its own sidecar's outbound port in a mesh,
-//!   the downstream app itself without one) over pooled HTTP/1.1 keep-alive connections, as an
-//!   app calling its dependencies would; a downstream failure makes the answer a 502;
+//!   the downstream app itself without one, or a name such as `reviews:9080` that the system
+//!   resolves on each new connection, for transparent capture) over pooled HTTP/1.1 keep-alive
+//!   connections, as an app calling its dependencies would; a downstream failure makes the
+//!   answer a 502;
 //! - fail on command: `GET /__bench/fail/503` makes every later request answer 503
 //!   (`/__bench/fail/0` heals), the chaos scenario's misbehaving backend;
 //! - count: `GET /__bench/stats` answers [`AppStats`] as JSON (requests received, failures
@@ -84,8 +86,9 @@ pub enum AppError {
 pub struct Downstream {
     /// `Host` header of the call (`catalog:8080`): the service, as the sidecar routes it.
     pub host: String,
-    /// Where to connect: the app's sidecar's outbound port, or the downstream app directly.
-    pub addr: SocketAddr,
+    /// Where to connect, `HOST:PORT`: the app's sidecar's outbound port, the downstream app
+    /// directly, or a name resolved on each new connection (`reviews:9080`).
+    pub addr: String,
 }
 
 impl Downstream {
@@ -97,7 +100,9 @@ impl Downstream {
 
 /// Why a `--call` argument was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not HOST=ADDR (e.g. `catalog:8080=127.0.0.1:15001`)")]
+#[error(
+    "`{0}` is not HOST=ADDR (e.g. `catalog:8080=127.0.0.1:15001` or `catalog:8080=catalog:8080`)"
+)]
 pub struct DownstreamParseError(String);
 
 /// Parses `HOST=ADDR` (`--call`).
@@ -107,9 +112,17 @@ pub fn parse_downstream(text: &str) -> Result<Downstream, DownstreamParseError> 
     if host.is_empty() || HeaderValue::from_str(host).is_err() {
         return Err(bad());
     }
+    // An IP address and port, or a name and port that make a URI authority.
+    let named = addr
+        .rsplit_once(':')
+        .is_some_and(|(name, port)| !name.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+        && addr.parse::<http::uri::Authority>().is_ok();
+    if addr.parse::<SocketAddr>().is_err() && !named {
+        return Err(bad());
+    }
     Ok(Downstream {
         host: host.to_string(),
-        addr: addr.parse().map_err(|_| bad())?,
+        addr: addr.to_string(),
     })
 }
 
@@ -446,8 +459,8 @@ pub fn announced_addr(line: &str) -> Option<std::net::SocketAddr> {
         .ok()
 }
 
-/// Runs the app process: binds, prints `{"msg":..., "addr":...}`, serves until SIGTERM or EOF on
-/// stdin.
+/// Runs the app process: binds, prints `{"msg":..., "addr":...}`, serves until SIGTERM, SIGINT
+/// or EOF on stdin (unless `--ignore-stdin`).
 pub fn run(args: &AppArgs) -> Result<(), AppError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -478,7 +491,13 @@ pub fn run(args: &AppArgs) -> Result<(), AppError> {
 
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(AppError::Signal)?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(AppError::Signal)?;
+        let watch_stdin = !args.ignore_stdin;
         let stdin_closed = async {
+            if !watch_stdin {
+                return std::future::pending().await;
+            }
             let mut stdin = tokio::io::stdin();
             let mut buf = [0u8; 64];
             // Any read result but data means the parent is gone.
@@ -491,7 +510,28 @@ pub fn run(args: &AppArgs) -> Result<(), AppError> {
         tokio::select! {
             () = serve_state(listener, state) => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
             () = stdin_closed => {}
+        }
+        Ok(())
+    })
+}
+
+/// Runs the pause process: holds its network namespace (it does nothing else) until SIGTERM or
+/// SIGINT. As a container's process 1 it gets no default signal handling, so both are caught.
+pub fn pause() -> Result<(), AppError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(AppError::Signal)?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(AppError::Signal)?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
         Ok(())
     })
@@ -505,8 +545,8 @@ mod tests {
     fn downstream_arguments_parse() {
         let d = parse_downstream("catalog:8080=127.0.0.1:15001").ok();
         assert_eq!(
-            d.as_ref().map(|d| (d.host.as_str(), d.addr.port())),
-            Some(("catalog:8080", 15001))
+            d.as_ref().map(|d| (d.host.as_str(), d.addr.as_str())),
+            Some(("catalog:8080", "127.0.0.1:15001"))
         );
         assert_eq!(
             d.map(|d| d.to_arg()).as_deref(),
@@ -515,6 +555,14 @@ mod tests {
         assert!(parse_downstream("catalog:8080").is_err());
         assert!(parse_downstream("=127.0.0.1:1").is_err());
         assert!(parse_downstream("a=not-an-addr").is_err());
+        assert!(parse_downstream("a=name:0").is_err());
+        assert!(parse_downstream("a=:80").is_err());
+        assert_eq!(
+            parse_downstream("reviews:9080=reviews:9080")
+                .ok()
+                .map(|d| d.addr),
+            Some("reviews:9080".to_string())
+        );
     }
 
     #[test]

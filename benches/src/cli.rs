@@ -93,6 +93,10 @@ pub enum Command {
     /// optionally after calling downstream services (`--call`).
     #[command(hide = true)]
     App(AppArgs),
+    /// Holds a pod's network namespace in a container, as Kubernetes' pause container does:
+    /// does nothing until SIGTERM or SIGINT (the compose mesh's pods, `docker/compose.yaml`).
+    #[command(hide = true)]
+    Pause,
 }
 
 /// Options of the hidden `app` subcommand.
@@ -111,6 +115,11 @@ pub struct AppArgs {
     /// Bound on one downstream call.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub call_timeout: Duration,
+    /// Serve until SIGTERM or SIGINT only, without watching standard input (a container's is
+    /// closed from the start). By default the app also exits when its stdin closes, so it never
+    /// outlives the benchmark that started it.
+    #[arg(long)]
+    pub ignore_stdin: bool,
 }
 
 /// Default response body size: a small fixed response, like the `return 200` baseline app.

@@ -13,6 +13,10 @@ fn main() -> anyhow::Result<ExitCode> {
             meshlite_bench::app::run(&args).context("meshlite-bench app")?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Pause) => {
+            meshlite_bench::app::pause().context("meshlite-bench pause")?;
+            Ok(ExitCode::SUCCESS)
+        }
         None => {
             let all_ran = meshlite_bench::scenario::run(&cli.bench)
                 .with_context(|| format!("scenario {:?}", cli.bench.scenario))?;

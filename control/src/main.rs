@@ -3,8 +3,9 @@
 //! `serve` runs it; `validate DIR` checks a config directory like `istioctl analyze`;
 //! `status` lists connected proxies like `istioctl proxy-status`; `graph` prints the live
 //! service graph (as text, JSON or Graphviz DOT); `token create` makes a bootstrap token;
-//! `cert revoke` revokes a workload certificate; `inject -f app.yaml` adds the sidecar to
-//! Kubernetes manifests like `istioctl kube-inject`.
+//! `cert revoke` revokes a workload certificate; `cert root` prints the trust bundle sidecars
+//! must trust; `inject -f app.yaml` adds the sidecar to Kubernetes manifests like `istioctl
+//! kube-inject`.
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
@@ -117,6 +118,10 @@ enum TokenCommand {
         /// serves ports must be granted its `app` label: the service it joins.
         #[arg(long = "label", value_parser = label)]
         labels: Vec<(String, String)>,
+        /// Write the token to FILE (mode 0600, replaced atomically) instead of standard
+        /// output: how a job without a shell hands it to a sidecar's volume.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -141,6 +146,19 @@ enum CertCommand {
         /// SPIFFE ID.
         #[arg(long)]
         identity: Option<String>,
+    },
+    /// Prints the mesh's trust bundle (`root-cert.pem`), what every sidecar's `--root-cert`
+    /// must hold (Istio's `istio-ca-root-cert`).
+    Root {
+        /// State directory of the control plane.
+        #[arg(long, default_value = "/var/lib/meshlite-control")]
+        state_dir: PathBuf,
+        /// The plugged-in CA's directory, if `serve` runs with `--cacerts`.
+        #[arg(long)]
+        cacerts: Option<PathBuf>,
+        /// Write it to FILE (mode 0644, replaced atomically) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -227,6 +245,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     service_account,
                     ttl,
                     labels,
+                    out,
                 },
         } => {
             let signer = TokenSigner::load_or_create(&state_dir)?;
@@ -238,7 +257,35 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ttl,
                 time::OffsetDateTime::now_utc(),
             )?;
-            println!("{token}");
+            match out {
+                Some(path) => {
+                    meshlite_control::ca::write_credential(
+                        &path,
+                        format!("{token}\n").as_bytes(),
+                        0o600,
+                    )?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => println!("{token}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cert {
+            command:
+                CertCommand::Root {
+                    state_dir,
+                    cacerts,
+                    out,
+                },
+        } => {
+            let bundle = meshlite_control::ca::trust_bundle(&state_dir, cacerts.as_deref())?;
+            match out {
+                Some(path) => {
+                    meshlite_control::ca::write_credential(&path, bundle.as_bytes(), 0o644)?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{bundle}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Cert {

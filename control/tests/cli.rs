@@ -1,6 +1,7 @@
 //! The `meshlite-control` binary through its command line: `validate` accepts a good config
 //! directory and lists every problem of a bad one (file, resource, field) with exit code 1;
-//! `token create` prints a bootstrap token the control plane's key verifies.
+//! `token create` prints a bootstrap token the control plane's key verifies, or writes it to a
+//! private file; `cert root` writes the trust bundle once the control plane has made its root.
 //!
 //! Being an integration test of this package also makes `cargo test --workspace` build the
 //! binary, so the end-to-end crate finds it in `target/` beside the proxy.
@@ -224,4 +225,73 @@ fn token_create_refuses_an_identity_that_is_not_one() {
         text(&out)
     );
     assert!(out.stdout.is_empty(), "no token may be printed");
+}
+
+#[test]
+fn token_create_and_cert_root_write_a_sidecars_credentials_to_files() {
+    // How a shell-less container hands a sidecar its credentials (docker/compose.yaml's jobs):
+    // the token to a private file, the trust bundle to a readable one.
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().join("state");
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let mode = |p: &Path| std::fs::metadata(p).expect("written").permissions().mode() & 0o777;
+
+    // Before `serve` made the root there is no bundle, and the refusal says so.
+    let root_file = out_dir.path().join("root-cert.pem");
+    let root = |state_dir: &Path| {
+        control()
+            .args(["cert", "root", "--state-dir"])
+            .arg(state_dir)
+            .arg("--out")
+            .arg(&root_file)
+            .output()
+            .expect("run cert root")
+    };
+    let out = root(&state_dir);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("`serve` starts"), "{}", text(&out));
+    assert!(!root_file.exists(), "nothing is written on a refusal");
+
+    let ca =
+        meshlite_control::ca::CertificateAuthority::load_or_create(&state_dir, "cluster.local")
+            .expect("the CA the control plane makes");
+    let out = root(&state_dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&root_file).expect("root-cert.pem"),
+        ca.roots_pem().concat()
+    );
+    assert_eq!(mode(&root_file), 0o644);
+    // Without --out it is printed.
+    let out = control()
+        .args(["cert", "root", "--state-dir"])
+        .arg(&state_dir)
+        .output()
+        .expect("run cert root");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        ca.roots_pem().concat()
+    );
+
+    let token_file = out_dir.path().join("token");
+    let out = control()
+        .args(["token", "create", "--state-dir"])
+        .arg(&state_dir)
+        .args(["--namespace", "default", "--service-account", "reviews"])
+        .args(["--label", "app=reviews", "--out"])
+        .arg(&token_file)
+        .output()
+        .expect("run token create");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "the token goes to the file only");
+    assert_eq!(mode(&token_file), 0o600);
+    let token = std::fs::read_to_string(&token_file).expect("token");
+    let claims = TokenSigner::load_or_create(&state_dir)
+        .expect("the token key")
+        .verify(token.trim(), time::OffsetDateTime::now_utc())
+        .expect("the written token verifies");
+    assert_eq!(
+        claims.identity.as_str(),
+        "spiffe://cluster.local/ns/default/sa/reviews"
+    );
 }

@@ -146,9 +146,11 @@ struct ControlArgs {
     #[arg(long = "label")]
     labels: Vec<String>,
     /// The pod's IP: other sidecars reach this one's inbound listener there (announced to the
-    /// control plane).
-    #[arg(long, env = "INSTANCE_IP")]
-    instance_ip: Option<std::net::IpAddr>,
+    /// control plane). `auto`: the local address this host's routes pick to reach the control
+    /// plane (where no downward API gives the IP, e.g. a Docker Compose pod), as pilot-agent
+    /// finds the pod IP itself when `INSTANCE_IP` is unset.
+    #[arg(long, env = "INSTANCE_IP", value_parser = instance_ip)]
+    instance_ip: Option<InstanceIp>,
     /// A port the application serves, `PORT` or `PORT/PROTOCOL` (`http`, `http2`, `grpc`,
     /// `tcp`), on 127.0.0.1 (repeatable; added to the file's `inbound.ports`).
     #[arg(long = "app-port", value_parser = app_port)]
@@ -180,6 +182,56 @@ fn app_port(s: &str) -> Result<meshlite_proxy::config::InboundPortConfig, String
         target: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         protocol,
     })
+}
+
+/// `--instance-ip`: an address, or `auto`.
+#[derive(Clone, Copy, Debug)]
+enum InstanceIp {
+    /// Given.
+    Fixed(std::net::IpAddr),
+    /// Found at start-up from the route to the control plane.
+    Auto,
+}
+
+fn instance_ip(s: &str) -> Result<InstanceIp, String> {
+    if s == "auto" {
+        return Ok(InstanceIp::Auto);
+    }
+    s.parse()
+        .map(InstanceIp::Fixed)
+        .map_err(|_| format!("`{s}` is neither an IP address nor `auto`"))
+}
+
+/// The local IP the routing table picks to reach `control` (`https://HOST:PORT`): a UDP socket
+/// is connected (no packet is sent) and its local address read.
+fn local_ip_towards(control: &str) -> Result<std::net::IpAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    let authority = control
+        .split_once("://")
+        .map_or(control, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let why = |e: &dyn std::fmt::Display| format!("--instance-ip auto: {authority}: {e}");
+    let target = authority
+        .to_socket_addrs()
+        .map_err(|e| why(&e))?
+        .next()
+        .ok_or_else(|| why(&"resolves to no address"))?;
+    let unspecified: std::net::IpAddr = if target.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = std::net::UdpSocket::bind((unspecified, 0)).map_err(|e| why(&e))?;
+    socket.connect(target).map_err(|e| why(&e))?;
+    let ip = socket.local_addr().map_err(|e| why(&e))?.ip();
+    if ip.is_loopback() || ip.is_unspecified() {
+        return Err(why(&format!(
+            "the route to the control plane leaves from {ip}, not a pod address; give the IP"
+        )));
+    }
+    Ok(ip)
 }
 
 /// An Istio duration (`5s`, `1m30s`).
@@ -244,9 +296,13 @@ impl ControlArgs {
         if cfg.identity.version.is_none() {
             cfg.identity.version = cfg.identity.labels.get("version").cloned();
         }
-        if let Some(ip) = self.instance_ip
+        if let Some(wanted) = self.instance_ip
             && let Some(c) = cfg.control.as_mut()
         {
+            let ip = match wanted {
+                InstanceIp::Fixed(ip) => ip,
+                InstanceIp::Auto => local_ip_towards(&c.address)?,
+            };
             c.inbound_address = Some(std::net::SocketAddr::new(ip, cfg.listeners.inbound.port()));
         }
         cfg.inbound.ports.extend(self.app_ports.iter().cloned());

@@ -241,6 +241,43 @@ fn the_injected_sidecar_command_line_is_one_the_proxy_accepts() {
     assert!(text(&out).contains("sctp"), "{}", text(&out));
 }
 
+#[test]
+fn instance_ip_auto_refuses_a_route_that_leaves_from_loopback() {
+    // `auto` takes the address the route to the control plane leaves from (a compose pod's
+    // IP); a control plane on loopback gives no pod address, and the proxy says so.
+    let run = |ip: &str| {
+        proxy()
+            .env_remove("MESHLITE_CONFIG")
+            .env_remove("INSTANCE_IP")
+            .args([
+                "--control",
+                "https://127.0.0.1:15012",
+                "--root-cert",
+                "/dev/null",
+            ])
+            .args(["--namespace", "default", "--service-account", "reviews"])
+            .args(["--workload", "reviews-v1", "--instance-ip", ip, "validate"])
+            .output()
+            .expect("run validate")
+    };
+    let out = run("auto");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("leaves from 127.0.0.1, not a pod address"),
+        "{}",
+        text(&out)
+    );
+    let out = run("pod-ip");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("neither an IP address nor `auto`"),
+        "{}",
+        text(&out)
+    );
+    let out = run("10.1.2.3");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 /// Starts a proxy on free loopback ports with a static identity, holds one connection open
 /// mid-request on its outbound listener, sends SIGTERM and returns how long it took to exit.
 fn drain_time(drain: Option<&str>) -> std::time::Duration {

@@ -18,6 +18,7 @@
 //!   HTTP), for AuthorizationPolicy CUSTOM actions;
 //! - [`pki`] issues SPIFFE certificates with the proxy's own development CA;
 //! - [`clients`] sends HTTP/1.1, h2c and gRPC requests through a sidecar;
+//! - [`compose`] builds meshlite's images and runs `docker/compose.yaml` on a Docker engine;
 //! - [`wire`] speaks raw HTTP/1.1 on a socket for requests no well-behaved client would send;
 //! - [`payload`] makes and checks the deterministic bytes of large streamed bodies;
 //! - [`prometheus`] reads the proxies' metrics text;
@@ -42,6 +43,7 @@
 
 pub mod apps;
 pub mod clients;
+pub mod compose;
 pub mod control;
 pub mod deadline;
 pub mod ext_authz;

@@ -427,7 +427,7 @@ fn run_direct(setup: &Setup<'_>, dir: &Path) -> Result<LegOutcome, MeshScenarioE
             .filter_map(|&c| {
                 started[c].as_ref().map(|app| Downstream {
                     host: setup.host(c),
-                    addr: app.addr(),
+                    addr: app.addr().to_string(),
                 })
             })
             .collect();
@@ -508,7 +508,7 @@ fn run_meshed(
             .iter()
             .map(|&c| Downstream {
                 host: setup.host(c),
-                addr: outbound,
+                addr: outbound.to_string(),
             })
             .collect();
         apps.push(AppProcess::start(

@@ -33,6 +33,31 @@ pub use token::{TokenClaims, TokenError, TokenSigner};
 
 use meshlite_xds_proto::spiffe::SpiffeIdError;
 
+/// The mesh's trust bundle as PEM text, what sidecars must trust (Istio's `istio-ca-root-cert`
+/// ConfigMap): `root-cert.pem` of the `cacerts` directory when the CA is plugged in, else of
+/// the state directory, where `serve` created the root. Read only: a missing root is an error
+/// (start `serve` first), never a reason to make one.
+pub fn trust_bundle(
+    state_dir: &std::path::Path,
+    cacerts: Option<&std::path::Path>,
+) -> Result<String, CaError> {
+    let path = cacerts.unwrap_or(state_dir).join(root::ROOT_CERT_FILE);
+    let certs = pem::read_certs(&path).map_err(|e| match e {
+        CaError::CaFiles { path, message } if message == "file not found" => CaError::CaFiles {
+            path,
+            message: "file not found: the control plane makes its root when `serve` starts".into(),
+        },
+        other => other,
+    })?;
+    Ok(certs.iter().map(|c| pem::cert_pem(c)).collect())
+}
+
+/// Writes a credential handed to a workload (a bootstrap token, a trust bundle) to `path`
+/// atomically with permission `mode`, so a sidecar starting meanwhile never reads half a file.
+pub fn write_credential(path: &std::path::Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+    Ok(files::write_atomic(path, contents, mode)?)
+}
+
 /// Lifetime of a workload certificate when the caller does not ask for one: Istio's
 /// `DEFAULT_WORKLOAD_CERT_TTL` (24 h).
 pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
