@@ -475,7 +475,10 @@ mod tests {
                 "/d/audit.log",
                 "--audit-log-all",
                 "--workers",
-                "1"
+                "1",
+                // Without `.dns(..)`, no DNS proxy: launched sidecars never fight over 15053.
+                "--dns-addr",
+                "off"
             ]
         );
         assert_eq!(launch.log_path(), PathBuf::from("/d/s.log"));
