@@ -22,6 +22,7 @@ fn service(host: &str, namespace: &str, addresses: &[&str]) -> ServiceSpec {
         listen: None,
         external: None,
         addresses: addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+        detect_protocol: false,
     }
 }
 
