@@ -42,6 +42,17 @@ pub(super) fn config(docs: &[String]) -> ConfigSet {
     report.set.expect("a valid config")
 }
 
+/// The `reviews` workload of namespace `shop` most tests call from or to.
+fn reviews_workload() -> Workload {
+    workload(
+        "reviews",
+        "shop",
+        "reviews",
+        &[("app", "reviews")],
+        "10.0.0.1:15006",
+    )
+}
+
 fn workload(name: &str, ns: &str, sa: &str, labels: &[(&str, &str)], addr: &str) -> Workload {
     Workload {
         key: format!("{name}.{ns}@{addr}"),
@@ -447,13 +458,7 @@ fn authorization_policies_apply_by_namespace_and_selector_with_accounts_as_princ
             "{action: ALLOW, rules: [{}]}",
         ),
     ]);
-    let reviews = workload(
-        "reviews",
-        "shop",
-        "reviews",
-        &[("app", "reviews")],
-        "10.0.0.1:15006",
-    );
+    let reviews = reviews_workload();
     let cart = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
     let far = workload("far", "faraway", "far", &[("app", "far")], "10.0.0.3:15006");
     let m = mesh(cfg, &[]);
@@ -938,13 +943,7 @@ fn request_authentications_reach_the_workloads_they_target_with_key_sets_inline(
             "{targetRefs: [{kind: Gateway, name: g}], jwtRules: [{issuer: gw, jwksUri: 'https://gw/k'}]}",
         ),
     ]);
-    let reviews = workload(
-        "reviews",
-        "shop",
-        "reviews",
-        &[("app", "reviews")],
-        "10.0.0.1:15006",
-    );
+    let reviews = reviews_workload();
     let cart = workload("cart", "shop", "cart", &[("app", "cart")], "10.0.0.2:15006");
     let jwks = crate::jwks::ResolvedJwks::from([(
         "https://idp.example/keys".to_string(),
@@ -1305,13 +1304,7 @@ fn a_workloads_telemetry_reaches_it_in_its_inbound_policy_and_a_change_is_pushed
             ),
         )
     };
-    let reviews = workload(
-        "reviews",
-        "shop",
-        "reviews",
-        &[("app", "reviews")],
-        "10.0.0.1:15006",
-    );
+    let reviews = reviews_workload();
     let ratings = workload(
         "ratings",
         "shop",
@@ -1447,13 +1440,7 @@ fn services_without_addresses_get_a_vip_from_istios_range_and_entries_keep_their
             "{hosts: ['*.example.org'], resolution: DNS, ports: [{number: 80, name: http, protocol: HTTP}]}",
         ),
     ]);
-    let reviews = workload(
-        "reviews",
-        "shop",
-        "reviews",
-        &[("app", "reviews")],
-        "10.0.0.1:15006",
-    );
+    let reviews = reviews_workload();
     let m = mesh(cfg, std::slice::from_ref(&reviews));
     for host in [REVIEWS, "api.example.com"] {
         let vips = addresses_of(&m, &reviews, host);
@@ -1475,13 +1462,7 @@ fn services_without_addresses_get_a_vip_from_istios_range_and_entries_keep_their
 
 #[test]
 fn vips_are_stable_across_pushes_and_a_new_service_moves_none() {
-    let reviews = workload(
-        "reviews",
-        "shop",
-        "reviews",
-        &[("app", "reviews")],
-        "10.0.0.1:15006",
-    );
+    let reviews = reviews_workload();
     let first = mesh(
         config(&[external_entry("default/api", "api.example.com", "")]),
         std::slice::from_ref(&reviews),
@@ -1521,13 +1502,7 @@ fn auto_allocation_and_dns_capture_follow_proxy_metadata() {
         metadata: {name: seed, namespace: istio-system}\nspec:\n  meshConfig:\n    \
         defaultConfig:\n      proxyMetadata:\n        ISTIO_META_DNS_AUTO_ALLOCATE: \"false\"\n        \
         ISTIO_META_DNS_CAPTURE: \"false\"\n";
-    let reviews = workload(
-        "reviews",
-        "shop",
-        "reviews",
-        &[("app", "reviews")],
-        "10.0.0.1:15006",
-    );
+    let reviews = reviews_workload();
     let m = mesh(
         config(&[mesh_config.to_string()]),
         std::slice::from_ref(&reviews),

@@ -153,7 +153,6 @@ impl OtelLogSink {
         if !reads.1 {
             entry.response_headers = None;
         }
-        entry.routes = Default::default();
         if self.tx.try_send(OtelEntry { entry, format }).is_err() {
             self.queue_full.inc();
         }
