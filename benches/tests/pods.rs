@@ -94,13 +94,21 @@ fn the_pods_scenario_reports_the_explicit_and_the_captured_pair_and_the_pod_star
             .expect("the JSON report parses");
     // Both modes ran through the pods, with no error, each with its two sidecars' figures.
     assert!(number(&report, "/direct/requests") > 0.0, "{report:#}");
-    assert_eq!(number(&report, "/meshed/errors"), 0.0, "explicit: {report:#}");
+    assert_eq!(
+        number(&report, "/meshed/errors"),
+        0.0,
+        "explicit: {report:#}"
+    );
     assert!(number(&report, "/meshed/requests") > 0.0, "{report:#}");
     assert_eq!(
         report.pointer("/peer/name").and_then(Value::as_str),
         Some("captured")
     );
-    assert_eq!(number(&report, "/peer/meshed/errors"), 0.0, "captured: {report:#}");
+    assert_eq!(
+        number(&report, "/peer/meshed/errors"),
+        0.0,
+        "captured: {report:#}"
+    );
     assert!(number(&report, "/peer/meshed/requests") > 0.0, "{report:#}");
     for pair in ["/sidecars", "/peer/sidecars"] {
         assert_eq!(

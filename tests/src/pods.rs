@@ -219,7 +219,10 @@ impl PodSidecar {
         }
         // Cluster statistics (outlier detection, retries), which Istio's default set leaves
         // out, as a user's `proxyStatsMatcher` would include them.
-        let _ = writeln!(y, "proxy_stats_matcher:\n  inclusion_prefixes: [\"cluster.\"]");
+        let _ = writeln!(
+            y,
+            "proxy_stats_matcher:\n  inclusion_prefixes: [\"cluster.\"]"
+        );
         let _ = writeln!(y, "control:");
         let _ = writeln!(y, "  address: \"https://{}\"", control.xds);
         let _ = writeln!(y, "  root_cert: root-cert.pem\n  token_file: token");
@@ -419,7 +422,9 @@ impl PodLoad {
                 let (pod, stop, outcomes) = (pod.clone(), stop.clone(), outcomes.clone());
                 let host = host.to_string();
                 tokio::spawn(async move {
-                    let mut conn: Option<hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>> = None;
+                    let mut conn: Option<
+                        hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
+                    > = None;
                     for _ in 0..max_calls {
                         if stop.load(std::sync::atomic::Ordering::Relaxed)
                             || tokio::time::Instant::now() >= until
@@ -432,7 +437,11 @@ impl PodLoad {
                         outcomes
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .push(Outcome { sent, done, served_by });
+                            .push(Outcome {
+                                sent,
+                                done,
+                                served_by,
+                            });
                         tokio::time::sleep(CALL_PAUSE).await;
                     }
                 })
@@ -512,7 +521,10 @@ async fn call_on(
         if status == 200 {
             Ok(served_by)
         } else {
-            Err(format!("{status}: {}", String::from_utf8_lossy(&body).trim()))
+            Err(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ))
         }
     })
     .await

@@ -215,7 +215,11 @@ impl SidecarConfig {
         let _ = writeln!(y, "listeners:");
         let _ = writeln!(y, "  outbound: {}", quoted(&self.outbound.to_string()));
         for (name, pod) in POD_LISTENERS {
-            let addr = if self.pod_listeners { pod } else { "127.0.0.1:0" };
+            let addr = if self.pod_listeners {
+                pod
+            } else {
+                "127.0.0.1:0"
+            };
             let _ = writeln!(y, "  {name}: \"{addr}\"");
         }
         let _ = writeln!(y, "inbound:");

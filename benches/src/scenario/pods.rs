@@ -44,7 +44,7 @@ use crate::netns::{self, Node, Pod};
 use crate::process::{ChildSpec, ManagedChild, ProcessError};
 use crate::procfs::ProcError;
 use crate::report::{
-    self, LegRecord, LoadSettings, Percentiles, PeerRecord, RateRecord, ReportError, SidecarRecord,
+    self, LegRecord, LoadSettings, PeerRecord, Percentiles, RateRecord, ReportError, SidecarRecord,
 };
 use crate::sidecar::meshlite::{self, ProxyBinary, SERVICE_HOST, SERVICE_PORT};
 use crate::sidecar::pki::{self, MeshPki};
@@ -253,7 +253,8 @@ pub fn run(args: &BenchArgs) -> Result<bool, PodsError> {
     let mut all_ran = true;
     for rep in 1..=repeat {
         let (record, start) = run_repetition(args, &setup, rate, rep, repeat)?;
-        all_ran &= record.meshed.is_some() && record.peer.as_ref().is_some_and(|p| p.meshed.is_some());
+        all_ran &=
+            record.meshed.is_some() && record.peer.as_ref().is_some_and(|p| p.meshed.is_some());
         reps.push(record);
         starts.extend(start);
     }
@@ -371,7 +372,12 @@ fn run_bounded(mut command: Command, timeout: Duration) -> Result<std::process::
 }
 
 /// Starts the app in the server pod on `0.0.0.0:80`.
-fn start_app(args: &BenchArgs, setup: &Setup, pod: &Pod, dir: &Path) -> Result<ManagedChild, PodsError> {
+fn start_app(
+    args: &BenchArgs,
+    setup: &Setup,
+    pod: &Pod,
+    dir: &Path,
+) -> Result<ManagedChild, PodsError> {
     let listen = SocketAddr::from(([0, 0, 0, 0], SERVICE_PORT));
     let mut app = ManagedChild::spawn(ChildSpec {
         name: "app".into(),
@@ -478,13 +484,33 @@ fn start_pod_pair(
     let suffix = mode.name();
     let app = SocketAddr::from(([127, 0, 0, 1], SERVICE_PORT));
     let server_cfg = meshlite::server_sidecar(&setup.pki, app, args.protocol, false);
-    let server = start_sidecar(setup, args, dir, &format!("{suffix}-server"), server_pod, server_cfg)?;
+    let server = start_sidecar(
+        setup,
+        args,
+        dir,
+        &format!("{suffix}-server"),
+        server_pod,
+        server_cfg,
+    )?;
     let inbound = SocketAddr::new(IpAddr::V4(server_pod.ip), INBOUND_PORT);
     let client_cfg = meshlite::client_sidecar(&setup.pki, inbound, args.protocol, args.upstream);
-    let client = start_sidecar(setup, args, dir, &format!("{suffix}-client"), client_pod, client_cfg)?;
+    let client = start_sidecar(
+        setup,
+        args,
+        dir,
+        &format!("{suffix}-client"),
+        client_pod,
+        client_cfg,
+    )?;
     let captured = SocketAddr::new(IpAddr::V4(server_pod.ip), SERVICE_PORT);
     let ready = start.map(|(t0, _)| t0.elapsed());
-    if !until_ok(client_pod, captured, SERVICE_HOST, "/", FIRST_SERVED_TIMEOUT) {
+    if !until_ok(
+        client_pod,
+        captured,
+        SERVICE_HOST,
+        "/",
+        FIRST_SERVED_TIMEOUT,
+    ) {
         return Err(format!(
             "no request through the captured path answered 200 within {FIRST_SERVED_TIMEOUT:?}:\n--- client ---\n{}\n--- server ---\n{}",
             client.log_tail(),
@@ -596,14 +622,17 @@ fn run_repetition(
     drop((client_pod, server_pod, node));
 
     let (explicit, mut notes) = explicit.unwrap_or_else(|| (Err("not run".into()), Vec::new()));
-    let (captured, captured_notes) = captured.unwrap_or_else(|| (Err("not run".into()), Vec::new()));
+    let (captured, captured_notes) =
+        captured.unwrap_or_else(|| (Err("not run".into()), Vec::new()));
     notes.extend(captured_notes);
     let peer = captured_record(&direct.leg, captured, args.workers);
     let (meshed_leg, sidecars, meshed_failure) = match explicit {
         Ok(m) => (Some(m.leg), m.sidecars, None),
         Err(e) => (None, Vec::new(), Some(e)),
     };
-    let added = meshed_leg.as_ref().map(|m| m.latency.minus(&direct.leg.latency));
+    let added = meshed_leg
+        .as_ref()
+        .map(|m| m.latency.minus(&direct.leg.latency));
     let reference = meshed_leg.as_ref().unwrap_or(&direct.leg);
     let record = RateRecord {
         load: LoadSettings::of(rate, args),
@@ -639,7 +668,8 @@ fn captured_record(
     outcome: Result<LegOutcome, String>,
     workers: Option<u32>,
 ) -> PeerRecord {
-    let version = "meshlite-proxy, app traffic redirected by meshlite-proxy init's iptables rules".to_string();
+    let version = "meshlite-proxy, app traffic redirected by meshlite-proxy init's iptables rules"
+        .to_string();
     let threads = workers.unwrap_or(0);
     match outcome {
         Ok(m) => PeerRecord {
@@ -773,8 +803,14 @@ mod tests {
             p99_ms: p50 * 3.0,
             p999_ms: p50 * 4.0,
         };
-        let captured = [sidecar("client", 120.0, 12.0), sidecar("server", 100.0, 10.0)];
-        let explicit = [sidecar("client", 100.0, 11.0), sidecar("server", 100.0, 10.0)];
+        let captured = [
+            sidecar("client", 120.0, 12.0),
+            sidecar("server", 100.0, 10.0),
+        ];
+        let explicit = [
+            sidecar("client", 100.0, 11.0),
+            sidecar("server", 100.0, 10.0),
+        ];
         let c = CaptureCost::between((&added(0.5), &captured), (&added(0.4), &explicit));
         assert!(c.is_some_and(|c| (c.latency.p50_ms - 0.1).abs() < 1e-9
             && (c.latency.p99_ms - 0.3).abs() < 1e-9

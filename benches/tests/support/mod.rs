@@ -63,4 +63,3 @@ pub fn proxy_binary() -> PathBuf {
     assert!(binary.is_file(), "{} is missing", binary.display());
     binary
 }
-

@@ -99,10 +99,14 @@ async fn reviews_by_name(node: &Node, pod: &Pod, first: &str) -> SocketAddr {
     })
     .await;
     let addr = SocketAddr::new(IpAddr::V4(vip), PORT);
-    eventually(&format!("a call by name served by {first}"), SOON, || async {
-        let reply = meshlite_tests::pods::get(pod, addr, HOST, "/").await.ok()?;
-        (reply.status == 200 && reply.header("x-served-by") == Some(first)).then_some(())
-    })
+    eventually(
+        &format!("a call by name served by {first}"),
+        SOON,
+        || async {
+            let reply = meshlite_tests::pods::get(pod, addr, HOST, "/").await.ok()?;
+            (reply.status == 200 && reply.header("x-served-by") == Some(first)).then_some(())
+        },
+    )
     .await;
     addr
 }
@@ -195,7 +199,11 @@ async fn a_reviews_pod_killed_mid_load_is_ejected_and_calls_by_name_keep_succeed
         );
         // Every call sent once the ejection was seen succeeded, on the live pods.
         let after: Vec<&Outcome> = outcomes.iter().filter(|o| o.sent >= ejected_at).collect();
-        assert!(after.len() >= 50, "{} calls after the ejection", after.len());
+        assert!(
+            after.len() >= 50,
+            "{} calls after the ejection",
+            after.len()
+        );
         for o in &after {
             let by = o.served_by.as_deref();
             assert!(
@@ -226,7 +234,9 @@ async fn a_reviews_pod_killed_mid_load_is_ejected_and_calls_by_name_keep_succeed
         );
         assert_eq!(ejections, 1.0, "one ejection: {client_metrics}");
         assert!(
-            client_sidecar.log().contains("outlier detection ejected a host"),
+            client_sidecar
+                .log()
+                .contains("outlier detection ejected a host"),
             "{}",
             client_sidecar.log()
         );
