@@ -80,6 +80,9 @@ pub enum PodsError {
         "--scenario pods builds pods as network namespaces with iptables capture and needs: {0}"
     )]
     Unsupported(String),
+    /// An option the scenario does not take.
+    #[error("{0}")]
+    Option(String),
     /// The run directory could not be made or prepared.
     #[error("run directory: {0}")]
     RunDir(std::io::Error),
@@ -223,7 +226,7 @@ pub fn check_supported() -> Result<(), PodsError> {
 pub fn run(args: &BenchArgs) -> Result<bool, PodsError> {
     check_supported()?;
     if args.pin || args.peer.is_some() || args.authz {
-        return Err(PodsError::Unsupported(
+        return Err(PodsError::Option(
             "the pods scenario takes neither --pin, --peer nor --authz".into(),
         ));
     }
