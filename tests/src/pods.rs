@@ -20,6 +20,24 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Whether this machine can run namespace tests; says SKIPPED when not (a failure under
+/// `MESHLITE_REQUIRE_PEERS`).
+///
+/// # Panics
+/// When something is missing and `MESHLITE_REQUIRE_PEERS` is set.
+pub fn can_run() -> bool {
+    let missing = crate::netns::missing_tools();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("MESHLITE_REQUIRE_PEERS").is_err(),
+        "MESHLITE_REQUIRE_PEERS is set and these are missing: {missing:?}"
+    );
+    eprintln!("SKIPPED: network namespace tests need {missing:?}");
+    false
+}
+
 /// The uid and gid the sidecars run as (Istio's).
 pub const PROXY_ID: u32 = 1337;
 /// The xDS + CA port of the control plane on the node.

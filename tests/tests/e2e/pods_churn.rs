@@ -11,7 +11,7 @@ use meshlite_tests::apps::HttpApp;
 use meshlite_tests::deadline::{SOON, eventually, within};
 use meshlite_tests::netns::{Node, Pod};
 use meshlite_tests::pods::{
-    NodeControl, Outcome, PodLoad, PodSidecar, Served, config_dump, metrics, resolve,
+    NodeControl, Outcome, PodLoad, PodSidecar, Served, can_run, config_dump, metrics, resolve,
 };
 use meshlite_tests::prometheus::samples;
 use std::net::{IpAddr, SocketAddr};
@@ -31,20 +31,6 @@ const HOST: &str = "reviews:9080";
 const FQDN: &str = "reviews.default.svc.cluster.local.";
 /// Bounds of a load: it stops by itself after this many calls per caller or this long.
 const LOAD_BOUNDS: (usize, Duration) = (20_000, Duration::from_secs(90));
-
-/// See `pods::can_run`.
-fn can_run() -> bool {
-    let missing = meshlite_tests::netns::missing_tools();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("MESHLITE_REQUIRE_PEERS").is_err(),
-        "MESHLITE_REQUIRE_PEERS is set and these are missing: {missing:?}"
-    );
-    eprintln!("SKIPPED: network namespace tests need {missing:?}");
-    false
-}
 
 /// A reviews pod: its app (answering `x-served-by: <name>`) and its sidecar.
 struct ReviewsPod {
