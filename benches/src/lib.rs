@@ -12,7 +12,8 @@
 //! end-to-end tests use too ([`harness`]), `/proc` sampling ([`procfs`]), the sidecars under
 //! test ([`sidecar`]), the upstream app ([`app`]), one-shot HTTP probes of apps and sidecars
 //! ([`probe`]), the trace collector traced sidecars report to ([`collector`]) and the report
-//! ([`report`]).
+//! ([`report`]); [`netns`] makes pods as network namespaces (the `pods` scenario, and the
+//! capture tests of `meshlite-tests`).
 #![forbid(unsafe_code)]
 // The benchmark times real processes: the real clock (`std::time::Instant`) is the one meant.
 #![allow(clippy::disallowed_methods)]
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod collector;
 pub mod harness;
 pub mod load;
+pub mod netns;
 pub mod probe;
 pub mod process;
 pub mod procfs;

@@ -16,9 +16,27 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use meshlite_bench::harness::create_token;
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Whether this machine can run namespace tests; says SKIPPED when not (a failure under
+/// `MESHLITE_REQUIRE_PEERS`).
+///
+/// # Panics
+/// When something is missing and `MESHLITE_REQUIRE_PEERS` is set.
+pub fn can_run() -> bool {
+    let missing = crate::netns::missing_tools();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("MESHLITE_REQUIRE_PEERS").is_err(),
+        "MESHLITE_REQUIRE_PEERS is set and these are missing: {missing:?}"
+    );
+    eprintln!("SKIPPED: network namespace tests need {missing:?}");
+    false
+}
 
 /// The uid and gid the sidecars run as (Istio's).
 pub const PROXY_ID: u32 = 1337;
@@ -133,6 +151,10 @@ pub struct Served {
 pub struct PodSidecar {
     process: NsProcess,
     dir: tempfile::TempDir,
+    /// When the pod started: `meshlite-proxy init` began.
+    pub started: tokio::time::Instant,
+    /// From [`Self::started`] until the sidecar answered 200 on `/healthz/ready`.
+    pub ready_after: Duration,
 }
 
 impl PodSidecar {
@@ -149,6 +171,22 @@ impl PodSidecar {
         ports: &[Served],
         init_args: &[&str],
     ) -> PodSidecar {
+        Self::start_workload(pod, control, (sa, sa), ports, init_args).await
+    }
+
+    /// [`Self::start`] for workload `name` of app and service account `sa` (`(sa, name)`):
+    /// several pods of one service, told apart by their workload names.
+    ///
+    /// # Panics
+    /// If init fails or the sidecar is not ready within [`SOON`].
+    pub async fn start_workload(
+        pod: &Pod,
+        control: &NodeControl,
+        (sa, name): (&str, &str),
+        ports: &[Served],
+        init_args: &[&str],
+    ) -> PodSidecar {
+        let started = tokio::time::Instant::now();
         let mut args = vec!["init"];
         args.extend_from_slice(init_args);
         let init = pod
@@ -174,7 +212,7 @@ impl PodSidecar {
             y,
             "  spiffe_id: \"spiffe://cluster.local/ns/default/sa/{sa}\""
         );
-        let _ = writeln!(y, "  workload: \"{sa}\"\n  app: \"{sa}\"");
+        let _ = writeln!(y, "  workload: \"{name}\"\n  app: \"{sa}\"");
         let _ = writeln!(y, "listeners:");
         let _ = writeln!(
             y,
@@ -197,6 +235,12 @@ impl PodSidecar {
                 p.port, p.port, p.protocol
             );
         }
+        // Cluster statistics (outlier detection, retries), which Istio's default set leaves
+        // out, as a user's `proxyStatsMatcher` would include them.
+        let _ = writeln!(
+            y,
+            "proxy_stats_matcher:\n  inclusion_prefixes: [\"cluster.\"]"
+        );
         let _ = writeln!(y, "control:");
         let _ = writeln!(y, "  address: \"https://{}\"", control.xds);
         let _ = writeln!(y, "  root_cert: root-cert.pem\n  token_file: token");
@@ -224,15 +268,34 @@ impl PodSidecar {
             .ns
             .spawn(command, &dir.path().join("proxy.log"))
             .expect("start the sidecar");
-        let sidecar = PodSidecar { process, dir };
         let health = SocketAddr::new(IpAddr::V4(pod.ip), 15021);
-        let what = format!("{sa}'s sidecar to be ready");
+        let what = format!("{name}'s sidecar to be ready");
         eventually(&what, SOON, || async {
             let reply = get(pod, health, "localhost", "/healthz/ready").await.ok()?;
             (reply.status == 200).then_some(())
         })
         .await;
-        sidecar
+        PodSidecar {
+            process,
+            dir,
+            started,
+            ready_after: started.elapsed(),
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// Kills it (SIGKILL: a crashed pod; no drain, no goodbye to the control plane).
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 
     /// Its log so far.
@@ -284,4 +347,208 @@ pub async fn metrics(pod: &Pod) -> String {
         .await
         .expect("metrics")
         .text()
+}
+
+/// The admin `/config_dump` of the sidecar of `pod` (127.0.0.1:15000 inside it), as JSON.
+///
+/// # Panics
+/// If it does not answer with JSON.
+pub async fn config_dump(pod: &Pod) -> serde_json::Value {
+    let admin = SocketAddr::from(([127, 0, 0, 1], 15000));
+    get(pod, admin, "localhost", "/config_dump")
+        .await
+        .expect("config_dump")
+        .json()
+}
+
+/// The IPv4 address `name` resolves to for an app in `pod`: one A query over UDP to the
+/// node's address on port 53, which the pod's `--redirect-dns` rule sends to its sidecar's DNS
+/// proxy (the app's resolver would ask its nameserver the same way); within two seconds.
+pub async fn resolve(pod: &Pod, node: &Node, name: &str) -> Result<Ipv4Addr, String> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut query = Message::new(0x7070, MessageType::Query, OpCode::Query);
+    query.metadata.recursion_desired = true;
+    let qname = Name::from_ascii(name).map_err(|e| e.to_string())?;
+    query.add_query(Query::query(qname, RecordType::A));
+    let packet = query.to_vec().map_err(|e| e.to_string())?;
+    let socket = pod
+        .ns
+        .udp(SocketAddr::from(([0, 0, 0, 0], 0)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let resolver = SocketAddr::new(IpAddr::V4(node.gateway()), 53);
+    socket
+        .send_to(&packet, resolver)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+        .await
+        .map_err(|_| format!("no answer for {name} within 2 s"))?
+        .map_err(|e| e.to_string())?;
+    let reply = Message::from_vec(buf.get(..n).unwrap_or_default()).map_err(|e| e.to_string())?;
+    reply
+        .answers
+        .iter()
+        .find_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .ok_or_else(|| format!("no A record for {name}: {:?}", reply.metadata.response_code))
+}
+
+/// One call of a [`PodLoad`]: when it was sent and answered, and which app answered (its
+/// `x-served-by`) or why it failed.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// When it was sent.
+    pub sent: tokio::time::Instant,
+    /// When its answer (or failure) came.
+    pub done: tokio::time::Instant,
+    /// The app that answered 200, or the failure.
+    pub served_by: Result<String, String>,
+}
+
+/// Callers in a pod, each on its own keep-alive connection (opened again after a failure),
+/// sending `GET /` with one `Host` to one address one after another, as an app with no proxy
+/// settings does; bounded in count and in time, so it stops by itself.
+pub struct PodLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    outcomes: std::sync::Arc<std::sync::Mutex<Vec<Outcome>>>,
+    callers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// One request per caller at most every this often (a steady load the machine keeps up with).
+const CALL_PAUSE: Duration = Duration::from_millis(5);
+
+impl PodLoad {
+    /// Starts `callers` callers in `pod` calling `addr` with `Host: host`, each sending at most
+    /// `max_calls` requests and for at most `max_time`.
+    pub fn start(
+        pod: std::sync::Arc<Pod>,
+        addr: SocketAddr,
+        host: &str,
+        callers: usize,
+        (max_calls, max_time): (usize, Duration),
+    ) -> PodLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let until = tokio::time::Instant::now() + max_time;
+        let callers = (0..callers)
+            .map(|_| {
+                let (pod, stop, outcomes) = (pod.clone(), stop.clone(), outcomes.clone());
+                let host = host.to_string();
+                tokio::spawn(async move {
+                    let mut conn: Option<
+                        hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>,
+                    > = None;
+                    for _ in 0..max_calls {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed)
+                            || tokio::time::Instant::now() >= until
+                        {
+                            break;
+                        }
+                        let sent = tokio::time::Instant::now();
+                        let served_by = call_on(&pod, &mut conn, addr, &host).await;
+                        let done = tokio::time::Instant::now();
+                        outcomes
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(Outcome {
+                                sent,
+                                done,
+                                served_by,
+                            });
+                        tokio::time::sleep(CALL_PAUSE).await;
+                    }
+                })
+            })
+            .collect();
+        PodLoad {
+            stop,
+            outcomes,
+            callers,
+        }
+    }
+
+    /// Every outcome so far, in the order they ended.
+    pub fn outcomes(&self) -> Vec<Outcome> {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops the callers, waits for their last calls, and returns every outcome.
+    pub async fn stop(mut self) -> Vec<Outcome> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for caller in std::mem::take(&mut self.callers) {
+            let _ = caller.await;
+        }
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for PodLoad {
+    fn drop(&mut self) {
+        for caller in &self.callers {
+            caller.abort();
+        }
+    }
+}
+
+/// One `GET /` on the caller's connection (opened first when there is none); the connection is
+/// let go after a failure. Each call is bounded by five seconds.
+async fn call_on(
+    pod: &Pod,
+    conn: &mut Option<hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>>,
+    addr: SocketAddr,
+    host: &str,
+) -> Result<String, String> {
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            let stream = pod.ns.connect(addr).await.map_err(|e| e.to_string())?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            *conn = Some(sender);
+        }
+        let sender = conn.as_mut().ok_or("no connection")?;
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let req = http::Request::get("/")
+            .header("host", host)
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let served_by = resp
+            .headers()
+            .get(crate::apps::SERVED_BY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| format!("{status}, body cut: {e}"))?
+            .to_bytes();
+        if status == 200 {
+            Ok(served_by)
+        } else {
+            Err(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ))
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("no answer within 5 s".into()));
+    if outcome.is_err() {
+        *conn = None;
+    }
+    outcome
 }

@@ -132,7 +132,19 @@ pub struct SidecarConfig {
     pub stats_prefixes: Vec<String>,
     /// Top-level sections written as given at the end of the file (e.g. `tracing`).
     pub extra: String,
+    /// Listen as in a pod, on Istio's ports: inbound `0.0.0.0:15006`, admin `127.0.0.1:15000`,
+    /// metrics `0.0.0.0:15020`, health `0.0.0.0:15021` (the outbound listener is
+    /// [`Self::outbound`]); false: every one on loopback port 0.
+    pub pod_listeners: bool,
 }
+
+/// The listeners of a sidecar in a pod, Istio's (see [`SidecarConfig::pod_listeners`]).
+const POD_LISTENERS: [(&str, &str); 4] = [
+    ("inbound", "0.0.0.0:15006"),
+    ("admin", "127.0.0.1:15000"),
+    ("metrics", "0.0.0.0:15020"),
+    ("health", "0.0.0.0:15021"),
+];
 
 /// A YAML double-quoted scalar.
 fn quoted(text: &str) -> String {
@@ -168,6 +180,7 @@ impl SidecarConfig {
             limits: Vec::new(),
             stats_prefixes: Vec::new(),
             extra: String::new(),
+            pod_listeners: false,
         }
     }
 
@@ -201,8 +214,13 @@ impl SidecarConfig {
         }
         let _ = writeln!(y, "listeners:");
         let _ = writeln!(y, "  outbound: {}", quoted(&self.outbound.to_string()));
-        for name in ["inbound", "admin", "metrics", "health"] {
-            let _ = writeln!(y, "  {name}: \"127.0.0.1:0\"");
+        for (name, pod) in POD_LISTENERS {
+            let addr = if self.pod_listeners {
+                pod
+            } else {
+                "127.0.0.1:0"
+            };
+            let _ = writeln!(y, "  {name}: \"{addr}\"");
         }
         let _ = writeln!(y, "inbound:");
         if self.inbound.is_empty() {

@@ -125,6 +125,7 @@ pub struct SidecarLaunch {
     wait_ready: bool,
     dns: Vec<OsString>,
     extra: Vec<OsString>,
+    through: Option<(PathBuf, Vec<OsString>)>,
 }
 
 impl SidecarLaunch {
@@ -146,6 +147,7 @@ impl SidecarLaunch {
             wait_ready: false,
             dns: Vec::new(),
             extra: Vec::new(),
+            through: None,
         }
     }
 
@@ -168,6 +170,13 @@ impl SidecarLaunch {
             self.dns.push("--dns-upstream".into());
             self.dns.push(u.to_string().into());
         }
+        self
+    }
+
+    /// Runs the binary through `program ARGS` (which execs it, so the process id stays the
+    /// proxy's): `ip netns exec POD setpriv --reuid=1337 ...` starts it in a pod as its uid.
+    pub fn through(mut self, program: &Path, args: &[OsString]) -> Self {
+        self.through = Some((program.to_path_buf(), args.to_vec()));
         self
     }
 
@@ -264,10 +273,19 @@ impl SidecarLaunch {
 
     /// Starts the process without waiting for it.
     pub fn spawn(&self) -> Result<StartingSidecar, HarnessError> {
+        let (program, args) = match &self.through {
+            None => (self.binary.clone(), self.args()),
+            Some((program, prefix)) => {
+                let mut args = prefix.clone();
+                args.push(self.binary.clone().into());
+                args.extend(self.args());
+                (program.clone(), args)
+            }
+        };
         let child = ManagedChild::spawn(ChildSpec {
             name: self.name.clone(),
-            program: self.binary.clone(),
-            args: self.args(),
+            program,
+            args,
             pin_cpu: self.pin_cpu,
             log_dir: self.dir.clone(),
             stdin_pipe: false,

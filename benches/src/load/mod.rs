@@ -58,6 +58,9 @@ pub struct LoadSpec {
     pub request_timeout: Duration,
     /// Pin the generator's threads to this CPU.
     pub pin_cpu: Option<usize>,
+    /// Run the generator inside this network namespace (a file under `/var/run/netns`: a
+    /// pod's), so its connections are the pod's own and the pod's capture rules apply.
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// Why a load run could not be made.
@@ -79,6 +82,14 @@ pub enum LoadError {
         target: SocketAddr,
         /// First failure.
         message: String,
+    },
+    /// Entering the pod's network namespace failed.
+    #[error("cannot enter the network namespace {path}: {source}")]
+    Netns {
+        /// The namespace's file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// Pinning the generator to a CPU failed.
     #[error("cannot pin the load generator to CPU {cpu}: {source}")]
@@ -284,6 +295,13 @@ fn generator_thread(
         && let Err(source) = pin_current_thread(cpu)
     {
         return fail(LoadError::Pin { cpu, source }, &ready);
+    }
+    // Before the runtime and the pacer: the threads this one starts share its namespace.
+    if let Some(path) = &spec.netns
+        && let Err(source) = crate::netns::enter(path)
+    {
+        let path = path.display().to_string();
+        return fail(LoadError::Netns { path, source }, &ready);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -445,6 +445,7 @@ fn measure_run(
         duration: args.duration,
         request_timeout: args.request_timeout,
         pin_cpu: None,
+        netns: None,
     };
     // Watched for the whole window: client, surviving sidecars, surviving apps, control plane.
     let mut pids = vec![client.pid()];

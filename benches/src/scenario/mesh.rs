@@ -216,6 +216,7 @@ impl Setup<'_> {
             duration: self.args.duration,
             request_timeout: self.args.request_timeout,
             pin_cpu: None,
+            netns: None,
         }
     }
 

@@ -3,14 +3,16 @@
 //! `pair` (the default) measures one client/server sidecar pair against a direct call;
 //! `control` measures the control plane with many simulated proxies; `chaos` breaks a backend
 //! under load behind a real control plane (outlier detection, retries); `mesh` runs a 15-service
-//! application under a real control plane and measures the latency added per hop. [`measure`]
-//! holds what the last two share.
+//! application under a real control plane and measures the latency added per hop; `pods` runs
+//! the pair in two pods (network namespaces) over captured traffic beside the explicit mode.
+//! [`measure`] holds what `chaos` and `mesh` share.
 
 pub mod chaos;
 pub mod control;
 pub mod measure;
 pub mod mesh;
 pub mod pair;
+pub mod pods;
 
 use clap::ValueEnum;
 
@@ -29,6 +31,9 @@ pub enum ScenarioName {
     /// A 15-service application under a real control plane: latency added per hop, CPU per
     /// 1,000 requests and peak RSS per sidecar.
     Mesh,
+    /// The pair in two pods (network namespaces, iptables capture, sidecars as uid 1337):
+    /// captured beside explicit, the cost of capture, pod start to first served request.
+    Pods,
 }
 
 /// Why a scenario failed.
@@ -46,6 +51,9 @@ pub enum ScenarioError {
     /// The mesh scenario failed.
     #[error(transparent)]
     Mesh(#[from] mesh::MeshScenarioError),
+    /// The pods scenario failed.
+    #[error(transparent)]
+    Pods(#[from] pods::PodsError),
     /// An option was given to a scenario that does not take it.
     #[error("{0}")]
     Option(String),
@@ -64,5 +72,6 @@ pub fn run(args: &BenchArgs) -> Result<bool, ScenarioError> {
         ScenarioName::Control => Ok(control::run(args)?),
         ScenarioName::Chaos => Ok(chaos::run(args)?),
         ScenarioName::Mesh => Ok(mesh::run(args)?),
+        ScenarioName::Pods => Ok(pods::run(args)?),
     }
 }

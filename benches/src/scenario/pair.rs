@@ -319,9 +319,9 @@ fn start_app(
 }
 
 /// What one leg measured.
-struct LegOutcome {
-    leg: LegRecord,
-    sidecars: Vec<SidecarRecord>,
+pub(crate) struct LegOutcome {
+    pub(crate) leg: LegRecord,
+    pub(crate) sidecars: Vec<SidecarRecord>,
     /// The measured window in wall-clock time (what span start times are compared with).
     window: WallWindow,
     /// The trace collector's CPU over the window, cores (0 without one).
@@ -331,11 +331,11 @@ struct LegOutcome {
 }
 
 /// A pair's leg as run: what it measured (or why it failed) and the notes on its proxies' exit.
-type LegRun = (Result<LegOutcome, String>, Vec<String>);
+pub(crate) type LegRun = (Result<LegOutcome, String>, Vec<String>);
 
 /// Why a leg failed (fail-soft legs keep the message).
 #[derive(Debug, thiserror::Error)]
-enum LegError {
+pub(crate) enum LegError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
@@ -344,15 +344,16 @@ enum LegError {
 
 /// Loads `target` at `rate` and samples the app and the given sidecars over the window; with
 /// `collector`, its thread's CPU too, which is taken out of the generator's (same process).
-fn measure_leg(
+pub(crate) fn measure_leg(
     args: &BenchArgs,
     rate: u32,
-    target: SocketAddr,
+    target: (SocketAddr, Option<&Path>),
     authority: &str,
     app_pid: u32,
     sidecar_pids: &[u32],
     collector: Option<&TraceCollector>,
 ) -> Result<LegOutcome, LegError> {
+    let (target, netns) = target;
     let spec = LoadSpec {
         target,
         authority: authority.to_string(),
@@ -363,6 +364,7 @@ fn measure_leg(
         duration: args.duration,
         request_timeout: args.request_timeout,
         pin_cpu: args.pin.then_some(GENERATOR_CPU),
+        netns: netns.map(Path::to_path_buf),
     };
     let mut pids = vec![app_pid];
     pids.extend_from_slice(sidecar_pids);
@@ -427,7 +429,7 @@ fn measure_leg(
     })
 }
 
-fn progress(rate: u32, rep: u32, repeat: u32, name: &str, leg: &LegRecord) {
+pub(crate) fn progress(rate: u32, rep: u32, repeat: u32, name: &str, leg: &LegRecord) {
     eprintln!(
         "[{rate} RPS, run {rep}/{repeat}] {name:<8} p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms, achieved {:.0} RPS, {} errors, generator {:.2} cores (released late p50 {:.3} / p99 {:.3} ms), other load {:.2} cores{}",
         leg.latency.p50_ms,
@@ -479,7 +481,7 @@ fn span_counts(tally: &SpanTally, requests: u64, dropped: Option<u64>) -> SpanCo
 /// Runs a started pair's leg and stops the pair; returns the outcome and notes on its exit.
 /// With `collector` (a traced pair), waits for the sidecars' last spans and reads what they
 /// dropped before stopping them.
-fn pair_leg(
+pub(crate) fn pair_leg(
     args: &BenchArgs,
     rate: u32,
     app_pid: u32,
@@ -489,7 +491,7 @@ fn pair_leg(
     let mut outcome = measure_leg(
         args,
         rate,
-        pair.entry,
+        (pair.entry, pair.netns.as_deref()),
         &pair.authority,
         app_pid,
         &pair.pids(),
@@ -622,7 +624,7 @@ fn run_repetition(
     let direct = measure_leg(
         args,
         rate,
-        app_addr,
+        (app_addr, None),
         meshlite::SERVICE_HOST,
         app_pid,
         &[],
@@ -803,7 +805,7 @@ fn traced_record(
     }
 }
 
-fn peer_record(
+pub(crate) fn peer_record(
     version: &str,
     direct: &LegRecord,
     outcome: Result<LegOutcome, String>,

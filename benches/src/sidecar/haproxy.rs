@@ -140,5 +140,6 @@ pub fn start_pair(
         entry,
         authority: super::meshlite::SERVICE_HOST.to_string(),
         metrics: Vec::new(),
+        netns: None,
     })
 }

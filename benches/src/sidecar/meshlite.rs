@@ -24,7 +24,7 @@ const PROXY_NAME: &str = "meshlite-proxy";
 /// Host the generator names; the client sidecar routes it to the `app` service.
 pub const SERVICE_HOST: &str = "app";
 /// Service port of `app`.
-const SERVICE_PORT: u16 = 80;
+pub const SERVICE_PORT: u16 = 80;
 
 /// Where the proxy binary came from.
 pub type ProxyBinary = Binary;
@@ -121,7 +121,7 @@ pub fn server_config(pki: &MeshPki, app: SocketAddr, protocol: Protocol, authz: 
 }
 
 /// See [`server_config`].
-fn server_sidecar(
+pub(crate) fn server_sidecar(
     pki: &MeshPki,
     app: SocketAddr,
     protocol: Protocol,
@@ -155,7 +155,7 @@ pub fn client_config(
 }
 
 /// See [`client_config`].
-fn client_sidecar(
+pub(crate) fn client_sidecar(
     pki: &MeshPki,
     server_inbound: SocketAddr,
     protocol: Protocol,
@@ -227,6 +227,7 @@ pub fn start_pair(
         implementation: "meshlite",
         entry: client.outbound(),
         metrics: vec![client.metrics(), server.metrics()],
+        netns: None,
         client: client.into_child(),
         server: server.into_child(),
         authority: SERVICE_HOST.to_string(),

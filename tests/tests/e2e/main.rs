@@ -47,6 +47,7 @@ mod identity_binding;
 mod jwt;
 mod lifecycle;
 mod pods;
+mod pods_churn;
 mod protocols;
 mod routing;
 mod security;
