@@ -450,6 +450,10 @@ pub struct Workload {
     /// Run its DNS proxy on a free loopback port, forwarding other names to these
     /// resolvers; `None`: no DNS proxy (`--dns-addr off`).
     pub dns_upstreams: Option<Vec<SocketAddr>>,
+    /// Per-service TCP listeners (explicit mode) on this loopback IP, where its outbound
+    /// listener then is too; `None`: off. Every sidecar of a test shares one host, so only
+    /// the callers that need them ask, each on an IP of its own.
+    pub tcp_listeners: Option<std::net::IpAddr>,
 }
 
 /// A TCP service written in a sidecar's static file: reached on its own outbound listener
@@ -486,7 +490,15 @@ impl Workload {
             stats_prefixes: vec!["cluster.".to_string(), "http.".to_string()],
             static_tcp: Vec::new(),
             dns_upstreams: None,
+            tcp_listeners: None,
         }
+    }
+
+    /// Opens a listener on `ip` at the port of every `tcp` service the control plane pushes
+    /// (its outbound listener moves to `ip` too).
+    pub fn with_tcp_listeners(mut self, ip: std::net::IpAddr) -> Self {
+        self.tcp_listeners = Some(ip);
+        self
     }
 
     /// Runs its DNS proxy on a free loopback port (`MeshProxy::addrs.dns`), forwarding
@@ -568,6 +580,10 @@ impl Workload {
         c.inbound = self.inbound.clone();
         c.upstream_protocol = self.upstream_protocol.clone();
         c.stats_prefixes = self.stats_prefixes.clone();
+        c.tcp_services = Some(self.tcp_listeners.is_some());
+        if let Some(ip) = self.tcp_listeners {
+            c.outbound = SocketAddr::new(ip, 0);
+        }
         c.services = self
             .static_tcp
             .iter()

@@ -310,6 +310,34 @@ impl Checker<'_> {
             for (j, dest) in rule.route.iter().enumerate() {
                 self.destination(r, &dest.destination, &format!("{p}.route[{j}].destination"));
             }
+            for (j, m) in rule.matches.iter().enumerate() {
+                let mp = format!("{p}.match[{j}]");
+                for (k, subnet) in m.destination_subnets.iter().enumerate() {
+                    if !is_ip_or_cidr(subnet) {
+                        self.error(
+                            r,
+                            format!("{mp}.destinationSubnets[{k}]"),
+                            format!("`{subnet}` is not an IP address or CIDR block"),
+                        );
+                    }
+                }
+                if let Some(port) = m.port
+                    && !(1..=65535).contains(&port)
+                {
+                    self.error(
+                        r,
+                        format!("{mp}.port"),
+                        format!("port {port} is outside 1..=65535"),
+                    );
+                }
+                if !m.gateways.is_empty() && !crate::model::applies_to_sidecars(&m.gateways) {
+                    self.warning(
+                        r,
+                        format!("{mp}.gateways"),
+                        "the match names no `mesh` gateway: sidecars skip it (meshlite has no gateways)",
+                    );
+                }
+            }
         }
     }
 
@@ -1266,6 +1294,42 @@ mod tests {
                 "{hosts: [t], tcp: [{route: [{destination: {host: t}, weight: 0}, {destination: {host: t}, weight: 0}]}]}",
             )],
             "spec.tcp[0].route",
+        );
+    }
+
+    #[test]
+    fn tcp_matches_are_checked_and_tcp_rules_are_enforced_not_warned_about() {
+        let vs = |spec: &str| res("VirtualService", "default/db", spec);
+        expect_error(
+            &[vs("{hosts: [db], tcp: [{match: [{destinationSubnets: [10.0.0.0/99]}], route: [{destination: {host: db}}]}]}")],
+            "spec.tcp[0].match[0].destinationSubnets[0]",
+        );
+        expect_error(
+            &[vs("{hosts: [db], tcp: [{match: [{port: 70000}], route: [{destination: {host: db}}]}]}")],
+            "spec.tcp[0].match[0].port",
+        );
+        let ok = expect_no_error(&[vs(
+            "{hosts: [db], tcp: [{match: [{port: 5432, destinationSubnets: [10.1.0.0/16, 10.2.0.1]}], \
+             route: [{destination: {host: db}, weight: 80}, {destination: {host: db}, weight: 20}]}]}",
+        )]);
+        assert!(
+            !ok.problems.iter().any(|p| p
+                .field
+                .as_deref()
+                .is_some_and(|f| f.starts_with("spec.tcp"))),
+            "{:#?}",
+            ok.problems
+        );
+        let gateway_only = check(&[vs(
+            "{hosts: [db], tcp: [{match: [{gateways: [ingress]}], route: [{destination: {host: db}}]}]}",
+        )]);
+        assert!(
+            gateway_only
+                .problems
+                .iter()
+                .any(|p| p.field.as_deref() == Some("spec.tcp[0].match[0].gateways")),
+            "{:#?}",
+            gateway_only.problems
         );
     }
 
