@@ -308,18 +308,11 @@ impl RunningProxy {
         .map(SocketAddr::port)
         .collect();
         let tcp_listeners = Arc::new(outbound::tcp_listeners::TcpListeners::new(
-            outbound::tcp_listeners::ListenerSettings::new(
-                addrs.outbound,
-                l.tcp_services,
-                &own,
-            ),
+            outbound::tcp_listeners::ListenerSettings::new(addrs.outbound, l.tcp_services, &own),
         ));
         tcp_listeners.start(&ctx)?;
         addrs.tcp = tcp_listeners.bound();
-        tokio::spawn(outbound::tcp_listeners::follow(
-            ctx.clone(),
-            tcp_listeners,
-        ));
+        tokio::spawn(outbound::tcp_listeners::follow(ctx.clone(), tcp_listeners));
         tokio::spawn(admin::serve(
             ctx.clone(),
             admin_l,
@@ -387,4 +380,3 @@ impl RunningProxy {
         &self.ctx
     }
 }
-

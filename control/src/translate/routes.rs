@@ -9,9 +9,8 @@ use meshlite_xds_proto::v1;
 use super::duration;
 
 use crate::model::{
-    Destination, DestinationRule, HeaderOperations, HttpMatchRequest, HttpRoute,
-    L4MatchAttributes, Named, StringMatch, StringMatchKind, TcpRoute, VirtualService,
-    wildcard_matches,
+    Destination, DestinationRule, HeaderOperations, HttpMatchRequest, HttpRoute, L4MatchAttributes,
+    Named, StringMatch, StringMatchKind, TcpRoute, VirtualService, wildcard_matches,
 };
 use crate::registry::Workload;
 use crate::validate::fqdn;

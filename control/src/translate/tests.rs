@@ -339,16 +339,16 @@ fn tcp_rules_are_pushed_with_their_ports_subnets_and_weights_per_caller() {
         "10.0.0.2:15006",
     );
     let m = mesh(cfg, &[productpage.clone(), ratings.clone()]);
-    let pushed: v1::RouteTable = decode(
-        &m.view_for(&productpage),
-        type_url::ROUTE_TABLE,
-        REVIEWS,
-    );
+    let pushed: v1::RouteTable = decode(&m.view_for(&productpage), type_url::ROUTE_TABLE, REVIEWS);
     assert!(pushed.http.is_empty());
     // The rule matching only `gateways: [ingress]` is not for sidecars.
     assert_eq!(pushed.tcp.len(), 2, "{:#?}", pushed.tcp);
     let first = &pushed.tcp[0];
-    assert_eq!(first.matches.len(), 2, "productpage qualifies for both matches");
+    assert_eq!(
+        first.matches.len(),
+        2,
+        "productpage qualifies for both matches"
+    );
     assert_eq!(first.matches[0].port, 9090);
     assert_eq!(first.matches[0].destination_subnets, ["10.1.0.0/16"]);
     let dests: Vec<(&str, &str, u32, u32)> = first

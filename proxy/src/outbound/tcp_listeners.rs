@@ -263,8 +263,13 @@ impl TcpListeners {
     /// The open listeners: `name:port` -> address.
     pub fn bound(&self) -> BTreeMap<String, SocketAddr> {
         lock(&self.open)
-            .iter()
-            .filter_map(|(_, o)| o.service.borrow().as_ref().map(|s| (s.to_string(), o.bound)))
+            .values()
+            .filter_map(|o| {
+                o.service
+                    .borrow()
+                    .as_ref()
+                    .map(|s| (s.to_string(), o.bound))
+            })
             .collect()
     }
 

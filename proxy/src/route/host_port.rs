@@ -72,7 +72,11 @@ impl<C> HostPort<C> {
     /// destination, or the explicit listener's address): the VirtualService's `tcp` choice,
     /// else the service itself.
     pub fn select_tcp(&self, dst: Option<std::net::IpAddr>) -> TcpChoice<'_, C> {
-        match self.tcp_routes.as_ref().and_then(|t| t.select(self.port, dst)) {
+        match self
+            .tcp_routes
+            .as_ref()
+            .and_then(|t| t.select(self.port, dst))
+        {
             None => TcpChoice::Cluster(&self.cluster),
             Some(Target::Cluster(c)) => TcpChoice::Cluster(c),
             Some(Target::Missing(name)) => TcpChoice::Missing(name),

@@ -40,10 +40,7 @@ impl L4Match {
     }
 
     /// Compiles a wire match; `rule` names the rule in errors.
-    pub fn compile(
-        m: &meshlite_xds_proto::v1::L4Match,
-        rule: &str,
-    ) -> Result<Self, RouteError> {
+    pub fn compile(m: &meshlite_xds_proto::v1::L4Match, rule: &str) -> Result<Self, RouteError> {
         let subnets = m
             .destination_subnets
             .iter()
@@ -120,9 +117,10 @@ impl<C> TcpRouteTable<C> {
     /// first matching rule's destination, picked by weight; `None` when no rule matches (the
     /// connection goes to the service itself).
     pub fn select(&self, port: u16, dst: Option<IpAddr>) -> Option<&Target<C>> {
-        let rule = self.rules.iter().find(|r| {
-            r.matches.is_empty() || r.matches.iter().any(|m| m.matches(port, dst))
-        })?;
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(port, dst)))?;
         if rule.total_weight == 0 {
             return None;
         }

@@ -120,8 +120,8 @@ async fn a_pushed_tcp_service_gets_a_listener_that_a_removing_push_closes_withou
     let db_workload = tcp_workload("db", 5432, app.addr);
     let db = MeshProxy::start(&control.access(NAMESPACE, "db").await, &db_workload).await;
     let client_workload = Workload::new("client").with_tcp_listeners(loopback(1));
-    let client = MeshProxy::start(&control.access(NAMESPACE, "client").await, &client_workload)
-        .await;
+    let client =
+        MeshProxy::start(&control.access(NAMESPACE, "client").await, &client_workload).await;
 
     // The registry's service (db serves 5432/tcp): no static listen, yet reachable.
     let db_port = SocketAddr::new(loopback(1), 5432);
@@ -178,9 +178,16 @@ async fn a_pushed_tcp_service_gets_a_listener_that_a_removing_push_closes_withou
 
     // The push removing it closes the listener; the open connection keeps relaying.
     control.write_config("archive.yaml", "# removed\n");
-    eventually("the removed service's listener to close", CONVERGE, || async {
-        TcpStream::connect(archive_port).await.is_err().then_some(())
-    })
+    eventually(
+        "the removed service's listener to close",
+        CONVERGE,
+        || async {
+            TcpStream::connect(archive_port)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(
         exchange(&mut held, b"two").await,
@@ -230,13 +237,17 @@ async fn a_virtual_service_tcp_route_sends_connections_where_its_weights_say() {
     for (weights, want, other) in [((100, 0), "v1", "v2"), ((0, 100), "v2", "v1")] {
         control.write_config("vs.yaml", &route(weights.0, weights.1));
         // Both versions are endpoints of the service: only the route keeps one of them out.
-        eventually(&format!("connections to reach {want}"), CONVERGE, || async {
-            let mut seen = Vec::new();
-            for _ in 0..6 {
-                seen.push(banner(ledger).await?);
-            }
-            seen.iter().all(|b| b == want).then_some(())
-        })
+        eventually(
+            &format!("connections to reach {want}"),
+            CONVERGE,
+            || async {
+                let mut seen = Vec::new();
+                for _ in 0..6 {
+                    seen.push(banner(ledger).await?);
+                }
+                seen.iter().all(|b| b == want).then_some(())
+            },
+        )
         .await;
         for _ in 0..10 {
             assert_eq!(
@@ -300,7 +311,11 @@ async fn authorization_tcp_rules_apply_to_connections_from_pushed_listeners() {
         echoed(denied, b"ping").await.is_empty(),
         "no ALLOW rule for the intruder: closed without echo"
     );
-    assert_eq!(app.connections(), before, "a denied connection never reaches the app");
+    assert_eq!(
+        app.connections(),
+        before,
+        "a denied connection never reaches the app"
+    );
     assert!(
         vault_proxy
             .metric(

@@ -206,14 +206,15 @@ impl Snapshot {
                 // default route (Istio builds no virtual host from it), and the reverse.
                 let table = view.routes.get(fqdn);
                 let routes = match table.filter(|t| !t.http.is_empty() || t.tcp.is_empty()) {
-                    Some(t) => Some(
-                        RouteTable::compile(t, cluster.port, &resolver).map_err(route_error)?,
-                    ),
+                    Some(t) => {
+                        Some(RouteTable::compile(t, cluster.port, &resolver).map_err(route_error)?)
+                    }
                     None => None,
                 };
                 let tcp_routes = match table {
-                    Some(t) => TcpRouteTable::compile(t, cluster.port, &resolver)
-                        .map_err(route_error)?,
+                    Some(t) => {
+                        TcpRouteTable::compile(t, cluster.port, &resolver).map_err(route_error)?
+                    }
                     None => None,
                 };
                 let hp = Arc::new(HostPort {

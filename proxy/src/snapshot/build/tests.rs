@@ -366,7 +366,10 @@ async fn tcp_rules_pick_subset_clusters_and_leave_http_ports_their_default_route
     for _ in 0..20 {
         match tcp.select_tcp(None) {
             TcpChoice::Cluster(c) => {
-                assert_eq!(&*c.name, "outbound|7000|v2|reviews.default.svc.cluster.local");
+                assert_eq!(
+                    &*c.name,
+                    "outbound|7000|v2|reviews.default.svc.cluster.local"
+                );
             }
             TcpChoice::Missing(n) => panic!("missing {n}"),
         }
@@ -375,7 +378,9 @@ async fn tcp_rules_pick_subset_clusters_and_leave_http_ports_their_default_route
     let http = snap.route("reviews:9080").expect("http port");
     assert!(http.routes.is_none());
     let req = http::Request::get("/").body(()).expect("request");
-    let routed = http.select(Head::of(&req), "reviews").expect("default route");
+    let routed = http
+        .select(Head::of(&req), "reviews")
+        .expect("default route");
     assert_eq!(routed.cluster.map(|c| c.endpoints.len()), Some(2));
 }
 
