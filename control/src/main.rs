@@ -122,7 +122,20 @@ enum TokenCommand {
         /// output: how a job without a shell hands it to a sidecar's volume.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// `kubernetes`: the Secret `meshlite-token-<service account>` the injected sidecar
+        /// mounts, as JSON for `kubectl apply -f -`.
+        #[arg(long, value_enum, default_value = "plain")]
+        format: CredentialFormat,
     },
+}
+
+/// How `token create` and `cert root` print what they make.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum CredentialFormat {
+    /// The token, or the PEM bundle, as it is.
+    Plain,
+    /// The Kubernetes object an injected pod mounts it from.
+    Kubernetes,
 }
 
 /// `key=value`.
@@ -159,6 +172,13 @@ enum CertCommand {
         /// Write it to FILE (mode 0644, replaced atomically) instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// `kubernetes`: the ConfigMap `istio-ca-root-cert` injected sidecars mount, one per
+        /// `--namespace`, as JSON for `kubectl apply -f -`.
+        #[arg(long, value_enum, default_value = "plain")]
+        format: CredentialFormat,
+        /// With `--format kubernetes`: the namespaces to write the ConfigMap into (repeatable).
+        #[arg(long = "namespace", required_if_eq("format", "kubernetes"))]
+        namespaces: Vec<String>,
     },
 }
 
@@ -246,6 +266,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     ttl,
                     labels,
                     out,
+                    format,
                 },
         } => {
             let signer = TokenSigner::load_or_create(&state_dir)?;
@@ -257,17 +278,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ttl,
                 time::OffsetDateTime::now_utc(),
             )?;
-            match out {
-                Some(path) => {
-                    meshlite_control::ca::write_credential(
-                        &path,
-                        format!("{token}\n").as_bytes(),
-                        0o600,
-                    )?;
-                    eprintln!("wrote {}", path.display());
+            let text = match format {
+                CredentialFormat::Plain => format!("{token}\n"),
+                CredentialFormat::Kubernetes => {
+                    json_text(&meshlite_control::inject::credentials::token_secret(
+                        &namespace,
+                        &service_account,
+                        &token,
+                    ))?
                 }
-                None => println!("{token}"),
-            }
+            };
+            emit(out.as_deref(), &text, 0o600)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cert {
@@ -276,16 +297,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     state_dir,
                     cacerts,
                     out,
+                    format,
+                    namespaces,
                 },
         } => {
             let bundle = meshlite_control::ca::trust_bundle(&state_dir, cacerts.as_deref())?;
-            match out {
-                Some(path) => {
-                    meshlite_control::ca::write_credential(&path, bundle.as_bytes(), 0o644)?;
-                    eprintln!("wrote {}", path.display());
-                }
-                None => print!("{bundle}"),
-            }
+            let text = match format {
+                CredentialFormat::Plain => bundle,
+                CredentialFormat::Kubernetes => json_text(
+                    &meshlite_control::inject::credentials::root_configmaps(&namespaces, &bundle),
+                )?,
+            };
+            emit(out.as_deref(), &text, 0o644)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cert {
@@ -314,6 +337,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 /// `inject`: reads the manifests, writes them injected, and says on stderr what happened to
 /// each workload.
+/// Writes a credential to `out` (with `mode`, replaced atomically) or to standard output.
+fn emit(out: Option<&std::path::Path>, text: &str, mode: u32) -> anyhow::Result<()> {
+    match out {
+        Some(path) => {
+            meshlite_control::ca::write_credential(path, text.as_bytes(), mode)?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// A Kubernetes object as the JSON `kubectl apply -f -` reads, ending in a newline.
+fn json_text(object: &serde_json::Value) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(object)? + "\n")
+}
+
 fn inject(
     file: &std::path::Path,
     output: Option<&std::path::Path>,

@@ -295,3 +295,59 @@ fn token_create_and_cert_root_write_a_sidecars_credentials_to_files() {
         "spiffe://cluster.local/ns/default/sa/reviews"
     );
 }
+
+#[test]
+fn token_create_and_cert_root_print_the_kubernetes_objects_an_injected_pod_mounts() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().join("state");
+    let ca =
+        meshlite_control::ca::CertificateAuthority::load_or_create(&state_dir, "cluster.local")
+            .expect("the CA the control plane makes");
+    let out = control()
+        .args(["cert", "root", "--format", "kubernetes", "--state-dir"])
+        .arg(&state_dir)
+        .args(["--namespace", "shop", "--namespace", "books"])
+        .output()
+        .expect("run cert root");
+    assert!(out.status.success(), "{}", text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(list["kind"], "List");
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    for (item, ns) in items.iter().zip(["shop", "books"]) {
+        assert_eq!(item["kind"], "ConfigMap");
+        assert_eq!(item["metadata"]["name"], "istio-ca-root-cert");
+        assert_eq!(item["metadata"]["namespace"], ns);
+        assert_eq!(item["data"]["root-cert.pem"], ca.roots_pem().concat());
+    }
+    // The namespaces are required for this format.
+    let out = control()
+        .args(["cert", "root", "--format", "kubernetes", "--state-dir"])
+        .arg(&state_dir)
+        .output()
+        .expect("run cert root");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--namespace"), "{}", text(&out));
+
+    let out = control()
+        .args(["token", "create", "--format", "kubernetes", "--state-dir"])
+        .arg(&state_dir)
+        .args(["--namespace", "shop", "--service-account", "reviews"])
+        .args(["--label", "app=reviews"])
+        .output()
+        .expect("run token create");
+    assert!(out.status.success(), "{}", text(&out));
+    let secret: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["metadata"]["name"], "meshlite-token-reviews");
+    assert_eq!(secret["metadata"]["namespace"], "shop");
+    let token = secret["stringData"]["token"].as_str().expect("token");
+    let claims = TokenSigner::load_or_create(&state_dir)
+        .expect("the token key")
+        .verify(token, time::OffsetDateTime::now_utc())
+        .expect("the token verifies");
+    assert_eq!(
+        claims.identity.as_str(),
+        "spiffe://cluster.local/ns/shop/sa/reviews"
+    );
+}

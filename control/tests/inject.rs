@@ -265,10 +265,17 @@ fn the_init_container_uses_the_capture_flags_of_meshlite_proxy_init() {
         .filter(|c| c["name"] == "meshlite-init")
         .collect();
     assert!(inits.len() >= 8);
+    let total = inits.len();
+    let mut dns_captured = 0;
     for init in inits {
-        let args = strings(&init["args"]);
+        let mut args = strings(&init["args"]);
         assert_eq!(args.first().map(String::as_str), Some("init"), "{args:?}");
-        // Every flag takes a value.
+        // DNS capture, on unless the pod's proxyMetadata turns it off, takes no value; every
+        // other flag does.
+        let dns = args.iter().filter(|a| *a == "--redirect-dns").count();
+        assert!(dns <= 1, "{args:?}");
+        dns_captured += dns;
+        args.retain(|a| a != "--redirect-dns");
         assert_eq!((args.len() - 1) % 2, 0, "{args:?}");
         for flag in flag_names(&args) {
             assert!(
@@ -280,6 +287,11 @@ fn the_init_container_uses_the_capture_flags_of_meshlite_proxy_init() {
         assert_eq!(caps, ["NET_ADMIN", "NET_RAW"]);
         assert_eq!(init["securityContext"]["runAsUser"], 0);
     }
+    // capture.in.yaml turns DNS capture off; the others keep the default.
+    assert!(
+        dns_captured > 0 && dns_captured < total,
+        "{dns_captured} of {total}"
+    );
 }
 
 /// The sidecar's security context, probes and identity sources (that the proxy accepts its

@@ -111,6 +111,8 @@ pub struct StartOptions {
     pub audit_all: bool,
     /// The DNS proxy; off when `None`.
     pub dns: Option<dns::DnsOptions>,
+    /// The app's health probes the kubelet asks the metrics port for (Istio's probe rewrite).
+    pub app_probers: Arc<admin::app_probe::AppProbers>,
 }
 
 /// The addresses actually bound (ports configured as 0 are resolved here).
@@ -313,24 +315,19 @@ impl RunningProxy {
         tcp_listeners.start(&ctx)?;
         addrs.tcp = tcp_listeners.bound();
         tokio::spawn(outbound::tcp_listeners::follow(ctx.clone(), tcp_listeners));
-        tokio::spawn(admin::serve(
-            ctx.clone(),
-            admin_l,
-            admin::Role::Admin,
-            quit.clone(),
-        ));
-        tokio::spawn(admin::serve(
-            ctx.clone(),
-            metrics_l,
-            admin::Role::Metrics,
-            quit.clone(),
-        ));
-        tokio::spawn(admin::serve(
-            ctx.clone(),
-            health_l,
-            admin::Role::Health,
-            quit.clone(),
-        ));
+        for (listener, role) in [
+            (admin_l, admin::Role::Admin),
+            (metrics_l, admin::Role::Metrics),
+            (health_l, admin::Role::Health),
+        ] {
+            tokio::spawn(admin::serve(
+                ctx.clone(),
+                listener,
+                role,
+                quit.clone(),
+                opts.app_probers.clone(),
+            ));
+        }
         if let (Some(b), Some(status), Some(c)) = (control, control_status, &cfg.control) {
             let inbound_addr = xds::node::inbound_address(&cfg, addrs.inbound);
             let metrics_addr = xds::node::metrics_address(addrs.metrics, inbound_addr);

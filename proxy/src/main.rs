@@ -16,6 +16,7 @@ use meshlite_proxy::telemetry::access_log::AccessLogTarget;
 use meshlite_proxy::{RunningProxy, StartError, StartOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// meshlite's sidecar proxy.
 #[derive(Parser, Debug)]
@@ -58,6 +59,18 @@ struct Cli {
     control: ControlArgs,
     #[command(flatten)]
     dns: DnsArgs,
+    /// The app's health probes, as Istio's injector hands them to the sidecar (JSON: probe
+    /// path `/app-health/<container>/livez|readyz|startupz` -> the container's original
+    /// `httpGet`/`tcpSocket`/`grpc` probe). The kubelet asks the metrics port (15020) for
+    /// them, since inbound capture would send its probes to the mTLS listener.
+    #[arg(long, env = "ISTIO_KUBE_APP_PROBERS", value_parser = app_probers)]
+    app_probers: Option<Arc<meshlite_proxy::admin::app_probe::AppProbers>>,
+}
+
+fn app_probers(s: &str) -> Result<Arc<meshlite_proxy::admin::app_probe::AppProbers>, String> {
+    meshlite_proxy::admin::app_probe::AppProbers::parse(s)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 /// The DNS proxy (Istio's DNS proxying): mesh names answered from the snapshot, other names
@@ -603,6 +616,7 @@ fn run(cfg: ProxyConfig, cli: &Cli) -> anyhow::Result<()> {
         audit_log: Some(target(&cli.audit_log)),
         audit_all: cli.audit_log_all,
         dns: cli.dns.options(),
+        app_probers: cli.app_probers.clone().unwrap_or_default(),
     };
     runtime.block_on(async move {
         let proxy = RunningProxy::start(cfg, opts).await?;

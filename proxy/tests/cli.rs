@@ -146,12 +146,13 @@ fn an_expired_own_certificate_refuses_to_start_with_exit_2() {
     );
 }
 
-/// The sidecar the Kubernetes injector writes (`control/tests/inject/deployment.out.yaml`):
-/// its arguments and plain `env` values, with the kubelet's `$(VAR)` expansion of the
-/// downward-API variables done for a pod in namespace `shop` at 10.1.2.3.
-fn injected_sidecar() -> (Vec<String>, Vec<(String, String)>) {
-    let golden =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tests/inject/deployment.out.yaml");
+/// The sidecar the Kubernetes injector writes (`control/tests/inject/<golden>`): its arguments
+/// and plain `env` values, with the kubelet's `$(VAR)` expansion of the downward-API
+/// variables done for a pod in namespace `shop` at 10.1.2.3.
+fn injected_sidecar(golden: &str) -> (Vec<String>, Vec<(String, String)>) {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../control/tests/inject")
+        .join(golden);
     let text = std::fs::read_to_string(&golden).expect("golden injection output");
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("YAML");
     let deployment = docs
@@ -196,25 +197,36 @@ fn injected_sidecar() -> (Vec<String>, Vec<(String, String)>) {
 
 #[test]
 fn the_injected_sidecar_command_line_is_one_the_proxy_accepts() {
-    let (args, env) = injected_sidecar();
-    assert!(
-        env.iter().any(|(k, _)| k == "MESHLITE_CONTROL"),
-        "the control plane address comes from the environment: {env:?}"
-    );
-    let out = proxy()
-        .env_remove("MESHLITE_CONFIG")
-        .envs(env)
-        .args(&args)
-        .arg("validate")
-        .output()
-        .expect("run validate");
-    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
-    // Two application ports, from the Deployment's containers.
-    assert!(
-        text(&out).contains("(command line): valid (0 services, 2 inbound ports)"),
-        "{}",
-        text(&out)
-    );
+    // The plain Deployment, and one whose probes were rewritten (ISTIO_KUBE_APP_PROBERS).
+    for golden in ["deployment.out.yaml", "probes.out.yaml"] {
+        let (args, env) = injected_sidecar(golden);
+        assert!(
+            env.iter().any(|(k, _)| k == "MESHLITE_CONTROL"),
+            "the control plane address comes from the environment: {env:?}"
+        );
+        let probes = env.iter().any(|(k, _)| k == "ISTIO_KUBE_APP_PROBERS");
+        assert_eq!(probes, golden == "probes.out.yaml", "{golden}: {env:?}");
+        let out = proxy()
+            .env_remove("MESHLITE_CONFIG")
+            .envs(env)
+            .args(&args)
+            .arg("validate")
+            .output()
+            .expect("run validate");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{golden} {args:?}: {}",
+            text(&out)
+        );
+        // Two application ports, from the Deployment's containers.
+        assert!(
+            text(&out).contains("(command line): valid (0 services, 2 inbound ports)"),
+            "{golden}: {}",
+            text(&out)
+        );
+    }
+    let (args, _) = injected_sidecar("deployment.out.yaml");
 
     // Without the control plane's address there is nothing to configure the proxy from.
     let out = proxy()

@@ -111,6 +111,8 @@ pub struct SidecarSpec {
     pub workers: Option<usize>,
     /// Top-level sections appended to the file as given (e.g. `tracing`).
     pub extra_yaml: String,
+    /// Command-line arguments added to the launch (e.g. `--app-probers JSON`).
+    pub extra_args: Vec<String>,
 }
 
 impl SidecarSpec {
@@ -128,6 +130,7 @@ impl SidecarSpec {
             limits: Limits::default(),
             workers: Some(1),
             extra_yaml: String::new(),
+            extra_args: Vec::new(),
         }
     }
 
@@ -365,6 +368,7 @@ impl Sidecar {
                 .map(|w| u32::try_from(w).expect("workers fit u32")),
         )
         .log_level(log_level())
+        .extra_args(spec.extra_args.iter())
         .startup_timeout(STARTUP_TIMEOUT);
         let process = start_process(launch).await.unwrap_or_else(|e| {
             panic!(

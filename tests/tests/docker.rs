@@ -164,12 +164,21 @@ fn the_compose_mesh_calls_by_name_over_mutual_tls_and_survives_a_stopped_pod() {
         .unwrap_or_default();
     assert_eq!(identities.len(), 3, "three sidecars connected: {status}");
 
-    // productpage's app calls reviews by its name: Docker's DNS gives a pod IP and the init
-    // container's rules redirect the connection to the sidecar (the reviews apps listen on
-    // loopback only, so an uncaptured call would fail). Once both reviews pods are endpoints,
-    // every call succeeds and both versions serve over mutual TLS, seeing productpage's SPIFFE
-    // identity.
+    // productpage's app calls reviews by its name: only the mesh knows it (no container is
+    // called `reviews`), so its sidecar's DNS proxy answers with the service's virtual IP and
+    // the init container's rules redirect the connection to the sidecar (the reviews apps
+    // listen on loopback only, so an uncaptured call would fail). Once both reviews pods are
+    // endpoints, every call succeeds and both versions serve over mutual TLS, seeing
+    // productpage's SPIFFE identity.
     until_consecutive_ok(productpage, 5, Duration::from_secs(60));
+    let dns = probe::get_ok(project.published("productpage", 15020), "/stats/prometheus")
+        .expect("productpage's sidecar metrics");
+    let answered = dns
+        .lines()
+        .find_map(|l| l.strip_prefix("istio_agent_dns_requests_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(answered >= 1.0, "the app's DNS went to its sidecar: {dns}");
     for _ in 0..40 {
         assert_eq!(call_productpage(productpage), 200);
     }

@@ -124,6 +124,7 @@ pub struct SidecarLaunch {
     startup_timeout: Duration,
     wait_ready: bool,
     dns: Vec<OsString>,
+    extra: Vec<OsString>,
 }
 
 impl SidecarLaunch {
@@ -144,7 +145,18 @@ impl SidecarLaunch {
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             wait_ready: false,
             dns: Vec::new(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Appends arguments the launch has no method for (e.g. `--app-probers JSON`).
+    pub fn extra_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.extra.extend(args.into_iter().map(Into::into));
+        self
     }
 
     /// Runs the DNS proxy on `addr` (e.g. `127.0.0.1:0`), forwarding other names to
@@ -246,6 +258,7 @@ impl SidecarLaunch {
         } else {
             args.extend(self.dns.iter().cloned());
         }
+        args.extend(self.extra.iter().cloned());
         args
     }
 

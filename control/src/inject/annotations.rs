@@ -88,6 +88,13 @@ pub struct PodSettings {
     pub hold_application: bool,
     /// `terminationDrainDuration`, as written (an Istio duration).
     pub drain_duration: Option<String>,
+    /// Whether the pod's DNS (port 53) goes to the sidecar: `proxyMetadata`
+    /// `ISTIO_META_DNS_CAPTURE`, on unless the pod says `"false"` (meshlite's sidecars answer
+    /// mesh names by default, see the control plane's MeshConfig reading).
+    pub dns_capture: bool,
+    /// `sidecar.istio.io/rewriteAppHTTPProbers` is not `"false"`: the app's probes go
+    /// through the sidecar ([`super::probes`]).
+    pub rewrite_probes: bool,
 }
 
 /// Whether a pod (its metadata) opts out of injection: annotation or label
@@ -164,22 +171,51 @@ pub fn read(
         exclude_inbound_ports: checked(EXCLUDE_INBOUND_PORTS, |v| ports(v, false))?,
         exclude_outbound_ports: checked(EXCLUDE_OUTBOUND_PORTS, |v| ports(v, false))?,
     };
-    let (hold_application, drain_duration) = match get(PROXY_CONFIG)? {
-        None => (false, None),
+    let rewrite_probes = match get(super::probes::REWRITE)?.as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(InjectError::Annotation {
+                key: super::probes::REWRITE,
+                message: format!("`{other}` is not \"true\" or \"false\""),
+            });
+        }
+    };
+    let proxy = match get(PROXY_CONFIG)? {
+        None => ProxyConfigFields::default(),
         Some(text) => proxy_config(&text)?,
     };
     Ok(PodSettings {
         mode,
         resources,
         capture,
-        hold_application,
-        drain_duration,
+        hold_application: proxy.hold_application,
+        drain_duration: proxy.drain_duration,
+        dns_capture: proxy.dns_capture,
+        rewrite_probes,
     })
+}
+
+/// What meshlite reads of a pod's `proxy.istio.io/config`.
+struct ProxyConfigFields {
+    hold_application: bool,
+    drain_duration: Option<String>,
+    dns_capture: bool,
+}
+
+impl Default for ProxyConfigFields {
+    fn default() -> Self {
+        Self {
+            hold_application: false,
+            drain_duration: None,
+            dns_capture: true,
+        }
+    }
 }
 
 /// The `proxy.istio.io/config` fields meshlite acts on; the others (Envoy-specific) are
 /// accepted and ignored, as the annotation is shared with Istio's own tools.
-fn proxy_config(text: &str) -> Result<(bool, Option<String>), InjectError> {
+fn proxy_config(text: &str) -> Result<ProxyConfigFields, InjectError> {
     let err = |message: String| InjectError::Annotation {
         key: PROXY_CONFIG,
         message,
@@ -190,7 +226,7 @@ fn proxy_config(text: &str) -> Result<(bool, Option<String>), InjectError> {
         serde_saphyr::from_str(text).map_err(|e| err(format!("not YAML: {e}")))?
     };
     let map = match &value {
-        Value::Null => return Ok((false, None)),
+        Value::Null => return Ok(ProxyConfigFields::default()),
         Value::Object(m) => m,
         other => return Err(err(format!("must be a ProxyConfig mapping, found {other}"))),
     };
@@ -216,7 +252,25 @@ fn proxy_config(text: &str) -> Result<(bool, Option<String>), InjectError> {
             )));
         }
     };
-    Ok((hold, drain))
+    let dns_capture = match map
+        .get("proxyMetadata")
+        .and_then(|m| m.get(crate::model::DNS_CAPTURE))
+    {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("true") => true,
+        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("false") => false,
+        Some(other) => {
+            return Err(err(format!(
+                "proxyMetadata.{} must be \"true\" or \"false\", found {other}",
+                crate::model::DNS_CAPTURE
+            )));
+        }
+    };
+    Ok(ProxyConfigFields {
+        hold_application: hold,
+        drain_duration: drain,
+        dns_capture,
+    })
 }
 
 /// `a, b ,c` -> `a,b,c` (Istio's annotations are comma-separated, spaces tolerated).
@@ -320,6 +374,11 @@ mod tests {
         assert_eq!(s.capture, Capture::default());
         assert!(!s.hold_application);
         assert_eq!(s.drain_duration, None);
+        assert!(s.dns_capture);
+        assert!(s.rewrite_probes);
+        let off = settings(json!({super::super::probes::REWRITE: "false"})).unwrap();
+        assert!(!off.rewrite_probes);
+        assert!(settings(json!({super::super::probes::REWRITE: "no"})).is_err());
     }
 
     #[test]
@@ -372,7 +431,11 @@ mod tests {
         .unwrap();
         assert!(s.hold_application);
         assert_eq!(s.drain_duration.as_deref(), Some("20s"));
+        assert!(s.dns_capture);
+        let off = "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: \"false\"\n";
+        assert!(!settings(json!({ PROXY_CONFIG: off })).unwrap().dns_capture);
         for bad in [
+            "proxyMetadata:\n  ISTIO_META_DNS_CAPTURE: sometimes\n",
             "terminationDrainDuration: soon",
             "holdApplicationUntilProxyStarts: maybe",
             "[1, 2]",

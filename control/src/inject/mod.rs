@@ -9,8 +9,10 @@
 //! network or already has a sidecar is left as it is, so injecting twice changes nothing.
 
 pub mod annotations;
+pub mod credentials;
 pub mod documents;
 pub mod patch;
+pub mod probes;
 pub mod template;
 pub mod webhook;
 pub mod workload;
@@ -216,7 +218,7 @@ pub fn inject_pod(
         return Ok(Outcome::HostNetwork);
     }
     let settings = annotations::read(pod_annotations, opts.sidecar_mode)?;
-    let facts = template::WorkloadFacts {
+    let mut facts = template::WorkloadFacts {
         name: workload.to_string(),
         service_account: spec
             .get("serviceAccountName")
@@ -227,12 +229,17 @@ pub fn inject_pod(
             .to_string(),
         labels: workload::workload_labels(metadata),
         app_ports: workload::app_ports(containers),
+        app_probers: None,
     };
     let default_container = containers
         .first()
         .and_then(|c| c.get("name"))
         .and_then(Value::as_str)
         .map(str::to_string);
+    if settings.rewrite_probes {
+        let containers = array_at(object_at(pod, "spec")?, "containers")?;
+        facts.app_probers = probes::rewrite(containers)?;
+    }
     let native = settings.mode == SidecarMode::Native;
     let init = template::init_container(opts, &settings);
     let proxy = template::proxy_container(opts, &settings, &facts, native);

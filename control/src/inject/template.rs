@@ -91,6 +91,9 @@ pub struct WorkloadFacts {
     pub labels: BTreeMap<String, String>,
     /// Ports the application containers serve.
     pub app_ports: Vec<AppPort>,
+    /// The app's original probes for the sidecar to run (`ISTIO_KUBE_APP_PROBERS`), when
+    /// they were rewritten.
+    pub app_probers: Option<String>,
 }
 
 /// The init container that installs the capture rules.
@@ -133,6 +136,10 @@ pub fn init_container(opts: &InjectOptions, settings: &PodSettings) -> Value {
             args.push(flag.into());
             args.push(v.clone());
         }
+    }
+    if settings.dns_capture {
+        // The pod's port 53 to the sidecar's DNS proxy (15053), which answers mesh names.
+        args.push("--redirect-dns".into());
     }
     json!({
         "name": INIT_NAME,
@@ -211,6 +218,9 @@ pub fn proxy_container(
     ];
     if let Some(d) = &settings.drain_duration {
         env.push(json!({"name": "MESHLITE_DRAIN_DURATION", "value": d}));
+    }
+    if let Some(p) = &workload.app_probers {
+        env.push(json!({"name": super::probes::ENV, "value": p}));
     }
     let mut probe = ready_probe();
     probe["periodSeconds"] = json!(2);

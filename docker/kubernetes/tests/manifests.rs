@@ -10,7 +10,7 @@
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,7 @@ fn check(doc: &Value, origin: &str) -> String {
         "ClusterRole" => round_trip::<ClusterRole>(doc, &what),
         "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(doc, &what),
         "ConfigMap" => round_trip::<ConfigMap>(doc, &what),
+        "Secret" => round_trip::<Secret>(doc, &what),
         "Deployment" => round_trip::<Deployment>(doc, &what),
         "StatefulSet" => round_trip::<StatefulSet>(doc, &what),
         "DaemonSet" => round_trip::<DaemonSet>(doc, &what),
@@ -320,4 +321,16 @@ fn injected_workloads_read_as_their_kubernetes_api_types() {
         }
     }
     assert!(checked >= 10, "golden outputs missing ({checked})");
+}
+
+#[test]
+fn the_credentials_an_injected_pod_mounts_read_as_their_kubernetes_api_types() {
+    use meshlite_control::inject::credentials::{root_configmaps, token_secret};
+    let roots = root_configmaps(
+        &["shop".into(), "books".into()],
+        "-----BEGIN CERTIFICATE-----\n",
+    );
+    assert_eq!(check(&roots, "cert root --format kubernetes"), "List");
+    let secret = token_secret("shop", "reviews", "mlt1.x.y");
+    assert_eq!(check(&secret, "token create --format kubernetes"), "Secret");
 }

@@ -1,6 +1,8 @@
-//! The proxy's operator endpoints: health (15021), merged Prometheus metrics (15020) and admin
-//! (15000: config dump, readiness, quit), on Istio's ports so operators' habits carry over.
+//! The proxy's operator endpoints: health (15021), merged Prometheus metrics and the app's
+//! rewritten health probes (15020) and admin (15000: config dump, readiness, quit), on
+//! Istio's ports so operators' habits carry over.
 
+pub mod app_probe;
 mod cluster_view;
 pub mod wait;
 
@@ -29,8 +31,14 @@ pub enum Role {
 }
 
 /// Serves one operator listener until the process exits (they stay up during drain so
-/// readiness can report it).
-pub async fn serve(ctx: Arc<ProxyContext>, listener: TcpListener, role: Role, quit: Arc<Notify>) {
+/// readiness can report it). The metrics listener also runs the app's probes.
+pub async fn serve(
+    ctx: Arc<ProxyContext>,
+    listener: TcpListener,
+    role: Role,
+    quit: Arc<Notify>,
+    probers: Arc<app_probe::AppProbers>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -42,11 +50,25 @@ pub async fn serve(ctx: Arc<ProxyContext>, listener: TcpListener, role: Role, qu
         };
         let ctx = ctx.clone();
         let quit = quit.clone();
+        let probers = probers.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 let quit = quit.clone();
-                async move { Ok::<_, Infallible>(respond(&ctx, role, &quit, req)) }
+                let probers = probers.clone();
+                async move {
+                    let path = req.uri().path();
+                    if role == Role::Metrics
+                        && req.method() == Method::GET
+                        && path.starts_with(app_probe::PATH_PREFIX)
+                    {
+                        return Ok::<_, Infallible>(match probers.run(path).await {
+                            Some((status, why)) => text(status, why, "text/plain"),
+                            None => text(StatusCode::NOT_FOUND, "no such probe\n", "text/plain"),
+                        });
+                    }
+                    Ok::<_, Infallible>(respond(&ctx, role, &quit, req))
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)

@@ -10,7 +10,8 @@
 //!   bytes, silence past the detection timeout) as opaque TCP.
 //! - Any other address: MeshConfig `outboundTrafficPolicy.mode` decides. `ALLOW_ANY`
 //!   (Istio's default) relays the bytes to the original destination as they are (Envoy's
-//!   PassthroughCluster); `REGISTRY_ONLY` closes the connection (BlackHoleCluster).
+//!   PassthroughCluster); `REGISTRY_ONLY` closes the connection (BlackHoleCluster). Both
+//!   are counted in Istio's TCP metrics under those cluster names, as Istio reports them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +21,12 @@ use super::http::{self, OutboundConn};
 use crate::capture::sniff::{DETECTION_TIMEOUT, Sniffed, sniff};
 use crate::context::ProxyContext;
 use crate::inbound::prefixed::Prefixed;
+use crate::message::response_flags::ResponseFlags;
 use crate::protocol::Protocol;
 use crate::server::conn;
+use crate::telemetry::istio::{TcpEvent, TcpReport};
+use crate::telemetry::labels::{Unregistered, source_report};
+use crate::telemetry::workload::Reporter;
 use crate::transport::connect::connect_tcp;
 
 /// How a captured connection is carried.
@@ -44,6 +49,9 @@ pub async fn serve(
     let Some(target) = snap.captured(dst) else {
         if snap.outbound_registry_only {
             tracing::debug!(%remote, %dst, "captured connection to an unknown destination closed (REGISTRY_ONLY)");
+            drop(snap);
+            let report = unregistered_report(&ctx, Unregistered::BlackHole, ResponseFlags::NONE);
+            record_unrelayed(&ctx, &report);
             return;
         }
         drop(snap);
@@ -105,10 +113,42 @@ async fn passthrough(ctx: &ProxyContext, mut app: TcpStream, dst: SocketAddr) {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%dst, "passthrough connect failed: {e}");
+            let report = unregistered_report(ctx, Unregistered::Passthrough, ResponseFlags::UF);
+            record_unrelayed(ctx, &report);
             return;
         }
     };
-    if let Err(e) = tokio::io::copy_bidirectional(&mut app, &mut upstream).await {
+    let report = unregistered_report(ctx, Unregistered::Passthrough, ResponseFlags::NONE);
+    let m = &ctx.telemetry.metrics;
+    m.istio.record_tcp(&report, TcpEvent::Opened);
+    if let Err(e) = m.relay(&report, &mut app, &mut upstream).await {
         tracing::debug!(%dst, "passthrough relay ended: {e}");
     }
+}
+
+/// The source report of a connection to no known service.
+fn unregistered_report(ctx: &ProxyContext, kind: Unregistered, flags: ResponseFlags) -> TcpReport {
+    let snap = ctx.snapshot.load();
+    let labels = source_report(
+        &snap.local,
+        Some(kind.labels()),
+        None,
+        Protocol::Tcp,
+        0,
+        flags,
+    );
+    snap.telemetry.tcp_report(Reporter::Source, labels)
+}
+
+/// Counts a connection closed before any byte went anywhere (opened and closed, no bytes).
+fn record_unrelayed(ctx: &ProxyContext, report: &TcpReport) {
+    let istio = &ctx.telemetry.metrics.istio;
+    istio.record_tcp(report, TcpEvent::Opened);
+    istio.record_tcp(
+        report,
+        TcpEvent::Closed {
+            received: 0,
+            sent: 0,
+        },
+    );
 }

@@ -60,6 +60,35 @@ fn unknown_service() -> Arc<DestinationService> {
     UNKNOWN.clone()
 }
 
+/// Envoy's clusters for captured connections to an address no service has, as Istio's
+/// metrics name them: `destination_service` and `destination_service_name` are the cluster's
+/// name, the namespace and principal `unknown`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unregistered {
+    /// `ALLOW_ANY`: relayed to the original destination.
+    Passthrough,
+    /// `REGISTRY_ONLY`: refused.
+    BlackHole,
+}
+
+impl Unregistered {
+    /// The cluster's service labels, made once.
+    pub fn labels(self) -> &'static ServiceLabels {
+        fn make(name: &str) -> ServiceLabels {
+            let name: Label = Arc::from(name);
+            ServiceLabels::new(name.clone(), name, unknown(), unknown())
+        }
+        static PASSTHROUGH: std::sync::LazyLock<ServiceLabels> =
+            std::sync::LazyLock::new(|| make("PassthroughCluster"));
+        static BLACK_HOLE: std::sync::LazyLock<ServiceLabels> =
+            std::sync::LazyLock::new(|| make("BlackHoleCluster"));
+        match self {
+            Unregistered::Passthrough => &PASSTHROUGH,
+            Unregistered::BlackHole => &BLACK_HOLE,
+        }
+    }
+}
+
 /// Labels reported by the client-side sidecar (`reporter="source"`): `service` is the
 /// routed service (`None` when the request matched none), `peer` the endpoint's workload
 /// as the control plane or its answer described it.

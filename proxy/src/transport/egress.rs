@@ -284,9 +284,10 @@ impl ServerCertVerifier for SanVerifier {
     }
 }
 
-/// `insecureSkipVerify: true`: any certificate, genuine handshake signatures.
+/// `insecureSkipVerify: true`: any certificate, genuine handshake signatures. Also what the
+/// app's HTTPS probes use ([`crate::admin::app_probe`]): the kubelet checks no certificate.
 #[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct AnyCertificate(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

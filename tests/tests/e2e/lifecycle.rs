@@ -116,3 +116,62 @@ async fn the_admin_port_dumps_the_config_and_quits_on_request() {
         "quitquitquit exits cleanly, got {status:?}"
     );
 }
+
+/// Istio's probe rewrite, through the sidecar binary: the injector hands the app's probes to
+/// the sidecar (`ISTIO_KUBE_APP_PROBERS`, here its flag) and the kubelet asks the metrics port
+/// for them. The answer is the app's verdict: 200 when it passed, its failing status, 500
+/// when it cannot be reached; a probe nobody declared is 404, and the health port does not
+/// run probes.
+#[tokio::test]
+async fn the_metrics_port_runs_the_apps_rewritten_probes_for_the_kubelet() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mesh = Mesh::builder()
+        .server(move |spec, _| {
+            let app = spec
+                .inbound
+                .iter()
+                .find(|p| p.port == 80)
+                .expect("the app's port")
+                .target
+                .port();
+            let probers = serde_json::json!({
+                "/app-health/app/livez": {"httpGet": {"path": "/", "port": app}},
+                "/app-health/app/readyz": {"httpGet": {"path": "/status/503", "port": app},
+                                           "timeoutSeconds": 2},
+                "/app-health/app/startupz": {"tcpSocket": {"port": app}},
+                "/app-health/gone/livez": {"tcpSocket": {"port": closed}},
+            });
+            spec.extra_args = vec!["--app-probers".into(), probers.to_string()];
+        })
+        .start()
+        .await;
+    let metrics = mesh.server.addrs.metrics;
+    let status =
+        |path: &'static str| async move { clients::get(metrics, "127.0.0.1", path).await.status };
+    assert_eq!(status("/app-health/app/livez").await, 200);
+    assert_eq!(status("/app-health/app/readyz").await, 503);
+    assert_eq!(status("/app-health/app/startupz").await, 200);
+    assert_eq!(status("/app-health/gone/livez").await, 500);
+    assert_eq!(status("/app-health/nobody/livez").await, 404);
+    let health = clients::get(
+        mesh.server.addrs.health,
+        "127.0.0.1",
+        "/app-health/app/livez",
+    )
+    .await;
+    assert_eq!(health.status, 404);
+
+    // A malformed probe list is refused at start, naming the variable.
+    let out = meshlite_tests::mesh::run_proxy_cli(&[
+        "--app-probers".as_ref(),
+        "{\"/healthz\": {}}".as_ref(),
+        "validate".as_ref(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ISTIO_KUBE_APP_PROBERS"), "{stderr}");
+}

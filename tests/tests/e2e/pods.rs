@@ -274,6 +274,21 @@ async fn apps_calling_plain_addresses_are_captured_carried_over_mutual_tls_and_c
             &[("reporter", "source"), ("destination_service_name", "reviews")],
         );
         assert!(tcp >= 1.0, "{client_metrics}");
+        // The passthrough connection is counted under Envoy's cluster name, as Istio does,
+        // with the bytes the banner took back to the app.
+        let passthrough = [
+            ("reporter", "source"),
+            ("destination_service_name", "PassthroughCluster"),
+        ];
+        let opened = sum(&client_metrics, "istio_tcp_connections_opened_total", &passthrough);
+        assert!(opened >= 1.0, "{client_metrics}");
+        // Bytes are counted when the relay ends (the greeting closed it).
+        eventually("the passthrough's bytes counted", SOON, || async {
+            let text = metrics(&client).await;
+            let bytes = sum(&text, "istio_tcp_sent_bytes_total", &passthrough);
+            (bytes >= BANNER.len() as f64).then_some(())
+        })
+        .await;
 
         // REGISTRY_ONLY: the unknown destination is now refused.
         control.write_config(
@@ -298,6 +313,16 @@ async fn apps_calling_plain_addresses_are_captured_carried_over_mutual_tls_and_c
             .await
             .expect("mesh under REGISTRY_ONLY");
         assert_eq!(reply.status, 200);
+        let client_metrics = metrics(&client).await;
+        let refused = sum(
+            &client_metrics,
+            "istio_tcp_connections_closed_total",
+            &[
+                ("reporter", "source"),
+                ("destination_service_name", "BlackHoleCluster"),
+            ],
+        );
+        assert!(refused >= 1.0, "{client_metrics}");
         drop((server_sidecar, client_sidecar, control));
     })
     .await;
@@ -365,6 +390,14 @@ async fn init_installs_one_rule_set_however_often_it_runs_and_cleanup_removes_ex
         assert_eq!(v4.matches("-j MESHLITE_INBOUND").count(), 1, "{v4}");
         assert_eq!(v4.matches("--dport 22 -j RETURN").count(), 1, "{v4}");
         assert!(v4.contains("--dport 9 -j RETURN"), "{v4}");
+        // Ours go first: a rule installed before init (Docker's DNS DNAT is one) does not
+        // see the app's packets ahead of capture.
+        let ours = v4.find("-A OUTPUT -p tcp -j MESHLITE_OUTPUT");
+        let theirs_at = v4.find("-A OUTPUT -p tcp -m tcp --dport 9 -j RETURN");
+        assert!(
+            ours.is_some() && theirs_at.is_some() && ours < theirs_at,
+            "{v4}"
+        );
         assert!(v4.contains("--to-ports 15053"), "{v4}");
         let v6 = nat_rules(&pod.ns, "ip6tables-save").await;
         assert!(
