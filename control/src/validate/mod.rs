@@ -1386,7 +1386,11 @@ mod tests {
         let report = check(&[entry("zeta"), entry("alpha")]);
         let p = expect(&report, Severity::Warning, "spec.ports[0].number");
         assert!(p.message.contains("zeta.internal"), "{}", p.message);
-        assert!(p.message.contains("is also alpha.internal"), "{}", p.message);
+        assert!(
+            p.message.contains("is also alpha.internal"),
+            "{}",
+            p.message
+        );
     }
 
     #[test]
