@@ -444,8 +444,9 @@ pub struct Workload {
     /// included, as a user's `proxyStatsMatcher` would; empty: Istio's default set, or the
     /// MeshConfig's.
     pub stats_prefixes: Vec<String>,
-    /// Opaque TCP services of the static file (the control plane's TCP services have no
-    /// explicit listener), each with an outbound listener on `127.0.0.1:0`.
+    /// Opaque TCP services of the static file, each with an outbound listener on
+    /// `127.0.0.1:0` (the control plane's TCP services get listeners at their ports only
+    /// with [`Workload::with_tcp_listeners`]).
     pub static_tcp: Vec<StaticTcp>,
     /// Run its DNS proxy on a free loopback port, forwarding other names to these
     /// resolvers; `None`: no DNS proxy (`--dns-addr off`).
