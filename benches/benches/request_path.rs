@@ -339,6 +339,7 @@ fn vs_route(c: &mut Criterion) {
             hostname: "reviews".into(),
             http,
             origin: "default/reviews".into(),
+            tcp: Vec::new(),
         },
         9080,
         &ByName,

@@ -20,8 +20,12 @@ use crate::telemetry::Telemetry;
 pub struct ProxyContext {
     /// The control-plane connection's state, when the proxy has one.
     pub control: Option<Arc<crate::xds::ControlStatus>>,
-    /// Current configuration; load once per request.
+    /// Current configuration; load once per request. Replace it with
+    /// [`ProxyContext::swap_snapshot`], which tells [`ProxyContext::snapshot_swapped`].
     pub snapshot: ArcSwap<Snapshot>,
+    /// The version of each snapshot swapped in, for what follows the configuration outside
+    /// the request path (the explicit TCP listeners).
+    pub snapshot_swapped: tokio::sync::watch::Sender<u64>,
     /// This workload's key pair and trust bundle.
     pub identity: Arc<Identity>,
     /// Metrics and access log.
@@ -36,6 +40,15 @@ pub struct ProxyContext {
     pub connect_timeout: Duration,
     /// Server configuration for downstream connections.
     pub http_builder: auto::Builder<TokioExecutor>,
+}
+
+impl ProxyContext {
+    /// Makes `snapshot` the current configuration and tells the followers.
+    pub fn swap_snapshot(&self, snapshot: Arc<Snapshot>) {
+        let version = snapshot.version;
+        self.snapshot.store(snapshot);
+        self.snapshot_swapped.send_replace(version);
+    }
 }
 
 /// Checks that the request path can cross threads: a compile-time guard, no runtime cost.

@@ -80,6 +80,9 @@ pub enum StartError {
     /// No identity could be had from the control plane.
     #[error("control plane: {0}")]
     Control(#[from] xds::XdsError),
+    /// A static `listen:` address of a TCP service could not be bound.
+    #[error(transparent)]
+    TcpListen(#[from] outbound::tcp_listeners::ListenError),
 }
 
 impl StartError {
@@ -87,7 +90,7 @@ impl StartError {
     /// refuses), as opposed to the machine (a port taken, a control plane unreachable).
     pub fn is_configuration(&self) -> bool {
         match self {
-            StartError::Bind { .. } => false,
+            StartError::Bind { .. } | StartError::TcpListen(_) => false,
             StartError::Control(e) => !matches!(
                 e,
                 xds::XdsError::Connect(_) | xds::XdsError::Stream(_) | xds::XdsError::State(_)
@@ -125,7 +128,8 @@ pub struct BoundAddrs {
     pub metrics: SocketAddr,
     /// Health.
     pub health: SocketAddr,
-    /// Explicit-mode TCP listeners, by `service:port`.
+    /// Explicit-mode TCP listeners open at start-up, by `service:port` (more open and close
+    /// as pushes add and remove `tcp` services).
     pub tcp: BTreeMap<String, SocketAddr>,
     /// The DNS proxy (UDP and TCP), when it runs.
     pub dns: Option<SocketAddr>,
@@ -244,29 +248,13 @@ impl RunningProxy {
                 }
             },
         };
-        let mut tcp = Vec::new();
-        for c in &snapshot.clusters {
-            if let Some(addr) = c.listen {
-                let name = format!("{}:{}", c.labels.service.name, c.port);
-                tcp.push((name.clone(), bind(&name, addr).await?, c.clone()));
-            }
-        }
-        let addrs = BoundAddrs {
+        let mut addrs = BoundAddrs {
             outbound: local_addr(&outbound, l.outbound),
             inbound: local_addr(&inbound, l.inbound),
             admin: local_addr(&admin_l, l.admin),
             metrics: local_addr(&metrics_l, l.metrics),
             health: local_addr(&health_l, l.health),
-            tcp: tcp
-                .iter()
-                .map(|(n, l, c)| {
-                    (
-                        n.clone(),
-                        l.local_addr()
-                            .unwrap_or_else(|_| c.listen.unwrap_or(l_default())),
-                    )
-                })
-                .collect(),
+            tcp: BTreeMap::new(),
             dns: dns.as_ref().and_then(|l| l.local_addr().ok()),
         };
 
@@ -283,9 +271,11 @@ impl RunningProxy {
         if let Some(expiry) = identity.not_after() {
             metrics.control.cert_expiry.set(expiry);
         }
+        let version = snapshot.version;
         let ctx = Arc::new(ProxyContext {
             control: control_status.clone(),
             snapshot: ArcSwap::from_pointee(snapshot),
+            snapshot_swapped: tokio::sync::watch::Sender::new(version),
             identity,
             telemetry: Arc::new(Telemetry {
                 metrics,
@@ -308,13 +298,23 @@ impl RunningProxy {
         if let (Some(listeners), Some(d)) = (dns, &opts.dns) {
             listeners.spawn(ctx.clone(), d);
         }
-        for (_, listener, cluster) in tcp {
-            tokio::spawn(outbound::tcp::serve_listener(
-                ctx.clone(),
-                listener,
-                cluster,
-            ));
-        }
+        let own: Vec<u16> = [
+            addrs.outbound,
+            addrs.inbound,
+            addrs.admin,
+            addrs.metrics,
+            addrs.health,
+        ]
+        .iter()
+        .chain(addrs.dns.iter())
+        .map(SocketAddr::port)
+        .collect();
+        let tcp_listeners = Arc::new(outbound::tcp_listeners::TcpListeners::new(
+            outbound::tcp_listeners::ListenerSettings::new(addrs.outbound, l.tcp_services, &own),
+        ));
+        tcp_listeners.start(&ctx)?;
+        addrs.tcp = tcp_listeners.bound();
+        tokio::spawn(outbound::tcp_listeners::follow(ctx.clone(), tcp_listeners));
         for (listener, role) in [
             (admin_l, admin::Role::Admin),
             (metrics_l, admin::Role::Metrics),
@@ -376,8 +376,4 @@ impl RunningProxy {
     pub fn context(&self) -> &Arc<ProxyContext> {
         &self.ctx
     }
-}
-
-fn l_default() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
 }

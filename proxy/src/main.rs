@@ -47,6 +47,11 @@ struct Cli {
     /// Write every authorization decision to the audit log, not only AUDIT-marked ones.
     #[arg(long, env = "MESHLITE_AUDIT_LOG_ALL")]
     audit_log_all: bool,
+    /// Per-service TCP listeners in explicit mode (`on`, `off`): every `tcp` service port
+    /// listened on at the outbound listener's IP. `off` where outbound TCP is captured
+    /// transparently. Overrides the file's `listeners.tcp_services`.
+    #[arg(long, env = "MESHLITE_TCP_LISTENERS", value_parser = on_off)]
+    tcp_listeners: Option<bool>,
     /// Log filter for the proxy's own logs (stderr), e.g. `info`, `meshlite_proxy=debug`.
     #[arg(long, env = "MESHLITE_LOG", default_value = "info")]
     log_level: String,
@@ -86,6 +91,15 @@ struct DnsArgs {
     /// SERVFAIL, e.g. `5s`.
     #[arg(long, default_value = "5s", value_parser = drain_duration)]
     dns_upstream_timeout: std::time::Duration,
+}
+
+/// `on` or `off`.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("`{s}` is neither `on` nor `off`")),
+    }
 }
 
 /// `--dns-addr`.
@@ -497,6 +511,9 @@ fn main() -> ExitCode {
                         message,
                     }
                 })?;
+                if let Some(on) = cli.tcp_listeners {
+                    c.listeners.tcp_services = on;
+                }
                 c.validate(&path)?;
                 Ok(c)
             }) {

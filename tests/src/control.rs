@@ -444,12 +444,17 @@ pub struct Workload {
     /// included, as a user's `proxyStatsMatcher` would; empty: Istio's default set, or the
     /// MeshConfig's.
     pub stats_prefixes: Vec<String>,
-    /// Opaque TCP services of the static file (the control plane's TCP services have no
-    /// explicit listener), each with an outbound listener on `127.0.0.1:0`.
+    /// Opaque TCP services of the static file, each with an outbound listener on
+    /// `127.0.0.1:0` (the control plane's TCP services get listeners at their ports only
+    /// with [`Workload::with_tcp_listeners`]).
     pub static_tcp: Vec<StaticTcp>,
     /// Run its DNS proxy on a free loopback port, forwarding other names to these
     /// resolvers; `None`: no DNS proxy (`--dns-addr off`).
     pub dns_upstreams: Option<Vec<SocketAddr>>,
+    /// Per-service TCP listeners (explicit mode) on this loopback IP, where its outbound
+    /// listener then is too; `None`: off. Every sidecar of a test shares one host, so only
+    /// the callers that need them ask, each on an IP of its own.
+    pub tcp_listeners: Option<std::net::IpAddr>,
 }
 
 /// A TCP service written in a sidecar's static file: reached on its own outbound listener
@@ -486,7 +491,15 @@ impl Workload {
             stats_prefixes: vec!["cluster.".to_string(), "http.".to_string()],
             static_tcp: Vec::new(),
             dns_upstreams: None,
+            tcp_listeners: None,
         }
+    }
+
+    /// Opens a listener on `ip` at the port of every `tcp` service the control plane pushes
+    /// (its outbound listener moves to `ip` too).
+    pub fn with_tcp_listeners(mut self, ip: std::net::IpAddr) -> Self {
+        self.tcp_listeners = Some(ip);
+        self
     }
 
     /// Runs its DNS proxy on a free loopback port (`MeshProxy::addrs.dns`), forwarding
@@ -568,6 +581,10 @@ impl Workload {
         c.inbound = self.inbound.clone();
         c.upstream_protocol = self.upstream_protocol.clone();
         c.stats_prefixes = self.stats_prefixes.clone();
+        c.tcp_services = Some(self.tcp_listeners.is_some());
+        if let Some(ip) = self.tcp_listeners {
+            c.outbound = SocketAddr::new(ip, 0);
+        }
         c.services = self
             .static_tcp
             .iter()

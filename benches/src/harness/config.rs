@@ -114,6 +114,9 @@ pub struct SidecarConfig {
     pub mode: Mode,
     /// The outbound listener (loopback port 0 unless fixed).
     pub outbound: SocketAddr,
+    /// `listeners.tcp_services`: per-service TCP listeners on the outbound listener's IP;
+    /// `None` leaves the proxy's default (on).
+    pub tcp_services: Option<bool>,
     /// Ports the workload serves.
     pub inbound: Vec<InboundPort>,
     /// YAML lines inside the `inbound` section after its ports, indented by two spaces (e.g.
@@ -173,6 +176,7 @@ impl SidecarConfig {
             labels: BTreeMap::new(),
             mode,
             outbound: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tcp_services: None,
             inbound: Vec::new(),
             inbound_extra: String::new(),
             services: Vec::new(),
@@ -221,6 +225,9 @@ impl SidecarConfig {
                 "127.0.0.1:0"
             };
             let _ = writeln!(y, "  {name}: \"{addr}\"");
+        }
+        if let Some(on) = self.tcp_services {
+            let _ = writeln!(y, "  tcp_services: {on}");
         }
         let _ = writeln!(y, "inbound:");
         if self.inbound.is_empty() {

@@ -1092,6 +1092,7 @@ mod tests {
                 ..Default::default()
             }],
             origin: String::new(),
+            tcp: Vec::new(),
         };
         let resp = DeltaDiscoveryResponse {
             type_url: type_url::ROUTE_TABLE.into(),

@@ -175,6 +175,9 @@ pub fn proxy_args(opts: &InjectOptions, workload: &WorkloadFacts) -> Vec<String>
         opts.trust_domain.clone(),
         "--instance-ip".into(),
         "$(INSTANCE_IP)".into(),
+        // The pod's outbound TCP is captured: per-service TCP listeners are not needed.
+        "--tcp-listeners".into(),
+        "off".into(),
     ];
     for p in &workload.app_ports {
         args.push("--app-port".into());

@@ -1,15 +1,16 @@
-//! VirtualService http rules -> [`v1::RouteTable`]. Destination hosts are completed with the
-//! VirtualService's namespace; matches with `sourceLabels`/`sourceNamespace` are kept only
-//! for the proxies they name (a rule left with no match for this caller is dropped, as Istio
-//! does), which makes such tables per caller.
+//! VirtualService http and tcp rules -> [`v1::RouteTable`]. Destination hosts are completed
+//! with the VirtualService's namespace; matches with `sourceLabels`/`sourceNamespace` are kept
+//! only for the proxies they name (a rule left with no match for this caller is dropped, as
+//! Istio does), which makes such tables per caller. A tcp match whose `gateways` do not name
+//! `mesh` is not for sidecars and is dropped the same way (Istio's `matchTCP`).
 
 use meshlite_xds_proto::v1;
 
 use super::duration;
 
 use crate::model::{
-    Destination, DestinationRule, HeaderOperations, HttpMatchRequest, HttpRoute, Named,
-    StringMatch, StringMatchKind, VirtualService, wildcard_matches,
+    Destination, DestinationRule, HeaderOperations, HttpMatchRequest, HttpRoute, L4MatchAttributes,
+    Named, StringMatch, StringMatchKind, TcpRoute, VirtualService, wildcard_matches,
 };
 use crate::registry::Workload;
 use crate::validate::fqdn;
@@ -46,11 +47,19 @@ pub fn dr_hosts(dr: &Named<DestinationRule>, known: &[String]) -> Vec<String> {
 
 /// Whether any match of the VirtualService depends on the calling workload.
 pub fn depends_on_caller(vs: &Named<VirtualService>) -> bool {
-    vs.spec
+    let http = vs
+        .spec
         .http
         .iter()
         .flat_map(|r| &r.matches)
-        .any(|m| !m.source_labels.is_empty() || m.source_namespace.is_some())
+        .any(|m| !m.source_labels.is_empty() || m.source_namespace.is_some());
+    let tcp = vs
+        .spec
+        .tcp
+        .iter()
+        .flat_map(|r| &r.matches)
+        .any(|m| !m.source_labels.is_empty() || m.source_namespace.is_some());
+    http || tcp
 }
 
 fn string_match(m: &StringMatch) -> v1::StringMatch {
@@ -116,13 +125,51 @@ fn http_match(m: &HttpMatchRequest) -> v1::HttpMatch {
 }
 
 fn caller_qualifies(m: &HttpMatchRequest, caller: Option<&Workload>) -> bool {
+    source_qualifies(&m.source_labels, m.source_namespace.as_deref(), caller)
+}
+
+/// Whether `caller` (any caller when `None`: the table is shared) has the labels and
+/// namespace a match asks for.
+fn source_qualifies(
+    labels: &std::collections::BTreeMap<String, String>,
+    namespace: Option<&str>,
+    caller: Option<&Workload>,
+) -> bool {
     let Some(w) = caller else { return true };
-    m.source_labels
+    labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+        && namespace.is_none_or(|ns| ns == w.namespace)
+}
+
+/// Whether a tcp match applies to sidecars: no `gateways`, or `mesh` among them.
+fn for_sidecars(m: &L4MatchAttributes) -> bool {
+    crate::model::applies_to_sidecars(&m.gateways)
+}
+
+/// One tcp rule for `caller`; `None` when it had matches and none applies to this caller.
+fn tcp_route(r: &TcpRoute, ns: &str, caller: Option<&Workload>) -> Option<v1::TcpRoute> {
+    let matches: Vec<v1::L4Match> = r
+        .matches
         .iter()
-        .all(|(k, v)| w.labels.get(k) == Some(v))
-        && m.source_namespace
-            .as_ref()
-            .is_none_or(|ns| *ns == w.namespace)
+        .filter(|m| {
+            for_sidecars(m)
+                && source_qualifies(&m.source_labels, m.source_namespace.as_deref(), caller)
+        })
+        .map(|m| v1::L4Match {
+            port: m.port.unwrap_or(0),
+            destination_subnets: m.destination_subnets.clone(),
+        })
+        .collect();
+    if !r.matches.is_empty() && matches.is_empty() {
+        return None;
+    }
+    Some(v1::TcpRoute {
+        matches,
+        route: r
+            .route
+            .iter()
+            .map(|d| destination(&d.destination, ns, u32::try_from(d.weight).unwrap_or(0)))
+            .collect(),
+    })
 }
 
 fn route(
@@ -256,5 +303,11 @@ pub fn table(vs: &Named<VirtualService>, host: &str, caller: Option<&Workload>) 
             .filter_map(|r| route(r, &vs.meta.namespace, caller, &vs.meta.annotations))
             .collect(),
         origin: vs.key(),
+        tcp: vs
+            .spec
+            .tcp
+            .iter()
+            .filter_map(|r| tcp_route(r, &vs.meta.namespace, caller))
+            .collect(),
     }
 }

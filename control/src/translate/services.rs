@@ -15,7 +15,7 @@ use crate::validate::fqdn;
 /// A port's protocol from its declared protocol or name, as Istio selects it: the name's
 /// prefix before `-` (`http-web`, `grpc-api`, `tcp-db`); a name that declares nothing leaves
 /// it unspecified, and sidecars detect it on captured connections (HTTP in explicit mode).
-fn protocol(name: &str) -> v1::Protocol {
+pub(crate) fn protocol(name: &str) -> v1::Protocol {
     let name = name.to_ascii_lowercase();
     if name == "grpc-web" {
         return v1::Protocol::Grpc;

@@ -310,6 +310,64 @@ fn source_label_matches_are_kept_only_for_the_callers_they_name() {
 }
 
 #[test]
+fn tcp_rules_are_pushed_with_their_ports_subnets_and_weights_per_caller() {
+    let cfg = config(&[
+        doc(
+            "VirtualService",
+            "shop/reviews",
+            "{hosts: [reviews], tcp: [\
+               {match: [{port: 9090, destinationSubnets: [10.1.0.0/16]}, {sourceLabels: {app: productpage}}], \
+                route: [{destination: {host: reviews, subset: v2, port: {number: 9090}}, weight: 100}, \
+                        {destination: {host: reviews, subset: v1}, weight: 0}]}, \
+               {match: [{gateways: [ingress]}], route: [{destination: {host: reviews, subset: v2}}]}, \
+               {route: [{destination: {host: reviews, subset: v1}}]}]}",
+        ),
+        reviews_dr("shop", &["v1", "v2"]),
+    ]);
+    let productpage = workload(
+        "productpage",
+        "shop",
+        "productpage",
+        &[("app", "productpage")],
+        "10.0.0.1:15006",
+    );
+    let ratings = workload(
+        "ratings",
+        "shop",
+        "ratings",
+        &[("app", "ratings")],
+        "10.0.0.2:15006",
+    );
+    let m = mesh(cfg, &[productpage.clone(), ratings.clone()]);
+    let pushed: v1::RouteTable = decode(&m.view_for(&productpage), type_url::ROUTE_TABLE, REVIEWS);
+    assert!(pushed.http.is_empty());
+    // The rule matching only `gateways: [ingress]` is not for sidecars.
+    assert_eq!(pushed.tcp.len(), 2, "{:#?}", pushed.tcp);
+    let first = &pushed.tcp[0];
+    assert_eq!(
+        first.matches.len(),
+        2,
+        "productpage qualifies for both matches"
+    );
+    assert_eq!(first.matches[0].port, 9090);
+    assert_eq!(first.matches[0].destination_subnets, ["10.1.0.0/16"]);
+    let dests: Vec<(&str, &str, u32, u32)> = first
+        .route
+        .iter()
+        .map(|d| (d.host.as_str(), d.subset.as_str(), d.port, d.weight))
+        .collect();
+    assert_eq!(dests, [(REVIEWS, "v2", 9090, 100), (REVIEWS, "v1", 0, 0)]);
+    assert!(pushed.tcp[1].matches.is_empty());
+
+    let other: v1::RouteTable = decode(&m.view_for(&ratings), type_url::ROUTE_TABLE, REVIEWS);
+    assert_eq!(
+        other.tcp[0].matches.len(),
+        1,
+        "the sourceLabels match is dropped for ratings"
+    );
+}
+
+#[test]
 fn a_destination_rule_in_the_callers_namespace_wins_over_the_services() {
     let cfg = config(&[
         reviews_dr("shop", &["v1", "v2"]),

@@ -310,6 +310,34 @@ impl Checker<'_> {
             for (j, dest) in rule.route.iter().enumerate() {
                 self.destination(r, &dest.destination, &format!("{p}.route[{j}].destination"));
             }
+            for (j, m) in rule.matches.iter().enumerate() {
+                let mp = format!("{p}.match[{j}]");
+                for (k, subnet) in m.destination_subnets.iter().enumerate() {
+                    if !is_ip_or_cidr(subnet) {
+                        self.error(
+                            r,
+                            format!("{mp}.destinationSubnets[{k}]"),
+                            format!("`{subnet}` is not an IP address or CIDR block"),
+                        );
+                    }
+                }
+                if let Some(port) = m.port
+                    && !(1..=65535).contains(&port)
+                {
+                    self.error(
+                        r,
+                        format!("{mp}.port"),
+                        format!("port {port} is outside 1..=65535"),
+                    );
+                }
+                if !m.gateways.is_empty() && !crate::model::applies_to_sidecars(&m.gateways) {
+                    self.warning(
+                        r,
+                        format!("{mp}.gateways"),
+                        "the match names no `mesh` gateway: sidecars skip it (meshlite has no gateways)",
+                    );
+                }
+            }
         }
     }
 
@@ -928,6 +956,40 @@ impl Checker<'_> {
         let mut dr_hosts: HashMap<(String, String), &Resource> = HashMap::new();
         let mut ns_pa: HashMap<&str, &Resource> = HashMap::new();
         let mut mesh_config: Option<&Resource> = None;
+        // TCP ports of in-mesh ServiceEntries: explicit-mode sidecars listen on each port
+        // for one service only (the first by host name).
+        let mut tcp_ports: BTreeMap<u32, Vec<(String, &Resource, usize)>> = BTreeMap::new();
+        for r in resources {
+            let ns = &r.meta.namespace;
+            if let ResourceSpec::ServiceEntry(se) = &r.spec
+                && se.location == Some(ServiceLocation::MeshInternal)
+            {
+                let host = se.hosts.first().map(|h| fqdn(h, ns)).unwrap_or_default();
+                for (i, p) in se.ports.iter().enumerate() {
+                    let declared = p.protocol.as_deref().or(p.name.as_deref()).unwrap_or("");
+                    if crate::translate::services::protocol(declared)
+                        == meshlite_xds_proto::v1::Protocol::Tcp
+                    {
+                        tcp_ports
+                            .entry(p.number)
+                            .or_default()
+                            .push((host.clone(), r, i));
+                    }
+                }
+            }
+        }
+        for (port, mut claims) in tcp_ports {
+            claims.sort_by(|a, b| a.0.cmp(&b.0));
+            claims.dedup_by(|a, b| a.0 == b.0);
+            if let Some(((winner, _, _), rest)) = claims.split_first() {
+                for (host, r, i) in rest {
+                    let msg = format!(
+                        "TCP port {port} of {host} is also {winner}'s; a sidecar's explicit-mode listener at that port serves {winner} (the first by name), so reach {host} by its address or a static `listen:`"
+                    );
+                    self.warning(r, format!("spec.ports[{i}].number"), msg);
+                }
+            }
+        }
         for r in resources {
             let ns = &r.meta.namespace;
             match &r.spec {
@@ -1266,6 +1328,68 @@ mod tests {
                 "{hosts: [t], tcp: [{route: [{destination: {host: t}, weight: 0}, {destination: {host: t}, weight: 0}]}]}",
             )],
             "spec.tcp[0].route",
+        );
+    }
+
+    #[test]
+    fn tcp_matches_are_checked_and_tcp_rules_are_enforced_not_warned_about() {
+        let vs = |spec: &str| res("VirtualService", "default/db", spec);
+        expect_error(
+            &[vs(
+                "{hosts: [db], tcp: [{match: [{destinationSubnets: [10.0.0.0/99]}], route: [{destination: {host: db}}]}]}",
+            )],
+            "spec.tcp[0].match[0].destinationSubnets[0]",
+        );
+        expect_error(
+            &[vs(
+                "{hosts: [db], tcp: [{match: [{port: 70000}], route: [{destination: {host: db}}]}]}",
+            )],
+            "spec.tcp[0].match[0].port",
+        );
+        let ok = expect_no_error(&[vs(
+            "{hosts: [db], tcp: [{match: [{port: 5432, destinationSubnets: [10.1.0.0/16, 10.2.0.1]}], \
+             route: [{destination: {host: db}, weight: 80}, {destination: {host: db}, weight: 20}]}]}",
+        )]);
+        assert!(
+            !ok.problems.iter().any(|p| p
+                .field
+                .as_deref()
+                .is_some_and(|f| f.starts_with("spec.tcp"))),
+            "{:#?}",
+            ok.problems
+        );
+        let gateway_only = check(&[vs(
+            "{hosts: [db], tcp: [{match: [{gateways: [ingress]}], route: [{destination: {host: db}}]}]}",
+        )]);
+        assert!(
+            gateway_only
+                .problems
+                .iter()
+                .any(|p| p.field.as_deref() == Some("spec.tcp[0].match[0].gateways")),
+            "{:#?}",
+            gateway_only.problems
+        );
+    }
+
+    #[test]
+    fn two_mesh_services_on_one_tcp_port_are_warned_about() {
+        let entry = |name: &str| {
+            res(
+                "ServiceEntry",
+                &format!("default/{name}"),
+                &format!(
+                    "{{hosts: [{name}.internal], location: MESH_INTERNAL, resolution: STATIC, \
+                     ports: [{{number: 5432, name: tcp-pg}}], endpoints: [{{address: 10.0.0.1}}]}}"
+                ),
+            )
+        };
+        let report = check(&[entry("zeta"), entry("alpha")]);
+        let p = expect(&report, Severity::Warning, "spec.ports[0].number");
+        assert!(p.message.contains("zeta.internal"), "{}", p.message);
+        assert!(
+            p.message.contains("is also alpha.internal"),
+            "{}",
+            p.message
         );
     }
 

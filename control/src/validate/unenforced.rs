@@ -25,13 +25,6 @@ impl Checker<'_> {
                 "every sidecar sees every VirtualService",
             );
         }
-        if !vs.tcp.is_empty() {
-            self.unapplied(
-                r,
-                "spec.tcp".into(),
-                "TCP routes are not enforced; TCP traffic goes to the destination service itself",
-            );
-        }
         for (i, h) in vs.http.iter().enumerate() {
             let p = format!("spec.http[{i}]");
             if !h.mirrors.is_empty() {

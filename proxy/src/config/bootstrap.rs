@@ -87,6 +87,11 @@ pub struct ListenersConfig {
     pub metrics: SocketAddr,
     /// Health at `/healthz/ready`.
     pub health: SocketAddr,
+    /// Explicit mode: every `tcp` service port gets a listener on the outbound listener's
+    /// IP at the service port, following pushes (Istio's Sidecar egress `bind` with
+    /// `captureMode: NONE`). Turn off where outbound TCP is captured transparently; static
+    /// `listen:` addresses are opened either way.
+    pub tcp_services: bool,
 }
 
 impl Default for ListenersConfig {
@@ -97,6 +102,7 @@ impl Default for ListenersConfig {
             admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
             metrics: SocketAddr::from(([0, 0, 0, 0], 15020)),
             health: SocketAddr::from(([0, 0, 0, 0], 15021)),
+            tcp_services: true,
         }
     }
 }

@@ -68,7 +68,9 @@ pub struct ServiceConfig {
     /// Destination sidecars' inbound addresses.
     pub endpoints: Vec<SocketAddr>,
     /// Opaque TCP only: a local address the outbound side listens on for this service
-    /// (explicit mode; transparent capture uses the original destination instead).
+    /// (explicit mode; transparent capture uses the original destination instead). Without
+    /// it, the service gets the per-service listener at its port on the outbound listener's
+    /// IP, unless `listeners.tcp_services` is off.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
     /// Virtual addresses of the service (ClusterIP) for transparent capture.

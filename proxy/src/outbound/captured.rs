@@ -57,7 +57,8 @@ pub async fn serve(
         drop(snap);
         return passthrough(&ctx, stream, dst).await;
     };
-    let cluster = target.host.cluster.clone();
+    let host = target.host.clone();
+    let cluster = &host.cluster;
     let detect = target.detect;
     drop(snap);
     let (carry, prefix) = if detect {
@@ -77,7 +78,7 @@ pub async fn serve(
     match carry {
         Carry::Tcp => {
             let _guard = ctx.drain.track();
-            super::tcp::relay(&ctx, &cluster, io).await;
+            super::tcp::route_and_relay(&ctx, &host, Some(dst.ip()), io).await;
         }
         Carry::Http => {
             let c = ctx.clone();

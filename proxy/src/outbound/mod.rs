@@ -8,6 +8,7 @@ pub mod captured;
 pub mod http;
 pub mod route_rules;
 pub mod tcp;
+pub mod tcp_listeners;
 pub mod upstream;
 
 use std::sync::Arc;

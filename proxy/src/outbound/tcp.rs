@@ -2,12 +2,13 @@
 //! CONNECT tunnel on the shared mTLS connection (the HBONE idea from Istio's ambient mode).
 //!
 //! The destination's inbound side accepts the tunnel only for ports its workload declares `tcp`.
-//! Metrics are Istio's TCP set: connections opened/closed, bytes each way.
+//! Where a connection goes is the VirtualService's `tcp` rules' choice ([`crate::route::tcp`]),
+//! else the service's. Metrics are Istio's TCP set (connections opened/closed, bytes each
+//! way), labelled with the destination chosen.
 
 use http::{HeaderValue, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 use crate::context::ProxyContext;
 use crate::message::body::ProxyBody;
@@ -15,40 +16,30 @@ use crate::message::errors::ProxyError;
 use crate::message::headers::PEER_METADATA;
 use crate::message::response_flags::ResponseFlags;
 use crate::protocol::Protocol;
-use crate::snapshot::{Cluster, Endpoint};
+use crate::route::TcpChoice;
+use crate::snapshot::{Cluster, Endpoint, HostPort};
 use crate::telemetry::istio::{TcpEvent, TcpReport};
 use crate::telemetry::labels::source_report;
 use crate::telemetry::peer::WorkloadMetadata;
 use crate::telemetry::workload::Reporter;
 
-/// Accepts connections for one `tcp` service until drain.
-pub async fn serve_listener(ctx: Arc<ProxyContext>, listener: TcpListener, cluster: Arc<Cluster>) {
-    let mut drain = ctx.drain.watch();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let ctx = ctx.clone();
-                    // The current snapshot's cluster, so pushed endpoints apply to new
-                    // connections; the start-up one if the service was removed since.
-                    let current = ctx
-                        .snapshot
-                        .load()
-                        .cluster(&cluster.labels.service.fqdn, cluster.port)
-                        .cloned()
-                        .unwrap_or_else(|| cluster.clone());
-                    tokio::spawn(async move {
-                        let _guard = ctx.drain.track();
-                        relay(&ctx, &current, stream).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("tcp accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            },
-            _ = drain.changed() => return,
+/// Routes an opaque TCP connection to `host` (addressed to `dst`) by its VirtualService's
+/// `tcp` rules, else to the service itself, and relays it there. A rule naming a destination
+/// this proxy has no cluster for closes the connection (flag `NC`).
+pub(crate) async fn route_and_relay<IO>(
+    ctx: &ProxyContext,
+    host: &HostPort,
+    dst: Option<std::net::IpAddr>,
+    client: IO,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match host.select_tcp(dst) {
+        TcpChoice::Cluster(cluster) => relay(ctx, cluster, client).await,
+        TcpChoice::Missing(name) => {
+            let e = ProxyError::NoCluster(name.to_string());
+            tracing::debug!(service = %host.cluster.labels.service.fqdn, "tcp connection closed: {e}");
+            refused(ctx, &host.cluster, &e);
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct HostPort<C> {
     pub cluster: Arc<C>,
     /// VirtualService routes for this host and port.
     pub routes: Option<RouteTable<C>>,
+    /// The VirtualService's `tcp` rules, for connections relayed as opaque TCP.
+    pub tcp_routes: Option<crate::route::tcp::TcpRouteTable<C>>,
     /// What requests get when no VirtualService claims the host.
     pub default_behaviour: RouteBehaviour<C>,
 }
@@ -43,6 +45,15 @@ impl<C> Clone for Routed<'_, C> {
 
 impl<C> Copy for Routed<'_, C> {}
 
+/// Where an opaque TCP connection goes.
+#[derive(Debug)]
+pub enum TcpChoice<'a, C> {
+    /// A cluster of the snapshot.
+    Cluster(&'a Arc<C>),
+    /// A destination this proxy has no cluster for (closed, flag `NC`).
+    Missing(&'a Arc<str>),
+}
+
 /// Why a request found no destination.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteMiss {
@@ -57,6 +68,21 @@ pub enum RouteMiss {
 }
 
 impl<C> HostPort<C> {
+    /// Where an opaque TCP connection to this port goes, addressed to `dst` (its original
+    /// destination, or the explicit listener's address): the VirtualService's `tcp` choice,
+    /// else the service itself.
+    pub fn select_tcp(&self, dst: Option<std::net::IpAddr>) -> TcpChoice<'_, C> {
+        match self
+            .tcp_routes
+            .as_ref()
+            .and_then(|t| t.select(self.port, dst))
+        {
+            None => TcpChoice::Cluster(&self.cluster),
+            Some(Target::Cluster(c)) => TcpChoice::Cluster(c),
+            Some(Target::Missing(name)) => TcpChoice::Missing(name),
+        }
+    }
+
     /// Where a request goes (its VirtualService's choice, else the service itself) and what
     /// its rule does on the way.
     pub fn select(

@@ -8,6 +8,7 @@
 
 pub mod action;
 mod host_port;
+pub mod tcp;
 
 use regex::Regex;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use action::{Fault, HeaderOps, PerMillion, Rewrite, Terminal};
 pub use crate::names::split_host_port;
 use crate::resilience::rate_limit::TokenBucket;
 use crate::resilience::retry::RetryPolicy;
-pub use host_port::{HostPort, RouteMiss, Routed};
+pub use host_port::{HostPort, RouteMiss, Routed, TcpChoice};
 
 /// Why a route table could not be compiled (the push carrying it is NACKed).
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,14 @@ pub enum RouteError {
         route: String,
         /// The header's name.
         name: String,
+    },
+    /// A tcp match's `destinationSubnets` entry is not an IP or CIDR.
+    #[error("tcp route `{route}`: `{subnet}` is not an IP address or CIDR block")]
+    Subnet {
+        /// Route index.
+        route: String,
+        /// The entry.
+        subnet: String,
     },
     /// A header name is not a valid HTTP header name.
     #[error("route `{route}`: invalid header name `{name}`")]
@@ -414,6 +423,7 @@ mod tests {
                 hostname: "reviews".into(),
                 http,
                 origin: "default/reviews".into(),
+                tcp: Vec::new(),
             },
             9080,
             &ByName,

@@ -188,6 +188,12 @@ impl Snapshot {
             .find(|c| c.port == port && &*c.labels.service.fqdn == fqdn)
     }
 
+    /// The host port `fqdn:port` with its routes (explicit TCP listeners look theirs up per
+    /// connection, so a push reaches them too).
+    pub fn host_port(&self, fqdn: &str, port: u16) -> Option<&Arc<HostPort>> {
+        self.hosts.get(fqdn)?.iter().find(|h| h.port == port)
+    }
+
     /// Finds the cluster for a request's host (`reviews`, `reviews:9080`, an FQDN, an alias).
     /// Without a port, a host with a single service port matches it; otherwise port 80.
     pub fn route(&self, authority: &str) -> Result<&Arc<HostPort>, RouteMiss> {

@@ -6,17 +6,20 @@ use super::MeshView;
 /// The control plane's view, completed by the static file's: the file's services where the
 /// control plane has none of the same FQDN and port, and the file's inbound policy until the
 /// control plane sends this workload's own (the file is the fallback, never the override).
+/// One thing of the file's is kept even where the control plane describes the service: its
+/// `listen:` address, a local setting no push carries.
 pub fn merge(mut control: MeshView, file: MeshView) -> MeshView {
     if control.inbound.is_none() {
         control.inbound = file.inbound;
     }
     for s in file.services {
-        if !control
+        match control
             .services
-            .iter()
-            .any(|v| v.port == s.port && v.hostname == s.hostname)
+            .iter_mut()
+            .find(|v| v.port == s.port && v.hostname == s.hostname)
         {
-            control.services.push(s);
+            Some(pushed) => pushed.listen = pushed.listen.or(s.listen),
+            None => control.services.push(s),
         }
     }
     control
@@ -80,6 +83,27 @@ mod tests {
         assert!(
             merged.inbound.is_some(),
             "the file's policy until the control plane sends one"
+        );
+    }
+
+    #[test]
+    fn a_static_listen_address_survives_the_control_planes_description() {
+        let control = MeshView {
+            services: vec![service("db.default.svc.cluster.local", 5432, 2)],
+            ..Default::default()
+        };
+        let mut listed = service("db.default.svc.cluster.local", 5432, 1);
+        listed.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 7000)));
+        let file = MeshView {
+            services: vec![listed],
+            ..Default::default()
+        };
+        let merged = merge(control, file);
+        assert_eq!(merged.services.len(), 1);
+        assert_eq!(merged.services[0].endpoints.len(), 2, "the control plane's");
+        assert_eq!(
+            merged.services[0].listen,
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 7000)))
         );
     }
 

@@ -249,7 +249,7 @@ impl XdsClient {
             tracing::info!(roots = roots.len(), "trust bundle updated");
         }
         let version = snapshot.version;
-        self.ctx.snapshot.store(Arc::new(snapshot));
+        self.ctx.swap_snapshot(Arc::new(snapshot));
         self.state = next;
         let m = &self.ctx.telemetry.metrics.control;
         m.config_version

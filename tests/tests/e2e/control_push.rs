@@ -118,6 +118,7 @@ async fn a_sidecar_nacks_an_invalid_push_and_keeps_routing_on_the_last_good_conf
     let broken_routes = RouteTable {
         hostname: ECHO_FQDN.into(),
         origin: "default/echo".into(),
+        tcp: Vec::new(),
         http: vec![HttpRoute {
             matches: vec![HttpMatch {
                 uri: Some(StringMatch {

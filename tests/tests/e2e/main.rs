@@ -52,6 +52,7 @@ mod protocols;
 mod routing;
 mod security;
 mod streaming;
+mod tcp_services;
 mod telemetry;
 mod telemetry_api;
 mod tracing;

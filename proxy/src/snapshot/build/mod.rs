@@ -22,6 +22,7 @@ use crate::policy::inbound::{InboundSecurity, MtlsMode};
 use crate::protocol::Protocol;
 use crate::resilience::breaker::Breakers;
 use crate::resilience::rate_limit::TokenBucket;
+use crate::route::tcp::TcpRouteTable;
 use crate::snapshot::{AddressIndex, CaptureTarget, Claim, HostPort, RouteBehaviour, RouteTable};
 use crate::snapshot::{
     Cluster, InboundPort, LOCAL_CONNECT_TIMEOUT, ModeSet, Snapshot, SnapshotError,
@@ -197,19 +198,30 @@ impl Snapshot {
         };
         for (fqdn, entries) in &by_fqdn {
             for (cluster, svc) in entries {
-                let routes = match view.routes.get(fqdn) {
-                    Some(t) => Some(RouteTable::compile(t, cluster.port, &resolver).map_err(
-                        |source| SnapshotError::Route {
-                            host: fqdn.clone(),
-                            source,
-                        },
-                    )?),
+                let route_error = |source| SnapshotError::Route {
+                    host: fqdn.clone(),
+                    source,
+                };
+                // A VirtualService with only `tcp` rules leaves the host's HTTP ports to their
+                // default route (Istio builds no virtual host from it), and the reverse.
+                let table = view.routes.get(fqdn);
+                let routes = match table.filter(|t| !t.http.is_empty() || t.tcp.is_empty()) {
+                    Some(t) => {
+                        Some(RouteTable::compile(t, cluster.port, &resolver).map_err(route_error)?)
+                    }
+                    None => None,
+                };
+                let tcp_routes = match table {
+                    Some(t) => {
+                        TcpRouteTable::compile(t, cluster.port, &resolver).map_err(route_error)?
+                    }
                     None => None,
                 };
                 let hp = Arc::new(HostPort {
                     port: cluster.port,
                     cluster: cluster.clone(),
                     routes,
+                    tcp_routes,
                     default_behaviour: RouteBehaviour::istio_default(),
                 });
                 let target = CaptureTarget {

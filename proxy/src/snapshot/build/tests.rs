@@ -101,6 +101,7 @@ fn all_to_v2() -> v1::RouteTable {
     v1::RouteTable {
         hostname: FQDN.into(),
         origin: "default/reviews".into(),
+        tcp: Vec::new(),
         http: vec![v1::HttpRoute {
             route: vec![v1::WeightedDestination {
                 host: FQDN.into(),
@@ -308,5 +309,121 @@ async fn captured_destinations_find_their_service_by_virtual_ip_or_pod_ip() {
         snap.route_captured("x", "10.9.9.9:80".parse().expect("addr"))
             .map(|_| ()),
         Err(RouteMiss::UnknownHost)
+    );
+}
+
+/// A TCP service on `port` (no static listener).
+fn tcp_service(host: &str, port: u16, endpoints: Vec<EndpointSpec>) -> ServiceSpec {
+    ServiceSpec {
+        port,
+        protocol: Protocol::Tcp,
+        ..service(host, endpoints)
+    }
+}
+
+#[tokio::test]
+async fn tcp_rules_pick_subset_clusters_and_leave_http_ports_their_default_route() {
+    use crate::route::TcpChoice;
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    let tcp_only = v1::RouteTable {
+        hostname: FQDN.into(),
+        origin: "default/reviews".into(),
+        tcp: vec![v1::TcpRoute {
+            matches: vec![v1::L4Match {
+                port: 7000,
+                ..Default::default()
+            }],
+            route: vec![
+                v1::WeightedDestination {
+                    host: FQDN.into(),
+                    subset: "v1".into(),
+                    weight: 0,
+                    ..Default::default()
+                },
+                v1::WeightedDestination {
+                    host: FQDN.into(),
+                    subset: "v2".into(),
+                    weight: 100,
+                    ..Default::default()
+                },
+            ],
+        }],
+        ..Default::default()
+    };
+    let view = MeshView {
+        services: vec![
+            service(FQDN, vec![endpoint(9001, "v1"), endpoint(9002, "v2")]),
+            tcp_service(FQDN, 7000, vec![endpoint(9001, "v1"), endpoint(9002, "v2")]),
+        ],
+        routes: [(FQDN.to_string(), tcp_only)].into(),
+        policies: [(FQDN.to_string(), subsets())].into(),
+        ..Default::default()
+    };
+    let snap = Snapshot::build(&local(), &view, &identity, &metrics, 1, None).expect("builds");
+    let tcp = snap.host_port(FQDN, 7000).expect("the tcp port");
+    for _ in 0..20 {
+        match tcp.select_tcp(None) {
+            TcpChoice::Cluster(c) => {
+                assert_eq!(
+                    &*c.name,
+                    "outbound|7000|v2|reviews.default.svc.cluster.local"
+                );
+            }
+            TcpChoice::Missing(n) => panic!("missing {n}"),
+        }
+    }
+    // The HTTP port of the same host: the VirtualService has no http rules for it.
+    let http = snap.route("reviews:9080").expect("http port");
+    assert!(http.routes.is_none());
+    let req = http::Request::get("/").body(()).expect("request");
+    let routed = http
+        .select(Head::of(&req), "reviews")
+        .expect("default route");
+    assert_eq!(routed.cluster.map(|c| c.endpoints.len()), Some(2));
+}
+
+#[tokio::test]
+async fn tcp_listeners_skip_own_and_served_ports_and_settle_conflicts_by_name() {
+    use crate::outbound::tcp_listeners::ListenerSettings;
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    let mut with_listen = tcp_service("cache.default.svc.cluster.local", 6379, vec![]);
+    with_listen.listen = Some(SocketAddr::from(([127, 0, 0, 1], 16379)));
+    let view = MeshView {
+        services: vec![
+            tcp_service("zeta.default.svc.cluster.local", 5432, vec![]),
+            tcp_service("alpha.default.svc.cluster.local", 5432, vec![]),
+            tcp_service("admin.default.svc.cluster.local", 15000, vec![]),
+            tcp_service("mine.default.svc.cluster.local", 8000, vec![]),
+            service(FQDN, vec![]),
+            with_listen,
+        ],
+        ..Default::default()
+    };
+    let mut settings = local();
+    settings.inbound_ports = vec![crate::config::InboundPortConfig {
+        port: 8000,
+        target: SocketAddr::from(([127, 0, 0, 1], 18000)),
+        protocol: Protocol::Tcp,
+    }];
+    let snap = Snapshot::build(&settings, &view, &identity, &metrics, 1, None).expect("builds");
+    let outbound = SocketAddr::from(([127, 0, 0, 1], 15001));
+    let plan = ListenerSettings::new(outbound, true, &[]).plan(&snap);
+    assert_eq!(
+        plan,
+        [
+            ("127.0.0.1:5432".to_string(), "alpha:5432".to_string()),
+            ("127.0.0.1:16379".to_string(), "cache:6379".to_string()),
+        ],
+        "first by name wins 5432; 15000 is the proxy's, 8000 the workload's; HTTP gets none"
+    );
+    let off = ListenerSettings::new(outbound, false, &[]).plan(&snap);
+    assert_eq!(
+        off,
+        [("127.0.0.1:16379".to_string(), "cache:6379".to_string())],
+        "off: static listeners only"
     );
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::resilience::rate_limit::TokenBucket;
 use crate::resilience::retry::RetryPolicy;
 use crate::route::action::{Abort, Fault, HeaderOps, PerMillion, Redirect, Rewrite, Terminal};
+use crate::route::tcp::{L4Match, TcpRouteTable, TcpRule};
 use crate::route::{
     Destination, RequestMatch, Route, RouteBehaviour, RouteError, RouteTable, StringMatcher, Target,
 };
@@ -216,6 +217,43 @@ impl<C> RouteTable<C> {
             origin: Arc::from(table.origin.as_str()),
             routes,
         })
+    }
+}
+
+impl<C> TcpRouteTable<C> {
+    /// Compiles a VirtualService's tcp rules for one service port; `None` when it has none
+    /// (connections go to the service itself).
+    pub fn compile(
+        table: &v1::RouteTable,
+        port: u16,
+        resolver: &dyn ResolveDestination<C>,
+    ) -> Result<Option<Self>, RouteError> {
+        if table.tcp.is_empty() {
+            return Ok(None);
+        }
+        let rules = table
+            .tcp
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let name = format!("tcp#{i}");
+                let matches = r
+                    .matches
+                    .iter()
+                    .map(|m| L4Match::compile(m, &name))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let targets = r
+                    .route
+                    .iter()
+                    .map(|d| (resolver.resolve(d, port), d.weight))
+                    .collect();
+                TcpRule::new(&name, matches, targets)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Self {
+            origin: Arc::from(table.origin.as_str()),
+            rules,
+        }))
     }
 }
 
