@@ -314,19 +314,21 @@ impl RunningProxy {
         ));
         tcp_listeners.start(&ctx)?;
         addrs.tcp = tcp_listeners.bound();
-        tokio::spawn(outbound::tcp_listeners::follow(ctx.clone(), tcp_listeners));
+        tokio::spawn(outbound::tcp_listeners::follow(
+            ctx.clone(),
+            tcp_listeners.clone(),
+        ));
+        let operator = admin::Operator {
+            quit: quit.clone(),
+            probers: opts.app_probers.clone(),
+            tcp_listeners,
+        };
         for (listener, role) in [
             (admin_l, admin::Role::Admin),
             (metrics_l, admin::Role::Metrics),
             (health_l, admin::Role::Health),
         ] {
-            tokio::spawn(admin::serve(
-                ctx.clone(),
-                listener,
-                role,
-                quit.clone(),
-                opts.app_probers.clone(),
-            ));
+            tokio::spawn(admin::serve(ctx.clone(), listener, role, operator.clone()));
         }
         if let (Some(b), Some(status), Some(c)) = (control, control_status, &cfg.control) {
             let inbound_addr = xds::node::inbound_address(&cfg, addrs.inbound);

@@ -30,15 +30,21 @@ pub enum Role {
     Admin,
 }
 
+/// What the operator endpoints act on besides the context: the quit signal, the app's probes
+/// and the explicit-mode TCP listeners (which follow pushes, so the dump asks them).
+#[derive(Clone)]
+pub struct Operator {
+    /// Notified by `POST /quitquitquit`.
+    pub quit: Arc<Notify>,
+    /// The app's rewritten probes (metrics port).
+    pub probers: Arc<app_probe::AppProbers>,
+    /// The per-service TCP listeners, listed in `/config_dump`.
+    pub tcp_listeners: Arc<crate::outbound::tcp_listeners::TcpListeners>,
+}
+
 /// Serves one operator listener until the process exits (they stay up during drain so
 /// readiness can report it). The metrics listener also runs the app's probes.
-pub async fn serve(
-    ctx: Arc<ProxyContext>,
-    listener: TcpListener,
-    role: Role,
-    quit: Arc<Notify>,
-    probers: Arc<app_probe::AppProbers>,
-) {
+pub async fn serve(ctx: Arc<ProxyContext>, listener: TcpListener, role: Role, op: Operator) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -49,25 +55,23 @@ pub async fn serve(
             }
         };
         let ctx = ctx.clone();
-        let quit = quit.clone();
-        let probers = probers.clone();
+        let op = op.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
-                let quit = quit.clone();
-                let probers = probers.clone();
+                let op = op.clone();
                 async move {
                     let path = req.uri().path();
                     if role == Role::Metrics
                         && req.method() == Method::GET
                         && path.starts_with(app_probe::PATH_PREFIX)
                     {
-                        return Ok::<_, Infallible>(match probers.run(path).await {
+                        return Ok::<_, Infallible>(match op.probers.run(path).await {
                             Some((status, why)) => text(status, why, "text/plain"),
                             None => text(StatusCode::NOT_FOUND, "no such probe\n", "text/plain"),
                         });
                     }
-                    Ok::<_, Infallible>(respond(&ctx, role, &quit, req))
+                    Ok::<_, Infallible>(respond(&ctx, role, &op, req))
                 }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -94,7 +98,7 @@ fn text(
 fn respond(
     ctx: &ProxyContext,
     role: Role,
-    quit: &Notify,
+    op: &Operator,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let path = req.uri().path();
@@ -118,7 +122,7 @@ fn respond(
             )
         }
         (&Method::GET, "/config_dump") if admin => {
-            text(StatusCode::OK, config_dump(ctx), "application/json")
+            text(StatusCode::OK, config_dump(ctx, op), "application/json")
         }
         (&Method::POST, "/logging") if admin => {
             use crate::telemetry::log_level::{LogLevelError, change};
@@ -147,7 +151,7 @@ fn respond(
             ),
         },
         (&Method::POST, "/quitquitquit") if admin => {
-            quit.notify_one();
+            op.quit.notify_one();
             text(StatusCode::OK, "OK\n", "text/plain")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
@@ -174,7 +178,7 @@ fn readiness(ctx: &ProxyContext) -> String {
     }
 }
 
-fn config_dump(ctx: &ProxyContext) -> String {
+fn config_dump(ctx: &ProxyContext, op: &Operator) -> String {
     let snap = ctx.snapshot.load();
     let clusters: Vec<_> = snap
         .clusters
@@ -201,6 +205,7 @@ fn config_dump(ctx: &ProxyContext) -> String {
         "open_connections": ctx.drain.open_connections(),
         "hosts": snap.host_count(),
         "clusters": clusters,
+        "tcp_listeners": op.tcp_listeners.bound(),
         "subset_clusters": snap.subset_clusters.iter().map(|c| json!({
             "name": &*c.name,
             "endpoints": c.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),

@@ -175,6 +175,13 @@ async fn a_pushed_tcp_service_gets_a_listener_that_a_removing_push_closes_withou
         (exchange(&mut s, b"one").await == b"one").then_some(s)
     })
     .await;
+    // The admin dump lists the listeners open now, not those of the start-up line.
+    let listeners = tcp_listeners(&client).await;
+    assert_eq!(
+        listeners.get("archive:6543").and_then(|v| v.as_str()),
+        Some(archive_port.to_string().as_str()),
+        "{listeners:?}"
+    );
 
     // The push removing it closes the listener; the open connection keeps relaying.
     control.write_config("archive.yaml", "# removed\n");
@@ -199,6 +206,21 @@ async fn a_pushed_tcp_service_gets_a_listener_that_a_removing_push_closes_withou
         b"ping",
         "the other service's listener is untouched"
     );
+    let listeners = tcp_listeners(&client).await;
+    assert!(
+        !listeners.contains_key("archive:6543") && listeners.contains_key("db:5432"),
+        "{listeners:?}"
+    );
+}
+
+/// The `tcp_listeners` of a sidecar's `/config_dump`: `name:port` -> address.
+async fn tcp_listeners(proxy: &MeshProxy) -> serde_json::Map<String, serde_json::Value> {
+    let dump = meshlite_tests::clients::get(proxy.addrs.admin, "127.0.0.1", "/config_dump").await;
+    assert_eq!(dump.status, 200);
+    dump.json()["tcp_listeners"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
