@@ -64,9 +64,21 @@ fn fake_answer(packet: &[u8], asked: &Mutex<Vec<String>>) -> Option<Vec<u8>> {
 
 impl FakeResolver {
     async fn start() -> FakeResolver {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // UDP and TCP on one port, as a resolver serves: the UDP port is free, the same TCP
+        // port may be another test's, so a few ports are tried.
+        let mut attempt = 0;
+        let (udp, addr, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, addr, tcp),
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    eprintln!("fake resolver: TCP {addr} taken ({e}), trying another port");
+                }
+                Err(e) => panic!("no port free for both UDP and TCP: {e}"),
+            }
+        };
         let asked = Arc::new(Mutex::new(Vec::new()));
         let a = asked.clone();
         tokio::spawn(async move {
