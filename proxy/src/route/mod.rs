@@ -315,15 +315,21 @@ impl<C> RouteBehaviour<C> {
 impl<C> Route<C> {
     /// Picks a destination by weight; `roll` is uniform in `0..total_weight`.
     fn pick(&self, roll: u32) -> Option<&Destination<C>> {
-        let mut left = roll;
-        for (t, w) in &self.targets {
-            if left < *w {
-                return Some(t);
-            }
-            left -= w;
-        }
-        self.targets.last().map(|(t, _)| t)
+        pick_weighted(&self.targets, roll)
     }
+}
+
+/// The target of `targets` (each with its weight) that `roll`, uniform in `0..total weight`,
+/// falls on; the last one if `roll` is past the end. Shared by HTTP and TCP routes.
+pub(crate) fn pick_weighted<T>(targets: &[(T, u32)], roll: u32) -> Option<&T> {
+    let mut left = roll;
+    for (t, w) in targets {
+        if left < *w {
+            return Some(t);
+        }
+        left -= w;
+    }
+    targets.last().map(|(t, _)| t)
 }
 
 /// The compiled rules of one host and port.

@@ -93,14 +93,7 @@ impl<C> TcpRule<C> {
 
     /// The target `roll` (uniform in `0..total_weight`) falls on.
     fn pick(&self, roll: u32) -> Option<&Target<C>> {
-        let mut left = roll;
-        for (t, w) in &self.targets {
-            if left < *w {
-                return Some(t);
-            }
-            left -= w;
-        }
-        self.targets.last().map(|(t, _)| t)
+        super::pick_weighted(&self.targets, roll)
     }
 }
 
