@@ -575,11 +575,7 @@ async fn tunnel(
             }
             Err(e) => {
                 tracing::debug!("tunnel upgrade failed: {e}");
-                let closed = TcpEvent::Closed {
-                    received: 0,
-                    sent: 0,
-                };
-                m.istio.record_tcp(&labels, closed);
+                m.istio.record_tcp(&labels, TcpEvent::CLOSED_EMPTY);
             }
         }
     });

@@ -51,7 +51,7 @@ pub async fn serve(
             tracing::debug!(%remote, %dst, "captured connection to an unknown destination closed (REGISTRY_ONLY)");
             drop(snap);
             let report = unregistered_report(&ctx, Unregistered::BlackHole, ResponseFlags::NONE);
-            record_unrelayed(&ctx, &report);
+            ctx.telemetry.metrics.istio.record_tcp_unrelayed(&report);
             return;
         }
         drop(snap);
@@ -114,7 +114,7 @@ async fn passthrough(ctx: &ProxyContext, mut app: TcpStream, dst: SocketAddr) {
         Err(e) => {
             tracing::debug!(%dst, "passthrough connect failed: {e}");
             let report = unregistered_report(ctx, Unregistered::Passthrough, ResponseFlags::UF);
-            record_unrelayed(ctx, &report);
+            ctx.telemetry.metrics.istio.record_tcp_unrelayed(&report);
             return;
         }
     };
@@ -138,17 +138,4 @@ fn unregistered_report(ctx: &ProxyContext, kind: Unregistered, flags: ResponseFl
         flags,
     );
     snap.telemetry.tcp_report(Reporter::Source, labels)
-}
-
-/// Counts a connection closed before any byte went anywhere (opened and closed, no bytes).
-fn record_unrelayed(ctx: &ProxyContext, report: &TcpReport) {
-    let istio = &ctx.telemetry.metrics.istio;
-    istio.record_tcp(report, TcpEvent::Opened);
-    istio.record_tcp(
-        report,
-        TcpEvent::Closed {
-            received: 0,
-            sent: 0,
-        },
-    );
 }

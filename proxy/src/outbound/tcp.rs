@@ -69,13 +69,7 @@ fn labels(
 /// Counts a connection that ended before any byte was relayed, with the flag saying why.
 fn refused(ctx: &ProxyContext, cluster: &Cluster, e: &ProxyError) {
     let labels = labels(ctx, cluster, None, e.flag());
-    let istio = &ctx.telemetry.metrics.istio;
-    istio.record_tcp(&labels, TcpEvent::Opened);
-    let closed = TcpEvent::Closed {
-        received: 0,
-        sent: 0,
-    };
-    istio.record_tcp(&labels, closed);
+    ctx.telemetry.metrics.istio.record_tcp_unrelayed(&labels);
 }
 
 /// Relays `client` to an endpoint of `cluster` through a CONNECT tunnel, counted in Istio's

@@ -165,18 +165,7 @@ impl ListenerSettings {
             .map(|(_, s)| (s.fqdn.clone(), s.port))
             .collect();
         for (addr, service) in fixed {
-            let slot = Slot::of(addr, &service);
-            if let Some(w) = out.get(&slot) {
-                notes.push(format!("{addr}: {service} conflicts with {}", w.service));
-                continue;
-            }
-            out.insert(
-                slot,
-                Wanted {
-                    service,
-                    fixed: true,
-                },
-            );
+            claim(&mut out, &mut notes, addr, service, true);
         }
         if !self.per_service {
             return (out, notes);
@@ -200,20 +189,26 @@ impl ListenerSettings {
                 continue;
             }
             let addr = SocketAddr::new(self.ip, service.port);
-            let slot = Slot::of(addr, &service);
-            if let Some(w) = out.get(&slot) {
-                notes.push(format!("{addr}: {service} conflicts with {}", w.service));
-                continue;
-            }
-            out.insert(
-                slot,
-                Wanted {
-                    service,
-                    fixed: false,
-                },
-            );
+            claim(&mut out, &mut notes, addr, service, false);
         }
         (out, notes)
+    }
+}
+
+/// Gives `addr` to `service` unless an earlier claim has it (then the conflict is noted).
+fn claim(
+    out: &mut BTreeMap<Slot, Wanted>,
+    notes: &mut Vec<String>,
+    addr: SocketAddr,
+    service: ServicePort,
+    fixed: bool,
+) {
+    let slot = Slot::of(addr, &service);
+    match out.get(&slot) {
+        Some(w) => notes.push(format!("{addr}: {service} conflicts with {}", w.service)),
+        None => {
+            out.insert(slot, Wanted { service, fixed });
+        }
     }
 }
 

@@ -326,6 +326,14 @@ pub enum TcpEvent {
     },
 }
 
+impl TcpEvent {
+    /// A close with nothing relayed either way.
+    pub const CLOSED_EMPTY: TcpEvent = TcpEvent::Closed {
+        received: 0,
+        sent: 0,
+    };
+}
+
 /// Istio's standard families, held and encoded.
 #[derive(Debug)]
 pub struct IstioMetrics {
@@ -388,6 +396,13 @@ impl IstioMetrics {
                 }
             });
         }
+    }
+
+    /// Records a connection that ended before any byte was relayed: opened and closed, no
+    /// bytes (refused, unreachable, or closed by policy).
+    pub fn record_tcp_unrelayed(&self, report: &TcpReport) {
+        self.record_tcp(report, TcpEvent::Opened);
+        self.record_tcp(report, TcpEvent::CLOSED_EMPTY);
     }
 
     /// Removes the series idle past their limit; returns how many.
