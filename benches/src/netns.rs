@@ -61,6 +61,25 @@ pub fn missing_tools() -> Vec<String> {
     missing
 }
 
+/// For the tests that make pods: whether they can run here. When they cannot, says SKIPPED
+/// with what `what` needs, or panics when `MESHLITE_REQUIRE_PEERS` is set (CI, where a
+/// skipped test would hide a missing install step).
+///
+/// # Panics
+/// When something is missing and `MESHLITE_REQUIRE_PEERS` is set.
+#[allow(clippy::panic)]
+pub fn can_run_tests(what: &str) -> bool {
+    let missing = missing_tools();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("MESHLITE_REQUIRE_PEERS").is_some() {
+        panic!("MESHLITE_REQUIRE_PEERS is set and these are missing: {missing:?}");
+    }
+    eprintln!("SKIPPED: {what} needs {missing:?}");
+    false
+}
+
 /// Runs `ip ARGS` to completion, failing with its stderr.
 fn ip(args: &[&str]) -> io::Result<()> {
     let out = Command::new(find_tool("ip").unwrap_or_else(|| "ip".into()))

@@ -22,27 +22,12 @@ use std::process::{Command, Stdio};
 
 mod support;
 
-use support::{RUN_DEADLINE, proxy_binary, wait_bounded};
+use support::{BenchRun, number, run_bench};
 
 /// Whether pods can be made here; says SKIPPED when not (a failure under
 /// `MESHLITE_REQUIRE_PEERS`).
 fn can_run() -> bool {
-    let missing = meshlite_bench::netns::missing_tools();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("MESHLITE_REQUIRE_PEERS").is_err(),
-        "MESHLITE_REQUIRE_PEERS is set and these are missing: {missing:?}"
-    );
-    eprintln!("SKIPPED: the pods scenario needs {missing:?}");
-    false
-}
-
-fn number(v: &Value, pointer: &str) -> f64 {
-    v.pointer(pointer)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("{pointer} is not a number in the report:\n{v:#}"))
+    meshlite_bench::netns::can_run_tests("the pods scenario")
 }
 
 #[test]
@@ -50,13 +35,12 @@ fn the_pods_scenario_reports_the_explicit_and_the_captured_pair_and_the_pod_star
     if !can_run() {
         return;
     }
-    let proxy = proxy_binary();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let json_path = dir.path().join("report.json");
-    let log_path = dir.path().join("bench.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_meshlite-bench"))
-        .args([
+    let BenchRun {
+        pid,
+        output,
+        report,
+    } = run_bench(
+        &[
             "--scenario",
             "pods",
             "--rate",
@@ -71,27 +55,14 @@ fn the_pods_scenario_reports_the_explicit_and_the_captured_pair_and_the_pod_star
             "2",
             "--workers",
             "1",
-            "--json",
-        ])
-        .arg(&json_path)
-        .env("MESHLITE_PROXY_BIN", &proxy)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .expect("start meshlite-bench");
-    let pid = child.id();
-    let ok = wait_bounded(child, RUN_DEADLINE, "meshlite-bench --scenario pods");
-    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(ok, "meshlite-bench failed:\n{output}");
+        ],
+        "meshlite-bench --scenario pods",
+    );
     assert!(
         output.contains("Cost of capture") && output.contains("Pod start to first served"),
         "the text report has the capture cost and the pod start:\n{output}"
     );
 
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("the JSON report"))
-            .expect("the JSON report parses");
     // Both modes ran through the pods, with no error, each with its two sidecars' figures.
     assert!(number(&report, "/direct/requests") > 0.0, "{report:#}");
     assert_eq!(

@@ -20,27 +20,15 @@
 )]
 
 use serde_json::Value;
-use std::process::{Command, Stdio};
 
 mod support;
 
-use support::{RUN_DEADLINE, proxy_binary, wait_bounded};
-
-fn number(v: &Value, pointer: &str) -> f64 {
-    v.pointer(pointer)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("{pointer} is not a number in the report"))
-}
+use support::{BenchRun, number, run_bench};
 
 #[test]
 fn traced_pairs_report_spans_at_100_percent_and_none_at_0() {
-    let proxy = proxy_binary();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let json_path = dir.path().join("report.json");
-    let log_path = dir.path().join("bench.log");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_meshlite-bench"))
-        .args([
+    let BenchRun { output, report, .. } = run_bench(
+        &[
             "--rate",
             "100",
             "--duration",
@@ -55,26 +43,14 @@ fn traced_pairs_report_spans_at_100_percent_and_none_at_0() {
             "1",
             "--tracing",
             "0,100",
-            "--json",
-        ])
-        .arg(&json_path)
-        .env("MESHLITE_PROXY_BIN", &proxy)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .expect("start meshlite-bench");
-    let ok = wait_bounded(child, RUN_DEADLINE, "meshlite-bench --tracing 0,100");
-    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(ok, "meshlite-bench failed:\n{output}");
+        ],
+        "meshlite-bench --tracing 0,100",
+    );
     assert!(
         output.contains("Tracing: both sidecars report spans"),
         "the text report has the tracing table:\n{output}"
     );
 
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("the JSON report"))
-            .expect("the JSON report parses");
     assert!(
         report.pointer("/meshed").is_some_and(|m| !m.is_null()),
         "the untraced pair ran:\n{output}"

@@ -26,16 +26,7 @@ use std::time::Duration;
 /// # Panics
 /// When something is missing and `MESHLITE_REQUIRE_PEERS` is set.
 pub fn can_run() -> bool {
-    let missing = crate::netns::missing_tools();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("MESHLITE_REQUIRE_PEERS").is_err(),
-        "MESHLITE_REQUIRE_PEERS is set and these are missing: {missing:?}"
-    );
-    eprintln!("SKIPPED: network namespace tests need {missing:?}");
-    false
+    crate::netns::can_run_tests("network namespace tests")
 }
 
 /// The uid and gid the sidecars run as (Istio's).

@@ -1,7 +1,8 @@
-//! What the bench binary's integration tests share: a bounded wait for a child and the debug
-//! proxy under test.
+//! What the bench binary's integration tests share: a bounded wait for a child, the debug
+//! proxy under test, and a short run of the bench read back through its JSON report.
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,4 +63,53 @@ pub fn proxy_binary() -> PathBuf {
     }
     assert!(binary.is_file(), "{} is missing", binary.display());
     binary
+}
+
+/// A finished run of the bench binary.
+pub struct BenchRun {
+    /// Its pid (the names it gave what it made carry it).
+    pub pid: u32,
+    /// Its standard output and error.
+    pub output: String,
+    /// The JSON report it wrote.
+    pub report: Value,
+}
+
+/// Runs `meshlite-bench ARGS --json FILE` against the debug proxy, bounded by
+/// [`RUN_DEADLINE`]; panics (with its output) unless it succeeds and writes its report.
+pub fn run_bench(args: &[&str], what: &str) -> BenchRun {
+    let proxy = proxy_binary();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json_path = dir.path().join("report.json");
+    let log_path = dir.path().join("bench.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_meshlite-bench"))
+        .args(args)
+        .arg("--json")
+        .arg(&json_path)
+        .env("MESHLITE_PROXY_BIN", &proxy)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("start meshlite-bench");
+    let pid = child.id();
+    let ok = wait_bounded(child, RUN_DEADLINE, what);
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(ok, "meshlite-bench failed:\n{output}");
+    let report =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("the JSON report"))
+            .expect("the JSON report parses");
+    BenchRun {
+        pid,
+        output,
+        report,
+    }
+}
+
+/// The number at `pointer` in a report; panics (showing the report) when there is none.
+pub fn number(v: &Value, pointer: &str) -> f64 {
+    v.pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{pointer} is not a number in the report:\n{v:#}"))
 }
