@@ -434,6 +434,60 @@ impl TcpEchoApp {
     }
 }
 
+/// A server-first TCP app, as an SMTP or MySQL server is: it greets every connection with its
+/// greeting before reading anything, then echoes what it reads.
+pub struct BannerApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BannerApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl BannerApp {
+    /// Starts it on an ephemeral loopback port.
+    ///
+    /// # Panics
+    /// If it cannot bind.
+    pub async fn start(greeting: &[u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the banner app");
+        Self::start_on(listener, greeting)
+    }
+
+    /// Starts it on `listener` (e.g. one bound inside a pod).
+    ///
+    /// # Panics
+    /// If the listener has no local address.
+    pub fn start_on(listener: TcpListener, greeting: &[u8]) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = listener.local_addr().expect("local addr");
+        let greeting = Bytes::copy_from_slice(greeting);
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let greeting = greeting.clone();
+                tokio::spawn(async move {
+                    if s.write_all(&greeting).await.is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 256];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, task }
+    }
+}
+
 /// An address on loopback where nothing listens (bound, then released).
 ///
 /// # Panics

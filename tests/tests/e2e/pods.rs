@@ -5,7 +5,7 @@
 //! Needs root, iproute2, util-linux's `setpriv` and Debian's `iptables`; without them the
 //! tests say SKIPPED (and fail under `MESHLITE_REQUIRE_PEERS`).
 
-use meshlite_tests::apps::{HttpApp, SERVED_BY};
+use meshlite_tests::apps::{BannerApp, HttpApp, SERVED_BY};
 use meshlite_tests::deadline::{SOON, eventually, within};
 use meshlite_tests::mesh::proxy_binary;
 use meshlite_tests::netns::{Netns, Node, find_tool};
@@ -17,25 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The greeting of the server-first protocol (as an SMTP server's).
 const BANNER: &[u8] = b"220 meshlite banner ready\r\n";
-
-/// A server-first TCP server: greets every connection, then echoes.
-fn banner_server(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if s.write_all(BANNER).await.is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 256];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    })
-}
 
 /// What the server of a connection from `ns` to `addr` says first, within `wait`.
 async fn greeting(ns: &Netns, addr: SocketAddr, wait: Duration) -> Result<Vec<u8>, String> {
@@ -94,9 +75,10 @@ async fn apps_calling_plain_addresses_are_captured_carried_over_mutual_tls_and_c
         // outside the mesh (no sidecar, no rules) serves the same protocol on 7000.
         let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
         let app = HttpApp::start_on("reviews", server.ns.bind(any(9080)).await.expect("bind"));
-        let _banner = banner_server(server.ns.bind(any(9090)).await.expect("bind"));
-        let _undeclared = banner_server(server.ns.bind(any(9091)).await.expect("bind"));
-        let _legacy = banner_server(legacy.ns.bind(any(7000)).await.expect("bind"));
+        let banner_on = |listener| BannerApp::start_on(listener, BANNER);
+        let _banner = banner_on(server.ns.bind(any(9090)).await.expect("bind"));
+        let _undeclared = banner_on(server.ns.bind(any(9091)).await.expect("bind"));
+        let _legacy = banner_on(legacy.ns.bind(any(7000)).await.expect("bind"));
 
         // reviews is also reachable at a virtual IP (a ServiceEntry's address, as a ClusterIP).
         let entry = format!(

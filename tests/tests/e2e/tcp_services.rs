@@ -9,9 +9,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use meshlite_tests::apps::TcpEchoApp;
+use meshlite_tests::apps::{BannerApp, TcpEchoApp};
 use meshlite_tests::control::{CONVERGE, ControlPlane, MeshProxy, NAMESPACE, Workload};
 use meshlite_tests::deadline::eventually;
 use meshlite_tests::mesh::{AppProtocol, InboundPort};
@@ -59,37 +59,6 @@ async fn echoed(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
     match TcpStream::connect(addr).await {
         Ok(mut s) => exchange(&mut s, msg).await,
         Err(_) => Vec::new(),
-    }
-}
-
-/// A server-first app: it greets every connection with `banner` and a newline.
-struct BannerApp {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for BannerApp {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl BannerApp {
-    async fn start(banner: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let line = format!("{banner}\n").into_bytes();
-        let task = tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let line = line.clone();
-                tokio::spawn(async move {
-                    let _ = s.write_all(&line).await;
-                    let mut buf = [0u8; 64];
-                    let _ = s.read(&mut buf).await;
-                });
-            }
-        });
-        Self { addr, task }
     }
 }
 
@@ -225,7 +194,10 @@ async fn tcp_listeners(proxy: &MeshProxy) -> serde_json::Map<String, serde_json:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_virtual_service_tcp_route_sends_connections_where_its_weights_say() {
-    let (v1_app, v2_app) = (BannerApp::start("v1").await, BannerApp::start("v2").await);
+    let (v1_app, v2_app) = (
+        BannerApp::start(b"v1\n").await,
+        BannerApp::start(b"v2\n").await,
+    );
     let subsets = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
                    metadata: {name: ledger, namespace: default}\nspec:\n  host: ledger\n  \
                    subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]\n";
