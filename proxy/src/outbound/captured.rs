@@ -24,6 +24,7 @@ use crate::inbound::prefixed::Prefixed;
 use crate::message::response_flags::ResponseFlags;
 use crate::protocol::Protocol;
 use crate::server::conn;
+use crate::snapshot::Snapshot;
 use crate::telemetry::istio::{TcpEvent, TcpReport};
 use crate::telemetry::labels::{Unregistered, source_report};
 use crate::telemetry::workload::Reporter;
@@ -49,8 +50,7 @@ pub async fn serve(
     let Some(target) = snap.captured(dst) else {
         if snap.outbound_registry_only {
             tracing::debug!(%remote, %dst, "captured connection to an unknown destination closed (REGISTRY_ONLY)");
-            drop(snap);
-            let report = unregistered_report(&ctx, Unregistered::BlackHole, ResponseFlags::NONE);
+            let report = unregistered_report(&snap, Unregistered::BlackHole, ResponseFlags::NONE);
             ctx.telemetry.metrics.istio.record_tcp_unrelayed(&report);
             return;
         }
@@ -113,12 +113,17 @@ async fn passthrough(ctx: &ProxyContext, mut app: TcpStream, dst: SocketAddr) {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%dst, "passthrough connect failed: {e}");
-            let report = unregistered_report(ctx, Unregistered::Passthrough, ResponseFlags::UF);
+            let snap = ctx.snapshot.load();
+            let report = unregistered_report(&snap, Unregistered::Passthrough, ResponseFlags::UF);
             ctx.telemetry.metrics.istio.record_tcp_unrelayed(&report);
             return;
         }
     };
-    let report = unregistered_report(ctx, Unregistered::Passthrough, ResponseFlags::NONE);
+    let report = unregistered_report(
+        &ctx.snapshot.load(),
+        Unregistered::Passthrough,
+        ResponseFlags::NONE,
+    );
     let m = &ctx.telemetry.metrics;
     m.istio.record_tcp(&report, TcpEvent::Opened);
     if let Err(e) = m.relay(&report, &mut app, &mut upstream).await {
@@ -126,9 +131,9 @@ async fn passthrough(ctx: &ProxyContext, mut app: TcpStream, dst: SocketAddr) {
     }
 }
 
-/// The source report of a connection to no known service.
-fn unregistered_report(ctx: &ProxyContext, kind: Unregistered, flags: ResponseFlags) -> TcpReport {
-    let snap = ctx.snapshot.load();
+/// The source report, under `snap`'s labels and telemetry, of a connection to no known
+/// service.
+fn unregistered_report(snap: &Snapshot, kind: Unregistered, flags: ResponseFlags) -> TcpReport {
     let labels = source_report(
         &snap.local,
         Some(kind.labels()),
