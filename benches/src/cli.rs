@@ -76,6 +76,11 @@ a delta ADS stream over mutual TLS, then edits VirtualServices `--changes` times
 convergence time (file write -> each proxy received the new route) p50/p99/max, the CSR signing \
 rate, and the control plane's peak RSS and CPU, for each N of `--proxies` (default 100,1000).
 
+`--scenario scale` measures one client sidecar in meshes of `--sizes` services (default \
+1,100,1000,5000; 5 endpoints each, one in five with subsets, outlier detection and a 90/10 split) \
+under a release meshlite-control: its peak RSS, the time to the whole config applied, the apply \
+time of a one-service change, and the first request to a service it never called.
+
 Examples:
   meshlite-bench                                 # the default ladder 1k, 2k, 5k, 10k RPS
   meshlite-bench --rate 2000 --peer haproxy      # one rate, 3 repetitions, beside an HAProxy pair
@@ -84,7 +89,8 @@ Examples:
   meshlite-bench --scenario chaos --duration 20 --json chaos.json
   meshlite-bench --scenario mesh --rate 300 --json mesh.json
   meshlite-bench --scenario pods --rate 1000 --json pods.json   # as root
-  meshlite-bench --scenario control --proxies 100,1000 --json control.json";
+  meshlite-bench --scenario control --proxies 100,1000 --json control.json
+  meshlite-bench --scenario scale --sizes 1,1000,5000 --json scale.json";
 
 /// The whole command line.
 #[derive(Debug, Parser)]
@@ -211,6 +217,9 @@ pub struct BenchArgs {
     /// `control` scenario: services (ServiceEntries) in the generated config.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=20_000))]
     pub services: u32,
+    /// `scale` scenario: services in the mesh, one run per value (default 1,100,1000,5000).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub sizes: Vec<u32>,
     /// `control` scenario: VirtualService edits per run.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub changes: u32,

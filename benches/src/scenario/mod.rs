@@ -4,7 +4,8 @@
 //! `control` measures the control plane with many simulated proxies; `chaos` breaks a backend
 //! under load behind a real control plane (outlier detection, retries); `mesh` runs a 15-service
 //! application under a real control plane and measures the latency added per hop; `pods` runs
-//! the pair in two pods (network namespaces) over captured traffic beside the explicit mode.
+//! the pair in two pods (network namespaces) over captured traffic beside the explicit mode;
+//! `scale` measures what the size of the mesh costs one sidecar.
 //! [`measure`] holds what `chaos` and `mesh` share.
 
 pub mod chaos;
@@ -13,6 +14,7 @@ pub mod measure;
 pub mod mesh;
 pub mod pair;
 pub mod pods;
+pub mod scale;
 
 use clap::ValueEnum;
 
@@ -34,6 +36,9 @@ pub enum ScenarioName {
     /// The pair in two pods (network namespaces, iptables capture, sidecars as uid 1337):
     /// captured beside explicit, the cost of capture, pod start to first served request.
     Pods,
+    /// One sidecar in meshes of 1 to 5,000 services: peak RSS, time to apply the whole config
+    /// and one changed service, first request to a service never called.
+    Scale,
 }
 
 /// Why a scenario failed.
@@ -54,6 +59,9 @@ pub enum ScenarioError {
     /// The pods scenario failed.
     #[error(transparent)]
     Pods(#[from] pods::PodsError),
+    /// The scale scenario failed.
+    #[error(transparent)]
+    Scale(#[from] scale::ScaleError),
     /// An option was given to a scenario that does not take it.
     #[error("{0}")]
     Option(String),
@@ -73,5 +81,6 @@ pub fn run(args: &BenchArgs) -> Result<bool, ScenarioError> {
         ScenarioName::Chaos => Ok(chaos::run(args)?),
         ScenarioName::Mesh => Ok(mesh::run(args)?),
         ScenarioName::Pods => Ok(pods::run(args)?),
+        ScenarioName::Scale => Ok(scale::run(args)?),
     }
 }

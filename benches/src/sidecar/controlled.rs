@@ -323,6 +323,11 @@ impl Sidecar {
         self.process.metrics()
     }
 
+    /// Every address its listening line gave (admin, inbound, ...).
+    pub fn listening(&self) -> &crate::harness::Listening {
+        self.process.listening()
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -124,6 +125,9 @@ fn respond(
         (&Method::GET, "/config_dump") if admin => {
             text(StatusCode::OK, config_dump(ctx, op), "application/json")
         }
+        (&Method::GET, "/server_info") if admin => {
+            text(StatusCode::OK, server_info(ctx), "application/json")
+        }
         (&Method::POST, "/logging") if admin => {
             use crate::telemetry::log_level::{LogLevelError, change};
             match change(req.uri().query().unwrap_or("")) {
@@ -178,22 +182,46 @@ fn readiness(ctx: &ProxyContext) -> String {
     }
 }
 
+/// The configuration in force, counted without building anything: cheap enough to poll
+/// (benchmarks wait on it for a push to land).
+fn server_info(ctx: &ProxyContext) -> String {
+    let snap = ctx.snapshot.load();
+    let all = || snap.clusters.iter().chain(&snap.subset_clusters);
+    let dump = json!({
+        "version": snap.version,
+        "identity": snap.local.id.as_str(),
+        "hosts": snap.host_count(),
+        "clusters": snap.clusters.len(),
+        "subset_clusters": snap.subset_clusters.len(),
+        "built_clusters": all().filter(|c| c.built().is_some()).count(),
+        "endpoints": all().map(|c| c.endpoint_count()).sum::<usize>(),
+        "control": ctx.control.as_ref().map(|c| json!({
+            "connected": c.connected.load(Ordering::Relaxed),
+            "applies": c.applies.load(Ordering::Relaxed),
+            "last_apply_us": c.last_apply_micros.load(Ordering::Relaxed),
+        })),
+    });
+    serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
 fn config_dump(ctx: &ProxyContext, op: &Operator) -> String {
     let snap = ctx.snapshot.load();
     let clusters: Vec<_> = snap
         .clusters
         .iter()
         .map(|c| {
+            let built = c.preview();
             json!({
                 "name": &*c.name,
                 "service": &*c.labels.service.fqdn,
                 "port": c.port,
                 "protocol": c.protocol.label(),
-                "upstream_protocol": format!("{:?}", c.upstream).to_lowercase(),
+                "upstream_protocol": format!("{:?}", built.upstream).to_lowercase(),
                 "expected_principal": &*c.labels.principal,
-                "endpoints": c.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
+                "endpoints": built.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
                 "listen": c.listen.map(|a| a.to_string()),
-                "policy": cluster_view::policy(c),
+                "built": c.built().is_some(),
+                "policy": cluster_view::policy(&built),
             })
         })
         .collect();
@@ -206,11 +234,15 @@ fn config_dump(ctx: &ProxyContext, op: &Operator) -> String {
         "hosts": snap.host_count(),
         "clusters": clusters,
         "tcp_listeners": op.tcp_listeners.bound(),
-        "subset_clusters": snap.subset_clusters.iter().map(|c| json!({
-            "name": &*c.name,
-            "endpoints": c.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
-            "policy": cluster_view::policy(c),
-        })).collect::<Vec<_>>(),
+        "subset_clusters": snap.subset_clusters.iter().map(|c| {
+            let built = c.preview();
+            json!({
+                "name": &*c.name,
+                "endpoints": built.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
+                "built": c.built().is_some(),
+                "policy": cluster_view::policy(&built),
+            })
+        }).collect::<Vec<_>>(),
         "control": ctx.control.as_ref().map(|c| json!({
             "connected": c.connected.load(std::sync::atomic::Ordering::Relaxed),
             "persisted": c.persisted.load(std::sync::atomic::Ordering::Relaxed),

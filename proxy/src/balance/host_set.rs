@@ -129,6 +129,16 @@ impl Placements {
 }
 
 impl HostSet {
+    /// A set with no host to balance over (every pick finds none: 503 `UH`).
+    pub fn empty() -> Self {
+        Self {
+            allowed: Vec::new(),
+            levels: Vec::new(),
+            cumulative: Vec::new(),
+            health: Vec::new(),
+        }
+    }
+
     /// The hosts outlier detection allowed when this set was built.
     pub fn allowed(&self) -> &[usize] {
         &self.allowed

@@ -287,6 +287,12 @@ enum Kind {
 }
 
 impl Balancer {
+    /// Checks `policy`'s settings as [`Balancer::new`] would, without building a table:
+    /// what a snapshot refuses up front for a cluster it builds later, on first use.
+    pub fn check(policy: Policy) -> Result<(), BalanceError> {
+        Self::new(policy, &[], &mut ThreadRandom).map(drop)
+    }
+
     /// Builds the balancer for `endpoints`. `rng` only seeds the round-robin start, so that
     /// proxies started together do not march in step (Envoy starts at a random index too).
     pub fn new(

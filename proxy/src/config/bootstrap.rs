@@ -120,8 +120,13 @@ pub struct InboundPortConfig {
     pub protocol: Protocol,
 }
 
+/// How long a built destination cluster may go unused before it is freed: long enough that
+/// a service called every few minutes keeps its connections (Linkerd's proxy drops an idle
+/// destination's stack after about a minute).
+pub const DEFAULT_CLUSTER_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How HTTP travels between sidecars.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// `http1` (default): HTTP/1.1 requests over a bounded pool of keep-alive mTLS
@@ -135,6 +140,11 @@ pub struct UpstreamConfig {
     /// Idle pooled connections are closed after this long.
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
+    /// A destination cluster this proxy built (on its first call) and has not used for
+    /// this long (up to twice it) is freed: its connections, balancer, outlier state and
+    /// statistics. A later call builds it again. `0s` keeps every cluster once built.
+    #[serde(with = "duration_str")]
+    pub cluster_idle_timeout: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -145,6 +155,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(10),
             // Istio's default HTTP idle timeout: 1 h.
             idle_timeout: Duration::from_secs(3600),
+            cluster_idle_timeout: DEFAULT_CLUSTER_IDLE_TIMEOUT,
         }
     }
 }

@@ -144,6 +144,9 @@ pub struct Identity {
     key: ArcSwap<CertifiedKey>,
     roots: ArcSwap<TrustBundle>,
     provider: Arc<CryptoProvider>,
+    /// TLS 1.3 with the provider, checked once here, so each destination's client
+    /// configuration (made when the destination is first called) cannot fail.
+    client_base: rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>,
     failures: TlsFailureCounter,
 }
 
@@ -202,11 +205,15 @@ impl Identity {
         failures: TlsFailureCounter,
     ) -> Result<Self, IdentityError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client_base = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| IdentityError::Invalid(format!("TLS 1.3 unavailable: {e}")))?;
         let me = Self {
             id: expected_id.clone(),
             key: ArcSwap::from_pointee(Self::certified_key(&provider, chain, key)?),
             roots: ArcSwap::from_pointee(Self::bundle(roots)?),
             provider,
+            client_base,
             failures,
         };
         me.check_own(&me.key.load())?;
@@ -416,14 +423,14 @@ impl Identity {
         self: &Arc<Self>,
         allowed: Arc<[SpiffeId]>,
         alpn: &[u8],
-    ) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
+    ) -> Arc<rustls::ClientConfig> {
         let verifier = Arc::new(MeshServerVerifier {
             identity: self.clone(),
             allowed,
         });
-        let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| IdentityError::Invalid(format!("TLS 1.3 unavailable: {e}")))?
+        let mut cfg = self
+            .client_base
+            .clone()
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(OwnCert(self.clone())));
@@ -432,7 +439,7 @@ impl Identity {
         // cache needs one entry, not rustls' default 256, which it allocates up front: at a
         // thousand clusters that default alone held 20 MB.
         cfg.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS_PER_CONFIG);
-        Ok(Arc::new(cfg))
+        Arc::new(cfg)
     }
 }
 

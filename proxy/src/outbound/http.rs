@@ -214,7 +214,7 @@ fn route<'a>(
         if let Some((Target::Cluster(shadow), share)) = &routed.behaviour.mirror
             && share.hit(fastrand::u32(..1_000_000))
         {
-            route_rules::mirror(&conn.ctx, peer_header, shadow, &mut req);
+            route_rules::mirror(&conn.ctx, peer_header, shadow.get(), &mut req);
         }
         let origin = upstream::Origin {
             ctx: &conn.ctx,
@@ -223,7 +223,12 @@ fn route<'a>(
         };
         let retry = routed.behaviour.retry.as_ref();
         Either::Right(upstream::dispatch(
-            origin, cluster, retry, req, log, permits,
+            origin,
+            cluster.get(),
+            retry,
+            req,
+            log,
+            permits,
         ))
     })
 }

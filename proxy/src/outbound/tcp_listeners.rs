@@ -147,7 +147,7 @@ impl ListenerSettings {
         let mut fixed = Vec::new();
         let mut dynamic = Vec::new();
         for c in &snap.clusters {
-            if c.protocol != Protocol::Tcp || c.external.is_some() {
+            if c.protocol != Protocol::Tcp || c.is_external() {
                 continue;
             }
             let service = ServicePort {

@@ -268,7 +268,7 @@ impl ClusterSender {
         let hp = snap.route(authority).ok()?;
         Some(Self {
             ctx: ctx.clone(),
-            cluster: hp.cluster.clone(),
+            cluster: hp.cluster.get().clone(),
             peer_header: snap.local.peer_header.clone(),
         })
     }

@@ -14,6 +14,7 @@
 mod addresses;
 pub mod build;
 mod cluster;
+mod lazy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,19 +34,20 @@ use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
 pub use addresses::{AddressIndex, CaptureTarget, Claim};
 pub use cluster::{Cluster, Endpoint, External, ExternalTarget};
+pub use lazy::LazyCluster;
 
 /// A port of a host the app may call, routing to this snapshot's clusters.
-pub type HostPort = crate::route::HostPort<Cluster>;
+pub type HostPort = crate::route::HostPort<LazyCluster>;
 /// Where a route sends a request: one of this snapshot's clusters.
-pub type Target = crate::route::Target<Cluster>;
+pub type Target = crate::route::Target<LazyCluster>;
 /// The outcome of routing one request over this snapshot.
-pub type Routed<'a> = crate::route::Routed<'a, Cluster>;
+pub type Routed<'a> = crate::route::Routed<'a, LazyCluster>;
 /// A host port's compiled VirtualService rules.
-pub type RouteTable = crate::route::RouteTable<Cluster>;
+pub type RouteTable = crate::route::RouteTable<LazyCluster>;
 /// The per-route settings applied around sending a request.
-pub type RouteBehaviour = crate::route::RouteBehaviour<Cluster>;
+pub type RouteBehaviour = crate::route::RouteBehaviour<LazyCluster>;
 /// One weighted destination of a route, leading to one of this snapshot's clusters.
-pub type Destination = crate::route::Destination<Cluster>;
+pub type Destination = crate::route::Destination<LazyCluster>;
 
 /// Why a snapshot could not be built; a push causing it is refused (NACK).
 #[derive(Debug, thiserror::Error)]
@@ -128,10 +130,13 @@ pub struct Snapshot {
     pub(crate) hosts: HashMap<Box<str>, Vec<Arc<HostPort>>>,
     /// The ports the local application serves, by service port.
     pub(crate) inbound: HashMap<u16, InboundPort>,
-    /// Service clusters in config order (for TCP listeners and the admin dump).
-    pub clusters: Vec<Arc<Cluster>>,
+    /// Service clusters in config order (for TCP listeners and the admin dump), each built
+    /// on first use.
+    pub clusters: Vec<Arc<LazyCluster>>,
     /// Subset clusters, by Envoy name.
-    pub subset_clusters: Vec<Arc<Cluster>>,
+    pub subset_clusters: Vec<Arc<LazyCluster>>,
+    /// What its clusters are built with (the next snapshot keeps it while it holds).
+    pub(crate) cluster_context: Arc<build::ClusterContext>,
     /// Inbound mutual TLS modes and authorization.
     pub security: InboundSecurity,
     /// Which modes the served ports have, for decisions made before a request names one.
@@ -182,7 +187,7 @@ impl ModeSet {
 impl Snapshot {
     /// The service cluster for `fqdn:port` in this snapshot (TCP listeners look theirs up
     /// per connection, so a push reaches them too).
-    pub fn cluster(&self, fqdn: &str, port: u16) -> Option<&Arc<Cluster>> {
+    pub fn cluster(&self, fqdn: &str, port: u16) -> Option<&Arc<LazyCluster>> {
         self.clusters
             .iter()
             .find(|c| c.port == port && &*c.labels.service.fqdn == fqdn)

@@ -8,6 +8,7 @@ use crate::balance::locality::Locality;
 use crate::config::ProxyConfig;
 use crate::identity::spiffe::SpiffeId;
 use crate::names::CLUSTER_DOMAIN;
+use std::sync::Arc;
 
 /// The mesh a configuration file states: its services (each endpoint a sidecar reached over
 /// mutual TLS) and its inbound policy.
@@ -15,34 +16,36 @@ pub fn view(cfg: &ProxyConfig) -> MeshView {
     let services = cfg
         .services
         .iter()
-        .map(|s| ServiceSpec {
-            hostname: format!("{}.{}.{CLUSTER_DOMAIN}", s.name, s.namespace),
-            name: s.name.clone(),
-            namespace: s.namespace.clone(),
-            port: s.port,
-            protocol: s.protocol,
-            aliases: s.aliases.clone(),
-            identities: s
-                .identities
-                .iter()
-                .filter_map(|i| SpiffeId::parse(i).ok())
-                .collect(),
-            endpoints: s
-                .endpoints
-                .iter()
-                .map(|a| EndpointSpec {
-                    addr: *a,
-                    labels: BTreeMap::new(),
-                    locality: Locality::default(),
-                    weight: 1,
-                    plaintext: false,
-                    workload: None,
-                })
-                .collect(),
-            listen: s.listen,
-            external: None,
-            addresses: s.addresses.clone(),
-            detect_protocol: false,
+        .map(|s| {
+            Arc::new(ServiceSpec {
+                hostname: format!("{}.{}.{CLUSTER_DOMAIN}", s.name, s.namespace),
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                port: s.port,
+                protocol: s.protocol,
+                aliases: s.aliases.clone(),
+                identities: s
+                    .identities
+                    .iter()
+                    .filter_map(|i| SpiffeId::parse(i).ok())
+                    .collect(),
+                endpoints: s
+                    .endpoints
+                    .iter()
+                    .map(|a| EndpointSpec {
+                        addr: *a,
+                        labels: BTreeMap::new(),
+                        locality: Locality::default(),
+                        weight: 1,
+                        plaintext: false,
+                        workload: None,
+                    })
+                    .collect(),
+                listen: s.listen,
+                external: None,
+                addresses: s.addresses.clone(),
+                detect_protocol: false,
+            })
         })
         .collect();
     MeshView {

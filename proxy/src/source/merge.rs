@@ -18,7 +18,10 @@ pub fn merge(mut control: MeshView, file: MeshView) -> MeshView {
             .iter_mut()
             .find(|v| v.port == s.port && v.hostname == s.hostname)
         {
-            Some(pushed) => pushed.listen = pushed.listen.or(s.listen),
+            Some(pushed) if pushed.listen.is_none() && s.listen.is_some() => {
+                std::sync::Arc::make_mut(pushed).listen = s.listen;
+            }
+            Some(_) => {}
             None => control.services.push(s),
         }
     }
@@ -31,8 +34,8 @@ mod tests {
     use crate::protocol::Protocol;
     use crate::source::ServiceSpec;
 
-    fn service(host: &str, port: u16, endpoints: usize) -> ServiceSpec {
-        ServiceSpec {
+    fn service(host: &str, port: u16, endpoints: usize) -> std::sync::Arc<ServiceSpec> {
+        std::sync::Arc::new(ServiceSpec {
             hostname: host.into(),
             name: host.split('.').next().unwrap_or(host).into(),
             namespace: "default".into(),
@@ -54,7 +57,7 @@ mod tests {
             external: None,
             addresses: vec![],
             detect_protocol: false,
-        }
+        })
     }
 
     #[test]
@@ -93,7 +96,8 @@ mod tests {
             ..Default::default()
         };
         let mut listed = service("db.default.svc.cluster.local", 5432, 1);
-        listed.listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 7000)));
+        std::sync::Arc::make_mut(&mut listed).listen =
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 7000)));
         let file = MeshView {
             services: vec![listed],
             ..Default::default()

@@ -17,7 +17,7 @@ use crate::telemetry::peer::WorkloadMetadata;
 use std::sync::Arc;
 
 /// A service as the snapshot builder takes it, from the static file or from xDS.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServiceSpec {
     /// The FQDN it is known by (`reviews.default.svc.cluster.local`, or a ServiceEntry
     /// host such as `payments.example.com`).
@@ -57,7 +57,7 @@ impl ServiceSpec {
 }
 
 /// An endpoint as the snapshot builder takes it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EndpointSpec {
     /// The destination sidecar's inbound address.
     pub addr: SocketAddr,
@@ -79,8 +79,10 @@ pub struct EndpointSpec {
 /// VirtualService routes and DestinationRule subsets, by FQDN.
 #[derive(Clone, Debug, Default)]
 pub struct MeshView {
-    /// One entry per service port.
-    pub services: Vec<ServiceSpec>,
+    /// One entry per service port, shared: a source that keeps its services between views
+    /// (the xDS state) hands the snapshot the same ones, and the snapshot's clusters keep
+    /// them as their recipe instead of a copy.
+    pub services: Vec<Arc<ServiceSpec>>,
     /// Route tables by FQDN.
     pub routes: HashMap<String, v1::RouteTable>,
     /// Destination policies (subsets) by FQDN.

@@ -155,9 +155,7 @@ impl EgressTls {
                         .collect::<Result<Vec<_>, _>>()?
                         .into()
                 };
-                identity
-                    .client_config(allowed, alpn)
-                    .map_err(|e| EgressTlsError::Invalid(e.to_string()))?
+                identity.client_config(allowed, alpn)
             }
             Mode::Simple | Mode::Mutual => {
                 let provider = identity.provider().clone();

@@ -34,6 +34,17 @@ const INVALID_ARGUMENT: i32 = 3;
 const MAX_BATCH: usize = 64;
 /// A stream that lived this long resets the reconnect backoff.
 const HEALTHY_STREAM: Duration = Duration::from_secs(30);
+/// The shortest period between idle-cluster sweeps, whatever the setting.
+const MIN_SWEEP: Duration = Duration::from_millis(100);
+
+/// How many clusters of `snap` are built.
+fn built_clusters(snap: &Snapshot) -> usize {
+    snap.clusters
+        .iter()
+        .chain(&snap.subset_clusters)
+        .filter(|c| c.built().is_some())
+        .count()
+}
 
 /// What every snapshot the client builds takes besides the control plane's state: the
 /// proxy's own settings, and the mesh of its own file (the other source).
@@ -125,8 +136,22 @@ impl XdsClient {
         tracing::info!(control = %self.endpoint.describe(), "xDS stream up");
         let stream_error =
             |s: tonic::Status| XdsError::Stream(format!("{:?}: {}", s.code(), s.message()));
+        let idle = self.inputs.local.upstream.cluster_idle_timeout;
+        let mut sweeps = tokio::time::interval_at(
+            tokio::time::Instant::now() + idle.max(MIN_SWEEP),
+            idle.max(MIN_SWEEP),
+        );
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let first = match responses.message().await {
+            // `message` is cancel safe: a sweep between two responses loses none.
+            let next = tokio::select! {
+                next = responses.message() => next,
+                _ = sweeps.tick(), if !idle.is_zero() => {
+                    self.sweep_idle_clusters();
+                    continue;
+                }
+            };
+            let first = match next {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(()),
                 Err(s) => return Err(stream_error(s)),
@@ -215,6 +240,7 @@ impl XdsClient {
     }
 
     fn apply(&mut self, batch: &[DeltaDiscoveryResponse]) -> Result<(), XdsError> {
+        let started = std::time::Instant::now();
         let mut next = self.state.clone();
         for resp in batch {
             next = next.apply(resp)?;
@@ -251,6 +277,9 @@ impl XdsClient {
         let version = snapshot.version;
         self.ctx.swap_snapshot(Arc::new(snapshot));
         self.state = next;
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.status.last_apply_micros.store(took, Ordering::Relaxed);
+        self.status.applies.fetch_add(1, Ordering::Relaxed);
         let m = &self.ctx.telemetry.metrics.control;
         m.config_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
@@ -262,6 +291,47 @@ impl XdsClient {
     }
 
     /// Best effort: a state directory that fails is logged, never fails a push.
+    /// Rebuilds the snapshot from the config in force, leaving out (unbuilt) the clusters
+    /// built earlier and unused since the last sweep, which frees them once the requests
+    /// still holding them finish. Nothing happens while no cluster is built.
+    fn sweep_idle_clusters(&self) {
+        let current = self.ctx.snapshot.load();
+        if !current
+            .clusters
+            .iter()
+            .chain(&current.subset_clusters)
+            .any(|c| c.built().is_some())
+        {
+            return;
+        }
+        let view = match self.state.view() {
+            Ok(v) => merge(v, self.inputs.file.clone()),
+            Err(e) => {
+                tracing::warn!("idle sweep skipped: {e}");
+                return;
+            }
+        };
+        match Snapshot::build_swept(
+            &self.inputs.local,
+            &view,
+            &self.ctx.identity,
+            &self.ctx.telemetry.metrics,
+            current.version,
+            Some(&current),
+            true,
+        ) {
+            Ok(next) => {
+                let before = built_clusters(&current);
+                let after = built_clusters(&next);
+                if after < before {
+                    tracing::debug!(freed = before - after, kept = after, "idle clusters freed");
+                }
+                self.ctx.swap_snapshot(Arc::new(next));
+            }
+            Err(e) => tracing::warn!("idle sweep skipped: {e}"),
+        }
+    }
+
     fn persist(&self, roots: Option<&[rustls_pki_types::CertificateDer<'static>]>) {
         let Some(dir) = &self.state_dir else { return };
         if let Err(e) = dir.write(files::CONFIG, &self.state.encode()) {

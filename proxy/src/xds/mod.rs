@@ -101,4 +101,9 @@ pub struct ControlStatus {
     /// The config serving now was restored from the state directory and no control plane
     /// has confirmed it yet.
     pub persisted: std::sync::atomic::AtomicBool,
+    /// Pushes applied since start (a batch of responses applied together counts once).
+    pub applies: std::sync::atomic::AtomicU64,
+    /// How long the last applied push took, in microseconds: decoding the resources,
+    /// building the snapshot and swapping it in (not persisting it).
+    pub last_apply_micros: std::sync::atomic::AtomicU64,
 }

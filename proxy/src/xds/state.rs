@@ -233,7 +233,7 @@ impl XdsState {
                     Ok(v1::Protocol::Tcp) => Protocol::Tcp,
                     Err(_) => return Err(bad(format!("unknown protocol {}", p.protocol))),
                 };
-                view.services.push(ServiceSpec {
+                view.services.push(Arc::new(ServiceSpec {
                     hostname: svc.hostname.clone(),
                     name: svc.name.clone(),
                     namespace: svc.namespace.clone(),
@@ -259,7 +259,7 @@ impl XdsState {
                     }),
                     addresses: addresses.clone(),
                     detect_protocol,
-                });
+                }));
             }
         }
         view.routes = self

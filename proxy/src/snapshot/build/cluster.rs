@@ -1,10 +1,10 @@
-//! Builds one cluster (a service port, or a subset of it) from its endpoints and traffic
-//! policy, reusing the previous snapshot's connections and state; and resolves route
-//! destinations against the clusters being built.
+//! What a cluster (a service port, or a subset of it) is built from, checked when the
+//! snapshot is built; the cluster itself, built from it with the previous snapshot's
+//! connections and state; and route destinations resolved against the snapshot's clusters.
 
 use meshlite_xds_proto::v1;
 use rustls_pki_types::ServerName;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
@@ -16,6 +16,8 @@ use super::wire::{
     balance_policy, locality_setting, port_block, slow_start_of, upstream_idle_timeout,
 };
 use crate::balance::host_set::{HostSet, PlacedEndpoint, Placements, warming_shares};
+use crate::balance::locality::Locality;
+use crate::config::UpstreamConfig;
 use crate::identity::spiffe::SpiffeId;
 use crate::identity::tls::{ALPN_MESH_H2, ALPN_MESH_HTTP1, Identity, IdentityError};
 use crate::protocol::Protocol;
@@ -24,66 +26,196 @@ use crate::resilience::outlier::{Detector, OutlierConfig};
 use crate::resilience::rate_limit::TokenBucket;
 use crate::resilience::retry::{BudgetParams, RetryBudget};
 use crate::snapshot::Target;
-use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, SnapshotError};
+use crate::snapshot::{Cluster, Endpoint, External, ExternalTarget, LazyCluster, SnapshotError};
 use crate::source::{EndpointSpec, ServiceSpec};
+use crate::telemetry::cluster_stats::ClusterStatsRegistry;
 use crate::telemetry::labels::ServiceLabels;
-use crate::telemetry::metrics::{Label, Metrics};
+use crate::telemetry::metrics::Label;
 use crate::telemetry::peer::{LocalWorkload, unknown};
+use crate::telemetry::prom::Counter;
 use crate::transport::connect::{PoolTarget, VerifiedPeer};
 use crate::transport::egress::EgressTls;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
 
-/// Builds clusters, reusing the previous snapshot's connections where the endpoint and its
-/// expected identities are unchanged.
-pub(super) struct ClusterBuilder<'a> {
-    pub(super) cfg: &'a super::LocalSettings,
-    pub(super) identity: &'a Arc<Identity>,
-    pub(super) metrics: &'a Metrics,
-    pub(super) reuse: &'a Reuse,
-    /// Destination rate limits by host FQDN, shared by the host's clusters.
-    pub(super) destination_limits: &'a HashMap<String, Arc<TokenBucket>>,
-    /// Destination policies by host FQDN.
-    pub(super) policies: &'a HashMap<String, v1::DestinationPolicy>,
-    /// This workload (locality balancing is relative to it).
-    pub(super) local: &'a LocalWorkload,
+/// What every cluster of a snapshot is made with: this proxy's upstream settings, identity,
+/// statistics and place. One per snapshot, carried to the next while it is unchanged, so a
+/// recipe that did not change is recognised by pointer.
+#[derive(Debug)]
+pub(crate) struct ClusterContext {
+    pub(crate) upstream: UpstreamConfig,
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) stats: Arc<ClusterStatsRegistry>,
+    pub(crate) connects: Counter,
+    pub(crate) locality: Locality,
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
-impl ClusterBuilder<'_> {
-    pub(super) fn cluster(
+impl ClusterContext {
+    /// Whether `self` makes the same clusters as a context of these parts would.
+    pub(super) fn same(
         &self,
-        svc: &ServiceSpec,
-        subset: &str,
-        endpoints: &[EndpointSpec],
-        tp: Option<&v1::TrafficPolicy>,
-    ) -> Result<Arc<Cluster>, SnapshotError> {
+        upstream: &UpstreamConfig,
+        identity: &Arc<Identity>,
+        local: &LocalWorkload,
+    ) -> bool {
+        self.upstream == *upstream
+            && Arc::ptr_eq(&self.identity, identity)
+            && self.locality == local.locality
+            && self.labels == local.labels
+    }
+}
+
+/// Everything one cluster (a service port, or a subset of it) is built from, checked when
+/// the snapshot is built, so that building the cluster on its first request cannot fail.
+#[derive(Debug)]
+pub(crate) struct Recipe {
+    pub(crate) ctx: Arc<ClusterContext>,
+    /// The service port (shared by its subsets' recipes).
+    pub(crate) svc: Arc<ServiceSpec>,
+    /// The subset's labels, selecting among the service's endpoints; `None`: all of them.
+    pub(crate) subset: Option<BTreeMap<String, String>>,
+    /// The DestinationRule's traffic policy (a subset's merged over the service's).
+    pub(crate) tp: Option<v1::TrafficPolicy>,
+    /// `retrybudget.meshlite.io/rate` of the host.
+    pub(crate) rate_budget: Option<v1::RateRetryBudget>,
+    /// The host's local rate limit, shared by its clusters.
+    pub(crate) rate_limit: Option<Arc<TokenBucket>>,
+    pub(crate) server_name: ServerName<'static>,
+    pub(crate) authority: http::uri::Authority,
+    /// For a service outside the mesh: the TLS its DestinationRule originates (made here, as
+    /// it can be refused) and the settings it was made from.
+    pub(crate) external_tls: Option<(Option<EgressTls>, String)>,
+}
+
+impl Recipe {
+    /// Checks what can be refused in a cluster's settings and keeps what building it takes.
+    pub(super) fn new(
+        ctx: &Arc<ClusterContext>,
+        svc: Arc<ServiceSpec>,
+        subset: Option<BTreeMap<String, String>>,
+        tp: Option<v1::TrafficPolicy>,
+        policy: Option<&v1::DestinationPolicy>,
+        rate_limit: Option<Arc<TokenBucket>>,
+    ) -> Result<Self, SnapshotError> {
+        let fqdn = &svc.hostname;
+        let server_name = ServerName::try_from(fqdn.clone())
+            .map_err(|e| IdentityError::Invalid(format!("service name {fqdn}: {e}")))?;
+        let authority = http::uri::Authority::try_from(format!("{fqdn}:{}", svc.port))
+            .map_err(|e| IdentityError::Invalid(format!("service {fqdn}: {e}")))?;
+        let lb = port_block(tp.as_ref(), svc.port, |p| p.load_balancer.as_ref());
+        let (policy_kind, _) = balance_policy(lb);
+        crate::balance::Balancer::check(policy_kind).map_err(|source| SnapshotError::Balance {
+            host: fqdn.clone(),
+            source,
+        })?;
+        // The TLS a DestinationRule asks the sidecar to originate to a service outside the
+        // mesh (plaintext without one).
+        let external_tls = match &svc.external {
+            None => None,
+            Some(_) => {
+                let tls = port_block(tp.as_ref(), svc.port, |p| p.tls.as_ref());
+                let alpn: &[u8] = if matches!(svc.protocol, Protocol::Http2 | Protocol::Grpc) {
+                    b"h2"
+                } else {
+                    b"http/1.1"
+                };
+                let allowed: Arc<[SpiffeId]> = svc.identities.clone().into();
+                let egress = match tls {
+                    Some(t) => EgressTls::from_policy(t, &ctx.identity, &allowed, alpn).map_err(
+                        |source| SnapshotError::EgressTls {
+                            host: fqdn.clone(),
+                            source,
+                        },
+                    )?,
+                    None => None,
+                };
+                Some((egress, tls.map(|t| format!("{t:?}")).unwrap_or_default()))
+            }
+        };
+        Ok(Self {
+            ctx: ctx.clone(),
+            rate_budget: policy.and_then(|p| p.rate_retry_budget.clone()),
+            svc,
+            subset,
+            tp,
+            rate_limit,
+            server_name,
+            authority,
+            external_tls,
+        })
+    }
+
+    /// The endpoints of the cluster: the service's, or those of them the subset selects.
+    pub(crate) fn endpoints(&self) -> impl Iterator<Item = &EndpointSpec> {
+        self.svc.endpoints.iter().filter(|e| {
+            self.subset
+                .as_ref()
+                .is_none_or(|labels| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+        })
+    }
+
+    /// Whether `other` builds the same cluster (a push that left it alone).
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.ctx, &other.ctx)
+            && (Arc::ptr_eq(&self.svc, &other.svc) || *self.svc == *other.svc)
+            && self.subset == other.subset
+            && self.tp == other.tp
+            && self.rate_budget == other.rate_budget
+            && match (&self.rate_limit, &other.rate_limit) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+            && self.external_tls.as_ref().map(|t| &t.1) == other.external_tls.as_ref().map(|t| &t.1)
+    }
+
+    /// The cluster's metric labels (made when the snapshot is built: they name it before it
+    /// is first called).
+    pub(crate) fn labels(&self) -> ServiceLabels {
+        let svc = &self.svc;
+        let principal: Label = svc
+            .identities
+            .first()
+            .map(|i| Arc::from(i.principal()))
+            .unwrap_or_else(unknown);
+        ServiceLabels::new(
+            Arc::from(svc.hostname.as_str()),
+            Arc::from(svc.name.as_str()),
+            Arc::from(svc.namespace.as_str()),
+            principal,
+        )
+    }
+
+    /// Builds the cluster `name`: its endpoints with their pools, balancer, breakers,
+    /// outlier state and statistics, keeping what `reuse` holds of the previous snapshot's.
+    pub(crate) fn build(&self, name: &Label, subset: &Label, reuse: &Reuse) -> Arc<Cluster> {
+        let svc = &*self.svc;
+        let tp = self.tp.as_ref();
+        let ctx = &*self.ctx;
         let lb = port_block(tp, svc.port, |p| p.load_balancer.as_ref());
         let pool = port_block(tp, svc.port, |p| p.connection_pool.as_ref());
-        let cfg = self.cfg;
         // `tcp.connectTimeout` (Istio's default: the mesh's, here the proxy's setting) and
         // `http.maxRequestsPerConnection` shape the endpoints' connections.
         let connect_timeout =
-            positive(pool.and_then(|p| p.connect_timeout)).unwrap_or(cfg.upstream.connect_timeout);
+            positive(pool.and_then(|p| p.connect_timeout)).unwrap_or(ctx.upstream.connect_timeout);
         let max_requests = pool.map_or(0, |p| p.max_requests_per_connection);
         let idle_timeout = upstream_idle_timeout(pool);
         // HTTP/1.1 connections without an idle timeout of their own keep the proxy's.
-        let h1_idle = idle_timeout.or(Some(cfg.upstream.idle_timeout));
+        let h1_idle = idle_timeout.or(Some(ctx.upstream.idle_timeout));
         let allowed: Arc<[SpiffeId]> = svc.identities.clone().into();
-        let fqdn = svc.fqdn();
-        let server_name = ServerName::try_from(fqdn.clone())
-            .map_err(|e| IdentityError::Invalid(format!("service name {fqdn}: {e}")))?;
+        let fqdn = &svc.hostname;
+        let server_name = self.server_name.clone();
         let server_name_str: Box<str> = fqdn.as_str().into();
-        let tls_h2 = self.identity.client_config(allowed.clone(), ALPN_MESH_H2)?;
-        let tls_http1 = self
-            .identity
-            .client_config(allowed.clone(), ALPN_MESH_HTTP1)?;
+        let tls_h2 = ctx.identity.client_config(allowed.clone(), ALPN_MESH_H2);
+        let tls_http1 = ctx.identity.client_config(allowed.clone(), ALPN_MESH_HTTP1);
         let ids = allowed.to_vec();
-        let specs = endpoints;
-        let endpoints = endpoints
+        let specs: Vec<&EndpointSpec> = self.endpoints().collect();
+        let endpoints = specs
             .iter()
             .map(|ep| {
                 let key = (ep.addr, server_name_str.clone(), ids.clone());
-                if let Some(e) = self.reuse.endpoints.get(&key)
+                if let Some(e) = reuse.endpoints.get(&key)
                     && e.labels == ep.labels
                     && e.plaintext == ep.plaintext
                     && e.h2.settings() == (connect_timeout, max_requests, idle_timeout)
@@ -105,18 +237,14 @@ impl ClusterBuilder<'_> {
                     addr: ep.addr,
                     addr_label: Arc::from(ep.addr.to_string()),
                     plaintext: ep.plaintext,
-                    h2: H2Pool::new(
-                        target(&tls_h2),
-                        connect_timeout,
-                        Some(self.metrics.upstream_connects.clone()),
-                    )
-                    .with_max_requests(max_requests)
-                    .with_idle_timeout(idle_timeout),
+                    h2: H2Pool::new(target(&tls_h2), connect_timeout, Some(ctx.connects.clone()))
+                        .with_max_requests(max_requests)
+                        .with_idle_timeout(idle_timeout),
                     h1: H1Pool::new(
                         target(&tls_http1),
                         connect_timeout,
                         h1_idle,
-                        Some(self.metrics.upstream_connects.clone()),
+                        Some(ctx.connects.clone()),
                     )
                     .with_max_requests(max_requests),
                     // Described by the control plane, else learnt from its first answer.
@@ -129,12 +257,11 @@ impl ClusterBuilder<'_> {
             })
             .collect::<Vec<Arc<Endpoint>>>();
         let (policy, hash_on) = balance_policy(lb);
-        let name: Label = Arc::from(format!("outbound|{}|{subset}|{fqdn}", svc.port));
         let outlier = port_block(tp, svc.port, |p| p.outlier_detection.as_ref()).map(|o| {
             let hosts = endpoints
                 .iter()
                 .map(|e| {
-                    self.reuse
+                    reuse
                         .health
                         .get(&(name.clone(), e.addr))
                         .cloned()
@@ -161,7 +288,7 @@ impl ClusterBuilder<'_> {
             Some(l) if l.disabled => Placements::flat(&placed),
             _ => Placements::located(
                 &locality_setting(locality),
-                (&self.local.locality, &self.local.labels),
+                (&ctx.locality, &ctx.labels),
                 &placed,
                 outlier.is_some(),
             ),
@@ -170,10 +297,10 @@ impl ClusterBuilder<'_> {
         // cluster seen for the first time start warm, as none is colder than the others.
         let slow_start = slow_start_of(lb, policy);
         let now = tokio::time::Instant::now();
-        let existed = self.reuse.cluster_names.contains(&name);
+        let existed = reuse.cluster_names.contains(name);
         let joined: Vec<Option<tokio::time::Instant>> = endpoints
             .iter()
-            .map(|e| match self.reuse.joined.get(&(name.clone(), e.addr)) {
+            .map(|e| match reuse.joined.get(&(name.clone(), e.addr)) {
                 Some(at) => *at,
                 None => existed.then_some(now),
             })
@@ -181,67 +308,38 @@ impl ClusterBuilder<'_> {
         let warming = warming_shares(slow_start.as_ref(), &joined, now);
         let keys: Vec<&str> = endpoints.iter().map(|e| &*e.addr_label).collect();
         let hosts = HostSet::build(policy, &keys, &placements, &members, warming.as_deref())
-            .map_err(|source| SnapshotError::Balance {
-                host: fqdn.clone(),
-                source,
-            })?;
-        let authority = http::uri::Authority::try_from(format!("{fqdn}:{}", svc.port))
-            .map_err(|e| IdentityError::Invalid(format!("service {fqdn}: {e}")))?;
-        let principal: Label = allowed
-            .first()
-            .map(|i| Arc::from(i.principal()))
-            .unwrap_or_else(unknown);
+            .unwrap_or_else(|e| {
+                // The policy was checked when the snapshot was built; this is a bug.
+                tracing::error!(cluster = %name, "balancer refused: {e}; no endpoint is used");
+                HostSet::empty()
+            });
         // Istio's `retryBudget` is not a port-level block: the top level's (or the subset's).
         let concurrency_budget = tp.and_then(|t| t.retry_budget.as_ref());
         let breakers = Breakers::new(
             &pool_limits(pool),
             concurrency_budget.map(budget_spec).as_ref(),
-            &self.reuse.breakers.get(&name).cloned().unwrap_or_default(),
+            &reuse.breakers.get(name).cloned().unwrap_or_default(),
         );
-        let stats = self.metrics.clusters.stats(&name);
+        let stats = ctx.stats.stats(name);
         stats.watch(&breakers);
         if let Some(d) = &outlier {
             stats
                 .ejections_active
                 .set(i64::try_from(d.ejected_count()).unwrap_or(i64::MAX));
         }
-        let rate = self
-            .policies
-            .get(&fqdn)
-            .and_then(|p| p.rate_retry_budget.as_ref());
-        let retry_budget = BudgetParams::for_destination(rate, concurrency_budget.is_some())
-            .map(|params| match self.reuse.budgets.get(&name) {
-                Some(b) if b.params() == params => b.clone(),
-                _ => Arc::new(RetryBudget::from_params(params).unwrap_or_else(|e| {
-                    tracing::warn!(cluster = %name, error = %e, "retry budget refused, default used");
-                    RetryBudget::default()
-                })),
-            });
-        // The TLS a DestinationRule asks the sidecar to originate to a service outside the
-        // mesh (plaintext without one).
-        let external_tls = match &svc.external {
-            None => None,
-            Some(_) => {
-                let tls = port_block(tp, svc.port, |p| p.tls.as_ref());
-                let alpn: &[u8] = if matches!(svc.protocol, Protocol::Http2 | Protocol::Grpc) {
-                    b"h2"
-                } else {
-                    b"http/1.1"
-                };
-                let egress = match tls {
-                    Some(t) => EgressTls::from_policy(t, self.identity, &allowed, alpn).map_err(
-                        |source| SnapshotError::EgressTls {
-                            host: fqdn.clone(),
-                            source,
-                        },
-                    )?,
-                    None => None,
-                };
-                Some((egress, tls.map(|t| format!("{t:?}")).unwrap_or_default()))
-            }
-        };
+        let retry_budget = BudgetParams::for_destination(
+            self.rate_budget.as_ref(),
+            concurrency_budget.is_some(),
+        )
+        .map(|params| match reuse.budgets.get(name) {
+            Some(b) if b.params() == params => b.clone(),
+            _ => Arc::new(RetryBudget::from_params(params).unwrap_or_else(|e| {
+                tracing::warn!(cluster = %name, error = %e, "retry budget refused, default used");
+                RetryBudget::default()
+            })),
+        });
         let cluster = Arc::new(Cluster {
-            rate_limit: self.destination_limits.get(&fqdn).cloned(),
+            rate_limit: self.rate_limit.clone(),
             retry_budget,
             breakers,
             outlier,
@@ -255,40 +353,34 @@ impl ClusterBuilder<'_> {
             port: svc.port,
             port_header: http::HeaderValue::from(svc.port),
             protocol: svc.protocol,
-            name,
-            subset: Arc::from(subset),
-            labels: ServiceLabels::new(
-                Arc::from(fqdn.as_str()),
-                Arc::from(svc.name.as_str()),
-                Arc::from(svc.namespace.as_str()),
-                principal,
-            ),
-            authority,
+            name: name.clone(),
+            subset: subset.clone(),
+            labels: self.labels(),
+            authority: self.authority.clone(),
             endpoints,
             hash_on,
-            upstream: cfg.upstream.protocol,
+            upstream: ctx.upstream.protocol,
             tls_http1,
             server_name,
             listen: svc.listen,
             allowed,
             server_name_str,
-            external: external_tls.map(|(tls, tls_key)| {
+            external: self.external_tls.as_ref().map(|(tls, tls_key)| {
                 let targets = svc.external.as_deref().unwrap_or_default();
-                let client = self
-                    .reuse
+                let client = reuse
                     .external
                     .get(&(fqdn.clone(), svc.port, connect_timeout, tls_key.clone()))
                     .cloned()
                     .unwrap_or_else(|| {
                         crate::transport::external::egress_client(
-                            cfg.upstream.idle_timeout,
+                            ctx.upstream.idle_timeout,
                             connect_timeout,
                             matches!(svc.protocol, Protocol::Http2 | Protocol::Grpc),
-                            tls,
+                            tls.clone(),
                         )
                     });
                 Arc::new(External {
-                    tls_key,
+                    tls_key: tls_key.clone(),
                     targets: targets
                         .iter()
                         .map(|a| ExternalTarget {
@@ -303,18 +395,18 @@ impl ClusterBuilder<'_> {
         });
         Cluster::spawn_outlier_timer(&cluster);
         Cluster::spawn_slow_start_timer(&cluster);
-        Ok(cluster)
+        cluster
     }
 }
 
 /// Resolves route destinations against the clusters being built.
 pub(super) struct Resolver<'a> {
-    pub(super) by_fqdn: &'a HashMap<String, Vec<(Arc<Cluster>, &'a ServiceSpec)>>,
-    pub(super) subsets: &'a HashMap<(String, u16, String), Arc<Cluster>>,
+    pub(super) by_fqdn: &'a HashMap<String, Vec<Arc<LazyCluster>>>,
+    pub(super) subsets: &'a HashMap<(String, u16, String), Arc<LazyCluster>>,
     pub(super) reuse: &'a Reuse,
 }
 
-impl ResolveDestination<Cluster> for Resolver<'_> {
+impl ResolveDestination<LazyCluster> for Resolver<'_> {
     fn rate_limit(&self, key: &str, limit: &v1::LocalRateLimit) -> Option<Arc<TokenBucket>> {
         self.reuse.rate_limit(key, limit)
     }
@@ -331,11 +423,11 @@ impl ResolveDestination<Cluster> for Resolver<'_> {
         let port = match u16::try_from(dest.port) {
             Ok(p) if p != 0 => p,
             _ => match entries.map(Vec::as_slice) {
-                Some([(only, _)]) => only.port,
+                Some([only]) => only.port,
                 _ => request_port,
             },
         };
-        let Some((cluster, _)) = entries.into_iter().flatten().find(|(c, _)| c.port == port) else {
+        let Some(cluster) = entries.into_iter().flatten().find(|c| c.port == port) else {
             return missing(port);
         };
         if dest.subset.is_empty() {

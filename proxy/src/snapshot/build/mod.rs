@@ -23,11 +23,11 @@ use crate::protocol::Protocol;
 use crate::resilience::breaker::Breakers;
 use crate::resilience::rate_limit::TokenBucket;
 use crate::route::tcp::TcpRouteTable;
-use crate::snapshot::{AddressIndex, CaptureTarget, Claim, HostPort, RouteBehaviour, RouteTable};
 use crate::snapshot::{
-    Cluster, InboundPort, LOCAL_CONNECT_TIMEOUT, ModeSet, Snapshot, SnapshotError,
+    AddressIndex, CaptureTarget, Claim, HostPort, LazyCluster, RouteBehaviour, RouteTable,
 };
-use crate::source::{EndpointSpec, MeshView, ServiceSpec};
+use crate::snapshot::{InboundPort, LOCAL_CONNECT_TIMEOUT, ModeSet, Snapshot, SnapshotError};
+use crate::source::{MeshView, ServiceSpec};
 use crate::telemetry::access_log::providers::LogProviders;
 use crate::telemetry::labels::DestinationServices;
 use crate::telemetry::metrics::{Label, Metrics};
@@ -39,8 +39,9 @@ use crate::telemetry::workload::WorkloadTelemetry;
 use crate::transport::connect::PoolTarget;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
-use cluster::{ClusterBuilder, Resolver};
-use reuse::Reuse;
+use cluster::Resolver;
+pub(crate) use cluster::{ClusterContext, Recipe};
+pub(crate) use reuse::Reuse;
 use wire::{merged, path_normalization, port_block, stats_inclusions};
 
 /// What the builder reads of the proxy's own settings: who this workload is, the ports its
@@ -126,66 +127,127 @@ impl Snapshot {
         version: u64,
         prev: Option<&Snapshot>,
     ) -> Result<Self, SnapshotError> {
+        Self::build_swept(cfg, view, identity, metrics, version, prev, false)
+    }
+
+    /// [`Snapshot::build`]; with `sweep`, a built cluster that nothing used since the last
+    /// sweep is not carried over: the new snapshot holds it unbuilt, freeing its pools,
+    /// balancer and statistics until it is called again.
+    pub fn build_swept(
+        cfg: &LocalSettings,
+        view: &MeshView,
+        identity: &Arc<Identity>,
+        metrics: &Metrics,
+        version: u64,
+        prev: Option<&Snapshot>,
+        sweep: bool,
+    ) -> Result<Self, SnapshotError> {
         let local = Arc::new(local_workload(cfg, identity));
         let reuse = Reuse::from(prev);
-        let destination_limits: HashMap<String, Arc<TokenBucket>> = view
+        let cluster_context = match prev {
+            Some(p) if p.cluster_context.same(&cfg.upstream, identity, &local) => {
+                p.cluster_context.clone()
+            }
+            _ => Arc::new(ClusterContext {
+                upstream: cfg.upstream.clone(),
+                identity: identity.clone(),
+                stats: metrics.clusters.clone(),
+                connects: metrics.upstream_connects.clone(),
+                locality: local.locality.clone(),
+                labels: local.labels.clone(),
+            }),
+        };
+        let destination_limits: HashMap<&str, Arc<TokenBucket>> = view
             .policies
             .iter()
             .filter_map(|(fqdn, p)| {
                 let limit = p.local_rate_limit.as_ref()?;
-                Some((fqdn.clone(), reuse.rate_limit(fqdn, limit)?))
+                Some((fqdn.as_str(), reuse.rate_limit(fqdn, limit)?))
             })
             .collect();
-        let builder = ClusterBuilder {
-            cfg,
-            identity,
-            metrics,
-            reuse: &reuse,
-            destination_limits: &destination_limits,
-            policies: &view.policies,
-            local: &local,
+        let previous: HashMap<&str, &Arc<LazyCluster>> = prev
+            .into_iter()
+            .flat_map(|p| p.clusters.iter().chain(&p.subset_clusters))
+            .map(|c| (&*c.name, c))
+            .collect();
+        // A cluster whose recipe is unchanged is carried over as it is (built or not); a
+        // changed one that was built is built again now, keeping its connections and state;
+        // one outside the mesh is built now, as its TLS settings can be refused.
+        let cluster = |name: Label, subset: &str, recipe: Recipe| -> Arc<LazyCluster> {
+            if let Some(old) = previous.get(&*name)
+                && old.recipe.same(&recipe)
+                && !(sweep && old.built().is_some() && !old.take_used())
+            {
+                return Arc::clone(old);
+            }
+            let was_built = previous.get(&*name).is_some_and(|c| c.built().is_some());
+            let lazy = LazyCluster::new(name, Arc::from(subset), recipe);
+            if (was_built && !sweep) || lazy.recipe.svc.external.is_some() {
+                lazy.build_now(&reuse);
+            }
+            Arc::new(lazy)
         };
         let mut hosts: HashMap<Box<str>, Vec<Arc<HostPort>>> = HashMap::new();
         let mut clusters = Vec::with_capacity(view.services.len());
-        let mut by_fqdn: HashMap<String, Vec<(Arc<Cluster>, &ServiceSpec)>> = HashMap::new();
+        let mut by_fqdn: HashMap<String, Vec<Arc<LazyCluster>>> = HashMap::new();
+        let mut specs: HashMap<(String, u16), Arc<ServiceSpec>> = HashMap::new();
         for svc in &view.services {
-            let tp = view
-                .policies
-                .get(&svc.fqdn())
-                .and_then(|p| p.traffic_policy.as_ref());
-            let cluster = builder.cluster(svc, "", &svc.endpoints, tp)?;
-            by_fqdn
-                .entry(svc.fqdn())
-                .or_default()
-                .push((cluster.clone(), svc));
-            clusters.push(cluster);
+            let fqdn = svc.fqdn();
+            let policy = view.policies.get(&fqdn);
+            let spec = previous
+                .get(format!("outbound|{}||{fqdn}", svc.port).as_str())
+                .map(|c| &c.recipe.svc)
+                .filter(|old| Arc::ptr_eq(old, svc) || ***old == **svc)
+                .unwrap_or(svc)
+                .clone();
+            let recipe = Recipe::new(
+                &cluster_context,
+                spec.clone(),
+                None,
+                policy.and_then(|p| p.traffic_policy.clone()),
+                policy,
+                destination_limits.get(fqdn.as_str()).cloned(),
+            )?;
+            let name: Label = Arc::from(format!("outbound|{}||{fqdn}", svc.port));
+            let c = cluster(name, "", recipe);
+            specs.insert((fqdn.clone(), svc.port), spec);
+            by_fqdn.entry(fqdn).or_default().push(c.clone());
+            clusters.push(c);
         }
 
         // Subset clusters, for every subset a DestinationPolicy defines.
-        let mut subsets: HashMap<(String, u16, String), Arc<Cluster>> = HashMap::new();
+        let mut subsets: HashMap<(String, u16, String), Arc<LazyCluster>> = HashMap::new();
         let mut subset_clusters = Vec::new();
         for (fqdn, policy) in &view.policies {
-            for (cluster, svc) in by_fqdn.get(fqdn).into_iter().flatten() {
+            for c in by_fqdn.get(fqdn).into_iter().flatten() {
+                let Some(spec) = specs.get(&(fqdn.clone(), c.port)) else {
+                    continue;
+                };
                 for subset in &policy.subsets {
-                    let eps: Vec<EndpointSpec> = svc
-                        .endpoints
-                        .iter()
-                        .filter(|e| {
-                            subset
-                                .labels
-                                .iter()
-                                .all(|(k, v)| e.labels.get(k) == Some(v))
-                        })
-                        .cloned()
-                        .collect();
                     // A subset's own policy wins over the service's for the blocks it sets.
                     let tp = merged(
                         subset.traffic_policy.as_ref(),
                         policy.traffic_policy.as_ref(),
                     );
-                    let c = builder.cluster(svc, &subset.name, &eps, tp.as_ref())?;
-                    subsets.insert((fqdn.clone(), cluster.port, subset.name.clone()), c.clone());
-                    subset_clusters.push(c);
+                    let recipe = Recipe::new(
+                        &cluster_context,
+                        spec.clone(),
+                        Some(
+                            subset
+                                .labels
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect(),
+                        ),
+                        tp,
+                        Some(policy),
+                        destination_limits.get(fqdn.as_str()).cloned(),
+                    )?;
+                    let name: Label =
+                        Arc::from(format!("outbound|{}|{}|{fqdn}", c.port, subset.name));
+                    let sc = cluster(name, &subset.name, recipe);
+                    subsets.insert((fqdn.clone(), c.port, subset.name.clone()), sc.clone());
+                    subset_clusters.push(sc);
                 }
             }
         }
@@ -197,7 +259,8 @@ impl Snapshot {
             reuse: &reuse,
         };
         for (fqdn, entries) in &by_fqdn {
-            for (cluster, svc) in entries {
+            for cluster in entries {
+                let svc = &*cluster.recipe.svc;
                 let route_error = |source| SnapshotError::Route {
                     host: fqdn.clone(),
                     source,
@@ -353,7 +416,7 @@ impl Snapshot {
         )?;
         let telemetry = WorkloadTelemetry::compile(pushed_telemetry, &access_log_providers)?;
         let dns = Arc::new(crate::dns::table::NameTable::build(
-            &view.services,
+            view.services.iter().map(|s| &**s),
             &local.metadata.namespace,
             !view.mesh.as_ref().is_some_and(|m| m.dns_capture_disabled),
         ));
@@ -371,6 +434,7 @@ impl Snapshot {
             telemetry,
             access_log_providers,
             addresses: AddressIndex::build(addresses),
+            cluster_context,
             outbound_registry_only: view.mesh.as_ref().is_some_and(|m| m.outbound_registry_only),
             stats_matcher: Arc::new(StatsMatcher::new(
                 &cfg.stats_inclusions

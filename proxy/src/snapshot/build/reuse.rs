@@ -17,7 +17,7 @@ use crate::telemetry::metrics::Label;
 
 /// Connections carried over from the previous snapshot, so a push does not reconnect.
 #[derive(Default)]
-pub(super) struct Reuse {
+pub(crate) struct Reuse {
     pub(super) endpoints: HashMap<(SocketAddr, Box<str>, Vec<SpiffeId>), Arc<Endpoint>>,
     /// Pools of services outside the mesh, by FQDN, port, connect timeout and TLS settings.
     pub(super) external:
@@ -40,7 +40,12 @@ impl Reuse {
     pub(super) fn from(prev: Option<&Snapshot>) -> Self {
         let mut r = Self::default();
         let Some(prev) = prev else { return r };
-        for c in prev.clusters.iter().chain(&prev.subset_clusters) {
+        for c in prev
+            .clusters
+            .iter()
+            .chain(&prev.subset_clusters)
+            .filter_map(|c| c.built())
+        {
             r.cluster_names.insert(c.name.clone());
             for (e, at) in c.endpoints.iter().zip(&c.joined) {
                 r.joined.insert((c.name.clone(), e.addr), *at);

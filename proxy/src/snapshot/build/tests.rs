@@ -65,8 +65,8 @@ fn endpoint(port: u16, version: &str) -> EndpointSpec {
     }
 }
 
-fn service(host: &str, endpoints: Vec<EndpointSpec>) -> ServiceSpec {
-    ServiceSpec {
+fn service(host: &str, endpoints: Vec<EndpointSpec>) -> Arc<ServiceSpec> {
+    Arc::new(ServiceSpec {
         hostname: host.into(),
         name: host.split('.').next().unwrap_or(host).into(),
         namespace: "default".into(),
@@ -81,7 +81,7 @@ fn service(host: &str, endpoints: Vec<EndpointSpec>) -> ServiceSpec {
         external: None,
         addresses: vec![],
         detect_protocol: false,
-    }
+    })
 }
 
 fn subsets() -> v1::DestinationPolicy {
@@ -197,6 +197,8 @@ async fn a_push_keeps_the_endpoints_it_still_has_and_drops_the_rest() {
         ..Default::default()
     };
     let one = Snapshot::build(&local(), &first, &identity, &metrics, 1, None).expect("builds");
+    // Called once: built, so the push below builds its successor at once, carrying state.
+    one.cluster(FQDN, 9080).expect("cluster").get();
     let second = MeshView {
         services: vec![service(
             FQDN,
@@ -257,16 +259,16 @@ async fn captured_destinations_find_their_service_by_virtual_ip_or_pod_ip() {
         ..endpoint(15006, "v1")
     };
     let mut reviews = service(FQDN, vec![pod([10, 1, 0, 7])]);
-    reviews.addresses = vec!["10.96.0.9".parse().expect("ip")];
+    Arc::make_mut(&mut reviews).addresses = vec!["10.96.0.9".parse().expect("ip")];
     // A second service claims the same pod IP and reviews' virtual IP as an endpoint:
     // the virtual IP stays reviews'.
     let mut ratings = service(
         "ratings.default.svc.cluster.local",
         vec![pod([10, 96, 0, 9])],
     );
-    ratings.detect_protocol = true;
+    Arc::make_mut(&mut ratings).detect_protocol = true;
     let mut other = service("aaa.default.svc.cluster.local", vec![pod([10, 1, 0, 7])]);
-    other.port = 7000;
+    Arc::make_mut(&mut other).port = 7000;
     let view = MeshView {
         services: vec![reviews, ratings, other],
         ..Default::default()
@@ -313,12 +315,12 @@ async fn captured_destinations_find_their_service_by_virtual_ip_or_pod_ip() {
 }
 
 /// A TCP service on `port` (no static listener).
-fn tcp_service(host: &str, port: u16, endpoints: Vec<EndpointSpec>) -> ServiceSpec {
-    ServiceSpec {
+fn tcp_service(host: &str, port: u16, endpoints: Vec<EndpointSpec>) -> Arc<ServiceSpec> {
+    Arc::new(ServiceSpec {
         port,
         protocol: Protocol::Tcp,
-        ..service(host, endpoints)
-    }
+        ..(*service(host, endpoints)).clone()
+    })
 }
 
 #[tokio::test]
@@ -391,7 +393,7 @@ async fn tcp_listeners_skip_own_and_served_ports_and_settle_conflicts_by_name() 
     let metrics = Metrics::new();
     let identity = identity(dir.path(), &metrics);
     let mut with_listen = tcp_service("cache.default.svc.cluster.local", 6379, vec![]);
-    with_listen.listen = Some(SocketAddr::from(([127, 0, 0, 1], 16379)));
+    Arc::make_mut(&mut with_listen).listen = Some(SocketAddr::from(([127, 0, 0, 1], 16379)));
     let view = MeshView {
         services: vec![
             tcp_service("zeta.default.svc.cluster.local", 5432, vec![]),
@@ -426,4 +428,97 @@ async fn tcp_listeners_skip_own_and_served_ports_and_settle_conflicts_by_name() 
         [("127.0.0.1:16379".to_string(), "cache:6379".to_string())],
         "off: static listeners only"
     );
+}
+
+#[tokio::test]
+async fn clusters_are_built_on_first_use_and_a_push_leaves_the_unchanged_ones_alone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    const RATINGS: &str = "ratings.default.svc.cluster.local";
+    let view = |reviews_port: u16| MeshView {
+        services: vec![
+            service(FQDN, vec![endpoint(reviews_port, "v1")]),
+            service(RATINGS, vec![endpoint(9101, "v1")]),
+        ],
+        ..Default::default()
+    };
+    let one = Snapshot::build(&local(), &view(9001), &identity, &metrics, 1, None).expect("builds");
+    let reviews = one.cluster(FQDN, 9080).expect("reviews");
+    let ratings = one.cluster(RATINGS, 9080).expect("ratings");
+    assert!(reviews.built().is_none() && ratings.built().is_none());
+    assert_eq!(reviews.endpoint_count(), 1, "counted without building");
+    assert_eq!(reviews.get().endpoints[0].addr.port(), 9001);
+    assert!(reviews.built().is_some() && ratings.built().is_none());
+
+    // reviews' endpoint moves: its cluster is new, built at once (it was in use), and
+    // ratings' is the very same, still unbuilt.
+    let two =
+        Snapshot::build(&local(), &view(9002), &identity, &metrics, 2, Some(&one)).expect("builds");
+    let reviews2 = two.cluster(FQDN, 9080).expect("reviews");
+    assert!(!Arc::ptr_eq(reviews, reviews2));
+    assert_eq!(
+        reviews2.built().expect("built at once").endpoints[0]
+            .addr
+            .port(),
+        9002
+    );
+    let ratings2 = two.cluster(RATINGS, 9080).expect("ratings");
+    assert!(Arc::ptr_eq(ratings, ratings2) && ratings2.built().is_none());
+
+    // The same view again: every cluster carried over as it is.
+    let three =
+        Snapshot::build(&local(), &view(9002), &identity, &metrics, 3, Some(&two)).expect("builds");
+    assert!(Arc::ptr_eq(
+        reviews2,
+        three.cluster(FQDN, 9080).expect("reviews")
+    ));
+}
+
+#[tokio::test]
+async fn an_idle_sweep_frees_built_clusters_nothing_used_since_the_last_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    const RATINGS: &str = "ratings.default.svc.cluster.local";
+    let view = MeshView {
+        services: vec![
+            service(FQDN, vec![endpoint(9001, "v1")]),
+            service(RATINGS, vec![endpoint(9101, "v1")]),
+        ],
+        ..Default::default()
+    };
+    let sweep = |prev: &Snapshot| {
+        Snapshot::build_swept(&local(), &view, &identity, &metrics, 1, Some(prev), true)
+            .expect("builds")
+    };
+    let one = Snapshot::build(&local(), &view, &identity, &metrics, 1, None).expect("builds");
+    one.cluster(FQDN, 9080).expect("reviews").get();
+    one.cluster(RATINGS, 9080).expect("ratings").get();
+    // Both were used since the start: the first sweep keeps both.
+    let two = sweep(&one);
+    assert!(two.cluster(FQDN, 9080).expect("reviews").built().is_some());
+    assert!(
+        two.cluster(RATINGS, 9080)
+            .expect("ratings")
+            .built()
+            .is_some()
+    );
+    // Only reviews is used before the next sweep, which frees ratings.
+    two.cluster(FQDN, 9080).expect("reviews").get();
+    let three = sweep(&two);
+    assert!(
+        three
+            .cluster(FQDN, 9080)
+            .expect("reviews")
+            .built()
+            .is_some()
+    );
+    let ratings = three.cluster(RATINGS, 9080).expect("ratings");
+    assert!(
+        ratings.built().is_none(),
+        "idle since the last sweep: freed"
+    );
+    // Called again, it is built again, from nothing.
+    assert_eq!(ratings.get().endpoints[0].addr.port(), 9101);
 }
