@@ -350,3 +350,25 @@ fn proxies_of_one_scope_share_its_maps() {
         assert!(Arc::ptr_eq(&a[t], &b[t]), "{t}");
     }
 }
+
+#[test]
+fn routes_that_depend_on_the_caller_follow_the_scope_too() {
+    let vs = doc(
+        "VirtualService",
+        "shop/reviews",
+        "{hosts: [reviews], http: [{match: [{sourceLabels: {app: cart}}], route: [{destination: {host: reviews}}]}]}",
+    );
+    let m = build(&[
+        vs,
+        sidecar("istio-system/default", "{egress: [{hosts: ['./*']}]}"),
+    ]);
+    let in_shop = m.view_for(&serving("cart", "shop", 9));
+    assert_eq!(
+        names(&in_shop, type_url::ROUTE_TABLE),
+        vec![REVIEWS.to_string()]
+    );
+    let table: v1::RouteTable = decode(&in_shop, type_url::ROUTE_TABLE, REVIEWS);
+    assert!(!table.http.is_empty(), "the cart caller's rule is kept");
+    let in_web = m.view_for(&serving("cart", "web", 8));
+    assert!(names(&in_web, type_url::ROUTE_TABLE).is_empty());
+}
