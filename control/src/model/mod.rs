@@ -19,6 +19,7 @@ mod mesh_config;
 mod security;
 mod service_entry;
 mod set;
+mod sidecar;
 mod telemetry;
 mod virtual_service;
 
@@ -30,6 +31,7 @@ pub use service_entry::*;
 pub use set::{
     CLUSTER_DOMAIN, ConfigSet, Named, ROOT_NAMESPACE, applies_to_sidecars, fqdn, wildcard_matches,
 };
+pub use sidecar::*;
 pub use telemetry::*;
 pub use virtual_service::*;
 
@@ -45,6 +47,8 @@ pub enum Kind {
     DestinationRule,
     /// `networking.istio.io` ServiceEntry: services outside the registry.
     ServiceEntry,
+    /// `networking.istio.io` Sidecar: the services a workload's proxy is told about.
+    Sidecar,
     /// `security.istio.io` PeerAuthentication: inbound mTLS mode.
     PeerAuthentication,
     /// `security.istio.io` AuthorizationPolicy: inbound access control.
@@ -60,10 +64,11 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
+        Kind::Sidecar,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
@@ -76,6 +81,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
+            Kind::Sidecar => "Sidecar",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::RequestAuthentication => "RequestAuthentication",
@@ -92,7 +98,7 @@ impl Kind {
     /// The API group the kind belongs to.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
+            Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry | Kind::Sidecar => {
                 "networking.istio.io"
             }
             Kind::PeerAuthentication | Kind::AuthorizationPolicy | Kind::RequestAuthentication => {
@@ -106,7 +112,7 @@ impl Kind {
     /// The `apiVersion` values accepted for this kind (all served versions of Istio's CRDs).
     pub fn api_versions(self) -> &'static [&'static str] {
         match self {
-            Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => &[
+            Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry | Kind::Sidecar => &[
                 "networking.istio.io/v1",
                 "networking.istio.io/v1beta1",
                 "networking.istio.io/v1alpha3",

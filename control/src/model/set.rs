@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{
     AuthorizationPolicy, DestinationRule, MeshConfig, ObjectMeta, Origin, PeerAuthentication,
-    RequestAuthentication, ServiceEntry, Telemetry, VirtualService,
+    RequestAuthentication, ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
 
 /// A typed spec with the metadata and origin of its resource.
@@ -47,6 +47,8 @@ pub struct ConfigSet {
     pub request_authentications: Vec<Named<RequestAuthentication>>,
     /// Telemetries.
     pub telemetries: Vec<Named<Telemetry>>,
+    /// Sidecars.
+    pub sidecars: Vec<Named<Sidecar>>,
     /// The MeshConfig, if the directory holds one (Istio's defaults otherwise).
     pub mesh_config: Option<Named<MeshConfig>>,
 }
@@ -61,6 +63,7 @@ impl ConfigSet {
             + self.authorization_policies.len()
             + self.request_authentications.len()
             + self.telemetries.len()
+            + self.sidecars.len()
             + usize::from(self.mesh_config.is_some())
     }
 

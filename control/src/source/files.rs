@@ -297,6 +297,7 @@ fn load_value(value: Value, origin: Origin, out: &mut LoadOutcome) {
         Kind::ServiceEntry => {
             typed(value).map(|(m, s, i)| (m, ResourceSpec::ServiceEntry(Box::new(s)), i))
         }
+        Kind::Sidecar => typed(value).map(|(m, s, i)| (m, ResourceSpec::Sidecar(Box::new(s)), i)),
         Kind::PeerAuthentication => {
             typed(value).map(|(m, s, i)| (m, ResourceSpec::PeerAuthentication(Box::new(s)), i))
         }

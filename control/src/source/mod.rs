@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::model::{
     AuthorizationPolicy, DestinationRule, Kind, MeshConfig, ObjectMeta, Origin, PeerAuthentication,
-    RequestAuthentication, ServiceEntry, Telemetry, VirtualService,
+    RequestAuthentication, ServiceEntry, Sidecar, Telemetry, VirtualService,
 };
 
 mod files;
@@ -126,6 +126,8 @@ pub enum ResourceSpec {
     DestinationRule(Box<DestinationRule>),
     /// A ServiceEntry.
     ServiceEntry(Box<ServiceEntry>),
+    /// A Sidecar.
+    Sidecar(Box<Sidecar>),
     /// A PeerAuthentication.
     PeerAuthentication(Box<PeerAuthentication>),
     /// An AuthorizationPolicy.

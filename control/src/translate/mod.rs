@@ -7,10 +7,12 @@
 //! [`MeshResources::view_for`] then adds what is one proxy's own: its inbound policy, routes
 //! whose matches depend on who calls (`sourceLabels`, `sourceNamespace`, evaluated here at
 //! generation time as Istio does), and DestinationRules found in the caller's namespace (one
-//! map per namespace, shared by its proxies).
+//! map per namespace, shared by its proxies). A proxy a `Sidecar` resource applies to gets
+//! its scope's part of each map instead ([`scope`]: one per Sidecar and namespace).
 
 mod policy;
 mod routes;
+pub mod scope;
 pub mod services;
 mod telemetry;
 pub mod vips;
@@ -71,8 +73,20 @@ pub struct MeshResources {
     /// The previous generation's per-namespace maps, shared when the content is the same.
     prev_policies: HashMap<String, ResourceMap>,
     trust: ResourceMap,
-    /// The MeshConfig resource, the same for every proxy.
+    /// The MeshConfig resource, the same for every proxy a Sidecar does not override.
     mesh: ResourceMap,
+    /// The MeshConfig message `mesh` encodes (scopes override its outbound policy).
+    mesh_message: v1::MeshConfig,
+    /// Every service's namespace and ports (Sidecar egress hosts match them).
+    facts: BTreeMap<String, services::ServiceFacts>,
+    /// Host -> index of the VirtualService whose routes it gets.
+    route_owner: BTreeMap<String, usize>,
+    /// The Sidecars by namespace.
+    sidecars: scope::SidecarIndex,
+    /// The scopes of the Sidecars in force, computed once per Sidecar and namespace.
+    scopes: std::sync::Mutex<HashMap<scope::ScopeKey, Arc<scope::ScopeMaps>>>,
+    /// The previous generation's scopes, shared when the content is the same.
+    prev_scopes: HashMap<scope::ScopeKey, Arc<scope::ScopeMaps>>,
     config: Arc<ConfigSet>,
     trust_domain: String,
     /// The fetched key sets of `jwksUri` rules.
@@ -117,12 +131,16 @@ impl MeshResources {
             .mesh_config
             .as_ref()
             .is_none_or(|m| crate::model::dns_auto_allocate(&m.spec));
-        let ((services, endpoints), vips) =
-            services::translate(&config, workloads, trust_domain, held, auto_allocate);
+        let services::Translated {
+            maps: (services, endpoints),
+            vips,
+            facts,
+        } = services::translate(&config, workloads, trust_domain, held, auto_allocate);
         let hosts: Vec<String> = services.keys().cloned().collect();
         let mut routes = BTreeMap::new();
         let mut caller_routes = BTreeMap::new();
-        for vs in &config.virtual_services {
+        let mut route_owner = BTreeMap::new();
+        for (i, vs) in config.virtual_services.iter().enumerate() {
             if !crate::model::applies_to_sidecars(&vs.spec.gateways) {
                 continue;
             }
@@ -132,6 +150,7 @@ impl MeshResources {
                 if routes.contains_key(&host) || caller_routes.contains_key(&host) {
                     continue;
                 }
+                route_owner.insert(host.clone(), i);
                 if routes::depends_on_caller(vs) {
                     caller_routes.insert(host, vs.clone());
                 } else {
@@ -153,9 +172,16 @@ impl MeshResources {
         let trust = Versioned::of(&v1::TrustBundle {
             roots_pem: roots_pem.to_vec(),
         });
-        let mesh = Versioned::of(&policy::mesh(config.mesh_config.as_ref().map(|m| &m.spec)));
+        let mesh_message = policy::mesh(config.mesh_config.as_ref().map(|m| &m.spec));
+        let mesh = Versioned::of(&mesh_message);
         Self {
             mesh: Arc::new(BTreeMap::from([("mesh".to_string(), mesh)])),
+            mesh_message,
+            facts,
+            route_owner,
+            sidecars: scope::SidecarIndex::new(&config),
+            scopes: std::sync::Mutex::new(HashMap::new()),
+            prev_scopes: HashMap::new(),
             services: Arc::new(services),
             endpoints: Arc::new(endpoints),
             routes: Arc::new(routes),
@@ -190,31 +216,86 @@ impl MeshResources {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        self.prev_scopes = prev
+            .scopes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         self
+    }
+
+    /// The scope of the Sidecar applying to `me`, if one does (computed on first use).
+    fn scope_for(&self, me: &Workload) -> Option<Arc<scope::ScopeMaps>> {
+        let key = scope::key_for(&self.sidecars, &self.config, me)?;
+        if let Some(s) = self
+            .scopes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Some(s.clone());
+        }
+        let sidecar = self.config.sidecars.iter().find(|s| s.key() == key.0)?;
+        let whole = scope::Whole {
+            config: &self.config,
+            facts: &self.facts,
+            services: &self.services,
+            endpoints: &self.endpoints,
+            routes: &self.routes,
+            route_owner: &self.route_owner,
+            policies: self.policies_seen_from(&key.1),
+            mesh: (&self.mesh, &self.mesh_message),
+        };
+        let mut maps = scope::compute(&whole, sidecar, &key.1);
+        if let Some(prev) = self.prev_scopes.get(&key) {
+            maps = maps.sharing_with(prev);
+        }
+        // Another stream may have computed it meanwhile: all proxies of a scope share one.
+        let mut scopes = self.scopes.lock().unwrap_or_else(|p| p.into_inner());
+        Some(scopes.entry(key).or_insert_with(|| Arc::new(maps)).clone())
     }
 
     /// The full view of one proxy: shared maps, plus its own where it has any.
     pub fn view_for(&self, me: &Workload) -> ProxyView {
+        let scope = self.scope_for(me);
         let mut view = ProxyView::new();
         view.insert(type_url::TRUST_BUNDLE, self.trust.clone());
-        view.insert(type_url::MESH_CONFIG, self.mesh.clone());
-        view.insert(type_url::SERVICE, self.services.clone());
-        view.insert(type_url::ENDPOINTS, self.endpoints.clone());
-        let routes = if self.caller_routes.is_empty() {
-            self.routes.clone()
+        let (mesh, services, endpoints, shared_routes, policies) = match &scope {
+            Some(s) => (
+                s.mesh.clone(),
+                s.services.clone(),
+                s.endpoints.clone(),
+                &s.routes,
+                s.policies.clone(),
+            ),
+            None => (
+                self.mesh.clone(),
+                self.services.clone(),
+                self.endpoints.clone(),
+                &self.routes,
+                self.policies_seen_from(&me.namespace),
+            ),
+        };
+        view.insert(type_url::MESH_CONFIG, mesh);
+        view.insert(type_url::SERVICE, services);
+        view.insert(type_url::ENDPOINTS, endpoints);
+        let mine = self.caller_routes.iter().filter(|(host, _)| {
+            scope
+                .as_ref()
+                .is_none_or(|s| s.caller_hosts.contains(*host))
+        });
+        let routes = if mine.clone().next().is_none() {
+            shared_routes.clone()
         } else {
-            let mut routes = (*self.routes).clone();
-            for (host, vs) in &self.caller_routes {
+            let mut routes = (**shared_routes).clone();
+            for (host, vs) in mine {
                 let table = routes::table(vs, host, Some(me));
                 routes.insert(host.clone(), Versioned::of(&table));
             }
             Arc::new(routes)
         };
         view.insert(type_url::ROUTE_TABLE, routes);
-        view.insert(
-            type_url::DESTINATION_POLICY,
-            self.policies_seen_from(&me.namespace),
-        );
+        view.insert(type_url::DESTINATION_POLICY, policies);
         let inbound = policy::inbound(&self.config, me, &self.trust_domain, &self.jwks);
         view.insert(
             type_url::INBOUND_POLICY,

@@ -34,6 +34,26 @@ type Maps = (
     BTreeMap<String, Arc<Versioned>>,
 );
 
+/// What a Sidecar's egress hosts are matched against, per service hostname.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceFacts {
+    /// The namespace the service belongs to (its workloads', or its ServiceEntry's).
+    pub namespace: String,
+    /// Its port numbers.
+    pub ports: Vec<u32>,
+}
+
+/// Services and endpoints by FQDN, the VIPs allocated this generation, and each service's
+/// [`ServiceFacts`].
+pub struct Translated {
+    /// Services and endpoints, encoded.
+    pub maps: Maps,
+    /// Hostname -> allocated VIP.
+    pub vips: super::vips::Allocations,
+    /// Hostname -> namespace and ports.
+    pub facts: BTreeMap<String, ServiceFacts>,
+}
+
 /// The service ports where `w`'s PeerAuthentication is DISABLE (its workload port, the
 /// app's, decides, as `portLevelMtls` keys are workload ports).
 fn plaintext_ports(config: &ConfigSet, w: &Workload) -> Vec<u32> {
@@ -57,7 +77,7 @@ pub fn translate(
     trust_domain: &str,
     held: &super::vips::Allocations,
     auto_allocate: bool,
-) -> (Maps, super::vips::Allocations) {
+) -> Translated {
     let mut services: BTreeMap<String, v1::Service> = BTreeMap::new();
     let mut endpoints: BTreeMap<String, v1::Endpoints> = BTreeMap::new();
     for w in workloads.iter().filter(|w| !w.ports.is_empty()) {
@@ -228,6 +248,16 @@ pub fn translate(
             s.addresses = vec![ip.to_string()];
         }
     }
+    let facts = services
+        .iter()
+        .map(|(host, s)| {
+            let f = ServiceFacts {
+                namespace: s.namespace.clone(),
+                ports: s.ports.iter().map(|p| p.number).collect(),
+            };
+            (host.clone(), f)
+        })
+        .collect();
     let maps = (
         services
             .into_iter()
@@ -238,7 +268,11 @@ pub fn translate(
             .map(|(k, v)| (k, Versioned::of(&v)))
             .collect(),
     );
-    (maps, allocated)
+    Translated {
+        maps,
+        vips: allocated,
+        facts,
+    }
 }
 
 /// How a ServiceEntry reaches sidecars.

@@ -18,7 +18,7 @@ use crate::registry::{Workload, WorkloadPort};
 const TD: &str = "cluster.local";
 
 /// One YAML document.
-fn doc(kind: &str, ns_name: &str, spec: &str) -> String {
+pub(super) fn doc(kind: &str, ns_name: &str, spec: &str) -> String {
     let (ns, name) = ns_name.split_once('/').unwrap_or(("default", ns_name));
     let api = match kind {
         "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
@@ -53,7 +53,13 @@ fn reviews_workload() -> Workload {
     )
 }
 
-fn workload(name: &str, ns: &str, sa: &str, labels: &[(&str, &str)], addr: &str) -> Workload {
+pub(super) fn workload(
+    name: &str,
+    ns: &str,
+    sa: &str,
+    labels: &[(&str, &str)],
+    addr: &str,
+) -> Workload {
     Workload {
         key: format!("{name}.{ns}@{addr}"),
         name: name.into(),
@@ -74,7 +80,7 @@ fn workload(name: &str, ns: &str, sa: &str, labels: &[(&str, &str)], addr: &str)
     }
 }
 
-fn mesh(config: ConfigSet, workloads: &[Workload]) -> MeshResources {
+pub(super) fn mesh(config: ConfigSet, workloads: &[Workload]) -> MeshResources {
     MeshResources::build(
         Arc::new(config),
         workloads,
@@ -86,7 +92,7 @@ fn mesh(config: ConfigSet, workloads: &[Workload]) -> MeshResources {
 
 /// Decodes resource `name` of type `t` from a view.
 #[track_caller]
-fn decode<M: Message + Default>(view: &ProxyView, t: &str, name: &str) -> M {
+pub(super) fn decode<M: Message + Default>(view: &ProxyView, t: &str, name: &str) -> M {
     let r = view.get(t).and_then(|m| m.get(name)).unwrap_or_else(|| {
         panic!(
             "{t} {name} missing; have {:?}",

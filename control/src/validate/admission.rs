@@ -98,6 +98,7 @@ pub fn resource_labels(kind: Option<Kind>) -> (&'static str, &'static str) {
         Kind::VirtualService => "virtualservices",
         Kind::DestinationRule => "destinationrules",
         Kind::ServiceEntry => "serviceentries",
+        Kind::Sidecar => "sidecars",
         Kind::PeerAuthentication => "peerauthentications",
         Kind::AuthorizationPolicy => "authorizationpolicies",
         Kind::RequestAuthentication => "requestauthentications",

@@ -21,6 +21,7 @@ use crate::source::{Problem, Resource, ResourceSpec, Severity, load_dir};
 
 pub mod admission;
 mod security;
+mod sidecar;
 mod telemetry;
 mod tls;
 mod unenforced;
@@ -111,6 +112,10 @@ pub fn validate_with_hosts(
                 c.service_entry(r, se);
                 c.service_entry_unapplied(r, se);
             }
+            ResourceSpec::Sidecar(s) => {
+                c.sidecar(r, s);
+                c.sidecar_unapplied(r, s);
+            }
             ResourceSpec::PeerAuthentication(pa) => c.peer_authentication(r, pa),
             ResourceSpec::AuthorizationPolicy(ap) => c.authorization_policy(r, ap),
             ResourceSpec::RequestAuthentication(ra) => c.request_authentication(r, ra),
@@ -124,6 +129,7 @@ pub fn validate_with_hosts(
     c.conflicts(resources);
     c.duplicate_issuers(resources);
     c.telemetry_scopes(resources);
+    c.sidecar_scopes(resources);
     let problems = c.problems;
     if problems.iter().any(Problem::is_error) {
         return (None, problems);
@@ -145,6 +151,7 @@ fn build_set(resources: &[Resource]) -> ConfigSet {
             ResourceSpec::VirtualService(s) => set.virtual_services.push(named(r, &**s)),
             ResourceSpec::DestinationRule(s) => set.destination_rules.push(named(r, &**s)),
             ResourceSpec::ServiceEntry(s) => set.service_entries.push(named(r, &**s)),
+            ResourceSpec::Sidecar(s) => set.sidecars.push(named(r, &**s)),
             ResourceSpec::PeerAuthentication(s) => set.peer_authentications.push(named(r, &**s)),
             ResourceSpec::AuthorizationPolicy(s) => set.authorization_policies.push(named(r, &**s)),
             ResourceSpec::RequestAuthentication(s) => {

@@ -13,7 +13,7 @@ use super::Checker;
 const NOT_APPLIED: &str = "read but not applied by meshlite's sidecars";
 
 impl Checker<'_> {
-    fn unapplied(&mut self, r: &Resource, field: String, what: &str) {
+    pub(super) fn unapplied(&mut self, r: &Resource, field: String, what: &str) {
         self.warning(r, field, format!("{NOT_APPLIED}: {what}"));
     }
 

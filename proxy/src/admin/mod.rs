@@ -225,6 +225,13 @@ fn config_dump(ctx: &ProxyContext, op: &Operator) -> String {
             })
         })
         .collect();
+    // MeshConfig's `outboundTrafficPolicy.mode`, or that of the Sidecar resource applying to
+    // this workload.
+    let outbound_traffic_policy = if snap.outbound_registry_only {
+        "REGISTRY_ONLY"
+    } else {
+        "ALLOW_ANY"
+    };
     let dump = json!({
         "version": snap.version,
         "identity": snap.local.id.as_str(),
@@ -232,6 +239,7 @@ fn config_dump(ctx: &ProxyContext, op: &Operator) -> String {
         "draining": ctx.drain.is_draining(),
         "open_connections": ctx.drain.open_connections(),
         "hosts": snap.host_count(),
+        "outbound_traffic_policy": outbound_traffic_policy,
         "clusters": clusters,
         "tcp_listeners": op.tcp_listeners.bound(),
         "subset_clusters": snap.subset_clusters.iter().map(|c| {

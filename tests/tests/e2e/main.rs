@@ -51,6 +51,7 @@ mod pods_churn;
 mod protocols;
 mod routing;
 mod security;
+mod sidecar_scope;
 mod streaming;
 mod tcp_services;
 mod telemetry;

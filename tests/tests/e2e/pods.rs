@@ -429,3 +429,58 @@ async fn init_installs_one_rule_set_however_often_it_runs_and_cleanup_removes_ex
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_resources_registry_only_closes_unknown_destinations_of_its_workloads_only() {
+    if !can_run() {
+        return;
+    }
+    within(
+        "a Sidecar's outbound policy",
+        Duration::from_secs(90),
+        async {
+            let node = Node::create().expect("node");
+            let scoped = node.add_pod("scoped").expect("scoped pod");
+            let free = node.add_pod("free").expect("free pod");
+            let legacy = node.add_pod("legacy").expect("legacy pod");
+            let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+            let _legacy =
+                BannerApp::start_on(legacy.ns.bind(any(7000)).await.expect("bind"), BANNER);
+            // MeshConfig keeps Istio's ALLOW_ANY; the Sidecar makes its workloads REGISTRY_ONLY.
+            let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+             metadata: {name: scoped, namespace: default}\nspec:\n  \
+             workloadSelector: {labels: {app: scoped}}\n  \
+             outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n";
+            let control = NodeControl::start(&node, &[("sidecar.yaml", sidecar)]).await;
+            let _scoped = PodSidecar::start(&scoped, &control, "scoped", &[], &[]).await;
+            let _free = PodSidecar::start(&free, &control, "free", &[], &[]).await;
+            let outside = SocketAddr::new(IpAddr::V4(legacy.ip), 7000);
+            let wait = Duration::from_millis(500);
+
+            eventually(
+                "the scoped pod's unknown destination closed",
+                SOON,
+                || async {
+                    let text = metrics(&scoped).await;
+                    let closed = sum(
+                        &text,
+                        "istio_tcp_connections_closed_total",
+                        &[
+                            ("reporter", "source"),
+                            ("destination_service_name", "BlackHoleCluster"),
+                        ],
+                    );
+                    (greeting(&scoped.ns, outside, wait).await.is_err() && closed >= 1.0)
+                        .then_some(())
+                },
+            )
+            .await;
+            // The pod the Sidecar does not select still passes through, as MeshConfig says.
+            let hello = greeting(&free.ns, outside, wait)
+                .await
+                .expect("ALLOW_ANY passes through");
+            assert_eq!(hello, BANNER);
+        },
+    )
+    .await;
+}
