@@ -192,7 +192,7 @@ impl RunningProxy {
         let local = Arc::new(LocalSettings::from_config(&cfg));
         let file_view = source::file::view(&cfg);
         let view = match &control {
-            Some(b) => match b.state.view() {
+            Some(b) => match b.state.clone().view() {
                 Ok(pushed) => source::merge::merge(pushed, file_view.clone()),
                 Err(e) => {
                     tracing::warn!("persisted config does not apply ({e}); starting without it");

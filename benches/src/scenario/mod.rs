@@ -61,7 +61,7 @@ pub enum ScenarioError {
     Pods(#[from] pods::PodsError),
     /// The scale scenario failed.
     #[error(transparent)]
-    Scale(#[from] scale::ScaleError),
+    Scale(#[from] Box<scale::ScaleError>),
     /// An option was given to a scenario that does not take it.
     #[error("{0}")]
     Option(String),
@@ -81,6 +81,6 @@ pub fn run(args: &BenchArgs) -> Result<bool, ScenarioError> {
         ScenarioName::Chaos => Ok(chaos::run(args)?),
         ScenarioName::Mesh => Ok(mesh::run(args)?),
         ScenarioName::Pods => Ok(pods::run(args)?),
-        ScenarioName::Scale => Ok(scale::run(args)?),
+        ScenarioName::Scale => Ok(scale::run(args).map_err(Box::new)?),
     }
 }

@@ -240,7 +240,7 @@ impl XdsClient {
     }
 
     fn apply(&mut self, batch: &[DeltaDiscoveryResponse]) -> Result<(), XdsError> {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let mut next = self.state.clone();
         for resp in batch {
             next = next.apply(resp)?;
@@ -294,7 +294,7 @@ impl XdsClient {
     /// Rebuilds the snapshot from the config in force, leaving out (unbuilt) the clusters
     /// built earlier and unused since the last sweep, which frees them once the requests
     /// still holding them finish. Nothing happens while no cluster is built.
-    fn sweep_idle_clusters(&self) {
+    fn sweep_idle_clusters(&mut self) {
         let current = self.ctx.snapshot.load();
         if !current
             .clusters

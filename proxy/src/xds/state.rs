@@ -10,7 +10,7 @@ use meshlite_xds_proto::{type_url, v1};
 use prost::Message;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -31,9 +31,28 @@ pub struct Stored {
 }
 
 /// Every resource currently accepted, by type URL, then name.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct XdsState {
     types: BTreeMap<String, BTreeMap<String, Stored>>,
+    /// The services an earlier view decoded, by name: a view decodes only the Service and
+    /// Endpoints resources whose versions moved, and hands the snapshot the same shared
+    /// specs for the rest (a push of one service costs one service's decoding).
+    decoded: BTreeMap<String, Decoded>,
+}
+
+/// One service's specs (one per port) and the resource versions they were decoded from.
+#[derive(Clone, Debug)]
+struct Decoded {
+    service: String,
+    endpoints: Option<String>,
+    specs: Vec<Arc<ServiceSpec>>,
+}
+
+impl PartialEq for XdsState {
+    /// The resources held; what was decoded from them is a cache.
+    fn eq(&self, other: &Self) -> bool {
+        self.types == other.types
+    }
 }
 
 impl XdsState {
@@ -139,129 +158,52 @@ impl XdsState {
     /// The services, endpoints, routes and subsets as the snapshot builder takes them.
     /// Anything malformed (an address that does not parse, a bad SPIFFE ID) fails the whole
     /// view, naming the resource.
-    pub fn view(&self) -> Result<MeshView, XdsError> {
-        let endpoints: HashMap<String, v1::Endpoints> = self
-            .decode::<v1::Endpoints>(type_url::ENDPOINTS)?
-            .into_iter()
-            .collect();
+    pub fn view(&mut self) -> Result<MeshView, XdsError> {
         let mut view = MeshView::default();
-        for (name, svc) in self.decode::<v1::Service>(type_url::SERVICE)? {
-            let bad = |what: String| XdsError::Invalid(format!("Service {name}: {what}"));
-            if svc.hostname != name {
-                return Err(bad(format!(
-                    "hostname {} differs from its name",
-                    svc.hostname
-                )));
-            }
-            let identities = svc
-                .identities
-                .iter()
-                .map(|i| SpiffeId::parse(i).map_err(|e| bad(e.to_string())))
-                .collect::<Result<Vec<_>, _>>()?;
-            let listed: &[v1::Endpoint] = endpoints
-                .get(&name)
-                .map(|e| &e.endpoints[..])
-                .unwrap_or_default();
-            let (eps, external) = if svc.mesh_external {
-                let targets = listed
-                    .iter()
-                    .map(|e| {
-                        let a = http::uri::Authority::try_from(e.address.as_str())
-                            .ok()
-                            .filter(|a| a.port_u16().is_some())
-                            .ok_or_else(|| {
-                                bad(format!("endpoint address `{}` is not host:port", e.address))
-                            })?;
-                        Ok((e.service_port, a))
-                    })
-                    .collect::<Result<Vec<_>, XdsError>>()?;
-                (Vec::new(), Some(targets))
-            } else {
-                let eps = listed
-                    .iter()
-                    .map(|e| {
-                        let addr: SocketAddr = e.address.parse().map_err(|_| {
-                            bad(format!("endpoint address `{}` is not ip:port", e.address))
-                        })?;
-                        Ok(EndpointSpec {
-                            addr,
-                            labels: e
-                                .labels
-                                .iter()
-                                .map(|(k, v)| (k.clone(), v.clone()))
-                                .collect(),
-                            locality: e
-                                .locality
-                                .as_ref()
-                                .map(|l| crate::balance::locality::Locality {
-                                    region: l.region.clone(),
-                                    zone: l.zone.clone(),
-                                    sub_zone: l.sub_zone.clone(),
-                                })
-                                .unwrap_or_default(),
-                            weight: e.weight.max(1),
-                            plaintext: false,
-                            workload: (!e.workload.is_empty()).then(|| {
-                                let labels = e
-                                    .labels
-                                    .iter()
-                                    .map(|(k, v)| (k.clone(), v.clone()))
-                                    .collect();
-                                Arc::new(WorkloadMetadata::from_labels(
-                                    &e.workload,
-                                    &e.namespace,
-                                    &labels,
-                                    DEFAULT_CLUSTER_ID,
-                                ))
-                            }),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, XdsError>>()?;
-                (eps, None)
+        let empty = BTreeMap::new();
+        let services = self.types.get(type_url::SERVICE).unwrap_or(&empty);
+        let endpoints = self.types.get(type_url::ENDPOINTS).unwrap_or(&empty);
+        let mut decoded = BTreeMap::new();
+        for (name, stored) in services {
+            let eps = endpoints.get(name);
+            let specs = match self.decoded.remove(name) {
+                Some(d)
+                    if d.service == stored.version
+                        && d.endpoints.as_deref() == eps.map(|e| e.version.as_str()) =>
+                {
+                    d.specs
+                }
+                _ => {
+                    let svc = v1::Service::decode(stored.body.as_slice()).map_err(|e| {
+                        XdsError::Invalid(format!("{} {name}: {e}", type_url::SERVICE))
+                    })?;
+                    let listed = match eps {
+                        Some(e) => {
+                            v1::Endpoints::decode(e.body.as_slice())
+                                .map_err(|e| {
+                                    XdsError::Invalid(format!(
+                                        "{} {name}: {e}",
+                                        type_url::ENDPOINTS
+                                    ))
+                                })?
+                                .endpoints
+                        }
+                        None => Vec::new(),
+                    };
+                    service_specs(name, &svc, &listed)?
+                }
             };
-            let addresses = vips(&svc.addresses).map_err(bad)?;
-            for p in &svc.ports {
-                let port = u16::try_from(p.number)
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| bad(format!("port {} is out of range", p.number)))?;
-                let detect_protocol = p.protocol == v1::Protocol::Unspecified as i32;
-                let protocol = match v1::Protocol::try_from(p.protocol) {
-                    Ok(v1::Protocol::Http) | Ok(v1::Protocol::Unspecified) => Protocol::Http,
-                    Ok(v1::Protocol::Http2) => Protocol::Http2,
-                    Ok(v1::Protocol::Grpc) => Protocol::Grpc,
-                    Ok(v1::Protocol::Tcp) => Protocol::Tcp,
-                    Err(_) => return Err(bad(format!("unknown protocol {}", p.protocol))),
-                };
-                view.services.push(Arc::new(ServiceSpec {
-                    hostname: svc.hostname.clone(),
-                    name: svc.name.clone(),
-                    namespace: svc.namespace.clone(),
-                    port,
-                    protocol,
-                    aliases: svc.aliases.clone(),
-                    identities: identities.clone(),
-                    // Auto mutual TLS: plaintext to endpoints whose port is DISABLE.
-                    endpoints: eps
-                        .iter()
-                        .zip(listed)
-                        .map(|(e, l)| EndpointSpec {
-                            plaintext: l.plaintext_ports.contains(&p.number),
-                            ..e.clone()
-                        })
-                        .collect(),
-                    listen: None,
-                    external: external.as_ref().map(|t| {
-                        t.iter()
-                            .filter(|(sp, _)| *sp == 0 || *sp == p.number)
-                            .map(|(_, a)| a.clone())
-                            .collect()
-                    }),
-                    addresses: addresses.clone(),
-                    detect_protocol,
-                }));
-            }
+            view.services.extend(specs.iter().cloned());
+            decoded.insert(
+                name.clone(),
+                Decoded {
+                    service: stored.version.clone(),
+                    endpoints: eps.map(|e| e.version.clone()),
+                    specs,
+                },
+            );
         }
+        self.decoded = decoded;
         view.routes = self
             .decode::<v1::RouteTable>(type_url::ROUTE_TABLE)?
             .into_iter()
@@ -315,6 +257,129 @@ impl XdsState {
         }
         Ok(state)
     }
+}
+
+/// The specs (one per port) of Service `name` with its endpoints `listed`. Anything
+/// malformed (an address that does not parse, a bad SPIFFE ID) fails, naming the resource.
+fn service_specs(
+    name: &str,
+    svc: &v1::Service,
+    listed: &[v1::Endpoint],
+) -> Result<Vec<Arc<ServiceSpec>>, XdsError> {
+    let mut out = Vec::with_capacity(svc.ports.len());
+    let bad = |what: String| XdsError::Invalid(format!("Service {name}: {what}"));
+    if svc.hostname != name {
+        return Err(bad(format!(
+            "hostname {} differs from its name",
+            svc.hostname
+        )));
+    }
+    let identities = svc
+        .identities
+        .iter()
+        .map(|i| SpiffeId::parse(i).map_err(|e| bad(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (eps, external) = if svc.mesh_external {
+        let targets = listed
+            .iter()
+            .map(|e| {
+                let a = http::uri::Authority::try_from(e.address.as_str())
+                    .ok()
+                    .filter(|a| a.port_u16().is_some())
+                    .ok_or_else(|| {
+                        bad(format!("endpoint address `{}` is not host:port", e.address))
+                    })?;
+                Ok((e.service_port, a))
+            })
+            .collect::<Result<Vec<_>, XdsError>>()?;
+        (Vec::new(), Some(targets))
+    } else {
+        let eps = listed
+            .iter()
+            .map(|e| {
+                let addr: SocketAddr = e
+                    .address
+                    .parse()
+                    .map_err(|_| bad(format!("endpoint address `{}` is not ip:port", e.address)))?;
+                Ok(EndpointSpec {
+                    addr,
+                    labels: e
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    locality: e
+                        .locality
+                        .as_ref()
+                        .map(|l| crate::balance::locality::Locality {
+                            region: l.region.clone(),
+                            zone: l.zone.clone(),
+                            sub_zone: l.sub_zone.clone(),
+                        })
+                        .unwrap_or_default(),
+                    weight: e.weight.max(1),
+                    plaintext: false,
+                    workload: (!e.workload.is_empty()).then(|| {
+                        let labels = e
+                            .labels
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
+                        Arc::new(WorkloadMetadata::from_labels(
+                            &e.workload,
+                            &e.namespace,
+                            &labels,
+                            DEFAULT_CLUSTER_ID,
+                        ))
+                    }),
+                })
+            })
+            .collect::<Result<Vec<_>, XdsError>>()?;
+        (eps, None)
+    };
+    let addresses = vips(&svc.addresses).map_err(bad)?;
+    for p in &svc.ports {
+        let port = u16::try_from(p.number)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad(format!("port {} is out of range", p.number)))?;
+        let detect_protocol = p.protocol == v1::Protocol::Unspecified as i32;
+        let protocol = match v1::Protocol::try_from(p.protocol) {
+            Ok(v1::Protocol::Http) | Ok(v1::Protocol::Unspecified) => Protocol::Http,
+            Ok(v1::Protocol::Http2) => Protocol::Http2,
+            Ok(v1::Protocol::Grpc) => Protocol::Grpc,
+            Ok(v1::Protocol::Tcp) => Protocol::Tcp,
+            Err(_) => return Err(bad(format!("unknown protocol {}", p.protocol))),
+        };
+        out.push(Arc::new(ServiceSpec {
+            hostname: svc.hostname.clone(),
+            name: svc.name.clone(),
+            namespace: svc.namespace.clone(),
+            port,
+            protocol,
+            aliases: svc.aliases.clone(),
+            identities: identities.clone(),
+            // Auto mutual TLS: plaintext to endpoints whose port is DISABLE.
+            endpoints: eps
+                .iter()
+                .zip(listed)
+                .map(|(e, l)| EndpointSpec {
+                    plaintext: l.plaintext_ports.contains(&p.number),
+                    ..e.clone()
+                })
+                .collect(),
+            listen: None,
+            external: external.as_ref().map(|t| {
+                t.iter()
+                    .filter(|(sp, _)| *sp == 0 || *sp == p.number)
+                    .map(|(_, a)| a.clone())
+                    .collect()
+            }),
+            addresses: addresses.clone(),
+            detect_protocol,
+        }));
+    }
+    Ok(out)
 }
 
 /// Files of the state directory.
@@ -469,7 +534,7 @@ mod tests {
             removed_resources: vec![host.into()],
             ..Default::default()
         };
-        let after = state.apply(&removal).unwrap();
+        let mut after = state.apply(&removal).unwrap();
         assert!(after.view().unwrap().services.is_empty());
         // The original is untouched: applying works on a copy.
         assert_eq!(state.view().unwrap().services.len(), 1);
@@ -495,5 +560,36 @@ mod tests {
         let bytes = state.encode();
         assert_eq!(XdsState::decode_persisted(&bytes).unwrap(), state);
         assert!(XdsState::decode_persisted(&bytes[..bytes.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn a_view_decodes_only_the_services_whose_resources_moved() {
+        let (reviews, ratings) = (
+            "reviews.default.svc.cluster.local",
+            "ratings.default.svc.cluster.local",
+        );
+        let mut state = XdsState::default();
+        for r in service_push(reviews, "127.0.0.1:1")
+            .iter()
+            .chain(&service_push(ratings, "127.0.0.1:2"))
+        {
+            state = state.apply(r).unwrap();
+        }
+        let spec = |v: &MeshView, host: &str| {
+            v.services
+                .iter()
+                .find(|s| s.hostname == host)
+                .cloned()
+                .expect("service")
+        };
+        let first = state.view().unwrap();
+        // ratings' endpoints move (a new version): only ratings is decoded again.
+        let mut moved = service_push(ratings, "127.0.0.1:3");
+        moved[1].resources[0].version = "v2".into();
+        let mut state = state.apply(&moved[1]).unwrap();
+        let second = state.view().unwrap();
+        assert!(Arc::ptr_eq(&spec(&first, reviews), &spec(&second, reviews)));
+        assert!(!Arc::ptr_eq(&spec(&first, ratings), &spec(&second, ratings)));
+        assert_eq!(spec(&second, ratings).endpoints[0].addr.port(), 3);
     }
 }

@@ -135,7 +135,7 @@ impl Recipe {
         };
         Ok(Self {
             ctx: ctx.clone(),
-            rate_budget: policy.and_then(|p| p.rate_retry_budget.clone()),
+            rate_budget: policy.and_then(|p| p.rate_retry_budget),
             svc,
             subset,
             tp,
@@ -327,17 +327,17 @@ impl Recipe {
                 .ejections_active
                 .set(i64::try_from(d.ejected_count()).unwrap_or(i64::MAX));
         }
-        let retry_budget = BudgetParams::for_destination(
-            self.rate_budget.as_ref(),
-            concurrency_budget.is_some(),
-        )
-        .map(|params| match reuse.budgets.get(name) {
+        let retry_budget =
+            BudgetParams::for_destination(self.rate_budget.as_ref(), concurrency_budget.is_some())
+                .map(|params| {
+                    match reuse.budgets.get(name) {
             Some(b) if b.params() == params => b.clone(),
             _ => Arc::new(RetryBudget::from_params(params).unwrap_or_else(|e| {
                 tracing::warn!(cluster = %name, error = %e, "retry budget refused, default used");
                 RetryBudget::default()
             })),
-        });
+        }
+                });
         let cluster = Arc::new(Cluster {
             rate_limit: self.rate_limit.clone(),
             retry_budget,
