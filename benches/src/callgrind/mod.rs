@@ -67,6 +67,14 @@ pub enum CallgrindError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The fixed-`getrandom` library did not compile.
+    #[error("cc could not build benches/callgrind/fixed_random.c ({status}):\n{stderr}")]
+    Compile {
+        /// The compiler's exit status.
+        status: String,
+        /// What it said.
+        stderr: String,
+    },
     /// Callgrind wrote a different number of dumps than the process measured cases.
     #[error(
         "callgrind wrote {dumps} dumps for {cases} measured cases: is `{}` or `{}` inlined or renamed?",

@@ -6,6 +6,10 @@
 //! of the `n`-th case the manifest lists and nothing else. Collection is per thread, so only
 //! the thread that runs the region is counted (a background thread, such as a span exporter,
 //! is not). Each dump is kept under the case's name, ready for `callgrind_annotate`.
+//!
+//! The measured process gets `benches/callgrind/fixed_random.c` preloaded, built here with the
+//! machine's C compiler (the one ring's build uses): glibc's `getrandom` from a fixed sequence,
+//! so that std's HashMap keys, and so the probes of every lookup, repeat from run to run.
 
 use super::manifest::{MANIFEST_FLAG, Manifest};
 use super::{CASE_FUNCTION, CallgrindError, REGION_FUNCTION};
@@ -15,6 +19,12 @@ use std::process::Command;
 
 /// How much of valgrind's log a failure quotes.
 const LOG_TAIL_LINES: usize = 30;
+
+/// Where the measured process's program and files are staged (see [`measure`]).
+const STAGE_PARENT: &str = "/tmp";
+
+/// The preloaded `getrandom` of the measured process (see the file).
+const FIXED_RANDOM_C: &str = include_str!("../../callgrind/fixed_random.c");
 
 /// One case's count from one run.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,13 +64,70 @@ pub fn version() -> Result<String, CallgrindError> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Runs `exe args.. --measure-into <dir>/manifest` under callgrind, its files in `dir` (which
-/// must exist and be empty), and reads one count per case it measured.
-pub fn measure(exe: &Path, args: &[OsString], dir: &Path) -> Result<Run, CallgrindError> {
-    let manifest_path = dir.join("manifest");
+/// Builds the fixed-`getrandom` library in `dir` with `cc` and returns its path.
+pub fn build_fixed_random(dir: &Path) -> Result<PathBuf, CallgrindError> {
+    let source = dir.join("fixed_random.c");
+    let library = dir.join("libfixed_random.so");
+    std::fs::write(&source, FIXED_RANDOM_C).map_err(|e| CallgrindError::Io {
+        what: "write",
+        path: source.clone(),
+        source: e,
+    })?;
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .output()
+        .map_err(|e| CallgrindError::Io {
+            what: "run the C compiler `cc` (it builds the measured process's fixed getrandom) on",
+            path: source.clone(),
+            source: e,
+        })?;
+    if !out.status.success() {
+        return Err(CallgrindError::Compile {
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(library)
+}
+
+/// Runs `exe args.. --measure-into <dir>/manifest` under callgrind with `preload` preloaded
+/// (see [`build_fixed_random`]), its files in `dir` (which must exist and be empty), and reads
+/// one count per case it measured.
+pub fn measure(
+    exe: &Path,
+    args: &[OsString],
+    preload: &Path,
+    dir: &Path,
+) -> Result<Run, CallgrindError> {
+    // The measured process's arguments and environment sit at the top of its stack, so their
+    // length moves every stack address, and glibc's `memcmp` and Rust's `memrchr` take other
+    // paths at other alignments (a case moved by 3 % between a run from cargo and one from a
+    // shell). So: no environment but the preload, and every path it is given of one length.
+    let stage = tempfile::Builder::new()
+        .prefix("meshlite-callgrind-")
+        .tempdir_in(STAGE_PARENT)
+        .map_err(|source| CallgrindError::Io {
+            what: "make a directory in",
+            path: PathBuf::from(STAGE_PARENT),
+            source,
+        })?;
+    let program = stage.path().join("bench");
+    let staged_preload = stage.path().join("fixed_random.so");
+    for (from, to) in [(exe, &program), (preload, &staged_preload)] {
+        std::fs::copy(from, to).map_err(|source| CallgrindError::Io {
+            what: "copy",
+            path: from.to_path_buf(),
+            source,
+        })?;
+    }
+    let manifest_path = stage.path().join("manifest");
     let log = dir.join("valgrind.log");
     let out = dir.join("callgrind.out");
     let status = Command::new("valgrind")
+        .env_clear()
+        .env("LD_PRELOAD", &staged_preload)
         .arg("--tool=callgrind")
         .arg("--collect-atstart=no")
         .arg(format!("--toggle-collect=*::{REGION_FUNCTION}"))
@@ -68,7 +135,7 @@ pub fn measure(exe: &Path, args: &[OsString], dir: &Path) -> Result<Run, Callgri
         .arg("--dump-instr=no")
         .arg(flag("--callgrind-out-file=", &out))
         .arg(flag("--log-file=", &log))
-        .arg(exe)
+        .arg(&program)
         .args(args)
         .arg(MANIFEST_FLAG)
         .arg(&manifest_path)
@@ -82,6 +149,7 @@ pub fn measure(exe: &Path, args: &[OsString], dir: &Path) -> Result<Run, Callgri
         });
     }
     let manifest = Manifest::read(&manifest_path)?;
+    let _ = std::fs::copy(&manifest_path, dir.join("manifest"));
     let dumps = (1..)
         .map(|n| dir.join(format!("callgrind.out.{n}")))
         .take_while(|path| path.exists())
