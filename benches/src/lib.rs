@@ -19,6 +19,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod app;
+pub mod callgrind;
 pub mod cli;
 pub mod collector;
 pub mod harness;
