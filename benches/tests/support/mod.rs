@@ -65,6 +65,20 @@ pub fn proxy_binary() -> PathBuf {
     binary
 }
 
+/// The debug control plane beside the proxy under test, for scenarios that start one:
+/// `$MESHLITE_CONTROL_BIN`, else the workspace's debug build when it exists (`cargo test
+/// --workspace` makes it), else `None` and the bench builds its own.
+pub fn control_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("MESHLITE_CONTROL_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    Some(target.join("debug").join("meshlite-control")).filter(|p| p.is_file())
+}
+
 /// A finished run of the bench binary.
 pub struct BenchRun {
     /// Its pid (the names it gave what it made carry it).
@@ -83,7 +97,11 @@ pub fn run_bench(args: &[&str], what: &str) -> BenchRun {
     let json_path = dir.path().join("report.json");
     let log_path = dir.path().join("bench.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_meshlite-bench"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meshlite-bench"));
+    if let Some(control) = control_binary() {
+        command.env("MESHLITE_CONTROL_BIN", control);
+    }
+    let child = command
         .args(args)
         .arg("--json")
         .arg(&json_path)

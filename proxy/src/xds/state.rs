@@ -589,7 +589,10 @@ mod tests {
         let mut state = state.apply(&moved[1]).unwrap();
         let second = state.view().unwrap();
         assert!(Arc::ptr_eq(&spec(&first, reviews), &spec(&second, reviews)));
-        assert!(!Arc::ptr_eq(&spec(&first, ratings), &spec(&second, ratings)));
+        assert!(!Arc::ptr_eq(
+            &spec(&first, ratings),
+            &spec(&second, ratings)
+        ));
         assert_eq!(spec(&second, ratings).endpoints[0].addr.port(), 3);
     }
 }
