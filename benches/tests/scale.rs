@@ -10,16 +10,21 @@
 //! cargo build -p meshlite-proxy -p meshlite-control && cargo test -p meshlite-bench --test scale
 //! ```
 #![forbid(unsafe_code)]
-// A test: a failed expectation is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A test: a failed expectation is a failed test, and the child is timed with the real clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod support;
 
 use support::{BenchRun, number, run_bench};
 
 /// The most 1,000 services may add to the sidecar's peak RSS over one service, MB (debug
-/// build). Measured 2026-12-06: 21.7 MB (debug), about 22 MB (release); some 65 MB before clusters were
-/// built on first use, which this bound would have caught.
+/// build). Measured 2026-12-06: 21.7 MB (debug), about 22 MB (release); some 65 MB before
+/// clusters were built on first use, which this bound would have caught.
 const MAX_ADDED_MB_AT_1000: f64 = 32.0;
 
 #[test]
