@@ -489,6 +489,22 @@ pub fn to_json(records: &[RateRecord], single_rate: bool) -> Result<String, Repo
     Ok(serde_json::to_string_pretty(&value)?)
 }
 
+/// Writes a scenario's runs as `{"scenario": NAME, "runs": [...]}` to `path` (the shape the
+/// control and scale scenarios share), and says where.
+pub fn write_runs(
+    path: &std::path::Path,
+    scenario: &str,
+    runs: &impl serde::Serialize,
+) -> Result<(), ReportError> {
+    let text = serde_json::to_string_pretty(&serde_json::json!({
+        "scenario": scenario,
+        "runs": runs,
+    }))?;
+    write_json(path, &text)?;
+    println!("JSON written to {}", path.display());
+    Ok(())
+}
+
 /// Writes the JSON document to `path`.
 pub fn write_json(path: &std::path::Path, text: &str) -> Result<(), ReportError> {
     std::fs::write(path, format!("{text}\n")).map_err(|source| ReportError::Write {

@@ -276,3 +276,11 @@ pub fn create_token(
     }
     Ok(token)
 }
+
+/// Replaces `dir/name` atomically: a hidden temporary (which the control plane's loader skips),
+/// then a rename, so the watcher never reads half a file.
+pub fn replace_config_file(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, dir.join(name))
+}

@@ -27,7 +27,7 @@ pub mod control;
 pub mod sidecar;
 
 pub use config::{AppProtocol, InboundPort, Mode, SidecarConfig, StaticService};
-pub use control::{ControlPlaneLaunch, ControlPlaneProcess, create_token};
+pub use control::{ControlPlaneLaunch, ControlPlaneProcess, create_token, replace_config_file};
 pub use sidecar::{Listening, SidecarLaunch, SidecarProcess, StartingSidecar, connectable};
 
 use crate::process::ProcessError;

@@ -224,13 +224,7 @@ pub fn run(args: &BenchArgs) -> Result<bool, ControlError> {
     }
     println!("{}", render(&runs));
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&serde_json::json!({
-            "scenario": "control",
-            "runs": runs,
-        }))
-        .map_err(|e| ControlError::Run(format!("cannot encode the JSON: {e}")))?;
-        report::write_json(path, &text)?;
-        println!("JSON written to {}", path.display());
+        report::write_runs(path, "control", &runs)?;
     }
     if args.keep_dir {
         println!("run directory kept: {}", temp.keep().display());
@@ -390,11 +384,10 @@ fn write_config(dir: &Path, services: u32) -> Result<u32, ControlError> {
     Ok(routed)
 }
 
-/// Replaces a file atomically (a hidden temporary the loader skips, then a rename).
+/// Replaces a config file atomically.
 fn replace_file(dir: &Path, name: &str, text: &str) -> Result<(), ControlError> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).map_err(io(format!("cannot write {}", tmp.display())))?;
-    std::fs::rename(&tmp, dir.join(name)).map_err(io(format!("cannot replace {name}")))
+    crate::harness::replace_config_file(dir, name, text)
+        .map_err(io(format!("cannot replace {name}")))
 }
 
 // ---------------------------------------------------------------- the simulated proxies

@@ -166,13 +166,7 @@ pub fn run(args: &BenchArgs) -> Result<bool, ScaleError> {
     }
     println!("{}", render(&records));
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&serde_json::json!({
-            "scenario": "scale",
-            "runs": records,
-        }))
-        .map_err(|e| ScaleError::Run(format!("cannot encode the JSON: {e}")))?;
-        report::write_json(path, &text)?;
-        println!("JSON written to {}", path.display());
+        report::write_runs(path, "scale", &records)?;
     }
     if args.keep_dir {
         println!("run directory kept: {}", temp.keep().display());
@@ -331,11 +325,10 @@ fn service_host(i: u32) -> String {
     format!("{}.{NAMESPACE}.svc.cluster.local", service_name(i))
 }
 
-/// Replaces `dir/name` atomically (a hidden temporary the loader skips, then a rename).
+/// Replaces a config file atomically.
 fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), ScaleError> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).map_err(io(format!("cannot write {}", tmp.display())))?;
-    std::fs::rename(&tmp, dir.join(name)).map_err(io(format!("cannot replace {name}")))
+    crate::harness::replace_config_file(dir, name, text)
+        .map_err(io(format!("cannot replace {name}")))
 }
 
 /// What the sidecar's `/server_info` says.
