@@ -27,7 +27,8 @@ pub struct Stored {
     /// The server's version of it.
     pub version: String,
     /// The encoded message (the `Any` value).
-    pub body: Vec<u8>,
+    /// Shared, so a copy of the state (applying a push works on one) copies no body.
+    pub body: bytes::Bytes,
 }
 
 /// Every resource currently accepted, by type URL, then name.
@@ -86,7 +87,7 @@ impl XdsState {
                         r.name.clone(),
                         Stored {
                             version: r.version.clone(),
-                            body: any.value.clone(),
+                            body: bytes::Bytes::copy_from_slice(&any.value),
                         },
                     );
                 }
@@ -118,7 +119,7 @@ impl XdsState {
             .into_iter()
             .flatten()
             .map(|(name, s)| {
-                M::decode(s.body.as_slice())
+                M::decode(s.body.as_ref())
                     .map(|m| (name.clone(), m))
                     .map_err(|e| XdsError::Invalid(format!("{type_url} {name}: {e}")))
             })
@@ -174,12 +175,12 @@ impl XdsState {
                     d.specs
                 }
                 _ => {
-                    let svc = v1::Service::decode(stored.body.as_slice()).map_err(|e| {
+                    let svc = v1::Service::decode(stored.body.as_ref()).map_err(|e| {
                         XdsError::Invalid(format!("{} {name}: {e}", type_url::SERVICE))
                     })?;
                     let listed = match eps {
                         Some(e) => {
-                            v1::Endpoints::decode(e.body.as_slice())
+                            v1::Endpoints::decode(e.body.as_ref())
                                 .map_err(|e| {
                                     XdsError::Invalid(format!(
                                         "{} {name}: {e}",
@@ -234,7 +235,7 @@ impl XdsState {
                         version: s.version.clone(),
                         resource: Some(prost_types::Any {
                             type_url: t.clone(),
-                            value: s.body.clone(),
+                            value: s.body.to_vec(),
                         }),
                         ..Default::default()
                     })
