@@ -187,6 +187,7 @@ impl<F: FnMut() -> u64> Random for F {
 pub struct ThreadRandom;
 
 impl Random for ThreadRandom {
+    #[inline]
     fn next_u64(&mut self) -> u64 {
         fastrand::u64(..)
     }
@@ -290,7 +291,7 @@ impl Balancer {
     /// Checks `policy`'s settings as [`Balancer::new`] would, without building a table:
     /// what a snapshot refuses up front for a cluster it builds later, on first use.
     pub fn check(policy: Policy) -> Result<(), BalanceError> {
-        Self::new(policy, &[], &mut ThreadRandom).map(drop)
+        Self::new(policy, &[], &mut SplitMix64(0)).map(drop)
     }
 
     /// Builds the balancer for `endpoints`. `rng` only seeds the round-robin start, so that
