@@ -43,11 +43,17 @@ use crate::transport::h2::H2Pool;
 /// recipe that did not change is recognised by pointer.
 #[derive(Debug)]
 pub(crate) struct ClusterContext {
+    /// How HTTP travels to other sidecars, and the connection timeouts.
     pub(crate) upstream: UpstreamConfig,
+    /// This workload's identity (its client TLS configurations are made from it).
     pub(crate) identity: Arc<Identity>,
+    /// Where each cluster's Envoy statistics are registered.
     pub(crate) stats: Arc<ClusterStatsRegistry>,
+    /// Counts every upstream connection opened.
     pub(crate) connects: Counter,
+    /// This workload's locality (locality balancing is relative to it).
     pub(crate) locality: Locality,
+    /// This workload's labels (`failoverPriority` compares them).
     pub(crate) labels: BTreeMap<String, String>,
 }
 
@@ -70,6 +76,7 @@ impl ClusterContext {
 /// the snapshot is built, so that building the cluster on its first request cannot fail.
 #[derive(Debug)]
 pub(crate) struct Recipe {
+    /// What every cluster of the snapshot is built with.
     pub(crate) ctx: Arc<ClusterContext>,
     /// The service port (shared by its subsets' recipes).
     pub(crate) svc: Arc<ServiceSpec>,
@@ -81,7 +88,9 @@ pub(crate) struct Recipe {
     pub(crate) rate_budget: Option<v1::RateRetryBudget>,
     /// The host's local rate limit, shared by its clusters.
     pub(crate) rate_limit: Option<Arc<TokenBucket>>,
+    /// The SNI, the service's FQDN (checked when the snapshot is built).
     pub(crate) server_name: ServerName<'static>,
+    /// `fqdn:port`, the `:authority` between sidecars (checked when the snapshot is built).
     pub(crate) authority: http::uri::Authority,
     /// For a service outside the mesh: the TLS its DestinationRule originates (made here, as
     /// it can be refused) and the settings it was made from.
