@@ -9,7 +9,7 @@ use prost::Message;
 fuzz_target!(|data: &[u8]| {
     let _ = XdsState::decode_persisted(data);
     if let Ok(resp) = meshlite_xds_proto::discovery::DeltaDiscoveryResponse::decode(data)
-        && let Ok(state) = XdsState::default().apply(&resp)
+        && let Ok(mut state) = XdsState::default().apply(&resp)
     {
         let _ = state.view();
         let _ = state.inbound_policy();
