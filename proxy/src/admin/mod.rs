@@ -186,15 +186,14 @@ fn readiness(ctx: &ProxyContext) -> String {
 /// (benchmarks wait on it for a push to land).
 fn server_info(ctx: &ProxyContext) -> String {
     let snap = ctx.snapshot.load();
-    let all = || snap.clusters.iter().chain(&snap.subset_clusters);
     let dump = json!({
         "version": snap.version,
         "identity": snap.local.id.as_str(),
         "hosts": snap.host_count(),
         "clusters": snap.clusters.len(),
         "subset_clusters": snap.subset_clusters.len(),
-        "built_clusters": all().filter(|c| c.built().is_some()).count(),
-        "endpoints": all().map(|c| c.endpoint_count()).sum::<usize>(),
+        "built_clusters": snap.built_clusters(),
+        "endpoints": snap.all_clusters().map(|c| c.endpoint_count()).sum::<usize>(),
         "control": ctx.control.as_ref().map(|c| json!({
             "connected": c.connected.load(Ordering::Relaxed),
             "applies": c.applies.load(Ordering::Relaxed),

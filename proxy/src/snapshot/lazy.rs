@@ -62,8 +62,7 @@ impl LazyCluster {
         }
         self.built.get_or_init(|| {
             tracing::debug!(cluster = %self.name, "building cluster on first use");
-            self.recipe
-                .build(&self.name, &self.subset, &Reuse::default())
+            self.make(&Reuse::default())
         })
     }
 
@@ -78,9 +77,7 @@ impl LazyCluster {
     pub fn preview(&self) -> Arc<Cluster> {
         match self.built.get() {
             Some(c) => c.clone(),
-            None => self
-                .recipe
-                .build(&self.name, &self.subset, &Reuse::default()),
+            None => self.make(&Reuse::default()),
         }
     }
 
@@ -97,8 +94,13 @@ impl LazyCluster {
     /// Builds it now, carrying over what `reuse` holds of the previous snapshot's cluster
     /// of the same name (connections, breaker counts, ejections).
     pub(crate) fn build_now(&self, reuse: &Reuse) {
-        self.built
-            .get_or_init(|| self.recipe.build(&self.name, &self.subset, reuse));
+        self.built.get_or_init(|| self.make(reuse));
+    }
+
+    /// A cluster built from the recipe under this one's names and labels.
+    fn make(&self, reuse: &Reuse) -> Arc<Cluster> {
+        self.recipe
+            .build(&self.name, &self.subset, &self.labels, reuse)
     }
 
     /// Whether it was used since the last call (which starts a new idle period).

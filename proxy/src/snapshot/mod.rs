@@ -266,6 +266,16 @@ impl Snapshot {
         None
     }
 
+    /// Every cluster: the service clusters, then the subset clusters.
+    pub fn all_clusters(&self) -> impl Iterator<Item = &Arc<LazyCluster>> {
+        self.clusters.iter().chain(&self.subset_clusters)
+    }
+
+    /// How many clusters something used (built); the rest cost only their recipe.
+    pub fn built_clusters(&self) -> usize {
+        self.all_clusters().filter(|c| c.built().is_some()).count()
+    }
+
     /// How many host names route somewhere (for the admin dump and benchmarks).
     pub fn host_count(&self) -> usize {
         self.hosts.len()

@@ -25,7 +25,7 @@ pub fn grpc_status_label(v: &[u8]) -> &'static str {
 }
 
 /// Metric label values of a destination service, computed once.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ServiceLabels {
     /// Its `destination_service*` labels.
     pub service: Arc<DestinationService>,

@@ -37,15 +37,6 @@ const HEALTHY_STREAM: Duration = Duration::from_secs(30);
 /// The shortest period between idle-cluster sweeps, whatever the setting.
 const MIN_SWEEP: Duration = Duration::from_millis(100);
 
-/// How many clusters of `snap` are built.
-fn built_clusters(snap: &Snapshot) -> usize {
-    snap.clusters
-        .iter()
-        .chain(&snap.subset_clusters)
-        .filter(|c| c.built().is_some())
-        .count()
-}
-
 /// What every snapshot the client builds takes besides the control plane's state: the
 /// proxy's own settings, and the mesh of its own file (the other source).
 #[derive(Debug)]
@@ -296,12 +287,8 @@ impl XdsClient {
     /// still holding them finish. Nothing happens while no cluster is built.
     fn sweep_idle_clusters(&mut self) {
         let current = self.ctx.snapshot.load();
-        if !current
-            .clusters
-            .iter()
-            .chain(&current.subset_clusters)
-            .any(|c| c.built().is_some())
-        {
+        let before = current.built_clusters();
+        if before == 0 {
             return;
         }
         let view = match self.state.view() {
@@ -321,8 +308,7 @@ impl XdsClient {
             true,
         ) {
             Ok(next) => {
-                let before = built_clusters(&current);
-                let after = built_clusters(&next);
+                let after = next.built_clusters();
                 if after < before {
                     tracing::debug!(freed = before - after, kept = after, "idle clusters freed");
                 }

@@ -179,8 +179,8 @@ impl Recipe {
             && self.external_tls.as_ref().map(|t| &t.1) == other.external_tls.as_ref().map(|t| &t.1)
     }
 
-    /// The cluster's metric labels (made when the snapshot is built: they name it before it
-    /// is first called).
+    /// The cluster's metric labels, made once when the snapshot is built (they name it before
+    /// it is first called) and shared with the cluster built from it.
     pub(crate) fn labels(&self) -> ServiceLabels {
         let svc = &self.svc;
         let principal: Label = svc
@@ -198,7 +198,13 @@ impl Recipe {
 
     /// Builds the cluster `name`: its endpoints with their pools, balancer, breakers,
     /// outlier state and statistics, keeping what `reuse` holds of the previous snapshot's.
-    pub(crate) fn build(&self, name: &Label, subset: &Label, reuse: &Reuse) -> Arc<Cluster> {
+    pub(crate) fn build(
+        &self,
+        name: &Label,
+        subset: &Label,
+        labels: &ServiceLabels,
+        reuse: &Reuse,
+    ) -> Arc<Cluster> {
         let svc = &*self.svc;
         let tp = self.tp.as_ref();
         let ctx = &*self.ctx;
@@ -364,7 +370,7 @@ impl Recipe {
             protocol: svc.protocol,
             name: name.clone(),
             subset: subset.clone(),
-            labels: self.labels(),
+            labels: labels.clone(),
             authority: self.authority.clone(),
             endpoints,
             hash_on,

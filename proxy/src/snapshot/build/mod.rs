@@ -167,7 +167,7 @@ impl Snapshot {
             .collect();
         let previous: HashMap<&str, &Arc<LazyCluster>> = prev
             .into_iter()
-            .flat_map(|p| p.clusters.iter().chain(&p.subset_clusters))
+            .flat_map(Snapshot::all_clusters)
             .map(|c| (&*c.name, c))
             .collect();
         // A cluster whose recipe is unchanged is carried over as it is (built or not); a
@@ -194,8 +194,9 @@ impl Snapshot {
         for svc in &view.services {
             let fqdn = svc.fqdn();
             let policy = view.policies.get(&fqdn);
+            let name: Label = Arc::from(format!("outbound|{}||{fqdn}", svc.port));
             let spec = previous
-                .get(format!("outbound|{}||{fqdn}", svc.port).as_str())
+                .get(&*name)
                 .map(|c| &c.recipe.svc)
                 .filter(|old| Arc::ptr_eq(old, svc) || ***old == **svc)
                 .unwrap_or(svc)
@@ -208,7 +209,6 @@ impl Snapshot {
                 policy,
                 destination_limits.get(fqdn.as_str()).cloned(),
             )?;
-            let name: Label = Arc::from(format!("outbound|{}||{fqdn}", svc.port));
             let c = cluster(name, "", recipe);
             specs.insert((fqdn.clone(), svc.port), spec);
             by_fqdn.entry(fqdn).or_default().push(c.clone());

@@ -40,12 +40,7 @@ impl Reuse {
     pub(super) fn from(prev: Option<&Snapshot>) -> Self {
         let mut r = Self::default();
         let Some(prev) = prev else { return r };
-        for c in prev
-            .clusters
-            .iter()
-            .chain(&prev.subset_clusters)
-            .filter_map(|c| c.built())
-        {
+        for c in prev.all_clusters().filter_map(|c| c.built()) {
             r.cluster_names.insert(c.name.clone());
             for (e, at) in c.endpoints.iter().zip(&c.joined) {
                 r.joined.insert((c.name.clone(), e.addr), *at);
