@@ -6,8 +6,9 @@
 //! Istio's DNS proxy does: `reviews.shop.svc.cluster.local`, `reviews.shop.svc`,
 //! `reviews.shop`, and `reviews` only for a workload in `shop` (a short name means the
 //! caller's own namespace). Any other host (a ServiceEntry's) answers to its own names only.
-//! Names are keyed as hickory [`Name`]s, whose hashing and comparison ignore ASCII case, so a
-//! query's name is looked up as it was parsed, without a copy.
+//! Names are keyed by their lower-case text without the final dot (a few dozen bytes each,
+//! where a hickory [`Name`] takes over a hundred inline); a query's name is put in that form
+//! to be looked up.
 
 use hickory_proto::rr::Name;
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ pub struct Addresses {
 /// Mesh names and their VIPs, immutable, one per snapshot.
 #[derive(Debug, Default)]
 pub struct NameTable {
-    names: HashMap<Name, Arc<Addresses>>,
+    names: HashMap<Box<str>, Arc<Addresses>>,
     /// MeshConfig `ISTIO_META_DNS_CAPTURE` is not `false`: mesh names are answered here;
     /// otherwise every query goes upstream.
     capture: bool,
@@ -45,7 +46,7 @@ impl NameTable {
         namespace: &str,
         capture: bool,
     ) -> Self {
-        let mut names: HashMap<Name, Arc<Addresses>> = HashMap::new();
+        let mut names: HashMap<Box<str>, Arc<Addresses>> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
         let suffix = format!(".{CLUSTER_DOMAIN}");
         for svc in services {
@@ -74,11 +75,12 @@ impl NameTable {
             for form in forms {
                 // A name that is not a valid DNS name (never from a validated config) is
                 // simply not answered.
-                if let Some(n) = fqdn(&form) {
+                if let Some(n) = Name::from_ascii(&form).ok().map(|n| key(&n)) {
                     names.entry(n).or_insert_with(|| addrs.clone());
                 }
             }
         }
+        names.shrink_to_fit();
         Self { names, capture }
     }
 
@@ -88,7 +90,7 @@ impl NameTable {
         if !self.capture {
             return None;
         }
-        self.names.get(name).map(|a| &**a)
+        self.names.get(&*key(name)).map(|a| &**a)
     }
 
     /// How many names are answered (the admin dump).
@@ -106,18 +108,20 @@ impl NameTable {
         let mut v: Vec<(String, &Addresses)> = self
             .names
             .iter()
-            .map(|(n, a)| (n.to_ascii(), &**a))
+            .map(|(n, a)| (format!("{n}."), &**a))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 }
 
-/// `host` as a fully qualified DNS name.
-fn fqdn(host: &str) -> Option<Name> {
-    let mut n = Name::from_ascii(host).ok()?;
-    n.set_fqdn(true);
-    Some(n)
+/// The table's key for `name`: its lower-case text, without the final dot.
+fn key(name: &Name) -> Box<str> {
+    let mut text = name.to_lowercase().to_ascii();
+    if text.ends_with('.') {
+        text.pop();
+    }
+    text.into_boxed_str()
 }
 
 #[cfg(test)]

@@ -17,8 +17,9 @@ pub struct HostPort<C> {
     pub routes: Option<RouteTable<C>>,
     /// The VirtualService's `tcp` rules, for connections relayed as opaque TCP.
     pub tcp_routes: Option<crate::route::tcp::TcpRouteTable<C>>,
-    /// What requests get when no VirtualService claims the host.
-    pub default_behaviour: RouteBehaviour<C>,
+    /// What requests get when no VirtualService claims the host (one, shared by the
+    /// snapshot's host ports: it is the same for all and over 500 bytes).
+    pub default_behaviour: Arc<RouteBehaviour<C>>,
 }
 
 /// The outcome of routing one request.
@@ -94,7 +95,7 @@ impl<C> HostPort<C> {
             return Ok(Routed {
                 service: &self.cluster,
                 cluster: Some(&self.cluster),
-                behaviour: &self.default_behaviour,
+                behaviour: &*self.default_behaviour,
                 destination: None,
                 prefix_len: None,
             });

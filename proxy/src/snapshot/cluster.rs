@@ -3,7 +3,6 @@
 //! and statistics; and the timers (outlier return, slow start) that keep its host set current.
 
 use rustls_pki_types::ServerName;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,7 +41,7 @@ pub struct Endpoint {
     /// The peer's workload labels, learnt from its first response.
     pub peer: arc_swap::ArcSwapOption<WorkloadMetadata>,
     /// The workload's labels (subset selection).
-    pub labels: BTreeMap<String, String>,
+    pub labels: crate::source::LabelSet,
     /// Requests sent to it and not yet answered (least request reads it); kept across
     /// snapshots with the endpoint.
     pub active: Arc<std::sync::atomic::AtomicU64>,

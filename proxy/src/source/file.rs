@@ -1,8 +1,6 @@
 //! The static mesh source: the services a proxy's own file lists, and its inbound policy, as
 //! a [`MeshView`] like any other source's.
 
-use std::collections::BTreeMap;
-
 use super::{EndpointSpec, MeshView, ServiceSpec};
 use crate::balance::locality::Locality;
 use crate::config::ProxyConfig;
@@ -34,7 +32,7 @@ pub fn view(cfg: &ProxyConfig) -> MeshView {
                     .iter()
                     .map(|a| EndpointSpec {
                         addr: *a,
-                        labels: BTreeMap::new(),
+                        labels: Default::default(),
                         locality: Locality::default(),
                         weight: 1,
                         plaintext: false,

@@ -56,13 +56,17 @@ impl ServiceSpec {
     }
 }
 
+/// A workload's labels, shared among its endpoints instead of copied into each.
+pub type LabelSet = Arc<BTreeMap<String, String>>;
+
 /// An endpoint as the snapshot builder takes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointSpec {
     /// The destination sidecar's inbound address.
     pub addr: SocketAddr,
-    /// Its workload's labels.
-    pub labels: BTreeMap<String, String>,
+    /// Its workload's labels, shared: the endpoints of one workload (and the copies of an
+    /// endpoint on each service port) hold one map.
+    pub labels: LabelSet,
     /// Its workload's locality.
     pub locality: Locality,
     /// Load-balancing weight (1 unless the registry says otherwise).
@@ -83,10 +87,10 @@ pub struct MeshView {
     /// (the xDS state) hands the snapshot the same ones, and the snapshot's clusters keep
     /// them as their recipe instead of a copy.
     pub services: Vec<Arc<ServiceSpec>>,
-    /// Route tables by FQDN.
-    pub routes: HashMap<String, v1::RouteTable>,
+    /// Route tables by FQDN (shared: an unchanged one is the same value push after push).
+    pub routes: HashMap<String, Arc<v1::RouteTable>>,
     /// Destination policies (subsets) by FQDN.
-    pub policies: HashMap<String, v1::DestinationPolicy>,
+    pub policies: HashMap<String, Arc<v1::DestinationPolicy>>,
     /// This workload's inbound policy (PeerAuthentication, AuthorizationPolicy); `None`
     /// until a control plane sends one.
     pub inbound: Option<v1::InboundPolicy>,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use super::XdsError;
 use crate::identity::spiffe::SpiffeId;
 use crate::protocol::Protocol;
-use crate::source::{EndpointSpec, MeshView, ServiceSpec};
+use crate::source::{EndpointSpec, LabelSet, MeshView, ServiceSpec};
 use crate::telemetry::peer::{DEFAULT_CLUSTER_ID, WorkloadMetadata};
 use std::sync::Arc;
 
@@ -39,6 +39,38 @@ pub struct XdsState {
     /// Endpoints resources whose versions moved, and hands the snapshot the same shared
     /// specs for the rest (a push of one service costs one service's decoding).
     decoded: BTreeMap<String, Decoded>,
+    /// Route tables an earlier view decoded, by name, with their versions (shared with the
+    /// views, so the snapshot builder recognises an unchanged one by pointer).
+    routes: Cache<v1::RouteTable>,
+    /// Destination policies an earlier view decoded, likewise.
+    policies: Cache<v1::DestinationPolicy>,
+}
+
+/// Messages of one type decoded by an earlier view: name -> (version, message).
+type Cache<M> = BTreeMap<String, (String, Arc<M>)>;
+
+/// The messages of `stored` (one type's resources) as shared values by name, decoding only
+/// those whose version is not the one `cache` holds; `cache` becomes what was returned.
+fn decode_cached<M: Message + Default>(
+    type_url: &str,
+    stored: Option<&BTreeMap<String, Stored>>,
+    cache: &mut Cache<M>,
+) -> Result<std::collections::HashMap<String, Arc<M>>, XdsError> {
+    let mut next = Cache::new();
+    let mut out = std::collections::HashMap::new();
+    for (name, s) in stored.into_iter().flatten() {
+        let message = match cache.remove(name) {
+            Some((version, m)) if version == s.version => m,
+            _ => Arc::new(
+                M::decode(s.body.as_ref())
+                    .map_err(|e| XdsError::Invalid(format!("{type_url} {name}: {e}")))?,
+            ),
+        };
+        out.insert(name.clone(), message.clone());
+        next.insert(name.clone(), (s.version.clone(), message));
+    }
+    *cache = next;
+    Ok(out)
 }
 
 /// One service's specs (one per port) and the resource versions they were decoded from.
@@ -205,14 +237,16 @@ impl XdsState {
             );
         }
         self.decoded = decoded;
-        view.routes = self
-            .decode::<v1::RouteTable>(type_url::ROUTE_TABLE)?
-            .into_iter()
-            .collect();
-        view.policies = self
-            .decode::<v1::DestinationPolicy>(type_url::DESTINATION_POLICY)?
-            .into_iter()
-            .collect();
+        view.routes = decode_cached(
+            type_url::ROUTE_TABLE,
+            self.types.get(type_url::ROUTE_TABLE),
+            &mut self.routes,
+        )?;
+        view.policies = decode_cached(
+            type_url::DESTINATION_POLICY,
+            self.types.get(type_url::DESTINATION_POLICY),
+            &mut self.policies,
+        )?;
         view.inbound = self.inbound_policy()?;
         view.mesh = self
             .decode::<v1::MeshConfig>(type_url::MESH_CONFIG)?
@@ -295,6 +329,9 @@ fn service_specs(
             .collect::<Result<Vec<_>, XdsError>>()?;
         (Vec::new(), Some(targets))
     } else {
+        // The endpoints of one workload share their labels and metric labels: one map and
+        // one metadata per workload, not per endpoint.
+        let mut shared = Shared::default();
         let eps = listed
             .iter()
             .map(|e| {
@@ -302,13 +339,10 @@ fn service_specs(
                     .address
                     .parse()
                     .map_err(|_| bad(format!("endpoint address `{}` is not ip:port", e.address)))?;
+                let (labels, workload) = shared.of(e);
                 Ok(EndpointSpec {
                     addr,
-                    labels: e
-                        .labels
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
+                    labels,
                     locality: e
                         .locality
                         .as_ref()
@@ -320,19 +354,7 @@ fn service_specs(
                         .unwrap_or_default(),
                     weight: e.weight.max(1),
                     plaintext: false,
-                    workload: (!e.workload.is_empty()).then(|| {
-                        let labels = e
-                            .labels
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect();
-                        Arc::new(WorkloadMetadata::from_labels(
-                            &e.workload,
-                            &e.namespace,
-                            &labels,
-                            DEFAULT_CLUSTER_ID,
-                        ))
-                    }),
+                    workload,
                 })
             })
             .collect::<Result<Vec<_>, XdsError>>()?;
@@ -381,6 +403,57 @@ fn service_specs(
         }));
     }
     Ok(out)
+}
+
+/// The label sets and workload metadata already made for one service's endpoints, so that
+/// endpoints of the same workload share them.
+#[derive(Default)]
+struct Shared {
+    labels: Vec<LabelSet>,
+    workloads: Vec<(LabelSet, Arc<WorkloadMetadata>)>,
+}
+
+impl Shared {
+    /// The labels and metric labels of endpoint `e`, shared with an earlier endpoint's
+    /// where they are the same.
+    fn of(&mut self, e: &v1::Endpoint) -> (LabelSet, Option<Arc<WorkloadMetadata>>) {
+        let same = |set: &LabelSet| {
+            set.len() == e.labels.len() && e.labels.iter().all(|(k, v)| set.get(k) == Some(v))
+        };
+        let labels = match self.labels.iter().find(|set| same(set)) {
+            Some(set) => set.clone(),
+            None => {
+                let set: LabelSet = Arc::new(
+                    e.labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                );
+                self.labels.push(set.clone());
+                set
+            }
+        };
+        if e.workload.is_empty() {
+            return (labels, None);
+        }
+        let known = self.workloads.iter().find(|(set, w)| {
+            Arc::ptr_eq(set, &labels) && *w.workload == *e.workload && *w.namespace == *e.namespace
+        });
+        let workload = match known {
+            Some((_, w)) => w.clone(),
+            None => {
+                let w = Arc::new(WorkloadMetadata::from_labels(
+                    &e.workload,
+                    &e.namespace,
+                    &labels,
+                    DEFAULT_CLUSTER_ID,
+                ));
+                self.workloads.push((labels.clone(), w.clone()));
+                w
+            }
+        };
+        (labels, Some(workload))
+    }
 }
 
 /// Files of the state directory.

@@ -193,7 +193,7 @@ impl Snapshot {
         let mut specs: HashMap<(String, u16), Arc<ServiceSpec>> = HashMap::new();
         for svc in &view.services {
             let fqdn = svc.fqdn();
-            let policy = view.policies.get(&fqdn);
+            let policy = view.policies.get(&fqdn).map(|p| &**p);
             let name: Label = Arc::from(format!("outbound|{}||{fqdn}", svc.port));
             let spec = previous
                 .get(&*name)
@@ -253,6 +253,7 @@ impl Snapshot {
         }
 
         let mut addresses = Vec::new();
+        let default_behaviour = Arc::new(RouteBehaviour::istio_default());
         let resolver = Resolver {
             by_fqdn: &by_fqdn,
             subsets: &subsets,
@@ -285,7 +286,7 @@ impl Snapshot {
                     cluster: cluster.clone(),
                     routes,
                     tcp_routes,
-                    default_behaviour: RouteBehaviour::istio_default(),
+                    default_behaviour: default_behaviour.clone(),
                 });
                 let target = CaptureTarget {
                     host: hp.clone(),

@@ -57,7 +57,7 @@ fn local() -> LocalSettings {
 fn endpoint(port: u16, version: &str) -> EndpointSpec {
     EndpointSpec {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        labels: [("version".to_string(), version.to_string())].into(),
+        labels: Arc::new([("version".to_string(), version.to_string())].into()),
         locality: Default::default(),
         weight: 1,
         plaintext: false,
@@ -127,8 +127,8 @@ async fn routes_lead_to_subset_clusters_holding_only_their_endpoints() {
                 endpoint(9003, "v2"),
             ],
         )],
-        routes: [(FQDN.to_string(), all_to_v2())].into(),
-        policies: [(FQDN.to_string(), subsets())].into(),
+        routes: [(FQDN.to_string(), Arc::new(all_to_v2()))].into(),
+        policies: [(FQDN.to_string(), Arc::new(subsets()))].into(),
         ..Default::default()
     };
     let snap = Snapshot::build(&local(), &view, &identity, &metrics, 1, None).expect("builds");
@@ -163,7 +163,7 @@ async fn a_route_to_a_subset_nobody_defines_is_a_missing_cluster() {
     let identity = identity(dir.path(), &metrics);
     let view = MeshView {
         services: vec![service(FQDN, vec![endpoint(9001, "v1")])],
-        routes: [(FQDN.to_string(), all_to_v2())].into(),
+        routes: [(FQDN.to_string(), Arc::new(all_to_v2()))].into(),
         ..Default::default()
     };
     let snap = Snapshot::build(&local(), &view, &identity, &metrics, 1, None).expect("builds");
@@ -236,7 +236,7 @@ async fn a_bad_route_refuses_the_whole_snapshot() {
     }];
     let view = MeshView {
         services: vec![service(FQDN, vec![endpoint(9001, "v1")])],
-        routes: [(FQDN.to_string(), table)].into(),
+        routes: [(FQDN.to_string(), Arc::new(table))].into(),
         ..Default::default()
     };
     let err = Snapshot::build(&local(), &view, &identity, &metrics, 1, None)
@@ -359,8 +359,8 @@ async fn tcp_rules_pick_subset_clusters_and_leave_http_ports_their_default_route
             service(FQDN, vec![endpoint(9001, "v1"), endpoint(9002, "v2")]),
             tcp_service(FQDN, 7000, vec![endpoint(9001, "v1"), endpoint(9002, "v2")]),
         ],
-        routes: [(FQDN.to_string(), tcp_only)].into(),
-        policies: [(FQDN.to_string(), subsets())].into(),
+        routes: [(FQDN.to_string(), Arc::new(tcp_only))].into(),
+        policies: [(FQDN.to_string(), Arc::new(subsets()))].into(),
         ..Default::default()
     };
     let snap = Snapshot::build(&local(), &view, &identity, &metrics, 1, None).expect("builds");
