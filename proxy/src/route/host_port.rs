@@ -20,6 +20,35 @@ pub struct HostPort<C> {
     /// What requests get when no VirtualService claims the host (one, shared by the
     /// snapshot's host ports: it is the same for all and over 500 bytes).
     pub default_behaviour: Arc<RouteBehaviour<C>>,
+    /// What `routes` and `tcp_routes` were compiled from, for the next snapshot to keep
+    /// them (and this host port) while neither the table nor its destinations moved.
+    pub source: Option<RoutesSource<C>>,
+}
+
+/// The VirtualService table a host port's routes were compiled from, and what each of its
+/// destinations resolved to then.
+#[derive(Debug)]
+pub struct RoutesSource<C> {
+    /// The table as pushed.
+    pub table: Arc<meshlite_xds_proto::v1::RouteTable>,
+    /// Each destination named by the table (in the order compiling asked) with its target.
+    pub resolved: Vec<(meshlite_xds_proto::v1::WeightedDestination, Target<C>)>,
+}
+
+impl<C> RoutesSource<C> {
+    /// Whether routes compiled from `table`, with destinations resolving as `resolve` says,
+    /// would be the ones compiled from this source.
+    pub fn holds(
+        &self,
+        table: &Arc<meshlite_xds_proto::v1::RouteTable>,
+        resolve: impl Fn(&meshlite_xds_proto::v1::WeightedDestination) -> Target<C>,
+    ) -> bool {
+        (Arc::ptr_eq(&self.table, table) || self.table == *table)
+            && self
+                .resolved
+                .iter()
+                .all(|(dest, target)| resolve(dest).same(target))
+    }
 }
 
 /// The outcome of routing one request.

@@ -18,7 +18,7 @@ use action::{Fault, HeaderOps, PerMillion, Rewrite, Terminal};
 pub use crate::names::split_host_port;
 use crate::resilience::rate_limit::TokenBucket;
 use crate::resilience::retry::RetryPolicy;
-pub use host_port::{HostPort, RouteMiss, Routed, TcpChoice};
+pub use host_port::{HostPort, RouteMiss, Routed, RoutesSource, TcpChoice};
 
 /// Why a route table could not be compiled (the push carrying it is NACKed).
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +205,17 @@ pub enum Target<C> {
     Cluster(Arc<C>),
     /// A destination (host/subset) this proxy has no cluster for: 503 `NC`, as Envoy does.
     Missing(Arc<str>),
+}
+
+impl<C> Target<C> {
+    /// Whether `other` is the same cluster (by identity), or names the same missing one.
+    pub fn same(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Cluster(a), Self::Cluster(b)) => Arc::ptr_eq(a, b),
+            (Self::Missing(a), Self::Missing(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl<C> Clone for Target<C> {

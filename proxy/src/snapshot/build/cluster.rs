@@ -422,6 +422,25 @@ pub(super) struct Resolver<'a> {
     pub(super) reuse: &'a Reuse,
 }
 
+/// A [`Resolver`] that notes every destination it resolved, for the host port's
+/// [`RoutesSource`](crate::route::RoutesSource).
+pub(super) struct Recording<'a> {
+    pub(super) inner: &'a Resolver<'a>,
+    pub(super) seen: std::cell::RefCell<Vec<(v1::WeightedDestination, Target)>>,
+}
+
+impl ResolveDestination<LazyCluster> for Recording<'_> {
+    fn rate_limit(&self, key: &str, limit: &v1::LocalRateLimit) -> Option<Arc<TokenBucket>> {
+        self.inner.rate_limit(key, limit)
+    }
+
+    fn resolve(&self, dest: &v1::WeightedDestination, request_port: u16) -> Target {
+        let target = self.inner.resolve(dest, request_port);
+        self.seen.borrow_mut().push((dest.clone(), target.clone()));
+        target
+    }
+}
+
 impl ResolveDestination<LazyCluster> for Resolver<'_> {
     fn rate_limit(&self, key: &str, limit: &v1::LocalRateLimit) -> Option<Arc<TokenBucket>> {
         self.reuse.rate_limit(key, limit)

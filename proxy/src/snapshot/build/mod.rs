@@ -39,7 +39,7 @@ use crate::telemetry::workload::WorkloadTelemetry;
 use crate::transport::connect::PoolTarget;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
-use cluster::Resolver;
+use cluster::{Recording, Resolver};
 pub(crate) use cluster::{ClusterContext, Recipe};
 pub(crate) use reuse::Reuse;
 use wire::{merged, path_normalization, port_block, stats_inclusions};
@@ -252,6 +252,11 @@ impl Snapshot {
             }
         }
 
+        let previous_ports: HashMap<&str, &Arc<HostPort>> = prev
+            .into_iter()
+            .flat_map(|p| p.hosts.values().flatten())
+            .map(|hp| (&*hp.cluster.name, hp))
+            .collect();
         let mut addresses = Vec::new();
         let default_behaviour = Arc::new(RouteBehaviour::istio_default());
         let resolver = Resolver {
@@ -262,32 +267,32 @@ impl Snapshot {
         for (fqdn, entries) in &by_fqdn {
             for cluster in entries {
                 let svc = &*cluster.recipe.svc;
-                let route_error = |source| SnapshotError::Route {
-                    host: fqdn.clone(),
-                    source,
-                };
-                // A VirtualService with only `tcp` rules leaves the host's HTTP ports to their
-                // default route (Istio builds no virtual host from it), and the reverse.
                 let table = view.routes.get(fqdn);
-                let routes = match table.filter(|t| !t.http.is_empty() || t.tcp.is_empty()) {
-                    Some(t) => {
-                        Some(RouteTable::compile(t, cluster.port, &resolver).map_err(route_error)?)
-                    }
-                    None => None,
-                };
-                let tcp_routes = match table {
-                    Some(t) => {
-                        TcpRouteTable::compile(t, cluster.port, &resolver).map_err(route_error)?
-                    }
-                    None => None,
-                };
-                let hp = Arc::new(HostPort {
-                    port: cluster.port,
-                    cluster: cluster.clone(),
-                    routes,
-                    tcp_routes,
-                    default_behaviour: default_behaviour.clone(),
+                // A host port whose cluster, route table and destinations are all as they
+                // were is the previous snapshot's (a push costs what it changed).
+                let kept = previous_ports.get(&*cluster.name).filter(|old| {
+                    Arc::ptr_eq(&old.cluster, cluster)
+                        && match (&old.source, table) {
+                            (None, None) => true,
+                            (Some(source), Some(t)) => {
+                                source.holds(t, |d| resolver.resolve(d, cluster.port))
+                            }
+                            _ => false,
+                        }
                 });
+                let hp = match kept {
+                    Some(old) => Arc::clone(old),
+                    None => Arc::new(host_port(
+                        cluster,
+                        table,
+                        &resolver,
+                        &default_behaviour,
+                    )
+                    .map_err(|source| SnapshotError::Route {
+                        host: fqdn.clone(),
+                        source,
+                    })?),
+                };
                 let target = CaptureTarget {
                     host: hp.clone(),
                     detect: svc.detect_protocol,
@@ -445,6 +450,40 @@ impl Snapshot {
             dns,
         })
     }
+}
+
+/// The host port of `cluster`, its routes compiled from `table` (a VirtualService with only
+/// `tcp` rules leaves the host's HTTP ports to their default route, as Istio builds no
+/// virtual host from it, and the reverse).
+fn host_port(
+    cluster: &Arc<LazyCluster>,
+    table: Option<&Arc<meshlite_xds_proto::v1::RouteTable>>,
+    resolver: &Resolver<'_>,
+    default_behaviour: &Arc<RouteBehaviour>,
+) -> Result<HostPort, crate::route::RouteError> {
+    let recording = Recording {
+        inner: resolver,
+        seen: Default::default(),
+    };
+    let routes = match table.filter(|t| !t.http.is_empty() || t.tcp.is_empty()) {
+        Some(t) => Some(RouteTable::compile(t, cluster.port, &recording)?),
+        None => None,
+    };
+    let tcp_routes = match table {
+        Some(t) => TcpRouteTable::compile(t, cluster.port, &recording)?,
+        None => None,
+    };
+    Ok(HostPort {
+        port: cluster.port,
+        cluster: cluster.clone(),
+        routes,
+        tcp_routes,
+        default_behaviour: default_behaviour.clone(),
+        source: table.map(|t| crate::route::RoutesSource {
+            table: t.clone(),
+            resolved: recording.seen.into_inner(),
+        }),
+    })
 }
 
 /// This workload's labels and peer-metadata header, from its settings and identity.

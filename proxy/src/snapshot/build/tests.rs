@@ -522,3 +522,60 @@ async fn an_idle_sweep_frees_built_clusters_nothing_used_since_the_last_one() {
     // Called again, it is built again, from nothing.
     assert_eq!(ratings.get().endpoints[0].addr.port(), 9101);
 }
+
+#[tokio::test]
+async fn a_push_keeps_host_ports_it_left_alone_and_reroutes_those_whose_destinations_moved() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    const RATINGS: &str = "ratings.default.svc.cluster.local";
+    let view = |v2_port: u16, ratings_port: u16| MeshView {
+        services: vec![
+            service(FQDN, vec![endpoint(9001, "v1"), endpoint(v2_port, "v2")]),
+            service(RATINGS, vec![endpoint(ratings_port, "v1")]),
+        ],
+        routes: [(FQDN.to_string(), Arc::new(all_to_v2()))].into(),
+        policies: [(FQDN.to_string(), Arc::new(subsets()))].into(),
+        ..Default::default()
+    };
+    let v2 = |s: &Snapshot| {
+        let req = http::Request::get("/").body(()).expect("request");
+        let hp = s.route("reviews:9080").expect("routes");
+        let routed = hp.select(Head::of(&req), "reviews").expect("selected");
+        let cluster = routed.cluster.expect("a cluster");
+        cluster.endpoints.iter().map(|e| e.addr.port()).collect::<Vec<_>>()
+    };
+    let one = Snapshot::build(&local(), &view(9002, 9101), &identity, &metrics, 1, None)
+        .expect("builds");
+    assert_eq!(v2(&one), [9002]);
+
+    // Only ratings moved: reviews' host port (its compiled routes) is the same one.
+    let two = Snapshot::build(&local(), &view(9002, 9102), &identity, &metrics, 2, Some(&one))
+        .expect("builds");
+    let same = |a: &Snapshot, b: &Snapshot, host: &str| {
+        Arc::ptr_eq(
+            a.route(host).expect("routes"),
+            b.route(host).expect("routes"),
+        )
+    };
+    assert!(same(&one, &two, "reviews:9080"));
+    assert!(!same(&one, &two, "ratings:9080"), "ratings changed");
+
+    // reviews' v2 endpoint moved: the table did not change, but the subset cluster it
+    // leads to is a new one, so the routes are compiled again and lead to it.
+    let three = Snapshot::build(&local(), &view(9003, 9102), &identity, &metrics, 3, Some(&two))
+        .expect("builds");
+    assert!(!same(&two, &three, "reviews:9080"));
+    assert_eq!(v2(&three), [9003]);
+    assert!(same(&two, &three, "ratings:9080"));
+
+    // The table itself changes (all to v1 now): compiled again.
+    let mut to_v1 = view(9003, 9102);
+    let mut table = all_to_v2();
+    table.http[0].route[0].subset = "v1".into();
+    to_v1.routes.insert(FQDN.to_string(), Arc::new(table));
+    let four =
+        Snapshot::build(&local(), &to_v1, &identity, &metrics, 4, Some(&three)).expect("builds");
+    assert!(!same(&three, &four, "reviews:9080"));
+    assert_eq!(v2(&four), [9001]);
+}
