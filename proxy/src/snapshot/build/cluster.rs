@@ -85,6 +85,9 @@ pub(crate) struct Recipe {
     /// The DestinationRule's traffic policy (a subset's merged over the service's).
     /// Boxed: most services have none, and an unboxed one is 600 bytes in every recipe.
     pub(crate) tp: Option<Box<v1::TrafficPolicy>>,
+    /// The host's DestinationRule this was made from (a push handing the same one, with the
+    /// same service, makes the same recipe: see [`Recipe::made_of`]).
+    pub(crate) policy: Option<Arc<v1::DestinationPolicy>>,
     /// `retrybudget.meshlite.io/rate` of the host.
     pub(crate) rate_budget: Option<v1::RateRetryBudget>,
     /// The host's local rate limit, shared by its clusters.
@@ -105,7 +108,7 @@ impl Recipe {
         svc: Arc<ServiceSpec>,
         subset: Option<BTreeMap<String, String>>,
         tp: Option<v1::TrafficPolicy>,
-        policy: Option<&v1::DestinationPolicy>,
+        policy: Option<&Arc<v1::DestinationPolicy>>,
         rate_limit: Option<Arc<TokenBucket>>,
     ) -> Result<Self, SnapshotError> {
         let fqdn = &svc.hostname;
@@ -146,6 +149,7 @@ impl Recipe {
         Ok(Self {
             ctx: ctx.clone(),
             rate_budget: policy.and_then(|p| p.rate_retry_budget),
+            policy: policy.cloned(),
             svc,
             subset,
             tp: tp.map(Box::new),
@@ -163,6 +167,29 @@ impl Recipe {
                 .as_ref()
                 .is_none_or(|labels| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
         })
+    }
+
+    /// Whether this recipe was made from these very inputs (by identity: the push handed the
+    /// same shared service and policy), so a new one would be the same; cheaper than making
+    /// one to compare with [`Recipe::same`].
+    pub(crate) fn made_of(
+        &self,
+        ctx: &Arc<ClusterContext>,
+        svc: &Arc<ServiceSpec>,
+        policy: Option<&Arc<v1::DestinationPolicy>>,
+        rate_limit: Option<&Arc<TokenBucket>>,
+    ) -> bool {
+        fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+            match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+        }
+        Arc::ptr_eq(&self.ctx, ctx)
+            && Arc::ptr_eq(&self.svc, svc)
+            && same(self.policy.as_ref(), policy)
+            && same(self.rate_limit.as_ref(), rate_limit)
     }
 
     /// Whether `other` builds the same cluster (a push that left it alone).

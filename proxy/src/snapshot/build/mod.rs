@@ -10,6 +10,7 @@ pub(crate) mod wire;
 
 pub use wire::routes::ResolveDestination;
 
+use meshlite_xds_proto::v1;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -39,8 +40,8 @@ use crate::telemetry::workload::WorkloadTelemetry;
 use crate::transport::connect::PoolTarget;
 use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
-use cluster::{Recording, Resolver};
 pub(crate) use cluster::{ClusterContext, Recipe};
+use cluster::{Recording, Resolver};
 pub(crate) use reuse::Reuse;
 use wire::{merged, path_normalization, port_block, stats_inclusions};
 
@@ -173,19 +174,38 @@ impl Snapshot {
         // A cluster whose recipe is unchanged is carried over as it is (built or not); a
         // changed one that was built is built again now, keeping its connections and state;
         // one outside the mesh is built now, as its TLS settings can be refused.
-        let cluster = |name: Label, subset: &str, recipe: Recipe| -> Arc<LazyCluster> {
-            if let Some(old) = previous.get(&*name)
-                && old.recipe.same(&recipe)
-                && !(sweep && old.built().is_some() && !old.take_used())
+        // A recipe made of the very inputs the previous one was (the same shared service and
+        // policy) is not even made again: a push costs what it changed.
+        let cluster = |name: Label,
+                       subset: &str,
+                       inputs: (&Arc<ServiceSpec>, Option<&Arc<v1::DestinationPolicy>>),
+                       make: &dyn Fn() -> Result<Recipe, SnapshotError>|
+         -> Result<Arc<LazyCluster>, SnapshotError> {
+            let old = previous.get(&*name);
+            let limit = destination_limits.get(inputs.0.hostname.as_str());
+            let keep =
+                |old: &Arc<LazyCluster>| !(sweep && old.built().is_some() && !old.take_used());
+            if let Some(old) = old
+                && old
+                    .recipe
+                    .made_of(&cluster_context, inputs.0, inputs.1, limit)
+                && keep(old)
             {
-                return Arc::clone(old);
+                return Ok(Arc::clone(old));
             }
-            let was_built = previous.get(&*name).is_some_and(|c| c.built().is_some());
+            let recipe = make()?;
+            if let Some(old) = old
+                && old.recipe.same(&recipe)
+                && keep(old)
+            {
+                return Ok(Arc::clone(old));
+            }
+            let was_built = old.is_some_and(|c| c.built().is_some());
             let lazy = LazyCluster::new(name, Arc::from(subset), recipe);
             if (was_built && !sweep) || lazy.recipe.svc.external.is_some() {
                 lazy.build_now(&reuse);
             }
-            Arc::new(lazy)
+            Ok(Arc::new(lazy))
         };
         let mut hosts: HashMap<Box<str>, Vec<Arc<HostPort>>> = HashMap::new();
         let mut clusters = Vec::with_capacity(view.services.len());
@@ -193,7 +213,7 @@ impl Snapshot {
         let mut specs: HashMap<(String, u16), Arc<ServiceSpec>> = HashMap::new();
         for svc in &view.services {
             let fqdn = svc.fqdn();
-            let policy = view.policies.get(&fqdn).map(|p| &**p);
+            let policy = view.policies.get(&fqdn);
             let name: Label = Arc::from(format!("outbound|{}||{fqdn}", svc.port));
             let spec = previous
                 .get(&*name)
@@ -201,15 +221,16 @@ impl Snapshot {
                 .filter(|old| Arc::ptr_eq(old, svc) || ***old == **svc)
                 .unwrap_or(svc)
                 .clone();
-            let recipe = Recipe::new(
-                &cluster_context,
-                spec.clone(),
-                None,
-                policy.and_then(|p| p.traffic_policy.clone()),
-                policy,
-                destination_limits.get(fqdn.as_str()).cloned(),
-            )?;
-            let c = cluster(name, "", recipe);
+            let c = cluster(name, "", (&spec, policy), &|| {
+                Recipe::new(
+                    &cluster_context,
+                    spec.clone(),
+                    None,
+                    policy.and_then(|p| p.traffic_policy.clone()),
+                    policy,
+                    destination_limits.get(fqdn.as_str()).cloned(),
+                )
+            })?;
             specs.insert((fqdn.clone(), svc.port), spec);
             by_fqdn.entry(fqdn).or_default().push(c.clone());
             clusters.push(c);
@@ -224,28 +245,29 @@ impl Snapshot {
                     continue;
                 };
                 for subset in &policy.subsets {
-                    // A subset's own policy wins over the service's for the blocks it sets.
-                    let tp = merged(
-                        subset.traffic_policy.as_ref(),
-                        policy.traffic_policy.as_ref(),
-                    );
-                    let recipe = Recipe::new(
-                        &cluster_context,
-                        spec.clone(),
-                        Some(
-                            subset
-                                .labels
-                                .iter()
-                                .map(|(k, v)| (k.clone(), v.clone()))
-                                .collect(),
-                        ),
-                        tp,
-                        Some(policy),
-                        destination_limits.get(fqdn.as_str()).cloned(),
-                    )?;
                     let name: Label =
                         Arc::from(format!("outbound|{}|{}|{fqdn}", c.port, subset.name));
-                    let sc = cluster(name, &subset.name, recipe);
+                    let sc = cluster(name, &subset.name, (spec, Some(policy)), &|| {
+                        Recipe::new(
+                            &cluster_context,
+                            spec.clone(),
+                            Some(
+                                subset
+                                    .labels
+                                    .iter()
+                                    .map(|(k, v)| (k.clone(), v.clone()))
+                                    .collect(),
+                            ),
+                            // A subset's own policy wins over the service's for the blocks
+                            // it sets.
+                            merged(
+                                subset.traffic_policy.as_ref(),
+                                policy.traffic_policy.as_ref(),
+                            ),
+                            Some(policy),
+                            destination_limits.get(fqdn.as_str()).cloned(),
+                        )
+                    })?;
                     subsets.insert((fqdn.clone(), c.port, subset.name.clone()), sc.clone());
                     subset_clusters.push(sc);
                 }
@@ -282,16 +304,14 @@ impl Snapshot {
                 });
                 let hp = match kept {
                     Some(old) => Arc::clone(old),
-                    None => Arc::new(host_port(
-                        cluster,
-                        table,
-                        &resolver,
-                        &default_behaviour,
-                    )
-                    .map_err(|source| SnapshotError::Route {
-                        host: fqdn.clone(),
-                        source,
-                    })?),
+                    None => Arc::new(
+                        host_port(cluster, table, &resolver, &default_behaviour).map_err(
+                            |source| SnapshotError::Route {
+                                host: fqdn.clone(),
+                                source,
+                            },
+                        )?,
+                    ),
                 };
                 let target = CaptureTarget {
                     host: hp.clone(),
@@ -457,7 +477,7 @@ impl Snapshot {
 /// virtual host from it, and the reverse).
 fn host_port(
     cluster: &Arc<LazyCluster>,
-    table: Option<&Arc<meshlite_xds_proto::v1::RouteTable>>,
+    table: Option<&Arc<v1::RouteTable>>,
     resolver: &Resolver<'_>,
     default_behaviour: &Arc<RouteBehaviour>,
 ) -> Result<HostPort, crate::route::RouteError> {

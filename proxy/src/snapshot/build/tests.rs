@@ -543,15 +543,26 @@ async fn a_push_keeps_host_ports_it_left_alone_and_reroutes_those_whose_destinat
         let hp = s.route("reviews:9080").expect("routes");
         let routed = hp.select(Head::of(&req), "reviews").expect("selected");
         let cluster = routed.cluster.expect("a cluster");
-        cluster.endpoints.iter().map(|e| e.addr.port()).collect::<Vec<_>>()
+        cluster
+            .endpoints
+            .iter()
+            .map(|e| e.addr.port())
+            .collect::<Vec<_>>()
     };
-    let one = Snapshot::build(&local(), &view(9002, 9101), &identity, &metrics, 1, None)
-        .expect("builds");
+    let one =
+        Snapshot::build(&local(), &view(9002, 9101), &identity, &metrics, 1, None).expect("builds");
     assert_eq!(v2(&one), [9002]);
 
     // Only ratings moved: reviews' host port (its compiled routes) is the same one.
-    let two = Snapshot::build(&local(), &view(9002, 9102), &identity, &metrics, 2, Some(&one))
-        .expect("builds");
+    let two = Snapshot::build(
+        &local(),
+        &view(9002, 9102),
+        &identity,
+        &metrics,
+        2,
+        Some(&one),
+    )
+    .expect("builds");
     let same = |a: &Snapshot, b: &Snapshot, host: &str| {
         Arc::ptr_eq(
             a.route(host).expect("routes"),
@@ -563,8 +574,15 @@ async fn a_push_keeps_host_ports_it_left_alone_and_reroutes_those_whose_destinat
 
     // reviews' v2 endpoint moved: the table did not change, but the subset cluster it
     // leads to is a new one, so the routes are compiled again and lead to it.
-    let three = Snapshot::build(&local(), &view(9003, 9102), &identity, &metrics, 3, Some(&two))
-        .expect("builds");
+    let three = Snapshot::build(
+        &local(),
+        &view(9003, 9102),
+        &identity,
+        &metrics,
+        3,
+        Some(&two),
+    )
+    .expect("builds");
     assert!(!same(&two, &three, "reviews:9080"));
     assert_eq!(v2(&three), [9003]);
     assert!(same(&two, &three, "ratings:9080"));
