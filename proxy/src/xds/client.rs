@@ -230,11 +230,22 @@ impl XdsClient {
         }
     }
 
-    fn apply(&mut self, batch: &[DeltaDiscoveryResponse]) -> Result<(), XdsError> {
-        let started = tokio::time::Instant::now();
-        let mut next = self.state.clone();
+    /// Applies `batch` to `next` (a copy of the state in force holding its decode caches)
+    /// and builds the snapshot it makes; the trust bundle, when one came, is checked and put
+    /// in force. Nothing is swapped here.
+    fn applied(
+        &self,
+        next: &mut XdsState,
+        batch: &[DeltaDiscoveryResponse],
+    ) -> Result<
+        (
+            Snapshot,
+            Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
+        ),
+        XdsError,
+    > {
         for resp in batch {
-            next = next.apply(resp)?;
+            next.merge(resp)?;
         }
         let view = merge(next.view()?, self.inputs.file.clone());
         let trust = next.trust_bundle()?;
@@ -265,6 +276,19 @@ impl XdsClient {
                 .map_err(|e| XdsError::Invalid(format!("trust bundle: {e}")))?;
             tracing::info!(roots = roots.len(), "trust bundle updated");
         }
+        Ok((snapshot, trust))
+    }
+
+    fn apply(&mut self, batch: &[DeltaDiscoveryResponse]) -> Result<(), XdsError> {
+        let started = tokio::time::Instant::now();
+        let mut next = self.state.clone();
+        next.take_caches(&mut self.state);
+        let applied = self.applied(&mut next, batch);
+        if applied.is_err() {
+            // Refused: the state in force keeps what its views decoded.
+            self.state.take_caches(&mut next);
+        }
+        let (snapshot, trust) = applied?;
         let version = snapshot.version;
         self.ctx.swap_snapshot(Arc::new(snapshot));
         self.state = next;

@@ -32,7 +32,11 @@ pub struct Stored {
 }
 
 /// Every resource currently accepted, by type URL, then name.
-#[derive(Clone, Debug, Default)]
+///
+/// A clone copies the resources, not what views decoded from them: a copy made to apply a
+/// push takes them over with [`XdsState::take_caches`] (and hands them back if the push is
+/// refused), so a push never copies the decoded mesh.
+#[derive(Debug, Default)]
 pub struct XdsState {
     types: BTreeMap<String, BTreeMap<String, Stored>>,
     /// The services an earlier view decoded, by name: a view decodes only the Service and
@@ -59,15 +63,16 @@ fn decode_cached<M: Message + Default>(
     let mut next = Cache::new();
     let mut out = std::collections::HashMap::new();
     for (name, s) in stored.into_iter().flatten() {
-        let message = match cache.remove(name) {
-            Some((version, m)) if version == s.version => m,
-            _ => Arc::new(
-                M::decode(s.body.as_ref())
-                    .map_err(|e| XdsError::Invalid(format!("{type_url} {name}: {e}")))?,
-            ),
+        let entry = match cache.remove_entry(name) {
+            Some(kept) if kept.1.0 == s.version => kept,
+            _ => {
+                let m = M::decode(s.body.as_ref())
+                    .map_err(|e| XdsError::Invalid(format!("{type_url} {name}: {e}")))?;
+                (name.clone(), (s.version.clone(), Arc::new(m)))
+            }
         };
-        out.insert(name.clone(), message.clone());
-        next.insert(name.clone(), (s.version.clone(), message));
+        out.insert(name.clone(), entry.1.1.clone());
+        next.insert(entry.0, entry.1);
     }
     *cache = next;
     Ok(out)
@@ -81,6 +86,15 @@ struct Decoded {
     specs: Vec<Arc<ServiceSpec>>,
 }
 
+impl Clone for XdsState {
+    fn clone(&self) -> Self {
+        Self {
+            types: self.types.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 impl PartialEq for XdsState {
     /// The resources held; what was decoded from them is a cache.
     fn eq(&self, other: &Self) -> bool {
@@ -91,14 +105,29 @@ impl PartialEq for XdsState {
 impl XdsState {
     /// Applies a delta response to a copy of this state; the copy is returned for checking.
     pub fn apply(&self, resp: &DeltaDiscoveryResponse) -> Result<Self, XdsError> {
+        let mut next = self.clone();
+        next.merge(resp)?;
+        Ok(next)
+    }
+
+    /// Moves what `other`'s views decoded into this state (its next version), so its next
+    /// view decodes only what moved since.
+    pub fn take_caches(&mut self, other: &mut Self) {
+        self.decoded = std::mem::take(&mut other.decoded);
+        self.routes = std::mem::take(&mut other.routes);
+        self.policies = std::mem::take(&mut other.policies);
+    }
+
+    /// Applies a delta response to this state in place. On an error the state may hold part
+    /// of the response: apply pushes to a copy (see [`XdsState::apply`]).
+    pub fn merge(&mut self, resp: &DeltaDiscoveryResponse) -> Result<(), XdsError> {
         if !type_url::ALL.contains(&resp.type_url.as_str()) {
             return Err(XdsError::Invalid(format!(
                 "unknown resource type {}",
                 resp.type_url
             )));
         }
-        let mut next = self.clone();
-        let map = next.types.entry(resp.type_url.clone()).or_default();
+        let map = self.types.entry(resp.type_url.clone()).or_default();
         for name in &resp.removed_resources {
             map.remove(name);
         }
@@ -125,7 +154,7 @@ impl XdsState {
                 }
             }
         }
-        Ok(next)
+        Ok(())
     }
 
     /// Name -> version of the resources held of one type (sent after a reconnect).
@@ -199,33 +228,28 @@ impl XdsState {
         let mut decoded = BTreeMap::new();
         for (name, stored) in services {
             let eps = endpoints.get(name);
-            let specs = match self.decoded.remove(name) {
-                Some(d)
-                    if d.service == stored.version
-                        && d.endpoints.as_deref() == eps.map(|e| e.version.as_str()) =>
-                {
-                    d.specs
+            let kept = self.decoded.remove_entry(name).filter(|(_, d)| {
+                d.service == stored.version
+                    && d.endpoints.as_deref() == eps.map(|e| e.version.as_str())
+            });
+            if let Some((name, d)) = kept {
+                view.services.extend(d.specs.iter().cloned());
+                decoded.insert(name, d);
+                continue;
+            }
+            let svc = v1::Service::decode(stored.body.as_ref())
+                .map_err(|e| XdsError::Invalid(format!("{} {name}: {e}", type_url::SERVICE)))?;
+            let listed = match eps {
+                Some(e) => {
+                    v1::Endpoints::decode(e.body.as_ref())
+                        .map_err(|e| {
+                            XdsError::Invalid(format!("{} {name}: {e}", type_url::ENDPOINTS))
+                        })?
+                        .endpoints
                 }
-                _ => {
-                    let svc = v1::Service::decode(stored.body.as_ref()).map_err(|e| {
-                        XdsError::Invalid(format!("{} {name}: {e}", type_url::SERVICE))
-                    })?;
-                    let listed = match eps {
-                        Some(e) => {
-                            v1::Endpoints::decode(e.body.as_ref())
-                                .map_err(|e| {
-                                    XdsError::Invalid(format!(
-                                        "{} {name}: {e}",
-                                        type_url::ENDPOINTS
-                                    ))
-                                })?
-                                .endpoints
-                        }
-                        None => Vec::new(),
-                    };
-                    service_specs(name, &svc, &listed)?
-                }
+                None => Vec::new(),
             };
+            let specs = service_specs(name, &svc, &listed)?;
             view.services.extend(specs.iter().cloned());
             decoded.insert(
                 name.clone(),
@@ -288,7 +312,7 @@ impl XdsState {
         while !bytes.is_empty() {
             let resp = DeltaDiscoveryResponse::decode_length_delimited(&mut bytes)
                 .map_err(|e| XdsError::Invalid(format!("persisted config: {e}")))?;
-            state = state.apply(&resp)?;
+            state.merge(&resp)?;
         }
         Ok(state)
     }
@@ -658,10 +682,13 @@ mod tests {
         };
         let first = state.view().unwrap();
         // ratings' endpoints move (a new version): only ratings is decoded again.
+        // As the client applies a push: on a copy that takes the caches over.
         let mut moved = service_push(ratings, "127.0.0.1:3");
         moved[1].resources[0].version = "v2".into();
-        let mut state = state.apply(&moved[1]).unwrap();
-        let second = state.view().unwrap();
+        let mut next = state.clone();
+        next.take_caches(&mut state);
+        next.merge(&moved[1]).unwrap();
+        let second = next.view().unwrap();
         assert!(Arc::ptr_eq(&spec(&first, reviews), &spec(&second, reviews)));
         assert!(!Arc::ptr_eq(
             &spec(&first, ratings),
