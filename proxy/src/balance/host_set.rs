@@ -48,7 +48,7 @@ pub struct PlacedEndpoint<'a> {
     /// Its workload's locality.
     pub locality: &'a Locality,
     /// Its workload's labels (`failoverPriority` compares them).
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a crate::source::labels::Labels,
     /// Its load-balancing weight from the registry.
     pub weight: u32,
 }
@@ -95,7 +95,7 @@ impl Placements {
         endpoints: &[PlacedEndpoint<'_>],
         failover_on: bool,
     ) -> Self {
-        let view: Vec<(Locality, &BTreeMap<String, String>)> = endpoints
+        let view: Vec<(Locality, &crate::source::labels::Labels)> = endpoints
             .iter()
             .map(|e| (e.locality.clone(), e.labels))
             .collect();

@@ -9,6 +9,8 @@
 //! Pure functions over [`Locality`] values: the snapshot applies them when it builds a
 //! cluster's host set.
 
+use crate::source::labels::LabelLookup;
+
 /// A `region/zone/subzone` (empty parts: unknown).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Locality {
@@ -74,11 +76,11 @@ pub struct Placement {
 /// Places each endpoint for a caller at `client` with labels `client_labels`; `None` for an
 /// endpoint `distribute` gives nothing. `failover_on`: the cluster has outlier detection
 /// (istiod assigns failover priorities only then, otherwise nothing would ever fail over).
-pub fn place(
+pub fn place<L: LabelLookup + ?Sized>(
     setting: &LocalitySetting,
     client: &Locality,
     client_labels: &std::collections::BTreeMap<String, String>,
-    endpoints: &[(Locality, &std::collections::BTreeMap<String, String>)],
+    endpoints: &[(Locality, &L)],
     failover_on: bool,
 ) -> Vec<Option<Placement>> {
     if client.is_empty() {
@@ -116,7 +118,7 @@ pub fn place(
                 if setting.failover_priority.is_empty() {
                     default_priority(setting, client, loc)
                 } else {
-                    label_priority(&setting.failover_priority, client_labels, labels)
+                    label_priority(&setting.failover_priority, client_labels, *labels)
                 }
             })
             .collect()
@@ -163,15 +165,15 @@ fn default_priority(setting: &LocalitySetting, client: &Locality, ep: &Locality)
 /// `failoverPriority`: the number of labels, in order, on which the endpoint fails to match
 /// before the first mismatch counts (label n counts only if labels 1..n−1 matched); 0 when
 /// all match.
-fn label_priority(
+fn label_priority<L: LabelLookup + ?Sized>(
     keys: &[String],
     client: &std::collections::BTreeMap<String, String>,
-    ep: &std::collections::BTreeMap<String, String>,
+    ep: &L,
 ) -> u32 {
     for (i, key) in keys.iter().enumerate() {
         let matched = match key.split_once('=') {
-            Some((k, v)) => ep.get(k).is_some_and(|e| e == v),
-            None => client.get(key).is_some() && client.get(key) == ep.get(key),
+            Some((k, v)) => ep.label(k) == Some(v),
+            None => client.label(key).is_some() && client.label(key) == ep.label(key),
         };
         if !matched {
             return (keys.len() - i) as u32;

@@ -4,10 +4,11 @@
 //! result into what the request path reads.
 
 pub mod file;
+pub mod labels;
 pub mod merge;
 
 use meshlite_xds_proto::v1;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::balance::locality::Locality;
@@ -57,7 +58,7 @@ impl ServiceSpec {
 }
 
 /// A workload's labels, shared among its endpoints instead of copied into each.
-pub type LabelSet = Arc<BTreeMap<String, String>>;
+pub type LabelSet = Arc<labels::Labels>;
 
 /// An endpoint as the snapshot builder takes it.
 #[derive(Clone, Debug, PartialEq)]

@@ -540,11 +540,10 @@ mod tests {
     use crate::telemetry::metrics::Metrics;
 
     fn workload(name: &str, app: &str, version: &str) -> Arc<WorkloadMetadata> {
-        let labels = [
+        let labels = std::collections::BTreeMap::from([
             ("app".to_string(), app.to_string()),
             ("version".to_string(), version.to_string()),
-        ]
-        .into();
+        ]);
         Arc::new(WorkloadMetadata::from_labels(name, "default", &labels, ""))
     }
 

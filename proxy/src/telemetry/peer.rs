@@ -3,6 +3,7 @@
 //! control plane's endpoint data or from the peer-metadata header, with Istio's `unknown`
 //! for what nobody said.
 
+use crate::source::labels::LabelLookup;
 use http::HeaderValue;
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
@@ -44,10 +45,9 @@ pub struct WorkloadMetadata {
 }
 
 /// The first of `keys` present in `labels`.
-fn first<'a>(labels: &'a BTreeMap<String, String>, keys: &[&str]) -> Option<&'a str> {
+fn first<'a, L: LabelLookup + ?Sized>(labels: &'a L, keys: &[&str]) -> Option<&'a str> {
     keys.iter()
-        .find_map(|k| labels.get(*k))
-        .map(String::as_str)
+        .find_map(|k| labels.label(k))
         .filter(|v| !v.is_empty())
 }
 
@@ -70,10 +70,10 @@ impl WorkloadMetadata {
     }
 
     /// The metadata of workload `name` in `namespace` with `labels`, running in `cluster`.
-    pub fn from_labels(
+    pub fn from_labels<L: LabelLookup + ?Sized>(
         name: &str,
         namespace: &str,
-        labels: &BTreeMap<String, String>,
+        labels: &L,
         cluster: &str,
     ) -> Self {
         let or_unknown = |v: Option<&str>| v.map_or_else(unknown, Arc::from);

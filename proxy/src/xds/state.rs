@@ -442,17 +442,13 @@ impl Shared {
     /// where they are the same.
     fn of(&mut self, e: &v1::Endpoint) -> (LabelSet, Option<Arc<WorkloadMetadata>>) {
         let same = |set: &LabelSet| {
-            set.len() == e.labels.len() && e.labels.iter().all(|(k, v)| set.get(k) == Some(v))
+            set.len() == e.labels.len()
+                && e.labels.iter().all(|(k, v)| set.get(k) == Some(v.as_str()))
         };
         let labels = match self.labels.iter().find(|set| same(set)) {
             Some(set) => set.clone(),
             None => {
-                let set: LabelSet = Arc::new(
-                    e.labels
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                );
+                let set: LabelSet = Arc::new(e.labels.iter().collect());
                 self.labels.push(set.clone());
                 set
             }
@@ -469,7 +465,7 @@ impl Shared {
                 let w = Arc::new(WorkloadMetadata::from_labels(
                     &e.workload,
                     &e.namespace,
-                    &labels,
+                    &*labels,
                     DEFAULT_CLUSTER_ID,
                 ));
                 self.workloads.push((labels.clone(), w.clone()));

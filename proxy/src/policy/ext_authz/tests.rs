@@ -79,11 +79,10 @@ fn local() -> crate::telemetry::peer::LocalWorkload {
         metadata: Arc::new(crate::telemetry::peer::WorkloadMetadata::from_labels(
             "llm-v1",
             "default",
-            &[
+            &std::collections::BTreeMap::from([
                 ("app".to_string(), "llm".to_string()),
                 ("version".to_string(), "v1".to_string()),
-            ]
-            .into(),
+            ]),
             "",
         )),
         services: crate::telemetry::labels::DestinationServices::new(

@@ -165,7 +165,7 @@ impl Recipe {
         self.svc.endpoints.iter().filter(|e| {
             self.subset
                 .as_ref()
-                .is_none_or(|labels| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                .is_none_or(|selector| e.labels.selected_by(selector))
         })
     }
 

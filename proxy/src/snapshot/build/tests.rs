@@ -57,7 +57,7 @@ fn local() -> LocalSettings {
 fn endpoint(port: u16, version: &str) -> EndpointSpec {
     EndpointSpec {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        labels: Arc::new([("version".to_string(), version.to_string())].into()),
+        labels: Arc::new([("version", version)].into_iter().collect()),
         locality: Default::default(),
         weight: 1,
         plaintext: false,
