@@ -420,11 +420,10 @@ fn telemetry(h: &mut impl Harness) {
     let metrics = Metrics::new();
     let l = |s: &str| -> Arc<str> { Arc::from(s) };
     let workload = |name: &str, app: &str, version: &str| {
-        let labels = [
+        let labels = std::collections::BTreeMap::from([
             ("app".to_string(), app.to_string()),
             ("version".to_string(), version.to_string()),
-        ]
-        .into();
+        ]);
         Arc::new(WorkloadMetadata::from_labels(name, "default", &labels, ""))
     };
     let service = ServiceLabels::new(
