@@ -43,7 +43,7 @@ impl AddressIndex {
     pub fn build(entries: impl IntoIterator<Item = (IpAddr, u16, Claim, CaptureTarget)>) -> Self {
         let mut sorted: Vec<_> = entries.into_iter().collect();
         sorted.sort_by(|a, b| {
-            let host = |e: &(IpAddr, u16, Claim, CaptureTarget)| {
+            let host = |e: &(IpAddr, u16, Claim, CaptureTarget)| -> Arc<str> {
                 e.3.host.cluster.labels.service.fqdn.clone()
             };
             (a.2, host(a)).cmp(&(b.2, host(b)))

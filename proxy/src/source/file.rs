@@ -2,7 +2,6 @@
 //! a [`MeshView`] like any other source's.
 
 use super::{EndpointSpec, MeshView, ServiceSpec};
-use crate::balance::locality::Locality;
 use crate::config::ProxyConfig;
 use crate::identity::spiffe::SpiffeId;
 use crate::names::CLUSTER_DOMAIN;
@@ -33,7 +32,7 @@ pub fn view(cfg: &ProxyConfig) -> MeshView {
                     .map(|a| EndpointSpec {
                         addr: *a,
                         labels: Default::default(),
-                        locality: Locality::default(),
+                        locality: Default::default(),
                         weight: 1,
                         plaintext: false,
                         workload: None,

@@ -68,8 +68,8 @@ pub struct EndpointSpec {
     /// Its workload's labels, shared: the endpoints of one workload (and the copies of an
     /// endpoint on each service port) hold one map.
     pub labels: LabelSet,
-    /// Its workload's locality.
-    pub locality: Locality,
+    /// Its workload's locality (shared, as its labels are).
+    pub locality: Arc<Locality>,
     /// Load-balancing weight (1 unless the registry says otherwise).
     pub weight: u32,
     /// Its PeerAuthentication on this port is DISABLE: reached in plaintext, as Istio's auto

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::XdsError;
+use crate::balance::locality::Locality;
 use crate::identity::spiffe::SpiffeId;
 use crate::protocol::Protocol;
 use crate::source::{EndpointSpec, LabelSet, MeshView, ServiceSpec};
@@ -367,15 +368,7 @@ fn service_specs(
                 Ok(EndpointSpec {
                     addr,
                     labels,
-                    locality: e
-                        .locality
-                        .as_ref()
-                        .map(|l| crate::balance::locality::Locality {
-                            region: l.region.clone(),
-                            zone: l.zone.clone(),
-                            sub_zone: l.sub_zone.clone(),
-                        })
-                        .unwrap_or_default(),
+                    locality: shared.locality(e.locality.as_ref()),
                     weight: e.weight.max(1),
                     plaintext: false,
                     workload,
@@ -429,15 +422,37 @@ fn service_specs(
     Ok(out)
 }
 
-/// The label sets and workload metadata already made for one service's endpoints, so that
-/// endpoints of the same workload share them.
+/// The localities, label sets and workload metadata already made for one service's
+/// endpoints, so that endpoints of the same workload share them.
 #[derive(Default)]
 struct Shared {
+    localities: Vec<Arc<Locality>>,
     labels: Vec<LabelSet>,
     workloads: Vec<(LabelSet, Arc<WorkloadMetadata>)>,
 }
 
 impl Shared {
+    /// The locality `l` names, shared with an earlier endpoint's where it is the same.
+    fn locality(&mut self, l: Option<&v1::Locality>) -> Arc<Locality> {
+        let (region, zone, sub_zone) = l.map_or(("", "", ""), |l| {
+            (l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str())
+        });
+        let known = self
+            .localities
+            .iter()
+            .find(|k| k.region == region && k.zone == zone && k.sub_zone == sub_zone);
+        if let Some(k) = known {
+            return k.clone();
+        }
+        let made = Arc::new(Locality {
+            region: region.into(),
+            zone: zone.into(),
+            sub_zone: sub_zone.into(),
+        });
+        self.localities.push(made.clone());
+        made
+    }
+
     /// The labels and metric labels of endpoint `e`, shared with an earlier endpoint's
     /// where they are the same.
     fn of(&mut self, e: &v1::Endpoint) -> (LabelSet, Option<Arc<WorkloadMetadata>>) {
