@@ -30,9 +30,16 @@ pub fn version(binary: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
-const GLOBAL_AND_DEFAULTS: &str = "global
+/// `maxconn` of the recorded baseline (the pair scenario's).
+pub const DEFAULT_MAXCONN: u32 = 4000;
+
+/// The `global` and `defaults` sections, with `maxconn` (HAProxy sizes its file descriptor
+/// limit from it).
+fn global_and_defaults(maxconn: u32) -> String {
+    format!(
+        "global
     nbthread 1
-    maxconn 4000
+    maxconn {maxconn}
     tune.ssl.default-dh-param 2048
     ssl-default-bind-options ssl-min-ver TLSv1.3
     ssl-default-server-options ssl-min-ver TLSv1.3
@@ -45,17 +52,26 @@ defaults
     timeout http-keep-alive 300s
     option http-keep-alive
     http-reuse always
-";
+"
+    )
+}
 
-fn client_config(pki: &Path, client_port: u16, server_port: u16, protocol: Protocol) -> String {
+fn client_config(
+    pki: &Path,
+    client_port: u16,
+    server_port: u16,
+    protocol: Protocol,
+    maxconn: u32,
+) -> String {
     let (bind_proto, alpn) = match protocol {
         Protocol::Http1 => ("", "http/1.1"),
         Protocol::H2c | Protocol::Grpc => (" proto h2", "h2"),
     };
     let pki = pki.display();
+    let global = global_and_defaults(maxconn);
     format!(
         "# meshlite-bench: HAProxy client-side (outbound) sidecar
-{GLOBAL_AND_DEFAULTS}frontend outbound
+{global}frontend outbound
     bind 127.0.0.1:{client_port}{bind_proto}
     default_backend to_server_sidecar
 backend to_server_sidecar
@@ -64,15 +80,22 @@ backend to_server_sidecar
     )
 }
 
-fn server_config(pki: &Path, server_port: u16, app: SocketAddr, protocol: Protocol) -> String {
+fn server_config(
+    pki: &Path,
+    server_port: u16,
+    app: SocketAddr,
+    protocol: Protocol,
+    maxconn: u32,
+) -> String {
     let (alpn, app_proto) = match protocol {
         Protocol::Http1 => ("http/1.1", ""),
         Protocol::H2c | Protocol::Grpc => ("h2", " proto h2"),
     };
     let pki = pki.display();
+    let global = global_and_defaults(maxconn);
     format!(
         "# meshlite-bench: HAProxy server-side (inbound) sidecar
-{GLOBAL_AND_DEFAULTS}frontend inbound
+{global}frontend inbound
     bind 127.0.0.1:{server_port} ssl crt {pki}/server.pem ca-file {pki}/ca.crt verify required alpn {alpn}
     http-request set-header X-Client-Verified %[ssl_c_verify]
     default_backend app
@@ -111,17 +134,31 @@ pub fn start_pair(
     protocol: Protocol,
     pin_cpu: Option<usize>,
 ) -> Result<RunningPair, SidecarError> {
+    start_pair_sized(binary, run_dir, pki, app, protocol, pin_cpu, DEFAULT_MAXCONN)
+}
+
+/// [`start_pair`] with `maxconn` connections allowed per sidecar (the `connections` scenario
+/// holds more than the baseline's 4,000).
+pub fn start_pair_sized(
+    binary: &Path,
+    run_dir: &Path,
+    pki: &MeshPki,
+    app: SocketAddr,
+    protocol: Protocol,
+    pin_cpu: Option<usize>,
+    maxconn: u32,
+) -> Result<RunningPair, SidecarError> {
     let server_port = free_port()?;
     let client_port = free_port()?;
     let server_cfg = run_dir.join("haproxy-server.cfg");
     let client_cfg = run_dir.join("haproxy-client.cfg");
     write_text(
         &server_cfg,
-        &server_config(&pki.haproxy_dir, server_port, app, protocol),
+        &server_config(&pki.haproxy_dir, server_port, app, protocol, maxconn),
     )?;
     write_text(
         &client_cfg,
-        &client_config(&pki.haproxy_dir, client_port, server_port, protocol),
+        &client_config(&pki.haproxy_dir, client_port, server_port, protocol, maxconn),
     )?;
 
     let mut server = start_one(binary, "haproxy-server", &server_cfg, run_dir, pin_cpu)?;
@@ -140,6 +177,7 @@ pub fn start_pair(
         entry,
         authority: super::meshlite::SERVICE_HOST.to_string(),
         metrics: Vec::new(),
+        server_mtls: Some(SocketAddr::from(([127, 0, 0, 1], server_port))),
         netns: None,
     })
 }
