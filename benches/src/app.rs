@@ -196,7 +196,8 @@ impl futures_util::Stream for SizedStream {
 /// An answer of exactly `size` bytes, streamed, with its `content-length`.
 fn sized(size: u64) -> Response<AppBody> {
     let mut r = Response::new(Either::Right(StreamBody::new(SizedStream::new(size))));
-    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),

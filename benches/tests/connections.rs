@@ -63,7 +63,11 @@ fn a_pair_holds_idle_connections_carries_churn_and_bodies_and_resumes_tls_sessio
     assert_eq!(number(idle, "/opened"), IDLE, "{idle:#}");
     assert_eq!(number(idle, "/held"), IDLE, "{idle:#}");
     assert_eq!(number(idle, "/errors"), 0.0, "{idle:#}");
-    assert_eq!(number(idle, "/requests_ok"), IDLE * (1.0 + ROUNDS), "{idle:#}");
+    assert_eq!(
+        number(idle, "/requests_ok"),
+        IDLE * (1.0 + ROUNDS),
+        "{idle:#}"
+    );
     for side in ["client", "server"] {
         let before = number(idle, &format!("/{side}_rss_before_kb"));
         let held = number(idle, &format!("/{side}_rss_held_kb"));
@@ -122,8 +126,15 @@ fn a_pair_holds_idle_connections_carries_churn_and_bodies_and_resumes_tls_sessio
 
 /// A body record carries a throughput and the CPU of both sidecars.
 fn body_has_figures(body: &Value) -> bool {
-    ["/gbit_per_s", "/client_cpu_s_per_gib", "/server_cpu_s_per_gib"]
-        .iter()
-        .all(|p| body.pointer(p).and_then(Value::as_f64).is_some_and(|v| v >= 0.0))
-        && number(body, "/gbit_per_s") > 0.0
+    [
+        "/gbit_per_s",
+        "/client_cpu_s_per_gib",
+        "/server_cpu_s_per_gib",
+    ]
+    .iter()
+    .all(|p| {
+        body.pointer(p)
+            .and_then(Value::as_f64)
+            .is_some_and(|v| v >= 0.0)
+    }) && number(body, "/gbit_per_s") > 0.0
 }

@@ -190,7 +190,7 @@ impl Session {
         let result = self.exchange(request).await;
         if self.close_each
             || matches!(
-            result,
+                result,
                 Err(RequestError::Send(_) | RequestError::Body(_) | RequestError::Handshake(_))
             )
         {

@@ -225,7 +225,8 @@ async fn drive(
             Ok(()) => {
                 part.ok += 1;
                 let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                part.latency_us.saturating_record(micros.clamp(1, 60_000_000));
+                part.latency_us
+                    .saturating_record(micros.clamp(1, 60_000_000));
             }
             Err(e) => {
                 part.errors += 1;

@@ -129,7 +129,8 @@ pub fn run(spec: &HandshakeSpec) -> Result<HandshakeResult, LoadError> {
         let end = start + spec.duration;
         let workers = (0..spec.concurrency).map(|_| async {
             let mut part = HandshakeResult::default();
-            while Instant::now() < end && issued.fetch_add(1, Ordering::Relaxed) < spec.max_connections
+            while Instant::now() < end
+                && issued.fetch_add(1, Ordering::Relaxed) < spec.max_connections
             {
                 let outcome = tokio::time::timeout(spec.timeout, one(spec))
                     .await

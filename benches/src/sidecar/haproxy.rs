@@ -134,7 +134,15 @@ pub fn start_pair(
     protocol: Protocol,
     pin_cpu: Option<usize>,
 ) -> Result<RunningPair, SidecarError> {
-    start_pair_sized(binary, run_dir, pki, app, protocol, pin_cpu, DEFAULT_MAXCONN)
+    start_pair_sized(
+        binary,
+        run_dir,
+        pki,
+        app,
+        protocol,
+        pin_cpu,
+        DEFAULT_MAXCONN,
+    )
 }
 
 /// [`start_pair`] with `maxconn` connections allowed per sidecar (the `connections` scenario
@@ -158,7 +166,13 @@ pub fn start_pair_sized(
     )?;
     write_text(
         &client_cfg,
-        &client_config(&pki.haproxy_dir, client_port, server_port, protocol, maxconn),
+        &client_config(
+            &pki.haproxy_dir,
+            client_port,
+            server_port,
+            protocol,
+            maxconn,
+        ),
     )?;
 
     let mut server = start_one(binary, "haproxy-server", &server_cfg, run_dir, pin_cpu)?;
