@@ -238,6 +238,13 @@ fn raise_file_limit(wanted: u64) -> Result<(), ConnectionsError> {
     }
 }
 
+/// This process's open-file limit (soft), if readable.
+fn file_limit() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
 /// Starts the app every part calls.
 fn start_app(dir: &Path) -> Result<(ManagedChild, SocketAddr), ConnectionsError> {
     let mut app = ManagedChild::spawn(ChildSpec {
@@ -278,7 +285,11 @@ fn start_pair(setup: &Setup, imp: &Implementation, dir: &Path) -> Result<Running
             setup.app,
             Protocol::Http1,
             None,
-            setup.args.idle_connections + 1_000,
+            haproxy::Limits {
+                maxconn: setup.args.idle_connections + 1_000,
+                // The limit this process raised (HAProxy asks for twice maxconn otherwise).
+                ulimit_n: file_limit(),
+            },
         ),
     };
     started.map_err(|e| format!("{} pair did not start: {e}", imp.name()))

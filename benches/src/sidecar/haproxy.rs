@@ -33,14 +33,36 @@ pub fn version(binary: &Path) -> Option<String> {
 /// `maxconn` of the recorded baseline (the pair scenario's).
 pub const DEFAULT_MAXCONN: u32 = 4000;
 
-/// The `global` and `defaults` sections, with `maxconn` (HAProxy sizes its file descriptor
-/// limit from it).
-fn global_and_defaults(maxconn: u32) -> String {
+/// How many connections each HAProxy sidecar takes, and its file-descriptor limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `maxconn`.
+    pub maxconn: u32,
+    /// `ulimit-n`; `None`: HAProxy derives it from `maxconn` (about twice that, which it may
+    /// not be allowed to set).
+    pub ulimit_n: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            maxconn: DEFAULT_MAXCONN,
+            ulimit_n: None,
+        }
+    }
+}
+
+/// The `global` and `defaults` sections.
+fn global_and_defaults(limits: Limits) -> String {
+    let maxconn = limits.maxconn;
+    let ulimit = limits
+        .ulimit_n
+        .map_or_else(String::new, |n| format!("    ulimit-n {n}\n"));
     format!(
         "global
     nbthread 1
     maxconn {maxconn}
-    tune.ssl.default-dh-param 2048
+{ulimit}    tune.ssl.default-dh-param 2048
     ssl-default-bind-options ssl-min-ver TLSv1.3
     ssl-default-server-options ssl-min-ver TLSv1.3
     log stderr format raw local0 err
@@ -61,14 +83,14 @@ fn client_config(
     client_port: u16,
     server_port: u16,
     protocol: Protocol,
-    maxconn: u32,
+    limits: Limits,
 ) -> String {
     let (bind_proto, alpn) = match protocol {
         Protocol::Http1 => ("", "http/1.1"),
         Protocol::H2c | Protocol::Grpc => (" proto h2", "h2"),
     };
     let pki = pki.display();
-    let global = global_and_defaults(maxconn);
+    let global = global_and_defaults(limits);
     format!(
         "# meshlite-bench: HAProxy client-side (outbound) sidecar
 {global}frontend outbound
@@ -85,14 +107,14 @@ fn server_config(
     server_port: u16,
     app: SocketAddr,
     protocol: Protocol,
-    maxconn: u32,
+    limits: Limits,
 ) -> String {
     let (alpn, app_proto) = match protocol {
         Protocol::Http1 => ("http/1.1", ""),
         Protocol::H2c | Protocol::Grpc => ("h2", " proto h2"),
     };
     let pki = pki.display();
-    let global = global_and_defaults(maxconn);
+    let global = global_and_defaults(limits);
     format!(
         "# meshlite-bench: HAProxy server-side (inbound) sidecar
 {global}frontend inbound
@@ -141,12 +163,12 @@ pub fn start_pair(
         app,
         protocol,
         pin_cpu,
-        DEFAULT_MAXCONN,
+        Limits::default(),
     )
 }
 
-/// [`start_pair`] with `maxconn` connections allowed per sidecar (the `connections` scenario
-/// holds more than the baseline's 4,000).
+/// [`start_pair`] with other [`Limits`] (the `connections` scenario holds more connections
+/// than the baseline's 4,000).
 pub fn start_pair_sized(
     binary: &Path,
     run_dir: &Path,
@@ -154,7 +176,7 @@ pub fn start_pair_sized(
     app: SocketAddr,
     protocol: Protocol,
     pin_cpu: Option<usize>,
-    maxconn: u32,
+    limits: Limits,
 ) -> Result<RunningPair, SidecarError> {
     let server_port = free_port()?;
     let client_port = free_port()?;
@@ -162,7 +184,7 @@ pub fn start_pair_sized(
     let client_cfg = run_dir.join("haproxy-client.cfg");
     write_text(
         &server_cfg,
-        &server_config(&pki.haproxy_dir, server_port, app, protocol, maxconn),
+        &server_config(&pki.haproxy_dir, server_port, app, protocol, limits),
     )?;
     write_text(
         &client_cfg,
@@ -171,7 +193,7 @@ pub fn start_pair_sized(
             client_port,
             server_port,
             protocol,
-            maxconn,
+            limits,
         ),
     )?;
 
