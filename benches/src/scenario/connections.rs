@@ -238,6 +238,20 @@ fn raise_file_limit(wanted: u64) -> Result<(), ConnectionsError> {
     }
 }
 
+/// HAProxy's limits for `idle` connections under this process's open-file limit: it refuses
+/// to start unless `ulimit-n` covers twice `maxconn` (a socket each side), so `maxconn` is
+/// capped to what the limit allows.
+fn haproxy_limits(idle: u32, ulimit_n: Option<u64>) -> haproxy::Limits {
+    let wanted = idle.saturating_add(1_000);
+    let allowed = ulimit_n.map_or(wanted, |n| {
+        u32::try_from(n.saturating_sub(64) / 2).unwrap_or(u32::MAX)
+    });
+    haproxy::Limits {
+        maxconn: wanted.min(allowed),
+        ulimit_n,
+    }
+}
+
 /// This process's open-file limit (soft), if readable.
 fn file_limit() -> Option<u64> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -285,11 +299,7 @@ fn start_pair(setup: &Setup, imp: &Implementation, dir: &Path) -> Result<Running
             setup.app,
             Protocol::Http1,
             None,
-            haproxy::Limits {
-                maxconn: setup.args.idle_connections + 1_000,
-                // The limit this process raised (HAProxy asks for twice maxconn otherwise).
-                ulimit_n: file_limit(),
-            },
+            haproxy_limits(setup.args.idle_connections, file_limit()),
         ),
     };
     started.map_err(|e| format!("{} pair did not start: {e}", imp.name()))
@@ -662,6 +672,13 @@ mod tests {
         assert_eq!(per_connection(1_000, 9_000, 1_000), 8.0);
         assert_eq!(per_connection(1_000, 900, 100), -1.0);
         assert_eq!(per_connection(1_000, 9_000, 0), 0.0);
+    }
+
+    #[test]
+    fn haproxy_maxconn_fits_the_file_limit() {
+        assert_eq!(haproxy_limits(200, Some(20_000)).maxconn, 1_200);
+        assert_eq!(haproxy_limits(10_000, Some(20_000)).maxconn, 9_968);
+        assert_eq!(haproxy_limits(10_000, None).maxconn, 11_000);
     }
 
     #[test]
