@@ -246,9 +246,13 @@ fn haproxy_limits(idle: u32, ulimit_n: Option<u64>) -> haproxy::Limits {
     let allowed = ulimit_n.map_or(wanted, |n| {
         u32::try_from(n.saturating_sub(64) / 2).unwrap_or(u32::MAX)
     });
+    let maxconn = wanted.min(allowed);
     haproxy::Limits {
-        maxconn: wanted.min(allowed),
+        maxconn,
         ulimit_n,
+        // No queue in front of the next hop: an idle client's connection may keep its
+        // server-side connection, and the baseline's 1,000 would queue the rest.
+        server_maxconn: maxconn,
     }
 }
 

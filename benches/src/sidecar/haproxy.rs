@@ -33,6 +33,9 @@ pub fn version(binary: &Path) -> Option<String> {
 /// `maxconn` of the recorded baseline (the pair scenario's).
 pub const DEFAULT_MAXCONN: u32 = 4000;
 
+/// A backend server line's `maxconn` in the recorded baseline.
+pub const DEFAULT_SERVER_MAXCONN: u32 = 1000;
+
 /// How many connections each HAProxy sidecar takes, and its file-descriptor limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -41,6 +44,8 @@ pub struct Limits {
     /// `ulimit-n`; `None`: HAProxy derives it from `maxconn` (about twice that, which it may
     /// not be allowed to set).
     pub ulimit_n: Option<u64>,
+    /// `maxconn` of each backend's server line (the next sidecar, the app).
+    pub server_maxconn: u32,
 }
 
 impl Default for Limits {
@@ -48,6 +53,7 @@ impl Default for Limits {
         Self {
             maxconn: DEFAULT_MAXCONN,
             ulimit_n: None,
+            server_maxconn: DEFAULT_SERVER_MAXCONN,
         }
     }
 }
@@ -91,13 +97,14 @@ fn client_config(
     };
     let pki = pki.display();
     let global = global_and_defaults(limits);
+    let server_maxconn = limits.server_maxconn;
     format!(
         "# meshlite-bench: HAProxy client-side (outbound) sidecar
 {global}frontend outbound
     bind 127.0.0.1:{client_port}{bind_proto}
     default_backend to_server_sidecar
 backend to_server_sidecar
-    server s1 127.0.0.1:{server_port} ssl crt {pki}/client.pem ca-file {pki}/ca.crt verify required verifyhost {SERVER_DNS} sni str({SERVER_DNS}) alpn {alpn} maxconn 1000
+    server s1 127.0.0.1:{server_port} ssl crt {pki}/client.pem ca-file {pki}/ca.crt verify required verifyhost {SERVER_DNS} sni str({SERVER_DNS}) alpn {alpn} maxconn {server_maxconn}
 "
     )
 }
@@ -115,6 +122,7 @@ fn server_config(
     };
     let pki = pki.display();
     let global = global_and_defaults(limits);
+    let server_maxconn = limits.server_maxconn;
     format!(
         "# meshlite-bench: HAProxy server-side (inbound) sidecar
 {global}frontend inbound
@@ -122,7 +130,7 @@ fn server_config(
     http-request set-header X-Client-Verified %[ssl_c_verify]
     default_backend app
 backend app
-    server app {app}{app_proto} maxconn 1000
+    server app {app}{app_proto} maxconn {server_maxconn}
 "
     )
 }
