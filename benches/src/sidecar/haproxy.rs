@@ -196,13 +196,7 @@ pub fn start_pair_sized(
     )?;
     write_text(
         &client_cfg,
-        &client_config(
-            &pki.haproxy_dir,
-            client_port,
-            server_port,
-            protocol,
-            limits,
-        ),
+        &client_config(&pki.haproxy_dir, client_port, server_port, protocol, limits),
     )?;
 
     let mut server = start_one(binary, "haproxy-server", &server_cfg, run_dir, pin_cpu)?;
