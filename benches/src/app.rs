@@ -19,6 +19,12 @@
 //! - count: `GET /__bench/stats` answers [`AppStats`] as JSON (requests received, failures
 //!   answered, downstream calls), the "what did the upstream really receive" of a scenario.
 //!
+//! For the `connections` scenario's bodies it also:
+//! - answers `GET /bytes/N` with a body of exactly N bytes, streamed in chunks (a 100 MiB
+//!   answer is never held in memory);
+//! - reads every request body to its end without keeping it, and names the byte count it
+//!   received in the response header `x-bench-received` when there was a body.
+//!
 //! Paths under `/__bench/` are the benchmark's own and are never counted as requests.
 
 pub mod handle;
@@ -53,6 +59,12 @@ pub const CONTROL_PREFIX: &str = "/__bench/";
 pub const STATS_PATH: &str = "/__bench/stats";
 /// `GET /__bench/fail/NNN` makes every later request answer status NNN; `.../fail/0` heals.
 pub const FAIL_PATH: &str = "/__bench/fail/";
+/// `GET /bytes/N` answers exactly N bytes.
+pub const BYTES_PATH: &str = "/bytes/";
+/// Response header naming how many request body bytes the app received (when there were any).
+pub const RECEIVED_HEADER: &str = "x-bench-received";
+/// Size of one chunk of a streamed `/bytes/N` answer.
+const STREAM_CHUNK: usize = 64 * 1024;
 /// Default bound on one downstream call of a fanning-out app.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -144,7 +156,71 @@ pub struct AppStats {
 }
 
 type GrpcStream = futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
-type AppBody = Either<Full<Bytes>, StreamBody<GrpcStream>>;
+type AppBody = Either<Either<Full<Bytes>, StreamBody<GrpcStream>>, StreamBody<SizedStream>>;
+
+/// The chunks of a `/bytes/N` answer: one shared chunk handed out (cloned, not copied) until N
+/// bytes went, the last one cut to size.
+pub struct SizedStream {
+    chunk: Bytes,
+    left: u64,
+}
+
+impl SizedStream {
+    /// `size` bytes of `x`.
+    pub fn new(size: u64) -> Self {
+        Self {
+            chunk: Bytes::from(vec![b'x'; STREAM_CHUNK]),
+            left: size,
+        }
+    }
+}
+
+impl futures_util::Stream for SizedStream {
+    type Item = Result<Frame<Bytes>, Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let take = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(self.chunk.len());
+        self.left -= take as u64;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..take)))))
+    }
+}
+
+/// An answer of exactly `size` bytes, streamed, with its `content-length`.
+fn sized(size: u64) -> Response<AppBody> {
+    let mut r = Response::new(Either::Right(StreamBody::new(SizedStream::new(size))));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
+}
+
+/// Reads a request body to its end without keeping it; the bytes received (a broken body
+/// counts what arrived).
+async fn drain(mut body: Incoming) -> u64 {
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    received += data.len() as u64;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    received
+}
 
 /// The prepared responses (bodies are cloned, not rebuilt, per request).
 #[derive(Clone)]
@@ -176,8 +252,8 @@ impl Responses {
                 Ok(Frame::data(self.grpc_message.clone())),
                 Ok(Frame::trailers(self.grpc_trailers.clone())),
             ];
-            let mut r = Response::new(Either::Right(StreamBody::new(futures_util::stream::iter(
-                frames,
+            let mut r = Response::new(Either::Left(Either::Right(StreamBody::new(
+                futures_util::stream::iter(frames),
             ))));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -185,7 +261,7 @@ impl Responses {
             );
             r
         } else {
-            let mut r = Response::new(Either::Left(Full::new(self.body.clone())));
+            let mut r = Response::new(Either::Left(Either::Left(Full::new(self.body.clone()))));
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             r
@@ -197,7 +273,7 @@ impl Responses {
 
 /// A short text response with `status`.
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AppBody> {
-    let mut r = Response::new(Either::Left(Full::new(body.into())));
+    let mut r = Response::new(Either::Left(Either::Left(Full::new(body.into()))));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -392,8 +468,13 @@ async fn handle(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let sized_answer = request
+        .uri()
+        .path()
+        .strip_prefix(BYTES_PATH)
+        .and_then(|n| n.parse::<u64>().ok());
     // Read the request to its end, as a real app would; a broken body still gets the answer.
-    let _ = request.into_body().collect().await;
+    let received = drain(request.into_body()).await;
     let failing = counters.failing_status.load(Ordering::Relaxed);
     if failing != 0 {
         counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -411,7 +492,16 @@ async fn handle(
             format!("downstream call failed: {e}"),
         ));
     }
-    Ok(state.responses.answer(is_grpc))
+    let mut response = match sized_answer {
+        Some(size) => sized(size),
+        None => state.responses.answer(is_grpc),
+    };
+    if received > 0 {
+        response
+            .headers_mut()
+            .insert(RECEIVED_HEADER, HeaderValue::from(received));
+    }
+    Ok(response)
 }
 
 /// Serves connections from `listener` until the future is dropped: a fixed answer of `payload`

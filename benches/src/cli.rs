@@ -76,6 +76,15 @@ a delta ADS stream over mutual TLS, then edits VirtualServices `--changes` times
 convergence time (file write -> each proxy received the new route) p50/p99/max, the CSR signing \
 rate, and the control plane's peak RSS and CPU, for each N of `--proxies` (default 100,1000).
 
+`--scenario connections` measures what connections and bodies cost each pair (meshlite, and \
+HAProxy with `--peer haproxy`, in the same run; a fresh pair per part): `--idle-connections` \
+keep-alive connections (default 10,000) held through the client sidecar, each sending one request \
+per `--idle-interval` for `--idle-rounds` rounds (RSS added per open connection, CPU while held); a \
+closed loop over `--connections` connections for `--duration` (the most requests per second, one \
+thread of load); connection churn (a new app connection per request); new mutual-TLS connections \
+into the server sidecar (whether TLS sessions resume); and `--body-mib` bodies (default 1,100) up \
+and down (Gbit/s, CPU seconds per GiB per sidecar). Raises RLIMIT_NOFILE as needed.
+
 `--scenario scale` measures one client sidecar in meshes of `--sizes` services (default \
 1,100,1000,5000; 5 endpoints each, one in five with subsets, outlier detection and a 90/10 split) \
 under a release meshlite-control: its peak RSS, the time to the whole config applied, the apply \
@@ -90,7 +99,8 @@ Examples:
   meshlite-bench --scenario mesh --rate 300 --json mesh.json
   meshlite-bench --scenario pods --rate 1000 --json pods.json   # as root
   meshlite-bench --scenario control --proxies 100,1000 --json control.json
-  meshlite-bench --scenario scale --sizes 1,1000,5000 --json scale.json";
+  meshlite-bench --scenario scale --sizes 1,1000,5000 --json scale.json
+  meshlite-bench --scenario connections --peer haproxy --json connections.json";
 
 /// The whole command line.
 #[derive(Debug, Parser)]
@@ -223,6 +233,18 @@ pub struct BenchArgs {
     /// `control` scenario: VirtualService edits per run.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub changes: u32,
+    /// `connections` scenario: idle keep-alive connections held through each pair.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub idle_connections: u32,
+    /// `connections` scenario: each idle connection sends one request per interval.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub idle_interval: Duration,
+    /// `connections` scenario: intervals the idle connections are held for.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub idle_rounds: u32,
+    /// `connections` scenario: body sizes in MiB, each sent both ways (default 1,100).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub body_mib: Vec<u32>,
     /// `control` scenario: time between two edits.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub change_interval: Duration,

@@ -89,6 +89,11 @@ pub struct Session {
     authority: String,
     protocol: Protocol,
     sender: Option<Sender>,
+    /// HTTP/1.1 only: every request says `Connection: close` and the next one opens a new
+    /// connection (connection churn).
+    close_each: bool,
+    /// Connections opened so far.
+    opened: u64,
 }
 
 impl Session {
@@ -99,7 +104,16 @@ impl Session {
             authority: authority.to_string(),
             protocol,
             sender: None,
+            close_each: false,
+            opened: 0,
         }
+    }
+
+    /// The same session sending `Connection: close` on every HTTP/1.1 request, so each
+    /// request opens a new connection (the first one too: nothing is opened before it).
+    pub fn closing(mut self) -> Self {
+        self.close_each = self.protocol == Protocol::Http1;
+        self
     }
 
     /// Opens the connection now (the generator connects every session before the schedule starts).
@@ -140,11 +154,16 @@ impl Session {
             }
         };
         self.sender = Some(sender);
+        self.opened += 1;
         Ok(())
     }
 
     fn build_request(&self) -> Result<Request<Full<Bytes>>, http::Error> {
         match self.protocol {
+            Protocol::Http1 if self.close_each => Request::get("/")
+                .header(header::HOST, self.authority.as_str())
+                .header(header::CONNECTION, HeaderValue::from_static("close"))
+                .body(Full::new(Bytes::new())),
             Protocol::Http1 => Request::get("/")
                 .header(header::HOST, self.authority.as_str())
                 .body(Full::new(Bytes::new())),
@@ -169,13 +188,20 @@ impl Session {
         }
         let request = self.build_request()?;
         let result = self.exchange(request).await;
-        if matches!(
-            result,
-            Err(RequestError::Send(_) | RequestError::Body(_) | RequestError::Handshake(_))
-        ) {
+        if self.close_each
+            || matches!(
+                result,
+                Err(RequestError::Send(_) | RequestError::Body(_) | RequestError::Handshake(_))
+            )
+        {
             self.sender = None;
         }
         result
+    }
+
+    /// Connections this session opened so far (1 for a session that kept its first one).
+    pub fn opened(&self) -> u64 {
+        self.opened
     }
 
     /// Forgets the connection (after a timeout the exchange may be stuck half-way).

@@ -9,11 +9,19 @@
 //! behind an open-loop arrival process would feel it (as wrk2 does), instead of slowing the
 //! generator down. The generator runs on its own single-threaded tokio runtime, optionally pinned.
 //!
+//! The other loads of the `connections` scenario live beside it: [`closed`] (closed loop, the
+//! most a target carries, and connection churn), [`idle`] (many slow keep-alive connections),
+//! [`transfer`] (large bodies each way) and [`handshake`] (new mTLS connections).
+//!
 //! Every run is bounded in count (`ceil(rate * (warm-up + duration))` requests) and in time
 //! (requests still due after the drain deadline are counted as errors, not sent), so it always
 //! stops by itself.
 
 pub mod client;
+pub mod closed;
+pub mod handshake;
+pub mod idle;
+pub mod transfer;
 
 pub use client::Protocol;
 

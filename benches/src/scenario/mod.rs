@@ -5,10 +5,12 @@
 //! under load behind a real control plane (outlier detection, retries); `mesh` runs a 15-service
 //! application under a real control plane and measures the latency added per hop; `pods` runs
 //! the pair in two pods (network namespaces) over captured traffic beside the explicit mode;
-//! `scale` measures what the size of the mesh costs one sidecar.
+//! `scale` measures what the size of the mesh costs one sidecar; `connections` measures what
+//! idle connections, connection churn, new mTLS connections and large bodies cost a pair.
 //! [`measure`] holds what `chaos` and `mesh` share.
 
 pub mod chaos;
+pub mod connections;
 pub mod control;
 pub mod measure;
 pub mod mesh;
@@ -39,6 +41,9 @@ pub enum ScenarioName {
     /// One sidecar in meshes of 1 to 5,000 services: peak RSS, time to apply the whole config
     /// and one changed service, first request to a service never called.
     Scale,
+    /// Idle keep-alive connections (RSS per connection), closed-loop maximum RPS, connection
+    /// churn, new mTLS connections and 1/100 MiB bodies each way, beside HAProxy.
+    Connections,
 }
 
 /// Why a scenario failed.
@@ -62,6 +67,9 @@ pub enum ScenarioError {
     /// The scale scenario failed.
     #[error(transparent)]
     Scale(#[from] Box<scale::ScaleError>),
+    /// The connections scenario failed.
+    #[error(transparent)]
+    Connections(#[from] connections::ConnectionsError),
     /// An option was given to a scenario that does not take it.
     #[error("{0}")]
     Option(String),
@@ -82,5 +90,6 @@ pub fn run(args: &BenchArgs) -> Result<bool, ScenarioError> {
         ScenarioName::Mesh => Ok(mesh::run(args)?),
         ScenarioName::Pods => Ok(pods::run(args)?),
         ScenarioName::Scale => Ok(scale::run(args).map_err(Box::new)?),
+        ScenarioName::Connections => Ok(connections::run(args)?),
     }
 }

@@ -536,6 +536,7 @@ fn start_pod_pair(
         entry,
         authority: SERVICE_HOST.to_string(),
         metrics: Vec::new(),
+        server_mtls: None,
         netns: Some(client_pod.ns.path()),
     };
     Ok((pair, pod_start))

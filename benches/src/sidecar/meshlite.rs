@@ -227,6 +227,7 @@ pub fn start_pair(
         implementation: "meshlite",
         entry: client.outbound(),
         metrics: vec![client.metrics(), server.metrics()],
+        server_mtls: Some(inbound),
         netns: None,
         client: client.into_child(),
         server: server.into_child(),

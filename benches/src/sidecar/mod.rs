@@ -61,6 +61,9 @@ pub struct RunningPair {
     pub authority: String,
     /// The sidecars' Prometheus endpoints (client, server), where they serve one (meshlite).
     pub metrics: Vec<SocketAddr>,
+    /// The server-side sidecar's mutual-TLS listener, where the client side connects (where
+    /// the pair's harness knows it).
+    pub server_mtls: Option<SocketAddr>,
     /// The network namespace the generator runs in (a pod's, `/var/run/netns/...`); `None`:
     /// this process's own.
     pub netns: Option<PathBuf>,

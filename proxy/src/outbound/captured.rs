@@ -97,7 +97,9 @@ pub async fn serve(
                         remote,
                         original_dst: Some(dst.clone()),
                     };
-                    hyper::service::service_fn(move |req| http::handle(oc.clone(), req))
+                    // Boxed, as in `outbound::serve_listener`: an idle connection keeps no
+                    // request-sized slot.
+                    hyper::service::service_fn(move |req| Box::pin(http::handle(oc.clone(), req)))
                 },
             )
             .await;
