@@ -444,7 +444,7 @@ impl Recipe {
 
 /// Resolves route destinations against the clusters being built.
 pub(super) struct Resolver<'a> {
-    pub(super) by_fqdn: &'a HashMap<String, Vec<Arc<LazyCluster>>>,
+    pub(super) by_fqdn: &'a HashMap<&'a str, Vec<Arc<LazyCluster>>>,
     pub(super) subsets: &'a HashMap<(String, u16, String), Arc<LazyCluster>>,
     pub(super) reuse: &'a Reuse,
 }
@@ -481,7 +481,7 @@ impl ResolveDestination<LazyCluster> for Resolver<'_> {
                 dest.subset, dest.host
             )))
         };
-        let entries = self.by_fqdn.get(&dest.host);
+        let entries = self.by_fqdn.get(dest.host.as_str());
         let port = match u16::try_from(dest.port) {
             Ok(p) if p != 0 => p,
             _ => match entries.map(Vec::as_slice) {

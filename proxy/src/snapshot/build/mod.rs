@@ -207,13 +207,16 @@ impl Snapshot {
             }
             Ok(Arc::new(lazy))
         };
-        let mut hosts: HashMap<Box<str>, Vec<Arc<HostPort>>> = HashMap::new();
+        // Sized up front: a table that doubles as it fills holds both sizes for a moment,
+        // and in a mesh of thousands that moment is the sidecar's peak.
+        let mut hosts: HashMap<Box<str>, Vec<Arc<HostPort>>> =
+            HashMap::with_capacity(view.services.len() * 4);
         let mut clusters = Vec::with_capacity(view.services.len());
-        let mut by_fqdn: HashMap<String, Vec<Arc<LazyCluster>>> = HashMap::new();
-        let mut specs: HashMap<(String, u16), Arc<ServiceSpec>> = HashMap::new();
+        let mut by_fqdn: HashMap<&str, Vec<Arc<LazyCluster>>> =
+            HashMap::with_capacity(view.services.len());
         for svc in &view.services {
-            let fqdn = svc.fqdn();
-            let policy = view.policies.get(&fqdn);
+            let fqdn = svc.hostname.as_str();
+            let policy = view.policies.get(fqdn);
             let name: Label = Arc::from(format!("outbound|{}||{fqdn}", svc.port));
             let spec = previous
                 .get(&*name)
@@ -228,10 +231,9 @@ impl Snapshot {
                     None,
                     policy.and_then(|p| p.traffic_policy.clone()),
                     policy,
-                    destination_limits.get(fqdn.as_str()).cloned(),
+                    destination_limits.get(fqdn).cloned(),
                 )
             })?;
-            specs.insert((fqdn.clone(), svc.port), spec);
             by_fqdn.entry(fqdn).or_default().push(c.clone());
             clusters.push(c);
         }
@@ -240,10 +242,8 @@ impl Snapshot {
         let mut subsets: HashMap<(String, u16, String), Arc<LazyCluster>> = HashMap::new();
         let mut subset_clusters = Vec::new();
         for (fqdn, policy) in &view.policies {
-            for c in by_fqdn.get(fqdn).into_iter().flatten() {
-                let Some(spec) = specs.get(&(fqdn.clone(), c.port)) else {
-                    continue;
-                };
+            for c in by_fqdn.get(fqdn.as_str()).into_iter().flatten() {
+                let spec = &c.recipe.svc;
                 for subset in &policy.subsets {
                     let name: Label =
                         Arc::from(format!("outbound|{}|{}|{fqdn}", c.port, subset.name));
@@ -289,7 +289,7 @@ impl Snapshot {
         for (fqdn, entries) in &by_fqdn {
             for cluster in entries {
                 let svc = &*cluster.recipe.svc;
-                let table = view.routes.get(fqdn);
+                let table = view.routes.get(*fqdn);
                 // A host port whose cluster, route table and destinations are all as they
                 // were is the previous snapshot's (a push costs what it changed).
                 let kept = previous_ports.get(&*cluster.name).filter(|old| {
@@ -307,7 +307,7 @@ impl Snapshot {
                     None => Arc::new(
                         host_port(cluster, table, &resolver, &default_behaviour).map_err(
                             |source| SnapshotError::Route {
-                                host: fqdn.clone(),
+                                host: fqdn.to_string(),
                                 source,
                             },
                         )?,
@@ -331,7 +331,7 @@ impl Snapshot {
                 }
                 // Cluster services answer to their short forms too; other hosts (ServiceEntry)
                 // only to the names they were given.
-                let mut names = vec![fqdn.clone()];
+                let mut names = vec![fqdn.to_string()];
                 if fqdn.ends_with(CLUSTER_DOMAIN) {
                     names.extend([
                         svc.name.clone(),
