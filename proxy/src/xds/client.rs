@@ -283,7 +283,16 @@ impl XdsClient {
         let started = tokio::time::Instant::now();
         let mut next = self.state.clone();
         next.take_caches(&mut self.state);
-        let applied = self.applied(&mut next, batch);
+        // Decoding and building a mesh of thousands takes milliseconds: on a multi-threaded
+        // runtime this worker hands its other tasks (requests) to another thread meanwhile,
+        // instead of making them wait for the push. A single-threaded runtime has no other.
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let applied = if multi_threaded {
+            tokio::task::block_in_place(|| self.applied(&mut next, batch))
+        } else {
+            self.applied(&mut next, batch)
+        };
         if applied.is_err() {
             // Refused: the state in force keeps what its views decoded.
             self.state.take_caches(&mut next);
