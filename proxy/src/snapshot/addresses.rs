@@ -5,9 +5,11 @@
 //! a Kubernetes ClusterIP) and its endpoints' own addresses (a pod IP called directly, as
 //! Istio's sidecar listeners for headless services and pod IPs do). A virtual IP wins where
 //! both claim an address; between equal claims the first host name in order keeps it, so
-//! every build decides alike. Built once per snapshot; a lookup is one hash probe.
+//! every build decides alike, whatever order the services came in. Built once per snapshot;
+//! a lookup is one hash probe.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -39,20 +41,30 @@ pub enum Claim {
 }
 
 impl AddressIndex {
-    /// Builds the index from `(address, port, claim, target)` entries.
+    /// Builds the index from `(address, port, claim, target)` entries: where two claim the
+    /// same address, the stronger claim wins, then the first host name in order (decided
+    /// pairwise, so any input order gives the same index, without sorting them all).
     pub fn build(entries: impl IntoIterator<Item = (IpAddr, u16, Claim, CaptureTarget)>) -> Self {
-        let mut sorted: Vec<_> = entries.into_iter().collect();
-        sorted.sort_by(|a, b| {
-            let host = |e: &(IpAddr, u16, Claim, CaptureTarget)| -> Arc<str> {
-                e.3.host.cluster.labels.service.fqdn.clone()
-            };
-            (a.2, host(a)).cmp(&(b.2, host(b)))
-        });
-        let mut by_addr = HashMap::with_capacity(sorted.len());
-        for (ip, port, _, target) in sorted {
-            by_addr.entry((ip.to_canonical(), port)).or_insert(target);
+        let entries = entries.into_iter();
+        let mut by_addr: HashMap<(IpAddr, u16), (Claim, CaptureTarget)> =
+            HashMap::with_capacity(entries.size_hint().0);
+        let host = |t: &CaptureTarget| -> Arc<str> { t.host.cluster.labels.service.fqdn.clone() };
+        for (ip, port, claim, target) in entries {
+            match by_addr.entry((ip.to_canonical(), port)) {
+                Entry::Vacant(v) => {
+                    v.insert((claim, target));
+                }
+                Entry::Occupied(mut o) => {
+                    let (held, current) = o.get();
+                    if (claim, host(&target)) < (*held, host(current)) {
+                        o.insert((claim, target));
+                    }
+                }
+            }
         }
-        Self { by_addr }
+        Self {
+            by_addr: by_addr.into_iter().map(|(k, (_, t))| (k, t)).collect(),
+        }
     }
 
     /// The service port a connection to `dst` was meant for.
