@@ -204,19 +204,28 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 /// A random (version 4, RFC 9562) UUID in its 36-character text form.
 pub fn uuid_v4() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    /// Two lower-case hex digits per byte value: one table read per byte, not per digit.
+    const HEX_PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
+        }
+        t
+    };
     let mut bits = fastrand::u128(..);
     bits = (bits & !(0xf << 76)) | (0x4 << 76); // version 4
     bits = (bits & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
-    let mut out = [0u8; 36];
-    let mut nibble = 32;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-        } else {
-            nibble -= 1;
-            *slot = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
-        }
+    let bytes = bits.to_be_bytes();
+    let mut out = [b'-'; 36];
+    // Where each byte's two digits go: 8-4-4-4-12 digits, dashes at 8, 13, 18 and 23.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    for (byte, at) in bytes.iter().zip(AT) {
+        let [hi, lo] = HEX_PAIRS[usize::from(*byte)];
+        out[at] = hi;
+        out[at + 1] = lo;
     }
     // Only hex digits and dashes: always a valid header value.
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
@@ -435,6 +444,16 @@ mod tests {
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
         assert_eq!(ensure_request_id(&mut h), id);
         assert_ne!(uuid_v4(), uuid_v4());
+        for _ in 0..100 {
+            let v = uuid_v4();
+            let s = v.to_str().unwrap();
+            for (i, c) in s.bytes().enumerate() {
+                match i {
+                    8 | 13 | 18 | 23 => assert_eq!(c, b'-', "{s}"),
+                    _ => assert!(matches!(c, b'0'..=b'9' | b'a'..=b'f'), "{s}"),
+                }
+            }
+        }
     }
 
     /// Headers an app or a caller might send that no next hop may see as they are.
