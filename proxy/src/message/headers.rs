@@ -134,10 +134,25 @@ fn strip_hop_by_hop_found(headers: &mut HeaderMap, mut found: u32) -> u32 {
     }
     remove_if(headers, found, bit::KEEP_ALIVE, &KEEP_ALIVE);
     remove_if(headers, found, bit::PROXY_CONNECTION, &PROXY_CONNECTION);
-    remove_if(headers, found, bit::TRANSFER_ENCODING, header::TRANSFER_ENCODING);
+    remove_if(
+        headers,
+        found,
+        bit::TRANSFER_ENCODING,
+        header::TRANSFER_ENCODING,
+    );
     remove_if(headers, found, bit::UPGRADE, header::UPGRADE);
-    remove_if(headers, found, bit::PROXY_AUTHENTICATE, header::PROXY_AUTHENTICATE);
-    remove_if(headers, found, bit::PROXY_AUTHORIZATION, header::PROXY_AUTHORIZATION);
+    remove_if(
+        headers,
+        found,
+        bit::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHENTICATE,
+    );
+    remove_if(
+        headers,
+        found,
+        bit::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+    );
     if found & bit::TE != 0
         && let Some(te) = headers.get(header::TE)
     {
@@ -325,7 +340,12 @@ pub fn to_app(h: &mut HeaderMap, xfcc: Option<&HeaderValue>, upgrade: bool) {
         Some(xfcc) => {
             h.insert(X_FORWARDED_CLIENT_CERT.clone(), xfcc.clone());
         }
-        None => remove_if(h, found, bit::X_FORWARDED_CLIENT_CERT, &X_FORWARDED_CLIENT_CERT),
+        None => remove_if(
+            h,
+            found,
+            bit::X_FORWARDED_CLIENT_CERT,
+            &X_FORWARDED_CLIENT_CERT,
+        ),
     }
     default_forwarded_proto(h, "https", found);
     ensure_request_id_found(h, found);
