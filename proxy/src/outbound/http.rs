@@ -64,6 +64,9 @@ pub fn edge_check<B>(state: &ConnState, req: &Request<B>) -> Result<(), ProxyErr
     crate::message::framing::check(req)
 }
 
+/// Headers a request gains on its way to another sidecar ([`headers::to_sidecar`]).
+const ADDED_HEADERS: usize = 4;
+
 /// Handles one request from the local application.
 pub async fn handle(
     conn: OutboundConn,
@@ -71,6 +74,10 @@ pub async fn handle(
 ) -> Result<Response<TrackedBody>, Infallible> {
     let start = Instant::now();
     let mut req = req;
+    // Room for what the hop adds (request id, x-forwarded-proto, peer metadata, port): one
+    // growth of the map hyper sized to the parsed head, not one per insert.
+    // Best effort: a map that cannot grow now fails at the insert, as without this.
+    let _ = req.headers_mut().try_reserve(ADDED_HEADERS);
     // Generated before anything is logged, so both sidecars' access logs carry the same id.
     headers::ensure_request_id(req.headers_mut());
     let in_flight = conn.state.start_request();

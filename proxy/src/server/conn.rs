@@ -145,6 +145,8 @@ pin_project_lite::pin_project! {
         #[pin]
         io: IO,
         state: Arc<ConnState>,
+        // Where small vectored writes are joined ([`crate::transport::coalesce`]).
+        scratch: Vec<u8>,
     }
 }
 
@@ -186,7 +188,9 @@ impl<IO: AsyncWrite> AsyncWrite for Monitored<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        // hyper hands a message over as slices: small ones go out as one write.
+        let this = self.project();
+        crate::transport::coalesce::poll_write_coalesced(this.io, cx, bufs, this.scratch)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -245,6 +249,7 @@ pub async fn serve<IO, S, F>(
     let io = TokioIo::new(Monitored {
         io,
         state: state.clone(),
+        scratch: Vec::new(),
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

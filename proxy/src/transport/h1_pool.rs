@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::coalesce::Coalesced;
 use super::connect::{ConnectError, PoolTarget, connect_tcp, connect_tls};
 use crate::message::body::ProxyBody;
 use crate::resilience::breaker::{Limit, Permit};
@@ -282,7 +283,7 @@ impl Shared {
                 let io = connect_tls(addr, tls.clone(), server_name.clone(), self.connect_timeout)
                     .await?;
                 verified.record(&io);
-                let (send, conn) = http1::handshake(TokioIo::new(io))
+                let (send, conn) = http1::handshake(TokioIo::new(Coalesced::new(io)))
                     .await
                     .map_err(handshake_err)?;
                 tokio::spawn(async move {
@@ -294,7 +295,7 @@ impl Shared {
             }
             PoolTarget::Plain { .. } => {
                 let io = connect_tcp(addr, self.connect_timeout).await?;
-                let (send, conn) = http1::handshake(TokioIo::new(io))
+                let (send, conn) = http1::handshake(TokioIo::new(Coalesced::new(io)))
                     .await
                     .map_err(handshake_err)?;
                 tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! Connections to upstreams: other sidecars over mutual TLS, the local application, and
 //! services outside the mesh (plaintext or TLS the sidecar originates).
 
+pub mod coalesce;
 pub mod connect;
 pub mod egress;
 pub mod external;
