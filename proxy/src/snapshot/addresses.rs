@@ -31,6 +31,12 @@ pub struct AddressIndex {
     by_addr: HashMap<(IpAddr, u16), CaptureTarget>,
 }
 
+/// The host name a capture target's service is known by (ties between equal claims go to
+/// the first in order).
+fn host(t: &CaptureTarget) -> &str {
+    &t.host.cluster.labels.service.fqdn
+}
+
 /// How strongly an address belongs to a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Claim {
@@ -48,7 +54,6 @@ impl AddressIndex {
         let entries = entries.into_iter();
         let mut by_addr: HashMap<(IpAddr, u16), (Claim, CaptureTarget)> =
             HashMap::with_capacity(entries.size_hint().0);
-        let host = |t: &CaptureTarget| -> Arc<str> { t.host.cluster.labels.service.fqdn.clone() };
         for (ip, port, claim, target) in entries {
             match by_addr.entry((ip.to_canonical(), port)) {
                 Entry::Vacant(v) => {

@@ -437,20 +437,17 @@ impl Shared {
         let (region, zone, sub_zone) = l.map_or(("", "", ""), |l| {
             (l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str())
         });
-        let known = self
-            .localities
-            .iter()
-            .find(|k| k.region == region && k.zone == zone && k.sub_zone == sub_zone);
-        if let Some(k) = known {
-            return k.clone();
-        }
-        let made = Arc::new(Locality {
-            region: region.into(),
-            zone: zone.into(),
-            sub_zone: sub_zone.into(),
-        });
-        self.localities.push(made.clone());
-        made
+        shared(
+            &mut self.localities,
+            |k| k.region == region && k.zone == zone && k.sub_zone == sub_zone,
+            || {
+                Arc::new(Locality {
+                    region: region.into(),
+                    zone: zone.into(),
+                    sub_zone: sub_zone.into(),
+                })
+            },
+        )
     }
 
     /// The labels and metric labels of endpoint `e`, shared with an earlier endpoint's
@@ -460,35 +457,42 @@ impl Shared {
             set.len() == e.labels.len()
                 && e.labels.iter().all(|(k, v)| set.get(k) == Some(v.as_str()))
         };
-        let labels = match self.labels.iter().find(|set| same(set)) {
-            Some(set) => set.clone(),
-            None => {
-                let set: LabelSet = Arc::new(e.labels.iter().collect());
-                self.labels.push(set.clone());
-                set
-            }
-        };
+        let labels = shared(&mut self.labels, same, || {
+            Arc::new(e.labels.iter().collect())
+        });
         if e.workload.is_empty() {
             return (labels, None);
         }
-        let known = self.workloads.iter().find(|(set, w)| {
-            Arc::ptr_eq(set, &labels) && *w.workload == *e.workload && *w.namespace == *e.namespace
-        });
-        let workload = match known {
-            Some((_, w)) => w.clone(),
-            None => {
-                let w = Arc::new(WorkloadMetadata::from_labels(
+        let (_, workload) = shared(
+            &mut self.workloads,
+            |(set, w)| {
+                Arc::ptr_eq(set, &labels)
+                    && *w.workload == *e.workload
+                    && *w.namespace == *e.namespace
+            },
+            || {
+                let w = WorkloadMetadata::from_labels(
                     &e.workload,
                     &e.namespace,
                     &*labels,
                     DEFAULT_CLUSTER_ID,
-                ));
-                self.workloads.push((labels.clone(), w.clone()));
-                w
-            }
-        };
+                );
+                (labels.clone(), Arc::new(w))
+            },
+        );
         (labels, Some(workload))
     }
+}
+
+/// The first of `pool` that `is` accepts, else what `make` makes (kept in `pool` for the
+/// next endpoint): how [`Shared`] hands endpoints one value where they would hold equal ones.
+fn shared<T: Clone>(pool: &mut Vec<T>, is: impl Fn(&T) -> bool, make: impl FnOnce() -> T) -> T {
+    if let Some(known) = pool.iter().find(|t| is(t)) {
+        return known.clone();
+    }
+    let made = make();
+    pool.push(made.clone());
+    made
 }
 
 /// Files of the state directory.

@@ -88,8 +88,6 @@ pub(crate) struct Recipe {
     /// The host's DestinationRule this was made from (a push handing the same one, with the
     /// same service, makes the same recipe: see [`Recipe::made_of`]).
     pub(crate) policy: Option<Arc<v1::DestinationPolicy>>,
-    /// `retrybudget.meshlite.io/rate` of the host.
-    pub(crate) rate_budget: Option<v1::RateRetryBudget>,
     /// The host's local rate limit, shared by its clusters.
     pub(crate) rate_limit: Option<Arc<TokenBucket>>,
     /// The SNI, the service's FQDN (checked when the snapshot is built).
@@ -148,7 +146,6 @@ impl Recipe {
         };
         Ok(Self {
             ctx: ctx.clone(),
-            rate_budget: policy.and_then(|p| p.rate_retry_budget),
             policy: policy.cloned(),
             svc,
             subset,
@@ -179,17 +176,15 @@ impl Recipe {
         policy: Option<&Arc<v1::DestinationPolicy>>,
         rate_limit: Option<&Arc<TokenBucket>>,
     ) -> bool {
-        fn same<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
-            match (a, b) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            }
-        }
         Arc::ptr_eq(&self.ctx, ctx)
             && Arc::ptr_eq(&self.svc, svc)
-            && same(self.policy.as_ref(), policy)
-            && same(self.rate_limit.as_ref(), rate_limit)
+            && same_shared(self.policy.as_ref(), policy)
+            && same_shared(self.rate_limit.as_ref(), rate_limit)
+    }
+
+    /// `retrybudget.meshlite.io/rate` of the host, from its DestinationRule.
+    fn rate_budget(&self) -> Option<v1::RateRetryBudget> {
+        self.policy.as_ref().and_then(|p| p.rate_retry_budget)
     }
 
     /// Whether `other` builds the same cluster (a push that left it alone).
@@ -198,12 +193,8 @@ impl Recipe {
             && (Arc::ptr_eq(&self.svc, &other.svc) || *self.svc == *other.svc)
             && self.subset == other.subset
             && self.tp == other.tp
-            && self.rate_budget == other.rate_budget
-            && match (&self.rate_limit, &other.rate_limit) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            }
+            && self.rate_budget() == other.rate_budget()
+            && same_shared(self.rate_limit.as_ref(), other.rate_limit.as_ref())
             && self.external_tls.as_ref().map(|t| &t.1) == other.external_tls.as_ref().map(|t| &t.1)
     }
 
@@ -370,17 +361,17 @@ impl Recipe {
                 .ejections_active
                 .set(i64::try_from(d.ejected_count()).unwrap_or(i64::MAX));
         }
-        let retry_budget =
-            BudgetParams::for_destination(self.rate_budget.as_ref(), concurrency_budget.is_some())
-                .map(|params| {
-                    match reuse.budgets.get(name) {
+        let retry_budget = BudgetParams::for_destination(
+            self.rate_budget().as_ref(),
+            concurrency_budget.is_some(),
+        )
+        .map(|params| match reuse.budgets.get(name) {
             Some(b) if b.params() == params => b.clone(),
             _ => Arc::new(RetryBudget::from_params(params).unwrap_or_else(|e| {
                 tracing::warn!(cluster = %name, error = %e, "retry budget refused, default used");
                 RetryBudget::default()
             })),
-        }
-                });
+        });
         let cluster = Arc::new(Cluster {
             rate_limit: self.rate_limit.clone(),
             retry_budget,
@@ -447,6 +438,15 @@ pub(super) struct Resolver<'a> {
     pub(super) by_fqdn: &'a HashMap<&'a str, Vec<Arc<LazyCluster>>>,
     pub(super) subsets: &'a HashMap<(String, u16, String), Arc<LazyCluster>>,
     pub(super) reuse: &'a Reuse,
+}
+
+/// Whether both are absent or both are the same shared value (by identity).
+fn same_shared<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
 }
 
 /// A [`Resolver`] that notes every destination it resolved, for the host port's
