@@ -19,7 +19,7 @@ pub mod vips;
 
 use meshlite_xds_proto::{type_url, v1};
 use prost::{Message, Name};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -424,6 +424,45 @@ impl Held {
             Held::Initial(versions) => versions.keys().filter(gone).cloned().collect(),
             Held::Sent(prev) if Arc::ptr_eq(prev, want) => Vec::new(),
             Held::Sent(prev) => prev.keys().filter(gone).cloned().collect(),
+        }
+    }
+
+    /// What a named subscription to `names` should hold of `all`: the resources of `all`
+    /// those names have (a name `all` lacks is simply absent). When that is exactly what is
+    /// held (same names, same versions), it is the held map itself, so [`Held::is`] holds and
+    /// nothing is sent. One lookup per subscribed name: the cost follows the subscription, not
+    /// the size of `all`.
+    pub fn part_of(&self, all: &ResourceMap, names: &BTreeSet<String>) -> ResourceMap {
+        let present = || names.iter().filter_map(|n| all.get_key_value(n));
+        if let Held::Sent(prev) = self {
+            let mut held = prev.iter();
+            let same = present().all(|(n, r)| {
+                held.next().is_some_and(|(pn, pr)| {
+                    pn == n && (Arc::ptr_eq(pr, r) || pr.version == r.version)
+                })
+            }) && held.next().is_none();
+            if same {
+                return prev.clone();
+            }
+        }
+        Arc::new(present().map(|(n, r)| (n.clone(), r.clone())).collect())
+    }
+
+    /// Forgets `names` (the proxy unsubscribed from them): they are no longer held, so they
+    /// are never removed from the proxy and are sent again if subscribed again.
+    pub fn forget(&mut self, names: &BTreeSet<String>) {
+        match self {
+            Held::Initial(versions) => versions.retain(|n, _| !names.contains(n)),
+            Held::Sent(prev) => {
+                if names.iter().any(|n| prev.contains_key(n)) {
+                    *prev = Arc::new(
+                        prev.iter()
+                            .filter(|(n, _)| !names.contains(*n))
+                            .map(|(n, r)| (n.clone(), r.clone()))
+                            .collect(),
+                    );
+                }
+            }
         }
     }
 

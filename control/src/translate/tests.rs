@@ -638,6 +638,47 @@ fn mesh_internal_static_service_entries_become_services_with_their_endpoints() {
 }
 
 #[test]
+fn a_named_part_is_the_held_map_itself_while_its_names_do_not_change() {
+    let r = |n: u32| {
+        Versioned::of(&v1::TrustBundle {
+            roots_pem: vec![n.to_string()],
+        })
+    };
+    let all: super::ResourceMap = Arc::new(
+        [("a", 1), ("b", 2), ("c", 3)]
+            .map(|(k, v)| (k.to_string(), r(v)))
+            .into(),
+    );
+    let names: std::collections::BTreeSet<String> = ["a", "c", "missing"].map(String::from).into();
+    let part = Held::Initial(BTreeMap::new()).part_of(&all, &names);
+    assert_eq!(part.keys().collect::<Vec<_>>(), ["a", "c"]);
+    let mut held = Held::Sent(part.clone());
+
+    // `b` changes (a new map, as a new generation makes): the part is the same map.
+    let mut next = (*all).clone();
+    next.insert("b".into(), r(20));
+    let next: super::ResourceMap = Arc::new(next);
+    assert!(held.is(&held.part_of(&next, &names)));
+    // `c` changes, or `missing` appears: a new part, with just that difference.
+    let next: super::ResourceMap = Arc::new(
+        [("a", 1), ("c", 30)]
+            .map(|(k, v)| (k.to_string(), r(v)))
+            .into(),
+    );
+    let changed = held.part_of(&next, &names);
+    assert!(!held.is(&changed));
+    assert_eq!(held.diff(&changed).upserts.len(), 1);
+    let mut appeared = (*all).clone();
+    appeared.insert("missing".into(), r(4));
+    let appeared = held.part_of(&Arc::new(appeared), &names);
+    assert_eq!(appeared.len(), 3);
+
+    // A name forgotten is no longer held: neither removed nor compared any more.
+    held.forget(&["a".to_string()].into());
+    assert!(held.removals(&Arc::new(BTreeMap::new())) == ["c"]);
+}
+
+#[test]
 fn diff_sends_only_what_changed_and_lists_removals() {
     let r = |n: u32| {
         Versioned::of(&v1::TrustBundle {

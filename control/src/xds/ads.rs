@@ -7,13 +7,34 @@
 //! `initial_resource_versions`), each response with a fresh nonce. The proxy ACKs or NACKs;
 //! a NACK is recorded with its reason and not retried until something changes (resending a
 //! refused config is an xDS bug). SotW is not served: meshlite's proxies speak delta.
+//!
+//! A type is subscribed in one of two ways, as delta xDS defines them:
+//!
+//! - **Wildcard**: the first request of the type has no `resource_names_subscribe`, or has
+//!   `*` in it. The proxy gets every resource of its view of the type, and every change to it.
+//! - **Named** (on demand, like Envoy's on-demand CDS): the first request names resources.
+//!   The proxy gets only those, and only their changes; later requests (ACKs included) add
+//!   names with `resource_names_subscribe` and drop them with `resource_names_unsubscribe`.
+//!   Every name a request subscribes is answered, in a response sent even when it is empty:
+//!   the resource if it exists, its name in `removed_resources` if it does not (the
+//!   incremental variant's "does not exist"). The one exception is a name the proxy said it
+//!   holds at the current version in `initial_resource_versions` (a reconnect): it is not
+//!   sent again, as for a wildcard subscription. A dropped name is forgotten: nothing more
+//!   is sent about it (not even its removal), and subscribing it again sends it again. A
+//!   name both dropped and subscribed in one request ends up subscribed. Subscribing names
+//!   on a wildcard subscription only gets an answer (names it lacks are listed as removed);
+//!   subscribing `*` on a named one makes it a wildcard one; unsubscribing `*` is ignored.
+//!
+//! A request with an empty nonce for a type already subscribed and naming nothing is a
+//! resubscription: what the proxy holds is what its `initial_resource_versions` say, and the
+//! rest is sent again (for a named subscription, every name is answered again).
 
 use meshlite_xds_proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use meshlite_xds_proto::discovery::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use meshlite_xds_proto::type_url;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -134,7 +155,7 @@ impl AggregatedDiscoveryService for Ads {
                 id,
                 workload,
                 tx,
-                held: HashMap::new(),
+                subscriptions: HashMap::new(),
                 outbox: VecDeque::new(),
                 pending: Vec::new(),
                 pushed: BTreeMap::new(),
@@ -219,6 +240,41 @@ impl Outgoing {
             .or(self.after.take());
         Some((resources, removals))
     }
+
+    /// Drops `names`, unsubscribed since this delta was computed: what is still to be sent no
+    /// longer mentions them.
+    fn forget(&mut self, names: &BTreeSet<String>) {
+        if names.iter().any(|n| self.want.contains_key(n)) {
+            self.want = Arc::new(
+                self.want
+                    .iter()
+                    .filter(|(n, _)| !names.contains(*n))
+                    .map(|(n, r)| (n.clone(), r.clone()))
+                    .collect(),
+            );
+        }
+        self.removals.retain(|n| !names.contains(n));
+    }
+}
+
+/// One type a stream subscribed to.
+struct Subscription {
+    /// What the proxy holds (or was sent and refused). For a named subscription, only
+    /// subscribed names.
+    held: Held,
+    /// The names subscribed; `None` for a wildcard subscription.
+    names: Option<BTreeSet<String>>,
+    /// Named: the whole map of the type the held part was last taken from. A generation that
+    /// keeps this very map changes nothing for the proxy: one pointer comparison, as for a
+    /// wildcard subscription.
+    taken_from: Option<ResourceMap>,
+}
+
+/// A subscription to answer (a response goes out even if there is nothing to send).
+struct Answer {
+    type_url: &'static str,
+    /// Names just subscribed: each one the view lacks is listed in the answer's removals.
+    newly: Vec<String>,
 }
 
 /// One stream's state.
@@ -227,8 +283,8 @@ struct Stream {
     id: u64,
     workload: Workload,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    /// What the proxy holds (or was sent and refused), per type.
-    held: HashMap<&'static str, Held>,
+    /// The subscribed types, with what the proxy holds of each.
+    subscriptions: HashMap<&'static str, Subscription>,
     /// Deltas not yet (entirely) sent, oldest first.
     outbox: VecDeque<Outgoing>,
     /// Responses awaiting ACK/NACK.
@@ -287,6 +343,8 @@ impl Stream {
         }
     }
 
+    /// Handles one request: a subscription, a resubscription, an ACK or NACK, and/or a change
+    /// of the names subscribed (see the module docs).
     fn request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
         let Some(type_url) = type_url::ALL.iter().copied().find(|t| *t == req.type_url) else {
             return Err(Status::invalid_argument(format!(
@@ -294,22 +352,133 @@ impl Stream {
                 req.type_url
             )));
         };
+        let names_change =
+            !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
         if req.response_nonce.is_empty() {
-            // A subscription (wildcard): remember what the proxy already holds and send the
-            // rest now.
-            self.held
-                .insert(type_url, Held::Initial(req.initial_resource_versions));
-            let g = self.plane.generation.borrow().clone();
-            self.queue(&g, Some(type_url));
-            return Ok(());
+            match self.subscriptions.get(type_url) {
+                None => {
+                    let subscribe = req.resource_names_subscribe;
+                    let names = (!subscribe.is_empty() && !subscribe.iter().any(|n| n == "*"))
+                        .then(|| {
+                            let mut names: BTreeSet<String> = subscribe.into_iter().collect();
+                            for n in &req.resource_names_unsubscribe {
+                                names.remove(n);
+                            }
+                            names
+                        });
+                    self.subscribe(type_url, names, req.initial_resource_versions);
+                    return Ok(());
+                }
+                Some(sub) if !names_change => {
+                    let names = sub.names.clone();
+                    self.subscribe(type_url, names, req.initial_resource_versions);
+                    return Ok(());
+                }
+                Some(_) => {}
+            }
+        } else {
+            self.answered(&req);
         }
+        if names_change {
+            self.change_names(
+                type_url,
+                req.resource_names_subscribe,
+                req.resource_names_unsubscribe,
+            );
+        }
+        Ok(())
+    }
+
+    /// A (re)subscription to `type_url` (`names`, or wildcard): what the proxy holds is what
+    /// `initial` says (of the names subscribed), the rest is sent now, and it is answered even
+    /// if nothing is to be sent.
+    fn subscribe(
+        &mut self,
+        type_url: &'static str,
+        names: Option<BTreeSet<String>>,
+        initial: BTreeMap<String, String>,
+    ) {
+        let (held, newly) = match &names {
+            None => (Held::Initial(initial), Vec::new()),
+            Some(names) => (
+                Held::Initial(
+                    initial
+                        .into_iter()
+                        .filter(|(n, _)| names.contains(n))
+                        .collect(),
+                ),
+                names.iter().cloned().collect(),
+            ),
+        };
+        self.subscriptions.insert(
+            type_url,
+            Subscription {
+                held,
+                names,
+                taken_from: None,
+            },
+        );
+        let g = self.plane.generation.borrow().clone();
+        self.queue(&g, Some(Answer { type_url, newly }));
+    }
+
+    /// Adds and drops names of a subscribed type; names added are answered now.
+    fn change_names(
+        &mut self,
+        type_url: &'static str,
+        subscribe: Vec<String>,
+        unsubscribe: Vec<String>,
+    ) {
+        let Some(sub) = self.subscriptions.get_mut(type_url) else {
+            // Names for a type never subscribed, on an ACK: nothing to change.
+            return;
+        };
+        let wildcard = subscribe.iter().any(|n| n == "*");
+        let newly: BTreeSet<String> = subscribe.into_iter().filter(|n| n != "*").collect();
+        if let Some(names) = &mut sub.names {
+            let gone: BTreeSet<String> = unsubscribe
+                .into_iter()
+                .filter(|n| !newly.contains(n) && names.remove(n))
+                .collect();
+            if !gone.is_empty() {
+                sub.held.forget(&gone);
+                for out in self.outbox.iter_mut().filter(|o| o.type_url == type_url) {
+                    out.forget(&gone);
+                }
+            }
+            if wildcard {
+                sub.names = None;
+                sub.taken_from = None;
+            } else {
+                // Every name subscribed is answered, even one subscribed already: it is sent
+                // again.
+                sub.held.forget(&newly);
+                names.extend(newly.iter().cloned());
+            }
+        }
+        if newly.is_empty() && !wildcard {
+            // Only names dropped: nothing to answer.
+            return;
+        }
+        let g = self.plane.generation.borrow().clone();
+        self.queue(
+            &g,
+            Some(Answer {
+                type_url,
+                newly: newly.into_iter().collect(),
+            }),
+        );
+    }
+
+    /// Handles the ACK or NACK a request carries.
+    fn answered(&mut self, req: &DeltaDiscoveryRequest) {
         let seq = req
             .response_nonce
             .rsplit_once('-')
             .and_then(|(_, n)| n.parse::<u64>().ok());
         let Some(i) = self.pending.iter().position(|p| Some(p.nonce) == seq) else {
             // A stale or unknown nonce (superseded response): ignored, as the protocol says.
-            return Ok(());
+            return;
         };
         let Pending {
             type_url,
@@ -337,7 +506,6 @@ impl Stream {
             }
         }
         self.maybe_acked(generation, change_seen);
-        Ok(())
     }
 
     /// Records `generation` as ACKed once nothing of it is pending or still to be sent.
@@ -351,27 +519,48 @@ impl Stream {
         }
     }
 
-    /// Queues what changed for every subscribed type (or just `only`, a new subscription).
-    fn queue(&mut self, g: &Generation, only: Option<&'static str>) {
+    /// Queues what changed for every subscribed type, or, for `answer`, what its type needs
+    /// now (answered even if that is nothing).
+    fn queue(&mut self, g: &Generation, answer: Option<Answer>) {
         let view = g.resources.view_for(&self.workload);
         for t in type_url::ALL {
-            if only.is_some_and(|o| o != t) {
+            if answer.as_ref().is_some_and(|a| a.type_url != t) {
                 continue;
             }
-            let Some(held) = self.held.get_mut(t) else {
+            let Some(sub) = self.subscriptions.get_mut(t) else {
                 continue;
             };
-            let Some(want) = view.get(t) else {
+            let Some(all) = view.get(t) else {
                 continue;
             };
-            if held.is(want) && only.is_none() {
+            let part;
+            let want = match &sub.names {
+                None => all,
+                Some(names) => {
+                    if answer.is_none()
+                        && sub.taken_from.as_ref().is_some_and(|f| Arc::ptr_eq(f, all))
+                    {
+                        continue;
+                    }
+                    sub.taken_from = Some(all.clone());
+                    part = sub.held.part_of(all, names);
+                    &part
+                }
+            };
+            if sub.held.is(want) && answer.is_none() {
                 continue;
             }
             let started = Instant::now();
             // What is sent is what the proxy holds from now on (or refused: a NACKed config
             // is not sent again until something changes).
-            let from = std::mem::replace(held, Held::Sent(want.clone()));
-            let removals = from.removals(want);
+            let from = std::mem::replace(&mut sub.held, Held::Sent(want.clone()));
+            let mut removals = from.removals(want);
+            if let Some(a) = answer.as_ref().filter(|a| !a.newly.is_empty()) {
+                // A name subscribed that does not exist is answered as removed.
+                removals.extend(a.newly.iter().filter(|n| !want.contains_key(*n)).cloned());
+                removals.sort_unstable();
+                removals.dedup();
+            }
             self.outbox.push_back(Outgoing {
                 type_url: t,
                 generation: g.number,
@@ -382,7 +571,7 @@ impl Stream {
                 want: want.clone(),
                 from,
                 after: None,
-                answer_empty: only.is_some(),
+                answer_empty: answer.is_some(),
             });
         }
         if let Some(p) = self.plane.proxies().get_mut(&self.id) {
@@ -536,3 +725,7 @@ mod tests {
         assert!(out.next_batch().is_none());
     }
 }
+
+#[cfg(test)]
+#[path = "ads_named_tests.rs"]
+mod named_tests;
