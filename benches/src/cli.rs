@@ -230,6 +230,10 @@ pub struct BenchArgs {
     /// `scale` scenario: services in the mesh, one run per value (default 1,100,1000,5000).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=20_000))]
     pub sizes: Vec<u32>,
+    /// `scale` scenario: how the client sidecar gets the mesh: fetched on demand (the proxy's
+    /// default), pushed whole, or both, one run of every size each.
+    #[arg(long, value_enum, default_value_t = Fetch::Both)]
+    pub fetch: Fetch,
     /// `control` scenario: VirtualService edits per run.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub changes: u32,
@@ -265,6 +269,28 @@ impl UpstreamProtocol {
         match self {
             UpstreamProtocol::H2 => "h2",
             UpstreamProtocol::Http1 => "http1",
+        }
+    }
+}
+
+/// How a sidecar in the `scale` scenario gets the mesh (`control.on_demand`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fetch {
+    /// Services' endpoints, routes and policies fetched when first called.
+    OnDemand,
+    /// The whole mesh pushed up front.
+    Whole,
+    /// One run of each.
+    Both,
+}
+
+impl Fetch {
+    /// The `on_demand` settings to run, in order.
+    pub fn modes(self) -> Vec<bool> {
+        match self {
+            Fetch::OnDemand => vec![true],
+            Fetch::Whole => vec![false],
+            Fetch::Both => vec![true, false],
         }
     }
 }

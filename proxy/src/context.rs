@@ -40,9 +40,27 @@ pub struct ProxyContext {
     pub connect_timeout: Duration,
     /// Server configuration for downstream connections.
     pub http_builder: auto::Builder<TokioExecutor>,
+    /// Where requests ask for services fetched on demand; `None` when everything is pushed
+    /// whole (no control plane, or on-demand turned off).
+    pub demand: Option<Arc<crate::xds::demand::Demand>>,
 }
 
 impl ProxyContext {
+    /// Fetches `host`'s resources on demand and returns the snapshot holding them; the
+    /// error is the request's 503 (`NC`) when the control plane does not answer in time.
+    pub async fn fetch(
+        &self,
+        host: &str,
+    ) -> Result<Arc<Snapshot>, crate::message::errors::ProxyError> {
+        let Some(d) = &self.demand else {
+            return Ok(self.snapshot.load_full());
+        };
+        d.fetch(self, host).await.map_err(|e| {
+            tracing::warn!("{e}");
+            crate::message::errors::ProxyError::NoCluster(e.to_string())
+        })
+    }
+
     /// Makes `snapshot` the current configuration and tells the followers.
     pub fn swap_snapshot(&self, snapshot: Arc<Snapshot>) {
         let version = snapshot.version;

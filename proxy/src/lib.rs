@@ -184,7 +184,8 @@ impl RunningProxy {
                 (Arc::new(identity), None)
             }
             Some(c) => {
-                let b = xds::bootstrap::bootstrap(c, &id, metrics.tls_failures.clone()).await?;
+                let mut b = xds::bootstrap::bootstrap(c, &id, metrics.tls_failures.clone()).await?;
+                b.state.set_on_demand(c.on_demand);
                 (b.identity.clone(), Some(b))
             }
         };
@@ -288,6 +289,11 @@ impl RunningProxy {
             headers: cfg.headers.clone(),
             drain: Arc::new(Drain::new()),
             connect_timeout: cfg.upstream.connect_timeout,
+            demand: cfg
+                .control
+                .as_ref()
+                .filter(|c| c.on_demand)
+                .map(|c| xds::demand::Demand::new(c.on_demand_timeout)),
         });
         let quit = Arc::new(Notify::new());
         tokio::spawn(telemetry::metrics::sweep_idle_series(Arc::downgrade(

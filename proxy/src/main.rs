@@ -285,6 +285,8 @@ impl ControlArgs {
                     state_dir: None,
                     cert_ttl: std::time::Duration::from_secs(24 * 3600),
                     inbound_address: None,
+                    on_demand: true,
+                    on_demand_timeout: meshlite_proxy::xds::demand::DEFAULT_TIMEOUT,
                 });
             c.address = address.clone();
             c.root_cert = root_cert;

@@ -455,6 +455,10 @@ pub struct Workload {
     /// listener then is too; `None`: off. Every sidecar of a test shares one host, so only
     /// the callers that need them ask, each on an IP of its own.
     pub tcp_listeners: Option<std::net::IpAddr>,
+    /// `control.on_demand`; `None` for the proxy's default (on).
+    pub on_demand: Option<bool>,
+    /// `control.on_demand_timeout`, e.g. `"1s"`; `None` for the proxy's default.
+    pub on_demand_timeout: Option<String>,
 }
 
 /// A TCP service written in a sidecar's static file: reached on its own outbound listener
@@ -492,6 +496,8 @@ impl Workload {
             static_tcp: Vec::new(),
             dns_upstreams: None,
             tcp_listeners: None,
+            on_demand: None,
+            on_demand_timeout: None,
         }
     }
 
@@ -582,6 +588,8 @@ impl Workload {
         c.upstream_protocol = self.upstream_protocol.clone();
         c.stats_prefixes = self.stats_prefixes.clone();
         c.tcp_services = Some(self.tcp_listeners.is_some());
+        c.on_demand = self.on_demand;
+        c.on_demand_timeout = self.on_demand_timeout.clone();
         if let Some(ip) = self.tcp_listeners {
             c.outbound = SocketAddr::new(ip, 0);
         }

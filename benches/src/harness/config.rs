@@ -135,6 +135,10 @@ pub struct SidecarConfig {
     pub stats_prefixes: Vec<String>,
     /// Top-level sections written as given at the end of the file (e.g. `tracing`).
     pub extra: String,
+    /// `control.on_demand` (control-plane mode only); `None` for the proxy's default (on).
+    pub on_demand: Option<bool>,
+    /// `control.on_demand_timeout` (e.g. `1s`); `None` for the proxy's default.
+    pub on_demand_timeout: Option<String>,
     /// Listen as in a pod, on Istio's ports: inbound `0.0.0.0:15006`, admin `127.0.0.1:15000`,
     /// metrics `0.0.0.0:15020`, health `0.0.0.0:15021` (the outbound listener is
     /// [`Self::outbound`]); false: every one on loopback port 0.
@@ -185,6 +189,8 @@ impl SidecarConfig {
             stats_prefixes: Vec::new(),
             extra: String::new(),
             pod_listeners: false,
+            on_demand: None,
+            on_demand_timeout: None,
         }
     }
 
@@ -294,6 +300,12 @@ impl SidecarConfig {
             }
             if let Some(ttl) = cert_ttl {
                 let _ = writeln!(y, "  cert_ttl: {}", quoted(ttl));
+            }
+            if let Some(on) = self.on_demand {
+                let _ = writeln!(y, "  on_demand: {on}");
+            }
+            if let Some(t) = &self.on_demand_timeout {
+                let _ = writeln!(y, "  on_demand_timeout: {}", quoted(t));
             }
         }
         y.push_str(&self.extra);

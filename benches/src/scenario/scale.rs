@@ -98,6 +98,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ScaleError {
 /// The figures of one mesh size.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleRecord {
+    /// Whether the client fetched services on demand (`control.on_demand`), or the whole
+    /// mesh up front.
+    pub on_demand: bool,
     /// Generated services.
     pub services: u32,
     /// Their endpoints.
@@ -118,7 +121,8 @@ pub struct ScaleRecord {
     pub first_request_ms: (f64, f64),
     /// The second request to the same service, ms (median).
     pub warm_request_ms: f64,
-    /// The sidecar's own apply time of a one-service change, µs (median of the changes).
+    /// The sidecar's own apply time of a one-service change to a service it called (a probe's
+    /// endpoint relabelled), µs (median of the changes).
     pub change_apply_us: f64,
     /// File write to the change applied at the sidecar, ms (median).
     pub change_convergence_ms: f64,
@@ -155,14 +159,17 @@ pub fn run(args: &BenchArgs) -> Result<bool, ScaleError> {
         pin_cpu: None,
     };
     let mut records = Vec::new();
-    for &n in &sizes {
-        let dir = temp.path().join(format!("n{n}"));
-        let record = run_size(n, &opts, &control_bin.path, &bench_exe, &dir)?;
-        println!(
-            "  {n} services: RSS {:.1} MB, config in {:.0} ms, first request {:.2} ms",
-            record.rss_peak_end_mb, record.full_config_ms, record.first_request_ms.0
-        );
-        records.push(record);
+    for on_demand in args.fetch.modes() {
+        for &n in &sizes {
+            let mode = if on_demand { "on-demand" } else { "whole" };
+            let dir = temp.path().join(format!("n{n}-{mode}"));
+            let record = run_size(n, on_demand, &opts, &control_bin.path, &bench_exe, &dir)?;
+            println!(
+                "  {n} services, {mode}: RSS {:.1} MB, config in {:.0} ms, first request {:.2} ms",
+                record.rss_peak_end_mb, record.full_config_ms, record.first_request_ms.0
+            );
+            records.push(record);
+        }
     }
     println!("{}", render(&records));
     if let Some(path) = &args.json {
@@ -177,13 +184,14 @@ pub fn run(args: &BenchArgs) -> Result<bool, ScaleError> {
 /// One mesh size, in fresh processes.
 fn run_size(
     n: u32,
+    on_demand: bool,
     opts: &SidecarOptions,
     control_bin: &Path,
     bench_exe: &Path,
     dir: &Path,
 ) -> Result<ScaleRecord, ScaleError> {
     std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
-    let mut files = vec![("services.yaml", generated_services(n, 1))];
+    let mut files = vec![("services.yaml", generated_services(n))];
     files.push(("routed.yaml", routed_policies(n)));
     let control = ControlPlane::start(control_bin, &dir.join("control"), &files)?;
 
@@ -201,15 +209,19 @@ fn run_size(
     let echo_workload = Workload::service(ECHO, app.addr());
     let echo = PendingSidecar::spawn(opts, &control, &echo_workload, &control.token(ECHO)?, dir)?
         .ready()?;
+    let echo_inbound = echo.listening().inbound;
     write_atomically(
         control.config_dir(),
         "probes.yaml",
-        &probe_entries(echo.listening().inbound),
+        &probe_entries(echo_inbound, 1),
     )?;
 
-    let client_workload = Workload::client("client");
+    let client_workload = Workload {
+        on_demand: Some(on_demand),
+        ..Workload::client("client")
+    };
     let token = control.token("client")?;
-    let expected = expected_clusters(n);
+    let expected = expected_clusters(n, on_demand);
     let started = Instant::now();
     let client = PendingSidecar::spawn(opts, &control, &client_workload, &token, dir)?.ready()?;
     let admin = client.listening().admin;
@@ -220,10 +232,12 @@ fn run_size(
     let rss_peak_config_mb = kb_to_mb(procfs::peak_rss_kb(client.pid())?);
 
     let (first_request_ms, warm_request_ms) = probe_first_requests(&client)?;
-    let (change_apply_us, change_convergence_ms) = one_service_changes(n, &control, admin)?;
+    let (change_apply_us, change_convergence_ms) =
+        one_service_changes(echo_inbound, &control, admin)?;
     let end = server_info(admin)?;
     let rss_peak_end_mb = kb_to_mb(procfs::peak_rss_kb(client.pid())?);
     let record = ScaleRecord {
+        on_demand,
         services: n,
         endpoints: n * ENDPOINTS_PER_SERVICE,
         clusters: end.clusters,
@@ -244,14 +258,20 @@ fn run_size(
     Ok(record)
 }
 
-/// Clusters a client holds once everything is in: every service port, two subsets per
-/// routed service, echo and the probes.
-fn expected_clusters(n: u32) -> u64 {
-    u64::from(n) + 2 * u64::from(n.div_ceil(ROUTED_EVERY)) + 1 + u64::from(PROBES)
+/// Clusters a client holds once everything is in: every service port, echo and the probes;
+/// and, when the whole mesh is pushed, two subsets per routed service (on demand, a service's
+/// subsets come with its policy, when it is first called).
+fn expected_clusters(n: u32, on_demand: bool) -> u64 {
+    let subsets = if on_demand {
+        0
+    } else {
+        2 * u64::from(n.div_ceil(ROUTED_EVERY))
+    };
+    u64::from(n) + subsets + 1 + u64::from(PROBES)
 }
 
-/// The generated ServiceEntries; `generation` moves service 0's endpoints (a change).
-fn generated_services(n: u32, generation: u32) -> String {
+/// The generated ServiceEntries.
+fn generated_services(n: u32) -> String {
     let mut out = String::new();
     for i in 0..n {
         let name = service_name(i);
@@ -264,12 +284,11 @@ fn generated_services(n: u32, generation: u32) -> String {
              \x20 ports: [{{number: {SERVICE_PORT}, name: http, protocol: HTTP}}]\n  endpoints:\n",
             host = service_host(i),
         );
-        let shift = if i == 0 { generation } else { 0 };
         for k in 0..ENDPOINTS_PER_SERVICE {
             let _ = writeln!(
                 out,
                 "  - {{address: 10.{a}.{b}.{}, serviceAccount: {name}, labels: {{version: v{}}}}}",
-                1 + k + shift * ENDPOINTS_PER_SERVICE,
+                1 + k,
                 1 + k % 2
             );
         }
@@ -299,17 +318,20 @@ fn routed_policies(n: u32) -> String {
     out
 }
 
-/// The probe services: one endpoint each, the echo sidecar's inbound listener.
-fn probe_entries(echo_inbound: SocketAddr) -> String {
+/// The probe services: one endpoint each, the echo sidecar's inbound listener, labelled
+/// with `generation` (a change moves probe-0's label only).
+fn probe_entries(echo_inbound: SocketAddr, generation: u32) -> String {
     let mut out = String::new();
     for k in 0..PROBES {
+        let generation = if k == 0 { generation } else { 1 };
         let _ = write!(
             out,
             "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
              metadata: {{name: probe-{k}, namespace: {NAMESPACE}}}\n\
              spec:\n  hosts: [probe-{k}.{NAMESPACE}.svc.cluster.local]\n  location: MESH_INTERNAL\n\
              \x20 resolution: STATIC\n  ports: [{{number: {SERVICE_PORT}, name: http, protocol: HTTP}}]\n\
-             \x20 endpoints:\n  - {{address: {ip}, ports: {{http: {port}}}, serviceAccount: {ECHO}}}\n",
+             \x20 endpoints:\n  - {{address: {ip}, ports: {{http: {port}}}, serviceAccount: {ECHO}, \
+             labels: {{generation: \"{generation}\"}}}}\n",
             ip = echo_inbound.ip(),
             port = echo_inbound.port(),
         );
@@ -398,10 +420,11 @@ fn probe_first_requests(client: &Sidecar) -> Result<((f64, f64), f64), ScaleErro
     Ok(((median(&mut first), max), median(&mut warm)))
 }
 
-/// [`CHANGES`] edits of service 0's endpoints; returns the median of the sidecar's apply time
-/// (µs) and of write-to-applied (ms).
+/// [`CHANGES`] edits of a service the sidecar called (probe-0's endpoint relabelled: the
+/// sidecar holds its endpoints whether it fetches on demand or not); returns the median of
+/// the sidecar's apply time (µs) and of write-to-applied (ms).
 fn one_service_changes(
-    n: u32,
+    echo_inbound: SocketAddr,
     control: &ControlPlane,
     admin: SocketAddr,
 ) -> Result<(f64, f64), ScaleError> {
@@ -412,8 +435,8 @@ fn one_service_changes(
         let written = Instant::now();
         write_atomically(
             control.config_dir(),
-            "services.yaml",
-            &generated_services(n, generation),
+            "probes.yaml",
+            &probe_entries(echo_inbound, generation),
         )?;
         let after = wait_info(admin, "the changed service", |i| i.applies > before.applies)?;
         converge.push(ms(written.elapsed()));
@@ -440,14 +463,15 @@ fn kb_to_mb(kb: u64) -> f64 {
 /// The table of every size.
 pub fn render(records: &[ScaleRecord]) -> String {
     let mut out = String::from(
-        "\n| services | endpoints | clusters | peak RSS MB (config / end) | full config ms (applies) \
+        "\n| fetch | services | endpoints | clusters | peak RSS MB (config / end) | full config ms (applies) \
          | one-service change: apply µs, converged ms | first request ms (median / max) | warm ms | built |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in records {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} / {:.1} | {:.0} ({}) | {:.0}, {:.0} | {:.2} / {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {} | {:.1} / {:.1} | {:.0} ({}) | {:.0}, {:.0} | {:.2} / {:.2} | {:.2} | {} |",
+            if r.on_demand { "on demand" } else { "whole" },
             r.services,
             r.endpoints,
             r.clusters,
@@ -472,24 +496,26 @@ mod tests {
 
     #[test]
     fn the_generated_mesh_has_the_announced_shape() {
-        let text = generated_services(10, 1);
+        let text = generated_services(10);
         assert_eq!(text.matches("kind: ServiceEntry").count(), 10);
         assert_eq!(text.matches("address: 10.").count(), 50);
         let routed = routed_policies(10);
         assert_eq!(routed.matches("kind: DestinationRule").count(), 2);
         assert_eq!(routed.matches("weight: 90").count(), 2);
-        assert_eq!(expected_clusters(10), 10 + 4 + 1 + u64::from(PROBES));
+        assert_eq!(expected_clusters(10, false), 10 + 4 + 1 + u64::from(PROBES));
+        assert_eq!(expected_clusters(10, true), 10 + 1 + u64::from(PROBES));
     }
 
     #[test]
-    fn a_change_moves_only_service_zero() {
-        let (one, two) = (generated_services(3, 1), generated_services(3, 2));
+    fn a_change_moves_only_probe_zero() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 15006));
+        let (one, two) = (probe_entries(addr, 1), probe_entries(addr, 2));
         let differ: Vec<_> = one
             .split("---")
             .zip(two.split("---"))
             .filter(|(a, b)| a != b)
             .collect();
         assert_eq!(differ.len(), 1);
-        assert!(differ[0].0.contains("svc-00000"));
+        assert!(differ[0].0.contains("probe-0"));
     }
 }

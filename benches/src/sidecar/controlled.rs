@@ -158,6 +158,8 @@ pub struct Workload {
     pub serves: Option<SocketAddr>,
     /// A fixed outbound port (else port 0).
     pub outbound_port: Option<u16>,
+    /// `control.on_demand`; `None` for the proxy's default (on).
+    pub on_demand: Option<bool>,
 }
 
 impl Workload {
@@ -170,6 +172,7 @@ impl Workload {
             version: None,
             serves: None,
             outbound_port: None,
+            on_demand: None,
         }
     }
 
@@ -191,6 +194,7 @@ impl Workload {
             version: Some(version.to_string()),
             serves: Some(target),
             outbound_port: None,
+            on_demand: None,
         }
     }
 
@@ -235,6 +239,7 @@ impl Workload {
         // The chaos scenario reads retries and ejections: cluster statistics Istio's default
         // set leaves out.
         c.stats_prefixes = vec!["cluster.".to_string()];
+        c.on_demand = self.on_demand;
         c.to_yaml()
     }
 }

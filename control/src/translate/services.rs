@@ -218,6 +218,7 @@ pub fn translate(
                         .iter()
                         .map(|a| a.trim().to_string())
                         .collect(),
+                    endpoint_ips: Vec::new(),
                 },
             );
             endpoints.insert(
@@ -248,6 +249,11 @@ pub fn translate(
             s.addresses = vec![ip.to_string()];
         }
     }
+    for (host, eps) in &endpoints {
+        if let Some(s) = services.get_mut(host).filter(|s| !s.mesh_external) {
+            s.endpoint_ips = endpoint_ips(&eps.endpoints);
+        }
+    }
     let facts = services
         .iter()
         .map(|(host, s)| {
@@ -273,6 +279,16 @@ pub fn translate(
         vips: allocated,
         facts,
     }
+}
+
+/// The distinct IPs of `endpoints` (`ip:port` each), sorted.
+fn endpoint_ips(endpoints: &[v1::Endpoint]) -> Vec<String> {
+    let ips: BTreeSet<std::net::IpAddr> = endpoints
+        .iter()
+        .filter_map(|e| e.address.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip())
+        .collect();
+    ips.into_iter().map(|ip| ip.to_string()).collect()
 }
 
 /// How a ServiceEntry reaches sidecars.

@@ -193,6 +193,7 @@ fn server_info(ctx: &ProxyContext) -> String {
         "clusters": snap.clusters.len(),
         "subset_clusters": snap.subset_clusters.len(),
         "built_clusters": snap.built_clusters(),
+        "awaiting_clusters": snap.clusters.iter().filter(|c| c.awaiting()).count(),
         "endpoints": snap.all_clusters().map(|c| c.endpoint_count()).sum::<usize>(),
         "control": ctx.control.as_ref().map(|c| json!({
             "connected": c.connected.load(Ordering::Relaxed),
@@ -220,6 +221,7 @@ fn config_dump(ctx: &ProxyContext, op: &Operator) -> String {
                 "endpoints": built.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
                 "listen": c.listen.map(|a| a.to_string()),
                 "built": c.built().is_some(),
+                "awaiting": c.awaiting(),
                 "policy": cluster_view::policy(&built),
             })
         })

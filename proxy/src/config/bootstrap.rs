@@ -35,6 +35,24 @@ pub struct ControlConfig {
     /// inbound listener's address, or 127.0.0.1 with its port when it listens on all.
     #[serde(default)]
     pub inbound_address: Option<SocketAddr>,
+    /// Fetch a service's endpoints, routes and policy when the app first calls it (and
+    /// services without a virtual IP at once), instead of the whole mesh up front: memory
+    /// follows what the app calls, not the mesh's size. Service names and addresses still
+    /// come whole.
+    #[serde(default = "default_on_demand")]
+    pub on_demand: bool,
+    /// How long a first request waits for its service's resources before it is answered
+    /// 503 (`NC`).
+    #[serde(default = "default_on_demand_timeout", with = "duration_str")]
+    pub on_demand_timeout: Duration,
+}
+
+fn default_on_demand() -> bool {
+    true
+}
+
+fn default_on_demand_timeout() -> Duration {
+    crate::xds::demand::DEFAULT_TIMEOUT
 }
 
 /// Istio's default workload certificate lifetime: 24 h.

@@ -143,6 +143,8 @@ pub(crate) mod tests {
             external: None,
             addresses: addresses.iter().filter_map(|a| a.parse().ok()).collect(),
             detect_protocol: false,
+            awaiting: false,
+            endpoint_ips: Vec::new(),
         }
     }
 

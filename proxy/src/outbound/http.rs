@@ -104,25 +104,47 @@ pub async fn handle(
     let normalized = edge_check(&conn.state, &req).and_then(|()| {
         normalize_uri(req.uri_mut(), snap.path_normalization).map_err(ProxyError::from)
     });
-    let routed = match (
-        normalized,
-        request_authority(&req),
-        conn.original_dst.as_deref(),
-    ) {
-        (Err(e), _, _) => Err(e),
-        (Ok(()), None, None) => Err(ProxyError::NoHost),
-        (Ok(()), Some(authority), None) => snap
-            .route(authority)
-            .and_then(|hp| hp.select(crate::route::Head::of(&req), authority))
-            .map_err(|miss| ProxyError::from_miss(miss, authority)),
-        // Captured: the service the connection was addressed to, or the one Host names on
-        // that port.
-        (Ok(()), authority, Some(dst)) => {
-            let authority = authority.unwrap_or("");
-            snap.route_captured(authority, *dst)
-                .and_then(|hp| hp.select(crate::route::Head::of(&req), authority))
-                .map_err(|miss| ProxyError::from_miss(miss, authority))
+    let mut snap = snap;
+    let mut fetched = false;
+    let mut refused = normalized.err();
+    let routed = loop {
+        if let Some(e) = refused.take() {
+            break Err(e);
         }
+        let routed = match (request_authority(&req), conn.original_dst.as_deref()) {
+            (None, None) => Err(ProxyError::NoHost),
+            (Some(authority), None) => snap
+                .route(authority)
+                .and_then(|hp| hp.select(crate::route::Head::of(&req), authority))
+                .map_err(|miss| ProxyError::from_miss(miss, authority)),
+            // Captured: the service the connection was addressed to, or the one Host names on
+            // that port.
+            (authority, Some(dst)) => {
+                let authority = authority.unwrap_or("");
+                snap.route_captured(authority, *dst)
+                    .and_then(|hp| hp.select(crate::route::Head::of(&req), authority))
+                    .map_err(|miss| ProxyError::from_miss(miss, authority))
+            }
+        };
+        // A service fetched on demand and not here yet: asked for once, then routed again
+        // on the snapshot that holds it.
+        if let Ok(Routed {
+            cluster: Some(c), ..
+        }) = &routed
+            && c.awaiting()
+            && !fetched
+        {
+            fetched = true;
+            let host = c.labels.service.fqdn.clone();
+            match ctx.fetch(&host).await {
+                Ok(s) => {
+                    snap = arc_swap::Guard::from_inner(s);
+                    continue;
+                }
+                Err(e) => break Err(e),
+            }
+        }
+        break routed;
     };
     let mut permits = BreakerPermits::default();
     let mut route_flags = ResponseFlags::NONE;

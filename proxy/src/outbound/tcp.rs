@@ -34,6 +34,28 @@ pub(crate) async fn route_and_relay<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    // A destination fetched on demand and not here yet: asked for, then routed again on
+    // the snapshot that holds it.
+    let fetched;
+    let host = match host.select_tcp(dst) {
+        TcpChoice::Cluster(c) if c.awaiting() => match ctx.fetch(&c.labels.service.fqdn).await {
+            Ok(snap) => match snap.host_port(&host.cluster.labels.service.fqdn, host.port) {
+                Some(hp) => {
+                    fetched = hp.clone();
+                    &*fetched
+                }
+                None => {
+                    tracing::debug!(service = %host.cluster.labels.service.fqdn, "tcp connection closed: the service is gone");
+                    return;
+                }
+            },
+            Err(e) => {
+                refused(ctx, &host.cluster, &e);
+                return;
+            }
+        },
+        _ => host,
+    };
     match host.select_tcp(dst) {
         TcpChoice::Cluster(cluster) => relay(ctx, cluster, client).await,
         TcpChoice::Missing(name) => {

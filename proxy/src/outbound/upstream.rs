@@ -257,7 +257,10 @@ fn report(cluster: &Cluster, index: usize, result: &Result<Response<ProxyBody>, 
 #[derive(Debug, Clone)]
 pub struct ClusterSender {
     ctx: Arc<ProxyContext>,
-    cluster: Arc<Cluster>,
+    /// The service's cluster, as the snapshot resolving it held it.
+    cluster: Arc<crate::snapshot::LazyCluster>,
+    /// The authority it was resolved from (resolved again once fetched on demand).
+    authority: Box<str>,
     /// This workload's peer metadata.
     peer_header: HeaderValue,
 }
@@ -268,14 +271,26 @@ impl ClusterSender {
         let hp = snap.route(authority).ok()?;
         Some(Self {
             ctx: ctx.clone(),
-            cluster: hp.cluster.get().clone(),
+            cluster: hp.cluster.clone(),
+            authority: authority.into(),
             peer_header: snap.local.peer_header.clone(),
         })
     }
 
-    /// Sends `req` to an endpoint of the cluster.
+    /// Sends `req` to an endpoint of the cluster (fetched first if it is still awaiting its
+    /// resources).
     pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
-        let cluster = &*self.cluster;
+        let fetched;
+        let cluster: &Cluster = if self.cluster.awaiting() {
+            let snap = self.ctx.fetch(&self.cluster.labels.service.fqdn).await?;
+            let hp = snap
+                .route(&self.authority)
+                .map_err(|miss| ProxyError::from_miss(miss, &self.authority))?;
+            fetched = hp.cluster.get().clone();
+            &fetched
+        } else {
+            self.cluster.get()
+        };
         match &cluster.external {
             Some(ext) => match ext.pick() {
                 None => Err(ProxyError::NoHealthyUpstream(cluster.name.to_string())),

@@ -86,6 +86,12 @@ impl LazyCluster {
         self.recipe.endpoints().count()
     }
 
+    /// Whether its service's endpoints, routes and policy are still to be fetched (on
+    /// demand): a request picking it asks for them first.
+    pub fn awaiting(&self) -> bool {
+        self.recipe.svc.awaiting
+    }
+
     /// Whether it is a service outside the mesh (read without building it).
     pub fn is_external(&self) -> bool {
         self.recipe.svc.external.is_some()

@@ -199,6 +199,13 @@ impl Snapshot {
         self.hosts.get(fqdn)?.iter().find(|h| h.port == port)
     }
 
+    /// Whether service `fqdn` is known but its resources are still to be fetched (on demand).
+    pub fn awaiting(&self, fqdn: &str) -> bool {
+        self.hosts
+            .get(fqdn)
+            .is_some_and(|ports| ports.iter().any(|hp| hp.cluster.awaiting()))
+    }
+
     /// Finds the cluster for a request's host (`reviews`, `reviews:9080`, an FQDN, an alias).
     /// Without a port, a host with a single service port matches it; otherwise port 80.
     pub fn route(&self, authority: &str) -> Result<&Arc<HostPort>, RouteMiss> {

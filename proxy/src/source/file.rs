@@ -42,6 +42,8 @@ pub fn view(cfg: &ProxyConfig) -> MeshView {
                 external: None,
                 addresses: s.addresses.clone(),
                 detect_protocol: false,
+                awaiting: false,
+                endpoint_ips: Vec::new(),
             })
         })
         .collect();

@@ -57,6 +57,8 @@ mod tests {
             external: None,
             addresses: vec![],
             detect_protocol: false,
+            awaiting: false,
+            endpoint_ips: Vec::new(),
         })
     }
 

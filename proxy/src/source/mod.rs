@@ -48,6 +48,13 @@ pub struct ServiceSpec {
     /// The port declares no protocol (`protocol` is then HTTP, the explicit mode's
     /// assumption): a captured connection's first bytes tell what it speaks.
     pub detect_protocol: bool,
+    /// Fetched on demand and not answered yet: its endpoints, routes and policy are still
+    /// unknown to this sidecar. A request to it asks the control plane for them and waits
+    /// for the snapshot that holds them ([`crate::xds::demand`]).
+    pub awaiting: bool,
+    /// While `awaiting`: its endpoints' IPs (their only part known before they are fetched),
+    /// so a connection captured to one is still recognised as this service's.
+    pub endpoint_ips: Vec<std::net::IpAddr>,
 }
 
 impl ServiceSpec {

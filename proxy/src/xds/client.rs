@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::channel::ControlEndpoint;
+use super::demand;
 use super::state::{StateDir, XdsState, files};
 use super::{Backoff, ControlStatus, XdsError};
 use crate::context::ProxyContext;
@@ -32,6 +33,9 @@ use crate::telemetry::metrics::UpdateLabels;
 const INVALID_ARGUMENT: i32 = 3;
 /// At most this many already-received responses are applied as one snapshot.
 const MAX_BATCH: usize = 64;
+/// How long the rest of an on-demand answer (one response per type) is waited for before
+/// applying what came.
+const ANSWER_WAIT: Duration = Duration::from_millis(50);
 /// A stream that lived this long resets the reconnect backoff.
 const HEALTHY_STREAM: Duration = Duration::from_secs(30);
 /// The shortest period between idle-cluster sweeps, whatever the setting.
@@ -106,13 +110,40 @@ impl XdsClient {
         let channel = self.endpoint.connect(Some(&self.ctx.identity)).await?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-        for (i, t) in type_url::ALL.iter().enumerate() {
-            let req = DeltaDiscoveryRequest {
-                node: (i == 0).then(|| self.node.clone()),
+        // On demand, a per-host type is subscribed by name once some host is wanted (an
+        // empty first request would subscribe to every resource).
+        // This workload's own service is wanted from the first request: its DestinationRule
+        // limits the inbound side.
+        let own = self
+            .ctx
+            .snapshot
+            .load()
+            .local
+            .services
+            .get(None)
+            .fqdn
+            .clone();
+        if let Some(w) = self.state.wanted_mut() {
+            w.add(&own);
+        }
+        let mut subscribed: Vec<&'static str> = Vec::new();
+        let mut node = Some(self.node.clone());
+        for t in type_url::ALL {
+            let mut req = DeltaDiscoveryRequest {
                 type_url: t.to_string(),
                 initial_resource_versions: self.state.versions(t),
                 ..Default::default()
             };
+            if let Some(w) = self.state.wanted()
+                && demand::TYPES.contains(&t)
+            {
+                if w.hosts().is_empty() {
+                    continue;
+                }
+                req.resource_names_subscribe = w.hosts().iter().cloned().collect();
+                subscribed.push(t);
+            }
+            req.node = node.take();
             tx.send(req)
                 .await
                 .map_err(|_| XdsError::Stream("request channel closed".into()))?;
@@ -133,12 +164,31 @@ impl XdsClient {
             idle.max(MIN_SWEEP),
         );
         sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let demand = self
+            .ctx
+            .demand
+            .clone()
+            .filter(|_| self.state.wanted().is_some());
+        // Hosts implied by the state restored or held (no request waits on them).
+        let implied = self.state.take_implied();
+        self.subscribe(&tx, &mut subscribed, implied).await?;
         loop {
-            // `message` is cancel safe: a sweep between two responses loses none.
+            // `message` is cancel safe: a sweep between two responses loses none; so is
+            // `asked`, which takes the hosts only when it returns.
             let next = tokio::select! {
                 next = responses.message() => next,
                 _ = sweeps.tick(), if !idle.is_zero() => {
                     self.sweep_idle_clusters();
+                    continue;
+                }
+                asked = async {
+                    match &demand {
+                        Some(d) => d.asked().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let hosts = asked.into_iter().map(String::from).collect();
+                    self.subscribe(&tx, &mut subscribed, hosts).await?;
                     continue;
                 }
             };
@@ -165,15 +215,94 @@ impl XdsClient {
                     None => break,
                 }
             }
+            // An on-demand answer comes as one response per type: the rest of it is waited
+            // for (briefly) so the host costs one snapshot, not one per type.
+            let waiting_since = tokio::time::Instant::now();
+            while ended.is_none() && batch.len() < MAX_BATCH && self.answers_pending(&batch) {
+                let left = ANSWER_WAIT.saturating_sub(waiting_since.elapsed());
+                match tokio::time::timeout(left, responses.message()).await {
+                    Err(_) => break,
+                    Ok(Ok(Some(r))) => batch.push(r),
+                    Ok(Ok(None)) => ended = Some(Ok(())),
+                    Ok(Err(s)) => ended = Some(Err(stream_error(s))),
+                }
+            }
             for reply in self.handle_batch(&batch) {
                 tx.send(reply)
                     .await
                     .map_err(|_| XdsError::Stream("request channel closed".into()))?;
             }
+            let implied = self.state.take_implied();
+            self.subscribe(&tx, &mut subscribed, implied).await?;
             if let Some(end) = ended {
                 return end;
             }
         }
+    }
+
+    /// Subscribes to the per-host types of `hosts` not wanted yet: the first subscription of
+    /// a type on this stream names every wanted host (with the versions held), later ones
+    /// only the new hosts.
+    async fn subscribe(
+        &mut self,
+        tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+        subscribed: &mut Vec<&'static str>,
+        hosts: Vec<String>,
+    ) -> Result<(), XdsError> {
+        let Some(w) = self.state.wanted_mut() else {
+            return Ok(());
+        };
+        let new: Vec<String> = hosts.into_iter().filter(|h| w.add(h)).collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let all: Vec<String> = w.hosts().iter().cloned().collect();
+        tracing::debug!(hosts = ?new, "subscribing on demand");
+        for t in demand::TYPES {
+            let req = if subscribed.contains(&t) {
+                DeltaDiscoveryRequest {
+                    type_url: t.to_string(),
+                    resource_names_subscribe: new.clone(),
+                    ..Default::default()
+                }
+            } else {
+                subscribed.push(t);
+                DeltaDiscoveryRequest {
+                    type_url: t.to_string(),
+                    resource_names_subscribe: all.clone(),
+                    initial_resource_versions: self.state.versions(t),
+                    ..Default::default()
+                }
+            };
+            tx.send(req)
+                .await
+                .map_err(|_| XdsError::Stream("request channel closed".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a wanted host would still miss an answer of some type after `batch`, while
+    /// the batch answers some: the rest of that answer is on its way.
+    fn answers_pending(&self, batch: &[DeltaDiscoveryResponse]) -> bool {
+        let Some(w) = self.state.wanted() else {
+            return false;
+        };
+        if !w.incomplete() {
+            return false;
+        }
+        let mut after = w.clone();
+        let mut answers = false;
+        for r in batch {
+            for name in r
+                .removed_resources
+                .iter()
+                .chain(r.resources.iter().map(|x| &x.name))
+            {
+                answers |= w.hosts().contains(name);
+                after.answered(&r.type_url, name);
+            }
+        }
+        answers && after.incomplete()
     }
 
     /// Applies a burst of responses as one snapshot and ACKs each; if the burst as a whole

@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub(crate) mod ca_client;
 pub(crate) mod channel;
 pub mod client;
+pub mod demand;
 pub(crate) mod node;
 pub mod rotation;
 pub mod state;

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::XdsError;
+use super::demand::Wanted;
 use crate::balance::locality::Locality;
 use crate::identity::spiffe::SpiffeId;
 use crate::protocol::Protocol;
@@ -49,6 +50,13 @@ pub struct XdsState {
     routes: Cache<v1::RouteTable>,
     /// Destination policies an earlier view decoded, likewise.
     policies: Cache<v1::DestinationPolicy>,
+    /// With resources on demand: the hosts subscribed by name and which were answered.
+    /// `None`: every type is subscribed whole.
+    wanted: Option<Wanted>,
+    /// Hosts the last view found needed but not yet wanted: services without a virtual IP
+    /// (reached only at their endpoints' addresses, so they cannot wait for a first call),
+    /// and the destinations of a wanted host's routes. The client subscribes to them.
+    implied: Vec<String>,
 }
 
 /// Messages of one type decoded by an earlier view: name -> (version, message).
@@ -91,6 +99,7 @@ impl Clone for XdsState {
     fn clone(&self) -> Self {
         Self {
             types: self.types.clone(),
+            wanted: self.wanted.clone(),
             ..Default::default()
         }
     }
@@ -119,6 +128,27 @@ impl XdsState {
         self.policies = std::mem::take(&mut other.policies);
     }
 
+    /// Fetches the per-host types on demand (or, with `false`, whole). A state restored from
+    /// disk wants the hosts it holds.
+    pub fn set_on_demand(&mut self, on: bool) {
+        self.wanted = on.then(|| Wanted::restored(&self.types));
+    }
+
+    /// The on-demand record, when resources are fetched on demand.
+    pub fn wanted(&self) -> Option<&Wanted> {
+        self.wanted.as_ref()
+    }
+
+    /// The on-demand record, to subscribe hosts or forget answers.
+    pub fn wanted_mut(&mut self) -> Option<&mut Wanted> {
+        self.wanted.as_mut()
+    }
+
+    /// Takes the hosts the last view found needed and not yet wanted.
+    pub fn take_implied(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.implied)
+    }
+
     /// Applies a delta response to this state in place. On an error the state may hold part
     /// of the response: apply pushes to a copy (see [`XdsState::apply`]).
     pub fn merge(&mut self, resp: &DeltaDiscoveryResponse) -> Result<(), XdsError> {
@@ -129,6 +159,15 @@ impl XdsState {
             )));
         }
         let map = self.types.entry(resp.type_url.clone()).or_default();
+        if let Some(w) = &mut self.wanted {
+            for name in resp
+                .removed_resources
+                .iter()
+                .chain(resp.resources.iter().map(|r| &r.name))
+            {
+                w.answered(&resp.type_url, name);
+            }
+        }
         for name in &resp.removed_resources {
             map.remove(name);
         }
@@ -226,47 +265,74 @@ impl XdsState {
         let empty = BTreeMap::new();
         let services = self.types.get(type_url::SERVICE).unwrap_or(&empty);
         let endpoints = self.types.get(type_url::ENDPOINTS).unwrap_or(&empty);
-        let mut decoded = BTreeMap::new();
-        for (name, stored) in services {
-            let eps = endpoints.get(name);
-            let kept = self.decoded.remove_entry(name).filter(|(_, d)| {
-                d.service == stored.version
-                    && d.endpoints.as_deref() == eps.map(|e| e.version.as_str())
-            });
-            if let Some((name, d)) = kept {
-                view.services.extend(d.specs.iter().cloned());
-                decoded.insert(name, d);
-                continue;
-            }
-            let svc = v1::Service::decode(stored.body.as_ref())
-                .map_err(|e| XdsError::Invalid(format!("{} {name}: {e}", type_url::SERVICE)))?;
-            let listed = match eps {
-                Some(e) => {
-                    v1::Endpoints::decode(e.body.as_ref())
-                        .map_err(|e| {
-                            XdsError::Invalid(format!("{} {name}: {e}", type_url::ENDPOINTS))
-                        })?
-                        .endpoints
-                }
-                None => Vec::new(),
-            };
-            let specs = service_specs(name, &svc, &listed)?;
-            view.services.extend(specs.iter().cloned());
-            decoded.insert(
-                name.clone(),
-                Decoded {
-                    service: stored.version.clone(),
-                    endpoints: eps.map(|e| e.version.clone()),
-                    specs,
-                },
-            );
-        }
-        self.decoded = decoded;
         view.routes = decode_cached(
             type_url::ROUTE_TABLE,
             self.types.get(type_url::ROUTE_TABLE),
             &mut self.routes,
         )?;
+        let mut implied = Vec::new();
+        if let Some(w) = &self.wanted {
+            // A wanted host's routes lead to other hosts: fetched with it, not by the
+            // request that picks them.
+            for table in view.routes.values() {
+                for host in route_destinations(table) {
+                    if services.contains_key(host)
+                        && !w.hosts().contains(host)
+                        && !implied.iter().any(|h| h == host)
+                    {
+                        implied.push(host.to_string());
+                    }
+                }
+            }
+        }
+        let mut decoded = BTreeMap::new();
+        for (name, stored) in services {
+            let eps = endpoints.get(name);
+            // On demand, a host is ready once it and every host its routes lead to were
+            // answered: a request routed there finds every cluster it may pick.
+            let awaiting = self.wanted.as_ref().is_some_and(|w| {
+                !w.ready(name)
+                    || view.routes.get(name).is_some_and(|t| {
+                        route_destinations(t).any(|d| services.contains_key(d) && !w.ready(d))
+                    })
+            });
+            let kept = self.decoded.remove_entry(name).filter(|(_, d)| {
+                d.service == stored.version
+                    && d.endpoints.as_deref() == eps.map(|e| e.version.as_str())
+                    && d.specs.first().is_none_or(|s| s.awaiting == awaiting)
+            });
+            let specs = match kept {
+                Some((name, d)) => {
+                    view.services.extend(d.specs.iter().cloned());
+                    &decoded.entry(name).or_insert(d).specs
+                }
+                None => {
+                    let specs = self.decode_service(name, stored, eps, awaiting)?;
+                    view.services.extend(specs.iter().cloned());
+                    &decoded
+                        .entry(name.clone())
+                        .or_insert(Decoded {
+                            service: stored.version.clone(),
+                            endpoints: eps.map(|e| e.version.clone()),
+                            specs,
+                        })
+                        .specs
+                }
+            };
+            // Reached only at its endpoints' addresses: fetched now, not on a first call.
+            if awaiting
+                && specs.first().is_some_and(|s| s.addresses.is_empty())
+                && self
+                    .wanted
+                    .as_ref()
+                    .is_some_and(|w| !w.hosts().contains(name))
+                && !implied.contains(name)
+            {
+                implied.push(name.clone());
+            }
+        }
+        self.decoded = decoded;
+        self.implied = implied;
         view.policies = decode_cached(
             type_url::DESTINATION_POLICY,
             self.types.get(type_url::DESTINATION_POLICY),
@@ -279,6 +345,27 @@ impl XdsState {
             .next()
             .map(|(_, m)| m);
         Ok(view)
+    }
+
+    /// The specs of Service `name` (one per port) decoded with its endpoints.
+    fn decode_service(
+        &self,
+        name: &str,
+        stored: &Stored,
+        eps: Option<&Stored>,
+        awaiting: bool,
+    ) -> Result<Vec<Arc<ServiceSpec>>, XdsError> {
+        let svc = v1::Service::decode(stored.body.as_ref())
+            .map_err(|e| XdsError::Invalid(format!("{} {name}: {e}", type_url::SERVICE)))?;
+        let listed = match eps {
+            Some(e) => {
+                v1::Endpoints::decode(e.body.as_ref())
+                    .map_err(|e| XdsError::Invalid(format!("{} {name}: {e}", type_url::ENDPOINTS)))?
+                    .endpoints
+            }
+            None => Vec::new(),
+        };
+        service_specs(name, &svc, &listed, awaiting)
     }
 
     /// Encodes the whole state (one delta response per type) for the state directory.
@@ -325,6 +412,7 @@ fn service_specs(
     name: &str,
     svc: &v1::Service,
     listed: &[v1::Endpoint],
+    awaiting: bool,
 ) -> Result<Vec<Arc<ServiceSpec>>, XdsError> {
     let mut out = Vec::with_capacity(svc.ports.len());
     let bad = |what: String| XdsError::Invalid(format!("Service {name}: {what}"));
@@ -378,6 +466,18 @@ fn service_specs(
         (eps, None)
     };
     let addresses = vips(&svc.addresses).map_err(bad)?;
+    // Before its endpoints are fetched, their addresses are all a capture needs of them.
+    let endpoint_ips = if awaiting {
+        svc.endpoint_ips
+            .iter()
+            .map(|ip| {
+                ip.parse()
+                    .map_err(|_| bad(format!("endpoint IP `{ip}` is not an IP address")))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
     for p in &svc.ports {
         let port = u16::try_from(p.number)
             .ok()
@@ -417,9 +517,24 @@ fn service_specs(
             }),
             addresses: addresses.clone(),
             detect_protocol,
+            awaiting,
+            endpoint_ips: endpoint_ips.clone(),
         }));
     }
     Ok(out)
+}
+
+/// The hosts a route table sends to (its HTTP and TCP destinations and mirrors).
+fn route_destinations(table: &v1::RouteTable) -> impl Iterator<Item = &str> {
+    let http = table.http.iter().flat_map(|r| {
+        r.route
+            .iter()
+            .chain(r.mirror.as_ref().and_then(|m| m.destination.as_ref()))
+    });
+    let tcp = table.tcp.iter().flat_map(|r| r.route.iter());
+    http.chain(tcp)
+        .map(|d| d.host.as_str())
+        .filter(|h| !h.is_empty() && *h != table.hostname)
 }
 
 /// The localities, label sets and workload metadata already made for one service's
@@ -651,6 +766,124 @@ mod tests {
         assert!(after.view().unwrap().services.is_empty());
         // The original is untouched: applying works on a copy.
         assert_eq!(state.view().unwrap().services.len(), 1);
+    }
+
+    /// A response of `type_url` naming `removed` (answers saying "none").
+    fn none_of(type_url: &str, removed: &[&str]) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: type_url.into(),
+            nonce: "2".into(),
+            removed_resources: removed.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn awaiting(view: &MeshView, host: &str) -> bool {
+        view.services
+            .iter()
+            .find(|s| s.hostname == host)
+            .expect("service")
+            .awaiting
+    }
+
+    #[test]
+    fn on_demand_a_service_awaits_until_every_type_answered_it_and_its_routes_destinations() {
+        let (front, back) = (
+            "front.default.svc.cluster.local",
+            "back.default.svc.cluster.local",
+        );
+        let mut state = XdsState::default();
+        state.set_on_demand(true);
+        for host in [front, back] {
+            let mut push = service_push(host, "127.0.0.1:1");
+            // Virtual IPs: both can wait for a first call.
+            let mut svc = v1::Service::decode(
+                push[0].resources[0]
+                    .resource
+                    .as_ref()
+                    .unwrap()
+                    .value
+                    .as_slice(),
+            )
+            .unwrap();
+            svc.addresses = vec!["240.240.0.1".into()];
+            push[0].resources[0].resource = Some(any(&svc));
+            state.merge(&push[0]).unwrap();
+        }
+        let view = state.view().unwrap();
+        assert!(awaiting(&view, front) && awaiting(&view, back));
+        assert!(state.take_implied().is_empty(), "nothing called yet");
+
+        // front is asked for: its endpoints come, it has no policy, and its routes lead to
+        // back, which is then implied.
+        assert!(state.wanted_mut().unwrap().add(front));
+        let eps = service_push(front, "127.0.0.1:7");
+        state.merge(&eps[1]).unwrap();
+        state
+            .merge(&none_of(type_url::DESTINATION_POLICY, &[front]))
+            .unwrap();
+        let table = v1::RouteTable {
+            hostname: front.into(),
+            http: vec![v1::HttpRoute {
+                route: vec![v1::WeightedDestination {
+                    host: back.into(),
+                    weight: 100,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        state
+            .merge(&DeltaDiscoveryResponse {
+                type_url: type_url::ROUTE_TABLE.into(),
+                nonce: "3".into(),
+                resources: vec![Resource {
+                    name: front.into(),
+                    version: "r1".into(),
+                    resource: Some(any(&table)),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .unwrap();
+        let view = state.view().unwrap();
+        assert!(
+            awaiting(&view, front),
+            "answered, but its route leads to back, not here yet"
+        );
+        assert_eq!(state.take_implied(), [back]);
+        let front_spec = view.services.iter().find(|s| s.hostname == front).unwrap();
+        assert_eq!(front_spec.endpoints[0].addr.port(), 7);
+
+        assert!(state.wanted_mut().unwrap().add(back));
+        for t in crate::xds::demand::TYPES {
+            state.merge(&none_of(t, &[back])).unwrap();
+        }
+        let view = state.view().unwrap();
+        assert!(!awaiting(&view, front) && !awaiting(&view, back));
+        assert!(state.take_implied().is_empty());
+    }
+
+    #[test]
+    fn on_demand_a_service_without_a_virtual_ip_is_fetched_at_once() {
+        let host = "headless.default.svc.cluster.local";
+        let mut state = XdsState::default();
+        state.set_on_demand(true);
+        state.merge(&service_push(host, "127.0.0.1:1")[0]).unwrap();
+        let view = state.view().unwrap();
+        assert!(awaiting(&view, host));
+        assert_eq!(state.take_implied(), [host]);
+    }
+
+    #[test]
+    fn without_on_demand_nothing_awaits() {
+        let host = "reviews.default.svc.cluster.local";
+        let mut state = XdsState::default();
+        state.merge(&service_push(host, "127.0.0.1:1")[0]).unwrap();
+        let view = state.view().unwrap();
+        assert!(!awaiting(&view, host));
+        assert!(state.take_implied().is_empty());
     }
 
     #[test]

@@ -225,9 +225,18 @@ async fn a_pushed_connect_timeout_bounds_the_wait_for_a_host_that_does_not_answe
         assert_eq!(reply.status, 503, "{}", reply.text());
         started.elapsed()
     };
-    // Istio's default policy makes three attempts, each cut at the connect timeout.
-    in_force(1000).await;
+    // Istio's default policy makes three attempts, each cut at the connect timeout. The
+    // first call (once dark is known) fetches its endpoints and policy on demand first.
+    let deadline = Instant::now() + SOON;
+    while !client.config_dump().await["clusters"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["service"] == "dark.example.com"))
+    {
+        assert!(Instant::now() < deadline, "dark.example.com never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let took = timed().await;
+    in_force(1000).await;
     assert!(
         (Duration::from_millis(2900)..Duration::from_secs(6)).contains(&took),
         "3 attempts of 1 s: {took:?}"

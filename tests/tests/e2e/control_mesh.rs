@@ -316,6 +316,24 @@ async fn operators_read_the_control_plane_under_istiods_metric_names() {
     )
     .await;
 
+    // The app calls ledger once (nothing answers there): the sidecar fetches its endpoints,
+    // routes and policy on demand, so every type is pushed to it.
+    let _ = clients::get(client.outbound(), "ledger.example.com:8080", "/").await;
+    deadline::eventually(
+        "the on-demand answer to be ACKed",
+        Duration::from_secs(5),
+        || async {
+            let text = clients::get(control.monitoring, "127.0.0.1", "/metrics")
+                .await
+                .text();
+            (meshlite_tests::prometheus::samples(&text, "pilot_xds_pushes")
+                .iter()
+                .any(|s| s.label("type") == "eds"))
+            .then_some(())
+        },
+    )
+    .await;
+
     let reply = clients::get(control.monitoring, "127.0.0.1", "/metrics").await;
     assert_eq!(reply.status, 200);
     assert_eq!(

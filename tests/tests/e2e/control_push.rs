@@ -81,7 +81,11 @@ async fn a_sidecar_nacks_an_invalid_push_and_keeps_routing_on_the_last_good_conf
         &Workload::version_of("echo", "v1", ECHO_PORT, app.addr),
     )
     .await;
-    let client = MeshProxy::start(&fake.access(), &Workload::new("client")).await;
+    // The fake pushes what the test says, unasked: the client takes the mesh whole (on
+    // demand, it would wait for answers to its subscriptions, which the fake never gives).
+    let mut client = Workload::new("client");
+    client.on_demand = Some(false);
+    let client = MeshProxy::start(&fake.access(), &client).await;
     assert!(
         fake.signed() >= 2,
         "both sidecars got their certificate from the fake CA"

@@ -46,6 +46,7 @@ mod hygiene;
 mod identity_binding;
 mod jwt;
 mod lifecycle;
+mod on_demand;
 mod pods;
 mod pods_churn;
 mod protocols;

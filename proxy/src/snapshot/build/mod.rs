@@ -202,7 +202,10 @@ impl Snapshot {
             }
             let was_built = old.is_some_and(|c| c.built().is_some());
             let lazy = LazyCluster::new(name, Arc::from(subset), recipe);
-            if (was_built && !sweep) || lazy.recipe.svc.external.is_some() {
+            // One outside the mesh is built now (its TLS can be refused), unless it is still
+            // awaiting its policy (fetched on demand).
+            let external = lazy.recipe.svc.external.is_some() && !lazy.awaiting();
+            if (was_built && !sweep) || external {
                 lazy.build_now(&reuse);
             }
             Ok(Arc::new(lazy))
@@ -318,14 +321,17 @@ impl Snapshot {
                     detect: svc.detect_protocol,
                 };
                 let vips = svc.addresses.iter().map(|ip| (*ip, Claim::Vip));
-                // Mesh endpoints only: an external service's endpoints are not sidecars.
+                // Mesh endpoints only: an external service's endpoints are not sidecars. One
+                // still to be fetched is known by its endpoints' IPs alone.
                 let pods = svc
                     .external
                     .is_none()
                     .then_some(&svc.endpoints)
                     .into_iter()
                     .flatten()
-                    .map(|e| (e.addr.ip(), Claim::Endpoint));
+                    .map(|e| e.addr.ip())
+                    .chain(svc.endpoint_ips.iter().copied())
+                    .map(|ip| (ip, Claim::Endpoint));
                 for (ip, claim) in vips.chain(pods) {
                     addresses.push((ip, cluster.port, claim, target.clone()));
                 }

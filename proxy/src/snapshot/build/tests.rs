@@ -81,6 +81,8 @@ fn service(host: &str, endpoints: Vec<EndpointSpec>) -> Arc<ServiceSpec> {
         external: None,
         addresses: vec![],
         detect_protocol: false,
+        awaiting: false,
+        endpoint_ips: Vec::new(),
     })
 }
 

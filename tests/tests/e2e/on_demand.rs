@@ -1,0 +1,173 @@
+//! Services fetched on demand (the proxy's default under a control plane): a sidecar knows
+//! every service's names and addresses from the start, and fetches a service's endpoints,
+//! routes and policy when its app first calls it, together with the hosts those routes lead
+//! to. The first request waits for them and is answered; when the control plane cannot
+//! answer, it gets a 503 `NC` after the configured wait, and what was fetched keeps serving.
+
+use meshlite_tests::apps::HttpApp;
+use meshlite_tests::clients;
+use meshlite_tests::control::{ControlPlane, MeshProxy, NAMESPACE, Workload};
+use meshlite_tests::deadline::SOON;
+use std::time::{Duration, Instant};
+
+const FRONT: &str = "front.default.svc.cluster.local";
+const ECHO: &str = "echo.default.svc.cluster.local";
+const LONELY: &str = "lonely.example.com";
+
+/// `echo` has subsets; everything sent to `front` goes to `echo`'s `v2`.
+fn policies() -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {{name: echo, namespace: {NAMESPACE}}}\n\
+         spec:\n  host: echo\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n\
+         \x20 - {{name: v2, labels: {{version: v2}}}}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+         metadata: {{name: front, namespace: {NAMESPACE}}}\n\
+         spec:\n  hosts: [front]\n  http:\n  - route:\n    - destination: {{host: echo, subset: v2}}\n"
+    )
+}
+
+/// A service nobody calls until the control plane is gone.
+fn lonely(port: u16) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: lonely, namespace: {NAMESPACE}}}\n\
+         spec:\n  hosts: [{LONELY}]\n  resolution: STATIC\n\
+         \x20 ports: [{{number: 8080, name: http, protocol: HTTP}}]\n\
+         \x20 endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n"
+    )
+}
+
+/// The client's dump entry for the service cluster of `host`.
+async fn cluster(proxy: &MeshProxy, host: &str) -> Option<serde_json::Value> {
+    proxy.config_dump().await["clusters"]
+        .as_array()?
+        .iter()
+        .find(|c| c["service"] == host)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_call_fetches_the_service_its_routes_and_where_they_lead_then_keeps_serving() {
+    let (v1_app, v2_app, front_app, lonely_app) = tokio::join!(
+        HttpApp::start("echo-v1"),
+        HttpApp::start("echo-v2"),
+        HttpApp::start("front"),
+        HttpApp::start("lonely"),
+    );
+    let mut control = ControlPlane::start(&[
+        ("policies.yaml", &policies()),
+        ("lonely.yaml", &lonely(lonely_app.addr.port())),
+    ])
+    .await;
+    let echo = control.access(NAMESPACE, "echo").await;
+    let front_access = control.access(NAMESPACE, "front").await;
+    let v1 = Workload::version_of("echo", "v1", 8080, v1_app.addr);
+    let v2 = Workload::version_of("echo", "v2", 8080, v2_app.addr);
+    let front = Workload::new("front").serving(8080, front_app.addr);
+    let (_v1, _v2, _front) = tokio::join!(
+        MeshProxy::start(&echo, &v1),
+        MeshProxy::start(&echo, &v2),
+        MeshProxy::start(&front_access, &front),
+    );
+    let mut client = Workload::new("client");
+    client.on_demand_timeout = Some("2s".into());
+    let client = MeshProxy::start(&control.access(NAMESPACE, "client").await, &client).await;
+
+    // Every service is known by name from the start, none of them fetched.
+    let deadline = Instant::now() + SOON;
+    loop {
+        let known = [
+            cluster(&client, FRONT).await,
+            cluster(&client, ECHO).await,
+            cluster(&client, LONELY).await,
+        ];
+        if known.iter().all(Option::is_some) {
+            for c in known.iter().flatten() {
+                assert_eq!(c["awaiting"], true, "nothing was called yet: {c}");
+                assert_eq!(c["endpoints"], serde_json::json!([]), "{c}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "the services never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dump = client.config_dump().await;
+    assert_eq!(
+        dump["subset_clusters"],
+        serde_json::json!([]),
+        "echo's subsets come with its policy, when it is fetched: {dump}"
+    );
+
+    // The very first call to front is answered: front's route, echo (where it leads) with
+    // its subsets, fetched while the request waited.
+    let reply = clients::get(client.outbound(), "front:8080", "/headers").await;
+    assert_eq!(reply.status, 200, "first call: {}", reply.text());
+    assert_eq!(reply.json()["app"], "echo-v2", "front's route: echo v2");
+    for host in [FRONT, ECHO] {
+        let c = cluster(&client, host).await.expect("still known");
+        assert_eq!(c["awaiting"], false, "{host} was fetched: {c}");
+    }
+    let echo_cluster = cluster(&client, ECHO).await.expect("echo");
+    assert_eq!(
+        echo_cluster["endpoints"].as_array().map(Vec::len),
+        Some(2),
+        "{echo_cluster}"
+    );
+    let dump = client.config_dump().await;
+    let subsets: Vec<&str> = dump["subset_clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        subsets.contains(&"outbound|8080|v2|echo.default.svc.cluster.local"),
+        "{subsets:?}"
+    );
+    assert_eq!(
+        cluster(&client, LONELY).await.expect("lonely")["awaiting"],
+        true,
+        "a service not called is not fetched"
+    );
+
+    // With the control plane gone, what was fetched keeps serving, and a first call to a
+    // service never fetched is refused after the wait: 503, NC, the reason said.
+    control.kill().await;
+    let reply = clients::get(client.outbound(), "front:8080", "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let asked = Instant::now();
+    let reply = clients::get(client.outbound(), &format!("{LONELY}:8080"), "/").await;
+    let waited = asked.elapsed();
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(
+        reply
+            .text()
+            .contains("sent no config for lonely.example.com"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the request waited for the control plane first ({waited:?})"
+    );
+    assert!(client.requests_flagged(503, "NC").await >= 1.0);
+
+    // Back, the control plane answers the next first call.
+    control.restart().await;
+    let deadline = Instant::now() + SOON;
+    loop {
+        let reply = clients::get(client.outbound(), &format!("{LONELY}:8080"), "/").await;
+        if reply.status == 200 {
+            assert_eq!(reply.json()["app"], "lonely");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lonely never answered once the control plane was back: {} {}",
+            reply.status,
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
