@@ -459,6 +459,8 @@ pub struct Workload {
     pub on_demand: Option<bool>,
     /// `control.on_demand_timeout`, e.g. `"1s"`; `None` for the proxy's default.
     pub on_demand_timeout: Option<String>,
+    /// `upstream.cluster_idle_timeout`, e.g. `"300ms"`; `None` for the proxy's default.
+    pub cluster_idle_timeout: Option<String>,
 }
 
 /// A TCP service written in a sidecar's static file: reached on its own outbound listener
@@ -498,6 +500,7 @@ impl Workload {
             tcp_listeners: None,
             on_demand: None,
             on_demand_timeout: None,
+            cluster_idle_timeout: None,
         }
     }
 
@@ -590,6 +593,7 @@ impl Workload {
         c.tcp_services = Some(self.tcp_listeners.is_some());
         c.on_demand = self.on_demand;
         c.on_demand_timeout = self.on_demand_timeout.clone();
+        c.cluster_idle_timeout = self.cluster_idle_timeout.clone();
         if let Some(ip) = self.tcp_listeners {
             c.outbound = SocketAddr::new(ip, 0);
         }

@@ -127,6 +127,8 @@ pub struct SidecarConfig {
     pub services: Vec<StaticService>,
     /// `upstream.protocol` (`h2` or `http1`); `None` for the default.
     pub upstream_protocol: Option<String>,
+    /// `upstream.cluster_idle_timeout` (e.g. `300ms`); `None` for the default.
+    pub cluster_idle_timeout: Option<String>,
     /// `limits` entries, `(key, value)` with the value written as given (e.g. `("idle_timeout",
     /// "1s")`).
     pub limits: Vec<(String, String)>,
@@ -185,6 +187,7 @@ impl SidecarConfig {
             inbound_extra: String::new(),
             services: Vec::new(),
             upstream_protocol: None,
+            cluster_idle_timeout: None,
             limits: Vec::new(),
             stats_prefixes: Vec::new(),
             extra: String::new(),
@@ -269,8 +272,14 @@ impl SidecarConfig {
                 let _ = writeln!(y, "    listen: {}", quoted(&listen.to_string()));
             }
         }
+        if self.upstream_protocol.is_some() || self.cluster_idle_timeout.is_some() {
+            let _ = writeln!(y, "upstream:");
+        }
         if let Some(protocol) = &self.upstream_protocol {
-            let _ = writeln!(y, "upstream:\n  protocol: {protocol}");
+            let _ = writeln!(y, "  protocol: {protocol}");
+        }
+        if let Some(t) = &self.cluster_idle_timeout {
+            let _ = writeln!(y, "  cluster_idle_timeout: {}", quoted(t));
         }
         if !self.limits.is_empty() {
             let _ = writeln!(y, "limits:");

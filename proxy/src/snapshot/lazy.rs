@@ -92,6 +92,12 @@ impl LazyCluster {
         self.recipe.svc.awaiting
     }
 
+    /// Whether its service has a virtual IP (one without is reached only at its endpoints'
+    /// addresses).
+    pub fn has_virtual_ip(&self) -> bool {
+        !self.recipe.svc.addresses.is_empty()
+    }
+
     /// Whether it is a service outside the mesh (read without building it).
     pub fn is_external(&self) -> bool {
         self.recipe.svc.external.is_some()

@@ -199,6 +199,11 @@ impl Snapshot {
         self.hosts.get(fqdn)?.iter().find(|h| h.port == port)
     }
 
+    /// One host port of service `fqdn` (any port).
+    pub fn host_port_of(&self, fqdn: &str) -> Option<&Arc<HostPort>> {
+        self.hosts.get(fqdn)?.first()
+    }
+
     /// Whether service `fqdn` is known but its resources are still to be fetched (on demand).
     pub fn awaiting(&self, fqdn: &str) -> bool {
         self.hosts

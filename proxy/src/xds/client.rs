@@ -12,6 +12,7 @@ use meshlite_xds_proto::discovery::aggregated_discovery_service_client::Aggregat
 use meshlite_xds_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
 use meshlite_xds_proto::google::rpc::Status;
 use meshlite_xds_proto::type_url;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -60,6 +61,9 @@ pub struct XdsClient {
     state: XdsState,
     state_dir: Option<StateDir>,
     status: Arc<ControlStatus>,
+    /// On demand: wanted hosts found idle at the last sweep (let go if still idle at the
+    /// next).
+    idle: BTreeSet<String>,
 }
 
 impl XdsClient {
@@ -81,6 +85,7 @@ impl XdsClient {
             state,
             state_dir,
             status,
+            idle: BTreeSet::new(),
         }
     }
 
@@ -178,6 +183,10 @@ impl XdsClient {
             let next = tokio::select! {
                 next = responses.message() => next,
                 _ = sweeps.tick(), if !idle.is_zero() => {
+                    let forget = self.idle_hosts();
+                    if !forget.is_empty() {
+                        self.unsubscribe(&tx, &subscribed, forget).await?;
+                    }
                     self.sweep_idle_clusters();
                     continue;
                 }
@@ -273,6 +282,98 @@ impl XdsClient {
                     initial_resource_versions: self.state.versions(t),
                     ..Default::default()
                 }
+            };
+            tx.send(req)
+                .await
+                .map_err(|_| XdsError::Stream("request channel closed".into()))?;
+        }
+        Ok(())
+    }
+
+    /// On demand: the wanted hosts found idle at this sweep and the one before, now let go.
+    /// A host is idle when none of its clusters is built (a sweep unbuilt them, and nothing
+    /// called them since), nor any its routes lead to; the sidecar's own service, services
+    /// without a virtual IP and the destinations of hosts in use are kept.
+    fn idle_hosts(&mut self) -> Vec<String> {
+        let Some(w) = self.state.wanted() else {
+            return Vec::new();
+        };
+        let snap = self.ctx.snapshot.load();
+        let built: HashSet<&str> = snap
+            .all_clusters()
+            .filter(|c| c.built().is_some())
+            .map(|c| &*c.labels.service.fqdn)
+            .collect();
+        let own = snap.local.services.get(None).fqdn.clone();
+        let mut kept: HashSet<&str> = HashSet::new();
+        for h in w.hosts() {
+            let eager = snap
+                .host_port_of(h)
+                .is_some_and(|hp| !hp.cluster.has_virtual_ip());
+            let used = built.contains(h.as_str())
+                || self
+                    .state
+                    .destinations_of(h)
+                    .iter()
+                    .any(|d| built.contains(d));
+            if used || eager || **h == *own {
+                kept.insert(h);
+                kept.extend(self.state.destinations_of(h));
+            }
+        }
+        let idle: BTreeSet<String> = w
+            .hosts()
+            .iter()
+            .filter(|h| !kept.contains(h.as_str()))
+            .cloned()
+            .collect();
+        let (forget, wait): (Vec<String>, Vec<String>) =
+            idle.into_iter().partition(|h| self.idle.contains(h));
+        self.idle = wait.into_iter().collect();
+        forget
+    }
+
+    /// Lets `hosts` go: unsubscribed, their resources dropped, a snapshot without them.
+    async fn unsubscribe(
+        &mut self,
+        tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+        subscribed: &[&'static str],
+        hosts: Vec<String>,
+    ) -> Result<(), XdsError> {
+        tracing::debug!(hosts = ?hosts, "letting idle on-demand services go");
+        let mut next = self.state.clone();
+        next.take_caches(&mut self.state);
+        next.forget(&hosts);
+        let view = next.view().map(|v| merge(v, self.inputs.file.clone()));
+        let current = self.ctx.snapshot.load();
+        let built = view.and_then(|view| {
+            Snapshot::build(
+                &self.inputs.local,
+                &view,
+                &self.ctx.identity,
+                &self.ctx.telemetry.metrics,
+                current.version + 1,
+                Some(&current),
+            )
+            .map_err(|e| XdsError::Invalid(e.to_string()))
+        });
+        match built {
+            Ok(snapshot) => {
+                self.ctx.swap_snapshot(Arc::new(snapshot));
+                self.state = next;
+            }
+            Err(e) => {
+                // Kept as they were: nothing is unsubscribed.
+                tracing::warn!("idle services kept: {e}");
+                self.state.take_caches(&mut next);
+                return Ok(());
+            }
+        }
+        for t in demand::TYPES.iter().filter(|t| subscribed.contains(t)) {
+            let req = DeltaDiscoveryRequest {
+                type_url: t.to_string(),
+                resource_names_unsubscribe: hosts.clone(),
+                ..Default::default()
             };
             tx.send(req)
                 .await

@@ -68,6 +68,14 @@ impl Wanted {
         }
     }
 
+    /// Stops wanting `host`.
+    pub fn remove(&mut self, host: &str) {
+        self.hosts.remove(host);
+        for a in &mut self.answered {
+            a.remove(host);
+        }
+    }
+
     /// Whether every type of `host` was answered.
     pub fn ready(&self, host: &str) -> bool {
         self.answered.iter().all(|a| a.contains(host))

@@ -144,6 +144,30 @@ impl XdsState {
         self.wanted.as_mut()
     }
 
+    /// Stops wanting `hosts`: their endpoints, routes and policies are dropped, and they
+    /// await a first call again.
+    pub fn forget(&mut self, hosts: &[String]) {
+        let Some(w) = &mut self.wanted else { return };
+        for h in hosts {
+            w.remove(h);
+        }
+        for t in super::demand::TYPES {
+            if let Some(m) = self.types.get_mut(t) {
+                for h in hosts {
+                    m.remove(h);
+                }
+            }
+        }
+    }
+
+    /// The hosts `host`'s route table (as the last view decoded it) leads to.
+    pub fn destinations_of(&self, host: &str) -> Vec<&str> {
+        self.routes
+            .get(host)
+            .map(|(_, t)| route_destinations(t).collect())
+            .unwrap_or_default()
+    }
+
     /// Takes the hosts the last view found needed and not yet wanted.
     pub fn take_implied(&mut self) -> Vec<String> {
         std::mem::take(&mut self.implied)

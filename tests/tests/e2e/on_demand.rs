@@ -171,3 +171,41 @@ async fn a_first_call_fetches_the_service_its_routes_and_where_they_lead_then_ke
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_left_idle_is_let_go_and_fetched_again_on_its_next_call() {
+    let app = HttpApp::start("echo-v1").await;
+    let control = ControlPlane::start(&[]).await;
+    let _echo = MeshProxy::start(
+        &control.access(NAMESPACE, "echo").await,
+        &Workload::version_of("echo", "v1", 8080, app.addr),
+    )
+    .await;
+    let mut client = Workload::new("client");
+    client.cluster_idle_timeout = Some("300ms".into());
+    let client = MeshProxy::start(&control.access(NAMESPACE, "client").await, &client).await;
+
+    let awaiting_is = async |want: bool, what: &str| {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let c = cluster(&client, ECHO).await;
+            if c.as_ref().is_some_and(|c| c["awaiting"] == want) {
+                return c.unwrap_or_default();
+            }
+            assert!(Instant::now() < deadline, "{what}: {c:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    awaiting_is(true, "echo known, not fetched").await;
+    let reply = clients::get(client.outbound(), "echo:8080", "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let fetched = awaiting_is(false, "fetched by the call").await;
+    assert_eq!(fetched["endpoints"].as_array().map(Vec::len), Some(1));
+
+    // Unused for two sweeps: its cluster is freed, then its endpoints, routes and policy.
+    let let_go = awaiting_is(true, "let go once idle").await;
+    assert_eq!(let_go["endpoints"], serde_json::json!([]), "{let_go}");
+    let reply = clients::get(client.outbound(), "echo:8080", "/").await;
+    assert_eq!(reply.status, 200, "fetched again: {}", reply.text());
+    assert_eq!(reply.json()["app"], "echo-v1");
+}
