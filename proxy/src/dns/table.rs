@@ -27,13 +27,40 @@ pub struct Addresses {
     pub v6: Vec<Ipv6Addr>,
 }
 
-/// Mesh names and their VIPs, immutable, one per snapshot.
+/// Mesh names and their VIPs, immutable, shared by the snapshots whose services give the
+/// same names and addresses.
 #[derive(Debug, Default)]
 pub struct NameTable {
     names: HashMap<Box<str>, Arc<Addresses>>,
     /// MeshConfig `ISTIO_META_DNS_CAPTURE` is not `false`: mesh names are answered here;
     /// otherwise every query goes upstream.
     capture: bool,
+    /// A digest of everything it was built from (see [`NameTable::digest`]).
+    digest: [u64; 2],
+}
+
+/// The inputs a [`NameTable`] is built from, digested without allocating: a push that leaves
+/// every service's names and addresses as they were keeps the table (building one parses and
+/// stores every name of the mesh).
+fn digest<'a>(
+    services: impl IntoIterator<Item = &'a ServiceSpec> + Clone,
+    namespace: &str,
+    capture: bool,
+) -> [u64; 2] {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    [0x6d65_7368, 0x6c69_7465].map(|seed| {
+        let mut h = foldhash::fast::FixedState::with_seed(seed).build_hasher();
+        namespace.hash(&mut h);
+        capture.hash(&mut h);
+        for svc in services.clone() {
+            svc.hostname.hash(&mut h);
+            svc.name.hash(&mut h);
+            svc.namespace.hash(&mut h);
+            svc.aliases.hash(&mut h);
+            svc.addresses.hash(&mut h);
+        }
+        h.finish()
+    })
 }
 
 impl NameTable {
@@ -42,10 +69,11 @@ impl NameTable {
     /// literals (a ServiceEntry's CIDRs) are not answers; a service with none is left out,
     /// so its name goes upstream as before.
     pub fn build<'a>(
-        services: impl IntoIterator<Item = &'a ServiceSpec>,
+        services: impl IntoIterator<Item = &'a ServiceSpec> + Clone,
         namespace: &str,
         capture: bool,
     ) -> Self {
+        let digest = digest(services.clone(), namespace, capture);
         let mut names: HashMap<Box<str>, Arc<Addresses>> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
         let suffix = format!(".{CLUSTER_DOMAIN}");
@@ -81,7 +109,24 @@ impl NameTable {
             }
         }
         names.shrink_to_fit();
-        Self { names, capture }
+        Self {
+            names,
+            capture,
+            digest,
+        }
+    }
+
+    /// [`NameTable::build`], or `prev` itself when the same services would build it.
+    pub fn build_or_keep<'a>(
+        services: impl IntoIterator<Item = &'a ServiceSpec> + Clone,
+        namespace: &str,
+        capture: bool,
+        prev: Option<&Arc<Self>>,
+    ) -> Arc<Self> {
+        match prev {
+            Some(p) if p.digest == digest(services.clone(), namespace, capture) => p.clone(),
+            _ => Arc::new(Self::build(services, namespace, capture)),
+        }
     }
 
     /// The addresses of `name` (a query's, fully qualified), if it is a mesh name this
@@ -154,6 +199,31 @@ pub(crate) mod tests {
 
     fn v4(t: &NameTable, name: &str) -> Option<Vec<Ipv4Addr>> {
         t.lookup(&q(name)).map(|a| a.v4.clone())
+    }
+
+    #[test]
+    fn a_table_is_kept_while_names_and_addresses_stay_and_rebuilt_when_one_moves() {
+        let mut svcs = vec![
+            service("reviews.shop.svc.cluster.local", "shop", &["240.240.0.7"]),
+            service("cart.other.svc.cluster.local", "other", &["240.240.0.8"]),
+        ];
+        let first = Arc::new(NameTable::build(&svcs, "shop", true));
+        // What DNS does not read (endpoints, awaiting a fetch) changes nothing.
+        svcs[0].awaiting = true;
+        let kept = NameTable::build_or_keep(&svcs, "shop", true, Some(&first));
+        assert!(Arc::ptr_eq(&kept, &first));
+        svcs[1].addresses = vec!["240.240.0.9".parse().unwrap()];
+        let moved = NameTable::build_or_keep(&svcs, "shop", true, Some(&first));
+        assert!(!Arc::ptr_eq(&moved, &first));
+        assert_eq!(
+            v4(&moved, "cart.other.svc.cluster.local"),
+            Some(vec![Ipv4Addr::new(240, 240, 0, 9)])
+        );
+        let elsewhere = NameTable::build_or_keep(&svcs, "other", true, Some(&moved));
+        assert!(
+            !Arc::ptr_eq(&elsewhere, &moved),
+            "short names follow the namespace"
+        );
     }
 
     #[test]

@@ -447,11 +447,12 @@ impl Snapshot {
             prev.map(|p| &p.access_log_providers),
         )?;
         let telemetry = WorkloadTelemetry::compile(pushed_telemetry, &access_log_providers)?;
-        let dns = Arc::new(crate::dns::table::NameTable::build(
+        let dns = crate::dns::table::NameTable::build_or_keep(
             view.services.iter().map(|s| &**s),
             &local.metadata.namespace,
             !view.mesh.as_ref().is_some_and(|m| m.dns_capture_disabled),
-        ));
+            prev.map(|p| &p.dns),
+        );
         Ok(Self {
             version,
             tracing,
