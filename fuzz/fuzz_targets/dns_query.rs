@@ -23,6 +23,8 @@ fn service(host: &str, namespace: &str, addresses: &[&str]) -> ServiceSpec {
         external: None,
         addresses: addresses.iter().filter_map(|a| a.parse().ok()).collect(),
         detect_protocol: false,
+        awaiting: false,
+        endpoint_ips: Vec::new(),
     }
 }
 
