@@ -150,17 +150,7 @@ impl AggregatedDiscoveryService for Ads {
         tracing::info!(proxy = %node.id, identity = %identity, "xDS stream opened");
         tokio::spawn(async move {
             let key = workload.key.clone();
-            let mut stream = Stream {
-                plane: plane.clone(),
-                id,
-                workload,
-                tx,
-                subscriptions: HashMap::new(),
-                outbox: VecDeque::new(),
-                pending: Vec::new(),
-                pushed: BTreeMap::new(),
-                nonce: 0,
-            };
+            let mut stream = Stream::new(plane.clone(), id, workload, tx);
             if let Err(e) = stream.run(first, inbound).await {
                 tracing::info!(proxy = %key, "xDS stream ended: {e}");
             } else {
@@ -307,6 +297,26 @@ struct Pending {
 }
 
 impl Stream {
+    /// The stream `id` of `workload`'s proxy, answering through `tx`, subscribed to nothing.
+    fn new(
+        plane: Arc<ControlPlane>,
+        id: u64,
+        workload: Workload,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> Self {
+        Self {
+            plane,
+            id,
+            workload,
+            tx,
+            subscriptions: HashMap::new(),
+            outbox: VecDeque::new(),
+            pending: Vec::new(),
+            pushed: BTreeMap::new(),
+            nonce: 0,
+        }
+    }
+
     /// Serves the stream: ACKs and NACKs are read while responses go out (a proxy that
     /// answers while it is still being sent to never has its answers pile up in HTTP/2),
     /// and a new generation is looked at once the previous one is out (so a burst of

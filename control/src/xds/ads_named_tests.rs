@@ -113,17 +113,7 @@ impl Mesh {
                 ..Default::default()
             },
         );
-        Stream {
-            plane: self.plane.clone(),
-            id,
-            workload: client_workload(),
-            tx,
-            subscriptions: HashMap::new(),
-            outbox: VecDeque::new(),
-            pending: Vec::new(),
-            pushed: BTreeMap::new(),
-            nonce: 0,
-        }
+        Stream::new(self.plane.clone(), id, client_workload(), tx)
     }
 
     /// What the generation watch makes a stream do.

@@ -249,6 +249,20 @@ impl XdsClient {
         }
     }
 
+    /// The snapshot `view` makes, following the one in force (whose connections it keeps).
+    fn snapshot_of(&self, view: &MeshView) -> Result<Snapshot, XdsError> {
+        let current = self.ctx.snapshot.load();
+        Snapshot::build(
+            &self.inputs.local,
+            view,
+            &self.ctx.identity,
+            &self.ctx.telemetry.metrics,
+            current.version + 1,
+            Some(&current),
+        )
+        .map_err(|e| XdsError::Invalid(e.to_string()))
+    }
+
     /// Subscribes to the per-host types of `hosts` not wanted yet: the first subscription of
     /// a type on this stream names every wanted host (with the versions held), later ones
     /// only the new hosts.
@@ -344,19 +358,9 @@ impl XdsClient {
         let mut next = self.state.clone();
         next.take_caches(&mut self.state);
         next.forget(&hosts);
-        let view = next.view().map(|v| merge(v, self.inputs.file.clone()));
-        let current = self.ctx.snapshot.load();
-        let built = view.and_then(|view| {
-            Snapshot::build(
-                &self.inputs.local,
-                &view,
-                &self.ctx.identity,
-                &self.ctx.telemetry.metrics,
-                current.version + 1,
-                Some(&current),
-            )
-            .map_err(|e| XdsError::Invalid(e.to_string()))
-        });
+        let built = next
+            .view()
+            .and_then(|v| self.snapshot_of(&merge(v, self.inputs.file.clone())));
         match built {
             Ok(snapshot) => {
                 self.ctx.swap_snapshot(Arc::new(snapshot));
@@ -487,16 +491,7 @@ impl XdsClient {
                 .check_roots(roots)
                 .map_err(|e| XdsError::Invalid(format!("trust bundle: {e}")))?;
         }
-        let current = self.ctx.snapshot.load();
-        let snapshot = Snapshot::build(
-            &self.inputs.local,
-            &view,
-            &self.ctx.identity,
-            &self.ctx.telemetry.metrics,
-            current.version + 1,
-            Some(&current),
-        )
-        .map_err(|e| XdsError::Invalid(e.to_string()))?;
+        let snapshot = self.snapshot_of(&view)?;
         if let Some(roots) = &trust
             && next.versions(type_url::TRUST_BUNDLE) != self.state.versions(type_url::TRUST_BUNDLE)
         {
