@@ -42,6 +42,16 @@ const HEALTHY_STREAM: Duration = Duration::from_secs(30);
 /// The shortest period between idle-cluster sweeps, whatever the setting.
 const MIN_SWEEP: Duration = Duration::from_millis(100);
 
+/// Sends `req` on the stream's request channel.
+async fn send(
+    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    req: DeltaDiscoveryRequest,
+) -> Result<(), XdsError> {
+    tx.send(req)
+        .await
+        .map_err(|_| XdsError::Stream("request channel closed".into()))
+}
+
 /// What every snapshot the client builds takes besides the control plane's state: the
 /// proxy's own settings, and the mesh of its own file (the other source).
 #[derive(Debug)]
@@ -149,9 +159,7 @@ impl XdsClient {
                 subscribed.push(t);
             }
             req.node = node.take();
-            tx.send(req)
-                .await
-                .map_err(|_| XdsError::Stream("request channel closed".into()))?;
+            send(&tx, req).await?;
         }
         let mut responses = client
             .delta_aggregated_resources(ReceiverStream::new(rx))
@@ -237,9 +245,7 @@ impl XdsClient {
                 }
             }
             for reply in self.handle_batch(&batch) {
-                tx.send(reply)
-                    .await
-                    .map_err(|_| XdsError::Stream("request channel closed".into()))?;
+                send(&tx, reply).await?;
             }
             let implied = self.state.take_implied();
             self.subscribe(&tx, &mut subscribed, implied).await?;
@@ -297,9 +303,7 @@ impl XdsClient {
                     ..Default::default()
                 }
             };
-            tx.send(req)
-                .await
-                .map_err(|_| XdsError::Stream("request channel closed".into()))?;
+            send(tx, req).await?;
         }
         Ok(())
     }
@@ -324,15 +328,11 @@ impl XdsClient {
             let eager = snap
                 .host_port_of(h)
                 .is_some_and(|hp| !hp.cluster.has_virtual_ip());
-            let used = built.contains(h.as_str())
-                || self
-                    .state
-                    .destinations_of(h)
-                    .iter()
-                    .any(|d| built.contains(d));
+            let destinations = self.state.destinations_of(h);
+            let used = built.contains(h.as_str()) || destinations.iter().any(|d| built.contains(d));
             if used || eager || **h == *own {
                 kept.insert(h);
-                kept.extend(self.state.destinations_of(h));
+                kept.extend(destinations);
             }
         }
         let idle: BTreeSet<String> = w
@@ -379,9 +379,7 @@ impl XdsClient {
                 resource_names_unsubscribe: hosts.clone(),
                 ..Default::default()
             };
-            tx.send(req)
-                .await
-                .map_err(|_| XdsError::Stream("request channel closed".into()))?;
+            send(tx, req).await?;
         }
         Ok(())
     }
@@ -396,17 +394,7 @@ impl XdsClient {
             return false;
         }
         let mut after = w.clone();
-        let mut answers = false;
-        for r in batch {
-            for name in r
-                .removed_resources
-                .iter()
-                .chain(r.resources.iter().map(|x| &x.name))
-            {
-                answers |= w.hosts().contains(name);
-                after.answered(&r.type_url, name);
-            }
-        }
+        let answers = batch.iter().fold(false, |any, r| after.record(r) | any);
         answers && after.incomplete()
     }
 

@@ -12,6 +12,7 @@
 //! the control plane answered, per type); [`Demand`] is the request path's handle, which asks
 //! for a host and waits, bounded, for a snapshot in which the host is answered.
 
+use meshlite_xds_proto::discovery::DeltaDiscoveryResponse;
 use meshlite_xds_proto::type_url;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,21 @@ impl Wanted {
         {
             self.answered[i].insert(name.to_string());
         }
+    }
+
+    /// Records what `resp` answers (its resources and removals, each a name it answers);
+    /// whether it answered some wanted host.
+    pub fn record(&mut self, resp: &DeltaDiscoveryResponse) -> bool {
+        let mut wanted = false;
+        for name in resp
+            .removed_resources
+            .iter()
+            .chain(resp.resources.iter().map(|r| &r.name))
+        {
+            wanted |= self.hosts.contains(name);
+            self.answered(&resp.type_url, name);
+        }
+        wanted
     }
 
     /// Stops wanting `host`.

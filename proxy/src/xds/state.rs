@@ -184,13 +184,7 @@ impl XdsState {
         }
         let map = self.types.entry(resp.type_url.clone()).or_default();
         if let Some(w) = &mut self.wanted {
-            for name in resp
-                .removed_resources
-                .iter()
-                .chain(resp.resources.iter().map(|r| &r.name))
-            {
-                w.answered(&resp.type_url, name);
-            }
+            w.record(resp);
         }
         for name in &resp.removed_resources {
             map.remove(name);
