@@ -109,6 +109,9 @@ async fn consistent_hash_on_a_header_keeps_each_user_on_one_backend() {
     loop {
         let by = served(client.outbound(), "user-0", 10).await;
         if by.len() == 2 {
+            // The push may have landed during that batch (part of it still hashed): the next
+            // batch is wholly round robin.
+            let by = served(client.outbound(), "user-0", 10).await;
             assert!(
                 by.values().all(|n| *n == 5),
                 "round robin alternates: {by:?}"
