@@ -190,10 +190,10 @@ fn server_info(ctx: &ProxyContext) -> String {
         "version": snap.version,
         "identity": snap.local.id.as_str(),
         "hosts": snap.host_count(),
-        "clusters": snap.clusters.len(),
+        "clusters": snap.service_clusters().count(),
         "subset_clusters": snap.subset_clusters.len(),
         "built_clusters": snap.built_clusters(),
-        "awaiting_clusters": snap.clusters.iter().filter(|c| c.awaiting()).count(),
+        "awaiting_clusters": snap.service_clusters().filter(|c| c.awaiting()).count(),
         "endpoints": snap.all_clusters().map(|c| c.endpoint_count()).sum::<usize>(),
         "control": ctx.control.as_ref().map(|c| json!({
             "connected": c.connected.load(Ordering::Relaxed),
@@ -207,8 +207,7 @@ fn server_info(ctx: &ProxyContext) -> String {
 fn config_dump(ctx: &ProxyContext, op: &Operator) -> String {
     let snap = ctx.snapshot.load();
     let clusters: Vec<_> = snap
-        .clusters
-        .iter()
+        .service_clusters()
         .map(|c| {
             let built = c.preview();
             json!({

@@ -146,7 +146,7 @@ impl ListenerSettings {
         let mut out: BTreeMap<Slot, Wanted> = BTreeMap::new();
         let mut fixed = Vec::new();
         let mut dynamic = Vec::new();
-        for c in &snap.clusters {
+        for c in snap.service_clusters() {
             if c.protocol != Protocol::Tcp || c.is_external() {
                 continue;
             }

@@ -28,13 +28,19 @@ pub struct CaptureTarget {
 /// Service ports by `(address, port)`.
 #[derive(Debug, Default)]
 pub struct AddressIndex {
-    by_addr: HashMap<(IpAddr, u16), CaptureTarget>,
+    by_addr: HashMap<(IpAddr, u16), (Claim, CaptureTarget)>,
 }
 
 /// The host name a capture target's service is known by (ties between equal claims go to
 /// the first in order).
 fn host(t: &CaptureTarget) -> &str {
     &t.host.cluster.labels.service.fqdn
+}
+
+/// Whether claim `a` takes an address from the one holding it, `held`: a stronger claim
+/// wins, then the first host name in order.
+pub fn stronger(a: (Claim, &CaptureTarget), held: (Claim, &CaptureTarget)) -> bool {
+    (a.0, host(a.1)) < (held.0, host(held.1))
 }
 
 /// How strongly an address belongs to a service.
@@ -61,23 +67,29 @@ impl AddressIndex {
                 }
                 Entry::Occupied(mut o) => {
                     let (held, current) = o.get();
-                    if (claim, host(&target)) < (*held, host(current)) {
+                    if stronger((claim, &target), (*held, current)) {
                         o.insert((claim, target));
                     }
                 }
             }
         }
-        Self {
-            by_addr: by_addr.into_iter().map(|(k, (_, t))| (k, t)).collect(),
-        }
+        Self { by_addr }
     }
 
     /// The service port a connection to `dst` was meant for.
     pub fn find(&self, dst: SocketAddr) -> Option<&CaptureTarget> {
+        self.find_claimed(dst).map(|(_, t)| t)
+    }
+
+    /// [`AddressIndex::find`], with how strongly the target holds the address (to settle
+    /// it against another index's).
+    pub fn find_claimed(&self, dst: SocketAddr) -> Option<(Claim, &CaptureTarget)> {
         if self.by_addr.is_empty() {
             return None;
         }
-        self.by_addr.get(&(dst.ip().to_canonical(), dst.port()))
+        self.by_addr
+            .get(&(dst.ip().to_canonical(), dst.port()))
+            .map(|(c, t)| (*c, t))
     }
 
     /// How many addresses lead somewhere (admin dump, tests).

@@ -14,6 +14,7 @@
 mod addresses;
 pub mod build;
 mod cluster;
+mod directory;
 mod lazy;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use crate::transport::h1_pool::H1Pool;
 use crate::transport::h2::H2Pool;
 pub use addresses::{AddressIndex, CaptureTarget, Claim};
 pub use cluster::{Cluster, Endpoint, External, ExternalTarget};
+pub use directory::Directory;
 pub use lazy::LazyCluster;
 
 /// A port of a host the app may call, routing to this snapshot's clusters.
@@ -126,13 +128,18 @@ pub struct Snapshot {
     pub version: u64,
     /// This workload.
     pub local: Arc<LocalWorkload>,
-    /// Host ports by every name they answer to.
+    /// Host ports by every name they answer to (on demand: the services fetched; the rest
+    /// are in `directory`).
     pub(crate) hosts: HashMap<Box<str>, Vec<Arc<HostPort>>>,
+    /// On demand: the services known and not fetched, shared with the snapshots before and
+    /// after while the mesh's list of services is the same. Looked up after `hosts`, whose
+    /// entries shadow its entries for the same service.
+    pub(crate) directory: Option<Arc<Directory>>,
     /// The ports the local application serves, by service port.
     pub(crate) inbound: HashMap<u16, InboundPort>,
-    /// Service clusters in config order (for TCP listeners and the admin dump), each built
-    /// on first use.
-    pub clusters: Vec<Arc<LazyCluster>>,
+    /// Service clusters in config order, each built on first use (on demand: those of the
+    /// services fetched; [`Snapshot::service_clusters`] adds the directory's).
+    pub(crate) clusters: Vec<Arc<LazyCluster>>,
     /// Subset clusters, by Envoy name.
     pub subset_clusters: Vec<Arc<LazyCluster>>,
     /// What its clusters are built with (the next snapshot keeps it while it holds).
@@ -152,7 +159,8 @@ pub struct Snapshot {
     /// The MeshConfig's access-log providers, ready to take lines (the next snapshot keeps
     /// their writers and exporters while they are unchanged).
     pub access_log_providers: crate::telemetry::access_log::providers::LogProviders,
-    /// Service ports by virtual IP and endpoint address, for captured connections.
+    /// Service ports by virtual IP and endpoint address, for captured connections (on
+    /// demand: of the services fetched; the directory has the rest).
     pub addresses: AddressIndex,
     /// MeshConfig `outboundTrafficPolicy.mode: REGISTRY_ONLY`: a captured connection to an
     /// address no service has is closed instead of passed through (`ALLOW_ANY`).
@@ -188,27 +196,34 @@ impl Snapshot {
     /// The service cluster for `fqdn:port` in this snapshot (TCP listeners look theirs up
     /// per connection, so a push reaches them too).
     pub fn cluster(&self, fqdn: &str, port: u16) -> Option<&Arc<LazyCluster>> {
-        self.clusters
-            .iter()
-            .find(|c| c.port == port && &*c.labels.service.fqdn == fqdn)
+        self.host_port(fqdn, port)
+            .map(|hp| &hp.cluster)
+            .filter(|c| &*c.labels.service.fqdn == fqdn)
     }
 
     /// The host port `fqdn:port` with its routes (explicit TCP listeners look theirs up per
     /// connection, so a push reaches them too).
     pub fn host_port(&self, fqdn: &str, port: u16) -> Option<&Arc<HostPort>> {
-        self.hosts.get(fqdn)?.iter().find(|h| h.port == port)
+        self.named(fqdn, Some(port)).ok()
     }
 
     /// One host port of service `fqdn` (any port).
     pub fn host_port_of(&self, fqdn: &str) -> Option<&Arc<HostPort>> {
-        self.hosts.get(fqdn)?.first()
+        match self.hosts.get(fqdn) {
+            Some(ports) => ports.first(),
+            None => self.directory.as_ref()?.hosts.get(fqdn)?.first(),
+        }
     }
 
     /// Whether service `fqdn` is known but its resources are still to be fetched (on demand).
     pub fn awaiting(&self, fqdn: &str) -> bool {
-        self.hosts
-            .get(fqdn)
-            .is_some_and(|ports| ports.iter().any(|hp| hp.cluster.awaiting()))
+        match self.hosts.get(fqdn) {
+            Some(ports) => ports.iter().any(|hp| hp.cluster.awaiting()),
+            None => self
+                .directory
+                .as_ref()
+                .is_some_and(|d| d.hosts.contains_key(fqdn)),
+        }
     }
 
     /// Finds the cluster for a request's host (`reviews`, `reviews:9080`, an FQDN, an alias).
@@ -216,23 +231,56 @@ impl Snapshot {
     pub fn route(&self, authority: &str) -> Result<&Arc<HostPort>, RouteMiss> {
         let (host, port) = split_host_port(authority);
         let host = host.strip_suffix('.').unwrap_or(host);
-        let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.hosts.get(host.to_ascii_lowercase().as_str())
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.named(&host.to_ascii_lowercase(), port)
         } else {
-            self.hosts.get(host)
-        };
-        let ports = found.ok_or(RouteMiss::UnknownHost)?;
-        match port {
-            Some(p) => ports.iter().find(|h| h.port == p),
-            None if ports.len() == 1 => ports.first(),
-            None => ports.iter().find(|h| h.port == 80),
+            self.named(host, port)
         }
-        .ok_or(RouteMiss::UnknownPort)
+    }
+
+    /// The host port `host` (lowercase) names at `port` (`None`: its only port, else 80): a
+    /// fetched service's, else one the directory knows (and that is not fetched).
+    fn named(&self, host: &str, port: Option<u16>) -> Result<&Arc<HostPort>, RouteMiss> {
+        let fetched = self.hosts.get(host);
+        if let Some(hp) = fetched.and_then(|ports| pick(ports, port)) {
+            return Ok(hp);
+        }
+        let known = self.directory.as_ref().and_then(|d| d.hosts.get(host));
+        if let Some(hp) = known
+            .and_then(|ports| pick(ports, port))
+            .filter(|hp| !self.holds(hp))
+        {
+            return Ok(hp);
+        }
+        Err(if fetched.is_some() || known.is_some() {
+            RouteMiss::UnknownPort
+        } else {
+            RouteMiss::UnknownHost
+        })
+    }
+
+    /// Whether the fetched services have `hp`'s service port (a directory entry for it is
+    /// stale).
+    fn holds(&self, hp: &HostPort) -> bool {
+        self.hosts
+            .get(&*hp.cluster.labels.service.fqdn)
+            .is_some_and(|ports| ports.iter().any(|o| o.port == hp.port))
     }
 
     /// The service port a captured connection to `dst` was meant for.
     pub fn captured(&self, dst: SocketAddr) -> Option<&CaptureTarget> {
-        self.addresses.find(dst)
+        let fetched = self.addresses.find_claimed(dst);
+        let Some(d) = &self.directory else {
+            return fetched.map(|(_, t)| t);
+        };
+        let known = d
+            .addresses
+            .find_claimed(dst)
+            .filter(|(_, t)| !self.holds(&t.host));
+        match (fetched, known) {
+            (Some(f), Some(k)) => Some(if addresses::stronger(k, f) { k.1 } else { f.1 }),
+            (f, k) => f.or(k).map(|(_, t)| t),
+        }
     }
 
     /// Where a request on a captured connection to `dst` goes: the host its `:authority`
@@ -247,11 +295,11 @@ impl Snapshot {
         let (host, _) = split_host_port(authority);
         let host = host.strip_suffix('.').unwrap_or(host);
         let named = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.hosts.get(host.to_ascii_lowercase().as_str())
+            self.named(&host.to_ascii_lowercase(), Some(dst.port()))
         } else {
-            self.hosts.get(host)
+            self.named(host, Some(dst.port()))
         };
-        if let Some(hp) = named.and_then(|ports| ports.iter().find(|h| h.port == dst.port())) {
+        if let Ok(hp) = named {
             return Ok(hp);
         }
         self.captured(dst)
@@ -278,9 +326,18 @@ impl Snapshot {
         None
     }
 
+    /// Every service cluster: the fetched services', then (on demand) those of the
+    /// directory's services not fetched.
+    pub fn service_clusters(&self) -> impl Iterator<Item = &Arc<LazyCluster>> {
+        let known = self.directory.iter().flat_map(|d| &d.ports);
+        self.clusters
+            .iter()
+            .chain(known.filter(|hp| !self.holds(hp)).map(|hp| &hp.cluster))
+    }
+
     /// Every cluster: the service clusters, then the subset clusters.
     pub fn all_clusters(&self) -> impl Iterator<Item = &Arc<LazyCluster>> {
-        self.clusters.iter().chain(&self.subset_clusters)
+        self.service_clusters().chain(&self.subset_clusters)
     }
 
     /// How many clusters something used (built); the rest cost only their recipe.
@@ -290,7 +347,17 @@ impl Snapshot {
 
     /// How many host names route somewhere (for the admin dump and benchmarks).
     pub fn host_count(&self) -> usize {
-        self.hosts.len()
+        let known = self.directory.iter().flat_map(|d| d.hosts.keys());
+        self.hosts.len() + known.filter(|n| !self.hosts.contains_key(*n)).count()
+    }
+}
+
+/// Of a host's ports, `port`; with none named, its only one, else 80.
+fn pick(ports: &[Arc<HostPort>], port: Option<u16>) -> Option<&Arc<HostPort>> {
+    match port {
+        Some(p) => ports.iter().find(|h| h.port == p),
+        None if ports.len() == 1 => ports.first(),
+        None => ports.iter().find(|h| h.port == 80),
     }
 }
 

@@ -13,17 +13,27 @@ pub fn merge(mut control: MeshView, file: MeshView) -> MeshView {
         control.inbound = file.inbound;
     }
     for s in file.services {
-        match control
-            .services
-            .iter_mut()
-            .find(|v| v.port == s.port && v.hostname == s.hostname)
-        {
-            Some(pushed) if pushed.listen.is_none() && s.listen.is_some() => {
+        let same = |v: &std::sync::Arc<crate::source::ServiceSpec>| {
+            v.port == s.port && v.hostname == s.hostname
+        };
+        if let Some(pushed) = control.services.iter_mut().find(|v| same(v)) {
+            if pushed.listen.is_none() && s.listen.is_some() {
                 std::sync::Arc::make_mut(pushed).listen = s.listen;
             }
-            Some(_) => {}
-            None => control.services.push(s),
+            continue;
         }
+        // Known to the control plane, still to be fetched: its own description comes on the
+        // first call. A `listen:` address is kept on it meanwhile (a new list, so a
+        // snapshot's directory of such a mesh is made again on each push: a rare setup).
+        if let Some(known) = &mut control.known
+            && let Some(i) = known.iter().position(same)
+        {
+            if known[i].listen.is_none() && s.listen.is_some() {
+                std::sync::Arc::make_mut(&mut std::sync::Arc::make_mut(known)[i]).listen = s.listen;
+            }
+            continue;
+        }
+        control.services.push(s);
     }
     control
 }
@@ -110,6 +120,41 @@ mod tests {
         assert_eq!(
             merged.services[0].listen,
             Some(std::net::SocketAddr::from(([127, 0, 0, 1], 7000)))
+        );
+    }
+
+    #[test]
+    fn a_service_the_control_plane_knows_but_has_not_sent_is_not_the_files() {
+        let mut known = service("db.default.svc.cluster.local", 5432, 0);
+        std::sync::Arc::make_mut(&mut known).awaiting = true;
+        let control = MeshView {
+            known: Some(std::sync::Arc::new(vec![known])),
+            ..Default::default()
+        };
+        let mut listed = service("db.default.svc.cluster.local", 5432, 1);
+        let at = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 7000)));
+        std::sync::Arc::make_mut(&mut listed).listen = at;
+        let file = MeshView {
+            services: vec![listed, service("cache.default.svc.cluster.local", 6379, 1)],
+            ..Default::default()
+        };
+        let merged = merge(control, file);
+        let names: Vec<&str> = merged.services.iter().map(|s| &*s.hostname).collect();
+        assert_eq!(
+            names,
+            ["cache.default.svc.cluster.local"],
+            "db is fetched from the control plane on its first call, not served from the file"
+        );
+        let known = merged
+            .known
+            .as_deref()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert_eq!(known.len(), 1);
+        assert!(known[0].awaiting);
+        assert_eq!(
+            known[0].listen, at,
+            "the file's listen address is kept on it"
         );
     }
 

@@ -95,6 +95,11 @@ pub struct MeshView {
     /// (the xDS state) hands the snapshot the same ones, and the snapshot's clusters keep
     /// them as their recipe instead of a copy.
     pub services: Vec<Arc<ServiceSpec>>,
+    /// On demand: every service of the mesh as known before its fetch (names, ports,
+    /// addresses; `awaiting`), one shared list. The snapshot answers for the ones not in
+    /// `services` from a directory built of it, kept while the list is the same one.
+    /// `None`: the mesh is in `services` whole.
+    pub known: Option<Arc<Vec<Arc<ServiceSpec>>>>,
     /// Route tables by FQDN (shared: an unchanged one is the same value push after push).
     pub routes: HashMap<String, Arc<v1::RouteTable>>,
     /// Destination policies (subsets) by FQDN.

@@ -43,10 +43,10 @@ pub struct Wanted {
 impl Wanted {
     /// What a state restored from disk held: every host with a resource of one of the types
     /// is wanted, and answered for the types it has. The others are asked again on connect.
-    pub fn restored(types: &BTreeMap<String, BTreeMap<String, Stored>>) -> Self {
+    pub fn restored(types: &BTreeMap<String, std::sync::Arc<BTreeMap<String, Stored>>>) -> Self {
         let mut w = Self::default();
         for (i, t) in TYPES.iter().enumerate() {
-            for name in types.get(*t).into_iter().flat_map(BTreeMap::keys) {
+            for name in types.get(*t).into_iter().flat_map(|m| m.keys()) {
                 w.hosts.insert(name.clone());
                 w.answered[i].insert(name.clone());
             }
@@ -226,11 +226,11 @@ mod tests {
         let mut types = BTreeMap::new();
         types.insert(
             type_url::ENDPOINTS.to_string(),
-            BTreeMap::from([("a".to_string(), stored.clone())]),
+            std::sync::Arc::new(BTreeMap::from([("a".to_string(), stored.clone())])),
         );
         types.insert(
             type_url::SERVICE.to_string(),
-            BTreeMap::from([("b".to_string(), stored)]),
+            std::sync::Arc::new(BTreeMap::from([("b".to_string(), stored)])),
         );
         let w = Wanted::restored(&types);
         assert_eq!(w.hosts().iter().collect::<Vec<_>>(), ["a"]);

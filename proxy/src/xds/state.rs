@@ -33,14 +33,20 @@ pub struct Stored {
     pub body: bytes::Bytes,
 }
 
+/// One type's resources, by name.
+type Resources = BTreeMap<String, Stored>;
+
 /// Every resource currently accepted, by type URL, then name.
+///
+/// Each type's resources are shared between a state and its copies: a push copies only the
+/// types it touches (a fetch on demand never copies the mesh's Service resources).
 ///
 /// A clone copies the resources, not what views decoded from them: a copy made to apply a
 /// push takes them over with [`XdsState::take_caches`] (and hands them back if the push is
 /// refused), so a push never copies the decoded mesh.
 #[derive(Debug, Default)]
 pub struct XdsState {
-    types: BTreeMap<String, BTreeMap<String, Stored>>,
+    types: BTreeMap<String, Arc<Resources>>,
     /// The services an earlier view decoded, by name: a view decodes only the Service and
     /// Endpoints resources whose versions moved, and hands the snapshot the same shared
     /// specs for the rest (a push of one service costs one service's decoding).
@@ -57,6 +63,23 @@ pub struct XdsState {
     /// (reached only at their endpoints' addresses, so they cannot wait for a first call),
     /// and the destinations of a wanted host's routes. The client subscribes to them.
     implied: Vec<String>,
+    /// On demand: every Service resource as specs awaiting their fetch, made from the
+    /// Service resources it names (kept while those are the same shared map).
+    known: Option<Known>,
+}
+
+/// The services a sidecar on demand knows before fetching them, and what they were made of.
+#[derive(Debug)]
+struct Known {
+    /// The Service resources they were made from.
+    source: Arc<Resources>,
+    /// Each Service's specs (one per port, awaiting), with the version they were decoded from.
+    by_name: BTreeMap<String, (String, Vec<Arc<ServiceSpec>>)>,
+    /// All of them, in name order: the list a view hands the snapshot (the same list while
+    /// the Service resources are the same, so the snapshot keeps its directory).
+    list: Arc<Vec<Arc<ServiceSpec>>>,
+    /// The services without a virtual IP (reached only at their endpoints' addresses).
+    without_vip: Vec<String>,
 }
 
 /// Messages of one type decoded by an earlier view: name -> (version, message).
@@ -126,6 +149,7 @@ impl XdsState {
         self.decoded = std::mem::take(&mut other.decoded);
         self.routes = std::mem::take(&mut other.routes);
         self.policies = std::mem::take(&mut other.policies);
+        self.known = other.known.take();
     }
 
     /// Fetches the per-host types on demand (or, with `false`, whole). A state restored from
@@ -153,6 +177,7 @@ impl XdsState {
         }
         for t in super::demand::TYPES {
             if let Some(m) = self.types.get_mut(t) {
+                let m = Arc::make_mut(m);
                 for h in hosts {
                     m.remove(h);
                 }
@@ -182,7 +207,7 @@ impl XdsState {
                 resp.type_url
             )));
         }
-        let map = self.types.entry(resp.type_url.clone()).or_default();
+        let map = Arc::make_mut(self.types.entry(resp.type_url.clone()).or_default());
         if let Some(w) = &mut self.wanted {
             w.record(resp);
         }
@@ -236,7 +261,7 @@ impl XdsState {
         self.types
             .get(type_url)
             .into_iter()
-            .flatten()
+            .flat_map(|m| m.iter())
             .map(|(name, s)| {
                 M::decode(s.body.as_ref())
                     .map(|m| (name.clone(), m))
@@ -278,82 +303,84 @@ impl XdsState {
     /// The services, endpoints, routes and subsets as the snapshot builder takes them.
     /// Anything malformed (an address that does not parse, a bad SPIFFE ID) fails the whole
     /// view, naming the resource.
+    ///
+    /// On demand, the view's services are the wanted hosts that are ready; every Service
+    /// resource is in `known` as well, awaiting its fetch. A view walks the wanted hosts, not
+    /// the mesh: `known` is the same list as the last view's while no Service resource moved.
     pub fn view(&mut self) -> Result<MeshView, XdsError> {
         let mut view = MeshView::default();
-        let empty = BTreeMap::new();
-        let services = self.types.get(type_url::SERVICE).unwrap_or(&empty);
-        let endpoints = self.types.get(type_url::ENDPOINTS).unwrap_or(&empty);
+        let services = self
+            .types
+            .get(type_url::SERVICE)
+            .cloned()
+            .unwrap_or_default();
+        let endpoints = self
+            .types
+            .get(type_url::ENDPOINTS)
+            .cloned()
+            .unwrap_or_default();
         view.routes = decode_cached(
             type_url::ROUTE_TABLE,
-            self.types.get(type_url::ROUTE_TABLE),
+            self.types.get(type_url::ROUTE_TABLE).map(|m| &**m),
             &mut self.routes,
         )?;
+        let mut cache = SpecCache {
+            previous: std::mem::take(&mut self.decoded),
+            next: BTreeMap::new(),
+            endpoints: &endpoints,
+        };
         let mut implied = Vec::new();
-        if let Some(w) = &self.wanted {
-            // A wanted host's routes lead to other hosts: fetched with it, not by the
-            // request that picks them.
-            for table in view.routes.values() {
-                for host in route_destinations(table) {
-                    if services.contains_key(host)
-                        && !w.hosts().contains(host)
-                        && !implied.iter().any(|h| h == host)
-                    {
-                        implied.push(host.to_string());
+        match &self.wanted {
+            Some(w) => {
+                let known = Known::refresh(self.known.take(), &services)?;
+                view.known = Some(known.list.clone());
+                // Reached only at their endpoints' addresses: fetched now, not on a first call.
+                for host in &known.without_vip {
+                    if !w.hosts().contains(host) {
+                        implied.push(host.clone());
+                    }
+                }
+                self.known = Some(known);
+                // A wanted host's routes lead to other hosts: fetched with it, not by the
+                // request that picks them.
+                for table in view.routes.values() {
+                    for host in route_destinations(table) {
+                        if services.contains_key(host)
+                            && !w.hosts().contains(host)
+                            && !implied.iter().any(|h| h == host)
+                        {
+                            implied.push(host.to_string());
+                        }
+                    }
+                }
+                // A host is ready once it and every host its routes lead to were answered: a
+                // request routed there finds every cluster it may pick. Until then it is
+                // known only, and a request to it waits for its fetch.
+                for name in w.hosts() {
+                    let Some(stored) = services.get(name) else {
+                        continue;
+                    };
+                    let ready = w.ready(name)
+                        && view.routes.get(name).is_none_or(|t| {
+                            route_destinations(t).all(|d| !services.contains_key(d) || w.ready(d))
+                        });
+                    if ready {
+                        cache.specs(name, stored, &mut view.services)?;
                     }
                 }
             }
-        }
-        let mut decoded = BTreeMap::new();
-        for (name, stored) in services {
-            let eps = endpoints.get(name);
-            // On demand, a host is ready once it and every host its routes lead to were
-            // answered: a request routed there finds every cluster it may pick.
-            let awaiting = self.wanted.as_ref().is_some_and(|w| {
-                !w.ready(name)
-                    || view.routes.get(name).is_some_and(|t| {
-                        route_destinations(t).any(|d| services.contains_key(d) && !w.ready(d))
-                    })
-            });
-            let kept = self.decoded.remove_entry(name).filter(|(_, d)| {
-                d.service == stored.version
-                    && d.endpoints.as_deref() == eps.map(|e| e.version.as_str())
-                    && d.specs.first().is_none_or(|s| s.awaiting == awaiting)
-            });
-            let specs = match kept {
-                Some((name, d)) => {
-                    view.services.extend(d.specs.iter().cloned());
-                    &decoded.entry(name).or_insert(d).specs
+            None => {
+                self.known = None;
+                for (name, stored) in services.iter() {
+                    cache.specs(name, stored, &mut view.services)?;
                 }
-                None => {
-                    let specs = self.decode_service(name, stored, eps, awaiting)?;
-                    view.services.extend(specs.iter().cloned());
-                    &decoded
-                        .entry(name.clone())
-                        .or_insert(Decoded {
-                            service: stored.version.clone(),
-                            endpoints: eps.map(|e| e.version.clone()),
-                            specs,
-                        })
-                        .specs
-                }
-            };
-            // Reached only at its endpoints' addresses: fetched now, not on a first call.
-            if awaiting
-                && specs.first().is_some_and(|s| s.addresses.is_empty())
-                && self
-                    .wanted
-                    .as_ref()
-                    .is_some_and(|w| !w.hosts().contains(name))
-                && !implied.contains(name)
-            {
-                implied.push(name.clone());
             }
         }
-        self.decoded = decoded;
+        self.decoded = cache.next;
         self.implied = implied;
         view.policies = decode_cached(
             type_url::DESTINATION_POLICY,
-            self.types.get(type_url::DESTINATION_POLICY),
+            self.types.get(type_url::DESTINATION_POLICY).map(|m| &**m),
             &mut self.policies,
         )?;
         view.inbound = self.inbound_policy()?;
@@ -363,27 +390,6 @@ impl XdsState {
             .next()
             .map(|(_, m)| m);
         Ok(view)
-    }
-
-    /// The specs of Service `name` (one per port) decoded with its endpoints.
-    fn decode_service(
-        &self,
-        name: &str,
-        stored: &Stored,
-        eps: Option<&Stored>,
-        awaiting: bool,
-    ) -> Result<Vec<Arc<ServiceSpec>>, XdsError> {
-        let svc = v1::Service::decode(stored.body.as_ref())
-            .map_err(|e| XdsError::Invalid(format!("{} {name}: {e}", type_url::SERVICE)))?;
-        let listed = match eps {
-            Some(e) => {
-                v1::Endpoints::decode(e.body.as_ref())
-                    .map_err(|e| XdsError::Invalid(format!("{} {name}: {e}", type_url::ENDPOINTS)))?
-                    .endpoints
-            }
-            None => Vec::new(),
-        };
-        service_specs(name, &svc, &listed, awaiting)
     }
 
     /// Encodes the whole state (one delta response per type) for the state directory.
@@ -422,6 +428,106 @@ impl XdsState {
         }
         Ok(state)
     }
+}
+
+/// The specs a view decoded, carried to the next view: a Service whose resource and
+/// endpoints kept their versions hands out the same shared specs.
+struct SpecCache<'a> {
+    /// What the last view decoded (entries still here at the end were not asked for).
+    previous: BTreeMap<String, Decoded>,
+    /// What this view decoded or kept.
+    next: BTreeMap<String, Decoded>,
+    /// The Endpoints resources.
+    endpoints: &'a Resources,
+}
+
+impl SpecCache<'_> {
+    /// Appends to `out` the specs of Service `name` (stored as `stored`) with its endpoints,
+    /// decoding them only if a version moved.
+    fn specs(
+        &mut self,
+        name: &str,
+        stored: &Stored,
+        out: &mut Vec<Arc<ServiceSpec>>,
+    ) -> Result<(), XdsError> {
+        let eps = self.endpoints.get(name);
+        let kept = self.previous.remove_entry(name).filter(|(_, d)| {
+            d.service == stored.version && d.endpoints.as_deref() == eps.map(|e| e.version.as_str())
+        });
+        let (name, d) = match kept {
+            Some(k) => k,
+            None => {
+                let d = Decoded {
+                    service: stored.version.clone(),
+                    endpoints: eps.map(|e| e.version.clone()),
+                    specs: decode_service(name, stored, eps, false)?,
+                };
+                (name.to_string(), d)
+            }
+        };
+        out.extend(d.specs.iter().cloned());
+        self.next.insert(name, d);
+        Ok(())
+    }
+}
+
+impl Known {
+    /// The known services of the Service resources `services`: `prev` itself while they are
+    /// the same map, else made again, decoding only the Services whose version moved.
+    fn refresh(prev: Option<Known>, services: &Arc<Resources>) -> Result<Known, XdsError> {
+        let mut old = match prev {
+            Some(k) if Arc::ptr_eq(&k.source, services) => return Ok(k),
+            Some(k) => k.by_name,
+            None => BTreeMap::new(),
+        };
+        let mut by_name = BTreeMap::new();
+        let mut list = Vec::with_capacity(services.len());
+        let mut without_vip = Vec::new();
+        for (name, stored) in services.iter() {
+            let (name, entry) = match old
+                .remove_entry(name)
+                .filter(|(_, (version, _))| *version == stored.version)
+            {
+                Some(kept) => kept,
+                None => {
+                    let specs = decode_service(name, stored, None, true)?;
+                    (name.clone(), (stored.version.clone(), specs))
+                }
+            };
+            list.extend(entry.1.iter().cloned());
+            if entry.1.first().is_some_and(|s| s.addresses.is_empty()) {
+                without_vip.push(name.clone());
+            }
+            by_name.insert(name, entry);
+        }
+        Ok(Known {
+            source: services.clone(),
+            by_name,
+            list: Arc::new(list),
+            without_vip,
+        })
+    }
+}
+
+/// The specs (one per port) of Service `name` decoded with its endpoints; `awaiting`: as
+/// known before its fetch (no endpoints, their IPs only).
+fn decode_service(
+    name: &str,
+    stored: &Stored,
+    eps: Option<&Stored>,
+    awaiting: bool,
+) -> Result<Vec<Arc<ServiceSpec>>, XdsError> {
+    let svc = v1::Service::decode(stored.body.as_ref())
+        .map_err(|e| XdsError::Invalid(format!("{} {name}: {e}", type_url::SERVICE)))?;
+    let listed = match eps {
+        Some(e) => {
+            v1::Endpoints::decode(e.body.as_ref())
+                .map_err(|e| XdsError::Invalid(format!("{} {name}: {e}", type_url::ENDPOINTS)))?
+                .endpoints
+        }
+        None => Vec::new(),
+    };
+    service_specs(name, &svc, &listed, awaiting)
 }
 
 /// The specs (one per port) of Service `name` with its endpoints `listed`. Anything
@@ -796,12 +902,21 @@ mod tests {
         }
     }
 
+    /// Whether `host`, known to the view (on demand), is still to be fetched: it is then
+    /// not among the view's services.
     fn awaiting(view: &MeshView, host: &str) -> bool {
-        view.services
-            .iter()
-            .find(|s| s.hostname == host)
-            .expect("service")
-            .awaiting
+        let known = view
+            .known
+            .as_deref()
+            .expect("on demand: every service is known");
+        assert!(known.iter().any(|s| s.hostname == host && s.awaiting));
+        match view.services.iter().find(|s| s.hostname == host) {
+            Some(fetched) => {
+                assert!(!fetched.awaiting);
+                false
+            }
+            None => true,
+        }
     }
 
     #[test]
@@ -871,8 +986,6 @@ mod tests {
             "answered, but its route leads to back, not here yet"
         );
         assert_eq!(state.take_implied(), [back]);
-        let front_spec = view.services.iter().find(|s| s.hostname == front).unwrap();
-        assert_eq!(front_spec.endpoints[0].addr.port(), 7);
 
         assert!(state.wanted_mut().unwrap().add(back));
         for t in crate::xds::demand::TYPES {
@@ -881,6 +994,47 @@ mod tests {
         let view = state.view().unwrap();
         assert!(!awaiting(&view, front) && !awaiting(&view, back));
         assert!(state.take_implied().is_empty());
+        let front_spec = view.services.iter().find(|s| s.hostname == front).unwrap();
+        assert_eq!(front_spec.endpoints[0].addr.port(), 7);
+    }
+
+    #[test]
+    fn on_demand_a_push_that_moves_no_service_keeps_the_known_list_and_copies_no_service() {
+        let hosts = ["a.default.svc.cluster.local", "b.default.svc.cluster.local"];
+        let mut state = XdsState::default();
+        state.set_on_demand(true);
+        for host in hosts {
+            state.merge(&service_push(host, "127.0.0.1:1")[0]).unwrap();
+        }
+        let first = state.view().unwrap().known.expect("on demand");
+        assert_eq!(first.len(), 2);
+        assert!(state.wanted_mut().unwrap().add(hosts[0]));
+        // The answer to a's fetch: its endpoints (no route table, no policy).
+        let mut next = state
+            .apply(&service_push(hosts[0], "127.0.0.1:7")[1])
+            .unwrap();
+        next.take_caches(&mut state);
+        assert!(
+            Arc::ptr_eq(
+                &state.types[type_url::SERVICE],
+                &next.types[type_url::SERVICE]
+            ),
+            "an Endpoints push shares the Service resources with the state before it"
+        );
+        let view = next.view().unwrap();
+        assert!(
+            Arc::ptr_eq(&first, view.known.as_ref().unwrap()),
+            "the same known list: a snapshot keeps its directory"
+        );
+        // A Service that moves makes a new list, re-decoding that Service alone.
+        let mut moved = service_push(hosts[1], "127.0.0.1:1");
+        moved[0].resources[0].version = "2".into();
+        let mut after = next.apply(&moved[0]).unwrap();
+        after.take_caches(&mut next);
+        let list = after.view().unwrap().known.unwrap();
+        assert!(!Arc::ptr_eq(&first, &list));
+        assert!(Arc::ptr_eq(&first[0], &list[0]), "a's spec was kept");
+        assert!(!Arc::ptr_eq(&first[1], &list[1]));
     }
 
     #[test]
@@ -900,7 +1054,15 @@ mod tests {
         let mut state = XdsState::default();
         state.merge(&service_push(host, "127.0.0.1:1")[0]).unwrap();
         let view = state.view().unwrap();
-        assert!(!awaiting(&view, host));
+        assert!(
+            view.known.is_none(),
+            "the mesh is whole in the view's services"
+        );
+        assert!(
+            view.services
+                .iter()
+                .any(|s| s.hostname == host && !s.awaiting)
+        );
         assert!(state.take_implied().is_empty());
     }
 

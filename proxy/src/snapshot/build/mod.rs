@@ -3,6 +3,7 @@
 //! snapshot had that still holds. Nothing here runs per request.
 
 mod cluster;
+mod directory;
 mod reuse;
 #[cfg(test)]
 mod tests;
@@ -316,44 +317,18 @@ impl Snapshot {
                         )?,
                     ),
                 };
-                let target = CaptureTarget {
-                    host: hp.clone(),
-                    detect: svc.detect_protocol,
-                };
-                let vips = svc.addresses.iter().map(|ip| (*ip, Claim::Vip));
-                // Mesh endpoints only: an external service's endpoints are not sidecars. One
-                // still to be fetched is known by its endpoints' IPs alone.
-                let pods = svc
-                    .external
-                    .is_none()
-                    .then_some(&svc.endpoints)
-                    .into_iter()
-                    .flatten()
-                    .map(|e| e.addr.ip())
-                    .chain(svc.endpoint_ips.iter().copied())
-                    .map(|ip| (ip, Claim::Endpoint));
-                for (ip, claim) in vips.chain(pods) {
-                    addresses.push((ip, cluster.port, claim, target.clone()));
-                }
-                // Cluster services answer to their short forms too; other hosts (ServiceEntry)
-                // only to the names they were given.
-                let mut names = vec![fqdn.to_string()];
-                if fqdn.ends_with(CLUSTER_DOMAIN) {
-                    names.extend([
-                        svc.name.clone(),
-                        format!("{}.{}", svc.name, svc.namespace),
-                        format!("{}.{}.svc", svc.name, svc.namespace),
-                    ]);
-                }
-                names.extend(svc.aliases.iter().map(|a| a.to_ascii_lowercase()));
-                for name in names {
-                    let entry = hosts.entry(name.into_boxed_str()).or_default();
-                    if !entry.iter().any(|h| h.port == hp.port) {
-                        entry.push(hp.clone());
-                    }
-                }
+                index(&mut hosts, &mut addresses, svc, &hp);
             }
         }
+        let directory = match &view.known {
+            Some(known) => Some(directory::directory(
+                known,
+                &cluster_context,
+                prev.and_then(|p| p.directory.as_ref()),
+                &default_behaviour,
+            )?),
+            None => None,
+        };
 
         let security = InboundSecurity::new(
             view.inbound.as_ref(),
@@ -447,8 +422,16 @@ impl Snapshot {
             prev.map(|p| &p.access_log_providers),
         )?;
         let telemetry = WorkloadTelemetry::compile(pushed_telemetry, &access_log_providers)?;
+        // On demand, the mesh's names are the known services' (the fetched ones among them);
+        // a service of the file alone adds its own.
+        let known = view.known.iter().flat_map(|k| k.iter());
+        let own = view.services.iter().filter(|s| {
+            directory
+                .as_ref()
+                .is_none_or(|d| !d.hosts.contains_key(s.hostname.as_str()))
+        });
         let dns = crate::dns::table::NameTable::build_or_keep(
-            view.services.iter().map(|s| &**s),
+            known.chain(own).map(|s| &**s),
             &local.metadata.namespace,
             !view.mesh.as_ref().is_some_and(|m| m.dns_capture_disabled),
             prev.map(|p| &p.dns),
@@ -458,6 +441,7 @@ impl Snapshot {
             tracing,
             local,
             hosts,
+            directory,
             inbound,
             clusters,
             subset_clusters,
@@ -511,6 +495,52 @@ fn host_port(
             resolved: recording.seen.into_inner(),
         }),
     })
+}
+
+/// Enters host port `hp` of service `svc` in a host table, under every name the service
+/// answers to, and its addresses in the entries of an address index: cluster services answer
+/// to their short forms too, other hosts (ServiceEntry) only to the names they were given.
+fn index(
+    hosts: &mut HashMap<Box<str>, Vec<Arc<HostPort>>>,
+    addresses: &mut Vec<(std::net::IpAddr, u16, Claim, CaptureTarget)>,
+    svc: &ServiceSpec,
+    hp: &Arc<HostPort>,
+) {
+    let target = CaptureTarget {
+        host: hp.clone(),
+        detect: svc.detect_protocol,
+    };
+    let vips = svc.addresses.iter().map(|ip| (*ip, Claim::Vip));
+    // Mesh endpoints only: an external service's endpoints are not sidecars. One still to be
+    // fetched is known by its endpoints' IPs alone.
+    let pods = svc
+        .external
+        .is_none()
+        .then_some(&svc.endpoints)
+        .into_iter()
+        .flatten()
+        .map(|e| e.addr.ip())
+        .chain(svc.endpoint_ips.iter().copied())
+        .map(|ip| (ip, Claim::Endpoint));
+    for (ip, claim) in vips.chain(pods) {
+        addresses.push((ip, hp.port, claim, target.clone()));
+    }
+    let fqdn = svc.hostname.as_str();
+    let mut names = vec![fqdn.to_string()];
+    if fqdn.ends_with(CLUSTER_DOMAIN) {
+        names.extend([
+            svc.name.clone(),
+            format!("{}.{}", svc.name, svc.namespace),
+            format!("{}.{}.svc", svc.name, svc.namespace),
+        ]);
+    }
+    names.extend(svc.aliases.iter().map(|a| a.to_ascii_lowercase()));
+    for name in names {
+        let entry = hosts.entry(name.into_boxed_str()).or_default();
+        if !entry.iter().any(|h| h.port == hp.port) {
+            entry.push(hp.clone());
+        }
+    }
 }
 
 /// This workload's labels and peer-metadata header, from its settings and identity.

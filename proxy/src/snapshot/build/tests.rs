@@ -599,3 +599,144 @@ async fn a_push_keeps_host_ports_it_left_alone_and_reroutes_those_whose_destinat
     assert!(!same(&three, &four, "reviews:9080"));
     assert_eq!(v2(&four), [9001]);
 }
+
+/// `spec` as a sidecar on demand knows it before its fetch: no endpoints, their IPs only.
+fn known(spec: &Arc<ServiceSpec>, vip: &str) -> Arc<ServiceSpec> {
+    let mut k = (**spec).clone();
+    k.endpoint_ips = k.endpoints.drain(..).map(|e| e.addr.ip()).collect();
+    k.awaiting = true;
+    k.addresses = vec![vip.parse().expect("vip")];
+    Arc::new(k)
+}
+
+#[tokio::test]
+async fn on_demand_the_directory_answers_for_services_not_fetched_and_fetched_ones_shadow_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    let ratings_fqdn = "ratings.default.svc.cluster.local";
+    let pod = SocketAddr::from(([10, 1, 0, 7], 15006));
+    let reviews = service(
+        FQDN,
+        vec![EndpointSpec {
+            addr: pod,
+            ..endpoint(15006, "v1")
+        }],
+    );
+    let ratings = service(ratings_fqdn, vec![endpoint(15006, "v1")]);
+    let list = Arc::new(vec![
+        known(&reviews, "10.96.0.9"),
+        known(&ratings, "10.96.0.10"),
+    ]);
+    let view = MeshView {
+        known: Some(list.clone()),
+        ..Default::default()
+    };
+    let first = Snapshot::build(&local(), &view, &identity, &metrics, 1, None).expect("builds");
+    let fqdn_at = |snap: &Snapshot, addr: &str| {
+        snap.captured(addr.parse().expect("addr")).map(|t| {
+            (
+                t.host.cluster.labels.service.fqdn.to_string(),
+                t.host.cluster.awaiting(),
+            )
+        })
+    };
+    assert!(first.awaiting(FQDN) && first.awaiting(ratings_fqdn));
+    let hp = first
+        .route("reviews:9080")
+        .expect("known by its short name");
+    assert!(hp.cluster.awaiting());
+    assert_eq!(
+        first.route("nobody").map(|_| ()),
+        Err(RouteMiss::UnknownHost)
+    );
+    assert_eq!(fqdn_at(&first, "10.96.0.9:9080"), Some((FQDN.into(), true)));
+    assert_eq!(
+        fqdn_at(&first, "10.1.0.7:9080"),
+        Some((FQDN.into(), true)),
+        "a pod IP"
+    );
+    assert_eq!(first.service_clusters().count(), 2);
+    assert!(first.service_clusters().all(|c| c.awaiting()));
+    let hosts = first.host_count();
+
+    // reviews is fetched; a service of the mesh claims ratings' virtual IP as its pod's.
+    let mut squatter = service("aaa.default.svc.cluster.local", vec![]);
+    Arc::make_mut(&mut squatter).endpoints = vec![EndpointSpec {
+        addr: SocketAddr::from(([10, 96, 0, 10], 9080)),
+        ..endpoint(9080, "v1")
+    }];
+    let fetched = MeshView {
+        services: vec![reviews.clone(), squatter],
+        known: Some(list.clone()),
+        ..Default::default()
+    };
+    let second =
+        Snapshot::build(&local(), &fetched, &identity, &metrics, 2, Some(&first)).expect("builds");
+    let (a, b) = (first.directory.as_ref(), second.directory.as_ref());
+    assert!(
+        a.zip(b).is_some_and(|(a, b)| Arc::ptr_eq(a, b)),
+        "the same list: the same directory, nothing rebuilt for the fetch"
+    );
+    assert!(!second.awaiting(FQDN) && second.awaiting(ratings_fqdn));
+    let hp = second.route("reviews").expect("fetched");
+    assert!(
+        !hp.cluster.awaiting(),
+        "the fetched service shadows the directory's"
+    );
+    assert_eq!(hp.cluster.endpoint_count(), 1);
+    assert_eq!(
+        fqdn_at(&second, "10.1.0.7:9080"),
+        Some((FQDN.into(), false))
+    );
+    assert_eq!(
+        fqdn_at(&second, "10.96.0.10:9080"),
+        Some((ratings_fqdn.into(), true)),
+        "a virtual IP in the directory beats a fetched service's pod IP"
+    );
+    let clusters: Vec<(String, bool)> = second
+        .service_clusters()
+        .map(|c| (c.labels.service.fqdn.to_string(), c.awaiting()))
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            (FQDN.to_string(), false),
+            ("aaa.default.svc.cluster.local".to_string(), false),
+            (ratings_fqdn.to_string(), true),
+        ],
+        "each service once: the stale directory entry for reviews is left out"
+    );
+    assert_eq!(
+        second.host_count(),
+        hosts + 4,
+        "aaa's four names; reviews' are counted once"
+    );
+
+    // A new list (a Service pushed) makes a new directory, keeping the host ports of the
+    // specs it shares with the old one.
+    let moved = Arc::new(vec![list[0].clone(), known(&ratings, "10.96.0.11")]);
+    let view = MeshView {
+        known: Some(moved),
+        ..Default::default()
+    };
+    let third =
+        Snapshot::build(&local(), &view, &identity, &metrics, 3, Some(&first)).expect("builds");
+    assert!(!Arc::ptr_eq(
+        first.directory.as_ref().expect("directory"),
+        third.directory.as_ref().expect("directory")
+    ));
+    let (old, new) = (
+        first.route(FQDN).expect("known"),
+        third.route(FQDN).expect("known"),
+    );
+    assert!(
+        Arc::ptr_eq(old, new),
+        "reviews' spec is the same: its host port is kept"
+    );
+    assert_eq!(
+        fqdn_at(&third, "10.96.0.11:9080"),
+        Some((ratings_fqdn.into(), true))
+    );
+    assert_eq!(fqdn_at(&third, "10.96.0.10:9080"), None);
+}
