@@ -335,6 +335,12 @@ impl Snapshot {
             .chain(known.filter(|hp| !self.holds(hp)).map(|hp| &hp.cluster))
     }
 
+    /// The clusters of the services this snapshot holds apart from its directory (all of
+    /// them, without one), with their subsets: the ones a snapshot build carries over.
+    pub(crate) fn fetched_clusters(&self) -> impl Iterator<Item = &Arc<LazyCluster>> {
+        self.clusters.iter().chain(&self.subset_clusters)
+    }
+
     /// Every cluster: the service clusters, then the subset clusters.
     pub fn all_clusters(&self) -> impl Iterator<Item = &Arc<LazyCluster>> {
         self.service_clusters().chain(&self.subset_clusters)

@@ -169,7 +169,7 @@ impl Snapshot {
             .collect();
         let previous: HashMap<&str, &Arc<LazyCluster>> = prev
             .into_iter()
-            .flat_map(Snapshot::all_clusters)
+            .flat_map(Snapshot::fetched_clusters)
             .map(|c| (&*c.name, c))
             .collect();
         // A cluster whose recipe is unchanged is carried over as it is (built or not); a

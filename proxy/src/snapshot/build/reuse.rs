@@ -40,7 +40,8 @@ impl Reuse {
     pub(super) fn from(prev: Option<&Snapshot>) -> Self {
         let mut r = Self::default();
         let Some(prev) = prev else { return r };
-        for c in prev.all_clusters().filter_map(|c| c.built()) {
+        // A directory's clusters await their fetch: never built.
+        for c in prev.fetched_clusters().filter_map(|c| c.built()) {
             r.cluster_names.insert(c.name.clone());
             for (e, at) in c.endpoints.iter().zip(&c.joined) {
                 r.joined.insert((c.name.clone(), e.addr), *at);
