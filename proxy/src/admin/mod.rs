@@ -190,10 +190,11 @@ fn server_info(ctx: &ProxyContext) -> String {
         "version": snap.version,
         "identity": snap.local.id.as_str(),
         "hosts": snap.host_count(),
-        "clusters": snap.service_clusters().count(),
+        "clusters": snap.service_clusters().count() + snap.awaiting_specs().count(),
         "subset_clusters": snap.subset_clusters.len(),
         "built_clusters": snap.built_clusters(),
-        "awaiting_clusters": snap.service_clusters().filter(|c| c.awaiting()).count(),
+        "awaiting_clusters": snap.service_clusters().filter(|c| c.awaiting()).count()
+            + snap.awaiting_specs().count(),
         "endpoints": snap.all_clusters().map(|c| c.endpoint_count()).sum::<usize>(),
         "control": ctx.control.as_ref().map(|c| json!({
             "connected": c.connected.load(Ordering::Relaxed),
@@ -206,8 +207,12 @@ fn server_info(ctx: &ProxyContext) -> String {
 
 fn config_dump(ctx: &ProxyContext, op: &Operator) -> String {
     let snap = ctx.snapshot.load();
+    // The directory's service ports no lookup made are shown as they would be made, without
+    // keeping them.
+    let previews = snap.awaiting_previews();
     let clusters: Vec<_> = snap
         .service_clusters()
+        .chain(&previews)
         .map(|c| {
             let built = c.preview();
             json!({

@@ -146,16 +146,29 @@ impl ListenerSettings {
         let mut out: BTreeMap<Slot, Wanted> = BTreeMap::new();
         let mut fixed = Vec::new();
         let mut dynamic = Vec::new();
-        for c in snap.service_clusters() {
-            if c.protocol != Protocol::Tcp || c.is_external() {
+        let made = snap.service_clusters().map(|c| {
+            let s = &c.labels.service;
+            let service = (s.fqdn.clone(), c.port, s.name.clone());
+            (c.protocol, c.is_external(), c.listen, service)
+        });
+        // Known, not fetched (on demand): read from the spec, nothing made.
+        let tcp = |s: &&Arc<crate::source::ServiceSpec>| {
+            s.protocol == Protocol::Tcp && s.external.is_none()
+        };
+        let known = snap.awaiting_specs().filter(tcp).map(|s| {
+            let service = (
+                Arc::from(s.hostname.as_str()),
+                s.port,
+                Arc::from(s.name.as_str()),
+            );
+            (s.protocol, s.external.is_some(), s.listen, service)
+        });
+        for (protocol, external, listen, (fqdn, port, name)) in made.chain(known) {
+            if protocol != Protocol::Tcp || external {
                 continue;
             }
-            let service = ServicePort {
-                fqdn: c.labels.service.fqdn.clone(),
-                port: c.port,
-                name: c.labels.service.name.clone(),
-            };
-            match c.listen {
+            let service = ServicePort { fqdn, port, name };
+            match listen {
                 Some(addr) => fixed.push((addr, service)),
                 None => dynamic.push(service),
             }

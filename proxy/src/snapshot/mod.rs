@@ -28,6 +28,7 @@ use crate::policy::inbound::{InboundSecurity, MtlsMode};
 use crate::protocol::Protocol;
 use crate::resilience::breaker::Breakers;
 use crate::route::{RouteError, RouteMiss, split_host_port};
+use crate::source::ServiceSpec;
 use crate::telemetry::cluster_stats::ClusterStats;
 use crate::telemetry::metrics::Label;
 use crate::telemetry::peer::LocalWorkload;
@@ -211,7 +212,7 @@ impl Snapshot {
     pub fn host_port_of(&self, fqdn: &str) -> Option<&Arc<HostPort>> {
         match self.hosts.get(fqdn) {
             Some(ports) => ports.first(),
-            None => self.directory.as_ref()?.hosts.get(fqdn)?.first(),
+            None => self.directory.as_ref()?.any_port_of(fqdn),
         }
     }
 
@@ -219,10 +220,7 @@ impl Snapshot {
     pub fn awaiting(&self, fqdn: &str) -> bool {
         match self.hosts.get(fqdn) {
             Some(ports) => ports.iter().any(|hp| hp.cluster.awaiting()),
-            None => self
-                .directory
-                .as_ref()
-                .is_some_and(|d| d.hosts.contains_key(fqdn)),
+            None => self.directory.as_ref().is_some_and(|d| d.contains(fqdn)),
         }
     }
 
@@ -245,26 +243,28 @@ impl Snapshot {
         if let Some(hp) = fetched.and_then(|ports| pick(ports, port)) {
             return Ok(hp);
         }
-        let known = self.directory.as_ref().and_then(|d| d.hosts.get(host));
-        if let Some(hp) = known
-            .and_then(|ports| pick(ports, port))
-            .filter(|hp| !self.holds(hp))
-        {
-            return Ok(hp);
+        let known = match &self.directory {
+            Some(d) => d.named(host, port),
+            None => Err(RouteMiss::UnknownHost),
+        };
+        match known {
+            Ok(hp) if !self.holds(hp) => Ok(hp),
+            Err(RouteMiss::UnknownHost) if fetched.is_none() => Err(RouteMiss::UnknownHost),
+            _ => Err(RouteMiss::UnknownPort),
         }
-        Err(if fetched.is_some() || known.is_some() {
-            RouteMiss::UnknownPort
-        } else {
-            RouteMiss::UnknownHost
-        })
     }
 
     /// Whether the fetched services have `hp`'s service port (a directory entry for it is
     /// stale).
     fn holds(&self, hp: &HostPort) -> bool {
+        self.holds_port(&hp.cluster.labels.service.fqdn, hp.port)
+    }
+
+    /// Whether the fetched services have service port `fqdn:port`.
+    fn holds_port(&self, fqdn: &str, port: u16) -> bool {
         self.hosts
-            .get(&*hp.cluster.labels.service.fqdn)
-            .is_some_and(|ports| ports.iter().any(|o| o.port == hp.port))
+            .get(fqdn)
+            .is_some_and(|ports| ports.iter().any(|o| o.port == port))
     }
 
     /// The service port a captured connection to `dst` was meant for.
@@ -273,10 +273,7 @@ impl Snapshot {
         let Some(d) = &self.directory else {
             return fetched.map(|(_, t)| t);
         };
-        let known = d
-            .addresses
-            .find_claimed(dst)
-            .filter(|(_, t)| !self.holds(&t.host));
+        let known = d.captured(dst).filter(|(_, t)| !self.holds(&t.host));
         match (fetched, known) {
             (Some(f), Some(k)) => Some(if addresses::stronger(k, f) { k.1 } else { f.1 }),
             (f, k) => f.or(k).map(|(_, t)| t),
@@ -328,11 +325,36 @@ impl Snapshot {
 
     /// Every service cluster: the fetched services', then (on demand) those of the
     /// directory's services not fetched.
+    /// Of the directory's, only those a lookup made (the rest: [`Snapshot::awaiting_specs`]).
     pub fn service_clusters(&self) -> impl Iterator<Item = &Arc<LazyCluster>> {
-        let known = self.directory.iter().flat_map(|d| &d.ports);
-        self.clusters
-            .iter()
-            .chain(known.filter(|hp| !self.holds(hp)).map(|hp| &hp.cluster))
+        let known = self.directory.iter().flat_map(|d| d.ports());
+        let made = known.filter_map(|(_, made)| made.filter(|hp| !self.holds(hp)));
+        self.clusters.iter().chain(made.map(|hp| &hp.cluster))
+    }
+
+    /// The directory's service ports no lookup made and the fetched services do not hold:
+    /// known by their spec alone, awaiting their fetch.
+    pub fn awaiting_specs(&self) -> impl Iterator<Item = &Arc<ServiceSpec>> {
+        let known = self.directory.iter().flat_map(|d| d.ports());
+        known
+            .filter(|(spec, made)| made.is_none() && !self.holds_port(&spec.hostname, spec.port))
+            .map(|(spec, _)| spec)
+    }
+
+    /// Clusters awaiting their fetch made for the service ports of
+    /// [`Snapshot::awaiting_specs`] (for the admin dump, which shows them without keeping
+    /// them).
+    pub fn awaiting_previews(&self) -> Vec<Arc<LazyCluster>> {
+        let Some(d) = &self.directory else {
+            return Vec::new();
+        };
+        d.ports()
+            .enumerate()
+            .filter(|(_, (spec, made))| {
+                made.is_none() && !self.holds_port(&spec.hostname, spec.port)
+            })
+            .filter_map(|(i, _)| d.make(i).map(|t| t.host.cluster.clone()))
+            .collect()
     }
 
     /// The clusters of the services this snapshot holds apart from its directory (all of
@@ -353,8 +375,8 @@ impl Snapshot {
 
     /// How many host names route somewhere (for the admin dump and benchmarks).
     pub fn host_count(&self) -> usize {
-        let known = self.directory.iter().flat_map(|d| d.hosts.keys());
-        self.hosts.len() + known.filter(|n| !self.hosts.contains_key(*n)).count()
+        let known = self.directory.as_ref();
+        self.hosts.len() + known.map_or(0, |d| d.names_outside(&self.hosts))
     }
 }
 

@@ -101,7 +101,7 @@ pub(crate) struct Recipe {
 
 impl Recipe {
     /// Checks what can be refused in a cluster's settings and keeps what building it takes.
-    pub(super) fn new(
+    pub(crate) fn new(
         ctx: &Arc<ClusterContext>,
         svc: Arc<ServiceSpec>,
         subset: Option<BTreeMap<String, String>>,

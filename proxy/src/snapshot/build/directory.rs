@@ -3,60 +3,72 @@
 //! same one.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, OnceLock};
 
-use super::{ClusterContext, Recipe, index};
-use crate::snapshot::AddressIndex;
-use crate::snapshot::{Directory, HostPort, LazyCluster, RouteBehaviour, SnapshotError};
+use super::{ClusterContext, Recipe, addresses_of, names_of};
+use crate::snapshot::directory::Ports;
+use crate::snapshot::{Directory, RouteBehaviour, SnapshotError};
 use crate::source::ServiceSpec;
 
 /// The directory of `known`: `prev` itself when it was built of the same list with the
-/// same cluster context, else built again, keeping `prev`'s host port of every service
-/// port whose spec is the same shared one (only the tables are made anew).
+/// same cluster context, else built again (its entries made on their first lookup).
 pub(super) fn directory(
     known: &Arc<Vec<Arc<ServiceSpec>>>,
     ctx: &Arc<ClusterContext>,
     prev: Option<&Arc<Directory>>,
     default_behaviour: &Arc<RouteBehaviour>,
 ) -> Result<Arc<Directory>, SnapshotError> {
-    let prev = prev.filter(|d| Arc::ptr_eq(&d.ctx, ctx));
-    if let Some(d) = prev.filter(|d| Arc::ptr_eq(&d.source, known)) {
+    if let Some(d) = prev.filter(|d| Arc::ptr_eq(&d.source, known) && Arc::ptr_eq(&d.ctx, ctx)) {
         return Ok(d.clone());
     }
-    let previous: HashMap<*const ServiceSpec, &Arc<HostPort>> = prev
-        .into_iter()
-        .flat_map(|d| &d.ports)
-        .map(|hp| (Arc::as_ptr(&hp.cluster.recipe.svc), hp))
-        .collect();
-    // Sized up front, as the snapshot's own table is: in a mesh of thousands, a table
-    // doubling as it fills would be the sidecar's peak.
-    let mut hosts = HashMap::with_capacity(known.len() * 4);
-    let mut addresses = Vec::with_capacity(known.len() * 2);
-    let mut ports = Vec::with_capacity(known.len());
-    for spec in known.iter() {
-        let hp = match previous.get(&Arc::as_ptr(spec)) {
-            Some(old) => Arc::clone(old),
-            None => {
-                let name = Arc::from(format!("outbound|{}||{}", spec.port, spec.hostname));
-                let recipe = Recipe::new(ctx, spec.clone(), None, None, None, None)?;
-                Arc::new(HostPort {
-                    port: spec.port,
-                    cluster: Arc::new(LazyCluster::new(name, Arc::from(""), recipe)),
-                    routes: None,
-                    tcp_routes: None,
-                    default_behaviour: default_behaviour.clone(),
-                    source: None,
-                })
+    // Sized up front: in a mesh of thousands, a table doubling as it fills would be the
+    // sidecar's peak.
+    let mut names: HashMap<Box<str>, Ports> = HashMap::with_capacity(known.len() * 4);
+    let claims = known.iter().map(|s| addresses_of(s).count()).sum();
+    let mut addresses = HashMap::with_capacity(claims);
+    for (i, spec) in known.iter().enumerate() {
+        // What a first lookup makes must not fail then: refused now, as a fetched
+        // service's would be.
+        Recipe::new(ctx, spec.clone(), None, None, None, None)?;
+        let Ok(i) = u32::try_from(i) else { break };
+        for name in names_of(spec) {
+            match names.entry(name.into_boxed_str()) {
+                Entry::Vacant(v) => {
+                    v.insert(Ports::One(i));
+                }
+                // A name two service ports share: both, unless they have the same port
+                // (the first in order keeps it).
+                Entry::Occupied(mut o) => {
+                    let held = o.get().as_slice();
+                    if held.iter().all(|h| known[*h as usize].port != spec.port) {
+                        let many = held.iter().copied().chain([i]).collect();
+                        o.insert(Ports::Many(many));
+                    }
+                }
             }
-        };
-        index(&mut hosts, &mut addresses, spec, &hp);
-        ports.push(hp);
+        }
+        for (ip, claim) in addresses_of(spec) {
+            // A stronger claim takes an address, then the first host name in order.
+            match addresses.entry((ip.to_canonical(), spec.port)) {
+                Entry::Vacant(v) => {
+                    v.insert((claim, i));
+                }
+                Entry::Occupied(mut o) => {
+                    let (held, at) = *o.get();
+                    if (claim, &spec.hostname) < (held, &known[at as usize].hostname) {
+                        o.insert((claim, i));
+                    }
+                }
+            }
+        }
     }
     Ok(Arc::new(Directory {
         source: known.clone(),
         ctx: ctx.clone(),
-        hosts,
-        ports,
-        addresses: AddressIndex::build(addresses),
+        default_behaviour: default_behaviour.clone(),
+        names,
+        addresses,
+        entries: known.iter().map(|_| OnceLock::new()).collect(),
     }))
 }

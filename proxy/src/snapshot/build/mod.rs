@@ -425,11 +425,10 @@ impl Snapshot {
         // On demand, the mesh's names are the known services' (the fetched ones among them);
         // a service of the file alone adds its own.
         let known = view.known.iter().flat_map(|k| k.iter());
-        let own = view.services.iter().filter(|s| {
-            directory
-                .as_ref()
-                .is_none_or(|d| !d.hosts.contains_key(s.hostname.as_str()))
-        });
+        let own = view
+            .services
+            .iter()
+            .filter(|s| directory.as_ref().is_none_or(|d| !d.contains(&s.hostname)));
         let dns = crate::dns::table::NameTable::build_or_keep(
             known.chain(own).map(|s| &**s),
             &local.metadata.namespace,
@@ -498,8 +497,7 @@ fn host_port(
 }
 
 /// Enters host port `hp` of service `svc` in a host table, under every name the service
-/// answers to, and its addresses in the entries of an address index: cluster services answer
-/// to their short forms too, other hosts (ServiceEntry) only to the names they were given.
+/// answers to, and its addresses in the entries of an address index.
 fn index(
     hosts: &mut HashMap<Box<str>, Vec<Arc<HostPort>>>,
     addresses: &mut Vec<(std::net::IpAddr, u16, Claim, CaptureTarget)>,
@@ -510,21 +508,20 @@ fn index(
         host: hp.clone(),
         detect: svc.detect_protocol,
     };
-    let vips = svc.addresses.iter().map(|ip| (*ip, Claim::Vip));
-    // Mesh endpoints only: an external service's endpoints are not sidecars. One still to be
-    // fetched is known by its endpoints' IPs alone.
-    let pods = svc
-        .external
-        .is_none()
-        .then_some(&svc.endpoints)
-        .into_iter()
-        .flatten()
-        .map(|e| e.addr.ip())
-        .chain(svc.endpoint_ips.iter().copied())
-        .map(|ip| (ip, Claim::Endpoint));
-    for (ip, claim) in vips.chain(pods) {
+    for (ip, claim) in addresses_of(svc) {
         addresses.push((ip, hp.port, claim, target.clone()));
     }
+    for name in names_of(svc) {
+        let entry = hosts.entry(name.into_boxed_str()).or_default();
+        if !entry.iter().any(|h| h.port == hp.port) {
+            entry.push(hp.clone());
+        }
+    }
+}
+
+/// Every name service `svc` answers to: cluster services answer to their short forms too,
+/// other hosts (ServiceEntry) only to the names they were given.
+fn names_of(svc: &ServiceSpec) -> Vec<String> {
     let fqdn = svc.hostname.as_str();
     let mut names = vec![fqdn.to_string()];
     if fqdn.ends_with(CLUSTER_DOMAIN) {
@@ -535,12 +532,24 @@ fn index(
         ]);
     }
     names.extend(svc.aliases.iter().map(|a| a.to_ascii_lowercase()));
-    for name in names {
-        let entry = hosts.entry(name.into_boxed_str()).or_default();
-        if !entry.iter().any(|h| h.port == hp.port) {
-            entry.push(hp.clone());
-        }
-    }
+    names
+}
+
+/// The addresses a captured connection reaches service `svc` at, with their claims: its
+/// virtual IPs, and its mesh endpoints' IPs (an external service's endpoints are not
+/// sidecars; one still to be fetched is known by its endpoints' IPs alone).
+fn addresses_of(svc: &ServiceSpec) -> impl Iterator<Item = (std::net::IpAddr, Claim)> + '_ {
+    let vips = svc.addresses.iter().map(|ip| (*ip, Claim::Vip));
+    let pods = svc
+        .external
+        .is_none()
+        .then_some(&svc.endpoints)
+        .into_iter()
+        .flatten()
+        .map(|e| e.addr.ip())
+        .chain(svc.endpoint_ips.iter().copied())
+        .map(|ip| (ip, Claim::Endpoint));
+    vips.chain(pods)
 }
 
 /// This workload's labels and peer-metadata header, from its settings and identity.
