@@ -50,9 +50,9 @@ pub struct Directory {
     /// The route behaviour of a host port without routes.
     pub(crate) default_behaviour: Arc<RouteBehaviour>,
     /// Service ports by every name they answer to.
-    pub(crate) names: HashMap<Box<str>, Ports>,
+    pub(crate) names: HashMap<Box<str>, Ports, foldhash::fast::RandomState>,
     /// Service ports by virtual IP and endpoint address, with the claim that won it.
-    pub(crate) addresses: HashMap<(IpAddr, u16), (Claim, u32)>,
+    pub(crate) addresses: HashMap<(IpAddr, u16), (Claim, u32), foldhash::fast::RandomState>,
     /// Each service port's host port, made on its first lookup (`None`: its recipe was
     /// refused, which the build already checked against).
     pub(crate) entries: Vec<OnceLock<Option<CaptureTarget>>>,
@@ -152,7 +152,10 @@ impl Directory {
     }
 
     /// How many names it answers to that `except` does not hold.
-    pub(crate) fn names_outside<V>(&self, except: &HashMap<Box<str>, V>) -> usize {
+    pub(crate) fn names_outside<V, S: std::hash::BuildHasher>(
+        &self,
+        except: &HashMap<Box<str>, V, S>,
+    ) -> usize {
         self.names
             .keys()
             .filter(|n| !except.contains_key(*n))

@@ -39,6 +39,11 @@ pub use cluster::{Cluster, Endpoint, External, ExternalTarget};
 pub use directory::Directory;
 pub use lazy::LazyCluster;
 
+/// Host ports by every name they answer to. Looked up on every request by a name the
+/// request carries: foldhash, seeded per process, hashes a name in a third of SipHash's
+/// instructions (the table's keys come from the config, so a request cannot grow a chain).
+pub(crate) type HostTable = HashMap<Box<str>, Vec<Arc<HostPort>>, foldhash::fast::RandomState>;
+
 /// A port of a host the app may call, routing to this snapshot's clusters.
 pub type HostPort = crate::route::HostPort<LazyCluster>;
 /// Where a route sends a request: one of this snapshot's clusters.
@@ -131,7 +136,7 @@ pub struct Snapshot {
     pub local: Arc<LocalWorkload>,
     /// Host ports by every name they answer to (on demand: the services fetched; the rest
     /// are in `directory`).
-    pub(crate) hosts: HashMap<Box<str>, Vec<Arc<HostPort>>>,
+    pub(crate) hosts: HostTable,
     /// On demand: the services known and not fetched, shared with the snapshots before and
     /// after while the mesh's list of services is the same. Looked up after `hosts`, whose
     /// entries shadow its entries for the same service.
@@ -238,18 +243,32 @@ impl Snapshot {
 
     /// The host port `host` (lowercase) names at `port` (`None`: its only port, else 80): a
     /// fetched service's, else one the directory knows (and that is not fetched).
+    #[inline]
     fn named(&self, host: &str, port: Option<u16>) -> Result<&Arc<HostPort>, RouteMiss> {
         let fetched = self.hosts.get(host);
         if let Some(hp) = fetched.and_then(|ports| pick(ports, port)) {
             return Ok(hp);
         }
-        let known = match &self.directory {
-            Some(d) => d.named(host, port),
+        match &self.directory {
+            None if fetched.is_some() => Err(RouteMiss::UnknownPort),
             None => Err(RouteMiss::UnknownHost),
-        };
-        match known {
+            Some(d) => self.known(d, host, port, fetched.is_some()),
+        }
+    }
+
+    /// [`Snapshot::named`] in the directory, for a name the fetched services do not have at
+    /// that port (`fetched`: they have it at others).
+    #[cold]
+    fn known<'a>(
+        &'a self,
+        d: &'a Directory,
+        host: &str,
+        port: Option<u16>,
+        fetched: bool,
+    ) -> Result<&'a Arc<HostPort>, RouteMiss> {
+        match d.named(host, port) {
             Ok(hp) if !self.holds(hp) => Ok(hp),
-            Err(RouteMiss::UnknownHost) if fetched.is_none() => Err(RouteMiss::UnknownHost),
+            Err(RouteMiss::UnknownHost) if !fetched => Err(RouteMiss::UnknownHost),
             _ => Err(RouteMiss::UnknownPort),
         }
     }

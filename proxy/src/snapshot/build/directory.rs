@@ -24,9 +24,11 @@ pub(super) fn directory(
     }
     // Sized up front: in a mesh of thousands, a table doubling as it fills would be the
     // sidecar's peak.
-    let mut names: HashMap<Box<str>, Ports> = HashMap::with_capacity(known.len() * 4);
+    let hasher = foldhash::fast::RandomState::default;
+    let mut names: HashMap<Box<str>, Ports, _> =
+        HashMap::with_capacity_and_hasher(known.len() * 4, hasher());
     let claims = known.iter().map(|s| addresses_of(s).count()).sum();
-    let mut addresses = HashMap::with_capacity(claims);
+    let mut addresses = HashMap::with_capacity_and_hasher(claims, hasher());
     for (i, spec) in known.iter().enumerate() {
         // What a first lookup makes must not fail then: refused now, as a fetched
         // service's would be.

@@ -28,7 +28,9 @@ use crate::route::tcp::TcpRouteTable;
 use crate::snapshot::{
     AddressIndex, CaptureTarget, Claim, HostPort, LazyCluster, RouteBehaviour, RouteTable,
 };
-use crate::snapshot::{InboundPort, LOCAL_CONNECT_TIMEOUT, ModeSet, Snapshot, SnapshotError};
+use crate::snapshot::{
+    HostTable, InboundPort, LOCAL_CONNECT_TIMEOUT, ModeSet, Snapshot, SnapshotError,
+};
 use crate::source::{MeshView, ServiceSpec};
 use crate::telemetry::access_log::providers::LogProviders;
 use crate::telemetry::labels::DestinationServices;
@@ -213,8 +215,10 @@ impl Snapshot {
         };
         // Sized up front: a table that doubles as it fills holds both sizes for a moment,
         // and in a mesh of thousands that moment is the sidecar's peak.
-        let mut hosts: HashMap<Box<str>, Vec<Arc<HostPort>>> =
-            HashMap::with_capacity(view.services.len() * 4);
+        let mut hosts = HostTable::with_capacity_and_hasher(
+            view.services.len() * 4,
+            foldhash::fast::RandomState::default(),
+        );
         let mut clusters = Vec::with_capacity(view.services.len());
         let mut by_fqdn: HashMap<&str, Vec<Arc<LazyCluster>>> =
             HashMap::with_capacity(view.services.len());
@@ -499,7 +503,7 @@ fn host_port(
 /// Enters host port `hp` of service `svc` in a host table, under every name the service
 /// answers to, and its addresses in the entries of an address index.
 fn index(
-    hosts: &mut HashMap<Box<str>, Vec<Arc<HostPort>>>,
+    hosts: &mut HostTable,
     addresses: &mut Vec<(std::net::IpAddr, u16, Claim, CaptureTarget)>,
     svc: &ServiceSpec,
     hp: &Arc<HostPort>,
