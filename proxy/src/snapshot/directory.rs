@@ -50,9 +50,9 @@ pub struct Directory {
     /// The route behaviour of a host port without routes.
     pub(crate) default_behaviour: Arc<RouteBehaviour>,
     /// Service ports by every name they answer to.
-    pub(crate) names: HashMap<Box<str>, Ports, foldhash::fast::RandomState>,
+    pub(crate) names: HashMap<Box<str>, Ports, super::NameHasher>,
     /// Service ports by virtual IP and endpoint address, with the claim that won it.
-    pub(crate) addresses: HashMap<(IpAddr, u16), (Claim, u32), foldhash::fast::RandomState>,
+    pub(crate) addresses: HashMap<(IpAddr, u16), (Claim, u32), super::NameHasher>,
     /// Each service port's host port, made on its first lookup (`None`: its recipe was
     /// refused, which the build already checked against).
     pub(crate) entries: Vec<OnceLock<Option<CaptureTarget>>>,

@@ -40,9 +40,35 @@ pub use directory::Directory;
 pub use lazy::LazyCluster;
 
 /// Host ports by every name they answer to. Looked up on every request by a name the
-/// request carries: foldhash, seeded per process, hashes a name in a third of SipHash's
-/// instructions (the table's keys come from the config, so a request cannot grow a chain).
-pub(crate) type HostTable = HashMap<Box<str>, Vec<Arc<HostPort>>, foldhash::fast::RandomState>;
+/// request carries: foldhash hashes a name in a third of SipHash's instructions (the table's
+/// keys come from the config, so a request cannot grow a chain).
+pub(crate) type HostTable = HashMap<Box<str>, Vec<Arc<HostPort>>, NameHasher>;
+
+/// foldhash with a seed drawn once per process from the system's randomness (through std's
+/// `RandomState`, so a run whose randomness is fixed, as the instruction counts' is, hashes
+/// alike every time; foldhash's own `RandomState` seeds from the clock and addresses).
+#[derive(Clone, Copy, Debug)]
+pub struct NameHasher(foldhash::fast::FixedState);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let seed = *SEED.get_or_init(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x6d65_7368_u64)
+        });
+        Self(foldhash::fast::FixedState::with_seed(seed))
+    }
+}
+
+impl std::hash::BuildHasher for NameHasher {
+    type Hasher = foldhash::fast::FoldHasher;
+
+    #[inline]
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
 
 /// A port of a host the app may call, routing to this snapshot's clusters.
 pub type HostPort = crate::route::HostPort<LazyCluster>;

@@ -24,7 +24,7 @@ pub(super) fn directory(
     }
     // Sized up front: in a mesh of thousands, a table doubling as it fills would be the
     // sidecar's peak.
-    let hasher = foldhash::fast::RandomState::default;
+    let hasher = crate::snapshot::NameHasher::default;
     let mut names: HashMap<Box<str>, Ports, _> =
         HashMap::with_capacity_and_hasher(known.len() * 4, hasher());
     let claims = known.iter().map(|s| addresses_of(s).count()).sum();

@@ -217,7 +217,7 @@ impl Snapshot {
         // and in a mesh of thousands that moment is the sidecar's peak.
         let mut hosts = HostTable::with_capacity_and_hasher(
             view.services.len() * 4,
-            foldhash::fast::RandomState::default(),
+            crate::snapshot::NameHasher::default(),
         );
         let mut clusters = Vec::with_capacity(view.services.len());
         let mut by_fqdn: HashMap<&str, Vec<Arc<LazyCluster>>> =
