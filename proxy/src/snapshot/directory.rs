@@ -114,12 +114,7 @@ impl Directory {
                 .and_then(|i| self.source.get(i))
                 .map(|s| s.port)
         };
-        let picked = match port {
-            Some(p) => ports.iter().find(|i| port_of(i) == Some(p)),
-            None if ports.len() == 1 => ports.first(),
-            None => ports.iter().find(|i| port_of(i) == Some(80)),
-        };
-        picked
+        super::pick_by(ports, port, port_of)
             .and_then(|i| self.entry(*i))
             .map(|t| &t.host)
             .ok_or(RouteMiss::UnknownPort)
