@@ -169,12 +169,12 @@ fn formerr(packet: &[u8]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::table::tests::service;
+    use crate::dns::table::tests::{service, table_of};
     use hickory_proto::op::Query;
     use hickory_proto::rr::Name;
 
     fn table() -> NameTable {
-        NameTable::build(
+        table_of(
             &[
                 service("reviews.shop.svc.cluster.local", "shop", &["240.240.0.7"]),
                 service("big.example.com", "shop", &[]),
@@ -276,7 +276,7 @@ mod tests {
     fn an_answer_too_big_for_udp_is_truncated() {
         let many: Vec<String> = (1..=60).map(|i| format!("10.0.0.{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        let t = NameTable::build(&[service("many.example.com", "shop", &many)], "shop", true);
+        let t = table_of(&[service("many.example.com", "shop", &many)], "shop", true);
         let q = query("many.example.com.", RecordType::A);
         let r = reply(answer(&q.to_vec().expect("encodes"), &t, Transport::Udp));
         assert!(r.metadata.truncation && r.answers.is_empty());

@@ -11,11 +11,12 @@
 //! to be looked up.
 
 use hickory_proto::rr::Name;
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::names::CLUSTER_DOMAIN;
+use crate::names::{CLUSTER_DOMAIN, NameIndex, NameIndexBuilder};
 use crate::source::ServiceSpec;
 
 /// The addresses one name resolves to.
@@ -27,137 +28,246 @@ pub struct Addresses {
     pub v6: Vec<Ipv6Addr>,
 }
 
-/// Mesh names and their VIPs, immutable, shared by the snapshots whose services give the
-/// same names and addresses.
+/// A shared list of services (the known services on demand, shared with the snapshot's
+/// directory).
+pub type ServiceList = Arc<Vec<Arc<ServiceSpec>>>;
+
+/// Mesh names and their VIPs, immutable. It stores no name: its index holds their hashes,
+/// leading to the services, whose names are checked when a query's hash matches.
 #[derive(Debug, Default)]
 pub struct NameTable {
-    names: HashMap<Box<str>, Arc<Addresses>>,
+    /// The services answered for: the known list (shared), then the proxy's own.
+    known: Option<ServiceList>,
+    /// Services outside the known list (the proxy's file's; every service without a known
+    /// list).
+    own: Box<[Arc<ServiceSpec>]>,
+    /// Names by hash, leading to their service (index into known, then own). Shared by the
+    /// tables of services with the same names and addresses.
+    index: Arc<NameIndex>,
+    /// The workload's namespace (short names are answered for its services).
+    namespace: Box<str>,
     /// MeshConfig `ISTIO_META_DNS_CAPTURE` is not `false`: mesh names are answered here;
     /// otherwise every query goes upstream.
     capture: bool,
-    /// A digest of everything it was built from (see [`NameTable::digest`]).
+    /// Digests of the known list and of everything else it was built from.
     digest: [u64; 2],
 }
 
-/// The inputs a [`NameTable`] is built from, digested without allocating: a push that leaves
-/// every service's names and addresses as they were keeps the table (building one parses and
-/// stores every name of the mesh).
-fn digest<'a>(
-    services: impl IntoIterator<Item = &'a ServiceSpec> + Clone,
-    namespace: &str,
-    capture: bool,
-) -> [u64; 2] {
+/// The names and addresses of `services`, digested without allocating: a push that leaves
+/// every service's names and addresses as they were keeps the index (building one parses
+/// every name of the mesh).
+fn digest<'a>(services: impl IntoIterator<Item = &'a Arc<ServiceSpec>>, seed: u64) -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
-    [0x6d65_7368, 0x6c69_7465].map(|seed| {
-        let mut h = foldhash::fast::FixedState::with_seed(seed).build_hasher();
-        namespace.hash(&mut h);
-        capture.hash(&mut h);
-        for svc in services.clone() {
-            svc.hostname.hash(&mut h);
-            svc.name.hash(&mut h);
-            svc.namespace.hash(&mut h);
-            svc.aliases.hash(&mut h);
-            svc.addresses.hash(&mut h);
+    let mut h = foldhash::fast::FixedState::with_seed(seed).build_hasher();
+    for svc in services {
+        svc.hostname.hash(&mut h);
+        svc.name.hash(&mut h);
+        svc.namespace.hash(&mut h);
+        svc.aliases.hash(&mut h);
+        svc.addresses.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The seed of a known list's digest.
+const KNOWN_SEED: u64 = 0x6d65_7368;
+/// The seed of the rest's digest.
+const OWN_SEED: u64 = 0x6c69_7465;
+
+/// The names (table keys) `svc` answers to for a workload in `namespace`.
+fn forms(svc: &ServiceSpec, namespace: &str) -> Vec<Box<str>> {
+    let host = svc.hostname.to_ascii_lowercase();
+    let mut forms = Vec::with_capacity(4 + svc.aliases.len());
+    if let Some(name_ns) = host.strip_suffix(&format!(".{CLUSTER_DOMAIN}")) {
+        forms.push(format!("{name_ns}.svc"));
+        forms.push(name_ns.to_string());
+        if svc.namespace == namespace {
+            forms.push(svc.name.to_ascii_lowercase());
         }
-        h.finish()
-    })
+    }
+    forms.push(host);
+    forms.extend(svc.aliases.iter().map(|a| a.to_ascii_lowercase()));
+    // A name that is not a valid DNS name (never from a validated config) is simply not
+    // answered.
+    forms
+        .iter()
+        .filter_map(|f| Name::from_ascii(f).ok().map(|n| key(&n)))
+        .collect()
 }
 
 impl NameTable {
-    /// The table for a workload in `namespace` calling `services` (one entry per service
-    /// port; a service's addresses are the same on every port). Addresses that are not IP
-    /// literals (a ServiceEntry's CIDRs) are not answers; a service with none is left out,
-    /// so its name goes upstream as before.
-    pub fn build<'a>(
-        services: impl IntoIterator<Item = &'a ServiceSpec> + Clone,
+    /// The table for a workload in `namespace` calling the `known` services and `own` (one
+    /// entry per service port; a service's addresses are the same on every port; on a
+    /// name two services give, the first answers). Addresses that are not IP literals (a
+    /// ServiceEntry's CIDRs) are not answers; a service with none is left out, so its name
+    /// goes upstream as before. `prev`'s index is kept when the services' names and
+    /// addresses are the same.
+    pub fn build(
+        known: Option<&ServiceList>,
+        own: Vec<Arc<ServiceSpec>>,
         namespace: &str,
         capture: bool,
+        prev: Option<&Self>,
     ) -> Self {
-        let digest = digest(services.clone(), namespace, capture);
-        let mut names: HashMap<Box<str>, Arc<Addresses>> = HashMap::new();
-        let mut seen = std::collections::HashSet::new();
-        let suffix = format!(".{CLUSTER_DOMAIN}");
-        for svc in services {
-            let host = svc.hostname.to_ascii_lowercase();
-            if svc.addresses.is_empty() || !seen.insert(host.clone()) {
-                continue;
+        let known_digest = match (prev, known) {
+            (Some(p), Some(k)) if p.known.as_ref().is_some_and(|pk| Arc::ptr_eq(pk, k)) => {
+                p.digest[0]
             }
-            let mut addrs = Addresses::default();
-            for ip in &svc.addresses {
-                match ip {
-                    IpAddr::V4(v4) if !addrs.v4.contains(v4) => addrs.v4.push(*v4),
-                    IpAddr::V6(v6) if !addrs.v6.contains(v6) => addrs.v6.push(*v6),
-                    _ => {}
-                }
-            }
-            let addrs = Arc::new(addrs);
-            let mut forms = vec![host.clone()];
-            if let Some(name_ns) = host.strip_suffix(&suffix) {
-                forms.push(format!("{name_ns}.svc"));
-                forms.push(name_ns.to_string());
-                if svc.namespace == namespace {
-                    forms.push(svc.name.to_ascii_lowercase());
-                }
-            }
-            forms.extend(svc.aliases.iter().map(|a| a.to_ascii_lowercase()));
-            for form in forms {
-                // A name that is not a valid DNS name (never from a validated config) is
-                // simply not answered.
-                if let Some(n) = Name::from_ascii(&form).ok().map(|n| key(&n)) {
-                    names.entry(n).or_insert_with(|| addrs.clone());
-                }
-            }
-        }
-        names.shrink_to_fit();
-        Self {
-            names,
+            (_, k) => digest(k.iter().flat_map(|k| k.iter()), KNOWN_SEED),
+        };
+        let own_digest = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = foldhash::fast::FixedState::with_seed(OWN_SEED).build_hasher();
+            h.write_u64(digest(&own, OWN_SEED));
+            h.write(namespace.as_bytes());
+            h.write_u8(u8::from(capture));
+            h.finish()
+        };
+        let digest = [known_digest, own_digest];
+        let mut table = Self {
+            known: known.cloned(),
+            own: own.into_boxed_slice(),
+            index: Arc::default(),
+            namespace: namespace.into(),
             capture,
             digest,
-        }
+        };
+        table.index = match prev {
+            Some(p) if p.digest == digest => p.index.clone(),
+            _ => Arc::new(table.make_index()),
+        };
+        table
     }
 
-    /// [`NameTable::build`], or `prev` itself when the same services would build it.
-    pub fn build_or_keep<'a>(
-        services: impl IntoIterator<Item = &'a ServiceSpec> + Clone,
+    /// The [`NameTable::build`] of `prev` kept or not, shared.
+    pub fn build_or_keep(
+        known: Option<&ServiceList>,
+        own: Vec<Arc<ServiceSpec>>,
         namespace: &str,
         capture: bool,
         prev: Option<&Arc<Self>>,
     ) -> Arc<Self> {
-        match prev {
-            Some(p) if p.digest == digest(services.clone(), namespace, capture) => p.clone(),
-            _ => Arc::new(Self::build(services, namespace, capture)),
+        if let Some(p) = prev
+            && p.known.as_ref().map(Arc::as_ptr) == known.map(Arc::as_ptr)
+            && p.own.len() == own.len()
+            && p.own.iter().zip(&own).all(|(a, b)| Arc::ptr_eq(a, b))
+            && *p.namespace == *namespace
+            && p.capture == capture
+        {
+            return p.clone();
         }
+        Arc::new(Self::build(
+            known,
+            own,
+            namespace,
+            capture,
+            prev.map(|p| &**p),
+        ))
+    }
+
+    /// Every service answered for, in order.
+    fn services(&self) -> impl Iterator<Item = &Arc<ServiceSpec>> {
+        self.known
+            .iter()
+            .flat_map(|k| k.iter())
+            .chain(self.own.iter())
+    }
+
+    /// The service at `i` of [`NameTable::services`].
+    fn service(&self, i: u32) -> Option<&ServiceSpec> {
+        let i = usize::try_from(i).ok()?;
+        let known = self.known.as_ref().map_or(0, |k| k.len());
+        match i.checked_sub(known) {
+            None => self.known.as_ref()?.get(i).map(|s| &**s),
+            Some(j) => self.own.get(j).map(|s| &**s),
+        }
+    }
+
+    fn make_index(&self) -> NameIndex {
+        let mut index = NameIndexBuilder::with_capacity(
+            (self.known.as_ref().map_or(0, |k| k.len()) + self.own.len()) * 4,
+        );
+        let mut seen: HashSet<Cow<str>> = HashSet::new();
+        for (i, svc) in self.services().enumerate() {
+            let Ok(i) = u32::try_from(i) else { break };
+            if svc.addresses.is_empty() {
+                continue;
+            }
+            let host = if svc.hostname.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(svc.hostname.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(svc.hostname.as_str())
+            };
+            // One entry a service, however many ports.
+            if !seen.insert(host) {
+                continue;
+            }
+            for form in forms(svc, &self.namespace) {
+                index.add(&form, i);
+            }
+        }
+        index.build()
+    }
+
+    /// The service answering to `key` (a table key), the first of those that do.
+    fn first_answering(&self, key: &str) -> Option<(u32, &ServiceSpec)> {
+        self.index.candidates(key).iter().find_map(|i| {
+            let svc = self.service(*i)?;
+            forms(svc, &self.namespace)
+                .iter()
+                .any(|f| **f == *key)
+                .then_some((*i, svc))
+        })
     }
 
     /// The addresses of `name` (a query's, fully qualified), if it is a mesh name this
     /// sidecar answers.
-    pub fn lookup(&self, name: &Name) -> Option<&Addresses> {
+    pub fn lookup(&self, name: &Name) -> Option<Addresses> {
         if !self.capture {
             return None;
         }
-        self.names.get(&*key(name)).map(|a| &**a)
+        self.first_answering(&key(name))
+            .map(|(_, svc)| addresses(svc))
     }
 
     /// How many names are answered (the admin dump).
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.index.len()
     }
 
     /// Whether no name is answered.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.index.is_empty()
     }
 
-    /// Every name and its addresses, sorted (the admin dump).
-    pub fn entries(&self) -> Vec<(String, &Addresses)> {
-        let mut v: Vec<(String, &Addresses)> = self
-            .names
-            .iter()
-            .map(|(n, a)| (format!("{n}."), &**a))
-            .collect();
+    /// Every name and its addresses, sorted (the admin dump and tests).
+    pub fn entries(&self) -> Vec<(String, Addresses)> {
+        let mut v = Vec::new();
+        for (i, svc) in self.services().enumerate() {
+            let Ok(i) = u32::try_from(i) else { break };
+            for form in forms(svc, &self.namespace) {
+                if self.first_answering(&form).is_some_and(|(at, _)| at == i) {
+                    v.push((format!("{form}."), addresses(svc)));
+                }
+            }
+        }
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|a, b| a.0 == b.0);
         v
     }
+}
+
+/// The A and AAAA answers of `svc`: its addresses, each once.
+fn addresses(svc: &ServiceSpec) -> Addresses {
+    let mut addrs = Addresses::default();
+    for ip in &svc.addresses {
+        match ip {
+            IpAddr::V4(v4) if !addrs.v4.contains(v4) => addrs.v4.push(*v4),
+            IpAddr::V6(v6) if !addrs.v6.contains(v6) => addrs.v6.push(*v6),
+            _ => {}
+        }
+    }
+    addrs
 }
 
 /// The table's key for `name`: its lower-case text, without the final dot.
@@ -193,37 +303,118 @@ pub(crate) mod tests {
         }
     }
 
+    /// The table of `svcs` alone (no known list).
+    pub(crate) fn table_of(svcs: &[ServiceSpec], ns: &str, capture: bool) -> NameTable {
+        NameTable::build(
+            None,
+            svcs.iter().cloned().map(Arc::new).collect(),
+            ns,
+            capture,
+            None,
+        )
+    }
+
     fn q(name: &str) -> Name {
         Name::from_ascii(format!("{name}.")).unwrap_or_default()
     }
 
     fn v4(t: &NameTable, name: &str) -> Option<Vec<Ipv4Addr>> {
-        t.lookup(&q(name)).map(|a| a.v4.clone())
+        t.lookup(&q(name)).map(|a| a.v4)
     }
 
     #[test]
-    fn a_table_is_kept_while_names_and_addresses_stay_and_rebuilt_when_one_moves() {
-        let mut svcs = vec![
-            service("reviews.shop.svc.cluster.local", "shop", &["240.240.0.7"]),
-            service("cart.other.svc.cluster.local", "other", &["240.240.0.8"]),
+    fn the_index_is_kept_while_names_and_addresses_stay_and_made_again_when_one_moves() {
+        let mut svcs: Vec<Arc<ServiceSpec>> = vec![
+            Arc::new(service(
+                "reviews.shop.svc.cluster.local",
+                "shop",
+                &["240.240.0.7"],
+            )),
+            Arc::new(service(
+                "cart.other.svc.cluster.local",
+                "other",
+                &["240.240.0.8"],
+            )),
         ];
-        let first = Arc::new(NameTable::build(&svcs, "shop", true));
-        // What DNS does not read (endpoints, awaiting a fetch) changes nothing.
-        svcs[0].awaiting = true;
-        let kept = NameTable::build_or_keep(&svcs, "shop", true, Some(&first));
-        assert!(Arc::ptr_eq(&kept, &first));
-        svcs[1].addresses = vec!["240.240.0.9".parse().unwrap()];
-        let moved = NameTable::build_or_keep(&svcs, "shop", true, Some(&first));
-        assert!(!Arc::ptr_eq(&moved, &first));
+        let known: ServiceList = Arc::new(svcs.clone());
+        let first = Arc::new(NameTable::build(Some(&known), vec![], "shop", true, None));
+        let same = NameTable::build_or_keep(Some(&known), vec![], "shop", true, Some(&first));
+        assert!(
+            Arc::ptr_eq(&same, &first),
+            "the same inputs: the same table"
+        );
+        // What DNS does not read (endpoints, awaiting a fetch) keeps the index.
+        Arc::make_mut(&mut svcs[0]).awaiting = true;
+        let pushed: ServiceList = Arc::new(svcs.clone());
+        let kept = NameTable::build_or_keep(Some(&pushed), vec![], "shop", true, Some(&first));
+        assert!(!Arc::ptr_eq(&kept, &first) && Arc::ptr_eq(&kept.index, &first.index));
+        assert!(
+            Arc::ptr_eq(kept.known.as_ref().expect("known"), &pushed),
+            "the table holds the new list, not the old one"
+        );
+        Arc::make_mut(&mut svcs[1]).addresses = vec!["240.240.0.9".parse().unwrap()];
+        let pushed: ServiceList = Arc::new(svcs.clone());
+        let moved = NameTable::build_or_keep(Some(&pushed), vec![], "shop", true, Some(&kept));
+        assert!(!Arc::ptr_eq(&moved.index, &first.index));
         assert_eq!(
             v4(&moved, "cart.other.svc.cluster.local"),
             Some(vec![Ipv4Addr::new(240, 240, 0, 9)])
         );
-        let elsewhere = NameTable::build_or_keep(&svcs, "other", true, Some(&moved));
+        let elsewhere =
+            NameTable::build_or_keep(Some(&pushed), vec![], "other", true, Some(&moved));
         assert!(
-            !Arc::ptr_eq(&elsewhere, &moved),
+            !Arc::ptr_eq(&elsewhere.index, &moved.index),
             "short names follow the namespace"
         );
+        assert_eq!(
+            v4(&elsewhere, "cart"),
+            Some(vec![Ipv4Addr::new(240, 240, 0, 9)])
+        );
+        assert_eq!(v4(&elsewhere, "reviews"), None);
+        // A service of the proxy's own, after the known list.
+        let own = Arc::new(service("pay.example.com", "shop", &["10.9.9.9"]));
+        let both = NameTable::build_or_keep(Some(&pushed), vec![own], "shop", true, Some(&moved));
+        assert_eq!(
+            v4(&both, "pay.example.com"),
+            Some(vec![Ipv4Addr::new(10, 9, 9, 9)])
+        );
+        assert_eq!(
+            v4(&both, "reviews"),
+            Some(vec![Ipv4Addr::new(240, 240, 0, 7)])
+        );
+        assert_eq!(both.len(), moved.len() + 1);
+    }
+
+    #[test]
+    fn a_name_two_services_give_is_the_first_ones_and_listed_once() {
+        let mut second = service("api.other.svc.cluster.local", "other", &["240.240.0.2"]);
+        second.aliases = vec!["API.shared".into()];
+        let mut first = service("web.shop.svc.cluster.local", "shop", &["240.240.0.1"]);
+        first.aliases = vec!["api.shared".into()];
+        let t = table_of(&[first, second], "shop", true);
+        assert_eq!(
+            v4(&t, "api.shared"),
+            Some(vec![Ipv4Addr::new(240, 240, 0, 1)])
+        );
+        assert_eq!(
+            v4(&t, "api.other"),
+            Some(vec![Ipv4Addr::new(240, 240, 0, 2)])
+        );
+        let names: Vec<String> = t.entries().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "api.other.",
+                "api.other.svc.",
+                "api.other.svc.cluster.local.",
+                "api.shared.",
+                "web.",
+                "web.shop.",
+                "web.shop.svc.",
+                "web.shop.svc.cluster.local.",
+            ]
+        );
+        assert_eq!(t.len(), names.len());
     }
 
     #[test]
@@ -232,7 +423,7 @@ pub(crate) mod tests {
             service("reviews.shop.svc.cluster.local", "shop", &["240.240.0.7"]),
             service("cart.other.svc.cluster.local", "other", &["240.240.0.8"]),
         ];
-        let t = NameTable::build(&svcs, "shop", true);
+        let t = table_of(&svcs, "shop", true);
         let vip = Some(vec![Ipv4Addr::new(240, 240, 0, 7)]);
         for name in [
             "reviews",
@@ -255,11 +446,11 @@ pub(crate) mod tests {
     fn service_entry_hosts_answer_their_names_only_and_split_families() {
         let mut pay = service("pay.example.com", "default", &["10.9.9.9", "2001:db8::9"]);
         pay.aliases = vec!["pay".into()];
-        let t = NameTable::build(&[pay], "default", true);
+        let t = table_of(&[pay], "default", true);
         let a = t.lookup(&q("pay.example.com"));
         assert_eq!(
             a,
-            Some(&Addresses {
+            Some(Addresses {
                 v4: vec![Ipv4Addr::new(10, 9, 9, 9)],
                 v6: vec!["2001:db8::9".parse().unwrap_or(Ipv6Addr::LOCALHOST)],
             })
@@ -271,9 +462,9 @@ pub(crate) mod tests {
     #[test]
     fn services_without_addresses_and_capture_off_answer_nothing() {
         let svcs = [service("api.example.com", "default", &[])];
-        assert!(NameTable::build(&svcs, "default", true).is_empty());
+        assert!(table_of(&svcs, "default", true).is_empty());
         let svcs = [service("api.example.com", "default", &["240.240.1.1"])];
-        let off = NameTable::build(&svcs, "default", false);
+        let off = table_of(&svcs, "default", false);
         assert!(off.lookup(&q("api.example.com")).is_none());
     }
 
@@ -285,7 +476,7 @@ pub(crate) mod tests {
             service("reviews.shop.svc.cluster.local", "shop", &["240.240.0.7"]),
             p2,
         ];
-        let t = NameTable::build(&svcs, "shop", true);
+        let t = table_of(&svcs, "shop", true);
         assert_eq!(t.len(), 4);
         assert_eq!(v4(&t, "reviews"), Some(vec![Ipv4Addr::new(240, 240, 0, 7)]));
     }

@@ -40,7 +40,14 @@ fn host(t: &CaptureTarget) -> &str {
 /// Whether claim `a` takes an address from the one holding it, `held`: a stronger claim
 /// wins, then the first host name in order.
 pub fn stronger(a: (Claim, &CaptureTarget), held: (Claim, &CaptureTarget)) -> bool {
-    (a.0, host(a.1)) < (held.0, host(held.1))
+    rank((a.0, host(a.1)), (held.0, host(held.1))).is_lt()
+}
+
+/// How two claims on one address, each with its service's host name, rank: the stronger
+/// claim first, then the first host name in order (the one rule every index settles an
+/// address by).
+pub fn rank(a: (Claim, &str), b: (Claim, &str)) -> std::cmp::Ordering {
+    a.cmp(&b)
 }
 
 /// How strongly an address belongs to a service.

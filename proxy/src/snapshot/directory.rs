@@ -12,29 +12,52 @@
 //! and awaiting cluster (names, labels, recipe) are made the first time a lookup returns it,
 //! which for most services is never.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
-use super::build::{ClusterContext, Recipe};
+use super::build::{ClusterContext, Recipe, answers_to};
 use super::{CaptureTarget, Claim, HostPort, LazyCluster, RouteBehaviour};
+use crate::names::NameIndex;
 use crate::route::RouteMiss;
 use crate::source::ServiceSpec;
 
-/// The service ports (indices into the list) a name leads to: most names lead to one.
-#[derive(Debug)]
-pub(crate) enum Ports {
-    /// One port.
-    One(u32),
-    /// Several, in the list's order.
-    Many(Box<[u32]>),
+/// Which service port holds an address, and how strongly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// Virtual IP or endpoint.
+    pub(crate) claim: Claim,
+    /// The service port (index into the list).
+    pub(crate) at: u32,
 }
 
-impl Ports {
-    pub(crate) fn as_slice(&self) -> &[u32] {
-        match self {
-            Ports::One(i) => std::slice::from_ref(i),
-            Ports::Many(v) => v,
+/// Service ports by `(address, port)`, sorted for a binary search: sixteen bytes an IPv4
+/// address where a hash map of `IpAddr` keys spends over sixty.
+#[derive(Debug, Default)]
+pub(crate) struct AddressTable {
+    /// IPv4 addresses, keyed by [`v4_key`].
+    pub(crate) v4: Box<[(u64, Held)]>,
+    /// IPv6 addresses.
+    pub(crate) v6: Box<[((Ipv6Addr, u16), Held)]>,
+}
+
+/// The key of IPv4 address `ip` at `port`.
+pub(crate) fn v4_key(ip: std::net::Ipv4Addr, port: u16) -> u64 {
+    (u64::from(ip.to_bits()) << 16) | u64::from(port)
+}
+
+impl AddressTable {
+    /// The service port holding `ip:port`.
+    fn get(&self, ip: IpAddr, port: u16) -> Option<Held> {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let key = v4_key(v4, port);
+                let i = self.v4.binary_search_by_key(&key, |e| e.0).ok()?;
+                Some(self.v4[i].1)
+            }
+            IpAddr::V6(v6) => {
+                let i = self.v6.binary_search_by_key(&(v6, port), |e| e.0).ok()?;
+                Some(self.v6[i].1)
+            }
         }
     }
 }
@@ -49,10 +72,11 @@ pub struct Directory {
     pub(crate) ctx: Arc<ClusterContext>,
     /// The route behaviour of a host port without routes.
     pub(crate) default_behaviour: Arc<RouteBehaviour>,
-    /// Service ports by every name they answer to.
-    pub(crate) names: HashMap<Box<str>, Ports, super::NameHasher>,
+    /// Service ports by every name they answer to (hashed: a name is checked against its
+    /// service when looked up).
+    pub(crate) names: NameIndex,
     /// Service ports by virtual IP and endpoint address, with the claim that won it.
-    pub(crate) addresses: HashMap<(IpAddr, u16), (Claim, u32), super::NameHasher>,
+    pub(crate) addresses: AddressTable,
     /// Each service port's host port, made on its first lookup (`None`: its recipe was
     /// refused, which the build already checked against).
     pub(crate) entries: Vec<OnceLock<Option<CaptureTarget>>>,
@@ -71,7 +95,21 @@ impl Directory {
 
     /// Whether `fqdn` is one of its names.
     pub(crate) fn contains(&self, fqdn: &str) -> bool {
-        self.names.contains_key(fqdn)
+        self.answering(fqdn).next().is_some()
+    }
+
+    /// The service ports answering to `name`, in the list's order.
+    fn answering<'a>(&'a self, name: &'a str) -> impl Iterator<Item = u32> + 'a {
+        self.names
+            .candidates(name)
+            .iter()
+            .copied()
+            .filter(move |i| self.spec(*i).is_some_and(|s| answers_to(s, name)))
+    }
+
+    /// The spec of service port `i`.
+    fn spec(&self, i: u32) -> Option<&Arc<ServiceSpec>> {
+        self.source.get(usize::try_from(i).ok()?)
     }
 
     /// The service port at `i` of the list, its host port made now if this is its first
@@ -101,39 +139,42 @@ impl Directory {
     }
 
     /// The host port `host` names at `port` (`None`: its only port, else 80); which miss
-    /// it is otherwise.
+    /// it is otherwise. Of two service ports with one name and one port, the first in the
+    /// list's order answers.
     pub(crate) fn named(&self, host: &str, port: Option<u16>) -> Result<&Arc<HostPort>, RouteMiss> {
-        let ports = self
-            .names
-            .get(host)
-            .ok_or(RouteMiss::UnknownHost)?
-            .as_slice();
-        let port_of = |i: &u32| {
-            usize::try_from(*i)
-                .ok()
-                .and_then(|i| self.source.get(i))
-                .map(|s| s.port)
+        let port_of = |i: u32| self.spec(i).map(|s| s.port);
+        let mut answering = self.answering(host).peekable();
+        let first = *answering.peek().ok_or(RouteMiss::UnknownHost)?;
+        let found = match port {
+            Some(p) => answering.find(|i| port_of(*i) == Some(p)),
+            // Its only port (several service ports of one port are one), else 80.
+            None => {
+                let only = port_of(first);
+                let mut rest = self.answering(host);
+                if rest.all(|i| port_of(i) == only) {
+                    Some(first)
+                } else {
+                    answering.find(|i| port_of(*i) == Some(80))
+                }
+            }
         };
-        super::pick_by(ports, port, port_of)
-            .and_then(|i| self.entry(*i))
+        found
+            .and_then(|i| self.entry(i))
             .map(|t| &t.host)
             .ok_or(RouteMiss::UnknownPort)
     }
 
     /// One host port of service `fqdn` (any port).
     pub(crate) fn any_port_of(&self, fqdn: &str) -> Option<&Arc<HostPort>> {
-        let first = *self.names.get(fqdn)?.as_slice().first()?;
+        let first = self.answering(fqdn).next()?;
         self.entry(first).map(|t| &t.host)
     }
 
     /// The service port a connection to `dst` was meant for, with how strongly it holds
     /// the address.
     pub(crate) fn captured(&self, dst: SocketAddr) -> Option<(Claim, &CaptureTarget)> {
-        if self.addresses.is_empty() {
-            return None;
-        }
-        let (claim, i) = self.addresses.get(&(dst.ip().to_canonical(), dst.port()))?;
-        Some((*claim, self.entry(*i)?))
+        let held = self.addresses.get(dst.ip(), dst.port())?;
+        Some((held.claim, self.entry(held.at)?))
     }
 
     /// Every service port with its host port if a lookup made it.
@@ -146,14 +187,10 @@ impl Directory {
         })
     }
 
-    /// How many names it answers to that `except` does not hold.
-    pub(crate) fn names_outside<V, S: std::hash::BuildHasher>(
-        &self,
-        except: &HashMap<Box<str>, V, S>,
-    ) -> usize {
-        self.names
-            .keys()
-            .filter(|n| !except.contains_key(*n))
-            .count()
+    /// How many names it answers to that `fetched` (names of the fetched services) does not
+    /// hold.
+    pub(crate) fn names_outside<'a>(&self, fetched: impl Iterator<Item = &'a str>) -> usize {
+        let shared = fetched.filter(|n| self.contains(n)).count();
+        self.names.len().saturating_sub(shared)
     }
 }

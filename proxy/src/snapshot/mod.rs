@@ -44,31 +44,7 @@ pub use lazy::LazyCluster;
 /// keys come from the config, so a request cannot grow a chain).
 pub(crate) type HostTable = HashMap<Box<str>, Vec<Arc<HostPort>>, NameHasher>;
 
-/// foldhash with a seed drawn once per process from the system's randomness (through std's
-/// `RandomState`, so a run whose randomness is fixed, as the instruction counts' is, hashes
-/// alike every time; foldhash's own `RandomState` seeds from the clock and addresses).
-#[derive(Clone, Copy, Debug)]
-pub struct NameHasher(foldhash::fast::FixedState);
-
-impl Default for NameHasher {
-    fn default() -> Self {
-        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let seed = *SEED.get_or_init(|| {
-            use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new().hash_one(0x6d65_7368_u64)
-        });
-        Self(foldhash::fast::FixedState::with_seed(seed))
-    }
-}
-
-impl std::hash::BuildHasher for NameHasher {
-    type Hasher = foldhash::fast::FoldHasher;
-
-    #[inline]
-    fn build_hasher(&self) -> Self::Hasher {
-        self.0.build_hasher()
-    }
-}
+pub use crate::names::NameHasher;
 
 /// A port of a host the app may call, routing to this snapshot's clusters.
 pub type HostPort = crate::route::HostPort<LazyCluster>;
@@ -421,7 +397,7 @@ impl Snapshot {
     /// How many host names route somewhere (for the admin dump and benchmarks).
     pub fn host_count(&self) -> usize {
         let known = self.directory.as_ref();
-        self.hosts.len() + known.map_or(0, |d| d.names_outside(&self.hosts))
+        self.hosts.len() + known.map_or(0, |d| d.names_outside(self.hosts.keys().map(|k| &**k)))
     }
 }
 

@@ -2,12 +2,13 @@
 //! control plane's list of them, or kept from the previous snapshot while the list is the
 //! same one.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use super::{ClusterContext, Recipe, addresses_of, names_of};
-use crate::snapshot::directory::Ports;
+use crate::names::NameIndexBuilder;
+use crate::snapshot::addresses::rank;
+use crate::snapshot::directory::{AddressTable, Held, v4_key};
 use crate::snapshot::{Directory, RouteBehaviour, SnapshotError};
 use crate::source::ServiceSpec;
 
@@ -22,55 +23,52 @@ pub(super) fn directory(
     if let Some(d) = prev.filter(|d| Arc::ptr_eq(&d.source, known) && Arc::ptr_eq(&d.ctx, ctx)) {
         return Ok(d.clone());
     }
-    // Sized up front: in a mesh of thousands, a table doubling as it fills would be the
-    // sidecar's peak.
-    let hasher = crate::snapshot::NameHasher::default;
-    let mut names: HashMap<Box<str>, Ports, _> =
-        HashMap::with_capacity_and_hasher(known.len() * 4, hasher());
-    let claims = known.iter().map(|s| addresses_of(s).count()).sum();
-    let mut addresses = HashMap::with_capacity_and_hasher(claims, hasher());
+    let mut names = NameIndexBuilder::with_capacity(known.len() * 4);
     for (i, spec) in known.iter().enumerate() {
         // What a first lookup makes must not fail then: refused now, as a fetched
         // service's would be.
         Recipe::new(ctx, spec.clone(), None, None, None, None)?;
         let Ok(i) = u32::try_from(i) else { break };
         for name in names_of(spec) {
-            match names.entry(name.into_boxed_str()) {
-                Entry::Vacant(v) => {
-                    v.insert(Ports::One(i));
-                }
-                // A name two service ports share: both, unless they have the same port
-                // (the first in order keeps it).
-                Entry::Occupied(mut o) => {
-                    let held = o.get().as_slice();
-                    if held.iter().all(|h| known[*h as usize].port != spec.port) {
-                        let many = held.iter().copied().chain([i]).collect();
-                        o.insert(Ports::Many(many));
-                    }
-                }
-            }
-        }
-        for (ip, claim) in addresses_of(spec) {
-            // A stronger claim takes an address, then the first host name in order.
-            match addresses.entry((ip.to_canonical(), spec.port)) {
-                Entry::Vacant(v) => {
-                    v.insert((claim, i));
-                }
-                Entry::Occupied(mut o) => {
-                    let (held, at) = *o.get();
-                    if (claim, &spec.hostname) < (held, &known[at as usize].hostname) {
-                        o.insert((claim, i));
-                    }
-                }
-            }
+            names.add(&name, i);
         }
     }
     Ok(Arc::new(Directory {
         source: known.clone(),
         ctx: ctx.clone(),
         default_behaviour: default_behaviour.clone(),
-        names,
-        addresses,
+        names: names.build(),
+        addresses: address_table(known),
         entries: known.iter().map(|_| OnceLock::new()).collect(),
     }))
+}
+
+/// Every address of `known` at its service port's port, held by the claim that ranks first
+/// (a virtual IP over an endpoint, then the first host name in order, then the first in
+/// the list).
+fn address_table(known: &[Arc<ServiceSpec>]) -> AddressTable {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    let claims = known.iter().enumerate().flat_map(|(i, spec)| {
+        let at = u32::try_from(i).ok();
+        addresses_of(spec)
+            .filter_map(move |(ip, claim)| Some((ip, spec.port, Held { claim, at: at? })))
+    });
+    for (ip, port, held) in claims {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => v4.push((v4_key(a, port), held)),
+            IpAddr::V6(a) => v6.push(((a, port), held)),
+        }
+    }
+    let host = |h: &Held| known[h.at as usize].hostname.as_str();
+    let order =
+        |a: &Held, b: &Held| rank((a.claim, host(a)), (b.claim, host(b))).then(a.at.cmp(&b.at));
+    v4.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| order(&a.1, &b.1)));
+    v4.dedup_by_key(|e| e.0);
+    v6.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| order(&a.1, &b.1)));
+    v6.dedup_by_key(|e| e.0);
+    AddressTable {
+        v4: v4.into_boxed_slice(),
+        v6: v6.into_boxed_slice(),
+    }
 }

@@ -294,35 +294,36 @@ impl Snapshot {
             subsets: &subsets,
             reuse: &reuse,
         };
-        for (fqdn, entries) in &by_fqdn {
-            for cluster in entries {
-                let svc = &*cluster.recipe.svc;
-                let table = view.routes.get(*fqdn);
-                // A host port whose cluster, route table and destinations are all as they
-                // were is the previous snapshot's (a push costs what it changed).
-                let kept = previous_ports.get(&*cluster.name).filter(|old| {
-                    Arc::ptr_eq(&old.cluster, cluster)
-                        && match (&old.source, table) {
-                            (None, None) => true,
-                            (Some(source), Some(t)) => {
-                                source.holds(t, |d| resolver.resolve(d, cluster.port))
-                            }
-                            _ => false,
+        // In the services' order: of two sharing a name at one port, the first answers to it,
+        // as in the directory.
+        for cluster in &clusters {
+            let svc = &*cluster.recipe.svc;
+            let fqdn = svc.hostname.as_str();
+            let table = view.routes.get(fqdn);
+            // A host port whose cluster, route table and destinations are all as they
+            // were is the previous snapshot's (a push costs what it changed).
+            let kept = previous_ports.get(&*cluster.name).filter(|old| {
+                Arc::ptr_eq(&old.cluster, cluster)
+                    && match (&old.source, table) {
+                        (None, None) => true,
+                        (Some(source), Some(t)) => {
+                            source.holds(t, |d| resolver.resolve(d, cluster.port))
                         }
-                });
-                let hp = match kept {
-                    Some(old) => Arc::clone(old),
-                    None => Arc::new(
-                        host_port(cluster, table, &resolver, &default_behaviour).map_err(
-                            |source| SnapshotError::Route {
-                                host: fqdn.to_string(),
-                                source,
-                            },
-                        )?,
-                    ),
-                };
-                index(&mut hosts, &mut addresses, svc, &hp);
-            }
+                        _ => false,
+                    }
+            });
+            let hp = match kept {
+                Some(old) => Arc::clone(old),
+                None => Arc::new(
+                    host_port(cluster, table, &resolver, &default_behaviour).map_err(|source| {
+                        SnapshotError::Route {
+                            host: fqdn.to_string(),
+                            source,
+                        }
+                    })?,
+                ),
+            };
+            index(&mut hosts, &mut addresses, svc, &hp);
         }
         let directory = match &view.known {
             Some(known) => Some(directory::directory(
@@ -428,13 +429,15 @@ impl Snapshot {
         let telemetry = WorkloadTelemetry::compile(pushed_telemetry, &access_log_providers)?;
         // On demand, the mesh's names are the known services' (the fetched ones among them);
         // a service of the file alone adds its own.
-        let known = view.known.iter().flat_map(|k| k.iter());
         let own = view
             .services
             .iter()
-            .filter(|s| directory.as_ref().is_none_or(|d| !d.contains(&s.hostname)));
+            .filter(|s| directory.as_ref().is_none_or(|d| !d.contains(&s.hostname)))
+            .cloned()
+            .collect();
         let dns = crate::dns::table::NameTable::build_or_keep(
-            known.chain(own).map(|s| &**s),
+            view.known.as_ref(),
+            own,
             &local.metadata.namespace,
             !view.mesh.as_ref().is_some_and(|m| m.dns_capture_disabled),
             prev.map(|p| &p.dns),
@@ -537,6 +540,30 @@ fn names_of(svc: &ServiceSpec) -> Vec<String> {
     }
     names.extend(svc.aliases.iter().map(|a| a.to_ascii_lowercase()));
     names
+}
+
+/// Whether `name` (lower case) is one of [`names_of`] `svc`, found without making them.
+pub(crate) fn answers_to(svc: &ServiceSpec, name: &str) -> bool {
+    if name == svc.hostname {
+        return true;
+    }
+    if svc.hostname.ends_with(CLUSTER_DOMAIN)
+        && let Some(rest) = name.strip_prefix(svc.name.as_str())
+    {
+        let ns = rest
+            .strip_prefix('.')
+            .and_then(|r| r.strip_prefix(svc.namespace.as_str()));
+        if rest.is_empty() || matches!(ns, Some("" | ".svc")) {
+            return true;
+        }
+    }
+    let lower = |a: &String| {
+        a.len() == name.len()
+            && a.bytes()
+                .zip(name.bytes())
+                .all(|(x, y)| x.to_ascii_lowercase() == y)
+    };
+    svc.aliases.iter().any(lower)
 }
 
 /// The addresses a captured connection reaches service `svc` at, with their claims: its

@@ -749,3 +749,151 @@ async fn on_demand_the_directory_answers_for_services_not_fetched_and_fetched_on
     );
     assert_eq!(fqdn_at(&third, "10.96.0.10:9080"), None);
 }
+
+/// A service port for the directory's comparison: `host` (its name and namespace from it)
+/// at `port`, with virtual IPs and pod IPs.
+fn spec_at(host: &str, port: u16, vips: &[&str], pods: &[&str]) -> Arc<ServiceSpec> {
+    let mut s = (*service(host, vec![])).clone();
+    let mut parts = host.split('.');
+    s.name = parts.next().unwrap_or(host).into();
+    s.namespace = parts.next().unwrap_or("default").into();
+    s.port = port;
+    s.addresses = vips.iter().map(|a| a.parse().expect("vip")).collect();
+    s.endpoint_ips = pods.iter().map(|a| a.parse().expect("pod")).collect();
+    Arc::new(s)
+}
+
+#[tokio::test]
+async fn on_demand_the_directory_answers_every_name_and_address_as_the_fetched_table_would() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    let mut pay = (*spec_at("pay.example.com", 443, &["10.96.0.3", "fd00::3"], &[])).clone();
+    pay.aliases = vec!["PAY".into(), "pay.internal".into()];
+    let specs = vec![
+        spec_at(
+            "reviews.shop.svc.cluster.local",
+            9080,
+            &["10.96.0.1"],
+            &["10.1.0.1"],
+        ),
+        spec_at(
+            "reviews.shop.svc.cluster.local",
+            80,
+            &["10.96.0.1"],
+            &["10.1.0.1"],
+        ),
+        // The same short name in another namespace, at the same port; its pod shares an IP
+        // with the first (equal claims: the first host name in order holds it).
+        spec_at(
+            "reviews.other.svc.cluster.local",
+            9080,
+            &["10.96.0.2"],
+            &["10.1.0.1"],
+        ),
+        // Claims the first's virtual IP as a pod IP: the virtual IP wins.
+        spec_at("aaa.shop.svc.cluster.local", 9080, &[], &["10.96.0.1"]),
+        Arc::new(pay),
+    ];
+    let fetched = MeshView {
+        services: specs.clone(),
+        ..Default::default()
+    };
+    let known = MeshView {
+        known: Some(Arc::new(specs)),
+        ..Default::default()
+    };
+    let whole = Snapshot::build(&local(), &fetched, &identity, &metrics, 1, None).expect("builds");
+    let lazy = Snapshot::build(&local(), &known, &identity, &metrics, 1, None).expect("builds");
+    assert!(lazy.directory.is_some() && whole.directory.is_none());
+    let named = |s: &Snapshot, q: &str| {
+        s.route(q)
+            .map(|hp| (hp.cluster.labels.service.fqdn.to_string(), hp.port))
+    };
+    for q in [
+        "reviews",
+        "reviews:9080",
+        "reviews:80",
+        "reviews:7000",
+        "Reviews.Shop",
+        "reviews.shop.svc",
+        "reviews.shop.svc.cluster.local:80",
+        "reviews.shop.svc.cluster.local.",
+        "reviews.other",
+        "reviews.other.svc:9080",
+        "reviews.shop.svc.cluster",
+        "reviewsx",
+        "pay",
+        "PAY:443",
+        "pay.internal",
+        "pay.example.com",
+        "pay.example",
+        "nobody",
+        "",
+    ] {
+        assert_eq!(named(&lazy, q), named(&whole, q), "{q}");
+    }
+    assert_eq!(
+        named(&lazy, "reviews"),
+        Ok(("reviews.shop.svc.cluster.local".into(), 80)),
+        "two ports: 80"
+    );
+    let at = |s: &Snapshot, a: &str| {
+        s.captured(a.parse().expect("addr"))
+            .map(|t| (t.host.cluster.labels.service.fqdn.to_string(), t.host.port))
+    };
+    for a in [
+        "10.96.0.1:9080",
+        "10.96.0.1:80",
+        "10.1.0.1:9080",
+        "10.1.0.1:80",
+        "10.96.0.2:9080",
+        "[::ffff:10.96.0.2]:9080",
+        "10.96.0.3:443",
+        "[fd00::3]:443",
+        "[fd00::3]:80",
+        "10.9.9.9:9080",
+    ] {
+        assert_eq!(at(&lazy, a), at(&whole, a), "{a}");
+    }
+    assert_eq!(
+        at(&lazy, "10.1.0.1:9080"),
+        Some(("reviews.other.svc.cluster.local".into(), 9080))
+    );
+    assert_eq!(
+        at(&lazy, "10.96.0.1:9080"),
+        Some(("reviews.shop.svc.cluster.local".into(), 9080))
+    );
+    assert_eq!(lazy.host_count(), whole.host_count());
+}
+
+#[test]
+fn a_service_answers_to_exactly_the_names_it_is_indexed_by() {
+    let mut pay = (*spec_at("pay.example.com", 443, &[], &[])).clone();
+    pay.aliases = vec!["Pay.Alias".into()];
+    let specs = [
+        spec_at("reviews.shop.svc.cluster.local", 9080, &[], &[]),
+        Arc::new(pay),
+    ];
+    for s in &specs {
+        for name in super::names_of(s) {
+            assert!(super::answers_to(s, &name), "{name}");
+        }
+    }
+    let (reviews, pay) = (&specs[0], &specs[1]);
+    for name in [
+        "reviews.shop.svc.cluster",
+        "reviews.shop.sv",
+        "reviews.sho",
+        "reviews.",
+        "review",
+        "reviews.shop.svc.cluster.local.",
+        "shop",
+    ] {
+        assert!(!super::answers_to(reviews, name), "{name}");
+    }
+    assert!(super::answers_to(pay, "pay.alias"));
+    for name in ["Pay.Alias", "pay", "pay.example", "pay.alia"] {
+        assert!(!super::answers_to(pay, name), "{name}");
+    }
+}

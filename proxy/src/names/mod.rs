@@ -1,5 +1,10 @@
 //! Istio's service names as the proxy reads them: the cluster domain that completes a short
-//! name into an FQDN, and `host[:port]` authorities as requests give them.
+//! name into an FQDN, `host[:port]` authorities as requests give them, and an index that
+//! finds a service by name without storing the name.
+
+mod index;
+
+pub use index::{NameHasher, NameIndex, NameIndexBuilder};
 
 /// Istio's cluster DNS suffix.
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
