@@ -25,18 +25,19 @@ mod support;
 use support::{BenchRun, number, run_bench};
 
 /// The most 1,000 services may add to the sidecar's peak RSS over one service, MB (debug
-/// build). Measured 2026-12-07: 13.5 MB (debug), 13.8 MB (release); 21.7 MB before the
-/// compact snapshot (shared label sets, decode caches, host ports kept across pushes) and
-/// some 65 MB before clusters were built on first use, both of which this bound catches.
-const MAX_ADDED_MB_AT_1000: f64 = 20.0;
+/// build). Measured 2026-12-07: 12.0 MB (debug), 11.9 MB (release), with names kept by hash;
+/// 13.5-13.8 MB before that, 21.7 MB before the compact snapshot (shared label sets, decode
+/// caches, host ports kept across pushes) and some 65 MB before clusters were built on first
+/// use, all of which this bound catches.
+const MAX_ADDED_MB_AT_1000: f64 = 16.0;
 
 /// The same bound for a sidecar fetching services on demand (its default): it holds every
 /// service's name, addresses and ports, and the endpoints, routes and policies of the ones
-/// called. Measured 2026-12-07, second session: 3.5 MB (debug), 3.6 MB (release), with the
-/// services not called in one shared directory whose entries are made on first lookup;
-/// 6.7-7.0 MB before that, with a host port and cluster each, and 14.0 MB for the mesh
-/// pushed whole: this bound catches either.
-const MAX_ADDED_MB_AT_1000_ON_DEMAND: f64 = 5.5;
+/// called. Measured 2026-12-07, fourth session: 2.0 MB (debug), 1.9 MB (release), with the
+/// services not called in one shared directory whose names (and the DNS table's) are kept by
+/// hash; 3.5-3.6 MB with the names as strings, 6.7-7.0 MB with a host port and cluster for
+/// each service, and 12.0 MB for the mesh pushed whole: this bound catches any of them.
+const MAX_ADDED_MB_AT_1000_ON_DEMAND: f64 = 3.0;
 
 #[test]
 fn a_sidecar_in_a_mesh_of_1000_services_builds_only_what_it_calls_within_a_memory_bound() {
