@@ -12,7 +12,7 @@ use meshlite_xds_proto::discovery::aggregated_discovery_service_client::Aggregat
 use meshlite_xds_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
 use meshlite_xds_proto::google::rpc::Status;
 use meshlite_xds_proto::type_url;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -402,16 +402,51 @@ impl XdsClient {
     /// does not apply, each response is applied (ACKed or NACKed) on its own, so one bad
     /// response never costs the good ones.
     fn handle_batch(&mut self, batch: &[DeltaDiscoveryResponse]) -> Vec<DeltaDiscoveryRequest> {
-        if batch.len() > 1 && self.apply(batch).is_ok() {
-            return batch.iter().map(|r| self.reply(r, &Ok(()))).collect();
-        }
-        batch.iter().map(|r| self.handle(r)).collect()
+        let outcomes: Vec<(&DeltaDiscoveryResponse, Result<(), XdsError>)> =
+            if batch.len() > 1 && self.apply(batch).is_ok() {
+                batch.iter().map(|r| (r, Ok(()))).collect()
+            } else {
+                batch
+                    .iter()
+                    .map(|r| (r, self.apply(std::slice::from_ref(r))))
+                    .collect()
+            };
+        self.tell_demand(&outcomes);
+        outcomes.iter().map(|(r, res)| self.reply(r, res)).collect()
     }
 
-    /// Applies one response and returns the ACK or NACK for it.
-    fn handle(&mut self, resp: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
-        let result = self.apply(std::slice::from_ref(resp));
-        self.reply(resp, &result)
+    /// On demand: the wanted hosts whose answer was refused fail their requests now (until
+    /// an answer for them applies); those answered and applied are no longer refused.
+    fn tell_demand(&self, outcomes: &[(&DeltaDiscoveryResponse, Result<(), XdsError>)]) {
+        let (Some(demand), Some(wanted)) = (&self.ctx.demand, self.state.wanted()) else {
+            return;
+        };
+        let mut refused: BTreeMap<&str, String> = BTreeMap::new();
+        let mut applied: BTreeSet<&str> = BTreeSet::new();
+        for (resp, result) in outcomes {
+            if !demand::TYPES.contains(&resp.type_url.as_str()) {
+                continue;
+            }
+            let names = resp
+                .removed_resources
+                .iter()
+                .chain(resp.resources.iter().map(|r| &r.name))
+                .filter(|n| wanted.hosts().contains(*n));
+            for name in names {
+                match result {
+                    Ok(()) => {
+                        applied.insert(name);
+                    }
+                    Err(e) => {
+                        refused.insert(name, e.to_string());
+                    }
+                }
+            }
+        }
+        demand.accept(applied.into_iter().filter(|h| !refused.contains_key(h)));
+        for (host, reason) in &refused {
+            demand.refuse([*host], reason);
+        }
     }
 
     /// The ACK (or NACK, with the reason) for `resp`, counted.

@@ -14,7 +14,7 @@
 
 use meshlite_xds_proto::discovery::DeltaDiscoveryResponse;
 use meshlite_xds_proto::type_url;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -122,6 +122,15 @@ pub enum DemandError {
     /// The xDS client is gone (the proxy is shutting down).
     #[error("no xDS client to fetch {0} from")]
     NoClient(String),
+    /// The sidecar refused (NACKed) what the control plane sent for the host: waiting longer
+    /// would not help until the control plane sends it again, changed.
+    #[error("the config the control plane sent for {host} was refused: {reason}")]
+    Refused {
+        /// The host asked for.
+        host: String,
+        /// Why the sidecar refused it (as in the NACK).
+        reason: Arc<str>,
+    },
 }
 
 /// The request path's handle: hosts asked for since the xDS client last looked, and a
@@ -130,6 +139,10 @@ pub enum DemandError {
 pub struct Demand {
     asked: Mutex<BTreeSet<Box<str>>>,
     wake: tokio::sync::Notify,
+    /// Hosts whose answer the sidecar refused, with the reason, until an answer applies.
+    refused: Mutex<HashMap<Box<str>, Arc<str>>>,
+    /// Bumped when a host is refused: wakes the requests waiting for it.
+    refusals: tokio::sync::watch::Sender<u64>,
     /// The longest a request waits for its host.
     pub timeout: Duration,
 }
@@ -140,6 +153,8 @@ impl Demand {
         Arc::new(Self {
             asked: Mutex::new(BTreeSet::new()),
             wake: tokio::sync::Notify::new(),
+            refused: Mutex::new(HashMap::new()),
+            refusals: tokio::sync::watch::Sender::new(0),
             timeout,
         })
     }
@@ -165,8 +180,42 @@ impl Demand {
         }
     }
 
+    /// Records that what the control plane sent for `hosts` was refused (NACKed) for
+    /// `reason`: the requests waiting for them, and later ones, fail now instead of at their
+    /// timeout.
+    pub fn refuse<'a>(&self, hosts: impl IntoIterator<Item = &'a str>, reason: &str) {
+        let reason: Arc<str> = Arc::from(reason);
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut any = false;
+        for h in hosts {
+            refused.insert(h.into(), reason.clone());
+            any = true;
+        }
+        drop(refused);
+        if any {
+            self.refusals.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Records that an answer for `hosts` applied: a refusal of theirs is over.
+    pub fn accept<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.is_empty() {
+            return;
+        }
+        for h in hosts {
+            refused.remove(h);
+        }
+    }
+
+    /// Why what was sent for `host` was refused, if it was.
+    fn refusal(&self, host: &str) -> Option<Arc<str>> {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.get(host).cloned()
+    }
+
     /// Asks for `host` and waits until the snapshot in force holds it answered (or no longer
-    /// knows it); returns that snapshot.
+    /// knows it); returns that snapshot. Fails at once when what was sent for it is refused.
     pub async fn fetch(
         &self,
         ctx: &ProxyContext,
@@ -176,16 +225,28 @@ impl Demand {
         let deadline = started + self.timeout;
         // Subscribed before looking, so a swap between the look and the wait is not missed.
         let mut swapped = ctx.snapshot_swapped.subscribe();
+        let mut refusals = self.refusals.subscribe();
         self.ask(host);
         loop {
             let snap = ctx.snapshot.load_full();
             if !snap.awaiting(host) {
                 return Ok(snap);
             }
-            match tokio::time::timeout_at(deadline, swapped.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(DemandError::NoClient(host.to_string())),
-                Err(_) => {
+            if let Some(reason) = self.refusal(host) {
+                return Err(DemandError::Refused {
+                    host: host.to_string(),
+                    reason,
+                });
+            }
+            tokio::select! {
+                changed = swapped.changed() => {
+                    if changed.is_err() {
+                        return Err(DemandError::NoClient(host.to_string()));
+                    }
+                }
+                // The sender lives as long as `self`.
+                _ = refusals.changed() => {}
+                () = tokio::time::sleep_until(deadline) => {
                     return Err(DemandError::Timeout {
                         host: host.to_string(),
                         waited: started.elapsed(),
@@ -236,6 +297,19 @@ mod tests {
         assert_eq!(w.hosts().iter().collect::<Vec<_>>(), ["a"]);
         assert!(!w.ready("a"));
         assert!(w.incomplete());
+    }
+
+    #[test]
+    fn a_refusal_lasts_until_an_answer_for_the_host_applies() {
+        let d = Demand::new(DEFAULT_TIMEOUT);
+        let woken = d.refusals.subscribe();
+        d.refuse(["a", "b"], "trust bundle: no roots");
+        assert!(woken.has_changed().unwrap_or(false), "waiters are woken");
+        assert_eq!(d.refusal("a").as_deref(), Some("trust bundle: no roots"));
+        d.accept(["a", "c"]);
+        assert_eq!(d.refusal("a"), None);
+        assert!(d.refusal("b").is_some(), "only the hosts answered");
+        assert_eq!(d.refusal("c"), None);
     }
 
     #[tokio::test]

@@ -209,3 +209,80 @@ async fn a_service_left_idle_is_let_go_and_fetched_again_on_its_next_call() {
     assert_eq!(reply.status, 200, "fetched again: {}", reply.text());
     assert_eq!(reply.json()["app"], "echo-v1");
 }
+
+/// An external service whose DestinationRule asks for TLS with `ca`.
+fn external_with_tls(port: u16, ca: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: lonely, namespace: {NAMESPACE}}}\n\
+         spec:\n  hosts: [{LONELY}]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n\
+         \x20 ports: [{{number: 8080, name: http, protocol: HTTP}}]\n\
+         \x20 endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n"
+    ) + &policy_for_lonely(&format!("tls: {{mode: SIMPLE, caCertificates: {ca}}}"))
+}
+
+/// A DestinationRule for the lonely service with `traffic_policy`.
+fn policy_for_lonely(traffic_policy: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {{name: lonely, namespace: {NAMESPACE}}}\n\
+         spec:\n  host: {LONELY}\n  trafficPolicy: {{{traffic_policy}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_config_the_sidecar_refuses_fails_its_request_at_once_with_the_reason() {
+    let app = HttpApp::start("lonely").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let missing = dir.path().join("no-such-ca.pem");
+    let control = ControlPlane::start(&[(
+        "lonely.yaml",
+        &external_with_tls(app.addr.port(), &missing.display().to_string()),
+    )])
+    .await;
+    let mut client = Workload::new("client");
+    // Long enough that a request waiting it out could not be mistaken for one refused.
+    client.on_demand_timeout = Some("60s".into());
+    let client = MeshProxy::start(&control.access(NAMESPACE, "client").await, &client).await;
+    let deadline = Instant::now() + SOON;
+    while cluster(&client, LONELY).await.is_none() {
+        assert!(Instant::now() < deadline, "{LONELY} never became known");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Its policy names a CA file the sidecar cannot read: the push is refused (NACK), and
+    // the request waiting for it is answered now, with the reason, not at its timeout.
+    let reply = clients::get(client.outbound(), &format!("{LONELY}:8080"), "/").await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    let text = reply.text();
+    assert!(
+        text.contains(&format!(
+            "the config the control plane sent for {LONELY} was refused"
+        )) && text.contains("no-such-ca.pem"),
+        "{text}"
+    );
+    // A later request is refused the same way, without waiting.
+    let again = clients::get(client.outbound(), &format!("{LONELY}:8080"), "/").await;
+    assert!(again.text().contains("was refused"), "{}", again.text());
+    assert_eq!(app.requests(), 0);
+
+    // Fixed: the next answer applies and the refusal is over.
+    control.write_config(
+        "lonely.yaml",
+        &(lonely(app.addr.port()) + &policy_for_lonely("loadBalancer: {simple: ROUND_ROBIN}")),
+    );
+    let deadline = Instant::now() + SOON;
+    loop {
+        let reply = clients::get(client.outbound(), &format!("{LONELY}:8080"), "/").await;
+        if reply.status == 200 {
+            assert_eq!(reply.json()["app"], "lonely");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fixed policy never applied: {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
