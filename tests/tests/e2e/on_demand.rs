@@ -2,7 +2,8 @@
 //! every service's names and addresses from the start, and fetches a service's endpoints,
 //! routes and policy when its app first calls it, together with the hosts those routes lead
 //! to. The first request waits for them and is answered; when the control plane cannot
-//! answer, it gets a 503 `NC` after the configured wait, and what was fetched keeps serving.
+//! answer, it gets a 503 `NC` after the configured wait, and what was fetched keeps serving;
+//! when the sidecar refuses the answer, the 503 comes at once with the reason.
 
 use meshlite_tests::apps::HttpApp;
 use meshlite_tests::clients;
