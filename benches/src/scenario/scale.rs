@@ -15,7 +15,10 @@
 //!   use plus a new mutual TLS connection), beside a second request to the same (warm);
 //! - a one-service change: one ServiceEntry's endpoints edited ([`CHANGES`] times), with the
 //!   sidecar's own apply time for that push (decode, build, swap; from its `/server_info`) and
-//!   the convergence from the file write (control plane's debounce and push included).
+//!   the convergence from the file write (control plane's debounce and push included);
+//! - a pod moving in a service never called: one generated ServiceEntry's endpoint address
+//!   edited ([`CHANGES`] times). Its Service resource carries its endpoints' IPs (for
+//!   capture), so this reaches a sidecar on demand too; the sidecar's apply time.
 
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -126,6 +129,9 @@ pub struct ScaleRecord {
     pub change_apply_us: f64,
     /// File write to the change applied at the sidecar, ms (median).
     pub change_convergence_ms: f64,
+    /// The sidecar's apply time of a pod moving in a service it never called (an endpoint's
+    /// address edited: its Service resource changes), µs (median of the changes).
+    pub pod_move_apply_us: f64,
 }
 
 /// Runs every size, prints the table, writes the JSON; true when every size ran.
@@ -191,7 +197,7 @@ fn run_size(
     dir: &Path,
 ) -> Result<ScaleRecord, ScaleError> {
     std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
-    let mut files = vec![("services.yaml", generated_services(n))];
+    let mut files = vec![("services.yaml", generated_services(n, 0))];
     files.push(("routed.yaml", routed_policies(n)));
     let control = ControlPlane::start(control_bin, &dir.join("control"), &files)?;
 
@@ -234,6 +240,7 @@ fn run_size(
     let (first_request_ms, warm_request_ms) = probe_first_requests(&client)?;
     let (change_apply_us, change_convergence_ms) =
         one_service_changes(echo_inbound, &control, admin)?;
+    let pod_move_apply_us = pod_moves(n, &control, admin)?;
     let end = server_info(admin)?;
     let rss_peak_end_mb = kb_to_mb(procfs::peak_rss_kb(client.pid())?);
     let record = ScaleRecord {
@@ -250,6 +257,7 @@ fn run_size(
         warm_request_ms,
         change_apply_us,
         change_convergence_ms,
+        pod_move_apply_us,
     };
     let _ = client.stop();
     let _ = echo.stop();
@@ -270,8 +278,9 @@ fn expected_clusters(n: u32, on_demand: bool) -> u64 {
     u64::from(n) + subsets + 1 + u64::from(PROBES)
 }
 
-/// The generated ServiceEntries.
-fn generated_services(n: u32) -> String {
+/// The generated ServiceEntries; the first service's first endpoint has moved `moved` times
+/// (a new address each time).
+fn generated_services(n: u32, moved: u32) -> String {
     let mut out = String::new();
     for i in 0..n {
         let name = service_name(i);
@@ -285,10 +294,14 @@ fn generated_services(n: u32) -> String {
             host = service_host(i),
         );
         for k in 0..ENDPOINTS_PER_SERVICE {
+            let host = if i == 0 && k == 0 {
+                1 + 50 * moved
+            } else {
+                1 + k
+            };
             let _ = writeln!(
                 out,
-                "  - {{address: 10.{a}.{b}.{}, serviceAccount: {name}, labels: {{version: v{}}}}}",
-                1 + k,
+                "  - {{address: 10.{a}.{b}.{host}, serviceAccount: {name}, labels: {{version: v{}}}}}",
                 1 + k % 2
             );
         }
@@ -447,6 +460,24 @@ fn one_service_changes(
     Ok((median(&mut apply), median(&mut converge)))
 }
 
+/// [`CHANGES`] moves of a pod in a service the sidecar never called; returns the median of
+/// the sidecar's apply time (µs).
+fn pod_moves(n: u32, control: &ControlPlane, admin: SocketAddr) -> Result<f64, ScaleError> {
+    let mut apply = Vec::new();
+    for moved in 1..=CHANGES {
+        let before = server_info(admin)?;
+        write_atomically(
+            control.config_dir(),
+            "services.yaml",
+            &generated_services(n, moved),
+        )?;
+        let after = wait_info(admin, "the moved pod", |i| i.applies > before.applies)?;
+        apply.push(after.last_apply_us as f64);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(median(&mut apply))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -464,13 +495,14 @@ fn kb_to_mb(kb: u64) -> f64 {
 pub fn render(records: &[ScaleRecord]) -> String {
     let mut out = String::from(
         "\n| fetch | services | endpoints | clusters | peak RSS MB (config / end) | full config ms (applies) \
-         | one-service change: apply µs, converged ms | first request ms (median / max) | warm ms | built |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | one-service change: apply µs, converged ms | pod moved, service not called: apply µs \
+         | first request ms (median / max) | warm ms | built |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in records {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.1} / {:.1} | {:.0} ({}) | {:.0}, {:.0} | {:.2} / {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {} | {:.1} / {:.1} | {:.0} ({}) | {:.0}, {:.0} | {:.0} | {:.2} / {:.2} | {:.2} | {} |",
             if r.on_demand { "on demand" } else { "whole" },
             r.services,
             r.endpoints,
@@ -481,6 +513,7 @@ pub fn render(records: &[ScaleRecord]) -> String {
             r.applies,
             r.change_apply_us,
             r.change_convergence_ms,
+            r.pod_move_apply_us,
             r.first_request_ms.0,
             r.first_request_ms.1,
             r.warm_request_ms,
@@ -496,9 +529,21 @@ mod tests {
 
     #[test]
     fn the_generated_mesh_has_the_announced_shape() {
-        let text = generated_services(10);
+        let text = generated_services(10, 0);
         assert_eq!(text.matches("kind: ServiceEntry").count(), 10);
         assert_eq!(text.matches("address: 10.").count(), 50);
+        // A move changes one address of the first service, a new one each time.
+        let (moved, again) = (generated_services(10, 1), generated_services(10, 2));
+        let lines = |t: &str| t.lines().map(str::to_string).collect::<Vec<_>>();
+        for other in [&moved, &again] {
+            let differ = lines(&text)
+                .iter()
+                .zip(lines(other))
+                .filter(|(a, b)| **a != *b)
+                .count();
+            assert_eq!(differ, 1, "{other}");
+        }
+        assert!(moved.contains("10.1.0.51,") && again.contains("10.1.0.101,"));
         let routed = routed_policies(10);
         assert_eq!(routed.matches("kind: DestinationRule").count(), 2);
         assert_eq!(routed.matches("weight: 90").count(), 2);

@@ -74,7 +74,7 @@ pub struct Directory {
     pub(crate) default_behaviour: Arc<RouteBehaviour>,
     /// Service ports by every name they answer to (hashed: a name is checked against its
     /// service when looked up).
-    pub(crate) names: NameIndex,
+    pub(crate) names: Arc<NameIndex>,
     /// Service ports by virtual IP and endpoint address, with the claim that won it.
     pub(crate) addresses: AddressTable,
     /// Each service port's host port, made on its first lookup (`None`: its recipe was

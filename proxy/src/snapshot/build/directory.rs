@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
-use super::{ClusterContext, Recipe, addresses_of, names_of};
+use super::{ClusterContext, Recipe, addresses_of, names_of, same_names};
 use crate::names::NameIndexBuilder;
 use crate::snapshot::addresses::rank;
 use crate::snapshot::directory::{AddressTable, Held, v4_key};
@@ -23,21 +23,45 @@ pub(super) fn directory(
     if let Some(d) = prev.filter(|d| Arc::ptr_eq(&d.source, known) && Arc::ptr_eq(&d.ctx, ctx)) {
         return Ok(d.clone());
     }
-    let mut names = NameIndexBuilder::with_capacity(known.len() * 4);
+    // A push that moves some services (a pod's IP, a port) leaves the rest as they were:
+    // the same specs, at the same places in the list, need no second check, and when every
+    // service keeps its names the name index is the previous one.
+    let before = |i: usize| prev.and_then(|d| d.source.get(i));
     for (i, spec) in known.iter().enumerate() {
         // What a first lookup makes must not fail then: refused now, as a fetched
         // service's would be.
-        Recipe::new(ctx, spec.clone(), None, None, None, None)?;
-        let Ok(i) = u32::try_from(i) else { break };
-        for name in names_of(spec) {
-            names.add(&name, i);
+        let checked = prev.is_some_and(|d| Arc::ptr_eq(&d.ctx, ctx))
+            && before(i).is_some_and(|p| Arc::ptr_eq(p, spec));
+        if !checked {
+            Recipe::new(ctx, spec.clone(), None, None, None, None)?;
         }
     }
+    let names = match prev {
+        Some(d)
+            if d.source.len() == known.len()
+                && known
+                    .iter()
+                    .enumerate()
+                    .all(|(i, s)| before(i).is_some_and(|p| same_names(p, s))) =>
+        {
+            d.names.clone()
+        }
+        _ => {
+            let mut names = NameIndexBuilder::with_capacity(known.len() * 4);
+            for (i, spec) in known.iter().enumerate() {
+                let Ok(i) = u32::try_from(i) else { break };
+                for name in names_of(spec) {
+                    names.add(&name, i);
+                }
+            }
+            Arc::new(names.build())
+        }
+    };
     Ok(Arc::new(Directory {
         source: known.clone(),
         ctx: ctx.clone(),
         default_behaviour: default_behaviour.clone(),
-        names: names.build(),
+        names,
         addresses: address_table(known),
         entries: known.iter().map(|_| OnceLock::new()).collect(),
     }))

@@ -542,6 +542,15 @@ fn names_of(svc: &ServiceSpec) -> Vec<String> {
     names
 }
 
+/// Whether `a` and `b` answer to the same [`names_of`] (made of the same fields).
+pub(crate) fn same_names(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    std::ptr::eq(a, b)
+        || (a.hostname == b.hostname
+            && a.name == b.name
+            && a.namespace == b.namespace
+            && a.aliases == b.aliases)
+}
+
 /// Whether `name` (lower case) is one of [`names_of`] `svc`, found without making them.
 pub(crate) fn answers_to(svc: &ServiceSpec, name: &str) -> bool {
     if name == svc.hostname {

@@ -748,6 +748,26 @@ async fn on_demand_the_directory_answers_for_services_not_fetched_and_fetched_on
         Some((ratings_fqdn.into(), true))
     );
     assert_eq!(fqdn_at(&third, "10.96.0.10:9080"), None);
+    let names = |s: &Snapshot| s.directory.as_ref().expect("directory").names.clone();
+    assert!(
+        Arc::ptr_eq(&names(&first), &names(&third)),
+        "an address moved, no name: the name index is kept"
+    );
+
+    // A name added (an alias) makes the name index again.
+    let mut aliased = (*known(&ratings, "10.96.0.11")).clone();
+    aliased.aliases = vec!["stars".into()];
+    let renamed = Arc::new(vec![list[0].clone(), Arc::new(aliased)]);
+    let view = MeshView {
+        known: Some(renamed),
+        ..Default::default()
+    };
+    let fourth =
+        Snapshot::build(&local(), &view, &identity, &metrics, 4, Some(&third)).expect("builds");
+    assert!(!Arc::ptr_eq(&names(&third), &names(&fourth)));
+    let hp = fourth.route("stars:9080").expect("the alias");
+    assert_eq!(&*hp.cluster.labels.service.fqdn, ratings_fqdn);
+    assert!(third.route("stars:9080").is_err());
 }
 
 /// A service port for the directory's comparison: `host` (its name and namespace from it)
