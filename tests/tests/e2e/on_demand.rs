@@ -48,6 +48,25 @@ async fn cluster(proxy: &MeshProxy, host: &str) -> Option<serde_json::Value> {
         .cloned()
 }
 
+/// Waits until a call to the lonely service through `client` is answered by its app.
+async fn lonely_answers(client: &MeshProxy, when: &str) {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let reply = clients::get(client.outbound(), &format!("{LONELY}:8080"), "/").await;
+        if reply.status == 200 {
+            assert_eq!(reply.json()["app"], "lonely");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lonely never answered {when}: {} {}",
+            reply.status,
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_call_fetches_the_service_its_routes_and_where_they_lead_then_keeps_serving() {
     let (v1_app, v2_app, front_app, lonely_app) = tokio::join!(
@@ -156,21 +175,7 @@ async fn a_first_call_fetches_the_service_its_routes_and_where_they_lead_then_ke
 
     // Back, the control plane answers the next first call.
     control.restart().await;
-    let deadline = Instant::now() + SOON;
-    loop {
-        let reply = clients::get(client.outbound(), &format!("{LONELY}:8080"), "/").await;
-        if reply.status == 200 {
-            assert_eq!(reply.json()["app"], "lonely");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "lonely never answered once the control plane was back: {} {}",
-            reply.status,
-            reply.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    lonely_answers(&client, "once the control plane was back").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,18 +277,5 @@ async fn a_fetched_config_the_sidecar_refuses_fails_its_request_at_once_with_the
         "lonely.yaml",
         &(lonely(app.addr.port()) + &policy_for_lonely("loadBalancer: {simple: ROUND_ROBIN}")),
     );
-    let deadline = Instant::now() + SOON;
-    loop {
-        let reply = clients::get(client.outbound(), &format!("{LONELY}:8080"), "/").await;
-        if reply.status == 200 {
-            assert_eq!(reply.json()["app"], "lonely");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the fixed policy never applied: {}",
-            reply.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    lonely_answers(&client, "once its policy was fixed").await;
 }
