@@ -139,27 +139,24 @@ impl Directory {
     }
 
     /// The host port `host` names at `port` (`None`: its only port, else 80); which miss
-    /// it is otherwise. Of two service ports with one name and one port, the first in the
-    /// list's order answers.
+    /// it is otherwise. Of two service ports with one name and one port number, the first in
+    /// the list's order answers.
     pub(crate) fn named(&self, host: &str, port: Option<u16>) -> Result<&Arc<HostPort>, RouteMiss> {
-        let port_of = |i: u32| self.spec(i).map(|s| s.port);
-        let mut answering = self.answering(host).peekable();
-        let first = *answering.peek().ok_or(RouteMiss::UnknownHost)?;
-        let found = match port {
-            Some(p) => answering.find(|i| port_of(*i) == Some(p)),
-            // Its only port (several service ports of one port are one), else 80.
-            None => {
-                let only = port_of(first);
-                let mut rest = self.answering(host);
-                if rest.all(|i| port_of(i) == only) {
-                    Some(first)
-                } else {
-                    answering.find(|i| port_of(*i) == Some(80))
-                }
-            }
+        let candidates = self.names.candidates(host);
+        let answers = |i: &u32| self.spec(*i).is_some_and(|s| answers_to(s, host));
+        // Every candidate answers, unless another name shares the hash.
+        let filtered: Vec<u32>;
+        let ports = if candidates.iter().all(answers) {
+            candidates
+        } else {
+            filtered = candidates.iter().copied().filter(answers).collect();
+            &filtered
         };
-        found
-            .and_then(|i| self.entry(i))
+        if ports.is_empty() {
+            return Err(RouteMiss::UnknownHost);
+        }
+        super::pick_by(ports, port, |i| self.spec(*i).map(|s| s.port))
+            .and_then(|i| self.entry(*i))
             .map(|t| &t.host)
             .ok_or(RouteMiss::UnknownPort)
     }

@@ -406,17 +406,21 @@ fn pick(ports: &[Arc<HostPort>], port: Option<u16>) -> Option<&Arc<HostPort>> {
     pick_by(ports, port, |h| Some(h.port))
 }
 
-/// Of a host's service ports (`port_of` reads one's number), `port`; with none named, its
-/// only one, else 80. The fetched services' table and the directory pick alike.
+/// Of a host's service ports (`port_of` reads one's number), the first at `port`; with none
+/// named, its only port (the first, when all have one number), else 80. The fetched
+/// services' table and the directory pick alike.
 pub(crate) fn pick_by<T>(
     ports: &[T],
     port: Option<u16>,
     port_of: impl Fn(&T) -> Option<u16>,
 ) -> Option<&T> {
-    match port {
-        Some(p) => ports.iter().find(|h| port_of(h) == Some(p)),
-        None if ports.len() == 1 => ports.first(),
-        None => ports.iter().find(|h| port_of(h) == Some(80)),
+    match (port, ports) {
+        (Some(p), _) => ports.iter().find(|h| port_of(h) == Some(p)),
+        (None, [only]) => Some(only),
+        (None, [first, rest @ ..]) if rest.iter().all(|h| port_of(h) == port_of(first)) => {
+            Some(first)
+        }
+        (None, _) => ports.iter().find(|h| port_of(h) == Some(80)),
     }
 }
 
