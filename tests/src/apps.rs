@@ -488,11 +488,21 @@ impl BannerApp {
     }
 }
 
-/// An address on loopback where nothing listens (bound, then released).
+/// An address on loopback where nothing listens: a connection to it is refused.
+///
+/// The port stays bound (without listening) for the rest of the test process, so no other
+/// socket of the machine (a sidecar's admin port in a test running beside, say) can take it
+/// and answer in its place.
 ///
 /// # Panics
 /// If binding fails.
 pub fn closed_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("local addr")
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("local addr");
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).push(socket);
+    addr
 }
