@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use meshlite_proxy::dns::answer::{Transport, Verdict, answer, servfail};
 use meshlite_proxy::dns::table::NameTable;
 use meshlite_proxy::source::ServiceSpec;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 fn service(host: &str, namespace: &str, addresses: &[&str]) -> ServiceSpec {
     ServiceSpec {
@@ -32,12 +32,22 @@ fn table() -> &'static NameTable {
     static TABLE: OnceLock<NameTable> = OnceLock::new();
     TABLE.get_or_init(|| {
         NameTable::build(
-            &[
-                service("reviews.default.svc.cluster.local", "default", &["240.240.0.1"]),
-                service("api.example.com", "default", &["10.0.0.1", "2001:db8::1"]),
+            None,
+            vec![
+                Arc::new(service(
+                    "reviews.default.svc.cluster.local",
+                    "default",
+                    &["240.240.0.1"],
+                )),
+                Arc::new(service(
+                    "api.example.com",
+                    "default",
+                    &["10.0.0.1", "2001:db8::1"],
+                )),
             ],
             "default",
             true,
+            None,
         )
     })
 }
