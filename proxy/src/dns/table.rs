@@ -6,9 +6,10 @@
 //! Istio's DNS proxy does: `reviews.shop.svc.cluster.local`, `reviews.shop.svc`,
 //! `reviews.shop`, and `reviews` only for a workload in `shop` (a short name means the
 //! caller's own namespace). Any other host (a ServiceEntry's) answers to its own names only.
-//! Names are keyed by their lower-case text without the final dot (a few dozen bytes each,
-//! where a hickory [`Name`] takes over a hundred inline); a query's name is put in that form
-//! to be looked up.
+//! A name's key is its lower-case text without the final dot; the table keeps only the key's
+//! hash ([`NameIndex`], 12 bytes a name where a copied key took a few dozen and a hickory
+//! [`Name`] over a hundred), and a query's key is checked against the forms of the services
+//! its hash leads to.
 
 use hickory_proto::rr::Name;
 use std::borrow::Cow;
