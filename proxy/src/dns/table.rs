@@ -174,20 +174,22 @@ impl NameTable {
             .chain(self.own.iter())
     }
 
+    /// How many services the known list holds.
+    fn known_len(&self) -> usize {
+        self.known.as_ref().map_or(0, |k| k.len())
+    }
+
     /// The service at `i` of [`NameTable::services`].
     fn service(&self, i: u32) -> Option<&ServiceSpec> {
         let i = usize::try_from(i).ok()?;
-        let known = self.known.as_ref().map_or(0, |k| k.len());
-        match i.checked_sub(known) {
+        match i.checked_sub(self.known_len()) {
             None => self.known.as_ref()?.get(i).map(|s| &**s),
             Some(j) => self.own.get(j).map(|s| &**s),
         }
     }
 
     fn make_index(&self) -> NameIndex {
-        let mut index = NameIndexBuilder::with_capacity(
-            (self.known.as_ref().map_or(0, |k| k.len()) + self.own.len()) * 4,
-        );
+        let mut index = NameIndexBuilder::with_capacity((self.known_len() + self.own.len()) * 4);
         let mut seen: HashSet<Cow<str>> = HashSet::new();
         for (i, svc) in self.services().enumerate() {
             let Ok(i) = u32::try_from(i) else { break };

@@ -104,7 +104,12 @@ impl Directory {
             .candidates(name)
             .iter()
             .copied()
-            .filter(move |i| self.spec(*i).is_some_and(|s| answers_to(s, name)))
+            .filter(move |i| self.answers(*i, name))
+    }
+
+    /// Whether service port `i` answers to `name` (a candidate may only share its hash).
+    fn answers(&self, i: u32, name: &str) -> bool {
+        self.spec(i).is_some_and(|s| answers_to(s, name))
     }
 
     /// The spec of service port `i`.
@@ -143,7 +148,7 @@ impl Directory {
     /// the list's order answers.
     pub(crate) fn named(&self, host: &str, port: Option<u16>) -> Result<&Arc<HostPort>, RouteMiss> {
         let candidates = self.names.candidates(host);
-        let answers = |i: &u32| self.spec(*i).is_some_and(|s| answers_to(s, host));
+        let answers = |i: &u32| self.answers(*i, host);
         // Every candidate answers, unless another name shares the hash.
         let filtered: Vec<u32>;
         let ports = if candidates.iter().all(answers) {

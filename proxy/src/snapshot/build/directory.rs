@@ -26,12 +26,13 @@ pub(super) fn directory(
     // A push that moves some services (a pod's IP, a port) leaves the rest as they were:
     // the same specs, at the same places in the list, need no second check, and when every
     // service keeps its names the name index is the previous one.
-    let before = |i: usize| prev.and_then(|d| d.source.get(i));
+    let checked_by = prev.filter(|d| Arc::ptr_eq(&d.ctx, ctx));
     for (i, spec) in known.iter().enumerate() {
         // What a first lookup makes must not fail then: refused now, as a fetched
         // service's would be.
-        let checked = prev.is_some_and(|d| Arc::ptr_eq(&d.ctx, ctx))
-            && before(i).is_some_and(|p| Arc::ptr_eq(p, spec));
+        let checked = checked_by
+            .and_then(|d| d.source.get(i))
+            .is_some_and(|p| Arc::ptr_eq(p, spec));
         if !checked {
             Recipe::new(ctx, spec.clone(), None, None, None, None)?;
         }
@@ -39,10 +40,10 @@ pub(super) fn directory(
     let names = match prev {
         Some(d)
             if d.source.len() == known.len()
-                && known
+                && d.source
                     .iter()
-                    .enumerate()
-                    .all(|(i, s)| before(i).is_some_and(|p| same_names(p, s))) =>
+                    .zip(known.iter())
+                    .all(|(p, s)| same_names(p, s)) =>
         {
             d.names.clone()
         }
