@@ -216,7 +216,10 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(Some(1024))
         .initial_stream_window_size(Some(1024 * 1024))
         .initial_connection_window_size(Some(4 * 1024 * 1024))
-        .keep_alive_interval(Some(Duration::from_secs(60)));
+        // No keep-alive pings downstream (Envoy's default too): the watchdog closes idle
+        // connections, and hyper's pinger takes a lock and reads the clock on every frame
+        // received (about 4 % of a sidecar's CPU with h2c from the app, measured).
+        .keep_alive_interval(None);
     builder
 }
 
