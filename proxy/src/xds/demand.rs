@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::state::Stored;
 use crate::context::ProxyContext;
 use crate::snapshot::Snapshot;
 
@@ -43,12 +42,12 @@ pub struct Wanted {
 impl Wanted {
     /// What a state restored from disk held: every host with a resource of one of the types
     /// is wanted, and answered for the types it has. The others are asked again on connect.
-    pub fn restored(types: &BTreeMap<String, std::sync::Arc<BTreeMap<String, Stored>>>) -> Self {
+    pub fn restored(types: &BTreeMap<String, std::sync::Arc<super::state::Resources>>) -> Self {
         let mut w = Self::default();
         for (i, t) in TYPES.iter().enumerate() {
             for name in types.get(*t).into_iter().flat_map(|m| m.keys()) {
-                w.hosts.insert(name.clone());
-                w.answered[i].insert(name.clone());
+                w.hosts.insert(name.to_string());
+                w.answered[i].insert(name.to_string());
             }
         }
         w
@@ -280,18 +279,18 @@ mod tests {
 
     #[test]
     fn a_restored_state_wants_what_it_held_answered_for_the_types_it_had() {
-        let stored = Stored {
+        let stored = super::super::state::Stored {
             version: "v".into(),
             body: bytes::Bytes::new(),
         };
         let mut types = BTreeMap::new();
         types.insert(
             type_url::ENDPOINTS.to_string(),
-            std::sync::Arc::new(BTreeMap::from([("a".to_string(), stored.clone())])),
+            std::sync::Arc::new(BTreeMap::from([("a".into(), stored.clone())])),
         );
         types.insert(
             type_url::SERVICE.to_string(),
-            std::sync::Arc::new(BTreeMap::from([("b".to_string(), stored)])),
+            std::sync::Arc::new(BTreeMap::from([("b".into(), stored)])),
         );
         let w = Wanted::restored(&types);
         assert_eq!(w.hosts().iter().collect::<Vec<_>>(), ["a"]);

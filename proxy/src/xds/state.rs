@@ -26,15 +26,17 @@ use std::sync::Arc;
 /// One resource as received: its version and encoded body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stored {
-    /// The server's version of it.
-    pub version: String,
+    /// The server's version of it (shared: a copy of the state copies no string).
+    pub version: Arc<str>,
     /// The encoded message (the `Any` value).
     /// Shared, so a copy of the state (applying a push works on one) copies no body.
     pub body: bytes::Bytes,
 }
 
-/// One type's resources, by name.
-type Resources = BTreeMap<String, Stored>;
+/// One type's resources, by name. Names and versions are shared strings, so the copy a push
+/// makes of the type it touches (thousands of Services in a large mesh) allocates no string
+/// and its drop frees none.
+pub(crate) type Resources = BTreeMap<Arc<str>, Stored>;
 
 /// Every resource currently accepted, by type URL, then name.
 ///
@@ -74,22 +76,25 @@ struct Known {
     /// The Service resources they were made from.
     source: Arc<Resources>,
     /// Each Service's specs (one per port, awaiting), with the version they were decoded from.
-    by_name: BTreeMap<String, (String, Vec<Arc<ServiceSpec>>)>,
+    by_name: BTreeMap<Arc<str>, Versioned<Vec<Arc<ServiceSpec>>>>,
     /// All of them, in name order: the list a view hands the snapshot (the same list while
     /// the Service resources are the same, so the snapshot keeps its directory).
     list: Arc<Vec<Arc<ServiceSpec>>>,
     /// The services without a virtual IP (reached only at their endpoints' addresses).
-    without_vip: Vec<String>,
+    without_vip: Vec<Arc<str>>,
 }
 
+/// What was decoded from a resource, beside the resource version it was decoded from.
+type Versioned<T> = (Arc<str>, T);
+
 /// Messages of one type decoded by an earlier view: name -> (version, message).
-type Cache<M> = BTreeMap<String, (String, Arc<M>)>;
+type Cache<M> = BTreeMap<Arc<str>, Versioned<Arc<M>>>;
 
 /// The messages of `stored` (one type's resources) as shared values by name, decoding only
 /// those whose version is not the one `cache` holds; `cache` becomes what was returned.
 fn decode_cached<M: Message + Default>(
     type_url: &str,
-    stored: Option<&BTreeMap<String, Stored>>,
+    stored: Option<&Resources>,
     cache: &mut Cache<M>,
 ) -> Result<std::collections::HashMap<String, Arc<M>>, XdsError> {
     let mut next = Cache::new();
@@ -103,7 +108,7 @@ fn decode_cached<M: Message + Default>(
                 (name.clone(), (s.version.clone(), Arc::new(m)))
             }
         };
-        out.insert(name.clone(), entry.1.1.clone());
+        out.insert(name.to_string(), entry.1.1.clone());
         next.insert(entry.0, entry.1);
     }
     *cache = next;
@@ -113,8 +118,8 @@ fn decode_cached<M: Message + Default>(
 /// One service's specs (one per port) and the resource versions they were decoded from.
 #[derive(Clone, Debug)]
 struct Decoded {
-    service: String,
-    endpoints: Option<String>,
+    service: Arc<str>,
+    endpoints: Option<Arc<str>>,
     specs: Vec<Arc<ServiceSpec>>,
 }
 
@@ -179,7 +184,7 @@ impl XdsState {
             if let Some(m) = self.types.get_mut(t) {
                 let m = Arc::make_mut(m);
                 for h in hosts {
-                    m.remove(h);
+                    m.remove(h.as_str());
                 }
             }
         }
@@ -212,13 +217,13 @@ impl XdsState {
             w.record(resp);
         }
         for name in &resp.removed_resources {
-            map.remove(name);
+            map.remove(name.as_str());
         }
         for r in &resp.resources {
             match &r.resource {
                 // A resource without a body does not exist (delta xDS).
                 None => {
-                    map.remove(&r.name);
+                    map.remove(r.name.as_str());
                 }
                 Some(any) => {
                     if any.type_url != resp.type_url {
@@ -228,9 +233,9 @@ impl XdsState {
                         )));
                     }
                     map.insert(
-                        r.name.clone(),
+                        Arc::from(r.name.as_str()),
                         Stored {
-                            version: r.version.clone(),
+                            version: Arc::from(r.version.as_str()),
                             body: bytes::Bytes::copy_from_slice(&any.value),
                         },
                     );
@@ -246,7 +251,7 @@ impl XdsState {
             .get(type_url)
             .map(|m| {
                 m.iter()
-                    .map(|(k, v)| (k.clone(), v.version.clone()))
+                    .map(|(k, v)| (k.to_string(), v.version.to_string()))
                     .collect()
             })
             .unwrap_or_default()
@@ -264,7 +269,7 @@ impl XdsState {
             .flat_map(|m| m.iter())
             .map(|(name, s)| {
                 M::decode(s.body.as_ref())
-                    .map(|m| (name.clone(), m))
+                    .map(|m| (name.to_string(), m))
                     .map_err(|e| XdsError::Invalid(format!("{type_url} {name}: {e}")))
             })
             .collect()
@@ -336,8 +341,8 @@ impl XdsState {
                 view.known = Some(known.list.clone());
                 // Reached only at their endpoints' addresses: fetched now, not on a first call.
                 for host in &known.without_vip {
-                    if !w.hosts().contains(host) {
-                        implied.push(host.clone());
+                    if !w.hosts().contains(&**host) {
+                        implied.push(host.to_string());
                     }
                 }
                 self.known = Some(known);
@@ -357,7 +362,7 @@ impl XdsState {
                 // request routed there finds every cluster it may pick. Until then it is
                 // known only, and a request to it waits for its fetch.
                 for name in w.hosts() {
-                    let Some(stored) = services.get(name) else {
+                    let Some(stored) = services.get(name.as_str()) else {
                         continue;
                     };
                     let ready = w.ready(name)
@@ -401,8 +406,8 @@ impl XdsState {
                 resources: m
                     .iter()
                     .map(|(name, s)| Resource {
-                        name: name.clone(),
-                        version: s.version.clone(),
+                        name: name.to_string(),
+                        version: s.version.to_string(),
                         resource: Some(prost_types::Any {
                             type_url: t.clone(),
                             value: s.body.to_vec(),
@@ -452,7 +457,7 @@ impl SpecCache<'_> {
     ) -> Result<(), XdsError> {
         let eps = self.endpoints.get(name);
         let kept = self.previous.remove_entry(name).filter(|(_, d)| {
-            d.service == stored.version && d.endpoints.as_deref() == eps.map(|e| e.version.as_str())
+            d.service == stored.version && d.endpoints.as_deref() == eps.map(|e| &*e.version)
         });
         let (name, d) = match kept {
             Some(k) => k,
@@ -473,32 +478,52 @@ impl SpecCache<'_> {
 
 impl Known {
     /// The known services of the Service resources `services`: `prev` itself while they are
-    /// the same map, else made again, decoding only the Services whose version moved.
+    /// the same map, else made again, decoding only the Services whose version moved. A push
+    /// that names no new Service and drops none (a pod moved) updates `prev`'s record in
+    /// place: one pass over the names, compared by pointer (they are the resources' own).
     fn refresh(prev: Option<Known>, services: &Arc<Resources>) -> Result<Known, XdsError> {
-        let mut old = match prev {
+        let by_name = match prev {
             Some(k) if Arc::ptr_eq(&k.source, services) => return Ok(k),
-            Some(k) => k.by_name,
-            None => BTreeMap::new(),
+            Some(mut k)
+                if k.by_name.len() == services.len()
+                    && k.by_name.keys().zip(services.keys()).all(|(a, b)| a == b) =>
+            {
+                for ((name, (version, specs)), stored) in
+                    k.by_name.iter_mut().zip(services.values())
+                {
+                    if *version != stored.version {
+                        *specs = decode_service(name, stored, None, true)?;
+                        *version = stored.version.clone();
+                    }
+                }
+                k.by_name
+            }
+            prev => {
+                let mut old = prev.map(|k| k.by_name).unwrap_or_default();
+                let mut by_name = BTreeMap::new();
+                for (name, stored) in services.iter() {
+                    let entry = match old
+                        .remove(name)
+                        .filter(|(version, _)| *version == stored.version)
+                    {
+                        Some(kept) => kept,
+                        None => (
+                            stored.version.clone(),
+                            decode_service(name, stored, None, true)?,
+                        ),
+                    };
+                    by_name.insert(name.clone(), entry);
+                }
+                by_name
+            }
         };
-        let mut by_name = BTreeMap::new();
         let mut list = Vec::with_capacity(services.len());
         let mut without_vip = Vec::new();
-        for (name, stored) in services.iter() {
-            let (name, entry) = match old
-                .remove_entry(name)
-                .filter(|(_, (version, _))| *version == stored.version)
-            {
-                Some(kept) => kept,
-                None => {
-                    let specs = decode_service(name, stored, None, true)?;
-                    (name.clone(), (stored.version.clone(), specs))
-                }
-            };
-            list.extend(entry.1.iter().cloned());
-            if entry.1.first().is_some_and(|s| s.addresses.is_empty()) {
+        for (name, (_, specs)) in &by_name {
+            list.extend(specs.iter().cloned());
+            if specs.first().is_some_and(|s| s.addresses.is_empty()) {
                 without_vip.push(name.clone());
             }
-            by_name.insert(name, entry);
         }
         Ok(Known {
             source: services.clone(),
@@ -1035,6 +1060,30 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &list));
         assert!(Arc::ptr_eq(&first[0], &list[0]), "a's spec was kept");
         assert!(!Arc::ptr_eq(&first[1], &list[1]));
+        // A Service added (a name the record does not hold) makes the record again, in name
+        // order, keeping the specs whose version did not move.
+        let added = service_push("aa.default.svc.cluster.local", "127.0.0.1:1");
+        let mut grown = after.apply(&added[0]).unwrap();
+        grown.take_caches(&mut after);
+        let grown_list = grown.view().unwrap().known.unwrap();
+        let names: Vec<&str> = grown_list.iter().map(|s| s.hostname.as_str()).collect();
+        assert_eq!(
+            names,
+            [hosts[0], "aa.default.svc.cluster.local", hosts[1]],
+            "in name order"
+        );
+        assert!(Arc::ptr_eq(&list[0], &grown_list[0]));
+        assert!(Arc::ptr_eq(&list[1], &grown_list[2]));
+        // A removed one leaves the list.
+        let mut gone = moved[0].clone();
+        gone.resources.clear();
+        gone.removed_resources = vec!["aa.default.svc.cluster.local".into()];
+        let mut shrunk = grown.apply(&gone).unwrap();
+        shrunk.take_caches(&mut grown);
+        let shrunk_list = shrunk.view().unwrap().known.unwrap();
+        assert_eq!(shrunk_list.len(), 2);
+        assert!(Arc::ptr_eq(&list[0], &shrunk_list[0]));
+        assert!(Arc::ptr_eq(&list[1], &shrunk_list[1]));
     }
 
     #[test]
