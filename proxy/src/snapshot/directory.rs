@@ -31,7 +31,9 @@ pub(crate) struct Held {
 }
 
 /// Service ports by `(address, port)`, sorted for a binary search: sixteen bytes an IPv4
-/// address where a hash map of `IpAddr` keys spends over sixty.
+/// address where a hash map of `IpAddr` keys spends over sixty. Every claim is kept, the one
+/// that holds an address first among its equals, so that a push can take out a moved
+/// service's claims and the next claim in rank holds what it held.
 #[derive(Debug, Default)]
 pub(crate) struct AddressTable {
     /// IPv4 addresses, keyed by [`v4_key`].
@@ -45,19 +47,18 @@ pub(crate) fn v4_key(ip: std::net::Ipv4Addr, port: u16) -> u64 {
     (u64::from(ip.to_bits()) << 16) | u64::from(port)
 }
 
+/// The claim that holds `key` in `table` (sorted by key, the holder first).
+fn first_of<K: Ord + Copy>(table: &[(K, Held)], key: K) -> Option<Held> {
+    let i = table.partition_point(|e| e.0 < key);
+    table.get(i).filter(|e| e.0 == key).map(|e| e.1)
+}
+
 impl AddressTable {
     /// The service port holding `ip:port`.
     fn get(&self, ip: IpAddr, port: u16) -> Option<Held> {
         match ip.to_canonical() {
-            IpAddr::V4(v4) => {
-                let key = v4_key(v4, port);
-                let i = self.v4.binary_search_by_key(&key, |e| e.0).ok()?;
-                Some(self.v4[i].1)
-            }
-            IpAddr::V6(v6) => {
-                let i = self.v6.binary_search_by_key(&(v6, port), |e| e.0).ok()?;
-                Some(self.v6[i].1)
-            }
+            IpAddr::V4(v4) => first_of(&self.v4, v4_key(v4, port)),
+            IpAddr::V6(v6) => first_of(&self.v6, (v6, port)),
         }
     }
 }

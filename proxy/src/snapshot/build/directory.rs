@@ -2,7 +2,7 @@
 //! control plane's list of them, or kept from the previous snapshot while the list is the
 //! same one.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 
 use super::{ClusterContext, Recipe, addresses_of, names_of, same_names};
@@ -27,6 +27,7 @@ pub(super) fn directory(
     // the same specs, at the same places in the list, need no second check, and when every
     // service keeps its names the name index is the previous one.
     let checked_by = prev.filter(|d| Arc::ptr_eq(&d.ctx, ctx));
+    let mut moved = Vec::new();
     for (i, spec) in known.iter().enumerate() {
         // What a first lookup makes must not fail then: refused now, as a fetched
         // service's would be.
@@ -35,8 +36,14 @@ pub(super) fn directory(
             .is_some_and(|p| Arc::ptr_eq(p, spec));
         if !checked {
             Recipe::new(ctx, spec.clone(), None, None, None, None)?;
+            moved.extend(u32::try_from(i).ok());
         }
     }
+    // The same places hold the same services but for a few: the previous address table
+    // less their claims, plus their new ones. Else (services added or dropped) made again.
+    let patched = prev
+        .filter(|d| d.source.len() == known.len() && moved.len() <= known.len() / 8)
+        .map(|d| (&d.addresses, moved.as_slice()));
     let names = match prev {
         Some(d)
             if d.source.len() == known.len()
@@ -63,37 +70,74 @@ pub(super) fn directory(
         ctx: ctx.clone(),
         default_behaviour: default_behaviour.clone(),
         names,
-        addresses: address_table(known),
+        addresses: address_table(known, patched),
         entries: known.iter().map(|_| OnceLock::new()).collect(),
     }))
 }
 
-/// Every address of `known` at its service port's port, held by the claim that ranks first
-/// (a virtual IP over an endpoint, then the first host name in order, then the first in
-/// the list).
-fn address_table(known: &[Arc<ServiceSpec>]) -> AddressTable {
+/// Every address of `known` at its service port's port, sorted by address, the claim that
+/// ranks first (a virtual IP over an endpoint, then the first host name in order, then the
+/// first in the list) before the others. With `patch`, the previous table of a list whose
+/// services moved only at the (sorted) places given: their claims are taken out of it and
+/// their new ones merged in, without sorting the rest again.
+fn address_table(
+    known: &[Arc<ServiceSpec>],
+    patch: Option<(&AddressTable, &[u32])>,
+) -> AddressTable {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
-    let claims = known.iter().enumerate().flat_map(|(i, spec)| {
-        let at = u32::try_from(i).ok();
-        addresses_of(spec)
-            .filter_map(move |(ip, claim)| Some((ip, spec.port, Held { claim, at: at? })))
-    });
-    for (ip, port, held) in claims {
-        match ip.to_canonical() {
-            IpAddr::V4(a) => v4.push((v4_key(a, port), held)),
-            IpAddr::V6(a) => v6.push(((a, port), held)),
+    let every = 0..u32::try_from(known.len()).unwrap_or(u32::MAX);
+    let places: Box<dyn Iterator<Item = u32>> = match patch {
+        Some((_, moved)) => Box::new(moved.iter().copied()),
+        None => Box::new(every),
+    };
+    for at in places {
+        let Some(spec) = known.get(at as usize) else {
+            break;
+        };
+        for (ip, claim) in addresses_of(spec) {
+            let held = Held { claim, at };
+            match ip.to_canonical() {
+                IpAddr::V4(a) => v4.push((v4_key(a, spec.port), held)),
+                IpAddr::V6(a) => v6.push(((a, spec.port), held)),
+            }
         }
     }
     let host = |h: &Held| known[h.at as usize].hostname.as_str();
     let order =
         |a: &Held, b: &Held| rank((a.claim, host(a)), (b.claim, host(b))).then(a.at.cmp(&b.at));
-    v4.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| order(&a.1, &b.1)));
-    v4.dedup_by_key(|e| e.0);
-    v6.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| order(&a.1, &b.1)));
-    v6.dedup_by_key(|e| e.0);
+    let cmp4 = |a: &(u64, Held), b: &(u64, Held)| a.0.cmp(&b.0).then_with(|| order(&a.1, &b.1));
+    let cmp6 = |a: &((Ipv6Addr, u16), Held), b: &((Ipv6Addr, u16), Held)| {
+        a.0.cmp(&b.0).then_with(|| order(&a.1, &b.1))
+    };
+    v4.sort_unstable_by(cmp4);
+    v6.sort_unstable_by(cmp6);
+    if let Some((prev, moved)) = patch {
+        let stays = |h: &Held| moved.binary_search(&h.at).is_err();
+        v4 = merged(prev.v4.iter().filter(|e| stays(&e.1)), v4, cmp4);
+        v6 = merged(prev.v6.iter().filter(|e| stays(&e.1)), v6, cmp6);
+    }
     AddressTable {
         v4: v4.into_boxed_slice(),
         v6: v6.into_boxed_slice(),
     }
+}
+
+/// The sorted `old` and `new` as one sorted list (of equals, `old`'s first).
+fn merged<'a, T: Copy + 'a>(
+    old: impl Iterator<Item = &'a T>,
+    new: Vec<T>,
+    cmp: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> Vec<T> {
+    let (lower, _) = old.size_hint();
+    let mut out = Vec::with_capacity(lower + new.len());
+    let mut new = new.into_iter().peekable();
+    for o in old {
+        while let Some(n) = new.next_if(|n| cmp(n, o).is_lt()) {
+            out.push(n);
+        }
+        out.push(*o);
+    }
+    out.extend(new);
+    out
 }

@@ -610,6 +610,99 @@ fn known(spec: &Arc<ServiceSpec>, vip: &str) -> Arc<ServiceSpec> {
 }
 
 #[tokio::test]
+async fn on_demand_a_push_that_moves_a_few_services_patches_the_address_table_as_a_build_would() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    // Sixteen services, each with a virtual IP and a pod; s09 also lists s03's pod, which s03
+    // holds (equal claims: the first host name).
+    let pod = |i: u8| EndpointSpec {
+        addr: SocketAddr::from(([10, 1, 1, i], 15006)),
+        ..endpoint(15006, "v1")
+    };
+    let member = |i: u8, pods: Vec<EndpointSpec>| {
+        known(
+            &service(&format!("s{i:02}.default.svc.cluster.local"), pods),
+            &format!("10.96.1.{i}"),
+        )
+    };
+    let list: Vec<_> = (0..16u8)
+        .map(|i| match i {
+            9 => member(9, vec![pod(9), pod(3)]),
+            i => member(i, vec![pod(i)]),
+        })
+        .collect();
+    let view = |list: &Vec<Arc<ServiceSpec>>| MeshView {
+        known: Some(Arc::new(list.clone())),
+        ..Default::default()
+    };
+    let first =
+        Snapshot::build(&local(), &view(&list), &identity, &metrics, 1, None).expect("builds");
+    // A push: s03's pod moves, and s12 takes s05's virtual IP as its pod's (a virtual IP
+    // still beats it). The rest are the same specs at the same places.
+    let mut pushed = list.clone();
+    pushed[3] = member(
+        3,
+        vec![EndpointSpec {
+            addr: SocketAddr::from(([10, 1, 9, 9], 15006)),
+            ..endpoint(15006, "v1")
+        }],
+    );
+    pushed[12] = member(
+        12,
+        vec![EndpointSpec {
+            addr: SocketAddr::from(([10, 96, 1, 5], 15006)),
+            ..endpoint(15006, "v1")
+        }],
+    );
+    let patched = Snapshot::build(
+        &local(),
+        &view(&pushed),
+        &identity,
+        &metrics,
+        2,
+        Some(&first),
+    )
+    .expect("builds");
+    let scratch =
+        Snapshot::build(&local(), &view(&pushed), &identity, &metrics, 2, None).expect("builds");
+    let held = |snap: &Snapshot, addr: String| {
+        snap.captured(addr.parse().expect("addr"))
+            .map(|t| t.host.cluster.labels.service.fqdn.to_string())
+    };
+    let mut addrs: Vec<String> = (0..16)
+        .flat_map(|i| [format!("10.96.1.{i}:9080"), format!("10.1.1.{i}:9080")])
+        .collect();
+    addrs.push("10.1.9.9:9080".into());
+    for addr in addrs {
+        assert_eq!(
+            held(&patched, addr.clone()),
+            held(&scratch, addr.clone()),
+            "{addr}: the patched table answers as one built whole"
+        );
+    }
+    assert_eq!(
+        held(&patched, "10.1.1.3:9080".into()).as_deref(),
+        Some("s09.default.svc.cluster.local"),
+        "s03 left its pod: the next claim holds it"
+    );
+    assert_eq!(
+        held(&patched, "10.1.9.9:9080".into()).as_deref(),
+        Some("s03.default.svc.cluster.local")
+    );
+    assert_eq!(
+        held(&patched, "10.96.1.5:9080".into()).as_deref(),
+        Some("s05.default.svc.cluster.local"),
+        "a virtual IP beats a pod IP"
+    );
+    assert_eq!(
+        held(&patched, "10.1.1.12:9080".into()),
+        None,
+        "s12's old pod"
+    );
+}
+
+#[tokio::test]
 async fn on_demand_the_directory_answers_for_services_not_fetched_and_fetched_ones_shadow_it() {
     let dir = tempfile::tempdir().expect("dir");
     let metrics = Metrics::new();
