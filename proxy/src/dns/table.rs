@@ -90,10 +90,28 @@ fn forms(svc: &ServiceSpec, namespace: &str) -> Vec<Box<str>> {
     forms.extend(svc.aliases.iter().map(|a| a.to_ascii_lowercase()));
     // A name that is not a valid DNS name (never from a validated config) is simply not
     // answered.
-    forms
-        .iter()
-        .filter_map(|f| Name::from_ascii(f).ok().map(|n| key(&n)))
-        .collect()
+    forms.iter().filter_map(|f| key_of(f)).collect()
+}
+
+/// `form` (lower case) as a table key, as a query naming it would be keyed; `None` when it is
+/// not a DNS name. A plain host name (letters, digits and hyphens, no label starting with
+/// one, labels of 1-63 bytes, at most 253 bytes) is its own key, checked here without
+/// parsing: the index is made of every service's forms whenever the mesh's names move.
+/// Anything else (an escape, a wildcard) is parsed as a `Name`.
+fn key_of(form: &str) -> Option<Box<str>> {
+    let plain = form.strip_suffix('.').unwrap_or(form);
+    let is_plain = plain.len() <= 253
+        && plain.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if is_plain {
+        return Some(plain.into());
+    }
+    Name::from_ascii(form).ok().map(|n| key(&n))
 }
 
 impl NameTable {
@@ -285,6 +303,47 @@ fn key(name: &Name) -> Box<str> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_name_is_keyed_as_the_dns_parser_keys_it() {
+        let long_label = "a".repeat(63);
+        let too_long_label = "a".repeat(64);
+        let name_253 = [
+            &*"b".repeat(61),
+            &*"c".repeat(63),
+            &*"d".repeat(63),
+            &*"e".repeat(63),
+        ]
+        .join(".");
+        let name_254 = format!("x{name_253}");
+        let cases = [
+            "reviews",
+            "reviews.shop",
+            "reviews.shop.svc",
+            "reviews.shop.svc.cluster.local",
+            "reviews.shop.svc.cluster.local.",
+            "api-v2.example.com",
+            "-leading.example",
+            "trailing-.example",
+            "123.456",
+            "10.96.0.1",
+            "a..b",
+            ".",
+            "",
+            ".leading.dot",
+            "under_score.example",
+            "*.example.com",
+            "sp ace.example",
+            &long_label,
+            &too_long_label,
+            &name_253,
+            &name_254,
+        ];
+        for form in cases {
+            let parsed = Name::from_ascii(form).ok().map(|n| key(&n));
+            assert_eq!(key_of(form), parsed, "{form:?}");
+        }
+    }
     use crate::protocol::Protocol;
 
     pub(crate) fn service(host: &str, ns: &str, addresses: &[&str]) -> ServiceSpec {
