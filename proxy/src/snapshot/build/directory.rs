@@ -129,8 +129,9 @@ fn merged<'a, T: Copy + 'a>(
     new: Vec<T>,
     cmp: impl Fn(&T, &T) -> std::cmp::Ordering,
 ) -> Vec<T> {
-    let (lower, _) = old.size_hint();
-    let mut out = Vec::with_capacity(lower + new.len());
+    // Sized for every old entry (a filter's upper bound): one allocation, not a doubling one.
+    let (lower, upper) = old.size_hint();
+    let mut out = Vec::with_capacity(upper.unwrap_or(lower) + new.len());
     let mut new = new.into_iter().peekable();
     for o in old {
         while let Some(n) = new.next_if(|n| cmp(n, o).is_lt()) {
