@@ -3,8 +3,6 @@
 //! atomically when configuration changes.
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +37,7 @@ pub struct ProxyContext {
     /// Connect timeout towards upstream sidecars.
     pub connect_timeout: Duration,
     /// Server configuration for downstream connections.
-    pub http_builder: auto::Builder<TokioExecutor>,
+    pub http_builder: crate::server::conn::HttpServer,
     /// Where requests ask for services fetched on demand; `None` when everything is pushed
     /// whole (no control plane, or on-demand turned off).
     pub demand: Option<Arc<crate::xds::demand::Demand>>,

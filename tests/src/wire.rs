@@ -73,6 +73,30 @@ impl RawConn {
         }
     }
 
+    /// Connects to `addr` with a receive buffer of about `recv_buffer` bytes, so that a
+    /// response the test does not read soon fills the sender's buffers quickly.
+    ///
+    /// # Panics
+    /// If the socket cannot be made or the connection fails.
+    pub async fn connect_with_recv_buffer(addr: SocketAddr, recv_buffer: u32) -> Self {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("socket");
+        socket.set_recv_buffer_size(recv_buffer).expect("SO_RCVBUF");
+        let stream = socket
+            .connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_nodelay(true).ok();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Writes all of `bytes`.
     pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await?;

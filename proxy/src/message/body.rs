@@ -80,12 +80,17 @@ pub struct DownstreamBody {
     in_window: u64,
     /// The window's timer, made the first time the body keeps the proxy waiting.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Held until the body ends: its connection keeps hyper's buffers while it reads it.
+    open: Option<crate::server::conn::BodyOpen>,
 }
 
 impl DownstreamBody {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if self.inner.is_end_stream() {
+                    self.open = None;
+                }
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     self.in_window += n;
@@ -101,7 +106,10 @@ impl DownstreamBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BodyError::from))),
+            Poll::Ready(other) => {
+                self.open = None;
+                Poll::Ready(other.map(|r| r.map_err(BodyError::from)))
+            }
             Poll::Pending if self.rate.bytes_per_sec == 0 || self.rate.window.is_zero() => {
                 Poll::Pending
             }
@@ -166,14 +174,17 @@ impl ProxyBody {
 
 impl ProxyBody {
     /// A client's request body: data bytes (and gRPC messages when `grpc`) counted into
-    /// `counter` when one is given, held to `rate` while the proxy waits for it.
+    /// `counter` when one is given, held to `rate` while the proxy waits for it, `open`
+    /// held until it ends.
     pub fn downstream(
         body: Incoming,
         counter: Option<Arc<BodyCount>>,
         grpc: bool,
         rate: MinRate,
+        open: Option<crate::server::conn::BodyOpen>,
     ) -> Self {
-        if counter.is_none() && (rate.bytes_per_sec == 0 || body.is_end_stream()) {
+        if counter.is_none() && open.is_none() && (rate.bytes_per_sec == 0 || body.is_end_stream())
+        {
             return ProxyBody::Incoming(body);
         }
         ProxyBody::Downstream(DownstreamBody {
@@ -183,6 +194,7 @@ impl ProxyBody {
             rate,
             in_window: 0,
             timer: None,
+            open,
         })
     }
 }

@@ -97,7 +97,9 @@ pub async fn handle(
     let received = (!hyper::body::Body::is_end_stream(req.body())).then(Arc::<BodyCount>::default);
     let grpc = is_grpc(req.headers());
     let rate = ctx.limits.body_rate(req.version(), grpc);
-    let mut req = req.map(|b| ProxyBody::downstream(b, received.clone(), grpc, rate));
+    // While hyper reads the body, the connection keeps its buffers.
+    let open = received.is_some().then(|| conn.state.open_body());
+    let mut req = req.map(|b| ProxyBody::downstream(b, received.clone(), grpc, rate, open));
 
     // Framing that could be read two ways is refused; routes match the normalised path, the
     // one the destination authorizes and its app gets.

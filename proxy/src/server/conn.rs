@@ -6,15 +6,21 @@
 //!   finish it within `header_read_timeout`, or the connection is closed;
 //! - an idle timeout: a connection with nothing in flight for `idle_timeout` is closed (HTTP/2:
 //!   GOAWAY first);
-//! - drain: on shutdown each connection finishes its in-flight requests and closes.
+//! - drain: on shutdown each connection finishes its in-flight requests and closes;
+//! - rest: an HTTP/1.1 connection the watchdog finds idle gives its hyper connection (an
+//!   8 KiB read buffer, an 8 KiB header buffer, the dispatcher) back and waits for its next
+//!   bytes with none of it and no tick, only its idle deadline; all is made again when the
+//!   client speaks. A mesh's apps keep many keep-alive connections open and mostly quiet.
 //!
 //! Activity is tracked with a few atomics in [`ConnState`] that the I/O wrapper and the request
 //! path update; a coarse per-connection tick checks them, so no timer is reset per read.
 
+use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -53,6 +59,10 @@ pub struct ConnState {
     last_byte: AtomicU8,
     /// A request head on this connection used a bare LF line end.
     bare_lf: AtomicBool,
+    /// Request bodies still being received (hyper is reading them).
+    bodies_open: AtomicU32,
+    /// The last write or flush could not finish (hyper still holds bytes to send).
+    write_blocked: AtomicBool,
 }
 
 impl ConnState {
@@ -69,6 +79,25 @@ impl ConnState {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
         InFlight(Some(self.clone()))
+    }
+
+    /// Marks a request body as being received; the returned guard marks it done when the
+    /// body ends or is dropped. A connection reading a body never gives its buffers back.
+    pub fn open_body(self: &Arc<Self>) -> BodyOpen {
+        self.bodies_open.fetch_add(1, Ordering::AcqRel);
+        BodyOpen(self.clone())
+    }
+
+    /// Whether hyper's connection may be taken apart now: nothing in flight or being read,
+    /// no head begun, nothing left to write.
+    /// Asked only right after the connection returned `Pending`, so hyper has acted on
+    /// everything that happened (a body dropped unread is drained or the connection closed).
+    fn may_release(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.bodies_open.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == 0
+            && !self.write_blocked.load(Ordering::Acquire)
+            && !self.h2.load(Ordering::Relaxed)
     }
 
     fn on_read(&self, bytes: &[u8]) {
@@ -93,10 +122,20 @@ impl ConnState {
         }
     }
 
+    fn note_write(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Release);
+    }
+
     /// Whether a request head on this connection ended a line with a bare LF: hyper
     /// tolerates it, the proxy refuses to forward what it merely tolerated.
     pub fn saw_bare_lf(&self) -> bool {
         self.bare_lf.load(Ordering::Relaxed)
+    }
+
+    /// When an idle connection's idle timeout ends.
+    fn idle_deadline(&self, limits: &Limits) -> Instant {
+        let since = self.idle_since.load(Ordering::Acquire).saturating_sub(1);
+        epoch() + Duration::from_millis(since) + limits.idle_timeout
     }
 
     /// What the watchdog should do now.
@@ -128,6 +167,16 @@ impl InFlight {
     }
 }
 
+/// A request body being received on a connection ([`ConnState::open_body`]).
+#[derive(Debug)]
+pub struct BodyOpen(Arc<ConnState>);
+
+impl Drop for BodyOpen {
+    fn drop(&mut self) {
+        self.0.bodies_open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(s) = self.0.take()
@@ -147,6 +196,50 @@ pin_project_lite::pin_project! {
         state: Arc<ConnState>,
         // Where small vectored writes are joined ([`crate::transport::coalesce`]).
         scratch: Vec<u8>,
+        // Bytes read before hyper's connection was made (the HTTP/2 preface check, a
+        // released connection's first bytes), handed to it first.
+        prefix: Bytes,
+    }
+}
+
+/// How much a connection waiting with released buffers reads at once: its next request
+/// head, usually whole; hyper reads the rest.
+const WAKE_READ: usize = 4096;
+
+impl<IO: AsyncRead + Unpin> Monitored<IO> {
+    fn new(io: IO, state: Arc<ConnState>) -> Self {
+        Self {
+            io,
+            state,
+            scratch: Vec::new(),
+            prefix: Bytes::new(),
+        }
+    }
+
+    /// Reads what the client sends next onto the prefix, through a buffer on the stack (a
+    /// waiting connection holds none). `Ok(0)`: the client closed.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut stack = [0u8; WAKE_READ];
+        let mut buf = ReadBuf::new(&mut stack);
+        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+        let read = buf.filled();
+        if !read.is_empty() {
+            self.state.on_read(read);
+            self.prefix = if self.prefix.is_empty() {
+                Bytes::copy_from_slice(read)
+            } else {
+                let mut joined = Vec::with_capacity(self.prefix.len() + read.len());
+                joined.extend_from_slice(&self.prefix);
+                joined.extend_from_slice(read);
+                joined.into()
+            };
+        }
+        Poll::Ready(Ok(read.len()))
+    }
+
+    /// Gives back what only a served connection needs.
+    fn release(&mut self) {
+        self.scratch = Vec::new();
     }
 }
 
@@ -157,6 +250,16 @@ impl<IO: AsyncRead> AsyncRead for Monitored<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.project();
+        if !this.prefix.is_empty() {
+            // Already reported when it was read.
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                *this.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let res = this.io.poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &res {
@@ -175,10 +278,16 @@ impl<IO: AsyncWrite> AsyncWrite for Monitored<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        let this = self.project();
+        let res = this.io.poll_write(cx, buf);
+        this.state.note_write(res.is_pending());
+        res
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        let res = this.io.poll_flush(cx);
+        this.state.note_write(res.is_pending());
+        res
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.project().io.poll_shutdown(cx)
@@ -190,28 +299,38 @@ impl<IO: AsyncWrite> AsyncWrite for Monitored<IO> {
     ) -> Poll<std::io::Result<usize>> {
         // hyper hands a message over as slices: small ones go out as one write.
         let this = self.project();
-        crate::transport::coalesce::poll_write_coalesced(this.io, cx, bufs, this.scratch)
+        let res = crate::transport::coalesce::poll_write_coalesced(this.io, cx, bufs, this.scratch);
+        this.state.note_write(res.is_pending());
+        res
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 }
 
-/// The hyper server configuration shared by every downstream connection of a listener.
-pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+/// What the client's first bytes are when it speaks HTTP/2 without ALPN (prior knowledge).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The hyper server configurations shared by every downstream connection of a listener:
+/// HTTP/2 when ALPN or the client's preface says so, else HTTP/1.1.
+#[derive(Clone, Debug)]
+pub struct HttpServer {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+/// The server configuration for downstream connections under `limits`.
+pub fn http_builder(limits: &Limits) -> HttpServer {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         // The head must fit in the read buffer: this is the header size limit (431 beyond).
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true)
         // Our watchdog enforces header-read and idle deadlines (hyper's would also close
         // idle keep-alive connections at the header deadline).
         .header_read_timeout(None);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(Some(1024))
         .initial_stream_window_size(Some(1024 * 1024))
@@ -220,7 +339,7 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // connections, and hyper's pinger takes a lock and reads the clock on every frame
         // received (about 4 % of a sidecar's CPU with h2c from the app, measured).
         .keep_alive_interval(None);
-    builder
+    HttpServer { h1, h2 }
 }
 
 /// Serves one connection until it closes, the watchdog closes it, or drain completes it.
@@ -228,7 +347,7 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 pub async fn serve<IO, S, F>(
     io: IO,
     h2_by_alpn: Option<bool>,
-    builder: &auto::Builder<TokioExecutor>,
+    server: &HttpServer,
     limits: &Limits,
     drain: &Arc<Drain>,
     metrics: &Metrics,
@@ -240,6 +359,7 @@ pub async fn serve<IO, S, F>(
             http::Request<Incoming>,
             Response = http::Response<crate::telemetry::exchange::TrackedBody>,
         > + Clone
+        + Unpin
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -249,47 +369,344 @@ pub async fn serve<IO, S, F>(
     metrics.downstream_active.inc();
     let state = ConnState::new(h2_by_alpn.unwrap_or(false), h2_by_alpn.is_some());
     let service = make_service(state.clone());
-    let io = TokioIo::new(Monitored {
-        io,
-        state: state.clone(),
-        scratch: Vec::new(),
-    });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    let mut drain_rx = drain.watch();
-    let tick_every = limits
-        .header_read_timeout
-        .min(limits.idle_timeout)
-        .min(Duration::from_secs(1))
-        / 2;
-    let mut tick = tokio::time::interval(tick_every.max(Duration::from_millis(50)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutting_down = false;
+    let mut io = Monitored::new(io, state.clone());
+    let mut watch = Watchdog::new(&state, limits, drain, metrics);
+    let h2 = match h2_by_alpn {
+        Some(true) => Some(true),
+        // A connection is sniffed for the HTTP/2 preface (as hyper-util's `auto` does).
+        _ => watch.sniff_h2(&mut io).await,
+    };
+    match h2 {
+        Some(true) => {
+            // Boxed: held inline, it would size every connection's task, HTTP/1.1 or not.
+            let mut conn = Box::pin(server.h2.serve_connection(TokioIo::new(io), service));
+            watch
+                .drive(conn.as_mut(), |c| c.graceful_shutdown(), false)
+                .await;
+        }
+        Some(false) => serve_h1(io, service, &server.h1, &mut watch).await,
+        None => {}
+    }
+    metrics.downstream_active.dec();
+}
+
+/// Serves HTTP/1.1 on `io`, giving hyper's connection back while the client is quiet and
+/// making it again from the bytes that wake it.
+async fn serve_h1<IO, S>(
+    mut io: Monitored<IO>,
+    mut service: S,
+    h1: &http1::Builder,
+    watch: &mut Watchdog<'_>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<
+            http::Request<Incoming>,
+            Response = http::Response<crate::telemetry::exchange::TrackedBody>,
+        > + Clone
+        + Unpin
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!("downstream connection ended: {e}");
-                }
-                break;
+        // Boxed, so that giving it back frees it.
+        let mut conn = Box::pin(
+            h1.serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        if watch
+            .drive(conn.as_mut(), |c| c.graceful_shutdown(), true)
+            .await
+            == Ended::Closed
+        {
+            return;
+        }
+        // Idle, nothing in flight or unsent: only unread bytes (a head's start) are kept.
+        let Some(parts) = Pin::into_inner(conn).into_parts() else {
+            return;
+        };
+        io = parts.io.into_inner();
+        service = parts.service;
+        if !parts.read_buf.is_empty() {
+            io.prefix = parts.read_buf;
+            continue;
+        }
+        io.release();
+        watch.metrics.downstream_resting.inc();
+        let woken = watch.wait_for_bytes(&mut io).await;
+        watch.metrics.downstream_resting.dec();
+        if !woken {
+            return;
+        }
+    }
+}
+
+/// How [`Watchdog::drive`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The connection closed (by either side, the watchdog or drain).
+    Closed,
+    /// The connection is idle and may be taken apart.
+    Idle,
+}
+
+/// The deadlines and drain that watch one connection, whichever hyper connection serves it.
+struct Watchdog<'a> {
+    state: &'a Arc<ConnState>,
+    limits: &'a Limits,
+    metrics: &'a Metrics,
+    drain_rx: tokio::sync::watch::Receiver<bool>,
+    tick: tokio::time::Interval,
+    shutting_down: bool,
+}
+
+impl<'a> Watchdog<'a> {
+    fn new(
+        state: &'a Arc<ConnState>,
+        limits: &'a Limits,
+        drain: &Arc<Drain>,
+        metrics: &'a Metrics,
+    ) -> Self {
+        let tick_every = limits
+            .header_read_timeout
+            .min(limits.idle_timeout)
+            .min(Duration::from_secs(1))
+            / 2;
+        let mut tick = tokio::time::interval(tick_every.max(Duration::from_millis(50)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            state,
+            limits,
+            metrics,
+            drain_rx: drain.watch(),
+            tick,
+            shutting_down: false,
+        }
+    }
+
+    /// Whether the watchdog closes the connection now (counted), and why.
+    fn expired(&self) -> bool {
+        match self.state.verdict(self.limits) {
+            Some(reason) => {
+                self.metrics.closed_by_proxy(reason);
+                tracing::debug!(reason, "closing downstream connection");
+                true
             }
-            changed = drain_rx.changed(), if !shutting_down => {
-                if changed.is_ok() && *drain_rx.borrow() {
-                    shutting_down = true;
-                    metrics.closed_by_proxy("drain");
-                    conn.as_mut().graceful_shutdown();
-                } else if changed.is_err() {
-                    shutting_down = true;
-                }
+            None => false,
+        }
+    }
+
+    /// Whether drain began (counted once); `false` also when drain can no longer begin.
+    fn draining(&mut self, changed: Result<(), tokio::sync::watch::error::RecvError>) -> bool {
+        if changed.is_ok() && *self.drain_rx.borrow() {
+            self.shutting_down = true;
+            self.metrics.closed_by_proxy("drain");
+            return true;
+        }
+        if changed.is_err() {
+            self.shutting_down = true;
+        }
+        false
+    }
+
+    /// Reads the client's first bytes: `Some(true)` for the HTTP/2 preface, `Some(false)`
+    /// for anything else, `None` when the connection ended first.
+    async fn sniff_h2<IO: AsyncRead + Unpin>(&mut self, io: &mut Monitored<IO>) -> Option<bool> {
+        loop {
+            if !self.wait_for_bytes(io).await {
+                return None;
             }
-            _ = tick.tick() => {
-                if let Some(reason) = state.verdict(limits) {
-                    metrics.closed_by_proxy(reason);
-                    tracing::debug!(reason, "closing downstream connection");
-                    break;
+            let n = io.prefix.len().min(H2_PREFACE.len());
+            if io.prefix[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+        }
+    }
+
+    /// Waits, holding no buffer and no tick, until the client sends more (onto `io`'s
+    /// prefix): `false` when it closed, failed, stayed idle past its deadline or drain began.
+    /// Nothing is in flight, so only the idle deadline can pass.
+    async fn wait_for_bytes<IO: AsyncRead + Unpin>(&mut self, io: &mut Monitored<IO>) -> bool {
+        loop {
+            tokio::select! {
+                read = std::future::poll_fn(|cx| io.poll_more(cx)) => {
+                    return matches!(read, Ok(n) if n > 0);
+                }
+                changed = self.drain_rx.changed(), if !self.shutting_down => {
+                    if self.draining(changed) {
+                        return false;
+                    }
+                }
+                _ = tokio::time::sleep_until(self.state.idle_deadline(self.limits)) => {
+                    if self.expired() {
+                        return false;
+                    }
                 }
             }
         }
     }
-    metrics.downstream_active.dec();
+
+    /// Runs `conn` until it ends, the watchdog or drain closes it, or (`may_release`) a tick
+    /// finds it idle, to be taken apart.
+    async fn drive<C>(
+        &mut self,
+        mut conn: Pin<&mut C>,
+        graceful_shutdown: impl Fn(Pin<&mut C>),
+        may_release: bool,
+    ) -> Ended
+    where
+        C: Future<Output = hyper::Result<()>> + ?Sized,
+    {
+        // Set by a tick: the next time the connection is pending, see whether it is idle.
+        let mut check_idle = false;
+        loop {
+            tokio::select! {
+                res = std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
+                    Poll::Ready(res) => Poll::Ready(Some(res)),
+                    Poll::Pending if check_idle => {
+                        check_idle = false;
+                        if may_release && !self.shutting_down && self.state.may_release() {
+                            Poll::Ready(None)
+                        } else {
+                            Poll::Pending
+                        }
+                    }
+                    Poll::Pending => Poll::Pending,
+                }) => {
+                    match res {
+                        None => return Ended::Idle,
+                        Some(Err(e)) => tracing::debug!("downstream connection ended: {e}"),
+                        Some(Ok(())) => {}
+                    }
+                    return Ended::Closed;
+                }
+                changed = self.drain_rx.changed(), if !self.shutting_down => {
+                    if self.draining(changed) {
+                        graceful_shutdown(conn.as_mut());
+                    }
+                }
+                _ = self.tick.tick() => {
+                    if self.expired() {
+                        return Ended::Closed;
+                    }
+                    check_idle = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::body::ProxyBody;
+    use crate::telemetry::exchange::TrackedBody;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// Serves `io` with a service that answers every request with `body`, its request marked
+    /// finished as soon as the response is handed over (the state hyper is in when the app's
+    /// body ended but the client has not read it all).
+    fn spawn_server(io: DuplexStream, body: Bytes) -> Arc<Metrics> {
+        let metrics = Arc::new(Metrics::new());
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            // Ticks every 50 ms: a quiet connection rests within 50 ms.
+            let limits = Limits {
+                header_read_timeout: Duration::from_millis(100),
+                ..Limits::default()
+            };
+            let server = http_builder(&limits);
+            let drain = Arc::new(Drain::new());
+            serve(io, None, &server, &limits, &drain, &m, |state| {
+                hyper::service::service_fn(move |_req| {
+                    let finished = state.start_request();
+                    let body = body.clone();
+                    async move {
+                        drop(finished);
+                        let body = TrackedBody::new(ProxyBody::full(body), None);
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                    }
+                })
+            })
+            .await;
+        });
+        metrics
+    }
+
+    /// Reads one response with a `content-length` and returns its body.
+    async fn read_response(io: &mut DuplexStream, buf: &mut Vec<u8>) -> Vec<u8> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut parsed = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head)) = parsed.parse(buf) {
+                let len: usize = parsed
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                    .expect("content-length");
+                while buf.len() < head + len {
+                    let mut chunk = [0u8; 8192];
+                    let n = io.read(&mut chunk).await.expect("read body");
+                    assert!(
+                        n > 0,
+                        "closed after {} of {len} body bytes",
+                        buf.len() - head
+                    );
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = buf[head..head + len].to_vec();
+                buf.drain(..head + len);
+                return body;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = io.read(&mut chunk).await.expect("read head");
+            assert!(n > 0, "closed before a response head");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn resting_after(metrics: &Metrics, wait: Duration) -> i64 {
+        tokio::time::sleep(wait).await;
+        metrics.downstream_resting.get()
+    }
+
+    #[tokio::test]
+    async fn a_response_the_client_has_not_read_keeps_the_connection_awake() {
+        // 16 KiB between client and server: hyper still holds most of the body when the
+        // request is finished.
+        let (mut client, server_io) = tokio::io::duplex(16 * 1024);
+        let body: Bytes = (0..256 * 1024)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>()
+            .into();
+        let metrics = spawn_server(server_io, body.clone());
+        let request = b"GET / HTTP/1.1\r\nHost: app\r\n\r\n";
+        client.write_all(request).await.expect("write");
+        assert_eq!(
+            resting_after(&metrics, Duration::from_millis(600)).await,
+            0,
+            "the connection rested with a response still to send"
+        );
+        let mut buf = Vec::new();
+        let got = read_response(&mut client, &mut buf).await;
+        assert!(
+            got == body,
+            "the response arrived changed ({} bytes)",
+            got.len()
+        );
+
+        // Quiet now: it rests, and the next request wakes it.
+        assert_eq!(resting_after(&metrics, Duration::from_millis(600)).await, 1);
+        client.write_all(request).await.expect("write");
+        let got = read_response(&mut client, &mut buf).await;
+        assert!(got == body, "the second response arrived changed");
+        assert_eq!(resting_after(&metrics, Duration::from_millis(600)).await, 1);
+        drop(client);
+        assert_eq!(resting_after(&metrics, Duration::from_millis(300)).await, 0);
+    }
 }

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub tls_failures: TlsFailureCounter,
     /// `meshlite_downstream_connections_active`.
     pub downstream_active: Gauge,
+    /// `meshlite_downstream_connections_resting`: open HTTP/1.1 connections idle with their
+    /// buffers given back ([`crate::server::conn`]).
+    pub downstream_resting: Gauge,
     /// `meshlite_upstream_connections_total`: connections opened to destination sidecars.
     pub upstream_connects: Counter,
     /// `meshlite_access_log_dropped_total{reason}` and `meshlite_access_log_exported_total`.
@@ -514,6 +517,12 @@ impl Metrics {
             "Open downstream connections",
             downstream_active.clone(),
         );
+        let downstream_resting = Gauge::default();
+        registry.register(
+            "meshlite_downstream_connections_resting",
+            "Open downstream HTTP/1.1 connections idle with their buffers given back",
+            downstream_resting.clone(),
+        );
         let upstream_connects = Counter::default();
         registry.register(
             "meshlite_upstream_connections_total",
@@ -552,6 +561,7 @@ impl Metrics {
             series_dropped,
             tls_failures,
             downstream_active,
+            downstream_resting,
             upstream_connects,
             access_log,
             draining,

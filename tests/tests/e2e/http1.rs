@@ -305,3 +305,92 @@ async fn an_echo_streams_back_while_the_request_is_still_being_sent() {
         .expect("body");
     assert!(rest.to_bytes().is_empty());
 }
+
+const RESTING: &str = "meshlite_downstream_connections_resting";
+
+/// How many of the client sidecar's downstream connections rest with their buffers given back.
+async fn resting(mesh: &Mesh) -> f64 {
+    meshlite_tests::prometheus::samples(&mesh.client.metrics_text().await, RESTING)
+        .first()
+        .map_or(-1.0, |s| s.value)
+}
+
+/// Waits until `count` connections rest (a connection gives its buffers back within a second
+/// of going quiet).
+async fn until_resting(mesh: &Mesh, count: f64, what: &str) {
+    mesh.client
+        .metric_sample(RESTING, what, |s| s.value == count)
+        .await;
+}
+
+/// A keep-alive connection that goes quiet gives hyper's buffers back; what the client sends
+/// next (even two requests at once, or a head split across writes) is served on the same
+/// connection, and a request body or a response still being sent keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_connection_gives_its_buffers_back_and_loses_nothing() {
+    let mesh = Mesh::start().await;
+    // A small receive buffer: a response of a few tens of KiB not read fills the sidecar's
+    // socket, and hyper still holds its end when the app's body has ended.
+    let mut raw = RawConn::connect_with_recv_buffer(mesh.outbound(), 4096).await;
+    let get = b"GET /headers HTTP/1.1\r\nHost: app\r\n\r\n";
+    raw.send(get).await.expect("send");
+    assert_eq!(raw.read_response(READ).await.status, 200);
+    until_resting(&mesh, 1.0, "the quiet connection at rest").await;
+
+    // Two requests in one write wake it: both answered, in order.
+    raw.send(b"GET /headers HTTP/1.1\r\nHost: app\r\nX-N: 1\r\n\r\nGET /status/201 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .expect("send two");
+    assert_eq!(raw.read_response(READ).await.status, 200);
+    assert_eq!(raw.read_response(READ).await.status, 201);
+    until_resting(&mesh, 1.0, "at rest again").await;
+
+    // A head split across writes, the second long after the first.
+    raw.send(b"GET /headers HTTP/1.1\r\n").await.expect("send");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    raw.send(b"Host: app\r\n\r\n").await.expect("send");
+    assert_eq!(raw.read_response(READ).await.status, 200);
+    until_resting(&mesh, 1.0, "at rest after the split head").await;
+
+    // A body that pauses past the rest delay: the connection keeps reading it.
+    raw.send(b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .expect("send half a body");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        resting(&mesh).await,
+        0.0,
+        "a connection reading a request body gave its buffers back"
+    );
+    raw.send(b"world").await.expect("send the rest");
+    let echoed = raw.read_response(READ).await;
+    assert_eq!(echoed.status, 200, "{}", echoed.text());
+    assert_eq!(echoed.text(), "helloworld");
+
+    // Responses larger than the socket buffers, not read for a while: nothing of them is
+    // lost, whether the app's body ended before the pause (hyper still holds the tail) or
+    // is still streaming.
+    for len in [96 * 1024, 8 * 1024 * 1024] {
+        raw.send(format!("GET /source?bytes={len} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let big = raw.read_response(READ).await;
+        assert_eq!(big.status, 200);
+        let mut check = PatternCheck::default();
+        check.feed(&big.body);
+        assert_eq!(
+            (check.received, check.first_mismatch),
+            (len as u64, None),
+            "a response of {len} bytes arrived cut or changed"
+        );
+    }
+    raw.send(get).await.expect("send");
+    assert_eq!(raw.read_response(READ).await.status, 200);
+    until_resting(&mesh, 1.0, "at rest after the large response").await;
+    assert_eq!(mesh.apps.alpha.requests(), 8);
+
+    // A connection at rest that the client closes is gone.
+    drop(raw);
+    until_resting(&mesh, 0.0, "none at rest once the client closed").await;
+}
