@@ -381,7 +381,7 @@ pub async fn serve<IO, S, F>(
             // Boxed: held inline, it would size every connection's task, HTTP/1.1 or not.
             let mut conn = Box::pin(server.h2.serve_connection(TokioIo::new(io), service));
             watch
-                .drive(conn.as_mut(), |c| c.graceful_shutdown(), false)
+                .drive(conn.as_mut(), |c| c.graceful_shutdown(), Rest::Never)
                 .await;
         }
         Some(false) => serve_h1(io, service, &server.h1, &mut watch).await,
@@ -409,6 +409,11 @@ async fn serve_h1<IO, S>(
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // A new connection, and one that rested long, rests as soon as it is idle: its client
+    // speaks seldom (a slow keep-alive connection costs no buffers between requests). One
+    // woken soon after resting rests at the watchdog's tick, so a busy connection is not
+    // taken apart between its requests.
+    let mut rest = Rest::WhenIdle;
     loop {
         // Boxed, so that giving it back frees it.
         let mut conn = Box::pin(
@@ -416,7 +421,7 @@ async fn serve_h1<IO, S>(
                 .with_upgrades(),
         );
         if watch
-            .drive(conn.as_mut(), |c| c.graceful_shutdown(), true)
+            .drive(conn.as_mut(), |c| c.graceful_shutdown(), rest)
             .await
             == Ended::Closed
         {
@@ -434,12 +439,32 @@ async fn serve_h1<IO, S>(
         }
         io.release();
         watch.metrics.downstream_resting.inc();
+        let rested = Instant::now();
         let woken = watch.wait_for_bytes(&mut io).await;
         watch.metrics.downstream_resting.dec();
         if !woken {
             return;
         }
+        rest = if rested.elapsed() >= LONG_REST {
+            Rest::WhenIdle
+        } else {
+            Rest::AtTick
+        };
     }
+}
+
+/// A rest at least this long marks a connection whose client speaks seldom.
+const LONG_REST: Duration = Duration::from_secs(1);
+
+/// When a served connection may rest ([`Watchdog::drive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rest {
+    /// Never (HTTP/2).
+    Never,
+    /// When a tick of the watchdog finds it idle.
+    AtTick,
+    /// As soon as it is idle.
+    WhenIdle,
 }
 
 /// How [`Watchdog::drive`] ended.
@@ -550,13 +575,13 @@ impl<'a> Watchdog<'a> {
         }
     }
 
-    /// Runs `conn` until it ends, the watchdog or drain closes it, or (`may_release`) a tick
-    /// finds it idle, to be taken apart.
+    /// Runs `conn` until it ends, the watchdog or drain closes it, or it is found idle when
+    /// `rest` allows, to be taken apart.
     async fn drive<C>(
         &mut self,
         mut conn: Pin<&mut C>,
         graceful_shutdown: impl Fn(Pin<&mut C>),
-        may_release: bool,
+        rest: Rest,
     ) -> Ended
     where
         C: Future<Output = hyper::Result<()>> + ?Sized,
@@ -567,9 +592,9 @@ impl<'a> Watchdog<'a> {
             tokio::select! {
                 res = std::future::poll_fn(|cx| match conn.as_mut().poll(cx) {
                     Poll::Ready(res) => Poll::Ready(Some(res)),
-                    Poll::Pending if check_idle => {
+                    Poll::Pending if check_idle || rest == Rest::WhenIdle => {
                         check_idle = false;
-                        if may_release && !self.shutting_down && self.state.may_release() {
+                        if rest != Rest::Never && !self.shutting_down && self.state.may_release() {
                             Poll::Ready(None)
                         } else {
                             Poll::Pending
