@@ -33,9 +33,10 @@ fn the_request_futures_stay_small() {
 #[test]
 fn the_per_connection_state_stays_small() {
     // Every connection's activity state (behind an Arc, shared by its requests and its
-    // watchdog). Measured 24 bytes.
+    // watchdog). Measured 24 bytes; 32 with what says whether the connection may rest
+    // (bodies being read, a write that could not finish).
     let size = std::mem::size_of::<crate::server::conn::ConnState>();
-    assert!(size <= 28, "ConnState: {size} bytes");
+    assert!(size <= 38, "ConnState: {size} bytes");
     // What each connection's request service holds and clones per request: the context,
     // the connection's state, the peer's address (and inbound, its identity). Measured 48
     // and 168 bytes.

@@ -66,6 +66,10 @@ impl RawConn {
         let stream = TcpStream::connect(addr)
             .await
             .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Self::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> Self {
         stream.set_nodelay(true).ok();
         Self {
             stream,
@@ -90,11 +94,7 @@ impl RawConn {
             .connect(addr)
             .await
             .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream.set_nodelay(true).ok();
-        Self {
-            stream,
-            buf: Vec::new(),
-        }
+        Self::over(stream)
     }
 
     /// Writes all of `bytes`.

@@ -384,73 +384,58 @@ pub async fn serve<IO, S, F>(
                 .drive(conn.as_mut(), |c| c.graceful_shutdown(), Rest::Never)
                 .await;
         }
-        Some(false) => serve_h1(io, service, &server.h1, &mut watch).await,
+        // HTTP/1.1, giving hyper's connection back while the client is quiet and making it
+        // again from the bytes that wake it.
+        Some(false) => {
+            let mut service = service;
+            // A new connection, and one that rested long, rests as soon as it is idle: its client
+            // speaks seldom (a slow keep-alive connection costs no buffers between requests). One
+            // woken soon after resting rests at the watchdog's tick, so a busy connection is not
+            // taken apart between its requests.
+            let mut rest = Rest::WhenIdle;
+            loop {
+                // Boxed, so that giving it back frees it.
+                let mut conn = Box::pin(
+                    server
+                        .h1
+                        .serve_connection(TokioIo::new(io), service)
+                        .with_upgrades(),
+                );
+                if watch
+                    .drive(conn.as_mut(), |c| c.graceful_shutdown(), rest)
+                    .await
+                    == Ended::Closed
+                {
+                    break;
+                }
+                // Idle, nothing in flight or unsent: only unread bytes (a head's start) are kept.
+                let Some(parts) = Pin::into_inner(conn).into_parts() else {
+                    break;
+                };
+                io = parts.io.into_inner();
+                service = parts.service;
+                if !parts.read_buf.is_empty() {
+                    io.prefix = parts.read_buf;
+                    continue;
+                }
+                io.release();
+                watch.metrics.downstream_resting.inc();
+                let rested = Instant::now();
+                let woken = watch.wait_for_bytes(&mut io).await;
+                watch.metrics.downstream_resting.dec();
+                if !woken {
+                    break;
+                }
+                rest = if rested.elapsed() >= LONG_REST {
+                    Rest::WhenIdle
+                } else {
+                    Rest::AtTick
+                };
+            }
+        }
         None => {}
     }
     metrics.downstream_active.dec();
-}
-
-/// Serves HTTP/1.1 on `io`, giving hyper's connection back while the client is quiet and
-/// making it again from the bytes that wake it.
-async fn serve_h1<IO, S>(
-    mut io: Monitored<IO>,
-    mut service: S,
-    h1: &http1::Builder,
-    watch: &mut Watchdog<'_>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<
-            http::Request<Incoming>,
-            Response = http::Response<crate::telemetry::exchange::TrackedBody>,
-        > + Clone
-        + Unpin
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    // A new connection, and one that rested long, rests as soon as it is idle: its client
-    // speaks seldom (a slow keep-alive connection costs no buffers between requests). One
-    // woken soon after resting rests at the watchdog's tick, so a busy connection is not
-    // taken apart between its requests.
-    let mut rest = Rest::WhenIdle;
-    loop {
-        // Boxed, so that giving it back frees it.
-        let mut conn = Box::pin(
-            h1.serve_connection(TokioIo::new(io), service)
-                .with_upgrades(),
-        );
-        if watch
-            .drive(conn.as_mut(), |c| c.graceful_shutdown(), rest)
-            .await
-            == Ended::Closed
-        {
-            return;
-        }
-        // Idle, nothing in flight or unsent: only unread bytes (a head's start) are kept.
-        let Some(parts) = Pin::into_inner(conn).into_parts() else {
-            return;
-        };
-        io = parts.io.into_inner();
-        service = parts.service;
-        if !parts.read_buf.is_empty() {
-            io.prefix = parts.read_buf;
-            continue;
-        }
-        io.release();
-        watch.metrics.downstream_resting.inc();
-        let rested = Instant::now();
-        let woken = watch.wait_for_bytes(&mut io).await;
-        watch.metrics.downstream_resting.dec();
-        if !woken {
-            return;
-        }
-        rest = if rested.elapsed() >= LONG_REST {
-            Rest::WhenIdle
-        } else {
-            Rest::AtTick
-        };
-    }
 }
 
 /// A rest at least this long marks a connection whose client speaks seldom.
