@@ -414,10 +414,14 @@ pub async fn serve<IO, S, F>(
                 };
                 io = parts.io.into_inner();
                 service = parts.service;
-                if !parts.read_buf.is_empty() {
-                    io.prefix = parts.read_buf;
+                // Taken out of `parts`, so that it is freed now rather than when the rest ends
+                // (hyper's read buffer, 8 KiB, even when empty).
+                let unread = parts.read_buf;
+                if !unread.is_empty() {
+                    io.prefix = unread;
                     continue;
                 }
+                drop(unread);
                 io.release();
                 watch.metrics.downstream_resting.inc();
                 let rested = Instant::now();
