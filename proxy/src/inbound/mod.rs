@@ -12,7 +12,6 @@
 
 pub mod detect;
 pub mod http;
-pub mod prefixed;
 mod tcp;
 
 use ::http::HeaderValue;
@@ -27,9 +26,9 @@ use crate::context::ProxyContext;
 use crate::identity::tls::{is_h2_alpn, peer_check_reason, spiffe_id_of_leaf};
 use crate::policy::authz::Peer;
 use crate::server::conn;
+use crate::server::prefixed::Prefixed;
 use crate::snapshot::Snapshot;
 use detect::{Detected, MAX_RECORD};
-use prefixed::Prefixed;
 
 /// How long a connection may stay silent before it is taken for a server-first protocol
 /// (MySQL, SMTP: the client waits for a banner) and relayed as opaque TCP, when the

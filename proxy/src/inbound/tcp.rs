@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
-use super::prefixed::Prefixed;
 use crate::context::ProxyContext;
 use crate::message::response_flags::ResponseFlags;
 use crate::policy::authz::Attributes;
 use crate::policy::ext_authz::{self, Connection};
 use crate::protocol::Protocol;
+use crate::server::prefixed::Prefixed;
 use crate::snapshot::Snapshot;
 use crate::telemetry::istio::TcpEvent;
 use crate::telemetry::labels::{Caller, destination_report};

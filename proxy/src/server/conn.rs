@@ -15,7 +15,7 @@
 //! Activity is tracked with a few atomics in [`ConnState`] that the I/O wrapper and the request
 //! path update; a coarse per-connection tick checks them, so no timer is reset per read.
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
@@ -92,12 +92,12 @@ impl ConnState {
     /// no head begun, nothing left to write.
     /// Asked only right after the connection returned `Pending`, so hyper has acted on
     /// everything that happened (a body dropped unread is drained or the connection closed).
+    /// Only the HTTP/1.1 loop asks: an HTTP/2 connection never rests.
     fn may_release(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
             && self.bodies_open.load(Ordering::Acquire) == 0
             && self.head_started.load(Ordering::Acquire) == 0
             && !self.write_blocked.load(Ordering::Acquire)
-            && !self.h2.load(Ordering::Relaxed)
     }
 
     fn on_read(&self, bytes: &[u8]) {
@@ -250,14 +250,8 @@ impl<IO: AsyncRead> AsyncRead for Monitored<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.project();
-        if !this.prefix.is_empty() {
-            // Already reported when it was read.
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            if this.prefix.is_empty() {
-                *this.prefix = Bytes::new();
-            }
+        // The prefix was reported when it was read.
+        if super::prefixed::replay(this.prefix, buf) {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

@@ -3,3 +3,4 @@
 pub mod conn;
 pub mod drain;
 pub mod limits;
+pub mod prefixed;

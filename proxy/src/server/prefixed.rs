@@ -1,15 +1,30 @@
 //! A connection whose first bytes were already read (to see what it speaks): they are
 //! replayed to whoever reads it next, then reads go to the socket.
 
+use bytes::{Buf, Bytes};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Moves as much of `prefix` into `buf` as fits; `false` when there was nothing to replay.
+/// Once replayed whole, the prefix's memory is given back: it is never needed again.
+pub fn replay(prefix: &mut Bytes, buf: &mut ReadBuf<'_>) -> bool {
+    if prefix.is_empty() {
+        return false;
+    }
+    let n = prefix.len().min(buf.remaining());
+    buf.put_slice(&prefix[..n]);
+    prefix.advance(n);
+    if prefix.is_empty() {
+        *prefix = Bytes::new();
+    }
+    true
+}
+
 pin_project_lite::pin_project! {
     /// `io` with `prefix` in front of its read side.
     pub struct Prefixed<IO> {
-        prefix: Vec<u8>,
-        offset: usize,
+        prefix: Bytes,
         #[pin]
         io: IO,
     }
@@ -19,8 +34,7 @@ impl<IO> Prefixed<IO> {
     /// Replays `prefix` before reading from `io`.
     pub fn new(prefix: Vec<u8>, io: IO) -> Self {
         Self {
-            prefix,
-            offset: 0,
+            prefix: prefix.into(),
             io,
         }
     }
@@ -38,16 +52,7 @@ impl<IO: AsyncRead> AsyncRead for Prefixed<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.project();
-        if *this.offset < this.prefix.len() {
-            let rest = &this.prefix[*this.offset..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            *this.offset += n;
-            if *this.offset == this.prefix.len() {
-                // Give the memory back: the prefix is never needed again.
-                *this.prefix = Vec::new();
-                *this.offset = 0;
-            }
+        if replay(this.prefix, buf) {
             return Poll::Ready(Ok(()));
         }
         this.io.poll_read(cx, buf)
