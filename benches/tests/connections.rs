@@ -1,10 +1,11 @@
-//! `meshlite-bench --scenario connections`, run for real at tiny sizes through the debug proxy:
-//! 200 idle connections, a 1-second closed loop, churn, new mTLS connections and a 1 MiB body
-//! each way, checked through the JSON report a user reads. What it holds to: every connection
-//! is held and every request answered, every body arrives with its exact byte count, each
-//! churned request opened its own connection, the sidecars' resident sets are read and
-//! plausible, and a new mutual-TLS connection into a meshlite sidecar resumes the session of
-//! an earlier one. No timing is asserted. meshlite only: CI installs no HAProxy.
+//! `meshlite-bench --scenario connections`, run for real at small sizes through the debug
+//! proxy: 2,000 idle connections, a 1-second closed loop, churn, new mTLS connections and a
+//! 1 MiB body each way, checked through the JSON report a user reads. What it holds to: every
+//! connection is held and every request answered, the client sidecar's memory per idle
+//! connection stays under a bound (a bound, not a timing), every body arrives with its exact
+//! byte count, each churned request opened its own connection, and a new mutual-TLS
+//! connection into a meshlite sidecar resumes the session of an earlier one. No timing is
+//! asserted. meshlite only: CI installs no HAProxy.
 //!
 //! ```sh
 //! cargo build -p meshlite-proxy && cargo test -p meshlite-bench --test connections
@@ -23,7 +24,15 @@ mod support;
 use serde_json::Value;
 use support::{BenchRun, number, run_bench};
 
-const IDLE: f64 = 200.0;
+const IDLE: f64 = 2000.0;
+
+/// The most the client sidecar's RSS may grow per idle keep-alive connection from its app, KB
+/// (debug build, 2,000 connections). Measured 2026-12-07: 9.05-9.41 KB. The figure includes
+/// the upstream connections the first requests' burst opened and the debug build's larger
+/// tasks; the release build at 9,000 connections holds 3.76 KB (the issue's aim is 8), and
+/// 19.05 KB before quiet connections gave their buffers back (hyper's 8 KiB read and write
+/// buffers each), which this bound catches.
+const MAX_CLIENT_KB_PER_IDLE_CONNECTION: f64 = 12.0;
 const ROUNDS: f64 = 1.0;
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -34,9 +43,9 @@ fn a_pair_holds_idle_connections_carries_churn_and_bodies_and_resumes_tls_sessio
             "--scenario",
             "connections",
             "--idle-connections",
-            "200",
+            "2000",
             "--idle-interval",
-            "1s",
+            "3s",
             "--idle-rounds",
             "1",
             "--body-mib",
@@ -81,6 +90,14 @@ fn a_pair_holds_idle_connections_carries_churn_and_bodies_and_resumes_tls_sessio
             "{side}: {per} KB per connection is not plausible: {idle:#}"
         );
     }
+    // The app's connections rest (hyper's buffers given back): the client sidecar's memory
+    // per idle connection stays under the aim.
+    let client_per = number(idle, "/client_kb_per_connection");
+    assert!(
+        client_per < MAX_CLIENT_KB_PER_IDLE_CONNECTION,
+        "the client sidecar holds {client_per:.2} KB per idle connection (at most \
+         {MAX_CLIENT_KB_PER_IDLE_CONNECTION}): {idle:#}"
+    );
 
     // Closed loop and churn: answered, nothing failed; churn opened one connection per request.
     let closed = &run["closed_loop"];

@@ -73,6 +73,17 @@ fn a_sidecar_in_a_mesh_of_1000_services_builds_only_what_it_calls_within_a_memor
     // 200 routed services (on demand, subsets come with a service's policy when it is called).
     assert_eq!(number(demand_thousand, "/clusters"), 1006.0, "{output}");
     assert_eq!(number(whole_thousand, "/clusters"), 1406.0, "{output}");
+    // Every change reached the sidecar and was applied (the apply times are figures, not
+    // asserted).
+    for run in runs {
+        for change in [
+            "/change_apply_us",
+            "/pod_move_apply_us",
+            "/service_add_drop_apply_us",
+        ] {
+            assert!(number(run, change) > 0.0, "{change}: {run:#}");
+        }
+    }
     for run in runs {
         assert_eq!(
             number(run, "/built_clusters"),

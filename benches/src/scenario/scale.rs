@@ -18,7 +18,10 @@
 //!   the convergence from the file write (control plane's debounce and push included);
 //! - a pod moving in a service never called: one generated ServiceEntry's endpoint address
 //!   edited ([`CHANGES`] times). Its Service resource carries its endpoints' IPs (for
-//!   capture), so this reaches a sidecar on demand too; the sidecar's apply time.
+//!   capture), so this reaches a sidecar on demand too; the sidecar's apply time;
+//! - a Service added to the mesh and dropped again ([`CHANGES`] times each): a new
+//!   ServiceEntry sorted into the middle of the generated ones, so every service after it
+//!   moves up a place in the sidecar's list; the sidecar's apply time.
 
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -132,6 +135,10 @@ pub struct ScaleRecord {
     /// The sidecar's apply time of a pod moving in a service it never called (an endpoint's
     /// address edited: its Service resource changes), µs (median of the changes).
     pub pod_move_apply_us: f64,
+    /// The sidecar's apply time of a Service added to the mesh and dropped again (a new
+    /// ServiceEntry it never calls, sorted among the others so every later service moves
+    /// up a place), µs (median of the adds and drops).
+    pub service_add_drop_apply_us: f64,
 }
 
 /// Runs every size, prints the table, writes the JSON; true when every size ran.
@@ -241,6 +248,7 @@ fn run_size(
     let (change_apply_us, change_convergence_ms) =
         one_service_changes(echo_inbound, &control, admin)?;
     let pod_move_apply_us = pod_moves(n, &control, admin)?;
+    let service_add_drop_apply_us = services_added_and_dropped(n, &control, admin)?;
     let end = server_info(admin)?;
     let rss_peak_end_mb = kb_to_mb(procfs::peak_rss_kb(client.pid())?);
     let record = ScaleRecord {
@@ -258,6 +266,7 @@ fn run_size(
         change_apply_us,
         change_convergence_ms,
         pod_move_apply_us,
+        service_add_drop_apply_us,
     };
     let _ = client.stop();
     let _ = echo.stop();
@@ -478,6 +487,41 @@ fn pod_moves(n: u32, control: &ControlPlane, admin: SocketAddr) -> Result<f64, S
     Ok(median(&mut apply))
 }
 
+/// [`CHANGES`] times, a new service (sorted into the middle of the mesh) added and then
+/// dropped; returns the median of the sidecar's apply times (µs).
+fn services_added_and_dropped(
+    n: u32,
+    control: &ControlPlane,
+    admin: SocketAddr,
+) -> Result<f64, ScaleError> {
+    let name = format!("{}-new", service_name(n / 2));
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: {name}, namespace: {NAMESPACE}}}\n\
+         spec:\n  hosts: [{name}.{NAMESPACE}.svc.cluster.local]\n  location: MESH_INTERNAL\n\
+         \x20 resolution: STATIC\n  ports: [{{number: {SERVICE_PORT}, name: http, protocol: HTTP}}]\n\
+         \x20 endpoints:\n  - {{address: 10.250.0.1, serviceAccount: {name}}}\n"
+    );
+    let path = control.config_dir().join("added.yaml");
+    let mut apply = Vec::new();
+    for _ in 0..CHANGES {
+        for add in [true, false] {
+            let before = server_info(admin)?;
+            if add {
+                write_atomically(control.config_dir(), "added.yaml", &entry)?;
+            } else {
+                std::fs::remove_file(&path).map_err(io("cannot remove added.yaml"))?;
+            }
+            let after = wait_info(admin, "the added or dropped service", |i| {
+                i.applies > before.applies
+            })?;
+            apply.push(after.last_apply_us as f64);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    Ok(median(&mut apply))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -496,13 +540,13 @@ pub fn render(records: &[ScaleRecord]) -> String {
     let mut out = String::from(
         "\n| fetch | services | endpoints | clusters | peak RSS MB (config / end) | full config ms (applies) \
          | one-service change: apply µs, converged ms | pod moved, service not called: apply µs \
-         | first request ms (median / max) | warm ms | built |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         | service added / dropped: apply µs | first request ms (median / max) | warm ms | built |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in records {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.1} / {:.1} | {:.0} ({}) | {:.0}, {:.0} | {:.0} | {:.2} / {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {} | {:.1} / {:.1} | {:.0} ({}) | {:.0}, {:.0} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} | {} |",
             if r.on_demand { "on demand" } else { "whole" },
             r.services,
             r.endpoints,
@@ -514,6 +558,7 @@ pub fn render(records: &[ScaleRecord]) -> String {
             r.change_apply_us,
             r.change_convergence_ms,
             r.pod_move_apply_us,
+            r.service_add_drop_apply_us,
             r.first_request_ms.0,
             r.first_request_ms.1,
             r.warm_request_ms,

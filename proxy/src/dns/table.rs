@@ -12,12 +12,10 @@
 //! its hash leads to.
 
 use hickory_proto::rr::Name;
-use std::borrow::Cow;
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::names::{CLUSTER_DOMAIN, NameIndex, NameIndexBuilder};
+use crate::names::{CLUSTER_DOMAIN, NameIndex, NameIndexBuilder, Realignment};
 use crate::source::ServiceSpec;
 
 /// The addresses one name resolves to.
@@ -43,37 +41,29 @@ pub struct NameTable {
     /// list).
     own: Box<[Arc<ServiceSpec>]>,
     /// Names by hash, leading to their service (index into known, then own). Shared by the
-    /// tables of services with the same names and addresses.
+    /// tables of services with the same names in the same places, and carried over to the
+    /// next table when a few services move, come or go.
     index: Arc<NameIndex>,
     /// The workload's namespace (short names are answered for its services).
     namespace: Box<str>,
     /// MeshConfig `ISTIO_META_DNS_CAPTURE` is not `false`: mesh names are answered here;
     /// otherwise every query goes upstream.
     capture: bool,
-    /// Digests of the known list and of everything else it was built from.
-    digest: [u64; 2],
 }
 
-/// The names and addresses of `services`, digested without allocating: a push that leaves
-/// every service's names and addresses as they were keeps the index (building one parses
-/// every name of the mesh).
-fn digest<'a>(services: impl IntoIterator<Item = &'a Arc<ServiceSpec>>, seed: u64) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = foldhash::fast::FixedState::with_seed(seed).build_hasher();
-    for svc in services {
-        svc.hostname.hash(&mut h);
-        svc.name.hash(&mut h);
-        svc.namespace.hash(&mut h);
-        svc.aliases.hash(&mut h);
-        svc.addresses.hash(&mut h);
-    }
-    h.finish()
+/// Whether `a` and `b` are ports of one service (a service's names are indexed once, at its
+/// first port).
+fn same_service(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    a.hostname.eq_ignore_ascii_case(&b.hostname) && a.name == b.name && a.namespace == b.namespace
 }
 
-/// The seed of a known list's digest.
-const KNOWN_SEED: u64 = 0x6d65_7368;
-/// The seed of the rest's digest.
-const OWN_SEED: u64 = 0x6c69_7465;
+/// Whether `a` and `b` answer to the same names (one of them replacing the other in place).
+fn same_answers(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    same_service(a, b)
+        && a.hostname == b.hostname
+        && a.aliases == b.aliases
+        && a.addresses.is_empty() == b.addresses.is_empty()
+}
 
 /// The names (table keys) `svc` answers to for a workload in `namespace`.
 fn forms(svc: &ServiceSpec, namespace: &str) -> Vec<Box<str>> {
@@ -119,8 +109,8 @@ impl NameTable {
     /// entry per service port; a service's addresses are the same on every port; on a
     /// name two services give, the first answers). Addresses that are not IP literals (a
     /// ServiceEntry's CIDRs) are not answers; a service with none is left out, so its name
-    /// goes upstream as before. `prev`'s index is kept when the services' names and
-    /// addresses are the same.
+    /// goes upstream as before. `prev`'s index is kept, or carried over, when it can be
+    /// ([`NameTable::carried_index`]).
     pub fn build(
         known: Option<&ServiceList>,
         own: Vec<Arc<ServiceSpec>>,
@@ -128,37 +118,25 @@ impl NameTable {
         capture: bool,
         prev: Option<&Self>,
     ) -> Self {
-        let known_digest = match (prev, known) {
-            (Some(p), Some(k)) if p.known.as_ref().is_some_and(|pk| Arc::ptr_eq(pk, k)) => {
-                p.digest[0]
-            }
-            (_, k) => digest(k.iter().flat_map(|k| k.iter()), KNOWN_SEED),
-        };
-        let own_digest = {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = foldhash::fast::FixedState::with_seed(OWN_SEED).build_hasher();
-            h.write_u64(digest(&own, OWN_SEED));
-            h.write(namespace.as_bytes());
-            h.write_u8(u8::from(capture));
-            h.finish()
-        };
-        let digest = [known_digest, own_digest];
         let mut table = Self {
             known: known.cloned(),
             own: own.into_boxed_slice(),
             index: Arc::default(),
             namespace: namespace.into(),
             capture,
-            digest,
         };
-        table.index = match prev {
-            Some(p) if p.digest == digest => p.index.clone(),
-            _ => Arc::new(table.make_index()),
-        };
+        table.index = prev
+            .filter(|p| *p.namespace == *namespace)
+            .and_then(|p| table.carried_index(p))
+            .unwrap_or_else(|| {
+                let every = 0..u32::try_from(table.services().count()).unwrap_or(u32::MAX);
+                Arc::new(table.names_at(every).build())
+            });
         table
     }
 
-    /// The [`NameTable::build`] of `prev` kept or not, shared.
+    /// [`NameTable::build`], or `prev` itself when built of the same lists, namespace and
+    /// capture setting (a push that moved no service).
     pub fn build_or_keep(
         known: Option<&ServiceList>,
         own: Vec<Arc<ServiceSpec>>,
@@ -184,6 +162,41 @@ impl NameTable {
         ))
     }
 
+    /// `prev`'s index carried over to these services: the same one when every service
+    /// answers to the names of the one in its place (a pod moved), else moved to the
+    /// services' new places with only the fresh ones' names made and hashed. `None` when
+    /// building it whole costs no more (a large change), or when a service that stayed
+    /// became its service's first port or stopped being it.
+    fn carried_index(&self, prev: &Self) -> Option<Arc<NameIndex>> {
+        let r = Realignment::of(prev.services(), self.services())?;
+        let len = self.known_len() + self.own.len();
+        let in_place = prev.known_len() + prev.own.len() == len
+            && r.fresh().iter().all(|&at| {
+                r.new_place(at).is_none()
+                    && prev
+                        .service(at)
+                        .zip(self.service(at))
+                        .is_some_and(|(p, s)| same_answers(p, s))
+            });
+        if in_place {
+            return Some(prev.index.clone());
+        }
+        if r.fresh().len() + r.gone() > len / 8 {
+            return None;
+        }
+        // A service's neighbour changes only next to a change: a service that stayed has a
+        // new one before it when the old one left or a fresh one came.
+        let neighbours_hold = r.kept().all(|(i, j)| {
+            let new_neighbour =
+                (i > 0 && r.new_place(i - 1).is_none()) || (j > 0 && r.is_fresh(j - 1));
+            !new_neighbour || prev.indexed(i) == self.indexed(j)
+        });
+        neighbours_hold.then(|| {
+            let fresh = self.names_at(r.fresh().iter().copied());
+            Arc::new(prev.index.realigned(&r, fresh))
+        })
+    }
+
     /// Every service answered for, in order.
     fn services(&self) -> impl Iterator<Item = &Arc<ServiceSpec>> {
         self.known
@@ -206,28 +219,26 @@ impl NameTable {
         }
     }
 
-    fn make_index(&self) -> NameIndex {
-        let mut index = NameIndexBuilder::with_capacity((self.known_len() + self.own.len()) * 4);
-        let mut seen: HashSet<Cow<str>> = HashSet::new();
-        for (i, svc) in self.services().enumerate() {
-            let Ok(i) = u32::try_from(i) else { break };
-            if svc.addresses.is_empty() {
-                continue;
-            }
-            let host = if svc.hostname.bytes().any(|b| b.is_ascii_uppercase()) {
-                Cow::Owned(svc.hostname.to_ascii_lowercase())
-            } else {
-                Cow::Borrowed(svc.hostname.as_str())
-            };
-            // One entry a service, however many ports.
-            if !seen.insert(host) {
-                continue;
-            }
-            for form in forms(svc, &self.namespace) {
-                index.add(&form, i);
+    /// Whether the service at `i` has its names in the index: it has addresses to answer
+    /// with, and it is its service's first port (one entry a service, however many ports).
+    fn indexed(&self, i: u32) -> bool {
+        self.service(i).is_some_and(|svc| {
+            !svc.addresses.is_empty()
+                && (i == 0 || self.service(i - 1).is_none_or(|p| !same_service(p, svc)))
+        })
+    }
+
+    /// The names of the services at `places` that are indexed.
+    fn names_at(&self, places: impl Iterator<Item = u32>) -> NameIndexBuilder {
+        let mut index = NameIndexBuilder::with_capacity(places.size_hint().0 * 4);
+        for i in places {
+            if let Some(svc) = self.service(i).filter(|_| self.indexed(i)) {
+                for form in forms(svc, &self.namespace) {
+                    index.add(&form, i);
+                }
             }
         }
-        index.build()
+        index
     }
 
     /// The service answering to `key` (a table key), the first of those that do.
@@ -385,7 +396,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_index_is_kept_while_names_and_addresses_stay_and_made_again_when_one_moves() {
+    fn the_index_is_kept_while_names_stay_and_carried_when_services_come_and_go() {
         let mut svcs: Vec<Arc<ServiceSpec>> = vec![
             Arc::new(service(
                 "reviews.shop.svc.cluster.local",
@@ -414,10 +425,11 @@ pub(crate) mod tests {
             Arc::ptr_eq(kept.known.as_ref().expect("known"), &pushed),
             "the table holds the new list, not the old one"
         );
+        // A new address answers at once; the names lead where they led.
         Arc::make_mut(&mut svcs[1]).addresses = vec!["240.240.0.9".parse().unwrap()];
         let pushed: ServiceList = Arc::new(svcs.clone());
         let moved = NameTable::build_or_keep(Some(&pushed), vec![], "shop", true, Some(&kept));
-        assert!(!Arc::ptr_eq(&moved.index, &first.index));
+        assert!(Arc::ptr_eq(&moved.index, &first.index));
         assert_eq!(
             v4(&moved, "cart.other.svc.cluster.local"),
             Some(vec![Ipv4Addr::new(240, 240, 0, 9)])
@@ -445,6 +457,79 @@ pub(crate) mod tests {
             Some(vec![Ipv4Addr::new(240, 240, 0, 7)])
         );
         assert_eq!(both.len(), moved.len() + 1);
+    }
+
+    #[test]
+    fn services_added_and_dropped_carry_the_index_and_it_answers_as_one_built_whole() {
+        let svc = |i: u32| {
+            Arc::new(service(
+                &format!("s{i:02}.shop.svc.cluster.local"),
+                "shop",
+                &[&format!("240.240.1.{i}")],
+            ))
+        };
+        let old: Vec<_> = (0..40).map(svc).collect();
+        let first = NameTable::build(Some(&Arc::new(old.clone())), vec![], "shop", true, None);
+        // s00 leaves, s10a comes, s15 changes its name.
+        let mut new = old.clone();
+        new.remove(0);
+        let mut added = service("s10a.shop.svc.cluster.local", "shop", &["240.240.2.1"]);
+        added.aliases = vec!["ten-a.example".into()];
+        new.insert(10, Arc::new(added));
+        new[15] = Arc::new(service(
+            "t15.shop.svc.cluster.local",
+            "shop",
+            &["240.240.1.15"],
+        ));
+        let new: ServiceList = Arc::new(new);
+        let carried = NameTable::build(Some(&new), vec![], "shop", true, Some(&first));
+        let whole = NameTable::build(Some(&new), vec![], "shop", true, None);
+        assert!(!Arc::ptr_eq(&carried.index, &first.index));
+        assert_eq!(carried.entries(), whole.entries());
+        assert_eq!(carried.len(), whole.len());
+        assert_eq!(v4(&carried, "s00"), None, "s00 left");
+        assert_eq!(
+            v4(&carried, "ten-a.example"),
+            Some(vec![Ipv4Addr::new(240, 240, 2, 1)])
+        );
+        assert_eq!(
+            v4(&carried, "t15.shop"),
+            Some(vec![Ipv4Addr::new(240, 240, 1, 15)])
+        );
+        assert_eq!(v4(&carried, "s15.shop"), None);
+        assert_eq!(
+            v4(&carried, "s19"),
+            Some(vec![Ipv4Addr::new(240, 240, 1, 19)])
+        );
+    }
+
+    #[test]
+    fn a_port_left_behind_by_its_service_s_first_port_still_answers() {
+        // One service on two ports (its names indexed once, at the first), then others.
+        let port = |p: u16| {
+            let mut s = service("multi.shop.svc.cluster.local", "shop", &["240.240.3.1"]);
+            s.port = p;
+            Arc::new(s)
+        };
+        let mut old = vec![port(80), port(443)];
+        old.extend((0..20).map(|i| {
+            Arc::new(service(
+                &format!("o{i:02}.shop.svc.cluster.local"),
+                "shop",
+                &["240.240.3.2"],
+            ))
+        }));
+        let first = NameTable::build(Some(&Arc::new(old.clone())), vec![], "shop", true, None);
+        // The first port goes and the second stays (the same allocation): it is now the one
+        // that carries the service's names.
+        let new: ServiceList = Arc::new(old[1..].to_vec());
+        let carried = NameTable::build(Some(&new), vec![], "shop", true, Some(&first));
+        assert_eq!(
+            v4(&carried, "multi"),
+            Some(vec![Ipv4Addr::new(240, 240, 3, 1)])
+        );
+        let whole = NameTable::build(Some(&new), vec![], "shop", true, None);
+        assert_eq!(carried.entries(), whole.entries());
     }
 
     #[test]

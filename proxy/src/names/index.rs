@@ -11,6 +11,8 @@
 
 use std::hash::BuildHasher;
 
+use super::realign::{Realignment, merge_sorted};
+
 /// foldhash with a seed drawn once per process from the system's randomness (through std's
 /// `RandomState`, so a run whose randomness is fixed, as the instruction counts' is, hashes
 /// alike every time; foldhash's own `RandomState` seeds from the clock and addresses).
@@ -72,20 +74,44 @@ impl NameIndexBuilder {
     }
 
     /// The index, each name's entries kept in the order of their indices.
-    pub fn build(mut self) -> NameIndex {
+    pub fn build(self) -> NameIndex {
+        let hasher = self.hasher;
+        NameIndex::of_sorted(hasher, &self.into_sorted())
+    }
+
+    /// Its entries, sorted, each once.
+    fn into_sorted(mut self) -> Vec<(u64, u32)> {
         self.entries.sort_unstable();
         self.entries.dedup();
-        let distinct = 1 + self.entries.windows(2).filter(|w| w[0].0 != w[1].0).count();
-        NameIndex {
-            hasher: self.hasher,
-            hashes: self.entries.iter().map(|e| e.0).collect(),
-            at: self.entries.iter().map(|e| e.1).collect(),
-            distinct: if self.entries.is_empty() { 0 } else { distinct },
-        }
+        self.entries
     }
 }
 
 impl NameIndex {
+    /// The index of `entries`, sorted and without duplicates.
+    fn of_sorted(hasher: NameHasher, entries: &[(u64, u32)]) -> Self {
+        let distinct = 1 + entries.windows(2).filter(|w| w[0].0 != w[1].0).count();
+        Self {
+            hasher,
+            hashes: entries.iter().map(|e| e.0).collect(),
+            at: entries.iter().map(|e| e.1).collect(),
+            distinct: if entries.is_empty() { 0 } else { distinct },
+        }
+    }
+
+    /// This index carried into the list `r` lines up: the names of places that left are
+    /// dropped, the others moved to their new places, and `fresh` (the names of the new
+    /// list's fresh places) merged in. One pass; no name is hashed again.
+    pub fn realigned(&self, r: &Realignment, fresh: NameIndexBuilder) -> Self {
+        let kept = self
+            .hashes
+            .iter()
+            .zip(self.at.iter())
+            .filter_map(|(h, at)| r.new_place(*at).map(|p| (*h, p)));
+        let entries = merge_sorted(kept, fresh.into_sorted(), Ord::cmp);
+        Self::of_sorted(self.hasher, &entries)
+    }
+
     /// The entries that may answer to `name`, in the order of their indices: every entry that
     /// does, and (should another name share its hash) entries that do not, which the caller
     /// tells apart by checking the name.
@@ -137,6 +163,40 @@ mod tests {
         assert!(idx.candidates("").is_empty());
         assert_eq!(idx.len(), 3);
         assert_eq!(idx.heap_bytes(), 4 * 12, "the duplicate pair is held once");
+    }
+
+    #[test]
+    fn a_carried_index_follows_its_list_and_takes_in_the_fresh_names() {
+        use std::sync::Arc;
+        let names = |v: &[(&'static str, Arc<u8>)]| {
+            let mut b = NameIndexBuilder::with_capacity(8);
+            for (i, (name, _)) in (0u32..).zip(v) {
+                b.add(name, i);
+                b.add("shared", i);
+            }
+            b
+        };
+        let (a, b, c) = (Arc::new(0), Arc::new(1), Arc::new(2));
+        let old = [("a", a.clone()), ("b", b.clone()), ("c", c.clone())];
+        let idx = names(&old).build();
+        // "b" dropped, "x" added first.
+        let new = [("x", Arc::new(3)), ("a", a), ("c", c)];
+        let r = Realignment::of(old.iter().map(|e| &e.1), new.iter().map(|e| &e.1)).unwrap();
+        let mut fresh = NameIndexBuilder::with_capacity(2);
+        for &at in r.fresh() {
+            let (name, _) = &new[at as usize];
+            fresh.add(name, at);
+            fresh.add("shared", at);
+        }
+        let carried = idx.realigned(&r, fresh);
+        let built = names(&new).build();
+        for name in ["x", "a", "b", "c", "shared"] {
+            assert_eq!(carried.candidates(name), built.candidates(name), "{name}");
+        }
+        assert_eq!(carried.candidates("shared"), &[0, 1, 2]);
+        assert!(carried.candidates("b").is_empty());
+        assert_eq!(carried.len(), built.len());
+        assert_eq!(carried.heap_bytes(), built.heap_bytes());
     }
 
     #[test]

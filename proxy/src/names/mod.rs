@@ -1,10 +1,12 @@
 //! Istio's service names as the proxy reads them: the cluster domain that completes a short
 //! name into an FQDN, `host[:port]` authorities as requests give them, and an index that
-//! finds a service by name without storing the name.
+//! finds a service by name without storing the name (carried over when its list changes).
 
 mod index;
+mod realign;
 
 pub use index::{NameHasher, NameIndex, NameIndexBuilder};
+pub use realign::{Realignment, merge_sorted};
 
 /// Istio's cluster DNS suffix.
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";

@@ -1,12 +1,12 @@
 //! The directory of the services known and not fetched ([`Directory`]), built from the
-//! control plane's list of them, or kept from the previous snapshot while the list is the
-//! same one.
+//! control plane's list of them, kept from the previous snapshot while the list is the same
+//! one, and carried over from it when a few services moved, came or left.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 
 use super::{ClusterContext, Recipe, addresses_of, names_of, same_names};
-use crate::names::NameIndexBuilder;
+use crate::names::{NameIndexBuilder, Realignment, merge_sorted};
 use crate::snapshot::addresses::rank;
 use crate::snapshot::directory::{AddressTable, Held, v4_key};
 use crate::snapshot::{Directory, RouteBehaviour, SnapshotError};
@@ -23,73 +23,98 @@ pub(super) fn directory(
     if let Some(d) = prev.filter(|d| Arc::ptr_eq(&d.source, known) && Arc::ptr_eq(&d.ctx, ctx)) {
         return Ok(d.clone());
     }
-    // A push that moves some services (a pod's IP, a port) leaves the rest as they were:
-    // the same specs, at the same places in the list, need no second check, and when every
-    // service keeps its names the name index is the previous one.
-    let checked_by = prev.filter(|d| Arc::ptr_eq(&d.ctx, ctx));
-    let mut moved = Vec::new();
-    for (i, spec) in known.iter().enumerate() {
-        // What a first lookup makes must not fail then: refused now, as a fetched
-        // service's would be.
-        let checked = checked_by
-            .and_then(|d| d.source.get(i))
-            .is_some_and(|p| Arc::ptr_eq(p, spec));
-        if !checked {
-            Recipe::new(ctx, spec.clone(), None, None, None, None)?;
-            moved.extend(u32::try_from(i).ok());
-        }
-    }
-    // The same places hold the same services but for a few: the previous address table
-    // less their claims, plus their new ones. Else (services added or dropped) made again.
-    let patched = prev
-        .filter(|d| d.source.len() == known.len() && moved.len() <= known.len() / 8)
-        .map(|d| (&d.addresses, moved.as_slice()));
-    let names = match prev {
-        Some(d)
-            if d.source.len() == known.len()
-                && d.source
-                    .iter()
-                    .zip(known.iter())
-                    .all(|(p, s)| same_names(p, s)) =>
-        {
-            d.names.clone()
-        }
-        _ => {
-            let mut names = NameIndexBuilder::with_capacity(known.len() * 4);
-            for (i, spec) in known.iter().enumerate() {
-                let Ok(i) = u32::try_from(i) else { break };
-                for name in names_of(spec) {
-                    names.add(&name, i);
-                }
-            }
-            Arc::new(names.build())
-        }
+    // A push that moves, adds or drops a few services leaves the rest as they were: the same
+    // specs (the same allocations), in the same order, at new places. They need no second
+    // check, and their names and addresses are carried to their new places.
+    let realigned = prev
+        .filter(|d| Arc::ptr_eq(&d.ctx, ctx))
+        .and_then(|d| Realignment::of(d.source.iter(), known.iter()).map(|r| (d, r)));
+    // What a first lookup makes must not fail then: refused now, as a fetched service's
+    // would be.
+    let check = |at: usize| match known.get(at) {
+        Some(spec) => Recipe::new(ctx, spec.clone(), None, None, None, None).map(drop),
+        None => Ok(()),
     };
+    match &realigned {
+        Some((_, r)) => r.fresh().iter().try_for_each(|at| check(*at as usize))?,
+        None => (0..known.len()).try_for_each(check)?,
+    }
+    // Every service answering to the names of the one in its place (a pod moved): the name
+    // index stays. Else a small change is carried over, and a large one indexed from
+    // scratch, which then costs no more.
+    let kept_names = realigned
+        .as_ref()
+        .filter(|(d, r)| same_names_in_place(&d.source, known, r))
+        .map(|(d, _)| d.names.clone());
+    let carried = realigned.filter(|(_, r)| r.fresh().len() + r.gone() <= known.len() / 8);
+    let names = kept_names.unwrap_or_else(|| match &carried {
+        Some((d, r)) => Arc::new(
+            d.names
+                .realigned(r, names_at(known, r.fresh().iter().copied())),
+        ),
+        None => Arc::new(names_at(known, every(known)).build()),
+    });
+    let addresses = address_table(known, carried.as_ref().map(|(d, r)| (&d.addresses, r)));
     Ok(Arc::new(Directory {
         source: known.clone(),
         ctx: ctx.clone(),
         default_behaviour: default_behaviour.clone(),
         names,
-        addresses: address_table(known, patched),
+        addresses,
         entries: known.iter().map(|_| OnceLock::new()).collect(),
     }))
 }
 
+/// Whether every service of `known` answers to the names of the one at its place in `old`
+/// (a pod moved, a port changed): the name index stays as it is.
+fn same_names_in_place(
+    old: &[Arc<ServiceSpec>],
+    known: &[Arc<ServiceSpec>],
+    r: &Realignment,
+) -> bool {
+    old.len() == known.len()
+        && r.fresh().iter().all(|&at| {
+            r.new_place(at).is_none()
+                && old
+                    .get(at as usize)
+                    .zip(known.get(at as usize))
+                    .is_some_and(|(o, n)| same_names(o, n))
+        })
+}
+
+/// Every place of `known`.
+fn every(known: &[Arc<ServiceSpec>]) -> std::ops::Range<u32> {
+    0..u32::try_from(known.len()).unwrap_or(u32::MAX)
+}
+
+/// The names of the services of `known` at `places`.
+fn names_at(known: &[Arc<ServiceSpec>], places: impl Iterator<Item = u32>) -> NameIndexBuilder {
+    let mut names = NameIndexBuilder::with_capacity(places.size_hint().0 * 4);
+    for at in places {
+        let Some(spec) = known.get(at as usize) else {
+            break;
+        };
+        for name in names_of(spec) {
+            names.add(&name, at);
+        }
+    }
+    names
+}
+
 /// Every address of `known` at its service port's port, sorted by address, the claim that
 /// ranks first (a virtual IP over an endpoint, then the first host name in order, then the
-/// first in the list) before the others. With `patch`, the previous table of a list whose
-/// services moved only at the (sorted) places given: their claims are taken out of it and
-/// their new ones merged in, without sorting the rest again.
+/// first in the list) before the others. With `carry`, the previous table and how the list
+/// moved since: the claims of the services that stayed are moved to their new places (their
+/// order holds), and only the fresh services' claims are sorted and merged in.
 fn address_table(
     known: &[Arc<ServiceSpec>],
-    patch: Option<(&AddressTable, &[u32])>,
+    carry: Option<(&AddressTable, &Realignment)>,
 ) -> AddressTable {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
-    let every = 0..u32::try_from(known.len()).unwrap_or(u32::MAX);
-    let places: Box<dyn Iterator<Item = u32>> = match patch {
-        Some((_, moved)) => Box::new(moved.iter().copied()),
-        None => Box::new(every),
+    let places: Box<dyn Iterator<Item = u32>> = match carry {
+        Some((_, r)) => Box::new(r.fresh().iter().copied()),
+        None => Box::new(every(known)),
     };
     for at in places {
         let Some(spec) = known.get(at as usize) else {
@@ -112,33 +137,15 @@ fn address_table(
     };
     v4.sort_unstable_by(cmp4);
     v6.sort_unstable_by(cmp6);
-    if let Some((prev, moved)) = patch {
-        let stays = |h: &Held| moved.binary_search(&h.at).is_err();
-        v4 = merged(prev.v4.iter().filter(|e| stays(&e.1)), v4, cmp4);
-        v6 = merged(prev.v6.iter().filter(|e| stays(&e.1)), v6, cmp6);
+    if let Some((prev, r)) = carry {
+        let moved = |h: &Held| r.new_place(h.at).map(|at| Held { claim: h.claim, at });
+        let kept4 = prev.v4.iter().filter_map(|(k, h)| Some((*k, moved(h)?)));
+        let kept6 = prev.v6.iter().filter_map(|(k, h)| Some((*k, moved(h)?)));
+        v4 = merge_sorted(kept4, v4, cmp4);
+        v6 = merge_sorted(kept6, v6, cmp6);
     }
     AddressTable {
         v4: v4.into_boxed_slice(),
         v6: v6.into_boxed_slice(),
     }
-}
-
-/// The sorted `old` and `new` as one sorted list (of equals, `old`'s first).
-fn merged<'a, T: Copy + 'a>(
-    old: impl Iterator<Item = &'a T>,
-    new: Vec<T>,
-    cmp: impl Fn(&T, &T) -> std::cmp::Ordering,
-) -> Vec<T> {
-    // Sized for every old entry (a filter's upper bound): one allocation, not a doubling one.
-    let (lower, upper) = old.size_hint();
-    let mut out = Vec::with_capacity(upper.unwrap_or(lower) + new.len());
-    let mut new = new.into_iter().peekable();
-    for o in old {
-        while let Some(n) = new.next_if(|n| cmp(n, o).is_lt()) {
-            out.push(n);
-        }
-        out.push(*o);
-    }
-    out.extend(new);
-    out
 }

@@ -703,6 +703,108 @@ async fn on_demand_a_push_that_moves_a_few_services_patches_the_address_table_as
 }
 
 #[tokio::test]
+async fn on_demand_a_push_that_adds_and_drops_services_carries_the_directory_as_a_build_would() {
+    let dir = tempfile::tempdir().expect("dir");
+    let metrics = Metrics::new();
+    let identity = identity(dir.path(), &metrics);
+    let member = |i: u8, pods: &[String]| {
+        let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+        spec_at(
+            &format!("s{i:02}.default.svc.cluster.local"),
+            9080,
+            &[&format!("10.96.1.{i}")],
+            &pods,
+        )
+    };
+    let pod = |i: u8| format!("10.1.1.{i}");
+    // Twenty-four services; s09 also lists s03's pod.
+    let list: Vec<_> = (0..24u8)
+        .map(|i| match i {
+            9 => member(9, &[pod(9), pod(3)]),
+            i => member(i, &[pod(i)]),
+        })
+        .collect();
+    let view = |list: &Vec<Arc<ServiceSpec>>| MeshView {
+        known: Some(Arc::new(list.clone())),
+        ..Default::default()
+    };
+    let first =
+        Snapshot::build(&local(), &view(&list), &identity, &metrics, 1, None).expect("builds");
+    // A push: s03 leaves (s09 then holds its pod), and a new service comes between s05 and
+    // s06 whose virtual IP is s07's pod's address (a virtual IP beats a pod IP) and whose pod
+    // is s20's pod (equal claims: s20's name comes after "s05a").
+    let mut pushed = list.clone();
+    pushed.remove(3);
+    let newcomer = spec_at(
+        "s05a.default.svc.cluster.local",
+        9080,
+        &["10.1.1.7"],
+        &["10.1.1.20"],
+    );
+    pushed.insert(5, newcomer);
+    let carried = Snapshot::build(
+        &local(),
+        &view(&pushed),
+        &identity,
+        &metrics,
+        2,
+        Some(&first),
+    )
+    .expect("builds");
+    let scratch =
+        Snapshot::build(&local(), &view(&pushed), &identity, &metrics, 2, None).expect("builds");
+    let held = |snap: &Snapshot, addr: &str| {
+        snap.captured(addr.parse().expect("addr"))
+            .map(|t| t.host.cluster.labels.service.fqdn.to_string())
+    };
+    let named = |snap: &Snapshot, host: &str| {
+        snap.route(host)
+            .ok()
+            .map(|h| h.cluster.labels.service.fqdn.to_string())
+    };
+    for i in 0..24u8 {
+        for addr in [format!("10.96.1.{i}:9080"), format!("10.1.1.{i}:9080")] {
+            assert_eq!(
+                held(&carried, &addr),
+                held(&scratch, &addr),
+                "{addr}: the carried table answers as one built whole"
+            );
+        }
+        for host in [
+            format!("s{i:02}:9080"),
+            format!("s{i:02}.default.svc.cluster.local:9080"),
+        ] {
+            assert_eq!(named(&carried, &host), named(&scratch, &host), "{host}");
+        }
+    }
+    assert_eq!(
+        held(&carried, "10.1.1.3:9080").as_deref(),
+        Some("s09.default.svc.cluster.local"),
+        "s03 left: the next claim holds its pod"
+    );
+    assert_eq!(
+        held(&carried, "10.1.1.7:9080").as_deref(),
+        Some("s05a.default.svc.cluster.local"),
+        "a virtual IP beats a pod IP"
+    );
+    assert_eq!(
+        held(&carried, "10.1.1.20:9080").as_deref(),
+        Some("s05a.default.svc.cluster.local"),
+        "equal claims: the first host name"
+    );
+    assert_eq!(named(&carried, "s03:9080"), None, "s03 left");
+    assert_eq!(
+        named(&carried, "s05a:9080").as_deref(),
+        Some("s05a.default.svc.cluster.local")
+    );
+    assert_eq!(
+        named(&carried, "s23:9080").as_deref(),
+        Some("s23.default.svc.cluster.local"),
+        "a service after the change, at its new place"
+    );
+}
+
+#[tokio::test]
 async fn on_demand_the_directory_answers_for_services_not_fetched_and_fetched_ones_shadow_it() {
     let dir = tempfile::tempdir().expect("dir");
     let metrics = Metrics::new();
