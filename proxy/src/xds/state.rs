@@ -478,45 +478,31 @@ impl SpecCache<'_> {
 
 impl Known {
     /// The known services of the Service resources `services`: `prev` itself while they are
-    /// the same map, else made again, decoding only the Services whose version moved. A push
-    /// that names no new Service and drops none (a pod moved) updates `prev`'s record in
-    /// place: one pass over the names, compared by pointer (they are the resources' own).
+    /// the same map, else `prev`'s record updated in place: one merged pass over the two
+    /// lists of names (the same strings: compared by pointer first), the Services that left
+    /// taken out, the new ones and those whose version moved decoded.
     fn refresh(prev: Option<Known>, services: &Arc<Resources>) -> Result<Known, XdsError> {
-        let by_name = match prev {
+        let mut by_name = match prev {
             Some(k) if Arc::ptr_eq(&k.source, services) => return Ok(k),
-            Some(mut k)
-                if k.by_name.len() == services.len()
-                    && k.by_name.keys().zip(services.keys()).all(|(a, b)| a == b) =>
-            {
-                for ((name, (version, specs)), stored) in
-                    k.by_name.iter_mut().zip(services.values())
-                {
-                    if *version != stored.version {
-                        *specs = decode_service(name, stored, None, true)?;
-                        *version = stored.version.clone();
-                    }
-                }
-                k.by_name
-            }
-            prev => {
-                let mut old = prev.map(|k| k.by_name).unwrap_or_default();
-                let mut by_name = BTreeMap::new();
-                for (name, stored) in services.iter() {
-                    let entry = match old
-                        .remove(name)
-                        .filter(|(version, _)| *version == stored.version)
-                    {
-                        Some(kept) => kept,
-                        None => (
-                            stored.version.clone(),
-                            decode_service(name, stored, None, true)?,
-                        ),
-                    };
-                    by_name.insert(name.clone(), entry);
-                }
-                by_name
-            }
+            Some(k) => k.by_name,
+            None => BTreeMap::new(),
         };
+        let (gone, came) = name_changes(by_name.keys(), services.keys());
+        for name in &gone {
+            by_name.remove(name);
+        }
+        for name in came {
+            if let Some(stored) = services.get(&name) {
+                let specs = decode_service(&name, stored, None, true)?;
+                by_name.insert(name, (stored.version.clone(), specs));
+            }
+        }
+        for ((name, (version, specs)), stored) in by_name.iter_mut().zip(services.values()) {
+            if *version != stored.version {
+                *specs = decode_service(name, stored, None, true)?;
+                *version = stored.version.clone();
+            }
+        }
         let mut list = Vec::with_capacity(services.len());
         let mut without_vip = Vec::new();
         for (name, (_, specs)) in &by_name {
@@ -532,6 +518,33 @@ impl Known {
             without_vip,
         })
     }
+}
+
+/// The names only in `old` and those only in `new`, both sorted, found in one merged pass.
+fn name_changes<'a>(
+    old: impl Iterator<Item = &'a Arc<str>>,
+    new: impl Iterator<Item = &'a Arc<str>>,
+) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+    let (mut gone, mut came) = (Vec::new(), Vec::new());
+    let (mut old, mut new) = (old.peekable(), new.peekable());
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(o), Some(n)) if Arc::ptr_eq(o, n) => std::cmp::Ordering::Equal,
+            (Some(o), Some(n)) => o.cmp(n),
+        };
+        match order {
+            std::cmp::Ordering::Less => gone.extend(old.next().cloned()),
+            std::cmp::Ordering::Greater => came.extend(new.next().cloned()),
+            std::cmp::Ordering::Equal => {
+                old.next();
+                new.next();
+            }
+        }
+    }
+    (gone, came)
 }
 
 /// The specs (one per port) of Service `name` decoded with its endpoints; `awaiting`: as
@@ -1024,6 +1037,19 @@ mod tests {
     }
 
     #[test]
+    fn name_changes_finds_the_names_that_left_and_came_in_one_pass() {
+        let names = |v: &[&str]| v.iter().map(|n| Arc::<str>::from(*n)).collect::<Vec<_>>();
+        let old = names(&["a", "c", "d", "f"]);
+        let mut new = names(&["b", "c", "e", "f", "g"]);
+        new[1] = old[1].clone(); // "c": the same string
+        let (gone, came) = name_changes(old.iter(), new.iter());
+        assert_eq!(gone, names(&["a", "d"]));
+        assert_eq!(came, names(&["b", "e", "g"]));
+        let (gone, came) = name_changes(old.iter(), std::iter::empty());
+        assert_eq!((gone.len(), came.len()), (4, 0));
+    }
+
+    #[test]
     fn on_demand_a_push_that_moves_no_service_keeps_the_known_list_and_copies_no_service() {
         let hosts = ["a.default.svc.cluster.local", "b.default.svc.cluster.local"];
         let mut state = XdsState::default();
@@ -1060,8 +1086,8 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &list));
         assert!(Arc::ptr_eq(&first[0], &list[0]), "a's spec was kept");
         assert!(!Arc::ptr_eq(&first[1], &list[1]));
-        // A Service added (a name the record does not hold) makes the record again, in name
-        // order, keeping the specs whose version did not move.
+        // A Service added (a name the record does not hold) is decoded alone and takes its
+        // place in name order; the others keep their specs.
         let added = service_push("aa.default.svc.cluster.local", "127.0.0.1:1");
         let mut grown = after.apply(&added[0]).unwrap();
         grown.take_caches(&mut after);
