@@ -600,6 +600,27 @@ async fn a_push_keeps_host_ports_it_left_alone_and_reroutes_those_whose_destinat
     assert_eq!(v2(&four), [9001]);
 }
 
+/// A view on demand knowing `list`.
+fn known_view(list: &[Arc<ServiceSpec>]) -> MeshView {
+    MeshView {
+        known: Some(Arc::new(list.to_vec())),
+        ..Default::default()
+    }
+}
+
+/// The snapshot of a push of `pushed` after `first`, and the same built from nothing.
+fn after_and_from_scratch(
+    first: &Snapshot,
+    pushed: &[Arc<ServiceSpec>],
+    identity: &Arc<Identity>,
+    metrics: &Metrics,
+) -> (Snapshot, Snapshot) {
+    let view = known_view(pushed);
+    let after = Snapshot::build(&local(), &view, identity, metrics, 2, Some(first));
+    let scratch = Snapshot::build(&local(), &view, identity, metrics, 2, None);
+    (after.expect("builds"), scratch.expect("builds"))
+}
+
 /// `spec` as a sidecar on demand knows it before its fetch: no endpoints, their IPs only.
 fn known(spec: &Arc<ServiceSpec>, vip: &str) -> Arc<ServiceSpec> {
     let mut k = (**spec).clone();
@@ -632,12 +653,8 @@ async fn on_demand_a_push_that_moves_a_few_services_patches_the_address_table_as
             i => member(i, vec![pod(i)]),
         })
         .collect();
-    let view = |list: &Vec<Arc<ServiceSpec>>| MeshView {
-        known: Some(Arc::new(list.clone())),
-        ..Default::default()
-    };
-    let first =
-        Snapshot::build(&local(), &view(&list), &identity, &metrics, 1, None).expect("builds");
+    let first = Snapshot::build(&local(), &known_view(&list), &identity, &metrics, 1, None)
+        .expect("builds");
     // A push: s03's pod moves, and s12 takes s05's virtual IP as its pod's (a virtual IP
     // still beats it). The rest are the same specs at the same places.
     let mut pushed = list.clone();
@@ -655,17 +672,7 @@ async fn on_demand_a_push_that_moves_a_few_services_patches_the_address_table_as
             ..endpoint(15006, "v1")
         }],
     );
-    let patched = Snapshot::build(
-        &local(),
-        &view(&pushed),
-        &identity,
-        &metrics,
-        2,
-        Some(&first),
-    )
-    .expect("builds");
-    let scratch =
-        Snapshot::build(&local(), &view(&pushed), &identity, &metrics, 2, None).expect("builds");
+    let (patched, scratch) = after_and_from_scratch(&first, &pushed, &identity, &metrics);
     let held = |snap: &Snapshot, addr: String| {
         snap.captured(addr.parse().expect("addr"))
             .map(|t| t.host.cluster.labels.service.fqdn.to_string())
@@ -724,12 +731,8 @@ async fn on_demand_a_push_that_adds_and_drops_services_carries_the_directory_as_
             i => member(i, &[pod(i)]),
         })
         .collect();
-    let view = |list: &Vec<Arc<ServiceSpec>>| MeshView {
-        known: Some(Arc::new(list.clone())),
-        ..Default::default()
-    };
-    let first =
-        Snapshot::build(&local(), &view(&list), &identity, &metrics, 1, None).expect("builds");
+    let first = Snapshot::build(&local(), &known_view(&list), &identity, &metrics, 1, None)
+        .expect("builds");
     // A push: s03 leaves (s09 then holds its pod), and a new service comes between s05 and
     // s06 whose virtual IP is s07's pod's address (a virtual IP beats a pod IP) and whose pod
     // is s20's pod (equal claims: s20's name comes after "s05a").
@@ -742,17 +745,7 @@ async fn on_demand_a_push_that_adds_and_drops_services_carries_the_directory_as_
         &["10.1.1.20"],
     );
     pushed.insert(5, newcomer);
-    let carried = Snapshot::build(
-        &local(),
-        &view(&pushed),
-        &identity,
-        &metrics,
-        2,
-        Some(&first),
-    )
-    .expect("builds");
-    let scratch =
-        Snapshot::build(&local(), &view(&pushed), &identity, &metrics, 2, None).expect("builds");
+    let (carried, scratch) = after_and_from_scratch(&first, &pushed, &identity, &metrics);
     let held = |snap: &Snapshot, addr: &str| {
         snap.captured(addr.parse().expect("addr"))
             .map(|t| t.host.cluster.labels.service.fqdn.to_string())
