@@ -169,19 +169,15 @@ impl NameTable {
     /// became its service's first port or stopped being it.
     fn carried_index(&self, prev: &Self) -> Option<Arc<NameIndex>> {
         let r = Realignment::of(prev.services(), self.services())?;
-        let len = self.known_len() + self.own.len();
-        let in_place = prev.known_len() + prev.own.len() == len
-            && r.fresh().iter().all(|&at| {
-                r.new_place(at).is_none()
-                    && prev
-                        .service(at)
-                        .zip(self.service(at))
-                        .is_some_and(|(p, s)| same_answers(p, s))
-            });
-        if in_place {
+        let same_answers_at = |at| {
+            prev.service(at)
+                .zip(self.service(at))
+                .is_some_and(|(p, s)| same_answers(p, s))
+        };
+        if r.in_place(same_answers_at) {
             return Some(prev.index.clone());
         }
-        if r.fresh().len() + r.gone() > len / 8 {
+        if !r.worth_carrying() {
             return None;
         }
         // A service's neighbour changes only next to a change: a service that stayed has a

@@ -91,9 +91,21 @@ impl Realignment {
         self.to_new.len() + self.fresh.len() - self.new_len
     }
 
-    /// Whether the new list holds the same entries in the same places.
-    pub fn unchanged(&self) -> bool {
-        self.fresh.is_empty() && self.to_new.len() == self.new_len
+    /// Whether every fresh entry took the place of an old one that left (a service changed
+    /// where it stood; none added or dropped) and `same` holds at each such place: an index
+    /// of only what `same` compares can then stay as it is.
+    pub fn in_place(&self, same: impl Fn(u32) -> bool) -> bool {
+        self.to_new.len() == self.new_len
+            && self
+                .fresh
+                .iter()
+                .all(|&at| self.new_place(at).is_none() && same(at))
+    }
+
+    /// Whether so little changed (at most one place in eight came or left) that carrying an
+    /// index over costs less than building it again.
+    pub fn worth_carrying(&self) -> bool {
+        self.fresh.len() + self.gone() <= self.new_len / 8
     }
 }
 
@@ -142,7 +154,12 @@ mod tests {
         assert!(r.is_fresh(1) && !r.is_fresh(2));
         assert_eq!(r.kept().collect::<Vec<_>>(), [(0, 0), (2, 2)]);
         assert_eq!(r.gone(), 2);
-        assert!(!r.unchanged());
+        assert!(
+            r.in_place(|_| true),
+            "b and d were replaced where they stood"
+        );
+        assert!(!r.in_place(|at| at != 3), "unless what is compared differs");
+        assert!(!r.worth_carrying(), "half the list changed");
     }
 
     #[test]
@@ -150,7 +167,11 @@ mod tests {
         let (a, b, c) = (Arc::new("a"), Arc::new("b"), Arc::new("c"));
         let old = [a.clone(), b.clone(), c.clone()];
         let same = Realignment::of(old.iter(), old.iter()).unwrap();
-        assert!(same.unchanged());
+        assert!(
+            same.in_place(|_| false),
+            "nothing fresh: nothing to compare"
+        );
+        assert!(same.worth_carrying());
         assert_eq!(same.gone(), 0);
         let swapped = [a.clone(), c.clone(), b.clone()];
         let r = Realignment::of(old.iter(), swapped.iter()).unwrap();
@@ -164,7 +185,7 @@ mod tests {
         assert_eq!(r.fresh(), &[2]);
         let shorter = [a];
         let r = Realignment::of(old.iter(), shorter.iter()).unwrap();
-        assert!(!r.unchanged());
+        assert!(!r.in_place(|_| true), "two left, none came");
         assert_eq!(r.gone(), 2);
     }
 

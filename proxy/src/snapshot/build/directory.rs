@@ -44,9 +44,16 @@ pub(super) fn directory(
     // scratch, which then costs no more.
     let kept_names = realigned
         .as_ref()
-        .filter(|(d, r)| same_names_in_place(&d.source, known, r))
+        .filter(|(d, r)| {
+            r.in_place(|at| {
+                d.source
+                    .get(at as usize)
+                    .zip(known.get(at as usize))
+                    .is_some_and(|(o, n)| same_names(o, n))
+            })
+        })
         .map(|(d, _)| d.names.clone());
-    let carried = realigned.filter(|(_, r)| r.fresh().len() + r.gone() <= known.len() / 8);
+    let carried = realigned.filter(|(_, r)| r.worth_carrying());
     let names = kept_names.unwrap_or_else(|| match &carried {
         Some((d, r)) => Arc::new(
             d.names
@@ -63,23 +70,6 @@ pub(super) fn directory(
         addresses,
         entries: known.iter().map(|_| OnceLock::new()).collect(),
     }))
-}
-
-/// Whether every service of `known` answers to the names of the one at its place in `old`
-/// (a pod moved, a port changed): the name index stays as it is.
-fn same_names_in_place(
-    old: &[Arc<ServiceSpec>],
-    known: &[Arc<ServiceSpec>],
-    r: &Realignment,
-) -> bool {
-    old.len() == known.len()
-        && r.fresh().iter().all(|&at| {
-            r.new_place(at).is_none()
-                && old
-                    .get(at as usize)
-                    .zip(known.get(at as usize))
-                    .is_some_and(|(o, n)| same_names(o, n))
-        })
 }
 
 /// Every place of `known`.
