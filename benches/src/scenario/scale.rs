@@ -453,20 +453,34 @@ fn one_service_changes(
     let mut apply = Vec::new();
     let mut converge = Vec::new();
     for generation in 2..2 + CHANGES {
-        let before = server_info(admin)?;
-        let written = Instant::now();
-        write_atomically(
-            control.config_dir(),
-            "probes.yaml",
-            &probe_entries(echo_inbound, generation),
-        )?;
-        let after = wait_info(admin, "the changed service", |i| i.applies > before.applies)?;
-        converge.push(ms(written.elapsed()));
+        let (after, took) = applied(admin, "the changed service", || {
+            write_atomically(
+                control.config_dir(),
+                "probes.yaml",
+                &probe_entries(echo_inbound, generation),
+            )
+        })?;
+        converge.push(ms(took));
         apply.push(after.last_apply_us as f64);
-        // Space the edits past the control plane's debounce.
-        std::thread::sleep(Duration::from_millis(300));
     }
     Ok((median(&mut apply), median(&mut converge)))
+}
+
+/// Makes `change` to the mesh's files and waits for the sidecar to apply a push; returns
+/// what `/server_info` then says and the time from the change to the push applied. Then
+/// waits past the control plane's debounce, so that the next change is a push of its own.
+fn applied(
+    admin: SocketAddr,
+    what: &str,
+    change: impl FnOnce() -> Result<(), ScaleError>,
+) -> Result<(Info, Duration), ScaleError> {
+    let before = server_info(admin)?;
+    let started = Instant::now();
+    change()?;
+    let after = wait_info(admin, what, |i| i.applies > before.applies)?;
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    Ok((after, took))
 }
 
 /// [`CHANGES`] moves of a pod in a service the sidecar never called; returns the median of
@@ -474,15 +488,14 @@ fn one_service_changes(
 fn pod_moves(n: u32, control: &ControlPlane, admin: SocketAddr) -> Result<f64, ScaleError> {
     let mut apply = Vec::new();
     for moved in 1..=CHANGES {
-        let before = server_info(admin)?;
-        write_atomically(
-            control.config_dir(),
-            "services.yaml",
-            &generated_services(n, moved),
-        )?;
-        let after = wait_info(admin, "the moved pod", |i| i.applies > before.applies)?;
+        let (after, _) = applied(admin, "the moved pod", || {
+            write_atomically(
+                control.config_dir(),
+                "services.yaml",
+                &generated_services(n, moved),
+            )
+        })?;
         apply.push(after.last_apply_us as f64);
-        std::thread::sleep(Duration::from_millis(300));
     }
     Ok(median(&mut apply))
 }
@@ -505,19 +518,13 @@ fn services_added_and_dropped(
     let path = control.config_dir().join("added.yaml");
     let mut apply = Vec::new();
     for _ in 0..CHANGES {
-        for add in [true, false] {
-            let before = server_info(admin)?;
-            if add {
-                write_atomically(control.config_dir(), "added.yaml", &entry)?;
-            } else {
-                std::fs::remove_file(&path).map_err(io("cannot remove added.yaml"))?;
-            }
-            let after = wait_info(admin, "the added or dropped service", |i| {
-                i.applies > before.applies
-            })?;
-            apply.push(after.last_apply_us as f64);
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        let (added, _) = applied(admin, "the added service", || {
+            write_atomically(control.config_dir(), "added.yaml", &entry)
+        })?;
+        let (dropped, _) = applied(admin, "the dropped service", || {
+            std::fs::remove_file(&path).map_err(io("cannot remove added.yaml"))
+        })?;
+        apply.extend([added.last_apply_us as f64, dropped.last_apply_us as f64]);
     }
     Ok(median(&mut apply))
 }
